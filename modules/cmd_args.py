@@ -1,0 +1,110 @@
+"""Command-line flags, with AUTOMATIC1111's names so existing `COMMANDLINE_ARGS` keep working.
+
+Flags that A1111 has and we do not need (attention backends we pick automatically, launcher
+switches, extension access) are accepted and reported as ignored instead of stopping start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+# Flags A1111 users commonly carry in webui-user.sh/.bat. We accept them so start-up never fails
+# on them, and say once that they have no effect here. Value-taking ones are listed separately.
+IGNORED_SWITCHES = [
+    "--xformers", "--force-enable-xformers", "--xformers-flash-attention", "--opt-sdp-attention",
+    "--opt-sdp-no-mem-attention", "--opt-split-attention", "--opt-split-attention-v1",
+    "--opt-split-attention-invokeai", "--opt-sub-quad-attention", "--disable-opt-split-attention",
+    "--opt-channelslast", "--upcast-sampling", "--medvram", "--medvram-sdxl", "--lowvram", "--lowram",
+    "--enable-insecure-extension-access", "--skip-install", "--skip-python-version-check",
+    "--skip-version-check", "--skip-prepare-environment", "--reinstall-torch", "--reinstall-xformers",
+    "--update-check", "--update-all-extensions", "--no-download-sd-model", "--disable-all-extensions",
+    "--disable-extra-extensions", "--no-gradio-queue", "--disable-nan-check", "--no-hashing",
+    "--disable-safe-unpickle", "--use-textbox-seed", "--log-startup",
+]
+IGNORED_WITH_VALUE = ["--theme", "--opt-sub-quad-q-chunk-size", "--opt-sub-quad-kv-chunk-size",
+                      "--opt-sub-quad-chunk-threshold", "--ngrok", "--ngrok-region", "--loglevel"]
+
+# What a user should know about a few of the ignored flags.
+IGNORED_REASONS = {
+    "--disable-safe-unpickle": ".ckpt files always load through the restricted loader; convert "
+                               "an old file to .safetensors if it is refused",
+    "--medvram": "memory-saving offload is not implemented yet",
+    "--lowvram": "memory-saving offload is not implemented yet",
+    "--xformers": "PyTorch's scaled-dot-product attention is used on every device",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="webui.py",
+        description="Stable Diffusion web UI and A1111-compatible API. Flags use AUTOMATIC1111's names.",
+    )
+    net = p.add_argument_group("server")
+    net.add_argument("--listen", action="store_true",
+                     help="listen on all network interfaces (0.0.0.0) instead of 127.0.0.1 only")
+    net.add_argument("--server-name", default=None, help="explicit host name or address to bind to")
+    net.add_argument("--port", type=int, default=None,
+                     help="port to serve on (default 7860; 7861 with --nowebui)")
+    net.add_argument("--api", action="store_true", help="serve the /sdapi/v1 HTTP API beside the UI")
+    net.add_argument("--nowebui", action="store_true", help="serve only the API, no browser UI")
+    net.add_argument("--autolaunch", action="store_true", help="open the UI in the default browser")
+
+    models = p.add_argument_group("models and data")
+    models.add_argument("--data-dir", default=None,
+                        help="base folder for models, outputs, config.json and caches (default: the program folder)")
+    models.add_argument("--models-dir", default=None, help="base folder for models (default: DATA_DIR/models)")
+    models.add_argument("--ckpt", default=None, help="checkpoint file to load at start-up (added to the list)")
+    models.add_argument("--ckpt-dir", default=None, help="extra folder searched for checkpoints")
+    models.add_argument("--vae-dir", default=None, help="extra folder searched for VAE files")
+    models.add_argument("--config", default=None,
+                        help="YAML config used for SD 1.x checkpoints without one (default configs/v1-inference.yaml)")
+
+    dev = p.add_argument_group("device and precision")
+    dev.add_argument("--use-cpu", nargs="+", default=[], metavar="MODULE",
+                     help="run these modules on the CPU; 'all' or 'sd' moves generation to the CPU")
+    dev.add_argument("--device-id", default=None, help="CUDA device index to use (cuda:N)")
+    dev.add_argument("--no-half", action="store_true", help="keep the U-Net and text encoder in 32-bit floats")
+    dev.add_argument("--no-half-vae", action="store_true", help="keep the VAE in 32-bit floats")
+    dev.add_argument("--precision", choices=["full", "half", "autocast"], default="autocast",
+                     help="'full' runs everything in 32-bit floats; 'half'/'autocast' use 16-bit on GPUs")
+    dev.add_argument("--skip-torch-cuda-test", action="store_true",
+                     help="do not warn when no GPU is usable (generation then runs on the CPU)")
+
+    for flag in IGNORED_SWITCHES:
+        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    for flag in IGNORED_WITH_VALUE:
+        p.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags from argv plus the COMMANDLINE_ARGS environment variable (as A1111 does)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ.get("COMMANDLINE_ARGS", "")
+    if env.strip() and argv is None:
+        args += shlex.split(env)
+    ns = build_parser().parse_args(args)
+    if ns.port is None:
+        ns.port = 7861 if ns.nowebui else 7860
+    return ns
+
+
+def ignored_flags(ns: argparse.Namespace) -> list[str]:
+    """Human-readable notes for each A1111 flag that was given but has no effect here."""
+    notes = []
+    for flag in IGNORED_SWITCHES + IGNORED_WITH_VALUE:
+        value = getattr(ns, flag.lstrip("-").replace("-", "_"))
+        if value not in (False, None):
+            reason = IGNORED_REASONS.get(flag, "not needed here")
+            notes.append(f"{flag} is ignored: {reason}")
+    return notes
+
+
+def bind_host(ns: argparse.Namespace) -> str:
+    if ns.server_name:
+        return ns.server_name
+    return "0.0.0.0" if ns.listen else "127.0.0.1"

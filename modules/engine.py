@@ -1,0 +1,237 @@
+"""The service layer the UI and the API both call: validate, queue, generate, save, describe.
+
+Everything that must behave the same whichever way a request arrives lives here, so a feature exists
+in both front ends the moment it exists in the engine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+from pydantic import ValidationError
+
+from modules import fileio, images, infotext
+from modules.generation import pipeline, rng, samplers
+from modules.generation.params import GenerationParams
+from modules.jobs import Job, JobInterrupted, JobQueue
+from modules.models.checkpoint_file import CheckpointError
+from modules.models.manager import LoadedModel, ModelManager
+from modules.models.registry import CheckpointInfo
+from modules.paths import Paths
+from modules.settings import Settings, SettingsStore
+from modules.version import INFOTEXT_VERSION
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(ValueError):
+    """The request cannot be served as asked; the message says why."""
+
+
+@dataclass
+class Txt2ImgResult:
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    paths: list[str | None]
+    info: dict[str, Any]
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc and loc not in msg else msg)
+    return "; ".join(parts)
+
+
+class Engine:
+    def __init__(self, paths: Paths, settings: SettingsStore, models: ModelManager, queue: JobQueue):
+        self.paths = paths
+        self.settings = settings
+        self.models = models
+        self.queue = queue
+        self.startup_error: str | None = None
+
+    # --- models ------------------------------------------------------------------------------
+    def resolve_checkpoint(self, query: str | None = None) -> CheckpointInfo:
+        registry = self.models.checkpoints
+        if query:
+            found = registry.find(query)
+            if found is None:
+                raise BadRequest(f"Checkpoint {query!r} not found. Available: "
+                                 + (", ".join(i.title for i in registry.list()) or "none"))
+            return found
+        wanted = self.settings.values.sd_model_checkpoint
+        found = registry.find(wanted) if wanted else None
+        if found is None and self.models.current is not None:
+            found = self.models.current.info
+        if found is None:
+            items = registry.list()
+            if not items:
+                raise BadRequest("No checkpoint found. Put a .safetensors or .ckpt file into "
+                                 f"{self.paths.checkpoint_dirs[-1]} and refresh the list.")
+            found = items[0]
+        return found
+
+    def _load(self, info: CheckpointInfo, vae: str, remember: bool = True) -> LoadedModel:
+        """Make `info` the loaded model; `remember` records it as the selected checkpoint setting
+        (not done for a per-request override, which A1111 restores afterwards)."""
+        try:
+            model = self.models.get(info, vae)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} (checkpoint: {info.name})") from None
+        if remember and self.settings.values.sd_model_checkpoint != model.info.title:
+            self.settings.update({"sd_model_checkpoint": model.info.title})
+        return model
+
+    def load_checkpoint(self, query: str | None = None) -> LoadedModel:
+        """Load a checkpoint through the queue (waits for running jobs) and make it the current one."""
+        info = self.resolve_checkpoint(query)
+        return self.queue.run("load", lambda job: self._load(info, self.settings.values.sd_vae))
+
+    def start_loading(self, query: str | None = None) -> Job | None:
+        """Queue loading of the start-up model; generation requests queue behind it."""
+        try:
+            info = self.resolve_checkpoint(query)
+        except BadRequest as e:
+            self.startup_error = str(e)
+            log.warning("%s", e)
+            return None
+
+        def run(job: Job) -> None:
+            try:
+                self._load(info, self.settings.values.sd_vae)
+                self.startup_error = None
+            except Exception as e:  # reported to the user; the server keeps running
+                self.startup_error = str(e)
+                log.error("Could not load %s: %s", info.name, e)
+
+        return self.queue.submit("load", run)
+
+    # --- settings ----------------------------------------------------------------------------
+    def effective_settings(self, overrides: dict[str, Any]) -> tuple[Settings, list[str]]:
+        unknown = [k for k in overrides if k not in Settings.model_fields]
+        try:
+            merged = Settings(**{**self.settings.values.model_dump(), **overrides})
+        except ValidationError as e:
+            raise BadRequest(f"override_settings: {describe_validation_error(e)}") from None
+        warnings = [f"override_settings: unknown option {k!r} ignored" for k in unknown]
+        return merged, warnings
+
+    def set_options(self, changes: dict[str, Any]) -> None:
+        unknown = [k for k in changes if k not in Settings.model_fields]
+        if unknown:
+            raise BadRequest(f"Unknown option(s): {', '.join(unknown)}")
+        try:
+            Settings(**{**self.settings.values.model_dump(), **changes})
+        except ValidationError as e:
+            raise BadRequest(describe_validation_error(e)) from None
+        if "sd_model_checkpoint" in changes:
+            info = self.resolve_checkpoint(changes["sd_model_checkpoint"])
+            vae = changes.get("sd_vae", self.settings.values.sd_vae)
+            self.queue.run("load", lambda job: self._load(info, vae))
+            changes = {**changes, "sd_model_checkpoint": info.title}
+        elif "sd_vae" in changes and self.models.current is not None:
+            self.models.resolve_vae(self.models.current.info, changes["sd_vae"])  # fail early on a bad name
+        self.settings.update(changes)
+
+    # --- generation --------------------------------------------------------------------------
+    def txt2img(self, params: GenerationParams) -> Txt2ImgResult:
+        settings, warnings = self.effective_settings(params.override_settings)
+        try:
+            choice = samplers.resolve(params.sampler_name, params.scheduler)
+        except samplers.UnknownSampler as e:
+            raise BadRequest(str(e)) from None
+        checkpoint = self.resolve_checkpoint(params.override_settings.get("sd_model_checkpoint"))
+        result = self.queue.run("txt2img", lambda job: self._txt2img(job, params, settings, choice, checkpoint))
+        result.warnings[:0] = warnings
+        return result
+
+    def _infotext(self, params: GenerationParams, model: LoadedModel, choice: samplers.SamplerChoice,
+                  settings: Settings, seed: int) -> str:
+        clip_skip = settings.CLIP_stop_at_last_layers
+        fields = {
+            "Steps": params.steps,
+            "Sampler": choice.spec.name,
+            "Schedule type": choice.schedule_label,
+            "CFG scale": params.cfg_scale,
+            "Seed": seed,
+            "Size": f"{params.width}x{params.height}",
+            "Model hash": model.info.shorthash,
+            "Model": model.info.stem,
+            "VAE hash": model.vae_sha256[:10] if model.vae_sha256 else None,
+            "VAE": model.vae_info.name if model.vae_info else None,
+            "Clip skip": clip_skip if clip_skip > 1 else None,
+            "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
+            "Version": INFOTEXT_VERSION,
+        }
+        return infotext.create(params.prompt, params.negative_prompt, fields)
+
+    def _txt2img(self, job: Job, params: GenerationParams, settings: Settings, choice: samplers.SamplerChoice,
+                 checkpoint: CheckpointInfo) -> Txt2ImgResult:
+        model = self._load(checkpoint, settings.sd_vae, remember="sd_model_checkpoint" not in params.override_settings)
+        seed = rng.fix_seed(params.seed)
+        seeds = [seed + i for i in range(params.total_images)]
+        state = job.state
+        state.job_count, state.sampling_steps = params.n_iter, params.steps
+        state.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+
+        def on_step(step: int, steps: int, _latent) -> None:
+            state.sampling_step = step
+
+        hooks = pipeline.Hooks(on_step=on_step, check=job.check)
+        save = params.save_images and settings.samples_save
+        folder = self.paths.resolve_output_dir(settings.outdir_samples or settings.outdir_txt2img_samples)
+        result = Txt2ImgResult([], [], [], [], {})
+        try:
+            for batch in pipeline.txt2img(model, params, seeds, settings.CLIP_stop_at_last_layers,
+                                          settings.randn_source, hooks):
+                for image, image_seed in zip(batch.images, batch.seeds):
+                    text = self._infotext(params, model, choice, settings, image_seed)
+                    path = None
+                    if save:
+                        path = str(images.save_image(image, folder, image_seed,
+                                                     text if settings.enable_pnginfo else None, settings.save_to_dirs))
+                    image.info["parameters"] = text
+                    result.images.append(image)
+                    result.seeds.append(image_seed)
+                    result.infotexts.append(text)
+                    result.paths.append(path)
+                state.job_no = batch.batch_index + 1
+                state.sampling_step = 0
+        except JobInterrupted:
+            result.interrupted = True
+        if result.infotexts:
+            fileio.atomic_write_bytes(self.paths.params_file, result.infotexts[0].encode("utf-8"))
+        result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp)
+        return result
+
+    def _info(self, params: GenerationParams, model: LoadedModel, choice: samplers.SamplerChoice,
+              settings: Settings, seed: int, seeds: list[int], result: Txt2ImgResult, timestamp: str) -> dict:
+        """The `info` object of A1111's API response (`Processed.js()`)."""
+        n = params.total_images
+        return {
+            "prompt": params.prompt, "all_prompts": [params.prompt] * n,
+            "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * n,
+            "seed": seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0,
+            "width": params.width, "height": params.height, "sampler_name": choice.spec.name,
+            "cfg_scale": params.cfg_scale, "steps": params.steps, "batch_size": params.batch_size,
+            "restore_faces": False, "face_restoration_model": None,
+            "sd_model_name": model.info.stem, "sd_model_hash": model.info.shorthash,
+            "sd_vae_name": model.vae_info.name if model.vae_info else None,
+            "sd_vae_hash": model.vae_sha256[:10] if model.vae_sha256 else None,
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
+            "extra_generation_params": {"Schedule type": choice.schedule_label},
+            "index_of_first_image": 0, "infotexts": result.infotexts, "styles": [],
+            "job_timestamp": timestamp, "clip_skip": settings.CLIP_stop_at_last_layers,
+            "is_using_inpainting_conditioning": model.config.is_inpainting, "version": INFOTEXT_VERSION,
+            "interrupted": result.interrupted, "warnings": result.warnings,
+        }

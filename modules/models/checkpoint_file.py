@@ -1,0 +1,141 @@
+"""Reading weight files safely.
+
+`.safetensors` files hold only tensors and are memory-mapped. `.ckpt`/`.pt` files are Python
+pickles, which can run arbitrary code when loaded the ordinary way; they are read only with
+`torch.load(weights_only=True)`, which builds tensors and plain containers and refuses every other
+global. The few extra globals real Stable Diffusion checkpoints carry (PyTorch Lightning's
+checkpoint-callback metadata, numpy scalars) are admitted as inert stand-ins: no code from the file
+runs, its metadata is simply dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class CheckpointError(Exception):
+    """A weight file that cannot be used, with a message meant for the user."""
+
+
+class _InertMetadata:
+    """Stands in for metadata objects in a checkpoint (e.g. Lightning's ModelCheckpoint).
+
+    The weights_only unpickler creates it with __new__ and hands it the pickled attributes; nothing
+    of the original class is imported or run.
+    """
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _numpy_globals() -> list:
+    core = np._core.multiarray  # numpy 2 name; pickles from numpy 1 name it numpy.core.multiarray
+    found = [np.dtype, np.ndarray]
+    for name in ("scalar", "_reconstruct"):
+        fn = getattr(core, name)
+        found += [fn, (fn, f"numpy.core.multiarray.{name}")]
+    for dt in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType",
+               "UInt8DType"):
+        if hasattr(np.dtypes, dt):
+            found.append(getattr(np.dtypes, dt))
+    return found
+
+
+SAFE_EXTRA_GLOBALS = [
+    (_InertMetadata, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+    (_InertMetadata, "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint"),
+    *_numpy_globals(),
+]
+
+
+def _describe_unpickling_error(path: Path, err: Exception) -> str:
+    m = re.search(r"GLOBAL ([\w.]+)", str(err))
+    offender = m.group(1) if m else None
+    if offender:
+        return (f"Refused to load {path.name}: the file asks to import '{offender}' while loading, which a "
+                "weights file never needs. Pickle-based checkpoints can run code; this one was not run. "
+                "If you trust its source, convert it to .safetensors with a trusted tool, or get a "
+                ".safetensors version.")
+    return f"{path.name} is not a readable checkpoint ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+
+
+def _read_pickle(path: Path) -> dict:
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(_describe_unpickling_error(path, e)) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(
+            f"{path.name} could not be read: it looks truncated or corrupt "
+            f"({str(e).splitlines()[0] if str(e) else e.__class__.__name__}). Download it again.") from None
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, dict]:
+    """(tensor entries, metadata) from a .safetensors header, without reading any tensor data."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{path.name} is empty or truncated (only {size} bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(size - 8, 100 << 20):
+            raise CheckpointError(f"{path.name} is not a valid .safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{path.name} is not a valid .safetensors file (unreadable header)") from None
+    metadata = header.pop("__metadata__", None) or {}
+    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(
+            f"{path.name} is truncated: its header describes {8 + n + end} bytes but the file has {size}. "
+            "Download it again.")
+    return header, metadata
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    read_safetensors_header(path)  # clear errors for truncated files before the library's own
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error type for malformed files
+        raise CheckpointError(f"{path.name} could not be read as .safetensors ({e})") from None
+
+
+def read_metadata(path: Path) -> dict:
+    """The free-form metadata of a .safetensors file ({} for other formats)."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    return read_safetensors_header(path)[1]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors in a weight file, as a flat {name: tensor} dict on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    ext = path.suffix.lower()
+    if ext == ".safetensors":
+        sd = _read_safetensors(path)
+    elif ext in PICKLE_EXTENSIONS:
+        sd = _read_pickle(path)
+    else:
+        raise CheckpointError(f"{path.name}: unsupported file type {ext!r} (use .safetensors or .ckpt)")
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path.name} does not contain a state dict (found {type(sd).__name__})")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}

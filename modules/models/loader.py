@@ -1,0 +1,171 @@
+"""Build diffusers/transformers modules from an original (LDM single-file) checkpoint.
+
+Key conversion is diffusers' own (`diffusers.loaders.single_file_utils`); configs come from the LDM
+YAML and the state dict's shapes, never from a model hub. Modules are created on the meta device and
+receive the file's tensors directly, so no random weights are ever materialised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders import single_file_utils as sfu
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from modules.models.checkpoint_file import CheckpointError
+from modules.models.families import CLIP_PREFIX, OPENCLIP_PREFIX, ModelConfig
+
+log = logging.getLogger(__name__)
+
+CLIP_HEAD_DIM = 64  # both OpenAI CLIP ViT-L/14 and OpenCLIP ViT-H/14 text towers use 64-wide heads
+
+
+def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, config: ModelConfig) -> None:
+    """Load `state_dict` into a meta-device `module` strictly, with a message a user can act on."""
+    try:
+        missing, unexpected = module.load_state_dict(state_dict, strict=False, assign=True)
+    except RuntimeError as e:
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
+        raise CheckpointError(
+            f"The {what} weights do not fit the config {config.yaml_path.name} ({detail}). If this model needs a "
+            "different config, put a YAML with the checkpoint's name beside it.") from None
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"The {what} weights do not match the config {config.yaml_path.name}: "
+                              f"{'; '.join(parts)}. The file may be damaged or need its own YAML.")
+    still_meta = [n for n, p in module.named_parameters() if p.is_meta]
+    if still_meta:
+        raise CheckpointError(f"The {what} is missing weights for {', '.join(still_meta[:3])}")
+
+
+def build_unet(config: ModelConfig, sd: dict[str, torch.Tensor]) -> UNet2DConditionModel:
+    unet_config = sfu.create_unet_diffusers_config_from_ldm(config.original, sd)
+    if config.family == "sd2":
+        unet_config["upcast_attention"] = True  # SD 2.x attention overflows in fp16 without it
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(unet_config)
+    load_weights(unet, sfu.convert_ldm_unet_checkpoint(sd, unet_config), "U-Net", config)
+    return unet.eval().requires_grad_(False)
+
+
+def vae_config(config: ModelConfig, sd: dict[str, torch.Tensor]) -> dict:
+    return sfu.create_vae_diffusers_config_from_ldm(config.original, sd, scaling_factor=config.scale_factor)
+
+
+def build_vae(vae_cfg: dict, vae_sd: dict[str, torch.Tensor], config: ModelConfig, what: str = "VAE") -> AutoencoderKL:
+    """An AutoencoderKL from LDM-layout VAE weights (with or without the `first_stage_model.` prefix)
+    or from diffusers-layout ones (as some standalone VAE files are)."""
+    if any(k.startswith("encoder.down_blocks.") for k in vae_sd):
+        converted = {k: v for k, v in vae_sd.items() if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
+    else:
+        converted = sfu.convert_ldm_vae_checkpoint(vae_sd, vae_cfg)
+    with init_empty_weights():
+        vae = AutoencoderKL.from_config(vae_cfg)
+    load_weights(vae, converted, what, config)
+    return vae.eval().requires_grad_(False)
+
+
+def _count_layers(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    idx = {int(k[len(prefix):].split(".", 1)[0]) for k in sd if k.startswith(prefix)}
+    return max(idx) + 1 if idx else 0
+
+
+def _clip_config(vocab: int, hidden: int, intermediate: int, layers: int, positions: int, act: str) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // CLIP_HEAD_DIM), max_position_embeddings=positions, hidden_act=act,
+        projection_dim=hidden, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+
+
+def build_text_encoder(config: ModelConfig, sd: dict[str, torch.Tensor]) -> CLIPTextModel:
+    """The text encoder, with its shape read from the weights.
+
+    SD 1.x uses OpenAI's CLIP text model (quick-GELU) and its last layer. SD 2.x uses OpenCLIP's with
+    the *penultimate* layer ("layer: penultimate" in the YAML), so the last block is dropped and the
+    model's final layer norm applied to the one before, exactly what OpenCLIP's encoder did.
+    """
+    if config.family == "sd1":
+        clip_sd = sfu.convert_ldm_clip_checkpoint(sd)
+        clip_sd = {k.removeprefix("text_model."): v for k, v in clip_sd.items()}
+        clip_sd.pop("embeddings.position_ids", None)  # a buffer we create; some files carry corrupted copies
+        if "embeddings.token_embedding.weight" not in clip_sd:
+            raise CheckpointError(f"text encoder weights ({CLIP_PREFIX}text_model.*) are missing or unrecognised")
+        vocab, hidden = clip_sd["embeddings.token_embedding.weight"].shape
+        cfg = _clip_config(vocab, hidden, clip_sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
+                           _count_layers(clip_sd, "encoder.layers."),
+                           clip_sd["embeddings.position_embedding.weight"].shape[0], "quick_gelu")
+    else:
+        layers = _count_layers(sd, OPENCLIP_PREFIX + "transformer.resblocks.")
+        if layers < 2:
+            raise CheckpointError("OpenCLIP text encoder weights (cond_stage_model.model.*) are missing")
+        last = f"{OPENCLIP_PREFIX}transformer.resblocks.{layers - 1}."
+        used = {k: v for k, v in sd.items() if k.startswith(OPENCLIP_PREFIX) and not k.startswith(last)
+                and not k.endswith(("text_projection", "logit_scale"))}
+        vocab, hidden = used[OPENCLIP_PREFIX + "token_embedding.weight"].shape
+        cfg = _clip_config(vocab, hidden, used[OPENCLIP_PREFIX + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+                           layers - 1, used[OPENCLIP_PREFIX + "positional_embedding"].shape[0], "gelu")
+        with init_empty_weights():
+            shape_only = CLIPTextModel(cfg)
+        clip_sd = sfu.convert_open_clip_checkpoint(shape_only, used, prefix=OPENCLIP_PREFIX)
+        clip_sd = {k.removeprefix("text_model."): v for k, v in clip_sd.items()}
+    with init_empty_weights():
+        model = CLIPTextModel(cfg)
+    load_weights(model, clip_sd, "text encoder", config)
+    return model.eval().requires_grad_(False)
+
+
+def alphas_cumprod(config: ModelConfig, sd: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training noise schedule as float32, as the original LDM model holds it.
+
+    The file's own `alphas_cumprod` buffer wins (the original code loads it over the computed one, so
+    fp16-saved files carry slightly rounded values, and A1111's sigmas follow them); otherwise it is
+    computed from the YAML's linear beta schedule in float64, then stored as float32.
+    """
+    params = config.params
+    timesteps = int(params.get("timesteps", 1000))
+    stored = sd.get("alphas_cumprod")
+    if stored is not None and stored.shape == (timesteps,):
+        return stored.detach().to(torch.float32).clone()
+    start, end = float(params.get("linear_start", 0.00085)), float(params.get("linear_end", 0.012))
+    betas = torch.linspace(start ** 0.5, end ** 0.5, timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
+
+
+@torch.no_grad()
+def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
+    """A1111's test for SD 2.x v-prediction: at t=999 an epsilon model given a constant 0.5 latent
+    predicts roughly that latent back; a v model predicts values far below it (mean difference < -1)."""
+    p = next(unet.parameters())
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=p.device, dtype=p.dtype)
+    ctx = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=p.device, dtype=p.dtype)
+    out = unet(x, torch.tensor([999], device=p.device), encoder_hidden_states=ctx).sample
+    return (out.float() - x.float()).mean().item() < -1
+
+
+@dataclass
+class BuiltModel:
+    config: ModelConfig
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    vae_config: dict
+    text_encoder: CLIPTextModel
+    alphas_cumprod: torch.Tensor
+
+
+def build(path: Path, sd: dict[str, torch.Tensor], config: ModelConfig) -> BuiltModel:
+    """All three components, on the CPU, still in the file's dtypes."""
+    unet = build_unet(config, sd)
+    vcfg = vae_config(config, sd)
+    vae = build_vae(vcfg, sd, config)
+    text_encoder = build_text_encoder(config, sd)
+    return BuiltModel(config, unet, vae, vcfg, text_encoder, alphas_cumprod(config, sd))

@@ -1,0 +1,158 @@
+"""The one owner of loaded weights: loads, switches and places checkpoints and VAEs.
+
+A switch reads, checks and builds the new model completely before the current one is released, so a
+corrupt, truncated, malicious or unsupported file leaves the loaded model in place and usable.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTokenizer
+
+from modules import devices
+from modules.generation.conditioning import PromptEncoder
+from modules.models import checkpoint_file, families, loader
+from modules.models.checkpoint_file import CheckpointError
+from modules.models.families import ModelConfig
+from modules.models.registry import CheckpointInfo, CheckpointRegistry, VaeInfo, VaeRegistry
+from modules.paths import TOKENIZER_DIR
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    info: CheckpointInfo
+    config: ModelConfig
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL  # the VAE in use: the checkpoint's own or an external one
+    text: PromptEncoder
+    alphas_cumprod: torch.Tensor
+    plan: devices.DevicePlan
+    vae_config: dict
+    vae_info: VaeInfo | None = None  # the external VAE in use, if any
+    vae_sha256: str | None = None
+    own_vae: AutoencoderKL | None = field(default=None, repr=False)  # parked on the CPU while an external VAE is used
+    load_seconds: float = 0.0
+
+    @property
+    def prediction_type(self) -> str:
+        return self.config.prediction_type or "epsilon"
+
+    @property
+    def device(self) -> torch.device:
+        return self.plan.device
+
+    def upcast_vae(self) -> None:
+        """Switch the VAE in use to fp32 (after fp16 produced NaNs)."""
+        self.vae.to(torch.float32)
+
+
+class ModelManager:
+    def __init__(self, checkpoints: CheckpointRegistry, vaes: VaeRegistry, plan: devices.DevicePlan,
+                 default_sd1_config: Path):
+        self.checkpoints = checkpoints
+        self.vaes = vaes
+        self.plan = plan
+        self.default_sd1_config = default_sd1_config
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
+        self._lock = threading.RLock()
+        self.current: LoadedModel | None = None
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def read(self, info: CheckpointInfo) -> tuple[loader.BuiltModel, float]:
+        """Read and build a checkpoint on the CPU without touching the loaded model."""
+        start = time.perf_counter()
+        path = info.filename
+        sd = checkpoint_file.read_state_dict(path)
+        config = families.detect(path, sd, checkpoint_file.read_metadata(path), self.default_sd1_config)
+        built = loader.build(path, sd, config)
+        del sd
+        return built, time.perf_counter() - start
+
+    def load(self, info: CheckpointInfo, vae_choice: str = "Automatic") -> LoadedModel:
+        with self._lock:
+            log.info("Loading weights from %s", info.filename)
+            built, seconds = self.read(info)
+            start = time.perf_counter()
+            self.unload()  # only now: the new model is complete
+            plan = self.plan
+            unet = built.unet.to(plan.device, plan.unet_dtype)
+            text_model = built.text_encoder.to(plan.device, plan.unet_dtype)
+            vae = built.vae.to(plan.device, plan.vae_dtype)
+            config = built.config
+            if config.prediction_type is None:
+                v = loader.probe_v_prediction(unet)
+                config = config.with_prediction("v_prediction" if v else "epsilon")
+                log.info("No config or marker says whether %s predicts v; probing the U-Net says %s",
+                         info.name, config.prediction_type)
+            model = LoadedModel(
+                info=info, config=config, unet=unet, vae=vae,
+                text=PromptEncoder(self.tokenizer, text_model, config.family),
+                alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config,
+            )
+            self.checkpoints.ensure_hash(info)
+            self.current = model
+            self._apply_vae(model, vae_choice)
+            model.load_seconds = seconds + time.perf_counter() - start
+            log.info("Model %s loaded in %.1fs (%s, %s, config %s)", info.title, model.load_seconds,
+                     config.label, plan.describe, config.yaml_path.name)
+            return model
+
+    def unload(self) -> None:
+        with self._lock:
+            if self.current is None:
+                return
+            self.current = None
+            gc.collect()
+            devices.empty_cache(self.plan.device)
+
+    def get(self, info: CheckpointInfo, vae_choice: str = "Automatic") -> LoadedModel:
+        """The model for `info` with the VAE `vae_choice`, loading or switching only what changed."""
+        with self._lock:
+            if self.current is not None and self.current.info.filename == info.filename:
+                self._apply_vae(self.current, vae_choice)
+                return self.current
+            return self.load(info, vae_choice)
+
+    # --- VAE ---------------------------------------------------------------------------------
+    def resolve_vae(self, checkpoint: CheckpointInfo, choice: str) -> VaeInfo | None:
+        """The external VAE file to use, or None for the checkpoint's own."""
+        choice = (choice or "Automatic").strip()
+        if choice == "None":
+            return None
+        if choice == "Automatic":
+            beside = VaeRegistry.beside(checkpoint.filename)
+            return VaeInfo(beside.resolve(), beside.name) if beside else None
+        found = self.vaes.find(choice)
+        if found is None:
+            raise CheckpointError(f"VAE {choice!r} not found. Available: Automatic, None"
+                                  + "".join(f", {v.name}" for v in self.vaes.list()))
+        return found
+
+    def _apply_vae(self, model: LoadedModel, choice: str) -> None:
+        wanted = self.resolve_vae(model.info, choice)
+        current = model.vae_info.filename if model.vae_info else None
+        if (wanted.filename if wanted else None) == current:
+            return
+        if wanted is None:
+            model.vae = model.own_vae.to(self.plan.device, self.plan.vae_dtype)
+            model.own_vae, model.vae_info, model.vae_sha256 = None, None, None
+            log.info("Using the checkpoint's own VAE")
+            return
+        vae_sd = checkpoint_file.read_state_dict(wanted.filename)
+        external = loader.build_vae(model.vae_config, vae_sd, model.config, what=f"VAE {wanted.name}")
+        external = external.to(self.plan.device, self.plan.vae_dtype)
+        if model.own_vae is None:
+            model.own_vae = model.vae.to("cpu")
+        model.vae, model.vae_info = external, wanted
+        model.vae_sha256 = self.checkpoints.hashes.sha256(wanted.filename)
+        log.info("Using VAE %s", wanted.name)

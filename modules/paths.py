@@ -1,0 +1,69 @@
+"""Where things live: program files, user data, models and outputs.
+
+As in AUTOMATIC1111, `--data-dir` moves everything a user owns (models, outputs, config.json,
+caches); `--models-dir` moves only the models. Program files (configs/, the tokenizer) always
+come from the repository.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+TOKENIZER_DIR = CONFIGS / "tokenizer"
+
+
+@dataclass(frozen=True)
+class Paths:
+    data: Path
+    models: Path
+    checkpoint_dirs: tuple[Path, ...]  # searched in this order
+    vae_dirs: tuple[Path, ...]
+    default_sd1_config: Path
+
+    @property
+    def outputs(self) -> Path:
+        return self.data / "outputs"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data / "config.json"
+
+    @property
+    def hash_cache(self) -> Path:
+        return self.data / "cache.json"
+
+    @property
+    def params_file(self) -> Path:
+        return self.data / "params.txt"
+
+    def resolve_output_dir(self, folder: str) -> Path:
+        """Output folders from settings are relative to the data dir unless absolute."""
+        p = Path(folder)
+        return p if p.is_absolute() else self.data / p
+
+
+def from_args(data_dir: str | None = None, models_dir: str | None = None, ckpt_dir: str | None = None,
+              vae_dir: str | None = None, config: str | None = None) -> Paths:
+    data = Path(data_dir).expanduser().resolve() if data_dir else ROOT
+    models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
+    sd_dir = models / "Stable-diffusion"
+    ckpt_dirs = [Path(ckpt_dir).expanduser().resolve()] if ckpt_dir else []
+    ckpt_dirs.append(sd_dir)
+    vae_dirs = [models / "VAE"]
+    if vae_dir:
+        vae_dirs.append(Path(vae_dir).expanduser().resolve())
+    return Paths(
+        data=data,
+        models=models,
+        checkpoint_dirs=tuple(ckpt_dirs),
+        vae_dirs=tuple(vae_dirs),
+        default_sd1_config=Path(config).resolve() if config else CONFIGS / "v1-inference.yaml",
+    )
+
+
+def ensure_dirs(paths: Paths) -> None:
+    for d in (paths.data, paths.models, paths.checkpoint_dirs[-1], paths.vae_dirs[0]):
+        d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,71 @@
+"""User settings: one typed object, persisted to config.json with atomic writes.
+
+Keys use AUTOMATIC1111's option names so a copied config.json and `/sdapi/v1/options` clients
+keep working. Keys we do not know are kept as they are and written back untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modules import fileio
+
+log = logging.getLogger(__name__)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    # Stable Diffusion
+    sd_model_checkpoint: str = Field("", description="Checkpoint title, name or hash")
+    sd_vae: str = Field("Automatic", description="'Automatic', 'None' or a file name from models/VAE")
+    CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="Clip skip")
+    randn_source: Literal["CPU", "GPU"] = Field(
+        "CPU", description="Where initial noise is drawn: CPU gives the same image on every device")
+
+    # Saving
+    samples_save: bool = Field(True, description="Save every generated image")
+    samples_format: Literal["png"] = "png"
+    enable_pnginfo: bool = Field(True, description="Write generation parameters into the PNG")
+    save_to_dirs: bool = Field(True, description="Save into a subfolder per day")
+    outdir_samples: str = Field("", description="Output folder for all images (overrides the ones below)")
+    outdir_txt2img_samples: str = "outputs/txt2img-images"
+    outdir_txt2img_grids: str = "outputs/txt2img-grids"
+
+
+class SettingsStore:
+    """The live Settings plus the file they persist to. Changes are validated, then saved."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.values = self._load()
+
+    def _load(self) -> Settings:
+        raw = fileio.read_json(self.path) or {}
+        try:
+            return Settings(**raw)
+        except ValidationError as e:
+            # A bad value in config.json should not stop the program: keep the good ones.
+            bad = {str(err["loc"][0]) for err in e.errors()}
+            log.warning("config.json: ignoring invalid values for %s", ", ".join(sorted(bad)))
+            return Settings(**{k: v for k, v in raw.items() if k not in bad})
+
+    def get(self, key: str) -> Any:
+        return getattr(self.values, key)
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Validate all changes first, apply them together, then write config.json."""
+        with self._lock:
+            merged = {**self.values.model_dump(), **changes}
+            self.values = Settings(**merged)
+            fileio.atomic_write_json(self.path, self.values.model_dump())
+
+    def save(self) -> None:
+        with self._lock:
+            fileio.atomic_write_json(self.path, self.values.model_dump())

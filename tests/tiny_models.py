@@ -1,0 +1,87 @@
+"""Tiny Stable Diffusion models for tests: the real architecture with small widths, random weights
+from a fixed seed, written in the original LDM single-file layout with a YAML beside them, so tests go
+through exactly the loader path a downloaded SD 1.5 file takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from modules.models import ldm_export
+
+TEXT_WIDTH = {"sd1": 32, "sd2": 64}
+
+
+@dataclass
+class TinyModel:
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel  # for SD 2.x: the full tower, one block more than the loader uses
+    family: str
+    prediction_type: str
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return ldm_export.checkpoint_state_dict(self.unet, self.vae, self.text_encoder, self.family)
+
+    def yaml(self) -> dict:
+        return ldm_export.ldm_yaml(self.unet, self.vae, self.family, self.prediction_type)
+
+    def write(self, path: Path, yaml_beside: bool = True, dtype: torch.dtype | None = None, metadata=None) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ldm_export.save(path, self.state_dict(), dtype=dtype, metadata=metadata)
+        if yaml_beside:
+            ldm_export.write_yaml(path.with_suffix(".yaml"), self.yaml())
+        return path
+
+
+def _randomize(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Weights large enough that every layer visibly affects the output (default init of some
+    layers, e.g. zero-initialised output convs, would make a tiny model ignore its inputs)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator))
+            elif name.endswith("bias"):
+                p.copy_(0.02 * torch.randn(p.shape, generator=generator))
+            else:
+                fan_in = p[0].numel() if p.dim() > 1 else p.numel()
+                p.copy_(torch.randn(p.shape, generator=generator) / fan_in ** 0.5)
+
+
+def build(family: str = "sd1", inpainting: bool = False, prediction_type: str = "epsilon", seed: int = 0) -> TinyModel:
+    g = torch.Generator().manual_seed(seed)
+    width = TEXT_WIDTH[family]
+    unet_kwargs = dict(
+        sample_size=8, in_channels=9 if inpainting else 4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=width,
+    )
+    if family == "sd1":
+        unet_kwargs.update(attention_head_dim=2)
+    else:  # SD 2.x style: linear projections, heads sized 32 channels
+        unet_kwargs.update(attention_head_dim=[1, 2, 2], use_linear_projection=True, upcast_attention=True)
+    unet = UNet2DConditionModel(**unet_kwargs)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=32, sample_size=64, scaling_factor=0.18215,
+    )
+    text_cfg = CLIPTextConfig(
+        vocab_size=49408, hidden_size=width, intermediate_size=2 * width,
+        num_hidden_layers=3 if family == "sd2" else 2, num_attention_heads=1, max_position_embeddings=77,
+        hidden_act="quick_gelu" if family == "sd1" else "gelu", projection_dim=width,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+    text_encoder = CLIPTextModel(text_cfg)
+    for m in (unet, vae, text_encoder):
+        _randomize(m, g)
+        m.eval()
+    return TinyModel(unet, vae, text_encoder, family, prediction_type)
