@@ -32,6 +32,10 @@ class BadRequest(ValueError):
     """The request cannot be served as asked; the message says why."""
 
 
+class UnknownOption(BadRequest):
+    """A settings key that does not exist."""
+
+
 @dataclass
 class Txt2ImgResult:
     images: list[Image.Image]
@@ -129,7 +133,7 @@ class Engine:
     def set_options(self, changes: dict[str, Any]) -> None:
         unknown = [k for k in changes if k not in Settings.model_fields]
         if unknown:
-            raise BadRequest(f"Unknown option(s): {', '.join(unknown)}")
+            raise UnknownOption(f"Unknown option(s): {', '.join(unknown)}")
         try:
             Settings(**{**self.settings.values.model_dump(), **changes})
         except ValidationError as e:
@@ -184,10 +188,13 @@ class Engine:
         state.job_count, state.sampling_steps = params.n_iter, params.steps
         state.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
 
+        def on_batch(index: int) -> None:
+            state.job_no, state.sampling_step = index, 0
+
         def on_step(step: int, steps: int, _latent) -> None:
             state.sampling_step = step
 
-        hooks = pipeline.Hooks(on_step=on_step, check=job.check)
+        hooks = pipeline.Hooks(on_batch=on_batch, on_step=on_step, check=job.check)
         save = params.save_images and settings.samples_save
         folder = self.paths.resolve_output_dir(settings.outdir_samples or settings.outdir_txt2img_samples)
         result = Txt2ImgResult([], [], [], [], {})
@@ -205,8 +212,6 @@ class Engine:
                     result.seeds.append(image_seed)
                     result.infotexts.append(text)
                     result.paths.append(path)
-                state.job_no = batch.batch_index + 1
-                state.sampling_step = 0
         except JobInterrupted:
             result.interrupted = True
         if result.infotexts:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from modules import images
 from modules.api import schemas
-from modules.engine import BadRequest, Engine, describe_validation_error
+from modules.engine import BadRequest, Engine, UnknownOption, describe_validation_error
 from modules.generation import samplers
 from modules.generation.params import GenerationParams
 from modules.jobs import JobState
@@ -30,7 +30,7 @@ def error_response(status: int, exc: Exception, detail: str) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def _bad_request(_request: Request, exc: BadRequest):
-        return error_response(400, exc, str(exc))
+        return error_response(422 if isinstance(exc, UnknownOption) else 400, exc, str(exc))
 
     @app.exception_handler(CheckpointError)
     async def _checkpoint(_request: Request, exc: CheckpointError):

@@ -32,6 +32,7 @@ class NansError(RuntimeError):
 @dataclass
 class Hooks:
     """How the loop reports progress and learns that it should stop. All optional."""
+    on_batch: Callable[[int], None] | None = None  # a batch (0-based index) starts
     on_step: Callable[[int, int, torch.Tensor], None] | None = None  # (step, steps, latent)
     check: Callable[[], None] | None = None  # raises JobInterrupted (stop) or JobSkipped (next batch)
 
@@ -145,6 +146,8 @@ def txt2img(model, params: GenerationParams, seeds: list[int], clip_skip: int = 
     shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
     image_cond = inpainting_conditioning(model, params.batch_size, params.height, params.width)
     for b in range(params.n_iter):
+        if hooks.on_batch:
+            hooks.on_batch(b)
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
         generators = rng.create_generators(batch_seeds, randn_source, model.device)
         noise = rng.initial_noise(generators, shape, model.device)

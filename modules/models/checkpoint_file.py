@@ -10,8 +10,10 @@ runs, its metadata is simply dropped.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import pickletools
 import re
 import struct
 import zipfile
@@ -58,15 +60,53 @@ SAFE_EXTRA_GLOBALS = [
 ]
 
 
+_HARMLESS_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "numpy.", "_codecs.encode", "builtins.set",
+                             "__builtin__.set", "pytorch_lightning.callbacks.model_checkpoint.",
+                             "lightning.pytorch.callbacks.model_checkpoint.")
+
+
+def pickle_globals(path: Path) -> list[str]:
+    """The globals ("module.name") a pickle-based file would import, found by parsing its opcodes
+    (pickletools only reads them; nothing is executed)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            streams = [zf.read(n) for n in zf.namelist() if n.endswith(".pkl")]
+    else:
+        streams = [path.read_bytes()]
+    found: list[str] = []
+    for data in streams:
+        buf = io.BytesIO(data)
+        while buf.tell() < len(data):  # the legacy torch format is several pickles in a row
+            strings: list[str] = []
+            try:
+                for op, arg, _pos in pickletools.genops(buf):
+                    if op.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str) and "UNICODE" in op.name:
+                        strings.append(arg)
+            except Exception:
+                break  # raw tensor bytes follow the pickles in the legacy format
+    return found
+
+
 def _describe_unpickling_error(path: Path, err: Exception) -> str:
     m = re.search(r"GLOBAL ([\w.]+)", str(err))
     offender = m.group(1) if m else None
+    if offender is None:
+        try:
+            offender = next((g for g in pickle_globals(path) if not g.startswith(_HARMLESS_GLOBAL_PREFIXES)), None)
+        except (OSError, zipfile.BadZipFile):
+            offender = None
     if offender:
         return (f"Refused to load {path.name}: the file asks to import '{offender}' while loading, which a "
                 "weights file never needs. Pickle-based checkpoints can run code; this one was not run. "
                 "If you trust its source, convert it to .safetensors with a trusted tool, or get a "
                 ".safetensors version.")
-    return f"{path.name} is not a readable checkpoint ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+    return (f"Refused to load {path.name}: it is a pickle the safe loader cannot read "
+            f"({str(err).splitlines()[-1] if str(err) else err.__class__.__name__}). Nothing in it was run. "
+            "Use a .safetensors version of this model.")
 
 
 def _read_pickle(path: Path) -> dict:

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny checkpoints written once per test session in the real LDM layout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from modules import devices, logs, paths  # noqa: E402
+from modules.hashing import HashCache  # noqa: E402
+from modules.models.manager import ModelManager  # noqa: E402
+from modules.models.registry import CheckpointRegistry, VaeRegistry  # noqa: E402
+from tests import tiny_models  # noqa: E402
+
+logs.quiet_libraries()
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "launcher: runs ./webui.sh end to end (creates a venv; minutes)")
+    config.addinivalue_line("markers", "server: starts webui.py as a live server on 127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A folder of tiny checkpoints, each with its YAML beside it:
+    sd1.safetensors, sd1-fp16.safetensors, sd1-ckpt.ckpt, sub/sd1-inpainting.safetensors, sd2-v.safetensors."""
+    d = tmp_path_factory.mktemp("tiny")
+    sd1 = tiny_models.build("sd1", seed=1)
+    sd1.write(d / "sd1.safetensors")
+    sd1.write(d / "sd1-fp16.safetensors", dtype=torch.float16)
+    sd1.write(d / "sd1-ckpt.ckpt")
+    tiny_models.build("sd1", inpainting=True, seed=2).write(d / "sub" / "sd1-inpainting.safetensors")
+    tiny_models.build("sd2", prediction_type="v_prediction", seed=3).write(d / "sd2-v.safetensors")
+    return d
+
+
+@pytest.fixture()
+def data_dir(tmp_path, tiny_dir) -> Path:
+    """A fresh data dir whose models/Stable-diffusion holds copies of the tiny checkpoints."""
+    target = tmp_path / "models" / "Stable-diffusion"
+    shutil.copytree(tiny_dir, target)
+    return tmp_path
+
+
+def make_manager(data: Path) -> ModelManager:
+    p = paths.from_args(str(data))
+    registry = CheckpointRegistry(p.checkpoint_dirs, HashCache(p.hash_cache))
+    return ModelManager(registry, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), devices.plan(skip_cuda_test=True),
+                        p.default_sd1_config)
+
+
+@pytest.fixture()
+def manager(data_dir) -> ModelManager:
+    return make_manager(data_dir)

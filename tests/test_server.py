@@ -1,0 +1,218 @@
+"""The live server on 127.0.0.1: A1111 API routes and the minimal page, driven over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data: Path, *args: str, timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(data / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "webui.py"), "--port", str(port), "--data-dir", str(data),
+         "--skip-torch-cuda-test", *args],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "COMMANDLINE_ARGS": ""})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{(data / 'server.log').read_text()}")
+        try:
+            if requests.get(url + "/sdapi/v1/sd-models", timeout=2).status_code == 200:
+                return proc, url
+        except requests.RequestException:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server did not start:\n{(data / 'server.log').read_text()}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_dir):
+    data = tmp_path_factory.mktemp("server")
+    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
+    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    proc, url = start_server(data, "--api")
+    yield url, data, proc
+    stop_server(proc)
+
+
+def post(url, path, **body):
+    return requests.post(url + path, json=body, timeout=300)
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_txt2img_api_defaults_and_response_shape(server):
+    url, data, _ = server
+    r = post(url, "/sdapi/v1/txt2img", prompt="a red circle", width=64, height=64, seed=5, batch_size=2)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"images", "parameters", "info"}
+    info = json.loads(body["info"])
+    assert info["seed"] == 5 and info["all_seeds"] == [5, 6] and info["steps"] == 50  # A1111's API default
+    assert info["sampler_name"] == "Euler" and info["sd_model_name"] == "sd1" and len(info["sd_model_hash"]) == 10
+    assert body["parameters"]["prompt"] == "a red circle" and body["parameters"]["sampler_index"] == "Euler"
+    images = [decode(b) for b in body["images"]]
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    assert images[0].info["parameters"] == info["infotexts"][0]
+    assert "Steps: 50, Sampler: Euler, Schedule type: Automatic, CFG scale: 7, Seed: 5," in info["infotexts"][0]
+    assert not (data / "outputs").exists()  # the API saves only when asked (save_images)
+    again = post(url, "/sdapi/v1/txt2img", prompt="a red circle", width=64, height=64, seed=5, save_images=True,
+                 steps=8, sampler_name="DPM++ 2M Karras")
+    assert again.status_code == 200
+    saved = list((data / "outputs" / "txt2img-images").rglob("*.png"))
+    assert [p.name for p in saved] == ["00000-5.png"]
+    assert base64.b64decode(again.json()["images"][0]) == saved[0].read_bytes()
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in Image.open(saved[0]).info["parameters"]
+
+
+def test_models_list_and_switch_by_title_name_and_hash(server):
+    url, _, _ = server
+    models = requests.get(url + "/sdapi/v1/sd-models").json()
+    names = {m["model_name"]: m for m in models}
+    assert set(names) >= {"sd1", "sd2-v", "sub_sd1-inpainting"}
+    assert set(models[0]) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    assert names["sd1"]["config"].endswith("sd1.yaml")
+    # sd2-v is not hashed until first loaded; switch by title, then by name and by hash
+    for query in ("sd2-v.safetensors", "sd2-v"):
+        r = post(url, "/sdapi/v1/txt2img", width=64, height=64, steps=2,
+                 override_settings={"sd_model_checkpoint": query})
+        assert json.loads(r.json()["info"])["sd_model_name"] == "sd2-v"
+    sd2 = {m["model_name"]: m for m in requests.get(url + "/sdapi/v1/sd-models").json()}["sd2-v"]
+    assert sd2["hash"] and sd2["title"] == f"sd2-v.safetensors [{sd2['hash']}]"
+    r = post(url, "/sdapi/v1/txt2img", width=64, height=64, steps=2, override_settings={"sd_model_checkpoint": sd2["hash"]})
+    assert json.loads(r.json()["info"])["sd_model_hash"] == sd2["hash"]
+    # restored afterwards: the selected checkpoint is still sd1
+    assert requests.get(url + "/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("sd1.safetensors")
+    r = post(url, "/sdapi/v1/txt2img", width=64, height=64, steps=2)
+    assert json.loads(r.json()["info"])["sd_model_name"] == "sd1"
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"width": 513}, 400, "width must be a multiple of 8"),
+    ({"steps": 0}, 400, "steps"),
+    ({"sampler_name": "Magic"}, 400, "Unknown sampler 'Magic'"),
+    ({"override_settings": {"sd_model_checkpoint": "ghost"}}, 400, "Checkpoint 'ghost' not found"),
+    ({"width": "wide"}, 422, "width"),
+])
+def test_bad_input_gets_a_clear_message_and_server_keeps_running(server, body, status, needle):
+    url, _, proc = server
+    r = post(url, "/sdapi/v1/txt2img", **body)
+    assert r.status_code == status and needle in r.text
+    assert proc.poll() is None
+    assert post(url, "/sdapi/v1/txt2img", width=64, height=64, steps=1).status_code == 200
+
+
+def test_options_get_set_and_unknown_keys(server):
+    url, _, _ = server
+    opts = requests.get(url + "/sdapi/v1/options").json()
+    assert opts["CLIP_stop_at_last_layers"] == 1 and opts["sd_vae"] == "Automatic"
+    r = post(url, "/sdapi/v1/options", no_such_option=1, samples_save=False)
+    assert r.status_code == 422 and "no_such_option" in r.text
+    assert requests.get(url + "/sdapi/v1/options").json()["samples_save"] is True  # nothing applied
+    assert post(url, "/sdapi/v1/options", CLIP_stop_at_last_layers=2).status_code == 200
+    assert requests.get(url + "/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+    assert post(url, "/sdapi/v1/options", CLIP_stop_at_last_layers=1).status_code == 200
+    flags = requests.get(url + "/sdapi/v1/cmd-flags").json()
+    assert flags["api"] is True and flags["listen"] is False
+    samplers = requests.get(url + "/sdapi/v1/samplers").json()
+    assert {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}} in samplers
+
+
+def test_corrupt_checkpoint_is_reported_and_previous_model_stays(server):
+    url, data, proc = server
+    folder = data / "models" / "Stable-diffusion"
+    (folder / "zz-corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    assert post(url, "/sdapi/v1/refresh-checkpoints").status_code == 200
+    r = post(url, "/sdapi/v1/options", sd_model_checkpoint="zz-corrupt.safetensors")
+    assert r.status_code == 500 and "zz-corrupt.safetensors" in r.json()["detail"]
+    r = post(url, "/sdapi/v1/txt2img", width=64, height=64, steps=2)
+    assert r.status_code == 200 and json.loads(r.json()["info"])["sd_model_name"] == "sd1"
+    assert proc.poll() is None
+
+
+def test_progress_and_interrupt_while_a_job_runs(server):
+    url, _, _ = server
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", post(url, "/sdapi/v1/txt2img", width=64, height=64,
+                                                                  steps=400, n_iter=3)))
+    t.start()
+    seen = None
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        p = requests.get(url + "/sdapi/v1/progress").json()
+        if p["state"]["sampling_step"] > 0:
+            seen = p
+            break
+        time.sleep(0.05)
+    assert seen and 0 < seen["progress"] < 1 and seen["state"]["job_count"] == 3
+    assert seen["state"]["sampling_steps"] == 400
+    assert post(url, "/sdapi/v1/interrupt").status_code == 200
+    t.join(120)
+    info = json.loads(out["r"].json()["info"])
+    assert info["interrupted"] is True and len(out["r"].json()["images"]) < 3
+
+
+def test_minimal_page_generates_through_gradio(server):
+    url, _, _ = server
+    page = requests.get(url + "/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    from gradio_client import Client
+
+    client = Client(url + "/", verbose=False)
+    gallery, infotext, note = client.predict("a red circle", "", "Euler a", 4, 7, 64, 64, 3, 1, 1, api_name="/txt2img")
+    assert len(gallery) == 1 and "Seed: 3" in infotext and "Sampler: Euler a" in infotext
+
+
+def test_binds_to_loopback_only(server):
+    _, _, proc = server
+    addrs = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="tcp") if c.status == "LISTEN"}
+    assert addrs == {"127.0.0.1"}
+
+
+def test_api_only_server_without_checkpoints(tmp_path):
+    proc, url = start_server(tmp_path, "--nowebui")
+    try:
+        assert requests.get(url + "/sdapi/v1/sd-models").json() == []
+        assert requests.get(url + "/").status_code == 404  # no UI in API-only mode
+        assert requests.get(url + "/docs").status_code == 200
+        r = post(url, "/sdapi/v1/txt2img", width=64, height=64)
+        assert r.status_code == 400 and "No checkpoint found" in r.json()["detail"]
+    finally:
+        stop_server(proc)
