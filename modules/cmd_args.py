@@ -17,8 +17,8 @@ IGNORED_SWITCHES = [
     "--opt-sdp-no-mem-attention", "--opt-split-attention", "--opt-split-attention-v1",
     "--opt-split-attention-invokeai", "--opt-sub-quad-attention", "--disable-opt-split-attention",
     "--opt-channelslast", "--upcast-sampling", "--medvram", "--medvram-sdxl", "--lowvram", "--lowram",
-    "--enable-insecure-extension-access", "--skip-install", "--skip-python-version-check",
-    "--skip-version-check", "--skip-prepare-environment", "--reinstall-torch", "--reinstall-xformers",
+    "--enable-insecure-extension-access",
+    "--skip-version-check", "--reinstall-xformers",
     "--update-check", "--update-all-extensions", "--no-download-sd-model", "--disable-all-extensions",
     "--disable-extra-extensions", "--no-gradio-queue", "--disable-nan-check", "--no-hashing",
     "--disable-safe-unpickle", "--use-textbox-seed", "--log-startup",
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--models-dir", default=None, help="base folder for models (default: DATA_DIR/models)")
     models.add_argument("--ckpt", default=None, help="checkpoint file to load at start-up (added to the list)")
     models.add_argument("--ckpt-dir", default=None, help="extra folder searched for checkpoints")
+    models.add_argument("--no-builtin-model", action="store_true",
+                        help="do not list the small demo model that ships in models/builtin")
     models.add_argument("--vae-dir", default=None, help="extra folder searched for VAE files")
     models.add_argument("--config", default=None,
                         help="YAML config used for SD 1.x checkpoints without one (default configs/v1-inference.yaml)")
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--skip-torch-cuda-test", action="store_true",
                      help="do not warn when no GPU is usable (generation then runs on the CPU)")
 
+    launch = p.add_argument_group("launcher (read by launch.py before the server starts)")
+    launch.add_argument("--skip-install", action="store_true", help="do not install requirements.txt")
+    launch.add_argument("--skip-prepare-environment", action="store_true", help="install nothing at all")
+    launch.add_argument("--reinstall-torch", action="store_true", help="run TORCH_COMMAND again")
+    launch.add_argument("--skip-python-version-check", action="store_true",
+                        help="no warning for an untested Python version")
     for flag in IGNORED_SWITCHES:
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     for flag in IGNORED_WITH_VALUE:
