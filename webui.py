@@ -41,7 +41,8 @@ def build(args):
     if args.ckpt and not os.path.isfile(args.ckpt):
         log.warning("--ckpt %s: no such file", args.ckpt)
     hashes = HashCache(p.hash_cache)
-    checkpoints = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=extra)
+    checkpoints = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=extra,
+                                     builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS)
     vaes = VaeRegistry(p.vae_dirs, p.checkpoint_dirs)
     settings = SettingsStore(p.config_file)
     engine = Engine(p, settings, ModelManager(checkpoints, vaes, plan, p.default_sd1_config), JobQueue())

@@ -13,6 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 TOKENIZER_DIR = CONFIGS / "tokenizer"
+# The project's own small demo model (a program file, so not moved by --data-dir): listed after the
+# user's checkpoints and selected only when there are none.
+BUILTIN_MODELS = (ROOT / "models" / "builtin" / "shapes-tiny.safetensors",)
 
 
 @dataclass(frozen=True)

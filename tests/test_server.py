@@ -207,7 +207,7 @@ def test_binds_to_loopback_only(server):
 
 
 def test_api_only_server_without_checkpoints(tmp_path):
-    proc, url = start_server(tmp_path, "--nowebui")
+    proc, url = start_server(tmp_path, "--nowebui", "--no-builtin-model")
     try:
         assert requests.get(url + "/sdapi/v1/sd-models").json() == []
         assert requests.get(url + "/").status_code == 404  # no UI in API-only mode

@@ -41,6 +41,7 @@ class CheckpointInfo:
     name: str  # path relative to its folder, '/'-separated, with extension
     sha256: str | None = None
     legacy_hash: str | None = field(default=None, repr=False)
+    builtin: bool = False  # the demo model shipped in the repo, listed after the user's own
 
     @property
     def stem(self) -> str:
@@ -74,9 +75,11 @@ class CheckpointInfo:
 
 
 class CheckpointRegistry:
-    def __init__(self, folders: tuple[Path, ...], hashes: HashCache, extra_files: tuple[Path, ...] = ()):
+    def __init__(self, folders: tuple[Path, ...], hashes: HashCache, extra_files: tuple[Path, ...] = (),
+                 builtin_files: tuple[Path, ...] = ()):
         self.folders = folders
         self.extra_files = extra_files
+        self.builtin_files = builtin_files
         self.hashes = hashes
         self._lock = threading.Lock()
         self._items: list[CheckpointInfo] = []
@@ -98,9 +101,14 @@ class CheckpointRegistry:
             resolved = Path(path).resolve()
             if resolved not in items and resolved.is_file():
                 items[resolved] = CheckpointInfo(filename=resolved, name=resolved.name)
+        for path in self.builtin_files:
+            resolved = Path(path).resolve()
+            if resolved not in items and resolved.is_file():
+                items[resolved] = CheckpointInfo(filename=resolved, name=f"builtin/{resolved.name}", builtin=True)
         for info in items.values():
             info.sha256 = self.hashes.cached_sha256(info.filename)
-        ordered = sorted(items.values(), key=lambda i: natural_key(i.name))
+        # The user's own checkpoints first: the first entry is the default when nothing is selected.
+        ordered = sorted(items.values(), key=lambda i: (i.builtin, natural_key(i.name)))
         with self._lock:
             self._items = ordered
         return list(ordered)
