@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 from pydantic import ValidationError
+from tqdm import tqdm
 
 from modules import fileio, images, infotext
 from modules.generation import pipeline, rng, samplers
@@ -188,11 +189,15 @@ class Engine:
         state.job_count, state.sampling_steps = params.n_iter, params.steps
         state.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
 
+        # The terminal's view of the whole job (A1111's "Total progress"); silent when not a terminal.
+        bar = tqdm(total=params.n_iter * params.steps, desc="txt2img", unit="step", disable=None, leave=False)
+
         def on_batch(index: int) -> None:
             state.job_no, state.sampling_step = index, 0
 
         def on_step(step: int, steps: int, _latent) -> None:
             state.sampling_step = step
+            bar.update(state.job_no * steps + step - bar.n)
 
         hooks = pipeline.Hooks(on_batch=on_batch, on_step=on_step, check=job.check)
         save = params.save_images and settings.samples_save
@@ -214,6 +219,8 @@ class Engine:
                     result.paths.append(path)
         except JobInterrupted:
             result.interrupted = True
+        finally:
+            bar.close()
         if result.infotexts:
             fileio.atomic_write_bytes(self.paths.params_file, result.infotexts[0].encode("utf-8"))
         result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp)
