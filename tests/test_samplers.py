@@ -49,7 +49,7 @@ def reference(model, name: str, steps: int, seeds: list[int], cond, uncond, cfg:
 def ours(model, name, steps, seeds, cond, uncond, cfg):
     gens = rng.create_generators(seeds, "CPU", torch.device("cpu"))
     noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
-    denoiser = pipeline.Denoiser(model, cond, uncond, cfg, len(seeds), None)
+    denoiser = pipeline.Denoiser(model, cond, uncond, cfg)
     with torch.no_grad():
         return pipeline.sample(model, denoiser, noise, samplers.resolve(name), steps, gens, pipeline.Hooks())
 
@@ -71,7 +71,7 @@ def a1111_ddim(model, steps, seeds, cond, uncond, cfg):
     timesteps = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
     gens = rng.create_generators(seeds, "CPU", torch.device("cpu"))
     x = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
-    den = pipeline.Denoiser(model, cond, uncond, cfg, len(seeds), None)
+    den = pipeline.Denoiser(model, cond, uncond, cfg)
     for index in range(len(timesteps) - 1, -1, -1):
         t = timesteps[index]
         a_t = alphas[t].float()

@@ -1,22 +1,36 @@
-"""Prompt text to the U-Net's cross-attention input, chunked the way AUTOMATIC1111 does it.
+"""Prompt text to the U-Net's cross-attention input, the way AUTOMATIC1111 does it.
 
 A prompt's tokens are cut into chunks of 75. A chunk that fills up while a comma is among its last 20
-tokens is cut after that comma instead, and the rest moves to the next chunk. Each chunk becomes
-BOS + tokens + EOS + padding = 77 ids (SD 1.x pads with EOS; SD 2.x's OpenCLIP pads with 0), is
-encoded on its own, and the chunks are joined along the token axis: a 100-token prompt gives a
-(154, width) conditioning.
+tokens is cut after that comma instead, and the rest moves to the next chunk; `BREAK` ends a chunk
+where it stands. Each chunk becomes BOS + tokens + EOS + padding = 77 ids (SD 1.x pads with EOS;
+SD 2.x's OpenCLIP pads with 0), is encoded on its own, and the chunks are joined along the token
+axis: a 100-token prompt gives a (154, width) conditioning.
+
+Emphasis weights (see `prompts.parse_attention`) multiply the encoder's output per token. In the
+default "Original" mode the result is then rescaled so that its mean equals the unweighted mean.
+As in A1111, all the texts of one prompt's schedule are encoded as one batch: they get the same
+number of chunks (short ones padded with empty chunks) and that mean is taken over the whole batch,
+each schedule entry counted once (so an alternation that shows a text on 5 steps counts it 5 times).
+The text encoder itself runs once per distinct text.
+
+A prompt becomes a `ComposableCond`: its AND sub-prompts, each a `ScheduledCond` (the conditioning to
+use at each sampling step) with its guidance weight.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from modules.generation import prompts
+
 CHUNK = 75
 COMMA_BACKTRACK = 20
 BOS, EOS = 49406, 49407
+EMPHASIS_MODES = ("None", "Ignore", "Original", "No norm")
 
 
 @dataclass(frozen=True)
@@ -29,28 +43,87 @@ SPECS = {"sd1": TextEncoderSpec(pad_id=EOS, honours_clip_skip=True),
          "sd2": TextEncoderSpec(pad_id=0, honours_clip_skip=False)}
 
 
-def chunk_tokens(tokens: list[int], comma_id: int) -> list[list[int]]:
-    """Split token ids into chunks of at most 75, moving a short tail after a comma to the next chunk
-    (A1111's `comma_padding_backtrack` = 20)."""
-    chunks: list[list[int]] = []
-    current: list[int] = []
+@dataclass
+class Chunk:
+    """Up to 75 prompt tokens and the emphasis weight of each."""
+    ids: list[int]
+    weights: list[float]
+
+
+def build_chunks(segments: list[tuple[list[int], float] | None], comma_id: int) -> list[Chunk]:
+    """Chunks of at most 75 tokens from (token ids, weight) segments; None (BREAK) closes the current
+    chunk, even an empty one. A full chunk whose last comma is within 20 tokens of its end is cut after
+    that comma and the tail moves on (A1111's `comma_padding_backtrack` = 20)."""
+    chunks: list[Chunk] = []
+    current = Chunk([], [])
     last_comma = -1
-    for tok in tokens:
-        if tok == comma_id:
-            last_comma = len(current)
-        elif len(current) == CHUNK and last_comma != -1 and len(current) - last_comma <= COMMA_BACKTRACK:
-            cut = last_comma + 1
-            chunks.append(current[:cut])
-            current = current[cut:]
-            last_comma = -1
-        if len(current) == CHUNK:
-            chunks.append(current)
-            current = []
-            last_comma = -1
-        current.append(tok)
-    if current or not chunks:
+
+    def close() -> None:
+        nonlocal current, last_comma
+        chunks.append(current)
+        current = Chunk([], [])
+        last_comma = -1
+
+    for segment in segments:
+        if segment is None:
+            close()
+            continue
+        ids, weight = segment
+        for tok in ids:
+            if tok == comma_id:
+                last_comma = len(current.ids)
+            elif len(current.ids) == CHUNK and last_comma != -1 and len(current.ids) - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1
+                tail = Chunk(current.ids[cut:], current.weights[cut:])
+                current.ids, current.weights = current.ids[:cut], current.weights[:cut]
+                close()
+                current = tail
+            if len(current.ids) == CHUNK:
+                close()
+            current.ids.append(tok)
+            current.weights.append(weight)
+    if current.ids or not chunks:
         chunks.append(current)
     return chunks
+
+
+def chunk_tokens(tokens: list[int], comma_id: int) -> list[list[int]]:
+    """The chunking of plain token ids (no weights, no BREAK)."""
+    return [c.ids for c in build_chunks([(tokens, 1.0)], comma_id)]
+
+
+@dataclass(frozen=True)
+class ScheduledCond:
+    """One prompt's conditioning over the sampling steps: entries (end_at_step, cond), ascending.
+    At denoiser call i (counting from 0, as A1111's CFG denoiser does) the first entry with
+    i <= end_at_step is used; past the last one, the first (A1111's fallback)."""
+    entries: tuple[tuple[int, torch.Tensor], ...]
+
+    @classmethod
+    def fixed(cls, cond: torch.Tensor) -> ScheduledCond:
+        return cls(((sys.maxsize, cond[0] if cond.dim() == 3 else cond),))
+
+    def at(self, step: int) -> torch.Tensor:
+        for end, cond in self.entries:
+            if step <= end:
+                return cond
+        return self.entries[0][1]
+
+    def to(self, dtype: torch.dtype) -> ScheduledCond:
+        converted: dict[int, torch.Tensor] = {}
+        for _, cond in self.entries:
+            converted.setdefault(id(cond), cond.to(dtype))
+        return ScheduledCond(tuple((end, converted[id(cond)]) for end, cond in self.entries))
+
+
+@dataclass(frozen=True)
+class ComposableCond:
+    """A prompt's AND sub-prompts, each a ScheduledCond with its weight."""
+    parts: tuple[tuple[ScheduledCond, float], ...]
+
+    @classmethod
+    def fixed(cls, cond: torch.Tensor) -> ComposableCond:
+        return cls(((ScheduledCond.fixed(cond), 1.0),))
 
 
 class PromptEncoder:
@@ -66,23 +139,83 @@ class PromptEncoder:
     def token_count(self, text: str) -> int:
         return len(self.tokenize(text))
 
-    def chunk_ids(self, text: str) -> list[list[int]]:
-        """The 77-id rows for a prompt, one per chunk."""
-        rows = []
-        for chunk in chunk_tokens(self.tokenize(text), self.comma_id):
-            row = [BOS] + chunk + [EOS]
-            rows.append(row + [self.spec.pad_id] * (CHUNK + 2 - len(row)))
-        return rows
+    def chunks(self, text: str, emphasis: str = "Original") -> list[Chunk]:
+        """Emphasis "None" reads the text literally (brackets and BREAK included); the other modes parse
+        it. Each weighted segment is tokenized on its own, as A1111 does."""
+        segments = [(text, 1.0)] if emphasis == "None" else prompts.parse_attention(text)
+        texts = [s[0] for s in segments if s is not None]
+        ids = iter(self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else [])
+        return build_chunks([None if s is None else (next(ids), s[1]) for s in segments], self.comma_id)
 
-    @torch.no_grad()
-    def encode(self, text: str, clip_skip: int = 1) -> torch.Tensor:
-        """(77 * chunks, width) conditioning for one prompt."""
-        p = next(self.text_model.parameters())
-        ids = torch.tensor(self.chunk_ids(text), device=p.device)
+    def _row(self, chunk: Chunk) -> list[int]:
+        row = [BOS] + chunk.ids + [EOS]
+        return row + [self.spec.pad_id] * (CHUNK + 2 - len(row))
+
+    def chunk_ids(self, text: str, emphasis: str = "Original") -> list[list[int]]:
+        """The 77-id rows for a prompt, one per chunk."""
+        return [self._row(c) for c in self.chunks(text, emphasis)]
+
+    def _transformer(self, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
         if clip_skip > 1 and self.spec.honours_clip_skip:
             out = self.text_model(ids, output_hidden_states=True)
-            z = self.text_model.text_model.final_layer_norm(out.hidden_states[-clip_skip]) \
-                if hasattr(self.text_model, "text_model") else self.text_model.final_layer_norm(out.hidden_states[-clip_skip])
-        else:
-            z = self.text_model(ids).last_hidden_state
-        return z.reshape(-1, z.shape[-1])
+            inner = getattr(self.text_model, "text_model", self.text_model)
+            return inner.final_layer_norm(out.hidden_states[-clip_skip])
+        return self.text_model(ids).last_hidden_state
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], clip_skip: int = 1, emphasis: str = "Original") -> list[torch.Tensor]:
+        """A (77 * chunks, width) conditioning per text, all with the same number of chunks; the texts
+        form one batch for emphasis (see the module docstring). Each distinct text is encoded once."""
+        if emphasis not in EMPHASIS_MODES:
+            raise ValueError(f"Unknown emphasis mode {emphasis!r}; one of {', '.join(EMPHASIS_MODES)}")
+        position = {t: j for j, t in enumerate(dict.fromkeys(texts))}
+        unique = list(position)
+        device = next(self.text_model.parameters()).device
+        counts = torch.bincount(torch.tensor([position[t] for t in texts]), minlength=len(unique)).to(device)
+
+        def batch_mean(z: torch.Tensor) -> torch.Tensor:  # the mean over all texts, repeats included
+            return (z.sum(dim=(1, 2), dtype=torch.float32) * counts).sum() / (len(texts) * z.shape[1] * z.shape[2])
+
+        chunked = [self.chunks(t, emphasis) for t in unique]
+        n_chunks = max(len(c) for c in chunked)
+        pieces = []
+        for i in range(n_chunks):
+            batch = [c[i] if i < len(c) else Chunk([], []) for c in chunked]
+            ids = torch.tensor([self._row(c) for c in batch], device=device)
+            z = self._transformer(ids, clip_skip)
+            weights = [[1.0] + c.weights + [1.0] * (CHUNK + 1 - len(c.weights)) for c in batch]
+            if emphasis in ("Original", "No norm") and any(w != 1.0 for row in weights for w in row):
+                multipliers = torch.tensor(weights, dtype=torch.float32, device=device)
+                weighted = z * multipliers[..., None]
+                if emphasis == "Original":
+                    original_mean, new_mean = batch_mean(z), batch_mean(weighted)
+                    if new_mean != 0:
+                        weighted = weighted * (original_mean / new_mean)
+                z = weighted
+            pieces.append(z)
+        z = torch.cat(pieces, dim=1)
+        by_text = {t: z[j] for j, t in enumerate(unique)}
+        return [by_text[t] for t in texts]
+
+    def encode(self, text: str, clip_skip: int = 1, emphasis: str = "Original") -> torch.Tensor:
+        """(77 * chunks, width) conditioning for one prompt text (no schedule, no AND)."""
+        return self.encode_texts([text], clip_skip, emphasis)[0]
+
+    def encode_scheduled(self, prompt: str, steps: int, clip_skip: int = 1,
+                         emphasis: str = "Original") -> ScheduledCond:
+        """Prompt editing and alternation resolved for `steps` sampling steps (no AND splitting: this
+        is how the negative prompt is encoded)."""
+        schedule = prompts.prompt_schedule(prompt, steps)
+        conds = self.encode_texts([text for _, text in schedule], clip_skip, emphasis)
+        return ScheduledCond(tuple((end, cond) for (end, _), cond in zip(schedule, conds)))
+
+    def encode_prompt(self, prompt: str, steps: int, clip_skip: int = 1, emphasis: str = "Original") -> ComposableCond:
+        """The positive prompt: AND sub-prompts, each scheduled on its own (one text-encoder batch per
+        distinct sub-prompt, as A1111 does)."""
+        seen: dict[str, ScheduledCond] = {}
+        parts = []
+        for text, weight in prompts.split_and(prompt):
+            if text not in seen:
+                seen[text] = self.encode_scheduled(text, steps, clip_skip, emphasis)
+            parts.append((seen[text], weight))
+        return ComposableCond(tuple(parts))

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules.generation import rng, samplers
+from modules.generation import extra_networks, rng, samplers
+from modules.generation.conditioning import ComposableCond, ScheduledCond
 from modules.generation.params import GenerationParams
 from modules.jobs import JobSkipped
 
@@ -52,16 +53,27 @@ def _to_pil(decoded: torch.Tensor) -> Image.Image:
 
 
 class Denoiser:
-    """The U-Net with classifier-free guidance: one call gives the guided prediction for a batch."""
+    """The U-Net with classifier-free guidance: one call gives the guided prediction for a batch.
 
-    def __init__(self, model, cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float, batch: int,
-                 image_cond: torch.Tensor | None):
+    Like A1111's CFG denoiser it counts its calls: call i uses the conditionings its schedules give for
+    step i (prompt editing and alternation), and combines the AND sub-prompts as
+    uncond + sum_j (cond_j - uncond) * (weight_j * cfg_scale). One U-Net batch holds every image's
+    sub-prompts, image by image, then the unconds; when the prompt and the negative prompt have
+    different chunk counts they run as two batches (as A1111 does)."""
+
+    def __init__(self, model, cond: ComposableCond | torch.Tensor, uncond: ScheduledCond | torch.Tensor,
+                 cfg_scale: float, image_cond: torch.Tensor | None = None):
         self.unet = model.unet
         self.dtype = next(model.unet.parameters()).dtype
         self.cfg_scale = cfg_scale
-        self.cond = cond.to(self.dtype).expand(batch, -1, -1)
-        self.uncond = uncond.to(self.dtype).expand(batch, -1, -1)
+        if isinstance(cond, torch.Tensor):
+            cond = ComposableCond.fixed(cond)
+        if isinstance(uncond, torch.Tensor):
+            uncond = ScheduledCond.fixed(uncond)
+        self.parts = [(scheduled.to(self.dtype), weight) for scheduled, weight in cond.parts]
+        self.uncond = uncond.to(self.dtype)
         self.image_cond = image_cond
+        self.step = 0  # calls so far
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         if self.image_cond is not None:  # inpainting models see [latent, mask, masked-image latent]
@@ -69,17 +81,35 @@ class Denoiser:
         t = t.to(x.device, torch.float32).expand(x.shape[0])
         return self.unet(x.to(self.dtype), t, encoder_hidden_states=context).sample.float()
 
+    def conds_at(self, step: int) -> tuple[list[tuple[torch.Tensor, float]], torch.Tensor]:
+        """The (cond, weight) of each sub-prompt and the uncond used at denoiser call `step`."""
+        return [(scheduled.at(step), weight) for scheduled, weight in self.parts], self.uncond.at(step)
+
     def __call__(self, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.cfg_scale == 1:  # guidance would give exactly the conditional prediction
-            out = self._unet(x_in, t, self.cond)
-        elif self.cond.shape[1] == self.uncond.shape[1]:
-            both = self._unet(torch.cat([x_in, x_in]), t, torch.cat([self.cond, self.uncond]))
-            cond_out, uncond_out = both.chunk(2)
-            out = uncond_out + self.cfg_scale * (cond_out - uncond_out)
-        else:  # prompts of different chunk counts: A1111 runs them as separate batches
-            cond_out = self._unet(x_in, t, self.cond)
-            uncond_out = self._unet(x_in, t, self.uncond)
-            out = uncond_out + self.cfg_scale * (cond_out - uncond_out)
+        conds, uncond = self.conds_at(self.step)
+        self.step += 1
+        k, n = len(conds), x_in.shape[0]
+        length = max(c.shape[0] for c, _ in conds)
+        # sub-prompts of different chunk counts: the shorter are padded with their last vector (A1111)
+        stacked = torch.stack([torch.cat([c, c[-1:].expand(length - c.shape[0], -1)]) for c, _ in conds])
+        cond_context = stacked.repeat(n, 1, 1)  # image 0's sub-prompts, image 1's, ...
+        x_cond = x_in.repeat_interleave(k, dim=0) if k > 1 else x_in
+        uncond_context = uncond.expand(n, -1, -1)
+        if self.cfg_scale == 1 and k == 1 and conds[0][1] == 1:  # guidance would give the conditional prediction
+            return self._checked(self._unet(x_in, t, cond_context))
+        if length == uncond.shape[0]:
+            both = self._unet(torch.cat([x_cond, x_in]), t, torch.cat([cond_context, uncond_context]))
+            cond_out, uncond_out = both[:n * k], both[n * k:]
+        else:
+            cond_out = self._unet(x_cond, t, cond_context)
+            uncond_out = self._unet(x_in, t, uncond_context)
+        out = uncond_out.clone()
+        for j, (_, weight) in enumerate(conds):
+            out += (cond_out[j::k] - uncond_out) * (weight * self.cfg_scale)
+        return self._checked(out)
+
+    @staticmethod
+    def _checked(out: torch.Tensor) -> torch.Tensor:
         if torch.isnan(out.flatten()[0]):
             raise NansError("A tensor with NaNs was produced in the U-Net. Try the --no-half flag "
                             "(full precision); some checkpoints need it.")
@@ -137,12 +167,15 @@ def inpainting_conditioning(model, batch: int, height: int, width: int) -> torch
 
 @torch.no_grad()
 def txt2img(model, params: GenerationParams, seeds: list[int], clip_skip: int = 1, randn_source: str = "CPU",
-            hooks: Hooks | None = None) -> Iterator[BatchOutput]:
-    """Generate `params.n_iter` batches of `params.batch_size` images; `seeds` has one seed per image."""
+            hooks: Hooks | None = None, emphasis: str = "Original") -> Iterator[BatchOutput]:
+    """Generate `params.n_iter` batches of `params.batch_size` images; `seeds` has one seed per image.
+    The prompt's extra-network tags (`<lora:...>`) are taken out before it is encoded; the negative
+    prompt is used as written (A1111 reads tags from the prompt only)."""
     hooks = hooks or Hooks()
     choice = samplers.resolve(params.sampler_name, params.scheduler)
-    cond = model.text.encode(params.prompt, clip_skip)[None]
-    uncond = model.text.encode(params.negative_prompt, clip_skip)[None]
+    prompt = extra_networks.parse(params.prompt).text
+    cond = model.text.encode_prompt(prompt, params.steps, clip_skip, emphasis)
+    uncond = model.text.encode_scheduled(params.negative_prompt, params.steps, clip_skip, emphasis)
     shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
     image_cond = inpainting_conditioning(model, params.batch_size, params.height, params.width)
     for b in range(params.n_iter):
@@ -151,7 +184,7 @@ def txt2img(model, params: GenerationParams, seeds: list[int], clip_skip: int = 
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
         generators = rng.create_generators(batch_seeds, randn_source, model.device)
         noise = rng.initial_noise(generators, shape, model.device)
-        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, len(batch_seeds), image_cond)
+        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond)
         try:
             latents = sample(model, denoiser, noise, choice, params.steps, generators, hooks)
         except JobSkipped:

@@ -1,0 +1,62 @@
+"""Extra-network tags in prompts: `<lora:NAME:0.8>`, `<hypernet:NAME:1>`, `<lora:NAME:te=0.5:unet=1>`.
+
+A tag is `<kind:args>` with `kind` a word and `args` anything up to the next `>`, as in AUTOMATIC1111.
+Tags are taken out of the prompt before it is encoded (they never reach the text encoder) and handed
+to whatever implements that kind of network. The prompt written to the infotext keeps them, so a
+pasted infotext brings them back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+TAG = re.compile(r"<(\w+):([^>]+)>")
+
+
+@dataclass(frozen=True)
+class ExtraNetworkTag:
+    kind: str  # "lora", "hypernet", ...
+    args: tuple[str, ...]  # the `:`-separated arguments as written
+    text: str  # the whole tag, for messages
+
+    @property
+    def positional(self) -> list[str]:
+        return [a for a in self.args if "=" not in a]
+
+    @property
+    def named(self) -> dict[str, str]:
+        return dict(a.split("=", 1) for a in self.args if "=" in a)
+
+
+@dataclass
+class ParsedPrompt:
+    text: str  # the prompt with every tag removed
+    tags: list[ExtraNetworkTag] = field(default_factory=list)
+
+    def by_kind(self) -> dict[str, list[ExtraNetworkTag]]:
+        out: dict[str, list[ExtraNetworkTag]] = {}
+        for tag in self.tags:
+            out.setdefault(tag.kind, []).append(tag)
+        return out
+
+
+def parse(prompt: str) -> ParsedPrompt:
+    """The prompt without its tags, and the tags in the order written."""
+    tags: list[ExtraNetworkTag] = []
+
+    def take(m: re.Match) -> str:
+        tags.append(ExtraNetworkTag(m.group(1), tuple(m.group(2).split(":")), m.group(0)))
+        return ""
+
+    return ParsedPrompt(TAG.sub(take, prompt), tags)
+
+
+# Kinds that something in the engine applies. Empty until LoRA / hypernetwork support lands; a tag of
+# any other kind is removed from the prompt and reported, never an error.
+SUPPORTED_KINDS: frozenset[str] = frozenset()
+
+
+def unsupported_warnings(tags: list[ExtraNetworkTag]) -> list[str]:
+    return [f"Extra network {tag.text} was ignored: {tag.kind!r} networks are not supported yet"
+            for tag in tags if tag.kind not in SUPPORTED_KINDS]
