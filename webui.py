@@ -23,6 +23,8 @@ def build(args):
     """Everything the server needs, from parsed flags. Returns (FastAPI app, Engine)."""
     from fastapi import FastAPI
 
+    from modules import auth
+    from modules.api.middleware import ProcessTime
     from modules.engine import Engine
     from modules.hashing import HashCache
     from modules.jobs import JobQueue
@@ -31,6 +33,8 @@ def build(args):
     from modules.settings import SettingsStore
     from modules.version import VERSION
 
+    api_credentials = auth.from_flags(args.api_auth, flag="--api-auth")
+    ui_credentials = auth.from_flags(args.gradio_auth, args.gradio_auth_path, flag="--gradio-auth")
     p = paths.from_args(args.data_dir, args.models_dir, args.ckpt_dir, args.vae_dir, args.config)
     paths.ensure_dirs(p)
     plan = devices.plan(args.use_cpu, args.device_id, args.no_half, args.no_half_vae, args.precision,
@@ -48,19 +52,33 @@ def build(args):
     engine = Engine(p, settings, ModelManager(checkpoints, vaes, plan, p.default_sd1_config), JobQueue())
     engine.start_loading(args.ckpt and os.path.abspath(args.ckpt))
 
-    app = FastAPI(title="Stable Diffusion WebUI API", version=VERSION)
+    app = FastAPI(title="Stable Diffusion WebUI API", version=VERSION,
+                  description="AUTOMATIC1111-compatible API. Generation requests wait in one queue shared with "
+                              "the UI and run one at a time, in arrival order.")
+    app.add_middleware(ProcessTime, log_requests=args.api_log)
     if args.api or args.nowebui:
         from modules.api import routes
 
         routes.install_error_handlers(app)
-        app.include_router(routes.build_router(engine, vars(args)))
+        app.include_router(routes.build_router(engine, cmd_args.public_flags(args), api_credentials))
     if not args.nowebui:
         import gradio as gr
 
         from modules.ui import minimal
 
-        app = gr.mount_gradio_app(app, minimal.build(engine), path="")
+        app = gr.mount_gradio_app(app, minimal.build(engine), path="", auth=ui_credentials,
+                                  auth_message="Log in to Stable Diffusion WebUI" if ui_credentials else None)
     return app, engine
+
+
+def unprotected_parts(args) -> list[str]:
+    """What a --listen server would serve to the network without any login."""
+    parts = []
+    if not args.nowebui and not (args.gradio_auth or args.gradio_auth_path):
+        parts.append("the UI")
+    if (args.api or args.nowebui) and not args.api_auth:
+        parts.append("the API")
+    return parts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,17 +92,25 @@ def main(argv: list[str] | None = None) -> None:
     for note in cmd_args.ignored_flags(args):
         log.warning("%s", note)
     host = cmd_args.bind_host(args)
-    if args.listen:
-        log.warning("--listen: the server is reachable from other machines on your network, without a password.")
+    if host not in ("127.0.0.1", "localhost", "::1") and (open_parts := unprotected_parts(args)):
+        log.warning("The server is reachable from other machines on your network and %s need%s no password; "
+                    "set --gradio-auth / --api-auth user:password to require one.",
+                    " and ".join(open_parts), "s" if len(open_parts) == 1 else "")
 
     import uvicorn
 
-    app, _engine = build(args)
+    from modules.auth import CredentialsError
+
+    try:
+        app, _engine = build(args)
+    except CredentialsError as e:
+        log.error("%s", e)
+        sys.exit(2)
     url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{args.port}"
     log.info("Running on local URL: %s%s", url, "  (API only: see /docs)" if args.nowebui else "")
     if args.autolaunch and not args.nowebui:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(app, host=host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    uvicorn.run(app, host=host, port=args.port, log_level="warning", timeout_keep_alive=args.timeout_keep_alive)
 
 
 if __name__ == "__main__":

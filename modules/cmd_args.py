@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--api", action="store_true", help="serve the /sdapi/v1 HTTP API beside the UI")
     net.add_argument("--nowebui", action="store_true", help="serve only the API, no browser UI")
     net.add_argument("--autolaunch", action="store_true", help="open the UI in the default browser")
+    net.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",
+                     help="require HTTP Basic authentication for every /sdapi/v1 route")
+    net.add_argument("--api-log", action="store_true", help="log every API request (status, client, path, time)")
+    net.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",
+                     help="require a login for the browser UI")
+    net.add_argument("--gradio-auth-path", default=None, metavar="FILE",
+                     help="file with --gradio-auth logins (same format, one or more per line)")
+    net.add_argument("--timeout-keep-alive", type=int, default=30,
+                     help="seconds an idle HTTP keep-alive connection stays open (default 30)")
 
     models = p.add_argument_group("models and data")
     models.add_argument("--data-dir", default=None,
@@ -116,3 +125,15 @@ def bind_host(ns: argparse.Namespace) -> str:
     if ns.server_name:
         return ns.server_name
     return "0.0.0.0" if ns.listen else "127.0.0.1"
+
+
+SECRET_FLAGS = ("api_auth", "gradio_auth")
+
+
+def public_flags(ns: argparse.Namespace) -> dict:
+    """The parsed flags as /sdapi/v1/cmd-flags shows them: passwords replaced by '***'."""
+    flags = dict(vars(ns))
+    for name in SECRET_FLAGS:
+        if flags.get(name):
+            flags[name] = "***"
+    return flags

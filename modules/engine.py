@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from modules import fileio, images, infotext
-from modules.generation import pipeline, rng, samplers
+from modules.generation import extra_networks, pipeline, prompts, rng, samplers
 from modules.generation.params import GenerationParams
 from modules.jobs import Job, JobInterrupted, JobQueue
 from modules.models.checkpoint_file import CheckpointError
@@ -102,6 +102,15 @@ class Engine:
         info = self.resolve_checkpoint(query)
         return self.queue.run("load", lambda job: self._load(info, self.settings.values.sd_vae))
 
+    def unload_checkpoint(self) -> None:
+        """Free the loaded model (through the queue, so a running job finishes first). The next job, or
+        `reload_checkpoint`, loads the selected checkpoint again."""
+        self.queue.run("unload", lambda job: self.models.unload())
+
+    def reload_checkpoint(self) -> LoadedModel:
+        """Load the selected checkpoint again (after `unload_checkpoint`); a no-op when it is loaded."""
+        return self.load_checkpoint()
+
     def start_loading(self, query: str | None = None) -> Job | None:
         """Queue loading of the start-up model; generation requests queue behind it."""
         try:
@@ -122,12 +131,20 @@ class Engine:
         return self.queue.submit("load", run)
 
     # --- settings ----------------------------------------------------------------------------
+    def check_vae_name(self, name: str) -> None:
+        """Refuse a VAE choice that names no file, before anything is queued or changed."""
+        if name.strip() not in ("Automatic", "None") and self.models.vaes.find(name) is None:
+            raise BadRequest(f"VAE {name!r} not found. Available: Automatic, None"
+                             + "".join(f", {v.name}" for v in self.models.vaes.list()))
+
     def effective_settings(self, overrides: dict[str, Any]) -> tuple[Settings, list[str]]:
         unknown = [k for k in overrides if k not in Settings.model_fields]
         try:
             merged = Settings(**{**self.settings.values.model_dump(), **overrides})
         except ValidationError as e:
             raise BadRequest(f"override_settings: {describe_validation_error(e)}") from None
+        if "sd_vae" in overrides:
+            self.check_vae_name(merged.sd_vae)
         warnings = [f"override_settings: unknown option {k!r} ignored" for k in unknown]
         return merged, warnings
 
@@ -139,6 +156,8 @@ class Engine:
             Settings(**{**self.settings.values.model_dump(), **changes})
         except ValidationError as e:
             raise BadRequest(describe_validation_error(e)) from None
+        if "sd_vae" in changes:
+            self.check_vae_name(changes["sd_vae"])
         if "sd_model_checkpoint" in changes:
             info = self.resolve_checkpoint(changes["sd_model_checkpoint"])
             vae = changes.get("sd_vae", self.settings.values.sd_vae)
@@ -150,15 +169,23 @@ class Engine:
 
     # --- generation --------------------------------------------------------------------------
     def txt2img(self, params: GenerationParams) -> Txt2ImgResult:
+        return self.submit_txt2img(params).wait()
+
+    def submit_txt2img(self, params: GenerationParams) -> Job:
+        """Check the request (raising BadRequest at once) and queue it; the job's result is a Txt2ImgResult."""
         settings, warnings = self.effective_settings(params.override_settings)
         try:
             choice = samplers.resolve(params.sampler_name, params.scheduler)
         except samplers.UnknownSampler as e:
             raise BadRequest(str(e)) from None
         checkpoint = self.resolve_checkpoint(params.override_settings.get("sd_model_checkpoint"))
-        result = self.queue.run("txt2img", lambda job: self._txt2img(job, params, settings, choice, checkpoint))
-        result.warnings[:0] = warnings
-        return result
+
+        def run(job: Job) -> Txt2ImgResult:
+            result = self._txt2img(job, params, settings, choice, checkpoint)
+            result.warnings[:0] = warnings
+            return result
+
+        return self.queue.submit("txt2img", run)
 
     def _infotext(self, params: GenerationParams, model: LoadedModel, choice: samplers.SamplerChoice,
                   settings: Settings, seed: int) -> str:
@@ -176,6 +203,8 @@ class Engine:
             "VAE": model.vae_info.name if model.vae_info else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
+            "Emphasis": settings.emphasis if settings.emphasis != "Original" and prompts.emphasis_syntax_in(
+                extra_networks.parse(params.prompt).text, params.negative_prompt, params.steps) else None,
             "Version": INFOTEXT_VERSION,
         }
         return infotext.create(params.prompt, params.negative_prompt, fields)
@@ -195,17 +224,18 @@ class Engine:
         def on_batch(index: int) -> None:
             state.job_no, state.sampling_step = index, 0
 
-        def on_step(step: int, steps: int, _latent) -> None:
-            state.sampling_step = step
+        def on_step(step: int, steps: int, latent) -> None:
+            state.sampling_step, state.current_latent = step, latent
             bar.update(state.job_no * steps + step - bar.n)
 
         hooks = pipeline.Hooks(on_batch=on_batch, on_step=on_step, check=job.check)
         save = params.save_images and settings.samples_save
         folder = self.paths.resolve_output_dir(settings.outdir_samples or settings.outdir_txt2img_samples)
         result = Txt2ImgResult([], [], [], [], {})
+        result.warnings.extend(extra_networks.unsupported_warnings(extra_networks.parse(params.prompt).tags))
         try:
             for batch in pipeline.txt2img(model, params, seeds, settings.CLIP_stop_at_last_layers,
-                                          settings.randn_source, hooks):
+                                          settings.randn_source, hooks, settings.emphasis):
                 for image, image_seed in zip(batch.images, batch.seeds):
                     text = self._infotext(params, model, choice, settings, image_seed)
                     path = None

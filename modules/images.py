@@ -64,3 +64,37 @@ def read_infotext(image: Image.Image) -> str | None:
     """The `parameters` text stored in a PNG by us or by A1111, if any."""
     text = image.info.get("parameters")
     return text if isinstance(text, str) else None
+
+
+# Image metadata that is not worth showing as text (A1111's png-info leaves the same keys out).
+_UNSHOWN_INFO = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background",
+                 "timestamp", "duration", "progressive", "progression", "icc_profile", "chromaticity",
+                 "photoshop", "parameters"}
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+
+
+def _user_comment(raw: bytes | str) -> str | None:
+    """An EXIF UserComment: 8 bytes naming the encoding, then the text (A1111 writes JPEG/WebP infotext here)."""
+    if isinstance(raw, str):
+        return raw
+    head, body = raw[:8], raw[8:]
+    if head.startswith(b"UNICODE"):
+        # UTF-16, big-endian by the EXIF standard; an ASCII first character shows which byte order it is.
+        little = len(body) >= 2 and body[0] != 0 and body[1] == 0
+        return body.decode("utf-16-le" if little else "utf-16-be", errors="replace").rstrip("\x00")
+    return body.decode("utf-8", errors="replace").rstrip("\x00")
+
+
+def read_info(image: Image.Image) -> tuple[str | None, dict[str, str]]:
+    """(generation parameters, other text fields) of an image, as A1111's PNG Info reads them:
+    the PNG `parameters` chunk, else the EXIF UserComment of a JPEG/WebP."""
+    if image.format == "PNG":
+        image.load()  # text chunks written after the pixel data are read only by a full load
+    text = read_infotext(image)
+    if text is None:
+        comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+        if comment:
+            text = _user_comment(comment) or None
+    items = {str(k): v if isinstance(v, (str, int, float, bool)) else str(v)
+             for k, v in image.info.items() if k not in _UNSHOWN_INFO}
+    return text, items

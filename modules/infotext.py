@@ -76,3 +76,78 @@ def parse(text: str) -> dict[str, Any]:
         if m := SIZE_RE.match(value):
             result[f"{key}-1"], result[f"{key}-2"] = m.group(1), m.group(2)
     return result
+
+
+# What A1111's parser reports for keys an infotext leaves out (its defaults at the time the image was
+# made), so a pasted infotext means the same here as there: no `Clip skip` means 1, no `RNG` means GPU.
+IMPLIED_DEFAULTS: dict[str, Any] = {
+    "Clip skip": "1",
+    "Hires resize-1": 0,
+    "Hires resize-2": 0,
+    "Hires sampler": "Use same sampler",
+    "Hires checkpoint": "Use same checkpoint",
+    "Hires prompt": "",
+    "Hires negative prompt": "",
+    "Mask mode": "Inpaint masked",
+    "Masked content": "original",
+    "Inpaint area": "Whole picture",
+    "Masked area padding": 32,
+    "RNG": "GPU",
+    "Schedule type": "Automatic",
+    "Schedule max sigma": 0,
+    "Schedule min sigma": 0,
+    "Schedule rho": 0,
+    "VAE Encoder": "Full",
+    "VAE Decoder": "Full",
+    "FP8 weight": "Disable",
+}
+
+
+def parse_with_defaults(text: str) -> dict[str, Any]:
+    """`parse`, plus the keys an infotext implies by leaving them out (A1111's `parameters` of png-info)."""
+    result = parse(text)
+    for key, value in IMPLIED_DEFAULTS.items():
+        result.setdefault(key, value)
+    return result
+
+
+# Infotext keys that fill fields of a txt2img request (A1111's "paste fields"): (field, key, type).
+REQUEST_FIELDS: list[tuple[str, str, type]] = [
+    ("prompt", "Prompt", str), ("negative_prompt", "Negative prompt", str), ("steps", "Steps", int),
+    ("sampler_name", "Sampler", str), ("scheduler", "Schedule type", str), ("cfg_scale", "CFG scale", float),
+    ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int), ("batch_size", "Batch size", int),
+    ("subseed", "Variation seed", int), ("subseed_strength", "Variation seed strength", float),
+    ("seed_resize_from_w", "Seed resize from-1", int), ("seed_resize_from_h", "Seed resize from-2", int),
+    ("denoising_strength", "Denoising strength", float), ("hr_scale", "Hires upscale", float),
+    ("hr_upscaler", "Hires upscaler", str), ("hr_second_pass_steps", "Hires steps", int),
+    ("hr_resize_x", "Hires resize-1", int), ("hr_resize_y", "Hires resize-2", int),
+    ("hr_prompt", "Hires prompt", str), ("hr_negative_prompt", "Hires negative prompt", str),
+]
+
+# Infotext keys that stand for settings (applied as override_settings): (setting, key, type).
+SETTING_FIELDS: list[tuple[str, str, type]] = [
+    ("CLIP_stop_at_last_layers", "Clip skip", int), ("randn_source", "RNG", str), ("sd_vae", "VAE", str),
+    ("emphasis", "Emphasis", str),
+]
+
+
+def _convert(key: str, value: Any, kind: type) -> Any:
+    if kind is str:
+        return str(value)
+    try:
+        if kind is int:
+            text = str(value).strip()
+            return int(text) if text.lstrip("-").isdigit() else int(float(text))
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"infotext: {key} {value!r} is not a {kind.__name__}") from None
+
+
+def request_values(params: dict[str, Any], mapping: list[tuple[str, str, type]]) -> dict[str, Any]:
+    """{field or setting: typed value} for each mapped key present in parsed infotext `params`.
+    A `Denoising strength` next to hires keys turns on the hires pass (`enable_hr`), as in A1111."""
+    out = {name: _convert(key, params[key], kind) for name, key, kind in mapping if params.get(key) is not None}
+    if mapping is REQUEST_FIELDS and "Denoising strength" in params and (
+            "Hires upscale" in params or "Hires upscaler" in params or "Hires resize-1" in params):
+        out["enable_hr"] = True
+    return out

@@ -3,10 +3,14 @@
 Jobs run one at a time, in arrival order, on a single worker thread. A caller that stops waiting
 (a client that disconnects) does not disturb the queue: its job still runs and the next one follows.
 Progress, interrupt and skip are properties of the running job.
+
+A caller can wait for a job by blocking (`Job.wait`, for threads such as the UI's) or by awaiting
+(`Job.wait_async`, for the HTTP server), so any number of queued requests hold no threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import queue
@@ -39,6 +43,8 @@ class JobState:
     job_timestamp: str = ""
     started: float = 0.0
     textinfo: str | None = None
+    # The latest latent of the running batch, for live previews (read by /progress, never written there).
+    current_latent: Any = field(default=None, repr=False)
 
     def progress(self) -> float:
         if self.job_count <= 0:
@@ -63,6 +69,38 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+    _callbacks: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_done_callback(self, fn: Callable[["Job"], None]) -> None:
+        """Call `fn(job)` once the job has finished (at once if it already has), from the worker thread."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _finish(self) -> None:
+        with self._lock:
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:  # e.g. the waiter's event loop is gone; the queue goes on regardless
+                log.debug("done-callback of job %s failed", self.id, exc_info=True)
+
+    async def wait_async(self) -> Any:
+        """Await the result without holding a thread (re-raising the job's error)."""
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+
+        def wake(_job: "Job") -> None:
+            loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+
+        self.add_done_callback(wake)
+        await finished
+        return self.wait(0)
 
     def check(self) -> None:
         """Called by the work between steps: raises if the job was interrupted or its batch skipped."""
@@ -133,8 +171,9 @@ class JobQueue:
                 if not isinstance(e, (ValueError, JobInterrupted)):
                     log.exception("Job %s failed", job.id)
             finally:
+                job.state.current_latent = None
                 self.current = None
-                job.done.set()
+                job._finish()
 
     def stop(self) -> None:
         self._queue.put(None)

@@ -27,6 +27,9 @@ class Settings(BaseModel):
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="Clip skip")
     randn_source: Literal["CPU", "GPU"] = Field(
         "CPU", description="Where initial noise is drawn: CPU gives the same image on every device")
+    emphasis: Literal["None", "Ignore", "Original", "No norm"] = Field(
+        "Original", description="Prompt emphasis, (word:1.2): 'Original' weighs and restores the mean, 'No norm' "
+                                "only weighs, 'Ignore' parses but does not weigh, 'None' reads brackets literally")
 
     # Saving
     samples_save: bool = Field(True, description="Save every generated image")
@@ -35,7 +38,17 @@ class Settings(BaseModel):
     save_to_dirs: bool = Field(True, description="Save into a subfolder per day")
     outdir_samples: str = Field("", description="Output folder for all images (overrides the ones below)")
     outdir_txt2img_samples: str = "outputs/txt2img-images"
+    outdir_img2img_samples: str = "outputs/img2img-images"
+    outdir_extras_samples: str = "outputs/extras-images"
+    outdir_grids: str = Field("", description="Output folder for all grids (overrides the ones below)")
     outdir_txt2img_grids: str = "outputs/txt2img-grids"
+    outdir_img2img_grids: str = "outputs/img2img-grids"
+    outdir_save: str = Field("log/images", description="Folder for images saved with the Save button")
+    outdir_init_images: str = Field("outputs/init-images", description="Folder for img2img input images")
+
+    # Live previews
+    live_previews_enable: bool = Field(
+        True, description="Show a preview of the image while it is generated (progress's current_image)")
 
 
 class SettingsStore:

@@ -30,7 +30,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data: Path, *args: str, timeout: float = 180) -> tuple[subprocess.Popen, str]:
+def start_server(data: Path, *args: str, timeout: float = 180, ready_auth: tuple[str, str] | None = None
+                 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     log = open(data / "server.log", "w")
     proc = subprocess.Popen(
@@ -44,7 +45,7 @@ def start_server(data: Path, *args: str, timeout: float = 180) -> tuple[subproce
         if proc.poll() is not None:
             raise RuntimeError(f"server exited early:\n{(data / 'server.log').read_text()}")
         try:
-            if requests.get(url + "/sdapi/v1/sd-models", timeout=2).status_code == 200:
+            if requests.get(url + "/sdapi/v1/sd-models", timeout=2, auth=ready_auth).status_code == 200:
                 return proc, url
         except requests.RequestException:
             time.sleep(0.5)

@@ -1,24 +1,46 @@
-"""The `/sdapi/v1` routes: thin translations between A1111's JSON and the engine."""
+"""The `/sdapi/v1` routes: thin translations between A1111's JSON and the engine.
+
+Generation waits in the engine's one job queue without holding a server thread, so any number of
+clients can wait; a client that hangs up does not disturb the queue (its job still runs).
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
+import io
 import json
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+import psutil
+import torch
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from modules import images
+from modules import images, infotext
 from modules.api import schemas
+from modules.auth import Credentials
 from modules.engine import BadRequest, Engine, UnknownOption, describe_validation_error
-from modules.generation import samplers
+from modules.generation import preview, samplers
 from modules.generation.params import GenerationParams
 from modules.jobs import JobState
 from modules.models.checkpoint_file import CheckpointError
 from modules.generation.pipeline import NansError
+from modules.settings import Settings
+
+# A1111's lists, for clients that offer them as choices. The plain-resize upscalers and the latent
+# modes are what A1111 always lists; they are used by the hires pass and the Extras tab once those exist.
+PLAIN_UPSCALERS = ("None", "Lanczos", "Nearest")
+LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                        "Latent (nearest)", "Latent (nearest-exact)")
+
+
+class Unauthorized(Exception):
+    """Missing or wrong API credentials (the message never says which part was wrong)."""
 
 
 def error_response(status: int, exc: Exception, detail: str) -> JSONResponse:
@@ -40,6 +62,77 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _nans(_request: Request, exc: NansError):
         return error_response(500, exc, str(exc))
 
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_request: Request, exc: Unauthorized):
+        response = error_response(401, exc, str(exc))
+        response.headers["WWW-Authenticate"] = "Basic"
+        return response
+
+
+def basic_auth(credentials: Credentials):
+    """A route dependency that lets a request through only with a right HTTP Basic user and password."""
+    scheme = HTTPBasic(auto_error=False, description="--api-auth user and password")
+
+    def require(given: HTTPBasicCredentials | None = Depends(scheme)) -> None:
+        if given is None or not credentials.check(given.username, given.password):
+            raise Unauthorized("Incorrect username or password")
+
+    return require
+
+
+def decode_image(data: str) -> Image.Image:
+    """An image from base64 or a `data:image/...;base64,` URL; BadRequest with the reason otherwise."""
+    text = data.strip()
+    if text.startswith(("http://", "https://")):
+        raise BadRequest("Image URLs are not fetched; send the image itself as base64")
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or ";base64" not in header:
+            raise BadRequest("Invalid encoded image: a data URL must be base64 (data:image/png;base64,...)")
+    text = "".join(text.split())
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise BadRequest("Invalid encoded image: the text is not valid base64") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadRequest(f"Invalid encoded image: not an image that can be read ({type(e).__name__})") from None
+    return image
+
+
+def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
+    """Fill the request from `req.infotext` as A1111 does: every field the request does not set itself,
+    and the settings the infotext implies (Clip skip, RNG, VAE) as override_settings unless the request
+    overrides them already or they equal the current value. Returns warnings."""
+    parsed = infotext.parse_with_defaults(req.infotext or "")
+    try:
+        fields = infotext.request_values(parsed, infotext.REQUEST_FIELDS)
+        settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    for name, value in fields.items():
+        if name not in req.model_fields_set:
+            setattr(req, name, value)
+    overrides = dict(req.override_settings or {})
+    current = engine.settings.values
+    warnings = []
+    for name, value in settings.items():
+        if name in overrides or getattr(current, name) == value:
+            continue
+        try:
+            Settings(**{**current.model_dump(), name: value})
+            if name == "sd_vae":
+                engine.check_vae_name(value)
+        except (ValidationError, BadRequest):
+            warnings.append(f"infotext: {name} {value!r} is not available here; the current setting was used")
+            continue
+        overrides[name] = value
+    if overrides:
+        req.override_settings = overrides
+    return warnings
+
 
 def encode_png(image) -> str:
     return base64.b64encode(images.png_bytes(image, image.info.get("parameters"))).decode("ascii")
@@ -58,17 +151,22 @@ def to_params(req: schemas.Txt2ImgRequest) -> GenerationParams:
         raise BadRequest(describe_validation_error(e)) from None
 
 
-def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
-    r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credentials | None = None) -> APIRouter:
+    """The /sdapi/v1 routes; with `credentials`, every one of them requires HTTP Basic auth."""
+    r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"],
+                  dependencies=[Depends(basic_auth(credentials))] if credentials else [])
 
     @r.post("/txt2img", response_model=schemas.Txt2ImgResponse)
     async def txt2img(req: schemas.Txt2ImgRequest):
+        warnings = apply_infotext(req, engine) if req.infotext else []
         params = to_params(req)
-        result = await run_in_threadpool(engine.txt2img, params)
+        job = await run_in_threadpool(engine.submit_txt2img, params)
+        result = await job.wait_async()
+        result.warnings.extend(warnings)
         result.warnings.extend(f"{name} is not supported yet and was ignored" for name in req.unsupported_fields())
         if req.override_settings and not req.override_settings_restore_afterwards:
             await run_in_threadpool(engine.set_options, req.override_settings)
-        encoded = [encode_png(im) for im in result.images] if req.send_images else []
+        encoded = await run_in_threadpool(lambda: [encode_png(im) for im in result.images]) if req.send_images else []
         return schemas.Txt2ImgResponse(images=encoded, parameters=req.model_dump(), info=json.dumps(result.info))
 
     @r.get("/sd-models", response_model=list[schemas.SDModelItem])
@@ -104,13 +202,15 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
         return [schemas.SchedulerItem(name=key, label=label, default_rho=7.0 if key == "karras" else -1)
                 for key, label in samplers.SCHEDULE_TYPES]
 
-    @r.get("/options")
+    @r.get("/options", response_model=dict[str, Any])
     def get_options():
         return engine.settings.values.model_dump()
 
     @r.post("/options")
-    async def set_options(changes: dict[str, Any]):
-        await run_in_threadpool(engine.set_options, changes)
+    async def set_options(changes: schemas.OptionsUpdate):
+        """Change settings (only the keys sent). Unknown keys: 422 naming them, nothing changed.
+        Setting `sd_model_checkpoint` loads that checkpoint (through the job queue) before answering."""
+        await run_in_threadpool(engine.set_options, changes.model_dump(exclude_unset=True))
         return {}
 
     @r.get("/cmd-flags")
@@ -119,15 +219,23 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
 
     @r.get("/progress", response_model=schemas.ProgressResponse)
     def progress(skip_current_image: bool = False):
+        """The running generation job. `current_image` is a cheap preview of its latent (no VAE), unless
+        `skip_current_image` is true or the `live_previews_enable` setting is off."""
         job = engine.queue.current
         state = job.state if job is not None and job.kind == "txt2img" else JobState()
+        latent = state.current_latent
+        current_image = None
+        if latent is not None and not skip_current_image and engine.settings.values.live_previews_enable:
+            buf = io.BytesIO()
+            preview.latent_to_image(latent).save(buf, format="PNG")
+            current_image = base64.b64encode(buf.getvalue()).decode("ascii")
         return schemas.ProgressResponse(
             progress=state.progress(), eta_relative=state.eta_seconds(),
             state=schemas.ProgressState(
                 skipped=state.skipped, interrupted=state.interrupted, job=state.job, job_count=state.job_count,
                 job_timestamp=state.job_timestamp, job_no=state.job_no, sampling_step=state.sampling_step,
                 sampling_steps=state.sampling_steps),
-            current_image=None, textinfo=state.textinfo)
+            current_image=current_image, textinfo=state.textinfo)
 
     @r.post("/interrupt")
     def interrupt():
@@ -137,6 +245,114 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
     @r.post("/skip")
     def skip():
         engine.queue.skip()
+        return {}
+
+    @r.post("/png-info", response_model=schemas.PNGInfoResponse)
+    def png_info(req: schemas.PNGInfoRequest):
+        """The generation parameters stored in an image (PNG text chunk, or EXIF comment of a JPEG/WebP)."""
+        if not req.image.strip():
+            return schemas.PNGInfoResponse(info="")
+        text, items = images.read_info(decode_image(req.image))
+        return schemas.PNGInfoResponse(info=text or "", items=items,
+                                       parameters=infotext.parse_with_defaults(text or ""))
+
+    @r.get("/memory", response_model=schemas.MemoryResponse)
+    def memory():
+        """RAM: `used` is this process's resident memory, `total` the machine's, `free` their difference
+        (A1111's definitions). CUDA: the device's memory and PyTorch's allocator statistics."""
+        rss = psutil.Process().memory_info().rss
+        total = psutil.virtual_memory().total
+        ram = {"free": total - rss, "used": rss, "total": total}
+        device = engine.models.plan.device
+        if device.type != "cuda":
+            return schemas.MemoryResponse(ram=ram, cuda={"error": "unavailable"})
+        free, whole = torch.cuda.mem_get_info(device)
+        stats = torch.cuda.memory_stats(device)
+
+        def pair(name: str) -> dict[str, int]:
+            return {"current": stats.get(f"{name}.all.current", 0), "peak": stats.get(f"{name}.all.peak", 0)}
+
+        cuda = {"system": {"free": free, "used": whole - free, "total": whole},
+                "active": pair("active_bytes"), "allocated": pair("allocated_bytes"),
+                "reserved": pair("reserved_bytes"), "inactive": pair("inactive_split_bytes"),
+                "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)}}
+        return schemas.MemoryResponse(ram=ram, cuda=cuda)
+
+    @r.get("/upscalers", response_model=list[schemas.UpscalerItem])
+    def upscalers():
+        """The plain-resize upscalers (model-based ones such as ESRGAN are not supported yet)."""
+        return [schemas.UpscalerItem(name=name, scale=4) for name in PLAIN_UPSCALERS]
+
+    @r.get("/latent-upscale-modes", response_model=list[schemas.LatentUpscalerModeItem])
+    def latent_upscale_modes():
+        return [schemas.LatentUpscalerModeItem(name=name) for name in LATENT_UPSCALE_MODES]
+
+    @r.get("/prompt-styles", response_model=list[schemas.PromptStyleItem])
+    def prompt_styles():
+        """Empty: saved styles (styles.csv) are not supported yet."""
+        return []
+
+    @r.get("/embeddings", response_model=schemas.EmbeddingsResponse)
+    def embeddings():
+        """Empty: textual-inversion embeddings are not supported yet."""
+        return schemas.EmbeddingsResponse()
+
+    @r.post("/refresh-embeddings")
+    def refresh_embeddings():
+        """Nothing to rescan until embeddings are supported."""
+        return {}
+
+    @r.get("/loras", response_model=list[schemas.LoraItem])
+    def loras():
+        """Empty: LoRA is not supported yet."""
+        return []
+
+    @r.post("/refresh-loras")
+    def refresh_loras():
+        """Nothing to rescan until LoRA is supported."""
+        return {}
+
+    @r.get("/hypernetworks", response_model=list[schemas.HypernetworkItem])
+    def hypernetworks():
+        """Empty: hypernetworks are not supported."""
+        return []
+
+    @r.get("/face-restorers", response_model=list[schemas.FaceRestorerItem])
+    def face_restorers():
+        """Empty: face restoration is not supported yet."""
+        return []
+
+    @r.get("/realesrgan-models", response_model=list[schemas.RealesrganItem])
+    def realesrgan_models():
+        """Empty: Real-ESRGAN upscalers are not supported yet."""
+        return []
+
+    @r.get("/scripts", response_model=schemas.ScriptsList)
+    def scripts():
+        """Empty lists: there are no selectable or always-on scripts (extensions) yet."""
+        return schemas.ScriptsList()
+
+    @r.get("/script-info", response_model=list[schemas.ScriptInfo])
+    def script_info():
+        """Empty: there are no scripts yet."""
+        return []
+
+    @r.get("/extensions", response_model=list[schemas.ExtensionItem])
+    def extensions():
+        """Empty: extensions are not supported."""
+        return []
+
+    @r.post("/unload-checkpoint")
+    async def unload_checkpoint():
+        """Free the loaded checkpoint (after the running job). The next generation, or reload-checkpoint,
+        loads the selected checkpoint again."""
+        await run_in_threadpool(engine.unload_checkpoint)
+        return {}
+
+    @r.post("/reload-checkpoint")
+    async def reload_checkpoint():
+        """Load the selected checkpoint again (a no-op when it is loaded)."""
+        await run_in_threadpool(engine.reload_checkpoint)
         return {}
 
     return r

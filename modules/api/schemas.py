@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from modules.settings import Settings
 
 
 class Txt2ImgRequest(BaseModel):
@@ -77,7 +79,7 @@ class Txt2ImgRequest(BaseModel):
         ignored_when_default = (
             "styles", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w", "restore_faces", "tiling",
             "eta", "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise", "refiner_checkpoint",
-            "enable_hr", "firstpass_image", "script_name", "alwayson_scripts", "infotext",
+            "enable_hr", "firstpass_image", "script_name", "alwayson_scripts",
         )
         out = []
         for name in ignored_when_default:
@@ -139,3 +141,112 @@ class ProgressResponse(BaseModel):
     state: ProgressState
     current_image: str | None = None
     textinfo: str | None = None
+
+
+class PNGInfoRequest(BaseModel):
+    image: str = Field(description="The image as base64, optionally as a data URL (data:image/png;base64,...)")
+
+
+class PNGInfoResponse(BaseModel):
+    info: str = Field(description="The generation parameters as stored in the image ('' when none)")
+    items: dict[str, Any] = Field(default_factory=dict, description="The image's other text fields")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="`info` parsed into fields, as A1111 does")
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, Any] = Field(description="free, used (this process), total bytes")
+    cuda: dict[str, Any] = Field(description="GPU memory in bytes, or {'error': 'unavailable'} without CUDA")
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class EmbeddingItem(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int
+    vectors: int
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingItem] = Field(default_factory=dict)
+    skipped: dict[str, EmbeddingItem] = Field(default_factory=dict)
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class HypernetworkItem(BaseModel):
+    name: str
+    path: str | None = None
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)
+
+
+class ScriptArg(BaseModel):
+    label: str | None = None
+    value: Any = None
+    minimum: Any = None
+    maximum: Any = None
+    step: Any = None
+    choices: list[str] | None = None
+
+
+class ScriptInfo(BaseModel):
+    name: str | None = None
+    is_alwayson: bool | None = None
+    is_img2img: bool | None = None
+    args: list[ScriptArg] = Field(default_factory=list)
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str
+    branch: str
+    commit_hash: str
+    version: str
+    commit_date: int
+    enabled: bool
+
+
+# POST /options: every setting, all optional (only the keys sent are changed). Other keys are
+# accepted by the schema so that the answer can name them (422 "Unknown option(s): ...").
+OptionsUpdate = create_model(
+    "OptionsUpdate", __config__=ConfigDict(extra="allow"),
+    **{name: (info.annotation | None, Field(None, description=info.description))
+       for name, info in Settings.model_fields.items()},
+)
