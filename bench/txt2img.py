@@ -1,0 +1,613 @@
+"""txt2img benchmark of our engine, optionally against diffusers' StableDiffusionPipeline on the same file.
+
+    python bench/txt2img.py CHECKPOINT [--width 512 --height 512 --steps 20 --sampler "Euler a"
+                                        --cfg 7 --seed 1 --repeat N] [--vs-diffusers] [--out DIR]
+
+Prints one JSON object to stdout (everything else goes to stderr); bench/README.md explains each
+figure. Our engine is driven the way webui.py drives it: paths -> device plan -> ModelManager ->
+Engine, `Engine.load_checkpoint`, then `Engine.txt2img(GenerationParams)` through the job queue.
+Timings of the U-Net, the VAE decode and the text encoder come from forward hooks / an instance-level
+wrapper installed here; no product code is changed.
+
+With --vs-diffusers the same process then frees our model and loads the same file with
+`StableDiffusionPipeline.from_single_file(path, config=<local folder>, local_files_only=True)`, with
+HF_HUB_OFFLINE=1: the config folder is written from our loaded model's component configs and our
+tokenizer files, so nothing is fetched. Its scheduler is EulerAncestralDiscreteScheduler set up as
+A1111's "Euler a" (timestep_spacing "linspace", SD's scaled_linear betas 0.00085..0.012), and the
+noise comes from a CPU generator with the same seed, so both engines should make the same image.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Never reach for a model hub (set before any Hugging Face library is imported).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import datetime  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+_import_start = time.perf_counter()
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from modules import devices, logs, paths  # noqa: E402
+from modules.engine import Engine  # noqa: E402
+from modules.generation.params import GenerationParams  # noqa: E402
+from modules.hashing import HashCache  # noqa: E402
+from modules.jobs import JobQueue  # noqa: E402
+from modules.models.manager import ModelManager  # noqa: E402
+from modules.models.registry import CheckpointRegistry, VaeRegistry  # noqa: E402
+from modules.settings import SettingsStore  # noqa: E402
+
+IMPORT_S = time.perf_counter() - _import_start
+
+log = logging.getLogger("bench.txt2img")
+
+PROMPT = "a photograph of an astronaut riding a horse"
+NEGATIVE_PROMPT = ""
+MB = 1024 * 1024
+
+
+# --- measuring ------------------------------------------------------------------------------------
+class RssSampler:
+    """Samples this process's resident set size every `interval` s in a thread; `peak` is the highest
+    value seen since the last `reset()`. (ru_maxrss is monotonic for the whole process, so it cannot
+    tell a later phase's peak from an earlier one's.)"""
+
+    def __init__(self, interval: float = 0.01):
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def rss(self) -> int:
+        return self.proc.memory_info().rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            value = self.rss()
+            with self._lock:
+                self.peak = max(self.peak, value)
+
+    def reset(self) -> int:
+        value = self.rss()
+        with self._lock:
+            self.peak = value
+        return value
+
+    def read_peak(self) -> int:
+        value = self.rss()
+        with self._lock:
+            self.peak = max(self.peak, value)
+            return self.peak
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class CallTimer:
+    """Wall time spent inside a module's forward calls, via forward pre/post hooks, plus the span from
+    the first call's start to the last call's end (the sampling loop, for the U-Net)."""
+
+    def __init__(self):
+        self.reset()
+        self._handles = []
+
+    def reset(self) -> None:
+        self.total = 0.0
+        self.calls = 0
+        self.first_start: float | None = None
+        self.last_end: float | None = None
+        self._starts: list[float] = []
+
+    def _pre(self, _module, _args):
+        now = time.perf_counter()
+        self._starts.append(now)
+        if self.first_start is None:
+            self.first_start = now
+
+    def _post(self, _module, _args, _out):
+        now = time.perf_counter()
+        self.total += now - self._starts.pop()
+        self.calls += 1
+        self.last_end = now
+
+    def attach(self, module: torch.nn.Module) -> "CallTimer":
+        self._handles += [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+        return self
+
+    def wrap_method(self, obj, name: str) -> "CallTimer":
+        """Time calls of a method (e.g. AutoencoderKL.decode, which is not `forward`) with an
+        instance-level wrapper; `detach()` removes it."""
+        original = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            self._pre(None, args)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._post(None, args, None)
+
+        setattr(obj, name, timed)
+        self._handles.append(_Restore(obj, name))
+        return self
+
+    @property
+    def span(self) -> float:
+        if self.first_start is None or self.last_end is None:
+            return 0.0
+        return self.last_end - self.first_start
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+class _Restore:
+    def __init__(self, obj, name):
+        self.obj, self.name = obj, name
+
+    def remove(self):
+        with contextlib.suppress(AttributeError):
+            delattr(self.obj, self.name)  # drops the instance attribute: the class method shows again
+
+
+class Timers:
+    def __init__(self, unet, vae, text_encoder):
+        self.unet = CallTimer().attach(unet)
+        self.vae = CallTimer().wrap_method(vae, "decode")
+        self.text = CallTimer().attach(text_encoder)
+
+    def reset(self):
+        for t in (self.unet, self.vae, self.text):
+            t.reset()
+
+    def detach(self):
+        for t in (self.unet, self.vae, self.text):
+            t.detach()
+
+
+def malloc_trim() -> bool:
+    """Hand freed heap memory back to the OS (glibc keeps freed blocks below its mmap threshold in
+    its arenas, which would count in the next engine's RSS baseline). False where there is no glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
+    return False
+
+
+def cpu_seconds() -> float:
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+class LoadClock:
+    """Wall time and this process's user/system CPU time of a load. System time is mostly page faults:
+    on this VM, first-touching freshly allocated memory costs ~2 s of system time per GiB."""
+
+    def __enter__(self):
+        self._t, self._c = time.perf_counter(), psutil.Process().cpu_times()
+        return self
+
+    def __exit__(self, *exc):
+        c = psutil.Process().cpu_times()
+        self.wall = time.perf_counter() - self._t
+        self.user, self.sys = c.user - self._c.user, c.system - self._c.system
+        return False
+
+    def figures(self) -> dict:
+        return {"load_s": round(self.wall, 3), "load_cpu_user_s": round(self.user, 2),
+                "load_cpu_sys_s": round(self.sys, 2)}
+
+
+def after_unload(rss: "RssSampler") -> dict:
+    gc.collect()
+    out = {"rss_after_unload_mb": round(rss.rss() / MB, 1)}
+    if malloc_trim():
+        out["rss_after_unload_trim_mb"] = round(rss.rss() / MB, 1)
+    return out
+
+
+def image_stats(image) -> dict:
+    a = np.asarray(image.convert("RGB"), dtype=np.float64)
+    return {"size": list(image.size), "mean": round(a.mean(), 2), "std": round(a.std(), 2),
+            "min": int(a.min()), "max": int(a.max()), "all_black": bool(a.max() == 0),
+            "uniform": bool(a.min() == a.max())}
+
+
+def compare_images(a, b) -> dict:
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    if x.shape != y.shape:
+        return {"comparable": False}
+    diff = np.abs(x - y)
+    mse = float((diff ** 2).mean())
+    return {"psnr_db": round(10 * math.log10(255 ** 2 / mse), 2) if mse > 0 else "inf",
+            "max_abs_diff": int(diff.max()), "mean_abs_diff": round(float(diff.mean()), 4),
+            "pixels_differing_pct": round(float((diff.max(axis=-1) > 0).mean() * 100), 2)}
+
+
+def generation_figures(timers: Timers, total: float, steps: int, cpu: float) -> dict:
+    unet_s, vae_s, text_s = timers.unet.total, timers.vae.total, timers.text.total
+    sampling_s = timers.unet.span
+    overhead = total - unet_s - vae_s
+    return {
+        "steps": steps,
+        "s_per_step": round(sampling_s / steps, 4),
+        "total_s": round(total, 3),
+        "unet_s": round(unet_s, 3),
+        "unet_calls": timers.unet.calls,
+        "unet_s_per_call": round(unet_s / max(1, timers.unet.calls), 4),
+        "sampling_s": round(sampling_s, 3),
+        "vae_s": round(vae_s, 3),
+        "text_s": round(text_s, 4),
+        "text_calls": timers.text.calls,
+        "overhead_s": round(overhead, 3),
+        "overhead_pct": round(overhead / total * 100, 3),
+        "overhead_excl_text_s": round(overhead - text_s, 3),
+        "overhead_excl_text_pct": round((overhead - text_s) / total * 100, 3),
+        "cpu_util": round(cpu / total, 2),
+    }
+
+
+def summarise_runs(runs: list[dict]) -> dict:
+    """The run with the median total time (the lower middle one for an even count), plus all totals."""
+    ordered = sorted(runs, key=lambda r: r["total_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        chosen["runs_total_s"] = [r["total_s"] for r in runs]
+        chosen["runs_s_per_step"] = [r["s_per_step"] for r in runs]
+        chosen["total_s_min"] = ordered[0]["total_s"]
+        chosen["total_s_stdev"] = round(statistics.stdev(r["total_s"] for r in runs), 3)
+    return chosen
+
+
+# --- our engine -----------------------------------------------------------------------------------
+def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, context: dict) -> dict:
+    p = paths.from_args(str(data_dir))
+    paths.ensure_dirs(p)
+    checkpoint = args.checkpoint.resolve()
+    hashes = HashCache(p.hash_cache)
+    registry = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=(checkpoint,))
+    manager = ModelManager(registry, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config)
+    engine = Engine(p, SettingsStore(p.config_file), manager, JobQueue())
+
+    # The SHA-256 of the file (A1111 computes it on first load too, then caches it) is part of our
+    # first load; it is timed separately by wrapping this HashCache instance's method.
+    hash_seconds = [0.0]
+    sha256 = hashes.sha256
+
+    def timed_sha256(path):
+        t = time.perf_counter()
+        try:
+            return sha256(path)
+        finally:
+            hash_seconds[0] += time.perf_counter() - t
+
+    hashes.sha256 = timed_sha256
+
+    rss_before = rss.reset()
+    with LoadClock() as clock:
+        model = engine.load_checkpoint(str(checkpoint))
+    load_s = clock.wall
+    load_peak = rss.read_peak()
+    log.info("ours: loaded in %.2fs (%s, config %s)", load_s, model.config.label, model.config.yaml_path.name)
+
+    timers = Timers(model.unet, model.vae, model.text.text_model)
+    params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, seed=args.seed,
+                              sampler_name=args.sampler, steps=args.steps, cfg_scale=args.cfg,
+                              width=args.width, height=args.height, save_images=False)
+    runs, image = [], None
+    for i in range(args.repeat):
+        timers.reset()
+        c, t = cpu_seconds(), time.perf_counter()
+        result = engine.txt2img(params)
+        total = time.perf_counter() - t
+        runs.append(generation_figures(timers, total, args.steps, cpu_seconds() - c))
+        image = result.images[0]
+        log.info("ours: run %d/%d: %.2fs (%.3f s/step)", i + 1, args.repeat, total, runs[-1]["s_per_step"])
+    peak = rss.read_peak()
+
+    figures = {
+        **clock.figures(),
+        "load_hash_s": round(hash_seconds[0], 3),
+        "load_s_excl_hash": round(load_s - hash_seconds[0], 3),
+        **summarise_runs(runs),
+        "peak_rss_mb": round(peak / MB, 1),
+        "rss_before_load_mb": round(rss_before / MB, 1),
+        "peak_rss_delta_mb": round((peak - rss_before) / MB, 1),
+        "peak_rss_load_mb": round(load_peak / MB, 1),
+        "model": model.config.label,
+        "config": f"{model.config.yaml_path.name} ({model.config.source})",
+        "device": plan.describe,
+        "infotext": result.infotexts[0],
+        "image": image_stats(image),
+    }
+
+    context["ours_image"] = image
+    timers.detach()
+    engine.queue.stop()
+    manager.unload()
+    del model, engine, manager, timers, result
+    figures.update(after_unload(rss))
+    return figures
+
+
+# --- diffusers ------------------------------------------------------------------------------------
+def euler_a_scheduler():
+    """EulerAncestralDiscreteScheduler as A1111's "Euler a": t = 999 -> 0 evenly spaced ("linspace"),
+    not the SD 1.5 repo's "leading" spacing (timesteps 951, 901, ...). steps_offset is used only by
+    "leading"; it is 1 here because StableDiffusionPipeline rewrites any other value to 1 with a warning."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    return EulerAncestralDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                           beta_schedule="scaled_linear", prediction_type="epsilon",
+                                           timestep_spacing="linspace", steps_offset=1)
+
+
+def write_diffusers_config(folder: Path, checkpoint: Path, default_sd1_config: Path) -> Path:
+    """A local diffusers pipeline folder with configs only (no weights), so from_single_file needs
+    nothing from a hub. The component configs are those our loader derives for this file (its family
+    detection, the LDM YAML and diffusers' converters; the modules are built on the meta device over
+    the memory-mapped fp16 tensors, so nothing is converted or copied), the tokenizer is ours."""
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    from modules.models import checkpoint_file, families, loader
+
+    sd = checkpoint_file.read_state_dict(checkpoint)
+    config = families.detect(checkpoint, sd, checkpoint_file.read_metadata(checkpoint), default_sd1_config)
+    built = loader.build(checkpoint, sd, config)
+    built.unet.save_config(folder / "unet")
+    built.vae.save_config(folder / "vae")
+    built.text_encoder.config.save_pretrained(folder / "text_encoder")
+    del built, sd
+    CLIPTokenizer.from_pretrained(str(paths.TOKENIZER_DIR), local_files_only=True).save_pretrained(folder / "tokenizer")
+    euler_a_scheduler().save_config(folder / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "image_encoder": [None, None], "safety_checker": [None, None],
+        "requires_safety_checker": False,
+        "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return folder
+
+
+def run_diffusers(args, rss: RssSampler, plan: devices.DevicePlan, context: dict) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    rss_before = rss.reset()
+    with LoadClock() as clock:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(args.checkpoint), config=str(context["config_dir"]), local_files_only=True,
+            torch_dtype=plan.unet_dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.vae.to(plan.vae_dtype)
+        pipe.to(plan.device)
+    load_s = clock.wall
+    load_peak = rss.read_peak()
+    pipe.set_progress_bar_config(disable=True)
+    sched = pipe.scheduler.config
+    if type(pipe.scheduler).__name__ != "EulerAncestralDiscreteScheduler" or sched.timestep_spacing != "linspace":
+        raise RuntimeError(f"unexpected scheduler {type(pipe.scheduler).__name__} {dict(sched)}")
+    log.info("diffusers: loaded in %.2fs", load_s)
+
+    timers = Timers(pipe.unet, pipe.vae, pipe.text_encoder)
+    runs, image = [], None
+    for i in range(args.repeat):
+        timers.reset()
+        generator = torch.Generator("cpu").manual_seed(args.seed)
+        c, t = cpu_seconds(), time.perf_counter()
+        out = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, height=args.height, width=args.width,
+                   num_inference_steps=args.steps, guidance_scale=args.cfg, generator=generator, output_type="pil")
+        total = time.perf_counter() - t
+        runs.append(generation_figures(timers, total, args.steps, cpu_seconds() - c))
+        image = out.images[0]
+        log.info("diffusers: run %d/%d: %.2fs (%.3f s/step)", i + 1, args.repeat, total, runs[-1]["s_per_step"])
+    peak = rss.read_peak()
+    figures = {
+        **clock.figures(),
+        **summarise_runs(runs),
+        "peak_rss_mb": round(peak / MB, 1),
+        "rss_before_load_mb": round(rss_before / MB, 1),
+        "peak_rss_delta_mb": round((peak - rss_before) / MB, 1),
+        "peak_rss_load_mb": round(load_peak / MB, 1),
+        "scheduler": {k: sched[k] for k in ("timestep_spacing", "steps_offset", "beta_schedule", "beta_start",
+                                            "beta_end", "prediction_type")},
+        "image": image_stats(image),
+    }
+    context["diffusers_image"] = image
+    timers.detach()
+    del pipe, timers, out
+    figures.update(after_unload(rss))
+    return figures
+
+
+# --- main -----------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--height", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sampler", default="Euler a",
+                    help="an A1111 sampler name for our engine (diffusers always runs Euler a)")
+    ap.add_argument("--cfg", type=float, default=7.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1, help="generations per engine; the median one is reported")
+    ap.add_argument("--vs-diffusers", action="store_true", help="also run diffusers' StableDiffusionPipeline")
+    ap.add_argument("--use-cpu", nargs="*", default=[], metavar="WHAT",
+                    help="as webui.py's --use-cpu (e.g. 'all'); default: the device webui.py would pick")
+    ap.add_argument("--order", choices=["ours-first", "diffusers-first"], default="ours-first",
+                    help="which engine runs first with --vs-diffusers (the second one finds memory the "
+                         "first one freed, which is cheaper to touch on some VMs; see README)")
+    ap.add_argument("--out", type=Path, help="folder to save ours.png (and diffusers.png) into")
+    args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    if args.vs_diffusers and args.sampler.strip().lower() not in ("euler a", "k_euler_a", "k_euler_ancestral"):
+        ap.error("--vs-diffusers compares Euler a only")
+    if not args.checkpoint.is_file():
+        ap.error(f"{args.checkpoint} does not exist")
+    return args
+
+
+def main(argv=None) -> None:
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr  # anything a library prints must not mix with the JSON
+    args = parse_args(argv)
+    logs.setup()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_start = os.getloadavg()
+
+    # Read the file once so both engines load it from the page cache ("warm"), whatever ran before.
+    t = time.perf_counter()
+    with open(args.checkpoint, "rb") as f:
+        while f.read(64 * MB):
+            pass
+    prewarm_s = time.perf_counter() - t
+
+    plan = devices.plan(args.use_cpu, skip_cuda_test=True)
+    devices.configure_torch(plan.device)  # as webui.py does; process-wide, so diffusers gets it too
+    log.info("Device: %s", plan.describe)
+    context: dict = {}
+    if args.vs_diffusers:
+        context["config_dir"] = write_diffusers_config(Path(tempfile.mkdtemp(prefix="bench-sd-config-")),
+                                                        args.checkpoint.resolve(), paths.from_args().default_sd1_config)
+        malloc_trim()
+    engines = ["ours", "diffusers"] if args.vs_diffusers else ["ours"]
+    if args.order == "diffusers-first":
+        engines.reverse()
+
+    rss = RssSampler()
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    result = {}
+    try:
+        for name in engines:
+            if name == "ours":
+                result["ours"] = run_ours(args, rss, data_dir, plan, context)
+            else:
+                result["diffusers"] = run_diffusers(args, rss, plan, context)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if "config_dir" in context:
+            shutil.rmtree(context["config_dir"], ignore_errors=True)
+        rss.stop()
+    ours = result["ours"]
+
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        context["ours_image"].save(args.out / "ours.png")
+        if "diffusers_image" in context:
+            context["diffusers_image"].save(args.out / "diffusers.png")
+
+    import diffusers
+    import transformers
+
+    report = {
+        "benchmark": "txt2img",
+        "date": started.isoformat(timespec="seconds"),
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_gb": round(args.checkpoint.stat().st_size / 1e9, 3),
+        "settings": {"prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "width": args.width,
+                     "height": args.height, "steps": args.steps, "sampler": args.sampler, "cfg_scale": args.cfg,
+                     "seed": args.seed, "rng": "CPU", "repeat": args.repeat,
+                     "order": " then ".join(engines)},
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "cpu": _cpu_name(), "platform": platform.platform(),
+                    "loadavg_start": [round(x, 2) for x in load_start],
+                    "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "diffusers": diffusers.__version__, "transformers": transformers.__version__},
+        "import_s": round(IMPORT_S, 2),
+        "prewarm_read_s": round(prewarm_s, 2),
+        "ours": result["ours"],
+        **({"diffusers": result["diffusers"]} if "diffusers" in result else {}),
+    }
+    if "diffusers" in result:
+        d = result["diffusers"]
+        report["ratio"] = {k: round(ours[k] / d[k], 3) if d[k] else None
+                           for k in ("load_s", "s_per_step", "total_s", "unet_s_per_call", "peak_rss_mb",
+                                     "peak_rss_delta_mb")}
+        report["ratio"]["load_s_excl_hash"] = round(ours["load_s_excl_hash"] / d["load_s"], 3)
+        report["images_compared"] = compare_images(context["ours_image"], context["diffusers_image"])
+    report["peak_rss_process_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    report["notes"] = NOTES
+    real_stdout.write(json.dumps(report, indent=2) + "\n")
+    real_stdout.flush()
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+NOTES = [
+    "Timings are wall-clock seconds in one process; other processes may share the CPU (see machine.loadavg_* "
+    "and each engine's cpu_util = process CPU seconds / wall seconds during generation; the ideal is "
+    "machine.torch_threads). Both engines call the same diffusers U-Net class with the same shapes, so a "
+    "difference in unet_s_per_call is CPU contention, not the engine; the engine's own cost is overhead_s.",
+    "load_s: checkpoint read + build + placement, with load_cpu_user_s / load_cpu_sys_s of this process. Ours "
+    "goes through Engine.load_checkpoint and includes the file's SHA-256 (load_hash_s; A1111 also hashes on "
+    "first load, then caches); load_s_excl_hash leaves it out. Diffusers' load_s is from_single_file with a "
+    "local config folder, plus .to(device). The file is read once beforehand, so both load from the page "
+    "cache. Most of a CPU load is fp16->fp32 conversion into 4.3 GB of new memory; first-touching new memory "
+    "costs system time (page faults) that depends on what the VM did before, and the second engine reuses "
+    "pages the first one freed (settings.order says which ran first).",
+    "total_s: one generation (text encoding, sampling, VAE decode, conversion to a PIL image), excluding load. "
+    "s_per_step: sampling_s / steps, where sampling_s runs from the first U-Net call's start to the last one's "
+    "end (so it includes the sampler's own work between calls). unet_s, vae_s (AutoencoderKL.decode), text_s: "
+    "sums of those calls. overhead_s = total_s - unet_s - vae_s (so it includes text_s; "
+    "overhead_excl_text_s does not).",
+    "peak_rss_mb: the highest resident set size of the whole process, sampled every 10 ms, from the start of "
+    "that engine's load to the end of its last generation; it includes what the process held before "
+    "(imports: rss_before_load_mb) and memory-mapped checkpoint pages once touched. peak_rss_delta_mb = "
+    "peak - rss_before_load_mb. After each engine is freed, glibc's malloc_trim(0) hands freed heap back to "
+    "the OS (rss_after_unload_mb / rss_after_unload_trim_mb: what it left behind before / after), so the "
+    "second engine starts from about the import-only baseline. peak_rss_process_mb is ru_maxrss for the run.",
+    "devices.configure_torch runs first, as in webui.py (on the CPU: torch.set_flush_denormal(True)); that "
+    "switch is process-wide, so diffusers runs with it too.",
+    "images_compared: ours vs diffusers pixels. A1111 (and we) truncate 255*x to uint8 while diffusers rounds, "
+    "so up to 1/255 differences in about half the pixels are expected; the schedules also differ by <=1.7e-5 "
+    "relative between integer timesteps (log-sigma vs sigma interpolation).",
+]
+
+
+if __name__ == "__main__":
+    main()
