@@ -7,6 +7,8 @@ and an existing file is never overwritten.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import io
 import os
@@ -14,7 +16,7 @@ import re
 import threading
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from modules import fileio
@@ -98,3 +100,71 @@ def read_info(image: Image.Image) -> tuple[str | None, dict[str, str]]:
     items = {str(k): v if isinstance(v, (str, int, float, bool)) else str(v)
              for k, v in image.info.items() if k not in _UNSHOWN_INFO}
     return text, items
+
+
+# --- img2img input -------------------------------------------------------------------------------
+
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+
+
+def decode_base64_image(data: str) -> Image.Image:
+    """An image from base64 or a `data:image/...;base64,` URL. ValueError says what is wrong with it."""
+    text = data.strip()
+    if text.startswith(("http://", "https://")):
+        raise ValueError("Image URLs are not fetched; send the image itself as base64")
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or ";base64" not in header:
+            raise ValueError("Invalid encoded image: a data URL must be base64 (data:image/png;base64,...)")
+    text = "".join(text.split())
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
+    except (binascii.Error, ValueError):
+        raise ValueError("Invalid encoded image: the text is not valid base64") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"Invalid encoded image: not an image that can be read ({type(e).__name__})") from None
+    return image
+
+
+def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
+    """RGB, with any transparency composited over `background` (A1111's `img2img_background_color`)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, background)
+        base.alpha_composite(rgba)
+        return base.convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Image.Image:
+    """A1111's `resize_image` with the Lanczos upscaler: 0 stretches to width x height; 1 scales to
+    cover and crops the centre; 2 scales to fit, centres, and fills the empty bands by stretching the
+    outermost rows or columns. (Mode 3, latent upscale, resizes the latent instead; for the images that
+    go with it, such as a mask, it stretches as mode 0 does.)"""
+    if mode not in (1, 2):
+        return image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    ratio, src_ratio = width / height, image.width / image.height
+    if ratio > src_ratio if mode == 1 else ratio < src_ratio:  # the width decides the scale
+        src_w, src_h = width, image.height * width // image.width
+    else:
+        src_w, src_h = image.width * height // image.height, height
+    resized = image.resize((src_w, src_h), resample=Image.Resampling.LANCZOS)
+    out = Image.new(image.mode if image.mode in ("L", "RGB") else "RGB", (width, height))
+    out.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if mode == 2:
+        if ratio < src_ratio:  # bands above and below
+            band = height // 2 - src_h // 2
+            if band > 0:
+                out.paste(resized.resize((width, band), box=(0, 0, width, 0)), box=(0, 0))
+                out.paste(resized.resize((width, band), box=(0, resized.height, width, resized.height)),
+                          box=(0, band + src_h))
+        elif ratio > src_ratio:  # bands left and right
+            band = width // 2 - src_w // 2
+            if band > 0:
+                out.paste(resized.resize((band, height), box=(0, 0, 0, height)), box=(0, 0))
+                out.paste(resized.resize((band, height), box=(resized.width, 0, resized.width, height)),
+                          box=(band + src_w, 0))
+    return out

@@ -7,7 +7,6 @@ clients can wait; a client that hangs up does not disturb the queue (its job sti
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 from typing import Any
@@ -18,7 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import ValidationError
 
 from modules import images, infotext
@@ -82,24 +81,10 @@ def basic_auth(credentials: Credentials):
 
 def decode_image(data: str) -> Image.Image:
     """An image from base64 or a `data:image/...;base64,` URL; BadRequest with the reason otherwise."""
-    text = data.strip()
-    if text.startswith(("http://", "https://")):
-        raise BadRequest("Image URLs are not fetched; send the image itself as base64")
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        if not sep or ";base64" not in header:
-            raise BadRequest("Invalid encoded image: a data URL must be base64 (data:image/png;base64,...)")
-    text = "".join(text.split())
     try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise BadRequest("Invalid encoded image: the text is not valid base64") from None
-    try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise BadRequest(f"Invalid encoded image: not an image that can be read ({type(e).__name__})") from None
-    return image
+        return images.decode_base64_image(data)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
 
 
 def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
