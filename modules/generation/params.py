@@ -6,9 +6,12 @@ the same clear message for the same bad value.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from PIL import Image
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from modules import images
 
 MAX_SIDE = 4096
 
@@ -42,3 +45,58 @@ class GenerationParams(BaseModel):
     @property
     def total_images(self) -> int:
         return self.batch_size * self.n_iter
+
+
+def _image(value: Any) -> Image.Image:
+    """An init image or mask: a PIL image as it is, or base64 / a data URL decoded."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, str):
+        return images.decode_base64_image(value)
+    raise ValueError("expected an image as base64 text")
+
+
+InputImage = Annotated[Image.Image, BeforeValidator(_image)]
+
+
+class Img2ImgParams(GenerationParams):
+    """img2img and inpainting: A1111's field names and (UI) defaults. `width` x `height` is the size the
+    image is processed at. With several init images, one batch holds one of each (A1111's rule)."""
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    init_images: list[InputImage] = Field(default_factory=list)
+    resize_mode: int = Field(0, ge=0, le=3, description="0 Just resize, 1 Crop and resize, 2 Resize and fill, "
+                                                         "3 Just resize (latent upscale)")
+    denoising_strength: float = Field(0.75, description="0 keeps the image, 1 replaces it")
+    image_cfg_scale: float | None = Field(None, description="InstructPix2Pix models only")
+    mask: InputImage | None = Field(None, description="White = repaint")
+    mask_blur_x: int = Field(4, ge=0, le=256)
+    mask_blur_y: int = Field(4, ge=0, le=256)
+    mask_blur: int | None = Field(None, ge=0, le=256, description="Sets mask_blur_x and mask_blur_y")
+    mask_round: bool = True
+    inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(False, description="Inpaint area: False whole picture, True only masked")
+    inpaint_full_res_padding: int = Field(32, ge=0, le=1024)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="0 inpaint masked, 1 inpaint not masked")
+    initial_noise_multiplier: float | None = Field(None, ge=0, description="None: 1.0")
+
+    @field_validator("denoising_strength")
+    @classmethod
+    def _strength(cls, v: float) -> float:
+        if not 0 <= v <= 1:
+            raise ValueError(f"denoising_strength must be between 0 and 1 (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _images_and_blur(self) -> "Img2ImgParams":
+        if not self.init_images:
+            raise ValueError("init_images: at least one init image is required")
+        n = len(self.init_images)
+        if n > 1:
+            if n > self.batch_size:
+                raise ValueError(f"init_images: {n} images but batch_size is {self.batch_size}; "
+                                 "send one image, or at most batch_size images (one per image of a batch)")
+            self.batch_size = n  # A1111: a batch is the init images, one each
+        if self.mask_blur is not None:
+            self.mask_blur_x = self.mask_blur_y = self.mask_blur
+        return self

@@ -8,16 +8,17 @@ runs and an interrupted job keeps what it finished.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
-from modules.generation import extra_networks, rng, samplers
+from modules import images
+from modules.generation import extra_networks, masking, rng, samplers
 from modules.generation.conditioning import ComposableCond, ScheduledCond
-from modules.generation.params import GenerationParams
+from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import JobSkipped
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ class Denoiser:
         self.image_cond = image_cond
         self.step = 0  # calls so far
 
-    def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        if self.image_cond is not None:  # inpainting models see [latent, mask, masked-image latent]
-            x = torch.cat([x, self.image_cond.expand(x.shape[0], -1, -1, -1).to(x.dtype)], dim=1)
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+              image_cond: torch.Tensor | None = None) -> torch.Tensor:
+        if image_cond is not None:  # inpainting models see [latent, mask, masked-image latent]
+            x = torch.cat([x, image_cond.expand(x.shape[0], -1, -1, -1).to(x.dtype)], dim=1)
         t = t.to(x.device, torch.float32).expand(x.shape[0])
         return self.unet(x.to(self.dtype), t, encoder_hidden_states=context).sample.float()
 
@@ -95,14 +97,18 @@ class Denoiser:
         cond_context = stacked.repeat(n, 1, 1)  # image 0's sub-prompts, image 1's, ...
         x_cond = x_in.repeat_interleave(k, dim=0) if k > 1 else x_in
         uncond_context = uncond.expand(n, -1, -1)
+        ic_uncond = ic_cond = self.image_cond  # one for all images (batch 1), or one per image
+        if ic_uncond is not None and ic_uncond.shape[0] > 1 and k > 1:
+            ic_cond = ic_uncond.repeat_interleave(k, dim=0)
         if self.cfg_scale == 1 and k == 1 and conds[0][1] == 1:  # guidance would give the conditional prediction
-            return self._checked(self._unet(x_in, t, cond_context))
+            return self._checked(self._unet(x_in, t, cond_context, ic_cond))
         if length == uncond.shape[0]:
-            both = self._unet(torch.cat([x_cond, x_in]), t, torch.cat([cond_context, uncond_context]))
+            ic_both = ic_cond if ic_cond is None or ic_cond.shape[0] == 1 else torch.cat([ic_cond, ic_uncond])
+            both = self._unet(torch.cat([x_cond, x_in]), t, torch.cat([cond_context, uncond_context]), ic_both)
             cond_out, uncond_out = both[:n * k], both[n * k:]
         else:
-            cond_out = self._unet(x_cond, t, cond_context)
-            uncond_out = self._unet(x_in, t, uncond_context)
+            cond_out = self._unet(x_cond, t, cond_context, ic_cond)
+            uncond_out = self._unet(x_in, t, uncond_context, ic_uncond)
         out = uncond_out.clone()
         for j, (_, weight) in enumerate(conds):
             out += (cond_out[j::k] - uncond_out) * (weight * self.cfg_scale)
@@ -116,19 +122,50 @@ class Denoiser:
         return out
 
 
+@dataclass
+class Start:
+    """Where img2img sampling starts: the init latent (scaled), noised to step `steps - t_enc - 1` of the
+    schedule, so that t_enc + 1 steps run. With `mask` (1 = repaint, 0 = keep; latent size) every step's
+    prediction is blended with the init latent outside the mask, as A1111 blends its denoised x0."""
+    latent: torch.Tensor
+    t_enc: int
+    mask: torch.Tensor | None = None
+
+
+def _keep_unmasked(out: torch.Tensor, x_in: torch.Tensor, levels: tuple[float, float], start: Start,
+                   prediction_type: str) -> torch.Tensor:
+    """The model output whose x0 prediction is the model's inside the mask and the init latent outside.
+    x_in = alpha*x0 + sigma*eps for every sampler's U-Net input, and the output is affine in x0, so
+    blending the outputs with the mask is blending the x0 predictions (A1111's denoised*nmask +
+    init_latent*mask)."""
+    alpha, sigma = levels
+    if prediction_type == "v_prediction":
+        keep = (alpha * x_in - start.latent) / sigma  # v = (alpha*x_in - x0) / sigma
+    else:
+        keep = (x_in - alpha * start.latent) / sigma  # eps = (x_in - alpha*x0) / sigma
+    return out * start.mask + keep * (1 - start.mask)
+
+
 def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.SamplerChoice, steps: int,
-           generators: list[torch.Generator], hooks: Hooks) -> torch.Tensor:
+           generators: list[torch.Generator], hooks: Hooks, start: Start | None = None) -> torch.Tensor:
+    """Run the sampler over the `steps`-step schedule from pure noise (txt2img), or from `start` over its
+    last t_enc + 1 steps (img2img). Hooks see the steps actually run."""
     prepared = samplers.prepare(choice, steps, model.alphas_cumprod, model.prediction_type)
     scheduler = prepared.scheduler
-    x = noise * prepared.initial_scale
-    for i, t in enumerate(prepared.timesteps):
+    first = 0 if start is None else steps - start.t_enc - 1
+    prepared.start_at(first)
+    x = noise * prepared.initial_scale if start is None else prepared.noised(start.latent, noise, first)
+    timesteps = prepared.timesteps[first:]
+    for i, t in enumerate(timesteps):
         if hooks.check:
             hooks.check()
         x_in = scheduler.scale_model_input(x, t)
         guided = denoiser(x_in, t)
+        if start is not None and start.mask is not None:
+            guided = _keep_unmasked(guided, x_in, prepared.levels(first + i), start, model.prediction_type)
         x = scheduler.step(guided, t, x, generator=generators).prev_sample
         if hooks.on_step:
-            hooks.on_step(i + 1, steps, x)
+            hooks.on_step(i + 1, len(timesteps), x)
     return x
 
 
@@ -151,42 +188,208 @@ def decode(model, latents: torch.Tensor) -> list[Image.Image]:
     return images
 
 
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) in [-1, 1]."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.moveaxis(arr, 2, 0).copy()) * 2.0 - 1.0
+
+
 @torch.no_grad()
-def inpainting_conditioning(model, batch: int, height: int, width: int) -> torch.Tensor | None:
-    """For 9-channel inpainting models doing txt2img: the whole image is "masked" (mask of ones) and the
-    masked image is uniform grey, as A1111 does. We encode the grey image with the VAE's mean rather
-    than a random sample of it, so the result is deterministic."""
+def encode(model, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE-encode (N, 3, H, W) pixels in [-1, 1] to scaled latents. Uses the mean of the VAE's latent
+    distribution, not a random sample of it (A1111 samples): the same input always gives the same latent,
+    so img2img is reproducible from its seed alone. An fp16 VAE that produces NaNs is retried in fp32."""
+    vae = model.vae
+    out = []
+    for x in pixels:
+        z = vae.encode(x[None].to(model.device, vae.dtype)).latent_dist.mode()
+        if torch.isnan(z).any() and vae.dtype != torch.float32:
+            log.warning("The VAE produced NaNs in 16-bit precision; converting it to 32-bit float and retrying.")
+            model.upcast_vae()
+            z = vae.encode(x[None].to(model.device, torch.float32)).latent_dist.mode()
+        if torch.isnan(z).any():
+            raise NansError("A tensor with NaNs was produced in the VAE encoder.")
+        out.append(z.float() * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def image_conditioning(model, pixels: torch.Tensor | None, mask: torch.Tensor | None, height: int,
+                       width: int) -> torch.Tensor | None:
+    """The extra U-Net input of 9-channel inpainting models, [mask, masked-image latent] (None for other
+    models). `pixels` (N, 3, H, W) in [-1, 1] and `mask` (1, 1, H, W), 1 = repaint. Without a mask the
+    whole image is repainted: mask of ones, masked image uniform grey (what A1111 gives txt2img)."""
     if model.config.in_channels != 9:
         return None
-    vae = model.vae
-    grey = torch.zeros(1, 3, height, width, device=model.device, dtype=vae.dtype)  # 0.5 in [0,1] is 0 in [-1,1]
-    latent = vae.encode(grey).latent_dist.mode().float() * vae.config.scaling_factor
-    mask = torch.ones(1, 1, height // VAE_SCALE, width // VAE_SCALE, device=model.device)
-    return torch.cat([mask, latent], dim=1)
+    if pixels is None:
+        pixels = torch.zeros(1, 3, height, width)  # 0.5 in [0,1] is 0 in [-1,1]
+    if mask is None:
+        mask = torch.ones(1, 1, *pixels.shape[-2:])
+    masked = encode(model, pixels * (1.0 - mask))  # inpainting_mask_weight 1: the masked area is grey
+    latent_mask = torch.nn.functional.interpolate(mask, size=masked.shape[-2:]).to(model.device)
+    return torch.cat([latent_mask.expand(masked.shape[0], -1, -1, -1), masked], dim=1)
+
+
+def inpainting_conditioning(model, batch: int, height: int, width: int) -> torch.Tensor | None:
+    """For 9-channel inpainting models doing txt2img: mask of ones over a grey image."""
+    return image_conditioning(model, None, None, height, width)
+
+
+@dataclass
+class _Plan:
+    """What one kind of job adds to the shared batch loop."""
+    shape: tuple[int, int, int]  # latent (C, H, W)
+    image_cond: torch.Tensor | None = None
+    start: Callable[[list[int]], Start] | None = None  # img2img: the start for a batch's seeds
+    noise_multiplier: float = 1.0
+    finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None  # e.g. paste the original back
 
 
 @torch.no_grad()
-def txt2img(model, params: GenerationParams, seeds: list[int], clip_skip: int = 1, randn_source: str = "CPU",
-            hooks: Hooks | None = None, emphasis: str = "Original") -> Iterator[BatchOutput]:
-    """Generate `params.n_iter` batches of `params.batch_size` images; `seeds` has one seed per image.
-    The prompt's extra-network tags (`<lora:...>`) are taken out before it is encoded; the negative
-    prompt is used as written (A1111 reads tags from the prompt only)."""
-    hooks = hooks or Hooks()
+def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int, randn_source: str,
+              hooks: Hooks, emphasis: str, plan: _Plan) -> Iterator[BatchOutput]:
+    """The loop every job shares: encode the prompts once, then per batch seed the generators, draw the
+    noise, sample, decode. The prompt's extra-network tags (`<lora:...>`) are taken out before it is
+    encoded; the negative prompt is used as written (A1111 reads tags from the prompt only)."""
     choice = samplers.resolve(params.sampler_name, params.scheduler)
     prompt = extra_networks.parse(params.prompt).text
     cond = model.text.encode_prompt(prompt, params.steps, clip_skip, emphasis)
     uncond = model.text.encode_scheduled(params.negative_prompt, params.steps, clip_skip, emphasis)
-    shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
-    image_cond = inpainting_conditioning(model, params.batch_size, params.height, params.width)
     for b in range(params.n_iter):
         if hooks.on_batch:
             hooks.on_batch(b)
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
         generators = rng.create_generators(batch_seeds, randn_source, model.device)
-        noise = rng.initial_noise(generators, shape, model.device)
-        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond)
+        noise = rng.initial_noise(generators, plan.shape, model.device)
+        if plan.noise_multiplier != 1.0:
+            noise = noise * plan.noise_multiplier
+        start = plan.start(batch_seeds) if plan.start else None
+        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond)
         try:
-            latents = sample(model, denoiser, noise, choice, params.steps, generators, hooks)
+            latents = sample(model, denoiser, noise, choice, params.steps, generators, hooks, start)
         except JobSkipped:
             continue
-        yield BatchOutput(decode(model, latents), batch_seeds, b)
+        images = decode(model, latents)
+        yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b)
+
+
+@torch.no_grad()
+def txt2img(model, params: GenerationParams, seeds: list[int], clip_skip: int = 1, randn_source: str = "CPU",
+            hooks: Hooks | None = None, emphasis: str = "Original") -> Iterator[BatchOutput]:
+    """Generate `params.n_iter` batches of `params.batch_size` images; `seeds` has one seed per image."""
+    shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
+    plan = _Plan(shape, inpainting_conditioning(model, params.batch_size, params.height, params.width))
+    yield from _generate(model, params, seeds, clip_skip, randn_source, hooks or Hooks(), emphasis, plan)
+
+
+@dataclass
+class Img2ImgInputs:
+    """An img2img job made ready: the init latents and masks in a plan for the batch loop, the number of
+    sampler steps a batch runs, the infotext keys the job adds (A1111's extra generation parameters, in
+    its order) and notes for the user."""
+    plan: _Plan
+    steps_run: int
+    fields: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+
+
+@torch.no_grad()
+def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU",
+                    background: str = "#ffffff") -> Img2ImgInputs:
+    """Resize the init images to width x height by `resize_mode`, prepare the mask, pre-fill the area to
+    repaint, VAE-encode. t_enc = int(min(denoising_strength, 0.999) * steps): each batch starts from the
+    init latents noised to step steps - t_enc - 1 of the schedule and runs t_enc + 1 steps."""
+    width, height = params.width, params.height
+    fields: dict[str, Any] = {}
+    notes: list[str] = []
+    prepared_mask = None
+    if params.mask is not None:
+        mask = params.mask
+        if mask.size != params.init_images[0].size:  # the mask is drawn over the init image
+            mask = mask.resize(params.init_images[0].size)
+        if params.inpainting_mask_invert:
+            fields["Mask mode"] = "Inpaint not masked"
+        if params.mask_blur_x > 0 or params.mask_blur_y > 0:
+            fields["Mask blur"] = params.mask_blur_x if params.mask_blur_x == params.mask_blur_y else None
+        prepared_mask, note = masking.prepare(
+            mask, width, height, params.resize_mode, bool(params.inpainting_mask_invert),
+            params.mask_blur_x, params.mask_blur_y, params.inpaint_full_res, params.inpaint_full_res_padding,
+            params.mask_round)
+        if note:
+            notes.append(note)
+        if prepared_mask is not None and prepared_mask.crop is not None:
+            fields["Inpaint area"] = "Only masked"
+            fields["Masked area padding"] = params.inpaint_full_res_padding
+        if prepared_mask is not None and params.inpainting_fill != 1:
+            fields["Masked content"] = MASKED_CONTENT[params.inpainting_fill]
+    multiplier = 1.0 if params.initial_noise_multiplier is None else params.initial_noise_multiplier
+    if multiplier != 1.0:
+        fields["Noise multiplier"] = multiplier
+
+    crop = prepared_mask.crop if prepared_mask else None
+    originals, inputs = [], []  # what the result is pasted onto; what is encoded
+    for image in params.init_images:
+        image = images.flatten(image, background)
+        if crop is not None:
+            originals.append(image)
+            image = images.resize_image(2, image.crop(crop), width, height)
+        elif params.resize_mode == 3:  # encoded at its own size; the latent is resized
+            originals.append(images.resize_image(0, image, width, height))
+        else:
+            image = images.resize_image(params.resize_mode, image, width, height)
+            originals.append(image)
+        if prepared_mask is not None and params.inpainting_fill != 1:
+            image = masking.fill(image, prepared_mask.mask)
+        inputs.append(image)
+
+    latents = torch.cat([encode(model, _to_tensor(im)[None]) for im in inputs])
+    shape = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+    if latents.shape[-2:] != shape[1:]:  # latent upscale
+        latents = torch.nn.functional.interpolate(latents, size=shape[1:], mode="bilinear")
+    pixel_mask = latent_mask = None
+    if prepared_mask is not None:
+        m = np.asarray(prepared_mask.mask, dtype=np.float32) / 255.0
+        pixel_mask = torch.from_numpy(np.around(m) if params.mask_round else m)[None, None]
+        small = prepared_mask.mask.resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)
+        lm = np.asarray(small, dtype=np.float32) / 255.0
+        latent_mask = torch.from_numpy(np.around(lm) if params.mask_round else lm)[None, None].to(model.device)
+    image_cond = None
+    if model.config.in_channels == 9:  # conditioned on the (filled) inputs at the processing size
+        sized = [im if im.size == (width, height) else images.resize_image(0, im, width, height) for im in inputs]
+        pixels = torch.stack([_to_tensor(im) for im in (sized if pixel_mask is not None else sized[:1])])
+        image_cond = image_conditioning(model, pixels, pixel_mask, height, width)
+
+    t_enc = samplers.img2img_t_enc(params.steps, params.denoising_strength)
+
+    def start(batch_seeds: list[int]) -> Start:
+        init = latents if latents.shape[0] == len(batch_seeds) else latents.expand(len(batch_seeds), -1, -1, -1)
+        if latent_mask is not None and params.inpainting_fill in (2, 3):
+            keep = init * (1 - latent_mask)
+            if params.inpainting_fill == 2:  # latent noise: fresh draws from the images' seeds
+                fresh = rng.initial_noise(rng.create_generators(batch_seeds, randn_source, model.device),
+                                          shape, model.device)
+                init = keep + fresh * latent_mask
+            else:  # latent nothing
+                init = keep
+        return Start(init, t_enc, latent_mask)
+
+    def finish(decoded: list[Image.Image]) -> list[Image.Image]:
+        if prepared_mask is None:
+            return decoded
+        return [masking.paste_back(im, originals[i % len(originals)], prepared_mask) for i, im in enumerate(decoded)]
+
+    return Img2ImgInputs(_Plan(shape, image_cond, start, multiplier, finish), t_enc + 1, fields, notes)
+
+
+@torch.no_grad()
+def img2img(model, params: Img2ImgParams, seeds: list[int], clip_skip: int = 1, randn_source: str = "CPU",
+            hooks: Hooks | None = None, emphasis: str = "Original", background: str = "#ffffff",
+            inputs: Img2ImgInputs | None = None) -> Iterator[BatchOutput]:
+    """img2img and inpainting, A1111's way, in `params.n_iter` batches (`inputs` from `prepare_img2img`,
+    made here when not given). With a mask only its white area is repainted: the latents outside it
+    are kept at every step, and the original pixels are pasted back outside the blurred mask at the end."""
+    inputs = inputs or prepare_img2img(model, params, randn_source, background)
+    yield from _generate(model, params, seeds, clip_skip, randn_source, hooks or Hooks(), emphasis, inputs.plan)

@@ -115,6 +115,37 @@ class PreparedSampler:
     scheduler: object
     timesteps: torch.Tensor  # what the U-Net is given, one per step
     initial_scale: float  # the unit-variance starting noise is multiplied by this
+    state: str = "ve"
+    sigmas: torch.Tensor | None = None  # k-diffusion noise levels, one per step plus a final 0 (ve and vp)
+    alphas_cumprod: torch.Tensor | None = None  # the model's (timestep samplers)
+
+    def start_at(self, index: int) -> None:
+        """Begin sampling at step `index` of the schedule (img2img) instead of step 0."""
+        if self.state != "timestep":  # DDIM keeps no step counter: its steps follow from the timesteps
+            self.scheduler.set_begin_index(index)
+
+    def levels(self, index: int) -> tuple[float, float]:
+        """(alpha, sigma) of step `index`: the U-Net's input there is alpha * x0 + sigma * noise."""
+        if self.state == "timestep":
+            a = self.alphas_cumprod[int(self.timesteps[index])].double().item()
+            return a ** 0.5, (1 - a) ** 0.5
+        s = self.sigmas[index].double().item()
+        return 1 / (s * s + 1) ** 0.5, s / (s * s + 1) ** 0.5
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
+        """`x0` noised to the level of step `index`, in the units the sampler holds its state in."""
+        if self.state == "timestep":
+            t = self.timesteps[index].expand(x0.shape[0])
+            return self.scheduler.add_noise(x0, noise, t)
+        sigma = self.sigmas[index].item()
+        x = x0 + noise * sigma
+        return x if self.state == "ve" else x / (sigma ** 2 + 1) ** 0.5
+
+
+def img2img_t_enc(steps: int, denoising_strength: float) -> int:
+    """A1111's img2img rule: sampling starts `t_enc` steps before the end of the `steps`-step schedule,
+    at step `steps - t_enc - 1`, so t_enc + 1 steps run."""
+    return int(min(denoising_strength, 0.999) * steps)
 
 
 def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, prediction_type: str) -> PreparedSampler:
@@ -126,7 +157,7 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
         scheduler.alphas_cumprod = alphas_cumprod.clone()
         scheduler.final_alpha_cumprod = alphas_cumprod[0].clone()
         scheduler.set_timesteps(steps)
-        return PreparedSampler(scheduler, scheduler.timesteps, 1.0)
+        return PreparedSampler(scheduler, scheduler.timesteps, 1.0, spec.state, alphas_cumprod=alphas_cumprod)
 
     model_sigmas = schedules.model_sigmas(alphas_cumprod)
     sigmas = schedules.sigmas_for(choice.effective_schedule, steps, model_sigmas)
@@ -136,4 +167,4 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
     scheduler.timesteps = timesteps
     sigma0 = sigmas[0].item()
     scale = sigma0 if spec.state == "ve" else sigma0 / (sigma0 ** 2 + 1) ** 0.5
-    return PreparedSampler(scheduler, timesteps, scale)
+    return PreparedSampler(scheduler, timesteps, scale, spec.state, sigmas=sigmas)
