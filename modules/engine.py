@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from modules import fileio, images, infotext
 from modules.generation import extra_networks, pipeline, prompts, rng, samplers
-from modules.generation.params import GenerationParams
+from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.manager import LoadedModel, ModelManager
@@ -38,7 +38,7 @@ class UnknownOption(BadRequest):
 
 
 @dataclass
-class Txt2ImgResult:
+class GenerationResult:
     images: list[Image.Image]
     seeds: list[int]
     infotexts: list[str]
@@ -46,6 +46,9 @@ class Txt2ImgResult:
     info: dict[str, Any]
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
+
+
+Txt2ImgResult = GenerationResult  # the name it had before img2img shared it
 
 
 def describe_validation_error(e: ValidationError) -> str:
@@ -168,27 +171,42 @@ class Engine:
         self.settings.update(changes)
 
     # --- generation --------------------------------------------------------------------------
-    def txt2img(self, params: GenerationParams) -> Txt2ImgResult:
+    def txt2img(self, params: GenerationParams) -> GenerationResult:
         return self.submit_txt2img(params).wait()
 
     def submit_txt2img(self, params: GenerationParams) -> Job:
-        """Check the request (raising BadRequest at once) and queue it; the job's result is a Txt2ImgResult."""
+        """Check the request (raising BadRequest at once) and queue it; the job's result is a GenerationResult."""
+        return self._submit("txt2img", params)
+
+    def img2img(self, params: Img2ImgParams) -> GenerationResult:
+        return self.submit_img2img(params).wait()
+
+    def submit_img2img(self, params: Img2ImgParams) -> Job:
+        """As submit_txt2img, for img2img and inpainting (the init images and mask are in `params`)."""
+        if not isinstance(params, Img2ImgParams):
+            raise BadRequest("img2img needs Img2ImgParams (init_images, denoising_strength, ...)")
+        return self._submit("img2img", params)
+
+    def _submit(self, kind: str, params: GenerationParams) -> Job:
         settings, warnings = self.effective_settings(params.override_settings)
         try:
             choice = samplers.resolve(params.sampler_name, params.scheduler)
         except samplers.UnknownSampler as e:
             raise BadRequest(str(e)) from None
         checkpoint = self.resolve_checkpoint(params.override_settings.get("sd_model_checkpoint"))
+        if isinstance(params, Img2ImgParams) and params.image_cfg_scale is not None:
+            warnings.append("image_cfg_scale is for InstructPix2Pix models, which are not supported; it was ignored")
 
-        def run(job: Job) -> Txt2ImgResult:
-            result = self._txt2img(job, params, settings, choice, checkpoint)
+        def run(job: Job) -> GenerationResult:
+            result = self._generate(job, kind, params, settings, choice, checkpoint)
             result.warnings[:0] = warnings
             return result
 
-        return self.queue.submit("txt2img", run)
+        return self.queue.submit(kind, run)
 
     def _infotext(self, params: GenerationParams, model: LoadedModel, choice: samplers.SamplerChoice,
-                  settings: Settings, seed: int) -> str:
+                  settings: Settings, seed: int, extra: dict[str, Any]) -> str:
+        """A1111's infotext: its fixed keys in its order, then the job's extra keys (img2img's mask keys)."""
         clip_skip = settings.CLIP_stop_at_last_layers
         fields = {
             "Steps": params.steps,
@@ -201,25 +219,44 @@ class Engine:
             "Model": model.info.stem,
             "VAE hash": model.vae_sha256[:10] if model.vae_sha256 else None,
             "VAE": model.vae_info.name if model.vae_info else None,
+            "Denoising strength": params.denoising_strength if isinstance(params, Img2ImgParams) else None,
+            "Conditional mask weight": 1.0 if model.config.is_inpainting else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
+            **extra,
             "Emphasis": settings.emphasis if settings.emphasis != "Original" and prompts.emphasis_syntax_in(
                 extra_networks.parse(params.prompt).text, params.negative_prompt, params.steps) else None,
             "Version": INFOTEXT_VERSION,
         }
         return infotext.create(params.prompt, params.negative_prompt, fields)
 
-    def _txt2img(self, job: Job, params: GenerationParams, settings: Settings, choice: samplers.SamplerChoice,
-                 checkpoint: CheckpointInfo) -> Txt2ImgResult:
+    def _generate(self, job: Job, kind: str, params: GenerationParams, settings: Settings,
+                  choice: samplers.SamplerChoice, checkpoint: CheckpointInfo) -> GenerationResult:
+        """The job both txt2img and img2img run: load, seed, generate batch by batch, save, describe."""
         model = self._load(checkpoint, settings.sd_vae, remember="sd_model_checkpoint" not in params.override_settings)
         seed = rng.fix_seed(params.seed)
         seeds = [seed + i for i in range(params.total_images)]
-        state = job.state
-        state.job_count, state.sampling_steps = params.n_iter, params.steps
-        state.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+        result = GenerationResult([], [], [], [], {})
+        result.warnings.extend(extra_networks.unsupported_warnings(extra_networks.parse(params.prompt).tags))
+        hooks = pipeline.Hooks(check=job.check)
+        common = dict(clip_skip=settings.CLIP_stop_at_last_layers, randn_source=settings.randn_source, hooks=hooks,
+                      emphasis=settings.emphasis)
+        if isinstance(params, Img2ImgParams):
+            if params.initial_noise_multiplier is None:
+                params = params.model_copy(update={"initial_noise_multiplier": settings.initial_noise_multiplier})
+            inputs = pipeline.prepare_img2img(model, params, settings.randn_source, settings.img2img_background_color)
+            batches = pipeline.img2img(model, params, seeds, inputs=inputs, **common)
+            steps_run, extra, outdir = inputs.steps_run, inputs.fields, settings.outdir_img2img_samples
+            result.warnings.extend(inputs.notes)
+        else:
+            batches = pipeline.txt2img(model, params, seeds, **common)
+            steps_run, extra, outdir = params.steps, {}, settings.outdir_txt2img_samples
 
+        state = job.state
+        state.job_count, state.sampling_steps = params.n_iter, steps_run
+        state.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
         # The terminal's view of the whole job (A1111's "Total progress"); silent when not a terminal.
-        bar = tqdm(total=params.n_iter * params.steps, desc="txt2img", unit="step", disable=None, leave=False)
+        bar = tqdm(total=params.n_iter * steps_run, desc=kind, unit="step", disable=None, leave=False)
 
         def on_batch(index: int) -> None:
             state.job_no, state.sampling_step = index, 0
@@ -228,16 +265,13 @@ class Engine:
             state.sampling_step, state.current_latent = step, latent
             bar.update(state.job_no * steps + step - bar.n)
 
-        hooks = pipeline.Hooks(on_batch=on_batch, on_step=on_step, check=job.check)
+        hooks.on_batch, hooks.on_step = on_batch, on_step
         save = params.save_images and settings.samples_save
-        folder = self.paths.resolve_output_dir(settings.outdir_samples or settings.outdir_txt2img_samples)
-        result = Txt2ImgResult([], [], [], [], {})
-        result.warnings.extend(extra_networks.unsupported_warnings(extra_networks.parse(params.prompt).tags))
+        folder = self.paths.resolve_output_dir(settings.outdir_samples or outdir)
         try:
-            for batch in pipeline.txt2img(model, params, seeds, settings.CLIP_stop_at_last_layers,
-                                          settings.randn_source, hooks, settings.emphasis):
+            for batch in batches:
                 for image, image_seed in zip(batch.images, batch.seeds):
-                    text = self._infotext(params, model, choice, settings, image_seed)
+                    text = self._infotext(params, model, choice, settings, image_seed, extra)
                     path = None
                     if save:
                         path = str(images.save_image(image, folder, image_seed,
@@ -253,13 +287,19 @@ class Engine:
             bar.close()
         if result.infotexts:
             fileio.atomic_write_bytes(self.paths.params_file, result.infotexts[0].encode("utf-8"))
-        result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp)
+        result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp, extra)
         return result
 
     def _info(self, params: GenerationParams, model: LoadedModel, choice: samplers.SamplerChoice,
-              settings: Settings, seed: int, seeds: list[int], result: Txt2ImgResult, timestamp: str) -> dict:
+              settings: Settings, seed: int, seeds: list[int], result: GenerationResult, timestamp: str,
+              extra: dict[str, Any]) -> dict:
         """The `info` object of A1111's API response (`Processed.js()`)."""
         n = params.total_images
+        img2img = isinstance(params, Img2ImgParams)
+        extra_params = {"Schedule type": choice.schedule_label}
+        if img2img:
+            extra_params["Denoising strength"] = params.denoising_strength
+        extra_params.update({k: v for k, v in extra.items() if v is not None})
         return {
             "prompt": params.prompt, "all_prompts": [params.prompt] * n,
             "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * n,
@@ -270,8 +310,9 @@ class Engine:
             "sd_model_name": model.info.stem, "sd_model_hash": model.info.shorthash,
             "sd_vae_name": model.vae_info.name if model.vae_info else None,
             "sd_vae_hash": model.vae_sha256[:10] if model.vae_sha256 else None,
-            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
-            "extra_generation_params": {"Schedule type": choice.schedule_label},
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "denoising_strength": params.denoising_strength if img2img else None,
+            "extra_generation_params": extra_params,
             "index_of_first_image": 0, "infotexts": result.infotexts, "styles": [],
             "job_timestamp": timestamp, "clip_skip": settings.CLIP_stop_at_last_layers,
             "is_using_inpainting_conditioning": model.config.is_inpainting, "version": INFOTEXT_VERSION,

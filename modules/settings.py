@@ -31,6 +31,12 @@ class Settings(BaseModel):
         "Original", description="Prompt emphasis, (word:1.2): 'Original' weighs and restores the mean, 'No norm' "
                                 "only weighs, 'Ignore' parses but does not weigh, 'None' reads brackets literally")
 
+    # img2img
+    initial_noise_multiplier: float = Field(
+        1.0, ge=0.0, le=1.5, description="img2img: the starting noise is multiplied by this (requests may override it)")
+    img2img_background_color: str = Field(
+        "#ffffff", pattern=r"^#[0-9a-fA-F]{6}$", description="img2img: transparent parts of an init image become this colour")
+
     # Saving
     samples_save: bool = Field(True, description="Save every generated image")
     samples_format: Literal["png"] = "png"
