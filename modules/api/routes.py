@@ -25,7 +25,7 @@ from modules.api import schemas
 from modules.auth import Credentials
 from modules.engine import BadRequest, Engine, UnknownOption, describe_validation_error
 from modules.generation import preview, samplers
-from modules.generation.params import GenerationParams
+from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import JobState
 from modules.models.checkpoint_file import CheckpointError
 from modules.generation.pipeline import NansError
@@ -97,8 +97,9 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
         settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)
     except ValueError as e:
         raise BadRequest(str(e)) from None
+    allowed = set(type(req).model_fields) - set(getattr(req, "HIRES_FIELDS", ()))
     for name, value in fields.items():
-        if name not in req.model_fields_set:
+        if name in allowed and name not in req.model_fields_set:
             setattr(req, name, value)
     overrides = dict(req.override_settings or {})
     current = engine.settings.values
@@ -123,15 +124,36 @@ def encode_png(image) -> str:
     return base64.b64encode(images.png_bytes(image, image.info.get("parameters"))).decode("ascii")
 
 
+def _common_fields(req: schemas.Txt2ImgRequest) -> dict[str, Any]:
+    return dict(
+        prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed,
+        sampler_name=req.sampler_name or req.sampler_index, scheduler=req.scheduler, steps=req.steps,
+        cfg_scale=req.cfg_scale, width=req.width, height=req.height, batch_size=req.batch_size,
+        n_iter=req.n_iter, override_settings=req.override_settings or {},
+        save_images=req.save_images and not req.do_not_save_samples,
+    )
+
+
 def to_params(req: schemas.Txt2ImgRequest) -> GenerationParams:
     try:
-        return GenerationParams(
-            prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed,
-            sampler_name=req.sampler_name or req.sampler_index, scheduler=req.scheduler, steps=req.steps,
-            cfg_scale=req.cfg_scale, width=req.width, height=req.height, batch_size=req.batch_size,
-            n_iter=req.n_iter, override_settings=req.override_settings or {},
-            save_images=req.save_images and not req.do_not_save_samples,
-        )
+        return GenerationParams(**_common_fields(req))
+    except ValidationError as e:
+        raise BadRequest(describe_validation_error(e)) from None
+
+
+def to_img2img_params(req: schemas.Img2ImgRequest) -> Img2ImgParams:
+    """The engine's parameters; the init images and the mask are decoded here (BadRequest naming the
+    field when one cannot be read)."""
+    if not req.init_images:
+        raise BadRequest("init_images: at least one init image is required (base64 or a data URL)")
+    try:
+        return Img2ImgParams(
+            **_common_fields(req), init_images=req.init_images, resize_mode=req.resize_mode,
+            denoising_strength=req.denoising_strength, image_cfg_scale=req.image_cfg_scale, mask=req.mask or None,
+            mask_blur_x=req.mask_blur_x, mask_blur_y=req.mask_blur_y, mask_blur=req.mask_blur,
+            mask_round=req.mask_round, inpainting_fill=req.inpainting_fill, inpaint_full_res=req.inpaint_full_res,
+            inpaint_full_res_padding=req.inpaint_full_res_padding, inpainting_mask_invert=req.inpainting_mask_invert,
+            initial_noise_multiplier=req.initial_noise_multiplier)
     except ValidationError as e:
         raise BadRequest(describe_validation_error(e)) from None
 
@@ -141,18 +163,35 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"],
                   dependencies=[Depends(basic_auth(credentials))] if credentials else [])
 
-    @r.post("/txt2img", response_model=schemas.Txt2ImgResponse)
-    async def txt2img(req: schemas.Txt2ImgRequest):
-        warnings = apply_infotext(req, engine) if req.infotext else []
-        params = to_params(req)
-        job = await run_in_threadpool(engine.submit_txt2img, params)
+    async def respond(req: schemas.Txt2ImgRequest, job, warnings: list[str],
+                      parameters: dict[str, Any]) -> schemas.Txt2ImgResponse:
         result = await job.wait_async()
         result.warnings.extend(warnings)
         result.warnings.extend(f"{name} is not supported yet and was ignored" for name in req.unsupported_fields())
         if req.override_settings and not req.override_settings_restore_afterwards:
             await run_in_threadpool(engine.set_options, req.override_settings)
         encoded = await run_in_threadpool(lambda: [encode_png(im) for im in result.images]) if req.send_images else []
-        return schemas.Txt2ImgResponse(images=encoded, parameters=req.model_dump(), info=json.dumps(result.info))
+        return schemas.Txt2ImgResponse(images=encoded, parameters=parameters, info=json.dumps(result.info))
+
+    @r.post("/txt2img", response_model=schemas.Txt2ImgResponse)
+    async def txt2img(req: schemas.Txt2ImgRequest):
+        warnings = apply_infotext(req, engine) if req.infotext else []
+        params = to_params(req)
+        job = await run_in_threadpool(engine.submit_txt2img, params)
+        return await respond(req, job, warnings, req.model_dump())
+
+    @r.post("/img2img", response_model=schemas.Txt2ImgResponse)
+    async def img2img(req: schemas.Img2ImgRequest):
+        """img2img, and inpainting when `mask` is given (white = repaint). The images are base64 (or data
+        URLs); the response is txt2img's. The init images and mask are echoed in `parameters` only with
+        `include_init_images`."""
+        warnings = apply_infotext(req, engine) if req.infotext else []
+        params = await run_in_threadpool(to_img2img_params, req)
+        job = await run_in_threadpool(engine.submit_img2img, params)
+        parameters = req.model_dump(exclude=set(schemas.Img2ImgRequest.HIRES_FIELDS))
+        if not req.include_init_images:
+            parameters["init_images"], parameters["mask"] = None, None
+        return await respond(req, job, warnings, parameters)
 
     @r.get("/sd-models", response_model=list[schemas.SDModelItem])
     def sd_models():
@@ -207,7 +246,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         """The running generation job. `current_image` is a cheap preview of its latent (no VAE), unless
         `skip_current_image` is true or the `live_previews_enable` setting is off."""
         job = engine.queue.current
-        state = job.state if job is not None and job.kind == "txt2img" else JobState()
+        state = job.state if job is not None and job.kind in ("txt2img", "img2img") else JobState()
         latent = state.current_latent
         current_image = None
         if latent is not None and not skip_current_image and engine.settings.values.live_previews_enable:

@@ -7,7 +7,7 @@ says it was ignored instead of failing the request.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -87,6 +87,37 @@ class Txt2ImgRequest(BaseModel):
             if value != getattr(defaults, name) and value not in (None, [], {}, False, 0, -1):
                 out.append(name)
         return out
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """A1111's img2img request: the txt2img fields (the hires ones are accepted and ignored) plus the init
+    images and the inpainting fields, with A1111's API defaults (which differ from its UI's: inpaint
+    area "Only masked", padding 0, masked content "fill")."""
+    init_images: list[str] | None = None
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+
+    # txt2img's hires-fix fields, which A1111's img2img request does not have
+    HIRES_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "enable_hr", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps",
+        "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+        "hr_negative_prompt", "firstpass_image"})
+
+    def unsupported_fields(self) -> list[str]:
+        return super().unsupported_fields() + (["latent_mask"] if self.latent_mask else [])
 
 
 class Txt2ImgResponse(BaseModel):
