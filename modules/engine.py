@@ -194,8 +194,6 @@ class Engine:
         except samplers.UnknownSampler as e:
             raise BadRequest(str(e)) from None
         checkpoint = self.resolve_checkpoint(params.override_settings.get("sd_model_checkpoint"))
-        if isinstance(params, Img2ImgParams) and params.image_cfg_scale is not None:
-            warnings.append("image_cfg_scale is for InstructPix2Pix models, which are not supported; it was ignored")
 
         def run(job: Job) -> GenerationResult:
             result = self._generate(job, kind, params, settings, choice, checkpoint)
