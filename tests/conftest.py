@@ -20,7 +20,9 @@ from modules.models.registry import CheckpointRegistry, VaeRegistry  # noqa: E40
 from tests import tiny_models  # noqa: E402
 
 logs.quiet_libraries()
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# OMP_NUM_THREADS, when set, wins: on a machine whose cores are busy with other work, two threads that
+# wait for each other make every U-Net call about 100x slower than one thread does.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.cpu_count() or 1))
 
 
 def pytest_configure(config):
