@@ -35,7 +35,8 @@ class Settings(BaseModel):
     initial_noise_multiplier: float = Field(
         1.0, ge=0.0, le=1.5, description="img2img: the starting noise is multiplied by this (requests may override it)")
     img2img_background_color: str = Field(
-        "#ffffff", pattern=r"^#[0-9a-fA-F]{6}$", description="img2img: transparent parts of an init image become this colour")
+        "#ffffff", pattern=r"^#[0-9a-fA-F]{6}$",
+        description="img2img: transparent parts of an init image become this colour")
 
     # Saving
     samples_save: bool = Field(True, description="Save every generated image")

@@ -109,9 +109,9 @@ class Recording(pipeline.Denoiser):
 def k_reference(model, name, steps, t_enc, init, noise, gens, cond, uncond, cfg, mask=None):
     """A1111's sample_img2img for a k-diffusion sampler: sigma_sched = sigmas[steps - t_enc - 1:],
     x = init + noise * sigma_sched[0]; with a mask its CFG denoiser blends denoised*nmask + init*mask."""
+    ks, ke = K.load()
     inner = K.CompVisModel(model.unet, model.alphas_cumprod)
-    wrap = (K.load()[1].CompVisVDenoiser if model.prediction_type == "v_prediction" else K.load()[1].CompVisDenoiser)(inner)
-    ks = K.load()[0]
+    wrap = (ke.CompVisVDenoiser if model.prediction_type == "v_prediction" else ke.CompVisDenoiser)(inner)
     choice = samplers.resolve(name)
     if choice.effective_schedule == "karras":
         sigmas = ks.get_sigmas_karras(steps, wrap.sigmas[0].item(), wrap.sigmas[-1].item())
@@ -184,15 +184,16 @@ def test_denoising_strength_controls_how_far_the_latent_moves(manager):
     """Denoising 0 runs one step at the smallest sigma: the latent barely moves (the result is the VAE
     round trip of the input up to that); the change grows with the strength."""
     model = manager.get(manager.checkpoints.find("sd1.safetensors"))
-    init = pipeline.encode(model, pipeline._to_tensor(init_image())[None])
+    init = pipeline.encode(model, pipeline.image_to_tensor(init_image())[None])
     cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
     moved = {}
     for strength in (0.0, 0.3, 0.75, 1.0):
         gens = rng.create_generators([1], "CPU", model.device)
         noise = rng.initial_noise(gens, SHAPE, model.device)
+        start = pipeline.Start(init, samplers.img2img_t_enc(20, strength))
         with torch.no_grad():
             out = pipeline.sample(model, pipeline.Denoiser(model, cond, uncond, 7.0), noise, samplers.resolve("Euler"),
-                                  20, gens, pipeline.Hooks(), pipeline.Start(init, samplers.img2img_t_enc(20, strength)))
+                                  20, gens, pipeline.Hooks(), start)
         moved[strength] = (out - init).abs().mean().item()
     assert moved[0.0] < moved[0.3] < moved[0.75] < moved[1.0]
     assert moved[0.0] < 0.01 * moved[1.0]
@@ -299,7 +300,8 @@ def test_nine_channel_inpainting_model_gets_mask_and_masked_image(engine, manage
 
 
 def test_outputs_infotext_info_and_progress_steps(engine, data):
-    job = engine.submit_img2img(params(denoising_strength=0.5, steps=10, save_images=True, initial_noise_multiplier=0.9))
+    job = engine.submit_img2img(params(denoising_strength=0.5, steps=10, save_images=True,
+                                       initial_noise_multiplier=0.9))
     result = job.wait()
     assert job.state.sampling_steps == 6 and job.state.sampling_step == 6  # t_enc + 1
     assert "/outputs/img2img-images/" in result.paths[0]

@@ -68,8 +68,8 @@ class Img2ImgParams(GenerationParams):
     resize_mode: int = Field(0, ge=0, le=3, description="0 Just resize, 1 Crop and resize, 2 Resize and fill, "
                                                          "3 Just resize (latent upscale)")
     denoising_strength: float = Field(0.75, description="0 keeps the image, 1 replaces it")
-    image_cfg_scale: float | None = Field(None, description="InstructPix2Pix models only (none are supported): ignored, as "
-                                                                "A1111 ignores it for other models")
+    image_cfg_scale: float | None = Field(
+        None, description="InstructPix2Pix models only (none are supported): ignored, as A1111 does for other models")
     mask: InputImage | None = Field(None, description="White = repaint")
     mask_blur_x: int = Field(4, ge=0, le=256)
     mask_blur_y: int = Field(4, ge=0, le=256)

@@ -188,7 +188,7 @@ def decode(model, latents: torch.Tensor) -> list[Image.Image]:
     return images
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """(3, H, W) in [-1, 1]."""
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(np.moveaxis(arr, 2, 0).copy()) * 2.0 - 1.0
@@ -345,7 +345,7 @@ def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU",
             image = masking.fill(image, prepared_mask.mask)
         inputs.append(image)
 
-    latents = torch.cat([encode(model, _to_tensor(im)[None]) for im in inputs])
+    latents = torch.cat([encode(model, image_to_tensor(im)[None]) for im in inputs])
     shape = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
     if latents.shape[-2:] != shape[1:]:  # latent upscale
         latents = torch.nn.functional.interpolate(latents, size=shape[1:], mode="bilinear")
@@ -359,7 +359,7 @@ def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU",
     image_cond = None
     if model.config.in_channels == 9:  # conditioned on the (filled) inputs at the processing size
         sized = [im if im.size == (width, height) else images.resize_image(0, im, width, height) for im in inputs]
-        pixels = torch.stack([_to_tensor(im) for im in (sized if pixel_mask is not None else sized[:1])])
+        pixels = torch.stack([image_to_tensor(im) for im in (sized if pixel_mask is not None else sized[:1])])
         image_cond = image_conditioning(model, pixels, pixel_mask, height, width)
 
     t_enc = samplers.img2img_t_enc(params.steps, params.denoising_strength)
