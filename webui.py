@@ -35,7 +35,8 @@ def build(args):
 
     api_credentials = auth.from_flags(args.api_auth, flag="--api-auth")
     ui_credentials = auth.from_flags(args.gradio_auth, args.gradio_auth_path, flag="--gradio-auth")
-    p = paths.from_args(args.data_dir, args.models_dir, args.ckpt_dir, args.vae_dir, args.config)
+    p = paths.from_args(args.data_dir, args.models_dir, args.ckpt_dir, args.vae_dir, args.config, args.lora_dir,
+                        args.embeddings_dir, args.styles_file)
     paths.ensure_dirs(p)
     plan = devices.plan(args.use_cpu, args.device_id, args.no_half, args.no_half_vae, args.precision,
                         args.skip_torch_cuda_test)

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--no-builtin-model", action="store_true",
                         help="do not list the small demo model that ships in models/builtin")
     models.add_argument("--vae-dir", default=None, help="extra folder searched for VAE files")
+    models.add_argument("--lora-dir", default=None, help="folder with LoRA networks (default: MODELS_DIR/Lora)")
+    models.add_argument("--embeddings-dir", default=None,
+                        help="folder with textual-inversion embeddings (default: DATA_DIR/embeddings)")
+    models.add_argument("--styles-file", action="append", default=None, metavar="FILE",
+                        help="styles CSV file (default DATA_DIR/styles.csv); may be given more than once")
     models.add_argument("--config", default=None,
                         help="YAML config used for SD 1.x checkpoints without one (default configs/v1-inference.yaml)")
 

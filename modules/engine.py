@@ -15,12 +15,14 @@ from PIL import Image
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from modules import fileio, images, infotext
+from modules import fileio, images, infotext, styles
 from modules.generation import extra_networks, pipeline, prompts, rng, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue
 from modules.models.checkpoint_file import CheckpointError
-from modules.models.manager import LoadedModel, ModelManager
+from modules.models.embeddings import EmbeddingRegistry
+from modules.models.lora import LoraRegistry
+from modules.models.manager import ExtraNetworksUse, LoadedModel, ModelManager
 from modules.models.registry import CheckpointInfo
 from modules.paths import Paths
 from modules.settings import Settings, SettingsStore
@@ -67,6 +69,12 @@ class Engine:
         self.models = models
         self.queue = queue
         self.startup_error: str | None = None
+        # LoRA and embedding folders come from the paths unless the manager was given its own.
+        if not models.loras.folders:
+            models.loras = LoraRegistry(paths.lora_dirs)
+        if not models.embeddings.folders:
+            models.embeddings = EmbeddingRegistry(paths.embeddings_dirs, models.checkpoints.hashes)
+        self.styles = styles.StyleStore(paths.styles_files)
 
     # --- models ------------------------------------------------------------------------------
     def resolve_checkpoint(self, query: str | None = None) -> CheckpointInfo:
@@ -187,8 +195,21 @@ class Engine:
             raise BadRequest("img2img needs Img2ImgParams (init_images, denoising_strength, ...)")
         return self._submit("img2img", params)
 
+    def apply_styles(self, params: GenerationParams) -> tuple[GenerationParams, list[str]]:
+        """The params with their styles merged into the prompts (as A1111 does before generating, so the
+        infotext holds the merged prompts); a style name not in styles.csv is a warning."""
+        if not params.styles:
+            return params, []
+        found, missing = self.styles.resolve(params.styles)
+        prompt, negative = styles.apply(found, params.prompt, params.negative_prompt)
+        warnings = [f"Style {name!r} not found in {', '.join(str(f.name) for f in self.styles.files)}; ignored"
+                    for name in missing]
+        return params.model_copy(update={"prompt": prompt, "negative_prompt": negative}), warnings
+
     def _submit(self, kind: str, params: GenerationParams) -> Job:
+        params, style_warnings = self.apply_styles(params)
         settings, warnings = self.effective_settings(params.override_settings)
+        warnings = style_warnings + warnings
         try:
             choice = samplers.resolve(params.sampler_name, params.scheduler)
         except samplers.UnknownSampler as e:
@@ -235,7 +256,10 @@ class Engine:
         seed = rng.fix_seed(params.seed)
         seeds = [seed + i for i in range(params.total_images)]
         result = GenerationResult([], [], [], [], {})
-        result.warnings.extend(extra_networks.unsupported_warnings(extra_networks.parse(params.prompt).tags))
+        tags = extra_networks.parse(params.prompt).tags
+        result.warnings.extend(extra_networks.unsupported_warnings(tags))
+        networks = self.models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
+        result.warnings.extend(networks.warnings)
         hooks = pipeline.Hooks(check=job.check)
         common = dict(clip_skip=settings.CLIP_stop_at_last_layers, randn_source=settings.randn_source, hooks=hooks,
                       emphasis=settings.emphasis)
@@ -268,6 +292,7 @@ class Engine:
         folder = self.paths.resolve_output_dir(settings.outdir_samples or outdir)
         try:
             for batch in batches:
+                extra = {**extra, **self._network_fields(model, networks)}  # TI hashes are known once encoded
                 for image, image_seed in zip(batch.images, batch.seeds):
                     text = self._infotext(params, model, choice, settings, image_seed, extra)
                     path = None
@@ -283,10 +308,17 @@ class Engine:
             result.interrupted = True
         finally:
             bar.close()
+        extra = {**extra, **self._network_fields(model, networks)}
         if result.infotexts:
             fileio.atomic_write_bytes(self.paths.params_file, result.infotexts[0].encode("utf-8"))
         result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp, extra)
         return result
+
+    def _network_fields(self, model: LoadedModel, networks: ExtraNetworksUse) -> dict[str, str | None]:
+        """A1111's `Lora hashes` and `TI hashes` infotext values (None when there are none)."""
+        ti = [f"{name}: {self.models.embeddings.short_hash(emb)}" for name, emb in model.text.embeddings_used.items()]
+        lora_hashes = [f"{name}: {short}" for name, short in networks.lora_hashes]
+        return {"Lora hashes": ", ".join(lora_hashes) or None, "TI hashes": ", ".join(ti) or None}
 
     def _info(self, params: GenerationParams, model: LoadedModel, choice: samplers.SamplerChoice,
               settings: Settings, seed: int, seeds: list[int], result: GenerationResult, timestamp: str,
@@ -311,7 +343,7 @@ class Engine:
             "seed_resize_from_w": -1, "seed_resize_from_h": -1,
             "denoising_strength": params.denoising_strength if img2img else None,
             "extra_generation_params": extra_params,
-            "index_of_first_image": 0, "infotexts": result.infotexts, "styles": [],
+            "index_of_first_image": 0, "infotexts": result.infotexts, "styles": list(params.styles),
             "job_timestamp": timestamp, "clip_skip": settings.CLIP_stop_at_last_layers,
             "is_using_inpainting_conditioning": model.config.is_inpainting, "version": INFOTEXT_VERSION,
             "interrupted": result.interrupted, "warnings": result.warnings,

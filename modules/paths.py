@@ -7,7 +7,7 @@ come from the repository.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,9 @@ class Paths:
     checkpoint_dirs: tuple[Path, ...]  # searched in this order
     vae_dirs: tuple[Path, ...]
     default_sd1_config: Path
+    lora_dirs: tuple[Path, ...] = ()  # models/Lora, models/LyCORIS, --lora-dir
+    embeddings_dirs: tuple[Path, ...] = ()  # DATA/embeddings or --embeddings-dir
+    styles_files: tuple[Path, ...] = field(default=())  # DATA/styles.csv or --styles-file
 
     @property
     def outputs(self) -> Path:
@@ -49,7 +52,8 @@ class Paths:
 
 
 def from_args(data_dir: str | None = None, models_dir: str | None = None, ckpt_dir: str | None = None,
-              vae_dir: str | None = None, config: str | None = None) -> Paths:
+              vae_dir: str | None = None, config: str | None = None, lora_dir: str | None = None,
+              embeddings_dir: str | None = None, styles_files: list[str] | None = None) -> Paths:
     data = Path(data_dir).expanduser().resolve() if data_dir else ROOT
     models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
     sd_dir = models / "Stable-diffusion"
@@ -64,9 +68,14 @@ def from_args(data_dir: str | None = None, models_dir: str | None = None, ckpt_d
         checkpoint_dirs=tuple(ckpt_dirs),
         vae_dirs=tuple(vae_dirs),
         default_sd1_config=Path(config).resolve() if config else CONFIGS / "v1-inference.yaml",
+        lora_dirs=(Path(lora_dir).expanduser().resolve() if lora_dir else models / "Lora", models / "LyCORIS"),
+        embeddings_dirs=(Path(embeddings_dir).expanduser().resolve() if embeddings_dir else data / "embeddings",),
+        styles_files=tuple(Path(f).expanduser().resolve() for f in styles_files) if styles_files
+        else (data / "styles.csv",),
     )
 
 
 def ensure_dirs(paths: Paths) -> None:
-    for d in (paths.data, paths.models, paths.checkpoint_dirs[-1], paths.vae_dirs[0]):
+    for d in (paths.data, paths.models, paths.checkpoint_dirs[-1], paths.vae_dirs[0], *paths.lora_dirs[:1],
+              *paths.embeddings_dirs):
         d.mkdir(parents=True, exist_ok=True)

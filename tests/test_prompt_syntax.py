@@ -183,7 +183,7 @@ def test_extra_network_tags_are_removed_and_collected():
     assert [t.text for t in parsed.by_kind()["lora"]] == ["<lora:detail_tweaker:0.8>", "<lora:x:te=0.5:unet=1>"]
     assert extra_networks.parse("<not a tag> <lora:> <lora x:1> a<b").text == "<not a tag> <lora:> <lora x:1> a<b"
     warnings = extra_networks.unsupported_warnings(parsed.tags)
-    assert len(warnings) == 3 and "<lora:detail_tweaker:0.8>" in warnings[0] and "not supported" in warnings[0]
+    assert len(warnings) == 1 and "<hypernet:anime:1>" in warnings[0] and "not supported" in warnings[0]  # LoRA is
 
 
 # --- chunking with weights and BREAK ---------------------------------------------------------------

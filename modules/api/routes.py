@@ -129,7 +129,7 @@ def _common_fields(req: schemas.Txt2ImgRequest) -> dict[str, Any]:
         prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed,
         sampler_name=req.sampler_name or req.sampler_index, scheduler=req.scheduler, steps=req.steps,
         cfg_scale=req.cfg_scale, width=req.width, height=req.height, batch_size=req.batch_size,
-        n_iter=req.n_iter, override_settings=req.override_settings or {},
+        n_iter=req.n_iter, override_settings=req.override_settings or {}, styles=req.styles or [],
         save_images=req.save_images and not req.do_not_save_samples,
     )
 
@@ -313,27 +313,40 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/prompt-styles", response_model=list[schemas.PromptStyleItem])
     def prompt_styles():
-        """Empty: saved styles (styles.csv) are not supported yet."""
-        return []
+        """The styles in styles.csv; give their names in a request's `styles` to apply them."""
+        return [schemas.PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
+                for s in engine.styles.all().values()]
 
     @r.get("/embeddings", response_model=schemas.EmbeddingsResponse)
     def embeddings():
-        """Empty: textual-inversion embeddings are not supported yet."""
-        return schemas.EmbeddingsResponse()
+        """Textual-inversion embeddings in the embeddings folder: `loaded` fit the loaded model's text
+        encoder, `skipped` do not (all are `loaded` while no model is loaded)."""
+        found = engine.models.embeddings.refresh(force=False)
+        model = engine.models.current
+        width = model.text.width if model is not None else None
+
+        def item(e) -> schemas.EmbeddingItem:
+            return schemas.EmbeddingItem(step=e.step, sd_checkpoint=e.sd_checkpoint,
+                                         sd_checkpoint_name=e.sd_checkpoint_name, shape=e.width, vectors=e.count)
+
+        return schemas.EmbeddingsResponse(
+            loaded={n: item(e) for n, e in found.items() if width is None or e.width == width},
+            skipped={n: item(e) for n, e in found.items() if width is not None and e.width != width})
 
     @r.post("/refresh-embeddings")
     def refresh_embeddings():
-        """Nothing to rescan until embeddings are supported."""
+        engine.models.embeddings.refresh()
         return {}
 
     @r.get("/loras", response_model=list[schemas.LoraItem])
     def loras():
-        """Empty: LoRA is not supported yet."""
-        return []
+        """LoRA/LyCORIS files in models/Lora (and --lora-dir); use one as `<lora:name:weight>`."""
+        return [schemas.LoraItem(name=i.name, alias=i.alias, path=str(i.filename), metadata=i.metadata)
+                for i in engine.models.loras.list()]
 
     @r.post("/refresh-loras")
     def refresh_loras():
-        """Nothing to rescan until LoRA is supported."""
+        engine.models.loras.refresh()
         return {}
 
     @r.get("/hypernetworks", response_model=list[schemas.HypernetworkItem])

@@ -20,12 +20,13 @@ use at each sampling step) with its guidance weight.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from modules.generation import prompts
+from modules.models.embeddings import Embedding, EmbeddingVocabulary
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
@@ -45,15 +46,19 @@ SPECS = {"sd1": TextEncoderSpec(pad_id=EOS, honours_clip_skip=True),
 
 @dataclass
 class Chunk:
-    """Up to 75 prompt tokens and the emphasis weight of each."""
+    """Up to 75 prompt tokens and the emphasis weight of each. A textual-inversion embedding takes one
+    slot per vector (id 0 as a placeholder); `embeddings` says where its vectors go: (offset in ids,
+    (n, width) vectors)."""
     ids: list[int]
     weights: list[float]
+    embeddings: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
-def build_chunks(segments: list[tuple[list[int], float] | None], comma_id: int) -> list[Chunk]:
+def build_chunks(segments: list[tuple[list[int | Embedding], float] | None], comma_id: int) -> list[Chunk]:
     """Chunks of at most 75 tokens from (token ids, weight) segments; None (BREAK) closes the current
     chunk, even an empty one. A full chunk whose last comma is within 20 tokens of its end is cut after
-    that comma and the tail moves on (A1111's `comma_padding_backtrack` = 20)."""
+    that comma and the tail moves on (A1111's `comma_padding_backtrack` = 20). An Embedding among the
+    ids takes as many slots as it has vectors, all in one chunk (a new one if they do not fit)."""
     chunks: list[Chunk] = []
     current = Chunk([], [])
     last_comma = -1
@@ -74,12 +79,22 @@ def build_chunks(segments: list[tuple[list[int], float] | None], comma_id: int) 
                 last_comma = len(current.ids)
             elif len(current.ids) == CHUNK and last_comma != -1 and len(current.ids) - last_comma <= COMMA_BACKTRACK:
                 cut = last_comma + 1
-                tail = Chunk(current.ids[cut:], current.weights[cut:])
+                tail = Chunk(current.ids[cut:], current.weights[cut:],
+                             [(at - cut, v) for at, v in current.embeddings if at >= cut])
                 current.ids, current.weights = current.ids[:cut], current.weights[:cut]
+                current.embeddings = [(at, v) for at, v in current.embeddings if at < cut]
                 close()
                 current = tail
             if len(current.ids) == CHUNK:
                 close()
+            if isinstance(tok, Embedding):
+                vectors = tok.vectors[:CHUNK]
+                if len(current.ids) + len(vectors) > CHUNK:
+                    close()
+                current.embeddings.append((len(current.ids), vectors))
+                current.ids.extend([0] * len(vectors))
+                current.weights.extend([weight] * len(vectors))
+                continue
             current.ids.append(tok)
             current.weights.append(weight)
     if current.ids or not chunks:
@@ -132,6 +147,32 @@ class PromptEncoder:
         self.text_model = text_model
         self.spec = SPECS[family]
         self.comma_id = tokenizer.convert_tokens_to_ids(",</w>")
+        # Textual-inversion embeddings for this encoder's width (set per job by the model manager).
+        self.embeddings: EmbeddingVocabulary | None = None
+        self.embeddings_used: dict[str, Embedding] = {}  # those found in prompts since the last reset
+
+    @property
+    def width(self) -> int:
+        return self.text_model.config.hidden_size
+
+    def _with_embeddings(self, ids: list[int]) -> list[int | Embedding]:
+        """Token ids with each embedding name's tokens replaced by the Embedding."""
+        vocab = self.embeddings
+        if not vocab:
+            return ids
+        out: list[int | Embedding] = []
+        i = 0
+        while i < len(ids):
+            found = vocab.match(ids, i)
+            if found is None:
+                out.append(ids[i])
+                i += 1
+            else:
+                length, emb = found
+                out.append(emb)
+                self.embeddings_used[emb.name] = emb
+                i += length
+        return out
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
@@ -145,7 +186,8 @@ class PromptEncoder:
         segments = [(text, 1.0)] if emphasis == "None" else prompts.parse_attention(text)
         texts = [s[0] for s in segments if s is not None]
         ids = iter(self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else [])
-        return build_chunks([None if s is None else (next(ids), s[1]) for s in segments], self.comma_id)
+        return build_chunks([None if s is None else (self._with_embeddings(next(ids)), s[1]) for s in segments],
+                            self.comma_id)
 
     def _row(self, chunk: Chunk) -> list[int]:
         row = [BOS] + chunk.ids + [EOS]
@@ -155,7 +197,26 @@ class PromptEncoder:
         """The 77-id rows for a prompt, one per chunk."""
         return [self._row(c) for c in self.chunks(text, emphasis)]
 
-    def _transformer(self, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+    def _transformer(self, ids: torch.Tensor, clip_skip: int,
+                     vectors: list[tuple[int, int, torch.Tensor]] = ()) -> torch.Tensor:
+        """The encoder's output for (batch, 77) ids; `vectors` (row, position, (n, width)) replace the
+        token embeddings there (textual inversion)."""
+        if not vectors:
+            return self._run(ids, clip_skip)
+
+        def splice(_module, _args, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            for row, at, v in vectors:
+                out[row, at:at + v.shape[0]] = v.to(out.device, out.dtype)
+            return out
+
+        handle = self.text_model.get_input_embeddings().register_forward_hook(splice)
+        try:
+            return self._run(ids, clip_skip)
+        finally:
+            handle.remove()
+
+    def _run(self, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
         if clip_skip > 1 and self.spec.honours_clip_skip:
             out = self.text_model(ids, output_hidden_states=True)
             inner = getattr(self.text_model, "text_model", self.text_model)
@@ -182,7 +243,8 @@ class PromptEncoder:
         for i in range(n_chunks):
             batch = [c[i] if i < len(c) else Chunk([], []) for c in chunked]
             ids = torch.tensor([self._row(c) for c in batch], device=device)
-            z = self._transformer(ids, clip_skip)
+            vectors = [(j, 1 + at, v) for j, c in enumerate(batch) for at, v in c.embeddings]
+            z = self._transformer(ids, clip_skip, vectors)
             weights = [[1.0] + c.weights + [1.0] * (CHUNK + 1 - len(c.weights)) for c in batch]
             if emphasis in ("Original", "No norm") and any(w != 1.0 for row in weights for w in row):
                 multipliers = torch.tensor(weights, dtype=torch.float32, device=device)

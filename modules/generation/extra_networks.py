@@ -52,9 +52,10 @@ def parse(prompt: str) -> ParsedPrompt:
     return ParsedPrompt(TAG.sub(take, prompt), tags)
 
 
-# Kinds that something in the engine applies. Empty until LoRA / hypernetwork support lands; a tag of
-# any other kind is removed from the prompt and reported, never an error.
-SUPPORTED_KINDS: frozenset[str] = frozenset()
+# Kinds that something in the engine applies (`lyco` is A1111's old name for LyCORIS networks, read as
+# LoRA). A tag of any other kind is removed from the prompt and reported, never an error.
+LORA_KINDS: frozenset[str] = frozenset({"lora", "lyco"})
+SUPPORTED_KINDS: frozenset[str] = LORA_KINDS
 
 
 def unsupported_warnings(tags: list[ExtraNetworkTag]) -> list[str]:

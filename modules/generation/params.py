@@ -32,6 +32,7 @@ class GenerationParams(BaseModel):
     n_iter: int = Field(1, ge=1, le=1000, description="Batch count")
     override_settings: dict[str, Any] = Field(default_factory=dict)
     save_images: bool = True
+    styles: list[str] = Field(default_factory=list, description="Names from styles.csv merged into the prompts")
 
     @field_validator("width", "height")
     @classmethod

@@ -162,6 +162,15 @@ def read_metadata(path: Path) -> dict:
     return read_safetensors_header(path)[1]
 
 
+def read_object(path: Path):
+    """What a pickle-based file (.pt/.bin/.ckpt) holds, read with the safe loader: plain containers,
+    numbers, strings and tensors (an A1111 embedding file, for example). Refuses anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    return _read_pickle(path)
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """All tensors in a weight file, as a flat {name: tensor} dict on the CPU."""
     path = Path(path)

@@ -19,8 +19,9 @@ from transformers import CLIPTokenizer
 
 from modules import devices
 from modules.generation.conditioning import PromptEncoder
-from modules.models import checkpoint_file, families, loader
+from modules.models import checkpoint_file, families, loader, lora
 from modules.models.checkpoint_file import CheckpointError
+from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.families import ModelConfig
 from modules.models.registry import CheckpointInfo, CheckpointRegistry, VaeInfo, VaeRegistry
 from modules.paths import TOKENIZER_DIR
@@ -42,6 +43,11 @@ class LoadedModel:
     vae_sha256: str | None = None
     own_vae: AutoencoderKL | None = field(default=None, repr=False)  # parked on the CPU while an external VAE is used
     load_seconds: float = 0.0
+    networks: lora.WeightPatcher | None = field(default=None, repr=False)  # LoRA merged into the weights
+
+    def __post_init__(self) -> None:
+        if self.networks is None:
+            self.networks = lora.WeightPatcher(self.unet, self.text.text_model)
 
     @property
     def prediction_type(self) -> str:
@@ -56,11 +62,21 @@ class LoadedModel:
         self.vae.to(torch.float32)
 
 
+@dataclass
+class ExtraNetworksUse:
+    """What one job's extra networks did: notes for the user and the hashes for the infotext."""
+    warnings: list[str] = field(default_factory=list)
+    lora_hashes: list[tuple[str, str]] = field(default_factory=list)  # (name as written, 12-hex hash)
+
+
 class ModelManager:
     def __init__(self, checkpoints: CheckpointRegistry, vaes: VaeRegistry, plan: devices.DevicePlan,
-                 default_sd1_config: Path):
+                 default_sd1_config: Path, loras: lora.LoraRegistry | None = None,
+                 embeddings: EmbeddingRegistry | None = None):
         self.checkpoints = checkpoints
         self.vaes = vaes
+        self.loras = loras if loras is not None else lora.LoraRegistry(())
+        self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry((), checkpoints.hashes)
         self.plan = plan
         self.default_sd1_config = default_sd1_config
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
@@ -122,6 +138,38 @@ class ModelManager:
                 self._apply_vae(self.current, vae_choice)
                 return self.current
             return self.load(info, vae_choice)
+
+    # --- extra networks ------------------------------------------------------------------------
+    def use_extra_networks(self, model: LoadedModel, tags: list) -> ExtraNetworksUse:
+        """Make `model` ready for one job's prompt: merge the LoRA its `<lora:...>` tags name (and take
+        out those of the previous job), and give its text encoder the current embeddings. Unknown names
+        and unreadable files become warnings, never errors."""
+        with self._lock:
+            use = ExtraNetworksUse()
+            activations = []
+            for tag in tags:
+                positional, named = tag.positional, tag.named
+                name = positional[0] if positional else ""
+                info = self.loras.find(name) or (self.loras.refresh() and self.loras.find(name))
+                if not info:
+                    use.warnings.append(f"LoRA not found: {name!r} ({tag.text}); looked in "
+                                        + (", ".join(str(f) for f in self.loras.folders) or "no folder"))
+                    continue
+                try:
+                    activations.append(lora.activation_from_tag(positional, named, info))
+                except ValueError:
+                    use.warnings.append(f"{tag.text}: the multipliers must be numbers; the LoRA was not applied")
+            use.warnings += model.networks.apply(activations)
+            for act in activations:
+                try:
+                    use.lora_hashes.append((act.mentioned.translate(str.maketrans("", "", ":,")),
+                                            act.info.shorthash))
+                except OSError as e:
+                    use.warnings.append(f"LoRA {act.mentioned!r}: could not hash the file ({e})")
+            model.text.embeddings = EmbeddingVocabulary(self.embeddings.refresh(force=False), model.text.tokenize,
+                                                        model.text.width)
+            model.text.embeddings_used = {}
+            return use
 
     # --- VAE ---------------------------------------------------------------------------------
     def resolve_vae(self, checkpoint: CheckpointInfo, choice: str) -> VaeInfo | None:

@@ -1,0 +1,181 @@
+"""Textual-inversion embeddings: learned token vectors in files under `embeddings/`.
+
+A file's name (without extension) used as a word in a prompt stands for its vectors. Formats read:
+- A1111 `.pt`/`.bin`: `{"string_to_param": {"*": tensor(n, width)}, "name", "step", "sd_checkpoint", ...}`
+  (read with the safe loader; nothing in the file is run);
+- A1111 `.safetensors`: `emb_params` (n, width);
+- diffusers `.bin`/`.safetensors`: one entry `{"<token>": tensor(width) or (n, width)}`.
+An embedding whose width is not the loaded text encoder's is "skipped", as A1111 lists it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modules.models import checkpoint_file
+from modules.models.registry import natural_key
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_EXTENSIONS = (".pt", ".bin", ".safetensors")
+
+
+class EmbeddingError(Exception):
+    pass
+
+
+@dataclass
+class Embedding:
+    name: str
+    filename: Path
+    vectors: torch.Tensor  # (n, width)
+    mtime: float
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    sha256: str | None = None
+
+    @property
+    def width(self) -> int:
+        return self.vectors.shape[1]
+
+    @property
+    def count(self) -> int:
+        return self.vectors.shape[0]
+
+
+def vectors_from(data: dict, filename: str) -> torch.Tensor:
+    """The (n, width) vectors of an embedding file's contents."""
+    if "string_to_param" in data:
+        params = data["string_to_param"]
+        if not isinstance(params, dict) or not params:
+            raise EmbeddingError(f"{filename}: string_to_param is not a plain dict of tensors")
+        tensor = next(iter(params.values()))
+    elif "emb_params" in data:
+        tensor = data["emb_params"]
+    else:
+        tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) != 1:
+            keys = ", ".join(sorted(map(str, data))[:4])
+            raise EmbeddingError(f"{filename}: not an embedding layout we know (keys: {keys}"
+                                 f"{'; SDXL embeddings are not supported' if 'clip_l' in data else ''})")
+        tensor = tensors[0]
+    if not isinstance(tensor, torch.Tensor):
+        raise EmbeddingError(f"{filename}: the embedding is not a tensor")
+    tensor = tensor.detach().float()
+    if tensor.dim() == 1:
+        tensor = tensor[None]
+    if tensor.dim() != 2:
+        raise EmbeddingError(f"{filename}: expected (vectors, width), found shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def read_embedding(path: Path) -> Embedding:
+    if path.suffix.lower() == ".safetensors":
+        data: dict = checkpoint_file.read_state_dict(path)
+    else:
+        data = checkpoint_file.read_object(path)
+        if not isinstance(data, dict):
+            raise EmbeddingError(f"{path.name}: not an embedding file")
+    vectors = vectors_from(data, path.name)
+
+    def text(key: str) -> str | None:
+        v = data.get(key)
+        return v if isinstance(v, str) else None
+
+    step = data.get("step")
+    return Embedding(path.stem, path, vectors, path.stat().st_mtime, step if isinstance(step, int) else None,
+                     text("sd_checkpoint"), text("sd_checkpoint_name"))
+
+
+class EmbeddingRegistry:
+    """The embeddings folder, read again when its files change (checked cheaply at each job)."""
+
+    def __init__(self, folders: tuple[Path, ...], hashes=None):
+        self.folders = tuple(folders)
+        self.hashes = hashes
+        self._lock = threading.Lock()
+        self._items: dict[str, Embedding] = {}
+        self.errors: dict[str, str] = {}
+        self._stamp: tuple = ()
+        self.refresh()
+
+    def _scan(self) -> list[Path]:
+        found = []
+        for folder in self.folders:
+            if folder.is_dir():
+                found += [p for p in sorted(folder.rglob("*"))
+                          if p.suffix.lower() in EMBEDDING_EXTENSIONS and p.is_file()]
+        return found
+
+    def refresh(self, force: bool = True) -> dict[str, Embedding]:
+        """Reread the folder (only changed files). With `force=False`, return at once when no file was
+        added, removed or modified since the last scan."""
+        files = self._scan()
+        stamp = tuple((str(p), p.stat().st_mtime) for p in files)
+        with self._lock:
+            if not force and stamp == self._stamp:
+                return dict(self._items)
+            old = {e.filename: e for e in self._items.values()}
+            items: dict[str, Embedding] = {}
+            errors: dict[str, str] = {}
+            for path in files:
+                previous = old.get(path)
+                if previous is not None and previous.mtime == path.stat().st_mtime:
+                    emb = previous
+                else:
+                    try:
+                        emb = read_embedding(path)
+                    except (EmbeddingError, checkpoint_file.CheckpointError) as e:
+                        errors[path.stem] = str(e)
+                        log.warning("Embedding %s skipped: %s", path.name, e)
+                        continue
+                if emb.name in items:
+                    log.warning("Embedding %s: a file of the same name was found first; this one is ignored", path)
+                    continue
+                items[emb.name] = emb
+            self._items = dict(sorted(items.items(), key=lambda kv: natural_key(kv[0])))
+            self.errors, self._stamp = errors, stamp
+            return dict(self._items)
+
+    def all(self) -> dict[str, Embedding]:
+        with self._lock:
+            return dict(self._items)
+
+    def short_hash(self, emb: Embedding) -> str:
+        """First 12 hex of the file's SHA-256, as A1111's `TI hashes` shows it."""
+        if emb.sha256 is None:
+            from modules.hashing import sha256_of_file
+            emb.sha256 = self.hashes.sha256(emb.filename) if self.hashes else sha256_of_file(emb.filename)
+        return emb.sha256[:12]
+
+
+class EmbeddingVocabulary:
+    """The embeddings usable with one text encoder, found in token sequences by their names' tokens
+    (longest name first at each position, as A1111 matches them)."""
+
+    def __init__(self, embeddings: dict[str, Embedding], tokenize, width: int):
+        self.usable = {n: e for n, e in embeddings.items() if e.width == width}
+        self.skipped = {n: e for n, e in embeddings.items() if e.width != width}
+        self._by_first: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
+        for name, emb in self.usable.items():
+            ids = tuple(tokenize(name))
+            if ids:
+                self._by_first.setdefault(ids[0], []).append((ids, emb))
+        for options in self._by_first.values():
+            options.sort(key=lambda o: -len(o[0]))
+
+    def __bool__(self) -> bool:
+        return bool(self._by_first)
+
+    def match(self, ids: list[int], i: int) -> tuple[int, Embedding] | None:
+        """(number of tokens of the name, embedding) if an embedding's name starts at ids[i]."""
+        for name_ids, emb in self._by_first.get(ids[i], ()):
+            if tuple(ids[i:i + len(name_ids)]) == name_ids:
+                return len(name_ids), emb
+        return None

@@ -1,0 +1,383 @@
+"""LoRA and LyCORIS networks: find the files, read their layouts, patch a loaded model's weights.
+
+A network file holds low-rank (or otherwise factored) weight changes for some Linear/Conv2d layers of
+the U-Net and the text encoder. We merge them into the weights: for each touched layer the change
+`delta` is computed once, the layer's original weight is copied aside (on the CPU) and
+`weight + multiplier * delta` is written in its place. Removing networks copies the originals back,
+so the base weights are bit-identical afterwards, and nothing is ever reloaded from disk.
+
+Layouts read (key names are matched to our diffusers/transformers modules):
+- kohya-ss / A1111: `lora_unet_<module>` and `lora_te_<module>` with `.lora_down.weight`,
+  `.lora_up.weight`, optional `.lora_mid.weight` (LoCon's Tucker core) and `.alpha`. `<module>` is the
+  module path with `.` written `_`, in diffusers naming (`down_blocks_0_attentions_0_...`) or in the
+  original LDM naming (`input_blocks_1_1_...`).
+- LyCORIS LoHa (`hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b`), LoKr (`lokr_w1[_a/_b]`,
+  `lokr_w2[_a/_b]`) and full differences (`diff`, `diff_b`) under the same names.
+- diffusers / PEFT: `unet.<module>` and `text_encoder.<module>` with `.lora_A.weight`/`.lora_B.weight`
+  (PEFT), `.lora.down.weight`/`.lora.up.weight`, `.lora_linear_layer.down/up.weight`, or the older
+  attention-processor names (`attn1.processor.to_q_lora.down.weight`).
+
+The scale of a factored change is `alpha / rank` when the file gives alpha, else 1 (as A1111 does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from modules.hashing import BLOCK
+from modules.models import checkpoint_file, ldm_export
+from modules.models.registry import natural_key
+
+log = logging.getLogger(__name__)
+
+LORA_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
+
+# `module.part` where part is one of these (longest alternatives are tried first by the lazy module).
+_PARTS = ("lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "lora_A.weight", "lora_B.weight",
+          "lora.down.weight", "lora.up.weight", "lora_linear_layer.down.weight", "lora_linear_layer.up.weight",
+          "down.weight", "up.weight", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+          "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "diff", "diff_b",
+          "dora_scale", "lora_magnitude_vector", "on_input", "oft_blocks", "oft_diag", "w_norm", "b_norm")
+_KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>" + "|".join(re.escape(p) for p in _PARTS) + r")$")
+_CANONICAL = {"lora_A.weight": "down", "lora_B.weight": "up", "lora.down.weight": "down", "lora.up.weight": "up",
+              "lora_linear_layer.down.weight": "down", "lora_linear_layer.up.weight": "up",
+              "down.weight": "down", "up.weight": "up", "lora_down.weight": "down", "lora_up.weight": "up",
+              "lora_mid.weight": "mid"}
+_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
+
+
+class NetworkError(Exception):
+    """A network file that cannot be used, with a message for the user."""
+
+
+# --- finding files -------------------------------------------------------------------------------
+
+def addnet_hash(path: Path) -> str:
+    """kohya's "addnet" hash that A1111 shows for LoRA: SHA-256 of a .safetensors file without its
+    8-byte length and JSON header (so editing the metadata does not change it); other files whole."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if path.suffix.lower() == ".safetensors":
+            (n,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + n)
+        while chunk := f.read(BLOCK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class LoraInfo:
+    filename: Path
+    name: str  # file name without extension: what `<lora:NAME:...>` refers to
+    metadata: dict = field(default_factory=dict)
+    mtime: float = 0.0
+    _hash: str | None = field(default=None, repr=False)
+
+    @property
+    def alias(self) -> str:
+        """A1111's alias: the training output name kohya writes into the metadata, else the name."""
+        return str(self.metadata.get("ss_output_name") or self.name)
+
+    def sha256(self) -> str:
+        """The hash A1111 shows: `sshs_model_hash` from the metadata if present, else the addnet hash."""
+        if self._hash is None:
+            given = self.metadata.get("sshs_model_hash")
+            self._hash = given if isinstance(given, str) and given else addnet_hash(self.filename)
+        return self._hash
+
+    @property
+    def shorthash(self) -> str:
+        return self.sha256()[:12]
+
+
+class LoraRegistry:
+    """Network files in models/Lora (and models/LyCORIS, and --lora-dir), by name."""
+
+    def __init__(self, folders: tuple[Path, ...]):
+        self.folders = tuple(folders)
+        self._lock = threading.Lock()
+        self._items: list[LoraInfo] = []
+        self.refresh()
+
+    def refresh(self) -> list[LoraInfo]:
+        known = {i.filename: i for i in self._items}
+        found: dict[Path, LoraInfo] = {}
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*")):
+                if path.suffix.lower() not in LORA_EXTENSIONS or not path.is_file():
+                    continue
+                resolved = path.resolve()
+                if resolved in found:
+                    continue
+                mtime = path.stat().st_mtime
+                old = known.get(resolved)
+                if old is not None and old.mtime == mtime:
+                    found[resolved] = old
+                    continue
+                try:
+                    metadata = checkpoint_file.read_metadata(path)
+                except checkpoint_file.CheckpointError as e:
+                    log.warning("Skipping LoRA %s: %s", path.name, e)
+                    continue
+                found[resolved] = LoraInfo(resolved, path.stem, metadata, mtime)
+        items = sorted(found.values(), key=lambda i: natural_key(i.name))
+        with self._lock:
+            self._items = items
+        return list(items)
+
+    def list(self) -> list[LoraInfo]:
+        with self._lock:
+            return list(self._items)
+
+    def find(self, name: str) -> LoraInfo | None:
+        """By file name (without extension), then by alias, as A1111 resolves `<lora:NAME>`."""
+        items = self.list()
+        for attr in ("name", "alias"):
+            for info in items:
+                if getattr(info, attr) == name:
+                    return info
+        return None
+
+
+# --- reading layouts -----------------------------------------------------------------------------
+
+def _flat(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def module_index(unet: torch.nn.Module, text_model: torch.nn.Module) -> dict[str, dict[str, str]]:
+    """{"unet"|"te": {flattened name: module path}} for every Linear/Conv2d, under each name a file may
+    use for it: diffusers' path and the original LDM path for the U-Net; the transformers path with and
+    without the leading `text_model.` for the text encoder."""
+    index: dict[str, dict[str, str]] = {"unet": {}, "te": {}}
+    layers = unet.config.layers_per_block
+    with_attention = {i for i, kind in enumerate(unet.config.up_block_types) if "CrossAttn" in kind}
+    for name, module in unet.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            index["unet"][_flat(name)] = name
+            try:
+                index["unet"].setdefault(_flat(ldm_export.unet_key(name + ".weight", layers, with_attention)
+                                               .removesuffix(".weight")), name)
+            except KeyError:
+                pass
+    for name, module in text_model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            bare = name.removeprefix("text_model.")  # transformers 5 has no `text_model.` level
+            for alias in (name, bare, "text_model." + bare):
+                index["te"].setdefault(_flat(alias), name)
+    return index
+
+
+def _target(module_key: str) -> tuple[list[str], str]:
+    """(parts of the model to look in, name within it) for a file's module key."""
+    module_key = _PROCESSOR.sub(lambda m: "." + ("to_out.0" if m[1] == "to_out" else m[1]), module_key)
+    for prefix, where in (("lora_unet_", ["unet"]), ("lora_te_", ["te"]), ("unet.", ["unet"]),
+                          ("text_encoder.", ["te"]), ("base_model.model.", ["unet", "te"])):
+        if module_key.startswith(prefix):
+            return where, module_key[len(prefix):]
+    return ["unet", "te"], module_key
+
+
+@dataclass
+class LayerChange:
+    """The factors a file gives for one layer."""
+    part: str  # "unet" or "te"
+    module: str  # module path in our model
+    tensors: dict[str, torch.Tensor]
+
+    def delta(self, shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight change at multiplier 1, bias change or None), in float32 on `device`."""
+        t = {k: v.to(device, torch.float32) for k, v in self.tensors.items()}
+        bias = t.get("diff_b")
+        if "down" in t and "up" in t:
+            down, up = t["down"], t["up"]
+            rank = down.shape[0]
+            if "mid" in t:  # Tucker-decomposed conv (LoCon): up(1x1) . mid(kxk) . down(1x1)
+                w = torch.einsum("ab...,oa,bi->oi...", t["mid"], up.flatten(1), down.flatten(1))
+            else:
+                w = up.flatten(1) @ down.flatten(1)
+            scale = t["alpha"].item() / rank if "alpha" in t else 1.0
+        elif "hada_w1_a" in t:
+            if "hada_t1" in t:
+                raise NetworkError("LoHa with Tucker cores is not supported")
+            w = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
+            scale = t["alpha"].item() / t["hada_w1_b"].shape[0] if "alpha" in t else 1.0
+        elif "lokr_w1" in t or "lokr_w1_a" in t:
+            if "lokr_t2" in t:
+                raise NetworkError("LoKr with Tucker cores is not supported")
+            w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
+            w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"].flatten(1)
+            rank = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else None
+            if len(shape) == 4:  # conv: w2 carries the kernel; factor it out to a matrix and back
+                w2 = w2.reshape(w2.shape[0], shape[1] // w1.shape[1], *shape[2:]).flatten(1)
+            w = torch.kron(w1, w2)
+            scale = t["alpha"].item() / rank if "alpha" in t and rank else 1.0
+        elif "diff" in t:
+            w, scale = t["diff"], 1.0
+        else:
+            raise NetworkError(f"unrecognised factors {sorted(self.tensors)}")
+        if w.numel() != shape.numel():
+            raise NetworkError(f"shape {tuple(w.shape)} does not fit the layer's {tuple(shape)}")
+        return w.reshape(shape) * scale, bias * scale if bias is not None else None
+
+
+@dataclass
+class Network:
+    name: str
+    changes: list[LayerChange]
+    unmatched: list[str]  # module keys that name no layer of this model
+    unsupported: list[str]  # kinds of keys we do not apply (DoRA, OFT, ...)
+
+
+def read_network(sd: dict[str, torch.Tensor], index: dict[str, dict[str, str]], name: str) -> Network:
+    """Group a network file's tensors by the layer they change."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    unsupported: set[str] = set()
+    for key, tensor in sd.items():
+        m = _KEY.match(key)
+        if not m:
+            unsupported.add(key.rsplit(".", 1)[-1])
+            continue
+        part = _CANONICAL.get(m["part"], m["part"])
+        if part in ("dora_scale", "lora_magnitude_vector", "on_input", "oft_blocks", "oft_diag", "w_norm", "b_norm"):
+            unsupported.add(m["part"])
+            continue
+        groups.setdefault(m["module"], {})[part] = tensor
+    changes, unmatched = [], []
+    for module_key, tensors in groups.items():
+        where, rest = _target(module_key)
+        found = next(((p, index[p][_flat(rest)]) for p in where if _flat(rest) in index[p]), None)
+        if found is None:
+            unmatched.append(module_key)
+        else:
+            changes.append(LayerChange(found[0], found[1], tensors))
+    return Network(name, changes, unmatched, sorted(unsupported))
+
+
+# --- patching weights ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Activation:
+    """One network to apply, with its text-encoder and U-Net multipliers."""
+    info: LoraInfo
+    te: float
+    unet: float
+    mentioned: str  # the name as written in the prompt (infotext uses it)
+
+    @property
+    def key(self) -> tuple:
+        return (str(self.info.filename), self.info.mtime, self.te, self.unet)
+
+
+class WeightPatcher:
+    """Merges networks into one loaded model's weights and takes them out again exactly.
+
+    The first time a parameter is changed its original value is copied to the CPU; `restore` copies
+    every original back and forgets them. `apply` restores first, so the weights are always
+    base + the networks of the latest call."""
+
+    def __init__(self, unet: torch.nn.Module, text_model: torch.nn.Module):
+        self.models = {"unet": unet, "te": text_model}
+        self._index: dict[str, dict[str, str]] | None = None
+        self._originals: dict[tuple[str, str], tuple[torch.nn.Parameter, torch.Tensor]] = {}
+        self.applied: tuple = ()
+        self.notes: list[str] = []  # what the latest apply had to say (kept for a repeated apply)
+        self.seconds = 0.0  # time the latest apply or restore took
+
+    @property
+    def index(self) -> dict[str, dict[str, str]]:
+        if self._index is None:
+            self._index = module_index(self.models["unet"], self.models["te"])
+        return self._index
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        start = time.perf_counter()
+        for param, original in self._originals.values():
+            param.copy_(original)
+        self._originals.clear()
+        self.applied, self.notes = (), []
+        self.seconds = time.perf_counter() - start
+
+    @torch.no_grad()
+    def _add(self, part: str, module_name: str, attr: str, delta: torch.Tensor, multiplier: float) -> None:
+        param = getattr(self.models[part].get_submodule(module_name), attr)
+        key = (part, f"{module_name}.{attr}")
+        if key not in self._originals:
+            self._originals[key] = (param, param.detach().to("cpu", copy=True))
+        param.copy_((param.float() + delta * multiplier).to(param.dtype))
+
+    def apply(self, activations: list[Activation], read=checkpoint_file.read_state_dict) -> list[str]:
+        """Make the weights base + these networks. Returns notes for the user (skipped layers). Nothing
+        is done when the same networks with the same multipliers are applied already."""
+        wanted = tuple(a.key for a in activations)
+        if wanted == self.applied:
+            return list(self.notes)
+        self.restore()
+        start = time.perf_counter()
+        notes: list[str] = []
+        try:
+            for act in activations:
+                try:
+                    network = read_network(read(act.info.filename), self.index, act.info.name)
+                except checkpoint_file.CheckpointError as e:
+                    notes.append(f"LoRA {act.mentioned!r} could not be read: {e}")
+                    continue
+                applied = 0
+                for change in network.changes:
+                    multiplier = act.te if change.part == "te" else act.unet
+                    if multiplier == 0:
+                        continue
+                    module = self.models[change.part].get_submodule(change.module)
+                    try:
+                        delta, bias = change.delta(module.weight.shape, module.weight.device)
+                    except NetworkError as e:
+                        notes.append(f"LoRA {act.mentioned!r}: layer {change.module} skipped ({e})")
+                        continue
+                    self._add(change.part, change.module, "weight", delta, multiplier)
+                    if bias is not None and module.bias is not None:
+                        self._add(change.part, change.module, "bias", bias, multiplier)
+                    applied += 1
+                if network.unmatched:
+                    notes.append(f"LoRA {act.mentioned!r}: {len(network.unmatched)} layer(s) match nothing in this "
+                                 f"model (e.g. {network.unmatched[0]}); is it for another model family?")
+                if network.unsupported:
+                    notes.append(f"LoRA {act.mentioned!r}: ignored unsupported parts "
+                                 f"{', '.join(network.unsupported)}")
+                if not network.changes and not network.unmatched:
+                    notes.append(f"LoRA {act.mentioned!r}: no LoRA weights found in the file")
+                log.debug("LoRA %s: %d layers changed", act.info.name, applied)
+        except BaseException:
+            self.restore()
+            raise
+        self.applied, self.notes = wanted, notes
+        self.seconds = time.perf_counter() - start
+        return list(notes)
+
+    @property
+    def touched(self) -> int:
+        """How many parameters currently differ from the base (have an original set aside)."""
+        return len(self._originals)
+
+
+# --- prompt tags ---------------------------------------------------------------------------------
+
+def activation_from_tag(positional: list[str], named: dict[str, str], info: LoraInfo) -> Activation:
+    """A1111's reading of `<lora:NAME:TE:UNET>`: the first number is the text-encoder multiplier
+    (default 1), the second the U-Net's (default: the first); `te=` and `unet=` override them."""
+    te = float(positional[1]) if len(positional) > 1 else 1.0
+    te = float(named.get("te", te))
+    unet = float(positional[2]) if len(positional) > 2 else te
+    unet = float(named.get("unet", unet))
+    return Activation(info, te, unet, positional[0])

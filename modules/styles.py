@@ -1,0 +1,83 @@
+"""Saved prompt styles: A1111's `styles.csv` (columns name, prompt, negative_prompt).
+
+A style's text is merged into a prompt: where it contains `{prompt}` the prompt is put in its place,
+otherwise it is appended after a comma. Styles apply in the order they are listed, the prompt with the
+style prompts and the negative prompt with the style negative prompts. The file is read again when it
+changes on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    name: str
+    prompt: str
+    negative_prompt: str
+
+
+def merge(style_text: str, prompt: str) -> str:
+    if "{prompt}" in style_text:
+        return style_text.replace("{prompt}", prompt)
+    return ", ".join(part for part in (prompt.strip(), style_text.strip()) if part)
+
+
+def apply(styles: list[PromptStyle], prompt: str, negative_prompt: str) -> tuple[str, str]:
+    for style in styles:
+        prompt = merge(style.prompt, prompt)
+        negative_prompt = merge(style.negative_prompt, negative_prompt)
+    return prompt, negative_prompt
+
+
+def read_csv(path: Path) -> dict[str, PromptStyle]:
+    """Styles by name. Rows without a name are skipped; A1111's old column name `text` is read as
+    `prompt`."""
+    styles: dict[str, PromptStyle] = {}
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for row in csv.DictReader(f, skipinitialspace=True):
+            name = (row.get("name") or "").strip()
+            if not name:
+                continue
+            prompt = row.get("prompt", row.get("text")) or ""
+            styles[name] = PromptStyle(name, prompt, row.get("negative_prompt") or "")
+    return styles
+
+
+class StyleStore:
+    """The styles of one or more CSV files (the first file wins for a name used twice)."""
+
+    def __init__(self, files: tuple[Path, ...]):
+        self.files = tuple(Path(f) for f in files)
+        self._lock = threading.Lock()
+        self._stamp: tuple = ()
+        self._styles: dict[str, PromptStyle] = {}
+
+    def all(self) -> dict[str, PromptStyle]:
+        stamp = tuple((str(f), os.stat(f).st_mtime if f.is_file() else None) for f in self.files)
+        with self._lock:
+            if stamp != self._stamp:
+                styles: dict[str, PromptStyle] = {}
+                for f in self.files:
+                    if not f.is_file():
+                        continue
+                    try:
+                        for name, style in read_csv(f).items():
+                            styles.setdefault(name, style)
+                    except (OSError, csv.Error, UnicodeDecodeError) as e:
+                        log.warning("Could not read styles from %s: %s", f, e)
+                self._styles, self._stamp = styles, stamp
+            return dict(self._styles)
+
+    def resolve(self, names: list[str]) -> tuple[list[PromptStyle], list[str]]:
+        """(the styles found, in the given order; the names not found)."""
+        known = self.all()
+        return [known[n] for n in names if n in known], [n for n in names if n not in known]

@@ -1,0 +1,392 @@
+"""LoRA/LyCORIS networks, textual-inversion embeddings and styles on the tiny models.
+
+Network and embedding files are made here from a seed, in the layouts real files use (kohya-ss/A1111,
+diffusers/PEFT, A1111's `.pt` embeddings, diffusers' `.bin`), and go through the same code a
+downloaded file does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from modules import paths, styles
+from modules.engine import Engine
+from modules.generation.params import GenerationParams
+from modules.jobs import JobQueue
+from modules.models import lora
+from modules.models.embeddings import EmbeddingVocabulary, read_embedding
+from modules.settings import SettingsStore
+from tests.conftest import make_manager
+
+RANK = 4
+
+
+def _flat(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def layers(model) -> dict[str, dict[str, torch.nn.Module]]:
+    """The Linear/Conv2d layers a LoRA may change, by our module path."""
+    out = {"unet": {}, "te": {}}
+    for part, module in (("unet", model.unet), ("te", model.text.text_model)):
+        for name, m in module.named_modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                out[part][name] = m
+    return out
+
+
+def factors(weight: torch.Tensor, g: torch.Generator, rank: int = RANK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (down, up) for a layer: linear (r, in)/(out, r); conv (r, in, kh, kw)/(out, r, 1, 1)."""
+    out_ch, in_ch = weight.shape[:2]
+    if weight.dim() == 4:
+        return (torch.randn(rank, in_ch, *weight.shape[2:], generator=g) * 0.3,
+                torch.randn(out_ch, rank, 1, 1, generator=g) * 0.3)
+    return torch.randn(rank, in_ch, generator=g) * 0.3, torch.randn(out_ch, rank, generator=g) * 0.3
+
+
+def kohya_lora(model, seed: int = 0, alpha: float = 2.0, which=("unet", "te"), convs: bool = True) -> dict:
+    """A kohya-ss layout LoRA over every attention/MLP layer (and resnet convs: LoCon) of the model."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for part in which:
+        for name, m in layers(model)[part].items():
+            if part == "unet" and not (("attn" in name or "ff." in name or "proj_" in name)
+                                       or (convs and "resnets" in name and "conv" in name)):
+                continue
+            if part == "te" and ("self_attn" not in name and "mlp" not in name):
+                continue
+            down, up = factors(m.weight, g)
+            key = "lora_unet_" + _flat(name) if part == "unet" else "lora_te_text_model_" + _flat(
+                name.removeprefix("text_model."))  # kohya's names for the text encoder
+            sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = down, up
+            sd[f"{key}.alpha"] = torch.tensor(alpha)
+    return sd
+
+
+def expected_delta(m: torch.nn.Module, down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
+    return (up.flatten(1) @ down.flatten(1)).reshape(m.weight.shape) * scale
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {**{f"unet.{k}": v.clone() for k, v in model.unet.state_dict().items()},
+            **{f"te.{k}": v.clone() for k, v in model.text.text_model.state_dict().items()}}
+
+
+def same_weights(model, snap) -> bool:
+    return all(torch.equal(snap[k], v) for k, v in snapshot(model).items())
+
+
+@pytest.fixture(scope="module")
+def data(tiny_dir):
+    d = Path(tempfile.mkdtemp())
+    shutil.copytree(tiny_dir, d / "models" / "Stable-diffusion")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def engine(data):
+    p = paths.from_args(str(data))
+    paths.ensure_dirs(p)
+    e = Engine(p, SettingsStore(p.config_file), make_manager(data), JobQueue())
+    e.settings.update({"sd_model_checkpoint": "sd1.safetensors"})
+    e.load_checkpoint()
+    yield e
+    e.queue.stop()
+
+
+@pytest.fixture(scope="module")
+def sd1(engine):
+    return engine.models.current
+
+
+def gen(engine, prompt, **kw):
+    base = dict(prompt=prompt, negative_prompt="", width=64, height=64, steps=4, sampler_name="Euler", seed=7,
+                save_images=False)
+    return engine.txt2img(GenerationParams(**{**base, **kw}))
+
+
+def write_lora(engine, name: str, sd: dict, metadata: dict | None = None) -> Path:
+    path = engine.paths.lora_dirs[0] / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=metadata)
+    engine.models.loras.refresh()
+    return path
+
+
+# --- key layouts --------------------------------------------------------------------------------
+
+def test_every_layout_names_the_same_layers(sd1):
+    index = lora.module_index(sd1.unet, sd1.text.text_model)
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    out = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0"
+    te = next(n for n in layers(sd1)["te"] if n.endswith("encoder.layers.1.self_attn.q_proj"))
+    conv = "down_blocks.1.resnets.0.conv1"
+    d, u = torch.zeros(2, 3), torch.zeros(3, 2)
+    cases = {
+        # kohya-ss, diffusers module names
+        f"lora_unet_{_flat(q)}.lora_down.weight": ("unet", q, "down"),
+        f"lora_unet_{_flat(out)}.lora_up.weight": ("unet", out, "up"),
+        "lora_te_text_model_encoder_layers_1_self_attn_q_proj.alpha": ("te", te, "alpha"),
+        # kohya-ss with the original LDM names (input_blocks.1.1 is down_blocks.0.attentions.0)
+        "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_down.weight": ("unet", q, "down"),
+        "lora_unet_input_blocks_3_0_in_layers_2.lora_down.weight": ("unet", conv, "down"),  # 1 layer per block
+        # PEFT / current diffusers
+        f"unet.{q}.lora_A.weight": ("unet", q, "down"),
+        "text_encoder.text_model.encoder.layers.1.self_attn.q_proj.lora_B.weight": ("te", te, "up"),
+        # older diffusers
+        f"unet.{q}.lora.down.weight": ("unet", q, "down"),
+        "text_encoder.encoder.layers.1.self_attn.q_proj.lora_linear_layer.up.weight": ("te", te, "up"),
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.up.weight": ("unet", out, "up"),
+    }
+    for key, (part, module, slot) in cases.items():
+        network = lora.read_network({key: d if slot == "down" else u}, index, "x")
+        assert [(c.part, c.module, list(c.tensors)) for c in network.changes] == [(part, module, [slot])], key
+    strays = lora.read_network({"lora_unet_no_such_layer.lora_down.weight": d, "lora_unet_a.dora_scale": d}, index, "x")
+    assert strays.changes == [] and strays.unmatched == ["lora_unet_no_such_layer"]
+    assert strays.unsupported == ["dora_scale"]
+
+
+def test_factor_kinds_give_the_documented_change(sd1):
+    g = torch.Generator().manual_seed(3)
+    linear = torch.Size([64, 32])
+    down, up = torch.randn(4, 32, generator=g), torch.randn(64, 4, generator=g)
+    change = lora.LayerChange("unet", "m", {"down": down, "up": up, "alpha": torch.tensor(2.0)})
+    assert torch.allclose(change.delta(linear, torch.device("cpu"))[0], up @ down * 0.5)
+    assert torch.allclose(lora.LayerChange("unet", "m", {"down": down, "up": up}).delta(linear, "cpu")[0], up @ down)
+    # LoHa: Hadamard product of two low-rank products
+    a1, b1, a2, b2 = (torch.randn(s, generator=g) for s in ((64, 2), (2, 32), (64, 2), (2, 32)))
+    loha = lora.LayerChange("unet", "m", {"hada_w1_a": a1, "hada_w1_b": b1, "hada_w2_a": a2, "hada_w2_b": b2,
+                                          "alpha": torch.tensor(1.0)})
+    assert torch.allclose(loha.delta(linear, "cpu")[0], (a1 @ b1) * (a2 @ b2) * 0.5)
+    # LoKr: Kronecker product
+    w1, w2 = torch.randn(8, 4, generator=g), torch.randn(8, 8, generator=g)
+    lokr = lora.LayerChange("unet", "m", {"lokr_w1": w1, "lokr_w2": w2})
+    assert torch.allclose(lokr.delta(linear, "cpu")[0], torch.kron(w1, w2))
+    # a full difference
+    diff = torch.randn(64, 32, generator=g)
+    assert torch.equal(lora.LayerChange("unet", "m", {"diff": diff}).delta(linear, "cpu")[0], diff)
+    with pytest.raises(lora.NetworkError, match="does not fit"):
+        change.delta(torch.Size([10, 10]), "cpu")
+
+
+def test_locon_conv_change_is_the_composed_convolutions(sd1):
+    """A merged 3x3 LoCon layer computes conv(x) + scale * up(down(x)) exactly as the unmerged pair."""
+    conv = sd1.unet.get_submodule("down_blocks.1.resnets.0.conv1")
+    g = torch.Generator().manual_seed(5)
+    down = torch.randn(RANK, conv.in_channels, 3, 3, generator=g)
+    up = torch.randn(conv.out_channels, RANK, 1, 1, generator=g)
+    x = torch.randn(1, conv.in_channels, 8, 8, generator=g)
+    delta, _ = lora.LayerChange("unet", "", {"down": down, "up": up, "alpha": torch.tensor(2.0)}).delta(
+        conv.weight.shape, torch.device("cpu"))
+    branch = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, down, padding=1), up)
+    merged = torch.nn.functional.conv2d(x, conv.weight + delta, conv.bias, padding=1)
+    assert torch.allclose(merged, conv(x) + branch * 0.5, atol=1e-4)
+    # with a Tucker core (LyCORIS LoCon "cp"): 1x1 down, 3x3 mid, 1x1 up
+    down1, mid = torch.randn(RANK, conv.in_channels, 1, 1, generator=g), torch.randn(RANK, RANK, 3, 3, generator=g)
+    delta, _ = lora.LayerChange("unet", "", {"down": down1, "mid": mid, "up": up}).delta(conv.weight.shape, "cpu")
+    branch = torch.nn.functional.conv2d(torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, down1), mid,
+                                                                   padding=1), up)
+    assert torch.allclose(torch.nn.functional.conv2d(x, delta, padding=1), branch, atol=1e-4)
+
+
+# --- applying through the engine ----------------------------------------------------------------
+
+def test_lora_changes_the_image_and_removing_it_restores_weights_and_pixels(engine, sd1):
+    before = snapshot(sd1)
+    base = gen(engine, "a red circle")
+    sd = kohya_lora(sd1, seed=1)
+    write_lora(engine, "tiny-style", sd)
+    with_lora = gen(engine, "a red circle <lora:tiny-style:0.8>")
+    assert with_lora.images[0].tobytes() != base.images[0].tobytes()
+    assert with_lora.warnings == []
+    # the merged weight is base + 0.8 * alpha/rank * up @ down
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    key = f"lora_unet_{_flat(name)}"
+    m = sd1.unet.get_submodule(name)
+    want = before[f"unet.{name}.weight"] + 0.8 * expected_delta(m, sd[f"{key}.lora_down.weight"],
+                                                                 sd[f"{key}.lora_up.weight"], 2.0 / RANK)
+    assert torch.allclose(m.weight, want, atol=1e-6)
+    again = gen(engine, "a red circle <lora:tiny-style:0.8>")  # still applied: nothing redone
+    assert again.images[0].tobytes() == with_lora.images[0].tobytes()
+    after = gen(engine, "a red circle")
+    assert same_weights(sd1, before)  # bit-identical, every parameter
+    assert after.images[0].tobytes() == base.images[0].tobytes()
+    assert sd1.networks.touched == 0
+
+
+def test_text_encoder_and_unet_multipliers(engine, sd1):
+    before = snapshot(sd1)
+    write_lora(engine, "both", kohya_lora(sd1, seed=2))
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    te = next(n for n in layers(sd1)["te"] if n.endswith("encoder.layers.0.self_attn.q_proj")) + ".weight"
+
+    def changed() -> tuple[bool, bool]:
+        now = snapshot(sd1)
+        return not torch.equal(now[f"te.{te}"], before[f"te.{te}"]), not torch.equal(now[f"unet.{q}"], before[f"unet.{q}"])
+
+    gen(engine, "x <lora:both:1:0>")  # A1111: first number text encoder, second U-Net
+    assert changed() == (True, False)
+    gen(engine, "x <lora:both:0:1>")
+    assert changed() == (False, True)
+    gen(engine, "x <lora:both:te=0:unet=0.5>")
+    assert changed() == (False, True)
+    gen(engine, "x")
+    assert same_weights(sd1, before)
+
+
+def test_several_loras_add_up_and_unknown_names_warn(engine, sd1):
+    before = snapshot(sd1)
+    a, b = kohya_lora(sd1, seed=3, which=("unet",), convs=False), kohya_lora(sd1, seed=4, which=("unet",), convs=False)
+    write_lora(engine, "a", a)
+    write_lora(engine, "b", b)
+    result = gen(engine, "x <lora:a:0.5> <lora:b:1.5> <lora:missing:1>")
+    name = "up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2"
+    key, m = f"lora_unet_{_flat(name)}", sd1.unet.get_submodule(name)
+    want = before[f"unet.{name}.weight"]
+    for sd, mult in ((a, 0.5), (b, 1.5)):
+        want = want + mult * expected_delta(m, sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"], 2.0 / RANK)
+    assert torch.allclose(m.weight, want, atol=1e-6)
+    assert len(result.warnings) == 1 and "LoRA not found: 'missing'" in result.warnings[0]
+    assert result.info["warnings"] == result.warnings
+    text = result.infotexts[0]
+    assert f'Lora hashes: "a: {lora.addnet_hash(engine.paths.lora_dirs[0] / "a.safetensors")[:12]}, b: ' in text
+    gen(engine, "x")
+    assert same_weights(sd1, before)
+
+
+def test_lora_hash_is_a1111s_addnet_hash(engine, sd1):
+    path = write_lora(engine, "hashed", kohya_lora(sd1, seed=5, which=("te",)), metadata={"ss_output_name": "nice"})
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    want = hashlib.sha256(raw[8 + n:]).hexdigest()[:12]
+    result = gen(engine, "x <lora:hashed:1>")
+    assert f"Lora hashes: \"hashed: {want}\"" in result.infotexts[0] or f"Lora hashes: hashed: {want}" in result.infotexts[0]
+    info = engine.models.loras.find("nice")  # the alias from kohya's metadata finds it too
+    assert info is not None and info.name == "hashed" and info.alias == "nice"
+
+
+def test_peft_layout_equals_kohya_layout(engine, sd1):
+    """The same factors saved in diffusers/PEFT naming give the same image as kohya's naming."""
+    sd = kohya_lora(sd1, seed=6, convs=False)
+    peft = {}
+    for key, value in sd.items():
+        module, part = key.split(".", 1)
+        prefix = "unet" if module.startswith("lora_unet_") else "text_encoder"
+        flat = module.removeprefix("lora_unet_").removeprefix("lora_te_text_model_")
+        real = next(n for n in layers(sd1)["unet" if prefix == "unet" else "te"]
+                    if _flat(n.removeprefix("text_model.")) == flat)
+        if part == "alpha":
+            continue  # PEFT files carry no alpha: scale 1, so fold alpha/rank into B
+        slot = "lora_A" if part == "lora_down.weight" else "lora_B"
+        peft[f"{prefix}.{real}.{slot}.weight"] = value * (2.0 / RANK if slot == "lora_B" else 1.0)
+    write_lora(engine, "kohya", sd)
+    write_lora(engine, "peft", peft)
+    k = gen(engine, "a red circle <lora:kohya:1>")
+    p = gen(engine, "a red circle <lora:peft:1>")
+    diff = (torch.tensor(list(k.images[0].tobytes())) - torch.tensor(list(p.images[0].tobytes()))).abs().max()
+    assert diff <= 1  # float rounding of a differently ordered product
+    gen(engine, "a red circle")
+
+
+def test_apply_and_restore_are_fast(engine, sd1):
+    sd = kohya_lora(sd1, seed=7)
+    write_lora(engine, "timed", sd)
+    patcher = sd1.networks
+    start = time.perf_counter()
+    patcher.apply([lora.Activation(engine.models.loras.find("timed"), 1.0, 1.0, "timed")])
+    applied = time.perf_counter() - start
+    assert patcher.touched == len([k for k in sd if k.endswith("lora_down.weight")])
+    start = time.perf_counter()
+    patcher.restore()
+    restored = time.perf_counter() - start
+    assert patcher.touched == 0
+    print(f"tiny model: {len(sd) // 3} layers, apply {applied * 1000:.1f} ms, restore {restored * 1000:.1f} ms")
+
+
+# --- textual inversion --------------------------------------------------------------------------
+
+def token_vectors(model, words: str) -> torch.Tensor:
+    ids = model.text.tokenize(words)
+    return model.text.text_model.get_input_embeddings().weight[ids].detach().clone()
+
+
+def test_embedding_formats(tmp_path, sd1):
+    vectors = token_vectors(sd1, "red circle")
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": "a1111",
+                "step": 500, "sd_checkpoint": "abc", "sd_checkpoint_name": "model"}, tmp_path / "a1111.pt")
+    torch.save({"<diffusers>": vectors[0]}, tmp_path / "diffusers.bin")
+    save_file({"emb_params": vectors.contiguous()}, str(tmp_path / "st.safetensors"))
+    a = read_embedding(tmp_path / "a1111.pt")
+    assert a.name == "a1111" and a.count == 2 and a.step == 500 and a.sd_checkpoint_name == "model"
+    assert torch.equal(a.vectors, vectors)
+    d = read_embedding(tmp_path / "diffusers.bin")
+    assert d.count == 1 and torch.equal(d.vectors[0], vectors[0])
+    assert torch.equal(read_embedding(tmp_path / "st.safetensors").vectors, vectors)
+
+
+def test_embedding_word_becomes_its_vectors(sd1, tmp_path):
+    """An embedding holding the token vectors of "red circle" encodes exactly as those words do."""
+    torch.save({"string_to_param": {"*": token_vectors(sd1, "red circle")}}, tmp_path / "my-emb.pt")
+    torch.save({"<w>": torch.zeros(1, 999)}, tmp_path / "wide.pt")
+    emb = read_embedding(tmp_path / "my-emb.pt")
+    text = sd1.text
+    try:
+        text.embeddings = EmbeddingVocabulary({"my-emb": emb, "wide": read_embedding(tmp_path / "wide.pt")},
+                                              text.tokenize, text.width)
+        assert list(text.embeddings.skipped) == ["wide"]
+        chunk = text.chunks("a (my-emb:1.2), b")[0]
+        assert chunk.ids[1:3] == [0, 0] and chunk.weights[1:3] == [1.2, 1.2] and chunk.embeddings[0][0] == 1
+        assert torch.equal(text.encode("a my-emb on grass"), text.encode("a red circle on grass"))
+        assert list(text.embeddings_used) == ["my-emb"]
+        # an embedding does not straddle chunks: 74 tokens then a 2-vector embedding starts chunk 2
+        chunks = text.chunks("x " * 74 + "my-emb")
+        assert [len(c.ids) for c in chunks] == [74, 2] and chunks[1].embeddings[0][0] == 0
+    finally:
+        text.embeddings, text.embeddings_used = None, {}
+    assert not torch.equal(text.encode("a my-emb on grass"), text.encode("a red circle on grass"))
+
+
+def test_embedding_in_a_job_and_ti_hashes(engine, sd1):
+    folder = engine.paths.embeddings_dirs[0]
+    torch.save({"string_to_param": {"*": token_vectors(sd1, "red")}}, folder / "redword.pt")
+    plain = gen(engine, "a red circle", negative_prompt="blue")
+    used = gen(engine, "a redword circle", negative_prompt="blue")
+    assert used.images[0].tobytes() == plain.images[0].tobytes()
+    digest = hashlib.sha256((folder / "redword.pt").read_bytes()).hexdigest()[:12]
+    assert f"TI hashes: \"redword: {digest}\"" in used.infotexts[0]
+    assert "TI hashes" not in plain.infotexts[0]
+    neg = gen(engine, "a circle", negative_prompt="redword")  # negative prompts count too, as in A1111
+    assert f"redword: {digest}" in neg.infotexts[0]
+
+
+# --- styles -------------------------------------------------------------------------------------
+
+def test_style_merging_rules():
+    s = styles.PromptStyle
+    assert styles.merge("masterpiece", "a cat") == "a cat, masterpiece"
+    assert styles.merge("art of {prompt}, 4k", "a cat") == "art of a cat, 4k"
+    assert styles.merge("masterpiece", "") == "masterpiece"
+    assert styles.merge("", "a cat") == "a cat"
+    assert styles.apply([s("1", "{prompt} in rain", "blur"), s("2", "oil", "")], "a cat", "ugly") == (
+        "a cat in rain, oil", "ugly, blur")
+
+
+def test_styles_from_csv_in_a_job(engine):
+    engine.paths.styles_files[0].write_text(
+        'name,prompt,negative_prompt\n"Rainy","{prompt}, rain, wet","sunny, dry"\nPlain,oil painting,\n',
+        encoding="utf-8")
+    result = gen(engine, "a red circle", negative_prompt="blur", styles=["Rainy", "Plain", "Nope"])
+    assert result.infotexts[0].startswith("a red circle, rain, wet, oil painting\nNegative prompt: blur, sunny, dry\n")
+    assert result.info["styles"] == ["Rainy", "Plain", "Nope"]
+    assert any("'Nope' not found" in w for w in result.warnings)
+    assert [s.name for s in engine.styles.all().values()] == ["Rainy", "Plain"]
