@@ -390,3 +390,72 @@ def test_styles_from_csv_in_a_job(engine):
     assert result.info["styles"] == ["Rainy", "Plain", "Nope"]
     assert any("'Nope' not found" in w for w in result.warnings)
     assert [s.name for s in engine.styles.all().values()] == ["Rainy", "Plain"]
+
+
+# --- through the live server --------------------------------------------------------------------
+
+@pytest.mark.server
+def test_loras_embeddings_and_styles_through_the_api(tmp_path, tiny_dir):
+    import json
+
+    import requests
+
+    from tests import tiny_models
+    from tests.test_server import start_server, stop_server
+
+    shutil.copytree(tiny_dir, tmp_path / "models" / "Stable-diffusion")
+    (tmp_path / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    tiny = tiny_models.build("sd1", seed=1)  # the same weights as sd1.safetensors
+    g = torch.Generator().manual_seed(11)
+    network = {}
+    for name, m in tiny.unet.named_modules():
+        if isinstance(m, torch.nn.Linear) and "attn2" in name:
+            down, up = factors(m.weight, g)
+            network[f"lora_unet_{_flat(name)}.lora_down.weight"] = down
+            network[f"lora_unet_{_flat(name)}.lora_up.weight"] = up
+    (tmp_path / "models" / "Lora").mkdir(parents=True)
+    save_file(network, str(tmp_path / "models" / "Lora" / "ink.safetensors"), metadata={"ss_output_name": "inky"})
+    (tmp_path / "embeddings").mkdir()
+    words = tiny.text_encoder.get_input_embeddings().weight[[1000, 2000]].detach().clone()
+    torch.save({"string_to_param": {"*": words}, "step": 10}, tmp_path / "embeddings" / "twoword.pt")
+    torch.save({"string_to_param": {"*": torch.zeros(1, 768)}}, tmp_path / "embeddings" / "sd15wide.pt")
+    (tmp_path / "styles.csv").write_text("name,prompt,negative_prompt\nInk,{prompt} in ink,color\n", encoding="utf-8")
+
+    proc, url = start_server(tmp_path, "--nowebui")
+    api = url + "/sdapi/v1"
+
+    def txt2img(**body):
+        r = requests.post(api + "/txt2img", json={"width": 64, "height": 64, "steps": 3, "seed": 3, **body}, timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()["images"][0], json.loads(r.json()["info"])
+
+    try:
+        base, _ = txt2img(prompt="a circle")
+        inked, info = txt2img(prompt="a circle <lora:ink:0.7> <lora:nope:1>")
+        assert inked != base
+        assert any("LoRA not found: 'nope'" in w for w in info["warnings"])
+        digest = lora.addnet_hash(tmp_path / "models" / "Lora" / "ink.safetensors")[:12]
+        assert f"Lora hashes: \"ink: {digest}\"" in info["infotexts"][0]
+        assert txt2img(prompt="a circle")[0] == base  # removed exactly
+
+        loras = requests.get(api + "/loras").json()
+        assert [(x["name"], x["alias"]) for x in loras] == [("ink", "inky")]
+        assert loras[0]["path"].endswith("ink.safetensors") and loras[0]["metadata"] == {"ss_output_name": "inky"}
+        save_file(network, str(tmp_path / "models" / "Lora" / "ink2.safetensors"))
+        assert requests.post(api + "/refresh-loras").status_code == 200
+        assert [x["name"] for x in requests.get(api + "/loras").json()] == ["ink", "ink2"]
+
+        emb = requests.get(api + "/embeddings").json()
+        assert emb["loaded"] == {"twoword": {"step": 10, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                             "shape": 32, "vectors": 2}}
+        assert list(emb["skipped"]) == ["sd15wide"]
+        _, info = txt2img(prompt="a twoword circle")
+        assert "TI hashes: \"twoword: " in info["infotexts"][0]
+
+        assert requests.get(api + "/prompt-styles").json() == [
+            {"name": "Ink", "prompt": "{prompt} in ink", "negative_prompt": "color"}]
+        _, info = txt2img(prompt="a circle", styles=["Ink"])
+        assert info["infotexts"][0].startswith("a circle in ink\nNegative prompt: color\n")
+        assert info["styles"] == ["Ink"] and not any("styles" in w for w in info["warnings"])
+    finally:
+        stop_server(proc)
