@@ -202,12 +202,13 @@ class LayerChange:
         bias = t.get("diff_b")
         if "down" in t and "up" in t:
             down, up = t["down"], t["up"]
-            rank = down.shape[0]
+            scale = t["alpha"].item() / down.shape[0] if "alpha" in t else 1.0
+            up = up.flatten(1) * scale  # scaling the small factor, not the product
             if "mid" in t:  # Tucker-decomposed conv (LoCon): up(1x1) . mid(kxk) . down(1x1)
-                w = torch.einsum("ab...,oa,bi->oi...", t["mid"], up.flatten(1), down.flatten(1))
+                w = torch.einsum("ab...,oa,bi->oi...", t["mid"], up, down.flatten(1))
             else:
-                w = up.flatten(1) @ down.flatten(1)
-            scale = t["alpha"].item() / rank if "alpha" in t else 1.0
+                w = up @ down.flatten(1)
+            scale = 1.0
         elif "hada_w1_a" in t:
             if "hada_t1" in t:
                 raise NetworkError("LoHa with Tucker cores is not supported")
@@ -229,7 +230,9 @@ class LayerChange:
             raise NetworkError(f"unrecognised factors {sorted(self.tensors)}")
         if w.numel() != shape.numel():
             raise NetworkError(f"shape {tuple(w.shape)} does not fit the layer's {tuple(shape)}")
-        return w.reshape(shape) * scale, bias * scale if bias is not None else None
+        if scale != 1.0:
+            w = w * scale
+        return w.reshape(shape), bias * scale if bias is not None else None
 
 
 @dataclass
@@ -283,14 +286,16 @@ class Activation:
 class WeightPatcher:
     """Merges networks into one loaded model's weights and takes them out again exactly.
 
-    The first time a parameter is changed its original value is copied to the CPU; `restore` copies
-    every original back and forgets them. `apply` restores first, so the weights are always
+    The first time a parameter is changed its original value is copied to the CPU and kept there (as
+    A1111 keeps its backups), so switching networks costs no new copies; `restore` copies the
+    originals of the changed parameters back. `apply` restores first, so the weights are always
     base + the networks of the latest call."""
 
     def __init__(self, unet: torch.nn.Module, text_model: torch.nn.Module):
         self.models = {"unet": unet, "te": text_model}
         self._index: dict[str, dict[str, str]] | None = None
         self._originals: dict[tuple[str, str], tuple[torch.nn.Parameter, torch.Tensor]] = {}
+        self._changed: set[tuple[str, str]] = set()  # parameters that differ from their original now
         self.applied: tuple = ()
         self.notes: list[str] = []  # what the latest apply had to say (kept for a repeated apply)
         self.seconds = 0.0  # time the latest apply or restore took
@@ -304,9 +309,10 @@ class WeightPatcher:
     @torch.no_grad()
     def restore(self) -> None:
         start = time.perf_counter()
-        for param, original in self._originals.values():
+        for key in self._changed:
+            param, original = self._originals[key]
             param.copy_(original)
-        self._originals.clear()
+        self._changed.clear()
         self.applied, self.notes = (), []
         self.seconds = time.perf_counter() - start
 
@@ -316,7 +322,11 @@ class WeightPatcher:
         key = (part, f"{module_name}.{attr}")
         if key not in self._originals:
             self._originals[key] = (param, param.detach().to("cpu", copy=True))
-        param.copy_((param.float() + delta * multiplier).to(param.dtype))
+        self._changed.add(key)
+        if param.dtype == torch.float32:
+            param.add_(delta, alpha=multiplier)
+        else:  # sum in fp32, round once
+            param.copy_((param.float() + delta * multiplier).to(param.dtype))
 
     def apply(self, activations: list[Activation], read=checkpoint_file.read_state_dict) -> list[str]:
         """Make the weights base + these networks. Returns notes for the user (skipped layers). Nothing
@@ -367,8 +377,12 @@ class WeightPatcher:
 
     @property
     def touched(self) -> int:
-        """How many parameters currently differ from the base (have an original set aside)."""
-        return len(self._originals)
+        """How many parameters currently differ from the base."""
+        return len(self._changed)
+
+    def drop_backups(self) -> None:
+        """Forget the kept originals of parameters that are at their base value (frees their memory)."""
+        self._originals = {k: v for k, v in self._originals.items() if k in self._changed}
 
 
 # --- prompt tags ---------------------------------------------------------------------------------
