@@ -23,6 +23,7 @@ from modules.engine import Engine
 from modules.generation.params import GenerationParams
 from modules.jobs import JobQueue
 from modules.models import lora
+from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingVocabulary, read_embedding
 from modules.settings import SettingsStore
 from tests.conftest import make_manager
@@ -325,6 +326,8 @@ def test_embedding_formats(tmp_path, sd1):
     torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": "a1111",
                 "step": 500, "sd_checkpoint": "abc", "sd_checkpoint_name": "model"}, tmp_path / "a1111.pt")
     torch.save({"<diffusers>": vectors[0]}, tmp_path / "diffusers.bin")
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": torch.nn.ParameterDict({"*": vectors})},
+               tmp_path / "ldm.pt")  # the original textual-inversion code's layout
     save_file({"emb_params": vectors.contiguous()}, str(tmp_path / "st.safetensors"))
     a = read_embedding(tmp_path / "a1111.pt")
     assert a.name == "a1111" and a.count == 2 and a.step == 500 and a.sd_checkpoint_name == "model"
@@ -332,6 +335,12 @@ def test_embedding_formats(tmp_path, sd1):
     d = read_embedding(tmp_path / "diffusers.bin")
     assert d.count == 1 and torch.equal(d.vectors[0], vectors[0])
     assert torch.equal(read_embedding(tmp_path / "st.safetensors").vectors, vectors)
+    assert torch.equal(read_embedding(tmp_path / "ldm.pt").vectors, vectors)
+    # a pickle that would run code is refused, and reported as a skipped embedding, not an error
+    import os
+    torch.save({"string_to_param": {"*": vectors}, "x": os.getcwd}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="Refused"):
+        read_embedding(tmp_path / "evil.pt")
 
 
 def test_embedding_word_becomes_its_vectors(sd1, tmp_path):
@@ -359,6 +368,7 @@ def test_embedding_word_becomes_its_vectors(sd1, tmp_path):
 def test_embedding_in_a_job_and_ti_hashes(engine, sd1):
     folder = engine.paths.embeddings_dirs[0]
     torch.save({"string_to_param": {"*": token_vectors(sd1, "red")}}, folder / "redword.pt")
+    (folder / "broken.pt").write_bytes(b"not a pickle")  # skipped with a log line, never an error
     plain = gen(engine, "a red circle", negative_prompt="blue")
     used = gen(engine, "a redword circle", negative_prompt="blue")
     assert used.images[0].tobytes() == plain.images[0].tobytes()
@@ -367,6 +377,8 @@ def test_embedding_in_a_job_and_ti_hashes(engine, sd1):
     assert "TI hashes" not in plain.infotexts[0]
     neg = gen(engine, "a circle", negative_prompt="redword")  # negative prompts count too, as in A1111
     assert f"redword: {digest}" in neg.infotexts[0]
+    assert "broken" in engine.models.embeddings.errors and "broken" not in engine.models.embeddings.all()
+    (folder / "broken.pt").unlink()
 
 
 # --- styles -------------------------------------------------------------------------------------

@@ -40,6 +40,14 @@ class _InertMetadata:
         self.state = state
 
 
+class ParameterDictData:
+    """Stands in for a pickled `torch.nn.ParameterDict` (the original textual-inversion code saved its
+    vectors in one): only the tensors are kept, no module is built."""
+
+    def __setstate__(self, state):
+        self.parameters = dict(state.get("_parameters") or {}) if isinstance(state, dict) else {}
+
+
 def _numpy_globals() -> list:
     core = np._core.multiarray  # numpy 2 name; pickles from numpy 1 name it numpy.core.multiarray
     found = [np.dtype, np.ndarray]
@@ -56,6 +64,7 @@ def _numpy_globals() -> list:
 SAFE_EXTRA_GLOBALS = [
     (_InertMetadata, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
     (_InertMetadata, "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint"),
+    (ParameterDictData, "torch.nn.modules.container.ParameterDict"),
     *_numpy_globals(),
 ]
 

@@ -2,7 +2,8 @@
 
 A file's name (without extension) used as a word in a prompt stands for its vectors. Formats read:
 - A1111 `.pt`/`.bin`: `{"string_to_param": {"*": tensor(n, width)}, "name", "step", "sd_checkpoint", ...}`
-  (read with the safe loader; nothing in the file is run);
+  (read with the safe loader; nothing in the file is run), also with the ParameterDict the original
+  textual-inversion code saved;
 - A1111 `.safetensors`: `emb_params` (n, width);
 - diffusers `.bin`/`.safetensors`: one entry `{"<token>": tensor(width) or (n, width)}`.
 An embedding whose width is not the loaded text encoder's is "skipped", as A1111 lists it.
@@ -53,6 +54,8 @@ def vectors_from(data: dict, filename: str) -> torch.Tensor:
     """The (n, width) vectors of an embedding file's contents."""
     if "string_to_param" in data:
         params = data["string_to_param"]
+        if isinstance(params, checkpoint_file.ParameterDictData):
+            params = params.parameters
         if not isinstance(params, dict) or not params:
             raise EmbeddingError(f"{filename}: string_to_param is not a plain dict of tensors")
         tensor = next(iter(params.values()))
