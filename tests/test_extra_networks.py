@@ -152,6 +152,13 @@ def test_every_layout_names_the_same_layers(sd1):
     for key, (part, module, slot) in cases.items():
         network = lora.read_network({key: d if slot == "down" else u}, index, "x")
         assert [(c.part, c.module, list(c.tensors)) for c in network.changes] == [(part, module, [slot])], key
+    # PEFT alpha from diffusers' metadata: lora_alpha, alpha_pattern, rsLoRA
+    meta = {"lora_adapter_metadata": '{"unet.lora_alpha": 8, "unet.r": 2, "unet.alpha_pattern": {"attn1.to_q": 1},'
+                                     ' "text_encoder.lora_alpha": 4, "text_encoder.use_rslora": true}'}
+    sd = {f"unet.{out}.lora_A.weight": d, f"unet.{q}.lora_A.weight": d,
+          "text_encoder.text_model.encoder.layers.1.self_attn.q_proj.lora_A.weight": d}
+    alphas = {c.module: c.tensors["alpha"].item() for c in lora.read_network(sd, index, "x", meta).changes}
+    assert alphas == {out: 8.0, q: 1.0, te: pytest.approx(4 * 2 ** 0.5)}
     strays = lora.read_network({"lora_unet_no_such_layer.lora_down.weight": d, "lora_unet_a.dora_scale": d}, index, "x")
     assert strays.changes == [] and strays.unmatched == ["lora_unet_no_such_layer"]
     assert strays.unsupported == ["dora_scale"]

@@ -14,7 +14,8 @@ Layouts read (key names are matched to our diffusers/transformers modules):
 - LyCORIS LoHa (`hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b`), LoKr (`lokr_w1[_a/_b]`,
   `lokr_w2[_a/_b]`) and full differences (`diff`, `diff_b`) under the same names.
 - diffusers / PEFT: `unet.<module>` and `text_encoder.<module>` with `.lora_A.weight`/`.lora_B.weight`
-  (PEFT), `.lora.down.weight`/`.lora.up.weight`, `.lora_linear_layer.down/up.weight`, or the older
+  (PEFT; alpha from the `lora_adapter_metadata` diffusers writes, with `alpha_pattern` and rsLoRA),
+  `.lora.down.weight`/`.lora.up.weight`, `.lora_linear_layer.down/up.weight`, or the older
   attention-processor names (`attn1.processor.to_q_lora.down.weight`).
 
 The scale of a factored change is `alpha / rank` when the file gives alpha, else 1 (as A1111 does).
@@ -23,6 +24,7 @@ The scale of a factored change is `alpha / rank` when the file gives alpha, else
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import struct
@@ -243,9 +245,40 @@ class Network:
     unsupported: list[str]  # kinds of keys we do not apply (DoRA, OFT, ...)
 
 
-def read_network(sd: dict[str, torch.Tensor], index: dict[str, dict[str, str]], name: str) -> Network:
-    """Group a network file's tensors by the layer they change."""
+def peft_alphas(metadata: dict) -> dict[str, dict]:
+    """{"unet"|"text_encoder": PEFT LoraConfig fields} from the `lora_adapter_metadata` JSON that
+    diffusers writes into a .safetensors file ({} when absent or unreadable)."""
+    raw = metadata.get("lora_adapter_metadata") if metadata else None
+    try:
+        packed = json.loads(raw) if isinstance(raw, str) else {}
+    except json.JSONDecodeError:
+        return {}
+    out: dict[str, dict] = {}
+    for key, value in packed.items() if isinstance(packed, dict) else ():
+        prefix, _, field_name = key.partition(".")
+        out.setdefault(prefix, {})[field_name] = value
+    return out
+
+
+def _peft_alpha(config: dict, module: str, rank: int) -> float | None:
+    """The alpha to use with our alpha/rank scale for a PEFT layer: `alpha_pattern` (a suffix of the
+    module path) or `lora_alpha`; with rsLoRA, PEFT scales by alpha/sqrt(rank) instead."""
+    alpha = config.get("lora_alpha")
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if module == pattern or module.endswith("." + pattern):
+            alpha = value
+    if not isinstance(alpha, (int, float)):
+        return None
+    return float(alpha) * rank ** 0.5 if config.get("use_rslora") else float(alpha)
+
+
+def read_network(sd: dict[str, torch.Tensor], index: dict[str, dict[str, str]], name: str,
+                 metadata: dict | None = None) -> Network:
+    """Group a network file's tensors by the layer they change. PEFT files carry no alpha tensors;
+    their alpha comes from the metadata diffusers writes, when present."""
+    peft = peft_alphas(metadata or {})
     groups: dict[str, dict[str, torch.Tensor]] = {}
+    peft_modules: set[str] = set()
     unsupported: set[str] = set()
     for key, tensor in sd.items():
         m = _KEY.match(key)
@@ -257,14 +290,21 @@ def read_network(sd: dict[str, torch.Tensor], index: dict[str, dict[str, str]], 
             unsupported.add(m["part"])
             continue
         groups.setdefault(m["module"], {})[part] = tensor
+        if m["part"] in ("lora_A.weight", "lora_B.weight"):
+            peft_modules.add(m["module"])
     changes, unmatched = [], []
     for module_key, tensors in groups.items():
         where, rest = _target(module_key)
         found = next(((p, index[p][_flat(rest)]) for p in where if _flat(rest) in index[p]), None)
         if found is None:
             unmatched.append(module_key)
-        else:
-            changes.append(LayerChange(found[0], found[1], tensors))
+            continue
+        prefix, _, inner = module_key.partition(".")
+        if module_key in peft_modules and "alpha" not in tensors and prefix in peft and "down" in tensors:
+            alpha = _peft_alpha(peft[prefix], inner, tensors["down"].shape[0])
+            if alpha is not None:
+                tensors["alpha"] = torch.tensor(alpha)
+        changes.append(LayerChange(found[0], found[1], tensors))
     return Network(name, changes, unmatched, sorted(unsupported))
 
 
@@ -340,7 +380,7 @@ class WeightPatcher:
         try:
             for act in activations:
                 try:
-                    network = read_network(read(act.info.filename), self.index, act.info.name)
+                    network = read_network(read(act.info.filename), self.index, act.info.name, act.info.metadata)
                 except checkpoint_file.CheckpointError as e:
                     notes.append(f"LoRA {act.mentioned!r} could not be read: {e}")
                     continue
