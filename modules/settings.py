@@ -25,8 +25,16 @@ class Settings(BaseModel):
     sd_model_checkpoint: str = Field("", description="Checkpoint title, name or hash")
     sd_vae: str = Field("Automatic", description="'Automatic', 'None' or a file name from models/VAE")
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="Clip skip")
-    randn_source: Literal["CPU", "GPU"] = Field(
-        "CPU", description="Where initial noise is drawn: CPU gives the same image on every device")
+    randn_source: Literal["CPU", "GPU", "NV"] = Field(
+        "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
+                           "generator; NV the numbers NVIDIA GPUs give, on any device")
+    eta_noise_seed_delta: int = Field(0, ge=0, description="ENSD: added to the seeds of the sampler's per-step noise")
+    eta_ancestral: float = Field(1.0, ge=0.0, le=1.0, description="Eta for ancestral and SDE samplers")
+    eta_ddim: float = Field(0.0, ge=0.0, le=1.0, description="Eta for DDIM")
+    s_churn: float = Field(0.0, ge=0.0, le=100.0, description="Sigma churn (Euler, Heun, DPM2)")
+    s_tmin: float = Field(0.0, ge=0.0, le=10.0, description="Sigma tmin")
+    s_tmax: float = Field(0.0, ge=0.0, le=999.0, description="Sigma tmax (0: infinity)")
+    s_noise: float = Field(1.0, ge=0.0, le=1.1, description="Sigma noise")
     emphasis: Literal["None", "Ignore", "Original", "No norm"] = Field(
         "Original", description="Prompt emphasis, (word:1.2): 'Original' weighs and restores the mean, 'No norm' "
                                 "only weighs, 'Ignore' parses but does not weigh, 'None' reads brackets literally")

@@ -84,3 +84,18 @@ class PerImageNoise:
 
     def __call__(self, sigma=None, sigma_next=None):
         return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators]).to(self.device)
+
+
+class TorchWithImageNoise:
+    """What A1111 puts in place of k-diffusion's `torch` module while sampling: everything is torch's,
+    except that randn_like (churn noise, DPM fast/adaptive's default noise) is the next draw of each
+    image's generator."""
+
+    def __init__(self, noise: PerImageNoise):
+        self._noise = noise
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def randn_like(self, x, *args, **kwargs):
+        return self._noise()

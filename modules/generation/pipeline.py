@@ -7,6 +7,7 @@ runs and an interrupted job keeps what it finished.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from modules import images
-from modules.generation import extra_networks, masking, rng, samplers
+from modules.generation import extra_networks, masking, rng, samplers, schedules
 from modules.generation.conditioning import ComposableCond, ScheduledCond
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import JobSkipped
@@ -147,15 +148,23 @@ def _keep_unmasked(out: torch.Tensor, x_in: torch.Tensor, levels: tuple[float, f
 
 
 def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.SamplerChoice, steps: int,
-           generators: list[torch.Generator], hooks: Hooks, start: Start | None = None) -> torch.Tensor:
+           generators: list, hooks: Hooks, start: Start | None = None,
+           options: samplers.SamplerOptions | None = None, seeds: list[int] | None = None,
+           randn_source: str = "CPU") -> torch.Tensor:
     """Run the sampler over the `steps`-step schedule from pure noise (txt2img), or from `start` over its
-    last t_enc + 1 steps (img2img). Hooks see the steps actually run."""
-    prepared = samplers.prepare(choice, steps, model.alphas_cumprod, model.prediction_type)
-    scheduler = prepared.scheduler
+    last t_enc + 1 steps (img2img). Hooks see the steps actually run. Per-step noise comes from the
+    images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`)."""
+    prepared = samplers.prepare(choice, steps, model.alphas_cumprod, model.prediction_type, options, randn_source,
+                                sdxl=getattr(model, "is_sdxl", False))
     first = 0 if start is None else steps - start.t_enc - 1
+    if prepared.function is not None:
+        return _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
+    scheduler = prepared.scheduler
     prepared.start_at(first)
     x = noise * prepared.initial_scale if start is None else prepared.noised(start.latent, noise, first)
     timesteps = prepared.timesteps[first:]
+    step_kwargs = dict(prepared.step_kwargs)
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     for i, t in enumerate(timesteps):
         if hooks.check:
             hooks.check()
@@ -163,10 +172,54 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
         guided = denoiser(x_in, t)
         if start is not None and start.mask is not None:
             guided = _keep_unmasked(guided, x_in, prepared.levels(first + i), start, model.prediction_type)
-        x = scheduler.step(guided, t, x, generator=generators).prev_sample
+        if step_kwargs.get("eta"):  # DDIM with eta: the images' own generators give its noise
+            step_kwargs["variance_noise"] = rng.draw(generators, tuple(x.shape[1:]), x.device)
+        elif takes_generator:
+            step_kwargs["generator"] = generators
+        x = scheduler.step(guided, t, x, **step_kwargs).prev_sample
         if hooks.on_step:
             hooks.on_step(i + 1, len(timesteps), x)
     return x
+
+
+def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
+              choice: samplers.SamplerChoice, first: int, generators: list, hooks: Hooks, start: Start | None,
+              seeds: list[int] | None) -> torch.Tensor:
+    """The samplers written as k-diffusion functions: the U-Net wrapped as k-diffusion's CompVis
+    denoiser (x in sigma units in, x0 prediction out), A1111's start x = noise * sigma_0."""
+    sigmas = prepared.sigmas[first:].to(noise.device)
+    log_sigmas = schedules.model_sigmas(model.alphas_cumprod).log().to(noise.device)
+    v_model = model.prediction_type == "v_prediction"
+    x = noise * sigmas[0] if start is None else start.latent + noise * sigmas[0]
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if hooks.check:
+            hooks.check()
+        c_in = 1 / (sigma ** 2 + 1) ** 0.5
+        out = denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas))
+        if v_model:  # k-diffusion's CompVisVDenoiser scalings
+            x0 = x * (1 / (sigma ** 2 + 1)) + out * (-sigma / (sigma ** 2 + 1) ** 0.5)
+        else:
+            x0 = x + out * -sigma
+        if start is not None and start.mask is not None:  # keep the init latent outside the mask
+            x0 = x0 * start.mask + start.latent * (1 - start.mask)
+        return x0
+
+    if choice.spec.brownian_noise and seeds is not None:
+        step_noise = rng.BrownianNoise(x, sigmas, seeds)
+    else:
+        shape = tuple(x.shape[1:])
+
+        def step_noise(sigma, sigma_next):
+            return rng.draw(generators, shape, x.device)
+
+    total = len(sigmas) - 1
+
+    def on_step(i: int, latent: torch.Tensor) -> None:
+        if hooks.on_step:
+            hooks.on_step(min(i + 1, total), total, latent)
+
+    return prepared.function(denoise, x, sigmas, step_noise, on_step, **prepared.kwargs)
 
 
 @torch.no_grad()
@@ -246,8 +299,22 @@ class _Plan:
 
 
 @torch.no_grad()
+def sampler_options(params: GenerationParams, defaults: samplers.SamplerOptions | None) -> samplers.SamplerOptions:
+    """The request's eta / sigma churn / noise over the settings' defaults (A1111: `p.eta or opts.eta_...`)."""
+    d = defaults or samplers.SamplerOptions()
+    s_tmax = params.s_tmax if params.s_tmax is not None else d.s_tmax
+    return samplers.SamplerOptions(
+        eta=params.eta if params.eta is not None else d.eta,
+        s_churn=params.s_churn if params.s_churn is not None else d.s_churn,
+        s_tmin=params.s_tmin if params.s_tmin is not None else d.s_tmin,
+        s_tmax=s_tmax if s_tmax else float("inf"),
+        s_noise=params.s_noise if params.s_noise is not None else d.s_noise,
+        eta_ancestral=d.eta_ancestral, eta_ddim=d.eta_ddim)
+
+
 def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int, randn_source: str,
-              hooks: Hooks, emphasis: str, plan: _Plan) -> Iterator[BatchOutput]:
+              hooks: Hooks, emphasis: str, plan: _Plan, subseeds: list[int] | None = None, ensd: int = 0,
+              options: samplers.SamplerOptions | None = None) -> Iterator[BatchOutput]:
     """The loop every job shares: encode the prompts once, then per batch seed the generators, draw the
     noise, sample, decode. The prompt's extra-network tags (`<lora:...>`) are taken out before it is
     encoded; the negative prompt is used as written (A1111 reads tags from the prompt only)."""
@@ -260,13 +327,19 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
             hooks.on_batch(b)
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
         generators = rng.create_generators(batch_seeds, randn_source, model.device)
-        noise = rng.initial_noise(generators, plan.shape, model.device)
+        noise = rng.image_noise(
+            batch_seeds, generators, plan.shape, model.device, randn_source,
+            subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None,
+            params.subseed_strength, (params.seed_resize_from_w, params.seed_resize_from_h))
+        if ensd:  # A1111: the per-step noise comes from generators seeded with seed + ENSD
+            generators = rng.create_generators([s + ensd for s in batch_seeds], randn_source, model.device)
         if plan.noise_multiplier != 1.0:
             noise = noise * plan.noise_multiplier
         start = plan.start(batch_seeds) if plan.start else None
         denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond)
         try:
-            latents = sample(model, denoiser, noise, choice, params.steps, generators, hooks, start)
+            latents = sample(model, denoiser, noise, choice, params.steps, generators, hooks, start,
+                             sampler_options(params, options), batch_seeds, randn_source)
         except JobSkipped:
             continue
         images = decode(model, latents)
@@ -275,11 +348,14 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
 
 @torch.no_grad()
 def txt2img(model, params: GenerationParams, seeds: list[int], clip_skip: int = 1, randn_source: str = "CPU",
-            hooks: Hooks | None = None, emphasis: str = "Original") -> Iterator[BatchOutput]:
-    """Generate `params.n_iter` batches of `params.batch_size` images; `seeds` has one seed per image."""
+            hooks: Hooks | None = None, emphasis: str = "Original", subseeds: list[int] | None = None,
+            ensd: int = 0, options: samplers.SamplerOptions | None = None) -> Iterator[BatchOutput]:
+    """Generate `params.n_iter` batches of `params.batch_size` images; `seeds` has one seed per image
+    (`subseeds` one variation seed per image when params.subseed_strength > 0)."""
     shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
     plan = _Plan(shape, inpainting_conditioning(model, params.batch_size, params.height, params.width))
-    yield from _generate(model, params, seeds, clip_skip, randn_source, hooks or Hooks(), emphasis, plan)
+    yield from _generate(model, params, seeds, clip_skip, randn_source, hooks or Hooks(), emphasis, plan,
+                         subseeds, ensd, options)
 
 
 @dataclass
@@ -387,9 +463,11 @@ def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU",
 @torch.no_grad()
 def img2img(model, params: Img2ImgParams, seeds: list[int], clip_skip: int = 1, randn_source: str = "CPU",
             hooks: Hooks | None = None, emphasis: str = "Original", background: str = "#ffffff",
-            inputs: Img2ImgInputs | None = None) -> Iterator[BatchOutput]:
+            inputs: Img2ImgInputs | None = None, subseeds: list[int] | None = None, ensd: int = 0,
+            options: samplers.SamplerOptions | None = None) -> Iterator[BatchOutput]:
     """img2img and inpainting, A1111's way, in `params.n_iter` batches (`inputs` from `prepare_img2img`,
     made here when not given). With a mask only its white area is repainted: the latents outside it
     are kept at every step, and the original pixels are pasted back outside the blurred mask at the end."""
     inputs = inputs or prepare_img2img(model, params, randn_source, background)
-    yield from _generate(model, params, seeds, clip_skip, randn_source, hooks or Hooks(), emphasis, inputs.plan)
+    yield from _generate(model, params, seeds, clip_skip, randn_source, hooks or Hooks(), emphasis, inputs.plan,
+                         subseeds, ensd, options)

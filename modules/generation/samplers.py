@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
 
 from modules.generation import schedules
 
@@ -25,28 +26,73 @@ class UnknownSampler(ValueError):
 class SamplerSpec:
     name: str
     aliases: tuple[str, ...]
-    scheduler_cls: type
+    scheduler_cls: type | None = None  # the diffusers scheduler, when one reproduces k-diffusion
     config: dict = field(default_factory=dict)
     preset_schedule: str | None = None  # the schedule "Automatic" means for this sampler (None: model default)
     state: str = "ve"  # "ve", "vp" or "timestep" (see module docstring)
+    function: str | None = None  # our k-diffusion-style step function (ksampling), if any
+    kwargs: dict = field(default_factory=dict)  # fixed arguments of that function
+    eta: bool = False  # takes A1111's eta (ancestral / SDE samplers: default 1)
+    churn: bool = False  # takes s_churn / s_tmin / s_tmax (Euler, Heun, DPM2)
+    s_noise: bool = False  # takes s_noise
+    second_order: bool = False
+    brownian_noise: bool = False  # SDE noise from a Brownian tree seeded with the images' seeds
+    discard_next_to_last_sigma: bool = False
+    uses_ensd: bool = False  # A1111 writes ENSD to the infotext for these
 
     @property
-    def options(self) -> dict[str, str]:
-        return {"scheduler": self.preset_schedule} if self.preset_schedule else {}
+    def options(self) -> dict[str, str | bool]:
+        """What A1111's /sdapi/v1/samplers lists as the sampler's options."""
+        out: dict[str, str | bool] = {"scheduler": self.preset_schedule} if self.preset_schedule else {}
+        for flag in ("second_order", "brownian_noise", "discard_next_to_last_sigma", "uses_ensd"):
+            if getattr(self, flag):
+                out[flag] = True
+        return out
 
 
+_DPM2M = dict(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
+              final_sigmas_type="zero")
+_TIMESTEPS = dict(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False)
+
+# A1111's list, in its UI order. Where a diffusers scheduler follows k-diffusion exactly it does the
+# steps; otherwise our own `ksampling` function does (and also for the diffusers ones when an option
+# diffusers lacks, such as eta or churn, is set).
 SAMPLERS: list[SamplerSpec] = [
-    SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), DPMSolverMultistepScheduler,
-                dict(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
-                     final_sigmas_type="zero"), preset_schedule="karras", state="vp"),
-    SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), EulerAncestralDiscreteScheduler),
-    SamplerSpec("Euler", ("k_euler",), EulerDiscreteScheduler),
-    SamplerSpec("DDIM", ("ddim",), DDIMScheduler,
-                dict(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False, clip_sample=False),
-                state="timestep"),
+    SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), DPMSolverMultistepScheduler, _DPM2M, "karras", "vp",
+                function="dpmpp_2m"),
+    SamplerSpec("DPM++ SDE", ("k_dpmpp_sde",), preset_schedule="karras", function="dpmpp_sde", eta=True,
+                s_noise=True, second_order=True, brownian_noise=True),
+    SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), preset_schedule="exponential", function="dpmpp_2m_sde",
+                eta=True, s_noise=True, brownian_noise=True),
+    SamplerSpec("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), preset_schedule="exponential",
+                function="dpmpp_2m_sde", kwargs={"solver_type": "heun"}, eta=True, s_noise=True,
+                brownian_noise=True),
+    SamplerSpec("DPM++ 2S a", ("k_dpmpp_2s_a",), preset_schedule="karras", function="dpmpp_2s_ancestral", eta=True,
+                s_noise=True, second_order=True, uses_ensd=True),
+    SamplerSpec("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), preset_schedule="exponential", function="dpmpp_3m_sde",
+                eta=True, s_noise=True, brownian_noise=True, discard_next_to_last_sigma=True),
+    SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), EulerAncestralDiscreteScheduler,
+                function="euler_ancestral", eta=True, s_noise=True, uses_ensd=True),
+    SamplerSpec("Euler", ("k_euler",), EulerDiscreteScheduler, function="euler", churn=True, s_noise=True),
+    SamplerSpec("LMS", ("k_lms",), function="lms"),
+    SamplerSpec("Heun", ("k_heun",), function="heun", churn=True, s_noise=True, second_order=True),
+    SamplerSpec("DPM2", ("k_dpm_2",), preset_schedule="karras", function="dpm_2", churn=True, s_noise=True,
+                second_order=True, discard_next_to_last_sigma=True),
+    SamplerSpec("DPM2 a", ("k_dpm_2_a",), preset_schedule="karras", function="dpm_2_ancestral", eta=True,
+                s_noise=True, second_order=True, discard_next_to_last_sigma=True, uses_ensd=True),
+    SamplerSpec("DPM fast", ("k_dpm_fast",), function="dpm_fast", eta=True, s_noise=True, uses_ensd=True),
+    SamplerSpec("DPM adaptive", ("k_dpm_ad",), function="dpm_adaptive", eta=True, s_noise=True, uses_ensd=True),
+    SamplerSpec("Restart", ("restart",), preset_schedule="karras", function="restart", s_noise=True,
+                second_order=True),
+    SamplerSpec("DDIM", ("ddim",), DDIMScheduler, dict(_TIMESTEPS, clip_sample=False), state="timestep"),
+    SamplerSpec("PLMS", ("plms",), PNDMScheduler, dict(_TIMESTEPS, skip_prk_steps=True), state="timestep"),
+    SamplerSpec("UniPC", ("unipc",), UniPCMultistepScheduler,
+                dict(solver_type="bh1", solver_order=3, lower_order_final=True, timestep_spacing="linspace",
+                     predict_x0=True), state="timestep"),
 ]
 
-SCHEDULE_TYPES = [("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras")]
+SCHEDULE_TYPES = [("automatic", "Automatic")] + list(schedules.SCHEDULES.items())
+SCHEDULE_ALIASES = {"sgm_uniform": ("SGMUniform",)}
 
 
 def _find_sampler(name: str) -> SamplerSpec | None:
@@ -60,7 +106,7 @@ def _find_sampler(name: str) -> SamplerSpec | None:
 def _find_schedule(name: str) -> str | None:
     low = name.strip().lower()
     for key, label in SCHEDULE_TYPES:
-        if low in (key, label.lower()):
+        if low in (key, label.lower(), *(a.lower() for a in SCHEDULE_ALIASES.get(key, ()))):
             return key
     return None
 
@@ -96,13 +142,16 @@ def resolve(sampler_name: str, scheduler: str | None = None) -> SamplerChoice:
         raise UnknownSampler(f"Unknown schedule type {scheduler!r}. Available: "
                              + ", ".join(label for _, label in SCHEDULE_TYPES))
     spec = _find_sampler(name)
-    if spec is None and " " in name:
-        head, tail = name.rsplit(" ", 1)
-        legacy_schedule = _find_schedule(tail)
-        if legacy_schedule and _find_sampler(head):
-            spec = _find_sampler(head)
-            if schedule == "automatic":
-                schedule = legacy_schedule
+    if spec is None:  # an old combined name: "DPM++ 2M Karras", "Euler a SGM Uniform"
+        words = name.split(" ")
+        for cut in range(len(words) - 1, 0, -1):
+            head, tail = " ".join(words[:cut]), " ".join(words[cut:])
+            legacy_schedule = _find_schedule(tail)
+            if legacy_schedule and _find_sampler(head):
+                spec = _find_sampler(head)
+                if schedule == "automatic":
+                    schedule = legacy_schedule
+                break
     if spec is None:
         raise UnknownSampler(f"Unknown sampler {sampler_name!r}. Available: " + ", ".join(s.name for s in SAMPLERS))
     if spec.preset_schedule and schedule == spec.preset_schedule:
@@ -110,18 +159,56 @@ def resolve(sampler_name: str, scheduler: str | None = None) -> SamplerChoice:
     return SamplerChoice(spec, schedule)
 
 
+@dataclass(frozen=True)
+class SamplerOptions:
+    """A1111's per-request sampler parameters. `eta` None means A1111's default: 1 for the ancestral and
+    SDE samplers (setting "Eta for ancestral samplers"), 0 for DDIM ("Eta for DDIM")."""
+    eta: float | None = None
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+
+    def eta_for(self, spec: SamplerSpec) -> float | None:
+        if spec.state == "timestep":
+            return self.eta if self.eta is not None else self.eta_ddim
+        if spec.eta:
+            return self.eta if self.eta is not None else self.eta_ancestral
+        return None
+
+    def function_kwargs(self, spec: SamplerSpec) -> dict:
+        kwargs = dict(spec.kwargs)
+        if spec.eta:
+            kwargs["eta"] = self.eta_for(spec)
+        if spec.s_noise:
+            kwargs["s_noise"] = self.s_noise
+        if spec.churn:
+            kwargs.update(s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax)
+        return kwargs
+
+    def beyond_diffusers(self, spec: SamplerSpec) -> bool:
+        """True when a value is set that the sampler's diffusers scheduler cannot apply."""
+        eta = self.eta_for(spec)
+        return (eta is not None and eta != 1.0) or self.s_noise != 1.0 or self.s_churn != 0.0
+
+
 @dataclass
 class PreparedSampler:
-    scheduler: object
+    scheduler: object | None
     timesteps: torch.Tensor  # what the U-Net is given, one per step
     initial_scale: float  # the unit-variance starting noise is multiplied by this
     state: str = "ve"
-    sigmas: torch.Tensor | None = None  # k-diffusion noise levels, one per step plus a final 0 (ve and vp)
+    sigmas: torch.Tensor | None = None  # k-diffusion noise levels, one per step plus a final level (ve and vp)
     alphas_cumprod: torch.Tensor | None = None  # the model's (timestep samplers)
+    function: object | None = None  # a ksampling function: used instead of `scheduler`
+    kwargs: dict = field(default_factory=dict)  # its arguments beyond (denoise, x, sigmas, noise, step)
+    step_kwargs: dict = field(default_factory=dict)  # extra arguments of scheduler.step (DDIM's eta)
 
     def start_at(self, index: int) -> None:
         """Begin sampling at step `index` of the schedule (img2img) instead of step 0."""
-        if self.state != "timestep":  # DDIM keeps no step counter: its steps follow from the timesteps
+        if self.scheduler is not None and self.state != "timestep":  # DDIM follows its timesteps
             self.scheduler.set_begin_index(index)
 
     def levels(self, index: int) -> tuple[float, float]:
@@ -148,23 +235,48 @@ def img2img_t_enc(steps: int, denoising_strength: float) -> int:
     return int(min(denoising_strength, 0.999) * steps)
 
 
-def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, prediction_type: str) -> PreparedSampler:
+def schedule_sigmas(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, sdxl: bool = False) -> torch.Tensor:
+    """The noise levels A1111 gives the sampler: the schedule's, with `steps + 1` computed and the
+    next-to-last dropped for the samplers that ask for it (DPM2, DPM2 a, DPM++ 3M SDE)."""
+    model_sigmas = schedules.model_sigmas(alphas_cumprod)
+    discard = choice.spec.discard_next_to_last_sigma
+    sigmas = schedules.sigmas_for(choice.effective_schedule, steps + 1 if discard else steps, model_sigmas, sdxl)
+    return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
+
+
+def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, prediction_type: str,
+            options: SamplerOptions | None = None, randn_source: str = "CPU", sdxl: bool = False) -> PreparedSampler:
     spec = choice.spec
+    options = options or SamplerOptions()
+    if spec.state == "timestep":
+        scheduler = spec.scheduler_cls(
+            num_train_timesteps=len(alphas_cumprod), beta_start=0.00085, beta_end=0.012,
+            beta_schedule="scaled_linear", prediction_type=prediction_type, **spec.config)
+        scheduler.alphas_cumprod = alphas_cumprod.clone()
+        if hasattr(scheduler, "final_alpha_cumprod"):
+            scheduler.final_alpha_cumprod = alphas_cumprod[0].clone()
+        scheduler.set_timesteps(steps)
+        eta = options.eta_for(spec)
+        step_kwargs = {"eta": eta} if spec.scheduler_cls is DDIMScheduler and eta else {}
+        return PreparedSampler(scheduler, scheduler.timesteps, 1.0, spec.state, alphas_cumprod=alphas_cumprod,
+                               step_kwargs=step_kwargs)
+
+    model_sigmas = schedules.model_sigmas(alphas_cumprod)
+    sigmas = schedule_sigmas(choice, steps, alphas_cumprod, sdxl)
+    timesteps = schedules.sigma_to_t(sigmas[:-1], model_sigmas.log())
+    sigma0 = sigmas[0].item()
+    use_function = (spec.scheduler_cls is None or options.beyond_diffusers(spec) or randn_source == "NV"
+                    or sigmas[-1] != 0 or len(sigmas) != steps + 1)
+    if use_function:
+        from modules.generation import ksampling
+        return PreparedSampler(None, timesteps, sigma0, "ve", sigmas=sigmas,
+                               function=ksampling.SAMPLE_FUNCTIONS[spec.function],
+                               kwargs=options.function_kwargs(spec))
     scheduler = spec.scheduler_cls(
         num_train_timesteps=len(alphas_cumprod), beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type=prediction_type, **spec.config)
-    if spec.state == "timestep":
-        scheduler.alphas_cumprod = alphas_cumprod.clone()
-        scheduler.final_alpha_cumprod = alphas_cumprod[0].clone()
-        scheduler.set_timesteps(steps)
-        return PreparedSampler(scheduler, scheduler.timesteps, 1.0, spec.state, alphas_cumprod=alphas_cumprod)
-
-    model_sigmas = schedules.model_sigmas(alphas_cumprod)
-    sigmas = schedules.sigmas_for(choice.effective_schedule, steps, model_sigmas)
-    timesteps = schedules.sigma_to_t(sigmas[:-1], model_sigmas.log())
     scheduler.set_timesteps(steps)
     scheduler.sigmas = sigmas
     scheduler.timesteps = timesteps
-    sigma0 = sigmas[0].item()
     scale = sigma0 if spec.state == "ve" else sigma0 / (sigma0 ** 2 + 1) ** 0.5
     return PreparedSampler(scheduler, timesteps, scale, spec.state, sigmas=sigmas)

@@ -1,0 +1,433 @@
+"""Samplers diffusers cannot reproduce faithfully, written as k-diffusion states them: short functions
+of (denoise, x, sigmas) with no hidden state.
+
+`denoise(x, sigma)` is the guided model's prediction of the clean latent x0 for a state
+x = x0 + sigma * noise ("variance exploding" units, as A1111 holds it). `noise(sigma, sigma_next)`
+gives unit normal noise shaped like x (per-image generators, or a Brownian tree for the SDE samplers).
+`step(i, x)` reports progress. The arithmetic follows k-diffusion's order of operations so that the
+same inputs give A1111's numbers to float rounding.
+
+Notation: t = -log(sigma) (log signal-to-noise time), h = t_next - t.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Noise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Step = Callable[[int, torch.Tensor], None]
+
+
+def _slope(x, sigma, x0):
+    """dx/dsigma of the probability-flow ODE."""
+    return (x - x0) / sigma
+
+
+def ancestral_split(sigma, sigma_next, eta: float = 1.0):
+    """Split the move sigma -> sigma_next into a deterministic part down to `down` and fresh noise of
+    standard deviation `up`, with down^2 + up^2 = sigma_next^2 (eta = 0: no noise)."""
+    if not eta:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
+    down = (sigma_next ** 2 - up ** 2) ** 0.5
+    return down, up
+
+
+def _t(sigma):
+    return sigma.log().neg()
+
+
+def _sigma(t):
+    return t.neg().exp()
+
+
+def _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise):
+    """Karras et al.'s optional noise increase before a step: returns (x, sigma_hat). A draw is taken on
+    every step when churn is on, as A1111 does, so the draws line up with its generators."""
+    if not s_churn:
+        return x, sigmas[i]
+    gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+    eps = noise(sigmas[i], sigmas[i + 1]) * s_noise
+    sigma_hat = sigmas[i] * (gamma + 1)
+    if gamma > 0:
+        x = x + eps * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+    return x, sigma_hat
+
+
+def euler(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
+          s_noise=1.0, **_):
+    for i in range(len(sigmas) - 1):
+        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        d = _slope(x, sigma_hat, denoise(x, sigma_hat))
+        x = x + d * (sigmas[i + 1] - sigma_hat)
+        step(i, x)
+    return x
+
+
+def euler_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        down, up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
+        x = x + _slope(x, sigmas[i], x0) * (down - sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * up
+        step(i, x)
+    return x
+
+
+def heun(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
+         s_noise=1.0, **_):
+    """Heun's second-order method; the last step, to sigma 0, is an Euler step."""
+    for i in range(len(sigmas) - 1):
+        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        d = _slope(x, sigma_hat, denoise(x, sigma_hat))
+        dt = sigmas[i + 1] - sigma_hat
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_euler = x + d * dt
+            d_end = _slope(x_euler, sigmas[i + 1], denoise(x_euler, sigmas[i + 1]))
+            x = x + (d + d_end) / 2 * dt
+        step(i, x)
+    return x
+
+
+def dpm_2(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
+          s_noise=1.0, **_):
+    """DPM-Solver-2 in sigma: the slope is taken again at the geometric midpoint of the step."""
+    for i in range(len(sigmas) - 1):
+        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        d = _slope(x, sigma_hat, denoise(x, sigma_hat))
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigma_hat)
+        else:
+            sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
+            x_mid = x + d * (sigma_mid - sigma_hat)
+            d_mid = _slope(x_mid, sigma_mid, denoise(x_mid, sigma_mid))
+            x = x + d_mid * (sigmas[i + 1] - sigma_hat)
+        step(i, x)
+    return x
+
+
+def dpm_2_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        down, up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
+        d = _slope(x, sigmas[i], x0)
+        if down == 0:
+            x = x + d * (down - sigmas[i])
+        else:
+            sigma_mid = sigmas[i].log().lerp(down.log(), 0.5).exp()
+            x_mid = x + d * (sigma_mid - sigmas[i])
+            d_mid = _slope(x_mid, sigma_mid, denoise(x_mid, sigma_mid))
+            x = x + d_mid * (down - sigmas[i])
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * up
+        step(i, x)
+    return x
+
+
+def lms_coefficient(order: int, s: np.ndarray, i: int, j: int) -> float:
+    """Integral over [s[i], s[i+1]] of the Lagrange basis polynomial that is 1 at s[i-j] and 0 at the
+    other `order - 1` most recent levels: the weight of slope i-j in the linear multistep update.
+    Integrated exactly (k-diffusion uses numerical quadrature; the two agree to ~1e-7)."""
+    poly = np.polynomial.Polynomial([1.0])
+    for k in range(order):
+        if k != j:
+            poly = poly * np.polynomial.Polynomial([-s[i - k], 1.0]) / (s[i - j] - s[i - k])
+    antiderivative = poly.integ()
+    return float(antiderivative(s[i + 1]) - antiderivative(s[i]))
+
+
+def lms(denoise: Denoise, x, sigmas, noise: Noise, step: Step, order: int = 4, **_):
+    """Linear multistep: up to `order` previous slopes, weighted by integrating their interpolating
+    polynomial over the step."""
+    s = sigmas.detach().cpu().double().numpy()
+    slopes: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        slopes.append(_slope(x, sigmas[i], denoise(x, sigmas[i])))
+        slopes = slopes[-order:]
+        k = min(i + 1, order)
+        weights = [lms_coefficient(k, s, i, j) for j in range(k)]
+        x = x + sum(w * d for w, d in zip(weights, reversed(slopes)))
+        step(i, x)
+    return x
+
+
+def dpmpp_2s_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+    """DPM-Solver++(2S): a midpoint in log-SNR time, then ancestral noise."""
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        down, up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
+        if down == 0:
+            x = x + _slope(x, sigmas[i], x0) * (down - sigmas[i])
+        else:
+            t, t_next = _t(sigmas[i]), _t(down)
+            h = t_next - t
+            t_mid = t + 0.5 * h
+            x_mid = (_sigma(t_mid) / _sigma(t)) * x - (-h * 0.5).expm1() * x0
+            x0_mid = denoise(x_mid, _sigma(t_mid))
+            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * x0_mid
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * up
+        step(i, x)
+    return x
+
+
+def dpmpp_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, r=0.5, **_):
+    """DPM-Solver++ SDE: two stochastic substeps per step (the first to the fraction r of the step)."""
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = x + _slope(x, sigmas[i], x0) * (sigmas[i + 1] - sigmas[i])
+        else:
+            t, t_next = _t(sigmas[i]), _t(sigmas[i + 1])
+            h = t_next - t
+            s = t + h * r
+            fac = 1 / (2 * r)
+            down, up = ancestral_split(_sigma(t), _sigma(s), eta)
+            s_ = _t(down)
+            x_mid = (_sigma(s_) / _sigma(t)) * x - (t - s_).expm1() * x0
+            x_mid = x_mid + noise(_sigma(t), _sigma(s)) * s_noise * up
+            x0_mid = denoise(x_mid, _sigma(s))
+            down, up = ancestral_split(_sigma(t), _sigma(t_next), eta)
+            t_next_ = _t(down)
+            x0_mix = (1 - fac) * x0 + fac * x0_mid
+            x = (_sigma(t_next_) / _sigma(t)) * x - (t - t_next_).expm1() * x0_mix
+            x = x + noise(_sigma(t), _sigma(t_next)) * s_noise * up
+        step(i, x)
+    return x
+
+
+def dpmpp_2m(denoise: Denoise, x, sigmas, noise: Noise, step: Step, **_):
+    """DPM-Solver++(2M): each step extrapolates x0 linearly from this and the previous prediction."""
+    previous = None
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        t, t_next = _t(sigmas[i]), _t(sigmas[i + 1])
+        h = t_next - t
+        if previous is None or sigmas[i + 1] == 0:
+            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * x0
+        else:
+            r = (t - _t(sigmas[i - 1])) / h
+            x0_ext = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous
+            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * x0_ext
+        previous = x0
+        step(i, x)
+    return x
+
+
+def dpmpp_2m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0,
+                 solver_type: str = "midpoint", **_):
+    """DPM-Solver++(2M) SDE; `solver_type` "midpoint" or "heun" is how the previous x0 corrects the step."""
+    previous, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        h = None
+        if sigmas[i + 1] == 0:
+            x = x0
+        else:
+            h = _t(sigmas[i + 1]) - _t(sigmas[i])
+            eta_h = eta * h
+            decay = (-h - eta_h).expm1().neg()
+            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + decay * x0
+            if previous is not None:
+                r = h_last / h
+                if solver_type == "heun":
+                    x = x + (decay / (-h - eta_h) + 1) * (1 / r) * (x0 - previous)
+                else:
+                    x = x + 0.5 * decay * (1 / r) * (x0 - previous)
+            if eta:
+                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * s_noise
+        previous, h_last = x0, h
+        step(i, x)
+    return x
+
+
+def dpmpp_3m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+    """DPM-Solver++(3M) SDE: second and third order corrections from the two previous x0 predictions."""
+    x0_1 = x0_2 = None
+    h_1 = h_2 = None
+    for i in range(len(sigmas) - 1):
+        x0 = denoise(x, sigmas[i])
+        h = None
+        if sigmas[i + 1] == 0:
+            x = x0
+        else:
+            h = _t(sigmas[i + 1]) - _t(sigmas[i])
+            h_eta = h * (eta + 1)
+            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * x0
+            phi_2 = h_eta.neg().expm1() / h_eta + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0 = (x0 - x0_1) / r0
+                d1_1 = (x0_1 - x0_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + phi_2 * d1 - phi_3 * d2
+            elif h_1 is not None:
+                x = x + phi_2 * ((x0 - x0_1) / (h_1 / h))
+            if eta:
+                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+        x0_1, x0_2 = x0, x0_1
+        h_1, h_2 = h, h_1
+        step(i, x)
+    return x
+
+
+# --- DPM-Solver (Lu et al. 2022) in log-SNR time, for DPM fast and DPM adaptive -------------------
+
+def _dpm_eps(denoise, x, t):
+    return (x - denoise(x, _sigma(t))) / _sigma(t)
+
+
+def _dpm_1(x, t, t_next, eps):
+    return x - _sigma(t_next) * (t_next - t).expm1() * eps
+
+
+def _dpm_2(denoise, x, t, t_next, eps, r1=0.5):
+    h = t_next - t
+    s1 = t + r1 * h
+    u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
+    eps_1 = _dpm_eps(denoise, u1, s1)
+    return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / (2 * r1) * h.expm1() * (eps_1 - eps)
+
+
+def _dpm_3(denoise, x, t, t_next, eps, eps_1=None, r1=1 / 3, r2=2 / 3):
+    """Third-order step; `eps_1` may be the model's value at t + r1*h already computed by the caller."""
+    h = t_next - t
+    s1, s2 = t + r1 * h, t + r2 * h
+    if eps_1 is None:
+        u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
+        eps_1 = _dpm_eps(denoise, u1, s1)
+    u2 = x - _sigma(s2) * (r2 * h).expm1() * eps - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_1 - eps)
+    eps_2 = _dpm_eps(denoise, u2, s2)
+    return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_2 - eps)
+
+
+def _noise_move(t, t_next, t_end, eta):
+    """For a stochastic DPM-Solver step: the time the deterministic part goes to and the noise to add."""
+    if not eta:
+        return t_next, 0.0
+    down, _ = ancestral_split(_sigma(t), _sigma(t_next), eta)
+    t_det = torch.minimum(t_end, _t(down))
+    return t_det, (_sigma(t_next) ** 2 - _sigma(t_det) ** 2) ** 0.5
+
+
+def dpm_fast(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_noise=1.0, steps: int | None = None,
+             **_):
+    """DPM-Solver-fast: `steps` model calls spent on equal log-SNR intervals between the schedule's
+    largest and smallest non-zero sigma, mostly third-order steps."""
+    nfe = steps or len(sigmas) - 1
+    t_start, t_end = _t(sigmas.max()), _t(sigmas[sigmas > 0].min())
+    m = nfe // 3 + 1
+    ts = torch.linspace(t_start.item(), t_end.item(), m + 1)
+    orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
+    for i, order in enumerate(orders):
+        t, t_next = ts[i], ts[i + 1]
+        t_det, up = _noise_move(t, t_next, t_end, eta)
+        eps = _dpm_eps(denoise, x, t)
+        if order == 1:
+            x = _dpm_1(x, t, t_det, eps)
+        elif order == 2:
+            x = _dpm_2(denoise, x, t, t_det, eps)
+        else:
+            x = _dpm_3(denoise, x, t, t_det, eps)
+        x = x + up * s_noise * noise(_sigma(t), _sigma(t_next))
+        step(i, x)
+    return x
+
+
+def dpm_adaptive(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_noise=1.0, order: int = 3,
+                 rtol=0.05, atol=0.0078, h_init=0.05, accept_safety=0.81, **_):
+    """DPM-Solver-23 with adaptive step size: each step compares a second- and a third-order solution
+    and an integral controller grows or shrinks the step; `steps` does not apply (A1111 the same)."""
+    t, t_end = _t(sigmas.max()), _t(sigmas[sigmas > 0].min())
+    atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
+    h = h_init
+    ctrl_order = 1.5 if eta else order
+    inv_errs: list[float] = []
+    x_prev = x
+    n = 0
+    while t < t_end - 1e-5:
+        t_next = torch.minimum(t_end, t + h)
+        t_det, up = _noise_move(t, t_next, t_end, eta)
+        eps = _dpm_eps(denoise, x, t)
+        hh, r1 = t_det - t, 1 / 3
+        s1 = t + r1 * hh  # the second-order solution's midpoint is the third-order one's first stage
+        eps_1 = _dpm_eps(denoise, x - _sigma(s1) * (r1 * hh).expm1() * eps, s1)
+        x_low = x - _sigma(t_det) * hh.expm1() * eps - _sigma(t_det) / (2 * r1) * hh.expm1() * (eps_1 - eps)
+        x_high = _dpm_3(denoise, x, t, t_det, eps, eps_1=eps_1)
+        scale = torch.maximum(atol_t, rtol_t * torch.maximum(x_low.abs(), x_prev.abs()))
+        error = torch.linalg.norm((x_low - x_high) / scale) / x.numel() ** 0.5
+        inv = 1 / (float(error) + 1e-8)
+        if not inv_errs:
+            inv_errs = [inv, inv, inv]
+        inv_errs[0] = inv
+        factor = 1 + math.atan(inv_errs[0] ** (1 / ctrl_order) - 1)
+        if factor >= accept_safety:
+            inv_errs[2], inv_errs[1] = inv_errs[1], inv_errs[0]
+            x_prev = x_low
+            x = x_high + up * s_noise * noise(_sigma(t), _sigma(t_next))
+            t = t_next
+            step(n, x)
+            n += 1
+        h *= factor
+    return x
+
+
+def restart_plan(sigmas: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A1111's Restart schedule (Xu et al. 2023): with 20 or more steps, some steps are kept back and
+    spent going back up from sigma ~0.1 to ~2 and down again (once, or twice from 36 steps); the
+    remaining steps follow a Karras schedule. Returns the (from, to) pairs in the order they run."""
+    from modules.generation.schedules import karras
+
+    steps = len(sigmas) - 1
+    restart = None
+    if steps >= 20:
+        restart_steps, times = (steps // 4, 2) if steps >= 36 else (9, 1)
+        sigmas = karras(steps - restart_steps * times, sigmas[-2].item(), sigmas[0].item())
+        restart = (int(torch.argmin(abs(sigmas - 0.1))), restart_steps + 1, times, 2.0)
+    pairs = []
+    for i in range(len(sigmas) - 1):
+        pairs.append((sigmas[i], sigmas[i + 1]))
+        if restart is not None and i + 1 == restart[0]:
+            _, n, times, top = restart
+            top_idx = int(torch.argmin(abs(sigmas - top)))
+            if top_idx < i + 1:
+                up = karras(n, sigmas[i + 1].item(), sigmas[top_idx].item())[:-1]
+                for _ in range(times):
+                    pairs.extend(zip(up[:-1], up[1:]))
+    return pairs
+
+
+def restart(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_noise=1.0, **_):
+    """Heun steps along `restart_plan`; where the plan goes back up in sigma, fresh noise raises x to
+    the higher level first."""
+    last = None
+    for i, (sigma, sigma_next) in enumerate(restart_plan(sigmas)):
+        if last is not None and last < sigma:
+            x = x + noise(sigma, sigma_next) * s_noise * (sigma ** 2 - last ** 2) ** 0.5
+        d = _slope(x, sigma, denoise(x, sigma))
+        dt = sigma_next - sigma
+        if sigma_next == 0:
+            x = x + d * dt
+        else:
+            x_euler = x + d * dt
+            x = x + (d + _slope(x_euler, sigma_next, denoise(x_euler, sigma_next))) / 2 * dt
+        last = sigma_next
+        step(i, x)
+    return x
+
+
+SAMPLE_FUNCTIONS = {
+    "euler": euler, "euler_ancestral": euler_ancestral, "heun": heun, "dpm_2": dpm_2,
+    "dpm_2_ancestral": dpm_2_ancestral, "lms": lms, "dpmpp_2s_ancestral": dpmpp_2s_ancestral,
+    "dpmpp_sde": dpmpp_sde, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde, "dpmpp_3m_sde": dpmpp_3m_sde,
+    "dpm_fast": dpm_fast, "dpm_adaptive": dpm_adaptive, "restart": restart,
+}
