@@ -164,6 +164,18 @@ def test_every_layout_names_the_same_layers(sd1):
     assert strays.unsupported == ["dora_scale"]
 
 
+def test_kohya_names_resolve_as_diffusers_own_converter_resolves_them(sd1):
+    """diffusers turns a kohya-ss file into its (older) diffusers names; both must change the same layers."""
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+
+    index = lora.module_index(sd1.unet, sd1.text.text_model)
+    kohya = {k: v for k, v in kohya_lora(sd1, convs=False).items()}
+    converted, _alphas = _convert_non_diffusers_lora_to_diffusers(dict(kohya))
+    ours, theirs = lora.read_network(kohya, index, "k"), lora.read_network(converted, index, "d")
+    assert ours.unmatched == theirs.unmatched == [] and len(ours.changes) > 60
+    assert sorted((c.part, c.module) for c in ours.changes) == sorted((c.part, c.module) for c in theirs.changes)
+
+
 def test_factor_kinds_give_the_documented_change(sd1):
     g = torch.Generator().manual_seed(3)
     linear = torch.Size([64, 32])

@@ -54,7 +54,8 @@ _CANONICAL = {"lora_A.weight": "down", "lora_B.weight": "up", "lora.down.weight"
               "lora_linear_layer.down.weight": "down", "lora_linear_layer.up.weight": "up",
               "down.weight": "down", "up.weight": "up", "lora_down.weight": "down", "lora_up.weight": "up",
               "lora_mid.weight": "mid"}
-_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
+_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")  # old diffusers U-Net names
+_TE_PROCESSOR = re.compile(r"\.self_attn\.to_(q|k|v|out)_lora$")  # old diffusers text-encoder names
 
 
 class NetworkError(Exception):
@@ -184,6 +185,7 @@ def module_index(unet: torch.nn.Module, text_model: torch.nn.Module) -> dict[str
 def _target(module_key: str) -> tuple[list[str], str]:
     """(parts of the model to look in, name within it) for a file's module key."""
     module_key = _PROCESSOR.sub(lambda m: "." + ("to_out.0" if m[1] == "to_out" else m[1]), module_key)
+    module_key = _TE_PROCESSOR.sub(lambda m: f".self_attn.{m[1]}_proj", module_key)
     for prefix, where in (("lora_unet_", ["unet"]), ("lora_te_", ["te"]), ("unet.", ["unet"]),
                           ("text_encoder.", ["te"]), ("base_model.model.", ["unet", "te"])):
         if module_key.startswith(prefix):
