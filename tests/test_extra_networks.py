@@ -293,6 +293,9 @@ def test_lora_hash_is_a1111s_addnet_hash(engine, sd1):
     assert f"Lora hashes: \"hashed: {want}\"" in result.infotexts[0] or f"Lora hashes: hashed: {want}" in result.infotexts[0]
     info = engine.models.loras.find("nice")  # the alias from kohya's metadata finds it too
     assert info is not None and info.name == "hashed" and info.alias == "nice"
+    assert info.preview is None
+    path.with_suffix(".preview.png").write_bytes(b"png")
+    assert info.preview == path.with_suffix(".preview.png")  # what a card shows
 
 
 def test_peft_layout_equals_kohya_layout(engine, sd1):

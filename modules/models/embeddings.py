@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from modules.models import checkpoint_file
+from modules.models.previews import preview_beside
 from modules.models.registry import natural_key
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ class Embedding:
     @property
     def count(self) -> int:
         return self.vectors.shape[0]
+
+    @property
+    def preview(self) -> Path | None:
+        """The card image beside the file (NAME.png, NAME.preview.png, ...), if any."""
+        return preview_beside(self.filename)
 
 
 def vectors_from(data: dict, filename: str) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch
 
 from modules.hashing import BLOCK
 from modules.models import checkpoint_file, ldm_export
+from modules.models.previews import preview_beside
 from modules.models.registry import natural_key
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,11 @@ class LoraInfo:
     @property
     def shorthash(self) -> str:
         return self.sha256()[:12]
+
+    @property
+    def preview(self) -> Path | None:
+        """The card image beside the file (NAME.png, NAME.preview.png, ...), if any."""
+        return preview_beside(self.filename)
 
 
 class LoraRegistry:
