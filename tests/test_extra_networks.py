@@ -176,6 +176,15 @@ def test_kohya_names_resolve_as_diffusers_own_converter_resolves_them(sd1):
     assert sorted((c.part, c.module) for c in ours.changes) == sorted((c.part, c.module) for c in theirs.changes)
 
 
+def test_sd2_text_encoder_and_linear_projections_are_found(data):
+    """SD 2.x: the OpenCLIP text tower is loaded as a transformers CLIP model, so kohya's names for it match."""
+    manager = make_manager(data)
+    sd2 = manager.get(manager.checkpoints.find("sd2-v.safetensors"))
+    network = lora.read_network(kohya_lora(sd2, convs=False), lora.module_index(sd2.unet, sd2.text.text_model), "x")
+    assert network.unmatched == [] and {c.part for c in network.changes} == {"unet", "te"}
+    assert any(c.module.endswith("proj_in") for c in network.changes)  # Linear here, Conv2d 1x1 in SD 1.x
+
+
 def test_factor_kinds_give_the_documented_change(sd1):
     g = torch.Generator().manual_seed(3)
     linear = torch.Size([64, 32])
