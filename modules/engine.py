@@ -224,7 +224,7 @@ class Engine:
         return self.queue.submit(kind, run)
 
     def _infotext(self, params: GenerationParams, model: LoadedModel, choice: samplers.SamplerChoice,
-                  settings: Settings, seed: int, extra: dict[str, Any]) -> str:
+                  settings: Settings, seed: int, extra: dict[str, Any], subseed: int = -1, ensd: bool = False) -> str:
         """A1111's infotext: its fixed keys in its order, then the job's extra keys (img2img's mask keys)."""
         clip_skip = settings.CLIP_stop_at_last_layers
         fields = {
@@ -238,9 +238,14 @@ class Engine:
             "Model": model.info.stem,
             "VAE hash": model.vae_sha256[:10] if model.vae_sha256 else None,
             "VAE": model.vae_info.name if model.vae_info else None,
+            "Variation seed": subseed if params.subseed_strength > 0 else None,
+            "Variation seed strength": params.subseed_strength if params.subseed_strength > 0 else None,
+            "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
+            if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None,
             "Denoising strength": params.denoising_strength if isinstance(params, Img2ImgParams) else None,
             "Conditional mask weight": 1.0 if model.config.is_inpainting else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
+            "ENSD": settings.eta_noise_seed_delta if ensd else None,
             "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
             **extra,
             "Emphasis": settings.emphasis if settings.emphasis != "Original" and prompts.emphasis_syntax_in(
@@ -253,8 +258,12 @@ class Engine:
                   choice: samplers.SamplerChoice, checkpoint: CheckpointInfo) -> GenerationResult:
         """The job both txt2img and img2img run: load, seed, generate batch by batch, save, describe."""
         model = self._load(checkpoint, settings.sd_vae, remember="sd_model_checkpoint" not in params.override_settings)
-        seed = rng.fix_seed(params.seed)
-        seeds = [seed + i for i in range(params.total_images)]
+        seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)
+        seeds, subseeds = rng.batch_seeds(seed, subseed, params.subseed_strength, params.total_images)
+        options = pipeline.sampler_options(params, samplers.SamplerOptions(
+            eta_ancestral=settings.eta_ancestral, eta_ddim=settings.eta_ddim, s_churn=settings.s_churn,
+            s_tmin=settings.s_tmin, s_tmax=settings.s_tmax or float("inf"), s_noise=settings.s_noise))
+        ensd = settings.eta_noise_seed_delta != 0 and samplers.uses_ensd(choice.spec, options)
         result = GenerationResult([], [], [], [], {})
         tags = extra_networks.parse(params.prompt).tags
         result.warnings.extend(extra_networks.unsupported_warnings(tags))
@@ -262,7 +271,8 @@ class Engine:
         result.warnings.extend(networks.warnings)
         hooks = pipeline.Hooks(check=job.check)
         common = dict(clip_skip=settings.CLIP_stop_at_last_layers, randn_source=settings.randn_source, hooks=hooks,
-                      emphasis=settings.emphasis)
+                      emphasis=settings.emphasis, subseeds=subseeds if params.subseed_strength > 0 else None,
+                      ensd=settings.eta_noise_seed_delta, options=options)
         if isinstance(params, Img2ImgParams):
             if params.initial_noise_multiplier is None:
                 params = params.model_copy(update={"initial_noise_multiplier": settings.initial_noise_multiplier})
@@ -273,6 +283,7 @@ class Engine:
         else:
             batches = pipeline.txt2img(model, params, seeds, **common)
             steps_run, extra, outdir = params.steps, {}, settings.outdir_txt2img_samples
+        extra = {**extra, **samplers.infotext_fields(choice.spec, options)}
 
         state = job.state
         state.job_count, state.sampling_steps = params.n_iter, steps_run
@@ -294,7 +305,8 @@ class Engine:
             for batch in batches:
                 extra = {**extra, **self._network_fields(model, networks)}  # TI hashes are known once encoded
                 for image, image_seed in zip(batch.images, batch.seeds):
-                    text = self._infotext(params, model, choice, settings, image_seed, extra)
+                    text = self._infotext(params, model, choice, settings, image_seed, extra,
+                                          subseeds[len(result.images)], ensd)
                     path = None
                     if save:
                         path = str(images.save_image(image, folder, image_seed,
@@ -311,7 +323,8 @@ class Engine:
         extra = {**extra, **self._network_fields(model, networks)}
         if result.infotexts:
             fileio.atomic_write_bytes(self.paths.params_file, result.infotexts[0].encode("utf-8"))
-        result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp, extra)
+        result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp, extra,
+                                 subseeds)
         return result
 
     def _network_fields(self, model: LoadedModel, networks: ExtraNetworksUse) -> dict[str, str | None]:
@@ -322,7 +335,7 @@ class Engine:
 
     def _info(self, params: GenerationParams, model: LoadedModel, choice: samplers.SamplerChoice,
               settings: Settings, seed: int, seeds: list[int], result: GenerationResult, timestamp: str,
-              extra: dict[str, Any]) -> dict:
+              extra: dict[str, Any], subseeds: list[int] | None = None) -> dict:
         """The `info` object of A1111's API response (`Processed.js()`)."""
         n = params.total_images
         img2img = isinstance(params, Img2ImgParams)
@@ -333,14 +346,15 @@ class Engine:
         return {
             "prompt": params.prompt, "all_prompts": [params.prompt] * n,
             "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * n,
-            "seed": seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0,
+            "seed": seed, "all_seeds": seeds, "subseed": subseeds[0] if subseeds else -1,
+            "all_subseeds": subseeds or [-1] * n, "subseed_strength": params.subseed_strength,
             "width": params.width, "height": params.height, "sampler_name": choice.spec.name,
             "cfg_scale": params.cfg_scale, "steps": params.steps, "batch_size": params.batch_size,
             "restore_faces": False, "face_restoration_model": None,
             "sd_model_name": model.info.stem, "sd_model_hash": model.info.shorthash,
             "sd_vae_name": model.vae_info.name if model.vae_info else None,
             "sd_vae_hash": model.vae_sha256[:10] if model.vae_sha256 else None,
-            "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "seed_resize_from_w": params.seed_resize_from_w, "seed_resize_from_h": params.seed_resize_from_h,
             "denoising_strength": params.denoising_strength if img2img else None,
             "extra_generation_params": extra_params,
             "index_of_first_image": 0, "infotexts": result.infotexts, "styles": list(params.styles),

@@ -122,12 +122,15 @@ REQUEST_FIELDS: list[tuple[str, str, type]] = [
     ("hr_upscaler", "Hires upscaler", str), ("hr_second_pass_steps", "Hires steps", int),
     ("hr_resize_x", "Hires resize-1", int), ("hr_resize_y", "Hires resize-2", int),
     ("hr_prompt", "Hires prompt", str), ("hr_negative_prompt", "Hires negative prompt", str),
+    ("s_churn", "Sigma churn", float), ("s_tmin", "Sigma tmin", float), ("s_tmax", "Sigma tmax", float),
+    ("s_noise", "Sigma noise", float),
 ]
 
 # Infotext keys that stand for settings (applied as override_settings): (setting, key, type).
 SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("CLIP_stop_at_last_layers", "Clip skip", int), ("randn_source", "RNG", str), ("sd_vae", "VAE", str),
     ("emphasis", "Emphasis", str),
+    ("eta_noise_seed_delta", "ENSD", int), ("eta_ancestral", "Eta", float), ("eta_ddim", "Eta DDIM", float),
 ]
 
 

@@ -247,3 +247,104 @@ def test_random_seed_is_in_a1111_range():
     seeds = {rng.fix_seed(-1) for _ in range(20)}
     assert len(seeds) > 1 and all(0 <= s < rng.MAX_SEED for s in seeds)
     assert rng.fix_seed(123) == 123 and rng.fix_seed("") >= 0
+
+
+def sd1_sigmas():
+    alphas = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2, 0).float()
+    return alphas, schedules.model_sigmas(alphas)
+
+
+@pytest.mark.parametrize("n", [1, 4, 7, 20, 33])
+def test_exponential_and_polyexponential_equal_k_diffusion(n):
+    _, sig = sml = sd1_sigmas()
+    lo, hi = sig[0].item(), sig[-1].item()
+    assert torch.equal(schedules.exponential(n, lo, hi), ks.get_sigmas_exponential(n, lo, hi))
+    for rho in (1.0, 2.5):
+        assert torch.allclose(schedules.polyexponential(n, lo, hi, rho), ks.get_sigmas_polyexponential(n, lo, hi, rho),
+                              rtol=1e-6, atol=0)
+
+
+def test_other_schedules_follow_a1111_formulas():
+    alphas, sig = sd1_sigmas()
+    wrap = ke.CompVisDenoiser(K.CompVisModel(torch.nn.Identity(), alphas))
+    lo, hi = sig[0].item(), sig[-1].item()
+    t_max, t_min = wrap.sigma_to_t(torch.tensor(hi)), wrap.sigma_to_t(torch.tensor(lo))
+    for n in (4, 7, 20):
+        normal = schedules.sigmas_for("normal", n, sig)
+        expected = [wrap.t_to_sigma(t) for t in torch.linspace(t_max, t_min, n)] + [torch.tensor(0.0)]
+        assert torch.allclose(normal, torch.stack(expected), rtol=1e-6)
+        sgm = schedules.sigmas_for("sgm_uniform", n, sig)
+        expected = [wrap.t_to_sigma(t) for t in torch.linspace(t_max, t_min, n + 1)[:-1]] + [torch.tensor(0.0)]
+        assert torch.allclose(sgm, torch.stack(expected), rtol=1e-6)
+        simple = schedules.sigmas_for("simple", n, sig)
+        assert len(simple) == n + 1 and simple[0] == sig[-1] and simple[-1] == 0
+        assert torch.equal(simple[:-1], torch.stack([sig[-(1 + int(i * 1000 / n))] for i in range(n)]))
+        kl = schedules.sigmas_for("kl_optimal", n, sig)
+        assert len(kl) == n + 1 and abs(kl[0] - hi) < 1e-4 and abs(kl[-1] - lo) < 1e-6  # ends at sigma_min
+        assert torch.allclose(kl.atan(), torch.linspace(np.arctan(hi), np.arctan(lo), n + 1), atol=1e-6)
+        beta = schedules.sigmas_for("beta", n, sig)
+        assert abs(beta[0] - hi) < 1e-4 and abs(beta[-2] - lo) < 1e-6 and beta[-1] == 0
+        assert bool((beta[1:-1] < beta[:-2]).all())
+    ddim = schedules.sigmas_for("ddim", 7, sig)  # 1000 // 7 = 142: timesteps 1, 143, ..., 995 -> 8 levels
+    assert torch.equal(ddim[:-1], torch.stack([sig[t] for t in range(1, 1000, 142)]).flip(0))
+    beta5 = schedules.sigmas_for("beta", 5, sig)  # alpha = beta: symmetric, the middle level halfway
+    assert abs(beta5[2] - (lo + hi) / 2) < 1e-4
+    ays = schedules.sigmas_for("align_your_steps", 11, sig)
+    assert ays[:-1].tolist() == pytest.approx(schedules.AYS_SD1) and ays[-1] == 0
+    ays20 = schedules.sigmas_for("align_your_steps", 20, sig)
+    assert len(ays20) == 21 and ays20[0] == pytest.approx(14.615) and ays20[-2] == pytest.approx(0.029)
+    assert schedules.align_your_steps(11, sdxl=True)[1].item() == pytest.approx(6.315)
+
+
+def test_schedule_names_presets_and_discard():
+    assert [label for _, label in samplers.SCHEDULE_TYPES] == [
+        "Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+        "Align Your Steps", "Simple", "Normal", "DDIM", "Beta"]
+    presets = {s.name: s.preset_schedule for s in samplers.SAMPLERS}
+    assert presets["DPM++ 2M SDE"] == presets["DPM++ 3M SDE"] == "exponential"
+    assert presets["DPM++ SDE"] == presets["DPM2"] == presets["Restart"] == "karras" and presets["Euler a"] is None
+    assert samplers.resolve("Euler a SGMUniform").effective_schedule == "sgm_uniform"
+    assert samplers.resolve("DPM++ 2M Align Your Steps").effective_schedule == "align_your_steps"
+    assert samplers.resolve("DPM++ 2M SDE Exponential").schedule == "automatic"
+    assert samplers.resolve("DPM++ 2M SDE Heun Karras").spec.name == "DPM++ 2M SDE Heun"
+    alphas, _ = sd1_sigmas()
+    dpm2 = samplers.schedule_sigmas(samplers.resolve("DPM2"), 10, alphas)
+    full = schedules.karras(11, 0.0292, 14.6146)
+    assert len(dpm2) == 11 and torch.allclose(dpm2, torch.cat([full[:-2], full[-1:]]), rtol=1e-3)
+
+
+@pytest.mark.parametrize("schedule", [key for key, _ in samplers.SCHEDULE_TYPES])
+def test_every_schedule_runs_with_diffusers_and_our_samplers(model, schedule):
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    for name in ("DPM++ 2M", "Euler a", "DPM++ 2M SDE"):
+        gens = rng.create_generators([1], "CPU", torch.device("cpu"))
+        noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
+        with torch.no_grad():
+            out = pipeline.sample(model, pipeline.Denoiser(model, cond, uncond, 5.0), noise,
+                                  samplers.resolve(name, schedule), 7, gens, pipeline.Hooks(), seeds=[1])
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["PLMS", "UniPC", "DDIM"])
+def test_timestep_samplers_are_deterministic(model, name):
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    a, b = (ours(model, name, 8, [9], cond, uncond, 5.0) for _ in range(2))
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+def test_ddim_eta_draws_from_the_images_generators(model):
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    plain = ours(model, "DDIM", 8, [9], cond, uncond, 5.0)
+    noisy = ours(model, "DDIM", 8, [9], cond, uncond, 5.0, samplers.SamplerOptions(eta=1.0))
+    again = ours(model, "DDIM", 8, [9], cond, uncond, 5.0, samplers.SamplerOptions(eta=1.0))
+    assert torch.equal(noisy, again) and not torch.allclose(plain, noisy)
+
+
+def test_api_lists(model):
+    names = [s.name for s in samplers.SAMPLERS]
+    assert names == ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE",
+                     "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart",
+                     "DDIM", "PLMS", "UniPC"]
+    assert samplers.resolve("k_dpm_ad").spec.name == "DPM adaptive"
+    assert samplers.resolve("DPM++ 3M SDE").spec.options == {
+        "scheduler": "exponential", "brownian_noise": True, "discard_next_to_last_sigma": True}

@@ -129,7 +129,10 @@ def _common_fields(req: schemas.Txt2ImgRequest) -> dict[str, Any]:
         prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed,
         sampler_name=req.sampler_name or req.sampler_index, scheduler=req.scheduler, steps=req.steps,
         cfg_scale=req.cfg_scale, width=req.width, height=req.height, batch_size=req.batch_size,
-        n_iter=req.n_iter, override_settings=req.override_settings or {}, styles=req.styles or [],
+        n_iter=req.n_iter, override_settings=req.override_settings or {},
+        subseed=req.subseed, subseed_strength=req.subseed_strength, seed_resize_from_w=req.seed_resize_from_w,
+        seed_resize_from_h=req.seed_resize_from_h, eta=req.eta, s_churn=req.s_churn, s_tmin=req.s_tmin,
+        s_tmax=req.s_tmax, s_noise=req.s_noise, styles=req.styles or [],
         save_images=req.save_images and not req.do_not_save_samples,
     )
 
@@ -223,7 +226,9 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/schedulers", response_model=list[schemas.SchedulerItem])
     def scheduler_list():
-        return [schemas.SchedulerItem(name=key, label=label, default_rho=7.0 if key == "karras" else -1)
+        return [schemas.SchedulerItem(name=key, label=label, aliases=list(samplers.SCHEDULE_ALIASES.get(key, ())) or None,
+                                      default_rho={"karras": 7.0, "polyexponential": 1.0}.get(key, -1),
+                                      need_inner_model=key in samplers.INNER_MODEL_SCHEDULES)
                 for key, label in samplers.SCHEDULE_TYPES]
 
     @r.get("/options", response_model=dict[str, Any])

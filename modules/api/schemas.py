@@ -77,8 +77,7 @@ class Txt2ImgRequest(BaseModel):
         """Names of fields set to something the engine cannot do yet."""
         defaults = Txt2ImgRequest()
         ignored_when_default = (
-            "subseed_strength", "seed_resize_from_h", "seed_resize_from_w", "restore_faces", "tiling",
-            "eta", "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise", "refiner_checkpoint",
+            "restore_faces", "tiling", "s_min_uncond", "refiner_checkpoint",
             "enable_hr", "firstpass_image", "script_name", "alwayson_scripts",
         )
         out = []
@@ -143,7 +142,7 @@ class SDVaeItem(BaseModel):
 class SamplerItem(BaseModel):
     name: str
     aliases: list[str]
-    options: dict[str, str]
+    options: dict[str, str | bool]
 
 
 class SchedulerItem(BaseModel):

@@ -88,7 +88,7 @@ SAMPLERS: list[SamplerSpec] = [
     SamplerSpec("PLMS", ("plms",), PNDMScheduler, dict(_TIMESTEPS, skip_prk_steps=True), state="timestep"),
     SamplerSpec("UniPC", ("unipc",), UniPCMultistepScheduler,
                 dict(solver_type="bh1", solver_order=3, lower_order_final=True, timestep_spacing="linspace",
-                     predict_x0=True), state="timestep"),
+                     predict_x0=True, final_sigmas_type="sigma_min"), state="timestep"),
 ]
 
 SCHEDULE_TYPES = [("automatic", "Automatic")] + list(schedules.SCHEDULES.items())
@@ -280,3 +280,32 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
     scheduler.timesteps = timesteps
     scale = sigma0 if spec.state == "ve" else sigma0 / (sigma0 ** 2 + 1) ** 0.5
     return PreparedSampler(scheduler, timesteps, scale, spec.state, sigmas=sigmas)
+
+
+def infotext_fields(spec: SamplerSpec, options: SamplerOptions) -> dict[str, float]:
+    """The sampler keys A1111 adds to the infotext when they differ from its defaults: `Eta` (ancestral
+    and SDE samplers, default 1), `Eta DDIM` (DDIM, default 0), `Sigma churn/tmin/tmax/noise`."""
+    fields: dict[str, float] = {}
+    eta = options.eta_for(spec)
+    if spec.scheduler_cls is DDIMScheduler and eta:
+        fields["Eta DDIM"] = eta
+    elif spec.eta and eta != 1.0:
+        fields["Eta"] = eta
+    if spec.churn:
+        if options.s_churn != 0:
+            fields["Sigma churn"] = options.s_churn
+        if options.s_tmin != 0:
+            fields["Sigma tmin"] = options.s_tmin
+        if options.s_tmax != float("inf"):
+            fields["Sigma tmax"] = options.s_tmax
+    if spec.s_noise and options.s_noise != 1.0:
+        fields["Sigma noise"] = options.s_noise
+    return fields
+
+
+def uses_ensd(spec: SamplerSpec, options: SamplerOptions) -> bool:
+    """A1111 writes `ENSD` only for samplers that draw per-step noise with a non-zero eta."""
+    return spec.uses_ensd and options.eta_for(spec) != 0
+
+# Schedules computed from the model's own training sigmas (A1111's `need_inner_model`).
+INNER_MODEL_SCHEDULES = ("uniform", "sgm_uniform", "simple", "normal", "ddim")
