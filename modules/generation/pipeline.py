@@ -172,6 +172,7 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
         guided = denoiser(x_in, t)
         if start is not None and start.mask is not None:
             guided = _keep_unmasked(guided, x_in, prepared.levels(first + i), start, model.prediction_type)
+        guided = prepared.scheduler_input(guided, x_in, t)
         if step_kwargs.get("eta"):  # DDIM with eta: the images' own generators give its noise
             step_kwargs["variance_noise"] = rng.draw(generators, tuple(x.shape[1:]), x.device)
         elif takes_generator:

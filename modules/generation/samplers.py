@@ -205,6 +205,14 @@ class PreparedSampler:
     function: object | None = None  # a ksampling function: used instead of `scheduler`
     kwargs: dict = field(default_factory=dict)  # its arguments beyond (denoise, x, sigmas, noise, step)
     step_kwargs: dict = field(default_factory=dict)  # extra arguments of scheduler.step (DDIM's eta)
+    v_to_eps: bool = False  # timestep samplers of v models: the scheduler is given eps (see prepare)
+
+    def scheduler_input(self, out: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model output as the scheduler expects it: eps for timestep samplers of v models."""
+        if not self.v_to_eps:
+            return out
+        a = self.alphas_cumprod[int(t)].to(out.device)
+        return a.sqrt() * out + (1 - a).sqrt() * x_in
 
     def start_at(self, index: int) -> None:
         """Begin sampling at step `index` of the schedule (img2img) instead of step 0."""
@@ -249,9 +257,11 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
     spec = choice.spec
     options = options or SamplerOptions()
     if spec.state == "timestep":
+        # A1111's timestep samplers turn each v prediction into eps with its own x before combining
+        # steps (PLMS, UniPC); diffusers would combine the v outputs first. So they are given eps.
         scheduler = spec.scheduler_cls(
             num_train_timesteps=len(alphas_cumprod), beta_start=0.00085, beta_end=0.012,
-            beta_schedule="scaled_linear", prediction_type=prediction_type, **spec.config)
+            beta_schedule="scaled_linear", prediction_type="epsilon", **spec.config)
         scheduler.alphas_cumprod = alphas_cumprod.clone()
         if hasattr(scheduler, "final_alpha_cumprod"):
             scheduler.final_alpha_cumprod = alphas_cumprod[0].clone()
@@ -259,7 +269,7 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
         eta = options.eta_for(spec)
         step_kwargs = {"eta": eta} if spec.scheduler_cls is DDIMScheduler and eta else {}
         return PreparedSampler(scheduler, scheduler.timesteps, 1.0, spec.state, alphas_cumprod=alphas_cumprod,
-                               step_kwargs=step_kwargs)
+                               step_kwargs=step_kwargs, v_to_eps=prediction_type == "v_prediction")
 
     model_sigmas = schedules.model_sigmas(alphas_cumprod)
     sigmas = schedule_sigmas(choice, steps, alphas_cumprod, sdxl)
