@@ -265,7 +265,7 @@ class Engine:
             s_tmin=settings.s_tmin, s_tmax=settings.s_tmax or float("inf"), s_noise=settings.s_noise))
         ensd = settings.eta_noise_seed_delta != 0 and samplers.uses_ensd(choice.spec, options)
         result = GenerationResult([], [], [], [], {})
-        tags = extra_networks.parse(params.prompt).tags
+        tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         result.warnings.extend(extra_networks.unsupported_warnings(tags))
         networks = self.models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
         result.warnings.extend(networks.warnings)

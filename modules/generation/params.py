@@ -43,6 +43,7 @@ class GenerationParams(BaseModel):
     override_settings: dict[str, Any] = Field(default_factory=dict)
     save_images: bool = True
     styles: list[str] = Field(default_factory=list, description="Names from styles.csv merged into the prompts")
+    disable_extra_networks: bool = Field(False, description="Remove <lora:...> tags from the prompt, apply none")
 
     @field_validator("width", "height")
     @classmethod

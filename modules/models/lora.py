@@ -229,7 +229,8 @@ class LayerChange:
                 raise NetworkError("LoKr with Tucker cores is not supported")
             w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
             w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"].flatten(1)
-            rank = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else None
+            factored = t.get("lokr_w1_b", t.get("lokr_w2_b"))
+            rank = factored.shape[0] if factored is not None else None
             if len(shape) == 4:  # conv: w2 carries the kernel; factor it out to a matrix and back
                 w2 = w2.reshape(w2.shape[0], shape[1] // w1.shape[1], *shape[2:]).flatten(1)
             w = torch.kron(w1, w2)
