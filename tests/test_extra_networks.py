@@ -418,6 +418,20 @@ def test_embedding_in_a_job_and_ti_hashes(engine, sd1):
 
 # --- styles -------------------------------------------------------------------------------------
 
+def test_folders_and_flags():
+    from modules import cmd_args
+
+    args = cmd_args.parse(["--lora-dir", "/x/loras", "--embeddings-dir", "/x/emb", "--styles-file", "/x/a.csv",
+                           "--styles-file", "/x/b.csv"])
+    p = paths.from_args("/data", lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir,
+                        styles_files=args.styles_file)
+    assert p.lora_dirs == (Path("/x/loras"), Path("/data/models/LyCORIS"))
+    assert p.embeddings_dirs == (Path("/x/emb"),) and p.styles_files == (Path("/x/a.csv"), Path("/x/b.csv"))
+    d = paths.from_args("/data")
+    assert d.lora_dirs[0] == Path("/data/models/Lora") and d.embeddings_dirs == (Path("/data/embeddings"),)
+    assert d.styles_files == (Path("/data/styles.csv"),)
+
+
 def test_style_merging_rules():
     s = styles.PromptStyle
     assert styles.merge("masterpiece", "a cat") == "a cat, masterpiece"
@@ -461,7 +475,8 @@ def test_loras_embeddings_and_styles_through_the_api(tmp_path, tiny_dir):
             network[f"lora_unet_{_flat(name)}.lora_down.weight"] = down
             network[f"lora_unet_{_flat(name)}.lora_up.weight"] = up
     (tmp_path / "models" / "Lora").mkdir(parents=True)
-    save_file(network, str(tmp_path / "models" / "Lora" / "ink.safetensors"), metadata={"ss_output_name": "inky"})
+    save_file(network, str(tmp_path / "models" / "Lora" / "ink.safetensors"),
+              metadata={"ss_output_name": "inky", "ss_tag_frequency": '{"set": {"ink": 3}}'})
     (tmp_path / "embeddings").mkdir()
     words = tiny.text_encoder.get_input_embeddings().weight[[1000, 2000]].detach().clone()
     torch.save({"string_to_param": {"*": words}, "step": 10}, tmp_path / "embeddings" / "twoword.pt")
@@ -488,7 +503,8 @@ def test_loras_embeddings_and_styles_through_the_api(tmp_path, tiny_dir):
 
         loras = requests.get(api + "/loras").json()
         assert [(x["name"], x["alias"]) for x in loras] == [("ink", "inky")]
-        assert loras[0]["path"].endswith("ink.safetensors") and loras[0]["metadata"] == {"ss_output_name": "inky"}
+        assert loras[0]["path"].endswith("ink.safetensors")
+        assert loras[0]["metadata"] == {"ss_output_name": "inky", "ss_tag_frequency": {"set": {"ink": 3}}}
         save_file(network, str(tmp_path / "models" / "Lora" / "ink2.safetensors"))
         assert requests.post(api + "/refresh-loras").status_code == 200
         assert [x["name"] for x in requests.get(api + "/loras").json()] == ["ink", "ink2"]

@@ -347,7 +347,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     @r.get("/loras", response_model=list[schemas.LoraItem])
     def loras():
         """LoRA/LyCORIS files in models/Lora (and --lora-dir); use one as `<lora:name:weight>`."""
-        return [schemas.LoraItem(name=i.name, alias=i.alias, path=str(i.filename), metadata=i.metadata)
+        return [schemas.LoraItem(name=i.name, alias=i.alias, path=str(i.filename), metadata=i.metadata_for_api())
                 for i in engine.models.loras.list()]
 
     @r.post("/refresh-loras")

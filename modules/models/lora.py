@@ -86,6 +86,19 @@ class LoraInfo:
     mtime: float = 0.0
     _hash: str | None = field(default=None, repr=False)
 
+    def metadata_for_api(self) -> dict:
+        """The metadata as A1111's /loras shows it: values that hold JSON objects (kohya's
+        `ss_tag_frequency`, `ss_dataset_dirs`, ...) parsed, the rest as written."""
+        out = {}
+        for key, value in self.metadata.items():
+            if isinstance(value, str) and value.startswith("{"):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            out[key] = value
+        return out
+
     @property
     def alias(self) -> str:
         """A1111's alias: the training output name kohya writes into the metadata, else the name."""
