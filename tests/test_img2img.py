@@ -164,8 +164,8 @@ def test_sampling_starts_at_a1111s_sigma_and_runs_t_enc_plus_one_steps(model, na
 
 
 def test_ddim_starts_at_the_noise_level_of_a1111s_t_enc(model):
-    """A1111's DDIM noises the init latent to timestep 1 + t_enc * (1000 // steps); we start there with
-    diffusers' add_noise and run t_enc + 1 steps down to timestep 1."""
+    """A1111's DDIM noises the init latent to timestep 1 + t_enc * (1000 // steps), then (as its loop over
+    timesteps[:t_enc] does) calls the model from the timestep below that down to 1 + 1000 // steps."""
     steps, t_enc = 10, samplers.img2img_t_enc(10, 0.5)
     init = torch.randn((1, *SHAPE), generator=torch.Generator().manual_seed(3))
     cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
@@ -175,7 +175,7 @@ def test_ddim_starts_at_the_noise_level_of_a1111s_t_enc(model):
     with torch.no_grad():
         pipeline.sample(model, denoiser, noise, samplers.resolve("DDIM"), steps, gens, pipeline.Hooks(),
                         pipeline.Start(init, t_enc))
-    assert [t for _, t in denoiser.calls] == [1 + k * (1000 // steps) for k in range(t_enc, -1, -1)]
+    assert [t for _, t in denoiser.calls] == [1 + k * (1000 // steps) for k in range(t_enc - 1, 0, -1)]
     a = model.alphas_cumprod[1 + t_enc * (1000 // steps)]
     assert torch.allclose(denoiser.calls[0][0], a.sqrt() * init + (1 - a).sqrt() * noise, atol=1e-5)
 

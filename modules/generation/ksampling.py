@@ -431,3 +431,65 @@ SAMPLE_FUNCTIONS = {
     "dpmpp_sde": dpmpp_sde, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde, "dpmpp_3m_sde": dpmpp_3m_sde,
     "dpm_fast": dpm_fast, "dpm_adaptive": dpm_adaptive, "restart": restart,
 }
+
+
+# --- A1111's timestep samplers (DDIM, PLMS): eps predictions at integer timesteps ---------------------
+# `eps(x, t)` is the guided model's noise prediction at timestep t for x = sqrt(a_t) x0 + sqrt(1 - a_t) eps.
+# As in A1111, the timesteps are 1, 1 + s, 1 + 2s, ... (s = 1000 // steps, clipped to 999), sampling
+# runs from the last to the second (len - 1 model steps) and ends at the noise level of timestep 1.
+
+def a1111_timesteps(steps: int, train_steps: int = 1000) -> torch.Tensor:
+    return torch.clip(torch.arange(0, train_steps, train_steps // steps) + 1, 0, train_steps - 1)
+
+
+def _ddim_levels(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
+    a = alphas_cumprod[timesteps]
+    a_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].double()
+    return a, a_prev, torch.sqrt(1 - a)
+
+
+def ddim(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, eta: float = 0.0, **_):
+    """DDIM (Song et al. 2021); eta > 0 adds that fraction of the ancestral noise."""
+    a, a_prev, sqrt_one_minus_a = _ddim_levels(alphas_cumprod, timesteps)
+    sigmas = eta * torch.sqrt((1 - a_prev) / (1 - a.double()) * (1 - a.double() / a_prev))
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        e_t = eps(x, timesteps[index])
+        a_t, a_p, sigma_t = a[index].item(), a_prev[index].item(), sigmas[index].item()
+        x0 = (x - sqrt_one_minus_a[index].item() * e_t) / a_t ** 0.5
+        x = a_p ** 0.5 * x0 + (1.0 - a_p - sigma_t ** 2) ** 0.5 * e_t
+        if sigma_t:
+            x = x + sigma_t * noise(None, None)
+        step(i, x)
+    return x
+
+
+def plms(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, **_):
+    """Pseudo linear multistep (Liu et al. 2022): a pseudo improved-Euler first step, then
+    Adams-Bashforth combinations of up to four eps predictions, each applied as a DDIM step."""
+    a, a_prev, sqrt_one_minus_a = _ddim_levels(alphas_cumprod, timesteps)
+
+    def ddim_move(x, e, index):
+        x0 = (x - sqrt_one_minus_a[index].item() * e) / a[index].item() ** 0.5
+        return a_prev[index].item() ** 0.5 * x0 + (1.0 - a_prev[index].item()) ** 0.5 * e
+
+    history: list[torch.Tensor] = []
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        e_t = eps(x, timesteps[index])
+        if not history:
+            e_next = eps(ddim_move(x, e_t, index), timesteps[max(index - 1, 0)])
+            e_mix = (e_t + e_next) / 2
+        elif len(history) == 1:
+            e_mix = (3 * e_t - history[-1]) / 2
+        elif len(history) == 2:
+            e_mix = (23 * e_t - 16 * history[-1] + 5 * history[-2]) / 12
+        else:
+            e_mix = (55 * e_t - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+        x = ddim_move(x, e_mix, index)
+        history = (history + [e_t])[-3:]
+        step(i, x)
+    return x
+
+
+TIMESTEP_FUNCTIONS = {"ddim": ddim, "plms": plms}

@@ -157,6 +157,8 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     prepared = samplers.prepare(choice, steps, model.alphas_cumprod, model.prediction_type, options, randn_source,
                                 sdxl=getattr(model, "is_sdxl", False))
     first = 0 if start is None else steps - start.t_enc - 1
+    if prepared.function is not None and prepared.state == "timestep":
+        return _sample_timesteps(model, denoiser, noise, prepared, generators, hooks, start)
     if prepared.function is not None:
         return _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
     scheduler = prepared.scheduler
@@ -173,14 +175,45 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
         if start is not None and start.mask is not None:
             guided = _keep_unmasked(guided, x_in, prepared.levels(first + i), start, model.prediction_type)
         guided = prepared.scheduler_input(guided, x_in, t)
-        if step_kwargs.get("eta"):  # DDIM with eta: the images' own generators give its noise
-            step_kwargs["variance_noise"] = rng.draw(generators, tuple(x.shape[1:]), x.device)
-        elif takes_generator:
+        if takes_generator:
             step_kwargs["generator"] = generators
         x = scheduler.step(guided, t, x, **step_kwargs).prev_sample
         if hooks.on_step:
             hooks.on_step(i + 1, len(timesteps), x)
     return x
+
+
+def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
+                      generators: list, hooks: Hooks, start: Start | None) -> torch.Tensor:
+    """A1111's DDIM and PLMS: x starts as unit noise (txt2img), or as the init latent noised to timestep
+    `timesteps[t_enc]` with sampling over `timesteps[:t_enc]` (img2img, as A1111 does it)."""
+    timesteps, alphas = prepared.timesteps, prepared.alphas_cumprod.to(noise.device)
+    if start is None:
+        x = noise
+    else:
+        a = alphas[timesteps[min(start.t_enc, len(timesteps) - 1)]]
+        x = start.latent * a.sqrt() + noise * (1 - a).sqrt()
+        timesteps = timesteps[:start.t_enc]
+    v_model = model.prediction_type == "v_prediction"
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if hooks.check:
+            hooks.check()
+        out = denoiser(x, t.float())
+        a_t = alphas[int(t)]
+        if start is not None and start.mask is not None:
+            out = _keep_unmasked(out, x, (a_t.sqrt().item(), (1 - a_t).sqrt().item()), start, model.prediction_type)
+        return a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
+
+    shape = tuple(noise.shape[1:])
+    total = max(len(timesteps) - 1, 0)
+
+    def on_step(i: int, latent: torch.Tensor) -> None:
+        if hooks.on_step:
+            hooks.on_step(i + 1, total, latent)
+
+    return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
+                             on_step, **prepared.kwargs)
 
 
 def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
+from diffusers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                       UniPCMultistepScheduler)
 
 from modules.generation import schedules
 
@@ -52,7 +52,6 @@ class SamplerSpec:
 
 _DPM2M = dict(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
               final_sigmas_type="zero")
-_TIMESTEPS = dict(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False)
 
 # A1111's list, in its UI order. Where a diffusers scheduler follows k-diffusion exactly it does the
 # steps; otherwise our own `ksampling` function does (and also for the diffusers ones when an option
@@ -84,8 +83,9 @@ SAMPLERS: list[SamplerSpec] = [
     SamplerSpec("DPM adaptive", ("k_dpm_ad",), function="dpm_adaptive", eta=True, s_noise=True, uses_ensd=True),
     SamplerSpec("Restart", ("restart",), preset_schedule="karras", function="restart", s_noise=True,
                 second_order=True),
-    SamplerSpec("DDIM", ("ddim",), DDIMScheduler, dict(_TIMESTEPS, clip_sample=False), state="timestep"),
-    SamplerSpec("PLMS", ("plms",), PNDMScheduler, dict(_TIMESTEPS, skip_prk_steps=True), state="timestep"),
+    # A1111's own timestep loops: diffusers' DDIM/PNDM step to t - 1000 // steps and run one step more
+    SamplerSpec("DDIM", ("ddim",), state="timestep", function="ddim"),
+    SamplerSpec("PLMS", ("plms",), state="timestep", function="plms"),
     SamplerSpec("UniPC", ("unipc",), UniPCMultistepScheduler,
                 dict(solver_type="bh1", solver_order=3, lower_order_final=True, timestep_spacing="linspace",
                      predict_x0=True, final_sigmas_type="sigma_min"), state="timestep"),
@@ -256,6 +256,11 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
             options: SamplerOptions | None = None, randn_source: str = "CPU", sdxl: bool = False) -> PreparedSampler:
     spec = choice.spec
     options = options or SamplerOptions()
+    if spec.state == "timestep" and spec.function:
+        from modules.generation import ksampling
+        return PreparedSampler(None, ksampling.a1111_timesteps(steps, len(alphas_cumprod)), 1.0, spec.state,
+                               alphas_cumprod=alphas_cumprod, function=ksampling.TIMESTEP_FUNCTIONS[spec.function],
+                               kwargs={"eta": options.eta_for(spec)} if spec.function == "ddim" else {})
     if spec.state == "timestep":
         # A1111's timestep samplers turn each v prediction into eps with its own x before combining
         # steps (PLMS, UniPC); diffusers would combine the v outputs first. So they are given eps.
@@ -267,7 +272,7 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
             scheduler.final_alpha_cumprod = alphas_cumprod[0].clone()
         scheduler.set_timesteps(steps)
         eta = options.eta_for(spec)
-        step_kwargs = {"eta": eta} if spec.scheduler_cls is DDIMScheduler and eta else {}
+        step_kwargs = {}
         return PreparedSampler(scheduler, scheduler.timesteps, 1.0, spec.state, alphas_cumprod=alphas_cumprod,
                                step_kwargs=step_kwargs, v_to_eps=prediction_type == "v_prediction")
 
@@ -297,7 +302,7 @@ def infotext_fields(spec: SamplerSpec, options: SamplerOptions) -> dict[str, flo
     and SDE samplers, default 1), `Eta DDIM` (DDIM, default 0), `Sigma churn/tmin/tmax/noise`."""
     fields: dict[str, float] = {}
     eta = options.eta_for(spec)
-    if spec.scheduler_cls is DDIMScheduler and eta:
+    if spec.name == "DDIM" and eta:
         fields["Eta DDIM"] = eta
     elif spec.eta and eta != 1.0:
         fields["Eta"] = eta
