@@ -112,6 +112,7 @@ class EmbeddingRegistry:
         self._items: dict[str, Embedding] = {}
         self.errors: dict[str, str] = {}
         self._stamp: tuple = ()
+        self.version = 0  # increases whenever the set of embeddings changes
         self.refresh()
 
     def _scan(self) -> list[Path]:
@@ -150,6 +151,7 @@ class EmbeddingRegistry:
                 items[emb.name] = emb
             self._items = dict(sorted(items.items(), key=lambda kv: natural_key(kv[0])))
             self.errors, self._stamp = errors, stamp
+            self.version += 1
             return dict(self._items)
 
     def all(self) -> dict[str, Embedding]:
@@ -169,6 +171,7 @@ class EmbeddingVocabulary:
     (longest name first at each position, as A1111 matches them)."""
 
     def __init__(self, embeddings: dict[str, Embedding], tokenize, width: int):
+        self.key = None  # what it was built from (set by the model manager, to rebuild only on change)
         self.usable = {n: e for n, e in embeddings.items() if e.width == width}
         self.skipped = {n: e for n, e in embeddings.items() if e.width != width}
         self._by_first: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}

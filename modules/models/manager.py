@@ -166,8 +166,11 @@ class ModelManager:
                                             act.info.shorthash))
                 except OSError as e:
                     use.warnings.append(f"LoRA {act.mentioned!r}: could not hash the file ({e})")
-            model.text.embeddings = EmbeddingVocabulary(self.embeddings.refresh(force=False), model.text.tokenize,
-                                                        model.text.width)
+            found = self.embeddings.refresh(force=False)
+            key = (id(self.embeddings), self.embeddings.version)
+            if getattr(model.text.embeddings, "key", None) != key:  # tokenize the names once per change
+                model.text.embeddings = EmbeddingVocabulary(found, model.text.tokenize, model.text.width)
+                model.text.embeddings.key = key
             model.text.embeddings_used = {}
             return use
 
