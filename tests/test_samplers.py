@@ -180,25 +180,26 @@ def test_restart_is_heun_below_20_steps_and_deterministic(model):
     assert len(plan) == (20 - 9) + 9 and any(b > a for (a, _), (b, _) in zip(plan, plan[1:]))
 
 
-def a1111_ddim(model, steps, seeds, cond, uncond, cfg):
+def a1111_ddim(model, steps, seeds, cond, uncond, cfg, cfg_pp=False):
     """A1111's DDIM (eta 0) written out from its formulas: timesteps 1, 1+s, ..., x starts as unit noise."""
     alphas = model.alphas_cumprod.double()
     timesteps = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
     gens = rng.create_generators(seeds, "CPU", torch.device("cpu"))
     x = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
-    den = pipeline.Denoiser(model, cond, uncond, cfg)
+    den = pipeline.Denoiser(model, cond, uncond, cfg / 12.5 if cfg_pp else cfg)
+    unguided = pipeline.Denoiser(model, uncond, uncond, 1.0)  # the unconditional prediction alone
+
+    def to_eps(out, x, a_t):
+        return a_t.sqrt() * out + (1 - a_t).sqrt() * x if model.prediction_type == "v_prediction" else out
+
     for index in range(len(timesteps) - 1, 0, -1):  # A1111 stops at the second timestep (t = 1 + s)
         t = timesteps[index]
         a_t = alphas[t].float()
         a_prev = (alphas[timesteps[index - 1]] if index > 0 else alphas[0]).float()
-        out = den(x, t.float())
-        if model.prediction_type == "v_prediction":
-            e_t = a_t.sqrt() * out + (1 - a_t).sqrt() * x
-            pred_x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * out
-        else:
-            e_t = out
-            pred_x0 = (x - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
-        x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * e_t
+        e_t = to_eps(den(x, t.float()), x, a_t)
+        pred_x0 = (x - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
+        direction = to_eps(unguided(x, t.float()), x, a_t) if cfg_pp else e_t
+        x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * direction
     return x
 
 
@@ -347,7 +348,7 @@ def test_api_lists(model):
     names = [s.name for s in samplers.SAMPLERS]
     assert names == ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE",
                      "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart",
-                     "DDIM", "PLMS", "UniPC"]
+                     "DDIM", "DDIM CFG++", "PLMS", "UniPC"]
     assert samplers.resolve("k_dpm_ad").spec.name == "DPM adaptive"
     assert samplers.resolve("DPM++ 3M SDE").spec.options == {
         "scheduler": "exponential", "brownian_noise": True, "discard_next_to_last_sigma": True}
@@ -398,3 +399,14 @@ def test_plms_matches_a1111_formula(model):
         expected = a1111_plms(model, 7, [3], cond, uncond, 5.0)
         got = ours(model, "PLMS", 7, [3], cond, uncond, 5.0)
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
+def test_ddim_cfg_pp_matches_a1111_formula(model):
+    """CFG++: guidance at cfg_scale / 12.5, and the unconditional eps for the step back towards noise."""
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    with torch.no_grad():
+        expected = a1111_ddim(model, 8, [3], cond, uncond, 9.0, cfg_pp=True)
+        got = ours(model, "DDIM CFG++", 8, [3], cond, uncond, 9.0)
+        plain = ours(model, "DDIM", 8, [3], cond, uncond, 9.0)
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert not torch.allclose(got, plain)

@@ -448,8 +448,11 @@ def _ddim_levels(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
     return a, a_prev, torch.sqrt(1 - a)
 
 
-def ddim(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, eta: float = 0.0, **_):
-    """DDIM (Song et al. 2021); eta > 0 adds that fraction of the ancestral noise."""
+def ddim(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, eta: float = 0.0,
+         uncond_eps: Callable[[], torch.Tensor] | None = None, **_):
+    """DDIM (Song et al. 2021); eta > 0 adds that fraction of the ancestral noise. With `uncond_eps`
+    (DDIM CFG++, Chung et al. 2024) the step back towards noise uses the unconditional prediction of
+    the call just made instead of the guided one."""
     a, a_prev, sqrt_one_minus_a = _ddim_levels(alphas_cumprod, timesteps)
     sigmas = eta * torch.sqrt((1 - a_prev) / (1 - a.double()) * (1 - a.double() / a_prev))
     for i in range(len(timesteps) - 1):
@@ -457,7 +460,8 @@ def ddim(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, eta: float
         e_t = eps(x, timesteps[index])
         a_t, a_p, sigma_t = a[index].item(), a_prev[index].item(), sigmas[index].item()
         x0 = (x - sqrt_one_minus_a[index].item() * e_t) / a_t ** 0.5
-        x = a_p ** 0.5 * x0 + (1.0 - a_p - sigma_t ** 2) ** 0.5 * e_t
+        direction = e_t if uncond_eps is None else uncond_eps()
+        x = a_p ** 0.5 * x0 + (1.0 - a_p - sigma_t ** 2) ** 0.5 * direction
         if sigma_t:
             x = x + sigma_t * noise(None, None)
         step(i, x)

@@ -76,6 +76,9 @@ class Denoiser:
         self.uncond = uncond.to(self.dtype)
         self.image_cond = image_cond
         self.step = 0  # calls so far
+        self.cfg_multiplier = 1.0  # DDIM CFG++ uses cfg_scale / 12.5
+        self.keep_uncond = False  # DDIM CFG++ also needs the unconditional prediction: kept in last_uncond
+        self.last_uncond: torch.Tensor | None = None
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
               image_cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,7 +104,8 @@ class Denoiser:
         ic_uncond = ic_cond = self.image_cond  # one for all images (batch 1), or one per image
         if ic_uncond is not None and ic_uncond.shape[0] > 1 and k > 1:
             ic_cond = ic_uncond.repeat_interleave(k, dim=0)
-        if self.cfg_scale == 1 and k == 1 and conds[0][1] == 1:  # guidance would give the conditional prediction
+        scale = self.cfg_scale * self.cfg_multiplier
+        if scale == 1 and k == 1 and conds[0][1] == 1 and not self.keep_uncond:  # guidance gives the cond prediction
             return self._checked(self._unet(x_in, t, cond_context, ic_cond))
         if length == uncond.shape[0]:
             ic_both = ic_cond if ic_cond is None or ic_cond.shape[0] == 1 else torch.cat([ic_cond, ic_uncond])
@@ -110,9 +114,11 @@ class Denoiser:
         else:
             cond_out = self._unet(x_cond, t, cond_context, ic_cond)
             uncond_out = self._unet(x_in, t, uncond_context, ic_uncond)
+        if self.keep_uncond:
+            self.last_uncond = uncond_out
         out = uncond_out.clone()
         for j, (_, weight) in enumerate(conds):
-            out += (cond_out[j::k] - uncond_out) * (weight * self.cfg_scale)
+            out += (cond_out[j::k] - uncond_out) * (weight * scale)
         return self._checked(out)
 
     @staticmethod
@@ -195,6 +201,11 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
         x = start.latent * a.sqrt() + noise * (1 - a).sqrt()
         timesteps = timesteps[:start.t_enc]
     v_model = model.prediction_type == "v_prediction"
+    kwargs = dict(prepared.kwargs)
+    last_uncond: list[torch.Tensor] = []
+    if kwargs.pop("cfg_pp", False):  # DDIM CFG++: guidance at cfg_scale / 12.5, re-noising with uncond eps
+        denoiser.cfg_multiplier, denoiser.keep_uncond = 1 / 12.5, True
+        kwargs["uncond_eps"] = lambda: last_uncond[-1]
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if hooks.check:
@@ -203,6 +214,9 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
         a_t = alphas[int(t)]
         if start is not None and start.mask is not None:
             out = _keep_unmasked(out, x, (a_t.sqrt().item(), (1 - a_t).sqrt().item()), start, model.prediction_type)
+        if denoiser.keep_uncond:
+            u = denoiser.last_uncond
+            last_uncond.append(a_t.sqrt() * u + (1 - a_t).sqrt() * x if v_model else u)
         return a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
 
     shape = tuple(noise.shape[1:])
@@ -213,7 +227,7 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
             hooks.on_step(i + 1, total, latent)
 
     return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
-                             on_step, **prepared.kwargs)
+                             on_step, **kwargs)
 
 
 def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,

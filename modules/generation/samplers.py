@@ -85,6 +85,7 @@ SAMPLERS: list[SamplerSpec] = [
                 second_order=True),
     # A1111's own timestep loops: diffusers' DDIM/PNDM step to t - 1000 // steps and run one step more
     SamplerSpec("DDIM", ("ddim",), state="timestep", function="ddim"),
+    SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), state="timestep", function="ddim", kwargs={"cfg_pp": True}),
     SamplerSpec("PLMS", ("plms",), state="timestep", function="plms"),
     SamplerSpec("UniPC", ("unipc",), UniPCMultistepScheduler,
                 dict(solver_type="bh1", solver_order=3, lower_order_final=True, timestep_spacing="linspace",
@@ -260,7 +261,7 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
         from modules.generation import ksampling
         return PreparedSampler(None, ksampling.a1111_timesteps(steps, len(alphas_cumprod)), 1.0, spec.state,
                                alphas_cumprod=alphas_cumprod, function=ksampling.TIMESTEP_FUNCTIONS[spec.function],
-                               kwargs={"eta": options.eta_for(spec)} if spec.function == "ddim" else {})
+                               kwargs={**spec.kwargs, "eta": options.eta_for(spec)} if spec.function == "ddim" else {})
     if spec.state == "timestep":
         # A1111's timestep samplers turn each v prediction into eps with its own x before combining
         # steps (PLMS, UniPC); diffusers would combine the v outputs first. So they are given eps.
@@ -302,7 +303,7 @@ def infotext_fields(spec: SamplerSpec, options: SamplerOptions) -> dict[str, flo
     and SDE samplers, default 1), `Eta DDIM` (DDIM, default 0), `Sigma churn/tmin/tmax/noise`."""
     fields: dict[str, float] = {}
     eta = options.eta_for(spec)
-    if spec.name == "DDIM" and eta:
+    if spec.function == "ddim" and eta:
         fields["Eta DDIM"] = eta
     elif spec.eta and eta != 1.0:
         fields["Eta"] = eta
