@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from modules import paths, styles
 from modules.engine import Engine
+from modules.generation import extra_networks
 from modules.generation.params import GenerationParams
 from modules.jobs import JobQueue
 from modules.models import lora
@@ -414,6 +415,13 @@ def test_embedding_in_a_job_and_ti_hashes(engine, sd1):
     assert f"redword: {digest}" in neg.infotexts[0]
     assert "broken" in engine.models.embeddings.errors and "broken" not in engine.models.embeddings.all()
     (folder / "broken.pt").unlink()
+    (folder / "redword.png").write_bytes(b"png")
+    write_lora(engine, "cardy", kohya_lora(sd1, which=("te",)))
+    by_name = {c.name: c for c in extra_networks.cards(engine.models.loras, engine.models.embeddings.refresh() and
+                                                        engine.models.embeddings)}
+    assert by_name["redword"].tab == "Textual Inversion" and by_name["redword"].insert == "redword"
+    assert by_name["redword"].preview == str(folder / "redword.png")
+    assert by_name["cardy"].insert == "<lora:cardy:1>" and by_name["cardy"].tab == "Lora"
 
 
 # --- styles -------------------------------------------------------------------------------------

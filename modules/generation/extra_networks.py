@@ -61,3 +61,23 @@ SUPPORTED_KINDS: frozenset[str] = LORA_KINDS
 def unsupported_warnings(tags: list[ExtraNetworkTag]) -> list[str]:
     return [f"Extra network {tag.text} was ignored: {tag.kind!r} networks are not supported yet"
             for tag in tags if tag.kind not in SUPPORTED_KINDS]
+
+
+@dataclass(frozen=True)
+class Card:
+    """One entry of the UI's Lora / Textual Inversion card lists."""
+    tab: str  # "Lora" or "Textual Inversion", as A1111 names its tabs
+    name: str
+    insert: str  # what a click adds to the prompt
+    path: str
+    preview: str | None  # NAME.png / NAME.preview.png beside the file
+
+
+def cards(loras, embeddings) -> list[Card]:
+    """Cards for the installed LoRA (`<lora:NAME:1>`, A1111's default multiplier) and embeddings (the
+    name itself), in list order; `loras` and `embeddings` are the model manager's registries."""
+    out = [Card("Lora", info.name, f"<lora:{info.name}:1>", str(info.filename),
+                str(info.preview) if info.preview else None) for info in loras.list()]
+    out += [Card("Textual Inversion", emb.name, emb.name, str(emb.filename),
+                 str(emb.preview) if emb.preview else None) for emb in embeddings.all().values()]
+    return out
