@@ -198,6 +198,11 @@ def test_factor_kinds_give_the_documented_change(sd1):
     loha = lora.LayerChange("unet", "m", {"hada_w1_a": a1, "hada_w1_b": b1, "hada_w2_a": a2, "hada_w2_b": b2,
                                           "alpha": torch.tensor(1.0)})
     assert torch.allclose(loha.delta(linear, "cpu")[0], (a1 @ b1) * (a2 @ b2) * 0.5)
+    index = lora.module_index(sd1.unet, sd1.text.text_model)
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    read = lora.read_network({f"{key}.hada_w1_a": a1, f"{key}.hada_w1_b": b1, f"{key}.hada_w2_a": a2,
+                              f"{key}.hada_w2_b": b2, f"{key}.alpha": torch.tensor(1.0)}, index, "loha")
+    assert [sorted(c.tensors) for c in read.changes] == [["alpha", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"]]
     # LoKr: Kronecker product
     w1, w2 = torch.randn(8, 4, generator=g), torch.randn(8, 8, generator=g)
     lokr = lora.LayerChange("unet", "m", {"lokr_w1": w1, "lokr_w2": w2})
