@@ -71,7 +71,7 @@ class Engine:
         self.startup_error: str | None = None
         # LoRA and embedding folders come from the paths unless the manager was given its own.
         if not models.loras.folders:
-            models.loras = LoraRegistry(paths.lora_dirs)
+            models.loras = LoraRegistry(paths.lora_dirs, models.checkpoints.hashes)
         if not models.embeddings.folders:
             models.embeddings = EmbeddingRegistry(paths.embeddings_dirs, models.checkpoints.hashes)
         self.styles = styles.StyleStore(paths.styles_files)

@@ -67,16 +67,18 @@ class HashCache:
             return entry.get("sha256")
         return None
 
-    def sha256(self, path: Path) -> str:
-        """The file's SHA-256, from the cache or computed (and then cached)."""
+    def sha256(self, path: Path, kind: str = "", compute=sha256_of_file) -> str:
+        """The file's SHA-256, from the cache or computed (and then cached). `kind` names another hash
+        of the same file (e.g. "addnet", LoRA's hash without the header) computed by `compute`."""
         path = Path(path).resolve()
-        cached = self.cached_sha256(path)
-        if cached:
-            return cached
+        key = f"{path}#{kind}" if kind else str(path)
+        entry = self._entries.get(key)
         size, mtime = self._stamp(path)
-        log.info("Calculating sha256 for %s", path)
-        digest = sha256_of_file(path)
+        if entry and entry.get("size") == size and entry.get("mtime") == mtime and entry.get("sha256"):
+            return entry["sha256"]
+        log.info("Calculating sha256%s for %s", f" ({kind})" if kind else "", path)
+        digest = compute(path)
         with self._lock:
-            self._entries[str(path)] = {"size": size, "mtime": mtime, "sha256": digest}
+            self._entries[key] = {"size": size, "mtime": mtime, "sha256": digest}
             fileio.atomic_write_json(self.path, {"hashes": self._entries})
         return digest

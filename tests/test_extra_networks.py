@@ -310,6 +310,8 @@ def test_lora_hash_is_a1111s_addnet_hash(engine, sd1):
     want = hashlib.sha256(raw[8 + n:]).hexdigest()[:12]
     result = gen(engine, "x <lora:hashed:1>")
     assert f"Lora hashes: \"hashed: {want}\"" in result.infotexts[0]  # quoted: the value holds a colon
+    cache = engine.paths.hash_cache.read_text()  # kept across restarts, keyed apart from the file's sha256
+    assert f"{path.resolve()}#addnet" in cache and want in cache
     info = engine.models.loras.find("nice")  # the alias from kohya's metadata finds it too
     assert info is not None and info.name == "hashed" and info.alias == "nice"
     assert info.preview is None

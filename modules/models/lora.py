@@ -104,16 +104,21 @@ class LoraInfo:
         """A1111's alias: the training output name kohya writes into the metadata, else the name."""
         return str(self.metadata.get("ss_output_name") or self.name)
 
-    def sha256(self) -> str:
-        """The hash A1111 shows: `sshs_model_hash` from the metadata if present, else the addnet hash."""
+    def sha256(self, cache=None) -> str:
+        """The hash A1111 shows: `sshs_model_hash` from the metadata if present, else the addnet hash
+        (kept in the hash cache when one is given)."""
         if self._hash is None:
             given = self.metadata.get("sshs_model_hash")
-            self._hash = given if isinstance(given, str) and given else addnet_hash(self.filename)
+            if isinstance(given, str) and given:
+                self._hash = given
+            elif cache is not None:
+                self._hash = cache.sha256(self.filename, "addnet", addnet_hash)
+            else:
+                self._hash = addnet_hash(self.filename)
         return self._hash
 
-    @property
-    def shorthash(self) -> str:
-        return self.sha256()[:12]
+    def shorthash(self, cache=None) -> str:
+        return self.sha256(cache)[:12]
 
     @property
     def preview(self) -> Path | None:
@@ -124,8 +129,9 @@ class LoraInfo:
 class LoraRegistry:
     """Network files in models/Lora (and models/LyCORIS, and --lora-dir), by name."""
 
-    def __init__(self, folders: tuple[Path, ...]):
+    def __init__(self, folders: tuple[Path, ...], hashes=None):
         self.folders = tuple(folders)
+        self.hashes = hashes  # a HashCache for the addnet hashes, or None
         self._lock = threading.Lock()
         self._items: list[LoraInfo] = []
         self.refresh()

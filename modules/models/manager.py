@@ -75,7 +75,7 @@ class ModelManager:
                  embeddings: EmbeddingRegistry | None = None):
         self.checkpoints = checkpoints
         self.vaes = vaes
-        self.loras = loras if loras is not None else lora.LoraRegistry(())
+        self.loras = loras if loras is not None else lora.LoraRegistry((), checkpoints.hashes)
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry((), checkpoints.hashes)
         self.plan = plan
         self.default_sd1_config = default_sd1_config
@@ -163,7 +163,7 @@ class ModelManager:
             for act in activations:
                 try:
                     use.lora_hashes.append((act.mentioned.translate(str.maketrans("", "", ":,")),
-                                            act.info.shorthash))
+                                            act.info.shorthash(self.loras.hashes)))
                 except OSError as e:
                     use.warnings.append(f"LoRA {act.mentioned!r}: could not hash the file ({e})")
             found = self.embeddings.refresh(force=False)
