@@ -99,3 +99,40 @@ class TorchWithImageNoise:
 
     def randn_like(self, x, *args, **kwargs):
         return self._noise()
+
+
+def lcm_denoiser(external, inner_model, train_steps=1000, original_steps=50):
+    """A1111's LCM model wrapper (sd_samplers_lcm.LCMCompVisDenoiser), restated on k-diffusion's discrete
+    eps denoiser: sigmas of timesteps 19, 39, ..., 999; model time snapped to that grid; LCM's
+    boundary-condition scalings (timestep * 10, sigma_data 0.5) on the output."""
+    skip = train_steps // original_steps
+
+    class LCMDenoiser(external.DiscreteEpsDDPMDenoiser):
+        def __init__(self):
+            valid = inner_model.alphas_cumprod[skip - 1::skip].clone()
+            super().__init__(inner_model, valid, quantize=None)
+
+        def get_sigmas(self, n):
+            start, end = self.sigma_to_t(self.sigma_max), self.sigma_to_t(self.sigma_min)
+            t = torch.linspace(start, end, n)
+            return torch.cat([self.t_to_sigma(t), t.new_zeros([1])])
+
+        def sigma_to_t(self, sigma, quantize=None):
+            dists = sigma.log() - self.log_sigmas[:, None]
+            return dists.abs().argmin(dim=0).view(sigma.shape) * skip + (skip - 1)
+
+        def t_to_sigma(self, timestep):
+            t = torch.clamp(((timestep - (skip - 1)) / skip).float(), min=0, max=len(self.sigmas) - 1)
+            return super().t_to_sigma(t)
+
+        def get_eps(self, *args, **kwargs):
+            return self.inner_model.apply_model(*args, **kwargs)
+
+        def forward(self, x, sigma, **kwargs):
+            c_out, c_in = [c[:, None, None, None] for c in self.get_scalings(sigma)]
+            eps = self.get_eps(x * c_in, self.sigma_to_t(sigma), **kwargs)
+            x0 = x + eps * c_out
+            ts = self.sigma_to_t(sigma)[:, None, None, None] * 10.0
+            return ts / (ts ** 2 + 0.25) ** 0.5 * x0 + 0.25 / (ts ** 2 + 0.25) * x
+
+    return LCMDenoiser()

@@ -348,7 +348,7 @@ def test_api_lists(model):
     names = [s.name for s in samplers.SAMPLERS]
     assert names == ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE",
                      "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart",
-                     "DDIM", "DDIM CFG++", "PLMS", "UniPC"]
+                     "DDIM", "DDIM CFG++", "PLMS", "UniPC", "LCM"]
     assert samplers.resolve("k_dpm_ad").spec.name == "DPM adaptive"
     assert samplers.resolve("DPM++ 3M SDE").spec.options == {
         "scheduler": "exponential", "brownian_noise": True, "discard_next_to_last_sigma": True}
@@ -410,3 +410,23 @@ def test_ddim_cfg_pp_matches_a1111_formula(model):
         plain = ours(model, "DDIM", 8, [3], cond, uncond, 9.0)
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
     assert not torch.allclose(got, plain)
+
+
+@pytest.mark.parametrize("steps", [4, 7])
+def test_lcm_matches_a1111(model, steps):
+    """A1111's LCM sampler: x = the LCM model's x0, re-noised to each next level with the images' noise."""
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    wrap = K.lcm_denoiser(ke, K.CompVisModel(model.unet, model.alphas_cumprod))
+    sigmas = wrap.get_sigmas(steps)
+    gens = rng.create_generators([6], "CPU", torch.device("cpu"))
+    x = rng.initial_noise(gens, SHAPE, torch.device("cpu")) * sigmas[0]
+    den, step_noise = K.CFGDenoiser(wrap, cond, uncond, 2.0), K.PerImageNoise(gens, SHAPE, "cpu")
+    with torch.no_grad():
+        for i in range(len(sigmas) - 1):
+            x = den(x, sigmas[i][None])
+            if sigmas[i + 1] > 0:
+                x = x + sigmas[i + 1] * step_noise()
+    assert_close(ours(model, "LCM", steps, [6], cond, uncond, 2.0), x, 1e-4)
+    prepared = samplers.prepare(samplers.resolve("LCM"), steps, model.alphas_cumprod, model.prediction_type)
+    assert torch.allclose(prepared.sigmas, sigmas, rtol=1e-6)
+    assert prepared.timesteps[0] == 999 and prepared.timesteps[-1] == 19

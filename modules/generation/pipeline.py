@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from modules import images
-from modules.generation import extra_networks, masking, rng, samplers, schedules
+from modules.generation import extra_networks, ksampling, masking, rng, samplers, schedules
 from modules.generation.conditioning import ComposableCond, ScheduledCond
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import JobSkipped
@@ -239,16 +239,20 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     log_sigmas = schedules.model_sigmas(model.alphas_cumprod).log().to(noise.device)
     v_model = model.prediction_type == "v_prediction"
     x = noise * sigmas[0] if start is None else start.latent + noise * sigmas[0]
+    lcm_log = None if prepared.lcm_log_sigmas is None else prepared.lcm_log_sigmas.to(noise.device)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if hooks.check:
             hooks.check()
         c_in = 1 / (sigma ** 2 + 1) ** 0.5
-        out = denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas))
-        if v_model:  # k-diffusion's CompVisVDenoiser scalings
+        if lcm_log is not None:  # LCM: A1111 reads the output as eps at the grid timestep, then LCM-scales it
+            t = ksampling.lcm_timestep(sigma, lcm_log, len(log_sigmas))
+            x0 = ksampling.lcm_x0(x, sigma, denoiser(x * c_in, t), t)
+        elif v_model:  # k-diffusion's CompVisVDenoiser scalings
+            out = denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas))
             x0 = x * (1 / (sigma ** 2 + 1)) + out * (-sigma / (sigma ** 2 + 1) ** 0.5)
         else:
-            x0 = x + out * -sigma
+            x0 = x + denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas)) * -sigma
         if start is not None and start.mask is not None:  # keep the init latent outside the mask
             x0 = x0 * start.mask + start.latent * (1 - start.mask)
         return x0

@@ -90,8 +90,10 @@ SAMPLERS: list[SamplerSpec] = [
     SamplerSpec("UniPC", ("unipc",), UniPCMultistepScheduler,
                 dict(solver_type="bh1", solver_order=3, lower_order_final=True, timestep_spacing="linspace",
                      predict_x0=True, final_sigmas_type="sigma_min"), state="timestep"),
+    SamplerSpec("LCM", ("k_lcm",), function="lcm"),
 ]
 
+SAMPLERS_BY_NAME = {s.name: s for s in SAMPLERS}
 SCHEDULE_TYPES = [("automatic", "Automatic")] + list(schedules.SCHEDULES.items())
 SCHEDULE_ALIASES = {"sgm_uniform": ("SGMUniform",)}
 
@@ -207,6 +209,7 @@ class PreparedSampler:
     kwargs: dict = field(default_factory=dict)  # its arguments beyond (denoise, x, sigmas, noise, step)
     step_kwargs: dict = field(default_factory=dict)  # extra arguments of scheduler.step (DDIM's eta)
     v_to_eps: bool = False  # timestep samplers of v models: the scheduler is given eps (see prepare)
+    lcm_log_sigmas: torch.Tensor | None = None  # LCM: log sigma of its 50-timestep grid
 
     def scheduler_input(self, out: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model output as the scheduler expects it: eps for timestep samplers of v models."""
@@ -253,6 +256,25 @@ def schedule_sigmas(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Ten
     return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
 
 
+def _prepare_lcm(choice: SamplerChoice, steps: int, model_sigmas: torch.Tensor, options: SamplerOptions,
+                 sdxl: bool) -> PreparedSampler:
+    """A1111's LCM: the model seen through its 50-timestep grid (19, 39, ..., 999). "Automatic" spaces
+    timesteps evenly from 999 to 19; other schedule types use the grid's sigma range (the ones built on
+    training sigmas use the grid's 50)."""
+    from modules.generation import ksampling
+    grid = ksampling.lcm_grid(model_sigmas)
+    skip = len(model_sigmas) // len(grid)
+    if choice.effective_schedule == "uniform":
+        t = torch.linspace(len(model_sigmas) - 1, skip - 1, steps)
+        t = torch.clamp(((t - (skip - 1)) / skip).float(), min=0, max=len(grid) - 1)
+        sigmas = torch.cat([schedules.t_to_sigma(t, grid.log()), torch.zeros(1)])
+    else:
+        sigmas = schedules.sigmas_for(choice.effective_schedule, steps, grid, sdxl)
+    timesteps = ksampling.lcm_timestep(sigmas[:-1], grid.log(), len(model_sigmas))
+    return PreparedSampler(None, timesteps, sigmas[0].item(), "ve", sigmas=sigmas, function=ksampling.lcm,
+                           kwargs=options.function_kwargs(SAMPLERS_BY_NAME["LCM"]), lcm_log_sigmas=grid.log())
+
+
 def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, prediction_type: str,
             options: SamplerOptions | None = None, randn_source: str = "CPU", sdxl: bool = False) -> PreparedSampler:
     spec = choice.spec
@@ -278,6 +300,8 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
                                step_kwargs=step_kwargs, v_to_eps=prediction_type == "v_prediction")
 
     model_sigmas = schedules.model_sigmas(alphas_cumprod)
+    if spec.function == "lcm":
+        return _prepare_lcm(choice, steps, model_sigmas, options, sdxl)
     sigmas = schedule_sigmas(choice, steps, alphas_cumprod, sdxl)
     timesteps = schedules.sigma_to_t(sigmas[:-1], model_sigmas.log())
     sigma0 = sigmas[0].item()
