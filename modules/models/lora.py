@@ -227,11 +227,12 @@ class LayerChange:
 
     def delta(self, shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight change at multiplier 1, bias change or None), in float32 on `device`."""
-        t = {k: v.to(device, torch.float32) for k, v in self.tensors.items()}
+        alpha = float(self.tensors["alpha"]) if "alpha" in self.tensors else None  # read on the CPU: no device sync
+        t = {k: v.to(device, torch.float32) for k, v in self.tensors.items() if k != "alpha"}
         bias = t.get("diff_b")
         if "down" in t and "up" in t:
             down, up = t["down"], t["up"]
-            scale = t["alpha"].item() / down.shape[0] if "alpha" in t else 1.0
+            scale = alpha / down.shape[0] if alpha is not None else 1.0
             up = up.flatten(1) * scale  # scaling the small factor, not the product
             if "mid" in t:  # Tucker-decomposed conv (LoCon): up(1x1) . mid(kxk) . down(1x1)
                 w = torch.einsum("ab...,oa,bi->oi...", t["mid"], up, down.flatten(1))
@@ -242,7 +243,7 @@ class LayerChange:
             if "hada_t1" in t:
                 raise NetworkError("LoHa with Tucker cores is not supported")
             w = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
-            scale = t["alpha"].item() / t["hada_w1_b"].shape[0] if "alpha" in t else 1.0
+            scale = alpha / t["hada_w1_b"].shape[0] if alpha is not None else 1.0
         elif "lokr_w1" in t or "lokr_w1_a" in t:
             if "lokr_t2" in t:
                 raise NetworkError("LoKr with Tucker cores is not supported")
@@ -253,7 +254,7 @@ class LayerChange:
             if len(shape) == 4:  # conv: w2 carries the kernel; factor it out to a matrix and back
                 w2 = w2.reshape(w2.shape[0], shape[1] // w1.shape[1], *shape[2:]).flatten(1)
             w = torch.kron(w1, w2)
-            scale = t["alpha"].item() / rank if "alpha" in t and rank else 1.0
+            scale = alpha / rank if alpha is not None and rank else 1.0
         elif "diff" in t:
             w, scale = t["diff"], 1.0
         else:
