@@ -92,6 +92,7 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     and the settings the infotext implies (Clip skip, RNG, VAE) as override_settings unless the request
     overrides them already or they equal the current value. Returns warnings."""
     parsed = infotext.parse_with_defaults(req.infotext or "")
+    parsed["Prompt"] = engine.models.loras.rename_by_hash(parsed["Prompt"], parsed.get("Lora hashes"))
     try:
         fields = infotext.request_values(parsed, infotext.REQUEST_FIELDS)
         settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)
@@ -227,7 +228,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/schedulers", response_model=list[schemas.SchedulerItem])
     def scheduler_list():
-        return [schemas.SchedulerItem(name=key, label=label, aliases=list(samplers.SCHEDULE_ALIASES.get(key, ())) or None,
+        return [schemas.SchedulerItem(name=key, label=label,
+                                      aliases=list(samplers.SCHEDULE_ALIASES.get(key, ())) or None,
                                       default_rho={"karras": 7.0, "polyexponential": 1.0}.get(key, -1),
                                       need_inner_model=key in samplers.INNER_MODEL_SCHEDULES)
                 for key, label in samplers.SCHEDULE_TYPES]

@@ -305,7 +305,8 @@ def _dpm_3(denoise, x, t, t_next, eps, eps_1=None, r1=1 / 3, r2=2 / 3):
     if eps_1 is None:
         u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
         eps_1 = _dpm_eps(denoise, u1, s1)
-    u2 = x - _sigma(s2) * (r2 * h).expm1() * eps - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_1 - eps)
+    u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
+          - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_1 - eps))
     eps_2 = _dpm_eps(denoise, u2, s2)
     return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_2 - eps)
 

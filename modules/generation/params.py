@@ -27,8 +27,8 @@ class GenerationParams(BaseModel):
     subseed: int = Field(-1, ge=-1, description="Variation seed; -1 picks a random one")
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0, description="Variation strength: 0 the seed's noise, "
                                                                        "1 the variation seed's")
-    seed_resize_from_w: int = Field(-1, ge=-1, description="Resize seed from width (pixels; -1 or 0: off)")
-    seed_resize_from_h: int = Field(-1, ge=-1, description="Resize seed from height (pixels; -1 or 0: off)")
+    seed_resize_from_w: int = Field(-1, ge=-1, le=MAX_SIDE, description="Resize seed from width (pixels; -1/0: off)")
+    seed_resize_from_h: int = Field(-1, ge=-1, le=MAX_SIDE, description="Resize seed from height (pixels; -1/0: off)")
     eta: float | None = Field(None, ge=0.0, description="None: the setting (ancestral/SDE 1, DDIM 0)")
     s_churn: float | None = Field(None, ge=0.0, description="Euler/Heun/DPM2 churn; None: the setting")
     s_tmin: float | None = None

@@ -247,7 +247,8 @@ def img2img_t_enc(steps: int, denoising_strength: float) -> int:
     return int(min(denoising_strength, 0.999) * steps)
 
 
-def schedule_sigmas(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, sdxl: bool = False) -> torch.Tensor:
+def schedule_sigmas(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor,
+                    sdxl: bool = False) -> torch.Tensor:
     """The noise levels A1111 gives the sampler: the schedule's, with `steps + 1` computed and the
     next-to-last dropped for the samplers that ask for it (DPM2, DPM2 a, DPM++ 3M SDE)."""
     model_sigmas = schedules.model_sigmas(alphas_cumprod)

@@ -73,7 +73,10 @@ def normal(steps: int, sigmas: torch.Tensor, sgm: bool = False) -> torch.Tensor:
     """Timesteps evenly spaced between those of sigma_max and sigma_min (both ends included), or, for
     SGM Uniform, `steps` of `steps + 1` such points (the last, sigma_min's, left out)."""
     start, end = _timestep_range(sigmas, sigmas[0].item(), sigmas[-1].item())
-    t = torch.linspace(start.item(), end.item(), steps + 1)[:-1] if sgm else torch.linspace(start.item(), end.item(), steps)
+    if sgm:
+        t = torch.linspace(start.item(), end.item(), steps + 1)[:-1]
+    else:
+        t = torch.linspace(start.item(), end.item(), steps)
     log_sigmas = sigmas.log()
     return _append_zero(torch.stack([t_to_sigma(ts, log_sigmas) for ts in t]))
 
