@@ -53,10 +53,10 @@ class HashCache:
         st = os.stat(path)
         return st.st_size, st.st_mtime
 
-    def cached_sha256(self, path: Path) -> str | None:
+    def cached_sha256(self, path: Path, kind: str = "") -> str | None:
         """The cached hash if the file is unchanged since it was hashed, else None. Never reads the file."""
         path = Path(path).resolve()
-        entry = self._entries.get(str(path))
+        entry = self._entries.get(f"{path}#{kind}" if kind else str(path))
         if not entry:
             return None
         try:

@@ -319,6 +319,19 @@ def test_lora_hash_is_a1111s_addnet_hash(engine, sd1):
     assert info.preview == path.with_suffix(".preview.png")  # what a card shows
 
 
+def test_pasted_lora_names_follow_their_hashes(engine, sd1):
+    path = write_lora(engine, "mine", kohya_lora(sd1, seed=8, which=("te",)))
+    registry = engine.models.loras
+    short = lora.addnet_hash(path)[:12]
+    prompt = "x <lora:theirs:0.5> <lora:other:1>"
+    assert registry.rename_by_hash(prompt, f"theirs: {short}") == prompt  # hash not known yet: no file is read
+    registry.find("mine").sha256(registry.hashes)  # known once used (and then kept in cache.json)
+    assert registry.rename_by_hash(prompt, f"theirs: {short}, other: 0123456789ab") == (
+        "x <lora:mine:0.5> <lora:other:1>")
+    assert registry.rename_by_hash("<lora:mine:1>", f"mine: {short}") == "<lora:mine:1>"
+    assert registry.rename_by_hash(prompt, None) == prompt
+
+
 def test_peft_layout_equals_kohya_layout(engine, sd1):
     """The same factors saved in diffusers/PEFT naming give the same image as kohya's naming."""
     sd = kohya_lora(sd1, seed=6, convs=False)
@@ -515,6 +528,12 @@ def test_loras_embeddings_and_styles_through_the_api(tmp_path, tiny_dir):
         digest = lora.addnet_hash(tmp_path / "models" / "Lora" / "ink.safetensors")[:12]
         assert f"Lora hashes: \"ink: {digest}\"" in info["infotexts"][0]
         assert txt2img(prompt="a circle")[0] == base  # removed exactly
+        # an infotext from elsewhere names the LoRA differently; its hash finds ours
+        pasted, info = txt2img(infotext=f'a circle <lora:other-name:0.7>\nSteps: 3, Sampler: Euler, Seed: 3, '
+                                        f'RNG: CPU, Lora hashes: "other-name: {digest}"')
+        direct, direct_info = txt2img(prompt="a circle <lora:ink:0.7>")
+        assert info["infotexts"][0] == direct_info["infotexts"][0] and info["warnings"] == []
+        assert info["infotexts"][0].startswith("a circle <lora:ink:0.7>\n") and pasted == direct != base
 
         loras = requests.get(api + "/loras").json()
         assert [(x["name"], x["alias"]) for x in loras] == [("ink", "inky")]

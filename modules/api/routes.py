@@ -92,6 +92,7 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     and the settings the infotext implies (Clip skip, RNG, VAE) as override_settings unless the request
     overrides them already or they equal the current value. Returns warnings."""
     parsed = infotext.parse_with_defaults(req.infotext or "")
+    parsed["Prompt"] = engine.models.loras.rename_by_hash(parsed["Prompt"], parsed.get("Lora hashes"))
     try:
         fields = infotext.request_values(parsed, infotext.REQUEST_FIELDS)
         settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)

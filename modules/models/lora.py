@@ -120,6 +120,15 @@ class LoraInfo:
     def shorthash(self, cache=None) -> str:
         return self.sha256(cache)[:12]
 
+    def known_hash(self, cache=None) -> str | None:
+        """The hash if it is known without reading the file (metadata, memory or the hash cache)."""
+        given = self.metadata.get("sshs_model_hash")
+        if self._hash is None and isinstance(given, str) and given:
+            self._hash = given
+        if self._hash is None and cache is not None:
+            self._hash = cache.cached_sha256(self.filename, "addnet")
+        return self._hash
+
     @property
     def preview(self) -> Path | None:
         """The card image beside the file (NAME.png, NAME.preview.png, ...), if any."""
@@ -167,6 +176,29 @@ class LoraRegistry:
     def list(self) -> list[LoraInfo]:
         with self._lock:
             return list(self._items)
+
+    def rename_by_hash(self, prompt: str, lora_hashes: str | None) -> str:
+        """A pasted infotext's `<lora:NAME:` tags renamed to the files here that have the hashes its
+        `Lora hashes` gives (A1111 does this on paste, so a LoRA saved under another name still
+        applies). Only hashes already known are used: no file is read."""
+        if not lora_hashes:
+            return prompt
+        wanted = {}
+        for item in lora_hashes.split(","):
+            name, _, short = item.partition(":")
+            if short.strip():
+                wanted[name.strip()] = short.strip().lower()
+        by_hash = {}
+        for info in self.list():
+            known = info.known_hash(self.hashes)
+            if known:
+                by_hash.setdefault(known[:12].lower(), info)
+
+        def rename(m: re.Match) -> str:
+            found = by_hash.get(wanted.get(m[1].strip(), ""))
+            return f"<lora:{found.name}:" if found is not None and self.find(m[1]) is not found else m[0]
+
+        return re.sub(r"<lora:([^:>]+):", rename, prompt)
 
     def find(self, name: str) -> LoraInfo | None:
         """By file name (without extension), then by alias, as A1111 resolves `<lora:NAME>`."""
