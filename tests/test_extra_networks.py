@@ -355,6 +355,24 @@ def test_peft_layout_equals_kohya_layout(engine, sd1):
     gen(engine, "a red circle")
 
 
+def test_half_precision_weights_are_merged_in_fp32_and_restored_exactly(sd1):
+    import copy
+
+    unet, te = copy.deepcopy(sd1.unet).half(), copy.deepcopy(sd1.text.text_model).half()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    sd = kohya_lora(sd1, seed=9)
+    patcher = lora.WeightPatcher(unet, te)
+    info = lora.LoraInfo(Path("in-memory.safetensors"), "mem")
+    assert patcher.apply([lora.Activation(info, 1.0, 0.5, "mem")], read=lambda _path: sd) == []
+    name = "down_blocks.1.resnets.0.conv1"  # a LoCon conv layer
+    key, m = f"lora_unet_{_flat(name)}", unet.get_submodule(name)
+    want = before[f"{name}.weight"].float() + 0.5 * expected_delta(
+        m, sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"], 2.0 / RANK)
+    assert m.weight.dtype == torch.float16 and torch.allclose(m.weight.float(), want, rtol=1e-3, atol=1e-4)
+    patcher.restore()
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
+
+
 def test_apply_and_restore_are_fast(engine, sd1):
     sd = kohya_lora(sd1, seed=7)
     write_lora(engine, "timed", sd)
