@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from modules import fileio, images, infotext, styles
-from modules.generation import extra_networks, pipeline, prompts, rng, samplers
+from modules.generation import extra_networks, hires, pipeline, prompts, rng, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue
 from modules.models.checkpoint_file import CheckpointError
@@ -212,7 +212,10 @@ class Engine:
         warnings = style_warnings + warnings
         try:
             choice = samplers.resolve(params.sampler_name, params.scheduler)
-        except samplers.UnknownSampler as e:
+            if params.enable_hr and not isinstance(params, Img2ImgParams):
+                self._hires_choice(params)
+                hires.check_upscaler(params.hr_upscaler)
+        except (samplers.UnknownSampler, hires.UnknownUpscaler) as e:
             raise BadRequest(str(e)) from None
         checkpoint = self.resolve_checkpoint(params.override_settings.get("sd_model_checkpoint"))
 
@@ -222,6 +225,13 @@ class Engine:
             return result
 
         return self.queue.submit(kind, run)
+
+    @staticmethod
+    def _hires_choice(params: GenerationParams) -> samplers.SamplerChoice:
+        """The hires pass's sampler (the first pass's unless hr_sampler_name/hr_scheduler say otherwise)."""
+        same = (None, "", "Use same sampler", "Use same scheduler")
+        return samplers.resolve(params.sampler_name if params.hr_sampler_name in same else params.hr_sampler_name,
+                                params.scheduler if params.hr_scheduler in same else params.hr_scheduler)
 
     def _infotext(self, params: GenerationParams, model: LoadedModel, choice: samplers.SamplerChoice,
                   settings: Settings, seed: int, extra: dict[str, Any], subseed: int = -1, ensd: bool = False) -> str:
@@ -242,7 +252,8 @@ class Engine:
             "Variation seed strength": params.subseed_strength if params.subseed_strength > 0 else None,
             "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
             if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None,
-            "Denoising strength": params.denoising_strength if isinstance(params, Img2ImgParams) else None,
+            "Denoising strength": params.denoising_strength if isinstance(params, Img2ImgParams)
+            else (params.denoising_strength or 0.7) if params.enable_hr else None,
             "Conditional mask weight": 1.0 if model.config.is_inpainting else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "ENSD": settings.eta_noise_seed_delta if ensd else None,
@@ -283,6 +294,9 @@ class Engine:
         else:
             batches = pipeline.txt2img(model, params, seeds, **common)
             steps_run, extra, outdir = params.steps, {}, settings.outdir_txt2img_samples
+            if params.enable_hr:
+                hr_choice = self._hires_choice(params)
+                extra = hires.infotext_fields(params, hr_choice.spec.name, hr_choice.schedule_label)
         extra = {**extra, **samplers.infotext_fields(choice.spec, options)}
 
         state = job.state

@@ -140,8 +140,13 @@ def _common_fields(req: schemas.Txt2ImgRequest) -> dict[str, Any]:
 
 
 def to_params(req: schemas.Txt2ImgRequest) -> GenerationParams:
+    hires_fields = dict(
+        enable_hr=req.enable_hr, denoising_strength=req.denoising_strength, hr_scale=req.hr_scale,
+        hr_upscaler=req.hr_upscaler, hr_second_pass_steps=req.hr_second_pass_steps, hr_resize_x=req.hr_resize_x,
+        hr_resize_y=req.hr_resize_y, hr_sampler_name=req.hr_sampler_name, hr_scheduler=req.hr_scheduler,
+        hr_prompt=req.hr_prompt, hr_negative_prompt=req.hr_negative_prompt)
     try:
-        return GenerationParams(**_common_fields(req))
+        return GenerationParams(**_common_fields(req), **(hires_fields if req.enable_hr else {}))
     except ValidationError as e:
         raise BadRequest(describe_validation_error(e)) from None
 

@@ -78,7 +78,7 @@ class Txt2ImgRequest(BaseModel):
         defaults = Txt2ImgRequest()
         ignored_when_default = (
             "restore_faces", "tiling", "s_min_uncond", "refiner_checkpoint",
-            "enable_hr", "firstpass_image", "script_name", "alwayson_scripts",
+            "firstpass_image", "script_name", "alwayson_scripts",
         )
         out = []
         for name in ignored_when_default:

@@ -34,6 +34,17 @@ class GenerationParams(BaseModel):
     s_tmin: float | None = None
     s_tmax: float | None = None
     s_noise: float | None = None
+    enable_hr: bool = Field(False, description="Hires. fix (txt2img)")
+    denoising_strength: float | None = Field(None, ge=0.0, le=1.0, description="txt2img: the hires pass's (None: 0.7)")
+    hr_scale: float = Field(2.0, gt=0.0, le=8.0)
+    hr_upscaler: str | None = Field(None, description="Latent (default), its variants, None, Lanczos or Nearest")
+    hr_second_pass_steps: int = Field(0, ge=0, le=1000, description="0: the same as steps")
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_sampler_name: str | None = Field(None, description="None or 'Use same sampler': the first pass's")
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
     steps: int = Field(20, ge=1, le=1000)
     cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
     width: int = 512

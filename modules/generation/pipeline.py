@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from modules import images
-from modules.generation import extra_networks, ksampling, masking, rng, samplers, schedules
+from modules.generation import extra_networks, hires, ksampling, masking, rng, samplers, schedules
 from modules.generation.conditioning import ComposableCond, ScheduledCond
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import JobSkipped
@@ -348,6 +348,7 @@ class _Plan:
     start: Callable[[list[int]], Start] | None = None  # img2img: the start for a batch's seeds
     noise_multiplier: float = 1.0
     finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None  # e.g. paste the original back
+    hires: bool = False  # txt2img with Hires. fix: a second pass after the first
 
 
 @torch.no_grad()
@@ -392,10 +393,45 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
         try:
             latents = sample(model, denoiser, noise, choice, params.steps, generators, hooks, start,
                              sampler_options(params, options), batch_seeds, randn_source)
+            if plan.hires:
+                latents = _hires_pass(model, params, latents, batch_seeds,
+                                      subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None,
+                                      randn_source, ensd, sampler_options(params, options), hooks, clip_skip, emphasis)
         except JobSkipped:
             continue
         images = decode(model, latents)
         yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b)
+
+
+def _hires_pass(model, params: GenerationParams, latents: torch.Tensor, seeds: list[int], subseeds: list[int] | None,
+                randn_source: str, ensd: int, options: samplers.SamplerOptions, hooks: Hooks, clip_skip: int,
+                emphasis: str) -> torch.Tensor:
+    """Hires. fix's second pass (see `hires`): upscale, fresh noise for the images' seeds at the new size
+    (A1111 makes a new RNG there), then img2img over the end of the hires schedule, with the hires
+    sampler and prompts when given (A1111 encodes them for the hires steps)."""
+    upscaler = hires.check_upscaler(params.hr_upscaler)
+    width, height = hires.target_size(params)
+    latents = hires.upscale_latents(latents, upscaler, width, height, lambda z: decode(model, z),
+                                    lambda image: encode(model, image_to_tensor(image)[None]))
+    shape = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+    generators = rng.create_generators(seeds, randn_source, model.device)
+    noise = rng.image_noise(seeds, generators, shape, model.device, randn_source, subseeds, params.subseed_strength,
+                            (params.seed_resize_from_w, params.seed_resize_from_h))
+    if ensd:
+        generators = rng.create_generators([s + ensd for s in seeds], randn_source, model.device)
+    steps, t_enc = hires.schedule(params)
+    same = (None, "", "Use same sampler", "Use same scheduler")
+    choice = samplers.resolve(params.sampler_name if params.hr_sampler_name in same else params.hr_sampler_name,
+                              params.scheduler if params.hr_scheduler in same else params.hr_scheduler)
+    hr_steps = params.hr_second_pass_steps or params.steps
+    prompt = extra_networks.parse(params.hr_prompt or params.prompt).text
+    cond = model.text.encode_prompt(prompt, hr_steps, clip_skip, emphasis)
+    uncond = model.text.encode_scheduled(params.hr_negative_prompt or params.negative_prompt, hr_steps, clip_skip,
+                                         emphasis)
+    image_cond = inpainting_conditioning(model, len(seeds), height, width)
+    denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond)
+    return sample(model, denoiser, noise, choice, steps, generators, hooks, Start(latents, t_enc), options, seeds,
+                  randn_source)
 
 
 @torch.no_grad()
@@ -405,7 +441,8 @@ def txt2img(model, params: GenerationParams, seeds: list[int], clip_skip: int = 
     """Generate `params.n_iter` batches of `params.batch_size` images; `seeds` has one seed per image
     (`subseeds` one variation seed per image when params.subseed_strength > 0)."""
     shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
-    plan = _Plan(shape, inpainting_conditioning(model, params.batch_size, params.height, params.width))
+    plan = _Plan(shape, inpainting_conditioning(model, params.batch_size, params.height, params.width),
+                 hires=params.enable_hr)
     yield from _generate(model, params, seeds, clip_skip, randn_source, hooks or Hooks(), emphasis, plan,
                          subseeds, ensd, options)
 

@@ -1,0 +1,94 @@
+"""Hires. fix, A1111's way: the first pass at the base size, an upscale, then an img2img pass at the
+target size over the last `hr_second_pass_steps` steps (0: the first pass's steps) of a longer schedule.
+
+A1111 passes the hires steps to its img2img step setup explicitly, which then builds a schedule of
+int(hr_steps / denoising_strength) steps and runs its last hr_steps; we do the same so a pasted infotext
+gives A1111's image. Upscalers: the latent ones interpolate the latent; the image ones decode, resize
+with PIL and encode (model upscalers come with Extras).
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from modules.generation.params import GenerationParams
+
+# A1111's latent upscale modes: name -> (torch interpolation mode, antialias)
+LATENT_UPSCALERS = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+IMAGE_UPSCALERS = {"None": Image.Resampling.LANCZOS, "Lanczos": Image.Resampling.LANCZOS,
+                   "Nearest": Image.Resampling.NEAREST}
+UPSCALERS = list(LATENT_UPSCALERS) + list(IMAGE_UPSCALERS)
+
+
+class UnknownUpscaler(ValueError):
+    pass
+
+
+def check_upscaler(name: str | None) -> str:
+    name = name or "Latent"
+    if name not in UPSCALERS:
+        raise UnknownUpscaler(f"Unknown hires upscaler {name!r}. Available: {', '.join(UPSCALERS)}")
+    return name
+
+
+def target_size(params: GenerationParams) -> tuple[int, int]:
+    """(width, height) of the second pass: the base size times hr_scale, or hr_resize_x/y (one of them 0:
+    kept in proportion), each a multiple of 8 as the latent needs."""
+    w, h = params.width, params.height
+    if params.hr_resize_x == 0 and params.hr_resize_y == 0:
+        tw, th = int(w * params.hr_scale), int(h * params.hr_scale)
+    elif params.hr_resize_y == 0:
+        tw, th = params.hr_resize_x, params.hr_resize_x * h // w
+    elif params.hr_resize_x == 0:
+        tw, th = params.hr_resize_y * w // h, params.hr_resize_y
+    else:
+        tw, th = params.hr_resize_x, params.hr_resize_y
+    return tw // 8 * 8, th // 8 * 8
+
+
+def schedule(params: GenerationParams) -> tuple[int, int]:
+    """(schedule steps, t_enc) of the second pass, as A1111's setup_img2img_steps with explicit steps."""
+    hr_steps = params.hr_second_pass_steps or params.steps
+    strength = params.denoising_strength if params.denoising_strength is not None else 0.7
+    steps = int(hr_steps / min(strength, 0.999)) if strength > 0 else 0
+    steps = max(steps, 1)
+    return steps, min(hr_steps, steps) - 1
+
+
+def upscale_latents(latents: torch.Tensor, upscaler: str, width: int, height: int, decode, encode) -> torch.Tensor:
+    """Latents at width x height: interpolated (latent upscalers), or decoded, resized and re-encoded."""
+    if upscaler in LATENT_UPSCALERS:
+        mode, antialias = LATENT_UPSCALERS[upscaler]
+        return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode,
+                                               antialias=antialias)
+    resample = IMAGE_UPSCALERS[upscaler]
+    return torch.cat([encode(image.resize((width, height), resample=resample)) for image in decode(latents)])
+
+
+def infotext_fields(params: GenerationParams, sampler_label: str, schedule_label: str | None) -> dict:
+    """A1111's hires keys, in its order, present only when they say something."""
+    fields: dict = {}
+    if params.hr_resize_x == 0 and params.hr_resize_y == 0:
+        fields["Hires upscale"] = params.hr_scale
+    else:
+        fields["Hires resize"] = f"{params.hr_resize_x}x{params.hr_resize_y}"
+    if params.hr_second_pass_steps:
+        fields["Hires steps"] = params.hr_second_pass_steps
+    fields["Hires upscaler"] = params.hr_upscaler or "Latent"
+    if params.hr_sampler_name and params.hr_sampler_name != params.sampler_name:
+        fields["Hires sampler"] = sampler_label
+    if params.hr_scheduler and schedule_label:
+        fields["Hires schedule type"] = schedule_label
+    if params.hr_prompt and params.hr_prompt != params.prompt:
+        fields["Hires prompt"] = params.hr_prompt
+    if params.hr_negative_prompt and params.hr_negative_prompt != params.negative_prompt:
+        fields["Hires negative prompt"] = params.hr_negative_prompt
+    return fields
