@@ -41,3 +41,17 @@ def test_hires_sampler_prompt_and_bad_upscaler(engine):  # noqa: F811
     assert "Hires prompt: a green square" in r.infotexts[0]
     with pytest.raises(BadRequest, match="Unknown hires upscaler 'ESRGAN_4x'"):
         engine.submit_txt2img(params(enable_hr=True, hr_upscaler="ESRGAN_4x"))
+
+
+def test_pasted_a1111_infotext_turns_hires_on(engine):  # noqa: F811
+    from modules.api import routes, schemas
+
+    text = ("a red circle\nSteps: 3, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 5, Size: 64x64, "
+            "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Latent (bicubic)")
+    req = schemas.Txt2ImgRequest(infotext=text)
+    routes.apply_infotext(req, engine)
+    p = routes.to_params(req)
+    assert p.enable_hr and p.hr_scale == 1.5 and p.denoising_strength == 0.5 and p.hr_upscaler == "Latent (bicubic)"
+    result = engine.txt2img(p.model_copy(update={"save_images": False}))
+    assert result.images[0].size == (96, 96)
+    assert "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2" in result.infotexts[0]  # RNG: GPU implied

@@ -102,6 +102,8 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     for name, value in fields.items():
         if name in allowed and name not in req.model_fields_set:
             setattr(req, name, value)
+    if "enable_hr" in allowed and "enable_hr" not in req.model_fields_set and "Denoising strength" in parsed:
+        req.enable_hr = True  # A1111's paste rule: a txt2img infotext with a denoising strength used hires fix
     overrides = dict(req.override_settings or {})
     current = engine.settings.values
     warnings = []
