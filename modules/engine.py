@@ -295,6 +295,7 @@ class Engine:
             batches = pipeline.txt2img(model, params, seeds, **common)
             steps_run, extra, outdir = params.steps, {}, settings.outdir_txt2img_samples
             if params.enable_hr:
+                steps_run += params.hr_second_pass_steps or params.steps
                 hr_choice = self._hires_choice(params)
                 extra = hires.infotext_fields(params, hr_choice.spec.name, hr_choice.schedule_label)
         extra = {**extra, **samplers.infotext_fields(choice.spec, options)}

@@ -55,3 +55,15 @@ def test_pasted_a1111_infotext_turns_hires_on(engine):  # noqa: F811
     result = engine.txt2img(p.model_copy(update={"save_images": False}))
     assert result.images[0].size == (96, 96)
     assert "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2" in result.infotexts[0]  # RNG: GPU implied
+
+
+def test_progress_counts_both_passes(engine):  # noqa: F811
+    from modules.generation import pipeline
+    from tests.test_generation import params as make
+
+    seen = []
+    model = engine.models.get(engine.resolve_checkpoint(None))
+    hooks = pipeline.Hooks(on_step=lambda i, n, x: seen.append((i, n)))
+    list(pipeline.txt2img(model, make(enable_hr=True, steps=3, hr_second_pass_steps=2, denoising_strength=0.5),
+                          [1], hooks=hooks))
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]

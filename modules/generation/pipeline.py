@@ -390,13 +390,19 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
             noise = noise * plan.noise_multiplier
         start = plan.start(batch_seeds) if plan.start else None
         denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond)
+        first_hooks, second_hooks = hooks, None
+        if plan.hires and hooks.on_step:  # progress over both passes, as A1111 counts it
+            total = params.steps + (params.hr_second_pass_steps or params.steps)
+            first_hooks = Hooks(hooks.on_batch, lambda i, n, x: hooks.on_step(i, total, x), hooks.check)
+            second_hooks = Hooks(hooks.on_batch, lambda i, n, x: hooks.on_step(total - n + i, total, x), hooks.check)
         try:
-            latents = sample(model, denoiser, noise, choice, params.steps, generators, hooks, start,
+            latents = sample(model, denoiser, noise, choice, params.steps, generators, first_hooks, start,
                              sampler_options(params, options), batch_seeds, randn_source)
             if plan.hires:
                 latents = _hires_pass(model, params, latents, batch_seeds,
                                       subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None,
-                                      randn_source, ensd, sampler_options(params, options), hooks, clip_skip, emphasis)
+                                      randn_source, ensd, sampler_options(params, options), second_hooks or hooks,
+                                      clip_skip, emphasis)
         except JobSkipped:
             continue
         images = decode(model, latents)
