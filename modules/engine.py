@@ -273,7 +273,10 @@ class Engine:
         seeds, subseeds = rng.batch_seeds(seed, subseed, params.subseed_strength, params.total_images)
         options = pipeline.sampler_options(params, samplers.SamplerOptions(
             eta_ancestral=settings.eta_ancestral, eta_ddim=settings.eta_ddim, s_churn=settings.s_churn,
-            s_tmin=settings.s_tmin, s_tmax=settings.s_tmax or float("inf"), s_noise=settings.s_noise))
+            s_tmin=settings.s_tmin, s_tmax=settings.s_tmax or float("inf"), s_noise=settings.s_noise,
+            sigma_min=settings.sigma_min, sigma_max=settings.sigma_max, rho=settings.rho,
+            always_discard_next_to_last_sigma=settings.always_discard_next_to_last_sigma,
+            beta_alpha=settings.beta_dist_alpha, beta_beta=settings.beta_dist_beta))
         ensd = settings.eta_noise_seed_delta != 0 and samplers.uses_ensd(choice.spec, options)
         result = GenerationResult([], [], [], [], {})
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
@@ -298,7 +301,7 @@ class Engine:
                 steps_run += params.hr_second_pass_steps or params.steps
                 hr_choice = self._hires_choice(params)
                 extra = hires.infotext_fields(params, hr_choice.spec.name, hr_choice.schedule_label)
-        extra = {**extra, **samplers.infotext_fields(choice.spec, options)}
+        extra = {**extra, **samplers.infotext_fields(choice, options, model.alphas_cumprod)}
 
         state = job.state
         state.job_count, state.sampling_steps = params.n_iter, steps_run

@@ -131,6 +131,9 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("CLIP_stop_at_last_layers", "Clip skip", int), ("randn_source", "RNG", str), ("sd_vae", "VAE", str),
     ("emphasis", "Emphasis", str),
     ("eta_noise_seed_delta", "ENSD", int), ("eta_ancestral", "Eta", float), ("eta_ddim", "Eta DDIM", float),
+    ("sigma_min", "Schedule min sigma", float), ("sigma_max", "Schedule max sigma", float),
+    ("rho", "Schedule rho", float), ("beta_dist_alpha", "Beta schedule alpha", float),
+    ("beta_dist_beta", "Beta schedule beta", float),
 ]
 
 

@@ -35,6 +35,12 @@ class Settings(BaseModel):
     s_tmin: float = Field(0.0, ge=0.0, le=10.0, description="Sigma tmin")
     s_tmax: float = Field(0.0, ge=0.0, le=999.0, description="Sigma tmax (0: infinity)")
     s_noise: float = Field(1.0, ge=0.0, le=1.1, description="Sigma noise")
+    sigma_min: float = Field(0.0, ge=0.0, description="Schedule min sigma (0: the model's, ~0.03)")
+    sigma_max: float = Field(0.0, ge=0.0, description="Schedule max sigma (0: the model's, ~14.6)")
+    rho: float = Field(0.0, ge=0.0, description="Schedule rho (0: Karras 7, Polyexponential 1)")
+    always_discard_next_to_last_sigma: bool = Field(False, description="Drop the penultimate sigma for every sampler")
+    beta_dist_alpha: float = Field(0.6, gt=0.0, le=1.0, description="Beta schedule alpha")
+    beta_dist_beta: float = Field(0.6, gt=0.0, le=1.0, description="Beta schedule beta")
     emphasis: Literal["None", "Ignore", "Original", "No norm"] = Field(
         "Original", description="Prompt emphasis, (word:1.2): 'Original' weighs and restores the mean, 'No norm' "
                                 "only weighs, 'Ignore' parses but does not weigh, 'None' reads brackets literally")

@@ -430,3 +430,24 @@ def test_lcm_matches_a1111(model, steps):
     prepared = samplers.prepare(samplers.resolve("LCM"), steps, model.alphas_cumprod, model.prediction_type)
     assert torch.allclose(prepared.sigmas, sigmas, rtol=1e-6)
     assert prepared.timesteps[0] == 999 and prepared.timesteps[-1] == 19
+
+
+def test_schedule_settings_override_range_rho_and_discard():
+    alphas, sig = sd1_sigmas()
+    opts = samplers.SamplerOptions(sigma_min=0.1, sigma_max=10.0, rho=5.0)
+    karras = samplers.schedule_sigmas(samplers.resolve("DPM++ 2M"), 9, alphas, options=opts)
+    assert torch.equal(karras, ks.get_sigmas_karras(9, 0.1, 10.0, rho=5.0))
+    fields = samplers.infotext_fields(samplers.resolve("DPM++ 2M"), opts, alphas)
+    assert fields == {"Schedule min sigma": 0.1, "Schedule max sigma": 10.0, "Schedule rho": 5.0}
+    exp = samplers.schedule_sigmas(samplers.resolve("DPM++ 2M SDE"), 9, alphas, options=opts)
+    assert torch.equal(exp, ks.get_sigmas_exponential(9, 0.1, 10.0))
+    assert "Schedule rho" not in samplers.infotext_fields(samplers.resolve("DPM++ 2M SDE"), opts, alphas)
+    uniform = samplers.schedule_sigmas(samplers.resolve("Euler"), 9, alphas, options=opts)
+    assert torch.equal(uniform, schedules.uniform(9, sig))  # A1111: no schedule function, no overrides
+    discard = samplers.SamplerOptions(always_discard_next_to_last_sigma=True)
+    euler = samplers.schedule_sigmas(samplers.resolve("Euler"), 9, alphas, options=discard)
+    full = schedules.uniform(10, sig)
+    assert torch.equal(euler, torch.cat([full[:-2], full[-1:]]))
+    assert samplers.infotext_fields(samplers.resolve("Euler"), discard, alphas) == {"Discard penultimate sigma": True}
+    beta = samplers.infotext_fields(samplers.resolve("Euler", "Beta"), samplers.SamplerOptions(), alphas)
+    assert beta == {"Beta schedule alpha": 0.6, "Beta schedule beta": 0.6}

@@ -118,3 +118,12 @@ def test_nv_source_setting(engine):  # noqa: F811
     c = engine.txt2img(params(seed=5))
     assert a.images[0].tobytes() == b.images[0].tobytes() != c.images[0].tobytes()
     assert "RNG: NV" in a.infotexts[0]
+
+
+def test_schedule_settings_reach_the_image_and_the_infotext(engine):  # noqa: F811
+    plain = engine.txt2img(params(sampler_name="DPM++ 2M", seed=3))
+    engine.settings.update({"rho": 5.0, "sigma_max": 10.0})
+    changed = engine.txt2img(params(sampler_name="DPM++ 2M", seed=3))
+    engine.settings.update({"rho": 0.0, "sigma_max": 0.0})
+    assert "Schedule max sigma: 10, Schedule rho: 5" in changed.infotexts[0]
+    assert changed.images[0].tobytes() != plain.images[0].tobytes() and "Schedule rho" not in plain.infotexts[0]

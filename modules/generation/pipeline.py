@@ -7,6 +7,7 @@ runs and an interrupted job keeps what it finished.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -356,13 +357,12 @@ def sampler_options(params: GenerationParams, defaults: samplers.SamplerOptions 
     """The request's eta / sigma churn / noise over the settings' defaults (A1111: `p.eta or opts.eta_...`)."""
     d = defaults or samplers.SamplerOptions()
     s_tmax = params.s_tmax if params.s_tmax is not None else d.s_tmax
-    return samplers.SamplerOptions(
-        eta=params.eta if params.eta is not None else d.eta,
+    return dataclasses.replace(
+        d, eta=params.eta if params.eta is not None else d.eta,
         s_churn=params.s_churn if params.s_churn is not None else d.s_churn,
         s_tmin=params.s_tmin if params.s_tmin is not None else d.s_tmin,
         s_tmax=s_tmax if s_tmax else float("inf"),
-        s_noise=params.s_noise if params.s_noise is not None else d.s_noise,
-        eta_ancestral=d.eta_ancestral, eta_ddim=d.eta_ddim)
+        s_noise=params.s_noise if params.s_noise is not None else d.s_noise)
 
 
 def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int, randn_source: str,

@@ -173,6 +173,13 @@ class SamplerOptions:
     s_noise: float = 1.0
     eta_ancestral: float = 1.0
     eta_ddim: float = 0.0
+    # A1111's schedule settings: 0 means the model's sigma range / the schedule's own rho
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    always_discard_next_to_last_sigma: bool = False
+    beta_alpha: float = 0.6
+    beta_beta: float = 0.6
 
     def eta_for(self, spec: SamplerSpec) -> float | None:
         if spec.state == "timestep":
@@ -247,13 +254,35 @@ def img2img_t_enc(steps: int, denoising_strength: float) -> int:
     return int(min(denoising_strength, 0.999) * steps)
 
 
-def schedule_sigmas(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor,
-                    sdxl: bool = False) -> torch.Tensor:
+def _schedule_overrides(choice: SamplerChoice, options: SamplerOptions, model_sigmas: torch.Tensor) -> dict:
+    """The settings that change the schedule, as A1111 applies them: sigma min/max when non-zero and not
+    the model's own, rho when non-zero and not the schedule's default (Karras, Polyexponential)."""
+    out: dict = {}
+    if options.sigma_min and options.sigma_min != model_sigmas[0].item():
+        out["sigma_min"] = options.sigma_min
+    if options.sigma_max and options.sigma_max != model_sigmas[-1].item():
+        out["sigma_max"] = options.sigma_max
+    default_rho = schedules.DEFAULT_RHO.get(choice.effective_schedule or "")
+    if default_rho is not None and options.rho and options.rho != default_rho:
+        out["rho"] = options.rho
+    return out
+
+
+def discards_next_to_last(choice: SamplerChoice, options: SamplerOptions) -> bool:
+    return choice.spec.discard_next_to_last_sigma or options.always_discard_next_to_last_sigma
+
+
+def schedule_sigmas(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, sdxl: bool = False,
+                    options: SamplerOptions | None = None) -> torch.Tensor:
     """The noise levels A1111 gives the sampler: the schedule's, with `steps + 1` computed and the
-    next-to-last dropped for the samplers that ask for it (DPM2, DPM2 a, DPM++ 3M SDE)."""
+    next-to-last dropped for the samplers that ask for it (DPM2, DPM2 a, DPM++ 3M SDE) or when the
+    setting says so for all."""
+    options = options or SamplerOptions()
     model_sigmas = schedules.model_sigmas(alphas_cumprod)
-    discard = choice.spec.discard_next_to_last_sigma
-    sigmas = schedules.sigmas_for(choice.effective_schedule, steps + 1 if discard else steps, model_sigmas, sdxl)
+    discard = discards_next_to_last(choice, options)
+    sigmas = schedules.sigmas_for(choice.effective_schedule, steps + 1 if discard else steps, model_sigmas, sdxl,
+                                  beta_params=(options.beta_alpha, options.beta_beta),
+                                  **_schedule_overrides(choice, options, model_sigmas))
     return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
 
 
@@ -303,7 +332,7 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
     model_sigmas = schedules.model_sigmas(alphas_cumprod)
     if spec.function == "lcm":
         return _prepare_lcm(choice, steps, model_sigmas, options, sdxl)
-    sigmas = schedule_sigmas(choice, steps, alphas_cumprod, sdxl)
+    sigmas = schedule_sigmas(choice, steps, alphas_cumprod, sdxl, options)
     timesteps = schedules.sigma_to_t(sigmas[:-1], model_sigmas.log())
     sigma0 = sigmas[0].item()
     use_function = (spec.scheduler_cls is None or options.beyond_diffusers(spec) or randn_source == "NV"
@@ -323,10 +352,13 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
     return PreparedSampler(scheduler, timesteps, scale, spec.state, sigmas=sigmas)
 
 
-def infotext_fields(spec: SamplerSpec, options: SamplerOptions) -> dict[str, float]:
+def infotext_fields(choice: SamplerChoice, options: SamplerOptions, alphas_cumprod: torch.Tensor | None = None) -> dict:
     """The sampler keys A1111 adds to the infotext when they differ from its defaults: `Eta` (ancestral
-    and SDE samplers, default 1), `Eta DDIM` (DDIM, default 0), `Sigma churn/tmin/tmax/noise`."""
-    fields: dict[str, float] = {}
+    and SDE samplers, default 1), `Eta DDIM` (DDIM, default 0), `Sigma churn/tmin/tmax/noise`, the
+    schedule settings (`Schedule min/max sigma`, `Schedule rho`, `Beta schedule alpha/beta`) and
+    `Discard penultimate sigma` when the setting forces it."""
+    spec = choice.spec
+    fields: dict = {}
     eta = options.eta_for(spec)
     if spec.function == "ddim" and eta:
         fields["Eta DDIM"] = eta
@@ -341,6 +373,15 @@ def infotext_fields(spec: SamplerSpec, options: SamplerOptions) -> dict[str, flo
             fields["Sigma tmax"] = options.s_tmax
     if spec.s_noise and options.s_noise != 1.0:
         fields["Sigma noise"] = options.s_noise
+    if choice.effective_schedule is not None:
+        if options.always_discard_next_to_last_sigma and not spec.discard_next_to_last_sigma:
+            fields["Discard penultimate sigma"] = True
+        if alphas_cumprod is not None and choice.effective_schedule != "uniform":
+            overrides = _schedule_overrides(choice, options, schedules.model_sigmas(alphas_cumprod))
+            names = {"sigma_min": "Schedule min sigma", "sigma_max": "Schedule max sigma", "rho": "Schedule rho"}
+            fields.update({names[k]: v for k, v in overrides.items()})
+        if choice.effective_schedule == "beta":
+            fields["Beta schedule alpha"], fields["Beta schedule beta"] = options.beta_alpha, options.beta_beta
     return fields
 
 

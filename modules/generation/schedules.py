@@ -69,10 +69,14 @@ def _timestep_range(sigmas: torch.Tensor, sigma_min: float, sigma_max: float) ->
     return sigma_to_t(torch.tensor(sigma_max), log_sigmas), sigma_to_t(torch.tensor(sigma_min), log_sigmas)
 
 
-def normal(steps: int, sigmas: torch.Tensor, sgm: bool = False) -> torch.Tensor:
+def normal(steps: int, sigmas: torch.Tensor, sgm: bool = False, sigma_min: float | None = None,
+           sigma_max: float | None = None) -> torch.Tensor:
     """Timesteps evenly spaced between those of sigma_max and sigma_min (both ends included), or, for
-    SGM Uniform, `steps` of `steps + 1` such points (the last, sigma_min's, left out)."""
-    start, end = _timestep_range(sigmas, sigmas[0].item(), sigmas[-1].item())
+    SGM Uniform, `steps` of `steps + 1` such points (the last, sigma_min's, left out). The range is the
+    model's unless given."""
+    lo = sigmas[0].item() if sigma_min is None else sigma_min
+    hi = sigmas[-1].item() if sigma_max is None else sigma_max
+    start, end = _timestep_range(sigmas, lo, hi)
     if sgm:
         t = torch.linspace(start.item(), end.item(), steps + 1)[:-1]
     else:
@@ -81,8 +85,9 @@ def normal(steps: int, sigmas: torch.Tensor, sgm: bool = False) -> torch.Tensor:
     return _append_zero(torch.stack([t_to_sigma(ts, log_sigmas) for ts in t]))
 
 
-def sgm_uniform(steps: int, sigmas: torch.Tensor) -> torch.Tensor:
-    return normal(steps, sigmas, sgm=True)
+def sgm_uniform(steps: int, sigmas: torch.Tensor, sigma_min: float | None = None,
+                sigma_max: float | None = None) -> torch.Tensor:
+    return normal(steps, sigmas, True, sigma_min, sigma_max)
 
 
 def kl_optimal(steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
@@ -151,20 +156,28 @@ SCHEDULES = {
 }
 
 
-def sigmas_for(schedule: str, steps: int, sigmas: torch.Tensor, sdxl: bool = False) -> torch.Tensor:
-    """`steps` noise levels plus a final 0 for a model with training sigmas `sigmas` (A1111's range:
-    the model's smallest and largest training sigma)."""
-    lo, hi = sigmas[0].item(), sigmas[-1].item()
+# A1111's default rho per schedule (the `rho` setting overrides it where there is one)
+DEFAULT_RHO = {"karras": 7.0, "polyexponential": 1.0}
+
+
+def sigmas_for(schedule: str, steps: int, sigmas: torch.Tensor, sdxl: bool = False, sigma_min: float | None = None,
+               sigma_max: float | None = None, rho: float | None = None,
+               beta_params: tuple[float, float] = (0.6, 0.6)) -> torch.Tensor:
+    """`steps` noise levels plus a final 0 for a model with training sigmas `sigmas`. The range is the
+    model's smallest and largest training sigma unless sigma_min/sigma_max are given (A1111's settings
+    "sigma min/max"); `rho` overrides Karras's 7 and Polyexponential's 1."""
+    lo = sigmas[0].item() if sigma_min is None else sigma_min
+    hi = sigmas[-1].item() if sigma_max is None else sigma_max
     if schedule == "uniform":
         return uniform(steps, sigmas)
     if schedule == "karras":
-        return karras(steps, lo, hi)
+        return karras(steps, lo, hi, rho or DEFAULT_RHO["karras"])
     if schedule == "exponential":
         return exponential(steps, lo, hi)
     if schedule == "polyexponential":
-        return polyexponential(steps, lo, hi)
+        return polyexponential(steps, lo, hi, rho or DEFAULT_RHO["polyexponential"])
     if schedule == "sgm_uniform":
-        return sgm_uniform(steps, sigmas)
+        return sgm_uniform(steps, sigmas, sigma_min, sigma_max)
     if schedule == "kl_optimal":
         return kl_optimal(steps, lo, hi)
     if schedule == "align_your_steps":
@@ -172,9 +185,9 @@ def sigmas_for(schedule: str, steps: int, sigmas: torch.Tensor, sdxl: bool = Fal
     if schedule == "simple":
         return simple(steps, sigmas)
     if schedule == "normal":
-        return normal(steps, sigmas)
+        return normal(steps, sigmas, False, sigma_min, sigma_max)
     if schedule == "ddim":
         return ddim(steps, sigmas)
     if schedule == "beta":
-        return beta(steps, lo, hi)
+        return beta(steps, lo, hi, *beta_params)
     raise ValueError(f"unknown schedule {schedule!r}")
