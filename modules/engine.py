@@ -48,6 +48,7 @@ class GenerationResult:
     info: dict[str, Any]
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
+    grid: Image.Image | None = None  # A1111's grid of the job's images (more than one, saving on)
 
 
 Txt2ImgResult = GenerationResult  # the name it had before img2img shared it
@@ -339,6 +340,18 @@ class Engine:
         finally:
             bar.close()
         extra = {**extra, **self._network_fields(model, networks)}
+        # A1111's grid: jobs of more than one image that are saved (the API's save_images)
+        if params.save_images and len(result.images) > 1 and (settings.return_grid or settings.grid_save):
+            grid = images.image_grid(result.images, params.batch_size, settings.n_rows)
+            grid.info["parameters"] = result.infotexts[0]
+            if settings.grid_save:
+                kind_dir = settings.outdir_img2img_grids if isinstance(params, Img2ImgParams) else \
+                    settings.outdir_txt2img_grids
+                grid_dir = settings.outdir_grids or kind_dir
+                images.save_grid(grid, self.paths.resolve_output_dir(grid_dir),
+                                 result.infotexts[0] if settings.enable_pnginfo else None, settings.save_to_dirs)
+            if settings.return_grid:
+                result.grid = grid
         if result.infotexts:
             fileio.atomic_write_bytes(self.paths.params_file, result.infotexts[0].encode("utf-8"))
         result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp, extra,

@@ -62,6 +62,45 @@ def save_image(image: Image.Image, folder: Path, seed: int, infotext: str | None
     raise OSError(f"could not find a free file name in {folder}")
 
 
+_GRID_NUMBER = re.compile(r"grid-(\d+)")
+
+
+def image_grid(images: list[Image.Image], batch_size: int, n_rows: int = -1) -> Image.Image:
+    """A1111's grid: `n_rows` rows (0: one row per batch, -1: about square, round(sqrt(n))), filled row by
+    row on black."""
+    if n_rows > 0:
+        rows = n_rows
+    elif n_rows == 0:
+        rows = batch_size
+    else:
+        rows = min(round(len(images) ** 0.5), len(images))
+    cols = -(-len(images) // rows)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), color="black")
+    for i, image in enumerate(images):
+        grid.paste(image, box=(i % cols * w, i // cols * h))
+    return grid
+
+
+def save_grid(grid: Image.Image, folder: Path, infotext: str | None, by_date: bool = True,
+              today: datetime.date | None = None) -> Path:
+    """Save as grid-NNNN.png in `folder` (or its YYYY-MM-DD subfolder), A1111's short grid name."""
+    if by_date:
+        folder = folder / (today or datetime.date.today()).isoformat()
+    data = png_bytes(grid, infotext)
+    with _save_lock:
+        folder.mkdir(parents=True, exist_ok=True)
+        numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := _GRID_NUMBER.match(name))]
+        number = max(numbers, default=-1) + 1
+        for _ in range(500):
+            path = folder / f"grid-{number:04d}.png"
+            if not path.exists():
+                fileio.atomic_write_bytes(path, data)
+                return path
+            number += 1
+    raise OSError(f"could not find a free file name in {folder}")
+
+
 def read_infotext(image: Image.Image) -> str | None:
     """The `parameters` text stored in a PNG by us or by A1111, if any."""
     text = image.info.get("parameters")

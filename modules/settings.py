@@ -54,6 +54,9 @@ class Settings(BaseModel):
 
     # Saving
     samples_save: bool = Field(True, description="Save every generated image")
+    grid_save: bool = Field(True, description="Save a grid of the images of a job with more than one")
+    return_grid: bool = Field(True, description="Show the grid first among a job's images")
+    n_rows: int = Field(-1, ge=-1, le=16, description="Grid rows: -1 about square, 0 one row per batch")
     samples_format: Literal["png"] = "png"
     enable_pnginfo: bool = Field(True, description="Write generation parameters into the PNG")
     save_to_dirs: bool = Field(True, description="Save into a subfolder per day")

@@ -182,8 +182,13 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         result.warnings.extend(f"{name} is not supported yet and was ignored" for name in req.unsupported_fields())
         if req.override_settings and not req.override_settings_restore_afterwards:
             await run_in_threadpool(engine.set_options, req.override_settings)
-        encoded = await run_in_threadpool(lambda: [encode_png(im) for im in result.images]) if req.send_images else []
-        return schemas.Txt2ImgResponse(images=encoded, parameters=parameters, info=json.dumps(result.info))
+        shown = ([result.grid] if result.grid is not None else []) + result.images
+        encoded = await run_in_threadpool(lambda: [encode_png(im) for im in shown]) if req.send_images else []
+        info = result.info
+        if result.grid is not None:  # A1111 puts the grid first, with its infotext, and says so
+            info = {**info, "infotexts": [result.grid.info["parameters"]] + info["infotexts"],
+                    "index_of_first_image": 1}
+        return schemas.Txt2ImgResponse(images=encoded, parameters=parameters, info=json.dumps(info))
 
     @r.post("/txt2img", response_model=schemas.Txt2ImgResponse)
     async def txt2img(req: schemas.Txt2ImgRequest):
