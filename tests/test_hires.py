@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from modules import infotext
 from modules.engine import BadRequest
@@ -17,7 +18,11 @@ def test_schedule_and_size_follow_a1111():
     assert hires.schedule(p.model_copy(update={"hr_second_pass_steps": 10, "denoising_strength": 0.5})) == (20, 9)
     assert hires.target_size(p) == (128, 192)
     assert hires.target_size(p.model_copy(update={"hr_resize_x": 100})) == (96, 144)
-    assert hires.target_size(p.model_copy(update={"hr_resize_x": 80, "hr_resize_y": 72})) == (80, 72)
+    # both sides given: upscaled to cover 80x72 (80x120 here), then the latent centre-cropped to it
+    both = p.model_copy(update={"hr_resize_x": 80, "hr_resize_y": 72})
+    assert hires.upscale_plan(both) == (80, 120, 0, 6) and hires.target_size(both) == (80, 72)
+    latent = torch.arange(15 * 10).reshape(1, 1, 15, 10)
+    assert torch.equal(hires.crop(latent, 0, 6), latent[:, :, 3:12])
 
 
 @pytest.mark.parametrize("upscaler", ["Latent", "Latent (nearest-exact)", "Lanczos"])

@@ -39,19 +39,35 @@ def check_upscaler(name: str | None) -> str:
     return name
 
 
-def target_size(params: GenerationParams) -> tuple[int, int]:
-    """(width, height) of the second pass: the base size times hr_scale, or hr_resize_x/y (one of them 0:
-    kept in proportion), each a multiple of 8 as the latent needs."""
+def upscale_plan(params: GenerationParams) -> tuple[int, int, int, int]:
+    """(width, height) to upscale to and the latent columns/rows (truncate_x, truncate_y) to cut off
+    afterwards, as A1111 plans it: the base size times hr_scale, or hr_resize_x/y with the other side in
+    proportion when one is 0; with both given, the image is upscaled to cover that size and the latent
+    centre-cropped to it."""
     w, h = params.width, params.height
-    if params.hr_resize_x == 0 and params.hr_resize_y == 0:
-        tw, th = int(w * params.hr_scale), int(h * params.hr_scale)
-    elif params.hr_resize_y == 0:
-        tw, th = params.hr_resize_x, params.hr_resize_x * h // w
-    elif params.hr_resize_x == 0:
-        tw, th = params.hr_resize_y * w // h, params.hr_resize_y
+    rx, ry = params.hr_resize_x, params.hr_resize_y
+    if rx == 0 and ry == 0:
+        return int(w * params.hr_scale), int(h * params.hr_scale), 0, 0
+    if ry == 0:
+        return rx, rx * h // w, 0, 0
+    if rx == 0:
+        return ry * w // h, ry, 0, 0
+    if w / h < rx / ry:
+        up_x, up_y = rx, rx * h // w
     else:
-        tw, th = params.hr_resize_x, params.hr_resize_y
-    return tw // 8 * 8, th // 8 * 8
+        up_x, up_y = ry * w // h, ry
+    return up_x, up_y, (up_x - rx) // 8, (up_y - ry) // 8
+
+
+def target_size(params: GenerationParams) -> tuple[int, int]:
+    """(width, height) of the second pass's image."""
+    up_x, up_y, cut_x, cut_y = upscale_plan(params)
+    return up_x // 8 * 8 - cut_x * 8, up_y // 8 * 8 - cut_y * 8
+
+
+def crop(latents: torch.Tensor, cut_x: int, cut_y: int) -> torch.Tensor:
+    """A1111's centre crop of the upscaled latent (the odd column/row comes off the end)."""
+    return latents[:, :, cut_y // 2:latents.shape[2] - (cut_y + 1) // 2, cut_x // 2:latents.shape[3] - (cut_x + 1) // 2]
 
 
 def schedule(params: GenerationParams) -> tuple[int, int]:

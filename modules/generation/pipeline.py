@@ -416,10 +416,12 @@ def _hires_pass(model, params: GenerationParams, latents: torch.Tensor, seeds: l
     (A1111 makes a new RNG there), then img2img over the end of the hires schedule, with the hires
     sampler and prompts when given (A1111 encodes them for the hires steps)."""
     upscaler = hires.check_upscaler(params.hr_upscaler)
-    width, height = hires.target_size(params)
-    latents = hires.upscale_latents(latents, upscaler, width, height, lambda z: decode(model, z),
+    up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
+    latents = hires.upscale_latents(latents, upscaler, up_x, up_y, lambda z: decode(model, z),
                                     lambda image: encode(model, image_to_tensor(image)[None]))
-    shape = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+    latents = hires.crop(latents, cut_x, cut_y)
+    shape = (LATENT_CHANNELS, *latents.shape[2:])
+    height, width = shape[1] * VAE_SCALE, shape[2] * VAE_SCALE
     generators = rng.create_generators(seeds, randn_source, model.device)
     noise = rng.image_noise(seeds, generators, shape, model.device, randn_source, subseeds, params.subseed_strength,
                             (params.seed_resize_from_w, params.seed_resize_from_h))
