@@ -1,10 +1,16 @@
-"""AUTOMATIC1111's sampler names, each backed by a diffusers scheduler configured to k-diffusion's maths.
+"""AUTOMATIC1111's sampler names and schedule types, and what runs each of them.
 
-The scheduler does the update step; the noise levels come from `schedules` (k-diffusion's
-discretisation) and replace the scheduler's own, so the same seed reproduces A1111's image. Each
-sampler also says how its state is scaled: k-diffusion samplers hold x in "variance exploding" units
-(x = x0 + sigma*noise), diffusers' DPM-Solver holds it divided by sqrt(sigma^2 + 1), and DDIM starts
-from plain unit noise as A1111's DDIM does.
+Three kinds of implementation, chosen per sampler so that the same seed reproduces A1111's image:
+- a diffusers scheduler configured to k-diffusion's maths (Euler, Euler a, DPM++ 2M, UniPC), whose
+  noise levels are replaced by `schedules` (k-diffusion's discretisation);
+- our own k-diffusion-style step function in `ksampling` where diffusers has no faithful equivalent
+  (the SDE and second-order samplers, LMS, DPM fast/adaptive, Restart, LCM), and also for the diffusers
+  ones when an option only those functions honour is set (eta, churn, s_noise, NV noise, a schedule not
+  ending at 0);
+- A1111's own timestep loops (DDIM, DDIM CFG++, PLMS), also in `ksampling`.
+Each prepared sampler says how its state is scaled: k-diffusion samplers hold x in "variance exploding"
+units (x = x0 + sigma*noise), diffusers' DPM-Solver divides that by sqrt(sigma^2 + 1), and the timestep
+samplers start from plain unit noise as A1111's do.
 """
 
 from __future__ import annotations
