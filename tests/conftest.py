@@ -52,9 +52,9 @@ def data_dir(tmp_path, tiny_dir) -> Path:
     return tmp_path
 
 
-def make_manager(data: Path) -> ModelManager:
+def make_manager(data: Path, builtin_files: tuple[Path, ...] = ()) -> ModelManager:
     p = paths.from_args(str(data))
-    registry = CheckpointRegistry(p.checkpoint_dirs, HashCache(p.hash_cache))
+    registry = CheckpointRegistry(p.checkpoint_dirs, HashCache(p.hash_cache), builtin_files=builtin_files)
     return ModelManager(registry, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), devices.plan(skip_cuda_test=True),
                         p.default_sd1_config)
 

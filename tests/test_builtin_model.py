@@ -16,14 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules import devices, paths
+from modules import paths
 from modules.engine import Engine
 from modules.generation.params import GenerationParams, Img2ImgParams
-from modules.hashing import HashCache
 from modules.jobs import JobQueue
-from modules.models.manager import ModelManager
-from modules.models.registry import CheckpointRegistry, VaeRegistry
 from modules.settings import SettingsStore
+from tests.conftest import make_manager
 from tests.shapes_judge import judge
 from tools import shapes_world as world
 
@@ -37,11 +35,7 @@ def engine(tmp_path_factory):
     assert MODEL.is_file() and MODEL.with_suffix(".yaml").is_file(), f"{MODEL} (and its .yaml) must ship"
     data = tmp_path_factory.mktemp("builtin-data")
     p = paths.from_args(str(data))
-    registry = CheckpointRegistry(p.checkpoint_dirs, HashCache(p.hash_cache), builtin_files=paths.BUILTIN_MODELS)
-    plan = devices.plan(skip_cuda_test=True)
-    devices.configure_torch(plan.device)
-    manager = ModelManager(registry, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config)
-    e = Engine(p, SettingsStore(p.config_file), manager, JobQueue())
+    e = Engine(p, SettingsStore(p.config_file), make_manager(data, paths.BUILTIN_MODELS), JobQueue())
     yield e
     e.queue.stop()
 
