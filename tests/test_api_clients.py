@@ -24,12 +24,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import webui
-from modules import cmd_args, images, paths
-from modules.engine import Engine
+from modules import cmd_args, images
 from modules.generation.params import GenerationParams
-from modules.jobs import JobQueue
-from modules.settings import SettingsStore
-from tests.conftest import make_manager
+from tests.conftest import make_engine
 from tests.test_server import decode, start_server, stop_server
 
 pytestmark = pytest.mark.server
@@ -81,10 +78,8 @@ def test_webuiapi_txt2img_equals_plain_http_and_the_engine(server, api, data_dir
     assert plain.status_code == 200
     assert base64.b64decode(plain.json()["images"][0]) == png_of(result.image)
     # and the engine in this process, from its own copy of the checkpoint, makes the same picture
-    p = paths.from_args(str(data_dir))
-    engine = Engine(p, SettingsStore(p.config_file), make_manager(data_dir), JobQueue())
+    engine = make_engine(data_dir)
     try:
-        engine.settings.update({"sd_model_checkpoint": "sd1.safetensors"})
         local = engine.txt2img(GenerationParams(prompt=PROMPT, negative_prompt="green", seed=1234,
                                                 sampler_name="Euler a", save_images=False, **SMALL))
     finally:

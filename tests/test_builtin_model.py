@@ -17,11 +17,8 @@ import pytest
 from PIL import Image
 
 from modules import paths
-from modules.engine import Engine
 from modules.generation.params import GenerationParams, Img2ImgParams
-from modules.jobs import JobQueue
-from modules.settings import SettingsStore
-from tests.conftest import make_manager
+from tests.conftest import make_engine
 from tests.shapes_judge import judge
 from tools import shapes_world as world
 
@@ -34,8 +31,7 @@ def engine(tmp_path_factory):
     """An engine over a data dir with no checkpoints of its own: only the built-in model is listed."""
     assert MODEL.is_file() and MODEL.with_suffix(".yaml").is_file(), f"{MODEL} (and its .yaml) must ship"
     data = tmp_path_factory.mktemp("builtin-data")
-    p = paths.from_args(str(data))
-    e = Engine(p, SettingsStore(p.config_file), make_manager(data, paths.BUILTIN_MODELS), JobQueue())
+    e = make_engine(data, checkpoint=None, builtin_files=paths.BUILTIN_MODELS)
     yield e
     e.queue.stop()
 

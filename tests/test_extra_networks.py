@@ -19,15 +19,12 @@ import torch
 from safetensors.torch import save_file
 
 from modules import paths, styles
-from modules.engine import Engine
 from modules.generation import extra_networks
 from modules.generation.params import GenerationParams
-from modules.jobs import JobQueue
 from modules.models import lora
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingVocabulary, read_embedding
-from modules.settings import SettingsStore
-from tests.conftest import make_manager
+from tests.conftest import make_engine, make_manager
 
 RANK = 4
 
@@ -97,10 +94,8 @@ def data(tiny_dir):
 
 @pytest.fixture(scope="module")
 def engine(data):
-    p = paths.from_args(str(data))
-    paths.ensure_dirs(p)
-    e = Engine(p, SettingsStore(p.config_file), make_manager(data), JobQueue())
-    e.settings.update({"sd_model_checkpoint": "sd1.safetensors"})
+    paths.ensure_dirs(paths.from_args(str(data)))
+    e = make_engine(data)
     e.load_checkpoint()
     yield e
     e.queue.stop()

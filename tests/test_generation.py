@@ -12,22 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-from modules import images, infotext, paths
-from modules.engine import BadRequest, Engine
+from modules import images, infotext
+from modules.engine import BadRequest
 from modules.generation import pipeline
 from modules.generation.params import GenerationParams
-from modules.jobs import JobQueue
 from modules.models import ldm_export
-from modules.settings import SettingsStore
 from tests import tiny_models
-from tests.conftest import make_manager
+from tests.conftest import make_engine
 
 
 @pytest.fixture()
 def engine(data_dir):
-    p = paths.from_args(str(data_dir))
-    e = Engine(p, SettingsStore(p.config_file), make_manager(data_dir), JobQueue())
-    e.settings.update({"sd_model_checkpoint": "sd1.safetensors"})
+    e = make_engine(data_dir)
     yield e
     e.queue.stop()
 

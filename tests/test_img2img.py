@@ -15,14 +15,11 @@ import requests
 import torch
 from PIL import Image, ImageDraw
 
-from modules import images, infotext, paths
-from modules.engine import Engine
+from modules import images, infotext
 from modules.generation import masking, pipeline, rng, samplers, schedules
 from modules.generation.params import Img2ImgParams
-from modules.jobs import JobQueue
-from modules.settings import SettingsStore
 from tests import kdiffusion_ref as K
-from tests.conftest import make_manager
+from tests.conftest import make_engine, make_manager
 from tests.test_server import start_server, stop_server
 
 SHAPE = (4, 8, 8)
@@ -78,9 +75,7 @@ def model(request, manager):
 
 @pytest.fixture(scope="module")
 def engine(data):
-    p = paths.from_args(str(data))
-    e = Engine(p, SettingsStore(p.config_file), make_manager(data), JobQueue())
-    e.settings.update({"sd_model_checkpoint": "sd1.safetensors"})
+    e = make_engine(data)
     yield e
     e.queue.stop()
 

@@ -16,14 +16,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from modules import paths
-from modules.engine import Engine
 from modules.generation import extra_networks, pipeline, prompts, rng, samplers
 from modules.generation.conditioning import CHUNK, build_chunks
 from modules.generation.params import GenerationParams
-from modules.jobs import JobQueue
-from modules.settings import SettingsStore
-from tests.conftest import make_manager
+from tests.conftest import make_engine, make_manager
 
 COMMA = 267
 
@@ -397,9 +393,7 @@ def test_and_sub_prompts_of_different_lengths_and_a_negative_never_split(sd1):
 def engine(tiny_dir):
     data = Path(tempfile.mkdtemp())
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
-    p = paths.from_args(str(data))
-    e = Engine(p, SettingsStore(p.config_file), make_manager(data), JobQueue())
-    e.settings.update({"sd_model_checkpoint": "sd1.safetensors"})
+    e = make_engine(data)
     yield e
     e.queue.stop()
     shutil.rmtree(data, ignore_errors=True)
