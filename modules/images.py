@@ -22,14 +22,16 @@ from PIL.PngImagePlugin import PngInfo
 from modules import fileio
 
 _NUMBER = re.compile(r"^(\d+)")
+_GRID_NUMBER = re.compile(r"grid-(\d+)")
 _save_lock = threading.Lock()
 
 
-def next_number(folder: Path) -> int:
+def next_number(folder: Path, pattern: re.Pattern = _NUMBER) -> int:
+    """One more than the largest number `pattern` finds in the folder's file names (0 in an empty folder)."""
     highest = -1
     if folder.is_dir():
         for name in os.listdir(folder):
-            if m := _NUMBER.match(name):
+            if m := pattern.match(name):
                 highest = max(highest, int(m.group(1)))
     return highest + 1
 
@@ -44,17 +46,18 @@ def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
     return buf.getvalue()
 
 
-def save_image(image: Image.Image, folder: Path, seed: int, infotext: str | None, by_date: bool = True,
-               today: datetime.date | None = None) -> Path:
-    """Save as NNNNN-SEED.png in `folder` (or its YYYY-MM-DD subfolder) and return the path."""
+def _save_numbered(image: Image.Image, folder: Path, infotext: str | None, by_date: bool,
+                   today: datetime.date | None, pattern: re.Pattern, name: str) -> Path:
+    """Write the PNG as `name` formatted with the next free number in `folder` (or its YYYY-MM-DD
+    subfolder); never overwrites a file."""
     if by_date:
         folder = folder / (today or datetime.date.today()).isoformat()
     data = png_bytes(image, infotext)
     with _save_lock:
         folder.mkdir(parents=True, exist_ok=True)
-        number = next_number(folder)
+        number = next_number(folder, pattern)
         for _ in range(500):
-            path = folder / f"{number:05d}-{seed}.png"
+            path = folder / name.format(number)
             if not path.exists():
                 fileio.atomic_write_bytes(path, data)
                 return path
@@ -62,7 +65,10 @@ def save_image(image: Image.Image, folder: Path, seed: int, infotext: str | None
     raise OSError(f"could not find a free file name in {folder}")
 
 
-_GRID_NUMBER = re.compile(r"grid-(\d+)")
+def save_image(image: Image.Image, folder: Path, seed: int, infotext: str | None, by_date: bool = True,
+               today: datetime.date | None = None) -> Path:
+    """Save as NNNNN-SEED.png in `folder` (or its YYYY-MM-DD subfolder) and return the path."""
+    return _save_numbered(image, folder, infotext, by_date, today, _NUMBER, "{:05d}-" + str(seed) + ".png")
 
 
 def image_grid(images: list[Image.Image], batch_size: int, n_rows: int = -1) -> Image.Image:
@@ -85,20 +91,7 @@ def image_grid(images: list[Image.Image], batch_size: int, n_rows: int = -1) -> 
 def save_grid(grid: Image.Image, folder: Path, infotext: str | None, by_date: bool = True,
               today: datetime.date | None = None) -> Path:
     """Save as grid-NNNN.png in `folder` (or its YYYY-MM-DD subfolder), A1111's short grid name."""
-    if by_date:
-        folder = folder / (today or datetime.date.today()).isoformat()
-    data = png_bytes(grid, infotext)
-    with _save_lock:
-        folder.mkdir(parents=True, exist_ok=True)
-        numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := _GRID_NUMBER.match(name))]
-        number = max(numbers, default=-1) + 1
-        for _ in range(500):
-            path = folder / f"grid-{number:04d}.png"
-            if not path.exists():
-                fileio.atomic_write_bytes(path, data)
-                return path
-            number += 1
-    raise OSError(f"could not find a free file name in {folder}")
+    return _save_numbered(grid, folder, infotext, by_date, today, _GRID_NUMBER, "grid-{:04d}.png")
 
 
 def read_infotext(image: Image.Image) -> str | None:
