@@ -5,6 +5,28 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The browser tests drive Debian's chromium (never a browser Playwright downloads); they must not skip.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "Installing chromium (for the browser tests)"
+    if [ "$(id -u)" -eq 0 ]; then
+        as_root=env
+    elif command -v sudo >/dev/null 2>&1; then
+        as_root="sudo env"
+    else
+        as_root=
+    fi
+    if [ -z "$as_root" ] || ! { $as_root apt-get update && \
+            $as_root DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; then
+        echo "The browser tests need Debian's chromium package and it could not be installed" \
+             "(not root, no sudo, or apt-get failed): run 'apt-get install -y chromium' as root." >&2
+        exit 1
+    fi
+    if ! command -v chromium >/dev/null 2>&1; then
+        echo "chromium is still not on PATH after installing it; the browser tests cannot run." >&2
+        exit 1
+    fi
+fi
+
 venv=${TEST_VENV:-.venv-test}
 python=${python_cmd:-$(command -v python3.11 || command -v python3)}
 torch_command=${TORCH_COMMAND:-pip install torch==2.13.0}
