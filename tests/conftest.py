@@ -31,6 +31,7 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.c
 def pytest_configure(config):
     config.addinivalue_line("markers", "launcher: runs ./webui.sh end to end (creates a venv; minutes)")
     config.addinivalue_line("markers", "server: starts webui.py as a live server on 127.0.0.1")
+    config.addinivalue_line("markers", "browser: drives the page in headless Chromium (Playwright; tests/browser.py)")
 
 
 @pytest.fixture(scope="session")
