@@ -320,14 +320,17 @@ class Engine:
         hooks.on_batch, hooks.on_step = on_batch, on_step
         save = params.save_images and settings.samples_save
         folder = self.paths.resolve_output_dir(settings.outdir_samples or outdir)
+        state.partial = result  # the UI shows the images as they are finished
         try:
             for batch in batches:
                 extra = {**extra, **self._network_fields(model, networks)}  # TI hashes are known once encoded
+                if batch.interrupted:  # A1111 shows the interrupted batch, saves it only if asked to
+                    result.interrupted = True
                 for image, image_seed in zip(batch.images, batch.seeds):
                     text = self._infotext(params, model, choice, settings, image_seed, extra,
                                           subseeds[len(result.images)], ensd)
                     path = None
-                    if save:
+                    if save and (not batch.interrupted or getattr(settings, "save_incomplete_images", False)):
                         path = str(images.save_image(image, folder, image_seed,
                                                      text if settings.enable_pnginfo else None, settings.save_to_dirs))
                     image.info["parameters"] = text

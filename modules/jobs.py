@@ -45,6 +45,9 @@ class JobState:
     textinfo: str | None = None
     # The latest latent of the running batch, for live previews (read by /progress, never written there).
     current_latent: Any = field(default=None, repr=False)
+    # The job's result while it is being built (a GenerationResult for generation jobs): images appear
+    # in it as they are finished.
+    partial: Any = field(default=None, repr=False)
 
     def progress(self) -> float:
         if self.job_count <= 0:
@@ -143,6 +146,13 @@ class JobQueue:
     def queued(self) -> int:
         with self._lock:
             return len(self._pending)
+
+    def ahead_of(self, job: Job) -> int:
+        """How many jobs run before `job` (the running one included); 0 once it runs or is done."""
+        with self._lock:
+            if job not in self._pending:
+                return 0
+            return self._pending.index(job) + (1 if self.current is not None else 0)
 
     def interrupt(self) -> None:
         job = self.current

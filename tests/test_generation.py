@@ -205,7 +205,26 @@ def test_interrupt_keeps_finished_images_and_skip_moves_on(engine):
     engine.queue.interrupt()  # stop during batch 3
     t.join(60)
     result = done["r"]
-    assert result.interrupted and result.seeds == [100]
+    # A1111: the interrupted batch is decoded from its last prediction and shown, but not saved
+    assert result.interrupted and result.seeds == [100, 102]
     full = engine.txt2img(params(n_iter=4, steps=60, save_images=False))
     assert full.seeds == [100, 101, 102, 103]
     assert result.images[0].tobytes() == full.images[0].tobytes()
+    assert result.images[1].size == full.images[2].size
+    assert result.images[1].tobytes() != full.images[2].tobytes()  # stopped early: not the finished image
+
+
+def test_an_interrupted_batch_is_shown_but_not_saved(engine, data_dir):
+    engine.load_checkpoint("sd1.safetensors")
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("r", engine.txt2img(params(n_iter=2, steps=300))))
+    t.start()
+    while not (engine.queue.current and engine.queue.current.kind == "txt2img"
+               and engine.queue.current.state.sampling_step >= 3):
+        time.sleep(0.02)
+    engine.queue.interrupt()
+    t.join(60)
+    result = done["r"]
+    assert result.interrupted and len(result.images) == 1 and result.paths == [None]
+    assert result.images[0].size == (64, 64) and "Seed: 100" in result.infotexts[0]
+    assert not list((data_dir / "outputs").rglob("*.png"))  # nothing saved, no grid of one image

@@ -21,7 +21,7 @@ from modules import images
 from modules.generation import extra_networks, hires, ksampling, masking, rng, samplers, schedules
 from modules.generation.conditioning import ComposableCond, ScheduledCond
 from modules.generation.params import GenerationParams, Img2ImgParams
-from modules.jobs import JobSkipped
+from modules.jobs import JobInterrupted, JobSkipped
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,13 @@ class Hooks:
     on_batch: Callable[[int], None] | None = None  # a batch (0-based index) starts
     on_step: Callable[[int, int, torch.Tensor], None] | None = None  # (step, steps, latent)
     check: Callable[[], None] | None = None  # raises JobInterrupted (stop) or JobSkipped (next batch)
+    # The sampler's latest prediction of the clean latent (x0): what a live preview shows, and what an
+    # interrupted batch is decoded from (A1111 returns the last denoised latent when interrupted).
+    denoised: torch.Tensor | None = None
+
+    def preview(self, x: torch.Tensor) -> torch.Tensor:
+        """What on_step reports: the clean-latent prediction when the sampler has one, else x itself."""
+        return x if self.denoised is None else self.denoised
 
 
 @dataclass
@@ -46,6 +53,7 @@ class BatchOutput:
     images: list[Image.Image]
     seeds: list[int]
     batch_index: int
+    interrupted: bool = False  # decoded from the last prediction of a batch the user interrupted
 
 
 def _to_pil(decoded: torch.Tensor) -> Image.Image:
@@ -184,9 +192,11 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
         guided = prepared.scheduler_input(guided, x_in, t)
         if takes_generator:
             step_kwargs["generator"] = generators
-        x = scheduler.step(guided, t, x, **step_kwargs).prev_sample
+        out = scheduler.step(guided, t, x, **step_kwargs)
+        x = out.prev_sample
+        hooks.denoised = getattr(out, "pred_original_sample", None)
         if hooks.on_step:
-            hooks.on_step(i + 1, len(timesteps), x)
+            hooks.on_step(i + 1, len(timesteps), hooks.preview(x))
     return x
 
 
@@ -218,14 +228,16 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
         if denoiser.keep_uncond:
             u = denoiser.last_uncond
             last_uncond.append(a_t.sqrt() * u + (1 - a_t).sqrt() * x if v_model else u)
-        return a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
+        eps_out = a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
+        hooks.denoised = (x - (1 - a_t).sqrt() * eps_out) / a_t.sqrt()
+        return eps_out
 
     shape = tuple(noise.shape[1:])
     total = max(len(timesteps) - 1, 0)
 
     def on_step(i: int, latent: torch.Tensor) -> None:
         if hooks.on_step:
-            hooks.on_step(i + 1, total, latent)
+            hooks.on_step(i + 1, total, hooks.preview(latent))
 
     return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
                              on_step, **kwargs)
@@ -256,6 +268,7 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
             x0 = x + denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas)) * -sigma
         if start is not None and start.mask is not None:  # keep the init latent outside the mask
             x0 = x0 * start.mask + start.latent * (1 - start.mask)
+        hooks.denoised = x0
         return x0
 
     if choice.spec.brownian_noise and seeds is not None:
@@ -270,7 +283,7 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
 
     def on_step(i: int, latent: torch.Tensor) -> None:
         if hooks.on_step:
-            hooks.on_step(min(i + 1, total), total, latent)
+            hooks.on_step(min(i + 1, total), total, hooks.preview(latent))
 
     return prepared.function(denoise, x, sigmas, step_noise, on_step, **prepared.kwargs)
 
@@ -378,6 +391,7 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
     for b in range(params.n_iter):
         if hooks.on_batch:
             hooks.on_batch(b)
+        hooks.denoised = None
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
         generators = rng.create_generators(batch_seeds, randn_source, model.device)
         noise = rng.image_noise(
@@ -393,8 +407,8 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
         first_hooks, second_hooks = hooks, None
         if plan.hires and hooks.on_step:  # progress over both passes, as A1111 counts it
             total = params.steps + (params.hr_second_pass_steps or params.steps)
-            first_hooks = Hooks(hooks.on_batch, lambda i, n, x: hooks.on_step(i, total, x), hooks.check)
-            second_hooks = Hooks(hooks.on_batch, lambda i, n, x: hooks.on_step(total - n + i, total, x), hooks.check)
+            first_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(i, total, x))
+            second_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(total - n + i, total, x))
         try:
             latents = sample(model, denoiser, noise, choice, params.steps, generators, first_hooks, start,
                              sampler_options(params, options), batch_seeds, randn_source)
@@ -405,6 +419,14 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
                                       clip_skip, emphasis)
         except JobSkipped:
             continue
+        except JobInterrupted:
+            # A1111 shows what the interrupted batch had become: its last prediction, decoded.
+            partial = next((h.denoised for h in (second_hooks, first_hooks) if h and h.denoised is not None), None)
+            if partial is None:
+                raise
+            images = decode(model, partial)
+            yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b, interrupted=True)
+            return
         images = decode(model, latents)
         yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b)
 
