@@ -65,10 +65,12 @@ def build(args):
     if not args.nowebui:
         import gradio as gr
 
-        from modules.ui import minimal
+        from modules.ui import app as ui_app
 
-        app = gr.mount_gradio_app(app, minimal.build(engine), path="", auth=ui_credentials,
-                                  auth_message="Log in to Stable Diffusion WebUI" if ui_credentials else None)
+        page = ui_app.build(engine)
+        app = gr.mount_gradio_app(app, page.blocks, path="", auth=ui_credentials,
+                                  auth_message="Log in to Stable Diffusion WebUI" if ui_credentials else None,
+                                  css=page.css, head=page.head)
     return app, engine
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from modules.generation import prompts
+from modules.generation import extra_networks, prompts
 from modules.models.embeddings import Embedding, EmbeddingVocabulary
 
 CHUNK = 75
@@ -281,3 +281,22 @@ class PromptEncoder:
                 seen[text] = self.encode_scheduled(text, steps, clip_skip, emphasis)
             parts.append((seen[text], weight))
         return ComposableCond(tuple(parts))
+
+
+def token_count(tokenizer: CLIPTokenizer, prompt: str, steps: int = 20) -> tuple[int, int]:
+    """A1111's token counter for a prompt box: (tokens, target), e.g. (12, 75) shown as `12/75`.
+
+    Extra-network tags are not counted; every AND sub-prompt and every text of the prompt-editing
+    schedule is counted and the longest wins. A chunk ended early (BREAK, comma back-off) counts as a
+    full 75, as in A1111, and the target is the next multiple of 75. Embedding names count as the
+    tokens of their names (the counter needs no loaded model)."""
+    comma_id = tokenizer.convert_tokens_to_ids(",</w>")
+    best = 0
+    for sub, _weight in prompts.split_and(extra_networks.parse(prompt).text):
+        for _end, text in prompts.prompt_schedule(sub, steps):
+            segments = prompts.parse_attention(text)
+            texts = [s[0] for s in segments if s is not None]
+            ids = iter(tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else [])
+            chunks = build_chunks([None if s is None else (next(ids), s[1]) for s in segments], comma_id)
+            best = max(best, CHUNK * (len(chunks) - 1) + len(chunks[-1].ids))
+    return best, max(1, -(-best // CHUNK)) * CHUNK

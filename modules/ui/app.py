@@ -1,0 +1,248 @@
+"""The whole page: the top bar (checkpoint, VAE, Clip skip), the tabs in A1111's order, and the
+"Send to" links between them. Each tab lives in its own module; this one only puts them together."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from modules.engine import BadRequest, Engine
+from modules.models.checkpoint_file import CheckpointError
+from modules.ui import img2img, paste, pnginfo, settings_tab, txt2img
+
+ASSETS = Path(__file__).parent / "assets"
+DEMO_SIZE = 128  # what the built-in demo model was trained at
+
+
+@dataclass
+class Page:
+    blocks: gr.Blocks
+    css: str
+    head: str
+
+
+def demo_notice(engine: Engine, title: str | None) -> str:
+    """A plain word about the built-in demo model when it is the selected checkpoint, else nothing."""
+    info = engine.models.checkpoints.find(title) if title else None
+    if info is None or not info.builtin:
+        return ""
+    folder = html.escape(str(engine.paths.checkpoint_dirs[-1]))
+    return (f"<div class='sd-note'><b>This is the small built-in demo model</b> ({html.escape(info.name)}): it draws "
+            f"one coloured circle, square or triangle on a plain background at {DEMO_SIZE}x{DEMO_SIZE}, e.g. "
+            "<i>a red circle on a blue background</i>. For real pictures put Stable Diffusion checkpoints "
+            f"(.safetensors or .ckpt) into <code>{folder}</code> and press 🔄.</div>")
+
+
+@dataclass
+class TopBar:
+    checkpoint: gr.Dropdown
+    vae: gr.Dropdown
+    clip_skip: gr.Slider
+    status: gr.HTML
+    notice: gr.HTML
+
+
+def _checkpoint_titles(engine: Engine) -> list[str]:
+    return [i.title for i in engine.models.checkpoints.list()]
+
+
+def _vae_choices(engine: Engine) -> list[str]:
+    return ["Automatic", "None"] + [v.name for v in engine.models.vaes.list()]
+
+
+def _selected(engine: Engine) -> str | None:
+    try:
+        return engine.resolve_checkpoint().title
+    except BadRequest:
+        return None
+
+
+def top_bar(engine: Engine) -> TopBar:
+    initial = _selected(engine)
+    with gr.Row(elem_id="quicksettings", equal_height=True):
+        checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=_checkpoint_titles(engine),
+                                 value=initial, elem_id="sd_checkpoint", scale=4, min_width=300)
+        refresh_checkpoints = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40,
+                                        size="sm", elem_classes="sd-tool")
+        vae = gr.Dropdown(label="SD VAE", choices=_vae_choices(engine), value=engine.settings.values.sd_vae,
+                          elem_id="setting_sd_vae", scale=2, min_width=200)
+        refresh_vae = gr.Button("🔄", elem_id="refresh_sd_vae", scale=0, min_width=40, size="sm",
+                                elem_classes="sd-tool")
+        clip_skip = gr.Slider(1, 12, value=engine.settings.values.CLIP_stop_at_last_layers, step=1,
+                              label="Clip skip", elem_id="setting_CLIP_stop_at_last_layers", scale=2, min_width=200)
+    status = gr.HTML(_status_html(engine.startup_error), elem_id="sd_status")
+    notice = gr.HTML(demo_notice(engine, initial), elem_id="demo_model_notice")
+
+    def refresh():
+        engine.models.checkpoints.refresh()
+        value = _selected(engine)
+        return gr.Dropdown(choices=_checkpoint_titles(engine), value=value), demo_notice(engine, value)
+
+    refresh_checkpoints.click(refresh, outputs=[checkpoint, notice], queue=False)
+
+    def refresh_vaes():
+        engine.models.vaes.refresh()
+        return gr.Dropdown(choices=_vae_choices(engine), value=engine.settings.values.sd_vae)
+
+    refresh_vae.click(refresh_vaes, outputs=vae, queue=False)
+    checkpoint.input(change_checkpoint_stream(engine), inputs=checkpoint, outputs=[status, checkpoint, notice],
+                     concurrency_limit=1, concurrency_id="checkpoint", show_progress="hidden")
+
+    def set_option(name):
+        def apply(value):
+            try:
+                engine.set_options({name: int(value) if name == "CLIP_stop_at_last_layers" else value})
+                return ""
+            except (BadRequest, CheckpointError) as e:
+                return _status_html(str(e))
+        return apply
+
+    vae.input(set_option("sd_vae"), inputs=vae, outputs=status, show_progress="hidden")
+    clip_skip.change(set_option("CLIP_stop_at_last_layers"), inputs=clip_skip, outputs=status, queue=False,
+                     show_progress="hidden")
+    return TopBar(checkpoint, vae, clip_skip, status, notice)
+
+
+def _status_html(error: str | None) -> str:
+    return f'<div class="sd-error">{html.escape(error)}</div>' if error else ""
+
+
+def change_checkpoint_stream(engine: Engine):
+    """Loading a checkpoint as a streamed event: a "Loading..." line at once, then the outcome. It waits
+    in the job queue (behind a running generation) without blocking the page's other events."""
+    def change(title: str):
+        if not title:
+            yield "", gr.skip(), gr.skip()
+            return
+        yield f'<div class="sd-note">Loading {html.escape(title)}...</div>', gr.skip(), gr.skip()
+        try:
+            engine.set_options({"sd_model_checkpoint": title})
+            loaded = engine.models.current.info.title
+            yield (f'<div class="sd-note">Loaded {html.escape(loaded)}</div>',
+                   gr.Dropdown(choices=_checkpoint_titles(engine), value=loaded), demo_notice(engine, loaded))
+        except (BadRequest, CheckpointError) as e:
+            current = engine.models.current
+            yield (_status_html(f"Could not load {title}: {e}"),
+                   gr.Dropdown(value=current.info.title if current else None), gr.skip())
+    return change
+
+
+def build(engine: Engine) -> Page:
+    initial = _selected(engine)
+    size = DEMO_SIZE if demo_notice(engine, initial) else 512  # the demo model draws nothing at 512
+    with gr.Blocks(title="Stable Diffusion WebUI", analytics_enabled=False) as blocks:
+        bar = top_bar(engine)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i = txt2img.build(engine, size)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = img2img.build(engine, size)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = pnginfo.build()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings_tab.build(engine)
+        txt2img.wire(engine, t2i)
+        img2img.wire(engine, i2i)
+        common_wiring(engine, bar, tabs, t2i, i2i, png)
+    return Page(blocks, (ASSETS / "style.css").read_text(encoding="utf-8"),
+                f"<script>{(ASSETS / 'script.js').read_text(encoding='utf-8')}</script>")
+
+
+def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2ImgTab, i2i: img2img.Img2ImgTab,
+                  png: pnginfo.PngInfoTab) -> None:
+    """Paste and "Send to": infotexts fill a tab's fields (and the top bar's Clip skip and checkpoint)."""
+    from modules.ui import common
+
+    common.wire_output_panel(engine, t2i.panel, t2i.seed, "outdir_txt2img_samples")
+    common.wire_output_panel(engine, i2i.panel, i2i.seed, "outdir_img2img_samples")
+    top = [bar.clip_skip, bar.checkpoint]
+
+    def filled(text: str, target, is_txt2img: bool) -> list:
+        values, settings = paste.field_values(engine, text, is_txt2img)
+        values.pop("styles", None)
+        out = paste.updates(target.fields, values)
+        out.append(settings.get("CLIP_stop_at_last_layers", gr.skip()))
+        checkpoint = settings.get("sd_model_checkpoint")
+        out.append(checkpoint if checkpoint and checkpoint != _selected(engine) else gr.skip())
+        return out
+
+    load = change_checkpoint_stream(engine)
+
+    def load_if_changed(title: str):
+        if title and title != _selected(engine):
+            yield from load(title)
+        else:
+            yield gr.skip(), gr.skip(), gr.skip()
+
+    def after(event):
+        event.then(load_if_changed, inputs=bar.checkpoint, outputs=[bar.status, bar.checkpoint, bar.notice],
+                   show_progress="hidden")
+
+    # PNG Info -> txt2img / img2img / inpaint
+    t2i_fields = list(t2i.fields.values())
+    i2i_fields = list(i2i.fields.values())
+    after(png.send_txt2img.click(lambda text: filled(text, t2i, True) + [gr.Tabs(selected="txt2img")],
+                                 inputs=png.parameters, outputs=t2i_fields + top + [tabs]))
+
+    def to_img2img(text, path, sub_tab: str):
+        image = _open_rgba(path)
+        target = i2i.inputs["init_img"] if sub_tab == "img2img_img2img_tab" else i2i.inputs["init_img_with_mask"]
+        value = image if sub_tab == "img2img_img2img_tab" else _editor_value(image)
+        mode = 0 if sub_tab == "img2img_img2img_tab" else 2
+        return filled(text, i2i, False) + [gr.Tabs(selected="img2img"), gr.Tabs(selected=sub_tab), mode] + \
+            [value if c is target else gr.skip() for c in (i2i.inputs["init_img"], i2i.inputs["init_img_with_mask"])]
+
+    send_outputs = i2i_fields + top + [tabs, i2i.tabs, i2i.inputs["mode"], i2i.inputs["init_img"],
+                                       i2i.inputs["init_img_with_mask"]]
+    after(png.send_img2img.click(lambda t, p: to_img2img(t, p, "img2img_img2img_tab"),
+                                 inputs=[png.parameters, png.image], outputs=send_outputs))
+    after(png.send_inpaint.click(lambda t, p: to_img2img(t, p, "img2img_inpaint_tab"),
+                                 inputs=[png.parameters, png.image], outputs=send_outputs))
+
+    # txt2img's gallery -> img2img / inpaint (the selected image and its parameters)
+    def from_gallery(gallery, infotexts, index, sub_tab: str):
+        if not gallery:
+            return [gr.skip()] * len(send_outputs)
+        index = index if 0 <= index < len(gallery) else 0
+        text = infotexts[index] if index < len(infotexts) else ""
+        return to_img2img(text, common.gallery_path(gallery[index]), sub_tab)
+
+    gallery_inputs = [t2i.panel.gallery, t2i.panel.infotexts, t2i.panel.selected]
+    after(t2i.panel.send_img2img.click(lambda g, t, i: from_gallery(g, t, i, "img2img_img2img_tab"),
+                                       inputs=gallery_inputs, outputs=send_outputs))
+    after(t2i.panel.send_inpaint.click(lambda g, t, i: from_gallery(g, t, i, "img2img_inpaint_tab"),
+                                       inputs=gallery_inputs, outputs=send_outputs))
+
+    # The ↙ button: the prompt box's pasted infotext, else the last job's (params.txt)
+    for tab, is_txt2img in ((t2i, True), (i2i, False)):
+        def paste_params(prompt, tab=tab, is_txt2img=is_txt2img):
+            text = prompt if prompt and "Steps: " in prompt else _read_text(engine.paths.params_file)
+            if not text:
+                return [gr.skip()] * (len(tab.fields) + len(top))
+            return filled(text, tab, is_txt2img)
+
+        after(tab.toprow.paste.click(paste_params, inputs=tab.toprow.prompt,
+                                     outputs=list(tab.fields.values()) + top))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def _open_rgba(path):
+    from PIL import Image
+
+    if not path:
+        return None
+    with Image.open(path) as im:
+        return im.convert("RGBA")
+
+
+def _editor_value(image):
+    return None if image is None else {"background": image, "layers": [], "composite": image}

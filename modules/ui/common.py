@@ -1,0 +1,199 @@
+"""Controls txt2img and img2img share, built with A1111's labels, defaults, ranges and element ids.
+
+Each builder returns its components in a dict keyed by the GenerationParams field they fill, so the
+tabs can build a request from them and "Send to" / paste can fill them from an infotext by the same
+names.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from modules import images
+from modules.engine import Engine
+from modules.generation import samplers
+from modules.ui.progress import note_html
+
+RANDOM, REUSE, SWAP = "🎲", "♻", "⇅"
+
+
+def sampler_controls(tab: str, default_sampler: str = "DPM++ 2M") -> dict[str, gr.components.Component]:
+    with gr.Row(elem_id=f"{tab}_sampler_row"):
+        sampler = gr.Dropdown(label="Sampling method", choices=[s.name for s in samplers.SAMPLERS],
+                              value=default_sampler, elem_id=f"{tab}_sampling")
+        scheduler = gr.Dropdown(label="Schedule type", choices=[label for _, label in samplers.SCHEDULE_TYPES],
+                                value="Automatic", elem_id=f"{tab}_scheduler")
+        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
+    return {"sampler_name": sampler, "scheduler": scheduler, "steps": steps}
+
+
+def size_controls(tab: str, size: int) -> tuple[dict[str, gr.components.Component], gr.Button]:
+    with gr.Row(elem_id=f"{tab}_dimensions_row"):
+        with gr.Column(scale=6):
+            width = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id=f"{tab}_width")
+            height = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id=f"{tab}_height")
+        swap = gr.Button(SWAP, elem_id=f"{tab}_res_switch_btn", min_width=40, scale=0, size="sm",
+                         elem_classes="sd-tool")
+    swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False)
+    return {"width": width, "height": height}, swap
+
+
+def batch_controls(tab: str) -> dict[str, gr.components.Component]:
+    with gr.Row(elem_id=f"{tab}_column_batch"):
+        count = gr.Slider(1, 16, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
+        size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+    return {"n_iter": count, "batch_size": size}
+
+
+def cfg_control(tab: str) -> gr.Slider:
+    return gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
+
+
+@dataclass
+class SeedControls:
+    fields: dict[str, gr.components.Component]
+    random: gr.Button
+    reuse: gr.Button
+    extra: gr.Checkbox
+
+
+def seed_controls(tab: str) -> SeedControls:
+    with gr.Row(elem_id=f"{tab}_seed_row"):
+        seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{tab}_seed", scale=6, min_width=100)
+        random_seed = gr.Button(RANDOM, elem_id=f"{tab}_random_seed", min_width=40, scale=0, size="sm",
+                                elem_classes="sd-tool")
+        reuse_seed = gr.Button(REUSE, elem_id=f"{tab}_reuse_seed", min_width=40, scale=0, size="sm",
+                               elem_classes="sd-tool")
+        extra = gr.Checkbox(label="Extra", value=False, elem_id=f"{tab}_subseed_show", scale=0, min_width=80)
+    with gr.Group(visible=False, elem_id=f"{tab}_seed_extras") as extras:
+        with gr.Row():
+            subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id=f"{tab}_subseed")
+            subseed_strength = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+                                         elem_id=f"{tab}_subseed_strength")
+        with gr.Row():
+            resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                 elem_id=f"{tab}_seed_resize_from_w")
+            resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                 elem_id=f"{tab}_seed_resize_from_h")
+    random_seed.click(lambda: -1, outputs=seed, queue=False)
+    extra.change(lambda on: gr.Group(visible=on), inputs=extra, outputs=extras, queue=False)
+    return SeedControls({"seed": seed, "subseed": subseed, "subseed_strength": subseed_strength,
+                         "seed_resize_from_w": resize_w, "seed_resize_from_h": resize_h},
+                        random_seed, reuse_seed, extra)
+
+
+@dataclass
+class OutputPanel:
+    """The right column: progress, live preview, gallery, the selected image's infotext and buttons."""
+    progress: gr.HTML
+    preview: gr.Image
+    gallery: gr.Gallery
+    infotext: gr.Textbox
+    log: gr.HTML
+    open_folder: gr.Button
+    save: gr.Button
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
+    download: gr.File
+    infotexts: gr.State  # the infotext of each gallery item
+    seeds: gr.State  # the seed of each gallery item
+    selected: gr.State  # index of the selected gallery item
+    send_buttons: list[gr.Button] = field(default_factory=list)
+
+
+def output_panel(tab: str) -> OutputPanel:
+    with gr.Column(variant="panel", elem_id=f"{tab}_results"):
+        progress = gr.HTML("", elem_id=f"{tab}_progress", elem_classes="sd-progress-box")
+        preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{tab}_preview",
+                           height=256, format="png")
+        gallery = gr.Gallery(label="Output", show_label=False, format="png", columns=4, height=512,
+                             object_fit="contain", elem_id=f"{tab}_gallery", interactive=False)
+        with gr.Row(elem_id=f"image_buttons_{tab}", elem_classes="sd-image-buttons"):
+            open_folder = gr.Button("📂", elem_id=f"{tab}_open_folder", min_width=40, size="sm",
+                                    elem_classes="sd-tool")
+            save = gr.Button("💾 Save", elem_id=f"{tab}_save", min_width=40, size="sm")
+            send_img2img = gr.Button("🖼️ Send to img2img", elem_id=f"{tab}_send_to_img2img", min_width=40,
+                                     size="sm")
+            send_inpaint = gr.Button("🎨️ Send to inpaint", elem_id=f"{tab}_send_to_inpaint", min_width=40,
+                                     size="sm")
+        download = gr.File(label="Saved file", visible=False, interactive=False, elem_id=f"download_files_{tab}")
+        infotext = gr.Textbox(label="Generation parameters", lines=4, max_lines=12, interactive=False,
+                              buttons=["copy"], elem_id=f"{tab}_infotext")
+        log = gr.HTML("", elem_id=f"html_log_{tab}")
+    return OutputPanel(progress, preview, gallery, infotext, log, open_folder, save, send_img2img, send_inpaint,
+                       download, gr.State([]), gr.State([]), gr.State(0))
+
+
+def open_folder(path: Path) -> str:
+    """Open `path` in the desktop's file manager (the server's desktop: this is a local app). Returns a
+    note for the page: the path itself when no file manager can be started."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if sys.platform == "win32":
+            os.startfile(path)  # type: ignore[attr-defined]
+        else:
+            opener = "open" if sys.platform == "darwin" else "xdg-open"
+            subprocess.Popen([opener, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return f"Images are saved in {path}"
+    return f"Opened {path}"
+
+
+
+def _seed_of(infotext: str | None) -> int:
+    last = (infotext or "").splitlines()[-1:] or [""]
+    return next((int(p[6:]) for p in last[0].split(", ") if p.startswith("Seed: ") and p[6:].lstrip("-").isdigit()), 0)
+
+
+def gallery_path(item) -> str:
+    """The file behind one item of a Gallery's value (Gradio gives (file, caption) pairs)."""
+    item = item[0] if isinstance(item, (tuple, list)) else item
+    if isinstance(item, dict):
+        return item.get("path") or item["image"]["path"]
+    return getattr(item, "path", None) or str(item)
+
+
+def wire_output_panel(engine: Engine, panel: OutputPanel, seed: SeedControls, outdir_setting: str) -> None:
+    """Gallery selection shows that image's infotext; ♻ takes its seed; 📂 opens the output folder;
+    Save copies the selected image (with its infotext) to the `outdir_save` folder and offers it as a
+    download, as A1111's Save does."""
+    def select(infotexts, evt: gr.SelectData):
+        index = evt.index if isinstance(evt.index, int) else 0
+        return index, infotexts[index] if 0 <= index < len(infotexts) else ""
+
+    panel.gallery.select(select, inputs=panel.infotexts, outputs=[panel.selected, panel.infotext], queue=False)
+
+    def reuse(seeds, index):
+        if not seeds:
+            return gr.skip()
+        return seeds[index] if 0 <= index < len(seeds) else seeds[0]
+
+    seed.reuse.click(reuse, inputs=[panel.seeds, panel.selected], outputs=seed.fields["seed"], queue=False)
+
+    def open_outputs():
+        values = engine.settings.values
+        return note_html(open_folder(engine.paths.resolve_output_dir(values.outdir_samples
+                                                                     or getattr(values, outdir_setting))))
+
+    panel.open_folder.click(open_outputs, outputs=panel.log, queue=False)
+
+    def save(gallery, infotexts, index):
+        if not gallery:
+            return gr.File(visible=False), note_html("Nothing to save: generate an image first.")
+        index = index if 0 <= index < len(gallery) else 0
+        with Image.open(gallery_path(gallery[index])) as im:
+            image = im.copy()
+        text = infotexts[index] if index < len(infotexts) else None
+        folder = engine.paths.resolve_output_dir(engine.settings.values.outdir_save)
+        saved = images.save_image(image, folder, _seed_of(text), text, by_date=False)
+        return gr.File(value=str(saved), visible=True), note_html(f"Saved {saved}")
+
+    panel.save.click(save, inputs=[panel.gallery, panel.infotexts, panel.selected],
+                     outputs=[panel.download, panel.log])

@@ -1,0 +1,302 @@
+"""The img2img tab: A1111's sub-tabs (img2img, Sketch, Inpaint, Inpaint sketch, Inpaint upload, Batch),
+resize modes, denoising strength and inpaint options, feeding the engine's one img2img job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from modules import images
+from modules.engine import BadRequest, Engine
+from modules.generation.params import Img2ImgParams
+from modules.ui import common, progress, runner, toprow
+from modules.ui.common import OutputPanel, SeedControls
+from modules.ui.toprow import Toprow
+
+MODES = ("img2img", "Sketch", "Inpaint", "Inpaint sketch", "Inpaint upload", "Batch")
+INPAINT_MODES = (2, 3, 4)
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+INPAINT_AREAS = ("Whole picture", "Only masked")
+IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class Img2ImgTab:
+    toprow: Toprow
+    fields: dict  # GenerationParams / Img2ImgParams field name -> component
+    inputs: dict  # the image inputs and tab state, by name
+    seed: SeedControls
+    panel: OutputPanel
+    size_info: gr.HTML
+    tabs: gr.Tabs
+
+
+def _editor(elem_id: str, brush_color: str | None) -> gr.ImageEditor:
+    brush = gr.Brush(colors=[brush_color], color_mode="fixed", default_size=24) if brush_color else \
+        gr.Brush(default_size=12)
+    return gr.ImageEditor(label="Image", type="pil", image_mode="RGBA", brush=brush, elem_id=elem_id, height=480,
+                          sources=["upload", "clipboard"], layers=False, transforms=())
+
+
+def build(engine: Engine, size: int) -> Img2ImgTab:
+    row = toprow.build(engine, "img2img")
+    inputs: dict = {"mode": gr.State(0), "scale_tab": gr.State(0)}
+    with gr.Row(elem_id="img2img_settings_and_results", equal_height=False):
+        with gr.Column(scale=1, variant="compact", elem_id="img2img_settings"):
+            with gr.Tabs(elem_id="mode_img2img") as tabs:
+                with gr.Tab("img2img", id="img2img_img2img_tab", elem_id="img2img_img2img_tab") as t0:
+                    inputs["init_img"] = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA",
+                                                  elem_id="img2img_image", height=480,
+                                                  sources=["upload", "clipboard"])
+                with gr.Tab("Sketch", id="img2img_img2img_sketch_tab", elem_id="img2img_img2img_sketch_tab") as t1:
+                    inputs["sketch"] = _editor("img2img_sketch", None)
+                with gr.Tab("Inpaint", id="img2img_inpaint_tab", elem_id="img2img_inpaint_tab") as t2:
+                    inputs["init_img_with_mask"] = _editor("img2maskimg", "#ffffff")
+                with gr.Tab("Inpaint sketch", id="img2img_inpaint_sketch_tab",
+                            elem_id="img2img_inpaint_sketch_tab") as t3:
+                    inputs["inpaint_color_sketch"] = _editor("inpaint_sketch", None)
+                with gr.Tab("Inpaint upload", id="img2img_inpaint_upload_tab",
+                            elem_id="img2img_inpaint_upload_tab") as t4:
+                    inputs["init_img_inpaint"] = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA",
+                                                          elem_id="img_inpaint_base", sources=["upload", "clipboard"])
+                    inputs["init_mask_inpaint"] = gr.Image(label="Mask", type="pil", image_mode="RGBA",
+                                                           elem_id="img_inpaint_mask", sources=["upload", "clipboard"])
+                with gr.Tab("Batch", id="img2img_batch_tab", elem_id="img2img_batch_tab") as t5:
+                    gr.HTML("<p class='sd-hint'>Process every image of a folder on this computer; leave the "
+                            "output folder empty to save into the usual img2img folder. With an inpaint mask "
+                            "folder, each image uses the mask of the same name.</p>")
+                    inputs["batch_input_dir"] = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                    inputs["batch_output_dir"] = gr.Textbox(label="Output directory",
+                                                            elem_id="img2img_batch_output_dir")
+                    inputs["batch_mask_dir"] = gr.Textbox(label="Inpaint batch mask directory (optional)",
+                                                          elem_id="img2img_batch_inpaint_mask_dir")
+            for index, tab in enumerate((t0, t1, t2, t3, t4, t5)):
+                tab.select(lambda i=index: i, outputs=inputs["mode"], queue=False)
+
+            fields: dict = {}
+            fields["resize_mode"] = gr.Radio(list(images.RESIZE_MODES), value=images.RESIZE_MODES[0], type="index",
+                                             label="Resize mode", elem_id="resize_mode")
+            fields.update(common.sampler_controls("img2img"))
+            with gr.Tabs(elem_id="img2img_dimensions_row"):
+                with gr.Tab("Resize to", elem_id="img2img_tab_resize_to") as resize_to:
+                    dims, _swap = common.size_controls("img2img", size)
+                    fields.update(dims)
+                with gr.Tab("Resize by", elem_id="img2img_tab_resize_by") as resize_by:
+                    inputs["scale_by"] = gr.Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale",
+                                                   elem_id="img2img_scale")
+                    size_info = gr.HTML("", elem_id="img2img_scale_resolution_preview")
+            resize_to.select(lambda: 0, outputs=inputs["scale_tab"], queue=False)
+            resize_by.select(lambda: 1, outputs=inputs["scale_tab"], queue=False)
+            fields.update(common.batch_controls("img2img"))
+            fields["cfg_scale"] = common.cfg_control("img2img")
+            fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
+                                                     elem_id="img2img_denoising_strength")
+            seed = common.seed_controls("img2img")
+            fields.update(seed.fields)
+            with gr.Group(visible=False, elem_id="inpaint_controls") as inpaint_controls:
+                fields["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+                fields["inpainting_mask_invert"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], type="index",
+                                                            label="Mask mode", elem_id="img2img_mask_mode")
+                fields["inpainting_fill"] = gr.Radio(list(MASKED_CONTENT), value="original", type="index",
+                                                     label="Masked content", elem_id="img2img_inpainting_fill")
+                with gr.Row():
+                    fields["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=INPAINT_AREAS[0], type="index",
+                                                          label="Inpaint area", elem_id="img2img_inpaint_full_res")
+                    fields["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
+                                                                   label="Only masked padding, pixels",
+                                                                   elem_id="img2img_inpaint_full_res_padding")
+            inputs["mode"].change(lambda m: gr.Group(visible=m in INPAINT_MODES), inputs=inputs["mode"],
+                                  outputs=inpaint_controls, queue=False)
+        with gr.Column(scale=1, elem_id="img2img_results_column"):
+            panel = common.output_panel("img2img")
+    fields["prompt"], fields["negative_prompt"], fields["styles"] = row.prompt, row.negative_prompt, row.styles
+    return Img2ImgTab(row, fields, inputs, seed, panel, size_info, tabs)
+
+
+# --- turning the controls into a request ---------------------------------------------------------
+
+def _alpha_mask(layer: Image.Image | None, size: tuple[int, int]) -> Image.Image | None:
+    """White where the user painted on `layer` (any visible stroke), black elsewhere."""
+    if layer is None:
+        return None
+    alpha = np.asarray(layer.convert("RGBA"))[..., 3]
+    mask = Image.fromarray(np.where(alpha > 0, 255, 0).astype(np.uint8), "L")
+    return mask if mask.size == size else mask.resize(size)
+
+
+def _editor_parts(value) -> tuple[Image.Image | None, Image.Image | None, Image.Image | None]:
+    """(background, strokes, composite) of an ImageEditor value."""
+    if not value:
+        return None, None, None
+    layers = [lay for lay in (value.get("layers") or []) if lay is not None]
+    strokes = None
+    for lay in layers:
+        lay = lay.convert("RGBA")
+        strokes = lay if strokes is None else Image.alpha_composite(strokes, lay)
+    return value.get("background"), strokes, value.get("composite")
+
+
+def _mask_from_upload(mask: Image.Image) -> Image.Image:
+    """An uploaded mask: white = repaint. A mask with transparency counts its opaque parts (A1111 uses the
+    alpha channel when there is one, else the brightness)."""
+    if mask.mode in ("RGBA", "LA") and np.asarray(mask.getchannel("A")).min() < 255:
+        return mask.getchannel("A").point(lambda a: 255 if a > 0 else 0)
+    return mask.convert("L")
+
+
+def init_and_mask(mode: int, values: dict) -> tuple[Image.Image, Image.Image | None]:
+    """The init image and the mask (None: no inpainting) the chosen sub-tab holds; BadRequest when the
+    sub-tab has no image yet."""
+    if mode == 0:
+        image, mask = values.get("init_img"), None
+    elif mode == 1:
+        _bg, _strokes, image = _editor_parts(values.get("sketch"))
+        mask = None
+    elif mode == 2:
+        image, strokes, _c = _editor_parts(values.get("init_img_with_mask"))
+        mask = _alpha_mask(strokes, image.size) if image is not None and strokes is not None else None
+        if image is not None and mask is None:
+            raise BadRequest("Inpaint: paint over the area to repaint first (the mask is empty).")
+    elif mode == 3:
+        background, strokes, image = _editor_parts(values.get("inpaint_color_sketch"))
+        mask = _alpha_mask(strokes, image.size) if image is not None and strokes is not None else None
+        if image is not None and mask is None:
+            raise BadRequest("Inpaint sketch: draw over the area to repaint first (the mask is empty).")
+    elif mode == 4:
+        image, upload = values.get("init_img_inpaint"), values.get("init_mask_inpaint")
+        if image is not None and upload is None:
+            raise BadRequest("Inpaint upload: upload a mask too (white = the area to repaint).")
+        mask = _mask_from_upload(upload) if upload is not None else None
+    else:
+        raise BadRequest("Batch mode works on folders; use its own fields.")
+    if image is None:
+        raise BadRequest(f"{MODES[mode]}: upload an image first.")
+    return image, mask
+
+
+def make_params(values: dict, image: Image.Image, mask: Image.Image | None, scale_tab: int,
+                scale_by: float) -> Img2ImgParams:
+    v = {k: values[k] for k in values}
+    for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
+                 "seed_resize_from_h", "mask_blur", "inpaint_full_res_padding"):
+        if v.get(name) is not None:
+            v[name] = int(v[name])
+    if v.get("seed") is None:
+        v["seed"] = -1
+    if scale_tab == 1:  # Resize by: the image's size times the scale, down to a multiple of 8
+        v["width"] = int(image.width * scale_by) // 8 * 8
+        v["height"] = int(image.height * scale_by) // 8 * 8
+    if v.get("scheduler") == "Automatic":
+        v["scheduler"] = None
+    v["styles"] = list(v.get("styles") or [])
+    v["inpaint_full_res"] = bool(v.get("inpaint_full_res"))
+    if mask is None:
+        for name in ("mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
+                     "inpaint_full_res_padding"):
+            v.pop(name, None)
+    return Img2ImgParams(init_images=[image], mask=mask, **v)
+
+
+def batch_files(input_dir: str, mask_dir: str) -> list[tuple[Path, Path | None]]:
+    folder = Path(input_dir.strip()) if input_dir and input_dir.strip() else None
+    if folder is None or not folder.is_dir():
+        raise BadRequest(f"Batch: input directory {input_dir!r} is not a folder")
+    masks = Path(mask_dir.strip()) if mask_dir and mask_dir.strip() else None
+    if masks is not None and not masks.is_dir():
+        raise BadRequest(f"Batch: inpaint mask directory {mask_dir!r} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES)
+    if not files:
+        raise BadRequest(f"Batch: no images ({', '.join(IMAGE_TYPES)}) in {folder}")
+    out = []
+    for f in files:
+        mask = next((m for m in (masks.glob(f.stem + ".*") if masks else []) if m.suffix.lower() in IMAGE_TYPES),
+                    None)
+        out.append((f, mask))
+    return out
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return ImageOps.exif_transpose(im).convert("RGBA")
+    except (OSError, UnidentifiedImageError) as e:
+        raise BadRequest(f"Batch: cannot read {path.name}: {e}") from None
+
+
+def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
+    """Batch: one img2img job per image of the input folder, in name order, each saved to the output
+    folder (the usual one when empty). Stops at an interrupt or an error; what finished is kept."""
+    try:
+        files = batch_files(inputs.get("batch_input_dir") or "", inputs.get("batch_mask_dir") or "")
+    except BadRequest as e:
+        yield runner.error(str(e))
+        return
+    out_dir = (inputs.get("batch_output_dir") or "").strip()
+    scale_tab, scale_by = int(inputs.get("scale_tab") or 0), float(inputs.get("scale_by") or 1.0)
+    shown, texts, seeds, notes = [], [], [], []
+    for n, (path, mask_path) in enumerate(files, 1):
+        def make(path=path, mask_path=mask_path):
+            mask = _mask_from_upload(_open(mask_path)) if mask_path else None
+            params = make_params(values, _open(path), mask, scale_tab, scale_by)
+            if out_dir:
+                params.override_settings = {**params.override_settings, "outdir_samples": out_dir}
+            return params
+
+        job = runner.submit(engine, "img2img", make)
+        outcome = job if isinstance(job, BaseException) else \
+            (yield from runner.watch(engine, job, f"{path.name}: image {n} of {len(files)}"))
+        if isinstance(outcome, BaseException):
+            notes.append(progress.error_html(f"{path.name}: {runner.describe_error(outcome)}"))
+            break
+        shown += list(outcome.images)
+        texts += list(outcome.infotexts)
+        seeds += list(outcome.seeds)
+        if outcome.interrupted:
+            notes.append(progress.note_html(f"Interrupted at {path.name}."))
+            break
+    saved_to = out_dir or "the img2img output folder"
+    notes.insert(0, progress.note_html(f"Batch: {len(shown)} of {len(files)} images done, saved to {saved_to}."))
+    yield [progress.gallery_value(shown, texts), texts, seeds, 0, texts[0] if texts else "", "",
+           gr.Image(visible=False), "".join(notes), *runner.buttons(False)]
+
+
+def wire(engine: Engine, tab: Img2ImgTab) -> None:
+    toprow.wire(engine, tab.toprow, tab.fields["steps"])
+    by_component = {c: name for name, c in tab.fields.items()}
+    input_components = {c: name for name, c in tab.inputs.items()}
+
+    def generate(data: dict):
+        values = {by_component[c]: v for c, v in data.items() if c in by_component}
+        inputs = {input_components[c]: v for c, v in data.items() if c in input_components}
+        mode = int(inputs.get("mode") or 0)
+        if mode == 5:
+            yield from run_batch(engine, values, inputs)
+            return
+
+        def make():
+            image, mask = init_and_mask(mode, inputs)
+            return make_params(values, image, mask, int(inputs.get("scale_tab") or 0),
+                               float(inputs.get("scale_by") or 1.0))
+
+        yield from runner.run(engine, "img2img", make)
+
+    event_outputs = runner.outputs(tab.panel, tab.toprow.generate, tab.toprow.interrupt, tab.toprow.skip)
+    tab.toprow.generate.click(generate, inputs=set(tab.fields.values()) | set(tab.inputs.values()),
+                              outputs=event_outputs, api_name="img2img", concurrency_limit=None,
+                              show_progress="hidden")
+
+    def scaled_size(image, scale):
+        if image is None:
+            return '<span class="sd-hint">Upload an image to see the size it will be processed at.</span>'
+        w, h = int(image.width * scale) // 8 * 8, int(image.height * scale) // 8 * 8
+        return f'<span class="sd-hint">{image.width}x{image.height} → {w}x{h}</span>'
+
+    for c in (tab.inputs["init_img"], tab.inputs["scale_by"]):
+        c.change(scaled_size, inputs=[tab.inputs["init_img"], tab.inputs["scale_by"]], outputs=tab.size_info,
+                 queue=False, show_progress="hidden")

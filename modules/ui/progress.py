@@ -1,0 +1,105 @@
+"""Following a queued job from a Gradio event: progress bar, live preview, images as they finish.
+
+A generation event is a Python generator: it submits the job to the engine's queue, then yields a
+`Snapshot` a few times a second until the job ends. The page never polls on its own and no second
+event is needed, so a job started in one tab keeps its own progress even while another tab is used.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from PIL import Image
+
+from modules.generation import preview
+from modules.jobs import Job, JobState
+
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class Snapshot:
+    """What the page shows of a running job at one moment."""
+    progress_html: str
+    preview: Image.Image | None  # a new live preview, or None when there is none newer
+    images: list[Image.Image] | None  # the finished images when their number changed, else None
+    infotexts: list[str]
+
+
+def describe(state: JobState, queued_ahead: int = 0) -> str:
+    """A1111's progress line: percent, step of steps, image of images, ETA — as a bar with text."""
+    if queued_ahead > 0 or not state.started:
+        text = f"In queue: {queued_ahead} job{'s' if queued_ahead != 1 else ''} ahead" if queued_ahead else "Waiting..."
+        return _bar(0.0, text)
+    if state.job_count <= 0:  # the job has not counted its steps yet (loading the model, encoding)
+        return _bar(0.0, "Preparing...")
+    p = state.progress()
+    parts = [f"{p * 100:.0f}%"]
+    if state.sampling_steps:
+        parts.append(f"step {state.sampling_step}/{state.sampling_steps}")
+    if state.job_count > 1:
+        parts.append(f"batch {min(state.job_no + 1, state.job_count)}/{state.job_count}")
+    eta = state.eta_seconds()
+    if p > 0:
+        parts.append(f"ETA {_seconds(eta)}")
+    if state.interrupted:
+        parts.append("interrupting...")
+    return _bar(p, " · ".join(parts))
+
+
+def _seconds(s: float) -> str:
+    s = max(0, round(s))
+    return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s} s"
+
+
+def _bar(fraction: float, text: str) -> str:
+    width = f"{max(0.0, min(fraction, 1.0)) * 100:.1f}%"
+    return (f'<div class="sd-progress" role="progressbar" aria-valuenow="{fraction * 100:.0f}" '
+            f'aria-valuemin="0" aria-valuemax="100"><div class="sd-progress-fill" style="width:{width}"></div>'
+            f'<span class="sd-progress-text">{html.escape(text)}</span></div>')
+
+
+def follow(job: Job, queue_position, previews: bool, every_n_steps: int,
+           refresh_seconds: float) -> Iterator[Snapshot]:
+    """Snapshots of `job` until it is done. `queue_position()` gives the number of jobs ahead of it.
+    A preview is made from the sampler's current prediction at most every `refresh_seconds` and only
+    when at least `every_n_steps` steps have passed since the last one (-1: never during a batch)."""
+    state = job.state
+    shown_images = 0
+    last_preview_at = 0.0
+    last_preview_step = (-1, -1)
+    while not job.done.wait(POLL_SECONDS):
+        partial = state.partial
+        done_images = list(partial.images) if partial is not None else []
+        new_images = done_images if len(done_images) != shown_images else None
+        shown_images = len(done_images)
+        picture = None
+        step = (state.job_no, state.sampling_step)
+        latent = state.current_latent
+        if (previews and every_n_steps > 0 and latent is not None and time.time() - last_preview_at >= refresh_seconds
+                and (step[0] != last_preview_step[0] or step[1] - last_preview_step[1] >= every_n_steps)):
+            picture = preview.latent_to_image(latent)
+            last_preview_at, last_preview_step = time.time(), step
+        yield Snapshot(describe(state, 0 if state.started else queue_position()), picture, new_images,
+                       list(partial.infotexts) if partial is not None else [])
+
+
+def error_html(message: str) -> str:
+    return f'<div class="sd-error"><b>Error:</b> {html.escape(message)}</div>'
+
+
+def note_html(message: str) -> str:
+    return f'<div class="sd-note">{html.escape(message)}</div>' if message else ""
+
+
+def gallery_value(images: list[Image.Image], infotexts: list[str]) -> list[tuple[Any, str]]:
+    """Gallery items with short captions (the seed), so a user can tell the images of a batch apart."""
+    out = []
+    for image, text in zip(images, infotexts):
+        seed = next((part.split(": ", 1)[1] for part in text.splitlines()[-1].split(", ")
+                     if part.startswith("Seed: ")), "") if text else ""
+        out.append((image, f"Seed {seed}" if seed else ""))
+    return out

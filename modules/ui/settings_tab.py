@@ -1,0 +1,109 @@
+"""The Settings tab, drawn from the Settings model: one control per option, grouped in sections.
+
+A control's kind follows the option's type (checkbox, choice, number with its bounds, text) and its
+label is the option's description, so a new option appears here by being added to the model. Apply
+validates every change together, writes config.json atomically, and takes effect at once (options
+are read per job).
+"""
+
+from __future__ import annotations
+
+import html
+import typing
+from dataclasses import dataclass
+
+import gradio as gr
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic.fields import FieldInfo
+
+from modules import settings as settings_module
+from modules.engine import BadRequest, Engine
+from modules.settings import Settings
+
+# Shown in the top bar instead (as A1111's quicksettings).
+TOP_BAR = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+
+
+@dataclass
+class SettingsTab:
+    controls: dict[str, gr.components.Component]
+    apply: gr.Button
+    result: gr.HTML
+
+
+def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
+    low = high = None
+    for m in info.metadata:
+        if isinstance(m, (Ge, Gt)):
+            low = m.ge if isinstance(m, Ge) else m.gt
+        elif isinstance(m, (Le, Lt)):
+            high = m.le if isinstance(m, Le) else m.lt
+    return low, high
+
+
+def control(name: str, info: FieldInfo, value) -> gr.components.Component:
+    label = info.description or name
+    elem_id = f"setting_{name}"
+    kind = info.annotation
+    if typing.get_origin(kind) is typing.Literal:
+        return gr.Dropdown(choices=list(typing.get_args(kind)), value=value, label=label, elem_id=elem_id)
+    if kind is bool:
+        return gr.Checkbox(value=value, label=label, elem_id=elem_id)
+    if kind in (int, float):
+        low, high = _bounds(info)
+        step = 1 if kind is int else None
+        if low is not None and high is not None and high - low <= 1000:
+            return gr.Slider(low, high, value=value, step=step or (0.01 if high - low <= 2 else 0.1), label=label,
+                             elem_id=elem_id)
+        return gr.Number(value=value, label=label, precision=0 if kind is int else None, minimum=low, maximum=high,
+                         elem_id=elem_id)
+    return gr.Textbox(value="" if value is None else str(value), label=label, elem_id=elem_id, lines=1)
+
+
+def sections() -> list[tuple[str, list[str]]]:
+    """(section title, option names) in display order; options no section names go under "Other"."""
+    named = getattr(settings_module, "SECTIONS", {})
+    listed = {n for names in named.values() for n in names}
+    out = [(title, [n for n in names if n in Settings.model_fields and n not in TOP_BAR])
+           for title, names in named.items()]
+    rest = [n for n in Settings.model_fields if n not in listed and n not in TOP_BAR]
+    if rest:
+        out.append(("Other", rest))
+    return [(title, names) for title, names in out if names]
+
+
+def build(engine: Engine) -> SettingsTab:
+    values = engine.settings.values
+    controls: dict[str, gr.components.Component] = {}
+    with gr.Row():
+        apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=200)
+        result = gr.HTML(elem_id="settings_result")
+    with gr.Tabs(elem_id="settings"):
+        for title, names in sections():
+            with gr.Tab(title, elem_id="settings_" + "".join(ch if ch.isalnum() else "_" for ch in title.lower())):
+                for name in names:
+                    controls[name] = control(name, Settings.model_fields[name], getattr(values, name))
+
+    names = list(controls)
+
+    def apply_settings(*new_values):
+        current = engine.settings.values
+        changes = {}
+        for name, value in zip(names, new_values):
+            kind = Settings.model_fields[name].annotation
+            if kind is int and value is not None:
+                value = int(value)
+            if value != getattr(current, name):
+                changes[name] = value
+        if not changes:
+            return '<div class="sd-note">Nothing changed.</div>'
+        try:
+            engine.set_options(changes)
+        except BadRequest as e:
+            return f'<div class="sd-error"><b>Not applied:</b> {html.escape(str(e))}</div>'
+        listed = ", ".join(changes)
+        return f'<div class="sd-note">{len(changes)} setting{"s" if len(changes) != 1 else ""} changed: ' \
+               f'{html.escape(listed)}. Saved to {html.escape(str(engine.settings.path))}.</div>'
+
+    apply.click(apply_settings, inputs=[controls[n] for n in names], outputs=result)
+    return SettingsTab(controls, apply, result)

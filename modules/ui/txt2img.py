@@ -1,0 +1,109 @@
+"""The txt2img tab: A1111's layout (prompts on top, settings left, results right) and its defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from modules.engine import Engine
+from modules.generation import hires
+from modules.generation.params import GenerationParams
+from modules.ui import common, runner, toprow
+from modules.ui.common import OutputPanel, SeedControls
+from modules.ui.toprow import Toprow
+
+HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale",
+                "hr_resize_x", "hr_resize_y")
+
+
+@dataclass
+class Txt2ImgTab:
+    toprow: Toprow
+    fields: dict  # GenerationParams field name -> component
+    seed: SeedControls
+    panel: OutputPanel
+    hires_info: gr.HTML
+
+
+def build(engine: Engine, size: int) -> Txt2ImgTab:
+    row = toprow.build(engine, "txt2img")
+    with gr.Row(elem_id="txt2img_settings_and_results", equal_height=False):
+        with gr.Column(scale=1, variant="compact", elem_id="txt2img_settings"):
+            fields = common.sampler_controls("txt2img")
+            dims, _swap = common.size_controls("txt2img", size)
+            fields.update(dims)
+            fields.update(common.batch_controls("txt2img"))
+            fields["cfg_scale"] = common.cfg_control("txt2img")
+            seed = common.seed_controls("txt2img")
+            fields.update(seed.fields)
+            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+                fields["enable_hr"] = gr.Checkbox(label="Enable Hires. fix", value=False,
+                                                  elem_id="txt2img_enable_hr")
+                with gr.Row():
+                    fields["hr_upscaler"] = gr.Dropdown(label="Upscaler", choices=hires.UPSCALERS, value="Latent",
+                                                        elem_id="txt2img_hr_upscaler")
+                    fields["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                               elem_id="txt2img_hires_steps")
+                    fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01,
+                                                             label="Denoising strength",
+                                                             elem_id="txt2img_denoising_strength")
+                with gr.Row():
+                    fields["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
+                                                   elem_id="txt2img_hr_scale")
+                    fields["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                                      elem_id="txt2img_hr_resize_x")
+                    fields["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                                      elem_id="txt2img_hr_resize_y")
+                hires_info = gr.HTML("", elem_id="txt2img_hires_size")
+        with gr.Column(scale=1, elem_id="txt2img_results_column"):
+            panel = common.output_panel("txt2img")
+    fields["prompt"], fields["negative_prompt"], fields["styles"] = row.prompt, row.negative_prompt, row.styles
+    return Txt2ImgTab(row, fields, seed, panel, hires_info)
+
+
+def make_params(values: dict) -> GenerationParams:
+    """A txt2img request from the tab's control values ({field name: value})."""
+    v = dict(values)
+    for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
+                 "seed_resize_from_h", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"):
+        if v.get(name) is not None:
+            v[name] = int(v[name])
+    if v.get("seed") is None:
+        v["seed"] = -1
+    if not v.get("enable_hr"):
+        for name in HIRES_FIELDS[1:]:
+            v.pop(name, None)
+    if v.get("scheduler") == "Automatic":
+        v["scheduler"] = None
+    v["styles"] = list(v.get("styles") or [])
+    return GenerationParams(**v)
+
+
+def hires_size(width, height, enabled, scale, resize_x, resize_y) -> str:
+    if not enabled:
+        return ""
+    try:
+        params = GenerationParams(width=int(width), height=int(height), enable_hr=True, hr_scale=float(scale),
+                                  hr_resize_x=int(resize_x), hr_resize_y=int(resize_y))
+        w, h = hires.target_size(params)
+    except Exception:  # a half-typed value: say nothing rather than something wrong
+        return ""
+    return f'<span class="sd-hint">from {int(width)}x{int(height)} to {w}x{h}</span>'
+
+
+def wire(engine: Engine, tab: Txt2ImgTab) -> None:
+    toprow.wire(engine, tab.toprow, tab.fields["steps"])
+    components = {c: name for name, c in tab.fields.items()}
+
+    def generate(data: dict):
+        values = {components[c]: value for c, value in data.items() if c in components}
+        yield from runner.run(engine, "txt2img", lambda: make_params(values))
+
+    event_outputs = runner.outputs(tab.panel, tab.toprow.generate, tab.toprow.interrupt, tab.toprow.skip)
+    inputs = set(tab.fields.values())
+    tab.toprow.generate.click(generate, inputs=inputs, outputs=event_outputs, api_name="txt2img",
+                              concurrency_limit=None, show_progress="hidden")
+    size_inputs = [tab.fields[n] for n in ("width", "height", "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y")]
+    for c in size_inputs:
+        c.change(hires_size, inputs=size_inputs, outputs=tab.hires_info, queue=False, show_progress="hidden")
