@@ -187,14 +187,16 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
             hooks.check()
         x_in = scheduler.scale_model_input(x, t)
         guided = denoiser(x_in, t)
+        levels = prepared.levels(first + i)
         if start is not None and start.mask is not None:
-            guided = _keep_unmasked(guided, x_in, prepared.levels(first + i), start, model.prediction_type)
+            guided = _keep_unmasked(guided, x_in, levels, start, model.prediction_type)
+        alpha, sigma = levels  # x_in = alpha * x0 + sigma * eps: the prediction of x0 this step makes
+        hooks.denoised = alpha * x_in - sigma * guided if model.prediction_type == "v_prediction" \
+            else (x_in - sigma * guided) / alpha
         guided = prepared.scheduler_input(guided, x_in, t)
         if takes_generator:
             step_kwargs["generator"] = generators
-        out = scheduler.step(guided, t, x, **step_kwargs)
-        x = out.prev_sample
-        hooks.denoised = getattr(out, "pred_original_sample", None)
+        x = scheduler.step(guided, t, x, **step_kwargs).prev_sample
         if hooks.on_step:
             hooks.on_step(i + 1, len(timesteps), hooks.preview(x))
     return x
