@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from modules import images
 from modules.engine import BadRequest, Engine
 from modules.generation.params import Img2ImgParams
-from modules.ui import common, progress, runner, toprow
+from modules.ui import common, extra_networks as extra_networks_ui, progress, runner, toprow
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -35,6 +35,7 @@ class Img2ImgTab:
     panel: OutputPanel
     size_info: gr.HTML
     tabs: gr.Tabs
+    cards: extra_networks_ui.CardsView
 
 
 def _editor(elem_id: str, brush_color: str | None) -> gr.ImageEditor:
@@ -46,6 +47,7 @@ def _editor(elem_id: str, brush_color: str | None) -> gr.ImageEditor:
 
 def build(engine: Engine, size: int) -> Img2ImgTab:
     row = toprow.build(engine, "img2img")
+    cards = extra_networks_ui.build(engine, "img2img")
     inputs: dict = {"mode": gr.State(0), "scale_tab": gr.State(0)}
     with gr.Row(elem_id="img2img_settings_and_results", equal_height=False):
         with gr.Column(scale=1, variant="compact", elem_id="img2img_settings"):
@@ -116,7 +118,7 @@ def build(engine: Engine, size: int) -> Img2ImgTab:
         with gr.Column(scale=1, elem_id="img2img_results_column"):
             panel = common.output_panel("img2img")
     fields["prompt"], fields["negative_prompt"], fields["styles"] = row.prompt, row.negative_prompt, row.styles
-    return Img2ImgTab(row, fields, inputs, seed, panel, size_info, tabs)
+    return Img2ImgTab(row, fields, inputs, seed, panel, size_info, tabs, cards)
 
 
 # --- turning the controls into a request ---------------------------------------------------------
@@ -268,6 +270,7 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
 
 def wire(engine: Engine, tab: Img2ImgTab) -> None:
     toprow.wire(engine, tab.toprow, tab.fields["steps"])
+    extra_networks_ui.wire(engine, tab.cards, tab.toprow.prompt)
     by_component = {c: name for name, c in tab.fields.items()}
     input_components = {c: name for name, c in tab.inputs.items()}
 

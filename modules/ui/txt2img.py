@@ -9,7 +9,7 @@ import gradio as gr
 from modules.engine import Engine
 from modules.generation import hires
 from modules.generation.params import GenerationParams
-from modules.ui import common, runner, toprow
+from modules.ui import common, extra_networks as extra_networks_ui, runner, toprow
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -24,10 +24,12 @@ class Txt2ImgTab:
     seed: SeedControls
     panel: OutputPanel
     hires_info: gr.HTML
+    cards: extra_networks_ui.CardsView
 
 
 def build(engine: Engine, size: int) -> Txt2ImgTab:
     row = toprow.build(engine, "txt2img")
+    cards = extra_networks_ui.build(engine, "txt2img")
     with gr.Row(elem_id="txt2img_settings_and_results", equal_height=False):
         with gr.Column(scale=1, variant="compact", elem_id="txt2img_settings"):
             fields = common.sampler_controls("txt2img")
@@ -59,7 +61,7 @@ def build(engine: Engine, size: int) -> Txt2ImgTab:
         with gr.Column(scale=1, elem_id="txt2img_results_column"):
             panel = common.output_panel("txt2img")
     fields["prompt"], fields["negative_prompt"], fields["styles"] = row.prompt, row.negative_prompt, row.styles
-    return Txt2ImgTab(row, fields, seed, panel, hires_info)
+    return Txt2ImgTab(row, fields, seed, panel, hires_info, cards)
 
 
 def make_params(values: dict) -> GenerationParams:
@@ -94,6 +96,7 @@ def hires_size(width, height, enabled, scale, resize_x, resize_y) -> str:
 
 def wire(engine: Engine, tab: Txt2ImgTab) -> None:
     toprow.wire(engine, tab.toprow, tab.fields["steps"])
+    extra_networks_ui.wire(engine, tab.cards, tab.toprow.prompt)
     components = {c: name for name, c in tab.fields.items()}
 
     def generate(data: dict):
