@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from modules import fileio, images, infotext, styles
+from modules import fileio, filenames, images, infotext, styles
 from modules.generation import extra_networks, hires, pipeline, prompts, rng, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue
@@ -208,6 +208,7 @@ class Engine:
         return params.model_copy(update={"prompt": prompt, "negative_prompt": negative}), warnings
 
     def _submit(self, kind: str, params: GenerationParams) -> Job:
+        unstyled_prompt = params.prompt  # for the [prompt_no_styles] file name tag
         params, style_warnings = self.apply_styles(params)
         settings, warnings = self.effective_settings(params.override_settings)
         warnings = style_warnings + warnings
@@ -221,7 +222,7 @@ class Engine:
         checkpoint = self.resolve_checkpoint(params.override_settings.get("sd_model_checkpoint"))
 
         def run(job: Job) -> GenerationResult:
-            result = self._generate(job, kind, params, settings, choice, checkpoint)
+            result = self._generate(job, kind, params, settings, choice, checkpoint, unstyled_prompt)
             result.warnings[:0] = warnings
             return result
 
@@ -267,7 +268,8 @@ class Engine:
         return infotext.create(params.prompt, params.negative_prompt, fields)
 
     def _generate(self, job: Job, kind: str, params: GenerationParams, settings: Settings,
-                  choice: samplers.SamplerChoice, checkpoint: CheckpointInfo) -> GenerationResult:
+                  choice: samplers.SamplerChoice, checkpoint: CheckpointInfo,
+                  unstyled_prompt: str | None = None) -> GenerationResult:
         """The job both txt2img and img2img run: load, seed, generate batch by batch, save, describe."""
         model = self._load(checkpoint, settings.sd_vae, remember="sd_model_checkpoint" not in params.override_settings)
         seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)
@@ -307,6 +309,7 @@ class Engine:
         state = job.state
         state.job_count, state.sampling_steps = params.n_iter, steps_run
         state.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+        namer = self._namer(params, unstyled_prompt, choice, model, settings, seeds, state.job_timestamp)
         # The terminal's view of the whole job (A1111's "Total progress"); silent when not a terminal.
         bar = tqdm(total=params.n_iter * steps_run, desc=kind, unit="step", disable=None, leave=False)
 
@@ -330,9 +333,9 @@ class Engine:
                     text = self._infotext(params, model, choice, settings, image_seed, extra,
                                           subseeds[len(result.images)], ensd)
                     path = None
-                    if save and (not batch.interrupted or getattr(settings, "save_incomplete_images", False)):
-                        path = str(images.save_image(image, folder, image_seed,
-                                                     text if settings.enable_pnginfo else None, settings.save_to_dirs))
+                    if save and (not batch.interrupted or settings.save_incomplete_images):
+                        path = str(images.save_image(image, folder, text, settings, namer, image_seed,
+                                                     index=len(result.images)))
                     image.info["parameters"] = text
                     result.images.append(image)
                     result.seeds.append(image_seed)
@@ -351,8 +354,8 @@ class Engine:
                 kind_dir = settings.outdir_img2img_grids if isinstance(params, Img2ImgParams) else \
                     settings.outdir_txt2img_grids
                 grid_dir = settings.outdir_grids or kind_dir
-                images.save_grid(grid, self.paths.resolve_output_dir(grid_dir),
-                                 result.infotexts[0] if settings.enable_pnginfo else None, settings.save_to_dirs)
+                images.save_image(grid, self.paths.resolve_output_dir(grid_dir), result.infotexts[0], settings, namer,
+                                  result.seeds[0], grid=True)
             if settings.return_grid:
                 result.grid = grid
         if result.infotexts:
@@ -360,6 +363,26 @@ class Engine:
         result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp, extra,
                                  subseeds)
         return result
+
+    @staticmethod
+    def _namer(params: GenerationParams, unstyled_prompt: str | None, choice: samplers.SamplerChoice,
+               model: LoadedModel, settings: Settings, seeds: list[int], timestamp: str) -> filenames.FileNamer:
+        """What the job's file and folder name patterns can use ([seed], [model_name], [scheduler], ...)."""
+        if isinstance(params, Img2ImgParams):
+            denoising = params.denoising_strength
+        else:
+            denoising = (params.denoising_strength or 0.7) if params.enable_hr else None
+        # A1111's [scheduler]: the requested schedule, or the sampler's own preset when Automatic
+        schedule = (choice.spec.preset_schedule or "Automatic") if choice.schedule == "automatic" \
+            else choice.schedule_label
+        return filenames.FileNamer(
+            prompt=params.prompt, negative_prompt=params.negative_prompt, prompt_no_styles=unstyled_prompt,
+            styles=list(params.styles), seeds=seeds, steps=params.steps, cfg_scale=params.cfg_scale,
+            sampler=choice.spec.name, scheduler=schedule.capitalize(), model_name=model.info.stem,
+            model_hash=model.info.shorthash, vae_filename=model.vae_info.name if model.vae_info else None,
+            clip_skip=settings.CLIP_stop_at_last_layers, denoising_strength=denoising,
+            batch_size=params.batch_size, n_iter=params.n_iter, job_timestamp=timestamp,
+            max_prompt_words=settings.directories_max_prompt_words)
 
     def _network_fields(self, model: LoadedModel, networks: ExtraNetworksUse) -> dict[str, str | None]:
         """A1111's `Lora hashes` and `TI hashes` infotext values (None when there are none)."""

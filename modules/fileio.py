@@ -10,10 +10,11 @@ from typing import Any, Callable, IO
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through `write(fileobj)` into a temporary file beside `path`, then rename it over `path`."""
+    """Write through `write(fileobj)` into a temporary file beside `path`, then rename it over `path`.
+    (The temporary name starts with only part of the name, so it fits when the name is as long as can be.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -1,38 +1,48 @@
 """Saving images the way AUTOMATIC1111 lays them out: `outputs/txt2img-images/2026-11-22/00042-1234.png`.
 
-The number is one more than the largest number already in the folder, so it continues across runs.
-Files are written to a temporary name and renamed into place, so a crash never leaves half an image,
-and an existing file is never overwritten.
+The folder and file names follow A1111's patterns (`directories_filename_pattern`,
+`samples_filename_pattern`, see modules/filenames.py). The number is one more than the largest number
+already in the folder, so it continues across runs. Files are written to a temporary name and renamed
+into place, so a crash never leaves half an image; an existing file is only replaced when numbering is
+off and `save_images_replace_action` says Replace (as in A1111).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import io
+import logging
 import os
-import re
+import struct
 import threading
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError, features
 from PIL.PngImagePlugin import PngInfo
 
 from modules import fileio
+from modules.filenames import FileNamer
+from modules.settings import Settings
 
-_NUMBER = re.compile(r"^(\d+)")
-_GRID_NUMBER = re.compile(r"grid-(\d+)")
+log = logging.getLogger(__name__)
 _save_lock = threading.Lock()
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+# Largest side each format can store; a bigger image is saved as PNG instead (A1111 does the same).
+_MAX_SIDE = {"JPEG": 65535, "WEBP": 16383}
 
 
-def next_number(folder: Path, pattern: re.Pattern = _NUMBER) -> int:
-    """One more than the largest number `pattern` finds in the folder's file names (0 in an empty folder)."""
+def next_number(folder: Path, basename: str = "") -> int:
+    """A1111's next sequence number: one more than the largest number that starts a file name in the folder
+    (after `basename-` when there is a basename), up to the first `-` or the extension; 0 when none."""
+    prefix = f"{basename}-" if basename else ""
     highest = -1
     if folder.is_dir():
         for name in os.listdir(folder):
-            if m := pattern.match(name):
-                highest = max(highest, int(m.group(1)))
+            if name.startswith(prefix):
+                first = os.path.splitext(name[len(prefix):])[0].split("-")[0]
+                if first.isascii() and first.isdigit():
+                    highest = max(highest, int(first))
     return highest + 1
 
 
@@ -46,29 +56,107 @@ def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
     return buf.getvalue()
 
 
-def _save_numbered(image: Image.Image, folder: Path, infotext: str | None, by_date: bool,
-                   today: datetime.date | None, pattern: re.Pattern, name: str) -> Path:
-    """Write the PNG as `name` formatted with the next free number in `folder` (or its YYYY-MM-DD
-    subfolder); never overwrites a file."""
-    if by_date:
-        folder = folder / (today or datetime.date.today()).isoformat()
-    data = png_bytes(image, infotext)
+def exif_bytes(infotext: str) -> bytes:
+    """EXIF holding `infotext` as its UserComment the way A1111 writes it (piexif's
+    `UserComment.dump(text, encoding="unicode")`): a big-endian TIFF whose first IFD points to the Exif IFD,
+    which holds UserComment as UNDEFINED bytes: the code `UNICODE\\0`, then UTF-16 big-endian.
+    Packed here because Pillow's Image.Exif stores bytes as type BYTE, which A1111's reader (piexif) rejects."""
+    comment = b"UNICODE\0" + infotext.encode("utf-16-be")
+    entry = struct.Struct(">HHHLL L")  # entry count, (tag, type, count, value or offset), next-IFD offset
+    ifd0 = entry.pack(1, _EXIF_IFD, 4, 1, 8 + entry.size, 0)  # type 4: LONG
+    exif_ifd = entry.pack(1, _USER_COMMENT, 7, len(comment), 8 + 2 * entry.size, 0)  # type 7: UNDEFINED
+    return b"Exif\0\0MM\0\x2a" + struct.pack(">L", 8) + ifd0 + exif_ifd + comment
+
+
+def file_format(image: Image.Image, extension: str) -> tuple[str, str]:
+    """(Pillow format, file extension) to save `image` as, given a `samples_format`: PNG instead when the
+    format cannot hold an image this size or this Pillow cannot write it."""
+    fmt = Image.registered_extensions().get(f".{extension.lower()}")
+    if fmt is None or (fmt == "AVIF" and not features.check("avif")):
+        log.warning("Cannot save .%s files here; saving as PNG", extension)
+        return "PNG", "png"
+    if max(image.size) > _MAX_SIDE.get(fmt, 1 << 30):
+        log.warning("Image of %dx%d is too large for %s; saving as PNG", *image.size, fmt)
+        return "PNG", "png"
+    return fmt, extension.lower()
+
+
+def encode(image: Image.Image, fmt: str, infotext: str | None, quality: int = 80, lossless: bool = False) -> bytes:
+    """The file's bytes: PNG with a `parameters` text chunk, other formats with the infotext in EXIF."""
+    if fmt == "PNG":
+        return png_bytes(image, infotext)
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")  # JPEG has no alpha
+    elif fmt != "JPEG" and image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    extra = {"exif": exif_bytes(infotext)} if infotext else {}
+    if fmt == "WEBP":
+        extra["lossless"] = lossless
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, quality=quality, **extra)
+    return buf.getvalue()
+
+
+def _subfolder(name: str) -> Path:
+    """A folder name from `directories_filename_pattern`: `/` nests folders, but never leaves the output
+    folder (empty, `.` and `..` parts are dropped)."""
+    parts = [p.strip(" ") for p in name.replace("\\", "/").split("/")]
+    return Path(*[p for p in parts if p not in ("", ".", "..")])
+
+
+def _clip(stem: str, folder: Path, suffix: str) -> str:
+    """`stem` cut so that stem + suffix fits the file system's longest name (counted in bytes)."""
+    try:
+        limit = os.statvfs(folder).f_namemax
+    except (AttributeError, OSError):
+        limit = 255
+    room = limit - max(4, len(suffix.encode()))
+    return stem.encode()[:room].decode(errors="ignore")
+
+
+def save_image(image: Image.Image, folder: Path, infotext: str | None, settings: Settings, namer: FileNamer,
+               seed: int | None = None, index: int = 0, grid: bool = False) -> Path:
+    """Save an image of a job (or, with `grid`, its grid) in `folder` or the subfolder the directory pattern
+    names, as A1111 names it: `00042-SEED.png`, `grid-0007.png`, or what `samples_filename_pattern` says.
+    The infotext goes into the file (`enable_pnginfo`) and a .txt beside it (`save_txt`). Returns the path."""
+    fmt, ext = file_format(image, settings.grid_format if grid else settings.samples_format)
+    basename = "grid" if grid else ""
+    if settings.grid_save_to_dirs if grid else settings.save_to_dirs:
+        pattern = settings.directories_filename_pattern or "[prompt_words]"
+        folder = folder / _subfolder(namer.expand(pattern, image, seed, index, basename))
+    if grid and not settings.grid_extended_filename or seed is None:
+        decoration = ""
+    else:
+        pattern = settings.samples_filename_pattern or ("[seed]" if settings.save_to_dirs else "[seed]-[prompt_spaces]")
+        decoration = namer.expand(pattern, image, seed, index, basename).replace("/", "_").replace("\\", "_")
+    numbered = settings.save_images_add_number or decoration == ""
+    data = encode(image, fmt, infotext if settings.enable_pnginfo else None, settings.jpeg_quality,
+                  settings.webp_lossless)
     with _save_lock:
         folder.mkdir(parents=True, exist_ok=True)
-        number = next_number(folder, pattern)
-        for _ in range(500):
-            path = folder / name.format(number)
-            if not path.exists():
-                fileio.atomic_write_bytes(path, data)
-                return path
-            number += 1
+        path = _free_path(folder, basename, decoration, f".{ext}", numbered, settings.save_images_replace_action)
+        fileio.atomic_write_bytes(path, data)
+        if settings.save_txt and infotext is not None:
+            fileio.atomic_write_bytes(path.with_suffix(".txt"), f"{infotext}\n".encode("utf-8"))
+    return path
+
+
+def _free_path(folder: Path, basename: str, decoration: str, suffix: str, numbered: bool, replace_action: str
+               ) -> Path:
+    if not numbered:
+        stem = _clip(decoration, folder, suffix)
+        path, n = folder / f"{stem}{suffix}", 0
+        while replace_action != "Replace" and path.exists():
+            n += 1
+            path = folder / f"{_clip(decoration, folder, f'-{n}{suffix}')}-{n}{suffix}"
+        return path
+    number = next_number(folder, basename)
+    for i in range(500):
+        prefix = f"{basename}-{number + i:04d}" if basename else f"{number + i:05d}"
+        path = folder / f"{_clip(prefix + ('-' + decoration if decoration else ''), folder, suffix)}{suffix}"
+        if not path.exists():
+            return path
     raise OSError(f"could not find a free file name in {folder}")
-
-
-def save_image(image: Image.Image, folder: Path, seed: int, infotext: str | None, by_date: bool = True,
-               today: datetime.date | None = None) -> Path:
-    """Save as NNNNN-SEED.png in `folder` (or its YYYY-MM-DD subfolder) and return the path."""
-    return _save_numbered(image, folder, infotext, by_date, today, _NUMBER, "{:05d}-" + str(seed) + ".png")
 
 
 def image_grid(images: list[Image.Image], batch_size: int, n_rows: int = -1) -> Image.Image:
@@ -88,12 +176,6 @@ def image_grid(images: list[Image.Image], batch_size: int, n_rows: int = -1) -> 
     return grid
 
 
-def save_grid(grid: Image.Image, folder: Path, infotext: str | None, by_date: bool = True,
-              today: datetime.date | None = None) -> Path:
-    """Save as grid-NNNN.png in `folder` (or its YYYY-MM-DD subfolder), A1111's short grid name."""
-    return _save_numbered(grid, folder, infotext, by_date, today, _GRID_NUMBER, "grid-{:04d}.png")
-
-
 def read_infotext(image: Image.Image) -> str | None:
     """The `parameters` text stored in a PNG by us or by A1111, if any."""
     text = image.info.get("parameters")
@@ -104,7 +186,6 @@ def read_infotext(image: Image.Image) -> str | None:
 _UNSHOWN_INFO = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background",
                  "timestamp", "duration", "progressive", "progression", "icc_profile", "chromaticity",
                  "photoshop", "parameters"}
-_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
 
 
 def _user_comment(raw: bytes | str) -> str | None:

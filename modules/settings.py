@@ -11,11 +11,14 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modules import fileio
 
 log = logging.getLogger(__name__)
+
+# File formats for saved images: A1111's, as far as Pillow writes them with their infotext.
+ImageFormat = Literal["png", "jpg", "jpeg", "webp", "avif"]
 
 
 class Settings(BaseModel):
@@ -52,27 +55,98 @@ class Settings(BaseModel):
         "#ffffff", pattern=r"^#[0-9a-fA-F]{6}$",
         description="img2img: transparent parts of an init image become this colour")
 
-    # Saving
+    # Saving images
     samples_save: bool = Field(True, description="Save every generated image")
+    samples_format: ImageFormat = Field(
+        "png", description="File format of images: png, jpg/jpeg, webp or avif (JPEG wider or taller than 65535 "
+                           "pixels and WebP over 16383 are saved as PNG)")
+    samples_filename_pattern: str = Field(
+        "", description="Image file name pattern, e.g. [seed]-[prompt_spaces] or [model_name]-[steps]-[cfg]; "
+                        "tags: [seed] [seed_first] [seed_last] [steps] [cfg] [width] [height] [sampler] [scheduler] "
+                        "[sampler_scheduler] [model_name] [model_hash] [vae_filename] [clip_skip] [denoising] "
+                        "[date] [datetime] [datetime<%Y%m%d_%H%M%S>] [job_timestamp] [prompt] [prompt_spaces] "
+                        "[prompt_words] [prompt_no_styles] [negative_prompt] [styles] [prompt_hash<8>] "
+                        "[image_hash<8>] [batch_number] [batch_size] [generation_number] [none]. "
+                        "Empty: [seed] (or [seed]-[prompt_spaces] when not saving to a subfolder)")
+    save_images_add_number: bool = Field(
+        True, description="Start file names with a number one higher than any in the folder (00042-...)")
+    save_images_replace_action: Literal["Replace", "Add number suffix"] = Field(
+        "Replace", description="Without numbers, when the file exists: replace it, or add -1, -2, ... to the name")
     grid_save: bool = Field(True, description="Save a grid of the images of a job with more than one")
-    return_grid: bool = Field(True, description="Show the grid first among a job's images")
+    grid_format: ImageFormat = Field("png", description="File format of grids: png, jpg/jpeg, webp or avif")
+    grid_extended_filename: bool = Field(
+        False, description="Name grids with the file name pattern too (grid-0001-SEED), not just grid-0001")
     n_rows: int = Field(-1, ge=-1, le=16, description="Grid rows: -1 about square, 0 one row per batch")
-    samples_format: Literal["png"] = "png"
-    enable_pnginfo: bool = Field(True, description="Write generation parameters into the PNG")
-    save_to_dirs: bool = Field(True, description="Save into a subfolder per day")
+    jpeg_quality: int = Field(80, ge=1, le=100, description="Quality of saved JPEG, WebP and AVIF images")
+    webp_lossless: bool = Field(False, description="Save WebP images losslessly")
+    enable_pnginfo: bool = Field(
+        True, description="Write the generation parameters into saved files (PNG text chunk; EXIF UserComment "
+                          "in JPEG, WebP and AVIF)")
+    save_txt: bool = Field(False, description="Write the generation parameters to a .txt file beside each image")
+    save_incomplete_images: bool = Field(
+        False, description="Save the images of an interrupted job (they are shown either way)")
+
+    # Paths for saving
     outdir_samples: str = Field("", description="Output folder for all images (overrides the ones below)")
-    outdir_txt2img_samples: str = "outputs/txt2img-images"
-    outdir_img2img_samples: str = "outputs/img2img-images"
-    outdir_extras_samples: str = "outputs/extras-images"
+    outdir_txt2img_samples: str = Field("outputs/txt2img-images", description="Output folder for txt2img images")
+    outdir_img2img_samples: str = Field("outputs/img2img-images", description="Output folder for img2img images")
+    outdir_extras_samples: str = Field("outputs/extras-images", description="Output folder for Extras images")
     outdir_grids: str = Field("", description="Output folder for all grids (overrides the ones below)")
-    outdir_txt2img_grids: str = "outputs/txt2img-grids"
-    outdir_img2img_grids: str = "outputs/img2img-grids"
+    outdir_txt2img_grids: str = Field("outputs/txt2img-grids", description="Output folder for txt2img grids")
+    outdir_img2img_grids: str = Field("outputs/img2img-grids", description="Output folder for img2img grids")
     outdir_save: str = Field("log/images", description="Folder for images saved with the Save button")
     outdir_init_images: str = Field("outputs/init-images", description="Folder for img2img input images")
+
+    # Saving to a directory
+    save_to_dirs: bool = Field(True, description="Save images into a subfolder named by the directory pattern")
+    grid_save_to_dirs: bool = Field(True, description="Save grids into a subfolder named by the directory pattern")
+    directories_filename_pattern: str = Field(
+        "[date]", description="Subfolder name pattern (same tags as file names; / makes nested folders). "
+                              "Empty: [prompt_words]")
+    directories_max_prompt_words: int = Field(8, ge=1, le=20, description="How many words [prompt_words] keeps")
+
+    # User interface
+    return_grid: bool = Field(True, description="Show the grid first among a job's images")
 
     # Live previews
     live_previews_enable: bool = Field(
         True, description="Show a preview of the image while it is generated (progress's current_image)")
+    show_progress_every_n_steps: int = Field(
+        10, ge=-1, le=32, description="Show a new live preview every N sampling steps (0: every step; "
+                                      "-1: only when a batch is done)")
+    live_preview_refresh_period: int = Field(
+        1000, ge=10, le=60000, description="How often the page asks for progress and a new preview, in milliseconds")
+
+    @field_validator("samples_format", "grid_format", mode="before")
+    @classmethod
+    def _lower_format(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+
+# The Settings tab's sections, in A1111's order, with each field in exactly one of them.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Saving images": ("samples_save", "samples_format", "samples_filename_pattern", "save_images_add_number",
+                      "save_images_replace_action", "grid_save", "grid_format", "grid_extended_filename", "n_rows",
+                      "jpeg_quality", "webp_lossless", "enable_pnginfo", "save_txt", "save_incomplete_images"),
+    "Paths for saving": ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples",
+                         "outdir_extras_samples", "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids",
+                         "outdir_save", "outdir_init_images"),
+    "Saving to a directory": ("save_to_dirs", "grid_save_to_dirs", "directories_filename_pattern",
+                              "directories_max_prompt_words"),
+    "Stable Diffusion": ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis", "randn_source"),
+    "VAE": ("sd_vae",),
+    "img2img": ("initial_noise_multiplier", "img2img_background_color"),
+    "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",
+                           "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
+                           "beta_dist_alpha", "beta_dist_beta"),
+    "User interface": ("return_grid",),
+    "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period"),
+}
+
+
+def section_of(name: str) -> str | None:
+    """The Settings tab section a field is shown in (None for keys we only keep, such as A1111's others)."""
+    return next((title for title, names in SECTIONS.items() if name in names), None)
 
 
 class SettingsStore:
