@@ -18,6 +18,7 @@ from PIL import Image
 
 from modules import images
 from modules.engine import Engine
+from modules.filenames import FileNamer
 from modules.generation import samplers
 from modules.ui.progress import note_html
 
@@ -192,7 +193,9 @@ def wire_output_panel(engine: Engine, panel: OutputPanel, seed: SeedControls, ou
             image = im.copy()
         text = infotexts[index] if index < len(infotexts) else None
         folder = engine.paths.resolve_output_dir(engine.settings.values.outdir_save)
-        saved = images.save_image(image, folder, _seed_of(text), text, by_date=False)
+        settings = engine.settings.values.model_copy(update={"save_to_dirs": False})
+        namer = FileNamer(prompt=(text or "").split("\nNegative prompt:")[0].split("\nSteps: ")[0])
+        saved = images.save_image(image, folder, text, settings, namer, _seed_of(text))
         return gr.File(value=str(saved), visible=True), note_html(f"Saved {saved}")
 
     panel.save.click(save, inputs=[panel.gallery, panel.infotexts, panel.selected],
