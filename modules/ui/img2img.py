@@ -78,8 +78,7 @@ def build(engine: Engine, size: int) -> Img2ImgTab:
                                                             elem_id="img2img_batch_output_dir")
                     inputs["batch_mask_dir"] = gr.Textbox(label="Inpaint batch mask directory (optional)",
                                                           elem_id="img2img_batch_inpaint_mask_dir")
-            for index, tab in enumerate((t0, t1, t2, t3, t4, t5)):
-                tab.select(lambda i=index: i, outputs=inputs["mode"], queue=False)
+            sub_tabs = (t0, t1, t2, t3, t4, t5)
 
             fields: dict = {}
             fields["resize_mode"] = gr.Radio(list(images.RESIZE_MODES), value=images.RESIZE_MODES[0], type="index",
@@ -113,6 +112,11 @@ def build(engine: Engine, size: int) -> Img2ImgTab:
                     fields["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
                                                                    label="Only masked padding, pixels",
                                                                    elem_id="img2img_inpaint_full_res_padding")
+            # The sub-tab's select sets the inpaint options' visibility itself: Gradio 6 fires a State's change
+            # only after queued events, and this one is not queued. The change covers "Send to inpaint".
+            for index, tab in enumerate(sub_tabs):
+                tab.select(lambda i=index: (i, gr.Group(visible=i in INPAINT_MODES)),
+                           outputs=[inputs["mode"], inpaint_controls], queue=False)
             inputs["mode"].change(lambda m: gr.Group(visible=m in INPAINT_MODES), inputs=inputs["mode"],
                                   outputs=inpaint_controls, queue=False)
         with gr.Column(scale=1, elem_id="img2img_results_column"):
