@@ -33,8 +33,15 @@ def build() -> PngInfoTab:
                 send_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
                 send_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
                 send_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_to_inpaint")
-    image.change(read, inputs=image, outputs=[info, parameters], queue=False)
+    # preprocess=False: Gradio's own preprocessing opens the upload with PIL and, for a file that is not an
+    # image, fails with a bare 500 that the page does not show; `read` says what is wrong instead.
+    image.change(read_upload, inputs=image, outputs=[info, parameters], queue=False, preprocess=False)
     return PngInfoTab(image, info, parameters, send_txt2img, send_img2img, send_inpaint)
+
+
+def read_upload(value) -> tuple[str, str]:
+    """`read` for the Image component's unprocessed value (a file dict with the uploaded file's path)."""
+    return read(value.get("path") if isinstance(value, dict) else value)
 
 
 def read(path: str | None) -> tuple[str, str]:
