@@ -19,6 +19,7 @@ from modules import fileio, filenames, images, infotext, styles
 from modules.generation import extra_networks, hires, pipeline, prompts, rng, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue
+from modules.models import optimizations
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry
 from modules.models.lora import LoraRegistry
@@ -286,6 +287,7 @@ class Engine:
         result.warnings.extend(extra_networks.unsupported_warnings(tags))
         networks = self.models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
         result.warnings.extend(networks.warnings)
+        optimizations.apply(model, settings.cross_attention_optimization, settings.batch_cond_uncond)
         hooks = pipeline.Hooks(check=job.check)
         common = dict(clip_skip=settings.CLIP_stop_at_last_layers, randn_source=settings.randn_source, hooks=hooks,
                       emphasis=settings.emphasis, subseeds=subseeds if params.subseed_strength > 0 else None,

@@ -116,6 +116,18 @@ class Settings(BaseModel):
                                       "-1: only when a batch is done)")
     live_preview_refresh_period: int = Field(
         1000, ge=10, le=60000, description="How often the page asks for progress and a new preview, in milliseconds")
+    show_progress_type: Literal["Approx cheap", "Full"] = Field(
+        "Approx cheap", description="Live preview method: 'Approx cheap' turns the latent into colours (costs "
+                                    "nothing); 'Full' decodes it with the VAE (the real picture, slower)")
+
+    # Optimizations (speed and memory; they apply from the next job, without reloading the model)
+    cross_attention_optimization: Literal["Automatic", "sdp", "sub-quadratic", "V1", "None"] = Field(
+        "Automatic", description="Cross attention: Automatic/sdp is PyTorch's scaled-dot-product attention "
+                                 "(fastest); sub-quadratic computes it in slices (least memory, slower); V1/None "
+                                 "the plain original implementation")
+    batch_cond_uncond: bool = Field(
+        True, description="Run the prompt and the negative prompt through the U-Net as one batch (faster; off "
+                          "uses less memory)")
 
     @field_validator("samples_format", "grid_format", mode="before")
     @classmethod
@@ -140,7 +152,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
                            "beta_dist_alpha", "beta_dist_beta"),
     "User interface": ("return_grid",),
-    "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period"),
+    "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period",
+                      "show_progress_type"),
+    "Optimizations": ("cross_attention_optimization", "batch_cond_uncond"),
 }
 
 

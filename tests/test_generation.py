@@ -231,3 +231,33 @@ def test_an_interrupted_batch_is_shown_but_not_saved(engine, data_dir, sampler):
     assert result.images[0].size == (64, 64) and "Seed: 100" in result.infotexts[0]
     assert np.asarray(result.images[0]).std() > 1  # a decoded prediction, not a blank
     assert not list((data_dir / "outputs").rglob("*.png"))  # nothing saved, no grid of one image
+
+
+@pytest.mark.parametrize("attention, processor", [("sub-quadratic", "SlicedAttnProcessor"),
+                                                   ("V1", "AttnProcessor"), ("Automatic", "AttnProcessor2_0")])
+def test_cross_attention_setting_switches_the_implementation_not_the_image(engine, attention, processor):
+    reference = engine.txt2img(params(save_images=False))
+    engine.settings.update({"cross_attention_optimization": attention})
+    result = engine.txt2img(params(save_images=False))
+    kinds = {type(p).__name__ for p in engine.models.current.unet.attn_processors.values()}
+    assert kinds == {processor}
+    diff = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
+    assert diff.max() <= 2  # float rounding of a different summation order, not a different image
+
+
+def test_batch_cond_uncond_off_runs_two_smaller_unet_batches_for_the_same_image(engine):
+    reference = engine.txt2img(params(save_images=False))
+    unet = engine.models.current.unet
+    batches = []
+    handle = unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        engine.txt2img(params(save_images=False))
+        together = list(batches)
+        batches.clear()
+        engine.settings.update({"batch_cond_uncond": False})
+        result = engine.txt2img(params(save_images=False))
+    finally:
+        handle.remove()
+    assert set(together) == {2} and set(batches) == {1} and len(batches) == 2 * len(together)
+    diff = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
+    assert diff.max() <= 2

@@ -75,6 +75,7 @@ class Denoiser:
     def __init__(self, model, cond: ComposableCond | torch.Tensor, uncond: ScheduledCond | torch.Tensor,
                  cfg_scale: float, image_cond: torch.Tensor | None = None):
         self.unet = model.unet
+        self.batch_cond_uncond = getattr(model, "batch_cond_uncond", True)  # False: two smaller U-Net batches
         self.dtype = next(model.unet.parameters()).dtype
         self.cfg_scale = cfg_scale
         if isinstance(cond, torch.Tensor):
@@ -116,7 +117,7 @@ class Denoiser:
         scale = self.cfg_scale * self.cfg_multiplier
         if scale == 1 and k == 1 and conds[0][1] == 1 and not self.keep_uncond:  # guidance gives the cond prediction
             return self._checked(self._unet(x_in, t, cond_context, ic_cond))
-        if length == uncond.shape[0]:
+        if length == uncond.shape[0] and self.batch_cond_uncond:
             ic_both = ic_cond if ic_cond is None or ic_cond.shape[0] == 1 else torch.cat([ic_cond, ic_uncond])
             both = self._unet(torch.cat([x_cond, x_in]), t, torch.cat([cond_context, uncond_context]), ic_both)
             cond_out, uncond_out = both[:n * k], both[n * k:]

@@ -44,6 +44,8 @@ class LoadedModel:
     own_vae: AutoencoderKL | None = field(default=None, repr=False)  # parked on the CPU while an external VAE is used
     load_seconds: float = 0.0
     networks: lora.WeightPatcher | None = field(default=None, repr=False)  # LoRA merged into the weights
+    attention: str = "sdp"  # the U-Net's attention implementation (see optimizations.apply)
+    batch_cond_uncond: bool = True  # prompt and negative prompt in one U-Net batch
 
     def __post_init__(self) -> None:
         if self.networks is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
@@ -62,11 +62,12 @@ def _bar(fraction: float, text: str) -> str:
             f'<span class="sd-progress-text">{html.escape(text)}</span></div>')
 
 
-def follow(job: Job, queue_position, previews: bool, every_n_steps: int,
-           refresh_seconds: float) -> Iterator[Snapshot]:
+def follow(job: Job, queue_position, previews: bool, every_n_steps: int, refresh_seconds: float,
+           render: Callable[[Any], Image.Image] = preview.latent_to_image) -> Iterator[Snapshot]:
     """Snapshots of `job` until it is done. `queue_position()` gives the number of jobs ahead of it.
-    A preview is made from the sampler's current prediction at most every `refresh_seconds` and only
-    when at least `every_n_steps` steps have passed since the last one (-1: never during a batch)."""
+    A preview is `render`ed from the sampler's current prediction at most every `refresh_seconds` and
+    only when at least `every_n_steps` steps have passed since the last one (0: any step; -1: never
+    during a batch, the finished images show anyway)."""
     state = job.state
     shown_images = 0
     last_preview_at = 0.0
@@ -79,9 +80,10 @@ def follow(job: Job, queue_position, previews: bool, every_n_steps: int,
         picture = None
         step = (state.job_no, state.sampling_step)
         latent = state.current_latent
-        if (previews and every_n_steps > 0 and latent is not None and time.time() - last_preview_at >= refresh_seconds
-                and (step[0] != last_preview_step[0] or step[1] - last_preview_step[1] >= every_n_steps)):
-            picture = preview.latent_to_image(latent)
+        if (previews and every_n_steps >= 0 and latent is not None
+                and time.time() - last_preview_at >= refresh_seconds
+                and (step[0] != last_preview_step[0] or step[1] - last_preview_step[1] >= max(every_n_steps, 1))):
+            picture = render(latent)
             last_preview_at, last_preview_step = time.time(), step
         yield Snapshot(describe(state, 0 if state.started else queue_position()), picture, new_images,
                        list(partial.infotexts) if partial is not None else [])

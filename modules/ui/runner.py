@@ -12,9 +12,12 @@ from typing import Callable, Generator, Iterator
 
 import gradio as gr
 import torch
+from PIL import Image
 from pydantic import ValidationError
 
+from modules import images
 from modules.engine import BadRequest, Engine, GenerationResult, describe_validation_error
+from modules.generation import pipeline, preview
 from modules.generation.params import GenerationParams
 from modules.models.checkpoint_file import CheckpointError
 from modules.ui import progress
@@ -58,13 +61,13 @@ def watch(engine: Engine, job, label: str = "") -> Generator[list, None, Generat
     """Yield the event's values while `job` runs (progress, preview, images as they finish); return the
     job's result, or the exception it failed with."""
     settings = engine.settings.values
-    previews = bool(getattr(settings, "live_previews_enable", True))
-    every = int(getattr(settings, "show_progress_every_n_steps", 10))
-    refresh = float(getattr(settings, "live_preview_refresh_period", 1000)) / 1000.0
+    previews, every = settings.live_previews_enable, settings.show_progress_every_n_steps
+    refresh = settings.live_preview_refresh_period / 1000.0
+    render = full_preview(engine) if settings.show_progress_type == "Full" else preview.latent_to_image
     prefix = f'<div class="sd-hint">{html.escape(label)}</div>' if label else ""
     yield _unchanged(5) + [prefix + progress.describe(job.state, engine.queue.ahead_of(job)),
-                           gr.Image(visible=previews and every > 0, value=None), "", *buttons(True)]
-    for snap in progress.follow(job, lambda: engine.queue.ahead_of(job), previews, every, refresh):
+                           gr.Image(visible=previews and every >= 0, value=None), "", *buttons(True)]
+    for snap in progress.follow(job, lambda: engine.queue.ahead_of(job), previews, every, refresh, render):
         gallery = progress.gallery_value(snap.images, snap.infotexts) if snap.images is not None else gr.skip()
         yield [gallery] + _unchanged(4) + [prefix + snap.progress_html, snap.preview if snap.preview else gr.skip(),
                                            gr.skip(), *buttons(True)]
@@ -74,6 +77,18 @@ def watch(engine: Engine, job, label: str = "") -> Generator[list, None, Generat
         if not isinstance(e, (BadRequest, CheckpointError)):
             log.exception("%s failed", job.kind)
         return e
+
+
+def full_preview(engine: Engine) -> Callable[[torch.Tensor], Image.Image]:
+    """The "Full" live preview: the current prediction decoded by the model's VAE (the images of a batch
+    side by side)."""
+    def render(latent: torch.Tensor) -> Image.Image:
+        model = engine.models.current
+        if model is None:
+            return preview.latent_to_image(latent)
+        decoded = pipeline.decode(model, latent if latent.dim() == 4 else latent[None])
+        return images.image_grid(decoded, len(decoded), 1)
+    return render
 
 
 def submit(engine: Engine, kind: str, make_params: Callable[[], GenerationParams]):
