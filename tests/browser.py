@@ -141,6 +141,10 @@ def option_labels(page, elem_id: str) -> list[str]:
     """The choices a Dropdown offers (opens its list, then closes it)."""
     box = block(page, elem_id).locator("input[role=combobox]")
     box.click()
+    # A Dropdown that allows custom values filters its list by the text shown: clear it with keys (Gradio
+    # filters on key events) so every choice is listed.
+    box.press("Control+a")
+    box.press("Backspace")
     listbox = block(page, elem_id).locator("[role=listbox]")
     listbox.wait_for(state="visible")
     labels = [o.get_attribute("aria-label") or "" for o in listbox.locator("[role=option]").all()]

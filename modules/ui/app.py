@@ -64,7 +64,8 @@ def top_bar(engine: Engine) -> TopBar:
     initial = _selected(engine)
     with gr.Row(elem_id="quicksettings", equal_height=True):
         checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=_checkpoint_titles(engine),
-                                 value=initial, elem_id="sd_checkpoint", scale=4, min_width=300)
+                                 value=initial, elem_id="sd_checkpoint", scale=4, min_width=300,
+                                 allow_custom_value=True)  # a title gains its hash once computed
         refresh_checkpoints = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40,
                                         size="sm", elem_classes="sd-tool")
         vae = gr.Dropdown(label="SD VAE", choices=_vae_choices(engine), value=engine.settings.values.sd_vae,

@@ -1,0 +1,56 @@
+"""The top bar in a real browser: a checkpoint dropped into the folder appears after 🔄, choosing it loads
+it with a message while the page stays usable, a broken one is reported and the loaded model stays."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+    browser, fill_text, option_labels, page, read_value, select_option, set_number, ui_server, wait_for_gallery)
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
+
+def test_refresh_switch_and_broken_checkpoint(page, ui_server, tiny_dir):
+    _, data, _ = ui_server
+    folder = data / "models" / "Stable-diffusion"
+    shutil.copy(tiny_dir / "sd1.safetensors", folder / "sd1.safetensors")
+    shutil.copy(tiny_dir / "sd1.yaml", folder / "sd1.yaml")
+    (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+
+    page.locator("#refresh_sd_model_checkpoint").click()
+    page.wait_for_function("document.querySelector('#sd_checkpoint input').value.includes('shapes-tiny')")
+    choices = option_labels(page, "sd_checkpoint")
+    sd1 = next(c for c in choices if c.startswith("sd1.safetensors"))
+    broken = next(c for c in choices if c.startswith("broken.safetensors"))
+
+    select_option(page, "sd_checkpoint", sd1)
+    status = page.locator("#sd_status")
+    status.get_by_text("Loaded sd1.safetensors").wait_for(timeout=60_000)
+    assert "demo model" not in page.locator("#demo_model_notice").inner_text()  # the notice is for the demo only
+
+    fill_text(page, "txt2img_prompt", "a red circle")
+    set_number(page, "txt2img_steps", 3)
+    page.locator("#txt2img_generate").click()
+    wait_for_gallery(page, "txt2img_gallery", 1)
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Model: sd1')")
+
+    box = page.locator("#sd_checkpoint input[role=combobox]")  # picked by hand: the page reverts it at once
+    box.click()
+    box.press("Control+a")
+    box.press("Backspace")
+    box.press_sequentially("broken")
+    page.locator("#sd_checkpoint").get_by_role("option", name=broken, exact=True).click()
+    status.locator(".sd-error").wait_for(timeout=60_000)
+    message = status.inner_text()
+    assert "Could not load broken.safetensors" in message
+    page.wait_for_function("document.querySelector('#sd_checkpoint input').value.startsWith('sd1.safetensors')")
+
+    # the page and the previous model still work
+    set_number(page, "txt2img_seed", 11)
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 11')",
+                           timeout=60_000)
+    assert "Model: sd1" in read_value(page, "txt2img_infotext")
