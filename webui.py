@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     log.info("Running on local URL: %s%s", url, "  (API only: see /docs)" if args.nowebui else "")
     if args.autolaunch and not args.nowebui:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(app, host=host, port=args.port, log_level="warning", timeout_keep_alive=args.timeout_keep_alive)
+    # An open page keeps a connection; without a limit a stop (Ctrl+C, SIGTERM) would wait for the browser.
+    uvicorn.run(app, host=host, port=args.port, log_level="warning", timeout_keep_alive=args.timeout_keep_alive,
+                timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,11 @@ def stop_server(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    except ProcessLookupError:  # already gone
+        pass
+    except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

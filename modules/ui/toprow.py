@@ -87,6 +87,9 @@ def wire(engine: Engine, row: Toprow, steps: gr.Slider) -> None:
         prompt, negative = styles.apply(found, prompt, negative)
         return prompt, negative, []
 
+    # styles.csv is read again when it changes: offer its current styles whenever the list is opened
+    row.styles.focus(lambda: gr.Dropdown(choices=list(engine.styles.all())), outputs=row.styles, queue=False,
+                     show_progress="hidden")
     row.apply_styles.click(apply_styles, inputs=[row.prompt, row.negative_prompt, row.styles],
                            outputs=[row.prompt, row.negative_prompt, row.styles], queue=False)
     row.interrupt.click(engine.queue.interrupt, queue=False)
