@@ -203,7 +203,7 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
     after(png.send_inpaint.click(lambda t, p: to_img2img(t, p, "img2img_inpaint_tab"),
                                  inputs=[png.parameters, png.image], outputs=send_outputs))
 
-    # txt2img's gallery -> img2img / inpaint (the selected image and its parameters)
+    # a gallery (txt2img's or img2img's own) -> img2img / inpaint: the selected image and its parameters
     def from_gallery(gallery, infotexts, index, sub_tab: str):
         if not gallery:
             return [gr.skip()] * len(send_outputs)
@@ -211,10 +211,11 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
         text = infotexts[index] if index < len(infotexts) else ""
         return to_img2img(text, common.gallery_path(gallery[index]), sub_tab)
 
-    gallery_inputs = [t2i.panel.gallery, t2i.panel.infotexts, t2i.panel.selected]
-    after(t2i.panel.send_img2img.click(lambda g, t, i: from_gallery(g, t, i, "img2img_img2img_tab"),
+    for panel in (t2i.panel, i2i.panel):
+        gallery_inputs = [panel.gallery, panel.infotexts, panel.selected]
+        after(panel.send_img2img.click(lambda g, t, i: from_gallery(g, t, i, "img2img_img2img_tab"),
                                        inputs=gallery_inputs, outputs=send_outputs))
-    after(t2i.panel.send_inpaint.click(lambda g, t, i: from_gallery(g, t, i, "img2img_inpaint_tab"),
+        after(panel.send_inpaint.click(lambda g, t, i: from_gallery(g, t, i, "img2img_inpaint_tab"),
                                        inputs=gallery_inputs, outputs=send_outputs))
 
     # The ↙ button: the prompt box's pasted infotext, else the last job's (params.txt)
