@@ -257,7 +257,7 @@ class Engine:
             if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None,
             "Denoising strength": params.denoising_strength if isinstance(params, Img2ImgParams)
             else (params.denoising_strength or 0.7) if params.enable_hr else None,
-            "Conditional mask weight": 1.0 if model.config.is_inpainting else None,
+            "Conditional mask weight": settings.inpainting_mask_weight if model.config.is_inpainting else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "ENSD": settings.eta_noise_seed_delta if ensd else None,
             "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
@@ -295,7 +295,8 @@ class Engine:
         if isinstance(params, Img2ImgParams):
             if params.initial_noise_multiplier is None:
                 params = params.model_copy(update={"initial_noise_multiplier": settings.initial_noise_multiplier})
-            inputs = pipeline.prepare_img2img(model, params, settings.randn_source, settings.img2img_background_color)
+            inputs = pipeline.prepare_img2img(model, params, settings.randn_source, settings.img2img_background_color,
+                                              settings.img2img_fix_steps, settings.inpainting_mask_weight)
             batches = pipeline.img2img(model, params, seeds, inputs=inputs, **common)
             steps_run, extra, outdir = inputs.steps_run, inputs.fields, settings.outdir_img2img_samples
             result.warnings.extend(inputs.notes)
