@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from modules import fileio, filenames, images, infotext, styles
+from modules import fileio, filenames, images, infotext, postprocessing, styles
 from modules.generation import extra_networks, hires, pipeline, prompts, rng, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue
@@ -53,6 +53,14 @@ class GenerationResult:
 
 
 Txt2ImgResult = GenerationResult  # the name it had before img2img shared it
+
+
+@dataclass
+class ExtrasResult:
+    images: list[Image.Image]  # their `info` holds the PNG text chunks to write (parameters, extras, ...)
+    infotexts: list[str]  # A1111's extras infotext of each image ('' when nothing was done)
+    paths: list[str | None]
+    interrupted: bool = False
 
 
 def describe_validation_error(e: ValidationError) -> str:
@@ -197,6 +205,52 @@ class Engine:
             raise BadRequest("img2img needs Img2ImgParams (init_images, denoising_strength, ...)")
         return self._submit("img2img", params)
 
+    # --- extras ------------------------------------------------------------------------------
+    def extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True
+               ) -> ExtrasResult:
+        return self.submit_extras(inputs, params, save).wait()
+
+    def submit_extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True
+                      ) -> Job:
+        """Queue Extras (post-processing, see modules/postprocessing) of `inputs`, one after the other; the job
+        runs after those ahead of it, as A1111's extras wait for its queue lock. What cannot be done is
+        refused at once (BadRequest). With `save` (A1111's Extras tab; its API never saves) each result goes
+        to outdir_extras_samples (outdir_samples when set) as A1111 names extras: 00042.png, no date folder,
+        the original's text chunks kept and the extras infotext added."""
+        if not inputs:
+            raise BadRequest("Extras: send at least one image")
+        try:
+            postprocessing.check(params)
+        except postprocessing.ExtrasError as e:
+            raise BadRequest(str(e)) from None
+        settings = self.settings.values
+
+        def run(job: Job) -> ExtrasResult:
+            result = ExtrasResult([], [], [])
+            folder = self.paths.resolve_output_dir(settings.outdir_samples or settings.outdir_extras_samples)
+            job.state.job_count = len(inputs)
+            for index, image in enumerate(inputs):
+                job.state.job_no = index
+                if job.state.interrupted:
+                    result.interrupted = True
+                    break
+                try:
+                    out, text = postprocessing.run(image, params)
+                except postprocessing.ExtrasError as e:
+                    raise BadRequest(str(e)) from None
+                if not settings.enable_pnginfo:
+                    out.info = {}
+                path = None
+                if save:  # A1111's short extras name, the text in `extras`, the original's chunks kept
+                    path = str(images.save_image(out, folder, text, settings, filenames.FileNamer(), to_dirs=False,
+                                                 texts=out.info, section="extras"))
+                result.images.append(out)
+                result.infotexts.append(text)
+                result.paths.append(path)
+            return result
+
+        return self.queue.submit("extras", run)
+
     def apply_styles(self, params: GenerationParams) -> tuple[GenerationParams, list[str]]:
         """The params with their styles merged into the prompts (as A1111 does before generating, so the
         infotext holds the merged prompts); a style name not in styles.csv is a warning."""
@@ -257,7 +311,7 @@ class Engine:
             if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None,
             "Denoising strength": params.denoising_strength if isinstance(params, Img2ImgParams)
             else (params.denoising_strength or 0.7) if params.enable_hr else None,
-            "Conditional mask weight": 1.0 if model.config.is_inpainting else None,
+            "Conditional mask weight": settings.inpainting_mask_weight if model.config.is_inpainting else None,
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "ENSD": settings.eta_noise_seed_delta if ensd else None,
             "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
@@ -295,7 +349,8 @@ class Engine:
         if isinstance(params, Img2ImgParams):
             if params.initial_noise_multiplier is None:
                 params = params.model_copy(update={"initial_noise_multiplier": settings.initial_noise_multiplier})
-            inputs = pipeline.prepare_img2img(model, params, settings.randn_source, settings.img2img_background_color)
+            inputs = pipeline.prepare_img2img(model, params, settings.randn_source, settings.img2img_background_color,
+                                              settings.img2img_fix_steps, settings.inpainting_mask_weight)
             batches = pipeline.img2img(model, params, seeds, inputs=inputs, **common)
             steps_run, extra, outdir = inputs.steps_run, inputs.fields, settings.outdir_img2img_samples
             result.warnings.extend(inputs.notes)

@@ -46,11 +46,16 @@ def next_number(folder: Path, basename: str = "") -> int:
     return highest + 1
 
 
-def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
+def png_bytes(image: Image.Image, infotext: str | None, texts: dict[str, str] | None = None,
+              section: str = "parameters") -> bytes:
+    """PNG with `infotext` in the text chunk `section` (A1111: `parameters`; Extras write `extras`) and any
+    other `texts` (e.g. an original image's `parameters` kept by Extras)."""
+    chunks = {**(texts or {}), **({section: infotext} if infotext else {})}
     info = None
-    if infotext:
+    if chunks:
         info = PngInfo()
-        info.add_text("parameters", infotext)
+        for key, value in chunks.items():
+            info.add_text(key, value)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
@@ -81,10 +86,12 @@ def file_format(image: Image.Image, extension: str) -> tuple[str, str]:
     return fmt, extension.lower()
 
 
-def encode(image: Image.Image, fmt: str, infotext: str | None, quality: int = 80, lossless: bool = False) -> bytes:
-    """The file's bytes: PNG with a `parameters` text chunk, other formats with the infotext in EXIF."""
+def encode(image: Image.Image, fmt: str, infotext: str | None, quality: int = 80, lossless: bool = False,
+           texts: dict[str, str] | None = None, section: str = "parameters") -> bytes:
+    """The file's bytes: PNG with the infotext in a text chunk (see png_bytes), other formats with the
+    infotext in EXIF (and without `texts`, as A1111 writes them)."""
     if fmt == "PNG":
-        return png_bytes(image, infotext)
+        return png_bytes(image, infotext, texts, section)
     if fmt == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")  # JPEG has no alpha
     elif fmt != "JPEG" and image.mode not in ("RGB", "RGBA"):
@@ -115,13 +122,16 @@ def _clip(stem: str, folder: Path, suffix: str) -> str:
 
 
 def save_image(image: Image.Image, folder: Path, infotext: str | None, settings: Settings, namer: FileNamer,
-               seed: int | None = None, index: int = 0, grid: bool = False) -> Path:
+               seed: int | None = None, index: int = 0, grid: bool = False, *, to_dirs: bool = True,
+               texts: dict[str, str] | None = None, section: str = "parameters") -> Path:
     """Save an image of a job (or, with `grid`, its grid) in `folder` or the subfolder the directory pattern
     names, as A1111 names it: `00042-SEED.png`, `grid-0007.png`, or what `samples_filename_pattern` says.
-    The infotext goes into the file (`enable_pnginfo`) and a .txt beside it (`save_txt`). Returns the path."""
+    The infotext goes into the file (`enable_pnginfo`) and a .txt beside it (`save_txt`). Returns the path.
+    Extras use A1111's short form: no `seed` (just the number), `to_dirs` False (no subfolder), the
+    infotext in the PNG chunk `section` beside the original's `texts`."""
     fmt, ext = file_format(image, settings.grid_format if grid else settings.samples_format)
     basename = "grid" if grid else ""
-    if settings.grid_save_to_dirs if grid else settings.save_to_dirs:
+    if to_dirs and (settings.grid_save_to_dirs if grid else settings.save_to_dirs):
         pattern = settings.directories_filename_pattern or "[prompt_words]"
         folder = folder / _subfolder(namer.expand(pattern, image, seed, index, basename))
     if grid and not settings.grid_extended_filename or seed is None:
@@ -131,7 +141,7 @@ def save_image(image: Image.Image, folder: Path, infotext: str | None, settings:
         decoration = namer.expand(pattern, image, seed, index, basename).replace("/", "_").replace("\\", "_")
     numbered = settings.save_images_add_number or decoration == ""
     data = encode(image, fmt, infotext if settings.enable_pnginfo else None, settings.jpeg_quality,
-                  settings.webp_lossless)
+                  settings.webp_lossless, texts if settings.enable_pnginfo else None, section)
     with _save_lock:
         folder.mkdir(parents=True, exist_ok=True)
         path = _free_path(folder, basename, decoration, f".{ext}", numbered, settings.save_images_replace_action)

@@ -51,6 +51,13 @@ class Settings(BaseModel):
     # img2img
     initial_noise_multiplier: float = Field(
         1.0, ge=0.0, le=1.5, description="img2img: the starting noise is multiplied by this (requests may override it)")
+    img2img_fix_steps: bool = Field(
+        False, description="img2img: run exactly the requested steps (off: A1111's default, denoising strength x "
+                           "steps + 1 of them; on: a longer schedule of which the last `steps` run)")
+    inpainting_mask_weight: float = Field(
+        1.0, ge=0.0, le=1.0, description="Inpainting conditioning mask strength (9-channel inpainting models): 1 "
+                                         "hides the area to repaint from the model, lower values show it more of "
+                                         "the original there, keeping its composition")
     img2img_background_color: str = Field(
         "#ffffff", pattern=r"^#[0-9a-fA-F]{6}$",
         description="img2img: transparent parts of an init image become this colour")
@@ -147,7 +154,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                               "directories_max_prompt_words"),
     "Stable Diffusion": ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis", "randn_source"),
     "VAE": ("sd_vae",),
-    "img2img": ("initial_noise_multiplier", "img2img_background_color"),
+    "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_fix_steps",
+                "img2img_background_color"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
                            "beta_dist_alpha", "beta_dist_beta"),

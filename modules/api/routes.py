@@ -7,6 +7,7 @@ clients can wait; a client that hangs up does not disturb the queue (its job sti
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 from typing import Any
@@ -20,7 +21,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 from pydantic import ValidationError
 
-from modules import images, infotext
+from modules import images, infotext, postprocessing
 from modules.api import schemas
 from modules.auth import Credentials
 from modules.engine import BadRequest, Engine, UnknownOption, describe_validation_error
@@ -32,8 +33,8 @@ from modules.generation.pipeline import NansError
 from modules.settings import Settings
 
 # A1111's lists, for clients that offer them as choices. The plain-resize upscalers and the latent
-# modes are what A1111 always lists; they are used by the hires pass and the Extras tab once those exist.
-PLAIN_UPSCALERS = ("None", "Lanczos", "Nearest")
+# modes are what A1111 always lists; the hires pass uses both, Extras the plain ones.
+PLAIN_UPSCALERS = postprocessing.UPSCALERS
 LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                         "Latent (nearest)", "Latent (nearest-exact)")
 
@@ -79,12 +80,13 @@ def basic_auth(credentials: Credentials):
     return require
 
 
-def decode_image(data: str) -> Image.Image:
-    """An image from base64 or a `data:image/...;base64,` URL; BadRequest with the reason otherwise."""
+def decode_image(data: str, field: str | None = None) -> Image.Image:
+    """An image from base64 or a `data:image/...;base64,` URL; BadRequest with the reason (and the
+    request field it came from) otherwise."""
     try:
         return images.decode_base64_image(data)
     except ValueError as e:
-        raise BadRequest(str(e)) from None
+        raise BadRequest(f"{field}: {e}" if field else str(e)) from None
 
 
 def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
@@ -125,6 +127,17 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
 
 def encode_png(image) -> str:
     return base64.b64encode(images.png_bytes(image, image.info.get("parameters"))).decode("ascii")
+
+
+def encode_png_with_texts(image) -> str:
+    """Base64 PNG with every text item of the image's `info` (Extras: parameters, extras, postprocessing)."""
+    texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    return base64.b64encode(images.png_bytes(image, None, texts)).decode("ascii")
+
+
+def plaintext_to_html(text: str) -> str:
+    """A1111's html_info: the text's lines, escaped, in one paragraph."""
+    return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
 def _common_fields(req: schemas.Txt2ImgRequest) -> dict[str, Any]:
@@ -209,6 +222,33 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         if not req.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None
         return await respond(req, job, warnings, parameters)
+
+    async def extras(inputs: list[Image.Image], req: postprocessing.ExtrasParams) -> tuple[list[str], str]:
+        params = postprocessing.ExtrasParams.model_validate(
+            req.model_dump(include=set(postprocessing.ExtrasParams.model_fields)))
+        job = await run_in_threadpool(engine.submit_extras, inputs, params, False)  # A1111's API never saves them
+        result = await job.wait_async()
+        encoded = await run_in_threadpool(lambda: [encode_png_with_texts(im) for im in result.images])
+        return encoded, plaintext_to_html(result.infotexts[-1] if result.infotexts else "")
+
+    @r.post("/extra-single-image", response_model=schemas.ExtrasSingleImageResponse)
+    async def extra_single_image(req: schemas.ExtrasSingleImageRequest):
+        """Extras on one image: upscale by a factor (resize_mode 0) or to a size (1) with a plain upscaler
+        (None = unchanged, Lanczos, Nearest), optionally blended with a second one. It waits in the job
+        queue like a generation; nothing is saved. Model upscalers and face restoration: 400."""
+        image = await run_in_threadpool(decode_image, req.image, "image")
+        encoded, html_info = await extras([image], req)
+        return schemas.ExtrasSingleImageResponse(image=encoded[0], html_info=html_info)
+
+    @r.post("/extra-batch-images", response_model=schemas.ExtrasBatchImagesResponse)
+    async def extra_batch_images(req: schemas.ExtrasBatchImagesRequest):
+        """Extras, as extra-single-image, on several images (one job); the answer keeps their order."""
+        if not req.imageList:
+            raise BadRequest("imageList: send at least one image ({data: base64, name})")
+        decoded = await run_in_threadpool(
+            lambda: [decode_image(f.data, f"imageList[{i}].data") for i, f in enumerate(req.imageList)])
+        encoded, html_info = await extras(decoded, req)
+        return schemas.ExtrasBatchImagesResponse(images=encoded, html_info=html_info)
 
     @r.get("/sd-models", response_model=list[schemas.SDModelItem])
     def sd_models():
@@ -324,7 +364,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/upscalers", response_model=list[schemas.UpscalerItem])
     def upscalers():
-        """The plain-resize upscalers (model-based ones such as ESRGAN are not supported yet)."""
+        """The plain-resize upscalers, for Extras and the hires pass (model-based ones such as ESRGAN are not
+        supported yet)."""
         return [schemas.UpscalerItem(name=name, scale=4) for name in PLAIN_UPSCALERS]
 
     @r.get("/latent-upscale-modes", response_model=list[schemas.LatentUpscalerModeItem])

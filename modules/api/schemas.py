@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from modules.postprocessing import ExtrasParams
 from modules.settings import Settings
 
 
@@ -123,6 +124,33 @@ class Txt2ImgResponse(BaseModel):
     images: list[str]
     parameters: dict[str, Any]
     info: str
+
+
+class ExtrasSingleImageRequest(ExtrasParams):
+    """A1111's extras request: what to do (ExtrasParams) and the image."""
+    image: str = Field("", description="The image as base64, optionally as a data URL (data:image/png;base64,...)")
+    show_extras_results: bool = Field(True, description="Accepted; the images are answered either way (as A1111)")
+
+
+class FileData(BaseModel):
+    data: str = Field(description="The image as base64, optionally as a data URL")
+    name: str = Field("", description="Its file name (not used)")
+
+
+class ExtrasBatchImagesRequest(ExtrasParams):
+    imageList: list[FileData] = Field(description="The images, each {data, name}; answered in this order")
+    show_extras_results: bool = Field(True, description="Accepted; the images are answered either way (as A1111)")
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    image: str | None = Field(None, description="The result as a base64 PNG (text chunks: the original's "
+                                                "`parameters`, and the extras infotext as `extras`)")
+    html_info: str = Field(description="The extras infotext as HTML")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    images: list[str] = Field(description="The results as base64 PNGs, in the order sent")
+    html_info: str = Field(description="The extras infotext of the last image, as HTML")
 
 
 class SDModelItem(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from modules.generation import samplers
 from modules.generation.params import GenerationParams
 
 # A1111's latent upscale modes: name -> (torch interpolation mode, antialias)
@@ -72,11 +73,8 @@ def crop(latents: torch.Tensor, cut_x: int, cut_y: int) -> torch.Tensor:
 
 def schedule(params: GenerationParams) -> tuple[int, int]:
     """(schedule steps, t_enc) of the second pass, as A1111's setup_img2img_steps with explicit steps."""
-    hr_steps = params.hr_second_pass_steps or params.steps
     strength = params.denoising_strength if params.denoising_strength is not None else 0.7
-    steps = int(hr_steps / min(strength, 0.999)) if strength > 0 else 0
-    steps = max(steps, 1)
-    return steps, min(hr_steps, steps) - 1
+    return samplers.img2img_schedule(params.hr_second_pass_steps or params.steps, strength, fixed=True)
 
 
 def upscale_latents(latents: torch.Tensor, upscaler: str, width: int, height: int, decode, encode) -> torch.Tensor:

@@ -337,17 +337,19 @@ def encode(model, pixels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def image_conditioning(model, pixels: torch.Tensor | None, mask: torch.Tensor | None, height: int,
-                       width: int) -> torch.Tensor | None:
+                       width: int, weight: float = 1.0) -> torch.Tensor | None:
     """The extra U-Net input of 9-channel inpainting models, [mask, masked-image latent] (None for other
     models). `pixels` (N, 3, H, W) in [-1, 1] and `mask` (1, 1, H, W), 1 = repaint. Without a mask the
-    whole image is repainted: mask of ones, masked image uniform grey (what A1111 gives txt2img)."""
+    whole image is repainted: mask of ones, masked image uniform grey (what A1111 gives txt2img).
+    `weight` is A1111's inpainting_mask_weight: the masked image is pixels * (1 - mask * weight), i.e.
+    lerp(original, masked, weight); the mask channel itself is not weighted (as in A1111)."""
     if model.config.in_channels != 9:
         return None
     if pixels is None:
         pixels = torch.zeros(1, 3, height, width)  # 0.5 in [0,1] is 0 in [-1,1]
     if mask is None:
         mask = torch.ones(1, 1, *pixels.shape[-2:])
-    masked = encode(model, pixels * (1.0 - mask))  # inpainting_mask_weight 1: the masked area is grey
+    masked = encode(model, pixels * (1.0 - mask * weight))  # weight 1: the masked area is grey
     latent_mask = torch.nn.functional.interpolate(mask, size=masked.shape[-2:]).to(model.device)
     return torch.cat([latent_mask.expand(masked.shape[0], -1, -1, -1), masked], dim=1)
 
@@ -366,6 +368,7 @@ class _Plan:
     noise_multiplier: float = 1.0
     finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None  # e.g. paste the original back
     hires: bool = False  # txt2img with Hires. fix: a second pass after the first
+    schedule_steps: int | None = None  # img2img: the schedule's length when it is not params.steps
 
 
 @torch.no_grad()
@@ -413,7 +416,8 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
             first_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(i, total, x))
             second_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(total - n + i, total, x))
         try:
-            latents = sample(model, denoiser, noise, choice, params.steps, generators, first_hooks, start,
+            latents = sample(model, denoiser, noise, choice, plan.schedule_steps or params.steps, generators,
+                             first_hooks, start,
                              sampler_options(params, options), batch_seeds, randn_source)
             if plan.hires:
                 latents = _hires_pass(model, params, latents, batch_seeds,
@@ -495,11 +499,13 @@ MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothin
 
 
 @torch.no_grad()
-def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU",
-                    background: str = "#ffffff") -> Img2ImgInputs:
+def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU", background: str = "#ffffff",
+                    fix_steps: bool = False, mask_weight: float = 1.0) -> Img2ImgInputs:
     """Resize the init images to width x height by `resize_mode`, prepare the mask, pre-fill the area to
     repaint, VAE-encode. t_enc = int(min(denoising_strength, 0.999) * steps): each batch starts from the
-    init latents noised to step steps - t_enc - 1 of the schedule and runs t_enc + 1 steps."""
+    init latents noised to step steps - t_enc - 1 of the schedule and runs t_enc + 1 steps; with
+    `fix_steps` (img2img_fix_steps) exactly `steps` run, at the end of a longer schedule. `mask_weight`
+    is inpainting_mask_weight, for 9-channel inpainting models (see image_conditioning)."""
     width, height = params.width, params.height
     fields: dict[str, Any] = {}
     notes: list[str] = []
@@ -558,9 +564,9 @@ def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU",
     if model.config.in_channels == 9:  # conditioned on the (filled) inputs at the processing size
         sized = [im if im.size == (width, height) else images.resize_image(0, im, width, height) for im in inputs]
         pixels = torch.stack([image_to_tensor(im) for im in (sized if pixel_mask is not None else sized[:1])])
-        image_cond = image_conditioning(model, pixels, pixel_mask, height, width)
+        image_cond = image_conditioning(model, pixels, pixel_mask, height, width, mask_weight)
 
-    t_enc = samplers.img2img_t_enc(params.steps, params.denoising_strength)
+    schedule_steps, t_enc = samplers.img2img_schedule(params.steps, params.denoising_strength, fix_steps)
 
     def start(batch_seeds: list[int]) -> Start:
         init = latents if latents.shape[0] == len(batch_seeds) else latents.expand(len(batch_seeds), -1, -1, -1)
@@ -579,7 +585,8 @@ def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU",
             return decoded
         return [masking.paste_back(im, originals[i % len(originals)], prepared_mask) for i, im in enumerate(decoded)]
 
-    return Img2ImgInputs(_Plan(shape, image_cond, start, multiplier, finish), t_enc + 1, fields, notes)
+    plan = _Plan(shape, image_cond, start, multiplier, finish, schedule_steps=schedule_steps)
+    return Img2ImgInputs(plan, t_enc + 1, fields, notes)
 
 
 @torch.no_grad()

@@ -260,6 +260,16 @@ def img2img_t_enc(steps: int, denoising_strength: float) -> int:
     return int(min(denoising_strength, 0.999) * steps)
 
 
+def img2img_schedule(steps: int, denoising_strength: float, fixed: bool = False) -> tuple[int, int]:
+    """(schedule length, t_enc) of an img2img pass, as A1111's setup_img2img_steps: `steps` long with
+    img2img_t_enc, or with `fixed` (the img2img_fix_steps setting, and always for the hires pass) a
+    schedule of int(steps / denoising_strength) of which the last `steps` run (t_enc = steps - 1)."""
+    if not fixed:
+        return steps, img2img_t_enc(steps, denoising_strength)
+    schedule = max(int(steps / min(denoising_strength, 0.999)) if denoising_strength > 0 else 0, 1)
+    return schedule, min(steps, schedule) - 1
+
+
 def _schedule_overrides(choice: SamplerChoice, options: SamplerOptions, model_sigmas: torch.Tensor) -> dict:
     """The settings that change the schedule, as A1111 applies them: sigma min/max when non-zero and not
     the model's own, rho when non-zero and not the schedule's default (Karras, Polyexponential)."""

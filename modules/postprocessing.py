@@ -1,0 +1,144 @@
+"""Extras: A1111's post-processing of finished images (its "Upscale" operation; face restoration is
+not available here).
+
+The upscalers are the plain ones A1111 always lists: "Lanczos" and "Nearest" resample the image.
+As in A1111's Extras, upscaler 1 "None" leaves the image as it is (no resize at all), and the size
+an upscaler produces is rounded down to a multiple of 8 with a final Lanczos resize. Model upscalers
+(ESRGAN and the like) and GFPGAN/CodeFormer are refused with a message saying so, never ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from modules import images, infotext
+
+PLAIN_UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+UPSCALERS = ("None", *PLAIN_UPSCALERS)
+# A1111's model upscalers, named in the refusal so a user knows why theirs is missing.
+MODEL_UPSCALER_KINDS = "ESRGAN, R-ESRGAN, SwinIR, ScuNET, LDSR, DAT"
+MAX_SIDE = 16384  # the largest side an extras image may get (a guard against requests that exhaust memory)
+
+
+class ExtrasError(ValueError):
+    """The post-processing cannot be done as asked; the message says why."""
+
+
+class ExtrasParams(BaseModel):
+    """What to do to each image, with the field names and defaults of A1111's extras API."""
+    resize_mode: Literal[0, 1] = Field(0, description="0: scale by upscaling_resize; 1: scale to "
+                                                      "upscaling_resize_w x upscaling_resize_h")
+    upscaling_resize: float = Field(2, gt=0, allow_inf_nan=False, description="Scale factor (resize_mode 0)")
+    upscaling_max_side_length: int = Field(
+        0, ge=0, le=MAX_SIDE, description="resize_mode 0: when the scaled image would be longer than this on "
+                                          "its longest side, scale it to this length instead (0: no limit)")
+    upscaling_resize_w: int = Field(512, ge=1, le=MAX_SIDE, description="Target width (resize_mode 1)")
+    upscaling_resize_h: int = Field(512, ge=1, le=MAX_SIDE, description="Target height (resize_mode 1)")
+    upscaling_crop: bool = Field(True, description="resize_mode 1: crop the scaled image to the target size")
+    upscaler_1: str = Field("None", description=f"Main upscaler: one of {', '.join(UPSCALERS)} "
+                                                "('None' leaves the image as it is)")
+    upscaler_2: str = Field("None", description="Second upscaler, blended over the first by its visibility")
+    extras_upscaler_2_visibility: float = Field(0, ge=0, le=1, allow_inf_nan=False,
+                                                description="How much of upscaler 2 shows")
+    upscale_first: bool = Field(False, description="Upscale before face restoration (accepted; there is no face "
+                                                   "restoration here)")
+    gfpgan_visibility: float = Field(0, ge=0, le=1, description="GFPGAN face restoration: not available, must be 0")
+    codeformer_visibility: float = Field(0, ge=0, le=1, description="CodeFormer face restoration: not available, "
+                                                                    "must be 0")
+    codeformer_weight: float = Field(0, ge=0, le=1, description="CodeFormer weight (unused: not available)")
+
+
+def _check_upscaler(field: str, name: str) -> None:
+    if name not in UPSCALERS:
+        raise ExtrasError(f"{field}: upscaler {name!r} is not available. Model upscalers ({MODEL_UPSCALER_KINDS}) "
+                          f"are not supported here; available: {', '.join(UPSCALERS)}")
+
+
+def check(params: ExtrasParams) -> None:
+    """Refuse what cannot be done, before any work is queued (ExtrasError naming the field)."""
+    _check_upscaler("upscaler_1", params.upscaler_1)
+    _check_upscaler("upscaler_2", params.upscaler_2)
+    for name in ("gfpgan_visibility", "codeformer_visibility"):
+        if getattr(params, name) > 0:
+            raise ExtrasError(f"{name}: face restoration (GFPGAN, CodeFormer) is not available here; "
+                              "send gfpgan_visibility and codeformer_visibility 0")
+
+
+def _limit_longest_side(w: float, h: float, limit: int) -> tuple[int, int]:
+    """(w, h) shrunk in proportion so that the longer side is `limit`."""
+    if h > w and h > limit:
+        w, h = limit * w // h, limit
+    elif w > limit:
+        w, h = limit, limit * h // w
+    return int(w), int(h)
+
+
+def _resample(image: Image.Image, scale: float, upscaler: str) -> Image.Image:
+    """A1111's Upscaler.upscale for the plain upscalers: resample by `scale` (not when that would
+    shrink an image already big enough), then Lanczos to the size rounded down to a multiple of 8."""
+    dest = int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8)
+    if min(dest) < 8 or max(dest) > MAX_SIDE:
+        raise ExtrasError(f"The upscaled image would be {dest[0]}x{dest[1]} pixels; each side must be between "
+                          f"8 and {MAX_SIDE}")
+    if not (image.width >= dest[0] and image.height >= dest[1] and scale != 1):
+        image = image.resize((int(image.width * scale), int(image.height * scale)),
+                             resample=PLAIN_UPSCALERS[upscaler])
+    if image.size != dest:
+        image = image.resize(dest, resample=Image.Resampling.LANCZOS)
+    return image
+
+
+def _upscale(image: Image.Image, upscaler: str, p: ExtrasParams, info: dict[str, Any]) -> Image.Image:
+    """One upscaler's result, as A1111's Upscale operation computes it; its infotext keys go into `info`."""
+    mode, crop, to_w, to_h = p.resize_mode, p.upscaling_crop, p.upscaling_resize_w, p.upscaling_resize_h
+    if mode == 1:
+        scale = max(to_w / image.width, to_h / image.height)
+        info["Postprocess upscale to"] = f"{to_w}x{to_h}"
+    else:
+        scale = p.upscaling_resize
+        info["Postprocess upscale by"] = scale
+        limit = p.upscaling_max_side_length
+        if limit and max(image.size) * scale > limit:  # scale to the limit instead, without cropping
+            mode, crop = 1, False
+            to_w, to_h = _limit_longest_side(image.width * scale, image.height * scale, limit)
+            scale = max(to_w / image.width, to_h / image.height)
+            info["Max side length"] = limit
+    image = _resample(image, scale, upscaler)
+    if mode == 1 and crop:  # centred on a black canvas of the target size (A1111's "crop to fit")
+        canvas = Image.new("RGB", (to_w, to_h))
+        canvas.paste(image, box=(to_w // 2 - image.width // 2, to_h // 2 - image.height // 2))
+        image = canvas
+        info["Postprocess crop to"] = f"{image.width}x{image.height}"
+    return image
+
+
+def run(image: Image.Image, params: ExtrasParams) -> tuple[Image.Image, str]:
+    """Post-process one image. Returns the result and A1111's extras infotext
+    (`Postprocess upscale by: 2, Postprocess upscaler: Lanczos`; '' when nothing was done). The result's
+    `info` keeps the original's text fields (its `parameters` too) and adds the infotext as `extras` and
+    `postprocessing`, the chunks A1111 writes."""
+    check(params)
+    original_text, items = images.read_info(image)
+    kept = {k: v for k, v in items.items() if isinstance(v, str)}
+    if original_text:
+        kept["parameters"] = original_text
+    out = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
+    info: dict[str, Any] = {}
+    if params.upscaler_1 != "None":
+        first = _upscale(out, params.upscaler_1, params, info)
+        info["Postprocess upscaler"] = params.upscaler_1
+        if params.upscaler_2 != "None" and params.extras_upscaler_2_visibility > 0:
+            second = _upscale(out, params.upscaler_2, params, info)
+            if second.mode != first.mode:
+                second = second.convert(first.mode)
+            first = Image.blend(first, second, params.extras_upscaler_2_visibility)
+            info["Postprocess upscaler 2"] = params.upscaler_2
+        out = first
+    elif out is image:
+        out = image.copy()
+    text = infotext.create("", "", info)
+    out.info = {**kept, "postprocessing": text, "extras": text}
+    return out, text

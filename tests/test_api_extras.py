@@ -1,0 +1,134 @@
+"""The API beyond generation, on live servers: Extras (extra-single-image / extra-batch-images, by plain
+HTTP and by webuiapi)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+
+import pytest
+import requests
+import webuiapi
+from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
+
+from modules import postprocessing
+from modules.postprocessing import ExtrasParams
+from tests.test_server import decode, start_server, stop_server
+
+pytestmark = pytest.mark.server
+
+
+
+def picture(size=(48, 32)) -> Image.Image:
+    image = Image.new("RGB", size, (200, 40, 30))
+    ImageDraw.Draw(image).ellipse((8, 8, size[0] - 8, size[1] - 8), fill=(20, 60, 220))
+    return image
+
+
+def b64(image: Image.Image, meta: PngInfo | None = None) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=meta)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def post(url, path, auth=None, **body):
+    return requests.post(url + path, json=body, auth=auth, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_dir):
+    """UI + API."""
+    data = tmp_path_factory.mktemp("extras")
+    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
+    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    proc, url = start_server(data, "--api")
+    yield url, data, proc
+    if proc.poll() is None:
+        stop_server(proc)
+
+
+# --- Extras --------------------------------------------------------------------------------------
+
+def test_extra_single_image_upscales_and_keeps_the_parameters(server):
+    url, data, _ = server
+    meta = PngInfo()
+    meta.add_text("parameters", "a cat\nSteps: 5, Sampler: Euler a, Seed: 8, Size: 48x32")
+    r = post(url, "/sdapi/v1/extra-single-image", image=b64(picture(), meta), upscaler_1="Lanczos",
+             upscaling_resize=2)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"image", "html_info"}
+    out = decode(body["image"])
+    out.load()
+    expected, text = postprocessing.run(picture(), ExtrasParams(upscaler_1="Lanczos"))
+    assert out.size == (96, 64) and out.convert("RGB").tobytes() == expected.tobytes()
+    assert text == "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
+    assert out.info["extras"] == out.info["postprocessing"] == text
+    assert out.info["parameters"] == "a cat\nSteps: 5, Sampler: Euler a, Seed: 8, Size: 48x32"
+    assert body["html_info"] == f"<p>{text}</p>"
+    assert not (data / "outputs").exists()  # A1111's extras API never saves
+    # scale to, with a data: URL
+    r = post(url, "/sdapi/v1/extra-single-image", image="data:image/png;base64," + b64(picture()), resize_mode=1,
+             upscaling_resize_w=40, upscaling_resize_h=40, upscaler_1="Nearest")
+    assert r.status_code == 200 and decode(r.json()["image"]).size == (40, 40)
+    assert "Postprocess upscale to: 40x40, Postprocess crop to: 40x40, Postprocess upscaler: Nearest" in \
+        r.json()["html_info"]
+    # A1111's defaults (upscaler_1 "None"): the image comes back as it was
+    r = post(url, "/sdapi/v1/extra-single-image", image=b64(picture()))
+    assert r.status_code == 200 and decode(r.json()["image"]).convert("RGB").tobytes() == picture().tobytes()
+
+
+def test_extra_batch_images_in_order(server):
+    url, _, _ = server
+    sizes = [(48, 32), (32, 32), (16, 40)]
+    r = post(url, "/sdapi/v1/extra-batch-images", upscaler_1="Lanczos", upscaling_resize=1.5,
+             imageList=[{"data": b64(picture(s)), "name": f"im{i}.png"} for i, s in enumerate(sizes)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"images", "html_info"}
+    assert [decode(im).size for im in body["images"]] == [(72, 48), (48, 48), (24, 56)]
+    assert body["html_info"] == "<p>Postprocess upscale by: 1.5, Postprocess upscaler: Lanczos</p>"
+
+
+@pytest.mark.parametrize("path,body,status,needle", [
+    ("/sdapi/v1/extra-single-image", {"image": "%%% not base64 %%%"}, 400, "image: Invalid encoded image"),
+    ("/sdapi/v1/extra-single-image", {"image": ""}, 400, "image: "),
+    ("/sdapi/v1/extra-batch-images", {"imageList": [{"data": "PLACEHOLDER", "name": "a"},
+                                                    {"data": "bm90IGFuIGltYWdl", "name": "b"}]},
+     400, "imageList[1].data: Invalid encoded image"),
+    ("/sdapi/v1/extra-batch-images", {"imageList": []}, 400, "imageList: send at least one image"),
+    ("/sdapi/v1/extra-single-image", {"upscaler_1": "R-ESRGAN 4x+"}, 400,
+     "upscaler 'R-ESRGAN 4x+' is not available. Model upscalers"),
+    ("/sdapi/v1/extra-single-image", {"upscaler_1": "Lanczos", "upscaler_2": "SwinIR 4x",
+                                      "extras_upscaler_2_visibility": 0.5}, 400, "upscaler_2: upscaler 'SwinIR 4x'"),
+    ("/sdapi/v1/extra-single-image", {"gfpgan_visibility": 0.5}, 400, "face restoration (GFPGAN, CodeFormer) is not"),
+    ("/sdapi/v1/extra-batch-images", {"codeformer_visibility": 1,
+                                      "imageList": [{"data": "PLACEHOLDER", "name": "a"}]}, 400, "codeformer_visibility"),
+    ("/sdapi/v1/extra-single-image", {"upscaler_1": "Lanczos", "upscaling_resize": 1000}, 400, "between 8 and 16384"),
+    ("/sdapi/v1/extra-single-image", {"resize_mode": 2}, 422, "resize_mode"),
+])
+def test_extras_bad_input_is_refused_with_the_field_named(server, path, body, status, needle):
+    url, _, proc = server
+    body = json.loads(json.dumps(body).replace("PLACEHOLDER", b64(picture())))
+    if path.endswith("single-image"):
+        body.setdefault("image", b64(picture()))
+    r = post(url, path, **body)
+    assert r.status_code == status and needle in r.text, r.text
+    assert proc.poll() is None
+
+
+def test_webuiapi_extras(server):
+    url, _, _ = server
+    api = webuiapi.WebUIApi(baseurl=url + "/sdapi/v1")
+    single = api.extra_single_image(picture(), upscaler_1="Lanczos", upscaling_resize=2)
+    assert single.image.size == (96, 64) and single.info == "<p>Postprocess upscale by: 2, Postprocess upscaler: " \
+                                                            "Lanczos</p>"
+    batch = api.extra_batch_images([picture(), picture((24, 24))], upscaler_1="Nearest", resize_mode=1,
+                                   upscaling_resize_w=64, upscaling_resize_h=64, upscaling_crop=False)
+    assert [im.size for im in batch.images] == [(96, 64), (64, 64)]
+    with pytest.raises(RuntimeError) as e:
+        api.extra_single_image(picture(), upscaler_1="ESRGAN_4x")
+    assert e.value.args[0] == 400 and "Lanczos" in e.value.args[1]
