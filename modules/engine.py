@@ -210,13 +210,14 @@ class Engine:
                ) -> ExtrasResult:
         return self.submit_extras(inputs, params, save).wait()
 
-    def submit_extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True
-                      ) -> Job:
+    def submit_extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True,
+                      outdir: str | None = None) -> Job:
         """Queue Extras (post-processing, see modules/postprocessing) of `inputs`, one after the other; the job
         runs after those ahead of it, as A1111's extras wait for its queue lock. What cannot be done is
         refused at once (BadRequest). With `save` (A1111's Extras tab; its API never saves) each result goes
         to outdir_extras_samples (outdir_samples when set) as A1111 names extras: 00042.png, no date folder,
-        the original's text chunks kept and the extras infotext added."""
+        the original's text chunks kept and the extras infotext added; `outdir` (the Extras tab's batch output
+        folder) replaces that folder."""
         if not inputs:
             raise BadRequest("Extras: send at least one image")
         try:
@@ -227,7 +228,7 @@ class Engine:
 
         def run(job: Job) -> ExtrasResult:
             result = ExtrasResult([], [], [])
-            folder = self.paths.resolve_output_dir(settings.outdir_samples or settings.outdir_extras_samples)
+            folder = self.paths.resolve_output_dir(outdir or settings.outdir_samples or settings.outdir_extras_samples)
             job.state.job_count = len(inputs)
             for index, image in enumerate(inputs):
                 job.state.job_no = index

@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules.engine import BadRequest, Engine
 from modules.models.checkpoint_file import CheckpointError
-from modules.ui import img2img, paste, pnginfo, settings_tab, txt2img
+from modules.ui import extras, img2img, paste, pnginfo, settings_tab, txt2img
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
@@ -141,19 +141,21 @@ def build(engine: Engine) -> Page:
                 t2i = txt2img.build(engine, size)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = img2img.build(engine, size)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                post = extras.build(engine)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_tab.build(engine)
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)
-        common_wiring(engine, bar, tabs, t2i, i2i, png)
+        common_wiring(engine, bar, tabs, t2i, i2i, png, post)
     return Page(blocks, (ASSETS / "style.css").read_text(encoding="utf-8"),
                 f"<script>{(ASSETS / 'script.js').read_text(encoding='utf-8')}</script>")
 
 
 def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2ImgTab, i2i: img2img.Img2ImgTab,
-                  png: pnginfo.PngInfoTab) -> None:
+                  png: pnginfo.PngInfoTab, post: extras.ExtrasTab) -> None:
     """Paste and "Send to": infotexts fill a tab's fields (and the top bar's Clip skip and checkpoint)."""
     from modules.ui import common
 
@@ -211,7 +213,20 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
         text = infotexts[index] if index < len(infotexts) else ""
         return to_img2img(text, common.gallery_path(gallery[index]), sub_tab)
 
+    # -> Extras: the image alone, into the Single Image sub-tab
+    def to_extras(path):
+        return gr.Tabs(selected="extras"), gr.Tabs(selected="extras_single_tab"), 0, _open_rgba(path)
+
+    extras_outputs = [tabs, post.tabs, post.mode, post.image]
+    png.send_extras.click(to_extras, inputs=png.image, outputs=extras_outputs)
+
+    def gallery_to_extras(gallery, index):
+        if not gallery:
+            return [gr.skip()] * len(extras_outputs)
+        return to_extras(common.gallery_path(gallery[index if 0 <= index < len(gallery) else 0]))
+
     for panel in (t2i.panel, i2i.panel):
+        panel.send_extras.click(gallery_to_extras, inputs=[panel.gallery, panel.selected], outputs=extras_outputs)
         gallery_inputs = [panel.gallery, panel.infotexts, panel.selected]
         after(panel.send_img2img.click(lambda g, t, i: from_gallery(g, t, i, "img2img_img2img_tab"),
                                        inputs=gallery_inputs, outputs=send_outputs))

@@ -102,6 +102,7 @@ class OutputPanel:
     save: gr.Button
     send_img2img: gr.Button
     send_inpaint: gr.Button
+    send_extras: gr.Button
     download: gr.File
     infotexts: gr.State  # the infotext of each gallery item
     seeds: gr.State  # the seed of each gallery item
@@ -124,12 +125,13 @@ def output_panel(tab: str) -> OutputPanel:
                                      size="sm")
             send_inpaint = gr.Button("🎨️ Send to inpaint", elem_id=f"{tab}_send_to_inpaint", min_width=40,
                                      size="sm")
+            send_extras = gr.Button("📐 Send to extras", elem_id=f"{tab}_send_to_extras", min_width=40, size="sm")
         download = gr.File(label="Saved file", visible=False, interactive=False, elem_id=f"download_files_{tab}")
         infotext = gr.Textbox(label="Generation parameters", lines=4, max_lines=12, interactive=False,
                               buttons=["copy"], elem_id=f"{tab}_infotext")
         log = gr.HTML("", elem_id=f"html_log_{tab}")
     return OutputPanel(progress, preview, gallery, infotext, log, open_folder, save, send_img2img, send_inpaint,
-                       download, gr.State([]), gr.State([]), gr.State(0))
+                       send_extras, download, gr.State([]), gr.State([]), gr.State(0))
 
 
 def open_folder(path: Path) -> str:

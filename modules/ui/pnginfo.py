@@ -19,6 +19,7 @@ class PngInfoTab:
     send_txt2img: gr.Button
     send_img2img: gr.Button
     send_inpaint: gr.Button
+    send_extras: gr.Button
 
 
 def build() -> PngInfoTab:
@@ -33,10 +34,11 @@ def build() -> PngInfoTab:
                 send_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
                 send_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
                 send_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_to_inpaint")
+                send_extras = gr.Button("Send to extras", elem_id="pnginfo_send_to_extras")
     # preprocess=False: Gradio's own preprocessing opens the upload with PIL and, for a file that is not an
     # image, fails with a bare 500 that the page does not show; `read` says what is wrong instead.
     image.change(read_upload, inputs=image, outputs=[info, parameters], queue=False, preprocess=False)
-    return PngInfoTab(image, info, parameters, send_txt2img, send_img2img, send_inpaint)
+    return PngInfoTab(image, info, parameters, send_txt2img, send_img2img, send_inpaint, send_extras)
 
 
 def read_upload(value) -> tuple[str, str]:
