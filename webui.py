@@ -22,6 +22,8 @@ log = logging.getLogger("webui")
 def build(args):
     """Everything the server needs, from parsed flags. Returns (FastAPI app, Engine)."""
     from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.middleware.gzip import GZipMiddleware
 
     from modules import auth
     from modules.api.middleware import ProcessTime
@@ -57,10 +59,16 @@ def build(args):
                   description="AUTOMATIC1111-compatible API. Generation requests wait in one queue shared with "
                               "the UI and run one at a time, in arrival order.")
     app.add_middleware(ProcessTime, log_requests=args.api_log)
-    if args.api or args.nowebui:
-        from modules.api import routes
+    app.add_middleware(GZipMiddleware, minimum_size=1000)  # as A1111 (event streams are never compressed)
+    if args.cors_allow_origins or args.cors_allow_origins_regex:  # as A1111: only when asked for
+        origins = [o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=args.cors_allow_origins_regex,
+                           allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+    from modules.api import routes
 
-        routes.install_error_handlers(app)
+    routes.install_error_handlers(app)
+    app.include_router(routes.build_internal_router(engine, api_credentials))
+    if args.api or args.nowebui:
         app.include_router(routes.build_router(engine, cmd_args.public_flags(args), api_credentials))
     if not args.nowebui:
         import gradio as gr

@@ -1,12 +1,14 @@
 """The API beyond generation, on live servers: Extras (extra-single-image / extra-batch-images, by plain
-HTTP and by webuiapi)."""
+HTTP and by webuiapi), /internal routes, CORS and gzip."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import os
 import shutil
+import time
 
 import pytest
 import requests
@@ -20,6 +22,8 @@ from tests.test_server import decode, start_server, stop_server
 
 pytestmark = pytest.mark.server
 
+ALLOWED = "http://allowed.example"
+USERS = ("ann", "pw-1")
 
 
 def picture(size=(48, 32)) -> Image.Image:
@@ -40,11 +44,12 @@ def post(url, path, auth=None, **body):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_dir):
-    """UI + API."""
+    """UI + API with CORS for two origins and a pattern."""
     data = tmp_path_factory.mktemp("extras")
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
     (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
-    proc, url = start_server(data, "--api")
+    proc, url = start_server(data, "--api", "--cors-allow-origins", f"{ALLOWED}, http://b.example",
+                             "--cors-allow-origins-regex", r"https://[a-z]+\.regex\.example")
     yield url, data, proc
     if proc.poll() is None:
         stop_server(proc)
@@ -132,3 +137,65 @@ def test_webuiapi_extras(server):
     with pytest.raises(RuntimeError) as e:
         api.extra_single_image(picture(), upscaler_1="ESRGAN_4x")
     assert e.value.args[0] == 400 and "Lanczos" in e.value.args[1]
+
+
+# --- /internal, CORS, gzip -------------------------------------------------------------------------
+
+def test_internal_routes(server):
+    url, _, _ = server
+    assert requests.get(url + "/internal/ping").json() == {}
+    assert requests.get(url + "/internal/pending-tasks").json() == {"size": 0, "tasks": []}
+    info = requests.get(url + "/internal/sysinfo").json()
+    assert {"Platform", "Python", "Version", "Torch", "Device"} <= set(info)
+    text = json.dumps(info)
+    assert "PATH" not in text and os.environ.get("HOME", "/nonexistent") not in text
+
+
+def test_pending_tasks_lists_the_jobs_waiting_behind_the_running_one(server):
+    url, _, _ = server
+    import threading
+
+    threads = [threading.Thread(target=post, args=(url, "/sdapi/v1/txt2img"),
+                                kwargs=dict(prompt="x", width=64, height=64, steps=steps, seed=1))
+               for steps in (400, 2, 2)]
+    threads[0].start()
+    deadline = time.time() + 60
+    while requests.get(url + "/sdapi/v1/progress").json()["state"]["sampling_step"] == 0:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    for t in threads[1:]:
+        t.start()
+    pending = {}
+    while time.time() < deadline and pending.get("size") != 2:
+        pending = requests.get(url + "/internal/pending-tasks").json()
+        time.sleep(0.05)
+    assert pending["size"] == 2 and all(t.startswith("txt2img-") for t in pending["tasks"])
+    assert post(url, "/sdapi/v1/interrupt").status_code == 200
+    for t in threads:
+        t.join(120)
+    assert requests.get(url + "/internal/pending-tasks").json() == {"size": 0, "tasks": []}
+
+
+def test_cors_only_for_the_allowed_origins(server):
+    url, _, _ = server
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    for origin in (ALLOWED, "http://b.example", "https://abc.regex.example"):
+        r = requests.options(url + "/sdapi/v1/txt2img", headers={"Origin": origin, **preflight})
+        assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == origin, origin
+        r = requests.get(url + "/sdapi/v1/samplers", headers={"Origin": origin})
+        assert r.headers["Access-Control-Allow-Origin"] == origin
+    for origin in ("http://evil.example", "https://x.regex.example.evil", "http://allowed.example.evil"):
+        r = requests.options(url + "/sdapi/v1/txt2img", headers={"Origin": origin, **preflight})
+        assert "Access-Control-Allow-Origin" not in r.headers, origin
+        r = requests.get(url + "/sdapi/v1/samplers", headers={"Origin": origin})
+        assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_gzip_for_large_responses_only(server):
+    url, _, _ = server
+    big = requests.get(url + "/sdapi/v1/options", headers={"Accept-Encoding": "gzip"})
+    assert big.headers.get("Content-Encoding") == "gzip" and big.json()["samples_format"] == "png"
+    small = requests.get(url + "/internal/ping", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in small.headers
+    plain = requests.get(url + "/sdapi/v1/options", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers and plain.json() == big.json()
