@@ -19,8 +19,9 @@ from modules import cmd_args, devices, logs, paths  # noqa: E402
 log = logging.getLogger("webui")
 
 
-def build(args):
-    """Everything the server needs, from parsed flags. Returns (FastAPI app, Engine)."""
+def build(args, control=None):
+    """Everything the server needs, from parsed flags. Returns (FastAPI app, Engine). `control` (a
+    ServerControl) is what --api-server-stop's routes act on."""
     from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.middleware.gzip import GZipMiddleware
@@ -70,6 +71,13 @@ def build(args):
     app.include_router(routes.build_internal_router(engine, api_credentials))
     if args.api or args.nowebui:
         app.include_router(routes.build_router(engine, cmd_args.public_flags(args), api_credentials))
+        if args.api_server_stop:
+            from modules.api import server_control
+
+            app.include_router(server_control.build_router(control or server_control.ServerControl(),
+                                                           api_credentials))
+    elif args.api_server_stop:
+        log.warning("--api-server-stop has no effect without --api or --nowebui")
     if not args.nowebui:
         import gradio as gr
 
@@ -110,10 +118,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from modules.api.server_control import ServerControl
     from modules.auth import CredentialsError
 
+    control = ServerControl()
     try:
-        app, _engine = build(args)
+        app, _engine = build(args, control)
     except CredentialsError as e:
         log.error("%s", e)
         sys.exit(2)
@@ -121,7 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     log.info("Running on local URL: %s%s", url, "  (API only: see /docs)" if args.nowebui else "")
     if args.autolaunch and not args.nowebui:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(app, host=host, port=args.port, log_level="warning", timeout_keep_alive=args.timeout_keep_alive)
+    control.server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_level="warning",
+                                                   timeout_keep_alive=args.timeout_keep_alive))
+    control.server.run()
+    if not control.server.started:
+        sys.exit(3)  # could not start (e.g. the port is taken): uvicorn.run's exit code
+    if control.restart_requested:
+        control.run_again()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The API beyond generation, on live servers: Extras (extra-single-image / extra-batch-images, by plain
-HTTP and by webuiapi), /internal routes, CORS and gzip."""
+HTTP and by webuiapi), /internal routes, CORS and gzip, and --api-server-stop's stop/restart/kill."""
 
 from __future__ import annotations
 
@@ -44,12 +44,13 @@ def post(url, path, auth=None, **body):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_dir):
-    """UI + API with CORS for two origins and a pattern."""
+    """UI + API with --api-server-stop, and CORS for two origins and a pattern."""
     data = tmp_path_factory.mktemp("extras")
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
     (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
-    proc, url = start_server(data, "--api", "--cors-allow-origins", f"{ALLOWED}, http://b.example",
-                             "--cors-allow-origins-regex", r"https://[a-z]+\.regex\.example")
+    proc, url = start_server(data, "--api", "--api-server-stop", "--cors-allow-origins",
+                             f"{ALLOWED}, http://b.example", "--cors-allow-origins-regex",
+                             r"https://[a-z]+\.regex\.example")
     yield url, data, proc
     if proc.poll() is None:
         stop_server(proc)
@@ -110,8 +111,8 @@ def test_extra_batch_images_in_order(server):
     ("/sdapi/v1/extra-single-image", {"upscaler_1": "Lanczos", "upscaler_2": "SwinIR 4x",
                                       "extras_upscaler_2_visibility": 0.5}, 400, "upscaler_2: upscaler 'SwinIR 4x'"),
     ("/sdapi/v1/extra-single-image", {"gfpgan_visibility": 0.5}, 400, "face restoration (GFPGAN, CodeFormer) is not"),
-    ("/sdapi/v1/extra-batch-images", {"codeformer_visibility": 1,
-                                      "imageList": [{"data": "PLACEHOLDER", "name": "a"}]}, 400, "codeformer_visibility"),
+    ("/sdapi/v1/extra-batch-images", {"codeformer_visibility": 1, "imageList": [{"data": "PLACEHOLDER", "name": "a"}]},
+     400, "codeformer_visibility"),
     ("/sdapi/v1/extra-single-image", {"upscaler_1": "Lanczos", "upscaling_resize": 1000}, 400, "between 8 and 16384"),
     ("/sdapi/v1/extra-single-image", {"resize_mode": 2}, 422, "resize_mode"),
 ])
@@ -199,3 +200,74 @@ def test_gzip_for_large_responses_only(server):
     assert "Content-Encoding" not in small.headers
     plain = requests.get(url + "/sdapi/v1/options", headers={"Accept-Encoding": "identity"})
     assert "Content-Encoding" not in plain.headers and plain.json() == big.json()
+
+
+def test_server_stop_shuts_the_server_down_cleanly(server):
+    """Last in this file: it ends the module's server (UI and API). A generation in progress still gets
+    its answer; then the process exits with code 0."""
+    import threading
+
+    url, data, proc = server
+    out = {}
+    running = threading.Thread(target=lambda: out.setdefault("r", post(
+        url, "/sdapi/v1/txt2img", prompt="x", width=64, height=64, steps=60, seed=3)))
+    running.start()
+    deadline = time.time() + 60
+    while requests.get(url + "/sdapi/v1/progress").json()["state"]["sampling_step"] == 0:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    r = post(url, "/sdapi/v1/server-stop")
+    assert r.status_code == 200
+    running.join(60)
+    assert out["r"].status_code == 200 and json.loads(out["r"].json()["info"])["all_seeds"] == [3]
+    assert proc.wait(60) == 0
+    log = (data / "server.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+# --- without --api-server-stop; --api-auth over /internal; restart and kill -------------------------
+
+def test_without_the_flag_the_stop_routes_are_absent_and_internal_needs_the_api_login(tmp_path):
+    proc, url = start_server(tmp_path, "--nowebui", "--no-builtin-model", "--api-auth", ":".join(USERS),
+                             ready_auth=USERS)
+    try:
+        for name in ("server-kill", "server-restart", "server-stop"):
+            assert post(url, f"/sdapi/v1/{name}", auth=USERS).status_code == 404
+        for path in ("/internal/ping", "/internal/pending-tasks", "/internal/sysinfo"):
+            assert requests.get(url + path).status_code == 401
+            assert requests.get(url + path, auth=USERS).status_code == 200
+        assert requests.get(url + "/sdapi/v1/cmd-flags", auth=USERS).json()["api_server_stop"] is False
+        assert proc.poll() is None
+    finally:
+        stop_server(proc)
+
+
+def test_server_restart_starts_the_process_again_and_kill_ends_it(tmp_path):
+    proc, url = start_server(tmp_path, "--nowebui", "--no-builtin-model", "--api-server-stop")
+    log = tmp_path / "server.log"
+    try:
+        assert log.read_text().count("Running on local URL") == 1
+        r = post(url, "/sdapi/v1/server-restart")
+        assert r.status_code == 200
+        deadline = time.time() + 120
+        while log.read_text().count("Running on local URL") < 2 or not _answers(url):
+            assert proc.poll() is None, log.read_text()[-3000:]  # the same process, started again
+            assert time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        assert requests.get(url + "/sdapi/v1/cmd-flags").json()["api_server_stop"] is True
+        try:
+            r = post(url, "/sdapi/v1/server-kill")
+            assert r.status_code == 200
+        except requests.ConnectionError:
+            pass  # the process may go before the answer is read
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            stop_server(proc)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url + "/internal/ping", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
