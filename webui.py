@@ -19,9 +19,12 @@ from modules import cmd_args, devices, logs, paths  # noqa: E402
 log = logging.getLogger("webui")
 
 
-def build(args):
-    """Everything the server needs, from parsed flags. Returns (FastAPI app, Engine)."""
+def build(args, control=None):
+    """Everything the server needs, from parsed flags. Returns (FastAPI app, Engine). `control` (a
+    ServerControl) is what --api-server-stop's routes act on."""
     from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.middleware.gzip import GZipMiddleware
 
     from modules import auth
     from modules.api.middleware import ProcessTime
@@ -57,11 +60,24 @@ def build(args):
                   description="AUTOMATIC1111-compatible API. Generation requests wait in one queue shared with "
                               "the UI and run one at a time, in arrival order.")
     app.add_middleware(ProcessTime, log_requests=args.api_log)
-    if args.api or args.nowebui:
-        from modules.api import routes
+    app.add_middleware(GZipMiddleware, minimum_size=1000)  # as A1111 (event streams are never compressed)
+    if args.cors_allow_origins or args.cors_allow_origins_regex:  # as A1111: only when asked for
+        origins = [o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=args.cors_allow_origins_regex,
+                           allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+    from modules.api import routes
 
-        routes.install_error_handlers(app)
+    routes.install_error_handlers(app)
+    app.include_router(routes.build_internal_router(engine, api_credentials))
+    if args.api or args.nowebui:
         app.include_router(routes.build_router(engine, cmd_args.public_flags(args), api_credentials))
+        if args.api_server_stop:
+            from modules.api import server_control
+
+            app.include_router(server_control.build_router(control or server_control.ServerControl(),
+                                                           api_credentials))
+    elif args.api_server_stop:
+        log.warning("--api-server-stop has no effect without --api or --nowebui")
     if not args.nowebui:
         import gradio as gr
 
@@ -102,10 +118,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from modules.api.server_control import ServerControl
     from modules.auth import CredentialsError
 
+    control = ServerControl()
     try:
-        app, _engine = build(args)
+        app, _engine = build(args, control)
     except CredentialsError as e:
         log.error("%s", e)
         sys.exit(2)
@@ -114,8 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.autolaunch and not args.nowebui:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
     # An open page keeps a connection; without a limit a stop (Ctrl+C, SIGTERM) would wait for the browser.
-    uvicorn.run(app, host=host, port=args.port, log_level="warning", timeout_keep_alive=args.timeout_keep_alive,
-                timeout_graceful_shutdown=5)
+    control.server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_level="warning",
+                                                   timeout_keep_alive=args.timeout_keep_alive,
+                                                   timeout_graceful_shutdown=5))
+    control.server.run()
+    if not control.server.started:
+        sys.exit(3)  # could not start (e.g. the port is taken): uvicorn.run's exit code
+    if control.restart_requested:
+        control.run_again()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",
                      help="require HTTP Basic authentication for every /sdapi/v1 route")
     net.add_argument("--api-log", action="store_true", help="log every API request (status, client, path, time)")
+    net.add_argument("--api-server-stop", action="store_true",
+                     help="enable POST /sdapi/v1/server-stop, /server-restart and /server-kill")
+    net.add_argument("--cors-allow-origins", default=None, metavar="ORIGIN[,ORIGIN2]",
+                     help="web pages of these origins may call the server from a browser (CORS), "
+                          "e.g. http://localhost:3000")
+    net.add_argument("--cors-allow-origins-regex", default=None, metavar="REGEX",
+                     help="as --cors-allow-origins, for every origin the regular expression matches in full")
     net.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",
                      help="require a login for the browser UI")
     net.add_argument("--gradio-auth-path", default=None, metavar="FILE",

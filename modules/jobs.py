@@ -147,6 +147,11 @@ class JobQueue:
         with self._lock:
             return len(self._pending)
 
+    def pending_ids(self) -> list[str]:
+        """The ids of the jobs waiting to run, in the order they will run (the running one is not among them)."""
+        with self._lock:
+            return [job.id for job in self._pending]
+
     def ahead_of(self, job: Job) -> int:
         """How many jobs run before `job` (the running one included); 0 once it runs or is done."""
         with self._lock:

@@ -1,12 +1,14 @@
 """The API beyond generation, on live servers: Extras (extra-single-image / extra-batch-images, by plain
-HTTP and by webuiapi)."""
+HTTP and by webuiapi), /internal routes, CORS and gzip, and --api-server-stop's stop/restart/kill."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import os
 import shutil
+import time
 
 import pytest
 import requests
@@ -20,6 +22,8 @@ from tests.test_server import decode, start_server, stop_server
 
 pytestmark = pytest.mark.server
 
+ALLOWED = "http://allowed.example"
+USERS = ("ann", "pw-1")
 
 
 def picture(size=(48, 32)) -> Image.Image:
@@ -40,11 +44,13 @@ def post(url, path, auth=None, **body):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_dir):
-    """UI + API."""
+    """UI + API with --api-server-stop, and CORS for two origins and a pattern."""
     data = tmp_path_factory.mktemp("extras")
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
     (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
-    proc, url = start_server(data, "--api")
+    proc, url = start_server(data, "--api", "--api-server-stop", "--cors-allow-origins",
+                             f"{ALLOWED}, http://b.example", "--cors-allow-origins-regex",
+                             r"https://[a-z]+\.regex\.example")
     yield url, data, proc
     if proc.poll() is None:
         stop_server(proc)
@@ -105,8 +111,8 @@ def test_extra_batch_images_in_order(server):
     ("/sdapi/v1/extra-single-image", {"upscaler_1": "Lanczos", "upscaler_2": "SwinIR 4x",
                                       "extras_upscaler_2_visibility": 0.5}, 400, "upscaler_2: upscaler 'SwinIR 4x'"),
     ("/sdapi/v1/extra-single-image", {"gfpgan_visibility": 0.5}, 400, "face restoration (GFPGAN, CodeFormer) is not"),
-    ("/sdapi/v1/extra-batch-images", {"codeformer_visibility": 1,
-                                      "imageList": [{"data": "PLACEHOLDER", "name": "a"}]}, 400, "codeformer_visibility"),
+    ("/sdapi/v1/extra-batch-images", {"codeformer_visibility": 1, "imageList": [{"data": "PLACEHOLDER", "name": "a"}]},
+     400, "codeformer_visibility"),
     ("/sdapi/v1/extra-single-image", {"upscaler_1": "Lanczos", "upscaling_resize": 1000}, 400, "between 8 and 16384"),
     ("/sdapi/v1/extra-single-image", {"resize_mode": 2}, 422, "resize_mode"),
 ])
@@ -132,3 +138,136 @@ def test_webuiapi_extras(server):
     with pytest.raises(RuntimeError) as e:
         api.extra_single_image(picture(), upscaler_1="ESRGAN_4x")
     assert e.value.args[0] == 400 and "Lanczos" in e.value.args[1]
+
+
+# --- /internal, CORS, gzip -------------------------------------------------------------------------
+
+def test_internal_routes(server):
+    url, _, _ = server
+    assert requests.get(url + "/internal/ping").json() == {}
+    assert requests.get(url + "/internal/pending-tasks").json() == {"size": 0, "tasks": []}
+    info = requests.get(url + "/internal/sysinfo").json()
+    assert {"Platform", "Python", "Version", "Torch", "Device"} <= set(info)
+    text = json.dumps(info)
+    assert "PATH" not in text and os.environ.get("HOME", "/nonexistent") not in text
+
+
+def test_pending_tasks_lists_the_jobs_waiting_behind_the_running_one(server):
+    url, _, _ = server
+    import threading
+
+    threads = [threading.Thread(target=post, args=(url, "/sdapi/v1/txt2img"),
+                                kwargs=dict(prompt="x", width=64, height=64, steps=steps, seed=1))
+               for steps in (400, 2, 2)]
+    threads[0].start()
+    deadline = time.time() + 60
+    while requests.get(url + "/sdapi/v1/progress").json()["state"]["sampling_step"] == 0:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    for t in threads[1:]:
+        t.start()
+    pending = {}
+    while time.time() < deadline and pending.get("size") != 2:
+        pending = requests.get(url + "/internal/pending-tasks").json()
+        time.sleep(0.05)
+    assert pending["size"] == 2 and all(t.startswith("txt2img-") for t in pending["tasks"])
+    assert post(url, "/sdapi/v1/interrupt").status_code == 200
+    for t in threads:
+        t.join(120)
+    assert requests.get(url + "/internal/pending-tasks").json() == {"size": 0, "tasks": []}
+
+
+def test_cors_only_for_the_allowed_origins(server):
+    url, _, _ = server
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    for origin in (ALLOWED, "http://b.example", "https://abc.regex.example"):
+        r = requests.options(url + "/sdapi/v1/txt2img", headers={"Origin": origin, **preflight})
+        assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == origin, origin
+        r = requests.get(url + "/sdapi/v1/samplers", headers={"Origin": origin})
+        assert r.headers["Access-Control-Allow-Origin"] == origin
+    for origin in ("http://evil.example", "https://x.regex.example.evil", "http://allowed.example.evil"):
+        r = requests.options(url + "/sdapi/v1/txt2img", headers={"Origin": origin, **preflight})
+        assert "Access-Control-Allow-Origin" not in r.headers, origin
+        r = requests.get(url + "/sdapi/v1/samplers", headers={"Origin": origin})
+        assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_gzip_for_large_responses_only(server):
+    url, _, _ = server
+    big = requests.get(url + "/sdapi/v1/options", headers={"Accept-Encoding": "gzip"})
+    assert big.headers.get("Content-Encoding") == "gzip" and big.json()["samples_format"] == "png"
+    small = requests.get(url + "/internal/ping", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in small.headers
+    plain = requests.get(url + "/sdapi/v1/options", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers and plain.json() == big.json()
+
+
+def test_server_stop_shuts_the_server_down_cleanly(server):
+    """Last in this file: it ends the module's server (UI and API). A generation in progress still gets
+    its answer; then the process exits with code 0."""
+    import threading
+
+    url, data, proc = server
+    out = {}
+    running = threading.Thread(target=lambda: out.setdefault("r", post(
+        url, "/sdapi/v1/txt2img", prompt="x", width=64, height=64, steps=60, seed=3)))
+    running.start()
+    deadline = time.time() + 60
+    while requests.get(url + "/sdapi/v1/progress").json()["state"]["sampling_step"] == 0:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    r = post(url, "/sdapi/v1/server-stop")
+    assert r.status_code == 200
+    running.join(60)
+    assert out["r"].status_code == 200 and json.loads(out["r"].json()["info"])["all_seeds"] == [3]
+    assert proc.wait(60) == 0
+    log = (data / "server.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+# --- without --api-server-stop; --api-auth over /internal; restart and kill -------------------------
+
+def test_without_the_flag_the_stop_routes_are_absent_and_internal_needs_the_api_login(tmp_path):
+    proc, url = start_server(tmp_path, "--nowebui", "--no-builtin-model", "--api-auth", ":".join(USERS),
+                             ready_auth=USERS)
+    try:
+        for name in ("server-kill", "server-restart", "server-stop"):
+            assert post(url, f"/sdapi/v1/{name}", auth=USERS).status_code == 404
+        for path in ("/internal/ping", "/internal/pending-tasks", "/internal/sysinfo"):
+            assert requests.get(url + path).status_code == 401
+            assert requests.get(url + path, auth=USERS).status_code == 200
+        assert requests.get(url + "/sdapi/v1/cmd-flags", auth=USERS).json()["api_server_stop"] is False
+        assert proc.poll() is None
+    finally:
+        stop_server(proc)
+
+
+def test_server_restart_starts_the_process_again_and_kill_ends_it(tmp_path):
+    proc, url = start_server(tmp_path, "--nowebui", "--no-builtin-model", "--api-server-stop")
+    log = tmp_path / "server.log"
+    try:
+        assert log.read_text().count("Running on local URL") == 1
+        r = post(url, "/sdapi/v1/server-restart")
+        assert r.status_code == 200
+        deadline = time.time() + 120
+        while log.read_text().count("Running on local URL") < 2 or not _answers(url):
+            assert proc.poll() is None, log.read_text()[-3000:]  # the same process, started again
+            assert time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        assert requests.get(url + "/sdapi/v1/cmd-flags").json()["api_server_stop"] is True
+        try:
+            r = post(url, "/sdapi/v1/server-kill")
+            assert r.status_code == 200
+        except requests.ConnectionError:
+            pass  # the process may go before the answer is read
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            stop_server(proc)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url + "/internal/ping", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False

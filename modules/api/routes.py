@@ -10,6 +10,8 @@ import base64
 import html
 import io
 import json
+import platform
+from importlib import metadata
 from typing import Any
 
 import psutil
@@ -31,6 +33,7 @@ from modules.jobs import JobState
 from modules.models.checkpoint_file import CheckpointError
 from modules.generation.pipeline import NansError
 from modules.settings import Settings
+from modules.version import VERSION
 
 # A1111's lists, for clients that offer them as choices. The plain-resize upscalers and the latent
 # modes are what A1111 always lists; the hires pass uses both, Extras the plain ones.
@@ -138,6 +141,20 @@ def encode_png_with_texts(image) -> str:
 def plaintext_to_html(text: str) -> str:
     """A1111's html_info: the text's lines, escaped, in one paragraph."""
     return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
+
+
+def system_info(engine: Engine) -> dict[str, Any]:
+    """A small report for bug reports: versions and the device. No paths, settings, flags or environment."""
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"Platform": platform.platform(), "Python": platform.python_version(), "Version": VERSION,
+            "Torch": torch.__version__, "CUDA": torch.version.cuda, "Device": engine.models.plan.describe,
+            "Packages": {name: version(name) for name in ("diffusers", "transformers", "safetensors", "gradio",
+                                                          "fastapi", "pillow")}}
 
 
 def _common_fields(req: schemas.Txt2ImgRequest) -> dict[str, Any]:
@@ -452,5 +469,30 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         """Load the selected checkpoint again (a no-op when it is loaded)."""
         await run_in_threadpool(engine.reload_checkpoint)
         return {}
+
+    return r
+
+
+def build_internal_router(engine: Engine, credentials: Credentials | None = None) -> APIRouter:
+    """A1111's /internal helpers. A1111 serves them to anyone; here, with --api-auth, they need the same
+    login as /sdapi/v1, since the queue's contents and the versions are nobody else's business."""
+    r = APIRouter(prefix="/internal", tags=["internal"],
+                  dependencies=[Depends(basic_auth(credentials))] if credentials else [])
+
+    @r.get("/ping")
+    def ping():
+        """{} while the server runs."""
+        return {}
+
+    @r.get("/pending-tasks", response_model=schemas.PendingTasksResponse)
+    def pending_tasks():
+        """The jobs (UI and API alike) waiting behind the running one."""
+        ids = engine.queue.pending_ids()
+        return schemas.PendingTasksResponse(size=len(ids), tasks=ids)
+
+    @r.get("/sysinfo", response_model=dict[str, Any])
+    def sysinfo():
+        """Platform, Python, program, torch and package versions and the device, for bug reports."""
+        return system_info(engine)
 
     return r

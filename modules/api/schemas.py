@@ -153,6 +153,11 @@ class ExtrasBatchImagesResponse(BaseModel):
     html_info: str = Field(description="The extras infotext of the last image, as HTML")
 
 
+class PendingTasksResponse(BaseModel):
+    size: int = Field(description="How many jobs wait behind the running one")
+    tasks: list[str] = Field(description="Their ids, in the order they will run")
+
+
 class SDModelItem(BaseModel):
     title: str
     model_name: str
