@@ -340,10 +340,8 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
         if hasattr(scheduler, "final_alpha_cumprod"):
             scheduler.final_alpha_cumprod = alphas_cumprod[0].clone()
         scheduler.set_timesteps(steps)
-        eta = options.eta_for(spec)
-        step_kwargs = {}
         return PreparedSampler(scheduler, scheduler.timesteps, 1.0, spec.state, alphas_cumprod=alphas_cumprod,
-                               step_kwargs=step_kwargs, v_to_eps=prediction_type == "v_prediction")
+                               v_to_eps=prediction_type == "v_prediction")
 
     model_sigmas = schedules.model_sigmas(alphas_cumprod)
     if spec.function == "lcm":
