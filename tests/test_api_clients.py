@@ -446,3 +446,13 @@ def test_fuzzed_requests_to_every_documented_route_never_get_a_server_error(auth
     # the fuzzing got past the login and into the handlers: accepted and refused inputs both seen
     assert 200 in statuses["GET /sdapi/v1/memory"] and 401 not in statuses["GET /sdapi/v1/memory"]
     assert {200, 422} <= statuses["POST /sdapi/v1/options"] and 400 in statuses["POST /sdapi/v1/png-info"]
+
+
+def test_interrogate_says_plainly_that_it_is_not_available(server, api):
+    url, _, _ = server
+    r = post(url, "/sdapi/v1/interrogate", image="", model="clip")
+    assert r.status_code == 400 and "not available" in r.json()["detail"]
+    r = post(url, "/sdapi/v1/interrogate", image="", model="blip2")
+    assert r.status_code == 400 and "Unknown interrogation model 'blip2'" in r.json()["detail"]
+    with pytest.raises(Exception, match="not available"):  # webuiapi raises on the error response
+        api.interrogate(Image.new("RGB", (8, 8)))

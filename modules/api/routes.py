@@ -357,6 +357,15 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         return schemas.PNGInfoResponse(info=text or "", items=items,
                                        parameters=infotext.parse_with_defaults(text or ""))
 
+    @r.post("/interrogate")
+    def interrogate(req: schemas.InterrogateRequest):
+        """A1111 captions an image with CLIP or DeepDanbooru. Neither model ships with this program and none
+        is downloaded, so the request is refused with a clear reason (not a silent empty caption)."""
+        if req.model not in ("clip", "deepdanbooru"):
+            raise BadRequest(f"Unknown interrogation model {req.model!r}: A1111's are 'clip' and 'deepdanbooru'")
+        raise BadRequest(f"Interrogation with {req.model!r} is not available here: it needs a captioning model "
+                         "that this program does not ship or download")
+
     @r.get("/memory", response_model=schemas.MemoryResponse)
     def memory():
         """RAM: `used` is this process's resident memory, `total` the machine's, `free` their difference

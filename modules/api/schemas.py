@@ -210,6 +210,11 @@ class PNGInfoRequest(BaseModel):
     image: str = Field(description="The image as base64, optionally as a data URL (data:image/png;base64,...)")
 
 
+class InterrogateRequest(BaseModel):
+    image: str = Field("", description="The image as base64, optionally as a data URL")
+    model: str = Field("clip", description="A1111: 'clip' or 'deepdanbooru'")
+
+
 class PNGInfoResponse(BaseModel):
     info: str = Field(description="The generation parameters as stored in the image ('' when none)")
     items: dict[str, Any] = Field(default_factory=dict, description="The image's other text fields")
