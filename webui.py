@@ -71,6 +71,10 @@ def build(args, control=None):
     app.include_router(routes.build_internal_router(engine, api_credentials))
     if args.api or args.nowebui:
         app.include_router(routes.build_router(engine, cmd_args.public_flags(args), api_credentials))
+        from modules.api import job_routes
+
+        app.include_router(job_routes.build_jobs_router(
+            engine, api_credentials, (args.api_callback_hosts or "").split(",")))
         if args.api_server_stop:
             from modules.api import server_control
 

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",
                      help="require HTTP Basic authentication for every /sdapi/v1 route")
     net.add_argument("--api-log", action="store_true", help="log every API request (status, client, path, time)")
+    net.add_argument("--api-callback-hosts", default=None, metavar="HOST[,HOST2]",
+                     help="hosts (or host:port) that POST /sdapi/v1/jobs may send its callback_url to (default: none)")
     net.add_argument("--api-server-stop", action="store_true",
                      help="enable POST /sdapi/v1/server-stop, /server-restart and /server-kill")
     net.add_argument("--cors-allow-origins", default=None, metavar="ORIGIN[,ORIGIN2]",

@@ -30,6 +30,10 @@ class JobSkipped(Exception):
     pass
 
 
+class JobCancelled(Exception):
+    """The job was taken out of the queue before it ran."""
+
+
 @dataclass
 class JobState:
     """What /sdapi/v1/progress reports, A1111's `state` fields."""
@@ -159,6 +163,22 @@ class JobQueue:
                 return 0
             return self._pending.index(job) + (1 if self.current is not None else 0)
 
+    def cancel(self, job: Job) -> str:
+        """Take a queued job out of the queue ("cancelled": it never runs; its waiters get JobCancelled),
+        or interrupt it when it runs ("interrupted"); "" when it has finished already."""
+        with self._lock:
+            queued = job in self._pending
+            if queued:
+                self._pending.remove(job)
+        if queued:
+            job.error = JobCancelled(f"job {job.id} was cancelled before it ran")
+            job._finish()
+            return "cancelled"
+        if self.current is job and not job.done.is_set():
+            job.state.interrupted = True
+            return "interrupted"
+        return ""
+
     def interrupt(self) -> None:
         job = self.current
         if job is not None:
@@ -175,15 +195,17 @@ class JobQueue:
             if job is None:
                 return
             with self._lock:
+                if job not in self._pending:  # cancelled while it waited
+                    continue
                 self._pending.remove(job)
-            self.current = job
+                self.current = job
             job.state.job = job.id
             job.state.started = time.time()
             try:
                 job.result = job.fn(job)
             except BaseException as e:  # the worker must survive anything a job raises
                 job.error = e
-                if not isinstance(e, (ValueError, JobInterrupted)):
+                if not isinstance(e, (ValueError, JobInterrupted, JobCancelled)):
                     log.exception("Job %s failed", job.id)
             finally:
                 job.state.current_latent = None

@@ -55,7 +55,8 @@ def error_response(status: int, exc: Exception, detail: str) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def _bad_request(_request: Request, exc: BadRequest):
-        return error_response(422 if isinstance(exc, UnknownOption) else 400, exc, str(exc))
+        status = getattr(exc, "status_code", None) or (422 if isinstance(exc, UnknownOption) else 400)
+        return error_response(status, exc, str(exc))
 
     @app.exception_handler(CheckpointError)
     async def _checkpoint(_request: Request, exc: CheckpointError):
@@ -200,6 +201,21 @@ def to_img2img_params(req: schemas.Img2ImgRequest) -> Img2ImgParams:
         raise BadRequest(describe_validation_error(e)) from None
 
 
+def build_response(engine: Engine, req: schemas.Txt2ImgRequest, result, warnings: list[str],
+                   parameters: dict[str, Any]) -> schemas.Txt2ImgResponse:
+    """A1111's txt2img/img2img response for a finished job (blocking: encodes the images)."""
+    result.warnings.extend(warnings)
+    result.warnings.extend(f"{name} is not supported yet and was ignored" for name in req.unsupported_fields())
+    if req.override_settings and not req.override_settings_restore_afterwards:
+        engine.set_options(req.override_settings)
+    shown = ([result.grid] if result.grid is not None else []) + result.images
+    encoded = [encode_png(im) for im in shown] if req.send_images else []
+    info = result.info
+    if result.grid is not None:  # A1111 puts the grid first, with its infotext, and says so
+        info = {**info, "infotexts": [result.grid.info["parameters"]] + info["infotexts"], "index_of_first_image": 1}
+    return schemas.Txt2ImgResponse(images=encoded, parameters=parameters, info=json.dumps(info))
+
+
 def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credentials | None = None) -> APIRouter:
     """The /sdapi/v1 routes; with `credentials`, every one of them requires HTTP Basic auth."""
     r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"],
@@ -208,17 +224,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     async def respond(req: schemas.Txt2ImgRequest, job, warnings: list[str],
                       parameters: dict[str, Any]) -> schemas.Txt2ImgResponse:
         result = await job.wait_async()
-        result.warnings.extend(warnings)
-        result.warnings.extend(f"{name} is not supported yet and was ignored" for name in req.unsupported_fields())
-        if req.override_settings and not req.override_settings_restore_afterwards:
-            await run_in_threadpool(engine.set_options, req.override_settings)
-        shown = ([result.grid] if result.grid is not None else []) + result.images
-        encoded = await run_in_threadpool(lambda: [encode_png(im) for im in shown]) if req.send_images else []
-        info = result.info
-        if result.grid is not None:  # A1111 puts the grid first, with its infotext, and says so
-            info = {**info, "infotexts": [result.grid.info["parameters"]] + info["infotexts"],
-                    "index_of_first_image": 1}
-        return schemas.Txt2ImgResponse(images=encoded, parameters=parameters, info=json.dumps(info))
+        return await run_in_threadpool(build_response, engine, req, result, warnings, parameters)
 
     @r.post("/txt2img", response_model=schemas.Txt2ImgResponse)
     async def txt2img(req: schemas.Txt2ImgRequest):
