@@ -250,8 +250,12 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
         def make(path=path, mask_path=mask_path):
             mask = _mask_from_upload(_open(mask_path)) if mask_path else None
             params = make_params(values, _open(path), mask, scale_tab, scale_by)
-            if out_dir:
-                params.override_settings = {**params.override_settings, "outdir_samples": out_dir}
+            if out_dir:  # as A1111 saves a batch: right into the folder, each file named after its input
+                several = params.n_iter > 1 or params.batch_size > 1
+                params.override_settings = {
+                    **params.override_settings, "outdir_samples": out_dir, "save_to_dirs": False,
+                    "save_images_replace_action": "Add number suffix",
+                    "samples_filename_pattern": f"{path.stem}-[generation_number]" if several else path.stem}
             return params
 
         job = runner.submit(engine, "img2img", make)
