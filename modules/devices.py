@@ -17,6 +17,20 @@ class UnsupportedTorch(RuntimeError):
     pass
 
 
+OUT_OF_MEMORY_ADVICE = ("Out of memory on the device. Try a smaller size or batch size, or the settings "
+                        "cross_attention_optimization 'sub-quadratic' and batch_cond_uncond off")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA/MPS out-of-memory errors, and the CPU allocator's (a plain RuntimeError)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        words in text for words in ("out of memory", "not enough memory", "can't allocate memory",
+                                    "cannot allocate memory"))
+
+
 def torch_version_tuple(version: str) -> tuple[int, int]:
     m = re.match(r"(\d+)\.(\d+)", version)
     if not m:

@@ -222,3 +222,30 @@ def test_api_only_server_without_checkpoints(tmp_path):
         assert r.status_code == 400 and "No checkpoint found" in r.json()["detail"]
     finally:
         stop_server(proc)
+
+
+def test_out_of_memory_is_a_507_with_advice_and_other_failures_a_500():
+    """The API's error handlers on a real allocation failure (the CPU allocator refusing 32 TiB)."""
+    import torch
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modules.api import routes
+
+    app = FastAPI()
+    routes.install_error_handlers(app)
+
+    @app.get("/huge")
+    def huge():
+        return {"n": torch.empty(2 ** 45, dtype=torch.uint8).numel()}
+
+    @app.get("/broken")
+    def broken():
+        raise RuntimeError("the VAE fell over")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.get("/huge")
+    assert r.status_code == 507 and "Out of memory" in r.json()["detail"] and "allocate" in r.json()["detail"]
+    r = client.get("/broken")
+    assert r.status_code == 500 and r.json() == {"error": "RuntimeError", "detail": "the VAE fell over", "body": "",
+                                                 "errors": "the VAE fell over"}

@@ -23,7 +23,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 from pydantic import ValidationError
 
-from modules import images, infotext, postprocessing
+from modules import devices, images, infotext, postprocessing
 from modules.api import schemas
 from modules.auth import Credentials
 from modules.engine import BadRequest, Engine, UnknownOption, describe_validation_error
@@ -60,6 +60,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CheckpointError)
     async def _checkpoint(_request: Request, exc: CheckpointError):
+        return error_response(500, exc, str(exc))
+
+    @app.exception_handler(RuntimeError)
+    async def _runtime(_request: Request, exc: RuntimeError):
+        """Out of memory -> 507 with advice (the server keeps serving); any other failure -> 500 with its text."""
+        if devices.is_out_of_memory(exc):
+            return error_response(507, exc, f"{devices.OUT_OF_MEMORY_ADVICE}. ({str(exc).splitlines()[0][:300]})")
         return error_response(500, exc, str(exc))
 
     @app.exception_handler(NansError)

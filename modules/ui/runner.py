@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from modules import images
+from modules import devices, images
 from modules.engine import BadRequest, Engine, GenerationResult, describe_validation_error
 from modules.generation import pipeline, preview
 from modules.generation.params import GenerationParams
@@ -49,9 +49,8 @@ def error(message: str) -> list:
 def describe_error(e: BaseException) -> str:
     if isinstance(e, ValidationError):
         return describe_validation_error(e)
-    if isinstance(e, torch.OutOfMemoryError):
-        return ("Out of memory on the device. Try a smaller size or batch size, or start with --medvram / "
-                f"--lowvram. ({str(e).splitlines()[0] if str(e) else 'no details'})")
+    if devices.is_out_of_memory(e):
+        return f"{devices.OUT_OF_MEMORY_ADVICE}. ({str(e).splitlines()[0] if str(e) else 'no details'})"
     if isinstance(e, (BadRequest, CheckpointError)):
         return str(e)
     return f"{type(e).__name__}: {e}"
