@@ -34,3 +34,26 @@ def test_first_run_page_generates_what_the_prompt_asks_for(page, ui_server):
     assert len(saved) == 1, saved
     infotext = Image.open(saved[0]).info["parameters"]
     assert infotext.startswith(PROMPT + "\n") and "Seed: 1," in infotext
+
+
+def test_the_page_and_the_api_give_the_same_image_for_the_same_parameters(page, ui_server):
+    """A script using /sdapi/v1/txt2img gets exactly the picture the page showed (one engine, one queue)."""
+    import base64
+    import io
+
+    import numpy as np
+    import requests
+
+    url, _, _ = ui_server
+    fill_text(page, "txt2img_prompt", "a yellow triangle on a black background")
+    set_number(page, "txt2img_seed", 4242)
+    set_number(page, "txt2img_steps", 12)
+    page.locator("#txt2img_generate").click()
+    shown = fetch_image(page, wait_for_gallery(page, "txt2img_gallery", 1)[0]).convert("RGB")
+    body = {"prompt": "a yellow triangle on a black background", "seed": 4242, "steps": 12, "width": 128,
+            "height": 128, "sampler_name": "DPM++ 2M", "cfg_scale": 7}
+    reply = requests.post(url + "/sdapi/v1/txt2img", json=body, timeout=120)
+    assert reply.status_code == 200
+    api_image = Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0]))).convert("RGB")
+    assert np.array_equal(np.asarray(shown), np.asarray(api_image))
+    assert reply.json()["info"] and "Seed: 4242" in read_value(page, "txt2img_infotext")
