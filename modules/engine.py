@@ -192,18 +192,19 @@ class Engine:
     def txt2img(self, params: GenerationParams) -> GenerationResult:
         return self.submit_txt2img(params).wait()
 
-    def submit_txt2img(self, params: GenerationParams) -> Job:
-        """Check the request (raising BadRequest at once) and queue it; the job's result is a GenerationResult."""
-        return self._submit("txt2img", params)
+    def submit_txt2img(self, params: GenerationParams, task_id: str | None = None) -> Job:
+        """Check the request (raising BadRequest at once) and queue it; the job's result is a GenerationResult.
+        `task_id`: A1111's force_task_id (what /internal/progress knows the job by)."""
+        return self._submit("txt2img", params, task_id)
 
     def img2img(self, params: Img2ImgParams) -> GenerationResult:
         return self.submit_img2img(params).wait()
 
-    def submit_img2img(self, params: Img2ImgParams) -> Job:
+    def submit_img2img(self, params: Img2ImgParams, task_id: str | None = None) -> Job:
         """As submit_txt2img, for img2img and inpainting (the init images and mask are in `params`)."""
         if not isinstance(params, Img2ImgParams):
             raise BadRequest("img2img needs Img2ImgParams (init_images, denoising_strength, ...)")
-        return self._submit("img2img", params)
+        return self._submit("img2img", params, task_id)
 
     # --- extras ------------------------------------------------------------------------------
     def extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True
@@ -263,7 +264,7 @@ class Engine:
                     for name in missing]
         return params.model_copy(update={"prompt": prompt, "negative_prompt": negative}), warnings
 
-    def _submit(self, kind: str, params: GenerationParams) -> Job:
+    def _submit(self, kind: str, params: GenerationParams, task_id: str | None = None) -> Job:
         unstyled_prompt = params.prompt  # for the [prompt_no_styles] file name tag
         params, style_warnings = self.apply_styles(params)
         settings, warnings = self.effective_settings(params.override_settings)
@@ -282,7 +283,7 @@ class Engine:
             result.warnings[:0] = warnings
             return result
 
-        return self.queue.submit(kind, run)
+        return self.queue.submit(kind, run, task_id)
 
     @staticmethod
     def _hires_choice(params: GenerationParams) -> samplers.SamplerChoice:

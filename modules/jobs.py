@@ -14,12 +14,17 @@ import asyncio
 import itertools
 import logging
 import queue
+import random
+import string
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+RECENT_TASKS = 256  # finished jobs /internal/progress can still tell about
 
 
 class JobInterrupted(Exception):
@@ -72,6 +77,7 @@ class Job:
     id: str
     kind: str
     fn: Callable[["Job"], Any]
+    task_id: str = ""  # A1111's task id: task(txt2img-XXXXXXX), or the client's force_task_id
     state: JobState = field(default_factory=JobState)
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
@@ -132,13 +138,18 @@ class JobQueue:
         self._lock = threading.Lock()
         self.current: Job | None = None
         self._pending: list[Job] = []
+        self._tasks: dict[str, Job] = {}  # task id -> job, until it finishes
+        self._finished: OrderedDict[str, None] = OrderedDict()  # the last RECENT_TASKS finished task ids
         self._thread = threading.Thread(target=self._work, name="job-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, kind: str, fn: Callable[[Job], Any]) -> Job:
-        job = Job(id=f"{kind}-{next(self._ids)}", kind=kind, fn=fn)
+    def submit(self, kind: str, fn: Callable[[Job], Any], task_id: str | None = None) -> Job:
+        """Queue `fn(job)`. `task_id` names the job for A1111's /internal/progress (a random one by default)."""
+        random_part = "".join(random.choices(string.ascii_uppercase + string.digits, k=7))
+        job = Job(id=f"{kind}-{next(self._ids)}", kind=kind, fn=fn, task_id=task_id or f"task({kind}-{random_part})")
         with self._lock:
             self._pending.append(job)
+            self._tasks[job.task_id] = job
         self._queue.put(job)
         return job
 
@@ -152,9 +163,24 @@ class JobQueue:
             return len(self._pending)
 
     def pending_ids(self) -> list[str]:
-        """The ids of the jobs waiting to run, in the order they will run (the running one is not among them)."""
+        """The task ids of the jobs waiting to run, in the order they will run (not the running one)."""
         with self._lock:
-            return [job.id for job in self._pending]
+            return [job.task_id for job in self._pending]
+
+    def task(self, task_id: str) -> tuple[str, Job | None]:
+        """("queued" | "running", the job), ("completed", None) for a recently finished one, else ("unknown", None)."""
+        with self._lock:
+            job = self._tasks.get(task_id)
+            if job is not None:
+                return ("running" if job is self.current else "queued"), job
+            return ("completed" if task_id in self._finished else "unknown"), None
+
+    def _forget(self, job: Job) -> None:
+        with self._lock:
+            self._tasks.pop(job.task_id, None)
+            self._finished[job.task_id] = None
+            while len(self._finished) > RECENT_TASKS:
+                self._finished.popitem(last=False)
 
     def ahead_of(self, job: Job) -> int:
         """How many jobs run before `job` (the running one included); 0 once it runs or is done."""
@@ -172,6 +198,7 @@ class JobQueue:
                 self._pending.remove(job)
         if queued:
             job.error = JobCancelled(f"job {job.id} was cancelled before it ran")
+            self._forget(job)
             job._finish()
             return "cancelled"
         if self.current is job and not job.done.is_set():
@@ -210,6 +237,7 @@ class JobQueue:
             finally:
                 job.state.current_latent = None
                 self.current = None
+                self._forget(job)
                 job._finish()
 
     def stop(self) -> None:

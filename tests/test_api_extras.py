@@ -170,7 +170,7 @@ def test_pending_tasks_lists_the_jobs_waiting_behind_the_running_one(server):
     while time.time() < deadline and pending.get("size") != 2:
         pending = requests.get(url + "/internal/pending-tasks").json()
         time.sleep(0.05)
-    assert pending["size"] == 2 and all(t.startswith("txt2img-") for t in pending["tasks"])
+    assert pending["size"] == 2 and all(t.startswith("task(txt2img-") for t in pending["tasks"])
     assert post(url, "/sdapi/v1/interrupt").status_code == 200
     for t in threads:
         t.join(120)

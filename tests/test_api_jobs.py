@@ -119,3 +119,31 @@ def test_bad_job_requests_are_refused_with_the_field_named(server):
     assert r.status_code == 400 and "init_images" in r.json()["detail"]
     r = requests.post(url + "/sdapi/v1/jobs", json={"type": "upscale", "request": {}})
     assert r.status_code == 422
+
+
+def test_internal_progress_follows_a_task_by_its_forced_id(server):
+    url = server
+
+    def progress(task):
+        return requests.post(url + "/internal/progress", json={"id_task": task, "id_live_preview": -1}).json()
+
+    assert progress("task(nobody)") == {"active": False, "queued": False, "completed": False, "progress": None,
+                                        "eta": None, "live_preview": None, "id_live_preview": -1,
+                                        "textinfo": "Waiting..."}
+    first = submit(url, {**SMALL, "steps": 400, "seed": 8, "force_task_id": "task(first)"}).json()["id"]
+    submit(url, {**SMALL, "seed": 9, "force_task_id": "task(second)"})
+    deadline = time.time() + 60
+    seen = progress("task(first)")
+    while not (seen["active"] and seen["live_preview"]) and time.time() < deadline:
+        time.sleep(0.1)
+        seen = progress("task(first)")
+    assert seen["active"] and 0 < seen["progress"] < 1 and seen["live_preview"].startswith("data:image/png;base64,")
+    assert seen["id_live_preview"] > 0
+    waiting = progress("task(second)")
+    assert waiting["queued"] and not waiting["active"] and waiting["textinfo"] == "In queue: 1 ahead"
+    assert "task(second)" in requests.get(url + "/internal/pending-tasks").json()["tasks"]
+    requests.delete(f"{url}/sdapi/v1/jobs/{first}")
+    deadline = time.time() + 60
+    while not progress("task(second)")["completed"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert progress("task(first)")["completed"] and progress("task(second)")["completed"]

@@ -237,7 +237,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     async def txt2img(req: schemas.Txt2ImgRequest):
         warnings = apply_infotext(req, engine) if req.infotext else []
         params = to_params(req)
-        job = await run_in_threadpool(engine.submit_txt2img, params)
+        job = await run_in_threadpool(engine.submit_txt2img, params, req.force_task_id)
         return await respond(req, job, warnings, req.model_dump())
 
     @r.post("/img2img", response_model=schemas.Txt2ImgResponse)
@@ -247,7 +247,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         `include_init_images`."""
         warnings = apply_infotext(req, engine) if req.infotext else []
         params = await run_in_threadpool(to_img2img_params, req)
-        job = await run_in_threadpool(engine.submit_img2img, params)
+        job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id)
         parameters = req.model_dump(exclude=set(schemas.Img2ImgRequest.HIRES_FIELDS))
         if not req.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None
@@ -511,6 +511,27 @@ def build_internal_router(engine: Engine, credentials: Credentials | None = None
         """The jobs (UI and API alike) waiting behind the running one."""
         ids = engine.queue.pending_ids()
         return schemas.PendingTasksResponse(size=len(ids), tasks=ids)
+
+    @r.post("/progress", response_model=schemas.InternalProgressResponse)
+    def internal_progress(req: schemas.InternalProgressRequest):
+        """A1111's per-task progress (its page polls this): by the task id a request was given with
+        force_task_id (or the one /internal/pending-tasks lists)."""
+        where, job = engine.queue.task(req.id_task or "")
+        if job is None or where == "queued":
+            ahead = engine.queue.ahead_of(job) if job is not None else 0
+            return schemas.InternalProgressResponse(
+                active=False, queued=where == "queued", completed=where == "completed", id_live_preview=-1,
+                textinfo=f"In queue: {ahead} ahead" if where == "queued" else "Waiting...")
+        state = job.state
+        preview_image, preview_id = None, req.id_live_preview
+        if req.live_preview and state.current_latent is not None and state.sampling_step != req.id_live_preview:
+            buf = io.BytesIO()
+            preview.latent_to_image(state.current_latent).save(buf, format="PNG")
+            preview_image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            preview_id = state.sampling_step
+        return schemas.InternalProgressResponse(
+            active=True, queued=False, completed=False, progress=state.progress(), eta=state.eta_seconds(),
+            live_preview=preview_image, id_live_preview=preview_id, textinfo=state.textinfo or "Waiting...")
 
     @r.get("/sysinfo", response_model=dict[str, Any])
     def sysinfo():

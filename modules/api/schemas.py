@@ -210,6 +210,23 @@ class PNGInfoRequest(BaseModel):
     image: str = Field(description="The image as base64, optionally as a data URL (data:image/png;base64,...)")
 
 
+class InternalProgressRequest(BaseModel):
+    id_task: str | None = Field(None, description="The task id (a request's force_task_id)")
+    id_live_preview: int = Field(-1, description="The id of the preview the client has (-1: none)")
+    live_preview: bool = Field(True, description="Send a new preview when there is one")
+
+
+class InternalProgressResponse(BaseModel):
+    active: bool
+    queued: bool
+    completed: bool
+    progress: float | None = None
+    eta: float | None = None
+    live_preview: str | None = Field(None, description="data:image/png;base64,... (a new preview only)")
+    id_live_preview: int = -1
+    textinfo: str | None = None
+
+
 class InterrogateRequest(BaseModel):
     image: str = Field("", description="The image as base64, optionally as a data URL")
     model: str = Field("clip", description="A1111: 'clip' or 'deepdanbooru'")
