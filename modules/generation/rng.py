@@ -174,20 +174,21 @@ def batch_seeds(seed: int, subseed: int, subseed_strength: float, count: int) ->
 class BrownianNoise:
     """Noise for the SDE samplers from one Brownian tree per image, seeded with the image's seed and
     spanning the schedule's noise levels, as A1111 does so that an image does not depend on its batch
-    or on the number of steps' exact placement. Built on the CPU in float32 (the "CPU" source's
-    numbers) and moved to the device."""
+    or on the number of steps' exact placement. As in A1111 (k-diffusion's BatchedBrownianTree over
+    zeros_like(x)), the trees live on the latent's device and dtype whatever the RNG source, so on a GPU
+    their numbers are that GPU's."""
 
     def __init__(self, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int]):
         import torchsde
 
         positive = sigmas[sigmas > 0]
-        self.low, self.high = positive.min().cpu(), sigmas.max().cpu()
-        w0 = torch.zeros(x.shape[1:], dtype=torch.float32)
+        self.low, self.high = positive.min().to(x.device), sigmas.max().to(x.device)
+        w0 = torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
         self.trees = [torchsde.BrownianTree(self.low, w0, self.high, entropy=int(s)) for s in seeds]
         self.device = x.device
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-        a, b = torch.as_tensor(sigma).cpu(), torch.as_tensor(sigma_next).cpu()
+        a, b = torch.as_tensor(sigma).to(self.device), torch.as_tensor(sigma_next).to(self.device)
         t0, t1, sign = (a, b, 1) if a < b else (b, a, -1)
         w = torch.stack([tree(t0, t1) for tree in self.trees]) * sign
-        return (w / (b - a).abs().sqrt()).to(self.device)
+        return w / (b - a).abs().sqrt()
