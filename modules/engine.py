@@ -386,13 +386,14 @@ class Engine:
         try:
             for batch in batches:
                 extra = {**extra, **self._network_fields(model, networks)}  # TI hashes are known once encoded
-                if batch.interrupted:  # A1111 shows the interrupted batch, saves it only if asked to
-                    result.interrupted = True
+                # A1111 shows an interrupted or skipped batch, and saves it only if asked to
+                result.interrupted = result.interrupted or batch.interrupted
+                complete = not (batch.interrupted or batch.skipped)
                 for image, image_seed in zip(batch.images, batch.seeds):
                     text = self._infotext(params, model, choice, settings, image_seed, extra,
                                           subseeds[len(result.images)], ensd)
                     path = None
-                    if save and (not batch.interrupted or settings.save_incomplete_images):
+                    if save and (complete or settings.save_incomplete_images):
                         path = str(images.save_image(image, folder, text, settings, namer, image_seed,
                                                      index=len(result.images)))
                     image.info["parameters"] = text

@@ -23,8 +23,8 @@ from playwright.sync_api import expect
 from scipy import ndimage
 
 from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    block, browser, error_toasts, fetch_image, fill_text, page, read_value, set_checkbox, set_number, ui_server,
-    wait_for_gallery)
+    block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, page, read_value, set_checkbox,
+    set_number, ui_server, wait_for_gallery)
 from tests.shapes_judge import judge
 from tests.test_ui_tabs import (INPUT_SCENE, PROMPT, input_image, open_tab, pngs, progress_step, rgb, wait_for_step,
                                 wait_idle)
@@ -157,7 +157,9 @@ def generate_img2img(page, data: Path, steps: int = 20) -> np.ndarray:
 # ---------------------------------------------------------------- Skip
 
 
-def test_skip_drops_the_running_batch_and_the_job_goes_on(page, ui_server):
+def test_skip_shows_the_skipped_batch_unsaved_and_the_job_goes_on(page, ui_server):
+    """A1111's Skip: the running batch stops, is shown (as far as it got) and put in the grid but not saved;
+    the job goes on with the next batch."""
     _, data, _ = ui_server
     samples, grids = data / "outputs" / "txt2img-images", data / "outputs" / "txt2img-grids"
     before_samples, before_grids = pngs(samples), pngs(grids)
@@ -177,19 +179,21 @@ def test_skip_drops_the_running_batch_and_the_job_goes_on(page, ui_server):
     wait_idle(page, "txt2img")
     expect(page.locator("#html_log_txt2img")).to_contain_text("Saved 2 images")
     expect(page.locator("#html_log_txt2img")).not_to_contain_text("Interrupted")
+    assert len(gallery_image_urls(page, "txt2img_gallery")) == 4  # the grid, the skipped image, the two finished
 
     new_samples = sorted(pngs(samples) - before_samples)
     new_grids = sorted(pngs(grids) - before_grids)
     assert len(new_samples) == 2 and len(new_grids) == 1, (new_samples, new_grids)
-    texts = [saved_infotext(p) for p in new_samples + new_grids]
-    assert sorted(seed_of(t) for t in texts[:2]) == [301, 302], texts
-    assert not any("Seed: 300," in t for t in texts), texts  # the skipped batch left nothing behind
-    with Image.open(new_grids[0]) as grid:
-        assert grid.size == (256, 128), "the grid should hold the two finished images"
+    sample_texts = [saved_infotext(p) for p in new_samples]
+    assert sorted(seed_of(t) for t in sample_texts) == [301, 302], sample_texts  # the skipped one is not saved
+    with Image.open(new_grids[0]) as grid:  # 3 images: A1111's about-square grid, 2 x 2 with one spot empty
+        assert grid.size == (256, 256), "the grid holds the skipped image and the two finished ones"
         grid_pixels = rgb(grid)
     finished = sorted(new_samples, key=lambda p: seed_of(saved_infotext(p)))
     with Image.open(finished[0]) as first, Image.open(finished[1]) as second:
-        assert np.array_equal(grid_pixels[:, :128], rgb(first)) and np.array_equal(grid_pixels[:, 128:], rgb(second))
+        assert np.array_equal(grid_pixels[:128, 128:], rgb(first))
+        assert np.array_equal(grid_pixels[128:, :128], rgb(second))
+    assert not np.array_equal(grid_pixels[:128, :128], rgb(first))  # the skipped one, as far as it got
 
 
 # ---------------------------------------------------------------- the image editors

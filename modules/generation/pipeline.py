@@ -54,6 +54,7 @@ class BatchOutput:
     seeds: list[int]
     batch_index: int
     interrupted: bool = False  # decoded from the last prediction of a batch the user interrupted
+    skipped: bool = False  # the same for a batch the user skipped (the job goes on)
 
 
 def _to_pil(decoded: torch.Tensor) -> Image.Image:
@@ -424,15 +425,18 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
                                       subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None,
                                       randn_source, ensd, sampler_options(params, options), second_hooks or hooks,
                                       clip_skip, emphasis)
-        except JobSkipped:
-            continue
-        except JobInterrupted:
-            # A1111 shows what the interrupted batch had become: its last prediction, decoded.
+        except (JobSkipped, JobInterrupted) as stopped:
+            # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
+            skipped = isinstance(stopped, JobSkipped)
             partial = next((h.denoised for h in (second_hooks, first_hooks) if h and h.denoised is not None), None)
+            if partial is not None:
+                images = decode(model, partial)
+                yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
+                                  interrupted=not skipped, skipped=skipped)
+            if skipped:
+                continue
             if partial is None:
                 raise
-            images = decode(model, partial)
-            yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b, interrupted=True)
             return
         images = decode(model, latents)
         yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b)
