@@ -3,33 +3,11 @@ inpainting_mask_weight (the masked-image conditioning of 9-channel inpainting mo
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from modules.generation import pipeline, samplers
-from tests.conftest import make_engine, make_manager
-from tests.test_img2img import init_image, left_half_mask, params
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, tiny_dir):
-    d = tmp_path_factory.mktemp("img2img-options")
-    shutil.copytree(tiny_dir, d / "models" / "Stable-diffusion")
-    return d
-
-
-@pytest.fixture(scope="module")
-def manager(data):
-    return make_manager(data)
-
-
-@pytest.fixture(scope="module")
-def engine(data):
-    e = make_engine(data)
-    yield e
-    e.queue.stop()
+from tests.test_img2img import data, engine, init_image, left_half_mask, manager, params  # noqa: F401 (fixtures)
 
 
 def test_img2img_schedule_rule():

@@ -26,8 +26,8 @@ from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtu
     block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, page, read_value, set_checkbox,
     set_number, ui_server, wait_for_gallery)
 from tests.shapes_judge import judge
-from tests.test_ui_tabs import (INPUT_SCENE, PROMPT, input_image, open_tab, pngs, progress_step, rgb, wait_for_step,
-                                wait_idle)
+from tests.test_ui_tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, progress_step, rgb,
+                                wait_for_step, wait_idle)
 from tools.shapes_world import Scene, render
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -401,17 +401,8 @@ def test_paste_button_fills_the_fields_from_a_pasted_infotext(page):
     fill_text(page, "txt2img_prompt", text)
     page.locator("#txt2img_paste").click()
     expect(page.locator("#txt2img_prompt textarea")).to_have_value("a blue square")
-    assert read_value(page, "txt2img_neg_prompt") == "red"
-    assert read_value(page, "txt2img_steps") == "9"
-    assert read_value(page, "txt2img_sampling") == "Euler a"
-    assert read_value(page, "txt2img_scheduler") == "Karras"
-    assert read_value(page, "txt2img_cfg_scale") == "4"
-    assert read_value(page, "txt2img_seed") == "77"
-    assert read_value(page, "txt2img_width") == "136"
-    assert read_value(page, "txt2img_height") == "128"
-    page.locator("#txt2img_hr").get_by_text("Hires. fix", exact=True).click()  # open the accordion
-    expect(page.locator("#txt2img_enable_hr input[type=checkbox]")).not_to_be_checked()  # no Denoising strength
-    assert error_toasts(page) == []
+    assert_pasted(page, neg_prompt="red", steps="9", sampling="Euler a", scheduler="Karras", cfg_scale="4",
+                  seed="77", width="136", height="128")
 
 
 def test_save_reuse_seed_and_random_seed(page, ui_server):

@@ -323,14 +323,15 @@ def test_png_info_shows_parameters_and_sends_them_to_txt2img(page, ui_server, tm
     expect(page.locator("#tab_txt2img-button")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#txt2img_prompt textarea")).to_be_visible()
     expect(page.locator("#txt2img_prompt textarea")).to_have_value("a purple triangle on a white background")
-    assert read_value(page, "txt2img_neg_prompt") == "a red square"
-    assert read_value(page, "txt2img_steps") == "7"
-    assert read_value(page, "txt2img_sampling") == "Euler a"
-    assert read_value(page, "txt2img_scheduler") == "Karras"
-    assert read_value(page, "txt2img_cfg_scale") == "5.5"
-    assert read_value(page, "txt2img_seed") == "1234"
-    assert read_value(page, "txt2img_width") == "128"
-    assert read_value(page, "txt2img_height") == "128"
+    assert_pasted(page, neg_prompt="a red square", steps="7", sampling="Euler a", scheduler="Karras",
+                  cfg_scale="5.5", seed="1234", width="128", height="128")
+
+
+def assert_pasted(page, **expected: str) -> None:
+    """txt2img's fields (by the part of their id after `txt2img_`) hold what an infotext without a Denoising
+    strength filled in: the values given, Hires. fix off, no error popup."""
+    for name, value in expected.items():
+        assert read_value(page, f"txt2img_{name}") == value, name
     page.locator("#txt2img_hr").get_by_text("Hires. fix", exact=True).click()  # open the accordion
     expect(page.locator("#txt2img_enable_hr input[type=checkbox]")).not_to_be_checked()  # no Denoising strength
     assert error_toasts(page) == []
