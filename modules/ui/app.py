@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules.engine import BadRequest, Engine
 from modules.models.checkpoint_file import CheckpointError
-from modules.ui import extras, img2img, paste, pnginfo, settings_tab, txt2img
+from modules.ui import common, extras, img2img, paste, pnginfo, settings_tab, txt2img
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
@@ -157,8 +157,6 @@ def build(engine: Engine) -> Page:
 def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2ImgTab, i2i: img2img.Img2ImgTab,
                   png: pnginfo.PngInfoTab, post: extras.ExtrasTab) -> None:
     """Paste and "Send to": infotexts fill a tab's fields (and the top bar's Clip skip and checkpoint)."""
-    from modules.ui import common
-
     common.wire_output_panel(engine, t2i.panel, t2i.seed, "outdir_txt2img_samples")
     common.wire_output_panel(engine, i2i.panel, i2i.seed, "outdir_img2img_samples")
     top = [bar.clip_skip, bar.checkpoint]
@@ -191,7 +189,7 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
                                  inputs=png.parameters, outputs=t2i_fields + top + [tabs]))
 
     def to_img2img(text, path, sub_tab: str):
-        image = _open_rgba(path)
+        image = common.open_image(path, "RGBA") if path else None
         target = i2i.inputs["init_img"] if sub_tab == "img2img_img2img_tab" else i2i.inputs["init_img_with_mask"]
         value = image if sub_tab == "img2img_img2img_tab" else _editor_value(image)
         mode = 0 if sub_tab == "img2img_img2img_tab" else 2
@@ -215,7 +213,8 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
 
     # -> Extras: the image alone, into the Single Image sub-tab
     def to_extras(path):
-        return gr.Tabs(selected="extras"), gr.Tabs(selected="extras_single_tab"), 0, _open_rgba(path)
+        return (gr.Tabs(selected="extras"), gr.Tabs(selected="extras_single_tab"), 0,
+                common.open_image(path, "RGBA") if path else None)
 
     extras_outputs = [tabs, post.tabs, post.mode, post.image]
     png.send_extras.click(to_extras, inputs=png.image, outputs=extras_outputs)
@@ -250,15 +249,6 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError:
         return ""
-
-
-def _open_rgba(path):
-    from PIL import Image
-
-    if not path:
-        return None
-    with Image.open(path) as im:
-        return im.convert("RGBA")
 
 
 def _editor_value(image):

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from modules import images
-from modules.engine import Engine
+from modules.engine import BadRequest, Engine
 from modules.filenames import FileNamer
 from modules.generation import samplers
-from modules.ui.progress import note_html
+from modules.ui.progress import note_html, seed_of
 
 RANDOM, REUSE, SWAP = "🎲", "♻", "⇅"
 
@@ -150,9 +150,19 @@ def open_folder(path: Path) -> str:
 
 
 
-def _seed_of(infotext: str | None) -> int:
-    last = (infotext or "").splitlines()[-1:] or [""]
-    return next((int(p[6:]) for p in last[0].split(", ") if p.startswith("Seed: ") and p[6:].lstrip("-").isdigit()), 0)
+IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what the batch folders read
+
+
+def open_image(path, mode: str | None = None) -> Image.Image:
+    """An image file read into memory, turned as its EXIF says (and converted to `mode` when given);
+    BadRequest naming the file when it is not an image."""
+    try:
+        with Image.open(path) as im:
+            image = ImageOps.exif_transpose(im)
+            image.load()
+            return image.convert(mode) if mode else image
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise BadRequest(f"Cannot read {Path(str(path)).name} as an image: {e}") from None
 
 
 def gallery_path(item) -> str:
@@ -197,7 +207,7 @@ def wire_output_panel(engine: Engine, panel: OutputPanel, seed: SeedControls, ou
         folder = engine.paths.resolve_output_dir(engine.settings.values.outdir_save)
         settings = engine.settings.values.model_copy(update={"save_to_dirs": False})
         namer = FileNamer(prompt=(text or "").split("\nNegative prompt:")[0].split("\nSteps: ")[0])
-        saved = images.save_image(image, folder, text, settings, namer, _seed_of(text))
+        saved = images.save_image(image, folder, text, settings, namer, seed_of(text) or 0)
         return gr.File(value=str(saved), visible=True), note_html(f"Saved {saved}")
 
     panel.save.click(save, inputs=[panel.gallery, panel.infotexts, panel.selected],

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from pydantic import ValidationError
 
 from modules import postprocessing
 from modules.engine import BadRequest, Engine
 from modules.ui import progress, runner
-from modules.ui.img2img import IMAGE_TYPES
+from modules.ui.common import IMAGE_TYPES, open_image
 
 
 @dataclass
@@ -25,16 +25,6 @@ class ExtrasTab:
     mode: gr.State
     gallery: gr.Gallery
     info: gr.HTML
-
-
-def _open(path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            image = ImageOps.exif_transpose(im)
-            image.load()
-            return image
-    except (OSError, UnidentifiedImageError) as e:
-        raise BadRequest(f"Cannot read {Path(str(path)).name} as an image: {e}") from None
 
 
 def build(engine: Engine) -> ExtrasTab:
@@ -125,11 +115,11 @@ def _inputs(mode: int, single, uploads, in_dir: str, out_dir: str) -> tuple[list
     if mode == 1:
         if not uploads:
             raise BadRequest("Extras: upload one or more images first.")
-        return [_open(getattr(f, "name", f)) for f in uploads], None
+        return [open_image(getattr(f, "name", f)) for f in uploads], None
     folder = Path((in_dir or "").strip())
     if not in_dir or not folder.is_dir():
         raise BadRequest(f"Extras: input directory {in_dir!r} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES)
     if not files:
         raise BadRequest(f"Extras: no images ({', '.join(IMAGE_TYPES)}) in {folder}")
-    return [_open(f) for f in files], (out_dir.strip() or None) if out_dir else None
+    return [open_image(f) for f in files], (out_dir.strip() or None) if out_dir else None

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from modules import images
 from modules.engine import BadRequest, Engine
@@ -23,7 +23,6 @@ INPAINT_MODES = (2, 3, 4)
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 INPAINT_AREAS = ("Whole picture", "Only masked")
-IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass
@@ -216,23 +215,15 @@ def batch_files(input_dir: str, mask_dir: str) -> list[tuple[Path, Path | None]]
     masks = Path(mask_dir.strip()) if mask_dir and mask_dir.strip() else None
     if masks is not None and not masks.is_dir():
         raise BadRequest(f"Batch: inpaint mask directory {mask_dir!r} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in common.IMAGE_TYPES)
     if not files:
-        raise BadRequest(f"Batch: no images ({', '.join(IMAGE_TYPES)}) in {folder}")
+        raise BadRequest(f"Batch: no images ({', '.join(common.IMAGE_TYPES)}) in {folder}")
     out = []
     for f in files:
-        mask = next((m for m in (masks.glob(f.stem + ".*") if masks else []) if m.suffix.lower() in IMAGE_TYPES),
+        mask = next((m for m in (masks.glob(f.stem + ".*") if masks else []) if m.suffix.lower() in common.IMAGE_TYPES),
                     None)
         out.append((f, mask))
     return out
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGBA")
-    except (OSError, UnidentifiedImageError) as e:
-        raise BadRequest(f"Batch: cannot read {path.name}: {e}") from None
 
 
 def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
@@ -248,8 +239,8 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
     shown, texts, seeds, notes = [], [], [], []
     for n, (path, mask_path) in enumerate(files, 1):
         def make(path=path, mask_path=mask_path):
-            mask = _mask_from_upload(_open(mask_path)) if mask_path else None
-            params = make_params(values, _open(path), mask, scale_tab, scale_by)
+            mask = _mask_from_upload(common.open_image(mask_path, "RGBA")) if mask_path else None
+            params = make_params(values, common.open_image(path, "RGBA"), mask, scale_tab, scale_by)
             if out_dir:  # as A1111 saves a batch: right into the folder, each file named after its input
                 several = params.n_iter > 1 or params.batch_size > 1
                 params.override_settings = {

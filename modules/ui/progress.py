@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from PIL import Image
 
+from modules import infotext
 from modules.generation import preview
 from modules.jobs import Job, JobState
 
@@ -97,11 +98,19 @@ def note_html(message: str) -> str:
     return f'<div class="sd-note">{html.escape(message)}</div>' if message else ""
 
 
+def seed_of(text: str | None) -> int | None:
+    """The `Seed` an infotext names (None when it names none)."""
+    seed = infotext.parse(text or "").get("Seed")
+    try:
+        return int(seed) if seed is not None else None
+    except ValueError:
+        return None
+
+
 def gallery_value(images: list[Image.Image], infotexts: list[str]) -> list[tuple[Any, str]]:
     """Gallery items with short captions (the seed), so a user can tell the images of a batch apart."""
     out = []
     for image, text in zip(images, infotexts):
-        seed = next((part.split(": ", 1)[1] for part in text.splitlines()[-1].split(", ")
-                     if part.startswith("Seed: ")), "") if text else ""
-        out.append((image, f"Seed {seed}" if seed else ""))
+        seed = seed_of(text)
+        out.append((image, f"Seed {seed}" if seed is not None else ""))
     return out
