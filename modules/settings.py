@@ -91,7 +91,7 @@ class Settings(BaseModel):
                           "in JPEG, WebP and AVIF)")
     save_txt: bool = Field(False, description="Write the generation parameters to a .txt file beside each image")
     save_incomplete_images: bool = Field(
-        False, description="Save the images of an interrupted job (they are shown either way)")
+        False, description="Save the images of an interrupted job or a skipped batch (they are shown either way)")
 
     # Paths for saving
     outdir_samples: str = Field("", description="Output folder for all images (overrides the ones below)")
