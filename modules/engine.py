@@ -336,7 +336,9 @@ class Engine:
             s_tmin=settings.s_tmin, s_tmax=settings.s_tmax or float("inf"), s_noise=settings.s_noise,
             sigma_min=settings.sigma_min, sigma_max=settings.sigma_max, rho=settings.rho,
             always_discard_next_to_last_sigma=settings.always_discard_next_to_last_sigma,
-            beta_alpha=settings.beta_dist_alpha, beta_beta=settings.beta_dist_beta))
+            beta_alpha=settings.beta_dist_alpha, beta_beta=settings.beta_dist_beta,
+            uni_pc_variant=settings.uni_pc_variant, uni_pc_skip_type=settings.uni_pc_skip_type,
+            uni_pc_order=settings.uni_pc_order, uni_pc_lower_order_final=settings.uni_pc_lower_order_final))
         ensd = settings.eta_noise_seed_delta != 0 and samplers.uses_ensd(choice.spec, options)
         result = GenerationResult([], [], [], [], {})
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags

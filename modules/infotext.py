@@ -133,13 +133,20 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("eta_noise_seed_delta", "ENSD", int), ("eta_ancestral", "Eta", float), ("eta_ddim", "Eta DDIM", float),
     ("sigma_min", "Schedule min sigma", float), ("sigma_max", "Schedule max sigma", float),
     ("rho", "Schedule rho", float), ("beta_dist_alpha", "Beta schedule alpha", float),
-    ("beta_dist_beta", "Beta schedule beta", float),
+    ("beta_dist_beta", "Beta schedule beta", float), ("uni_pc_variant", "UniPC variant", str),
+    ("uni_pc_skip_type", "UniPC skip type", str), ("uni_pc_order", "UniPC order", int),
+    ("uni_pc_lower_order_final", "UniPC lower order final", bool),
 ]
 
 
 def _convert(key: str, value: Any, kind: type) -> Any:
     if kind is str:
         return str(value)
+    if kind is bool:
+        text = str(value).strip().lower()
+        if text not in ("true", "false"):
+            raise ValueError(f"infotext: {key} {value!r} is not True or False")
+        return text == "true"
     try:
         if kind is int:
             text = str(value).strip()

@@ -44,6 +44,11 @@ class Settings(BaseModel):
     always_discard_next_to_last_sigma: bool = Field(False, description="Drop the penultimate sigma for every sampler")
     beta_dist_alpha: float = Field(0.6, gt=0.0, le=1.0, description="Beta schedule alpha")
     beta_dist_beta: float = Field(0.6, gt=0.0, le=1.0, description="Beta schedule beta")
+    uni_pc_variant: Literal["bh1", "bh2"] = Field("bh1", description="UniPC variant (B(h) = h or e^h - 1)")
+    uni_pc_skip_type: Literal["time_uniform", "time_quadratic", "logSNR"] = Field(
+        "time_uniform", description="UniPC skip type: how its steps are spaced")
+    uni_pc_order: int = Field(3, ge=1, le=50, description="UniPC order (lowered when there are fewer steps)")
+    uni_pc_lower_order_final: bool = Field(True, description="UniPC: lower order for the final steps")
     emphasis: Literal["None", "Ignore", "Original", "No norm"] = Field(
         "Original", description="Prompt emphasis, (word:1.2): 'Original' weighs and restores the mean, 'No norm' "
                                 "only weighs, 'Ignore' parses but does not weigh, 'None' reads brackets literally")
@@ -158,7 +163,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                 "img2img_background_color"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
-                           "beta_dist_alpha", "beta_dist_beta"),
+                           "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
+                           "uni_pc_lower_order_final"),
     "User interface": ("return_grid",),
     "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period",
                       "show_progress_type"),

@@ -451,3 +451,115 @@ def test_schedule_settings_override_range_rho_and_discard():
     assert samplers.infotext_fields(samplers.resolve("Euler"), discard, alphas) == {"Discard penultimate sigma": True}
     beta = samplers.infotext_fields(samplers.resolve("Euler", "Beta"), samplers.SamplerOptions(), alphas)
     assert beta == {"Beta schedule alpha": 0.6, "Beta schedule beta": 0.6}
+
+
+# --- UniPC: A1111 runs its own port of the UniPC authors' code, on continuous time ---------------------
+def _eps_fn(model, den):
+    """The guided noise prediction at a (fractional) timestep, as A1111's timestep samplers take it."""
+    alphas = model.alphas_cumprod
+
+    def eps(x, t):
+        out = den(x, t.float())
+        if model.prediction_type == "v_prediction":
+            a = alphas[int(t)]
+            return a.sqrt() * out + (1 - a).sqrt() * x
+        return out
+    return eps
+
+
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("steps", [10, 7, 4])
+def test_unipc_solver_matches_diffusers_on_whole_timesteps(model, steps, variant):
+    """Our UniPC solver (predictor, corrector, warm-up and final orders) against diffusers' independent
+    implementation of the same method, on a grid both can represent: diffusers' whole timesteps ending at
+    timestep 0. (A1111's own grid has fractional timesteps, which diffusers rounds; see the next test.)"""
+    from diffusers import UniPCMultistepScheduler
+
+    from modules.generation import ksampling
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    eps = _eps_fn(model, pipeline.Denoiser(model, cond, uncond, 5.0))
+    scheduler = UniPCMultistepScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", solver_type=variant, solver_order=3, lower_order_final=True,
+        timestep_spacing="linspace", predict_x0=True, final_sigmas_type="sigma_min")
+    scheduler.alphas_cumprod = model.alphas_cumprod.clone()
+    scheduler.set_timesteps(steps)
+    gens = rng.create_generators([5], "CPU", torch.device("cpu"))
+    noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
+    with torch.no_grad():
+        x = noise.clone()
+        for t in scheduler.timesteps:
+            x = scheduler.step(eps(x, t.double()), t, x).prev_sample
+        schedule = ksampling.VPTime(model.alphas_cumprod)
+        times = [(int(t) + 1) / 1000 for t in scheduler.timesteps] + [1 / 1000]
+
+        def x0_at(x, t):
+            return (x - schedule.sigma(t) * eps(x, torch.tensor(round(schedule.model_time(t))))) / schedule.alpha(t)
+
+        got = ksampling.unipc_solve(x0_at, noise.clone(), times, schedule, lambda *_: None, 3, variant)
+    assert_close(got, x, rel=2e-5)
+
+
+class RecordingDenoiser(pipeline.Denoiser):
+    """Our denoiser, noting each timestep the U-Net is given."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.timesteps: list[float] = []
+
+    def __call__(self, x, t):
+        self.timesteps.append(float(t))
+        return super().__call__(x, t)
+
+
+def test_unipc_follows_a1111s_continuous_time_grid(model):
+    """A1111's UniPC (time_uniform): t from 1 to 1/1000 in equal steps, the U-Net given (t - 1/1000) * 1000
+    (999, 949.05, ...), one model call per step (the corrector reuses the next step's), noise levels from
+    log alpha interpolated linearly in t; the result is the state at timestep 0's level."""
+    from modules.generation import ksampling
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    den = RecordingDenoiser(model, cond, uncond, 5.0)
+    gens = rng.create_generators([2], "CPU", torch.device("cpu"))
+    noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
+    with torch.no_grad():
+        out = pipeline.sample(model, den, noise, samplers.resolve("UniPC"), 20, gens, pipeline.Hooks())
+    assert torch.isfinite(out).all()
+    assert den.timesteps == pytest.approx(np.linspace(999, 0, 21)[:-1].tolist(), abs=1e-4)
+    assert den.timesteps[1] == pytest.approx(949.05, abs=1e-4)
+
+    schedule = ksampling.VPTime(model.alphas_cumprod)
+    log_alphas = 0.5 * np.log(model.alphas_cumprod.double().numpy())
+    grid = np.arange(1, 1001) / 1000
+    for t in np.random.default_rng(0).uniform(1 / 1000, 1, 50).tolist() + [1.0, 1 / 1000, 0.4525]:
+        assert schedule.log_alpha(t) == pytest.approx(np.interp(t, grid, log_alphas), rel=1e-12)
+        assert schedule.alpha(t) ** 2 + schedule.sigma(t) ** 2 == pytest.approx(1.0)
+    # logSNR spacing: equal steps in lambda, mapped back to t through the same interpolation
+    times = ksampling.unipc_times(schedule, 8, skip_type="logSNR")
+    assert times[0] == pytest.approx(1.0) and times[-1] == pytest.approx(1 / 1000)
+    assert np.diff([schedule.lam(t) for t in times]) == pytest.approx([np.diff([schedule.lam(t) for t in times])[0]] * 8)
+    assert ksampling.unipc_times(schedule, 4, skip_type="time_quadratic") == pytest.approx(
+        (np.linspace(1, 1 / 1000 ** 0.5, 5) ** 2).tolist())
+
+
+def test_unipc_img2img_starts_where_a1111_starts(model):
+    """img2img at 0.5 of 20 steps: A1111 noises the latent to timestep timesteps[t_enc] = 501, then runs
+    UniPC for t_enc = 10 steps from t = timesteps[t_enc - 1] / 1000 + 1 / 1000, i.e. U-Net timestep 451."""
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    den = RecordingDenoiser(model, cond, uncond, 5.0)
+    gens = rng.create_generators([2], "CPU", torch.device("cpu"))
+    noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
+    start = pipeline.Start(torch.zeros((1, *SHAPE)), samplers.img2img_t_enc(20, 0.5))
+    with torch.no_grad():
+        pipeline.sample(model, den, noise, samplers.resolve("UniPC"), 20, gens, pipeline.Hooks(), start)
+    assert den.timesteps == pytest.approx(np.linspace(451, 0, 11)[:-1].tolist(), abs=1e-4)
+
+
+def test_unipc_settings_change_the_result_and_few_steps_work(model):
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    base = ours(model, "UniPC", 8, [4], cond, uncond, 5.0)
+    for change in ({"uni_pc_variant": "bh2"}, {"uni_pc_skip_type": "logSNR"}, {"uni_pc_skip_type": "time_quadratic"},
+                   {"uni_pc_order": 2}, {"uni_pc_lower_order_final": False}):
+        other = ours(model, "UniPC", 8, [4], cond, uncond, 5.0, samplers.SamplerOptions(**change))
+        assert torch.isfinite(other).all() and not torch.allclose(other, base), change
+    for steps in (1, 2):  # fewer steps than the order (A1111 fails here) run at a lower order
+        assert torch.isfinite(ours(model, "UniPC", steps, [4], cond, uncond, 5.0)).all()

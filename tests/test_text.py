@@ -70,6 +70,16 @@ def test_parse_reads_an_a1111_infotext():
     assert infotext.parse("just a prompt: with colon")["Prompt"] == "just a prompt: with colon"
 
 
+def test_infotext_setting_keys_become_typed_override_settings():
+    p = infotext.parse("a cat\nSteps: 20, Sampler: UniPC, UniPC variant: bh2, UniPC skip type: logSNR, UniPC order: 2, "
+                       "UniPC lower order final: False, Clip skip: 2, Eta DDIM: 0.5")
+    assert infotext.request_values(p, infotext.SETTING_FIELDS) == {
+        "CLIP_stop_at_last_layers": 2, "eta_ddim": 0.5, "uni_pc_variant": "bh2", "uni_pc_skip_type": "logSNR",
+        "uni_pc_order": 2, "uni_pc_lower_order_final": False}
+    with pytest.raises(ValueError, match="UniPC lower order final"):
+        infotext.request_values(infotext.parse("x\nSteps: 2, Seed: 1, UniPC lower order final: maybe"), infotext.SETTING_FIELDS)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(), st.text())
 def test_parse_never_raises(a, b):

@@ -497,7 +497,141 @@ def plms(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, **_):
     return x
 
 
-TIMESTEP_FUNCTIONS = {"ddim": ddim, "plms": plms}
+class VPTime:
+    """A1111's UniPC noise schedule: continuous time t in (0, 1], where training timestep i sits at
+    t = (i + 1) / N, log alpha_t = 0.5 log(alphas_cumprod) linear in t between those points (and beyond
+    the first two), sigma_t = sqrt(1 - alpha_t^2), lambda_t = log(alpha_t / sigma_t). The U-Net is given
+    the fractional timestep (t - 1/N) * 1000, as A1111 gives it."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        self.n = len(alphas_cumprod)
+        self.grid = torch.arange(1, self.n + 1, dtype=torch.float64) / self.n
+        self.log_alphas = 0.5 * torch.log(alphas_cumprod.double().cpu())
+
+    def log_alpha(self, t: float) -> float:
+        i = min(max(int(np.searchsorted(self.grid.numpy(), t)), 1), self.n - 1)  # grid[i-1] < t <= grid[i]
+        t0, t1 = self.grid[i - 1].item(), self.grid[i].item()
+        a0, a1 = self.log_alphas[i - 1].item(), self.log_alphas[i].item()
+        return a0 + (t - t0) * (a1 - a0) / (t1 - t0)
+
+    def alpha(self, t: float) -> float:
+        return math.exp(self.log_alpha(t))
+
+    def sigma(self, t: float) -> float:
+        return math.sqrt(-math.expm1(2 * self.log_alpha(t)))
+
+    def lam(self, t: float) -> float:
+        la = self.log_alpha(t)
+        return la - 0.5 * math.log(-math.expm1(2 * la))
+
+    def t_of_lambda(self, lam: float) -> float:
+        """The inverse of `lam`: log alpha from lambda, then t by the same piecewise-linear map."""
+        la = -0.5 * float(np.logaddexp(0.0, -2.0 * lam))
+        xs, ts = self.log_alphas.flip(0).numpy(), self.grid.flip(0).numpy()  # log alpha rises as t falls
+        i = min(max(int(np.searchsorted(xs, la)), 1), self.n - 1)
+        return float(ts[i - 1] + (la - xs[i - 1]) * (ts[i] - ts[i - 1]) / (xs[i] - xs[i - 1]))
+
+    def model_time(self, t: float) -> float:
+        return (t - 1 / self.n) * 1000
+
+
+def unipc_times(schedule: VPTime, steps: int, t_start: float = 1.0, skip_type: str = "time_uniform") -> list[float]:
+    """The steps + 1 times A1111's UniPC visits, from t_start down to 1/N: evenly spaced in t
+    ("time_uniform", A1111's default), in sqrt(t) ("time_quadratic") or in lambda ("logSNR")."""
+    t_end = 1 / schedule.n
+    if skip_type == "time_uniform":
+        return np.linspace(t_start, t_end, steps + 1).tolist()
+    if skip_type == "time_quadratic":
+        return (np.linspace(t_start ** 0.5, t_end ** 0.5, steps + 1) ** 2).tolist()
+    if skip_type == "logSNR":
+        lams = np.linspace(schedule.lam(t_start), schedule.lam(t_end), steps + 1)
+        return [schedule.t_of_lambda(float(v)) for v in lams]
+    raise ValueError(f"Unknown UniPC skip type {skip_type!r}; one of time_uniform, time_quadratic, logSNR")
+
+
+def _unipc_update(x0_at, x: torch.Tensor, models: list[torch.Tensor], times: list[float], t: float, order: int,
+                  corrector: bool, variant: str, schedule: VPTime) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One UniPC step (Zhao et al. 2023, data prediction, B(h) = h for bh1, e^h - 1 for bh2) from
+    times[-1] to t with the last `order` x0 predictions: the UniP predictor, then, with `corrector`, the
+    UniC corrector from the model's prediction at the predicted point, which the next step reuses."""
+    t_prev, m0 = times[-1], models[-1]
+    lam_prev = schedule.lam(t_prev)
+    h = schedule.lam(t) - lam_prev
+    alpha_t, sigma_t, sigma_prev = schedule.alpha(t), schedule.sigma(t), schedule.sigma(t_prev)
+    rks, diffs = [], []
+    for i in range(1, order):
+        rk = (schedule.lam(times[-(i + 1)]) - lam_prev) / h
+        rks.append(rk)
+        diffs.append((models[-(i + 1)] - m0) / rk)
+    rks.append(1.0)
+    hh = -h  # the data-prediction form integrates in -lambda
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    rows, b, factorial = [], [], 1
+    for i in range(1, order + 1):
+        rows.append([rk ** (i - 1) for rk in rks])
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    R, b = np.array(rows), np.array(b)
+
+    def combine(rhos, terms):
+        return sum((float(r) * d for r, d in zip(rhos, terms)), torch.zeros_like(x))
+
+    x_base = (sigma_t / sigma_prev) * x - (alpha_t * h_phi_1) * m0
+    if diffs:
+        rhos_p = [0.5] if order == 2 else np.linalg.solve(R[:-1, :-1], b[:-1])
+        x_t = x_base - (alpha_t * b_h) * combine(rhos_p, diffs)
+    else:
+        x_t = x_base
+    if not corrector:
+        return x_t, None
+    rhos_c = [0.5] if order == 1 else np.linalg.solve(R, b)
+    model_t = x0_at(x_t, t)
+    x_t = x_base - (alpha_t * b_h) * (combine(rhos_c[:-1], diffs) + float(rhos_c[-1]) * (model_t - m0))
+    return x_t, model_t
+
+
+def unipc(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, order: int = 3, variant: str = "bh1",
+          skip_type: str = "time_uniform", lower_order_final: bool = True, img2img: bool = False, **_):
+    """A1111's UniPC: multistep UniPC in data prediction over `len(timesteps)` steps of A1111's continuous
+    time grid (`unipc_times`), from t = 1 (txt2img) or just above the last of `timesteps` (img2img, as
+    A1111 computes it: timesteps[-1] / 1000 + 1 / 1000). The first steps warm up with orders 1, 2, ...;
+    with `lower_order_final` the last steps drop to orders ..., 2, 1; every step but the last is
+    corrected. Ends at t = 1/N, the noise level of timestep 0, as A1111 does (no final denoising)."""
+    schedule = VPTime(alphas_cumprod)
+    steps = len(timesteps)
+    if steps == 0:  # img2img at a denoising strength too low for a single step
+        return x
+    t_start = float(timesteps[-1]) / 1000 + 1 / 1000 if img2img else 1.0
+
+    def x0_at(x: torch.Tensor, t: float) -> torch.Tensor:
+        e = eps(x, torch.tensor(schedule.model_time(t), dtype=torch.float64))
+        return (x - schedule.sigma(t) * e) / schedule.alpha(t)
+
+    return unipc_solve(x0_at, x, unipc_times(schedule, steps, t_start, skip_type), schedule, step, order, variant,
+                       lower_order_final)
+
+
+def unipc_solve(x0_at, x: torch.Tensor, times: list[float], schedule: VPTime, step: Step, order: int = 3,
+                variant: str = "bh1", lower_order_final: bool = True) -> torch.Tensor:
+    """Multistep UniPC over `times` with `x0_at(x, t)` the data prediction at time t."""
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"Unknown UniPC variant {variant!r}; one of bh1, bh2")
+    steps = len(times) - 1
+    order = max(1, min(order, steps))  # A1111 asserts steps >= order; fewer steps simply use a lower order
+    models, seen = [x0_at(x, times[0])], [times[0]]
+    for i in range(1, steps + 1):
+        step_order = i if i < order else min(order, steps + 1 - i) if lower_order_final else order
+        x, model_x = _unipc_update(x0_at, x, models, seen, times[i], step_order, i < steps, variant, schedule)
+        if i < steps:
+            models, seen = (models + [model_x])[-order:], (seen + [times[i]])[-order:]
+        step(i - 1, x)
+    return x
+
+
+TIMESTEP_FUNCTIONS = {"ddim": ddim, "plms": plms, "unipc": unipc}
 
 
 def lcm(denoise: Denoise, x, sigmas, noise: Noise, step: Step, **_):

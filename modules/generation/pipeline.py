@@ -182,7 +182,7 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     prepared.start_at(first)
     x = noise * prepared.initial_scale if start is None else prepared.noised(start.latent, noise, first)
     timesteps = prepared.timesteps[first:]
-    step_kwargs = dict(prepared.step_kwargs)
+    step_kwargs = {}
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     for i, t in enumerate(timesteps):
         if hooks.check:
@@ -195,7 +195,6 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
         alpha, sigma = levels  # x_in = alpha * x0 + sigma * eps: the prediction of x0 this step makes
         hooks.denoised = alpha * x_in - sigma * guided if model.prediction_type == "v_prediction" \
             else (x_in - sigma * guided) / alpha
-        guided = prepared.scheduler_input(guided, x_in, t)
         if takes_generator:
             step_kwargs["generator"] = generators
         x = scheduler.step(guided, t, x, **step_kwargs).prev_sample
@@ -206,8 +205,8 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
 
 def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
                       generators: list, hooks: Hooks, start: Start | None) -> torch.Tensor:
-    """A1111's DDIM and PLMS: x starts as unit noise (txt2img), or as the init latent noised to timestep
-    `timesteps[t_enc]` with sampling over `timesteps[:t_enc]` (img2img, as A1111 does it)."""
+    """A1111's DDIM, PLMS and UniPC: x starts as unit noise (txt2img), or as the init latent noised to
+    timestep `timesteps[t_enc]` with sampling over `timesteps[:t_enc]` (img2img, as A1111 does it)."""
     timesteps, alphas = prepared.timesteps, prepared.alphas_cumprod.to(noise.device)
     if start is None:
         x = noise
@@ -237,14 +236,15 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
         return eps_out
 
     shape = tuple(noise.shape[1:])
-    total = max(len(timesteps) - 1, 0)
+    # DDIM and PLMS step between the timesteps; UniPC runs one step per timestep (on its own time grid)
+    total = len(timesteps) if prepared.function is ksampling.unipc else max(len(timesteps) - 1, 0)
 
     def on_step(i: int, latent: torch.Tensor) -> None:
         if hooks.on_step:
             hooks.on_step(i + 1, total, hooks.preview(latent))
 
     return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
-                             on_step, **kwargs)
+                             on_step, img2img=start is not None, **kwargs)
 
 
 def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,

@@ -1,13 +1,13 @@
 """AUTOMATIC1111's sampler names and schedule types, and what runs each of them.
 
 Three kinds of implementation, chosen per sampler so that the same seed reproduces A1111's image:
-- a diffusers scheduler configured to k-diffusion's maths (Euler, Euler a, DPM++ 2M, UniPC), whose
+- a diffusers scheduler configured to k-diffusion's maths (Euler, Euler a, DPM++ 2M), whose
   noise levels are replaced by `schedules` (k-diffusion's discretisation);
 - our own k-diffusion-style step function in `ksampling` where diffusers has no faithful equivalent
   (the SDE and second-order samplers, LMS, DPM fast/adaptive, Restart, LCM), and also for the diffusers
   ones when an option only those functions honour is set (eta, churn, s_noise, NV noise, a schedule not
   ending at 0);
-- A1111's own timestep loops (DDIM, DDIM CFG++, PLMS), also in `ksampling`.
+- A1111's own timestep loops (DDIM, DDIM CFG++, PLMS, UniPC), also in `ksampling`.
 Each prepared sampler says how its state is scaled: k-diffusion samplers hold x in "variance exploding"
 units (x = x0 + sigma*noise), diffusers' DPM-Solver divides that by sqrt(sigma^2 + 1), and the timestep
 samplers start from plain unit noise as A1111's do.
@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                       UniPCMultistepScheduler)
+from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
 from modules.generation import schedules
 
@@ -89,13 +88,12 @@ SAMPLERS: list[SamplerSpec] = [
     SamplerSpec("DPM adaptive", ("k_dpm_ad",), function="dpm_adaptive", eta=True, s_noise=True, uses_ensd=True),
     SamplerSpec("Restart", ("restart",), preset_schedule="karras", function="restart", s_noise=True,
                 second_order=True),
-    # A1111's own timestep loops: diffusers' DDIM/PNDM step to t - 1000 // steps and run one step more
+    # A1111's own timestep loops: diffusers' DDIM/PNDM step to t - 1000 // steps and run one step more, and
+    # diffusers' UniPC rounds A1111's continuous times to whole timesteps
     SamplerSpec("DDIM", ("ddim",), state="timestep", function="ddim"),
     SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), state="timestep", function="ddim", kwargs={"cfg_pp": True}),
     SamplerSpec("PLMS", ("plms",), state="timestep", function="plms"),
-    SamplerSpec("UniPC", ("unipc",), UniPCMultistepScheduler,
-                dict(solver_type="bh1", solver_order=3, lower_order_final=True, timestep_spacing="linspace",
-                     predict_x0=True, final_sigmas_type="sigma_min"), state="timestep"),
+    SamplerSpec("UniPC", ("unipc",), state="timestep", function="unipc"),
     SamplerSpec("LCM", ("k_lcm",), function="lcm"),
 ]
 
@@ -186,6 +184,11 @@ class SamplerOptions:
     always_discard_next_to_last_sigma: bool = False
     beta_alpha: float = 0.6
     beta_beta: float = 0.6
+    # A1111's UniPC settings
+    uni_pc_variant: str = "bh1"
+    uni_pc_skip_type: str = "time_uniform"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
 
     def eta_for(self, spec: SamplerSpec) -> float | None:
         if spec.state == "timestep":
@@ -196,6 +199,11 @@ class SamplerOptions:
 
     def function_kwargs(self, spec: SamplerSpec) -> dict:
         kwargs = dict(spec.kwargs)
+        if spec.function == "unipc":
+            kwargs.update(order=self.uni_pc_order, variant=self.uni_pc_variant, skip_type=self.uni_pc_skip_type,
+                          lower_order_final=self.uni_pc_lower_order_final)
+        if spec.function == "ddim":
+            kwargs["eta"] = self.eta_for(spec)
         if spec.eta:
             kwargs["eta"] = self.eta_for(spec)
         if spec.s_noise:
@@ -220,35 +228,20 @@ class PreparedSampler:
     alphas_cumprod: torch.Tensor | None = None  # the model's (timestep samplers)
     function: object | None = None  # a ksampling function: used instead of `scheduler`
     kwargs: dict = field(default_factory=dict)  # its arguments beyond (denoise, x, sigmas, noise, step)
-    step_kwargs: dict = field(default_factory=dict)  # extra arguments of scheduler.step (DDIM's eta)
-    v_to_eps: bool = False  # timestep samplers of v models: the scheduler is given eps (see prepare)
     lcm_log_sigmas: torch.Tensor | None = None  # LCM: log sigma of its 50-timestep grid
-
-    def scheduler_input(self, out: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The model output as the scheduler expects it: eps for timestep samplers of v models."""
-        if not self.v_to_eps:
-            return out
-        a = self.alphas_cumprod[int(t)].to(out.device)
-        return a.sqrt() * out + (1 - a).sqrt() * x_in
 
     def start_at(self, index: int) -> None:
         """Begin sampling at step `index` of the schedule (img2img) instead of step 0."""
-        if self.scheduler is not None and self.state != "timestep":  # DDIM follows its timesteps
+        if self.scheduler is not None:
             self.scheduler.set_begin_index(index)
 
     def levels(self, index: int) -> tuple[float, float]:
         """(alpha, sigma) of step `index`: the U-Net's input there is alpha * x0 + sigma * noise."""
-        if self.state == "timestep":
-            a = self.alphas_cumprod[int(self.timesteps[index])].double().item()
-            return a ** 0.5, (1 - a) ** 0.5
         s = self.sigmas[index].double().item()
         return 1 / (s * s + 1) ** 0.5, s / (s * s + 1) ** 0.5
 
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
         """`x0` noised to the level of step `index`, in the units the sampler holds its state in."""
-        if self.state == "timestep":
-            t = self.timesteps[index].expand(x0.shape[0])
-            return self.scheduler.add_noise(x0, noise, t)
         sigma = self.sigmas[index].item()
         x = x0 + noise * sigma
         return x if self.state == "ve" else x / (sigma ** 2 + 1) ** 0.5
@@ -329,20 +322,7 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
         from modules.generation import ksampling
         return PreparedSampler(None, ksampling.a1111_timesteps(steps, len(alphas_cumprod)), 1.0, spec.state,
                                alphas_cumprod=alphas_cumprod, function=ksampling.TIMESTEP_FUNCTIONS[spec.function],
-                               kwargs={**spec.kwargs, "eta": options.eta_for(spec)} if spec.function == "ddim" else {})
-    if spec.state == "timestep":
-        # A1111's timestep samplers turn each v prediction into eps with its own x before combining
-        # steps (PLMS, UniPC); diffusers would combine the v outputs first. So they are given eps.
-        scheduler = spec.scheduler_cls(
-            num_train_timesteps=len(alphas_cumprod), beta_start=0.00085, beta_end=0.012,
-            beta_schedule="scaled_linear", prediction_type="epsilon", **spec.config)
-        scheduler.alphas_cumprod = alphas_cumprod.clone()
-        if hasattr(scheduler, "final_alpha_cumprod"):
-            scheduler.final_alpha_cumprod = alphas_cumprod[0].clone()
-        scheduler.set_timesteps(steps)
-        return PreparedSampler(scheduler, scheduler.timesteps, 1.0, spec.state, alphas_cumprod=alphas_cumprod,
-                               v_to_eps=prediction_type == "v_prediction")
-
+                               kwargs=options.function_kwargs(spec))
     model_sigmas = schedules.model_sigmas(alphas_cumprod)
     if spec.function == "lcm":
         return _prepare_lcm(choice, steps, model_sigmas, options, sdxl)
