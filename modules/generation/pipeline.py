@@ -182,8 +182,7 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     prepared.start_at(first)
     x = noise * prepared.initial_scale if start is None else prepared.noised(start.latent, noise, first)
     timesteps = prepared.timesteps[first:]
-    step_kwargs = {}
-    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for i, t in enumerate(timesteps):
         if hooks.check:
             hooks.check()
@@ -195,8 +194,6 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
         alpha, sigma = levels  # x_in = alpha * x0 + sigma * eps: the prediction of x0 this step makes
         hooks.denoised = alpha * x_in - sigma * guided if model.prediction_type == "v_prediction" \
             else (x_in - sigma * guided) / alpha
-        if takes_generator:
-            step_kwargs["generator"] = generators
         x = scheduler.step(guided, t, x, **step_kwargs).prev_sample
         if hooks.on_step:
             hooks.on_step(i + 1, len(timesteps), hooks.preview(x))
