@@ -152,6 +152,20 @@ def option_labels(page, elem_id: str) -> list[str]:
     return labels
 
 
+def find_option(page, elem_id: str, text: str, timeout: float = 30) -> str:
+    """The first choice of a Dropdown that contains `text`, asking again while an update that is still
+    on its way (a refresh) may replace the list or the text that filters it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        labels = option_labels(page, elem_id)
+        found = next((c for c in labels if text in c), None)
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no choice with {text!r} in #{elem_id}: {labels}")
+        page.wait_for_timeout(250)
+
+
 def select_option(page, elem_id: str, choice: str) -> None:
     """Pick `choice` in a Dropdown as a user does: click, type to filter, click the option."""
     choices = option_labels(page, elem_id)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    browser, fill_text, option_labels, page, read_value, select_option, set_number, ui_server, upload_file,
+    browser, fill_text, find_option, option_labels, page, read_value, select_option, set_number, ui_server, upload_file,
     wait_for_gallery)
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -70,7 +70,7 @@ def test_png_info_reads_jpeg_and_webp_and_send_to_selects_the_named_model(page, 
         if not (folder / name).exists():
             shutil.copy(tiny_dir / name, folder / name)
     page.locator("#refresh_sd_model_checkpoint").click()
-    demo = next(c for c in option_labels(page, "sd_checkpoint") if "shapes-tiny" in c)
+    demo = find_option(page, "sd_checkpoint", "shapes-tiny")
     select_option(page, "sd_checkpoint", demo)
     page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny").wait_for(timeout=60_000)
 

@@ -121,26 +121,60 @@ def prompt(colour: str | None, shape: str | None, background: str | None = None)
     return text
 
 
-def caption(scene: Scene, rng: random.Random) -> str:
-    """A random caption that is true of `scene`: it names the shape's colour and/or its kind, and maybe
-    the background. A bare colour word ("red", "a red shape") always means the shape's colour, never
-    the background's, which is always named with the word "background"."""
+def claim_probability_random(wrong: float, weight: float) -> float:
+    """How likely a caption word is a random draw rather than the truth, given its emphasis weight: `wrong`
+    at weight 1 (captions are noisy, as on the web), rising to 1 (the word says nothing) at weight 0 and
+    falling to 0 at weight 2. So `(red:1.5)` is a surer "red" than `red`, and `(red:0.5)` a weaker one."""
+    if weight <= 1:
+        return 1 - weight * (1 - wrong)
+    return wrong * max(0.0, 2 - weight)
+
+
+def caption(scene: Scene, rng: random.Random, wrong: float = 0.0, emphasis: float = 0.0,
+            weight_range: tuple[float, float] = (0.2, 1.8)) -> str:
+    """A random caption of `scene`: it names the shape's colour and/or its kind, and maybe the background.
+    A bare colour word ("red", "a red shape") always means the shape's colour, never the background's,
+    which is always named with the word "background".
+
+    Each word named is a random draw instead of the truth with probability `wrong` (noisy captions: this
+    is what gives classifier-free guidance something to sharpen, and what teaches the model to trust the
+    picture over the text when they disagree at low noise). With probability `emphasis` one of the words
+    carries an A1111 emphasis weight, "(red:1.3)", drawn from `weight_range`, and its chance of being a
+    random draw follows `claim_probability_random`. A full caption never names a HELD_OUT combination."""
     mention_colour = rng.random() < 0.85
     mention_shape = rng.random() < 0.85 or not mention_colour
     mention_bg = rng.random() < 0.6
-    colour = scene.colour if mention_colour else None
-    shape = scene.shape if mention_shape else None
+    words = {"colour": scene.colour if mention_colour else None, "shape": scene.shape if mention_shape else None,
+             "background": scene.background if mention_bg else None}
+    named = [k for k, v in words.items() if v]
+    weighted = rng.choice(named) if rng.random() < emphasis else None
+    weight = round(rng.uniform(*weight_range), 2) if weighted else 1.0
+    truth = dict(words)
+    for key in named:
+        if rng.random() < claim_probability_random(wrong, weight if key == weighted else 1.0):
+            words[key] = rng.choice(SHAPES if key == "shape" else COLOURS)
+    if (words["colour"], words["shape"], words["background"]) in _held:
+        words = truth
+
+    def word(key: str) -> str:
+        return f"({words[key]}:{weight:g})" if key == weighted else words[key]
+
+    colour = word("colour") if words["colour"] else None
+    shape = word("shape") if words["shape"] else None
+    background = word("background") if words["background"] else None
+    first = words["colour"] or words["shape"]  # the article goes by the word, not by a bracket
+    article = "an " if first[0] in "aeiou" else "a "
     style = rng.random()
     if style < 0.55:  # "a red circle on a blue background", "a circle", "a red shape"
-        return prompt(colour, shape, scene.background if mention_bg else None)
-    if shape is None:
-        obj = rng.choice([colour, f"{colour} shape"])
-    else:
-        obj = " ".join(w for w in (colour, shape) if w)
+        text = article + " ".join(w for w in (colour, shape or "shape") if w)
+        if background:
+            text += f" on {'an' if words['background'][0] in 'aeiou' else 'a'} {background} background"
+        return text
+    obj = rng.choice([colour, f"{colour} shape"]) if shape is None else " ".join(w for w in (colour, shape) if w)
     if rng.random() < 0.3:
-        obj = with_article(obj)
-    if not mention_bg:
+        obj = article + obj
+    if not background:
         return obj
     if style < 0.9:  # "red circle, blue background"
-        return f"{obj}, {scene.background} background"
-    return f"{scene.background} background, {obj}"  # background first
+        return f"{obj}, {background} background"
+    return f"{background} background, {obj}"  # background first

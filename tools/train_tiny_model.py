@@ -80,7 +80,14 @@ def build_text_encoder(a) -> CLIPTextModel:
                          num_hidden_layers=a.text_layers, num_attention_heads=max(1, a.text_width // 64),
                          max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=a.text_width,
                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    return CLIPTextModel(cfg)
+    model = CLIPTextModel(cfg)
+    # A1111's emphasis rescales the encoder output so that its mean stays what it was; CLIP's output has a
+    # clear non-zero mean, but a fresh final LayerNorm (bias 0) gives a mean of ~0 and the rescale divides
+    # by ~0 (NaN at the first weighted caption). Start the bias at an offset instead: a constant added to
+    # every token changes nothing in cross-attention (same shift for every key), only that mean.
+    with torch.no_grad():
+        getattr(model, "text_model", model).final_layer_norm.bias.fill_(a.text_output_offset)
+    return model
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -114,18 +121,31 @@ def vae_crop_schedule(step: int, total: int, batch: int) -> tuple[int, int]:
 
 
 class Captions:
+    """Token ids and emphasis weights of captions, read exactly as the app reads a prompt."""
+
     def __init__(self):
         tok = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
-        self.encoder = PromptEncoder(tok, None, "sd1")  # only its tokenisation: exactly what the app feeds
+        self.encoder = PromptEncoder(tok, None, "sd1")  # only its tokenisation and emphasis parsing
 
     @lru_cache(maxsize=None)
-    def ids(self, text: str) -> tuple[int, ...]:
-        rows = self.encoder.chunk_ids(text)
-        assert len(rows) == 1, text
-        return tuple(rows[0])
+    def row(self, text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        chunks = self.encoder.chunks(text)
+        assert len(chunks) == 1, text
+        weights = [1.0] + chunks[0].weights
+        return tuple(self.encoder.chunk_ids(text)[0]), tuple(weights + [1.0] * (77 - len(weights)))
 
-    def batch(self, texts: list[str]) -> torch.Tensor:
-        return torch.tensor([self.ids(t) for t in texts])
+    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.row(t) for t in texts]
+        return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+
+
+def encode_captions(te: CLIPTextModel, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The text encoder's output with emphasis applied as the app's "Original" mode does for one prompt:
+    each token's vector times its weight, then the whole rescaled to the unweighted mean."""
+    z = te(ids).last_hidden_state
+    weighted = z * weights[..., None]
+    ratio = z.mean(dim=(1, 2), keepdim=True) / weighted.mean(dim=(1, 2), keepdim=True)
+    return torch.where((weights != 1).any(dim=1)[:, None, None], weighted * ratio, z)
 
 
 # --- state ----------------------------------------------------------------------------------------
@@ -377,7 +397,8 @@ def train_unet(a, work: Path, cache: dict, timer: Timer, phase: Phase,
         rng = random.Random(f"{a.seed}-{phase.name}-{step}")
         gen = torch.Generator().manual_seed(a.seed * 1_000_003 + phase.seed_offset + step)
         idx = torch.randint(0, len(scenes), (a.batch,), generator=gen)
-        texts = ["" if rng.random() < a.empty_captions else world.caption(scenes[i], rng) for i in idx.tolist()]
+        texts = ["" if rng.random() < a.empty_captions else
+                 world.caption(scenes[i], rng, a.caption_noise, a.caption_emphasis) for i in idx.tolist()]
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
         noise = torch.randn(x0.shape, generator=gen)
         if a.offset_noise:
@@ -385,7 +406,7 @@ def train_unet(a, work: Path, cache: dict, timer: Timer, phase: Phase,
         t = torch.multinomial(t_prob, a.batch, replacement=True, generator=gen)
         xt = sqrt_a[t, None, None, None] * x0 + sqrt_1ma[t, None, None, None] * noise
         set_lr(opt, lr_at(step, phase.steps, phase.lr, phase.warmup))
-        context = te(captions.batch(texts)).last_hidden_state
+        context = encode_captions(te, *captions.batch(texts))
         pred = unet(xt, t, encoder_hidden_states=context).sample
         per_sample = ((pred - noise).square() * pixel_weight[idx]).mean(dim=(1, 2, 3))
         loss = (per_sample * weight_by_t[t]).mean()
@@ -462,9 +483,11 @@ def main(argv=None) -> None:
     p.add_argument("--unet-attn", type=int, nargs="+", default=[1, 2],
                    help="levels (0 = full latent resolution) with cross-attention; the middle block always has it")
     p.add_argument("--unet-layers", type=int, default=1)
-    p.add_argument("--unet-heads", type=int, default=2)
+    p.add_argument("--unet-heads", type=int, default=8)
     p.add_argument("--text-width", type=int, default=128)
     p.add_argument("--text-layers", type=int, default=2)
+    p.add_argument("--text-output-offset", type=float, default=0.5,
+                   help="initial bias of the text encoder's final LayerNorm (see build_text_encoder)")
     # VAE
     p.add_argument("--vae-steps", type=int, default=1000)
     p.add_argument("--vae-batch", type=int, default=2, help="whole images per step (as pixels: x4 64x64 crops, x16 32x32 crops)")
@@ -476,20 +499,20 @@ def main(argv=None) -> None:
     p.add_argument("--centred", type=float, default=0.5, help="fraction of cached scenes near the middle")
     p.add_argument("--centred-spread", type=float, default=0.2)
     # U-Net + text encoder
-    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--unet-steps", type=int, default=7000)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--unet-lr", type=float, default=1e-3)
+    p.add_argument("--unet-lr", type=float, default=8e-4)
     p.add_argument("--unet-warmup", type=int, default=100)
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument("--snr-floor", type=float, default=1.0)
     p.add_argument("--t-sampling-alpha", type=float, default=0.5)
-    p.add_argument("--text-lr-scale", type=float, default=2.0, help="learning-rate factor for the text encoder and cross-attention")
-    p.add_argument("--refine-steps", type=int, default=1500,
+    p.add_argument("--text-lr-scale", type=float, default=3.0, help="learning-rate factor for the text encoder and cross-attention")
+    p.add_argument("--refine-steps", type=int, default=0,
                    help="then this many steps with plain min-SNR weighting and uniform timesteps (shapes)")
     p.add_argument("--object-weight", type=float, default=0.0)
     p.add_argument("--refine-object-weight", type=float, default=4.0)
-    p.add_argument("--shape-weight", type=float, default=0.0)
+    p.add_argument("--shape-weight", type=float, default=8.0)
     p.add_argument("--refine-shape-weight", type=float, default=0.0)
     p.add_argument("--t-range", type=int, nargs=2, default=[0, 1000])
     p.add_argument("--refine-t-range", type=int, nargs=2, default=[0, 1000])
@@ -497,6 +520,10 @@ def main(argv=None) -> None:
     p.add_argument("--refine-warmup", type=int, default=50)
     p.add_argument("--refine-snr-floor", type=float, default=0.0)
     p.add_argument("--empty-captions", type=float, default=0.1)
+    p.add_argument("--caption-noise", type=float, default=0.2,
+                   help="chance that a caption word is a random draw (noisy captions, see shapes_world.caption)")
+    p.add_argument("--caption-emphasis", type=float, default=0.5,
+                   help="chance that a caption carries an emphasis weight on one word")
     p.add_argument("--offset-noise", type=float, default=0.0)
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="store weights as fp16")
     a = p.parse_args(argv)
