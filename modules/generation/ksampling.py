@@ -505,14 +505,14 @@ class VPTime:
 
     def __init__(self, alphas_cumprod: torch.Tensor):
         self.n = len(alphas_cumprod)
-        self.grid = torch.arange(1, self.n + 1, dtype=torch.float64) / self.n
-        self.log_alphas = 0.5 * torch.log(alphas_cumprod.double().cpu())
+        self.grid = np.arange(1, self.n + 1, dtype=np.float64) / self.n
+        self.log_alphas = 0.5 * np.log(alphas_cumprod.double().cpu().numpy())
 
     def log_alpha(self, t: float) -> float:
-        i = min(max(int(np.searchsorted(self.grid.numpy(), t)), 1), self.n - 1)  # grid[i-1] < t <= grid[i]
-        t0, t1 = self.grid[i - 1].item(), self.grid[i].item()
-        a0, a1 = self.log_alphas[i - 1].item(), self.log_alphas[i].item()
-        return a0 + (t - t0) * (a1 - a0) / (t1 - t0)
+        i = min(max(int(np.searchsorted(self.grid, t)), 1), self.n - 1)  # grid[i-1] < t <= grid[i]
+        t0, t1 = self.grid[i - 1], self.grid[i]
+        a0, a1 = self.log_alphas[i - 1], self.log_alphas[i]
+        return float(a0 + (t - t0) * (a1 - a0) / (t1 - t0))
 
     def alpha(self, t: float) -> float:
         return math.exp(self.log_alpha(t))
@@ -527,7 +527,7 @@ class VPTime:
     def t_of_lambda(self, lam: float) -> float:
         """The inverse of `lam`: log alpha from lambda, then t by the same piecewise-linear map."""
         la = -0.5 * float(np.logaddexp(0.0, -2.0 * lam))
-        xs, ts = self.log_alphas.flip(0).numpy(), self.grid.flip(0).numpy()  # log alpha rises as t falls
+        xs, ts = self.log_alphas[::-1], self.grid[::-1]  # log alpha rises as t falls
         i = min(max(int(np.searchsorted(xs, la)), 1), self.n - 1)
         return float(ts[i - 1] + (la - xs[i - 1]) * (ts[i] - ts[i - 1]) / (xs[i] - xs[i - 1]))
 
