@@ -108,8 +108,12 @@ def render(scene: Scene, size: int = SIZE, supersample: int = 4) -> np.ndarray:
     return np.asarray(img)
 
 
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def with_article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+    return f"{article(phrase)} {phrase}"
 
 
 def prompt(colour: str | None, shape: str | None, background: str | None = None) -> str:
@@ -162,17 +166,16 @@ def caption(scene: Scene, rng: random.Random, wrong: float = 0.0, emphasis: floa
     colour = word("colour") if words["colour"] else None
     shape = word("shape") if words["shape"] else None
     background = word("background") if words["background"] else None
-    first = words["colour"] or words["shape"]  # the article goes by the word, not by a bracket
-    article = "an " if first[0] in "aeiou" else "a "
+    first = article(words["colour"] or words["shape"]) + " "  # by the word, not by a bracket before it
     style = rng.random()
     if style < 0.55:  # "a red circle on a blue background", "a circle", "a red shape"
-        text = article + " ".join(w for w in (colour, shape or "shape") if w)
+        text = first + " ".join(w for w in (colour, shape or "shape") if w)
         if background:
-            text += f" on {'an' if words['background'][0] in 'aeiou' else 'a'} {background} background"
+            text += f" on {article(words['background'])} {background} background"
         return text
     obj = rng.choice([colour, f"{colour} shape"]) if shape is None else " ".join(w for w in (colour, shape) if w)
     if rng.random() < 0.3:
-        obj = article + obj
+        obj = first + obj
     if not background:
         return obj
     if style < 0.9:  # "red circle, blue background"
