@@ -103,27 +103,27 @@ def accuracy(engine) -> dict[float, dict[str, float]]:
 
 
 def test_images_show_what_the_prompt_says_including_held_out_combinations(accuracy):
-    """The issue asks for 90 % of the 40 prompts right in every attribute; this model gets 75 % (colour
-    88 %, shape 88 %, background 85 %; held out 76 %; see MODEL_CARD.md). The thresholds are what it
-    reaches less two prompts, so a regression in the engine or the model fails here."""
+    """The issue asks for 90 % of the 40 prompts right in every attribute; this model gets 90 % (36 of 40:
+    colour 95 %, shape 95 %, background 97.5 %; held out 94 %, see MODEL_CARD.md). The bound leaves one
+    prompt for float differences between CPUs; a regression in the engine or the model fails here."""
     acc = accuracy[7.0]
-    assert acc["colour"] >= 0.82 and acc["shape"] >= 0.82 and acc["background"] >= 0.8
-    assert acc["all"] >= 0.7
-    assert acc["held out"] >= 0.65
+    assert acc["colour"] >= 0.9 and acc["shape"] >= 0.9 and acc["background"] >= 0.9
+    assert acc["all"] >= 0.875
+    assert acc["held out"] >= 0.85
 
 
 def test_guidance_matters(accuracy):
-    """CFG 1 is the conditional model alone. It was trained on noisy captions (a fifth of the words name a
+    """CFG 1 is the conditional model alone. It was trained on noisy captions (a tenth of the words name a
     random colour or shape, as web captions are often wrong), so alone it follows the prompt loosely;
-    guidance at 7 sharpens it (28 % against 75 % of the prompts fully right)."""
-    assert accuracy[1.0]["all"] <= 0.4
+    guidance at 7 sharpens it (40 % against 90 % of the prompts fully right)."""
+    assert accuracy[1.0]["all"] <= 0.5
     assert accuracy[7.0]["all"] >= accuracy[1.0]["all"] + 0.3
 
 
 def test_negative_prompt_steers_away_from_its_colour(engine):
     """`a circle on a white background` leaves the circle's colour open; the colour the model picks most
-    often for it (red, 17 of 24: the issue's example) goes into the negative prompt: then none is red, and
-    most are still circles on white (15 of 24; the negative prompt pushes the whole picture away from what
+    often for it (red, 11 of 24: the issue's example) goes into the negative prompt: then none is red, and
+    most are still circles on white (18 of 24; the negative prompt pushes the whole picture away from what
     it drew, so some lose the circle or the white)."""
     prompt, seeds = "a circle on a white background", list(range(300, 324))
     plain = [judge(im) for im in generate(engine, prompt, seeds)]
@@ -134,7 +134,7 @@ def test_negative_prompt_steers_away_from_its_colour(engine):
     circles = sum(v.matches(shape="circle", background="white") for v in steered)
     print(f"\n{colour} circles without / with negative prompt {colour!r}: {before} / {after} of {len(seeds)}; "
           f"white-background circles with it: {circles}")
-    assert before >= len(seeds) // 2 and after <= before // 8
+    assert before >= len(seeds) // 3 and after <= before // 8
     assert circles >= len(seeds) // 2
 
 
@@ -150,8 +150,8 @@ def test_emphasis_moves_the_colour_towards_or_away_from_its_word(engine):
         found[weight] = (sum(judge(im).colour == "red" for im in images),
                          float(np.mean([(nearest_colours(im) == red).mean() for im in images])))
     print("\nred images, red pixel share by weight:", found)
-    assert found[1.5][0] >= found[0.5][0] + 4
-    assert found[1.5][1] >= found[0.5][1] + 0.03
+    assert found[1.5][0] >= found[0.5][0] + 8
+    assert found[1.5][1] >= found[0.5][1] + 0.1
 
 
 RED_CIRCLE = world.Scene("red", "circle", "white", cx=52, cy=70, side=64)
@@ -166,23 +166,15 @@ def img2img(engine, prompt: str, seeds: list[int], denoising_strength: float, **
     return result.images
 
 
-def test_img2img_repaints_the_circle_towards_blue_where_it_was(engine):
-    """At 0.75 the red circle is repainted in the place it was, on the same background. The issue asks for
-    blue; this model paints it purple (140, 60, 190 in the palette: blue's channel now leads, red's has
-    fallen), at 0.75 and even at 0.95, see MODEL_CARD.md. So the move away from red towards blue is
-    asserted, not the exact colour."""
+def test_img2img_turns_the_circle_blue_where_it_was(engine):
     seeds = list(range(500, 506))
-    images = img2img(engine, "a blue circle on a white background", seeds, 0.75)
-    verdicts = [judge(im) for im in images]
+    verdicts = [judge(im) for im in img2img(engine, "a blue circle on a white background", seeds, 0.75)]
     print("\nimg2img 0.75:", [(v.colour, v.shape, v.background, v.centre) for v in verdicts])
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    inside = (xx - RED_CIRCLE.cx) ** 2 + (yy - RED_CIRCLE.cy) ** 2 < (RED_CIRCLE.side / 2 - 6) ** 2
-    red, _, blue = world.PALETTE["red"]
-    for im, v in zip(images, verdicts):
-        assert v.colour not in ("red", None) and v.background == "white", v
+    blue = [v for v in verdicts if v.colour == "blue"]
+    assert len(blue) >= 5, verdicts
+    for v in blue:  # the shape stays where it was (the noise at 0.75 leaves the layout)
+        assert v.background == "white"
         assert abs(v.centre[0] - RED_CIRCLE.cx) <= 12 and abs(v.centre[1] - RED_CIRCLE.cy) <= 12, v
-        r, _, b = np.asarray(im, dtype=np.float32)[inside].mean(axis=0)
-        assert b > blue + 80 and r < red - 40, (r, b)
 
 
 def test_img2img_at_low_denoising_keeps_the_picture(engine):
@@ -197,7 +189,7 @@ def test_img2img_at_low_denoising_keeps_the_picture(engine):
     for im in img2img(engine, "a red circle on a white background", [600, 601], 0.1):
         assert judge(im).matches("red", "circle", "white")
         diff = np.abs(np.asarray(im, dtype=np.float32) - source).mean()
-        assert diff < 10, diff  # mean absolute difference, 0..255: the VAE round trip alone is ~6
+        assert diff < 12, diff  # mean absolute difference, 0..255: 9.9 here; the VAE round trip alone is ~6
 
 
 def test_inpainting_recolours_only_the_masked_shape(engine):

@@ -520,7 +520,7 @@ def main(argv=None) -> None:
     p.add_argument("--refine-warmup", type=int, default=50)
     p.add_argument("--refine-snr-floor", type=float, default=0.0)
     p.add_argument("--empty-captions", type=float, default=0.1)
-    p.add_argument("--caption-noise", type=float, default=0.2,
+    p.add_argument("--caption-noise", type=float, default=0.1,
                    help="chance that a caption word is a random draw (noisy captions, see shapes_world.caption)")
     p.add_argument("--caption-emphasis", type=float, default=0.5,
                    help="chance that a caption carries an emphasis weight on one word")
