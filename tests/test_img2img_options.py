@@ -36,15 +36,16 @@ def steps_seen(model, p, monkeypatch, **kw) -> tuple[list[tuple[int, int]], list
     return calls, schedules
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "UniPC"])
-def test_fix_steps_runs_exactly_the_requested_steps(manager, sampler, monkeypatch):
+# k-diffusion samplers run t_enc + 1 steps; A1111's UniPC runs one per timestep of timesteps[:t_enc], t_enc
+@pytest.mark.parametrize("sampler,plain,fixed", [("Euler a", 6, 10), ("DPM++ 2M", 6, 10), ("UniPC", 5, 9)])
+def test_fix_steps_runs_a1111s_step_counts(manager, sampler, plain, fixed, monkeypatch):
     model = manager.get(manager.checkpoints.find("sd1.safetensors"))
     p = params(steps=10, denoising_strength=0.5, sampler_name=sampler)
     calls, schedules = steps_seen(model, p, monkeypatch)
-    assert schedules == [10] and len(calls) == 6 and calls[-1] == (6, 6)  # int(0.5 * 10) + 1
+    assert schedules == [10] and len(calls) == plain and calls[-1] == (plain, plain)  # t_enc = int(0.5 * 10)
     calls, schedules = steps_seen(model, p, monkeypatch, fix_steps=True)
-    # the last 10 of a 20-step schedule, from its index 20 - t_enc - 1 = 10 (A1111's sigmas[steps - t_enc - 1])
-    assert schedules == [20] and len(calls) == 10 and calls[-1] == (10, 10)
+    # the end of a 20-step schedule, with t_enc = 10 - 1 (A1111's setup_img2img_steps)
+    assert schedules == [20] and len(calls) == fixed and calls[-1] == (fixed, fixed)
 
 
 def test_engine_reads_img2img_fix_steps(engine):
