@@ -202,9 +202,7 @@ class SamplerOptions:
         if spec.function == "unipc":
             kwargs.update(order=self.uni_pc_order, variant=self.uni_pc_variant, skip_type=self.uni_pc_skip_type,
                           lower_order_final=self.uni_pc_lower_order_final)
-        if spec.function == "ddim":
-            kwargs["eta"] = self.eta_for(spec)
-        if spec.eta:
+        if spec.eta or spec.function == "ddim":
             kwargs["eta"] = self.eta_for(spec)
         if spec.s_noise:
             kwargs["s_noise"] = self.s_noise
