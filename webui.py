@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 import webbrowser
@@ -104,6 +105,18 @@ def unprotected_parts(args) -> list[str]:
     return parts
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) for the server to listen on; port 0 picks a free one."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart reuses the port at once
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     args = cmd_args.parse(argv)
     logs.setup()
@@ -125,21 +138,30 @@ def main(argv: list[str] | None = None) -> None:
     from modules.api.server_control import ServerControl
     from modules.auth import CredentialsError
 
-    control = ServerControl()
+    # The address is taken before the (slow) build: a port in use is said at once, and --port 0 takes a free
+    # port that nobody else can take in between (the log line below gives its number).
+    try:
+        sock = listening_socket(host, args.port)
+    except OSError as e:
+        log.error("Cannot serve on %s port %s: %s", host, args.port, e.strerror or e)
+        sys.exit(3)
+    port = sock.getsockname()[1]
+    control = ServerControl(port=port)
     try:
         app, _engine = build(args, control)
     except CredentialsError as e:
         log.error("%s", e)
         sys.exit(2)
-    url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{args.port}"
+    shown_host = "127.0.0.1" if host == "0.0.0.0" else f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{port}"
     log.info("Running on local URL: %s%s", url, "  (API only: see /docs)" if args.nowebui else "")
     if args.autolaunch and not args.nowebui:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
     # An open page keeps a connection; without a limit a stop (Ctrl+C, SIGTERM) would wait for the browser.
-    control.server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_level="warning",
+    control.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                    timeout_keep_alive=args.timeout_keep_alive,
                                                    timeout_graceful_shutdown=5))
-    control.server.run()
+    control.server.run(sockets=[sock])
     if not control.server.started:
         sys.exit(3)  # could not start (e.g. the port is taken): uvicorn.run's exit code
     if control.restart_requested:

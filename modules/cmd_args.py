@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="listen on all network interfaces (0.0.0.0) instead of 127.0.0.1 only")
     net.add_argument("--server-name", default=None, help="explicit host name or address to bind to")
     net.add_argument("--port", type=int, default=None,
-                     help="port to serve on (default 7860; 7861 with --nowebui)")
+                     help="port to serve on (default 7860; 7861 with --nowebui; 0: a free port, named in the log)")
     net.add_argument("--api", action="store_true", help="serve the /sdapi/v1 HTTP API beside the UI")
     net.add_argument("--nowebui", action="store_true", help="serve only the API, no browser UI")
     net.add_argument("--autolaunch", action="store_true", help="open the UI in the default browser")

@@ -35,6 +35,7 @@ import io
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -147,7 +148,8 @@ def option_labels(page, elem_id: str) -> list[str]:
     box.press("Backspace")
     listbox = block(page, elem_id).locator("[role=listbox]")
     listbox.wait_for(state="visible")
-    labels = [o.get_attribute("aria-label") or "" for o in listbox.locator("[role=option]").all()]
+    # one read of the whole list: a refresh may replace its items between reading one and the next
+    labels = listbox.locator("[role=option]").evaluate_all("els => els.map(e => e.getAttribute('aria-label') || '')")
     box.press("Escape")
     return labels
 
@@ -205,15 +207,20 @@ def read_value(page, elem_id: str):
     return field.input_value()
 
 
+_GALLERY_SOURCES_JS = """(root) => {
+    for (const selector of ['.grid-container button.thumbnail-item img', '.thumbnails button.thumbnail-item img',
+                            'img[data-testid=detailed-image]']) {
+        const images = root.querySelectorAll(selector);
+        if (images.length) return Array.from(images, img => img.getAttribute('src'));
+    }
+    return [];
+}"""
+
+
 def gallery_image_urls(page, elem_id: str) -> list[str]:
-    """The src of each image in a Gallery, in order (one per image; equal images have equal URLs)."""
-    b = block(page, elem_id)
-    for selector in (".grid-container button.thumbnail-item img", ".thumbnails button.thumbnail-item img",
-                     "img[data-testid=detailed-image]"):
-        images = b.locator(selector)
-        if images.count():
-            return [img.get_attribute("src") for img in images.all()]
-    return []
+    """The src of each image in a Gallery, in order (one per image; equal images have equal URLs). Read in one
+    step in the page: a gallery that a running job updates may replace its images between two reads."""
+    return block(page, elem_id).evaluate(_GALLERY_SOURCES_JS)
 
 
 def error_toasts(page) -> list[str]:
@@ -223,8 +230,45 @@ def error_toasts(page) -> list[str]:
 
 def busy(page, elem_id: str) -> bool:
     """Whether the component waits for an event's output (Gradio shows its status tracker meanwhile)."""
-    tracker = block(page, elem_id).locator("[data-testid=status-tracker]").first
-    return tracker.count() > 0 and "hide" not in (tracker.get_attribute("class") or "").split()
+    return block(page, elem_id).evaluate(
+        "(root) => { const t = root.querySelector('[data-testid=status-tracker]');"
+        " return !!t && !t.classList.contains('hide'); }")
+
+
+_JOB_VIEW_JS = """(tab) => {
+    const get = (id) => document.getElementById(id);
+    const shown = (el) => {
+        if (!el) return false;
+        const box = el.getBoundingClientRect();
+        return box.width > 0 && box.height > 0 && getComputedStyle(el).visibility !== 'hidden';
+    };
+    const progress = get(`${tab}_progress`), preview = get(`${tab}_preview`);
+    const image = shown(preview) ? preview.querySelector('img') : null;
+    return {progress: progress ? progress.innerText : '', generate: shown(get(`${tab}_generate`)),
+            interrupt: shown(get(`${tab}_interrupt`)), skip: shown(get(`${tab}_skip`)),
+            preview: image ? image.getAttribute('src') : null};
+}"""
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What a tab shows of its job at one moment, read in one step in the page (Gradio 6 takes a component
+    with visible=False out of the DOM, so reading the parts one by one races with the job's end)."""
+    progress: str  # the progress box's text
+    generate: bool  # which buttons are visible
+    interrupt: bool
+    skip: bool
+    preview: str | None  # the src of the live preview's image while it is shown
+
+    @property
+    def step(self) -> tuple[int, int] | None:
+        """(k, N) of the "step k/N" in the progress box, or None."""
+        m = re.search(r"step (\d+)/(\d+)", self.progress)
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def job_view(page, tab: str) -> JobView:
+    return JobView(**page.evaluate(_JOB_VIEW_JS, tab))
 
 
 def wait_for_gallery(page, elem_id: str, count: int, timeout: float = 180) -> list[str]:

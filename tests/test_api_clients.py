@@ -313,6 +313,17 @@ def raw_request(url: str, body: dict) -> socket.socket:
     return s
 
 
+def wait_for_task(url: str, task_id: str, timeout: float = 60) -> None:
+    """Wait until the server has a job with this task id (queued, running or done)."""
+    deadline = time.time() + timeout
+    while True:
+        seen = post(url, "/internal/progress", id_task=task_id).json()
+        if seen["queued"] or seen["active"] or seen["completed"]:
+            return
+        assert time.time() < deadline, f"{task_id} never reached the server's queue"
+        time.sleep(0.05)
+
+
 def test_clients_that_hang_up_while_running_or_queued_do_not_break_the_queue(server):
     url, data, proc = server
     running = raw_request(url, dict(prompt=PROMPT, seed=1, width=64, height=64, steps=1000))
@@ -320,15 +331,15 @@ def test_clients_that_hang_up_while_running_or_queued_do_not_break_the_queue(ser
     while requests.get(url + "/sdapi/v1/progress").json()["state"]["sampling_step"] == 0:
         assert time.time() < deadline
         time.sleep(0.05)
-    queued = raw_request(url, dict(prompt=PROMPT, seed=2, **SMALL))
-    time.sleep(0.3)
+    queued = raw_request(url, dict(prompt=PROMPT, seed=2, force_task_id="task(queued)", **SMALL))
+    wait_for_task(url, "task(queued)")
     running.close()  # hang up while its job runs ...
     queued.close()  # ... and while this one waits
     out = {}
     follower = threading.Thread(target=lambda: out.setdefault(
-        "r", post(url, "/sdapi/v1/txt2img", prompt=PROMPT, seed=3, **SMALL)))
+        "r", post(url, "/sdapi/v1/txt2img", prompt=PROMPT, seed=3, force_task_id="task(follower)", **SMALL)))
     follower.start()
-    time.sleep(0.5)
+    wait_for_task(url, "task(follower)")
     assert post(url, "/sdapi/v1/interrupt").status_code == 200  # cut the 1000-step job short
     follower.join(120)
     assert out["r"].status_code == 200 and json.loads(out["r"].json()["info"])["all_seeds"] == [3]

@@ -210,7 +210,7 @@ def test_server_stop_shuts_the_server_down_cleanly(server):
     url, data, proc = server
     out = {}
     running = threading.Thread(target=lambda: out.setdefault("r", post(
-        url, "/sdapi/v1/txt2img", prompt="x", width=64, height=64, steps=60, seed=3)))
+        url, "/sdapi/v1/txt2img", prompt="x", width=64, height=64, steps=200, seed=3)))
     running.start()
     deadline = time.time() + 60
     while requests.get(url + "/sdapi/v1/progress").json()["state"]["sampling_step"] == 0:

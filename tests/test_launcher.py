@@ -17,7 +17,7 @@ import pytest
 import requests
 
 import launch
-from tests.test_server import free_port
+from tests.test_server import URL_LINE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,26 +99,31 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def user_env(venv: Path, port: int) -> dict[str, str]:
+def user_env(venv: Path) -> dict[str, str]:
     """The environment of a user's shell: no test venv active, settings as webui-user.sh sets them."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     test_bin = str(Path(sys.prefix) / "bin")
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != test_bin)
-    env.update(venv_dir=str(venv), COMMANDLINE_ARGS=f"--api --port {port}")
+    env.update(venv_dir=str(venv), COMMANDLINE_ARGS="--api --port 0")  # a free port; the log says which
     return env
 
 
-def run_until_serving(copy: Path, env: dict[str, str], port: int, log_path: Path, timeout: float) -> float:
+def run_until_serving(copy: Path, env: dict[str, str], log_path: Path, timeout: float) -> float:
     """Start ./webui.sh, wait until the API and the page answer, stop it; returns seconds to ready."""
     started = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(["./webui.sh"], cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url = None
     try:
         while time.monotonic() - started < timeout:
             if proc.poll() is not None:
                 pytest.fail(f"webui.sh exited with {proc.returncode}:\n{log_path.read_text()[-6000:]}")
+            if url is None and (m := URL_LINE.search(log_path.read_text())):
+                url = m.group(1)
+            if url is None:
+                time.sleep(1)
+                continue
             try:
                 r = requests.get(url + "/sdapi/v1/sd-models", timeout=5)
                 if r.status_code == 200:
@@ -143,10 +148,8 @@ def test_webui_sh_installs_then_restarts_without_installing(tmp_path):
         pytest.fail("this test copies the repo with git ls-files: run it from a git checkout with git installed")
     copy = fresh_copy(tmp_path / "webui")
     venv = tmp_path / "throwaway-venv"
-    port = free_port()
-
     first_log = tmp_path / "first.log"
-    first = run_until_serving(copy, user_env(venv, port), port, first_log, timeout=1200)
+    first = run_until_serving(copy, user_env(venv), first_log, timeout=1200)
     out = first_log.read_text()
     assert "Creating venv" in out and (venv / "bin" / "python").exists()
     assert "Installing torch" in out and "Installing requirements" in out
@@ -157,7 +160,7 @@ def test_webui_sh_installs_then_restarts_without_installing(tmp_path):
     assert probe.stdout.startswith(launch.TORCH_VERSION)
 
     second_log = tmp_path / "second.log"
-    second = run_until_serving(copy, user_env(venv, port), port, second_log, timeout=300)
+    second = run_until_serving(copy, user_env(venv), second_log, timeout=300)
     out = second_log.read_text()
     assert "Creating venv" not in out and "Installing" not in out, out[-3000:]
     assert "Environment ready" in out

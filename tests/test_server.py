@@ -6,9 +6,9 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,33 +24,38 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+URL_LINE = re.compile(r"Running on local URL: (http://[^\s]+)")
 
 
 def start_server(data: Path, *args: str, timeout: float = 180, ready_auth: tuple[str, str] | None = None
                  ) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(data / "server.log", "w")
+    """webui.py on 127.0.0.1 with --port 0: the server takes a free port itself and its log says which (a port
+    picked here and handed over could be taken by another process in between)."""
+    log_path = data / "server.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "webui.py"), "--port", str(port), "--data-dir", str(data),
+        [sys.executable, str(ROOT / "webui.py"), "--port", "0", "--data-dir", str(data),
          "--skip-torch-cuda-test", *args],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "COMMANDLINE_ARGS": ""})
-    url = f"http://127.0.0.1:{port}"
+    log.close()  # the child has its own copy
     deadline = time.time() + timeout
+    url = None
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{(data / 'server.log').read_text()}")
-        try:
-            if requests.get(url + "/sdapi/v1/sd-models", timeout=2, auth=ready_auth).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"server did not start:\n{(data / 'server.log').read_text()}")
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
+        if url is None:
+            m = URL_LINE.search(log_path.read_text())
+            url = m and m.group(1)
+        if url:
+            try:
+                if requests.get(url + "/sdapi/v1/sd-models", timeout=2, auth=ready_auth).status_code == 200:
+                    return proc, url
+            except requests.RequestException:
+                pass
+        time.sleep(0.5)
+    stop_server(proc)
+    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:

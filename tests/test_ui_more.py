@@ -23,11 +23,11 @@ from playwright.sync_api import expect
 from scipy import ndimage
 
 from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, page, read_value, set_checkbox,
-    set_number, ui_server, wait_for_gallery)
+    block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view, page, read_value,
+    set_checkbox, set_number, ui_server, wait_for_gallery)
 from tests.shapes_judge import judge
-from tests.test_ui_tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, progress_step, rgb,
-                                wait_for_step, wait_idle)
+from tests.test_ui_tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, rgb, wait_for_step,
+                                wait_idle)
 from tools.shapes_world import Scene, render
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -164,14 +164,14 @@ def test_skip_shows_the_skipped_batch_unsaved_and_the_job_goes_on(page, ui_serve
     samples, grids = data / "outputs" / "txt2img-images", data / "outputs" / "txt2img-grids"
     before_samples, before_grids = pngs(samples), pngs(grids)
     fill_text(page, "txt2img_prompt", PROMPT)
-    set_number(page, "txt2img_steps", 60)
+    steps = 150  # the most the page allows: seconds a batch, so the click lands in the first one
+    set_number(page, "txt2img_steps", steps)
     set_number(page, "txt2img_batch_count", 3)
     set_number(page, "txt2img_seed", 300)
     page.locator("#txt2img_generate").click()
 
-    k, n, _ = wait_for_step(page, "txt2img", 1)
-    text = page.locator("#txt2img_progress").inner_text()
-    assert "batch 1/3" in text and n == 60, text
+    view, _ = wait_for_step(page, "txt2img", 1)
+    assert "batch 1/3" in view.progress and view.step[1] == steps, view
     page.locator("#txt2img_skip").click()
     # the job goes on with the next batch (not to idle, as Interrupt would)
     expect(page.locator("#txt2img_progress")).to_contain_text("batch 2/3", timeout=30_000)
@@ -453,12 +453,12 @@ def test_live_preview_shows_while_the_job_runs(page):
     seen: list[str] = []  # the previews shown while the progress said a step
     started = time.monotonic()
     deadline = started + 120
-    while interrupt.is_visible():
+    # each look reads the buttons, the progress and the preview in one step in the page: the preview leaves
+    # the page when the job ends, so a look in several steps could find it gone half-way
+    while (view := job_view(page, "txt2img")).interrupt:
         assert time.monotonic() < deadline, "the job did not end"
-        img = preview.locator("img")
-        if preview.is_visible() and img.count() and (src := img.first.get_attribute("src")):
-            if progress_step(page, "txt2img") and (not seen or src != seen[-1]):
-                seen.append(src)
+        if view.preview and view.step and (not seen or view.preview != seen[-1]):
+            seen.append(view.preview)
         page.wait_for_timeout(100)
     ran = time.monotonic() - started
     wait_idle(page, "txt2img")

@@ -12,9 +12,9 @@ import subprocess
 import time
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
+from modules.settings import section_of
 from tests.browser import (  # noqa: F401 (browser and page are fixtures)
     SCREENSHOTS, browser, fill_text, open_app, page, read_value, set_checkbox, set_number, wait_for_gallery)
 from tests.test_server import start_server, stop_server
@@ -43,19 +43,14 @@ def open_settings(page) -> None:
 
 
 def show_setting(page, name: str) -> None:
-    """Select the Settings section (a tab; only the selected one is rendered) that holds option `name`."""
-    control = page.locator(f"#setting_{name}")
-    if control.count():
-        return
-    sections = page.locator("#settings [role=tab]")
-    for i in range(sections.count()):
-        sections.nth(i).click()
-        try:
-            control.wait_for(state="visible", timeout=1000)
-            return
-        except PlaywrightTimeout:  # not in this section
-            continue
-    raise AssertionError(f"no Settings section shows #setting_{name}")
+    """Select the Settings section (a tab; only the selected one is rendered) that holds option `name`. The
+    section is looked up in the app's own table, so the page gets the full wait to draw it."""
+    title = section_of(name)
+    assert title, f"option {name} is in no Settings section"
+    tab = page.locator("#settings").get_by_role("tab", name=title, exact=True)
+    tab.click()
+    expect(tab).to_have_attribute("aria-selected", "true")
+    page.locator(f"#setting_{name}").wait_for(state="visible")
 
 
 def test_settings_apply_saves_takes_effect_and_survive_a_restart(browser, page, ui_server):

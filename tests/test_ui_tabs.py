@@ -20,8 +20,8 @@ from playwright.sync_api import expect
 from scipy import ndimage
 
 from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    SCREENSHOTS, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, page, read_value,
-    select_option, set_number, ui_server, upload_file, wait_for_gallery)
+    SCREENSHOTS, JobView, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view, page,
+    read_value, select_option, set_number, ui_server, upload_file, wait_for_gallery)
 from tests.shapes_judge import judge
 from tools.shapes_world import Scene, render
 
@@ -57,22 +57,17 @@ def wait_idle(page, tab: str, timeout_ms: float = 180_000) -> None:
     expect(page.locator(f"#{tab}_skip")).to_be_hidden()
 
 
-def progress_step(page, tab: str) -> tuple[int, int] | None:
-    """(k, N) of the "step k/N" the progress box shows, or None."""
-    m = re.search(r"step (\d+)/(\d+)", page.locator(f"#{tab}_progress").inner_text())
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
-def wait_for_step(page, tab: str, at_least: int, timeout: float = 60) -> tuple[int, int, float]:
-    """Poll the progress box until it shows step >= at_least: (k, N, time seen)."""
+def wait_for_step(page, tab: str, at_least: int, timeout: float = 60) -> tuple[JobView, float]:
+    """Poll the tab until its progress box shows step >= at_least: what the tab showed then (progress,
+    buttons and preview read in the same moment) and the time it was seen."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = progress_step(page, tab)
-        if got and got[0] >= at_least:
-            return got[0], got[1], time.monotonic()
+    while True:
+        view = job_view(page, tab)
+        if view.step and view.step[0] >= at_least:
+            return view, time.monotonic()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"#{tab}_progress never showed step >= {at_least}: {view.progress!r}")
         page.wait_for_timeout(50)
-    raise AssertionError(f"#{tab}_progress never showed step >= {at_least}: "
-                         f"{page.locator(f'#{tab}_progress').inner_text()!r}")
 
 
 def input_image(tmp_path: Path) -> tuple[Path, np.ndarray]:
@@ -118,12 +113,12 @@ def test_ctrl_enter_generates_a_batch_with_progress_grid_and_saved_files(page, u
     expect(page.locator("#txt2img_skip")).to_be_hidden()
     page.locator("#txt2img_prompt textarea").press("Control+Enter")
 
-    k, n, _ = wait_for_step(page, "txt2img", 1)
+    # while the job runs, Interrupt and Skip instead of Generate: seen in the same moment as a step (the job
+    # takes about a second, so a separate look at the buttons could come after its end)
+    view, _ = wait_for_step(page, "txt2img", 1)
+    k, n = view.step
     assert n == 30 and 1 <= k <= 30
-    # while the job runs: Interrupt and Skip instead of Generate
-    expect(page.locator("#txt2img_interrupt")).to_be_visible()
-    expect(page.locator("#txt2img_skip")).to_be_visible()
-    expect(page.locator("#txt2img_generate")).to_be_hidden()
+    assert view.interrupt and view.skip and not view.generate, view
 
     wait_idle(page, "txt2img")
     urls = wait_for_gallery(page, "txt2img_gallery", 3)
@@ -158,19 +153,20 @@ def test_interrupt_returns_to_idle_shows_the_image_and_saves_nothing(page, ui_se
     before = pngs(outputs)
 
     fill_text(page, "txt2img_prompt", PROMPT)
-    set_number(page, "txt2img_steps", 150)
+    steps = 150  # the most the page allows: seconds a batch, so the interrupt lands in the first one
+    set_number(page, "txt2img_steps", steps)
     set_number(page, "txt2img_batch_count", 3)
     set_number(page, "txt2img_seed", 11)
     page.locator("#txt2img_generate").click()
 
     # the step rate, to know how long the rest of the job would take
-    k1, n, t1 = wait_for_step(page, "txt2img", 1)
-    k2, _, t2 = wait_for_step(page, "txt2img", k1 + 10)
-    assert n == 150
-    progress_text = page.locator("#txt2img_progress").inner_text()
-    assert "batch 1/3" in progress_text, progress_text
+    first, t1 = wait_for_step(page, "txt2img", 1)
+    later, t2 = wait_for_step(page, "txt2img", first.step[0] + 10)
+    (k1, n), (k2, _) = first.step, later.step
+    assert n == steps
+    assert "batch 1/3" in later.progress, later.progress
     per_step = (t2 - t1) / (k2 - k1)
-    remaining = (3 * 150 - k2) * per_step
+    remaining = (3 * steps - k2) * per_step
     page.locator("#txt2img_interrupt").click()
     clicked = time.monotonic()
     wait_idle(page, "txt2img", timeout_ms=remaining * 1000 + 60_000)

@@ -3,7 +3,8 @@
 stop: uvicorn stops accepting connections, lets the answers in progress finish (at most GRACE_SECONDS,
 so an open page's event stream cannot hold it up), and the program exits with code 0.
 restart: the same, then the process runs its own command line again in place (os.execv: the same
-process id, so webui.sh, a terminal or a service manager still see one process). A1111 instead exits
+process id, so webui.sh, a terminal or a service manager still see one process) on the same port (also
+when --port 0 picked it). A1111 instead exits
 and relies on webui.sh/webui.bat looping while a `tmp/restart` file exists; running again in place
 works however the program was started and needs no launcher loop. Not on Windows, whose exec starts a
 separate process: there restart answers 501, as A1111 does when it cannot restart.
@@ -30,8 +31,9 @@ GRACE_SECONDS = 10
 class ServerControl:
     """Holds the running uvicorn server (set by webui.main) and what a stop route asked for."""
 
-    def __init__(self):
+    def __init__(self, port: int | None = None):
         self.server = None  # uvicorn.Server
+        self.port = port  # the port served on (what --port 0 picked), kept by a restart
         self.restart_requested = False
 
     @property
@@ -51,7 +53,8 @@ class ServerControl:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, main_file, *sys.argv[1:]])
+        again = ["--port", str(self.port)] if self.port is not None else []  # the last --port wins
+        os.execv(sys.executable, [sys.executable, main_file, *sys.argv[1:], *again])
 
 
 def build_router(control: ServerControl, credentials: Credentials | None = None) -> APIRouter:
