@@ -72,21 +72,42 @@ class Editor:
         with Image.open(path) as im:
             self.locate(rgb(im).astype(int))
 
-    def locate(self, image: np.ndarray, tolerance: int = 12) -> None:
-        """Find `image` on the canvas: the rectangle of its corner colour (the images here have a plain
-        background reaching all four edges; `tolerance`: sum of |RGB| differences)."""
-        self.canvas.scroll_into_view_if_needed()  # before bounding_box: screenshot() would scroll the page
-        self.page.wait_for_timeout(300)  # the editor's fit-to-canvas zoom
+    def settled(self, timeout: float = 30) -> np.ndarray:
+        """A screenshot of the canvas once it has stopped changing (two shots in a row alike): the editor
+        zooms, draws and redraws on the CPU, later the busier the machine is."""
+        deadline = time.monotonic() + timeout
         shot = screenshot_array(self.canvas)
-        self.box = self.canvas.bounding_box()
+        while True:
+            self.page.wait_for_timeout(150)
+            again = screenshot_array(self.canvas)
+            if again.shape == shot.shape and np.array_equal(again, shot):
+                return again
+            assert time.monotonic() < deadline, f"#{self.elem_id}: the canvas kept changing for {timeout}s"
+            shot = again
+
+    def locate(self, image: np.ndarray, tolerance: int = 12, timeout: float = 30) -> None:
+        """Find `image` on the canvas: the rectangle of its corner colour (the images here have a plain
+        background reaching all four edges; `tolerance`: sum of |RGB| differences), once the editor shows it
+        zoomed to fit."""
+        self.canvas.scroll_into_view_if_needed()  # before bounding_box: screenshot() would scroll the page
         corner = image[:4, :4].reshape(-1, 3).mean(0)
-        ys, xs = np.nonzero(np.abs(shot - corner).sum(-1) < tolerance)
-        assert xs.size, f"#{self.elem_id}: the image (background {corner}) is not on its canvas"
         self.height, self.width = image.shape[:2]
-        self.x0, self.y0 = xs.min(), ys.min()
-        self.scale = (xs.max() + 1 - self.x0) / self.width
-        scale_y = (ys.max() + 1 - self.y0) / self.height
-        assert abs(self.scale - scale_y) < 0.05 and self.scale > 1, (self.scale, scale_y)
+        deadline = time.monotonic() + timeout
+        while True:
+            shot = self.settled()
+            ys, xs = np.nonzero(np.abs(shot - corner).sum(-1) < tolerance)
+            if xs.size:
+                x0, y0 = xs.min(), ys.min()
+                scale, scale_y = (xs.max() + 1 - x0) / self.width, (ys.max() + 1 - y0) / self.height
+                if abs(scale - scale_y) < 0.05 and scale > 1:
+                    break
+                seen = f"a rectangle scaled {scale:.2f} x {scale_y:.2f}"
+            else:
+                seen = "nothing of its colour"
+            assert time.monotonic() < deadline, \
+                f"#{self.elem_id}: the image (background {corner}) is not on its canvas ({seen})"
+        self.box = self.canvas.bounding_box()
+        self.x0, self.y0, self.scale = x0, y0, scale
         self.before = self.pixels(shot)
 
     def to_screen(self, x: float, y: float) -> tuple[float, float]:
@@ -113,12 +134,11 @@ class Editor:
             for i in range(1, steps + 1):
                 mouse.move(*self.to_screen(xa + (xb - xa) * i / steps, ya + (yb - ya) * i / steps))
         mouse.up()
-        self.page.wait_for_timeout(300)
 
     def painted(self) -> tuple[np.ndarray, np.ndarray]:
         """(mask, colours): the image pixels whose look on the canvas changed since the upload, and what
-        the canvas shows at each image pixel now."""
-        now = self.pixels()
+        the canvas shows at each image pixel now (once the editor has drawn the stroke)."""
+        now = self.pixels(self.settled())
         return np.abs(now - self.before).sum(-1) > 30, now
 
 
