@@ -27,18 +27,24 @@ def build(args, control=None):
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.middleware.gzip import GZipMiddleware
 
-    from modules import auth
-    from modules.api.middleware import ProcessTime
+    from modules import auth, images
+    from modules.api.middleware import BodySizeLimit, ProcessTime
     from modules.engine import Engine
+    from modules.folders import FolderPolicy, parse_allowed
     from modules.hashing import HashCache
     from modules.jobs import JobQueue
+    from modules.limits import from_args as limits_from_args
     from modules.models.manager import ModelManager
     from modules.models.registry import CheckpointRegistry, VaeRegistry
     from modules.settings import SettingsStore
     from modules.version import VERSION
 
     api_credentials = auth.from_flags(args.api_auth, flag="--api-auth")
-    ui_credentials = auth.from_flags(args.gradio_auth, args.gradio_auth_path, flag="--gradio-auth")
+    # Secure by default: without a login of its own the page asks for the API's (it reaches the same engine).
+    ui_credentials = auth.from_flags(args.gradio_auth, args.gradio_auth_path, flag="--gradio-auth") or \
+        (api_credentials if not args.nowebui else None)
+    if not args.nowebui:
+        log.info("%s", ui_login_note(args))
     p = paths.from_args(args.data_dir, args.models_dir, args.ckpt_dir, args.vae_dir, args.config, args.lora_dir,
                         args.embeddings_dir, args.styles_file)
     paths.ensure_dirs(p)
@@ -46,21 +52,35 @@ def build(args, control=None):
                         args.skip_torch_cuda_test)
     devices.configure_torch(plan.device)
     log.info("Device: %s", plan.describe)
-    extra = (os.path.abspath(args.ckpt),) if args.ckpt else ()
-    if args.ckpt and not os.path.isfile(args.ckpt):
-        log.warning("--ckpt %s: no such file", args.ckpt)
+    # --ckpt's file, links followed (models shared between apps are often symlinks): the registry knows it by
+    # that path. A1111 selects it at start-up, whatever config.json remembered.
+    ckpt = os.path.realpath(os.path.expanduser(args.ckpt)) if args.ckpt else None
+    extra = (ckpt,) if ckpt else ()
+    if ckpt and not os.path.isfile(ckpt):
+        log.error("--ckpt %s: no such file%s", args.ckpt,
+                  f" (the link points to {ckpt})" if os.path.islink(os.path.expanduser(args.ckpt)) else "")
     hashes = HashCache(p.hash_cache)
     checkpoints = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=extra,
                                      builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS)
     vaes = VaeRegistry(p.vae_dirs, p.checkpoint_dirs)
     settings = SettingsStore(p.config_file)
-    engine = Engine(p, settings, ModelManager(checkpoints, vaes, plan, p.default_sd1_config), JobQueue())
-    engine.start_loading(args.ckpt and os.path.abspath(args.ckpt))
+    # Clients may name server folders inside the data folder and --allowed-paths; none from the page when the
+    # network reaches a server without any login.
+    folders = FolderPolicy(p.data, parse_allowed(args.allowed_paths),
+                           server_folders=not cmd_args.on_network(args) or bool(ui_credentials or api_credentials))
+    engine = Engine(p, settings, ModelManager(checkpoints, vaes, plan, p.default_sd1_config), JobQueue(),
+                    limits_from_args(args), folders)
+    if not folders.server_folders:
+        log.warning("The page's server-folder fields (img2img Batch, Extras batch from directory) are refused: the "
+                    "server is reachable from the network without a login.")
+    images.refuse_in_pillow(engine.limits.max_input_pixels)  # also what Gradio decodes itself (page uploads)
+    engine.start_loading(ckpt)  # a missing --ckpt is said on the page (and nothing loads until a job asks)
 
     app = FastAPI(title="Stable Diffusion WebUI API", version=VERSION,
                   description="AUTOMATIC1111-compatible API. Generation requests wait in one queue shared with "
                               "the UI and run one at a time, in arrival order.")
     app.add_middleware(ProcessTime, log_requests=args.api_log)
+    app.add_middleware(BodySizeLimit, max_bytes=engine.limits.max_upload_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=1000)  # as A1111 (event streams are never compressed)
     if args.cors_allow_origins or args.cors_allow_origins_regex:  # as A1111: only when asked for
         origins = [o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()]
@@ -69,7 +89,12 @@ def build(args, control=None):
     from modules.api import routes
 
     routes.install_error_handlers(app)
-    app.include_router(routes.build_internal_router(engine, api_credentials))
+    ui_login = None
+    if ui_credentials is not None:
+        from modules.ui.mount import UiLogin
+
+        ui_login = UiLogin()  # attached to the page once it is mounted (below)
+    app.include_router(routes.build_internal_router(engine, api_credentials, ui_login))
     if args.api or args.nowebui:
         app.include_router(routes.build_router(engine, cmd_args.public_flags(args), api_credentials))
         from modules.api import job_routes
@@ -84,21 +109,30 @@ def build(args, control=None):
     elif args.api_server_stop:
         log.warning("--api-server-stop has no effect without --api or --nowebui")
     if not args.nowebui:
-        import gradio as gr
-
         from modules.ui import app as ui_app
+        from modules.ui import common as ui_common
+        from modules.ui import mount
 
         page = ui_app.build(engine)
-        app = gr.mount_gradio_app(app, page.blocks, path="", auth=ui_credentials,
-                                  auth_message="Log in to Stable Diffusion WebUI" if ui_credentials else None,
-                                  css=page.css, head=page.head)
+        app = mount.mount(app, page.blocks, ui_credentials, ui_login,
+                          allowed_paths=[str(ui_common.download_folder(engine))], css=page.css, head=page.head,
+                          max_file_size=engine.limits.max_upload_bytes)
     return app, engine
+
+
+def ui_login_note(args) -> str:
+    """The start-up line that says which login guards the page."""
+    if args.gradio_auth or args.gradio_auth_path:
+        return "The UI asks for a --gradio-auth login."
+    if args.api_auth:
+        return "The UI asks for the --api-auth login (no --gradio-auth given; the API's users log in to the page)."
+    return "The UI needs no login (set --gradio-auth or --api-auth to require one)."
 
 
 def unprotected_parts(args) -> list[str]:
     """What a --listen server would serve to the network without any login."""
     parts = []
-    if not args.nowebui and not (args.gradio_auth or args.gradio_auth_path):
+    if not args.nowebui and not (args.gradio_auth or args.gradio_auth_path or args.api_auth):
         parts.append("the UI")
     if (args.api or args.nowebui) and not args.api_auth:
         parts.append("the API")
@@ -128,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     for note in cmd_args.ignored_flags(args):
         log.warning("%s", note)
     host = cmd_args.bind_host(args)
-    if host not in ("127.0.0.1", "localhost", "::1") and (open_parts := unprotected_parts(args)):
+    if cmd_args.on_network(args) and (open_parts := unprotected_parts(args)):
         log.warning("The server is reachable from other machines on your network and %s need%s no password; "
                     "set --gradio-auth / --api-auth user:password to require one.",
                     " and ".join(open_parts), "s" if len(open_parts) == 1 else "")

@@ -7,6 +7,7 @@ switches, extension access) are accepted and reported as ignored instead of stop
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import shlex
 
@@ -34,6 +35,19 @@ IGNORED_REASONS = {
     "--lowvram": "memory-saving offload is not implemented yet",
     "--xformers": "PyTorch's scaled-dot-product attention is used on every device",
 }
+
+
+def _bounded(kind, low, high):
+    """An argparse type: a number of `kind` from `low` to `high`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not between {low} and {high}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with textual-inversion embeddings (default: DATA_DIR/embeddings)")
     models.add_argument("--styles-file", action="append", default=None, metavar="FILE",
                         help="styles CSV file (default DATA_DIR/styles.csv); may be given more than once")
+    models.add_argument("--allowed-paths", default=None, metavar="DIR[,DIR2]",
+                        help="folders outside the data folder that clients (the page, the API) may name as output "
+                             "folders in settings and as img2img/Extras batch folders (default: none)")
     models.add_argument("--config", default=None,
                         help="YAML config used for SD 1.x checkpoints without one (default configs/v1-inference.yaml)")
 
@@ -96,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'full' runs everything in 32-bit floats; 'half'/'autocast' use 16-bit on GPUs")
     dev.add_argument("--skip-torch-cuda-test", action="store_true",
                      help="do not warn when no GPU is usable (generation then runs on the CPU)")
+
+    limits = p.add_argument_group("limits (a request over one gets a 400 that names it; see modules/limits.py)")
+    limits.add_argument("--max-image-side", type=_bounded(int, 64, 4096), default=2048, metavar="PIXELS",
+                        help="largest width or height to generate; the hires fix target may have as many pixels "
+                             "as PIXELSxPIXELS in any shape (default 2048, at most 4096)")
+    limits.add_argument("--max-batch-size", type=_bounded(int, 1, 64), default=8,
+                        help="a batch may hold as many pixels as this many images of --max-image-side squared "
+                             "(default 8: A1111's page at most; smaller images come in larger batches; at most 64)")
+    limits.add_argument("--max-batch-count", type=_bounded(int, 1, 1000), default=100,
+                        help="batch count, n_iter (default 100, at most 1000)")
+    limits.add_argument("--max-steps", type=_bounded(int, 1, 1000), default=1000,
+                        help="sampling steps, also of the hires pass (default 1000)")
+    limits.add_argument("--max-input-megapixels", type=_bounded(float, 0.01, 10000), default=100.0, metavar="MP",
+                        help="largest image a request may send (img2img, inpainting masks, Extras, PNG Info), read "
+                             "from its header before it is decoded (default 100)")
+    limits.add_argument("--max-upload-size", type=_bounded(int, 1, 1 << 20), default=100, metavar="MB",
+                        help="largest request body (API) and uploaded file (UI) in megabytes (default 100)")
 
     launch = p.add_argument_group("launcher (read by launch.py before the server starts)")
     launch.add_argument("--skip-install", action="store_true", help="do not install requirements.txt")
@@ -139,6 +173,17 @@ def bind_host(ns: argparse.Namespace) -> str:
     if ns.server_name:
         return ns.server_name
     return "0.0.0.0" if ns.listen else "127.0.0.1"
+
+
+def on_network(ns: argparse.Namespace) -> bool:
+    """Whether the server is reachable from other machines (--listen, or --server-name other than loopback)."""
+    host = bind_host(ns)
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: whatever it resolves to, assume others can reach it
+        return True
 
 
 SECRET_FLAGS = ("api_auth", "gradio_auth")

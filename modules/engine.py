@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -16,9 +17,11 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from modules import fileio, filenames, images, infotext, postprocessing, styles
+from modules.folders import FolderPolicy, FolderRefused
 from modules.generation import extra_networks, hires, pipeline, prompts, rng, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue
+from modules.limits import Limits
 from modules.models import optimizations
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry
@@ -38,6 +41,15 @@ class BadRequest(ValueError):
 
 class UnknownOption(BadRequest):
     """A settings key that does not exist."""
+
+
+class UnusableCheckpoint(BadRequest):
+    """A checkpoint the request named (sd_model_checkpoint) that cannot be loaded: refused or unreadable."""
+
+
+class OverLimit(BadRequest):
+    """The request asks for more than the server's limits allow (modules/limits.py); the message says which
+    limit and the flag that raises it."""
 
 
 @dataclass
@@ -73,11 +85,16 @@ def describe_validation_error(e: ValidationError) -> str:
 
 
 class Engine:
-    def __init__(self, paths: Paths, settings: SettingsStore, models: ModelManager, queue: JobQueue):
+    def __init__(self, paths: Paths, settings: SettingsStore, models: ModelManager, queue: JobQueue,
+                 limits: Limits | None = None, folders: FolderPolicy | None = None):
         self.paths = paths
+        self.folders = folders or FolderPolicy(paths.data)  # which server folders clients may name
         self.settings = settings
         self.models = models
         self.queue = queue
+        self.limits = limits or Limits()
+        # input images are decoded within this many pixels at once, whichever request they came with
+        self.decode_budget = images.DecodeBudget(self.limits.decode_budget_pixels)
         self.startup_error: str | None = None
         # LoRA and embedding folders come from the paths unless the manager was given its own.
         if not models.loras.folders:
@@ -107,12 +124,17 @@ class Engine:
             found = items[0]
         return found
 
-    def _load(self, info: CheckpointInfo, vae: str, remember: bool = True) -> LoadedModel:
+    def _load(self, info: CheckpointInfo, vae: str, remember: bool = True, requested: str | None = None
+              ) -> LoadedModel:
         """Make `info` the loaded model; `remember` records it as the selected checkpoint setting
-        (not done for a per-request override, which A1111 restores afterwards)."""
+        (not done for a per-request override, which A1111 restores afterwards). A file that cannot be
+        loaded is a CheckpointError, or an UnusableCheckpoint (a 4xx) naming the field when the request
+        named it (`requested`: the field)."""
         try:
             model = self.models.get(info, vae)
         except CheckpointError as e:
+            if requested:
+                raise UnusableCheckpoint(f"{requested}: {e} (checkpoint: {info.name})") from None
             raise CheckpointError(f"{e} (checkpoint: {info.name})") from None
         if remember and self.settings.values.sd_model_checkpoint != model.info.title:
             self.settings.update({"sd_model_checkpoint": model.info.title})
@@ -121,7 +143,8 @@ class Engine:
     def load_checkpoint(self, query: str | None = None) -> LoadedModel:
         """Load a checkpoint through the queue (waits for running jobs) and make it the current one."""
         info = self.resolve_checkpoint(query)
-        return self.queue.run("load", lambda job: self._load(info, self.settings.values.sd_vae))
+        return self.queue.run("load", lambda job: self._load(info, self.settings.values.sd_vae,
+                                                             requested="sd_model_checkpoint" if query else None))
 
     def unload_checkpoint(self) -> None:
         """Free the loaded model (through the queue, so a running job finishes first). The next job, or
@@ -133,13 +156,16 @@ class Engine:
         return self.load_checkpoint()
 
     def start_loading(self, query: str | None = None) -> Job | None:
-        """Queue loading of the start-up model; generation requests queue behind it."""
+        """Queue loading of the start-up model; generation requests queue behind it. A `query` (--ckpt)
+        becomes the selected checkpoint at once, as in A1111, so the page and the next job agree on it."""
         try:
             info = self.resolve_checkpoint(query)
         except BadRequest as e:
             self.startup_error = str(e)
             log.warning("%s", e)
             return None
+        if query and self.settings.values.sd_model_checkpoint != info.title:
+            self.settings.update({"sd_model_checkpoint": info.title})
 
         def run(job: Job) -> None:
             try:
@@ -166,6 +192,7 @@ class Engine:
             raise BadRequest(f"override_settings: {describe_validation_error(e)}") from None
         if "sd_vae" in overrides:
             self.check_vae_name(merged.sd_vae)
+        self._check_folder_settings(overrides, "override_settings: ")
         warnings = [f"override_settings: unknown option {k!r} ignored" for k in unknown]
         return merged, warnings
 
@@ -179,14 +206,29 @@ class Engine:
             raise BadRequest(describe_validation_error(e)) from None
         if "sd_vae" in changes:
             self.check_vae_name(changes["sd_vae"])
+        self._check_folder_settings(changes)
         if "sd_model_checkpoint" in changes:
             info = self.resolve_checkpoint(changes["sd_model_checkpoint"])
             vae = changes.get("sd_vae", self.settings.values.sd_vae)
-            self.queue.run("load", lambda job: self._load(info, vae))
+            self.queue.run("load", lambda job: self._load(info, vae, requested="sd_model_checkpoint"))
             changes = {**changes, "sd_model_checkpoint": info.title}
         elif "sd_vae" in changes and self.models.current is not None:
             self.models.resolve_vae(self.models.current.info, changes["sd_vae"])  # fail early on a bad name
         self.settings.update(changes)
+
+    def _check_folder_settings(self, changes: dict[str, Any], prefix: str = "") -> None:
+        try:
+            self.folders.check_settings(changes, self.settings.values.model_dump())
+        except FolderRefused as e:
+            raise BadRequest(prefix + str(e)) from None
+
+    def page_folder(self, what: str, folder: str) -> Path:
+        """A server folder typed into the page (img2img Batch, Extras batch) as a real path, if clients may use
+        it (see modules/folders); BadRequest naming `what` otherwise."""
+        try:
+            return self.folders.page_folder(what, folder)
+        except FolderRefused as e:
+            raise BadRequest(str(e)) from None
 
     # --- generation --------------------------------------------------------------------------
     def txt2img(self, params: GenerationParams) -> GenerationResult:
@@ -225,6 +267,8 @@ class Engine:
             postprocessing.check(params)
         except postprocessing.ExtrasError as e:
             raise BadRequest(str(e)) from None
+        for image in inputs:
+            self.check_input_image(image)
         settings = self.settings.values
 
         def run(job: Job) -> ExtrasResult:
@@ -237,8 +281,8 @@ class Engine:
                     result.interrupted = True
                     break
                 try:
-                    out, text = postprocessing.run(image, params)
-                except postprocessing.ExtrasError as e:
+                    out, text = postprocessing.run(images.load(image, self.decode_budget), params)
+                except (postprocessing.ExtrasError, images.InvalidImage) as e:
                     raise BadRequest(str(e)) from None
                 if not settings.enable_pnginfo:
                     out.info = {}
@@ -264,7 +308,42 @@ class Engine:
                     for name in missing]
         return params.model_copy(update={"prompt": prompt, "negative_prompt": negative}), warnings
 
+    def check_limits(self, params: GenerationParams) -> None:
+        """Refuse (OverLimit, a 400) a request over the server's limits, before anything is decoded or queued."""
+        lim = self.limits
+        for name in ("width", "height"):
+            if getattr(params, name) > lim.max_side:
+                raise OverLimit(f"{name} {getattr(params, name)} is over this server's limit of {lim.max_side} "
+                                "pixels (--max-image-side)")
+        if params.batch_size * params.width * params.height > lim.max_batch_pixels:
+            # counted in pixels: smaller images may come in larger batches (a batch of 24 at 128x128 is fine)
+            raise OverLimit(f"batch_size {params.batch_size} at {params.width}x{params.height} is more pixels in one "
+                            f"batch than this server's limit of {lim.max_batch_size} images of {lim.max_side}x"
+                            f"{lim.max_side} (--max-batch-size, --max-image-side)")
+        if params.n_iter > lim.max_batch_count:
+            raise OverLimit(f"n_iter (batch count) {params.n_iter} is over this server's limit of "
+                            f"{lim.max_batch_count} (--max-batch-count)")
+        for name in ("steps", "hr_second_pass_steps"):
+            if getattr(params, name) > lim.max_steps:
+                raise OverLimit(f"{name} {getattr(params, name)} is over this server's limit of {lim.max_steps} "
+                                "(--max-steps)")
+        if params.enable_hr and not isinstance(params, Img2ImgParams):
+            w, h = hires.target_size(params)
+            if w * h > lim.max_pixels:
+                raise OverLimit(f"the hires fix would make {w}x{h} images, more pixels than this server's limit of "
+                                f"{lim.max_side}x{lim.max_side} (--max-image-side)")
+        if isinstance(params, Img2ImgParams):
+            for image in [*params.init_images, *([params.mask] if params.mask is not None else [])]:
+                self.check_input_image(image)
+
+    def check_input_image(self, image: Image.Image) -> None:
+        """Refuse (OverLimit) an input image with more pixels than --max-input-megapixels allows (its size is
+        known before it is decoded)."""
+        if image.width * image.height > self.limits.max_input_pixels:
+            raise OverLimit(str(images.too_large(image.width, image.height, self.limits.max_input_pixels)))
+
     def _submit(self, kind: str, params: GenerationParams, task_id: str | None = None) -> Job:
+        self.check_limits(params)
         unstyled_prompt = params.prompt  # for the [prompt_no_styles] file name tag
         params, style_warnings = self.apply_styles(params)
         settings, warnings = self.effective_settings(params.override_settings)
@@ -276,14 +355,48 @@ class Engine:
                 hires.check_upscaler(params.hr_upscaler)
         except (samplers.UnknownSampler, hires.UnknownUpscaler) as e:
             raise BadRequest(str(e)) from None
+        self.check_numbers(params, settings)
         checkpoint = self.resolve_checkpoint(params.override_settings.get("sd_model_checkpoint"))
 
         def run(job: Job) -> GenerationResult:
-            result = self._generate(job, kind, params, settings, choice, checkpoint, unstyled_prompt)
+            try:
+                result = self._generate(job, kind, params, settings, choice, checkpoint, unstyled_prompt)
+            except pipeline.NonFiniteInput as e:  # what was asked overflowed: a 4xx naming the values
+                raise BadRequest(f"{e} (here: {self._sampler_numbers(params, settings)})") from None
             result.warnings[:0] = warnings
             return result
 
         return self.queue.submit(kind, run, task_id)
+
+    @staticmethod
+    def check_numbers(params: GenerationParams, settings: Settings) -> None:
+        """Refuse (BadRequest naming the field) seeds that no generator takes and prompts whose weights
+        cannot be encoded, before anything is queued (A1111 fails on them mid-job, or makes NaNs)."""
+        problem = rng.seed_problem(params.seed, params.subseed, params.subseed_strength, params.total_images,
+                                   settings.eta_noise_seed_delta)
+        if problem:
+            raise BadRequest(problem)
+        texts = [("prompt", extra_networks.parse(params.prompt).text, True, params.steps),
+                 ("negative_prompt", params.negative_prompt, False, params.steps)]
+        if params.enable_hr and not isinstance(params, Img2ImgParams):
+            hr_steps = params.hr_second_pass_steps or params.steps
+            texts += [("hr_prompt", extra_networks.parse(params.hr_prompt).text, True, hr_steps),
+                      ("hr_negative_prompt", params.hr_negative_prompt, False, hr_steps)]
+        for name, text, split, steps in texts:
+            problem = prompts.prompt_problem(text, steps, settings.emphasis, split) if text else None
+            if problem:
+                raise BadRequest(f"{name}: {problem}")
+
+    @staticmethod
+    def _sampler_numbers(params: GenerationParams, settings: Settings) -> str:
+        """The sampler numbers that differ from their defaults, for a message about values that overflowed."""
+        defaults = Settings()
+        values = [f"{name}={getattr(settings, name):g}" for name in (
+            "sigma_max", "sigma_min", "rho", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin", "s_tmax", "s_noise")
+            if getattr(settings, name) != getattr(defaults, name)]
+        values += [f"{name}={getattr(params, name):g}" for name in ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
+                   if getattr(params, name) is not None]
+        return ", ".join(values) or "all at their defaults"
 
     @staticmethod
     def _hires_choice(params: GenerationParams) -> samplers.SamplerChoice:
@@ -328,7 +441,9 @@ class Engine:
                   choice: samplers.SamplerChoice, checkpoint: CheckpointInfo,
                   unstyled_prompt: str | None = None) -> GenerationResult:
         """The job both txt2img and img2img run: load, seed, generate batch by batch, save, describe."""
-        model = self._load(checkpoint, settings.sd_vae, remember="sd_model_checkpoint" not in params.override_settings)
+        requested = "sd_model_checkpoint" in params.override_settings
+        model = self._load(checkpoint, settings.sd_vae, remember=not requested,
+                           requested="override_settings.sd_model_checkpoint" if requested else None)
         seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)
         seeds, subseeds = rng.batch_seeds(seed, subseed, params.subseed_strength, params.total_images)
         options = pipeline.sampler_options(params, samplers.SamplerOptions(
@@ -351,6 +466,7 @@ class Engine:
                       emphasis=settings.emphasis, subseeds=subseeds if params.subseed_strength > 0 else None,
                       ensd=settings.eta_noise_seed_delta, options=options)
         if isinstance(params, Img2ImgParams):
+            self._decode_inputs(params)
             if params.initial_noise_multiplier is None:
                 params = params.model_copy(update={"initial_noise_multiplier": settings.initial_noise_multiplier})
             inputs = pipeline.prepare_img2img(model, params, settings.randn_source, settings.img2img_background_color,
@@ -425,6 +541,16 @@ class Engine:
         result.info = self._info(params, model, choice, settings, seed, seeds, result, state.job_timestamp, extra,
                                  subseeds)
         return result
+
+    def _decode_inputs(self, params: Img2ImgParams) -> None:
+        """Decode the init images and the mask, which a request sends compressed and which wait in the queue so,
+        within the decode budget; BadRequest naming the one whose data turns out to be broken."""
+        named = [(f"init_images.{i}", image) for i, image in enumerate(params.init_images)]
+        for name, image in named + ([("mask", params.mask)] if params.mask is not None else []):
+            try:
+                images.load(image, self.decode_budget)
+            except images.InvalidImage as e:
+                raise BadRequest(f"{name}: {e}") from None
 
     @staticmethod
     def _namer(params: GenerationParams, unstyled_prompt: str | None, choice: samplers.SamplerChoice,

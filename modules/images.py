@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import logging
 import os
+import re
 import struct
 import threading
+import warnings
+import zlib
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError, features
@@ -23,6 +27,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from modules import fileio
 from modules.filenames import FileNamer
+from modules.limits import Limits, megapixels
 from modules.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -230,26 +235,131 @@ def read_info(image: Image.Image) -> tuple[str | None, dict[str, str]]:
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 
 
-def decode_base64_image(data: str) -> Image.Image:
-    """An image from base64 or a `data:image/...;base64,` URL. ValueError says what is wrong with it."""
+class InvalidImage(ValueError):
+    """Data sent as an image that cannot be read as one; the message says why."""
+
+
+class ImageTooLarge(InvalidImage):
+    """An image with more pixels than the server accepts, refused from its header before it is decoded."""
+
+
+# What Pillow raises for broken image data, at opening or at decoding.
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+class DecodeBudget:
+    """A bound on the pixels being decoded at once, over all threads: a decode waits until those running
+    leave room for it (one larger than the whole budget waits to run alone). A decoded image costs about
+    4 bytes a pixel, so this bounds the memory that requests sending images can take at once."""
+
+    def __init__(self, pixels: int):
+        self.pixels = pixels
+        self.in_use = 0
+        self._room = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int):
+        pixels = min(pixels, self.pixels)
+        with self._room:
+            self._room.wait_for(lambda: self.in_use + pixels <= self.pixels)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._room:
+                self.in_use -= pixels
+                self._room.notify_all()
+
+
+def too_large(width: int, height: int, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(f"the image has {megapixels(width * height)} megapixels ({width}x{height}); this server "
+                         f"accepts images of up to {megapixels(max_pixels)} megapixels (--max-input-megapixels)")
+
+
+def _bomb(e: Exception, max_pixels: int) -> ImageTooLarge:
+    """ImageTooLarge for Pillow's own decompression-bomb refusal (when Pillow's limit is the lower one)."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(e))
+    size = f"has {megapixels(int(found.group(1)))} megapixels" if found else "is too large"
+    limit = min(max_pixels, int(found.group(2))) if found else max_pixels
+    return ImageTooLarge(f"the image {size}; this server accepts images of up to {megapixels(limit)} megapixels "
+                         "(--max-input-megapixels)")
+
+
+def open_image(source, max_pixels: int = Limits().max_input_pixels) -> Image.Image:
+    """An image file (a path or a file object), opened but not decoded: its header is read and an image
+    with more than `max_pixels` pixels is refused (ImageTooLarge) before any pixel is decoded; a PNG's chunk
+    checksums are verified (broken data is refused now, not when the pixels are needed). The pixels are
+    decoded on first use, or by `load` (under a DecodeBudget)."""
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    start = source.tell() if hasattr(source, "tell") else None
+    try:
+        image = Image.open(source)
+        if image.width * image.height > max_pixels:
+            raise too_large(image.width, image.height, max_pixels)
+        if image.format == "PNG":  # reads the chunks (not decompressing them); the image must be opened again
+            image.verify()
+            if start is None:
+                image.close()  # the file it opened itself
+            else:
+                source.seek(start)
+            image = Image.open(source)
+    except ImageTooLarge:
+        raise
+    except _BOMB as e:
+        raise _bomb(e, max_pixels) from None
+    except _UNREADABLE as e:
+        raise InvalidImage(f"not an image that can be read ({type(e).__name__})") from None
+    return image
+
+
+def load(image: Image.Image, budget: DecodeBudget | None = None) -> Image.Image:
+    """Decode an opened image's pixels (a no-op when they are), within `budget`. InvalidImage when its data
+    turns out to be broken."""
+    if not getattr(image, "tile", None):  # not a file, or decoded already
+        return image
+    try:
+        with budget.reserve(image.width * image.height) if budget else contextlib.nullcontext():
+            image.load()
+    except (*_BOMB, *_UNREADABLE) as e:
+        raise InvalidImage(f"not an image that can be read ({type(e).__name__})") from None
+    return image
+
+
+def refuse_in_pillow(max_pixels: int) -> None:
+    """Make every Image.open of this process refuse, from the header, an image with more than `max_pixels`
+    pixels: Pillow's decompression-bomb check at that size, as an error. This covers what Gradio decodes
+    itself (the page's image uploads). Called once at start-up by the server."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def decode_base64_image(data: str, max_pixels: int = Limits().max_input_pixels, budget: DecodeBudget | None = None,
+                        lazy: bool = False) -> Image.Image:
+    """An image from base64 or a `data:image/...;base64,` URL. InvalidImage (a ValueError) says what is wrong
+    with it; ImageTooLarge when it has more than `max_pixels` pixels (known from its header, before decoding).
+    The pixels are decoded within `budget`, or, with `lazy`, left for the first use (`load`): a job decodes
+    them when it runs, in the queue, and the request holds only the compressed bytes until then."""
     text = data.strip()
     if text.startswith(("http://", "https://")):
-        raise ValueError("Image URLs are not fetched; send the image itself as base64")
+        raise InvalidImage("Image URLs are not fetched; send the image itself as base64")
     if text.startswith("data:"):
         header, sep, text = text.partition(",")
         if not sep or ";base64" not in header:
-            raise ValueError("Invalid encoded image: a data URL must be base64 (data:image/png;base64,...)")
+            raise InvalidImage("Invalid encoded image: a data URL must be base64 (data:image/png;base64,...)")
     text = "".join(text.split())
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
     except (binascii.Error, ValueError):
-        raise ValueError("Invalid encoded image: the text is not valid base64") from None
+        raise InvalidImage("Invalid encoded image: the text is not valid base64") from None
     try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"Invalid encoded image: not an image that can be read ({type(e).__name__})") from None
-    return image
+        image = open_image(raw, max_pixels)
+        return image if lazy else load(image, budget)
+    except ImageTooLarge:
+        raise
+    except InvalidImage as e:
+        raise InvalidImage(f"Invalid encoded image: {e}") from None
 
 
 def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:

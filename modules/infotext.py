@@ -10,11 +10,54 @@ A value containing ',', ':' or a newline is written JSON-quoted. `parse` reads b
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+_WORD = re.compile(r"\w")
+_KEY_RUN = re.compile(r"[\w \-/]*")
+
+# The most characters of an infotext that are read (A1111 reads any length; a pasted or uploaded text of
+# megabytes is no real infotext). Beyond it the prompt is cut, keeping the parameter line (see `cut`).
+MAX_CHARS = 64 * 1024
+
+
+def param_pairs(line: str) -> list[tuple[str, str]]:
+    """`PARAM_RE.findall(line)` (A1111's parameter-line regex, the same pairs in the same order), in time
+    linear in the line's length. findall tries a match at every position, and where a long run of key
+    characters ([\\w \\-/]) is not followed by a colon it scans that run again from each of its positions:
+    quadratic (64 KB took 40 s). But a match can only start, after its leading whitespace, at a word
+    character, and every start inside a run that failed fails the same way (the run ends at the same
+    character) or is a start at the run's end; so after a failure the search goes on from the run's end.
+    A quoted value's scan never passes the opening quote of a later value, so values are read once."""
+    pairs, pos = [], 0
+    while (word := _WORD.search(line, pos)) is not None:
+        m = PARAM_RE.match(line, word.start())
+        if m:
+            pairs.append(m.groups())
+            pos = m.end()
+        else:
+            pos = _KEY_RUN.match(line, word.start()).end()
+    return pairs
+
+
+def cut(text: str) -> tuple[str, str | None]:
+    """(`text`, None) when it is at most MAX_CHARS long; else what of it is read, and a warning. The
+    parameter line (the last line) is kept when it is under half the limit and the prompt before it is
+    cut to fit; otherwise only the first MAX_CHARS characters are read."""
+    if len(text) <= MAX_CHARS:
+        return text, None
+    head, newline, last = text.rpartition("\n")
+    if newline and len(last) < MAX_CHARS // 2:
+        kept, what = head[:MAX_CHARS - len(last) - 1] + "\n" + last, "the end of its prompt was ignored"
+    else:
+        kept, what = text[:MAX_CHARS], "the rest was ignored"
+    return kept, (f"infotext: {len(text)} characters, more than the {MAX_CHARS} that are read; "
+                  f"{what}")
 
 
 def format_value(v: Any) -> str:
@@ -53,11 +96,15 @@ def create(prompt: str, negative_prompt: str, fields: dict[str, Any]) -> str:
 
 
 def parse(text: str) -> dict[str, Any]:
-    """{"Prompt": ..., "Negative prompt": ..., key: value, ...}; `Size: 512x768` also gives Size-1 and Size-2."""
-    lines = text.strip().split("\n")
+    """{"Prompt": ..., "Negative prompt": ..., key: value, ...}; `Size: 512x768` also gives Size-1 and Size-2.
+    At most MAX_CHARS characters are read (see `cut`; a warning is logged)."""
+    text, warning = cut(text.strip())
+    if warning:
+        log.warning("%s", warning)
+    lines = text.split("\n")
     result: dict[str, Any] = {}
     last = lines[-1] if lines else ""
-    matches = PARAM_RE.findall(last)
+    matches = param_pairs(last)
     if len(matches) >= 3:
         lines = lines[:-1]
     else:
@@ -152,7 +199,7 @@ def _convert(key: str, value: Any, kind: type) -> Any:
             text = str(value).strip()
             return int(text) if text.lstrip("-").isdigit() else int(float(text))
         return kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int("inf")
         raise ValueError(f"infotext: {key} {value!r} is not a {kind.__name__}") from None
 
 

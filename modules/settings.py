@@ -22,7 +22,8 @@ ImageFormat = Literal["png", "jpg", "jpeg", "webp", "avif"]
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    # NaN and infinity are refused for every number (JSON bodies may carry them as NaN / Infinity)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
 
     # Stable Diffusion
     sd_model_checkpoint: str = Field("", description="Checkpoint title, name or hash")
@@ -31,7 +32,8 @@ class Settings(BaseModel):
     randn_source: Literal["CPU", "GPU", "NV"] = Field(
         "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
                            "generator; NV the numbers NVIDIA GPUs give, on any device")
-    eta_noise_seed_delta: int = Field(0, ge=0, description="ENSD: added to the seeds of the sampler's per-step noise")
+    eta_noise_seed_delta: int = Field(0, ge=0, le=2**64 - 1,  # seed + ENSD seeds a 64-bit generator
+                                      description="ENSD: added to the seeds of the sampler's per-step noise")
     eta_ancestral: float = Field(1.0, ge=0.0, le=1.0, description="Eta for ancestral and SDE samplers")
     eta_ddim: float = Field(0.0, ge=0.0, le=1.0, description="Eta for DDIM")
     s_churn: float = Field(0.0, ge=0.0, le=100.0, description="Sigma churn (Euler, Heun, DPM2)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -77,3 +78,19 @@ def make_engine(data: Path, checkpoint: str | None = "sd1.safetensors",
 @pytest.fixture()
 def manager(data_dir) -> ModelManager:
     return make_manager(data_dir)
+
+
+@contextlib.contextmanager
+def started(*flags: str):
+    """webui.build in this process (the app is built, not served) with these command-line flags: yields the
+    engine; its queue is stopped afterwards and the process-wide torch switch start-up sets (flush denormals
+    on the CPU) is put back to torch's default, so later tests see the state they would see alone."""
+    import webui
+    from modules import cmd_args
+
+    _, engine = webui.build(cmd_args.parse(list(flags)))
+    try:
+        yield engine
+    finally:
+        engine.queue.stop()
+        torch.set_flush_denormal(False)

@@ -170,7 +170,7 @@ def test_corrupt_checkpoint_is_reported_and_previous_model_stays(server):
     (folder / "zz-corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     assert post(url, "/sdapi/v1/refresh-checkpoints").status_code == 200
     r = post(url, "/sdapi/v1/options", sd_model_checkpoint="zz-corrupt.safetensors")
-    assert r.status_code == 500 and "zz-corrupt.safetensors" in r.json()["detail"]
+    assert r.status_code == 400 and "zz-corrupt.safetensors" in r.json()["detail"]  # asked for: a client error
     r = post(url, "/sdapi/v1/txt2img", width=64, height=64, steps=2)
     assert r.status_code == 200 and json.loads(r.json()["info"])["sd_model_name"] == "sd1"
     assert proc.poll() is None

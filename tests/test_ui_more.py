@@ -314,8 +314,9 @@ def test_inpaint_sketch_paints_its_colour_into_the_masked_area_only(page, ui_ser
 # ---------------------------------------------------------------- img2img Batch
 
 
-def test_batch_processes_a_folder_into_another(page, tmp_path):
-    inputs, outputs = tmp_path / "in", tmp_path / "out"
+def test_batch_processes_a_folder_into_another(page, ui_server):
+    data = ui_server[1]  # folders the page names must be inside the data folder (or --allowed-paths)
+    inputs, outputs = data / "batch-in", data / "batch-out"
     inputs.mkdir()
     outputs.mkdir()
     scenes = {"a_red_circle.png": INPUT_SCENE, "b_green_square.png": Scene("green", "square", "white", 60, 66, 64)}
@@ -352,7 +353,7 @@ def test_batch_processes_a_folder_into_another(page, tmp_path):
     assert {seed_of(saved_infotext(p)) for p in saved} == {8}  # each image is its own job with the seed given
 
     # a folder that is not there: said on the page, nothing run
-    fill_text(page, "img2img_batch_input_dir", str(tmp_path / "missing"))
+    fill_text(page, "img2img_batch_input_dir", str(data / "missing"))
     page.locator("#img2img_generate").click()
     error = log.locator(".sd-error")
     expect(error).to_be_visible()
@@ -360,6 +361,14 @@ def test_batch_processes_a_folder_into_another(page, tmp_path):
     expect(error).to_contain_text("is not a folder")
     wait_idle(page, "img2img", timeout_ms=10_000)
     assert error_toasts(page) == []
+    assert len(list(outputs.iterdir())) == 2
+
+    # a folder outside the data folder: refused with the reason, nothing read or written
+    fill_text(page, "img2img_batch_input_dir", str(inputs))
+    fill_text(page, "img2img_batch_output_dir", "/tmp")
+    page.locator("#img2img_generate").click()
+    expect(error).to_contain_text("Batch: output directory: '/tmp' is outside")
+    wait_idle(page, "img2img", timeout_ms=10_000)
     assert len(list(outputs.iterdir())) == 2
 
 

@@ -84,12 +84,49 @@ class Tracked:
     ready: threading.Event = field(default_factory=threading.Event)  # response or error is set
 
 
+def callback_problem(url: str, hosts: list[str]) -> str | None:
+    """Why `url` may not be called back (None when it may): an http(s) URL whose host (or host:port) is one
+    of `hosts`. URLs that urllib would read differently from this check (a user name, a backslash, spaces
+    or control characters) are refused, and so is a port that is not a number from 0 to 65535."""
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as e:  # e.g. an unclosed [IPv6 address
+        return f"callback_url: not a valid URL ({e})"
+    if parts.scheme not in ("http", "https") or not hostname:
+        return "callback_url: must be an http:// or https:// URL with a host"
+    if "@" in parts.netloc or "\\" in url or any(c.isspace() or not c.isprintable() for c in url):
+        return "callback_url: user names, backslashes, spaces and control characters are not allowed in it"
+    try:
+        port = parts.port
+    except ValueError as e:
+        return f"callback_url: malformed port ({e})"
+    netloc = f"{hostname}:{port}" if port else hostname
+    if hostname not in hosts and netloc not in hosts:
+        return ("callback_url: its host is not allowed; start the server with --api-callback-hosts HOST[,HOST2] "
+                "to allow it")
+    return None
+
+
+def normal_hosts(hosts: list[str]) -> list[str]:
+    """--api-callback-hosts entries as callback_problem compares them: trimmed and in lower case (a URL's
+    host name is read in lower case, so an entry written with capitals would never match)."""
+    return [h.strip().lower() for h in hosts if h.strip()]
+
+
 def allowed_callback(url: str, hosts: list[str]) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return False
-    netloc = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-    return parts.hostname in hosts or netloc in hosts
+    return callback_problem(url, hosts) is None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Callbacks never follow a redirect: its target was not checked against --api-callback-hosts (the
+    3xx answer is then an HTTPError, logged as a failed callback)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_callback_opener = urllib.request.build_opener(_NoRedirects)
 
 
 def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
@@ -98,7 +135,7 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
                   dependencies=[Depends(basic_auth(credentials))] if credentials else [])
     tracked: OrderedDict[str, Tracked] = OrderedDict()
     lock = threading.Lock()
-    hosts = [h.strip() for h in (callback_hosts or []) if h.strip()]
+    hosts = normal_hosts(callback_hosts or [])
 
     def finish(entry: Tracked) -> None:
         """Runs on the worker thread when the job ends: build the A1111 response, then call back."""
@@ -119,7 +156,7 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
         request = urllib.request.Request(entry.callback_url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=CALLBACK_TIMEOUT) as reply:  # noqa: S310 (host checked)
+            with _callback_opener.open(request, timeout=CALLBACK_TIMEOUT) as reply:  # host checked, no redirects
                 reply.read()
         except OSError as e:
             log.warning("Callback for job %s to %s failed: %s", entry.job.id, entry.callback_url, e)
@@ -160,9 +197,9 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
     @r.post("/jobs", response_model=JobCreated)
     async def submit(body: JobSubmission):
         """Queue a txt2img or img2img request and answer at once with its id."""
-        if body.callback_url and not allowed_callback(body.callback_url, hosts):
-            raise BadRequest("callback_url: its host is not allowed; start the server with "
-                             "--api-callback-hosts HOST[,HOST2] to allow it")
+        problem = callback_problem(body.callback_url, hosts) if body.callback_url else None
+        if problem:
+            raise BadRequest(problem)
         model = schemas.Img2ImgRequest if body.type == "img2img" else schemas.Txt2ImgRequest
         try:
             req = model.model_validate(body.request)
@@ -170,7 +207,7 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
             raise BadRequest(f"request: {e}") from None
         warnings = apply_infotext(req, engine) if req.infotext else []
         if body.type == "img2img":
-            params = await run_in_threadpool(to_img2img_params, req)
+            params = await run_in_threadpool(to_img2img_params, req, engine.limits)
             job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id)
             parameters = req.model_dump(exclude=set(schemas.Img2ImgRequest.HIRES_FIELDS))
             if not req.include_init_images:

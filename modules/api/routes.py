@@ -10,13 +10,17 @@ import base64
 import html
 import io
 import json
+import math
 import platform
+from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any
 
 import psutil
 import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -26,10 +30,11 @@ from pydantic import ValidationError
 from modules import devices, images, infotext, postprocessing
 from modules.api import schemas
 from modules.auth import Credentials
-from modules.engine import BadRequest, Engine, UnknownOption, describe_validation_error
+from modules.engine import BadRequest, Engine, OverLimit, UnknownOption, describe_validation_error
 from modules.generation import preview, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import JobState
+from modules.limits import Limits
 from modules.models.checkpoint_file import CheckpointError
 from modules.generation.pipeline import NansError
 from modules.settings import Settings
@@ -52,7 +57,30 @@ def error_response(status: int, exc: Exception, detail: str) -> JSONResponse:
         "error": type(exc).__name__, "detail": detail, "body": "", "errors": detail})
 
 
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinity (which Python's JSON parser reads from NaN / Infinity) written as a
+    string, so that it can be sent back in a JSON answer (Starlette refuses to encode them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(_request: Request, exc: RequestValidationError):
+        """FastAPI's own 422 answer, which echoes the offending input: NaN or infinity there (sent as NaN /
+        Infinity) is written as a string, where FastAPI's handler would fail with a 500."""
+        try:
+            detail = finite_json(jsonable_encoder(exc.errors()))
+        except RecursionError:  # an input nested too deep to echo: the errors without it
+            detail = finite_json(jsonable_encoder([{k: v for k, v in e.items() if k not in ("input", "ctx")}
+                                                   for e in exc.errors()]))
+        return JSONResponse(status_code=422, content={"detail": detail})
+
     @app.exception_handler(BadRequest)
     async def _bad_request(_request: Request, exc: BadRequest):
         status = getattr(exc, "status_code", None) or (422 if isinstance(exc, UnknownOption) else 400)
@@ -91,11 +119,15 @@ def basic_auth(credentials: Credentials):
     return require
 
 
-def decode_image(data: str, field: str | None = None) -> Image.Image:
+def decode_image(data: str, field: str | None = None, engine: Engine | None = None, lazy: bool = False
+                 ) -> Image.Image:
     """An image from base64 or a `data:image/...;base64,` URL; BadRequest with the reason (and the
-    request field it came from) otherwise."""
+    request field it came from) otherwise, before decoding when it has more pixels than the `engine`'s limit.
+    Its pixels are decoded within the engine's decode budget, or with `lazy` by the job it goes to."""
+    limits = engine.limits if engine is not None else Limits()
     try:
-        return images.decode_base64_image(data)
+        return images.decode_base64_image(data, limits.max_input_pixels, engine.decode_budget if engine else None,
+                                          lazy=lazy)
     except ValueError as e:
         raise BadRequest(f"{field}: {e}" if field else str(e)) from None
 
@@ -111,6 +143,7 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
         settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)
     except ValueError as e:
         raise BadRequest(str(e)) from None
+    cut_warning = infotext.cut((req.infotext or "").strip())[1]  # over infotext.MAX_CHARS: only part was read
     allowed = set(type(req).model_fields) - set(getattr(req, "HIRES_FIELDS", ()))
     for name, value in fields.items():
         if name in allowed and name not in req.model_fields_set:
@@ -119,7 +152,7 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
         req.enable_hr = True  # A1111's paste rule: a txt2img infotext with a denoising strength used hires fix
     overrides = dict(req.override_settings or {})
     current = engine.settings.values
-    warnings = []
+    warnings = [cut_warning] if cut_warning else []
     for name, value in settings.items():
         if name in overrides or getattr(current, name) == value:
             continue
@@ -191,19 +224,24 @@ def to_params(req: schemas.Txt2ImgRequest) -> GenerationParams:
         raise BadRequest(describe_validation_error(e)) from None
 
 
-def to_img2img_params(req: schemas.Img2ImgRequest) -> Img2ImgParams:
-    """The engine's parameters; the init images and the mask are decoded here (BadRequest naming the
-    field when one cannot be read)."""
+def to_img2img_params(req: schemas.Img2ImgRequest, limits: Limits | None = None) -> Img2ImgParams:
+    """The engine's parameters; the init images and the mask are opened here (BadRequest naming the field when
+    one cannot be read, or has more pixels than `limits` allow) and decoded by the job, in the queue."""
     if not req.init_images:
         raise BadRequest("init_images: at least one init image is required (base64 or a data URL)")
+    limits = limits or Limits()
+    if len(req.init_images) > limits.max_batch_size:  # each image is one of a batch
+        raise OverLimit(f"init_images: {len(req.init_images)} images, over this server's limit of "
+                        f"{limits.max_batch_size} a batch (--max-batch-size)")
     try:
-        return Img2ImgParams(
+        return Img2ImgParams.model_validate(dict(
             **_common_fields(req), init_images=req.init_images, resize_mode=req.resize_mode,
             denoising_strength=req.denoising_strength, image_cfg_scale=req.image_cfg_scale, mask=req.mask or None,
             mask_blur_x=req.mask_blur_x, mask_blur_y=req.mask_blur_y, mask_blur=req.mask_blur,
             mask_round=req.mask_round, inpainting_fill=req.inpainting_fill, inpaint_full_res=req.inpaint_full_res,
             inpaint_full_res_padding=req.inpaint_full_res_padding, inpainting_mask_invert=req.inpainting_mask_invert,
-            initial_noise_multiplier=req.initial_noise_multiplier)
+            initial_noise_multiplier=req.initial_noise_multiplier),
+            context={"max_input_pixels": limits.max_input_pixels})
     except ValidationError as e:
         raise BadRequest(describe_validation_error(e)) from None
 
@@ -246,7 +284,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         URLs); the response is txt2img's. The init images and mask are echoed in `parameters` only with
         `include_init_images`."""
         warnings = apply_infotext(req, engine) if req.infotext else []
-        params = await run_in_threadpool(to_img2img_params, req)
+        params = await run_in_threadpool(to_img2img_params, req, engine.limits)
         job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id)
         parameters = req.model_dump(exclude=set(schemas.Img2ImgRequest.HIRES_FIELDS))
         if not req.include_init_images:
@@ -266,7 +304,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         """Extras on one image: upscale by a factor (resize_mode 0) or to a size (1) with a plain upscaler
         (None = unchanged, Lanczos, Nearest), optionally blended with a second one. It waits in the job
         queue like a generation; nothing is saved. Model upscalers and face restoration: 400."""
-        image = await run_in_threadpool(decode_image, req.image, "image")
+        image = await run_in_threadpool(decode_image, req.image, "image", engine, True)
         encoded, html_info = await extras([image], req)
         return schemas.ExtrasSingleImageResponse(image=encoded[0], html_info=html_info)
 
@@ -276,7 +314,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         if not req.imageList:
             raise BadRequest("imageList: send at least one image ({data: base64, name})")
         decoded = await run_in_threadpool(
-            lambda: [decode_image(f.data, f"imageList[{i}].data") for i, f in enumerate(req.imageList)])
+            lambda: [decode_image(f.data, f"imageList[{i}].data", engine, True) for i, f in enumerate(req.imageList)])
         encoded, html_info = await extras(decoded, req)
         return schemas.ExtrasBatchImagesResponse(images=encoded, html_info=html_info)
 
@@ -366,7 +404,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         """The generation parameters stored in an image (PNG text chunk, or EXIF comment of a JPEG/WebP)."""
         if not req.image.strip():
             return schemas.PNGInfoResponse(info="")
-        text, items = images.read_info(decode_image(req.image))
+        text, items = images.read_info(decode_image(req.image, None, engine))
         return schemas.PNGInfoResponse(info=text or "", items=items,
                                        parameters=infotext.parse_with_defaults(text or ""))
 
@@ -495,11 +533,29 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     return r
 
 
-def build_internal_router(engine: Engine, credentials: Credentials | None = None) -> APIRouter:
-    """A1111's /internal helpers. A1111 serves them to anyone; here, with --api-auth, they need the same
-    login as /sdapi/v1, since the queue's contents and the versions are nobody else's business."""
+def api_or_ui_login(credentials: Credentials | None, ui_login: Callable[[dict], Awaitable[bool]] | None):
+    """A route dependency that lets a request through with the API's HTTP Basic login (when there is one) or
+    with the page's login (`ui_login(scope)` says whether the request carries it), else 401."""
+    scheme = HTTPBasic(auto_error=False, description="--api-auth user and password, or the UI's login")
+
+    async def require(request: Request, given: HTTPBasicCredentials | None = Depends(scheme)) -> None:
+        if credentials is not None and given is not None and credentials.check(given.username, given.password):
+            return
+        if ui_login is not None and await ui_login(request.scope):
+            return
+        raise Unauthorized("Incorrect username or password")
+
+    return require
+
+
+def build_internal_router(engine: Engine, credentials: Credentials | None = None,
+                          ui_login: Callable[[dict], Awaitable[bool]] | None = None) -> APIRouter:
+    """A1111's /internal helpers. A1111 serves them to anyone; here they need the API's login (--api-auth)
+    or, when the page has a login, the page's (`ui_login`), since the queue's task ids and live previews
+    of other users' jobs and the versions are nobody else's business."""
+    guarded = credentials is not None or ui_login is not None
     r = APIRouter(prefix="/internal", tags=["internal"],
-                  dependencies=[Depends(basic_auth(credentials))] if credentials else [])
+                  dependencies=[Depends(api_or_ui_login(credentials, ui_login))] if guarded else [])
 
     @r.get("/ping")
     def ping():

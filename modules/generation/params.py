@@ -9,15 +9,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from PIL import Image
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from modules import images
+from modules.limits import Limits
 
 MAX_SIDE = 4096
 
 
 class GenerationParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are refused for every number (JSON bodies may carry them as NaN / Infinity)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -70,12 +72,15 @@ class GenerationParams(BaseModel):
         return self.batch_size * self.n_iter
 
 
-def _image(value: Any) -> Image.Image:
-    """An init image or mask: a PIL image as it is, or base64 / a data URL decoded."""
+def _image(value: Any, info: ValidationInfo) -> Image.Image:
+    """An init image or mask: a PIL image as it is, or base64 / a data URL opened: its size checked from its
+    header against the validation context's `max_input_pixels` (the server's limit), its pixels decoded by
+    the job that uses it (in the queue), not now."""
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, str):
-        return images.decode_base64_image(value)
+        limit = (info.context or {}).get("max_input_pixels", Limits().max_input_pixels)
+        return images.decode_base64_image(value, limit, lazy=True)
     raise ValueError("expected an image as base64 text")
 
 

@@ -7,9 +7,12 @@ runs and an interrupted job keeps what it finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -18,7 +21,7 @@ import torch
 from PIL import Image
 
 from modules import images
-from modules.generation import extra_networks, hires, ksampling, masking, rng, samplers, schedules
+from modules.generation import extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules
 from modules.generation.conditioning import ComposableCond, ScheduledCond
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import JobInterrupted, JobSkipped
@@ -31,6 +34,11 @@ VAE_SCALE = 8
 
 class NansError(RuntimeError):
     pass
+
+
+class NonFiniteInput(NansError):
+    """NaNs that come from what was asked, not from the model's precision: the sampler's numbers (its noise
+    levels, eta, s_noise, ...) or the prompt's conditioning were already infinite or NaN before the U-Net."""
 
 
 @dataclass
@@ -117,7 +125,7 @@ class Denoiser:
             ic_cond = ic_uncond.repeat_interleave(k, dim=0)
         scale = self.cfg_scale * self.cfg_multiplier
         if scale == 1 and k == 1 and conds[0][1] == 1 and not self.keep_uncond:  # guidance gives the cond prediction
-            return self._checked(self._unet(x_in, t, cond_context, ic_cond))
+            return self._checked(self._unet(x_in, t, cond_context, ic_cond), x_in, t, conds, uncond)
         if length == uncond.shape[0] and self.batch_cond_uncond:
             ic_both = ic_cond if ic_cond is None or ic_cond.shape[0] == 1 else torch.cat([ic_cond, ic_uncond])
             both = self._unet(torch.cat([x_cond, x_in]), t, torch.cat([cond_context, uncond_context]), ic_both)
@@ -130,14 +138,26 @@ class Denoiser:
         out = uncond_out.clone()
         for j, (_, weight) in enumerate(conds):
             out += (cond_out[j::k] - uncond_out) * (weight * scale)
-        return self._checked(out)
+        return self._checked(out, x_in, t, conds, uncond)
 
-    @staticmethod
-    def _checked(out: torch.Tensor) -> torch.Tensor:
-        if torch.isnan(out.flatten()[0]):
-            raise NansError("A tensor with NaNs was produced in the U-Net. Try the --no-half flag "
-                            "(full precision); some checkpoints need it.")
-        return out
+    def _checked(self, out: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor, conds, uncond) -> torch.Tensor:
+        """`out`, unless it has NaNs: then NansError naming their cause, found in what the U-Net was given."""
+        if not torch.isnan(out.flatten()[0]):
+            return out
+        if not all(torch.isfinite(c).all() for c, _ in conds) or not torch.isfinite(uncond).all():
+            raise NonFiniteInput("The prompt's conditioning has infinite values: its emphasis weights are too large "
+                                 "for the text encoder")
+        if not torch.isfinite(x_in).all():
+            raise NonFiniteInput(
+                f"The sampler's latent became infinite or NaN before the U-Net call at timestep {float(t):g} (step "
+                f"{self.step}): the sampler's numbers overflowed, so the schedule's noise levels (the sigma_max, "
+                "sigma_min and rho settings) or eta, s_noise or s_churn are out of range. This is not a "
+                "precision problem; --no-half will not help")
+        if self.dtype in (torch.float16, torch.bfloat16):
+            raise NansError(f"A tensor with NaNs was produced in the U-Net, running in {str(self.dtype)[6:]} from "
+                            "finite inputs. Try the --no-half flag (full precision); some checkpoints need it.")
+        raise NansError("A tensor with NaNs was produced in the U-Net, in full precision (float32) and from finite "
+                        "inputs: the checkpoint's weights may be broken (--no-half will not help).")
 
 
 @dataclass
@@ -289,12 +309,105 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     return prepared.function(denoise, x, sigmas, step_noise, on_step, **prepared.kwargs)
 
 
+def stop_points(network) -> list[torch.nn.Module]:
+    """Where a U-Net step (or a VAE decode) can be stopped: before each of its down, mid and up blocks and each
+    of their layers (ResNet blocks, transformers, down- and upsamplers)."""
+    mid = getattr(network, "mid_block", None)
+    blocks = [*getattr(network, "down_blocks", []), *([mid] if mid is not None else []),
+              *getattr(network, "up_blocks", [])]
+    points = []
+    for block in blocks:
+        points.append(block)
+        for name in ("resnets", "attentions", "downsamplers", "upsamplers"):
+            points.extend(getattr(block, name, None) or [])
+    return points
+
+
+@dataclass
+class CallTime:
+    seconds: float = 0.0  # how long the network's latest complete call took
+
+
+@contextlib.contextmanager
+def stoppable(network, check: Callable[[], None] | None) -> Iterator[CallTime]:
+    """Within this block `check` (which raises JobInterrupted or JobSkipped) runs at each of the network's stop
+    points too, not only between steps: an interrupt lands within one layer of the step, which at a large
+    size takes minutes on a CPU. Only calls from this thread are checked (the UI may decode a preview with the
+    same VAE meanwhile). Yields how long the latest call took. The hooks are removed afterwards."""
+    timing = CallTime()
+    if check is None:
+        yield timing
+        return
+    owner, started = threading.get_ident(), [0.0]
+
+    def hook(_module, _args):
+        if threading.get_ident() == owner:
+            check()
+
+    def start(_module, _args):
+        started[0] = time.monotonic()
+
+    def end(_module, _args, _out):
+        timing.seconds = time.monotonic() - started[0]
+
+    handles = [module.register_forward_pre_hook(hook) for module in stop_points(network)]
+    handles += [network.register_forward_pre_hook(start), network.register_forward_hook(end)]
+    try:
+        yield timing
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+PARTIAL_DECODE_SECONDS = 5.0  # how long decoding may go on after an interrupt or skip
+
+
+class _Abandoned(Exception):
+    pass
+
+
+def decode_unless_stopped(model, latents: torch.Tensor, stopping: Callable[[], bool], unet_seconds: float = 0.0
+                          ) -> list[Image.Image] | None:
+    """`decode`, or None when `stopping()` has been true for PARTIAL_DECODE_SECONDS while it runs (it is asked
+    before each of the VAE decoder's layers): A1111 decodes a batch that is interrupted or skipped, and one that
+    was interrupted while it was decoded, which a GPU does in a second but a CPU takes minutes for at large
+    sizes; the stop must still take effect within seconds. When a U-Net call at this size took longer than
+    that (`unet_seconds`), the decode is given up at once: SD's VAE decoder costs about as much as a U-Net call,
+    and one of its layers alone can take half a minute."""
+    patience = 0.0 if unet_seconds > PARTIAL_DECODE_SECONDS else PARTIAL_DECODE_SECONDS
+    since = None  # when `stopping()` was first true
+
+    def check() -> None:
+        nonlocal since
+        if stopping():
+            since = since or time.monotonic()
+            if time.monotonic() - since >= patience:
+                raise _Abandoned()
+
+    try:
+        with stoppable(model.vae.decoder, check):
+            return decode(model, latents)
+    except _Abandoned:
+        log.info("Decoding the stopped batch would take too long here; showing its preview instead")
+        return None
+
+
+def sketch(latents: torch.Tensor) -> list[Image.Image]:
+    """The live preview's cheap picture of each latent (no VAE), at the images' size."""
+    size = (latents.shape[-1] * VAE_SCALE, latents.shape[-2] * VAE_SCALE)
+    return [preview.latent_to_image(z).resize(size, resample=Image.Resampling.BILINEAR) for z in latents]
+
+
 @torch.no_grad()
 def decode(model, latents: torch.Tensor) -> list[Image.Image]:
     """VAE-decode one latent at a time (bounded memory). An fp16 VAE that produces NaNs is switched
     to fp32 and the decode retried, as A1111's "auto VAE precision" does."""
     images = []
     for latent in latents:
+        if not torch.isfinite(latent).all():
+            raise NonFiniteInput("The sampler's result is infinite or NaN: its numbers overflowed, so the schedule's "
+                                 "noise levels (the sigma_max, sigma_min and rho settings) or eta, s_noise or s_churn "
+                                 "are out of range. This is not a precision problem; --no-half will not help")
         z = latent[None] / model.vae.config.scaling_factor
         out = model.vae.decode(z.to(model.vae.dtype)).sample
         if torch.isnan(out).any() and model.vae.dtype != torch.float32:
@@ -414,20 +527,22 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
             first_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(i, total, x))
             second_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(total - n + i, total, x))
         try:
-            latents = sample(model, denoiser, noise, choice, plan.schedule_steps or params.steps, generators,
-                             first_hooks, start,
-                             sampler_options(params, options), batch_seeds, randn_source)
-            if plan.hires:
-                latents = _hires_pass(model, params, latents, batch_seeds,
-                                      subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None,
-                                      randn_source, ensd, sampler_options(params, options), second_hooks or hooks,
-                                      clip_skip, emphasis)
+            with stoppable(model.unet, hooks.check) as unet_time:
+                latents = sample(model, denoiser, noise, choice, plan.schedule_steps or params.steps, generators,
+                                 first_hooks, start,
+                                 sampler_options(params, options), batch_seeds, randn_source)
+                if plan.hires:
+                    latents = _hires_pass(
+                        model, params, latents, batch_seeds,
+                        subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None,
+                        randn_source, ensd, sampler_options(params, options), second_hooks or hooks, clip_skip,
+                        emphasis)
         except (JobSkipped, JobInterrupted) as stopped:
             # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
             skipped = isinstance(stopped, JobSkipped)
             partial = next((h.denoised for h in (second_hooks, first_hooks) if h and h.denoised is not None), None)
             if partial is not None:
-                images = decode(model, partial)
+                images = decode_unless_stopped(model, partial, lambda: True, unet_time.seconds) or sketch(partial)
                 yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
                                   interrupted=not skipped, skipped=skipped)
             if skipped:
@@ -435,7 +550,26 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
             if partial is None:
                 raise
             return
-        images = decode(model, latents)
+        stop: list[str] = []  # an interrupt or skip that came while the batch's images were decoded
+
+        def stopping() -> bool:
+            try:
+                if hooks.check and not stop:
+                    hooks.check()
+            except JobInterrupted:
+                stop.append("interrupted")
+            except JobSkipped:
+                stop.append("skipped")
+            return bool(stop)
+
+        images = decode_unless_stopped(model, latents, stopping, unet_time.seconds)
+        if images is None:  # a long decode that was stopped: shown as an interrupted / skipped batch
+            images = sketch(latents)
+            yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
+                              interrupted=stop == ["interrupted"], skipped=stop == ["skipped"])
+            if stop == ["skipped"]:
+                continue
+            return
         yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b)
 
 

@@ -242,6 +242,11 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
 BREAK = None  # the marker `parse_attention` puts between segments where a new 75-token chunk starts
 _BREAK = re.compile(r"\bBREAK\b")
 _ROUND, _SQUARE = 1.1, 1 / 1.1
+# Emphasis brackets open at once. A1111 has no limit, but every bracket multiplies the weight of all it
+# encloses (1.1^100 is 13781) and costs a pass over it; deeper ones are read as text here, and a prompt
+# that has them is refused by `prompt_problem` before it is queued.
+MAX_NESTING = 100
+_FLOAT32_MAX = 3.4028234663852886e38  # the text encoder's numbers: a larger weight is infinity there
 _WEIGHT_CLOSE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")
 _ATTENTION_TEXT = re.compile(r"[^\\()\[\]:]+")
 
@@ -250,13 +255,22 @@ def parse_attention(text: str) -> list[tuple[str, float] | None]:
     """Segments of (text, weight) in prompt order, with `BREAK` (the marker None) where the prompt has
     the uppercase word BREAK. Weights multiply through nesting; an unclosed `(` or `[` weighs the rest
     of the prompt; an unmatched `)` or `]` is literal; adjacent segments of equal weight are merged.
+    Brackets opened while MAX_NESTING are open are literal text, and so are the ones that close them.
 
     >>> parse_attention("an (important) word")
     [('an ', 1.0), ('important', 1.1), (' word', 1.0)]
     """
+    return _attention(text)[0]
+
+
+def _attention(text: str, stop_too_deep: bool = False) -> tuple[list[tuple[str, float] | None], bool]:
+    """`parse_attention`'s segments, and whether a bracket was opened past MAX_NESTING (read as text);
+    `stop_too_deep` returns ([], True) at the first such bracket."""
     res: list[list] = []  # [text, weight] or [None, None] for BREAK
-    round_open: list[int] = []
-    square_open: list[int] = []
+    # where each open bracket's text starts in `res`; None for one opened past MAX_NESTING (literal text)
+    round_open: list[int | None] = []
+    square_open: list[int | None] = []
+    depth, too_deep = 0, False  # brackets open (the literal ones not counted)
 
     def multiply(start: int, factor: float) -> None:
         for seg in res[start:]:
@@ -284,29 +298,39 @@ def parse_attention(text: str) -> list[tuple[str, float] | None]:
             else:
                 res.append(["", 1.0])
                 pos += 1
-        elif c == "(":
-            round_open.append(len(res))
-            pos += 1
-        elif c == "[":
-            square_open.append(len(res))
+        elif c in "([":
+            if depth < MAX_NESTING:
+                (round_open if c == "(" else square_open).append(len(res))
+                depth += 1
+            else:
+                if stop_too_deep:
+                    return [], True
+                (round_open if c == "(" else square_open).append(None)
+                too_deep = True
+                add_text(c)
             pos += 1
         elif c == ":":
             m = _WEIGHT_CLOSE.match(text, pos)
             weight = _to_float(m.group(1)) if m else None
-            if weight is not None and round_open:
+            if weight is not None and round_open and round_open[-1] is not None:
                 multiply(round_open.pop(), weight)
+                depth -= 1
                 pos = m.end()
             elif weight is not None:
+                if round_open:  # closes a literal `(`
+                    round_open.pop()
                 add_text(m.group(0))  # `:1.2)` with no `(` open is literal text
                 pos = m.end()
             else:
                 add_text(":")
                 pos += 1
-        elif c == ")" and round_open:
-            multiply(round_open.pop(), _ROUND)
-            pos += 1
-        elif c == "]" and square_open:
-            multiply(square_open.pop(), _SQUARE)
+        elif (c == ")" and round_open) or (c == "]" and square_open):
+            start = (round_open if c == ")" else square_open).pop()
+            if start is None:
+                add_text(c)
+            else:
+                multiply(start, _ROUND if c == ")" else _SQUARE)
+                depth -= 1
             pos += 1
         elif c in ")]":
             add_text(c)
@@ -317,9 +341,11 @@ def parse_attention(text: str) -> list[tuple[str, float] | None]:
             pos = m.end()
 
     for start in round_open:
-        multiply(start, _ROUND)
+        if start is not None:
+            multiply(start, _ROUND)
     for start in square_open:
-        multiply(start, _SQUARE)
+        if start is not None:
+            multiply(start, _SQUARE)
 
     if not res:
         res = [["", 1.0]]
@@ -330,7 +356,7 @@ def parse_attention(text: str) -> list[tuple[str, float] | None]:
             last[0] += seg[0]
         else:
             merged.append(seg)
-    return [None if seg[0] is None else (seg[0], seg[1]) for seg in merged]
+    return [None if seg[0] is None else (seg[0], seg[1]) for seg in merged], too_deep
 
 
 def _to_float(number: str) -> float | None:
@@ -340,6 +366,29 @@ def _to_float(number: str) -> float | None:
         return float(number)
     except ValueError:
         return None
+
+
+def prompt_problem(prompt: str, steps: int, emphasis: str = "Original", split: bool = True) -> str | None:
+    """Why a prompt cannot be encoded (None when it can): an AND weight (`split`: the positive prompt) or an
+    emphasis weight that is infinite in the text encoder's float32 numbers, or emphasis brackets nested more
+    than MAX_NESTING deep (emphasis "None" reads brackets as text). A1111 runs such prompts into NaNs."""
+    subs = split_and(prompt) if split else [(prompt, 1.0)]
+    for _sub, weight in subs:
+        if not abs(weight) <= _FLOAT32_MAX:
+            return f"an AND sub-prompt's weight {weight:.3g} is too large (at most {_FLOAT32_MAX:.3g})"
+    if emphasis == "None":
+        return None
+    texts = {text for sub, _ in subs for _, text in prompt_schedule(sub, steps)}
+    for text in texts:
+        segments, too_deep = _attention(text, stop_too_deep=True)
+        if too_deep:
+            return (f"emphasis brackets ( ) [ ] are nested more than {MAX_NESTING} deep (count the unclosed ones "
+                    f"too; each multiplies the weight by 1.1); escape literal brackets as \\( \\)")
+        for segment in segments:
+            if segment is not None and not abs(segment[1]) <= _FLOAT32_MAX:
+                return (f"the emphasis weight of {segment[0][:40]!r} is {segment[1]:.3g}, too large for the text "
+                        f"encoder (at most {_FLOAT32_MAX:.3g})")
+    return None
 
 
 def emphasis_syntax_in(prompt: str, negative_prompt: str, steps: int) -> bool:

@@ -22,6 +22,28 @@ MAX_SEED = 4294967294  # A1111 draws random seeds below this
 SOURCES = ("CPU", "GPU", "NV")
 
 
+# The largest seed a generator takes: torch.Generator.manual_seed and the NV source's Philox key are 64-bit
+# (A1111's limit too: a larger seed fails there when the generator is made).
+LARGEST_SEED = 2**64 - 1
+
+
+def seed_problem(seed: int, subseed: int, subseed_strength: float, count: int, ensd: int = 0) -> str | None:
+    """Why a job's seeds cannot all be made (None when they can), naming the field: every image's seed
+    (seed + i, or a random one below MAX_SEED for -1), that seed + ENSD for the per-step noise, and with a
+    variation strength every variation seed must be at most LARGEST_SEED."""
+    n = max(count, 1)
+    others = f" + {n - 1} (the batch's other images)" if n > 1 else ""
+    largest = f"the largest seed, {LARGEST_SEED} (2^64 - 1)"
+    top = (seed if seed != -1 else MAX_SEED - 1) + n - 1
+    if top > LARGEST_SEED:
+        return f"seed: {seed}{others} is larger than {largest}; -1 picks a random one"
+    if ensd and top + ensd > LARGEST_SEED:
+        return f"eta_noise_seed_delta: {ensd} added to the seeds (up to {top}) is larger than {largest}"
+    if subseed_strength > 0 and (subseed if subseed != -1 else MAX_SEED - 1) + n - 1 > LARGEST_SEED:
+        return f"subseed: {subseed}{others} is larger than {largest}; -1 picks a random one"
+    return None
+
+
 def fix_seed(seed: int | float | str | None) -> int:
     """-1, None or an empty/non-numeric value means a fresh random seed."""
     try:

@@ -10,7 +10,7 @@ runs, its metadata is simply dropped.
 
 from __future__ import annotations
 
-import io
+import _compat_pickle
 import json
 import pickle
 import pickletools
@@ -27,6 +27,75 @@ PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
 
 class CheckpointError(Exception):
     """A weight file that cannot be used, with a message meant for the user."""
+
+
+# The most bytes a pickle in a weight file may take (its index of tensors: a few hundred KB for SDXL, a few
+# MB with optimizer state). A zip member expands to any size its header declares, so a 1 MB file can ask
+# for gigabytes: members are read with this budget, and a larger one is refused before it is read.
+PICKLE_LIMIT = 64 << 20
+
+
+class PickleTooLarge(CheckpointError):
+    """A pickle or a compressed zip member larger than PICKLE_LIMIT, or a member larger than its file."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n < 1 << 30 else f"{n / (1 << 30):.1f} GiB"
+
+
+class _Budgeted:
+    """A read-only stream for pickletools that raises PickleTooLarge instead of reading past `budget` bytes
+    (pickletools reads an opcode's whole argument at once, whatever length the pickle claims)."""
+
+    def __init__(self, f, budget: int, name: str):
+        self.f, self.left, self.name, self.pos = f, budget, name, 0
+
+    def _take(self, n: int) -> None:
+        if n > self.left:
+            raise PickleTooLarge(f"{self.name} is larger than the {_mib(PICKLE_LIMIT)} a checkpoint's pickle may "
+                                 "take")
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.left + 1
+        self._take(n)
+        data = self.f.read(n)
+        self.left -= len(data)
+        self.pos += len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self.f.readline(self.left + 1)
+        self._take(len(line))
+        self.left -= len(line)
+        self.pos += len(line)
+        return line
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def check_archive(path: Path) -> None:
+    """Refuse (PickleTooLarge) a zip checkpoint with a compressed member that would expand past PICKLE_LIMIT,
+    or a member that declares more bytes than the whole file holds, from the sizes its directory declares and
+    before anything is decompressed. torch.save stores members uncompressed (and this loader memory-maps
+    them), so only a member made to be small on disk and huge in memory, a zip bomb, is refused; reading
+    expands a member to its declared size at most."""
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            stored = info.compress_type == zipfile.ZIP_STORED
+            if stored and info.file_size > size:
+                raise PickleTooLarge(
+                    f"Refused to load {path.name}: its member {info.filename!r} declares {_mib(info.file_size)}, "
+                    f"more than the whole file ({_mib(size)}); it is corrupt or made to exhaust memory. Nothing in "
+                    "it was read or run.")
+            if not stored and info.file_size > PICKLE_LIMIT:
+                raise PickleTooLarge(
+                    f"Refused to load {path.name}: its compressed member {info.filename!r} would expand to "
+                    f"{_mib(info.file_size)} (from {_mib(info.compress_size)} in the file), more than the "
+                    f"{_mib(PICKLE_LIMIT)} a compressed part of a checkpoint may take; a file made to exhaust "
+                    "memory (a zip bomb) looks like this. Nothing in it was read or run.")
 
 
 class _InertMetadata:
@@ -74,40 +143,99 @@ _HARMLESS_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "numpy.", "_co
                              "lightning.pytorch.callbacks.model_checkpoint.")
 
 
+def _python3_name(module: str, name: str, proto: int) -> str:
+    """The "module.name" Python 3 imports for a GLOBAL of a protocol 0-2 pickle, which may use Python 2's
+    names (`__builtin__ eval` is `builtins.eval`), as pickle's Unpickler (and torch's) maps them."""
+    if proto < 3:
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+_MEMO_OPS = ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
+_GET_OPS = ("GET", "BINGET", "LONG_BINGET")
+
+
+def _stream_globals(stream: _Budgeted, found: list[str], strict: bool) -> None:
+    """Append the globals of the pickles in `stream` (one after another, as the legacy torch format has them).
+    STACK_GLOBAL takes its module and name from the two strings pushed just before it, directly or from the
+    memo (protocol 4 memoizes a module's name and fetches it again for its next global). A pickle over the
+    budget raises PickleTooLarge when `strict`; otherwise the scan stops there."""
+    while True:
+        strings: list[str] = []  # the strings pushed since the last other push or pop, at most the last two
+        memo: dict[int, str] = {}
+        memoized, proto = 0, 0
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                name = op.name
+                if name == "PROTO":
+                    proto = arg
+                elif name in _MEMO_OPS:  # memoize the top of the stack, which these leave in place
+                    index = memoized if name == "MEMOIZE" else int(arg)
+                    memoized += name == "MEMOIZE"
+                    if strings:
+                        memo[index] = strings[-1]
+                    else:
+                        memo.pop(index, None)
+                elif name == "FRAME":
+                    pass
+                elif name == "GLOBAL":
+                    module, _, attr = str(arg).partition(" ")
+                    found.append(_python3_name(module, attr, proto))
+                    strings = []
+                elif name == "STACK_GLOBAL":
+                    if len(strings) == 2:
+                        found.append(f"{strings[0]}.{strings[1]}")
+                    strings = []
+                elif isinstance(arg, str) and "UNICODE" in name:
+                    strings = [*strings[-1:], arg]
+                elif name in _GET_OPS and int(arg) in memo:
+                    strings = [*strings[-1:], memo[int(arg)]]
+                else:
+                    strings = []
+        except PickleTooLarge:
+            if strict:
+                raise
+            return
+        except Exception:  # the end (genops raises there), raw tensor bytes (legacy format), or a broken pickle
+            return
+
+
 def pickle_globals(path: Path) -> list[str]:
-    """The globals ("module.name") a pickle-based file would import, found by parsing its opcodes
-    (pickletools only reads them; nothing is executed)."""
+    """The globals ("module.name", as Python 3 names them) a pickle-based file would import, found by parsing
+    its opcodes (pickletools only reads them; nothing is executed). Reads at most PICKLE_LIMIT bytes of a
+    pickle: a zip member over it raises PickleTooLarge; a legacy file's scan stops there."""
+    path = Path(path)
+    found: list[str] = []
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
-            streams = [zf.read(n) for n in zf.namelist() if n.endswith(".pkl")]
+            for info in zf.infolist():
+                if info.filename.endswith(".pkl"):
+                    with zf.open(info) as f:
+                        _stream_globals(_Budgeted(f, PICKLE_LIMIT, f"its pickle {info.filename!r}"), found, True)
     else:
-        streams = [path.read_bytes()]
-    found: list[str] = []
-    for data in streams:
-        buf = io.BytesIO(data)
-        while buf.tell() < len(data):  # the legacy torch format is several pickles in a row
-            strings: list[str] = []
-            try:
-                for op, arg, _pos in pickletools.genops(buf):
-                    if op.name == "GLOBAL":
-                        found.append(str(arg).replace(" ", "."))
-                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                        found.append(f"{strings[-2]}.{strings[-1]}")
-                    elif isinstance(arg, str) and "UNICODE" in op.name:
-                        strings.append(arg)
-            except Exception:
-                break  # raw tensor bytes follow the pickles in the legacy format
+        with open(path, "rb") as f:
+            _stream_globals(_Budgeted(f, PICKLE_LIMIT, path.name), found, False)
     return found
 
 
 def _describe_unpickling_error(path: Path, err: Exception) -> str:
+    """The refusal, naming the callable the file asks for as Python 3 names it ('builtins.eval', where torch's
+    message may say only 'eval' and the pickle itself Python 2's '__builtin__ eval')."""
     m = re.search(r"GLOBAL ([\w.]+)", str(err))
-    offender = m.group(1) if m else None
-    if offender is None:
-        try:
-            offender = next((g for g in pickle_globals(path) if not g.startswith(_HARMLESS_GLOBAL_PREFIXES)), None)
-        except (OSError, zipfile.BadZipFile):
-            offender = None
+    named = m.group(1) if m else None
+    try:
+        found = pickle_globals(path)
+    except PickleTooLarge as e:
+        return f"Refused to load {path.name}: {e}. Nothing in it was run."
+    except (OSError, zipfile.BadZipFile):
+        found = []
+    if named:
+        offender = next((g for g in found if g == named or g.endswith("." + named)), named)
+    else:
+        offender = next((g for g in found if not g.startswith(_HARMLESS_GLOBAL_PREFIXES)), None)
     if offender:
         return (f"Refused to load {path.name}: the file asks to import '{offender}' while loading, which a "
                 "weights file never needs. Pickle-based checkpoints can run code; this one was not run. "
@@ -120,6 +248,11 @@ def _describe_unpickling_error(path: Path, err: Exception) -> str:
 
 def _read_pickle(path: Path) -> dict:
     is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        try:
+            check_archive(path)
+        except (OSError, zipfile.BadZipFile):
+            pass  # torch.load below says what is wrong with it
     try:
         with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)

@@ -144,7 +144,7 @@ def build(engine: Engine) -> Page:
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 post = extras.build(engine)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                png = pnginfo.build()
+                png = pnginfo.build(engine)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_tab.build(engine)
         txt2img.wire(engine, t2i)

@@ -20,6 +20,7 @@ from modules import images
 from modules.engine import BadRequest, Engine
 from modules.filenames import FileNamer
 from modules.generation import samplers
+from modules.settings import Settings
 from modules.ui.progress import note_html, seed_of
 
 RANDOM, REUSE, SWAP = "🎲", "♻", "⇅"
@@ -153,15 +154,18 @@ def open_folder(path: Path) -> str:
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what the batch folders read
 
 
-def open_image(path, mode: str | None = None) -> Image.Image:
+def open_image(path, mode: str | None = None, engine: Engine | None = None) -> Image.Image:
     """An image file read into memory, turned as its EXIF says (and converted to `mode` when given);
-    BadRequest naming the file when it is not an image."""
+    BadRequest naming the file when it is not an image. With `engine`, one over its input-image limit is
+    refused from its header and the pixels are decoded within its decode budget."""
+    limit = engine.limits.max_input_pixels if engine is not None else None
     try:
-        with Image.open(path) as im:
+        with images.open_image(path, limit) if limit else Image.open(path) as im:
+            images.load(im, engine.decode_budget if engine is not None else None)
             image = ImageOps.exif_transpose(im)
             image.load()
             return image.convert(mode) if mode else image
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadRequest(f"Cannot read {Path(str(path)).name} as an image: {e}") from None
 
 
@@ -171,6 +175,12 @@ def gallery_path(item) -> str:
     if isinstance(item, dict):
         return item.get("path") or item["image"]["path"]
     return getattr(item, "path", None) or str(item)
+
+
+def download_folder(engine: Engine) -> Path:
+    """The folder whose files Save offers for download: the default Save folder (log/images in the data
+    dir). Fixed at start-up, so that no setting can widen what the page serves (/gradio_api/file=)."""
+    return engine.paths.resolve_output_dir(Settings.model_fields["outdir_save"].default)
 
 
 def wire_output_panel(engine: Engine, panel: OutputPanel, seed: SeedControls, outdir_setting: str) -> None:
@@ -208,6 +218,8 @@ def wire_output_panel(engine: Engine, panel: OutputPanel, seed: SeedControls, ou
         settings = engine.settings.values.model_copy(update={"save_to_dirs": False})
         namer = FileNamer(prompt=(text or "").split("\nNegative prompt:")[0].split("\nSteps: ")[0])
         saved = images.save_image(image, folder, text, settings, namer, seed_of(text) or 0)
+        if not Path(saved).resolve().is_relative_to(download_folder(engine).resolve()):
+            return gr.File(visible=False), note_html(f"Saved {saved}")  # the page serves no other folder
         return gr.File(value=str(saved), visible=True), note_html(f"Saved {saved}")
 
     panel.save.click(save, inputs=[panel.gallery, panel.infotexts, panel.selected],

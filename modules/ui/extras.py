@@ -79,7 +79,7 @@ def build(engine: Engine) -> ExtrasTab:
                 resize_mode=int(tab), upscaling_resize=float(by_value), upscaling_max_side_length=int(max_len),
                 upscaling_resize_w=int(w), upscaling_resize_h=int(h), upscaling_crop=bool(crop_on),
                 upscaler_1=up1, upscaler_2=up2, extras_upscaler_2_visibility=float(vis))
-            inputs, outdir = _inputs(int(current_mode), single, uploads, in_dir, out_dir)
+            inputs, outdir = _inputs(engine, int(current_mode), single, uploads, in_dir, out_dir)
             job = engine.submit_extras(inputs, params, save=True, outdir=outdir)
         except (ValidationError, BadRequest) as e:
             yield gr.skip(), progress.error_html(runner.describe_error(e))
@@ -106,7 +106,8 @@ def build(engine: Engine) -> ExtrasTab:
     return ExtrasTab(image, tabs, mode, gallery, info)
 
 
-def _inputs(mode: int, single, uploads, in_dir: str, out_dir: str) -> tuple[list[Image.Image], str | None]:
+def _inputs(engine: Engine, mode: int, single, uploads, in_dir: str, out_dir: str
+            ) -> tuple[list[Image.Image], str | None]:
     """The images the chosen sub-tab holds, and the folder to save them in (None: the usual one)."""
     if mode == 0:
         if single is None:
@@ -115,11 +116,14 @@ def _inputs(mode: int, single, uploads, in_dir: str, out_dir: str) -> tuple[list
     if mode == 1:
         if not uploads:
             raise BadRequest("Extras: upload one or more images first.")
-        return [open_image(getattr(f, "name", f)) for f in uploads], None
-    folder = Path((in_dir or "").strip())
-    if not in_dir or not folder.is_dir():
+        return [open_image(getattr(f, "name", f), engine=engine) for f in uploads], None
+    if not in_dir or not in_dir.strip():
+        raise BadRequest("Extras: give an input directory")
+    folder = engine.page_folder("Extras: input directory", in_dir)
+    if not folder.is_dir():
         raise BadRequest(f"Extras: input directory {in_dir!r} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES)
     if not files:
         raise BadRequest(f"Extras: no images ({', '.join(IMAGE_TYPES)}) in {folder}")
-    return [open_image(f) for f in files], (out_dir.strip() or None) if out_dir else None
+    outdir = str(engine.page_folder("Extras: output directory", out_dir)) if out_dir and out_dir.strip() else None
+    return [open_image(f, engine=engine) for f in files], outdir

@@ -208,11 +208,13 @@ def make_params(values: dict, image: Image.Image, mask: Image.Image | None, scal
     return Img2ImgParams(init_images=[image], mask=mask, **v)
 
 
-def batch_files(input_dir: str, mask_dir: str) -> list[tuple[Path, Path | None]]:
-    folder = Path(input_dir.strip()) if input_dir and input_dir.strip() else None
-    if folder is None or not folder.is_dir():
+def batch_files(engine: Engine, input_dir: str, mask_dir: str) -> list[tuple[Path, Path | None]]:
+    if not input_dir or not input_dir.strip():
+        raise BadRequest("Batch: give an input directory")
+    folder = engine.page_folder("Batch: input directory", input_dir)
+    if not folder.is_dir():
         raise BadRequest(f"Batch: input directory {input_dir!r} is not a folder")
-    masks = Path(mask_dir.strip()) if mask_dir and mask_dir.strip() else None
+    masks = engine.page_folder("Batch: inpaint mask directory", mask_dir) if mask_dir and mask_dir.strip() else None
     if masks is not None and not masks.is_dir():
         raise BadRequest(f"Batch: inpaint mask directory {mask_dir!r} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in common.IMAGE_TYPES)
@@ -230,17 +232,19 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
     """Batch: one img2img job per image of the input folder, in name order, each saved to the output
     folder (the usual one when empty). Stops at an interrupt or an error; what finished is kept."""
     try:
-        files = batch_files(inputs.get("batch_input_dir") or "", inputs.get("batch_mask_dir") or "")
+        files = batch_files(engine, inputs.get("batch_input_dir") or "", inputs.get("batch_mask_dir") or "")
+        out_dir = (inputs.get("batch_output_dir") or "").strip()
+        if out_dir:
+            out_dir = str(engine.page_folder("Batch: output directory", out_dir))
     except BadRequest as e:
         yield runner.error(str(e))
         return
-    out_dir = (inputs.get("batch_output_dir") or "").strip()
     scale_tab, scale_by = int(inputs.get("scale_tab") or 0), float(inputs.get("scale_by") or 1.0)
     shown, texts, seeds, notes = [], [], [], []
     for n, (path, mask_path) in enumerate(files, 1):
         def make(path=path, mask_path=mask_path):
-            mask = _mask_from_upload(common.open_image(mask_path, "RGBA")) if mask_path else None
-            params = make_params(values, common.open_image(path, "RGBA"), mask, scale_tab, scale_by)
+            mask = _mask_from_upload(common.open_image(mask_path, "RGBA", engine)) if mask_path else None
+            params = make_params(values, common.open_image(path, "RGBA", engine), mask, scale_tab, scale_by)
             if out_dir:  # as A1111 saves a batch: right into the folder, each file named after its input
                 several = params.n_iter > 1 or params.batch_size > 1
                 params.override_settings = {

@@ -6,9 +6,10 @@ import html
 from dataclasses import dataclass
 
 import gradio as gr
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from modules import images
+from modules.limits import Limits
 
 
 @dataclass
@@ -22,7 +23,8 @@ class PngInfoTab:
     send_extras: gr.Button
 
 
-def build() -> PngInfoTab:
+def build(engine=None) -> PngInfoTab:
+    """`engine`: whose input-image limit and decode budget reading an upload keeps to."""
     with gr.Row(equal_height=False):
         with gr.Column(variant="panel"):
             image = gr.Image(label="Source", type="filepath", image_mode=None, sources=["upload", "clipboard"],
@@ -37,22 +39,25 @@ def build() -> PngInfoTab:
                 send_extras = gr.Button("Send to extras", elem_id="pnginfo_send_to_extras")
     # preprocess=False: Gradio's own preprocessing opens the upload with PIL and, for a file that is not an
     # image, fails with a bare 500 that the page does not show; `read` says what is wrong instead.
-    image.change(read_upload, inputs=image, outputs=[info, parameters], queue=False, preprocess=False)
+    image.change(lambda value: read_upload(value, engine), inputs=image, outputs=[info, parameters], queue=False,
+                 preprocess=False)
     return PngInfoTab(image, info, parameters, send_txt2img, send_img2img, send_inpaint, send_extras)
 
 
-def read_upload(value) -> tuple[str, str]:
+def read_upload(value, engine=None) -> tuple[str, str]:
     """`read` for the Image component's unprocessed value (a file dict with the uploaded file's path)."""
-    return read(value.get("path") if isinstance(value, dict) else value)
+    return read(value.get("path") if isinstance(value, dict) else value, engine)
 
 
-def read(path: str | None) -> tuple[str, str]:
-    """(the HTML shown, the parameters text) for an uploaded image file."""
+def read(path: str | None, engine=None) -> tuple[str, str]:
+    """(the HTML shown, the parameters text) for an uploaded image file: one with more pixels than the
+    `engine`'s limit is refused from its header, others are decoded within its decode budget."""
     if not path:
         return "", ""
+    max_pixels = engine.limits.max_input_pixels if engine is not None else Limits().max_input_pixels
     try:
-        with Image.open(path) as im:
-            text, items = images.read_info(im)
+        with images.open_image(path, max_pixels) as im:
+            text, items = images.read_info(images.load(im, engine.decode_budget if engine is not None else None))
             kind = im.format or "image"
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         return (f'<div class="sd-error"><b>Cannot read this file as an image:</b> {html.escape(str(e))}</div>', "")
