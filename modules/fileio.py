@@ -2,20 +2,55 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, IO
+
+STALE_SECONDS = 10  # a temporary file this old is no write in progress (one takes milliseconds) but a leftover
+
+
+def _umask_by_setting() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it: done once, at import (start-up)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_START = _umask_by_setting()
+
+
+def new_file_mode() -> int:
+    """What open() gives a new file under the process's umask (mkstemp's files are always 0600). Linux tells
+    the umask without changing it (other threads may be creating files); elsewhere it is the one at start."""
+    mask = _UMASK_AT_START
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                mask = int(line.split()[1], 8)
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o666 & ~mask
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through `write(fileobj)` into a temporary file beside `path`, then rename it over `path`.
-    (The temporary name starts with only part of the name, so it fits when the name is as long as can be.)"""
+    (The temporary name starts with only part of the name, so it fits when the name is as long as can be.)
+    The file gets the permissions a plain write would give it: those of the file it replaces, or for a new
+    file the umask's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
     try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = new_file_mode()
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -27,6 +62,28 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:64]}."
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temporary files a killed atomic write of `path` left beside it (older than STALE_SECONDS);
+    the ones removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    now = time.time()
+    for tmp in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > STALE_SECONDS:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

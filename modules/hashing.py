@@ -40,6 +40,7 @@ def legacy_model_hash(path: Path) -> str:
 class HashCache:
     def __init__(self, path: Path):
         self.path = Path(path)
+        fileio.remove_stale_temps(self.path)  # left by a write a kill cut short
         self._lock = threading.Lock()
         try:
             data = fileio.read_json(self.path) or {}

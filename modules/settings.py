@@ -184,6 +184,8 @@ class SettingsStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        for leftover in fileio.remove_stale_temps(self.path):  # a write cut short by a kill
+            log.info("Removed %s, left by an interrupted write of %s", leftover.name, self.path.name)
         self._lock = threading.Lock()
         self.values = self._load()
 
