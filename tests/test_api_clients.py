@@ -27,20 +27,12 @@ import webui
 from modules import cmd_args, images
 from modules.generation.params import GenerationParams
 from tests.conftest import make_engine
-from tests.test_server import decode, start_server, stop_server
+from tests.test_server import decode, setup_data, start_server, stop_server
 
 pytestmark = pytest.mark.server
 
 PROMPT = "a red circle on a blue background"
 SMALL = dict(width=64, height=64, steps=4, cfg_scale=7.0)
-
-
-def setup_data(data: Path, tiny_dir: Path) -> Path:
-    import shutil
-
-    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
-    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
-    return data
 
 
 @pytest.fixture(scope="module")

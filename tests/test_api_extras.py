@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import time
 
 import pytest
@@ -18,7 +17,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from modules import postprocessing
 from modules.postprocessing import ExtrasParams
-from tests.test_server import decode, start_server, stop_server
+from tests.test_server import decode, setup_data, start_server, stop_server
 
 pytestmark = pytest.mark.server
 
@@ -45,9 +44,7 @@ def post(url, path, auth=None, **body):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_dir):
     """UI + API with --api-server-stop, and CORS for two origins and a pattern."""
-    data = tmp_path_factory.mktemp("extras")
-    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
-    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    data = setup_data(tmp_path_factory.mktemp("extras"), tiny_dir)
     proc, url = start_server(data, "--api", "--api-server-stop", "--cors-allow-origins",
                              f"{ALLOWED}, http://b.example", "--cors-allow-origins-regex",
                              r"https://[a-z]+\.regex\.example")

@@ -4,7 +4,6 @@ callbacks only to allowed hosts; a job's result is the blocking route's response
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -12,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import requests
 
-from tests.test_server import start_server, stop_server
+from tests.test_server import setup_data, start_server, stop_server
 
 pytestmark = pytest.mark.server
 
@@ -21,9 +20,7 @@ SMALL = {"prompt": "a red circle", "width": 64, "height": 64, "steps": 3, "sampl
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_dir):
-    data = tmp_path_factory.mktemp("jobs")
-    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
-    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    data = setup_data(tmp_path_factory.mktemp("jobs"), tiny_dir)
     proc, url = start_server(data, "--api", "--api-callback-hosts", "127.0.0.1")
     yield url
     stop_server(proc)

@@ -4,9 +4,7 @@ login the page's folder fields are refused."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 
 import pytest
 import requests
@@ -14,7 +12,7 @@ import requests
 from modules.engine import BadRequest
 from modules.folders import FolderPolicy, FolderRefused
 from tests.conftest import make_engine, started
-from tests.test_server import start_server, stop_server
+from tests.test_server import setup_data, start_server, stop_server
 
 PROMPT = "a red circle"
 
@@ -112,9 +110,8 @@ def test_engine_refuses_folder_settings_outside(data_dir, tmp_path_factory):
 def folder_server(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("folders")
     data, allowed = root / "data", root / "allowed"
-    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
+    setup_data(data, tiny_dir)
     allowed.mkdir()
-    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
     proc, url = start_server(data, "--api", "--nowebui", "--allowed-paths", str(allowed))
     yield url, data, allowed, root
     stop_server(proc)

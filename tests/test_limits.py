@@ -25,7 +25,7 @@ from modules.engine import BadRequest, OverLimit
 from modules.generation import pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
 from tests.conftest import make_engine
-from tests.test_server import start_server, stop_server
+from tests.test_server import setup_data, start_server, stop_server
 
 # Pillow's own warning for the test images over its default 89-megapixel mark (they are refused anyway)
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -330,9 +330,7 @@ def peak_rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_dir):
-    data = tmp_path_factory.mktemp("limits-server")
-    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
-    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    data = setup_data(tmp_path_factory.mktemp("limits-server"), tiny_dir)
     proc, url = start_server(data, "--api", "--max-upload-size", "2")
     yield url, proc
     stop_server(proc)

@@ -69,11 +69,16 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_dir):
-    data = tmp_path_factory.mktemp("server")
+def setup_data(data: Path, tiny_dir: Path) -> Path:
+    """`data` as a data folder holding the tiny checkpoints, with sd1.safetensors selected."""
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
     (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    return data
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_dir):
+    data = setup_data(tmp_path_factory.mktemp("server"), tiny_dir)
     proc, url = start_server(data, "--api")
     yield url, data, proc
     stop_server(proc)
