@@ -83,14 +83,18 @@ def manager(data_dir) -> ModelManager:
 @contextlib.contextmanager
 def started(*flags: str):
     """webui.build in this process (the app is built, not served) with these command-line flags: yields the
-    engine; its queue is stopped afterwards and the process-wide torch switch start-up sets (flush denormals
-    on the CPU) is put back to torch's default, so later tests see the state they would see alone."""
+    engine; its queue is stopped afterwards and the process-wide switches start-up sets (flush denormals on the
+    CPU, Pillow's pixel limit) are put back, so later tests see the state they would see alone."""
+    from PIL import Image
+
     import webui
     from modules import cmd_args
 
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     _, engine = webui.build(cmd_args.parse(list(flags)))
     try:
         yield engine
     finally:
         engine.queue.stop()
         torch.set_flush_denormal(False)
+        Image.MAX_IMAGE_PIXELS = pillow_limit
