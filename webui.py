@@ -182,19 +182,27 @@ def main(argv: list[str] | None = None) -> None:
     port = sock.getsockname()[1]
     control = ServerControl(port=port)
     try:
-        app, _engine = build(args, control)
+        app, engine = build(args, control)
     except CredentialsError as e:
         log.error("%s", e)
         sys.exit(2)
+    # Stopping (Ctrl+C, SIGTERM, server-stop) cancels the queued jobs and interrupts the running one, so their
+    # answers go out within the stop's grace instead of being cut off.
+    control.on_stop = engine.queue.cancel_all
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            control.stopping()
+            super().handle_exit(sig, frame)
     shown_host = "127.0.0.1" if host == "0.0.0.0" else f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
     log.info("Running on local URL: %s%s", url, "  (API only: see /docs)" if args.nowebui else "")
     if args.autolaunch and not args.nowebui:
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
     # An open page keeps a connection; without a limit a stop (Ctrl+C, SIGTERM) would wait for the browser.
-    control.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                   timeout_keep_alive=args.timeout_keep_alive,
-                                                   timeout_graceful_shutdown=5))
+    control.server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                   timeout_keep_alive=args.timeout_keep_alive,
+                                   timeout_graceful_shutdown=5))
     control.server.run(sockets=[sock])
     if not control.server.started:
         sys.exit(3)  # could not start (e.g. the port is taken): uvicorn.run's exit code

@@ -206,6 +206,15 @@ class JobQueue:
             return "interrupted"
         return ""
 
+    def cancel_all(self) -> None:
+        """Cancel every queued job and interrupt the running one (the server is stopping: their answers go out
+        at once, the running job's with what it had made, instead of being cut off when the stop's grace ends)."""
+        with self._lock:
+            queued = list(self._pending)
+        for job in queued:
+            self.cancel(job)
+        self.interrupt()
+
     def interrupt(self) -> None:
         job = self.current
         if job is not None:

@@ -33,7 +33,7 @@ from modules.auth import Credentials
 from modules.engine import BadRequest, Engine, OverLimit, UnknownOption, describe_validation_error
 from modules.generation import preview, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
-from modules.jobs import JobState
+from modules.jobs import JobCancelled, JobState
 from modules.limits import Limits
 from modules.models.checkpoint_file import CheckpointError
 from modules.generation.pipeline import NansError
@@ -100,6 +100,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NansError)
     async def _nans(_request: Request, exc: NansError):
         return error_response(500, exc, str(exc))
+
+    @app.exception_handler(JobCancelled)
+    async def _cancelled(_request: Request, exc: JobCancelled):
+        """A queued job taken out of the queue before it ran: the server is stopping."""
+        return error_response(503, exc, f"{exc} (the server is stopping)")
 
     @app.exception_handler(Unauthorized)
     async def _unauthorized(_request: Request, exc: Unauthorized):

@@ -1,7 +1,8 @@
 """--api-server-stop: A1111's POST /sdapi/v1/server-stop, /server-restart and /server-kill.
 
-stop: uvicorn stops accepting connections, lets the answers in progress finish (at most GRACE_SECONDS,
-so an open page's event stream cannot hold it up), and the program exits with code 0.
+stop: uvicorn stops accepting connections, the queued jobs are cancelled and the running one is interrupted
+(its answer goes out with what it had made, as after Interrupt), the answers in progress are sent (at most
+GRACE_SECONDS, so an open page's event stream cannot hold it up), and the program exits with code 0.
 restart: the same, then the process runs its own command line again in place (os.execv: the same
 process id, so webui.sh, a terminal or a service manager still see one process) on the same port (also
 when --port 0 picked it). A1111 instead exits
@@ -35,6 +36,7 @@ class ServerControl:
         self.server = None  # uvicorn.Server
         self.port = port  # the port served on (what --port 0 picked), kept by a restart
         self.restart_requested = False
+        self.on_stop = None  # called when a stop begins (start-up sets it: the job queue cancels its jobs)
 
     @property
     def can_restart(self) -> bool:
@@ -46,6 +48,12 @@ class ServerControl:
         self.restart_requested = restart
         self.server.config.timeout_graceful_shutdown = GRACE_SECONDS
         self.server.should_exit = True
+        self.stopping()
+
+    def stopping(self) -> None:
+        """A stop has begun (a route above, or a signal: webui.main's server calls this from handle_exit)."""
+        if self.on_stop is not None:
+            self.on_stop()
 
     def run_again(self) -> None:
         """Replace this process with a fresh start of the same program and arguments (never returns)."""
