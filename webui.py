@@ -27,16 +27,9 @@ def build(args, control=None):
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.middleware.gzip import GZipMiddleware
 
-    from modules import auth, images
+    from modules import auth, bootstrap, images
     from modules.api.middleware import BodySizeLimit, ProcessTime
-    from modules.engine import Engine
     from modules.folders import FolderPolicy, parse_allowed
-    from modules.hashing import HashCache
-    from modules.jobs import JobQueue
-    from modules.limits import from_args as limits_from_args
-    from modules.models.manager import ModelManager
-    from modules.models.registry import CheckpointRegistry, VaeRegistry
-    from modules.settings import SettingsStore
     from modules.version import VERSION
 
     api_credentials = auth.from_flags(args.api_auth, flag="--api-auth")
@@ -45,36 +38,24 @@ def build(args, control=None):
         (api_credentials if not args.nowebui else None)
     if not args.nowebui:
         log.info("%s", ui_login_note(args))
-    p = paths.from_args(args.data_dir, args.models_dir, args.ckpt_dir, args.vae_dir, args.config, args.lora_dir,
-                        args.embeddings_dir, args.styles_file)
-    paths.ensure_dirs(p)
-    plan = devices.plan(args.use_cpu, args.device_id, args.no_half, args.no_half_vae, args.precision,
-                        args.skip_torch_cuda_test)
-    devices.configure_torch(plan.device)
-    log.info("Device: %s", plan.describe)
-    # --ckpt's file, links followed (models shared between apps are often symlinks): the registry knows it by
-    # that path. A1111 selects it at start-up, whatever config.json remembered.
-    ckpt = os.path.realpath(os.path.expanduser(args.ckpt)) if args.ckpt else None
-    extra = (ckpt,) if ckpt else ()
+    # Clients may name server folders inside the data folder and --allowed-paths; none from the page when the
+    # network reaches a server without any login.
+    data = paths.from_args(args.data_dir).data
+    folders = FolderPolicy(data, parse_allowed(args.allowed_paths),
+                           server_folders=not cmd_args.on_network(args) or bool(ui_credentials or api_credentials))
+    engine = bootstrap.build(args, folders)
+    devices.configure_torch(engine.device.device)
+    log.info("Device: %s", engine.device.describe)
+    # A1111 selects --ckpt's file at start-up, whatever config.json remembered.
+    ckpt = bootstrap.ckpt_file(args)
     if ckpt and not os.path.isfile(ckpt):
         log.error("--ckpt %s: no such file%s", args.ckpt,
                   f" (the link points to {ckpt})" if os.path.islink(os.path.expanduser(args.ckpt)) else "")
-    hashes = HashCache(p.hash_cache)
-    checkpoints = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=extra,
-                                     builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS)
-    vaes = VaeRegistry(p.vae_dirs, p.checkpoint_dirs)
-    settings = SettingsStore(p.config_file)
-    # Clients may name server folders inside the data folder and --allowed-paths; none from the page when the
-    # network reaches a server without any login.
-    folders = FolderPolicy(p.data, parse_allowed(args.allowed_paths),
-                           server_folders=not cmd_args.on_network(args) or bool(ui_credentials or api_credentials))
-    engine = Engine(p, settings, ModelManager(checkpoints, vaes, plan, p.default_sd1_config), JobQueue(),
-                    limits_from_args(args), folders)
     if not folders.server_folders:
         log.warning("The page's server-folder fields (img2img Batch, Extras batch from directory) are refused: the "
                     "server is reachable from the network without a login.")
     images.refuse_in_pillow(engine.limits.max_input_pixels)  # also what Gradio decodes itself (page uploads)
-    engine.start_loading(ckpt)  # a missing --ckpt is said on the page (and nothing loads until a job asks)
+    engine.checkpoints.start_loading(ckpt)  # a missing --ckpt is said on the page (and nothing loads until a job asks)
 
     app = FastAPI(title="Stable Diffusion WebUI API", version=VERSION,
                   description="AUTOMATIC1111-compatible API. Generation requests wait in one queue shared with "

@@ -49,7 +49,7 @@ def interrupt(model: str, size: int) -> dict:
     engine = make_engine(data, "m.safetensors")
     try:
         engine.load_checkpoint()
-        unet, vae = engine.models.current.unet, engine.models.current.vae
+        unet, vae = engine.checkpoints.current.unet, engine.checkpoints.current.vae
         marks: dict = {"starts": [], "blocks_after": 0}
 
         def step_started(_m, _a):

@@ -52,14 +52,9 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from modules import devices, logs, paths  # noqa: E402
-from modules.engine import Engine  # noqa: E402
+from modules import bootstrap, devices, logs, paths  # noqa: E402
 from modules.generation.params import GenerationParams  # noqa: E402
 from modules.hashing import HashCache  # noqa: E402
-from modules.jobs import JobQueue  # noqa: E402
-from modules.models.manager import ModelManager  # noqa: E402
-from modules.models.registry import CheckpointRegistry, VaeRegistry  # noqa: E402
-from modules.settings import SettingsStore  # noqa: E402
 
 IMPORT_S = time.perf_counter() - _import_start
 
@@ -297,9 +292,7 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
     paths.ensure_dirs(p)
     checkpoint = args.checkpoint.resolve()
     hashes = HashCache(p.hash_cache)
-    registry = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=(checkpoint,))
-    manager = ModelManager(registry, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config)
-    engine = Engine(p, SettingsStore(p.config_file), manager, JobQueue())
+    engine = bootstrap.build_engine(p, plan, extra_files=(checkpoint,), hashes=hashes)
 
     # The SHA-256 of the file (A1111 computes it on first load too, then caches it) is part of our
     # first load; it is timed separately by wrapping this HashCache instance's method.
@@ -355,9 +348,9 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
 
     context["ours_image"] = image
     timers.detach()
+    engine.checkpoints.unload()
     engine.queue.stop()
-    manager.unload()
-    del model, engine, manager, timers, result
+    del model, engine, timers, result
     figures.update(after_unload(rss))
     return figures
 

@@ -15,12 +15,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from modules import devices, logs, paths  # noqa: E402
+from modules import bootstrap  # noqa: E402
 from modules.engine import Engine  # noqa: E402
 from modules.hashing import HashCache  # noqa: E402
-from modules.jobs import JobQueue  # noqa: E402
+from modules.limits import Limits  # noqa: E402
 from modules.models.manager import ModelManager  # noqa: E402
 from modules.models.registry import CheckpointRegistry, VaeRegistry  # noqa: E402
-from modules.settings import SettingsStore  # noqa: E402
 from tests import tiny_models  # noqa: E402
 
 logs.quiet_libraries()
@@ -65,13 +65,13 @@ def make_manager(data: Path, builtin_files: tuple[Path, ...] = ()) -> ModelManag
 
 
 def make_engine(data: Path, checkpoint: str | None = "sd1.safetensors",
-                builtin_files: tuple[Path, ...] = ()) -> Engine:
+                builtin_files: tuple[Path, ...] = (), limits: Limits | None = None) -> Engine:
     """An engine over `data` with its own queue; `checkpoint` (if any) is the selected one. Stop its queue
     when done."""
-    p = paths.from_args(str(data))
-    engine = Engine(p, SettingsStore(p.config_file), make_manager(data, builtin_files), JobQueue())
+    engine = bootstrap.build_engine(paths.from_args(str(data)), devices.plan(skip_cuda_test=True),
+                                    builtin_files=builtin_files, limits=limits)
     if checkpoint:
-        engine.settings.update({"sd_model_checkpoint": checkpoint})
+        engine.options.update({"sd_model_checkpoint": checkpoint})
     return engine
 
 

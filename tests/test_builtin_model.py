@@ -60,7 +60,7 @@ def _placement(rng: random.Random) -> tuple[float, float, float]:
 
 
 def test_builtin_model_is_listed_and_loaded_by_the_ordinary_loader(engine):
-    info = engine.resolve_checkpoint()  # nothing else installed: the built-in model is the default
+    info = engine.checkpoints.resolve()  # nothing else installed: the built-in model is the default
     assert info.builtin and info.filename == MODEL.resolve()
     model = engine.load_checkpoint()
     assert model.config.family == "sd1" and model.prediction_type == "epsilon"

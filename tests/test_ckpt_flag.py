@@ -31,8 +31,8 @@ def test_ckpt_wins_over_the_remembered_checkpoint(tmp_path, tiny_dir, linked):
         ckpt = tmp_path / "link.safetensors"
     with start(data, "--ckpt", str(ckpt)) as engine:
         # selected before the load has even run, so the page and the first job agree on it
-        assert engine.settings.values.sd_model_checkpoint.startswith("elsewhere.safetensors")
-        assert engine.startup_error is None
+        assert engine.options.values.sd_model_checkpoint.startswith("elsewhere.safetensors")
+        assert engine.checkpoints.startup_error is None
         model = engine.load_checkpoint()  # waits for the start-up load in the queue
         assert model.info.filename == (shared / "elsewhere.safetensors").resolve()
         assert json.loads((data / "config.json").read_text())["sd_model_checkpoint"].startswith("elsewhere")
@@ -43,6 +43,6 @@ def test_a_missing_ckpt_is_said_not_swapped_silently(tmp_path, tiny_dir, caplog)
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
     os.symlink(tmp_path / "gone.safetensors", tmp_path / "dangling.safetensors")
     with start(data, "--ckpt", str(tmp_path / "dangling.safetensors")) as engine:
-        assert "not found" in (engine.startup_error or "")  # shown in the page's status line
+        assert "not found" in (engine.checkpoints.startup_error or "")  # shown in the page's status line
         assert any("--ckpt" in r.getMessage() and "the link points to" in r.getMessage() for r in caplog.records)
-        assert engine.models.current is None
+        assert engine.checkpoints.current is None

@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import save_file
 
 from modules import paths, styles
-from modules.generation import extra_networks
 from modules.generation.params import GenerationParams
 from modules.models import lora
 from modules.models.checkpoint_file import CheckpointError
@@ -103,7 +102,7 @@ def engine(data):
 
 @pytest.fixture(scope="module")
 def sd1(engine):
-    return engine.models.current
+    return engine.checkpoints.current
 
 
 def gen(engine, prompt, **kw):
@@ -116,7 +115,7 @@ def write_lora(engine, name: str, sd: dict, metadata: dict | None = None) -> Pat
     path = engine.paths.lora_dirs[0] / f"{name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=metadata)
-    engine.models.loras.refresh()
+    engine.networks.refresh_loras()
     return path
 
 
@@ -307,7 +306,7 @@ def test_lora_hash_is_a1111s_addnet_hash(engine, sd1):
     assert f"Lora hashes: \"hashed: {want}\"" in result.infotexts[0]  # quoted: the value holds a colon
     cache = engine.paths.hash_cache.read_text()  # kept across restarts, keyed apart from the file's sha256
     assert f"{path.resolve()}#addnet" in cache and want in cache
-    info = engine.models.loras.find("nice")  # the alias from kohya's metadata finds it too
+    info = engine.networks.find_lora("nice")  # the alias from kohya's metadata finds it too
     assert info is not None and info.name == "hashed" and info.alias == "nice"
     assert info.preview is None
     path.with_suffix(".preview.png").write_bytes(b"png")
@@ -316,15 +315,15 @@ def test_lora_hash_is_a1111s_addnet_hash(engine, sd1):
 
 def test_pasted_lora_names_follow_their_hashes(engine, sd1):
     path = write_lora(engine, "mine", kohya_lora(sd1, seed=8, which=("te",)))
-    registry = engine.models.loras
+    networks = engine.networks
     short = lora.addnet_hash(path)[:12]
     prompt = "x <lora:theirs:0.5> <lora:other:1>"
-    assert registry.rename_by_hash(prompt, f"theirs: {short}") == prompt  # hash not known yet: no file is read
-    registry.find("mine").sha256(registry.hashes)  # known once used (and then kept in cache.json)
-    assert registry.rename_by_hash(prompt, f"theirs: {short}, other: 0123456789ab") == (
+    assert networks.rename_by_hash(prompt, f"theirs: {short}") == prompt  # hash not known yet: no file is read
+    assert networks.lora_short_hash("mine") == short  # known once used (and then kept in cache.json)
+    assert networks.rename_by_hash(prompt, f"theirs: {short}, other: 0123456789ab") == (
         "x <lora:mine:0.5> <lora:other:1>")
-    assert registry.rename_by_hash("<lora:mine:1>", f"mine: {short}") == "<lora:mine:1>"
-    assert registry.rename_by_hash(prompt, None) == prompt
+    assert networks.rename_by_hash("<lora:mine:1>", f"mine: {short}") == "<lora:mine:1>"
+    assert networks.rename_by_hash(prompt, None) == prompt
 
 
 def test_peft_layout_equals_kohya_layout(engine, sd1):
@@ -373,7 +372,7 @@ def test_apply_and_restore_are_fast(engine, sd1):
     write_lora(engine, "timed", sd)
     patcher = sd1.networks
     start = time.perf_counter()
-    patcher.apply([lora.Activation(engine.models.loras.find("timed"), 1.0, 1.0, "timed")])
+    patcher.apply([lora.Activation(engine.networks.find_lora("timed"), 1.0, 1.0, "timed")])
     applied = time.perf_counter() - start
     assert patcher.touched == len([k for k in sd if k.endswith("lora_down.weight")])
     start = time.perf_counter()
@@ -446,12 +445,11 @@ def test_embedding_in_a_job_and_ti_hashes(engine, sd1):
     assert "TI hashes" not in plain.infotexts[0]
     neg = gen(engine, "a circle", negative_prompt="redword")  # negative prompts count too, as in A1111
     assert f"redword: {digest}" in neg.infotexts[0]
-    assert "broken" in engine.models.embeddings.errors and "broken" not in engine.models.embeddings.all()
+    assert "broken" in engine.networks.embedding_errors and "broken" not in engine.networks.embeddings()
     (folder / "broken.pt").unlink()
     (folder / "redword.png").write_bytes(b"png")
     write_lora(engine, "cardy", kohya_lora(sd1, which=("te",)))
-    by_name = {c.name: c for c in extra_networks.cards(engine.models.loras, engine.models.embeddings.refresh() and
-                                                        engine.models.embeddings)}
+    by_name = {c.name: c for c in engine.networks.refresh()}
     assert by_name["redword"].tab == "Textual Inversion" and by_name["redword"].insert == "redword"
     assert by_name["redword"].preview == str(folder / "redword.png")
     assert by_name["cardy"].insert == "<lora:cardy:1>" and by_name["cardy"].tab == "Lora"

@@ -88,7 +88,7 @@ def test_engine_refuses_folder_settings_outside(data_dir, tmp_path_factory):
     try:
         with pytest.raises(BadRequest, match="^outdir_txt2img_samples: '../../x' is outside"):
             engine.set_options({"outdir_txt2img_samples": "../../x"})
-        assert engine.settings.values.outdir_txt2img_samples == "outputs/txt2img-images"
+        assert engine.options.values.outdir_txt2img_samples == "outputs/txt2img-images"
         # the attack the issue names: save_txt with a fixed file name into a folder outside the outputs
         from modules.generation.params import GenerationParams
         attack = GenerationParams(prompt=PROMPT, width=64, height=64, steps=1, override_settings={
@@ -98,7 +98,7 @@ def test_engine_refuses_folder_settings_outside(data_dir, tmp_path_factory):
             engine.submit_txt2img(attack)
         assert victim.read_text() == "keep me"
         engine.set_options({"outdir_txt2img_samples": "my-outputs/t2i"})  # inside: fine
-        assert engine.settings.values.outdir_txt2img_samples == "my-outputs/t2i"
+        assert engine.options.values.outdir_txt2img_samples == "my-outputs/t2i"
     finally:
         engine.queue.stop()
 

@@ -85,7 +85,7 @@ def test_not_saved_when_asked_not_to(engine, data_dir):
 def test_infotext_in_png_is_a1111_layout(engine):
     result = engine.txt2img(params(cfg_scale=7.0, steps=6, seed=9))
     text = Image.open(result.paths[0]).info["parameters"]
-    info = engine.models.current.info
+    info = engine.checkpoints.current.info
     lines = text.split("\n")
     assert lines[0] == "a red circle on a blue background"
     assert lines[1] == "Negative prompt: green"
@@ -109,7 +109,7 @@ def test_clip_skip_changes_sd1_output_and_is_written(engine):
     skipped = engine.txt2img(params(save_images=False, override_settings={"CLIP_stop_at_last_layers": 2}))
     assert skipped.images[0].tobytes() != base.images[0].tobytes()
     assert "Clip skip: 2" in skipped.infotexts[0] and "Clip skip" not in base.infotexts[0]
-    assert engine.settings.values.CLIP_stop_at_last_layers == 1  # the override was for one request
+    assert engine.options.values.CLIP_stop_at_last_layers == 1  # the override was for one request
 
 
 def test_long_prompts_are_chunked(engine):
@@ -124,13 +124,13 @@ def test_long_prompts_are_chunked(engine):
 
 def test_override_checkpoint_by_title_name_and_hash_then_restore(engine):
     first = engine.txt2img(params(save_images=False))
-    registry = engine.models.checkpoints
+    registry = engine.checkpoints
     sd2 = registry.find("sd2-v.safetensors")
     registry.ensure_hash(sd2)
     for query in (sd2.title, "sd2-v", sd2.sha256[:10]):
         result = engine.txt2img(params(save_images=False, override_settings={"sd_model_checkpoint": query}))
         assert result.info["sd_model_name"] == "sd2-v" and "Model: sd2-v" in result.infotexts[0]
-    assert engine.settings.values.sd_model_checkpoint.startswith("sd1.safetensors")
+    assert engine.options.values.sd_model_checkpoint.startswith("sd1.safetensors")
     again = engine.txt2img(params(save_images=False))
     assert again.info["sd_model_name"] == "sd1" and again.images[0].tobytes() == first.images[0].tobytes()
 
@@ -157,7 +157,7 @@ def test_vae_automatic_beside_and_from_models_vae(engine, data_dir):
     ldm_export.save(folder / "sd1.vae.safetensors", vae_sd)
     (data_dir / "models" / "VAE").mkdir(parents=True, exist_ok=True)
     ldm_export.save(data_dir / "models" / "VAE" / "other.safetensors", vae_sd)
-    engine.models.vaes.refresh()
+    engine.checkpoints.refresh_vaes()
 
     beside = engine.txt2img(params(save_images=False))  # Automatic picks sd1.vae.safetensors
     assert beside.images[0].tobytes() != base.images[0].tobytes()
@@ -239,9 +239,9 @@ def test_an_interrupted_batch_is_shown_but_not_saved(engine, data_dir, sampler):
                                                    ("V1", "AttnProcessor"), ("Automatic", "AttnProcessor2_0")])
 def test_cross_attention_setting_switches_the_implementation_not_the_image(engine, attention, processor):
     reference = engine.txt2img(params(save_images=False))
-    engine.settings.update({"cross_attention_optimization": attention})
+    engine.options.update({"cross_attention_optimization": attention})
     result = engine.txt2img(params(save_images=False))
-    kinds = {type(p).__name__ for p in engine.models.current.unet.attn_processors.values()}
+    kinds = {type(p).__name__ for p in engine.checkpoints.current.unet.attn_processors.values()}
     assert kinds == {processor}
     diff = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
     assert diff.max() <= 2  # float rounding of a different summation order, not a different image
@@ -249,14 +249,14 @@ def test_cross_attention_setting_switches_the_implementation_not_the_image(engin
 
 def test_batch_cond_uncond_off_runs_two_smaller_unet_batches_for_the_same_image(engine):
     reference = engine.txt2img(params(save_images=False))
-    unet = engine.models.current.unet
+    unet = engine.checkpoints.current.unet
     batches = []
     handle = unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
     try:
         engine.txt2img(params(save_images=False))
         together = list(batches)
         batches.clear()
-        engine.settings.update({"batch_cond_uncond": False})
+        engine.options.update({"batch_cond_uncond": False})
         result = engine.txt2img(params(save_images=False))
     finally:
         handle.remove()

@@ -7,7 +7,7 @@ import torch
 
 from modules import infotext
 from modules.engine import BadRequest
-from modules.generation import hires
+from modules.generation import context, hires
 from modules.generation.params import GenerationParams
 from tests.test_generation import engine, params  # noqa: F401  (fixture)
 
@@ -67,8 +67,8 @@ def test_progress_counts_both_passes(engine):  # noqa: F811
     from tests.test_generation import params as make
 
     seen = []
-    model = engine.models.get(engine.resolve_checkpoint(None))
+    model = engine.load_checkpoint()
     hooks = pipeline.Hooks(on_step=lambda i, n, x: seen.append((i, n)))
-    list(pipeline.txt2img(model, make(enable_hr=True, steps=3, hr_second_pass_steps=2, denoising_strength=0.5),
-                          [1], hooks=hooks))
+    p = make(enable_hr=True, steps=3, hr_second_pass_steps=2, denoising_strength=0.5, seed=1)
+    list(pipeline.txt2img(model, context.resolve(p), hooks=hooks))
     assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]

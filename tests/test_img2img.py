@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from modules import images, infotext
-from modules.generation import masking, pipeline, rng, samplers, schedules
+from modules.generation import context, masking, pipeline, rng, samplers, schedules
 from modules.generation.params import Img2ImgParams
 from tests import kdiffusion_ref as K
 from tests.conftest import make_engine, make_manager
@@ -282,12 +282,12 @@ def test_nine_channel_inpainting_model_gets_mask_and_masked_image(engine, manage
     assert result.info["is_using_inpainting_conditioning"] is True
     assert "Conditional mask weight: 1" in result.infotexts[0]
     assert np.array_equal(pixels(result.images[0])[:, 32 + BLUR_REACH:], pixels(init_image())[:, 32 + BLUR_REACH:])
-    model = engine.models.current
-    inputs = pipeline.prepare_img2img(model, params(mask=left_half_mask(), mask_blur=0))
+    model = engine.checkpoints.current
+    inputs = pipeline.prepare_img2img(model, context.resolve(params(mask=left_half_mask(), mask_blur=0)))
     cond = inputs.plan.image_cond
     assert cond.shape == (1, 5, 8, 8)
     assert torch.equal(cond[0, 0, :, :4], torch.ones(8, 4)) and torch.equal(cond[0, 0, :, 4:], torch.zeros(8, 4))
-    plain = pipeline.prepare_img2img(model, params()).plan.image_cond  # no mask: all repainted, grey image
+    plain = pipeline.prepare_img2img(model, context.resolve(params())).plan.image_cond  # no mask: all repainted, grey image
     assert torch.equal(plain, pipeline.inpainting_conditioning(model, 1, 64, 64))
     other = engine.img2img(params(mask=left_half_mask(), override_settings=sd1_inpaint,
                                   init_images=[init_image().transpose(Image.Transpose.FLIP_TOP_BOTTOM)]))

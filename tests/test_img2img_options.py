@@ -3,10 +3,12 @@ inpainting_mask_weight (the masked-image conditioning of 9-channel inpainting mo
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from modules.generation import pipeline, samplers
+from modules.generation import context, pipeline, samplers
 from tests.test_img2img import data, engine, init_image, left_half_mask, manager, params  # noqa: F401 (fixtures)
 
 
@@ -23,7 +25,8 @@ def steps_seen(model, p, monkeypatch, **kw) -> tuple[list[tuple[int, int]], list
     sampler was prepared with (samplers.prepare, watched and run as it is)."""
     calls, schedules = [], []
     hooks = pipeline.Hooks(on_step=lambda i, n, latent: calls.append((i, n)))
-    inputs = pipeline.prepare_img2img(model, p, **kw)
+    ctx = dataclasses.replace(context.resolve(p), **kw)
+    inputs = pipeline.prepare_img2img(model, ctx)
     real = samplers.prepare
 
     def watched(choice, steps, *args, **kwargs):
@@ -31,7 +34,7 @@ def steps_seen(model, p, monkeypatch, **kw) -> tuple[list[tuple[int, int]], list
         return real(choice, steps, *args, **kwargs)
 
     monkeypatch.setattr(samplers, "prepare", watched)
-    list(pipeline.img2img(model, p, [p.seed], hooks=hooks, inputs=inputs))
+    list(pipeline.img2img(model, ctx, hooks=hooks, inputs=inputs))
     monkeypatch.undo()
     return calls, schedules
 
@@ -60,22 +63,22 @@ def test_engine_reads_img2img_fix_steps(engine):
 
 def test_inpainting_mask_weight_blends_the_masked_image_conditioning(engine):
     engine.load_checkpoint("sd1-inpainting")
-    model = engine.models.current
+    model = engine.checkpoints.current
     assert model.config.in_channels == 9
     p = params(mask=left_half_mask(), mask_blur=0, inpainting_fill=1)  # "original": the init image is the source
     pixels = pipeline.image_to_tensor(init_image())[None]
     mask = torch.zeros(1, 1, 64, 64)
     mask[..., :32] = 1.0
-    half = pipeline.prepare_img2img(model, p, mask_weight=0.5).plan.image_cond
+    half = pipeline.prepare_img2img(model, dataclasses.replace(context.resolve(p), mask_weight=0.5)).plan.image_cond
     assert half.shape == (1, 5, 8, 8)
     # the mask channel is the mask itself; the image is lerp(original, masked, 0.5)
     assert torch.equal(half[0, 0, :, :4], torch.ones(8, 4)) and torch.equal(half[0, 0, :, 4:], torch.zeros(8, 4))
     blended = pixels * 0.5 + (pixels * (1 - mask)) * 0.5
     assert torch.allclose(half[:, 1:], pipeline.encode(model, blended), atol=1e-5)
     assert not torch.allclose(half[:, 1:], pipeline.encode(model, pixels * (1 - mask)), atol=1e-3)
-    full = pipeline.prepare_img2img(model, p).plan.image_cond  # the default, 1: the masked area is grey
+    full = pipeline.prepare_img2img(model, context.resolve(p)).plan.image_cond  # the default, 1: the masked area is grey
     assert torch.allclose(full[:, 1:], pipeline.encode(model, pixels * (1 - mask)), atol=1e-5)
-    none = pipeline.prepare_img2img(model, p, mask_weight=0.0).plan.image_cond  # 0: the original image
+    none = pipeline.prepare_img2img(model, dataclasses.replace(context.resolve(p), mask_weight=0.0)).plan.image_cond  # 0: the original image
     assert torch.allclose(none[:, 1:], pipeline.encode(model, pixels), atol=1e-5)
 
     inpaint = {"sd_model_checkpoint": "sd1-inpainting"}

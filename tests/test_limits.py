@@ -85,7 +85,7 @@ def test_a_generation_over_the_limits_is_refused_before_it_is_queued(engine, fie
         engine.submit_txt2img(params)
     assert needle in str(e.value)
     assert isinstance(e.value, BadRequest)  # the API's 400
-    assert engine.queue.current is None and engine.queue.pending_ids() == [] and engine.models.current is None
+    assert engine.queue.current is None and engine.queue.pending_ids() == [] and engine.checkpoints.current is None
 
 
 def test_what_a1111_users_do_stays_within_the_limits(engine):
@@ -95,9 +95,9 @@ def test_what_a1111_users_do_stays_within_the_limits(engine):
                    dict(width=128, height=128, batch_size=24),  # small images in a larger batch
                    dict(width=768, height=1152, enable_hr=True, hr_scale=2.0, hr_second_pass_steps=150),
                    dict(steps=1000)):
-        engine.check_limits(GenerationParams(prompt="x", **fields))
+        engine.requests.check_limits(GenerationParams(prompt="x", **fields))
     i2i = Img2ImgParams(init_images=[Image.new("1", (9000, 6000))], width=2048, height=1360, batch_size=8)
-    engine.check_limits(i2i)  # a 54-megapixel photo is a normal init image
+    engine.requests.check_limits(i2i)  # a 54-megapixel photo is a normal init image
 
 
 def test_the_limits_come_from_the_command_line():
@@ -116,15 +116,17 @@ def test_the_limits_come_from_the_command_line():
 
 def test_a_raised_limit_lets_the_request_through(tmp_path, tiny_dir):
     shutil.copytree(tiny_dir, tmp_path / "models" / "Stable-diffusion")
-    engine = make_engine(tmp_path)
-    engine.limits = limits.Limits(max_steps=3)
+    engine = make_engine(tmp_path, limits=limits.Limits(max_steps=3))
     try:
         with pytest.raises(OverLimit, match="steps 4 is over this server's limit of 3 \\(--max-steps\\)"):
-            engine.check_limits(GenerationParams(steps=4))
+            engine.requests.check_limits(GenerationParams(steps=4))
         with pytest.raises(OverLimit, match="hr_second_pass_steps 5 is over"):
-            engine.check_limits(GenerationParams(steps=2, enable_hr=True, hr_second_pass_steps=5))
-        engine.limits = limits.Limits(max_side=4096)
-        engine.check_limits(GenerationParams(width=4096, height=2560))
+            engine.requests.check_limits(GenerationParams(steps=2, enable_hr=True, hr_second_pass_steps=5))
+    finally:
+        engine.queue.stop()
+    engine = make_engine(tmp_path, limits=limits.Limits(max_side=4096))
+    try:
+        engine.requests.check_limits(GenerationParams(width=4096, height=2560))
     finally:
         engine.queue.stop()
 
@@ -169,7 +171,7 @@ def test_input_images_wait_in_the_queue_compressed_and_are_decoded_by_their_job(
         routes.to_img2img_params(schemas.Img2ImgRequest(init_images=[b64(small_png())] * 9, batch_size=9))
 
 
-def test_the_decode_budget_bounds_the_pixels_decoded_at_once(engine):
+def test_the_decode_budget_bounds_the_pixels_decoded_at_once(engine, monkeypatch):
     budget = images.DecodeBudget(100)
     first_in, release_first, log = threading.Event(), threading.Event(), []
 
@@ -195,30 +197,30 @@ def test_the_decode_budget_bounds_the_pixels_decoded_at_once(engine):
     assert sorted(name for name, _ in log) == ["first", "huge", "second"]
     assert all(in_use <= 100 for _, in_use in log) and budget.in_use == 0
     # PNG Info (decoded when asked, outside the queue) and jobs (their inputs) decode within the engine's budget
-    original, engine.decode_budget = engine.decode_budget, RecordingBudget(engine.limits.decode_budget_pixels)
-    try:
-        assert not routes.decode_image(b64(small_png((64, 32))), None, engine).tile
-        lazy = routes.decode_image(b64(small_png((48, 16))), "image", engine, lazy=True)
-        assert lazy.tile and engine.decode_budget.seen == [64 * 32]
-        engine.extras([lazy], postprocessing.ExtrasParams(), save=False)
-        assert engine.decode_budget.seen == [64 * 32, 48 * 16] and not lazy.tile
-    finally:
-        engine.decode_budget = original
+    seen = record_reservations(engine.decode_budget, monkeypatch)
+    assert not routes.decode_image(b64(small_png((64, 32))), None, engine).tile
+    lazy = routes.decode_image(b64(small_png((48, 16))), "image", engine, lazy=True)
+    assert lazy.tile and seen == [64 * 32]
+    engine.extras([lazy], postprocessing.ExtrasParams(), save=False)
+    assert seen == [64 * 32, 48 * 16] and not lazy.tile
 
 
-class RecordingBudget(images.DecodeBudget):
-    def __init__(self, pixels: int):
-        super().__init__(pixels)
-        self.seen: list[int] = []
+def record_reservations(budget: images.DecodeBudget, monkeypatch) -> list[int]:
+    """The pixels each decode reserves from `budget` (the engine's own, shared by its services), in order."""
+    seen: list[int] = []
+    reserve = budget.reserve
 
     @contextlib.contextmanager
-    def reserve(self, pixels: int):
-        self.seen.append(pixels)
-        with super().reserve(pixels):
+    def recording(pixels: int):
+        seen.append(pixels)
+        with reserve(pixels):
             yield
 
+    monkeypatch.setattr(budget, "reserve", recording)
+    return seen
 
-def test_the_png_info_tab_refuses_from_the_header_and_decodes_within_the_budget(engine, tmp_path):
+
+def test_the_png_info_tab_refuses_from_the_header_and_decodes_within_the_budget(engine, tmp_path, monkeypatch):
     from modules.ui import pnginfo
 
     big, small = tmp_path / "big.png", tmp_path / "small.png"
@@ -227,12 +229,9 @@ def test_the_png_info_tab_refuses_from_the_header_and_decodes_within_the_budget(
     shown, text = pnginfo.read(str(big), engine)
     assert text == "" and "Cannot read this file as an image" in shown
     assert "the image has 169 megapixels (13000x13000); this server accepts images of up to 100 megapixels" in shown
-    original, engine.decode_budget = engine.decode_budget, RecordingBudget(engine.limits.decode_budget_pixels)
-    try:
-        assert pnginfo.read(str(small), engine)[1] == "a dog\nSteps: 20, Seed: 2"
-        assert engine.decode_budget.seen == [64 * 48]
-    finally:
-        engine.decode_budget = original
+    seen = record_reservations(engine.decode_budget, monkeypatch)
+    assert pnginfo.read(str(small), engine)[1] == "a dog\nSteps: 20, Seed: 2"
+    assert seen == [64 * 48]
 
 
 # --- interrupt inside a U-Net step ----------------------------------------------------------------
@@ -242,7 +241,7 @@ def test_an_interrupt_lands_between_unet_blocks_and_the_finished_images_are_kept
     the second batch): no further block of the U-Net runs, the first batch's image is kept (and saved), the
     interrupted one is shown from its last prediction and not saved, and the hooks are gone afterwards."""
     engine.load_checkpoint("sd1.safetensors")
-    unet = engine.models.current.unet
+    unet = engine.checkpoints.current.unet
     blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
     state = {"calls": 0, "after": None}
 
@@ -277,7 +276,7 @@ def test_a_stopped_batch_is_decoded_only_for_a_few_seconds_then_shown_as_its_pre
     preview's picture at full size. An interrupt while a finished batch is decoded lets a quick decode end
     (the batch is complete and saved, as in A1111) and stops a slow one the same way."""
     engine.load_checkpoint("sd1.safetensors")
-    model = engine.models.current
+    model = engine.checkpoints.current
     unet, decoder = model.unet, model.vae.decoder
     job = dict(prompt="a red circle", width=64, height=64, steps=3, sampler_name="Euler", seed=21, n_iter=2)
     calls, decoded = [0], [0]

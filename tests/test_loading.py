@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from modules import paths
-from modules.generation import pipeline
+from modules.generation import context, pipeline
 from modules.generation.params import GenerationParams
 from modules.models import checkpoint_file, families, ldm_export, loader
 from modules.models.checkpoint_file import CheckpointError
@@ -29,8 +29,8 @@ def detect(path: Path):
 
 def generate(model, seed=1, **kw) -> list:
     params = GenerationParams(prompt="a red circle", width=64, height=64, steps=4, sampler_name="Euler a", **kw)
-    return [im for batch in pipeline.txt2img(model, params, [seed + i for i in range(params.total_images)])
-            for im in batch.images]
+    params = params.model_copy(update={"seed": seed})
+    return [im for batch in pipeline.txt2img(model, context.resolve(params)) for im in batch.images]
 
 
 # --- every family loads, with weights equal to what was written -------------------------------

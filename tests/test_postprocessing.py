@@ -169,7 +169,7 @@ def test_engine_extras_saves_numbered_files_in_the_extras_folder(engine, tmp_pat
     assert (folder / "00002.png").is_file()
     unsaved = engine.extras([picture()], params, save=False)
     assert unsaved.paths == [None] and len(list(folder.iterdir())) == 3
-    engine.settings.update({"samples_format": "jpg"})
+    engine.options.update({"samples_format": "jpg"})
     jpeg = engine.extras([source], params, save=True)
     assert jpeg.paths[0].endswith("00003.jpg")
     assert images.read_info(Image.open(jpeg.paths[0]))[0] == result.infotexts[0]  # A1111: EXIF holds the extras text

@@ -444,4 +444,4 @@ def test_emphasis_setting_changes_the_image_and_the_infotext(engine):
     assert results["Ignore"].images[0].tobytes() == gen(engine, "a red circle").images[0].tobytes()
     # A1111 notes the mode only when a text the encoder sees has a bracket
     assert "Emphasis" not in gen(engine, "a red circle", override_settings={"emphasis": "Ignore"}).infotexts[0]
-    assert engine.settings.values.emphasis == "Original"
+    assert engine.options.values.emphasis == "Original"

@@ -87,24 +87,19 @@ def test_old_torch_is_refused_and_cpu_plan():
 def test_builtin_model_is_listed_last_and_default_only_without_user_models(tmp_path, tiny_dir):
     import shutil
 
-    from modules.engine import Engine
-    from modules.jobs import JobQueue
-    from modules.models.manager import ModelManager
-    from modules.settings import SettingsStore
+    from modules import bootstrap
 
     p = paths.from_args(str(tmp_path))
     paths.ensure_dirs(p)
-    reg = CheckpointRegistry(p.checkpoint_dirs, HashCache(p.hash_cache), builtin_files=(tiny_dir / "sd1.safetensors",))
-    engine = Engine(p, SettingsStore(p.config_file),
-                    ModelManager(reg, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), devices.plan(skip_cuda_test=True),
-                                 p.default_sd1_config), JobQueue())
+    engine = bootstrap.build_engine(p, devices.plan(skip_cuda_test=True), builtin_files=(tiny_dir / "sd1.safetensors",))
+    reg = engine.checkpoints
     try:
         assert [(i.name, i.builtin) for i in reg.list()] == [("builtin/sd1.safetensors", True)]
-        assert engine.resolve_checkpoint().name == "builtin/sd1.safetensors"
+        assert engine.checkpoints.resolve().name == "builtin/sd1.safetensors"
         shutil.copy(tiny_dir / "sd2-v.safetensors", p.checkpoint_dirs[-1] / "zzz-mine.safetensors")
         reg.refresh()
         assert [i.name for i in reg.list()] == ["zzz-mine.safetensors", "builtin/sd1.safetensors"]
-        assert engine.resolve_checkpoint().name == "zzz-mine.safetensors"
-        assert engine.resolve_checkpoint("builtin/sd1").builtin  # still selectable by name
+        assert engine.checkpoints.resolve().name == "zzz-mine.safetensors"
+        assert engine.checkpoints.resolve("builtin/sd1").builtin  # still selectable by name
     finally:
         engine.queue.stop()

@@ -268,7 +268,7 @@ def test_options_api_reads_and_writes_the_new_keys(data_dir):
 # --- through the engine ---------------------------------------------------------------------------
 
 def test_engine_saves_jpg_with_the_pattern_and_txt(engine, data_dir):  # noqa: F811
-    engine.settings.update({"samples_format": "jpg", "grid_format": "webp", "save_txt": True,
+    engine.options.update({"samples_format": "jpg", "grid_format": "webp", "save_txt": True,
                             "samples_filename_pattern": "[seed]-[model_name]-[sampler]-[batch_number]",
                             "directories_filename_pattern": "[date]/[prompt_words]"})
     result = engine.txt2img(params(prompt="a cat: on/a mat", styles=[], batch_size=2, steps=2, seed=7))

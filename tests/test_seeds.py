@@ -89,13 +89,13 @@ def test_engine_variation_resize_ensd_infotext_and_info(engine):  # noqa: F811
     resized = engine.txt2img(params(seed=100, seed_resize_from_w=48, seed_resize_from_h=48))
     assert "Seed resize from: 48x48" in resized.infotexts[0] and resized.info["seed_resize_from_w"] == 48
 
-    engine.settings.update({"eta_noise_seed_delta": 31337})
+    engine.options.update({"eta_noise_seed_delta": 31337})
     ancestral = engine.txt2img(params(seed=100))
     assert "ENSD: 31337" in ancestral.infotexts[0]
     assert ancestral.images[0].tobytes() != plain.images[0].tobytes()  # per-step noise changed
     euler = engine.txt2img(params(seed=100, sampler_name="Euler"))
     assert "ENSD" not in euler.infotexts[0]
-    engine.settings.update({"eta_noise_seed_delta": 0})
+    engine.options.update({"eta_noise_seed_delta": 0})
     assert euler.images[0].tobytes() == engine.txt2img(params(seed=100, sampler_name="Euler")).images[0].tobytes()
 
     eta = engine.txt2img(params(seed=100, eta=0.5))
@@ -111,10 +111,10 @@ def test_image_k_of_a_batch_is_seed_plus_k_for_sde_and_ancestral(engine, sampler
 
 
 def test_nv_source_setting(engine):  # noqa: F811
-    engine.settings.update({"randn_source": "NV"})
+    engine.options.update({"randn_source": "NV"})
     a = engine.txt2img(params(seed=5))
     b = engine.txt2img(params(seed=5))
-    engine.settings.update({"randn_source": "CPU"})
+    engine.options.update({"randn_source": "CPU"})
     c = engine.txt2img(params(seed=5))
     assert a.images[0].tobytes() == b.images[0].tobytes() != c.images[0].tobytes()
     assert "RNG: NV" in a.infotexts[0]
@@ -122,8 +122,8 @@ def test_nv_source_setting(engine):  # noqa: F811
 
 def test_schedule_settings_reach_the_image_and_the_infotext(engine):  # noqa: F811
     plain = engine.txt2img(params(sampler_name="DPM++ 2M", seed=3))
-    engine.settings.update({"rho": 5.0, "sigma_max": 10.0})
+    engine.options.update({"rho": 5.0, "sigma_max": 10.0})
     changed = engine.txt2img(params(sampler_name="DPM++ 2M", seed=3))
-    engine.settings.update({"rho": 0.0, "sigma_max": 0.0})
+    engine.options.update({"rho": 0.0, "sigma_max": 0.0})
     assert "Schedule max sigma: 10, Schedule rho: 5" in changed.infotexts[0]
     assert changed.images[0].tobytes() != plain.images[0].tobytes() and "Schedule rho" not in plain.infotexts[0]

@@ -142,7 +142,7 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     and the settings the infotext implies (Clip skip, RNG, VAE) as override_settings unless the request
     overrides them already or they equal the current value. Returns warnings."""
     parsed = infotext.parse_with_defaults(req.infotext or "")
-    parsed["Prompt"] = engine.models.loras.rename_by_hash(parsed["Prompt"], parsed.get("Lora hashes"))
+    parsed["Prompt"] = engine.networks.rename_by_hash(parsed["Prompt"], parsed.get("Lora hashes"))
     try:
         fields = infotext.request_values(parsed, infotext.REQUEST_FIELDS)
         settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)
@@ -156,7 +156,7 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     if "enable_hr" in allowed and "enable_hr" not in req.model_fields_set and "Denoising strength" in parsed:
         req.enable_hr = True  # A1111's paste rule: a txt2img infotext with a denoising strength used hires fix
     overrides = dict(req.override_settings or {})
-    current = engine.settings.values
+    current = engine.options.values
     warnings = [cut_warning] if cut_warning else []
     for name, value in settings.items():
         if name in overrides or getattr(current, name) == value:
@@ -164,7 +164,7 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
         try:
             Settings(**{**current.model_dump(), name: value})
             if name == "sd_vae":
-                engine.check_vae_name(value)
+                engine.checkpoints.check_vae_name(value)
         except (ValidationError, BadRequest):
             warnings.append(f"infotext: {name} {value!r} is not available here; the current setting was used")
             continue
@@ -198,7 +198,7 @@ def system_info(engine: Engine) -> dict[str, Any]:
             return None
 
     return {"Platform": platform.platform(), "Python": platform.python_version(), "Version": VERSION,
-            "Torch": torch.__version__, "CUDA": torch.version.cuda, "Device": engine.models.plan.describe,
+            "Torch": torch.__version__, "CUDA": torch.version.cuda, "Device": engine.device.describe,
             "Packages": {name: version(name) for name in ("diffusers", "transformers", "safetensors", "gradio",
                                                           "fastapi", "pillow")}}
 
@@ -326,7 +326,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     @r.get("/sd-models", response_model=list[schemas.SDModelItem])
     def sd_models():
         out = []
-        for info in engine.models.checkpoints.list():
+        for info in engine.checkpoints.list():
             yaml_beside = info.filename.with_suffix(".yaml")
             out.append(schemas.SDModelItem(
                 title=info.title, model_name=info.model_name, hash=info.shorthash, sha256=info.sha256,
@@ -335,16 +335,16 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.post("/refresh-checkpoints")
     def refresh_checkpoints():
-        engine.models.checkpoints.refresh()
+        engine.checkpoints.refresh()
         return {}
 
     @r.get("/sd-vae", response_model=list[schemas.SDVaeItem])
     def sd_vae():
-        return [schemas.SDVaeItem(model_name=v.name, filename=str(v.filename)) for v in engine.models.vaes.list()]
+        return [schemas.SDVaeItem(model_name=v.name, filename=str(v.filename)) for v in engine.checkpoints.vaes()]
 
     @r.post("/refresh-vae")
     def refresh_vae():
-        engine.models.vaes.refresh()
+        engine.checkpoints.refresh_vaes()
         return {}
 
     @r.get("/samplers", response_model=list[schemas.SamplerItem])
@@ -361,7 +361,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/options", response_model=dict[str, Any])
     def get_options():
-        return engine.settings.values.model_dump()
+        return engine.options.values.model_dump()
 
     @r.post("/options")
     async def set_options(changes: schemas.OptionsUpdate):
@@ -382,7 +382,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         state = job.state if job is not None and job.kind in ("txt2img", "img2img") else JobState()
         latent = state.current_latent
         current_image = None
-        if latent is not None and not skip_current_image and engine.settings.values.live_previews_enable:
+        if latent is not None and not skip_current_image and engine.options.values.live_previews_enable:
             buf = io.BytesIO()
             preview.latent_to_image(latent).save(buf, format="PNG")
             current_image = base64.b64encode(buf.getvalue()).decode("ascii")
@@ -429,7 +429,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         rss = psutil.Process().memory_info().rss
         total = psutil.virtual_memory().total
         ram = {"free": total - rss, "used": rss, "total": total}
-        device = engine.models.plan.device
+        device = engine.device.device
         if device.type != "cuda":
             return schemas.MemoryResponse(ram=ram, cuda={"error": "unavailable"})
         free, whole = torch.cuda.mem_get_info(device)
@@ -464,8 +464,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     def embeddings():
         """Textual-inversion embeddings in the embeddings folder: `loaded` fit the loaded model's text
         encoder, `skipped` do not (all are `loaded` while no model is loaded)."""
-        found = engine.models.embeddings.refresh(force=False)
-        model = engine.models.current
+        found = engine.networks.embeddings()
+        model = engine.checkpoints.current
         width = model.text.width if model is not None else None
 
         def item(e) -> schemas.EmbeddingItem:
@@ -478,18 +478,18 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.post("/refresh-embeddings")
     def refresh_embeddings():
-        engine.models.embeddings.refresh()
+        engine.networks.embeddings(reread=True)
         return {}
 
     @r.get("/loras", response_model=list[schemas.LoraItem])
     def loras():
         """LoRA/LyCORIS files in models/Lora (and --lora-dir); use one as `<lora:name:weight>`."""
         return [schemas.LoraItem(name=i.name, alias=i.alias, path=str(i.filename), metadata=i.metadata_for_api())
-                for i in engine.models.loras.list()]
+                for i in engine.networks.loras()]
 
     @r.post("/refresh-loras")
     def refresh_loras():
-        engine.models.loras.refresh()
+        engine.networks.refresh_loras()
         return {}
 
     @r.get("/hypernetworks", response_model=list[schemas.HypernetworkItem])
@@ -526,13 +526,13 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     async def unload_checkpoint():
         """Free the loaded checkpoint (after the running job). The next generation, or reload-checkpoint,
         loads the selected checkpoint again."""
-        await run_in_threadpool(engine.unload_checkpoint)
+        await run_in_threadpool(engine.checkpoints.unload)
         return {}
 
     @r.post("/reload-checkpoint")
     async def reload_checkpoint():
         """Load the selected checkpoint again (a no-op when it is loaded)."""
-        await run_in_threadpool(engine.reload_checkpoint)
+        await run_in_threadpool(engine.checkpoints.reload)
         return {}
 
     return r

@@ -23,7 +23,8 @@ from PIL import Image
 from modules import images
 from modules.generation import extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules
 from modules.generation.conditioning import ComposableCond, ScheduledCond
-from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.generation.context import JobContext
+from modules.generation.params import Img2ImgParams
 from modules.jobs import JobInterrupted, JobSkipped
 
 log = logging.getLogger(__name__)
@@ -482,26 +483,12 @@ class _Plan:
     schedule_steps: int | None = None  # img2img: the schedule's length when it is not params.steps
 
 
-@torch.no_grad()
-def sampler_options(params: GenerationParams, defaults: samplers.SamplerOptions | None) -> samplers.SamplerOptions:
-    """The request's eta / sigma churn / noise over the settings' defaults (A1111: `p.eta or opts.eta_...`)."""
-    d = defaults or samplers.SamplerOptions()
-    s_tmax = params.s_tmax if params.s_tmax is not None else d.s_tmax
-    return dataclasses.replace(
-        d, eta=params.eta if params.eta is not None else d.eta,
-        s_churn=params.s_churn if params.s_churn is not None else d.s_churn,
-        s_tmin=params.s_tmin if params.s_tmin is not None else d.s_tmin,
-        s_tmax=s_tmax if s_tmax else float("inf"),
-        s_noise=params.s_noise if params.s_noise is not None else d.s_noise)
-
-
-def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int, randn_source: str,
-              hooks: Hooks, emphasis: str, plan: _Plan, subseeds: list[int] | None = None, ensd: int = 0,
-              options: samplers.SamplerOptions | None = None) -> Iterator[BatchOutput]:
+def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[BatchOutput]:
     """The loop every job shares: encode the prompts once, then per batch seed the generators, draw the
     noise, sample, decode. The prompt's extra-network tags (`<lora:...>`) are taken out before it is
     encoded; the negative prompt is used as written (A1111 reads tags from the prompt only)."""
-    choice = samplers.resolve(params.sampler_name, params.scheduler)
+    params, seeds, subseeds = ctx.params, list(ctx.seeds), ctx.variation_subseeds
+    clip_skip, emphasis, randn_source, ensd = ctx.clip_skip, ctx.emphasis, ctx.randn_source, ctx.noise_seed_delta
     prompt = extra_networks.parse(params.prompt).text
     cond = model.text.encode_prompt(prompt, params.steps, clip_skip, emphasis)
     uncond = model.text.encode_scheduled(params.negative_prompt, params.steps, clip_skip, emphasis)
@@ -528,15 +515,13 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
             second_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(total - n + i, total, x))
         try:
             with stoppable(model.unet, hooks.check) as unet_time:
-                latents = sample(model, denoiser, noise, choice, plan.schedule_steps or params.steps, generators,
-                                 first_hooks, start,
-                                 sampler_options(params, options), batch_seeds, randn_source)
+                latents = sample(model, denoiser, noise, ctx.choice, plan.schedule_steps or params.steps, generators,
+                                 first_hooks, start, ctx.options, batch_seeds, randn_source)
                 if plan.hires:
                     latents = _hires_pass(
-                        model, params, latents, batch_seeds,
+                        model, ctx, latents, batch_seeds,
                         subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None,
-                        randn_source, ensd, sampler_options(params, options), second_hooks or hooks, clip_skip,
-                        emphasis)
+                        second_hooks or hooks)
         except (JobSkipped, JobInterrupted) as stopped:
             # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
             skipped = isinstance(stopped, JobSkipped)
@@ -573,15 +558,15 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
         yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b)
 
 
-def _hires_pass(model, params: GenerationParams, latents: torch.Tensor, seeds: list[int], subseeds: list[int] | None,
-                randn_source: str, ensd: int, options: samplers.SamplerOptions, hooks: Hooks, clip_skip: int,
-                emphasis: str) -> torch.Tensor:
+def _hires_pass(model, ctx: JobContext, latents: torch.Tensor, seeds: list[int], subseeds: list[int] | None,
+                hooks: Hooks) -> torch.Tensor:
     """Hires. fix's second pass (see `hires`): upscale, fresh noise for the images' seeds at the new size
     (A1111 makes a new RNG there), then img2img over the end of the hires schedule, with the hires
     sampler and prompts when given (A1111 encodes them for the hires steps)."""
-    upscaler = hires.check_upscaler(params.hr_upscaler)
+    params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
+    clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
-    latents = hires.upscale_latents(latents, upscaler, up_x, up_y, lambda z: decode(model, z),
+    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, lambda z: decode(model, z),
                                     lambda image: encode(model, image_to_tensor(image)[None]))
     latents = hires.crop(latents, cut_x, cut_y)
     shape = (LATENT_CHANNELS, *latents.shape[2:])
@@ -592,9 +577,6 @@ def _hires_pass(model, params: GenerationParams, latents: torch.Tensor, seeds: l
     if ensd:
         generators = rng.create_generators([s + ensd for s in seeds], randn_source, model.device)
     steps, t_enc = hires.schedule(params)
-    same = (None, "", "Use same sampler", "Use same scheduler")
-    choice = samplers.resolve(params.sampler_name if params.hr_sampler_name in same else params.hr_sampler_name,
-                              params.scheduler if params.hr_scheduler in same else params.hr_scheduler)
     hr_steps = params.hr_second_pass_steps or params.steps
     prompt = extra_networks.parse(params.hr_prompt or params.prompt).text
     cond = model.text.encode_prompt(prompt, hr_steps, clip_skip, emphasis)
@@ -602,21 +584,18 @@ def _hires_pass(model, params: GenerationParams, latents: torch.Tensor, seeds: l
                                          emphasis)
     image_cond = inpainting_conditioning(model, len(seeds), height, width)
     denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond)
-    return sample(model, denoiser, noise, choice, steps, generators, hooks, Start(latents, t_enc), options, seeds,
-                  randn_source)
+    return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks, Start(latents, t_enc), ctx.options,
+                  seeds, randn_source)
 
 
 @torch.no_grad()
-def txt2img(model, params: GenerationParams, seeds: list[int], clip_skip: int = 1, randn_source: str = "CPU",
-            hooks: Hooks | None = None, emphasis: str = "Original", subseeds: list[int] | None = None,
-            ensd: int = 0, options: samplers.SamplerOptions | None = None) -> Iterator[BatchOutput]:
-    """Generate `params.n_iter` batches of `params.batch_size` images; `seeds` has one seed per image
-    (`subseeds` one variation seed per image when params.subseed_strength > 0)."""
+def txt2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Iterator[BatchOutput]:
+    """Generate `params.n_iter` batches of `params.batch_size` images, one per seed of the context."""
+    params = ctx.params
     shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
     plan = _Plan(shape, inpainting_conditioning(model, params.batch_size, params.height, params.width),
-                 hires=params.enable_hr)
-    yield from _generate(model, params, seeds, clip_skip, randn_source, hooks or Hooks(), emphasis, plan,
-                         subseeds, ensd, options)
+                 hires=ctx.hires)
+    yield from _generate(model, ctx, hooks or Hooks(), plan)
 
 
 @dataclass
@@ -634,13 +613,14 @@ MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothin
 
 
 @torch.no_grad()
-def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU", background: str = "#ffffff",
-                    fix_steps: bool = False, mask_weight: float = 1.0) -> Img2ImgInputs:
+def prepare_img2img(model, ctx: JobContext) -> Img2ImgInputs:
     """Resize the init images to width x height by `resize_mode`, prepare the mask, pre-fill the area to
     repaint, VAE-encode. t_enc = int(min(denoising_strength, 0.999) * steps): each batch starts from the
     init latents noised to step steps - t_enc - 1 of the schedule and runs t_enc + 1 steps; with
-    `fix_steps` (img2img_fix_steps) exactly `steps` run, at the end of a longer schedule. `mask_weight`
-    is inpainting_mask_weight, for 9-channel inpainting models (see image_conditioning)."""
+    the context's `fix_steps` (img2img_fix_steps) exactly `steps` run, at the end of a longer schedule. Its
+    `mask_weight` is inpainting_mask_weight, for 9-channel inpainting models (see image_conditioning)."""
+    params: Img2ImgParams = ctx.params  # type: ignore[assignment]
+    randn_source = ctx.randn_source
     width, height = params.width, params.height
     fields: dict[str, Any] = {}
     notes: list[str] = []
@@ -671,7 +651,7 @@ def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU", bac
     crop = prepared_mask.crop if prepared_mask else None
     originals, inputs = [], []  # what the result is pasted onto; what is encoded
     for image in params.init_images:
-        image = images.flatten(image, background)
+        image = images.flatten(image, ctx.background)
         if crop is not None:
             originals.append(image)
             image = images.resize_image(2, image.crop(crop), width, height)
@@ -699,9 +679,9 @@ def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU", bac
     if model.config.in_channels == 9:  # conditioned on the (filled) inputs at the processing size
         sized = [im if im.size == (width, height) else images.resize_image(0, im, width, height) for im in inputs]
         pixels = torch.stack([image_to_tensor(im) for im in (sized if pixel_mask is not None else sized[:1])])
-        image_cond = image_conditioning(model, pixels, pixel_mask, height, width, mask_weight)
+        image_cond = image_conditioning(model, pixels, pixel_mask, height, width, ctx.mask_weight)
 
-    schedule_steps, t_enc = samplers.img2img_schedule(params.steps, params.denoising_strength, fix_steps)
+    schedule_steps, t_enc = samplers.img2img_schedule(params.steps, params.denoising_strength, ctx.fix_steps)
 
     def start(batch_seeds: list[int]) -> Start:
         init = latents if latents.shape[0] == len(batch_seeds) else latents.expand(len(batch_seeds), -1, -1, -1)
@@ -725,13 +705,10 @@ def prepare_img2img(model, params: Img2ImgParams, randn_source: str = "CPU", bac
 
 
 @torch.no_grad()
-def img2img(model, params: Img2ImgParams, seeds: list[int], clip_skip: int = 1, randn_source: str = "CPU",
-            hooks: Hooks | None = None, emphasis: str = "Original", background: str = "#ffffff",
-            inputs: Img2ImgInputs | None = None, subseeds: list[int] | None = None, ensd: int = 0,
-            options: samplers.SamplerOptions | None = None) -> Iterator[BatchOutput]:
+def img2img(model, ctx: JobContext, hooks: Hooks | None = None, inputs: Img2ImgInputs | None = None
+            ) -> Iterator[BatchOutput]:
     """img2img and inpainting, A1111's way, in `params.n_iter` batches (`inputs` from `prepare_img2img`,
     made here when not given). With a mask only its white area is repainted: the latents outside it
     are kept at every step, and the original pixels are pasted back outside the blurred mask at the end."""
-    inputs = inputs or prepare_img2img(model, params, randn_source, background)
-    yield from _generate(model, params, seeds, clip_skip, randn_source, hooks or Hooks(), emphasis, inputs.plan,
-                         subseeds, ensd, options)
+    inputs = inputs or prepare_img2img(model, ctx)
+    yield from _generate(model, ctx, hooks or Hooks(), inputs.plan)

@@ -26,7 +26,7 @@ class Page:
 
 def demo_notice(engine: Engine, title: str | None) -> str:
     """A plain word about the built-in demo model when it is the selected checkpoint, else nothing."""
-    info = engine.models.checkpoints.find(title) if title else None
+    info = engine.checkpoints.find(title) if title else None
     if info is None or not info.builtin:
         return ""
     folder = html.escape(str(engine.paths.checkpoint_dirs[-1]))
@@ -46,16 +46,16 @@ class TopBar:
 
 
 def _checkpoint_titles(engine: Engine) -> list[str]:
-    return [i.title for i in engine.models.checkpoints.list()]
+    return [i.title for i in engine.checkpoints.list()]
 
 
 def _vae_choices(engine: Engine) -> list[str]:
-    return ["Automatic", "None"] + [v.name for v in engine.models.vaes.list()]
+    return ["Automatic", "None"] + [v.name for v in engine.checkpoints.vaes()]
 
 
 def _selected(engine: Engine) -> str | None:
     try:
-        return engine.resolve_checkpoint().title
+        return engine.checkpoints.resolve().title
     except BadRequest:
         return None
 
@@ -68,25 +68,25 @@ def top_bar(engine: Engine) -> TopBar:
                                  allow_custom_value=True)  # a title gains its hash once computed
         refresh_checkpoints = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40,
                                         size="sm", elem_classes="sd-tool")
-        vae = gr.Dropdown(label="SD VAE", choices=_vae_choices(engine), value=engine.settings.values.sd_vae,
+        vae = gr.Dropdown(label="SD VAE", choices=_vae_choices(engine), value=engine.options.values.sd_vae,
                           elem_id="setting_sd_vae", scale=2, min_width=200)
         refresh_vae = gr.Button("🔄", elem_id="refresh_sd_vae", scale=0, min_width=40, size="sm",
                                 elem_classes="sd-tool")
-        clip_skip = gr.Slider(1, 12, value=engine.settings.values.CLIP_stop_at_last_layers, step=1,
+        clip_skip = gr.Slider(1, 12, value=engine.options.values.CLIP_stop_at_last_layers, step=1,
                               label="Clip skip", elem_id="setting_CLIP_stop_at_last_layers", scale=2, min_width=200)
-    status = gr.HTML(_status_html(engine.startup_error), elem_id="sd_status")
+    status = gr.HTML(_status_html(engine.checkpoints.startup_error), elem_id="sd_status")
     notice = gr.HTML(demo_notice(engine, initial), elem_id="demo_model_notice")
 
     def refresh():
-        engine.models.checkpoints.refresh()
+        engine.checkpoints.refresh()
         value = _selected(engine)
         return gr.Dropdown(choices=_checkpoint_titles(engine), value=value), demo_notice(engine, value)
 
     refresh_checkpoints.click(refresh, outputs=[checkpoint, notice], queue=False)
 
     def refresh_vaes():
-        engine.models.vaes.refresh()
-        return gr.Dropdown(choices=_vae_choices(engine), value=engine.settings.values.sd_vae)
+        engine.checkpoints.refresh_vaes()
+        return gr.Dropdown(choices=_vae_choices(engine), value=engine.options.values.sd_vae)
 
     refresh_vae.click(refresh_vaes, outputs=vae, queue=False)
     checkpoint.input(change_checkpoint_stream(engine), inputs=checkpoint, outputs=[status, checkpoint, notice],
@@ -121,11 +121,11 @@ def change_checkpoint_stream(engine: Engine):
         yield f'<div class="sd-note">Loading {html.escape(title)}...</div>', gr.skip(), gr.skip()
         try:
             engine.set_options({"sd_model_checkpoint": title})
-            loaded = engine.models.current.info.title
+            loaded = engine.checkpoints.current.info.title
             yield (f'<div class="sd-note">Loaded {html.escape(loaded)}</div>',
                    gr.Dropdown(choices=_checkpoint_titles(engine), value=loaded), demo_notice(engine, loaded))
         except (BadRequest, CheckpointError) as e:
-            current = engine.models.current
+            current = engine.checkpoints.current
             yield (_status_html(f"Could not load {title}: {e}"),
                    gr.Dropdown(value=current.info.title if current else None), gr.skip())
     return change

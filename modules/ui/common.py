@@ -201,7 +201,7 @@ def wire_output_panel(engine: Engine, panel: OutputPanel, seed: SeedControls, ou
     seed.reuse.click(reuse, inputs=[panel.seeds, panel.selected], outputs=seed.fields["seed"], queue=False)
 
     def open_outputs():
-        values = engine.settings.values
+        values = engine.options.values
         return note_html(open_folder(engine.paths.resolve_output_dir(values.outdir_samples
                                                                      or getattr(values, outdir_setting))))
 
@@ -214,8 +214,8 @@ def wire_output_panel(engine: Engine, panel: OutputPanel, seed: SeedControls, ou
         with Image.open(gallery_path(gallery[index])) as im:
             image = im.copy()
         text = infotexts[index] if index < len(infotexts) else None
-        folder = engine.paths.resolve_output_dir(engine.settings.values.outdir_save)
-        settings = engine.settings.values.model_copy(update={"save_to_dirs": False})
+        folder = engine.paths.resolve_output_dir(engine.options.values.outdir_save)
+        settings = engine.options.values.model_copy(update={"save_to_dirs": False})
         namer = FileNamer(prompt=(text or "").split("\nNegative prompt:")[0].split("\nSteps: ")[0])
         saved = images.save_image(image, folder, text, settings, namer, seed_of(text) or 0)
         if not Path(saved).resolve().is_relative_to(download_folder(engine).resolve()):

@@ -46,9 +46,7 @@ def _card_image(card: extra_networks.Card) -> Image.Image:
 
 
 def listing(engine: Engine) -> dict[str, list[extra_networks.Card]]:
-    engine.models.loras.refresh()
-    engine.models.embeddings.refresh()
-    found = extra_networks.cards(engine.models.loras, engine.models.embeddings)
+    found = engine.networks.refresh()
     return {tab: [c for c in found if c.tab == tab] for tab in TABS}
 
 

@@ -119,11 +119,11 @@ def _inputs(engine: Engine, mode: int, single, uploads, in_dir: str, out_dir: st
         return [open_image(getattr(f, "name", f), engine=engine) for f in uploads], None
     if not in_dir or not in_dir.strip():
         raise BadRequest("Extras: give an input directory")
-    folder = engine.page_folder("Extras: input directory", in_dir)
+    folder = engine.options.page_folder("Extras: input directory", in_dir)
     if not folder.is_dir():
         raise BadRequest(f"Extras: input directory {in_dir!r} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES)
     if not files:
         raise BadRequest(f"Extras: no images ({', '.join(IMAGE_TYPES)}) in {folder}")
-    outdir = str(engine.page_folder("Extras: output directory", out_dir)) if out_dir and out_dir.strip() else None
+    outdir = str(engine.options.page_folder("Extras: output directory", out_dir)) if out_dir and out_dir.strip() else None
     return [open_image(f, engine=engine) for f in files], outdir

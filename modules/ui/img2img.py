@@ -211,10 +211,10 @@ def make_params(values: dict, image: Image.Image, mask: Image.Image | None, scal
 def batch_files(engine: Engine, input_dir: str, mask_dir: str) -> list[tuple[Path, Path | None]]:
     if not input_dir or not input_dir.strip():
         raise BadRequest("Batch: give an input directory")
-    folder = engine.page_folder("Batch: input directory", input_dir)
+    folder = engine.options.page_folder("Batch: input directory", input_dir)
     if not folder.is_dir():
         raise BadRequest(f"Batch: input directory {input_dir!r} is not a folder")
-    masks = engine.page_folder("Batch: inpaint mask directory", mask_dir) if mask_dir and mask_dir.strip() else None
+    masks = engine.options.page_folder("Batch: inpaint mask directory", mask_dir) if mask_dir and mask_dir.strip() else None
     if masks is not None and not masks.is_dir():
         raise BadRequest(f"Batch: inpaint mask directory {mask_dir!r} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in common.IMAGE_TYPES)
@@ -235,7 +235,7 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
         files = batch_files(engine, inputs.get("batch_input_dir") or "", inputs.get("batch_mask_dir") or "")
         out_dir = (inputs.get("batch_output_dir") or "").strip()
         if out_dir:
-            out_dir = str(engine.page_folder("Batch: output directory", out_dir))
+            out_dir = str(engine.options.page_folder("Batch: output directory", out_dir))
     except BadRequest as e:
         yield runner.error(str(e))
         return

@@ -17,7 +17,7 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
     """({GenerationParams field: value}, {setting: value}) named by infotext `text`. Legacy sampler names
     with a schedule ("DPM++ 2M Karras") become sampler + schedule type, as A1111's paste does."""
     parsed = infotext.parse_with_defaults(text or "")
-    parsed["Prompt"] = engine.models.loras.rename_by_hash(parsed.get("Prompt", ""), parsed.get("Lora hashes"))
+    parsed["Prompt"] = engine.networks.rename_by_hash(parsed.get("Prompt", ""), parsed.get("Lora hashes"))
     values = infotext.request_values(parsed, infotext.REQUEST_FIELDS)
     settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)
     if "sampler_name" in values:
@@ -31,7 +31,7 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
         values["enable_hr"] = "Denoising strength" in parsed  # A1111: a denoising strength means hires fix
     model = parsed.get("Model hash") or parsed.get("Model")
     if model:
-        found = engine.models.checkpoints.find(str(model)) or engine.models.checkpoints.find(str(parsed.get("Model")))
+        found = engine.checkpoints.find(str(model)) or engine.checkpoints.find(str(parsed.get("Model")))
         if found is not None:
             settings["sd_model_checkpoint"] = found.title
     return values, settings

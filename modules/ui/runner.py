@@ -59,7 +59,7 @@ def describe_error(e: BaseException) -> str:
 def watch(engine: Engine, job, label: str = "") -> Generator[list, None, GenerationResult | BaseException]:
     """Yield the event's values while `job` runs (progress, preview, images as they finish); return the
     job's result, or the exception it failed with."""
-    settings = engine.settings.values
+    settings = engine.options.values
     previews, every = settings.live_previews_enable, settings.show_progress_every_n_steps
     refresh = settings.live_preview_refresh_period / 1000.0
     render = full_preview(engine) if settings.show_progress_type == "Full" else preview.latent_to_image
@@ -82,7 +82,7 @@ def full_preview(engine: Engine) -> Callable[[torch.Tensor], Image.Image]:
     """The "Full" live preview: the current prediction decoded by the model's VAE (the images of a batch
     side by side)."""
     def render(latent: torch.Tensor) -> Image.Image:
-        model = engine.models.current
+        model = engine.checkpoints.current
         if model is None:
             return preview.latent_to_image(latent)
         decoded = pipeline.decode(model, latent if latent.dim() == 4 else latent[None])

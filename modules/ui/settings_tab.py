@@ -73,7 +73,7 @@ def sections() -> list[tuple[str, list[str]]]:
 
 
 def build(engine: Engine) -> SettingsTab:
-    values = engine.settings.values
+    values = engine.options.values
     controls: dict[str, gr.components.Component] = {}
     with gr.Row():
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=200)
@@ -87,7 +87,7 @@ def build(engine: Engine) -> SettingsTab:
     names = list(controls)
 
     def apply_settings(*new_values):
-        current = engine.settings.values
+        current = engine.options.values
         changes = {}
         for name, value in zip(names, new_values):
             kind = Settings.model_fields[name].annotation
@@ -103,7 +103,7 @@ def build(engine: Engine) -> SettingsTab:
             return f'<div class="sd-error"><b>Not applied:</b> {html.escape(str(e))}</div>'
         listed = ", ".join(changes)
         return f'<div class="sd-note">{len(changes)} setting{"s" if len(changes) != 1 else ""} changed: ' \
-               f'{html.escape(listed)}. Saved to {html.escape(str(engine.settings.path))}.</div>'
+               f'{html.escape(listed)}. Saved to {html.escape(str(engine.options.path))}.</div>'
 
     apply.click(apply_settings, inputs=[controls[n] for n in names], outputs=result)
     return SettingsTab(controls, apply, result)

@@ -31,7 +31,7 @@ class Toprow:
 
 
 def counter_html(engine: Engine, text: str, steps: float | None) -> str:
-    tokens, target = token_count(engine.models.tokenizer, text or "", int(steps or 20))
+    tokens, target = token_count(engine.tokenizer, text or "", int(steps or 20))
     over = " sd-token-over" if tokens > target else ""
     return f'<span class="sd-token-counter{over}">{tokens}/{target}</span>'
 

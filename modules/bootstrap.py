@@ -1,0 +1,77 @@
+"""Start-up wiring: the one place that builds the engine's parts and connects them. webui.py, the benchmarks
+and the tests all build an engine through `build` (from command-line flags) or `build_engine`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from modules import devices, images, paths, styles
+from modules.engine import Engine
+from modules.folders import FolderPolicy
+from modules.hashing import HashCache
+from modules.jobs import JobQueue
+from modules.limits import Limits
+from modules.models.embeddings import EmbeddingRegistry
+from modules.models.lora import LoraRegistry
+from modules.models.manager import ModelManager
+from modules.models.registry import CheckpointRegistry, VaeRegistry
+from modules.services.checkpoints import CheckpointService
+from modules.services.extras import ExtrasService
+from modules.services.generation import GenerationService
+from modules.services.networks import NetworksService
+from modules.services.options import OptionsService
+from modules.services.output import OutputWriter
+from modules.services.requests import RequestResolver
+from modules.settings import SettingsStore
+
+
+def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | None = None,
+                 folders: FolderPolicy | None = None, extra_files: tuple[Path, ...] = (),
+                 builtin_files: tuple[Path, ...] = (), hashes: HashCache | None = None) -> Engine:
+    """An engine over the data folder `p` on the device `plan`, with its own queue (stop it when done).
+    `extra_files`: checkpoints outside the folders (--ckpt); `builtin_files`: the built-in model."""
+    limits = limits or Limits()
+    hashes = hashes or HashCache(p.hash_cache)
+    checkpoint_files = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=extra_files,
+                                          builtin_files=builtin_files)
+    loras = LoraRegistry(p.lora_dirs, hashes)
+    embeddings = EmbeddingRegistry(p.embeddings_dirs, hashes)
+    models = ModelManager(checkpoint_files, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config,
+                          loras=loras, embeddings=embeddings)
+    store = SettingsStore(p.config_file)
+    queue = JobQueue()
+    folders = folders or FolderPolicy(p.data)
+    decode_budget = images.DecodeBudget(limits.decode_budget_pixels)
+    checkpoints = CheckpointService(store, models, queue, str(p.checkpoint_dirs[-1]))
+    options = OptionsService(store, checkpoints, folders)
+    style_store = styles.StyleStore(p.styles_files)
+    requests = RequestResolver(limits, style_store, options, checkpoints)
+    output = OutputWriter(p)
+    return Engine(
+        paths=p, limits=limits, folders=folders, device=plan, tokenizer=models.tokenizer, queue=queue,
+        checkpoints=checkpoints, options=options, styles=style_store, networks=NetworksService(loras, embeddings),
+        requests=requests, generation=GenerationService(requests, checkpoints, models, queue, output, decode_budget),
+        postprocess=ExtrasService(requests, options, queue, output, decode_budget), decode_budget=decode_budget)
+
+
+def ckpt_file(args) -> str | None:
+    """--ckpt's file, links followed (models shared between apps are often symlinks): the registry knows it by
+    that path."""
+    return os.path.realpath(os.path.expanduser(args.ckpt)) if args.ckpt else None
+
+
+def build(args, folders: FolderPolicy | None = None) -> Engine:
+    """The engine the flags describe (data and model folders, device, limits), the built-in model included
+    unless --no-builtin-model. Nothing is loaded yet: `Engine.checkpoints.start_loading` does that."""
+    from modules.limits import from_args as limits_from_args
+
+    p = paths.from_args(args.data_dir, args.models_dir, args.ckpt_dir, args.vae_dir, args.config, args.lora_dir,
+                        args.embeddings_dir, args.styles_file)
+    paths.ensure_dirs(p)
+    plan = devices.plan(args.use_cpu, args.device_id, args.no_half, args.no_half_vae, args.precision,
+                        args.skip_torch_cuda_test)
+    ckpt = ckpt_file(args)
+    return build_engine(p, plan, limits=limits_from_args(args), folders=folders,
+                        extra_files=(ckpt,) if ckpt else (),
+                        builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS)

@@ -1,0 +1,121 @@
+"""A request resolved once: every name looked up, every setting merged, every seed drawn.
+
+The services build a `JobContext` from a request and the effective settings when the request is
+submitted (`resolve`); the pipeline runs from it and never reads settings or resolves names itself, so
+what the job does is fixed the moment it is accepted, and the infotext describes exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modules.generation import hires, rng, samplers
+from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.settings import Settings
+
+SAME = (None, "", "Use same sampler", "Use same scheduler")  # hr_sampler_name / hr_scheduler: the first pass's
+HIRES_DENOISING = 0.7  # A1111's hires denoising strength when the request gives none
+
+
+@dataclass(frozen=True)
+class JobContext:
+    params: GenerationParams  # the request, styles merged into its prompts
+    choice: samplers.SamplerChoice
+    options: samplers.SamplerOptions  # the settings' sampler defaults with the request's eta / churn / noise over them
+    seeds: tuple[int, ...]  # one per image
+    subseeds: tuple[int, ...]  # one variation seed per image
+    clip_skip: int = 1
+    emphasis: str = "Original"
+    randn_source: str = "CPU"
+    noise_seed_delta: int = 0  # A1111's ENSD: per-step noise from seed + delta
+    hr_choice: samplers.SamplerChoice | None = None  # txt2img with Hires. fix: its second pass's sampler
+    hr_upscaler: str | None = None
+    # img2img
+    background: str = "#ffffff"  # what transparent init images are flattened onto
+    fix_steps: bool = False  # img2img_fix_steps
+    mask_weight: float = 1.0  # inpainting_mask_weight (9-channel inpainting models)
+
+    @property
+    def is_img2img(self) -> bool:
+        return isinstance(self.params, Img2ImgParams)
+
+    @property
+    def hires(self) -> bool:
+        return self.hr_choice is not None
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
+
+    @property
+    def subseed(self) -> int:
+        return self.subseeds[0]
+
+    @property
+    def variation_subseeds(self) -> list[int] | None:
+        """The variation seeds the noise mixes in (None when the variation strength is 0)."""
+        return list(self.subseeds) if self.params.subseed_strength > 0 else None
+
+    @property
+    def denoising_strength(self) -> float | None:
+        """img2img's, the hires pass's (A1111's 0.7 when not given), or None for plain txt2img."""
+        if self.is_img2img:
+            return self.params.denoising_strength
+        if self.hires:
+            return self.params.denoising_strength if self.params.denoising_strength is not None else HIRES_DENOISING
+        return None
+
+    @property
+    def steps_run(self) -> int:
+        """txt2img's sampler steps per batch (both passes with Hires. fix); img2img's come from its inputs."""
+        if self.hires:
+            return self.params.steps + (self.params.hr_second_pass_steps or self.params.steps)
+        return self.params.steps
+
+    @property
+    def writes_ensd(self) -> bool:
+        """A1111 writes ENSD to the infotext only for the samplers whose noise it changes."""
+        return self.noise_seed_delta != 0 and samplers.uses_ensd(self.choice.spec, self.options)
+
+
+def sampler_options(params: GenerationParams, settings: Settings) -> samplers.SamplerOptions:
+    """The request's eta / sigma churn / noise over the settings' defaults (A1111: `p.eta or opts.eta_...`)."""
+    s_tmax = params.s_tmax if params.s_tmax is not None else settings.s_tmax
+    return samplers.SamplerOptions(
+        eta=params.eta, s_churn=params.s_churn if params.s_churn is not None else settings.s_churn,
+        s_tmin=params.s_tmin if params.s_tmin is not None else settings.s_tmin,
+        s_tmax=s_tmax if s_tmax else float("inf"),
+        s_noise=params.s_noise if params.s_noise is not None else settings.s_noise,
+        eta_ancestral=settings.eta_ancestral, eta_ddim=settings.eta_ddim,
+        sigma_min=settings.sigma_min, sigma_max=settings.sigma_max, rho=settings.rho,
+        always_discard_next_to_last_sigma=settings.always_discard_next_to_last_sigma,
+        beta_alpha=settings.beta_dist_alpha, beta_beta=settings.beta_dist_beta,
+        uni_pc_variant=settings.uni_pc_variant, uni_pc_skip_type=settings.uni_pc_skip_type,
+        uni_pc_order=settings.uni_pc_order, uni_pc_lower_order_final=settings.uni_pc_lower_order_final)
+
+
+def hires_choice(params: GenerationParams) -> samplers.SamplerChoice:
+    """The hires pass's sampler: the first pass's unless hr_sampler_name / hr_scheduler say otherwise."""
+    return samplers.resolve(params.sampler_name if params.hr_sampler_name in SAME else params.hr_sampler_name,
+                            params.scheduler if params.hr_scheduler in SAME else params.hr_scheduler)
+
+
+def resolve(params: GenerationParams, settings: Settings | None = None) -> JobContext:
+    """The request as the pipeline runs it. Raises samplers.UnknownSampler or hires.UnknownUpscaler for a name
+    that exists nowhere; seeds of -1 are drawn here, once."""
+    settings = settings or Settings()
+    choice = samplers.resolve(params.sampler_name, params.scheduler)
+    hr_choice = upscaler = None
+    if params.enable_hr and not isinstance(params, Img2ImgParams):
+        hr_choice = hires_choice(params)
+        upscaler = hires.check_upscaler(params.hr_upscaler)
+    if isinstance(params, Img2ImgParams) and params.initial_noise_multiplier is None:
+        params = params.model_copy(update={"initial_noise_multiplier": settings.initial_noise_multiplier})
+    seeds, subseeds = rng.batch_seeds(rng.fix_seed(params.seed), rng.fix_seed(params.subseed),
+                                      params.subseed_strength, params.total_images)
+    return JobContext(
+        params=params, choice=choice, options=sampler_options(params, settings), seeds=tuple(seeds),
+        subseeds=tuple(subseeds), clip_skip=settings.CLIP_stop_at_last_layers, emphasis=settings.emphasis,
+        randn_source=settings.randn_source, noise_seed_delta=settings.eta_noise_seed_delta, hr_choice=hr_choice,
+        hr_upscaler=upscaler, background=settings.img2img_background_color, fix_steps=settings.img2img_fix_steps,
+        mask_weight=settings.inpainting_mask_weight)

@@ -1,0 +1,136 @@
+"""Which checkpoint a request means, and loading it: through the queue, so a running job finishes first."""
+
+from __future__ import annotations
+
+import logging
+
+from modules.jobs import Job, JobQueue
+from modules.models.checkpoint_file import CheckpointError
+from modules.models.manager import LoadedModel, ModelManager
+from modules.models.registry import CheckpointInfo, VaeInfo
+from modules.services.errors import BadRequest, UnusableCheckpoint
+from modules.settings import SettingsStore
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointService:
+    def __init__(self, settings: SettingsStore, models: ModelManager, queue: JobQueue, add_folder: str):
+        self._settings = settings
+        self._models = models
+        self._queue = queue
+        self._add_folder = add_folder  # named in the message when there is no checkpoint at all
+        self.startup_error: str | None = None  # why the start-up model did not load (shown on the page)
+
+    # --- what there is -----------------------------------------------------------------------
+    def list(self) -> list[CheckpointInfo]:
+        return self._models.checkpoints.list()
+
+    def find(self, query: str) -> CheckpointInfo | None:
+        return self._models.checkpoints.find(query)
+
+    def refresh(self) -> list[CheckpointInfo]:
+        return self._models.checkpoints.refresh()
+
+    def ensure_hash(self, info: CheckpointInfo) -> str:
+        """The file's SHA-256 (read once, then cached), which `find` also matches."""
+        return self._models.checkpoints.ensure_hash(info)
+
+    def vaes(self) -> list[VaeInfo]:
+        return self._models.vaes.list()
+
+    def refresh_vaes(self) -> list[VaeInfo]:
+        return self._models.vaes.refresh()
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The loaded model, if any."""
+        return self._models.current
+
+    def resolve(self, query: str | None = None) -> CheckpointInfo:
+        """The checkpoint `query` names; without one the selected checkpoint, else the loaded one, else the
+        first listed. BadRequest when there is none."""
+        if query:
+            found = self.find(query)
+            if found is None:
+                raise BadRequest(f"Checkpoint {query!r} not found. Available: "
+                                 + (", ".join(i.title for i in self.list()) or "none"))
+            return found
+        wanted = self._settings.values.sd_model_checkpoint
+        found = self.find(wanted) if wanted else None
+        if found is None and self.current is not None:
+            found = self.current.info
+        if found is None:
+            items = self.list()
+            if not items:
+                raise BadRequest("No checkpoint found. Put a .safetensors or .ckpt file into "
+                                 f"{self._add_folder} and refresh the list.")
+            found = items[0]
+        return found
+
+    def check_vae_name(self, name: str) -> None:
+        """Refuse a VAE choice that names no file, before anything is queued or changed."""
+        if name.strip() not in ("Automatic", "None") and self._models.vaes.find(name) is None:
+            raise BadRequest(f"VAE {name!r} not found. Available: Automatic, None"
+                             + "".join(f", {v.name}" for v in self.vaes()))
+
+    def check_vae_for_current(self, name: str) -> None:
+        """Refuse a VAE choice the loaded model could not use (a bad name), before the setting changes."""
+        if self.current is not None:
+            self._models.resolve_vae(self.current.info, name)
+
+    # --- loading (inside a job: the queue's worker) --------------------------------------------
+    def load_now(self, info: CheckpointInfo, vae: str, remember: bool = True, requested: str | None = None
+                 ) -> LoadedModel:
+        """Make `info` the loaded model; `remember` records it as the selected checkpoint setting
+        (not done for a per-request override, which A1111 restores afterwards). A file that cannot be
+        loaded is a CheckpointError, or an UnusableCheckpoint (a 4xx) naming the field when the request
+        named it (`requested`: the field)."""
+        try:
+            model = self._models.get(info, vae)
+        except CheckpointError as e:
+            if requested:
+                raise UnusableCheckpoint(f"{requested}: {e} (checkpoint: {info.name})") from None
+            raise CheckpointError(f"{e} (checkpoint: {info.name})") from None
+        if remember and self._settings.values.sd_model_checkpoint != model.info.title:
+            self._settings.update({"sd_model_checkpoint": model.info.title})
+        return model
+
+    # --- loading (through the queue) -------------------------------------------------------------
+    def load(self, query: str | None = None, vae: str | None = None) -> LoadedModel:
+        """Load a checkpoint through the queue (waits for running jobs) and make it the current one."""
+        info = self.resolve(query)
+        vae = vae if vae is not None else self._settings.values.sd_vae
+        return self._queue.run("load", lambda job: self.load_now(
+            info, vae, requested="sd_model_checkpoint" if query else None))
+
+    def unload(self) -> None:
+        """Free the loaded model (through the queue, so a running job finishes first). The next job, or
+        `reload`, loads the selected checkpoint again."""
+        self._queue.run("unload", lambda job: self._models.unload())
+
+    def reload(self) -> LoadedModel:
+        """Load the selected checkpoint again (after `unload`); a no-op when it is loaded."""
+        return self.load()
+
+    def start_loading(self, query: str | None = None) -> Job | None:
+        """Queue loading of the start-up model; generation requests queue behind it. A `query` (--ckpt)
+        becomes the selected checkpoint at once, as in A1111, so the page and the next job agree on it."""
+        try:
+            info = self.resolve(query)
+        except BadRequest as e:
+            self.startup_error = str(e)
+            log.warning("%s", e)
+            return None
+        if query and self._settings.values.sd_model_checkpoint != info.title:
+            self._settings.update({"sd_model_checkpoint": info.title})
+
+        def run(job: Job) -> None:
+            try:
+                self.load_now(info, self._settings.values.sd_vae)
+                self.startup_error = None
+            except Exception as e:  # reported to the user; the server keeps running
+                self.startup_error = str(e)
+                log.error("Could not load %s: %s", info.name, e)
+
+        return self._queue.submit("load", run)

@@ -1,0 +1,200 @@
+"""txt2img and img2img jobs: a request accepted (see requests), queued, then run: the model loaded, the
+prompt's networks applied, the pipeline's batches described, saved and shown as they finish."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from PIL import Image
+from tqdm import tqdm
+
+from modules import filenames, images
+from modules.generation import extra_networks, pipeline
+from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.jobs import Job, JobInterrupted, JobQueue, JobState
+from modules.models import optimizations
+from modules.models.manager import ExtraNetworksUse, LoadedModel, ModelManager
+from modules.services import describe
+from modules.services.checkpoints import CheckpointService
+from modules.services.errors import BadRequest
+from modules.services.output import OutputWriter
+from modules.services.requests import Accepted, RequestResolver, sampler_numbers
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    paths: list[str | None]
+    info: dict[str, Any]
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+    grid: Image.Image | None = None  # A1111's grid of the job's images (more than one, saving on)
+
+
+@dataclass
+class _Run:
+    """One job while it runs: what it was asked, what it runs on, what it has made so far."""
+    job: Job
+    accepted: Accepted
+    model: LoadedModel
+    record: describe.JobRecord
+    networks: ExtraNetworksUse
+    result: GenerationResult
+    extra: dict[str, Any]  # the job's own infotext keys (img2img's mask keys, hires, sampler options, networks)
+    namer: filenames.FileNamer | None = None
+
+    @property
+    def params(self) -> GenerationParams:
+        return self.accepted.ctx.params
+
+
+class GenerationService:
+    def __init__(self, requests: RequestResolver, checkpoints: CheckpointService, models: ModelManager,
+                 queue: JobQueue, output: OutputWriter, decode_budget: images.DecodeBudget):
+        self._requests = requests
+        self._checkpoints = checkpoints
+        self._models = models
+        self._queue = queue
+        self._output = output
+        self._decode_budget = decode_budget
+
+    def submit(self, kind: str, params: GenerationParams, task_id: str | None = None) -> Job:
+        """Check the request (raising BadRequest at once) and queue it; the job's result is a GenerationResult.
+        `task_id`: A1111's force_task_id (what /internal/progress knows the job by)."""
+        if kind == "img2img" and not isinstance(params, Img2ImgParams):
+            raise BadRequest("img2img needs Img2ImgParams (init_images, denoising_strength, ...)")
+        accepted = self._requests.accept(kind, params)
+
+        def run(job: Job) -> GenerationResult:
+            try:
+                result = self._run(job, accepted)
+            except pipeline.NonFiniteInput as e:  # what was asked overflowed: a 4xx naming the values
+                raise BadRequest(f"{e} (here: {sampler_numbers(accepted.ctx.params, accepted.settings)})") from None
+            result.warnings[:0] = accepted.warnings
+            return result
+
+        return self._queue.submit(kind, run, task_id)
+
+    # --- the job -----------------------------------------------------------------------------------
+    def _run(self, job: Job, accepted: Accepted) -> GenerationResult:
+        run = self._start(job, accepted)
+        hooks = pipeline.Hooks(check=job.check)
+        batches, steps_run = self._batches(run, hooks)
+        bar = self._show_progress(run, hooks, steps_run)
+        try:
+            self._collect(run, batches)
+        except JobInterrupted:
+            run.result.interrupted = True
+        finally:
+            bar.close()
+        return self._finish(run)
+
+    def _start(self, job: Job, accepted: Accepted) -> _Run:
+        """Load the model, apply the prompt's networks and the attention settings."""
+        settings, params = accepted.settings, accepted.ctx.params
+        model = self._checkpoints.load_now(
+            accepted.checkpoint, settings.sd_vae, remember=not accepted.checkpoint_requested,
+            requested="override_settings.sd_model_checkpoint" if accepted.checkpoint_requested else None)
+        result = GenerationResult([], [], [], [], {})
+        tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
+        result.warnings.extend(extra_networks.unsupported_warnings(tags))
+        networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
+        result.warnings.extend(networks.warnings)
+        optimizations.apply(model, settings.cross_attention_optimization, settings.batch_cond_uncond)
+        record = describe.JobRecord(accepted.ctx, settings, describe.ModelFacts.of(model), accepted.unstyled_prompt)
+        return _Run(job, accepted, model, record, networks, result, {})
+
+    def _batches(self, run: _Run, hooks: pipeline.Hooks) -> tuple[Iterator[pipeline.BatchOutput], int]:
+        """The pipeline's batches for the job and the sampler steps each runs."""
+        ctx = run.accepted.ctx
+        if ctx.is_img2img:
+            self._decode_inputs(ctx.params)
+            inputs = pipeline.prepare_img2img(run.model, ctx)
+            batches, steps_run, extra = pipeline.img2img(run.model, ctx, hooks, inputs=inputs), inputs.steps_run, \
+                inputs.fields
+            run.result.warnings.extend(inputs.notes)
+        else:
+            batches, steps_run, extra = pipeline.txt2img(run.model, ctx, hooks), ctx.steps_run, {}
+        run.extra = {**extra, **describe.sampler_fields(run.record, run.model.alphas_cumprod)}
+        return batches, steps_run
+
+    def _show_progress(self, run: _Run, hooks: pipeline.Hooks, steps_run: int) -> tqdm:
+        """Progress on the job's state (the page and /progress read it) and, in a terminal, a bar over the whole
+        job (A1111's "Total progress")."""
+        state: JobState = run.job.state
+        state.job_count, state.sampling_steps = run.params.n_iter, steps_run
+        state.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+        run.namer = describe.file_namer(run.record, state.job_timestamp)
+        bar = tqdm(total=run.params.n_iter * steps_run, desc=run.accepted.kind, unit="step", disable=None,
+                   leave=False)
+
+        def on_batch(index: int) -> None:
+            state.job_no, state.sampling_step = index, 0
+
+        def on_step(step: int, steps: int, latent) -> None:
+            state.sampling_step, state.current_latent = step, latent
+            bar.update(state.job_no * steps + step - bar.n)
+
+        hooks.on_batch, hooks.on_step = on_batch, on_step
+        state.partial = run.result  # the UI shows the images as they are finished
+        return bar
+
+    def _collect(self, run: _Run, batches: Iterator[pipeline.BatchOutput]) -> None:
+        """Describe, save and keep each image as its batch finishes."""
+        ctx, settings, result = run.accepted.ctx, run.accepted.settings, run.result
+        save = ctx.params.save_images and settings.samples_save
+        for batch in batches:
+            run.extra = {**run.extra, **self._network_fields(run.model, run.networks)}  # TI hashes known once encoded
+            # A1111 shows an interrupted or skipped batch, and saves it only if asked to
+            result.interrupted = result.interrupted or batch.interrupted
+            complete = not (batch.interrupted or batch.skipped)
+            for image, image_seed in zip(batch.images, batch.seeds):
+                index = len(result.images)
+                text = describe.image_infotext(run.record, image_seed, ctx.subseeds[index], run.extra)
+                path = None
+                if save and (complete or settings.save_incomplete_images):
+                    path = str(self._output.image(image, text, settings, run.namer, image_seed, index,
+                                                  ctx.is_img2img))
+                image.info["parameters"] = text
+                result.images.append(image)
+                result.seeds.append(image_seed)
+                result.infotexts.append(text)
+                result.paths.append(path)
+
+    def _finish(self, run: _Run) -> GenerationResult:
+        """The grid, params.txt and the API's info."""
+        ctx, settings, result = run.accepted.ctx, run.accepted.settings, run.result
+        run.extra = {**run.extra, **self._network_fields(run.model, run.networks)}
+        # A1111's grid: jobs of more than one image that are saved (the API's save_images)
+        if ctx.params.save_images and len(result.images) > 1 and (settings.return_grid or settings.grid_save):
+            grid = images.image_grid(result.images, ctx.params.batch_size, settings.n_rows)
+            grid.info["parameters"] = result.infotexts[0]
+            if settings.grid_save:
+                self._output.grid(grid, result.infotexts[0], settings, run.namer, result.seeds[0], ctx.is_img2img)
+            if settings.return_grid:
+                result.grid = grid
+        if result.infotexts:
+            self._output.last_parameters(result.infotexts[0])
+        result.info = describe.api_info(run.record, result.infotexts, run.job.state.job_timestamp, run.extra,
+                                        result.interrupted, result.warnings)
+        return result
+
+    def _decode_inputs(self, params: Img2ImgParams) -> None:
+        """Decode the init images and the mask, which a request sends compressed and which wait in the queue so,
+        within the decode budget; BadRequest naming the one whose data turns out to be broken."""
+        named = [(f"init_images.{i}", image) for i, image in enumerate(params.init_images)]
+        for name, image in named + ([("mask", params.mask)] if params.mask is not None else []):
+            try:
+                images.load(image, self._decode_budget)
+            except images.InvalidImage as e:
+                raise BadRequest(f"{name}: {e}") from None
+
+    def _network_fields(self, model: LoadedModel, networks: ExtraNetworksUse) -> dict[str, str | None]:
+        """A1111's `Lora hashes` and `TI hashes` infotext values (None when there are none)."""
+        ti = [f"{name}: {self._models.embeddings.short_hash(emb)}" for name, emb in model.text.embeddings_used.items()]
+        lora_hashes = [f"{name}: {short}" for name, short in networks.lora_hashes]
+        return {"Lora hashes": ", ".join(lora_hashes) or None, "TI hashes": ", ".join(ti) or None}

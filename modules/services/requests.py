@@ -1,0 +1,130 @@
+"""A request checked and resolved once, at submission: the server's limits, styles, the effective settings,
+the sampler names, the seeds and the checkpoint. What the job later runs is exactly what was accepted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from modules import images, styles
+from modules.generation import context, extra_networks, hires, prompts, rng, samplers
+from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.limits import Limits
+from modules.models.registry import CheckpointInfo
+from modules.services.checkpoints import CheckpointService
+from modules.services.errors import BadRequest, OverLimit
+from modules.services.options import OptionsService
+from modules.settings import Settings
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A generation request as it will run."""
+    kind: str  # "txt2img" or "img2img"
+    ctx: context.JobContext
+    settings: Settings  # the effective settings (override_settings merged)
+    checkpoint: CheckpointInfo
+    checkpoint_requested: bool  # named by override_settings (then not remembered as the selected one)
+    unstyled_prompt: str
+    warnings: tuple[str, ...] = ()
+
+
+class RequestResolver:
+    def __init__(self, limits: Limits, style_store: styles.StyleStore, options: OptionsService,
+                 checkpoints: CheckpointService):
+        self.limits = limits
+        self._styles = style_store
+        self._options = options
+        self._checkpoints = checkpoints
+
+    def accept(self, kind: str, params: GenerationParams) -> Accepted:
+        """Check `params` (BadRequest / OverLimit naming what is wrong) and resolve them."""
+        self.check_limits(params)
+        unstyled_prompt = params.prompt  # for the [prompt_no_styles] file name tag
+        params, style_warnings = self.apply_styles(params)
+        settings, warnings = self._options.effective(params.override_settings)
+        try:
+            ctx = context.resolve(params, settings)
+        except (samplers.UnknownSampler, hires.UnknownUpscaler) as e:
+            raise BadRequest(str(e)) from None
+        self.check_numbers(params, settings)
+        requested = params.override_settings.get("sd_model_checkpoint")
+        checkpoint = self._checkpoints.resolve(requested)
+        return Accepted(kind, ctx, settings, checkpoint, "sd_model_checkpoint" in params.override_settings,
+                        unstyled_prompt, tuple(style_warnings + warnings))
+
+    def apply_styles(self, params: GenerationParams) -> tuple[GenerationParams, list[str]]:
+        """The params with their styles merged into the prompts (as A1111 does before generating, so the
+        infotext holds the merged prompts); a style name not in styles.csv is a warning."""
+        if not params.styles:
+            return params, []
+        found, missing = self._styles.resolve(params.styles)
+        prompt, negative = styles.apply(found, params.prompt, params.negative_prompt)
+        warnings = [f"Style {name!r} not found in {', '.join(str(f.name) for f in self._styles.files)}; ignored"
+                    for name in missing]
+        return params.model_copy(update={"prompt": prompt, "negative_prompt": negative}), warnings
+
+    def check_limits(self, params: GenerationParams) -> None:
+        """Refuse (OverLimit, a 400) a request over the server's limits, before anything is decoded or queued."""
+        lim = self.limits
+        for name in ("width", "height"):
+            if getattr(params, name) > lim.max_side:
+                raise OverLimit(f"{name} {getattr(params, name)} is over this server's limit of {lim.max_side} "
+                                "pixels (--max-image-side)")
+        if params.batch_size * params.width * params.height > lim.max_batch_pixels:
+            # counted in pixels: smaller images may come in larger batches (a batch of 24 at 128x128 is fine)
+            raise OverLimit(f"batch_size {params.batch_size} at {params.width}x{params.height} is more pixels in one "
+                            f"batch than this server's limit of {lim.max_batch_size} images of {lim.max_side}x"
+                            f"{lim.max_side} (--max-batch-size, --max-image-side)")
+        if params.n_iter > lim.max_batch_count:
+            raise OverLimit(f"n_iter (batch count) {params.n_iter} is over this server's limit of "
+                            f"{lim.max_batch_count} (--max-batch-count)")
+        for name in ("steps", "hr_second_pass_steps"):
+            if getattr(params, name) > lim.max_steps:
+                raise OverLimit(f"{name} {getattr(params, name)} is over this server's limit of {lim.max_steps} "
+                                "(--max-steps)")
+        if params.enable_hr and not isinstance(params, Img2ImgParams):
+            w, h = hires.target_size(params)
+            if w * h > lim.max_pixels:
+                raise OverLimit(f"the hires fix would make {w}x{h} images, more pixels than this server's limit of "
+                                f"{lim.max_side}x{lim.max_side} (--max-image-side)")
+        if isinstance(params, Img2ImgParams):
+            for image in [*params.init_images, *([params.mask] if params.mask is not None else [])]:
+                self.check_input_image(image)
+
+    def check_input_image(self, image: Image.Image) -> None:
+        """Refuse (OverLimit) an input image with more pixels than --max-input-megapixels allows (its size is
+        known before it is decoded)."""
+        if image.width * image.height > self.limits.max_input_pixels:
+            raise OverLimit(str(images.too_large(image.width, image.height, self.limits.max_input_pixels)))
+
+    @staticmethod
+    def check_numbers(params: GenerationParams, settings: Settings) -> None:
+        """Refuse (BadRequest naming the field) seeds that no generator takes and prompts whose weights
+        cannot be encoded, before anything is queued (A1111 fails on them mid-job, or makes NaNs)."""
+        problem = rng.seed_problem(params.seed, params.subseed, params.subseed_strength, params.total_images,
+                                   settings.eta_noise_seed_delta)
+        if problem:
+            raise BadRequest(problem)
+        texts = [("prompt", extra_networks.parse(params.prompt).text, True, params.steps),
+                 ("negative_prompt", params.negative_prompt, False, params.steps)]
+        if params.enable_hr and not isinstance(params, Img2ImgParams):
+            hr_steps = params.hr_second_pass_steps or params.steps
+            texts += [("hr_prompt", extra_networks.parse(params.hr_prompt).text, True, hr_steps),
+                      ("hr_negative_prompt", params.hr_negative_prompt, False, hr_steps)]
+        for name, text, split, steps in texts:
+            problem = prompts.prompt_problem(text, steps, settings.emphasis, split) if text else None
+            if problem:
+                raise BadRequest(f"{name}: {problem}")
+
+
+def sampler_numbers(params: GenerationParams, settings: Settings) -> str:
+    """The sampler numbers that differ from their defaults, for a message about values that overflowed."""
+    defaults = Settings()
+    values = [f"{name}={getattr(settings, name):g}" for name in (
+        "sigma_max", "sigma_min", "rho", "eta_ancestral", "eta_ddim", "s_churn", "s_tmin", "s_tmax", "s_noise")
+        if getattr(settings, name) != getattr(defaults, name)]
+    values += [f"{name}={getattr(params, name):g}" for name in ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
+               if getattr(params, name) is not None]
+    return ", ".join(values) or "all at their defaults"
