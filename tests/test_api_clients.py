@@ -26,8 +26,8 @@ from PIL.PngImagePlugin import PngInfo
 import webui
 from modules import cmd_args, images
 from modules.generation.params import GenerationParams
-from tests.conftest import make_engine
-from tests.test_server import decode, setup_data, start_server, stop_server
+from tests.support.engine import make_engine
+from tests.support.server import decode, setup_data, start_server, stop_server
 
 pytestmark = pytest.mark.server
 

@@ -17,7 +17,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from modules import postprocessing
 from modules.postprocessing import ExtrasParams
-from tests.test_server import decode, setup_data, start_server, stop_server
+from tests.support.server import decode, setup_data, start_server, stop_server
 
 pytestmark = pytest.mark.server
 

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import requests
 
-from tests.test_server import setup_data, start_server, stop_server
+from tests.support.server import setup_data, start_server, stop_server
 
 pytestmark = pytest.mark.server
 

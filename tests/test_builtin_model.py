@@ -1,6 +1,6 @@
 """The built-in demo model (models/builtin/shapes-tiny.safetensors) through the real engine: it loads with
 the ordinary loader, is chosen when the user has no checkpoints, and its pictures show what the prompt
-says, judged by pixel analysis (tests/shapes_judge.py) at the default settings (20 steps, Euler a,
+says, judged by pixel analysis (tests/support/shapes_judge.py) at the default settings (20 steps, Euler a,
 CFG 7, 128x128), including colour/shape/background combinations it never saw in training.
 
 img2img and inpainting are checked the same way: a red circle asked to be blue turns blue where it
@@ -18,8 +18,8 @@ from PIL import Image
 
 from modules import paths
 from modules.generation.params import GenerationParams, Img2ImgParams
-from tests.conftest import make_engine
-from tests.shapes_judge import judge, nearest_colours
+from tests.support.engine import make_engine
+from tests.support.shapes_judge import judge, nearest_colours
 from tools import shapes_world as world
 
 MODEL = paths.BUILTIN_MODELS[0]
@@ -220,7 +220,7 @@ def test_first_run_selects_the_demo_model_says_so_and_draws_on_first_click(tmp_p
     page's own defaults gives the picture the prompt asks for (that click: tests/test_ui_smoke.py)."""
     import requests
 
-    from tests.test_server import start_server, stop_server
+    from tests.support.server import start_server, stop_server
 
     proc, url = start_server(tmp_path, "--api")
     try:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import started
+from tests.support.engine import started
 
 
 def start(data, *flags):

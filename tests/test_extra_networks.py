@@ -24,7 +24,7 @@ from modules.generation.params import GenerationParams
 from modules.models import lora
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingVocabulary, read_embedding
-from tests.conftest import make_engine, make_manager
+from tests.support.engine import make_engine, make_manager
 
 RANK = 4
 
@@ -502,8 +502,8 @@ def test_loras_embeddings_and_styles_through_the_api(tmp_path, tiny_dir):
 
     import requests
 
-    from tests import tiny_models
-    from tests.test_server import start_server, stop_server
+    from tests.support import tiny_models
+    from tests.support.server import start_server, stop_server
 
     shutil.copytree(tiny_dir, tmp_path / "models" / "Stable-diffusion")
     (tmp_path / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))

@@ -11,8 +11,8 @@ import requests
 
 from modules.engine import BadRequest
 from modules.folders import FolderPolicy, FolderRefused
-from tests.conftest import make_engine, started
-from tests.test_server import setup_data, start_server, stop_server
+from tests.support.engine import make_engine, started
+from tests.support.server import setup_data, start_server, stop_server
 
 PROMPT = "a red circle"
 

@@ -15,23 +15,9 @@ from PIL import Image
 from modules import images, infotext
 from modules.engine import BadRequest
 from modules.generation import pipeline
-from modules.generation.params import GenerationParams
 from modules.models import ldm_export
-from tests import tiny_models
-from tests.conftest import make_engine
-
-
-@pytest.fixture()
-def engine(data_dir):
-    e = make_engine(data_dir)
-    yield e
-    e.queue.stop()
-
-
-def params(**kw) -> GenerationParams:
-    base = dict(prompt="a red circle on a blue background", negative_prompt="green", width=64, height=64, steps=6,
-                sampler_name="Euler a", seed=100)
-    return GenerationParams(**{**base, **kw})
+from tests.support import tiny_models
+from tests.support.generation import engine, params  # noqa: F401 (engine: fixture)
 
 
 def png(image: Image.Image) -> bytes:

@@ -7,8 +7,8 @@ import json
 from PIL import Image
 
 from modules import images
-from tests.test_generation import engine, params  # noqa: F401  (fixture)
-from tests.test_server import decode, post, server  # noqa: F401  (fixture)
+from tests.support.generation import engine, params  # noqa: F401  (fixture)
+from tests.support.server import decode, post, server  # noqa: F401  (fixture)
 
 
 def test_grid_layout():

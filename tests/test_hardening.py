@@ -33,8 +33,8 @@ from modules.generation.params import GenerationParams
 from modules.models import checkpoint_file
 from modules.models.checkpoint_file import CheckpointError
 from modules.settings import Settings
-from tests.conftest import make_engine
-from tests.test_server import start_server, stop_server
+from tests.support.engine import make_engine
+from tests.support.server import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 LARGEST_SEED = 2**64 - 1

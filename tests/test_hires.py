@@ -9,7 +9,7 @@ from modules import infotext
 from modules.engine import BadRequest
 from modules.generation import hires
 from modules.generation.params import GenerationParams
-from tests.test_generation import engine, params  # noqa: F401  (fixture)
+from tests.support.generation import engine, params  # noqa: F401  (fixture)
 
 
 def test_schedule_and_size_follow_a1111():
@@ -64,7 +64,7 @@ def test_pasted_a1111_infotext_turns_hires_on(engine):  # noqa: F811
 
 def test_progress_counts_both_passes(engine):  # noqa: F811
     from modules.generation import pipeline
-    from tests.test_generation import params as make
+    from tests.support.generation import params as make
 
     seen = []
     model = engine.models.get(engine.resolve_checkpoint(None))

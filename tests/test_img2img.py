@@ -17,27 +17,12 @@ from PIL import Image, ImageDraw
 
 from modules import images, infotext
 from modules.generation import masking, pipeline, rng, samplers, schedules
-from modules.generation.params import Img2ImgParams
-from tests import kdiffusion_ref as K
-from tests.conftest import make_engine, make_manager
-from tests.test_server import start_server, stop_server
+from tests.support import kdiffusion_ref as K
+from tests.support.img2img import data, engine, init_image, left_half_mask, manager, params  # noqa: F401 (fixtures)
+from tests.support.server import start_server, stop_server
 
 SHAPE = (4, 8, 8)
 BLUR_REACH = 11  # pixels a mask blur of 4 reaches beyond the mask: OpenCV kernel radius int(2.5*4 + 0.5) + 1
-
-
-def init_image(size=(64, 64)) -> Image.Image:
-    img = Image.new("RGB", size, (200, 40, 30))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4), fill=(20, 60, 220))
-    draw.rectangle((0, 0, size[0] // 8, size[1]), fill=(240, 240, 20))
-    return img
-
-
-def left_half_mask(size=(64, 64)) -> Image.Image:
-    mask = Image.new("L", size, 0)
-    ImageDraw.Draw(mask).rectangle((0, 0, size[0] // 2 - 1, size[1]), fill=255)
-    return mask
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -50,34 +35,9 @@ def b64png(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def params(**kw) -> Img2ImgParams:
-    base = dict(init_images=[init_image()], prompt="a blue circle", negative_prompt="green", width=64, height=64,
-                steps=8, sampler_name="Euler a", seed=7, save_images=False)
-    return Img2ImgParams(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, tiny_dir):
-    d = tmp_path_factory.mktemp("img2img")
-    shutil.copytree(tiny_dir, d / "models" / "Stable-diffusion")
-    return d
-
-
-@pytest.fixture(scope="module")
-def manager(data):
-    return make_manager(data)
-
-
 @pytest.fixture(scope="module", params=["sd1.safetensors", "sd2-v.safetensors"])
 def model(request, manager):
     return manager.get(manager.checkpoints.find(request.param))
-
-
-@pytest.fixture(scope="module")
-def engine(data):
-    e = make_engine(data)
-    yield e
-    e.queue.stop()
 
 
 # --- the step rule, against k-diffusion (the code A1111 runs) --------------------------------------

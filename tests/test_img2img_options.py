@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modules.generation import pipeline, samplers
-from tests.test_img2img import data, engine, init_image, left_half_mask, manager, params  # noqa: F401 (fixtures)
+from tests.support.img2img import data, engine, init_image, left_half_mask, manager, params  # noqa: F401 (fixtures)
 
 
 def test_img2img_schedule_rule():

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 import launch
-from tests.test_server import URL_LINE
+from tests.support.server import URL_LINE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,8 +24,8 @@ from modules.api import routes, schemas
 from modules.engine import BadRequest, OverLimit
 from modules.generation import pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
-from tests.conftest import make_engine
-from tests.test_server import setup_data, start_server, stop_server
+from tests.support.engine import make_engine
+from tests.support.server import setup_data, start_server, stop_server
 
 # Pillow's own warning for the test images over its default 89-megapixel mark (they are refused anyway)
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")

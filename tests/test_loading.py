@@ -19,7 +19,7 @@ from modules.generation import pipeline
 from modules.generation.params import GenerationParams
 from modules.models import checkpoint_file, families, ldm_export, loader
 from modules.models.checkpoint_file import CheckpointError
-from tests import tiny_models
+from tests.support import tiny_models
 
 
 def detect(path: Path):
@@ -300,7 +300,7 @@ def test_loader_never_touches_the_network(data_dir, monkeypatch):
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from tests.conftest import make_manager
+    from tests.support.engine import make_manager
     manager = make_manager(data_dir)  # also loads the tokenizer
     for name in ("sd1.safetensors", "sd2-v.safetensors", "sub/sd1-inpainting.safetensors"):
         assert generate(manager.get(manager.checkpoints.find(name)))

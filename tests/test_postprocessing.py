@@ -17,7 +17,7 @@ from modules import images, postprocessing
 from modules.engine import BadRequest
 from modules.generation.params import GenerationParams
 from modules.postprocessing import ExtrasError, ExtrasParams
-from tests.conftest import make_engine
+from tests.support.engine import make_engine
 
 LANCZOS, NEAREST = Image.Resampling.LANCZOS, Image.Resampling.NEAREST
 

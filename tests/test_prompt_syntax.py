@@ -19,7 +19,7 @@ from hypothesis import given, settings, strategies as st
 from modules.generation import extra_networks, pipeline, prompts, rng, samplers
 from modules.generation.conditioning import CHUNK, build_chunks
 from modules.generation.params import GenerationParams
-from tests.conftest import make_engine, make_manager
+from tests.support.engine import make_engine, make_manager
 
 COMMA = 267
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modules.generation import pipeline, rng, samplers, schedules
-from tests import kdiffusion_ref as K
+from tests.support import kdiffusion_ref as K
 
 ks, ke = K.load()
 SHAPE = (4, 8, 8)
@@ -18,7 +18,7 @@ SHAPE = (4, 8, 8)
 
 @pytest.fixture(scope="module", params=["sd1.safetensors", "sd2-v.safetensors"])
 def model(request, tiny_dir):
-    from tests.conftest import make_manager
+    from tests.support.engine import make_manager
     import shutil
     import tempfile
     from pathlib import Path

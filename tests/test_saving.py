@@ -17,8 +17,8 @@ from modules import filenames, images
 from modules.api.routes import build_router, install_error_handlers
 from modules.filenames import FileNamer
 from modules.settings import SECTIONS, Settings, section_of
-from tests.conftest import make_engine
-from tests.test_generation import engine, params  # noqa: F401  (fixture)
+from tests.support.engine import make_engine
+from tests.support.generation import engine, params  # noqa: F401  (fixture)
 
 TEXT = "a cat, 猫 on a mat\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64"
 NOW = datetime.datetime(2026, 3, 4, 5, 6, 7)

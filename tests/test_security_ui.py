@@ -16,7 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 
 import webui
 from modules import cmd_args
-from tests.test_server import start_server, stop_server
+from tests.support.server import start_server, stop_server
 
 pytestmark = pytest.mark.server
 

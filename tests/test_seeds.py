@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modules.generation import rng
-from tests.test_generation import engine, params  # noqa: F401  (fixture)
+from tests.support.generation import engine, params  # noqa: F401  (fixture)
 
 SHAPE = (4, 8, 8)
 CPU = torch.device("cpu")

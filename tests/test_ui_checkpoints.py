@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     browser, fill_text, find_option, option_labels, page, read_value, select_option, set_number, ui_server, upload_file,
     wait_for_gallery)
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     browser, fetch_image, fill_text, gallery_image_urls, page, read_value, ui_server)
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     browser, fetch_image, fill_text, page, select_option, set_checkbox, set_number, ui_server, upload_file,
     wait_for_gallery)
 from tools import shapes_world as world

@@ -22,11 +22,11 @@ from PIL import Image
 from playwright.sync_api import expect
 from scipy import ndimage
 
-from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view, page, read_value,
     set_checkbox, set_number, ui_server, wait_for_gallery)
-from tests.shapes_judge import judge
-from tests.test_ui_tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, rgb, wait_for_step,
+from tests.support.shapes_judge import judge
+from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, rgb, wait_for_step,
                                 wait_idle)
 from tools.shapes_world import Scene, render
 

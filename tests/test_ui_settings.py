@@ -15,16 +15,16 @@ import pytest
 from playwright.sync_api import expect
 
 from modules.settings import section_of
-from tests.browser import (  # noqa: F401 (browser and page are fixtures)
+from tests.support.browser import (  # noqa: F401 (browser and page are fixtures)
     SCREENSHOTS, browser, fill_text, open_app, page, read_value, set_checkbox, set_number, wait_for_gallery)
-from tests.test_server import start_server, stop_server
+from tests.support.server import start_server, stop_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
-    """Like tests.browser's ui_server, but a list, so the test can put the restarted server's url and
+    """Like tests.support.browser's ui_server, but a list, so the test can put the restarted server's url and
     process in it; teardown stops whichever process runs then. (Overrides the `page` fixture's server.)"""
     data = tmp_path_factory.mktemp("ui_settings")
     (data / "models" / "Stable-diffusion").mkdir(parents=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     browser, fetch_image, fill_text, page, read_value, set_number, ui_server, wait_for_gallery)
-from tests.shapes_judge import judge
+from tests.support.shapes_judge import judge
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     browser, fill_text, page, read_value, set_number, ui_server, wait_for_gallery)
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]

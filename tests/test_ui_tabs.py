@@ -19,66 +19,23 @@ from PIL import Image
 from playwright.sync_api import expect
 from scipy import ndimage
 
-from tests.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     SCREENSHOTS, JobView, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view, page,
     read_value, select_option, set_number, ui_server, upload_file, wait_for_gallery)
-from tests.shapes_judge import judge
-from tools.shapes_world import Scene, render
+from tests.support.shapes_judge import judge
+from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, rgb, wait_for_step,
+                                wait_idle)
+from tools.shapes_world import render
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
-
-PROMPT = "a red circle on a blue background"
-INPUT_SCENE = Scene("red", "circle", "blue", 64, 64, 70)  # centred, 70 px across
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def open_tab(page, elem_id: str) -> None:
-    """Click a Gradio tab by its elem_id (Gradio 6 renders the tab's button as `#<elem_id>-button`)."""
-    button = page.locator(f"#{elem_id}-button")
-    button.click()
-    expect(button).to_have_attribute("aria-selected", "true")
-
-
 def screenshot(page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"tab_{name}.png"), full_page=True)
-
-
-def pngs(folder: Path) -> set[Path]:
-    return set(folder.rglob("*.png")) if folder.exists() else set()
-
-
-def wait_idle(page, tab: str, timeout_ms: float = 180_000) -> None:
-    """Wait until the tab's job has ended: Generate shows again, Interrupt and Skip are hidden."""
-    expect(page.locator(f"#{tab}_generate")).to_be_visible(timeout=timeout_ms)
-    expect(page.locator(f"#{tab}_interrupt")).to_be_hidden()
-    expect(page.locator(f"#{tab}_skip")).to_be_hidden()
-
-
-def wait_for_step(page, tab: str, at_least: int, timeout: float = 60) -> tuple[JobView, float]:
-    """Poll the tab until its progress box shows step >= at_least: what the tab showed then (progress,
-    buttons and preview read in the same moment) and the time it was seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        view = job_view(page, tab)
-        if view.step and view.step[0] >= at_least:
-            return view, time.monotonic()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"#{tab}_progress never showed step >= {at_least}: {view.progress!r}")
-        page.wait_for_timeout(50)
-
-
-def input_image(tmp_path: Path) -> tuple[Path, np.ndarray]:
-    pixels = render(INPUT_SCENE)
-    path = tmp_path / "red_circle_on_blue.png"
-    Image.fromarray(pixels).save(path)
-    return path, pixels
-
-
-def rgb(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"))
 
 
 # ---------------------------------------------------------------- txt2img
@@ -321,16 +278,6 @@ def test_png_info_shows_parameters_and_sends_them_to_txt2img(page, ui_server, tm
     expect(page.locator("#txt2img_prompt textarea")).to_have_value("a purple triangle on a white background")
     assert_pasted(page, neg_prompt="a red square", steps="7", sampling="Euler a", scheduler="Karras",
                   cfg_scale="5.5", seed="1234", width="128", height="128")
-
-
-def assert_pasted(page, **expected: str) -> None:
-    """txt2img's fields (by the part of their id after `txt2img_`) hold what an infotext without a Denoising
-    strength filled in: the values given, Hires. fix off, no error popup."""
-    for name, value in expected.items():
-        assert read_value(page, f"txt2img_{name}") == value, name
-    page.locator("#txt2img_hr").get_by_text("Hires. fix", exact=True).click()  # open the accordion
-    expect(page.locator("#txt2img_enable_hr input[type=checkbox]")).not_to_be_checked()  # no Denoising strength
-    assert error_toasts(page) == []
 
 
 def test_png_info_without_parameters_and_a_broken_file(page, tmp_path):

@@ -4,7 +4,7 @@ components addressed by elem_id.
 The browser is Debian's `chromium` (found on PATH; ./run_tests.sh installs it), never one Playwright
 downloads. Test modules import what they use:
 
-    from tests.browser import browser, page, ui_server, fill_text, ...  # noqa: F401 (fixtures)
+    from tests.support.browser import browser, page, ui_server, fill_text, ...  # noqa: F401 (fixtures)
     pytestmark = pytest.mark.browser
 
 Selectors below were checked against the DOM that Gradio 6.31 renders (a component's elem_id is the `id`
@@ -43,7 +43,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.test_server import ROOT, start_server, stop_server
+from tests.support.server import ROOT, start_server, stop_server
 
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
