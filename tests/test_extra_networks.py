@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import struct
-import tempfile
 import time
 from pathlib import Path
 
@@ -85,11 +84,10 @@ def same_weights(model, snap) -> bool:
 
 
 @pytest.fixture(scope="module")
-def data(tiny_dir):
-    d = Path(tempfile.mkdtemp())
+def data(tiny_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("extra-networks")
     shutil.copytree(tiny_dir, d / "models" / "Stable-diffusion")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    return d
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ conditioning and sampling tests check the tensors the text encoder and the U-Net
 from __future__ import annotations
 
 import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,13 +205,12 @@ def test_break_chunking():
 # --- conditioning on the tiny models ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sd1(tiny_dir):
+def sd1(tiny_dir, tmp_path_factory):
     """The tiny SD 1.x model, loaded through the ordinary loader."""
-    data = Path(tempfile.mkdtemp())
+    data = tmp_path_factory.mktemp("prompt-sd1")
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
     manager = make_manager(data)
     yield manager.get(manager.checkpoints.find("sd1.safetensors"))
-    shutil.rmtree(data, ignore_errors=True)
 
 
 def test_emphasis_multiplies_tokens_and_restores_the_mean(sd1):
@@ -390,13 +387,12 @@ def test_and_sub_prompts_of_different_lengths_and_a_negative_never_split(sd1):
 # --- end to end through the engine -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def engine(tiny_dir):
-    data = Path(tempfile.mkdtemp())
+def engine(tiny_dir, tmp_path_factory):
+    data = tmp_path_factory.mktemp("prompt-engine")
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
     e = make_engine(data)
     yield e
     e.queue.stop()
-    shutil.rmtree(data, ignore_errors=True)
 
 
 def gen(engine, prompt, **kw):

@@ -17,13 +17,11 @@ SHAPE = (4, 8, 8)
 
 
 @pytest.fixture(scope="module", params=["sd1.safetensors", "sd2-v.safetensors"])
-def model(request, tiny_dir):
+def model(request, tiny_dir, tmp_path_factory):
     from tests.support.engine import make_manager
     import shutil
-    import tempfile
-    from pathlib import Path
 
-    data = Path(tempfile.mkdtemp())
+    data = tmp_path_factory.mktemp("samplers")
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
     manager = make_manager(data)
     return manager.get(manager.checkpoints.find(request.param))
