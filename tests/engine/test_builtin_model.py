@@ -217,7 +217,7 @@ def test_inpainting_recolours_only_the_masked_shape(engine):
 def test_first_run_selects_the_demo_model_says_so_and_draws_on_first_click(tmp_path):
     """A fresh data dir (no checkpoints of the user's): the page opens with the demo model selected, a
     notice saying what it is and where real checkpoints go, a size it can draw at, and Generate with the
-    page's own defaults gives the picture the prompt asks for (that click: tests/test_ui_smoke.py)."""
+    page's own defaults gives the picture the prompt asks for (that click: tests/browser/test_ui_smoke.py)."""
     import requests
 
     from tests.support.server import start_server, stop_server
@@ -234,7 +234,7 @@ def test_first_run_selects_the_demo_model_says_so_and_draws_on_first_click(tmp_p
         defaults = {k: props[f"txt2img_{k}"]["value"] for k in
                     ("sampling", "steps", "cfg_scale", "width", "height", "batch_count", "batch_size")}
         assert defaults["width"] == defaults["height"] == SIZE
-        # Generate with these defaults is driven in a real browser by tests/test_ui_smoke.py
+        # Generate with these defaults is driven in a real browser by tests/browser/test_ui_smoke.py
         assert defaults["sampling"] == "DPM++ 2M" and defaults["steps"] == 20 and defaults["cfg_scale"] == 7
     finally:
         stop_server(proc)

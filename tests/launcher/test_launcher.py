@@ -19,7 +19,7 @@ import requests
 import launch
 from tests.support.server import URL_LINE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- launch.py decisions -------------------------------------------------------------------------

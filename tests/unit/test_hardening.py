@@ -36,7 +36,7 @@ from modules.settings import Settings
 from tests.support.engine import make_engine
 from tests.support.server import start_server, stop_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LARGEST_SEED = 2**64 - 1
 
 # --- 4. The infotext parser: A1111's pairs, in linear time, at most 64 KB read ----------------------------

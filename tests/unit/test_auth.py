@@ -11,7 +11,7 @@ import pytest
 
 from modules import auth, cmd_args
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pairs_split_on_commas_and_the_first_colon():
