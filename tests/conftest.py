@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny checkpoints written once per test session in the real LDM layout."""
+"""Shared fixtures (tiny checkpoints written once per test session in the real LDM layout, data folders, a model
+manager), the markers, and the markers every test of tests/browser and tests/launcher gets from its folder.
+Helpers and the fixtures only some modules use are in tests/support."""
 
 from __future__ import annotations
 
@@ -24,10 +26,29 @@ logs.quiet_libraries()
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.cpu_count() or 1))
 
 
+# Every test in these folders gets the marker, so `-m "not browser and not launcher"` (./run_tests.sh --fast)
+# leaves them out whatever their modules say.
+FOLDER_MARKERS = {"browser": "browser", "launcher": "launcher"}
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "launcher: runs ./webui.sh end to end (creates a venv; minutes)")
+    config.addinivalue_line("markers", "launcher: runs ./webui.sh end to end (creates a venv; minutes); all of "
+                                       "tests/launcher")
     config.addinivalue_line("markers", "server: starts webui.py as a live server on 127.0.0.1")
-    config.addinivalue_line("markers", "browser: drives the page in headless Chromium (Playwright; tests/support/browser.py)")
+    config.addinivalue_line("markers", "browser: drives the page in headless Chromium (Playwright; "
+                                       "tests/support/browser.py); all of tests/browser")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        try:
+            folder = item.path.relative_to(here).parts[0]
+        except ValueError:
+            continue
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,10 @@
 components addressed by elem_id.
 
 The browser is Debian's `chromium` (found on PATH; ./run_tests.sh installs it), never one Playwright
-downloads. Test modules import what they use:
+downloads. Test modules (in tests/browser, whose tests all get the `browser` marker from tests/conftest.py)
+import what they use:
 
     from tests.support.browser import browser, page, ui_server, fill_text, ...  # noqa: F401 (fixtures)
-    pytestmark = pytest.mark.browser
 
 Selectors below were checked against the DOM that Gradio 6.31 renders (a component's elem_id is the `id`
 of its outer `div.block`):
