@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
 # Install everything the tests need into a test venv, then run them. Extra arguments go to pytest.
 #   ./run_tests.sh                 the whole suite
+#   ./run_tests.sh --fast          all but the browser and launcher tests (tests/browser, tests/launcher)
 #   ./run_tests.sh -k loading -x   a subset
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# --fast is ours, not pytest's: it becomes a marker filter (a -m of the caller's, after it, replaces it).
+fast=0
+args=()
+for arg in "$@"; do
+    if [ "$arg" = "--fast" ]; then
+        fast=1
+    else
+        args+=("$arg")
+    fi
+done
+if [ "$fast" -eq 1 ]; then
+    set -- -m "not browser and not launcher" ${args[@]+"${args[@]}"}
+else
+    set -- ${args[@]+"${args[@]}"}
+fi
+
 # The browser tests drive Debian's chromium (never a browser Playwright downloads); they must not skip.
-if ! command -v chromium >/dev/null 2>&1; then
+# A --fast run has no browser tests, so it does not need it.
+if [ "$fast" -eq 0 ] && ! command -v chromium >/dev/null 2>&1; then
     echo "Installing chromium (for the browser tests)"
     if [ "$(id -u)" -eq 0 ]; then
         as_root=env

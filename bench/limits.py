@@ -27,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as the tests run (this script used to get it from tests/conftest.py)
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def interrupt(model: str, size: int) -> dict:
@@ -35,8 +37,8 @@ def interrupt(model: str, size: int) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.cpu_count() or 1))
     from modules import paths
     from modules.generation.params import GenerationParams
-    from tests import tiny_models
-    from tests.conftest import make_engine
+    from tests.support import tiny_models
+    from tests.support.engine import make_engine
 
     data = Path(tempfile.mkdtemp())
     folder = data / "models" / "Stable-diffusion"
@@ -96,7 +98,7 @@ def black_png(side: int, text: str) -> bytes:
 def pnginfo(side: int) -> dict:
     import requests
 
-    from tests.test_server import start_server, stop_server
+    from tests.support.server import start_server, stop_server
 
     def peak_mb(pid: int) -> int:
         with open(f"/proc/{pid}/status") as f:

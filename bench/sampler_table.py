@@ -1,21 +1,25 @@
 """Every sampler on the tiny SD 1.x test model: agreement with A1111's computation (k-diffusion, or
-A1111's own formulas restated in tests/test_samplers.py), seconds per step, and determinism.
+A1111's own formulas restated in tests/engine/test_samplers.py), seconds per step, and determinism.
 Prints JSON lines. Run: OMP_NUM_THREADS=1 python -m bench.sampler_table"""
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as the tests run (this script used to get it from tests/conftest.py)
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from modules.generation import pipeline, samplers
-from tests import kdiffusion_ref as K
-from tests import test_samplers as T
-from tests import tiny_models
-from tests.conftest import make_manager
+import torch  # noqa: E402
+
+from modules.generation import pipeline, samplers  # noqa: E402
+from tests.engine import test_samplers as T  # noqa: E402
+from tests.support import kdiffusion_ref as K  # noqa: E402
+from tests.support import tiny_models  # noqa: E402
+from tests.support.engine import make_manager  # noqa: E402
 
 STEPS, SEEDS, CFG = 20, [11, 12], 7.0
 

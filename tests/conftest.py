@@ -1,8 +1,9 @@
-"""Shared fixtures: tiny checkpoints written once per test session in the real LDM layout."""
+"""Shared fixtures (tiny checkpoints written once per test session in the real LDM layout, data folders, a model
+manager), the markers, and the markers every test of tests/browser and tests/launcher gets from its folder.
+Helpers and the fixtures only some modules use are in tests/support."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -14,14 +15,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from modules import devices, logs, paths  # noqa: E402
-from modules import bootstrap  # noqa: E402
-from modules.engine import Engine  # noqa: E402
-from modules.hashing import HashCache  # noqa: E402
-from modules.limits import Limits  # noqa: E402
+from modules import logs  # noqa: E402
 from modules.models.manager import ModelManager  # noqa: E402
-from modules.models.registry import CheckpointRegistry, VaeRegistry  # noqa: E402
-from tests import tiny_models  # noqa: E402
+from tests.support import tiny_models  # noqa: E402
+from tests.support.engine import make_manager  # noqa: E402
 
 logs.quiet_libraries()
 # OMP_NUM_THREADS, when set, wins: on a machine whose cores are busy with other work, two threads that
@@ -29,10 +26,29 @@ logs.quiet_libraries()
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.cpu_count() or 1))
 
 
+# Every test in these folders gets the marker, so `-m "not browser and not launcher"` (./run_tests.sh --fast)
+# leaves them out whatever their modules say.
+FOLDER_MARKERS = {"browser": "browser", "launcher": "launcher"}
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "launcher: runs ./webui.sh end to end (creates a venv; minutes)")
+    config.addinivalue_line("markers", "launcher: runs ./webui.sh end to end (creates a venv; minutes); all of "
+                                       "tests/launcher")
     config.addinivalue_line("markers", "server: starts webui.py as a live server on 127.0.0.1")
-    config.addinivalue_line("markers", "browser: drives the page in headless Chromium (Playwright; tests/browser.py)")
+    config.addinivalue_line("markers", "browser: drives the page in headless Chromium (Playwright; "
+                                       "tests/support/browser.py); all of tests/browser")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        try:
+            folder = item.path.relative_to(here).parts[0]
+        except ValueError:
+            continue
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
 
 
 @pytest.fixture(scope="session")
@@ -57,44 +73,6 @@ def data_dir(tmp_path, tiny_dir) -> Path:
     return tmp_path
 
 
-def make_manager(data: Path, builtin_files: tuple[Path, ...] = ()) -> ModelManager:
-    p = paths.from_args(str(data))
-    registry = CheckpointRegistry(p.checkpoint_dirs, HashCache(p.hash_cache), builtin_files=builtin_files)
-    return ModelManager(registry, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), devices.plan(skip_cuda_test=True),
-                        p.default_sd1_config)
-
-
-def make_engine(data: Path, checkpoint: str | None = "sd1.safetensors",
-                builtin_files: tuple[Path, ...] = (), limits: Limits | None = None) -> Engine:
-    """An engine over `data` with its own queue; `checkpoint` (if any) is the selected one. Stop its queue
-    when done."""
-    engine = bootstrap.build_engine(paths.from_args(str(data)), devices.plan(skip_cuda_test=True),
-                                    builtin_files=builtin_files, limits=limits)
-    if checkpoint:
-        engine.options.update({"sd_model_checkpoint": checkpoint})
-    return engine
-
-
 @pytest.fixture()
 def manager(data_dir) -> ModelManager:
     return make_manager(data_dir)
-
-
-@contextlib.contextmanager
-def started(*flags: str):
-    """webui.build in this process (the app is built, not served) with these command-line flags: yields the
-    engine; its queue is stopped afterwards and the process-wide switches start-up sets (flush denormals on the
-    CPU, Pillow's pixel limit) are put back, so later tests see the state they would see alone."""
-    from PIL import Image
-
-    import webui
-    from modules import cmd_args
-
-    pillow_limit = Image.MAX_IMAGE_PIXELS
-    _, engine = webui.build(cmd_args.parse(list(flags)))
-    try:
-        yield engine
-    finally:
-        engine.queue.stop()
-        torch.set_flush_denormal(False)
-        Image.MAX_IMAGE_PIXELS = pillow_limit

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from modules.generation import samplers, schedules  # noqa: E402
 from modules.generation.params import GenerationParams, Img2ImgParams  # noqa: E402
-from tests import tiny_models  # noqa: E402
+from tests.support import tiny_models  # noqa: E402
 
 SIZE = dict(width=64, height=64)
 
@@ -97,7 +97,7 @@ def cases() -> dict[str, tuple[str, GenerationParams]]:
 
 
 def render(data: Path) -> dict[str, dict]:
-    from tests.conftest import make_engine
+    from tests.support.engine import make_engine
 
     engine = make_engine(data)
     record: dict[str, dict] = {}

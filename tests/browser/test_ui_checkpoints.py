@@ -1,0 +1,90 @@
+"""The top bar in a real browser: a checkpoint dropped into the folder appears after 🔄, choosing it loads
+it with a message while the page stays usable, a broken one is reported and the loaded model stays."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+from playwright.sync_api import expect
+
+from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+    browser, fill_text, find_option, option_labels, page, read_value, select_option, set_number, ui_server, upload_file,
+    wait_for_gallery)
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
+
+def test_refresh_switch_and_broken_checkpoint(page, ui_server, tiny_dir):
+    _, data, _ = ui_server
+    folder = data / "models" / "Stable-diffusion"
+    shutil.copy(tiny_dir / "sd1.safetensors", folder / "sd1.safetensors")
+    shutil.copy(tiny_dir / "sd1.yaml", folder / "sd1.yaml")
+    (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+
+    page.locator("#refresh_sd_model_checkpoint").click()
+    page.wait_for_function("document.querySelector('#sd_checkpoint input').value.includes('shapes-tiny')")
+    choices = option_labels(page, "sd_checkpoint")
+    sd1 = next(c for c in choices if c.startswith("sd1.safetensors"))
+    broken = next(c for c in choices if c.startswith("broken.safetensors"))
+
+    select_option(page, "sd_checkpoint", sd1)
+    status = page.locator("#sd_status")
+    status.get_by_text("Loaded sd1.safetensors").wait_for(timeout=60_000)
+    assert "demo model" not in page.locator("#demo_model_notice").inner_text()  # the notice is for the demo only
+
+    fill_text(page, "txt2img_prompt", "a red circle")
+    set_number(page, "txt2img_steps", 3)
+    page.locator("#txt2img_generate").click()
+    wait_for_gallery(page, "txt2img_gallery", 1)
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Model: sd1')")
+
+    box = page.locator("#sd_checkpoint input[role=combobox]")  # picked by hand: the page reverts it at once
+    box.click()
+    box.press("Control+a")
+    box.press("Backspace")
+    box.press_sequentially("broken")
+    page.locator("#sd_checkpoint").get_by_role("option", name=broken, exact=True).click()
+    # (typing into the box and picking the option may each ask for the load, one after the other: wait for
+    # the outcome's text, not for the first error line, which the second "Loading..." can replace)
+    expect(status.locator(".sd-error")).to_contain_text("Could not load broken.safetensors", timeout=60_000)
+    page.wait_for_function("document.querySelector('#sd_checkpoint input').value.startsWith('sd1.safetensors')")
+
+    # the page and the previous model still work
+    set_number(page, "txt2img_seed", 11)
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 11')",
+                           timeout=60_000)
+    assert "Model: sd1" in read_value(page, "txt2img_infotext")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_png_info_reads_jpeg_and_webp_and_send_to_selects_the_named_model(page, ui_server, tiny_dir, tmp_path, fmt):
+    """An infotext in a JPEG/WebP's EXIF is read; Send to txt2img fills the fields and, since the infotext
+    names a checkpoint that is here but not loaded, selects and loads it."""
+    from modules import images
+
+    _, data, _ = ui_server
+    folder = data / "models" / "Stable-diffusion"
+    for name in ("sd1.safetensors", "sd1.yaml"):
+        if not (folder / name).exists():
+            shutil.copy(tiny_dir / name, folder / name)
+    page.locator("#refresh_sd_model_checkpoint").click()
+    demo = find_option(page, "sd_checkpoint", "shapes-tiny")
+    select_option(page, "sd_checkpoint", demo)
+    page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny").wait_for(timeout=60_000)
+
+    text = ("a blue square\nNegative prompt: red\nSteps: 9, Sampler: Euler a, Schedule type: Karras, CFG scale: 4, "
+            "Seed: 77, Size: 136x128, Model hash: 9b448f13c1, Model: sd1, Version: webui-0.1.0")
+    path = tmp_path / f"image.{fmt.lower()}"
+    path.write_bytes(images.encode(Image.new("RGB", (64, 64), (0, 0, 200)), fmt, text))
+    page.get_by_role("tab", name="PNG Info").click()
+    upload_file(page, "pnginfo_image", path)
+    page.locator("#pnginfo_html_info").get_by_text("Seed: 77", exact=False).wait_for()
+    page.locator("#pnginfo_send_to_txt2img").click()
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value == 'a blue square'")
+    assert read_value(page, "txt2img_steps") == "9" and read_value(page, "txt2img_seed") == "77"
+    assert read_value(page, "txt2img_width") == "136" and read_value(page, "txt2img_sampling") == "Euler a"
+    page.locator("#sd_status").get_by_text("Loaded sd1.safetensors").wait_for(timeout=60_000)
+    assert read_value(page, "sd_checkpoint").startswith("sd1.safetensors")

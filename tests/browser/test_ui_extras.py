@@ -1,0 +1,53 @@
+"""The Extras tab in a real browser: upscale an uploaded image (Scale by / Scale to with crop), save it with
+A1111's extras infotext, and get there with Send to extras from txt2img."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
+    browser, fetch_image, fill_text, page, select_option, set_checkbox, set_number, ui_server, upload_file,
+    wait_for_gallery)
+from tools import shapes_world as world
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
+
+def test_extras_upscales_saves_and_receives_images(page, ui_server, tmp_path):
+    _, data, _ = ui_server
+    source = tmp_path / "circle.png"
+    Image.fromarray(world.render(world.Scene("red", "circle", "blue", 64, 64, 60))).save(source)
+
+    page.get_by_role("tab", name="Extras").click()
+    upload_file(page, "extras_image", source)
+    set_number(page, "extras_upscaling_resize", 2)
+    select_option(page, "extras_upscaler_1", "Lanczos")
+    page.locator("#extras_generate").click()
+    result = fetch_image(page, wait_for_gallery(page, "extras_gallery", 1)[0])
+    assert result.size == (256, 256)
+    page.locator("#html_info_extras").get_by_text("Postprocess upscale by: 2").wait_for()
+    saved = sorted((data / "outputs" / "extras-images").glob("*.png"))
+    assert len(saved) == 1 and "Postprocess upscaler: Lanczos" in Image.open(saved[0]).info["extras"]
+    expected = Image.open(source).convert("RGB").resize((256, 256), Image.Resampling.LANCZOS)
+    diff = np.abs(np.asarray(result.convert("RGB"), dtype=int) - np.asarray(expected, dtype=int))
+    assert diff.mean() < 2  # Lanczos resampling of the upload, not some other picture
+
+    page.get_by_role("tab", name="Scale to").click()
+    set_number(page, "extras_upscaling_resize_w", 200)
+    set_number(page, "extras_upscaling_resize_h", 96)
+    set_checkbox(page, "extras_upscaling_crop", True)
+    page.locator("#extras_generate").click()
+    page.locator("#html_info_extras").get_by_text("Postprocess crop to").wait_for(timeout=60_000)
+    assert fetch_image(page, wait_for_gallery(page, "extras_gallery", 1)[0]).size[1] == 96
+
+    # txt2img -> Send to extras puts the generated image into the Single Image sub-tab
+    page.get_by_role("tab", name="txt2img").click()
+    fill_text(page, "txt2img_prompt", "a green square on a white background")
+    set_number(page, "txt2img_steps", 4)
+    page.locator("#txt2img_generate").click()
+    wait_for_gallery(page, "txt2img_gallery", 1)
+    page.locator("#txt2img_send_to_extras").click()
+    page.locator("#extras_image img").first.wait_for(timeout=30_000)
+    assert page.get_by_role("tab", name="Extras").get_attribute("aria-selected") == "true"

@@ -1,0 +1,128 @@
+"""The Settings tab in a real browser: Apply saves to config.json, takes effect at once, and the page
+shows the saved values after the server restarts on the same data dir; and the server stops promptly
+when told to while a page is open. This module has its own server (its tests stop it), so it does not
+share test_ui_tabs.py's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from modules.settings import section_of
+from tests.support.browser import (  # noqa: F401 (browser and page are fixtures)
+    SCREENSHOTS, browser, fill_text, open_app, page, read_value, set_checkbox, set_number, wait_for_gallery)
+from tests.support.server import start_server, stop_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory):
+    """Like tests.support.browser's ui_server, but a list, so the test can put the restarted server's url and
+    process in it; teardown stops whichever process runs then. (Overrides the `page` fixture's server.)"""
+    data = tmp_path_factory.mktemp("ui_settings")
+    (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    proc, url = start_server(data, "--api")
+    server = [url, data, proc]
+    yield server
+    if server[2].poll() is None:  # stop_server fails on a process that is gone (its SIGKILL fallback raises)
+        stop_server(server[2])
+
+
+def open_settings(page) -> None:
+    button = page.locator("#tab_settings-button")
+    button.click()
+    expect(button).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#settings_submit")).to_be_visible()
+
+
+def show_setting(page, name: str) -> None:
+    """Select the Settings section (a tab; only the selected one is rendered) that holds option `name`. The
+    section is looked up in the app's own table, so the page gets the full wait to draw it."""
+    title = section_of(name)
+    assert title, f"option {name} is in no Settings section"
+    tab = page.locator("#settings").get_by_role("tab", name=title, exact=True)
+    tab.click()
+    expect(tab).to_have_attribute("aria-selected", "true")
+    page.locator(f"#setting_{name}").wait_for(state="visible")
+
+
+def test_settings_apply_saves_takes_effect_and_survive_a_restart(browser, page, ui_server):
+    url, data, proc = ui_server
+    config = data / "config.json"
+
+    open_settings(page)
+    show_setting(page, "samples_save")
+    assert read_value(page, "setting_samples_save") is True
+    set_checkbox(page, "setting_samples_save", False)
+    show_setting(page, "n_rows")
+    assert read_value(page, "setting_n_rows") == "-1"
+    set_number(page, "setting_n_rows", 2)
+    page.locator("#settings_submit").click()
+    result = page.locator("#settings_result")
+    expect(result).to_contain_text("2 settings changed")
+    expect(result).to_contain_text("samples_save")
+    expect(result).to_contain_text("n_rows")
+    expect(result.locator(".sd-error")).to_have_count(0)
+    saved = json.loads(config.read_text())
+    assert saved["samples_save"] is False and saved["n_rows"] == 2, saved
+
+    # Apply again without changes: nothing to do, said so
+    page.locator("#settings_submit").click()
+    expect(result).to_contain_text("Nothing changed")
+
+    # in effect at once: a generation now is shown but not saved
+    page.locator("#tab_txt2img-button").click()
+    fill_text(page, "txt2img_prompt", "a red circle on a blue background")
+    set_number(page, "txt2img_steps", 4)
+    page.locator("#txt2img_generate").click()
+    wait_for_gallery(page, "txt2img_gallery", 1)
+    expect(page.locator("#txt2img_generate")).to_be_visible()
+    expect(page.locator("#html_log_txt2img")).not_to_contain_text("Saved")
+    outputs = data / "outputs"
+    assert not outputs.exists() or not list(outputs.rglob("*.png")), list(outputs.rglob("*.png"))
+
+    # restart on the same data dir: the page shows the saved values. The page is closed first: a server
+    # with a page open does not stop on SIGTERM (test_server_stops_promptly_while_a_page_is_open).
+    page.goto("about:blank")
+    stop_server(proc)
+    proc.wait(10)
+    proc, url = start_server(data, "--api")
+    ui_server[0], ui_server[2] = url, proc
+    fresh = open_app(browser, url)
+    try:
+        open_settings(fresh)
+        show_setting(fresh, "n_rows")
+        assert read_value(fresh, "setting_n_rows") == "2"
+        show_setting(fresh, "grid_save")
+        assert read_value(fresh, "setting_grid_save") is True  # untouched options keep their defaults
+        show_setting(fresh, "samples_save")
+        assert read_value(fresh, "setting_samples_save") is False
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        fresh.screenshot(path=str(SCREENSHOTS / "tab_settings.png"), full_page=True)
+    finally:
+        fresh.context.close()
+    assert json.loads(config.read_text())["n_rows"] == 2
+
+
+def test_server_stops_promptly_while_a_page_is_open(page, ui_server):
+    """SIGTERM (what Ctrl+C's SIGINT also does to uvicorn) ends the server within seconds even while a
+    browser tab holds the page open, as A1111's does; it must not wait for the tab to be closed."""
+    _, _, proc = ui_server
+    expect(page.locator("#txt2img_generate")).to_be_visible()
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        pytest.fail("webui.py still ran 15 s after SIGTERM while a page was open (uvicorn waits for the "
+                    "page's open connection to close; it needs a graceful-shutdown timeout)")
+    assert time.monotonic() - started < 15

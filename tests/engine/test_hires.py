@@ -1,0 +1,74 @@
+"""Hires. fix: A1111's second pass (upscale, then img2img over the end of a longer schedule)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modules import infotext
+from modules.engine import BadRequest
+from modules.generation import context, hires
+from modules.generation.params import GenerationParams
+from tests.support.generation import engine, params  # noqa: F401  (fixture)
+
+
+def test_schedule_and_size_follow_a1111():
+    p = GenerationParams(steps=20, denoising_strength=0.7, enable_hr=True, width=64, height=96)
+    assert hires.schedule(p) == (28, 19)  # int(20 / 0.7) steps, the last 20 run
+    assert hires.schedule(p.model_copy(update={"hr_second_pass_steps": 10, "denoising_strength": 0.5})) == (20, 9)
+    assert hires.target_size(p) == (128, 192)
+    assert hires.target_size(p.model_copy(update={"hr_resize_x": 100})) == (96, 144)
+    # both sides given: upscaled to cover 80x72 (80x120 here), then the latent centre-cropped to it
+    both = p.model_copy(update={"hr_resize_x": 80, "hr_resize_y": 72})
+    assert hires.upscale_plan(both) == (80, 120, 0, 6) and hires.target_size(both) == (80, 72)
+    latent = torch.arange(15 * 10).reshape(1, 1, 15, 10)
+    assert torch.equal(hires.crop(latent, 0, 6), latent[:, :, 3:12])
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Latent (nearest-exact)", "Lanczos"])
+def test_hires_pass_doubles_the_size_and_is_deterministic(engine, upscaler):  # noqa: F811
+    kw = dict(enable_hr=True, hr_upscaler=upscaler, denoising_strength=0.6, hr_second_pass_steps=3, steps=4)
+    a = engine.txt2img(params(**kw))
+    b = engine.txt2img(params(**kw))
+    assert a.images[0].size == (128, 128) and a.images[0].tobytes() == b.images[0].tobytes()
+    text = a.infotexts[0]
+    assert "Size: 64x64" in text and "Denoising strength: 0.6" in text
+    assert f"Hires upscale: 2, Hires steps: 3, Hires upscaler: {infotext.quote(upscaler)}" in text
+    plain = engine.txt2img(params(steps=4))
+    assert plain.images[0].size == (64, 64) and "Hires" not in plain.infotexts[0]
+
+
+def test_hires_sampler_prompt_and_bad_upscaler(engine):  # noqa: F811
+    r = engine.txt2img(params(enable_hr=True, hr_sampler_name="DPM++ 2M", hr_prompt="a green square", steps=3,
+                              hr_resize_x=96, hr_resize_y=80, denoising_strength=0.5))
+    assert r.images[0].size == (96, 80)
+    assert "Hires resize: 96x80" in r.infotexts[0] and "Hires sampler: DPM++ 2M" in r.infotexts[0]
+    assert "Hires prompt: a green square" in r.infotexts[0]
+    with pytest.raises(BadRequest, match="Unknown hires upscaler 'ESRGAN_4x'"):
+        engine.submit_txt2img(params(enable_hr=True, hr_upscaler="ESRGAN_4x"))
+
+
+def test_pasted_a1111_infotext_turns_hires_on(engine):  # noqa: F811
+    from modules.api import routes, schemas
+
+    text = ("a red circle\nSteps: 3, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 5, Size: 64x64, "
+            "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Latent (bicubic)")
+    req = schemas.Txt2ImgRequest(infotext=text)
+    routes.apply_infotext(req, engine)
+    p = routes.to_params(req)
+    assert p.enable_hr and p.hr_scale == 1.5 and p.denoising_strength == 0.5 and p.hr_upscaler == "Latent (bicubic)"
+    result = engine.txt2img(p.model_copy(update={"save_images": False}))
+    assert result.images[0].size == (96, 96)
+    assert "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2" in result.infotexts[0]  # RNG: GPU implied
+
+
+def test_progress_counts_both_passes(engine):  # noqa: F811
+    from modules.generation import pipeline
+    from tests.support.generation import params as make
+
+    seen = []
+    model = engine.load_checkpoint()
+    hooks = pipeline.Hooks(on_step=lambda i, n, x: seen.append((i, n)))
+    p = make(enable_hr=True, steps=3, hr_second_pass_steps=2, denoising_strength=0.5, seed=1)
+    list(pipeline.txt2img(model, context.resolve(p), hooks=hooks))
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]

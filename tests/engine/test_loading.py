@@ -1,0 +1,306 @@
+"""Loading checkpoints: every family, configs, safety, damaged files, offline."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from modules import paths
+from modules.generation import context, pipeline
+from modules.generation.params import GenerationParams
+from modules.models import checkpoint_file, families, ldm_export, loader
+from modules.models.checkpoint_file import CheckpointError
+from tests.support import tiny_models
+
+
+def detect(path: Path):
+    sd = checkpoint_file.read_state_dict(path)
+    return families.detect(path, sd, checkpoint_file.read_metadata(path), paths.CONFIGS / "v1-inference.yaml"), sd
+
+
+def generate(model, seed=1, **kw) -> list:
+    params = GenerationParams(prompt="a red circle", width=64, height=64, steps=4, sampler_name="Euler a", **kw)
+    params = params.model_copy(update={"seed": seed})
+    return [im for batch in pipeline.txt2img(model, context.resolve(params)) for im in batch.images]
+
+
+# --- every family loads, with weights equal to what was written -------------------------------
+
+@pytest.mark.parametrize("name,label", [
+    ("sd1.safetensors", "SD 1.x"),
+    ("sd1-fp16.safetensors", "SD 1.x"),
+    ("sd1-ckpt.ckpt", "SD 1.x"),
+    ("sub/sd1-inpainting.safetensors", "SD 1.x inpainting"),
+    ("sd2-v.safetensors", "SD 2.x v-prediction"),
+])
+def test_every_family_loads_and_generates(manager, name, label):
+    info = manager.checkpoints.find(name)
+    assert info is not None and info.name == name
+    model = manager.get(info)
+    assert model.config.label == label
+    assert model.config.source == "beside"
+    images = generate(model)
+    assert images[0].size == (64, 64)
+
+
+@pytest.mark.parametrize("family,inpainting,prediction", [("sd1", False, "epsilon"), ("sd1", True, "epsilon"),
+                                                          ("sd2", False, "v_prediction")])
+def test_loaded_weights_equal_written_weights(tmp_path, family, inpainting, prediction):
+    tiny = tiny_models.build(family, inpainting, prediction, seed=7)
+    path = tiny.write(tmp_path / "m.safetensors")
+    config, sd = detect(path)
+    built = loader.build(path, sd, config)
+    for original, loaded in ((tiny.unet, built.unet), (tiny.vae, built.vae)):
+        a, b = original.state_dict(), loaded.state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    ids = torch.tensor([[49406, 320, 1125, 539, 320, 2368] + [49407] * 71])
+    with torch.no_grad():
+        if family == "sd1":
+            expected = tiny.text_encoder(ids).last_hidden_state
+        else:  # SD 2.x uses the penultimate layer of the OpenCLIP tower, then its final layer norm
+            hidden = tiny.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+            expected = tiny.text_encoder.final_layer_norm(hidden)
+        assert torch.equal(built.text_encoder(ids).last_hidden_state, expected)
+    assert built.text_encoder.config.num_hidden_layers == (tiny.text_encoder.config.num_hidden_layers - (family == "sd2"))
+
+
+# --- configs: YAML beside wins; otherwise detection ---------------------------------------------
+
+def test_detection_without_yaml_picks_the_shipped_configs(tmp_path):
+    cases = [
+        (tiny_models.build("sd1"), {}, "v1-inference.yaml", "epsilon"),
+        (tiny_models.build("sd1", inpainting=True), {}, "v1-inpainting-inference.yaml", "epsilon"),
+        (tiny_models.build("sd2"), {}, "v2-inference.yaml", None),  # no marker: probe the U-Net after loading
+        (tiny_models.build("sd2"), {"modelspec.prediction_type": "v"}, "v2-inference-v.yaml", "v_prediction"),
+        (tiny_models.build("sd2"), {"modelspec.architecture": "stable-diffusion-v2-768-v"}, "v2-inference-v.yaml",
+         "v_prediction"),
+        (tiny_models.build("sd2", inpainting=True), {}, "v2-inpainting-inference.yaml", "epsilon"),
+    ]
+    for i, (tiny, metadata, yaml_name, prediction) in enumerate(cases):
+        path = tiny.write(tmp_path / f"m{i}.safetensors", yaml_beside=False, metadata=metadata)
+        config, _ = detect(path)
+        assert (config.yaml_path.name, config.prediction_type, config.source) == (yaml_name, prediction, "detected")
+
+
+def test_v_pred_marker_key_is_detected(tmp_path):
+    tiny = tiny_models.build("sd2")
+    sd = tiny.state_dict()
+    sd["v_pred"] = torch.tensor([])
+    ldm_export.save(tmp_path / "m.safetensors", sd)
+    config, _ = detect(tmp_path / "m.safetensors")
+    assert config.prediction_type == "v_prediction"
+
+
+def test_yaml_beside_wins_over_detection(tmp_path):
+    # The file carries a v-prediction marker, but the YAML beside it says epsilon: the YAML wins.
+    tiny = tiny_models.build("sd2", prediction_type="epsilon")
+    path = tiny.write(tmp_path / "m.safetensors", metadata={"modelspec.prediction_type": "v"})
+    config, _ = detect(path)
+    assert config.source == "beside" and config.yaml_path == tmp_path / "m.yaml"
+    assert config.prediction_type == "epsilon"
+
+
+def test_yaml_beside_with_v_parameterization(tmp_path):
+    path = tiny_models.build("sd2", prediction_type="v_prediction").write(tmp_path / "m.safetensors")
+    assert "parameterization: v" in (tmp_path / "m.yaml").read_text()
+    assert detect(path)[0].prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("bias,expected", [(-10.0, "v_prediction"), (10.0, "epsilon")])
+def test_sd2_without_yaml_or_marker_is_probed(data_dir, manager, tmp_path, monkeypatch, bias, expected):
+    """With neither YAML nor marker, loading runs A1111's probe (one U-Net call at t=999 on a constant
+    latent: far below the input means v-prediction) and switches to the matching shipped config."""
+    tiny = tiny_models.build("sd2", seed=11)
+    with torch.no_grad():  # make the verdict known: the output sits `bias` away from the input
+        tiny.unet.conv_out.weight.zero_()
+        tiny.unet.conv_out.bias.fill_(bias)
+    folder = data_dir / "models" / "Stable-diffusion"
+    tiny.write(folder / "probe-me.safetensors", yaml_beside=False)
+    # The shipped SD 2.x YAMLs describe full-size shapes; stand in tiny ones under the same names.
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name, prediction in (("v2-inference.yaml", "epsilon"), ("v2-inference-v.yaml", "v_prediction")):
+        ldm_export.write_yaml(configs / name, tiny_models.build("sd2", prediction_type=prediction).yaml())
+    monkeypatch.setattr(families, "CONFIGS", configs)
+    manager.checkpoints.refresh()
+    model = manager.get(manager.checkpoints.find("probe-me"))
+    assert model.config.prediction_type == expected
+    assert model.config.yaml_path.name == ("v2-inference-v.yaml" if expected == "v_prediction" else "v2-inference.yaml")
+
+
+def test_full_size_sd15_layout_loads_with_shipped_config():
+    """Real SD 1.5 shapes and key names (no YAML): detection picks v1-inference.yaml and every weight
+    finds its place. Tensors are uninitialised (no values needed), so this takes seconds."""
+    import yaml
+    from diffusers.loaders import single_file_utils as sfu
+
+    original = yaml.safe_load((paths.CONFIGS / "v1-inference.yaml").read_text())
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(sfu.create_unet_diffusers_config_from_ldm(original, {}))
+        vae = AutoencoderKL.from_config(sfu.create_vae_diffusers_config_from_ldm(original, {}, scaling_factor=0.18215))
+        te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                          num_attention_heads=12, projection_dim=768))
+    shapes = ldm_export.checkpoint_state_dict(unet, vae, te, "sd1")
+    sd = {k: torch.empty(v.shape, dtype=torch.float16 if v.is_floating_point() else v.dtype) for k, v in shapes.items()}
+    # Spot checks against key names and shapes read from real SD 1.x files:
+    assert sd["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"].shape == (320, 768)
+    assert sd["first_stage_model.decoder.conv_in.weight"].shape == (512, 4, 3, 3)
+    assert sd["cond_stage_model.transformer.text_model.embeddings.position_ids"].shape == (1, 77)
+    assert sd["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (512, 512, 1, 1)
+    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in sd  # upsampler slot after a block without attention
+    assert "model.diffusion_model.output_blocks.5.2.conv.weight" in sd  # ... and after one with attention
+    path = Path("/nonexistent/sd15.safetensors")
+    config = families.detect(path, sd, {}, paths.CONFIGS / "v1-inference.yaml")
+    assert config.yaml_path.name == "v1-inference.yaml" and config.source == "detected"
+    built = loader.build(path, sd, config)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert round(count(built.unet) / 1e6, 2) == 859.52
+    assert round(count(built.vae) / 1e6, 2) == 83.65
+    assert round(count(built.text_encoder) / 1e6, 2) == 123.06
+
+
+def test_old_text_encoder_layout_and_corrupt_position_ids(tmp_path):
+    """Some SD 1.x files lack the `text_model.` level, and some merges carry float position_ids."""
+    tiny = tiny_models.build("sd1", seed=5)
+    sd = tiny.state_dict()
+    prefix = "cond_stage_model.transformer.text_model."
+    sd = {(k.replace(prefix, "cond_stage_model.transformer.") if k.startswith(prefix) else k): v for k, v in sd.items()}
+    sd["cond_stage_model.transformer.embeddings.position_ids"] = torch.arange(77, dtype=torch.float32)[None] * 0.9999
+    ldm_export.save(tmp_path / "old.safetensors", sd)
+    ldm_export.write_yaml(tmp_path / "old.yaml", tiny.yaml())
+    config, loaded = detect(tmp_path / "old.safetensors")
+    built = loader.build(tmp_path / "old.safetensors", loaded, config)
+    ids = torch.tensor([[49406, 320, 2368] + [49407] * 74])
+    with torch.no_grad():
+        assert torch.equal(built.text_encoder(ids).last_hidden_state, tiny.text_encoder(ids).last_hidden_state)
+
+
+# --- refusals and clear errors -------------------------------------------------------------------
+
+def test_sdxl_is_refused_clearly(tmp_path):
+    torch.save({"state_dict": {"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2),
+                               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1, 4, 1, 1)}},
+               tmp_path / "xl.ckpt")
+    with pytest.raises(CheckpointError, match="SDXL"):
+        detect(tmp_path / "xl.ckpt")
+
+
+def test_lora_in_checkpoint_folder_gets_a_hint(tmp_path):
+    from safetensors.torch import save_file
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 4)},
+              str(tmp_path / "lora.safetensors"))
+    with pytest.raises(CheckpointError, match="not a Stable Diffusion checkpoint.*LoRA"):
+        detect(tmp_path / "lora.safetensors")
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_ckpt_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)},
+                "payload": _Exploit(marker)}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError) as e:
+        checkpoint_file.read_state_dict(tmp_path / "evil.ckpt")
+    assert "evil.ckpt" in str(e.value) and "system" in str(e.value)
+    assert not marker.exists()
+    # A plain pickle (non-zip, like very old checkpoints) with the same payload is refused too.
+    with open(tmp_path / "evil-legacy.ckpt", "wb") as f:
+        pickle.dump(_Exploit(marker), f)
+    with pytest.raises(CheckpointError, match="system"):
+        checkpoint_file.read_state_dict(tmp_path / "evil-legacy.ckpt")
+    assert not marker.exists()
+
+
+def test_lightning_metadata_in_real_ckpts_is_allowed(tmp_path):
+    """Real SD 1.x .ckpt files carry PyTorch Lightning callback state and numpy scalars."""
+    import sys
+    import types
+
+    import numpy as np
+
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:
+        pass
+
+    ModelCheckpoint.__module__ = module.__name__
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    names = ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]
+    for n in names:
+        sys.modules[n] = module if n.endswith("model_checkpoint") else types.ModuleType(n)
+    try:
+        cb = ModelCheckpoint()
+        cb.best_model_score = np.float64(0.25)
+        torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": np.int64(470000),
+                    "callbacks": {ModelCheckpoint: {"best": np.array([1.0, 2.0])}}, "cb": cb}, tmp_path / "pl.ckpt")
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)
+    sd = checkpoint_file.read_state_dict(tmp_path / "pl.ckpt")
+    assert list(sd) == ["w"] and torch.equal(sd["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_truncated_files_give_clear_errors(tmp_path, tiny_dir, suffix):
+    source = tiny_dir / ("sd1.safetensors" if suffix == ".safetensors" else "sd1-ckpt.ckpt")
+    data = source.read_bytes()
+    target = tmp_path / f"cut{suffix}"
+    target.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated|corrupt"):
+        checkpoint_file.read_state_dict(target)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty or truncated"):
+        checkpoint_file.read_state_dict(tmp_path / "empty.safetensors")
+
+
+def test_failed_switch_keeps_previous_model_usable(data_dir, manager):
+    good = manager.get(manager.checkpoints.find("sd1.safetensors"))
+    before = generate(good)[0].tobytes()
+    folder = data_dir / "models" / "Stable-diffusion"
+    data = (folder / "sd1.safetensors").read_bytes()
+    (folder / "broken.safetensors").write_bytes(data[:1000])
+    shutil.copy(folder / "sd1.yaml", folder / "broken.yaml")
+    manager.checkpoints.refresh()
+    with pytest.raises(CheckpointError):
+        manager.get(manager.checkpoints.find("broken.safetensors"))
+    assert manager.current is good
+    assert generate(manager.current)[0].tobytes() == before
+
+
+def test_config_that_does_not_fit_names_the_problem(tmp_path):
+    tiny = tiny_models.build("sd1")
+    path = tiny.write(tmp_path / "m.safetensors", yaml_beside=False)
+    shutil.copy(paths.CONFIGS / "v1-inference.yaml", tmp_path / "m.yaml")  # full-size config, tiny weights
+    config, sd = detect(path)
+    with pytest.raises(CheckpointError, match="do not fit the config m.yaml"):
+        loader.build(path, sd, config)
+
+
+def test_loader_never_touches_the_network(data_dir, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from tests.support.engine import make_manager
+    manager = make_manager(data_dir)  # also loads the tokenizer
+    for name in ("sd1.safetensors", "sd2-v.safetensors", "sub/sd1-inpainting.safetensors"):
+        assert generate(manager.get(manager.checkpoints.find(name)))

@@ -1,0 +1,146 @@
+"""The non-blocking job API on a live server: submit, poll, list with positions, cancel, interrupt,
+callbacks only to allowed hosts; a job's result is the blocking route's response for the same request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import requests
+
+from tests.support.server import setup_data, start_server, stop_server
+
+pytestmark = pytest.mark.server
+
+SMALL = {"prompt": "a red circle", "width": 64, "height": 64, "steps": 3, "sampler_name": "Euler a"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_dir):
+    data = setup_data(tmp_path_factory.mktemp("jobs"), tiny_dir)
+    proc, url = start_server(data, "--api", "--api-callback-hosts", "127.0.0.1")
+    yield url
+    stop_server(proc)
+
+
+def submit(url, request, **extra):
+    return requests.post(url + "/sdapi/v1/jobs", json={"type": "txt2img", "request": request, **extra}, timeout=60)
+
+
+def wait_done(url, job_id, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()
+        if status["status"] not in ("queued", "running"):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {status['status']} after {timeout}s")
+
+
+def test_a_job_gives_the_blocking_routes_response(server):
+    url = server
+    created = submit(url, {**SMALL, "seed": 21})
+    assert created.status_code == 200 and len(created.json()["id"]) == 32
+    done = wait_done(url, created.json()["id"])
+    assert done["status"] == "done" and done["progress"] == 1.0
+    blocking = requests.post(url + "/sdapi/v1/txt2img", json={**SMALL, "seed": 21}, timeout=120).json()
+    assert done["result"]["images"] == blocking["images"]
+    assert json.loads(done["result"]["info"])["all_seeds"] == [21]
+
+
+def test_positions_cancel_and_interrupt(server):
+    url = server
+    long = submit(url, {**SMALL, "steps": 400, "seed": 1}).json()["id"]
+    queued = [submit(url, {**SMALL, "seed": 2 + i}).json()["id"] for i in range(2)]
+    deadline = time.time() + 60
+    while requests.get(f"{url}/sdapi/v1/jobs/{long}").json()["status"] != "running" and time.time() < deadline:
+        time.sleep(0.05)
+    listed = requests.get(url + "/sdapi/v1/jobs").json()
+    assert [j["status"] for j in listed[:3]] == ["running", "queued", "queued"]
+    assert [j["position"] for j in listed[:3]] == [0, 1, 2]
+    assert [j["id"] for j in listed[:3]] == [long] + queued
+
+    cancelled = requests.delete(f"{url}/sdapi/v1/jobs/{queued[0]}").json()
+    assert cancelled["status"] == "cancelled"
+    assert requests.get(f"{url}/sdapi/v1/jobs/{queued[1]}").json()["position"] == 1  # moved up
+
+    interrupted = requests.delete(f"{url}/sdapi/v1/jobs/{long}")
+    assert interrupted.status_code == 200
+    assert wait_done(url, long)["status"] == "interrupted"
+    last = wait_done(url, queued[1])
+    assert last["status"] == "done" and json.loads(last["result"]["info"])["all_seeds"] == [3]
+    assert requests.get(f"{url}/sdapi/v1/jobs/{queued[0]}").json()["result"] is None  # never ran
+
+    missing = requests.get(f"{url}/sdapi/v1/jobs/0123456789abcdef0123456789abcdef")
+    assert missing.status_code == 404 and "No job" in missing.json()["detail"]
+
+
+def test_callbacks_go_only_to_allowed_hosts(server):
+    url = server
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        refused = submit(url, {**SMALL, "seed": 5}, callback_url="http://example.com/hook")
+        assert refused.status_code == 400 and "--api-callback-hosts" in refused.json()["detail"]
+        hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+        job_id = submit(url, {**SMALL, "seed": 5}, callback_url=hook).json()["id"]
+        wait_done(url, job_id)
+        deadline = time.time() + 30
+        while not received and time.time() < deadline:
+            time.sleep(0.1)
+        assert received and received[0]["id"] == job_id and received[0]["status"] == "done"
+        assert json.loads(received[0]["result"]["info"])["all_seeds"] == [5]
+    finally:
+        receiver.shutdown()
+
+
+def test_bad_job_requests_are_refused_with_the_field_named(server):
+    url = server
+    r = submit(url, {**SMALL, "width": 513})
+    assert r.status_code == 400 and "width" in r.json()["detail"]
+    r = requests.post(url + "/sdapi/v1/jobs", json={"type": "img2img", "request": SMALL})
+    assert r.status_code == 400 and "init_images" in r.json()["detail"]
+    r = requests.post(url + "/sdapi/v1/jobs", json={"type": "upscale", "request": {}})
+    assert r.status_code == 422
+
+
+def test_internal_progress_follows_a_task_by_its_forced_id(server):
+    url = server
+
+    def progress(task):
+        return requests.post(url + "/internal/progress", json={"id_task": task, "id_live_preview": -1}).json()
+
+    assert progress("task(nobody)") == {"active": False, "queued": False, "completed": False, "progress": None,
+                                        "eta": None, "live_preview": None, "id_live_preview": -1,
+                                        "textinfo": "Waiting..."}
+    first = submit(url, {**SMALL, "steps": 400, "seed": 8, "force_task_id": "task(first)"}).json()["id"]
+    submit(url, {**SMALL, "seed": 9, "force_task_id": "task(second)"})
+    deadline = time.time() + 60
+    seen = progress("task(first)")
+    while not (seen["active"] and seen["live_preview"]) and time.time() < deadline:
+        time.sleep(0.1)
+        seen = progress("task(first)")
+    assert seen["active"] and 0 < seen["progress"] < 1 and seen["live_preview"].startswith("data:image/png;base64,")
+    assert seen["id_live_preview"] > 0
+    waiting = progress("task(second)")
+    assert waiting["queued"] and not waiting["active"] and waiting["textinfo"] == "In queue: 1 ahead"
+    assert "task(second)" in requests.get(url + "/internal/pending-tasks").json()["tasks"]
+    requests.delete(f"{url}/sdapi/v1/jobs/{first}")
+    deadline = time.time() + 60
+    while not progress("task(second)")["completed"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert progress("task(first)")["completed"] and progress("task(second)")["completed"]

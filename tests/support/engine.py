@@ -1,0 +1,53 @@
+"""Engines and model managers over a data folder, built as start-up builds them (bench/ and tools/ use them too)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from modules import bootstrap, devices, paths
+from modules.engine import Engine
+from modules.hashing import HashCache
+from modules.limits import Limits
+from modules.models.manager import ModelManager
+from modules.models.registry import CheckpointRegistry, VaeRegistry
+
+
+def make_manager(data: Path, builtin_files: tuple[Path, ...] = ()) -> ModelManager:
+    p = paths.from_args(str(data))
+    registry = CheckpointRegistry(p.checkpoint_dirs, HashCache(p.hash_cache), builtin_files=builtin_files)
+    return ModelManager(registry, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), devices.plan(skip_cuda_test=True),
+                        p.default_sd1_config)
+
+
+def make_engine(data: Path, checkpoint: str | None = "sd1.safetensors",
+                builtin_files: tuple[Path, ...] = (), limits: Limits | None = None) -> Engine:
+    """An engine over `data` (bootstrap's wiring) with its own queue; `checkpoint` (if any) is the selected one.
+    Stop its queue when done."""
+    engine = bootstrap.build_engine(paths.from_args(str(data)), devices.plan(skip_cuda_test=True),
+                                    builtin_files=builtin_files, limits=limits)
+    if checkpoint:
+        engine.options.update({"sd_model_checkpoint": checkpoint})
+    return engine
+
+
+@contextlib.contextmanager
+def started(*flags: str):
+    """webui.build in this process (the app is built, not served) with these command-line flags: yields the
+    engine; its queue is stopped afterwards and the process-wide switches start-up sets (flush denormals on the
+    CPU, Pillow's pixel limit) are put back, so later tests see the state they would see alone."""
+    from PIL import Image
+
+    import webui
+    from modules import cmd_args
+
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    _, engine = webui.build(cmd_args.parse(list(flags)))
+    try:
+        yield engine
+    finally:
+        engine.queue.stop()
+        torch.set_flush_denormal(False)
+        Image.MAX_IMAGE_PIXELS = pillow_limit

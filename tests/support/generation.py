@@ -1,0 +1,21 @@
+"""txt2img through an engine over the tiny checkpoints: the `engine` fixture and the request most tests start from."""
+
+from __future__ import annotations
+
+import pytest
+
+from modules.generation.params import GenerationParams
+from tests.support.engine import make_engine
+
+
+@pytest.fixture()
+def engine(data_dir):
+    e = make_engine(data_dir)
+    yield e
+    e.queue.stop()
+
+
+def params(**kw) -> GenerationParams:
+    base = dict(prompt="a red circle on a blue background", negative_prompt="green", width=64, height=64, steps=6,
+                sampler_name="Euler a", seed=100)
+    return GenerationParams(**{**base, **kw})

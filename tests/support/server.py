@@ -1,0 +1,91 @@
+"""Live servers for tests: webui.py started on 127.0.0.1 in its own process, stopped with its process group,
+over a data folder made from the tiny checkpoints."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+URL_LINE = re.compile(r"Running on local URL: (http://[^\s]+)")
+
+
+def start_server(data: Path, *args: str, timeout: float = 180, ready_auth: tuple[str, str] | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """webui.py on 127.0.0.1 with --port 0: the server takes a free port itself and its log says which (a port
+    picked here and handed over could be taken by another process in between)."""
+    log_path = data / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "webui.py"), "--port", "0", "--data-dir", str(data),
+         "--skip-torch-cuda-test", *args],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "COMMANDLINE_ARGS": ""})
+    log.close()  # the child has its own copy
+    deadline = time.time() + timeout
+    url = None
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
+        if url is None:
+            m = URL_LINE.search(log_path.read_text())
+            url = m and m.group(1)
+        if url:
+            try:
+                if requests.get(url + "/sdapi/v1/sd-models", timeout=2, auth=ready_auth).status_code == 200:
+                    return proc, url
+            except requests.RequestException:
+                pass
+        time.sleep(0.5)
+    stop_server(proc)
+    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except ProcessLookupError:  # already gone
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def setup_data(data: Path, tiny_dir: Path) -> Path:
+    """`data` as a data folder holding the tiny checkpoints, with sd1.safetensors selected."""
+    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
+    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    return data
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_dir):
+    """webui.py --api over the tiny checkpoints, one per test module. Yields (url, data_dir, proc)."""
+    data = setup_data(tmp_path_factory.mktemp("server"), tiny_dir)
+    proc, url = start_server(data, "--api")
+    yield url, data, proc
+    stop_server(proc)
+
+
+def post(url, path, **body):
+    return requests.post(url + path, json=body, timeout=300)
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))

@@ -1,0 +1,138 @@
+"""Server folders a client may name: output-folder settings (API options, override_settings, the Settings tab)
+and the img2img / Extras batch folders stay inside the data folder or --allowed-paths; with --listen and no
+login the page's folder fields are refused."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import requests
+
+from modules.engine import BadRequest
+from modules.folders import FolderPolicy, FolderRefused
+from tests.support.engine import make_engine, started
+from tests.support.server import setup_data, start_server, stop_server
+
+PROMPT = "a red circle"
+
+
+# ---------------------------------------------------------------- the rule
+
+
+def test_inside_the_data_folder_or_an_allowed_one(tmp_path):
+    data, extra, outside = tmp_path / "data", tmp_path / "shared-outputs", tmp_path / "elsewhere"
+    for d in (data, extra, outside):
+        d.mkdir()
+    policy = FolderPolicy(data, (extra,))
+    assert policy.resolve("outdir_samples", "outputs/x") == data / "outputs" / "x"
+    assert policy.resolve("outdir_samples", str(data / "a")) == data / "a"
+    assert policy.resolve("outdir_samples", str(extra / "b" / "c")) == extra / "b" / "c"
+    assert policy.resolve("outdir_samples", "outputs/../outputs2") == data / "outputs2"
+    for bad in ("../elsewhere", "outputs/../../elsewhere", str(outside), "/etc", "~", str(tmp_path)):
+        with pytest.raises(FolderRefused, match=r"^outdir_samples: .*--allowed-paths"):
+            policy.resolve("outdir_samples", bad)
+    # a folder whose name starts like the data folder's is not inside it
+    (tmp_path / "data-evil").mkdir()
+    with pytest.raises(FolderRefused):
+        policy.resolve("outdir_samples", str(tmp_path / "data-evil"))
+
+
+def test_a_symlink_inside_that_leads_outside_is_refused(tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir()
+    outside.mkdir()
+    os.symlink(outside, data / "link")
+    with pytest.raises(FolderRefused):
+        FolderPolicy(data).resolve("outdir_save", "link/images")
+
+
+def test_only_changed_folder_settings_are_checked(tmp_path):
+    policy = FolderPolicy(tmp_path)
+    current = {"outdir_samples": "/srv/owner-chose-this"}  # written into config.json by the owner
+    policy.check_settings({"outdir_samples": "/srv/owner-chose-this", "n_rows": 3}, current)
+    policy.check_settings({"outdir_samples": ""}, current)  # back to the per-kind folders
+    with pytest.raises(FolderRefused, match="outdir_grids"):
+        policy.check_settings({"outdir_grids": "/srv/other"}, current)
+
+
+def test_page_folders_are_refused_on_the_network_without_a_login(tmp_path):
+    policy = FolderPolicy(tmp_path, server_folders=False)
+    with pytest.raises(FolderRefused, match="Batch: input directory: .*without a login"):
+        policy.page_folder("Batch: input directory", "inputs")
+    assert FolderPolicy(tmp_path).page_folder("Batch: input directory", "inputs") == tmp_path / "inputs"
+
+
+@pytest.mark.parametrize("flags, open_", [
+    ([], True),
+    (["--listen"], False),
+    (["--listen", "--api-auth", "a:b"], True),
+    (["--listen", "--gradio-auth", "a:b"], True),
+    (["--server-name", "127.0.0.2"], True),  # loopback: only this machine
+    (["--server-name", "10.1.2.3"], False),
+])
+def test_start_up_wires_the_rule_from_the_flags(tmp_path, flags, open_):
+    with started("--data-dir", str(tmp_path), "--nowebui", "--no-builtin-model",
+                 "--allowed-paths", f"{tmp_path / 'x'}, {tmp_path / 'y'}", *flags) as engine:
+        assert engine.folders.server_folders is open_
+        assert engine.folders.allowed == (tmp_path / "x", tmp_path / "y")
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def test_engine_refuses_folder_settings_outside(data_dir, tmp_path_factory):
+    engine = make_engine(data_dir)
+    victim = tmp_path_factory.mktemp("victim") / "precious.txt"
+    victim.write_text("keep me")
+    try:
+        with pytest.raises(BadRequest, match="^outdir_txt2img_samples: '../../x' is outside"):
+            engine.set_options({"outdir_txt2img_samples": "../../x"})
+        assert engine.options.values.outdir_txt2img_samples == "outputs/txt2img-images"
+        # the attack the issue names: save_txt with a fixed file name into a folder outside the outputs
+        from modules.generation.params import GenerationParams
+        attack = GenerationParams(prompt=PROMPT, width=64, height=64, steps=1, override_settings={
+            "outdir_samples": str(victim.parent), "save_txt": True, "samples_filename_pattern": "precious",
+            "save_images_add_number": False, "save_to_dirs": False})
+        with pytest.raises(BadRequest, match="^override_settings: outdir_samples: .* is outside"):
+            engine.submit_txt2img(attack)
+        assert victim.read_text() == "keep me"
+        engine.set_options({"outdir_txt2img_samples": "my-outputs/t2i"})  # inside: fine
+        assert engine.options.values.outdir_txt2img_samples == "my-outputs/t2i"
+    finally:
+        engine.queue.stop()
+
+
+# ---------------------------------------------------------------- over HTTP
+
+
+@pytest.fixture(scope="module")
+def folder_server(tmp_path_factory, tiny_dir):
+    root = tmp_path_factory.mktemp("folders")
+    data, allowed = root / "data", root / "allowed"
+    setup_data(data, tiny_dir)
+    allowed.mkdir()
+    proc, url = start_server(data, "--api", "--nowebui", "--allowed-paths", str(allowed))
+    yield url, data, allowed, root
+    stop_server(proc)
+
+
+@pytest.mark.server
+def test_api_options_and_override_settings_stay_inside(folder_server):
+    url, data, allowed, root = folder_server
+    for value in ("../../x", str(root / "elsewhere"), "/tmp"):
+        r = requests.post(url + "/sdapi/v1/options", json={"outdir_samples": value}, timeout=30)
+        assert r.status_code == 400 and "outdir_samples" in r.text and "outside" in r.text, (value, r.text)
+        r = requests.post(url + "/sdapi/v1/txt2img", timeout=60, json={
+            "prompt": PROMPT, "width": 64, "height": 64, "steps": 1, "override_settings": {"outdir_grids": value}})
+        assert r.status_code == 400 and "outdir_grids" in r.text, (value, r.text)
+    assert requests.get(url + "/sdapi/v1/options", timeout=30).json()["outdir_samples"] == ""
+    assert not (root / "elsewhere").exists()
+
+    # an --allowed-paths folder works, and images go there
+    r = requests.post(url + "/sdapi/v1/options", json={"outdir_txt2img_samples": str(allowed / "t2i")}, timeout=30)
+    assert r.status_code == 200, r.text
+    r = requests.post(url + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": PROMPT, "width": 64, "height": 64, "steps": 1, "save_images": True})
+    assert r.status_code == 200, r.text
+    assert list((allowed / "t2i").rglob("*.png"))

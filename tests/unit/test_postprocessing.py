@@ -1,0 +1,204 @@
+"""Extras (post-processing): A1111's Upscale operation with the plain upscalers, its infotext and PNG
+chunks, the refusals (model upscalers, face restoration), and Engine.extras going through the job
+queue and saving as A1111 names extras files."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
+
+from modules import images, postprocessing
+from modules.engine import BadRequest
+from modules.generation.params import GenerationParams
+from modules.postprocessing import ExtrasError, ExtrasParams
+from tests.support.engine import make_engine
+
+LANCZOS, NEAREST = Image.Resampling.LANCZOS, Image.Resampling.NEAREST
+
+
+def picture(size=(64, 32), mode="RGB") -> Image.Image:
+    image = Image.new(mode, size, (200, 40, 30) if mode != "L" else 90)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4),
+                 fill=(20, 60, 220) if mode != "L" else 200)
+    draw.line((0, 0, size[0], size[1]), fill=(250, 250, 0) if mode != "L" else 255, width=3)
+    return image
+
+
+def png_with(image: Image.Image, meta: PngInfo) -> Image.Image:
+    """The image as read back from a PNG file with these text chunks."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=meta)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def run(image, **kw):
+    return postprocessing.run(image, ExtrasParams(**kw))
+
+
+def test_defaults_are_a1111s_extras_api_defaults():
+    p = ExtrasParams()
+    assert (p.resize_mode, p.upscaling_resize, p.upscaling_resize_w, p.upscaling_resize_h) == (0, 2, 512, 512)
+    assert (p.upscaling_crop, p.upscaler_1, p.upscaler_2, p.extras_upscaler_2_visibility) == (True, "None", "None", 0)
+    assert (p.upscale_first, p.gfpgan_visibility, p.codeformer_visibility, p.codeformer_weight) == (False, 0, 0, 0)
+    assert p.upscaling_max_side_length == 0
+
+
+def test_upscaler_none_leaves_the_image_as_it_is():
+    """A1111's Extras: upscaler 1 "None" skips the Upscale operation whatever the factor."""
+    image = picture()
+    out, text = run(image, upscaler_1="None", upscaling_resize=4, upscaler_2="Lanczos", extras_upscaler_2_visibility=1)
+    assert out.size == image.size and out.tobytes() == image.tobytes() and text == ""
+    assert out is not image and "extras" not in image.info
+
+
+def test_scale_by_with_lanczos_and_nearest():
+    image = picture((30, 21))
+    out, text = run(image, upscaler_1="Lanczos", upscaling_resize=2)
+    # 60x42 rounded down to a multiple of 8 is 56x40: resampled to 60x42, then Lanczos to 56x40 (A1111)
+    assert out.size == (56, 40)
+    expected = image.resize((60, 42), resample=LANCZOS).resize((56, 40), resample=LANCZOS)
+    assert out.tobytes() == expected.tobytes()
+    assert text == "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
+    # Nearest doubles every pixel into a 2x2 block
+    small = picture((16, 8))
+    out, text = run(small, upscaler_1="Nearest", upscaling_resize=2)
+    assert np.array_equal(np.asarray(out), np.asarray(small).repeat(2, axis=0).repeat(2, axis=1))
+    assert text == "Postprocess upscale by: 2, Postprocess upscaler: Nearest"
+    out, text = run(small, upscaler_1="Lanczos", upscaling_resize=2.5)
+    assert out.size == (40, 16) and text.startswith("Postprocess upscale by: 2.5,")
+
+
+def test_scale_to_crops_to_fit_or_keeps_the_aspect():
+    image = picture((64, 32))
+    out, text = run(image, resize_mode=1, upscaling_resize_w=48, upscaling_resize_h=48, upscaler_1="Lanczos")
+    scaled = image.resize((96, 48), resample=LANCZOS)  # scale 1.5 covers 48x48
+    assert out.size == (48, 48) and out.tobytes() == scaled.crop((24, 0, 72, 48)).tobytes()
+    assert text == "Postprocess upscale to: 48x48, Postprocess crop to: 48x48, Postprocess upscaler: Lanczos"
+    out, text = run(image, resize_mode=1, upscaling_resize_w=48, upscaling_resize_h=48, upscaling_crop=False,
+                    upscaler_1="Lanczos")
+    assert out.tobytes() == scaled.tobytes() and text == "Postprocess upscale to: 48x48, Postprocess upscaler: Lanczos"
+
+
+def test_max_side_length_limits_scale_by():
+    out, text = run(picture((64, 32)), upscaler_1="Lanczos", upscaling_resize=4, upscaling_max_side_length=128)
+    assert out.size == (128, 64)
+    assert text == "Postprocess upscale by: 4, Max side length: 128, Postprocess upscaler: Lanczos"
+    out, _ = run(picture((64, 32)), upscaler_1="Lanczos", upscaling_resize=2, upscaling_max_side_length=512)
+    assert out.size == (128, 64)  # under the limit: plain scale by
+
+
+def test_second_upscaler_is_blended_by_its_visibility():
+    image = picture((16, 8))
+    lanczos, _ = run(image, upscaler_1="Lanczos")
+    nearest, _ = run(image, upscaler_1="Nearest")
+    out, text = run(image, upscaler_1="Lanczos", upscaler_2="Nearest", extras_upscaler_2_visibility=0.25)
+    assert out.tobytes() == Image.blend(lanczos, nearest, 0.25).tobytes()
+    assert text == "Postprocess upscale by: 2, Postprocess upscaler: Lanczos, Postprocess upscaler 2: Nearest"
+    out, text = run(image, upscaler_1="Lanczos", upscaler_2="Nearest", extras_upscaler_2_visibility=0)
+    assert out.tobytes() == lanczos.tobytes() and "upscaler 2" not in text
+
+
+def test_modes_and_text_chunks():
+    meta = PngInfo()
+    meta.add_text("parameters", "a cat\nSteps: 5, Sampler: Euler a, Seed: 8, Size: 64x32")
+    meta.add_text("Software", "paint")
+    source = png_with(picture(), meta)
+    out, text = run(source, upscaler_1="Lanczos")
+    assert out.info == {"parameters": "a cat\nSteps: 5, Sampler: Euler a, Seed: 8, Size: 64x32", "Software": "paint",
+                        "postprocessing": text, "extras": text}
+    rgba, _ = run(picture(mode="RGBA"), upscaler_1="Lanczos")
+    grey, _ = run(picture(mode="L"), upscaler_1="Lanczos")
+    assert (rgba.mode, grey.mode) == ("RGBA", "RGB")  # A1111 keeps RGB(A) and converts the rest to RGB
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1: upscaler 'R-ESRGAN 4x+' is not available"),
+    ({"upscaler_2": "ESRGAN_4x"}, "available: None, Lanczos, Nearest"),
+    ({"gfpgan_visibility": 0.5}, "gfpgan_visibility: face restoration (GFPGAN, CodeFormer) is not available"),
+    ({"codeformer_visibility": 1}, "codeformer_visibility: face restoration"),
+])
+def test_what_is_not_available_is_refused_with_the_reason(kw, needle):
+    with pytest.raises(ExtrasError) as e:
+        run(picture(), **kw)
+    assert needle in str(e.value)
+
+
+def test_sizes_out_of_range_are_refused():
+    with pytest.raises(ExtrasError, match="between 8 and 16384"):
+        run(picture((4000, 8)), upscaler_1="Lanczos", upscaling_resize=5)
+    with pytest.raises(ExtrasError, match="between 8 and 16384"):
+        run(picture((4, 4)), upscaler_1="Lanczos", upscaling_resize=1.5)
+    with pytest.raises(ValueError):
+        ExtrasParams(upscaling_resize=0)
+
+
+# --- Engine.extras: the job queue and saving -------------------------------------------------------
+
+@pytest.fixture()
+def engine(tmp_path, tiny_dir):
+    shutil.copytree(tiny_dir, tmp_path / "models" / "Stable-diffusion")
+    e = make_engine(tmp_path)
+    yield e
+    e.queue.stop()
+
+
+def test_engine_extras_saves_numbered_files_in_the_extras_folder(engine, tmp_path):
+    meta = PngInfo()
+    meta.add_text("parameters", "a dog\nSteps: 3, Seed: 1")
+    source = png_with(picture(), meta)
+    params = ExtrasParams(upscaler_1="Lanczos")
+    result = engine.extras([source, picture((32, 32))], params, save=True)
+    assert [im.size for im in result.images] == [(128, 64), (64, 64)]
+    assert result.infotexts == ["Postprocess upscale by: 2, Postprocess upscaler: Lanczos"] * 2
+    folder = tmp_path / "outputs" / "extras-images"
+    assert [p.name for p in sorted(folder.iterdir())] == ["00000.png", "00001.png"]  # no date folder
+    assert result.paths == [str(folder / "00000.png"), str(folder / "00001.png")]
+    saved = Image.open(folder / "00000.png")
+    saved.load()
+    assert saved.info["parameters"] == "a dog\nSteps: 3, Seed: 1"
+    assert saved.info["extras"] == saved.info["postprocessing"] == result.infotexts[0]
+    assert saved.tobytes() == result.images[0].tobytes()
+    engine.extras([picture()], params, save=True)
+    assert (folder / "00002.png").is_file()
+    unsaved = engine.extras([picture()], params, save=False)
+    assert unsaved.paths == [None] and len(list(folder.iterdir())) == 3
+    engine.options.update({"samples_format": "jpg"})
+    jpeg = engine.extras([source], params, save=True)
+    assert jpeg.paths[0].endswith("00003.jpg")
+    assert images.read_info(Image.open(jpeg.paths[0]))[0] == result.infotexts[0]  # A1111: EXIF holds the extras text
+
+
+def test_engine_extras_refuses_before_queueing(engine):
+    for params in (ExtrasParams(upscaler_1="SwinIR 4x"), ExtrasParams(gfpgan_visibility=1)):
+        with pytest.raises(BadRequest):
+            engine.submit_extras([picture()], params)
+    with pytest.raises(BadRequest, match="at least one image"):
+        engine.submit_extras([], ExtrasParams())
+    assert engine.queue.queued == 0 and engine.queue.current is None
+    with pytest.raises(BadRequest, match="between 8 and 16384"):  # found when the job runs: still a BadRequest
+        engine.extras([picture((4, 4))], ExtrasParams(upscaler_1="Lanczos", upscaling_resize=1.5))
+
+
+def test_engine_extras_waits_behind_a_running_generation(engine):
+    finished = []
+    generation = engine.submit_txt2img(GenerationParams(prompt="x", width=64, height=64, steps=300, seed=1,
+                                                        save_images=False))
+    generation.add_done_callback(lambda job: finished.append("txt2img"))
+    started = threading.Event()
+    while generation.state.sampling_step == 0:
+        started.wait(0.02)
+    extras = engine.submit_extras([picture()], ExtrasParams(upscaler_1="Lanczos"))
+    extras.add_done_callback(lambda job: finished.append("extras"))
+    assert engine.queue.ahead_of(extras) == 1
+    started.wait(0.3)
+    assert not extras.done.is_set()
+    engine.queue.interrupt()
+    assert extras.wait(120).images[0].size == (128, 64)
+    assert finished == ["txt2img", "extras"]
