@@ -22,6 +22,7 @@ from modules.services.generation import GenerationService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
 from modules.services.output import OutputWriter
+from modules.services.paste import InfotextReader
 from modules.services.requests import RequestResolver
 from modules.settings import SettingsStore
 
@@ -48,9 +49,11 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     style_store = styles.StyleStore(p.styles_files)
     requests = RequestResolver(limits, style_store, options, checkpoints)
     output = OutputWriter(p)
+    networks = NetworksService(loras, embeddings)
     return Engine(
         paths=p, limits=limits, folders=folders, device=plan, tokenizer=models.tokenizer, queue=queue,
-        checkpoints=checkpoints, options=options, styles=style_store, networks=NetworksService(loras, embeddings),
+        checkpoints=checkpoints, options=options, styles=style_store, networks=networks,
+        paste=InfotextReader(networks, checkpoints, options),
         requests=requests, generation=GenerationService(requests, checkpoints, models, queue, output, decode_budget),
         postprocess=ExtrasService(requests, options, queue, output, decode_budget), decode_budget=decode_budget)
 

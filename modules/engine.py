@@ -28,6 +28,7 @@ from modules.services.extras import ExtrasResult, ExtrasService
 from modules.services.generation import GenerationResult, GenerationService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
+from modules.services.paste import InfotextReader
 from modules.services.requests import RequestResolver
 
 Txt2ImgResult = GenerationResult  # the name it had before img2img shared it
@@ -45,6 +46,7 @@ class Engine:
     options: OptionsService
     styles: styles.StyleStore
     networks: NetworksService
+    paste: InfotextReader  # infotexts into request fields (the API's `infotext`, the page's paste)
     requests: RequestResolver
     generation: GenerationService
     postprocess: ExtrasService

@@ -37,7 +37,6 @@ from modules.jobs import JobCancelled, JobState
 from modules.limits import Limits
 from modules.models.checkpoint_file import CheckpointError
 from modules.generation.pipeline import NansError
-from modules.settings import Settings
 from modules.version import VERSION
 
 # A1111's lists, for clients that offer them as choices. The plain-resize upscalers and the latent
@@ -141,34 +140,14 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     """Fill the request from `req.infotext` as A1111 does: every field the request does not set itself,
     and the settings the infotext implies (Clip skip, RNG, VAE) as override_settings unless the request
     overrides them already or they equal the current value. Returns warnings."""
-    parsed = infotext.parse_with_defaults(req.infotext or "")
-    parsed["Prompt"] = engine.networks.rename_by_hash(parsed["Prompt"], parsed.get("Lora hashes"))
-    try:
-        fields = infotext.request_values(parsed, infotext.REQUEST_FIELDS)
-        settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)
-    except ValueError as e:
-        raise BadRequest(str(e)) from None
-    cut_warning = infotext.cut((req.infotext or "").strip())[1]  # over infotext.MAX_CHARS: only part was read
     allowed = set(type(req).model_fields) - set(getattr(req, "HIRES_FIELDS", ()))
-    for name, value in fields.items():
+    pasted = engine.paste.read(req.infotext or "", txt2img="enable_hr" in allowed)
+    for name, value in pasted.values.items():
         if name in allowed and name not in req.model_fields_set:
             setattr(req, name, value)
-    if "enable_hr" in allowed and "enable_hr" not in req.model_fields_set and "Denoising strength" in parsed:
-        req.enable_hr = True  # A1111's paste rule: a txt2img infotext with a denoising strength used hires fix
-    overrides = dict(req.override_settings or {})
-    current = engine.options.values
-    warnings = [cut_warning] if cut_warning else []
-    for name, value in settings.items():
-        if name in overrides or getattr(current, name) == value:
-            continue
-        try:
-            Settings(**{**current.model_dump(), name: value})
-            if name == "sd_vae":
-                engine.checkpoints.check_vae_name(value)
-        except (ValidationError, BadRequest):
-            warnings.append(f"infotext: {name} {value!r} is not available here; the current setting was used")
-            continue
-        overrides[name] = value
+    overrides, warnings = engine.paste.overrides(pasted.settings, req.override_settings or {})
+    if pasted.warning:  # over infotext.MAX_CHARS: only part was read
+        warnings.insert(0, pasted.warning)
     if overrides:
         req.override_settings = overrides
     return warnings

@@ -14,7 +14,6 @@ from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.settings import Settings
 
 SAME = (None, "", "Use same sampler", "Use same scheduler")  # hr_sampler_name / hr_scheduler: the first pass's
-HIRES_DENOISING = 0.7  # A1111's hires denoising strength when the request gives none
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class JobContext:
         if self.is_img2img:
             return self.params.denoising_strength
         if self.hires:
-            return self.params.denoising_strength if self.params.denoising_strength is not None else HIRES_DENOISING
+            return self.params.denoising_strength if self.params.denoising_strength is not None else hires.DEFAULT_DENOISING
         return None
 
     @property

@@ -16,6 +16,8 @@ from modules.generation import samplers
 from modules.generation.params import GenerationParams
 
 # A1111's latent upscale modes: name -> (torch interpolation mode, antialias)
+DEFAULT_DENOISING = 0.7  # A1111's hires denoising strength when the request gives none
+
 LATENT_UPSCALERS = {
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),
@@ -73,7 +75,7 @@ def crop(latents: torch.Tensor, cut_x: int, cut_y: int) -> torch.Tensor:
 
 def schedule(params: GenerationParams) -> tuple[int, int]:
     """(schedule steps, t_enc) of the second pass, as A1111's setup_img2img_steps with explicit steps."""
-    strength = params.denoising_strength if params.denoising_strength is not None else 0.7
+    strength = params.denoising_strength if params.denoising_strength is not None else DEFAULT_DENOISING
     return samplers.img2img_schedule(params.hr_second_pass_steps or params.steps, strength, fixed=True)
 
 

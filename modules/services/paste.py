@@ -1,0 +1,70 @@
+"""An infotext read into request fields and settings: one reader for the API's `infotext` field and the page's
+paste and "Send to" buttons, so both fill the same fields with the same values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from modules import infotext
+from modules.services.checkpoints import CheckpointService
+from modules.services.errors import BadRequest
+from modules.services.networks import NetworksService
+from modules.services.options import OptionsService
+from modules.settings import Settings
+
+
+@dataclass(frozen=True)
+class Pasted:
+    values: dict[str, Any]  # GenerationParams fields the infotext gives
+    settings: dict[str, Any]  # settings it implies (Clip skip, RNG, VAE, ...)
+    checkpoint: str | None  # the title of the checkpoint here that its `Model hash` / `Model` names
+    warning: str | None  # set when the text was too long and only part of it was read
+
+
+class InfotextReader:
+    def __init__(self, networks: NetworksService, checkpoints: CheckpointService, options: OptionsService):
+        self._networks = networks
+        self._checkpoints = checkpoints
+        self._options = options
+
+    def read(self, text: str, txt2img: bool) -> Pasted:
+        """The fields and settings infotext `text` gives; BadRequest naming a value that is not a number where
+        one is needed. A1111's rules: `<lora:NAME:` tags renamed to the files here with the hashes the text gives;
+        for txt2img, a denoising strength means the hires fix was on."""
+        parsed = infotext.parse_with_defaults(text or "")
+        parsed["Prompt"] = self._networks.rename_by_hash(parsed.get("Prompt", ""), parsed.get("Lora hashes"))
+        try:
+            values = infotext.request_values(parsed, infotext.REQUEST_FIELDS)
+            settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        if txt2img:
+            values["enable_hr"] = "Denoising strength" in parsed
+        checkpoint = None
+        for key in ("Model hash", "Model"):
+            found = self._checkpoints.find(str(parsed[key])) if parsed.get(key) else None
+            if found is not None:
+                checkpoint = found.title
+                break
+        return Pasted(values, settings, checkpoint, infotext.cut((text or "").strip())[1])
+
+    def overrides(self, settings: dict[str, Any], given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The request's override_settings (`given`) plus the settings an infotext implies that it does not set,
+        that differ from the current values and that are valid here; a warning for each one that is not."""
+        current = self._options.values
+        overrides, warnings = dict(given), []
+        for name, value in settings.items():
+            if name in overrides or getattr(current, name) == value:
+                continue
+            try:
+                Settings(**{**current.model_dump(), name: value})
+                if name == "sd_vae":
+                    self._checkpoints.check_vae_name(value)
+            except (ValidationError, BadRequest):
+                warnings.append(f"infotext: {name} {value!r} is not available here; the current setting was used")
+                continue
+            overrides[name] = value
+        return overrides, warnings
