@@ -15,9 +15,9 @@ from PIL import Image
 from modules.generation import samplers
 from modules.generation.params import GenerationParams
 
-# A1111's latent upscale modes: name -> (torch interpolation mode, antialias)
 DEFAULT_DENOISING = 0.7  # A1111's hires denoising strength when the request gives none
 
+# A1111's latent upscale modes: name -> (torch interpolation mode, antialias)
 LATENT_UPSCALERS = {
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),
