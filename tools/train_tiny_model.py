@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from modules.generation.conditioning import PromptEncoder  # noqa: E402
+from modules.models.prompt_encoder import OPENAI_CLIP, PromptEncoder  # noqa: E402
 from modules.models import ldm_export  # noqa: E402
 from modules.paths import TOKENIZER_DIR  # noqa: E402
 from tools import shapes_world as world  # noqa: E402
@@ -125,7 +125,7 @@ class Captions:
 
     def __init__(self):
         tok = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
-        self.encoder = PromptEncoder(tok, None, "sd1")  # only its tokenisation and emphasis parsing
+        self.encoder = PromptEncoder(tok, None, OPENAI_CLIP)  # only its tokenisation and emphasis parsing
 
     @lru_cache(maxsize=None)
     def row(self, text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:

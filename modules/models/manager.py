@@ -18,11 +18,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTokenizer
 
 from modules import devices
-from modules.generation.conditioning import PromptEncoder
 from modules.models import checkpoint_file, families, loader, lora
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.families import ModelConfig
+from modules.models.prompt_encoder import OPEN_CLIP, OPENAI_CLIP, PromptEncoder
 from modules.models.registry import CheckpointInfo, CheckpointRegistry, VaeInfo, VaeRegistry
 from modules.paths import TOKENIZER_DIR
 
@@ -114,7 +114,7 @@ class ModelManager:
                          info.name, config.prediction_type)
             model = LoadedModel(
                 info=info, config=config, unet=unet, vae=vae,
-                text=PromptEncoder(self.tokenizer, text_model, config.family),
+                text=PromptEncoder(self.tokenizer, text_model, OPENAI_CLIP if config.family == "sd1" else OPEN_CLIP),
                 alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config,
             )
             self.checkpoints.ensure_hash(info)
