@@ -5,7 +5,8 @@ refactor left every image, infotext and API `info` exactly as it was.
     python tools/golden.py --check before.json     # after it: exit 1 and list every case that differs
 
 The record holds, per case, the SHA-256 of each image's pixels, its infotext and the `info` object (less
-`job_timestamp`). CPU float results depend on the processor, so compare records made on the same machine.
+`job_timestamp`). CPU float results depend on the processor and the thread count, so compare records made on
+the same machine; the script always uses THREADS threads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+THREADS = 2
+# CPU float sums depend on how work is split between threads: always THREADS, whatever the caller's environment
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -117,7 +121,7 @@ def main() -> int:
     group.add_argument("--write", metavar="FILE")
     group.add_argument("--check", metavar="FILE")
     args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.cpu_count() or 1))
+    torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         folder = data / "models" / "Stable-diffusion"
