@@ -174,9 +174,8 @@ class ModelManager:
                     use.warnings.append(f"LoRA {act.mentioned!r}: could not hash the file ({e})")
             found = self.embeddings.refresh(force=False)
             key = (id(self.embeddings), self.embeddings.version)
-            if getattr(model.text.embeddings, "key", None) != key:  # tokenize the names once per change
-                model.text.embeddings = EmbeddingVocabulary(found, model.text.tokenize, model.text.width)
-                model.text.embeddings.key = key
+            if model.text.embeddings is None or model.text.embeddings.key != key:  # tokenize names once per change
+                model.text.embeddings = EmbeddingVocabulary(found, model.text.tokenize, model.text.width, key)
             model.text.embeddings_used = {}
             return use
 
