@@ -66,7 +66,8 @@ def build_vae(vae_cfg: dict, vae_sd: dict[str, torch.Tensor], config: ModelConfi
     """An AutoencoderKL from LDM-layout VAE weights (with or without the `first_stage_model.` prefix)
     or from diffusers-layout ones (as some standalone VAE files are)."""
     if any(k.startswith("encoder.down_blocks.") for k in vae_sd):
-        converted = {k: v for k, v in vae_sd.items() if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
+        parts = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+        converted = {k: v for k, v in vae_sd.items() if k.startswith(parts)}
     else:
         converted = sfu.convert_ldm_vae_checkpoint(vae_sd, vae_cfg)
     with init_empty_weights():
