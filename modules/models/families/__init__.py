@@ -4,7 +4,7 @@ Order of evidence, as in AUTOMATIC1111: a `NAME.yaml` beside `NAME.safetensors` 
 `describes` it is used); otherwise each family in `FAMILIES` is asked, in order, to `detect` the state
 dict, and the YAML is one of the originals shipped in configs/. Adding a family is a module in this
 package, an entry in `FAMILIES` and its YAMLs in configs/ (and, for SDXL, taking its refusal out of
-`UNSUPPORTED` below).
+`_refuse_unsupported` below).
 """
 
 from __future__ import annotations
