@@ -71,7 +71,7 @@ def main() -> None:
         save_file({k: v.half().contiguous() for k, v in sd.items()}, str(path))
         info = lora.LoraInfo(path, "bench", {}, path.stat().st_mtime)
         patcher = lora.WeightPatcher(unet, text_model)
-        patcher.index  # built once per loaded model; not part of an apply
+        _ = patcher.index  # built once per loaded model; not part of an apply
         timings = {"apply": [], "restore": []}
         for _ in range(3):
             start = time.perf_counter()

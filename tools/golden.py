@@ -52,8 +52,8 @@ def cases() -> dict[str, tuple[str, GenerationParams]]:
     """name -> (checkpoint, request). Every sampler at its preset, every schedule with Euler and DPM++ 2M,
     then the options that change the numbers: hires, img2img, inpainting, v-prediction, clip skip,
     emphasis, RNG sources, ENSD, variation seeds, batches, sampler options."""
-    base = dict(prompt="a (red:1.3) cat [on|under] a [table:chair:0.5]", negative_prompt="blurry", seed=1234, subseed=4321,
-                steps=6, cfg_scale=6.5, **SIZE)
+    base = dict(prompt="a (red:1.3) cat [on|under] a [table:chair:0.5]", negative_prompt="blurry", seed=1234,
+                subseed=4321, steps=6, cfg_scale=6.5, **SIZE)
     out: dict[str, tuple[str, GenerationParams]] = {}
     for spec in samplers.SAMPLERS:
         out[f"sampler {spec.name}"] = ("sd1.safetensors", GenerationParams(**base, sampler_name=spec.name))

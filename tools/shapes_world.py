@@ -84,7 +84,8 @@ def random_scene(rng: random.Random, triples=TRAIN_TRIPLES, spread: float = 1.0)
     side = rng.uniform(MIN_SIDE, MAX_SIDE)
     lo, hi = MARGIN + side / 2, SIZE - MARGIN - side / 2
     mid, half = SIZE / 2, (hi - lo) / 2 * spread
-    return Scene(colour, shape, background, rng.uniform(mid - half, mid + half), rng.uniform(mid - half, mid + half), side)
+    cx, cy = rng.uniform(mid - half, mid + half), rng.uniform(mid - half, mid + half)
+    return Scene(colour, shape, background, cx, cy, side)
 
 
 def render(scene: Scene, size: int = SIZE, supersample: int = 4) -> np.ndarray:

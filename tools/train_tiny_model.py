@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from modules.generation.conditioning import PromptEncoder  # noqa: E402
+from modules.models.prompt_encoder import OPENAI_CLIP, PromptEncoder  # noqa: E402
 from modules.models import ldm_export  # noqa: E402
 from modules.paths import TOKENIZER_DIR  # noqa: E402
 from tools import shapes_world as world  # noqa: E402
@@ -125,9 +125,9 @@ class Captions:
 
     def __init__(self):
         tok = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
-        self.encoder = PromptEncoder(tok, None, "sd1")  # only its tokenisation and emphasis parsing
+        self.encoder = PromptEncoder(tok, None, OPENAI_CLIP)  # only its tokenisation and emphasis parsing
 
-    @lru_cache(maxsize=None)
+    @lru_cache(maxsize=None)  # noqa: B019 (one instance for the whole run)
     def row(self, text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
         chunks = self.encoder.chunks(text)
         assert len(chunks) == 1, text
@@ -321,9 +321,9 @@ def object_masks(scenes: list[world.Scene], size: int = world.SIZE // 8) -> torc
 
 def shape_masks(scenes: list[world.Scene], size: int = world.SIZE // 8) -> torch.Tensor:
     """(N, 1, size, size): for each latent pixel, the fraction of its image pixels where a circle, a square
-    and a triangle with the scene's bounding box do not all agree (the corners, the triangle's flanks). Only there does the shape word
-    change the picture; weighting those pixels up is what makes the word worth learning, since they are
-    a few percent of the image and the plain loss is dominated by the colours."""
+    and a triangle with the scene's bounding box do not all agree (the corners, the triangle's flanks). Only there
+    does the shape word change the picture; weighting those pixels up is what makes the word worth learning, since
+    they are a few percent of the image and the plain loss is dominated by the colours."""
     k = world.SIZE // size
     out = torch.zeros(len(scenes), 1, size, size)
     for n, s in enumerate(scenes):
@@ -419,7 +419,7 @@ def train_unet(a, work: Path, cache: dict, timer: Timer, phase: Phase,
         losses.append((loss.item(), per_sample.mean().item()))
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean([l for l, _ in losses[-100:]]):.4f}",
+        bar.set_postfix(loss=f"{np.mean([loss for loss, _ in losses[-100:]]):.4f}",
                         mse=f"{np.mean([m for _, m in losses[-100:]]):.4f}")
         if time.time() - last_save > a.save_every or step == phase.steps:
             save_atomic({"unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(), "ema": ema,
@@ -431,7 +431,7 @@ def train_unet(a, work: Path, cache: dict, timer: Timer, phase: Phase,
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(ema[k])
-    final_loss = float(np.mean([l for l, _ in losses[-200:]]))
+    final_loss = float(np.mean([loss for loss, _ in losses[-200:]]))
     final_mse = float(np.mean([m for _, m in losses[-200:]]))
     save_atomic({"unet": unet.state_dict(), "te": te.state_dict(), "final_loss": final_loss,
                  "final_mse": final_mse}, final)
@@ -490,7 +490,8 @@ def main(argv=None) -> None:
                    help="initial bias of the text encoder's final LayerNorm (see build_text_encoder)")
     # VAE
     p.add_argument("--vae-steps", type=int, default=1000)
-    p.add_argument("--vae-batch", type=int, default=2, help="whole images per step (as pixels: x4 64x64 crops, x16 32x32 crops)")
+    p.add_argument("--vae-batch", type=int, default=2,
+                   help="whole images per step (as pixels: x4 64x64 crops, x16 32x32 crops)")
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-warmup", type=int, default=50)
     p.add_argument("--kl-weight", type=float, default=1e-4)
@@ -507,7 +508,8 @@ def main(argv=None) -> None:
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument("--snr-floor", type=float, default=1.0)
     p.add_argument("--t-sampling-alpha", type=float, default=0.5)
-    p.add_argument("--text-lr-scale", type=float, default=3.0, help="learning-rate factor for the text encoder and cross-attention")
+    p.add_argument("--text-lr-scale", type=float, default=3.0,
+                   help="learning-rate factor for the text encoder and cross-attention")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="then this many steps with plain min-SNR weighting and uniform timesteps (shapes)")
     p.add_argument("--object-weight", type=float, default=0.0)
@@ -563,7 +565,8 @@ def main(argv=None) -> None:
         "total_cpu_s": sum(v for k, v in timer.times.items() if k.endswith("_cpu")),
         "vae_final_reconstruction_loss": vae_final["final_rec"], "vae_final_kl": vae_final["final_kl"],
         "unet_final_loss_min_snr": unet_final["final_loss"], "unet_final_mse": unet_final["final_mse"],
-        "latent_scale": cache["scale"], "init_from": str(a.init_from) if a.init_from else None, "file": str(out), "file_mb": out.stat().st_size / 2**20,
+        "latent_scale": cache["scale"], "init_from": str(a.init_from) if a.init_from else None, "file": str(out),
+        "file_mb": out.stat().st_size / 2**20,
         "params_m": {"unet": sum(p.numel() for p in unet.parameters()) / 1e6,
                      "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
                      "text_encoder": sum(p.numel() for p in te.parameters()) / 1e6},

@@ -141,7 +141,8 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
         """Runs on the worker thread when the job ends: build the A1111 response, then call back."""
         job = entry.job
         if job.error is not None:
-            entry.error = "cancelled" if isinstance(job.error, JobCancelled) else str(job.error) or type(job.error).__name__
+            cancelled = isinstance(job.error, JobCancelled)
+            entry.error = "cancelled" if cancelled else str(job.error) or type(job.error).__name__
         else:
             try:
                 entry.response = build_response(engine, entry.req, job.result, entry.warnings, entry.parameters)

@@ -64,7 +64,8 @@ class GenerationParams(BaseModel):
         if v < 64 or v > MAX_SIDE:
             raise ValueError(f"{info.field_name} must be between 64 and {MAX_SIDE} pixels (got {v})")
         if v % 8:
-            raise ValueError(f"{info.field_name} must be a multiple of 8 (got {v}; try {v // 8 * 8} or {v // 8 * 8 + 8})")
+            raise ValueError(f"{info.field_name} must be a multiple of 8 "
+                             f"(got {v}; try {v // 8 * 8} or {v // 8 * 8 + 8})")
         return v
 
     @property

@@ -193,7 +193,7 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     last t_enc + 1 steps (img2img). Hooks see the steps actually run. Per-step noise comes from the
     images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`)."""
     prepared = samplers.prepare(choice, steps, model.alphas_cumprod, model.prediction_type, options, randn_source,
-                                sdxl=getattr(model, "is_sdxl", False))
+                                sdxl=model.family.sampling.sdxl_schedules)
     first = 0 if start is None else steps - start.t_enc - 1
     if prepared.function is not None and prepared.state == "timestep":
         return _sample_timesteps(model, denoiser, noise, prepared, generators, hooks, start)

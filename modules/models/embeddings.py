@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,8 +171,8 @@ class EmbeddingVocabulary:
     """The embeddings usable with one text encoder, found in token sequences by their names' tokens
     (longest name first at each position, as A1111 matches them)."""
 
-    def __init__(self, embeddings: dict[str, Embedding], tokenize, width: int):
-        self.key = None  # what it was built from (set by the model manager, to rebuild only on change)
+    def __init__(self, embeddings: dict[str, Embedding], tokenize, width: int, key: Hashable = None):
+        self.key = key  # what it was built from (the model manager's, to rebuild it only on a change)
         self.usable = {n: e for n, e in embeddings.items() if e.width == width}
         self.skipped = {n: e for n, e in embeddings.items() if e.width != width}
         self._by_first: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}

@@ -195,7 +195,7 @@ def ldm_yaml(unet, vae, family: str, prediction_type: str = "epsilon") -> dict:
     }
     if prediction_type == "v_prediction":
         params = {"parameterization": "v", **params}
-    target = "ldm.models.diffusion.ddpm.LatentInpaintDiffusion" if u.in_channels == 9 else "ldm.models.diffusion.ddpm.LatentDiffusion"
+    target = "ldm.models.diffusion.ddpm." + ("LatentInpaintDiffusion" if u.in_channels == 9 else "LatentDiffusion")
     return {"model": {"base_learning_rate": 1.0e-4, "target": target, "params": params}}
 
 

@@ -2,13 +2,15 @@
 
 Key conversion is diffusers' own (`diffusers.loaders.single_file_utils`); configs come from the LDM
 YAML and the state dict's shapes, never from a model hub. Modules are created on the meta device and
-receive the file's tensors directly, so no random weights are ever materialised.
+receive the file's tensors directly, so no random weights are ever materialised. What differs between
+families (their text encoders, U-Net settings) is in the family modules (`modules/models/families/`),
+which build from the parts here.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ from diffusers.loaders import single_file_utils as sfu
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from modules.models.checkpoint_file import CheckpointError
-from modules.models.families import CLIP_PREFIX, OPENCLIP_PREFIX, ModelConfig
+from modules.models.family import BuiltModel, ModelConfig, StateDict
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,9 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], w
         raise CheckpointError(f"The {what} is missing weights for {', '.join(still_meta[:3])}")
 
 
-def build_unet(config: ModelConfig, sd: dict[str, torch.Tensor]) -> UNet2DConditionModel:
-    unet_config = sfu.create_unet_diffusers_config_from_ldm(config.original, sd)
-    if config.family == "sd2":
-        unet_config["upcast_attention"] = True  # SD 2.x attention overflows in fp16 without it
+def build_unet(config: ModelConfig, sd: StateDict, overrides: Mapping | None = None) -> UNet2DConditionModel:
+    """The U-Net; `overrides` change the config derived from the YAML (a family's own settings)."""
+    unet_config = {**sfu.create_unet_diffusers_config_from_ldm(config.original, sd), **(overrides or {})}
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(unet_config)
     load_weights(unet, sfu.convert_ldm_unet_checkpoint(sd, unet_config), "U-Net", config)
@@ -65,7 +66,8 @@ def build_vae(vae_cfg: dict, vae_sd: dict[str, torch.Tensor], config: ModelConfi
     """An AutoencoderKL from LDM-layout VAE weights (with or without the `first_stage_model.` prefix)
     or from diffusers-layout ones (as some standalone VAE files are)."""
     if any(k.startswith("encoder.down_blocks.") for k in vae_sd):
-        converted = {k: v for k, v in vae_sd.items() if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
+        parts = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+        converted = {k: v for k, v in vae_sd.items() if k.startswith(parts)}
     else:
         converted = sfu.convert_ldm_vae_checkpoint(vae_sd, vae_cfg)
     with init_empty_weights():
@@ -74,12 +76,13 @@ def build_vae(vae_cfg: dict, vae_sd: dict[str, torch.Tensor], config: ModelConfi
     return vae.eval().requires_grad_(False)
 
 
-def _count_layers(sd: dict[str, torch.Tensor], prefix: str) -> int:
+def count_layers(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered blocks `PREFIX<n>.` the state dict has."""
     idx = {int(k[len(prefix):].split(".", 1)[0]) for k in sd if k.startswith(prefix)}
     return max(idx) + 1 if idx else 0
 
 
-def _clip_config(vocab: int, hidden: int, intermediate: int, layers: int, positions: int, act: str) -> CLIPTextConfig:
+def clip_config(vocab: int, hidden: int, intermediate: int, layers: int, positions: int, act: str) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=max(1, hidden // CLIP_HEAD_DIM), max_position_embeddings=positions, hidden_act=act,
@@ -87,37 +90,8 @@ def _clip_config(vocab: int, hidden: int, intermediate: int, layers: int, positi
     )
 
 
-def build_text_encoder(config: ModelConfig, sd: dict[str, torch.Tensor]) -> CLIPTextModel:
-    """The text encoder, with its shape read from the weights.
-
-    SD 1.x uses OpenAI's CLIP text model (quick-GELU) and its last layer. SD 2.x uses OpenCLIP's with
-    the *penultimate* layer ("layer: penultimate" in the YAML), so the last block is dropped and the
-    model's final layer norm applied to the one before, exactly what OpenCLIP's encoder did.
-    """
-    if config.family == "sd1":
-        clip_sd = sfu.convert_ldm_clip_checkpoint(sd)
-        clip_sd = {k.removeprefix("text_model."): v for k, v in clip_sd.items()}
-        clip_sd.pop("embeddings.position_ids", None)  # a buffer we create; some files carry corrupted copies
-        if "embeddings.token_embedding.weight" not in clip_sd:
-            raise CheckpointError(f"text encoder weights ({CLIP_PREFIX}text_model.*) are missing or unrecognised")
-        vocab, hidden = clip_sd["embeddings.token_embedding.weight"].shape
-        cfg = _clip_config(vocab, hidden, clip_sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
-                           _count_layers(clip_sd, "encoder.layers."),
-                           clip_sd["embeddings.position_embedding.weight"].shape[0], "quick_gelu")
-    else:
-        layers = _count_layers(sd, OPENCLIP_PREFIX + "transformer.resblocks.")
-        if layers < 2:
-            raise CheckpointError("OpenCLIP text encoder weights (cond_stage_model.model.*) are missing")
-        last = f"{OPENCLIP_PREFIX}transformer.resblocks.{layers - 1}."
-        used = {k: v for k, v in sd.items() if k.startswith(OPENCLIP_PREFIX) and not k.startswith(last)
-                and not k.endswith(("text_projection", "logit_scale"))}
-        vocab, hidden = used[OPENCLIP_PREFIX + "token_embedding.weight"].shape
-        cfg = _clip_config(vocab, hidden, used[OPENCLIP_PREFIX + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                           layers - 1, used[OPENCLIP_PREFIX + "positional_embedding"].shape[0], "gelu")
-        with init_empty_weights():
-            shape_only = CLIPTextModel(cfg)
-        clip_sd = sfu.convert_open_clip_checkpoint(shape_only, used, prefix=OPENCLIP_PREFIX)
-        clip_sd = {k.removeprefix("text_model."): v for k, v in clip_sd.items()}
+def build_text_model(cfg: CLIPTextConfig, clip_sd: dict[str, torch.Tensor], config: ModelConfig) -> CLIPTextModel:
+    """A CLIP text model of shape `cfg` holding `clip_sd` (transformers' names without `text_model.`)."""
     with init_empty_weights():
         model = CLIPTextModel(cfg)
     load_weights(model, clip_sd, "text encoder", config)
@@ -152,20 +126,18 @@ def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
     return (out.float() - x.float()).mean().item() < -1
 
 
-@dataclass
-class BuiltModel:
-    config: ModelConfig
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    vae_config: dict
-    text_encoder: CLIPTextModel
-    alphas_cumprod: torch.Tensor
-
-
-def build(path: Path, sd: dict[str, torch.Tensor], config: ModelConfig) -> BuiltModel:
-    """All three components, on the CPU, still in the file's dtypes."""
-    unet = build_unet(config, sd)
+def build_components(config: ModelConfig, sd: StateDict,
+                     build_text_encoder: Callable[[ModelConfig, StateDict], CLIPTextModel],
+                     unet_overrides: Mapping | None = None) -> BuiltModel:
+    """A Stable Diffusion model's U-Net, VAE and text encoder (in this order, so the first broken part is
+    the one reported), with the family's text encoder builder and U-Net settings."""
+    unet = build_unet(config, sd, unet_overrides)
     vcfg = vae_config(config, sd)
     vae = build_vae(vcfg, sd, config)
     text_encoder = build_text_encoder(config, sd)
     return BuiltModel(config, unet, vae, vcfg, text_encoder, alphas_cumprod(config, sd))
+
+
+def build(path: Path, sd: StateDict, config: ModelConfig) -> BuiltModel:
+    """All components of checkpoint `path` (tensors `sd`), as its family builds them."""
+    return config.family.build(config, sd)

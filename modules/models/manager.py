@@ -18,11 +18,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTokenizer
 
 from modules import devices
-from modules.generation.conditioning import PromptEncoder
 from modules.models import checkpoint_file, families, loader, lora
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
-from modules.models.families import ModelConfig
+from modules.models.family import BuiltModel, ModelConfig, ModelFamily
+from modules.models.prompt_encoder import PromptEncoder
 from modules.models.registry import CheckpointInfo, CheckpointRegistry, VaeInfo, VaeRegistry
 from modules.paths import TOKENIZER_DIR
 
@@ -50,6 +50,10 @@ class LoadedModel:
     def __post_init__(self) -> None:
         if self.networks is None:
             self.networks = lora.WeightPatcher(self.unet, self.text.text_model)
+
+    @property
+    def family(self) -> ModelFamily:
+        return self.config.family
 
     @property
     def prediction_type(self) -> str:
@@ -86,7 +90,7 @@ class ModelManager:
         self.current: LoadedModel | None = None
 
     # --- checkpoints -------------------------------------------------------------------------
-    def read(self, info: CheckpointInfo) -> tuple[loader.BuiltModel, float]:
+    def read(self, info: CheckpointInfo) -> tuple[BuiltModel, float]:
         """Read and build a checkpoint on the CPU without touching the loaded model."""
         start = time.perf_counter()
         path = info.filename
@@ -114,7 +118,7 @@ class ModelManager:
                          info.name, config.prediction_type)
             model = LoadedModel(
                 info=info, config=config, unet=unet, vae=vae,
-                text=PromptEncoder(self.tokenizer, text_model, config.family),
+                text=config.family.prompt_encoder(self.tokenizer, text_model),
                 alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config,
             )
             self.checkpoints.ensure_hash(info)
@@ -170,9 +174,8 @@ class ModelManager:
                     use.warnings.append(f"LoRA {act.mentioned!r}: could not hash the file ({e})")
             found = self.embeddings.refresh(force=False)
             key = (id(self.embeddings), self.embeddings.version)
-            if getattr(model.text.embeddings, "key", None) != key:  # tokenize the names once per change
-                model.text.embeddings = EmbeddingVocabulary(found, model.text.tokenize, model.text.width)
-                model.text.embeddings.key = key
+            if model.text.embeddings is None or model.text.embeddings.key != key:  # tokenize names once per change
+                model.text.embeddings = EmbeddingVocabulary(found, model.text.tokenize, model.text.width, key)
             model.text.embeddings_used = {}
             return use
 

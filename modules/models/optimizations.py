@@ -15,16 +15,18 @@ import logging
 
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+from modules.models.manager import LoadedModel
+
 log = logging.getLogger(__name__)
 
 # Setting value -> the implementation it selects.
 CROSS_ATTENTION = {"Automatic": "sdp", "sdp": "sdp", "sub-quadratic": "sliced", "V1": "plain", "None": "plain"}
 
 
-def apply(model, cross_attention: str, batch_cond_uncond: bool) -> None:
+def apply(model: LoadedModel, cross_attention: str, batch_cond_uncond: bool) -> None:
     """Set `model`'s attention implementation (only when it changes) and its cond/uncond batching."""
     kind = CROSS_ATTENTION.get(cross_attention, "sdp")
-    if getattr(model, "attention", "sdp") != kind:
+    if model.attention != kind:
         if kind == "sliced":
             model.unet.set_attention_slice("auto")
         else:

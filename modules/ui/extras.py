@@ -48,12 +48,14 @@ def build(engine: Engine) -> ExtrasTab:
             submit = gr.Button("Generate", variant="primary", elem_id="extras_generate")
             with gr.Tabs(elem_id="extras_resize_mode"):
                 with gr.Tab("Scale by", elem_id="extras_scale_by_tab") as by:
-                    resize = gr.Slider(1.0, 8.0, value=4.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize")
+                    resize = gr.Slider(1.0, 8.0, value=4.0, step=0.05, label="Resize",
+                                       elem_id="extras_upscaling_resize")
                     max_side = gr.Slider(0, 8192, value=0, step=8, label="Max side length (0: no limit)",
                                          elem_id="extras_upscale_max_side_length")
                 with gr.Tab("Scale to", elem_id="extras_scale_to_tab") as to:
                     with gr.Row():
-                        width = gr.Slider(64, 8192, value=512, step=8, label="Width", elem_id="extras_upscaling_resize_w")
+                        width = gr.Slider(64, 8192, value=512, step=8, label="Width",
+                                          elem_id="extras_upscaling_resize_w")
                         height = gr.Slider(64, 8192, value=512, step=8, label="Height",
                                            elem_id="extras_upscaling_resize_h")
                     crop = gr.Checkbox(label="Crop to fit", value=True, elem_id="extras_upscaling_crop")

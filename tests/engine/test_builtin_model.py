@@ -63,7 +63,7 @@ def test_builtin_model_is_listed_and_loaded_by_the_ordinary_loader(engine):
     info = engine.checkpoints.resolve()  # nothing else installed: the built-in model is the default
     assert info.builtin and info.filename == MODEL.resolve()
     model = engine.load_checkpoint()
-    assert model.config.family == "sd1" and model.prediction_type == "epsilon"
+    assert model.family.name == "sd1" and model.prediction_type == "epsilon"
     assert model.config.yaml_path == MODEL.with_suffix(".yaml")
     assert MODEL.stat().st_size < 40 * 2**20
 

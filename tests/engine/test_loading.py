@@ -71,7 +71,8 @@ def test_loaded_weights_equal_written_weights(tmp_path, family, inpainting, pred
             hidden = tiny.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
             expected = tiny.text_encoder.final_layer_norm(hidden)
         assert torch.equal(built.text_encoder(ids).last_hidden_state, expected)
-    assert built.text_encoder.config.num_hidden_layers == (tiny.text_encoder.config.num_hidden_layers - (family == "sd2"))
+    layers = tiny.text_encoder.config.num_hidden_layers
+    assert built.text_encoder.config.num_hidden_layers == layers - (family == "sd2")
 
 
 # --- configs: YAML beside wins; otherwise detection ---------------------------------------------

@@ -24,7 +24,8 @@ def test_titles_subfolders_and_lookup(data_dir, tiny_dir):
     assert inp.title == "sub/sd1-inpainting.safetensors" and inp.model_name == "sub_sd1-inpainting"
     sha = reg.ensure_hash(inp)
     assert sha == hashlib.sha256(inp.filename.read_bytes()).hexdigest()
-    assert inp.title == f"sub/sd1-inpainting.safetensors [{sha[:10]}]" and inp.short_title == f"sd1-inpainting [{sha[:10]}]"
+    assert inp.title == f"sub/sd1-inpainting.safetensors [{sha[:10]}]"
+    assert inp.short_title == f"sd1-inpainting [{sha[:10]}]"
     for query in (inp.title, inp.name, sha[:10], sha, "sd1-inpainting", f"sd1-inpainting [{sha[:10]}]", "inpaint"):
         assert reg.find(query) is inp, query
     assert reg.find("does-not-exist") is None

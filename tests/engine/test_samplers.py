@@ -258,7 +258,7 @@ def sd1_sigmas():
 
 @pytest.mark.parametrize("n", [1, 4, 7, 20, 33])
 def test_exponential_and_polyexponential_equal_k_diffusion(n):
-    _, sig = sml = sd1_sigmas()
+    _, sig = sd1_sigmas()
     lo, hi = sig[0].item(), sig[-1].item()
     assert torch.equal(schedules.exponential(n, lo, hi), ks.get_sigmas_exponential(n, lo, hi))
     for rho in (1.0, 2.5):

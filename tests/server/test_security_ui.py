@@ -152,7 +152,8 @@ def test_api_auth_guards_the_ui_when_there_is_no_gradio_auth(api_auth_server):
     join = anonymous.post(url + "/gradio_api/queue/join",
                           json={"data": [], "fn_index": 0, "session_hash": "attacker", "trigger_id": None})
     assert join.status_code == 401
-    assert anonymous.post(url + "/gradio_api/upload", files={"files": ("a.png", _png(), "image/png")}).status_code == 401
+    upload = {"files": ("a.png", _png(), "image/png")}
+    assert anonymous.post(url + "/gradio_api/upload", files=upload).status_code == 401
     assert anonymous.post(url + "/login", data={"username": "alice", "password": "wrong"}).status_code == 400
     # the API's login opens the page, and with it the /internal routes
     s = login(url, API_USER)

@@ -55,7 +55,8 @@ def test_models_list_and_switch_by_title_name_and_hash(server):
         assert json.loads(r.json()["info"])["sd_model_name"] == "sd2-v"
     sd2 = {m["model_name"]: m for m in requests.get(url + "/sdapi/v1/sd-models").json()}["sd2-v"]
     assert sd2["hash"] and sd2["title"] == f"sd2-v.safetensors [{sd2['hash']}]"
-    r = post(url, "/sdapi/v1/txt2img", width=64, height=64, steps=2, override_settings={"sd_model_checkpoint": sd2["hash"]})
+    r = post(url, "/sdapi/v1/txt2img", width=64, height=64, steps=2,
+             override_settings={"sd_model_checkpoint": sd2["hash"]})
     assert json.loads(r.json()["info"])["sd_model_hash"] == sd2["hash"]
     # restored afterwards: the selected checkpoint is still sd1
     assert requests.get(url + "/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("sd1.safetensors")

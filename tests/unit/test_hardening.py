@@ -76,8 +76,8 @@ def a1111_parse(text: str) -> dict:
 ALPHABET = list('ab_1é٣ -/\t\r\u00a0\x1c,:"\\') + [", ", ": ", '\\"', '"a, b"', "Steps", "Size: 512x768", "x"]
 lines = st.lists(st.sampled_from(ALPHABET), max_size=40).map("".join)
 keys = st.from_regex(r"[A-Za-z][A-Za-z0-9 _/\-]{0,10}", fullmatch=True)
-values = st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False),
-                   lines, st.just("512x768"))
+values = st.one_of(st.integers(-10**20, 10**20),
+                   st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False), lines, st.just("512x768"))
 
 
 @settings(max_examples=400, deadline=None)

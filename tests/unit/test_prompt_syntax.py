@@ -381,7 +381,8 @@ def test_and_sub_prompts_of_different_lengths_and_a_negative_never_split(sd1):
     # sub-prompts stacked, the short one padded with its last vector; the uncond in its own call
     assert [c.shape[:2] for c in contexts] == [(2, 77 * n), (1, 77)] * 3
     padded = contexts[0][1]
-    assert torch.allclose(padded[:77], text.encode("a dog")) and torch.equal(padded[77:], padded[76:77].expand(77 * (n - 1), -1))
+    assert torch.allclose(padded[:77], text.encode("a dog"))
+    assert torch.equal(padded[77:], padded[76:77].expand(77 * (n - 1), -1))
 
 
 # --- end to end through the engine -----------------------------------------------------------------

@@ -77,7 +77,8 @@ def test_infotext_setting_keys_become_typed_override_settings():
         "CLIP_stop_at_last_layers": 2, "eta_ddim": 0.5, "uni_pc_variant": "bh2", "uni_pc_skip_type": "logSNR",
         "uni_pc_order": 2, "uni_pc_lower_order_final": False}
     with pytest.raises(ValueError, match="UniPC lower order final"):
-        infotext.request_values(infotext.parse("x\nSteps: 2, Seed: 1, UniPC lower order final: maybe"), infotext.SETTING_FIELDS)
+        infotext.request_values(infotext.parse("x\nSteps: 2, Seed: 1, UniPC lower order final: maybe"),
+                                infotext.SETTING_FIELDS)
 
 
 @settings(max_examples=200, deadline=None)

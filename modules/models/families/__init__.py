@@ -1,0 +1,80 @@
+"""The model families there are, and which one a checkpoint is, with the LDM YAML that describes it.
+
+Order of evidence, as in AUTOMATIC1111: a `NAME.yaml` beside `NAME.safetensors` wins (the family that
+`describes` it is used); otherwise each family in `FAMILIES` is asked, in order, to `detect` the state
+dict, and the YAML is one of the originals shipped in configs/. Adding a family is a module in this
+package, an entry in `FAMILIES` and its YAMLs in configs/ (and, for SDXL, taking its refusal out of
+`_refuse_unsupported` below).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modules.models.checkpoint_file import CheckpointError
+from modules.models.families.sd1 import SD1
+from modules.models.families.sd2 import SD2
+from modules.models.family import (UNET_IN_KEY, UNET_PREFIX, ConfigFiles, ModelConfig, ModelFamily, StateDict,
+                                   cond_stage_target, read_yaml, unet_in_channels)
+from modules.paths import CONFIGS
+
+# Asked in this order (A1111's: OpenCLIP weights say SD 2.x before CLIP weights say SD 1.x).
+FAMILIES: tuple[ModelFamily, ...] = (SD2, SD1)
+
+
+def load_yaml(path: Path) -> ModelConfig:
+    """The config from a YAML beside a checkpoint: the family it describes, and v-prediction if it says
+    `parameterization: v`."""
+    original = read_yaml(path)
+    params = original["model"]["params"]
+    family = next((f for f in FAMILIES if f.describes(original)), None)
+    if family is None:
+        target = cond_stage_target(original)
+        if "Conditioner" in target or "sgm." in str(original["model"].get("target", "")):
+            raise CheckpointError(f"{path.name} describes an SDXL-style model, which is not supported yet")
+        raise CheckpointError(f"{path.name}: unknown text encoder {target!r}")
+    prediction_type = "v_prediction" if params.get("parameterization") == "v" else "epsilon"
+    return ModelConfig(Path(path), original, family, prediction_type, "beside")
+
+
+def _refuse_unsupported(sd: StateDict, name: str) -> None:
+    """Files that are no model of a family we have, refused with what they are and where they go."""
+    if "conditioner.embedders.1.model.ln_final.weight" in sd or "conditioner.embedders.0.model.ln_final.weight" in sd:
+        raise CheckpointError(f"{name} is an SDXL checkpoint. SDXL is not supported yet; use an SD 1.x or 2.x model.")
+    if any(k.startswith(UNET_PREFIX + "x_embedder.") for k in sd) or any(k.startswith("text_encoders.") for k in sd):
+        raise CheckpointError(f"{name} is an SD3-style checkpoint, which is not supported.")
+    if not any(k.startswith(UNET_PREFIX) for k in sd):
+        hint = ""
+        if any("lora_" in k for k in sd):
+            hint = " It looks like a LoRA: put it in models/Lora."
+        elif any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in sd):
+            hint = " It looks like a VAE: put it in models/VAE."
+        elif "string_to_param" in sd or "emb_params" in sd:
+            hint = " It looks like a textual-inversion embedding: put it in embeddings/."
+        raise CheckpointError(f"{name} is not a Stable Diffusion checkpoint: it has no U-Net weights "
+                              f"({UNET_PREFIX}*).{hint}")
+    if UNET_IN_KEY not in sd:
+        raise CheckpointError(f"{name} is incomplete: the U-Net input layer ({UNET_IN_KEY}) is missing")
+
+
+def detect(path: Path, sd: StateDict, metadata: dict, default_sd1_config: Path) -> ModelConfig:
+    """The config for checkpoint `path` whose tensors are `sd` (`metadata`: its safetensors header's)."""
+    _refuse_unsupported(sd, path.name)
+    beside = path.with_suffix(".yaml")
+    if beside.is_file():
+        return load_yaml(beside)
+
+    in_channels = unet_in_channels(sd)
+    if in_channels == 8:
+        raise CheckpointError(f"{path.name} is an InstructPix2Pix model (8 input channels), "
+                              "which is not supported yet.")
+    if in_channels not in (4, 9):
+        raise CheckpointError(f"{path.name}: unexpected U-Net input with {in_channels} channels")
+    files = ConfigFiles(CONFIGS, default_sd1_config)
+    for family in FAMILIES:
+        match = family.detect(sd, metadata)
+        if match is not None:
+            yaml_path = family.config_file(match, files)
+            return ModelConfig(yaml_path, read_yaml(yaml_path), family, match.prediction_type, "detected", files)
+    raise CheckpointError(f"{path.name} has no text encoder weights (cond_stage_model.*) "
+                          "and cannot be used on its own")

@@ -1,0 +1,289 @@
+"""Prompt text to the U-Net's cross-attention input, the way AUTOMATIC1111 does it for CLIP text encoders.
+
+A model family builds the `PromptEncoder` for its text encoder (SD 1.x: OpenAI CLIP, SD 2.x: OpenCLIP);
+the prompt syntax it reads is `modules.prompt_syntax`.
+
+A prompt's tokens are cut into chunks of 75. A chunk that fills up while a comma is among its last 20
+tokens is cut after that comma instead, and the rest moves to the next chunk; `BREAK` ends a chunk
+where it stands. Each chunk becomes BOS + tokens + EOS + padding = 77 ids (SD 1.x pads with EOS;
+SD 2.x's OpenCLIP pads with 0), is encoded on its own, and the chunks are joined along the token
+axis: a 100-token prompt gives a (154, width) conditioning.
+
+Emphasis weights (see `prompt_syntax.parse_attention`) multiply the encoder's output per token. In the
+default "Original" mode the result is then rescaled so that its mean equals the unweighted mean.
+As in A1111, all the texts of one prompt's schedule are encoded as one batch: they get the same
+number of chunks (short ones padded with empty chunks) and that mean is taken over the whole batch,
+each schedule entry counted once (so an alternation that shows a text on 5 steps counts it 5 times).
+The text encoder itself runs once per distinct text.
+
+A prompt becomes a `ComposableCond`: its AND sub-prompts, each a `ScheduledCond` (the conditioning to
+use at each sampling step) with its guidance weight.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from modules import prompt_syntax
+from modules.models.embeddings import Embedding, EmbeddingVocabulary
+
+CHUNK = 75
+COMMA_BACKTRACK = 20
+BOS, EOS = 49406, 49407
+EMPHASIS_MODES = ("None", "Ignore", "Original", "No norm")
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """How a family's text encoder differs in A1111's encoding: the id that pads a chunk to 77, and
+    whether the "Clip skip" setting applies."""
+    pad_id: int
+    honours_clip_skip: bool
+
+
+OPENAI_CLIP = TextEncoderSpec(pad_id=EOS, honours_clip_skip=True)  # SD 1.x
+OPEN_CLIP = TextEncoderSpec(pad_id=0, honours_clip_skip=False)  # SD 2.x: A1111 applies Clip skip to SD 1.x only
+
+
+@dataclass
+class Chunk:
+    """Up to 75 prompt tokens and the emphasis weight of each. A textual-inversion embedding takes one
+    slot per vector (id 0 as a placeholder); `embeddings` says where its vectors go: (offset in ids,
+    (n, width) vectors)."""
+    ids: list[int]
+    weights: list[float]
+    embeddings: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+
+
+def build_chunks(segments: list[tuple[list[int | Embedding], float] | None], comma_id: int) -> list[Chunk]:
+    """Chunks of at most 75 tokens from (token ids, weight) segments; None (BREAK) closes the current
+    chunk, even an empty one. A full chunk whose last comma is within 20 tokens of its end is cut after
+    that comma and the tail moves on (A1111's `comma_padding_backtrack` = 20). An Embedding among the
+    ids takes as many slots as it has vectors, all in one chunk (a new one if they do not fit)."""
+    chunks: list[Chunk] = []
+    current = Chunk([], [])
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal current, last_comma
+        chunks.append(current)
+        current = Chunk([], [])
+        last_comma = -1
+
+    for segment in segments:
+        if segment is None:
+            close()
+            continue
+        ids, weight = segment
+        for tok in ids:
+            if tok == comma_id:
+                last_comma = len(current.ids)
+            elif len(current.ids) == CHUNK and last_comma != -1 and len(current.ids) - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1
+                tail = Chunk(current.ids[cut:], current.weights[cut:],
+                             [(at - cut, v) for at, v in current.embeddings if at >= cut])
+                current.ids, current.weights = current.ids[:cut], current.weights[:cut]
+                current.embeddings = [(at, v) for at, v in current.embeddings if at < cut]
+                close()
+                current = tail
+            if len(current.ids) == CHUNK:
+                close()
+            if isinstance(tok, Embedding):
+                vectors = tok.vectors[:CHUNK]
+                if len(current.ids) + len(vectors) > CHUNK:
+                    close()
+                current.embeddings.append((len(current.ids), vectors))
+                current.ids.extend([0] * len(vectors))
+                current.weights.extend([weight] * len(vectors))
+                continue
+            current.ids.append(tok)
+            current.weights.append(weight)
+    if current.ids or not chunks:
+        chunks.append(current)
+    return chunks
+
+
+def chunk_tokens(tokens: list[int], comma_id: int) -> list[list[int]]:
+    """The chunking of plain token ids (no weights, no BREAK)."""
+    return [c.ids for c in build_chunks([(tokens, 1.0)], comma_id)]
+
+
+@dataclass(frozen=True)
+class ScheduledCond:
+    """One prompt's conditioning over the sampling steps: entries (end_at_step, cond), ascending.
+    At denoiser call i (counting from 0, as A1111's CFG denoiser does) the first entry with
+    i <= end_at_step is used; past the last one, the first (A1111's fallback)."""
+    entries: tuple[tuple[int, torch.Tensor], ...]
+
+    @classmethod
+    def fixed(cls, cond: torch.Tensor) -> ScheduledCond:
+        return cls(((sys.maxsize, cond[0] if cond.dim() == 3 else cond),))
+
+    def at(self, step: int) -> torch.Tensor:
+        for end, cond in self.entries:
+            if step <= end:
+                return cond
+        return self.entries[0][1]
+
+    def to(self, dtype: torch.dtype) -> ScheduledCond:
+        converted: dict[int, torch.Tensor] = {}
+        for _, cond in self.entries:
+            converted.setdefault(id(cond), cond.to(dtype))
+        return ScheduledCond(tuple((end, converted[id(cond)]) for end, cond in self.entries))
+
+
+@dataclass(frozen=True)
+class ComposableCond:
+    """A prompt's AND sub-prompts, each a ScheduledCond with its weight."""
+    parts: tuple[tuple[ScheduledCond, float], ...]
+
+    @classmethod
+    def fixed(cls, cond: torch.Tensor) -> ComposableCond:
+        return cls(((ScheduledCond.fixed(cond), 1.0),))
+
+
+class PromptEncoder:
+    def __init__(self, tokenizer: CLIPTokenizer, text_model: CLIPTextModel, spec: TextEncoderSpec):
+        self.tokenizer = tokenizer
+        self.text_model = text_model
+        self.spec = spec
+        self.comma_id = tokenizer.convert_tokens_to_ids(",</w>")
+        # Textual-inversion embeddings for this encoder's width (set per job by the model manager).
+        self.embeddings: EmbeddingVocabulary | None = None
+        self.embeddings_used: dict[str, Embedding] = {}  # those found in prompts since the last reset
+
+    @property
+    def width(self) -> int:
+        return self.text_model.config.hidden_size
+
+    def _with_embeddings(self, ids: list[int]) -> list[int | Embedding]:
+        """Token ids with each embedding name's tokens replaced by the Embedding."""
+        vocab = self.embeddings
+        if not vocab:
+            return ids
+        out: list[int | Embedding] = []
+        i = 0
+        while i < len(ids):
+            found = vocab.match(ids, i)
+            if found is None:
+                out.append(ids[i])
+                i += 1
+            else:
+                length, emb = found
+                out.append(emb)
+                self.embeddings_used[emb.name] = emb
+                i += length
+        return out
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+
+    def token_count(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def chunks(self, text: str, emphasis: str = "Original") -> list[Chunk]:
+        """Emphasis "None" reads the text literally (brackets and BREAK included); the other modes parse
+        it. Each weighted segment is tokenized on its own, as A1111 does."""
+        segments = [(text, 1.0)] if emphasis == "None" else prompt_syntax.parse_attention(text)
+        texts = [s[0] for s in segments if s is not None]
+        ids = iter(self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else [])
+        return build_chunks([None if s is None else (self._with_embeddings(next(ids)), s[1]) for s in segments],
+                            self.comma_id)
+
+    def _row(self, chunk: Chunk) -> list[int]:
+        row = [BOS] + chunk.ids + [EOS]
+        return row + [self.spec.pad_id] * (CHUNK + 2 - len(row))
+
+    def chunk_ids(self, text: str, emphasis: str = "Original") -> list[list[int]]:
+        """The 77-id rows for a prompt, one per chunk."""
+        return [self._row(c) for c in self.chunks(text, emphasis)]
+
+    def _transformer(self, ids: torch.Tensor, clip_skip: int,
+                     vectors: list[tuple[int, int, torch.Tensor]] = ()) -> torch.Tensor:
+        """The encoder's output for (batch, 77) ids; `vectors` (row, position, (n, width)) replace the
+        token embeddings there (textual inversion)."""
+        if not vectors:
+            return self._run(ids, clip_skip)
+
+        def splice(_module, _args, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            for row, at, v in vectors:
+                out[row, at:at + v.shape[0]] = v.to(out.device, out.dtype)
+            return out
+
+        handle = self.text_model.get_input_embeddings().register_forward_hook(splice)
+        try:
+            return self._run(ids, clip_skip)
+        finally:
+            handle.remove()
+
+    def _run(self, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+        if clip_skip > 1 and self.spec.honours_clip_skip:
+            out = self.text_model(ids, output_hidden_states=True)
+            inner = getattr(self.text_model, "text_model", self.text_model)
+            return inner.final_layer_norm(out.hidden_states[-clip_skip])
+        return self.text_model(ids).last_hidden_state
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], clip_skip: int = 1, emphasis: str = "Original") -> list[torch.Tensor]:
+        """A (77 * chunks, width) conditioning per text, all with the same number of chunks; the texts
+        form one batch for emphasis (see the module docstring). Each distinct text is encoded once."""
+        if emphasis not in EMPHASIS_MODES:
+            raise ValueError(f"Unknown emphasis mode {emphasis!r}; one of {', '.join(EMPHASIS_MODES)}")
+        position = {t: j for j, t in enumerate(dict.fromkeys(texts))}
+        unique = list(position)
+        device = next(self.text_model.parameters()).device
+        counts = torch.bincount(torch.tensor([position[t] for t in texts]), minlength=len(unique)).to(device)
+
+        def batch_mean(z: torch.Tensor) -> torch.Tensor:  # the mean over all texts, repeats included
+            return (z.sum(dim=(1, 2), dtype=torch.float32) * counts).sum() / (len(texts) * z.shape[1] * z.shape[2])
+
+        chunked = [self.chunks(t, emphasis) for t in unique]
+        n_chunks = max(len(c) for c in chunked)
+        pieces = []
+        for i in range(n_chunks):
+            batch = [c[i] if i < len(c) else Chunk([], []) for c in chunked]
+            ids = torch.tensor([self._row(c) for c in batch], device=device)
+            vectors = [(j, 1 + at, v) for j, c in enumerate(batch) for at, v in c.embeddings]
+            z = self._transformer(ids, clip_skip, vectors)
+            weights = [[1.0] + c.weights + [1.0] * (CHUNK + 1 - len(c.weights)) for c in batch]
+            if emphasis in ("Original", "No norm") and any(w != 1.0 for row in weights for w in row):
+                multipliers = torch.tensor(weights, dtype=torch.float32, device=device)
+                weighted = z * multipliers[..., None]
+                if emphasis == "Original":
+                    original_mean, new_mean = batch_mean(z), batch_mean(weighted)
+                    if new_mean != 0:
+                        weighted = weighted * (original_mean / new_mean)
+                z = weighted
+            pieces.append(z)
+        z = torch.cat(pieces, dim=1)
+        by_text = {t: z[j] for j, t in enumerate(unique)}
+        return [by_text[t] for t in texts]
+
+    def encode(self, text: str, clip_skip: int = 1, emphasis: str = "Original") -> torch.Tensor:
+        """(77 * chunks, width) conditioning for one prompt text (no schedule, no AND)."""
+        return self.encode_texts([text], clip_skip, emphasis)[0]
+
+    def encode_scheduled(self, prompt: str, steps: int, clip_skip: int = 1,
+                         emphasis: str = "Original") -> ScheduledCond:
+        """Prompt editing and alternation resolved for `steps` sampling steps (no AND splitting: this
+        is how the negative prompt is encoded)."""
+        schedule = prompt_syntax.prompt_schedule(prompt, steps)
+        conds = self.encode_texts([text for _, text in schedule], clip_skip, emphasis)
+        return ScheduledCond(tuple((end, cond) for (end, _), cond in zip(schedule, conds)))
+
+    def encode_prompt(self, prompt: str, steps: int, clip_skip: int = 1, emphasis: str = "Original") -> ComposableCond:
+        """The positive prompt: AND sub-prompts, each scheduled on its own (one text-encoder batch per
+        distinct sub-prompt, as A1111 does)."""
+        seen: dict[str, ScheduledCond] = {}
+        parts = []
+        for text, weight in prompt_syntax.split_and(prompt):
+            if text not in seen:
+                seen[text] = self.encode_scheduled(text, steps, clip_skip, emphasis)
+            parts.append((seen[text], weight))
+        return ComposableCond(tuple(parts))
+
