@@ -61,7 +61,8 @@ class JobContext:
         if self.is_img2img:
             return self.params.denoising_strength
         if self.hires:
-            return self.params.denoising_strength if self.params.denoising_strength is not None else hires.DEFAULT_DENOISING
+            given = self.params.denoising_strength
+            return given if given is not None else hires.DEFAULT_DENOISING
         return None
 
     @property

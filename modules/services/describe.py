@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modules import filenames, infotext
-from modules.generation import extra_networks, hires, prompts, samplers
+from modules import filenames, infotext, prompt_syntax
+from modules.generation import extra_networks, hires, samplers
 from modules.generation.context import JobContext
 from modules.models.manager import LoadedModel
 from modules.settings import Settings
@@ -75,7 +75,7 @@ def image_infotext(record: JobRecord, seed: int, subseed: int, extra: dict[str, 
         "ENSD": settings.eta_noise_seed_delta if ctx.writes_ensd else None,
         "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
         **extra,
-        "Emphasis": settings.emphasis if settings.emphasis != "Original" and prompts.emphasis_syntax_in(
+        "Emphasis": settings.emphasis if settings.emphasis != "Original" and prompt_syntax.emphasis_syntax_in(
             extra_networks.parse(params.prompt).text, params.negative_prompt, params.steps) else None,
         "Version": INFOTEXT_VERSION,
     }

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from modules import images, styles
-from modules.generation import context, extra_networks, hires, prompts, rng, samplers
+from modules import images, prompt_syntax, styles
+from modules.generation import context, extra_networks, hires, rng, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.limits import Limits
 from modules.models.registry import CheckpointInfo
@@ -114,7 +114,7 @@ class RequestResolver:
             texts += [("hr_prompt", extra_networks.parse(params.hr_prompt).text, True, hr_steps),
                       ("hr_negative_prompt", params.hr_negative_prompt, False, hr_steps)]
         for name, text, split, steps in texts:
-            problem = prompts.prompt_problem(text, steps, settings.emphasis, split) if text else None
+            problem = prompt_syntax.prompt_problem(text, steps, settings.emphasis, split) if text else None
             if problem:
                 raise BadRequest(f"{name}: {problem}")
 

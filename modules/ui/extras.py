@@ -127,5 +127,6 @@ def _inputs(engine: Engine, mode: int, single, uploads, in_dir: str, out_dir: st
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES)
     if not files:
         raise BadRequest(f"Extras: no images ({', '.join(IMAGE_TYPES)}) in {folder}")
-    outdir = str(engine.options.page_folder("Extras: output directory", out_dir)) if out_dir and out_dir.strip() else None
+    outdir = str(engine.options.page_folder("Extras: output directory", out_dir)) \
+        if out_dir and out_dir.strip() else None
     return [open_image(f, engine=engine) for f in files], outdir

@@ -214,7 +214,8 @@ def batch_files(engine: Engine, input_dir: str, mask_dir: str) -> list[tuple[Pat
     folder = engine.options.page_folder("Batch: input directory", input_dir)
     if not folder.is_dir():
         raise BadRequest(f"Batch: input directory {input_dir!r} is not a folder")
-    masks = engine.options.page_folder("Batch: inpaint mask directory", mask_dir) if mask_dir and mask_dir.strip() else None
+    masks = engine.options.page_folder("Batch: inpaint mask directory", mask_dir) \
+        if mask_dir and mask_dir.strip() else None
     if masks is not None and not masks.is_dir():
         raise BadRequest(f"Batch: inpaint mask directory {mask_dir!r} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in common.IMAGE_TYPES)

@@ -247,7 +247,8 @@ def test_nine_channel_inpainting_model_gets_mask_and_masked_image(engine, manage
     cond = inputs.plan.image_cond
     assert cond.shape == (1, 5, 8, 8)
     assert torch.equal(cond[0, 0, :, :4], torch.ones(8, 4)) and torch.equal(cond[0, 0, :, 4:], torch.zeros(8, 4))
-    plain = pipeline.prepare_img2img(model, context.resolve(params())).plan.image_cond  # no mask: all repainted, grey image
+    # no mask: all repainted, grey image
+    plain = pipeline.prepare_img2img(model, context.resolve(params())).plan.image_cond
     assert torch.equal(plain, pipeline.inpainting_conditioning(model, 1, 64, 64))
     other = engine.img2img(params(mask=left_half_mask(), override_settings=sd1_inpaint,
                                   init_images=[init_image().transpose(Image.Transpose.FLIP_TOP_BOTTOM)]))

@@ -76,9 +76,11 @@ def test_inpainting_mask_weight_blends_the_masked_image_conditioning(engine):
     blended = pixels * 0.5 + (pixels * (1 - mask)) * 0.5
     assert torch.allclose(half[:, 1:], pipeline.encode(model, blended), atol=1e-5)
     assert not torch.allclose(half[:, 1:], pipeline.encode(model, pixels * (1 - mask)), atol=1e-3)
-    full = pipeline.prepare_img2img(model, context.resolve(p)).plan.image_cond  # the default, 1: the masked area is grey
+    # the default, 1: the masked area is grey
+    full = pipeline.prepare_img2img(model, context.resolve(p)).plan.image_cond
     assert torch.allclose(full[:, 1:], pipeline.encode(model, pixels * (1 - mask)), atol=1e-5)
-    none = pipeline.prepare_img2img(model, dataclasses.replace(context.resolve(p), mask_weight=0.0)).plan.image_cond  # 0: the original image
+    # 0: the original image
+    none = pipeline.prepare_img2img(model, dataclasses.replace(context.resolve(p), mask_weight=0.0)).plan.image_cond
     assert torch.allclose(none[:, 1:], pipeline.encode(model, pixels), atol=1e-5)
 
     inpaint = {"sd_model_checkpoint": "sd1-inpainting"}

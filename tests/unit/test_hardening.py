@@ -25,10 +25,10 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from modules import infotext
+from modules import infotext, prompt_syntax
 from modules.api.job_routes import callback_problem, normal_hosts
 from modules.engine import BadRequest
-from modules.generation import prompts, rng
+from modules.generation import rng
 from modules.generation.params import GenerationParams
 from modules.models import checkpoint_file
 from modules.models.checkpoint_file import CheckpointError
@@ -102,7 +102,7 @@ def test_parser_reads_long_and_pathological_lines_at_once():
     5 MB (quadratic); the parser must read them at once. The work runs in a child process so that a hang
     fails the test (the deadline only detects a hang: all of it takes about 3 s now)."""
     script = """
-from modules import infotext
+from modules import infotext, prompt_syntax
 n = 5 * 1024 * 1024
 lines = ("a" * n, ("ab " * n)[:n], ("Ke y: v, " * n)[:n], ('ke: "x\\\\", ' * n)[:n], ("ab cd, " * n)[:n])
 for line in lines:
@@ -182,16 +182,16 @@ def test_settings_refuse_nan_and_infinity(field):
 
 
 def test_prompts_whose_weights_cannot_be_encoded():
-    assert prompts.prompt_problem("a (b) ((c:1.3)) [d] e:1.2 AND f", 20) is None
-    assert prompts.prompt_problem("(a" * prompts.MAX_NESTING, 20) is None
+    assert prompt_syntax.prompt_problem("a (b) ((c:1.3)) [d] e:1.2 AND f", 20) is None
+    assert prompt_syntax.prompt_problem("(a" * prompt_syntax.MAX_NESTING, 20) is None
     for bad in ("(a" * 20000, "(" * 2000 + "a" + ")" * 2000, "(" * 2000 + "a" + ":1.5)" * 2000,
-                "[a" * (prompts.MAX_NESTING + 1)):
-        assert "nested more than" in prompts.prompt_problem(bad, 20)
-    assert "too large" in prompts.prompt_problem("(a:" + "9" * 40 + ")", 20)  # 1e40: infinity in float32
-    assert "AND" in prompts.prompt_problem("a :" + "9" * 400 + " AND b", 20)  # a weight of inf
-    assert prompts.prompt_problem("(a" * 20000, 20, emphasis="None") is None  # brackets are text then
+                "[a" * (prompt_syntax.MAX_NESTING + 1)):
+        assert "nested more than" in prompt_syntax.prompt_problem(bad, 20)
+    assert "too large" in prompt_syntax.prompt_problem("(a:" + "9" * 40 + ")", 20)  # 1e40: infinity in float32
+    assert "AND" in prompt_syntax.prompt_problem("a :" + "9" * 400 + " AND b", 20)  # a weight of inf
+    assert prompt_syntax.prompt_problem("(a" * 20000, 20, emphasis="None") is None  # brackets are text then
     # the parser itself never raises, and reads brackets past the limit as text
-    deep = prompts.parse_attention("(" * 150 + "a" + ")" * 150)
+    deep = prompt_syntax.parse_attention("(" * 150 + "a" + ")" * 150)
     assert deep == [("(" * 50 + "a" + ")" * 50, pytest.approx(1.1 ** 100))]
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from modules.generation import extra_networks, pipeline, prompts, rng, samplers
+from modules import prompt_syntax
+from modules.generation import extra_networks, pipeline, rng, samplers
 from modules.generation.conditioning import CHUNK, build_chunks
 from modules.generation.params import GenerationParams
 from tests.support.engine import make_engine, make_manager
@@ -35,11 +36,11 @@ COMMA = 267
         (", sun, ", 1.1), ("sky", 1.4641000000000006), (".", 1.1)]),
 ])
 def test_attention_examples_from_a1111(text, expected):
-    assert prompts.parse_attention(text) == expected
+    assert prompt_syntax.parse_attention(text) == expected
 
 
 def test_attention_rules_and_edge_cases():
-    pa = prompts.parse_attention
+    pa = prompt_syntax.parse_attention
     assert pa("((word))") == [("word", 1.1 * 1.1)]
     assert pa("[word]") == [("word", 1 / 1.1)]
     assert pa("[[word]]") == [("word", 1 / 1.1 / 1.1)]
@@ -62,13 +63,13 @@ def test_attention_rules_and_edge_cases():
 
 
 def test_break_marks_a_chunk_boundary():
-    pa = prompts.parse_attention
-    assert pa("a BREAK b") == [("a", 1.0), prompts.BREAK, ("b", 1.0)]
-    assert pa("a\nBREAK\tb") == [("a", 1.0), prompts.BREAK, ("b", 1.0)]
+    pa = prompt_syntax.parse_attention
+    assert pa("a BREAK b") == [("a", 1.0), prompt_syntax.BREAK, ("b", 1.0)]
+    assert pa("a\nBREAK\tb") == [("a", 1.0), prompt_syntax.BREAK, ("b", 1.0)]
     assert pa("aBREAK b, break, Break") == [("aBREAK b, break, Break", 1.0)]  # uppercase whole word only
-    assert pa("BREAK") == [("", 1.0), prompts.BREAK, ("", 1.0)]
+    assert pa("BREAK") == [("", 1.0), prompt_syntax.BREAK, ("", 1.0)]
     # inside brackets BREAK still breaks (A1111 would weigh its marker and encode the word "BREAK")
-    assert pa("(a BREAK b)") == [("a", 1.1), prompts.BREAK, ("b", 1.1)]
+    assert pa("(a BREAK b)") == [("a", 1.1), prompt_syntax.BREAK, ("b", 1.1)]
 
 
 # --- prompt editing and alternation ----------------------------------------------------------------
@@ -89,11 +90,11 @@ def test_break_marks_a_chunk_boundary():
     ("[fe|||]male", [(s, "female" if s % 4 == 1 else "male") for s in range(1, 11)]),
 ])
 def test_schedule_examples_from_a1111(prompt, expected):
-    assert prompts.prompt_schedule(prompt, 10) == expected
+    assert prompt_syntax.prompt_schedule(prompt, 10) == expected
 
 
 def test_schedule_rules_and_edge_cases():
-    ps = prompts.prompt_schedule
+    ps = prompt_syntax.prompt_schedule
     assert ps("a [b:c:2] d", 5) == [(2, "a b d"), (5, "a c d")]
     assert ps("[a:b:0.5]", 10) == [(5, "a"), (10, "b")]  # decimal point: fraction of the steps
     assert ps("[a:b:0.5]", 7) == [(3, "a"), (7, "b")]  # int(0.5 * 7)
@@ -121,14 +122,14 @@ def test_schedule_rules_and_edge_cases():
 
 
 def test_and_splits_with_weights():
-    assert prompts.split_and("a cat :1.2 AND a dog :0.8") == [("a cat", 1.2), (" a dog", 0.8)]
-    assert prompts.split_and("a AND b AND c") == [("a", 1.0), (" b", 1.0), (" c", 1.0)]
-    assert prompts.split_and("a:-0.5 AND b: .5") == [("a", -0.5), (" b", 0.5)]
-    assert prompts.split_and("cats and dogs, ANDROID, SAND") == [("cats and dogs, ANDROID, SAND", 1.0)]
-    assert prompts.split_and("a photo:2") == [("a photo", 2.0)]  # a weight without AND counts too
-    assert prompts.split_and("(cat:1.2)") == [("(cat:1.2)", 1.0)]
-    assert prompts.split_and("a [b:c:2] AND d") == [("a [b:c:2]", 1.0), (" d", 1.0)]
-    assert prompts.split_and("") == [("", 1.0)]
+    assert prompt_syntax.split_and("a cat :1.2 AND a dog :0.8") == [("a cat", 1.2), (" a dog", 0.8)]
+    assert prompt_syntax.split_and("a AND b AND c") == [("a", 1.0), (" b", 1.0), (" c", 1.0)]
+    assert prompt_syntax.split_and("a:-0.5 AND b: .5") == [("a", -0.5), (" b", 0.5)]
+    assert prompt_syntax.split_and("cats and dogs, ANDROID, SAND") == [("cats and dogs, ANDROID, SAND", 1.0)]
+    assert prompt_syntax.split_and("a photo:2") == [("a photo", 2.0)]  # a weight without AND counts too
+    assert prompt_syntax.split_and("(cat:1.2)") == [("(cat:1.2)", 1.0)]
+    assert prompt_syntax.split_and("a [b:c:2] AND d") == [("a [b:c:2]", 1.0), (" d", 1.0)]
+    assert prompt_syntax.split_and("") == [("", 1.0)]
 
 
 def _is_subsequence(small: str, big: str) -> bool:
@@ -143,15 +144,15 @@ SYNTAX = st.lists(st.sampled_from(list("()[]:|\\ ,ab\n") + ["BREAK", "AND", "0.5
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(st.text(max_size=60), SYNTAX), st.integers(1, 40))
 def test_parsers_never_raise_and_only_select_text(prompt, steps):
-    for sub, weight in prompts.split_and(prompt):
+    for sub, weight in prompt_syntax.split_and(prompt):
         assert isinstance(weight, float)
-        schedule = prompts.prompt_schedule(sub, steps)
+        schedule = prompt_syntax.prompt_schedule(sub, steps)
         ends = [end for end, _ in schedule]
         assert ends == sorted(set(ends)) and ends[-1] == steps and ends[0] >= 1
         for _, text in schedule:
             assert _is_subsequence(text, sub)  # editing only ever drops characters
-            for seg in prompts.parse_attention(text):
-                assert seg is prompts.BREAK or _is_subsequence(seg[0], text)
+            for seg in prompt_syntax.parse_attention(text):
+                assert seg is prompt_syntax.BREAK or _is_subsequence(seg[0], text)
     parsed = extra_networks.parse(prompt)
     assert "<lora:x:1>" not in parsed.text
 
@@ -159,9 +160,9 @@ def test_parsers_never_raise_and_only_select_text(prompt, steps):
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(exclude_characters="()[]:|\\<"), max_size=60), st.integers(1, 30))
 def test_text_without_syntax_is_unchanged(text, steps):
-    assert prompts.prompt_schedule(text, steps) == [(steps, text)]
-    segs = prompts.parse_attention(text)
-    assert all(s is prompts.BREAK or s[1] == 1.0 for s in segs)
+    assert prompt_syntax.prompt_schedule(text, steps) == [(steps, text)]
+    segs = prompt_syntax.parse_attention(text)
+    assert all(s is prompt_syntax.BREAK or s[1] == 1.0 for s in segs)
     if "BREAK" not in text:
         assert segs == [(text, 1.0)]
 

@@ -14,8 +14,8 @@ from modules.models import checkpoint_file, families, ldm_export
 from modules.models.families import SD1, SD2
 from modules.models.family import BuiltModel, ConfigFiles, FamilyMatch, ModelConfig, SamplingHints, StateDict
 from modules.models.prompt_encoder import PromptEncoder
-from tests import tiny_models
-from tests.conftest import make_manager
+from tests.support import tiny_models
+from tests.support.engine import make_manager
 
 
 def detect(path: Path) -> ModelConfig:
