@@ -3,6 +3,7 @@ the same sigmas and the same noise: A1111's image for a seed is reproduced to fl
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import numpy as np
@@ -161,6 +162,21 @@ def test_eta_churn_and_noise_match_k_diffusion(model, name, options, k_args):
     cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
     expected = reference(model, name, 10, [5], cond, uncond, 6.0, **k_args)
     assert_close(ours(model, name, 10, [5], cond, uncond, 6.0, options), expected)
+
+
+def test_sampler_functions_take_exactly_the_options_their_spec_declares():
+    """No catch-all keywords: each function names its options, every option a SamplerSpec declares is one its
+    function takes, and a spec that passes one it does not take fails clearly when the sampler is prepared."""
+    from modules.generation import ksampling
+    for name, fn in {**ksampling.SAMPLE_FUNCTIONS, **ksampling.TIMESTEP_FUNCTIONS}.items():
+        assert all(p.kind is not p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()), name
+    alphas, _ = sd1_sigmas()
+    every_option = samplers.SamplerOptions(eta=0.5, s_churn=0.1, s_noise=0.9)
+    for spec in samplers.SAMPLERS:
+        assert samplers.prepare(samplers.SamplerChoice(spec, "automatic"), 8, alphas, "epsilon", every_option)
+    wrong = dataclasses.replace(samplers.resolve("Heun").spec, kwargs={"eta": 0.5})
+    with pytest.raises(TypeError, match=r"Sampler 'Heun': heun\(\) takes no argument 'eta' \(its options: s_churn"):
+        samplers.prepare(samplers.SamplerChoice(wrong, "automatic"), 8, alphas, "epsilon")
 
 
 def test_restart_is_heun_below_20_steps_and_deterministic(model):

@@ -1,5 +1,6 @@
 """Samplers diffusers cannot reproduce faithfully, written as k-diffusion states them: short functions
-of (denoise, x, sigmas) with no hidden state.
+of (denoise, x, sigmas, noise, step) with no hidden state, each taking as keywords exactly the options
+it uses (no catch-all, so a misspelt or misrouted option fails instead of being ignored).
 
 `denoise(x, sigma)` is the guided model's prediction of the clean latent x0 for a state
 x = x0 + sigma * noise ("variance exploding" units, as A1111 holds it). `noise(sigma, sigma_next)`
@@ -60,7 +61,7 @@ def _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise):
 
 
 def euler(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
-          s_noise=1.0, **_):
+          s_noise=1.0):
     for i in range(len(sigmas) - 1):
         x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
         d = _slope(x, sigma_hat, denoise(x, sigma_hat))
@@ -69,7 +70,7 @@ def euler(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_
     return x
 
 
-def euler_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+def euler_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, sigmas[i])
         down, up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
@@ -81,7 +82,7 @@ def euler_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1
 
 
 def heun(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
-         s_noise=1.0, **_):
+         s_noise=1.0):
     """Heun's second-order method; the last step, to sigma 0, is an Euler step."""
     for i in range(len(sigmas) - 1):
         x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
@@ -98,7 +99,7 @@ def heun(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_t
 
 
 def dpm_2(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
-          s_noise=1.0, **_):
+          s_noise=1.0):
     """DPM-Solver-2 in sigma: the slope is taken again at the geometric midpoint of the step."""
     for i in range(len(sigmas) - 1):
         x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
@@ -114,7 +115,7 @@ def dpm_2(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_
     return x
 
 
-def dpm_2_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+def dpm_2_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, sigmas[i])
         down, up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
@@ -143,7 +144,7 @@ def lms_coefficient(order: int, s: np.ndarray, i: int, j: int) -> float:
     return float(antiderivative(s[i + 1]) - antiderivative(s[i]))
 
 
-def lms(denoise: Denoise, x, sigmas, noise: Noise, step: Step, order: int = 4, **_):
+def lms(denoise: Denoise, x, sigmas, noise: Noise, step: Step, order: int = 4):
     """Linear multistep: up to `order` previous slopes, weighted by integrating their interpolating
     polynomial over the step."""
     s = sigmas.detach().cpu().double().numpy()
@@ -158,7 +159,7 @@ def lms(denoise: Denoise, x, sigmas, noise: Noise, step: Step, order: int = 4, *
     return x
 
 
-def dpmpp_2s_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+def dpmpp_2s_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0):
     """DPM-Solver++(2S): a midpoint in log-SNR time, then ancestral noise."""
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, sigmas[i])
@@ -178,7 +179,7 @@ def dpmpp_2s_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, et
     return x
 
 
-def dpmpp_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, r=0.5, **_):
+def dpmpp_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, r=0.5):
     """DPM-Solver++ SDE: two stochastic substeps per step (the first to the fraction r of the step)."""
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, sigmas[i])
@@ -203,7 +204,7 @@ def dpmpp_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_
     return x
 
 
-def dpmpp_2m(denoise: Denoise, x, sigmas, noise: Noise, step: Step, **_):
+def dpmpp_2m(denoise: Denoise, x, sigmas, noise: Noise, step: Step):
     """DPM-Solver++(2M): each step extrapolates x0 linearly from this and the previous prediction."""
     previous = None
     for i in range(len(sigmas) - 1):
@@ -222,7 +223,7 @@ def dpmpp_2m(denoise: Denoise, x, sigmas, noise: Noise, step: Step, **_):
 
 
 def dpmpp_2m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0,
-                 solver_type: str = "midpoint", **_):
+                 solver_type: str = "midpoint"):
     """DPM-Solver++(2M) SDE; `solver_type` "midpoint" or "heun" is how the previous x0 corrects the step."""
     previous, h_last = None, None
     for i in range(len(sigmas) - 1):
@@ -248,7 +249,7 @@ def dpmpp_2m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0,
     return x
 
 
-def dpmpp_3m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+def dpmpp_3m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0):
     """DPM-Solver++(3M) SDE: second and third order corrections from the two previous x0 predictions."""
     x0_1 = x0_2 = None
     h_1 = h_2 = None
@@ -320,11 +321,11 @@ def _noise_move(t, t_next, t_end, eta):
     return t_det, (_sigma(t_next) ** 2 - _sigma(t_det) ** 2) ** 0.5
 
 
-def dpm_fast(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_noise=1.0, steps: int | None = None,
-             **_):
-    """DPM-Solver-fast: `steps` model calls spent on equal log-SNR intervals between the schedule's
-    largest and smallest non-zero sigma, mostly third-order steps."""
-    nfe = steps or len(sigmas) - 1
+def dpm_fast(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_noise=1.0):
+    """DPM-Solver-fast: as many model calls as the schedule has steps (A1111 passes k-diffusion's `n` as
+    that), spent on equal log-SNR intervals between the schedule's largest and smallest non-zero sigma,
+    mostly third-order steps."""
+    nfe = len(sigmas) - 1
     t_start, t_end = _t(sigmas.max()), _t(sigmas[sigmas > 0].min())
     m = nfe // 3 + 1
     ts = torch.linspace(t_start.item(), t_end.item(), m + 1)
@@ -345,9 +346,9 @@ def dpm_fast(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_n
 
 
 def dpm_adaptive(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_noise=1.0, order: int = 3,
-                 rtol=0.05, atol=0.0078, h_init=0.05, accept_safety=0.81, **_):
+                 rtol=0.05, atol=0.0078, h_init=0.05, accept_safety=0.81):
     """DPM-Solver-23 with adaptive step size: each step compares a second- and a third-order solution
-    and an integral controller grows or shrinks the step; `steps` does not apply (A1111 the same)."""
+    and an integral controller grows or shrinks the step; the step count does not apply (A1111 the same)."""
     t, t_end = _t(sigmas.max()), _t(sigmas[sigmas > 0].min())
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
     h = h_init
@@ -407,7 +408,7 @@ def restart_plan(sigmas: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]
     return pairs
 
 
-def restart(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_noise=1.0, **_):
+def restart(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_noise=1.0):
     """Heun steps along `restart_plan`; where the plan goes back up in sigma, fresh noise raises x to
     the higher level first."""
     last = None
@@ -450,7 +451,7 @@ def _ddim_levels(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
 
 
 def ddim(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, eta: float = 0.0,
-         uncond_eps: Callable[[], torch.Tensor] | None = None, **_):
+         uncond_eps: Callable[[], torch.Tensor] | None = None):
     """DDIM (Song et al. 2021); eta > 0 adds that fraction of the ancestral noise. With `uncond_eps`
     (DDIM CFG++, Chung et al. 2024) the step back towards noise uses the unconditional prediction of
     the call just made instead of the guided one."""
@@ -469,7 +470,7 @@ def ddim(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, eta: float
     return x
 
 
-def plms(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, **_):
+def plms(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step):
     """Pseudo linear multistep (Liu et al. 2022): a pseudo improved-Euler first step, then
     Adams-Bashforth combinations of up to four eps predictions, each applied as a DDIM step."""
     a, a_prev, sqrt_one_minus_a = _ddim_levels(alphas_cumprod, timesteps)
@@ -594,7 +595,7 @@ def _unipc_update(x0_at, x: torch.Tensor, models: list[torch.Tensor], times: lis
 
 
 def unipc(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, order: int = 3, variant: str = "bh1",
-          skip_type: str = "time_uniform", lower_order_final: bool = True, img2img: bool = False, **_):
+          skip_type: str = "time_uniform", lower_order_final: bool = True, img2img: bool = False):
     """A1111's UniPC: multistep UniPC in data prediction over `len(timesteps)` steps of A1111's continuous
     time grid (`unipc_times`), from t = 1 (txt2img) or just above the last of `timesteps` (img2img, as
     A1111 computes it: timesteps[-1] / 1000 + 1 / 1000). The first steps warm up with orders 1, 2, ...;
@@ -634,7 +635,7 @@ def unipc_solve(x0_at, x: torch.Tensor, times: list[float], schedule: VPTime, st
 TIMESTEP_FUNCTIONS = {"ddim": ddim, "plms": plms, "unipc": unipc}
 
 
-def lcm(denoise: Denoise, x, sigmas, noise: Noise, step: Step, **_):
+def lcm(denoise: Denoise, x, sigmas, noise: Noise, step: Step):
     """Latent Consistency Model sampling: each step jumps to the model's x0 and, unless it is the last,
     re-noises that to the next level. `denoise` must be the LCM-scaled model (see lcm_x0)."""
     for i in range(len(sigmas) - 1):

@@ -195,7 +195,7 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
                                 sdxl=getattr(model, "is_sdxl", False))
     first = 0 if start is None else steps - start.t_enc - 1
     if prepared.function is not None and prepared.state == "timestep":
-        return _sample_timesteps(model, denoiser, noise, prepared, generators, hooks, start)
+        return _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
     if prepared.function is not None:
         return _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
     scheduler = prepared.scheduler
@@ -221,7 +221,8 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
 
 
 def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
-                      generators: list, hooks: Hooks, start: Start | None) -> torch.Tensor:
+                      choice: samplers.SamplerChoice, generators: list, hooks: Hooks, start: Start | None
+                      ) -> torch.Tensor:
     """A1111's DDIM, PLMS and UniPC: x starts as unit noise (txt2img), or as the init latent noised to
     timestep `timesteps[t_enc]` with sampling over `timesteps[:t_enc]` (img2img, as A1111 does it)."""
     timesteps, alphas = prepared.timesteps, prepared.alphas_cumprod.to(noise.device)
@@ -234,9 +235,11 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
     v_model = model.prediction_type == "v_prediction"
     kwargs = dict(prepared.kwargs)
     last_uncond: list[torch.Tensor] = []
-    if kwargs.pop("cfg_pp", False):  # DDIM CFG++: guidance at cfg_scale / 12.5, re-noising with uncond eps
+    if choice.spec.cfg_pp:  # DDIM CFG++: guidance at cfg_scale / 12.5, re-noising with uncond eps
         denoiser.cfg_multiplier, denoiser.keep_uncond = 1 / 12.5, True
         kwargs["uncond_eps"] = lambda: last_uncond[-1]
+    if prepared.function is ksampling.unipc:  # A1111 starts UniPC's img2img just above its last timestep
+        kwargs["img2img"] = start is not None
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if hooks.check:
@@ -261,7 +264,7 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
             hooks.on_step(i + 1, total, hooks.preview(latent))
 
     return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
-                             on_step, img2img=start is not None, **kwargs)
+                             on_step, **kwargs)
 
 
 def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,

@@ -15,6 +15,7 @@ samplers start from plain unit noise as A1111's do.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +37,7 @@ class SamplerSpec:
     preset_schedule: str | None = None  # the schedule "Automatic" means for this sampler (None: model default)
     state: str = "ve"  # "ve", "vp" or "timestep" (see module docstring)
     function: str | None = None  # our k-diffusion-style step function (ksampling), if any
-    kwargs: dict = field(default_factory=dict)  # fixed arguments of that function
+    kwargs: dict = field(default_factory=dict)  # fixed keyword arguments of that function
     eta: bool = False  # takes A1111's eta (ancestral / SDE samplers: default 1)
     churn: bool = False  # takes s_churn / s_tmin / s_tmax (Euler, Heun, DPM2)
     s_noise: bool = False  # takes s_noise
@@ -44,6 +45,7 @@ class SamplerSpec:
     brownian_noise: bool = False  # SDE noise from a Brownian tree seeded with the images' seeds
     discard_next_to_last_sigma: bool = False
     uses_ensd: bool = False  # A1111 writes ENSD to the infotext for these
+    cfg_pp: bool = False  # DDIM CFG++: guidance at cfg_scale / 12.5, the step back to noise with the uncond eps
 
     @property
     def options(self) -> dict[str, str | bool]:
@@ -91,7 +93,7 @@ SAMPLERS: list[SamplerSpec] = [
     # A1111's own timestep loops: diffusers' DDIM/PNDM step to t - 1000 // steps and run one step more, and
     # diffusers' UniPC rounds A1111's continuous times to whole timesteps
     SamplerSpec("DDIM", ("ddim",), state="timestep", function="ddim"),
-    SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), state="timestep", function="ddim", kwargs={"cfg_pp": True}),
+    SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), state="timestep", function="ddim", cfg_pp=True),
     SamplerSpec("PLMS", ("plms",), state="timestep", function="plms"),
     SamplerSpec("UniPC", ("unipc",), state="timestep", function="unipc"),
     SamplerSpec("LCM", ("k_lcm",), function="lcm"),
@@ -309,7 +311,20 @@ def _prepare_lcm(choice: SamplerChoice, steps: int, model_sigmas: torch.Tensor, 
         sigmas = schedules.sigmas_for(choice.effective_schedule, steps, grid, sdxl)
     timesteps = ksampling.lcm_timestep(sigmas[:-1], grid.log(), len(model_sigmas))
     return PreparedSampler(None, timesteps, sigmas[0].item(), "ve", sigmas=sigmas, function=ksampling.lcm,
-                           kwargs=options.function_kwargs(SAMPLERS_BY_NAME["LCM"]), lcm_log_sigmas=grid.log())
+                           kwargs=_bound_kwargs(choice.spec, ksampling.lcm, options), lcm_log_sigmas=grid.log())
+
+
+def _bound_kwargs(spec: SamplerSpec, function, options: SamplerOptions) -> dict:
+    """The keywords the sampler's function is called with: the spec's fixed ones and the options the spec
+    declares (eta, s_noise, churn, UniPC's settings). One the function does not take is a mistake in the
+    table, reported here rather than ignored."""
+    kwargs = options.function_kwargs(spec)
+    takes = [name for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty]
+    unexpected = [name for name in kwargs if name not in takes]
+    if unexpected:
+        raise TypeError(f"Sampler {spec.name!r}: {function.__name__}() takes no argument "
+                        f"{', '.join(map(repr, unexpected))} (its options: {', '.join(takes) or 'none'})")
+    return kwargs
 
 
 def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, prediction_type: str,
@@ -318,9 +333,10 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
     options = options or SamplerOptions()
     if spec.state == "timestep" and spec.function:
         from modules.generation import ksampling
+        function = ksampling.TIMESTEP_FUNCTIONS[spec.function]
         return PreparedSampler(None, ksampling.a1111_timesteps(steps, len(alphas_cumprod)), 1.0, spec.state,
-                               alphas_cumprod=alphas_cumprod, function=ksampling.TIMESTEP_FUNCTIONS[spec.function],
-                               kwargs=options.function_kwargs(spec))
+                               alphas_cumprod=alphas_cumprod, function=function,
+                               kwargs=_bound_kwargs(spec, function, options))
     model_sigmas = schedules.model_sigmas(alphas_cumprod)
     if spec.function == "lcm":
         return _prepare_lcm(choice, steps, model_sigmas, options, sdxl)
@@ -331,9 +347,9 @@ def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, pre
                     or sigmas[-1] != 0 or len(sigmas) != steps + 1)
     if use_function:
         from modules.generation import ksampling
-        return PreparedSampler(None, timesteps, sigma0, "ve", sigmas=sigmas,
-                               function=ksampling.SAMPLE_FUNCTIONS[spec.function],
-                               kwargs=options.function_kwargs(spec))
+        function = ksampling.SAMPLE_FUNCTIONS[spec.function]
+        return PreparedSampler(None, timesteps, sigma0, "ve", sigmas=sigmas, function=function,
+                               kwargs=_bound_kwargs(spec, function, options))
     scheduler = spec.scheduler_cls(
         num_train_timesteps=len(alphas_cumprod), beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type=prediction_type, **spec.config)
