@@ -179,6 +179,23 @@ def test_sampler_functions_take_exactly_the_options_their_spec_declares():
         samplers.prepare(samplers.SamplerChoice(wrong, "automatic"), 8, alphas, "epsilon")
 
 
+@pytest.mark.parametrize("name", ["Euler", "Euler a", "DPM++ 2M", "Heun"])
+def test_each_step_reports_its_x0_prediction(model, name):
+    """on_step is given each step's prediction of the clean latent (what the live preview shows and a stopped
+    batch is decoded from). These samplers' last step goes to sigma 0 on that prediction, so the last x0
+    reported is the result."""
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    gens = rng.create_generators([3], "CPU", torch.device("cpu"))
+    noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
+    reported = []
+    with torch.no_grad():
+        out = pipeline.sample(model, pipeline.Denoiser(model, cond, uncond, 5.0), noise, samplers.resolve(name), 6,
+                              gens, pipeline.Hooks(on_step=lambda i, n, x0: reported.append((i, n, x0))))
+    assert [(i, n) for i, n, _ in reported] == [(i, 6) for i in range(1, 7)]
+    assert_close(reported[-1][2], out, 1e-6)
+    assert (reported[0][2] - out).abs().max() > 1e-3  # the first step's prediction is not yet the result
+
+
 def test_restart_is_heun_below_20_steps_and_deterministic(model):
     cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
     inner = K.CompVisModel(model.unet, model.alphas_cumprod)

@@ -45,15 +45,10 @@ class NonFiniteInput(NansError):
 class Hooks:
     """How the loop reports progress and learns that it should stop. All optional."""
     on_batch: Callable[[int], None] | None = None  # a batch (0-based index) starts
-    on_step: Callable[[int, int, torch.Tensor], None] | None = None  # (step, steps, latent)
+    # (step, steps, x0) after each step, x0 its latest prediction of the clean latent: what a live preview
+    # shows, and what a stopped batch is decoded from (A1111 returns the last denoised latent when interrupted)
+    on_step: Callable[[int, int, torch.Tensor], None] | None = None
     check: Callable[[], None] | None = None  # raises JobInterrupted (stop) or JobSkipped (next batch)
-    # The sampler's latest prediction of the clean latent (x0): what a live preview shows, and what an
-    # interrupted batch is decoded from (A1111 returns the last denoised latent when interrupted).
-    denoised: torch.Tensor | None = None
-
-    def preview(self, x: torch.Tensor) -> torch.Tensor:
-        """What on_step reports: the clean-latent prediction when the sampler has one, else x itself."""
-        return x if self.denoised is None else self.denoised
 
 
 @dataclass
@@ -212,11 +207,11 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
         if start is not None and start.mask is not None:
             guided = _keep_unmasked(guided, x_in, levels, start, model.prediction_type)
         alpha, sigma = levels  # x_in = alpha * x0 + sigma * eps: the prediction of x0 this step makes
-        hooks.denoised = alpha * x_in - sigma * guided if model.prediction_type == "v_prediction" \
+        x0 = alpha * x_in - sigma * guided if model.prediction_type == "v_prediction" \
             else (x_in - sigma * guided) / alpha
         x = scheduler.step(guided, t, x, **step_kwargs).prev_sample
         if hooks.on_step:
-            hooks.on_step(i + 1, len(timesteps), hooks.preview(x))
+            hooks.on_step(i + 1, len(timesteps), x0)
     return x
 
 
@@ -251,17 +246,15 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
         if denoiser.keep_uncond:
             u = denoiser.last_uncond
             last_uncond.append(a_t.sqrt() * u + (1 - a_t).sqrt() * x if v_model else u)
-        eps_out = a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
-        hooks.denoised = (x - (1 - a_t).sqrt() * eps_out) / a_t.sqrt()
-        return eps_out
+        return a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
 
     shape = tuple(noise.shape[1:])
     # DDIM and PLMS step between the timesteps; UniPC runs one step per timestep (on its own time grid)
     total = len(timesteps) if prepared.function is ksampling.unipc else max(len(timesteps) - 1, 0)
 
-    def on_step(i: int, latent: torch.Tensor) -> None:
+    def on_step(i: int, latent: torch.Tensor, x0: torch.Tensor) -> None:
         if hooks.on_step:
-            hooks.on_step(i + 1, total, hooks.preview(latent))
+            hooks.on_step(i + 1, total, x0)
 
     return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
                              on_step, **kwargs)
@@ -292,7 +285,6 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
             x0 = x + denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas)) * -sigma
         if start is not None and start.mask is not None:  # keep the init latent outside the mask
             x0 = x0 * start.mask + start.latent * (1 - start.mask)
-        hooks.denoised = x0
         return x0
 
     if choice.spec.brownian_noise and seeds is not None:
@@ -305,9 +297,9 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
 
     total = len(sigmas) - 1
 
-    def on_step(i: int, latent: torch.Tensor) -> None:
+    def on_step(i: int, latent: torch.Tensor, x0: torch.Tensor) -> None:
         if hooks.on_step:
-            hooks.on_step(min(i + 1, total), total, hooks.preview(latent))
+            hooks.on_step(min(i + 1, total), total, x0)
 
     return prepared.function(denoise, x, sigmas, step_noise, on_step, **prepared.kwargs)
 
@@ -498,6 +490,15 @@ def sampler_options(params: GenerationParams, defaults: samplers.SamplerOptions 
         s_noise=params.s_noise if params.s_noise is not None else d.s_noise)
 
 
+def _keeping_x0(hooks: Hooks, last_x0: list[torch.Tensor]) -> Hooks:
+    """`hooks` whose on_step also keeps the latest x0 it is given in `last_x0`."""
+    def on_step(step: int, steps: int, x0: torch.Tensor) -> None:
+        last_x0[:] = [x0]
+        if hooks.on_step:
+            hooks.on_step(step, steps, x0)
+    return dataclasses.replace(hooks, on_step=on_step)
+
+
 def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int, randn_source: str,
               hooks: Hooks, emphasis: str, plan: _Plan, subseeds: list[int] | None = None, ensd: int = 0,
               options: samplers.SamplerOptions | None = None) -> Iterator[BatchOutput]:
@@ -508,10 +509,12 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
     prompt = extra_networks.parse(params.prompt).text
     cond = model.text.encode_prompt(prompt, params.steps, clip_skip, emphasis)
     uncond = model.text.encode_scheduled(params.negative_prompt, params.steps, clip_skip, emphasis)
+    last_x0: list[torch.Tensor] = []  # the x0 the batch's latest step reported: what a stopped batch shows
+    hooks = _keeping_x0(hooks, last_x0)
     for b in range(params.n_iter):
         if hooks.on_batch:
             hooks.on_batch(b)
-        hooks.denoised = None
+        last_x0.clear()
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
         generators = rng.create_generators(batch_seeds, randn_source, model.device)
         noise = rng.image_noise(
@@ -543,7 +546,7 @@ def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int,
         except (JobSkipped, JobInterrupted) as stopped:
             # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
             skipped = isinstance(stopped, JobSkipped)
-            partial = next((h.denoised for h in (second_hooks, first_hooks) if h and h.denoised is not None), None)
+            partial = last_x0[-1] if last_x0 else None
             if partial is not None:
                 images = decode_unless_stopped(model, partial, lambda: True, unet_time.seconds) or sketch(partial)
                 yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
