@@ -1,6 +1,6 @@
-"""Samplers diffusers cannot reproduce faithfully, written as k-diffusion states them: short functions
-of (denoise, x, sigmas, noise, step) with no hidden state, each taking as keywords exactly the options
-it uses (no catch-all, so a misspelt or misrouted option fails instead of being ignored).
+"""Every sampler, written as k-diffusion states them (A1111 runs k-diffusion's): short functions of
+(denoise, x, sigmas, noise, step) with no hidden state, each taking as keywords exactly the options it
+uses (no catch-all, so a misspelt or misrouted option fails instead of being ignored).
 
 `denoise(x, sigma)` is the guided model's prediction of the clean latent x0 for a state
 x = x0 + sigma * noise ("variance exploding" units, as A1111 holds it). `noise(sigma, sigma_next)`

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import logging
 import threading
 import time
@@ -185,34 +184,13 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
            randn_source: str = "CPU") -> torch.Tensor:
     """Run the sampler over the `steps`-step schedule from pure noise (txt2img), or from `start` over its
     last t_enc + 1 steps (img2img). Hooks see the steps actually run. Per-step noise comes from the
-    images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`)."""
-    prepared = samplers.prepare(choice, steps, model.alphas_cumprod, model.prediction_type, options, randn_source,
-                                sdxl=getattr(model, "is_sdxl", False))
-    first = 0 if start is None else steps - start.t_enc - 1
-    if prepared.function is not None and prepared.state == "timestep":
+    images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`); they are already of
+    `randn_source`'s kind, which is not otherwise needed here (kept while the callers pass it)."""
+    prepared = samplers.prepare(choice, steps, model.alphas_cumprod, options, sdxl=getattr(model, "is_sdxl", False))
+    if prepared.state == "timestep":
         return _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
-    if prepared.function is not None:
-        return _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
-    scheduler = prepared.scheduler
-    prepared.start_at(first)
-    x = noise * prepared.initial_scale if start is None else prepared.noised(start.latent, noise, first)
-    timesteps = prepared.timesteps[first:]
-    step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for i, t in enumerate(timesteps):
-        if hooks.check:
-            hooks.check()
-        x_in = scheduler.scale_model_input(x, t)
-        guided = denoiser(x_in, t)
-        levels = prepared.levels(first + i)
-        if start is not None and start.mask is not None:
-            guided = _keep_unmasked(guided, x_in, levels, start, model.prediction_type)
-        alpha, sigma = levels  # x_in = alpha * x0 + sigma * eps: the prediction of x0 this step makes
-        x0 = alpha * x_in - sigma * guided if model.prediction_type == "v_prediction" \
-            else (x_in - sigma * guided) / alpha
-        x = scheduler.step(guided, t, x, **step_kwargs).prev_sample
-        if hooks.on_step:
-            hooks.on_step(i + 1, len(timesteps), x0)
-    return x
+    first = 0 if start is None else steps - start.t_enc - 1
+    return _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
 
 
 def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
