@@ -149,6 +149,34 @@ def test_matches_k_diffusion(model, name, steps):
         assert_close(got, reference(model, name, steps, [11, 12], cond, uncond, 7.0), 1e-4)
 
 
+@pytest.mark.parametrize("name,k_name,k_args", [("euler", "sample_euler", {}),
+                                                 ("euler_ancestral", "sample_euler_ancestral", {"eta": 1.0}),
+                                                 ("euler_ancestral", "sample_euler_ancestral", {"eta": 0.4}),
+                                                 ("dpmpp_2m", "sample_dpmpp_2m", {})])
+@pytest.mark.parametrize("sigmas", [[14.6, 0.0], [14.6, 1.2, 0.0], [14.6, 3.0, 0.5, 0.0], [14.6, 3.0, 0.5, 0.03]],
+                         ids=["1 step", "2 steps", "3 steps", "ends above 0"])
+def test_euler_and_dpmpp_2m_equal_k_diffusion_at_the_schedule_edges(name, k_name, k_args, sigmas):
+    """What the diffusers schedulers were configured for (DPM++ 2M's lower_order_final and final sigma 0,
+    Euler a's eta) is k-diffusion's own behaviour: the first and last steps of short schedules, and a
+    schedule ending above 0 (KL Optimal), give k-diffusion's numbers exactly, on a toy model."""
+    from modules.generation import ksampling
+
+    def toy(x, sigma):
+        s = sigma.flatten()[0]
+        return torch.tanh(x / (s ** 2 + 1) ** 0.5) * 0.8 + 0.1 * s
+
+    def draws():
+        g = torch.Generator().manual_seed(7)
+        return lambda *_: torch.randn((2, *SHAPE), generator=g)
+
+    sigmas = torch.tensor(sigmas)
+    x = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(3)) * sigmas[0]
+    noise = {"noise_sampler": draws()} if name == "euler_ancestral" else {}
+    expected = getattr(ks, k_name)(toy, x, sigmas, disable=True, **k_args, **noise)
+    got = ksampling.SAMPLE_FUNCTIONS[name](toy, x, sigmas, draws(), lambda *_: None, **k_args)
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("name,options,k_args", [
     ("Euler a", samplers.SamplerOptions(eta=0.5, s_noise=0.9), {"eta": 0.5, "s_noise": 0.9}),
     ("Euler", samplers.SamplerOptions(s_churn=1.0, s_tmin=0.5, s_noise=1.0), {"s_churn": 1.0, "s_tmin": 0.5}),
