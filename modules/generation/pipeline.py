@@ -50,6 +50,15 @@ class Hooks:
     check: Callable[[], None] | None = None  # raises JobInterrupted (stop) or JobSkipped (next batch)
 
 
+def _keeping_x0(hooks: Hooks, last_x0: list[torch.Tensor]) -> Hooks:
+    """`hooks` whose on_step also keeps the latest x0 it is given in `last_x0`."""
+    def on_step(step: int, steps: int, x0: torch.Tensor) -> None:
+        last_x0[:] = [x0]
+        if hooks.on_step:
+            hooks.on_step(step, steps, x0)
+    return dataclasses.replace(hooks, on_step=on_step)
+
+
 @dataclass
 class BatchOutput:
     images: list[Image.Image]
@@ -466,15 +475,6 @@ def sampler_options(params: GenerationParams, defaults: samplers.SamplerOptions 
         s_tmin=params.s_tmin if params.s_tmin is not None else d.s_tmin,
         s_tmax=s_tmax if s_tmax else float("inf"),
         s_noise=params.s_noise if params.s_noise is not None else d.s_noise)
-
-
-def _keeping_x0(hooks: Hooks, last_x0: list[torch.Tensor]) -> Hooks:
-    """`hooks` whose on_step also keeps the latest x0 it is given in `last_x0`."""
-    def on_step(step: int, steps: int, x0: torch.Tensor) -> None:
-        last_x0[:] = [x0]
-        if hooks.on_step:
-            hooks.on_step(step, steps, x0)
-    return dataclasses.replace(hooks, on_step=on_step)
 
 
 def _generate(model, params: GenerationParams, seeds: list[int], clip_skip: int, randn_source: str,
