@@ -1,11 +1,14 @@
-"""Samplers diffusers cannot reproduce faithfully, written as k-diffusion states them: short functions
-of (denoise, x, sigmas) with no hidden state.
+"""Every sampler, written as k-diffusion states them (A1111 runs k-diffusion's): short functions of
+(denoise, x, sigmas, noise, step) with no hidden state, each taking as keywords exactly the options it
+uses (no catch-all, so a misspelt or misrouted option fails instead of being ignored).
 
 `denoise(x, sigma)` is the guided model's prediction of the clean latent x0 for a state
 x = x0 + sigma * noise ("variance exploding" units, as A1111 holds it). `noise(sigma, sigma_next)`
 gives unit normal noise shaped like x (per-image generators, or a Brownian tree for the SDE samplers).
-`step(i, x)` reports progress. The arithmetic follows k-diffusion's order of operations so that the
-same inputs give A1111's numbers to float rounding.
+`step(i, x, x0)` reports each finished step: the new state and the x0 prediction of the step's latest
+model call (what a live preview shows, and what a stopped batch is decoded from). The arithmetic
+follows k-diffusion's order of operations so that the same inputs give A1111's numbers to float
+rounding.
 
 Notation: t = -log(sigma) (log signal-to-noise time), h = t_next - t.
 """
@@ -20,7 +23,7 @@ import torch
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Noise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Step = Callable[[int, torch.Tensor], None]
+Step = Callable[[int, torch.Tensor, torch.Tensor], None]  # (i, x, x0)
 
 
 def _slope(x, sigma, x0):
@@ -60,61 +63,63 @@ def _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise):
 
 
 def euler(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
-          s_noise=1.0, **_):
+          s_noise=1.0):
     for i in range(len(sigmas) - 1):
         x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
-        d = _slope(x, sigma_hat, denoise(x, sigma_hat))
-        x = x + d * (sigmas[i + 1] - sigma_hat)
-        step(i, x)
+        x0 = denoise(x, sigma_hat)
+        x = x + _slope(x, sigma_hat, x0) * (sigmas[i + 1] - sigma_hat)
+        step(i, x, x0)
     return x
 
 
-def euler_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+def euler_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, sigmas[i])
         down, up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
         x = x + _slope(x, sigmas[i], x0) * (down - sigmas[i])
         if sigmas[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * up
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
 def heun(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
-         s_noise=1.0, **_):
+         s_noise=1.0):
     """Heun's second-order method; the last step, to sigma 0, is an Euler step."""
     for i in range(len(sigmas) - 1):
         x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
-        d = _slope(x, sigma_hat, denoise(x, sigma_hat))
+        x0 = denoise(x, sigma_hat)
+        d = _slope(x, sigma_hat, x0)
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == 0:
             x = x + d * dt
         else:
             x_euler = x + d * dt
-            d_end = _slope(x_euler, sigmas[i + 1], denoise(x_euler, sigmas[i + 1]))
-            x = x + (d + d_end) / 2 * dt
-        step(i, x)
+            x0 = denoise(x_euler, sigmas[i + 1])
+            x = x + (d + _slope(x_euler, sigmas[i + 1], x0)) / 2 * dt
+        step(i, x, x0)
     return x
 
 
 def dpm_2(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
-          s_noise=1.0, **_):
+          s_noise=1.0):
     """DPM-Solver-2 in sigma: the slope is taken again at the geometric midpoint of the step."""
     for i in range(len(sigmas) - 1):
         x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
-        d = _slope(x, sigma_hat, denoise(x, sigma_hat))
+        x0 = denoise(x, sigma_hat)
+        d = _slope(x, sigma_hat, x0)
         if sigmas[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma_hat)
         else:
             sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
             x_mid = x + d * (sigma_mid - sigma_hat)
-            d_mid = _slope(x_mid, sigma_mid, denoise(x_mid, sigma_mid))
-            x = x + d_mid * (sigmas[i + 1] - sigma_hat)
-        step(i, x)
+            x0 = denoise(x_mid, sigma_mid)
+            x = x + _slope(x_mid, sigma_mid, x0) * (sigmas[i + 1] - sigma_hat)
+        step(i, x, x0)
     return x
 
 
-def dpm_2_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+def dpm_2_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, sigmas[i])
         down, up = ancestral_split(sigmas[i], sigmas[i + 1], eta)
@@ -124,10 +129,10 @@ def dpm_2_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1
         else:
             sigma_mid = sigmas[i].log().lerp(down.log(), 0.5).exp()
             x_mid = x + d * (sigma_mid - sigmas[i])
-            d_mid = _slope(x_mid, sigma_mid, denoise(x_mid, sigma_mid))
-            x = x + d_mid * (down - sigmas[i])
+            x0 = denoise(x_mid, sigma_mid)
+            x = x + _slope(x_mid, sigma_mid, x0) * (down - sigmas[i])
             x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * up
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
@@ -143,22 +148,23 @@ def lms_coefficient(order: int, s: np.ndarray, i: int, j: int) -> float:
     return float(antiderivative(s[i + 1]) - antiderivative(s[i]))
 
 
-def lms(denoise: Denoise, x, sigmas, noise: Noise, step: Step, order: int = 4, **_):
+def lms(denoise: Denoise, x, sigmas, noise: Noise, step: Step, order: int = 4):
     """Linear multistep: up to `order` previous slopes, weighted by integrating their interpolating
     polynomial over the step."""
     s = sigmas.detach().cpu().double().numpy()
     slopes: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
-        slopes.append(_slope(x, sigmas[i], denoise(x, sigmas[i])))
+        x0 = denoise(x, sigmas[i])
+        slopes.append(_slope(x, sigmas[i], x0))
         slopes = slopes[-order:]
         k = min(i + 1, order)
         weights = [lms_coefficient(k, s, i, j) for j in range(k)]
         x = x + sum(w * d for w, d in zip(weights, reversed(slopes)))
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
-def dpmpp_2s_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+def dpmpp_2s_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0):
     """DPM-Solver++(2S): a midpoint in log-SNR time, then ancestral noise."""
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, sigmas[i])
@@ -170,15 +176,15 @@ def dpmpp_2s_ancestral(denoise: Denoise, x, sigmas, noise: Noise, step: Step, et
             h = t_next - t
             t_mid = t + 0.5 * h
             x_mid = (_sigma(t_mid) / _sigma(t)) * x - (-h * 0.5).expm1() * x0
-            x0_mid = denoise(x_mid, _sigma(t_mid))
-            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * x0_mid
+            x0 = denoise(x_mid, _sigma(t_mid))
+            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * x0
         if sigmas[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * up
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
-def dpmpp_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, r=0.5, **_):
+def dpmpp_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, r=0.5):
     """DPM-Solver++ SDE: two stochastic substeps per step (the first to the fraction r of the step)."""
     for i in range(len(sigmas) - 1):
         x0 = denoise(x, sigmas[i])
@@ -199,11 +205,12 @@ def dpmpp_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_
             x0_mix = (1 - fac) * x0 + fac * x0_mid
             x = (_sigma(t_next_) / _sigma(t)) * x - (t - t_next_).expm1() * x0_mix
             x = x + noise(_sigma(t), _sigma(t_next)) * s_noise * up
-        step(i, x)
+            x0 = x0_mid
+        step(i, x, x0)
     return x
 
 
-def dpmpp_2m(denoise: Denoise, x, sigmas, noise: Noise, step: Step, **_):
+def dpmpp_2m(denoise: Denoise, x, sigmas, noise: Noise, step: Step):
     """DPM-Solver++(2M): each step extrapolates x0 linearly from this and the previous prediction."""
     previous = None
     for i in range(len(sigmas) - 1):
@@ -217,12 +224,12 @@ def dpmpp_2m(denoise: Denoise, x, sigmas, noise: Noise, step: Step, **_):
             x0_ext = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous
             x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * x0_ext
         previous = x0
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
 def dpmpp_2m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0,
-                 solver_type: str = "midpoint", **_):
+                 solver_type: str = "midpoint"):
     """DPM-Solver++(2M) SDE; `solver_type` "midpoint" or "heun" is how the previous x0 corrects the step."""
     previous, h_last = None, None
     for i in range(len(sigmas) - 1):
@@ -244,11 +251,11 @@ def dpmpp_2m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0,
             if eta:
                 x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * s_noise
         previous, h_last = x0, h
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
-def dpmpp_3m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0, **_):
+def dpmpp_3m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0, s_noise=1.0):
     """DPM-Solver++(3M) SDE: second and third order corrections from the two previous x0 predictions."""
     x0_1 = x0_2 = None
     h_1 = h_2 = None
@@ -276,14 +283,16 @@ def dpmpp_3m_sde(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=1.0,
                 x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
         x0_1, x0_2 = x0, x0_1
         h_1, h_2 = h, h_1
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
 # --- DPM-Solver (Lu et al. 2022) in log-SNR time, for DPM fast and DPM adaptive -------------------
 
 def _dpm_eps(denoise, x, t):
-    return (x - denoise(x, _sigma(t))) / _sigma(t)
+    """The model's (eps, x0) at time t."""
+    x0 = denoise(x, _sigma(t))
+    return (x - x0) / _sigma(t), x0
 
 
 def _dpm_1(x, t, t_next, eps):
@@ -291,24 +300,26 @@ def _dpm_1(x, t, t_next, eps):
 
 
 def _dpm_2(denoise, x, t, t_next, eps, r1=0.5):
+    """Second-order step: (x at t_next, x0 of its model call)."""
     h = t_next - t
     s1 = t + r1 * h
     u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
-    eps_1 = _dpm_eps(denoise, u1, s1)
-    return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / (2 * r1) * h.expm1() * (eps_1 - eps)
+    eps_1, x0_1 = _dpm_eps(denoise, u1, s1)
+    return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / (2 * r1) * h.expm1() * (eps_1 - eps), x0_1
 
 
 def _dpm_3(denoise, x, t, t_next, eps, eps_1=None, r1=1 / 3, r2=2 / 3):
-    """Third-order step; `eps_1` may be the model's value at t + r1*h already computed by the caller."""
+    """Third-order step: (x at t_next, x0 of its last model call); `eps_1` may be the model's value at
+    t + r1*h already computed by the caller."""
     h = t_next - t
     s1, s2 = t + r1 * h, t + r2 * h
     if eps_1 is None:
         u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
-        eps_1 = _dpm_eps(denoise, u1, s1)
+        eps_1, _ = _dpm_eps(denoise, u1, s1)
     u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
           - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_1 - eps))
-    eps_2 = _dpm_eps(denoise, u2, s2)
-    return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_2 - eps)
+    eps_2, x0_2 = _dpm_eps(denoise, u2, s2)
+    return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_2 - eps), x0_2
 
 
 def _noise_move(t, t_next, t_end, eta):
@@ -320,11 +331,11 @@ def _noise_move(t, t_next, t_end, eta):
     return t_det, (_sigma(t_next) ** 2 - _sigma(t_det) ** 2) ** 0.5
 
 
-def dpm_fast(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_noise=1.0, steps: int | None = None,
-             **_):
-    """DPM-Solver-fast: `steps` model calls spent on equal log-SNR intervals between the schedule's
-    largest and smallest non-zero sigma, mostly third-order steps."""
-    nfe = steps or len(sigmas) - 1
+def dpm_fast(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_noise=1.0):
+    """DPM-Solver-fast: as many model calls as the schedule has steps (A1111 passes k-diffusion's `n` as
+    that), spent on equal log-SNR intervals between the schedule's largest and smallest non-zero sigma,
+    mostly third-order steps."""
+    nfe = len(sigmas) - 1
     t_start, t_end = _t(sigmas.max()), _t(sigmas[sigmas > 0].min())
     m = nfe // 3 + 1
     ts = torch.linspace(t_start.item(), t_end.item(), m + 1)
@@ -332,22 +343,22 @@ def dpm_fast(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_n
     for i, order in enumerate(orders):
         t, t_next = ts[i], ts[i + 1]
         t_det, up = _noise_move(t, t_next, t_end, eta)
-        eps = _dpm_eps(denoise, x, t)
+        eps, x0 = _dpm_eps(denoise, x, t)
         if order == 1:
             x = _dpm_1(x, t, t_det, eps)
         elif order == 2:
-            x = _dpm_2(denoise, x, t, t_det, eps)
+            x, x0 = _dpm_2(denoise, x, t, t_det, eps)
         else:
-            x = _dpm_3(denoise, x, t, t_det, eps)
+            x, x0 = _dpm_3(denoise, x, t, t_det, eps)
         x = x + up * s_noise * noise(_sigma(t), _sigma(t_next))
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
 def dpm_adaptive(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0, s_noise=1.0, order: int = 3,
-                 rtol=0.05, atol=0.0078, h_init=0.05, accept_safety=0.81, **_):
+                 rtol=0.05, atol=0.0078, h_init=0.05, accept_safety=0.81):
     """DPM-Solver-23 with adaptive step size: each step compares a second- and a third-order solution
-    and an integral controller grows or shrinks the step; `steps` does not apply (A1111 the same)."""
+    and an integral controller grows or shrinks the step; the step count does not apply (A1111 the same)."""
     t, t_end = _t(sigmas.max()), _t(sigmas[sigmas > 0].min())
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
     h = h_init
@@ -358,12 +369,12 @@ def dpm_adaptive(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0,
     while t < t_end - 1e-5:
         t_next = torch.minimum(t_end, t + h)
         t_det, up = _noise_move(t, t_next, t_end, eta)
-        eps = _dpm_eps(denoise, x, t)
+        eps, _ = _dpm_eps(denoise, x, t)
         hh, r1 = t_det - t, 1 / 3
         s1 = t + r1 * hh  # the second-order solution's midpoint is the third-order one's first stage
-        eps_1 = _dpm_eps(denoise, x - _sigma(s1) * (r1 * hh).expm1() * eps, s1)
+        eps_1, _ = _dpm_eps(denoise, x - _sigma(s1) * (r1 * hh).expm1() * eps, s1)
         x_low = x - _sigma(t_det) * hh.expm1() * eps - _sigma(t_det) / (2 * r1) * hh.expm1() * (eps_1 - eps)
-        x_high = _dpm_3(denoise, x, t, t_det, eps, eps_1=eps_1)
+        x_high, x0 = _dpm_3(denoise, x, t, t_det, eps, eps_1=eps_1)
         scale = torch.maximum(atol_t, rtol_t * torch.maximum(x_low.abs(), x_prev.abs()))
         error = torch.linalg.norm((x_low - x_high) / scale) / x.numel() ** 0.5
         inv = 1 / (float(error) + 1e-8)
@@ -376,7 +387,7 @@ def dpm_adaptive(denoise: Denoise, x, sigmas, noise: Noise, step: Step, eta=0.0,
             x_prev = x_low
             x = x_high + up * s_noise * noise(_sigma(t), _sigma(t_next))
             t = t_next
-            step(n, x)
+            step(n, x, x0)
             n += 1
         h *= factor
     return x
@@ -407,22 +418,24 @@ def restart_plan(sigmas: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]
     return pairs
 
 
-def restart(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_noise=1.0, **_):
+def restart(denoise: Denoise, x, sigmas, noise: Noise, step: Step, s_noise=1.0):
     """Heun steps along `restart_plan`; where the plan goes back up in sigma, fresh noise raises x to
     the higher level first."""
     last = None
     for i, (sigma, sigma_next) in enumerate(restart_plan(sigmas)):
         if last is not None and last < sigma:
             x = x + noise(sigma, sigma_next) * s_noise * (sigma ** 2 - last ** 2) ** 0.5
-        d = _slope(x, sigma, denoise(x, sigma))
+        x0 = denoise(x, sigma)
+        d = _slope(x, sigma, x0)
         dt = sigma_next - sigma
         if sigma_next == 0:
             x = x + d * dt
         else:
             x_euler = x + d * dt
-            x = x + (d + _slope(x_euler, sigma_next, denoise(x_euler, sigma_next))) / 2 * dt
+            x0 = denoise(x_euler, sigma_next)
+            x = x + (d + _slope(x_euler, sigma_next, x0)) / 2 * dt
         last = sigma_next
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
@@ -450,7 +463,7 @@ def _ddim_levels(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
 
 
 def ddim(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, eta: float = 0.0,
-         uncond_eps: Callable[[], torch.Tensor] | None = None, **_):
+         uncond_eps: Callable[[], torch.Tensor] | None = None):
     """DDIM (Song et al. 2021); eta > 0 adds that fraction of the ancestral noise. With `uncond_eps`
     (DDIM CFG++, Chung et al. 2024) the step back towards noise uses the unconditional prediction of
     the call just made instead of the guided one."""
@@ -465,25 +478,30 @@ def ddim(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, eta: float
         x = a_p ** 0.5 * x0 + (1.0 - a_p - sigma_t ** 2) ** 0.5 * direction
         if sigma_t:
             x = x + sigma_t * noise(None, None)
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
-def plms(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, **_):
+def plms(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step):
     """Pseudo linear multistep (Liu et al. 2022): a pseudo improved-Euler first step, then
     Adams-Bashforth combinations of up to four eps predictions, each applied as a DDIM step."""
     a, a_prev, sqrt_one_minus_a = _ddim_levels(alphas_cumprod, timesteps)
 
+    def x0_of(x, e, index):
+        return (x - sqrt_one_minus_a[index].item() * e) / a[index].item() ** 0.5
+
     def ddim_move(x, e, index):
-        x0 = (x - sqrt_one_minus_a[index].item() * e) / a[index].item() ** 0.5
-        return a_prev[index].item() ** 0.5 * x0 + (1.0 - a_prev[index].item()) ** 0.5 * e
+        return a_prev[index].item() ** 0.5 * x0_of(x, e, index) + (1.0 - a_prev[index].item()) ** 0.5 * e
 
     history: list[torch.Tensor] = []
     for i in range(len(timesteps) - 1):
         index = len(timesteps) - 1 - i
         e_t = eps(x, timesteps[index])
+        x0 = x0_of(x, e_t, index)
         if not history:
-            e_next = eps(ddim_move(x, e_t, index), timesteps[max(index - 1, 0)])
+            x_next = ddim_move(x, e_t, index)
+            e_next = eps(x_next, timesteps[max(index - 1, 0)])
+            x0 = x0_of(x_next, e_next, max(index - 1, 0))
             e_mix = (e_t + e_next) / 2
         elif len(history) == 1:
             e_mix = (3 * e_t - history[-1]) / 2
@@ -493,7 +511,7 @@ def plms(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, **_):
             e_mix = (55 * e_t - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
         x = ddim_move(x, e_mix, index)
         history = (history + [e_t])[-3:]
-        step(i, x)
+        step(i, x, x0)
     return x
 
 
@@ -594,7 +612,7 @@ def _unipc_update(x0_at, x: torch.Tensor, models: list[torch.Tensor], times: lis
 
 
 def unipc(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, order: int = 3, variant: str = "bh1",
-          skip_type: str = "time_uniform", lower_order_final: bool = True, img2img: bool = False, **_):
+          skip_type: str = "time_uniform", lower_order_final: bool = True, img2img: bool = False):
     """A1111's UniPC: multistep UniPC in data prediction over `len(timesteps)` steps of A1111's continuous
     time grid (`unipc_times`), from t = 1 (txt2img) or just above the last of `timesteps` (img2img, as
     A1111 computes it: timesteps[-1] / 1000 + 1 / 1000). The first steps warm up with orders 1, 2, ...;
@@ -627,21 +645,21 @@ def unipc_solve(x0_at, x: torch.Tensor, times: list[float], schedule: VPTime, st
         x, model_x = _unipc_update(x0_at, x, models, seen, times[i], step_order, i < steps, variant, schedule)
         if i < steps:
             models, seen = (models + [model_x])[-order:], (seen + [times[i]])[-order:]
-        step(i - 1, x)
+        step(i - 1, x, models[-1])  # the x0 of the latest model call
     return x
 
 
 TIMESTEP_FUNCTIONS = {"ddim": ddim, "plms": plms, "unipc": unipc}
 
 
-def lcm(denoise: Denoise, x, sigmas, noise: Noise, step: Step, **_):
+def lcm(denoise: Denoise, x, sigmas, noise: Noise, step: Step):
     """Latent Consistency Model sampling: each step jumps to the model's x0 and, unless it is the last,
     re-noises that to the next level. `denoise` must be the LCM-scaled model (see lcm_x0)."""
     for i in range(len(sigmas) - 1):
-        x = denoise(x, sigmas[i])
+        x = x0 = denoise(x, sigmas[i])
         if sigmas[i + 1] > 0:
             x = x + sigmas[i + 1] * noise(sigmas[i], sigmas[i + 1])
-        step(i, x)
+        step(i, x, x0)
     return x
 
 

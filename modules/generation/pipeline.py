@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import logging
 import threading
 import time
@@ -46,15 +45,19 @@ class NonFiniteInput(NansError):
 class Hooks:
     """How the loop reports progress and learns that it should stop. All optional."""
     on_batch: Callable[[int], None] | None = None  # a batch (0-based index) starts
-    on_step: Callable[[int, int, torch.Tensor], None] | None = None  # (step, steps, latent)
+    # (step, steps, x0) after each step, x0 its latest prediction of the clean latent: what a live preview
+    # shows, and what a stopped batch is decoded from (A1111 returns the last denoised latent when interrupted)
+    on_step: Callable[[int, int, torch.Tensor], None] | None = None
     check: Callable[[], None] | None = None  # raises JobInterrupted (stop) or JobSkipped (next batch)
-    # The sampler's latest prediction of the clean latent (x0): what a live preview shows, and what an
-    # interrupted batch is decoded from (A1111 returns the last denoised latent when interrupted).
-    denoised: torch.Tensor | None = None
 
-    def preview(self, x: torch.Tensor) -> torch.Tensor:
-        """What on_step reports: the clean-latent prediction when the sampler has one, else x itself."""
-        return x if self.denoised is None else self.denoised
+
+def _keeping_x0(hooks: Hooks, last_x0: list[torch.Tensor]) -> Hooks:
+    """`hooks` whose on_step also keeps the latest x0 it is given in `last_x0`."""
+    def on_step(step: int, steps: int, x0: torch.Tensor) -> None:
+        last_x0[:] = [x0]
+        if hooks.on_step:
+            hooks.on_step(step, steps, x0)
+    return dataclasses.replace(hooks, on_step=on_step)
 
 
 @dataclass
@@ -191,38 +194,18 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
            randn_source: str = "CPU") -> torch.Tensor:
     """Run the sampler over the `steps`-step schedule from pure noise (txt2img), or from `start` over its
     last t_enc + 1 steps (img2img). Hooks see the steps actually run. Per-step noise comes from the
-    images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`)."""
-    prepared = samplers.prepare(choice, steps, model.alphas_cumprod, model.prediction_type, options, randn_source,
-                                sdxl=model.family.sampling.sdxl_schedules)
+    images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`); they are already of
+    `randn_source`'s kind, which is not otherwise needed here (kept while the callers pass it)."""
+    prepared = samplers.prepare(choice, steps, model.alphas_cumprod, options, sdxl=model.family.sampling.sdxl_schedules)
+    if prepared.state == "timestep":
+        return _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
     first = 0 if start is None else steps - start.t_enc - 1
-    if prepared.function is not None and prepared.state == "timestep":
-        return _sample_timesteps(model, denoiser, noise, prepared, generators, hooks, start)
-    if prepared.function is not None:
-        return _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
-    scheduler = prepared.scheduler
-    prepared.start_at(first)
-    x = noise * prepared.initial_scale if start is None else prepared.noised(start.latent, noise, first)
-    timesteps = prepared.timesteps[first:]
-    step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for i, t in enumerate(timesteps):
-        if hooks.check:
-            hooks.check()
-        x_in = scheduler.scale_model_input(x, t)
-        guided = denoiser(x_in, t)
-        levels = prepared.levels(first + i)
-        if start is not None and start.mask is not None:
-            guided = _keep_unmasked(guided, x_in, levels, start, model.prediction_type)
-        alpha, sigma = levels  # x_in = alpha * x0 + sigma * eps: the prediction of x0 this step makes
-        hooks.denoised = alpha * x_in - sigma * guided if model.prediction_type == "v_prediction" \
-            else (x_in - sigma * guided) / alpha
-        x = scheduler.step(guided, t, x, **step_kwargs).prev_sample
-        if hooks.on_step:
-            hooks.on_step(i + 1, len(timesteps), hooks.preview(x))
-    return x
+    return _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
 
 
 def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
-                      generators: list, hooks: Hooks, start: Start | None) -> torch.Tensor:
+                      choice: samplers.SamplerChoice, generators: list, hooks: Hooks, start: Start | None
+                      ) -> torch.Tensor:
     """A1111's DDIM, PLMS and UniPC: x starts as unit noise (txt2img), or as the init latent noised to
     timestep `timesteps[t_enc]` with sampling over `timesteps[:t_enc]` (img2img, as A1111 does it)."""
     timesteps, alphas = prepared.timesteps, prepared.alphas_cumprod.to(noise.device)
@@ -235,9 +218,11 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
     v_model = model.prediction_type == "v_prediction"
     kwargs = dict(prepared.kwargs)
     last_uncond: list[torch.Tensor] = []
-    if kwargs.pop("cfg_pp", False):  # DDIM CFG++: guidance at cfg_scale / 12.5, re-noising with uncond eps
+    if choice.spec.cfg_pp:  # DDIM CFG++: guidance at cfg_scale / 12.5, re-noising with uncond eps
         denoiser.cfg_multiplier, denoiser.keep_uncond = 1 / 12.5, True
         kwargs["uncond_eps"] = lambda: last_uncond[-1]
+    if prepared.function is ksampling.unipc:  # A1111 starts UniPC's img2img just above its last timestep
+        kwargs["img2img"] = start is not None
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if hooks.check:
@@ -249,20 +234,18 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
         if denoiser.keep_uncond:
             u = denoiser.last_uncond
             last_uncond.append(a_t.sqrt() * u + (1 - a_t).sqrt() * x if v_model else u)
-        eps_out = a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
-        hooks.denoised = (x - (1 - a_t).sqrt() * eps_out) / a_t.sqrt()
-        return eps_out
+        return a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
 
     shape = tuple(noise.shape[1:])
     # DDIM and PLMS step between the timesteps; UniPC runs one step per timestep (on its own time grid)
     total = len(timesteps) if prepared.function is ksampling.unipc else max(len(timesteps) - 1, 0)
 
-    def on_step(i: int, latent: torch.Tensor) -> None:
+    def on_step(i: int, latent: torch.Tensor, x0: torch.Tensor) -> None:
         if hooks.on_step:
-            hooks.on_step(i + 1, total, hooks.preview(latent))
+            hooks.on_step(i + 1, total, x0)
 
     return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
-                             on_step, img2img=start is not None, **kwargs)
+                             on_step, **kwargs)
 
 
 def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
@@ -290,7 +273,6 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
             x0 = x + denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas)) * -sigma
         if start is not None and start.mask is not None:  # keep the init latent outside the mask
             x0 = x0 * start.mask + start.latent * (1 - start.mask)
-        hooks.denoised = x0
         return x0
 
     if choice.spec.brownian_noise and seeds is not None:
@@ -303,9 +285,9 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
 
     total = len(sigmas) - 1
 
-    def on_step(i: int, latent: torch.Tensor) -> None:
+    def on_step(i: int, latent: torch.Tensor, x0: torch.Tensor) -> None:
         if hooks.on_step:
-            hooks.on_step(min(i + 1, total), total, hooks.preview(latent))
+            hooks.on_step(min(i + 1, total), total, x0)
 
     return prepared.function(denoise, x, sigmas, step_noise, on_step, **prepared.kwargs)
 
@@ -492,10 +474,12 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
     prompt = extra_networks.parse(params.prompt).text
     cond = model.text.encode_prompt(prompt, params.steps, clip_skip, emphasis)
     uncond = model.text.encode_scheduled(params.negative_prompt, params.steps, clip_skip, emphasis)
+    last_x0: list[torch.Tensor] = []  # the x0 the batch's latest step reported: what a stopped batch shows
+    hooks = _keeping_x0(hooks, last_x0)
     for b in range(params.n_iter):
         if hooks.on_batch:
             hooks.on_batch(b)
-        hooks.denoised = None
+        last_x0.clear()
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
         generators = rng.create_generators(batch_seeds, randn_source, model.device)
         noise = rng.image_noise(
@@ -525,7 +509,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         except (JobSkipped, JobInterrupted) as stopped:
             # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
             skipped = isinstance(stopped, JobSkipped)
-            partial = next((h.denoised for h in (second_hooks, first_hooks) if h and h.denoised is not None), None)
+            partial = last_x0[-1] if last_x0 else None
             if partial is not None:
                 images = decode_unless_stopped(model, partial, lambda: True, unet_time.seconds) or sketch(partial)
                 yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,

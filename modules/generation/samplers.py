@@ -1,24 +1,20 @@
 """AUTOMATIC1111's sampler names and schedule types, and what runs each of them.
 
-Three kinds of implementation, chosen per sampler so that the same seed reproduces A1111's image:
-- a diffusers scheduler configured to k-diffusion's maths (Euler, Euler a, DPM++ 2M), whose
-  noise levels are replaced by `schedules` (k-diffusion's discretisation);
-- our own k-diffusion-style step function in `ksampling` where diffusers has no faithful equivalent
-  (the SDE and second-order samplers, LMS, DPM fast/adaptive, Restart, LCM), and also for the diffusers
-  ones when an option only those functions honour is set (eta, churn, s_noise, NV noise, a schedule not
-  ending at 0);
-- A1111's own timestep loops (DDIM, DDIM CFG++, PLMS, UniPC), also in `ksampling`.
-Each prepared sampler says how its state is scaled: k-diffusion samplers hold x in "variance exploding"
-units (x = x0 + sigma*noise), diffusers' DPM-Solver divides that by sqrt(sigma^2 + 1), and the timestep
-samplers start from plain unit noise as A1111's do.
+One way to run each sampler, so that the same seed reproduces A1111's image:
+- a k-diffusion-style function in `ksampling` for the k-diffusion samplers (A1111 runs k-diffusion's:
+  Euler, Euler a, DPM++ 2M and the rest), over noise levels from `schedules` (k-diffusion's
+  discretisation), with x in "variance exploding" units (x = x0 + sigma*noise);
+- A1111's own timestep loops (DDIM, DDIM CFG++, PLMS, UniPC), also in `ksampling`, starting from plain
+  unit noise as A1111's do.
+Each function is called with the spec's fixed keywords and the options the spec declares, nothing else.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
 from modules.generation import schedules
 
@@ -31,12 +27,10 @@ class UnknownSampler(ValueError):
 class SamplerSpec:
     name: str
     aliases: tuple[str, ...]
-    scheduler_cls: type | None = None  # the diffusers scheduler, when one reproduces k-diffusion
-    config: dict = field(default_factory=dict)
     preset_schedule: str | None = None  # the schedule "Automatic" means for this sampler (None: model default)
-    state: str = "ve"  # "ve", "vp" or "timestep" (see module docstring)
-    function: str | None = None  # our k-diffusion-style step function (ksampling), if any
-    kwargs: dict = field(default_factory=dict)  # fixed arguments of that function
+    state: str = "ve"  # "ve" (k-diffusion samplers) or "timestep" (see module docstring)
+    function: str | None = None  # the ksampling function that runs it
+    kwargs: dict = field(default_factory=dict)  # fixed keyword arguments of that function
     eta: bool = False  # takes A1111's eta (ancestral / SDE samplers: default 1)
     churn: bool = False  # takes s_churn / s_tmin / s_tmax (Euler, Heun, DPM2)
     s_noise: bool = False  # takes s_noise
@@ -44,6 +38,7 @@ class SamplerSpec:
     brownian_noise: bool = False  # SDE noise from a Brownian tree seeded with the images' seeds
     discard_next_to_last_sigma: bool = False
     uses_ensd: bool = False  # A1111 writes ENSD to the infotext for these
+    cfg_pp: bool = False  # DDIM CFG++: guidance at cfg_scale / 12.5, the step back to noise with the uncond eps
 
     @property
     def options(self) -> dict[str, str | bool]:
@@ -55,15 +50,9 @@ class SamplerSpec:
         return out
 
 
-_DPM2M = dict(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
-              final_sigmas_type="zero")
-
-# A1111's list, in its UI order. Where a diffusers scheduler follows k-diffusion exactly it does the
-# steps; otherwise our own `ksampling` function does (and also for the diffusers ones when an option
-# diffusers lacks, such as eta or churn, is set).
+# A1111's list, in its UI order, each run by its `ksampling` function.
 SAMPLERS: list[SamplerSpec] = [
-    SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), DPMSolverMultistepScheduler, _DPM2M, "karras", "vp",
-                function="dpmpp_2m"),
+    SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), preset_schedule="karras", function="dpmpp_2m"),
     SamplerSpec("DPM++ SDE", ("k_dpmpp_sde",), preset_schedule="karras", function="dpmpp_sde", eta=True,
                 s_noise=True, second_order=True, brownian_noise=True),
     SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), preset_schedule="exponential", function="dpmpp_2m_sde",
@@ -75,9 +64,9 @@ SAMPLERS: list[SamplerSpec] = [
                 s_noise=True, second_order=True, uses_ensd=True),
     SamplerSpec("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), preset_schedule="exponential", function="dpmpp_3m_sde",
                 eta=True, s_noise=True, brownian_noise=True, discard_next_to_last_sigma=True),
-    SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), EulerAncestralDiscreteScheduler,
-                function="euler_ancestral", eta=True, s_noise=True, uses_ensd=True),
-    SamplerSpec("Euler", ("k_euler",), EulerDiscreteScheduler, function="euler", churn=True, s_noise=True),
+    SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), function="euler_ancestral", eta=True, s_noise=True,
+                uses_ensd=True),
+    SamplerSpec("Euler", ("k_euler",), function="euler", churn=True, s_noise=True),
     SamplerSpec("LMS", ("k_lms",), function="lms"),
     SamplerSpec("Heun", ("k_heun",), function="heun", churn=True, s_noise=True, second_order=True),
     SamplerSpec("DPM2", ("k_dpm_2",), preset_schedule="karras", function="dpm_2", churn=True, s_noise=True,
@@ -91,7 +80,7 @@ SAMPLERS: list[SamplerSpec] = [
     # A1111's own timestep loops: diffusers' DDIM/PNDM step to t - 1000 // steps and run one step more, and
     # diffusers' UniPC rounds A1111's continuous times to whole timesteps
     SamplerSpec("DDIM", ("ddim",), state="timestep", function="ddim"),
-    SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), state="timestep", function="ddim", kwargs={"cfg_pp": True}),
+    SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), state="timestep", function="ddim", cfg_pp=True),
     SamplerSpec("PLMS", ("plms",), state="timestep", function="plms"),
     SamplerSpec("UniPC", ("unipc",), state="timestep", function="unipc"),
     SamplerSpec("LCM", ("k_lcm",), function="lcm"),
@@ -210,39 +199,16 @@ class SamplerOptions:
             kwargs.update(s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax)
         return kwargs
 
-    def beyond_diffusers(self, spec: SamplerSpec) -> bool:
-        """True when a value is set that the sampler's diffusers scheduler cannot apply."""
-        eta = self.eta_for(spec)
-        return (eta is not None and eta != 1.0) or self.s_noise != 1.0 or self.s_churn != 0.0
-
 
 @dataclass
 class PreparedSampler:
-    scheduler: object | None
-    timesteps: torch.Tensor  # what the U-Net is given, one per step
-    initial_scale: float  # the unit-variance starting noise is multiplied by this
+    function: object  # the ksampling function
+    kwargs: dict = field(default_factory=dict)  # its keywords beyond (denoise, x, sigmas, noise, step)
     state: str = "ve"
-    sigmas: torch.Tensor | None = None  # k-diffusion noise levels, one per step plus a final level (ve and vp)
+    sigmas: torch.Tensor | None = None  # k-diffusion noise levels, one per step plus a final level ("ve")
+    timesteps: torch.Tensor | None = None  # what the U-Net is given, one per step (timestep samplers, LCM)
     alphas_cumprod: torch.Tensor | None = None  # the model's (timestep samplers)
-    function: object | None = None  # a ksampling function: used instead of `scheduler`
-    kwargs: dict = field(default_factory=dict)  # its arguments beyond (denoise, x, sigmas, noise, step)
     lcm_log_sigmas: torch.Tensor | None = None  # LCM: log sigma of its 50-timestep grid
-
-    def start_at(self, index: int) -> None:
-        """Begin sampling at step `index` of the schedule (img2img) instead of step 0."""
-        if self.scheduler is not None:
-            self.scheduler.set_begin_index(index)
-
-    def levels(self, index: int) -> tuple[float, float]:
-        """(alpha, sigma) of step `index`: the U-Net's input there is alpha * x0 + sigma * noise."""
-        s = self.sigmas[index].double().item()
-        return 1 / (s * s + 1) ** 0.5, s / (s * s + 1) ** 0.5
-
-    def noised(self, x0: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
-        """`x0` noised to the level of step `index`, in the units the sampler holds its state in."""
-        sigma = self.sigmas[index].item()
-        x = x0 + noise * sigma
-        return x if self.state == "ve" else x / (sigma ** 2 + 1) ** 0.5
 
 
 def img2img_t_enc(steps: int, denoising_strength: float) -> int:
@@ -308,40 +274,39 @@ def _prepare_lcm(choice: SamplerChoice, steps: int, model_sigmas: torch.Tensor, 
     else:
         sigmas = schedules.sigmas_for(choice.effective_schedule, steps, grid, sdxl)
     timesteps = ksampling.lcm_timestep(sigmas[:-1], grid.log(), len(model_sigmas))
-    return PreparedSampler(None, timesteps, sigmas[0].item(), "ve", sigmas=sigmas, function=ksampling.lcm,
-                           kwargs=options.function_kwargs(SAMPLERS_BY_NAME["LCM"]), lcm_log_sigmas=grid.log())
+    return PreparedSampler(ksampling.lcm, _bound_kwargs(choice.spec, ksampling.lcm, options), sigmas=sigmas,
+                           timesteps=timesteps, lcm_log_sigmas=grid.log())
 
 
-def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, prediction_type: str,
-            options: SamplerOptions | None = None, randn_source: str = "CPU", sdxl: bool = False) -> PreparedSampler:
+def _bound_kwargs(spec: SamplerSpec, function, options: SamplerOptions) -> dict:
+    """The keywords the sampler's function is called with: the spec's fixed ones and the options the spec
+    declares (eta, s_noise, churn, UniPC's settings). One the function does not take is a mistake in the
+    table, reported here rather than ignored."""
+    kwargs = options.function_kwargs(spec)
+    takes = [name for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty]
+    unexpected = [name for name in kwargs if name not in takes]
+    if unexpected:
+        raise TypeError(f"Sampler {spec.name!r}: {function.__name__}() takes no argument "
+                        f"{', '.join(map(repr, unexpected))} (its options: {', '.join(takes) or 'none'})")
+    return kwargs
+
+
+def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, options: SamplerOptions | None = None,
+            sdxl: bool = False) -> PreparedSampler:
+    """The sampler's function and its arguments for a `steps`-step schedule of the model's `alphas_cumprod`."""
+    from modules.generation import ksampling
     spec = choice.spec
     options = options or SamplerOptions()
-    if spec.state == "timestep" and spec.function:
-        from modules.generation import ksampling
-        return PreparedSampler(None, ksampling.a1111_timesteps(steps, len(alphas_cumprod)), 1.0, spec.state,
-                               alphas_cumprod=alphas_cumprod, function=ksampling.TIMESTEP_FUNCTIONS[spec.function],
-                               kwargs=options.function_kwargs(spec))
-    model_sigmas = schedules.model_sigmas(alphas_cumprod)
+    if spec.state == "timestep":
+        function = ksampling.TIMESTEP_FUNCTIONS[spec.function]
+        return PreparedSampler(function, _bound_kwargs(spec, function, options), spec.state,
+                               timesteps=ksampling.a1111_timesteps(steps, len(alphas_cumprod)),
+                               alphas_cumprod=alphas_cumprod)
     if spec.function == "lcm":
-        return _prepare_lcm(choice, steps, model_sigmas, options, sdxl)
-    sigmas = schedule_sigmas(choice, steps, alphas_cumprod, sdxl, options)
-    timesteps = schedules.sigma_to_t(sigmas[:-1], model_sigmas.log())
-    sigma0 = sigmas[0].item()
-    use_function = (spec.scheduler_cls is None or options.beyond_diffusers(spec) or randn_source == "NV"
-                    or sigmas[-1] != 0 or len(sigmas) != steps + 1)
-    if use_function:
-        from modules.generation import ksampling
-        return PreparedSampler(None, timesteps, sigma0, "ve", sigmas=sigmas,
-                               function=ksampling.SAMPLE_FUNCTIONS[spec.function],
-                               kwargs=options.function_kwargs(spec))
-    scheduler = spec.scheduler_cls(
-        num_train_timesteps=len(alphas_cumprod), beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type=prediction_type, **spec.config)
-    scheduler.set_timesteps(steps)
-    scheduler.sigmas = sigmas
-    scheduler.timesteps = timesteps
-    scale = sigma0 if spec.state == "ve" else sigma0 / (sigma0 ** 2 + 1) ** 0.5
-    return PreparedSampler(scheduler, timesteps, scale, spec.state, sigmas=sigmas)
+        return _prepare_lcm(choice, steps, schedules.model_sigmas(alphas_cumprod), options, sdxl)
+    function = ksampling.SAMPLE_FUNCTIONS[spec.function]
+    return PreparedSampler(function, _bound_kwargs(spec, function, options),
+                           sigmas=schedule_sigmas(choice, steps, alphas_cumprod, sdxl, options))
 
 
 def infotext_fields(choice: SamplerChoice, options: SamplerOptions, alphas_cumprod: torch.Tensor | None = None) -> dict:

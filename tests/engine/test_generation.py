@@ -201,7 +201,7 @@ def test_interrupt_keeps_finished_images_and_skip_moves_on(engine):
         assert partial.tobytes() != finished.tobytes()  # stopped early: not the finished image
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun", "DDIM"])  # diffusers / own k / timestep loops
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun", "DDIM"])  # 1st / multistep / 2nd order, timestep
 def test_an_interrupted_batch_is_shown_but_not_saved(engine, data_dir, sampler):
     engine.load_checkpoint("sd1.safetensors")
     done = {}

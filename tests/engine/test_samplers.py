@@ -3,6 +3,7 @@ the same sigmas and the same noise: A1111's image for a seed is reproduced to fl
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import numpy as np
@@ -138,12 +139,40 @@ def test_matches_k_diffusion(model, name, steps):
     # little with any rounding).
     got = ours(model, name, steps, [11, 12], cond, uncond, 7.0)
     solver_only = reference(model, name, steps, [11, 12], cond, uncond, 7.0, our_model=True)
-    # our own functions follow k-diffusion's operation order; diffusers' schedulers compute in their own
-    # order (and DPM-Solver in VP units); LMS integrates exactly where k-diffusion uses quadrature
-    tolerance = 1e-4 if name == "LMS" else 1e-5 if samplers.resolve(name).spec.scheduler_cls else 1e-6
+    # our functions follow k-diffusion's operation order (Euler, Euler a and DPM++ 2M too: no second
+    # implementation); LMS integrates exactly where k-diffusion uses quadrature
+    tolerance = 1e-4 if name == "LMS" else 1e-6
     assert_close(got, solver_only, tolerance)
     if name != "DPM adaptive":
         assert_close(got, reference(model, name, steps, [11, 12], cond, uncond, 7.0), 1e-4)
+
+
+@pytest.mark.parametrize("name,k_name,k_args", [("euler", "sample_euler", {}),
+                                                 ("euler_ancestral", "sample_euler_ancestral", {"eta": 1.0}),
+                                                 ("euler_ancestral", "sample_euler_ancestral", {"eta": 0.4}),
+                                                 ("dpmpp_2m", "sample_dpmpp_2m", {})])
+@pytest.mark.parametrize("sigmas", [[14.6, 0.0], [14.6, 1.2, 0.0], [14.6, 3.0, 0.5, 0.0], [14.6, 3.0, 0.5, 0.03]],
+                         ids=["1 step", "2 steps", "3 steps", "ends above 0"])
+def test_euler_and_dpmpp_2m_equal_k_diffusion_at_the_schedule_edges(name, k_name, k_args, sigmas):
+    """What the diffusers schedulers were configured for (DPM++ 2M's lower_order_final and final sigma 0,
+    Euler a's eta) is k-diffusion's own behaviour: the first and last steps of short schedules, and a
+    schedule ending above 0 (KL Optimal), give k-diffusion's numbers exactly, on a toy model."""
+    from modules.generation import ksampling
+
+    def toy(x, sigma):
+        s = sigma.flatten()[0]
+        return torch.tanh(x / (s ** 2 + 1) ** 0.5) * 0.8 + 0.1 * s
+
+    def draws():
+        g = torch.Generator().manual_seed(7)
+        return lambda *_: torch.randn((2, *SHAPE), generator=g)
+
+    sigmas = torch.tensor(sigmas)
+    x = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(3)) * sigmas[0]
+    noise = {"noise_sampler": draws()} if name == "euler_ancestral" else {}
+    expected = getattr(ks, k_name)(toy, x, sigmas, disable=True, **k_args, **noise)
+    got = ksampling.SAMPLE_FUNCTIONS[name](toy, x, sigmas, draws(), lambda *_: None, **k_args)
+    assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("name,options,k_args", [
@@ -159,6 +188,38 @@ def test_eta_churn_and_noise_match_k_diffusion(model, name, options, k_args):
     cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
     expected = reference(model, name, 10, [5], cond, uncond, 6.0, **k_args)
     assert_close(ours(model, name, 10, [5], cond, uncond, 6.0, options), expected)
+
+
+def test_sampler_functions_take_exactly_the_options_their_spec_declares():
+    """No catch-all keywords: each function names its options, every option a SamplerSpec declares is one its
+    function takes, and a spec that passes one it does not take fails clearly when the sampler is prepared."""
+    from modules.generation import ksampling
+    for name, fn in {**ksampling.SAMPLE_FUNCTIONS, **ksampling.TIMESTEP_FUNCTIONS}.items():
+        assert all(p.kind is not p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()), name
+    alphas, _ = sd1_sigmas()
+    every_option = samplers.SamplerOptions(eta=0.5, s_churn=0.1, s_noise=0.9)
+    for spec in samplers.SAMPLERS:
+        assert samplers.prepare(samplers.SamplerChoice(spec, "automatic"), 8, alphas, every_option)
+    wrong = dataclasses.replace(samplers.resolve("Heun").spec, kwargs={"eta": 0.5})
+    with pytest.raises(TypeError, match=r"Sampler 'Heun': heun\(\) takes no argument 'eta' \(its options: s_churn"):
+        samplers.prepare(samplers.SamplerChoice(wrong, "automatic"), 8, alphas)
+
+
+@pytest.mark.parametrize("name", ["Euler", "Euler a", "DPM++ 2M", "Heun"])
+def test_each_step_reports_its_x0_prediction(model, name):
+    """on_step is given each step's prediction of the clean latent (what the live preview shows and a stopped
+    batch is decoded from). These samplers' last step goes to sigma 0 on that prediction, so the last x0
+    reported is the result."""
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    gens = rng.create_generators([3], "CPU", torch.device("cpu"))
+    noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
+    reported = []
+    with torch.no_grad():
+        out = pipeline.sample(model, pipeline.Denoiser(model, cond, uncond, 5.0), noise, samplers.resolve(name), 6,
+                              gens, pipeline.Hooks(on_step=lambda i, n, x0: reported.append((i, n, x0))))
+    assert [(i, n) for i, n, _ in reported] == [(i, 6) for i in range(1, 7)]
+    assert_close(reported[-1][2], out, 1e-6)
+    assert (reported[0][2] - out).abs().max() > 1e-3  # the first step's prediction is not yet the result
 
 
 def test_restart_is_heun_below_20_steps_and_deterministic(model):
@@ -316,7 +377,7 @@ def test_schedule_names_presets_and_discard():
 
 
 @pytest.mark.parametrize("schedule", [key for key, _ in samplers.SCHEDULE_TYPES])
-def test_every_schedule_runs_with_diffusers_and_our_samplers(model, schedule):
+def test_every_schedule_runs_with_our_samplers(model, schedule):
     cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
     for name in ("DPM++ 2M", "Euler a", "DPM++ 2M SDE"):
         gens = rng.create_generators([1], "CPU", torch.device("cpu"))
@@ -425,7 +486,7 @@ def test_lcm_matches_a1111(model, steps):
             if sigmas[i + 1] > 0:
                 x = x + sigmas[i + 1] * step_noise()
     assert_close(ours(model, "LCM", steps, [6], cond, uncond, 2.0), x, 1e-4)
-    prepared = samplers.prepare(samplers.resolve("LCM"), steps, model.alphas_cumprod, model.prediction_type)
+    prepared = samplers.prepare(samplers.resolve("LCM"), steps, model.alphas_cumprod)
     assert torch.allclose(prepared.sigmas, sigmas, rtol=1e-6)
     assert prepared.timesteps[0] == 999 and prepared.timesteps[-1] == 19
 
