@@ -88,7 +88,7 @@ class Denoiser:
     def __init__(self, model, cond: ComposableCond | torch.Tensor, uncond: ScheduledCond | torch.Tensor,
                  cfg_scale: float, image_cond: torch.Tensor | None = None):
         self.unet = model.unet
-        self.batch_cond_uncond = getattr(model, "batch_cond_uncond", True)  # False: two smaller U-Net batches
+        self.batch_cond_uncond = model.batch_cond_uncond  # False: two smaller U-Net batches
         self.dtype = next(model.unet.parameters()).dtype
         self.cfg_scale = cfg_scale
         if isinstance(cond, torch.Tensor):
@@ -151,9 +151,10 @@ class Denoiser:
         if not all(torch.isfinite(c).all() for c, _ in conds) or not torch.isfinite(uncond).all():
             raise NonFiniteInput("The prompt's conditioning has infinite values: its emphasis weights are too large "
                                  "for the text encoder")
-        if not torch.isfinite(x_in).all():
+        if not torch.isfinite(x_in).all() or x_in.abs().max() > LATENT_OVERFLOW:
             raise NonFiniteInput(
-                f"The sampler's latent became infinite or NaN before the U-Net call at timestep {float(t):g} (step "
+                f"The sampler's latent became infinite, NaN or far too large before the U-Net call at timestep "
+                f"{float(t):g} (step "
                 f"{self.step}): the sampler's numbers overflowed, so the schedule's noise levels (the sigma_max, "
                 "sigma_min and rho settings) or eta, s_noise or s_churn are out of range. This is not a "
                 "precision problem; --no-half will not help")
@@ -162,6 +163,11 @@ class Denoiser:
                             "finite inputs. Try the --no-half flag (full precision); some checkpoints need it.")
         raise NansError("A tensor with NaNs was produced in the U-Net, in full precision (float32) and from finite "
                         "inputs: the checkpoint's weights may be broken (--no-half will not help).")
+
+
+# A U-Net input (the latent scaled to about unit size) this large means the sampler's numbers overflowed, not the
+# weights: NaNs then come from squares in the U-Net's normalisations, from inputs that are still finite.
+LATENT_OVERFLOW = 1e6
 
 
 @dataclass
@@ -190,12 +196,10 @@ def _keep_unmasked(out: torch.Tensor, x_in: torch.Tensor, levels: tuple[float, f
 
 def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.SamplerChoice, steps: int,
            generators: list, hooks: Hooks, start: Start | None = None,
-           options: samplers.SamplerOptions | None = None, seeds: list[int] | None = None,
-           randn_source: str = "CPU") -> torch.Tensor:
+           options: samplers.SamplerOptions | None = None, seeds: list[int] | None = None) -> torch.Tensor:
     """Run the sampler over the `steps`-step schedule from pure noise (txt2img), or from `start` over its
     last t_enc + 1 steps (img2img). Hooks see the steps actually run. Per-step noise comes from the
-    images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`); they are already of
-    `randn_source`'s kind, which is not otherwise needed here (kept while the callers pass it)."""
+    images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`)."""
     prepared = samplers.prepare(choice, steps, model.alphas_cumprod, options, sdxl=model.family.sampling.sdxl_schedules)
     if prepared.state == "timestep":
         return _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
@@ -500,7 +504,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         try:
             with stoppable(model.unet, hooks.check) as unet_time:
                 latents = sample(model, denoiser, noise, ctx.choice, plan.schedule_steps or params.steps, generators,
-                                 first_hooks, start, ctx.options, batch_seeds, randn_source)
+                                 first_hooks, start, ctx.options, batch_seeds)
                 if plan.hires:
                     latents = _hires_pass(
                         model, ctx, latents, batch_seeds,
@@ -569,7 +573,7 @@ def _hires_pass(model, ctx: JobContext, latents: torch.Tensor, seeds: list[int],
     image_cond = inpainting_conditioning(model, len(seeds), height, width)
     denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond)
     return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks, Start(latents, t_enc), ctx.options,
-                  seeds, randn_source)
+                  seeds)
 
 
 @torch.no_grad()

@@ -26,6 +26,19 @@ from modules.ui.progress import note_html, seed_of
 RANDOM, REUSE, SWAP = "🎲", "♻", "⇅"
 
 
+def tab_index(elem_id: str) -> gr.Number:
+    """A hidden number that holds which tab of a set is selected (see `follow_tabs`)."""
+    return gr.Number(value=0, precision=0, visible=False, elem_id=elem_id)
+
+
+def follow_tabs(tabs: list, index: gr.Number) -> None:
+    """Keep `index` at the selected tab's position, set in the page itself when a tab is selected. An event the
+    user fires right after changing tabs (Generate) then always sends the tab they see; a gr.State set by a server
+    event could still hold the old tab when that event was answered after the next one was sent."""
+    for position, tab in enumerate(tabs):
+        tab.select(None, js=f"() => {position}", outputs=index, queue=False, show_progress="hidden")
+
+
 def sampler_controls(tab: str, default_sampler: str = "DPM++ 2M") -> dict[str, gr.components.Component]:
     with gr.Row(elem_id=f"{tab}_sampler_row"):
         sampler = gr.Dropdown(label="Sampling method", choices=[s.name for s in samplers.SAMPLERS],

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from modules import postprocessing
 from modules.engine import BadRequest, Engine
-from modules.ui import progress, runner
+from modules.ui import common, progress, runner
 from modules.ui.common import IMAGE_TYPES, open_image
 
 
@@ -22,13 +22,13 @@ from modules.ui.common import IMAGE_TYPES, open_image
 class ExtrasTab:
     image: gr.Image
     tabs: gr.Tabs
-    mode: gr.State
+    mode: gr.Number  # the selected sub-tab (see common.follow_tabs)
     gallery: gr.Gallery
     info: gr.HTML
 
 
 def build(engine: Engine) -> ExtrasTab:
-    mode, scale_tab = gr.State(0), gr.State(0)
+    mode, scale_tab = common.tab_index("extras_mode"), common.tab_index("extras_scale_tab")
     with gr.Row(equal_height=False):
         with gr.Column(variant="compact"):
             with gr.Tabs(elem_id="mode_extras") as tabs:
@@ -43,8 +43,7 @@ def build(engine: Engine) -> ExtrasTab:
                     input_dir = gr.Textbox(label="Input directory", elem_id="extras_batch_input_dir")
                     output_dir = gr.Textbox(label="Output directory (empty: the extras output folder)",
                                             elem_id="extras_batch_output_dir")
-            for index, tab in enumerate((t0, t1, t2)):
-                tab.select(lambda i=index: i, outputs=mode, queue=False)
+            common.follow_tabs([t0, t1, t2], mode)
             submit = gr.Button("Generate", variant="primary", elem_id="extras_generate")
             with gr.Tabs(elem_id="extras_resize_mode"):
                 with gr.Tab("Scale by", elem_id="extras_scale_by_tab") as by:
@@ -59,8 +58,7 @@ def build(engine: Engine) -> ExtrasTab:
                         height = gr.Slider(64, 8192, value=512, step=8, label="Height",
                                            elem_id="extras_upscaling_resize_h")
                     crop = gr.Checkbox(label="Crop to fit", value=True, elem_id="extras_upscaling_crop")
-            by.select(lambda: 0, outputs=scale_tab, queue=False)
-            to.select(lambda: 1, outputs=scale_tab, queue=False)
+            common.follow_tabs([by, to], scale_tab)
             with gr.Row():
                 upscaler_1 = gr.Dropdown(list(postprocessing.UPSCALERS), value="None", label="Upscaler 1",
                                          elem_id="extras_upscaler_1")

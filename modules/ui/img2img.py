@@ -47,7 +47,7 @@ def _editor(elem_id: str, brush_color: str | None) -> gr.ImageEditor:
 def build(engine: Engine, size: int) -> Img2ImgTab:
     row = toprow.build(engine, "img2img")
     cards = extra_networks_ui.build(engine, "img2img")
-    inputs: dict = {"mode": gr.State(0), "scale_tab": gr.State(0)}
+    inputs: dict = {"mode": common.tab_index("img2img_mode"), "scale_tab": common.tab_index("img2img_scale_tab")}
     with gr.Row(elem_id="img2img_settings_and_results", equal_height=False):
         with gr.Column(scale=1, variant="compact", elem_id="img2img_settings"):
             with gr.Tabs(elem_id="mode_img2img") as tabs:
@@ -91,8 +91,7 @@ def build(engine: Engine, size: int) -> Img2ImgTab:
                     inputs["scale_by"] = gr.Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale",
                                                    elem_id="img2img_scale")
                     size_info = gr.HTML("", elem_id="img2img_scale_resolution_preview")
-            resize_to.select(lambda: 0, outputs=inputs["scale_tab"], queue=False)
-            resize_by.select(lambda: 1, outputs=inputs["scale_tab"], queue=False)
+            common.follow_tabs([resize_to, resize_by], inputs["scale_tab"])
             fields.update(common.batch_controls("img2img"))
             fields["cfg_scale"] = common.cfg_control("img2img")
             fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
@@ -111,11 +110,11 @@ def build(engine: Engine, size: int) -> Img2ImgTab:
                     fields["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
                                                                    label="Only masked padding, pixels",
                                                                    elem_id="img2img_inpaint_full_res_padding")
-            # The sub-tab's select sets the inpaint options' visibility itself: Gradio 6 fires a State's change
-            # only after queued events, and this one is not queued. The change covers "Send to inpaint".
+            # The sub-tab's select sets the mode in the page and the inpaint options' visibility from the server
+            # (at once, rather than through the mode's change); the change covers "Send to inpaint".
+            common.follow_tabs(sub_tabs, inputs["mode"])
             for index, tab in enumerate(sub_tabs):
-                tab.select(lambda i=index: (i, gr.Group(visible=i in INPAINT_MODES)),
-                           outputs=[inputs["mode"], inpaint_controls], queue=False)
+                tab.select(lambda i=index: gr.Group(visible=i in INPAINT_MODES), outputs=inpaint_controls, queue=False)
             inputs["mode"].change(lambda m: gr.Group(visible=m in INPAINT_MODES), inputs=inputs["mode"],
                                   outputs=inpaint_controls, queue=False)
         with gr.Column(scale=1, elem_id="img2img_results_column"):

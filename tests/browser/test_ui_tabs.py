@@ -180,6 +180,21 @@ def test_img2img_recolours_the_uploaded_shape_and_saves_denoising_strength(page,
     screenshot(page, "img2img")
 
 
+def test_img2img_resize_by_chosen_just_before_generate_sets_the_size(page, tmp_path):
+    """The "Resize by" tab picked right before Generate decides the size: which tab is selected is kept in the
+    page itself, so the request carries the tab the user sees (a server-side state could lag behind)."""
+    source, _ = input_image(tmp_path)
+    open_tab(page, "tab_img2img")
+    upload_file(page, "img2img_image", source)
+    set_number(page, "img2img_steps", 2)
+    open_tab(page, "img2img_tab_resize_by")
+    set_number(page, "img2img_scale", 1.5)
+    page.locator("#img2img_generate").click()
+    urls = wait_for_gallery(page, "img2img_gallery", 1)
+    wait_idle(page, "img2img")
+    assert fetch_image(page, urls[0]).size == (192, 192)  # 128 x 1.5
+
+
 def test_inpaint_upload_repaints_only_the_masked_square(page, tmp_path):
     source, original = input_image(tmp_path)
     mask = np.zeros((128, 128), dtype=np.uint8)

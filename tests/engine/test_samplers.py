@@ -118,7 +118,7 @@ def ours(model, name, steps, seeds, cond, uncond, cfg, options=None, source="CPU
     denoiser = pipeline.Denoiser(model, cond, uncond, cfg)
     with torch.no_grad():
         return pipeline.sample(model, denoiser, noise, samplers.resolve(name), steps, gens, pipeline.Hooks(),
-                               options=options, seeds=seeds, randn_source=source)
+                               options=options, seeds=seeds)
 
 
 def assert_close(got, expected, rel=1e-5):

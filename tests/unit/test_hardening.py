@@ -211,14 +211,17 @@ def test_a_refused_pickle_names_the_python3_callable(tmp_path):
 
 def test_sampler_overflow_is_refused_naming_the_setting_not_precision(data_dir):
     """A finite but huge sigma_max overflows the sampler's numbers: the error says so and names the setting,
-    where it used to blame the precision and advise --no-half."""
+    where it used to blame the precision and advise --no-half, or the weights (1e20: the U-Net is given a finite
+    latent whose squares overflow inside it; 1e25: the latent itself overflows)."""
     engine = make_engine(data_dir)
     try:
-        job = engine.submit_txt2img(GenerationParams(prompt="a", width=64, height=64, steps=3, sampler_name="Euler a",
-                                                     scheduler="Karras", override_settings={"sigma_max": 1e15}))
-        with pytest.raises(BadRequest) as e:
-            job.wait()
-        assert "sigma_max=1e+15" in str(e.value) and "--no-half will not help" in str(e.value)
+        for sigma_max in (1e20, 1e25):
+            job = engine.submit_txt2img(GenerationParams(
+                prompt="a", width=64, height=64, steps=3, sampler_name="Euler a", scheduler="Karras",
+                override_settings={"sigma_max": sigma_max}))
+            with pytest.raises(BadRequest) as e:
+                job.wait()
+            assert f"sigma_max={sigma_max:g}" in str(e.value) and "--no-half will not help" in str(e.value)
     finally:
         engine.queue.stop()
 
