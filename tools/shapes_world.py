@@ -2,7 +2,7 @@
 
 One flat-coloured shape (circle, square or triangle; varied size and position) on a plain background
 of another colour, 128x128, with captions such as "a red circle on a blue background". Shared by the
-training script (tools/train_tiny_model.py) and the test judge (tests/shapes_judge.py), so both agree
+training script (tools/train_tiny_model.py) and the test judge (tests/support/shapes_judge.py), so both agree
 on the palette, the geometry and which colour/shape/background combinations were never trained on.
 """
 

@@ -3,8 +3,8 @@
 This is the inverse of the conversion the loader uses, for files we create ourselves: the built-in
 demo model, the test fixtures and the full-size benchmark checkpoint. The key names are those of the
 original CompVis/Stability code that every Stable Diffusion `.safetensors`/`.ckpt` on the internet
-uses; `tests/test_ldm_layout.py` checks that diffusers' own converter maps every key we write back
-to the module it came from.
+uses; `tests/engine/test_loading.py` checks that every family loads back through the loader with the
+weights that were written.
 """
 
 from __future__ import annotations
