@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from modules import cmd_args, devices, logs, paths  # noqa: E402
+from modules import cmd_args, devices, logs  # noqa: E402
 
 log = logging.getLogger("webui")
 
@@ -29,7 +29,6 @@ def build(args, control=None):
 
     from modules import auth, bootstrap, images
     from modules.api.middleware import BodySizeLimit, ProcessTime
-    from modules.folders import FolderPolicy, parse_allowed
     from modules.version import VERSION
 
     api_credentials = auth.from_flags(args.api_auth, flag="--api-auth")
@@ -38,12 +37,9 @@ def build(args, control=None):
         (api_credentials if not args.nowebui else None)
     if not args.nowebui:
         log.info("%s", ui_login_note(args))
-    # Clients may name server folders inside the data folder and --allowed-paths; none from the page when the
-    # network reaches a server without any login.
-    data = paths.from_args(args.data_dir).data
-    folders = FolderPolicy(data, parse_allowed(args.allowed_paths),
-                           server_folders=not cmd_args.on_network(args) or bool(ui_credentials or api_credentials))
-    engine = bootstrap.build(args, folders)
+    # No server folders from the page when the network reaches a server without any login.
+    engine = bootstrap.build(args, server_folders=not cmd_args.on_network(args) or
+                             bool(ui_credentials or api_credentials))
     devices.configure_torch(engine.device.device)
     log.info("Device: %s", engine.device.describe)
     # A1111 selects --ckpt's file at start-up, whatever config.json remembered.
@@ -51,7 +47,7 @@ def build(args, control=None):
     if ckpt and not os.path.isfile(ckpt):
         log.error("--ckpt %s: no such file%s", args.ckpt,
                   f" (the link points to {ckpt})" if os.path.islink(os.path.expanduser(args.ckpt)) else "")
-    if not folders.server_folders:
+    if not engine.folders.server_folders:
         log.warning("The page's server-folder fields (img2img Batch, Extras batch from directory) are refused: the "
                     "server is reachable from the network without a login.")
     images.refuse_in_pillow(engine.limits.max_input_pixels)  # also what Gradio decodes itself (page uploads)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from modules import devices, images, paths, styles
 from modules.engine import Engine
-from modules.folders import FolderPolicy
+from modules.folders import FolderPolicy, parse_allowed
 from modules.hashing import HashCache
 from modules.jobs import JobQueue
 from modules.limits import Limits
@@ -64,9 +64,11 @@ def ckpt_file(args) -> str | None:
     return os.path.realpath(os.path.expanduser(args.ckpt)) if args.ckpt else None
 
 
-def build(args, folders: FolderPolicy | None = None) -> Engine:
+def build(args, server_folders: bool = True) -> Engine:
     """The engine the flags describe (data and model folders, device, limits), the built-in model included
-    unless --no-builtin-model. Nothing is loaded yet: `Engine.checkpoints.start_loading` does that."""
+    unless --no-builtin-model. Clients may name server folders inside the data folder and --allowed-paths, and
+    none from the page unless `server_folders`. Nothing is loaded yet: `Engine.checkpoints.start_loading` does
+    that."""
     from modules.limits import from_args as limits_from_args
 
     p = paths.from_args(args.data_dir, args.models_dir, args.ckpt_dir, args.vae_dir, args.config, args.lora_dir,
@@ -75,6 +77,7 @@ def build(args, folders: FolderPolicy | None = None) -> Engine:
     plan = devices.plan(args.use_cpu, args.device_id, args.no_half, args.no_half_vae, args.precision,
                         args.skip_torch_cuda_test)
     ckpt = ckpt_file(args)
+    folders = FolderPolicy(p.data, parse_allowed(args.allowed_paths), server_folders=server_folders)
     return build_engine(p, plan, limits=limits_from_args(args), folders=folders,
                         extra_files=(ckpt,) if ckpt else (),
                         builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS)

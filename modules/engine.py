@@ -34,7 +34,7 @@ from modules.services.requests import RequestResolver
 Txt2ImgResult = GenerationResult  # the name it had before img2img shared it
 
 
-@dataclass
+@dataclass(eq=False)  # a service object: equal only to itself, and hashable
 class Engine:
     paths: Paths
     limits: Limits
