@@ -7,6 +7,7 @@ names.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,11 +33,30 @@ def tab_index(elem_id: str) -> gr.Number:
 
 
 def follow_tabs(tabs: list, index: gr.Number) -> None:
-    """Keep `index` at the selected tab's position, set in the page itself when a tab is selected. An event the
-    user fires right after changing tabs (Generate) then always sends the tab they see; a gr.State set by a server
-    event could still hold the old tab when that event was answered after the next one was sent."""
+    """Keep `index` at the selected tab's position, set in the page itself when a tab is selected (a gr.State
+    set by a server event could still hold the old tab when that event was answered after the next one was
+    sent). An event that sends `index` should also read the tab from the page as it is clicked: see
+    `tabs_read_on_click`."""
     for position, tab in enumerate(tabs):
         tab.select(None, js=f"() => {position}", outputs=index, queue=False, show_progress="hidden")
+
+
+def tabs_read_on_click(inputs: list, indexes: dict[gr.Number, list]) -> str:
+    """JS for an event whose `inputs` hold tab indexes (see `follow_tabs`): when the event fires, each index is
+    replaced by the position of the tab whose button the page shows selected, as A1111 reads the tab at submit.
+    The request then carries the tab the user sees at the click, whatever the order in which the page applied
+    earlier events. An index is kept as it is when none of its tabs' buttons is on the page (tabs folded into
+    the overflow menu of a narrow window)."""
+    slots = {inputs.index(number): [tab.elem_id for tab in tabs] for number, tabs in indexes.items()}
+    return (
+        "(...args) => {"
+        f" const slots = {json.dumps(slots)};"
+        " for (const [at, ids] of Object.entries(slots)) {"
+        "  const k = ids.findIndex(id => document.getElementById(id + '-button')?.getAttribute('aria-selected')"
+        " === 'true');"
+        "  if (k >= 0) args[Number(at)] = k;"
+        " }"
+        " return args; }")
 
 
 def sampler_controls(tab: str, default_sampler: str = "DPM++ 2M") -> dict[str, gr.components.Component]:

@@ -100,9 +100,10 @@ def build(engine: Engine) -> ExtrasTab:
             notes.append(progress.note_html("Interrupted: the images done before that are kept."))
         yield [(im, None) for im in result.images], "".join(notes)
 
-    submit.click(run, inputs=[mode, image, files, input_dir, output_dir, scale_tab, resize, max_side, width, height,
-                              crop, upscaler_1, upscaler_2, visibility],
-                 outputs=[gallery, info], concurrency_limit=None, show_progress="hidden")
+    inputs = [mode, image, files, input_dir, output_dir, scale_tab, resize, max_side, width, height, crop, upscaler_1,
+              upscaler_2, visibility]
+    submit.click(run, inputs=inputs, outputs=[gallery, info], concurrency_limit=None, show_progress="hidden",
+                 js=common.tabs_read_on_click(inputs, {mode: [t0, t1, t2], scale_tab: [by, to]}))
     return ExtrasTab(image, tabs, mode, gallery, info)
 
 

@@ -35,6 +35,7 @@ class Img2ImgTab:
     size_info: gr.HTML
     tabs: gr.Tabs
     cards: extra_networks_ui.CardsView
+    tab_sets: dict  # tab index number -> its tabs (see common.tabs_read_on_click)
 
 
 def _editor(elem_id: str, brush_color: str | None) -> gr.ImageEditor:
@@ -91,7 +92,8 @@ def build(engine: Engine, size: int) -> Img2ImgTab:
                     inputs["scale_by"] = gr.Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale",
                                                    elem_id="img2img_scale")
                     size_info = gr.HTML("", elem_id="img2img_scale_resolution_preview")
-            common.follow_tabs([resize_to, resize_by], inputs["scale_tab"])
+            tab_sets = {inputs["scale_tab"]: [resize_to, resize_by]}
+            common.follow_tabs(tab_sets[inputs["scale_tab"]], inputs["scale_tab"])
             fields.update(common.batch_controls("img2img"))
             fields["cfg_scale"] = common.cfg_control("img2img")
             fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
@@ -112,6 +114,7 @@ def build(engine: Engine, size: int) -> Img2ImgTab:
                                                                    elem_id="img2img_inpaint_full_res_padding")
             # The sub-tab's select sets the mode in the page and the inpaint options' visibility from the server
             # (at once, rather than through the mode's change); the change covers "Send to inpaint".
+            tab_sets[inputs["mode"]] = list(sub_tabs)
             common.follow_tabs(sub_tabs, inputs["mode"])
             for index, tab in enumerate(sub_tabs):
                 tab.select(lambda i=index: gr.Group(visible=i in INPAINT_MODES), outputs=inpaint_controls, queue=False)
@@ -120,7 +123,7 @@ def build(engine: Engine, size: int) -> Img2ImgTab:
         with gr.Column(scale=1, elem_id="img2img_results_column"):
             panel = common.output_panel("img2img")
     fields["prompt"], fields["negative_prompt"], fields["styles"] = row.prompt, row.negative_prompt, row.styles
-    return Img2ImgTab(row, fields, inputs, seed, panel, size_info, tabs, cards)
+    return Img2ImgTab(row, fields, inputs, seed, panel, size_info, tabs, cards, tab_sets)
 
 
 # --- turning the controls into a request ---------------------------------------------------------
@@ -292,10 +295,16 @@ def wire(engine: Engine, tab: Img2ImgTab) -> None:
 
         yield from runner.run(engine, "img2img", make)
 
+    # a list of inputs (not a set) so that the page's JS knows where the tab indexes are
+    ordered = list(dict.fromkeys([*tab.fields.values(), *tab.inputs.values()]))
+
+    def generate_from(*values):
+        yield from generate(dict(zip(ordered, values)))
+
     event_outputs = runner.outputs(tab.panel, tab.toprow.generate, tab.toprow.interrupt, tab.toprow.skip)
-    tab.toprow.generate.click(generate, inputs=set(tab.fields.values()) | set(tab.inputs.values()),
-                              outputs=event_outputs, api_name="img2img", concurrency_limit=None,
-                              show_progress="hidden")
+    tab.toprow.generate.click(generate_from, inputs=ordered, outputs=event_outputs, api_name="img2img",
+                              concurrency_limit=None, show_progress="hidden",
+                              js=common.tabs_read_on_click(ordered, tab.tab_sets))
 
     def scaled_size(image, scale):
         if image is None:

@@ -20,8 +20,8 @@ from playwright.sync_api import expect
 from scipy import ndimage
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    SCREENSHOTS, JobView, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view, page,
-    read_value, select_option, set_number, ui_server, upload_file, wait_for_gallery)
+    SCREENSHOTS, JobView, SentRequests, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view,
+    page, read_value, select_option, set_number, ui_server, upload_file, wait_for_gallery)
 from tests.support.shapes_judge import judge
 from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, rgb, wait_for_step,
                                 wait_idle)
@@ -184,6 +184,7 @@ def test_img2img_resize_by_chosen_just_before_generate_sets_the_size(page, tmp_p
     """The "Resize by" tab picked right before Generate decides the size: which tab is selected is kept in the
     page itself, so the request carries the tab the user sees (a server-side state could lag behind)."""
     source, _ = input_image(tmp_path)
+    sent = SentRequests(page)
     open_tab(page, "tab_img2img")
     upload_file(page, "img2img_image", source)
     set_number(page, "img2img_steps", 2)
@@ -192,6 +193,8 @@ def test_img2img_resize_by_chosen_just_before_generate_sets_the_size(page, tmp_p
     page.locator("#img2img_generate").click()
     urls = wait_for_gallery(page, "img2img_gallery", 1)
     wait_idle(page, "img2img")
+    carried = sent.last("img2img")
+    assert (carried["img2img_scale_tab"], carried["img2img_scale"]) == (1, 1.5), carried
     assert fetch_image(page, urls[0]).size == (192, 192)  # 128 x 1.5
 
 

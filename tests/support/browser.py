@@ -288,6 +288,36 @@ def wait_for_gallery(page, elem_id: str, count: int, timeout: float = 180) -> li
         page.wait_for_timeout(250)
 
 
+class SentRequests:
+    """What the page sends to the server's queue, read back by the controls' elem_ids: shows which value of a
+    control an event really carried, so a test can tell a control the page did not commit from a wrong result."""
+
+    _INPUT_IDS_JS = """(api) => {
+        const c = window.gradio_config, dep = c.dependencies.find(d => d.api_name === api);
+        return dep ? dep.inputs.map(id => (c.components.find(x => x.id === id)?.props?.elem_id) ?? null) : null;
+    }"""
+
+    def __init__(self, page):
+        self.page = page
+        self.bodies: list[dict] = []
+        page.on("request", self._record)
+
+    def _record(self, request) -> None:
+        if request.method == "POST" and "/queue/join" in request.url and request.post_data:
+            self.bodies.append(request.post_data_json)
+
+    def last(self, api_name: str) -> dict:
+        """The inputs of the last request for the event `api_name`, by elem_id (controls without one left out)."""
+        ids = self.page.evaluate(self._INPUT_IDS_JS, api_name)
+        if ids is None:
+            raise AssertionError(f"the page has no event named {api_name!r}")
+        for body in reversed(self.bodies):
+            data = body.get("data") or []
+            if len(data) == len(ids):
+                return {elem_id: value for elem_id, value in zip(ids, data) if elem_id}
+        raise AssertionError(f"no request for {api_name!r} was sent ({len(self.bodies)} queue requests seen)")
+
+
 def fetch_image(page_or_url, src: str) -> Image.Image:
     """Download an image the page shows. `page_or_url` is the Playwright page (its cookies go along, so
     this works behind --gradio-auth) or the server's base URL; `src` may be absolute, relative or data:."""
