@@ -113,24 +113,46 @@ def chunk_tokens(tokens: list[int], comma_id: int) -> list[list[int]]:
 
 
 @dataclass(frozen=True)
+class Cond:
+    """What one prompt text gives the U-Net: the cross-attention context (tokens, width) and, for U-Nets
+    that also take a pooled text vector (SDXL's `text_embeds`), that vector (width,). Everything that
+    varies per text (prompt editing, alternation, AND) travels together in one of these."""
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def to(self, dtype: torch.dtype) -> Cond:
+        return Cond(self.context.to(dtype), None if self.pooled is None else self.pooled.to(dtype))
+
+    def is_finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in (self.context, self.pooled) if t is not None)
+
+
+def as_cond(cond: torch.Tensor | Cond) -> Cond:
+    """A Cond from a Cond, a (tokens, width) context or a (1, tokens, width) batch of one."""
+    if isinstance(cond, Cond):
+        return cond
+    return Cond(cond[0] if cond.dim() == 3 else cond)
+
+
+@dataclass(frozen=True)
 class ScheduledCond:
     """One prompt's conditioning over the sampling steps: entries (end_at_step, cond), ascending.
     At denoiser call i (counting from 0, as A1111's CFG denoiser does) the first entry with
     i <= end_at_step is used; past the last one, the first (A1111's fallback)."""
-    entries: tuple[tuple[int, torch.Tensor], ...]
+    entries: tuple[tuple[int, Cond], ...]
 
     @classmethod
-    def fixed(cls, cond: torch.Tensor) -> ScheduledCond:
-        return cls(((sys.maxsize, cond[0] if cond.dim() == 3 else cond),))
+    def fixed(cls, cond: torch.Tensor | Cond) -> ScheduledCond:
+        return cls(((sys.maxsize, as_cond(cond)),))
 
-    def at(self, step: int) -> torch.Tensor:
+    def at(self, step: int) -> Cond:
         for end, cond in self.entries:
             if step <= end:
                 return cond
         return self.entries[0][1]
 
     def to(self, dtype: torch.dtype) -> ScheduledCond:
-        converted: dict[int, torch.Tensor] = {}
+        converted: dict[int, Cond] = {}
         for _, cond in self.entries:
             converted.setdefault(id(cond), cond.to(dtype))
         return ScheduledCond(tuple((end, converted[id(cond)]) for end, cond in self.entries))
@@ -142,7 +164,7 @@ class ComposableCond:
     parts: tuple[tuple[ScheduledCond, float], ...]
 
     @classmethod
-    def fixed(cls, cond: torch.Tensor) -> ComposableCond:
+    def fixed(cls, cond: torch.Tensor | Cond) -> ComposableCond:
         return cls(((ScheduledCond.fixed(cond), 1.0),))
 
 
@@ -272,9 +294,29 @@ class PromptEncoder:
                          emphasis: str = "Original") -> ScheduledCond:
         """Prompt editing and alternation resolved for `steps` sampling steps (no AND splitting: this
         is how the negative prompt is encoded)."""
+        return self._scheduled(prompt, steps, clip_skip, emphasis, negative=False)
+
+    def encode_negative(self, prompt: str, steps: int, clip_skip: int = 1, emphasis: str = "Original") -> ScheduledCond:
+        """The negative prompt: as `encode_scheduled`, except where a family treats an empty one specially
+        (SDXL: all zeros)."""
+        return self._scheduled(prompt, steps, clip_skip, emphasis, negative=True)
+
+    def _scheduled(self, prompt: str, steps: int, clip_skip: int, emphasis: str, negative: bool) -> ScheduledCond:
         schedule = prompt_syntax.prompt_schedule(prompt, steps)
-        conds = self.encode_texts([text for _, text in schedule], clip_skip, emphasis)
+        conds = self.encode_conds([text for _, text in schedule], clip_skip, emphasis, negative)
         return ScheduledCond(tuple((end, cond) for (end, _), cond in zip(schedule, conds)))
+
+    def encode_conds(self, texts: list[str], clip_skip: int = 1, emphasis: str = "Original",
+                     negative: bool = False) -> list[Cond]:
+        """What the U-Net takes for each text (one batch, see `encode_texts`); `negative`: the texts are the
+        negative prompt's schedule. Families whose U-Net takes more than a context override this."""
+        by_id: dict[int, Cond] = {}
+        return [by_id.setdefault(id(z), Cond(z)) for z in self.encode_texts(texts, clip_skip, emphasis)]
+
+    def unet_inputs(self, width: int, height: int) -> dict[str, torch.Tensor]:
+        """Extra U-Net inputs shared by every image of a job of this size (diffusers' `added_cond_kwargs`
+        entries other than the pooled text vector); none for SD 1.x/2.x."""
+        return {}
 
     def encode_prompt(self, prompt: str, steps: int, clip_skip: int = 1, emphasis: str = "Original") -> ComposableCond:
         """The positive prompt: AND sub-prompts, each scheduled on its own (one text-encoder batch per
