@@ -225,9 +225,9 @@ class PromptEncoder:
         return [self._row(c) for c in self.chunks(text, emphasis)]
 
     def _transformer(self, ids: torch.Tensor, clip_skip: int,
-                     vectors: list[tuple[int, int, torch.Tensor]] = ()) -> torch.Tensor:
-        """The encoder's output for (batch, 77) ids; `vectors` (row, position, (n, width)) replace the
-        token embeddings there (textual inversion)."""
+                     vectors: list[tuple[int, int, torch.Tensor]] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The encoder's output for (batch, 77) ids (and its pooled vectors, see `_run`); `vectors`
+        (row, position, (n, width)) replace the token embeddings there (textual inversion)."""
         if not vectors:
             return self._run(ids, clip_skip)
 
@@ -243,17 +243,27 @@ class PromptEncoder:
         finally:
             handle.remove()
 
-    def _run(self, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+    def _run(self, ids: torch.Tensor, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, 77, width) hidden states the U-Net sees, and (batch, dim) pooled vectors for encoders
+        whose pooled output the U-Net also takes (None here)."""
         if clip_skip > 1 and self.spec.honours_clip_skip:
             out = self.text_model(ids, output_hidden_states=True)
             inner = getattr(self.text_model, "text_model", self.text_model)
-            return inner.final_layer_norm(out.hidden_states[-clip_skip])
-        return self.text_model(ids).last_hidden_state
+            return inner.final_layer_norm(out.hidden_states[-clip_skip]), None
+        return self.text_model(ids).last_hidden_state, None
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], clip_skip: int = 1, emphasis: str = "Original") -> list[torch.Tensor]:
         """A (77 * chunks, width) conditioning per text, all with the same number of chunks; the texts
         form one batch for emphasis (see the module docstring). Each distinct text is encoded once."""
+        return [z for z, _ in self.encode_with_pooled(texts, clip_skip, emphasis)]
+
+    @torch.no_grad()
+    def encode_with_pooled(self, texts: list[str], clip_skip: int = 1, emphasis: str = "Original"
+                           ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """`encode_texts`, each text's context with the pooled vector of its FIRST chunk (as A1111 takes
+        it; emphasis does not change it), or None for encoders without one. A repeated text gets the
+        same objects."""
         if emphasis not in EMPHASIS_MODES:
             raise ValueError(f"Unknown emphasis mode {emphasis!r}; one of {', '.join(EMPHASIS_MODES)}")
         position = {t: j for j, t in enumerate(dict.fromkeys(texts))}
@@ -267,11 +277,14 @@ class PromptEncoder:
         chunked = [self.chunks(t, emphasis) for t in unique]
         n_chunks = max(len(c) for c in chunked)
         pieces = []
+        pooled = None
         for i in range(n_chunks):
             batch = [c[i] if i < len(c) else Chunk([], []) for c in chunked]
             ids = torch.tensor([self._row(c) for c in batch], device=device)
             vectors = [(j, 1 + at, v) for j, c in enumerate(batch) for at, v in c.embeddings]
-            z = self._transformer(ids, clip_skip, vectors)
+            z, chunk_pooled = self._transformer(ids, clip_skip, vectors)
+            if i == 0:
+                pooled = chunk_pooled
             weights = [[1.0] + c.weights + [1.0] * (CHUNK + 1 - len(c.weights)) for c in batch]
             if emphasis in ("Original", "No norm") and any(w != 1.0 for row in weights for w in row):
                 multipliers = torch.tensor(weights, dtype=torch.float32, device=device)
@@ -283,7 +296,7 @@ class PromptEncoder:
                 z = weighted
             pieces.append(z)
         z = torch.cat(pieces, dim=1)
-        by_text = {t: z[j] for j, t in enumerate(unique)}
+        by_text = {t: (z[j], None if pooled is None else pooled[j]) for j, t in enumerate(unique)}
         return [by_text[t] for t in texts]
 
     def encode(self, text: str, clip_skip: int = 1, emphasis: str = "Original") -> torch.Tensor:
