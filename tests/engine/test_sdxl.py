@@ -13,9 +13,10 @@ from safetensors.torch import load_file, save_file
 from modules import paths
 from modules.generation import pipeline, rng, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
-from modules.models import checkpoint_file, families
+from modules.models import checkpoint_file, families, loader
 from modules.models.checkpoint_file import CheckpointError
-from modules.models.families import SD1, SDXL
+from modules.models.families import SD1, SDXL, sdxl
+from modules.models.family import ConfigFiles, FamilyMatch, ModelConfig, read_yaml
 from modules.models.prompt_encoder import BOS, EOS
 from tests.support import tiny_models
 from tests.support.engine import make_engine, make_manager
@@ -286,3 +287,52 @@ def test_fp16_and_bf16_files_load(tmp_path, tiny, model):
         reference = model.text.encode_prompt("a red circle", 4).parts[0][0].at(0)
         assert torch.isfinite(cond.context).all() and cond.pooled is not None
         torch.testing.assert_close(cond.pooled.float(), reference.pooled, rtol=0.05, atol=0.05)
+
+
+# --- the shipped configs at SDXL's real size ------------------------------------------------------------------
+
+def _full_size_sdxl_state_dict(in_channels: int) -> dict[str, torch.Tensor]:
+    """An SDXL 1.0 checkpoint's names and shapes (diffusers' published SDXL component configs), on the meta
+    device: no memory, no values."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from modules.models import ldm_export
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel(
+            in_channels=in_channels, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20], use_linear_projection=True,
+            cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816)
+        vae = AutoencoderKL(latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        ids = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
+        clip_l = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                              num_attention_heads=12, hidden_act="quick_gelu", **ids))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+            projection_dim=1280, **ids))
+    return ldm_export.checkpoint_state_dict(unet, vae, clip_l, "sdxl", clip_g)
+
+
+@pytest.mark.parametrize("in_channels", [4, 9])
+def test_shipped_configs_fit_full_size_sdxl(in_channels):
+    """Every component built from configs/sd_xl_*.yaml takes every full-size tensor by name and shape: loading
+    stops only at the values the meta device does not have."""
+    sd = _full_size_sdxl_state_dict(in_channels)
+    assert sd["conditioner.embedders.1.model.text_projection"].shape == (1280, 1280)
+    path = SDXL.config_file(FamilyMatch(in_channels == 9, "epsilon"), ConfigFiles(paths.CONFIGS, paths.CONFIGS))
+    config = ModelConfig(path, read_yaml(path), SDXL, "epsilon", "detected")
+    assert config.in_channels == in_channels
+    builds = [lambda: loader.build_unet(config, sd, sdxl.unet_settings(config)),
+              lambda: loader.build_vae(loader.vae_config(config, sd), sd, config),
+              lambda: sdxl.build_clip_l(config, sd), lambda: sdxl.build_clip_g(config, sd)]
+    for build in builds:
+        with pytest.raises(CheckpointError, match="is missing weights for"):
+            build()
+    clip_l = config.params["conditioner_config"]["params"]["emb_models"][0]["params"]
+    assert clip_l == {"layer": "hidden", "layer_idx": 11}  # hidden_states[11] of CLIP-L's 12 layers
