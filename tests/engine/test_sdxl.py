@@ -20,7 +20,7 @@ from modules.models.family import ConfigFiles, FamilyMatch, ModelConfig, read_ya
 from modules.models.prompt_encoder import BOS, EOS
 from tests.support import tiny_models
 from tests.support.engine import make_engine, make_manager
-from tests.support.img2img import init_image
+from tests.support.img2img import init_image, left_half_mask
 
 CLIP_L_W, BIGG_W = tiny_models.TEXT_WIDTH["sdxl"], tiny_models.SDXL_BIGG_WIDTH
 
@@ -260,6 +260,14 @@ def test_inpainting_model_and_hires_fix_run(engine):
         result = engine.txt2img(GenerationParams(prompt="a cat", width=64, height=64, steps=3, seed=5,
                                                  save_images=False))
         assert result.images[0].size == (64, 64)
+        original = init_image()
+        inpainted = engine.img2img(Img2ImgParams(init_images=[original], mask=left_half_mask(), prompt="a cat",
+                                                 width=64, height=64, steps=3, seed=5, denoising_strength=0.9,
+                                                 mask_blur=0, save_images=False)).images[0]
+        assert engine.checkpoints.current.config.label == "SDXL inpainting"
+        kept = (48, 0, 64, 64)  # right of the mask: pasted back from the original
+        assert inpainted.crop(kept).tobytes() == original.crop(kept).tobytes()
+        assert inpainted.crop((0, 0, 24, 64)).tobytes() != original.crop((0, 0, 24, 64)).tobytes()
     finally:
         engine.options.update({"sd_model_checkpoint": "sdxl.safetensors"})
     seen: list[tuple] = []  # the time ids of every U-Net call: each pass has its own size (A1111's hr conds)
