@@ -33,7 +33,7 @@ from modules.models import loader
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.family import (BuiltModel, ConfigFiles, FamilyMatch, ModelConfig, SamplingHints, StateDict,
                                    marked_prediction_type, unet_in_channels)
-from modules.models.prompt_encoder import EOS, Cond, PromptEncoder, TextEncoderSpec
+from modules.models.prompt_encoder import CHUNK, EOS, Cond, PromptEncoder, TextEncoderSpec
 
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 BIGG_PREFIX = "conditioner.embedders.1.model."
@@ -156,7 +156,7 @@ class SDXLPromptEncoder(PromptEncoder):
         self._share_embeddings()
         if negative and all(t == "" for t in texts):
             p = next(self.clip_g.text_model.parameters())
-            zero = Cond(torch.zeros(77, self.width, device=p.device, dtype=p.dtype),
+            zero = Cond(torch.zeros(CHUNK + 2, self.width, device=p.device, dtype=p.dtype),
                         torch.zeros(self.pooled_width, device=p.device, dtype=p.dtype))
             return [zero for _ in texts]
         contexts_l = self.clip_l.encode_texts(texts, clip_skip, emphasis)
