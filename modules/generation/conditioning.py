@@ -11,11 +11,11 @@ from transformers import CLIPTokenizer
 
 from modules import prompt_syntax
 from modules.generation import extra_networks
-from modules.models.prompt_encoder import (CHUNK, EMPHASIS_MODES, Chunk, ComposableCond, PromptEncoder, ScheduledCond,
-                                           build_chunks, chunk_tokens)
+from modules.models.prompt_encoder import (CHUNK, EMPHASIS_MODES, Chunk, ComposableCond, Cond, PromptEncoder,
+                                           ScheduledCond, build_chunks, chunk_tokens)
 
-__all__ = ["CHUNK", "EMPHASIS_MODES", "Chunk", "ComposableCond", "PromptEncoder", "ScheduledCond", "build_chunks",
-           "chunk_tokens", "token_count"]
+__all__ = ["CHUNK", "EMPHASIS_MODES", "Chunk", "ComposableCond", "Cond", "PromptEncoder", "ScheduledCond",
+           "build_chunks", "chunk_tokens", "token_count"]
 
 
 def token_count(tokenizer: CLIPTokenizer, prompt: str, steps: int = 20) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from modules import images
 from modules.generation import extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules
-from modules.generation.conditioning import ComposableCond, ScheduledCond
+from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
 from modules.generation.context import JobContext
 from modules.generation.params import Img2ImgParams
 from modules.jobs import JobInterrupted, JobSkipped
@@ -83,34 +83,46 @@ class Denoiser:
     step i (prompt editing and alternation), and combines the AND sub-prompts as
     uncond + sum_j (cond_j - uncond) * (weight_j * cfg_scale). One U-Net batch holds every image's
     sub-prompts, image by image, then the unconds; when the prompt and the negative prompt have
-    different chunk counts they run as two batches (as A1111 does)."""
+    different chunk counts they run as two batches (as A1111 does).
 
-    def __init__(self, model, cond: ComposableCond | torch.Tensor, uncond: ScheduledCond | torch.Tensor,
-                 cfg_scale: float, image_cond: torch.Tensor | None = None):
+    A cond may carry a pooled text vector besides its context; it then goes to the U-Net as
+    `added_cond_kwargs["text_embeds"]`, batched like the contexts, with the job's `unet_inputs` (the
+    model's prompt encoder gives them, e.g. SDXL's size and crop `time_ids`) repeated for every row."""
+
+    def __init__(self, model, cond: ComposableCond | Cond | torch.Tensor, uncond: ScheduledCond | Cond | torch.Tensor,
+                 cfg_scale: float, image_cond: torch.Tensor | None = None,
+                 unet_inputs: dict[str, torch.Tensor] | None = None):
         self.unet = model.unet
         self.batch_cond_uncond = model.batch_cond_uncond  # False: two smaller U-Net batches
         self.dtype = next(model.unet.parameters()).dtype
         self.cfg_scale = cfg_scale
-        if isinstance(cond, torch.Tensor):
+        if not isinstance(cond, ComposableCond):
             cond = ComposableCond.fixed(cond)
-        if isinstance(uncond, torch.Tensor):
+        if not isinstance(uncond, ScheduledCond):
             uncond = ScheduledCond.fixed(uncond)
         self.parts = [(scheduled.to(self.dtype), weight) for scheduled, weight in cond.parts]
         self.uncond = uncond.to(self.dtype)
         self.image_cond = image_cond
+        self.unet_inputs = dict(unet_inputs or {})
         self.step = 0  # calls so far
         self.cfg_multiplier = 1.0  # DDIM CFG++ uses cfg_scale / 12.5
         self.keep_uncond = False  # DDIM CFG++ also needs the unconditional prediction: kept in last_uncond
         self.last_uncond: torch.Tensor | None = None
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-              image_cond: torch.Tensor | None = None) -> torch.Tensor:
+              image_cond: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
         if image_cond is not None:  # inpainting models see [latent, mask, masked-image latent]
             x = torch.cat([x, image_cond.expand(x.shape[0], -1, -1, -1).to(x.dtype)], dim=1)
         t = t.to(x.device, torch.float32).expand(x.shape[0])
-        return self.unet(x.to(self.dtype), t, encoder_hidden_states=context).sample.float()
+        extra = {}
+        if pooled is not None or self.unet_inputs:
+            added = {k: v.to(x.device).expand(x.shape[0], *v.shape[-1:]) for k, v in self.unet_inputs.items()}
+            if pooled is not None:
+                added["text_embeds"] = pooled
+            extra["added_cond_kwargs"] = added
+        return self.unet(x.to(self.dtype), t, encoder_hidden_states=context, **extra).sample.float()
 
-    def conds_at(self, step: int) -> tuple[list[tuple[torch.Tensor, float]], torch.Tensor]:
+    def conds_at(self, step: int) -> tuple[list[tuple[Cond, float]], Cond]:
         """The (cond, weight) of each sub-prompt and the uncond used at denoiser call `step`."""
         return [(scheduled.at(step), weight) for scheduled, weight in self.parts], self.uncond.at(step)
 
@@ -118,25 +130,32 @@ class Denoiser:
         conds, uncond = self.conds_at(self.step)
         self.step += 1
         k, n = len(conds), x_in.shape[0]
-        length = max(c.shape[0] for c, _ in conds)
+        length = max(c.context.shape[0] for c, _ in conds)
         # sub-prompts of different chunk counts: the shorter are padded with their last vector (A1111)
-        stacked = torch.stack([torch.cat([c, c[-1:].expand(length - c.shape[0], -1)]) for c, _ in conds])
+        stacked = torch.stack([torch.cat([c.context, c.context[-1:].expand(length - c.context.shape[0], -1)])
+                               for c, _ in conds])
         cond_context = stacked.repeat(n, 1, 1)  # image 0's sub-prompts, image 1's, ...
         x_cond = x_in.repeat_interleave(k, dim=0) if k > 1 else x_in
-        uncond_context = uncond.expand(n, -1, -1)
+        uncond_context = uncond.context.expand(n, -1, -1)
+        cond_pooled = uncond_pooled = None
+        if uncond.pooled is not None:
+            cond_pooled = torch.stack([c.pooled for c, _ in conds]).repeat(n, 1)
+            uncond_pooled = uncond.pooled.expand(n, -1)
         ic_uncond = ic_cond = self.image_cond  # one for all images (batch 1), or one per image
         if ic_uncond is not None and ic_uncond.shape[0] > 1 and k > 1:
             ic_cond = ic_uncond.repeat_interleave(k, dim=0)
         scale = self.cfg_scale * self.cfg_multiplier
         if scale == 1 and k == 1 and conds[0][1] == 1 and not self.keep_uncond:  # guidance gives the cond prediction
-            return self._checked(self._unet(x_in, t, cond_context, ic_cond), x_in, t, conds, uncond)
-        if length == uncond.shape[0] and self.batch_cond_uncond:
+            return self._checked(self._unet(x_in, t, cond_context, ic_cond, cond_pooled), x_in, t, conds, uncond)
+        if length == uncond.context.shape[0] and self.batch_cond_uncond:
             ic_both = ic_cond if ic_cond is None or ic_cond.shape[0] == 1 else torch.cat([ic_cond, ic_uncond])
-            both = self._unet(torch.cat([x_cond, x_in]), t, torch.cat([cond_context, uncond_context]), ic_both)
+            pooled_both = None if cond_pooled is None else torch.cat([cond_pooled, uncond_pooled])
+            both = self._unet(torch.cat([x_cond, x_in]), t, torch.cat([cond_context, uncond_context]), ic_both,
+                              pooled_both)
             cond_out, uncond_out = both[:n * k], both[n * k:]
         else:
-            cond_out = self._unet(x_cond, t, cond_context, ic_cond)
-            uncond_out = self._unet(x_in, t, uncond_context, ic_uncond)
+            cond_out = self._unet(x_cond, t, cond_context, ic_cond, cond_pooled)
+            uncond_out = self._unet(x_in, t, uncond_context, ic_uncond, uncond_pooled)
         if self.keep_uncond:
             self.last_uncond = uncond_out
         out = uncond_out.clone()
@@ -148,7 +167,7 @@ class Denoiser:
         """`out`, unless it has NaNs: then NansError naming their cause, found in what the U-Net was given."""
         if not torch.isnan(out.flatten()[0]):
             return out
-        if not all(torch.isfinite(c).all() for c, _ in conds) or not torch.isfinite(uncond).all():
+        if not all(c.is_finite() for c, _ in conds) or not uncond.is_finite():
             raise NonFiniteInput("The prompt's conditioning has infinite values: its emphasis weights are too large "
                                  "for the text encoder")
         if not torch.isfinite(x_in).all() or x_in.abs().max() > LATENT_OVERFLOW:
@@ -477,7 +496,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
     clip_skip, emphasis, randn_source, ensd = ctx.clip_skip, ctx.emphasis, ctx.randn_source, ctx.noise_seed_delta
     prompt = extra_networks.parse(params.prompt).text
     cond = model.text.encode_prompt(prompt, params.steps, clip_skip, emphasis)
-    uncond = model.text.encode_scheduled(params.negative_prompt, params.steps, clip_skip, emphasis)
+    uncond = model.text.encode_negative(params.negative_prompt, params.steps, clip_skip, emphasis)
+    unet_inputs = model.text.unet_inputs(params.width, params.height)
     last_x0: list[torch.Tensor] = []  # the x0 the batch's latest step reported: what a stopped batch shows
     hooks = _keeping_x0(hooks, last_x0)
     for b in range(params.n_iter):
@@ -495,7 +515,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         if plan.noise_multiplier != 1.0:
             noise = noise * plan.noise_multiplier
         start = plan.start(batch_seeds) if plan.start else None
-        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond)
+        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond, unet_inputs)
         first_hooks, second_hooks = hooks, None
         if plan.hires and hooks.on_step:  # progress over both passes, as A1111 counts it
             total = params.steps + (params.hr_second_pass_steps or params.steps)
@@ -568,10 +588,10 @@ def _hires_pass(model, ctx: JobContext, latents: torch.Tensor, seeds: list[int],
     hr_steps = params.hr_second_pass_steps or params.steps
     prompt = extra_networks.parse(params.hr_prompt or params.prompt).text
     cond = model.text.encode_prompt(prompt, hr_steps, clip_skip, emphasis)
-    uncond = model.text.encode_scheduled(params.hr_negative_prompt or params.negative_prompt, hr_steps, clip_skip,
-                                         emphasis)
+    uncond = model.text.encode_negative(params.hr_negative_prompt or params.negative_prompt, hr_steps, clip_skip,
+                                        emphasis)
     image_cond = inpainting_conditioning(model, len(seeds), height, width)
-    denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond)
+    denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond, model.text.unet_inputs(width, height))
     return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks, Start(latents, t_enc), ctx.options,
                   seeds)
 

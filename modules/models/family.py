@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 import yaml
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.prompt_encoder import PromptEncoder
@@ -75,8 +75,9 @@ class ModelFamily(Protocol):
         """Its components from the file's tensors, on the CPU, still in the file's dtypes."""
         ...
 
-    def prompt_encoder(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> PromptEncoder:
-        """What turns prompts into the conditioning this family's U-Net takes."""
+    def prompt_encoder(self, tokenizer: CLIPTokenizer, text_encoder: torch.nn.Module) -> PromptEncoder:
+        """What turns prompts into the conditioning this family's U-Net takes (`text_encoder`: what `build` put
+        in `BuiltModel.text_encoder`)."""
         ...
 
 
@@ -96,7 +97,7 @@ class ModelConfig:
 
     @property
     def unet_params(self) -> dict:
-        return self.params["unet_config"]["params"]
+        return unet_section(self.original)["params"]
 
     @property
     def in_channels(self) -> int:
@@ -137,11 +138,18 @@ def read_yaml(path: Path) -> dict:
     try:
         original = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         params = original["model"]["params"]
-        params["unet_config"]["params"]
+        unet_section(original)["params"]["in_channels"]
         params["first_stage_config"]["params"]["ddconfig"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
         raise CheckpointError(f"config {path} is not a usable LDM YAML ({e.__class__.__name__}: {e})") from None
     return original
+
+
+def unet_section(original: dict) -> dict:
+    """The U-Net's part of an LDM YAML: `unet_config` (CompVis/SD 1.x and 2.x) or `network_config` (Stability's
+    sgm code, SDXL)."""
+    params = original["model"]["params"]
+    return params.get("unet_config") or params["network_config"]
 
 
 def cond_stage_target(original: dict) -> str:
@@ -175,5 +183,5 @@ class BuiltModel:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     vae_config: dict
-    text_encoder: CLIPTextModel
+    text_encoder: torch.nn.Module  # a CLIPTextModel, or a module holding a family's several text encoders
     alphas_cumprod: torch.Tensor

@@ -19,6 +19,8 @@ UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 CLIP = "cond_stage_model.transformer.text_model."
 OPENCLIP = "cond_stage_model.model."
+SDXL_CLIP_L = "conditioner.embedders.0.transformer.text_model."
+SDXL_CLIP_G = "conditioner.embedders.1.model."
 
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -35,7 +37,8 @@ def _rename_first(rest: str, table: dict[str, str]) -> str:
 def unet_key(key: str, layers_per_block: int, up_has_attention: set[int]) -> str:
     per = layers_per_block + 1
     simple = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+              "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
     renamed = _rename_first(key, simple)
     if renamed != key:
         return renamed
@@ -104,38 +107,42 @@ def vae_to_ldm(vae_sd: dict[str, torch.Tensor], num_levels: int, prefix: str = V
     return out
 
 
-def clip_to_ldm(te_sd: dict[str, torch.Tensor], with_position_ids: bool = True) -> dict[str, torch.Tensor]:
-    """OpenAI CLIP text model (SD 1.x) under `cond_stage_model.transformer.text_model.`."""
-    out = {CLIP + k.removeprefix("text_model."): v for k, v in te_sd.items() if not k.endswith("position_ids")}
+def clip_to_ldm(te_sd: dict[str, torch.Tensor], with_position_ids: bool = True,
+                prefix: str = CLIP) -> dict[str, torch.Tensor]:
+    """OpenAI CLIP text model (SD 1.x) under `cond_stage_model.transformer.text_model.` (SDXL: `prefix`)."""
+    out = {prefix + k.removeprefix("text_model."): v for k, v in te_sd.items() if not k.endswith("position_ids")}
     if with_position_ids:
-        positions = te_sd["embeddings.position_embedding.weight"].shape[0]
-        out[CLIP + "embeddings.position_ids"] = torch.arange(positions, dtype=torch.int64)[None]
+        positions = out[prefix + "embeddings.position_embedding.weight"].shape[0]
+        out[prefix + "embeddings.position_ids"] = torch.arange(positions, dtype=torch.int64)[None]
     return out
 
 
-def open_clip_to_ldm(te_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A full OpenCLIP text tower (SD 2.x) under `cond_stage_model.model.`, with fused attention."""
+def open_clip_to_ldm(te_sd: dict[str, torch.Tensor], prefix: str = OPENCLIP) -> dict[str, torch.Tensor]:
+    """A full OpenCLIP text tower (SD 2.x) under `cond_stage_model.model.` (SDXL's bigG: `prefix`), with fused
+    attention. A transformers projection (`text_projection.weight`, applied as a Linear) is stored as
+    OpenCLIP's (width, dim) matrix, its transpose; without one, an identity."""
     sd = {k.removeprefix("text_model."): v for k, v in te_sd.items() if not k.endswith("position_ids")}
+    projection = sd.pop("text_projection.weight", None)
     out = {
-        OPENCLIP + "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
-        OPENCLIP + "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
-        OPENCLIP + "ln_final.weight": sd.pop("final_layer_norm.weight"),
-        OPENCLIP + "ln_final.bias": sd.pop("final_layer_norm.bias"),
+        prefix + "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+        prefix + "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+        prefix + "ln_final.weight": sd.pop("final_layer_norm.weight"),
+        prefix + "ln_final.bias": sd.pop("final_layer_norm.bias"),
     }
     layer_names = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
                    "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
     layers = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")})
     for i in layers:
-        src, dst = f"encoder.layers.{i}.", f"{OPENCLIP}transformer.resblocks.{i}."
+        src, dst = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
         for part in ("weight", "bias"):
             out[dst + f"attn.in_proj_{part}"] = torch.cat([sd.pop(src + f"self_attn.{p}_proj.{part}") for p in "qkv"])
         for key in [k for k in sd if k.startswith(src)]:
             out[dst + _rename_first(key[len(src):], layer_names)] = sd.pop(key)
     if sd:
         raise KeyError(f"no OpenCLIP name for {sorted(sd)[:3]}")
-    hidden = out[OPENCLIP + "ln_final.weight"].shape[0]
-    out[OPENCLIP + "text_projection"] = torch.eye(hidden)
-    out[OPENCLIP + "logit_scale"] = torch.tensor(4.6052)
+    hidden = out[prefix + "ln_final.weight"].shape[0]
+    out[prefix + "text_projection"] = torch.eye(hidden) if projection is None else projection.T.contiguous()
+    out[prefix + "logit_scale"] = torch.tensor(4.6052)
     return out
 
 
@@ -146,15 +153,78 @@ def schedule_buffers(linear_start: float = 0.00085, linear_end: float = 0.012, t
     return {"betas": betas.float(), "alphas_cumprod": alphas_cumprod.float(), "alphas_cumprod_prev": prev.float()}
 
 
-def checkpoint_state_dict(unet, vae, text_encoder, family: str) -> dict[str, torch.Tensor]:
+def checkpoint_state_dict(unet, vae, text_encoder, family: str, text_encoder_2=None) -> dict[str, torch.Tensor]:
     """The whole LDM state dict for a model. For SD 2.x `text_encoder` is the full OpenCLIP tower
-    (the loader uses all but its last block, like the original penultimate-layer setting)."""
+    (the loader uses all but its last block, like the original penultimate-layer setting). For SDXL it is
+    CLIP-L and `text_encoder_2` the bigG tower with its projection; like Stability's files, no schedule
+    buffers are stored."""
     sd = unet_to_ldm(unet.state_dict(), unet.config.layers_per_block)
     sd.update(vae_to_ldm(vae.state_dict(), len(vae.config.block_out_channels)))
     te = text_encoder.state_dict()
+    if family == "sdxl":
+        sd.update(clip_to_ldm(te, prefix=SDXL_CLIP_L))
+        sd.update(open_clip_to_ldm(text_encoder_2.state_dict(), prefix=SDXL_CLIP_G))
+        return sd
     sd.update(clip_to_ldm(te) if family == "sd1" else open_clip_to_ldm(te))
     sd.update(schedule_buffers())
     return sd
+
+
+def _first_stage(vae) -> dict:
+    v = vae.config
+    return {"embed_dim": v.latent_channels, "ddconfig": {
+        "double_z": True, "z_channels": v.latent_channels, "resolution": 256, "in_channels": v.in_channels,
+        "out_ch": v.out_channels, "ch": v.block_out_channels[0],
+        "ch_mult": [c // v.block_out_channels[0] for c in v.block_out_channels],
+        "num_res_blocks": v.layers_per_block, "attn_resolutions": [], "dropout": 0.0},
+        "lossconfig": {"target": "torch.nn.Identity"}}
+
+
+def sdxl_yaml(unet, vae, clip_l_layers: int, prediction_type: str = "epsilon") -> dict:
+    """An sgm YAML for SDXL-architecture modules of any size, in the layout of configs/sd_xl_base.yaml; the
+    CLIP-L hidden state used is the penultimate (`layer_idx` 11 of SDXL's 12)."""
+    u = unet.config
+    base = u.block_out_channels[0]
+    with_attention = [i for i, t in enumerate(u.down_block_types) if t.startswith("CrossAttn")]
+    heads = u.attention_head_dim if isinstance(u.attention_head_dim, (list, tuple)) else [u.attention_head_dim] * 3
+    level = with_attention[0]
+    depth = u.transformer_layers_per_block
+    network = {
+        "adm_in_channels": u.projection_class_embeddings_input_dim, "num_classes": "sequential",
+        "use_checkpoint": False, "in_channels": u.in_channels, "out_channels": u.out_channels, "model_channels": base,
+        "attention_resolutions": [2 ** i for i in with_attention], "num_res_blocks": u.layers_per_block,
+        "channel_mult": [c // base for c in u.block_out_channels],
+        "num_head_channels": u.block_out_channels[level] // heads[level], "use_linear_in_transformer": True,
+        "transformer_depth": list(depth) if isinstance(depth, (list, tuple)) else [depth] * len(u.block_out_channels),
+        "context_dim": u.cross_attention_dim, "spatial_transformer_attn_type": "softmax-xformers",
+    }
+    size_embedder = "sgm.modules.encoders.modules.ConcatTimestepEmbedderND"
+    sizes = [{"is_trainable": False, "input_key": key, "target": size_embedder,
+              "params": {"outdim": u.addition_time_embed_dim}}
+             for key in ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")]
+    embedders = [
+        {"is_trainable": False, "input_key": "txt", "target": "sgm.modules.encoders.modules.FrozenCLIPEmbedder",
+         "params": {"layer": "hidden", "layer_idx": clip_l_layers - 1}},
+        {"is_trainable": False, "input_key": "txt", "target": "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2",
+         "params": {"arch": "ViT-bigG-14", "version": "laion2b_s39b_b160k", "freeze": True, "layer": "penultimate",
+                    "always_return_pooled": True, "legacy": False}},
+        *sizes,
+    ]
+    params = {
+        "scale_factor": float(vae.config.scaling_factor), "disable_first_stage_autocast": True,
+        "denoiser_config": {"target": "sgm.modules.diffusionmodules.denoiser.DiscreteDenoiser", "params": {
+            "num_idx": 1000,
+            "scaling_config": {"target": "sgm.modules.diffusionmodules.denoiser_scaling."
+                               + ("VScaling" if prediction_type == "v_prediction" else "EpsScaling")},
+            "discretization_config": {"target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"}}},
+        "network_config": {"target": "sgm.modules.diffusionmodules.openaimodel.UNetModel", "params": network},
+        "conditioner_config": {"target": "sgm.modules.GeneralConditioner", "params": {"emb_models": embedders}},
+        "first_stage_config": {"target": "sgm.models.autoencoder.AutoencoderKLInferenceWrapper",
+                               "params": _first_stage(vae)},
+    }
+    if prediction_type == "v_prediction":
+        params = {"parameterization": "v", **params}
+    return {"model": {"target": "sgm.models.diffusion.DiffusionEngine", "params": params}}
 
 
 def ldm_yaml(unet, vae, family: str, prediction_type: str = "epsilon") -> dict:
@@ -184,13 +254,7 @@ def ldm_yaml(unet, vae, family: str, prediction_type: str = "epsilon") -> dict:
         "cond_stage_trainable": False, "conditioning_key": "hybrid" if u.in_channels == 9 else "crossattn",
         "scale_factor": float(v.scaling_factor), "use_ema": False,
         "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet_params},
-        "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
-            "embed_dim": v.latent_channels, "ddconfig": {
-                "double_z": True, "z_channels": v.latent_channels, "resolution": 256, "in_channels": v.in_channels,
-                "out_ch": v.out_channels, "ch": v.block_out_channels[0],
-                "ch_mult": [c // v.block_out_channels[0] for c in v.block_out_channels],
-                "num_res_blocks": v.layers_per_block, "attn_resolutions": [], "dropout": 0.0},
-            "lossconfig": {"target": "torch.nn.Identity"}}},
+        "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": _first_stage(vae)},
         "cond_stage_config": cond,
     }
     if prediction_type == "v_prediction":

@@ -17,7 +17,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sfu
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedModel
 
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.family import BuiltModel, ModelConfig, StateDict
@@ -90,10 +90,12 @@ def clip_config(vocab: int, hidden: int, intermediate: int, layers: int, positio
     )
 
 
-def build_text_model(cfg: CLIPTextConfig, clip_sd: dict[str, torch.Tensor], config: ModelConfig) -> CLIPTextModel:
-    """A CLIP text model of shape `cfg` holding `clip_sd` (transformers' names without `text_model.`)."""
+def build_text_model(cfg: CLIPTextConfig, clip_sd: dict[str, torch.Tensor], config: ModelConfig,
+                     cls: type[PreTrainedModel] = CLIPTextModel) -> PreTrainedModel:
+    """A CLIP text model of shape `cfg` holding `clip_sd` (CLIPTextModel: transformers' names without
+    `text_model.`; CLIPTextModelWithProjection: with it, and `text_projection.weight`)."""
     with init_empty_weights():
-        model = CLIPTextModel(cfg)
+        model = cls(cfg)
     load_weights(model, clip_sd, "text encoder", config)
     return model.eval().requires_grad_(False)
 
@@ -127,7 +129,7 @@ def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
 
 
 def build_components(config: ModelConfig, sd: StateDict,
-                     build_text_encoder: Callable[[ModelConfig, StateDict], CLIPTextModel],
+                     build_text_encoder: Callable[[ModelConfig, StateDict], torch.nn.Module],
                      unet_overrides: Mapping | None = None) -> BuiltModel:
     """A Stable Diffusion model's U-Net, VAE and text encoder (in this order, so the first broken part is
     the one reported), with the family's text encoder builder and U-Net settings."""

@@ -113,24 +113,46 @@ def chunk_tokens(tokens: list[int], comma_id: int) -> list[list[int]]:
 
 
 @dataclass(frozen=True)
+class Cond:
+    """What one prompt text gives the U-Net: the cross-attention context (tokens, width) and, for U-Nets
+    that also take a pooled text vector (SDXL's `text_embeds`), that vector (width,). Everything that
+    varies per text (prompt editing, alternation, AND) travels together in one of these."""
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def to(self, dtype: torch.dtype) -> Cond:
+        return Cond(self.context.to(dtype), None if self.pooled is None else self.pooled.to(dtype))
+
+    def is_finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in (self.context, self.pooled) if t is not None)
+
+
+def as_cond(cond: torch.Tensor | Cond) -> Cond:
+    """A Cond from a Cond, a (tokens, width) context or a (1, tokens, width) batch of one."""
+    if isinstance(cond, Cond):
+        return cond
+    return Cond(cond[0] if cond.dim() == 3 else cond)
+
+
+@dataclass(frozen=True)
 class ScheduledCond:
     """One prompt's conditioning over the sampling steps: entries (end_at_step, cond), ascending.
     At denoiser call i (counting from 0, as A1111's CFG denoiser does) the first entry with
     i <= end_at_step is used; past the last one, the first (A1111's fallback)."""
-    entries: tuple[tuple[int, torch.Tensor], ...]
+    entries: tuple[tuple[int, Cond], ...]
 
     @classmethod
-    def fixed(cls, cond: torch.Tensor) -> ScheduledCond:
-        return cls(((sys.maxsize, cond[0] if cond.dim() == 3 else cond),))
+    def fixed(cls, cond: torch.Tensor | Cond) -> ScheduledCond:
+        return cls(((sys.maxsize, as_cond(cond)),))
 
-    def at(self, step: int) -> torch.Tensor:
+    def at(self, step: int) -> Cond:
         for end, cond in self.entries:
             if step <= end:
                 return cond
         return self.entries[0][1]
 
     def to(self, dtype: torch.dtype) -> ScheduledCond:
-        converted: dict[int, torch.Tensor] = {}
+        converted: dict[int, Cond] = {}
         for _, cond in self.entries:
             converted.setdefault(id(cond), cond.to(dtype))
         return ScheduledCond(tuple((end, converted[id(cond)]) for end, cond in self.entries))
@@ -142,7 +164,7 @@ class ComposableCond:
     parts: tuple[tuple[ScheduledCond, float], ...]
 
     @classmethod
-    def fixed(cls, cond: torch.Tensor) -> ComposableCond:
+    def fixed(cls, cond: torch.Tensor | Cond) -> ComposableCond:
         return cls(((ScheduledCond.fixed(cond), 1.0),))
 
 
@@ -203,9 +225,9 @@ class PromptEncoder:
         return [self._row(c) for c in self.chunks(text, emphasis)]
 
     def _transformer(self, ids: torch.Tensor, clip_skip: int,
-                     vectors: list[tuple[int, int, torch.Tensor]] = ()) -> torch.Tensor:
-        """The encoder's output for (batch, 77) ids; `vectors` (row, position, (n, width)) replace the
-        token embeddings there (textual inversion)."""
+                     vectors: list[tuple[int, int, torch.Tensor]] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The encoder's output for (batch, 77) ids (and its pooled vectors, see `_run`); `vectors`
+        (row, position, (n, width)) replace the token embeddings there (textual inversion)."""
         if not vectors:
             return self._run(ids, clip_skip)
 
@@ -221,17 +243,27 @@ class PromptEncoder:
         finally:
             handle.remove()
 
-    def _run(self, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+    def _run(self, ids: torch.Tensor, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, 77, width) hidden states the U-Net sees, and (batch, dim) pooled vectors for encoders
+        whose pooled output the U-Net also takes (None here)."""
         if clip_skip > 1 and self.spec.honours_clip_skip:
             out = self.text_model(ids, output_hidden_states=True)
             inner = getattr(self.text_model, "text_model", self.text_model)
-            return inner.final_layer_norm(out.hidden_states[-clip_skip])
-        return self.text_model(ids).last_hidden_state
+            return inner.final_layer_norm(out.hidden_states[-clip_skip]), None
+        return self.text_model(ids).last_hidden_state, None
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], clip_skip: int = 1, emphasis: str = "Original") -> list[torch.Tensor]:
         """A (77 * chunks, width) conditioning per text, all with the same number of chunks; the texts
         form one batch for emphasis (see the module docstring). Each distinct text is encoded once."""
+        return [z for z, _ in self.encode_with_pooled(texts, clip_skip, emphasis)]
+
+    @torch.no_grad()
+    def encode_with_pooled(self, texts: list[str], clip_skip: int = 1, emphasis: str = "Original"
+                           ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """`encode_texts`, each text's context with the pooled vector of its FIRST chunk (as A1111 takes
+        it; emphasis does not change it), or None for encoders without one. A repeated text gets the
+        same objects."""
         if emphasis not in EMPHASIS_MODES:
             raise ValueError(f"Unknown emphasis mode {emphasis!r}; one of {', '.join(EMPHASIS_MODES)}")
         position = {t: j for j, t in enumerate(dict.fromkeys(texts))}
@@ -245,11 +277,14 @@ class PromptEncoder:
         chunked = [self.chunks(t, emphasis) for t in unique]
         n_chunks = max(len(c) for c in chunked)
         pieces = []
+        pooled = None
         for i in range(n_chunks):
             batch = [c[i] if i < len(c) else Chunk([], []) for c in chunked]
             ids = torch.tensor([self._row(c) for c in batch], device=device)
             vectors = [(j, 1 + at, v) for j, c in enumerate(batch) for at, v in c.embeddings]
-            z = self._transformer(ids, clip_skip, vectors)
+            z, chunk_pooled = self._transformer(ids, clip_skip, vectors)
+            if i == 0:
+                pooled = chunk_pooled
             weights = [[1.0] + c.weights + [1.0] * (CHUNK + 1 - len(c.weights)) for c in batch]
             if emphasis in ("Original", "No norm") and any(w != 1.0 for row in weights for w in row):
                 multipliers = torch.tensor(weights, dtype=torch.float32, device=device)
@@ -261,7 +296,7 @@ class PromptEncoder:
                 z = weighted
             pieces.append(z)
         z = torch.cat(pieces, dim=1)
-        by_text = {t: z[j] for j, t in enumerate(unique)}
+        by_text = {t: (z[j], None if pooled is None else pooled[j]) for j, t in enumerate(unique)}
         return [by_text[t] for t in texts]
 
     def encode(self, text: str, clip_skip: int = 1, emphasis: str = "Original") -> torch.Tensor:
@@ -272,9 +307,29 @@ class PromptEncoder:
                          emphasis: str = "Original") -> ScheduledCond:
         """Prompt editing and alternation resolved for `steps` sampling steps (no AND splitting: this
         is how the negative prompt is encoded)."""
+        return self._scheduled(prompt, steps, clip_skip, emphasis, negative=False)
+
+    def encode_negative(self, prompt: str, steps: int, clip_skip: int = 1, emphasis: str = "Original") -> ScheduledCond:
+        """The negative prompt: as `encode_scheduled`, except where a family treats an empty one specially
+        (SDXL: all zeros)."""
+        return self._scheduled(prompt, steps, clip_skip, emphasis, negative=True)
+
+    def _scheduled(self, prompt: str, steps: int, clip_skip: int, emphasis: str, negative: bool) -> ScheduledCond:
         schedule = prompt_syntax.prompt_schedule(prompt, steps)
-        conds = self.encode_texts([text for _, text in schedule], clip_skip, emphasis)
+        conds = self.encode_conds([text for _, text in schedule], clip_skip, emphasis, negative)
         return ScheduledCond(tuple((end, cond) for (end, _), cond in zip(schedule, conds)))
+
+    def encode_conds(self, texts: list[str], clip_skip: int = 1, emphasis: str = "Original",
+                     negative: bool = False) -> list[Cond]:
+        """What the U-Net takes for each text (one batch, see `encode_texts`); `negative`: the texts are the
+        negative prompt's schedule. Families whose U-Net takes more than a context override this."""
+        by_id: dict[int, Cond] = {}
+        return [by_id.setdefault(id(z), Cond(z)) for z in self.encode_texts(texts, clip_skip, emphasis)]
+
+    def unet_inputs(self, width: int, height: int) -> dict[str, torch.Tensor]:
+        """Extra U-Net inputs shared by every image of a job of this size (diffusers' `added_cond_kwargs`
+        entries other than the pooled text vector); none for SD 1.x/2.x."""
+        return {}
 
     def encode_prompt(self, prompt: str, steps: int, clip_skip: int = 1, emphasis: str = "Original") -> ComposableCond:
         """The positive prompt: AND sub-prompts, each scheduled on its own (one text-encoder batch per

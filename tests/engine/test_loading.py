@@ -188,11 +188,11 @@ def test_old_text_encoder_layout_and_corrupt_position_ids(tmp_path):
 
 # --- refusals and clear errors -------------------------------------------------------------------
 
-def test_sdxl_is_refused_clearly(tmp_path):
-    torch.save({"state_dict": {"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2),
+def test_sdxl_refiner_is_refused_clearly(tmp_path):
+    torch.save({"state_dict": {"conditioner.embedders.0.model.ln_final.weight": torch.zeros(2),
                                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1, 4, 1, 1)}},
                tmp_path / "xl.ckpt")
-    with pytest.raises(CheckpointError, match="SDXL"):
+    with pytest.raises(CheckpointError, match="SDXL refiner checkpoint. Refiner checkpoints are not supported yet"):
         detect(tmp_path / "xl.ckpt")
 
 

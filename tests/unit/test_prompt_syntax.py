@@ -247,8 +247,8 @@ def test_emphasis_mean_spans_the_schedule_batch(sd1):
     za, zb = text.encode("a", emphasis="Ignore").double(), text.encode("b").double()
     wa = text.encode("(a:1.5)", emphasis="No norm").double()
     scale = torch.stack([za, zb, zb]).mean() / torch.stack([wa, zb, zb]).mean()
-    assert torch.allclose(scheduled.at(0).double(), wa * scale, rtol=1e-5, atol=1e-5)
-    assert torch.allclose(scheduled.at(2).double(), zb * scale, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(scheduled.at(0).context.double(), wa * scale, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(scheduled.at(2).context.double(), zb * scale, rtol=1e-5, atol=1e-5)
     per_text = za.mean() / wa.mean()  # what restoring each text's own mean would give instead
     assert (wa * per_text - wa * scale).abs().max() > 1e-3
     assert scheduled.at(0) is scheduled.at(4) and scheduled.at(2) is scheduled.at(3)  # encoded once per text
@@ -269,9 +269,9 @@ def test_break_and_long_prompts_set_the_chunk_count(sd1):
     # scheduled texts of different lengths share the chunk count (the short one padded with empty chunks)
     long = long.replace("(red:1.2)", "red")
     scheduled = text.encode_scheduled(f"[{long}:short:2]", 4)
-    assert {c.shape for _, c in scheduled.entries} == {(77 * n, 32)}
-    assert torch.allclose(scheduled.at(3)[:77], text.encode("short"), rtol=1e-5, atol=1e-5)
-    assert torch.allclose(scheduled.at(3)[77:154], text.encode(""), rtol=1e-5, atol=1e-5)
+    assert {c.context.shape for _, c in scheduled.entries} == {(77 * n, 32)}
+    assert torch.allclose(scheduled.at(3).context[:77], text.encode("short"), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(scheduled.at(3).context[77:154], text.encode(""), rtol=1e-5, atol=1e-5)
 
 
 def test_clip_skip_still_applies(sd1):
@@ -346,7 +346,8 @@ def test_and_combines_sub_prompts_with_weights(sd1):
     cond = text.encode_prompt("a red circle :1.5 AND a blue square :-0.5", 4)
     assert [w for _, w in cond.parts] == [1.5, -0.5]
     c1, c2, u = text.encode("a red circle"), text.encode("a blue square"), text.encode("blurry")
-    assert torch.equal(cond.parts[0][0].at(0), c1) and torch.equal(cond.parts[1][0].at(0), c2)  # one text each
+    assert torch.equal(cond.parts[0][0].at(0).context, c1)  # one text each
+    assert torch.equal(cond.parts[1][0].at(0).context, c2)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(500.0)
     denoiser = pipeline.Denoiser(sd1, cond, text.encode_scheduled("blurry", 4), 6.0)
@@ -376,7 +377,7 @@ def test_and_sub_prompts_of_different_lengths_and_a_negative_never_split(sd1):
     long = ", ".join(["a red circle on a blue background"] * 10)
     cond = text.encode_prompt(f"{long} AND a dog", 3)
     uncond = text.encode_scheduled("cat AND dog", 3)  # the negative prompt is one text, AND included
-    assert torch.equal(uncond.at(0), text.encode("cat AND dog"))
+    assert torch.equal(uncond.at(0).context, text.encode("cat AND dog"))
     _, contexts = _sample(sd1, cond, uncond, 3)
     n = len(text.chunks(long))
     # sub-prompts stacked, the short one padded with its last vector; the uncond in its own call

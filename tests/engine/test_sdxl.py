@@ -1,0 +1,346 @@
+"""The SDXL family on a tiny SDXL-architecture checkpoint (real LDM key layout): detection, the conditioning
+against transformers' models on the file's own weights, the U-Net's extra inputs, a comparison with diffusers'
+own SDXL pipeline, and jobs through the engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from modules import paths
+from modules.generation import pipeline, rng, samplers
+from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.models import checkpoint_file, families, loader
+from modules.models.checkpoint_file import CheckpointError
+from modules.models.families import SD1, SDXL, sdxl
+from modules.models.family import ConfigFiles, FamilyMatch, ModelConfig, read_yaml
+from modules.models.prompt_encoder import BOS, EOS
+from tests.support import tiny_models
+from tests.support.engine import make_engine, make_manager
+from tests.support.img2img import init_image, left_half_mask
+
+CLIP_L_W, BIGG_W = tiny_models.TEXT_WIDTH["sdxl"], tiny_models.SDXL_BIGG_WIDTH
+
+
+def detect(path):
+    sd = checkpoint_file.read_state_dict(path)
+    return families.detect(path, sd, checkpoint_file.read_metadata(path), paths.CONFIGS / "v1-inference.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_models.build("sdxl", seed=3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny):
+    d = tmp_path_factory.mktemp("sdxl")
+    tiny.write(d / "models" / "Stable-diffusion" / "sdxl.safetensors")
+    inpainting = tiny_models.build("sdxl", inpainting=True, seed=4)
+    inpainting.write(d / "models" / "Stable-diffusion" / "sdxl-inpaint.safetensors")
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    manager = make_manager(data)
+    return manager.get(manager.checkpoints.find("sdxl.safetensors"))
+
+
+# --- detection -------------------------------------------------------------------------------------
+
+def test_detection_base_inpainting_and_yaml_beside(tmp_path, tiny):
+    config = detect(tiny.write(tmp_path / "base.safetensors", yaml_beside=False))
+    assert (config.family, config.yaml_path.name, config.source) == (SDXL, "sd_xl_base.yaml", "detected")
+    assert (config.label, config.default_size, config.scale_factor) == ("SDXL", (1024, 1024), 0.13025)
+    assert config.unet_params["context_dim"] == 2048 and config.unet_params["adm_in_channels"] == 2816
+    inpaint = tiny_models.build("sdxl", inpainting=True)
+    config = detect(inpaint.write(tmp_path / "inpaint.safetensors", yaml_beside=False))
+    assert (config.family, config.yaml_path.name, config.label) == (SDXL, "sd_xl_inpaint.yaml", "SDXL inpainting")
+    # a YAML beside the file wins: the tiny one's (its own widths), and an SD 1.x one would make it SD 1.x
+    config = detect(tiny.write(tmp_path / "beside.safetensors"))
+    assert (config.family, config.source, config.unet_params["context_dim"]) == (SDXL, "beside", CLIP_L_W + BIGG_W)
+    (tmp_path / "base.yaml").write_text((paths.CONFIGS / "v1-inference.yaml").read_text())
+    assert detect(tmp_path / "base.safetensors").family is SD1
+
+
+def test_refiner_is_refused_with_its_message(tmp_path, tiny):
+    sd = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v for k, v in tiny.state_dict().items()
+          if not k.startswith("conditioner.embedders.0.")}
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "refiner.safetensors"))
+    with pytest.raises(CheckpointError, match="refiner.safetensors is an SDXL refiner checkpoint. Refiner "
+                                              "checkpoints are not supported yet"):
+        detect(tmp_path / "refiner.safetensors")
+
+
+# --- conditioning against transformers' models on the file's weights -----------------------------------
+
+def _rows(model, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CLIP-L row, bigG row) for a one-chunk text: BOS, tokens, EOS, then EOS (CLIP-L) or 0 (bigG) padding."""
+    ids = [BOS] + model.text.tokenize(text) + [EOS]
+    return torch.tensor([ids + [EOS] * (77 - len(ids))]), torch.tensor([ids + [0] * (77 - len(ids))])
+
+
+@torch.no_grad()
+def _reference(model, tiny, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context and pooled vector computed here from the tiny model's own modules and the file's
+    OpenCLIP projection matrix (used as OpenCLIP does, x @ P)."""
+    row_l, row_g = _rows(model, text)
+    hidden_l = tiny.text_encoder(row_l, output_hidden_states=True).hidden_states
+    out_g = tiny.text_encoder_2(row_g, output_hidden_states=True)
+    assert len(hidden_l) == 4  # embeddings + 3 layers: layer_idx 2 is the penultimate, as 11 of 12 in SDXL
+    context = torch.cat([hidden_l[2][0], out_g.hidden_states[-2][0]], dim=-1)
+    projection = load_file(str(model.info.filename))["conditioner.embedders.1.model.text_projection"].float()
+    end = int(row_g[0].argmax())
+    final = tiny.text_encoder_2.text_model.final_layer_norm(out_g.hidden_states[-1][0, end])
+    return context, final @ projection
+
+
+def test_context_and_pooled_equal_an_independent_computation(model, tiny):
+    cond = model.text.encode_prompt("a red circle", 4).parts[0][0].at(0)
+    context, pooled = _reference(model, tiny, "a red circle")
+    assert cond.context.shape == (77, CLIP_L_W + BIGG_W) and cond.pooled.shape == (BIGG_W,)
+    torch.testing.assert_close(cond.context, context, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cond.pooled, pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_chunks_emphasis_and_pooled_from_the_first_chunk(model, tiny):
+    cond = model.text.encode_prompt("a red circle BREAK a blue square", 4).parts[0][0].at(0)
+    first, pooled = _reference(model, tiny, "a red circle")
+    second, _ = _reference(model, tiny, "a blue square")
+    torch.testing.assert_close(cond.context, torch.cat([first, second]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cond.pooled, pooled, rtol=1e-5, atol=1e-5)
+    # "Original" emphasis: each encoder's part weighted and brought back to its own mean; pooled untouched
+    weighted = model.text.encode_prompt("a (red:1.5) circle", 4).parts[0][0].at(0)
+    plain, pooled = _reference(model, tiny, "a red circle")
+    weights = torch.ones(77, 1)
+    weights[2] = 1.5  # BOS, "a", "red"
+    for part in (slice(0, CLIP_L_W), slice(CLIP_L_W, None)):
+        z = plain[:, part]
+        expected = z * weights * (z.mean() / (z * weights).mean())
+        torch.testing.assert_close(weighted.context[:, part], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weighted.pooled, pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_negative_prompt_is_zero_and_others_are_encoded(model, tiny):
+    zero = model.text.encode_negative("", 4).at(0)
+    assert zero.context.shape == (77, CLIP_L_W + BIGG_W) and not zero.context.any() and not zero.pooled.any()
+    blurry = model.text.encode_negative("blurry", 4).at(0)
+    context, pooled = _reference(model, tiny, "blurry")
+    torch.testing.assert_close(blurry.context, context, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(blurry.pooled, pooled, rtol=1e-5, atol=1e-5)
+    # a schedule that is not all empty is encoded, its empty text too (A1111 zeroes only an all-empty batch)
+    edited = model.text.encode_negative("[:blurry:2]", 4)
+    context, pooled = _reference(model, tiny, "")
+    torch.testing.assert_close(edited.at(0).context, context, rtol=1e-5, atol=1e-5)
+    assert edited.at(0).pooled.any()
+    # the positive prompt "" is encoded too
+    assert model.text.encode_prompt("", 4).parts[0][0].at(0).pooled.any()
+
+
+def test_prompt_editing_changes_context_and_pooled_together(model, tiny):
+    scheduled = model.text.encode_prompt("a [red:blue:2] circle", 6).parts[0][0]
+    for step, word in ((0, "red"), (3, "blue")):
+        context, pooled = _reference(model, tiny, f"a {word} circle")
+        torch.testing.assert_close(scheduled.at(step).pooled, pooled, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scheduled.at(step).context, context, rtol=1e-5, atol=1e-5)
+
+
+def test_clip_skip_leaves_sdxl_alone_unless_sdxl_clip_l_skip(model):
+    text = model.text
+    assert torch.equal(text.encode("a red circle", clip_skip=2), text.encode("a red circle"))
+    text.clip_l.clip_l_skip = True
+    try:  # A1111's sdxl_clip_l_skip: CLIP-L takes hidden_states[-clip_skip] (2: the penultimate, the default here)
+        skip1, skip2 = text.encode("a red circle", clip_skip=1), text.encode("a red circle", clip_skip=2)
+    finally:
+        text.clip_l.clip_l_skip = False
+    torch.testing.assert_close(skip2, text.encode("a red circle"))
+    assert not torch.allclose(skip1[:, :CLIP_L_W], skip2[:, :CLIP_L_W])
+    torch.testing.assert_close(skip1[:, CLIP_L_W:], skip2[:, CLIP_L_W:])
+
+
+# --- the U-Net's extra inputs ---------------------------------------------------------------------------
+
+def test_time_ids_are_embedded_as_sgm_does(model):
+    """sgm's ConcatTimestepEmbedderND embeds each size value with timestep_embedding (cos half, then sin);
+    diffusers' add_time_proj must give the same numbers."""
+    values = torch.tensor([1024.0, 832.0, 0.0, 0.0, 1216.0, 64.0])
+    half = 128
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = values[:, None] * freqs[None]
+    sgm = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    torch.testing.assert_close(model.unet.add_time_proj(values), sgm)
+    assert model.text.unet_inputs(832, 1216)["time_ids"].tolist() == [1216, 832, 0, 0, 1216, 832]
+
+
+@torch.no_grad()
+def test_denoiser_passes_pooled_and_time_ids_per_sub_prompt(model):
+    text = model.text
+    cond = text.encode_prompt("a red circle :1.5 AND a blue square :-0.5", 4)
+    uncond = text.encode_negative("blurry", 4)
+    extra = text.unet_inputs(64, 48)
+    x = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor(500.0)
+
+    def direct(c):
+        added = {"text_embeds": c.pooled.expand(2, -1), "time_ids": torch.tensor([[48.0, 64, 0, 0, 48, 64]] * 2)}
+        return model.unet(x, t.expand(2), encoder_hidden_states=c.context.expand(2, -1, -1),
+                          added_cond_kwargs=added).sample
+    (c1, _), (c2, _) = cond.parts
+    e1, e2, eu = direct(c1.at(0)), direct(c2.at(0)), direct(uncond.at(0))
+    expected = eu + (e1 - eu) * (1.5 * 6.0) + (e2 - eu) * (-0.5 * 6.0)
+    tol = dict(rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    torch.testing.assert_close(pipeline.Denoiser(model, cond, uncond, 6.0, None, extra)(x, t), expected, **tol)
+    model.batch_cond_uncond = False  # cond and uncond as separate U-Net batches
+    try:
+        torch.testing.assert_close(pipeline.Denoiser(model, cond, uncond, 6.0, None, extra)(x, t), expected, **tol)
+    finally:
+        model.batch_cond_uncond = True
+    # the size reaches the U-Net
+    other = pipeline.Denoiser(model, cond, uncond, 6.0, None, text.unet_inputs(1024, 1024))(x, t)
+    assert (other - expected).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_sampling_agrees_with_diffusers_sdxl_pipeline(model):
+    """diffusers' StableDiffusionXLPipeline on the same modules (negative_prompt=None: its zero negative,
+    A1111's for ""), Euler, 4 steps on the linspace grid (integer timesteps, where both interpolations
+    agree), the same start noise: the final latents agree to 1e-4 (float rounding of different batching)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(paths.TOKENIZER_DIR), local_files_only=True)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(str(paths.TOKENIZER_DIR), local_files_only=True, pad_token="!")
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="linspace", num_train_timesteps=1000)
+    pipe = StableDiffusionXLPipeline(model.vae, model.text.clip_l.text_model, model.text.clip_g.text_model, tokenizer,
+                                     tokenizer_2, model.unet, scheduler, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    gens = rng.create_generators([11], "CPU", torch.device("cpu"))
+    noise = rng.initial_noise(gens, (4, 8, 6), torch.device("cpu"))
+    theirs = pipe("a red circle", negative_prompt=None, height=64, width=48, num_inference_steps=4,
+                  guidance_scale=7.0, latents=noise.clone(), output_type="latent").images
+    denoiser = pipeline.Denoiser(model, model.text.encode_prompt("a red circle", 4), model.text.encode_negative("", 4),
+                                 7.0, None, model.text.unet_inputs(48, 64))
+    ours = pipeline.sample(model, denoiser, noise, samplers.resolve("Euler"), 4, gens, pipeline.Hooks())
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
+
+
+# --- through the engine -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def engine(data):
+    e = make_engine(data, checkpoint="sdxl.safetensors")
+    yield e
+    e.queue.stop()
+
+
+def test_txt2img_is_deterministic_and_img2img_runs(engine):
+    params = dict(prompt="a red circle :1.2 AND a [blue:green:2] square", negative_prompt="", width=64, height=80,
+                  steps=4, sampler_name="Euler a", seed=21, save_images=False)
+    a = engine.txt2img(GenerationParams(**params))
+    b = engine.txt2img(GenerationParams(**params))
+    c = engine.txt2img(GenerationParams(**{**params, "seed": 22}))
+    assert a.images[0].size == (64, 80)
+    assert a.images[0].tobytes() == b.images[0].tobytes() != c.images[0].tobytes()
+    assert "Model: sdxl" in a.infotexts[0]
+    edited = engine.img2img(Img2ImgParams(init_images=[init_image()], prompt="a blue circle", negative_prompt="ugly",
+                                          width=64, height=64, steps=4, denoising_strength=0.6, seed=3,
+                                          save_images=False))
+    assert edited.images[0].size == (64, 64)
+    assert len(set(edited.images[0].getdata())) > 10  # a picture, not a flat colour
+
+
+def test_inpainting_model_and_hires_fix_run(engine):
+    engine.options.update({"sd_model_checkpoint": "sdxl-inpaint.safetensors"})
+    try:
+        result = engine.txt2img(GenerationParams(prompt="a cat", width=64, height=64, steps=3, seed=5,
+                                                 save_images=False))
+        assert result.images[0].size == (64, 64)
+        original = init_image()
+        inpainted = engine.img2img(Img2ImgParams(init_images=[original], mask=left_half_mask(), prompt="a cat",
+                                                 width=64, height=64, steps=3, seed=5, denoising_strength=0.9,
+                                                 mask_blur=0, save_images=False)).images[0]
+        assert engine.checkpoints.current.config.label == "SDXL inpainting"
+        kept = (48, 0, 64, 64)  # right of the mask: pasted back from the original
+        assert inpainted.crop(kept).tobytes() == original.crop(kept).tobytes()
+        assert inpainted.crop((0, 0, 24, 64)).tobytes() != original.crop((0, 0, 24, 64)).tobytes()
+    finally:
+        engine.options.update({"sd_model_checkpoint": "sdxl.safetensors"})
+    seen: list[tuple] = []  # the time ids of every U-Net call: each pass has its own size (A1111's hr conds)
+
+    def record(_module, _args, kwargs):
+        seen.append(tuple(kwargs["added_cond_kwargs"]["time_ids"][0].tolist()))
+    engine.txt2img(GenerationParams(prompt="warm-up", width=64, height=64, steps=1, save_images=False))
+    handle = engine.checkpoints.current.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        hires = engine.txt2img(GenerationParams(prompt="a cat", width=64, height=80, steps=3, seed=5, enable_hr=True,
+                                                hr_scale=1.5, hr_upscaler="Latent", save_images=False))
+    finally:
+        handle.remove()
+    assert hires.images[0].size == (96, 120)
+    assert set(seen[:3]) == {(80, 64, 0, 0, 80, 64)} and set(seen[3:]) == {(120, 96, 0, 0, 120, 96)}
+
+
+def test_fp16_and_bf16_files_load(tmp_path, tiny, model):
+    for dtype in (torch.float16, torch.bfloat16):
+        folder = tmp_path / str(dtype)
+        tiny.write(folder / "models" / "Stable-diffusion" / "half.safetensors", dtype=dtype)
+        manager = make_manager(folder)
+        half = manager.get(manager.checkpoints.find("half.safetensors"))
+        cond = half.text.encode_prompt("a red circle", 4).parts[0][0].at(0)
+        reference = model.text.encode_prompt("a red circle", 4).parts[0][0].at(0)
+        assert torch.isfinite(cond.context).all() and cond.pooled is not None
+        torch.testing.assert_close(cond.pooled.float(), reference.pooled, rtol=0.05, atol=0.05)
+
+
+# --- the shipped configs at SDXL's real size ------------------------------------------------------------------
+
+def _full_size_sdxl_state_dict(in_channels: int) -> dict[str, torch.Tensor]:
+    """An SDXL 1.0 checkpoint's names and shapes (diffusers' published SDXL component configs), on the meta
+    device: no memory, no values."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from modules.models import ldm_export
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel(
+            in_channels=in_channels, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20], use_linear_projection=True,
+            cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816)
+        vae = AutoencoderKL(latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        ids = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
+        clip_l = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                              num_attention_heads=12, hidden_act="quick_gelu", **ids))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+            projection_dim=1280, **ids))
+    return ldm_export.checkpoint_state_dict(unet, vae, clip_l, "sdxl", clip_g)
+
+
+@pytest.mark.parametrize("in_channels", [4, 9])
+def test_shipped_configs_fit_full_size_sdxl(in_channels):
+    """Every component built from configs/sd_xl_*.yaml takes every full-size tensor by name and shape: loading
+    stops only at the values the meta device does not have."""
+    sd = _full_size_sdxl_state_dict(in_channels)
+    assert sd["conditioner.embedders.1.model.text_projection"].shape == (1280, 1280)
+    path = SDXL.config_file(FamilyMatch(in_channels == 9, "epsilon"), ConfigFiles(paths.CONFIGS, paths.CONFIGS))
+    config = ModelConfig(path, read_yaml(path), SDXL, "epsilon", "detected")
+    assert config.in_channels == in_channels
+    builds = [lambda: loader.build_unet(config, sd, sdxl.unet_settings(config)),
+              lambda: loader.build_vae(loader.vae_config(config, sd), sd, config),
+              lambda: sdxl.build_clip_l(config, sd), lambda: sdxl.build_clip_g(config, sd)]
+    for build in builds:
+        with pytest.raises(CheckpointError, match="is missing weights for"):
+            build()
+    clip_l = config.params["conditioner_config"]["params"]["emb_models"][0]["params"]
+    assert clip_l == {"layer": "hidden", "layer_idx": 11}  # hidden_states[11] of CLIP-L's 12 layers
