@@ -1,0 +1,65 @@
+"""An SDXL checkpoint dropped into the models folder, driven through the live server's A1111 API: it is listed
+and loaded without a YAML beside it, renders deterministically with its infotext, an empty negative prompt
+differs from a written one, and a refiner file beside it is refused with a message while the server and the
+loaded model stay as they were."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+from safetensors.torch import save_file
+
+from tests.support import tiny_models
+from tests.support.server import decode, post, start_server, stop_server
+
+pytestmark = pytest.mark.server
+
+SMALL = dict(width=64, height=64, steps=3, sampler_name="Euler a", cfg_scale=5)
+
+
+@pytest.fixture(scope="module")
+def sdxl_server(tmp_path_factory):
+    """webui.py --api over a folder with a tiny SDXL base (with its YAML: the shipped one is full size) and a
+    refiner-only file (no YAML: detection must recognise and refuse it)."""
+    data = tmp_path_factory.mktemp("sdxl-server")
+    folder = data / "models" / "Stable-diffusion"
+    tiny = tiny_models.build("sdxl", seed=5)
+    tiny.write(folder / "xl-base.safetensors")
+    refiner = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v.contiguous()
+               for k, v in tiny.state_dict().items() if not k.startswith("conditioner.embedders.0.")}
+    save_file(refiner, str(folder / "xl-refiner.safetensors"))
+    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "xl-base.safetensors"}))
+    proc, url = start_server(data, "--api")
+    yield url, data, proc
+    stop_server(proc)
+
+
+def test_sdxl_checkpoint_renders_through_the_api(sdxl_server):
+    url, _, _ = sdxl_server
+    names = {m["title"].split(" ")[0] for m in requests.get(url + "/sdapi/v1/sd-models", timeout=30).json()}
+    assert {"xl-base.safetensors", "xl-refiner.safetensors"} <= names
+
+    first = post(url, "/sdapi/v1/txt2img", prompt="a red circle", seed=9, **SMALL)
+    assert first.status_code == 200, first.text
+    info = json.loads(first.json()["info"])
+    assert info["sd_model_name"] == "xl-base" and "Model: xl-base" in info["infotexts"][0]
+    again = post(url, "/sdapi/v1/txt2img", prompt="a red circle", seed=9, **SMALL).json()
+    negative = post(url, "/sdapi/v1/txt2img", prompt="a red circle", negative_prompt="blue", seed=9, **SMALL).json()
+    image = decode(first.json()["images"][0])
+    assert image.size == (64, 64)
+    assert image.tobytes() == decode(again["images"][0]).tobytes()  # the same request, the same pixels
+    # a written negative prompt changes the image (the all-zero empty one is checked in tests/engine/test_sdxl.py)
+    assert image.tobytes() != decode(negative["images"][0]).tobytes()
+
+
+def test_refiner_file_is_refused_and_the_base_stays_loaded(sdxl_server):
+    url, _, proc = sdxl_server
+    r = post(url, "/sdapi/v1/options", sd_model_checkpoint="xl-refiner.safetensors")
+    assert r.status_code == 400, r.text
+    assert "SDXL refiner checkpoint" in r.json()["detail"] and "not supported yet" in r.json()["detail"]
+    assert proc.poll() is None
+    assert requests.get(url + "/sdapi/v1/options", timeout=30).json()["sd_model_checkpoint"].startswith("xl-base")
+    after = post(url, "/sdapi/v1/txt2img", prompt="a red circle", seed=9, **SMALL)
+    assert after.status_code == 200 and json.loads(after.json()["info"])["sd_model_name"] == "xl-base"
