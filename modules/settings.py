@@ -29,6 +29,10 @@ class Settings(BaseModel):
     sd_model_checkpoint: str = Field("", description="Checkpoint title, name or hash")
     sd_vae: str = Field("Automatic", description="'Automatic', 'None' or a file name from models/VAE")
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="Clip skip")
+    sdxl_clip_l_skip: bool = Field(False, description="Clip skip applies to SDXL's CLIP-L too (its OpenCLIP "
+                                                      "encoder always uses its penultimate layer)")
+    sdxl_crop_top: int = Field(0, ge=0, le=8192, description="SDXL crop top coordinate (a size condition)")
+    sdxl_crop_left: int = Field(0, ge=0, le=8192, description="SDXL crop left coordinate (a size condition)")
     randn_source: Literal["CPU", "GPU", "NV"] = Field(
         "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
                            "generator; NV the numbers NVIDIA GPUs give, on any device")
@@ -159,7 +163,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                          "outdir_save", "outdir_init_images"),
     "Saving to a directory": ("save_to_dirs", "grid_save_to_dirs", "directories_filename_pattern",
                               "directories_max_prompt_words"),
-    "Stable Diffusion": ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis", "randn_source"),
+    "Stable Diffusion": ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sdxl_clip_l_skip", "emphasis",
+                         "randn_source"),
+    "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left"),
     "VAE": ("sd_vae",),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_fix_steps",
                 "img2img_background_color"),

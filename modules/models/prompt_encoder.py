@@ -331,6 +331,11 @@ class PromptEncoder:
         entries other than the pooled text vector); none for SD 1.x/2.x."""
         return {}
 
+    def use_settings(self, settings) -> None:
+        """Take the settings of the job about to run that only this kind of encoder reads (a family's own
+        options, such as SDXL's `sdxl_clip_l_skip` and crop; `modules.settings.Settings`). Clip skip and
+        emphasis, which every encoder reads, come with each call instead. SD 1.x/2.x have none."""
+
     def encode_prompt(self, prompt: str, steps: int, clip_skip: int = 1, emphasis: str = "Original") -> ComposableCond:
         """The positive prompt: AND sub-prompts, each scheduled on its own (one text-encoder batch per
         distinct sub-prompt, as A1111 does)."""

@@ -105,6 +105,7 @@ class GenerationService:
         networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
         result.warnings.extend(networks.warnings)
         optimizations.apply(model, settings.cross_attention_optimization, settings.batch_cond_uncond)
+        model.text.use_settings(settings)
         record = describe.JobRecord(accepted.ctx, settings, describe.ModelFacts.of(model), accepted.unstyled_prompt)
         return _Run(job, accepted, model, record, networks, result, {})
 

@@ -285,6 +285,32 @@ def test_inpainting_model_and_hires_fix_run(engine):
     assert set(seen[:3]) == {(80, 64, 0, 0, 80, 64)} and set(seen[3:]) == {(120, 96, 0, 0, 120, 96)}
 
 
+def test_sdxl_settings_reach_the_encoder_per_job(engine):
+    """sdxl_clip_l_skip and sdxl_crop_top/left (A1111's settings) apply to the job that has them, through
+    override_settings too, and the next job without them is as before."""
+    seen: list[tuple] = []
+
+    def record(_module, _args, kwargs):
+        seen.append(tuple(kwargs["added_cond_kwargs"]["time_ids"][0].tolist()))
+    base = dict(prompt="a red circle", width=64, height=64, steps=2, seed=8, save_images=False)
+    engine.txt2img(GenerationParams(prompt="warm-up", width=64, height=64, steps=1, save_images=False))
+    handle = engine.checkpoints.current.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        plain = engine.txt2img(GenerationParams(**base)).images[0]
+        cropped = engine.txt2img(GenerationParams(**base, override_settings={"sdxl_crop_top": 16,
+                                                                            "sdxl_crop_left": 8})).images[0]
+    finally:
+        handle.remove()
+    assert set(seen[:2]) == {(64, 64, 0, 0, 64, 64)} and set(seen[2:]) == {(64, 64, 16, 8, 64, 64)}
+    assert plain.tobytes() != cropped.tobytes()
+
+    skip2 = dict(base, override_settings={"CLIP_stop_at_last_layers": 2})
+    assert engine.txt2img(GenerationParams(**skip2)).images[0].tobytes() == plain.tobytes()  # bigG/CLIP-L as before
+    with_l = dict(base, override_settings={"CLIP_stop_at_last_layers": 1, "sdxl_clip_l_skip": True})
+    assert engine.txt2img(GenerationParams(**with_l)).images[0].tobytes() != plain.tobytes()  # CLIP-L's last layer
+    assert engine.txt2img(GenerationParams(**base)).images[0].tobytes() == plain.tobytes()  # nothing left behind
+
+
 def test_fp16_and_bf16_files_load(tmp_path, tiny, model):
     for dtype in (torch.float16, torch.bfloat16):
         folder = tmp_path / str(dtype)

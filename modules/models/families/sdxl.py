@@ -130,6 +130,7 @@ class SDXLPromptEncoder(PromptEncoder):
         super().__init__(tokenizer, encoders, CLIP_L_SPEC)
         self.clip_l = _ClipL(tokenizer, encoders.clip_l, encoders.clip_l_layer, clip_l_skip)
         self.clip_g = _ClipG(tokenizer, encoders.clip_g)
+        self.crop = (0, 0)  # (top, left) for the time ids: A1111's sdxl_crop_top/left (see use_settings)
 
     @property
     def width(self) -> int:
@@ -168,9 +169,14 @@ class SDXLPromptEncoder(PromptEncoder):
         return [by_text[t] for t in texts]
 
     def unet_inputs(self, width: int, height: int) -> dict[str, torch.Tensor]:
-        """The time ids for a job of this size: original (h, w), crop (0, 0), target (h, w), A1111's
-        values (its sdxl_crop_top/left settings default to 0)."""
-        return {"time_ids": torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32)}
+        """The time ids for a job of this size: original (h, w), crop (top, left), target (h, w), A1111's
+        values (crop from its sdxl_crop_top/left settings, 0 by default)."""
+        top, left = self.crop
+        return {"time_ids": torch.tensor([height, width, top, left, height, width], dtype=torch.float32)}
+
+    def use_settings(self, settings) -> None:
+        self.clip_l.clip_l_skip = bool(settings.sdxl_clip_l_skip)
+        self.crop = (int(settings.sdxl_crop_top), int(settings.sdxl_crop_left))
 
 
 class _ClipL(PromptEncoder):
