@@ -53,6 +53,7 @@ class ModelFamily(Protocol):
     name: str  # short and stable, e.g. "sd1"
     label: str  # for people, e.g. "SD 1.x"
     sampling: SamplingHints
+    vae_kind: str  # which VAEs fit: "sd" (SD 1.x and 2.x share one) or "sdxl" (see `modules.models.vae_family`)
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         """What a checkpoint is if its tensors (and safetensors metadata) are this family's, else None.

@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTokenizer
 
 from modules import devices
-from modules.models import checkpoint_file, families, loader, lora
+from modules.models import checkpoint_file, families, loader, lora, vae_family
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.family import BuiltModel, ModelConfig, ModelFamily
@@ -41,6 +41,7 @@ class LoadedModel:
     vae_config: dict
     vae_info: VaeInfo | None = None  # the external VAE in use, if any
     vae_sha256: str | None = None
+    vae_warning: str | None = None  # the external VAE says it is for another kind of model (vae_family)
     own_vae: AutoencoderKL | None = field(default=None, repr=False)  # parked on the CPU while an external VAE is used
     load_seconds: float = 0.0
     networks: lora.WeightPatcher | None = field(default=None, repr=False)  # LoRA merged into the weights
@@ -201,7 +202,7 @@ class ModelManager:
             return
         if wanted is None:
             model.vae = model.own_vae.to(self.plan.device, self.plan.vae_dtype)
-            model.own_vae, model.vae_info, model.vae_sha256 = None, None, None
+            model.own_vae, model.vae_info, model.vae_sha256, model.vae_warning = None, None, None, None
             log.info("Using the checkpoint's own VAE")
             return
         vae_sd = checkpoint_file.read_state_dict(wanted.filename)
@@ -211,4 +212,8 @@ class ModelManager:
             model.own_vae = model.vae.to("cpu")
         model.vae, model.vae_info = external, wanted
         model.vae_sha256 = self.checkpoints.hashes.sha256(wanted.filename)
+        model.vae_warning = vae_family.mismatch(wanted.filename, wanted.name, model.config.family.vae_kind,
+                                                model.config.family.label)
         log.info("Using VAE %s", wanted.name)
+        if model.vae_warning:
+            log.warning("%s", model.vae_warning)

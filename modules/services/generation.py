@@ -102,6 +102,8 @@ class GenerationService:
         result = GenerationResult([], [], [], [], {})
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         result.warnings.extend(extra_networks.unsupported_warnings(tags))
+        if model.vae_warning:
+            result.warnings.append(model.vae_warning)
         networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
         result.warnings.extend(networks.warnings)
         optimizations.apply(model, settings.cross_attention_optimization, settings.batch_cond_uncond)

@@ -156,6 +156,26 @@ def test_vae_automatic_beside_and_from_models_vae(engine, data_dir):
         engine.txt2img(params(save_images=False, override_settings={"sd_vae": "missing.pt"}))
 
 
+def test_a_vae_that_says_it_is_for_sdxl_is_warned_about_on_an_sd1_model(engine, data_dir):
+    vae_sd = ldm_export.vae_to_ldm(tiny_models.build("sd1", seed=98).vae.state_dict(), 4, prefix="")
+    folder = data_dir / "models" / "VAE"
+    folder.mkdir(parents=True, exist_ok=True)
+    ldm_export.save(folder / "sdxl_vae.safetensors", vae_sd)
+    ldm_export.save(folder / "plain.safetensors", vae_sd)
+    ldm_export.save(folder / "tagged.safetensors", vae_sd,
+                    metadata={"modelspec.architecture": "stable-diffusion-xl-v1-base/vae"})
+    engine.checkpoints.refresh_vaes()
+    for name in ("sdxl_vae.safetensors", "tagged.safetensors"):
+        result = engine.txt2img(params(save_images=False, override_settings={"sd_vae": name}))
+        assert result.images  # it still runs: the shapes fit, only the colours are off
+        assert any(f"The VAE {name} looks made for SDXL models" in w and "the model is SD 1.x" in w
+                   for w in result.warnings), result.warnings
+    plain = engine.txt2img(params(save_images=False, override_settings={"sd_vae": "plain.safetensors"}))
+    assert not any("looks made for" in w for w in plain.warnings), plain.warnings
+    own = engine.txt2img(params(save_images=False, override_settings={"sd_vae": "None"}))
+    assert not any("looks made for" in w for w in own.warnings), own.warnings
+
+
 def test_fp16_vae_nans_are_retried_in_fp32(engine):
     model = engine.load_checkpoint("sd1.safetensors")
     with torch.no_grad():

@@ -37,6 +37,7 @@ class StableDiffusion1:
     name: str = "sd1"
     label: str = "SD 1.x"
     sampling: SamplingHints = field(default_factory=SamplingHints)
+    vae_kind: str = "sd"
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if not any(k.startswith(CLIP_PREFIX) for k in sd):

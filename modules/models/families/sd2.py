@@ -54,6 +54,7 @@ class StableDiffusion2:
     name: str = "sd2"
     label: str = "SD 2.x"
     sampling: SamplingHints = field(default_factory=SamplingHints)
+    vae_kind: str = "sd"
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if not any(k.startswith(OPENCLIP_PREFIX) for k in sd):

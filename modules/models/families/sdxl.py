@@ -206,6 +206,7 @@ class StableDiffusionXL:
     name: str = "sdxl"
     label: str = "SDXL"
     sampling: SamplingHints = field(default_factory=lambda: SamplingHints(sdxl_schedules=True))
+    vae_kind: str = "sdxl"
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if BASE_KEY not in sd:
