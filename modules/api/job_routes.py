@@ -30,7 +30,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from modules.api import schemas
-from modules.api.routes import apply_infotext, basic_auth, build_response, to_img2img_params, to_params
+from modules.api.routes import basic_auth, build_response, prepare, to_img2img_params, to_params
 from modules.auth import Credentials
 from modules.engine import BadRequest, Engine
 from modules.jobs import Job, JobCancelled
@@ -206,7 +206,7 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
             req = model.model_validate(body.request)
         except ValueError as e:
             raise BadRequest(f"request: {e}") from None
-        warnings = apply_infotext(req, engine) if req.infotext else []
+        warnings = prepare(req, engine)
         if body.type == "img2img":
             params = await run_in_threadpool(to_img2img_params, req, engine.limits)
             job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id)

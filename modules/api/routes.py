@@ -153,6 +153,30 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     return warnings
 
 
+def apply_model_size(req: schemas.Txt2ImgRequest, engine: Engine) -> None:
+    """A width or height the request leaves out (and its infotext does not give) is the one the checkpoint's
+    family was trained at, e.g. 1024 for SDXL. A1111 uses 512 whatever the model; for SD 1.x this is the same."""
+    missing = {"width", "height"} - req.model_fields_set
+    if not missing:
+        return
+    try:
+        info = engine.checkpoints.resolve((req.override_settings or {}).get("sd_model_checkpoint"))
+    except BadRequest:
+        return  # said when the request is accepted
+    width, height = engine.checkpoints.default_size(info)
+    if "width" in missing:
+        req.width = width
+    if "height" in missing:
+        req.height = height
+
+
+def prepare(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
+    """The request completed from its infotext and the model's size; the warnings to answer with."""
+    warnings = apply_infotext(req, engine) if req.infotext else []
+    apply_model_size(req, engine)
+    return warnings
+
+
 def encode_png(image) -> str:
     return base64.b64encode(images.png_bytes(image, image.info.get("parameters"))).decode("ascii")
 
@@ -257,7 +281,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.post("/txt2img", response_model=schemas.Txt2ImgResponse)
     async def txt2img(req: schemas.Txt2ImgRequest):
-        warnings = apply_infotext(req, engine) if req.infotext else []
+        warnings = prepare(req, engine)
         params = to_params(req)
         job = await run_in_threadpool(engine.submit_txt2img, params, req.force_task_id)
         return await respond(req, job, warnings, req.model_dump())
@@ -267,7 +291,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         """img2img, and inpainting when `mask` is given (white = repaint). The images are base64 (or data
         URLs); the response is txt2img's. The init images and mask are echoed in `parameters` only with
         `include_init_images`."""
-        warnings = apply_infotext(req, engine) if req.infotext else []
+        warnings = prepare(req, engine)
         params = await run_in_threadpool(to_img2img_params, req, engine.limits)
         job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id)
         parameters = req.model_dump(exclude=set(schemas.Img2ImgRequest.HIRES_FIELDS))

@@ -89,8 +89,27 @@ class ModelManager:
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
         self._lock = threading.RLock()
         self.current: LoadedModel | None = None
+        self._default_sizes: dict[tuple[str, float], tuple[int, int]] = {}
 
     # --- checkpoints -------------------------------------------------------------------------
+    def default_size(self, info: CheckpointInfo) -> tuple[int, int]:
+        """(width, height) the checkpoint's family was trained at: the loaded model's, else read from the file's
+        header (cached per file and modification time); 512x512 when the file does not say (a .ckpt)."""
+        current = self.current
+        if current is not None and current.info.filename == info.filename:
+            return current.config.default_size
+        try:
+            key = (str(info.filename), Path(info.filename).stat().st_mtime)
+        except OSError:
+            return 512, 512
+        if key not in self._default_sizes:
+            try:
+                config = families.detect_from_header(Path(info.filename), self.default_sd1_config)
+            except CheckpointError:
+                config = None
+            self._default_sizes[key] = config.default_size if config else (512, 512)
+        return self._default_sizes[key]
+
     def read(self, info: CheckpointInfo) -> tuple[BuiltModel, float]:
         """Read and build a checkpoint on the CPU without touching the loaded model."""
         start = time.perf_counter()

@@ -42,6 +42,10 @@ class CheckpointService:
     def refresh_vaes(self) -> list[VaeInfo]:
         return self._models.vaes.refresh()
 
+    def default_size(self, info: CheckpointInfo) -> tuple[int, int]:
+        """(width, height) the checkpoint's family was trained at (SDXL 1024x1024), known without loading it."""
+        return self._models.default_size(info)
+
     @property
     def current(self) -> LoadedModel | None:
         """The loaded model, if any."""

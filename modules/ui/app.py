@@ -43,6 +43,7 @@ class TopBar:
     clip_skip: gr.Slider
     status: gr.HTML
     notice: gr.HTML
+    chosen: object  # the event of a checkpoint chosen in the dropdown (later steps chain on it with .then)
 
 
 def _checkpoint_titles(engine: Engine) -> list[str]:
@@ -89,8 +90,9 @@ def top_bar(engine: Engine) -> TopBar:
         return gr.Dropdown(choices=_vae_choices(engine), value=engine.options.values.sd_vae)
 
     refresh_vae.click(refresh_vaes, outputs=vae, queue=False)
-    checkpoint.input(change_checkpoint_stream(engine), inputs=checkpoint, outputs=[status, checkpoint, notice],
-                     concurrency_limit=1, concurrency_id="checkpoint", show_progress="hidden")
+    chosen = checkpoint.input(change_checkpoint_stream(engine), inputs=checkpoint,
+                              outputs=[status, checkpoint, notice], concurrency_limit=1, concurrency_id="checkpoint",
+                              show_progress="hidden")
 
     def set_option(name):
         def apply(value):
@@ -104,7 +106,7 @@ def top_bar(engine: Engine) -> TopBar:
     vae.input(set_option("sd_vae"), inputs=vae, outputs=status, show_progress="hidden")
     clip_skip.change(set_option("CLIP_stop_at_last_layers"), inputs=clip_skip, outputs=status, queue=False,
                      show_progress="hidden")
-    return TopBar(checkpoint, vae, clip_skip, status, notice)
+    return TopBar(checkpoint, vae, clip_skip, status, notice, chosen)
 
 
 def _status_html(error: str | None) -> str:
@@ -131,9 +133,38 @@ def change_checkpoint_stream(engine: Engine):
     return change
 
 
+def page_size(engine: Engine, title: str | None) -> tuple[int, int]:
+    """The size the page's Width and Height start at for a checkpoint: what its family was trained at (SDXL
+    1024x1024), read from the file without loading it; the demo model's own (it draws nothing at 512)."""
+    info = engine.checkpoints.find(title) if title else None
+    if info is None:
+        return 512, 512
+    return (DEMO_SIZE, DEMO_SIZE) if info.builtin else engine.checkpoints.default_size(info)
+
+
+def follow_model_size(engine: Engine, bar: TopBar, size: tuple[int, int], tabs: list[dict]) -> None:
+    """After a checkpoint is chosen in the dropdown, each tab whose Width and Height are still the previous
+    model's size takes the new model's; sizes the user set stay. (A pasted infotext sets its own size.)"""
+    shown = gr.State(list(size))
+    pairs = [(t["width"], t["height"]) for t in tabs]
+
+    def follow(previous, *values):
+        new = page_size(engine, _selected(engine))
+        if tuple(previous) == new:
+            return [gr.skip()] * (1 + len(values))
+        out: list = [list(new)]
+        for w, h in zip(values[::2], values[1::2]):
+            out += list(new) if (int(w), int(h)) == tuple(previous) else [gr.skip(), gr.skip()]
+        return out
+
+    components = [c for pair in pairs for c in pair]
+    bar.chosen.then(follow, inputs=[shown, *components], outputs=[shown, *components], queue=False,
+                    show_progress="hidden")
+
+
 def build(engine: Engine) -> Page:
     initial = _selected(engine)
-    size = DEMO_SIZE if demo_notice(engine, initial) else 512  # the demo model draws nothing at 512
+    size = page_size(engine, initial)
     with gr.Blocks(title="Stable Diffusion WebUI", analytics_enabled=False) as blocks:
         bar = top_bar(engine)
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -149,6 +180,7 @@ def build(engine: Engine) -> Page:
                 settings_tab.build(engine)
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)
+        follow_model_size(engine, bar, size, [t2i.fields, i2i.fields])
         common_wiring(engine, bar, tabs, t2i, i2i, png, post)
     return Page(blocks, (ASSETS / "style.css").read_text(encoding="utf-8"),
                 f"<script>{(ASSETS / 'script.js').read_text(encoding='utf-8')}</script>")

@@ -69,11 +69,11 @@ def sampler_controls(tab: str, default_sampler: str = "DPM++ 2M") -> dict[str, g
     return {"sampler_name": sampler, "scheduler": scheduler, "steps": steps}
 
 
-def size_controls(tab: str, size: int) -> tuple[dict[str, gr.components.Component], gr.Button]:
+def size_controls(tab: str, size: tuple[int, int]) -> tuple[dict[str, gr.components.Component], gr.Button]:
     with gr.Row(elem_id=f"{tab}_dimensions_row"):
         with gr.Column(scale=6):
-            width = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id=f"{tab}_width")
-            height = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id=f"{tab}_height")
+            width = gr.Slider(64, 2048, value=size[0], step=8, label="Width", elem_id=f"{tab}_width")
+            height = gr.Slider(64, 2048, value=size[1], step=8, label="Height", elem_id=f"{tab}_height")
         swap = gr.Button(SWAP, elem_id=f"{tab}_res_switch_btn", min_width=40, scale=0, size="sm",
                          elem_classes="sd-tool")
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False)

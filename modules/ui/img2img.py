@@ -45,7 +45,7 @@ def _editor(elem_id: str, brush_color: str | None) -> gr.ImageEditor:
                           sources=["upload", "clipboard"], layers=False, transforms=())
 
 
-def build(engine: Engine, size: int) -> Img2ImgTab:
+def build(engine: Engine, size: tuple[int, int]) -> Img2ImgTab:
     row = toprow.build(engine, "img2img")
     cards = extra_networks_ui.build(engine, "img2img")
     inputs: dict = {"mode": common.tab_index("img2img_mode"), "scale_tab": common.tab_index("img2img_scale_tab")}

@@ -27,7 +27,7 @@ class Txt2ImgTab:
     cards: extra_networks_ui.CardsView
 
 
-def build(engine: Engine, size: int) -> Txt2ImgTab:
+def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
     row = toprow.build(engine, "txt2img")
     cards = extra_networks_ui.build(engine, "txt2img")
     with gr.Row(elem_id="txt2img_settings_and_results", equal_height=False):

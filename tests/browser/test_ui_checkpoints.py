@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     browser, fill_text, find_option, page, read_value, select_option, set_number, ui_server, upload_file,
     wait_for_gallery)
+from tests.support.tabs import open_tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -33,6 +34,13 @@ def test_refresh_switch_and_broken_checkpoint(page, ui_server, tiny_dir):
     status = page.locator("#sd_status")
     status.get_by_text("Loaded sd1.safetensors").wait_for(timeout=60_000)
     assert "demo model" not in page.locator("#demo_model_notice").inner_text()  # the notice is for the demo only
+    # Width and Height still at the demo's 128 follow the chosen model's size (SD 1.x: 512) in both tabs
+    for tab in ("img2img", "txt2img"):  # (a tab's controls are on the page while it is open)
+        open_tab(page, f"tab_{tab}")
+        for side in ("width", "height"):
+            expect(page.locator(f"#{tab}_{side} input[type=number]")).to_have_value("512")
+    set_number(page, "txt2img_width", 128)  # set by hand (and small, for a quick test)
+    set_number(page, "txt2img_height", 128)
 
     fill_text(page, "txt2img_prompt", "a red circle")
     set_number(page, "txt2img_steps", 3)
@@ -57,6 +65,21 @@ def test_refresh_switch_and_broken_checkpoint(page, ui_server, tiny_dir):
     page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 11')",
                            timeout=60_000)
     assert "Model: sd1" in read_value(page, "txt2img_infotext")
+
+    # back to the demo model: img2img's size, still the previous model's, follows; txt2img's, set by hand, stays
+    select_option(page, "sd_checkpoint", find_option(page, "sd_checkpoint", "shapes-tiny"))
+    status.get_by_text("Loaded builtin/shapes-tiny").wait_for(timeout=60_000)
+    open_tab(page, "tab_img2img")
+    expect(page.locator("#img2img_width input[type=number]")).to_have_value("128")
+    expect(page.locator("#img2img_height input[type=number]")).to_have_value("128")
+    open_tab(page, "tab_txt2img")
+    set_number(page, "txt2img_width", 200)  # by hand again, then another model: it stays
+    select_option(page, "sd_checkpoint", find_option(page, "sd_checkpoint", "sd1.safetensors"))  # (with its hash now)
+    status.get_by_text("Loaded sd1.safetensors").wait_for(timeout=60_000)
+    open_tab(page, "tab_img2img")
+    expect(page.locator("#img2img_width input[type=number]")).to_have_value("512")
+    open_tab(page, "tab_txt2img")
+    assert (read_value(page, "txt2img_width"), read_value(page, "txt2img_height")) == ("200", "128")
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])

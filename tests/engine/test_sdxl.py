@@ -67,6 +67,23 @@ def test_detection_base_inpainting_and_yaml_beside(tmp_path, tiny):
     assert detect(tmp_path / "base.safetensors").family is SD1
 
 
+def test_family_and_size_from_the_header_alone(tmp_path, tiny):
+    """The page and the API need a checkpoint's default size before it is loaded: read from the header."""
+    base = tiny.write(tmp_path / "base.safetensors", yaml_beside=False)
+    config = families.detect_from_header(base, paths.CONFIGS / "v1-inference.yaml")
+    assert (config.family, config.default_size) == (SDXL, (1024, 1024))
+    sd1 = tiny_models.build("sd1").write(tmp_path / "one.safetensors", yaml_beside=False)
+    assert families.detect_from_header(sd1, paths.CONFIGS / "v1-inference.yaml").default_size == (512, 512)
+    assert families.detect_from_header(tmp_path / "one.ckpt", paths.CONFIGS / "v1-inference.yaml") is None
+    manager = make_manager(tmp_path)  # not loaded: from the header; a broken file: 512
+    (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
+    base.rename(tmp_path / "models" / "Stable-diffusion" / "base.safetensors")
+    (tmp_path / "models" / "Stable-diffusion" / "broken.safetensors").write_bytes(b"\x10\x00")
+    manager.checkpoints.refresh()
+    assert manager.default_size(manager.checkpoints.find("base.safetensors")) == (1024, 1024)
+    assert manager.default_size(manager.checkpoints.find("broken.safetensors")) == (512, 512)
+
+
 def test_refiner_is_refused_with_its_message(tmp_path, tiny):
     sd = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v for k, v in tiny.state_dict().items()
           if not k.startswith("conditioner.embedders.0.")}

@@ -63,3 +63,19 @@ def test_refiner_file_is_refused_and_the_base_stays_loaded(sdxl_server):
     assert requests.get(url + "/sdapi/v1/options", timeout=30).json()["sd_model_checkpoint"].startswith("xl-base")
     after = post(url, "/sdapi/v1/txt2img", prompt="a red circle", seed=9, **SMALL)
     assert after.status_code == 200 and json.loads(after.json()["info"])["sd_model_name"] == "xl-base"
+
+
+def test_a_size_left_out_is_the_sdxl_default(sdxl_server):
+    """A request without width/height gets the model family's size (SDXL: 1024x1024; A1111 would use 512);
+    one the request or its infotext gives is kept."""
+    url, _, _ = sdxl_server
+    left_out = post(url, "/sdapi/v1/txt2img", prompt="a red circle", seed=3, steps=1)
+    assert left_out.status_code == 200, left_out.text
+    info = json.loads(left_out.json()["info"])
+    assert (info["width"], info["height"]) == (1024, 1024)
+    assert decode(left_out.json()["images"][0]).size == (1024, 1024)
+    one_given = json.loads(post(url, "/sdapi/v1/txt2img", prompt="a red circle", steps=1, width=64).json()["info"])
+    assert (one_given["width"], one_given["height"]) == (64, 1024)
+    pasted = post(url, "/sdapi/v1/txt2img", infotext="a red circle\nSteps: 1, Sampler: Euler, Size: 64x72")
+    assert pasted.status_code == 200, pasted.text
+    assert decode(pasted.json()["images"][0]).size == (64, 72)

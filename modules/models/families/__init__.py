@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from modules.models import checkpoint_file
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.families.sd1 import SD1
 from modules.models.families.sd2 import SD2
@@ -84,3 +87,15 @@ def detect(path: Path, sd: StateDict, metadata: dict, default_sd1_config: Path) 
             return ModelConfig(yaml_path, read_yaml(yaml_path), family, match.prediction_type, "detected", files)
     raise CheckpointError(f"{path.name} has no text encoder weights (cond_stage_model.*) "
                           "and cannot be used on its own")
+
+
+def detect_from_header(path: Path, default_sd1_config: Path) -> ModelConfig | None:
+    """The config of a .safetensors checkpoint read from its header alone (tensor names and shapes, no weights),
+    so it costs milliseconds; None for other formats (a pickle must be unpickled to be seen). Raises
+    CheckpointError as `detect` does. SD 2.x v-prediction without a marker in the file stays undecided."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return None
+    header, metadata = checkpoint_file.read_safetensors_header(path)
+    sd = {k: torch.empty(v.get("shape", []), device="meta") for k, v in header.items()}
+    return detect(path, sd, metadata, default_sd1_config)
