@@ -334,19 +334,24 @@ class Network:
     layouts: set[str] = field(default_factory=set)  # text-encoder layouts its keys imply ("one", "two")
 
     def other_family(self, models: dict[str, torch.nn.Module]) -> str | None:
-        """Why this network is made for another model family than `models` (None if it is not). The rule:
+        """Why this network is made for another model family than `models` (None if it is not). It is when
         (1) its text-encoder keys are all of the other layout: `lora_te_` (one encoder, SD 1.x/2.x) on a
         model with two encoders (SDXL), or `lora_te1_`/`lora_te2_`/`text_encoder_2.` (two encoders) on a
-        model with one; or (2) more than half of its layers match no layer of the model or do not fit
-        the shape of the layer they name. A network that fits but misses a few layers is not skipped."""
+        model with one; or (2) more than half of its U-Net cross-attention key/value layers (`attn2.to_k`,
+        `attn2.to_v`, whose input width is the family's text-context width: 768 SD 1.x, 1024 SD 2.x,
+        2048 SDXL) do not fit the model's; or (3) more than half of all its layers match no layer of the
+        model or do not fit the shape of the layer they name. A network that fits but misses a few
+        layers is applied (those layers are reported)."""
         own = "two" if "te1" in models else "one"
         if self.layouts and own not in self.layouts:
             kind = "SDXL's two text encoders" if own == "one" else "a single text encoder (SD 1.x/2.x)"
             return f"its text-encoder layers are for {kind}"
-        misfits = len(self.unmatched)
-        for change in self.changes:
-            if not change.fits(models[change.part].get_submodule(change.module).weight.shape):
-                misfits += 1
+        fitting = [(c, c.fits(models[c.part].get_submodule(c.module).weight.shape)) for c in self.changes]
+        context = [fits for c, fits in fitting if c.part == "unet" and c.module.endswith(("attn2.to_k", "attn2.to_v"))]
+        if context and context.count(False) * 2 > len(context):
+            return (f"{context.count(False)} of its {len(context)} cross-attention key/value layers do not fit: "
+                    "they are made for another text-context width")
+        misfits = len(self.unmatched) + [fits for _, fits in fitting].count(False)
         total = len(self.unmatched) + len(self.changes)
         if total and misfits * 2 > total:
             return f"{misfits} of its {total} layers match no layer of this model or do not fit its shape"
