@@ -10,15 +10,19 @@ Layouts read (key names are matched to our diffusers/transformers modules):
 - kohya-ss / A1111: `lora_unet_<module>` and `lora_te_<module>` with `.lora_down.weight`,
   `.lora_up.weight`, optional `.lora_mid.weight` (LoCon's Tucker core) and `.alpha`. `<module>` is the
   module path with `.` written `_`, in diffusers naming (`down_blocks_0_attentions_0_...`) or in the
-  original LDM naming (`input_blocks_1_1_...`).
+  original LDM naming (`input_blocks_1_1_...`, SDXL's `label_emb_0_0` and deeper transformer stacks too).
+  SDXL files name its two text encoders `lora_te1_` (CLIP-L) and `lora_te2_` (OpenCLIP bigG).
 - LyCORIS LoHa (`hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b`), LoKr (`lokr_w1[_a/_b]`,
   `lokr_w2[_a/_b]`) and full differences (`diff`, `diff_b`) under the same names.
-- diffusers / PEFT: `unet.<module>` and `text_encoder.<module>` with `.lora_A.weight`/`.lora_B.weight`
+- diffusers / PEFT: `unet.<module>` and `text_encoder.<module>` (SDXL: CLIP-L; `text_encoder_2.`: bigG) with
+  `.lora_A.weight`/`.lora_B.weight`
   (PEFT; alpha from the `lora_adapter_metadata` diffusers writes, with `alpha_pattern` and rsLoRA),
   `.lora.down.weight`/`.lora.up.weight`, `.lora_linear_layer.down/up.weight`, or the older
   attention-processor names (`attn1.processor.to_q_lora.down.weight`).
 
-The scale of a factored change is `alpha / rank` when the file gives alpha, else 1 (as A1111 does).
+The scale of a factored change is `alpha / rank` when the file gives alpha, else 1 (as A1111 does). The
+text-encoder multiplier applies to every text encoder. A network made for another model family (see
+`Network.other_family`) is skipped whole, with a note.
 """
 
 from __future__ import annotations
