@@ -466,18 +466,19 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     @r.get("/embeddings", response_model=schemas.EmbeddingsResponse)
     def embeddings():
         """Textual-inversion embeddings in the embeddings folder: `loaded` fit the loaded model's text
-        encoder, `skipped` do not (all are `loaded` while no model is loaded)."""
+        encoders (SDXL takes only SDXL files, with a `clip_l` and a `clip_g` tensor), `skipped` do not (all
+        are `loaded` while no model is loaded)."""
         found = engine.networks.embeddings()
         model = engine.checkpoints.current
-        width = model.text.width if model is not None else None
+        signature = model.text.embedding_signature if model is not None else None
 
         def item(e) -> schemas.EmbeddingItem:
             return schemas.EmbeddingItem(step=e.step, sd_checkpoint=e.sd_checkpoint,
                                          sd_checkpoint_name=e.sd_checkpoint_name, shape=e.width, vectors=e.count)
 
         return schemas.EmbeddingsResponse(
-            loaded={n: item(e) for n, e in found.items() if width is None or e.width == width},
-            skipped={n: item(e) for n, e in found.items() if width is not None and e.width != width})
+            loaded={n: item(e) for n, e in found.items() if signature is None or e.signature == signature},
+            skipped={n: item(e) for n, e in found.items() if signature is not None and e.signature != signature})
 
     @r.post("/refresh-embeddings")
     def refresh_embeddings():

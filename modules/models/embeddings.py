@@ -5,8 +5,12 @@ A file's name (without extension) used as a word in a prompt stands for its vect
   (read with the safe loader; nothing in the file is run), also with the ParameterDict the original
   textual-inversion code saved;
 - A1111 `.safetensors`: `emb_params` (n, width);
-- diffusers `.bin`/`.safetensors`: one entry `{"<token>": tensor(width) or (n, width)}`.
-An embedding whose width is not the loaded text encoder's is "skipped", as A1111 lists it.
+- diffusers `.bin`/`.safetensors`: one entry `{"<token>": tensor(width) or (n, width)}`;
+- SDXL `.safetensors`: `clip_l` (n, CLIP-L's width) and `clip_g` (n, bigG's width), one tensor per text
+  encoder, spliced by each encoder at the same token positions.
+An embedding's `signature` (its tensors' names and widths) must equal the one the loaded model's prompt
+encoder declares; the others are "skipped", as A1111 lists them (an SD 1.x embedding on SDXL, an SDXL one
+on SD 1.x/2.x, a 1024-wide one on SD 1.x).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,12 +40,29 @@ class EmbeddingError(Exception):
 class Embedding:
     name: str
     filename: Path
-    vectors: torch.Tensor  # (n, width)
+    vectors: torch.Tensor  # (n, width); an SDXL file's tensors side by side (clip_l, then clip_g)
     mtime: float
     step: int | None = None
     sd_checkpoint: str | None = None
     sd_checkpoint_name: str | None = None
     sha256: str | None = None
+    parts: dict[str, torch.Tensor] | None = None  # SDXL: {"clip_l": (n, w_l), "clip_g": (n, w_g)}
+    _views: dict[str, Embedding] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def signature(self) -> tuple[tuple[str, int], ...]:
+        """(tensor name, width) of each of its tensors, sorted; ("", width) for a single-tensor file."""
+        if self.parts:
+            return tuple(sorted((name, v.shape[1]) for name, v in self.parts.items()))
+        return (("", self.width),)
+
+    def for_part(self, part: str) -> Embedding:
+        """The embedding as one text encoder splices it: only the tensor named `part` ("" : all)."""
+        if not part or not self.parts:
+            return self
+        if part not in self._views:
+            self._views[part] = replace(self, vectors=self.parts[part], parts=None, _views={})
+        return self._views[part]
 
     @property
     def width(self) -> int:
@@ -55,6 +76,19 @@ class Embedding:
     def preview(self) -> Path | None:
         """The card image beside the file (NAME.png, NAME.preview.png, ...), if any."""
         return preview_beside(self.filename)
+
+
+def sdxl_parts(data: dict, filename: str) -> dict[str, torch.Tensor] | None:
+    """An SDXL file's {"clip_l", "clip_g"} (n, width) tensors (same n), or None for other layouts."""
+    if not (isinstance(data.get("clip_l"), torch.Tensor) and isinstance(data.get("clip_g"), torch.Tensor)):
+        return None
+    parts = {k: data[k].detach().float() for k in ("clip_l", "clip_g")}
+    parts = {k: v[None] if v.dim() == 1 else v for k, v in parts.items()}
+    if any(v.dim() != 2 for v in parts.values()) or parts["clip_l"].shape[0] != parts["clip_g"].shape[0]:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in parts.items())
+        raise EmbeddingError(f"{filename}: SDXL embedding tensors must be (vectors, width) with as many vectors "
+                             f"each; found {shapes}")
+    return parts
 
 
 def vectors_from(data: dict, filename: str) -> torch.Tensor:
@@ -72,8 +106,7 @@ def vectors_from(data: dict, filename: str) -> torch.Tensor:
         tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
         if len(tensors) != 1:
             keys = ", ".join(sorted(map(str, data))[:4])
-            raise EmbeddingError(f"{filename}: not an embedding layout we know (keys: {keys}"
-                                 f"{'; SDXL embeddings are not supported' if 'clip_l' in data else ''})")
+            raise EmbeddingError(f"{filename}: not an embedding layout we know (keys: {keys})")
         tensor = tensors[0]
     if not isinstance(tensor, torch.Tensor):
         raise EmbeddingError(f"{filename}: the embedding is not a tensor")
@@ -92,7 +125,8 @@ def read_embedding(path: Path) -> Embedding:
         data = checkpoint_file.read_object(path)
         if not isinstance(data, dict):
             raise EmbeddingError(f"{path.name}: not an embedding file")
-    vectors = vectors_from(data, path.name)
+    parts = sdxl_parts(data, path.name)
+    vectors = torch.cat([parts["clip_l"], parts["clip_g"]], dim=1) if parts else vectors_from(data, path.name)
 
     def text(key: str) -> str | None:
         v = data.get(key)
@@ -100,7 +134,7 @@ def read_embedding(path: Path) -> Embedding:
 
     step = data.get("step")
     return Embedding(path.stem, path, vectors, path.stat().st_mtime, step if isinstance(step, int) else None,
-                     text("sd_checkpoint"), text("sd_checkpoint_name"))
+                     text("sd_checkpoint"), text("sd_checkpoint_name"), parts=parts)
 
 
 class EmbeddingRegistry:
@@ -168,13 +202,15 @@ class EmbeddingRegistry:
 
 
 class EmbeddingVocabulary:
-    """The embeddings usable with one text encoder, found in token sequences by their names' tokens
-    (longest name first at each position, as A1111 matches them)."""
+    """The embeddings usable with one model's prompt encoder, found in token sequences by their names'
+    tokens (longest name first at each position, as A1111 matches them). `signature` is the encoder's
+    `embedding_signature` (a bare width means a single-tensor embedding of that width)."""
 
-    def __init__(self, embeddings: dict[str, Embedding], tokenize, width: int, key: Hashable = None):
+    def __init__(self, embeddings: dict[str, Embedding], tokenize, signature: tuple | int, key: Hashable = None):
         self.key = key  # what it was built from (the model manager's, to rebuild it only on a change)
-        self.usable = {n: e for n, e in embeddings.items() if e.width == width}
-        self.skipped = {n: e for n, e in embeddings.items() if e.width != width}
+        signature = (("", signature),) if isinstance(signature, int) else tuple(signature)
+        self.usable = {n: e for n, e in embeddings.items() if e.signature == signature}
+        self.skipped = {n: e for n, e in embeddings.items() if e.signature != signature}
         self._by_first: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
         for name, emb in self.usable.items():
             ids = tuple(tokenize(name))

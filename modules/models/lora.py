@@ -10,15 +10,19 @@ Layouts read (key names are matched to our diffusers/transformers modules):
 - kohya-ss / A1111: `lora_unet_<module>` and `lora_te_<module>` with `.lora_down.weight`,
   `.lora_up.weight`, optional `.lora_mid.weight` (LoCon's Tucker core) and `.alpha`. `<module>` is the
   module path with `.` written `_`, in diffusers naming (`down_blocks_0_attentions_0_...`) or in the
-  original LDM naming (`input_blocks_1_1_...`).
+  original LDM naming (`input_blocks_1_1_...`, SDXL's `label_emb_0_0` and deeper transformer stacks too).
+  SDXL files name its two text encoders `lora_te1_` (CLIP-L) and `lora_te2_` (OpenCLIP bigG).
 - LyCORIS LoHa (`hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b`), LoKr (`lokr_w1[_a/_b]`,
   `lokr_w2[_a/_b]`) and full differences (`diff`, `diff_b`) under the same names.
-- diffusers / PEFT: `unet.<module>` and `text_encoder.<module>` with `.lora_A.weight`/`.lora_B.weight`
+- diffusers / PEFT: `unet.<module>` and `text_encoder.<module>` (SDXL: CLIP-L; `text_encoder_2.`: bigG) with
+  `.lora_A.weight`/`.lora_B.weight`
   (PEFT; alpha from the `lora_adapter_metadata` diffusers writes, with `alpha_pattern` and rsLoRA),
   `.lora.down.weight`/`.lora.up.weight`, `.lora_linear_layer.down/up.weight`, or the older
   attention-processor names (`attn1.processor.to_q_lora.down.weight`).
 
-The scale of a factored change is `alpha / rank` when the file gives alpha, else 1 (as A1111 does).
+The scale of a factored change is `alpha / rank` when the file gives alpha, else 1 (as A1111 does). The
+text-encoder multiplier applies to every text encoder. A network made for another model family (see
+`Network.other_family`) is skipped whole, with a note.
 """
 
 from __future__ import annotations
@@ -216,11 +220,16 @@ def _flat(name: str) -> str:
     return name.replace(".", "_")
 
 
-def module_index(unet: torch.nn.Module, text_model: torch.nn.Module) -> dict[str, dict[str, str]]:
-    """{"unet"|"te": {flattened name: module path}} for every Linear/Conv2d, under each name a file may
-    use for it: diffusers' path and the original LDM path for the U-Net; the transformers path with and
-    without the leading `text_model.` for the text encoder."""
-    index: dict[str, dict[str, str]] = {"unet": {}, "te": {}}
+def module_index(unet: torch.nn.Module, text_parts: dict[str, torch.nn.Module] | torch.nn.Module
+                 ) -> dict[str, dict[str, str]]:
+    """{part: {flattened name: module path}} for every Linear/Conv2d of the U-Net ("unet") and of each text
+    encoder the prompt encoder names (`lora_parts`: "te" for SD 1.x/2.x, "te1"/"te2" for SDXL), under each
+    name a file may use for it: diffusers' path and the original LDM path for the U-Net (SDXL's
+    `label_emb` and deeper transformer stacks included); the transformers path with and without the
+    leading `text_model.` for a text encoder. A bare module is the one text encoder ("te")."""
+    if isinstance(text_parts, torch.nn.Module):
+        text_parts = {"te": text_parts}
+    index: dict[str, dict[str, str]] = {"unet": {}, **{part: {} for part in text_parts}}
     layers = unet.config.layers_per_block
     with_attention = {i for i, kind in enumerate(unet.config.up_block_types) if "CrossAttn" in kind}
     for name, module in unet.named_modules():
@@ -231,31 +240,53 @@ def module_index(unet: torch.nn.Module, text_model: torch.nn.Module) -> dict[str
                                                .removesuffix(".weight")), name)
             except KeyError:
                 pass
-    for name, module in text_model.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            bare = name.removeprefix("text_model.")  # transformers 5 has no `text_model.` level
-            for alias in (name, bare, "text_model." + bare):
-                index["te"].setdefault(_flat(alias), name)
+    for part, text_model in text_parts.items():
+        for name, module in text_model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                bare = name.removeprefix("text_model.")  # transformers 5 has no `text_model.` level in CLIP-L
+                for alias in (name, bare, "text_model." + bare):
+                    index[part].setdefault(_flat(alias), name)
     return index
 
 
-def _target(module_key: str) -> tuple[list[str], str]:
-    """(parts of the model to look in, name within it) for a file's module key."""
+# A file's key prefix: the parts of a model it may name, and the text-encoder layout it implies ("one":
+# SD 1.x/2.x's single encoder, "two": SDXL's pair, None: says nothing about the text encoders).
+_PREFIXES = (("lora_unet_", ("unet",), None), ("lora_te1_", ("te1",), "two"), ("lora_te2_", ("te2",), "two"),
+             ("lora_te_", ("te",), "one"), ("unet.", ("unet",), None), ("text_encoder_2.", ("te2",), "two"),
+             ("text_encoder.", ("te", "te1"), None), ("base_model.model.", ("unet", "te", "te1"), None))
+
+
+def _target(module_key: str) -> tuple[tuple[str, ...], str, str | None]:
+    """(parts of the model to look in, name within it, text-encoder layout) for a file's module key."""
     module_key = _PROCESSOR.sub(lambda m: "." + ("to_out.0" if m[1] == "to_out" else m[1]), module_key)
     module_key = _TE_PROCESSOR.sub(lambda m: f".self_attn.{m[1]}_proj", module_key)
-    for prefix, where in (("lora_unet_", ["unet"]), ("lora_te_", ["te"]), ("unet.", ["unet"]),
-                          ("text_encoder.", ["te"]), ("base_model.model.", ["unet", "te"])):
+    for prefix, where, layout in _PREFIXES:
         if module_key.startswith(prefix):
-            return where, module_key[len(prefix):]
-    return ["unet", "te"], module_key
+            return where, module_key[len(prefix):], layout
+    return ("unet", "te", "te1"), module_key, None
 
 
 @dataclass
 class LayerChange:
     """The factors a file gives for one layer."""
-    part: str  # "unet" or "te"
+    part: str  # "unet", or the text encoder's: "te" (SD 1.x/2.x), "te1" (SDXL's CLIP-L), "te2" (SDXL's bigG)
     module: str  # module path in our model
     tensors: dict[str, torch.Tensor]
+
+    def fits(self, shape: torch.Size) -> bool:
+        """Whether the change has as many numbers as the layer's weight, judged from the factors' shapes
+        alone (nothing computed); kinds whose size is not read from the shapes here count as fitting."""
+        t = self.tensors
+        if "down" in t and "up" in t:
+            inner = t["down"].flatten(1).shape[1]
+            if "mid" in t:
+                inner = t["down"].shape[1] * t["mid"].shape[2:].numel()
+            return t["up"].shape[0] * inner == shape.numel()
+        if "hada_w1_a" in t and "hada_w1_b" in t:
+            return t["hada_w1_a"].shape[0] * t["hada_w1_b"].shape[1] == shape.numel()
+        if "diff" in t:
+            return t["diff"].numel() == shape.numel()
+        return True
 
     def delta(self, shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight change at multiplier 1, bias change or None), in float32 on `device`."""
@@ -304,6 +335,31 @@ class Network:
     changes: list[LayerChange]
     unmatched: list[str]  # module keys that name no layer of this model
     unsupported: list[str]  # kinds of keys we do not apply (DoRA, OFT, ...)
+    layouts: set[str] = field(default_factory=set)  # text-encoder layouts its keys imply ("one", "two")
+
+    def other_family(self, models: dict[str, torch.nn.Module]) -> str | None:
+        """Why this network is made for another model family than `models` (None if it is not). It is when
+        (1) its text-encoder keys are all of the other layout: `lora_te_` (one encoder, SD 1.x/2.x) on a
+        model with two encoders (SDXL), or `lora_te1_`/`lora_te2_`/`text_encoder_2.` (two encoders) on a
+        model with one; or (2) more than half of its U-Net cross-attention key/value layers (`attn2.to_k`,
+        `attn2.to_v`, whose input width is the family's text-context width: 768 SD 1.x, 1024 SD 2.x,
+        2048 SDXL) do not fit the model's; or (3) more than half of all its layers match no layer of the
+        model or do not fit the shape of the layer they name. A network that fits but misses a few
+        layers is applied (those layers are reported)."""
+        own = "two" if "te1" in models else "one"
+        if self.layouts and own not in self.layouts:
+            kind = "SDXL's two text encoders" if own == "one" else "a single text encoder (SD 1.x/2.x)"
+            return f"its text-encoder layers are for {kind}"
+        fitting = [(c, c.fits(models[c.part].get_submodule(c.module).weight.shape)) for c in self.changes]
+        context = [fits for c, fits in fitting if c.part == "unet" and c.module.endswith(("attn2.to_k", "attn2.to_v"))]
+        if context and context.count(False) * 2 > len(context):
+            return (f"{context.count(False)} of its {len(context)} cross-attention key/value layers do not fit: "
+                    "they are made for another text-context width")
+        misfits = len(self.unmatched) + [fits for _, fits in fitting].count(False)
+        total = len(self.unmatched) + len(self.changes)
+        if total and misfits * 2 > total:
+            return f"{misfits} of its {total} layers match no layer of this model or do not fit its shape"
+        return None
 
 
 def peft_alphas(metadata: dict) -> dict[str, dict]:
@@ -354,9 +410,12 @@ def read_network(sd: dict[str, torch.Tensor], index: dict[str, dict[str, str]], 
         if m["part"] in ("lora_A.weight", "lora_B.weight"):
             peft_modules.add(m["module"])
     changes, unmatched = [], []
+    layouts: set[str] = set()
     for module_key, tensors in groups.items():
-        where, rest = _target(module_key)
-        found = next(((p, index[p][_flat(rest)]) for p in where if _flat(rest) in index[p]), None)
+        where, rest, layout = _target(module_key)
+        if layout is not None:
+            layouts.add(layout)
+        found = next(((p, index[p][_flat(rest)]) for p in where if _flat(rest) in index.get(p, ())), None)
         if found is None:
             unmatched.append(module_key)
             continue
@@ -366,7 +425,7 @@ def read_network(sd: dict[str, torch.Tensor], index: dict[str, dict[str, str]], 
             if alpha is not None:
                 tensors["alpha"] = torch.tensor(alpha)
         changes.append(LayerChange(found[0], found[1], tensors))
-    return Network(name, changes, unmatched, sorted(unsupported))
+    return Network(name, changes, unmatched, sorted(unsupported), layouts)
 
 
 # --- patching weights ----------------------------------------------------------------------------
@@ -392,8 +451,11 @@ class WeightPatcher:
     originals of the changed parameters back. `apply` restores first, so the weights are always
     base + the networks of the latest call."""
 
-    def __init__(self, unet: torch.nn.Module, text_model: torch.nn.Module):
-        self.models = {"unet": unet, "te": text_model}
+    def __init__(self, unet: torch.nn.Module, text_parts: dict[str, torch.nn.Module] | torch.nn.Module):
+        """`text_parts`: the text encoders by the part names of `module_index` (a bare module: "te")."""
+        if isinstance(text_parts, torch.nn.Module):
+            text_parts = {"te": text_parts}
+        self.models = {"unet": unet, **text_parts}
         self._index: dict[str, dict[str, str]] | None = None
         self._originals: dict[tuple[str, str], tuple[torch.nn.Parameter, torch.Tensor]] = {}
         self._changed: set[tuple[str, str]] = set()  # parameters that differ from their original now
@@ -404,7 +466,7 @@ class WeightPatcher:
     @property
     def index(self) -> dict[str, dict[str, str]]:
         if self._index is None:
-            self._index = module_index(self.models["unet"], self.models["te"])
+            self._index = module_index(self.models["unet"], {k: v for k, v in self.models.items() if k != "unet"})
         return self._index
 
     @torch.no_grad()
@@ -445,9 +507,13 @@ class WeightPatcher:
                 except checkpoint_file.CheckpointError as e:
                     notes.append(f"LoRA {act.mentioned!r} could not be read: {e}")
                     continue
+                reason = network.other_family(self.models)
+                if reason is not None:
+                    notes.append(f"LoRA {act.mentioned!r} skipped: it is made for another model family ({reason})")
+                    continue
                 applied = 0
                 for change in network.changes:
-                    multiplier = act.te if change.part == "te" else act.unet
+                    multiplier = act.unet if change.part == "unet" else act.te
                     if multiplier == 0:
                         continue
                     module = self.models[change.part].get_submodule(change.module)

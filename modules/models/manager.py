@@ -50,7 +50,7 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         if self.networks is None:
-            self.networks = lora.WeightPatcher(self.unet, self.text.text_model)
+            self.networks = lora.WeightPatcher(self.unet, self.text.lora_parts)
 
     @property
     def family(self) -> ModelFamily:
@@ -195,7 +195,8 @@ class ModelManager:
             found = self.embeddings.refresh(force=False)
             key = (id(self.embeddings), self.embeddings.version)
             if model.text.embeddings is None or model.text.embeddings.key != key:  # tokenize names once per change
-                model.text.embeddings = EmbeddingVocabulary(found, model.text.tokenize, model.text.width, key)
+                model.text.embeddings = EmbeddingVocabulary(found, model.text.tokenize,
+                                                            model.text.embedding_signature, key)
             model.text.embeddings_used = {}
             return use
 

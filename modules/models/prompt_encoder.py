@@ -182,6 +182,21 @@ class PromptEncoder:
     def width(self) -> int:
         return self.text_model.config.hidden_size
 
+    # Which of an embedding's tensors this encoder splices ("" for a single-tensor embedding; SDXL's
+    # sub-encoders name their own, "clip_l" or "clip_g").
+    embedding_part = ""
+
+    @property
+    def embedding_signature(self) -> tuple[tuple[str, int], ...]:
+        """The shape of the embeddings this model uses, as `Embedding.signature` gives it: the model
+        manager keeps one vocabulary per model from the embeddings with this signature."""
+        return (("", self.width),)
+
+    @property
+    def lora_parts(self) -> dict[str, torch.nn.Module]:
+        """The text encoders a LoRA file may change, by the part names of `lora.module_index`."""
+        return {"te": self.text_model}
+
     def _with_embeddings(self, ids: list[int]) -> list[int | Embedding]:
         """Token ids with each embedding name's tokens replaced by the Embedding."""
         vocab = self.embeddings
@@ -196,7 +211,7 @@ class PromptEncoder:
                 i += 1
             else:
                 length, emb = found
-                out.append(emb)
+                out.append(emb.for_part(self.embedding_part))
                 self.embeddings_used[emb.name] = emb
                 i += length
         return out

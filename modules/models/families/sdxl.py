@@ -140,9 +140,19 @@ class SDXLPromptEncoder(PromptEncoder):
     def pooled_width(self) -> int:
         return self.clip_g.text_model.config.projection_dim
 
+    @property
+    def embedding_signature(self) -> tuple[tuple[str, int], ...]:
+        """SDXL's textual-inversion files hold a `clip_g` and a `clip_l` tensor, each as wide as its encoder."""
+        return (("clip_g", self.clip_g.width), ("clip_l", self.clip_l.width))
+
+    @property
+    def lora_parts(self) -> dict[str, torch.nn.Module]:
+        """kohya's `lora_te1_` (diffusers' `text_encoder.`) is CLIP-L, `lora_te2_` (`text_encoder_2.`) bigG."""
+        return {"te1": self.clip_l.text_model, "te2": self.clip_g.text_model}
+
     def _share_embeddings(self) -> None:
-        # single-width textual-inversion files do not fit SDXL (its own clip_l/clip_g files are not read
-        # yet); the vocabulary the model manager sets is this encoder's 2048-wide one, so none are used
+        # the model manager sets the vocabulary of SDXL embeddings on this encoder; both sub-encoders find
+        # the same names at the same token positions and each splices its own tensor (`embedding_part`)
         for encoder in (self.clip_l, self.clip_g):
             encoder.embeddings = self.embeddings
             encoder.embeddings_used = self.embeddings_used
@@ -180,6 +190,8 @@ class SDXLPromptEncoder(PromptEncoder):
 
 
 class _ClipL(PromptEncoder):
+    embedding_part = "clip_l"
+
     def __init__(self, tokenizer: CLIPTokenizer, model: CLIPTextModel, layer: int, clip_l_skip: bool):
         super().__init__(tokenizer, model, CLIP_L_SPEC)
         self.layer = layer
@@ -192,6 +204,8 @@ class _ClipL(PromptEncoder):
 
 
 class _ClipG(PromptEncoder):
+    embedding_part = "clip_g"
+
     def __init__(self, tokenizer: CLIPTokenizer, model: CLIPTextModelWithProjection):
         super().__init__(tokenizer, model, BIGG_SPEC)
 
