@@ -90,6 +90,22 @@ def clip_config(vocab: int, hidden: int, intermediate: int, layers: int, positio
     )
 
 
+def openai_clip_config(clip_sd: dict[str, torch.Tensor]) -> CLIPTextConfig:
+    """The shape of an OpenAI CLIP text model (quick-GELU, all its layers) read from its weights, named as
+    transformers names them without the `text_model.` level."""
+    vocab, hidden = clip_sd["embeddings.token_embedding.weight"].shape
+    return clip_config(vocab, hidden, clip_sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
+                       count_layers(clip_sd, "encoder.layers."),
+                       clip_sd["embeddings.position_embedding.weight"].shape[0], "quick_gelu")
+
+
+def open_clip_config(sd: dict[str, torch.Tensor], prefix: str, layers: int) -> CLIPTextConfig:
+    """The shape of an OpenCLIP text tower (GELU) whose weights are under `prefix`, keeping `layers` blocks."""
+    vocab, hidden = sd[prefix + "token_embedding.weight"].shape
+    return clip_config(vocab, hidden, sd[prefix + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0], layers,
+                       sd[prefix + "positional_embedding"].shape[0], "gelu")
+
+
 def build_text_model(cfg: CLIPTextConfig, clip_sd: dict[str, torch.Tensor], config: ModelConfig,
                      cls: type[PreTrainedModel] = CLIPTextModel) -> PreTrainedModel:
     """A CLIP text model of shape `cfg` holding `clip_sd` (CLIPTextModel: transformers' names without

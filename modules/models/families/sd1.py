@@ -25,11 +25,7 @@ def build_text_encoder(config: ModelConfig, sd: StateDict) -> CLIPTextModel:
     clip_sd.pop("embeddings.position_ids", None)  # a buffer we create; some files carry corrupted copies
     if "embeddings.token_embedding.weight" not in clip_sd:
         raise CheckpointError(f"text encoder weights ({CLIP_PREFIX}text_model.*) are missing or unrecognised")
-    vocab, hidden = clip_sd["embeddings.token_embedding.weight"].shape
-    cfg = loader.clip_config(vocab, hidden, clip_sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
-                             loader.count_layers(clip_sd, "encoder.layers."),
-                             clip_sd["embeddings.position_embedding.weight"].shape[0], "quick_gelu")
-    return loader.build_text_model(cfg, clip_sd, config)
+    return loader.build_text_model(loader.openai_clip_config(clip_sd), clip_sd, config)
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,7 @@ def build_text_encoder(config: ModelConfig, sd: StateDict) -> CLIPTextModel:
     last = f"{OPENCLIP_PREFIX}transformer.resblocks.{layers - 1}."
     used = {k: v for k, v in sd.items() if k.startswith(OPENCLIP_PREFIX) and not k.startswith(last)
             and not k.endswith(("text_projection", "logit_scale"))}
-    vocab, hidden = used[OPENCLIP_PREFIX + "token_embedding.weight"].shape
-    cfg = loader.clip_config(vocab, hidden, used[OPENCLIP_PREFIX + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                             layers - 1, used[OPENCLIP_PREFIX + "positional_embedding"].shape[0], "gelu")
+    cfg = loader.open_clip_config(used, OPENCLIP_PREFIX, layers - 1)
     with init_empty_weights():
         shape_only = CLIPTextModel(cfg)
     clip_sd = sfu.convert_open_clip_checkpoint(shape_only, used, prefix=OPENCLIP_PREFIX)

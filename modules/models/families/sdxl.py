@@ -58,8 +58,14 @@ class SDXLTextEncoders(torch.nn.Module):
         self.clip_l_layer = clip_l_layer
 
 
+def _embedders(original: dict) -> list[dict]:
+    """The conditioner's embedders an sgm YAML lists (`model.params.conditioner_config.params.emb_models`)."""
+    conditioner = original["model"]["params"].get("conditioner_config") or {}
+    return (conditioner.get("params") or {}).get("emb_models") or []
+
+
 def _embedder_params(config: ModelConfig, index: int) -> dict:
-    models = ((config.params.get("conditioner_config") or {}).get("params") or {}).get("emb_models") or []
+    models = _embedders(config.original)
     return (models[index].get("params") or {}) if index < len(models) else {}
 
 
@@ -76,10 +82,8 @@ def build_clip_l(config: ModelConfig, sd: StateDict) -> tuple[CLIPTextModel, int
     clip_sd.pop("embeddings.position_ids", None)
     if "embeddings.token_embedding.weight" not in clip_sd:
         raise CheckpointError(f"SDXL CLIP-L text encoder weights ({CLIP_L_PREFIX}text_model.*) are missing")
-    vocab, hidden = clip_sd["embeddings.token_embedding.weight"].shape
-    layers = loader.count_layers(clip_sd, "encoder.layers.")
-    cfg = loader.clip_config(vocab, hidden, clip_sd["encoder.layers.0.mlp.fc1.weight"].shape[0], layers,
-                             clip_sd["embeddings.position_embedding.weight"].shape[0], "quick_gelu")
+    cfg = loader.openai_clip_config(clip_sd)
+    layers = cfg.num_hidden_layers
     params = _embedder_params(config, 0)
     if params.get("layer", "hidden") == "last":
         layer = layers
@@ -97,9 +101,7 @@ def build_clip_g(config: ModelConfig, sd: StateDict) -> CLIPTextModelWithProject
     layers = loader.count_layers(used, BIGG_PREFIX + "transformer.resblocks.")
     if layers < 2 or BIGG_PREFIX + "text_projection" not in used:
         raise CheckpointError(f"SDXL OpenCLIP bigG text encoder weights ({BIGG_PREFIX}*) are missing")
-    vocab, hidden = used[BIGG_PREFIX + "token_embedding.weight"].shape
-    cfg = loader.clip_config(vocab, hidden, used[BIGG_PREFIX + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                             layers, used[BIGG_PREFIX + "positional_embedding"].shape[0], "gelu")
+    cfg = loader.open_clip_config(used, BIGG_PREFIX, layers)
     cfg.projection_dim = int(used[BIGG_PREFIX + "text_projection"].shape[1])
     cfg.pad_token_id = 0
     with init_empty_weights():
@@ -228,8 +230,7 @@ class StableDiffusionXL:
         return FamilyMatch(unet_in_channels(sd) == 9, marked_prediction_type(sd, metadata) or "epsilon")
 
     def describes(self, original: dict) -> bool:
-        models = ((original["model"]["params"].get("conditioner_config") or {}).get("params") or {}).get(
-            "emb_models") or []
+        models = _embedders(original)
         targets = [str(m.get("target", "")).rsplit(".", 1)[-1] for m in models]
         return "FrozenCLIPEmbedder" in targets and "FrozenOpenCLIPEmbedder2" in targets
 
