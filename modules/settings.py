@@ -33,6 +33,14 @@ class Settings(BaseModel):
                                                       "encoder always uses its penultimate layer)")
     sdxl_crop_top: int = Field(0, ge=0, le=8192, description="SDXL crop top coordinate (a size condition)")
     sdxl_crop_left: int = Field(0, ge=0, le=8192, description="SDXL crop left coordinate (a size condition)")
+    sdxl_refiner_low_aesthetic_score: float = Field(2.5, ge=0.0, le=10.0,
+                                                    description="SDXL refiner low aesthetic score (negative prompt)")
+    sdxl_refiner_high_aesthetic_score: float = Field(6.0, ge=0.0, le=10.0,
+                                                     description="SDXL refiner high aesthetic score (prompt)")
+    hires_fix_refiner_pass: Literal["first pass", "second pass", "both passes"] = Field(
+        "second pass", description="Hires fix: which pass uses the refiner")
+    refiner_switch_by_sample_steps: bool = Field(
+        False, description="Switch to the refiner by sampling steps, as A1111 before 1.8, not by noise level")
     randn_source: Literal["CPU", "GPU", "NV"] = Field(
         "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
                            "generator; NV the numbers NVIDIA GPUs give, on any device")
@@ -165,7 +173,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                               "directories_max_prompt_words"),
     "Stable Diffusion": ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sdxl_clip_l_skip", "emphasis",
                          "randn_source"),
-    "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left"),
+    "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
+                            "sdxl_refiner_high_aesthetic_score"),
+    "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
     "VAE": ("sd_vae",),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_fix_steps",
                 "img2img_background_color"),

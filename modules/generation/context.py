@@ -9,11 +9,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from modules.generation import hires, rng, samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.settings import Settings
 
 SAME = (None, "", "Use same sampler", "Use same scheduler")  # hr_sampler_name / hr_scheduler: the first pass's
+HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # A1111's hires_fix_refiner_pass choices
+
+
+@dataclass(frozen=True)
+class RefinerPlan:
+    """When a job switches to its refiner checkpoint (which model that is, the services know).
+
+    As A1111 >= 1.9: at the first denoiser call whose model timestep t (the one whose sigma is nearest the
+    call's) gives (999 - t) / 1000 >= switch_at; with `by_steps` (A1111's refiner_switch_by_sample_steps)
+    at the first call with calls_so_far / total_calls >= switch_at, total_calls being the steps run, twice
+    for second-order samplers. `switch_at` None switches at the first call. With Hires. fix, `hires_pass`
+    (hires_fix_refiner_pass) says which pass may switch; every batch and every pass starts on the base."""
+    name: str  # the refiner checkpoint's name, for messages
+    switch_at: float | None = None
+    by_steps: bool = False
+    hires_pass: str = "second pass"
+
+    def allowed_in(self, hires: bool, second_pass: bool) -> bool:
+        """Whether a pass may switch: every pass without Hires. fix, the chosen ones with it."""
+        if not hires:
+            return True
+        return self.hires_pass == "both passes" or (self.hires_pass == "second pass") == second_pass
+
+    def due(self, calls: int, total_calls: int, timestep: int) -> bool:
+        if self.switch_at is None:
+            return True
+        if self.by_steps:
+            return calls / total_calls >= self.switch_at
+        # A1111 divides a timestep tensor: the ratio and the comparison are in float32 (0.7 switches at t=299)
+        return bool(torch.tensor(999 - timestep) / 1000 >= self.switch_at)
+
+    def fields(self, title: str, hires: bool) -> dict[str, object]:
+        """A1111's infotext keys for a job that switched (`title`: the refiner's "name [hash]")."""
+        out: dict[str, object] = {"Refiner": title, "Refiner switch at": self.switch_at}
+        if self.by_steps:
+            out["Refiner switch by sampling steps"] = True
+        if hires and self.hires_pass != "second pass":
+            out["Hires refiner"] = self.hires_pass
+        return out
 
 
 @dataclass(frozen=True)
@@ -33,6 +74,7 @@ class JobContext:
     background: str = "#ffffff"  # what transparent init images are flattened onto
     fix_steps: bool = False  # img2img_fix_steps
     mask_weight: float = 1.0  # inpainting_mask_weight (9-channel inpainting models)
+    refiner: RefinerPlan | None = None  # switch to another checkpoint near the end (set by the services)
 
     @property
     def is_img2img(self) -> bool:

@@ -47,6 +47,10 @@ class GenerationParams(BaseModel):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    refiner_checkpoint: str | None = Field(None, description="The checkpoint sampling switches to near the end; "
+                                                             "None, '' or 'None': no refiner")
+    refiner_switch_at: float | None = Field(None, ge=0.0, le=1.0, description="Switch at this fraction of the "
+                                            "denoising (A1111's 0.8 in its page); None: from the first step")
     steps: int = Field(20, ge=1, le=1000)
     cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
     width: int = 512

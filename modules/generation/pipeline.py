@@ -22,7 +22,7 @@ from PIL import Image
 from modules import images
 from modules.generation import extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules
 from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
-from modules.generation.context import JobContext
+from modules.generation.context import JobContext, RefinerPlan
 from modules.generation.params import Img2ImgParams
 from modules.jobs import JobInterrupted, JobSkipped
 
@@ -49,6 +49,10 @@ class Hooks:
     # shows, and what a stopped batch is decoded from (A1111 returns the last denoised latent when interrupted)
     on_step: Callable[[int, int, torch.Tensor], None] | None = None
     check: Callable[[], None] | None = None  # raises JobInterrupted (stop) or JobSkipped (next batch)
+    # a job with a refiner (ctx.refiner): load the refiner checkpoint / the job's own checkpoint again, each
+    # made ready for the job (its networks and settings), returning the loaded model
+    load_refiner: Callable[[], Any] | None = None
+    load_base: Callable[[], Any] | None = None
 
 
 def _keeping_x0(hooks: Hooks, last_x0: list[torch.Tensor]) -> Hooks:
@@ -91,11 +95,24 @@ class Denoiser:
 
     def __init__(self, model, cond: ComposableCond | Cond | torch.Tensor, uncond: ScheduledCond | Cond | torch.Tensor,
                  cfg_scale: float, image_cond: torch.Tensor | None = None,
-                 unet_inputs: dict[str, torch.Tensor] | None = None):
+                 unet_inputs: dict[str, torch.Tensor] | None = None,
+                 uncond_inputs: dict[str, torch.Tensor] | None = None):
+        self.cfg_scale = cfg_scale
+        self.rebind(model, cond, uncond, image_cond, unet_inputs, uncond_inputs)
+        self.switch: RefinerSwitch | None = None  # a refiner to switch to, armed by the batch loop
+        self.step = 0  # calls so far
+        self.cfg_multiplier = 1.0  # DDIM CFG++ uses cfg_scale / 12.5
+        self.keep_uncond = False  # DDIM CFG++ also needs the unconditional prediction: kept in last_uncond
+        self.last_uncond: torch.Tensor | None = None
+
+    def rebind(self, model, cond: ComposableCond | Cond | torch.Tensor, uncond: ScheduledCond | Cond | torch.Tensor,
+               image_cond: torch.Tensor | None = None, unet_inputs: dict[str, torch.Tensor] | None = None,
+               uncond_inputs: dict[str, torch.Tensor] | None = None) -> None:
+        """Run `model` with these conditionings from the next call on (the refiner switch); the call count,
+        and so the prompt schedules' position, carries on."""
         self.unet = model.unet
         self.batch_cond_uncond = model.batch_cond_uncond  # False: two smaller U-Net batches
         self.dtype = next(model.unet.parameters()).dtype
-        self.cfg_scale = cfg_scale
         if not isinstance(cond, ComposableCond):
             cond = ComposableCond.fixed(cond)
         if not isinstance(uncond, ScheduledCond):
@@ -104,19 +121,31 @@ class Denoiser:
         self.uncond = uncond.to(self.dtype)
         self.image_cond = image_cond
         self.unet_inputs = dict(unet_inputs or {})
-        self.step = 0  # calls so far
-        self.cfg_multiplier = 1.0  # DDIM CFG++ uses cfg_scale / 12.5
-        self.keep_uncond = False  # DDIM CFG++ also needs the unconditional prediction: kept in last_uncond
-        self.last_uncond: torch.Tensor | None = None
+        self.uncond_inputs = dict(uncond_inputs if uncond_inputs is not None else self.unet_inputs)
+
+    def maybe_switch(self, timestep: int) -> None:
+        """Switch to the refiner if it is due at this call (`timestep`: the model timestep of its noise level)."""
+        if self.switch is not None and self.switch.plan.due(self.step, self.switch.total_calls, timestep):
+            switch, self.switch = self.switch, None
+            switch.fire(self)
+
+    def _added(self, rows: list[tuple[int, dict[str, torch.Tensor]]], device) -> dict[str, torch.Tensor]:
+        """The job-wide U-Net inputs for a batch made of (count, inputs) row groups."""
+        keys = rows[0][1].keys()
+        return {k: torch.cat([inputs[k].to(device).expand(n, *inputs[k].shape[-1:]) for n, inputs in rows])
+                for k in keys}
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-              image_cond: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
+              image_cond: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
+              inputs: list[tuple[int, dict[str, torch.Tensor]]] | None = None) -> torch.Tensor:
+        """`inputs`: the job-wide inputs of the batch's rows, in groups (the prompt's rows, then the negative's);
+        None: the prompt's for every row."""
         if image_cond is not None:  # inpainting models see [latent, mask, masked-image latent]
             x = torch.cat([x, image_cond.expand(x.shape[0], -1, -1, -1).to(x.dtype)], dim=1)
         t = t.to(x.device, torch.float32).expand(x.shape[0])
         extra = {}
         if pooled is not None or self.unet_inputs:
-            added = {k: v.to(x.device).expand(x.shape[0], *v.shape[-1:]) for k, v in self.unet_inputs.items()}
+            added = self._added(inputs or [(x.shape[0], self.unet_inputs)], x.device) if self.unet_inputs else {}
             if pooled is not None:
                 added["text_embeds"] = pooled
             extra["added_cond_kwargs"] = added
@@ -151,11 +180,11 @@ class Denoiser:
             ic_both = ic_cond if ic_cond is None or ic_cond.shape[0] == 1 else torch.cat([ic_cond, ic_uncond])
             pooled_both = None if cond_pooled is None else torch.cat([cond_pooled, uncond_pooled])
             both = self._unet(torch.cat([x_cond, x_in]), t, torch.cat([cond_context, uncond_context]), ic_both,
-                              pooled_both)
+                              pooled_both, [(n * k, self.unet_inputs), (n, self.uncond_inputs)])
             cond_out, uncond_out = both[:n * k], both[n * k:]
         else:
             cond_out = self._unet(x_cond, t, cond_context, ic_cond, cond_pooled)
-            uncond_out = self._unet(x_in, t, uncond_context, ic_uncond, uncond_pooled)
+            uncond_out = self._unet(x_in, t, uncond_context, ic_uncond, uncond_pooled, [(n, self.uncond_inputs)])
         if self.keep_uncond:
             self.last_uncond = uncond_out
         out = uncond_out.clone()
@@ -220,6 +249,9 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     last t_enc + 1 steps (img2img). Hooks see the steps actually run. Per-step noise comes from the
     images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`)."""
     prepared = samplers.prepare(choice, steps, model.alphas_cumprod, options, sdxl=model.family.sampling.sdxl_schedules)
+    if denoiser.switch is not None:  # A1111 counts the calls a pass makes as its steps, twice for 2nd-order samplers
+        denoiser.switch.total_calls = (steps if start is None else start.t_enc + 1) * (2 if choice.spec.second_order
+                                                                                      else 1)
     if prepared.state == "timestep":
         return _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
     first = 0 if start is None else steps - start.t_enc - 1
@@ -250,6 +282,8 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if hooks.check:
             hooks.check()
+        if denoiser.switch is not None:  # these samplers' model input is the timestep itself
+            denoiser.maybe_switch(int(t))
         out = denoiser(x, t.float())
         a_t = alphas[int(t)]
         if start is not None and start.mask is not None:
@@ -281,10 +315,13 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     v_model = model.prediction_type == "v_prediction"
     x = noise * sigmas[0] if start is None else start.latent + noise * sigmas[0]
     lcm_log = None if prepared.lcm_log_sigmas is None else prepared.lcm_log_sigmas.to(noise.device)
+    table = schedules.model_sigmas(model.alphas_cumprod).to(noise.device)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if hooks.check:
             hooks.check()
+        if denoiser.switch is not None:  # the model timestep whose sigma is nearest (A1111's refiner test)
+            denoiser.maybe_switch(int(torch.argmin((table - sigma.max()).abs())))
         c_in = 1 / (sigma ** 2 + 1) ** 0.5
         if lcm_log is not None:  # LCM: A1111 reads the output as eps at the grid timestep, then LCM-scales it
             t = ksampling.lcm_timestep(sigma, lcm_log, len(log_sigmas))
@@ -488,6 +525,81 @@ class _Plan:
     schedule_steps: int | None = None  # img2img: the schedule's length when it is not params.steps
 
 
+class RefinerMismatch(RuntimeError):
+    """The refiner cannot continue what the job's model started (an inpainting refiner for another model)."""
+
+
+@dataclass
+class RefinerSwitch:
+    """One pass's switch to the refiner (`ctx.refiner`), armed on the pass's Denoiser, which fires it once at
+    the call `RefinerPlan.due` names: the refiner is loaded (the job's model is released first, see
+    ModelManager), the prompts are encoded with its text encoder (A1111's setup_conds), and sampling goes on
+    with the same latent, sampler state and call count."""
+    plan: RefinerPlan
+    load: Callable[[], Any]
+    texts: tuple[str, str, int]  # the prompt (networks taken out), the negative prompt, the steps they span
+    size: tuple[int, int]  # the pass's width and height
+    encoding: tuple[int, str]  # clip skip, emphasis
+    on_switch: Callable[[Any], None]  # told the refiner model once it runs
+    total_calls: int = 0  # the pass's denoiser calls, for switching by sampling steps (set by `sample`)
+
+    def fire(self, denoiser: Denoiser) -> None:
+        model = self.load()
+        prompt, negative, steps = self.texts
+        clip_skip, emphasis = self.encoding
+        image_cond = denoiser.image_cond if model.config.in_channels == 9 else None
+        if model.config.in_channels == 9 and image_cond is None:
+            raise RefinerMismatch(f"The refiner {self.plan.name} is an inpainting model; the job's model is not, "
+                                  "so it has no masked image to give it")
+        cond = model.text.encode_prompt(prompt, steps, clip_skip, emphasis)
+        uncond = model.text.encode_negative(negative, steps, clip_skip, emphasis)
+        width, height = self.size
+        denoiser.rebind(model, cond, uncond, image_cond, model.text.unet_inputs(width, height),
+                        model.text.unet_inputs(width, height, negative=True))
+        self.on_switch(model)
+
+
+class _Models:
+    """The models a job's batch runs on: the job's own (`base`) and, after a refiner switch, the refiner
+    (`now`). Each batch and each Hires. fix pass starts on the base again, as in A1111."""
+
+    def __init__(self, base, hooks: Hooks):
+        self.base = self.now = base
+        self.hooks = hooks
+        self._stack: contextlib.ExitStack | None = None  # the sampling block the refiner is made stoppable in
+
+    def base_again(self):
+        if self.now is not self.base:
+            self.base = self.hooks.load_base()
+            self._use(self.base)
+        return self.base
+
+    def switch(self, ctx: JobContext, second_pass: bool, texts: tuple[str, str, int], size: tuple[int, int]
+               ) -> RefinerSwitch | None:
+        """The switch for a pass, or None when this pass does not switch."""
+        plan = ctx.refiner
+        if plan is None or self.hooks.load_refiner is None or not plan.allowed_in(ctx.hires, second_pass):
+            return None
+        return RefinerSwitch(plan, self.hooks.load_refiner, texts, size, (ctx.clip_skip, ctx.emphasis),
+                             self._use)
+
+    def _use(self, model) -> None:
+        self.now = model
+        if self._stack is not None:
+            self._stack.enter_context(stoppable(model.unet, self.hooks.check))
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[CallTime]:
+        """Interrupts land within a layer of whichever model runs (see `stoppable`)."""
+        with contextlib.ExitStack() as stack:
+            timing = stack.enter_context(stoppable(self.now.unet, self.hooks.check))
+            self._stack = stack
+            try:
+                yield timing
+            finally:
+                self._stack = None
+
+
 def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[BatchOutput]:
     """The loop every job shares: encode the prompts once, then per batch seed the generators, draw the
     noise, sample, decode. The prompt's extra-network tags (`<lora:...>`) are taken out before it is
@@ -497,45 +609,47 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
     prompt = extra_networks.parse(params.prompt).text
     cond = model.text.encode_prompt(prompt, params.steps, clip_skip, emphasis)
     uncond = model.text.encode_negative(params.negative_prompt, params.steps, clip_skip, emphasis)
-    unet_inputs = model.text.unet_inputs(params.width, params.height)
+    inputs = (model.text.unet_inputs(params.width, params.height),
+              model.text.unet_inputs(params.width, params.height, negative=True))
     last_x0: list[torch.Tensor] = []  # the x0 the batch's latest step reported: what a stopped batch shows
     hooks = _keeping_x0(hooks, last_x0)
+    models = _Models(model, hooks)
     for b in range(params.n_iter):
         if hooks.on_batch:
             hooks.on_batch(b)
         last_x0.clear()
+        model = models.base_again()
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
+        batch_subseeds = subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None
         generators = rng.create_generators(batch_seeds, randn_source, model.device)
-        noise = rng.image_noise(
-            batch_seeds, generators, plan.shape, model.device, randn_source,
-            subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None,
-            params.subseed_strength, (params.seed_resize_from_w, params.seed_resize_from_h))
+        noise = rng.image_noise(batch_seeds, generators, plan.shape, model.device, randn_source, batch_subseeds,
+                                params.subseed_strength, (params.seed_resize_from_w, params.seed_resize_from_h))
         if ensd:  # A1111: the per-step noise comes from generators seeded with seed + ENSD
             generators = rng.create_generators([s + ensd for s in batch_seeds], randn_source, model.device)
         if plan.noise_multiplier != 1.0:
             noise = noise * plan.noise_multiplier
         start = plan.start(batch_seeds) if plan.start else None
-        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond, unet_inputs)
+        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond, *inputs)
+        denoiser.switch = models.switch(ctx, False, (prompt, params.negative_prompt, params.steps),
+                                        (params.width, params.height))
         first_hooks, second_hooks = hooks, None
         if plan.hires and hooks.on_step:  # progress over both passes, as A1111 counts it
             total = params.steps + (params.hr_second_pass_steps or params.steps)
             first_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(i, total, x))
             second_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(total - n + i, total, x))
         try:
-            with stoppable(model.unet, hooks.check) as unet_time:
+            with models.sampling() as unet_time:
                 latents = sample(model, denoiser, noise, ctx.choice, plan.schedule_steps or params.steps, generators,
                                  first_hooks, start, ctx.options, batch_seeds)
                 if plan.hires:
-                    latents = _hires_pass(
-                        model, ctx, latents, batch_seeds,
-                        subseeds[b * params.batch_size:(b + 1) * params.batch_size] if subseeds else None,
-                        second_hooks or hooks)
+                    latents = _hires_pass(models, ctx, latents, batch_seeds, batch_subseeds, second_hooks or hooks)
         except (JobSkipped, JobInterrupted) as stopped:
             # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
             skipped = isinstance(stopped, JobSkipped)
             partial = last_x0[-1] if last_x0 else None
             if partial is not None:
-                images = decode_unless_stopped(model, partial, lambda: True, unet_time.seconds) or sketch(partial)
+                images = decode_unless_stopped(models.now, partial, lambda: True, unet_time.seconds) \
+                    or sketch(partial)
                 yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
                                   interrupted=not skipped, skipped=skipped)
             if skipped:
@@ -555,7 +669,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
                 stop.append("skipped")
             return bool(stop)
 
-        images = decode_unless_stopped(model, latents, stopping, unet_time.seconds)
+        # decoded by the model sampling ended with (the refiner's VAE after a switch, as in A1111)
+        images = decode_unless_stopped(models.now, latents, stopping, unet_time.seconds)
         if images is None:  # a long decode that was stopped: shown as an interrupted / skipped batch
             images = sketch(latents)
             yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
@@ -566,16 +681,18 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b)
 
 
-def _hires_pass(model, ctx: JobContext, latents: torch.Tensor, seeds: list[int], subseeds: list[int] | None,
+def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: list[int], subseeds: list[int] | None,
                 hooks: Hooks) -> torch.Tensor:
     """Hires. fix's second pass (see `hires`): upscale, fresh noise for the images' seeds at the new size
     (A1111 makes a new RNG there), then img2img over the end of the hires schedule, with the hires
-    sampler and prompts when given (A1111 encodes them for the hires steps)."""
+    sampler and prompts when given (A1111 encodes them for the hires steps). A first pass that switched to
+    the refiner decodes with it (for a pixel upscaler); the second pass starts on the job's model again."""
     params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
-    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, lambda z: decode(model, z),
-                                    lambda image: encode(model, image_to_tensor(image)[None]))
+    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, lambda z: decode(models.now, z),
+                                    lambda image: encode(models.base_again(), image_to_tensor(image)[None]))
+    model = models.base_again()
     latents = hires.crop(latents, cut_x, cut_y)
     shape = (LATENT_CHANNELS, *latents.shape[2:])
     height, width = shape[1] * VAE_SCALE, shape[2] * VAE_SCALE
@@ -587,11 +704,13 @@ def _hires_pass(model, ctx: JobContext, latents: torch.Tensor, seeds: list[int],
     steps, t_enc = hires.schedule(params)
     hr_steps = params.hr_second_pass_steps or params.steps
     prompt = extra_networks.parse(params.hr_prompt or params.prompt).text
+    negative = params.hr_negative_prompt or params.negative_prompt
     cond = model.text.encode_prompt(prompt, hr_steps, clip_skip, emphasis)
-    uncond = model.text.encode_negative(params.hr_negative_prompt or params.negative_prompt, hr_steps, clip_skip,
-                                        emphasis)
+    uncond = model.text.encode_negative(negative, hr_steps, clip_skip, emphasis)
     image_cond = inpainting_conditioning(model, len(seeds), height, width)
-    denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond, model.text.unet_inputs(width, height))
+    denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond, model.text.unet_inputs(width, height),
+                        model.text.unet_inputs(width, height, negative=True))
+    denoiser.switch = models.switch(ctx, True, (prompt, negative, hr_steps), (width, height))
     return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks, Start(latents, t_enc), ctx.options,
                   seeds)
 

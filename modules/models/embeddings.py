@@ -8,9 +8,10 @@ A file's name (without extension) used as a word in a prompt stands for its vect
 - diffusers `.bin`/`.safetensors`: one entry `{"<token>": tensor(width) or (n, width)}`;
 - SDXL `.safetensors`: `clip_l` (n, CLIP-L's width) and `clip_g` (n, bigG's width), one tensor per text
   encoder, spliced by each encoder at the same token positions.
-An embedding's `signature` (its tensors' names and widths) must equal the one the loaded model's prompt
-encoder declares; the others are "skipped", as A1111 lists them (an SD 1.x embedding on SDXL, an SDXL one
-on SD 1.x/2.x, a 1024-wide one on SD 1.x).
+An embedding's `signature` (its tensors' names and widths) must hold every part the loaded model's prompt
+encoder declares, at its width (the SDXL refiner uses an SDXL file's `clip_g` alone); the others are
+"skipped", as A1111 lists them (an SD 1.x embedding on SDXL, an SDXL one on SD 1.x/2.x, a 1024-wide one on
+SD 1.x).
 """
 
 from __future__ import annotations
@@ -208,9 +209,9 @@ class EmbeddingVocabulary:
 
     def __init__(self, embeddings: dict[str, Embedding], tokenize, signature: tuple | int, key: Hashable = None):
         self.key = key  # what it was built from (the model manager's, to rebuild it only on a change)
-        signature = (("", signature),) if isinstance(signature, int) else tuple(signature)
-        self.usable = {n: e for n, e in embeddings.items() if e.signature == signature}
-        self.skipped = {n: e for n, e in embeddings.items() if e.signature != signature}
+        needed = set((("", signature),) if isinstance(signature, int) else signature)
+        self.usable = {n: e for n, e in embeddings.items() if needed <= set(e.signature)}
+        self.skipped = {n: e for n, e in embeddings.items() if n not in self.usable}
         self._by_first: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
         for name, emb in self.usable.items():
             ids = tuple(tokenize(name))

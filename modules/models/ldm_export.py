@@ -21,6 +21,7 @@ CLIP = "cond_stage_model.transformer.text_model."
 OPENCLIP = "cond_stage_model.model."
 SDXL_CLIP_L = "conditioner.embedders.0.transformer.text_model."
 SDXL_CLIP_G = "conditioner.embedders.1.model."
+SDXL_REFINER_CLIP_G = "conditioner.embedders.0.model."
 
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -156,11 +157,14 @@ def schedule_buffers(linear_start: float = 0.00085, linear_end: float = 0.012, t
 def checkpoint_state_dict(unet, vae, text_encoder, family: str, text_encoder_2=None) -> dict[str, torch.Tensor]:
     """The whole LDM state dict for a model. For SD 2.x `text_encoder` is the full OpenCLIP tower
     (the loader uses all but its last block, like the original penultimate-layer setting). For SDXL it is
-    CLIP-L and `text_encoder_2` the bigG tower with its projection; like Stability's files, no schedule
-    buffers are stored."""
+    CLIP-L and `text_encoder_2` the bigG tower with its projection; for the SDXL refiner `text_encoder` is
+    that bigG tower; like Stability's files, no schedule buffers are stored."""
     sd = unet_to_ldm(unet.state_dict(), unet.config.layers_per_block)
     sd.update(vae_to_ldm(vae.state_dict(), len(vae.config.block_out_channels)))
     te = text_encoder.state_dict()
+    if family == "sdxl_refiner":
+        sd.update(open_clip_to_ldm(te, prefix=SDXL_REFINER_CLIP_G))
+        return sd
     if family == "sdxl":
         sd.update(clip_to_ldm(te, prefix=SDXL_CLIP_L))
         sd.update(open_clip_to_ldm(text_encoder_2.state_dict(), prefix=SDXL_CLIP_G))
@@ -180,9 +184,10 @@ def _first_stage(vae) -> dict:
         "lossconfig": {"target": "torch.nn.Identity"}}
 
 
-def sdxl_yaml(unet, vae, clip_l_layers: int, prediction_type: str = "epsilon") -> dict:
-    """An sgm YAML for SDXL-architecture modules of any size, in the layout of configs/sd_xl_base.yaml; the
-    CLIP-L hidden state used is the penultimate (`layer_idx` 11 of SDXL's 12)."""
+def sdxl_yaml(unet, vae, clip_l_layers: int, prediction_type: str = "epsilon", refiner: bool = False) -> dict:
+    """An sgm YAML for SDXL-architecture modules of any size, in the layout of configs/sd_xl_base.yaml (the
+    refiner's: sd_xl_refiner.yaml); the CLIP-L hidden state used is the penultimate (`layer_idx` 11 of SDXL's
+    12)."""
     u = unet.config
     base = u.block_out_channels[0]
     with_attention = [i for i, t in enumerate(u.down_block_types) if t.startswith("CrossAttn")]
@@ -201,15 +206,15 @@ def sdxl_yaml(unet, vae, clip_l_layers: int, prediction_type: str = "epsilon") -
     size_embedder = "sgm.modules.encoders.modules.ConcatTimestepEmbedderND"
     sizes = [{"is_trainable": False, "input_key": key, "target": size_embedder,
               "params": {"outdim": u.addition_time_embed_dim}}
-             for key in ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")]
-    embedders = [
-        {"is_trainable": False, "input_key": "txt", "target": "sgm.modules.encoders.modules.FrozenCLIPEmbedder",
-         "params": {"layer": "hidden", "layer_idx": clip_l_layers - 1}},
-        {"is_trainable": False, "input_key": "txt", "target": "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2",
-         "params": {"arch": "ViT-bigG-14", "version": "laion2b_s39b_b160k", "freeze": True, "layer": "penultimate",
-                    "always_return_pooled": True, "legacy": False}},
-        *sizes,
-    ]
+             for key in ("original_size_as_tuple", "crop_coords_top_left",
+                         "aesthetic_score" if refiner else "target_size_as_tuple")]
+    encoders = "sgm.modules.encoders.modules."
+    clip_l = {"is_trainable": False, "input_key": "txt", "target": encoders + "FrozenCLIPEmbedder",
+              "params": {"layer": "hidden", "layer_idx": clip_l_layers - 1}}
+    clip_g = {"is_trainable": False, "input_key": "txt", "target": encoders + "FrozenOpenCLIPEmbedder2",
+              "params": {"arch": "ViT-bigG-14", "version": "laion2b_s39b_b160k", "freeze": True, "layer": "penultimate",
+                         "always_return_pooled": True, "legacy": False}}
+    embedders = [clip_g, *sizes] if refiner else [clip_l, clip_g, *sizes]
     params = {
         "scale_factor": float(vae.config.scaling_factor), "disable_first_stage_autocast": True,
         "denoiser_config": {"target": "sgm.modules.diffusionmodules.denoiser.DiscreteDenoiser", "params": {

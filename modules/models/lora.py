@@ -469,6 +469,12 @@ class WeightPatcher:
             self._index = module_index(self.models["unet"], {k: v for k, v in self.models.items() if k != "unet"})
         return self._index
 
+    def forget(self) -> None:
+        """Drop the backups (the model's weights are being freed; nothing will be restored)."""
+        self._originals.clear()
+        self._changed.clear()
+        self.applied, self.notes = (), []
+
     @torch.no_grad()
     def restore(self) -> None:
         start = time.perf_counter()

@@ -68,6 +68,21 @@ class LoadedModel:
         """Switch the VAE in use to fp32 (after fp16 produced NaNs)."""
         self.vae.to(torch.float32)
 
+    def release(self) -> None:
+        """Free this model's weights now, even while something still holds this object (a job that switched to
+        its refiner mid-batch does): every module moves to the meta device, which keeps shapes and frees the
+        memory, and the LoRA backups are dropped. The object stays readable (its info, config, the embeddings
+        its prompts used); running it raises. Called by the manager when another model replaces it."""
+        for module in (self.unet, self.vae, self.own_vae, self.text.text_model):
+            if module is not None:
+                module.to("meta")
+        if self.networks is not None:
+            self.networks.forget()
+
+    @property
+    def released(self) -> bool:
+        return next(self.unet.parameters()).is_meta
+
 
 @dataclass
 class ExtraNetworksUse:
@@ -153,6 +168,7 @@ class ModelManager:
         with self._lock:
             if self.current is None:
                 return
+            self.current.release()
             self.current = None
             gc.collect()
             devices.empty_cache(self.plan.device)

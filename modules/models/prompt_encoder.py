@@ -341,9 +341,10 @@ class PromptEncoder:
         by_id: dict[int, Cond] = {}
         return [by_id.setdefault(id(z), Cond(z)) for z in self.encode_texts(texts, clip_skip, emphasis)]
 
-    def unet_inputs(self, width: int, height: int) -> dict[str, torch.Tensor]:
+    def unet_inputs(self, width: int, height: int, negative: bool = False) -> dict[str, torch.Tensor]:
         """Extra U-Net inputs shared by every image of a job of this size (diffusers' `added_cond_kwargs`
-        entries other than the pooled text vector); none for SD 1.x/2.x."""
+        entries other than the pooled text vector); `negative`: those for the negative prompt's rows, where
+        a family's differ (the SDXL refiner's aesthetic score). None for SD 1.x/2.x."""
         return {}
 
     def use_settings(self, settings) -> None:

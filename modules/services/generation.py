@@ -74,6 +74,8 @@ class GenerationService:
                 result = self._run(job, accepted)
             except pipeline.NonFiniteInput as e:  # what was asked overflowed: a 4xx naming the values
                 raise BadRequest(f"{e} (here: {sampler_numbers(accepted.ctx.params, accepted.settings)})") from None
+            except pipeline.RefinerMismatch as e:
+                raise BadRequest(f"refiner_checkpoint: {e}") from None
             result.warnings[:0] = accepted.warnings
             return result
 
@@ -83,6 +85,7 @@ class GenerationService:
     def _run(self, job: Job, accepted: Accepted) -> GenerationResult:
         run = self._start(job, accepted)
         hooks = pipeline.Hooks(check=job.check)
+        self._model_hooks(run, hooks)
         batches, steps_run = self._batches(run, hooks)
         bar = self._show_progress(run, hooks, steps_run)
         try:
@@ -95,21 +98,50 @@ class GenerationService:
 
     def _start(self, job: Job, accepted: Accepted) -> _Run:
         """Load the model, apply the prompt's networks and the attention settings."""
-        settings, params = accepted.settings, accepted.ctx.params
-        model = self._checkpoints.load_now(
-            accepted.checkpoint, settings.sd_vae, remember=not accepted.checkpoint_requested,
-            requested="override_settings.sd_model_checkpoint" if accepted.checkpoint_requested else None)
         result = GenerationResult([], [], [], [], {})
+        params = accepted.ctx.params
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         result.warnings.extend(extra_networks.unsupported_warnings(tags))
-        if model.vae_warning:
-            result.warnings.append(model.vae_warning)
+        requested = "override_settings.sd_model_checkpoint" if accepted.checkpoint_requested else None
+        model, networks = self._ready(accepted, accepted.checkpoint, result, not accepted.checkpoint_requested,
+                                      requested)
+        record = describe.JobRecord(accepted.ctx, accepted.settings, describe.ModelFacts.of(model),
+                                    accepted.unstyled_prompt)
+        return _Run(job, accepted, model, record, networks, result, {})
+
+    def _ready(self, accepted: Accepted, info, result: GenerationResult, remember: bool = False,
+               requested: str | None = None) -> tuple[LoadedModel, ExtraNetworksUse]:
+        """Load `info` (the job's checkpoint, or its refiner) and make it ready for the job: the prompt's
+        networks, the attention settings, the family's settings. New warnings go to `result`."""
+        settings, params = accepted.settings, accepted.ctx.params
+        model = self._checkpoints.load_now(info, settings.sd_vae, remember=remember, requested=requested)
+        tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
-        result.warnings.extend(networks.warnings)
+        for warning in ([model.vae_warning] if model.vae_warning else []) + networks.warnings:
+            if warning not in result.warnings:  # a model loaded again for each batch says it once
+                result.warnings.append(warning)
         optimizations.apply(model, settings.cross_attention_optimization, settings.batch_cond_uncond)
         model.text.use_settings(settings)
-        record = describe.JobRecord(accepted.ctx, settings, describe.ModelFacts.of(model), accepted.unstyled_prompt)
-        return _Run(job, accepted, model, record, networks, result, {})
+        return model, networks
+
+    def _model_hooks(self, run: _Run, hooks: pipeline.Hooks) -> None:
+        """A job with a refiner: how the pipeline loads it, and the job's own model again (see RefinerSwitch).
+        The refiner's infotext keys are added when it is first switched to, as A1111 adds them."""
+        accepted = run.accepted
+        if accepted.refiner is None or accepted.ctx.refiner is None:
+            return
+        plan = accepted.ctx.refiner
+
+        def load_refiner() -> LoadedModel:
+            model, _ = self._ready(accepted, accepted.refiner, run.result, requested="refiner_checkpoint")
+            run.extra.update(plan.fields(model.info.short_title, accepted.ctx.hires))
+            return model
+
+        def load_base() -> LoadedModel:
+            requested = "override_settings.sd_model_checkpoint" if accepted.checkpoint_requested else None
+            return self._ready(accepted, accepted.checkpoint, run.result, requested=requested)[0]
+
+        hooks.load_refiner, hooks.load_base = load_refiner, load_base
 
     def _batches(self, run: _Run, hooks: pipeline.Hooks) -> tuple[Iterator[pipeline.BatchOutput], int]:
         """The pipeline's batches for the job and the sampler steps each runs."""

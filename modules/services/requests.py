@@ -3,6 +3,7 @@ the sampler names, the seeds and the checkpoint. What the job later runs is exac
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from PIL import Image
@@ -28,6 +29,7 @@ class Accepted:
     checkpoint_requested: bool  # named by override_settings (then not remembered as the selected one)
     unstyled_prompt: str
     warnings: tuple[str, ...] = ()
+    refiner: CheckpointInfo | None = None  # the checkpoint ctx.refiner switches to
 
 
 class RequestResolver:
@@ -51,8 +53,25 @@ class RequestResolver:
         self.check_numbers(params, settings)
         requested = params.override_settings.get("sd_model_checkpoint")
         checkpoint = self._checkpoints.resolve(requested)
+        refiner = self.refiner(params, checkpoint)
+        if refiner is not None:
+            ctx = dataclasses.replace(ctx, refiner=context.RefinerPlan(
+                refiner.name, params.refiner_switch_at, settings.refiner_switch_by_sample_steps,
+                settings.hires_fix_refiner_pass))
         return Accepted(kind, ctx, settings, checkpoint, "sd_model_checkpoint" in params.override_settings,
-                        unstyled_prompt, tuple(style_warnings + warnings))
+                        unstyled_prompt, tuple(style_warnings + warnings), refiner)
+
+    def refiner(self, params: GenerationParams, checkpoint: CheckpointInfo) -> CheckpointInfo | None:
+        """The refiner checkpoint a request names (BadRequest when it names none there is), or None: no refiner,
+        or the job's own checkpoint (A1111 does not switch to the model already loaded)."""
+        name = (params.refiner_checkpoint or "").strip()
+        if name in ("", "None", "none"):
+            return None
+        found = self._checkpoints.find(name)
+        if found is None:
+            raise BadRequest(f"refiner_checkpoint: checkpoint {name!r} not found. Available: "
+                             + (", ".join(i.title for i in self._checkpoints.list()) or "none"))
+        return None if found.filename == checkpoint.filename else found
 
     def apply_styles(self, params: GenerationParams) -> tuple[GenerationParams, list[str]]:
         """The params with their styles merged into the prompts (as A1111 does before generating, so the

@@ -85,7 +85,10 @@ def full_preview(engine: Engine) -> Callable[[torch.Tensor], Image.Image]:
         model = engine.checkpoints.current
         if model is None:
             return preview.latent_to_image(latent)
-        decoded = pipeline.decode(model, latent if latent.dim() == 4 else latent[None])
+        try:
+            decoded = pipeline.decode(model, latent if latent.dim() == 4 else latent[None])
+        except Exception:  # noqa: BLE001 - the model was replaced meanwhile (a refiner switch): a cheap preview
+            return preview.latent_to_image(latent)
         return images.image_grid(decoded, len(decoded), 1)
     return render
 

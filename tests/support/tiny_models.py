@@ -36,9 +36,9 @@ class TinyModel:
                                                 self.text_encoder_2)
 
     def yaml(self) -> dict:
-        if self.family == "sdxl":
+        if self.family in ("sdxl", "sdxl_refiner"):
             return ldm_export.sdxl_yaml(self.unet, self.vae, self.text_encoder.config.num_hidden_layers,
-                                        self.prediction_type)
+                                        self.prediction_type, refiner=self.family == "sdxl_refiner")
         return ldm_export.ldm_yaml(self.unet, self.vae, self.family, self.prediction_type)
 
     def write(self, path: Path, yaml_beside: bool = True, dtype: torch.dtype | None = None, metadata=None) -> Path:
@@ -102,9 +102,33 @@ def build_sdxl(inpainting: bool = False, prediction_type: str = "epsilon", seed:
     return TinyModel(unet, vae, clip_l, "sdxl", prediction_type, clip_g)
 
 
+def build_sdxl_refiner(seed: int = 0) -> TinyModel:
+    """The refiner's layout at small widths: attention on the middle levels only, bigG alone (64 wide) as
+    the context, adm_in_channels = pooled width + 5 x 256."""
+    g = torch.Generator().manual_seed(seed)
+    bigg_width = SDXL_BIGG_WIDTH
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=2, attention_head_dim=[1, 2, 2, 2], use_linear_projection=True,
+        cross_attention_dim=bigg_width, addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_EMBED, projection_class_embeddings_input_dim=bigg_width + 5 * SDXL_TIME_EMBED,
+    )
+    vae = _vae(0.13025)
+    clip_g = CLIPTextModelWithProjection(_text_config(bigg_width, 3, "gelu"))
+    for m in (unet, vae, clip_g):
+        _randomize(m, g)
+        m.eval()
+    return TinyModel(unet, vae, clip_g, "sdxl_refiner", "epsilon")
+
+
 def build(family: str = "sd1", inpainting: bool = False, prediction_type: str = "epsilon", seed: int = 0) -> TinyModel:
     if family == "sdxl":
         return build_sdxl(inpainting, prediction_type, seed)
+    if family == "sdxl_refiner":
+        return build_sdxl_refiner(seed)
     g = torch.Generator().manual_seed(seed)
     width = TEXT_WIDTH[family]
     unet_kwargs = dict(

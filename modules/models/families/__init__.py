@@ -3,8 +3,8 @@
 Order of evidence, as in AUTOMATIC1111: a `NAME.yaml` beside `NAME.safetensors` wins (the family that
 `describes` it is used); otherwise each family in `FAMILIES` is asked, in order, to `detect` the state
 dict, and the YAML is one of the originals shipped in configs/. Adding a family is a module in this
-package, an entry in `FAMILIES` and its YAMLs in configs/. SDXL refiner checkpoints are recognised and
-refused (`_refuse_unsupported`).
+package, an entry in `FAMILIES` and its YAMLs in configs/. Files of kinds we do not run (SD3, InstructPix2Pix)
+are recognised and refused with what they are (`_refuse_unsupported`).
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ from modules.models import checkpoint_file
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.families.sd1 import SD1
 from modules.models.families.sd2 import SD2
-from modules.models.families.sdxl import BASE_KEY as SDXL_BASE_KEY
-from modules.models.families.sdxl import REFINER_KEY as SDXL_REFINER_KEY
 from modules.models.families.sdxl import SDXL
+from modules.models.families.sdxl_refiner import SDXL_REFINER
 from modules.models.family import (UNET_IN_KEY, UNET_PREFIX, ConfigFiles, ModelConfig, ModelFamily, StateDict,
                                    cond_stage_target, read_yaml, unet_in_channels)
 from modules.paths import CONFIGS
 
-# Asked in this order (A1111's: SDXL's conditioner keys first, then OpenCLIP weights say SD 2.x before CLIP
-# weights say SD 1.x).
-FAMILIES: tuple[ModelFamily, ...] = (SDXL, SD2, SD1)
+# Asked in this order (A1111's: SDXL's conditioner keys first (base, then refiner), then OpenCLIP weights say
+# SD 2.x before CLIP weights say SD 1.x).
+FAMILIES: tuple[ModelFamily, ...] = (SDXL, SDXL_REFINER, SD2, SD1)
 
 
 def load_yaml(path: Path) -> ModelConfig:
@@ -38,8 +37,8 @@ def load_yaml(path: Path) -> ModelConfig:
     if family is None:
         target = cond_stage_target(original)
         if "conditioner_config" in params or "sgm." in str(original["model"].get("target", "")):
-            raise CheckpointError(f"{path.name} describes an SDXL-style model other than SDXL base or inpainting "
-                                  "(such as the refiner), which is not supported yet")
+            raise CheckpointError(f"{path.name} describes an SDXL-style model other than SDXL base, inpainting "
+                                  "or refiner, which is not supported")
         raise CheckpointError(f"{path.name}: unknown text encoder {target!r}")
     prediction_type = "v_prediction" if params.get("parameterization") == "v" else "epsilon"
     return ModelConfig(Path(path), original, family, prediction_type, "beside")
@@ -47,9 +46,6 @@ def load_yaml(path: Path) -> ModelConfig:
 
 def _refuse_unsupported(sd: StateDict, name: str) -> None:
     """Files that are no model of a family we have, refused with what they are and where they go."""
-    if SDXL_REFINER_KEY in sd and SDXL_BASE_KEY not in sd:
-        raise CheckpointError(f"{name} is an SDXL refiner checkpoint. Refiner checkpoints are not supported yet; "
-                              "use an SDXL base, SD 1.x or SD 2.x model.")
     if any(k.startswith(UNET_PREFIX + "x_embedder.") for k in sd) or any(k.startswith("text_encoders.") for k in sd):
         raise CheckpointError(f"{name} is an SD3-style checkpoint, which is not supported.")
     if not any(k.startswith(UNET_PREFIX) for k in sd):

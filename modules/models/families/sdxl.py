@@ -16,7 +16,7 @@ A negative prompt whose texts are all empty gives zeros for the context and the 
 `force_zero_embeddings`); any other is encoded. "Clip skip" leaves bigG alone and applies to CLIP-L only
 when A1111's `sdxl_clip_l_skip` is on (the encoder's `clip_l_skip`; off by default, as in A1111).
 
-SDXL refiner checkpoints (only `conditioner.embedders.0.model.*`) are refused in `families.detect`.
+The refiner (only bigG, under `conditioner.embedders.0.model.`) is its own family, `sdxl_refiner.py`.
 """
 
 from __future__ import annotations
@@ -58,19 +58,21 @@ class SDXLTextEncoders(torch.nn.Module):
         self.clip_l_layer = clip_l_layer
 
 
-def _embedders(original: dict) -> list[dict]:
+def embedders(original: dict) -> list[dict]:
     """The conditioner's embedders an sgm YAML lists (`model.params.conditioner_config.params.emb_models`)."""
     conditioner = original["model"]["params"].get("conditioner_config") or {}
     return (conditioner.get("params") or {}).get("emb_models") or []
 
 
 def _embedder_params(config: ModelConfig, index: int) -> dict:
-    models = _embedders(config.original)
+    models = embedders(config.original)
     return (models[index].get("params") or {}) if index < len(models) else {}
 
 
 def _time_embed_dim(config: ModelConfig) -> int:
-    return int(_embedder_params(config, 2).get("outdim", TIME_EMBED_DIM))
+    """How wide each size/crop (/aesthetic) value's embedding is: the YAML's first ConcatTimestepEmbedderND."""
+    sizes = [m for m in embedders(config.original) if str(m.get("target", "")).endswith("ConcatTimestepEmbedderND")]
+    return int(((sizes[0].get("params") or {}) if sizes else {}).get("outdim", TIME_EMBED_DIM))
 
 
 def build_clip_l(config: ModelConfig, sd: StateDict) -> tuple[CLIPTextModel, int]:
@@ -93,20 +95,21 @@ def build_clip_l(config: ModelConfig, sd: StateDict) -> tuple[CLIPTextModel, int
     return loader.build_text_model(cfg, clip_sd, config), layer
 
 
-def build_clip_g(config: ModelConfig, sd: StateDict) -> CLIPTextModelWithProjection:
-    """OpenCLIP ViT-bigG as transformers' CLIP text model with projection, all its layers (the context uses
-    the penultimate, the pooled vector the last), shaped from the weights. OpenCLIP applies its
-    `text_projection` (width, dim) as x @ P; the converter stores its transpose as the Linear's weight."""
-    used = {k: v for k, v in sd.items() if k.startswith(BIGG_PREFIX) and not k.endswith("logit_scale")}
-    layers = loader.count_layers(used, BIGG_PREFIX + "transformer.resblocks.")
-    if layers < 2 or BIGG_PREFIX + "text_projection" not in used:
-        raise CheckpointError(f"SDXL OpenCLIP bigG text encoder weights ({BIGG_PREFIX}*) are missing")
-    cfg = loader.open_clip_config(used, BIGG_PREFIX, layers)
-    cfg.projection_dim = int(used[BIGG_PREFIX + "text_projection"].shape[1])
+def build_clip_g(config: ModelConfig, sd: StateDict, prefix: str = BIGG_PREFIX) -> CLIPTextModelWithProjection:
+    """OpenCLIP ViT-bigG (under `prefix`: the refiner keeps it as embedder 0) as transformers' CLIP text model
+    with projection, all its layers (the context uses the penultimate, the pooled vector the last), shaped
+    from the weights. OpenCLIP applies its `text_projection` (width, dim) as x @ P; the converter stores its
+    transpose as the Linear's weight."""
+    used = {k: v for k, v in sd.items() if k.startswith(prefix) and not k.endswith("logit_scale")}
+    layers = loader.count_layers(used, prefix + "transformer.resblocks.")
+    if layers < 2 or prefix + "text_projection" not in used:
+        raise CheckpointError(f"SDXL OpenCLIP bigG text encoder weights ({prefix}*) are missing")
+    cfg = loader.open_clip_config(used, prefix, layers)
+    cfg.projection_dim = int(used[prefix + "text_projection"].shape[1])
     cfg.pad_token_id = 0
     with init_empty_weights():
         shape_only = CLIPTextModelWithProjection(cfg)
-    clip_sd = sfu.convert_open_clip_checkpoint(shape_only, used, prefix=BIGG_PREFIX)
+    clip_sd = sfu.convert_open_clip_checkpoint(shape_only, used, prefix=prefix)
     return loader.build_text_model(cfg, clip_sd, config, CLIPTextModelWithProjection)
 
 
@@ -131,7 +134,7 @@ class SDXLPromptEncoder(PromptEncoder):
     def __init__(self, tokenizer: CLIPTokenizer, encoders: SDXLTextEncoders, clip_l_skip: bool = False):
         super().__init__(tokenizer, encoders, CLIP_L_SPEC)
         self.clip_l = _ClipL(tokenizer, encoders.clip_l, encoders.clip_l_layer, clip_l_skip)
-        self.clip_g = _ClipG(tokenizer, encoders.clip_g)
+        self.clip_g = ClipGEncoder(tokenizer, encoders.clip_g)
         self.crop = (0, 0)  # (top, left) for the time ids: A1111's sdxl_crop_top/left (see use_settings)
 
     @property
@@ -180,7 +183,7 @@ class SDXLPromptEncoder(PromptEncoder):
                 by_text[text] = Cond(torch.cat([z_l, z_g.to(z_l.dtype)], dim=-1), pooled)
         return [by_text[t] for t in texts]
 
-    def unet_inputs(self, width: int, height: int) -> dict[str, torch.Tensor]:
+    def unet_inputs(self, width: int, height: int, negative: bool = False) -> dict[str, torch.Tensor]:
         """The time ids for a job of this size: original (h, w), crop (top, left), target (h, w), A1111's
         values (crop from its sdxl_crop_top/left settings, 0 by default)."""
         top, left = self.crop
@@ -205,7 +208,7 @@ class _ClipL(PromptEncoder):
         return (hidden[-max(clip_skip, 1)] if self.clip_l_skip else hidden[self.layer]), None
 
 
-class _ClipG(PromptEncoder):
+class ClipGEncoder(PromptEncoder):
     embedding_part = "clip_g"
 
     def __init__(self, tokenizer: CLIPTokenizer, model: CLIPTextModelWithProjection):
@@ -230,7 +233,7 @@ class StableDiffusionXL:
         return FamilyMatch(unet_in_channels(sd) == 9, marked_prediction_type(sd, metadata) or "epsilon")
 
     def describes(self, original: dict) -> bool:
-        models = _embedders(original)
+        models = embedders(original)
         targets = [str(m.get("target", "")).rsplit(".", 1)[-1] for m in models]
         return "FrozenCLIPEmbedder" in targets and "FrozenOpenCLIPEmbedder2" in targets
 
