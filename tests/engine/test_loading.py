@@ -188,12 +188,13 @@ def test_old_text_encoder_layout_and_corrupt_position_ids(tmp_path):
 
 # --- refusals and clear errors -------------------------------------------------------------------
 
-def test_sdxl_refiner_is_refused_clearly(tmp_path):
+def test_sdxl_refiner_keys_pick_the_refiner_config(tmp_path):
+    """A1111's test: only `conditioner.embedders.0.model.ln_final.weight` (bigG as the first embedder) is a refiner."""
     torch.save({"state_dict": {"conditioner.embedders.0.model.ln_final.weight": torch.zeros(2),
                                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1, 4, 1, 1)}},
                tmp_path / "xl.ckpt")
-    with pytest.raises(CheckpointError, match="SDXL refiner checkpoint. Refiner checkpoints are not supported yet"):
-        detect(tmp_path / "xl.ckpt")
+    config, _ = detect(tmp_path / "xl.ckpt")
+    assert (config.family.name, config.yaml_path.name) == ("sdxl_refiner", "sd_xl_refiner.yaml")
 
 
 def test_lora_in_checkpoint_folder_gets_a_hint(tmp_path):

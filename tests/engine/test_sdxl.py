@@ -84,13 +84,17 @@ def test_family_and_size_from_the_header_alone(tmp_path, tiny):
     assert manager.default_size(manager.checkpoints.find("broken.safetensors")) == (512, 512)
 
 
-def test_refiner_is_refused_with_its_message(tmp_path, tiny):
+def test_a_base_unet_under_refiner_keys_fails_to_load_naming_the_config(tmp_path, tiny):
+    """bigG alone as the first embedder is read as a refiner (A1111's test); a file that is not really one fails
+    to build against the refiner's config, with a message naming it (the refiner's own tests: test_sdxl_refiner)."""
     sd = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v for k, v in tiny.state_dict().items()
           if not k.startswith("conditioner.embedders.0.")}
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "refiner.safetensors"))
-    with pytest.raises(CheckpointError, match="refiner.safetensors is an SDXL refiner checkpoint. Refiner "
-                                              "checkpoints are not supported yet"):
-        detect(tmp_path / "refiner.safetensors")
+    path = tmp_path / "refiner.safetensors"
+    config = detect(path)
+    assert config.yaml_path.name == "sd_xl_refiner.yaml"
+    with pytest.raises(CheckpointError, match="sd_xl_refiner.yaml"):
+        loader.build(path, checkpoint_file.read_state_dict(path), config)
 
 
 # --- conditioning against transformers' models on the file's weights -----------------------------------

@@ -1,7 +1,7 @@
 """An SDXL checkpoint dropped into the models folder, driven through the live server's A1111 API: it is listed
 and loaded without a YAML beside it, renders deterministically with its infotext, an empty negative prompt
-differs from a written one, and a refiner file beside it is refused with a message while the server and the
-loaded model stay as they were."""
+differs from a written one; a refiner checkpoint takes over near the end of a job, and a broken one named as the
+refiner fails that job with a message while the server and the loaded model stay as they were."""
 
 from __future__ import annotations
 
@@ -21,15 +21,16 @@ SMALL = dict(width=64, height=64, steps=3, sampler_name="Euler a", cfg_scale=5)
 
 @pytest.fixture(scope="module")
 def sdxl_server(tmp_path_factory):
-    """webui.py --api over a folder with a tiny SDXL base (with its YAML: the shipped one is full size) and a
-    refiner-only file (no YAML: detection must recognise and refuse it)."""
+    """webui.py --api over a folder with a tiny SDXL base and refiner (with their YAMLs: the shipped ones are full
+    size) and a broken refiner (a base U-Net under a refiner's keys, no YAML)."""
     data = tmp_path_factory.mktemp("sdxl-server")
     folder = data / "models" / "Stable-diffusion"
     tiny = tiny_models.build("sdxl", seed=5)
     tiny.write(folder / "xl-base.safetensors")
     refiner = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v.contiguous()
                for k, v in tiny.state_dict().items() if not k.startswith("conditioner.embedders.0.")}
-    save_file(refiner, str(folder / "xl-refiner.safetensors"))
+    save_file(refiner, str(folder / "xl-broken-refiner.safetensors"))
+    tiny_models.build("sdxl_refiner", seed=6).write(folder / "xl-refiner.safetensors")
     (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "xl-base.safetensors"}))
     proc, url = start_server(data, "--api")
     yield url, data, proc
@@ -39,7 +40,7 @@ def sdxl_server(tmp_path_factory):
 def test_sdxl_checkpoint_renders_through_the_api(sdxl_server):
     url, _, _ = sdxl_server
     names = {m["title"].split(" ")[0] for m in requests.get(url + "/sdapi/v1/sd-models", timeout=30).json()}
-    assert {"xl-base.safetensors", "xl-refiner.safetensors"} <= names
+    assert {"xl-base.safetensors", "xl-refiner.safetensors", "xl-broken-refiner.safetensors"} <= names
 
     first = post(url, "/sdapi/v1/txt2img", prompt="a red circle", seed=9, **SMALL)
     assert first.status_code == 200, first.text
@@ -54,11 +55,21 @@ def test_sdxl_checkpoint_renders_through_the_api(sdxl_server):
     assert image.tobytes() != decode(negative["images"][0]).tobytes()
 
 
-def test_refiner_file_is_refused_and_the_base_stays_loaded(sdxl_server):
+def test_refiner_through_the_api_and_a_broken_one(sdxl_server):
     url, _, proc = sdxl_server
-    r = post(url, "/sdapi/v1/options", sd_model_checkpoint="xl-refiner.safetensors")
-    assert r.status_code == 400, r.text
-    assert "SDXL refiner checkpoint" in r.json()["detail"] and "not supported yet" in r.json()["detail"]
+    base = post(url, "/sdapi/v1/txt2img", prompt="a red circle", seed=9, **SMALL).json()
+    refined = post(url, "/sdapi/v1/txt2img", prompt="a red circle", seed=9, refiner_checkpoint="xl-refiner",
+                   refiner_switch_at=0.5, **SMALL)
+    assert refined.status_code == 200, refined.text
+    info = json.loads(refined.json()["info"])
+    assert "Refiner: xl-refiner [" in info["infotexts"][0] and "Refiner switch at: 0.5" in info["infotexts"][0]
+    assert decode(refined.json()["images"][0]).tobytes() != decode(base["images"][0]).tobytes()
+    unknown = post(url, "/sdapi/v1/txt2img", prompt="a red circle", refiner_checkpoint="nope", **SMALL)
+    assert unknown.status_code == 400 and "refiner_checkpoint: checkpoint 'nope' not found" in unknown.json()["detail"]
+    r = post(url, "/sdapi/v1/txt2img", prompt="a red circle", refiner_checkpoint="xl-broken-refiner",
+             refiner_switch_at=0.5, **SMALL)
+    assert r.status_code in (400, 422), r.text
+    assert "refiner_checkpoint" in r.json()["detail"] and "sd_xl_refiner.yaml" in r.json()["detail"]
     assert proc.poll() is None
     assert requests.get(url + "/sdapi/v1/options", timeout=30).json()["sd_model_checkpoint"].startswith("xl-base")
     after = post(url, "/sdapi/v1/txt2img", prompt="a red circle", seed=9, **SMALL)
