@@ -91,6 +91,7 @@ class ModelConfig:
     prediction_type: str | None  # "epsilon", "v_prediction", or None: probe the U-Net after loading
     source: str  # "beside" (a YAML next to the file) or "detected"
     files: ConfigFiles | None = None  # where a detected config was chosen from
+    trained_size: tuple[int, int] | None = None  # (width, height) the file itself says (see families.trained_size)
 
     @property
     def params(self) -> dict:
@@ -114,7 +115,7 @@ class ModelConfig:
 
     @property
     def default_size(self) -> tuple[int, int]:
-        return self.family.default_size(self)
+        return self.trained_size or self.family.default_size(self)
 
     @property
     def label(self) -> str:

@@ -135,9 +135,14 @@ class ModelManager:
         del sd
         return built, time.perf_counter() - start
 
-    def load(self, info: CheckpointInfo, vae_choice: str = "Automatic") -> LoadedModel:
+    def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False) -> LoadedModel:
+        """Load `info` in place of the current model. The current one is released once the new one is read and
+        built, so a file that cannot be loaded leaves it usable; with `release_first` (a job switching to its
+        refiner and back, where holding both would double the memory) it is released before reading."""
         with self._lock:
             log.info("Loading weights from %s", info.filename)
+            if release_first:
+                self.unload()
             built, seconds = self.read(info)
             start = time.perf_counter()
             self.unload()  # only now: the new model is complete
@@ -173,13 +178,13 @@ class ModelManager:
             gc.collect()
             devices.empty_cache(self.plan.device)
 
-    def get(self, info: CheckpointInfo, vae_choice: str = "Automatic") -> LoadedModel:
+    def get(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False) -> LoadedModel:
         """The model for `info` with the VAE `vae_choice`, loading or switching only what changed."""
         with self._lock:
             if self.current is not None and self.current.info.filename == info.filename:
                 self._apply_vae(self.current, vae_choice)
                 return self.current
-            return self.load(info, vae_choice)
+            return self.load(info, vae_choice, release_first)
 
     # --- extra networks ------------------------------------------------------------------------
     def use_extra_networks(self, model: LoadedModel, tags: list) -> ExtraNetworksUse:

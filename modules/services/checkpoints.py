@@ -84,14 +84,14 @@ class CheckpointService:
             self._models.resolve_vae(self.current.info, name)
 
     # --- loading (inside a job: the queue's worker) --------------------------------------------
-    def load_now(self, info: CheckpointInfo, vae: str, remember: bool = True, requested: str | None = None
-                 ) -> LoadedModel:
+    def load_now(self, info: CheckpointInfo, vae: str, remember: bool = True, requested: str | None = None,
+                 release_first: bool = False) -> LoadedModel:
         """Make `info` the loaded model; `remember` records it as the selected checkpoint setting
         (not done for a per-request override, which A1111 restores afterwards). A file that cannot be
         loaded is a CheckpointError, or an UnusableCheckpoint (a 4xx) naming the field when the request
-        named it (`requested`: the field)."""
+        named it (`requested`: the field). `release_first`: see ModelManager.load."""
         try:
-            model = self._models.get(info, vae)
+            model = self._models.get(info, vae, release_first)
         except CheckpointError as e:
             if requested:
                 raise UnusableCheckpoint(f"{requested}: {e} (checkpoint: {info.name})") from None

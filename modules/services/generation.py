@@ -110,11 +110,13 @@ class GenerationService:
         return _Run(job, accepted, model, record, networks, result, {})
 
     def _ready(self, accepted: Accepted, info, result: GenerationResult, remember: bool = False,
-               requested: str | None = None) -> tuple[LoadedModel, ExtraNetworksUse]:
-        """Load `info` (the job's checkpoint, or its refiner) and make it ready for the job: the prompt's
-        networks, the attention settings, the family's settings. New warnings go to `result`."""
+               requested: str | None = None, switch: bool = False) -> tuple[LoadedModel, ExtraNetworksUse]:
+        """Load `info` (the job's checkpoint, or its refiner: `switch`, which releases the model in use first so
+        the two never share the memory) and make it ready for the job: the prompt's networks, the attention
+        settings, the family's settings. New warnings go to `result`."""
         settings, params = accepted.settings, accepted.ctx.params
-        model = self._checkpoints.load_now(info, settings.sd_vae, remember=remember, requested=requested)
+        model = self._checkpoints.load_now(info, settings.sd_vae, remember=remember, requested=requested,
+                                           release_first=switch)
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
         for warning in ([model.vae_warning] if model.vae_warning else []) + networks.warnings:
@@ -133,13 +135,14 @@ class GenerationService:
         plan = accepted.ctx.refiner
 
         def load_refiner() -> LoadedModel:
-            model, _ = self._ready(accepted, accepted.refiner, run.result, requested="refiner_checkpoint")
+            model, _ = self._ready(accepted, accepted.refiner, run.result, requested="refiner_checkpoint",
+                                   switch=True)
             run.extra.update(plan.fields(model.info.short_title, accepted.ctx.hires))
             return model
 
         def load_base() -> LoadedModel:
             requested = "override_settings.sd_model_checkpoint" if accepted.checkpoint_requested else None
-            return self._ready(accepted, accepted.checkpoint, run.result, requested=requested)[0]
+            return self._ready(accepted, accepted.checkpoint, run.result, requested=requested, switch=True)[0]
 
         hooks.load_refiner, hooks.load_base = load_refiner, load_base
 

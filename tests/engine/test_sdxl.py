@@ -84,6 +84,17 @@ def test_family_and_size_from_the_header_alone(tmp_path, tiny):
     assert manager.default_size(manager.checkpoints.find("broken.safetensors")) == (512, 512)
 
 
+def test_a_turbo_name_or_the_model_spec_resolution_sets_the_size(tmp_path, tiny):
+    """SDXL Turbo was distilled at 512x512: its default size is 512 (by its name, which the file does not otherwise
+    tell apart); a file whose model-spec metadata gives a resolution gets that one."""
+    def size(path):
+        return families.detect_from_header(path, paths.CONFIGS / "v1-inference.yaml").default_size
+    assert size(tiny.write(tmp_path / "sd_xl_turbo_1.0_fp16.safetensors", yaml_beside=False)) == (512, 512)
+    spec = tiny.write(tmp_path / "spec.safetensors", yaml_beside=False, metadata={"modelspec.resolution": "896x1152"})
+    assert size(spec) == (896, 1152)
+    assert size(tiny.write(tmp_path / "plain.safetensors", yaml_beside=False)) == (1024, 1024)
+
+
 def test_a_base_unet_under_refiner_keys_fails_to_load_naming_the_config(tmp_path, tiny):
     """bigG alone as the first embedder is read as a refiner (A1111's test); a file that is not really one fails
     to build against the refiner's config, with a message naming it (the refiner's own tests: test_sdxl_refiner)."""

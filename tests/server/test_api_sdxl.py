@@ -1,7 +1,7 @@
 """An SDXL checkpoint dropped into the models folder, driven through the live server's A1111 API: it is listed
 and loaded without a YAML beside it, renders deterministically with its infotext, an empty negative prompt
 differs from a written one; a refiner checkpoint takes over near the end of a job, and a broken one named as the
-refiner fails that job with a message while the server and the loaded model stay as they were."""
+refiner fails that job with a message while the server stays up and the next job runs on the base."""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ are recognised and refused with what they are (`_refuse_unsupported`).
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,8 +64,26 @@ def _refuse_unsupported(sd: StateDict, name: str) -> None:
         raise CheckpointError(f"{name} is incomplete: the U-Net input layer ({UNET_IN_KEY}) is missing")
 
 
+def trained_size(path: Path, metadata: dict) -> tuple[int, int] | None:
+    """The size a checkpoint was trained at when the file says so: Stability's model-spec metadata
+    (`modelspec.resolution`, "1024x1024"), or a name that says Turbo (SDXL Turbo and SD Turbo were distilled
+    at 512x512, though their families' base models were not). None: the family's size."""
+    found = re.fullmatch(r"\s*(\d{3,5})\s*[x*]\s*(\d{3,5})\s*", str(metadata.get("modelspec.resolution", "")))
+    if found:
+        return int(found.group(1)), int(found.group(2))
+    if "turbo" in path.stem.lower():
+        return 512, 512
+    return None
+
+
 def detect(path: Path, sd: StateDict, metadata: dict, default_sd1_config: Path) -> ModelConfig:
     """The config for checkpoint `path` whose tensors are `sd` (`metadata`: its safetensors header's)."""
+    config = _detect(path, sd, metadata, default_sd1_config)
+    size = trained_size(path, metadata)
+    return replace(config, trained_size=size) if size else config
+
+
+def _detect(path: Path, sd: StateDict, metadata: dict, default_sd1_config: Path) -> ModelConfig:
     _refuse_unsupported(sd, path.name)
     beside = path.with_suffix(".yaml")
     if beside.is_file():
