@@ -147,7 +147,17 @@ IMPLIED_DEFAULTS: dict[str, Any] = {
     "VAE Encoder": "Full",
     "VAE Decoder": "Full",
     "FP8 weight": "Disable",
+    "Refiner switch by sampling steps": False,
 }
+
+VERSION_RE = re.compile(r"v(\d+)\.(\d+)\.(\d+)(?:-RC)?(?:-(\d+))?")
+
+
+def a1111_version(text: Any) -> tuple[int, int, int, int] | None:
+    """(major, minor, patch, commits since the tag) of an A1111 `Version` value such as `v1.7.0-225-g...`;
+    None for another program's version (no back-compat rules apply to it)."""
+    m = VERSION_RE.match(str(text or ""))
+    return None if m is None else (int(m[1]), int(m[2]), int(m[3]), int(m[4] or 0))
 
 
 def parse_with_defaults(text: str) -> dict[str, Any]:
@@ -155,6 +165,10 @@ def parse_with_defaults(text: str) -> dict[str, Any]:
     result = parse(text)
     for key, value in IMPLIED_DEFAULTS.items():
         result.setdefault(key, value)
+    version = a1111_version(result.get("Version"))
+    # A1111's back-compat (auto_backcompat): before 1.8.0 the refiner switched by sampling steps
+    if version is not None and version < (1, 8, 0, 0) and result.get("Refiner"):
+        result["Refiner switch by sampling steps"] = True
     return result
 
 
@@ -170,7 +184,7 @@ REQUEST_FIELDS: list[tuple[str, str, type]] = [
     ("hr_resize_x", "Hires resize-1", int), ("hr_resize_y", "Hires resize-2", int),
     ("hr_prompt", "Hires prompt", str), ("hr_negative_prompt", "Hires negative prompt", str),
     ("s_churn", "Sigma churn", float), ("s_tmin", "Sigma tmin", float), ("s_tmax", "Sigma tmax", float),
-    ("s_noise", "Sigma noise", float),
+    ("s_noise", "Sigma noise", float), ("refiner_switch_at", "Refiner switch at", float),
 ]
 
 # Infotext keys that stand for settings (applied as override_settings): (setting, key, type).
@@ -183,6 +197,8 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("beta_dist_beta", "Beta schedule beta", float), ("uni_pc_variant", "UniPC variant", str),
     ("uni_pc_skip_type", "UniPC skip type", str), ("uni_pc_order", "UniPC order", int),
     ("uni_pc_lower_order_final", "UniPC lower order final", bool),
+    ("hires_fix_refiner_pass", "Hires refiner", str),
+    ("refiner_switch_by_sample_steps", "Refiner switch by sampling steps", bool),
 ]
 
 

@@ -139,13 +139,22 @@ def decode_image(data: str, field: str | None = None, engine: Engine | None = No
 def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     """Fill the request from `req.infotext` as A1111 does: every field the request does not set itself,
     and the settings the infotext implies (Clip skip, RNG, VAE) as override_settings unless the request
-    overrides them already or they equal the current value. Returns warnings."""
+    overrides them already or they equal the current value. A `Refiner` that names no checkpoint here gives
+    no refiner (as A1111's lookup) and a warning. Returns warnings."""
     allowed = set(type(req).model_fields) - set(getattr(req, "HIRES_FIELDS", ()))
     pasted = engine.paste.read(req.infotext or "", txt2img="enable_hr" in allowed)
-    for name, value in pasted.values.items():
+    values, refiner_warnings = dict(pasted.values), []
+    if pasted.unknown_refiner and "refiner_checkpoint" not in req.model_fields_set:
+        # A1111's lookup gives no checkpoint then, so the job runs without a refiner; said here
+        values.pop("refiner_checkpoint", None)
+        values.pop("refiner_switch_at", None)
+        refiner_warnings.append(f"infotext: Refiner {pasted.unknown_refiner!r} is not available here; "
+                                "no refiner was used")
+    for name, value in values.items():
         if name in allowed and name not in req.model_fields_set:
             setattr(req, name, value)
     overrides, warnings = engine.paste.overrides(pasted.settings, req.override_settings or {})
+    warnings.extend(refiner_warnings)
     if pasted.warning:  # over infotext.MAX_CHARS: only part was read
         warnings.insert(0, pasted.warning)
     if overrides:

@@ -22,6 +22,7 @@ class Pasted:
     settings: dict[str, Any]  # settings it implies (Clip skip, RNG, VAE, ...)
     checkpoint: str | None  # the title of the checkpoint here that its `Model hash` / `Model` names
     warning: str | None  # set when the text was too long and only part of it was read
+    unknown_refiner: str | None = None  # its `Refiner` when no checkpoint here is that one (values keep the name)
 
 
 class InfotextReader:
@@ -49,7 +50,13 @@ class InfotextReader:
             if found is not None:
                 checkpoint = found.title
                 break
-        return Pasted(values, settings, checkpoint, infotext.cut((text or "").strip())[1])
+        unknown_refiner = None
+        if parsed.get("Refiner"):  # "NAME [hash10]": the checkpoint here by title, name or hash (lookup_checkpoint)
+            name = str(parsed["Refiner"]).strip()
+            refiner = self._checkpoints.find(name)
+            values["refiner_checkpoint"] = refiner.title if refiner is not None else name
+            unknown_refiner = name if refiner is None else None
+        return Pasted(values, settings, checkpoint, infotext.cut((text or "").strip())[1], unknown_refiner)
 
     def overrides(self, settings: dict[str, Any], given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The request's override_settings (`given`) plus the settings an infotext implies that it does not set,

@@ -14,7 +14,7 @@ from PIL import Image
 from modules import images
 from modules.engine import BadRequest, Engine
 from modules.generation.params import Img2ImgParams
-from modules.ui import common, extra_networks as extra_networks_ui, progress, runner, toprow
+from modules.ui import common, extra_networks as extra_networks_ui, progress, refiner, runner, toprow
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -112,6 +112,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Img2ImgTab:
                     fields["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
                                                                    label="Only masked padding, pixels",
                                                                    elem_id="img2img_inpaint_full_res_padding")
+            fields.update(refiner.build(engine, "img2img"))
             # The sub-tab's select sets the mode in the page and the inpaint options' visibility from the server
             # (at once, rather than through the mode's change); the change covers "Send to inpaint".
             tab_sets[inputs["mode"]] = list(sub_tabs)
@@ -189,7 +190,7 @@ def init_and_mask(mode: int, values: dict) -> tuple[Image.Image, Image.Image | N
 
 def make_params(values: dict, image: Image.Image, mask: Image.Image | None, scale_tab: int,
                 scale_by: float) -> Img2ImgParams:
-    v = {k: values[k] for k in values}
+    v = refiner.request_values(values)
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                  "seed_resize_from_h", "mask_blur", "inpaint_full_res_padding"):
         if v.get(name) is not None:

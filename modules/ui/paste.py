@@ -13,8 +13,8 @@ from modules.generation import samplers
 
 
 def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """({GenerationParams field: value}, {setting: value}) named by infotext `text`. Legacy sampler names
-    with a schedule ("DPM++ 2M Karras") become sampler + schedule type, as A1111's paste does."""
+    """({GenerationParams field or page control: value}, {setting: value}) named by infotext `text`. Legacy
+    sampler names with a schedule ("DPM++ 2M Karras") become sampler + schedule type, as A1111's paste does."""
     pasted = engine.paste.read(text, txt2img)
     values, settings = dict(pasted.values), dict(pasted.settings)
     if "sampler_name" in values:  # the page's dropdowns show the sampler and the schedule apart
@@ -26,6 +26,9 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
             values.pop("sampler_name")  # keep the current choice rather than an unknown name
     if pasted.checkpoint:
         settings["sd_model_checkpoint"] = pasted.checkpoint
+    # the Refiner accordion is on exactly when the infotext names a refiner (A1111: `'Refiner' in d`); its
+    # dropdown shows the checkpoint here, or the name as given when there is none
+    values["enable_refiner"] = "refiner_checkpoint" in values
     return values, settings
 
 

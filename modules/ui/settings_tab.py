@@ -22,6 +22,8 @@ from modules.settings import Settings
 
 # Shown in the top bar instead (as A1111's quicksettings).
 TOP_BAR = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+# Choices A1111 shows as radio buttons rather than a dropdown.
+RADIOS = ("hires_fix_refiner_pass",)
 
 
 @dataclass
@@ -46,6 +48,8 @@ def control(name: str, info: FieldInfo, value) -> gr.components.Component:
     elem_id = f"setting_{name}"
     kind = info.annotation
     if typing.get_origin(kind) is typing.Literal:
+        if name in RADIOS:
+            return gr.Radio(choices=list(typing.get_args(kind)), value=value, label=label, elem_id=elem_id)
         return gr.Dropdown(choices=list(typing.get_args(kind)), value=value, label=label, elem_id=elem_id)
     if kind is bool:
         return gr.Checkbox(value=value, label=label, elem_id=elem_id)

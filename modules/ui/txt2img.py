@@ -9,7 +9,7 @@ import gradio as gr
 from modules.engine import Engine
 from modules.generation import hires
 from modules.generation.params import GenerationParams
-from modules.ui import common, extra_networks as extra_networks_ui, runner, toprow
+from modules.ui import common, extra_networks as extra_networks_ui, refiner, runner, toprow
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -58,6 +58,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
                     fields["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                                       elem_id="txt2img_hr_resize_y")
                 hires_info = gr.HTML("", elem_id="txt2img_hires_size")
+            fields.update(refiner.build(engine, "txt2img"))
         with gr.Column(scale=1, elem_id="txt2img_results_column"):
             panel = common.output_panel("txt2img")
     fields["prompt"], fields["negative_prompt"], fields["styles"] = row.prompt, row.negative_prompt, row.styles
@@ -66,7 +67,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
 
 def make_params(values: dict) -> GenerationParams:
     """A txt2img request from the tab's control values ({field name: value})."""
-    v = dict(values)
+    v = refiner.request_values(values)
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                  "seed_resize_from_h", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"):
         if v.get(name) is not None:

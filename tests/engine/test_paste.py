@@ -49,8 +49,79 @@ def test_the_api_and_the_page_fill_the_same_fields(engine):  # noqa: F811
     for name, value in page_values.items():
         if name in ("sampler_name", "scheduler"):  # the page shows the legacy name as sampler + schedule
             continue
+        if name == "enable_refiner":  # the page's own checkbox (off: the infotext names no refiner)
+            assert value is False
+            continue
         assert getattr(request, name) == value, name
     assert (page_values["sampler_name"], page_values["scheduler"]) == ("DPM++ 2M", "Karras")
     assert request.sampler_name == "DPM++ 2M Karras"  # resolved to the same choice when the job is accepted
     assert request.override_settings["CLIP_stop_at_last_layers"] == page_settings["CLIP_stop_at_last_layers"] == 2
     assert page_settings["sd_model_checkpoint"] == engine.checkpoints.find("sd1.safetensors").title
+
+
+# ---------------------------------------------------------------- the refiner's keys
+
+def refiner_text(engine, refiner: str | None = None, version: str = "v1.10.1") -> str:  # noqa: F811
+    """An infotext of a job that switched to the tiny sd1-fp16 checkpoint, as A1111 writes it."""
+    if refiner is None:
+        info = engine.checkpoints.find("sd1-fp16.safetensors")
+        refiner = f"sd1-fp16 [{engine.checkpoints.ensure_hash(info)[:10]}]"
+    return ("a castle\nSteps: 12, Sampler: Euler a, CFG scale: 6.5, Seed: 77, Size: 64x96, Denoising strength: 0.5, "
+            f"Hires upscale: 2, Refiner: {refiner}, Refiner switch at: 0.6, Hires refiner: both passes, "
+            f"Refiner switch by sampling steps: True, Version: {version}")
+
+
+def test_refiner_keys_fill_the_refiner_fields_and_its_settings(engine):  # noqa: F811
+    text = refiner_text(engine)
+    title = engine.checkpoints.find("sd1-fp16.safetensors").title  # (with the hash the text's made it compute)
+    assert title.endswith("]")
+    pasted = engine.paste.read(text, txt2img=True)
+    assert (pasted.values["refiner_checkpoint"], pasted.values["refiner_switch_at"]) == (title, 0.6)
+    assert pasted.unknown_refiner is None
+    assert pasted.settings["hires_fix_refiner_pass"] == "both passes"
+    assert pasted.settings["refiner_switch_by_sample_steps"] is True
+    values, settings = paste.field_values(engine, refiner_text(engine), txt2img=True)
+    assert (values["enable_refiner"], values["refiner_checkpoint"], values["refiner_switch_at"]) == (True, title, 0.6)
+    # the checkpoint is found by its name or its title too, as A1111's lookup_checkpoint does
+    for name in ("sd1-fp16", title):
+        assert paste.field_values(engine, refiner_text(engine, name), True)[0]["refiner_checkpoint"] == title
+
+
+def test_an_infotext_without_refiner_turns_the_accordion_off_and_steps_switching_off(engine):  # noqa: F811
+    values, settings = paste.field_values(engine, text_for(engine), txt2img=False)
+    assert values["enable_refiner"] is False
+    assert "refiner_checkpoint" not in values and "refiner_switch_at" not in values  # the controls keep theirs
+    assert settings["refiner_switch_by_sample_steps"] is False  # A1111's default for a missing key
+    assert "hires_fix_refiner_pass" not in settings
+
+
+@pytest.mark.parametrize("version, by_steps", [("v1.7.0", True), ("v1.7.0-225-g1234abc", True), ("v1.8.0", False),
+                                               ("v1.10.1", False), ("webui-0.1.0", False)])
+def test_refiners_before_a1111_1_8_switched_by_sampling_steps(engine, version, by_steps):  # noqa: F811
+    text = refiner_text(engine, version=version).replace("Refiner switch by sampling steps: True, ", "")
+    assert engine.paste.read(text, txt2img=True).settings["refiner_switch_by_sample_steps"] is by_steps
+
+
+def test_an_unknown_refiner_is_kept_on_the_page_and_left_out_by_the_api(engine):  # noqa: F811
+    text = refiner_text(engine, "sd_xl_refiner_1.0 [7440042bbd]")
+    values, _ = paste.field_values(engine, text, txt2img=True)
+    assert (values["enable_refiner"], values["refiner_checkpoint"]) == (True, "sd_xl_refiner_1.0 [7440042bbd]")
+    request = schemas.Txt2ImgRequest(infotext=text)
+    warnings = routes.apply_infotext(request, engine)
+    assert (request.refiner_checkpoint, request.refiner_switch_at) == (None, None)
+    assert any("sd_xl_refiner_1.0 [7440042bbd]" in w and "no refiner" in w for w in warnings), warnings
+
+
+def test_the_api_fills_the_refiner_fields_the_request_leaves_unset(engine):  # noqa: F811
+    request = schemas.Txt2ImgRequest(infotext=refiner_text(engine))
+    title = engine.checkpoints.find("sd1-fp16.safetensors").title
+    routes.apply_infotext(request, engine)
+    assert (request.refiner_checkpoint, request.refiner_switch_at) == (title, 0.6)
+    assert request.override_settings["hires_fix_refiner_pass"] == "both passes"
+    assert request.override_settings["refiner_switch_by_sample_steps"] is True
+    request = schemas.Img2ImgRequest(infotext=refiner_text(engine), refiner_switch_at=0.9, init_images=["x"])
+    routes.apply_infotext(request, engine)
+    assert (request.refiner_checkpoint, request.refiner_switch_at) == (title, 0.9)  # the request's own wins
+    request = schemas.Txt2ImgRequest(infotext=refiner_text(engine, "elsewhere [0123456789]"), refiner_checkpoint="")
+    assert not any("elsewhere" in w for w in routes.apply_infotext(request, engine))  # "" (no refiner) was asked
+    assert request.refiner_checkpoint == ""
