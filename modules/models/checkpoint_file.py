@@ -287,14 +287,45 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict]:
     return header, metadata
 
 
-def _read_safetensors(path: Path) -> dict:
-    from safetensors.torch import load_file
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
 
-    read_safetensors_header(path)  # clear errors for truncated files before the library's own
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises its own error type for malformed files
-        raise CheckpointError(f"{path.name} could not be read as .safetensors ({e})") from None
+
+def _read_safetensors(path: Path, cast: torch.dtype | None = None) -> dict:
+    """The tensors of a .safetensors file, read one at a time with plain reads (the format: an 8-byte header
+    length, a JSON header of dtype / shape / data_offsets, then the data). Not memory-mapped: the pages of a
+    mapped file count in the process's resident memory until it is closed, so a mapped multi-GB checkpoint
+    stays counted while its tensors are converted. `cast`: floating-point tensors are converted to it as
+    they are read, so the file's 16-bit copy of a model never sits beside its 32-bit copy."""
+    header, _ = read_safetensors_header(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        start = 8 + n
+        out = {}
+        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            try:
+                dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+                shape = [int(d) for d in entry["shape"]]
+                begin, end = (int(o) for o in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{path.name} is not a valid .safetensors file (tensor {name!r}: "
+                                      f"{entry!r})") from None
+            nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+            if end - begin != nbytes or begin < 0:
+                raise CheckpointError(f"{path.name} is not a valid .safetensors file (tensor {name!r} "
+                                      f"has {end - begin} bytes for shape {shape} {entry['dtype']})")
+            raw = torch.empty(nbytes, dtype=torch.uint8)
+            f.seek(start + begin)
+            if nbytes and f.readinto(memoryview(raw.numpy())) != nbytes:
+                raise CheckpointError(f"{path.name} is truncated (tensor {name!r})")
+            tensor = raw.view(dtype).reshape(shape)
+            if cast is not None and tensor.is_floating_point() and tensor.dtype != cast:
+                tensor = tensor.to(cast)
+            out[name] = tensor
+    return out
 
 
 def read_metadata(path: Path) -> dict:
@@ -313,14 +344,15 @@ def read_object(path: Path):
     return _read_pickle(path)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors in a weight file, as a flat {name: tensor} dict on the CPU."""
+def read_state_dict(path: Path, cast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors in a weight file, as a flat {name: tensor} dict on the CPU; `cast`: a .safetensors file's
+    floating-point tensors converted to that dtype as they are read (see _read_safetensors)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     ext = path.suffix.lower()
     if ext == ".safetensors":
-        sd = _read_safetensors(path)
+        sd = _read_safetensors(path, cast)
     elif ext in PICKLE_EXTENSIONS:
         sd = _read_pickle(path)
     else:

@@ -129,7 +129,8 @@ class ModelManager:
         """Read and build a checkpoint on the CPU without touching the loaded model."""
         start = time.perf_counter()
         path = info.filename
-        sd = checkpoint_file.read_state_dict(path)
+        plan = self.plan  # every part in one dtype (the CPU's fp32): converted as read, not after (peak memory)
+        sd = checkpoint_file.read_state_dict(path, plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None)
         config = families.detect(path, sd, checkpoint_file.read_metadata(path), self.default_sd1_config)
         built = loader.build(path, sd, config)
         del sd

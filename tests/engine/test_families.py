@@ -25,12 +25,12 @@ def detect(path: Path) -> ModelConfig:
 
 def test_families_are_immutable_with_unique_names():
     names = [f.name for f in families.FAMILIES]
-    assert sorted(names) == ["sd1", "sd2", "sdxl"] and len(set(names)) == len(names)
-    assert names[0] == "sdxl"  # its conditioner keys are asked about first, as in A1111
+    assert sorted(names) == ["sd1", "sd2", "sdxl", "sdxl_refiner"] and len(set(names)) == len(names)
+    assert names[:2] == ["sdxl", "sdxl_refiner"]  # their conditioner keys are asked about first, as in A1111
     for family in families.FAMILIES:
         with pytest.raises(dataclasses.FrozenInstanceError):
             family.name = "changed"
-        assert family.sampling.sdxl_schedules == (family.name == "sdxl")
+        assert family.sampling.sdxl_schedules == family.name.startswith("sdxl")
 
 
 def test_detected_configs_name_their_family_size_and_label(tmp_path):

@@ -272,6 +272,32 @@ def test_truncated_files_give_clear_errors(tmp_path, tiny_dir, suffix):
         checkpoint_file.read_state_dict(tmp_path / "empty.safetensors")
 
 
+def test_safetensors_reader_equals_the_library_and_casts_as_it_reads(tmp_path):
+    """Our reader (plain reads, no memory map; see checkpoint_file._read_safetensors) gives what the safetensors
+    library gives, for every dtype a checkpoint uses; `cast` converts floating-point tensors only; a header whose
+    sizes do not match its shapes is refused by name."""
+    from safetensors.torch import load_file, save_file
+    tensors = {"f16": torch.randn(3, 5).half(), "bf16": torch.randn(7).bfloat16(), "f32": torch.randn(2, 2, 2),
+               "i64": torch.arange(6).reshape(2, 3), "u8": torch.arange(4, dtype=torch.uint8),
+               "empty": torch.zeros(0, 4), "scalar": torch.tensor(1.5)}
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path))
+    ours, library = checkpoint_file.read_state_dict(path), load_file(str(path))
+    assert ours.keys() == library.keys()
+    for k in ours:
+        assert ours[k].dtype == library[k].dtype and torch.equal(ours[k], library[k]), k
+    cast = checkpoint_file.read_state_dict(path, cast=torch.float32)
+    assert {k: v.dtype for k, v in cast.items()} == {**{k: torch.float32 for k in tensors},
+                                                     "i64": torch.int64, "u8": torch.uint8}
+    assert torch.equal(cast["f16"], tensors["f16"].float()) and torch.equal(cast["bf16"], tensors["bf16"].float())
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = data[8:8 + n].replace(b'"shape":[3,5]', b'"shape":[5,5]')
+    (tmp_path / "bad.safetensors").write_bytes(bytes(data[:8]) + header + bytes(data[8 + n:]))
+    with pytest.raises(CheckpointError, match="bad.safetensors is not a valid .safetensors file .tensor 'f16'"):
+        checkpoint_file.read_state_dict(tmp_path / "bad.safetensors")
+
+
 def test_failed_switch_keeps_previous_model_usable(data_dir, manager):
     good = manager.get(manager.checkpoints.find("sd1.safetensors"))
     before = generate(good)[0].tobytes()
