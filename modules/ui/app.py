@@ -84,11 +84,12 @@ def hash_progress_stream(engine: Engine):
         task = engine.checkpoints.hash_later(info)
         while not task.done:
             percent = int(task.fraction * 100)
-            yield (f'<div class="sd-note">Calculating the hash of {html.escape(info.name)}: {percent}% '
+            yield (f'<div class="sd-note">Loaded {html.escape(info.name)}; calculating its hash: {percent}% '
                    f'<progress value="{percent}" max="100"></progress></div>', gr.skip())
             task.wait(0.5)
         selected = _selected(engine)
-        yield "", gr.Dropdown(choices=_checkpoint_titles(engine), value=selected) if selected else gr.skip()
+        yield (f'<div class="sd-note">Loaded {html.escape(info.title)}</div>',
+               gr.Dropdown(choices=_checkpoint_titles(engine), value=selected) if selected else gr.skip())
     return follow
 
 

@@ -220,11 +220,11 @@ def test_the_page_follows_the_hash_then_shows_the_titles_with_it(data_dir):
         assert app._same_checkpoint(engine, "sd1.safetensors", "sd1.safetensors")
         stream = app.hash_progress_stream(engine)()
         status, _ = next(stream)
-        assert "Calculating the hash of sd1.safetensors: 0%" in status and "<progress" in status
+        assert "Loaded sd1.safetensors; calculating its hash: 0%" in status and "<progress" in status
         gated.release()
         *_, (status, dropdown) = list(stream)
         sha = file_sha256(info.filename)
-        assert status == "" and dropdown.value == f"sd1.safetensors [{sha[:10]}]"
+        assert f"Loaded sd1.safetensors [{sha[:10]}]" in status and dropdown.value == f"sd1.safetensors [{sha[:10]}]"
         assert f"sd1.safetensors [{sha[:10]}]" in [c[0] if isinstance(c, tuple) else c for c in dropdown.choices]
         # the dropdown may still hold the title without the hash: the same checkpoint, nothing to load
         assert app._same_checkpoint(engine, "sd1.safetensors", app._selected(engine))
