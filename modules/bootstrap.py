@@ -42,6 +42,7 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
                           loras=loras, embeddings=embeddings)
     store = SettingsStore(p.config_file)
     queue = JobQueue()
+    queue.on_stop(checkpoint_files.hasher.stop)  # no hashing thread outlives the engine
     folders = folders or FolderPolicy(p.data)
     decode_budget = images.DecodeBudget(limits.decode_budget_pixels)
     checkpoints = CheckpointService(store, models, queue, str(p.checkpoint_dirs[-1]))

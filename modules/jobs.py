@@ -140,6 +140,7 @@ class JobQueue:
         self._pending: list[Job] = []
         self._tasks: dict[str, Job] = {}  # task id -> job, until it finishes
         self._finished: OrderedDict[str, None] = OrderedDict()  # the last RECENT_TASKS finished task ids
+        self._stop_hooks: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._work, name="job-worker", daemon=True)
         self._thread.start()
 
@@ -249,5 +250,15 @@ class JobQueue:
                 self._forget(job)
                 job._finish()
 
+    def on_stop(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` when the queue stops (the background hasher stops and joins its thread there)."""
+        self._stop_hooks.append(fn)
+
     def stop(self) -> None:
+        """No job runs after the one running now (if any); what was registered with `on_stop` stops too."""
         self._queue.put(None)
+        for fn in self._stop_hooks:
+            try:
+                fn()
+            except Exception:  # stopping goes on regardless
+                log.exception("stopping %s failed", fn)

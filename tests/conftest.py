@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -74,5 +75,7 @@ def data_dir(tmp_path, tiny_dir) -> Path:
 
 
 @pytest.fixture()
-def manager(data_dir) -> ModelManager:
-    return make_manager(data_dir)
+def manager(data_dir) -> Iterator[ModelManager]:
+    m = make_manager(data_dir)
+    yield m
+    m.checkpoints.hasher.stop()  # its background hash of a loaded file, if still running

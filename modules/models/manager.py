@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from tqdm import tqdm
 from transformers import CLIPTokenizer
 
 from modules import devices
+from modules.hashing import PROGRESS_AFTER_S
 from modules.models import checkpoint_file, families, loader, lora, vae_family
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
@@ -27,6 +29,8 @@ from modules.models.registry import CheckpointInfo, CheckpointRegistry, VaeInfo,
 from modules.paths import TOKENIZER_DIR
 
 log = logging.getLogger(__name__)
+
+LOAD_STEPS = 4  # a load's progress bar: read the file, build the model, place it on the device, the VAE
 
 
 @dataclass
@@ -125,26 +129,34 @@ class ModelManager:
             self._default_sizes[key] = config.default_size if config else (512, 512)
         return self._default_sizes[key]
 
-    def read(self, info: CheckpointInfo) -> tuple[BuiltModel, float]:
-        """Read and build a checkpoint on the CPU without touching the loaded model."""
+    def read(self, info: CheckpointInfo, bar: tqdm | None = None) -> tuple[BuiltModel, float]:
+        """Read and build a checkpoint on the CPU without touching the loaded model (`bar`: a load's progress,
+        one step for the read and one for the build)."""
         start = time.perf_counter()
         path = info.filename
         plan = self.plan  # every part in one dtype (the CPU's fp32): converted as read, not after (peak memory)
         sd = checkpoint_file.read_state_dict(path, plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None)
+        if bar is not None:
+            bar.update(1)
         config = families.detect(path, sd, checkpoint_file.read_metadata(path), self.default_sd1_config)
         built = loader.build(path, sd, config)
         del sd
+        if bar is not None:
+            bar.update(1)
         return built, time.perf_counter() - start
 
     def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False) -> LoadedModel:
         """Load `info` in place of the current model. The current one is released once the new one is read and
         built, so a file that cannot be loaded leaves it usable; with `release_first` (a job switching to its
-        refiner and back, where holding both would double the memory) it is released before reading."""
-        with self._lock:
+        refiner and back, where holding both would double the memory) it is released before reading.
+        The file's SHA-256 is not waited for: it is computed in the background (CheckpointRegistry.hash_later),
+        and the title gains its `[hash]` when it is known. A load that takes over a second shows a console bar."""
+        with self._lock, tqdm(total=LOAD_STEPS, desc=f"Loading {info.name}", unit="step", disable=None,
+                              leave=False, delay=PROGRESS_AFTER_S) as bar:
             log.info("Loading weights from %s", info.filename)
             if release_first:
                 self.unload()
-            built, seconds = self.read(info)
+            built, seconds = self.read(info, bar)
             start = time.perf_counter()
             self.unload()  # only now: the new model is complete
             plan = self.plan
@@ -162,9 +174,11 @@ class ModelManager:
                 text=config.family.prompt_encoder(self.tokenizer, text_model),
                 alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config,
             )
-            self.checkpoints.ensure_hash(info)
+            self.checkpoints.hash_later(info)  # in the background: the first job's sampling overlaps it
             self.current = model
+            bar.update(1)
             self._apply_vae(model, vae_choice)
+            bar.update(1)
             model.load_seconds = seconds + time.perf_counter() - start
             log.info("Model %s loaded in %.1fs (%s, %s, config %s)", info.title, model.load_seconds,
                      config.label, plan.describe, config.yaml_path.name)

@@ -1,8 +1,10 @@
 """The checkpoint and VAE lists: what is on disk, named the way AUTOMATIC1111 names it.
 
 A checkpoint's title is `relative/path.safetensors [abcdef0123]`, the bracket holding the first 10
-hex digits of the file's SHA-256 once it is known. Hashes are computed when a model is loaded
-(not at scan time: a folder of large files would take minutes) and cached in cache.json.
+hex digits of the file's SHA-256 once it is known. A hash is computed in the background when a model is
+loaded (`hash_later`; not at scan time: a folder of large files would take minutes, and a scan-time pass
+would compete with loading and sampling for the disk and the CPU), or on demand when something asks for a
+checkpoint by a hash no listed title carries yet, and cached in cache.json.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modules.hashing import HashCache, legacy_model_hash
+from modules.hashing import BackgroundHasher, HashCache, HashTask, legacy_model_hash
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 VAE_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
@@ -74,13 +76,17 @@ class CheckpointInfo:
         return names
 
 
+HASH_QUERY = re.compile(r"[0-9a-fA-F]{10}|[0-9a-fA-F]{64}")  # a short hash (infotexts' `Model hash`) or a full one
+
+
 class CheckpointRegistry:
     def __init__(self, folders: tuple[Path, ...], hashes: HashCache, extra_files: tuple[Path, ...] = (),
-                 builtin_files: tuple[Path, ...] = ()):
+                 builtin_files: tuple[Path, ...] = (), hasher: BackgroundHasher | None = None):
         self.folders = folders
         self.extra_files = extra_files
         self.builtin_files = builtin_files
         self.hashes = hashes
+        self.hasher = hasher or BackgroundHasher(hashes)  # stop it with the engine (bootstrap wires it)
         self._lock = threading.Lock()
         self._items: list[CheckpointInfo] = []
         self.refresh()
@@ -117,10 +123,40 @@ class CheckpointRegistry:
         with self._lock:
             return list(self._items)
 
+    def hash_later(self, info: CheckpointInfo) -> HashTask:
+        """The checkpoint's hash, computed in the background unless known. When it is, `info` and the listed
+        entry for the same file gain it (and so their titles their `[hash]`)."""
+        if info.sha256:
+            return HashTask.finished(info.filename, info.sha256)
+
+        def known(sha256: str) -> None:
+            info.sha256 = sha256
+            for item in self.list():
+                if item.filename == info.filename and not item.sha256:
+                    item.sha256 = sha256
+
+        return self.hasher.submit(info.filename, known)
+
     def ensure_hash(self, info: CheckpointInfo) -> str:
+        """The checkpoint's hash now: from the cache, from the background hasher (waiting for it), else read
+        here (OSError when the file cannot be read)."""
         if not info.sha256:
-            info.sha256 = self.hashes.sha256(info.filename)
+            info.sha256 = self.hash_later(info).wait() or self.hashes.sha256(info.filename)
         return info.sha256
+
+    def _find_by_hash(self, query: str, items: list[CheckpointInfo]) -> CheckpointInfo | None:
+        """A checkpoint whose hash is `query` (10 or 64 hex), hashing the ones not hashed yet (from the cache
+        when it knows them, else read: seconds per GB) until one matches."""
+        query = query.lower()
+        for info in items:
+            if info.sha256 is None:
+                try:
+                    self.ensure_hash(info)
+                except OSError:
+                    continue
+            if query in (info.sha256, info.shorthash):
+                return info
+        return None
 
     def find(self, query: str) -> CheckpointInfo | None:
         """Resolve a title, name, stem, model name, path or hash the way A1111's lookup does:
@@ -132,6 +168,10 @@ class CheckpointRegistry:
         for info in items:
             if query in info.aliases():
                 return info
+        if HASH_QUERY.fullmatch(query) and any(info.sha256 is None for info in items):
+            found = self._find_by_hash(query, items)
+            if found is not None:
+                return found
         # Old infotexts carry the 8-hex legacy hash; computing it reads only 64 KiB per file.
         if re.fullmatch(r"[0-9a-fA-F]{8}", query):
             for info in items:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from modules.hashing import HashTask
 from modules.jobs import Job, JobQueue
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.manager import LoadedModel, ModelManager
@@ -35,6 +36,11 @@ class CheckpointService:
     def ensure_hash(self, info: CheckpointInfo) -> str:
         """The file's SHA-256 (read once, then cached), which `find` also matches."""
         return self._models.checkpoints.ensure_hash(info)
+
+    def hash_later(self, info: CheckpointInfo) -> HashTask:
+        """The file's SHA-256 in the background (done at once when known): what a loaded model's infotext waits
+        for, and what the page shows the progress of."""
+        return self._models.checkpoints.hash_later(info)
 
     def vaes(self) -> list[VaeInfo]:
         return self._models.vaes.list()
@@ -96,9 +102,25 @@ class CheckpointService:
             if requested:
                 raise UnusableCheckpoint(f"{requested}: {e} (checkpoint: {info.name})") from None
             raise CheckpointError(f"{e} (checkpoint: {info.name})") from None
-        if remember and self._settings.values.sd_model_checkpoint != model.info.title:
-            self._settings.update({"sd_model_checkpoint": model.info.title})
+        if remember:
+            self._remember(model.info)
         return model
+
+    def _remember(self, info: CheckpointInfo) -> None:
+        """Make `info` the selected checkpoint setting, by its title; a title without its hash yet is replaced by
+        the one with it once the background hash is known (A1111's setting holds `name [hash]`), unless another
+        checkpoint was selected meanwhile."""
+        if self._settings.values.sd_model_checkpoint != info.title:
+            self._settings.update({"sd_model_checkpoint": info.title})
+        if info.sha256:
+            return
+        without = info.title
+
+        def known(_sha256: str) -> None:
+            if self._settings.values.sd_model_checkpoint == without:
+                self._settings.update({"sd_model_checkpoint": info.title})
+
+        self.hash_later(info).add_done_callback(known)
 
     # --- loading (through the queue) -------------------------------------------------------------
     def load(self, query: str | None = None, vae: str | None = None) -> LoadedModel:

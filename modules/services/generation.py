@@ -3,6 +3,7 @@ prompt's networks applied, the pipeline's batches described, saved and shown as 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -16,6 +17,7 @@ from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue, JobState
 from modules.models import optimizations
 from modules.models.manager import ExtraNetworksUse, LoadedModel, ModelManager
+from modules.models.registry import CheckpointInfo
 from modules.services import describe
 from modules.services.checkpoints import CheckpointService
 from modules.services.errors import BadRequest
@@ -46,6 +48,7 @@ class _Run:
     result: GenerationResult
     extra: dict[str, Any]  # the job's own infotext keys (img2img's mask keys, hires, sampler options, networks)
     namer: filenames.FileNamer | None = None
+    refiner: CheckpointInfo | None = None  # the refiner the job switched to, if it did
 
     @property
     def params(self) -> GenerationParams:
@@ -137,6 +140,7 @@ class GenerationService:
         def load_refiner() -> LoadedModel:
             model, _ = self._ready(accepted, accepted.refiner, run.result, requested="refiner_checkpoint",
                                    switch=True)
+            run.refiner = model.info
             run.extra.update(plan.fields(model.info.short_title, accepted.ctx.hires))
             return model
 
@@ -186,6 +190,7 @@ class GenerationService:
         ctx, settings, result = run.accepted.ctx, run.accepted.settings, run.result
         save = ctx.params.save_images and settings.samples_save
         for batch in batches:
+            self._with_model_hashes(run)
             run.extra = {**run.extra, **self._network_fields(run.model, run.networks)}  # TI hashes known once encoded
             # A1111 shows an interrupted or skipped batch, and saves it only if asked to
             result.interrupted = result.interrupted or batch.interrupted
@@ -206,6 +211,7 @@ class GenerationService:
     def _finish(self, run: _Run) -> GenerationResult:
         """The grid, params.txt and the API's info."""
         ctx, settings, result = run.accepted.ctx, run.accepted.settings, run.result
+        self._with_model_hashes(run, wait=False)  # a job stopped before its first image does not wait
         run.extra = {**run.extra, **self._network_fields(run.model, run.networks)}
         # A1111's grid: jobs of more than one image that are saved (the API's save_images)
         if ctx.params.save_images and len(result.images) > 1 and (settings.return_grid or settings.grid_save):
@@ -220,6 +226,26 @@ class GenerationService:
         result.info = describe.api_info(run.record, result.infotexts, run.job.state.job_timestamp, run.extra,
                                         result.interrupted, result.warnings)
         return result
+
+    def _with_model_hashes(self, run: _Run, wait: bool = True) -> None:
+        """Put the checkpoint's hash (and the refiner's) into the job's record before an image is described. A
+        model loads without waiting for its file's SHA-256, which is computed in the background while the job
+        samples; if it is not done by the time the first batch is (a large file, few steps), wait for it here
+        (the console shows the hash's progress bar, the page the job's line)."""
+        state = run.job.state
+        for info in (i for i in (run.model.info, run.refiner) if wait and i is not None and not i.sha256):
+            task = self._checkpoints.hash_later(info)
+            if not task.done:
+                state.textinfo = f"Calculating the hash of {info.name}"
+                task.wait()
+                state.textinfo = None
+        facts = run.record.model
+        if facts.shorthash != run.model.info.shorthash:
+            run.record = dataclasses.replace(run.record,
+                                             model=dataclasses.replace(facts, shorthash=run.model.info.shorthash))
+            run.namer = describe.file_namer(run.record, state.job_timestamp)
+        if run.refiner is not None and run.accepted.ctx.refiner is not None:
+            run.extra.update(run.accepted.ctx.refiner.fields(run.refiner.short_title, run.accepted.ctx.hires))
 
     def _decode_inputs(self, params: Img2ImgParams) -> None:
         """Decode the init images and the mask, which a request sends compressed and which wait in the queue so,

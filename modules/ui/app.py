@@ -61,6 +61,38 @@ def _selected(engine: Engine) -> str | None:
         return None
 
 
+def _same_checkpoint(engine: Engine, title: str | None, other: str | None) -> bool:
+    """Whether two titles name the same file: a title gains its `[hash]` when the background hash is done, so the
+    dropdown may still hold the one without it."""
+    if not title or not other:
+        return title == other
+    if title == other:
+        return True
+    a, b = engine.checkpoints.find(title), engine.checkpoints.find(other)
+    return a is not None and b is not None and a.filename == b.filename
+
+
+def hash_progress_stream(engine: Engine):
+    """After a load: the loaded checkpoint's hash, computed in the background, as a bar in the status line while
+    it runs; then the dropdown's titles with the hash (the selected one kept). Nothing when it is known."""
+    def follow():
+        current = engine.checkpoints.current
+        if current is None or current.info.sha256:
+            yield gr.skip(), gr.skip()
+            return
+        info = current.info
+        task = engine.checkpoints.hash_later(info)
+        while not task.done:
+            percent = int(task.fraction * 100)
+            yield (f'<div class="sd-note">Loaded {html.escape(info.name)}; calculating its hash: {percent}% '
+                   f'<progress value="{percent}" max="100"></progress></div>', gr.skip())
+            task.wait(0.5)
+        selected = _selected(engine)
+        yield (f'<div class="sd-note">Loaded {html.escape(info.title)}</div>',
+               gr.Dropdown(choices=_checkpoint_titles(engine), value=selected) if selected else gr.skip())
+    return follow
+
+
 def top_bar(engine: Engine) -> TopBar:
     initial = _selected(engine)
     with gr.Row(elem_id="quicksettings", equal_height=True):
@@ -93,6 +125,8 @@ def top_bar(engine: Engine) -> TopBar:
     chosen = checkpoint.input(change_checkpoint_stream(engine), inputs=checkpoint,
                               outputs=[status, checkpoint, notice], concurrency_limit=1, concurrency_id="checkpoint",
                               show_progress="hidden")
+    chosen.then(hash_progress_stream(engine), outputs=[status, checkpoint], show_progress="hidden",
+                concurrency_limit=None)
 
     def set_option(name):
         def apply(value):
@@ -182,6 +216,9 @@ def build(engine: Engine) -> Page:
         img2img.wire(engine, i2i)
         follow_model_size(engine, bar, size, [t2i.fields, i2i.fields])
         common_wiring(engine, bar, tabs, t2i, i2i, png, post)
+        # a page opened while the start-up model's hash is computed shows its progress, then the title with it
+        blocks.load(hash_progress_stream(engine), outputs=[bar.status, bar.checkpoint], show_progress="hidden",
+                    concurrency_limit=None)
     return Page(blocks, (ASSETS / "style.css").read_text(encoding="utf-8"),
                 f"<script>{(ASSETS / 'script.js').read_text(encoding='utf-8')}</script>")
 
@@ -199,20 +236,22 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
         out = paste.updates(target.fields, values)
         out.append(settings.get("CLIP_stop_at_last_layers", gr.skip()))
         checkpoint = settings.get("sd_model_checkpoint")
-        out.append(checkpoint if checkpoint and checkpoint != _selected(engine) else gr.skip())
+        out.append(checkpoint if checkpoint and not _same_checkpoint(engine, checkpoint, _selected(engine))
+                   else gr.skip())
         return out
 
     load = change_checkpoint_stream(engine)
 
     def load_if_changed(title: str):
-        if title and title != _selected(engine):
+        if title and not _same_checkpoint(engine, title, _selected(engine)):
             yield from load(title)
         else:
             yield gr.skip(), gr.skip(), gr.skip()
 
     def after(event):
         event.then(load_if_changed, inputs=bar.checkpoint, outputs=[bar.status, bar.checkpoint, bar.notice],
-                   show_progress="hidden")
+                   show_progress="hidden").then(hash_progress_stream(engine), outputs=[bar.status, bar.checkpoint],
+                                                show_progress="hidden", concurrency_limit=None)
 
     # PNG Info -> txt2img / img2img / inpaint
     t2i_fields = list(t2i.fields.values())
