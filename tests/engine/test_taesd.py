@@ -85,3 +85,20 @@ def test_the_page_s_taesd_preview(engine):  # noqa: F811
     image = render(latent)
     assert image.size == (64, 64) and image.mode == "RGB"
     assert runner.preview_renderer(engine, job, "Approx cheap") is preview.latent_to_image
+
+
+def test_sdxl_models_use_the_taesdxl_files(tmp_path):
+    from tests.support import tiny_models
+    from tests.support.engine import make_engine
+
+    tiny_models.build("sdxl", seed=3).write(tmp_path / "models" / "Stable-diffusion" / "sdxl.safetensors")
+    e = make_engine(tmp_path, "sdxl.safetensors")
+    try:
+        taesd_files.write(e.paths.taesd_dir, "sd")  # SD 1.x's files do not fit SDXL
+        with pytest.raises(BadRequest, match="taesdxl_decoder.pth"):
+            e.submit_txt2img(params(override_settings={"sd_vae_decode_method": "TAESD"}))
+        taesd_files.write(e.paths.taesd_dir, "sdxl", seed=4)
+        result = e.txt2img(params(save_images=False, steps=2, override_settings={"sd_vae_decode_method": "TAESD"}))
+        assert infotext.parse(result.infotexts[0])["VAE Decoder"] == "TAESD" and result.images[0].size == (64, 64)
+    finally:
+        e.queue.stop()
