@@ -143,3 +143,25 @@ def test_pasted_vae_encoder_and_decoder_keys_become_the_settings():
     parsed = infotext.parse_with_defaults("a cat\nSteps: 20, Seed: 1, VAE Decoder: TAESD, Version: v1.10.1")
     values = infotext.request_values(parsed, infotext.SETTING_FIELDS)
     assert values["sd_vae_decode_method"] == "TAESD" and values["sd_vae_encode_method"] == "Full"
+
+
+def test_the_page_asks_again_at_the_next_poll_when_a_renderer_declines(monkeypatch):
+    from modules.jobs import Job
+    from modules.ui import progress
+
+    monkeypatch.setattr(progress, "POLL_SECONDS", 0.01)
+    job = Job("1", "txt2img", lambda j: None)
+    job.state.started, job.state.job_count, job.state.sampling_steps = 1.0, 1, 10
+    job.state.sampling_step, job.state.current_latent = 3, torch.zeros(1, 4, 8, 8)
+    answers = [None, Image.new("RGB", (8, 8))]  # over budget once, then a picture
+
+    def render(latent):
+        return answers.pop(0) if answers else None
+
+    shown = []
+    for snap in progress.follow(job, lambda: 0, True, 10, 0.0, render):
+        shown.append(snap.preview)
+        if len(shown) == 3:
+            job.done.set()
+    assert shown[0] is None and isinstance(shown[1], Image.Image)  # the same step, asked again
+    assert shown[2] is None  # then not before 10 more steps
