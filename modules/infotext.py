@@ -190,7 +190,8 @@ REQUEST_FIELDS: list[tuple[str, str, type]] = [
 # Infotext keys that stand for settings (applied as override_settings): (setting, key, type).
 SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("CLIP_stop_at_last_layers", "Clip skip", int), ("randn_source", "RNG", str), ("sd_vae", "VAE", str),
-    ("emphasis", "Emphasis", str),
+    ("emphasis", "Emphasis", str), ("sd_vae_encode_method", "VAE Encoder", str),
+    ("sd_vae_decode_method", "VAE Decoder", str),
     ("eta_noise_seed_delta", "ENSD", int), ("eta_ancestral", "Eta", float), ("eta_ddim", "Eta DDIM", float),
     ("sigma_min", "Schedule min sigma", float), ("sigma_max", "Schedule max sigma", float),
     ("rho", "Schedule rho", float), ("beta_dist_alpha", "Beta schedule alpha", float),

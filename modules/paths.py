@@ -34,6 +34,11 @@ class Paths:
         return self.data / "outputs"
 
     @property
+    def taesd_dir(self) -> Path:
+        """models/VAE-taesd: the TAESD files (taesd_decoder.pth, ...), as in A1111."""
+        return self.models / "VAE-taesd"
+
+    @property
     def config_file(self) -> Path:
         return self.data / "config.json"
 
@@ -76,6 +81,6 @@ def from_args(data_dir: str | None = None, models_dir: str | None = None, ckpt_d
 
 
 def ensure_dirs(paths: Paths) -> None:
-    for d in (paths.data, paths.models, paths.checkpoint_dirs[-1], paths.vae_dirs[0], *paths.lora_dirs[:1],
-              *paths.embeddings_dirs):
+    for d in (paths.data, paths.models, paths.checkpoint_dirs[-1], paths.vae_dirs[0], paths.taesd_dir,
+              *paths.lora_dirs[:1], *paths.embeddings_dirs):
         d.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,14 @@ class Settings(BaseModel):
     # Stable Diffusion
     sd_model_checkpoint: str = Field("", description="Checkpoint title, name or hash")
     sd_vae: str = Field("Automatic", description="'Automatic', 'None' or a file name from models/VAE")
+    sd_vae_encode_method: Literal["Full", "TAESD"] = Field(
+        "Full", description="VAE type for encoding img2img inputs and Hires. fix's pixel upscales: 'Full' the "
+                            "model's VAE, 'TAESD' the tiny autoencoder (much faster, less faithful; needs "
+                            "taesd_encoder.pth or taesdxl_encoder.pth in models/VAE-taesd)")
+    sd_vae_decode_method: Literal["Full", "TAESD"] = Field(
+        "Full", description="VAE type for decoding the images: 'Full' the model's VAE, 'TAESD' the tiny "
+                            "autoencoder (much faster, less detail; needs taesd_decoder.pth or "
+                            "taesdxl_decoder.pth in models/VAE-taesd)")
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="Clip skip")
     sdxl_clip_l_skip: bool = Field(False, description="Clip skip applies to SDXL's CLIP-L too (its OpenCLIP "
                                                       "encoder always uses its penultimate layer)")
@@ -142,9 +150,12 @@ class Settings(BaseModel):
                                       "-1: only when a batch is done)")
     live_preview_refresh_period: int = Field(
         1000, ge=10, le=60000, description="How often the page asks for progress and a new preview, in milliseconds")
-    show_progress_type: Literal["Approx cheap", "Full"] = Field(
+    show_progress_type: Literal["Approx cheap", "TAESD", "Full"] = Field(
         "Approx cheap", description="Live preview method: 'Approx cheap' turns the latent into colours (costs "
-                                    "nothing); 'Full' decodes it with the VAE (the real picture, slower)")
+                                    "nothing); 'TAESD' decodes it with the tiny autoencoder (a real picture, "
+                                    "kept under 2% of the job's time; needs taesd_decoder.pth or "
+                                    "taesdxl_decoder.pth in models/VAE-taesd); 'Full' decodes it with the VAE "
+                                    "(the real picture, slow on a CPU)")
 
     # Optimizations (speed and memory; they apply from the next job, without reloading the model)
     cross_attention_optimization: Literal["Automatic", "sdp", "sub-quadratic", "V1", "None"] = Field(
@@ -176,7 +187,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
-    "VAE": ("sd_vae",),
+    "VAE": ("sd_vae", "sd_vae_encode_method", "sd_vae_decode_method"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_fix_steps",
                 "img2img_background_color"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",

@@ -75,6 +75,8 @@ class JobContext:
     fix_steps: bool = False  # img2img_fix_steps
     mask_weight: float = 1.0  # inpainting_mask_weight (9-channel inpainting models)
     refiner: RefinerPlan | None = None  # switch to another checkpoint near the end (set by the services)
+    vae_decode_method: str = "Full"  # sd_vae_decode_method: "Full" (the model's VAE) or "TAESD"
+    vae_encode_method: str = "Full"  # sd_vae_encode_method, for img2img inputs and Hires. fix's pixel upscales
 
     @property
     def is_img2img(self) -> bool:
@@ -113,6 +115,20 @@ class JobContext:
         if self.hires:
             return self.params.steps + (self.params.hr_second_pass_steps or self.params.steps)
         return self.params.steps
+
+    @property
+    def encodes_images(self) -> bool:
+        """Whether the job VAE-encodes pixels: img2img's inputs, or Hires. fix with a pixel upscaler."""
+        return self.is_img2img or (self.hires and self.hr_upscaler not in hires.LATENT_UPSCALERS)
+
+    def vae_fields(self) -> dict[str, str]:
+        """A1111's `VAE Encoder` / `VAE Decoder` infotext keys, written only when not Full."""
+        fields = {}
+        if self.vae_encode_method != "Full" and self.encodes_images:
+            fields["VAE Encoder"] = self.vae_encode_method
+        if self.vae_decode_method != "Full":
+            fields["VAE Decoder"] = self.vae_decode_method
+        return fields
 
     @property
     def writes_ensd(self) -> bool:
@@ -160,4 +176,5 @@ def resolve(params: GenerationParams, settings: Settings | None = None) -> JobCo
         subseeds=tuple(subseeds), clip_skip=settings.CLIP_stop_at_last_layers, emphasis=settings.emphasis,
         randn_source=settings.randn_source, noise_seed_delta=settings.eta_noise_seed_delta, hr_choice=hr_choice,
         hr_upscaler=upscaler, background=settings.img2img_background_color, fix_steps=settings.img2img_fix_steps,
-        mask_weight=settings.inpainting_mask_weight)
+        mask_weight=settings.inpainting_mask_weight, vae_decode_method=settings.sd_vae_decode_method,
+        vae_encode_method=settings.sd_vae_encode_method)

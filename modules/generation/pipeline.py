@@ -25,6 +25,7 @@ from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
 from modules.generation.context import JobContext, RefinerPlan
 from modules.generation.params import Img2ImgParams
 from modules.jobs import JobInterrupted, JobSkipped
+from modules.models import taesd
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,19 @@ class Hooks:
     # made ready for the job (its networks and settings), returning the loaded model
     load_refiner: Callable[[], Any] | None = None
     load_base: Callable[[], Any] | None = None
+    # a job whose context asks for TAESD (vae_decode_method / vae_encode_method): the TAESD "decoder" or
+    # "encoder" that fits a model, (model, part) -> module (raises taesd.TaesdMissing when its file is absent)
+    taesd: Callable[[Any, str], torch.nn.Module] | None = None
+
+
+def taesd_part(hooks: Hooks | None, model, part: str, method: str) -> torch.nn.Module | None:
+    """The TAESD decoder / encoder for `model` when the job's method for that part is "TAESD", else None (the
+    model's own VAE)."""
+    if method != "TAESD":
+        return None
+    if hooks is None or hooks.taesd is None:
+        raise taesd.TaesdMissing("The job asks for TAESD but nothing provides it")
+    return hooks.taesd(model, part)
 
 
 def _keeping_x0(hooks: Hooks, last_x0: list[torch.Tensor]) -> Hooks:
@@ -409,14 +423,17 @@ class _Abandoned(Exception):
     pass
 
 
-def decode_unless_stopped(model, latents: torch.Tensor, stopping: Callable[[], bool], unet_seconds: float = 0.0
-                          ) -> list[Image.Image] | None:
+def decode_unless_stopped(model, latents: torch.Tensor, stopping: Callable[[], bool], unet_seconds: float = 0.0,
+                          decoder: torch.nn.Module | None = None) -> list[Image.Image] | None:
     """`decode`, or None when `stopping()` has been true for PARTIAL_DECODE_SECONDS while it runs (it is asked
     before each of the VAE decoder's layers): A1111 decodes a batch that is interrupted or skipped, and one that
     was interrupted while it was decoded, which a GPU does in a second but a CPU takes minutes for at large
     sizes; the stop must still take effect within seconds. When a U-Net call at this size took longer than
     that (`unet_seconds`), the decode is given up at once: SD's VAE decoder costs about as much as a U-Net call,
-    and one of its layers alone can take half a minute."""
+    and one of its layers alone can take half a minute. With a TAESD `decoder` the decode takes a second or
+    less and is not stopped."""
+    if decoder is not None:
+        return decode(model, latents, decoder)
     patience = 0.0 if unet_seconds > PARTIAL_DECODE_SECONDS else PARTIAL_DECODE_SECONDS
     since = None  # when `stopping()` was first true
 
@@ -442,15 +459,19 @@ def sketch(latents: torch.Tensor) -> list[Image.Image]:
 
 
 @torch.no_grad()
-def decode(model, latents: torch.Tensor) -> list[Image.Image]:
+def decode(model, latents: torch.Tensor, decoder: torch.nn.Module | None = None) -> list[Image.Image]:
     """VAE-decode one latent at a time (bounded memory). An fp16 VAE that produces NaNs is switched
-    to fp32 and the decode retried, as A1111's "auto VAE precision" does."""
+    to fp32 and the decode retried, as A1111's "auto VAE precision" does. With a TAESD `decoder` (see
+    `taesd_part`) that decodes instead of the model's VAE."""
     images = []
     for latent in latents:
         if not torch.isfinite(latent).all():
             raise NonFiniteInput("The sampler's result is infinite or NaN: its numbers overflowed, so the schedule's "
                                  "noise levels (the sigma_max, sigma_min and rho settings) or eta, s_noise or s_churn "
                                  "are out of range. This is not a precision problem; --no-half will not help")
+        if decoder is not None:
+            images.append(_to_pil(taesd.decode(decoder, latent[None])[0]))
+            continue
         z = latent[None] / model.vae.config.scaling_factor
         out = model.vae.decode(z.to(model.vae.dtype)).sample
         if torch.isnan(out).any() and model.vae.dtype != torch.float32:
@@ -471,10 +492,16 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode(model, pixels: torch.Tensor) -> torch.Tensor:
+def encode(model, pixels: torch.Tensor, encoder: torch.nn.Module | None = None) -> torch.Tensor:
     """VAE-encode (N, 3, H, W) pixels in [-1, 1] to scaled latents. Uses the mean of the VAE's latent
     distribution, not a random sample of it (A1111 samples): the same input always gives the same latent,
-    so img2img is reproducible from its seed alone. An fp16 VAE that produces NaNs is retried in fp32."""
+    so img2img is reproducible from its seed alone. An fp16 VAE that produces NaNs is retried in fp32.
+    With a TAESD `encoder` (see `taesd_part`) that encodes instead (its latents are already scaled)."""
+    if encoder is not None:
+        z = taesd.encode(encoder, pixels).to(model.device)
+        if torch.isnan(z).any():
+            raise NansError("A tensor with NaNs was produced in the TAESD encoder.")
+        return z
     vae = model.vae
     out = []
     for x in pixels:
@@ -648,7 +675,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             skipped = isinstance(stopped, JobSkipped)
             partial = last_x0[-1] if last_x0 else None
             if partial is not None:
-                images = decode_unless_stopped(models.now, partial, lambda: True, unet_time.seconds) \
+                images = decode_unless_stopped(models.now, partial, lambda: True, unet_time.seconds,
+                                               taesd_part(hooks, models.now, "decoder", ctx.vae_decode_method)) \
                     or sketch(partial)
                 yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
                                   interrupted=not skipped, skipped=skipped)
@@ -670,7 +698,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             return bool(stop)
 
         # decoded by the model sampling ended with (the refiner's VAE after a switch, as in A1111)
-        images = decode_unless_stopped(models.now, latents, stopping, unet_time.seconds)
+        images = decode_unless_stopped(models.now, latents, stopping, unet_time.seconds,
+                                       taesd_part(hooks, models.now, "decoder", ctx.vae_decode_method))
         if images is None:  # a long decode that was stopped: shown as an interrupted / skipped batch
             images = sketch(latents)
             yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
@@ -690,8 +719,15 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: 
     params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
-    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, lambda z: decode(models.now, z),
-                                    lambda image: encode(models.base_again(), image_to_tensor(image)[None]))
+
+    def decode_now(z: torch.Tensor) -> list[Image.Image]:
+        return decode(models.now, z, taesd_part(hooks, models.now, "decoder", ctx.vae_decode_method))
+
+    def encode_again(image: Image.Image) -> torch.Tensor:
+        model = models.base_again()
+        return encode(model, image_to_tensor(image)[None], taesd_part(hooks, model, "encoder", ctx.vae_encode_method))
+
+    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, decode_now, encode_again)
     model = models.base_again()
     latents = hires.crop(latents, cut_x, cut_y)
     shape = (LATENT_CHANNELS, *latents.shape[2:])
@@ -740,12 +776,13 @@ MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothin
 
 
 @torch.no_grad()
-def prepare_img2img(model, ctx: JobContext) -> Img2ImgInputs:
+def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2ImgInputs:
     """Resize the init images to width x height by `resize_mode`, prepare the mask, pre-fill the area to
     repaint, VAE-encode. t_enc = int(min(denoising_strength, 0.999) * steps): each batch starts from the
     init latents noised to step steps - t_enc - 1 of the schedule and runs t_enc + 1 steps; with
     the context's `fix_steps` (img2img_fix_steps) exactly `steps` run, at the end of a longer schedule. Its
-    `mask_weight` is inpainting_mask_weight, for 9-channel inpainting models (see image_conditioning)."""
+    `mask_weight` is inpainting_mask_weight, for 9-channel inpainting models (see image_conditioning). `hooks`
+    gives the TAESD encoder when the context's vae_encode_method asks for it."""
     params: Img2ImgParams = ctx.params  # type: ignore[assignment]
     randn_source = ctx.randn_source
     width, height = params.width, params.height
@@ -791,7 +828,8 @@ def prepare_img2img(model, ctx: JobContext) -> Img2ImgInputs:
             image = masking.fill(image, prepared_mask.mask)
         inputs.append(image)
 
-    latents = torch.cat([encode(model, image_to_tensor(im)[None]) for im in inputs])
+    encoder = taesd_part(hooks, model, "encoder", ctx.vae_encode_method)
+    latents = torch.cat([encode(model, image_to_tensor(im)[None], encoder) for im in inputs])
     shape = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
     if latents.shape[-2:] != shape[1:]:  # latent upscale
         latents = torch.nn.functional.interpolate(latents, size=shape[1:], mode="bilinear")
@@ -837,5 +875,5 @@ def img2img(model, ctx: JobContext, hooks: Hooks | None = None, inputs: Img2ImgI
     """img2img and inpainting, A1111's way, in `params.n_iter` batches (`inputs` from `prepare_img2img`,
     made here when not given). With a mask only its white area is repainted: the latents outside it
     are kept at every step, and the original pixels are pasted back outside the blurred mask at the end."""
-    inputs = inputs or prepare_img2img(model, ctx)
+    inputs = inputs or prepare_img2img(model, ctx, hooks)
     yield from _generate(model, ctx, hooks or Hooks(), inputs.plan)

@@ -20,7 +20,7 @@ from transformers import CLIPTokenizer
 
 from modules import devices
 from modules.hashing import PROGRESS_AFTER_S
-from modules.models import checkpoint_file, families, loader, lora, vae_family
+from modules.models import checkpoint_file, families, loader, lora, taesd, vae_family
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.family import BuiltModel, ModelConfig, ModelFamily
@@ -98,36 +98,45 @@ class ExtraNetworksUse:
 class ModelManager:
     def __init__(self, checkpoints: CheckpointRegistry, vaes: VaeRegistry, plan: devices.DevicePlan,
                  default_sd1_config: Path, loras: lora.LoraRegistry | None = None,
-                 embeddings: EmbeddingRegistry | None = None):
+                 embeddings: EmbeddingRegistry | None = None, taesd_models: taesd.TaesdModels | None = None):
         self.checkpoints = checkpoints
         self.vaes = vaes
         self.loras = loras if loras is not None else lora.LoraRegistry((), checkpoints.hashes)
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry((), checkpoints.hashes)
         self.plan = plan
+        # the TAESD files (models/VAE-taesd; by default the folder beside the last checkpoint folder)
+        self.taesd = taesd_models if taesd_models is not None else taesd.TaesdModels(
+            Path(checkpoints.folders[-1]).parent / "VAE-taesd" if checkpoints.folders else Path("VAE-taesd"))
         self.default_sd1_config = default_sd1_config
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
         self._lock = threading.RLock()
         self.current: LoadedModel | None = None
-        self._default_sizes: dict[tuple[str, float], tuple[int, int]] = {}
+        self._header_configs: dict[tuple[str, float], ModelConfig | None] = {}
 
     # --- checkpoints -------------------------------------------------------------------------
-    def default_size(self, info: CheckpointInfo) -> tuple[int, int]:
-        """(width, height) the checkpoint's family was trained at: the loaded model's, else read from the file's
-        header (cached per file and modification time); 512x512 when the file does not say (a .ckpt)."""
+    def config_of(self, info: CheckpointInfo) -> ModelConfig | None:
+        """The checkpoint's config (family, default size): the loaded model's, else read from the file's header
+        (cached per file and modification time); None when the file does not say (a .ckpt)."""
         current = self.current
         if current is not None and current.info.filename == info.filename:
-            return current.config.default_size
+            return current.config
         try:
             key = (str(info.filename), Path(info.filename).stat().st_mtime)
         except OSError:
-            return 512, 512
-        if key not in self._default_sizes:
+            return None
+        if key not in self._header_configs:
             try:
                 config = families.detect_from_header(Path(info.filename), self.default_sd1_config)
             except CheckpointError:
                 config = None
-            self._default_sizes[key] = config.default_size if config else (512, 512)
-        return self._default_sizes[key]
+            self._header_configs[key] = config
+        return self._header_configs[key]
+
+    def default_size(self, info: CheckpointInfo) -> tuple[int, int]:
+        """(width, height) the checkpoint's family was trained at (see `config_of`); 512x512 when the file does
+        not say (a .ckpt)."""
+        config = self.config_of(info)
+        return config.default_size if config else (512, 512)
 
     def read(self, info: CheckpointInfo, bar: tqdm | None = None) -> tuple[BuiltModel, float]:
         """Read and build a checkpoint on the CPU without touching the loaded model (`bar`: a load's progress,

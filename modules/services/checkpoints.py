@@ -52,6 +52,26 @@ class CheckpointService:
         """(width, height) the checkpoint's family was trained at (SDXL 1024x1024), known without loading it."""
         return self._models.default_size(info)
 
+    def taesd_missing(self, info: CheckpointInfo, part: str) -> str | None:
+        """Why a job on `info` could not use TAESD's `part` ("decoder" / "encoder"): the file it needs and the
+        folder, or None when it is there or the model's kind is not known before loading (a .ckpt)."""
+        config = self._models.config_of(info)
+        if config is None:
+            return None
+        return self._models.taesd.missing_message(config.family.vae_kind, part)
+
+    def taesd_preview_decoder(self):
+        """The TAESD decoder for the loaded model's live previews, or None (no model, or its file absent: said
+        once in the log)."""
+        model = self.current
+        if model is None:
+            return None
+        return self._models.taesd.preview_decoder(model.config.family.vae_kind, model.device)
+
+    def taesd(self, model: LoadedModel, part: str):
+        """TAESD's decoder or encoder for `model` (taesd.TaesdMissing naming the file when it is absent)."""
+        return self._models.taesd.get(model.config.family.vae_kind, part, model.device)
+
     @property
     def current(self) -> LoadedModel | None:
         """The loaded model, if any."""

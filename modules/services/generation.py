@@ -15,7 +15,7 @@ from modules import filenames, images
 from modules.generation import extra_networks, pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue, JobState
-from modules.models import optimizations
+from modules.models import optimizations, taesd
 from modules.models.manager import ExtraNetworksUse, LoadedModel, ModelManager
 from modules.models.registry import CheckpointInfo
 from modules.services import describe
@@ -79,6 +79,8 @@ class GenerationService:
                 raise BadRequest(f"{e} (here: {sampler_numbers(accepted.ctx.params, accepted.settings)})") from None
             except pipeline.RefinerMismatch as e:
                 raise BadRequest(f"refiner_checkpoint: {e}") from None
+            except taesd.TaesdMissing as e:  # the file went away after the request was accepted
+                raise BadRequest(str(e)) from None
             result.warnings[:0] = accepted.warnings
             return result
 
@@ -87,7 +89,7 @@ class GenerationService:
     # --- the job -----------------------------------------------------------------------------------
     def _run(self, job: Job, accepted: Accepted) -> GenerationResult:
         run = self._start(job, accepted)
-        hooks = pipeline.Hooks(check=job.check)
+        hooks = pipeline.Hooks(check=job.check, taesd=self._checkpoints.taesd)
         self._model_hooks(run, hooks)
         batches, steps_run = self._batches(run, hooks)
         bar = self._show_progress(run, hooks, steps_run)
@@ -155,13 +157,13 @@ class GenerationService:
         ctx = run.accepted.ctx
         if ctx.is_img2img:
             self._decode_inputs(ctx.params)
-            inputs = pipeline.prepare_img2img(run.model, ctx)
+            inputs = pipeline.prepare_img2img(run.model, ctx, hooks)
             batches, steps_run, extra = pipeline.img2img(run.model, ctx, hooks, inputs=inputs), inputs.steps_run, \
                 inputs.fields
             run.result.warnings.extend(inputs.notes)
         else:
             batches, steps_run, extra = pipeline.txt2img(run.model, ctx, hooks), ctx.steps_run, {}
-        run.extra = {**extra, **describe.sampler_fields(run.record, run.model.alphas_cumprod)}
+        run.extra = {**extra, **describe.sampler_fields(run.record, run.model.alphas_cumprod), **ctx.vae_fields()}
         return batches, steps_run
 
     def _show_progress(self, run: _Run, hooks: pipeline.Hooks, steps_run: int) -> tqdm:

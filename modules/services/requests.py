@@ -54,6 +54,7 @@ class RequestResolver:
         requested = params.override_settings.get("sd_model_checkpoint")
         checkpoint = self._checkpoints.resolve(requested)
         refiner = self.refiner(params, checkpoint)
+        self.check_taesd(ctx, checkpoint)
         if refiner is not None:
             ctx = dataclasses.replace(ctx, refiner=context.RefinerPlan(
                 refiner.name, params.refiner_switch_at, settings.refiner_switch_by_sample_steps,
@@ -72,6 +73,17 @@ class RequestResolver:
             raise BadRequest(f"refiner_checkpoint: checkpoint {name!r} not found. Available: "
                              + (", ".join(i.title for i in self._checkpoints.list()) or "none"))
         return None if found.filename == checkpoint.filename else found
+
+    def check_taesd(self, ctx: context.JobContext, checkpoint: CheckpointInfo) -> None:
+        """Refuse (BadRequest naming the file and the folder) a job asking for TAESD whose file is absent, before
+        anything is queued (when the checkpoint's kind is known without loading it)."""
+        parts = (["encoder"] if ctx.vae_encode_method == "TAESD" and ctx.encodes_images else []) + \
+            (["decoder"] if ctx.vae_decode_method == "TAESD" else [])
+        for part in parts:
+            problem = self._checkpoints.taesd_missing(checkpoint, part)
+            if problem:
+                setting = f"sd_vae_{part[:2]}code_method"
+                raise BadRequest(f"{setting} is TAESD: {problem}")
 
     def apply_styles(self, params: GenerationParams) -> tuple[GenerationParams, list[str]]:
         """The params with their styles merged into the prompts (as A1111 does before generating, so the

@@ -64,11 +64,12 @@ def _bar(fraction: float, text: str) -> str:
 
 
 def follow(job: Job, queue_position, previews: bool, every_n_steps: int, refresh_seconds: float,
-           render: Callable[[Any], Image.Image] = preview.latent_to_image) -> Iterator[Snapshot]:
+           render: Callable[[Any], Image.Image | None] = preview.latent_to_image) -> Iterator[Snapshot]:
     """Snapshots of `job` until it is done. `queue_position()` gives the number of jobs ahead of it.
     A preview is `render`ed from the sampler's current prediction at most every `refresh_seconds` and
     only when at least `every_n_steps` steps have passed since the last one (0: any step; -1: never
-    during a batch, the finished images show anyway)."""
+    during a batch, the finished images show anyway). A renderer may decline (None: not now, e.g. over its
+    time budget); it is asked again at the next poll."""
     state = job.state
     shown_images = 0
     last_preview_at = 0.0
@@ -85,7 +86,8 @@ def follow(job: Job, queue_position, previews: bool, every_n_steps: int, refresh
                 and time.time() - last_preview_at >= refresh_seconds
                 and (step[0] != last_preview_step[0] or step[1] - last_preview_step[1] >= max(every_n_steps, 1))):
             picture = render(latent)
-            last_preview_at, last_preview_step = time.time(), step
+            if picture is not None:
+                last_preview_at, last_preview_step = time.time(), step
         yield Snapshot(describe(state, 0 if state.started else queue_position()), picture, new_images,
                        list(partial.infotexts) if partial is not None else [])
 

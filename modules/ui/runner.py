@@ -62,7 +62,7 @@ def watch(engine: Engine, job, label: str = "") -> Generator[list, None, Generat
     settings = engine.options.values
     previews, every = settings.live_previews_enable, settings.show_progress_every_n_steps
     refresh = settings.live_preview_refresh_period / 1000.0
-    render = full_preview(engine) if settings.show_progress_type == "Full" else preview.latent_to_image
+    render = preview_renderer(engine, job, settings.show_progress_type)
     prefix = f'<div class="sd-hint">{html.escape(label)}</div>' if label else ""
     yield _unchanged(5) + [prefix + progress.describe(job.state, engine.queue.ahead_of(job)),
                            gr.Image(visible=previews and every >= 0, value=None), "", *buttons(True)]
@@ -76,6 +76,16 @@ def watch(engine: Engine, job, label: str = "") -> Generator[list, None, Generat
         if not isinstance(e, (BadRequest, CheckpointError)):
             log.exception("%s failed", job.kind)
         return e
+
+
+def preview_renderer(engine: Engine, job, kind: str) -> Callable[[torch.Tensor], Image.Image | None]:
+    """The live preview `show_progress_type` asks for: "Full" (the VAE), "TAESD" (the tiny autoencoder, within
+    a share of the job's time; the cheap preview when its file is absent) or "Approx cheap"."""
+    if kind == "Full":
+        return full_preview(engine)
+    if kind == "TAESD":
+        return preview.TaesdPreview(engine.checkpoints.taesd_preview_decoder, lambda: job.state.started)
+    return preview.latent_to_image
 
 
 def full_preview(engine: Engine) -> Callable[[torch.Tensor], Image.Image]:
