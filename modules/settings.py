@@ -28,6 +28,13 @@ class Settings(BaseModel):
     # Stable Diffusion
     sd_model_checkpoint: str = Field("", description="Checkpoint title, name or hash")
     sd_vae: str = Field("Automatic", description="'Automatic', 'None' or a file name from models/VAE")
+    vae_tiling: Literal["Auto", "Always", "Never"] = Field(
+        "Auto", description="Tiled VAE: decode and encode large images a band of rows at a time, with the same "
+                            "result and a fraction of the memory (slower by about a third). Auto: above 1280x1024 "
+                            "pixels (where the untiled decode needs over 4 GB)")
+    vae_tile_size: int = Field(512, ge=64, le=4096, multiple_of=8,
+                               description="Tiled VAE: each band has about this many pixels squared (smaller: less "
+                                           "memory, slower)")
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="Clip skip")
     sdxl_clip_l_skip: bool = Field(False, description="Clip skip applies to SDXL's CLIP-L too (its OpenCLIP "
                                                       "encoder always uses its penultimate layer)")
@@ -176,7 +183,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
-    "VAE": ("sd_vae",),
+    "VAE": ("sd_vae", "vae_tiling", "vae_tile_size"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_fix_steps",
                 "img2img_background_color"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",

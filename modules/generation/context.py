@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from modules.generation import hires, rng, samplers
+from modules.generation.vae_tiling import VaeTiling
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.settings import Settings
 
@@ -75,6 +76,7 @@ class JobContext:
     fix_steps: bool = False  # img2img_fix_steps
     mask_weight: float = 1.0  # inpainting_mask_weight (9-channel inpainting models)
     refiner: RefinerPlan | None = None  # switch to another checkpoint near the end (set by the services)
+    vae_tiling: VaeTiling = VaeTiling()  # when the VAE decodes and encodes in tiles (vae_tiling, vae_tile_size)
 
     @property
     def is_img2img(self) -> bool:
@@ -160,4 +162,4 @@ def resolve(params: GenerationParams, settings: Settings | None = None) -> JobCo
         subseeds=tuple(subseeds), clip_skip=settings.CLIP_stop_at_last_layers, emphasis=settings.emphasis,
         randn_source=settings.randn_source, noise_seed_delta=settings.eta_noise_seed_delta, hr_choice=hr_choice,
         hr_upscaler=upscaler, background=settings.img2img_background_color, fix_steps=settings.img2img_fix_steps,
-        mask_weight=settings.inpainting_mask_weight)
+        mask_weight=settings.inpainting_mask_weight, vae_tiling=VaeTiling(settings.vae_tiling, settings.vae_tile_size))

@@ -187,6 +187,8 @@ class GenerationService:
         save = ctx.params.save_images and settings.samples_save
         for batch in batches:
             run.extra = {**run.extra, **self._network_fields(run.model, run.networks)}  # TI hashes known once encoded
+            if batch.vae_tiled:
+                run.extra[pipeline.VAE_TILING_KEY] = True
             # A1111 shows an interrupted or skipped batch, and saves it only if asked to
             result.interrupted = result.interrupted or batch.interrupted
             complete = not (batch.interrupted or batch.skipped)

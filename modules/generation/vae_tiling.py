@@ -1,0 +1,194 @@
+"""Tiled VAE decode and encode: large images through the VAE a band of rows at a time, with the untiled result.
+
+The VAE's memory goes into its full-resolution layers, where every layer of the untiled network makes a
+temporary the size of the image times its channels (256 channels at 2048x2048 are 4 GiB each). Here those
+layers run on bands of rows of about `tile` x `tile` pixels each, with enough rows of their neighbours (a
+halo) for their convolutions to see what they would see untiled, and only each block's input and output
+exist at full size.
+
+Tiles decoded on their own do not match: SD's VAE normalises with GroupNorm, whose statistics are taken
+over the whole image (diffusers' `enable_tiling` decodes tiles on their own; on a random-weight SD VAE its
+tiles differ from the untiled decode by up to 235/255, and an estimate of the statistics from the image
+scaled down to one tile, the extension "Tiled VAE"'s fast mode, still by 18-31/255). So each GroupNorm
+gets the statistics of the whole image, measured: a block is run over the bands once per GroupNorm whose
+input depends on the block's own layers, stopping at that GroupNorm to add up its input (each row once),
+then once more with all of them known. For SD's ResNet blocks that is one extra half-block. The result is
+the untiled one up to float rounding, so there are no seams to blend away.
+
+The part at latent resolution (the decoder's conv_in and middle block, whose attention sees the whole image;
+the encoder's middle block and output) is small (1/64 of the pixels) and runs untiled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+VAE_SCALE = 8
+TILING_MODES = ("Auto", "Always", "Never")
+# Auto tiles above this many pixels. The untiled SD VAE decode's peak grows by ~3.2 KB a pixel (bench/README.md):
+# ~4.2 GB at 1280x1024; above that the image is tiled.
+AUTO_PIXELS = 1280 * 1024
+
+Stage = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class VaeTiling:
+    """When and how a job's VAE decodes and encodes in tiles (settings vae_tiling and vae_tile_size): `tile` is
+    a band's area, in pixels of a side of a square of the same area, at each layer's resolution."""
+    mode: str = "Auto"
+    tile: int = 512
+    auto_pixels: int = AUTO_PIXELS
+
+    def tiles(self, height: int, width: int) -> bool:
+        """Whether an image of this size (in pixels) goes through the VAE in tiles: never when it is one tile;
+        with Auto, when it has more than `auto_pixels` pixels."""
+        if self.mode == "Never" or height * width <= self.tile * self.tile:
+            return False
+        return self.mode == "Always" or height * width > self.auto_pixels
+
+
+class _Stop(Exception):
+    """Raised by the GroupNorm being measured: the rest of the block is not needed yet."""
+
+
+def _sums(layer: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """Per group: the sum of x, the sum of its squares (in float64) and how many values they add up."""
+    groups = layer.num_groups
+    s = x.sum(dim=(0, 2, 3), dtype=torch.float64).view(groups, -1).sum(1)
+    sq = (torch.linalg.vector_norm(x, dim=(0, 2, 3), dtype=torch.float64) ** 2).view(groups, -1).sum(1)
+    return torch.stack([s, sq, torch.full_like(s, x.numel() // groups)])
+
+
+def _normalise(layer: torch.nn.GroupNorm, x: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """GroupNorm of x with the statistics `sums` gives: x * scale + shift per channel, in one pass."""
+    mean = sums[0] / sums[2]
+    var = (sums[1] / sums[2] - mean * mean).clamp(min=0.0)  # GroupNorm's variance is the biased one
+    per = x.shape[1] // layer.num_groups
+    scale = torch.rsqrt(var + layer.eps).repeat_interleave(per)
+    shift = -mean.repeat_interleave(per) * scale
+    if layer.affine:
+        weight, bias = layer.weight.double(), layer.bias.double()
+        scale, shift = scale * weight, shift * weight + bias
+    return torch.addcmul(shift.to(x.dtype)[None, :, None, None], x, scale.to(x.dtype)[None, :, None, None])
+
+
+class _Norms:
+    """While the `with` lasts, the GroupNorms of `parts` normalise with the whole image's statistics from
+    `known` (a per-instance forward). The first one reached without them adds up its input's rows
+    `rows` (fractions of the band's, the band without its halo) into `measuring` and stops the block."""
+
+    def __init__(self, parts: list[torch.nn.Module]):
+        self.layers = [m for part in parts for m in part.modules() if isinstance(m, torch.nn.GroupNorm)]
+        self.known: dict[int, torch.Tensor] = {}
+        self.measuring: dict[int, torch.Tensor] = {}
+        self.rows = (0.0, 1.0)
+
+    def __enter__(self) -> _Norms:
+        for index, layer in enumerate(self.layers):
+            layer.forward = self._forward(index, layer)  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for layer in self.layers:
+            del layer.forward
+
+    def _forward(self, index: int, layer: torch.nn.GroupNorm) -> Stage:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if index in self.known:
+                return _normalise(layer, x, self.known[index])
+            n = x.shape[-2]
+            sums = _sums(layer, x[..., round(self.rows[0] * n):round(self.rows[1] * n), :])
+            self.measuring[index] = self.measuring[index] + sums if index in self.measuring else sums
+            raise _Stop()
+        return forward
+
+
+def _band_rows(x: torch.Tensor, tile: int) -> int:
+    """Rows per band at x's resolution: about tile x tile pixels, a multiple of 8 (stride-2 layers stay aligned)."""
+    return max(8, (tile * tile // x.shape[-1]) // 8 * 8)
+
+
+def _bands(stage: Stage, x: torch.Tensor, halo: int, tile: int, norms: _Norms) -> torch.Tensor | None:
+    """One pass of `stage` over x in bands of rows, each with `halo` rows more on both sides (fewer at the
+    image's edges) that are cut from its output. None when a GroupNorm was measured instead."""
+    rows, n = _band_rows(x, tile), x.shape[-2]
+    result: torch.Tensor | None = None
+    stopped = False
+    for start in range(0, n, rows):
+        end = min(n, start + rows)
+        lo, hi = max(0, start - halo), min(n, end + halo)
+        norms.rows = ((start - lo) / (hi - lo), (end - lo) / (hi - lo))
+        try:
+            out = stage(x[..., lo:hi, :])
+        except _Stop:
+            stopped = True
+            continue
+        ratio = out.shape[-2] / (hi - lo)  # 2 for an upsampler, 1/2 for a downsampler
+        if result is None:
+            result = out.new_empty((*out.shape[:-2], round(n * ratio), out.shape[-1]))
+        result[..., round(start * ratio):round(end * ratio), :] = \
+            out[..., round((start - lo) * ratio):round((end - lo) * ratio), :]
+    return None if stopped else result
+
+
+def _reach(module: torch.nn.Module) -> int:
+    """How many rows beyond a row the convolutions of `module` see, in rows of its input (at most: a
+    convolution after an upsampler sees half a row of the input per row it sees)."""
+    return sum((m.kernel_size[0] // 2) * m.dilation[0] for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def _run(stages: list[tuple[Stage, torch.nn.Module]], x: torch.Tensor, tile: int, norms: _Norms) -> torch.Tensor:
+    """x through the stages (each with the module its reach is counted in) in bands: each stage is run once
+    per GroupNorm whose statistics its own layers change, to measure them, and once more for its output."""
+    for stage, module in stages:
+        halo = (_reach(module) + 2) // 2 * 2  # even, so that stride-2 layers stay aligned
+        while (out := _bands(stage, x, halo, tile, norms)) is None:
+            norms.known.update(norms.measuring)
+            norms.measuring = {}
+        x = out
+    return x
+
+
+def _decoder_stages(decoder) -> list[tuple[Stage, torch.nn.Module]]:
+    stages: list[tuple[Stage, torch.nn.Module]] = []
+    for block in decoder.up_blocks:
+        stages += [(lambda t, r=resnet: r(t, None), resnet) for resnet in block.resnets]
+        stages += [(sampler, sampler) for sampler in block.upsamplers or []]
+    out = torch.nn.Sequential(decoder.conv_norm_out, decoder.conv_act, decoder.conv_out)
+    return stages + [(out, out)]
+
+
+def _encoder_stages(encoder) -> list[tuple[Stage, torch.nn.Module]]:
+    stages: list[tuple[Stage, torch.nn.Module]] = [(encoder.conv_in, encoder.conv_in)]
+    for block in encoder.down_blocks:
+        stages += [(lambda t, r=resnet: r(t, None), resnet) for resnet in block.resnets]
+        stages += [(sampler, sampler) for sampler in block.downsamplers or []]
+    return stages
+
+
+@torch.no_grad()
+def decode(vae, z: torch.Tensor, tiling: VaeTiling) -> torch.Tensor:
+    """What `vae.decode(z).sample` gives (z: (1, 4, h, w), unscaled), its full-resolution part in bands."""
+    decoder = vae.decoder
+    if vae.post_quant_conv is not None:
+        z = vae.post_quant_conv(z)
+    h = decoder.mid_block(decoder.conv_in(z))
+    with _Norms([decoder.up_blocks, decoder.conv_norm_out]) as norms:
+        return _run(_decoder_stages(decoder), h, tiling.tile, norms)
+
+
+@torch.no_grad()
+def encode(vae, x: torch.Tensor, tiling: VaeTiling) -> torch.Tensor:
+    """What `vae.encode(x).latent_dist.mode()` gives (x: (1, 3, H, W), H and W multiples of 8), its
+    full-resolution part in bands."""
+    encoder = vae.encoder
+    with _Norms([encoder.down_blocks]) as norms:
+        h = _run(_encoder_stages(encoder), x, tiling.tile, norms)
+    h = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(encoder.mid_block(h))))
+    if vae.quant_conv is not None:
+        h = vae.quant_conv(h)
+    return h.chunk(2, dim=1)[0]
