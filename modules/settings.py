@@ -29,12 +29,12 @@ class Settings(BaseModel):
     sd_model_checkpoint: str = Field("", description="Checkpoint title, name or hash")
     sd_vae: str = Field("Automatic", description="'Automatic', 'None' or a file name from models/VAE")
     vae_tiling: Literal["Auto", "Always", "Never"] = Field(
-        "Auto", description="Tiled VAE: decode and encode large images a band of rows at a time, with the same "
-                            "result and a fraction of the memory (slower by about a third). Auto: above 1280x1024 "
-                            "pixels (where the untiled decode needs over 4 GB)")
+        "Auto", description="Tiled VAE: decode and encode large images a band of rows at a time: the same image "
+                            "in less memory, for about 45 % more VAE computation. Auto: images over 1280x1024 pixels "
+                            "(where the untiled decode needs over 4 GB); Always: every image larger than one tile")
     vae_tile_size: int = Field(512, ge=64, le=4096, multiple_of=8,
-                               description="Tiled VAE: each band has about this many pixels squared (smaller: less "
-                                           "memory, slower)")
+                               description="Tiled VAE tile size in pixels: a band holds as much as a square of this "
+                                           "side at full resolution (smaller: less memory, a little slower)")
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="Clip skip")
     sdxl_clip_l_skip: bool = Field(False, description="Clip skip applies to SDXL's CLIP-L too (its OpenCLIP "
                                                       "encoder always uses its penultimate layer)")

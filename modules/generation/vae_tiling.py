@@ -2,14 +2,15 @@
 
 The VAE's memory goes into its full-resolution layers, where every layer of the untiled network makes a
 temporary the size of the image times its channels (256 channels at 2048x2048 are 4 GiB each). Here those
-layers run on bands of rows of about `tile` x `tile` pixels each, with enough rows of their neighbours (a
-halo) for their convolutions to see what they would see untiled, and only each block's input and output
-exist at full size.
+layers run on bands of rows (each as large as `tile` x `tile` pixels of SD's last level, 128 channels),
+with enough rows of their neighbours (a halo) for their convolutions to see what they would see untiled,
+and only each ResNet block's or upsampler's input and output exist at full size.
 
 Tiles decoded on their own do not match: SD's VAE normalises with GroupNorm, whose statistics are taken
 over the whole image (diffusers' `enable_tiling` decodes tiles on their own; on a random-weight SD VAE its
-tiles differ from the untiled decode by up to 235/255, and an estimate of the statistics from the image
-scaled down to one tile, the extension "Tiled VAE"'s fast mode, still by 18-31/255). So each GroupNorm
+tiles differ from the untiled decode by up to 235/255; statistics estimated from the image scaled down to
+one tile, the extension "Tiled VAE"'s fast mode, still leave 15-45/255, re-measured over the tiles up to four
+times or not). So each GroupNorm
 gets the statistics of the whole image, measured: a block is run over the bands once per GroupNorm whose
 input depends on the block's own layers, stopping at that GroupNorm to add up its input (each row once),
 then once more with all of them known. For SD's ResNet blocks that is one extra half-block. The result is
@@ -25,11 +26,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from diffusers.models.upsampling import Upsample2D
 
 VAE_SCALE = 8
-TILING_MODES = ("Auto", "Always", "Never")
-# Auto tiles above this many pixels. The untiled SD VAE decode's peak grows by ~3.2 KB a pixel (bench/README.md):
-# ~4.2 GB at 1280x1024; above that the image is tiled.
+# Auto tiles above this many pixels. The untiled SD VAE decode's peak grows by ~3.6 KB a pixel (bench/README.md):
+# ~4.7 GB at 1280x1024; above that the image is tiled.
 AUTO_PIXELS = 1280 * 1024
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
@@ -37,8 +38,8 @@ Stage = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class VaeTiling:
-    """When and how a job's VAE decodes and encodes in tiles (settings vae_tiling and vae_tile_size): `tile` is
-    a band's area, in pixels of a side of a square of the same area, at each layer's resolution."""
+    """When and how a job's VAE decodes and encodes in tiles (settings vae_tiling and vae_tile_size): a band
+    holds as many numbers as `tile` x `tile` pixels of BAND_CHANNELS channels."""
     mode: str = "Auto"
     tile: int = 512
     auto_pixels: int = AUTO_PIXELS
@@ -107,15 +108,20 @@ class _Norms:
         return forward
 
 
-def _band_rows(x: torch.Tensor, tile: int) -> int:
-    """Rows per band at x's resolution: about tile x tile pixels, a multiple of 8 (stride-2 layers stay aligned)."""
-    return max(8, (tile * tile // x.shape[-1]) // 8 * 8)
+BAND_CHANNELS = 128  # a band holds as many numbers as tile x tile pixels of this many channels (SD's last level)
 
 
-def _bands(stage: Stage, x: torch.Tensor, halo: int, tile: int, norms: _Norms) -> torch.Tensor | None:
-    """One pass of `stage` over x in bands of rows, each with `halo` rows more on both sides (fewer at the
-    image's edges) that are cut from its output. None when a GroupNorm was measured instead."""
-    rows, n = _band_rows(x, tile), x.shape[-2]
+def _band_rows(x: torch.Tensor, tile: int, growth: int = 1) -> int:
+    """Rows per band of x: as many numbers as tile x tile pixels of BAND_CHANNELS channels, in the band or in
+    its output (`growth`: 2 for an upsampler, whose output has four times the pixels), a multiple of 8 (so that
+    stride-2 layers stay aligned)."""
+    return max(8, (tile * tile * BAND_CHANNELS // (x.shape[-1] * x.shape[1] * growth * growth)) // 8 * 8)
+
+
+def _bands(stage: Stage, x: torch.Tensor, halo: int, rows: int, norms: _Norms) -> torch.Tensor | None:
+    """One pass of `stage` over x in bands of `rows` rows, each with `halo` rows more on both sides (fewer at
+    the image's edges) that are cut from its output. None when a GroupNorm was measured instead."""
+    n = x.shape[-2]
     result: torch.Tensor | None = None
     stopped = False
     for start in range(0, n, rows):
@@ -146,7 +152,8 @@ def _run(stages: list[tuple[Stage, torch.nn.Module]], x: torch.Tensor, tile: int
     per GroupNorm whose statistics its own layers change, to measure them, and once more for its output."""
     for stage, module in stages:
         halo = (_reach(module) + 2) // 2 * 2  # even, so that stride-2 layers stay aligned
-        while (out := _bands(stage, x, halo, tile, norms)) is None:
+        rows = _band_rows(x, tile, 2 if isinstance(module, Upsample2D) else 1)
+        while (out := _bands(stage, x, halo, rows, norms)) is None:
             norms.known.update(norms.measuring)
             norms.measuring = {}
         x = out
