@@ -449,7 +449,8 @@ def decode(model, latents: torch.Tensor, tiling: VaeTiling | None = None) -> lis
     """VAE-decode one latent at a time (bounded memory), in tiles when `tiling` says so for their size. An fp16
     VAE that produces NaNs is switched to fp32 and the decode retried, as A1111's "auto VAE precision" does."""
     images = []
-    tiled = tiling is not None and tiling.tiles(latents.shape[-2] * VAE_SCALE, latents.shape[-1] * VAE_SCALE)
+    tiled = tiling is not None and tiling.tiles(latents.shape[-2] * VAE_SCALE, latents.shape[-1] * VAE_SCALE) \
+        and vae_tiling.supports(model.vae)
 
     def run(z: torch.Tensor) -> torch.Tensor:
         return vae_tiling.decode(model.vae, z, tiling) if tiled and tiling else model.vae.decode(z).sample
@@ -486,7 +487,7 @@ def encode(model, pixels: torch.Tensor, tiling: VaeTiling | None = None) -> torc
     produces NaNs is retried in fp32."""
     vae = model.vae
     out = []
-    tiled = tiling is not None and tiling.tiles(pixels.shape[-2], pixels.shape[-1])
+    tiled = tiling is not None and tiling.tiles(pixels.shape[-2], pixels.shape[-1]) and vae_tiling.supports(vae)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return vae_tiling.encode(vae, x, tiling) if tiled and tiling else vae.encode(x).latent_dist.mode()
@@ -587,7 +588,7 @@ class _Models:
 
     def tiling(self, height: int, width: int) -> VaeTiling:
         """The job's VAE tiling, for a decode or encode of an image of this size, which is noted if it tiles."""
-        self.vae_tiled = self.vae_tiled or self._tiling.tiles(height, width)
+        self.vae_tiled = self.vae_tiled or (self._tiling.tiles(height, width) and vae_tiling.supports(self.now.vae))
         return self._tiling
 
     def decode(self, latents: torch.Tensor, stopping: Callable[[], bool], unet_seconds: float
@@ -823,7 +824,7 @@ def prepare_img2img(model, ctx: JobContext) -> Img2ImgInputs:
         inputs.append(image)
 
     latents = torch.cat([encode(model, image_to_tensor(im)[None], ctx.vae_tiling) for im in inputs])
-    if any(ctx.vae_tiling.tiles(im.height, im.width) for im in inputs):
+    if vae_tiling.supports(model.vae) and any(ctx.vae_tiling.tiles(im.height, im.width) for im in inputs):
         fields[VAE_TILING_KEY] = True
     shape = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
     if latents.shape[-2:] != shape[1:]:  # latent upscale

@@ -22,6 +22,7 @@ the encoder's middle block and output) is small (1/64 of the pixels) and runs un
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,6 +35,12 @@ VAE_SCALE = 8
 AUTO_PIXELS = 1280 * 1024
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
+
+
+def supports(vae) -> bool:
+    """Whether `vae` is built like SD's (diffusers AutoencoderKL: up and down blocks of ResNets), which tiling needs."""
+    decoder, encoder = getattr(vae, "decoder", None), getattr(vae, "encoder", None)
+    return hasattr(decoder, "up_blocks") and hasattr(encoder, "down_blocks")
 
 
 @dataclass(frozen=True)
@@ -79,33 +86,47 @@ def _normalise(layer: torch.nn.GroupNorm, x: torch.Tensor, sums: torch.Tensor) -
 
 class _Norms:
     """While the `with` lasts, the GroupNorms of `parts` normalise with the whole image's statistics from
-    `known` (a per-instance forward). The first one reached without them adds up its input's rows
-    `rows` (fractions of the band's, the band without its halo) into `measuring` and stops the block."""
+    `known`. The first one reached without them adds up its input's rows `rows` (fractions of the band's, the
+    band without its halo) into `measuring` and stops the block. This is done with hooks that act in the
+    thread that entered only, so a live preview decoding with the same VAE meanwhile is not affected."""
 
     def __init__(self, parts: list[torch.nn.Module]):
         self.layers = [m for part in parts for m in part.modules() if isinstance(m, torch.nn.GroupNorm)]
         self.known: dict[int, torch.Tensor] = {}
         self.measuring: dict[int, torch.Tensor] = {}
         self.rows = (0.0, 1.0)
+        self._owner = threading.get_ident()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> _Norms:
+        self._owner = threading.get_ident()
         for index, layer in enumerate(self.layers):
-            layer.forward = self._forward(index, layer)  # type: ignore[method-assign]
+            self._handles.append(layer.register_forward_pre_hook(self._measure(index, layer)))
+            self._handles.append(layer.register_forward_hook(self._normalise(index, layer)))
         return self
 
     def __exit__(self, *exc) -> None:
-        for layer in self.layers:
-            del layer.forward
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
-    def _forward(self, index: int, layer: torch.nn.GroupNorm) -> Stage:
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            if index in self.known:
-                return _normalise(layer, x, self.known[index])
+    def _measure(self, index: int, layer: torch.nn.GroupNorm):
+        def hook(_module, args):
+            if threading.get_ident() != self._owner or index in self.known:
+                return None
+            x = args[0]
             n = x.shape[-2]
             sums = _sums(layer, x[..., round(self.rows[0] * n):round(self.rows[1] * n), :])
             self.measuring[index] = self.measuring[index] + sums if index in self.measuring else sums
             raise _Stop()
-        return forward
+        return hook
+
+    def _normalise(self, index: int, layer: torch.nn.GroupNorm):
+        def hook(_module, args, _out):
+            if threading.get_ident() != self._owner:
+                return None
+            return _normalise(layer, args[0], self.known[index])
+        return hook
 
 
 BAND_CHANNELS = 128  # a band holds as many numbers as tile x tile pixels of this many channels (SD's last level)

@@ -3,6 +3,7 @@ and jobs that tile (their size and their infotext)."""
 
 from __future__ import annotations
 
+import threading
 import types
 
 import pytest
@@ -83,6 +84,31 @@ def test_tiled_encode_equals_the_untiled_one(vae):
     assert (tiled - untiled).abs().max() < 1e-4 and untiled.std() > 0.1
 
 
+def test_odd_sizes_and_a_plain_decode_in_another_thread_meanwhile(vae):
+    """Sizes that are no multiple of a band, and a decode of the same VAE in another thread (a "Full" live
+    preview) while a tiled one runs: the hooks act in their own thread only, and none is left behind."""
+    z = torch.randn(1, 4, 13, 19, generator=torch.Generator().manual_seed(2)) / 0.18215
+    with torch.no_grad():
+        untiled = vae.decode(z).sample
+    other: list[float] = []
+
+    def plain() -> None:
+        with torch.no_grad():
+            for _ in range(2):
+                other.append((vae.decode(z).sample - untiled).abs().max().item())
+
+    thread = threading.Thread(target=plain)
+    thread.start()
+    tiled = vae_tiling.decode(vae, z, VaeTiling("Always", 24))
+    thread.join()
+    assert tiled.shape == (1, 3, 104, 152) and (tiled - untiled).abs().max() < 1e-4 and max(other) == 0
+    pixels = untiled.clamp(-1, 1)
+    with torch.no_grad():
+        latent = vae.encode(pixels).latent_dist.mode()
+    assert (vae_tiling.encode(vae, pixels, VaeTiling("Always", 24)) - latent).abs().max() < 1e-4
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in vae.modules())
+
+
 def test_half_precision_nans_retry_in_float32_tiled(vae):
     """decode keeps its 16-bit -> 32-bit retry when tiled: a 16-bit VAE that gives NaNs is upcast (here: swapped
     for the float32 one) and the tiled decode is run again."""
@@ -105,13 +131,15 @@ def test_half_precision_nans_retry_in_float32_tiled(vae):
     assert (a - b).abs().max() <= 1
 
 
-def test_modes_decide_as_documented():
+def test_modes_decide_as_documented(vae):
     never, always, auto = VaeTiling("Never", 512), VaeTiling("Always", 512), VaeTiling("Auto", 512)
     assert not never.tiles(4096, 4096)
     assert always.tiles(512, 520) and not always.tiles(512, 512) and not always.tiles(256, 1024)  # one band
     assert not auto.tiles(1024, 1024) and not auto.tiles(1024, 1280)  # exactly AUTO_PIXELS: untiled
     assert AUTO_PIXELS == 1280 * 1024 and auto.tiles(1024, 1288) and auto.tiles(2048, 2048)
     assert VaeTiling("Auto", 2048).tiles(2048, 2056) and not VaeTiling("Auto", 2048).tiles(2048, 2048)
+    assert vae_tiling.supports(vae)
+    assert not vae_tiling.supports(types.SimpleNamespace(decoder=None, encoder=None))  # e.g. TAESD: untiled
 
 
 def test_the_settings_are_fixed_in_the_job():
