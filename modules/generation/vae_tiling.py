@@ -30,9 +30,18 @@ import torch
 from diffusers.models.upsampling import Upsample2D
 
 VAE_SCALE = 8
-# Auto tiles above this many pixels. The untiled SD VAE decode's peak grows by ~3.6 KB a pixel (bench/README.md):
-# ~4.7 GB at 1280x1024; above that the image is tiled.
+# What an SD VAE decode adds to the process's peak memory per pixel, in float32 (bench/README.md: measured at
+# 512x512 to 1024x1024 with SD's VAE; half of it in float16). Untiled it grows by ~3.7 KB a pixel, ~4.8 GB at
+# 1280x1024, so Auto tiles above that: AUTO_PIXELS.
+UNTILED_BYTES_PER_PIXEL = 3700
+TILED_BYTES_PER_PIXEL = 1900
 AUTO_PIXELS = 1280 * 1024
+
+
+def decode_peak_bytes(height: int, width: int, tiled: bool, bytes_per_value: int = 4) -> int:
+    """About how much memory one decode of an image of this size adds (for a check before a job runs)."""
+    per_pixel = TILED_BYTES_PER_PIXEL if tiled else UNTILED_BYTES_PER_PIXEL
+    return height * width * per_pixel * bytes_per_value // 4
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
 
