@@ -36,6 +36,13 @@ class Settings(BaseModel):
         "Full", description="VAE type for decoding the images: 'Full' the model's VAE, 'TAESD' the tiny "
                             "autoencoder (much faster, less detail; needs taesd_decoder.pth or "
                             "taesdxl_decoder.pth in models/VAE-taesd)")
+    vae_tiling: Literal["Auto", "Always", "Never"] = Field(
+        "Auto", description="Tiled VAE: decode and encode large images a band of rows at a time: the same image "
+                            "in less memory, for about 45 % more VAE computation. Auto: images over 1280x1024 pixels "
+                            "(where the untiled decode needs over 4 GB); Always: every image larger than one tile")
+    vae_tile_size: int = Field(512, ge=64, le=4096, multiple_of=8,
+                               description="Tiled VAE tile size in pixels: a band holds as much as a square of this "
+                                           "side at full resolution (smaller: less memory, a little slower)")
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="Clip skip")
     sdxl_clip_l_skip: bool = Field(False, description="Clip skip applies to SDXL's CLIP-L too (its OpenCLIP "
                                                       "encoder always uses its penultimate layer)")
@@ -187,7 +194,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
-    "VAE": ("sd_vae", "sd_vae_encode_method", "sd_vae_decode_method"),
+    "VAE": ("sd_vae", "sd_vae_encode_method", "sd_vae_decode_method", "vae_tiling", "vae_tile_size"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_fix_steps",
                 "img2img_background_color"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from modules.generation import hires, rng, samplers
+from modules.generation.vae_tiling import VaeTiling
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.settings import Settings
 
@@ -77,6 +78,7 @@ class JobContext:
     refiner: RefinerPlan | None = None  # switch to another checkpoint near the end (set by the services)
     vae_decode_method: str = "Full"  # sd_vae_decode_method: "Full" (the model's VAE) or "TAESD"
     vae_encode_method: str = "Full"  # sd_vae_encode_method, for img2img inputs and Hires. fix's pixel upscales
+    vae_tiling: VaeTiling = VaeTiling()  # when the VAE decodes and encodes in tiles (vae_tiling, vae_tile_size)
 
     @property
     def is_img2img(self) -> bool:
@@ -177,4 +179,5 @@ def resolve(params: GenerationParams, settings: Settings | None = None) -> JobCo
         randn_source=settings.randn_source, noise_seed_delta=settings.eta_noise_seed_delta, hr_choice=hr_choice,
         hr_upscaler=upscaler, background=settings.img2img_background_color, fix_steps=settings.img2img_fix_steps,
         mask_weight=settings.inpainting_mask_weight, vae_decode_method=settings.sd_vae_decode_method,
-        vae_encode_method=settings.sd_vae_encode_method)
+        vae_encode_method=settings.sd_vae_encode_method,
+        vae_tiling=VaeTiling(settings.vae_tiling, settings.vae_tile_size))

@@ -20,10 +20,11 @@ import torch
 from PIL import Image
 
 from modules import images
-from modules.generation import extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules
+from modules.generation import extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules, vae_tiling
 from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
 from modules.generation.context import JobContext, RefinerPlan
 from modules.generation.params import Img2ImgParams
+from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import JobInterrupted, JobSkipped
 from modules.models import taesd
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LATENT_CHANNELS = 4
 VAE_SCALE = 8
+VAE_TILING_KEY = "VAE tiling"  # the infotext key of a job whose VAE ran in tiles
 
 
 class NansError(RuntimeError):
@@ -85,6 +87,7 @@ class BatchOutput:
     batch_index: int
     interrupted: bool = False  # decoded from the last prediction of a batch the user interrupted
     skipped: bool = False  # the same for a batch the user skipped (the job goes on)
+    vae_tiled: bool = False  # the VAE decoded or encoded in tiles for this batch (or one before it)
 
 
 def _to_pil(decoded: torch.Tensor) -> Image.Image:
@@ -424,7 +427,8 @@ class _Abandoned(Exception):
 
 
 def decode_unless_stopped(model, latents: torch.Tensor, stopping: Callable[[], bool], unet_seconds: float = 0.0,
-                          decoder: torch.nn.Module | None = None) -> list[Image.Image] | None:
+                          decoder: torch.nn.Module | None = None, tiling: VaeTiling | None = None
+                          ) -> list[Image.Image] | None:
     """`decode`, or None when `stopping()` has been true for PARTIAL_DECODE_SECONDS while it runs (it is asked
     before each of the VAE decoder's layers): A1111 decodes a batch that is interrupted or skipped, and one that
     was interrupted while it was decoded, which a GPU does in a second but a CPU takes minutes for at large
@@ -446,7 +450,7 @@ def decode_unless_stopped(model, latents: torch.Tensor, stopping: Callable[[], b
 
     try:
         with stoppable(model.vae.decoder, check):
-            return decode(model, latents)
+            return decode(model, latents, tiling=tiling)
     except _Abandoned:
         log.info("Decoding the stopped batch would take too long here; showing its preview instead")
         return None
@@ -459,11 +463,18 @@ def sketch(latents: torch.Tensor) -> list[Image.Image]:
 
 
 @torch.no_grad()
-def decode(model, latents: torch.Tensor, decoder: torch.nn.Module | None = None) -> list[Image.Image]:
-    """VAE-decode one latent at a time (bounded memory). An fp16 VAE that produces NaNs is switched
-    to fp32 and the decode retried, as A1111's "auto VAE precision" does. With a TAESD `decoder` (see
-    `taesd_part`) that decodes instead of the model's VAE."""
+def decode(model, latents: torch.Tensor, decoder: torch.nn.Module | None = None,
+           tiling: VaeTiling | None = None) -> list[Image.Image]:
+    """VAE-decode one latent at a time (bounded memory), in tiles when `tiling` says so for their size. An fp16
+    VAE that produces NaNs is switched to fp32 and the decode retried, as A1111's "auto VAE precision" does.
+    With a TAESD `decoder` (see `taesd_part`) that decodes instead of the model's VAE (never tiled)."""
     images = []
+    tiled = tiling is not None and tiling.tiles(latents.shape[-2] * VAE_SCALE, latents.shape[-1] * VAE_SCALE) \
+        and vae_tiling.supports(model.vae)
+
+    def run(z: torch.Tensor) -> torch.Tensor:
+        return vae_tiling.decode(model.vae, z, tiling) if tiled and tiling else model.vae.decode(z).sample
+
     for latent in latents:
         if not torch.isfinite(latent).all():
             raise NonFiniteInput("The sampler's result is infinite or NaN: its numbers overflowed, so the schedule's "
@@ -473,12 +484,12 @@ def decode(model, latents: torch.Tensor, decoder: torch.nn.Module | None = None)
             images.append(_to_pil(taesd.decode(decoder, latent[None])[0]))
             continue
         z = latent[None] / model.vae.config.scaling_factor
-        out = model.vae.decode(z.to(model.vae.dtype)).sample
+        out = run(z.to(model.vae.dtype))
         if torch.isnan(out).any() and model.vae.dtype != torch.float32:
             log.warning("The VAE produced NaNs in 16-bit precision; converting it to 32-bit float and retrying. "
                         "Use --no-half-vae to start that way.")
             model.upcast_vae()
-            out = model.vae.decode(z.float()).sample
+            out = run(z.float())
         if torch.isnan(out).any():
             raise NansError("A tensor with NaNs was produced in the VAE.")
         images.append(_to_pil(out[0]))
@@ -492,11 +503,13 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode(model, pixels: torch.Tensor, encoder: torch.nn.Module | None = None) -> torch.Tensor:
-    """VAE-encode (N, 3, H, W) pixels in [-1, 1] to scaled latents. Uses the mean of the VAE's latent
-    distribution, not a random sample of it (A1111 samples): the same input always gives the same latent,
-    so img2img is reproducible from its seed alone. An fp16 VAE that produces NaNs is retried in fp32.
-    With a TAESD `encoder` (see `taesd_part`) that encodes instead (its latents are already scaled)."""
+def encode(model, pixels: torch.Tensor, encoder: torch.nn.Module | None = None,
+           tiling: VaeTiling | None = None) -> torch.Tensor:
+    """VAE-encode (N, 3, H, W) pixels in [-1, 1] to scaled latents, in tiles when `tiling` says so for their
+    size. Uses the mean of the VAE's latent distribution, not a random sample of it (A1111 samples): the same
+    input always gives the same latent, so img2img is reproducible from its seed alone. An fp16 VAE that
+    produces NaNs is retried in fp32. With a TAESD `encoder` (see `taesd_part`) that encodes instead (its
+    latents are already scaled; never tiled)."""
     if encoder is not None:
         z = taesd.encode(encoder, pixels).to(model.device)
         if torch.isnan(z).any():
@@ -504,12 +517,17 @@ def encode(model, pixels: torch.Tensor, encoder: torch.nn.Module | None = None) 
         return z
     vae = model.vae
     out = []
+    tiled = tiling is not None and tiling.tiles(pixels.shape[-2], pixels.shape[-1]) and vae_tiling.supports(vae)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return vae_tiling.encode(vae, x, tiling) if tiled and tiling else vae.encode(x).latent_dist.mode()
+
     for x in pixels:
-        z = vae.encode(x[None].to(model.device, vae.dtype)).latent_dist.mode()
+        z = run(x[None].to(model.device, vae.dtype))
         if torch.isnan(z).any() and vae.dtype != torch.float32:
             log.warning("The VAE produced NaNs in 16-bit precision; converting it to 32-bit float and retrying.")
             model.upcast_vae()
-            z = vae.encode(x[None].to(model.device, torch.float32)).latent_dist.mode()
+            z = run(x[None].to(model.device, torch.float32))
         if torch.isnan(z).any():
             raise NansError("A tensor with NaNs was produced in the VAE encoder.")
         out.append(z.float() * vae.config.scaling_factor)
@@ -518,7 +536,7 @@ def encode(model, pixels: torch.Tensor, encoder: torch.nn.Module | None = None) 
 
 @torch.no_grad()
 def image_conditioning(model, pixels: torch.Tensor | None, mask: torch.Tensor | None, height: int,
-                       width: int, weight: float = 1.0) -> torch.Tensor | None:
+                       width: int, weight: float = 1.0, tiling: VaeTiling | None = None) -> torch.Tensor | None:
     """The extra U-Net input of 9-channel inpainting models, [mask, masked-image latent] (None for other
     models). `pixels` (N, 3, H, W) in [-1, 1] and `mask` (1, 1, H, W), 1 = repaint. Without a mask the
     whole image is repainted: mask of ones, masked image uniform grey (what A1111 gives txt2img).
@@ -530,14 +548,15 @@ def image_conditioning(model, pixels: torch.Tensor | None, mask: torch.Tensor | 
         pixels = torch.zeros(1, 3, height, width)  # 0.5 in [0,1] is 0 in [-1,1]
     if mask is None:
         mask = torch.ones(1, 1, *pixels.shape[-2:])
-    masked = encode(model, pixels * (1.0 - mask * weight))  # weight 1: the masked area is grey
+    masked = encode(model, pixels * (1.0 - mask * weight), tiling=tiling)  # weight 1: the masked area is grey
     latent_mask = torch.nn.functional.interpolate(mask, size=masked.shape[-2:]).to(model.device)
     return torch.cat([latent_mask.expand(masked.shape[0], -1, -1, -1), masked], dim=1)
 
 
-def inpainting_conditioning(model, batch: int, height: int, width: int) -> torch.Tensor | None:
+def inpainting_conditioning(model, batch: int, height: int, width: int, tiling: VaeTiling | None = None
+                            ) -> torch.Tensor | None:
     """For 9-channel inpainting models doing txt2img: mask of ones over a grey image."""
-    return image_conditioning(model, None, None, height, width)
+    return image_conditioning(model, None, None, height, width, tiling=tiling)
 
 
 @dataclass
@@ -590,10 +609,44 @@ class _Models:
     """The models a job's batch runs on: the job's own (`base`) and, after a refiner switch, the refiner
     (`now`). Each batch and each Hires. fix pass starts on the base again, as in A1111."""
 
-    def __init__(self, base, hooks: Hooks):
+    def __init__(self, base, hooks: Hooks, ctx: JobContext):
         self.base = self.now = base
         self.hooks = hooks
         self._stack: contextlib.ExitStack | None = None  # the sampling block the refiner is made stoppable in
+        self._tiling = ctx.vae_tiling
+        self._methods = (ctx.vae_decode_method, ctx.vae_encode_method)  # "Full" or "TAESD"
+        self.vae_tiled = False  # whether the VAE has run in tiles for the job so far
+
+    def tiling(self, height: int, width: int) -> VaeTiling:
+        """The job's VAE tiling, for a decode or encode of an image of this size, which is noted if it tiles."""
+        self.vae_tiled = self.vae_tiled or (self._tiling.tiles(height, width) and vae_tiling.supports(self.now.vae))
+        return self._tiling
+
+    def decode(self, latents: torch.Tensor, stopping: Callable[[], bool], unet_seconds: float
+               ) -> list[Image.Image] | None:
+        """`decode_unless_stopped` by the model in use: with TAESD when the job says so, else its VAE, tiled as
+        the job says."""
+        decoder = taesd_part(self.hooks, self.now, "decoder", self._methods[0])
+        if decoder is not None:
+            return decode_unless_stopped(self.now, latents, stopping, unet_seconds, decoder)
+        tiling = self.tiling(latents.shape[-2] * VAE_SCALE, latents.shape[-1] * VAE_SCALE)
+        return decode_unless_stopped(self.now, latents, stopping, unet_seconds, tiling=tiling)
+
+    def decode_now(self, latents: torch.Tensor) -> list[Image.Image]:
+        """`decode` by the model in use, not stoppable (Hires. fix's pixel upscale)."""
+        decoder = taesd_part(self.hooks, self.now, "decoder", self._methods[0])
+        if decoder is not None:
+            return decode(self.now, latents, decoder)
+        return decode(self.now, latents, tiling=self.tiling(latents.shape[-2] * VAE_SCALE,
+                                                            latents.shape[-1] * VAE_SCALE))
+
+    def encode_on_base(self, image: Image.Image) -> torch.Tensor:
+        """An image encoded by the job's own model (loaded again after a refiner switch), as the job says."""
+        model = self.base_again()
+        encoder = taesd_part(self.hooks, model, "encoder", self._methods[1])
+        if encoder is not None:
+            return encode(model, image_to_tensor(image)[None], encoder)
+        return encode(model, image_to_tensor(image)[None], tiling=self.tiling(image.height, image.width))
 
     def base_again(self):
         if self.now is not self.base:
@@ -640,7 +693,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
               model.text.unet_inputs(params.width, params.height, negative=True))
     last_x0: list[torch.Tensor] = []  # the x0 the batch's latest step reported: what a stopped batch shows
     hooks = _keeping_x0(hooks, last_x0)
-    models = _Models(model, hooks)
+    models = _Models(model, hooks, ctx)
     for b in range(params.n_iter):
         if hooks.on_batch:
             hooks.on_batch(b)
@@ -675,11 +728,9 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             skipped = isinstance(stopped, JobSkipped)
             partial = last_x0[-1] if last_x0 else None
             if partial is not None:
-                images = decode_unless_stopped(models.now, partial, lambda: True, unet_time.seconds,
-                                               taesd_part(hooks, models.now, "decoder", ctx.vae_decode_method)) \
-                    or sketch(partial)
+                images = models.decode(partial, lambda: True, unet_time.seconds) or sketch(partial)
                 yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
-                                  interrupted=not skipped, skipped=skipped)
+                                  interrupted=not skipped, skipped=skipped, vae_tiled=models.vae_tiled)
             if skipped:
                 continue
             if partial is None:
@@ -698,16 +749,16 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             return bool(stop)
 
         # decoded by the model sampling ended with (the refiner's VAE after a switch, as in A1111)
-        images = decode_unless_stopped(models.now, latents, stopping, unet_time.seconds,
-                                       taesd_part(hooks, models.now, "decoder", ctx.vae_decode_method))
+        images = models.decode(latents, stopping, unet_time.seconds)
         if images is None:  # a long decode that was stopped: shown as an interrupted / skipped batch
             images = sketch(latents)
             yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
-                              interrupted=stop == ["interrupted"], skipped=stop == ["skipped"])
+                              interrupted=stop == ["interrupted"], skipped=stop == ["skipped"],
+                              vae_tiled=models.vae_tiled)
             if stop == ["skipped"]:
                 continue
             return
-        yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b)
+        yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b, vae_tiled=models.vae_tiled)
 
 
 def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: list[int], subseeds: list[int] | None,
@@ -719,15 +770,7 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: 
     params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
-
-    def decode_now(z: torch.Tensor) -> list[Image.Image]:
-        return decode(models.now, z, taesd_part(hooks, models.now, "decoder", ctx.vae_decode_method))
-
-    def encode_again(image: Image.Image) -> torch.Tensor:
-        model = models.base_again()
-        return encode(model, image_to_tensor(image)[None], taesd_part(hooks, model, "encoder", ctx.vae_encode_method))
-
-    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, decode_now, encode_again)
+    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, models.decode_now, models.encode_on_base)
     model = models.base_again()
     latents = hires.crop(latents, cut_x, cut_y)
     shape = (LATENT_CHANNELS, *latents.shape[2:])
@@ -743,7 +786,7 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: 
     negative = params.hr_negative_prompt or params.negative_prompt
     cond = model.text.encode_prompt(prompt, hr_steps, clip_skip, emphasis)
     uncond = model.text.encode_negative(negative, hr_steps, clip_skip, emphasis)
-    image_cond = inpainting_conditioning(model, len(seeds), height, width)
+    image_cond = inpainting_conditioning(model, len(seeds), height, width, models.tiling(height, width))
     denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond, model.text.unet_inputs(width, height),
                         model.text.unet_inputs(width, height, negative=True))
     denoiser.switch = models.switch(ctx, True, (prompt, negative, hr_steps), (width, height))
@@ -756,8 +799,8 @@ def txt2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Iterator[Batc
     """Generate `params.n_iter` batches of `params.batch_size` images, one per seed of the context."""
     params = ctx.params
     shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
-    plan = _Plan(shape, inpainting_conditioning(model, params.batch_size, params.height, params.width),
-                 hires=ctx.hires)
+    plan = _Plan(shape, inpainting_conditioning(model, params.batch_size, params.height, params.width,
+                                                ctx.vae_tiling), hires=ctx.hires)
     yield from _generate(model, ctx, hooks or Hooks(), plan)
 
 
@@ -829,7 +872,10 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
         inputs.append(image)
 
     encoder = taesd_part(hooks, model, "encoder", ctx.vae_encode_method)
-    latents = torch.cat([encode(model, image_to_tensor(im)[None], encoder) for im in inputs])
+    latents = torch.cat([encode(model, image_to_tensor(im)[None], encoder, ctx.vae_tiling) for im in inputs])
+    if encoder is None and vae_tiling.supports(model.vae) and any(ctx.vae_tiling.tiles(im.height, im.width)
+                                                                  for im in inputs):
+        fields[VAE_TILING_KEY] = True
     shape = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
     if latents.shape[-2:] != shape[1:]:  # latent upscale
         latents = torch.nn.functional.interpolate(latents, size=shape[1:], mode="bilinear")
@@ -844,7 +890,7 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
     if model.config.in_channels == 9:  # conditioned on the (filled) inputs at the processing size
         sized = [im if im.size == (width, height) else images.resize_image(0, im, width, height) for im in inputs]
         pixels = torch.stack([image_to_tensor(im) for im in (sized if pixel_mask is not None else sized[:1])])
-        image_cond = image_conditioning(model, pixels, pixel_mask, height, width, ctx.mask_weight)
+        image_cond = image_conditioning(model, pixels, pixel_mask, height, width, ctx.mask_weight, ctx.vae_tiling)
 
     schedule_steps, t_enc = samplers.img2img_schedule(params.steps, params.denoising_strength, ctx.fix_steps)
 

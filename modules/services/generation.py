@@ -194,6 +194,8 @@ class GenerationService:
         for batch in batches:
             self._with_model_hashes(run)
             run.extra = {**run.extra, **self._network_fields(run.model, run.networks)}  # TI hashes known once encoded
+            if batch.vae_tiled:
+                run.extra[pipeline.VAE_TILING_KEY] = True
             # A1111 shows an interrupted or skipped batch, and saves it only if asked to
             result.interrupted = result.interrupted or batch.interrupted
             complete = not (batch.interrupted or batch.skipped)

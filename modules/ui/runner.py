@@ -19,6 +19,7 @@ from modules import devices, images
 from modules.engine import BadRequest, Engine, GenerationResult, describe_validation_error
 from modules.generation import pipeline, preview
 from modules.generation.params import GenerationParams
+from modules.generation.vae_tiling import VaeTiling
 from modules.models.checkpoint_file import CheckpointError
 from modules.ui import progress
 from modules.ui.common import OutputPanel
@@ -96,7 +97,9 @@ def full_preview(engine: Engine) -> Callable[[torch.Tensor], Image.Image]:
         if model is None:
             return preview.latent_to_image(latent)
         try:
-            decoded = pipeline.decode(model, latent if latent.dim() == 4 else latent[None])
+            values = engine.options.values
+            decoded = pipeline.decode(model, latent if latent.dim() == 4 else latent[None],
+                                      tiling=VaeTiling(values.vae_tiling, values.vae_tile_size))
         except Exception:  # noqa: BLE001 - the model was replaced meanwhile (a refiner switch): a cheap preview
             return preview.latent_to_image(latent)
         return images.image_grid(decoded, len(decoded), 1)
