@@ -38,8 +38,9 @@ class Settings(BaseModel):
                             "taesdxl_decoder.pth in models/VAE-taesd)")
     vae_tiling: Literal["Auto", "Always", "Never"] = Field(
         "Auto", description="Tiled VAE: decode and encode large images a band of rows at a time: the same image "
-                            "in less memory, for about 45 % more VAE computation. Auto: images over 1280x1024 pixels "
-                            "(where the untiled decode needs over 4 GB); Always: every image larger than one tile")
+                            "in less memory, for about 45 % more VAE computation. Auto: images of 1024x1024 pixels "
+                            "and more (where the untiled decode needs about 4 GB); Always: every image larger than "
+                            "one tile")
     vae_tile_size: int = Field(512, ge=64, le=4096, multiple_of=8,
                                description="Tiled VAE tile size in pixels: a band holds as much as a square of this "
                                            "side at full resolution (smaller: less memory, a little slower)")

@@ -31,11 +31,12 @@ from diffusers.models.upsampling import Upsample2D
 
 VAE_SCALE = 8
 # What an SD VAE decode adds to the process's peak memory per pixel, in float32 (bench/README.md: measured at
-# 512x512 to 1024x1024 with SD's VAE; half of it in float16). Untiled it grows by ~3.7 KB a pixel, ~4.8 GB at
-# 1280x1024, so Auto tiles above that: AUTO_PIXELS.
+# 512x512 to 1024x1024 with SD's VAE; half of it in float16). Untiled it grows by ~3.7 KB a pixel, ~3.9 GB at
+# 1024x1024, which with SDXL's 14 GB of fp32 weights passes 16 GB (bench/README.md), so Auto tiles from there
+# on: AUTO_PIXELS.
 UNTILED_BYTES_PER_PIXEL = 3700
 TILED_BYTES_PER_PIXEL = 1900
-AUTO_PIXELS = 1280 * 1024
+AUTO_PIXELS = 1024 * 1024
 
 
 def decode_peak_bytes(height: int, width: int, tiled: bool, bytes_per_value: int = 4) -> int:
@@ -62,10 +63,10 @@ class VaeTiling:
 
     def tiles(self, height: int, width: int) -> bool:
         """Whether an image of this size (in pixels) goes through the VAE in tiles: never when it is one tile;
-        with Auto, when it has more than `auto_pixels` pixels."""
+        with Auto, when it has `auto_pixels` pixels or more."""
         if self.mode == "Never" or height * width <= self.tile * self.tile:
             return False
-        return self.mode == "Always" or height * width > self.auto_pixels
+        return self.mode == "Always" or height * width >= self.auto_pixels
 
 
 class _Stop(Exception):
