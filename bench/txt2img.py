@@ -585,6 +585,8 @@ def main(argv=None) -> None:
                 result["ours"] = run_ours(args, rss, data_dir, plan, context)
             else:
                 result["diffusers"] = run_diffusers(args, rss, plan, context)
+            # on stderr at once: a run the kernel kills later (out of memory) keeps this engine's figures
+            log.info("%s figures: %s", name, json.dumps(result[name]))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
         if "config_dir" in context:
