@@ -1,4 +1,4 @@
-"""txt2img benchmark of our engine, optionally against diffusers' StableDiffusionPipeline on the same file.
+"""txt2img benchmark of our engine, optionally against diffusers' StableDiffusion(XL)Pipeline on the same file.
 
     python bench/txt2img.py CHECKPOINT [--width 512 --height 512 --steps 20 --sampler "Euler a"
                                         --cfg 7 --seed 1 --repeat N] [--vs-diffusers] [--out DIR]
@@ -10,11 +10,15 @@ Timings of the U-Net, the VAE decode and the text encoder come from forward hook
 wrapper installed here; no product code is changed.
 
 With --vs-diffusers the same process then frees our model and loads the same file with
-`StableDiffusionPipeline.from_single_file(path, config=<local folder>, local_files_only=True)`, with
-HF_HUB_OFFLINE=1: the config folder is written from our loaded model's component configs and our
-tokenizer files, so nothing is fetched. Its scheduler is EulerAncestralDiscreteScheduler set up as
-A1111's "Euler a" (timestep_spacing "linspace", SD's scaled_linear betas 0.00085..0.012), and the
-noise comes from a CPU generator with the same seed, so both engines should make the same image.
+`StableDiffusionPipeline.from_single_file(path, config=<local folder>, local_files_only=True)`
+(`StableDiffusionXLPipeline` when our loader detects SDXL in the file), with HF_HUB_OFFLINE=1: the config
+folder is written from our loaded model's component configs and our tokenizer files, so nothing is
+fetched. Its scheduler is EulerAncestralDiscreteScheduler set up as A1111's "Euler a" (timestep_spacing
+"linspace", SD's scaled_linear betas 0.00085..0.012, which SDXL shares), and the noise comes from a CPU
+generator with the same seed, so both engines should make the same image. For SDXL the empty negative
+prompt is passed to diffusers as None (its pipeline zeroes the negative conditioning only then; A1111 and
+we zero it for ""), and its time ids are its defaults, which are ours: original = target = the image
+size, crop (0, 0).
 """
 
 from __future__ import annotations
@@ -69,12 +73,15 @@ MB = 1024 * 1024
 class RssSampler:
     """Samples this process's resident set size every `interval` s in a thread; `peak` is the highest
     value seen since the last `reset()`. (ru_maxrss is monotonic for the whole process, so it cannot
-    tell a later phase's peak from an earlier one's.)"""
+    tell a later phase's peak from an earlier one's.) `peak_anon` is the same for RSS less its file-backed
+    part (psutil's `shared`: RssFile + RssShmem, i.e. mainly a memory-mapped checkpoint's pages, which the
+    kernel can drop under memory pressure without swapping): the process's own (anonymous) memory."""
 
     def __init__(self, interval: float = 0.01):
         self.proc = psutil.Process()
         self.interval = interval
         self.peak = 0
+        self.peak_anon = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -83,22 +90,28 @@ class RssSampler:
     def rss(self) -> int:
         return self.proc.memory_info().rss
 
+    def _sample(self) -> tuple[int, int]:
+        m = self.proc.memory_info()
+        return m.rss, m.rss - getattr(m, "shared", 0)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            value = self.rss()
+            value, anon = self._sample()
             with self._lock:
                 self.peak = max(self.peak, value)
+                self.peak_anon = max(self.peak_anon, anon)
 
     def reset(self) -> int:
-        value = self.rss()
+        value, anon = self._sample()
         with self._lock:
-            self.peak = value
+            self.peak, self.peak_anon = value, anon
         return value
 
     def read_peak(self) -> int:
-        value = self.rss()
+        value, anon = self._sample()
         with self._lock:
             self.peak = max(self.peak, value)
+            self.peak_anon = max(self.peak_anon, anon)
             return self.peak
 
     def stop(self) -> None:
@@ -175,10 +188,12 @@ class _Restore:
 
 
 class Timers:
-    def __init__(self, unet, vae, text_encoder):
+    def __init__(self, unet, vae, text_encoders: list):
         self.unet = CallTimer().attach(unet)
         self.vae = CallTimer().wrap_method(vae, "decode")
-        self.text = CallTimer().attach(text_encoder)
+        self.text = CallTimer()
+        for text_encoder in text_encoders:  # SDXL: CLIP-L and bigG, one sum
+            self.text.attach(text_encoder)
 
     def reset(self):
         for t in (self.unet, self.vae, self.text):
@@ -317,10 +332,14 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
     load_s = clock.wall
     load_end = time.perf_counter()
     load_peak = rss.read_peak()
+    load_peak_anon = rss.peak_anon
+    rss_loaded = rss.reset()  # from here on the sampler's peak is the generation's
     log.info("ours: loaded in %.2fs (%s, config %s)", load_s, model.config.label, model.config.yaml_path.name)
     hash_figures = {"sync_hash": args.sync_hash}
 
-    timers = Timers(model.unet, model.vae, model.text.text_model)
+    sdxl = model.family.name == "sdxl"
+    text_models = [model.text.clip_l.text_model, model.text.clip_g.text_model] if sdxl else [model.text.text_model]
+    timers = Timers(model.unet, model.vae, text_models)
     params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, seed=args.seed,
                               sampler_name=args.sampler, steps=args.steps, cfg_scale=args.cfg,
                               width=args.width, height=args.height, save_images=False)
@@ -333,7 +352,9 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
         runs.append(generation_figures(timers, total, args.steps, cpu_seconds() - c))
         image = result.images[0]
         log.info("ours: run %d/%d: %.2fs (%.3f s/step)", i + 1, args.repeat, total, runs[-1]["s_per_step"])
-    peak = rss.read_peak()
+    generation_peak = rss.read_peak()
+    generation_peak_anon = rss.peak_anon
+    peak = max(load_peak, generation_peak)
     if hash_span:  # the hash's own wall time, and how much of it was on the load's path
         hash_s = hash_span[-1] - hash_span[0]
         in_load = max(0.0, min(hash_span[-1], load_end) - hash_span[0])
@@ -352,7 +373,13 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
         "rss_before_load_mb": round(rss_before / MB, 1),
         "peak_rss_delta_mb": round((peak - rss_before) / MB, 1),
         "peak_rss_load_mb": round(load_peak / MB, 1),
+        "rss_loaded_mb": round(rss_loaded / MB, 1),
+        "peak_rss_generation_mb": round(generation_peak / MB, 1),
+        "peak_rss_anon_mb": round(max(load_peak_anon, generation_peak_anon) / MB, 1),
+        "peak_rss_anon_load_mb": round(load_peak_anon / MB, 1),
+        "peak_rss_anon_generation_mb": round(generation_peak_anon / MB, 1),
         "model": model.config.label,
+        "family": model.family.name,
         "config": f"{model.config.yaml_path.name} ({model.config.source})",
         "device": plan.describe,
         "infotext": result.infotexts[0],
@@ -363,7 +390,7 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
     timers.detach()
     engine.checkpoints.unload()
     engine.queue.stop()
-    del model, engine, timers, result
+    del model, engine, timers, result, text_models
     figures.update(after_unload(rss))
     return figures
 
@@ -380,11 +407,14 @@ def euler_a_scheduler():
                                            timestep_spacing="linspace", steps_offset=1)
 
 
-def write_diffusers_config(folder: Path, checkpoint: Path, default_sd1_config: Path) -> Path:
+def write_diffusers_config(folder: Path, checkpoint: Path, default_sd1_config: Path) -> tuple[Path, str]:
     """A local diffusers pipeline folder with configs only (no weights), so from_single_file needs
-    nothing from a hub. The component configs are those our loader derives for this file (its family
-    detection, the LDM YAML and diffusers' converters; the modules are built on the meta device over
-    the memory-mapped fp16 tensors, so nothing is converted or copied), the tokenizer is ours."""
+    nothing from a hub; returns it and the family our loader detects for the file ("sd1", "sdxl", ...).
+    The component configs are those our loader derives for this file (its family detection, the LDM YAML
+    and diffusers' converters; the modules are built on the meta device over the memory-mapped fp16
+    tensors, so nothing is converted or copied), the tokenizer is ours. For SDXL the folder also holds
+    text_encoder_2 (bigG) and tokenizer_2: our tokenizer padding with "!" (id 0), as OpenCLIP and our
+    encoder's bigG side pad, where CLIP-L pads with the end token."""
     import diffusers
     from transformers import CLIPTokenizer
 
@@ -392,58 +422,90 @@ def write_diffusers_config(folder: Path, checkpoint: Path, default_sd1_config: P
 
     sd = checkpoint_file.read_state_dict(checkpoint)
     config = families.detect(checkpoint, sd, checkpoint_file.read_metadata(checkpoint), default_sd1_config)
+    family = config.family.name
     built = loader.build(checkpoint, sd, config)
     built.unet.save_config(folder / "unet")
     built.vae.save_config(folder / "vae")
-    built.text_encoder.config.save_pretrained(folder / "text_encoder")
+    if family == "sdxl":
+        built.text_encoder.clip_l.config.save_pretrained(folder / "text_encoder")
+        built.text_encoder.clip_g.config.save_pretrained(folder / "text_encoder_2")
+    else:
+        built.text_encoder.config.save_pretrained(folder / "text_encoder")
     del built, sd
-    CLIPTokenizer.from_pretrained(str(paths.TOKENIZER_DIR), local_files_only=True).save_pretrained(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(paths.TOKENIZER_DIR), local_files_only=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
     euler_a_scheduler().save_config(folder / "scheduler")
     index = {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None], "image_encoder": [None, None], "safety_checker": [None, None],
-        "requires_safety_checker": False,
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "image_encoder": [None, None],
         "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
+    if family == "sdxl":
+        bigg_tokenizer = CLIPTokenizer.from_pretrained(str(paths.TOKENIZER_DIR), local_files_only=True, pad_token="!")
+        if bigg_tokenizer.pad_token_id != 0:
+            raise RuntimeError(f"tokenizer_2 pads with id {bigg_tokenizer.pad_token_id}, bigG pads with 0")
+        bigg_tokenizer.save_pretrained(folder / "tokenizer_2")
+        index.update({"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+                      "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                      "tokenizer_2": ["transformers", "CLIPTokenizer"]})
+    else:
+        index.update({"_class_name": "StableDiffusionPipeline", "safety_checker": [None, None],
+                      "requires_safety_checker": False})
     (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
-    return folder
+    return folder, family
 
 
 def run_diffusers(args, rss: RssSampler, plan: devices.DevicePlan, context: dict) -> dict:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    sdxl = context["family"] == "sdxl"
     rss_before = rss.reset()
     with LoadClock() as clock:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(args.checkpoint), config=str(context["config_dir"]), local_files_only=True,
-            torch_dtype=plan.unet_dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        if sdxl:
+            # no invisible watermark: ours does not add one (neither does A1111)
+            pipe = StableDiffusionXLPipeline.from_single_file(
+                str(args.checkpoint), config=str(context["config_dir"]), local_files_only=True,
+                torch_dtype=plan.unet_dtype, add_watermarker=False)
+        else:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(args.checkpoint), config=str(context["config_dir"]), local_files_only=True,
+                torch_dtype=plan.unet_dtype, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
         pipe.vae.to(plan.vae_dtype)
         pipe.to(plan.device)
     load_s = clock.wall
     load_peak = rss.read_peak()
+    load_peak_anon = rss.peak_anon
+    rss_loaded = rss.reset()  # from here on the sampler's peak is the generation's
     pipe.set_progress_bar_config(disable=True)
     sched = pipe.scheduler.config
     if type(pipe.scheduler).__name__ != "EulerAncestralDiscreteScheduler" or sched.timestep_spacing != "linspace":
         raise RuntimeError(f"unexpected scheduler {type(pipe.scheduler).__name__} {dict(sched)}")
     log.info("diffusers: loaded in %.2fs", load_s)
 
-    timers = Timers(pipe.unet, pipe.vae, pipe.text_encoder)
+    timers = Timers(pipe.unet, pipe.vae, [pipe.text_encoder, pipe.text_encoder_2] if sdxl else [pipe.text_encoder])
+    # SDXL: A1111 (and we) zero the negative conditioning for an empty negative prompt; diffusers' SDXL
+    # pipeline does that (force_zeros_for_empty_prompt) only for negative_prompt=None, not for "". Its
+    # time ids default to ours: original = target = (height, width), crop (0, 0).
+    negative_prompt = None if sdxl and NEGATIVE_PROMPT == "" else NEGATIVE_PROMPT
     runs, image = [], None
     for i in range(args.repeat):
         timers.reset()
         generator = torch.Generator("cpu").manual_seed(args.seed)
         c, t = cpu_seconds(), time.perf_counter()
-        out = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, height=args.height, width=args.width,
+        out = pipe(PROMPT, negative_prompt=negative_prompt, height=args.height, width=args.width,
                    num_inference_steps=args.steps, guidance_scale=args.cfg, generator=generator, output_type="pil")
         total = time.perf_counter() - t
         runs.append(generation_figures(timers, total, args.steps, cpu_seconds() - c))
         image = out.images[0]
         log.info("diffusers: run %d/%d: %.2fs (%.3f s/step)", i + 1, args.repeat, total, runs[-1]["s_per_step"])
-    peak = rss.read_peak()
+    generation_peak = rss.read_peak()
+    generation_peak_anon = rss.peak_anon
+    peak = max(load_peak, generation_peak)
     figures = {
         **clock.figures(),
         **summarise_runs(runs),
@@ -451,6 +513,13 @@ def run_diffusers(args, rss: RssSampler, plan: devices.DevicePlan, context: dict
         "rss_before_load_mb": round(rss_before / MB, 1),
         "peak_rss_delta_mb": round((peak - rss_before) / MB, 1),
         "peak_rss_load_mb": round(load_peak / MB, 1),
+        "rss_loaded_mb": round(rss_loaded / MB, 1),
+        "peak_rss_generation_mb": round(generation_peak / MB, 1),
+        "peak_rss_anon_mb": round(max(load_peak_anon, generation_peak_anon) / MB, 1),
+        "peak_rss_anon_load_mb": round(load_peak_anon / MB, 1),
+        "peak_rss_anon_generation_mb": round(generation_peak_anon / MB, 1),
+        "pipeline": type(pipe).__name__,
+        "negative_prompt_passed": negative_prompt,
         "scheduler": {k: sched[k] for k in ("timestep_spacing", "steps_offset", "beta_schedule", "beta_start",
                                             "beta_end", "prediction_type")},
         "image": image_stats(image),
@@ -474,7 +543,8 @@ def parse_args(argv=None):
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=1, help="generations per engine; the median one is reported")
-    ap.add_argument("--vs-diffusers", action="store_true", help="also run diffusers' StableDiffusionPipeline")
+    ap.add_argument("--vs-diffusers", action="store_true",
+                    help="also run diffusers' StableDiffusionPipeline (StableDiffusionXLPipeline for an SDXL file)")
     ap.add_argument("--use-cpu", nargs="*", default=[], metavar="WHAT",
                     help="as webui.py's --use-cpu (e.g. 'all'); default: the device webui.py would pick")
     ap.add_argument("--order", choices=["ours-first", "diffusers-first"], default="ours-first",
@@ -514,8 +584,9 @@ def main(argv=None) -> None:
     log.info("Device: %s", plan.describe)
     context: dict = {}
     if args.vs_diffusers:
-        context["config_dir"] = write_diffusers_config(Path(tempfile.mkdtemp(prefix="bench-sd-config-")),
-                                                        args.checkpoint.resolve(), paths.from_args().default_sd1_config)
+        context["config_dir"], context["family"] = write_diffusers_config(
+            Path(tempfile.mkdtemp(prefix="bench-sd-config-")), args.checkpoint.resolve(),
+            paths.from_args().default_sd1_config)
         malloc_trim()
     engines = ["ours", "diffusers"] if args.vs_diffusers else ["ours"]
     if args.order == "diffusers-first":
@@ -530,6 +601,8 @@ def main(argv=None) -> None:
                 result["ours"] = run_ours(args, rss, data_dir, plan, context)
             else:
                 result["diffusers"] = run_diffusers(args, rss, plan, context)
+            # on stderr at once: a run the kernel kills later (out of memory) keeps this engine's figures
+            log.info("%s figures: %s", name, json.dumps(result[name]))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
         if "config_dir" in context:
@@ -598,9 +671,9 @@ NOTES = [
     "waits for it only if sampling ends first). With --sync-hash the load waits for it (load_hash_s, the old "
     "behaviour and A1111's first load); load_s_excl_hash leaves it out. Diffusers' load_s is from_single_file with a "
     "local config folder, plus .to(device). The file is read once beforehand, so both load from the page "
-    "cache. Most of a CPU load is fp16->fp32 conversion into 4.3 GB of new memory; first-touching new memory "
-    "costs system time (page faults) that depends on what the VM did before, and the second engine reuses "
-    "pages the first one freed (settings.order says which ran first).",
+    "cache. Most of a CPU load is fp16->fp32 conversion into new memory (SD 1.5: 4.3 GB, SDXL: 13.9 GB); "
+    "first-touching new memory costs system time (page faults) that depends on what the VM did before, and "
+    "the second engine reuses pages the first one freed (settings.order says which ran first).",
     "total_s: one generation (text encoding, sampling, VAE decode, conversion to a PIL image), excluding load. "
     "s_per_step: sampling_s / steps, where sampling_s runs from the first U-Net call's start to the last one's "
     "end (so it includes the sampler's own work between calls). unet_s, vae_s (AutoencoderKL.decode), text_s: "
@@ -614,6 +687,10 @@ NOTES = [
     "second engine starts from about the import-only baseline. peak_rss_process_mb is ru_maxrss for the run.",
     "devices.configure_torch runs first, as in webui.py (on the CPU: torch.set_flush_denormal(True)); that "
     "switch is process-wide, so diffusers runs with it too.",
+    "SDXL (diffusers.pipeline StableDiffusionXLPipeline): diffusers gets negative_prompt=None for the empty "
+    "negative prompt (diffusers.negative_prompt_passed), because its pipeline zeroes the negative conditioning "
+    "only for None while A1111 and we zero it for an empty one; time ids are original = target = the image "
+    "size, crop (0, 0) in both. text_s sums both text encoders (CLIP-L and bigG).",
     "images_compared: ours vs diffusers pixels. A1111 (and we) truncate 255*x to uint8 while diffusers rounds, "
     "so up to 1/255 differences in about half the pixels are expected; the schedules also differ by <=1.7e-5 "
     "relative between integer timesteps (log-sigma vs sigma interpolation).",
