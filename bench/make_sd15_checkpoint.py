@@ -106,8 +106,13 @@ def smoke_test(unet, vae, text_encoder, seed: int) -> dict:
     x = torch.randn((1, 4, 16, 16), generator=g).to(dtype)
     eps = unet(x, torch.tensor([999.0]), encoder_hidden_states=ctx.to(dtype)).sample
     img = vae.decode(x / vae.config.scaling_factor).sample
+    return finite_stats((("text_encoder", ctx), ("unet", eps), ("vae_decode", img)))
+
+
+def finite_stats(outputs) -> dict:
+    """Mean and std of each (name, tensor) output; RuntimeError naming the first that is not finite."""
     stats = {}
-    for name, t in (("text_encoder", ctx), ("unet", eps), ("vae_decode", img)):
+    for name, t in outputs:
         t = t.float()
         if not torch.isfinite(t).all():
             raise RuntimeError(f"{name} output is not finite")

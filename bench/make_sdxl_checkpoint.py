@@ -38,7 +38,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from bench.make_sd15_checkpoint import TEXT_CONFIG as CLIP_L_CONFIG  # noqa: E402
 from bench.make_sd15_checkpoint import VAE_CONFIG as SD_VAE_CONFIG  # noqa: E402
-from bench.make_sd15_checkpoint import count_m, materialise  # noqa: E402
+from bench.make_sd15_checkpoint import count_m, finite_stats, materialise  # noqa: E402
 from modules import logs  # noqa: E402
 from modules.models import ldm_export  # noqa: E402
 
@@ -113,13 +113,7 @@ def smoke_test(unet, vae, clip_l, clip_g, seed: int) -> dict:
     eps = unet(x, torch.tensor([999.0]), encoder_hidden_states=ctx.to(dtype),
                added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids}).sample
     img = vae.decode(x / vae.config.scaling_factor).sample
-    stats = {}
-    for name, t in (("context", ctx), ("pooled", pooled), ("unet", eps), ("vae_decode", img)):
-        t = t.float()
-        if not torch.isfinite(t).all():
-            raise RuntimeError(f"{name} output is not finite")
-        stats[name] = {"mean": round(t.mean().item(), 4), "std": round(t.std().item(), 4)}
-    return stats
+    return finite_stats((("context", ctx), ("pooled", pooled), ("unet", eps), ("vae_decode", img)))
 
 
 def main(argv: list[str] | None = None) -> None:
