@@ -104,7 +104,23 @@ def configure_torch(device: torch.device) -> None:
 
 
 def empty_cache(device: torch.device) -> None:
+    """Give memory the device's allocator keeps for reuse back to the system. On the CPU that is glibc's heap:
+    freed blocks under its mmap threshold (which grows to 32 MB as big tensors are freed) stay in its arenas and
+    count as the process's memory; malloc_trim returns them (measured: 10.8 GB -> 0.45 GB after an SDXL job).
+    Called between phases (a load, sampling, the decode), where a phase's freed memory would otherwise add to
+    the next one's peak."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+    elif device.type == "cpu":
+        _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        pass

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import images
+from modules import devices, images
 from modules.generation import extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules, vae_tiling
 from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
 from modules.generation.context import JobContext, RefinerPlan
@@ -748,7 +748,9 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
                 stop.append("skipped")
             return bool(stop)
 
-        # decoded by the model sampling ended with (the refiner's VAE after a switch, as in A1111)
+        # decoded by the model sampling ended with (the refiner's VAE after a switch, as in A1111); the U-Net's
+        # freed activations are handed back first, so they do not add to the decode's peak
+        devices.empty_cache(latents.device)
         images = models.decode(latents, stopping, unet_time.seconds)
         if images is None:  # a long decode that was stopped: shown as an interrupted / skipped batch
             images = sketch(latents)

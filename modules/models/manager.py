@@ -188,6 +188,7 @@ class ModelManager:
             bar.update(1)
             self._apply_vae(model, vae_choice)
             bar.update(1)
+            devices.empty_cache(plan.device)  # the file's 16-bit tensors, read and cast one at a time, are freed
             model.load_seconds = seconds + time.perf_counter() - start
             log.info("Model %s loaded in %.1fs (%s, %s, config %s)", info.title, model.load_seconds,
                      config.label, plan.describe, config.yaml_path.name)
