@@ -2,7 +2,8 @@
 
     python bench/refiner_switch.py BASE [--refiner FILE] [--width 512 --height 512 --steps 4 --switch-at 0.5]
 
-Without --refiner the base file itself, under a second name, is the refiner (A1111 switches to any checkpoint
+Without --refiner the base file itself, under a second name (a hard link in the temporary folder, which must be
+on the same file system), is the refiner (A1111 switches to any checkpoint
 that is not the one loaded; an SDXL base is larger than the SDXL refiner, so this is the harder case). Runs our
 engine as webui.py does, in a temporary data dir whose checkpoint folder holds links to the files, and prints one
 JSON object: for the plain job and the refiner job, the wall time and the peak RSS (sampled every 10 ms, the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -41,7 +43,10 @@ def main(argv=None) -> None:
         folder = data / "models" / "Stable-diffusion"
         folder.mkdir(parents=True)
         (folder / "base.safetensors").symlink_to(args.base.resolve())
-        (folder / "refiner.safetensors").symlink_to((args.refiner or args.base).resolve())
+        if args.refiner is None:  # the same file under a second name: a hard link (the registry lists a file once)
+            os.link(args.base.resolve(), folder / "refiner.safetensors")
+        else:
+            (folder / "refiner.safetensors").symlink_to(args.refiner.resolve())
         p = paths.from_args(str(data))
         paths.ensure_dirs(p)
         engine = bootstrap.build_engine(p, devices.plan(skip_cuda_test=True))
@@ -65,7 +70,7 @@ def main(argv=None) -> None:
             rss.stop()
     print(json.dumps({"base_file": str(args.base), "refiner_file": str(args.refiner or args.base),
                       "size": f"{args.width}x{args.height}", "steps": args.steps, "switch_at": args.switch_at,
-                      **figures, "machine": {"cpu_count": bench.os.cpu_count()}}, indent=1))
+                      **figures, "machine": {"cpu_count": os.cpu_count()}}, indent=1))
 
 
 if __name__ == "__main__":
