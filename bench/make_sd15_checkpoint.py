@@ -109,6 +109,15 @@ def smoke_test(unet, vae, text_encoder, seed: int) -> dict:
     return finite_stats((("text_encoder", ctx), ("unet", eps), ("vae_decode", img)))
 
 
+def check_counts(counts: dict[str, float], expected: dict[str, float], model: str) -> None:
+    """Print each component's parameter count (millions) against the real model's; exit on a mismatch."""
+    for name, m in counts.items():
+        ok = round(m, 2) == expected[name]
+        print(f"{name:>14}: {m:.2f}M parameters ({model}: {expected[name]:.2f}M) {'ok' if ok else 'MISMATCH'}")
+        if not ok:
+            sys.exit(f"{name} has {m:.2f}M parameters, {model} has {expected[name]:.2f}M")
+
+
 def finite_stats(outputs) -> dict:
     """Mean and std of each (name, tensor) output; RuntimeError naming the first that is not finite."""
     stats = {}
@@ -130,12 +139,8 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     unet, vae, text_encoder = build(args.seed)
-    counts = {"unet": count_m(unet), "vae": count_m(vae), "text_encoder": count_m(text_encoder)}
-    for name, m in counts.items():
-        ok = round(m, 2) == EXPECTED_M[name]
-        print(f"{name:>12}: {m:.2f}M parameters (SD 1.5: {EXPECTED_M[name]:.2f}M) {'ok' if ok else 'MISMATCH'}")
-        if not ok:
-            sys.exit(f"{name} has {m:.2f}M parameters, SD 1.5 has {EXPECTED_M[name]:.2f}M")
+    check_counts({"unet": count_m(unet), "vae": count_m(vae), "text_encoder": count_m(text_encoder)}, EXPECTED_M,
+                 "SD 1.5")
     log.info("built in %.1fs", time.perf_counter() - start)
 
     if not args.skip_smoke_test:

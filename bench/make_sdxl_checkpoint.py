@@ -38,7 +38,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from bench.make_sd15_checkpoint import TEXT_CONFIG as CLIP_L_CONFIG  # noqa: E402
 from bench.make_sd15_checkpoint import VAE_CONFIG as SD_VAE_CONFIG  # noqa: E402
-from bench.make_sd15_checkpoint import count_m, finite_stats, materialise  # noqa: E402
+from bench.make_sd15_checkpoint import check_counts, count_m, finite_stats, materialise  # noqa: E402
 from modules import logs  # noqa: E402
 from modules.models import ldm_export  # noqa: E402
 
@@ -129,13 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{yaml_beside} exists; remove it: this checkpoint must be recognised without a YAML")
     start = time.perf_counter()
     unet, vae, clip_l, clip_g = build(args.seed)
-    counts = {"unet": count_m(unet), "vae": count_m(vae), "text_encoder": count_m(clip_l),
-              "text_encoder_2": count_m(clip_g)}
-    for name, m in counts.items():
-        ok = round(m, 2) == EXPECTED_M[name]
-        print(f"{name:>14}: {m:.2f}M parameters (SDXL base 1.0: {EXPECTED_M[name]:.2f}M) {'ok' if ok else 'MISMATCH'}")
-        if not ok:
-            sys.exit(f"{name} has {m:.2f}M parameters, SDXL base 1.0 has {EXPECTED_M[name]:.2f}M")
+    check_counts({"unet": count_m(unet), "vae": count_m(vae), "text_encoder": count_m(clip_l),
+                  "text_encoder_2": count_m(clip_g)}, EXPECTED_M, "SDXL base 1.0")
     log.info("built in %.1fs", time.perf_counter() - start)
 
     if not args.skip_smoke_test:
