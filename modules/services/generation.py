@@ -107,9 +107,8 @@ class GenerationService:
         params = accepted.ctx.params
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         result.warnings.extend(extra_networks.unsupported_warnings(tags))
-        requested = "override_settings.sd_model_checkpoint" if accepted.checkpoint_requested else None
         model, networks = self._ready(accepted, accepted.checkpoint, result, not accepted.checkpoint_requested,
-                                      requested)
+                                      accepted.checkpoint_field)
         record = describe.JobRecord(accepted.ctx, accepted.settings, describe.ModelFacts.of(model),
                                     accepted.unstyled_prompt)
         return _Run(job, accepted, model, record, networks, result, {})
@@ -133,22 +132,20 @@ class GenerationService:
 
     def _model_hooks(self, run: _Run, hooks: pipeline.Hooks) -> None:
         """A job with a refiner: how the pipeline loads it, and the job's own model again (see RefinerSwitch).
-        The refiner's infotext keys are added when it is first switched to, as A1111 adds them."""
+        The refiner's infotext keys are added once it has been switched to, as A1111 adds them."""
         accepted = run.accepted
         if accepted.refiner is None or accepted.ctx.refiner is None:
             return
-        plan = accepted.ctx.refiner
 
         def load_refiner() -> LoadedModel:
             model, _ = self._ready(accepted, accepted.refiner, run.result, requested="refiner_checkpoint",
                                    switch=True)
-            run.refiner = model.info
-            run.extra.update(plan.fields(model.info.short_title, accepted.ctx.hires))
+            run.refiner = model.info  # its infotext keys: see _with_model_hashes, before each batch is described
             return model
 
         def load_base() -> LoadedModel:
-            requested = "override_settings.sd_model_checkpoint" if accepted.checkpoint_requested else None
-            return self._ready(accepted, accepted.checkpoint, run.result, requested=requested, switch=True)[0]
+            return self._ready(accepted, accepted.checkpoint, run.result, requested=accepted.checkpoint_field,
+                               switch=True)[0]
 
         hooks.load_refiner, hooks.load_base = load_refiner, load_base
 

@@ -31,6 +31,11 @@ class Accepted:
     warnings: tuple[str, ...] = ()
     refiner: CheckpointInfo | None = None  # the checkpoint ctx.refiner switches to
 
+    @property
+    def checkpoint_field(self) -> str | None:
+        """The request field that named the checkpoint (for a message when it cannot be loaded), if one did."""
+        return "override_settings.sd_model_checkpoint" if self.checkpoint_requested else None
+
 
 class RequestResolver:
     def __init__(self, limits: Limits, style_store: styles.StyleStore, options: OptionsService,
