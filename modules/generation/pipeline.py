@@ -469,8 +469,8 @@ def decode(model, latents: torch.Tensor, decoder: torch.nn.Module | None = None,
     VAE that produces NaNs is switched to fp32 and the decode retried, as A1111's "auto VAE precision" does.
     With a TAESD `decoder` (see `taesd_part`) that decodes instead of the model's VAE (never tiled)."""
     images = []
-    tiled = tiling is not None and tiling.tiles(latents.shape[-2] * VAE_SCALE, latents.shape[-1] * VAE_SCALE) \
-        and vae_tiling.supports(model.vae)
+    tiled = tiling is not None and tiling.applies(model.vae, latents.shape[-2] * VAE_SCALE,
+                                                  latents.shape[-1] * VAE_SCALE)
 
     def run(z: torch.Tensor) -> torch.Tensor:
         return vae_tiling.decode(model.vae, z, tiling) if tiled and tiling else model.vae.decode(z).sample
@@ -517,7 +517,7 @@ def encode(model, pixels: torch.Tensor, encoder: torch.nn.Module | None = None,
         return z
     vae = model.vae
     out = []
-    tiled = tiling is not None and tiling.tiles(pixels.shape[-2], pixels.shape[-1]) and vae_tiling.supports(vae)
+    tiled = tiling is not None and tiling.applies(vae, pixels.shape[-2], pixels.shape[-1])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return vae_tiling.encode(vae, x, tiling) if tiled and tiling else vae.encode(x).latent_dist.mode()
@@ -619,26 +619,25 @@ class _Models:
 
     def tiling(self, height: int, width: int) -> VaeTiling:
         """The job's VAE tiling, for a decode or encode of an image of this size, which is noted if it tiles."""
-        self.vae_tiled = self.vae_tiled or (self._tiling.tiles(height, width) and vae_tiling.supports(self.now.vae))
+        self.vae_tiled = self.vae_tiled or self._tiling.applies(self.now.vae, height, width)
         return self._tiling
 
     def decode(self, latents: torch.Tensor, stopping: Callable[[], bool], unet_seconds: float
                ) -> list[Image.Image] | None:
         """`decode_unless_stopped` by the model in use: with TAESD when the job says so, else its VAE, tiled as
         the job says."""
-        decoder = taesd_part(self.hooks, self.now, "decoder", self._methods[0])
-        if decoder is not None:
-            return decode_unless_stopped(self.now, latents, stopping, unet_seconds, decoder)
-        tiling = self.tiling(latents.shape[-2] * VAE_SCALE, latents.shape[-1] * VAE_SCALE)
-        return decode_unless_stopped(self.now, latents, stopping, unet_seconds, tiling=tiling)
+        return decode_unless_stopped(self.now, latents, stopping, unet_seconds, **self._decoding(latents))
 
     def decode_now(self, latents: torch.Tensor) -> list[Image.Image]:
         """`decode` by the model in use, not stoppable (Hires. fix's pixel upscale)."""
+        return decode(self.now, latents, **self._decoding(latents))
+
+    def _decoding(self, latents: torch.Tensor) -> dict[str, Any]:
+        """How the model in use decodes `latents` for the job: TAESD's decoder, or its VAE with the job's tiling."""
         decoder = taesd_part(self.hooks, self.now, "decoder", self._methods[0])
         if decoder is not None:
-            return decode(self.now, latents, decoder)
-        return decode(self.now, latents, tiling=self.tiling(latents.shape[-2] * VAE_SCALE,
-                                                            latents.shape[-1] * VAE_SCALE))
+            return {"decoder": decoder}
+        return {"tiling": self.tiling(latents.shape[-2] * VAE_SCALE, latents.shape[-1] * VAE_SCALE)}
 
     def encode_on_base(self, image: Image.Image) -> torch.Tensor:
         """An image encoded by the job's own model (loaded again after a refiner switch), as the job says."""
@@ -875,8 +874,7 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
 
     encoder = taesd_part(hooks, model, "encoder", ctx.vae_encode_method)
     latents = torch.cat([encode(model, image_to_tensor(im)[None], encoder, ctx.vae_tiling) for im in inputs])
-    if encoder is None and vae_tiling.supports(model.vae) and any(ctx.vae_tiling.tiles(im.height, im.width)
-                                                                  for im in inputs):
+    if encoder is None and any(ctx.vae_tiling.applies(model.vae, im.height, im.width) for im in inputs):
         fields[VAE_TILING_KEY] = True
     shape = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
     if latents.shape[-2:] != shape[1:]:  # latent upscale

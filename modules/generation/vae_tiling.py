@@ -68,6 +68,10 @@ class VaeTiling:
             return False
         return self.mode == "Always" or height * width >= self.auto_pixels
 
+    def applies(self, vae, height: int, width: int) -> bool:
+        """Whether `vae` decodes or encodes an image of this size in tiles: `tiles` says so and it can (`supports`)."""
+        return self.tiles(height, width) and supports(vae)
+
 
 class _Stop(Exception):
     """Raised by the GroupNorm being measured: the rest of the block is not needed yet."""
