@@ -19,15 +19,10 @@ from modules.models.families import SD1, SDXL, sdxl
 from modules.models.family import ConfigFiles, FamilyMatch, ModelConfig, read_yaml
 from modules.models.prompt_encoder import BOS, EOS
 from tests.support import tiny_models
-from tests.support.engine import make_engine, make_manager
+from tests.support.engine import detect, make_engine, make_manager
 from tests.support.img2img import init_image, left_half_mask
 
 CLIP_L_W, BIGG_W = tiny_models.TEXT_WIDTH["sdxl"], tiny_models.SDXL_BIGG_WIDTH
-
-
-def detect(path):
-    sd = checkpoint_file.read_state_dict(path)
-    return families.detect(path, sd, checkpoint_file.read_metadata(path), paths.CONFIGS / "v1-inference.yaml")
 
 
 @pytest.fixture(scope="module")

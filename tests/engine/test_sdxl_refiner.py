@@ -18,20 +18,15 @@ from safetensors.torch import load_file
 from modules import paths
 from modules.generation import schedules
 from modules.generation.params import GenerationParams
-from modules.models import checkpoint_file, families
+from modules.models import families
 from modules.models.families import SDXL_REFINER
 from modules.models.prompt_encoder import BOS, EOS
 from modules.services.errors import BadRequest
 from tests.support import tiny_models
-from tests.support.engine import make_engine
+from tests.support.engine import detect, make_engine
 
 BIGG_W = tiny_models.SDXL_BIGG_WIDTH
 BASE_CONTEXT = tiny_models.TEXT_WIDTH["sdxl"] + BIGG_W  # the base U-Net's context width; the refiner's is BIGG_W
-
-
-def detect(path):
-    sd = checkpoint_file.read_state_dict(path)
-    return families.detect(path, sd, checkpoint_file.read_metadata(path), paths.CONFIGS / "v1-inference.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,15 @@ from modules import bootstrap, devices, paths
 from modules.engine import Engine
 from modules.hashing import HashCache
 from modules.limits import Limits
+from modules.models import checkpoint_file, families
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointRegistry, VaeRegistry
+
+
+def detect(path: Path):
+    """The config families.detect gives a checkpoint file (its tensors and metadata read as the loader reads them)."""
+    sd = checkpoint_file.read_state_dict(path)
+    return families.detect(path, sd, checkpoint_file.read_metadata(path), paths.CONFIGS / "v1-inference.yaml")
 
 
 def make_manager(data: Path, builtin_files: tuple[Path, ...] = ()) -> ModelManager:
