@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "from its header before it is decoded (default 100)")
     limits.add_argument("--max-upload-size", type=_bounded(int, 1, 1 << 20), default=100, metavar="MB",
                         help="largest request body (API) and uploaded file (UI) in megabytes (default 100)")
+    limits.add_argument("--memory-limit", type=_bounded(float, 0.5, 1 << 20), default=None, metavar="GB",
+                        help="plan jobs as if this process could hold at most GB gibibytes (RAM on the CPU, the "
+                             "GPU's memory on a GPU): a job whose estimated peak does not fit runs with the tiled "
+                             "VAE, or is refused with what would fit. Without it, what the device has free counts")
 
     launch = p.add_argument_group("launcher (read by launch.py before the server starts)")
     launch.add_argument("--skip-install", action="store_true", help="do not install requirements.txt")

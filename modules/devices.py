@@ -124,3 +124,66 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
         pass
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a job on `device` could still allocate, or None where it cannot be told (MPS). CUDA: what the card
+    has free plus what PyTorch's cache holds unused. CPU: the RAM the system has available, or what the process's
+    control group (a container's memory limit) leaves when that is less; swap not counted (see free_swap)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
+    import psutil
+
+    available = psutil.virtual_memory().available
+    limited = _cgroup_free(_read)
+    return available if limited is None else min(available, limited)
+
+
+def free_swap(device: torch.device) -> int:
+    """Swap space free, which a CPU job can spill into (slowly) when RAM is short; 0 for a GPU."""
+    if device.type != "cpu":
+        return 0
+    import psutil
+
+    return psutil.swap_memory().free
+
+
+def process_memory(device: torch.device) -> int:
+    """What this process holds on `device`: its resident set on the CPU, PyTorch's allocations on a GPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    if device.type == "mps":
+        return torch.mps.current_allocated_memory()
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _cgroup_free(read) -> int | None:
+    """The limit of the control group this process runs in minus what it uses (its page cache that can be
+    dropped not counted), from cgroup v2's files or v1's; None without a limit."""
+    for limit_file, usage_file, stat_file, cache_key in (
+            ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+             "inactive_file"),
+            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+             "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file")):
+        limit, usage = (read(limit_file) or "").strip(), (read(usage_file) or "").strip()
+        if not limit.isdigit() or not usage.isdigit():
+            continue
+        if int(limit) >= 1 << 60:  # v1 writes "no limit" as a huge number
+            return None
+        match = re.search(rf"^{cache_key} (\d+)", read(stat_file) or "", re.MULTILINE)
+        reclaimable = int(match.group(1)) if match else 0
+        return max(0, int(limit) - (int(usage) - reclaimable))
+    return None

@@ -24,6 +24,7 @@ class Limits:
     max_steps: int = 1000  # --max-steps: steps and hr_second_pass_steps
     max_input_megapixels: float = 100.0  # --max-input-megapixels: an image sent to the server
     max_upload_mb: int = 100  # --max-upload-size: one request body, one uploaded file
+    memory_limit_gb: float | None = None  # --memory-limit: what this process may hold, for the check before a job
 
     @property
     def max_pixels(self) -> int:
@@ -35,6 +36,10 @@ class Limits:
         """The most pixels of one batch (A1111's page at most: 8 images of 2048x2048); smaller images may come in
         larger batches."""
         return self.max_batch_size * self.max_pixels
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        return int(self.memory_limit_gb * 1024**3) if self.memory_limit_gb else None
 
     @property
     def max_input_pixels(self) -> int:
@@ -54,7 +59,7 @@ def from_args(ns) -> Limits:
     """The limits the parsed command-line flags (modules/cmd_args.py) give."""
     return Limits(max_side=ns.max_image_side, max_batch_size=ns.max_batch_size, max_batch_count=ns.max_batch_count,
                   max_steps=ns.max_steps, max_input_megapixels=ns.max_input_megapixels,
-                  max_upload_mb=ns.max_upload_size)
+                  max_upload_mb=ns.max_upload_size, memory_limit_gb=ns.memory_limit)
 
 
 def megapixels(pixels: int) -> str:

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 from PIL import Image
 from tqdm import tqdm
 
-from modules import filenames, images
-from modules.generation import extra_networks, pipeline
+from modules import devices, filenames, images
+from modules.generation import extra_networks, memory, pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job, JobInterrupted, JobQueue, JobState
 from modules.models import optimizations, taesd
@@ -89,6 +89,7 @@ class GenerationService:
     # --- the job -----------------------------------------------------------------------------------
     def _run(self, job: Job, accepted: Accepted) -> GenerationResult:
         run = self._start(job, accepted)
+        self._fit_memory(run)
         hooks = pipeline.Hooks(check=job.check, taesd=self._checkpoints.taesd)
         self._model_hooks(run, hooks)
         batches, steps_run = self._batches(run, hooks)
@@ -112,6 +113,30 @@ class GenerationService:
         record = describe.JobRecord(accepted.ctx, accepted.settings, describe.ModelFacts.of(model),
                                     accepted.unstyled_prompt)
         return _Run(job, accepted, model, record, networks, result, {})
+
+    def _fit_memory(self, run: _Run) -> None:
+        """Before sampling: the job's estimated peak (generation/memory.py) against what the device has free now
+        (the model loaded), or what --memory-limit leaves. A job that fits only with the tiled VAE runs with it
+        and says so; one that fits in no way is refused (BadRequest) with what would fit."""
+        device = run.model.device
+        free = devices.free_memory(device)
+        limit, note = self._requests.limits.memory_limit_bytes, ""
+        if limit is not None:
+            left = max(0, limit - devices.process_memory(device))
+            if free is None or left < free:
+                free, note = left, f" of the {memory.gib(limit)} --memory-limit allows"
+        if free is None:  # MPS: not known
+            return
+        try:
+            fitted = memory.fit(run.accepted.ctx, memory.ModelMemory.of(run.model), free,
+                                0 if note else devices.free_swap(device), note)
+        except memory.NotEnoughMemory as e:
+            raise BadRequest(str(e)) from None
+        if fitted.tiled_to_fit:
+            ctx = dataclasses.replace(run.accepted.ctx, vae_tiling=fitted.tiling)
+            run.accepted = dataclasses.replace(run.accepted, ctx=ctx)
+        if fitted.note():
+            run.result.warnings.append(fitted.note())
 
     def _ready(self, accepted: Accepted, info, result: GenerationResult, remember: bool = False,
                requested: str | None = None, switch: bool = False) -> tuple[LoadedModel, ExtraNetworksUse]:

@@ -1,0 +1,218 @@
+"""A job's peak memory, estimated before it samples, and what makes it fit in what the device has free.
+
+A job's memory beyond the model's weights (which are loaded, and so counted in what is no longer free, when
+this runs) goes into one phase at a time: each U-Net call (its activations grow with the latent's pixels and
+the batch), each image's VAE decode (the largest by far at large sizes, see vae_tiling) and img2img's or the
+pixel upscaler's encode. The phases run one after the other and free their memory in between, so the
+peak is the largest phase, not their sum.
+
+Before sampling, the job's peak is set against what the device has free. A job that would fail at the VAE
+decode after minutes of sampling runs with the tiled VAE when that makes it fit (the infotext says `VAE
+tiling: True`); one that fits in no way is refused with the largest batch size and size that would fit.
+
+The per-pixel figures are measured (bench/README.md, "Peak memory of one U-Net call" and "Tiled VAE"), in
+float32 with PyTorch's scaled-dot-product attention; other element sizes scale them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from modules.generation import hires, vae_tiling
+from modules.generation.context import JobContext
+from modules.generation.params import GenerationParams
+from modules.generation.vae_tiling import VaeTiling
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+# What one U-Net call adds to the peak per latent pixel and batch row, float32, SDP attention (bench/unet_memory.py,
+# 2026-12-05: SD 1.5 40-59 KB at 512x512, 43-44 KB at 768x768, 43 KB at 1024x1024; SDXL 47 KB at 512x512, 41 KB at
+# 768x768). Both families' first level has 320 channels, where most of it is. A family not listed gets the largest.
+UNET_BYTES_PER_LATENT_PIXEL = {"sd1": 50_000, "sd2": 50_000, "sdxl": 50_000, "sdxl_refiner": 50_000}
+UNET_CHANNELS, VAE_CHANNELS = 320, 128  # the widths the figures were measured at (SD's and SDXL's)
+FIXED_BYTES = 256 * MIB  # the sampler's tensors, a preview, what the allocator keeps between phases
+MARGIN = 1.15  # room for what the estimate misses: the figures vary by ~15 % between runs of the same call
+SIZE_STEP = 8  # sizes suggested in a refusal are multiples of this (A1111's sliders' step)
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """What the estimate needs to know about the loaded model."""
+    family: str
+    unet_bytes: int = 4  # the U-Net's element size (2 in float16)
+    vae_bytes: int = 4
+    attention: str = "sdp"  # "sdp", "sliced" or "plain" (optimizations.CROSS_ATTENTION)
+    heads: int = 8  # attention heads at the U-Net's first attention level (plain attention's matrix)
+    batch_cond_uncond: bool = True  # prompt and negative prompt in one U-Net batch
+    vae_tiles: bool = True  # the VAE can decode and encode in tiles (vae_tiling.supports)
+    # The measured figures are for the published widths (U-Net 320 channels at its first level, VAE 128 at its
+    # last); activations at full resolution grow with the channels, so a narrower model (the tests' tiny ones)
+    # scales them by its own width over those.
+    unet_width: float = 1.0
+    vae_width: float = 1.0
+
+    @classmethod
+    def of(cls, model) -> ModelMemory:
+        """The facts of a loaded model (modules.models.manager.LoadedModel)."""
+        heads = model.unet.config.attention_head_dim
+        vae_channels = getattr(model.vae.config, "block_out_channels", None) or (VAE_CHANNELS,)
+        return cls(family=model.family.name, unet_bytes=model.plan.unet_dtype.itemsize,
+                   vae_bytes=next(model.vae.parameters()).dtype.itemsize, attention=model.attention,
+                   heads=int(heads[0] if isinstance(heads, (list, tuple)) else heads),
+                   batch_cond_uncond=model.batch_cond_uncond, vae_tiles=vae_tiling.supports(model.vae),
+                   unet_width=model.unet.config.block_out_channels[0] / UNET_CHANNELS,
+                   vae_width=vae_channels[0] / VAE_CHANNELS)
+
+
+@dataclass(frozen=True)
+class Phase:
+    what: str  # for a message: "sampling 1024x1024, batch of 2 (CFG in one batch)"
+    bytes: int
+
+
+class NotEnoughMemory(ValueError):
+    """The job fits in no way; the message says how much it needs, what is free and what would fit."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    tiling: VaeTiling  # the job's own, or Always when tiles make it fit
+    peak: Phase
+    free: int
+    tiled_to_fit: bool = False
+    swaps: bool = False  # it fits only with the swap space (on the CPU): slow, but it finishes
+
+    def note(self) -> str | None:
+        """What the page and the API's warnings say about how the job was made to fit (None: it fits as asked)."""
+        notes = []
+        if self.tiled_to_fit:
+            notes.append(f"The VAE decodes in tiles so that the job fits in memory (peak with tiles about "
+                         f"{gib(self.peak.bytes)}, {self.peak.what}; {gib(self.free)} free)")
+        if self.swaps:
+            notes.append(f"This job's peak, about {gib(self.peak.bytes)} ({self.peak.what}), is more than the "
+                         f"{gib(self.free)} of memory free: it will use swap space and run slowly")
+        return "; ".join(notes) or None
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def sampling(width: int, height: int, batch: int, model: ModelMemory) -> Phase:
+    """One U-Net call for a batch of images of this size."""
+    rows = batch * (2 if model.batch_cond_uncond else 1)
+    pixels = (width // 8) * (height // 8)
+    per_pixel = UNET_BYTES_PER_LATENT_PIXEL.get(model.family, max(UNET_BYTES_PER_LATENT_PIXEL.values()))
+    need = int(rows * pixels * per_pixel * model.unet_bytes / 4 * model.unet_width)
+    if model.attention == "plain":  # softmax(QK^T) of the first attention level held whole, twice
+        need += 2 * rows * model.heads * pixels * pixels * model.unet_bytes
+    batching = " (prompt and negative prompt in one batch)" if model.batch_cond_uncond else ""
+    return Phase(f"sampling {width}x{height}, batch size {batch}{batching}", need)
+
+
+def vae_pass(width: int, height: int, batch: int, model: ModelMemory, tiling: VaeTiling, verb: str) -> Phase:
+    """The VAE decodes (or encodes: the same figures, an upper bound) a batch one image at a time; the batch's
+    finished images (float, then 8-bit) are held meanwhile."""
+    tiled = model.vae_tiles and tiling.tiles(height, width)
+    need = int(vae_tiling.decode_peak_bytes(height, width, tiled, model.vae_bytes) * model.vae_width)
+    need += batch * width * height * 16
+    return Phase(f"VAE {verb} at {width}x{height}{', tiled' if tiled else ''}", need)
+
+
+def phases(ctx: JobContext, model: ModelMemory, tiling: VaeTiling) -> list[Phase]:
+    """The memory-heavy phases of the job, in the order they run (each batch of the job repeats them)."""
+    p = ctx.params
+    batch, (w, h) = p.batch_size, (p.width, p.height)
+    full_decode, full_encode = ctx.vae_decode_method == "Full", ctx.vae_encode_method == "Full"
+    out = []
+    if ctx.is_img2img and full_encode:
+        out.append(vae_pass(w, h, batch, model, tiling, "encode"))
+    out.append(sampling(w, h, batch, model))
+    if ctx.hires:
+        tw, th = hires.target_size(p)
+        if ctx.hr_upscaler not in hires.LATENT_UPSCALERS:
+            if full_decode:
+                out.append(vae_pass(w, h, batch, model, tiling, "decode"))
+            if full_encode:
+                out.append(vae_pass(tw, th, batch, model, tiling, "encode"))
+        out.append(sampling(tw, th, batch, model))
+        w, h = tw, th
+    if full_decode:
+        out.append(vae_pass(w, h, batch, model, tiling, "decode"))
+    return out
+
+
+def peak(ctx: JobContext, model: ModelMemory, tiling: VaeTiling) -> Phase:
+    """The job's largest phase, with the room every estimate keeps (FIXED_BYTES, MARGIN) added."""
+    top = max(phases(ctx, model, tiling), key=lambda phase: phase.bytes)
+    return Phase(top.what, int(top.bytes * MARGIN) + FIXED_BYTES)
+
+
+def fit(ctx: JobContext, model: ModelMemory, free: int, swap: int = 0, limit_note: str = "") -> Fit:
+    """How the job fits in `free` bytes: as asked, or with the tiled VAE (unless the job's setting is Never), or
+    else spilling into `swap` bytes of swap space. NotEnoughMemory when none does, saying what would fit."""
+    asked = peak(ctx, model, ctx.vae_tiling)
+    if asked.bytes <= free:
+        return Fit(ctx.vae_tiling, asked, free)
+    tiling = _tiling_to_fit(ctx.vae_tiling, model) or ctx.vae_tiling
+    least = peak(ctx, model, tiling)
+    changed = least.bytes < asked.bytes  # the tiles make a difference (the job decodes more than one tile)
+    if least.bytes <= free:
+        return Fit(tiling, least, free, tiled_to_fit=changed)
+    if least.bytes <= free + swap:
+        return Fit(tiling, least, free, tiled_to_fit=changed, swaps=True)
+    if swap:
+        limit_note += f" (with {gib(swap)} of swap space)"
+    raise NotEnoughMemory(_refusal(ctx, model, tiling, free + swap, least, limit_note))
+
+
+def _tiling_to_fit(tiling: VaeTiling, model: ModelMemory) -> VaeTiling | None:
+    """The tiling that saves the most memory, when the job may use it and it is not already what the job does."""
+    if tiling.mode != "Auto" or not model.vae_tiles:
+        return None
+    return dataclasses.replace(tiling, mode="Always")
+
+
+def _refusal(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: int, need: Phase, limit_note: str) -> str:
+    p = ctx.params
+    text = (f"Not enough memory for this job: its peak is about {gib(need.bytes)} ({need.what}) and "
+            f"{gib(free)} is free{limit_note}.")
+    options = []
+    batch = _largest(lambda b: _with(ctx, p, batch_size=b), model, tiling, free, range(p.batch_size - 1, 0, -1))
+    if batch is not None:
+        options.append(f"batch size {batch} at {p.width}x{p.height}")
+    size = _largest_size(ctx, model, tiling, free)
+    if size is not None:
+        options.append(f"{size[0]}x{size[1]} at batch size {p.batch_size}")
+    if options:
+        return f"{text} What fits: {' or '.join(options)}."
+    return f"{text} Not even the smallest size fits: close other programs, or use a smaller model."
+
+
+def _with(ctx: JobContext, params: GenerationParams, **changes) -> JobContext:
+    return dataclasses.replace(ctx, params=params.model_copy(update=changes))
+
+
+def _largest(make, model: ModelMemory, tiling: VaeTiling, free: int, candidates) -> int | None:
+    for value in candidates:
+        if peak(make(value), model, tiling).bytes <= free:
+            return value
+    return None
+
+
+def _largest_size(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: int) -> tuple[int, int] | None:
+    """The largest width x height of the job's shape (multiples of SIZE_STEP) that fits, if one does; a Hires. fix
+    size given in pixels (hr_resize_x/y) shrinks with it."""
+    p = ctx.params
+    longer = max(p.width, p.height)
+
+    def scaled(value: int, side: int) -> int:
+        return max(SIZE_STEP, round(value * side / longer / SIZE_STEP) * SIZE_STEP) if value else 0
+
+    def smaller(side: int) -> JobContext:
+        return _with(ctx, p, width=scaled(p.width, side), height=scaled(p.height, side),
+                     hr_resize_x=scaled(p.hr_resize_x, side), hr_resize_y=scaled(p.hr_resize_y, side))
+
+    side = _largest(smaller, model, tiling, free, range(longer - SIZE_STEP, SIZE_STEP - 1, -SIZE_STEP))
+    return (scaled(p.width, side), scaled(p.height, side)) if side is not None else None

@@ -1,0 +1,90 @@
+"""The memory check before a job samples, with a memory limit imposed (--memory-limit): a job that fits only
+with the tiled VAE runs with it and says so; one that fits in no way is refused before it samples, with the
+largest size that fits, which then runs; the API answers such a job with a 400."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import requests
+import torch
+
+from modules import devices
+from modules.generation import context, memory, vae_tiling
+from modules.limits import Limits
+from modules.services.errors import BadRequest
+from modules.settings import Settings
+from tests.support.engine import make_engine
+from tests.support.generation import params
+
+CPU = torch.device("cpu")
+
+
+def peaks(model: memory.ModelMemory, **kw) -> tuple[int, int]:
+    """The estimate's peak for a txt2img job, untiled and tiled."""
+    ctx = context.resolve(params(**kw), Settings())
+    return memory.peak(ctx, model, ctx.vae_tiling).bytes, memory.peak(ctx, model, vae_tiling.VaeTiling("Always")).bytes
+
+
+def test_a_job_that_fits_only_with_tiles_runs_tiled_and_one_that_does_not_fit_is_refused(data_dir):
+    warm = make_engine(data_dir)  # what an engine's first job imports and allocates, held before the limit is set
+    warm.txt2img(params())
+    model = memory.ModelMemory.of(warm.checkpoints.current)
+    warm.queue.stop()
+    assert model.family == "sd1" and model.vae_width == 0.25  # the tiny VAE: 32 channels where SD's has 128
+    size = dict(width=1016, height=1016, steps=1)  # below Auto's 1024x1024: untiled unless memory is short
+    untiled, tiled = peaks(model, **size)
+    assert untiled - tiled > 400 * memory.MIB
+    # the limit leaves (untiled + tiled) / 2 beyond what the process holds now; the tiny model adds a few MB
+    headroom = (untiled + tiled) // 2
+    limit = devices.process_memory(CPU) + headroom
+    engine = make_engine(data_dir, limits=Limits(memory_limit_gb=limit / memory.GIB))
+    try:
+        result = engine.txt2img(params(**size))
+        assert "VAE tiling: True" in result.infotexts[0]
+        assert any("VAE decodes in tiles so that the job fits in memory" in w for w in result.warnings)
+        assert result.images[0].size == (1016, 1016)
+
+        big = dict(width=2048, height=1536, steps=1)
+        assert peaks(model, **big)[1] > headroom  # it fits in no way
+        job = engine.submit_txt2img(params(**big))
+        with pytest.raises(BadRequest, match=r"Not enough memory for this job") as refused:
+            job.wait()
+        text = str(refused.value)
+        assert "--memory-limit allows" in text and job.state.sampling_step == 0  # refused before sampling
+        w, h = map(int, re.search(r"What fits: (\d+)x(\d+) at batch size 1", text).groups())
+        assert abs(w / h - 4 / 3) < 0.02 and peaks(model, width=w, height=h)[1] < headroom
+        result = engine.txt2img(params(width=w, height=h, steps=1))  # what it suggested runs
+        assert result.images[0].size == (w, h) and "VAE tiling: True" in result.infotexts[0]
+    finally:
+        engine.queue.stop()
+
+
+def test_a_job_asked_at_its_own_tiling_fits_as_asked(data_dir):
+    """With memory to spare nothing changes: the same image, no warning, no tiling noted."""
+    engine = make_engine(data_dir)
+    try:
+        result = engine.txt2img(params())
+        assert "VAE tiling" not in result.infotexts[0] and not result.warnings
+    finally:
+        engine.queue.stop()
+
+
+@pytest.mark.server
+def test_the_api_answers_a_job_that_does_not_fit_with_a_400(tmp_path):
+    from tests.support.server import post, start_server, stop_server
+
+    proc, url = start_server(tmp_path, "--api", "--memory-limit", "3")  # the built-in demo model (SD 1.x)
+    try:
+        r = post(url, "/sdapi/v1/txt2img", prompt="a red circle", width=2048, height=2048, steps=1)
+        assert r.status_code == 400, r.text
+        detail = r.json()["detail"]
+        assert detail.startswith("Not enough memory for this job") and "of the 3.0 GiB --memory-limit" in detail
+        assert re.search(r"What fits: \d+x\d+ at batch size 1", detail)
+        r = post(url, "/sdapi/v1/txt2img", prompt="a red circle", width=128, height=128, steps=2, seed=5)
+        assert r.status_code == 200 and json.loads(r.json()["info"])["seed"] == 5
+        assert requests.get(url + "/sdapi/v1/progress", timeout=30).status_code == 200  # still serving
+    finally:
+        stop_server(proc)
