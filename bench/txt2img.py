@@ -307,7 +307,8 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
     paths.ensure_dirs(p)
     checkpoint = args.checkpoint.resolve()
     hashes = HashCache(p.hash_cache)
-    engine = bootstrap.build_engine(p, plan, extra_files=(checkpoint,), hashes=hashes)
+    engine = bootstrap.build_engine(p, plan, extra_files=(checkpoint,), hashes=hashes,
+                                    low_memory="On" if args.low_memory else "Off")
 
     # The file's SHA-256 is computed in the background after the load (while the first job samples); it is
     # timed by wrapping this HashCache instance's method. --sync-hash waits for it inside the load, as loads did
@@ -335,7 +336,7 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
     load_peak_anon = rss.peak_anon
     rss_loaded = rss.reset()  # from here on the sampler's peak is the generation's
     log.info("ours: loaded in %.2fs (%s, config %s)", load_s, model.config.label, model.config.yaml_path.name)
-    hash_figures = {"sync_hash": args.sync_hash}
+    hash_figures = {"sync_hash": args.sync_hash, "low_memory": args.low_memory}
 
     sdxl = model.family.name == "sdxl"
     text_models = [model.text.clip_l.text_model, model.text.clip_g.text_model] if sdxl else [model.text.text_model]
@@ -553,6 +554,8 @@ def parse_args(argv=None):
     ap.add_argument("--sync-hash", action="store_true",
                     help="wait for the checkpoint's SHA-256 inside the load (the old behaviour) instead of in the "
                          "background")
+    ap.add_argument("--low-memory", action="store_true",
+                    help="our engine in low-memory mode (as --medvram / --lowram: weights stored in 16 bits)")
     ap.add_argument("--out", type=Path, help="folder to save ours.png (and diffusers.png) into")
     args = ap.parse_args(argv)
     if args.repeat < 1:

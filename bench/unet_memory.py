@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import torch
@@ -27,14 +26,15 @@ SDXL = dict(block_out_channels=(320, 640, 1280), down_block_types=("DownBlock2D"
             use_linear_projection=True)
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def rss_mb() -> float:
-    """The resident set now (building the U-Net peaked higher than it stays)."""
+def status_mb(key: str) -> float:
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+
+def reset_peak() -> None:
+    """Start the peak (VmHWM) afresh from the resident set now: building the U-Net peaked higher than it stays."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def main() -> None:
@@ -43,10 +43,14 @@ def main() -> None:
     ap.add_argument("size", type=int, help="image width and height in pixels (a multiple of 8)")
     ap.add_argument("--batch", type=int, default=2, help="U-Net batch rows (2: one image, CFG batched)")
     ap.add_argument("--attention", choices=("sdp", "plain"), default="sdp")
+    ap.add_argument("--storage", choices=("float32", "float16", "bfloat16"), default="float32",
+                    help="weights stored in this type and cast to float32 layer by layer as they run (low-memory mode)")
     args = ap.parse_args()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**(SD15 if args.family == "sd15" else SDXL)).eval().requires_grad_(False)
     unet.set_attn_processor(AttnProcessor2_0() if args.attention == "sdp" else AttnProcessor())
+    if args.storage != "float32":
+        unet.enable_layerwise_casting(storage_dtype=getattr(torch, args.storage), compute_dtype=torch.float32)
     n = args.size // 8
     x = torch.randn(args.batch, 4, n, n)
     context = torch.randn(args.batch, 77, unet.config.cross_attention_dim)
@@ -55,16 +59,18 @@ def main() -> None:
         extra = {"added_cond_kwargs": {"text_embeds": torch.randn(args.batch, 1280),
                                        "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size,
                                                                   args.size]] * args.batch, dtype=torch.float32)}}
-    before = rss_mb()
+    reset_peak()
+    before = status_mb("VmRSS")
     start = time.monotonic()
     with torch.no_grad():
         unet(x, torch.tensor([500.0]), context, **extra)
-    after = peak_mb()
+    after = status_mb("VmHWM")
     rows = args.batch * n * n
     print(json.dumps({"family": args.family, "size": args.size, "batch": args.batch, "attention": args.attention,
-                      "rss_mb_before": round(before), "peak_mb_after": round(after),
-                      "added_mb": round(after - before), "bytes_per_latent_pixel_row":
-                      round((after - before) * 2**20 / rows), "seconds": round(time.monotonic() - start, 1)}))
+                      "storage": args.storage, "rss_mb_before": round(before), "peak_mb_after": round(after),
+                      "added_mb": round(after - before),
+                      "bytes_per_latent_pixel_row": round((after - before) * 2**20 / rows),
+                      "seconds": round(time.monotonic() - start, 1)}))
 
 
 if __name__ == "__main__":

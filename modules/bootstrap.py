@@ -30,9 +30,11 @@ from modules.settings import SettingsStore
 
 def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | None = None,
                  folders: FolderPolicy | None = None, extra_files: tuple[Path, ...] = (),
-                 builtin_files: tuple[Path, ...] = (), hashes: HashCache | None = None) -> Engine:
+                 builtin_files: tuple[Path, ...] = (), hashes: HashCache | None = None,
+                 low_memory: str = "Off") -> Engine:
     """An engine over the data folder `p` on the device `plan`, with its own queue (stop it when done).
-    `extra_files`: checkpoints outside the folders (--ckpt); `builtin_files`: the built-in model."""
+    `extra_files`: checkpoints outside the folders (--ckpt); `builtin_files`: the built-in model; `low_memory`:
+    the low-memory mode the flags ask for (see low_memory_flag)."""
     limits = limits or Limits()
     hashes = hashes or HashCache(p.hash_cache)
     checkpoint_files = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=extra_files,
@@ -46,7 +48,7 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     queue.on_stop(checkpoint_files.hasher.stop)  # no hashing thread outlives the engine
     folders = folders or FolderPolicy(p.data)
     decode_budget = images.DecodeBudget(limits.decode_budget_pixels)
-    checkpoints = CheckpointService(store, models, queue, str(p.checkpoint_dirs[-1]))
+    checkpoints = CheckpointService(store, models, queue, str(p.checkpoint_dirs[-1]), low_memory)
     options = OptionsService(store, checkpoints, folders)
     style_store = styles.StyleStore(p.styles_files)
     requests = RequestResolver(limits, style_store, options, checkpoints)
@@ -58,6 +60,14 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
         paste=InfotextReader(networks, checkpoints, options),
         requests=requests, generation=GenerationService(requests, checkpoints, models, queue, output, decode_budget),
         postprocess=ExtrasService(requests, options, queue, output, decode_budget), decode_budget=decode_budget)
+
+
+def low_memory_flag(args) -> str:
+    """A1111's memory flags as the low-memory mode they ask for: --lowram, --medvram, --lowvram: On;
+    --medvram-sdxl: SDXL only."""
+    if args.lowram or args.medvram or args.lowvram:
+        return "On"
+    return "SDXL only" if args.medvram_sdxl else "Off"
 
 
 def ckpt_file(args) -> str | None:
@@ -82,4 +92,5 @@ def build(args, server_folders: bool = True) -> Engine:
     folders = FolderPolicy(p.data, parse_allowed(args.allowed_paths), server_folders=server_folders)
     return build_engine(p, plan, limits=limits_from_args(args), folders=folders,
                         extra_files=(ckpt,) if ckpt else (),
-                        builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS)
+                        builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS,
+                        low_memory=low_memory_flag(args))

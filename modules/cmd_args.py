@@ -17,7 +17,7 @@ IGNORED_SWITCHES = [
     "--xformers", "--force-enable-xformers", "--xformers-flash-attention", "--opt-sdp-attention",
     "--opt-sdp-no-mem-attention", "--opt-split-attention", "--opt-split-attention-v1",
     "--opt-split-attention-invokeai", "--opt-sub-quad-attention", "--disable-opt-split-attention",
-    "--opt-channelslast", "--upcast-sampling", "--medvram", "--medvram-sdxl", "--lowvram", "--lowram",
+    "--opt-channelslast", "--upcast-sampling",
     "--enable-insecure-extension-access",
     "--skip-version-check", "--reinstall-xformers",
     "--update-check", "--update-all-extensions", "--no-download-sd-model", "--disable-all-extensions",
@@ -31,8 +31,6 @@ IGNORED_WITH_VALUE = ["--theme", "--opt-sub-quad-q-chunk-size", "--opt-sub-quad-
 IGNORED_REASONS = {
     "--disable-safe-unpickle": ".ckpt files always load through the restricted loader; convert "
                                "an old file to .safetensors if it is refused",
-    "--medvram": "memory-saving offload is not implemented yet",
-    "--lowvram": "memory-saving offload is not implemented yet",
     "--xformers": "PyTorch's scaled-dot-product attention is used on every device",
 }
 
@@ -113,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'full' runs everything in 32-bit floats; 'half'/'autocast' use 16-bit on GPUs")
     dev.add_argument("--skip-torch-cuda-test", action="store_true",
                      help="do not warn when no GPU is usable (generation then runs on the CPU)")
+    for flag in ("--lowram", "--medvram", "--lowvram"):
+        dev.add_argument(flag, action="store_true",
+                         help="low-memory mode (setting low_memory): weights kept in 16 bits and converted layer by "
+                              "layer as they run, on a CPU (or with --no-half); GPUs already run in 16 bits")
+    dev.add_argument("--medvram-sdxl", action="store_true", help="low-memory mode for SDXL models only")
 
     limits = p.add_argument_group("limits (a request over one gets a 400 that names it; see modules/limits.py)")
     limits.add_argument("--max-image-side", type=_bounded(int, 64, 4096), default=2048, metavar="PIXELS",

@@ -170,6 +170,12 @@ class Settings(BaseModel):
         "Automatic", description="Cross attention: Automatic/sdp is PyTorch's scaled-dot-product attention "
                                  "(fastest); sub-quadratic computes it in slices (least memory, slower); V1/None "
                                  "the plain original implementation")
+    low_memory: Literal["Off", "On", "SDXL only"] = Field(
+        "Off", description="Low-memory mode (for machines with 8 GB): the weights are kept in 16 bits and each "
+                           "layer is converted to 32 bits as it runs, which halves the memory a model holds on a "
+                           "CPU at some cost in speed; the image is the same for a 16-bit checkpoint. 'SDXL only' "
+                           "for SDXL models alone. --lowram, --medvram and --lowvram turn it on, --medvram-sdxl "
+                           "for SDXL. The model is loaded again when this changes")
     batch_cond_uncond: bool = Field(
         True, description="Run the prompt and the negative prompt through the U-Net as one batch (faster; off "
                           "uses less memory)")
@@ -205,7 +211,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "User interface": ("return_grid",),
     "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period",
                       "show_progress_type"),
-    "Optimizations": ("cross_attention_optimization", "batch_cond_uncond"),
+    "Optimizations": ("cross_attention_optimization", "batch_cond_uncond", "low_memory"),
 }
 
 

@@ -58,7 +58,7 @@ class ModelMemory:
         heads = model.unet.config.attention_head_dim
         vae_channels = getattr(model.vae.config, "block_out_channels", None) or (VAE_CHANNELS,)
         return cls(family=model.family.name, unet_bytes=model.plan.unet_dtype.itemsize,
-                   vae_bytes=next(model.vae.parameters()).dtype.itemsize, attention=model.attention,
+                   vae_bytes=model.vae.dtype.itemsize, attention=model.attention,
                    heads=int(heads[0] if isinstance(heads, (list, tuple)) else heads),
                    batch_cond_uncond=model.batch_cond_uncond, vae_tiles=vae_tiling.supports(model.vae),
                    unet_width=model.unet.config.block_out_channels[0] / UNET_CHANNELS,

@@ -129,7 +129,7 @@ class Denoiser:
         and so the prompt schedules' position, carries on."""
         self.unet = model.unet
         self.batch_cond_uncond = model.batch_cond_uncond  # False: two smaller U-Net batches
-        self.dtype = next(model.unet.parameters()).dtype
+        self.dtype = model.unet.dtype  # the compute type (in low-memory mode the weights rest in 16 bits)
         if not isinstance(cond, ComposableCond):
             cond = ComposableCond.fixed(cond)
         if not isinstance(uncond, ScheduledCond):

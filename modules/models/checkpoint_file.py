@@ -299,7 +299,9 @@ def _read_safetensors(path: Path, cast: torch.dtype | None = None) -> dict:
     length, a JSON header of dtype / shape / data_offsets, then the data). Not memory-mapped: the pages of a
     mapped file count in the process's resident memory until it is closed, so a mapped multi-GB checkpoint
     stays counted while its tensors are converted. `cast`: floating-point tensors are converted to it as
-    they are read, so the file's 16-bit copy of a model never sits beside its 32-bit copy."""
+    they are read, so the file's 16-bit copy of a model never sits beside its 32-bit copy; a cast to a
+    narrower type leaves the top-level buffers (the noise schedule's `alphas_cumprod`) at the file's
+    precision, which it would round."""
     header, _ = read_safetensors_header(path)
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
@@ -322,8 +324,9 @@ def _read_safetensors(path: Path, cast: torch.dtype | None = None) -> dict:
             if nbytes and f.readinto(memoryview(raw.numpy())) != nbytes:
                 raise CheckpointError(f"{path.name} is truncated (tensor {name!r})")
             tensor = raw.view(dtype).reshape(shape)
-            if cast is not None and tensor.is_floating_point() and tensor.dtype != cast:
-                tensor = tensor.to(cast)
+            if cast is not None and tensor.is_floating_point() and tensor.dtype != cast and (
+                    "." in name or cast.itemsize >= tensor.element_size()):
+                tensor = tensor.to(cast)  # narrowed only if a module's weight, not a buffer such as alphas_cumprod
             out[name] = tensor
     return out
 

@@ -20,7 +20,7 @@ from transformers import CLIPTokenizer
 
 from modules import devices
 from modules.hashing import PROGRESS_AFTER_S
-from modules.models import checkpoint_file, families, loader, lora, taesd, vae_family
+from modules.models import checkpoint_file, families, loader, lora, low_memory, taesd, vae_family
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.family import BuiltModel, ModelConfig, ModelFamily
@@ -51,6 +51,7 @@ class LoadedModel:
     networks: lora.WeightPatcher | None = field(default=None, repr=False)  # LoRA merged into the weights
     attention: str = "sdp"  # the U-Net's attention implementation (see optimizations.apply)
     batch_cond_uncond: bool = True  # prompt and negative prompt in one U-Net batch
+    low_memory: bool = False  # weights stored in 16 bits, cast layer by layer as they run (models/low_memory.py)
 
     def __post_init__(self) -> None:
         if self.networks is None:
@@ -138,13 +139,14 @@ class ModelManager:
         config = self.config_of(info)
         return config.default_size if config else (512, 512)
 
-    def read(self, info: CheckpointInfo, bar: tqdm | None = None) -> tuple[BuiltModel, float]:
+    def read(self, info: CheckpointInfo, bar: tqdm | None = None, low: bool = False) -> tuple[BuiltModel, float]:
         """Read and build a checkpoint on the CPU without touching the loaded model (`bar`: a load's progress,
-        one step for the read and one for the build)."""
+        one step for the read and one for the build; `low`: in low-memory mode, see `low_memory`)."""
         start = time.perf_counter()
         path = info.filename
         plan = self.plan  # every part in one dtype (the CPU's fp32): converted as read, not after (peak memory)
-        sd = checkpoint_file.read_state_dict(path, plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None)
+        dtype = low_memory.STORAGE if low else plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None
+        sd = checkpoint_file.read_state_dict(path, dtype)
         if bar is not None:
             bar.update(1)
         config = families.detect(path, sd, checkpoint_file.read_metadata(path), self.default_sd1_config)
@@ -154,7 +156,22 @@ class ModelManager:
             bar.update(1)
         return built, time.perf_counter() - start
 
-    def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False) -> LoadedModel:
+    def low_memory_applies(self, info: CheckpointInfo, mode: str) -> bool:
+        """Whether `info` loads in low-memory mode under the setting `mode` (see low_memory.wanted): only where the
+        model computes in float32 (a CPU, or --no-half), since its point is storing weights in 16 bits."""
+        if mode == "Off" or self.plan.unet_dtype != torch.float32:
+            return False
+        config = self.config_of(info) if mode == "SDXL only" else None
+        return low_memory.wanted(mode, config.family.name if config else None)
+
+    def _place(self, module: torch.nn.Module, dtype: torch.dtype, low: bool) -> torch.nn.Module:
+        """`module` on the device in `dtype`, or (low-memory mode) with its weights stored in 16 bits."""
+        if low:
+            return low_memory.store(module.to(self.plan.device), dtype)
+        return module.to(self.plan.device, dtype)
+
+    def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
+             low: bool = False) -> LoadedModel:
         """Load `info` in place of the current model. The current one is released once the new one is read and
         built, so a file that cannot be loaded leaves it usable; with `release_first` (a job switching to its
         refiner and back, where holding both would double the memory) it is released before reading.
@@ -165,13 +182,13 @@ class ModelManager:
             log.info("Loading weights from %s", info.filename)
             if release_first:
                 self.unload()
-            built, seconds = self.read(info, bar)
+            built, seconds = self.read(info, bar, low)
             start = time.perf_counter()
             self.unload()  # only now: the new model is complete
             plan = self.plan
-            unet = built.unet.to(plan.device, plan.unet_dtype)
-            text_model = built.text_encoder.to(plan.device, plan.unet_dtype)
-            vae = built.vae.to(plan.device, plan.vae_dtype)
+            unet = self._place(built.unet, plan.unet_dtype, low)
+            text_model = self._place(built.text_encoder, plan.unet_dtype, low)
+            vae = self._place(built.vae, plan.vae_dtype, low)
             config = built.config
             if config.prediction_type is None:
                 v = loader.probe_v_prediction(unet)
@@ -181,7 +198,7 @@ class ModelManager:
             model = LoadedModel(
                 info=info, config=config, unet=unet, vae=vae,
                 text=config.family.prompt_encoder(self.tokenizer, text_model),
-                alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config,
+                alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config, low_memory=low,
             )
             self.checkpoints.hash_later(info)  # in the background: the first job's sampling overlaps it
             self.current = model
@@ -190,8 +207,9 @@ class ModelManager:
             bar.update(1)
             devices.empty_cache(plan.device)  # the file's 16-bit tensors, read and cast one at a time, are freed
             model.load_seconds = seconds + time.perf_counter() - start
-            log.info("Model %s loaded in %.1fs (%s, %s, config %s)", info.title, model.load_seconds,
-                     config.label, plan.describe, config.yaml_path.name)
+            log.info("Model %s loaded in %.1fs (%s, %s%s, config %s)", info.title, model.load_seconds,
+                     config.label, plan.describe, ", low-memory mode: weights stored in fp16" if low else "",
+                     config.yaml_path.name)
             return model
 
     def unload(self) -> None:
@@ -203,13 +221,20 @@ class ModelManager:
             gc.collect()
             devices.empty_cache(self.plan.device)
 
-    def get(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False) -> LoadedModel:
-        """The model for `info` with the VAE `vae_choice`, loading or switching only what changed."""
+    def get(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
+            low_memory_mode: str = "Off") -> LoadedModel:
+        """The model for `info` with the VAE `vae_choice`, in low-memory mode if the setting `low_memory_mode`
+        says so for it, loading or switching only what changed (the mode changed: loaded again, the model in
+        use released first, since what it saves is memory)."""
         with self._lock:
-            if self.current is not None and self.current.info.filename == info.filename:
-                self._apply_vae(self.current, vae_choice)
-                return self.current
-            return self.load(info, vae_choice, release_first)
+            low = self.low_memory_applies(info, low_memory_mode)
+            current = self.current
+            if current is not None and current.info.filename == info.filename:
+                if current.low_memory == low:
+                    self._apply_vae(current, vae_choice)
+                    return current
+                release_first = True
+            return self.load(info, vae_choice, release_first, low)
 
     # --- extra networks ------------------------------------------------------------------------
     def use_extra_networks(self, model: LoadedModel, tags: list) -> ExtraNetworksUse:
@@ -267,13 +292,13 @@ class ModelManager:
         if (wanted.filename if wanted else None) == current:
             return
         if wanted is None:
-            model.vae = model.own_vae.to(self.plan.device, self.plan.vae_dtype)
+            model.vae = self._place(model.own_vae, self.plan.vae_dtype, model.low_memory)
             model.own_vae, model.vae_info, model.vae_sha256, model.vae_warning = None, None, None, None
             log.info("Using the checkpoint's own VAE")
             return
         vae_sd = checkpoint_file.read_state_dict(wanted.filename)
         external = loader.build_vae(model.vae_config, vae_sd, model.config, what=f"VAE {wanted.name}")
-        external = external.to(self.plan.device, self.plan.vae_dtype)
+        external = self._place(external, self.plan.vae_dtype, model.low_memory)
         if model.own_vae is None:
             model.own_vae = model.vae.to("cpu")
         model.vae, model.vae_info = external, wanted

@@ -16,11 +16,13 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointService:
-    def __init__(self, settings: SettingsStore, models: ModelManager, queue: JobQueue, add_folder: str):
+    def __init__(self, settings: SettingsStore, models: ModelManager, queue: JobQueue, add_folder: str,
+                 low_memory_flag: str = "Off"):
         self._settings = settings
         self._models = models
         self._queue = queue
         self._add_folder = add_folder  # named in the message when there is no checkpoint at all
+        self.low_memory_flag = low_memory_flag  # --lowram/--medvram/--lowvram: On; --medvram-sdxl: SDXL only
         self.startup_error: str | None = None  # why the start-up model did not load (shown on the page)
 
     # --- what there is -----------------------------------------------------------------------
@@ -110,14 +112,21 @@ class CheckpointService:
             self._models.resolve_vae(self.current.info, name)
 
     # --- loading (inside a job: the queue's worker) --------------------------------------------
+    def low_memory_mode(self, setting: str | None = None) -> str:
+        """The low-memory mode in force: the setting `low_memory` (the job's, else the saved one) or the
+        command-line flag's, whichever saves more."""
+        modes = (setting or self._settings.values.low_memory, self.low_memory_flag)
+        return next((m for m in ("On", "SDXL only") if m in modes), "Off")
+
     def load_now(self, info: CheckpointInfo, vae: str, remember: bool = True, requested: str | None = None,
-                 release_first: bool = False) -> LoadedModel:
+                 release_first: bool = False, low_memory: str | None = None) -> LoadedModel:
         """Make `info` the loaded model; `remember` records it as the selected checkpoint setting
         (not done for a per-request override, which A1111 restores afterwards). A file that cannot be
         loaded is a CheckpointError, or an UnusableCheckpoint (a 4xx) naming the field when the request
-        named it (`requested`: the field). `release_first`: see ModelManager.load."""
+        named it (`requested`: the field). `release_first`: see ModelManager.load; `low_memory`: the job's
+        setting (see low_memory_mode)."""
         try:
-            model = self._models.get(info, vae, release_first)
+            model = self._models.get(info, vae, release_first, self.low_memory_mode(low_memory))
         except CheckpointError as e:
             if requested:
                 raise UnusableCheckpoint(f"{requested}: {e} (checkpoint: {info.name})") from None

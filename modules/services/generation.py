@@ -145,7 +145,7 @@ class GenerationService:
         settings, the family's settings. New warnings go to `result`."""
         settings, params = accepted.settings, accepted.ctx.params
         model = self._checkpoints.load_now(info, settings.sd_vae, remember=remember, requested=requested,
-                                           release_first=switch)
+                                           release_first=switch, low_memory=settings.low_memory)
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
         for warning in ([model.vae_warning] if model.vae_warning else []) + networks.warnings:

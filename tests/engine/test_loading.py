@@ -290,6 +290,10 @@ def test_safetensors_reader_equals_the_library_and_casts_as_it_reads(tmp_path):
     assert {k: v.dtype for k, v in cast.items()} == {**{k: torch.float32 for k in tensors},
                                                      "i64": torch.int64, "u8": torch.uint8}
     assert torch.equal(cast["f16"], tensors["f16"].float()) and torch.equal(cast["bf16"], tensors["bf16"].float())
+    # narrowed (low-memory mode's 16-bit read): a module's weights, never a top-level buffer (alphas_cumprod)
+    save_file({"model.w": torch.randn(3), "alphas_cumprod": torch.rand(4)}, str(tmp_path / "m.safetensors"))
+    narrow = checkpoint_file.read_state_dict(tmp_path / "m.safetensors", cast=torch.float16)
+    assert (narrow["model.w"].dtype, narrow["alphas_cumprod"].dtype) == (torch.float16, torch.float32)
     data = bytearray(path.read_bytes())
     n = int.from_bytes(data[:8], "little")
     header = data[8:8 + n].replace(b'"shape":[3,5]', b'"shape":[5,5]')
