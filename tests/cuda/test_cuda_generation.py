@@ -215,7 +215,7 @@ def test_gpu_fp16_images_match_cpu_fp32_images(make, gpu_plan, family, record_pr
     for i, (a, b) in enumerate(zip(gpu, cpu)):
         diff = np.abs(a - b)
         mse = float((diff ** 2).mean())
-        psnr = 10 * np.log10(255 ** 2 / mse) if mse else float("inf")
+        psnr = float(10 * np.log10(255 ** 2 / mse)) if mse else float("inf")
         figures = {"max": float(diff.max()), "mean": round(float(diff.mean()), 4), "psnr_db": round(psnr, 2)}
         record_property(f"image{i}_vs_cpu_fp32", figures)
         assert figures["mean"] <= MEAN_DIFF_MAX and figures["max"] <= MAX_DIFF_MAX and psnr >= PSNR_MIN_DB, figures
