@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install everything the tests need into a test venv, then run them. Extra arguments go to pytest.
-#   ./run_tests.sh                 the whole suite
-#   ./run_tests.sh --fast          all but the browser and launcher tests (tests/browser, tests/launcher)
+#   ./run_tests.sh                 the whole suite but the CUDA tests
+#   ./run_tests.sh --fast          all but the browser, launcher and CUDA tests (tests/browser, tests/launcher)
 #   ./run_tests.sh -k loading -x   a subset
+# The CUDA tests (tests/cuda, marker `cuda`) need an NVIDIA GPU and fail without one, so every run here
+# deselects them; bench/gpu_check.sh runs them on a GPU machine (`-m cuda` after these arguments selects them).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 # --fast is ours, not pytest's: it becomes a marker filter (a -m of the caller's, after it, replaces it).
+# Without --fast the filter only leaves out the CUDA tests.
 fast=0
 args=()
 for arg in "$@"; do
@@ -17,9 +20,9 @@ for arg in "$@"; do
     fi
 done
 if [ "$fast" -eq 1 ]; then
-    set -- -m "not browser and not launcher" ${args[@]+"${args[@]}"}
+    set -- -m "not browser and not launcher and not cuda" ${args[@]+"${args[@]}"}
 else
-    set -- ${args[@]+"${args[@]}"}
+    set -- -m "not cuda" ${args[@]+"${args[@]}"}
 fi
 
 # The browser tests drive Debian's chromium (never a browser Playwright downloads); they must not skip.
@@ -68,7 +71,8 @@ python -m pytest "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
-    echo "pytest collected no tests: that is a failure, not a pass (check the arguments and tests/)." >&2
+    echo "pytest collected no tests: that is a failure, not a pass (check the arguments and tests/;" \
+         "the CUDA tests in tests/cuda are deselected unless -m cuda is given)." >&2
     exit 1
 fi
 exit "$rc"

@@ -1,12 +1,14 @@
 """Write a Stable Diffusion 1.5-architecture checkpoint with random weights, for benchmarks.
 
-    python bench/make_sd15_checkpoint.py OUT.safetensors [--seed N]
+    python bench/make_sd15_checkpoint.py OUT.safetensors [--seed N] [--device cuda]
 
 The shapes are SD 1.5's (U-Net 859.52M, VAE 83.65M, CLIP ViT-L/14 text encoder 123.06M parameters),
 written in the original LDM single-file layout (`modules/models/ldm_export.py`) as fp16, with no YAML
 beside it: the loader must recognise SD 1.x from the weights alone, as it does for a downloaded file.
 Nothing is downloaded. The weights are PyTorch's / transformers' default initialisation drawn from
-`--seed`, so the same seed writes the same tensors.
+`--seed`, so the same seed writes the same tensors. With `--device cuda` the weights are drawn and the smoke
+test runs on the GPU (seconds instead of a minute; bench/gpu_check.sh builds its checkpoints so): same shapes
+and file layout, seeded too, but the GPU's random numbers, so not the tensors a CPU build writes.
 
 Memory: the U-Net and VAE are created on the meta device and materialised one layer at a time
 (fp32 init, then cast to fp16), so the peak is about the size of the fp16 file plus what safetensors
@@ -59,16 +61,16 @@ TEXT_CONFIG = dict(
 )
 
 
-def materialise(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Give a meta-device module real weights, one layer at a time: each layer's own
-    `reset_parameters()` (PyTorch's default init, from the global RNG) in fp32, then cast to `dtype`."""
+def materialise(module: torch.nn.Module, dtype: torch.dtype, device: str = "cpu") -> None:
+    """Give a meta-device module real weights on `device`, one layer at a time: each layer's own
+    `reset_parameters()` (PyTorch's default init, from the device's global RNG) in fp32, then cast to `dtype`."""
     for name, sub in module.named_modules():
         own = list(sub.named_parameters(recurse=False))
         if not own or not any(p.is_meta for _, p in own):
             continue
         if not hasattr(sub, "reset_parameters"):
             raise RuntimeError(f"{name} ({type(sub).__name__}) has parameters but no reset_parameters()")
-        sub.to_empty(device="cpu", recurse=False)
+        sub.to_empty(device=device, recurse=False)
         sub.reset_parameters()
         sub.to(dtype)
     meta = [n for n, p in module.named_parameters() if p.is_meta]
@@ -80,16 +82,17 @@ def count_m(module: torch.nn.Module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
-def build(seed: int, dtype: torch.dtype = torch.float16):
-    torch.manual_seed(seed)
+def build(seed: int, dtype: torch.dtype = torch.float16, device: str = "cpu"):
+    torch.manual_seed(seed)  # seeds the CUDA generators too
     with init_empty_weights():
         unet = UNet2DConditionModel(**UNET_CONFIG)
-    materialise(unet, dtype)
+    materialise(unet, dtype, device)
     with init_empty_weights():
         vae = AutoencoderKL(**VAE_CONFIG)
-    materialise(vae, dtype)
+    materialise(vae, dtype, device)
     # The text encoder is small (0.5 GB in fp32): built normally, with transformers' CLIP init.
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)).to(dtype)
+    with torch.device(device):
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)).to(dtype)
     for m in (unet, vae, text_encoder):
         m.eval().requires_grad_(False)
     return unet, vae, text_encoder
@@ -100,11 +103,11 @@ def smoke_test(unet, vae, text_encoder, seed: int) -> dict:
     """Small forward passes of each component in its own dtype (fp16 on the CPU is slow, but the
     inputs are tiny): every output must be finite."""
     g = torch.Generator().manual_seed(seed)
-    dtype = next(unet.parameters()).dtype
-    ids = torch.tensor([[49406] + [320, 1125, 539, 550, 18376, 6765, 550, 4558] + [49407] * 68])
+    dtype, device = next(unet.parameters()).dtype, next(unet.parameters()).device
+    ids = torch.tensor([[49406] + [320, 1125, 539, 550, 18376, 6765, 550, 4558] + [49407] * 68], device=device)
     ctx = text_encoder(ids).last_hidden_state
-    x = torch.randn((1, 4, 16, 16), generator=g).to(dtype)
-    eps = unet(x, torch.tensor([999.0]), encoder_hidden_states=ctx.to(dtype)).sample
+    x = torch.randn((1, 4, 16, 16), generator=g).to(device, dtype)
+    eps = unet(x, torch.tensor([999.0], device=device), encoder_hidden_states=ctx.to(dtype)).sample
     img = vae.decode(x / vae.config.scaling_factor).sample
     return finite_stats((("text_encoder", ctx), ("unet", eps), ("vae_decode", img)))
 
@@ -129,16 +132,28 @@ def finite_stats(outputs) -> dict:
     return stats
 
 
+def add_device_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--device", default="cpu",
+                    help="where the weights are drawn and the smoke test runs, e.g. cuda (default cpu: the same "
+                         "seed gives the same file as before; another device draws other numbers)")
+
+
+def on_cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict's tensors in CPU memory, where they are written from."""
+    return {k: v.cpu() for k, v in sd.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="output .safetensors (or .ckpt) path")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-smoke-test", action="store_true", help="do not run the small finite-output check")
+    add_device_argument(ap)
     args = ap.parse_args(argv)
     logs.setup()
 
     start = time.perf_counter()
-    unet, vae, text_encoder = build(args.seed)
+    unet, vae, text_encoder = build(args.seed, device=args.device)
     check_counts({"unet": count_m(unet), "vae": count_m(vae), "text_encoder": count_m(text_encoder)}, EXPECTED_M,
                  "SD 1.5")
     log.info("built in %.1fs", time.perf_counter() - start)
@@ -152,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     yaml_beside = args.out.with_suffix(".yaml")
     if yaml_beside.exists():
         sys.exit(f"{yaml_beside} exists; remove it: this checkpoint must be recognised without a YAML")
-    sd = ldm_export.checkpoint_state_dict(unet, vae, text_encoder, "sd1")
+    sd = on_cpu(ldm_export.checkpoint_state_dict(unet, vae, text_encoder, "sd1"))
     del unet, vae, text_encoder
     t = time.perf_counter()
     ldm_export.save(args.out, sd, dtype=torch.float16,

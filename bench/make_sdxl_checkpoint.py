@@ -1,6 +1,6 @@
 """Write a Stable Diffusion XL base 1.0-architecture checkpoint with random weights, for benchmarks.
 
-    python bench/make_sdxl_checkpoint.py OUT.safetensors [--seed N]
+    python bench/make_sdxl_checkpoint.py OUT.safetensors [--seed N] [--device cuda]
 
 The shapes are SDXL base 1.0's (U-Net 2567.46M, VAE 83.65M, CLIP ViT-L/14 123.06M and OpenCLIP ViT-bigG/14
 with its text projection 694.66M parameters), written in the original (sgm) single-file layout by
@@ -11,6 +11,8 @@ with no YAML beside it: the loader must recognise SDXL from the weights alone. N
 weights are PyTorch's / transformers' default initialisation drawn from `--seed`, so the same seed writes
 the same tensors; the text encoders' final LayerNorm biases are made non-zero, as in real models (with a
 zero bias a freshly initialised encoder's pooled output has mean ~0, which real weights never give).
+`--device cuda` draws the weights and runs the smoke test on the GPU, as in make_sd15_checkpoint.py (seeded,
+but not the CPU build's tensors).
 
 Memory: the U-Net and VAE are created on the meta device and materialised one layer at a time (fp32 init,
 then cast to fp16), as in make_sd15_checkpoint.py; the text encoders (3.3 GB in fp32) are built normally
@@ -38,7 +40,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from bench.make_sd15_checkpoint import TEXT_CONFIG as CLIP_L_CONFIG  # noqa: E402
 from bench.make_sd15_checkpoint import VAE_CONFIG as SD_VAE_CONFIG  # noqa: E402
-from bench.make_sd15_checkpoint import check_counts, count_m, finite_stats, materialise  # noqa: E402
+from bench.make_sd15_checkpoint import (  # noqa: E402
+    add_device_argument, check_counts, count_m, finite_stats, materialise, on_cpu)
 from modules import logs  # noqa: E402
 from modules.models import ldm_export  # noqa: E402
 
@@ -72,21 +75,23 @@ def _final_norm_bias(text_model: torch.nn.Module) -> None:
     with torch.no_grad():
         # transformers 5's CLIPTextModel has no `text_model` level, CLIPTextModelWithProjection keeps it
         norm = next(m for name, m in text_model.named_modules() if name.endswith("final_layer_norm"))
-        norm.bias.copy_(0.1 * torch.randn(norm.bias.shape))
+        norm.bias.copy_(0.1 * torch.randn(norm.bias.shape, device=norm.bias.device))
 
 
-def build(seed: int, dtype: torch.dtype = torch.float16):
-    torch.manual_seed(seed)
+def build(seed: int, dtype: torch.dtype = torch.float16, device: str = "cpu"):
+    torch.manual_seed(seed)  # seeds the CUDA generators too
     with init_empty_weights():
         unet = UNet2DConditionModel(**UNET_CONFIG)
-    materialise(unet, dtype)
+    materialise(unet, dtype, device)
     with init_empty_weights():
         vae = AutoencoderKL(**VAE_CONFIG)
-    materialise(vae, dtype)
-    clip_l = CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG))
+    materialise(vae, dtype, device)
+    with torch.device(device):
+        clip_l = CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG))
     _final_norm_bias(clip_l)
     clip_l = clip_l.to(dtype)
-    clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**BIGG_CONFIG))
+    with torch.device(device):
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**BIGG_CONFIG))
     _final_norm_bias(clip_g)
     clip_g = clip_g.to(dtype)
     for m in (unet, vae, clip_l, clip_g):
@@ -100,17 +105,17 @@ def smoke_test(unet, vae, clip_l, clip_g, seed: int) -> dict:
     8x8): every output must be finite. The U-Net gets SDXL's conditioning: CLIP-L hidden state 11 beside
     bigG's penultimate, bigG's pooled projection and the six size/crop time ids."""
     g = torch.Generator().manual_seed(seed)
-    dtype = next(unet.parameters()).dtype
+    dtype, device = next(unet.parameters()).dtype, next(unet.parameters()).device
     tokens = [49406, 320, 1125, 539, 550, 18376, 6765, 550, 4558, 49407]
-    ids_l = torch.tensor([tokens + [49407] * (77 - len(tokens))])
-    ids_g = torch.tensor([tokens + [0] * (77 - len(tokens))])
+    ids_l = torch.tensor([tokens + [49407] * (77 - len(tokens))], device=device)
+    ids_g = torch.tensor([tokens + [0] * (77 - len(tokens))], device=device)
     ctx_l = clip_l(ids_l, output_hidden_states=True).hidden_states[11]
     out_g = clip_g(ids_g, output_hidden_states=True)
     ctx = torch.cat([ctx_l, out_g.hidden_states[-2]], dim=-1)
     pooled = out_g.text_embeds
-    x = torch.randn((1, 4, 8, 8), generator=g).to(dtype)
-    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]], dtype=dtype)
-    eps = unet(x, torch.tensor([999.0]), encoder_hidden_states=ctx.to(dtype),
+    x = torch.randn((1, 4, 8, 8), generator=g).to(device, dtype)
+    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]], dtype=dtype, device=device)
+    eps = unet(x, torch.tensor([999.0], device=device), encoder_hidden_states=ctx.to(dtype),
                added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids}).sample
     img = vae.decode(x / vae.config.scaling_factor).sample
     return finite_stats((("context", ctx), ("pooled", pooled), ("unet", eps), ("vae_decode", img)))
@@ -121,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out", type=Path, help="output .safetensors (or .ckpt) path")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-smoke-test", action="store_true", help="do not run the small finite-output check")
+    add_device_argument(ap)
     args = ap.parse_args(argv)
     logs.setup()
 
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     if yaml_beside.exists():
         sys.exit(f"{yaml_beside} exists; remove it: this checkpoint must be recognised without a YAML")
     start = time.perf_counter()
-    unet, vae, clip_l, clip_g = build(args.seed)
+    unet, vae, clip_l, clip_g = build(args.seed, device=args.device)
     check_counts({"unet": count_m(unet), "vae": count_m(vae), "text_encoder": count_m(clip_l),
                   "text_encoder_2": count_m(clip_g)}, EXPECTED_M, "SDXL base 1.0")
     log.info("built in %.1fs", time.perf_counter() - start)
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("smoke test (finite outputs) in %.1fs: %s", time.perf_counter() - t, stats)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sd = ldm_export.checkpoint_state_dict(unet, vae, clip_l, "sdxl", clip_g)
+    sd = on_cpu(ldm_export.checkpoint_state_dict(unet, vae, clip_l, "sdxl", clip_g))
     del unet, vae, clip_l, clip_g
     t = time.perf_counter()
     ldm_export.save(args.out, sd, dtype=torch.float16,

@@ -19,6 +19,10 @@ generator with the same seed, so both engines should make the same image. For SD
 prompt is passed to diffusers as None (its pipeline zeroes the negative conditioning only then; A1111 and
 we zero it for ""), and its time ids are its defaults, which are ours: original = target = the image
 size, crop (0, 0).
+
+On an NVIDIA GPU (the device webui.py would pick: CUDA, U-Net and VAE in fp16) both engines run there, the
+noise still comes from CPU generators, the per-call times are CUDA-event times and the cuda_* figures give
+each phase's peak of torch.cuda.max_memory_allocated; bench/gpu_check.sh runs it so on the device machine.
 """
 
 from __future__ import annotations
@@ -120,57 +124,81 @@ class RssSampler:
 
 
 class CallTimer:
-    """Wall time spent inside a module's forward calls, via forward pre/post hooks, plus the span from
-    the first call's start to the last call's end (the sampling loop, for the U-Net)."""
+    """Time spent inside a module's forward calls, via forward pre/post hooks, plus the span from the first
+    call's start to the last call's end (the sampling loop, for the U-Net). On the CPU the stamps are
+    wall-clock times. On CUDA they are CUDA events recorded on the current stream, which do not synchronise
+    (so timing does not change what is timed: the CPU keeps queueing kernels ahead of the GPU), and are read
+    once the work has finished: GPU time from a call's first kernel to its last."""
 
-    def __init__(self):
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda
         self.reset()
         self._handles = []
 
     def reset(self) -> None:
-        self.total = 0.0
         self.calls = 0
-        self.first_start: float | None = None
-        self.last_end: float | None = None
-        self._starts: list[float] = []
+        self._open: list = []  # start stamps of calls in progress
+        self._spans: list[tuple] = []  # (start, end) stamps of finished calls
+        self._first = self._last = None
+
+    def _stamp(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _seconds(self, start, end) -> float:
+        if self.cuda:
+            end.synchronize()
+            return start.elapsed_time(end) / 1000
+        return end - start
 
     def _pre(self, _module, _args):
-        now = time.perf_counter()
-        self._starts.append(now)
-        if self.first_start is None:
-            self.first_start = now
+        stamp = self._stamp()
+        self._open.append(stamp)
+        if self._first is None:
+            self._first = stamp
 
     def _post(self, _module, _args, _out):
-        now = time.perf_counter()
-        self.total += now - self._starts.pop()
+        stamp = self._stamp()
+        self._spans.append((self._open.pop(), stamp))
         self.calls += 1
-        self.last_end = now
+        self._last = stamp
 
     def attach(self, module: torch.nn.Module) -> "CallTimer":
         self._handles += [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
         return self
 
-    def wrap_method(self, obj, name: str) -> "CallTimer":
+    def wrap_method(self, obj, name: str, inspect=None) -> "CallTimer":
         """Time calls of a method (e.g. AutoencoderKL.decode, which is not `forward`) with an
-        instance-level wrapper; `detach()` removes it."""
+        instance-level wrapper; `detach()` removes it. `inspect(result)`, if given, looks at each call's
+        result after the call's end stamp (so its time is not counted)."""
         original = getattr(obj, name)
 
         def timed(*args, **kwargs):
             self._pre(None, args)
             try:
-                return original(*args, **kwargs)
+                result = original(*args, **kwargs)
             finally:
                 self._post(None, args, None)
+            if inspect is not None:
+                inspect(result)
+            return result
 
         setattr(obj, name, timed)
         self._handles.append(_Restore(obj, name))
         return self
 
     @property
+    def total(self) -> float:
+        return sum(self._seconds(start, end) for start, end in self._spans)
+
+    @property
     def span(self) -> float:
-        if self.first_start is None or self.last_end is None:
+        if self._first is None or self._last is None:
             return 0.0
-        return self.last_end - self.first_start
+        return self._seconds(self._first, self._last)
 
     def detach(self) -> None:
         for h in self._handles:
@@ -188,16 +216,26 @@ class _Restore:
 
 
 class Timers:
-    def __init__(self, unet, vae, text_encoders: list):
-        self.unet = CallTimer().attach(unet)
-        self.vae = CallTimer().wrap_method(vae, "decode")
-        self.text = CallTimer()
+    """The U-Net's, the VAE decode's and the text encoders' CallTimers, and a count of VAE decodes whose output
+    had NaNs (ours retries such an fp16 decode in fp32, so a NaN decode shows there as one more decode)."""
+
+    def __init__(self, unet, vae, text_encoders: list, cuda: bool = False):
+        self.unet = CallTimer(cuda).attach(unet)
+        self.vae = CallTimer(cuda).wrap_method(vae, "decode", inspect=self._vae_output)
+        self.text = CallTimer(cuda)
         for text_encoder in text_encoders:  # SDXL: CLIP-L and bigG, one sum
             self.text.attach(text_encoder)
+        self.vae_nan_decodes = 0
+
+    def _vae_output(self, out) -> None:
+        sample = out.sample if hasattr(out, "sample") else out[0]  # DecoderOutput, or return_dict=False's tuple
+        if torch.isnan(sample).any():
+            self.vae_nan_decodes += 1
 
     def reset(self):
         for t in (self.unet, self.vae, self.text):
             t.reset()
+        self.vae_nan_decodes = 0
 
     def detach(self):
         for t in (self.unet, self.vae, self.text):
@@ -239,12 +277,56 @@ class LoadClock:
                 "load_cpu_sys_s": round(self.sys, 2)}
 
 
-def after_unload(rss: "RssSampler") -> dict:
+def after_unload(rss: "RssSampler", gpu: "GpuMemory") -> dict:
     gc.collect()
     out = {"rss_after_unload_mb": round(rss.rss() / MB, 1)}
     if malloc_trim():
         out["rss_after_unload_trim_mb"] = round(rss.rss() / MB, 1)
+    if gpu.cuda:
+        torch.cuda.empty_cache()  # what the next engine finds is what the card has, not this engine's cache
+        out["cuda_allocated_after_unload_mb"] = round(gpu.allocated() / MB, 1)
     return out
+
+
+class GpuMemory:
+    """Peaks of the memory PyTorch's CUDA allocator handed out (torch.cuda.max_memory_allocated) per phase, as
+    RssSampler gives the process's; `sync()` waits for the queued GPU work (before and after a timed span).
+    Off CUDA every method is a no-op that returns 0."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.device) if self.cuda else 0
+
+    def reset(self) -> int:
+        """Start a new phase's peak; returns what is allocated now."""
+        if not self.cuda:
+            return 0
+        self.sync()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return self.allocated()
+
+    def peak(self) -> int:
+        if not self.cuda:
+            return 0
+        self.sync()
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def figures(self, before: int, load_peak: int, loaded: int, generation_peak: int) -> dict:
+        if not self.cuda:
+            return {}
+        return {"cuda_peak_allocated_mb": round(max(load_peak, generation_peak) / MB, 1),
+                "cuda_allocated_before_load_mb": round(before / MB, 1),
+                "cuda_peak_allocated_load_mb": round(load_peak / MB, 1),
+                "cuda_allocated_loaded_mb": round(loaded / MB, 1),
+                "cuda_peak_allocated_generation_mb": round(generation_peak / MB, 1),
+                "cuda_peak_reserved_mb": round(torch.cuda.max_memory_reserved(self.device) / MB, 1)}
 
 
 def image_stats(image) -> dict:
@@ -273,6 +355,7 @@ def generation_figures(timers: Timers, total: float, steps: int, cpu: float) -> 
     return {
         "steps": steps,
         "s_per_step": round(sampling_s / steps, 4),
+        "it_per_s": round(steps / sampling_s, 3) if sampling_s else None,
         "total_s": round(total, 3),
         "unet_s": round(unet_s, 3),
         "unet_calls": timers.unet.calls,
@@ -286,6 +369,8 @@ def generation_figures(timers: Timers, total: float, steps: int, cpu: float) -> 
         "overhead_excl_text_s": round(overhead - text_s, 3),
         "overhead_excl_text_pct": round((overhead - text_s) / total * 100, 3),
         "cpu_util": round(cpu / total, 2),
+        "vae_decodes": timers.vae.calls,
+        "vae_nan_decodes": timers.vae_nan_decodes,
     }
 
 
@@ -296,13 +381,15 @@ def summarise_runs(runs: list[dict]) -> dict:
     if len(runs) > 1:
         chosen["runs_total_s"] = [r["total_s"] for r in runs]
         chosen["runs_s_per_step"] = [r["s_per_step"] for r in runs]
+        chosen["vae_nan_decodes_all_runs"] = sum(r["vae_nan_decodes"] for r in runs)
         chosen["total_s_min"] = ordered[0]["total_s"]
         chosen["total_s_stdev"] = round(statistics.stdev(r["total_s"] for r in runs), 3)
     return chosen
 
 
 # --- our engine -----------------------------------------------------------------------------------
-def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, context: dict) -> dict:
+def run_ours(args, rss: RssSampler, gpu: GpuMemory, data_dir: Path, plan: devices.DevicePlan,
+             context: dict) -> dict:
     p = paths.from_args(str(data_dir))
     paths.ensure_dirs(p)
     checkpoint = args.checkpoint.resolve()
@@ -325,35 +412,38 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
 
     hashes.sha256 = timed_sha256
 
-    rss_before = rss.reset()
+    rss_before, gpu_before = rss.reset(), gpu.reset()
     with LoadClock() as clock:
         model = engine.load_checkpoint(str(checkpoint))
         if args.sync_hash:
             engine.checkpoints.ensure_hash(model.info)
+        gpu.sync()
     load_s = clock.wall
     load_end = time.perf_counter()
-    load_peak = rss.read_peak()
+    load_peak, gpu_load_peak = rss.read_peak(), gpu.peak()
     load_peak_anon = rss.peak_anon
-    rss_loaded = rss.reset()  # from here on the sampler's peak is the generation's
+    rss_loaded, gpu_loaded = rss.reset(), gpu.reset()  # from here on the peaks are the generation's
     log.info("ours: loaded in %.2fs (%s, config %s)", load_s, model.config.label, model.config.yaml_path.name)
     hash_figures = {"sync_hash": args.sync_hash, "low_memory": args.low_memory}
 
     sdxl = model.family.name == "sdxl"
     text_models = [model.text.clip_l.text_model, model.text.clip_g.text_model] if sdxl else [model.text.text_model]
-    timers = Timers(model.unet, model.vae, text_models)
+    timers = Timers(model.unet, model.vae, text_models, gpu.cuda)
     params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, seed=args.seed,
                               sampler_name=args.sampler, steps=args.steps, cfg_scale=args.cfg,
                               width=args.width, height=args.height, save_images=False)
     runs, image = [], None
     for i in range(args.repeat):
         timers.reset()
+        gpu.sync()
         c, t = cpu_seconds(), time.perf_counter()
         result = engine.txt2img(params)
+        gpu.sync()
         total = time.perf_counter() - t
         runs.append(generation_figures(timers, total, args.steps, cpu_seconds() - c))
         image = result.images[0]
         log.info("ours: run %d/%d: %.2fs (%.3f s/step)", i + 1, args.repeat, total, runs[-1]["s_per_step"])
-    generation_peak = rss.read_peak()
+    generation_peak, gpu_generation_peak = rss.read_peak(), gpu.peak()
     generation_peak_anon = rss.peak_anon
     peak = max(load_peak, generation_peak)
     if hash_span:  # the hash's own wall time, and how much of it was on the load's path
@@ -382,7 +472,12 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
         "model": model.config.label,
         "family": model.family.name,
         "config": f"{model.config.yaml_path.name} ({model.config.source})",
+        **gpu.figures(gpu_before, gpu_load_peak, gpu_loaded, gpu_generation_peak),
         "device": plan.describe,
+        # the VAE's dtype after the runs: float32 where an fp16 decode gave NaNs and was retried (vae_nan_decodes)
+        "vae_dtype_after": str(model.vae.dtype).removeprefix("torch."),
+        "unet_dtype": str(model.unet.dtype).removeprefix("torch."),
+        "attention": model.attention,
         "infotext": result.infotexts[0],
         "image": image_stats(image),
     }
@@ -392,7 +487,7 @@ def run_ours(args, rss: RssSampler, data_dir: Path, plan: devices.DevicePlan, co
     engine.checkpoints.unload()
     engine.queue.stop()
     del model, engine, timers, result, text_models
-    figures.update(after_unload(rss))
+    figures.update(after_unload(rss, gpu))
     return figures
 
 
@@ -460,11 +555,11 @@ def write_diffusers_config(folder: Path, checkpoint: Path, default_sd1_config: P
     return folder, family
 
 
-def run_diffusers(args, rss: RssSampler, plan: devices.DevicePlan, context: dict) -> dict:
+def run_diffusers(args, rss: RssSampler, gpu: GpuMemory, plan: devices.DevicePlan, context: dict) -> dict:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     sdxl = context["family"] == "sdxl"
-    rss_before = rss.reset()
+    rss_before, gpu_before = rss.reset(), gpu.reset()
     with LoadClock() as clock:
         if sdxl:
             # no invisible watermark: ours does not add one (neither does A1111)
@@ -478,17 +573,19 @@ def run_diffusers(args, rss: RssSampler, plan: devices.DevicePlan, context: dict
                 requires_safety_checker=False)
         pipe.vae.to(plan.vae_dtype)
         pipe.to(plan.device)
+        gpu.sync()
     load_s = clock.wall
-    load_peak = rss.read_peak()
+    load_peak, gpu_load_peak = rss.read_peak(), gpu.peak()
     load_peak_anon = rss.peak_anon
-    rss_loaded = rss.reset()  # from here on the sampler's peak is the generation's
+    rss_loaded, gpu_loaded = rss.reset(), gpu.reset()  # from here on the peaks are the generation's
     pipe.set_progress_bar_config(disable=True)
     sched = pipe.scheduler.config
     if type(pipe.scheduler).__name__ != "EulerAncestralDiscreteScheduler" or sched.timestep_spacing != "linspace":
         raise RuntimeError(f"unexpected scheduler {type(pipe.scheduler).__name__} {dict(sched)}")
     log.info("diffusers: loaded in %.2fs", load_s)
 
-    timers = Timers(pipe.unet, pipe.vae, [pipe.text_encoder, pipe.text_encoder_2] if sdxl else [pipe.text_encoder])
+    timers = Timers(pipe.unet, pipe.vae, [pipe.text_encoder, pipe.text_encoder_2] if sdxl else [pipe.text_encoder],
+                    gpu.cuda)
     # SDXL: A1111 (and we) zero the negative conditioning for an empty negative prompt; diffusers' SDXL
     # pipeline does that (force_zeros_for_empty_prompt) only for negative_prompt=None, not for "". Its
     # time ids default to ours: original = target = (height, width), crop (0, 0).
@@ -496,15 +593,17 @@ def run_diffusers(args, rss: RssSampler, plan: devices.DevicePlan, context: dict
     runs, image = [], None
     for i in range(args.repeat):
         timers.reset()
-        generator = torch.Generator("cpu").manual_seed(args.seed)
+        generator = torch.Generator("cpu").manual_seed(args.seed)  # CPU noise, moved to the device, as ours
+        gpu.sync()
         c, t = cpu_seconds(), time.perf_counter()
         out = pipe(PROMPT, negative_prompt=negative_prompt, height=args.height, width=args.width,
                    num_inference_steps=args.steps, guidance_scale=args.cfg, generator=generator, output_type="pil")
+        gpu.sync()
         total = time.perf_counter() - t
         runs.append(generation_figures(timers, total, args.steps, cpu_seconds() - c))
         image = out.images[0]
         log.info("diffusers: run %d/%d: %.2fs (%.3f s/step)", i + 1, args.repeat, total, runs[-1]["s_per_step"])
-    generation_peak = rss.read_peak()
+    generation_peak, gpu_generation_peak = rss.read_peak(), gpu.peak()
     generation_peak_anon = rss.peak_anon
     peak = max(load_peak, generation_peak)
     figures = {
@@ -519,7 +618,12 @@ def run_diffusers(args, rss: RssSampler, plan: devices.DevicePlan, context: dict
         "peak_rss_anon_mb": round(max(load_peak_anon, generation_peak_anon) / MB, 1),
         "peak_rss_anon_load_mb": round(load_peak_anon / MB, 1),
         "peak_rss_anon_generation_mb": round(generation_peak_anon / MB, 1),
+        **gpu.figures(gpu_before, gpu_load_peak, gpu_loaded, gpu_generation_peak),
         "pipeline": type(pipe).__name__,
+        "unet_dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        # its SDXL pipeline decodes in fp32 when the VAE's config says force_upcast (SDXL's VAE does)
+        "vae_dtype_after": str(pipe.vae.dtype).removeprefix("torch."),
+        "vae_force_upcast": bool(getattr(pipe.vae.config, "force_upcast", False)),
         "negative_prompt_passed": negative_prompt,
         "scheduler": {k: sched[k] for k in ("timestep_spacing", "steps_offset", "beta_schedule", "beta_start",
                                             "beta_end", "prediction_type")},
@@ -528,7 +632,7 @@ def run_diffusers(args, rss: RssSampler, plan: devices.DevicePlan, context: dict
     context["diffusers_image"] = image
     timers.detach()
     del pipe, timers, out
-    figures.update(after_unload(rss))
+    figures.update(after_unload(rss, gpu))
     return figures
 
 
@@ -596,14 +700,15 @@ def main(argv=None) -> None:
         engines.reverse()
 
     rss = RssSampler()
+    gpu = GpuMemory(plan.device)
     data_dir = Path(tempfile.mkdtemp(prefix="bench-data-"))
     result = {}
     try:
         for name in engines:
             if name == "ours":
-                result["ours"] = run_ours(args, rss, data_dir, plan, context)
+                result["ours"] = run_ours(args, rss, gpu, data_dir, plan, context)
             else:
-                result["diffusers"] = run_diffusers(args, rss, plan, context)
+                result["diffusers"] = run_diffusers(args, rss, gpu, plan, context)
             # on stderr at once: a run the kernel kills later (out of memory) keeps this engine's figures
             log.info("%s figures: %s", name, json.dumps(result[name]))
     finally:
@@ -634,8 +739,9 @@ def main(argv=None) -> None:
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "cpu": _cpu_name(), "platform": platform.platform(),
                     "loadavg_start": [round(x, 2) for x in load_start],
-                    "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                    "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+                    **gpu_info(plan.device)},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
                      "diffusers": diffusers.__version__, "transformers": transformers.__version__},
         "import_s": round(IMPORT_S, 2),
         "prewarm_read_s": round(prewarm_s, 2),
@@ -644,15 +750,24 @@ def main(argv=None) -> None:
     }
     if "diffusers" in result:
         d = result["diffusers"]
-        report["ratio"] = {k: round(ours[k] / d[k], 3) if d[k] else None
-                           for k in ("load_s", "s_per_step", "total_s", "unet_s_per_call", "peak_rss_mb",
-                                     "peak_rss_delta_mb")}
+        report["ratio"] = {k: round(ours[k] / d[k], 3) if d.get(k) and ours.get(k) is not None else None
+                           for k in ("load_s", "s_per_step", "it_per_s", "total_s", "unet_s_per_call",
+                                     "peak_rss_mb", "peak_rss_delta_mb", "cuda_peak_allocated_mb")}
         report["ratio"]["load_s_excl_hash"] = round(ours["load_s_excl_hash"] / d["load_s"], 3)
         report["images_compared"] = compare_images(context["ours_image"], context["diffusers_image"])
     report["peak_rss_process_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     report["notes"] = NOTES
     real_stdout.write(json.dumps(report, indent=2) + "\n")
     real_stdout.flush()
+
+
+def gpu_info(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    props = torch.cuda.get_device_properties(device)
+    return {"gpu": props.name, "gpu_memory_mb": round(props.total_memory / MB), "gpu_capability":
+            f"{props.major}.{props.minor}", "gpu_multiprocessors": props.multi_processor_count,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
 
 
 def _cpu_name() -> str:
@@ -694,6 +809,13 @@ NOTES = [
     "negative prompt (diffusers.negative_prompt_passed), because its pipeline zeroes the negative conditioning "
     "only for None while A1111 and we zero it for an empty one; time ids are original = target = the image "
     "size, crop (0, 0) in both. text_s sums both text encoders (CLIP-L and bigG).",
+    "On CUDA: unet_s, vae_s, text_s and sampling_s (so s_per_step and it_per_s = steps / sampling_s) are GPU "
+    "times between CUDA events recorded, without synchronising, at each call's start and end; load_s and total_s "
+    "are wall times with torch.cuda.synchronize() before and after. cuda_peak_allocated_*_mb: "
+    "torch.cuda.max_memory_allocated over that engine's load and over its generations (tensors only; the "
+    "allocator's cache is cuda_peak_reserved_mb); the cache is emptied after each engine. vae_nan_decodes counts "
+    "VAE decodes whose output had NaNs: ours retries an fp16 one in fp32 (vae_dtype_after then float32), "
+    "diffusers' SD 1.5 pipeline does not; its SDXL pipeline decodes in fp32 when vae_force_upcast.",
     "images_compared: ours vs diffusers pixels. A1111 (and we) truncate 255*x to uint8 while diffusers rounds, "
     "so up to 1/255 differences in about half the pixels are expected; the schedules also differ by <=1.7e-5 "
     "relative between integer timesteps (log-sigma vs sigma interpolation).",

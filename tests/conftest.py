@@ -1,5 +1,6 @@
 """Shared fixtures (tiny checkpoints written once per test session in the real LDM layout, data folders, a model
-manager), the markers, and the markers every test of tests/browser and tests/launcher gets from its folder.
+manager), the markers, and the markers every test of tests/browser, tests/launcher and tests/cuda gets from its
+folder.
 Helpers and the fixtures only some modules use are in tests/support."""
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.c
 
 
 # Every test in these folders gets the marker, so `-m "not browser and not launcher"` (./run_tests.sh --fast)
-# leaves them out whatever their modules say.
-FOLDER_MARKERS = {"browser": "browser", "launcher": "launcher"}
+# and `-m "not cuda"` (every ./run_tests.sh run) leave them out whatever their modules say.
+FOLDER_MARKERS = {"browser": "browser", "launcher": "launcher", "cuda": "cuda"}
 
 
 def pytest_configure(config):
@@ -38,6 +39,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "server: starts webui.py as a live server on 127.0.0.1")
     config.addinivalue_line("markers", "browser: drives the page in headless Chromium (Playwright; "
                                        "tests/support/browser.py); all of tests/browser")
+    config.addinivalue_line("markers", "cuda: needs an NVIDIA GPU and fails without one (never skips); all of "
+                                       "tests/cuda. ./run_tests.sh deselects them; bench/gpu_check.sh runs them")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
