@@ -23,6 +23,7 @@ from modules.generation import hires, vae_tiling
 from modules.generation.context import JobContext
 from modules.generation.params import GenerationParams
 from modules.generation.vae_tiling import VaeTiling
+from modules.models import low_memory
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -58,7 +59,7 @@ class ModelMemory:
         heads = model.unet.config.attention_head_dim
         vae_channels = getattr(model.vae.config, "block_out_channels", None) or (VAE_CHANNELS,)
         return cls(family=model.family.name, unet_bytes=model.plan.unet_dtype.itemsize,
-                   vae_bytes=model.vae.dtype.itemsize, attention=model.attention,
+                   vae_bytes=low_memory.compute_dtype(model.vae).itemsize, attention=model.attention,
                    heads=int(heads[0] if isinstance(heads, (list, tuple)) else heads),
                    batch_cond_uncond=model.batch_cond_uncond, vae_tiles=vae_tiling.supports(model.vae),
                    unet_width=model.unet.config.block_out_channels[0] / UNET_CHANNELS,

@@ -26,7 +26,7 @@ from modules.generation.context import JobContext, RefinerPlan
 from modules.generation.params import Img2ImgParams
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import JobInterrupted, JobSkipped
-from modules.models import taesd
+from modules.models import low_memory, taesd
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Denoiser:
         and so the prompt schedules' position, carries on."""
         self.unet = model.unet
         self.batch_cond_uncond = model.batch_cond_uncond  # False: two smaller U-Net batches
-        self.dtype = model.unet.dtype  # the compute type (in low-memory mode the weights rest in 16 bits)
+        self.dtype = low_memory.compute_dtype(model.unet)  # (in low-memory mode the weights rest in 16 bits)
         if not isinstance(cond, ComposableCond):
             cond = ComposableCond.fixed(cond)
         if not isinstance(uncond, ScheduledCond):
@@ -484,8 +484,9 @@ def decode(model, latents: torch.Tensor, decoder: torch.nn.Module | None = None,
             images.append(_to_pil(taesd.decode(decoder, latent[None])[0]))
             continue
         z = latent[None] / model.vae.config.scaling_factor
-        out = run(z.to(model.vae.dtype))
-        if torch.isnan(out).any() and model.vae.dtype != torch.float32:
+        dtype = low_memory.compute_dtype(model.vae)
+        out = run(z.to(dtype))
+        if torch.isnan(out).any() and dtype != torch.float32:
             log.warning("The VAE produced NaNs in 16-bit precision; converting it to 32-bit float and retrying. "
                         "Use --no-half-vae to start that way.")
             model.upcast_vae()
@@ -523,8 +524,9 @@ def encode(model, pixels: torch.Tensor, encoder: torch.nn.Module | None = None,
         return vae_tiling.encode(vae, x, tiling) if tiled and tiling else vae.encode(x).latent_dist.mode()
 
     for x in pixels:
-        z = run(x[None].to(model.device, vae.dtype))
-        if torch.isnan(z).any() and vae.dtype != torch.float32:
+        dtype = low_memory.compute_dtype(vae)
+        z = run(x[None].to(model.device, dtype))
+        if torch.isnan(z).any() and dtype != torch.float32:
             log.warning("The VAE produced NaNs in 16-bit precision; converting it to 32-bit float and retrying.")
             model.upcast_vae()
             z = run(x[None].to(model.device, torch.float32))

@@ -19,6 +19,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sfu
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedModel
 
+from modules.models import low_memory
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.family import BuiltModel, ModelConfig, StateDict
 
@@ -137,9 +138,9 @@ def alphas_cumprod(config: ModelConfig, sd: dict[str, torch.Tensor]) -> torch.Te
 def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
     """A1111's test for SD 2.x v-prediction: at t=999 an epsilon model given a constant 0.5 latent
     predicts roughly that latent back; a v model predicts values far below it (mean difference < -1)."""
-    p = next(unet.parameters())
-    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=p.device, dtype=p.dtype)
-    ctx = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=p.device, dtype=p.dtype)
+    p, dtype = next(unet.parameters()), low_memory.compute_dtype(unet)
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=p.device, dtype=dtype)
+    ctx = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=p.device, dtype=dtype)
     out = unet(x, torch.tensor([999], device=p.device), encoder_hidden_states=ctx).sample
     return (out.float() - x.float()).mean().item() < -1
 

@@ -7,19 +7,22 @@ own values (most checkpoints are published in float16), so a float16 file gives 
 mode (a float32 file's weights are rounded to float16 once, at load). What it costs is converting each layer's
 weights for every call (bench/README.md has the figures).
 
-The casting is diffusers' layerwise-casting hook (`diffusers.hooks.apply_layerwise_casting`), applied to the
-layers that hold nearly all the weights (convolutions, linear layers, embeddings); the few others (the norms) are
-kept in the compute type, since they take their input's type as it comes.
+Each large layer (convolution, linear layer, embedding) rests with float16 weights; a hook before its forward
+gives it float32 copies, and one after it (also when the forward raises: an interrupt) puts the float16 tensors
+back, so one conversion per layer and call (diffusers' layerwise-casting hook converts both ways, twice the cost,
+measured). The few other weights (the norms) are kept in the compute type. The float16 tensors are the
+parameters' own data while the layer rests, so LoRA patches them in place and a release frees them.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers.hooks import apply_layerwise_casting
 
 MODES = ("Off", "On", "SDXL only")
 STORAGE = torch.float16
-_MARK = "_webui_low_memory"  # set on a module whose weights are stored this way
+CAST_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear, torch.nn.Embedding)
+_COMPUTE = "_webui_compute_dtype"  # set on each part of a module stored this way: the type it computes in
+_RESTING = "_webui_resting"  # while a layer runs: its float16 tensors
 
 
 def wanted(mode: str, family: str | None) -> bool:
@@ -31,25 +34,45 @@ def wanted(mode: str, family: str | None) -> bool:
 def store(module: torch.nn.Module, compute: torch.dtype) -> torch.nn.Module:
     """Keep `module`'s large layers' weights in float16, cast to `compute` while each runs; the rest in `compute`.
     Done once per module (a module already stored this way is returned as it is)."""
-    if getattr(module, _MARK, False):
+    if is_stored(module):
         return module
-    apply_layerwise_casting(module, storage_dtype=STORAGE, compute_dtype=compute, skip_modules_pattern=None,
-                            skip_modules_classes=())
     for sub in module.modules():
-        if getattr(sub, "_diffusers_hook", None) is not None and sub._diffusers_hook.get_hook("layerwise_casting"):
-            continue
+        cast = isinstance(sub, CAST_LAYERS)
         for param in sub.parameters(recurse=False):
-            if param.is_floating_point() and param.dtype != compute:
-                param.data = param.data.to(compute)
+            if param.is_floating_point():
+                param.data = param.data.to(STORAGE if cast else compute)
         for name, buffer in sub.named_buffers(recurse=False):
             if buffer.is_floating_point() and buffer.dtype != compute:
                 sub.register_buffer(name, buffer.to(compute), persistent=name not in sub._non_persistent_buffers_set)
-    setattr(module, _MARK, True)
+        if cast:
+            sub.register_forward_pre_hook(_widen(compute))
+            sub.register_forward_hook(_narrow, always_call=True)
+        setattr(sub, _COMPUTE, compute)  # on every part, so that any part tells its compute type
     return module
 
 
+def _widen(compute: torch.dtype):
+    def hook(layer: torch.nn.Module, _args) -> None:
+        params = [p for p in layer.parameters(recurse=False) if p.dtype == STORAGE]
+        setattr(layer, _RESTING, [(p, p.data) for p in params])
+        for p in params:
+            p.data = p.data.to(compute)
+    return hook
+
+
+def _narrow(layer: torch.nn.Module, _args, _output) -> None:
+    for param, data in getattr(layer, _RESTING, ()):
+        param.data = data
+    setattr(layer, _RESTING, ())
+
+
 def is_stored(module: torch.nn.Module) -> bool:
-    return bool(getattr(module, _MARK, False))
+    return getattr(module, _COMPUTE, None) is not None
+
+
+def compute_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The type `module` computes in: its weights' own, or the compute type of one stored this way."""
+    return getattr(module, _COMPUTE, None) or next(module.parameters()).dtype
 
 
 def weight_bytes(module: torch.nn.Module) -> int:

@@ -45,7 +45,7 @@ def test_a_16_bit_checkpoint_gives_the_same_image_in_half_the_weight_memory(engi
     assert model is not full and model.low_memory and full.released  # the full-size one was freed
     low_bytes = low_memory.weight_bytes(model.unet) + low_memory.weight_bytes(model.text.text_model)
     assert low_bytes < 0.52 * full_bytes  # the norms (a few KB) stay in 32 bits
-    assert model.unet.dtype == torch.float32  # what the layers compute in
+    assert low_memory.compute_dtype(model.unet) == torch.float32  # what the layers compute in
     assert {p.dtype for p in model.unet.conv_in.parameters()} == {torch.float16}  # what they rest in
     assert {p.dtype for p in model.unet.conv_norm_out.parameters()} == {torch.float32}
     assert np.array_equal(pixels(plain), pixels(low))
@@ -104,6 +104,8 @@ def test_sdxl_only_applies_to_sdxl_models(tmp_path, tiny_dir):
         clip_g = model.text.text_model.clip_g
         assert {p.dtype for p in clip_g.text_model.encoder.layers[0].mlp.parameters()} == {torch.float16}
         assert np.array_equal(pixels(plain), pixels(low))
+        empty = dict(negative_prompt="", override_settings={"sd_model_checkpoint": "sdxl.safetensors"})
+        assert np.array_equal(pixels(gen(engine, "Off", **empty)), pixels(gen(engine, "On", **empty)))  # zeros
     finally:
         engine.queue.stop()
 

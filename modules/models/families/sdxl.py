@@ -29,7 +29,7 @@ from accelerate import init_empty_weights
 from diffusers.loaders import single_file_utils as sfu
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from modules.models import loader
+from modules.models import loader, low_memory
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.family import (BuiltModel, ConfigFiles, FamilyMatch, ModelConfig, SamplingHints, StateDict,
                                    marked_prediction_type, unet_in_channels)
@@ -171,9 +171,9 @@ class SDXLPromptEncoder(PromptEncoder):
                      negative: bool = False) -> list[Cond]:
         self._share_embeddings()
         if negative and all(t == "" for t in texts):
-            p = next(self.clip_g.text_model.parameters())
-            zero = Cond(torch.zeros(CHUNK + 2, self.width, device=p.device, dtype=p.dtype),
-                        torch.zeros(self.pooled_width, device=p.device, dtype=p.dtype))
+            p, dtype = next(self.clip_g.text_model.parameters()), low_memory.compute_dtype(self.clip_g.text_model)
+            zero = Cond(torch.zeros(CHUNK + 2, self.width, device=p.device, dtype=dtype),
+                        torch.zeros(self.pooled_width, device=p.device, dtype=dtype))
             return [zero for _ in texts]
         contexts_l = self.clip_l.encode_texts(texts, clip_skip, emphasis)
         encoded_g = self.clip_g.encode_with_pooled(texts, clip_skip, emphasis)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-from modules.models import loader
+from modules.models import loader, low_memory
 from modules.models.families.sdxl import REFINER_KEY, ClipGEncoder, embedders, build_clip_g, unet_settings
 from modules.models.family import (BuiltModel, ConfigFiles, FamilyMatch, ModelConfig, SamplingHints, StateDict,
                                    marked_prediction_type)
@@ -70,9 +70,9 @@ class SDXLRefinerPromptEncoder(ClipGEncoder):
     def encode_conds(self, texts: list[str], clip_skip: int = 1, emphasis: str = "Original",
                      negative: bool = False) -> list[Cond]:
         if negative and all(t == "" for t in texts):
-            p = next(self.text_model.parameters())
-            zero = Cond(torch.zeros(CHUNK + 2, self.width, device=p.device, dtype=p.dtype),
-                        torch.zeros(self.pooled_width, device=p.device, dtype=p.dtype))
+            p, dtype = next(self.text_model.parameters()), low_memory.compute_dtype(self.text_model)
+            zero = Cond(torch.zeros(CHUNK + 2, self.width, device=p.device, dtype=dtype),
+                        torch.zeros(self.pooled_width, device=p.device, dtype=dtype))
             return [zero for _ in texts]
         by_text: dict[str, Cond] = {}
         for text, (z, pooled) in zip(texts, self.encode_with_pooled(texts, clip_skip, emphasis)):
