@@ -34,6 +34,7 @@ UNET_BYTES_PER_LATENT_PIXEL = {"sd1": 50_000, "sd2": 50_000, "sdxl": 50_000, "sd
 UNET_CHANNELS, VAE_CHANNELS = 320, 128  # the widths the figures were measured at (SD's and SDXL's)
 FIXED_BYTES = 256 * MIB  # the sampler's tensors, a preview, what the allocator keeps between phases
 MARGIN = 1.15  # room for what the estimate misses: the figures vary by ~15 % between runs of the same call
+LOW_MEMORY_TILE = 256  # the tiled VAE's tile in low-memory mode: a 512x512 decode adds 0.55 GB, not 0.98 (bench/README)
 SIZE_STEP = 8  # sizes suggested in a refusal are multiples of this (A1111's sliders' step)
 
 

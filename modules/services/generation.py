@@ -14,6 +14,7 @@ from tqdm import tqdm
 from modules import devices, filenames, images
 from modules.generation import extra_networks, memory, pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import Job, JobInterrupted, JobQueue, JobState
 from modules.models import optimizations, taesd
 from modules.models.manager import ExtraNetworksUse, LoadedModel, ModelManager
@@ -116,8 +117,13 @@ class GenerationService:
 
     def _fit_memory(self, run: _Run) -> None:
         """Before sampling: the job's estimated peak (generation/memory.py) against what the device has free now
-        (the model loaded), or what --memory-limit leaves. A job that fits only with the tiled VAE runs with it
+        (the model loaded), or what --memory-limit leaves. A model in low-memory mode decodes in small tiles
+        (Auto: always, at most LOW_MEMORY_TILE). A job that fits only with the tiled VAE runs with it
         and says so; one that fits in no way is refused (BadRequest) with what would fit."""
+        ctx = run.accepted.ctx
+        if run.model.low_memory and ctx.vae_tiling.mode == "Auto":  # its decode at 512x512 doubles its peak
+            tiling = VaeTiling("Always", min(ctx.vae_tiling.tile, memory.LOW_MEMORY_TILE))
+            run.accepted = dataclasses.replace(run.accepted, ctx=dataclasses.replace(ctx, vae_tiling=tiling))
         device = run.model.device
         free = devices.free_memory(device)
         limit, note = self._requests.limits.memory_limit_bytes, ""

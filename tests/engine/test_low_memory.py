@@ -53,6 +53,16 @@ def test_a_16_bit_checkpoint_gives_the_same_image_in_half_the_weight_memory(engi
     assert gen(engine, "On", seed=6).images and engine.checkpoints.current is model  # no reload while it holds
 
 
+def test_low_memory_mode_decodes_in_small_tiles(engine):
+    """Auto tiling becomes tiles of 256 pixels (the same image up to float rounding); a user's Never is obeyed."""
+    size = dict(width=320, height=320, steps=2)
+    plain, low = gen(engine, "Off", **size), gen(engine, "On", **size)
+    assert "VAE tiling" not in plain.infotexts[0] and "VAE tiling: True" in low.infotexts[0]
+    assert np.abs(pixels(plain) - pixels(low)).max() <= 1
+    never = gen(engine, "On", **size, override_settings={"vae_tiling": "Never"})
+    assert "VAE tiling" not in never.infotexts[0] and np.array_equal(pixels(never), pixels(plain))
+
+
 def test_a_32_bit_checkpoint_is_rounded_to_16_bits_once(engine):
     plain = gen(engine, "Off", override_settings={"sd_model_checkpoint": "sd1.safetensors"})
     low = gen(engine, "On", override_settings={"sd_model_checkpoint": "sd1.safetensors"})
