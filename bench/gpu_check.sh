@@ -235,26 +235,22 @@ PY
 # a second order only when the first one's time fits again, with a margin
 second_order_min() { echo $(($1 + $1 / 4 + 10)); }
 
-if wait_build build_sd15; then
-    rm -rf "$work/sd15-img"
-    bench sd15_ours_first "$sd15" "$sd15_size" "$sd15_repeat" ours-first 150 30 --out "$work/sd15-img"
-    first=$secs
-    bench sd15_diffusers_first "$sd15" "$sd15_size" "$sd15_repeat" diffusers-first 150 "$(second_order_min "$first")"
-    cp "$work/sd15-img/ours.png" "$out/sd15-ours.png" 2>/dev/null
-    cp "$work/sd15-img/diffusers.png" "$out/sd15-diffusers.png" 2>/dev/null
-else
-    result sd15_ours_first skipped-no-checkpoint 0
-fi
-if wait_build build_sdxl; then
-    rm -rf "$work/sdxl-img"
-    bench sdxl_ours_first "$sdxl" "$sdxl_size" "$sdxl_repeat" ours-first 210 45 --out "$work/sdxl-img"
-    first=$secs
-    bench sdxl_diffusers_first "$sdxl" "$sdxl_size" "$sdxl_repeat" diffusers-first 210 "$(second_order_min "$first")"
-    cp "$work/sdxl-img/ours.png" "$out/sdxl-ours.png" 2>/dev/null
-    cp "$work/sdxl-img/diffusers.png" "$out/sdxl-diffusers.png" 2>/dev/null
-else
-    result sdxl_ours_first skipped-no-checkpoint 0
-fi
+# one model, both orders: bench_model NAME CHECKPOINT SIZE REPEAT TIMEOUT FIRST_MIN
+bench_model() {
+    local name=$1 ckpt=$2 size=$3 repeat=$4 limit=$5 first_min=$6
+    if ! wait_build "build_$name"; then
+        result "${name}_ours_first" skipped-no-checkpoint 0
+        return
+    fi
+    rm -rf "$work/$name-img"
+    bench "${name}_ours_first" "$ckpt" "$size" "$repeat" ours-first "$limit" "$first_min" --out "$work/$name-img"
+    bench "${name}_diffusers_first" "$ckpt" "$size" "$repeat" diffusers-first "$limit" "$(second_order_min "$secs")"
+    cp "$work/$name-img/ours.png" "$out/$name-ours.png" 2>/dev/null
+    cp "$work/$name-img/diffusers.png" "$out/$name-diffusers.png" 2>/dev/null
+}
+
+bench_model sd15 "$sd15" "$sd15_size" "$sd15_repeat" 150 30
+bench_model sdxl "$sdxl" "$sdxl_size" "$sdxl_repeat" 210 45
 stop_builds
 
 # --- 4. summary -----------------------------------------------------------------------------------------------------
