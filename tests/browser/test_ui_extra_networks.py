@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    browser, fetch_image, fill_text, gallery_image_urls, page, read_value, ui_server)
+    browser, fetch_image, fill_text, page, read_value, ui_server, wait_for_gallery)
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -29,11 +29,14 @@ def test_cards_list_files_show_previews_and_toggle_tags(page, ui_server):
 
     page.locator("#txt2img_extra_networks").get_by_text("Extra networks").click()
     page.locator("#txt2img_extra_refresh").click()
+    # The refresh answers with both galleries. Wait for it on the tab shown (Textual Inversion) before another
+    # tab is opened, so that the answer and the tab switch cannot cross; a shared CPU can take long over both.
+    wait_for_gallery(page, "txt2img_textual_inversion_cards", 1, timeout=90)
     lora_cards = "#txt2img_lora_cards"
     page.get_by_role("tab", name="Lora").first.click()
-    page.wait_for_function(f"document.querySelectorAll('{lora_cards} .thumbnail-item img').length == 1",
-                           timeout=30_000)
-    card = fetch_image(page, gallery_image_urls(page, "txt2img_lora_cards")[0])
+    urls = wait_for_gallery(page, "txt2img_lora_cards", 1, timeout=90)
+    assert len(urls) == 1
+    card = fetch_image(page, urls[0])
     assert np.asarray(card.convert("RGB"))[8, 8].tolist() == [250, 200, 0]  # the preview beside the file
 
     fill_text(page, "txt2img_prompt", "a red circle")
