@@ -182,6 +182,8 @@ class ModelManager:
             log.info("Loading weights from %s", info.filename)
             if release_first:
                 self.unload()
+            if low and self.plan.device.type == "cpu":
+                devices.map_large_blocks()
             built, seconds = self.read(info, bar, low)
             start = time.perf_counter()
             self.unload()  # only now: the new model is complete
