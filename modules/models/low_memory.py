@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-MODES = ("Off", "On", "SDXL only")
 STORAGE = torch.float16
 CAST_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear, torch.nn.Embedding)
 _COMPUTE = "_webui_compute_dtype"  # set on each part of a module stored this way: the type it computes in
