@@ -64,10 +64,11 @@ def test_ckpt_dir_and_extra_file(tmp_path, tiny_dir):
 
 
 def test_flags_bind_and_env(monkeypatch):
-    ns = cmd_args.parse(["--port", "9000", "--xformers", "--medvram"])
+    ns = cmd_args.parse(["--port", "9000", "--xformers", "--opt-sdp-attention", "--medvram"])
     assert ns.port == 9000 and cmd_args.bind_host(ns) == "127.0.0.1"
     notes = cmd_args.ignored_flags(ns)
     assert any(n.startswith("--xformers is ignored") for n in notes) and len(notes) == 2
+    assert ns.medvram and not any("--medvram" in n for n in notes)  # low-memory mode, not ignored
     assert cmd_args.bind_host(cmd_args.parse(["--listen"])) == "0.0.0.0"
     assert cmd_args.parse(["--nowebui"]).port == 7861 and cmd_args.parse([]).port == 7860
     monkeypatch.setenv("COMMANDLINE_ARGS", "--api --ckpt 'my model.safetensors'")
