@@ -125,7 +125,8 @@ def map_large_blocks(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> None:
     freed. By default glibc raises that threshold up to 32 MB as large blocks are freed, and blocks under it are
     carved from its heap, which the low-memory mode's per-layer weight copies (1-60 MB, one per layer and call)
     fragment: measured, SD 1.5 at 512x512 in low-memory mode peaks at 3408 MiB with glibc's default and 3071 MiB
-    with 4 MB (bench/README.md). Process-wide and for good: called when a model is first loaded in that mode."""
+    with 4 MB (bench/README.md). Process-wide and for good: called at each load in that mode (setting it again
+    changes nothing)."""
     try:
         import ctypes
 

@@ -75,5 +75,5 @@ def compute_dtype(module: torch.nn.Module) -> torch.dtype:
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
-    """What the module's weights hold now (for the log and the tests)."""
+    """What the module's weights hold now (the tests compare the two modes by it)."""
     return sum(p.numel() * p.element_size() for p in module.parameters())

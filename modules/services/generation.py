@@ -126,23 +126,24 @@ class GenerationService:
             run.accepted = dataclasses.replace(run.accepted, ctx=dataclasses.replace(ctx, vae_tiling=tiling))
         device = run.model.device
         free = devices.free_memory(device)
-        limit, note = self._requests.limits.memory_limit_bytes, ""
+        limit, limit_note = self._requests.limits.memory_limit_bytes, ""
         if limit is not None:
             left = max(0, limit - devices.process_memory(device))
             if free is None or left < free:
-                free, note = left, f" of the {memory.gib(limit)} --memory-limit allows"
+                free, limit_note = left, f" of the {memory.gib(limit)} --memory-limit allows"
         if free is None:  # MPS: not known
             return
         try:
             fitted = memory.fit(run.accepted.ctx, memory.ModelMemory.of(run.model), free,
-                                0 if note else devices.free_swap(device), note)
+                                0 if limit_note else devices.free_swap(device), limit_note)
         except memory.NotEnoughMemory as e:
             raise BadRequest(str(e)) from None
         if fitted.tiled_to_fit:
             ctx = dataclasses.replace(run.accepted.ctx, vae_tiling=fitted.tiling)
             run.accepted = dataclasses.replace(run.accepted, ctx=ctx)
-        if fitted.note():
-            run.result.warnings.append(fitted.note())
+        note = fitted.note()
+        if note:
+            run.result.warnings.append(note)
 
     def _ready(self, accepted: Accepted, info, result: GenerationResult, remember: bool = False,
                requested: str | None = None, switch: bool = False) -> tuple[LoadedModel, ExtraNetworksUse]:
