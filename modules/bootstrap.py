@@ -20,6 +20,7 @@ from modules.models.taesd import TaesdModels
 from modules.services.checkpoints import CheckpointService
 from modules.services.extras import ExtrasService
 from modules.services.generation import GenerationService
+from modules.services.merger import MergeService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
 from modules.services.output import OutputWriter
@@ -59,7 +60,8 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
         checkpoints=checkpoints, options=options, styles=style_store, networks=networks,
         paste=InfotextReader(networks, checkpoints, options),
         requests=requests, generation=GenerationService(requests, checkpoints, models, queue, output, decode_budget),
-        postprocess=ExtrasService(requests, options, queue, output, decode_budget), decode_budget=decode_budget)
+        postprocess=ExtrasService(requests, options, queue, output, decode_budget),
+        merger=MergeService(checkpoints, queue, p.checkpoint_dirs[0]), decode_budget=decode_budget)
 
 
 def low_memory_flag(args) -> str:

@@ -26,6 +26,7 @@ from modules.services.errors import (  # noqa: F401  (the names front ends catch
     BadRequest, OverLimit, UnknownOption, UnusableCheckpoint, describe_validation_error)
 from modules.services.extras import ExtrasResult, ExtrasService
 from modules.services.generation import GenerationResult, GenerationService
+from modules.services.merger import MergeForm, MergeResult, MergeService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
 from modules.services.paste import InfotextReader
@@ -50,6 +51,7 @@ class Engine:
     requests: RequestResolver
     generation: GenerationService
     postprocess: ExtrasService
+    merger: MergeService  # the Checkpoint Merger's jobs
     decode_budget: images.DecodeBudget  # input images are decoded within this many pixels at once
 
     # --- generation --------------------------------------------------------------------------
@@ -79,6 +81,10 @@ class Engine:
         return self.postprocess.submit(inputs, params, save, outdir)
 
     # --- models and settings -----------------------------------------------------------------
+    def merge_checkpoints(self, form: MergeForm) -> MergeResult:
+        """Merge checkpoints into a new file in the checkpoint folder, through the queue (see MergeService)."""
+        return self.merger.submit(form).wait()
+
     def load_checkpoint(self, query: str | None = None) -> LoadedModel:
         """Load a checkpoint through the queue (waits for running jobs) and make it the current one."""
         return self.checkpoints.load(query)

@@ -1,6 +1,6 @@
 """Reading weight files safely.
 
-`.safetensors` files hold only tensors and are memory-mapped. `.ckpt`/`.pt` files are Python
+`.safetensors` files hold only tensors and are read with plain reads. `.ckpt`/`.pt` files are Python
 pickles, which can run arbitrary code when loaded the ordinary way; they are read only with
 `torch.load(weights_only=True)`, which builds tensors and plain containers and refuses every other
 global. The few extra globals real Stable Diffusion checkpoints carry (PyTorch Lightning's
@@ -294,36 +294,68 @@ SAFETENSORS_DTYPES = {
 }
 
 
+class SafetensorsReader:
+    """A .safetensors file read one tensor at a time with plain reads (the format: an 8-byte header length, a
+    JSON header of dtype / shape / data_offsets, then the data). Not memory-mapped: the pages of a mapped file
+    count in the process's resident memory until it is closed, so a mapped multi-GB checkpoint would stay
+    counted while its tensors are converted or merged. Use as a context manager."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.header, self.metadata = read_safetensors_header(self.path)
+        self._file = open(self.path, "rb")
+        (n,) = struct.unpack("<Q", self._file.read(8))
+        self._start = 8 + n
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def keys(self) -> list[str]:
+        """The tensor names in the order their data lies in the file (reading them so is sequential)."""
+        return [name for name, _ in sorted(self.header.items(), key=lambda item: item[1]["data_offsets"][0])]
+
+    def entry(self, name: str) -> tuple[torch.dtype, list[int]]:
+        """(dtype, shape) of tensor `name`, from the header alone; CheckpointError if the entry is malformed."""
+        entry = self.header[name]
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = [int(d) for d in entry["shape"]]
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{self.path.name} is not a valid .safetensors file (tensor {name!r}: "
+                                  f"{entry!r})") from None
+        nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        if end - begin != nbytes or begin < 0:
+            raise CheckpointError(f"{self.path.name} is not a valid .safetensors file (tensor {name!r} "
+                                  f"has {end - begin} bytes for shape {shape} {entry['dtype']})")
+        return dtype, shape
+
+    def read(self, name: str) -> torch.Tensor:
+        """Tensor `name`, read into new memory of its own."""
+        dtype, shape = self.entry(name)
+        begin, end = (int(o) for o in self.header[name]["data_offsets"])
+        raw = torch.empty(end - begin, dtype=torch.uint8)
+        self._file.seek(self._start + begin)
+        if end > begin and self._file.readinto(memoryview(raw.numpy())) != end - begin:
+            raise CheckpointError(f"{self.path.name} is truncated (tensor {name!r})")
+        return raw.view(dtype).reshape(shape)
+
+
 def _read_safetensors(path: Path, cast: torch.dtype | None = None) -> dict:
-    """The tensors of a .safetensors file, read one at a time with plain reads (the format: an 8-byte header
-    length, a JSON header of dtype / shape / data_offsets, then the data). Not memory-mapped: the pages of a
-    mapped file count in the process's resident memory until it is closed, so a mapped multi-GB checkpoint
-    stays counted while its tensors are converted. `cast`: floating-point tensors are converted to it as
-    they are read, so the file's 16-bit copy of a model never sits beside its 32-bit copy; a cast to a
+    """All tensors of a .safetensors file (see SafetensorsReader). `cast`: floating-point tensors are converted
+    to it as they are read, so the file's 16-bit copy of a model never sits beside its 32-bit copy; a cast to a
     narrower type leaves the top-level buffers (the noise schedule's `alphas_cumprod`) at the file's
     precision, which it would round."""
-    header, _ = read_safetensors_header(path)
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        start = 8 + n
-        out = {}
-        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            try:
-                dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-                shape = [int(d) for d in entry["shape"]]
-                begin, end = (int(o) for o in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{path.name} is not a valid .safetensors file (tensor {name!r}: "
-                                      f"{entry!r})") from None
-            nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
-            if end - begin != nbytes or begin < 0:
-                raise CheckpointError(f"{path.name} is not a valid .safetensors file (tensor {name!r} "
-                                      f"has {end - begin} bytes for shape {shape} {entry['dtype']})")
-            raw = torch.empty(nbytes, dtype=torch.uint8)
-            f.seek(start + begin)
-            if nbytes and f.readinto(memoryview(raw.numpy())) != nbytes:
-                raise CheckpointError(f"{path.name} is truncated (tensor {name!r})")
-            tensor = raw.view(dtype).reshape(shape)
+    out = {}
+    with SafetensorsReader(path) as reader:
+        for name in reader.keys():
+            tensor = reader.read(name)
             if cast is not None and tensor.is_floating_point() and tensor.dtype != cast and (
                     "." in name or cast.itemsize >= tensor.element_size()):
                 tensor = tensor.to(cast)  # narrowed only if a module's weight, not a buffer such as alphas_cumprod

@@ -115,3 +115,12 @@ def detect_from_header(path: Path, default_sd1_config: Path) -> ModelConfig | No
     header, metadata = checkpoint_file.read_safetensors_header(path)
     sd = {k: torch.empty(v.get("shape", []), device="meta") for k, v in header.items()}
     return detect(path, sd, metadata, default_sd1_config)
+
+
+def family_of(sd: StateDict, metadata: dict) -> ModelFamily | None:
+    """Which family's tensors `sd` holds (tensors on the meta device will do: only names and shapes are read),
+    without the checks `detect` makes before loading (an 8-channel InstructPix2Pix U-Net is still SD 1.x here);
+    None for a file that is no checkpoint of any family."""
+    if UNET_IN_KEY not in sd:
+        return None
+    return next((f for f in FAMILIES if f.detect(sd, metadata) is not None), None)
