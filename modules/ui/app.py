@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules.engine import BadRequest, Engine
 from modules.models.checkpoint_file import CheckpointError
-from modules.ui import common, extras, img2img, paste, pnginfo, settings_tab, txt2img
+from modules.ui import common, extras, img2img, merger, paste, pnginfo, settings_tab, txt2img
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
@@ -210,12 +210,17 @@ def build(engine: Engine) -> Page:
                 post = extras.build(engine)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build(engine)
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                merge_tab = merger.build(engine)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_tab.build(engine)
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)
         follow_model_size(engine, bar, size, [t2i.fields, i2i.fields])
         common_wiring(engine, bar, tabs, t2i, i2i, png, post)
+        # a new merged checkpoint joins the top bar's list at once (the selection stays)
+        merge_tab.merged.then(lambda: gr.Dropdown(choices=_checkpoint_titles(engine)), outputs=bar.checkpoint,
+                              queue=False, show_progress="hidden")
         # a page opened while the start-up model's hash is computed shows its progress, then the title with it
         blocks.load(hash_progress_stream(engine), outputs=[bar.status, bar.checkpoint], show_progress="hidden",
                     concurrency_limit=None)

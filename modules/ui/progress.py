@@ -34,9 +34,9 @@ def describe(state: JobState, queued_ahead: int = 0) -> str:
     """A1111's progress line: percent, step of steps, image of images, ETA — as a bar with text."""
     if queued_ahead > 0 or not state.started:
         text = f"In queue: {queued_ahead} job{'s' if queued_ahead != 1 else ''} ahead" if queued_ahead else "Waiting..."
-        return _bar(0.0, text)
+        return bar(0.0, text)
     if state.job_count <= 0:  # the job has not counted its steps yet (loading the model, encoding)
-        return _bar(0.0, "Preparing...")
+        return bar(0.0, "Preparing...")
     p = state.progress()
     parts = [f"{p * 100:.0f}%"]
     if state.sampling_steps:
@@ -48,7 +48,7 @@ def describe(state: JobState, queued_ahead: int = 0) -> str:
         parts.append(f"ETA {_seconds(eta)}")
     if state.interrupted:
         parts.append("interrupting...")
-    return _bar(p, " · ".join(parts))
+    return bar(p, " · ".join(parts))
 
 
 def _seconds(s: float) -> str:
@@ -56,7 +56,7 @@ def _seconds(s: float) -> str:
     return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s} s"
 
 
-def _bar(fraction: float, text: str) -> str:
+def bar(fraction: float, text: str) -> str:
     width = f"{max(0.0, min(fraction, 1.0)) * 100:.1f}%"
     return (f'<div class="sd-progress" role="progressbar" aria-valuenow="{fraction * 100:.0f}" '
             f'aria-valuemin="0" aria-valuemax="100"><div class="sd-progress-fill" style="width:{width}"></div>'

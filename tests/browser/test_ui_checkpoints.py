@@ -111,3 +111,29 @@ def test_png_info_reads_jpeg_and_webp_and_send_to_selects_the_named_model(page, 
     assert read_value(page, "txt2img_width") == "136" and read_value(page, "txt2img_sampling") == "Euler a"
     page.locator("#sd_status").get_by_text("Loaded sd1.safetensors").wait_for(timeout=60_000)
     assert read_value(page, "sd_checkpoint").startswith("sd1.safetensors")
+
+
+def test_checkpoint_merger_tab_saves_lists_and_refuses_to_overwrite(page, ui_server, tiny_dir):
+    _, data, _ = ui_server
+    folder = data / "models" / "Stable-diffusion"
+    for name in ("sd1.safetensors", "sd1.yaml", "sd1-fp16.safetensors", "sd1-fp16.yaml"):
+        shutil.copy(tiny_dir / name, folder / name)
+    open_tab(page, "tab_modelmerger")
+    page.locator("#modelmerger_refresh_checkpoint_names").click()
+    a = find_option(page, "modelmerger_primary_model_name", "sd1.safetensors")
+    b = find_option(page, "modelmerger_secondary_model_name", "sd1-fp16.safetensors")
+    select_option(page, "modelmerger_primary_model_name", a)
+    select_option(page, "modelmerger_secondary_model_name", b)
+    fill_text(page, "modelmerger_custom_name", "ui-merge")
+    page.locator("#modelmerger_merge").click()
+    result = page.locator("#modelmerger_result")
+    expect(result).to_contain_text("Checkpoint saved to", timeout=60_000)
+    expect(result).to_contain_text("ui-merge.safetensors")
+    assert (folder / "ui-merge.safetensors").is_file() and (folder / "ui-merge.yaml").is_file()
+    # the new file is in the top bar's list and the merger's own lists without a refresh
+    find_option(page, "sd_checkpoint", "ui-merge.safetensors", timeout=10)
+    find_option(page, "modelmerger_tertiary_model_name", "ui-merge.safetensors", timeout=10)
+    stamp = (folder / "ui-merge.safetensors").stat().st_mtime_ns
+    page.locator("#modelmerger_merge").click()
+    expect(result.locator(".sd-error")).to_contain_text("ui-merge.safetensors already exists", timeout=60_000)
+    assert (folder / "ui-merge.safetensors").stat().st_mtime_ns == stamp
