@@ -183,3 +183,16 @@ def test_old_infotext_keys_become_the_tag():
     assert parsed["Prompt"] == "a cat<hypernet:anime:0.7>"
     parsed = infotext.parse_with_defaults("a cat\nSteps: 20, Seed: 1, Sampler: Euler")
     assert parsed["Prompt"] == "a cat"
+
+
+def test_the_setting_is_a_dropdown_of_the_names_in_the_settings_tab():
+    import gradio as gr
+
+    from modules.settings import Settings
+    from modules.ui import settings_tab
+
+    assert "sd_hypernetwork" in dict(settings_tab.sections())["Stable Diffusion"]
+    with gr.Blocks():
+        box = settings_tab.control("sd_hypernetwork", Settings.model_fields["sd_hypernetwork"], "None",
+                                   ["None", "anime"])
+    assert isinstance(box, gr.Dropdown) and box.value == "None" and [c[0] for c in box.choices] == ["None", "anime"]
