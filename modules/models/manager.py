@@ -256,7 +256,6 @@ class ModelManager:
         and unreadable files become warnings, never errors."""
         with self._lock:
             use = ExtraNetworksUse()
-            self._use_hypernetworks(model, hypernet_tags, use)
             activations = []
             for tag in tags:
                 positional, named = tag.positional, tag.named
@@ -277,6 +276,7 @@ class ModelManager:
                                             act.info.shorthash(self.loras.hashes)))
                 except OSError as e:
                     use.warnings.append(f"LoRA {act.mentioned!r}: could not hash the file ({e})")
+            self._use_hypernetworks(model, hypernet_tags, use)
             found = self.embeddings.refresh(force=False)
             key = (id(self.embeddings), self.embeddings.version)
             if model.text.embeddings is None or model.text.embeddings.key != key:  # tokenize names once per change
