@@ -13,6 +13,7 @@ from modules.hashing import HashCache
 from modules.jobs import JobQueue
 from modules.limits import Limits
 from modules.models.embeddings import EmbeddingRegistry
+from modules.models.hypernetwork import HypernetworkRegistry
 from modules.models.lora import LoraRegistry
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointRegistry, VaeRegistry
@@ -42,8 +43,10 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
                                           builtin_files=builtin_files)
     loras = LoraRegistry(p.lora_dirs, hashes)
     embeddings = EmbeddingRegistry(p.embeddings_dirs, hashes)
+    hypernetworks = HypernetworkRegistry(p.hypernetwork_dirs, hashes)
     models = ModelManager(checkpoint_files, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config,
-                          loras=loras, embeddings=embeddings, taesd_models=TaesdModels(p.taesd_dir))
+                          loras=loras, embeddings=embeddings, taesd_models=TaesdModels(p.taesd_dir),
+                          hypernetworks=hypernetworks)
     store = SettingsStore(p.config_file)
     queue = JobQueue()
     queue.on_stop(checkpoint_files.hasher.stop)  # no hashing thread outlives the engine
@@ -54,7 +57,7 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     style_store = styles.StyleStore(p.styles_files)
     requests = RequestResolver(limits, style_store, options, checkpoints)
     output = OutputWriter(p)
-    networks = NetworksService(loras, embeddings)
+    networks = NetworksService(loras, embeddings, hypernetworks)
     return Engine(
         paths=p, limits=limits, folders=folders, device=plan, tokenizer=models.tokenizer, queue=queue,
         checkpoints=checkpoints, options=options, styles=style_store, networks=networks,
@@ -86,7 +89,7 @@ def build(args, server_folders: bool = True) -> Engine:
     from modules.limits import from_args as limits_from_args
 
     p = paths.from_args(args.data_dir, args.models_dir, args.ckpt_dir, args.vae_dir, args.config, args.lora_dir,
-                        args.embeddings_dir, args.styles_file)
+                        args.embeddings_dir, args.styles_file, args.hypernetwork_dir)
     paths.ensure_dirs(p)
     plan = devices.plan(args.use_cpu, args.device_id, args.no_half, args.no_half_vae, args.precision,
                         args.skip_torch_cuda_test)

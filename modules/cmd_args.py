@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not list the small demo model that ships in models/builtin")
     models.add_argument("--vae-dir", default=None, help="extra folder searched for VAE files")
     models.add_argument("--lora-dir", default=None, help="folder with LoRA networks (default: MODELS_DIR/Lora)")
+    models.add_argument("--hypernetwork-dir", default=None,
+                        help="folder with hypernetworks (default: MODELS_DIR/hypernetworks)")
     models.add_argument("--embeddings-dir", default=None,
                         help="folder with textual-inversion embeddings (default: DATA_DIR/embeddings)")
     models.add_argument("--styles-file", action="append", default=None, metavar="FILE",

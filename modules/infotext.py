@@ -169,6 +169,9 @@ def parse_with_defaults(text: str) -> dict[str, Any]:
     # A1111's back-compat (auto_backcompat): before 1.8.0 the refiner switched by sampling steps
     if version is not None and version < (1, 8, 0, 0) and result.get("Refiner"):
         result["Refiner switch by sampling steps"] = True
+    hypernet = result.get("Hypernet")  # A1111's old keys for its one hypernetwork: back into the prompt's tag
+    if hypernet is not None:
+        result["Prompt"] = f'{result.get("Prompt", "")}<hypernet:{hypernet}:{result.get("Hypernet strength", "1.0")}>'
     return result
 
 

@@ -27,6 +27,7 @@ class Paths:
     default_sd1_config: Path
     lora_dirs: tuple[Path, ...] = ()  # models/Lora, models/LyCORIS, --lora-dir
     embeddings_dirs: tuple[Path, ...] = ()  # DATA/embeddings or --embeddings-dir
+    hypernetwork_dirs: tuple[Path, ...] = ()  # models/hypernetworks or --hypernetwork-dir
     styles_files: tuple[Path, ...] = field(default=())  # DATA/styles.csv or --styles-file
 
     @property
@@ -58,7 +59,8 @@ class Paths:
 
 def from_args(data_dir: str | None = None, models_dir: str | None = None, ckpt_dir: str | None = None,
               vae_dir: str | None = None, config: str | None = None, lora_dir: str | None = None,
-              embeddings_dir: str | None = None, styles_files: list[str] | None = None) -> Paths:
+              embeddings_dir: str | None = None, styles_files: list[str] | None = None,
+              hypernetwork_dir: str | None = None) -> Paths:
     data = Path(data_dir).expanduser().resolve() if data_dir else ROOT
     models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
     sd_dir = models / "Stable-diffusion"
@@ -75,6 +77,8 @@ def from_args(data_dir: str | None = None, models_dir: str | None = None, ckpt_d
         default_sd1_config=Path(config).resolve() if config else CONFIGS / "v1-inference.yaml",
         lora_dirs=(Path(lora_dir).expanduser().resolve() if lora_dir else models / "Lora", models / "LyCORIS"),
         embeddings_dirs=(Path(embeddings_dir).expanduser().resolve() if embeddings_dir else data / "embeddings",),
+        hypernetwork_dirs=(Path(hypernetwork_dir).expanduser().resolve() if hypernetwork_dir
+                           else models / "hypernetworks",),
         styles_files=tuple(Path(f).expanduser().resolve() for f in styles_files) if styles_files
         else (data / "styles.csv",),
     )
@@ -82,5 +86,5 @@ def from_args(data_dir: str | None = None, models_dir: str | None = None, ckpt_d
 
 def ensure_dirs(paths: Paths) -> None:
     for d in (paths.data, paths.models, paths.checkpoint_dirs[-1], paths.vae_dirs[0], paths.taesd_dir,
-              *paths.lora_dirs[:1], *paths.embeddings_dirs):
+              *paths.lora_dirs[:1], *paths.embeddings_dirs, *paths.hypernetwork_dirs):
         d.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,9 @@ class Settings(BaseModel):
     # Stable Diffusion
     sd_model_checkpoint: str = Field("", description="Checkpoint title, name or hash")
     sd_vae: str = Field("Automatic", description="'Automatic', 'None' or a file name from models/VAE")
+    sd_hypernetwork: str = Field("None", description="Add hypernetwork to prompt: 'None' or a name from "
+                                                     "models/hypernetworks, appended as <hypernet:NAME:1.0> to "
+                                                     "every prompt that does not name it")
     sd_vae_encode_method: Literal["Full", "TAESD"] = Field(
         "Full", description="VAE type for encoding img2img inputs and Hires. fix's pixel upscales: 'Full' the "
                             "model's VAE, 'TAESD' the tiny autoencoder (much faster, less faithful; needs "
@@ -197,7 +200,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Saving to a directory": ("save_to_dirs", "grid_save_to_dirs", "directories_filename_pattern",
                               "directories_max_prompt_words"),
     "Stable Diffusion": ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sdxl_clip_l_skip", "emphasis",
-                         "randn_source"),
+                         "randn_source", "sd_hypernetwork"),
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),

@@ -508,8 +508,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/hypernetworks", response_model=list[schemas.HypernetworkItem])
     def hypernetworks():
-        """Empty: hypernetworks are not supported."""
-        return []
+        """Hypernetworks in models/hypernetworks (and --hypernetwork-dir); use one as `<hypernet:name:strength>`."""
+        return [schemas.HypernetworkItem(name=i.name, path=str(i.filename)) for i in engine.networks.hypernetworks()]
 
     @r.get("/face-restorers", response_model=list[schemas.FaceRestorerItem])
     def face_restorers():

@@ -55,7 +55,19 @@ def parse(prompt: str) -> ParsedPrompt:
 # Kinds that something in the engine applies (`lyco` is A1111's old name for LyCORIS networks, read as
 # LoRA). A tag of any other kind is removed from the prompt and reported, never an error.
 LORA_KINDS: frozenset[str] = frozenset({"lora", "lyco"})
-SUPPORTED_KINDS: frozenset[str] = LORA_KINDS
+HYPERNET_KINDS: frozenset[str] = frozenset({"hypernet"})
+SUPPORTED_KINDS: frozenset[str] = LORA_KINDS | HYPERNET_KINDS
+
+
+def with_hypernetwork(prompt: str, name: str, multiplier: float = 1.0) -> str:
+    """The prompt with `<hypernet:NAME:MULT>` appended, as A1111 appends the `sd_hypernetwork` setting's network
+    (without a space, multiplier written as a float); unchanged when the setting is None or the prompt already
+    names that hypernetwork."""
+    if not name or name == "None":
+        return prompt
+    if any(t.kind in HYPERNET_KINDS and t.positional[:1] == [name] for t in parse(prompt).tags):
+        return prompt
+    return f"{prompt}<hypernet:{name}:{float(multiplier)}>"
 
 
 def unsupported_warnings(tags: list[ExtraNetworkTag]) -> list[str]:
@@ -65,19 +77,23 @@ def unsupported_warnings(tags: list[ExtraNetworkTag]) -> list[str]:
 
 @dataclass(frozen=True)
 class Card:
-    """One entry of the UI's Lora / Textual Inversion card lists."""
-    tab: str  # "Lora" or "Textual Inversion", as A1111 names its tabs
+    """One entry of the UI's Lora / Textual Inversion / Hypernetworks card lists."""
+    tab: str  # "Lora", "Textual Inversion" or "Hypernetworks", as A1111 names its tabs
     name: str
     insert: str  # what a click adds to the prompt
     path: str
     preview: str | None  # NAME.png / NAME.preview.png beside the file
 
 
-def cards(loras, embeddings) -> list[Card]:
-    """Cards for the installed LoRA (`<lora:NAME:1>`, A1111's default multiplier) and embeddings (the
-    name itself), in list order; `loras` and `embeddings` are the model manager's registries."""
+def cards(loras, embeddings, hypernetworks=None) -> list[Card]:
+    """Cards for the installed LoRA (`<lora:NAME:1>`, A1111's default multiplier), embeddings (the
+    name itself) and hypernetworks (`<hypernet:NAME:1>`), in list order; the arguments are the model manager's
+    registries."""
     out = [Card("Lora", info.name, f"<lora:{info.name}:1>", str(info.filename),
                 str(info.preview) if info.preview else None) for info in loras.list()]
     out += [Card("Textual Inversion", emb.name, emb.name, str(emb.filename),
                  str(emb.preview) if emb.preview else None) for emb in embeddings.all().values()]
+    out += [Card("Hypernetworks", info.name, f"<hypernet:{info.name}:1>", str(info.filename),
+                 str(info.preview) if info.preview else None) for info in (hypernetworks.list() if hypernetworks
+                                                                           else [])]
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from transformers import CLIPTokenizer
 
 from modules import devices
 from modules.hashing import PROGRESS_AFTER_S
-from modules.models import checkpoint_file, families, loader, lora, low_memory, taesd, vae_family
+from modules.models import checkpoint_file, families, hypernetwork, loader, lora, low_memory, taesd, vae_family
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.family import BuiltModel, ModelConfig, ModelFamily
@@ -49,6 +50,7 @@ class LoadedModel:
     own_vae: AutoencoderKL | None = field(default=None, repr=False)  # parked on the CPU while an external VAE is used
     load_seconds: float = 0.0
     networks: lora.WeightPatcher | None = field(default=None, repr=False)  # LoRA merged into the weights
+    hypernets: hypernetwork.HypernetworkHooks | None = field(default=None, repr=False)  # hooked before to_k/to_v
     attention: str = "sdp"  # the U-Net's attention implementation (see optimizations.apply)
     batch_cond_uncond: bool = True  # prompt and negative prompt in one U-Net batch
     low_memory: bool = False  # weights stored in 16 bits, cast layer by layer as they run (models/low_memory.py)
@@ -56,6 +58,8 @@ class LoadedModel:
     def __post_init__(self) -> None:
         if self.networks is None:
             self.networks = lora.WeightPatcher(self.unet, self.text.lora_parts)
+        if self.hypernets is None:
+            self.hypernets = hypernetwork.HypernetworkHooks(self.unet)
 
     @property
     def family(self) -> ModelFamily:
@@ -83,6 +87,8 @@ class LoadedModel:
                 module.to("meta")
         if self.networks is not None:
             self.networks.forget()
+        if self.hypernets is not None:
+            self.hypernets.forget()
 
     @property
     def released(self) -> bool:
@@ -94,16 +100,20 @@ class ExtraNetworksUse:
     """What one job's extra networks did: notes for the user and the hashes for the infotext."""
     warnings: list[str] = field(default_factory=list)
     lora_hashes: list[tuple[str, str]] = field(default_factory=list)  # (name as written, 12-hex hash)
+    hypernet_hashes: list[tuple[str, str]] = field(default_factory=list)  # (name, 10-hex hash)
 
 
 class ModelManager:
     def __init__(self, checkpoints: CheckpointRegistry, vaes: VaeRegistry, plan: devices.DevicePlan,
                  default_sd1_config: Path, loras: lora.LoraRegistry | None = None,
-                 embeddings: EmbeddingRegistry | None = None, taesd_models: taesd.TaesdModels | None = None):
+                 embeddings: EmbeddingRegistry | None = None, taesd_models: taesd.TaesdModels | None = None,
+                 hypernetworks: hypernetwork.HypernetworkRegistry | None = None):
         self.checkpoints = checkpoints
         self.vaes = vaes
         self.loras = loras if loras is not None else lora.LoraRegistry((), checkpoints.hashes)
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry((), checkpoints.hashes)
+        self.hypernetworks = hypernetworks if hypernetworks is not None else hypernetwork.HypernetworkRegistry(
+            (), checkpoints.hashes)
         self.plan = plan
         # the TAESD files (models/VAE-taesd; by default the folder beside the last checkpoint folder)
         self.taesd = taesd_models if taesd_models is not None else taesd.TaesdModels(
@@ -239,9 +249,10 @@ class ModelManager:
             return self.load(info, vae_choice, release_first, low)
 
     # --- extra networks ------------------------------------------------------------------------
-    def use_extra_networks(self, model: LoadedModel, tags: list) -> ExtraNetworksUse:
+    def use_extra_networks(self, model: LoadedModel, tags: list, hypernet_tags: list = ()) -> ExtraNetworksUse:
         """Make `model` ready for one job's prompt: merge the LoRA its `<lora:...>` tags name (and take
-        out those of the previous job), and give its text encoder the current embeddings. Unknown names
+        out those of the previous job), hook in the hypernetworks its `<hypernet:...>` tags name (in place of
+        the previous job's), and give its text encoder the current embeddings. Unknown names
         and unreadable files become warnings, never errors."""
         with self._lock:
             use = ExtraNetworksUse()
@@ -265,6 +276,7 @@ class ModelManager:
                                             act.info.shorthash(self.loras.hashes)))
                 except OSError as e:
                     use.warnings.append(f"LoRA {act.mentioned!r}: could not hash the file ({e})")
+            self._use_hypernetworks(model, hypernet_tags, use)
             found = self.embeddings.refresh(force=False)
             key = (id(self.embeddings), self.embeddings.version)
             if model.text.embeddings is None or model.text.embeddings.key != key:  # tokenize names once per change
@@ -272,6 +284,32 @@ class ModelManager:
                                                             model.text.embedding_signature, key)
             model.text.embeddings_used = {}
             return use
+
+    def _use_hypernetworks(self, model: LoadedModel, tags: list, use: ExtraNetworksUse) -> None:
+        """`<hypernet:NAME:MULT>` (MULT 1.0 when not given), in the prompt's order, hooked into `model`."""
+        chain = []
+        for tag in tags:
+            name = tag.positional[0] if tag.positional else ""
+            info = self.hypernetworks.find(name) or (self.hypernetworks.refresh() and self.hypernetworks.find(name))
+            if not info:
+                use.warnings.append(f"Hypernetwork not found: {name!r} ({tag.text}); looked in "
+                                    + (", ".join(str(f) for f in self.hypernetworks.folders) or "no folder"))
+                continue
+            try:
+                multiplier = float(tag.positional[1]) if len(tag.positional) > 1 else 1.0
+                if not math.isfinite(multiplier):
+                    raise ValueError(multiplier)
+            except ValueError:
+                use.warnings.append(f"{tag.text}: the multiplier must be a number; the hypernetwork was not applied")
+                continue
+            try:
+                network, short = model.hypernets.load(info), info.shorthash(self.hypernetworks.hashes)
+            except (hypernetwork.HypernetworkError, OSError) as e:
+                use.warnings.append(f"Hypernetwork {name!r} was not applied: {e}")
+                continue
+            chain.append((network, multiplier))
+            use.hypernet_hashes.append((name.translate(str.maketrans("", "", ":,")), short))
+        model.hypernets.apply(chain)
 
     # --- VAE ---------------------------------------------------------------------------------
     def resolve_vae(self, checkpoint: CheckpointInfo, choice: str) -> VaeInfo | None:

@@ -154,7 +154,8 @@ class GenerationService:
         model = self._checkpoints.load_now(info, settings.sd_vae, remember=remember, requested=requested,
                                            release_first=switch, low_memory=settings.low_memory)
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
-        networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS])
+        networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS],
+                                                   [t for t in tags if t.kind in extra_networks.HYPERNET_KINDS])
         for warning in ([model.vae_warning] if model.vae_warning else []) + networks.warnings:
             if warning not in result.warnings:  # a model loaded again for each batch says it once
                 result.warnings.append(warning)
@@ -291,7 +292,9 @@ class GenerationService:
                 raise BadRequest(f"{name}: {e}") from None
 
     def _network_fields(self, model: LoadedModel, networks: ExtraNetworksUse) -> dict[str, str | None]:
-        """A1111's `Lora hashes` and `TI hashes` infotext values (None when there are none)."""
+        """A1111's `Lora hashes`, `Hypernetwork hashes` and `TI hashes` infotext values (None when there are none)."""
         ti = [f"{name}: {self._models.embeddings.short_hash(emb)}" for name, emb in model.text.embeddings_used.items()]
         lora_hashes = [f"{name}: {short}" for name, short in networks.lora_hashes]
-        return {"Lora hashes": ", ".join(lora_hashes) or None, "TI hashes": ", ".join(ti) or None}
+        hypernet_hashes = [f"{name}: {short}" for name, short in networks.hypernet_hashes]
+        return {"Lora hashes": ", ".join(lora_hashes) or None,
+                "Hypernetwork hashes": ", ".join(hypernet_hashes) or None, "TI hashes": ", ".join(ti) or None}

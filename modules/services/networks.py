@@ -1,16 +1,22 @@
-"""The extra networks a prompt can name: LoRA and textual-inversion embeddings, listed and re-read."""
+"""The extra networks a prompt can name: LoRA, textual-inversion embeddings and hypernetworks, listed and
+re-read."""
 
 from __future__ import annotations
 
+import re
+
 from modules.generation import extra_networks
 from modules.models.embeddings import Embedding, EmbeddingRegistry
+from modules.models.hypernetwork import HypernetworkInfo, HypernetworkRegistry
 from modules.models.lora import LoraInfo, LoraRegistry
 
 
 class NetworksService:
-    def __init__(self, loras: LoraRegistry, embeddings: EmbeddingRegistry):
+    def __init__(self, loras: LoraRegistry, embeddings: EmbeddingRegistry,
+                 hypernetworks: HypernetworkRegistry | None = None):
         self._loras = loras
         self._embeddings = embeddings
+        self._hypernetworks = hypernetworks if hypernetworks is not None else HypernetworkRegistry((), loras.hashes)
 
     def loras(self) -> list[LoraInfo]:
         return self._loras.list()
@@ -36,16 +42,44 @@ class NetworksService:
         """Embedding files that could not be read, with why."""
         return self._embeddings.errors
 
+    def hypernetworks(self) -> list[HypernetworkInfo]:
+        return self._hypernetworks.list()
+
+    def find_hypernetwork(self, name: str) -> HypernetworkInfo | None:
+        return self._hypernetworks.find(name)
+
+    def refresh_hypernetworks(self) -> None:
+        self._hypernetworks.refresh()
+
     def cards(self) -> list[extra_networks.Card]:
         """The cards of the Extra networks panel, as the folders were last read."""
-        return extra_networks.cards(self._loras, self._embeddings)
+        return extra_networks.cards(self._loras, self._embeddings, self._hypernetworks)
 
     def refresh(self) -> list[extra_networks.Card]:
-        """Read both folders again; the cards of the Extra networks panel."""
+        """Read the folders again; the cards of the Extra networks panel."""
         self._loras.refresh()
         self._embeddings.refresh()
+        self._hypernetworks.refresh()
         return self.cards()
 
     def rename_by_hash(self, prompt: str, lora_hashes: str | None) -> str:
         """A pasted infotext's `<lora:NAME:` tags renamed to the files here with the hashes it gives."""
         return self._loras.rename_by_hash(prompt, lora_hashes)
+
+    def rename_hypernets_by_hash(self, prompt: str, hypernet_hashes: str | None) -> str:
+        """A pasted infotext's `<hypernet:NAME:` tags renamed to the files here with the hashes its `Hypernetwork
+        hashes` gives (`NAME: HASH, ...`), as LoRA names follow `Lora hashes`. Only hashes already known are
+        used: no file is read."""
+        wanted = {}
+        for item in (hypernet_hashes or "").split(","):
+            name, _, short = item.partition(":")
+            if short.strip():
+                wanted[name.strip()] = short.strip()
+
+        def rename(m: re.Match) -> str:
+            short = wanted.get(m[1].strip())
+            found = self._hypernetworks.find_by_hash(short) if short else None
+            return f"<hypernet:{found.name}" if found is not None and self._hypernetworks.find(m[1]) is not found \
+                else m[0]
+
+        return re.sub(r"<hypernet:([^:>]+)", rename, prompt) if wanted else prompt

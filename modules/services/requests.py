@@ -51,6 +51,9 @@ class RequestResolver:
         unstyled_prompt = params.prompt  # for the [prompt_no_styles] file name tag
         params, style_warnings = self.apply_styles(params)
         settings, warnings = self._options.effective(params.override_settings)
+        if not params.disable_extra_networks:  # A1111 appends the setting's network to the prompt, infotext too
+            params = params.model_copy(update={
+                "prompt": extra_networks.with_hypernetwork(params.prompt, settings.sd_hypernetwork)})
         try:
             ctx = context.resolve(params, settings)
         except (samplers.UnknownSampler, hires.UnknownUpscaler) as e:

@@ -1,4 +1,4 @@
-"""A1111's extra-network cards under the prompt: a Textual Inversion and a Lora tab, one card per file
+"""A1111's extra-network cards under the prompt: Textual Inversion, Hypernetworks and Lora tabs, one card per file
 (its preview image NAME.png when there is one, else a plain card with the name). Clicking a card adds
 its tag to the prompt, or takes it out again when it is already there (as A1111's cards do)."""
 
@@ -14,7 +14,7 @@ from modules.engine import Engine
 from modules.generation import extra_networks
 
 CARD_SIZE = 192
-TABS = ("Textual Inversion", "Lora")
+TABS = ("Textual Inversion", "Hypernetworks", "Lora")
 
 
 @dataclass
@@ -61,7 +61,8 @@ def build(engine: Engine, tab: str) -> CardsView:
         with gr.Row():
             refresh = gr.Button("🔄 Refresh", elem_id=f"{tab}_extra_refresh", size="sm", scale=0, min_width=120)
             gr.HTML("<span class='sd-hint'>Click a card to add its tag to the prompt (click again to take it out). "
-                    "Files go into models/Lora and embeddings/; a NAME.png beside a file is its card image.</span>")
+                    "Files go into models/Lora, models/hypernetworks and embeddings/; a NAME.png beside a file is "
+                    "its card image.</span>")
         with gr.Tabs():
             for name in TABS:
                 key = name.lower().replace(" ", "_")

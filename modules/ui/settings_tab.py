@@ -43,10 +43,14 @@ def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
     return low, high
 
 
-def control(name: str, info: FieldInfo, value) -> gr.components.Component:
+def control(name: str, info: FieldInfo, value, choices: list[str] | None = None) -> gr.components.Component:
+    """The page's control for setting `name`; `choices`: a text setting picked from a list (a file name), shown as
+    a dropdown that still takes a name not listed (a file added later)."""
     label = info.description or name
     elem_id = f"setting_{name}"
     kind = info.annotation
+    if choices is not None:
+        return gr.Dropdown(choices=choices, value=value, label=label, elem_id=elem_id, allow_custom_value=True)
     if typing.get_origin(kind) is typing.Literal:
         if name in RADIOS:
             return gr.Radio(choices=list(typing.get_args(kind)), value=value, label=label, elem_id=elem_id)
@@ -78,6 +82,7 @@ def sections() -> list[tuple[str, list[str]]]:
 
 def build(engine: Engine) -> SettingsTab:
     values = engine.options.values
+    choices = {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())]}
     controls: dict[str, gr.components.Component] = {}
     with gr.Row():
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=200)
@@ -86,7 +91,8 @@ def build(engine: Engine) -> SettingsTab:
         for title, names in sections():
             with gr.Tab(title, elem_id="settings_" + "".join(ch if ch.isalnum() else "_" for ch in title.lower())):
                 for name in names:
-                    controls[name] = control(name, Settings.model_fields[name], getattr(values, name))
+                    controls[name] = control(name, Settings.model_fields[name], getattr(values, name),
+                                             choices.get(name))
 
     names = list(controls)
 

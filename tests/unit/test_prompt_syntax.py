@@ -177,8 +177,9 @@ def test_extra_network_tags_are_removed_and_collected():
     assert parsed.tags[2].positional == ["x"] and parsed.tags[2].named == {"te": "0.5", "unet": "1"}
     assert [t.text for t in parsed.by_kind()["lora"]] == ["<lora:detail_tweaker:0.8>", "<lora:x:te=0.5:unet=1>"]
     assert extra_networks.parse("<not a tag> <lora:> <lora x:1> a<b").text == "<not a tag> <lora:> <lora x:1> a<b"
-    warnings = extra_networks.unsupported_warnings(parsed.tags)
-    assert len(warnings) == 1 and "<hypernet:anime:1>" in warnings[0] and "not supported" in warnings[0]  # LoRA is
+    assert extra_networks.unsupported_warnings(parsed.tags) == []  # LoRA and hypernetworks are supported
+    warnings = extra_networks.unsupported_warnings(extra_networks.parse("<lora:a:1> <wildcard:anime:1>").tags)
+    assert len(warnings) == 1 and "<wildcard:anime:1>" in warnings[0] and "not supported" in warnings[0]
 
 
 # --- chunking with weights and BREAK ---------------------------------------------------------------
