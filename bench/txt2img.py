@@ -424,14 +424,25 @@ def run_ours(args, rss: RssSampler, gpu: GpuMemory, data_dir: Path, plan: device
     load_peak_anon = rss.peak_anon
     rss_loaded, gpu_loaded = rss.reset(), gpu.reset()  # from here on the peaks are the generation's
     log.info("ours: loaded in %.2fs (%s, config %s)", load_s, model.config.label, model.config.yaml_path.name)
-    hash_figures = {"sync_hash": args.sync_hash, "low_memory": args.low_memory}
+    hash_figures = {"sync_hash": args.sync_hash, "low_memory": args.low_memory, "unet_backend": args.unet_backend}
 
-    sdxl = model.family.name == "sdxl"
-    text_models = [model.text.clip_l.text_model, model.text.clip_g.text_model] if sdxl else [model.text.text_model]
-    timers = Timers(model.unet, model.vae, text_models, gpu.cuda)
     params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, seed=args.seed,
                               sampler_name=args.sampler, steps=args.steps, cfg_scale=args.cfg,
                               width=args.width, height=args.height, save_images=False)
+    unet = model.unet
+    if args.unet_backend != "PyTorch":
+        # its one-time cost (the conversion on the first run with this --data-dir, then reading and compiling the
+        # converted file) in a one-step job of the same size, reported apart from the timed runs
+        engine.set_options({"unet_backend": args.unet_backend})
+        t = time.perf_counter()
+        prepared = engine.txt2img(params.model_copy(update={"steps": 1}))
+        hash_figures["backend_prepare_s"] = round(time.perf_counter() - t, 2)
+        hash_figures["backend_notes"] = prepared.warnings
+        unet = model.denoising_unet
+        rss_loaded = rss.reset()
+    sdxl = model.family.name == "sdxl"
+    text_models = [model.text.clip_l.text_model, model.text.clip_g.text_model] if sdxl else [model.text.text_model]
+    timers = Timers(unet, model.vae, text_models, gpu.cuda)
     runs, image = [], None
     for i in range(args.repeat):
         timers.reset()
@@ -660,6 +671,11 @@ def parse_args(argv=None):
                          "background")
     ap.add_argument("--low-memory", action="store_true",
                     help="our engine in low-memory mode (as --medvram / --lowram: weights stored in 16 bits)")
+    ap.add_argument("--unet-backend", choices=["PyTorch", "OpenVINO"], default="PyTorch",
+                    help="our engine's U-Net backend setting (OpenVINO: converted on the first run with a --data-dir, "
+                         "its cost reported as backend_prepare_s)")
+    ap.add_argument("--data-dir", type=Path, help="our engine's data folder (default: a new temporary one); the "
+                                                 "OpenVINO conversion is kept there between runs")
     ap.add_argument("--out", type=Path, help="folder to save ours.png (and diffusers.png) into")
     args = ap.parse_args(argv)
     if args.repeat < 1:
@@ -701,7 +717,7 @@ def main(argv=None) -> None:
 
     rss = RssSampler()
     gpu = GpuMemory(plan.device)
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    data_dir = args.data_dir.resolve() if args.data_dir else Path(tempfile.mkdtemp(prefix="bench-data-"))
     result = {}
     try:
         for name in engines:
@@ -712,7 +728,8 @@ def main(argv=None) -> None:
             # on stderr at once: a run the kernel kills later (out of memory) keeps this engine's figures
             log.info("%s figures: %s", name, json.dumps(result[name]))
     finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not args.data_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
         if "config_dir" in context:
             shutil.rmtree(context["config_dir"], ignore_errors=True)
         rss.stop()

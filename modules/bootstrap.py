@@ -16,6 +16,7 @@ from modules.models.embeddings import EmbeddingRegistry
 from modules.models.hypernetwork import HypernetworkRegistry
 from modules.models.lora import LoraRegistry
 from modules.models.manager import ModelManager
+from modules.models.openvino_unet import OpenVinoModels
 from modules.models.registry import CheckpointRegistry, VaeRegistry
 from modules.models.taesd import TaesdModels
 from modules.services.checkpoints import CheckpointService
@@ -46,7 +47,7 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     hypernetworks = HypernetworkRegistry(p.hypernetwork_dirs, hashes)
     models = ModelManager(checkpoint_files, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config,
                           loras=loras, embeddings=embeddings, taesd_models=TaesdModels(p.taesd_dir),
-                          hypernetworks=hypernetworks)
+                          hypernetworks=hypernetworks, openvino_models=OpenVinoModels(p.openvino_cache))
     store = SettingsStore(p.config_file)
     queue = JobQueue()
     queue.on_stop(checkpoint_files.hasher.stop)  # no hashing thread outlives the engine

@@ -40,6 +40,11 @@ class Paths:
         return self.models / "VAE-taesd"
 
     @property
+    def openvino_cache(self) -> Path:
+        """Where U-Nets converted for the OpenVINO backend are kept."""
+        return self.data / "cache" / "openvino"
+
+    @property
     def config_file(self) -> Path:
         return self.data / "config.json"
 

@@ -127,7 +127,7 @@ class Denoiser:
                uncond_inputs: dict[str, torch.Tensor] | None = None) -> None:
         """Run `model` with these conditionings from the next call on (the refiner switch); the call count,
         and so the prompt schedules' position, carries on."""
-        self.unet = model.unet
+        self.unet = model.denoising_unet  # the PyTorch U-Net or the job's other backend for it
         self.batch_cond_uncond = model.batch_cond_uncond  # False: two smaller U-Net batches
         self.dtype = low_memory.compute_dtype(model.unet)  # (in low-memory mode the weights rest in 16 bits)
         if not isinstance(cond, ComposableCond):
@@ -410,8 +410,10 @@ def stoppable(network, check: Callable[[], None] | None) -> Iterator[CallTime]:
     def end(_module, _args, _out):
         timing.seconds = time.monotonic() - started[0]
 
-    handles = [module.register_forward_pre_hook(hook) for module in stop_points(network)]
-    handles += [network.register_forward_pre_hook(start), network.register_forward_hook(end)]
+    inner = getattr(network, "pytorch_unet", network)  # another backend's wrapper: the layers of the U-Net behind it
+    handles = [module.register_forward_pre_hook(hook) for module in stop_points(inner)]
+    handles += [network.register_forward_pre_hook(hook), network.register_forward_pre_hook(start),
+                network.register_forward_hook(end)]
     try:
         yield timing
     finally:
@@ -667,13 +669,13 @@ class _Models:
     def _use(self, model) -> None:
         self.now = model
         if self._stack is not None:
-            self._stack.enter_context(stoppable(model.unet, self.hooks.check))
+            self._stack.enter_context(stoppable(model.denoising_unet, self.hooks.check))
 
     @contextlib.contextmanager
     def sampling(self) -> Iterator[CallTime]:
         """Interrupts land within a layer of whichever model runs (see `stoppable`)."""
         with contextlib.ExitStack() as stack:
-            timing = stack.enter_context(stoppable(self.now.unet, self.hooks.check))
+            timing = stack.enter_context(stoppable(self.now.denoising_unet, self.hooks.check))
             self._stack = stack
             try:
                 yield timing

@@ -469,6 +469,11 @@ class WeightPatcher:
             self._index = module_index(self.models["unet"], {k: v for k, v in self.models.items() if k != "unet"})
         return self._index
 
+    @property
+    def unet_changed(self) -> bool:
+        """Whether a network has changed a U-Net weight now."""
+        return any(part == "unet" for part, _ in self._changed)
+
     def forget(self) -> None:
         """Drop the backups (the model's weights are being freed; nothing will be restored)."""
         self._originals.clear()

@@ -21,7 +21,8 @@ from transformers import CLIPTokenizer
 
 from modules import devices
 from modules.hashing import PROGRESS_AFTER_S
-from modules.models import checkpoint_file, families, hypernetwork, loader, lora, low_memory, taesd, vae_family
+from modules.models import (checkpoint_file, families, hypernetwork, loader, lora, low_memory, openvino_unet, taesd,
+                            vae_family)
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.family import BuiltModel, ModelConfig, ModelFamily
@@ -54,6 +55,8 @@ class LoadedModel:
     attention: str = "sdp"  # the U-Net's attention implementation (see optimizations.apply)
     batch_cond_uncond: bool = True  # prompt and negative prompt in one U-Net batch
     low_memory: bool = False  # weights stored in 16 bits, cast layer by layer as they run (models/low_memory.py)
+    openvino: openvino_unet.OpenVinoUNet | None = field(default=None, repr=False)  # compiled when first asked for
+    use_openvino: bool = False  # this job's U-Net calls go to `openvino` (see ModelManager.use_unet_backend)
 
     def __post_init__(self) -> None:
         if self.networks is None:
@@ -64,6 +67,11 @@ class LoadedModel:
     @property
     def family(self) -> ModelFamily:
         return self.config.family
+
+    @property
+    def denoising_unet(self) -> torch.nn.Module:
+        """What the sampler calls: the PyTorch U-Net, or its OpenVINO counterpart when this job uses it."""
+        return self.openvino if self.use_openvino and self.openvino is not None else self.unet
 
     @property
     def prediction_type(self) -> str:
@@ -89,6 +97,7 @@ class LoadedModel:
             self.networks.forget()
         if self.hypernets is not None:
             self.hypernets.forget()
+        self.openvino, self.use_openvino = None, False
 
     @property
     def released(self) -> bool:
@@ -107,7 +116,8 @@ class ModelManager:
     def __init__(self, checkpoints: CheckpointRegistry, vaes: VaeRegistry, plan: devices.DevicePlan,
                  default_sd1_config: Path, loras: lora.LoraRegistry | None = None,
                  embeddings: EmbeddingRegistry | None = None, taesd_models: taesd.TaesdModels | None = None,
-                 hypernetworks: hypernetwork.HypernetworkRegistry | None = None):
+                 hypernetworks: hypernetwork.HypernetworkRegistry | None = None,
+                 openvino_models: openvino_unet.OpenVinoModels | None = None):
         self.checkpoints = checkpoints
         self.vaes = vaes
         self.loras = loras if loras is not None else lora.LoraRegistry((), checkpoints.hashes)
@@ -119,6 +129,10 @@ class ModelManager:
         self.taesd = taesd_models if taesd_models is not None else taesd.TaesdModels(
             Path(checkpoints.folders[-1]).parent / "VAE-taesd" if checkpoints.folders else Path("VAE-taesd"))
         self.default_sd1_config = default_sd1_config
+        # converted U-Nets for the OpenVINO backend (DATA/cache/openvino)
+        self.openvino_models = openvino_models if openvino_models is not None else openvino_unet.OpenVinoModels(
+            Path(checkpoints.folders[-1]).parent.parent / "cache" / "openvino" if checkpoints.folders
+            else Path("cache/openvino"))
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
         self._lock = threading.RLock()
         self.current: LoadedModel | None = None
@@ -249,6 +263,41 @@ class ModelManager:
             return self.load(info, vae_choice, release_first, low)
 
     # --- extra networks ------------------------------------------------------------------------
+    def use_unet_backend(self, model: LoadedModel, backend: str) -> str | None:
+        """Route this job's U-Net calls to `backend` ("PyTorch" or "OpenVINO"; call after the job's networks are
+        applied). OpenVINO's U-Net is converted (the first time for a checkpoint) and compiled here (the first
+        time for a loaded model). Returns why OpenVINO is not used when it was asked for (the job then runs on
+        PyTorch, as it would without the setting), else None."""
+        model.use_openvino = False
+        if backend != "OpenVINO":
+            return None
+        why = openvino_unet.available() or self._openvino_does_not_cover(model)
+        if why:
+            return f"U-Net backend OpenVINO: {why}; this job ran on PyTorch"
+        if model.openvino is None:
+            sha256 = self.checkpoints.ensure_hash(model.info)  # the converted file is named by it
+            try:
+                model.openvino = self.openvino_models.compile(sha256, model.unet, lambda text: log.info("%s", text))
+            except Exception as e:  # a failed conversion must not fail the job: PyTorch runs it
+                log.exception("OpenVINO could not convert or compile %s's U-Net", model.info.name)
+                return f"U-Net backend OpenVINO: the U-Net could not be converted ({e}); this job ran on PyTorch"
+        model.use_openvino = True
+        return None
+
+    @staticmethod
+    def _openvino_does_not_cover(model: LoadedModel) -> str | None:
+        if model.device.type != "cpu":
+            return "it runs on the CPU only"
+        if model.low_memory:
+            return "not in low-memory mode"
+        if model.unet.config.addition_embed_type is not None:
+            return f"{model.family.label} U-Nets are not covered yet"
+        if model.networks.unet_changed:
+            return "a LoRA changes this job's U-Net (the converted one holds the checkpoint's weights)"
+        if model.hypernets.active:
+            return "a hypernetwork is applied to this job's U-Net"
+        return None
+
     def use_extra_networks(self, model: LoadedModel, tags: list, hypernet_tags: list = ()) -> ExtraNetworksUse:
         """Make `model` ready for one job's prompt: merge the LoRA its `<lora:...>` tags name (and take
         out those of the previous job), hook in the hypernetworks its `<hypernet:...>` tags name (in place of

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -134,7 +135,10 @@ class OpenVinoModels:
                    torch.randn(2, 77, width))
         shapes = [ov.PartialShape([-1, unet.config.in_channels, -1, -1]), ov.PartialShape([-1]),
                   ov.PartialShape([-1, -1, width])]
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # tracing warns about shape checks it records as constants: those hold for every latent it is given
+            # (sides a multiple of 8, see OpenVinoUNet.covers), so the warnings would only worry the user
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             model = ov.convert_model(_Traceable(unet), example_input=example, input=shapes)
         compress = _fits_in_16_bits(unet)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -161,6 +161,9 @@ class GenerationService:
                 result.warnings.append(warning)
         optimizations.apply(model, settings.cross_attention_optimization, settings.batch_cond_uncond)
         model.text.use_settings(settings)
+        note = self._models.use_unet_backend(model, settings.unet_backend)
+        if note and note not in result.warnings:
+            result.warnings.append(note)
         return model, networks
 
     def _model_hooks(self, run: _Run, hooks: pipeline.Hooks) -> None:

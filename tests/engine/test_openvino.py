@@ -1,0 +1,96 @@
+"""The OpenVINO U-Net backend: converted once per checkpoint and kept on disk, images equal to PyTorch's within
+rounding at several sizes, batches and prompt lengths, and what it does not cover (a LoRA, sides that are not a
+multiple of 64) runs on PyTorch with the same image as without the setting."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from modules import paths
+from modules.generation.params import GenerationParams
+from tests.engine.test_extra_networks import kohya_lora, write_lora
+from tests.support.engine import make_engine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir, tmp_path_factory):
+    data = tmp_path_factory.mktemp("openvino")
+    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
+    paths.ensure_dirs(paths.from_args(str(data)))
+    e = make_engine(data)
+    yield e
+    e.queue.stop()
+
+
+def gen(engine, backend, **kw):
+    base = dict(prompt="a red circle on a blue background", negative_prompt="green", width=64, height=64, steps=4,
+                sampler_name="Euler a", seed=7, save_images=False, override_settings={"unet_backend": backend})
+    return engine.txt2img(GenerationParams(**{**base, **kw}))
+
+
+def psnr(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    mse = ((a - b) ** 2).mean()
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+def calls(engine) -> int:
+    model = engine.checkpoints.current
+    runner = model.openvino if model is not None else None
+    return runner.calls if runner is not None else 0
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"width": 128, "height": 64, "batch_size": 2},
+    {"prompt": "a red circle on a blue background, " * 12},  # past 75 tokens: a 154-token context
+    {"cfg_scale": 1.0},  # no negative prompt in the batch: U-Net batch 1
+])
+def test_images_equal_pytorch_within_rounding(engine, kw, caplog):
+    before = calls(engine)
+    with caplog.at_level(logging.INFO):
+        fast = gen(engine, "OpenVINO", **kw)
+    exact = gen(engine, "PyTorch", **kw)
+    assert calls(engine) > before and not fast.warnings
+    for a, b in zip(fast.images, exact.images):
+        assert psnr(a, b) > 40, psnr(a, b)
+    assert fast.infotexts == exact.infotexts
+
+
+def test_converted_once_and_kept_on_disk(engine, caplog):
+    gen(engine, "OpenVINO")
+    saved = list(engine.paths.openvino_cache.glob("unet-*.xml"))
+    assert len(saved) == 1 and saved[0].with_suffix(".bin").is_file()
+    assert not list(engine.paths.openvino_cache.glob("*partial*"))
+    stamp = saved[0].stat().st_mtime_ns
+    # the loaded model drops its compiled U-Net when released; loading again compiles from the file
+    engine.load_checkpoint("sd1-fp16.safetensors")
+    engine.load_checkpoint("sd1.safetensors")
+    assert engine.checkpoints.current.openvino is None
+    with caplog.at_level(logging.INFO, logger="modules.models.openvino_unet"):
+        gen(engine, "OpenVINO")
+    assert calls(engine) > 0
+    assert not any("converted" in r.getMessage() for r in caplog.records)
+    assert saved[0].stat().st_mtime_ns == stamp
+
+
+def test_what_it_does_not_cover_runs_on_pytorch_unchanged(engine):
+    odd = dict(width=72, height=64)  # a 9x8 latent: not a multiple of 8
+    base = gen(engine, "OpenVINO").images[0].tobytes()
+    before = calls(engine)
+    assert gen(engine, "OpenVINO", **odd).images[0].tobytes() == gen(engine, "PyTorch", **odd).images[0].tobytes()
+    assert calls(engine) == before
+    model = engine.checkpoints.current
+    write_lora(engine, "ov-lora", kohya_lora(model, seed=3))
+    with_lora = gen(engine, "OpenVINO", prompt="a red circle <lora:ov-lora:0.8>")
+    assert any("a LoRA changes this job's U-Net" in w for w in with_lora.warnings)
+    assert calls(engine) == before
+    assert with_lora.images[0].tobytes() == gen(engine, "PyTorch", prompt="a red circle <lora:ov-lora:0.8>"
+                                                ).images[0].tobytes()
+    # the next job without it is back on OpenVINO, which never saw the LoRA: the same image as before it
+    assert gen(engine, "OpenVINO").images[0].tobytes() == base
+    assert calls(engine) > before
