@@ -1,0 +1,128 @@
+"""Seconds per U-Net call (the real SD 1.5 architecture, random weights) for each CPU speed lever, side by side in
+one process, with how far each one's output is from the plain PyTorch call's.
+
+    python bench/unet_levers.py [--size 512] [--batch 2] [--calls 3] [--levers plain,channels_last,bf16,...]
+
+Levers: `plain` (PyTorch fp32, SDP attention: what the engine runs), `channels_last` (the U-Net and its input
+in NHWC memory order), `bf16` (torch.autocast to bfloat16: not exact), `compile` (torch.compile, inductor; its
+compile time is reported), `openvino` (OpenVINO f32: convert time and compile time reported), `openvino_bf16`
+(OpenVINO with bf16 inference precision: not exact). `plain` runs first and again last, so drift from other
+load shows. Prints one JSON object: per lever the median seconds per call, the ratio to `plain`, the one-time
+cost, and the output's difference to `plain`'s (max absolute, and a PSNR over the output's range)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+LEVERS = ("plain", "channels_last", "bf16", "compile", "openvino", "openvino_bf16")
+
+
+class Traceable(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t, c):
+        return self.unet(x, t, encoder_hidden_states=c, return_dict=False)[0]
+
+
+def timed(fn, calls: int) -> tuple[float, torch.Tensor]:
+    out = fn()  # the first call (allocations, kernel choice) is not counted
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), torch.as_tensor(out).float()
+
+
+def difference(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    mse = float(((out - ref) ** 2).mean())
+    span = float(ref.max() - ref.min())
+    return {"max_abs_diff": float((out - ref).abs().max()),
+            "psnr_db": round(10 * torch.log10(torch.tensor(span ** 2 / mse)).item(), 1) if mse else None}
+
+
+def lever(name: str, unet, model, inputs, calls: int) -> dict:
+    x, t, c = inputs
+    setup = time.perf_counter()
+    if name == "plain":
+        fn = lambda: model(x, t, c)  # noqa: E731
+    elif name == "channels_last":
+        unet.to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        fn = lambda: model(xc, t, c)  # noqa: E731
+    elif name == "bf16":
+        def fn():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(x, t, c)
+    elif name == "compile":
+        compiled = torch.compile(model)
+        compiled(x, t, c)
+        fn = lambda: compiled(x, t, c)  # noqa: E731
+    else:
+        import openvino as ov
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = ov.convert_model(model, example_input=(x, t, c))
+        precision = "bf16" if name == "openvino_bf16" else "f32"
+        request = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": precision}
+                                          ).create_infer_request()
+        arrays = (x.numpy(), t.numpy(), c.numpy())
+        fn = lambda: torch.from_numpy(request.infer(arrays)[0].copy())  # noqa: E731
+    setup_s = time.perf_counter() - setup
+    seconds, out = timed(fn, calls)
+    if name == "channels_last":
+        unet.to(memory_format=torch.contiguous_format)
+    return {"s_per_call": round(seconds, 3), "setup_s": round(setup_s, 1), "output": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=2, help="U-Net batch rows (2: one image with CFG batched)")
+    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--levers", default="plain,channels_last,bf16,openvino,openvino_bf16")
+    args = ap.parse_args()
+    names = [n for n in args.levers.split(",") if n]
+    unknown = set(names) - set(LEVERS)
+    if unknown:
+        ap.error(f"unknown levers {sorted(unknown)}; known: {', '.join(LEVERS)}")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8).eval().requires_grad_(False)
+    unet.set_attn_processor(AttnProcessor2_0())
+    model = Traceable(unet)
+    n = args.size // 8
+    inputs = (torch.randn(args.batch, 4, n, n), torch.full((args.batch,), 500.0), torch.randn(args.batch, 77, 768))
+    result = {"size": args.size, "batch": args.batch, "calls": args.calls, "threads": torch.get_num_threads(),
+              "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "torch": torch.__version__, "levers": {}}
+    with torch.inference_mode():
+        order = ["plain"] + [n for n in names if n != "plain"] + ["plain"]
+        ref = None
+        for i, name in enumerate(order):
+            figures = lever(name, unet, model, inputs, args.calls)
+            out = figures.pop("output")
+            if ref is None:
+                ref = out
+            key = "plain_again" if i == len(order) - 1 else name
+            result["levers"][key] = {**figures, **difference(out, ref)}
+            print(f"{key}: {figures}", file=sys.stderr)
+    base = statistics.mean([result["levers"]["plain"]["s_per_call"], result["levers"]["plain_again"]["s_per_call"]])
+    for figures in result["levers"].values():
+        figures["ratio_to_plain"] = round(figures["s_per_call"] / base, 3)
+    result["loadavg_end"] = os.getloadavg()
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
