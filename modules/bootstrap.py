@@ -25,6 +25,7 @@ from modules.services.generation import GenerationService
 from modules.services.merger import MergeService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
+from modules.services.previews import PreviewService
 from modules.services.output import OutputWriter
 from modules.services.paste import InfotextReader
 from modules.services.requests import RequestResolver
@@ -65,7 +66,8 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
         paste=InfotextReader(networks, checkpoints, options),
         requests=requests, generation=GenerationService(requests, checkpoints, models, queue, output, decode_budget),
         postprocess=ExtrasService(requests, options, queue, output, decode_budget),
-        merger=MergeService(checkpoints, queue, p.checkpoint_dirs[0]), decode_budget=decode_budget)
+        merger=MergeService(checkpoints, queue, p.checkpoint_dirs[0]), previews=PreviewService(checkpoints, options),
+        decode_budget=decode_budget)
 
 
 def low_memory_flag(args) -> str:

@@ -29,6 +29,7 @@ from modules.services.generation import GenerationResult, GenerationService
 from modules.services.merger import MergeForm, MergeResult, MergeService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
+from modules.services.previews import PreviewService
 from modules.services.paste import InfotextReader
 from modules.services.requests import RequestResolver
 
@@ -52,6 +53,7 @@ class Engine:
     generation: GenerationService
     postprocess: ExtrasService
     merger: MergeService  # the Checkpoint Merger's jobs
+    previews: PreviewService  # live previews of a running job, for the page and the API's progress
     decode_budget: images.DecodeBudget  # input images are decoded within this many pixels at once
 
     # --- generation --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from modules import devices, images, infotext, postprocessing
 from modules.api import schemas
 from modules.auth import Credentials
 from modules.engine import BadRequest, Engine, OverLimit, UnknownOption, describe_validation_error
-from modules.generation import preview, samplers
+from modules.generation import samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import JobCancelled, JobState
 from modules.limits import Limits
@@ -389,16 +389,19 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/progress", response_model=schemas.ProgressResponse)
     def progress(skip_current_image: bool = False):
-        """The running generation job. `current_image` is a cheap preview of its latent (no VAE), unless
-        `skip_current_image` is true or the `live_previews_enable` setting is off."""
+        """The running generation job. `current_image` is its live preview as `show_progress_type` draws it
+        (the cheap colours, TAESD or the VAE; see PreviewService.for_poll), unless `skip_current_image` is true or
+        the `live_previews_enable` setting is off."""
         job = engine.queue.current
-        state = job.state if job is not None and job.kind in ("txt2img", "img2img") else JobState()
-        latent = state.current_latent
+        generating = job is not None and job.kind in ("txt2img", "img2img")
+        state = job.state if generating else JobState()
         current_image = None
-        if latent is not None and not skip_current_image and engine.options.values.live_previews_enable:
-            buf = io.BytesIO()
-            preview.latent_to_image(latent).save(buf, format="PNG")
-            current_image = base64.b64encode(buf.getvalue()).decode("ascii")
+        if generating and not skip_current_image and engine.options.values.live_previews_enable:
+            image = engine.previews.for_poll(job)
+            if image is not None:
+                buf = io.BytesIO()
+                image.save(buf, format="PNG")
+                current_image = base64.b64encode(buf.getvalue()).decode("ascii")
         return schemas.ProgressResponse(
             progress=state.progress(), eta_relative=state.eta_seconds(),
             state=schemas.ProgressState(
@@ -599,9 +602,11 @@ def build_internal_router(engine: Engine, credentials: Credentials | None = None
                 textinfo=f"In queue: {ahead} ahead" if where == "queued" else "Waiting...")
         state = job.state
         preview_image, preview_id = None, req.id_live_preview
-        if req.live_preview and state.current_latent is not None and state.sampling_step != req.id_live_preview:
+        image = engine.previews.for_poll(job) if req.live_preview and state.sampling_step != req.id_live_preview \
+            else None
+        if image is not None:
             buf = io.BytesIO()
-            preview.latent_to_image(state.current_latent).save(buf, format="PNG")
+            image.save(buf, format="PNG")
             preview_image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
             preview_id = state.sampling_step
         return schemas.InternalProgressResponse(

@@ -11,15 +11,11 @@ import logging
 from typing import Callable, Generator, Iterator
 
 import gradio as gr
-import torch
-from PIL import Image
 from pydantic import ValidationError
 
-from modules import devices, images
+from modules import devices
 from modules.engine import BadRequest, Engine, GenerationResult, describe_validation_error
-from modules.generation import pipeline, preview
 from modules.generation.params import GenerationParams
-from modules.generation.vae_tiling import VaeTiling
 from modules.models.checkpoint_file import CheckpointError
 from modules.ui import progress
 from modules.ui.common import OutputPanel
@@ -63,7 +59,7 @@ def watch(engine: Engine, job, label: str = "") -> Generator[list, None, Generat
     settings = engine.options.values
     previews, every = settings.live_previews_enable, settings.show_progress_every_n_steps
     refresh = settings.live_preview_refresh_period / 1000.0
-    render = preview_renderer(engine, job, settings.show_progress_type)
+    render = engine.previews.renderer(job, settings.show_progress_type)
     prefix = f'<div class="sd-hint">{html.escape(label)}</div>' if label else ""
     yield _unchanged(5) + [prefix + progress.describe(job.state, engine.queue.ahead_of(job)),
                            gr.Image(visible=previews and every >= 0, value=None), "", *buttons(True)]
@@ -77,33 +73,6 @@ def watch(engine: Engine, job, label: str = "") -> Generator[list, None, Generat
         if not isinstance(e, (BadRequest, CheckpointError)):
             log.exception("%s failed", job.kind)
         return e
-
-
-def preview_renderer(engine: Engine, job, kind: str) -> Callable[[torch.Tensor], Image.Image | None]:
-    """The live preview `show_progress_type` asks for: "Full" (the VAE), "TAESD" (the tiny autoencoder, within
-    a share of the job's time; the cheap preview when its file is absent) or "Approx cheap"."""
-    if kind == "Full":
-        return full_preview(engine)
-    if kind == "TAESD":
-        return preview.TaesdPreview(engine.checkpoints.taesd_preview_decoder, lambda: job.state.started)
-    return preview.latent_to_image
-
-
-def full_preview(engine: Engine) -> Callable[[torch.Tensor], Image.Image]:
-    """The "Full" live preview: the current prediction decoded by the model's VAE (the images of a batch
-    side by side)."""
-    def render(latent: torch.Tensor) -> Image.Image:
-        model = engine.checkpoints.current
-        if model is None:
-            return preview.latent_to_image(latent)
-        try:
-            values = engine.options.values
-            decoded = pipeline.decode(model, latent if latent.dim() == 4 else latent[None],
-                                      tiling=VaeTiling(values.vae_tiling, values.vae_tile_size))
-        except Exception:  # noqa: BLE001 - the model was replaced meanwhile (a refiner switch): a cheap preview
-            return preview.latent_to_image(latent)
-        return images.image_grid(decoded, len(decoded), 1)
-    return render
 
 
 def submit(engine: Engine, kind: str, make_params: Callable[[], GenerationParams]):

@@ -71,20 +71,42 @@ def test_a_file_removed_after_submission_fails_the_job_with_a_bad_request(engine
         job.wait()
 
 
-def test_the_page_s_taesd_preview(engine):  # noqa: F811
-    from modules.ui import runner
-
+def test_the_taesd_preview(engine):  # noqa: F811
     job = engine.submit_txt2img(params(save_images=False, steps=2))
     job.wait()  # the model is loaded; a job's latent, as the sampler reports it, is (batch, 4, h, w)
     latent = torch.randn(1, 4, 8, 8)
-    render = runner.preview_renderer(engine, job, "TAESD")
+    render = engine.previews.renderer(job, "TAESD")
     assert render(latent).size == (8, 8)  # no file yet: the cheap preview
     taesd_files.write(taesd_dir(engine), "sd", parts=("decoder",))
-    render = runner.preview_renderer(engine, job, "TAESD")
+    render = engine.previews.renderer(job, "TAESD")
     assert isinstance(render, preview.TaesdPreview)
     image = render(latent)
     assert image.size == (64, 64) and image.mode == "RGB"
-    assert runner.preview_renderer(engine, job, "Approx cheap") is preview.latent_to_image
+    assert engine.previews.renderer(job, "Approx cheap") is preview.latent_to_image
+
+
+def test_progress_polls_draw_the_preview_the_setting_asks_for(engine):  # noqa: F811
+    """The API's /progress and /internal/progress show what the page shows (PreviewService.for_poll): TAESD when
+    the setting says so and the file is there, drawn once per step however often it is polled."""
+    import time
+
+    from modules.jobs import Job
+
+    engine.submit_txt2img(params(save_images=False, steps=2)).wait()  # the model is loaded
+    job = Job(id="polled", kind="txt2img", fn=lambda _job: None)
+    job.state.started, job.state.sampling_step = time.time(), 1
+    job.state.current_latent = torch.randn(1, 4, 8, 8)
+    assert engine.previews.for_poll(job).size == (8, 8)  # "Approx cheap": the latent's own size
+    taesd_files.write(taesd_dir(engine), "sd", parts=("decoder",))
+    engine.set_options({"show_progress_type": "TAESD"})
+    job2 = Job(id="polled-2", kind="txt2img", fn=lambda _job: None)
+    job2.state.started, job2.state.sampling_step = time.time() - 100, 1
+    job2.state.current_latent = torch.randn(1, 4, 8, 8)
+    first = engine.previews.for_poll(job2)
+    assert first.size == (64, 64)
+    assert engine.previews.for_poll(job2) is first  # the same step: not drawn again
+    job2.state.sampling_step = 2
+    assert engine.previews.for_poll(job2) is not first
 
 
 def test_sdxl_models_use_the_taesdxl_files(tmp_path):
