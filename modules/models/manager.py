@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Callable
+
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from tqdm import tqdm
@@ -263,7 +265,8 @@ class ModelManager:
             return self.load(info, vae_choice, release_first, low)
 
     # --- extra networks ------------------------------------------------------------------------
-    def use_unet_backend(self, model: LoadedModel, backend: str) -> str | None:
+    def use_unet_backend(self, model: LoadedModel, backend: str,
+                         progress: Callable[[str], None] = lambda _text: None) -> str | None:
         """Route this job's U-Net calls to `backend` ("PyTorch" or "OpenVINO"; call after the job's networks are
         applied). OpenVINO's U-Net is converted (the first time for a checkpoint) and compiled here (the first
         time for a loaded model). Returns why OpenVINO is not used when it was asked for (the job then runs on
@@ -277,7 +280,7 @@ class ModelManager:
         if model.openvino is None:
             sha256 = self.checkpoints.ensure_hash(model.info)  # the converted file is named by it
             try:
-                model.openvino = self.openvino_models.compile(sha256, model.unet, lambda text: log.info("%s", text))
+                model.openvino = self.openvino_models.compile(sha256, model.unet, progress)
             except Exception as e:  # a failed conversion must not fail the job: PyTorch runs it
                 log.exception("OpenVINO could not convert or compile %s's U-Net", model.info.name)
                 return f"U-Net backend OpenVINO: the U-Net could not be converted ({e}); this job ran on PyTorch"

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +113,25 @@ class OpenVinoModels:
     def compile(self, sha256: str, unet: torch.nn.Module, progress: Callable[[str], None] = lambda _: None
                 ) -> OpenVinoUNet:
         """The compiled U-Net of the checkpoint with this SHA-256 (`unet`: its PyTorch U-Net, unchanged by any
-        network), converted first if it never was."""
+        network), converted first if it never was. `progress(text)` says which stage runs (the console shows a
+        bar of the stages)."""
         import openvino as ov
         path = self.ir_path(sha256, unet)
         with self._lock:
-            if not path.is_file():
-                self._convert(unet, path, progress)
-            progress("Compiling the U-Net for OpenVINO")
-            started = time.perf_counter()
-            core = ov.Core()
-            core.set_property({"CACHE_DIR": str(self.folder / "compiled")})
-            compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            converting = not path.is_file()
+            with tqdm(total=3 if converting else 1, desc="OpenVINO U-Net", unit="stage", disable=None) as bar:
+                if converting:
+                    self._convert(unet, path, progress, bar)
+                progress("Compiling the U-Net for OpenVINO")
+                started = time.perf_counter()
+                core = ov.Core()
+                core.set_property({"CACHE_DIR": str(self.folder / "compiled")})
+                compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+                bar.update(1)
             log.info("OpenVINO U-Net compiled in %.1f s (%s)", time.perf_counter() - started, path.name)
             return OpenVinoUNet(compiled, unet)
 
-    def _convert(self, unet: torch.nn.Module, path: Path, progress: Callable[[str], None]) -> None:
+    def _convert(self, unet: torch.nn.Module, path: Path, progress: Callable[[str], None], bar: tqdm) -> None:
         import openvino as ov
         progress("Converting the U-Net for OpenVINO (once per checkpoint, about a minute)")
         started = time.perf_counter()
@@ -140,6 +145,8 @@ class OpenVinoModels:
             # (sides a multiple of 8, see OpenVinoUNet.covers), so the warnings would only worry the user
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             model = ov.convert_model(_Traceable(unet), example_input=example, input=shapes)
+        bar.update(1)
+        progress("Saving the converted U-Net")
         compress = _fits_in_16_bits(unet)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.stem + ".partial.xml")
@@ -147,6 +154,7 @@ class OpenVinoModels:
             ov.save_model(model, str(partial), compress_to_fp16=compress)
             os.replace(partial.with_suffix(".bin"), path.with_suffix(".bin"))
             os.replace(partial, path)
+            bar.update(1)
         finally:
             partial.unlink(missing_ok=True)
             partial.with_suffix(".bin").unlink(missing_ok=True)

@@ -110,7 +110,7 @@ class GenerationService:
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         result.warnings.extend(extra_networks.unsupported_warnings(tags))
         model, networks = self._ready(accepted, accepted.checkpoint, result, not accepted.checkpoint_requested,
-                                      accepted.checkpoint_field)
+                                      accepted.checkpoint_field, state=job.state)
         record = describe.JobRecord(accepted.ctx, accepted.settings, describe.ModelFacts.of(model),
                                     accepted.unstyled_prompt)
         return _Run(job, accepted, model, record, networks, result, {})
@@ -146,10 +146,12 @@ class GenerationService:
             run.result.warnings.append(note)
 
     def _ready(self, accepted: Accepted, info, result: GenerationResult, remember: bool = False,
-               requested: str | None = None, switch: bool = False) -> tuple[LoadedModel, ExtraNetworksUse]:
+               requested: str | None = None, switch: bool = False, state: JobState | None = None
+               ) -> tuple[LoadedModel, ExtraNetworksUse]:
         """Load `info` (the job's checkpoint, or its refiner: `switch`, which releases the model in use first so
         the two never share the memory) and make it ready for the job: the prompt's networks, the attention
-        settings, the family's settings. New warnings go to `result`."""
+        settings, the family's settings, the U-Net backend. New warnings go to `result`; what a one-time step
+        (the OpenVINO conversion) is doing goes to `state.textinfo`."""
         settings, params = accepted.settings, accepted.ctx.params
         model = self._checkpoints.load_now(info, settings.sd_vae, remember=remember, requested=requested,
                                            release_first=switch, low_memory=settings.low_memory)
@@ -161,7 +163,12 @@ class GenerationService:
                 result.warnings.append(warning)
         optimizations.apply(model, settings.cross_attention_optimization, settings.batch_cond_uncond)
         model.text.use_settings(settings)
-        note = self._models.use_unet_backend(model, settings.unet_backend)
+        def progress(text: str | None) -> None:
+            if state is not None:
+                state.textinfo = text
+
+        note = self._models.use_unet_backend(model, settings.unet_backend, progress)
+        progress(None)
         if note and note not in result.warnings:
             result.warnings.append(note)
         return model, networks
@@ -175,13 +182,13 @@ class GenerationService:
 
         def load_refiner() -> LoadedModel:
             model, _ = self._ready(accepted, accepted.refiner, run.result, requested="refiner_checkpoint",
-                                   switch=True)
+                                   switch=True, state=run.job.state)
             run.refiner = model.info  # its infotext keys: see _with_model_hashes, before each batch is described
             return model
 
         def load_base() -> LoadedModel:
             return self._ready(accepted, accepted.checkpoint, run.result, requested=accepted.checkpoint_field,
-                               switch=True)[0]
+                               switch=True, state=run.job.state)[0]
 
         hooks.load_refiner, hooks.load_base = load_refiner, load_base
 

@@ -36,7 +36,7 @@ def describe(state: JobState, queued_ahead: int = 0) -> str:
         text = f"In queue: {queued_ahead} job{'s' if queued_ahead != 1 else ''} ahead" if queued_ahead else "Waiting..."
         return bar(0.0, text)
     if state.job_count <= 0:  # the job has not counted its steps yet (loading the model, encoding)
-        return bar(0.0, "Preparing...")
+        return bar(0.0, state.textinfo or "Preparing...")  # (e.g. a one-time conversion says what it is doing)
     p = state.progress()
     parts = [f"{p * 100:.0f}%"]
     if state.sampling_steps:
