@@ -187,8 +187,8 @@ class Settings(BaseModel):
                                "each checkpoint's U-Net once (about a minute, kept in cache/openvino) and then "
                                "runs it faster, with images equal to PyTorch's to within rounding; it needs "
                                "about as much memory again as the U-Net, and jobs it does not cover (a LoRA or "
-                               "hypernetwork on the U-Net, SDXL, low-memory mode, sides not a multiple of 64) run "
-                               "on PyTorch with a note")
+                               "hypernetwork on the U-Net, low-memory mode, sides not a multiple of 64) run on "
+                               "PyTorch with a note")
 
     @field_validator("samples_format", "grid_format", mode="before")
     @classmethod

@@ -280,7 +280,8 @@ class ModelManager:
         if model.openvino is None:
             sha256 = self.checkpoints.ensure_hash(model.info)  # the converted file is named by it
             try:
-                model.openvino = self.openvino_models.compile(sha256, model.unet, progress)
+                added = openvino_unet.added_widths(model.unet, len(model.text.unet_inputs(64, 64).get("time_ids", ())))
+                model.openvino = self.openvino_models.compile(sha256, model.unet, progress, added)
             except Exception as e:  # a failed conversion must not fail the job: PyTorch runs it
                 log.exception("OpenVINO could not convert or compile %s's U-Net", model.info.name)
                 return f"U-Net backend OpenVINO: the U-Net could not be converted ({e}); this job ran on PyTorch"
@@ -293,8 +294,8 @@ class ModelManager:
             return "it runs on the CPU only"
         if model.low_memory:
             return "not in low-memory mode"
-        if model.unet.config.addition_embed_type is not None:
-            return f"{model.family.label} U-Nets are not covered yet"
+        if model.unet.config.addition_embed_type not in (None, "text_time"):
+            return f"{model.family.label} U-Nets are not covered"
         if model.networks.unet_changed:
             return "a LoRA changes this job's U-Net (the converted one holds the checkpoint's weights)"
         if model.hypernets.active:

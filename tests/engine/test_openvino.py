@@ -94,3 +94,19 @@ def test_what_it_does_not_cover_runs_on_pytorch_unchanged(engine):
     # the next job without it is back on OpenVINO, which never saw the LoRA: the same image as before it
     assert gen(engine, "OpenVINO").images[0].tobytes() == base
     assert calls(engine) > before
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sdxl_refiner"])
+def test_sdxl_u_nets_take_their_extra_inputs(tmp_path, family):
+    from tests.support import tiny_models
+
+    tiny_models.build(family, seed=5).write(tmp_path / "models" / "Stable-diffusion" / f"{family}.safetensors")
+    e = make_engine(tmp_path, f"{family}.safetensors")
+    try:
+        fast = gen(e, "OpenVINO", width=128, height=64, batch_size=2)
+        assert e.checkpoints.current.openvino.calls > 0 and not fast.warnings
+        exact = gen(e, "PyTorch", width=128, height=64, batch_size=2)
+        for a, b in zip(fast.images, exact.images):
+            assert psnr(a, b) > 40, psnr(a, b)
+    finally:
+        e.queue.stop()
