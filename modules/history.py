@@ -39,11 +39,20 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, time REAL NOT NULL, kind TEXT NOT NULL,
     prompt TEXT, negative_prompt TEXT, seed INTEGER, width INTEGER, height INTEGER, steps INTEGER, sampler TEXT,
-    schedule TEXT, cfg_scale REAL, model TEXT, model_hash TEXT, loras TEXT, vae TEXT, denoising_strength REAL,
-    hires TEXT, infotext TEXT, size INTEGER NOT NULL, mtime REAL NOT NULL, thumb BLOB);
+    schedule TEXT, cfg_scale REAL, model TEXT COLLATE NOCASE, model_hash TEXT COLLATE NOCASE, loras TEXT, vae TEXT,
+    denoising_strength REAL, hires TEXT, infotext TEXT, size INTEGER NOT NULL, mtime REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS images_time ON images (time DESC, id DESC);
 CREATE INDEX IF NOT EXISTS images_seed ON images (seed);
+CREATE INDEX IF NOT EXISTS images_model ON images (model);
+CREATE INDEX IF NOT EXISTS images_model_hash ON images (model_hash);
+CREATE TABLE IF NOT EXISTS image_loras (name TEXT NOT NULL COLLATE NOCASE, image_id INTEGER NOT NULL,
+                                        PRIMARY KEY (name, image_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS image_loras_image ON image_loras (image_id);
+CREATE TABLE IF NOT EXISTS thumbs (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+# Above this many matches a page is found by walking the time index (the matches are dense); below it the
+# matches are found by their own index and sorted.
+DENSE = 2000
 _LORA_TAG = re.compile(r"<lora:([^:>]+)", re.IGNORECASE)
 
 
@@ -140,7 +149,7 @@ def parse_query(text: str) -> Query:
             except ValueError:
                 raise ValueError(f"{key}: {value!r} is not a date (YYYY-MM-DD) or a time") from None
         else:
-            q.words += re.findall(r"\w+", token)
+            q.words += re.findall(r"[^\W_]+", token)  # tokens as FTS5's unicode61 splits them
     return q
 
 
@@ -165,7 +174,10 @@ class HistoryIndex:
 
     def _make_fts(self) -> bool:
         try:
-            self._db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS images_fts USING fts5(prompt, negative_prompt)")
+            # detail=none: the index holds which rows have a word, not where (single-word phrases only); its
+            # lists of rows are a fraction of the size, which is what keeps a common word's search fast
+            self._db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS images_fts USING fts5(prompt, negative_prompt, "
+                             "detail=none)")
             return True
         except sqlite3.OperationalError as e:
             log.warning("History: this SQLite has no FTS5 (%s); prompt words are searched with LIKE", e)
@@ -199,19 +211,31 @@ class HistoryIndex:
         found = self._db.execute("SELECT id FROM images WHERE path = ?", (path,)).fetchone()
         if found:
             row_id = found[0]
-            sets = ", ".join(f"{c} = ?" for c in ("kind", *INFO_COLUMNS, "size", "mtime", "thumb"))
-            self._db.execute(f"UPDATE images SET {sets} WHERE id = ?", (kind, *values, size, mtime, thumb, row_id))
-            if self.fts:
-                self._db.execute("DELETE FROM images_fts WHERE rowid = ?", (row_id,))
+            sets = ", ".join(f"{c} = ?" for c in ("kind", *INFO_COLUMNS, "size", "mtime"))
+            self._db.execute(f"UPDATE images SET {sets} WHERE id = ?", (kind, *values, size, mtime, row_id))
+            self._drop_parts([row_id])
         else:
-            cols = ("path", "time", "kind", *INFO_COLUMNS, "size", "mtime", "thumb")
+            cols = ("path", "time", "kind", *INFO_COLUMNS, "size", "mtime")
             cur = self._db.execute(f"INSERT INTO images ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                                   (path, time, kind, *values, size, mtime, thumb))
+                                   (path, time, kind, *values, size, mtime))
             row_id = cur.lastrowid
         if self.fts:
             self._db.execute("INSERT INTO images_fts (rowid, prompt, negative_prompt) VALUES (?, ?, ?)",
                              (row_id, f["prompt"] or "", f["negative_prompt"] or ""))
+        names = {n.lower(): n for n in (f["loras"] or "").split("|") if n}
+        self._db.executemany("INSERT INTO image_loras (name, image_id) VALUES (?, ?)",
+                             [(n, row_id) for n in names.values()])
+        if thumb:
+            self._db.execute("INSERT INTO thumbs (id, data) VALUES (?, ?)", (row_id, thumb))
         return row_id
+
+    def _drop_parts(self, ids: list[int]) -> None:
+        """The rows' words, LoRAs and thumbnails (in the caller's transaction)."""
+        marks = ",".join("?" * len(ids))
+        if self.fts:
+            self._db.execute(f"DELETE FROM images_fts WHERE rowid IN ({marks})", ids)
+        self._db.execute(f"DELETE FROM image_loras WHERE image_id IN ({marks})", ids)
+        self._db.execute(f"DELETE FROM thumbs WHERE id IN ({marks})", ids)
 
     def remove(self, ids: list[int]) -> None:
         with self._lock:
@@ -221,8 +245,7 @@ class HistoryIndex:
                     chunk = ids[i:i + 500]
                     marks = ",".join("?" * len(chunk))
                     self._db.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
-                    if self.fts:
-                        self._db.execute(f"DELETE FROM images_fts WHERE rowid IN ({marks})", chunk)
+                    self._drop_parts(chunk)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -247,10 +270,10 @@ class HistoryIndex:
         if not ids:
             return {}
         with self._lock:
-            cur = self._db.execute(f"SELECT id, thumb FROM images WHERE id IN ({','.join('?' * len(ids))})", ids)
+            cur = self._db.execute(f"SELECT id, data FROM thumbs WHERE id IN ({','.join('?' * len(ids))})", ids)
             return {i: t for i, t in cur if t}
 
-    def _where(self, q: Query) -> tuple[str, list]:
+    def _where(self, q: Query) -> tuple[list[str], list]:
         conds, args = [], []
         if q.words and self.fts:
             conds.append("id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)")
@@ -261,25 +284,35 @@ class HistoryIndex:
         if q.seed is not None:
             conds.append("seed = ?")
             args.append(q.seed)
-        if q.model:
-            conds.append("(model LIKE ? OR model_hash LIKE ?)")
-            args += [f"%{q.model}%", f"{q.model}%"]
+        if q.model:  # a name or hash that starts so (NOCASE columns, so the indexes serve the ranges)
+            conds.append("((model >= ? AND model < ?) OR (model_hash >= ? AND model_hash < ?))")
+            args += [q.model, q.model + "\U0010ffff"] * 2
         if q.lora:
-            conds.append("loras LIKE ?")
-            args.append(f"%|{q.lora}|%")
+            conds.append("id IN (SELECT image_id FROM image_loras WHERE name = ?)")
+            args.append(q.lora)
         for cond, value in (("kind = ?", q.kind), ("time >= ?", q.since), ("time < ?", q.until)):
             if value is not None:
                 conds.append(cond)
                 args.append(value)
-        return (" WHERE " + " AND ".join(conds)) if conds else "", args
+        return conds, args
+
+    def _count(self, q: Query, conds: list[str], args: list) -> int:
+        if self.fts and q.words and len(conds) == 1:  # words alone: FTS5 counts its own rows
+            return self._db.execute("SELECT count(*) FROM images_fts WHERE images_fts MATCH ?", args).fetchone()[0]
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        return self._db.execute(f"SELECT count(*) FROM images{where}", args).fetchone()[0]
 
     def search(self, q: Query, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """(the rows that match, newest first, `limit` from `offset`; how many match in all)."""
-        where, args = self._where(q)
+        """(the rows that match, newest first, `limit` from `offset`; how many match in all). Many matches: the
+        page is found walking the time index; few: they are looked up by their own index and sorted."""
+        conds, args = self._where(q)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
         with self._lock:
-            total = self._db.execute(f"SELECT count(*) FROM images{where}", args).fetchone()[0]
-            cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM images{where} "
-                                   "ORDER BY time DESC, id DESC LIMIT ? OFFSET ?", [*args, limit, offset])
+            total = self._count(q, conds, args)
+            hint = " INDEXED BY images_time" if total > DENSE else ""
+            page = f"SELECT id FROM images{hint}{where} ORDER BY time DESC, id DESC LIMIT ? OFFSET ?"
+            cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM images WHERE id IN ({page}) "
+                                   "ORDER BY time DESC, id DESC", [*args, limit, offset])  # whole rows: the page's
             rows = [dict(zip(COLUMNS, r)) for r in cur]
         return rows, total
 

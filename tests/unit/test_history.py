@@ -67,6 +67,7 @@ def test_filters(index):
     assert names(index, "model:hashdreamy") == ["b.png"]  # by hash
     assert names(index, "lora:ocean") == ["b.png"]
     assert names(index, "lora:oce") == []  # a LoRA's whole name
+    assert names(index, "lora:OCEAN model:DREAM") == ["b.png"]  # either case
     assert names(index, "kind:img2img") == ["c.png"]
     assert names(index, "fox kind:grid") == ["grid-0001.png"]
     assert names(index, "since:2026-01-03") == ["d.png", "grid-0001.png", "c.png"]
