@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import io
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS image_loras (name TEXT NOT NULL COLLATE NOCASE, image
 CREATE INDEX IF NOT EXISTS image_loras_image ON image_loras (image_id);
 CREATE TABLE IF NOT EXISTS thumbs (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+SCHEMA_VERSION = 1  # PRAGMA user_version; an index of another version is rebuilt from the files
 # Above this many matches a page is found by walking the time index (the matches are dense); below it the
 # matches are found by their own index and sorted.
 DENSE = 2000
@@ -166,11 +168,37 @@ class HistoryIndex:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses at most the last commits, never the file
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as e:  # not a database (or not ours): set aside, the heal rebuilds it
+            aside = self.path.with_name(f"{self.path.name}.broken-{int(datetime.datetime.now().timestamp())}")
+            log.warning("History: %s cannot be read (%s); moved to %s, the index is rebuilt from the files",
+                        self.path, e, aside.name)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            os.replace(self.path, aside)
+            self._db = self._open()
         self.fts = self._make_fts()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode a crash loses at most the last commits
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION) or (version == 0 and db.execute(
+                    "SELECT count(*) FROM sqlite_master").fetchone()[0]):
+                log.warning("History: %s has another layout (version %d); it is rebuilt from the files",
+                            self.path, version)
+                for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table') "
+                                          "AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'images_fts_%'").fetchall():
+                    db.execute(f'DROP TABLE IF EXISTS "{name}"')
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     def _make_fts(self) -> bool:
         try:

@@ -35,6 +35,15 @@ KIND_FOLDERS = (("outdir_txt2img_samples", "txt2img"), ("outdir_img2img_samples"
 BATCH = 200  # rows written per transaction by the rescan
 
 
+def _remove(path: Path) -> None:
+    try:
+        from send2trash import send2trash  # optional: the OS trash
+    except ImportError:
+        path.unlink()
+    else:
+        send2trash(str(path))
+
+
 @dataclass
 class ScanStatus:
     running: bool = False
@@ -146,19 +155,16 @@ class HistoryService:
         return real if real is not None and real.is_file() else None
 
     def delete(self, row_id: int) -> bool:
-        """Delete an image: its file (to the OS trash when send2trash is installed), then its row. False when
-        there is no such row. A file outside the output folders is left alone (the row goes)."""
+        """Delete an image: its file and the .txt beside it (to the OS trash when send2trash is installed), then
+        its row. False when there is no such row. A file outside the output folders is left alone (the row goes)."""
         row = self.index.get(row_id)
         if row is None:
             return False
         real = self._inside(row["path"])
         if real is not None and real.is_file():
-            try:
-                from send2trash import send2trash  # optional
-            except ImportError:
-                real.unlink()
-            else:
-                send2trash(str(real))
+            beside = real.with_suffix(".txt")  # its infotext, when save_txt wrote one
+            for target in (real, beside) if beside.is_file() else (real,):
+                _remove(target)
         self.index.remove([row_id])
         return True
 

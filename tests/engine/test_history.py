@@ -114,6 +114,11 @@ def test_heal_indexes_hand_added_files_drops_deleted_ones_and_skips_corrupt(engi
     assert set(rows_by_path(engine)) == {jpeg.resolve().as_posix()}
     assert engine.history.status().removed == 1
 
+    beside = jpeg.with_suffix(".txt")  # what save_txt writes
+    beside.write_text("a jpeg dog")
+    assert engine.history.delete(j["id"]) and not jpeg.exists() and not beside.exists()
+    assert rows_by_path(engine) == {} and not engine.history.delete(j["id"])
+
 
 def test_rescan_is_stopped_and_joined_by_the_queue(engine):
     folder = engine.paths.outputs / "txt2img-images"

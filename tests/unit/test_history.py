@@ -111,3 +111,41 @@ def test_wal_mode(tmp_path):
         assert ix._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         ix.close()
+
+
+def test_a_file_that_is_not_a_database_is_set_aside_and_a_new_index_made(tmp_path, caplog):
+    path = tmp_path / "history.sqlite3"
+    path.write_bytes(b"this is not SQLite" * 100)
+    ix = HistoryIndex(path)
+    try:
+        assert ix.count() == 0 and ix.integrity() == "ok"
+        assert ix.add(tmp_path / "a.png", "txt2img", text("a cat", 1), time=1, size=1, mtime=1, thumb=None) == 1
+    finally:
+        ix.close()
+    aside = list(tmp_path.glob("history.sqlite3.broken-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not SQLite")
+    assert "cannot be read" in caplog.text
+
+
+def test_an_index_of_another_layout_is_rebuilt(tmp_path, caplog):
+    import sqlite3
+
+    path = tmp_path / "history.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT, thumb BLOB)")
+    db.execute("INSERT INTO images (path) VALUES ('x.png')")
+    db.commit()
+    db.close()
+    ix = HistoryIndex(path)
+    try:
+        assert ix.count() == 0
+        ix.add(tmp_path / "a.png", "txt2img", text("a cat", 1), time=1, size=1, mtime=1, thumb=b"jpeg")
+        assert ix.thumbs([1]) == {1: b"jpeg"}
+    finally:
+        ix.close()
+    assert "another layout" in caplog.text
+    ix = HistoryIndex(path)  # and opened again as it is
+    try:
+        assert ix.count() == 1
+    finally:
+        ix.close()
