@@ -55,6 +55,13 @@ SCHEMA_VERSION = 1  # PRAGMA user_version; an index of another version is rebuil
 # Above this many matches a page is found by walking the time index (the matches are dense); below it the
 # matches are found by their own index and sorted.
 DENSE = 2000
+INT64 = 1 << 63  # SQLite's integers are 64-bit; ids and seeds out of range match nothing
+
+
+def fits(n: int) -> bool:
+    return -INT64 <= n < INT64
+
+
 _LORA_TAG = re.compile(r"<lora:([^:>]+)", re.IGNORECASE)
 
 
@@ -139,6 +146,8 @@ def parse_query(text: str) -> Query:
                 q.seed = int(value)
             except ValueError:
                 raise ValueError(f"seed: {value!r} is not a number") from None
+            if not fits(q.seed):
+                raise ValueError(f"seed: {value} is out of range")
         elif sep and key in ("model", "lora"):
             setattr(q, key, value)
         elif sep and key == "kind":
@@ -266,6 +275,7 @@ class HistoryIndex:
         self._db.execute(f"DELETE FROM thumbs WHERE id IN ({marks})", ids)
 
     def remove(self, ids: list[int]) -> None:
+        ids = [i for i in ids if fits(i)]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -289,12 +299,15 @@ class HistoryIndex:
             return self._db.execute("SELECT count(*) FROM images").fetchone()[0]
 
     def get(self, row_id: int) -> dict[str, Any] | None:
+        if not fits(row_id):
+            return None
         with self._lock:
             cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM images WHERE id = ?", (row_id,))
             row = cur.fetchone()
         return dict(zip(COLUMNS, row)) if row else None
 
     def thumbs(self, ids: list[int]) -> dict[int, bytes]:
+        ids = [i for i in ids if fits(i)]
         if not ids:
             return {}
         with self._lock:
@@ -335,6 +348,7 @@ class HistoryIndex:
         page is found walking the time index; few: they are looked up by their own index and sorted."""
         conds, args = self._where(q)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        limit, offset = max(0, min(limit, INT64 - 1)), max(0, min(offset, INT64 - 1))
         with self._lock:
             total = self._count(q, conds, args)
             hint = " INDEXED BY images_time" if total > DENSE else ""

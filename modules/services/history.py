@@ -128,6 +128,10 @@ class HistoryService:
         """(rows newest first, total matching) for a search box's text plus explicit filters; BadRequest for
         a value that cannot be read."""
         try:
+            for value in (text, model, lora, kind, since, until):
+                (value or "").encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+            if seed is not None and not history.fits(seed):
+                raise ValueError(f"seed: {seed} is out of range")
             q: Query = history.parse_query(text)
             q.model = model or q.model
             q.seed = seed if seed is not None else q.seed

@@ -123,6 +123,11 @@ def test_ids_only_and_no_file_outside_the_outputs(served):
     assert get(url, "/history/999999").status_code == 404
     assert get(url, "/history/..%2F..%2Fconfig.json").status_code in (404, 422)
     assert get(url, "/history/abc").status_code == 422
+    assert get(url, f"/history/{10 ** 30}").status_code == 404  # beyond SQLite's integers: no such image
+    assert requests.delete(url + f"/sdapi/v1/history/{-10 ** 30}", auth=AUTH, timeout=30).status_code == 404
+    assert get(url, "/history", seed=10 ** 30).status_code == 400
+    assert get(url, "/history", q=f"seed:{10 ** 30}").status_code == 400
+    assert get(url, "/history", offset=10 ** 30).json()["items"] == []
     rescan_done(url)
     linked = get(url, "/history", q="secret").json()["items"]
     assert len(linked) == 1  # indexed (it is in the folder) ...
