@@ -78,6 +78,7 @@ def build(engine: Engine) -> HistoryTab:
                            "since:2026-01-01, until:2026-12-31", elem_id="history_query", scale=5)
         kind = gr.Dropdown(KIND_CHOICES, value="All", label="Kind", elem_id="history_kind", scale=1, min_width=120)
         search = gr.Button("Search", variant="primary", elem_id="history_search", scale=0, min_width=100)
+        rescan = gr.Button("🔄 Rescan folders", elem_id="history_rescan", scale=0, min_width=100)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="History", columns=6, height=560, allow_preview=False, object_fit="contain",
@@ -137,6 +138,13 @@ def build(engine: Engine) -> HistoryTab:
         done = s is not None and engine.history.delete(s)
         return (*run(q, k, p), note_html("Deleted." if done else "Nothing was deleted."))
 
+    def start_rescan():
+        status = engine.history.rescan()
+        return note_html("Rescanning the output folders in the background; search again in a moment to see the "
+                         "files added or removed by hand." if status.running
+                         else "The rescan could not start (the server is stopping).")
+
+    rescan.click(start_rescan, outputs=note, queue=False)
     confirm.click(remove, inputs=[selected, query, kind, page], outputs=[*results, note], queue=False)
     return HistoryTab(parameters, path, send_txt2img, send_img2img, send_inpaint, send_extras,
                       (lambda q, k, p: run(q, k, p), [query, kind, page], results))

@@ -1,5 +1,5 @@
-"""The History tab in a browser: a file found in the outputs is searched, shown and sent to txt2img, then deleted
-after the confirmation."""
+"""The History tab in a browser: a file added to the outputs by hand is indexed by the tab's Rescan, searched,
+shown and sent to txt2img, then deleted after the confirmation."""
 
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ def test_history_search_shows_the_image_and_sends_it_to_txt2img(page, ui_server)
     info = PngInfo()
     info.add_text("parameters", TEXT)
     Image.new("RGB", (64, 64), (0, 0, 180)).save(path, pnginfo=info)
-    requests.post(url + "/sdapi/v1/history/rescan", timeout=30).raise_for_status()
+    open_tab(page, "tab_history")
+    page.locator("#history_rescan").click()  # the page's button starts the heal
+    page.locator("#history_note").get_by_text("Rescanning the output folders").wait_for()
     deadline = time.monotonic() + 60
     while requests.get(url + "/sdapi/v1/history", params={"q": "lighthouse"}, timeout=30).json()["total"] != 1:
         assert time.monotonic() < deadline, "the rescan did not index the file"
         time.sleep(0.2)
 
-    open_tab(page, "tab_history")
     page.locator("#history_query textarea").fill("lighthouse storm")
     page.locator("#history_search").click()
     page.locator("#history_count").get_by_text("1 image").wait_for()
