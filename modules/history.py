@@ -226,7 +226,7 @@ class HistoryIndex:
 
     def add(self, path: Path, kind: str, text: str | None, *, time: float, size: int, mtime: float,
             thumb: bytes | None) -> int:
-        """Index one image (or update its row when the path is known); its id."""
+        """Index one image (or update its row when the path is known and the file changed); its id."""
         return self.add_many([(path, kind, text, time, size, mtime, thumb)])[0]
 
     def add_many(self, rows: list[tuple]) -> list[int]:
@@ -245,7 +245,9 @@ class HistoryIndex:
 
     def _upsert(self, path: str, kind: str, f: dict, time: float, size: int, mtime: float, thumb) -> int:
         values = [f[c] for c in INFO_COLUMNS]
-        found = self._db.execute("SELECT id FROM images WHERE path = ?", (path,)).fetchone()
+        found = self._db.execute("SELECT id, mtime, size FROM images WHERE path = ?", (path,)).fetchone()
+        if found and (found[1], found[2]) == (mtime, size):
+            return found[0]  # the same file (a rescan that listed an image while it was being saved): as it is
         if found:
             row_id = found[0]
             sets = ", ".join(f"{c} = ?" for c in ("kind", *INFO_COLUMNS, "size", "mtime"))

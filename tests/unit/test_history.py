@@ -83,6 +83,13 @@ def test_paging_and_total(index):
     assert index.search(parse_query("fox"), limit=1)[1] == 3
 
 
+def test_the_same_file_found_again_keeps_its_row(index, tmp_path):
+    row_id = index.add(tmp_path / "c.png", "txt2img", text("other words", 5), time=1.0, size=10,
+                       mtime=ROWS[2][3], thumb=None)  # what a rescan guesses for a file saved while it ran
+    row = index.get(row_id)
+    assert (row["kind"], row["seed"], row["prompt"]) == ("img2img", 3, "red fox portrait")
+
+
 def test_reindexing_a_path_updates_its_row_and_its_words(index, tmp_path):
     before = index.count()
     row_id = index.add(tmp_path / "a.png", "txt2img", text("a green frog", 9), time=1.0, size=5, mtime=2.0, thumb=None)
