@@ -128,3 +128,11 @@ def test_rescan_is_stopped_and_joined_by_the_queue(engine):
     engine.queue.stop()  # what the engine's owner does at the end
     assert not any(t.name == "history-scan" for t in threading.enumerate())
     assert not engine.history.status().running
+
+
+def test_an_index_that_cannot_be_written_never_costs_an_image(engine, caplog):
+    engine.history.index.close()  # e.g. a disk error on the database: every write to it fails
+    with caplog.at_level(logging.WARNING, logger="modules.services.history"):
+        result = engine.txt2img(params(steps=2))
+    assert result.paths[0] and Path(result.paths[0]).is_file()
+    assert "could not index" in caplog.text and Path(result.paths[0]).name in caplog.text
