@@ -13,6 +13,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from modules import images, postprocessing
 from tests.support.generation import engine, params  # noqa: F401  (the fixture)
+from tests.support.engine import make_engine
 from tests.support.img2img import params as img2img_params
 
 A1111_TEXT = ("a lighthouse on a cliff, <lora:seaside:0.8>\nNegative prompt: blurry\nSteps: 20, Sampler: DPM++ 2M, "
@@ -130,9 +131,21 @@ def test_rescan_is_stopped_and_joined_by_the_queue(engine):
     assert not engine.history.status().running
 
 
-def test_an_index_that_cannot_be_written_never_costs_an_image(engine, caplog):
-    engine.history.index.close()  # e.g. a disk error on the database: every write to it fails
+def test_an_index_that_cannot_be_written_never_costs_an_image_and_the_next_start_indexes_it(engine, data_dir,
+                                                                                           caplog):
+    engine.history.index.close()  # e.g. a disk error on the database, or a crash between file and row
     with caplog.at_level(logging.WARNING, logger="modules.services.history"):
         result = engine.txt2img(params(steps=2))
-    assert result.paths[0] and Path(result.paths[0]).is_file()
-    assert "could not index" in caplog.text and Path(result.paths[0]).name in caplog.text
+    saved = Path(result.paths[0])
+    assert saved.is_file()
+    assert "could not index" in caplog.text and saved.name in caplog.text
+    engine.queue.stop()
+
+    again = make_engine(data_dir)  # the next start: its heal finds the file without a row
+    try:
+        assert rows_by_path(again) == {}
+        heal(again)
+        row = rows_by_path(again)[saved.resolve().as_posix()]
+        assert (row["kind"], row["seed"], row["infotext"]) == ("txt2img", 100, result.infotexts[0])
+    finally:
+        again.queue.stop()
