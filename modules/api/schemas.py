@@ -381,7 +381,8 @@ class HistoryScanStatus(BaseModel):
     read: int
     added: int
     removed: int = Field(description="Rows dropped because their file is gone")
-    skipped: int = Field(description="Files that could not be read as images (the log names them)")
+    skipped: int = Field(description="Files that could not be read as images, or images without generation "
+                                     "parameters (the log names them)")
     started: float | None = None
     finished: float | None = None
     error: str | None = None

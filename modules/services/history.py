@@ -52,7 +52,7 @@ class ScanStatus:
     read: int = 0
     added: int = 0
     removed: int = 0
-    skipped: int = 0  # unreadable files
+    skipped: int = 0  # unreadable files, and images without generation parameters
     started: float | None = None
     finished: float | None = None
     error: str | None = None
@@ -273,12 +273,16 @@ class HistoryService:
             self._status.added += len(rows)
 
     def _read(self, path: str, st: os.stat_result) -> tuple | None:
-        """(path, kind, infotext, time, size, mtime, thumb) of a file, or None (warned) when it cannot be read."""
+        """(path, kind, infotext, time, size, mtime, thumb) of a file, or None (warned) when it cannot be read or
+        is foreign: an image without generation parameters (neither ours nor A1111's)."""
         with self._lock:
             self._status.read += 1
         try:
             with images.open_image(path, self._max_pixels) as im:
                 text, items = images.read_info(images.load(im))
+                text = text or (items.get("extras") if isinstance(items.get("extras"), str) else None)
+                if not text:
+                    raise ValueError("no generation parameters in it (not made by this program or by A1111's WebUI)")
                 thumb = history.thumbnail(im)
         except Exception as e:  # noqa: BLE001  (one bad file never stops the scan)
             log.warning("History: skipped %s: %s", path, e)
@@ -286,5 +290,4 @@ class HistoryService:
             with self._lock:
                 self._status.skipped += 1
             return None
-        text = text or (items.get("extras") if isinstance(items.get("extras"), str) else None)
         return path, self.kind_of(Path(path), text), text, st.st_mtime, st.st_size, st.st_mtime, thumb

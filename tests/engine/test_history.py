@@ -89,6 +89,8 @@ def test_heal_indexes_hand_added_files_drops_deleted_ones_and_skips_corrupt(engi
     foreign = outputs / "extras-images" / "notes.png"
     foreign.parent.mkdir(parents=True, exist_ok=True)
     foreign.write_text("not an image at all")
+    plain = outputs / "extras-images" / "screenshot.png"  # an image, but no program of ours or A1111's made it
+    Image.new("RGB", (20, 20), "green").save(plain)
     (outputs / "txt2img-images" / ".00009.png.abc.tmp").write_bytes(b"half a file")  # a killed write's temp
     with caplog.at_level(logging.WARNING, logger="modules.services.history"):
         heal(engine)
@@ -101,9 +103,10 @@ def test_heal_indexes_hand_added_files_drops_deleted_ones_and_skips_corrupt(engi
     j = rows[jpeg.resolve().as_posix()]
     assert (j["kind"], j["prompt"], j["seed"], j["denoising_strength"]) == ("img2img", "a jpeg dog", 99, 0.4)
     warned = " ".join(r.getMessage() for r in caplog.records)
-    assert "broken.png" in warned and "notes.png" in warned
+    assert "broken.png" in warned and "notes.png" in warned and "screenshot.png" in warned
+    assert "no generation parameters" in warned
     status = engine.history.status()
-    assert (status.added, status.skipped, status.removed, status.running) == (2, 2, 0, False)
+    assert (status.added, status.skipped, status.removed, status.running) == (2, 3, 0, False)
 
     # unchanged: nothing read again (the skipped files are not warned about twice)
     caplog.clear()
