@@ -52,6 +52,7 @@ def build(args, control=None):
                     "server is reachable from the network without a login.")
     images.refuse_in_pillow(engine.limits.max_input_pixels)  # also what Gradio decodes itself (page uploads)
     engine.checkpoints.start_loading(ckpt)  # a missing --ckpt is said on the page (and nothing loads until a job asks)
+    engine.history.rescan()  # the history's heal runs in the background; start-up does not wait for it
 
     app = FastAPI(title="Stable Diffusion WebUI API", version=VERSION,
                   description="AUTOMATIC1111-compatible API. Generation requests wait in one queue shared with "

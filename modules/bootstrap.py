@@ -10,6 +10,7 @@ from modules import devices, images, paths, styles
 from modules.engine import Engine
 from modules.folders import FolderPolicy, parse_allowed
 from modules.hashing import HashCache
+from modules.history import HistoryIndex
 from modules.jobs import JobQueue
 from modules.limits import Limits
 from modules.models.embeddings import EmbeddingRegistry
@@ -22,6 +23,7 @@ from modules.models.taesd import TaesdModels
 from modules.services.checkpoints import CheckpointService
 from modules.services.extras import ExtrasService
 from modules.services.generation import GenerationService
+from modules.services.history import HistoryService
 from modules.services.merger import MergeService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
@@ -58,7 +60,9 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     options = OptionsService(store, checkpoints, folders)
     style_store = styles.StyleStore(p.styles_files)
     requests = RequestResolver(limits, style_store, options, checkpoints)
-    output = OutputWriter(p)
+    history = HistoryService(HistoryIndex(p.history_db), p, options, limits.max_input_pixels)
+    queue.on_stop(history.stop)  # nor any history rescan
+    output = OutputWriter(p, history)
     networks = NetworksService(loras, embeddings, hypernetworks)
     return Engine(
         paths=p, limits=limits, folders=folders, device=plan, tokenizer=models.tokenizer, queue=queue,
@@ -67,7 +71,7 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
         requests=requests, generation=GenerationService(requests, checkpoints, models, queue, output, decode_budget),
         postprocess=ExtrasService(requests, options, queue, output, decode_budget),
         merger=MergeService(checkpoints, queue, p.checkpoint_dirs[0]), previews=PreviewService(checkpoints, options),
-        decode_budget=decode_budget)
+        decode_budget=decode_budget, history=history)
 
 
 def low_memory_flag(args) -> str:

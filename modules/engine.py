@@ -26,6 +26,7 @@ from modules.services.errors import (  # noqa: F401  (the names front ends catch
     BadRequest, OverLimit, UnknownOption, UnusableCheckpoint, describe_validation_error)
 from modules.services.extras import ExtrasResult, ExtrasService
 from modules.services.generation import GenerationResult, GenerationService
+from modules.services.history import HistoryService
 from modules.services.merger import MergeForm, MergeResult, MergeService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
@@ -55,6 +56,7 @@ class Engine:
     merger: MergeService  # the Checkpoint Merger's jobs
     previews: PreviewService  # live previews of a running job, for the page and the API's progress
     decode_budget: images.DecodeBudget  # input images are decoded within this many pixels at once
+    history: HistoryService  # the index of saved images: search, delete, rescan (the heal)
 
     # --- generation --------------------------------------------------------------------------
     def txt2img(self, params: GenerationParams) -> GenerationResult:

@@ -53,6 +53,11 @@ class Paths:
         return self.data / "cache.json"
 
     @property
+    def history_db(self) -> Path:
+        """The history index of saved images (modules/history.py)."""
+        return self.data / "history.sqlite3"
+
+    @property
     def params_file(self) -> Path:
         return self.data / "params.txt"
 

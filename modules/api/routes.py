@@ -46,6 +46,11 @@ LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "L
                         "Latent (nearest)", "Latent (nearest-exact)")
 
 
+class UnknownHistoryItem(BadRequest):
+    """No saved image has that id."""
+    status_code = 404
+
+
 class Unauthorized(Exception):
     """Missing or wrong API credentials (the message never says which part was wrong)."""
 
@@ -538,6 +543,59 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     def extensions():
         """Empty: extensions are not supported."""
         return []
+
+    def history_item(row: dict[str, Any], model=schemas.HistoryItem, **extra) -> schemas.HistoryItem:
+        fields = {k: v for k, v in row.items() if k in model.model_fields}
+        fields["path"] = engine.history.relative(row["path"])
+        fields["loras"] = [n for n in (row.get("loras") or "").split("|") if n]
+        return model(**fields, **extra)
+
+    @r.get("/history", response_model=schemas.HistoryPage)
+    def history_search(q: str = "", model: str | None = None, seed: int | None = None, lora: str | None = None,
+                       kind: str | None = None, since: str | None = None, until: str | None = None,
+                       limit: int = 50, offset: int = 0):
+        """Saved images, newest first. `q`: words in the prompt or negative prompt, and `seed:N`, `model:NAME`,
+        `lora:NAME`, `kind:KIND`, `since:DATE`, `until:DATE` (the parameters do the same). `limit` at most 500."""
+        rows, total = engine.history.search(q, model=model, seed=seed, lora=lora, kind=kind, since=since,
+                                            until=until, limit=limit, offset=offset)
+        return schemas.HistoryPage(items=[history_item(row) for row in rows], total=total,
+                                   limit=max(1, min(limit, 500)), offset=max(0, offset))
+
+    def scan_status() -> schemas.HistoryScanStatus:
+        return schemas.HistoryScanStatus(**vars(engine.history.status()))
+
+    @r.post("/history/rescan", response_model=schemas.HistoryScanStatus)
+    def history_rescan():
+        """Start the heal in the background (files added by hand indexed, rows of deleted files dropped); it
+        answers at once. GET this path for its progress."""
+        engine.history.rescan()
+        return scan_status()
+
+    @r.get("/history/rescan", response_model=schemas.HistoryScanStatus)
+    def history_rescan_status():
+        return scan_status()
+
+    @r.get("/history/{item_id}", response_model=schemas.HistoryDetail)
+    def history_get(item_id: int, image: bool = False):
+        """One saved image's fields; with `image=true` the file itself as base64 (only a file inside the output
+        folders is ever read)."""
+        row = engine.history.get(item_id)
+        if row is None:
+            raise UnknownHistoryItem(f"No image with id {item_id} in the history")
+        data = None
+        if image:
+            path = engine.history.file(item_id)
+            if path is None:
+                raise UnknownHistoryItem(f"The file of image {item_id} is gone (a rescan drops its row)")
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return history_item(row, schemas.HistoryDetail, image=data)
+
+    @r.delete("/history/{item_id}")
+    def history_delete(item_id: int):
+        """Delete a saved image: its file (to the OS trash when send2trash is installed) and its row."""
+        if not engine.history.delete(item_id):
+            raise UnknownHistoryItem(f"No image with id {item_id} in the history")
+        return {}
 
     @r.post("/unload-checkpoint")
     async def unload_checkpoint():

@@ -335,3 +335,54 @@ OptionsUpdate = create_model(
     **{name: (info.annotation | None, Field(None, description=info.description))
        for name, info in Settings.model_fields.items()},
 )
+
+
+# --- history (the index of saved images) -----------------------------------------------------------------
+
+class HistoryItem(BaseModel):
+    id: int
+    path: str = Field(description="The file, relative to the outputs folder (or to the output folder it is in)")
+    time: float = Field(description="When it was saved (Unix time); for a file found by a rescan, its mtime")
+    kind: str = Field(description="txt2img, img2img, extras or grid")
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    schedule: str | None = None
+    cfg_scale: float | None = None
+    model: str | None = None
+    model_hash: str | None = None
+    loras: list[str] = Field(default_factory=list)
+    vae: str | None = None
+    denoising_strength: float | None = None
+    hires: str | None = None
+    size: int = Field(description="The file's size in bytes")
+    infotext: str | None = None
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryItem]
+    total: int = Field(description="Images that match in all")
+    limit: int
+    offset: int
+
+
+class HistoryDetail(HistoryItem):
+    image: str | None = Field(None, description="The file as base64 (with ?image=true)")
+
+
+class HistoryScanStatus(BaseModel):
+    running: bool
+    scanned: int = Field(description="Image files found in the output folders")
+    to_read: int = Field(description="Of them, new or changed since they were indexed")
+    read: int
+    added: int
+    removed: int = Field(description="Rows dropped because their file is gone")
+    skipped: int = Field(description="Files that could not be read as images, or images without generation "
+                                     "parameters (the log names them)")
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None

@@ -1,4 +1,6 @@
-"""Where a job's files go: its images, its grid and params.txt, in the folders the settings name."""
+"""Where a job's files go: its images, its grid and params.txt, in the folders the settings name. Each image
+is indexed in the history (services/history.py) right after its file is written (atomically): a crash in between
+leaves a file without a row, which the history's heal adds."""
 
 from __future__ import annotations
 
@@ -8,12 +10,19 @@ from PIL import Image
 
 from modules import fileio, filenames, images
 from modules.paths import Paths
+from modules.services.history import HistoryService
 from modules.settings import Settings
 
 
 class OutputWriter:
-    def __init__(self, paths: Paths):
+    def __init__(self, paths: Paths, history: HistoryService | None = None):
         self._paths = paths
+        self._history = history
+
+    def _indexed(self, path: Path, kind: str, text: str | None, image: Image.Image) -> Path:
+        if self._history is not None:
+            self._history.saved(path, kind, text, image)
+        return path
 
     def folder(self, setting: str) -> Path:
         """An output folder setting's value as a real folder (relative values are inside the data folder)."""
@@ -23,21 +32,25 @@ class OutputWriter:
               index: int, img2img: bool) -> Path:
         """One generated image, named and placed as A1111 does (outdir_samples wins over the kind's folder)."""
         kind_dir = settings.outdir_img2img_samples if img2img else settings.outdir_txt2img_samples
-        return images.save_image(image, self.folder(settings.outdir_samples or kind_dir), text, settings, namer,
+        path = images.save_image(image, self.folder(settings.outdir_samples or kind_dir), text, settings, namer,
                                  seed, index=index)
+        return self._indexed(path, "img2img" if img2img else "txt2img", text, image)
 
     def grid(self, grid: Image.Image, text: str, settings: Settings, namer: filenames.FileNamer, seed: int,
              img2img: bool) -> Path:
         kind_dir = settings.outdir_img2img_grids if img2img else settings.outdir_txt2img_grids
-        return images.save_image(grid, self.folder(settings.outdir_grids or kind_dir), text, settings, namer, seed,
+        path = images.save_image(grid, self.folder(settings.outdir_grids or kind_dir), text, settings, namer, seed,
                                  grid=True)
+        return self._indexed(path, "grid", text, grid)
 
     def extras_image(self, image: Image.Image, text: str, settings: Settings, outdir: str | None) -> Path:
         """An Extras result: A1111's short name (00042.png, no date folder), the original's text chunks kept and
         the extras infotext added; `outdir` (the Extras tab's batch output folder) replaces the setting's."""
         folder = self.folder(outdir or settings.outdir_samples or settings.outdir_extras_samples)
-        return images.save_image(image, folder, text, settings, filenames.FileNamer(), to_dirs=False,
+        path = images.save_image(image, folder, text, settings, filenames.FileNamer(), to_dirs=False,
                                  texts=image.info, section="extras")
+        original = image.info.get("parameters") if isinstance(image.info.get("parameters"), str) else None
+        return self._indexed(path, "extras", original or text, image)
 
     def last_parameters(self, text: str) -> None:
         """params.txt: the last job's first infotext (what the page's paste button reads)."""

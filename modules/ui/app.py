@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules.engine import BadRequest, Engine
 from modules.models.checkpoint_file import CheckpointError
-from modules.ui import common, extras, img2img, merger, paste, pnginfo, settings_tab, txt2img
+from modules.ui import common, extras, history, img2img, merger, paste, pnginfo, settings_tab, txt2img
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
@@ -210,6 +210,8 @@ def build(engine: Engine) -> Page:
                 post = extras.build(engine)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build(engine)
+            with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
+                hist = history.build(engine)
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
                 merge_tab = merger.build(engine)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
@@ -217,7 +219,8 @@ def build(engine: Engine) -> Page:
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)
         follow_model_size(engine, bar, size, [t2i.fields, i2i.fields])
-        common_wiring(engine, bar, tabs, t2i, i2i, png, post)
+        common_wiring(engine, bar, tabs, t2i, i2i, png, post, hist)
+        history_tab.select(hist.refresh[0], inputs=hist.refresh[1], outputs=hist.refresh[2], queue=False)
         # a new merged checkpoint joins the top bar's list at once (the selection stays)
         merge_tab.merged.then(lambda: gr.Dropdown(choices=_checkpoint_titles(engine)), outputs=bar.checkpoint,
                               queue=False, show_progress="hidden")
@@ -229,8 +232,8 @@ def build(engine: Engine) -> Page:
 
 
 def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2ImgTab, i2i: img2img.Img2ImgTab,
-                  png: pnginfo.PngInfoTab, post: extras.ExtrasTab) -> None:
-    """Paste and "Send to": infotexts fill a tab's fields (and the top bar's Clip skip and checkpoint)."""
+                  png: pnginfo.PngInfoTab, post: extras.ExtrasTab, hist: history.HistoryTab | None = None) -> None:
+    """Paste and "Send to" (from PNG Info, History, the galleries): infotexts fill a tab's fields and the top bar."""
     common.wire_output_panel(engine, t2i.panel, t2i.seed, "outdir_txt2img_samples")
     common.wire_output_panel(engine, i2i.panel, i2i.seed, "outdir_img2img_samples")
     top = [bar.clip_skip, bar.checkpoint]
@@ -294,6 +297,16 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
 
     extras_outputs = [tabs, post.tabs, post.mode, post.image]
     png.send_extras.click(to_extras, inputs=png.image, outputs=extras_outputs)
+
+    # History -> the same places, the selected image's file (a server path kept in a State) and infotext
+    if hist is not None:
+        after(hist.send_txt2img.click(lambda text: filled(text, t2i, True) + [gr.Tabs(selected="txt2img")],
+                                      inputs=hist.parameters, outputs=t2i_fields + top + [tabs]))
+        after(hist.send_img2img.click(lambda t, p: to_img2img(t, p, "img2img_img2img_tab"),
+                                      inputs=[hist.parameters, hist.path], outputs=send_outputs))
+        after(hist.send_inpaint.click(lambda t, p: to_img2img(t, p, "img2img_inpaint_tab"),
+                                      inputs=[hist.parameters, hist.path], outputs=send_outputs))
+        hist.send_extras.click(to_extras, inputs=hist.path, outputs=extras_outputs)
 
     def gallery_to_extras(gallery, index):
         if not gallery:
