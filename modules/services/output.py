@@ -27,10 +27,10 @@ class OutputWriter:
                                  seed, index=index)
 
     def grid(self, grid: Image.Image, text: str, settings: Settings, namer: filenames.FileNamer, seed: int,
-             img2img: bool) -> Path:
+             img2img: bool, basename: str = "") -> Path:
         kind_dir = settings.outdir_img2img_grids if img2img else settings.outdir_txt2img_grids
         return images.save_image(grid, self.folder(settings.outdir_grids or kind_dir), text, settings, namer, seed,
-                                 grid=True)
+                                 grid=True, basename=basename)
 
     def extras_image(self, image: Image.Image, text: str, settings: Settings, outdir: str | None) -> Path:
         """An Extras result: A1111's short name (00042.png, no date folder), the original's text chunks kept and

@@ -1,0 +1,124 @@
+"""Running a script: its plan checked at submission (every cell accepted as a request, so a bad value is a 400
+naming the axis, line or combination before anything is queued), then one job in the queue that runs the cells
+in turn with one progress bar, and puts their images together."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+from modules import images
+from modules.generation.params import GenerationParams
+from modules.jobs import Job, JobQueue
+from modules.services.checkpoints import CheckpointService
+from modules.services.errors import BadRequest, UnknownScript
+from modules.services.generation import GenerationResult, GenerationService
+from modules.services.options import OptionsService
+from modules.services.output import OutputWriter
+from modules.services.requests import Accepted, RequestResolver
+from modules.services.scripts import prompt_matrix, prompts_from_file, xyz
+from modules.services.scripts.base import CellResult, Env, Plan
+from modules.styles import StyleStore
+
+TITLES = (prompt_matrix.TITLE, prompts_from_file.TITLE, xyz.TITLE)  # the page's order, after None
+
+
+class ScriptService:
+    def __init__(self, generation: GenerationService, requests: RequestResolver, checkpoints: CheckpointService,
+                 options: OptionsService, styles: StyleStore, queue: JobQueue, output: OutputWriter):
+        self._generation = generation
+        self._requests = requests
+        self._checkpoints = checkpoints
+        self._options = options
+        self._styles = styles
+        self._queue = queue
+        self._output = output
+
+    def names(self) -> list[str]:
+        """The selectable scripts, as /sdapi/v1/scripts lists them (A1111: lower case titles)."""
+        return [t.lower() for t in TITLES]
+
+    def find(self, name: str) -> str | None:
+        """The script's title for a name (case-insensitive), or None."""
+        wanted = (name or "").strip().lower()
+        return next((t for t in TITLES if t.lower() == wanted), None)
+
+    def env(self, settings_mp: int | None = None) -> Env:
+        def find_checkpoint(name: str) -> str | None:
+            info = self._checkpoints.find(name)
+            return info.title if info is not None else None
+
+        return Env(find_checkpoint, lambda: [i.title for i in self._checkpoints.list()],
+                   lambda: [v.name for v in self._checkpoints.vaes()], lambda: list(self._styles.all()),
+                   settings_mp or self._options.values.img_max_size_mp)
+
+    def xyz_axes(self, kind: str) -> list[xyz.Axis]:
+        """The X/Y/Z plot's axis types for a tab (the page's dropdowns, the API's script-info)."""
+        return xyz.axes_for(self.env(), kind)
+
+    def plan(self, kind: str, name: str, params: GenerationParams, args: list[Any],
+             rng: random.Random | None = None) -> Plan:
+        title = self.find(name)
+        if title is None:
+            raise UnknownScript(f"script_name: unknown script {name!r}; scripts: {', '.join(self.names())}")
+        if title == xyz.TITLE:
+            mp = self._options.effective(params.override_settings)[0].img_max_size_mp
+            return xyz.plan(params, list(args or []), self.env(mp), kind, rng)
+        if title == prompt_matrix.TITLE:
+            return prompt_matrix.plan(params, list(args or []), rng)
+        return prompts_from_file.plan(params, list(args or []), rng)
+
+    def submit(self, kind: str, name: str, params: GenerationParams, args: list[Any],
+               task_id: str | None = None) -> Job:
+        """Check the script's cells (BadRequest at once, naming the cell) and queue them as one job whose result
+        is a GenerationResult: the script's grid first (`grid`), then its images."""
+        plan = self.plan(kind, name, params, args)
+        accepted = []
+        for cell, label in zip(plan.cells, plan.labels):
+            try:
+                accepted.append(self._requests.accept(kind, cell))
+            except BadRequest as e:
+                raise type(e)(f"{plan.title}: {label}: {e}") from None
+        return self._queue.submit(kind, lambda job: self._run(job, plan, accepted), task_id)
+
+    def _run(self, job: Job, plan: Plan, accepted: list[Accepted]) -> GenerationResult:
+        results: list[CellResult | None] = [None] * len(accepted)
+        warnings: list[str] = []
+        first: GenerationResult | None = None
+        for k, cell in enumerate(accepted):
+            if job.state.interrupted:
+                break
+            job.state.textinfo = f"{plan.title}: {k + 1} out of {len(accepted)}"
+            result = self._generation.run_part(job, cell, k, len(accepted))
+            first = first or result
+            warnings.extend(w for w in result.warnings if w not in warnings)
+            if result.images:
+                image = result.images[0] if len(result.images) == 1 else \
+                    images.image_grid(result.images, cell.ctx.params.batch_size, cell.settings.n_rows)
+                results[k] = CellResult(image, result.infotexts[0], result.seeds[0], list(result.images),
+                                        list(result.infotexts), list(result.seeds))
+        job.state.textinfo = None
+        return self._finish(plan, accepted[0], results, first, warnings, job.state.interrupted)
+
+    def _finish(self, plan: Plan, accepted: Accepted, results: list[CellResult | None],
+                first: GenerationResult | None, warnings: list[str], interrupted: bool) -> GenerationResult:
+        composed = plan.compose(results)
+        grid = composed.grid
+        settings = accepted.settings
+        if grid is not None:
+            grid.info["parameters"] = composed.grid_infotext or ""
+            if settings.grid_save and accepted.ctx.params.save_images and first is not None and first.namer:
+                namer = replace(first.namer, prompt=accepted.ctx.params.prompt)
+                self._output.grid(grid, grid.info["parameters"], settings, namer, composed.seeds[0]
+                                  if composed.seeds else accepted.ctx.seed, accepted.ctx.is_img2img,
+                                  basename=composed.grid_basename)
+            self._output.last_parameters(grid.info["parameters"])
+        for image, text in zip(composed.images, composed.infotexts):
+            image.info["parameters"] = text
+        info = dict(first.info) if first is not None else {}
+        texts = ([grid.info["parameters"]] if grid is not None else []) + composed.infotexts
+        info.update({"infotexts": texts, "all_seeds": list(composed.seeds), "index_of_first_image":
+                     1 if grid is not None else 0, "interrupted": interrupted, "warnings": warnings})
+        return GenerationResult(list(composed.images), list(composed.seeds), list(composed.infotexts),
+                                [None] * len(composed.images), info, interrupted, warnings, grid)
