@@ -79,7 +79,7 @@ class ScriptService:
             try:
                 accepted.append(self._requests.accept(kind, cell))
             except BadRequest as e:
-                raise type(e)(f"{plan.title}: {label}: {e}") from None
+                raise type(e)(f"{plan.title}: {label}: {e}") from None  # which cell: its axis values, line, ...
         return self._queue.submit(kind, lambda job: self._run(job, plan, accepted), task_id)
 
     def _run(self, job: Job, plan: Plan, accepted: list[Accepted]) -> GenerationResult:
@@ -122,3 +122,33 @@ class ScriptService:
                      1 if grid is not None else 0, "interrupted": interrupted, "warnings": warnings})
         return GenerationResult(list(composed.images), list(composed.seeds), list(composed.infotexts),
                                 [None] * len(composed.images), info, interrupted, warnings, grid)
+
+    def info(self) -> list[dict[str, Any]]:
+        """A1111's /script-info: each script's arguments (label, default, range or choices) for each tab."""
+        out = []
+        for kind in ("txt2img", "img2img"):
+            labels = [a.label for a in self.xyz_axes(kind)]
+            xyz_args = []
+            for axis_name, default in (("X", 1), ("Y", 0), ("Z", 0)):
+                xyz_args += [dict(label=f"{axis_name} type", value=labels[default], choices=labels),
+                             dict(label=f"{axis_name} values", value=""),
+                             dict(label=f"{axis_name} values", value=None)]
+            xyz_args += [dict(label=label, value=value) for label, value in (
+                ("Draw legend", True), ("Include Sub Images", False), ("Include Sub Grids", False),
+                ("Keep -1 for seeds", False), ("Vary seeds for X", False), ("Vary seeds for Y", False),
+                ("Vary seeds for Z", False))]
+            xyz_args += [dict(label="Grid margins (px)", value=0, minimum=0, maximum=500, step=2),
+                         dict(label="Use text inputs instead of dropdowns", value=False)]
+            matrix_args = [dict(label="Put variable parts at start of prompt", value=False),
+                           dict(label="Use different seed for each picture", value=False),
+                           dict(label="Select prompt", value="positive", choices=["positive", "negative"]),
+                           dict(label="Select joining char", value="comma", choices=["comma", "space"]),
+                           dict(label="Grid margins (px)", value=0, minimum=0, maximum=500, step=2)]
+            file_args = [dict(label="Iterate seed every line", value=False),
+                         dict(label="Use same random seed for all lines", value=False),
+                         dict(label="Insert prompts at the", value="start", choices=["start", "end"]),
+                         dict(label="List of prompt inputs", value="")]
+            for title, args in ((prompt_matrix.TITLE, matrix_args), (prompts_from_file.TITLE, file_args),
+                                (xyz.TITLE, xyz_args)):
+                out.append(dict(name=title.lower(), is_alwayson=False, is_img2img=kind == "img2img", args=args))
+        return out

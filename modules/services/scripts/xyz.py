@@ -422,8 +422,7 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
     cells, labels = [], []
     for ix, iy, iz in order:
         cells.append(_cell(params, a, chosen, values, (ix, iy, iz)))
-        labels.append(", ".join(f"{n}={chosen[i].legend(values[i][j])}" for i, (n, j) in
-                                enumerate(zip("XYZ", (ix, iy, iz))) if chosen[i].kind != "nothing"))
+        labels.append(_describe(chosen, values, (ix, iy, iz)))
     fields = _infotext_fields(a, chosen, values)
     return Plan(TITLE, cells, lambda results: _compose(results, order, chosen, values, a, fields), labels)
 
@@ -445,10 +444,13 @@ def _cell(params: GenerationParams, a: XyzArgs, chosen: list[Axis], values: list
     if cur["seed"] != -1:
         cur["seed"] += (index[0] if a.vary_seeds_x else 0) + (index[1] * xdim if a.vary_seeds_y else 0) + \
             (index[2] * xdim * ydim if a.vary_seeds_z else 0)
-    what = "X/Y/Z plot: " + ", ".join(f"{n} axis ({axis.label}) value {axis.legend(vals[i])!r}"
-                                      for n, axis, vals, i in zip("XYZ", chosen, values, index)
-                                      if axis.kind != "nothing")
-    return rebuild(params, cur, what)
+    return rebuild(params, cur, f"X/Y/Z plot: {_describe(chosen, values, index)}")
+
+
+def _describe(chosen: list[Axis], values: list[list[Any]], index: tuple[int, int, int]) -> str:
+    """A cell, for a message: "X axis (Steps) value 'Steps: 3', Y axis ..."."""
+    return ", ".join(f"{n} axis ({axis.label}) value {axis.legend(vals[i])!r}"
+                     for n, axis, vals, i in zip("XYZ", chosen, values, index) if axis.kind != "nothing") or "the cell"
 
 
 def _joined(values: list[Any]) -> str:
@@ -531,3 +533,24 @@ def _compose(results: list[CellResult | None], order: list[tuple[int, int, int]]
         out_texts += [r.infotext for r in made]
         out_seeds += [r.seed for r in made]
     return Composed(grid, out_images, out_texts, out_seeds, grid_text, "xyz_grid")
+
+
+def _no_lookups() -> Env:
+    return Env(lambda name: None, list, list, list)
+
+
+def args_from_infotext(parsed: dict[str, Any], kind: str) -> list[Any] | None:
+    """The script_args an X/Y/Z plot grid's infotext stands for (A1111's paste of `X Type`, `X Values`, ...),
+    with the seeds the plot used (`Fixed X Values`) so that it is made again as it was; None for another
+    infotext."""
+    if str(parsed.get("Script", "")).strip() != TITLE:
+        return None
+    options = axes_for(_no_lookups(), kind)
+    labels = [a.label for a in options]
+    args: list[Any] = []
+    for name in "XYZ":
+        label = str(parsed.get(f"{name} Type", "Nothing"))
+        index = labels.index(label) if label in labels else 0
+        text = str(parsed.get(f"Fixed {name} Values") or parsed.get(f"{name} Values") or "")
+        args += [index, text, csv_values(text) if options[index].choices else []]
+    return args + [True, False, False, False, False, False, False, 0, False]
