@@ -117,9 +117,9 @@ class ScriptService:
         for image, text in zip(composed.images, composed.infotexts):
             image.info["parameters"] = text
         info = dict(first.info) if first is not None else {}
-        texts = ([grid.info["parameters"]] if grid is not None else []) + composed.infotexts
-        info.update({"infotexts": texts, "all_seeds": list(composed.seeds), "index_of_first_image":
-                     1 if grid is not None else 0, "interrupted": interrupted, "warnings": warnings})
+        # the images' infotexts; the front ends put the grid's first (and the API's index_of_first_image 1)
+        info.update({"infotexts": list(composed.infotexts), "all_seeds": list(composed.seeds),
+                     "index_of_first_image": 0, "interrupted": interrupted, "warnings": warnings})
         return GenerationResult(list(composed.images), list(composed.seeds), list(composed.infotexts),
                                 [None] * len(composed.images), info, interrupted, warnings, grid)
 
