@@ -8,7 +8,7 @@ import random
 from dataclasses import replace
 from typing import Any
 
-from modules import images
+from modules import images, infotext
 from modules.generation.params import GenerationParams
 from modules.jobs import Job, JobQueue
 from modules.services.checkpoints import CheckpointService
@@ -152,3 +152,17 @@ class ScriptService:
                                 (xyz.TITLE, xyz_args)):
                 out.append(dict(name=title.lower(), is_alwayson=False, is_img2img=kind == "img2img", args=args))
         return out
+
+    @staticmethod
+    def titles() -> list[str]:
+        """The scripts' titles, as the page's Script dropdown shows them (after None)."""
+        return list(TITLES)
+
+    def axis_choices(self, kind: str) -> list[list[str] | None]:
+        """For each X/Y/Z axis type of a tab, the values the page offers in a dropdown (None: typed values)."""
+        env = self.env()
+        return [axis.choices(env) if axis.choices else None for axis in self.xyz_axes(kind)]
+
+    def args_from_infotext(self, text: str, kind: str) -> list[Any] | None:
+        """The X/Y/Z plot script_args a grid's infotext stands for (see InfotextReader), or None."""
+        return xyz.args_from_infotext(infotext.parse(text or ""), kind)
