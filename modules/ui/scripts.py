@@ -59,6 +59,7 @@ def _xyz_controls(engine: Engine, tab: str, c: dict) -> dict[str, gr.Button]:
                                                         elem_id=f"{tab}_xyz_{axis}_values")
             c[f"script_xyz_{axis}_values_dropdown"] = gr.Dropdown(label=f"{axis.upper()} values", visible=False,
                                                                   multiselect=True, choices=[], scale=5,
+                                                                  allow_custom_value=True,  # a pasted list
                                                                   elem_id=f"{tab}_xyz_{axis}_values_dropdown")
             fills[axis] = gr.Button("📒", visible=False, scale=0, min_width=40, elem_classes="sd-tool",
                                     elem_id=f"{tab}_xyz_fill_{axis}")

@@ -37,6 +37,7 @@ def test_xyz_plot_is_one_job_with_a_grid_and_a_legend(engine):  # noqa: F811
     assert "Script: X/Y/Z plot, X Type: Steps, X Values: 1-2, Y Type: CFG Scale, Y Values: \"3, 7\"" in text
     info = result.info
     assert info["infotexts"] == result.infotexts and info["all_seeds"] == [7, 7, 7, 7]
+    assert info["all_prompts"] == ["a red circle on a blue background"] * 4
     # the cell at x=1 (2 steps), y=0 in the grid is the lone image made with those values
     cell = result.grid.crop((w - 64, h - 128, w, h - 64))
     assert cell.tobytes() == result.images[1].convert("RGB").tobytes()

@@ -118,7 +118,10 @@ class ScriptService:
             image.info["parameters"] = text
         info = dict(first.info) if first is not None else {}
         # the images' infotexts; the front ends put the grid's first (and the API's index_of_first_image 1)
-        info.update({"infotexts": list(composed.infotexts), "all_seeds": list(composed.seeds),
+        parsed = [infotext.parse(t) for t in composed.infotexts]
+        info.update({"all_prompts": [p.get("Prompt", "") for p in parsed],
+                     "all_negative_prompts": [p.get("Negative prompt", "") for p in parsed],
+                     "infotexts": list(composed.infotexts), "all_seeds": list(composed.seeds),
                      "index_of_first_image": 0, "interrupted": interrupted, "warnings": warnings})
         return GenerationResult(list(composed.images), list(composed.seeds), list(composed.infotexts),
                                 [None] * len(composed.images), info, interrupted, warnings, grid)
