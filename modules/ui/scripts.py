@@ -90,13 +90,17 @@ def _wire_xyz(engine: Engine, tab: str, c: dict, buttons: dict[str, gr.Button]) 
         """A1111's select_axis: an axis with choices shows them in a dropdown (unless csv_mode) and the 📒
         button that fills them all; the values move between the text and the dropdown."""
         choices = engine.scripts.axis_choices(tab)[int(index or 0)]
-        if choices is not None and not csv_mode and text and not chosen:
-            chosen, text = [v for v in _csv(text) if v in choices], ""
-        elif choices is not None and csv_mode and chosen:
-            text, chosen = ",".join(v for v in chosen if v in choices), []
         listed = choices is not None and not csv_mode
-        return (gr.Button(visible=choices is not None), gr.Textbox(visible=not listed, value=text),
-                gr.Dropdown(choices=choices or [], visible=listed, value=chosen if listed else []))
+        # values are written only when they move, so an event that read them before a paste changed them does
+        # not put the old ones back
+        text_update, drop_update = gr.Textbox(visible=not listed), gr.Dropdown(choices=choices or [], visible=listed)
+        if listed and text and not chosen:
+            text_update = gr.Textbox(visible=False, value="")
+            drop_update = gr.Dropdown(choices=choices, visible=True, value=[v for v in _csv(text) if v in choices])
+        elif choices is not None and csv_mode and chosen:
+            text_update = gr.Textbox(visible=True, value=",".join(v for v in chosen if v in choices))
+            drop_update = gr.Dropdown(choices=choices, visible=False, value=[])
+        return gr.Button(visible=choices is not None), text_update, drop_update
 
     def fill(index, csv_mode):
         choices = engine.scripts.axis_choices(tab)[int(index or 0)] or []

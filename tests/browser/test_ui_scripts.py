@@ -43,3 +43,8 @@ def test_xyz_plot_from_the_page_and_pasted_back(page):
     expect(page.locator("#txt2img_script_list input[role=combobox]")).to_have_value("X/Y/Z plot")
     expect(page.locator("#txt2img_xyz_x_type input[role=combobox]")).to_have_value("Steps")
     expect(page.locator("#txt2img_xyz_x_values textarea")).to_have_value("1-2")
+    # the type's change event (fired by the paste) answers later; it used to put the values it had read before
+    # the paste ("3") back. A second paste's round trip is answered after it, so the value must still be 1-2 then.
+    page.locator("#txt2img_paste").click()
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value(PROMPT)
+    assert read_value(page, "txt2img_xyz_x_values") == "1-2"
