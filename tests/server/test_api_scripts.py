@@ -4,10 +4,13 @@ answered 4xx with what is wrong; a plot's grid infotext sent back as `infotext` 
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import requests
 import webuiapi
+from PIL import Image
 
 from tests.support.server import decode, post, server  # noqa: F401  (fixture)
 
@@ -91,3 +94,17 @@ def test_prompt_matrix_and_prompts_from_file(server):  # noqa: F811
                 script_args=[False, False, "start", "a dog\n--prompt \"a cat\" --steps 2"]).json()
     texts = json.loads(body["info"])["infotexts"]
     assert len(body["images"]) == 2 and [t.split("\n")[0] for t in texts] == ["a dog", "a cat"]
+
+
+def test_img2img_plot(server):  # noqa: F811
+    url, _, _ = server
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode("ascii")
+    labels = next(s for s in requests.get(url + "/sdapi/v1/script-info", timeout=30).json()
+                  if s["name"] == "x/y/z plot" and s["is_img2img"])["args"][0]["choices"]
+    body = post(url, "/sdapi/v1/img2img", init_images=[init], prompt="a cat", width=64, height=64, steps=2,
+                script_name="x/y/z plot", script_args=xyz_args(labels.index("Denoising"), "0.3, 0.6")).json()
+    texts = json.loads(body["info"])["infotexts"]
+    assert len(body["images"]) == 3 and decode(body["images"][0]).width == 128
+    assert [t.split("Denoising strength: ")[1].split(",")[0] for t in texts[1:]] == ["0.3", "0.6"]

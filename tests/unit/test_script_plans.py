@@ -12,7 +12,7 @@ from modules import images
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.services.errors import BadRequest
 from modules.services.scripts import prompt_matrix, prompts_from_file, xyz
-from modules.services.scripts.base import Env
+from modules.services.scripts.base import CellResult, Env
 
 CHECKPOINTS = {"sd1.safetensors [abc]": ("sd1", "sd1.safetensors"), "other.ckpt [def]": ("other", "other.ckpt")}
 
@@ -200,3 +200,35 @@ def test_grid_legend_geometry():
     assert drawn.getpixel((pad_left + 70 + 5, pad_top + 5)) == (255, 0, 0)
     plain = images.draw_grid_annotations(grid, 64, 64, [[("", True)]] * 2, [[("", True)]] * 2)
     assert plain.size == (128, 128)  # no labels: no band
+
+
+def _cell(value: int, size=(64, 64)) -> CellResult:
+    return CellResult(Image.new("RGB", size, (value, 0, 0)), f"cell {value}\nSteps: 1, Seed: {value}", value,
+                      [Image.new("RGB", size, (value, 0, 0))], [f"cell {value}"], [value])
+
+
+def test_z_axis_grids_sub_grids_and_lone_images():
+    args = [index("Seed"), "1, 2", [], index("Var. seed"), "3, 4, 5", [], index("CFG Scale"), "5, 6", [],
+            False, True, True, False, False, False, False, 0]
+    p = xyz.plan(base(), args, ENV, "txt2img")
+    assert len(p.cells) == 12 and [(c.seed, c.subseed, c.cfg_scale) for c in p.cells[:3]] == [
+        (1, 3, 5.0), (2, 3, 5.0), (1, 4, 5.0)]
+    done = p.compose([_cell(i * 10) for i in range(12)])
+    assert done.grid.size == (2 * 128, 192)  # two sub-grids of 2 x 3 cells side by side (no legend)
+    assert [im.size for im in done.images[:2]] == [(128, 192), (128, 192)]  # the sub-grids, then the cells
+    assert len(done.images) == 2 + 12 and done.seeds[2:] == [i * 10 for i in range(12)]
+    assert done.grid.getpixel((128 + 64 + 1, 1)) == (70, 0, 0)  # z=1, x=1, y=0: the eighth cell made
+    assert "Z Type: CFG Scale" in done.grid_infotext and "Z Type" not in done.infotexts[0]
+    assert 'Fixed Y Values: "3, 4, 5"' in done.grid_infotext
+    partial = p.compose([_cell(50)] + [None] * 11)  # interrupted after the first cell: black for the rest
+    assert partial.grid.getpixel((70, 1)) == (0, 0, 0) and partial.grid.getpixel((1, 1)) == (50, 0, 0)
+    mixed = xyz.plan(base(), [index("Size"), "64x64, 128x64", [], 0, "", [], 0, "", [], False], ENV, "txt2img")
+    drawn = mixed.compose([_cell(1), _cell(2, (128, 64))])
+    assert drawn.grid.size == (256, 64)  # cells of a Size axis padded to the largest
+
+
+def test_prompt_matrix_grid_layout():
+    p = prompt_matrix.plan(base(prompt="a|b|c|d"), [False, False, "positive", "comma", 4])
+    done = p.compose([_cell(i) for i in range(8)])
+    # 3 parts: 2 columns (b, c... first half: b, c -> 4 columns) and 2 rows; the legend bands and 4 px margins
+    assert len(done.images) == 8 and done.grid.width > 4 * 64 + 3 * 4 and done.grid.height > 2 * 64 + 4
