@@ -18,7 +18,7 @@ def axis(engine, label, kind="txt2img"):  # noqa: F811
     return [a.label for a in engine.scripts.xyz_axes(kind)].index(label)
 
 
-def test_xyz_plot_is_one_job_with_a_grid_and_a_legend(engine):  # noqa: F811
+def test_xyz_plot_is_one_job_with_a_grid_and_a_legend(engine, data_dir):  # noqa: F811
     seen = []
     job = engine.submit_script("txt2img", "X/Y/Z plot", params(steps=2, seed=7),
                                [axis(engine, "Steps"), "1-2", [], axis(engine, "CFG Scale"), "3, 7", [],
@@ -41,6 +41,11 @@ def test_xyz_plot_is_one_job_with_a_grid_and_a_legend(engine):  # noqa: F811
     # the cell at x=1 (2 steps), y=0 in the grid is the lone image made with those values
     cell = result.grid.crop((w - 64, h - 128, w, h - 64))
     assert cell.tobytes() == result.images[1].convert("RGB").tobytes()
+    grids = sorted(p.name for p in (data_dir / "outputs" / "txt2img-grids").rglob("*.png"))
+    assert grids == ["xyz_grid-0000.png"]  # the plot's grid, saved once, with its infotext
+    saved = Image.open(next((data_dir / "outputs" / "txt2img-grids").rglob("xyz_grid-0000.png")))
+    assert saved.info["parameters"] == text
+    assert len(list((data_dir / "outputs" / "txt2img-images").rglob("*.png"))) == 4  # each cell's image
 
 
 def test_without_legend_the_grid_is_the_cells(engine):  # noqa: F811
