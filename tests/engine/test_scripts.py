@@ -23,9 +23,9 @@ def test_xyz_plot_is_one_job_with_a_grid_and_a_legend(engine, data_dir):  # noqa
     job = engine.submit_script("txt2img", "X/Y/Z plot", params(steps=2, seed=7),
                                [axis(engine, "Steps"), "1-2", [], axis(engine, "CFG Scale"), "3, 7", [],
                                 0, "", [], True, True])
-    job.add_done_callback(lambda j: seen.append((j.state.job_no, j.state.job_count)))
+    job.add_done_callback(lambda j: seen.append((j.state.job, j.state.job_no, j.state.job_count, j.state.progress())))
     result = job.wait()
-    assert seen == [(3, 4)]  # the fourth of four cells was the last: one progress bar over the cells
+    assert seen == [("4 out of 4", 3, 4, 1.0)]  # the fourth of four cells was the last: one bar over the cells
     assert len(result.images) == 4 and result.grid is not None
     w, h = result.grid.size
     assert w > 128 and h > 128  # two by two cells of 64 and the legend's bands
@@ -106,6 +106,8 @@ def test_interrupt_keeps_the_cells_made(engine):  # noqa: F811
                                [axis(engine, "Seed"), "1-6", [], 0, "", [], 0, "", [], True, True])
     while not job.done.is_set() and job.state.job_no < 1:
         job.done.wait(0.02)
+    state = job.state
+    assert state.job.endswith(" out of 6") and state.job_count == 6 and 1 / 6 <= state.progress() < 1
     engine.queue.interrupt()
     result = job.wait(120)
     assert result.interrupted and result.grid is not None and result.info["interrupted"]

@@ -89,7 +89,7 @@ class ScriptService:
         for k, cell in enumerate(accepted):
             if job.state.interrupted:
                 break
-            job.state.textinfo = f"{plan.title}: {k + 1} out of {len(accepted)}"
+            job.state.job = f"{k + 1} out of {len(accepted)}"  # A1111's `state.job` of a script, in /progress
             result = self._generation.run_part(job, cell, k, len(accepted))
             first = first or result
             warnings.extend(w for w in result.warnings if w not in warnings)
@@ -98,7 +98,6 @@ class ScriptService:
                     images.image_grid(result.images, cell.ctx.params.batch_size, cell.settings.n_rows)
                 results[k] = CellResult(image, result.infotexts[0], result.seeds[0], list(result.images),
                                         list(result.infotexts), list(result.seeds))
-        job.state.textinfo = None
         return self._finish(plan, accepted[0], results, first, warnings, job.state.interrupted)
 
     def _finish(self, plan: Plan, accepted: Accepted, results: list[CellResult | None],
