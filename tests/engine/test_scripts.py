@@ -139,3 +139,47 @@ def test_prompts_from_file_line_options(engine):  # noqa: F811
     assert result.grid is None and [t.split("\n")[0] for t in result.infotexts] == ["a dog", "a cat", "a cat"]
     assert [t.split("Steps: ")[1].split(",")[0] for t in result.infotexts] == ["1", "2", "2"]
     assert result.seeds == [5, 6, 7]
+
+
+# Each axis this app plots, with two values and the request it varies: what the second cell's infotext says
+# (None: the infotext does not record it, so the images must differ instead)
+AXES = [
+    ("Var. seed", "1, 2", {"subseed_strength": 0.5}, "Variation seed: 2"),
+    ("Var. strength", "0.2, 0.6", {}, "Variation seed strength: 0.6"),
+    ("Hires steps", "1, 2", {"enable_hr": True, "hr_scale": 1.5}, "Hires steps: 2"),
+    ("Hires sampler", "Euler, DDIM", {"enable_hr": True, "hr_scale": 1.5}, "Hires sampler: DDIM"),
+    ("Hires upscaler", "Latent, Lanczos", {"enable_hr": True, "hr_scale": 1.5}, "Hires upscaler: Lanczos"),
+    ("Denoising", "0.3, 0.6", {"enable_hr": True, "hr_scale": 1.5}, "Denoising strength: 0.6"),
+    ("Sigma Churn", "0, 0.5", {"sampler_name": "Euler"}, "Sigma churn: 0.5"),
+    ("Sigma min", "0, 0.5", {"sampler_name": "Euler", "s_churn": 0.5}, "Sigma tmin: 0.5"),
+    ("Sigma max", "0, 5", {"sampler_name": "Euler", "s_churn": 0.5}, "Sigma tmax: 5"),
+    ("Sigma noise", "0.9, 1", {"sampler_name": "Euler", "s_churn": 0.5}, None),
+    ("Schedule type", "Karras, Exponential", {}, "Schedule type: Exponential"),
+    ("Schedule min sigma", "0.1, 0.2", {"scheduler": "Karras"}, "Schedule min sigma: 0.2"),
+    ("Schedule max sigma", "5, 10", {"scheduler": "Karras"}, "Schedule max sigma: 10"),
+    ("Schedule rho", "5, 9", {"scheduler": "Karras"}, "Schedule rho: 9"),
+    ("Beta schedule alpha", "0.5, 0.7", {"scheduler": "Beta"}, "Beta schedule alpha: 0.7"),
+    ("Beta schedule beta", "0.5, 0.7", {"scheduler": "Beta"}, "Beta schedule beta: 0.7"),
+    ("Eta", "0.5, 1", {}, None),
+    ("Clip skip", "1, 2", {}, "Clip skip: 2"),
+    ("UniPC Order", "1, 2", {"sampler_name": "UniPC", "steps": 3}, None),
+    ("Always discard next-to-last sigma", "False, True", {}, "Discard penultimate sigma: True"),
+    ("Refiner checkpoint", "None, sd1-ckpt.ckpt", {}, "Refiner: sd1-ckpt"),
+    ("Refiner switch at", "0.3, 0.6", {"refiner_checkpoint": "sd1-ckpt.ckpt"}, "Refiner switch at: 0.6"),
+    ("RNG source", "CPU, NV", {}, "RNG: NV"),
+    ("Size", "64x64, 128x64", {}, "Size: 128x64"),
+    ("Sampler", "Euler, DDIM", {}, "Sampler: DDIM"),
+]
+
+
+@pytest.mark.parametrize("label, values, request_fields, said", AXES, ids=[a[0] for a in AXES])
+def test_each_axis_varies_its_parameter(engine, label, values, request_fields, said):  # noqa: F811
+    fields = {"steps": 2, **request_fields}
+    result = engine.submit_script("txt2img", "X/Y/Z plot", params(**fields),
+                                  [axis(engine, label), values, [], 0, "", [], 0, "", [], False, True, False, False,
+                                   False, False, False, 0, True]).wait()
+    first, second = result.infotexts
+    if said is None:
+        assert result.images[0].tobytes() != result.images[1].tobytes()
+    else:
+        assert said in second and said not in first, (first, second)
