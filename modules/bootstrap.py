@@ -24,6 +24,7 @@ from modules.services.checkpoints import CheckpointService
 from modules.services.extras import ExtrasService
 from modules.services.generation import GenerationService
 from modules.services.history import HistoryService
+from modules.services.scripts.service import ScriptService
 from modules.services.merger import MergeService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
@@ -64,14 +65,16 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     queue.on_stop(history.stop)  # nor any history rescan
     output = OutputWriter(p, history)
     networks = NetworksService(loras, embeddings, hypernetworks)
+    generation = GenerationService(requests, checkpoints, models, queue, output, decode_budget)
     return Engine(
         paths=p, limits=limits, folders=folders, device=plan, tokenizer=models.tokenizer, queue=queue,
         checkpoints=checkpoints, options=options, styles=style_store, networks=networks,
         paste=InfotextReader(networks, checkpoints, options),
-        requests=requests, generation=GenerationService(requests, checkpoints, models, queue, output, decode_budget),
+        requests=requests, generation=generation,
         postprocess=ExtrasService(requests, options, queue, output, decode_budget),
         merger=MergeService(checkpoints, queue, p.checkpoint_dirs[0]), previews=PreviewService(checkpoints, options),
-        decode_budget=decode_budget, history=history)
+        decode_budget=decode_budget, history=history,
+        scripts=ScriptService(generation, requests, checkpoints, options, style_store, queue, output))
 
 
 def low_memory_flag(args) -> str:

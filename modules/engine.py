@@ -33,6 +33,7 @@ from modules.services.options import OptionsService
 from modules.services.previews import PreviewService
 from modules.services.paste import InfotextReader
 from modules.services.requests import RequestResolver
+from modules.services.scripts.service import ScriptService
 
 Txt2ImgResult = GenerationResult  # the name it had before img2img shared it
 
@@ -57,6 +58,7 @@ class Engine:
     previews: PreviewService  # live previews of a running job, for the page and the API's progress
     decode_budget: images.DecodeBudget  # input images are decoded within this many pixels at once
     history: HistoryService  # the index of saved images: search, delete, rescan (the heal)
+    scripts: ScriptService  # X/Y/Z plot, Prompt matrix, Prompts from file: many requests as one job
 
     # --- generation --------------------------------------------------------------------------
     def txt2img(self, params: GenerationParams) -> GenerationResult:
@@ -73,6 +75,11 @@ class Engine:
     def submit_img2img(self, params: Img2ImgParams, task_id: str | None = None) -> Job:
         """As submit_txt2img, for img2img and inpainting (the init images and mask are in `params`)."""
         return self.generation.submit("img2img", params, task_id)
+
+    def submit_script(self, kind: str, name: str, params: GenerationParams, args: list,
+                      task_id: str | None = None) -> Job:
+        """A request run through a selectable script (A1111's `script_name` / `script_args`) as one job."""
+        return self.scripts.submit(kind, name, params, args, task_id)
 
     # --- extras ------------------------------------------------------------------------------
     def extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True

@@ -22,7 +22,7 @@ import warnings
 import zlib
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError, features
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError, features
 from PIL.PngImagePlugin import PngInfo
 
 from modules import fileio
@@ -128,14 +128,15 @@ def _clip(stem: str, folder: Path, suffix: str) -> str:
 
 def save_image(image: Image.Image, folder: Path, infotext: str | None, settings: Settings, namer: FileNamer,
                seed: int | None = None, index: int = 0, grid: bool = False, *, to_dirs: bool = True,
-               texts: dict[str, str] | None = None, section: str = "parameters") -> Path:
+               texts: dict[str, str] | None = None, section: str = "parameters", basename: str = "") -> Path:
     """Save an image of a job (or, with `grid`, its grid) in `folder` or the subfolder the directory pattern
     names, as A1111 names it: `00042-SEED.png`, `grid-0007.png`, or what `samples_filename_pattern` says.
     The infotext goes into the file (`enable_pnginfo`) and a .txt beside it (`save_txt`). Returns the path.
     Extras use A1111's short form: no `seed` (just the number), `to_dirs` False (no subfolder), the
-    infotext in the PNG chunk `section` beside the original's `texts`."""
+    infotext in the PNG chunk `section` beside the original's `texts`. `basename` names a script's grid
+    (xyz_grid-0001.png)."""
     fmt, ext = file_format(image, settings.grid_format if grid else settings.samples_format)
-    basename = "grid" if grid else ""
+    basename = basename or ("grid" if grid else "")
     if to_dirs and (settings.grid_save_to_dirs if grid else settings.save_to_dirs):
         pattern = settings.directories_filename_pattern or "[prompt_words]"
         folder = folder / _subfolder(namer.expand(pattern, image, seed, index, basename))
@@ -189,6 +190,73 @@ def image_grid(images: list[Image.Image], batch_size: int, n_rows: int = -1) -> 
     for i, image in enumerate(images):
         grid.paste(image, box=(i % cols * w, i // cols * h))
     return grid
+
+
+Annotation = tuple[str, bool]  # a label of a grid's row or column, and whether it is shown as active (A1111's
+#                               GridAnnotation: an inactive one, e.g. a prompt matrix part left out, is grey and struck)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    """`text` in lines no wider than `width` pixels (broken at spaces; a word longer than that stays whole)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def draw_grid_annotations(grid: Image.Image, width: int, height: int, hor_texts: list[list[Annotation]],
+                          ver_texts: list[list[Annotation]], margin: int = 0) -> Image.Image:
+    """A1111's legend around a grid of `width` x `height` cells: each column's labels above it, each row's to
+    its left (a band of 3/4 of a cell's width), black on white; `margin` pixels between the cells. The font
+    size follows the cells' size, as A1111's does."""
+    cols, rows = grid.width // width, grid.height // height
+    font_size = max(8, (width + height) // 25)
+    font = _font(font_size)
+    line_spacing = font_size // 2
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def lines_of(texts: list[Annotation], box: int) -> list[tuple[str, bool]]:
+        return [(line, active) for text, active in texts for line in _wrap(probe, text, font, box)]
+
+    hor = [lines_of(t, width) for t in hor_texts]
+    ver = [lines_of(t, width * 3 // 4) for t in ver_texts]
+    line_height = font_size + line_spacing
+    pad_top = 0 if not any(t for t, _ in sum(hor, [])) else max(len(h) for h in hor) * line_height + line_spacing * 2
+    pad_left = 0 if not any(t for t, _ in sum(ver, [])) else width * 3 // 4
+    result = Image.new("RGB", (grid.width + pad_left + margin * (cols - 1),
+                               grid.height + pad_top + margin * (rows - 1)), "white")
+    for row in range(rows):
+        for col in range(cols):
+            cell = grid.crop((width * col, height * row, width * (col + 1), height * (row + 1)))
+            result.paste(cell, (pad_left + (width + margin) * col, pad_top + (height + margin) * row))
+    draw = ImageDraw.Draw(result)
+
+    def draw_lines(lines: list[tuple[str, bool]], cx: float, cy: float) -> None:
+        y = cy - len(lines) * line_height / 2 + line_spacing / 2
+        for line, active in lines:
+            color = (0, 0, 0) if active else (153, 153, 153)
+            draw.text((cx, y + font_size / 2), line, font=font, fill=color, anchor="mm")
+            if not active:
+                w = draw.textlength(line, font=font)
+                draw.line((cx - w / 2, y + font_size / 2, cx + w / 2, y + font_size / 2), fill=color,
+                          width=max(1, font_size // 12))
+            y += line_height
+
+    for col in range(min(cols, len(hor))):
+        draw_lines(hor[col], pad_left + (width + margin) * col + width / 2, pad_top / 2)
+    for row in range(min(rows, len(ver))):
+        draw_lines(ver[row], pad_left / 2, pad_top + (height + margin) * row + height / 2)
+    return result
 
 
 def read_infotext(image: Image.Image) -> str | None:

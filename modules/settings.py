@@ -122,6 +122,8 @@ class Settings(BaseModel):
     grid_extended_filename: bool = Field(
         False, description="Name grids with the file name pattern too (grid-0001-SEED), not just grid-0001")
     n_rows: int = Field(-1, ge=-1, le=16, description="Grid rows: -1 about square, 0 one row per batch")
+    img_max_size_mp: int = Field(200, ge=1, le=10000, description="Largest grid a script (X/Y/Z plot) may make, "
+                                                                  "in megapixels")
     jpeg_quality: int = Field(80, ge=1, le=100, description="Quality of saved JPEG, WebP and AVIF images")
     webp_lossless: bool = Field(False, description="Save WebP images losslessly")
     enable_pnginfo: bool = Field(
@@ -200,6 +202,7 @@ class Settings(BaseModel):
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Saving images": ("samples_save", "samples_format", "samples_filename_pattern", "save_images_add_number",
                       "save_images_replace_action", "grid_save", "grid_format", "grid_extended_filename", "n_rows",
+                      "img_max_size_mp",
                       "jpeg_quality", "webp_lossless", "enable_pnginfo", "save_txt", "save_incomplete_images"),
     "Paths for saving": ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples",
                          "outdir_extras_samples", "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids",

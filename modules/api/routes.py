@@ -158,6 +158,8 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     for name, value in values.items():
         if name in allowed and name not in req.model_fields_set:
             setattr(req, name, value)
+    if pasted.script is not None and "script_name" not in req.model_fields_set:  # a plot's grid: the plot again
+        req.script_name, req.script_args = pasted.script[0], pasted.script[1]
     overrides, warnings = engine.paste.overrides(pasted.settings, req.override_settings or {})
     warnings.extend(refiner_warnings)
     if pasted.warning:  # over infotext.MAX_CHARS: only part was read
@@ -298,7 +300,11 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     async def txt2img(req: schemas.Txt2ImgRequest):
         warnings = prepare(req, engine)
         params = to_params(req)
-        job = await run_in_threadpool(engine.submit_txt2img, params, req.force_task_id)
+        if req.script_name:
+            job = await run_in_threadpool(engine.submit_script, "txt2img", req.script_name, params, req.script_args,
+                                          req.force_task_id)
+        else:
+            job = await run_in_threadpool(engine.submit_txt2img, params, req.force_task_id)
         return await respond(req, job, warnings, req.model_dump())
 
     @r.post("/img2img", response_model=schemas.Txt2ImgResponse)
@@ -308,7 +314,11 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         `include_init_images`."""
         warnings = prepare(req, engine)
         params = await run_in_threadpool(to_img2img_params, req, engine.limits)
-        job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id)
+        if req.script_name:
+            job = await run_in_threadpool(engine.submit_script, "img2img", req.script_name, params, req.script_args,
+                                          req.force_task_id)
+        else:
+            job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id)
         parameters = req.model_dump(exclude=set(schemas.Img2ImgRequest.HIRES_FIELDS))
         if not req.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None
@@ -531,13 +541,14 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/scripts", response_model=schemas.ScriptsList)
     def scripts():
-        """Empty lists: there are no selectable or always-on scripts (extensions) yet."""
-        return schemas.ScriptsList()
+        """The selectable scripts (script_name), lower case as A1111 lists them; there are no always-on ones."""
+        names = engine.scripts.names()
+        return schemas.ScriptsList(txt2img=names, img2img=names)
 
     @r.get("/script-info", response_model=list[schemas.ScriptInfo])
     def script_info():
-        """Empty: there are no scripts yet."""
-        return []
+        """Each script's arguments (script_args), in order, for each tab."""
+        return [schemas.ScriptInfo(**info) for info in engine.scripts.info()]
 
     @r.get("/extensions", response_model=list[schemas.ExtensionItem])
     def extensions():

@@ -79,7 +79,7 @@ class Txt2ImgRequest(BaseModel):
         defaults = Txt2ImgRequest()
         ignored_when_default = (
             "restore_faces", "tiling", "s_min_uncond",
-            "firstpass_image", "script_name", "alwayson_scripts",
+            "firstpass_image", "alwayson_scripts",
         )
         out = []
         for name in ignored_when_default:

@@ -17,6 +17,11 @@ class UnusableCheckpoint(BadRequest):
     """A checkpoint the request named (sd_model_checkpoint) that cannot be loaded: refused or unreadable."""
 
 
+class UnknownScript(BadRequest):
+    """A script_name that names no script here (A1111 answers 422)."""
+    status_code = 422
+
+
 class OverLimit(BadRequest):
     """The request asks for more than the server's limits allow (modules/limits.py); the message says which
     limit and the flag that raises it."""

@@ -36,6 +36,7 @@ class GenerationResult:
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
     grid: Image.Image | None = None  # A1111's grid of the job's images (more than one, saving on)
+    namer: filenames.FileNamer | None = None  # what the job's file names say (a script names its grid with it)
 
 
 @dataclass
@@ -87,14 +88,22 @@ class GenerationService:
 
         return self._queue.submit(kind, run, task_id)
 
+    def run_part(self, job: Job, accepted: Accepted, part: int, parts: int) -> GenerationResult:
+        """Run an accepted request inside `job`, a script's job (modules/services/scripts), as its part `part`
+        of `parts`: the job's one progress bar goes over all of them. An interrupt ends the part with what it
+        has made (`interrupted`); the script stops there."""
+        result = self._run(job, accepted, (part, parts))
+        result.warnings[:0] = accepted.warnings
+        return result
+
     # --- the job -----------------------------------------------------------------------------------
-    def _run(self, job: Job, accepted: Accepted) -> GenerationResult:
+    def _run(self, job: Job, accepted: Accepted, part: tuple[int, int] = (0, 1)) -> GenerationResult:
         run = self._start(job, accepted)
         self._fit_memory(run)
         hooks = pipeline.Hooks(check=job.check, taesd=self._checkpoints.taesd)
         self._model_hooks(run, hooks)
         batches, steps_run = self._batches(run, hooks)
-        bar = self._show_progress(run, hooks, steps_run)
+        bar = self._show_progress(run, hooks, steps_run, part)
         try:
             self._collect(run, batches)
         except JobInterrupted:
@@ -206,22 +215,27 @@ class GenerationService:
         run.extra = {**extra, **describe.sampler_fields(run.record, run.model.alphas_cumprod), **ctx.vae_fields()}
         return batches, steps_run
 
-    def _show_progress(self, run: _Run, hooks: pipeline.Hooks, steps_run: int) -> tqdm:
+    def _show_progress(self, run: _Run, hooks: pipeline.Hooks, steps_run: int, part: tuple[int, int]) -> tqdm:
         """Progress on the job's state (the page and /progress read it) and, in a terminal, a bar over the whole
-        job (A1111's "Total progress")."""
+        job (A1111's "Total progress"). A script's part `part[0]` of `part[1]` counts its batches after those of
+        the parts before it (all parts are taken to have as many batches)."""
         state: JobState = run.job.state
-        state.job_count, state.sampling_steps = run.params.n_iter, steps_run
-        state.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
-        run.namer = describe.file_namer(run.record, state.job_timestamp)
+        index, parts = part
+        first = index * run.params.n_iter
+        state.job_count, state.sampling_steps = parts * run.params.n_iter, steps_run
+        state.job_no, state.sampling_step = first, 0
+        if index == 0 or not state.job_timestamp:
+            state.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+        run.namer = run.result.namer = describe.file_namer(run.record, state.job_timestamp)
         bar = tqdm(total=run.params.n_iter * steps_run, desc=run.accepted.kind, unit="step", disable=None,
                    leave=False)
 
         def on_batch(index: int) -> None:
-            state.job_no, state.sampling_step = index, 0
+            state.job_no, state.sampling_step = first + index, 0
 
         def on_step(step: int, steps: int, latent) -> None:
             state.sampling_step, state.current_latent = step, latent
-            bar.update(state.job_no * steps + step - bar.n)
+            bar.update((state.job_no - first) * steps + step - bar.n)
 
         hooks.on_batch, hooks.on_step = on_batch, on_step
         state.partial = run.result  # the UI shows the images as they are finished
@@ -287,7 +301,7 @@ class GenerationService:
         if facts.shorthash != run.model.info.shorthash:
             run.record = dataclasses.replace(run.record,
                                              model=dataclasses.replace(facts, shorthash=run.model.info.shorthash))
-            run.namer = describe.file_namer(run.record, state.job_timestamp)
+            run.namer = run.result.namer = describe.file_namer(run.record, state.job_timestamp)
         if run.refiner is not None and run.accepted.ctx.refiner is not None:
             run.extra.update(run.accepted.ctx.refiner.fields(run.refiner.short_title, run.accepted.ctx.hires))
 

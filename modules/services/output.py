@@ -37,10 +37,10 @@ class OutputWriter:
         return self._indexed(path, "img2img" if img2img else "txt2img", text, image)
 
     def grid(self, grid: Image.Image, text: str, settings: Settings, namer: filenames.FileNamer, seed: int,
-             img2img: bool) -> Path:
+             img2img: bool, basename: str = "") -> Path:
         kind_dir = settings.outdir_img2img_grids if img2img else settings.outdir_txt2img_grids
         path = images.save_image(grid, self.folder(settings.outdir_grids or kind_dir), text, settings, namer, seed,
-                                 grid=True)
+                                 grid=True, basename=basename)
         return self._indexed(path, "grid", text, grid)
 
     def extras_image(self, image: Image.Image, text: str, settings: Settings, outdir: str | None) -> Path:

@@ -13,6 +13,7 @@ from modules.services.checkpoints import CheckpointService
 from modules.services.errors import BadRequest
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
+from modules.services.scripts import xyz
 from modules.settings import Settings
 
 
@@ -23,6 +24,7 @@ class Pasted:
     checkpoint: str | None  # the title of the checkpoint here that its `Model hash` / `Model` names
     warning: str | None  # set when the text was too long and only part of it was read
     unknown_refiner: str | None = None  # its `Refiner` when no checkpoint here is that one (values keep the name)
+    script: tuple[str, list[Any]] | None = None  # (script title, script_args) of a script's grid (X/Y/Z plot)
 
 
 class InfotextReader:
@@ -58,7 +60,9 @@ class InfotextReader:
             refiner = self._checkpoints.find(name)
             values["refiner_checkpoint"] = refiner.title if refiner is not None else name
             unknown_refiner = name if refiner is None else None
-        return Pasted(values, settings, checkpoint, infotext.cut((text or "").strip())[1], unknown_refiner)
+        script_args = xyz.args_from_infotext(parsed, "txt2img" if txt2img else "img2img")
+        script = (xyz.TITLE, script_args) if script_args is not None else None
+        return Pasted(values, settings, checkpoint, infotext.cut((text or "").strip())[1], unknown_refiner, script)
 
     def overrides(self, settings: dict[str, Any], given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The request's override_settings (`given`) plus the settings an infotext implies that it does not set,

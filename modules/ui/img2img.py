@@ -14,7 +14,7 @@ from PIL import Image
 from modules import images
 from modules.engine import BadRequest, Engine
 from modules.generation.params import Img2ImgParams
-from modules.ui import common, extra_networks as extra_networks_ui, progress, refiner, runner, toprow
+from modules.ui import common, extra_networks as extra_networks_ui, progress, refiner, runner, scripts, toprow
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -113,6 +113,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Img2ImgTab:
                                                                    label="Only masked padding, pixels",
                                                                    elem_id="img2img_inpaint_full_res_padding")
             fields.update(refiner.build(engine, "img2img"))
+            fields.update(scripts.build(engine, "img2img"))
             # The sub-tab's select sets the mode in the page and the inpaint options' visibility from the server
             # (at once, rather than through the mode's change); the change covers "Send to inpaint".
             tab_sets[inputs["mode"]] = list(sub_tabs)
@@ -282,7 +283,7 @@ def wire(engine: Engine, tab: Img2ImgTab) -> None:
     input_components = {c: name for name, c in tab.inputs.items()}
 
     def generate(data: dict):
-        values = {by_component[c]: v for c, v in data.items() if c in by_component}
+        script, values = scripts.request({by_component[c]: v for c, v in data.items() if c in by_component})
         inputs = {input_components[c]: v for c, v in data.items() if c in input_components}
         mode = int(inputs.get("mode") or 0)
         if mode == 5:
@@ -294,7 +295,7 @@ def wire(engine: Engine, tab: Img2ImgTab) -> None:
             return make_params(values, image, mask, int(inputs.get("scale_tab") or 0),
                                float(inputs.get("scale_by") or 1.0))
 
-        yield from runner.run(engine, "img2img", make)
+        yield from runner.run(engine, "img2img", make, script)
 
     # a list of inputs (not a set) so that the page's JS knows where the tab indexes are
     ordered = list(dict.fromkeys([*tab.fields.values(), *tab.inputs.values()]))

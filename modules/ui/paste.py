@@ -10,6 +10,7 @@ import gradio as gr
 
 from modules.engine import Engine
 from modules.generation import samplers
+from modules.ui import scripts
 
 
 def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -29,6 +30,7 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
     # the Refiner accordion is on exactly when the infotext names a refiner (A1111: `'Refiner' in d`); its
     # dropdown shows the checkpoint here, or the name as given when there is none
     values["enable_refiner"] = "refiner_checkpoint" in values
+    values.update(scripts.pasted_values(engine, text, "txt2img" if txt2img else "img2img"))  # a plot's grid
     return values, settings
 
 

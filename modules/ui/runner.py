@@ -75,19 +75,24 @@ def watch(engine: Engine, job, label: str = "") -> Generator[list, None, Generat
         return e
 
 
-def submit(engine: Engine, kind: str, make_params: Callable[[], GenerationParams]):
-    """Build the request and queue it: the Job, or the exception that says what is wrong with it."""
+def submit(engine: Engine, kind: str, make_params: Callable[[], GenerationParams],
+           script: tuple[str, list] | None = None):
+    """Build the request and queue it (through `script`, (title, script_args), if one is chosen): the Job, or
+    the exception that says what is wrong with it."""
     try:
         params = make_params()
+        if script is not None:
+            return engine.submit_script(kind, script[0], params, script[1])
         return (engine.submit_img2img if kind == "img2img" else engine.submit_txt2img)(params)
     except (ValidationError, BadRequest, CheckpointError, ValueError) as e:
         return e
 
 
-def run(engine: Engine, kind: str, make_params: Callable[[], GenerationParams]) -> Iterator[list]:
+def run(engine: Engine, kind: str, make_params: Callable[[], GenerationParams],
+        script: tuple[str, list] | None = None) -> Iterator[list]:
     """The generator behind a Generate button. `make_params` builds the request from the controls
-    (raising ValidationError / BadRequest for bad values)."""
-    job = submit(engine, kind, make_params)
+    (raising ValidationError / BadRequest for bad values); `script` is the chosen script and its arguments."""
+    job = submit(engine, kind, make_params, script)
     if isinstance(job, BaseException):
         yield error(describe_error(job))
         return

@@ -9,7 +9,7 @@ import gradio as gr
 from modules.engine import Engine
 from modules.generation import hires
 from modules.generation.params import GenerationParams
-from modules.ui import common, extra_networks as extra_networks_ui, refiner, runner, toprow
+from modules.ui import common, extra_networks as extra_networks_ui, refiner, runner, scripts, toprow
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -59,6 +59,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
                                                       elem_id="txt2img_hr_resize_y")
                 hires_info = gr.HTML("", elem_id="txt2img_hires_size")
             fields.update(refiner.build(engine, "txt2img"))
+            fields.update(scripts.build(engine, "txt2img"))
         with gr.Column(scale=1, elem_id="txt2img_results_column"):
             panel = common.output_panel("txt2img")
     fields["prompt"], fields["negative_prompt"], fields["styles"] = row.prompt, row.negative_prompt, row.styles
@@ -101,8 +102,8 @@ def wire(engine: Engine, tab: Txt2ImgTab) -> None:
     components = {c: name for name, c in tab.fields.items()}
 
     def generate(data: dict):
-        values = {components[c]: value for c, value in data.items() if c in components}
-        yield from runner.run(engine, "txt2img", lambda: make_params(values))
+        script, values = scripts.request({components[c]: value for c, value in data.items() if c in components})
+        yield from runner.run(engine, "txt2img", lambda: make_params(values), script)
 
     event_outputs = runner.outputs(tab.panel, tab.toprow.generate, tab.toprow.interrupt, tab.toprow.skip)
     inputs = set(tab.fields.values())

@@ -1,0 +1,80 @@
+"""What the scripts share: the plan a script makes of a request, the names they may look up, and the infotext
+keys they add."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from PIL import Image
+
+from modules import infotext
+from modules.generation.params import GenerationParams
+from modules.services.errors import BadRequest
+
+
+@dataclass(frozen=True)
+class Env:
+    """What a script may look up here: the checkpoint a name stands for (its title, or None), and the names the
+    page offers as choices."""
+    find_checkpoint: Callable[[str], str | None]
+    checkpoints: Callable[[], list[str]]
+    vaes: Callable[[], list[str]]
+    styles: Callable[[], list[str]]
+    img_max_size_mp: int = 200  # the setting: the largest grid, in megapixels
+
+
+@dataclass
+class CellResult:
+    """What one cell made: its image (the only one, or a grid of its batch), the infotext and seed of its first,
+    and all its images with theirs."""
+    image: Image.Image
+    infotext: str
+    seed: int
+    images: list[Image.Image] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """A script's cells (requests, in the order they run) and how to finish: `compose(results)` gets each
+    cell's result in the order of `cells` (None for one not made) and gives (grid or None, images, infotexts)."""
+    title: str
+    cells: list[GenerationParams]
+    compose: Callable[[list[CellResult | None]], "Composed"]
+    labels: list[str] = field(default_factory=list)  # what each cell is, for messages ("X axis Steps=3")
+
+
+@dataclass
+class Composed:
+    grid: Image.Image | None  # shown and answered first
+    images: list[Image.Image]
+    infotexts: list[str]
+    seeds: list[int]
+    grid_infotext: str | None = None
+    grid_basename: str = ""  # the grid's file name prefix (A1111: xyz_grid, prompt_matrix)
+
+
+def with_fields(text: str, fields: dict[str, Any]) -> str:
+    """Infotext `text` with `fields` added at the end of its parameters line (values quoted as A1111 does)."""
+    extra = ", ".join(f"{k}: {infotext.quote(infotext.format_value(v))}" for k, v in fields.items() if v is not None)
+    if not extra:
+        return text
+    return f"{text}, {extra}" if text else extra
+
+
+def rebuild(params: GenerationParams, values: dict[str, Any], what: str) -> GenerationParams:
+    """`params` with `values` changed, validated again (BadRequest naming `what` when a value is refused)."""
+    try:
+        return type(params)(**values)
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        errors = getattr(e, "errors", None)
+        detail = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors()) \
+            if callable(errors) else str(e)
+        raise BadRequest(f"{what}: {detail}") from None
+
+
+def fixed_seed(seed: int, rng) -> int:
+    """A1111's fix_seed: -1 (or nothing) becomes a random seed, so that every cell uses the same one."""
+    return int(rng.randrange(4294967294)) if seed is None or seed == -1 else int(seed)

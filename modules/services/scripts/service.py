@@ -1,0 +1,170 @@
+"""Running a script: its plan checked at submission (every cell accepted as a request, so a bad value is a 400
+naming the axis, line or combination before anything is queued), then one job in the queue that runs the cells
+in turn with one progress bar, and puts their images together."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+from modules import images, infotext
+from modules.generation.params import GenerationParams
+from modules.jobs import Job, JobQueue
+from modules.services.checkpoints import CheckpointService
+from modules.services.errors import BadRequest, UnknownScript
+from modules.services.generation import GenerationResult, GenerationService
+from modules.services.options import OptionsService
+from modules.services.output import OutputWriter
+from modules.services.requests import Accepted, RequestResolver
+from modules.services.scripts import prompt_matrix, prompts_from_file, xyz
+from modules.services.scripts.base import CellResult, Env, Plan
+from modules.styles import StyleStore
+
+TITLES = (prompt_matrix.TITLE, prompts_from_file.TITLE, xyz.TITLE)  # the page's order, after None
+
+
+class ScriptService:
+    def __init__(self, generation: GenerationService, requests: RequestResolver, checkpoints: CheckpointService,
+                 options: OptionsService, styles: StyleStore, queue: JobQueue, output: OutputWriter):
+        self._generation = generation
+        self._requests = requests
+        self._checkpoints = checkpoints
+        self._options = options
+        self._styles = styles
+        self._queue = queue
+        self._output = output
+
+    def names(self) -> list[str]:
+        """The selectable scripts, as /sdapi/v1/scripts lists them (A1111: lower case titles)."""
+        return [t.lower() for t in TITLES]
+
+    def find(self, name: str) -> str | None:
+        """The script's title for a name (case-insensitive), or None."""
+        wanted = (name or "").strip().lower()
+        return next((t for t in TITLES if t.lower() == wanted), None)
+
+    def env(self, settings_mp: int | None = None) -> Env:
+        def find_checkpoint(name: str) -> str | None:
+            info = self._checkpoints.find(name)
+            return info.title if info is not None else None
+
+        return Env(find_checkpoint, lambda: [i.title for i in self._checkpoints.list()],
+                   lambda: [v.name for v in self._checkpoints.vaes()], lambda: list(self._styles.all()),
+                   settings_mp or self._options.values.img_max_size_mp)
+
+    def xyz_axes(self, kind: str) -> list[xyz.Axis]:
+        """The X/Y/Z plot's axis types for a tab (the page's dropdowns, the API's script-info)."""
+        return xyz.axes_for(self.env(), kind)
+
+    def plan(self, kind: str, name: str, params: GenerationParams, args: list[Any],
+             rng: random.Random | None = None) -> Plan:
+        title = self.find(name)
+        if title is None:
+            raise UnknownScript(f"script_name: unknown script {name!r}; scripts: {', '.join(self.names())}")
+        if title == xyz.TITLE:
+            mp = self._options.effective(params.override_settings)[0].img_max_size_mp
+            return xyz.plan(params, list(args or []), self.env(mp), kind, rng)
+        if title == prompt_matrix.TITLE:
+            return prompt_matrix.plan(params, list(args or []), rng)
+        return prompts_from_file.plan(params, list(args or []), rng)
+
+    def submit(self, kind: str, name: str, params: GenerationParams, args: list[Any],
+               task_id: str | None = None) -> Job:
+        """Check the script's cells (BadRequest at once, naming the cell) and queue them as one job whose result
+        is a GenerationResult: the script's grid first (`grid`), then its images."""
+        plan = self.plan(kind, name, params, args)
+        accepted = []
+        for cell, label in zip(plan.cells, plan.labels):
+            try:
+                accepted.append(self._requests.accept(kind, cell))
+            except BadRequest as e:
+                raise type(e)(f"{plan.title}: {label}: {e}") from None  # which cell: its axis values, line, ...
+        return self._queue.submit(kind, lambda job: self._run(job, plan, accepted), task_id)
+
+    def _run(self, job: Job, plan: Plan, accepted: list[Accepted]) -> GenerationResult:
+        results: list[CellResult | None] = [None] * len(accepted)
+        warnings: list[str] = []
+        first: GenerationResult | None = None
+        for k, cell in enumerate(accepted):
+            if job.state.interrupted:
+                break
+            job.state.job = f"{k + 1} out of {len(accepted)}"  # A1111's `state.job` of a script, in /progress
+            result = self._generation.run_part(job, cell, k, len(accepted))
+            first = first or result
+            warnings.extend(w for w in result.warnings if w not in warnings)
+            if result.images:
+                image = result.images[0] if len(result.images) == 1 else \
+                    images.image_grid(result.images, cell.ctx.params.batch_size, cell.settings.n_rows)
+                results[k] = CellResult(image, result.infotexts[0], result.seeds[0], list(result.images),
+                                        list(result.infotexts), list(result.seeds))
+        return self._finish(plan, accepted[0], results, first, warnings, job.state.interrupted)
+
+    def _finish(self, plan: Plan, accepted: Accepted, results: list[CellResult | None],
+                first: GenerationResult | None, warnings: list[str], interrupted: bool) -> GenerationResult:
+        composed = plan.compose(results)
+        grid = composed.grid
+        settings = accepted.settings
+        if grid is not None:
+            grid.info["parameters"] = composed.grid_infotext or ""
+            if settings.grid_save and accepted.ctx.params.save_images and first is not None and first.namer:
+                namer = replace(first.namer, prompt=accepted.ctx.params.prompt)
+                self._output.grid(grid, grid.info["parameters"], settings, namer, composed.seeds[0]
+                                  if composed.seeds else accepted.ctx.seed, accepted.ctx.is_img2img,
+                                  basename=composed.grid_basename)
+            self._output.last_parameters(grid.info["parameters"])
+        for image, text in zip(composed.images, composed.infotexts):
+            image.info["parameters"] = text
+        info = dict(first.info) if first is not None else {}
+        # the images' infotexts; the front ends put the grid's first (and the API's index_of_first_image 1)
+        parsed = [infotext.parse(t) for t in composed.infotexts]
+        info.update({"all_prompts": [p.get("Prompt", "") for p in parsed],
+                     "all_negative_prompts": [p.get("Negative prompt", "") for p in parsed],
+                     "infotexts": list(composed.infotexts), "all_seeds": list(composed.seeds),
+                     "index_of_first_image": 0, "interrupted": interrupted, "warnings": warnings})
+        return GenerationResult(list(composed.images), list(composed.seeds), list(composed.infotexts),
+                                [None] * len(composed.images), info, interrupted, warnings, grid)
+
+    def info(self) -> list[dict[str, Any]]:
+        """A1111's /script-info: each script's arguments (label, default, range or choices) for each tab."""
+        out = []
+        for kind in ("txt2img", "img2img"):
+            labels = [a.label for a in self.xyz_axes(kind)]
+            xyz_args = []
+            for axis_name, default in (("X", 1), ("Y", 0), ("Z", 0)):
+                xyz_args += [dict(label=f"{axis_name} type", value=labels[default], choices=labels),
+                             dict(label=f"{axis_name} values", value=""),
+                             dict(label=f"{axis_name} values", value=None)]
+            xyz_args += [dict(label=label, value=value) for label, value in (
+                ("Draw legend", True), ("Include Sub Images", False), ("Include Sub Grids", False),
+                ("Keep -1 for seeds", False), ("Vary seeds for X", False), ("Vary seeds for Y", False),
+                ("Vary seeds for Z", False))]
+            xyz_args += [dict(label="Grid margins (px)", value=0, minimum=0, maximum=500, step=2),
+                         dict(label="Use text inputs instead of dropdowns", value=False)]
+            matrix_args = [dict(label="Put variable parts at start of prompt", value=False),
+                           dict(label="Use different seed for each picture", value=False),
+                           dict(label="Select prompt", value="positive", choices=["positive", "negative"]),
+                           dict(label="Select joining char", value="comma", choices=["comma", "space"]),
+                           dict(label="Grid margins (px)", value=0, minimum=0, maximum=500, step=2)]
+            file_args = [dict(label="Iterate seed every line", value=False),
+                         dict(label="Use same random seed for all lines", value=False),
+                         dict(label="Insert prompts at the", value="start", choices=["start", "end"]),
+                         dict(label="List of prompt inputs", value="")]
+            for title, args in ((prompt_matrix.TITLE, matrix_args), (prompts_from_file.TITLE, file_args),
+                                (xyz.TITLE, xyz_args)):
+                out.append(dict(name=title.lower(), is_alwayson=False, is_img2img=kind == "img2img", args=args))
+        return out
+
+    @staticmethod
+    def titles() -> list[str]:
+        """The scripts' titles, as the page's Script dropdown shows them (after None)."""
+        return list(TITLES)
+
+    def axis_choices(self, kind: str) -> list[list[str] | None]:
+        """For each X/Y/Z axis type of a tab, the values the page offers in a dropdown (None: typed values)."""
+        env = self.env()
+        return [axis.choices(env) if axis.choices else None for axis in self.xyz_axes(kind)]
+
+    def args_from_infotext(self, text: str, kind: str) -> list[Any] | None:
+        """The X/Y/Z plot script_args a grid's infotext stands for (see InfotextReader), or None."""
+        return xyz.args_from_infotext(infotext.parse(text or ""), kind)
