@@ -13,31 +13,17 @@ from tests.support.tabs import PROMPT, wait_idle
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 
-def pick(page, elem_id: str, choice: str) -> None:
-    """select_option, tried again when its read of the list raced the filter being cleared (the axis lists are
-    long and a label may be part of another: "Steps", "Hires steps"); the choice must be shown in the end."""
-    for attempt in range(3):
-        try:
-            select_option(page, elem_id, choice)
-            return
-        except AssertionError:
-            if attempt == 2:
-                raise
-            page.keyboard.press("Escape")
-
-
 def test_xyz_plot_from_the_page_and_pasted_back(page):
     expect(page.locator("#txt2img_xyz_x_type")).to_be_hidden()  # None: no script's controls
-    pick(page, "txt2img_script_list", "X/Y/Z plot")
+    select_option(page, "txt2img_script_list", "X/Y/Z plot")
     expect(page.locator("#txt2img_xyz_x_type")).to_be_visible()
     assert read_value(page, "txt2img_xyz_x_type") == "Seed"  # A1111's default X type
 
-    pick(page, "txt2img_xyz_x_type", "Sampler")  # an axis with choices: a dropdown of them
+    select_option(page, "txt2img_xyz_x_type", "Sampler")  # an axis with choices: a dropdown of them
     expect(page.locator("#txt2img_xyz_x_values_dropdown")).to_be_visible()
     expect(page.locator("#txt2img_xyz_x_values")).to_be_hidden()
 
-    # (labels that are no part of another: picking by typing "Steps" may land on "Hires steps")
-    pick(page, "txt2img_xyz_x_type", "CFG Scale")
+    select_option(page, "txt2img_xyz_x_type", "CFG Scale")
     expect(page.locator("#txt2img_xyz_x_values")).to_be_visible()
     fill_text(page, "txt2img_xyz_x_values", "3, 7")
     fill_text(page, "txt2img_prompt", PROMPT)
@@ -48,9 +34,9 @@ def test_xyz_plot_from_the_page_and_pasted_back(page):
     infotext = read_value(page, "txt2img_infotext")
     assert 'Script: X/Y/Z plot, X Type: CFG Scale, X Values: "3, 7"' in infotext, infotext
 
-    pick(page, "txt2img_xyz_x_type", "Denoising")  # changed, then the script put away
+    select_option(page, "txt2img_xyz_x_type", "Denoising")  # changed, then the script put away
     fill_text(page, "txt2img_xyz_x_values", "0.5")
-    pick(page, "txt2img_script_list", "None")
+    select_option(page, "txt2img_script_list", "None")
     expect(page.locator("#txt2img_xyz_x_type")).to_be_hidden()
     fill_text(page, "txt2img_prompt", infotext)
     page.locator("#txt2img_paste").click()

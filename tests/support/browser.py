@@ -41,6 +41,7 @@ from urllib.parse import urljoin
 
 import pytest
 import requests
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from PIL import Image
 
 from tests.support.server import ROOT, start_server, stop_server
@@ -169,15 +170,21 @@ def find_option(page, elem_id: str, text: str, timeout: float = 30) -> str:
 
 
 def select_option(page, elem_id: str, choice: str) -> None:
-    """Pick `choice` in a Dropdown as a user does: click, type to filter, click the option."""
-    choices = option_labels(page, elem_id)
-    if choice not in choices:
-        raise AssertionError(f"#{elem_id} has no choice {choice!r}; it offers {choices}")
+    """Pick `choice` in a Dropdown as a user does: click, type to filter, click the option whose label is exactly
+    `choice` ("Steps", not "Hires steps"). The option is waited for after typing, never read from a list shown
+    before: Gradio filters on key events, so a list read at once may still be the one filtered by the previous
+    value."""
     box = block(page, elem_id).locator("input[role=combobox]")
     box.click()
     box.fill("")
     box.press_sequentially(choice)  # fill() alone does not filter: Gradio filters on key events
-    block(page, elem_id).get_by_role("option", name=choice, exact=True).click()
+    option = block(page, elem_id).get_by_role("option", name=choice, exact=True)
+    try:
+        option.wait_for(state="visible", timeout=ACTION_TIMEOUT_MS)
+    except PlaywrightTimeoutError:
+        box.press("Escape")
+        raise AssertionError(f"#{elem_id} has no choice {choice!r}; it offers {option_labels(page, elem_id)}") from None
+    option.click()
     block(page, elem_id).locator("[role=listbox]").wait_for(state="hidden")
     got = box.input_value()
     if got != choice:
