@@ -671,7 +671,7 @@ def parse_args(argv=None):
                          "background")
     ap.add_argument("--low-memory", action="store_true",
                     help="our engine in low-memory mode (as --medvram / --lowram: weights stored in 16 bits)")
-    ap.add_argument("--unet-backend", choices=["PyTorch", "OpenVINO"], default="PyTorch",
+    ap.add_argument("--unet-backend", choices=["PyTorch", "OpenVINO", "OpenVINO bf16"], default="PyTorch",
                     help="our engine's U-Net backend setting (OpenVINO: converted on the first run with a --data-dir, "
                          "its cost reported as backend_prepare_s)")
     ap.add_argument("--data-dir", type=Path, help="our engine's data folder (default: a new temporary one); the "

@@ -267,24 +267,27 @@ class ModelManager:
     # --- extra networks ------------------------------------------------------------------------
     def use_unet_backend(self, model: LoadedModel, backend: str,
                          progress: Callable[[str], None] = lambda _text: None) -> str | None:
-        """Route this job's U-Net calls to `backend` ("PyTorch" or "OpenVINO"; call after the job's networks are
-        applied). OpenVINO's U-Net is converted (the first time for a checkpoint) and compiled here (the first
-        time for a loaded model). Returns why OpenVINO is not used when it was asked for (the job then runs on
-        PyTorch, as it would without the setting), else None."""
+        """Route this job's U-Net calls to `backend` ("PyTorch", "OpenVINO" or "OpenVINO bf16"; call after the
+        job's networks are applied). OpenVINO's U-Net is converted (the first time for a checkpoint) and compiled
+        here (the first time for a loaded model, or for another precision). Returns why OpenVINO is not used when
+        it was asked for (the job then runs on PyTorch, as it would without the setting), else None."""
         model.use_openvino = False
-        if backend != "OpenVINO":
+        precision = openvino_unet.PRECISIONS.get(backend)
+        if precision is None:
             return None
         why = openvino_unet.available() or self._openvino_does_not_cover(model)
         if why:
-            return f"U-Net backend OpenVINO: {why}; this job ran on PyTorch"
+            return f"U-Net backend {backend}: {why}; this job ran on PyTorch"
+        if model.openvino is not None and model.openvino.precision != precision:
+            model.openvino = None  # compiled for the other precision: compiled again from the same file
         if model.openvino is None:
             sha256 = self.checkpoints.ensure_hash(model.info)  # the converted file is named by it
             try:
                 added = openvino_unet.added_widths(model.unet, len(model.text.unet_inputs(64, 64).get("time_ids", ())))
-                model.openvino = self.openvino_models.compile(sha256, model.unet, progress, added)
+                model.openvino = self.openvino_models.compile(sha256, model.unet, progress, added, precision)
             except Exception as e:  # a failed conversion must not fail the job: PyTorch runs it
                 log.exception("OpenVINO could not convert or compile %s's U-Net", model.info.name)
-                return f"U-Net backend OpenVINO: the U-Net could not be converted ({e}); this job ran on PyTorch"
+                return f"U-Net backend {backend}: the U-Net could not be converted ({e}); this job ran on PyTorch"
         model.use_openvino = True
         return None
 

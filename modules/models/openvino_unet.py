@@ -11,7 +11,8 @@ What it does not cover runs on PyTorch as before, call by call or job by job: la
 multiple of 8 (image sides not a multiple of 64), a U-Net changed by a LoRA
 (the IR holds the file's weights; see `eligible`), low-memory mode, and other devices than the CPU. An
 interrupt lands at the end of the running U-Net call instead of within it (a few seconds at 512x512 on a CPU).
-The compiled model holds its own copy of the weights beside PyTorch's: about 3.4 GB more for SD 1.5.
+The compiled model holds its own copy of the weights beside PyTorch's: a 512x512 SD 1.5 job peaked at 11.3 GB of
+RSS against 6.6 GB on PyTorch (bench/README.md).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"  # part of the cache key: bump when what is traced changes
+# The backend setting's OpenVINO choices and the precision each computes in: f32 gives PyTorch's images to within
+# rounding; bf16 (CPUs with AVX-512 BF16 or AMX do it in hardware) is about twice as fast and not exact.
+PRECISIONS = {"OpenVINO": "f32", "OpenVINO bf16": "bf16"}
 
 
 def available() -> str | None:
@@ -79,8 +83,9 @@ class OpenVinoUNet(torch.nn.Module):
     """Called as the Denoiser calls the diffusers U-Net: (sample, timestep, encoder_hidden_states) -> .sample.
     What the compiled model does not cover is passed to the PyTorch U-Net."""
 
-    def __init__(self, compiled, unet: torch.nn.Module, added: bool = False):
+    def __init__(self, compiled, unet: torch.nn.Module, added: bool = False, precision: str = "f32"):
         super().__init__()
+        self.precision = precision  # what OpenVINO computes in (PRECISIONS)
         self._added = added  # converted with SDXL's extra inputs
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
@@ -134,10 +139,11 @@ class OpenVinoModels:
         return self.folder / f"unet-{sha256[:16]}-{unet.config.in_channels}ch-v{FORMAT_VERSION}-ov{version}.xml"
 
     def compile(self, sha256: str, unet: torch.nn.Module, progress: Callable[[str], None] = lambda _: None,
-                added: dict[str, int] | None = None) -> OpenVinoUNet:
+                added: dict[str, int] | None = None, precision: str = "f32") -> OpenVinoUNet:
         """The compiled U-Net of the checkpoint with this SHA-256 (`unet`: its PyTorch U-Net, unchanged by any
         network; `added`: the widths of SDXL's extra inputs, see added_widths), converted first if it never was.
-        `progress(text)` says which stage runs (the console shows a bar of the stages)."""
+        `progress(text)` says which stage runs (the console shows a bar of the stages); `precision`: what OpenVINO
+        computes in, "f32" or "bf16" (the same converted file serves both)."""
         import openvino as ov
         path = self.ir_path(sha256, unet)
         with self._lock:
@@ -149,10 +155,10 @@ class OpenVinoModels:
                 started = time.perf_counter()
                 core = ov.Core()
                 core.set_property({"CACHE_DIR": str(self.folder / "compiled")})
-                compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+                compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
                 bar.update(1)
             log.info("OpenVINO U-Net compiled in %.1f s (%s)", time.perf_counter() - started, path.name)
-            return OpenVinoUNet(compiled, unet, added is not None)
+            return OpenVinoUNet(compiled, unet, added is not None, precision)
 
     def _convert(self, unet: torch.nn.Module, path: Path, progress: Callable[[str], None], bar: tqdm,
                  added: dict[str, int] | None) -> None:

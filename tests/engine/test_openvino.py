@@ -110,3 +110,14 @@ def test_sdxl_u_nets_take_their_extra_inputs(tmp_path, family):
             assert psnr(a, b) > 40, psnr(a, b)
     finally:
         e.queue.stop()
+
+
+def test_bf16_is_its_own_choice_and_switching_back_gives_f32_again(engine):
+    f32 = gen(engine, "OpenVINO").images[0]
+    fast = gen(engine, "OpenVINO bf16")
+    runner = engine.checkpoints.current.openvino
+    assert runner.precision == "bf16" and runner.calls > 0 and not fast.warnings
+    assert psnr(fast.images[0], f32) > 20  # close, not exact
+    again = gen(engine, "OpenVINO").images[0]
+    assert engine.checkpoints.current.openvino.precision == "f32"
+    assert again.tobytes() == f32.tobytes()
