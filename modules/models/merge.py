@@ -270,7 +270,8 @@ def _plan(sources: dict[str, _Source], request: MergeRequest, vae: dict[str, tor
     return items, kind
 
 
-def _check_families(sources: dict[str, _Source]) -> None:
+def _check_families(sources: dict[str, _Source]) -> families.ModelFamily:
+    """The family every input shares (MergeError when one is of another family or of none)."""
     found = {}
     for role, source in sources.items():
         family = source.family()
@@ -283,6 +284,7 @@ def _check_families(sources: dict[str, _Source]) -> None:
         if family.name != first.name:
             raise MergeError(f"Cannot merge models of different families: A ({sources['A'].path.name}) is "
                              f"{first.label}, {role} ({sources[role].path.name}) is {family.label}")
+    return first
 
 
 def _recipe_metadata(request: MergeRequest, sources: dict[str, _Source], kind: str | None) -> dict[str, str]:
@@ -407,12 +409,11 @@ def merge(request: MergeRequest, out_dir: Path, progress: Progress = lambda *_: 
             except CheckpointError as e:
                 raise MergeError(f"{role}: {e}") from None
             stack.callback(sources[role].close)
-        _check_families(sources)
+        family = _check_families(sources)
         warnings = []
         vae = {}
         if request.bake_in_vae is not None:
             vae = _vae_tensors(request.bake_in_vae, request.bake_in_vae_name, sources["A"])
-            family = sources["A"].family()
             note = vae_family.mismatch(request.bake_in_vae, request.bake_in_vae_name, family.vae_kind, family.label)
             warnings += [note] if note else []
         items, kind = _plan(sources, request, vae)

@@ -47,7 +47,7 @@ class TopBar:
 
 
 def _checkpoint_titles(engine: Engine) -> list[str]:
-    return [i.title for i in engine.checkpoints.list()]
+    return merger.checkpoint_titles(engine)
 
 
 def _vae_choices(engine: Engine) -> list[str]:

@@ -24,7 +24,8 @@ class MergerTab:
     merged: gr.EventListener  # the merge event: what follows a merge (the top bar's list) chains on it
 
 
-def _titles(engine: Engine) -> list[str]:
+def checkpoint_titles(engine: Engine) -> list[str]:
+    """The checkpoint dropdowns' choices (the top bar's too)."""
     return [info.title for info in engine.checkpoints.list()]
 
 
@@ -44,7 +45,7 @@ def status(state, ahead: int) -> str:
 
 
 def build(engine: Engine) -> MergerTab:
-    titles = _titles(engine)
+    titles = checkpoint_titles(engine)
     with gr.Row(equal_height=False):
         with gr.Column(variant="panel"):
             gr.HTML("<p>A merger of the checkpoints will be saved in your <b>checkpoint</b> folder "
@@ -86,7 +87,7 @@ def build(engine: Engine) -> MergerTab:
 
     def lists(*chosen):
         engine.checkpoints.refresh()
-        choices = _titles(engine)
+        choices = checkpoint_titles(engine)
 
         def same(value):  # a title gains its [hash] once known: keep the same file chosen
             info = engine.checkpoints.find(value) if value else None
