@@ -42,6 +42,7 @@ from urllib.parse import urljoin
 import pytest
 import requests
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from playwright.sync_api import expect
 from PIL import Image
 
 from tests.support.server import ROOT, start_server, stop_server
@@ -50,6 +51,10 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 LOAD_TIMEOUT_MS = 120_000  # the first page load on a busy 2-core machine
 ACTION_TIMEOUT_MS = 30_000
+# expect() waits as long as an action does: its own default (5 s) is the one deadline in these tests that is
+# shorter than an event's round trip can be on a 2-core machine that runs the server, Chromium and pytest.
+expect.set_options(timeout=ACTION_TIMEOUT_MS)
+SERVER_LOG_LINES = 80  # how much of the server's log a failed browser test prints
 
 
 def chromium_path() -> str:
@@ -107,15 +112,37 @@ def open_app(browser, url: str):
 
 @pytest.fixture()
 def page(browser, ui_server, request):
-    """The app in a fresh browser context; its screenshot goes to test-output/screenshots/<test>.png."""
+    """The app in a fresh browser context; its screenshot goes to test-output/screenshots/<test>.png. When the
+    test fails, what the page said (console errors, error popups) and the end of the server's log are printed,
+    so a failure in CI can be read without running it again."""
     p = open_app(browser, ui_server[0])
+    console: list[str] = []
+    p.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    p.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
     yield p
     try:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^\w.-]+", "_", request.node.name)
         p.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print_failure_context(p, console, ui_server[1] / "server.log")
     finally:
         p.context.close()
+
+
+def print_failure_context(page, console: list[str], server_log: Path) -> None:
+    """What a failed browser test leaves behind: the page's console errors and error popups, and the end of
+    the server's log (pytest shows a failed test's captured output)."""
+    print("--- browser console (errors and warnings):")
+    print("\n".join(console) or "(none)")
+    print("--- error popups:", error_toasts(page) or "(none)")
+    try:
+        lines = server_log.read_text(errors="replace").splitlines()[-SERVER_LOG_LINES:]
+    except OSError as e:
+        lines = [f"(cannot read {server_log}: {e})"]
+    print(f"--- the last {len(lines)} lines of {server_log.name}:")
+    print("\n".join(lines))
 
 
 # ---------------------------------------------------------------- component helpers
