@@ -9,11 +9,10 @@ import sys
 import threading
 import webbrowser
 
-# Never let a library reach for a model hub: everything this program needs ships with it.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Before any library is imported (several read their switches then): no model hub, no usage statistics.
+from modules import offline  # noqa: E402
+
+offline.apply()
 
 from modules import cmd_args, devices, logs  # noqa: E402
 

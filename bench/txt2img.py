@@ -28,12 +28,14 @@ each phase's peak of torch.cuda.max_memory_allocated; bench/gpu_check.sh runs it
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
-# Never reach for a model hub (set before any Hugging Face library is imported).
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The app's offline switches, before any library reads them: no model hub, no usage statistics.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from modules import offline  # noqa: E402
+
+offline.apply()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -46,14 +48,11 @@ import platform  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 _import_start = time.perf_counter()
 import numpy as np  # noqa: E402

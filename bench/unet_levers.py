@@ -19,10 +19,17 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
-import torch
-from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import AttnProcessor2_0
+# The app's offline switches before any library reads them (OpenVINO sends usage statistics otherwise).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from modules import offline  # noqa: E402
+
+offline.apply()
+
+import torch  # noqa: E402
+from diffusers import UNet2DConditionModel  # noqa: E402
+from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
 LEVERS = ("plain", "channels_last", "bf16", "compile", "openvino", "openvino_bf16")
 

@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+from modules import offline  # first: the libraries read their switches when they are imported
+
+offline.apply()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

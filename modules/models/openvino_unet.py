@@ -30,6 +30,9 @@ import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from tqdm import tqdm
 
+from modules import offline
+
+offline.block_statistics_modules()  # before any `import openvino` below: it would send usage statistics
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"  # part of the cache key: bump when what is traced changes
