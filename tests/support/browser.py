@@ -100,9 +100,12 @@ def ui_server(tmp_path_factory):
     stop_server(proc)
 
 
-def open_app(browser, url: str):
-    """A new context and page at `url`, returned once the Gradio app has rendered."""
+def open_app(browser, url: str, on_request=None):
+    """A new context and page at `url`, returned once the Gradio app has rendered. `on_request(request)` is
+    called for every request the page makes, from the first."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    if on_request is not None:
+        context.on("request", on_request)
     page = context.new_page()
     page.set_default_timeout(ACTION_TIMEOUT_MS)
     page.goto(url, timeout=LOAD_TIMEOUT_MS)

@@ -25,14 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 URL_LINE = re.compile(r"Running on local URL: (http://[^\s]+)")
 
 
-def start_server(data: Path, *args: str, timeout: float = 180, ready_auth: tuple[str, str] | None = None
-                 ) -> tuple[subprocess.Popen, str]:
+def start_server(data: Path, *args: str, timeout: float = 180, ready_auth: tuple[str, str] | None = None,
+                 runner: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """webui.py on 127.0.0.1 with --port 0: the server takes a free port itself and its log says which (a port
-    picked here and handed over could be taken by another process in between)."""
+    picked here and handed over could be taken by another process in between). `runner`: a Python script (and
+    its arguments) that runs webui.py, e.g. tests/support/netguard.py RECORD."""
     log_path = data / "server.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "webui.py"), "--port", "0", "--data-dir", str(data),
+        [sys.executable, *runner, str(ROOT / "webui.py"), "--port", "0", "--data-dir", str(data),
          "--skip-torch-cuda-test", *args],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "COMMANDLINE_ARGS": ""})
