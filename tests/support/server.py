@@ -58,6 +58,8 @@ def start_server(data: Path, *args: str, timeout: float = 180, ready_auth: tuple
 
 
 def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (its shutdown path), then SIGKILL to whatever of the group is
+    left: a process the server forked must not outlive the test."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
@@ -66,6 +68,10 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the group is empty: nothing was left
+        pass
 
 
 def setup_data(data: Path, tiny_dir: Path) -> Path:
