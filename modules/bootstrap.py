@@ -51,7 +51,8 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     hypernetworks = HypernetworkRegistry(p.hypernetwork_dirs, hashes)
     models = ModelManager(checkpoint_files, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config,
                           loras=loras, embeddings=embeddings, taesd_models=TaesdModels(p.taesd_dir),
-                          hypernetworks=hypernetworks, openvino_models=OpenVinoModels(p.openvino_cache))
+                          hypernetworks=hypernetworks, openvino_models=OpenVinoModels(p.openvino_cache),
+                          midas_dir=p.models / "midas")
     store = SettingsStore(p.config_file)
     queue = JobQueue()
     queue.on_stop(checkpoint_files.hasher.stop)  # no hashing thread outlives the engine

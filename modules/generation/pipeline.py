@@ -26,7 +26,7 @@ from modules.generation.context import JobContext, RefinerPlan
 from modules.generation.params import Img2ImgParams
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import JobInterrupted, JobSkipped
-from modules.models import low_memory, taesd
+from modules.models import depth, low_memory, taesd
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ class Hooks:
     # a job whose context asks for TAESD (vae_decode_method / vae_encode_method): the TAESD "decoder" or
     # "encoder" that fits a model, (model, part) -> module (raises taesd.TaesdMissing when its file is absent)
     taesd: Callable[[Any, str], torch.nn.Module] | None = None
+    # an SD 2 depth model's img2img: its depth estimator, model -> module (raises depth.DepthModelMissing when the
+    # file has none and models/midas has none either)
+    depth_estimator: Callable[[Any], torch.nn.Module] | None = None
 
 
 def taesd_part(hooks: Hooks | None, model, part: str, method: str) -> torch.nn.Module | None:
@@ -579,6 +582,33 @@ class RefinerMismatch(RuntimeError):
     """The refiner cannot continue what the job's model started (an inpainting refiner for another model)."""
 
 
+class NeedsInitImage(ValueError):
+    """txt2img with a model that makes images from a picture's depth (the SD 2 depth model)."""
+
+
+def refuse_depth_txt2img(model) -> None:
+    """A1111's txt2img feeds an SD 2 depth model the 5-channel inpainting conditioning and fails on a channel
+    mismatch; here the request is refused with what to do instead."""
+    if model.config.is_depth:
+        raise NeedsInitImage(f"{model.info.name} is an SD 2 depth model: it makes images from the depth of an init "
+                             "image, so use img2img with a picture (it cannot do txt2img)")
+
+
+def depth_conditioning(model, hooks: Hooks | None, image: Image.Image, latent_size: tuple[int, int]
+                       ) -> tuple[torch.Tensor, Image.Image]:
+    """The depth model's fifth U-Net channel for `image` (the first init image at the processing size), and the
+    depth map as a picture of the image's size."""
+    if hooks is not None and hooks.depth_estimator is not None:
+        estimator = hooks.depth_estimator(model)
+    elif model.depth_model is not None:
+        estimator = model.depth_model
+    else:
+        raise depth.DepthModelMissing(f"{model.info.name} has no depth estimator and nothing provides one")
+    cond, picture = depth.conditioning(estimator, image_to_tensor(image)[None], latent_size,
+                                       (image.height, image.width))
+    return cond.to(model.device), depth.depth_image(picture)
+
+
 @dataclass
 class RefinerSwitch:
     """One pass's switch to the refiner (`ctx.refiner`), armed on the pass's Denoiser, which fires it once at
@@ -803,6 +833,7 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: 
 def txt2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Iterator[BatchOutput]:
     """Generate `params.n_iter` batches of `params.batch_size` images, one per seed of the context."""
     params = ctx.params
+    refuse_depth_txt2img(model)
     shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
     plan = _Plan(shape, inpainting_conditioning(model, params.batch_size, params.height, params.width,
                                                 ctx.vae_tiling), hires=ctx.hires)
@@ -818,6 +849,7 @@ class Img2ImgInputs:
     steps_run: int
     fields: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    depth_map: Image.Image | None = None  # the SD 2 depth model's depth map of the init image (near is white)
 
 
 MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
@@ -890,7 +922,10 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
         small = prepared_mask.mask.resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)
         lm = np.asarray(small, dtype=np.float32) / 255.0
         latent_mask = torch.from_numpy(np.around(lm) if params.mask_round else lm)[None, None].to(model.device)
-    image_cond = None
+    image_cond = depth_map = None
+    if model.config.is_depth:  # the depth of the first (filled) input at the processing size, as A1111
+        first = inputs[0] if inputs[0].size == (width, height) else images.resize_image(0, inputs[0], width, height)
+        image_cond, depth_map = depth_conditioning(model, hooks, first, shape[1:])
     if model.config.in_channels == 9:  # conditioned on the (filled) inputs at the processing size
         sized = [im if im.size == (width, height) else images.resize_image(0, im, width, height) for im in inputs]
         pixels = torch.stack([image_to_tensor(im) for im in (sized if pixel_mask is not None else sized[:1])])
@@ -916,7 +951,7 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
         return [masking.paste_back(im, originals[i % len(originals)], prepared_mask) for i, im in enumerate(decoded)]
 
     plan = _Plan(shape, image_cond, start, multiplier, finish, schedule_steps=schedule_steps)
-    return Img2ImgInputs(plan, t_enc + 1, fields, notes)
+    return Img2ImgInputs(plan, t_enc + 1, fields, notes, depth_map)
 
 
 @torch.no_grad()

@@ -45,6 +45,7 @@ class FamilyMatch:
     """What a family read from a checkpoint it recognised."""
     inpainting: bool  # a 9-channel U-Net input (latent + mask + masked image)
     prediction_type: str | None  # "epsilon", "v_prediction", or None: probe the U-Net after loading
+    depth: bool = False  # a 5-channel U-Net input (latent + depth map): the SD 2 depth model
 
 
 class ModelFamily(Protocol):
@@ -57,7 +58,7 @@ class ModelFamily(Protocol):
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         """What a checkpoint is if its tensors (and safetensors metadata) are this family's, else None.
-        Only asked about files with a complete U-Net and a 4- or 9-channel input and no YAML beside them."""
+        Only asked about files with a complete U-Net and a 4-, 5- or 9-channel input and no YAML beside them."""
         ...
 
     def describes(self, original: dict) -> bool:
@@ -110,6 +111,11 @@ class ModelConfig:
         return self.in_channels == 9
 
     @property
+    def is_depth(self) -> bool:
+        """The SD 2 depth model: the U-Net also takes a depth map of the init image (modules/models/depth.py)."""
+        return self.in_channels == 5
+
+    @property
     def scale_factor(self) -> float:
         return float(self.params.get("scale_factor", 0.18215))
 
@@ -122,6 +128,8 @@ class ModelConfig:
         name = self.family.label
         if self.is_inpainting:
             name += " inpainting"
+        if self.is_depth:
+            name += " depth"
         if self.prediction_type == "v_prediction":
             name += " v-prediction"
         return name
@@ -130,7 +138,7 @@ class ModelConfig:
         """This config once the prediction type is known (probed): a detected one takes the family's YAML
         for it (SD 2.x v-prediction has its own), one from beside the file keeps its YAML."""
         if self.source == "detected" and self.files is not None:
-            path = self.family.config_file(FamilyMatch(self.is_inpainting, prediction_type), self.files)
+            path = self.family.config_file(FamilyMatch(self.is_inpainting, prediction_type, self.is_depth), self.files)
             return replace(self, yaml_path=path, original=read_yaml(path), prediction_type=prediction_type)
         return replace(self, prediction_type=prediction_type)
 
@@ -187,3 +195,4 @@ class BuiltModel:
     vae_config: dict
     text_encoder: torch.nn.Module  # a CLIPTextModel, or a module holding a family's several text encoders
     alphas_cumprod: torch.Tensor
+    depth_model: torch.nn.Module | None = None  # the SD 2 depth model's MiDaS, when its file carries it

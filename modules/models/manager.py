@@ -23,8 +23,8 @@ from transformers import CLIPTokenizer
 
 from modules import devices
 from modules.hashing import PROGRESS_AFTER_S
-from modules.models import (checkpoint_file, families, hypernetwork, loader, lora, low_memory, openvino_unet, taesd,
-                            vae_family)
+from modules.models import (checkpoint_file, depth, families, hypernetwork, loader, lora, low_memory, openvino_unet,
+                            taesd, vae_family)
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.family import BuiltModel, ModelConfig, ModelFamily
@@ -59,6 +59,7 @@ class LoadedModel:
     low_memory: bool = False  # weights stored in 16 bits, cast layer by layer as they run (models/low_memory.py)
     openvino: openvino_unet.OpenVinoUNet | None = field(default=None, repr=False)  # compiled when first asked for
     use_openvino: bool = False  # this job's U-Net calls go to `openvino` (see ModelManager.use_unet_backend)
+    depth_model: torch.nn.Module | None = field(default=None, repr=False)  # the SD 2 depth model's MiDaS (float32)
 
     def __post_init__(self) -> None:
         if self.networks is None:
@@ -92,7 +93,7 @@ class LoadedModel:
         its refiner mid-batch does): every module moves to the meta device, which keeps shapes and frees the
         memory, and the LoRA backups are dropped. The object stays readable (its info, config, the embeddings
         its prompts used); running it raises. Called by the manager when another model replaces it."""
-        for module in (self.unet, self.vae, self.own_vae, self.text.text_model):
+        for module in (self.unet, self.vae, self.own_vae, self.text.text_model, self.depth_model):
             if module is not None:
                 module.to("meta")
         if self.networks is not None:
@@ -119,7 +120,7 @@ class ModelManager:
                  default_sd1_config: Path, loras: lora.LoraRegistry | None = None,
                  embeddings: EmbeddingRegistry | None = None, taesd_models: taesd.TaesdModels | None = None,
                  hypernetworks: hypernetwork.HypernetworkRegistry | None = None,
-                 openvino_models: openvino_unet.OpenVinoModels | None = None):
+                 openvino_models: openvino_unet.OpenVinoModels | None = None, midas_dir: Path | None = None):
         self.checkpoints = checkpoints
         self.vaes = vaes
         self.loras = loras if loras is not None else lora.LoraRegistry((), checkpoints.hashes)
@@ -135,6 +136,9 @@ class ModelManager:
         self.openvino_models = openvino_models if openvino_models is not None else openvino_unet.OpenVinoModels(
             Path(checkpoints.folders[-1]).parent.parent / "cache" / "openvino" if checkpoints.folders
             else Path("cache/openvino"))
+        # MiDaS for SD 2 depth checkpoints saved without it (models/midas, as in A1111)
+        self.midas_dir = midas_dir if midas_dir is not None else (
+            Path(checkpoints.folders[-1]).parent / "midas" if checkpoints.folders else Path("midas"))
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
         self._lock = threading.RLock()
         self.current: LoadedModel | None = None
@@ -227,6 +231,7 @@ class ModelManager:
                 info=info, config=config, unet=unet, vae=vae,
                 text=config.family.prompt_encoder(self.tokenizer, text_model),
                 alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config, low_memory=low,
+                depth_model=built.depth_model.to(plan.device) if built.depth_model is not None else None,
             )
             self.checkpoints.hash_later(info)  # in the background: the first job's sampling overlaps it
             self.current = model
@@ -263,6 +268,18 @@ class ModelManager:
                     return current
                 release_first = True
             return self.load(info, vae_choice, release_first, low)
+
+    def depth_estimator(self, model: LoadedModel) -> torch.nn.Module:
+        """The SD 2 depth model's MiDaS: the one its file carries, else models/midas/dpt_hybrid-midas-501f0c75.pt
+        (read once, kept with the model). depth.DepthModelMissing names the file when neither exists."""
+        with self._lock:
+            if model.depth_model is None:
+                path = self.midas_dir / depth.MIDAS_FILE
+                if not path.is_file():
+                    raise depth.DepthModelMissing(depth.missing_message(self.midas_dir, model.info.name))
+                log.info("Loading the depth model's MiDaS from %s", path)
+                model.depth_model = depth.build(depth.load_midas_file(path)).to(model.device)
+            return model.depth_model
 
     # --- extra networks ------------------------------------------------------------------------
     def use_unet_backend(self, model: LoadedModel, backend: str,

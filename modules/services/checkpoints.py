@@ -74,6 +74,10 @@ class CheckpointService:
         """TAESD's decoder or encoder for `model` (taesd.TaesdMissing naming the file when it is absent)."""
         return self._models.taesd.get(model.config.family.vae_kind, part, model.device)
 
+    def depth_estimator(self, model: LoadedModel):
+        """An SD 2 depth model's MiDaS (depth.DepthModelMissing naming the file when it has none)."""
+        return self._models.depth_estimator(model)
+
     @property
     def current(self) -> LoadedModel | None:
         """The loaded model, if any."""

@@ -16,7 +16,7 @@ from modules.generation import extra_networks, memory, pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import Job, JobInterrupted, JobQueue, JobState
-from modules.models import optimizations, taesd
+from modules.models import depth, optimizations, taesd
 from modules.models.manager import ExtraNetworksUse, LoadedModel, ModelManager
 from modules.models.registry import CheckpointInfo
 from modules.services import describe
@@ -51,6 +51,7 @@ class _Run:
     extra: dict[str, Any]  # the job's own infotext keys (img2img's mask keys, hires, sampler options, networks)
     namer: filenames.FileNamer | None = None
     refiner: CheckpointInfo | None = None  # the refiner the job switched to, if it did
+    depth_map: Any = None  # the SD 2 depth model's map (a PIL image), when the setting shows it
 
     @property
     def params(self) -> GenerationParams:
@@ -81,8 +82,8 @@ class GenerationService:
                 raise BadRequest(f"{e} (here: {sampler_numbers(accepted.ctx.params, accepted.settings)})") from None
             except pipeline.RefinerMismatch as e:
                 raise BadRequest(f"refiner_checkpoint: {e}") from None
-            except taesd.TaesdMissing as e:  # the file went away after the request was accepted
-                raise BadRequest(str(e)) from None
+            except (taesd.TaesdMissing, depth.DepthModelMissing, pipeline.NeedsInitImage) as e:
+                raise BadRequest(str(e)) from None  # a file that went away, or the wrong job for the model
             result.warnings[:0] = accepted.warnings
             return result
 
@@ -100,7 +101,8 @@ class GenerationService:
     def _run(self, job: Job, accepted: Accepted, part: tuple[int, int] = (0, 1)) -> GenerationResult:
         run = self._start(job, accepted)
         self._fit_memory(run)
-        hooks = pipeline.Hooks(check=job.check, taesd=self._checkpoints.taesd)
+        hooks = pipeline.Hooks(check=job.check, taesd=self._checkpoints.taesd,
+                               depth_estimator=self._checkpoints.depth_estimator)
         self._model_hooks(run, hooks)
         batches, steps_run = self._batches(run, hooks)
         bar = self._show_progress(run, hooks, steps_run, part)
@@ -210,6 +212,8 @@ class GenerationService:
             batches, steps_run, extra = pipeline.img2img(run.model, ctx, hooks, inputs=inputs), inputs.steps_run, \
                 inputs.fields
             run.result.warnings.extend(inputs.notes)
+            if inputs.depth_map is not None and run.accepted.settings.depth_map_show:
+                run.depth_map = inputs.depth_map
         else:
             batches, steps_run, extra = pipeline.txt2img(run.model, ctx, hooks), ctx.steps_run, {}
         run.extra = {**extra, **describe.sampler_fields(run.record, run.model.alphas_cumprod), **ctx.vae_fields()}
@@ -279,11 +283,28 @@ class GenerationService:
                 self._output.grid(grid, result.infotexts[0], settings, run.namer, result.seeds[0], ctx.is_img2img)
             if settings.return_grid:
                 result.grid = grid
+        if run.depth_map is not None and result.images:  # the depth model's map, after the images (a setting)
+            self._add_depth_map(run)
         if result.infotexts:
             self._output.last_parameters(result.infotexts[0])
         result.info = describe.api_info(run.record, result.infotexts, run.job.state.job_timestamp, run.extra,
                                         result.interrupted, result.warnings)
         return result
+
+    def _add_depth_map(self, run: _Run) -> None:
+        """The SD 2 depth model's depth map as one more result (with the first image's seed and infotext), saved
+        beside the images as depth-NNNN-SEED.png when they are saved."""
+        ctx, settings, result = run.accepted.ctx, run.accepted.settings, run.result
+        picture, text, seed = run.depth_map, result.infotexts[0], result.seeds[0]
+        path = None
+        if ctx.params.save_images and settings.samples_save:
+            path = str(self._output.image(picture, text, settings, run.namer, seed, len(result.images), True,
+                                          basename="depth"))
+        picture.info["parameters"] = text
+        result.images.append(picture)
+        result.seeds.append(seed)
+        result.infotexts.append(text)
+        result.paths.append(path)
 
     def _with_model_hashes(self, run: _Run, wait: bool = True) -> None:
         """Put the checkpoint's hash (and the refiner's) into the job's record before an image is described. A

@@ -93,7 +93,7 @@ def _detect(path: Path, sd: StateDict, metadata: dict, default_sd1_config: Path)
     if in_channels == 8:
         raise CheckpointError(f"{path.name} is an InstructPix2Pix model (8 input channels), "
                               "which is not supported yet.")
-    if in_channels not in (4, 9):
+    if in_channels not in (4, 5, 9):
         raise CheckpointError(f"{path.name}: unexpected U-Net input with {in_channels} channels")
     files = ConfigFiles(CONFIGS, default_sd1_config)
     for family in FAMILIES:

@@ -1,5 +1,6 @@
 """Stable Diffusion 2.x: OpenCLIP ViT-H/14 text encoder; epsilon (512-base) or v-prediction (768-v) U-Nets,
-and 9-channel inpainting models (epsilon).
+9-channel inpainting models (epsilon), and the 5-channel depth model (512-depth-ema, epsilon, with MiDaS
+DPT-Hybrid: modules/models/depth.py).
 
 v-prediction cannot be seen in the weights' shapes. Without a YAML beside the file it is read from a
 marker in the file (see `family.marked_prediction_type`); failing that the match leaves it open and the
@@ -16,7 +17,7 @@ from accelerate import init_empty_weights
 from diffusers.loaders import single_file_utils as sfu
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from modules.models import loader
+from modules.models import depth, loader
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.family import (BuiltModel, ConfigFiles, FamilyMatch, ModelConfig, SamplingHints, StateDict,
                                    cond_stage_target, marked_prediction_type, unet_in_channels)
@@ -26,6 +27,7 @@ OPENCLIP_PREFIX = "cond_stage_model.model."
 CONFIG = "v2-inference.yaml"
 V_CONFIG = "v2-inference-v.yaml"
 INPAINTING_CONFIG = "v2-inpainting-inference.yaml"
+DEPTH_CONFIG = "v2-midas-inference.yaml"
 UNET_SETTINGS = MappingProxyType({"upcast_attention": True})  # SD 2.x attention overflows in fp16 without it
 
 
@@ -57,7 +59,10 @@ class StableDiffusion2:
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if not any(k.startswith(OPENCLIP_PREFIX) for k in sd):
             return None
-        inpainting = unet_in_channels(sd) == 9
+        channels = unet_in_channels(sd)
+        if channels == 5:  # the depth model (epsilon): A1111 tells it by its MiDaS tensors, which it may lack
+            return FamilyMatch(False, "epsilon", depth=True)
+        inpainting = channels == 9
         # inpainting 2.x models are epsilon; a plain one without a marker is probed after loading
         return FamilyMatch(inpainting, "epsilon" if inpainting else marked_prediction_type(sd, metadata))
 
@@ -65,6 +70,8 @@ class StableDiffusion2:
         return "OpenCLIP" in cond_stage_target(original)
 
     def config_file(self, match: FamilyMatch, files: ConfigFiles) -> Path:
+        if match.depth:
+            return files.shipped / DEPTH_CONFIG
         if match.inpainting:
             return files.shipped / INPAINTING_CONFIG
         return files.shipped / (V_CONFIG if match.prediction_type == "v_prediction" else CONFIG)
@@ -73,7 +80,11 @@ class StableDiffusion2:
         return (768, 768) if config.prediction_type == "v_prediction" and not config.is_inpainting else (512, 512)
 
     def build(self, config: ModelConfig, sd: StateDict) -> BuiltModel:
-        return loader.build_components(config, sd, build_text_encoder, UNET_SETTINGS)
+        built = loader.build_components(config, sd, build_text_encoder, UNET_SETTINGS)
+        if config.is_depth:  # its MiDaS, when the file carries it (else models/midas, when first used)
+            weights = depth.weights_in_checkpoint(sd)
+            built.depth_model = depth.build(weights) if weights else None
+        return built
 
     def prompt_encoder(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> PromptEncoder:
         return PromptEncoder(tokenizer, text_encoder, OPEN_CLIP)
