@@ -14,7 +14,6 @@ network's input size (MiDaSInference) and then to the latent size; min-max to [-
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -23,15 +22,13 @@ from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
 from modules.models.checkpoint_file import CheckpointError
 
-log = logging.getLogger(__name__)
-
 
 class DepthModelMissing(CheckpointError):
     """An SD 2 depth model saved without its MiDaS weights, and no models/midas file to take them from."""
 
+
 MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
 CHECKPOINT_PREFIX = "depth_model.model."  # the MiDaS weights inside an SD 2 depth checkpoint
-DETECT_KEY = CHECKPOINT_PREFIX + "pretrained.act_postprocess3.0.project.0.bias"  # A1111's test for the model
 NET_SIZE = 384  # MiDaS dpt_hybrid's input size (the side it resizes towards)
 MULTIPLE = 32
 VIT_HOOKS = (8, 11)  # the ViT blocks whose outputs feed the neck's third and fourth levels (MiDaS `hooks`)
