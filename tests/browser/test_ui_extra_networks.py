@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    browser, fetch_image, fill_text, page, read_value, ui_server, wait_for_gallery)
+    browser, fetch_image, fill_text, open_accordion, page, read_value, ui_server, wait_for_gallery)
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -27,7 +27,7 @@ def test_cards_list_files_show_previews_and_toggle_tags(page, ui_server):
     Image.new("RGB", (64, 64), (250, 200, 0)).save(lora_dir / "bright-style.png")
     save_file({"emb_params": torch.randn(2, 768)}, str(emb_dir / "shiny.safetensors"))
 
-    page.locator("#txt2img_extra_networks").get_by_text("Extra networks").click()
+    open_accordion(page, "txt2img_extra_networks", "Extra networks")
     page.locator("#txt2img_extra_refresh").click()
     # The refresh answers with both galleries. Wait for it on the tab shown (Textual Inversion) before another
     # tab is opened, so that the answer and the tab switch cannot cross; a shared CPU can take long over both.

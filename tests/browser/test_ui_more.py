@@ -23,8 +23,8 @@ from playwright.sync_api import expect
 from scipy import ndimage
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view, page, read_value,
-    set_checkbox, set_number, ui_server, wait_for_gallery)
+    block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view, open_accordion, page,
+    read_value, set_checkbox, set_number, ui_server, wait_for_gallery)
 from tests.support.shapes_judge import judge
 from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, rgb, wait_for_step,
                                 wait_idle)
@@ -379,7 +379,7 @@ def test_hires_fix_from_the_page(page):
     fill_text(page, "txt2img_prompt", PROMPT)
     set_number(page, "txt2img_steps", 4)
     set_number(page, "txt2img_seed", 12)
-    page.locator("#txt2img_hr").get_by_text("Hires. fix", exact=True).click()  # open the accordion
+    open_accordion(page, "txt2img_hr", "Hires. fix")
     set_checkbox(page, "txt2img_enable_hr", True)
     set_number(page, "txt2img_hr_scale", 1.5)
     set_number(page, "txt2img_hires_steps", 3)

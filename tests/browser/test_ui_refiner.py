@@ -10,8 +10,8 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    SentRequests, browser, fill_text, find_option, page, read_value, select_option, set_checkbox, set_number,
-    ui_server, wait_for_gallery)
+    SentRequests, browser, fill_text, find_option, open_accordion, page, read_value, select_option, set_checkbox,
+    set_number, ui_server, wait_for_gallery)
 from tests.support.tabs import PROMPT, open_tab, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -23,7 +23,7 @@ def add_refiner(ui_server, tiny_dir, page) -> str:
     for name in ("sd1.safetensors", "sd1.yaml"):
         if not (folder / name).exists():
             shutil.copy(tiny_dir / name, folder / name)
-    page.locator("#txt2img_refiner").get_by_text("Refiner", exact=True).first.click()  # open the accordion
+    open_accordion(page, "txt2img_refiner", "Refiner")
     expect(page.locator("#txt2img_enable_refiner")).to_be_visible()
     assert read_value(page, "txt2img_enable_refiner") is False  # off until asked for, as in A1111
     assert read_value(page, "txt2img_refiner_switch_at") == "0.8"

@@ -190,9 +190,6 @@ def test_img2img_resize_by_chosen_just_before_generate_sets_the_size(page, tmp_p
     set_number(page, "img2img_steps", 2)
     open_tab(page, "img2img_tab_resize_by")
     set_number(page, "img2img_scale", 1.5)
-    # the slider has taken the typed value (its range input follows its state) before Generate reads it: a click
-    # right after the number box's commit sent the old scale once in ten runs
-    expect(page.locator("#img2img_scale input[type=range]")).to_have_value("1.5")
     page.locator("#img2img_generate").click()
     urls = wait_for_gallery(page, "img2img_gallery", 1)
     wait_idle(page, "img2img")

@@ -163,10 +163,50 @@ def fill_text(page, elem_id: str, text: str) -> None:
 
 
 def set_number(page, elem_id: str, value: float) -> None:
-    """Set a Number or a Slider (through the number box a Slider shows beside its label)."""
+    """Set a Number or a Slider (through the number box a Slider shows beside its label). Returns once a
+    Slider's range input shows the value too: both follow the one state an event sends."""
     box = block(page, elem_id).locator("input[type=number]").first
     box.fill(str(value))
     box.press("Tab")  # commit, as a user leaving the box does (Number fires its blur/submit then)
+    ranges = block(page, elem_id).locator("input[type=range]")
+    if ranges.count():
+        page.wait_for_function("([el, v]) => Math.abs(Number(el.value) - v) < 1e-9",
+                               arg=[ranges.first.element_handle(), float(value)])
+
+
+# Gradio 6 renders a closed accordion's or an unselected tab's components only when it is first opened, and
+# then, one animation frame after Svelte has settled, writes the values it had stored for them into the new
+# components (AppTree.render_previously_invisible_children in its js/core). A value typed in between is
+# replaced by the stored one: a test that types right after opening must wait for that write first. The write
+# has no event of its own, so this waits for what precedes it: the content stops growing (no element added or
+# removed under it for QUIET_FRAMES frames in a row, which is after the last component mounted and Svelte
+# settled). Text changes (a running job's timer) do not count; after SETTLE_CAP_MS it goes on regardless.
+QUIET_FRAMES = 3
+SETTLE_CAP_MS = 10_000
+SETTLE_JS = """(root, [quiet, cap]) => new Promise(resolve => {
+  let still = 0;
+  const start = performance.now();
+  const seen = new MutationObserver(() => { still = 0; });
+  seen.observe(root, {subtree: true, childList: true});
+  const frame = () => {
+    if (++still >= quiet || performance.now() - start > cap) { seen.disconnect(); resolve(); }
+    else requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+})"""
+
+
+def wait_rendered(page, locator, timeout_ms: float = ACTION_TIMEOUT_MS) -> None:
+    """Wait until what `locator` shows (a tab's panel, an accordion) is visible and has stopped changing."""
+    locator.wait_for(state="visible", timeout=timeout_ms)
+    locator.evaluate(SETTLE_JS, [QUIET_FRAMES, SETTLE_CAP_MS])
+
+
+def open_accordion(page, elem_id: str, label: str) -> None:
+    """Open a closed Accordion by clicking its label, and wait until its components are rendered."""
+    acc = block(page, elem_id)
+    acc.get_by_text(label, exact=True).first.click()
+    wait_rendered(page, acc)
 
 
 def option_labels(page, elem_id: str) -> list[str]:

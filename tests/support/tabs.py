@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.support.browser import JobView, error_toasts, job_view, read_value
+from tests.support.browser import JobView, error_toasts, job_view, open_accordion, read_value, wait_rendered
 from tools.shapes_world import Scene, render
 
 PROMPT = "a red circle on a blue background"
@@ -18,10 +18,12 @@ INPUT_SCENE = Scene("red", "circle", "blue", 64, 64, 70)  # centred, 70 px acros
 
 
 def open_tab(page, elem_id: str) -> None:
-    """Click a Gradio tab by its elem_id (Gradio 6 renders the tab's button as `#<elem_id>-button`)."""
+    """Click a Gradio tab by its elem_id (Gradio 6 renders the tab's button as `#<elem_id>-button` and its
+    panel as `#<elem_id>`) and wait until its components are rendered (see `wait_rendered`)."""
     button = page.locator(f"#{elem_id}-button")
     button.click()
     expect(button).to_have_attribute("aria-selected", "true")
+    wait_rendered(page, page.locator(f"#{elem_id}"))
 
 
 def pngs(folder: Path) -> set[Path]:
@@ -64,6 +66,6 @@ def assert_pasted(page, **expected: str) -> None:
     strength filled in: the values given, Hires. fix off, no error popup."""
     for name, value in expected.items():
         assert read_value(page, f"txt2img_{name}") == value, name
-    page.locator("#txt2img_hr").get_by_text("Hires. fix", exact=True).click()  # open the accordion
+    open_accordion(page, "txt2img_hr", "Hires. fix")
     expect(page.locator("#txt2img_enable_hr input[type=checkbox]")).not_to_be_checked()  # no Denoising strength
     assert error_toasts(page) == []
