@@ -157,7 +157,11 @@ class OpenVinoModels:
                 progress("Compiling the U-Net for OpenVINO")
                 started = time.perf_counter()
                 core = ov.Core()
-                core.set_property({"CACHE_DIR": str(self.folder / "compiled")})
+                if precision == "f32":
+                    # OpenVINO's compiled-model cache. Not for bf16: on a CPU with AMX (a Xeon whose OpenVINO also
+                    # lists FP16), a bf16 U-Net compiled with the cache on answered NaN for every input, and the
+                    # same compile without it answered the right numbers (OpenVINO 2026.4.1).
+                    core.set_property({"CACHE_DIR": str(self.folder / "compiled")})
                 compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
                 bar.update(1)
             log.info("OpenVINO U-Net compiled in %.1f s (%s)", time.perf_counter() - started, path.name)
