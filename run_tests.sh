@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need into a test venv, then run them. Extra arguments go to pytest.
 #   ./run_tests.sh                 the whole suite but the CUDA tests
-#   ./run_tests.sh --fast          all but the browser, launcher and CUDA tests (tests/browser, tests/launcher)
+#   ./run_tests.sh --fast          all but the browser, launcher, Ray and CUDA tests
 #   ./run_tests.sh -k loading -x   a subset
 # The CUDA tests (tests/cuda, marker `cuda`) need an NVIDIA GPU and fail without one, so every run here
 # deselects them; bench/gpu_check.sh runs them on a GPU machine (`-m cuda` after these arguments selects them).
@@ -20,7 +20,7 @@ for arg in "$@"; do
     fi
 done
 if [ "$fast" -eq 1 ]; then
-    set -- -m "not browser and not launcher and not cuda" ${args[@]+"${args[@]}"}
+    set -- -m "not browser and not launcher and not ray and not cuda" ${args[@]+"${args[@]}"}
 else
     set -- -m "not cuda" ${args[@]+"${args[@]}"}
 fi
@@ -63,7 +63,7 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2
     echo "Installing torch: $torch_command"
     $torch_command
 fi
-pip install -q -r requirements.txt -r requirements-test.txt
+pip install -q -r requirements.txt -r requirements-test.txt -r requirements-ray.txt
 pip install -q --no-deps k-diffusion==0.1.1.post1
 
 set +e

@@ -50,12 +50,16 @@ def build(args, control=None):
         log.warning("The page's server-folder fields (img2img Batch, Extras batch from directory) are refused: the "
                     "server is reachable from the network without a login.")
     images.refuse_in_pillow(engine.limits.max_input_pixels)  # also what Gradio decodes itself (page uploads)
-    engine.checkpoints.start_loading(ckpt)  # a missing --ckpt is said on the page (and nothing loads until a job asks)
+    if bootstrap.cluster_workers(args):
+        bootstrap.start_cluster(engine, args)  # the replicas load what each job needs; this process loads nothing
+    else:
+        engine.checkpoints.start_loading(ckpt)  # a missing --ckpt is said on the page (nothing loads until a job asks)
     engine.history.rescan()  # the history's heal runs in the background; start-up does not wait for it
 
     app = FastAPI(title="Stable Diffusion WebUI API", version=VERSION,
                   description="AUTOMATIC1111-compatible API. Generation requests wait in one queue shared with "
-                              "the UI and run one at a time, in arrival order.")
+                              "the UI and run one at a time, in arrival order (with --ray-workers N, up to N at "
+                              "once on Ray replicas).")
     app.add_middleware(ProcessTime, log_requests=args.api_log)
     app.add_middleware(BodySizeLimit, max_bytes=engine.limits.max_upload_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=1000)  # as A1111 (event streams are never compressed)
@@ -180,7 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     control.server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                    timeout_keep_alive=args.timeout_keep_alive,
                                    timeout_graceful_shutdown=5))
-    control.server.run(sockets=[sock])
+    try:
+        control.server.run(sockets=[sock])
+    finally:
+        engine.queue.stop()  # background threads, and the Ray replicas and instance when there are any
     if not control.server.started:
         sys.exit(3)  # could not start (e.g. the port is taken): uvicorn.run's exit code
     if control.restart_requested:

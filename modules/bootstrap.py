@@ -21,6 +21,7 @@ from modules.models.openvino_unet import OpenVinoModels
 from modules.models.registry import CheckpointRegistry, VaeRegistry
 from modules.models.taesd import TaesdModels
 from modules.services.checkpoints import CheckpointService
+from modules.services.cluster import LocalCluster
 from modules.services.extras import ExtrasService
 from modules.services.generation import GenerationService
 from modules.services.history import HistoryService
@@ -29,7 +30,7 @@ from modules.services.merger import MergeService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
 from modules.services.previews import PreviewService
-from modules.services.output import OutputWriter
+from modules.services.output import OutputWriter, RecordingWriter
 from modules.services.paste import InfotextReader
 from modules.services.requests import RequestResolver
 from modules.settings import SettingsStore
@@ -38,23 +39,17 @@ from modules.settings import SettingsStore
 def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | None = None,
                  folders: FolderPolicy | None = None, extra_files: tuple[Path, ...] = (),
                  builtin_files: tuple[Path, ...] = (), hashes: HashCache | None = None,
-                 low_memory: str = "Off") -> Engine:
+                 low_memory: str = "Off", queue_workers: int = 1) -> Engine:
     """An engine over the data folder `p` on the device `plan`, with its own queue (stop it when done).
     `extra_files`: checkpoints outside the folders (--ckpt); `builtin_files`: the built-in model; `low_memory`:
-    the low-memory mode the flags ask for (see low_memory_flag)."""
+    the low-memory mode the flags ask for (see low_memory_flag); `queue_workers`: jobs that may run at once (one per
+    cluster replica: see start_cluster)."""
     limits = limits or Limits()
-    hashes = hashes or HashCache(p.hash_cache)
-    checkpoint_files = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=extra_files,
-                                          builtin_files=builtin_files)
-    loras = LoraRegistry(p.lora_dirs, hashes)
-    embeddings = EmbeddingRegistry(p.embeddings_dirs, hashes)
-    hypernetworks = HypernetworkRegistry(p.hypernetwork_dirs, hashes)
-    models = ModelManager(checkpoint_files, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config,
-                          loras=loras, embeddings=embeddings, taesd_models=TaesdModels(p.taesd_dir),
-                          hypernetworks=hypernetworks, openvino_models=OpenVinoModels(p.openvino_cache),
-                          midas_dir=p.models / "midas")
+    models = model_manager(p, plan, hashes or HashCache(p.hash_cache), extra_files, builtin_files)
+    checkpoint_files, loras, embeddings, hypernetworks = models.checkpoints, models.loras, models.embeddings, \
+        models.hypernetworks
     store = SettingsStore(p.config_file)
-    queue = JobQueue()
+    queue = JobQueue(queue_workers)
     queue.on_stop(checkpoint_files.hasher.stop)  # no hashing thread outlives the engine
     folders = folders or FolderPolicy(p.data)
     decode_budget = images.DecodeBudget(limits.decode_budget_pixels)
@@ -75,7 +70,39 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
         postprocess=ExtrasService(requests, options, queue, output, decode_budget),
         merger=MergeService(checkpoints, queue, p.checkpoint_dirs[0]), previews=PreviewService(checkpoints, options),
         decode_budget=decode_budget, history=history,
-        scripts=ScriptService(generation, requests, checkpoints, options, style_store, queue, output))
+        scripts=ScriptService(generation, requests, checkpoints, options, style_store, queue, output),
+        cluster=LocalCluster(queue, checkpoints, plan.describe))
+
+
+def model_manager(p: paths.Paths, plan: devices.DevicePlan, hashes: HashCache, extra_files: tuple[Path, ...] = (),
+                  builtin_files: tuple[Path, ...] = ()) -> ModelManager:
+    """The model manager over the folders of `p`, with its registries (checkpoints, VAEs, networks, TAESD)."""
+    checkpoint_files = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=extra_files,
+                                          builtin_files=builtin_files)
+    return ModelManager(checkpoint_files, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config,
+                        loras=LoraRegistry(p.lora_dirs, hashes),
+                        embeddings=EmbeddingRegistry(p.embeddings_dirs, hashes), taesd_models=TaesdModels(p.taesd_dir),
+                        hypernetworks=HypernetworkRegistry(p.hypernetwork_dirs, hashes),
+                        openvino_models=OpenVinoModels(p.openvino_cache), midas_dir=p.models / "midas")
+
+
+def build_replica(p: paths.Paths, plan: devices.DevicePlan, limits: Limits, settings_file: Path, *,
+                  extra_files: tuple[Path, ...] = (), builtin_files: tuple[Path, ...] = (), low_memory: str = "Off"
+                  ) -> tuple[GenerationService, ModelManager, RecordingWriter]:
+    """What a cluster replica (modules/cluster/replica.py) runs jobs with: its own model manager and generation
+    service over the front's folders, writing no file (a RecordingWriter: the front writes them) and keeping
+    the checkpoint it selects in `settings_file`, never in the front's config.json."""
+    models = model_manager(p, plan, HashCache(p.hash_cache), extra_files, builtin_files)
+    store = SettingsStore(settings_file)
+    queue = JobQueue()  # never given a job: the replica runs the front's jobs itself (run_accepted)
+    queue.on_stop(models.checkpoints.hasher.stop)
+    checkpoints = CheckpointService(store, models, queue, str(p.checkpoint_dirs[-1]), low_memory)
+    options = OptionsService(store, checkpoints, FolderPolicy(p.data))
+    requests = RequestResolver(limits, styles.StyleStore(p.styles_files), options, checkpoints)
+    writer = RecordingWriter(p)
+    generation = GenerationService(requests, checkpoints, models, queue, writer,
+                                   images.DecodeBudget(limits.decode_budget_pixels))
+    return generation, models, writer
 
 
 def low_memory_flag(args) -> str:
@@ -109,4 +136,31 @@ def build(args, server_folders: bool = True) -> Engine:
     return build_engine(p, plan, limits=limits_from_args(args), folders=folders,
                         extra_files=(ckpt,) if ckpt else (),
                         builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS,
-                        low_memory=low_memory_flag(args))
+                        low_memory=low_memory_flag(args), queue_workers=cluster_workers(args))
+
+
+def cluster_workers(args) -> int:
+    """How many generation replicas the flags ask for (0: no cluster, jobs run in this process)."""
+    if not (getattr(args, "ray_workers", None) or getattr(args, "ray_address", None)):
+        return 0
+    return args.ray_workers or 1
+
+
+def start_cluster(engine: Engine, args) -> None:
+    """With --ray-workers / --ray-address: start the Ray replicas (waits until they are up) and send every
+    generation job to them; they stop with the engine's queue. Ray is imported only here."""
+    if not args.ray_address:
+        # A private instance listens on loopback only. Ray reads this switch when it is imported: on Linux it
+        # otherwise takes the machine's network address as the node's and serves its gRPC ports on it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from modules.cluster.front import RayCluster
+
+    ckpt = ckpt_file(args)
+    cluster = RayCluster.from_args(args, engine.paths, engine.limits, low_memory_flag(args),
+                                   extra_files=(ckpt,) if ckpt else (),
+                                   builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS)
+    cluster.start()
+    engine.queue.on_stop(cluster.stop)
+    engine.generation.remote = cluster
+    engine.checkpoints.loads_here = False
+    engine.cluster = cluster

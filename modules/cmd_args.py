@@ -140,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "GPU's memory on a GPU): a job whose estimated peak does not fit runs with the tiled "
                              "VAE, or is refused with what would fit. Without it, what the device has free counts")
 
+    cluster = p.add_argument_group("cluster (Ray Serve; needs `pip install -r requirements-ray.txt`)")
+    cluster.add_argument("--ray-workers", type=_bounded(int, 1, 1024), default=None, metavar="N",
+                         help="run generation jobs on N Ray Serve replicas of a Ray instance started on this machine "
+                              "(one GPU each where there are GPUs, else sharing the CPU); the page, the API and the "
+                              "queue stay in this process")
+    cluster.add_argument("--ray-address", default=None, metavar="ADDR",
+                         help="join an existing Ray cluster (`ray start --head` on one machine, `ray start "
+                              "--address=...` on the others) instead of starting one; --ray-workers replicas "
+                              "(default 1) are placed by Ray, one GPU each. Every node needs this program and the "
+                              "model folders at the same paths (a shared file system)")
+
     launch = p.add_argument_group("launcher (read by launch.py before the server starts)")
     launch.add_argument("--skip-install", action="store_true", help="do not install requirements.txt")
     launch.add_argument("--skip-prepare-environment", action="store_true", help="install nothing at all")

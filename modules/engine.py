@@ -22,6 +22,7 @@ from modules.limits import Limits
 from modules.models.manager import LoadedModel
 from modules.paths import Paths
 from modules.services.checkpoints import CheckpointService
+from modules.services.cluster import ClusterView
 from modules.services.errors import (  # noqa: F401  (the names front ends catch)
     BadRequest, OverLimit, UnknownOption, UnusableCheckpoint, describe_validation_error)
 from modules.services.extras import ExtrasResult, ExtrasService
@@ -59,6 +60,7 @@ class Engine:
     decode_budget: images.DecodeBudget  # input images are decoded within this many pixels at once
     history: HistoryService  # the index of saved images: search, delete, rescan (the heal)
     scripts: ScriptService  # X/Y/Z plot, Prompt matrix, Prompts from file: many requests as one job
+    cluster: ClusterView  # who runs generation jobs: this process, or Ray replicas (GET /sdapi/v1/cluster)
 
     # --- generation --------------------------------------------------------------------------
     def txt2img(self, params: GenerationParams) -> GenerationResult:

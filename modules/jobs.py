@@ -1,8 +1,10 @@
 """One queue for all GPU work, shared by the UI and the API.
 
-Jobs run one at a time, in arrival order, on a single worker thread. A caller that stops waiting
-(a client that disconnects) does not disturb the queue: its job still runs and the next one follows.
-Progress, interrupt and skip are properties of the running job.
+Jobs start in arrival order. With one worker (the default) they run one at a time on a single thread. With a
+cluster of generation replicas (modules/cluster) the queue has one worker per replica: jobs marked `remote` (they
+run elsewhere and only wait here) run side by side, while jobs that run in this process still run one at a time.
+A caller that stops waiting (a client that disconnects) does not disturb the queue: its job still runs and the
+next one follows. Progress, interrupt and skip are properties of the running job.
 
 A caller can wait for a job by blocking (`Job.wait`, for threads such as the UI's) or by awaiting
 (`Job.wait_async`, for the HTTP server), so any number of queued requests hold no threads.
@@ -78,6 +80,7 @@ class Job:
     kind: str
     fn: Callable[["Job"], Any]
     task_id: str = ""  # A1111's task id: task(txt2img-XXXXXXX), or the client's force_task_id
+    remote: bool = False  # it runs on a cluster replica: it may run beside other jobs (see JobQueue)
     state: JobState = field(default_factory=JobState)
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
@@ -132,22 +135,38 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self):
+    def __init__(self, workers: int = 1):
+        """`workers`: how many jobs may run at once (one per cluster replica); only `remote` jobs ever overlap."""
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.current: Job | None = None
+        self._local = threading.Lock()  # held by a job that runs in this process: never two at once
+        self.running: list[Job] = []  # in the order they started
+        self.jobs_run = 0  # jobs that have finished running (not counting those cancelled before they ran)
         self._pending: list[Job] = []
         self._tasks: dict[str, Job] = {}  # task id -> job, until it finishes
         self._finished: OrderedDict[str, None] = OrderedDict()  # the last RECENT_TASKS finished task ids
         self._stop_hooks: list[Callable[[], None]] = []
-        self._thread = threading.Thread(target=self._work, name="job-worker", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
+                         for n in range(max(1, workers))]
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, kind: str, fn: Callable[[Job], Any], task_id: str | None = None) -> Job:
-        """Queue `fn(job)`. `task_id` names the job for A1111's /internal/progress (a random one by default)."""
+    @property
+    def current(self) -> Job | None:
+        """The running job (the first started, when several run): A1111's one job in progress."""
+        running = self.running
+        return running[0] if running else None
+
+    def is_running(self, job: Job) -> bool:
+        return job in self.running
+
+    def submit(self, kind: str, fn: Callable[[Job], Any], task_id: str | None = None, remote: bool = False) -> Job:
+        """Queue `fn(job)`. `task_id` names the job for A1111's /internal/progress (a random one by default);
+        `remote`: it runs elsewhere (a cluster replica), so it may run beside other jobs."""
         random_part = "".join(random.choices(string.ascii_uppercase + string.digits, k=7))
-        job = Job(id=f"{kind}-{next(self._ids)}", kind=kind, fn=fn, task_id=task_id or f"task({kind}-{random_part})")
+        job = Job(id=f"{kind}-{next(self._ids)}", kind=kind, fn=fn, task_id=task_id or f"task({kind}-{random_part})",
+                  remote=remote)
         with self._lock:
             self._pending.append(job)
             self._tasks[job.task_id] = job
@@ -173,7 +192,7 @@ class JobQueue:
         with self._lock:
             job = self._tasks.get(task_id)
             if job is not None:
-                return ("running" if job is self.current else "queued"), job
+                return ("running" if job in self.running else "queued"), job
             return ("completed" if task_id in self._finished else "unknown"), None
 
     def _forget(self, job: Job) -> None:
@@ -188,7 +207,7 @@ class JobQueue:
         with self._lock:
             if job not in self._pending:
                 return 0
-            return self._pending.index(job) + (1 if self.current is not None else 0)
+            return self._pending.index(job) + len(self.running)
 
     def cancel(self, job: Job) -> str:
         """Take a queued job out of the queue ("cancelled": it never runs; its waiters get JobCancelled),
@@ -202,7 +221,7 @@ class JobQueue:
             self._forget(job)
             job._finish()
             return "cancelled"
-        if self.current is job and not job.done.is_set():
+        if job in self.running and not job.done.is_set():
             job.state.interrupted = True
             return "interrupted"
         return ""
@@ -217,13 +236,12 @@ class JobQueue:
         self.interrupt()
 
     def interrupt(self) -> None:
-        job = self.current
-        if job is not None:
+        """Interrupt the running job (every running job, when several run)."""
+        for job in list(self.running):
             job.state.interrupted = True
 
     def skip(self) -> None:
-        job = self.current
-        if job is not None:
+        for job in list(self.running):
             job.state.skipped = True
 
     def _work(self) -> None:
@@ -231,32 +249,45 @@ class JobQueue:
             job = self._queue.get()
             if job is None:
                 return
-            with self._lock:
-                if job not in self._pending:  # cancelled while it waited
-                    continue
-                self._pending.remove(job)
-                self.current = job
-            job.state.job = job.id
-            job.state.started = time.time()
+            local = None if job.remote else self._local
+            if local is not None:
+                local.acquire()  # another worker may be running a job in this process
             try:
-                job.result = job.fn(job)
-            except BaseException as e:  # the worker must survive anything a job raises
-                job.error = e
-                if not isinstance(e, (ValueError, JobInterrupted, JobCancelled)):
-                    log.exception("Job %s failed", job.id)
+                with self._lock:
+                    if job not in self._pending:  # cancelled while it waited
+                        continue
+                    self._pending.remove(job)
+                    self.running = [*self.running, job]
+                self._run(job)
             finally:
-                job.state.current_latent = None
-                self.current = None
-                self._forget(job)
-                job._finish()
+                if local is not None:
+                    local.release()
+
+    def _run(self, job: Job) -> None:
+        job.state.job = job.id
+        job.state.started = time.time()
+        try:
+            job.result = job.fn(job)
+        except BaseException as e:  # the worker must survive anything a job raises
+            job.error = e
+            if not isinstance(e, (ValueError, JobInterrupted, JobCancelled)):
+                log.exception("Job %s failed", job.id)
+        finally:
+            job.state.current_latent = None
+            with self._lock:
+                self.running = [j for j in self.running if j is not job]
+                self.jobs_run += 1
+            self._forget(job)
+            job._finish()
 
     def on_stop(self, fn: Callable[[], None]) -> None:
         """Call `fn()` when the queue stops (the background hasher stops and joins its thread there)."""
         self._stop_hooks.append(fn)
 
     def stop(self) -> None:
-        """No job runs after the one running now (if any); what was registered with `on_stop` stops too."""
-        self._queue.put(None)
+        """No job runs after those running now (if any); what was registered with `on_stop` stops too."""
+        for _ in self._threads:
+            self._queue.put(None)
         for fn in self._stop_hooks:
             try:
                 fn()

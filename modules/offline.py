@@ -8,6 +8,7 @@ What each switch stops:
 - HF_HUB_DISABLE_TELEMETRY, HF_HUB_DISABLE_IMPLICIT_TOKEN: no usage pings, no token sent anywhere.
 - GRADIO_ANALYTICS_ENABLED=False: Gradio's usage statistics and its version check (api.gradio.app).
 - DO_NOT_TRACK=1: the cross-tool convention, for any library that honours it.
+- RAY_USAGE_STATS_ENABLED=0: Ray (only with --ray-workers / --ray-address) sends no usage statistics.
 - `openvino_telemetry` is made unimportable: OpenVINO's converter then uses its own silent stand-in. Without
   this, importing the converter and every `convert_model` call send usage statistics to Google Analytics
   (measured here: ten lookups of www.google-analytics.com for one conversion) unless the user ran
@@ -29,6 +30,7 @@ ENVIRONMENT = {
     "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
     "GRADIO_ANALYTICS_ENABLED": "False",
     "DO_NOT_TRACK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
 }
 
 # Modules whose only job is to send usage statistics; their users fall back to a silent stand-in without them.

@@ -39,6 +39,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "server: starts webui.py as a live server on 127.0.0.1")
     config.addinivalue_line("markers", "browser: drives the page in headless Chromium (Playwright; "
                                        "tests/support/browser.py); all of tests/browser")
+    config.addinivalue_line("markers", "ray: starts Ray Serve replicas (--ray-workers; requirements-ray.txt); "
+                                       "./run_tests.sh --fast leaves them out")
     config.addinivalue_line("markers", "cuda: needs an NVIDIA GPU and fails without one (never skips); all of "
                                        "tests/cuda. ./run_tests.sh deselects them; bench/gpu_check.sh runs them")
 

@@ -165,7 +165,7 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
     def status_of(entry: Tracked) -> str:
         job = entry.job
         if not job.done.is_set():
-            return "running" if engine.queue.current is job else "queued"
+            return "running" if engine.queue.is_running(job) else "queued"
         if isinstance(job.error, JobCancelled):
             return "cancelled"
         if entry.error:
@@ -174,7 +174,7 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
 
     def describe(entry: Tracked) -> JobStatus:
         job, state = entry.job, entry.job.state
-        running = engine.queue.current is job and not job.done.is_set()
+        running = engine.queue.is_running(job) and not job.done.is_set()
         finished = job.done.is_set() and entry.ready.is_set()
         status = status_of(entry) if (finished or not job.done.is_set()) else "running"
         return JobStatus(

@@ -453,6 +453,12 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         raise BadRequest(f"Interrogation with {req.model!r} is not available here: it needs a captioning model "
                          "that this program does not ship or download")
 
+    @r.get("/cluster", response_model=schemas.ClusterResponse)
+    def cluster():
+        """The processes that run generation jobs: this one, or with --ray-workers / --ray-address the Ray
+        replicas (dead ones included, with state 'dead'; a replacement appears under a new id)."""
+        return schemas.ClusterResponse(replicas=engine.cluster.replicas())
+
     @r.get("/memory", response_model=schemas.MemoryResponse)
     def memory():
         """RAM: `used` is this process's resident memory, `total` the machine's, `free` their difference

@@ -243,6 +243,21 @@ class MemoryResponse(BaseModel):
     cuda: dict[str, Any] = Field(description="GPU memory in bytes, or {'error': 'unavailable'} without CUDA")
 
 
+class ClusterReplica(BaseModel):
+    id: str = Field(description="the replica's id ('local' without Ray; a replacement gets a new one)")
+    state: str = Field(description="idle, busy or dead")
+    checkpoint: str | None = Field(description="the checkpoint it has loaded (its file name), if any")
+    device: str = Field(description="what it runs on")
+    jobs_run: int = Field(description="jobs it has finished")
+    running: str | None = Field(description="the task id of the job it runs now, or null")
+    pid: int | None = Field(default=None, description="its process id (on its node)")
+    node: str | None = Field(default=None, description="its node's address (Ray)")
+
+
+class ClusterResponse(BaseModel):
+    replicas: list[ClusterReplica]
+
+
 class UpscalerItem(BaseModel):
     name: str
     model_name: str | None = None

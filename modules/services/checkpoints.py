@@ -24,6 +24,9 @@ class CheckpointService:
         self._add_folder = add_folder  # named in the message when there is no checkpoint at all
         self.low_memory_flag = low_memory_flag  # --lowram/--medvram/--lowvram: On; --medvram-sdxl: SDXL only
         self.startup_error: str | None = None  # why the start-up model did not load (shown on the page)
+        # False when cluster replicas run the generation jobs (modules/cluster): selecting a checkpoint then only
+        # names it, and each replica loads what its jobs ask for.
+        self.loads_here = True
 
     # --- what there is -----------------------------------------------------------------------
     def list(self) -> list[CheckpointInfo]:
@@ -162,6 +165,13 @@ class CheckpointService:
         vae = vae if vae is not None else self._settings.values.sd_vae
         return self._queue.run("load", lambda job: self.load_now(
             info, vae, requested="sd_model_checkpoint" if query else None))
+
+    def select(self, query: str, vae: str | None = None) -> CheckpointInfo:
+        """The checkpoint a settings change selects: loaded now (through the queue, so one that cannot be loaded
+        is refused before the setting changes), or only found when cluster replicas load the models."""
+        if not self.loads_here:
+            return self.resolve(query)
+        return self.load(query, vae).info
 
     def unload(self) -> None:
         """Free the loaded model (through the queue, so a running job finishes first). The next job, or

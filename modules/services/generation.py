@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from PIL import Image
 from tqdm import tqdm
@@ -19,10 +19,10 @@ from modules.jobs import Job, JobInterrupted, JobQueue, JobState
 from modules.models import depth, optimizations, taesd
 from modules.models.manager import ExtraNetworksUse, LoadedModel, ModelManager
 from modules.models.registry import CheckpointInfo
-from modules.services import describe
+from modules.services import describe, output
 from modules.services.checkpoints import CheckpointService
 from modules.services.errors import BadRequest
-from modules.services.output import OutputWriter
+from modules.services.output import OutputWriter, Write
 from modules.services.requests import Accepted, RequestResolver, sampler_numbers
 
 
@@ -37,6 +37,20 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
     grid: Image.Image | None = None  # A1111's grid of the job's images (more than one, saving on)
     namer: filenames.FileNamer | None = None  # what the job's file names say (a script names its grid with it)
+
+
+@dataclass
+class RemoteOutcome:
+    """What a replica gives back for one job: its result, and the files the front is to write for it."""
+    result: GenerationResult
+    writes: list[Write]
+
+
+class RemoteGeneration(Protocol):
+    """Runs accepted generation jobs elsewhere (modules/cluster: Ray Serve replicas). `run` blocks until the job
+    has ended, keeps `job.state` up to date and passes on its interrupt and skip; it raises what the job raised."""
+
+    def run(self, job: Job, accepted: Accepted) -> RemoteOutcome: ...
 
 
 @dataclass
@@ -67,6 +81,9 @@ class GenerationService:
         self._queue = queue
         self._output = output
         self._decode_budget = decode_budget
+        # Set when a cluster of replicas runs the generation jobs (modules/cluster): the queue's jobs then
+        # only wait here for a replica's answer, and write its files.
+        self.remote: RemoteGeneration | None = None
 
     def submit(self, kind: str, params: GenerationParams, task_id: str | None = None) -> Job:
         """Check the request (raising BadRequest at once) and queue it; the job's result is a GenerationResult.
@@ -74,20 +91,29 @@ class GenerationService:
         if kind == "img2img" and not isinstance(params, Img2ImgParams):
             raise BadRequest("img2img needs Img2ImgParams (init_images, denoising_strength, ...)")
         accepted = self._requests.accept(kind, params)
+        remote = self.remote
 
         def run(job: Job) -> GenerationResult:
-            try:
-                result = self._run(job, accepted)
-            except pipeline.NonFiniteInput as e:  # what was asked overflowed: a 4xx naming the values
-                raise BadRequest(f"{e} (here: {sampler_numbers(accepted.ctx.params, accepted.settings)})") from None
-            except pipeline.RefinerMismatch as e:
-                raise BadRequest(f"refiner_checkpoint: {e}") from None
-            except (taesd.TaesdMissing, depth.DepthModelMissing, pipeline.NeedsInitImage) as e:
-                raise BadRequest(str(e)) from None  # a file that went away, or the wrong job for the model
-            result.warnings[:0] = accepted.warnings
-            return result
+            if remote is None:
+                return self.run_accepted(job, accepted)
+            outcome = remote.run(job, accepted)  # on a replica, which records the files it would write
+            outcome.result.paths = output.replay(self._output, outcome.writes, outcome.result.paths)
+            return outcome.result
 
-        return self._queue.submit(kind, run, task_id)
+        return self._queue.submit(kind, run, task_id, remote=remote is not None)
+
+    def run_accepted(self, job: Job, accepted: Accepted) -> GenerationResult:
+        """Run an accepted request as `job` in this process (a cluster replica calls this for the front)."""
+        try:
+            result = self._run(job, accepted)
+        except pipeline.NonFiniteInput as e:  # what was asked overflowed: a 4xx naming the values
+            raise BadRequest(f"{e} (here: {sampler_numbers(accepted.ctx.params, accepted.settings)})") from None
+        except pipeline.RefinerMismatch as e:
+            raise BadRequest(f"refiner_checkpoint: {e}") from None
+        except (taesd.TaesdMissing, depth.DepthModelMissing, pipeline.NeedsInitImage) as e:
+            raise BadRequest(str(e)) from None  # a file that went away, or the wrong job for the model
+        result.warnings[:0] = accepted.warnings
+        return result
 
     def run_part(self, job: Job, accepted: Accepted, part: int, parts: int) -> GenerationResult:
         """Run an accepted request inside `job`, a script's job (modules/services/scripts), as its part `part`

@@ -56,8 +56,8 @@ class OptionsService:
             self._checkpoints.check_vae_name(changes["sd_vae"])
         self._check_folders(changes)
         if "sd_model_checkpoint" in changes:
-            model = self._checkpoints.load(changes["sd_model_checkpoint"], changes.get("sd_vae", self.values.sd_vae))
-            changes = {**changes, "sd_model_checkpoint": model.info.title}
+            info = self._checkpoints.select(changes["sd_model_checkpoint"], changes.get("sd_vae", self.values.sd_vae))
+            changes = {**changes, "sd_model_checkpoint": info.title}
         elif "sd_vae" in changes:
             self._checkpoints.check_vae_for_current(changes["sd_vae"])  # fail early on a bad name
         self._store.update(changes)

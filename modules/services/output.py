@@ -4,6 +4,7 @@ leaves a file without a row, which the history's heal adds."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -56,3 +57,54 @@ class OutputWriter:
     def last_parameters(self, text: str) -> None:
         """params.txt: the last job's first infotext (what the page's paste button reads)."""
         fileio.atomic_write_bytes(self._paths.params_file, text.encode("utf-8"))
+
+
+@dataclass
+class Write:
+    """One file a job running elsewhere (a cluster replica) asked for: the method of OutputWriter and its
+    arguments, replayed by the process that owns the output folders and the history index."""
+    method: str  # "image", "grid" or "last_parameters"
+    args: tuple
+    kwargs: dict
+
+
+PENDING_PREFIX = "pending-write:"  # a result's path until the front has written the file (see RecordingWriter)
+
+
+class RecordingWriter(OutputWriter):
+    """An OutputWriter that writes nothing and records what it was asked to write, for a replica whose files the
+    front process writes (so that one process numbers the files and feeds the history). A recorded image's path
+    is `pending-write:N`, N its place in `writes`; `replay` turns it into the real one."""
+
+    def __init__(self, paths: Paths):
+        super().__init__(paths, None)
+        self.writes: list[Write] = []
+
+    def _record(self, method: str, *args, **kwargs) -> Path:
+        self.writes.append(Write(method, args, kwargs))
+        return Path(f"{PENDING_PREFIX}{len(self.writes) - 1}")
+
+    def image(self, *args, **kwargs) -> Path:
+        return self._record("image", *args, **kwargs)
+
+    def grid(self, *args, **kwargs) -> Path:
+        return self._record("grid", *args, **kwargs)
+
+    def last_parameters(self, text: str) -> None:
+        self._record("last_parameters", text)
+
+    def take(self) -> list[Write]:
+        """The writes recorded since the last call (one job's)."""
+        writes, self.writes = self.writes, []
+        return writes
+
+
+def replay(writer: OutputWriter, writes: list[Write], paths: list[str | None]) -> list[str | None]:
+    """Write what a RecordingWriter recorded, in order, through `writer`; returns `paths` with each pending path
+    replaced by the file's real one."""
+    written: dict[str, str] = {}
+    for n, w in enumerate(writes):
+        result = getattr(writer, w.method)(*w.args, **w.kwargs)
+        if result is not None:
+            written[f"{PENDING_PREFIX}{n}"] = str(result)
+    return [written.get(p, p) if p is not None else None for p in paths]
