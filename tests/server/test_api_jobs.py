@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import requests
 
-from tests.support.server import setup_data, start_server, stop_server
+from tests.support.server import setup_data, start_server, stop_server, submit_job, wait_job
 
 pytestmark = pytest.mark.server
 
@@ -26,25 +26,11 @@ def server(tmp_path_factory, tiny_dir):
     stop_server(proc)
 
 
-def submit(url, request, **extra):
-    return requests.post(url + "/sdapi/v1/jobs", json={"type": "txt2img", "request": request, **extra}, timeout=60)
-
-
-def wait_done(url, job_id, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()
-        if status["status"] not in ("queued", "running"):
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {status['status']} after {timeout}s")
-
-
 def test_a_job_gives_the_blocking_routes_response(server):
     url = server
-    created = submit(url, {**SMALL, "seed": 21})
+    created = submit_job(url, {**SMALL, "seed": 21})
     assert created.status_code == 200 and len(created.json()["id"]) == 32
-    done = wait_done(url, created.json()["id"])
+    done = wait_job(url, created.json()["id"])
     assert done["status"] == "done" and done["progress"] == 1.0
     blocking = requests.post(url + "/sdapi/v1/txt2img", json={**SMALL, "seed": 21}, timeout=120).json()
     assert done["result"]["images"] == blocking["images"]
@@ -53,8 +39,8 @@ def test_a_job_gives_the_blocking_routes_response(server):
 
 def test_positions_cancel_and_interrupt(server):
     url = server
-    long = submit(url, {**SMALL, "steps": 400, "seed": 1}).json()["id"]
-    queued = [submit(url, {**SMALL, "seed": 2 + i}).json()["id"] for i in range(2)]
+    long = submit_job(url, {**SMALL, "steps": 400, "seed": 1}).json()["id"]
+    queued = [submit_job(url, {**SMALL, "seed": 2 + i}).json()["id"] for i in range(2)]
     deadline = time.time() + 60
     while requests.get(f"{url}/sdapi/v1/jobs/{long}").json()["status"] != "running" and time.time() < deadline:
         time.sleep(0.05)
@@ -69,8 +55,8 @@ def test_positions_cancel_and_interrupt(server):
 
     interrupted = requests.delete(f"{url}/sdapi/v1/jobs/{long}")
     assert interrupted.status_code == 200
-    assert wait_done(url, long)["status"] == "interrupted"
-    last = wait_done(url, queued[1])
+    assert wait_job(url, long)["status"] == "interrupted"
+    last = wait_job(url, queued[1])
     assert last["status"] == "done" and json.loads(last["result"]["info"])["all_seeds"] == [3]
     assert requests.get(f"{url}/sdapi/v1/jobs/{queued[0]}").json()["result"] is None  # never ran
 
@@ -94,11 +80,11 @@ def test_callbacks_go_only_to_allowed_hosts(server):
     receiver = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
-        refused = submit(url, {**SMALL, "seed": 5}, callback_url="http://example.com/hook")
+        refused = submit_job(url, {**SMALL, "seed": 5}, callback_url="http://example.com/hook")
         assert refused.status_code == 400 and "--api-callback-hosts" in refused.json()["detail"]
         hook = f"http://127.0.0.1:{receiver.server_port}/hook"
-        job_id = submit(url, {**SMALL, "seed": 5}, callback_url=hook).json()["id"]
-        wait_done(url, job_id)
+        job_id = submit_job(url, {**SMALL, "seed": 5}, callback_url=hook).json()["id"]
+        wait_job(url, job_id)
         deadline = time.time() + 30
         while not received and time.time() < deadline:
             time.sleep(0.1)
@@ -110,7 +96,7 @@ def test_callbacks_go_only_to_allowed_hosts(server):
 
 def test_bad_job_requests_are_refused_with_the_field_named(server):
     url = server
-    r = submit(url, {**SMALL, "width": 513})
+    r = submit_job(url, {**SMALL, "width": 513})
     assert r.status_code == 400 and "width" in r.json()["detail"]
     r = requests.post(url + "/sdapi/v1/jobs", json={"type": "img2img", "request": SMALL})
     assert r.status_code == 400 and "init_images" in r.json()["detail"]
@@ -127,8 +113,8 @@ def test_internal_progress_follows_a_task_by_its_forced_id(server):
     assert progress("task(nobody)") == {"active": False, "queued": False, "completed": False, "progress": None,
                                         "eta": None, "live_preview": None, "id_live_preview": -1,
                                         "textinfo": "Waiting..."}
-    first = submit(url, {**SMALL, "steps": 400, "seed": 8, "force_task_id": "task(first)"}).json()["id"]
-    submit(url, {**SMALL, "seed": 9, "force_task_id": "task(second)"})
+    first = submit_job(url, {**SMALL, "steps": 400, "seed": 8, "force_task_id": "task(first)"}).json()["id"]
+    submit_job(url, {**SMALL, "seed": 9, "force_task_id": "task(second)"})
     deadline = time.time() + 60
     seen = progress("task(first)")
     while not (seen["active"] and seen["live_preview"]) and time.time() < deadline:

@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support.server import start_server, stop_server
+from tests.support.server import start_server, stop_server, submit_job, wait_job
 
 pytestmark = [pytest.mark.server, pytest.mark.ray]
 
@@ -63,16 +63,9 @@ def cluster(url: str) -> list[dict]:
 
 
 def run_job_api(url: str, body: dict, timeout: float = 600) -> dict:
-    r = requests.post(url + "/sdapi/v1/jobs", json={"type": "txt2img", "request": body}, timeout=30)
+    r = submit_job(url, body)
     assert r.status_code == 200, r.text
-    job_id = r.json()["id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()
-        if status["status"] not in ("queued", "running"):
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish within {timeout} s")
+    return wait_job(url, r.json()["id"], timeout)
 
 
 def test_jobs_from_six_clients_run_on_both_replicas_and_equal_the_single_process_images(ray_server, plain_server):
@@ -117,8 +110,7 @@ def test_jobs_from_six_clients_run_on_both_replicas_and_equal_the_single_process
 
 def test_a_job_whose_replica_is_killed_finishes_on_another(ray_server):
     url = ray_server[0]
-    r = requests.post(url + "/sdapi/v1/jobs", json={"type": "txt2img", "request": request_for(7, steps=30, n_iter=4)},
-                      timeout=30)
+    r = submit_job(url, request_for(7, steps=30, n_iter=4))
     assert r.status_code == 200, r.text
     job_id = r.json()["id"]
     deadline = time.monotonic() + 300
@@ -129,13 +121,8 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(ray_server):
     assert victim is not None, "no replica took the job"
     os.kill(victim["pid"], signal.SIGKILL)
 
-    status = None
-    while time.monotonic() < deadline:
-        status = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()
-        if status["status"] not in ("queued", "running"):
-            break
-        time.sleep(0.3)
-    assert status is not None and status["status"] == "done", status
+    status = wait_job(url, job_id, deadline - time.monotonic())
+    assert status["status"] == "done", status
     images = status["result"]["images"]
     assert len(images) == 4
     assert "Seed: 7," in status["result"]["info"]
@@ -157,8 +144,7 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(ray_server):
 
 def test_interrupting_a_job_reaches_its_replica(ray_server):
     url = ray_server[0]
-    r = requests.post(url + "/sdapi/v1/jobs", json={"type": "txt2img", "request": request_for(9, steps=40, n_iter=20)},
-                      timeout=30)
+    r = submit_job(url, request_for(9, steps=40, n_iter=20))
     assert r.status_code == 200, r.text
     job_id = r.json()["id"]
     deadline = time.monotonic() + 300
@@ -170,11 +156,7 @@ def test_interrupting_a_job_reaches_its_replica(ray_server):
     assert status["status"] == "running", status
     assert requests.delete(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()["status"] in ("running",
                                                                                                "interrupted")
-    while time.monotonic() < deadline:
-        status = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()
-        if status["status"] not in ("queued", "running"):
-            break
-        time.sleep(0.3)
+    status = wait_job(url, job_id, deadline - time.monotonic())
     assert status["status"] == "interrupted", status
     assert 1 <= len(status["result"]["images"]) < 20  # what it had made when the replica stopped
 

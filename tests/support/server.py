@@ -90,6 +90,23 @@ def server(tmp_path_factory, tiny_dir):
     stop_server(proc)
 
 
+def submit_job(url: str, request: dict, kind: str = "txt2img", **extra) -> requests.Response:
+    """POST /sdapi/v1/jobs (the job API) with `request` as the body /sdapi/v1/txt2img or /img2img takes."""
+    return requests.post(url + "/sdapi/v1/jobs", json={"type": kind, "request": request, **extra}, timeout=60)
+
+
+def wait_job(url: str, job_id: str, timeout: float = 120) -> dict:
+    """The job's status once it is no longer queued or running (AssertionError after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        status = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()
+        if status["status"] not in ("queued", "running"):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {status.get('status')} after {timeout} s")
+
+
 def post(url, path, **body):
     return requests.post(url + path, json=body, timeout=300)
 
