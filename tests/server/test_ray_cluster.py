@@ -17,6 +17,7 @@ import requests
 from PIL import Image
 
 from tests.support.server import start_server, stop_server, submit_job, wait_job
+from tools.shapes_world import Scene, render
 
 pytestmark = [pytest.mark.server, pytest.mark.ray]
 
@@ -106,6 +107,19 @@ def test_jobs_from_six_clients_run_on_both_replicas_and_equal_the_single_process
         r = requests.post(plain_server + "/sdapi/v1/txt2img", json=request_for(seed), timeout=600)
         assert r.status_code == 200, r.text
         assert np.array_equal(pixels(image), pixels(r.json()["images"][0])), f"seed {seed} differs"
+
+
+def test_img2img_on_a_replica_equals_the_single_process_image(ray_server, plain_server):
+    source = io.BytesIO()
+    Image.fromarray(render(Scene("red", "circle", "blue", 32, 32, 36))).save(source, format="PNG")
+    body = {**request_for(31), "init_images": [base64.b64encode(source.getvalue()).decode()],
+            "denoising_strength": 0.6}
+    answers = [requests.post(url + "/sdapi/v1/img2img", json=body, timeout=600) for url in (ray_server[0],
+                                                                                         plain_server)]
+    for r in answers:
+        assert r.status_code == 200, r.text
+    assert "Denoising strength: 0.6" in answers[0].json()["info"]
+    assert np.array_equal(pixels(answers[0].json()["images"][0]), pixels(answers[1].json()["images"][0]))
 
 
 def test_a_job_whose_replica_is_killed_finishes_on_another(ray_server):
