@@ -226,6 +226,11 @@ class Denoiser:
                 f"{self.step}): the sampler's numbers overflowed, so the schedule's noise levels (the sigma_max, "
                 "sigma_min and rho settings) or eta, s_noise or s_churn are out of range. This is not a "
                 "precision problem; --no-half will not help")
+        backend = getattr(self.unet, "precision", None)  # the OpenVINO U-Net says what it computes in
+        if backend is not None:
+            raise NansError(f"A tensor with NaNs was produced in the OpenVINO U-Net ({backend}) from finite inputs: "
+                            "choose PyTorch (or the other OpenVINO precision) in Settings > Optimizations > U-Net "
+                            "backend.")
         if self.dtype in (torch.float16, torch.bfloat16):
             raise NansError(f"A tensor with NaNs was produced in the U-Net, running in {str(self.dtype)[6:]} from "
                             "finite inputs. Try the --no-half flag (full precision); some checkpoints need it.")

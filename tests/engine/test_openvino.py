@@ -121,3 +121,25 @@ def test_bf16_is_its_own_choice_and_switching_back_gives_f32_again(engine):
     again = gen(engine, "OpenVINO").images[0]
     assert engine.checkpoints.current.openvino.precision == "f32"
     assert again.tobytes() == f32.tobytes()
+
+
+def test_nans_from_the_openvino_u_net_name_the_backend(tmp_path):
+    """A U-Net that answers NaN (here: a weight of the checkpoint is NaN) is named in the error: the OpenVINO
+    backend when it ran the call, the checkpoint's weights when PyTorch did."""
+    import torch
+
+    from modules.generation.pipeline import NansError
+    from tests.support import tiny_models
+
+    model = tiny_models.build("sd1", seed=11)
+    with torch.no_grad():
+        model.unet.conv_out.bias[0] = float("nan")
+    model.write(tmp_path / "models" / "Stable-diffusion" / "broken.safetensors")
+    e = make_engine(tmp_path, "broken.safetensors")
+    try:
+        with pytest.raises(NansError, match=r"OpenVINO U-Net \(f32\).*U-Net backend"):
+            gen(e, "OpenVINO")
+        with pytest.raises(NansError, match="the checkpoint's weights may be broken"):
+            gen(e, "PyTorch")
+    finally:
+        e.queue.stop()
