@@ -80,8 +80,10 @@ class RayCluster:
         if self.address:
             ray.init(address=self.address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=False)
         else:
-            # A private instance on this machine: loopback only, no dashboard, no usage statistics.
-            ray.init(namespace=NAMESPACE, runtime_env=runtime_env, include_dashboard=False,
+            # A private instance on this machine: loopback only, no dashboard, no usage statistics. "local": a
+            # new instance even when RAY_ADDRESS or a `ray start` on this machine (/tmp/ray/ray_current_cluster)
+            # names another, which ray.init() would otherwise join.
+            ray.init(address="local", namespace=NAMESPACE, runtime_env=runtime_env, include_dashboard=False,
                      _node_ip_address="127.0.0.1", num_cpus=os.cpu_count() or 1,
                      object_store_memory=LOCAL_OBJECT_STORE, log_to_driver=False)
         self._control = ray.remote(JobControl).options(name=CONTROL, num_cpus=0).remote()

@@ -182,8 +182,11 @@ def test_without_ray_the_process_is_the_one_replica(plain_server):
     assert replica["checkpoint"] == "builtin/shapes-tiny.safetensors" and replica["jobs_run"] >= 1
 
 
-def test_stopping_the_server_leaves_no_ray_process(tmp_path_factory):
+def test_stopping_the_server_leaves_no_ray_process(tmp_path_factory, monkeypatch):
     data = builtin_data(tmp_path_factory, "ray-stop")
+    # a Ray cluster named in the environment (here one that does not exist) is not joined: --ray-workers starts
+    # its own instance (ray.init would otherwise connect to it and, here, fail)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     proc, url = start_server(data, "--api", "--ray-workers", "1", timeout=START_TIMEOUT)
     try:
         assert len(cluster(url)) == 1
