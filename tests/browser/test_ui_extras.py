@@ -10,6 +10,7 @@ from PIL import Image
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     browser, fetch_image, fill_text, page, select_option, set_checkbox, set_number, ui_server, upload_file,
     wait_for_gallery)
+from tests.support.tabs import open_tab
 from tools import shapes_world as world
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -34,7 +35,7 @@ def test_extras_upscales_saves_and_receives_images(page, ui_server, tmp_path):
     diff = np.abs(np.asarray(result.convert("RGB"), dtype=int) - np.asarray(expected, dtype=int))
     assert diff.mean() < 2  # Lanczos resampling of the upload, not some other picture
 
-    page.get_by_role("tab", name="Scale to").click()
+    open_tab(page, "extras_scale_to_tab")  # and wait for its first render: Gradio writes its stored values then
     set_number(page, "extras_upscaling_resize_w", 200)
     set_number(page, "extras_upscaling_resize_h", 96)
     set_checkbox(page, "extras_upscaling_crop", True)
