@@ -131,12 +131,18 @@ def build(args, server_folders: bool = True) -> Engine:
     paths.ensure_dirs(p)
     plan = devices.plan(args.use_cpu, args.device_id, args.no_half, args.no_half_vae, args.precision,
                         args.skip_torch_cuda_test)
-    ckpt = ckpt_file(args)
     folders = FolderPolicy(p.data, parse_allowed(args.allowed_paths), server_folders=server_folders)
-    return build_engine(p, plan, limits=limits_from_args(args), folders=folders,
-                        extra_files=(ckpt,) if ckpt else (),
-                        builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS,
-                        low_memory=low_memory_flag(args), queue_workers=cluster_workers(args))
+    extra_files, builtin_files = checkpoint_files(args)
+    return build_engine(p, plan, limits=limits_from_args(args), folders=folders, extra_files=extra_files,
+                        builtin_files=builtin_files, low_memory=low_memory_flag(args),
+                        queue_workers=cluster_workers(args))
+
+
+def checkpoint_files(args) -> tuple[tuple[str, ...], tuple[Path, ...]]:
+    """The checkpoints the flags list beside the folders: --ckpt's file, and the built-in model unless
+    --no-builtin-model."""
+    ckpt = ckpt_file(args)
+    return ((ckpt,) if ckpt else ()), (() if args.no_builtin_model else paths.BUILTIN_MODELS)
 
 
 def cluster_workers(args) -> int:
@@ -155,10 +161,9 @@ def start_cluster(engine: Engine, args) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from modules.cluster.front import RayCluster
 
-    ckpt = ckpt_file(args)
-    cluster = RayCluster.from_args(args, engine.paths, engine.limits, low_memory_flag(args),
-                                   extra_files=(ckpt,) if ckpt else (),
-                                   builtin_files=() if args.no_builtin_model else paths.BUILTIN_MODELS)
+    extra_files, builtin_files = checkpoint_files(args)
+    cluster = RayCluster.from_args(args, cluster_workers(args), engine.paths, engine.limits, low_memory_flag(args),
+                                   extra_files=extra_files, builtin_files=builtin_files)
     cluster.start()
     engine.queue.on_stop(cluster.stop)
     engine.generation.remote = cluster

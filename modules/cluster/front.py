@@ -54,10 +54,10 @@ class RayCluster:
         self._control = None
 
     @classmethod
-    def from_args(cls, args, paths, limits, low_memory: str, extra_files, builtin_files) -> "RayCluster":
+    def from_args(cls, args, workers: int, paths, limits, low_memory: str, extra_files, builtin_files
+                  ) -> "RayCluster":
         import torch
 
-        workers = max(1, int(args.ray_workers or 1))
         use_cpu = any(m in ("all", "sd") for m in (args.use_cpu or []))
         config = ReplicaConfig(
             paths=paths, device_flags={name: getattr(args, name) for name in DEVICE_FLAGS}, limits=limits,

@@ -12,17 +12,11 @@ from modules.services.checkpoints import CheckpointService
 
 
 class ClusterView(Protocol):
-    workers: int
-
     def replicas(self) -> list[dict[str, Any]]: ...
-
-    def stop(self) -> None: ...
 
 
 class LocalCluster:
     """The process itself as the one replica."""
-
-    workers = 1
 
     def __init__(self, queue: JobQueue, checkpoints: CheckpointService, device: str):
         self._queue = queue
@@ -36,6 +30,3 @@ class LocalCluster:
                  "checkpoint": model.info.name if model is not None else None, "device": self._device,
                  "jobs_run": self._queue.jobs_run, "running": running.task_id if running is not None else None,
                  "pid": os.getpid()}]
-
-    def stop(self) -> None:
-        pass

@@ -63,10 +63,15 @@ def cluster(url: str) -> list[dict]:
     return r.json()["replicas"]
 
 
-def run_job_api(url: str, body: dict, timeout: float = 600) -> dict:
+def started_job(url: str, body: dict) -> str:
+    """The id of a txt2img job queued through the job API."""
     r = submit_job(url, body)
     assert r.status_code == 200, r.text
-    return wait_job(url, r.json()["id"], timeout)
+    return r.json()["id"]
+
+
+def run_job_api(url: str, body: dict, timeout: float = 600) -> dict:
+    return wait_job(url, started_job(url, body), timeout)
 
 
 def test_jobs_from_six_clients_run_on_both_replicas_and_equal_the_single_process_images(ray_server, plain_server):
@@ -124,9 +129,7 @@ def test_img2img_on_a_replica_equals_the_single_process_image(ray_server, plain_
 
 def test_a_job_whose_replica_is_killed_finishes_on_another(ray_server):
     url = ray_server[0]
-    r = submit_job(url, request_for(7, steps=30, n_iter=4))
-    assert r.status_code == 200, r.text
-    job_id = r.json()["id"]
+    job_id = started_job(url, request_for(7, steps=30, n_iter=4))
     deadline = time.monotonic() + 300
     victim = None
     while victim is None and time.monotonic() < deadline:
@@ -158,9 +161,7 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(ray_server):
 
 def test_interrupting_a_job_reaches_its_replica(ray_server):
     url = ray_server[0]
-    r = submit_job(url, request_for(9, steps=40, n_iter=20))
-    assert r.status_code == 200, r.text
-    job_id = r.json()["id"]
+    job_id = started_job(url, request_for(9, steps=40, n_iter=20))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # until it runs on a replica and has finished its first image
         status = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()
