@@ -80,6 +80,11 @@ def sections() -> list[tuple[str, list[str]]]:
     return [(title, names) for title, names in out if names]
 
 
+def section_elem_id(title: str) -> str:
+    """The elem_id of a Settings section's tab (its panel; Gradio names the button `<elem_id>-button`)."""
+    return "settings_" + "".join(ch if ch.isalnum() else "_" for ch in title.lower())
+
+
 def build(engine: Engine) -> SettingsTab:
     values = engine.options.values
     choices = {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())]}
@@ -89,7 +94,7 @@ def build(engine: Engine) -> SettingsTab:
         result = gr.HTML(elem_id="settings_result")
     with gr.Tabs(elem_id="settings"):
         for title, names in sections():
-            with gr.Tab(title, elem_id="settings_" + "".join(ch if ch.isalnum() else "_" for ch in title.lower())):
+            with gr.Tab(title, elem_id=section_elem_id(title)):
                 for name in names:
                     controls[name] = control(name, Settings.model_fields[name], getattr(values, name),
                                              choices.get(name))

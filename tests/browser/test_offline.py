@@ -15,10 +15,10 @@ import requests
 from PIL import Image
 
 from tests.support import netguard
-from tests.support.browser import (ACTION_TIMEOUT_MS, BROWSER_ARGS, chromium_path, fill_text, open_app, set_number,
+from tests.support.browser import (BROWSER_ARGS, chromium_path, fill_text, open_app, set_number,
                                    wait_for_gallery)
 from tests.support.server import ROOT, decode, setup_data, start_server, stop_server
-from tests.support.tabs import wait_idle
+from tests.support.tabs import open_tab, wait_idle
 
 pytestmark = pytest.mark.server
 
@@ -71,9 +71,8 @@ def test_a_whole_session_never_leaves_the_machine(tmp_path, tiny_dir):
             try:
                 page = open_app(browser, url, on_request=lambda r: page_requests.append(r.url))
                 for tab in TABS:
-                    page.locator(f"#tab_{tab}-button").click()
-                    page.locator(f"#tab_{tab}").wait_for(state="visible", timeout=ACTION_TIMEOUT_MS)
-                page.locator("#tab_txt2img-button").click()
+                    open_tab(page, f"tab_{tab}")
+                open_tab(page, "tab_txt2img")
                 fill_text(page, "txt2img_prompt", "a yellow star")
                 set_number(page, "txt2img_steps", 2)
                 page.locator("#txt2img_generate").click()

@@ -102,7 +102,7 @@ def test_png_info_reads_jpeg_and_webp_and_send_to_selects_the_named_model(page, 
             "Seed: 77, Size: 136x128, Model hash: 9b448f13c1, Model: sd1, Version: webui-0.1.0")
     path = tmp_path / f"image.{fmt.lower()}"
     path.write_bytes(images.encode(Image.new("RGB", (64, 64), (0, 0, 200)), fmt, text))
-    page.get_by_role("tab", name="PNG Info").click()
+    open_tab(page, "tab_pnginfo")
     upload_file(page, "pnginfo_image", path)
     page.locator("#pnginfo_html_info").get_by_text("Seed: 77", exact=False).wait_for()
     page.locator("#pnginfo_send_to_txt2img").click()

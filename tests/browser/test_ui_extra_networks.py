@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     browser, fetch_image, fill_text, open_accordion, page, read_value, ui_server, wait_for_gallery)
+from tests.support.tabs import open_tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -33,7 +34,7 @@ def test_cards_list_files_show_previews_and_toggle_tags(page, ui_server):
     # tab is opened, so that the answer and the tab switch cannot cross; a shared CPU can take long over both.
     wait_for_gallery(page, "txt2img_textual_inversion_cards", 1, timeout=90)
     lora_cards = "#txt2img_lora_cards"
-    page.get_by_role("tab", name="Lora").first.click()
+    open_tab(page, "txt2img_lora_cards_tab")
     urls = wait_for_gallery(page, "txt2img_lora_cards", 1, timeout=90)
     assert len(urls) == 1
     card = fetch_image(page, urls[0])
@@ -47,7 +48,7 @@ def test_cards_list_files_show_previews_and_toggle_tags(page, ui_server):
     page.wait_for_function("!document.querySelector('#txt2img_prompt textarea').value.includes('<lora:')")
     assert read_value(page, "txt2img_prompt") == "a red circle"
 
-    page.get_by_role("tab", name="Textual Inversion").first.click()
+    open_tab(page, "txt2img_textual_inversion_cards_tab")
     ti_cards = "#txt2img_textual_inversion_cards"
     page.wait_for_function(f"document.querySelectorAll('{ti_cards} .thumbnail-item img').length == 1",
                            timeout=30_000)

@@ -21,7 +21,7 @@ def test_extras_upscales_saves_and_receives_images(page, ui_server, tmp_path):
     source = tmp_path / "circle.png"
     Image.fromarray(world.render(world.Scene("red", "circle", "blue", 64, 64, 60))).save(source)
 
-    page.get_by_role("tab", name="Extras").click()
+    open_tab(page, "tab_extras")
     upload_file(page, "extras_image", source)
     set_number(page, "extras_upscaling_resize", 2)
     select_option(page, "extras_upscaler_1", "Lanczos")
@@ -44,7 +44,7 @@ def test_extras_upscales_saves_and_receives_images(page, ui_server, tmp_path):
     assert fetch_image(page, wait_for_gallery(page, "extras_gallery", 1)[0]).size[1] == 96
 
     # txt2img -> Send to extras puts the generated image into the Single Image sub-tab
-    page.get_by_role("tab", name="txt2img").click()
+    open_tab(page, "tab_txt2img")
     fill_text(page, "txt2img_prompt", "a green square on a white background")
     set_number(page, "txt2img_steps", 4)
     page.locator("#txt2img_generate").click()

@@ -15,9 +15,11 @@ import pytest
 from playwright.sync_api import expect
 
 from modules.settings import section_of
+from modules.ui.settings_tab import section_elem_id
 from tests.support.browser import (  # noqa: F401 (browser and page are fixtures)
     SCREENSHOTS, browser, fill_text, open_app, page, read_value, set_checkbox, set_number, wait_for_gallery)
 from tests.support.server import start_server, stop_server
+from tests.support.tabs import open_tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -36,9 +38,7 @@ def ui_server(tmp_path_factory):
 
 
 def open_settings(page) -> None:
-    button = page.locator("#tab_settings-button")
-    button.click()
-    expect(button).to_have_attribute("aria-selected", "true")
+    open_tab(page, "tab_settings")
     expect(page.locator("#settings_submit")).to_be_visible()
 
 
@@ -47,9 +47,7 @@ def show_setting(page, name: str) -> None:
     section is looked up in the app's own table, so the page gets the full wait to draw it."""
     title = section_of(name)
     assert title, f"option {name} is in no Settings section"
-    tab = page.locator("#settings").get_by_role("tab", name=title, exact=True)
-    tab.click()
-    expect(tab).to_have_attribute("aria-selected", "true")
+    open_tab(page, section_elem_id(title))  # waits for the first render, after which Gradio writes stored values
     page.locator(f"#setting_{name}").wait_for(state="visible")
 
 
@@ -78,7 +76,7 @@ def test_settings_apply_saves_takes_effect_and_survive_a_restart(browser, page, 
     expect(result).to_contain_text("Nothing changed")
 
     # in effect at once: a generation now is shown but not saved
-    page.locator("#tab_txt2img-button").click()
+    open_tab(page, "tab_txt2img")
     fill_text(page, "txt2img_prompt", "a red circle on a blue background")
     set_number(page, "txt2img_steps", 4)
     page.locator("#txt2img_generate").click()
