@@ -66,22 +66,24 @@ class Engine:
     def txt2img(self, params: GenerationParams) -> GenerationResult:
         return self.submit_txt2img(params).wait()
 
-    def submit_txt2img(self, params: GenerationParams, task_id: str | None = None) -> Job:
+    def submit_txt2img(self, params: GenerationParams, task_id: str | None = None,
+                       client: str | None = None) -> Job:
         """Check the request (raising BadRequest at once) and queue it; the job's result is a GenerationResult.
-        `task_id`: A1111's force_task_id (what /internal/progress knows the job by)."""
-        return self.generation.submit("txt2img", params, task_id)
+        `task_id`: A1111's force_task_id (what /internal/progress knows the job by); `client`: who asked (its
+        jobs are answered in the order it submitted them)."""
+        return self.generation.submit("txt2img", params, task_id, client)
 
     def img2img(self, params: Img2ImgParams) -> GenerationResult:
         return self.submit_img2img(params).wait()
 
-    def submit_img2img(self, params: Img2ImgParams, task_id: str | None = None) -> Job:
+    def submit_img2img(self, params: Img2ImgParams, task_id: str | None = None, client: str | None = None) -> Job:
         """As submit_txt2img, for img2img and inpainting (the init images and mask are in `params`)."""
-        return self.generation.submit("img2img", params, task_id)
+        return self.generation.submit("img2img", params, task_id, client)
 
     def submit_script(self, kind: str, name: str, params: GenerationParams, args: list,
-                      task_id: str | None = None) -> Job:
+                      task_id: str | None = None, client: str | None = None) -> Job:
         """A request run through a selectable script (A1111's `script_name` / `script_args`) as one job."""
-        return self.scripts.submit(kind, name, params, args, task_id)
+        return self.scripts.submit(kind, name, params, args, task_id, client)
 
     # --- extras ------------------------------------------------------------------------------
     def extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True

@@ -6,6 +6,11 @@ run elsewhere and only wait here) run side by side, while jobs that run in this 
 A caller that stops waiting (a client that disconnects) does not disturb the queue: its job still runs and the
 next one follows. Progress, interrupt and skip are properties of the running job.
 
+A job may name its `client` (the API's caller). A client's jobs are answered in the order it submitted them, as
+with one worker: when jobs run side by side, one that ends before an earlier job of the same client is held
+(it counts as running, with its result ready) until that job has been answered. A cancelled job is answered at
+once.
+
 A caller can wait for a job by blocking (`Job.wait`, for threads such as the UI's) or by awaiting
 (`Job.wait_async`, for the HTTP server), so any number of queued requests hold no threads.
 """
@@ -74,13 +79,14 @@ class JobState:
         return elapsed / p - elapsed if p > 0 else 0.0
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compared and hashed by identity
 class Job:
     id: str
     kind: str
     fn: Callable[["Job"], Any]
     task_id: str = ""  # A1111's task id: task(txt2img-XXXXXXX), or the client's force_task_id
     remote: bool = False  # it runs on a cluster replica: it may run beside other jobs (see JobQueue)
+    client: str | None = None  # who asked: its jobs are answered in the order they were submitted (see JobQueue)
     state: JobState = field(default_factory=JobState)
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
@@ -144,6 +150,8 @@ class JobQueue:
         self.running: list[Job] = []  # in the order they started
         self.jobs_run = 0  # jobs that have finished running (not counting those cancelled before they ran)
         self._pending: list[Job] = []
+        self._unanswered: dict[str, list[Job]] = {}  # client -> its jobs not answered yet, in submission order
+        self._held: set[Job] = set()  # jobs that have ended and wait for an earlier job of their client
         self._tasks: dict[str, Job] = {}  # task id -> job, until it finishes
         self._finished: OrderedDict[str, None] = OrderedDict()  # the last RECENT_TASKS finished task ids
         self._stop_hooks: list[Callable[[], None]] = []
@@ -159,17 +167,22 @@ class JobQueue:
         return running[0] if running else None
 
     def is_running(self, job: Job) -> bool:
-        return job in self.running
+        """It runs, or it has ended and its answer waits for an earlier job of its client."""
+        return job in self.running or job in self._held
 
-    def submit(self, kind: str, fn: Callable[[Job], Any], task_id: str | None = None, remote: bool = False) -> Job:
+    def submit(self, kind: str, fn: Callable[[Job], Any], task_id: str | None = None, remote: bool = False,
+               client: str | None = None) -> Job:
         """Queue `fn(job)`. `task_id` names the job for A1111's /internal/progress (a random one by default);
-        `remote`: it runs elsewhere (a cluster replica), so it may run beside other jobs."""
+        `remote`: it runs elsewhere (a cluster replica), so it may run beside other jobs; `client`: who asked
+        (its jobs are answered in the order it submitted them)."""
         random_part = "".join(random.choices(string.ascii_uppercase + string.digits, k=7))
         job = Job(id=f"{kind}-{next(self._ids)}", kind=kind, fn=fn, task_id=task_id or f"task({kind}-{random_part})",
-                  remote=remote)
+                  remote=remote, client=client)
         with self._lock:
             self._pending.append(job)
             self._tasks[job.task_id] = job
+            if client is not None:
+                self._unanswered.setdefault(client, []).append(job)
         self._queue.put(job)
         return job
 
@@ -192,7 +205,7 @@ class JobQueue:
         with self._lock:
             job = self._tasks.get(task_id)
             if job is not None:
-                return ("running" if job in self.running else "queued"), job
+                return ("running" if job in self.running or job in self._held else "queued"), job
             return ("completed" if task_id in self._finished else "unknown"), None
 
     def _forget(self, job: Job) -> None:
@@ -218,8 +231,7 @@ class JobQueue:
                 self._pending.remove(job)
         if queued:
             job.error = JobCancelled(f"job {job.id} was cancelled before it ran")
-            self._forget(job)
-            job._finish()
+            self._answer(job, at_once=True)
             return "cancelled"
         if job in self.running and not job.done.is_set():
             job.state.interrupted = True
@@ -277,8 +289,30 @@ class JobQueue:
             with self._lock:
                 self.running = [j for j in self.running if j is not job]
                 self.jobs_run += 1
-            self._forget(job)
-            job._finish()
+            self._answer(job)
+
+    def _answer(self, job: Job, at_once: bool = False) -> None:
+        """Give `job`'s waiters its outcome, once every earlier job of its client has been answered (`at_once`:
+        now, for a cancelled job); then any later jobs of that client that were held for it."""
+        with self._lock:
+            line = self._unanswered.get(job.client) if job.client is not None else None
+            if line is None:
+                ready = [job]
+            else:
+                if at_once:
+                    line.remove(job)
+                    ready = [job]
+                else:
+                    self._held.add(job)
+                    ready = []
+                while line and line[0] in self._held:
+                    ready.append(line.pop(0))
+                if not line:
+                    del self._unanswered[job.client]
+                self._held.difference_update(ready)
+        for finished in ready:
+            self._forget(finished)
+            finished._finish()
 
     def on_stop(self, fn: Callable[[], None]) -> None:
         """Call `fn()` when the queue stops (the background hasher stops and joins its thread there)."""

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from modules.api import schemas
-from modules.api.routes import basic_auth, build_response, prepare, to_img2img_params, to_params
+from modules.api.routes import basic_auth, build_response, client_of, prepare, to_img2img_params, to_params
 from modules.auth import Credentials
 from modules.engine import BadRequest, Engine
 from modules.jobs import Job, JobCancelled
@@ -196,7 +196,7 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
         return entry
 
     @r.post("/jobs", response_model=JobCreated)
-    async def submit(body: JobSubmission):
+    async def submit(body: JobSubmission, request: Request):
         """Queue a txt2img or img2img request and answer at once with its id."""
         problem = callback_problem(body.callback_url, hosts) if body.callback_url else None
         if problem:
@@ -209,12 +209,13 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
         warnings = prepare(req, engine)
         if body.type == "img2img":
             params = await run_in_threadpool(to_img2img_params, req, engine.limits)
-            job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id)
+            job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id, client_of(request))
             parameters = req.model_dump(exclude=set(schemas.Img2ImgRequest.HIRES_FIELDS))
             if not req.include_init_images:
                 parameters["init_images"], parameters["mask"] = None, None
         else:
-            job = await run_in_threadpool(engine.submit_txt2img, to_params(req), req.force_task_id)
+            job = await run_in_threadpool(engine.submit_txt2img, to_params(req), req.force_task_id,
+                                          client_of(request))
             parameters = req.model_dump()
         entry = Tracked(job, body.type, req, parameters, warnings, body.callback_url)
         job_id = uuid.uuid4().hex

@@ -128,6 +128,20 @@ def basic_auth(credentials: Credentials):
     return require
 
 
+def client_of(request: Request) -> str:
+    """Who sent an API request, for the queue's order of answers per client (modules/jobs.py): the HTTP Basic
+    user it gave (checked by `basic_auth` where --api-auth is on), else the address it came from."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[0]
+        except ValueError:  # not base64, or not UTF-8: the address is used
+            user = ""
+        if user:
+            return f"user:{user}"
+    return f"address:{request.client.host if request.client else ''}"
+
+
 def decode_image(data: str, field: str | None = None, engine: Engine | None = None, lazy: bool = False
                  ) -> Image.Image:
     """An image from base64 or a `data:image/...;base64,` URL; BadRequest with the reason (and the
@@ -297,28 +311,30 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         return await run_in_threadpool(build_response, engine, req, result, warnings, parameters)
 
     @r.post("/txt2img", response_model=schemas.Txt2ImgResponse)
-    async def txt2img(req: schemas.Txt2ImgRequest):
+    async def txt2img(req: schemas.Txt2ImgRequest, request: Request):
         warnings = prepare(req, engine)
         params = to_params(req)
+        client = client_of(request)
         if req.script_name:
             job = await run_in_threadpool(engine.submit_script, "txt2img", req.script_name, params, req.script_args,
-                                          req.force_task_id)
+                                          req.force_task_id, client)
         else:
-            job = await run_in_threadpool(engine.submit_txt2img, params, req.force_task_id)
+            job = await run_in_threadpool(engine.submit_txt2img, params, req.force_task_id, client)
         return await respond(req, job, warnings, req.model_dump())
 
     @r.post("/img2img", response_model=schemas.Txt2ImgResponse)
-    async def img2img(req: schemas.Img2ImgRequest):
+    async def img2img(req: schemas.Img2ImgRequest, request: Request):
         """img2img, and inpainting when `mask` is given (white = repaint). The images are base64 (or data
         URLs); the response is txt2img's. The init images and mask are echoed in `parameters` only with
         `include_init_images`."""
         warnings = prepare(req, engine)
         params = await run_in_threadpool(to_img2img_params, req, engine.limits)
+        client = client_of(request)
         if req.script_name:
             job = await run_in_threadpool(engine.submit_script, "img2img", req.script_name, params, req.script_args,
-                                          req.force_task_id)
+                                          req.force_task_id, client)
         else:
-            job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id)
+            job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id, client)
         parameters = req.model_dump(exclude=set(schemas.Img2ImgRequest.HIRES_FIELDS))
         if not req.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None

@@ -85,9 +85,11 @@ class GenerationService:
         # only wait here for a replica's answer, and write its files.
         self.remote: RemoteGeneration | None = None
 
-    def submit(self, kind: str, params: GenerationParams, task_id: str | None = None) -> Job:
+    def submit(self, kind: str, params: GenerationParams, task_id: str | None = None,
+               client: str | None = None) -> Job:
         """Check the request (raising BadRequest at once) and queue it; the job's result is a GenerationResult.
-        `task_id`: A1111's force_task_id (what /internal/progress knows the job by)."""
+        `task_id`: A1111's force_task_id (what /internal/progress knows the job by); `client`: who asked (its
+        jobs are answered in the order it submitted them, see JobQueue)."""
         if kind == "img2img" and not isinstance(params, Img2ImgParams):
             raise BadRequest("img2img needs Img2ImgParams (init_images, denoising_strength, ...)")
         accepted = self._requests.accept(kind, params)
@@ -100,7 +102,7 @@ class GenerationService:
             outcome.result.paths = output.replay(self._output, outcome.writes, outcome.result.paths)
             return outcome.result
 
-        return self._queue.submit(kind, run, task_id, remote=remote is not None)
+        return self._queue.submit(kind, run, task_id, remote=remote is not None, client=client)
 
     def run_accepted(self, job: Job, accepted: Accepted) -> GenerationResult:
         """Run an accepted request as `job` in this process (a cluster replica calls this for the front)."""

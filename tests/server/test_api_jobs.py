@@ -4,14 +4,13 @@ callbacks only to allowed hosts; a job's result is the blocking route's response
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import requests
 
-from tests.support.server import setup_data, start_server, stop_server, submit_job, wait_job
+from tests.support.server import (callback_receiver, setup_data, start_server, stop_server, submit_job, wait_job,
+                                  wait_received)
 
 pytestmark = pytest.mark.server
 
@@ -66,32 +65,14 @@ def test_positions_cancel_and_interrupt(server):
 
 def test_callbacks_go_only_to_allowed_hosts(server):
     url = server
-    received = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    try:
+    with callback_receiver() as (hook, received):
         refused = submit_job(url, {**SMALL, "seed": 5}, callback_url="http://example.com/hook")
         assert refused.status_code == 400 and "--api-callback-hosts" in refused.json()["detail"]
-        hook = f"http://127.0.0.1:{receiver.server_port}/hook"
         job_id = submit_job(url, {**SMALL, "seed": 5}, callback_url=hook).json()["id"]
         wait_job(url, job_id)
-        deadline = time.time() + 30
-        while not received and time.time() < deadline:
-            time.sleep(0.1)
-        assert received and received[0]["id"] == job_id and received[0]["status"] == "done"
-        assert json.loads(received[0]["result"]["info"])["all_seeds"] == [5]
-    finally:
-        receiver.shutdown()
+        body = wait_received(received)
+        assert body["id"] == job_id and body["status"] == "done"
+        assert json.loads(body["result"]["info"])["all_seeds"] == [5]
 
 
 def test_bad_job_requests_are_refused_with_the_field_named(server):

@@ -16,7 +16,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support.server import start_server, stop_server, submit_job, wait_job
+from tests.support.server import (callback_receiver, start_server, stop_server, submit_job, wait_job,
+                                  wait_received)
 from tools.shapes_world import Scene, render
 
 pytestmark = [pytest.mark.server, pytest.mark.ray]
@@ -35,7 +36,8 @@ def builtin_data(tmp_path_factory, name: str):
 @pytest.fixture(scope="module")
 def ray_server(tmp_path_factory):
     data = builtin_data(tmp_path_factory, "ray")
-    proc, url = start_server(data, "--api", "--ray-workers", "2", timeout=START_TIMEOUT)
+    proc, url = start_server(data, "--api", "--ray-workers", "2", "--api-callback-hosts", "127.0.0.1",
+                             timeout=START_TIMEOUT)
     yield url, data, proc
     stop_server(proc)
 
@@ -127,6 +129,77 @@ def test_img2img_on_a_replica_equals_the_single_process_image(ray_server, plain_
     assert np.array_equal(pixels(answers[0].json()["images"][0]), pixels(answers[1].json()["images"][0]))
 
 
+def status_of(url: str, job_id: str) -> dict:
+    r = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_running(url: str, job_id: str, images_done: int = 0, timeout: float = 300) -> dict:
+    """The job's status once it runs on a replica and has finished `images_done` images."""
+    deadline = time.monotonic() + timeout
+    status = status_of(url, job_id)
+    while time.monotonic() < deadline:
+        if status["status"] == "running" and status["state"].get("job_no", 0) >= images_done:
+            return status
+        assert status["status"] in ("queued", "running"), status
+        time.sleep(0.2)
+        status = status_of(url, job_id)
+    raise AssertionError(f"job {job_id} did not get to image {images_done + 1}: {status}")
+
+
+def test_a_clients_answers_keep_its_order_while_another_clients_go_on(ray_server):
+    """A client's short job that ends on one replica while its earlier long job runs on the other is answered
+    (status, callback) only after the long one; another client's job is answered as soon as it ends."""
+    url = ray_server[0]
+    long = started_job(url, request_for(41, steps=40, n_iter=30))
+    wait_running(url, long)
+    with callback_receiver() as (hook, received):
+        r = submit_job(url, request_for(42), callback_url=hook)  # the same client: this address
+        assert r.status_code == 200, r.text
+        short = r.json()["id"]
+        other = requests.post(url + "/sdapi/v1/jobs", json={"type": "txt2img", "request": request_for(43)},
+                              auth=("another-client", "x"), timeout=60)  # no --api-auth: the name tells clients apart
+        assert other.status_code == 200, other.text
+        # Two replicas: `other` starts only when `short` has ended on the replica next to the long job's
+        finished = wait_job(url, other.json()["id"], 300)
+        assert finished["status"] == "done" and "Seed: 43," in finished["result"]["info"], finished
+        held = status_of(url, short)
+        assert held["status"] == "running" and held["result"] is None, held  # ended, held for the long job
+        assert status_of(url, long)["status"] == "running"
+        assert not received  # the callback is an answer too
+        requests.delete(f"{url}/sdapi/v1/jobs/{long}", timeout=30).raise_for_status()  # let it end now
+        assert wait_job(url, long, 300)["status"] == "interrupted"
+        answered = wait_job(url, short, 60)
+        assert answered["status"] == "done" and "Seed: 42," in answered["result"]["info"], answered
+        body = wait_received(received)
+        assert body["id"] == short and body["status"] == "done" and "Seed: 42," in body["result"]["info"]
+
+
+def test_skip_reaches_the_replica_and_the_job_goes_on(ray_server, plain_server):
+    url = ray_server[0]
+    body = request_for(51, steps=60, n_iter=3)
+    job_id = started_job(url, body)
+    status = wait_running(url, job_id)
+    deadline = time.monotonic() + 300
+    while status["state"]["sampling_step"] < 2 and status["state"]["job_no"] == 0:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+        status = status_of(url, job_id)
+    assert status["state"]["job_no"] == 0, f"the first image ended before the skip could be sent: {status}"
+    requests.post(url + "/sdapi/v1/skip", timeout=30).raise_for_status()
+    skipped = wait_job(url, job_id, 300)
+    assert skipped["status"] == "done", skipped  # a skip abandons one image, not the job
+    full = requests.post(plain_server + "/sdapi/v1/txt2img", json=body, timeout=600)
+    assert full.status_code == 200, full.text
+    got, want = skipped["result"]["images"], full.json()["images"]
+    assert len(got) == len(want) == 3
+    # One image stopped early (the first, unless the skip reached the replica only after it ended), the others
+    # are as asked: the skip was passed on, once, and the job went on
+    same = [np.array_equal(pixels(a), pixels(b)) for a, b in zip(got, want)]
+    assert same.count(False) == 1, same
+
+
 def test_a_job_whose_replica_is_killed_finishes_on_another(ray_server):
     url = ray_server[0]
     job_id = started_job(url, request_for(7, steps=30, n_iter=4))
@@ -163,12 +236,7 @@ def test_interrupting_a_job_reaches_its_replica(ray_server):
     url = ray_server[0]
     job_id = started_job(url, request_for(9, steps=40, n_iter=20))
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # until it runs on a replica and has finished its first image
-        status = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()
-        if status["status"] == "running" and status["state"].get("job_no", 0) >= 1:
-            break
-        time.sleep(0.2)
-    assert status["status"] == "running", status
+    wait_running(url, job_id, images_done=1)
     assert requests.delete(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()["status"] in ("running",
                                                                                                "interrupted")
     status = wait_job(url, job_id, deadline - time.monotonic())

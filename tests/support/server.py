@@ -12,7 +12,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -105,6 +109,39 @@ def wait_job(url: str, job_id: str, timeout: float = 120) -> dict:
             return status
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} still {status.get('status')} after {timeout} s")
+
+
+@contextmanager
+def callback_receiver() -> Iterator[tuple[str, list[dict]]]:
+    """An HTTP server on 127.0.0.1 (a port the system picks) that keeps the JSON bodies POSTed to it: yields its
+    URL and the list they are appended to."""
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{receiver.server_port}/hook", received
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def wait_received(received: list[dict], timeout: float = 30) -> dict:
+    """The first body a callback_receiver got (AssertionError when none came within `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert received, f"no callback within {timeout} s"
+    return received[0]
 
 
 def post(url, path, **body):

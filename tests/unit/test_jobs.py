@@ -90,3 +90,59 @@ def test_waiting_after_the_job_finished_returns_at_once(queue):
     job = queue.submit("t", lambda j: "done")
     job.wait(10)
     assert asyncio.run(asyncio.wait_for(job.wait_async(), 5)) == "done"
+
+
+def test_remote_jobs_run_side_by_side_and_a_clients_answers_keep_its_order():
+    """With one worker per replica, `remote` jobs overlap. A client's job that ends before its earlier job is held
+    (it still counts as running) and answered right after it; another client's job is answered when it ends."""
+    q = JobQueue(workers=3)
+    first_may_end, answered = threading.Event(), []
+    both_started = threading.Barrier(3, timeout=10)
+
+    def slow(job):
+        both_started.wait()
+        assert first_may_end.wait(10)
+        return "a1"
+
+    def quick(name):
+        def fn(job):
+            both_started.wait()
+            return name
+        return fn
+
+    try:
+        a1 = q.submit("txt2img", slow, remote=True, client="a")
+        a2 = q.submit("txt2img", quick("a2"), remote=True, client="a")
+        b1 = q.submit("txt2img", quick("b1"), remote=True, client="b")
+        for job in (a1, a2, b1):
+            job.add_done_callback(lambda j: answered.append(j.result))
+        assert b1.wait(10) == "b1"  # the other client is not held
+        deadline = time.monotonic() + 10
+        while q.jobs_run < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert q.jobs_run == 2 and not a2.done.is_set()  # a2 has run, and waits for a1
+        assert q.is_running(a2) and q.task(a2.task_id)[0] == "running" and q.ahead_of(a2) == 0
+        assert q.running == [a1]  # what /sdapi/v1/progress and the cluster view call running
+        first_may_end.set()
+        assert a2.wait(10) == "a2"
+        assert answered == ["b1", "a1", "a2"]
+        assert not q.is_running(a2) and q.task(a2.task_id)[0] == "completed"
+    finally:
+        first_may_end.set()
+        q.stop()
+
+
+def test_a_cancelled_job_is_answered_at_once_and_releases_the_clients_later_jobs():
+    q = JobQueue(workers=1)
+    gate = threading.Event()
+    try:
+        running = q.submit("txt2img", lambda job: gate.wait(10), client="a")
+        queued = q.submit("txt2img", lambda job: "never", client="a")
+        after = q.submit("txt2img", lambda job: "after", client="a")
+        assert q.cancel(queued) == "cancelled"
+        assert queued.done.is_set()  # not held behind the running job
+        gate.set()
+        assert running.wait(10) is True and after.wait(10) == "after"
+    finally:
+        gate.set()
+        q.stop()

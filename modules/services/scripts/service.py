@@ -70,9 +70,9 @@ class ScriptService:
         return prompts_from_file.plan(params, list(args or []), rng)
 
     def submit(self, kind: str, name: str, params: GenerationParams, args: list[Any],
-               task_id: str | None = None) -> Job:
+               task_id: str | None = None, client: str | None = None) -> Job:
         """Check the script's cells (BadRequest at once, naming the cell) and queue them as one job whose result
-        is a GenerationResult: the script's grid first (`grid`), then its images."""
+        is a GenerationResult: the script's grid first (`grid`), then its images. `client`: see JobQueue."""
         plan = self.plan(kind, name, params, args)
         accepted = []
         for cell, label in zip(plan.cells, plan.labels):
@@ -80,7 +80,7 @@ class ScriptService:
                 accepted.append(self._requests.accept(kind, cell))
             except BadRequest as e:
                 raise type(e)(f"{plan.title}: {label}: {e}") from None  # which cell: its axis values, line, ...
-        return self._queue.submit(kind, lambda job: self._run(job, plan, accepted), task_id)
+        return self._queue.submit(kind, lambda job: self._run(job, plan, accepted), task_id, client=client)
 
     def _run(self, job: Job, plan: Plan, accepted: list[Accepted]) -> GenerationResult:
         results: list[CellResult | None] = [None] * len(accepted)
