@@ -155,10 +155,9 @@ def cluster_workers(args) -> int:
 def start_cluster(engine: Engine, args) -> None:
     """With --ray-workers / --ray-address: start the Ray replicas (waits until they are up) and send every
     generation job to them; they stop with the engine's queue. Ray is imported only here."""
-    if not args.ray_address:
-        # A private instance listens on loopback only. Ray reads this switch when it is imported: on Linux it
-        # otherwise takes the machine's network address as the node's and serves its gRPC ports on it.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from modules.cluster import prepare_environment
+
+    prepare_environment(args.ray_address)
     from modules.cluster.front import RayCluster
 
     extra_files, builtin_files = checkpoint_files(args)

@@ -14,3 +14,29 @@ its own model manager and pipeline over the same folders:
 
 Ray is optional (requirements-ray.txt): nothing here is imported without those flags.
 """
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def prepare_environment(address: str | None) -> None:
+    """The environment Ray reads once, when it is imported: call before importing `front`.
+
+    - A private instance (no `address`) listens on loopback only: on Linux Ray otherwise takes the machine's
+      network address as the node's and serves its gRPC ports on it.
+    - Joining a cluster: `ray start` turns token authentication on when RAY_AUTH_MODE is unset and a token is at
+      hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), but ray.init with an address never does,
+      so it could not join a cluster started that way on the same setup. Do as `ray start` does.
+    """
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    elif "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        log.info("Joining the Ray cluster with token authentication (a Ray token is set up here)")

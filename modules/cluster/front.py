@@ -111,13 +111,19 @@ class RayCluster:
                            "(see the Ray logs under /tmp/ray/session_latest/logs)")
 
     def stop(self) -> None:
-        """Delete the replicas and shut this process's Ray down (a local instance ends with it)."""
+        """Delete the replicas and shut this process's Ray down (a local instance ends with it). On a joined
+        cluster only what this process deployed goes: the replicas and the control actor; Serve and anything
+        else running there stay."""
         with self._lock:
             if not self._started:
                 return
             self._started = False
         try:
-            serve.shutdown()
+            if self.address:
+                serve.delete(APP)
+                ray.kill(self._control)
+            else:
+                serve.shutdown()
         except Exception:  # stopping goes on regardless
             log.exception("stopping Ray Serve failed")
         ray.shutdown()
