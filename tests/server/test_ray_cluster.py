@@ -232,6 +232,34 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(ray_server):
     assert r.status_code == 200 and "Seed: 8," in r.json()["info"], r.text
 
 
+def test_a_job_whose_replicas_die_twice_fails_with_the_reason_and_the_server_goes_on(ray_server):
+    url = ray_server[0]
+    task = "task(dies-twice)"  # what /sdapi/v1/cluster shows as the replica's running job
+    job_id = started_job(url, {**request_for(71, steps=30, n_iter=40), "force_task_id": task})
+    killed: list[str] = []
+    deadline = time.monotonic() + 300
+    status = status_of(url, job_id)
+    while len(killed) < 2 and status["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, (status, cluster(url))
+        victim = next((rep for rep in cluster(url)
+                       if rep["running"] == task and rep["state"] == "busy" and rep["id"] not in killed), None)
+        if victim is not None:
+            os.kill(victim["pid"], signal.SIGKILL)
+            killed.append(victim["id"])
+        time.sleep(0.2)
+        status = status_of(url, job_id)
+    status = wait_job(url, job_id, deadline - time.monotonic())
+    assert status["status"] == "failed" and "failed on 2 replicas" in status["error"], status
+    assert "died while running it" in status["error"] and killed, (killed, status)
+
+    while time.monotonic() < deadline:  # replaced, and the server goes on
+        if len([rep for rep in cluster(url) if rep["state"] != "dead"]) == 2:
+            break
+        time.sleep(0.5)
+    r = requests.post(url + "/sdapi/v1/txt2img", json=request_for(72), timeout=600)
+    assert r.status_code == 200 and "Seed: 72," in r.json()["info"], r.text
+
+
 def test_interrupting_a_job_reaches_its_replica(ray_server):
     url = ray_server[0]
     job_id = started_job(url, request_for(9, steps=40, n_iter=20))
