@@ -205,7 +205,7 @@ class JobQueue:
         with self._lock:
             job = self._tasks.get(task_id)
             if job is not None:
-                return ("running" if job in self.running or job in self._held else "queued"), job
+                return ("running" if self.is_running(job) else "queued"), job
             return ("completed" if task_id in self._finished else "unknown"), None
 
     def _forget(self, job: Job) -> None:

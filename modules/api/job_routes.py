@@ -207,15 +207,15 @@ def build_jobs_router(engine: Engine, credentials: Credentials | None = None,
         except ValueError as e:
             raise BadRequest(f"request: {e}") from None
         warnings = prepare(req, engine)
+        client = client_of(request)
         if body.type == "img2img":
             params = await run_in_threadpool(to_img2img_params, req, engine.limits)
-            job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id, client_of(request))
+            job = await run_in_threadpool(engine.submit_img2img, params, req.force_task_id, client)
             parameters = req.model_dump(exclude=set(schemas.Img2ImgRequest.HIRES_FIELDS))
             if not req.include_init_images:
                 parameters["init_images"], parameters["mask"] = None, None
         else:
-            job = await run_in_threadpool(engine.submit_txt2img, to_params(req), req.force_task_id,
-                                          client_of(request))
+            job = await run_in_threadpool(engine.submit_txt2img, to_params(req), req.force_task_id, client)
             parameters = req.model_dump()
         entry = Tracked(job, body.type, req, parameters, warnings, body.callback_url)
         job_id = uuid.uuid4().hex

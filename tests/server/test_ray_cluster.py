@@ -16,8 +16,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support.server import (callback_receiver, start_server, stop_server, submit_job, wait_job,
-                                  wait_received)
+from tests.support.server import (callback_receiver, job_status, start_server, stop_server, submit_job,
+                                  wait_job, wait_received)
 from tools.shapes_world import Scene, render
 
 pytestmark = [pytest.mark.server, pytest.mark.ray]
@@ -63,6 +63,15 @@ def cluster(url: str) -> list[dict]:
     r = requests.get(url + "/sdapi/v1/cluster", timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["replicas"]
+
+
+def wait_live(url: str, count: int, deadline: float) -> list[dict]:
+    """The replicas that are not dead, once there are `count` of them or the `deadline` (monotonic) has passed."""
+    while True:
+        live = [rep for rep in cluster(url) if rep["state"] != "dead"]
+        if len(live) == count or time.monotonic() >= deadline:
+            return live
+        time.sleep(0.5)
 
 
 def started_job(url: str, body: dict) -> str:
@@ -129,22 +138,16 @@ def test_img2img_on_a_replica_equals_the_single_process_image(ray_server, plain_
     assert np.array_equal(pixels(answers[0].json()["images"][0]), pixels(answers[1].json()["images"][0]))
 
 
-def status_of(url: str, job_id: str) -> dict:
-    r = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 def wait_running(url: str, job_id: str, images_done: int = 0, timeout: float = 300) -> dict:
     """The job's status once it runs on a replica and has finished `images_done` images."""
     deadline = time.monotonic() + timeout
-    status = status_of(url, job_id)
+    status = job_status(url, job_id)
     while time.monotonic() < deadline:
         if status["status"] == "running" and status["state"].get("job_no", 0) >= images_done:
             return status
         assert status["status"] in ("queued", "running"), status
         time.sleep(0.2)
-        status = status_of(url, job_id)
+        status = job_status(url, job_id)
     raise AssertionError(f"job {job_id} did not get to image {images_done + 1}: {status}")
 
 
@@ -164,9 +167,9 @@ def test_a_clients_answers_keep_its_order_while_another_clients_go_on(ray_server
         # Two replicas: `other` starts only when `short` has ended on the replica next to the long job's
         finished = wait_job(url, other.json()["id"], 300)
         assert finished["status"] == "done" and "Seed: 43," in finished["result"]["info"], finished
-        held = status_of(url, short)
+        held = job_status(url, short)
         assert held["status"] == "running" and held["result"] is None, held  # ended, held for the long job
-        assert status_of(url, long)["status"] == "running"
+        assert job_status(url, long)["status"] == "running"
         assert not received  # the callback is an answer too
         requests.delete(f"{url}/sdapi/v1/jobs/{long}", timeout=30).raise_for_status()  # let it end now
         assert wait_job(url, long, 300)["status"] == "interrupted"
@@ -185,7 +188,7 @@ def test_skip_reaches_the_replica_and_the_job_goes_on(ray_server, plain_server):
     while status["state"]["sampling_step"] < 2 and status["state"]["job_no"] == 0:
         assert time.monotonic() < deadline, status
         time.sleep(0.05)
-        status = status_of(url, job_id)
+        status = job_status(url, job_id)
     assert status["state"]["job_no"] == 0, f"the first image ended before the skip could be sent: {status}"
     requests.post(url + "/sdapi/v1/skip", timeout=30).raise_for_status()
     skipped = wait_job(url, job_id, 300)
@@ -220,11 +223,7 @@ def test_a_job_whose_replica_is_killed_finishes_on_another(ray_server):
     replicas = {rep["id"]: rep for rep in cluster(url)}
     assert replicas[victim["id"]]["state"] == "dead"
     # Serve starts a replacement, which registers under a new id
-    while time.monotonic() < deadline:
-        live = [rep for rep in cluster(url) if rep["state"] != "dead"]
-        if len(live) == 2:
-            break
-        time.sleep(0.5)
+    live = wait_live(url, 2, deadline)
     assert len(live) == 2 and victim["id"] not in {rep["id"] for rep in live}, cluster(url)
 
     # and the server goes on: another job runs
@@ -238,7 +237,7 @@ def test_a_job_whose_replicas_die_twice_fails_with_the_reason_and_the_server_goe
     job_id = started_job(url, {**request_for(71, steps=30, n_iter=40), "force_task_id": task})
     killed: list[str] = []
     deadline = time.monotonic() + 300
-    status = status_of(url, job_id)
+    status = job_status(url, job_id)
     while len(killed) < 2 and status["status"] in ("queued", "running"):
         assert time.monotonic() < deadline, (status, cluster(url))
         victim = next((rep for rep in cluster(url)
@@ -247,15 +246,12 @@ def test_a_job_whose_replicas_die_twice_fails_with_the_reason_and_the_server_goe
             os.kill(victim["pid"], signal.SIGKILL)
             killed.append(victim["id"])
         time.sleep(0.2)
-        status = status_of(url, job_id)
+        status = job_status(url, job_id)
     status = wait_job(url, job_id, deadline - time.monotonic())
     assert status["status"] == "failed" and "failed on 2 replicas" in status["error"], status
     assert "died while running it" in status["error"] and killed, (killed, status)
 
-    while time.monotonic() < deadline:  # replaced, and the server goes on
-        if len([rep for rep in cluster(url) if rep["state"] != "dead"]) == 2:
-            break
-        time.sleep(0.5)
+    wait_live(url, 2, deadline)  # replaced, and the server goes on
     r = requests.post(url + "/sdapi/v1/txt2img", json=request_for(72), timeout=600)
     assert r.status_code == 200 and "Seed: 72," in r.json()["info"], r.text
 

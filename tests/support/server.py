@@ -99,12 +99,19 @@ def submit_job(url: str, request: dict, kind: str = "txt2img", **extra) -> reque
     return requests.post(url + "/sdapi/v1/jobs", json={"type": kind, "request": request, **extra}, timeout=60)
 
 
+def job_status(url: str, job_id: str) -> dict:
+    """GET /sdapi/v1/jobs/{job_id}: the job API's status of a job."""
+    r = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def wait_job(url: str, job_id: str, timeout: float = 120) -> dict:
     """The job's status once it is no longer queued or running (AssertionError after `timeout` seconds)."""
     deadline = time.monotonic() + timeout
     status: dict = {}
     while time.monotonic() < deadline:
-        status = requests.get(f"{url}/sdapi/v1/jobs/{job_id}", timeout=30).json()
+        status = job_status(url, job_id)
         if status["status"] not in ("queued", "running"):
             return status
         time.sleep(0.1)
