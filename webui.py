@@ -39,7 +39,6 @@ def build(args, control=None):
     # No server folders from the page when the network reaches a server without any login.
     engine = bootstrap.build(args, server_folders=not cmd_args.on_network(args) or
                              bool(ui_credentials or api_credentials))
-    devices.configure_torch(engine.device.device)
     log.info("Device: %s", engine.device.describe)
     # A1111 selects --ckpt's file at start-up, whatever config.json remembered.
     ckpt = bootstrap.ckpt_file(args)

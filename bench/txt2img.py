@@ -190,8 +190,12 @@ class CallTimer:
         return self
 
     @property
+    def each(self) -> list[float]:
+        return [self._seconds(start, end) for start, end in self._spans]
+
+    @property
     def total(self) -> float:
-        return sum(self._seconds(start, end) for start, end in self._spans)
+        return sum(self.each)
 
     @property
     def span(self) -> float:
@@ -252,9 +256,15 @@ def malloc_trim() -> bool:
     return False
 
 
-def cpu_seconds() -> float:
+def cpu_use() -> tuple[float, float, int]:
+    """This process's user and system CPU seconds so far, and its minor page faults (first touches of new
+    memory: most of the system time)."""
     t = psutil.Process().cpu_times()
-    return t.user + t.system
+    return t.user, t.system, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def cpu_since(start: tuple[float, float, int]) -> tuple[float, float, int]:
+    return tuple(b - a for a, b in zip(start, cpu_use()))
 
 
 class LoadClock:
@@ -347,7 +357,7 @@ def compare_images(a, b) -> dict:
             "pixels_differing_pct": round(float((diff.max(axis=-1) > 0).mean() * 100), 2)}
 
 
-def generation_figures(timers: Timers, total: float, steps: int, cpu: float) -> dict:
+def generation_figures(timers: Timers, total: float, steps: int, cpu: tuple[float, float, int]) -> dict:
     unet_s, vae_s, text_s = timers.unet.total, timers.vae.total, timers.text.total
     sampling_s = timers.unet.span
     overhead = total - unet_s - vae_s
@@ -359,6 +369,8 @@ def generation_figures(timers: Timers, total: float, steps: int, cpu: float) -> 
         "unet_s": round(unet_s, 3),
         "unet_calls": timers.unet.calls,
         "unet_s_per_call": round(unet_s / max(1, timers.unet.calls), 4),
+        "unet_first_call_s": round(timers.unet.each[0], 4) if timers.unet.calls else None,
+        "unet_median_call_s": round(statistics.median(timers.unet.each), 4) if timers.unet.calls else None,
         "sampling_s": round(sampling_s, 3),
         "vae_s": round(vae_s, 3),
         "text_s": round(text_s, 4),
@@ -367,7 +379,9 @@ def generation_figures(timers: Timers, total: float, steps: int, cpu: float) -> 
         "overhead_pct": round(overhead / total * 100, 3),
         "overhead_excl_text_s": round(overhead - text_s, 3),
         "overhead_excl_text_pct": round((overhead - text_s) / total * 100, 3),
-        "cpu_util": round(cpu / total, 2),
+        "cpu_util": round((cpu[0] + cpu[1]) / total, 2),
+        "cpu_sys_s": round(cpu[1], 2),
+        "minor_faults": cpu[2],
         "vae_decodes": timers.vae.calls,
         "vae_nan_decodes": timers.vae_nan_decodes,
     }
@@ -446,11 +460,11 @@ def run_ours(args, rss: RssSampler, gpu: GpuMemory, data_dir: Path, plan: device
     for i in range(args.repeat):
         timers.reset()
         gpu.sync()
-        c, t = cpu_seconds(), time.perf_counter()
+        c, t = cpu_use(), time.perf_counter()
         result = engine.txt2img(params)
         gpu.sync()
         total = time.perf_counter() - t
-        runs.append(generation_figures(timers, total, args.steps, cpu_seconds() - c))
+        runs.append(generation_figures(timers, total, args.steps, cpu_since(c)))
         image = result.images[0]
         log.info("ours: run %d/%d: %.2fs (%.3f s/step)", i + 1, args.repeat, total, runs[-1]["s_per_step"])
     generation_peak, gpu_generation_peak = rss.read_peak(), gpu.peak()
@@ -605,12 +619,12 @@ def run_diffusers(args, rss: RssSampler, gpu: GpuMemory, plan: devices.DevicePla
         timers.reset()
         generator = torch.Generator("cpu").manual_seed(args.seed)  # CPU noise, moved to the device, as ours
         gpu.sync()
-        c, t = cpu_seconds(), time.perf_counter()
+        c, t = cpu_use(), time.perf_counter()
         out = pipe(PROMPT, negative_prompt=negative_prompt, height=args.height, width=args.width,
                    num_inference_steps=args.steps, guidance_scale=args.cfg, generator=generator, output_type="pil")
         gpu.sync()
         total = time.perf_counter() - t
-        runs.append(generation_figures(timers, total, args.steps, cpu_seconds() - c))
+        runs.append(generation_figures(timers, total, args.steps, cpu_since(c)))
         image = out.images[0]
         log.info("diffusers: run %d/%d: %.2fs (%.3f s/step)", i + 1, args.repeat, total, runs[-1]["s_per_step"])
     generation_peak, gpu_generation_peak = rss.read_peak(), gpu.peak()
@@ -670,9 +684,12 @@ def parse_args(argv=None):
                          "background")
     ap.add_argument("--low-memory", action="store_true",
                     help="our engine in low-memory mode (as --medvram / --lowram: weights stored in 16 bits)")
-    ap.add_argument("--unet-backend", choices=["PyTorch", "OpenVINO", "OpenVINO bf16"], default="PyTorch",
+    ap.add_argument("--unet-backend", choices=["PyTorch", "OpenVINO", "OpenVINO bf16"],
+                    default="PyTorch",
                     help="our engine's U-Net backend setting (OpenVINO: converted on the first run with a --data-dir, "
                          "its cost reported as backend_prepare_s)")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="leave glibc's allocator as it is (devices.keep_freed_memory not applied)")
     ap.add_argument("--data-dir", type=Path, help="our engine's data folder (default: a new temporary one); the "
                                                  "OpenVINO conversion is kept there between runs")
     ap.add_argument("--out", type=Path, help="folder to save ours.png (and diffusers.png) into")
@@ -702,7 +719,11 @@ def main(argv=None) -> None:
     prewarm_s = time.perf_counter() - t
 
     plan = devices.plan(args.use_cpu, skip_cuda_test=True)
-    devices.configure_torch(plan.device)  # as webui.py does; process-wide, so diffusers gets it too
+    # As the app's start-up does, except glibc's allocator switch (devices.keep_freed_memory): it is process-wide and
+    # cannot be undone, so it is made just before our engine runs. In the order diffusers-first, diffusers has
+    # glibc's defaults, as a script of its own would; ours-first, it runs with the switch too (each engine's
+    # `allocator` says which).
+    devices.configure_torch(plan.device, keep_memory=False)
     log.info("Device: %s", plan.describe)
     context: dict = {}
     if args.vs_diffusers:
@@ -718,12 +739,16 @@ def main(argv=None) -> None:
     gpu = GpuMemory(plan.device)
     data_dir = args.data_dir.resolve() if args.data_dir else Path(tempfile.mkdtemp(prefix="bench-data-"))
     result = {}
+    allocator = "glibc defaults"
     try:
         for name in engines:
             if name == "ours":
+                if plan.device.type == "cpu" and not args.glibc_defaults and devices.keep_freed_memory():
+                    allocator = "freed memory kept (devices.keep_freed_memory)"
                 result["ours"] = run_ours(args, rss, gpu, data_dir, plan, context)
             else:
                 result["diffusers"] = run_diffusers(args, rss, gpu, plan, context)
+            result[name]["allocator"] = allocator
             # on stderr at once: a run the kernel kills later (out of memory) keeps this engine's figures
             log.info("%s figures: %s", name, json.dumps(result[name]))
     finally:
@@ -768,7 +793,8 @@ def main(argv=None) -> None:
         d = result["diffusers"]
         report["ratio"] = {k: round(ours[k] / d[k], 3) if d.get(k) and ours.get(k) is not None else None
                            for k in ("load_s", "s_per_step", "it_per_s", "total_s", "unet_s_per_call",
-                                     "peak_rss_mb", "peak_rss_delta_mb", "cuda_peak_allocated_mb")}
+                                     "unet_median_call_s", "peak_rss_mb", "peak_rss_delta_mb",
+                                     "cuda_peak_allocated_mb")}
         report["ratio"]["load_s_excl_hash"] = round(ours["load_s_excl_hash"] / d["load_s"], 3)
         report["images_compared"] = compare_images(context["ours_image"], context["diffusers_image"])
     report["peak_rss_process_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -820,7 +846,11 @@ NOTES = [
     "the OS (rss_after_unload_mb / rss_after_unload_trim_mb: what it left behind before / after), so the "
     "second engine starts from about the import-only baseline. peak_rss_process_mb is ru_maxrss for the run.",
     "devices.configure_torch runs first, as in webui.py (on the CPU: torch.set_flush_denormal(True)); that "
-    "switch is process-wide, so diffusers runs with it too.",
+    "switch is process-wide, so diffusers runs with it too. Its other CPU switch, glibc's allocator keeping freed "
+    "memory (devices.keep_freed_memory), is made just before our engine runs (it cannot be undone): diffusers "
+    "has glibc's defaults when it runs first and the switch when it runs second (each engine's `allocator`). "
+    "--glibc-defaults leaves it off for ours too. cpu_sys_s and minor_faults (generation) show its effect: "
+    "first-touching fresh memory costs system time.",
     "SDXL (diffusers.pipeline StableDiffusionXLPipeline): diffusers gets negative_prompt=None for the empty "
     "negative prompt (diffusers.negative_prompt_passed), because its pipeline zeroes the negative conditioning "
     "only for None while A1111 and we zero it for an empty one; time ids are original = target = the image "

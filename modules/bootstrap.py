@@ -131,6 +131,7 @@ def build(args, server_folders: bool = True) -> Engine:
     paths.ensure_dirs(p)
     plan = devices.plan(args.use_cpu, args.device_id, args.no_half, args.no_half_vae, args.precision,
                         args.skip_torch_cuda_test)
+    devices.configure_torch(plan.device)  # before the engine starts its threads (see keep_freed_memory)
     folders = FolderPolicy(p.data, parse_allowed(args.allowed_paths), server_folders=server_folders)
     extra_files, builtin_files = checkpoint_files(args)
     return build_engine(p, plan, limits=limits_from_args(args), folders=folders, extra_files=extra_files,

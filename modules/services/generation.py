@@ -128,19 +128,22 @@ class GenerationService:
     # --- the job -----------------------------------------------------------------------------------
     def _run(self, job: Job, accepted: Accepted, part: tuple[int, int] = (0, 1)) -> GenerationResult:
         run = self._start(job, accepted)
-        self._fit_memory(run)
-        hooks = pipeline.Hooks(check=job.check, taesd=self._checkpoints.taesd,
-                               depth_estimator=self._checkpoints.depth_estimator)
-        self._model_hooks(run, hooks)
-        batches, steps_run = self._batches(run, hooks)
-        bar = self._show_progress(run, hooks, steps_run, part)
         try:
-            self._collect(run, batches)
-        except JobInterrupted:
-            run.result.interrupted = True
-        finally:
-            bar.close()
-        return self._finish(run)
+            self._fit_memory(run)
+            hooks = pipeline.Hooks(check=job.check, taesd=self._checkpoints.taesd,
+                                   depth_estimator=self._checkpoints.depth_estimator)
+            self._model_hooks(run, hooks)
+            batches, steps_run = self._batches(run, hooks)
+            bar = self._show_progress(run, hooks, steps_run, part)
+            try:
+                self._collect(run, batches)
+            except JobInterrupted:
+                run.result.interrupted = True
+            finally:
+                bar.close()
+            return self._finish(run)
+        finally:  # what the job freed goes back to the system: an idle server does not keep a job's peak
+            devices.empty_cache(run.model.device)
 
     def _start(self, job: Job, accepted: Accepted) -> _Run:
         """Load the model, apply the prompt's networks and the attention settings."""
