@@ -86,14 +86,14 @@ def model_manager(p: paths.Paths, plan: devices.DevicePlan, hashes: HashCache, e
                         openvino_models=OpenVinoModels(p.openvino_cache), midas_dir=p.models / "midas")
 
 
-def build_replica(p: paths.Paths, plan: devices.DevicePlan, limits: Limits, settings_file: Path, *,
+def build_replica(p: paths.Paths, plan: devices.DevicePlan, limits: Limits, *,
                   extra_files: tuple[Path, ...] = (), builtin_files: tuple[Path, ...] = (), low_memory: str = "Off"
                   ) -> tuple[GenerationService, ModelManager, RecordingWriter]:
     """What a cluster replica (modules/cluster/replica.py) runs jobs with: its own model manager and generation
     service over the front's folders, writing no file (a RecordingWriter: the front writes them) and keeping
-    the checkpoint it selects in `settings_file`, never in the front's config.json."""
+    its settings (the checkpoint it selects) in memory, never in the front's config.json."""
     models = model_manager(p, plan, HashCache(p.hash_cache), extra_files, builtin_files)
-    store = SettingsStore(settings_file)
+    store = SettingsStore(None)
     queue = JobQueue()  # never given a job: the replica runs the front's jobs itself (run_accepted)
     queue.on_stop(models.checkpoints.hasher.stop)
     checkpoints = CheckpointService(store, models, queue, str(p.checkpoint_dirs[-1]), low_memory)

@@ -238,17 +238,19 @@ def section_of(name: str) -> str | None:
 
 
 class SettingsStore:
-    """The live Settings plus the file they persist to. Changes are validated, then saved."""
+    """The live Settings plus the file they persist to (none for `path=None`: a cluster replica's, which the
+    front's jobs set). Changes are validated, then saved."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        for leftover in fileio.remove_stale_temps(self.path):  # a write cut short by a kill
-            log.info("Removed %s, left by an interrupted write of %s", leftover.name, self.path.name)
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            for leftover in fileio.remove_stale_temps(self.path):  # a write cut short by a kill
+                log.info("Removed %s, left by an interrupted write of %s", leftover.name, self.path.name)
         self._lock = threading.Lock()
         self.values = self._load()
 
     def _load(self) -> Settings:
-        raw = fileio.read_json(self.path) or {}
+        raw = (fileio.read_json(self.path) if self.path is not None else None) or {}
         try:
             return Settings(**raw)
         except ValidationError as e:
@@ -265,8 +267,12 @@ class SettingsStore:
         with self._lock:
             merged = {**self.values.model_dump(), **changes}
             self.values = Settings(**merged)
-            fileio.atomic_write_json(self.path, self.values.model_dump())
+            self._write()
 
     def save(self) -> None:
         with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
             fileio.atomic_write_json(self.path, self.values.model_dump())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +71,8 @@ class GenerationReplica:
         self.id = serve.get_replica_context().replica_id.unique_id
         plan = devices.plan(**config.device_flags, skip_cuda_test=True)
         devices.configure_torch(plan.device)
-        settings_file = Path(tempfile.mkdtemp(prefix="webui-replica-")) / "config.json"  # never the front's
         self._generation, self._models, self._writer = bootstrap.build_replica(
-            config.paths, plan, config.limits, settings_file, extra_files=config.extra_files,
+            config.paths, plan, config.limits, extra_files=config.extra_files,
             builtin_files=config.builtin_files, low_memory=config.low_memory)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="replica-job")  # one job at a time
         self._control = ray.get_actor(config.control, namespace=config.namespace)

@@ -65,3 +65,14 @@ def test_leftover_temporary_files_are_removed_at_start(tmp_path):
     assert not old.exists() and fresh.exists() and other.exists()
     HashCache(tmp_path / "cache.json")
     assert not other.exists()
+
+
+def test_a_settings_store_without_a_file_keeps_its_changes_in_memory_and_writes_nothing(tmp_path, monkeypatch):
+    """A cluster replica's settings: the checkpoint it selects is kept, and no file appears anywhere (it used to
+    leave a temporary folder behind per replica start)."""
+    monkeypatch.chdir(tmp_path)
+    store = SettingsStore(None)
+    store.update({"n_rows": 2})
+    store.save()
+    assert store.values.n_rows == 2 and store.path is None
+    assert not any(tmp_path.iterdir())
