@@ -684,7 +684,7 @@ def parse_args(argv=None):
                          "background")
     ap.add_argument("--low-memory", action="store_true",
                     help="our engine in low-memory mode (as --medvram / --lowram: weights stored in 16 bits)")
-    ap.add_argument("--unet-backend", choices=["PyTorch", "OpenVINO", "OpenVINO bf16"],
+    ap.add_argument("--unet-backend", choices=["PyTorch", "PyTorch bf16", "OpenVINO", "OpenVINO bf16"],
                     default="PyTorch",
                     help="our engine's U-Net backend setting (OpenVINO: converted on the first run with a --data-dir, "
                          "its cost reported as backend_prepare_s)")

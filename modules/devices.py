@@ -107,6 +107,15 @@ def configure_torch(device: torch.device, keep_memory: bool = True) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86 AVX-512 BF16 or AMX, read from /proc/cpuinfo on Linux;
+    elsewhere not known, so False). Without it PyTorch emulates bfloat16, slower than float32."""
+    if cpuinfo is None:
+        cpuinfo = _read("/proc/cpuinfo") or ""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def empty_cache(device: torch.device) -> None:
     """Give memory the device's allocator keeps for reuse back to the system. On the CPU that is glibc's heap:
     freed blocks under its mmap threshold (which grows to 32 MB as big tensors are freed) stay in its arenas and

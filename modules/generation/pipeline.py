@@ -131,6 +131,7 @@ class Denoiser:
         """Run `model` with these conditionings from the next call on (the refiner switch); the call count,
         and so the prompt schedules' position, carries on."""
         self.unet = model.denoising_unet  # the PyTorch U-Net or the job's other backend for it
+        self.autocast = model.unet_autocast  # a type the U-Net computes in for this job (None: its own)
         self.batch_cond_uncond = model.batch_cond_uncond  # False: two smaller U-Net batches
         self.dtype = low_memory.compute_dtype(model.unet)  # (in low-memory mode the weights rest in 16 bits)
         if not isinstance(cond, ComposableCond):
@@ -169,7 +170,8 @@ class Denoiser:
             if pooled is not None:
                 added["text_embeds"] = pooled
             extra["added_cond_kwargs"] = added
-        return self.unet(x.to(self.dtype), t, encoder_hidden_states=context, **extra).sample.float()
+        with torch.autocast(x.device.type, self.autocast) if self.autocast else contextlib.nullcontext():
+            return self.unet(x.to(self.dtype), t, encoder_hidden_states=context, **extra).sample.float()
 
     def conds_at(self, step: int) -> tuple[list[tuple[Cond, float]], Cond]:
         """The (cond, weight) of each sub-prompt and the uncond used at denoiser call `step`."""

@@ -59,6 +59,7 @@ class LoadedModel:
     low_memory: bool = False  # weights stored in 16 bits, cast layer by layer as they run (models/low_memory.py)
     openvino: openvino_unet.OpenVinoUNet | None = field(default=None, repr=False)  # compiled when first asked for
     use_openvino: bool = False  # this job's U-Net calls go to `openvino` (see ModelManager.use_unet_backend)
+    unet_autocast: torch.dtype | None = None  # this job's U-Net computes in this type (torch.autocast on the CPU)
     depth_model: torch.nn.Module | None = field(default=None, repr=False)  # the SD 2 depth model's MiDaS (float32)
 
     def __post_init__(self) -> None:
@@ -284,11 +285,21 @@ class ModelManager:
     # --- extra networks ------------------------------------------------------------------------
     def use_unet_backend(self, model: LoadedModel, backend: str,
                          progress: Callable[[str], None] = lambda _text: None) -> str | None:
-        """Route this job's U-Net calls to `backend` ("PyTorch", "OpenVINO" or "OpenVINO bf16"; call after the
-        job's networks are applied). OpenVINO's U-Net is converted (the first time for a checkpoint) and compiled
-        here (the first time for a loaded model, or for another precision). Returns why OpenVINO is not used when
-        it was asked for (the job then runs on PyTorch, as it would without the setting), else None."""
+        """Route this job's U-Net calls to `backend` ("PyTorch", "PyTorch bf16", "OpenVINO" or "OpenVINO bf16";
+        call after the job's networks are applied). OpenVINO's U-Net is converted (the first time for a checkpoint)
+        and compiled here (the first time for a loaded model, or for another precision). Returns why the backend is
+        not used when it was asked for (the job then runs on PyTorch in float32, as it would without the setting),
+        else None."""
         model.use_openvino = False
+        model.unet_autocast = None
+        if backend == "PyTorch bf16":
+            why = ("it runs on the CPU only" if model.device.type != "cpu" else
+                   None if devices.cpu_has_bf16() else
+                   "this CPU does not compute bfloat16 in hardware (AVX-512 BF16 or AMX), so it would be slower")
+            if why:
+                return f"U-Net backend {backend}: {why}; this job ran as usual"
+            model.unet_autocast = torch.bfloat16
+            return None
         precision = openvino_unet.PRECISIONS.get(backend)
         if precision is None:
             return None
