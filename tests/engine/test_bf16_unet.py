@@ -4,23 +4,18 @@ the float32 image again, bit for bit."""
 
 from __future__ import annotations
 
-import shutil
-
-import numpy as np
 import pytest
 import torch
 
-from modules import devices, paths
+from modules import devices
 from modules.generation.params import GenerationParams
-from tests.support.engine import make_engine
+from tests.support.engine import make_engine, tiny_data
+from tests.support.generation import psnr
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir, tmp_path_factory):
-    data = tmp_path_factory.mktemp("bf16")
-    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
-    paths.ensure_dirs(paths.from_args(str(data)))
-    e = make_engine(data)
+    e = make_engine(tiny_data(tiny_dir, tmp_path_factory.mktemp("bf16")))
     yield e
     e.queue.stop()
 
@@ -29,12 +24,6 @@ def gen(engine, backend):
     return engine.txt2img(GenerationParams(
         prompt="a red circle on a blue background", negative_prompt="green", width=64, height=64, steps=4,
         sampler_name="Euler a", seed=7, save_images=False, override_settings={"unet_backend": backend}))
-
-
-def psnr(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mse = ((a - b) ** 2).mean()
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 def computed_types(engine, backend) -> tuple[object, set]:

@@ -5,23 +5,18 @@ multiple of 64) runs on PyTorch with the same image as without the setting."""
 from __future__ import annotations
 
 import logging
-import shutil
 
-import numpy as np
 import pytest
 
-from modules import paths
 from modules.generation.params import GenerationParams
 from tests.engine.test_extra_networks import kohya_lora, write_lora
-from tests.support.engine import make_engine
+from tests.support.engine import make_engine, tiny_data
+from tests.support.generation import psnr
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir, tmp_path_factory):
-    data = tmp_path_factory.mktemp("openvino")
-    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
-    paths.ensure_dirs(paths.from_args(str(data)))
-    e = make_engine(data)
+    e = make_engine(tiny_data(tiny_dir, tmp_path_factory.mktemp("openvino")))
     yield e
     e.queue.stop()
 
@@ -30,12 +25,6 @@ def gen(engine, backend, **kw):
     base = dict(prompt="a red circle on a blue background", negative_prompt="green", width=64, height=64, steps=4,
                 sampler_name="Euler a", seed=7, save_images=False, override_settings={"unet_backend": backend})
     return engine.txt2img(GenerationParams(**{**base, **kw}))
-
-
-def psnr(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mse = ((a - b) ** 2).mean()
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 def calls(engine) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 import torch
@@ -27,6 +28,13 @@ def make_manager(data: Path, builtin_files: tuple[Path, ...] = ()) -> ModelManag
     registry = CheckpointRegistry(p.checkpoint_dirs, HashCache(p.hash_cache), builtin_files=builtin_files)
     return ModelManager(registry, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), devices.plan(skip_cuda_test=True),
                         p.default_sd1_config)
+
+
+def tiny_data(tiny_dir: Path, data: Path) -> Path:
+    """`data` made a data folder holding copies of the tiny checkpoints (the `tiny_dir` fixture's)."""
+    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
+    paths.ensure_dirs(paths.from_args(str(data)))
+    return data
 
 
 def make_engine(data: Path, checkpoint: str | None = "sd1.safetensors",

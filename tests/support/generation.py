@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from modules.generation.params import GenerationParams
@@ -19,3 +20,10 @@ def params(**kw) -> GenerationParams:
     base = dict(prompt="a red circle on a blue background", negative_prompt="green", width=64, height=64, steps=6,
                 sampler_name="Euler a", seed=100)
     return GenerationParams(**{**base, **kw})
+
+
+def psnr(a, b) -> float:
+    """Two images' PSNR in dB (inf when equal)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    mse = ((a - b) ** 2).mean()
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
