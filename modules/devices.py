@@ -132,23 +132,25 @@ def empty_cache(device: torch.device) -> None:
 
 # glibc's mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-KEEP_BLOCKS_UNDER = 1 << 30  # blocks under 1 GiB come from the heap
+KEEP_BLOCKS_UNDER = 32 << 20  # blocks under 32 MiB come from the heap: glibc's own ceiling for its moving threshold
 KEEP_FREE_TOP = (1 << 31) - 1  # the heap's free top is kept up to 2 GiB (mallopt takes an int)
 
 
 def keep_freed_memory() -> bool:
     """glibc: keep freed memory for the next allocation instead of handing it back to the kernel at once.
 
-    glibc's defaults hand it back: a block over its mmap threshold (which grows to at most 32 MB) is mapped on its
-    own and unmapped when freed, the heap's free top is trimmed past 128 KB-64 MB, and each thread that allocates
-    gets an arena of 64 MB heaps, where any larger block is mapped on its own too. A U-Net call allocates and frees
-    GBs of activations, many over 32 MB, so each call paid again for fresh zeroed pages: measured, SD 1.5 at
-    512x512 (one call with CFG, on a worker thread as our jobs run) took 10.7 s with 2.3 s of it in the kernel
-    and 700,000 page faults, and 9.0 s with none once blocks under 1 GiB come from the heap, the heap's top is
-    kept and every thread shares the main heap; the same peak RSS, the same output bit for bit (bench/README.md).
+    glibc's defaults hand much of it back: the heap's free top is trimmed past 128 KB-64 MB, a block over the mmap
+    threshold is mapped on its own and unmapped when freed, and that threshold only moves up (to at most 32 MB)
+    as such blocks are freed; each thread that allocates gets an arena of 64 MB heaps of its own. A U-Net call
+    allocates and frees GBs of activations, so each call paid again for fresh zeroed pages: measured, SD 1.5 at
+    512x512 (one call with CFG, on a worker thread as our jobs run) took 9.6-10.7 s with 1.2-2.4 s of it in the
+    kernel and 700,000 page faults. With every thread on the main heap, its free top kept up to 2 GiB and the
+    threshold fixed at 32 MiB from the start, it took 9.0 s with 150,000-200,000 faults (the larger blocks are
+    still mapped one by one: keeping those too saved nothing more there, and with SDXL at 1024x1024 it left the
+    heap fragmented: 19092 MiB at the peak against 16208 MiB), with the same pixels (bench/README.md).
     What a phase frees is still handed back between phases and after each job (`empty_cache`: malloc_trim),
     so a phase's peak does not add to the next one's, and an idle server does not keep a job's memory.
-    A1111's launcher gets the same effect by preloading tcmalloc. Returns False where the C library is not
+    A1111's launcher gets a similar effect by preloading tcmalloc. Returns False where the C library is not
     glibc (macOS, Windows, musl): nothing changes there."""
     try:
         import ctypes
