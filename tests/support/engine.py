@@ -52,7 +52,8 @@ def make_engine(data: Path, checkpoint: str | None = "sd1.safetensors",
 def started(*flags: str):
     """webui.build in this process (the app is built, not served) with these command-line flags: yields the
     engine; its queue is stopped afterwards and the process-wide switches start-up sets (flush denormals on the
-    CPU, Pillow's pixel limit) are put back, so later tests see the state they would see alone."""
+    CPU, Pillow's pixel limit) are put back, so later tests see the state they would see alone. glibc's allocator
+    switch (devices.keep_freed_memory) cannot be put back; it changes where memory comes from, not results."""
     from PIL import Image
 
     import webui
