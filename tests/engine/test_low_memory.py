@@ -16,6 +16,7 @@ from modules.models import low_memory
 from tests.engine.test_extra_networks import kohya_lora, write_lora
 from tests.support import tiny_models
 from tests.support.engine import make_engine, started
+from tests.support.generation import psnr
 
 
 @pytest.fixture()
@@ -66,10 +67,8 @@ def test_low_memory_mode_decodes_in_small_tiles(engine):
 def test_a_32_bit_checkpoint_is_rounded_to_16_bits_once(engine):
     plain = gen(engine, "Off", override_settings={"sd_model_checkpoint": "sd1.safetensors"})
     low = gen(engine, "On", override_settings={"sd_model_checkpoint": "sd1.safetensors"})
-    diff = np.abs(pixels(plain) - pixels(low))
-    mse = float((diff.astype(np.float64) ** 2).mean())
-    psnr = 10 * np.log10(255 ** 2 / mse) if mse else float("inf")
-    assert psnr > 40, (psnr, diff.max())
+    distance = psnr(pixels(plain), pixels(low))
+    assert distance > 40, (distance, np.abs(pixels(plain) - pixels(low)).max())
 
 
 def test_lora_applies_and_comes_off_in_low_memory_mode(engine):
