@@ -347,17 +347,19 @@ class SafetensorsReader:
         return raw.view(dtype).reshape(shape)
 
 
-def _read_safetensors(path: Path, cast: torch.dtype | None = None) -> dict:
+def _read_safetensors(path: Path, cast: torch.dtype | None = None, keep: tuple[str, ...] = ()) -> dict:
     """All tensors of a .safetensors file (see SafetensorsReader). `cast`: floating-point tensors are converted
     to it as they are read, so the file's 16-bit copy of a model never sits beside its 32-bit copy; a cast to a
     narrower type leaves the top-level buffers (the noise schedule's `alphas_cumprod`) at the file's
-    precision, which it would round."""
+    precision, which it would round. `keep`: names starting with these keep the file's type when it is 16 bits
+    (the text encoders' weights, which the model keeps in it: see low_memory.file_storage)."""
     out = {}
     with SafetensorsReader(path) as reader:
         for name in reader.keys():
             tensor = reader.read(name)
             if cast is not None and tensor.is_floating_point() and tensor.dtype != cast and (
-                    "." in name or cast.itemsize >= tensor.element_size()):
+                    "." in name or cast.itemsize >= tensor.element_size()) and not (
+                    tensor.element_size() == 2 and name.startswith(keep)):
                 tensor = tensor.to(cast)  # narrowed only if a module's weight, not a buffer such as alphas_cumprod
             out[name] = tensor
     return out
@@ -379,15 +381,16 @@ def read_object(path: Path):
     return _read_pickle(path)
 
 
-def read_state_dict(path: Path, cast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, cast: torch.dtype | None = None, keep: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """All tensors in a weight file, as a flat {name: tensor} dict on the CPU; `cast`: a .safetensors file's
-    floating-point tensors converted to that dtype as they are read (see _read_safetensors)."""
+    floating-point tensors converted to that dtype as they are read, except 16-bit ones named with a prefix in
+    `keep` (see _read_safetensors)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     ext = path.suffix.lower()
     if ext == ".safetensors":
-        sd = _read_safetensors(path, cast)
+        sd = _read_safetensors(path, cast, keep)
     elif ext in PICKLE_EXTENSIONS:
         sd = _read_pickle(path)
     else:

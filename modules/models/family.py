@@ -25,6 +25,7 @@ StateDict = dict[str, torch.Tensor]
 
 UNET_PREFIX = "model.diffusion_model."
 UNET_IN_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
+TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.")  # SD 1.x/2.x, SDXL (base and refiner)
 
 
 @dataclass(frozen=True)

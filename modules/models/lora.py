@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from modules.hashing import BLOCK
-from modules.models import checkpoint_file, ldm_export
+from modules.models import checkpoint_file, ldm_export, low_memory
 from modules.models.previews import preview_beside
 from modules.models.registry import natural_key
 
@@ -485,18 +485,24 @@ class WeightPatcher:
         start = time.perf_counter()
         for key in self._changed:
             param, original = self._originals[key]
-            param.copy_(original)
+            if param.dtype == original.dtype:
+                param.copy_(original)
+            else:  # widened by the change (low_memory.patch_dtype): back to the stored type and its memory
+                param.data = original.to(param.device, copy=True)
         self._changed.clear()
         self.applied, self.notes = (), []
         self.seconds = time.perf_counter() - start
 
     @torch.no_grad()
     def _add(self, part: str, module_name: str, attr: str, delta: torch.Tensor, multiplier: float) -> None:
-        param = getattr(self.models[part].get_submodule(module_name), attr)
+        layer = self.models[part].get_submodule(module_name)
+        param = getattr(layer, attr)
         key = (part, f"{module_name}.{attr}")
         if key not in self._originals:
             self._originals[key] = (param, param.detach().to("cpu", copy=True))
         self._changed.add(key)
+        if param.dtype != (wanted := low_memory.patch_dtype(layer, param)):
+            param.data = param.data.to(wanted)
         if param.dtype == torch.float32:
             param.add_(delta, alpha=multiplier)
         else:  # sum in fp32, round once

@@ -12,6 +12,12 @@ gives it float32 copies, and one after it (also when the forward raises: an inte
 back, so one conversion per layer and call (diffusers' layerwise-casting hook converts both ways, twice the cost,
 measured). The few other weights (the norms) are kept in the compute type. The float16 tensors are the
 parameters' own data while the layer rests, so LoRA patches them in place and a release frees them.
+
+Outside this mode the same storage keeps the text encoders of a 16-bit file (`file_storage`) in the file's own type
+(`exact=True`): they run once or twice per job, so converting their layers costs little, and the values they
+compute with are the file's, as when cast at load. SDXL's two encoders hold 1.6 GB instead of 3.3 GB that way. A
+LoRA change to such a layer is made and kept in the compute type (`patch_dtype`), as it would be on weights loaded
+in it, so a job's image is the same bit for bit as with the encoders held in float32.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ STORAGE = torch.float16
 CAST_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear, torch.nn.Embedding)
 _COMPUTE = "_webui_compute_dtype"  # set on each part of a module stored this way: the type it computes in
 _RESTING = "_webui_resting"  # while a layer runs: its float16 tensors
+_EXACT = "_webui_exact"  # set on each part stored with exact=True: a LoRA change widens the weight (patch_dtype)
+SIXTEEN_BITS = (torch.float16, torch.bfloat16)
 
 
 def wanted(mode: str, family: str | None) -> bool:
@@ -30,29 +38,47 @@ def wanted(mode: str, family: str | None) -> bool:
     return mode == "On" or (mode == "SDXL only" and bool(family) and family.startswith("sdxl"))
 
 
-def store(module: torch.nn.Module, compute: torch.dtype) -> torch.nn.Module:
-    """Keep `module`'s large layers' weights in float16, cast to `compute` while each runs; the rest in `compute`.
-    Done once per module (a module already stored this way is returned as it is)."""
+def store(module: torch.nn.Module, compute: torch.dtype, storage: torch.dtype = STORAGE,
+          exact: bool = False) -> torch.nn.Module:
+    """Keep `module`'s large layers' weights in `storage` (16 bits), cast to `compute` while each runs; the rest in
+    `compute`. `exact`: the weights are in `storage` already (the file's type), and LoRA changes are made in
+    `compute` (see patch_dtype). Done once per module (a module already stored this way is returned as it is)."""
     if is_stored(module):
         return module
     for sub in module.modules():
         cast = isinstance(sub, CAST_LAYERS)
         for param in sub.parameters(recurse=False):
             if param.is_floating_point():
-                param.data = param.data.to(STORAGE if cast else compute)
+                param.data = param.data.to(storage if cast else compute)
         for name, buffer in sub.named_buffers(recurse=False):
             if buffer.is_floating_point() and buffer.dtype != compute:
                 sub.register_buffer(name, buffer.to(compute), persistent=name not in sub._non_persistent_buffers_set)
         if cast:
-            sub.register_forward_pre_hook(_widen(compute))
+            sub.register_forward_pre_hook(_widen(compute, storage))
             sub.register_forward_hook(_narrow, always_call=True)
         setattr(sub, _COMPUTE, compute)  # on every part, so that any part tells its compute type
+        setattr(sub, _EXACT, exact)
     return module
 
 
-def _widen(compute: torch.dtype):
+def file_storage(module: torch.nn.Module) -> torch.dtype | None:
+    """The 16-bit type that all of `module`'s large layers' weights have (as read from a 16-bit file), or None
+    (float32 weights, or mixed types): what `store(..., exact=True)` may keep them in without changing a value."""
+    types = {p.dtype for sub in module.modules() if isinstance(sub, CAST_LAYERS)
+             for p in sub.parameters(recurse=False) if p.is_floating_point()}
+    return types.pop() if len(types) == 1 and types <= set(SIXTEEN_BITS) else None
+
+
+def patch_dtype(layer: torch.nn.Module, param: torch.nn.Parameter) -> torch.dtype:
+    """The type in which a change to `param` of `layer` (LoRA) is computed and kept: the compute type for a layer
+    stored with exact=True (the weight is widened for good, until the change is taken out), else its own type
+    (low-memory mode rounds a change into the 16-bit weight, as on a GPU)."""
+    return getattr(layer, _COMPUTE) if getattr(layer, _EXACT, False) else param.dtype
+
+
+def _widen(compute: torch.dtype, storage: torch.dtype):
     def hook(layer: torch.nn.Module, _args) -> None:
-        params = [p for p in layer.parameters(recurse=False) if p.dtype == STORAGE]
+        params = [p for p in layer.parameters(recurse=False) if p.dtype == storage]
         setattr(layer, _RESTING, [(p, p.data) for p in params])
         for p in params:
             p.data = p.data.to(compute)

@@ -27,7 +27,7 @@ from modules.models import (checkpoint_file, depth, families, hypernetwork, load
                             taesd, vae_family)
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
-from modules.models.family import BuiltModel, ModelConfig, ModelFamily
+from modules.models.family import TEXT_ENCODER_PREFIXES, BuiltModel, ModelConfig, ModelFamily
 from modules.models.prompt_encoder import PromptEncoder
 from modules.models.registry import CheckpointInfo, CheckpointRegistry, VaeInfo, VaeRegistry
 from modules.paths import TOKENIZER_DIR
@@ -177,7 +177,8 @@ class ModelManager:
         path = info.filename
         plan = self.plan  # every part in one dtype (the CPU's fp32): converted as read, not after (peak memory)
         dtype = low_memory.STORAGE if low else plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None
-        sd = checkpoint_file.read_state_dict(path, dtype)
+        keep = TEXT_ENCODER_PREFIXES if self._text_in_file_type(low) else ()
+        sd = checkpoint_file.read_state_dict(path, dtype, keep)
         if bar is not None:
             bar.update(1)
         config = families.detect(path, sd, checkpoint_file.read_metadata(path), self.default_sd1_config)
@@ -194,6 +195,19 @@ class ModelManager:
             return False
         config = self.config_of(info) if mode == "SDXL only" else None
         return low_memory.wanted(mode, config.family.name if config else None)
+
+    def _text_in_file_type(self, low: bool) -> bool:
+        """Whether the text encoders stay in their file's 16-bit type while computing in float32 (see
+        low_memory): outside low-memory mode (which stores every part in 16 bits), where they compute in
+        float32."""
+        return not low and self.plan.unet_dtype == torch.float32
+
+    def _place_text(self, module: torch.nn.Module, low: bool) -> torch.nn.Module:
+        """The text encoders on the device: as `_place`, or, from a 16-bit file, in its type (see low_memory)."""
+        storage = low_memory.file_storage(module) if self._text_in_file_type(low) else None
+        if storage is None:
+            return self._place(module, self.plan.unet_dtype, low)
+        return low_memory.store(module.to(self.plan.device), self.plan.unet_dtype, storage, exact=True)
 
     def _place(self, module: torch.nn.Module, dtype: torch.dtype, low: bool) -> torch.nn.Module:
         """`module` on the device in `dtype`, or (low-memory mode) with its weights stored in 16 bits."""
@@ -220,7 +234,7 @@ class ModelManager:
             self.unload()  # only now: the new model is complete
             plan = self.plan
             unet = self._place(built.unet, plan.unet_dtype, low)
-            text_model = self._place(built.text_encoder, plan.unet_dtype, low)
+            text_model = self._place_text(built.text_encoder, low)
             vae = self._place(built.vae, plan.vae_dtype, low)
             config = built.config
             if config.prediction_type is None:
@@ -241,9 +255,11 @@ class ModelManager:
             bar.update(1)
             devices.empty_cache(plan.device)  # the file's 16-bit tensors, read and cast one at a time, are freed
             model.load_seconds = seconds + time.perf_counter() - start
-            log.info("Model %s loaded in %.1fs (%s, %s%s, config %s)", info.title, model.load_seconds,
+            kept = None if low else low_memory.file_storage(text_model)
+            text_storage = f", text encoders kept in the file's {str(kept).removeprefix('torch.')}" if kept else ""
+            log.info("Model %s loaded in %.1fs (%s, %s%s%s, config %s)", info.title, model.load_seconds,
                      config.label, plan.describe, ", low-memory mode: weights stored in fp16" if low else "",
-                     config.yaml_path.name)
+                     text_storage, config.yaml_path.name)
             return model
 
     def unload(self) -> None:

@@ -40,12 +40,13 @@ def test_a_16_bit_checkpoint_gives_the_same_image_in_half_the_weight_memory(engi
     plain = gen(engine, "Off")
     full = engine.checkpoints.current
     assert not full.low_memory
-    full_bytes = low_memory.weight_bytes(full.unet) + low_memory.weight_bytes(full.text.text_model)
+    full_bytes = low_memory.weight_bytes(full.unet)
+    text_bytes = low_memory.weight_bytes(full.text.text_model)  # 16 bits in both modes (a 16-bit file: see below)
     low = gen(engine, "On")  # the mode changed: loaded again
     model = engine.checkpoints.current
     assert model is not full and model.low_memory and full.released  # the full-size one was freed
-    low_bytes = low_memory.weight_bytes(model.unet) + low_memory.weight_bytes(model.text.text_model)
-    assert low_bytes < 0.52 * full_bytes  # the norms (a few KB) stay in 32 bits
+    assert low_memory.weight_bytes(model.unet) < 0.52 * full_bytes  # the norms (a few KB) stay in 32 bits
+    assert low_memory.weight_bytes(model.text.text_model) == text_bytes
     assert low_memory.compute_dtype(model.unet) == torch.float32  # what the layers compute in
     assert {p.dtype for p in model.unet.conv_in.parameters()} == {torch.float16}  # what they rest in
     assert {p.dtype for p in model.unet.conv_norm_out.parameters()} == {torch.float32}
