@@ -638,8 +638,7 @@ class RefinerSwitch:
         if model.config.in_channels == 9 and image_cond is None:
             raise RefinerMismatch(f"The refiner {self.plan.name} is an inpainting model; the job's model is not, "
                                   "so it has no masked image to give it")
-        cond = model.text.encode_prompt(prompt, steps, clip_skip, emphasis)
-        uncond = model.text.encode_negative(negative, steps, clip_skip, emphasis)
+        cond, uncond = encode_texts(model, prompt, negative, steps, clip_skip, emphasis)
         width, height = self.size
         denoiser.rebind(model, cond, uncond, image_cond, model.text.unet_inputs(width, height),
                         model.text.unet_inputs(width, height, negative=True))
@@ -720,6 +719,17 @@ class _Models:
                 self._stack = None
 
 
+def encode_texts(model, prompt: str, negative: str, steps: int, clip_skip: int, emphasis: str
+                 ) -> tuple[ComposableCond, ScheduledCond]:
+    """A pass's conditioning: the prompt's and the negative prompt's. What the text encoders freed is handed back
+    before sampling (on a CPU their layers' 32-bit copies, see low_memory, leave the heap in holes the U-Net's
+    large blocks cannot use)."""
+    cond = model.text.encode_prompt(prompt, steps, clip_skip, emphasis)
+    uncond = model.text.encode_negative(negative, steps, clip_skip, emphasis)
+    devices.empty_cache(model.device)
+    return cond, uncond
+
+
 def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[BatchOutput]:
     """The loop every job shares: encode the prompts once, then per batch seed the generators, draw the
     noise, sample, decode. The prompt's extra-network tags (`<lora:...>`) are taken out before it is
@@ -727,8 +737,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
     params, seeds, subseeds = ctx.params, list(ctx.seeds), ctx.variation_subseeds
     clip_skip, emphasis, randn_source, ensd = ctx.clip_skip, ctx.emphasis, ctx.randn_source, ctx.noise_seed_delta
     prompt = extra_networks.parse(params.prompt).text
-    cond = model.text.encode_prompt(prompt, params.steps, clip_skip, emphasis)
-    uncond = model.text.encode_negative(params.negative_prompt, params.steps, clip_skip, emphasis)
+    cond, uncond = encode_texts(model, prompt, params.negative_prompt, params.steps, clip_skip, emphasis)
     inputs = (model.text.unet_inputs(params.width, params.height),
               model.text.unet_inputs(params.width, params.height, negative=True))
     last_x0: list[torch.Tensor] = []  # the x0 the batch's latest step reported: what a stopped batch shows
@@ -826,8 +835,7 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: 
     hr_steps = params.hr_second_pass_steps or params.steps
     prompt = extra_networks.parse(params.hr_prompt or params.prompt).text
     negative = params.hr_negative_prompt or params.negative_prompt
-    cond = model.text.encode_prompt(prompt, hr_steps, clip_skip, emphasis)
-    uncond = model.text.encode_negative(negative, hr_steps, clip_skip, emphasis)
+    cond, uncond = encode_texts(model, prompt, negative, hr_steps, clip_skip, emphasis)
     image_cond = inpainting_conditioning(model, len(seeds), height, width, models.tiling(height, width))
     denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond, model.text.unet_inputs(width, height),
                         model.text.unet_inputs(width, height, negative=True))
