@@ -3,12 +3,14 @@ one process, with how far each one's output is from the plain PyTorch call's.
 
     python bench/unet_levers.py [--size 512] [--batch 2] [--calls 3] [--levers plain,channels_last,bf16,...]
 
-Levers: `plain` (PyTorch fp32, SDP attention: what the engine runs), `channels_last` (the U-Net and its input
-in NHWC memory order), `bf16` (torch.autocast to bfloat16: not exact), `compile` (torch.compile, inductor; its
-compile time is reported), `openvino` (OpenVINO f32: convert time and compile time reported), `openvino_bf16`
-(OpenVINO with bf16 inference precision: not exact). `plain` runs first and again last, so drift from other
-load shows. Prints one JSON object: per lever the median seconds per call, the ratio to `plain`, the one-time
-cost, and the output's difference to `plain`'s (max absolute, and a PSNR over the output's range)."""
+Levers: `plain` (PyTorch fp32, SDP attention: what the engine runs), `channels_last` (the U-Net and its input in
+NHWC memory order), `bf16` (torch.autocast to bfloat16: not exact), `compile` (torch.compile, inductor; its
+compile time is reported), `compile_frozen` (the same with inductor's `freezing`: the weights become constants, so
+convolutions and linear layers get prepacked weights), `openvino` (OpenVINO f32: convert time and compile time
+reported), `openvino_bf16` (OpenVINO with bf16 inference precision: not exact). `plain` runs first and again last,
+so drift from other load shows. Prints one JSON object: per lever the median seconds per call, the ratio to
+`plain`, the one-time cost, and the output's difference to `plain`'s (max absolute, and a PSNR over the output's
+range)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
-LEVERS = ("plain", "channels_last", "bf16", "compile", "openvino", "openvino_bf16")
+LEVERS = ("plain", "channels_last", "bf16", "compile", "compile_frozen", "openvino", "openvino_bf16")
 
 
 class Traceable(torch.nn.Module):
@@ -73,7 +75,10 @@ def lever(name: str, unet, model, inputs, calls: int) -> dict:
         def fn():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(x, t, c)
-    elif name == "compile":
+    elif name in ("compile", "compile_frozen"):
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = name == "compile_frozen"  # weights as constants: prepacked for oneDNN/MKL
+        torch._dynamo.reset()
         compiled = torch.compile(model)
         compiled(x, t, c)
         fn = lambda: compiled(x, t, c)  # noqa: E731
@@ -100,7 +105,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2, help="U-Net batch rows (2: one image with CFG batched)")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--levers", default="plain,channels_last,bf16,openvino,openvino_bf16")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc keeps freed memory for reuse, as the app does on a CPU (devices.keep_freed_memory)")
     args = ap.parse_args()
+    if args.keep_freed_memory:
+        from modules import devices
+        devices.keep_freed_memory()
     names = [n for n in args.levers.split(",") if n]
     unknown = set(names) - set(LEVERS)
     if unknown:
@@ -112,7 +122,8 @@ def main() -> None:
     n = args.size // 8
     inputs = (torch.randn(args.batch, 4, n, n), torch.full((args.batch,), 500.0), torch.randn(args.batch, 77, 768))
     result = {"size": args.size, "batch": args.batch, "calls": args.calls, "threads": torch.get_num_threads(),
-              "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "torch": torch.__version__, "levers": {}}
+              "cpus": os.cpu_count(), "keep_freed_memory": args.keep_freed_memory, "loadavg_start": os.getloadavg(),
+              "torch": torch.__version__, "levers": {}}
     with torch.inference_mode():
         order = ["plain"] + [n for n in names if n != "plain"] + ["plain"]
         ref = None
