@@ -22,7 +22,7 @@ import torch
 from modules import bootstrap, devices, paths
 from modules.generation import pipeline, rng
 from tests.support import tiny_models
-from tests.support.generation import params
+from tests.support.generation import params, psnr
 
 ON_CPU = os.environ.get("CUDA_TESTS_ON_CPU") == "1"
 
@@ -213,9 +213,7 @@ def test_gpu_fp16_images_match_cpu_fp32_images(make, gpu_plan, family, record_pr
     gpu = pixels(make(gpu_plan, CHECKPOINTS[family]).txt2img(request))
     cpu = pixels(make(devices.plan(["all"], skip_cuda_test=True), CHECKPOINTS[family]).txt2img(request))
     for i, (a, b) in enumerate(zip(gpu, cpu)):
-        diff = np.abs(a - b)
-        mse = float((diff ** 2).mean())
-        psnr = float(10 * np.log10(255 ** 2 / mse)) if mse else float("inf")
-        figures = {"max": float(diff.max()), "mean": round(float(diff.mean()), 4), "psnr_db": round(psnr, 2)}
+        diff, distance = np.abs(a - b), psnr(a, b)
+        figures = {"max": float(diff.max()), "mean": round(float(diff.mean()), 4), "psnr_db": round(distance, 2)}
         record_property(f"image{i}_vs_cpu_fp32", figures)
-        assert figures["mean"] <= MEAN_DIFF_MAX and figures["max"] <= MAX_DIFF_MAX and psnr >= PSNR_MIN_DB, figures
+        assert figures["mean"] <= MEAN_DIFF_MAX and figures["max"] <= MAX_DIFF_MAX and distance >= PSNR_MIN_DB, figures
