@@ -1,7 +1,7 @@
 """The text encoders of a 16-bit checkpoint stay in the file's type (float16 or bfloat16) and compute in float32
 (models/low_memory.py, `exact=True`): the image is the same bit for bit as from the same weights in a float32 file,
-with and without a LoRA that changes the text encoder, and the encoders hold half the memory. SDXL's two encoders
-are 1.6 GB of a full-size model that way."""
+with and without a LoRA that changes the text encoder, and the encoders hold half the memory (SD 1.x, SD 2.x and
+SDXL's two). SDXL's two encoders are 1.6 GB of a full-size model that way."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ def engine(tiny_dir, tmp_path_factory):
     for name in ("sd1-fp16.safetensors", "sd1-fp16.yaml"):
         shutil.copy(tiny_dir / name, folder / name)
     widened_copy(folder / "sd1-fp16.safetensors", folder / "sd1-wide.safetensors")
+    tiny_models.build("sd2", prediction_type="v_prediction", seed=3).write(folder / "sd2-fp16.safetensors",
+                                                                          dtype=torch.float16)
+    widened_copy(folder / "sd2-fp16.safetensors", folder / "sd2-wide.safetensors")
     tiny_models.build("sdxl", seed=4).write(folder / "xl-bf16.safetensors", dtype=torch.bfloat16)
     widened_copy(folder / "xl-bf16.safetensors", folder / "xl-wide.safetensors")
     e = make_engine(data, checkpoint="sd1-fp16.safetensors")
@@ -61,6 +64,7 @@ def text_model(engine, checkpoint: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("narrow, wide, kept", [
     ("sd1-fp16.safetensors", "sd1-wide.safetensors", torch.float16),
+    ("sd2-fp16.safetensors", "sd2-wide.safetensors", torch.float16),  # OpenCLIP ViT-H, its in-projection split
     ("xl-bf16.safetensors", "xl-wide.safetensors", torch.bfloat16),  # CLIP-L and bigG
 ])
 def test_a_16_bit_files_text_encoders_stay_16_bit_and_give_the_same_image(engine, narrow, wide, kept):
