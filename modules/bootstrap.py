@@ -83,7 +83,8 @@ def model_manager(p: paths.Paths, plan: devices.DevicePlan, hashes: HashCache, e
                         loras=LoraRegistry(p.lora_dirs, hashes),
                         embeddings=EmbeddingRegistry(p.embeddings_dirs, hashes), taesd_models=TaesdModels(p.taesd_dir),
                         hypernetworks=HypernetworkRegistry(p.hypernetwork_dirs, hashes),
-                        openvino_models=OpenVinoModels(p.openvino_cache), midas_dir=p.models / "midas")
+                        openvino_models=OpenVinoModels(p.openvino_cache), midas_dir=p.models / "midas",
+                        park_dir=p.parked_weights)
 
 
 def build_replica(p: paths.Paths, plan: devices.DevicePlan, limits: Limits, *,

@@ -45,6 +45,11 @@ class Paths:
         return self.data / "cache" / "openvino"
 
     @property
+    def parked_weights(self) -> Path:
+        """Where low-memory mode parks the text encoders' weights between prompts (unnamed files only)."""
+        return self.data / "cache" / "parked"
+
+    @property
     def config_file(self) -> Path:
         return self.data / "config.json"
 

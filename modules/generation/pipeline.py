@@ -721,11 +721,14 @@ class _Models:
 
 def encode_texts(model, prompt: str, negative: str, steps: int, clip_skip: int, emphasis: str
                  ) -> tuple[ComposableCond, ScheduledCond]:
-    """A pass's conditioning: the prompt's and the negative prompt's. What the text encoders freed is handed back
-    before sampling (on a CPU their layers' 32-bit copies, see low_memory, leave the heap in holes the U-Net's
-    large blocks cannot use)."""
+    """A pass's conditioning: the prompt's and the negative prompt's. In low-memory mode the text encoders are
+    parked again until the next prompt (LoadedModel.park_text). What they freed is handed back before sampling (on
+    a CPU their layers' 32-bit copies, see low_memory, leave the heap in holes the U-Net's large blocks cannot
+    use)."""
+    model.text_ready()
     cond = model.text.encode_prompt(prompt, steps, clip_skip, emphasis)
     uncond = model.text.encode_negative(negative, steps, clip_skip, emphasis)
+    model.park_text()
     devices.empty_cache(model.device)
     return cond, uncond
 

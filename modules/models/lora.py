@@ -474,6 +474,11 @@ class WeightPatcher:
         """Whether a network has changed a U-Net weight now."""
         return any(part == "unet" for part, _ in self._changed)
 
+    @property
+    def text_changed(self) -> bool:
+        """Whether a network has changed a text encoder's weight now."""
+        return any(part != "unet" for part, _ in self._changed)
+
     def forget(self) -> None:
         """Drop the backups (the model's weights are being freed; nothing will be restored)."""
         self._originals.clear()
@@ -564,9 +569,11 @@ class WeightPatcher:
         """How many parameters currently differ from the base."""
         return len(self._changed)
 
-    def drop_backups(self) -> None:
-        """Forget the kept originals of parameters that are at their base value (frees their memory)."""
-        self._originals = {k: v for k, v in self._originals.items() if k in self._changed}
+    def drop_backups(self, text_only: bool = False) -> None:
+        """Forget the kept originals of parameters that are at their base value (frees their memory); `text_only`:
+        of the text encoders' parameters only."""
+        self._originals = {k: v for k, v in self._originals.items()
+                           if k in self._changed or (text_only and k[0] == "unet")}
 
 
 # --- prompt tags ---------------------------------------------------------------------------------

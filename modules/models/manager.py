@@ -61,6 +61,7 @@ class LoadedModel:
     use_openvino: bool = False  # this job's U-Net calls go to `openvino` (see ModelManager.use_unet_backend)
     unet_autocast: torch.dtype | None = None  # this job's U-Net computes in this type (torch.autocast on the CPU)
     depth_model: torch.nn.Module | None = field(default=None, repr=False)  # the SD 2 depth model's MiDaS (float32)
+    parked_text: low_memory.ParkedWeights | None = field(default=None, repr=False)  # low-memory mode: see park_text
 
     def __post_init__(self) -> None:
         if self.networks is None:
@@ -85,6 +86,20 @@ class LoadedModel:
     def device(self) -> torch.device:
         return self.plan.device
 
+    def text_ready(self) -> None:
+        """The text encoders' weights in memory (read back if parked): before they run or a LoRA changes them."""
+        if self.parked_text is not None:
+            self.parked_text.ready()
+
+    def park_text(self) -> None:
+        """Low-memory mode, once a pass's prompts are encoded: free the text encoders' weights until the next
+        prompt (read back by text_ready), unless a LoRA has changed them (what is parked is the checkpoint's
+        values; the change would be lost). Their kept LoRA backups, equal to those values, are dropped too."""
+        if self.parked_text is None or self.networks.text_changed:
+            return
+        self.networks.drop_backups(text_only=True)
+        self.parked_text.park()
+
     def upcast_vae(self) -> None:
         """Switch the VAE in use to fp32 (after fp16 produced NaNs)."""
         self.vae.to(torch.float32)
@@ -101,6 +116,8 @@ class LoadedModel:
             self.networks.forget()
         if self.hypernets is not None:
             self.hypernets.forget()
+        if self.parked_text is not None:
+            self.parked_text.close()
         self.openvino, self.use_openvino = None, False
 
     @property
@@ -121,7 +138,8 @@ class ModelManager:
                  default_sd1_config: Path, loras: lora.LoraRegistry | None = None,
                  embeddings: EmbeddingRegistry | None = None, taesd_models: taesd.TaesdModels | None = None,
                  hypernetworks: hypernetwork.HypernetworkRegistry | None = None,
-                 openvino_models: openvino_unet.OpenVinoModels | None = None, midas_dir: Path | None = None):
+                 openvino_models: openvino_unet.OpenVinoModels | None = None, midas_dir: Path | None = None,
+                 park_dir: Path | None = None):
         self.checkpoints = checkpoints
         self.vaes = vaes
         self.loras = loras if loras is not None else lora.LoraRegistry((), checkpoints.hashes)
@@ -140,6 +158,10 @@ class ModelManager:
         # MiDaS for SD 2 depth checkpoints saved without it (models/midas, as in A1111)
         self.midas_dir = midas_dir if midas_dir is not None else (
             Path(checkpoints.folders[-1]).parent / "midas" if checkpoints.folders else Path("midas"))
+        # low-memory mode's parked text encoder weights (DATA/cache/parked; unnamed files, see ParkedWeights)
+        self.park_dir = park_dir if park_dir is not None else (
+            Path(checkpoints.folders[-1]).parent.parent / "cache" / "parked" if checkpoints.folders
+            else Path("cache/parked"))
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
         self._lock = threading.RLock()
         self.current: LoadedModel | None = None
@@ -247,6 +269,7 @@ class ModelManager:
                 text=config.family.prompt_encoder(self.tokenizer, text_model),
                 alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config, low_memory=low,
                 depth_model=built.depth_model.to(plan.device) if built.depth_model is not None else None,
+                parked_text=low_memory.ParkedWeights(text_model, self.park_dir) if low else None,
             )
             self.checkpoints.hash_later(info)  # in the background: the first job's sampling overlaps it
             self.current = model
@@ -369,6 +392,7 @@ class ModelManager:
                     activations.append(lora.activation_from_tag(positional, named, info))
                 except ValueError:
                     use.warnings.append(f"{tag.text}: the multipliers must be numbers; the LoRA was not applied")
+            model.text_ready()  # (parked in low-memory mode) a LoRA may change it, or take its change out
             use.warnings += model.networks.apply(activations)
             for act in activations:
                 try:

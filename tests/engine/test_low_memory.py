@@ -46,6 +46,8 @@ def test_a_16_bit_checkpoint_gives_the_same_image_in_half_the_weight_memory(engi
     model = engine.checkpoints.current
     assert model is not full and model.low_memory and full.released  # the full-size one was freed
     assert low_memory.weight_bytes(model.unet) < 0.52 * full_bytes  # the norms (a few KB) stay in 32 bits
+    assert low_memory.weight_bytes(model.text.text_model) < 0.01 * text_bytes  # parked after the prompts (below)
+    model.text_ready()
     assert low_memory.weight_bytes(model.text.text_model) == text_bytes
     assert low_memory.compute_dtype(model.unet) == torch.float32  # what the layers compute in
     assert {p.dtype for p in model.unet.conv_in.parameters()} == {torch.float16}  # what they rest in
@@ -75,6 +77,7 @@ def test_a_32_bit_checkpoint_is_rounded_to_16_bits_once(engine):
 def test_lora_applies_and_comes_off_in_low_memory_mode(engine):
     gen(engine, "On")
     model = engine.checkpoints.current
+    model.text_ready()  # (parked since the prompts were encoded) for the layers' shapes
     write_lora(engine, "lowmem", kohya_lora(model, seed=3, alpha=4.0))
     without = gen(engine, "On")
     with_lora = gen(engine, "On", prompt="a red circle <lora:lowmem:1>")
@@ -133,3 +136,62 @@ def test_the_flag_loads_the_start_up_model_in_low_memory_mode(data_dir):
         model = engine.load_checkpoint("sd1-fp16.safetensors")
         assert model.low_memory
         assert engine.txt2img(GenerationParams(prompt="a red circle", width=64, height=64, steps=2)).images
+
+
+# --- the text encoders parked while the U-Net runs ---------------------------------------------------
+
+def text_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.text.text_model.state_dict().items()}
+
+
+def test_the_text_encoders_are_parked_between_prompts_and_read_back_exactly(engine):
+    plain = gen(engine, "Off")
+    first = gen(engine, "On")
+    model = engine.checkpoints.current
+    parked = model.parked_text
+    assert parked.parked and low_memory.weight_bytes(model.text.text_model) < 100_000  # the norms stay (a few KB)
+    assert list(engine.paths.parked_weights.iterdir()) == []  # the file has no name: nothing to clean up
+    model.text_ready()
+    before = text_state(model)
+    model.park_text()
+    model.text_ready()
+    after = text_state(model)
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+    runs: list[int] = []  # the CLIP's token embedding's weight size at each call
+    embedding = next(m for n, m in model.text.text_model.named_modules() if n.endswith("token_embedding"))
+    handle = embedding.register_forward_pre_hook(lambda m, _args: runs.append(m.weight.numel()))
+    try:
+        hires = gen(engine, "On", width=64, height=64, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2,
+                    denoising_strength=0.5)
+    finally:
+        handle.remove()
+    assert len(runs) >= 2 and all(n == embedding.num_embeddings * embedding.embedding_dim for n in runs)  # read back
+    assert parked.parked and hires.images  # for the second pass's prompts too, then parked again
+    assert np.array_equal(pixels(first), pixels(gen(engine, "On"))) and np.array_equal(pixels(first), pixels(plain))
+    gen(engine, "Off")  # the mode changed: the low-memory model is released, its file closed
+    assert model.released and parked._file is None
+
+
+def test_a_lora_on_the_text_encoder_keeps_it_in_memory_while_it_applies(engine):
+    gen(engine, "On")
+    model = engine.checkpoints.current
+    model.text_ready()
+    full = low_memory.weight_bytes(model.text.text_model)
+    write_lora(engine, "te-lowmem", kohya_lora(model, seed=4, alpha=4.0, which=("te",)))
+    with_lora = gen(engine, "On", prompt="a red circle <lora:te-lowmem:1>")
+    assert not model.parked_text.parked and low_memory.weight_bytes(model.text.text_model) == full
+    without = gen(engine, "On")  # the change taken out: parked again, its backups dropped
+    assert model.parked_text.parked and not np.array_equal(pixels(with_lora), pixels(without))
+    assert np.array_equal(pixels(gen(engine, "On", prompt="a red circle <lora:te-lowmem:1>")), pixels(with_lora))
+
+
+def test_weights_that_cannot_be_parked_stay_in_memory(tmp_path, caplog):
+    layer = low_memory.store(torch.nn.Linear(4, 4), torch.float32)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # the folder to park in cannot be made
+    parked = low_memory.ParkedWeights(layer, blocked / "parked")
+    with caplog.at_level("WARNING"):
+        assert parked.park() is False
+    assert not parked.parked and layer.weight.numel() == 16 and "stay in memory" in caplog.text
+    assert layer(torch.ones(1, 4)).shape == (1, 4)
