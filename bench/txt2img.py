@@ -505,6 +505,10 @@ def run_ours(args, rss: RssSampler, gpu: GpuMemory, data_dir: Path, plan: device
         "infotext": result.infotexts[0],
         "image": image_stats(image),
     }
+    if model.parked_text is not None:  # low-memory mode: the text encoders' parked weights (models/low_memory.py)
+        parked = model.parked_text
+        figures.update({"parked_text_mb": round(parked.nbytes / MB, 1), "park_write_s": round(parked.write_seconds, 3),
+                        "park_read_s_last": round(parked.read_seconds, 3)})
 
     context["ours_image"] = image
     timers.detach()

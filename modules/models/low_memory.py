@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -127,12 +128,15 @@ class ParkedWeights:
         self._file = None
         self._layout: list[tuple[torch.nn.Parameter, int, torch.Size, torch.dtype, torch.device]] = []
         self.parked = False
+        self.nbytes = 0  # what the file holds
+        self.write_seconds = self.read_seconds = 0.0  # the write, and the latest read back (bench/txt2img.py)
 
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for sub in self.module.modules() if isinstance(sub, CAST_LAYERS)
                 for p in sub.parameters(recurse=False) if p.dtype in SIXTEEN_BITS]
 
     def _write(self) -> None:
+        start = time.perf_counter()
         self.folder.mkdir(parents=True, exist_ok=True)
         f = tempfile.TemporaryFile(dir=self.folder)
         try:
@@ -146,7 +150,8 @@ class ParkedWeights:
         except BaseException:
             f.close()
             raise
-        self._file, self._layout = f, layout
+        self._file, self._layout, self.nbytes = f, layout, offset
+        self.write_seconds = time.perf_counter() - start
 
     def park(self) -> bool:
         """Free the weights (written to the file first, once). False (and nothing changed) when the file cannot be
@@ -168,6 +173,7 @@ class ParkedWeights:
         """The weights back in memory, as they were when parked."""
         if not self.parked:
             return
+        start = time.perf_counter()
         for p, offset, shape, dtype, device in self._layout:
             t = torch.empty(shape, dtype=dtype)
             view = memoryview(t.view(torch.uint8).reshape(-1).numpy())
@@ -180,6 +186,7 @@ class ParkedWeights:
                 done += n
             p.data = t.to(device)
         self.parked = False
+        self.read_seconds = time.perf_counter() - start
 
     def close(self) -> None:
         if self._file is not None:
