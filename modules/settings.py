@@ -181,7 +181,8 @@ class Settings(BaseModel):
     low_memory: Literal["Off", "On", "SDXL only"] = Field(
         "Off", description="Low-memory mode (for machines with 8 GB): the weights are kept in 16 bits and each "
                            "layer is converted to 32 bits as it runs, which halves the memory a model holds on a "
-                           "CPU at some cost in speed; the image is the same for a 16-bit checkpoint. 'SDXL only' "
+                           "CPU at some cost in speed; the image is the same for a 16-bit checkpoint. The text "
+                           "encoders are set aside on disk while the image is sampled. 'SDXL only' "
                            "for SDXL models alone. --lowram, --medvram and --lowvram turn it on, --medvram-sdxl "
                            "for SDXL. The model is loaded again when this changes")
     batch_cond_uncond: bool = Field(
