@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -111,9 +112,15 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bfloat16 in hardware (x86 AVX-512 BF16 or AMX, read from /proc/cpuinfo on Linux;
     elsewhere not known, so False). Without it PyTorch emulates bfloat16, slower than float32."""
     if cpuinfo is None:
-        cpuinfo = _read("/proc/cpuinfo") or ""
+        cpuinfo = _cpuinfo()
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once (a job asking for bfloat16 checks its flags); "" where there is none."""
+    return _read("/proc/cpuinfo") or ""
 
 
 def empty_cache(device: torch.device) -> None:
@@ -152,15 +159,10 @@ def keep_freed_memory() -> bool:
     so a phase's peak does not add to the next one's, and an idle server does not keep a job's memory.
     A1111's launcher gets a similar effect by preloading tcmalloc. Returns False where the C library is not
     glibc (macOS, Windows, musl): nothing changes there."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return all([libc.mallopt(_M_ARENA_MAX, 1) == 1,
-                    libc.mallopt(_M_MMAP_THRESHOLD, KEEP_BLOCKS_UNDER) == 1,
-                    libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_TOP) == 1])
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return libc is not None and all([libc.mallopt(_M_ARENA_MAX, 1) == 1,
+                                     libc.mallopt(_M_MMAP_THRESHOLD, KEEP_BLOCKS_UNDER) == 1,
+                                     libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_TOP) == 1])
 
 
 LOW_MEMORY_MMAP_THRESHOLD = 4 * 1024 * 1024
@@ -173,23 +175,29 @@ def map_large_blocks(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> None:
     fragment: measured, SD 1.5 at 512x512 in low-memory mode peaks at 3408 MiB with glibc's default and 3071 MiB
     with 4 MB (bench/README.md). Process-wide and for good: called at each load in that mode (setting it again
     changes nothing)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)  # and a free heap top over twice that is trimmed
+
+
+def _malloc_trim() -> None:
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc():
+    """glibc, opened once (the allocator's switches and malloc_trim go through it), or None where the C library is
+    another (macOS, Windows, musl): they do nothing there."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)  # and a free heap top over twice that is trimmed
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
-
-
-def _malloc_trim() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
-        pass
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -151,17 +151,16 @@ class ModelManager:
         self.taesd = taesd_models if taesd_models is not None else taesd.TaesdModels(
             Path(checkpoints.folders[-1]).parent / "VAE-taesd" if checkpoints.folders else Path("VAE-taesd"))
         self.default_sd1_config = default_sd1_config
+        # DATA/cache (by default the data folder of the last checkpoint folder, DATA/models/Stable-diffusion)
+        cache = Path(checkpoints.folders[-1]).parent.parent / "cache" if checkpoints.folders else Path("cache")
         # converted U-Nets for the OpenVINO backend (DATA/cache/openvino)
         self.openvino_models = openvino_models if openvino_models is not None else openvino_unet.OpenVinoModels(
-            Path(checkpoints.folders[-1]).parent.parent / "cache" / "openvino" if checkpoints.folders
-            else Path("cache/openvino"))
+            cache / "openvino")
         # MiDaS for SD 2 depth checkpoints saved without it (models/midas, as in A1111)
         self.midas_dir = midas_dir if midas_dir is not None else (
             Path(checkpoints.folders[-1]).parent / "midas" if checkpoints.folders else Path("midas"))
         # low-memory mode's parked text encoder weights (DATA/cache/parked; unnamed files, see ParkedWeights)
-        self.park_dir = park_dir if park_dir is not None else (
-            Path(checkpoints.folders[-1]).parent.parent / "cache" / "parked" if checkpoints.folders
-            else Path("cache/parked"))
+        self.park_dir = park_dir if park_dir is not None else cache / "parked"
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
         self._lock = threading.RLock()
         self.current: LoadedModel | None = None
