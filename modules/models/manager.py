@@ -54,7 +54,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     networks: lora.WeightPatcher | None = field(default=None, repr=False)  # LoRA merged into the weights
     hypernets: hypernetwork.HypernetworkHooks | None = field(default=None, repr=False)  # hooked before to_k/to_v
-    attention: str = "sdp"  # the U-Net's attention implementation (see optimizations.apply)
+    attention: str = ""  # the U-Net's attention implementation (see optimizations.apply); "": diffusers' own (SDP)
     batch_cond_uncond: bool = True  # prompt and negative prompt in one U-Net batch
     low_memory: bool = False  # weights stored in 16 bits, cast layer by layer as they run (models/low_memory.py)
     openvino: openvino_unet.OpenVinoUNet | None = field(default=None, repr=False)  # compiled when first asked for

@@ -21,6 +21,7 @@ import torch
 
 from modules import bootstrap, devices, paths
 from modules.generation import pipeline, rng
+from modules.models import optimizations
 from tests.support import tiny_models
 from tests.support.generation import params, psnr
 
@@ -184,7 +185,8 @@ def test_the_unet_runs_pytorch_sdp_attention_with_fused_kernels(make, gpu_plan, 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
     model = engine.load_checkpoint(CHECKPOINTS["sd1"])
     assert model.attention == "sdp"
-    assert {type(p).__name__ for p in model.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+    assert {type(optimizations.inner_processor(p)).__name__
+            for p in model.unet.attn_processors.values()} == {"AttnProcessor2_0"}
     assert calls and set(calls) == {(device.type, torch.float16)}, set(calls)
 
     # Which kernels PyTorch picks for the U-Net's attention: a fused one (flash, memory-efficient or cuDNN on CUDA;

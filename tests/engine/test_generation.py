@@ -14,7 +14,7 @@ from PIL import Image
 from modules import images, infotext
 from modules.engine import BadRequest
 from modules.generation import pipeline
-from modules.models import ldm_export
+from modules.models import ldm_export, optimizations
 from tests.support import tiny_models
 from tests.support.generation import engine, params  # noqa: F401 (engine: fixture)
 
@@ -246,8 +246,11 @@ def test_cross_attention_setting_switches_the_implementation_not_the_image(engin
     reference = engine.txt2img(params(save_images=False))
     engine.options.update({"cross_attention_optimization": attention})
     result = engine.txt2img(params(save_images=False))
-    kinds = {type(p).__name__ for p in engine.checkpoints.current.unet.attn_processors.values()}
-    assert kinds == {processor}
+    processors = engine.checkpoints.current.unet.attn_processors
+    assert {type(optimizations.inner_processor(p)).__name__ for p in processors.values()} == {processor}
+    # self-attention layers are wrapped to share the CFG batch's equal halves; cross-attention runs as chosen
+    assert all(isinstance(p, optimizations.SharedRows) == name.endswith("attn1.processor")
+               for name, p in processors.items())
     diff = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
     assert diff.max() <= 2  # float rounding of a different summation order, not a different image
 

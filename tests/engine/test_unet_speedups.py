@@ -1,0 +1,112 @@
+"""The U-Net's exact speed-ups (models/optimizations.py): the CFG batch's equal halves share the first
+self-attention (SharedRows). What runs, and that the U-Net's output and the image stay what they were, up to float
+rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modules.models import optimizations
+from tests.support.generation import engine, params  # noqa: F401 (engine: fixture)
+
+
+class SelfAttentionBatches(list):
+    """The batch size of every self-attention call (keys as long as the queries) to PyTorch's SDP attention made
+    inside the U-Net (the text encoders and the VAE use it too)."""
+
+    def __init__(self, monkeypatch) -> None:
+        super().__init__()
+        self.unet = None
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def recording(query, key, *args, **kwargs):
+            if self.unet is not None and self.unet.recording and query.shape[-2] == key.shape[-2]:
+                self.append(query.shape[0])
+            return sdpa(query, key, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+
+    def watch(self, unet) -> None:
+        self.unet = unet
+        unet.recording = False
+        unet.register_forward_pre_hook(lambda m, _args: setattr(m, "recording", True))
+        unet.register_forward_hook(lambda m, _args, _out: setattr(m, "recording", False))
+
+
+@pytest.fixture()
+def self_attention_batches(monkeypatch):
+    return SelfAttentionBatches(monkeypatch)
+
+
+def unwrapped(unet) -> dict:
+    return {name: optimizations.inner_processor(p) for name, p in unet.attn_processors.items()}
+
+
+def test_first_self_attention_runs_once_for_the_prompt_and_the_negative_prompt(engine, self_attention_batches):
+    model = engine.load_checkpoint()
+    self_attention_batches.watch(model.unet)
+    engine.txt2img(params(steps=3, save_images=False))
+    layers = sum(name.endswith("attn1.processor") for name in model.unet.attn_processors)
+    calls = list(self_attention_batches)
+    assert len(calls) == 3 * layers  # one U-Net call per step (Euler a, CFG batched)
+    per_call = [calls[i:i + layers] for i in range(0, len(calls), layers)]
+    # the first self-attention sees equal halves and runs on one; the cross-attention after it makes them differ
+    assert all(batches == [1] + [2] * (layers - 1) for batches in per_call), per_call
+
+
+def test_shared_half_gives_the_output_of_the_whole_batch(engine, self_attention_batches):
+    engine.txt2img(params(steps=1, save_images=False))
+    unet = engine.checkpoints.current.unet
+    self_attention_batches.watch(unet)
+    wrapped = dict(unet.attn_processors)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([500.0, 500.0])
+    with torch.inference_mode():
+        self_attention_batches.clear()
+        shared = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample
+        assert self_attention_batches[0] == 1
+        unet.set_attn_processor(unwrapped(unet))
+        try:
+            self_attention_batches.clear()
+            whole = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample
+            assert set(self_attention_batches) == {2}
+        finally:
+            unet.set_attn_processor(dict(wrapped))  # (diffusers empties the dict it is given)
+        # different latents: nothing is shared, and the wrapped processors compute what the plain ones do
+        self_attention_batches.clear()
+        two = torch.cat([x, torch.randn(1, 4, 8, 8, generator=g)])
+        differing = unet(two, t, encoder_hidden_states=context).sample
+        assert set(self_attention_batches) == {2}
+        unet.set_attn_processor(unwrapped(unet))
+        try:
+            differing_plain = unet(two, t, encoder_hidden_states=context).sample
+        finally:
+            unet.set_attn_processor(dict(wrapped))  # (diffusers empties the dict it is given)
+    assert not torch.equal(whole[0], whole[1])  # the two prompts give different predictions
+    torch.testing.assert_close(shared, whole, rtol=0, atol=1e-5)
+    assert torch.equal(differing, differing_plain)
+
+
+@pytest.mark.parametrize("attention", ["sub-quadratic", "V1"])
+def test_every_attention_setting_shares_the_half_and_keeps_the_image(engine, self_attention_batches, attention):
+    reference = engine.txt2img(params(save_images=False))
+    engine.options.update({"cross_attention_optimization": attention})
+    result = engine.txt2img(params(save_images=False))
+    processors = engine.checkpoints.current.unet.attn_processors
+    first = next(p for name, p in processors.items() if name.endswith("attn1.processor"))
+    seen: list[int] = []
+    inner = first.inner
+    first.inner = lambda attn, hidden_states, **kw: seen.append(hidden_states.shape[0]) or inner(attn, hidden_states,
+                                                                                                  **kw)
+    try:
+        engine.txt2img(params(steps=1, save_images=False))
+    finally:
+        first.inner = inner
+    assert seen == [1]
+    diff = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
+    assert diff.max() <= 2
+
