@@ -3,14 +3,17 @@ one process, with how far each one's output is from the plain PyTorch call's.
 
     python bench/unet_levers.py [--size 512] [--batch 2] [--calls 3] [--levers plain,channels_last,bf16,...]
 
-Levers: `plain` (PyTorch fp32, SDP attention: what the engine runs), `channels_last` (the U-Net and its input in
-NHWC memory order), `bf16` (torch.autocast to bfloat16: not exact), `compile` (torch.compile, inductor; its
+Levers: `plain` (PyTorch fp32, SDP attention: diffusers' U-Net as it comes), `shared_rows` (the CFG batch's equal halves
+share the first self-attention: `optimizations.SharedRows`), `onednn_linear` (the linear layers run oneDNN's matrix
+multiply: `optimizations.OneDnnLinear`), `app` (both: what the engine runs on a CPU), `channels_last` (the U-Net and its
+input in NHWC memory order), `bf16` (torch.autocast to bfloat16: not exact), `compile` (torch.compile, inductor; its
 compile time is reported), `compile_frozen` (the same with inductor's `freezing`: the weights become constants, so
 convolutions and linear layers get prepacked weights), `openvino` (OpenVINO f32: convert time and compile time
-reported), `openvino_bf16` (OpenVINO with bf16 inference precision: not exact). `plain` runs first and again last,
-so drift from other load shows. Prints one JSON object: per lever the median seconds per call, the ratio to
-`plain`, the one-time cost, and the output's difference to `plain`'s (max absolute, and a PSNR over the output's
-range)."""
+reported), `openvino_bf16` (OpenVINO with bf16 inference precision: not exact). `plain` runs first and again last, so
+drift from other load shows. Prints one JSON object: per lever the median seconds per call, the ratio to `plain`, the
+one-time cost, and the output's difference to `plain`'s (max absolute, and a PSNR over the output's range). The batch is
+a CFG batch: its two halves hold the same latents (with different contexts), as the engine's prompt and negative prompt
+rows do."""
 
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ import torch  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
-LEVERS = ("plain", "channels_last", "bf16", "compile", "compile_frozen", "openvino", "openvino_bf16")
+LEVERS = ("plain", "shared_rows", "onednn_linear", "app", "channels_last", "bf16", "compile", "compile_frozen",
+          "openvino", "openvino_bf16")
 
 
 class Traceable(torch.nn.Module):
@@ -62,10 +66,45 @@ def difference(out: torch.Tensor, ref: torch.Tensor) -> dict:
             "psnr_db": round(10 * torch.log10(torch.tensor(span ** 2 / mse)).item(), 1) if mse else None}
 
 
+SWITCHABLE = ("plain", "shared_rows", "onednn_linear", "app")  # set up in milliseconds: --interleave takes turns
+
+
+def configure(name: str, unet) -> None:
+    """Put the U-Net in lever `name`'s state (one of SWITCHABLE), from any other of them."""
+    from modules.models import optimizations
+    shared = name in ("shared_rows", "app")
+    unet.set_attn_processor({key: optimizations.SharedRows(AttnProcessor2_0())
+                             if shared and key.endswith("attn1.processor") else AttnProcessor2_0()
+                             for key in unet.attn_processors})
+    for layer in unet.modules():
+        if isinstance(layer, torch.nn.Linear):
+            layer.__class__ = torch.nn.Linear
+    if name in ("onednn_linear", "app"):
+        optimizations.use_onednn_linear(unet)
+
+
+def interleaved(names: list[str], unet, model, inputs, calls: int) -> dict:
+    """The SWITCHABLE levers take turns, one call each per round, so that the machine's drift falls on all alike."""
+    x, t, c = inputs
+    times: dict[str, list[float]] = {name: [] for name in names}
+    outputs = {}
+    for round_ in range(calls + 1):  # round 0 (allocations, kernel choice) is not counted
+        for name in names:
+            configure(name, unet)
+            started = time.perf_counter()
+            outputs[name] = model(x, t, c)
+            if round_:
+                times[name].append(time.perf_counter() - started)
+    configure("plain", unet)
+    return {name: {"s_per_call": round(statistics.median(times[name]), 3),
+                   "s_calls": [round(v, 3) for v in times[name]], "output": outputs[name].float()} for name in names}
+
+
 def lever(name: str, unet, model, inputs, calls: int) -> dict:
     x, t, c = inputs
     setup = time.perf_counter()
-    if name == "plain":
+    if name in SWITCHABLE:
+        configure(name, unet)
         fn = lambda: model(x, t, c)  # noqa: E731
     elif name == "channels_last":
         unet.to(memory_format=torch.channels_last)
@@ -96,6 +135,8 @@ def lever(name: str, unet, model, inputs, calls: int) -> dict:
     seconds, out = timed(fn, calls)
     if name == "channels_last":
         unet.to(memory_format=torch.contiguous_format)
+    if name in SWITCHABLE:
+        configure("plain", unet)  # every lever leaves the U-Net plain for the next
     return {"s_per_call": round(seconds, 3), "setup_s": round(setup_s, 1), "output": out}
 
 
@@ -107,6 +148,9 @@ def main() -> None:
     ap.add_argument("--levers", default="plain,channels_last,bf16,openvino,openvino_bf16")
     ap.add_argument("--keep-freed-memory", action="store_true",
                     help="glibc keeps freed memory for reuse, as the app does on a CPU (devices.keep_freed_memory)")
+    ap.add_argument("--interleave", action="store_true",
+                    help=f"levers {', '.join(SWITCHABLE)} only: they take turns, one call each per round, and the "
+                         "ratios are to plain's median in the same rounds")
     args = ap.parse_args()
     if args.keep_freed_memory:
         from modules import devices
@@ -115,16 +159,32 @@ def main() -> None:
     unknown = set(names) - set(LEVERS)
     if unknown:
         ap.error(f"unknown levers {sorted(unknown)}; known: {', '.join(LEVERS)}")
+    if args.interleave and set(names) - set(SWITCHABLE):
+        ap.error(f"--interleave takes only {', '.join(SWITCHABLE)}")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8).eval().requires_grad_(False)
     unet.set_attn_processor(AttnProcessor2_0())
     model = Traceable(unet)
     n = args.size // 8
-    inputs = (torch.randn(args.batch, 4, n, n), torch.full((args.batch,), 500.0), torch.randn(args.batch, 77, 768))
+    latents = torch.randn((args.batch + 1) // 2, 4, n, n)
+    inputs = (torch.cat([latents, latents])[:args.batch], torch.full((args.batch,), 500.0),
+              torch.randn(args.batch, 77, 768))
     result = {"size": args.size, "batch": args.batch, "calls": args.calls, "threads": torch.get_num_threads(),
               "cpus": os.cpu_count(), "keep_freed_memory": args.keep_freed_memory, "loadavg_start": os.getloadavg(),
-              "torch": torch.__version__, "levers": {}}
+              "torch": torch.__version__, "interleave": args.interleave, "levers": {}}
     with torch.inference_mode():
+        if args.interleave:
+            names = ["plain"] + [n for n in names if n != "plain"]
+            figures = interleaved(names, unet, model, inputs, args.calls)
+            ref = figures["plain"]["output"]
+            for name in names:
+                out = figures[name].pop("output")
+                result["levers"][name] = {**figures[name], **difference(out, ref),
+                                          "ratio_to_plain": round(figures[name]["s_per_call"]
+                                                                  / figures["plain"]["s_per_call"], 3)}
+            result["loadavg_end"] = os.getloadavg()
+            print(json.dumps(result, indent=1))
+            return
         order = ["plain"] + [n for n in names if n != "plain"] + ["plain"]
         ref = None
         for i, name in enumerate(order):

@@ -12,10 +12,16 @@ Whichever implementation is chosen, each self-attention layer's processor is wra
 prompt and the negative prompt in one batch, both halves of the batch hold the same latent until the first
 cross-attention layer has seen the two prompts, so the first self-attention (SD 1.x/2.x: at the full latent size,
 the most costly one) is computed for one half and copied to the other.
+
+On the CPU the U-Net's linear layers run oneDNN's float32 matrix multiply (`OneDnnLinear`) instead of the MKL one
+PyTorch's own `linear` uses: on this project's AMD CPU it was faster at every SD 1.5 shape measured
+(bench/linear_kernels.py), and it adds the bias inside the multiply instead of copying it into the output first. The
+results differ only in rounding (the summation order), as they would with another thread count.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -58,8 +64,55 @@ def inner_processor(processor):
     return processor.inner if isinstance(processor, SharedRows) else processor
 
 
+class OneDnnLinear(torch.nn.Linear):
+    """A linear layer whose float32 CPU forward runs oneDNN's matrix multiply, the bias added inside it. Anything
+    else (another type, as under autocast, or device; a trace or compile, which must see the plain operator; a
+    forward that records gradients) runs as `torch.nn.Linear`. It has the same parameters under the same names,
+    so LoRA, hypernetwork hooks and low-memory storage work on it unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dtype == torch.float32 and self.weight.dtype == torch.float32 and x.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling()
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
+
+
+@functools.cache
+def onednn_linear_works() -> bool:
+    """Whether this PyTorch has oneDNN's linear operator and it computes what `torch.nn.functional.linear` does
+    (checked once, on a small input)."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = torch.randn(2, 5, 24, generator=g), torch.randn(16, 24, generator=g), torch.randn(16, generator=g)
+        with torch.inference_mode():
+            out = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        works = bool(torch.backends.mkldnn.is_available()) and torch.allclose(
+            out, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    except (AttributeError, RuntimeError) as e:
+        log.info("oneDNN linear layers are not available (%s); PyTorch's own run", e)
+        return False
+    if not works:
+        log.warning("oneDNN's linear operator gave different numbers from PyTorch's; PyTorch's own run")
+    return works
+
+
+def use_onednn_linear(unet: torch.nn.Module) -> int:
+    """Make `unet`'s linear layers OneDnnLinear (once; where oneDNN's operator works). The number changed."""
+    if not onednn_linear_works():
+        return 0
+    layers = [m for m in unet.modules() if type(m) is torch.nn.Linear]
+    for layer in layers:
+        layer.__class__ = OneDnnLinear
+    return len(layers)
+
+
 def apply(model: LoadedModel, cross_attention: str, batch_cond_uncond: bool) -> None:
-    """Set `model`'s attention implementation (only when it changes) and its cond/uncond batching."""
+    """Set `model`'s attention implementation (only when it changes), its cond/uncond batching, and on the CPU its
+    U-Net's linear layers (OneDnnLinear)."""
+    if model.plan.device.type == "cpu" and use_onednn_linear(model.unet):
+        log.info("U-Net linear layers: oneDNN")
     kind = CROSS_ATTENTION.get(cross_attention, "sdp")
     if model.attention != kind:
         unet = model.unet

@@ -1,6 +1,6 @@
 """The U-Net's exact speed-ups (models/optimizations.py): the CFG batch's equal halves share the first
-self-attention (SharedRows). What runs, and that the U-Net's output and the image stay what they were, up to float
-rounding."""
+self-attention (SharedRows), and on the CPU the linear layers run oneDNN's matrix multiply (OneDnnLinear). What
+runs, and that the U-Net's output and the image stay what they were, up to float rounding."""
 
 from __future__ import annotations
 
@@ -110,3 +110,59 @@ def test_every_attention_setting_shares_the_half_and_keeps_the_image(engine, sel
     diff = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
     assert diff.max() <= 2
 
+
+def operators(fn) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+def plain_linear(unet) -> list[torch.nn.Module]:
+    layers = [m for m in unet.modules() if isinstance(m, optimizations.OneDnnLinear)]
+    for layer in layers:
+        layer.__class__ = torch.nn.Linear
+    return layers
+
+
+def test_cpu_unet_linear_layers_run_onednn_with_the_same_output(engine):
+    assert optimizations.onednn_linear_works()
+    engine.txt2img(params(steps=1, save_images=False))
+    unet = engine.checkpoints.current.unet
+    linear = [m for m in unet.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(type(m) is optimizations.OneDnnLinear for m in linear)
+    g = torch.Generator().manual_seed(5)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([300.0, 300.0])
+    context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    with torch.inference_mode():
+        ops = operators(lambda: unet(x, t, encoder_hidden_states=context))
+        assert "mkldnn::_linear_pointwise" in ops and not {"aten::addmm", "aten::mm"} & ops
+        onednn = unet(x, t, encoder_hidden_states=context).sample
+        swapped = plain_linear(unet)
+        try:
+            plain = unet(x, t, encoder_hidden_states=context).sample
+            assert "aten::addmm" in operators(lambda: unet(x, t, encoder_hidden_states=context))
+        finally:
+            for layer in swapped:
+                layer.__class__ = optimizations.OneDnnLinear
+    torch.testing.assert_close(onednn, plain, rtol=0, atol=1e-5)
+    assert not torch.equal(plain, torch.zeros_like(plain))
+
+
+def test_onednn_linear_leaves_other_types_traces_and_gradients_to_pytorch():
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(24, 16)
+    layer.__class__ = optimizations.OneDnnLinear
+    x = torch.randn(3, 24, generator=g)
+    reference = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    with torch.inference_mode():
+        assert "mkldnn::_linear_pointwise" in operators(lambda: layer(x))
+        torch.testing.assert_close(layer(x), reference, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", torch.bfloat16):  # the PyTorch bf16 backend: autocast's own linear, in bf16
+            assert layer(x).dtype == torch.bfloat16
+        traced = torch.jit.trace(layer, x)  # what the OpenVINO conversion does: the plain operator is recorded
+    assert "mkldnn" not in str(traced.graph) and "linear" in str(traced.graph)
+    # a forward that records gradients (nothing in the app does): PyTorch's own, so backward works
+    out = layer(x.requires_grad_())
+    out.sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
