@@ -16,7 +16,9 @@ the most costly one) is computed for one half and copied to the other.
 On the CPU the U-Net's linear layers run oneDNN's float32 matrix multiply (`OneDnnLinear`) instead of the MKL one
 PyTorch's own `linear` uses: on this project's AMD CPU it was faster at every SD 1.5 shape measured
 (bench/linear_kernels.py), and it adds the bias inside the multiply instead of copying it into the output first. The
-results differ only in rounding (the summation order), as they would with another thread count.
+results differ only in rounding (the summation order), as they would with another thread count. Each family says
+whether it uses them (`cpu_onednn_linear`): SDXL does not, since oneDNN's temporaries raised its peak at 1024x1024 by
+1.3 GB, past its 16 GB budget, with the allocator the app sets on a CPU (bench/README.md).
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def use_onednn_linear(unet: torch.nn.Module) -> int:
 def apply(model: LoadedModel, cross_attention: str, batch_cond_uncond: bool) -> None:
     """Set `model`'s attention implementation (only when it changes), its cond/uncond batching, and on the CPU its
     U-Net's linear layers (OneDnnLinear)."""
-    if model.plan.device.type == "cpu" and use_onednn_linear(model.unet):
+    if model.plan.device.type == "cpu" and model.family.cpu_onednn_linear and use_onednn_linear(model.unet):
         log.info("U-Net linear layers: oneDNN")
     kind = CROSS_ATTENTION.get(cross_attention, "sdp")
     if model.attention != kind:

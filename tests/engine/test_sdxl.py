@@ -273,6 +273,10 @@ def test_txt2img_is_deterministic_and_img2img_runs(engine):
     c = engine.txt2img(GenerationParams(**{**params, "seed": 22}))
     assert a.images[0].size == (64, 80)
     assert a.images[0].tobytes() == b.images[0].tobytes() != c.images[0].tobytes()
+    # SDXL's linear layers stay PyTorch's own on a CPU (the family's cpu_onednn_linear: peak memory)
+    assert not SDXL.cpu_onednn_linear
+    assert all(type(m) is torch.nn.Linear for m in engine.checkpoints.current.unet.modules()
+               if isinstance(m, torch.nn.Linear))
     assert "Model: sdxl" in a.infotexts[0]
     edited = engine.img2img(Img2ImgParams(init_images=[init_image()], prompt="a blue circle", negative_prompt="ugly",
                                           width=64, height=64, steps=4, denoising_strength=0.6, seed=3,

@@ -128,6 +128,7 @@ def plain_linear(unet) -> list[torch.nn.Module]:
 def test_cpu_unet_linear_layers_run_onednn_with_the_same_output(engine):
     assert optimizations.onednn_linear_works()
     engine.txt2img(params(steps=1, save_images=False))
+    assert engine.checkpoints.current.family.cpu_onednn_linear  # SD 1.x (SDXL: tests/engine/test_sdxl.py)
     unet = engine.checkpoints.current.unet
     linear = [m for m in unet.modules() if isinstance(m, torch.nn.Linear)]
     assert linear and all(type(m) is optimizations.OneDnnLinear for m in linear)

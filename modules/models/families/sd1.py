@@ -34,6 +34,7 @@ class StableDiffusion1:
     label: str = "SD 1.x"
     sampling: SamplingHints = field(default_factory=SamplingHints)
     vae_kind: str = "sd"
+    cpu_onednn_linear: bool = True
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if not any(k.startswith(CLIP_PREFIX) for k in sd):

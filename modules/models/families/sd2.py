@@ -55,6 +55,7 @@ class StableDiffusion2:
     label: str = "SD 2.x"
     sampling: SamplingHints = field(default_factory=SamplingHints)
     vae_kind: str = "sd"
+    cpu_onednn_linear: bool = True
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if not any(k.startswith(OPENCLIP_PREFIX) for k in sd):
