@@ -8,10 +8,11 @@
 - `batch_cond_uncond`: run the prompt's and the negative prompt's U-Net passes as one batch (faster)
   or one after the other (less memory), as A1111's option of that name.
 
-Whichever implementation is chosen, each self-attention layer's processor is wrapped in `SharedRows`: with the
-prompt and the negative prompt in one batch, both halves of the batch hold the same latent until the first
+Whichever implementation is chosen, the U-Net's first self-attention layer's processor is wrapped in `SharedRows`:
+with the prompt and the negative prompt in one batch, both halves of the batch hold the same latent until the first
 cross-attention layer has seen the two prompts, so the first self-attention (SD 1.x/2.x: at the full latent size,
-the most costly one) is computed for one half and copied to the other.
+the most costly one) is computed for one half and copied to the other. Only the first: after it the halves differ
+(unless the two prompts are the same), and on a GPU each comparison waits for the device.
 
 On the CPU the U-Net's linear layers run oneDNN's float32 matrix multiply (`OneDnnLinear`) instead of the MKL one
 PyTorch's own `linear` uses: on this project's AMD CPU it was faster at every SD 1.5 shape measured
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import platform
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -85,6 +87,8 @@ class OneDnnLinear(torch.nn.Linear):
 def onednn_linear_works() -> bool:
     """Whether this PyTorch has oneDNN's linear operator and it computes what `torch.nn.functional.linear` does
     (checked once, on a small input)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False  # measured faster than MKL on x86-64 only (bench/linear_kernels.py); ARM builds use other BLAS
     try:
         g = torch.Generator().manual_seed(0)
         x, w, b = torch.randn(2, 5, 24, generator=g), torch.randn(16, 24, generator=g), torch.randn(16, generator=g)
@@ -123,8 +127,8 @@ def apply(model: LoadedModel, cross_attention: str, batch_cond_uncond: bool) -> 
             chosen = {name: inner_processor(p) for name, p in unet.attn_processors.items()}
         else:
             chosen = {name: AttnProcessor2_0() if kind == "sdp" else AttnProcessor() for name in unet.attn_processors}
-        unet.set_attn_processor({name: SharedRows(p) if name.endswith("attn1.processor") else p
-                                 for name, p in chosen.items()})
+        first = next((name for name in chosen if name.endswith("attn1.processor")), None)  # in the order they run
+        unet.set_attn_processor({name: SharedRows(p) if name == first else p for name, p in chosen.items()})
         model.attention = kind
         log.info("Cross-attention: %s (%s)", cross_attention, kind)
     model.batch_cond_uncond = bool(batch_cond_uncond)

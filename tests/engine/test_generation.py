@@ -248,9 +248,9 @@ def test_cross_attention_setting_switches_the_implementation_not_the_image(engin
     result = engine.txt2img(params(save_images=False))
     processors = engine.checkpoints.current.unet.attn_processors
     assert {type(optimizations.inner_processor(p)).__name__ for p in processors.values()} == {processor}
-    # self-attention layers are wrapped to share the CFG batch's equal halves; cross-attention runs as chosen
-    assert all(isinstance(p, optimizations.SharedRows) == name.endswith("attn1.processor")
-               for name, p in processors.items())
+    # the first self-attention layer is wrapped to share the CFG batch's equal halves; the others run as chosen
+    wrapped = [name for name, p in processors.items() if isinstance(p, optimizations.SharedRows)]
+    assert wrapped == [next(name for name in processors if name.endswith("attn1.processor"))]
     diff = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
     assert diff.max() <= 2  # float rounding of a different summation order, not a different image
 
