@@ -72,10 +72,9 @@ SWITCHABLE = ("plain", "shared_rows", "onednn_linear", "app")  # set up in milli
 def configure(name: str, unet) -> None:
     """Put the U-Net in lever `name`'s state (one of SWITCHABLE), from any other of them."""
     from modules.models import optimizations
-    first = next(key for key in unet.attn_processors if key.endswith("attn1.processor"))
+    plain = {key: AttnProcessor2_0() for key in unet.attn_processors}
     shared = name in ("shared_rows", "app")
-    unet.set_attn_processor({key: optimizations.SharedRows(AttnProcessor2_0()) if shared and key == first
-                             else AttnProcessor2_0() for key in unet.attn_processors})
+    unet.set_attn_processor(optimizations.sharing_first_self_attention(plain) if shared else plain)
     for layer in unet.modules():
         if isinstance(layer, torch.nn.Linear):
             layer.__class__ = torch.nn.Linear

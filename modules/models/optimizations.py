@@ -63,6 +63,13 @@ class SharedRows:
                           attention_mask=attention_mask, **kwargs)
 
 
+def sharing_first_self_attention(processors: dict) -> dict:
+    """`processors` (layer name -> processor, as `unet.attn_processors` lists them: in the order they run) with the
+    first self-attention's wrapped in SharedRows."""
+    first = next((name for name in processors if name.endswith("attn1.processor")), None)
+    return {name: SharedRows(p) if name == first else p for name, p in processors.items()}
+
+
 def inner_processor(processor):
     """The implementation a (possibly wrapped) attention processor runs."""
     return processor.inner if isinstance(processor, SharedRows) else processor
@@ -127,8 +134,7 @@ def apply(model: LoadedModel, cross_attention: str, batch_cond_uncond: bool) -> 
             chosen = {name: inner_processor(p) for name, p in unet.attn_processors.items()}
         else:
             chosen = {name: AttnProcessor2_0() if kind == "sdp" else AttnProcessor() for name in unet.attn_processors}
-        first = next((name for name in chosen if name.endswith("attn1.processor")), None)  # in the order they run
-        unet.set_attn_processor({name: SharedRows(p) if name == first else p for name, p in chosen.items()})
+        unet.set_attn_processor(sharing_first_self_attention(chosen))
         model.attention = kind
         log.info("Cross-attention: %s (%s)", cross_attention, kind)
     model.batch_cond_uncond = bool(batch_cond_uncond)
