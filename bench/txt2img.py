@@ -85,6 +85,8 @@ class RssSampler:
         self.interval = interval
         self.peak = 0
         self.peak_anon = 0
+        self.phase = "other"  # what the process is doing (set by `phases`); each sample counts in its phase's peak
+        self.phase_peaks: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -103,11 +105,24 @@ class RssSampler:
             with self._lock:
                 self.peak = max(self.peak, value)
                 self.peak_anon = max(self.peak_anon, anon)
+                self.phase_peaks[self.phase] = max(self.phase_peaks.get(self.phase, 0), value)
+
+    def phases(self, unet: torch.nn.Module, text_encoders: list) -> list:
+        """Hooks that name the phase: `text` inside the text encoders, `unet` inside U-Net calls, `after_unet`
+        from a U-Net call's end (the sampler's own work between steps, and the VAE decode). The handles."""
+        def enter(name):
+            def hook(*_):
+                self.phase = name
+            return hook
+        handles = [unet.register_forward_pre_hook(enter("unet")), unet.register_forward_hook(enter("after_unet"))]
+        handles += [m.register_forward_pre_hook(enter("text")) for m in text_encoders]
+        return handles
 
     def reset(self) -> int:
         value, anon = self._sample()
         with self._lock:
             self.peak, self.peak_anon = value, anon
+            self.phase, self.phase_peaks = "other", {}
         return value
 
     def read_peak(self) -> int:
@@ -456,6 +471,7 @@ def run_ours(args, rss: RssSampler, gpu: GpuMemory, data_dir: Path, plan: device
     sdxl = model.family.name == "sdxl"
     text_models = [model.text.clip_l.text_model, model.text.clip_g.text_model] if sdxl else [model.text.text_model]
     timers = Timers(unet, model.vae, text_models, gpu.cuda)
+    phase_hooks = rss.phases(unet, text_models)
     runs, image = [], None
     for i in range(args.repeat):
         timers.reset()
@@ -469,6 +485,9 @@ def run_ours(args, rss: RssSampler, gpu: GpuMemory, data_dir: Path, plan: device
         log.info("ours: run %d/%d: %.2fs (%.3f s/step)", i + 1, args.repeat, total, runs[-1]["s_per_step"])
     generation_peak, gpu_generation_peak = rss.read_peak(), gpu.peak()
     generation_peak_anon = rss.peak_anon
+    phase_peaks = {name: round(value / MB, 1) for name, value in rss.phase_peaks.items()}
+    for h in phase_hooks:
+        h.remove()
     peak = max(load_peak, generation_peak)
     if hash_span:  # the hash's own wall time, and how much of it was on the load's path
         hash_s = hash_span[-1] - hash_span[0]
@@ -490,6 +509,7 @@ def run_ours(args, rss: RssSampler, gpu: GpuMemory, data_dir: Path, plan: device
         "peak_rss_load_mb": round(load_peak / MB, 1),
         "rss_loaded_mb": round(rss_loaded / MB, 1),
         "peak_rss_generation_mb": round(generation_peak / MB, 1),
+        "peak_rss_by_phase_mb": phase_peaks,
         "peak_rss_anon_mb": round(max(load_peak_anon, generation_peak_anon) / MB, 1),
         "peak_rss_anon_load_mb": round(load_peak_anon / MB, 1),
         "peak_rss_anon_generation_mb": round(generation_peak_anon / MB, 1),
