@@ -5,15 +5,16 @@ one process, with how far each one's output is from the plain PyTorch call's.
 
 Levers: `plain` (PyTorch fp32, SDP attention: diffusers' U-Net as it comes), `shared_rows` (the CFG batch's equal halves
 share the first self-attention: `optimizations.SharedRows`), `onednn_linear` (the linear layers run oneDNN's matrix
-multiply: `optimizations.OneDnnLinear`), `app` (both: what the engine runs on a CPU), `channels_last` (the U-Net and its
-input in NHWC memory order), `bf16` (torch.autocast to bfloat16: not exact), `compile` (torch.compile, inductor; its
-compile time is reported), `compile_frozen` (the same with inductor's `freezing`: the weights become constants, so
-convolutions and linear layers get prepacked weights), `openvino` (OpenVINO f32: convert time and compile time
-reported), `openvino_bf16` (OpenVINO with bf16 inference precision: not exact). `plain` runs first and again last, so
-drift from other load shows. Prints one JSON object: per lever the median seconds per call, the ratio to `plain`, the
-one-time cost, and the output's difference to `plain`'s (max absolute, and a PSNR over the output's range). The batch is
-a CFG batch: its two halves hold the same latents (with different contexts), as the engine's prompt and negative prompt
-rows do."""
+multiply: `optimizations.OneDnnLinear`), `onednn` (that, and the GEGLUs as two oneDNN multiplies with GELU and the
+product inside: `optimizations.OneDnnGEGLU`), `app` (`shared_rows` and `onednn`: what the engine runs on a CPU),
+`channels_last` (the U-Net and its input in NHWC memory order), `bf16` (torch.autocast to bfloat16: not exact),
+`compile` (torch.compile, inductor; its compile time is reported), `compile_frozen` (the same with inductor's
+`freezing`: the weights become constants, so convolutions and linear layers get prepacked weights), `openvino` (OpenVINO
+f32: convert time and compile time reported), `openvino_bf16` (OpenVINO with bf16 inference precision: not exact).
+`plain` runs first and again last, so drift from other load shows. Prints one JSON object: per lever the median seconds
+per call, the ratio to `plain`, the one-time cost, and the output's difference to `plain`'s (max absolute, and a PSNR
+over the output's range). The batch is a CFG batch: its two halves hold the same latents (with different contexts), as
+the engine's prompt and negative prompt rows do."""
 
 from __future__ import annotations
 
@@ -34,10 +35,11 @@ offline.apply()
 
 import torch  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
+from diffusers.models.activations import GEGLU  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
-LEVERS = ("plain", "shared_rows", "onednn_linear", "app", "channels_last", "bf16", "compile", "compile_frozen",
-          "openvino", "openvino_bf16")
+LEVERS = ("plain", "shared_rows", "onednn_linear", "onednn", "app", "channels_last", "bf16", "compile",
+          "compile_frozen", "openvino", "openvino_bf16")
 
 
 class Traceable(torch.nn.Module):
@@ -66,7 +68,8 @@ def difference(out: torch.Tensor, ref: torch.Tensor) -> dict:
             "psnr_db": round(10 * torch.log10(torch.tensor(span ** 2 / mse)).item(), 1) if mse else None}
 
 
-SWITCHABLE = ("plain", "shared_rows", "onednn_linear", "app")  # set up in milliseconds: --interleave takes turns
+# set up in milliseconds: --interleave takes turns
+SWITCHABLE = ("plain", "shared_rows", "onednn_linear", "onednn", "app")
 
 
 def configure(name: str, unet) -> None:
@@ -75,11 +78,13 @@ def configure(name: str, unet) -> None:
     plain = {key: AttnProcessor2_0() for key in unet.attn_processors}
     shared = name in ("shared_rows", "app")
     unet.set_attn_processor(optimizations.sharing_first_self_attention(plain) if shared else plain)
-    for layer in unet.modules():
-        if isinstance(layer, torch.nn.Linear):
-            layer.__class__ = torch.nn.Linear
-    if name in ("onednn_linear", "app"):
+    optimizations.use_pytorch_layers(unet)
+    if name in ("onednn_linear", "onednn", "app"):
         optimizations.use_onednn_linear(unet)
+    if name == "onednn_linear":  # the linear layers alone: the GEGLUs as diffusers has them
+        for layer in unet.modules():
+            if isinstance(layer, optimizations.OneDnnGEGLU):
+                layer.__class__ = GEGLU
 
 
 def interleaved(names: list[str], unet, model, inputs, calls: int) -> dict:

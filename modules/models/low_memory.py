@@ -32,11 +32,16 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers.models.activations import GEGLU
 
 log = logging.getLogger(__name__)
 
 STORAGE = torch.float16
 CAST_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear, torch.nn.Embedding)
+# Modules whose forward may multiply by a child layer's weights without calling that layer (on a CPU the GEGLU runs
+# its `proj` weight's halves through oneDNN itself: optimizations.OneDnnGEGLU): their layers are cast as one unit,
+# by hooks on the module, so that the fused forward sees the compute type, as the layer's own forward would.
+CAST_UNITS = (GEGLU,)
 _COMPUTE = "_webui_compute_dtype"  # set on each part of a module stored this way: the type it computes in
 _RESTING = "_webui_resting"  # while a layer runs: its float16 tensors
 _EXACT = "_webui_exact"  # set on each part stored with exact=True: a LoRA change widens the weight (patch_dtype)
@@ -56,6 +61,7 @@ def store(module: torch.nn.Module, compute: torch.dtype, storage: torch.dtype = 
     `compute` (see patch_dtype). Done once per module (a module already stored this way is returned as it is)."""
     if is_stored(module):
         return module
+    in_units = {id(m) for unit in module.modules() if isinstance(unit, CAST_UNITS) for m in unit.modules()}
     for sub in module.modules():
         cast = isinstance(sub, CAST_LAYERS)
         for param in sub.parameters(recurse=False):
@@ -64,8 +70,9 @@ def store(module: torch.nn.Module, compute: torch.dtype, storage: torch.dtype = 
         for name, buffer in sub.named_buffers(recurse=False):
             if buffer.is_floating_point() and buffer.dtype != compute:
                 sub.register_buffer(name, buffer.to(compute), persistent=name not in sub._non_persistent_buffers_set)
-        if cast:
-            sub.register_forward_pre_hook(_widen(compute, storage))
+        unit = isinstance(sub, CAST_UNITS)
+        if unit or (cast and id(sub) not in in_units):
+            sub.register_forward_pre_hook(_widen(compute, storage, recurse=unit))
             sub.register_forward_hook(_narrow, always_call=True)
         setattr(sub, _COMPUTE, compute)  # on every part, so that any part tells its compute type
         setattr(sub, _EXACT, exact)
@@ -87,9 +94,9 @@ def patch_dtype(layer: torch.nn.Module, param: torch.nn.Parameter) -> torch.dtyp
     return getattr(layer, _COMPUTE) if getattr(layer, _EXACT, False) else param.dtype
 
 
-def _widen(compute: torch.dtype, storage: torch.dtype):
+def _widen(compute: torch.dtype, storage: torch.dtype, recurse: bool = False):
     def hook(layer: torch.nn.Module, _args) -> None:
-        params = [p for p in layer.parameters(recurse=False) if p.dtype == storage]
+        params = [p for p in layer.parameters(recurse=recurse) if p.dtype == storage]
         setattr(layer, _RESTING, [(p, p.data) for p in params])
         for p in params:
             p.data = p.data.to(compute)

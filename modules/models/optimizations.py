@@ -17,9 +17,11 @@ the most costly one) is computed for one half and copied to the other. Only the 
 On the CPU the U-Net's linear layers run oneDNN's float32 matrix multiply (`OneDnnLinear`) instead of the MKL one
 PyTorch's own `linear` uses: on this project's AMD CPU it was faster at every SD 1.5 shape measured
 (bench/linear_kernels.py), and it adds the bias inside the multiply instead of copying it into the output first. The
-results differ only in rounding (the summation order), as they would with another thread count. Each family says
-whether it uses them (`cpu_onednn_linear`): SDXL does not, since oneDNN's temporaries raised its peak at 1024x1024 by
-1.3 GB, past its 16 GB budget, with the allocator the app sets on a CPU (bench/README.md).
+results differ only in rounding (the summation order), as they would with another thread count. The transformer
+blocks' GEGLU feed-forward input runs as two such multiplies with its GELU and its product inside them
+(`OneDnnGEGLU`), instead of one multiply and two passes over its output. Each family says whether it uses them
+(`cpu_onednn_linear`): SDXL does not, since oneDNN's temporaries raised its peak at 1024x1024 by 1.3 GB, past its
+16 GB budget, with the allocator the app sets on a CPU (bench/README.md).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import logging
 import platform
 
 import torch
+from diffusers.models.activations import GEGLU
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from modules.models.manager import LoadedModel
@@ -75,19 +78,47 @@ def inner_processor(processor):
     return processor.inner if isinstance(processor, SharedRows) else processor
 
 
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a float32 CPU forward of `x` through `weight` may run oneDNN's operator: not under autocast (the
+    `PyTorch bf16` backend: its own linear in bf16), nor in a trace or compile (the OpenVINO conversion must record
+    the plain operator), nor when it records gradients."""
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+
+
 class OneDnnLinear(torch.nn.Linear):
     """A linear layer whose float32 CPU forward runs oneDNN's matrix multiply, the bias added inside it. Anything
-    else (another type, as under autocast, or device; a trace or compile, which must see the plain operator; a
-    forward that records gradients) runs as `torch.nn.Linear`. It has the same parameters under the same names,
-    so LoRA, hypernetwork hooks and low-memory storage work on it unchanged."""
+    else (`_onednn_applies`) runs as `torch.nn.Linear`. It has the same parameters under the same names, so LoRA,
+    hypernetwork hooks and low-memory storage work on it unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype == torch.float32 and self.weight.dtype == torch.float32 and x.device.type == "cpu"
-                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
-                and not torch.compiler.is_compiling()
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+        if _onednn_applies(x, self.weight):
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return super().forward(x)
+
+
+class OneDnnGEGLU(GEGLU):
+    """diffusers' GEGLU (the transformer blocks' feed-forward input: `a * gelu(gate)`, where `a` and `gate` are the
+    two halves of one linear layer's output) as two oneDNN multiplies with the elementwise work inside them: the
+    gate's half with GELU (erf, as `F.gelu`) applied to its output, then the other half multiplied into it. The
+    halves' weights are views of the layer's own, so a LoRA patched into `proj.weight` is used. The plain GEGLU
+    writes the whole product, reads it back for GELU and again for the multiply; at 4096 tokens this took 25 % less
+    time (bench/README.md). Anything `_onednn_applies` leaves out, or a `proj` with hooks of its own (which would
+    not run), runs as `GEGLU`. Low-memory mode casts a GEGLU's weights with hooks on the GEGLU itself
+    (low_memory.CAST_UNITS), so it takes this path too, with the same numbers as the default mode."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        proj = self.proj
+        if (_onednn_applies(hidden_states, proj.weight) and proj.bias is not None and not args and not kwargs
+                and not proj._forward_pre_hooks and not proj._forward_hooks):
+            half = proj.weight.shape[0] // 2
+            gate = torch.ops.mkldnn._linear_pointwise(hidden_states, proj.weight[half:], proj.bias[half:],
+                                                      "gelu", [], "none")
+            return torch.ops.mkldnn._linear_pointwise.binary(hidden_states, gate, proj.weight[:half],
+                                                             proj.bias[:half], "mul")
+        return super().forward(hidden_states, *args, **kwargs)
 
 
 @functools.cache
@@ -112,12 +143,25 @@ def onednn_linear_works() -> bool:
 
 
 def use_onednn_linear(unet: torch.nn.Module) -> int:
-    """Make `unet`'s linear layers OneDnnLinear (once; where oneDNN's operator works). The number changed."""
+    """Make `unet`'s linear layers OneDnnLinear and its GEGLUs OneDnnGEGLU (once; where oneDNN's operator works).
+    The number changed."""
     if not onednn_linear_works():
         return 0
-    layers = [m for m in unet.modules() if type(m) is torch.nn.Linear]
+    return _swap(unet, ONEDNN_LAYERS)
+
+
+ONEDNN_LAYERS = {torch.nn.Linear: OneDnnLinear, GEGLU: OneDnnGEGLU}
+
+
+def use_pytorch_layers(unet: torch.nn.Module) -> int:
+    """Undo `use_onednn_linear` (for comparisons: the benchmarks and tests). The number changed."""
+    return _swap(unet, {onednn: plain for plain, onednn in ONEDNN_LAYERS.items()})
+
+
+def _swap(unet: torch.nn.Module, classes: dict) -> int:
+    layers = [m for m in unet.modules() if type(m) in classes]
     for layer in layers:
-        layer.__class__ = OneDnnLinear
+        layer.__class__ = classes[type(layer)]
     return len(layers)
 
 

@@ -9,10 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from diffusers.models.activations import GEGLU
 
 from modules import bootstrap, cmd_args
 from modules.generation.params import GenerationParams
-from modules.models import low_memory
+from modules.models import low_memory, optimizations
 from tests.engine.test_extra_networks import kohya_lora, write_lora
 from tests.support import tiny_models
 from tests.support.engine import make_engine, started
@@ -52,6 +53,10 @@ def test_a_16_bit_checkpoint_gives_the_same_image_in_half_the_weight_memory(engi
     assert low_memory.compute_dtype(model.unet) == torch.float32  # what the layers compute in
     assert {p.dtype for p in model.unet.conv_in.parameters()} == {torch.float16}  # what they rest in
     assert {p.dtype for p in model.unet.conv_norm_out.parameters()} == {torch.float32}
+    # a GEGLU is cast as one unit (hooks on it, none on its proj), so on a CPU it runs fused as in the default mode
+    geglu = [m for m in model.unet.modules() if isinstance(m, GEGLU)]
+    assert geglu and all(m._forward_pre_hooks and not m.proj._forward_pre_hooks for m in geglu)
+    assert all(type(m) is optimizations.OneDnnGEGLU for m in geglu) == optimizations.onednn_linear_works()
     assert np.array_equal(pixels(plain), pixels(low))
     assert plain.infotexts[0] == low.infotexts[0]  # not an infotext matter (A1111 writes nothing either)
     assert gen(engine, "On", seed=6).images and engine.checkpoints.current is model  # no reload while it holds

@@ -1,12 +1,15 @@
 """The U-Net's exact speed-ups (models/optimizations.py): the CFG batch's equal halves share the first
-self-attention (SharedRows), and on the CPU the linear layers run oneDNN's matrix multiply (OneDnnLinear). What
-runs, and that the U-Net's output and the image stay what they were, up to float rounding."""
+self-attention (SharedRows), and on the CPU the linear layers run oneDNN's matrix multiply (OneDnnLinear) and the
+GEGLUs two of them with their GELU and product inside (OneDnnGEGLU). What runs, and that the U-Net's output and the
+image stay what they were, up to float rounding."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+
+from diffusers.models.activations import GEGLU
 
 from modules.models import optimizations
 from tests.support.generation import engine, params  # noqa: F401 (engine: fixture)
@@ -118,13 +121,6 @@ def operators(fn) -> set[str]:
     return {e.key for e in prof.key_averages()}
 
 
-def plain_linear(unet) -> list[torch.nn.Module]:
-    layers = [m for m in unet.modules() if isinstance(m, optimizations.OneDnnLinear)]
-    for layer in layers:
-        layer.__class__ = torch.nn.Linear
-    return layers
-
-
 def test_cpu_unet_linear_layers_run_onednn_with_the_same_output(engine):
     assert optimizations.onednn_linear_works()
     engine.txt2img(params(steps=1, save_images=False))
@@ -132,20 +128,23 @@ def test_cpu_unet_linear_layers_run_onednn_with_the_same_output(engine):
     unet = engine.checkpoints.current.unet
     linear = [m for m in unet.modules() if isinstance(m, torch.nn.Linear)]
     assert linear and all(type(m) is optimizations.OneDnnLinear for m in linear)
+    geglu = [m for m in unet.modules() if isinstance(m, GEGLU)]
+    assert geglu and all(type(m) is optimizations.OneDnnGEGLU for m in geglu)
     g = torch.Generator().manual_seed(5)
     x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([300.0, 300.0])
     context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
     with torch.inference_mode():
         ops = operators(lambda: unet(x, t, encoder_hidden_states=context))
-        assert "mkldnn::_linear_pointwise" in ops and not {"aten::addmm", "aten::mm"} & ops
+        # the GEGLUs' GELU (the U-Net's only one) happens inside oneDNN's multiplies
+        assert "mkldnn::_linear_pointwise" in ops and not {"aten::addmm", "aten::mm", "aten::gelu"} & ops
         onednn = unet(x, t, encoder_hidden_states=context).sample
-        swapped = plain_linear(unet)
+        assert optimizations.use_pytorch_layers(unet) == len(linear) + len(geglu)
         try:
             plain = unet(x, t, encoder_hidden_states=context).sample
-            assert "aten::addmm" in operators(lambda: unet(x, t, encoder_hidden_states=context))
+            ops = operators(lambda: unet(x, t, encoder_hidden_states=context))
+            assert {"aten::addmm", "aten::gelu"} <= ops and "mkldnn::_linear_pointwise" not in ops
         finally:
-            for layer in swapped:
-                layer.__class__ = optimizations.OneDnnLinear
+            optimizations.use_onednn_linear(unet)
     torch.testing.assert_close(onednn, plain, rtol=0, atol=1e-5)
     assert not torch.equal(plain, torch.zeros_like(plain))
 
@@ -167,3 +166,37 @@ def test_onednn_linear_leaves_other_types_traces_and_gradients_to_pytorch():
     out = layer(x.requires_grad_())
     out.sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
+
+
+def test_onednn_geglu_matches_geglu_and_leaves_hooks_types_traces_and_gradients_to_it():
+    g = torch.Generator().manual_seed(0)
+    layer = GEGLU(24, 32)
+    x = torch.randn(2, 5, 24, generator=g)
+    with torch.inference_mode():
+        reference = layer(x)
+    optimizations.use_onednn_linear(layer)
+    assert type(layer) is optimizations.OneDnnGEGLU and type(layer.proj) is optimizations.OneDnnLinear
+    with torch.inference_mode():
+        ops = operators(lambda: layer(x))
+        assert "mkldnn::_linear_pointwise" in ops and not {"aten::gelu", "aten::mul"} & ops
+        torch.testing.assert_close(layer(x), reference, rtol=1e-5, atol=1e-5)
+        # a LoRA patches proj.weight in place: the halves the fused path multiplies by are views of it
+        with torch.no_grad():
+            layer.proj.weight.mul_(2)
+        patched = layer(x)
+        optimizations.use_pytorch_layers(layer)
+        torch.testing.assert_close(patched, layer(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(patched, reference, atol=1e-3)
+        optimizations.use_onednn_linear(layer)
+        # a hook on proj must still run: the layer takes GEGLU's own path
+        calls = []
+        handle = layer.proj.register_forward_pre_hook(lambda m, args: calls.append(1))
+        assert "aten::gelu" in operators(lambda: layer(x)) and calls
+        handle.remove()
+        with torch.autocast("cpu", torch.bfloat16):
+            assert layer(x).dtype == torch.bfloat16
+        traced = torch.jit.trace(layer, x)
+    assert "mkldnn" not in str(traced.graph) and "gelu" in str(traced.graph)
+    out = layer(x.requires_grad_())
+    out.sum().backward()
+    assert x.grad is not None and layer.proj.weight.grad is not None
