@@ -56,8 +56,8 @@ class ModelFamily(Protocol):
     label: str  # for people, e.g. "SD 1.x"
     sampling: SamplingHints
     vae_kind: str  # which VAEs fit: "sd" (SD 1.x and 2.x share one) or "sdxl" (see `modules.models.vae_family`)
-    cpu_onednn_linear: bool  # on a CPU the U-Net's linear layers run oneDNN's (optimizations.OneDnnLinear): chosen
-    # per family from measured speed and peak memory
+    cpu_onednn_linear: bool  # on a CPU the U-Net's linear layers and GEGLUs run oneDNN's (optimizations.OneDnnLinear,
+    # OneDnnGEGLU): chosen per family from measured speed and peak memory
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         """What a checkpoint is if its tensors (and safetensors metadata) are this family's, else None.

@@ -123,17 +123,22 @@ class OneDnnGEGLU(GEGLU):
 
 @functools.cache
 def onednn_linear_works() -> bool:
-    """Whether this PyTorch has oneDNN's linear operator and it computes what `torch.nn.functional.linear` does
-    (checked once, on a small input)."""
+    """Whether this PyTorch has oneDNN's linear operator, with the GELU and product the GEGLU puts inside it, and
+    they compute what PyTorch's own operators do (checked once, on a small input)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False  # measured faster than MKL on x86-64 only (bench/linear_kernels.py); ARM builds use other BLAS
     try:
         g = torch.Generator().manual_seed(0)
         x, w, b = torch.randn(2, 5, 24, generator=g), torch.randn(16, 24, generator=g), torch.randn(16, generator=g)
+        geglu = GEGLU(24, 8)
         with torch.inference_mode():
             out = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+            expected = geglu(x)
+            geglu.__class__ = OneDnnGEGLU
+            fused = geglu(x)
         works = bool(torch.backends.mkldnn.is_available()) and torch.allclose(
-            out, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
+            out, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5) and torch.allclose(
+            fused, expected, rtol=1e-5, atol=1e-5)
     except (AttributeError, RuntimeError) as e:
         log.info("oneDNN linear layers are not available (%s); PyTorch's own run", e)
         return False
@@ -167,7 +172,7 @@ def _swap(unet: torch.nn.Module, classes: dict) -> int:
 
 def apply(model: LoadedModel, cross_attention: str, batch_cond_uncond: bool) -> None:
     """Set `model`'s attention implementation (only when it changes), its cond/uncond batching, and on the CPU its
-    U-Net's linear layers (OneDnnLinear)."""
+    U-Net's linear layers and GEGLUs (OneDnnLinear, OneDnnGEGLU)."""
     if model.plan.device.type == "cpu" and model.family.cpu_onednn_linear and use_onednn_linear(model.unet):
         log.info("U-Net linear layers: oneDNN")
     kind = CROSS_ATTENTION.get(cross_attention, "sdp")
