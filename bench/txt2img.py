@@ -698,6 +698,9 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int, default=1, help="generations per engine; the median one is reported")
     ap.add_argument("--vs-diffusers", action="store_true",
                     help="also run diffusers' StableDiffusionPipeline (StableDiffusionXLPipeline for an SDXL file)")
+    ap.add_argument("--diffusers-only", action="store_true",
+                    help="run diffusers' pipeline alone (with glibc's defaults, as a script of its own would): for "
+                         "runs that alternate with our engine's, one process each, to even out the machine's drift")
     ap.add_argument("--use-cpu", nargs="*", default=[], metavar="WHAT",
                     help="as webui.py's --use-cpu (e.g. 'all'); default: the device webui.py would pick")
     ap.add_argument("--order", choices=["ours-first", "diffusers-first"], default="ours-first",
@@ -720,6 +723,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
+    if args.diffusers_only:
+        args.vs_diffusers = True
     if args.vs_diffusers and args.sampler.strip().lower() not in ("euler a", "k_euler_a", "k_euler_ancestral"):
         ap.error("--vs-diffusers compares Euler a only")
     if not args.checkpoint.is_file():
@@ -758,6 +763,8 @@ def main(argv=None) -> None:
     engines = ["ours", "diffusers"] if args.vs_diffusers else ["ours"]
     if args.order == "diffusers-first":
         engines.reverse()
+    if args.diffusers_only:
+        engines = ["diffusers"]
 
     rss = RssSampler()
     gpu = GpuMemory(plan.device)
@@ -781,11 +788,12 @@ def main(argv=None) -> None:
         if "config_dir" in context:
             shutil.rmtree(context["config_dir"], ignore_errors=True)
         rss.stop()
-    ours = result["ours"]
+    ours = result.get("ours")
 
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        context["ours_image"].save(args.out / "ours.png")
+        if "ours_image" in context:
+            context["ours_image"].save(args.out / "ours.png")
         if "diffusers_image" in context:
             context["diffusers_image"].save(args.out / "diffusers.png")
 
@@ -810,10 +818,10 @@ def main(argv=None) -> None:
                      "diffusers": diffusers.__version__, "transformers": transformers.__version__},
         "import_s": round(IMPORT_S, 2),
         "prewarm_read_s": round(prewarm_s, 2),
-        "ours": result["ours"],
+        **({"ours": ours} if ours else {}),
         **({"diffusers": result["diffusers"]} if "diffusers" in result else {}),
     }
-    if "diffusers" in result:
+    if ours and "diffusers" in result:
         d = result["diffusers"]
         report["ratio"] = {k: round(ours[k] / d[k], 3) if d.get(k) and ours.get(k) is not None else None
                            for k in ("load_s", "s_per_step", "it_per_s", "total_s", "unet_s_per_call",

@@ -1,27 +1,54 @@
-"""Peak RSS of one SD VAE decode (the real SD 1.x architecture, random weights), untiled or tiled.
+"""Peak RSS, time and page faults of one SD VAE decode (the real SD 1.x architecture, random weights), untiled or tiled.
 
-    python bench/vae_memory.py 512 [--tiled] [--encode]
+    python bench/vae_memory.py 512 [--tiled] [--encode] [--keep-freed-memory [--mmap-threshold MIB]] [--repeat N]
 
-Prints the size, the peak RSS of the process before the decode (the VAE built, the latent drawn) and after,
-and their difference. One size per process, so each peak is its own. Used for vae_tiling.AUTO_PIXELS."""
+One size per process, so each peak is its own. With `--repeat N` the first decode is not counted and the next N
+are (RSS is sampled every 10 ms, and glibc's malloc_trim hands back what each one freed, as the app does after a
+decode). `--keep-freed-memory` sets glibc's allocator as the app does on a CPU (`devices.keep_freed_memory`: blocks
+of 32 MiB and more are mapped on their own, and unmapped when freed); `--mmap-threshold` raises that threshold while
+each decode runs, an experiment (bench/README.md). Prints one JSON object: RSS before the decodes (the VAE
+built, the latent drawn) and the highest RSS over it while they ran, then per decode its seconds, system CPU
+seconds and minor page faults. Used for vae_tiling.AUTO_PIXELS and the per-pixel estimates beside it."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from diffusers import AutoencoderKL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from modules import devices  # noqa: E402
 from modules.generation import vae_tiling  # noqa: E402
 
+MIB = 1024 * 1024
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+class PeakRss:
+    """The highest RSS sampled every 10 ms (ru_maxrss also counts what came before the decodes)."""
+
+    def __init__(self) -> None:
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, self.proc.memory_info().rss)
 
 
 def main() -> None:
@@ -30,7 +57,14 @@ def main() -> None:
     ap.add_argument("--tiled", action="store_true", help="tiled (mode Always)")
     ap.add_argument("--tile", type=int, default=512, help="the tile size in pixels (setting vae_tile_size)")
     ap.add_argument("--encode", action="store_true", help="measure the encode instead")
+    ap.add_argument("--keep-freed-memory", action="store_true", help="glibc's allocator as the app sets it on a CPU")
+    ap.add_argument("--mmap-threshold", type=int, metavar="MIB",
+                    help="with --keep-freed-memory: glibc's mmap threshold while each decode runs")
+    ap.add_argument("--repeat", type=int, default=0, help="decodes counted after a first one that is not")
     args = ap.parse_args()
+    libc = devices._glibc()
+    if args.keep_freed_memory and not devices.keep_freed_memory():
+        sys.exit("--keep-freed-memory needs glibc")
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
@@ -38,19 +72,41 @@ def main() -> None:
     n = args.size // 8
     z = torch.randn(1, 4, n, n)
     x = torch.rand(1, 3, args.size, args.size) * 2 - 1
-    before = peak_mb()
     tiling = vae_tiling.VaeTiling("Always", args.tile)
-    start = time.monotonic()
-    with torch.no_grad():
-        if args.encode:
-            vae_tiling.encode(vae, x, tiling) if args.tiled else vae.encode(x).latent_dist.mode()
-        else:
-            vae_tiling.decode(vae, z, tiling) if args.tiled else vae.decode(z).sample
-    after = peak_mb()
-    how = f"tiled ({args.tile} px)" if args.tiled else "untiled"
-    print(f"{args.size}x{args.size} {'encode' if args.encode else 'decode'} {how}: "
-          f"peak RSS {before:.0f} MB before, {after:.0f} MB after, +{after - before:.0f} MB "
-          f"({(after - before) * 1e6 / args.size ** 2:.0f} B/pixel), {time.monotonic() - start:.0f} s")
+
+    def once() -> torch.Tensor:
+        if args.mmap_threshold:
+            libc.mallopt(devices._M_MMAP_THRESHOLD, args.mmap_threshold * MIB)
+        try:
+            with torch.no_grad():
+                if args.encode:
+                    return vae_tiling.encode(vae, x, tiling) if args.tiled else vae.encode(x).latent_dist.mode()
+                return vae_tiling.decode(vae, z, tiling) if args.tiled else vae.decode(z).sample
+        finally:
+            if args.mmap_threshold:
+                libc.mallopt(devices._M_MMAP_THRESHOLD, devices.KEEP_BLOCKS_UNDER)
+            if libc is not None:
+                libc.malloc_trim(0)
+
+    if args.repeat:
+        once()
+    sampler = PeakRss()
+    before = sampler.peak
+    runs = []
+    for _ in range(max(1, args.repeat)):
+        use, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        out = once()
+        done = resource.getrusage(resource.RUSAGE_SELF)
+        runs.append({"s": round(time.perf_counter() - started, 2), "sys_s": round(done.ru_stime - use.ru_stime, 2),
+                     "minor_faults": done.ru_minflt - use.ru_minflt, "output_sum": float(out.double().sum())})
+        del out
+    peak = sampler.stop()
+    print(json.dumps({"size": args.size, "what": "encode" if args.encode else "decode",
+                      "tiled": args.tiled, "tile": args.tile if args.tiled else None,
+                      "keep_freed_memory": args.keep_freed_memory, "mmap_threshold_mib": args.mmap_threshold,
+                      "threads": torch.get_num_threads(), "torch": torch.__version__,
+                      "rss_before_mb": round(before / MIB, 1), "peak_rss_added_mb": round((peak - before) / MIB, 1),
+                      "added_bytes_per_pixel": round((peak - before) / args.size ** 2), "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

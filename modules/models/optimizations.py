@@ -20,8 +20,8 @@ PyTorch's own `linear` uses: on this project's AMD CPU it was faster at every SD
 results differ only in rounding (the summation order), as they would with another thread count. The transformer
 blocks' GEGLU feed-forward input runs as two such multiplies with its GELU and its product inside them
 (`OneDnnGEGLU`), instead of one multiply and two passes over its output. Each family says whether it uses them
-(`cpu_onednn_linear`): SDXL does not, since oneDNN's temporaries raised its peak at 1024x1024 by 1.3 GB, past its
-16 GB budget, with the allocator the app sets on a CPU (bench/README.md).
+(`cpu_onednn_linear`): SDXL does not, since with them its peak at 1024x1024 rose by 0.8-1.4 GB, to or past its 16 GB
+budget (the heap the app's earlier phases leave, not oneDNN's own buffers: bench/README.md).
 """
 
 from __future__ import annotations

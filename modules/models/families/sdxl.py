@@ -226,7 +226,7 @@ class StableDiffusionXL:
     label: str = "SDXL"
     sampling: SamplingHints = field(default_factory=lambda: SamplingHints(sdxl_schedules=True))
     vae_kind: str = "sdxl"
-    cpu_onednn_linear: bool = False  # +1.3 GB peak at 1024x1024 with it (bench/README.md)
+    cpu_onednn_linear: bool = False  # +0.8-1.4 GB peak at 1024x1024 with it (bench/README.md)
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if BASE_KEY not in sd:
