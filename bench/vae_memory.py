@@ -16,39 +16,19 @@ import argparse
 import json
 import resource
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
-import torch
-from diffusers import AutoencoderKL
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import txt2img as bench  # noqa: E402  (RssSampler; sets the offline environment before Hugging Face imports)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch  # noqa: E402
+from diffusers import AutoencoderKL  # noqa: E402
+
 from modules import devices  # noqa: E402
 from modules.generation import vae_tiling  # noqa: E402
 
 MIB = 1024 * 1024
-
-
-class PeakRss:
-    """The highest RSS sampled every 10 ms (ru_maxrss also counts what came before the decodes)."""
-
-    def __init__(self) -> None:
-        self.proc = psutil.Process()
-        self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak, self.proc.memory_info().rss)
 
 
 def main() -> None:
@@ -90,8 +70,8 @@ def main() -> None:
 
     if args.repeat:
         once()
-    sampler = PeakRss()
-    before = sampler.peak
+    rss = bench.RssSampler()
+    before = rss.reset()
     runs = []
     for _ in range(max(1, args.repeat)):
         use, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -100,7 +80,8 @@ def main() -> None:
         runs.append({"s": round(time.perf_counter() - started, 2), "sys_s": round(done.ru_stime - use.ru_stime, 2),
                      "minor_faults": done.ru_minflt - use.ru_minflt, "output_sum": float(out.double().sum())})
         del out
-    peak = sampler.stop()
+    peak = rss.read_peak()
+    rss.stop()
     print(json.dumps({"size": args.size, "what": "encode" if args.encode else "decode",
                       "tiled": args.tiled, "tile": args.tile if args.tiled else None,
                       "keep_freed_memory": args.keep_freed_memory, "mmap_threshold_mib": args.mmap_threshold,
