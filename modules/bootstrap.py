@@ -45,7 +45,8 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     the low-memory mode the flags ask for (see low_memory_flag); `queue_workers`: jobs that may run at once (one per
     cluster replica: see start_cluster)."""
     limits = limits or Limits()
-    models = model_manager(p, plan, hashes or HashCache(p.hash_cache), extra_files, builtin_files)
+    models = model_manager(p, plan, hashes or HashCache(p.hash_cache), extra_files, builtin_files,
+                           limits.memory_limit_bytes)
     checkpoint_files, loras, embeddings, hypernetworks = models.checkpoints, models.loras, models.embeddings, \
         models.hypernetworks
     store = SettingsStore(p.config_file)
@@ -75,8 +76,9 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
 
 
 def model_manager(p: paths.Paths, plan: devices.DevicePlan, hashes: HashCache, extra_files: tuple[Path, ...] = (),
-                  builtin_files: tuple[Path, ...] = ()) -> ModelManager:
-    """The model manager over the folders of `p`, with its registries (checkpoints, VAEs, networks, TAESD)."""
+                  builtin_files: tuple[Path, ...] = (), memory_limit: int | None = None) -> ModelManager:
+    """The model manager over the folders of `p`, with its registries (checkpoints, VAEs, networks, TAESD);
+    `memory_limit`: --memory-limit in bytes."""
     checkpoint_files = CheckpointRegistry(p.checkpoint_dirs, hashes, extra_files=extra_files,
                                           builtin_files=builtin_files)
     return ModelManager(checkpoint_files, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), plan, p.default_sd1_config,
@@ -84,7 +86,7 @@ def model_manager(p: paths.Paths, plan: devices.DevicePlan, hashes: HashCache, e
                         embeddings=EmbeddingRegistry(p.embeddings_dirs, hashes), taesd_models=TaesdModels(p.taesd_dir),
                         hypernetworks=HypernetworkRegistry(p.hypernetwork_dirs, hashes),
                         openvino_models=OpenVinoModels(p.openvino_cache), midas_dir=p.models / "midas",
-                        park_dir=p.parked_weights)
+                        park_dir=p.parked_weights, memory_limit=memory_limit)
 
 
 def build_replica(p: paths.Paths, plan: devices.DevicePlan, limits: Limits, *,
@@ -93,7 +95,7 @@ def build_replica(p: paths.Paths, plan: devices.DevicePlan, limits: Limits, *,
     """What a cluster replica (modules/cluster/replica.py) runs jobs with: its own model manager and generation
     service over the front's folders, writing no file (a RecordingWriter: the front writes them) and keeping
     its settings (the checkpoint it selects) in memory, never in the front's config.json."""
-    models = model_manager(p, plan, HashCache(p.hash_cache), extra_files, builtin_files)
+    models = model_manager(p, plan, HashCache(p.hash_cache), extra_files, builtin_files, limits.memory_limit_bytes)
     store = SettingsStore(None)
     queue = JobQueue()  # never given a job: the replica runs the front's jobs itself (run_accepted)
     queue.on_stop(models.checkpoints.hasher.stop)

@@ -35,6 +35,9 @@ from modules.paths import TOKENIZER_DIR
 log = logging.getLogger(__name__)
 
 LOAD_STEPS = 4  # a load's progress bar: read the file, build the model, place it on the device, the VAE
+# What a load needs free beside a new model's weights to keep the current model while reading it (see
+# ModelManager._crowded): the readers' buffers, the modules' own objects, what the rest of the process allocates.
+READ_MARGIN = 1 << 30
 
 
 @dataclass
@@ -133,14 +136,19 @@ class ExtraNetworksUse:
     hypernet_hashes: list[tuple[str, str]] = field(default_factory=list)  # (name, 10-hex hash)
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 class ModelManager:
     def __init__(self, checkpoints: CheckpointRegistry, vaes: VaeRegistry, plan: devices.DevicePlan,
                  default_sd1_config: Path, loras: lora.LoraRegistry | None = None,
                  embeddings: EmbeddingRegistry | None = None, taesd_models: taesd.TaesdModels | None = None,
                  hypernetworks: hypernetwork.HypernetworkRegistry | None = None,
                  openvino_models: openvino_unet.OpenVinoModels | None = None, midas_dir: Path | None = None,
-                 park_dir: Path | None = None):
+                 park_dir: Path | None = None, memory_limit: int | None = None):
         self.checkpoints = checkpoints
+        self.memory_limit = memory_limit  # --memory-limit in bytes: what this process may hold (see _crowded)
         self.vaes = vaes
         self.loras = loras if loras is not None else lora.LoraRegistry((), checkpoints.hashes)
         self.embeddings = embeddings if embeddings is not None else EmbeddingRegistry((), checkpoints.hashes)
@@ -196,10 +204,7 @@ class ModelManager:
         one step for the read and one for the build; `low`: in low-memory mode, see `low_memory`)."""
         start = time.perf_counter()
         path = info.filename
-        plan = self.plan  # every part in one dtype (the CPU's fp32): converted as read, not after (peak memory)
-        dtype = low_memory.STORAGE if low else plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None
-        keep = TEXT_ENCODER_PREFIXES if self._text_in_file_type(low) else ()
-        sd = checkpoint_file.read_state_dict(path, dtype, keep)
+        sd = checkpoint_file.read_state_dict(path, *self._read_types(low))
         if bar is not None:
             bar.update(1)
         config = families.detect(path, sd, checkpoint_file.read_metadata(path), self.default_sd1_config)
@@ -208,6 +213,33 @@ class ModelManager:
         if bar is not None:
             bar.update(1)
         return built, time.perf_counter() - start
+
+    def _read_types(self, low: bool) -> tuple[torch.dtype | None, tuple[str, ...]]:
+        """(cast, keep) for checkpoint_file.read_state_dict: every part in one dtype (the CPU's fp32) is converted
+        as it is read, not after (peak memory); see there for `keep`."""
+        plan = self.plan
+        dtype = low_memory.STORAGE if low else plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None
+        return dtype, TEXT_ENCODER_PREFIXES if self._text_in_file_type(low) else ()
+
+    def _crowded(self, info: CheckpointInfo, low: bool) -> str | None:
+        """Why `info` cannot be read while the current model stays in memory, or None when it can. A load keeps
+        the current model until the new one is built (a file that fails leaves it usable), which holds both at
+        once; where the current one lives in RAM (a CPU; MPS shares it) and the RAM the system has available, or
+        what --memory-limit leaves, is less than the new one's weights and READ_MARGIN, holding both would push
+        the machine into swap or the out-of-memory killer (two SDXL models take 28 GB in fp32)."""
+        current = self.current
+        if current is None or current.released or self.plan.device.type == "cuda":
+            return None
+        cpu = torch.device("cpu")
+        free = devices.free_memory(cpu)
+        if self.memory_limit is not None:
+            free = min(free, max(0, self.memory_limit - devices.process_memory(cpu)))
+        need = checkpoint_file.read_size(info.filename, *self._read_types(low))
+        if free >= need + READ_MARGIN:
+            return None
+        return (f"{info.name} needs {_size(need)} and {_size(free)} is free beside {current.info.name}"
+                f"{' (--memory-limit)' if self.memory_limit is not None else ''}: releasing {current.info.name} "
+                "before reading it")
 
     def low_memory_applies(self, info: CheckpointInfo, mode: str) -> bool:
         """Whether `info` loads in low-memory mode under the setting `mode` (see low_memory.wanted): only where the
@@ -240,19 +272,30 @@ class ModelManager:
              low: bool = False) -> LoadedModel:
         """Load `info` in place of the current model. The current one is released once the new one is read and
         built, so a file that cannot be loaded leaves it usable; with `release_first` (a job switching to its
-        refiner and back, where holding both would double the memory) it is released before reading.
+        refiner and back, where holding both would double the memory), or when the two would not fit in memory
+        together (`_crowded`), it is released before reading.
         The file's SHA-256 is not waited for: it is computed in the background (CheckpointRegistry.hash_later),
         and the title gains its `[hash]` when it is known. A load that takes over a second shows a console bar."""
         with self._lock, tqdm(total=LOAD_STEPS, desc=f"Loading {info.name}", unit="step", disable=None,
                               leave=False, delay=PROGRESS_AFTER_S) as bar:
             log.info("Loading weights from %s", info.filename)
-            if release_first:
+            crowded = None if release_first else self._crowded(info, low)
+            if crowded:
+                log.warning(crowded)
+                released = self.current.info.name
+            if release_first or crowded:
                 self.unload()
             if low and self.plan.device.type == "cpu":
                 devices.map_large_blocks()
-            built, seconds = self.read(info, bar, low)
+            try:
+                built, seconds = self.read(info, bar, low)
+            except CheckpointError as e:
+                if crowded:
+                    raise CheckpointError(f"{e} ({released} was released first to make room for it; a job that "
+                                          "uses it loads it again)") from None
+                raise
             start = time.perf_counter()
-            self.unload()  # only now: the new model is complete
+            self._drop_current()  # only now: the new model is complete (the trim at the end frees its memory)
             plan = self.plan
             unet = self._place(built.unet, plan.unet_dtype, low)
             text_model = self._place_text(built.text_encoder, low)
@@ -288,10 +331,15 @@ class ModelManager:
         with self._lock:
             if self.current is None:
                 return
-            self.current.release()
-            self.current = None
+            self._drop_current()
             gc.collect()
             devices.empty_cache(self.plan.device)
+
+    def _drop_current(self) -> None:
+        """Free the current model's weights (LoadedModel.release: whoever still holds it holds no memory)."""
+        if self.current is not None:
+            self.current.release()
+            self.current = None
 
     def get(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
             low_memory_mode: str = "Off") -> LoadedModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -19,7 +20,9 @@ from modules.generation import context, pipeline
 from modules.generation.params import GenerationParams
 from modules.models import checkpoint_file, families, ldm_export, loader
 from modules.models.checkpoint_file import CheckpointError
+from modules.models.family import TEXT_ENCODER_PREFIXES
 from tests.support import tiny_models
+from tests.support.engine import make_manager
 
 
 def detect(path: Path):
@@ -316,6 +319,57 @@ def test_failed_switch_keeps_previous_model_usable(data_dir, manager):
     assert generate(manager.current)[0].tobytes() == before
 
 
+def test_a_switch_that_does_not_fit_beside_the_current_model_releases_it_first(data_dir, caplog):
+    """Where the new model's weights and the current model would not fit in memory together (here: a
+    --memory-limit below what the process already holds), the current model is released before the read, and a
+    file that then fails says so; a file whose header is already wrong fails before anything is released."""
+    manager = make_manager(data_dir, memory_limit=1)
+    folder = data_dir / "models" / "Stable-diffusion"
+    try:
+        first = manager.get(manager.checkpoints.find("sd1.safetensors"))  # nothing loaded yet: nothing to release
+        expected = generate(first)[0].tobytes()
+        data = (folder / "sd1.safetensors").read_bytes()
+        (folder / "cut.safetensors").write_bytes(data[:len(data) // 2])
+        tiny_models.build("sd1", seed=4).write(folder / "misfit.safetensors", yaml_beside=False)
+        shutil.copy(paths.CONFIGS / "v1-inference.yaml", folder / "misfit.yaml")  # full-size config, tiny weights
+        manager.checkpoints.refresh()
+        with pytest.raises(CheckpointError, match="truncated"):
+            manager.get(manager.checkpoints.find("cut.safetensors"))
+        assert manager.current is first and not first.released
+        with caplog.at_level(logging.WARNING, logger="modules.models.manager"):
+            second = manager.get(manager.checkpoints.find("sd1-fp16.safetensors"))
+        assert "is free beside sd1.safetensors (--memory-limit): releasing sd1.safetensors before reading it" \
+            in caplog.text
+        assert first.released and manager.current is second and not second.released
+        with pytest.raises(CheckpointError, match="do not fit the config misfit.yaml.*sd1-fp16.safetensors was "
+                                                  "released first to make room for it; a job that uses it loads it"):
+            manager.get(manager.checkpoints.find("misfit.safetensors"))
+        assert manager.current is None and second.released
+        again = manager.get(manager.checkpoints.find("sd1.safetensors"))
+        assert generate(again)[0].tobytes() == expected
+    finally:
+        manager.checkpoints.hasher.stop()
+
+
+def test_read_size_is_what_the_read_holds(tiny_dir, monkeypatch):
+    """read_size (the room a load checks for) equals the bytes read_state_dict then holds, cast and kept as the
+    model manager reads; a pickle counts as its file size, doubled when it may be widened. The reader gives the
+    same tensors where os.preadv is missing (Windows: one thread's seek and read at a time)."""
+    for name in ("sd1.safetensors", "sd1-fp16.safetensors"):
+        for cast, keep in ((None, ()), (torch.float32, ()), (torch.float32, TEXT_ENCODER_PREFIXES),
+                           (torch.float16, ())):
+            sd = checkpoint_file.read_state_dict(tiny_dir / name, cast, keep)
+            held = sum(t.numel() * t.element_size() for t in sd.values())
+            assert checkpoint_file.read_size(tiny_dir / name, cast, keep) == held, (name, cast, keep)
+    ckpt = tiny_dir / "sd1-ckpt.ckpt"
+    assert checkpoint_file.read_size(ckpt, torch.float32) == 2 * ckpt.stat().st_size
+    assert checkpoint_file.read_size(ckpt, torch.float16) == ckpt.stat().st_size
+    expected = checkpoint_file.read_state_dict(tiny_dir / "sd1-fp16.safetensors", torch.float32)
+    monkeypatch.delattr(checkpoint_file.os, "preadv")
+    serial = checkpoint_file.read_state_dict(tiny_dir / "sd1-fp16.safetensors", torch.float32)
+    assert list(serial) == list(expected) and all(torch.equal(serial[k], expected[k]) for k in expected)
+
+
 def test_config_that_does_not_fit_names_the_problem(tmp_path):
     tiny = tiny_models.build("sd1")
     path = tiny.write(tmp_path / "m.safetensors", yaml_beside=False)
@@ -332,7 +386,6 @@ def test_loader_never_touches_the_network(data_dir, monkeypatch):
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from tests.support.engine import make_manager
     manager = make_manager(data_dir)  # also loads the tokenizer
     for name in ("sd1.safetensors", "sd2-v.safetensors", "sub/sd1-inpainting.safetensors"):
         assert generate(manager.get(manager.checkpoints.find(name)))

@@ -23,11 +23,11 @@ def detect(path: Path):
     return families.detect(path, sd, checkpoint_file.read_metadata(path), paths.CONFIGS / "v1-inference.yaml")
 
 
-def make_manager(data: Path, builtin_files: tuple[Path, ...] = ()) -> ModelManager:
+def make_manager(data: Path, builtin_files: tuple[Path, ...] = (), memory_limit: int | None = None) -> ModelManager:
     p = paths.from_args(str(data))
     registry = CheckpointRegistry(p.checkpoint_dirs, HashCache(p.hash_cache), builtin_files=builtin_files)
     return ModelManager(registry, VaeRegistry(p.vae_dirs, p.checkpoint_dirs), devices.plan(skip_cuda_test=True),
-                        p.default_sd1_config)
+                        p.default_sd1_config, memory_limit=memory_limit)
 
 
 def tiny_data(tiny_dir: Path, data: Path) -> Path:
