@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,18 +53,20 @@ def make_engine(data: Path, checkpoint: str | None = "sd1.safetensors",
 def started(*flags: str):
     """webui.build in this process (the app is built, not served) with these command-line flags: yields the
     engine; its queue is stopped afterwards and the process-wide switches start-up sets (flush denormals on the
-    CPU, Pillow's pixel limit) are put back, so later tests see the state they would see alone. glibc's allocator
-    switch (devices.keep_freed_memory) cannot be put back; it changes where memory comes from, not results."""
+    CPU, Pillow's pixel limit and its warning filter) are put back, so later tests see the state they would see
+    alone, with or without pytest's warnings plugin. glibc's allocator switch (devices.keep_freed_memory) cannot
+    be put back; it changes where memory comes from, not results."""
     from PIL import Image
 
     import webui
     from modules import cmd_args
 
     pillow_limit = Image.MAX_IMAGE_PIXELS
-    _, engine = webui.build(cmd_args.parse(list(flags)))
-    try:
-        yield engine
-    finally:
-        engine.queue.stop()
-        torch.set_flush_denormal(False)
-        Image.MAX_IMAGE_PIXELS = pillow_limit
+    with warnings.catch_warnings():  # start-up turns Pillow's decompression-bomb warning into an error
+        _, engine = webui.build(cmd_args.parse(list(flags)))
+        try:
+            yield engine
+        finally:
+            engine.queue.stop()
+            torch.set_flush_denormal(False)
+            Image.MAX_IMAGE_PIXELS = pillow_limit
