@@ -92,7 +92,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CheckpointError)
     async def _checkpoint(_request: Request, exc: CheckpointError):
-        return error_response(500, exc, str(exc))
+        return error_response(getattr(exc, "status_code", 500), exc, str(exc))
 
     @app.exception_handler(RuntimeError)
     async def _runtime(_request: Request, exc: RuntimeError):

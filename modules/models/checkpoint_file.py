@@ -32,6 +32,12 @@ class CheckpointError(Exception):
     """A weight file that cannot be used, with a message meant for the user."""
 
 
+class NotEnoughMemory(CheckpointError):
+    """A checkpoint whose weights do not fit in the memory this machine has free, refused before it is read (the
+    API answers 507, as for running out of memory)."""
+    status_code = 507
+
+
 # The most bytes a pickle in a weight file may take (its index of tensors: a few hundred KB for SDXL, a few
 # MB with optimizer state). A zip member expands to any size its header declares, so a 1 MB file can ask
 # for gigabytes: members are read with this budget, and a larger one is refused before it is read.
@@ -414,14 +420,14 @@ def _read_safetensors(path: Path, cast: torch.dtype | None = None, keep: tuple[s
             pool.shutdown(wait=True, cancel_futures=True)  # after an error, no read is left running
 
 
-def read_size(path: Path, cast: torch.dtype | None = None, keep: tuple[str, ...] = ()) -> int:
+def read_size(path: Path, cast: torch.dtype | None = None, keep: tuple[str, ...] = (), least: bool = False) -> int:
     """Bytes the tensors of read_state_dict(path, cast, keep) will take, without reading them: from a
-    .safetensors header; for a pickle, whose tensor types show only once it is read, its file size, doubled when
-    `cast` is wider than 16 bits (an fp16 file widened), which over-counts an fp32 one."""
+    .safetensors header; for a pickle, whose tensor types show only once it is read, its file size (`least`: at
+    least that much is read), else doubled when `cast` is wider than 16 bits (at most an fp16 file widened)."""
     path = Path(path)
     size = path.stat().st_size
     if path.suffix.lower() != ".safetensors":
-        return size * 2 if cast is not None and cast.itemsize > 2 else size
+        return size * 2 if cast is not None and cast.itemsize > 2 and not least else size
     header, _ = read_safetensors_header(path)
     total = 0
     try:

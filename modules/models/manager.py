@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from modules import devices
 from modules.hashing import PROGRESS_AFTER_S
 from modules.models import (checkpoint_file, depth, families, hypernetwork, loader, lora, low_memory, openvino_unet,
                             taesd, vae_family)
-from modules.models.checkpoint_file import CheckpointError
+from modules.models.checkpoint_file import CheckpointError, NotEnoughMemory
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.family import TEXT_ENCODER_PREFIXES, BuiltModel, ModelConfig, ModelFamily
 from modules.models.prompt_encoder import PromptEncoder
@@ -38,6 +39,9 @@ LOAD_STEPS = 4  # a load's progress bar: read the file, build the model, place i
 # What a load needs free beside a new model's weights to keep the current model while reading it (see
 # ModelManager._crowded): the readers' buffers, the modules' own objects, what the rest of the process allocates.
 READ_MARGIN = 1 << 30
+# What a load needs free beyond a new model's weights to be read at all (see ModelManager._crowded): the readers'
+# buffers and the modules' objects; a job's own peak is checked before it samples (generation/memory.py).
+FIT_MARGIN = 256 << 20
 
 
 @dataclass
@@ -126,6 +130,17 @@ class LoadedModel:
     @property
     def released(self) -> bool:
         return next(self.unet.parameters()).is_meta
+
+    def weight_bytes(self) -> int:
+        """Bytes this model's weights and buffers hold in memory, each storage counted once (0 once released)."""
+        seen, total = set(), 0
+        for module in (self.unet, self.vae, self.own_vae, self.text.text_model, self.depth_model):
+            for tensor in (*module.parameters(), *module.buffers()) if module is not None else ():
+                storage = tensor.untyped_storage()
+                if not tensor.is_meta and storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+        return total
 
 
 @dataclass
@@ -222,20 +237,41 @@ class ModelManager:
         return dtype, TEXT_ENCODER_PREFIXES if self._text_in_file_type(low) else ()
 
     def _crowded(self, info: CheckpointInfo, low: bool) -> str | None:
-        """Why `info` cannot be read while the current model stays in memory, or None when it can. A load keeps
-        the current model until the new one is built (a file that fails leaves it usable), which holds both at
-        once; where the current one lives in RAM (a CPU; MPS shares it) and the RAM the system has available, or
-        what --memory-limit leaves, is less than the new one's weights and READ_MARGIN, holding both would push
-        the machine into swap or the out-of-memory killer (two SDXL models take 28 GB in fp32)."""
-        current = self.current
-        if current is None or current.released or self.plan.device.type == "cuda":
+        """Why `info` cannot be read while the current model stays in memory, or None when it can; NotEnoughMemory
+        when it does not fit even with the current model released (nothing is released then).
+        A load keeps the current model until the new one is built (a file that fails leaves it usable), which
+        holds both at once. Where the current one lives in RAM (a CPU; MPS shares it), the new one's weights are
+        set against the RAM the system has available, or what --memory-limit leaves: with less than READ_MARGIN
+        to spare, holding both would push the machine into swap or the out-of-memory killer (two SDXL models take
+        28 GB in fp32), so the current one is released first; with less than the weights and FIT_MARGIN even
+        counting the current model's memory and free swap, the read would end the same way, so it is refused.
+        (macOS is only told to release: its compressed memory is not in what the system calls available.) A
+        GPU reads into RAM and frees the card's model before placing the new one: not checked here."""
+        if self.plan.device.type == "cuda":
             return None
+        current = self.current if self.current is not None and not self.current.released else None
         cpu = torch.device("cpu")
         free = devices.free_memory(cpu)
         if self.memory_limit is not None:
             free = min(free, max(0, self.memory_limit - devices.process_memory(cpu)))
-        need = checkpoint_file.read_size(info.filename, *self._read_types(low))
-        if free >= need + READ_MARGIN:
+        cast, keep = self._read_types(low)
+        need = checkpoint_file.read_size(info.filename, cast, keep)
+        if current is not None and free >= need + READ_MARGIN:
+            return None
+        held = current.weight_bytes() if current is not None else 0
+        swap = devices.free_swap(cpu) if self.memory_limit is None else 0
+        least = checkpoint_file.read_size(info.filename, cast, keep, least=True)  # a pickle's types are not known
+        if least + FIT_MARGIN > free + held + swap and sys.platform != "darwin":
+            where = "under --memory-limit" if self.memory_limit is not None else "in RAM" + (
+                " and swap" if swap else "")
+            with_current = f" with {current.info.name} released" if current is not None else ""
+            advice = ""
+            if not low and self.plan.unet_dtype == torch.float32 and cast is not None and cast.itemsize > 2:
+                advice = (f" Low-memory mode (Settings > Optimizations > low_memory, or --medvram) keeps its weights "
+                          f"in 16 bits: {_size(checkpoint_file.read_size(info.filename, low_memory.STORAGE))}.")
+            raise NotEnoughMemory(f"{info.name} does not fit in memory: its weights take {_size(least)} once read, "
+                                  f"and {_size(free + held + swap)} is free {where}{with_current}.{advice}")
+        if current is None:
             return None
         return (f"{info.name} needs {_size(need)} and {_size(free)} is free beside {current.info.name}"
                 f"{' (--memory-limit)' if self.memory_limit is not None else ''}: releasing {current.info.name} "
@@ -273,16 +309,17 @@ class ModelManager:
         """Load `info` in place of the current model. The current one is released once the new one is read and
         built, so a file that cannot be loaded leaves it usable; with `release_first` (a job switching to its
         refiner and back, where holding both would double the memory), or when the two would not fit in memory
-        together (`_crowded`), it is released before reading.
+        together (`_crowded`), it is released before reading; a file that would not fit even then is refused
+        (NotEnoughMemory) with nothing released.
         The file's SHA-256 is not waited for: it is computed in the background (CheckpointRegistry.hash_later),
         and the title gains its `[hash]` when it is known. A load that takes over a second shows a console bar."""
         with self._lock, tqdm(total=LOAD_STEPS, desc=f"Loading {info.name}", unit="step", disable=None,
                               leave=False, delay=PROGRESS_AFTER_S) as bar:
             log.info("Loading weights from %s", info.filename)
-            crowded = None if release_first else self._crowded(info, low)
-            if crowded:
+            crowded = self._crowded(info, low)  # NotEnoughMemory here leaves the current model as it is
+            if crowded and not release_first:
                 log.warning(crowded)
-                released = self.current.info.name
+            released = self.current.info.name if crowded and not release_first else None
             if release_first or crowded:
                 # With unload's trim: reusing the freed heap instead made an SDXL switch 3.5 s faster but its peak
                 # up to 2 GB higher (bench/README.md), and this is the path for when memory is short.
@@ -292,7 +329,7 @@ class ModelManager:
             try:
                 built, seconds = self.read(info, bar, low)
             except CheckpointError as e:
-                if crowded:
+                if released:
                     raise CheckpointError(f"{e} ({released} was released first to make room for it; a job that "
                                           "uses it loads it again)") from None
                 raise

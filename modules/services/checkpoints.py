@@ -6,7 +6,7 @@ import logging
 
 from modules.hashing import HashTask
 from modules.jobs import Job, JobQueue
-from modules.models.checkpoint_file import CheckpointError
+from modules.models.checkpoint_file import CheckpointError, NotEnoughMemory
 from modules.models.manager import LoadedModel, ModelManager
 from modules.models.registry import CheckpointInfo, VaeInfo
 from modules.services.errors import BadRequest, UnusableCheckpoint
@@ -134,6 +134,8 @@ class CheckpointService:
         setting (see low_memory_mode)."""
         try:
             model = self._models.get(info, vae, release_first, self.low_memory_mode(low_memory))
+        except NotEnoughMemory:
+            raise  # names the checkpoint already, and is not the request's fault (507, not a 4xx)
         except CheckpointError as e:
             if requested:
                 raise UnusableCheckpoint(f"{requested}: {e} (checkpoint: {info.name})") from None

@@ -15,11 +15,11 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from modules import paths
+from modules import devices, paths
 from modules.generation import context, pipeline
 from modules.generation.params import GenerationParams
 from modules.models import checkpoint_file, families, ldm_export, loader
-from modules.models.checkpoint_file import CheckpointError
+from modules.models.checkpoint_file import CheckpointError, NotEnoughMemory
 from modules.models.family import TEXT_ENCODER_PREFIXES
 from tests.support import tiny_models
 from tests.support.engine import make_manager
@@ -320,24 +320,40 @@ def test_failed_switch_keeps_previous_model_usable(data_dir, manager):
 
 
 def test_a_switch_that_does_not_fit_beside_the_current_model_releases_it_first(data_dir, caplog):
-    """Where the new model's weights and the current model would not fit in memory together (here: a
-    --memory-limit below what the process already holds), the current model is released before the read, and a
-    file that then fails says so; a file whose header is already wrong fails before anything is released."""
-    manager = make_manager(data_dir, memory_limit=1)
+    """Memory (here: --memory-limit over what the process holds now) decides what a switch keeps. Room for the new
+    weights alone but not for both: the current model is released before the read, and a file that then fails says
+    so. Not even that: refused before anything is read or released, with what low-memory mode would take. A file
+    whose header is already wrong fails before anything is released too."""
+    manager = make_manager(data_dir)
     folder = data_dir / "models" / "Stable-diffusion"
+
+    def leave(room: int) -> None:  # what --memory-limit leaves beside what the process holds now
+        manager.memory_limit = devices.process_memory(torch.device("cpu")) + room
+
     try:
-        first = manager.get(manager.checkpoints.find("sd1.safetensors"))  # nothing loaded yet: nothing to release
+        first = manager.get(manager.checkpoints.find("sd1.safetensors"))
         expected = generate(first)[0].tobytes()
         data = (folder / "sd1.safetensors").read_bytes()
         (folder / "cut.safetensors").write_bytes(data[:len(data) // 2])
         tiny_models.build("sd1", seed=4).write(folder / "misfit.safetensors", yaml_beside=False)
         shutil.copy(paths.CONFIGS / "v1-inference.yaml", folder / "misfit.yaml")  # full-size config, tiny weights
         manager.checkpoints.refresh()
+
+        leave(64 << 20)  # less than FIT_MARGIN: nothing fits
+        fp16 = manager.checkpoints.find("sd1-fp16.safetensors")
+        with pytest.raises(NotEnoughMemory, match=r"sd1-fp16.safetensors does not fit in memory: its weights take "
+                                                  r"\d+ MiB once read, and \d+ MiB is free under --memory-limit "
+                                                  r"with sd1.safetensors released. Low-memory mode .* keeps its "
+                                                  r"weights in 16 bits: \d+ MiB."):
+            manager.get(fp16)
+        assert manager.current is first and not first.released and generate(first)[0].tobytes() == expected
+
+        leave(600 << 20)  # room for the tiny model alone, less than READ_MARGIN beside the current one
         with pytest.raises(CheckpointError, match="truncated"):
             manager.get(manager.checkpoints.find("cut.safetensors"))
         assert manager.current is first and not first.released
         with caplog.at_level(logging.WARNING, logger="modules.models.manager"):
-            second = manager.get(manager.checkpoints.find("sd1-fp16.safetensors"))
+            second = manager.get(fp16)
         assert "is free beside sd1.safetensors (--memory-limit): releasing sd1.safetensors before reading it" \
             in caplog.text
         assert first.released and manager.current is second and not second.released
@@ -345,6 +361,8 @@ def test_a_switch_that_does_not_fit_beside_the_current_model_releases_it_first(d
                                                   "released first to make room for it; a job that uses it loads it"):
             manager.get(manager.checkpoints.find("misfit.safetensors"))
         assert manager.current is None and second.released
+
+        manager.memory_limit = None
         again = manager.get(manager.checkpoints.find("sd1.safetensors"))
         assert generate(again)[0].tobytes() == expected
     finally:
@@ -353,8 +371,8 @@ def test_a_switch_that_does_not_fit_beside_the_current_model_releases_it_first(d
 
 def test_read_size_is_what_the_read_holds(tiny_dir, monkeypatch):
     """read_size (the room a load checks for) equals the bytes read_state_dict then holds, cast and kept as the
-    model manager reads; a pickle counts as its file size, doubled when it may be widened. The reader gives the
-    same tensors where os.preadv is missing (Windows: one thread's seek and read at a time)."""
+    model manager reads; a pickle counts as its file size, doubled when it may be widened (not for `least`). The
+    reader gives the same tensors where os.preadv is missing (Windows: one thread's seek and read at a time)."""
     for name in ("sd1.safetensors", "sd1-fp16.safetensors"):
         for cast, keep in ((None, ()), (torch.float32, ()), (torch.float32, TEXT_ENCODER_PREFIXES),
                            (torch.float16, ())):
@@ -363,6 +381,7 @@ def test_read_size_is_what_the_read_holds(tiny_dir, monkeypatch):
             assert checkpoint_file.read_size(tiny_dir / name, cast, keep) == held, (name, cast, keep)
     ckpt = tiny_dir / "sd1-ckpt.ckpt"
     assert checkpoint_file.read_size(ckpt, torch.float32) == 2 * ckpt.stat().st_size
+    assert checkpoint_file.read_size(ckpt, torch.float32, least=True) == ckpt.stat().st_size
     assert checkpoint_file.read_size(ckpt, torch.float16) == ckpt.stat().st_size
     expected = checkpoint_file.read_state_dict(tiny_dir / "sd1-fp16.safetensors", torch.float32)
     monkeypatch.delattr(checkpoint_file.os, "preadv")

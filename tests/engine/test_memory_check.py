@@ -88,3 +88,21 @@ def test_the_api_answers_a_job_that_does_not_fit_with_a_400(tmp_path):
         assert requests.get(url + "/sdapi/v1/progress", timeout=30).status_code == 200  # still serving
     finally:
         stop_server(proc)
+
+
+@pytest.mark.server
+def test_the_api_answers_a_model_that_does_not_fit_with_a_507_and_keeps_serving(tmp_path):
+    """A checkpoint whose weights do not fit what is free (a --memory-limit below what the server holds) is refused
+    before it is read, at start-up and for each job, and the API says so with a 507, as for running out of memory."""
+    from tests.support.server import post, start_server, stop_server
+
+    proc, url = start_server(tmp_path, "--api", "--memory-limit", "0.5")  # less than the server holds: none free
+    try:
+        r = post(url, "/sdapi/v1/txt2img", prompt="a red circle", width=64, height=64, steps=1)
+        assert r.status_code == 507, r.text
+        detail = r.json()["detail"]
+        assert "does not fit in memory: its weights take" in detail and "free under --memory-limit" in detail
+        assert requests.get(url + "/sdapi/v1/progress", timeout=30).status_code == 200  # still serving
+    finally:
+        stop_server(proc)
+    assert "does not fit in memory" in (tmp_path / "server.log").read_text()  # the start-up load said it too
