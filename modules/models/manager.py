@@ -136,10 +136,10 @@ class LoadedModel:
         seen, total = set(), 0
         for module in (self.unet, self.vae, self.own_vae, self.text.text_model, self.depth_model):
             for tensor in (*module.parameters(), *module.buffers()) if module is not None else ():
-                storage = tensor.untyped_storage()
-                if not tensor.is_meta and storage.data_ptr() not in seen:
-                    seen.add(storage.data_ptr())
-                    total += storage.nbytes()
+                if tensor.is_meta or tensor.untyped_storage().data_ptr() in seen:
+                    continue
+                seen.add(tensor.untyped_storage().data_ptr())
+                total += tensor.untyped_storage().nbytes()
         return total
 
 
