@@ -58,6 +58,9 @@ class ModelFamily(Protocol):
     vae_kind: str  # which VAEs fit: "sd" (SD 1.x and 2.x share one) or "sdxl" (see `modules.models.vae_family`)
     cpu_onednn_linear: bool  # on a CPU the U-Net's linear layers and GEGLUs run oneDNN's (optimizations.OneDnnLinear,
     # OneDnnGEGLU): chosen per family from measured speed and peak memory
+    shares_first_self_attention: bool  # the CFG batch's two halves can still be equal at the U-Net's first
+    # self-attention, which then runs once for both (optimizations.SharedRows); not where a per-prompt embedding
+    # joins the time embedding before it (SDXL's pooled prompt), which would make every call pay the comparison
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         """What a checkpoint is if its tensors (and safetensors metadata) are this family's, else None.

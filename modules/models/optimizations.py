@@ -8,11 +8,13 @@
 - `batch_cond_uncond`: run the prompt's and the negative prompt's U-Net passes as one batch (faster)
   or one after the other (less memory), as A1111's option of that name.
 
-Whichever implementation is chosen, the U-Net's first self-attention layer's processor is wrapped in `SharedRows`:
-with the prompt and the negative prompt in one batch, both halves of the batch hold the same latent until the first
-cross-attention layer has seen the two prompts, so the first self-attention (SD 1.x/2.x: at the full latent size,
-the most costly one) is computed for one half and copied to the other. Only the first: after it the halves differ
-(unless the two prompts are the same), and on a GPU each comparison waits for the device.
+Whichever implementation is chosen, the U-Net's first self-attention layer's processor is wrapped in `SharedRows`
+where the family says the halves can meet there (`shares_first_self_attention`: SD 1.x/2.x): with the prompt and
+the negative prompt in one batch, both halves of the batch hold the same latent until the first cross-attention
+layer has seen the two prompts, so the first self-attention (SD 1.x/2.x: at the full latent size, the most costly
+one) is computed for one half and copied to the other. Only the first: after it the halves differ (unless the two
+prompts are the same), and on a GPU each comparison waits for the device. SDXL adds its pooled prompt to the time
+embedding, so its halves differ from the first layer on and it is not wrapped (the comparison would be all cost).
 
 On the CPU the U-Net's linear layers run oneDNN's float32 matrix multiply (`OneDnnLinear`) instead of the MKL one
 PyTorch's own `linear` uses: on this project's AMD CPU it was faster at every SD 1.5 shape measured
@@ -183,7 +185,8 @@ def apply(model: LoadedModel, cross_attention: str, batch_cond_uncond: bool) -> 
             chosen = {name: inner_processor(p) for name, p in unet.attn_processors.items()}
         else:
             chosen = {name: AttnProcessor2_0() if kind == "sdp" else AttnProcessor() for name in unet.attn_processors}
-        unet.set_attn_processor(sharing_first_self_attention(chosen))
+        unet.set_attn_processor(sharing_first_self_attention(chosen) if model.family.shares_first_self_attention
+                                else chosen)
         model.attention = kind
         log.info("Cross-attention: %s (%s)", cross_attention, kind)
     model.batch_cond_uncond = bool(batch_cond_uncond)

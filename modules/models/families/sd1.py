@@ -35,6 +35,7 @@ class StableDiffusion1:
     sampling: SamplingHints = field(default_factory=SamplingHints)
     vae_kind: str = "sd"
     cpu_onednn_linear: bool = True
+    shares_first_self_attention: bool = True
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if not any(k.startswith(CLIP_PREFIX) for k in sd):

@@ -56,6 +56,7 @@ class StableDiffusion2:
     sampling: SamplingHints = field(default_factory=SamplingHints)
     vae_kind: str = "sd"
     cpu_onednn_linear: bool = True
+    shares_first_self_attention: bool = True
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if not any(k.startswith(OPENCLIP_PREFIX) for k in sd):

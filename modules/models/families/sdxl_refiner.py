@@ -98,6 +98,7 @@ class StableDiffusionXLRefiner:
     sampling: SamplingHints = field(default_factory=lambda: SamplingHints(sdxl_schedules=True))
     vae_kind: str = "sdxl"
     cpu_onednn_linear: bool = False  # +0.8-1.4 GB peak at 1024x1024 with it (bench/README.md)
+    shares_first_self_attention: bool = False  # its pooled prompt is in the time embedding
 
     def detect(self, sd: StateDict, metadata: dict) -> FamilyMatch | None:
         if REFINER_KEY not in sd:
