@@ -243,7 +243,7 @@ class ModelManager:
         holds both at once. Where the current one lives in RAM (a CPU; MPS shares it), the new one's weights are
         set against the RAM the system has available, or what --memory-limit leaves: with less than READ_MARGIN
         to spare, holding both would push the machine into swap or the out-of-memory killer (two SDXL models take
-        28 GB in fp32), so the current one is released first; with less than the weights and FIT_MARGIN even
+        24 GB on a CPU), so the current one is released first; with less than the weights and FIT_MARGIN even
         counting the current model's memory and free swap, the read would end the same way, so it is refused.
         (macOS is only told to release: its compressed memory is not in what the system calls available.) A
         GPU reads into RAM and frees the card's model before placing the new one: not checked here."""
