@@ -36,7 +36,6 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -44,7 +43,8 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from bench.txt2img import MB, RssSampler, _cpu_name, malloc_trim, write_diffusers_config  # noqa: E402
+from bench.txt2img import (MB, RssSampler, _cpu_name, cpu_since, cpu_use, malloc_trim,  # noqa: E402
+                           write_diffusers_config)
 from modules import bootstrap, devices, logs, paths  # noqa: E402
 from modules.hashing import HashCache  # noqa: E402
 from modules.limits import Limits  # noqa: E402
@@ -60,16 +60,13 @@ class Measured:
 
     def __enter__(self) -> Measured:
         self.rss.reset()
-        self._usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._cpu = cpu_use()
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         self.wall = time.perf_counter() - self._start
-        end = resource.getrusage(resource.RUSAGE_SELF)
-        self.user = end.ru_utime - self._usage.ru_utime
-        self.sys = end.ru_stime - self._usage.ru_stime
-        self.faults = end.ru_minflt - self._usage.ru_minflt
+        self.user, self.sys, self.faults = cpu_since(self._cpu)
         self.peak = self.rss.read_peak()
 
     def figures(self) -> dict:
