@@ -420,14 +420,14 @@ def _read_safetensors(path: Path, cast: torch.dtype | None = None, keep: tuple[s
             pool.shutdown(wait=True, cancel_futures=True)  # after an error, no read is left running
 
 
-def read_size(path: Path, cast: torch.dtype | None = None, keep: tuple[str, ...] = (), least: bool = False) -> int:
-    """Bytes the tensors of read_state_dict(path, cast, keep) will take, without reading them: from a
-    .safetensors header; for a pickle, whose tensor types show only once it is read, its file size (`least`: at
-    least that much is read), else doubled when `cast` is wider than 16 bits (at most an fp16 file widened)."""
+def read_size(path: Path, cast: torch.dtype | None = None, keep: tuple[str, ...] = ()) -> tuple[int, int]:
+    """(least, most) bytes the tensors of read_state_dict(path, cast, keep) will take, without reading them: both
+    the same, from a .safetensors header; for a pickle, whose tensor types show only once it is read, its file
+    size, and twice that when `cast` is wider than 16 bits (an fp16 file widened)."""
     path = Path(path)
     size = path.stat().st_size
     if path.suffix.lower() != ".safetensors":
-        return size * 2 if cast is not None and cast.itemsize > 2 and not least else size
+        return size, size * 2 if cast is not None and cast.itemsize > 2 else size
     header, _ = read_safetensors_header(path)
     total = 0
     try:
@@ -436,8 +436,8 @@ def read_size(path: Path, cast: torch.dtype | None = None, keep: tuple[str, ...]
             numel = int(np.prod([int(d) for d in entry["shape"]], dtype=np.int64))
             total += numel * (_cast_to(name, stored, cast, keep) or stored).itemsize
     except (KeyError, TypeError, ValueError):
-        return size  # a malformed entry: the read itself says which
-    return total
+        return size, size  # a malformed entry: the read itself says which
+    return total, total
 
 
 def read_metadata(path: Path) -> dict:

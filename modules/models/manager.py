@@ -255,12 +255,11 @@ class ModelManager:
         if self.memory_limit is not None:
             free = min(free, max(0, self.memory_limit - devices.process_memory(cpu)))
         cast, keep = self._read_types(low)
-        need = checkpoint_file.read_size(info.filename, cast, keep)
+        least, need = checkpoint_file.read_size(info.filename, cast, keep)  # differ only for a pickle
         if current is not None and free >= need + READ_MARGIN:
             return None
         held = current.weight_bytes() if current is not None else 0
         swap = devices.free_swap(cpu) if self.memory_limit is None else 0
-        least = checkpoint_file.read_size(info.filename, cast, keep, least=True)  # a pickle's types are not known
         if least + FIT_MARGIN > free + held + swap and sys.platform != "darwin":
             where = "under --memory-limit" if self.memory_limit is not None else "in RAM" + (
                 " and swap" if swap else "")
@@ -268,7 +267,7 @@ class ModelManager:
             advice = ""
             if not low and self.plan.unet_dtype == torch.float32 and cast is not None and cast.itemsize > 2:
                 advice = (f" Low-memory mode (Settings > Optimizations > low_memory, or --medvram) keeps its weights "
-                          f"in 16 bits: {_size(checkpoint_file.read_size(info.filename, low_memory.STORAGE))}.")
+                          f"in 16 bits: {_size(checkpoint_file.read_size(info.filename, low_memory.STORAGE)[1])}.")
             raise NotEnoughMemory(f"{info.name} does not fit in memory: its weights take {_size(least)} once read, "
                                   f"and {_size(free + held + swap)} is free {where}{with_current}.{advice}")
         if current is None:

@@ -333,7 +333,7 @@ def test_a_switch_that_does_not_fit_beside_the_current_model_releases_it_first(d
     try:
         first = manager.get(manager.checkpoints.find("sd1.safetensors"))
         expected = generate(first)[0].tobytes()
-        read = checkpoint_file.read_size(folder / "sd1.safetensors", torch.float32, TEXT_ENCODER_PREFIXES)
+        read = checkpoint_file.read_size(folder / "sd1.safetensors", torch.float32, TEXT_ENCODER_PREFIXES)[1]
         assert 0.99 * read < first.weight_bytes() <= read  # what it holds: what was read, less a few file buffers
         data = (folder / "sd1.safetensors").read_bytes()
         (folder / "cut.safetensors").write_bytes(data[:len(data) // 2])
@@ -373,18 +373,18 @@ def test_a_switch_that_does_not_fit_beside_the_current_model_releases_it_first(d
 
 def test_read_size_is_what_the_read_holds(tiny_dir, monkeypatch):
     """read_size (the room a load checks for) equals the bytes read_state_dict then holds, cast and kept as the
-    model manager reads; a pickle counts as its file size, doubled when it may be widened (not for `least`). The
-    reader gives the same tensors where os.preadv is missing (Windows: one thread's seek and read at a time)."""
+    model manager reads; a pickle counts as at least its file size and at most twice that when it may be widened.
+    The reader gives the same tensors where os.preadv is missing (Windows: one thread's seek and read at a time)."""
     for name in ("sd1.safetensors", "sd1-fp16.safetensors"):
         for cast, keep in ((None, ()), (torch.float32, ()), (torch.float32, TEXT_ENCODER_PREFIXES),
                            (torch.float16, ())):
             sd = checkpoint_file.read_state_dict(tiny_dir / name, cast, keep)
             held = sum(t.numel() * t.element_size() for t in sd.values())
-            assert checkpoint_file.read_size(tiny_dir / name, cast, keep) == held, (name, cast, keep)
+            assert checkpoint_file.read_size(tiny_dir / name, cast, keep) == (held, held), (name, cast, keep)
     ckpt = tiny_dir / "sd1-ckpt.ckpt"
-    assert checkpoint_file.read_size(ckpt, torch.float32) == 2 * ckpt.stat().st_size
-    assert checkpoint_file.read_size(ckpt, torch.float32, least=True) == ckpt.stat().st_size
-    assert checkpoint_file.read_size(ckpt, torch.float16) == ckpt.stat().st_size
+    size = ckpt.stat().st_size
+    assert checkpoint_file.read_size(ckpt, torch.float32) == (size, 2 * size)
+    assert checkpoint_file.read_size(ckpt, torch.float16) == (size, size)
     expected = checkpoint_file.read_state_dict(tiny_dir / "sd1-fp16.safetensors", torch.float32)
     monkeypatch.delattr(checkpoint_file.os, "preadv")
     serial = checkpoint_file.read_state_dict(tiny_dir / "sd1-fp16.safetensors", torch.float32)
