@@ -119,8 +119,9 @@ def compute_dtype(module: torch.nn.Module) -> torch.dtype:
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
-    """What the module's weights hold now (the tests compare the two modes by it)."""
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    """What the module's weights hold in memory now (none on the meta device: a released model's); the tests
+    compare the two modes by it, the model manager the memory a model in use holds."""
+    return sum(p.numel() * p.element_size() for p in module.parameters() if not p.is_meta)
 
 
 class ParkedWeights:

@@ -132,15 +132,10 @@ class LoadedModel:
         return next(self.unet.parameters()).is_meta
 
     def weight_bytes(self) -> int:
-        """Bytes this model's weights and buffers hold in memory, each storage counted once (0 once released)."""
-        seen, total = set(), 0
-        for module in (self.unet, self.vae, self.own_vae, self.text.text_model, self.depth_model):
-            for tensor in (*module.parameters(), *module.buffers()) if module is not None else ():
-                if tensor.is_meta or tensor.untyped_storage().data_ptr() in seen:
-                    continue
-                seen.add(tensor.untyped_storage().data_ptr())
-                total += tensor.untyped_storage().nbytes()
-        return total
+        """Bytes this model's weights hold in memory (0 once released)."""
+        return sum(low_memory.weight_bytes(module) for module in (self.unet, self.vae, self.own_vae,
+                                                                   self.text.text_model, self.depth_model)
+                   if module is not None)
 
 
 @dataclass
