@@ -62,7 +62,7 @@ def test_refresh_switch_and_broken_checkpoint(page, ui_server, tiny_dir):
     # the page and the previous model still work
     set_number(page, "txt2img_seed", 11)
     page.locator("#txt2img_generate").click()
-    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 11')",
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 11,')",
                            timeout=60_000)
     assert "Model: sd1" in read_value(page, "txt2img_infotext")
 
@@ -94,6 +94,9 @@ def test_png_info_reads_jpeg_and_webp_and_send_to_selects_the_named_model(page, 
         if not (folder / name).exists():
             shutil.copy(tiny_dir / name, folder / name)
     page.locator("#refresh_sd_model_checkpoint").click()
+    # the demo model is listed before the refresh too: wait for its answer (sd1, which only it lists), so that
+    # it cannot replace the list or the box's value while the demo model is picked
+    find_option(page, "sd_checkpoint", "sd1.safetensors")
     demo = find_option(page, "sd_checkpoint", "shapes-tiny")
     select_option(page, "sd_checkpoint", demo)
     page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny").wait_for(timeout=60_000)

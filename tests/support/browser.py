@@ -243,7 +243,11 @@ def select_option(page, elem_id: str, choice: str) -> None:
     """Pick `choice` in a Dropdown as a user does: click, type to filter, click the option whose label is exactly
     `choice` ("Steps", not "Hires steps"). The option is waited for after typing, never read from a list shown
     before: Gradio filters on key events, so a list read at once may still be the one filtered by the previous
-    value."""
+    value.
+
+    A checkpoint's title may gain its `[hash]` right after the pick: choosing one loads it, and the server puts
+    the hash into the box as soon as the background hash is done, which for a tiny file can be before the box
+    is read here. That title names the same choice and is accepted."""
     box = block(page, elem_id).locator("input[role=combobox]")
     box.click()
     box.fill("")
@@ -256,9 +260,10 @@ def select_option(page, elem_id: str, choice: str) -> None:
         raise AssertionError(f"#{elem_id} has no choice {choice!r}; it offers {option_labels(page, elem_id)}") from None
     option.click()
     block(page, elem_id).locator("[role=listbox]").wait_for(state="hidden")
-    got = box.input_value()
-    if got != choice:
-        raise AssertionError(f"#{elem_id} shows {got!r} after picking {choice!r}")
+    try:  # polled, not read once: an update already on its way (a refresh's answer) may still pass through
+        expect(box).to_have_value(re.compile(re.escape(choice) + r"( \[[0-9a-f]{10}\])?"))
+    except AssertionError:
+        raise AssertionError(f"#{elem_id} shows {box.input_value()!r} after picking {choice!r}") from None
 
 
 def set_checkbox(page, elem_id: str, checked: bool) -> None:
@@ -305,13 +310,6 @@ def error_toasts(page) -> list[str]:
     return [t.strip() for t in page.locator(".toast-body.error [data-testid=toast-text]").all_inner_texts()]
 
 
-def busy(page, elem_id: str) -> bool:
-    """Whether the component waits for an event's output (Gradio shows its status tracker meanwhile)."""
-    return block(page, elem_id).evaluate(
-        "(root) => { const t = root.querySelector('[data-testid=status-tracker]');"
-        " return !!t && !t.classList.contains('hide'); }")
-
-
 _JOB_VIEW_JS = """(tab) => {
     const get = (id) => document.getElementById(id);
     const shown = (el) => {
@@ -349,15 +347,27 @@ def job_view(page, tab: str) -> JobView:
 
 
 def wait_for_gallery(page, elem_id: str, count: int, timeout: float = 180) -> list[str]:
-    """Wait until the Gallery is no longer busy and shows at least `count` images; their URLs. `timeout` is
-    in seconds; an error popup fails at once. Call it right after the click: a gallery that still shows an
-    earlier run's images counts them until its status tracker turns busy (at the latest a frame after the
-    click), so for a second run in one page also check something that changes (e.g. the infotext)."""
+    """Wait until the Gallery shows at least `count` images and the job that fills it has ended; their URLs.
+    `timeout` is in seconds; an error popup fails at once.
+
+    txt2img and img2img show each image as it finishes, while the job still runs: their job has ended when
+    the tab shows Generate again and hides Interrupt, which the job's last update does, together with the
+    final gallery and the infotext. (Their status trackers stay hidden: those events show no progress of
+    Gradio's own.) Extras fills its gallery in its last update only.
+
+    Call it on a gallery that shows no earlier run's images: Generate is still shown for a moment after the
+    click, so a second run in one page must wait for something that run changes (e.g. the infotext)."""
+    tab = elem_id.removesuffix("_gallery")
+    follows_a_job = tab in ("txt2img", "img2img")
     deadline = time.monotonic() + timeout
     while True:
         urls = gallery_image_urls(page, elem_id)
-        if len(urls) >= count and not busy(page, elem_id):
-            return urls
+        if len(urls) >= count:
+            if not follows_a_job:
+                return urls
+            view = job_view(page, tab)
+            if view.generate and not view.interrupt:
+                return gallery_image_urls(page, elem_id)  # (the last update may have replaced the list)
         if errors := error_toasts(page):
             raise AssertionError(f"error popup while waiting for #{elem_id}: {errors}")
         if time.monotonic() > deadline:
