@@ -32,8 +32,10 @@ def build(args, control=None):
 
     api_credentials = auth.from_flags(args.api_auth, flag="--api-auth")
     # Secure by default: without a login of its own the page asks for the API's (it reaches the same engine).
-    ui_credentials = auth.from_flags(args.gradio_auth, args.gradio_auth_path, flag="--gradio-auth") or \
-        (api_credentials if not args.nowebui else None)
+    page_credentials = auth.from_flags(args.gradio_auth, args.gradio_auth_path, flag="--gradio-auth")
+    ui_credentials = page_credentials or (api_credentials if not args.nowebui else None)
+    # and the API (which reaches the same engine) asks for the page's login when it has none of its own
+    api_login = api_credentials if api_credentials is not None else page_credentials
     if not args.nowebui:
         log.info("%s", ui_login_note(args))
     # No server folders from the page when the network reaches a server without any login.
@@ -74,18 +76,18 @@ def build(args, control=None):
         from modules.ui.mount import UiLogin
 
         ui_login = UiLogin()  # attached to the page once it is mounted (below)
-    app.include_router(routes.build_internal_router(engine, api_credentials, ui_login))
+    app.include_router(routes.build_internal_router(engine, api_login, ui_login))
     if args.api or args.nowebui:
-        app.include_router(routes.build_router(engine, cmd_args.public_flags(args), api_credentials))
+        app.include_router(routes.build_router(engine, cmd_args.public_flags(args), api_login))
         from modules.api import job_routes
 
         app.include_router(job_routes.build_jobs_router(
-            engine, api_credentials, (args.api_callback_hosts or "").split(",")))
+            engine, api_login, (args.api_callback_hosts or "").split(",")))
         if args.api_server_stop:
             from modules.api import server_control
 
             app.include_router(server_control.build_router(control or server_control.ServerControl(),
-                                                           api_credentials))
+                                                           api_login))
     elif args.api_server_stop:
         log.warning("--api-server-stop has no effect without --api or --nowebui")
     if not args.nowebui:
@@ -114,7 +116,7 @@ def unprotected_parts(args) -> list[str]:
     parts = []
     if not args.nowebui and not (args.gradio_auth or args.gradio_auth_path or args.api_auth):
         parts.append("the UI")
-    if (args.api or args.nowebui) and not args.api_auth:
+    if (args.api or args.nowebui) and not (args.api_auth or args.gradio_auth or args.gradio_auth_path):
         parts.append("the API")
     return parts
 

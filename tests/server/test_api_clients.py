@@ -415,7 +415,7 @@ def test_listen_warns_about_whatever_has_no_password():
 
     assert open_parts() == ["the UI"]
     assert open_parts("--api") == ["the UI", "the API"]
-    assert open_parts("--api", "--gradio-auth", "a:b") == ["the API"]
+    assert open_parts("--api", "--gradio-auth", "a:b") == []  # the API asks for the page's login then
     assert open_parts("--nowebui", "--api-auth", "a:b") == []
     assert open_parts("--gradio-auth-path", "x.txt") == []
 

@@ -55,9 +55,9 @@ def api_auth_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gradio_auth_server(tmp_path_factory):
-    """--api --gradio-auth (the API without a login)."""
+    """--api --gradio-auth (the API with no login of its own)."""
     data = _data_dir(tmp_path_factory, "sec_gradio_auth")
-    proc, url = start_server(data, "--api", "--gradio-auth", ":".join(UI_USER))
+    proc, url = start_server(data, "--api", "--gradio-auth", ":".join(UI_USER), ready_auth=UI_USER)
     yield url, data
     stop_server(proc)
 
@@ -268,7 +268,26 @@ def test_internal_routes_follow_the_ui_login(gradio_auth_server):
               ("GET", "/internal/sysinfo", None), ("POST", "/internal/progress", {"id_task": "task(x)"})]
     for method, path, body in routes:
         assert requests.request(method, url + path, json=body).status_code == 401, path
-        assert requests.request(method, url + path, json=body, auth=UI_USER).status_code == 401, path  # no Basic
+        assert requests.request(method, url + path, json=body, auth=("x", "y")).status_code == 401, path
+        assert requests.request(method, url + path, json=body, auth=UI_USER).status_code == 200, path
     s = login(url, UI_USER)
     for method, path, body in routes:
         assert s.request(method, url + path, json=body).status_code == 200, path
+
+
+def test_gradio_auth_also_guards_the_api(gradio_auth_server):
+    """--gradio-auth without --api-auth: the API (same engine, same queue) asks for the page's users with HTTP
+    Basic; A1111 leaves it open then. The page's session alone does not open it (no cross-site requests ride
+    on the page's cookie)."""
+    url, data = gradio_auth_server
+    routes = [("GET", "/sdapi/v1/options", None), ("GET", "/sdapi/v1/sd-models", None),
+              ("POST", "/sdapi/v1/options", {"outdir_samples": ""}), ("POST", "/sdapi/v1/interrupt", None),
+              ("GET", "/sdapi/v1/progress", None), ("GET", "/sdapi/v1/jobs", None)]
+    for method, path, body in routes:
+        assert requests.request(method, url + path, json=body, timeout=30).status_code == 401, path
+        assert requests.request(method, url + path, json=body, auth=("x", "y"), timeout=30).status_code == 401, path
+        assert login(url, UI_USER).request(method, url + path, json=body, timeout=30).status_code == 401, path
+        assert requests.request(method, url + path, json=body, auth=UI_USER, timeout=30).status_code == 200, path
+    r = requests.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64, "height": 64},
+                      timeout=30)
+    assert r.status_code == 401 and not list((data / "outputs").rglob("*.png"))
