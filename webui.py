@@ -27,7 +27,7 @@ def build(args, control=None):
     from fastapi.middleware.gzip import GZipMiddleware
 
     from modules import auth, bootstrap, images
-    from modules.api.middleware import BodySizeLimit, ProcessTime
+    from modules.api.middleware import BodySizeLimit, ProcessTime, SameSite
     from modules.version import VERSION
 
     api_credentials = auth.from_flags(args.api_auth, flag="--api-auth")
@@ -64,10 +64,13 @@ def build(args, control=None):
     app.add_middleware(ProcessTime, log_requests=args.api_log)
     app.add_middleware(BodySizeLimit, max_bytes=engine.limits.max_upload_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=1000)  # as A1111 (event streams are never compressed)
+    origins = [o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()]
     if args.cors_allow_origins or args.cors_allow_origins_regex:  # as A1111: only when asked for
-        origins = [o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()]
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=args.cors_allow_origins_regex,
                            allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+    hosts, any_host = cmd_args.allowed_hosts(args)
+    app.add_middleware(SameSite, hosts=hosts, any_host=any_host, cors_origins=origins,  # outermost: before all
+                       cors_regex=args.cors_allow_origins_regex)
     from modules.api import routes
 
     routes.install_error_handlers(app)

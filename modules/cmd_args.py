@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hosts (or host:port) that POST /sdapi/v1/jobs may send its callback_url to (default: none)")
     net.add_argument("--api-server-stop", action="store_true",
                      help="enable POST /sdapi/v1/server-stop, /server-restart and /server-kill")
+    net.add_argument("--allowed-hosts", default=None, metavar="HOST[,HOST2]",
+                     help="host names the server answers to besides addresses, localhost, --server-name and, with "
+                          "--listen, this machine's name (a reverse proxy's, a name on your network); * for any. "
+                          "Requests naming another Host are refused, so that no other web site can reach the server "
+                          "by pointing its own name at it")
     net.add_argument("--cors-allow-origins", default=None, metavar="ORIGIN[,ORIGIN2]",
                      help="web pages of these origins may call the server from a browser (CORS), "
                           "e.g. http://localhost:3000")
@@ -193,6 +198,20 @@ def bind_host(ns: argparse.Namespace) -> str:
     if ns.server_name:
         return ns.server_name
     return "0.0.0.0" if ns.listen else "127.0.0.1"
+
+
+def allowed_hosts(ns: argparse.Namespace) -> tuple[set[str], bool]:
+    """The host names requests may give in their Host header (besides addresses and localhost), and whether
+    any is allowed (--allowed-hosts *)."""
+    names = {h.strip() for h in (ns.allowed_hosts or "").split(",") if h.strip()}
+    if ns.server_name:
+        names.add(ns.server_name)
+    if on_network(ns):
+        import socket
+
+        machine = socket.gethostname()  # (no DNS lookup: getfqdn may wait on a network that is not there)
+        names.update({machine, f"{machine}.local", machine.split(".")[0]})
+    return names - {"*"}, "*" in names
 
 
 def on_network(ns: argparse.Namespace) -> bool:

@@ -1,12 +1,17 @@
 """HTTP plumbing around every response: the `X-Process-Time` header and, with `--api-log`, one log line
-per API request; the limit on the size of a request body. Plain ASGI (no per-request task), so streaming
-responses and client disconnects pass through untouched."""
+per API request; the limit on the size of a request body; the refusal of requests another web site makes a
+browser send. Plain ASGI (no per-request task), so streaming responses and client disconnects pass through
+untouched."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 import time
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,8 +45,9 @@ class ProcessTime:
             path = scope.get("path", "")
             if self.log_requests and path.startswith(self.log_prefix):
                 client = scope.get("client") or ("-", 0)
-                log.info("API %s %s %s %s %.3fs", status or "---", client[0], scope.get("method", "?"), path,
-                         time.perf_counter() - start)
+                # (the path is decoded already: %0A in it would start a line of its own)
+                log.info("API %s %s %s %s %.3fs", status or "---", client[0], scope.get("method", "?"),
+                         path.encode("unicode_escape").decode("ascii"), time.perf_counter() - start)
 
 
 class BodySizeLimit:
@@ -101,3 +107,107 @@ class BodySizeLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+class SameSite:
+    """Refuses what a web page on another site can make the user's browser send to this server:
+
+    - a request whose Host header names neither an IP address, nor localhost, nor a name in `hosts` (the
+      owner's --allowed-hosts, --server-name and, on the network, this machine's names). Without that, a site
+      whose name it points at 127.0.0.1 afterwards (DNS rebinding) would be the same origin as this server
+      and could use it all, where no login guards it;
+    - a request that may change something (not GET, HEAD or OPTIONS; a WebSocket too) whose `Origin` is
+      another site, unless the CORS flags let that origin in. A cross-site form or a `no-cors` fetch needs no
+      CORS answer to run a POST without a body, such as /sdapi/v1/interrupt or /server-kill.
+
+    Requests without these headers (scripts, curl) pass: the check is about browsers. A refusal is a 403
+    that names the header and the flag that would let it in."""
+
+    def __init__(self, app: ASGIApp, hosts: Iterable[str] = (), any_host: bool = False,
+                 cors_origins: Iterable[str] = (), cors_regex: str | None = None):
+        self.app = app
+        self.hosts = {h.strip().lower().rstrip(".") for h in hosts if h and h.strip()}
+        self.any_host = any_host
+        self.cors_origins = {o.strip().lower().rstrip("/") for o in cors_origins if o and o.strip()}
+        self.cors_regex = re.compile(cors_regex) if cors_regex else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope.get("headers", []) if k in (b"host", b"origin")}
+        host, origin = headers.get("host"), headers.get("origin")
+        problem = None
+        if host is not None and not self.host_allowed(host):
+            problem = (f"Host {host!r} is not a name of this server. If it is (a reverse proxy, a name on your "
+                       "network), start the server with --allowed-hosts naming it.")
+        elif origin is not None and (scope["type"] == "websocket" or scope.get("method") not in SAFE_METHODS) \
+                and not self.origin_allowed(origin, host):
+            problem = (f"Origin {origin!r} is another site: this server takes such requests only from the "
+                       "origins --cors-allow-origins lists.")
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        log.warning("Refused %s %s: %s", scope.get("method", "WebSocket"),
+                    scope.get("path", "").encode("unicode_escape").decode("ascii"), problem)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = json.dumps({"error": "Forbidden", "detail": problem, "body": "", "errors": problem}).encode()
+        await send({"type": "http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def host_allowed(self, host: str) -> bool:
+        if self.any_host:
+            return True
+        name = _host_name(host)
+        if name is None:
+            return False
+        if name == "localhost" or name.endswith(".localhost") or name in self.hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)  # an address cannot be pointed elsewhere
+            return True
+        except ValueError:
+            return False
+
+    def origin_allowed(self, origin: str, host: str | None) -> bool:
+        origin = origin.strip().lower().rstrip("/")
+        if origin in self.cors_origins or "*" in self.cors_origins or \
+                (self.cors_regex is not None and self.cors_regex.fullmatch(origin)):
+            return True
+        try:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return False  # "null" (a sandboxed frame, a file) and anything odd
+            port = parts.port
+        except ValueError:
+            return False
+        if host is not None and _netloc(parts.hostname, port, parts.scheme) == _netloc_of_host(host, parts.scheme):
+            return True  # the page this server served
+        return parts.hostname.rstrip(".") in self.hosts  # a name the owner gave (a proxy in front)
+
+
+def _host_name(host: str) -> str | None:
+    """The name or address of a Host header (without port or IPv6 brackets), lower case; None if malformed."""
+    try:
+        name = urlsplit("//" + host.strip()).hostname
+    except ValueError:
+        return None
+    return name.rstrip(".") if name else None
+
+
+def _netloc(name: str, port: int | None, scheme: str) -> tuple[str, int]:
+    return name.rstrip(".").lower(), port or (443 if scheme == "https" else 80)
+
+
+def _netloc_of_host(host: str, scheme: str) -> tuple[str, int] | None:
+    try:
+        parts = urlsplit("//" + host.strip())
+        return _netloc(parts.hostname, parts.port, scheme) if parts.hostname else None
+    except ValueError:
+        return None
