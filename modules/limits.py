@@ -4,8 +4,10 @@ machine's memory or hold the queue for days.
 The limits come from command-line flags, not from settings: a client that may change settings (POST
 /sdapi/v1/options, override_settings) must not be able to raise them. The defaults are what an
 AUTOMATIC1111 user never exceeds in normal use: its page's slider maxima (2048 pixels per side, batch
-size 8, batch count 100), every step count up to the model's 1000 timesteps, and input images up to
-100 megapixels (photos from phone and camera sensors, 8192x8192 extras results).
+size 8, batch count 100), every step count up to the model's 1000 timesteps, input images up to
+100 megapixels (photos from phone and camera sensors, 8192x8192 extras results), and Extras batches of up to
+100 images whose results add up to 1100 megapixels (100 images of 1024x1024 upscaled to 3x, or four at the
+largest size Extras makes, 16384x16384).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class Limits:
     max_input_megapixels: float = 100.0  # --max-input-megapixels: an image sent to the server
     max_upload_mb: int = 100  # --max-upload-size: one request body, one uploaded file
     memory_limit_gb: float | None = None  # --memory-limit: what this process may hold, for the check before a job
+    max_extras_images: int = 100  # --max-extras-images: images of one Extras batch (extra-batch-images, the tab)
+    # --max-extras-megapixels: the results of one Extras batch, all held until it ends: 4 of the largest
+    # (16384x16384); Pillow holds 4 bytes a pixel, so 4 GiB
+    max_extras_megapixels: float = 1100.0
 
     @property
     def max_pixels(self) -> int:
@@ -50,6 +56,10 @@ class Limits:
         return self.max_upload_mb * MEGABYTE
 
     @property
+    def max_extras_pixels(self) -> int:
+        return int(self.max_extras_megapixels * MEGAPIXEL)
+
+    @property
     def decode_budget_pixels(self) -> int:
         """Pixels being decoded at once, over all requests: two of the largest input images."""
         return 2 * self.max_input_pixels
@@ -59,7 +69,8 @@ def from_args(ns) -> Limits:
     """The limits the parsed command-line flags (modules/cmd_args.py) give."""
     return Limits(max_side=ns.max_image_side, max_batch_size=ns.max_batch_size, max_batch_count=ns.max_batch_count,
                   max_steps=ns.max_steps, max_input_megapixels=ns.max_input_megapixels,
-                  max_upload_mb=ns.max_upload_size, memory_limit_gb=ns.memory_limit)
+                  max_upload_mb=ns.max_upload_size, memory_limit_gb=ns.memory_limit,
+                  max_extras_images=ns.max_extras_images, max_extras_megapixels=ns.max_extras_megapixels)
 
 
 def megapixels(pixels: int) -> str:

@@ -76,13 +76,20 @@ def _limit_longest_side(w: float, h: float, limit: int) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _resample(image: Image.Image, scale: float, upscaler: str) -> Image.Image:
-    """A1111's Upscaler.upscale for the plain upscalers: resample by `scale` (not when that would
-    shrink an image already big enough), then Lanczos to the size rounded down to a multiple of 8."""
-    dest = int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8)
+def _dest(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The size an upscaler makes at `scale`: rounded down to a multiple of 8 (ExtrasError when a side would be
+    smaller than 8 or larger than MAX_SIDE)."""
+    dest = int(width * scale // 8 * 8), int(height * scale // 8 * 8)
     if min(dest) < 8 or max(dest) > MAX_SIDE:
         raise ExtrasError(f"The upscaled image would be {dest[0]}x{dest[1]} pixels; each side must be between "
                           f"8 and {MAX_SIDE}")
+    return dest
+
+
+def _resample(image: Image.Image, scale: float, upscaler: str) -> Image.Image:
+    """A1111's Upscaler.upscale for the plain upscalers: resample by `scale` (not when that would
+    shrink an image already big enough), then Lanczos to the size rounded down to a multiple of 8."""
+    dest = _dest(image.width, image.height, scale)
     if not (image.width >= dest[0] and image.height >= dest[1] and scale != 1):
         image = image.resize((int(image.width * scale), int(image.height * scale)),
                              resample=PLAIN_UPSCALERS[upscaler])
@@ -91,28 +98,45 @@ def _resample(image: Image.Image, scale: float, upscaler: str) -> Image.Image:
     return image
 
 
-def _upscale(image: Image.Image, upscaler: str, p: ExtrasParams, info: dict[str, Any]) -> Image.Image:
-    """One upscaler's result, as A1111's Upscale operation computes it; its infotext keys go into `info`."""
+def _plan(width: int, height: int, p: ExtrasParams, info: dict[str, Any]) -> tuple[float, tuple[int, int] | None]:
+    """How an upscaler treats a width x height image: (the scale, the size it is cropped to or None); its
+    infotext keys go into `info`."""
     mode, crop, to_w, to_h = p.resize_mode, p.upscaling_crop, p.upscaling_resize_w, p.upscaling_resize_h
     if mode == 1:
-        scale = max(to_w / image.width, to_h / image.height)
+        scale = max(to_w / width, to_h / height)
         info["Postprocess upscale to"] = f"{to_w}x{to_h}"
     else:
         scale = p.upscaling_resize
         info["Postprocess upscale by"] = scale
         limit = p.upscaling_max_side_length
-        if limit and max(image.size) * scale > limit:  # scale to the limit instead, without cropping
+        if limit and max(width, height) * scale > limit:  # scale to the limit instead, without cropping
             mode, crop = 1, False
-            to_w, to_h = _limit_longest_side(image.width * scale, image.height * scale, limit)
-            scale = max(to_w / image.width, to_h / image.height)
+            to_w, to_h = _limit_longest_side(width * scale, height * scale, limit)
+            scale = max(to_w / width, to_h / height)
             info["Max side length"] = limit
+    return scale, ((to_w, to_h) if mode == 1 and crop else None)
+
+
+def _upscale(image: Image.Image, upscaler: str, p: ExtrasParams, info: dict[str, Any]) -> Image.Image:
+    """One upscaler's result, as A1111's Upscale operation computes it; its infotext keys go into `info`."""
+    scale, crop_to = _plan(image.width, image.height, p, info)
     image = _resample(image, scale, upscaler)
-    if mode == 1 and crop:  # centred on a black canvas of the target size (A1111's "crop to fit")
-        canvas = Image.new("RGB", (to_w, to_h))
-        canvas.paste(image, box=(to_w // 2 - image.width // 2, to_h // 2 - image.height // 2))
+    if crop_to is not None:  # centred on a black canvas of the target size (A1111's "crop to fit")
+        canvas = Image.new("RGB", crop_to)
+        canvas.paste(image, box=(crop_to[0] // 2 - image.width // 2, crop_to[1] // 2 - image.height // 2))
         image = canvas
         info["Postprocess crop to"] = f"{image.width}x{image.height}"
     return image
+
+
+def output_size(width: int, height: int, params: ExtrasParams) -> tuple[int, int]:
+    """The size `run` makes of a width x height image, from the numbers alone (before anything is decoded);
+    ExtrasError, as `run` gives, when the upscaled image would be too large or too small."""
+    if params.upscaler_1 == "None":
+        return width, height
+    scale, crop_to = _plan(width, height, params, {})
+    dest = _dest(width, height, scale)
+    return crop_to or dest
 
 
 def run(image: Image.Image, params: ExtrasParams) -> tuple[Image.Image, str]:

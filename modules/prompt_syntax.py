@@ -21,7 +21,26 @@ never an exception.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
+
+# The most characters a prompt text may have (prompt, negative_prompt, hr_prompt, hr_negative_prompt, also after
+# styles are merged in): the same 64 KiB as an infotext (`infotext.MAX_CHARS`). A1111 has no limit; no real prompt
+# comes near it (75 tokens are about 300 characters, and the text encoder's cost grows with every 75 more). The
+# schedule holds a text per step (`prompt_schedule`), so this bounds what one prompt can make: with alternation
+# and --max-steps 1000, 1000 texts of at most this many characters.
+MAX_PROMPT_CHARS = 64 * 1024
+
+
+def length_problem(name: str, text: str) -> str | None:
+    """Why prompt text `text` (request field `name`) is refused for its length, or None.
+
+    >>> length_problem("prompt", "x" * 70000)
+    'prompt: 70000 characters; at most 65536'
+    """
+    if len(text) > MAX_PROMPT_CHARS:
+        return f"{name}: {len(text)} characters; at most {MAX_PROMPT_CHARS}"
+    return None
 
 # --- 1. AND --------------------------------------------------------------------------------------
 
@@ -189,20 +208,23 @@ def _when_step(when: str, steps: int) -> int:
     return int(max(-1.0, min(float(steps), v)))  # the clamp only matters for inf (A1111 would crash)
 
 
-def _visit(nodes, steps: int, found: set[int]) -> bool:
-    """Collect switch steps of edits into `found`; True when an alternation occurs anywhere."""
+def _visit(nodes, steps: int, found: set[int], counts: set[int] | None = None) -> bool:
+    """Collect switch steps of edits into `found` (and the option counts of alternations into `counts`); True
+    when an alternation occurs anywhere."""
     alternates = False
     for node in nodes:
         if isinstance(node, _Edit):
             w = _when_step(node.when, steps)
             if w >= 1:
                 found.add(w)
-            alternates |= _visit(node.before, steps, found)
-            alternates |= _visit(node.after, steps, found)
+            alternates |= _visit(node.before, steps, found, counts)
+            alternates |= _visit(node.after, steps, found, counts)
         elif isinstance(node, _Alternate):
             alternates = True
+            if counts is not None:
+                counts.add(len(node.options))
             for option in node.options:
-                _visit(option, steps, found)
+                _visit(option, steps, found, counts)
     return alternates
 
 
@@ -231,10 +253,26 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
         tree = _ScheduleParser(prompt).parse()
     except _NoMatch:
         return [(steps, prompt)]
+    edits, cycles = set(), set()
     ends = {steps}
-    if _visit(tree, steps, ends):
+    if _visit(tree, steps, edits, cycles):
         ends.update(range(1, steps + 1))
-    return [(end, _text_at(tree, end, steps)) for end in sorted(ends)]
+    ends |= edits
+    # With alternation there is an entry per step, but often few different texts (`[a|b]`: two). The text at a
+    # step follows from which edits it is past and its place in each alternation's cycle: steps that agree on
+    # both share one string, made once (a prompt of MAX_PROMPT_CHARS at 1000 steps is not copied 1000 times).
+    switches, lengths = sorted(edits), sorted(cycles)
+    made: dict[tuple, str] = {}
+    texts: dict[str, str] = {}  # and equal texts made for other steps are one string too
+    schedule = []
+    for end in sorted(ends):
+        key = (bisect_left(switches, end), *((end - 1) % n for n in lengths))
+        text = made.get(key)
+        if text is None:
+            text = _text_at(tree, end, steps)
+            text = made[key] = texts.setdefault(text, text)
+        schedule.append((end, text))
+    return schedule
 
 
 # --- 3. Emphasis and BREAK -----------------------------------------------------------------------
@@ -394,6 +432,6 @@ def prompt_problem(prompt: str, steps: int, emphasis: str = "Original", split: b
 def emphasis_syntax_in(prompt: str, negative_prompt: str, steps: int) -> bool:
     """Whether a text the encoder will see (after AND splitting and scheduling) contains `(` or `[`: when
     A1111 writes a non-default emphasis mode into the infotext."""
-    texts = [text for sub, _ in split_and(prompt) for _, text in prompt_schedule(sub, steps)]
-    texts += [text for _, text in prompt_schedule(negative_prompt, steps)]
+    texts = {text for sub, _ in split_and(prompt) for _, text in prompt_schedule(sub, steps)}
+    texts.update(text for _, text in prompt_schedule(negative_prompt, steps))
     return any("(" in t or "[" in t for t in texts)

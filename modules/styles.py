@@ -31,8 +31,31 @@ def merge(style_text: str, prompt: str) -> str:
     return ", ".join(part for part in (prompt.strip(), style_text.strip()) if part)
 
 
-def apply(styles: list[PromptStyle], prompt: str, negative_prompt: str) -> tuple[str, str]:
+class TooLong(ValueError):
+    """A prompt with its styles merged in would be longer than allowed; the message says which and how long."""
+
+
+def merged_length(style_text: str, prompt: str) -> int:
+    """len(merge(style_text, prompt)), worked out without making the text (a style with `{prompt}` twice doubles
+    the prompt each time it is listed)."""
+    if "{prompt}" in style_text:
+        return len(style_text) + style_text.count("{prompt}") * (len(prompt) - len("{prompt}"))
+    parts = [n for n in (len(prompt.strip()), len(style_text.strip())) if n]
+    return sum(parts) + (2 if len(parts) == 2 else 0)
+
+
+def apply(styles: list[PromptStyle], prompt: str, negative_prompt: str,
+          max_chars: int | None = None) -> tuple[str, str]:
+    """The prompts with `styles` merged in, in order. With `max_chars`: TooLong, before the text is made, when a
+    merge would make either longer than that."""
     for style in styles:
+        if max_chars is not None:
+            for name, text, style_text in (("prompt", prompt, style.prompt),
+                                           ("negative_prompt", negative_prompt, style.negative_prompt)):
+                length = merged_length(style_text, text)
+                if length > max_chars:
+                    raise TooLong(f"{name}: {length} characters with style {style.name!r} merged in; "
+                                  f"at most {max_chars}")
         prompt = merge(style.prompt, prompt)
         negative_prompt = merge(style.negative_prompt, negative_prompt)
     return prompt, negative_prompt

@@ -28,7 +28,7 @@ def token_count(tokenizer: CLIPTokenizer, prompt: str, steps: int = 20) -> tuple
     comma_id = tokenizer.convert_tokens_to_ids(",</w>")
     best = 0
     for sub, _weight in prompt_syntax.split_and(extra_networks.parse(prompt).text):
-        for _end, text in prompt_syntax.prompt_schedule(sub, steps):
+        for text in dict.fromkeys(text for _end, text in prompt_syntax.prompt_schedule(sub, steps)):
             segments = prompt_syntax.parse_attention(text)
             texts = [s[0] for s in segments if s is not None]
             ids = iter(tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else [])

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from PIL import Image
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from modules import images
+from modules import images, prompt_syntax
 from modules.limits import Limits
 
 MAX_SIDE = 4096
@@ -61,6 +61,16 @@ class GenerationParams(BaseModel):
     save_images: bool = True
     styles: list[str] = Field(default_factory=list, description="Names from styles.csv merged into the prompts")
     disable_extra_networks: bool = Field(False, description="Remove <lora:...> tags from the prompt, apply none")
+
+    @field_validator("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+    @classmethod
+    def _prompt_length(cls, v: str, info) -> str:
+        """At most prompt_syntax.MAX_PROMPT_CHARS characters, checked before anything reads the text (its
+        schedule has a text per step)."""
+        problem = prompt_syntax.length_problem(info.field_name, v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("width", "height")
     @classmethod

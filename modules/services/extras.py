@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from modules import images, postprocessing
+from modules import images, limits, postprocessing
 from modules.jobs import Job, JobQueue
-from modules.services.errors import BadRequest
+from modules.services.errors import BadRequest, OverLimit
 from modules.services.options import OptionsService
 from modules.services.output import OutputWriter
 from modules.services.requests import RequestResolver
@@ -40,12 +40,7 @@ class ExtrasService:
         Extras tab's batch output folder) replaces that folder."""
         if not inputs:
             raise BadRequest("Extras: send at least one image")
-        try:
-            postprocessing.check(params)
-        except postprocessing.ExtrasError as e:
-            raise BadRequest(str(e)) from None
-        for image in inputs:
-            self._requests.check_input_image(image)
+        self.check_batch(inputs, params)
         settings = self._options.values
 
         def run(job: Job) -> ExtrasResult:
@@ -69,3 +64,31 @@ class ExtrasService:
             return result
 
         return self._queue.submit("extras", run)
+
+    def check_batch(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams) -> None:
+        """Refuse (BadRequest; OverLimit naming the flag) what cannot be done or is over the server's limits, from
+        the images' sizes before any is decoded: more images than --max-extras-images, one with more pixels than
+        --max-input-megapixels, a result that would be too large, or results that together (each is held until
+        the batch ends) have more pixels than --max-extras-megapixels."""
+        lim = self._requests.limits
+        if len(inputs) > lim.max_extras_images:
+            raise OverLimit(f"Extras: {len(inputs)} images, over this server's limit of {lim.max_extras_images} a "
+                            "batch (--max-extras-images)")
+        try:
+            postprocessing.check(params)
+        except postprocessing.ExtrasError as e:
+            raise BadRequest(str(e)) from None
+        total, largest = 0, (0, 0)
+        for index, image in enumerate(inputs):
+            self._requests.check_input_image(image)
+            try:
+                w, h = postprocessing.output_size(image.width, image.height, params)
+            except postprocessing.ExtrasError as e:
+                raise BadRequest(f"image {index + 1} of {len(inputs)}: {e}" if len(inputs) > 1 else str(e)) from None
+            total += w * h
+            largest = max(largest, (w, h), key=lambda size: size[0] * size[1])
+        if total > lim.max_extras_pixels:
+            raise OverLimit(f"Extras: the results would be {limits.megapixels(total)} megapixels ({len(inputs)} "
+                            f"image{'s' if len(inputs) != 1 else ''}, the largest {largest[0]}x{largest[1]}), over "
+                            f"this server's limit of {limits.megapixels(lim.max_extras_pixels)} megapixels a batch "
+                            "(--max-extras-megapixels)")

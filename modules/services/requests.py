@@ -99,7 +99,11 @@ class RequestResolver:
         if not params.styles:
             return params, []
         found, missing = self._styles.resolve(params.styles)
-        prompt, negative = styles.apply(found, params.prompt, params.negative_prompt)
+        try:
+            prompt, negative = styles.apply(found, params.prompt, params.negative_prompt,
+                                            prompt_syntax.MAX_PROMPT_CHARS)
+        except styles.TooLong as e:
+            raise BadRequest(str(e)) from None
         warnings = [f"Style {name!r} not found in {', '.join(str(f.name) for f in self._styles.files)}; ignored"
                     for name in missing]
         return params.model_copy(update={"prompt": prompt, "negative_prompt": negative}), warnings

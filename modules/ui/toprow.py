@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import styles
+from modules import prompt_syntax, styles
 from modules.engine import Engine
 from modules.generation.conditioning import token_count
 
@@ -31,7 +31,12 @@ class Toprow:
 
 
 def counter_html(engine: Engine, text: str, steps: float | None) -> str:
-    tokens, target = token_count(engine.tokenizer, text or "", int(steps or 20))
+    text = text or ""
+    if len(text) > prompt_syntax.MAX_PROMPT_CHARS:  # refused when generating; not tokenized step by step
+        return (f'<span class="sd-token-counter sd-token-over" title="{len(text)} characters; at most '
+                f'{prompt_syntax.MAX_PROMPT_CHARS}">too long</span>')
+    steps = max(1, min(int(steps or 20), engine.limits.max_steps))  # the schedule has a text per step
+    tokens, target = token_count(engine.tokenizer, text, steps)
     over = " sd-token-over" if tokens > target else ""
     return f'<span class="sd-token-counter{over}">{tokens}/{target}</span>'
 
@@ -84,7 +89,11 @@ def wire(engine: Engine, row: Toprow, steps: gr.Slider) -> None:
 
     def apply_styles(prompt, negative, names):
         found, _missing = engine.styles.resolve(names or [])
-        prompt, negative = styles.apply(found, prompt, negative)
+        try:
+            prompt, negative = styles.apply(found, prompt or "", negative or "", prompt_syntax.MAX_PROMPT_CHARS)
+        except styles.TooLong as e:
+            gr.Warning(str(e))
+            return gr.skip(), gr.skip(), gr.skip()
         return prompt, negative, []
 
     # styles.csv is read again when it changes: offer its current styles whenever the list is opened

@@ -102,14 +102,18 @@ def test_what_a1111_users_do_stays_within_the_limits(engine):
 
 def test_the_limits_come_from_the_command_line():
     ns = cmd_args.parse(["--max-image-side", "4096", "--max-batch-size", "16", "--max-batch-count", "500",
-                         "--max-steps", "150", "--max-input-megapixels", "250", "--max-upload-size", "300"])
+                         "--max-steps", "150", "--max-input-megapixels", "250", "--max-upload-size", "300",
+                         "--max-extras-images", "20", "--max-extras-megapixels", "300"])
     got = limits.from_args(ns)
     assert got == limits.Limits(max_side=4096, max_batch_size=16, max_batch_count=500, max_steps=150,
-                                max_input_megapixels=250.0, max_upload_mb=300)
+                                max_input_megapixels=250.0, max_upload_mb=300, max_extras_images=20,
+                                max_extras_megapixels=300.0)
     assert got.max_input_pixels == 250_000_000 and got.max_upload_bytes == 300 * 1024 * 1024
+    assert got.max_extras_pixels == 300_000_000
     assert limits.from_args(cmd_args.parse([])) == limits.Limits()  # the defaults are the flags' defaults
     assert cmd_args.public_flags(ns)["max_image_side"] == 4096  # /sdapi/v1/cmd-flags shows them
-    for bad in (["--max-image-side", "8192"], ["--max-batch-size", "0"], ["--max-input-megapixels", "nan"]):
+    for bad in (["--max-image-side", "8192"], ["--max-batch-size", "0"], ["--max-input-megapixels", "nan"],
+                ["--max-extras-images", "0"], ["--max-extras-megapixels", "inf"]):
         with pytest.raises(SystemExit):
             cmd_args.parse(bad)
 
@@ -398,3 +402,70 @@ def test_api_requests_over_the_limits_get_a_400_that_says_the_limit(server):
     r = requests.post(url + "/sdapi/v1/jobs", json={"type": "img2img", "request": {
         "init_images": [b64(png_of_zeros(13000, 13000))], "width": 64, "height": 64}}, timeout=30)
     assert r.status_code == 400 and "init_images.0: the image has 169 megapixels" in r.json()["detail"], r.text
+
+
+@pytest.mark.server
+def test_a_prompt_over_the_length_limit_gets_a_400_before_its_schedule_is_made(server):
+    """The security review's case (smaller, for this server's 2 MB body limit): an alternation and a long prompt
+    at 1000 steps made a copy of the prompt per step in the request thread (30 MB: 30 GB). Now a 400 that
+    names the field; the server's memory does not move and it keeps serving."""
+    url, proc = server
+    before = peak_rss_mb(proc.pid)
+    for field in ("prompt", "negative_prompt", "hr_prompt"):
+        body = {field: "[a|b] " + "x" * 1_500_000, "steps": 1000, "width": 64, "height": 64,
+                "enable_hr": field == "hr_prompt"}
+        r = requests.post(url + "/sdapi/v1/txt2img", json=body, timeout=60)
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"] == f"{field}: 1500006 characters; at most 65536"
+    r = requests.post(url + "/sdapi/v1/jobs", json={"type": "txt2img", "request": {
+        "negative_prompt": "x" * 70_000}}, timeout=60)  # the job API too
+    assert r.status_code == 400 and "negative_prompt: 70000 characters; at most 65536" in r.text, r.text
+    assert peak_rss_mb(proc.pid) - before < 200 and proc.poll() is None
+    r = requests.post(url + "/sdapi/v1/txt2img", json={"prompt": "[a|b] " + "x" * 65_530, "steps": 2,
+                                                       "width": 64, "height": 64}, timeout=120)
+    assert r.status_code == 200, r.text  # at the limit
+
+
+@pytest.mark.server
+def test_xyz_values_over_the_caps_get_a_400_before_they_are_made(server):
+    """The security review's case: `1-1000000000000` (a list of a trillion numbers in A1111), counts in [ ] and
+    Prompt order's n! orders are counted first, over 1000 values an axis refused."""
+    url, proc = server
+    for values, needle in (("1-1000000000000", "X/Y/Z plot: X axis (Seed): '1-1000000000000' gives 1000000000000 "
+                                               "values; at most 1000 an axis"),
+                           ("1-2 [1000000000000]", "'1-2 [1000000000000]' gives 1000000000000 values")):
+        r = requests.post(url + "/sdapi/v1/txt2img", json={
+            "prompt": "a, b, c, d, e, f, g", "width": 64, "height": 64, "steps": 1, "script_name": "x/y/z plot",
+            "script_args": ["Seed", values]}, timeout=60)
+        assert r.status_code == 400 and needle in r.json()["detail"], r.text
+    r = requests.post(url + "/sdapi/v1/txt2img", json={
+        "prompt": "a, b, c, d, e, f, g", "width": 64, "height": 64, "steps": 1, "script_name": "x/y/z plot",
+        "script_args": ["Prompt order", "a, b, c, d, e, f, g"]}, timeout=60)
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "X/Y/Z plot: X axis (Prompt order): 7 items give 5040 orders; at most 1000 values an axis, so at most 6 "
+        "items (720 orders)"), r.text
+    assert proc.poll() is None
+
+
+@pytest.mark.server
+def test_an_extras_batch_over_the_limits_gets_a_400_before_it_is_decoded(server):
+    """The security review's case: extra-batch-images took any number of images and kept every result (up to
+    16384x16384) until the batch ended. More than 100 images, or results of more than 1100 megapixels in all,
+    are refused from the images' headers; the server's memory does not move."""
+    url, proc = server
+    tiny = b64(small_png((16, 16)))
+    before = peak_rss_mb(proc.pid)
+    r = requests.post(url + "/sdapi/v1/extra-batch-images", json={
+        "imageList": [{"data": tiny, "name": f"{i}.png"} for i in range(101)], "upscaler_1": "Lanczos"}, timeout=60)
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "Extras: 101 images, over this server's limit of 100 a batch (--max-extras-images)"), r.text
+    r = requests.post(url + "/sdapi/v1/extra-batch-images", json={
+        "imageList": [{"data": b64(small_png()), "name": "a.png"}] * 5, "upscaler_1": "Lanczos",
+        "upscaling_resize": 256}, timeout=60)  # five 16384x16384 results: 1342 megapixels, 5 GB
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "Extras: the results would be 1342 megapixels (5 images, the largest 16384x16384), over this server's "
+        "limit of 1100 megapixels a batch (--max-extras-megapixels)"), r.text
+    assert peak_rss_mb(proc.pid) - before < 200 and proc.poll() is None
+    r = requests.post(url + "/sdapi/v1/extra-batch-images", json={
+        "imageList": [{"data": tiny, "name": f"{i}.png"} for i in range(100)], "upscaler_1": "Lanczos"}, timeout=120)
+    assert r.status_code == 200 and len(r.json()["images"]) == 100, r.text

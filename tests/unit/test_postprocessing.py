@@ -139,6 +139,28 @@ def test_sizes_out_of_range_are_refused():
         ExtrasParams(upscaling_resize=0)
 
 
+@pytest.mark.parametrize("size", [(64, 32), (33, 47), (8, 8), (500, 120)])
+@pytest.mark.parametrize("kw", [
+    dict(upscaler_1="None", upscaling_resize=4), dict(upscaler_1="Lanczos"), dict(upscaler_1="Nearest",
+                                                                                  upscaling_resize=1.37),
+    dict(upscaler_1="Lanczos", upscaling_resize=0.5), dict(upscaler_1="Lanczos", upscaling_resize=3,
+                                                           upscaling_max_side_length=100),
+    dict(upscaler_1="Lanczos", resize_mode=1, upscaling_resize_w=100, upscaling_resize_h=30),
+    dict(upscaler_1="Lanczos", resize_mode=1, upscaling_resize_w=100, upscaling_resize_h=30, upscaling_crop=False),
+    dict(upscaler_1="Lanczos", upscaler_2="Nearest", extras_upscaler_2_visibility=0.5, upscaling_resize=2.5),
+    dict(upscaler_1="Lanczos", upscaling_resize=0.1)])
+def test_output_size_is_the_size_run_makes(size, kw):
+    """What the batch limit counts, from the numbers alone, is what `run` makes (or the same refusal)."""
+    params = ExtrasParams(**kw)
+    try:
+        made = run(picture(size), **kw)[0].size
+    except ExtrasError as e:
+        with pytest.raises(ExtrasError, match=str(e)):
+            postprocessing.output_size(*size, params)
+    else:
+        assert postprocessing.output_size(*size, params) == made
+
+
 # --- Engine.extras: the job queue and saving -------------------------------------------------------
 
 @pytest.fixture()
@@ -181,9 +203,39 @@ def test_engine_extras_refuses_before_queueing(engine):
             engine.submit_extras([picture()], params)
     with pytest.raises(BadRequest, match="at least one image"):
         engine.submit_extras([], ExtrasParams())
+    with pytest.raises(BadRequest, match="The upscaled image would be 0x0 pixels; each side must be between 8 and "
+                                         "16384"):  # worked out from the size, before the job
+        engine.submit_extras([picture((4, 4))], ExtrasParams(upscaler_1="Lanczos", upscaling_resize=1.5))
+    with pytest.raises(BadRequest, match="^image 2 of 2: The upscaled image would be 0x0"):
+        engine.submit_extras([picture(), picture((4, 4))], ExtrasParams(upscaler_1="Lanczos", upscaling_resize=1.5))
     assert engine.queue.queued == 0 and engine.queue.current is None
-    with pytest.raises(BadRequest, match="between 8 and 16384"):  # found when the job runs: still a BadRequest
-        engine.extras([picture((4, 4))], ExtrasParams(upscaler_1="Lanczos", upscaling_resize=1.5))
+
+
+def test_an_extras_batch_is_limited_in_images_and_in_the_pixels_it_makes(tmp_path, tiny_dir, monkeypatch):
+    """The security review's case: extra-batch-images kept any number of results (each up to 16384x16384) until
+    the batch ended. --max-extras-images and --max-extras-megapixels refuse, from the images' sizes, before
+    anything is decoded or queued."""
+    from modules import limits
+    from modules.engine import OverLimit
+    assert (limits.Limits().max_extras_images, limits.Limits().max_extras_megapixels) == (100, 1100.0)
+    shutil.copytree(tiny_dir, tmp_path / "models" / "Stable-diffusion")
+    engine = make_engine(tmp_path, limits=limits.Limits(max_extras_images=3, max_extras_megapixels=2))
+    monkeypatch.setattr(images, "load", lambda *a, **k: pytest.fail("decoded"))
+    try:
+        with pytest.raises(OverLimit, match=r"^Extras: 4 images, over this server's limit of 3 a batch "
+                                            r"\(--max-extras-images\)$"):
+            engine.submit_extras([picture()] * 4, ExtrasParams(upscaler_1="Lanczos"))
+        to_1024 = ExtrasParams(upscaler_1="Lanczos", resize_mode=1, upscaling_resize_w=1024, upscaling_resize_h=1024)
+        with pytest.raises(OverLimit, match=r"^Extras: the results would be 3.15 megapixels \(3 images, the largest "
+                                            r"1024x1024\), over this server's limit of 2 megapixels a batch "
+                                            r"\(--max-extras-megapixels\)$"):
+            engine.submit_extras([picture()] * 3, to_1024)
+        assert engine.queue.queued == 0 and engine.queue.current is None
+        monkeypatch.undo()
+        result = engine.extras([picture()] * 3, ExtrasParams(upscaler_1="Lanczos", upscaling_resize=16), save=False)
+        assert [im.size for im in result.images] == [(1024, 512)] * 3  # 1.57 megapixels in all: within the limit
+    finally:
+        engine.queue.stop()
 
 
 def test_engine_extras_waits_behind_a_running_generation(engine):

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from pydantic import ValidationError
 
-from modules import prompt_syntax
+from modules import prompt_syntax, styles
 from modules.generation import extra_networks, pipeline, rng, samplers
 from modules.generation.conditioning import CHUNK, build_chunks
 from modules.generation.params import GenerationParams
+from modules.services.errors import describe_validation_error
 from tests.support.engine import make_engine, make_manager
 
 COMMA = 267
@@ -165,6 +167,77 @@ def test_text_without_syntax_is_unchanged(text, steps):
     assert all(s is prompt_syntax.BREAK or s[1] == 1.0 for s in segs)
     if "BREAK" not in text:
         assert segs == [(text, 1.0)]
+
+
+NESTED = st.recursive(
+    st.sampled_from(["a", "b ", "(c:1.2)", "", "x y"]),
+    lambda inner: st.one_of(
+        st.lists(inner, min_size=2, max_size=4).map(lambda xs: "[" + "|".join(xs) + "]"),
+        st.tuples(inner, inner, st.sampled_from(["2", "0.3", "7", "0", "-1", "1e1", "0.9"])).map(
+            lambda t: f"[{t[0]}:{t[1]}:{t[2]}]"),
+        st.lists(inner, min_size=2, max_size=3).map(" ".join)),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(NESTED, SYNTAX), st.integers(1, 60))
+def test_schedule_is_the_text_at_each_step(prompt, steps):
+    """The schedule makes each different text once (steps that agree on every edit and alternation share it);
+    the texts are what A1111 would make step by step."""
+    schedule = prompt_syntax.prompt_schedule(prompt, steps)
+    try:
+        tree = prompt_syntax._ScheduleParser(prompt).parse()
+    except prompt_syntax._NoMatch:
+        assert schedule == [(steps, prompt)]
+        return
+    assert schedule == [(end, prompt_syntax._text_at(tree, end, steps)) for end, _ in schedule]
+    by_text = {}
+    for _, text in schedule:
+        assert by_text.setdefault(text, text) is text  # equal texts are one string
+
+
+def test_an_alternating_prompt_is_not_copied_for_every_step():
+    """The security review's case, at the length limit: `[a|b]` and 65530 more characters at 1000 steps made
+    1000 copies (62 MiB; 3 s for a prompt of 13000 alternations); now two texts, each made once."""
+    import tracemalloc
+    prompt = "[a|b] " + "x" * (prompt_syntax.MAX_PROMPT_CHARS - 6)
+    tracemalloc.start()
+    try:
+        schedule = prompt_syntax.prompt_schedule(prompt, 1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(schedule) == 1000 and len({id(text) for _, text in schedule}) == 2
+    assert peak < 4 * prompt_syntax.MAX_PROMPT_CHARS * 4  # a few texts, not 1000
+    many = prompt_syntax.prompt_schedule("[a|b]" * (prompt_syntax.MAX_PROMPT_CHARS // 5), 1000)
+    assert len({id(text) for _, text in many}) == 2
+
+
+def test_prompt_texts_have_a_length_limit():
+    limit = prompt_syntax.MAX_PROMPT_CHARS
+    assert limit == 65536
+    assert prompt_syntax.length_problem("prompt", "x" * limit) is None
+    assert prompt_syntax.length_problem("prompt", "x" * 70000) == "prompt: 70000 characters; at most 65536"
+    for field in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+        GenerationParams(**{field: "x" * limit})
+        with pytest.raises(ValidationError) as e:
+            GenerationParams(**{field: "x" * (limit + 1)})
+        assert describe_validation_error(e.value) == f"{field}: {limit + 1} characters; at most {limit}"
+
+
+def test_styles_may_not_make_a_prompt_longer_than_the_limit():
+    """A style with `{prompt}` twice doubles the prompt each time it is listed: 40 times would be 2^40 times
+    as long. The length is worked out before the text is made."""
+    doubling = styles.PromptStyle("twice", "{prompt} {prompt}", "")
+    with pytest.raises(styles.TooLong, match="prompt: 90111 characters with style 'twice' merged in; "
+                                             "at most 65536"):
+        styles.apply([doubling] * 40, "a" * 10, "", max_chars=prompt_syntax.MAX_PROMPT_CHARS)
+    tail = styles.PromptStyle("tail", "masterpiece", "blurry")
+    with pytest.raises(styles.TooLong, match="negative_prompt: 65543 characters with style 'tail'"):
+        styles.apply([tail], "a cat", "x" * 65535, max_chars=prompt_syntax.MAX_PROMPT_CHARS)
+    assert styles.apply([doubling, tail], "a cat", "", max_chars=100) == ("a cat a cat, masterpiece", "blurry")
+    for style_text, prompt in (("{prompt} {prompt}", "ab"), ("x", ""), ("", "  a "), (" x ", " y "), ("", "")):
+        assert styles.merged_length(style_text, prompt) == len(styles.merge(style_text, prompt))
 
 
 # --- extra networks --------------------------------------------------------------------------------

@@ -156,6 +156,66 @@ def test_grid_size_is_capped_by_the_setting():
         xyz.plan(base(width=1024, height=1024), [index("Steps"), "1-2", []], small, "txt2img")
 
 
+@pytest.mark.parametrize("label, text, message", [
+    ("Steps", "1-2000", "'1-2000' gives 2000 values; at most 1000 an axis"),
+    ("Seed", "1-1000000000000", "'1-1000000000000' gives 1000000000000 values; at most 1000 an axis"),
+    ("Seed", "1-10 [1000000000000]", "'1-10 [1000000000000]' gives 1000000000000 values; at most 1000 an axis"),
+    ("Seed", "1000000000000-1 (-1)", "gives 1000000000000 values"),
+    ("CFG Scale", "0-1 [5000]", "'0-1 [5000]' gives 5000 values; at most 1000 an axis"),
+    ("CFG Scale", "0-2500 (+0.5)", "'0-2500 (+0.5)' gives 5001 values; at most 1000 an axis"),
+    ("Steps", "1-600, 1-600", "'1-600' gives 600 values after 600 others; at most 1000 an axis"),
+    ("Steps", ", ".join(["1"] * 1001), "1001 values; at most 1000 an axis"),
+    ("Seed", "1-" + "9" * 5000, "is too long a number"),
+    ("CFG Scale", "0-" + "9" * 400 + " (+1)", "is not a range of finite numbers"),
+    ("Steps", "1" + " " * 300_000, "the values are 300001 characters; at most 262144"),
+    ("Prompt order", "cat, red, big, a, b, c, d", "7 items give 5040 orders; at most 1000 values an axis, so at most "
+                                                   "6 items (720 orders)"),
+    ("Prompt order", ", ".join(f"w{i}" for i in range(100)), "100 items give 100! orders"),
+])
+def test_axis_values_are_counted_before_they_are_made(label, text, message, monkeypatch):
+    """The security review's cases: ranges, counts and Prompt order's orders are counted, and refused over 1000
+    values an axis, before a list of them is made (A1111 makes it first: `1-1000000000` is 36 GB)."""
+    def made(*args, **kwargs):
+        raise AssertionError("the values were made before they were counted")
+    monkeypatch.setattr(xyz.np, "linspace", made)
+    monkeypatch.setattr(xyz.itertools, "permutations", made)
+    with pytest.raises(BadRequest) as e:
+        xyz.plan(base(prompt="cat, red, big, a, b, c, d, " + ", ".join(f"w{i}" for i in range(100))),
+                 [index(label), text, []], ENV, "txt2img")
+    assert str(e.value).startswith(f"X/Y/Z plot: X axis ({label}): ")
+    assert message in str(e.value)
+
+
+def test_plots_up_to_the_caps_are_made_as_before():
+    p = xyz.plan(base(), [index("Steps"), "1-1000", []], ENV, "txt2img")
+    assert [c.steps for c in p.cells] == list(range(1, 1001))
+    p = xyz.plan(base(), [index("Seed"), "1-10 [1000]", []], ENV, "txt2img")
+    assert len(p.cells) == 1000 and p.cells[0].seed == 1 and p.cells[-1].seed == 10
+    p = xyz.plan(base(prompt="a, b, c, d, e, f"), [index("Prompt order"), "a, b, c, d, e, f", []], ENV, "txt2img")
+    assert len(p.cells) == 720 and len({c.prompt for c in p.cells}) == 720
+    p = xyz.plan(base(), [index("Steps"), "1-100", [], index("CFG Scale"), "1-100", []], ENV, "txt2img")
+    assert len(p.cells) == 10_000
+
+
+def test_a_plot_of_more_than_10000_images_is_refused():
+    """The grid's megapixels would allow more small cells (img_max_size_mp, which a request may raise to
+    10000: 2.4 million 64x64 cells); each cell is a request checked at submission."""
+    big = Env(ENV.find_checkpoint, ENV.checkpoints, ENV.vaes, ENV.styles, img_max_size_mp=10000)
+    with pytest.raises(BadRequest, match="X/Y/Z plot: 100 x 100 x 2 values make 20000 images; at most 10000 a plot"):
+        xyz.plan(base(), [index("Steps"), "1-100", [], index("CFG Scale"), "1-100", [], index("Seed"), "1, 2", []],
+                 big, "txt2img")
+
+
+def test_prompt_sr_is_refused_before_it_makes_a_prompt_over_the_limit():
+    """A prompt of 20000 `a`s, each replaced by 100 characters, would be 2 million characters (per cell):
+    refused from its length before it is made."""
+    with pytest.raises(BadRequest, match="X/Y/Z plot: X axis \\(Prompt S/R\\): prompt: 2020000 characters with "
+                                         "'a' replaced by 'bbbbbbbbbb.*'...; at most 65536"):
+        xyz.plan(base(prompt="a " * 20_000), [index("Prompt S/R"), "a, " + "b" * 100, []], ENV, "txt2img")
+    p = xyz.plan(base(prompt="a " * 20_000), [index("Prompt S/R"), "a, bb", []], ENV, "txt2img")
+    assert [len(c.prompt) for c in p.cells] == [40_000, 60_000]
+
+
 def test_prompt_matrix_combinations():
     parts, prompts = prompt_matrix.combinations("a cat|red|big", False, ", ")
     assert parts == ["red", "big"]
@@ -169,6 +229,25 @@ def test_prompt_matrix_combinations():
     assert [c.negative_prompt for c in p.cells] == ["n", "n, m"] and {c.seed for c in p.cells} == {10}
     with pytest.raises(BadRequest, match="prompt_type"):
         prompt_matrix.plan(base(), [False, False, "sideways"])
+
+
+def test_prompt_matrix_counts_the_characters_before_it_makes_the_combinations(monkeypatch):
+    """4096 combinations of a prompt at the length limit would be 268 million characters (1 GiB of 4-byte
+    characters) in the request's thread: refused, counted exactly before they are made."""
+    for text, delimiter in (("a cat|red|big, |x", "comma"), ("a|b|c|d|e", "space"), ("only", "comma")):
+        _, prompts = prompt_matrix.combinations(text, False, ", " if delimiter == "comma" else " ")
+        total = sum(len(p) for p in prompts)
+        monkeypatch.setattr(prompt_matrix, "MAX_TOTAL_CHARS", total)
+        prompt_matrix.plan(base(prompt=text), [False, False, "positive", delimiter])
+        monkeypatch.setattr(prompt_matrix, "MAX_TOTAL_CHARS", total - 1)
+        with pytest.raises(BadRequest, match=f"would be {total} characters in all; at most {total - 1}"):
+            prompt_matrix.plan(base(prompt=text), [False, False, "positive", delimiter])
+    monkeypatch.undo()
+    monkeypatch.setattr(prompt_matrix, "combinations", lambda *a: pytest.fail("made"))
+    big = "x" * 65_512 + "|a|b|c|d|e|f|g|h|i|j|k|l"
+    with pytest.raises(BadRequest, match="^Prompt matrix: the 4096 combinations of the negative_prompt would be "
+                                         "268410880 characters in all; at most 16777216"):
+        prompt_matrix.plan(base(negative_prompt=big), [False, False, "negative"])
 
 
 def test_prompts_from_file_lines():

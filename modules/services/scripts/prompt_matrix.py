@@ -22,6 +22,9 @@ from modules.services.scripts.base import CellResult, Composed, Plan, fixed_seed
 TITLE = "Prompt matrix"
 ARG_NAMES = ["put_at_start", "different_seeds", "prompt_type", "variations_delimiter", "margin_size"]
 MAX_PARTS = 12  # 4096 combinations
+# The combinations' prompts together, counted before they are made: 4096 of a prompt at the length limit (65536
+# characters) would be 268 million characters, 1 GiB; this is 4096 of a 4096-character prompt.
+MAX_TOTAL_CHARS = 16 * 1024 * 1024
 
 
 def combinations(prompt: str, put_at_start: bool, delimiter: str) -> tuple[list[str], list[str]]:
@@ -61,7 +64,15 @@ def plan(params: GenerationParams, args: list[Any], rng: random.Random | None = 
     text = getattr(params, field)
     if text.count("|") > MAX_PARTS:
         raise BadRequest(f"Prompt matrix: at most {MAX_PARTS} parts after the first (| separated) in the {field}")
-    variable, prompts = combinations(text, put_at_start, ", " if delimiter == "comma" else " ")
+    joint = ", " if delimiter == "comma" else " "
+    parts = text.split("|")
+    n = len(parts) - 1  # each variable part is in half of the 2^n combinations, with a delimiter
+    total = 2 ** n * len(parts[0]) + (2 ** (n - 1) * sum(len(v.strip().strip(",")) + len(joint) for v in parts[1:])
+                                       if n else 0)
+    if total > MAX_TOTAL_CHARS:
+        raise BadRequest(f"Prompt matrix: the {2 ** n} combinations of the {field} would be {total} characters "
+                         f"in all; at most {MAX_TOTAL_CHARS} (a shorter {field}, or fewer | parts)")
+    variable, prompts = combinations(text, put_at_start, joint)
     seed = fixed_seed(params.seed, rng or random.Random())
     params = params.model_copy(update={"subseed": fixed_seed(params.subseed, rng or random.Random())})
     cells = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from modules import images
+from modules import images, prompt_syntax
 from modules.generation import hires, samplers
 from modules.generation.params import GenerationParams
 from modules.services.errors import BadRequest
@@ -27,6 +28,14 @@ from modules.services.scripts.base import CellResult, Composed, Env, Plan, fixed
 
 TITLE = "X/Y/Z plot"
 Apply = Callable[[dict[str, Any], Any, list[Any]], None]
+
+# What one plot may ask for, counted before any list of values or cells is made (A1111 expands `1-1000000000`
+# or `1-10 [1000000000]` first and checks only the grid's size, which settings may raise, afterwards). Far above
+# any real plot: the grid's megapixels (the setting img_max_size_mp, 200 by default) bind long before these.
+MAX_AXIS_VALUES = 1000  # values of one axis, ranges expanded
+MAX_ORDER_ITEMS = max(n for n in range(1, 20) if math.factorial(n) <= MAX_AXIS_VALUES)  # Prompt order: 6! = 720
+MAX_CELLS = 10_000  # images of the whole plot (x values * y values * z values)
+MAX_VALUES_CHARS = 256 * 1024  # the text of one axis's values
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,11 @@ def _override(name: str, boolean: bool = False) -> Apply:
 def _prompt_sr(cur: dict[str, Any], x: str, xs: list[str]) -> None:
     if xs[0] not in cur["prompt"] and xs[0] not in cur["negative_prompt"]:
         raise BadRequest(f"Prompt S/R did not find {xs[0]!r} in the prompt or the negative prompt")
+    for name in ("prompt", "negative_prompt"):  # the length first: each of many matches may grow by len(x)
+        length = len(cur[name]) + cur[name].count(xs[0]) * (len(x) - len(xs[0]))
+        if length > prompt_syntax.MAX_PROMPT_CHARS:
+            raise BadRequest(f"{name}: {length} characters with {xs[0]!r} replaced by {x[:40]!r}"
+                             f"{'...' if len(x) > 40 else ''}; at most {prompt_syntax.MAX_PROMPT_CHARS}")
     cur["prompt"] = cur["prompt"].replace(xs[0], x)
     cur["negative_prompt"] = cur["negative_prompt"].replace(xs[0], x)
 
@@ -230,18 +244,38 @@ def _num(text: str) -> str:
     return text.replace(" ", "")
 
 
-def _expand_int(value: str, where: str) -> list[int]:
+def _whole(text: str, value: str, where: str) -> int:
+    try:
+        return int(_num(text))
+    except ValueError:  # more digits than Python converts (4300)
+        raise BadRequest(f"{where}: {value!r}: {text.strip()[:20]!r}... is too long a number") from None
+
+
+def _room(count: int, room: int, value: str, where: str) -> None:
+    """Refuse (BadRequest) a value that expands to `count` values where only `room` more fit on the axis."""
+    if count > room:
+        others = MAX_AXIS_VALUES - room
+        after = f" after {others} other{'s' if others != 1 else ''}" if others else ""
+        raise BadRequest(f"{where}: {value!r} gives {count} values{after}; at most {MAX_AXIS_VALUES} an axis")
+
+
+def _expand_int(value: str, where: str, room: int = MAX_AXIS_VALUES) -> list[int]:
+    """The whole numbers `value` stands for; BadRequest when they are more than `room` (counted first)."""
     mc = RANGE_INT_COUNT.fullmatch(value)
     if mc:
-        start, end, count = int(_num(mc[1])), int(_num(mc[2])), int(mc[3])
+        start, end, count = _whole(mc[1], value, where), _whole(mc[2], value, where), _whole(mc[3], value, where)
         if count < 1:
             raise BadRequest(f"{where}: {value!r}: the count in [ ] must be at least 1")
+        _room(count, room, value, where)
         return [int(v) for v in np.linspace(start, end, count).tolist()]
     m = RANGE_INT.fullmatch(value)
     if m:
-        start, end, step = int(_num(m[1])), int(_num(m[2])), int(m[3]) if m[3] else 1
+        start, end = _whole(m[1], value, where), _whole(m[2], value, where)
+        step = _whole(m[3], value, where) if m[3] else 1
         if step == 0:
             raise BadRequest(f"{where}: {value!r}: the step must not be 0")
+        count = max(0, (end - start) // step + 1)  # len(range(start, end +/- 1, step)), without an overflow
+        _room(count, room, value, where)
         return list(range(start, end + (1 if step > 0 else -1), step))
     try:
         return [int(value)]
@@ -250,21 +284,27 @@ def _expand_int(value: str, where: str) -> list[int]:
             from None
 
 
-def _expand_float(value: str, where: str) -> list[float]:
+def _expand_float(value: str, where: str, room: int = MAX_AXIS_VALUES) -> list[float]:
+    """The numbers `value` stands for; BadRequest when they are more than `room` (counted first)."""
     mc = RANGE_FLOAT_COUNT.fullmatch(value)
     if mc:
-        start, end, count = float(_num(mc[1])), float(_num(mc[2])), int(mc[3])
+        start, end, count = float(_num(mc[1])), float(_num(mc[2])), _whole(mc[3], value, where)
         if count < 1:
             raise BadRequest(f"{where}: {value!r}: the count in [ ] must be at least 1")
+        _room(count, room, value, where)
         return np.linspace(start, end, count).tolist()
     m = RANGE_FLOAT.fullmatch(value)
     if m:
         start, end, step = float(_num(m[1])), float(_num(m[2])), float(m[3]) if m[3] else 1.0
         if step == 0:
             raise BadRequest(f"{where}: {value!r}: the step must not be 0")
-        count = int(np.floor((end - start) / step + 1e-9)) + 1
+        span = (end - start) / step + 1e-9
+        if not np.isfinite(span):
+            raise BadRequest(f"{where}: {value!r} is not a range of finite numbers")
+        count = int(np.floor(span)) + 1
         if count < 1:
             return []
+        _room(count, room, value, where)
         return [round(start + i * step, 10) for i in range(count)]
     try:
         number = float(value)
@@ -275,22 +315,46 @@ def _expand_float(value: str, where: str) -> list[float]:
     return [number]
 
 
+def _orders(items: list[str], where: str) -> list[tuple[str, ...]]:
+    """Prompt order's values: every order of `items` (n! of them, refused before they are made when more than
+    MAX_AXIS_VALUES)."""
+    if len(items) > MAX_ORDER_ITEMS:
+        n = len(items)
+        orders = f"{math.factorial(n)} orders" if n <= 20 else f"{n}! orders"
+        raise BadRequest(f"{where}: {n} items give {orders}; at most {MAX_AXIS_VALUES} values an axis, so at most "
+                         f"{MAX_ORDER_ITEMS} items ({math.factorial(MAX_ORDER_ITEMS)} orders)")
+    return list(itertools.permutations(items))
+
+
+def _values_text(text: str, where: str) -> str:
+    if len(text) > MAX_VALUES_CHARS:
+        raise BadRequest(f"{where}: the values are {len(text)} characters; at most {MAX_VALUES_CHARS}")
+    return text
+
+
 def parse_values(axis: Axis, text: str, dropdown: list[str] | None, csv_mode: bool, where: str) -> list[Any]:
     """An axis's values from its text (or, for an axis with choices and csv_mode off, the dropdown's list, as
-    A1111 does; an empty dropdown falls back to the text). BadRequest naming `where` for a bad one."""
+    A1111 does; an empty dropdown falls back to the text). BadRequest naming `where` for a bad one, and for
+    more than MAX_AXIS_VALUES values (counted before a range or Prompt order's orders are made)."""
     if axis.kind == "nothing":
         return [None]
     if axis.refused:
         raise BadRequest(f"{where}: {axis.label!r} cannot be plotted here: {axis.refused}")
-    raw = [str(v) for v in dropdown] if axis.choices and not csv_mode and dropdown else csv_values(text)
+    if axis.choices and not csv_mode and dropdown:
+        raw = [str(v) for v in dropdown]
+    else:
+        raw = csv_values(_values_text(text, where))
     if not raw:
         raise BadRequest(f"{where}: no values for {axis.label!r}")
-    if axis.kind == "int":
-        values: list[Any] = [v for r in raw for v in _expand_int(r, where)]
-    elif axis.kind == "float":
-        values = [v for r in raw for v in _expand_float(r, where)]
+    if len(raw) > MAX_AXIS_VALUES:
+        raise BadRequest(f"{where}: {len(raw)} values; at most {MAX_AXIS_VALUES} an axis")
+    values: list[Any] = []
+    if axis.kind in ("int", "float"):
+        expand = _expand_int if axis.kind == "int" else _expand_float
+        for r in raw:
+            values.extend(expand(r, where, MAX_AXIS_VALUES - len(values)))
     elif axis.kind == "perm":
-        values = list(itertools.permutations(raw))
+        values = _orders(raw, where)
     else:
         values = raw
     if not values:
@@ -340,7 +404,12 @@ def read_args(args: list[Any], options: list[Axis]) -> XyzArgs:
     for name in ("x_values_dropdown", "y_values_dropdown", "z_values_dropdown"):
         if name in values:
             v = values[name]
-            values[name] = tuple(str(i) for i in v) if isinstance(v, (list, tuple)) else tuple(csv_values(str(v or "")))
+            if isinstance(v, (list, tuple)):
+                if len(v) > MAX_AXIS_VALUES:
+                    raise BadRequest(f"script_args: {name}: {len(v)} values; at most {MAX_AXIS_VALUES} an axis")
+                values[name] = tuple(str(i) for i in v)
+            else:
+                values[name] = tuple(csv_values(_values_text(str(v or ""), f"script_args: {name}")))
     for name in ("draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "vary_seeds_x",
                  "vary_seeds_y", "vary_seeds_z", "csv_mode"):
         if name in values:
@@ -414,6 +483,9 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
                                            "subseed": fixed_seed(params.subseed, rng)})
         values = [_fix_axis_seeds(axis, v, rng) for axis, v in zip(chosen, values)]
     counts = (len(values[0]), len(values[1]), len(values[2]))
+    if math.prod(counts) > MAX_CELLS:
+        raise BadRequest(f"X/Y/Z plot: {counts[0]} x {counts[1]} x {counts[2]} values make {math.prod(counts)} "
+                         f"images; at most {MAX_CELLS} a plot")
     grid_mp = round(counts[0] * counts[1] * counts[2] * params.width * params.height / 1_000_000)
     if grid_mp >= env.img_max_size_mp:
         raise BadRequest(f"X/Y/Z plot: the grid would be too large ({grid_mp} megapixels; the setting "
