@@ -111,8 +111,8 @@ def encode(image: Image.Image, fmt: str, infotext: str | None, quality: int = 80
 
 def _subfolder(name: str) -> Path:
     """A folder name from `directories_filename_pattern`: `/` nests folders, but never leaves the output
-    folder (empty, `.` and `..` parts are dropped)."""
-    parts = [p.strip(" ") for p in name.replace("\\", "/").split("/")]
+    folder (empty, `.` and `..` parts are dropped, and `:` is replaced: on Windows `C:` would name a drive)."""
+    parts = [p.strip(" ").replace(":", "_") for p in name.replace("\\", "/").split("/")]
     return Path(*[p for p in parts if p not in ("", ".", "..")])
 
 
@@ -144,7 +144,8 @@ def save_image(image: Image.Image, folder: Path, infotext: str | None, settings:
         decoration = ""
     else:
         pattern = settings.samples_filename_pattern or ("[seed]" if settings.save_to_dirs else "[seed]-[prompt_spaces]")
-        decoration = namer.expand(pattern, image, seed, index, basename).replace("/", "_").replace("\\", "_")
+        decoration = namer.expand(pattern, image, seed, index, basename)
+        decoration = decoration.replace("/", "_").replace("\\", "_").replace(":", "_")  # (C: is a drive on Windows)
     numbered = settings.save_images_add_number or decoration == ""
     data = encode(image, fmt, infotext if settings.enable_pnginfo else None, settings.jpeg_quality,
                   settings.webp_lossless, texts if settings.enable_pnginfo else None, section)

@@ -208,6 +208,13 @@ def test_directory_patterns(tmp_path):
     escape = save(tmp_path, save_to_dirs=True, directories_filename_pattern="../../[seed]/./x")
     assert escape.parent == tmp_path / "5" / "x"
     assert save(tmp_path, save_to_dirs=False, directories_filename_pattern="[date]").parent == tmp_path
+    # a drive letter (Windows: joining "C:Users" would leave the output folder for drive C) is only a name
+    drive = save(tmp_path, save_to_dirs=True, directories_filename_pattern="C:/Users/Public")
+    assert drive.parent == tmp_path / "C_" / "Users" / "Public"
+    named = save(tmp_path, save_to_dirs=False, samples_filename_pattern="C:evil", save_images_add_number=False)
+    assert named == tmp_path / "C_evil.png"
+    from pathlib import PureWindowsPath
+    assert str(PureWindowsPath("D:/out") / images._subfolder("C:/Users")) == "D:\\out\\C_\\Users"
 
 
 def test_grids_have_short_names_their_own_format_and_folder_setting(tmp_path):
