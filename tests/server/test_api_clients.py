@@ -301,7 +301,7 @@ def raw_request(url: str, body: dict) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     data = json.dumps(body).encode()
     s = socket.create_connection((host, int(port)))
-    s.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n".encode()
               + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
     return s
 

@@ -11,20 +11,14 @@ import pytest
 import requests
 
 from modules import cmd_args
-from tests.support.server import start_server, stop_server
+from tests.support.server import demo_data, start_server, stop_server
 
 pytestmark = pytest.mark.server
 
 
-def _data(tmp_path_factory, name: str):
-    data = tmp_path_factory.mktemp(name)
-    (data / "models" / "Stable-diffusion").mkdir(parents=True)  # the built-in demo model is selected
-    return data
-
-
 @pytest.fixture(scope="module")
 def local_server(tmp_path_factory):
-    data = _data(tmp_path_factory, "same_site")
+    data = demo_data(tmp_path_factory.mktemp("same_site"))
     proc, url = start_server(data, "--api")
     yield url, data
     stop_server(proc)
@@ -33,7 +27,7 @@ def local_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def proxied_server(tmp_path_factory):
     """Behind a reverse proxy named proxy.example, with a front-end at http://app.example allowed by CORS."""
-    data = _data(tmp_path_factory, "same_site_proxy")
+    data = demo_data(tmp_path_factory.mktemp("same_site_proxy"))
     proc, url = start_server(data, "--api", "--allowed-hosts", "proxy.example",
                              "--cors-allow-origins", "http://app.example")
     yield url, data
@@ -112,7 +106,7 @@ def test_allowed_hosts_from_the_flags(monkeypatch):
 
 def test_api_log_lines_cannot_be_forged(tmp_path_factory):
     """--api-log writes the decoded path: a %0A in it must not start a line of its own."""
-    data = _data(tmp_path_factory, "api_log")
+    data = demo_data(tmp_path_factory.mktemp("api_log"))
     proc, url = start_server(data, "--api", "--api-log")
     try:
         requests.get(url + "/sdapi/v1/x%0D%0A12:00:00 INFO [webui] forged", timeout=30)

@@ -16,7 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 
 import webui
 from modules import cmd_args
-from tests.support.server import start_server, stop_server
+from tests.support.server import demo_data, start_server, stop_server
 
 pytestmark = pytest.mark.server
 
@@ -35,9 +35,7 @@ def _png(text: str | None = None) -> bytes:
 
 
 def _data_dir(tmp_path_factory, name: str) -> Path:
-    data = tmp_path_factory.mktemp(name)
-    (data / "models" / "Stable-diffusion").mkdir(parents=True)  # the built-in demo model is selected
-    return data
+    return demo_data(tmp_path_factory.mktemp(name))
 
 
 @pytest.fixture(scope="module")

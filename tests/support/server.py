@@ -78,6 +78,12 @@ def stop_server(proc: subprocess.Popen) -> None:
         pass
 
 
+def demo_data(data: Path) -> Path:
+    """`data` as a data folder with no checkpoint of its own: the built-in demo model is selected."""
+    (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    return data
+
+
 def setup_data(data: Path, tiny_dir: Path) -> Path:
     """`data` as a data folder holding the tiny checkpoints, with sd1.safetensors selected."""
     shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
