@@ -69,6 +69,9 @@ def build(args, control=None):
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=args.cors_allow_origins_regex,
                            allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
     hosts, any_host = cmd_args.allowed_hosts(args)
+    if any_host or hosts:  # (a browser on another name gets a 403 that points to --allowed-hosts)
+        log.info("Host names the server answers to besides addresses and localhost: %s",
+                 "any (--allowed-hosts *)" if any_host else ", ".join(sorted(hosts)))
     app.add_middleware(SameSite, hosts=hosts, any_host=any_host, cors_origins=origins,  # outermost: before all
                        cors_regex=args.cors_allow_origins_regex)
     from modules.api import routes

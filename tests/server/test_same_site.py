@@ -76,7 +76,9 @@ def test_a_changing_request_from_another_sites_page_is_refused(local_server):
 
 
 def test_named_proxy_and_cors_origins_are_let_in(proxied_server):
-    url, _ = proxied_server
+    url, data = proxied_server
+    assert "Host names the server answers to besides addresses and localhost: proxy.example" in \
+        (data / "server.log").read_text()
     r = requests.get(url + "/sdapi/v1/options", headers={"Host": "proxy.example"}, timeout=30)
     assert r.status_code == 200
     # a page served through the proxy over HTTPS, whatever Host the proxy passes on
