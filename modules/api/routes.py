@@ -362,6 +362,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         """Extras, as extra-single-image, on several images (one job); the answer keeps their order."""
         if not req.imageList:
             raise BadRequest("imageList: send at least one image ({data: base64, name})")
+        engine.postprocess.check_count(len(req.imageList))  # before any image is read
         decoded = await run_in_threadpool(
             lambda: [decode_image(f.data, f"imageList[{i}].data", engine, True) for i, f in enumerate(req.imageList)])
         encoded, html_info = await extras(decoded, req)

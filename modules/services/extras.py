@@ -65,15 +65,21 @@ class ExtrasService:
 
         return self._queue.submit("extras", run)
 
+    def check_count(self, count: int) -> None:
+        """OverLimit when a batch of `count` images is over --max-extras-images (callers that receive encoded
+        images ask before they read any)."""
+        limit = self._requests.limits.max_extras_images
+        if count > limit:
+            raise OverLimit(f"Extras: {count} images, over this server's limit of {limit} a batch "
+                            "(--max-extras-images)")
+
     def check_batch(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams) -> None:
         """Refuse (BadRequest; OverLimit naming the flag) what cannot be done or is over the server's limits, from
         the images' sizes before any is decoded: more images than --max-extras-images, one with more pixels than
         --max-input-megapixels, a result that would be too large, or results that together (each is held until
         the batch ends) have more pixels than --max-extras-megapixels."""
         lim = self._requests.limits
-        if len(inputs) > lim.max_extras_images:
-            raise OverLimit(f"Extras: {len(inputs)} images, over this server's limit of {lim.max_extras_images} a "
-                            "batch (--max-extras-images)")
+        self.check_count(len(inputs))
         try:
             postprocessing.check(params)
         except postprocessing.ExtrasError as e:

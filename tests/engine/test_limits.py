@@ -459,6 +459,10 @@ def test_an_extras_batch_over_the_limits_gets_a_400_before_it_is_decoded(server)
         "imageList": [{"data": tiny, "name": f"{i}.png"} for i in range(101)], "upscaler_1": "Lanczos"}, timeout=60)
     assert r.status_code == 400 and r.json()["detail"] == (
         "Extras: 101 images, over this server's limit of 100 a batch (--max-extras-images)"), r.text
+    # counted before any image is read: 101 that are not even images get the same answer
+    r = requests.post(url + "/sdapi/v1/extra-batch-images", json={
+        "imageList": [{"data": "not an image", "name": f"{i}.png"} for i in range(101)]}, timeout=60)
+    assert r.status_code == 400 and "101 images" in r.json()["detail"], r.text
     r = requests.post(url + "/sdapi/v1/extra-batch-images", json={
         "imageList": [{"data": b64(small_png()), "name": "a.png"}] * 5, "upscaler_1": "Lanczos",
         "upscaling_resize": 256}, timeout=60)  # five 16384x16384 results: 1342 megapixels, 5 GB
