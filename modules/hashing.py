@@ -150,15 +150,23 @@ class HashTask:
             fn(self.sha256)
 
     def _finish(self, sha256: str | None, error: str | None = None) -> None:
+        """Run the listeners, then say done: whoever waits for the hash also sees what the listeners did with it
+        (the checkpoint's title, the selected-checkpoint setting). A listener added meanwhile runs too."""
         with self._lock:
             self.sha256, self.error = sha256, error
-            self._done.set()
             callbacks, self._callbacks = self._callbacks, []
-        for fn in callbacks if sha256 else ():
-            try:
-                fn(sha256)
-            except Exception:  # a listener's failure must not stop the hasher
-                log.exception("hash callback for %s failed", self.path)
+            if not callbacks:
+                self._done.set()
+        while callbacks:
+            for fn in callbacks if sha256 else ():
+                try:
+                    fn(sha256)
+                except Exception:  # a listener's failure must not stop the hasher
+                    log.exception("hash callback for %s failed", self.path)
+            with self._lock:
+                callbacks, self._callbacks = self._callbacks, []
+                if not callbacks:
+                    self._done.set()
 
 
 class BackgroundHasher:

@@ -9,7 +9,7 @@ import json
 import threading
 import time
 
-from modules.hashing import BackgroundHasher, HashCache, sha256_of_file
+from modules.hashing import BackgroundHasher, HashCache, HashTask, sha256_of_file
 from tests.support.engine import make_engine
 from tests.support.generation import params
 
@@ -67,7 +67,8 @@ def test_load_returns_before_the_hash_and_the_first_infotext_waits_for_it(data_d
         sha = file_sha256(info.filename)
         # loaded while the hash is still being computed: the title has no [hash] yet, everywhere
         task = engine.checkpoints.hash_later(info)
-        assert not task.done and gated.calls == ["sd1.safetensors"] and info.sha256 is None
+        wait_until(lambda: gated.calls == ["sd1.safetensors"])  # (the hasher thread has started, maybe not run)
+        assert not task.done and info.sha256 is None
         assert info.title == "sd1.safetensors"
         assert [i.title for i in engine.checkpoints.list() if i.filename == info.filename] == ["sd1.safetensors"]
         assert engine.options.values.sd_model_checkpoint == "sd1.safetensors"
@@ -234,3 +235,27 @@ def test_the_page_follows_the_hash_then_shows_the_titles_with_it(data_dir):
     finally:
         gated.release()
         engine.queue.stop()
+
+
+def test_whoever_waits_for_a_hash_sees_what_its_listeners_did(tmp_path):
+    """`HashTask.wait()` returns once the listeners have run (they give the checkpoint its title with the hash
+    and update the selected-checkpoint setting), so a waiter that reads those right after sees them. A listener
+    added while the others run is run too; one added after runs at once."""
+    task = HashTask(tmp_path / "x.safetensors")
+    seen, slow_started = [], threading.Event()
+
+    def slow(sha):
+        slow_started.set()
+        time.sleep(0.3)
+        seen.append(("slow", sha))
+
+    task.add_done_callback(slow)
+    finisher = threading.Thread(target=task._finish, args=("ab" * 32,))
+    finisher.start()
+    assert slow_started.wait(10)
+    task.add_done_callback(lambda sha: seen.append(("late", sha)))  # while `slow` runs
+    assert task.wait(10) == "ab" * 32
+    assert seen == [("slow", "ab" * 32), ("late", "ab" * 32)]
+    finisher.join(10)
+    task.add_done_callback(lambda sha: seen.append(("after", sha)))
+    assert seen[-1] == ("after", "ab" * 32) and task.done
