@@ -152,6 +152,7 @@ class JobQueue:
         self._pending: list[Job] = []
         self._unanswered: dict[str, list[Job]] = {}  # client -> its jobs not answered yet, in submission order
         self._held: set[Job] = set()  # jobs that have ended and wait for an earlier job of their client
+        self._answering: set[Job] = set()  # jobs that have ended and whose waiters are being told
         self._tasks: dict[str, Job] = {}  # task id -> job, until it finishes
         self._finished: OrderedDict[str, None] = OrderedDict()  # the last RECENT_TASKS finished task ids
         self._stop_hooks: list[Callable[[], None]] = []
@@ -167,8 +168,8 @@ class JobQueue:
         return running[0] if running else None
 
     def is_running(self, job: Job) -> bool:
-        """It runs, or it has ended and its answer waits for an earlier job of its client."""
-        return job in self.running or job in self._held
+        """It runs, or it has ended and its answer waits for an earlier job of its client or is on its way."""
+        return job in self.running or job in self._held or job in self._answering
 
     def submit(self, kind: str, fn: Callable[[Job], Any], task_id: str | None = None, remote: bool = False,
                client: str | None = None) -> Job:
@@ -286,15 +287,16 @@ class JobQueue:
                 log.exception("Job %s failed", job.id)
         finally:
             job.state.current_latent = None
-            with self._lock:
+            self._answer(job, ran=True)
+
+    def _answer(self, job: Job, at_once: bool = False, ran: bool = False) -> None:
+        """Give `job`'s waiters its outcome, once every earlier job of its client has been answered (`at_once`:
+        now, for a cancelled job); then any later jobs of that client that were held for it. `ran`: it has just
+        run; it leaves `running` in the same step as it is held or answered, so that no one sees it queued."""
+        with self._lock:
+            if ran:
                 self.running = [j for j in self.running if j is not job]
                 self.jobs_run += 1
-            self._answer(job)
-
-    def _answer(self, job: Job, at_once: bool = False) -> None:
-        """Give `job`'s waiters its outcome, once every earlier job of its client has been answered (`at_once`:
-        now, for a cancelled job); then any later jobs of that client that were held for it."""
-        with self._lock:
             line = self._unanswered.get(job.client) if job.client is not None else None
             if line is None:
                 ready = [job]
@@ -310,9 +312,12 @@ class JobQueue:
                 if not line:
                     del self._unanswered[job.client]
                 self._held.difference_update(ready)
+            self._answering.update(ready)
         for finished in ready:
             self._forget(finished)
             finished._finish()
+            with self._lock:
+                self._answering.discard(finished)
 
     def on_stop(self, fn: Callable[[], None]) -> None:
         """Call `fn()` when the queue stops (the background hasher stops and joins its thread there)."""

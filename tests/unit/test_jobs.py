@@ -58,10 +58,10 @@ def test_a_failing_or_interrupted_job_does_not_stop_the_next(queue):
     assert fine.wait(10) == 42
 
 
-def threads_but_hashers() -> int:
-    """Threads alive, without the background hasher's: one that an earlier test's model load started may end
-    at any moment (it ends when it has nothing left to hash)."""
-    return sum(1 for t in threading.enumerate() if t.name != "hasher")
+def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
+    """Threads alive now that were not in `before`, without the background hasher's. Threads of `before` may
+    end meanwhile (an earlier test's queue worker, a hasher with nothing left to hash): that is not counted."""
+    return {t for t in threading.enumerate() if t not in before and t.name != "hasher"}
 
 
 def test_async_waiters_hold_no_threads_and_one_that_gives_up_leaves_the_job_running(queue):
@@ -71,12 +71,12 @@ def test_async_waiters_hold_no_threads_and_one_that_gives_up_leaves_the_job_runn
     async def main():
         first = queue.submit("t", lambda job: gate.wait(10) and "first")
         impatient = queue.submit("t", lambda job: finished.append("impatient") or "impatient")
-        threads_before = threads_but_hashers()
+        threads_before = set(threading.enumerate())
         jobs = [queue.submit("t", lambda job, i=i: i) for i in range(200)]
         waiters = [asyncio.ensure_future(j.wait_async()) for j in jobs]
         gone = asyncio.ensure_future(impatient.wait_async())
         await asyncio.sleep(0.1)
-        assert threads_but_hashers() == threads_before  # 201 waiters, no thread each
+        assert new_threads(threads_before) == set()  # 201 waiters, no thread each
         gone.cancel()  # the client of this one hangs up while it is queued
         gate.set()
         assert await first.wait_async() == "first"
@@ -117,6 +117,11 @@ def test_remote_jobs_run_side_by_side_and_a_clients_answers_keep_its_order():
         for job in (a1, a2, b1):
             job.add_done_callback(lambda j: answered.append(j.result))
         assert b1.wait(10) == "b1"  # the other client is not held
+        # (its done-callbacks run just after wait() returns: b1 must be in `answered` before a1 may end)
+        deadline = time.monotonic() + 10
+        while answered != ["b1"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert answered == ["b1"]
         deadline = time.monotonic() + 10
         while q.jobs_run < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
