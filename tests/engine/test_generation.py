@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,8 +55,11 @@ def test_outputs_are_named_and_numbered_like_a1111(engine, data_dir):
     folder.mkdir(parents=True)
     (folder / "00041-7.png").write_bytes(b"an earlier run")
     result = engine.txt2img(params(seed=7, batch_size=2))
+    # (a job that runs past midnight saves into the new day's folder, numbered from 0 there)
+    day = Path(result.paths[0]).parent.name
+    assert day in (today, datetime.date.today().isoformat())
     names = sorted(p.rsplit("/", 1)[1] for p in result.paths)
-    assert names == ["00042-7.png", "00043-8.png"]
+    assert names == (["00042-7.png", "00043-8.png"] if day == today else ["00000-7.png", "00001-8.png"])
     assert (folder / "00041-7.png").read_bytes() == b"an earlier run"
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
     assert (data_dir / "params.txt").read_text() == result.infotexts[0]
