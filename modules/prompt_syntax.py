@@ -208,24 +208,19 @@ def _when_step(when: str, steps: int) -> int:
     return int(max(-1.0, min(float(steps), v)))  # the clamp only matters for inf (A1111 would crash)
 
 
-def _visit(nodes, steps: int, found: set[int], counts: set[int] | None = None) -> bool:
-    """Collect switch steps of edits into `found` (and the option counts of alternations into `counts`); True
-    when an alternation occurs anywhere."""
-    alternates = False
+def _visit(nodes, steps: int, found: set[int], cycles: set[int]) -> None:
+    """Collect the switch steps of edits into `found` and the option counts of alternations into `cycles`."""
     for node in nodes:
         if isinstance(node, _Edit):
             w = _when_step(node.when, steps)
             if w >= 1:
                 found.add(w)
-            alternates |= _visit(node.before, steps, found, counts)
-            alternates |= _visit(node.after, steps, found, counts)
+            _visit(node.before, steps, found, cycles)
+            _visit(node.after, steps, found, cycles)
         elif isinstance(node, _Alternate):
-            alternates = True
-            if counts is not None:
-                counts.add(len(node.options))
+            cycles.add(len(node.options))
             for option in node.options:
-                _visit(option, steps, found, counts)
-    return alternates
+                _visit(option, steps, found, cycles)
 
 
 def _text_at(nodes, step: int, steps: int) -> str:
@@ -254,10 +249,10 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     except _NoMatch:
         return [(steps, prompt)]
     edits, cycles = set(), set()
-    ends = {steps}
-    if _visit(tree, steps, edits, cycles):
+    _visit(tree, steps, edits, cycles)
+    ends = {steps} | edits
+    if cycles:  # an alternation anywhere: a text per step
         ends.update(range(1, steps + 1))
-    ends |= edits
     # With alternation there is an entry per step, but often few different texts (`[a|b]`: two). The text at a
     # step follows from which edits it is past and its place in each alternation's cycle: steps that agree on
     # both share one string, made once (a prompt of MAX_PROMPT_CHARS at 1000 steps is not copied 1000 times).
