@@ -45,9 +45,13 @@ class ProcessTime:
             path = scope.get("path", "")
             if self.log_requests and path.startswith(self.log_prefix):
                 client = scope.get("client") or ("-", 0)
-                # (the path is decoded already: %0A in it would start a line of its own)
                 log.info("API %s %s %s %s %.3fs", status or "---", client[0], scope.get("method", "?"),
-                         path.encode("unicode_escape").decode("ascii"), time.perf_counter() - start)
+                         _loggable(path), time.perf_counter() - start)
+
+
+def _loggable(path: str) -> str:
+    """A request's path for a log line: it is decoded already, so a %0A in it would start a line of its own."""
+    return path.encode("unicode_escape").decode("ascii")
 
 
 class BodySizeLimit:
@@ -151,8 +155,7 @@ class SameSite:
         if problem is None:
             await self.app(scope, receive, send)
             return
-        log.warning("Refused %s %s: %s", scope.get("method", "WebSocket"),
-                    scope.get("path", "").encode("unicode_escape").decode("ascii"), problem)
+        log.warning("Refused %s %s: %s", scope.get("method", "WebSocket"), _loggable(scope.get("path", "")), problem)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
@@ -164,9 +167,10 @@ class SameSite:
     def host_allowed(self, host: str) -> bool:
         if self.any_host:
             return True
-        name = _host_name(host)
-        if name is None:
+        place = _name_and_port(host)
+        if place is None:
             return False
+        name = place[0]
         if name == "localhost" or name.endswith(".localhost") or name in self.hosts:
             return True
         try:
@@ -180,34 +184,23 @@ class SameSite:
         if origin in self.cors_origins or "*" in self.cors_origins or \
                 (self.cors_regex is not None and self.cors_regex.fullmatch(origin)):
             return True
-        try:
-            parts = urlsplit(origin)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                return False  # "null" (a sandboxed frame, a file) and anything odd
-            port = parts.port
-        except ValueError:
-            return False
-        if host is not None and _netloc(parts.hostname, port, parts.scheme) == _netloc_of_host(host, parts.scheme):
+        scheme, _, netloc = origin.partition("://")
+        place = _name_and_port(netloc, scheme) if scheme in ("http", "https") else None
+        if place is None:
+            return False  # "null" (a sandboxed frame, a file) and anything odd
+        if host is not None and place == _name_and_port(host, scheme):
             return True  # the page this server served
-        return parts.hostname.rstrip(".") in self.hosts  # a name the owner gave (a proxy in front)
+        return place[0] in self.hosts  # a name the owner gave (a proxy in front)
 
 
-def _host_name(host: str) -> str | None:
-    """The name or address of a Host header (without port or IPv6 brackets), lower case; None if malformed."""
+def _name_and_port(netloc: str, scheme: str = "http") -> tuple[str, int] | None:
+    """(name or address, port) of a Host header or an origin's host[:port]: lower case, without IPv6 brackets or
+    a trailing dot, the port `scheme`'s default when none is given; None when there is no name or it is malformed."""
     try:
-        name = urlsplit("//" + host.strip()).hostname
+        parts = urlsplit("//" + netloc.strip())
+        name, port = parts.hostname, parts.port
     except ValueError:
         return None
-    return name.rstrip(".") if name else None
-
-
-def _netloc(name: str, port: int | None, scheme: str) -> tuple[str, int]:
-    return name.rstrip(".").lower(), port or (443 if scheme == "https" else 80)
-
-
-def _netloc_of_host(host: str, scheme: str) -> tuple[str, int] | None:
-    try:
-        parts = urlsplit("//" + host.strip())
-        return _netloc(parts.hostname, parts.port, scheme) if parts.hostname else None
-    except ValueError:
+    if not name:
         return None
+    return name.rstrip("."), port or (443 if scheme == "https" else 80)
