@@ -141,12 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-upload-size", type=_bounded(int, 1, 1 << 20), default=100, metavar="MB",
                         help="largest request body (API) and uploaded file (UI) in megabytes (default 100)")
     limits.add_argument("--max-extras-images", type=_bounded(int, 1, 100_000), default=100, metavar="N",
-                        help="images of one Extras batch (API extra-batch-images, the Extras tab's batch; "
-                             "default 100)")
+                        help="images of one Extras batch (API extra-batch-images, the Extras tab's Batch "
+                             "Process), and the results of a Batch from Directory the page shows (default 100)")
     limits.add_argument("--max-extras-megapixels", type=_bounded(float, 1, 1_000_000), default=1100.0, metavar="MP",
                         help="the results of one Extras batch together, worked out from the sizes asked for before "
                              "anything is decoded; they are all held until the batch ends (default 1100: four "
-                             "16384x16384 results, about 4 GB)")
+                             "16384x16384 results, about 4 GB); of a Batch from Directory, those the page shows")
     limits.add_argument("--memory-limit", type=_bounded(float, 0.5, 1 << 20), default=None, metavar="GB",
                         help="plan jobs as if this process could hold at most GB gibibytes (RAM on the CPU, the "
                              "GPU's memory on a GPU): a job whose estimated peak does not fit runs with the tiled "

@@ -9,6 +9,7 @@ engine.options.values, engine.queue.ahead_of(...)), never the services' insides.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 from transformers import CLIPTokenizer
@@ -90,10 +91,15 @@ class Engine:
                ) -> ExtrasResult:
         return self.submit_extras(inputs, params, save).wait()
 
-    def submit_extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True,
-                      outdir: str | None = None) -> Job:
+    def submit_extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True
+                      ) -> Job:
         """Queue Extras of `inputs` (see ExtrasService.submit)."""
-        return self.postprocess.submit(inputs, params, save, outdir)
+        return self.postprocess.submit(inputs, params, save)
+
+    def submit_extras_folder(self, files: list[Path], params: postprocessing.ExtrasParams, outdir: str | None = None,
+                             show: bool = True) -> Job:
+        """Queue Extras of image files, read and saved one at a time (see ExtrasService.submit_folder)."""
+        return self.postprocess.submit_folder(files, params, outdir, show)
 
     # --- models and settings -----------------------------------------------------------------
     def merge_checkpoints(self, form: MergeForm) -> MergeResult:

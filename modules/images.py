@@ -22,7 +22,7 @@ import warnings
 import zlib
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError, features
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError, features
 from PIL.PngImagePlugin import PngInfo
 
 from modules import fileio
@@ -394,6 +394,19 @@ def load(image: Image.Image, budget: DecodeBudget | None = None) -> Image.Image:
     except (*_BOMB, *_UNREADABLE) as e:
         raise InvalidImage(f"not an image that can be read ({type(e).__name__})") from None
     return image
+
+
+def read_image(source, max_pixels: int = Limits().max_input_pixels, budget: DecodeBudget | None = None
+               ) -> Image.Image:
+    """An image file (a path or a file object) decoded within `budget`, turned upright as its EXIF orientation
+    says, and closed again. InvalidImage (ImageTooLarge) says what is wrong, as for `open_image`, also when the
+    pixel data turns out to be broken."""
+    with open_image(source, max_pixels) as opened:
+        load(opened, budget)
+        try:
+            return ImageOps.exif_transpose(opened)
+        except _UNREADABLE as e:  # a broken EXIF block
+            raise InvalidImage(f"not an image that can be read ({type(e).__name__})") from None
 
 
 def refuse_in_pillow(max_pixels: int) -> None:

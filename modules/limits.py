@@ -7,7 +7,8 @@ AUTOMATIC1111 user never exceeds in normal use: its page's slider maxima (2048 p
 size 8, batch count 100), every step count up to the model's 1000 timesteps, input images up to
 100 megapixels (photos from phone and camera sensors, 8192x8192 extras results), and Extras batches of up to
 100 images whose results add up to 1100 megapixels (100 images of 1024x1024 upscaled to 3x, or four at the
-largest size Extras makes, 16384x16384).
+largest size Extras makes, 16384x16384). A folder batch of Extras is read and saved one image at a time and
+has no length limit; those two bound the results it keeps to show.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ class Limits:
     max_input_megapixels: float = 100.0  # --max-input-megapixels: an image sent to the server
     max_upload_mb: int = 100  # --max-upload-size: one request body, one uploaded file
     memory_limit_gb: float | None = None  # --memory-limit: what this process may hold, for the check before a job
-    max_extras_images: int = 100  # --max-extras-images: images of one Extras batch (extra-batch-images, the tab)
-    # --max-extras-megapixels: the results of one Extras batch, all held until it ends: 4 of the largest
-    # (16384x16384); Pillow holds 4 bytes a pixel, so 4 GiB
+    # --max-extras-images: images of one Extras batch (extra-batch-images, the tab's Batch Process); of a folder
+    # batch (read and saved one at a time), the results kept to show
+    max_extras_images: int = 100
+    # --max-extras-megapixels: the results of one Extras batch, all held until it ends (of a folder batch, those
+    # kept to show): 4 of the largest (16384x16384); Pillow holds 4 bytes a pixel, so 4 GiB
     max_extras_megapixels: float = 1100.0
 
     @property

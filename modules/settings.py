@@ -102,6 +102,9 @@ class Settings(BaseModel):
     depth_map_show: bool = Field(
         False, description="SD 2 depth model: show the depth map it used after the images (near is white), and save "
                            "it beside them (depth-NNNN-SEED.png) when they are saved")
+    img2img_batch_show_results_limit: int = Field(
+        32, ge=-1, le=1000, description="Show the first N batch img2img results in UI (0: none, -1: all; each is "
+                                        "held until the batch ends, and all are saved)")
 
     # Saving images
     samples_save: bool = Field(True, description="Save every generated image")
@@ -225,7 +228,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
     "VAE": ("sd_vae", "sd_vae_encode_method", "sd_vae_decode_method", "vae_tiling", "vae_tile_size"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_fix_steps",
-                "img2img_background_color", "depth_map_show"),
+                "img2img_background_color", "depth_map_show", "img2img_batch_show_results_limit"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",

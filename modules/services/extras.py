@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image
 
@@ -13,13 +15,18 @@ from modules.services.options import OptionsService
 from modules.services.output import OutputWriter
 from modules.services.requests import RequestResolver
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ExtrasResult:
-    images: list[Image.Image]  # their `info` holds the PNG text chunks to write (parameters, extras, ...)
-    infotexts: list[str]  # A1111's extras infotext of each image ('' when nothing was done)
-    paths: list[str | None]
+    # The results, their `info` holding the PNG text chunks to write (parameters, extras, ...). A folder batch
+    # keeps only the first ones within the server's limits, and only when they are to be shown.
+    images: list[Image.Image]
+    infotexts: list[str]  # A1111's extras infotext of each image done ('' when nothing was done)
+    paths: list[str | None]  # where each image done was saved (None: not saved)
     interrupted: bool = False
+    skipped: list[str] = field(default_factory=list)  # a folder batch's files that could not be done: "name: why"
 
 
 class ExtrasService:
@@ -31,13 +38,11 @@ class ExtrasService:
         self._output = output
         self._decode_budget = decode_budget
 
-    def submit(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True,
-               outdir: str | None = None) -> Job:
+    def submit(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True) -> Job:
         """Queue Extras of `inputs`; the job runs after those ahead of it, as A1111's extras wait for its queue
         lock. What cannot be done is refused at once (BadRequest). With `save` (A1111's Extras tab; its API never
         saves) each result goes to outdir_extras_samples (outdir_samples when set) as A1111 names extras:
-        00042.png, no date folder, the original's text chunks kept and the extras infotext added; `outdir` (the
-        Extras tab's batch output folder) replaces that folder."""
+        00042.png, no date folder, the original's text chunks kept and the extras infotext added."""
         if not inputs:
             raise BadRequest("Extras: send at least one image")
         self.check_batch(inputs, params)
@@ -57,10 +62,55 @@ class ExtrasService:
                     raise BadRequest(str(e)) from None
                 if not settings.enable_pnginfo:
                     out.info = {}
-                path = str(self._output.extras_image(out, text, settings, outdir)) if save else None
+                path = str(self._output.extras_image(out, text, settings, None)) if save else None
                 result.images.append(out)
                 result.infotexts.append(text)
                 result.paths.append(path)
+            return result
+
+        return self._queue.submit("extras", run)
+
+    def submit_folder(self, files: list[Path], params: postprocessing.ExtrasParams, outdir: str | None = None,
+                      show: bool = True) -> Job:
+        """Queue Extras of the image files `files` (the Extras tab's Batch from Directory), each saved as `submit`
+        saves, in `outdir` when given. As in A1111 the files are read, done and saved one at a time, so a folder
+        of any length needs the memory of one image, and a file that cannot be done (not an image, over
+        --max-input-megapixels, a result too large) is skipped, named in the result's `skipped`. With `show` (the
+        tab's "Show result images") the results are kept for the page too, the first ones up to
+        --max-extras-images and --max-extras-megapixels; the others are only saved."""
+        if not files:
+            raise BadRequest("Extras: no images to do")
+        try:
+            postprocessing.check(params)
+        except postprocessing.ExtrasError as e:
+            raise BadRequest(str(e)) from None
+        settings = self._options.values
+        lim = self._requests.limits
+
+        def run(job: Job) -> ExtrasResult:
+            result = ExtrasResult([], [], [])
+            job.state.job_count = len(files)
+            held, keeping = 0, show
+            for index, path in enumerate(files):
+                job.state.job_no, job.state.textinfo = index, path.name
+                if job.state.interrupted:
+                    result.interrupted = True
+                    break
+                try:
+                    out, text = postprocessing.run(images.read_image(path, lim.max_input_pixels, self._decode_budget),
+                                                   params)
+                except (postprocessing.ExtrasError, images.InvalidImage) as e:
+                    log.warning("Extras: skipped %s: %s", path, e)
+                    result.skipped.append(f"{path.name}: {e}")
+                    continue
+                if not settings.enable_pnginfo:
+                    out.info = {}
+                result.paths.append(str(self._output.extras_image(out, text, settings, outdir)))
+                result.infotexts.append(text)
+                held += out.width * out.height
+                keeping = keeping and len(result.images) < lim.max_extras_images and held <= lim.max_extras_pixels
+                if keeping:
+                    result.images.append(out)
             return result
 
         return self._queue.submit("extras", run)

@@ -191,13 +191,13 @@ def open_image(path, mode: str | None = None, engine: Engine | None = None) -> I
     """An image file read into memory, turned as its EXIF says (and converted to `mode` when given);
     BadRequest naming the file when it is not an image. With `engine`, one over its input-image limit is
     refused from its header and the pixels are decoded within its decode budget."""
-    limit = engine.limits.max_input_pixels if engine is not None else None
     try:
-        with images.open_image(path, limit) if limit else Image.open(path) as im:
-            images.load(im, engine.decode_budget if engine is not None else None)
-            image = ImageOps.exif_transpose(im)
-            image.load()
-            return image.convert(mode) if mode else image
+        if engine is not None:
+            image = images.read_image(path, engine.limits.max_input_pixels, engine.decode_budget)
+        else:
+            with Image.open(path) as im:
+                image = ImageOps.exif_transpose(im)
+        return image.convert(mode) if mode else image
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadRequest(f"Cannot read {Path(str(path)).name} as an image: {e}") from None
 

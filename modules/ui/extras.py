@@ -1,6 +1,7 @@
 """The Extras tab: upscale one image, several uploaded ones, or a folder, with A1111's controls (Scale by /
 Scale to, Upscaler 1 and 2 with visibility). The work is the engine's `submit_extras` (queued behind
-generations, as A1111's), the same the `/sdapi/v1/extra-*` routes run."""
+generations, as A1111's), the same the `/sdapi/v1/extra-*` routes run; a folder goes to `submit_extras_folder`,
+which reads and saves one file at a time."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import gradio as gr
 from PIL import Image
 from pydantic import ValidationError
 
-from modules import postprocessing
-from modules.engine import BadRequest, Engine
+from modules import limits, postprocessing
+from modules.engine import BadRequest, Engine, ExtrasResult
+from modules.limits import Limits
 from modules.ui import common, progress, runner
 from modules.ui.common import IMAGE_TYPES, open_image
+
+
+MAX_LISTED = 10  # files named in the note of those a folder batch skipped
 
 
 @dataclass
@@ -43,6 +48,8 @@ def build(engine: Engine) -> ExtrasTab:
                     input_dir = gr.Textbox(label="Input directory", elem_id="extras_batch_input_dir")
                     output_dir = gr.Textbox(label="Output directory (empty: the extras output folder)",
                                             elem_id="extras_batch_output_dir")
+                    show_results = gr.Checkbox(label="Show result images", value=True,
+                                               elem_id="extras_show_extras_results")
             common.follow_tabs([t0, t1, t2], mode)
             submit = gr.Button("Generate", variant="primary", elem_id="extras_generate")
             with gr.Tabs(elem_id="extras_resize_mode"):
@@ -73,14 +80,18 @@ def build(engine: Engine) -> ExtrasTab:
                                  object_fit="contain", elem_id="extras_gallery", interactive=False)
             info = gr.HTML(elem_id="html_info_extras")
 
-    def run(current_mode, single, uploads, in_dir, out_dir, tab, by_value, max_len, w, h, crop_on, up1, up2, vis):
+    def run(current_mode, single, uploads, in_dir, out_dir, show, tab, by_value, max_len, w, h, crop_on, up1, up2,
+            vis):
         try:
             params = postprocessing.ExtrasParams(
                 resize_mode=int(tab), upscaling_resize=float(by_value), upscaling_max_side_length=int(max_len),
                 upscaling_resize_w=int(w), upscaling_resize_h=int(h), upscaling_crop=bool(crop_on),
                 upscaler_1=up1, upscaler_2=up2, extras_upscaler_2_visibility=float(vis))
-            inputs, outdir = _inputs(engine, int(current_mode), single, uploads, in_dir, out_dir)
-            job = engine.submit_extras(inputs, params, save=True, outdir=outdir)
+            if int(current_mode) == 2:
+                files, outdir = _folder(engine, in_dir, out_dir)
+                job = engine.submit_extras_folder(files, params, outdir, show=bool(show))
+            else:
+                job = engine.submit_extras(_uploaded(engine, int(current_mode), single, uploads), params, save=True)
         except (ValidationError, BadRequest) as e:
             yield gr.skip(), progress.error_html(runner.describe_error(e))
             return
@@ -91,41 +102,59 @@ def build(engine: Engine) -> ExtrasTab:
         except Exception as e:  # reported on the page
             yield gr.skip(), progress.error_html(runner.describe_error(e))
             return
-        saved = [p for p in result.paths if p]
-        notes = [f"<p>{html.escape(t)}</p>" for t in dict.fromkeys(result.infotexts) if t]
-        if saved:
-            notes.append(progress.note_html(f"Saved {len(saved)} image{'s' if len(saved) != 1 else ''} to "
-                                            f"{Path(saved[0]).parent}"))
-        if result.interrupted:
-            notes.append(progress.note_html("Interrupted: the images done before that are kept."))
-        yield [(im, None) for im in result.images], "".join(notes)
+        yield [(im, None) for im in result.images], _notes(result, bool(show) or int(current_mode) != 2,
+                                                           engine.limits)
 
-    inputs = [mode, image, files, input_dir, output_dir, scale_tab, resize, max_side, width, height, crop, upscaler_1,
-              upscaler_2, visibility]
+    inputs = [mode, image, files, input_dir, output_dir, show_results, scale_tab, resize, max_side, width, height,
+              crop, upscaler_1, upscaler_2, visibility]
     submit.click(run, inputs=inputs, outputs=[gallery, info], concurrency_limit=None, show_progress="hidden",
                  js=common.tabs_read_on_click(inputs, {mode: [t0, t1, t2], scale_tab: [by, to]}))
     return ExtrasTab(image, tabs, mode, gallery, info)
 
 
-def _inputs(engine: Engine, mode: int, single, uploads, in_dir: str, out_dir: str
-            ) -> tuple[list[Image.Image], str | None]:
-    """The images the chosen sub-tab holds, and the folder to save them in (None: the usual one)."""
+def _notes(result: ExtrasResult, shown: bool, lim: Limits) -> str:
+    """The page's lines under the results: the extras infotexts, where the images went, and what was left."""
+    saved = [p for p in result.paths if p]
+    notes = [f"<p>{html.escape(t)}</p>" for t in dict.fromkeys(result.infotexts) if t]
+    if saved:
+        notes.append(progress.note_html(f"Saved {len(saved)} image{'s' if len(saved) != 1 else ''} to "
+                                        f"{Path(saved[0]).parent}"))
+    if shown and len(result.images) < len(saved):
+        notes.append(progress.note_html(
+            f"Showing the first {len(result.images)}: this server shows at most {lim.max_extras_images} results of "
+            f"a batch, and {limits.megapixels(lim.max_extras_pixels)} megapixels (--max-extras-images, "
+            "--max-extras-megapixels); the others are only saved."))
+    if result.skipped:
+        listed = ", ".join(result.skipped[:MAX_LISTED]) + (", ..." if len(result.skipped) > MAX_LISTED else "")
+        notes.append(progress.note_html(f"Skipped {len(result.skipped)} file{'s' if len(result.skipped) != 1 else ''}"
+                                        f" that could not be done: {listed}"))
+    if result.interrupted:
+        notes.append(progress.note_html("Interrupted: the images done before that are kept."))
+    return "".join(notes)
+
+
+def _uploaded(engine: Engine, mode: int, single, uploads) -> list[Image.Image]:
+    """The images of the Single Image or Batch Process sub-tab."""
     if mode == 0:
         if single is None:
             raise BadRequest("Extras: upload an image first.")
-        return [single], None
-    if mode == 1:
-        if not uploads:
-            raise BadRequest("Extras: upload one or more images first.")
-        return [open_image(getattr(f, "name", f), engine=engine) for f in uploads], None
+        return [single]
+    if not uploads:
+        raise BadRequest("Extras: upload one or more images first.")
+    return [open_image(getattr(f, "name", f), engine=engine) for f in uploads]
+
+
+def _folder(engine: Engine, in_dir: str, out_dir: str) -> tuple[list[Path], str | None]:
+    """Batch from Directory: the image files of the input folder, in name order, and the folder to save them in
+    (None: the usual one). Both must be folders the page may name (see OptionsService.page_folder)."""
     if not in_dir or not in_dir.strip():
         raise BadRequest("Extras: give an input directory")
     folder = engine.options.page_folder("Extras: input directory", in_dir)
     if not folder.is_dir():
         raise BadRequest(f"Extras: input directory {in_dir!r} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES and p.is_file())
     if not files:
         raise BadRequest(f"Extras: no images ({', '.join(IMAGE_TYPES)}) in {folder}")
     outdir = str(engine.options.page_folder("Extras: output directory", out_dir)) \
         if out_dir and out_dir.strip() else None
-    return [open_image(f, engine=engine) for f in files], outdir
+    return files, outdir

@@ -245,7 +245,8 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
         yield runner.error(str(e))
         return
     scale_tab, scale_by = int(inputs.get("scale_tab") or 0), float(inputs.get("scale_by") or 1.0)
-    shown, texts, seeds, notes = [], [], [], []
+    show_limit = engine.options.values.img2img_batch_show_results_limit  # A1111's: what the page gets of a batch
+    shown, texts, seeds, notes, done = [], [], [], [], 0
     for n, (path, mask_path) in enumerate(files, 1):
         def make(path=path, mask_path=mask_path):
             mask = _mask_from_upload(common.open_image(mask_path, "RGBA", engine)) if mask_path else None
@@ -264,14 +265,19 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
         if isinstance(outcome, BaseException):
             notes.append(progress.error_html(f"{path.name}: {runner.describe_error(outcome)}"))
             break
-        shown += list(outcome.images)
-        texts += list(outcome.infotexts)
-        seeds += list(outcome.seeds)
+        done += len(outcome.images)
+        room = len(outcome.images) if show_limit < 0 else max(0, show_limit - len(shown))
+        shown += list(outcome.images)[:room]
+        texts += list(outcome.infotexts)[:room]
+        seeds += list(outcome.seeds)[:room]
         if outcome.interrupted:
             notes.append(progress.note_html(f"Interrupted at {path.name}."))
             break
     saved_to = out_dir or "the img2img output folder"
-    notes.insert(0, progress.note_html(f"Batch: {len(shown)} of {len(files)} images done, saved to {saved_to}."))
+    notes.insert(0, progress.note_html(f"Batch: {done} of {len(files)} images done, saved to {saved_to}."))
+    if len(shown) < done:
+        notes.insert(1, progress.note_html(f"Showing the first {len(shown)} (the setting \"Show the first N batch "
+                                           "img2img results in UI\")."))
     yield [progress.gallery_value(shown, texts), texts, seeds, 0, texts[0] if texts else "", "",
            gr.Image(visible=False), "".join(notes), *runner.buttons(False)]
 

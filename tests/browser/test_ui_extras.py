@@ -1,15 +1,17 @@
 """The Extras tab in a real browser: upscale an uploaded image (Scale by / Scale to with crop), save it with
-A1111's extras infotext, and get there with Send to extras from txt2img."""
+A1111's extras infotext, get there with Send to extras from txt2img, and upscale a folder (Batch from
+Directory), shown or only saved."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    browser, fetch_image, fill_text, page, select_option, set_checkbox, set_number, ui_server, upload_file,
-    wait_for_gallery)
+    browser, fetch_image, fill_text, gallery_image_urls, page, select_option, set_checkbox, set_number, ui_server,
+    upload_file, wait_for_gallery)
 from tests.support.tabs import open_tab
 from tools import shapes_world as world
 
@@ -52,3 +54,35 @@ def test_extras_upscales_saves_and_receives_images(page, ui_server, tmp_path):
     page.locator("#txt2img_send_to_extras").click()
     page.locator("#extras_image img").first.wait_for(timeout=30_000)
     assert page.get_by_role("tab", name="Extras").get_attribute("aria-selected") == "true"
+
+
+def test_extras_batch_from_directory_saves_every_file_and_names_what_it_skipped(page, ui_server):
+    data = ui_server[1]  # folders the page names must be inside the data folder (or --allowed-paths)
+    inputs, shown_out, unshown_out = data / "extras-in", data / "extras-out", data / "extras-out-2"
+    inputs.mkdir()
+    for n, colour in enumerate(("red", "green")):
+        Image.fromarray(world.render(world.Scene(colour, "circle", "blue", 64, 64, 60))).save(inputs / f"{n}.png")
+    (inputs / "broken.png").write_bytes(b"not a png")
+    (inputs / "notes.txt").write_text("not an image, and not named like one")
+
+    open_tab(page, "tab_extras")
+    open_tab(page, "extras_batch_directory_tab")
+    fill_text(page, "extras_batch_input_dir", str(inputs))
+    fill_text(page, "extras_batch_output_dir", str(shown_out))
+    set_number(page, "extras_upscaling_resize", 2)
+    select_option(page, "extras_upscaler_1", "Lanczos")
+    page.locator("#extras_generate").click()
+    urls = wait_for_gallery(page, "extras_gallery", 2)
+    assert [fetch_image(page, url).size for url in urls] == [(256, 256)] * 2  # 128x128 pictures
+    info = page.locator("#html_info_extras")
+    expect(info).to_contain_text(f"Saved 2 images to {shown_out}")
+    expect(info).to_contain_text("Skipped 1 file that could not be done: broken.png: not an image that can be read")
+    assert sorted(p.name for p in shown_out.iterdir()) == ["00000.png", "00001.png"]
+
+    # "Show result images" off: saved, not shown (nothing held for the page)
+    set_checkbox(page, "extras_show_extras_results", False)
+    fill_text(page, "extras_batch_output_dir", str(unshown_out))
+    page.locator("#extras_generate").click()
+    expect(info).to_contain_text(f"Saved 2 images to {unshown_out}", timeout=60_000)
+    assert gallery_image_urls(page, "extras_gallery") == []
+    assert len(list(unshown_out.iterdir())) == 2

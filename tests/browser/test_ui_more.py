@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 from playwright.sync_api import expect
 from scipy import ndimage
@@ -370,6 +371,25 @@ def test_batch_processes_a_folder_into_another(page, ui_server):
     expect(error).to_contain_text("Batch: output directory: '/tmp' is outside")
     wait_idle(page, "img2img", timeout_ms=10_000)
     assert len(list(outputs.iterdir())) == 2
+
+    # A1111's setting "Show the first N batch img2img results in UI": every image is saved, the first N shown
+    url, shown_one = ui_server[0], data / "batch-out-2"
+    set_options(url, img2img_batch_show_results_limit=1)
+    try:
+        fill_text(page, "img2img_batch_output_dir", str(shown_one))
+        page.locator("#img2img_generate").click()
+        expect(log).to_contain_text("Showing the first 1 (the setting", timeout=120_000)
+        wait_idle(page, "img2img")
+        expect(log).to_contain_text("2 of 2 images done")
+        assert len(gallery_image_urls(page, "img2img_gallery")) == 1
+        assert len(list(shown_one.iterdir())) == 2
+    finally:
+        set_options(url, img2img_batch_show_results_limit=32)
+
+
+def set_options(url: str, **values) -> None:
+    r = requests.post(url + "/sdapi/v1/options", json=values, timeout=30)
+    assert r.status_code == 200, r.text
 
 
 # ---------------------------------------------------------------- txt2img extras

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import shutil
 import threading
+import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,6 +236,88 @@ def test_an_extras_batch_is_limited_in_images_and_in_the_pixels_it_makes(tmp_pat
         monkeypatch.undo()
         result = engine.extras([picture()] * 3, ExtrasParams(upscaler_1="Lanczos", upscaling_resize=16), save=False)
         assert [im.size for im in result.images] == [(1024, 512)] * 3  # 1.57 megapixels in all: within the limit
+    finally:
+        engine.queue.stop()
+
+
+def folder_of_pictures(folder, sizes) -> list:
+    """PNG files 0.png, 1.png, ... in `folder` of these sizes, each with its number in a text chunk."""
+    folder.mkdir()
+    files = []
+    for n, size in enumerate(sizes):
+        meta = PngInfo()
+        meta.add_text("parameters", f"picture {n}")
+        picture(size).save(folder / f"{n}.png", pnginfo=meta)
+        files.append(folder / f"{n}.png")
+    return files
+
+
+def test_a_folder_batch_reads_and_saves_one_image_at_a_time_and_skips_what_it_cannot_do(tmp_path, tiny_dir,
+                                                                                          monkeypatch):
+    """Batch from Directory as A1111 runs it: a file is read, done and saved before the next is read, so no
+    length of folder adds up in memory, and a file that cannot be done is skipped (named in the result; A1111
+    skips it silently). What the page shows is held up to the Extras limits; all are saved."""
+    from modules import limits
+    shutil.copytree(tiny_dir, tmp_path / "models" / "Stable-diffusion")
+    engine = make_engine(tmp_path, limits=limits.Limits(max_extras_images=2, max_input_megapixels=0.01))
+    files = folder_of_pictures(tmp_path / "in", [(64, 32), (32, 32), (40, 24), (200, 100), (16, 48)])
+    (tmp_path / "in" / "3.png").rename(tmp_path / "in" / "big.png")  # 20000 pixels: over the 10000 allowed
+    files[3] = tmp_path / "in" / "big.png"
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    files.insert(1, tmp_path / "in" / "broken.png")
+    alive, most_alive, real_read = set(), [0], images.read_image
+
+    def read_image(*args, **kwargs):  # the real read, counting the inputs still in memory when one is read
+        most_alive[0] = max(most_alive[0], len(alive))
+        image = real_read(*args, **kwargs)
+        alive.add(id(image))
+        weakref.finalize(image, alive.discard, id(image))
+        return image
+
+    monkeypatch.setattr(images, "read_image", read_image)
+    params = ExtrasParams(upscaler_1="Lanczos")  # scale by 2
+    try:
+        shown = engine.submit_extras_folder(files, params, str(tmp_path / "out"), show=True).wait(60)
+        assert most_alive[0] == 0  # each input was gone before the next was read
+        assert [Image.open(p).info["parameters"] for p in shown.paths] == ["picture 0", "picture 1", "picture 2",
+                                                                            "picture 4"]
+        assert [Image.open(p).size for p in shown.paths] == [(128, 64), (64, 64), (80, 48), (32, 96)]
+        assert all(Path(p).parent == tmp_path / "out" for p in shown.paths)
+        assert [im.size for im in shown.images] == [(128, 64), (64, 64)]  # the first 2 (--max-extras-images)
+        assert shown.infotexts == ["Postprocess upscale by: 2, Postprocess upscaler: Lanczos"] * 4
+        assert len(shown.skipped) == 2 and not shown.interrupted
+        assert shown.skipped[0].startswith("broken.png: not an image that can be read")
+        assert shown.skipped[1].startswith("big.png: the image has 0.02 megapixels (200x100)")
+
+        unshown = engine.submit_extras_folder(files, params, None, show=False).wait(60)
+        assert unshown.images == [] and len(unshown.paths) == 4 and len(unshown.skipped) == 2
+        assert all(Path(p).parent == tmp_path / "outputs" / "extras-images" for p in unshown.paths)
+        with pytest.raises(BadRequest, match="upscaler 'SwinIR 4x' is not available"):  # refused before it is queued
+            engine.submit_extras_folder(files, ExtrasParams(upscaler_1="SwinIR 4x"))
+        assert engine.queue.queued == 0 and engine.queue.current is None
+    finally:
+        engine.queue.stop()
+
+
+def test_a_folder_batch_shows_results_within_the_megapixels_and_stops_at_an_interrupt(tmp_path, tiny_dir):
+    from modules import limits
+    shutil.copytree(tiny_dir, tmp_path / "models" / "Stable-diffusion")
+    engine = make_engine(tmp_path, limits=limits.Limits(max_extras_megapixels=1))
+    files = folder_of_pictures(tmp_path / "in", [(300, 300), (300, 300), (300, 300), (16, 16)])
+    try:
+        # 600x600 results: the third brings the total to 1.08 megapixels, past the limit; from then on none is
+        # kept (the last, 32x32, would fit), so the page shows the first ones
+        result = engine.submit_extras_folder(files, ExtrasParams(upscaler_1="Nearest"), show=True).wait(60)
+        assert [im.size for im in result.images] == [(600, 600), (600, 600)]
+        result = engine.submit_extras_folder(files, ExtrasParams(upscaler_1="Nearest", upscaling_resize=3),
+                                             show=True).wait(60)
+        assert [im.size for im in result.images] == [(896, 896)]  # 0.8 megapixels; two would be 1.61
+        assert len(result.paths) == 4
+
+        job = engine.submit_extras_folder(files, ExtrasParams(upscaler_1="Nearest"))
+        job.state.interrupted = True  # before it runs: nothing is done
+        result = job.wait(60)
+        assert result.interrupted and result.paths == [] and result.images == []
     finally:
         engine.queue.stop()
 
