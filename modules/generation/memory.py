@@ -36,6 +36,9 @@ FIXED_BYTES = 256 * MIB  # the sampler's tensors, a preview, what the allocator 
 MARGIN = 1.15  # room for what the estimate misses: the figures vary by ~15 % between runs of the same call
 LOW_MEMORY_TILE = 256  # the tiled VAE's tile in low-memory mode: a 512x512 decode adds 0.55 GB, not 0.98 (bench/README)
 SIZE_STEP = 8  # sizes suggested in a refusal are multiples of this (A1111's sliders' step)
+TEXT_BYTES = 4  # a context position's element: on a CPU the text encoders compute in float32 (16-bit files too)
+CROSS_ATTENTION_WIDTH = 1280  # the widest query of SD's and SDXL's cross-attention (their deepest level)
+LONG_PROMPT_POSITIONS = 77 * 20  # 1500 tokens: a longer prompt's rows are counted in a U-Net call (else MARGIN's)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,27 @@ class ModelMemory:
                    batch_cond_uncond=model.batch_cond_uncond, vae_tiles=vae_tiling.supports(model.vae),
                    unet_width=model.unet.config.block_out_channels[0] / UNET_CHANNELS,
                    vae_width=vae_channels[0] / VAE_CHANNELS)
+
+
+@dataclass(frozen=True)
+class TextMemory:
+    """The job's text conditioning (PromptEncoder.context_positions): every distinct prompt text's context is held
+    while the job samples, 77 positions a chunk of 75 tokens, each text padded to the longest of its batch. A
+    prompt of ordinary length holds a few megabytes; one of 65536 CJK characters (about 2600 chunks) about
+    620 MB on SD 1.x, 1.65 GB on SDXL, and prompt editing holds one such context per distinct text."""
+    positions: int = 0  # of all contexts held
+    longest: int = 0  # positions of the longest context (each U-Net call's rows have this length)
+    width: int = 768  # of a position: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL, 1280 its refiner
+
+    @property
+    def held_bytes(self) -> int:
+        return self.positions * self.width * TEXT_BYTES
+
+    def per_row_bytes(self, element: int) -> int:
+        """What one U-Net row's context adds to a call: the row itself, and the keys and values a cross-attention
+        layer projects from it (at most CROSS_ATTENTION_WIDTH wide)."""
+        return self.longest * (self.width + 2 * CROSS_ATTENTION_WIDTH) * element
+
 
 
 @dataclass(frozen=True)
@@ -101,16 +125,21 @@ def gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-def sampling(width: int, height: int, batch: int, model: ModelMemory) -> Phase:
-    """One U-Net call for a batch of images of this size."""
+def sampling(width: int, height: int, batch: int, model: ModelMemory, text: TextMemory = TextMemory()) -> Phase:
+    """One U-Net call for a batch of images of this size, with prompts as long as `text`'s longest."""
     rows = batch * (2 if model.batch_cond_uncond else 1)
     pixels = (width // 8) * (height // 8)
     per_pixel = UNET_BYTES_PER_LATENT_PIXEL.get(model.family, max(UNET_BYTES_PER_LATENT_PIXEL.values()))
     need = int(rows * pixels * per_pixel * model.unet_bytes / 4 * model.unet_width)
     if model.attention == "plain":  # softmax(QK^T) of the first attention level held whole, twice
         need += 2 * rows * model.heads * pixels * pixels * model.unet_bytes
+    long_prompt = text.longest > LONG_PROMPT_POSITIONS
+    if long_prompt:  # beyond that, part of MARGIN
+        need += rows * text.per_row_bytes(model.unet_bytes)
     batching = " (prompt and negative prompt in one batch)" if model.batch_cond_uncond else ""
-    return Phase(f"sampling {width}x{height}, batch size {batch}{batching}", need)
+    prompt = f", prompts of {text.longest // 77 * 75} tokens" if long_prompt else ""
+    return Phase(f"sampling {width}x{height}, batch size {batch}{batching}{prompt}", need)
+
 
 
 def vae_pass(width: int, height: int, batch: int, model: ModelMemory, tiling: VaeTiling, verb: str) -> Phase:
@@ -122,15 +151,16 @@ def vae_pass(width: int, height: int, batch: int, model: ModelMemory, tiling: Va
     return Phase(f"VAE {verb} at {width}x{height}{', tiled' if tiled else ''}", need)
 
 
-def phases(ctx: JobContext, model: ModelMemory, tiling: VaeTiling) -> list[Phase]:
-    """The memory-heavy phases of the job, in the order they run (each batch of the job repeats them)."""
+def phases(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, text: TextMemory = TextMemory()) -> list[Phase]:
+    """The memory-heavy phases of the job, in the order they run (each batch of the job repeats them); the
+    conditioning (`text.held_bytes`) is held beside all of them."""
     p = ctx.params
     batch, (w, h) = p.batch_size, (p.width, p.height)
     full_decode, full_encode = ctx.vae_decode_method == "Full", ctx.vae_encode_method == "Full"
     out = []
     if ctx.is_img2img and full_encode:
         out.append(vae_pass(w, h, batch, model, tiling, "encode"))
-    out.append(sampling(w, h, batch, model))
+    out.append(sampling(w, h, batch, model, text))
     if ctx.hires:
         tw, th = hires.target_size(p)
         if ctx.hr_upscaler not in hires.LATENT_UPSCALERS:
@@ -138,27 +168,29 @@ def phases(ctx: JobContext, model: ModelMemory, tiling: VaeTiling) -> list[Phase
                 out.append(vae_pass(w, h, batch, model, tiling, "decode"))
             if full_encode:
                 out.append(vae_pass(tw, th, batch, model, tiling, "encode"))
-        out.append(sampling(tw, th, batch, model))
+        out.append(sampling(tw, th, batch, model, text))
         w, h = tw, th
     if full_decode:
         out.append(vae_pass(w, h, batch, model, tiling, "decode"))
     return out
 
 
-def peak(ctx: JobContext, model: ModelMemory, tiling: VaeTiling) -> Phase:
-    """The job's largest phase, with the room every estimate keeps (FIXED_BYTES, MARGIN) added."""
-    top = max(phases(ctx, model, tiling), key=lambda phase: phase.bytes)
-    return Phase(top.what, int(top.bytes * MARGIN) + FIXED_BYTES)
+def peak(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, text: TextMemory = TextMemory()) -> Phase:
+    """The job's largest phase, with the conditioning held beside it and the room every estimate keeps
+    (FIXED_BYTES, MARGIN) added."""
+    top = max(phases(ctx, model, tiling, text), key=lambda phase: phase.bytes)
+    return Phase(top.what, int(top.bytes * MARGIN) + text.held_bytes + FIXED_BYTES)
 
 
-def fit(ctx: JobContext, model: ModelMemory, free: int, swap: int = 0, limit_note: str = "") -> Fit:
+def fit(ctx: JobContext, model: ModelMemory, free: int, swap: int = 0, limit_note: str = "",
+        text: TextMemory = TextMemory()) -> Fit:
     """How the job fits in `free` bytes: as asked, or with the tiled VAE (unless the job's setting is Never), or
     else spilling into `swap` bytes of swap space. NotEnoughMemory when none does, saying what would fit."""
-    asked = peak(ctx, model, ctx.vae_tiling)
+    asked = peak(ctx, model, ctx.vae_tiling, text)
     if asked.bytes <= free:
         return Fit(ctx.vae_tiling, asked, free)
     tiling = _tiling_to_fit(ctx.vae_tiling, model) or ctx.vae_tiling
-    least = peak(ctx, model, tiling)
+    least = peak(ctx, model, tiling, text)
     changed = least.bytes < asked.bytes  # the tiles make a difference (the job decodes more than one tile)
     if least.bytes <= free:
         return Fit(tiling, least, free, tiled_to_fit=changed)
@@ -166,7 +198,7 @@ def fit(ctx: JobContext, model: ModelMemory, free: int, swap: int = 0, limit_not
         return Fit(tiling, least, free, tiled_to_fit=changed, swaps=True)
     if swap:
         limit_note += f" (with {gib(swap)} of swap space)"
-    raise NotEnoughMemory(_refusal(ctx, model, tiling, free + swap, least, limit_note))
+    raise NotEnoughMemory(_refusal(ctx, model, tiling, free + swap, least, limit_note, text))
 
 
 def _tiling_to_fit(tiling: VaeTiling, model: ModelMemory) -> VaeTiling | None:
@@ -176,34 +208,43 @@ def _tiling_to_fit(tiling: VaeTiling, model: ModelMemory) -> VaeTiling | None:
     return dataclasses.replace(tiling, mode="Always")
 
 
-def _refusal(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: int, need: Phase, limit_note: str) -> str:
+def _refusal(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: int, need: Phase, limit_note: str,
+             text: TextMemory) -> str:
     p = ctx.params
-    text = (f"Not enough memory for this job: its peak is about {gib(need.bytes)} ({need.what}) and "
+    said = (f"Not enough memory for this job: its peak is about {gib(need.bytes)} ({need.what}) and "
             f"{gib(free)} is free{limit_note}.")
+    smallest = _with(ctx, p, batch_size=1, width=SIZE_STEP, height=SIZE_STEP, enable_hr=False)
+    if peak(smallest, model, tiling, text).bytes > free and peak(smallest, model, tiling).bytes <= free:
+        return (f"{said} The prompts are too long for it: their conditioning alone is about "
+                f"{gib(text.held_bytes)} ({text.positions // 77} chunks of 75 tokens; the longest prompt has "
+                f"{text.longest // 77 * 75} tokens). Shorten the prompt, or give it fewer prompt-editing steps.")
     options = []
-    batch = _largest(lambda b: _with(ctx, p, batch_size=b), model, tiling, free, range(p.batch_size - 1, 0, -1))
+    batch = _largest(lambda b: _with(ctx, p, batch_size=b), model, tiling, free, range(p.batch_size - 1, 0, -1),
+                     text)
     if batch is not None:
         options.append(f"batch size {batch} at {p.width}x{p.height}")
-    size = _largest_size(ctx, model, tiling, free)
+    size = _largest_size(ctx, model, tiling, free, text)
     if size is not None:
         options.append(f"{size[0]}x{size[1]} at batch size {p.batch_size}")
     if options:
-        return f"{text} What fits: {' or '.join(options)}."
-    return f"{text} Not even the smallest size fits: close other programs, or use a smaller model."
+        return f"{said} What fits: {' or '.join(options)}."
+    return f"{said} Not even the smallest size fits: close other programs, or use a smaller model."
 
 
 def _with(ctx: JobContext, params: GenerationParams, **changes) -> JobContext:
     return dataclasses.replace(ctx, params=params.model_copy(update=changes))
 
 
-def _largest(make, model: ModelMemory, tiling: VaeTiling, free: int, candidates) -> int | None:
+def _largest(make, model: ModelMemory, tiling: VaeTiling, free: int, candidates, text: TextMemory
+             ) -> int | None:
     for value in candidates:
-        if peak(make(value), model, tiling).bytes <= free:
+        if peak(make(value), model, tiling, text).bytes <= free:
             return value
     return None
 
 
-def _largest_size(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: int) -> tuple[int, int] | None:
+def _largest_size(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: int, text: TextMemory
+                  ) -> tuple[int, int] | None:
     """The largest width x height of the job's shape (multiples of SIZE_STEP) that fits, if one does; a Hires. fix
     size given in pixels (hr_resize_x/y) shrinks with it."""
     p = ctx.params
@@ -216,5 +257,5 @@ def _largest_size(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: 
         return _with(ctx, p, width=scaled(p.width, side), height=scaled(p.height, side),
                      hr_resize_x=scaled(p.hr_resize_x, side), hr_resize_y=scaled(p.hr_resize_y, side))
 
-    side = _largest(smaller, model, tiling, free, range(longer - SIZE_STEP, SIZE_STEP - 1, -SIZE_STEP))
+    side = _largest(smaller, model, tiling, free, range(longer - SIZE_STEP, SIZE_STEP - 1, -SIZE_STEP), text)
     return (scaled(p.width, side), scaled(p.height, side)) if side is not None else None

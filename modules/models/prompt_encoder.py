@@ -352,6 +352,22 @@ class PromptEncoder:
         options, such as SDXL's `sdxl_clip_l_skip` and crop; `modules.settings.Settings`). Clip skip and
         emphasis, which every encoder reads, come with each call instead. SD 1.x/2.x have none."""
 
+    def context_positions(self, prompt: str, negative: str, steps: int, emphasis: str = "Original"
+                          ) -> tuple[int, int]:
+        """(all, longest): the positions (77 a chunk) of the contexts `encode_prompt` and `encode_negative` make
+        for these prompts, counted from their tokens before anything is encoded. Each AND sub-prompt's schedule
+        and the negative prompt's are one batch, whose distinct texts are padded to its longest."""
+        batches = [prompt_syntax.prompt_schedule(text, steps)
+                   for text in dict.fromkeys(text for text, _ in prompt_syntax.split_and(prompt))]
+        batches.append(prompt_syntax.prompt_schedule(negative, steps))
+        total = longest = 0
+        for schedule in batches:
+            texts = list(dict.fromkeys(text for _, text in schedule))
+            length = max(len(self.chunks(text, emphasis)) for text in texts) * (CHUNK + 2)
+            total += len(texts) * length
+            longest = max(longest, length)
+        return total, longest
+
     def encode_prompt(self, prompt: str, steps: int, clip_skip: int = 1, emphasis: str = "Original") -> ComposableCond:
         """The positive prompt: AND sub-prompts, each scheduled on its own (one text-encoder batch per
         distinct sub-prompt, as A1111 does)."""

@@ -158,10 +158,11 @@ class GenerationService:
         return _Run(job, accepted, model, record, networks, result, {})
 
     def _fit_memory(self, run: _Run) -> None:
-        """Before sampling: the job's estimated peak (generation/memory.py) against what the device has free now
-        (the model loaded), or what --memory-limit leaves. A model in low-memory mode decodes in small tiles
-        (Auto: always, at most LOW_MEMORY_TILE). A job that fits only with the tiled VAE runs with it
-        and says so; one that fits in no way is refused (BadRequest) with what would fit."""
+        """Before sampling: the job's estimated peak (generation/memory.py), its prompts' conditioning included,
+        against what the device has free now (the model loaded), or what --memory-limit leaves. A model in
+        low-memory mode decodes in small tiles (Auto: always, at most LOW_MEMORY_TILE). A job that fits only
+        with the tiled VAE runs with it and says so; one that fits in no way is refused (BadRequest) with what
+        would fit."""
         ctx = run.accepted.ctx
         if run.model.low_memory and ctx.vae_tiling.mode == "Auto":  # its decode at 512x512 doubles its peak
             tiling = VaeTiling("Always", min(ctx.vae_tiling.tile, memory.LOW_MEMORY_TILE))
@@ -175,9 +176,13 @@ class GenerationService:
                 free, limit_note = left, f" of the {memory.gib(limit)} --memory-limit allows"
         if free is None:  # MPS: not known
             return
+        params, text = run.accepted.ctx.params, run.model.text
+        positions, longest = text.context_positions(extra_networks.parse(params.prompt).text, params.negative_prompt,
+                                                    params.steps, run.accepted.ctx.emphasis)
         try:
             fitted = memory.fit(run.accepted.ctx, memory.ModelMemory.of(run.model), free,
-                                0 if limit_note else devices.free_swap(device), limit_note)
+                                0 if limit_note else devices.free_swap(device), limit_note,
+                                memory.TextMemory(positions, longest, text.width))
         except memory.NotEnoughMemory as e:
             raise BadRequest(str(e)) from None
         if fitted.tiled_to_fit:

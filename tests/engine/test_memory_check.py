@@ -62,6 +62,34 @@ def test_a_job_that_fits_only_with_tiles_runs_tiled_and_one_that_does_not_fit_is
         engine.queue.stop()
 
 
+def test_a_job_whose_prompts_alone_do_not_fit_is_refused_naming_the_prompt(data_dir):
+    """The security review's case: a prompt at the length cap that alternates between 40 texts holds 40 long
+    contexts (here 20 MB each, the tiny model's are 32 wide; 1.6 GB each on SDXL). They are counted before
+    anything is encoded."""
+    prompt = "猫" * 50_000 + " [" + "|".join(f"a{n}" for n in range(40)) + "]"
+    warm = make_engine(data_dir)
+    warm.txt2img(params())
+    loaded = warm.checkpoints.current
+    positions, longest = loaded.text.context_positions(prompt, "", 40)
+    held = memory.TextMemory(positions, longest, loaded.text.width).held_bytes
+    assert held > 700 * memory.MIB and longest == 2001 * 77  # 40 texts of 2001 chunks
+    ctx = context.resolve(params(), Settings())
+    image = memory.peak(ctx, memory.ModelMemory.of(loaded), ctx.vae_tiling).bytes
+    warm.queue.stop()
+    limit = devices.process_memory(CPU) + image + held // 2  # the image fits beside what the process holds
+    engine = make_engine(data_dir, limits=Limits(memory_limit_gb=limit / memory.GIB))
+    try:
+        job = engine.submit_txt2img(params(prompt=prompt, steps=40))
+        with pytest.raises(BadRequest, match=r"The prompts are too long for it: their conditioning alone is "
+                                             r"about 0\.7 GiB \(80041 chunks of 75 tokens; the longest prompt has "
+                                             r"150075 tokens\)"):
+            job.wait()
+        assert job.state.sampling_step == 0
+        assert engine.txt2img(params(prompt="猫" * 100)).images  # a prompt of ordinary length runs
+    finally:
+        engine.queue.stop()
+
+
 def test_a_job_asked_at_its_own_tiling_fits_as_asked(data_dir):
     """With memory to spare nothing changes: the same image, no warning, no tiling noted."""
     engine = make_engine(data_dir)

@@ -625,3 +625,12 @@ def test_unipc_settings_change_the_result_and_few_steps_work(model):
         assert torch.isfinite(other).all() and not torch.allclose(other, base), change
     for steps in (1, 2):  # fewer steps than the order (A1111 fails here) run at a lower order
         assert torch.isfinite(ours(model, "UniPC", steps, [4], cond, uncond, 5.0)).all()
+
+
+def test_the_positions_counted_before_encoding_are_those_encoded(model):
+    """What the memory check before a job counts for the prompts' conditioning (see generation/memory.py)."""
+    from tests.support.engine import LONG_PROMPT, encoded_positions
+    for prompt, negative in (("a cat", ""), LONG_PROMPT):
+        counted = model.text.context_positions(prompt, negative, 6)
+        assert counted == encoded_positions(model, prompt, negative, 6)
+    assert counted[0] > 10 * 77  # several chunks and distinct texts

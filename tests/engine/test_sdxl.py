@@ -19,7 +19,7 @@ from modules.models.families import SD1, SDXL, sdxl
 from modules.models.family import ConfigFiles, FamilyMatch, ModelConfig, read_yaml
 from modules.models.prompt_encoder import BOS, EOS
 from tests.support import tiny_models
-from tests.support.engine import detect, make_engine, make_manager
+from tests.support.engine import LONG_PROMPT, detect, encoded_positions, make_engine, make_manager
 from tests.support.img2img import init_image, left_half_mask
 
 CLIP_L_W, BIGG_W = tiny_models.TEXT_WIDTH["sdxl"], tiny_models.SDXL_BIGG_WIDTH
@@ -174,6 +174,14 @@ def test_prompt_editing_changes_context_and_pooled_together(model, tiny):
         context, pooled = _reference(model, tiny, f"a {word} circle")
         torch.testing.assert_close(scheduled.at(step).pooled, pooled, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(scheduled.at(step).context, context, rtol=1e-5, atol=1e-5)
+
+
+def test_the_positions_counted_before_encoding_are_those_encoded(model):
+    """What the memory check before a job counts for the prompts' conditioning (see generation/memory.py); an
+    empty negative prompt is one chunk of zeros."""
+    for prompt, negative in (("a cat", ""), LONG_PROMPT):
+        assert model.text.context_positions(prompt, negative, 6) == encoded_positions(model, prompt, negative, 6)
+    assert model.text.width == model.text.encode("a cat").shape[-1]  # both encoders: the width counted
 
 
 def test_clip_skip_leaves_sdxl_alone_unless_sdxl_clip_l_skip(model):

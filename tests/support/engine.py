@@ -70,3 +70,15 @@ def started(*flags: str):
             engine.queue.stop()
             torch.set_flush_denormal(False)
             Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
+def encoded_positions(model, prompt: str, negative: str, steps: int) -> tuple[int, int]:
+    """(all, longest): the positions of the distinct contexts the model's encoder makes for these prompts,
+    read from what it encodes (what PromptEncoder.context_positions counts before encoding)."""
+    cond, uncond = model.text.encode_prompt(prompt, steps), model.text.encode_negative(negative, steps)
+    schedules = [scheduled for scheduled, _ in cond.parts] + [uncond]
+    contexts = {id(c.context): c.context for s in schedules for _, c in s.entries}
+    return sum(z.shape[0] for z in contexts.values()), max(z.shape[0] for z in contexts.values())
+
+
+LONG_PROMPT = ("a [red:blue:2] circle, " * 30 + "BREAK a square AND a cat [on a mat|in a hat], " * 3, "ugly, " * 40)

@@ -137,3 +137,31 @@ def test_a_containers_memory_limit_counts_as_what_is_free():
     assert devices._cgroup_free(files({**v1, "/sys/fs/cgroup/memory/memory.limit_in_bytes": str(2**63 - 4096)})) is None
     assert devices._cgroup_free(files({})) is None
     assert devices.free_memory(torch.device("cpu")) > 0
+
+
+def test_a_long_prompts_conditioning_counts_and_a_refusal_says_it_is_the_prompt():
+    """The security review's case: a prompt at the 65536-character cap in CJK is about 2600 chunks, 1.6 GB of
+    SDXL context (and one such context for each distinct text prompt editing makes), which the estimate left
+    out. Held beside every phase; each U-Net call's rows carry it too."""
+    sdxl, job = memory.ModelMemory("sdxl"), ctx(width=1024, height=1024)
+    short = memory.TextMemory(positions=2 * 77, longest=77, width=2048)
+    long = memory.TextMemory(positions=2 * 2600 * 77, longest=2600 * 77, width=2048)
+    assert long.held_bytes == 2 * 2600 * 77 * 2048 * 4
+    plain = memory.peak(job, sdxl, job.vae_tiling)
+    assert memory.peak(job, sdxl, job.vae_tiling, short).bytes == plain.bytes + short.held_bytes  # no more
+    sampling = memory.sampling(1024, 1024, 1, sdxl, long)
+    assert sampling.bytes - memory.sampling(1024, 1024, 1, sdxl).bytes == 2 * 2600 * 77 * (2048 + 2 * 1280) * 4
+    assert sampling.what.endswith("prompts of 195000 tokens")
+
+    free = plain.bytes + GIB  # the image fits; the prompts' 3.3 GB do not
+    assert memory.fit(job, sdxl, free).peak == plain
+    with pytest.raises(memory.NotEnoughMemory, match=r"The prompts are too long for it: their conditioning alone is "
+                                                     r"about 3\.1 GiB \(5200 chunks of 75 tokens; the longest prompt "
+                                                     r"has 195000 tokens\)\. Shorten the prompt"):
+        memory.fit(job, sdxl, free, text=long)
+    # a prompt that leaves room for a smaller image gets the usual suggestions, which count it
+    with pytest.raises(memory.NotEnoughMemory, match="What fits: ") as refused:
+        memory.fit(job, sdxl, plain.bytes, text=short)
+    size = re.search(r"(\d+)x(\d+) at batch size 1", str(refused.value))
+    smaller = memory._with(job, job.params, width=int(size[1]), height=int(size[2]))
+    assert memory.peak(smaller, sdxl, vae_tiling.VaeTiling("Always"), short).bytes <= plain.bytes  # tiled to fit
