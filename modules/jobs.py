@@ -92,7 +92,28 @@ class Job:
     result: Any = None
     error: BaseException | None = None
     _callbacks: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
+    _relay: Callable[[str], None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def request(self, what: str) -> None:
+        """Ask the job to stop ("interrupt") or to abandon its current batch ("skip"): the flag its work checks
+        between steps is set, and the request goes at once to the relay, if one is set (see `relay_requests`)."""
+        with self._lock:
+            setattr(self.state, "interrupted" if what == "interrupt" else "skipped", True)
+            relay = self._relay
+        if relay is not None:
+            relay(what)
+
+    def relay_requests(self, relay: Callable[[str], None] | None) -> None:
+        """Pass each interrupt and skip request to `relay(what)` from now on (None: no longer), those made before
+        at once: a job run elsewhere (a cluster replica) gets them without waiting for its next progress
+        report. Every request reaches the relay once, whichever of the two calls comes first."""
+        with self._lock:
+            self._relay = relay
+            made = [what for what, on in (("interrupt", self.state.interrupted), ("skip", self.state.skipped)) if on]
+        if relay is not None:
+            for what in made:
+                relay(what)
 
     def add_done_callback(self, fn: Callable[["Job"], None]) -> None:
         """Call `fn(job)` once the job has finished (at once if it already has), from the worker thread."""
@@ -235,7 +256,7 @@ class JobQueue:
             self._answer(job, at_once=True)
             return "cancelled"
         if job in self.running and not job.done.is_set():
-            job.state.interrupted = True
+            job.request("interrupt")
             return "interrupted"
         return ""
 
@@ -251,11 +272,11 @@ class JobQueue:
     def interrupt(self) -> None:
         """Interrupt the running job (every running job, when several run)."""
         for job in list(self.running):
-            job.state.interrupted = True
+            job.request("interrupt")
 
     def skip(self) -> None:
         for job in list(self.running):
-            job.state.skipped = True
+            job.request("skip")
 
     def _work(self) -> None:
         while True:

@@ -3,10 +3,11 @@
 `RayCluster.run(job, accepted)` is what GenerationService calls for each generation job (its `remote`). It sends
 the accepted request to the deployment with the job's checkpoint as the multiplexed model id (Serve prefers a
 replica that has it loaded), copies the replica's progress into `job.state`, passes the job's interrupt and skip
-on through the control actor, and returns the replica's result and the files to write. A replica that dies
-while it runs the job (its process killed, its node lost) is marked dead and the job is sent once more, to
-another replica (Serve starts a replacement for the dead one); a second death ends the job as failed, with the
-reason. A job that ended with an error of its own is never sent again: no job runs twice to completion.
+on through the control actor as they are asked for, and returns the replica's result and the files to write. A
+replica that dies while it runs the job (its process killed, its node lost) is marked dead and the job is sent
+once more, to another replica (Serve starts a replacement for the dead one); a second death ends the job as
+failed, with the reason. A job that ended with an error of its own is never sent again: no job runs twice to
+completion.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class RayCluster:
     def _attempt(self, job: Job, accepted):
         handle = self._handle.options(stream=True, multiplexed_model_id=accepted.checkpoint.name)
         replica = None
-        sent: set[str] = set()
+        job.relay_requests(lambda what: self._relay(job, what))
         try:
             for event in handle.generate.remote(job.id, job.task_id, accepted.kind, accepted):
                 kind = event["event"]
@@ -159,7 +160,6 @@ class RayCluster:
                     replica = event["replica"]
                 elif kind == "progress":
                     _copy_progress(job, event)
-                    self._pass_flags(job, sent)
                 elif kind == "error":
                     raise event["error"]
                 elif kind == "done":
@@ -169,16 +169,16 @@ class RayCluster:
                 self._control.mark_dead.remote(replica)
             raise ReplicaDied(f"replica {replica or '(not known)'} died while running it ({type(e).__name__})"
                               ) from None
+        finally:
+            job.relay_requests(None)
         raise ReplicaDied(f"replica {replica} ended the job without a result")
 
-    def _pass_flags(self, job: Job, sent: set[str]) -> None:
-        """The front's interrupt and skip (JobQueue sets them on job.state) go to the replica."""
-        if job.state.interrupted and "interrupt" not in sent:
-            sent.add("interrupt")
-            self._control.flag.remote(job.id, "interrupt")
-        if job.state.skipped:
+    def _relay(self, job: Job, what: str) -> None:
+        """The front's interrupt or skip of `job` (JobQueue's, see Job.request) goes to the replica running it,
+        which reads it within POLL_S. A skip is taken once; an interrupt stays set for another attempt."""
+        if what == "skip":
             job.state.skipped = False
-            self._control.flag.remote(job.id, "skip")
+        self._control.flag.remote(job.id, what)
 
 
 def _copy_progress(job: Job, event: dict[str, Any]) -> None:

@@ -100,7 +100,7 @@ class GenerationReplica:
             while not running.done():
                 await asyncio.wait([running], timeout=POLL_S)
                 for flag in (await self._control.take_flags.remote(job_id)):
-                    setattr(job.state, "interrupted" if flag == "interrupt" else "skipped", True)
+                    job.request(flag)
                 update = _progress(job)
                 if update != last:
                     last = update

@@ -151,3 +151,45 @@ def test_a_cancelled_job_is_answered_at_once_and_releases_the_clients_later_jobs
     finally:
         gate.set()
         q.stop()
+
+
+def test_interrupt_and_skip_reach_a_jobs_relay_once_whenever_it_is_set():
+    """A job run on a cluster replica relays the queue's interrupt and skip at once (modules/cluster/front.py),
+    not at its next progress report; one asked for before the relay is set reaches it when it is set."""
+    from modules.jobs import Job
+
+    job, got = Job(id="a", kind="txt2img", fn=lambda _job: None), []
+    job.request("skip")
+    job.relay_requests(got.append)
+    assert got == ["skip"]
+    job.request("interrupt")
+    assert got == ["skip", "interrupt"] and job.state.interrupted
+    job.relay_requests(None)
+    job.request("skip")
+    assert got == ["skip", "interrupt"] and job.state.skipped  # the flag the local work checks
+
+    for _ in range(300):  # a request racing the relay being set: exactly once, never lost or doubled
+        job, got = Job(id="b", kind="txt2img", fn=lambda _job: None), []
+        asker = threading.Thread(target=job.request, args=("interrupt",))
+        asker.start()
+        job.relay_requests(got.append)
+        asker.join()
+        assert got == ["interrupt"]
+
+
+def test_the_queues_interrupt_skip_and_cancel_go_through_the_relay(queue):
+    started, release, relayed = threading.Event(), threading.Event(), []
+
+    def work(job):
+        job.relay_requests(relayed.append)
+        started.set()
+        release.wait(30)
+
+    job = queue.submit("txt2img", work)
+    assert started.wait(30)
+    queue.skip()
+    queue.interrupt()
+    assert queue.cancel(job) == "interrupted"
+    assert relayed == ["skip", "interrupt", "interrupt"]
+    release.set()
+    job.done.wait(30)
