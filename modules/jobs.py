@@ -102,7 +102,7 @@ class Job:
             setattr(self.state, "interrupted" if what == "interrupt" else "skipped", True)
             relay = self._relay
         if relay is not None:
-            relay(what)
+            self._send(relay, what)
 
     def relay_requests(self, relay: Callable[[str], None] | None) -> None:
         """Pass each interrupt and skip request to `relay(what)` from now on (None: no longer), those made before
@@ -113,7 +113,13 @@ class Job:
             made = [what for what, on in (("interrupt", self.state.interrupted), ("skip", self.state.skipped)) if on]
         if relay is not None:
             for what in made:
-                relay(what)
+                self._send(relay, what)
+
+    def _send(self, relay: Callable[[str], None], what: str) -> None:
+        try:
+            relay(what)
+        except Exception:  # the flag is set; the job's own check (a replica's next poll) may still see it
+            log.warning("Job %s: passing on its %s failed", self.id, what, exc_info=True)
 
     def add_done_callback(self, fn: Callable[["Job"], None]) -> None:
         """Call `fn(job)` once the job has finished (at once if it already has), from the worker thread."""

@@ -12,6 +12,7 @@ completion.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -152,8 +153,8 @@ class RayCluster:
     def _attempt(self, job: Job, accepted):
         handle = self._handle.options(stream=True, multiplexed_model_id=accepted.checkpoint.name)
         replica = None
-        job.relay_requests(lambda what: self._relay(job, what))
         try:
+            job.relay_requests(lambda what: self._relay(job, what))
             for event in handle.generate.remote(job.id, job.task_id, accepted.kind, accepted):
                 kind = event["event"]
                 if kind == "start":
@@ -171,6 +172,8 @@ class RayCluster:
                               ) from None
         finally:
             job.relay_requests(None)
+            with contextlib.suppress(Exception):  # Ray stopping: nothing left to clean
+                self._control.take_flags.remote(job.id)  # a request that came after the replica's last look
         raise ReplicaDied(f"replica {replica} ended the job without a result")
 
     def _relay(self, job: Job, what: str) -> None:

@@ -36,7 +36,7 @@ FIXED_BYTES = 256 * MIB  # the sampler's tensors, a preview, what the allocator 
 MARGIN = 1.15  # room for what the estimate misses: the figures vary by ~15 % between runs of the same call
 LOW_MEMORY_TILE = 256  # the tiled VAE's tile in low-memory mode: a 512x512 decode adds 0.55 GB, not 0.98 (bench/README)
 SIZE_STEP = 8  # sizes suggested in a refusal are multiples of this (A1111's sliders' step)
-TEXT_BYTES = 4  # a context position's element: on a CPU the text encoders compute in float32 (16-bit files too)
+TEXT_BYTES = 4  # a context position's element: float32 (the text encoders' on a CPU; on a GPU an upper bound)
 CROSS_ATTENTION_WIDTH = 1280  # the widest query of SD's and SDXL's cross-attention (their deepest level)
 LONG_PROMPT_POSITIONS = 77 * 20  # 1500 tokens: a longer prompt's rows are counted in a U-Net call (else MARGIN's)
 
@@ -79,6 +79,7 @@ class TextMemory:
     positions: int = 0  # of all contexts held
     longest: int = 0  # positions of the longest context (each U-Net call's rows have this length)
     width: int = 768  # of a position: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL, 1280 its refiner
+    parts: int = 1  # the prompt's AND sub-prompts (repeats included): each is a U-Net row of every image
 
     @property
     def held_bytes(self) -> int:
@@ -126,18 +127,21 @@ def gib(n: int) -> str:
 
 
 def sampling(width: int, height: int, batch: int, model: ModelMemory, text: TextMemory = TextMemory()) -> Phase:
-    """One U-Net call for a batch of images of this size, with prompts as long as `text`'s longest."""
-    rows = batch * (2 if model.batch_cond_uncond else 1)
+    """One U-Net call for a batch of images of this size, with `text`'s sub-prompts and its longest context: each
+    image is a row for each AND sub-prompt and one for the negative prompt, all in one call (batch_cond_uncond)
+    or the negative prompt's in a call of its own."""
+    rows = batch * (text.parts + 1 if model.batch_cond_uncond else text.parts)
     pixels = (width // 8) * (height // 8)
     per_pixel = UNET_BYTES_PER_LATENT_PIXEL.get(model.family, max(UNET_BYTES_PER_LATENT_PIXEL.values()))
     need = int(rows * pixels * per_pixel * model.unet_bytes / 4 * model.unet_width)
-    if model.attention == "plain":  # softmax(QK^T) of the first attention level held whole, twice
-        need += 2 * rows * model.heads * pixels * pixels * model.unet_bytes
+    if model.attention == "plain":  # softmax(QK^T) of the first attention level held whole, twice; and the
+        need += 2 * rows * model.heads * pixels * (pixels + text.longest) * model.unet_bytes  # cross-attention's
     long_prompt = text.longest > LONG_PROMPT_POSITIONS
     if long_prompt:  # beyond that, part of MARGIN
         need += rows * text.per_row_bytes(model.unet_bytes)
     batching = " (prompt and negative prompt in one batch)" if model.batch_cond_uncond else ""
-    prompt = f", prompts of {text.longest // 77 * 75} tokens" if long_prompt else ""
+    prompt = f", {text.parts} sub-prompts" if text.parts > 1 else ""
+    prompt += f", prompts of {text.longest // 77 * 75} tokens" if long_prompt else ""
     return Phase(f"sampling {width}x{height}, batch size {batch}{batching}{prompt}", need)
 
 
@@ -213,7 +217,7 @@ def _refusal(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: int, 
     p = ctx.params
     said = (f"Not enough memory for this job: its peak is about {gib(need.bytes)} ({need.what}) and "
             f"{gib(free)} is free{limit_note}.")
-    smallest = _with(ctx, p, batch_size=1, width=SIZE_STEP, height=SIZE_STEP, enable_hr=False)
+    smallest = dataclasses.replace(_with(ctx, p, batch_size=1, width=SIZE_STEP, height=SIZE_STEP), hr_choice=None)
     if peak(smallest, model, tiling, text).bytes > free and peak(smallest, model, tiling).bytes <= free:
         return (f"{said} The prompts are too long for it: their conditioning alone is about "
                 f"{gib(text.held_bytes)} ({text.positions // 77} chunks of 75 tokens; the longest prompt has "

@@ -111,6 +111,7 @@ class ExtrasService:
                 keeping = keeping and len(result.images) < lim.max_extras_images and held <= lim.max_extras_pixels
                 if keeping:
                     result.images.append(out)
+                del out  # one result at a time in memory while the next file is read and done
             return result
 
         return self._queue.submit("extras", run)

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Protocol
 from PIL import Image
 from tqdm import tqdm
 
-from modules import devices, filenames, images
+from modules import devices, filenames, images, prompt_syntax
 from modules.generation import extra_networks, memory, pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.generation.vae_tiling import VaeTiling
@@ -176,13 +176,10 @@ class GenerationService:
                 free, limit_note = left, f" of the {memory.gib(limit)} --memory-limit allows"
         if free is None:  # MPS: not known
             return
-        params, text = run.accepted.ctx.params, run.model.text
-        positions, longest = text.context_positions(extra_networks.parse(params.prompt).text, params.negative_prompt,
-                                                    params.steps, run.accepted.ctx.emphasis)
         try:
             fitted = memory.fit(run.accepted.ctx, memory.ModelMemory.of(run.model), free,
                                 0 if limit_note else devices.free_swap(device), limit_note,
-                                memory.TextMemory(positions, longest, text.width))
+                                text_memory(run.accepted.ctx, run.model.text))
         except memory.NotEnoughMemory as e:
             raise BadRequest(str(e)) from None
         if fitted.tiled_to_fit:
@@ -379,3 +376,18 @@ class GenerationService:
         hypernet_hashes = [f"{name}: {short}" for name, short in networks.hypernet_hashes]
         return {"Lora hashes": ", ".join(lora_hashes) or None,
                 "Hypernetwork hashes": ", ".join(hypernet_hashes) or None, "TI hashes": ", ".join(ti) or None}
+
+
+def text_memory(ctx, text) -> memory.TextMemory:
+    """The conditioning a job holds (memory.TextMemory), counted by its text encoder `text` from the prompts'
+    tokens: the first pass's, and the Hires. fix pass's, encoded while the first pass's is still held. (A
+    refiner's, encoded by its own model after the base is released, is not counted.)"""
+    params = ctx.params
+    passes = [(extra_networks.parse(params.prompt).text, params.negative_prompt, params.steps)]
+    if ctx.hires:
+        passes.append((extra_networks.parse(params.hr_prompt or params.prompt).text,
+                       params.hr_negative_prompt or params.negative_prompt,
+                       params.hr_second_pass_steps or params.steps))
+    counted = [text.context_positions(prompt, negative, steps, ctx.emphasis) for prompt, negative, steps in passes]
+    parts = max(len(prompt_syntax.split_and(prompt)) for prompt, _, _ in passes)
+    return memory.TextMemory(sum(n for n, _ in counted), max(longest for _, longest in counted), text.width, parts)

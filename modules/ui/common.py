@@ -187,6 +187,18 @@ def open_folder(path: Path) -> str:
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what the batch folders read
 
 
+def images_in(folder: Path, what: str) -> list[Path]:
+    """The image files (IMAGE_TYPES) of a batch's input folder, in name order. The folder is one the page may
+    name; a file in it that is a link leading out of it is left out, since where it leads was never checked.
+    BadRequest naming `what` when the folder cannot be read."""
+    try:
+        inside = folder.resolve()
+        return sorted(f for f in folder.iterdir()
+                      if f.suffix.lower() in IMAGE_TYPES and f.is_file() and f.resolve().is_relative_to(inside))
+    except OSError as e:
+        raise BadRequest(f"{what}: cannot read {folder} ({e.strerror or type(e).__name__})") from None
+
+
 def open_image(path, mode: str | None = None, engine: Engine | None = None) -> Image.Image:
     """An image file read into memory, turned as its EXIF says (and converted to `mode` when given);
     BadRequest naming the file when it is not an image. With `engine`, one over its input-image limit is

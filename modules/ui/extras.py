@@ -152,7 +152,7 @@ def _folder(engine: Engine, in_dir: str, out_dir: str) -> tuple[list[Path], str 
     folder = engine.options.page_folder("Extras: input directory", in_dir)
     if not folder.is_dir():
         raise BadRequest(f"Extras: input directory {in_dir!r} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES and p.is_file())
+    files = common.images_in(folder, "Extras: input directory")
     if not files:
         raise BadRequest(f"Extras: no images ({', '.join(IMAGE_TYPES)}) in {folder}")
     outdir = str(engine.options.page_folder("Extras: output directory", out_dir)) \

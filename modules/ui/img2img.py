@@ -222,15 +222,13 @@ def batch_files(engine: Engine, input_dir: str, mask_dir: str) -> list[tuple[Pat
         if mask_dir and mask_dir.strip() else None
     if masks is not None and not masks.is_dir():
         raise BadRequest(f"Batch: inpaint mask directory {mask_dir!r} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in common.IMAGE_TYPES)
+    files = common.images_in(folder, "Batch: input directory")
     if not files:
         raise BadRequest(f"Batch: no images ({', '.join(common.IMAGE_TYPES)}) in {folder}")
-    out = []
-    for f in files:
-        mask = next((m for m in (masks.glob(f.stem + ".*") if masks else []) if m.suffix.lower() in common.IMAGE_TYPES),
-                    None)
-        out.append((f, mask))
-    return out
+    by_stem: dict[str, Path] = {}
+    for m in common.images_in(masks, "Batch: inpaint mask directory") if masks else []:
+        by_stem.setdefault(m.stem, m)
+    return [(f, by_stem.get(f.stem)) for f in files]
 
 
 def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
@@ -246,7 +244,7 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
         return
     scale_tab, scale_by = int(inputs.get("scale_tab") or 0), float(inputs.get("scale_by") or 1.0)
     show_limit = engine.options.values.img2img_batch_show_results_limit  # A1111's: what the page gets of a batch
-    shown, texts, seeds, notes, done = [], [], [], [], 0
+    shown, texts, seeds, notes, made, done = [], [], [], [], 0, 0
     for n, (path, mask_path) in enumerate(files, 1):
         def make(path=path, mask_path=mask_path):
             mask = _mask_from_upload(common.open_image(mask_path, "RGBA", engine)) if mask_path else None
@@ -265,7 +263,8 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
         if isinstance(outcome, BaseException):
             notes.append(progress.error_html(f"{path.name}: {runner.describe_error(outcome)}"))
             break
-        done += len(outcome.images)
+        made += len(outcome.images)
+        done += not outcome.interrupted
         room = len(outcome.images) if show_limit < 0 else max(0, show_limit - len(shown))
         shown += list(outcome.images)[:room]
         texts += list(outcome.infotexts)[:room]
@@ -275,7 +274,7 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
             break
     saved_to = out_dir or "the img2img output folder"
     notes.insert(0, progress.note_html(f"Batch: {done} of {len(files)} images done, saved to {saved_to}."))
-    if len(shown) < done:
+    if len(shown) < made:
         notes.insert(1, progress.note_html(f"Showing the first {len(shown)} (the setting \"Show the first N batch "
                                            "img2img results in UI\")."))
     yield [progress.gallery_value(shown, texts), texts, seeds, 0, texts[0] if texts else "", "",

@@ -629,8 +629,20 @@ def test_unipc_settings_change_the_result_and_few_steps_work(model):
 
 def test_the_positions_counted_before_encoding_are_those_encoded(model):
     """What the memory check before a job counts for the prompts' conditioning (see generation/memory.py)."""
+    from modules.generation.memory import TextMemory as memory_of
     from tests.support.engine import LONG_PROMPT, encoded_positions
     for prompt, negative in (("a cat", ""), LONG_PROMPT):
         counted = model.text.context_positions(prompt, negative, 6)
         assert counted == encoded_positions(model, prompt, negative, 6)
     assert counted[0] > 10 * 77  # several chunks and distinct texts
+
+    # a job's: the Hires. fix pass's prompts are counted beside the first pass's, which stay held
+    from modules.generation import context
+    from modules.generation.params import GenerationParams
+    from modules.services.generation import text_memory
+    from modules.settings import Settings
+    job = context.resolve(GenerationParams(prompt="a cat AND a dog", steps=6, enable_hr=True, hr_scale=2,
+                                           hr_prompt=LONG_PROMPT[0], hr_second_pass_steps=4), Settings())
+    first, second = model.text.context_positions("a cat AND a dog", "", 6), model.text.context_positions(
+        LONG_PROMPT[0], "", 4)
+    assert text_memory(job, model.text) == memory_of(first[0] + second[0], second[1], model.text.width, 4)

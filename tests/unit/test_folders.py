@@ -208,3 +208,23 @@ def test_api_options_and_override_settings_stay_inside(folder_server):
         "prompt": PROMPT, "width": 64, "height": 64, "steps": 1, "save_images": True})
     assert r.status_code == 200, r.text
     assert list((allowed / "t2i").rglob("*.png"))
+
+
+def test_a_batch_folder_lists_its_images_and_no_link_that_leads_out(tmp_path):
+    """The img2img and Extras batch folders are checked when the page names them; a file inside that is a link
+    to somewhere else (another folder, /etc) was not, so it is left out."""
+    from modules.engine import BadRequest
+    from modules.ui.common import images_in
+
+    folder, outside = tmp_path / "in", tmp_path / "elsewhere"
+    folder.mkdir()
+    outside.mkdir()
+    for name in ("b.png", "a.JPG", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    (folder / "d.png").mkdir()  # a folder named like an image
+    (outside / "secret.png").write_bytes(b"x")
+    (folder / "secret.png").symlink_to(outside / "secret.png")
+    (folder / "c.png").symlink_to(folder / "b.png")  # a link within the folder is fine
+    assert [f.name for f in images_in(folder, "Batch")] == ["a.JPG", "b.png", "c.png"]
+    with pytest.raises(BadRequest, match=r"^Batch: cannot read .*missing \(No such file or directory\)$"):
+        images_in(tmp_path / "missing", "Batch")

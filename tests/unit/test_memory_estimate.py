@@ -165,3 +165,15 @@ def test_a_long_prompts_conditioning_counts_and_a_refusal_says_it_is_the_prompt(
     size = re.search(r"(\d+)x(\d+) at batch size 1", str(refused.value))
     smaller = memory._with(job, job.params, width=int(size[1]), height=int(size[2]))
     assert memory.peak(smaller, sdxl, vae_tiling.VaeTiling("Always"), short).bytes <= plain.bytes  # tiled to fit
+
+
+def test_and_sub_prompts_are_rows_of_each_u_net_call():
+    one = memory.sampling(512, 512, 2, SD1)
+    three = memory.sampling(512, 512, 2, SD1, memory.TextMemory(parts=3))  # 2 images x (3 sub-prompts + negative)
+    assert three.bytes == 2 * one.bytes and three.what.endswith("3 sub-prompts")
+    apart = memory.ModelMemory("sd1", batch_cond_uncond=False)  # the negative prompt's rows in a call of their own
+    assert memory.sampling(512, 512, 2, apart, memory.TextMemory(parts=3)).bytes == 3 * one.bytes // 2
+    plain = memory.ModelMemory("sd1", attention="plain")
+    longer = memory.TextMemory(positions=4 * 770, longest=770)  # plain attention holds the cross-attention's too
+    assert (memory.sampling(64, 64, 1, plain, longer).bytes - memory.sampling(64, 64, 1, plain).bytes
+            == 2 * 2 * plain.heads * 64 * 770 * 4)

@@ -314,8 +314,12 @@ def test_a_folder_batch_shows_results_within_the_megapixels_and_stops_at_an_inte
         assert [im.size for im in result.images] == [(896, 896)]  # 0.8 megapixels; two would be 1.61
         assert len(result.paths) == 4
 
+        gate = threading.Event()
+        ahead = engine.queue.submit("test", lambda _job: gate.wait(30))  # holds the queue
         job = engine.submit_extras_folder(files, ExtrasParams(upscaler_1="Nearest"))
-        job.state.interrupted = True  # before it runs: nothing is done
+        job.request("interrupt")  # before it runs: nothing is done
+        gate.set()
+        ahead.wait(30)
         result = job.wait(60)
         assert result.interrupted and result.paths == [] and result.images == []
     finally:
