@@ -91,10 +91,10 @@ class Engine:
                ) -> ExtrasResult:
         return self.submit_extras(inputs, params, save).wait()
 
-    def submit_extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True
-                      ) -> Job:
+    def submit_extras(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True,
+                      names: list[str] | None = None) -> Job:
         """Queue Extras of `inputs` (see ExtrasService.submit)."""
-        return self.postprocess.submit(inputs, params, save)
+        return self.postprocess.submit(inputs, params, save, names)
 
     def submit_extras_folder(self, files: list[Path], params: postprocessing.ExtrasParams, outdir: str | None = None,
                              show: bool = True) -> Job:

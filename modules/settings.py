@@ -121,6 +121,9 @@ class Settings(BaseModel):
                         "Empty: [seed] (or [seed]-[prompt_spaces] when not saving to a subfolder)")
     save_images_add_number: bool = Field(
         True, description="Start file names with a number one higher than any in the folder (00042-...)")
+    use_original_name_batch: bool = Field(
+        True, description="Extras batches (Batch Process, Batch from Directory): name each result after its input "
+                          "file, photo-0000.png (off: 00042.png)")
     save_images_replace_action: Literal["Replace", "Add number suffix"] = Field(
         "Replace", description="Without numbers, when the file exists: replace it, or add -1, -2, ... to the name")
     grid_save: bool = Field(True, description="Save a grid of the images of a job with more than one")
@@ -213,9 +216,9 @@ class Settings(BaseModel):
 # The Settings tab's sections, in A1111's order, with each field in exactly one of them.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Saving images": ("samples_save", "samples_format", "samples_filename_pattern", "save_images_add_number",
-                      "save_images_replace_action", "grid_save", "grid_format", "grid_extended_filename", "n_rows",
-                      "img_max_size_mp",
-                      "jpeg_quality", "webp_lossless", "enable_pnginfo", "save_txt", "save_incomplete_images"),
+                      "use_original_name_batch", "save_images_replace_action", "grid_save", "grid_format",
+                      "grid_extended_filename", "n_rows", "img_max_size_mp", "jpeg_quality", "webp_lossless",
+                      "enable_pnginfo", "save_txt", "save_incomplete_images"),
     "Paths for saving": ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples",
                          "outdir_extras_samples", "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids",
                          "outdir_save", "outdir_init_images"),

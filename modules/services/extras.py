@@ -38,11 +38,13 @@ class ExtrasService:
         self._output = output
         self._decode_budget = decode_budget
 
-    def submit(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True) -> Job:
+    def submit(self, inputs: list[Image.Image], params: postprocessing.ExtrasParams, save: bool = True,
+               names: list[str] | None = None) -> Job:
         """Queue Extras of `inputs`; the job runs after those ahead of it, as A1111's extras wait for its queue
         lock. What cannot be done is refused at once (BadRequest). With `save` (A1111's Extras tab; its API never
         saves) each result goes to outdir_extras_samples (outdir_samples when set) as A1111 names extras:
-        00042.png, no date folder, the original's text chunks kept and the extras infotext added."""
+        00042.png, or after the input's file name in `names` (OutputWriter.extras_image), no date folder, the
+        original's text chunks kept and the extras infotext added."""
         if not inputs:
             raise BadRequest("Extras: send at least one image")
         self.check_batch(inputs, params)
@@ -62,7 +64,8 @@ class ExtrasService:
                     raise BadRequest(str(e)) from None
                 if not settings.enable_pnginfo:
                     out.info = {}
-                path = str(self._output.extras_image(out, text, settings, None)) if save else None
+                path = str(self._output.extras_image(out, text, settings, None, names[index] if names else None)
+                           ) if save else None
                 result.images.append(out)
                 result.infotexts.append(text)
                 result.paths.append(path)
@@ -73,10 +76,10 @@ class ExtrasService:
     def submit_folder(self, files: list[Path], params: postprocessing.ExtrasParams, outdir: str | None = None,
                       show: bool = True) -> Job:
         """Queue Extras of the image files `files` (the Extras tab's Batch from Directory), each saved as `submit`
-        saves, in `outdir` when given. As in A1111 the files are read, done and saved one at a time, so a folder
-        of any length needs the memory of one image, and a file that cannot be done (not an image, over
-        --max-input-megapixels, a result too large) is skipped, named in the result's `skipped`. With `show` (the
-        tab's "Show result images") the results are kept for the page too, the first ones up to
+        saves (named after its file), in `outdir` when given. As in A1111 the files are read, done and saved one
+        at a time, so a folder of any length needs the memory of one image, and a file that cannot be done (not
+        an image, over --max-input-megapixels, a result too large) is skipped, named in the result's `skipped`.
+        With `show` (the tab's "Show result images") the results are kept for the page too, the first ones up to
         --max-extras-images and --max-extras-megapixels; the others are only saved."""
         if not files:
             raise BadRequest("Extras: no images to do")
@@ -105,7 +108,7 @@ class ExtrasService:
                     continue
                 if not settings.enable_pnginfo:
                     out.info = {}
-                result.paths.append(str(self._output.extras_image(out, text, settings, outdir)))
+                result.paths.append(str(self._output.extras_image(out, text, settings, outdir, path.name)))
                 result.infotexts.append(text)
                 held += out.width * out.height
                 keeping = keeping and len(result.images) < lim.max_extras_images and held <= lim.max_extras_pixels

@@ -4,6 +4,7 @@ leaves a file without a row, which the history's heal adds."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,16 @@ class OutputWriter:
                                  grid=True, basename=basename)
         return self._indexed(path, "grid", text, grid)
 
-    def extras_image(self, image: Image.Image, text: str, settings: Settings, outdir: str | None) -> Path:
-        """An Extras result: A1111's short name (00042.png, no date folder), the original's text chunks kept and
-        the extras infotext added; `outdir` (the Extras tab's batch output folder) replaces the setting's."""
+    def extras_image(self, image: Image.Image, text: str, settings: Settings, outdir: str | None,
+                     name: str | None = None) -> Path:
+        """An Extras result: A1111's short name (00042.png, no date folder), or, for an image of a batch whose
+        input file was `name`, that name's stem (photo-0000.png, setting use_original_name_batch); the
+        original's text chunks kept and the extras infotext added. `outdir` (the Extras tab's batch output
+        folder) replaces the setting's."""
         folder = self.folder(outdir or settings.outdir_samples or settings.outdir_extras_samples)
+        basename = original_stem(name) if name and settings.use_original_name_batch else ""
         path = images.save_image(image, folder, text, settings, filenames.FileNamer(), to_dirs=False,
-                                 texts=image.info, section="extras")
+                                 texts=image.info, section="extras", basename=basename)
         original = image.info.get("parameters") if isinstance(image.info.get("parameters"), str) else None
         return self._indexed(path, "extras", original or text, image)
 
@@ -108,3 +113,12 @@ def replay(writer: OutputWriter, writes: list[Write], paths: list[str | None]) -
         if result is not None:
             written[f"{PENDING_PREFIX}{n}"] = str(result)
     return [written.get(p, p) if p is not None else None for p in paths]
+
+
+def original_stem(name: str) -> str:
+    """A batch input's file name as the start of a result's name: its last part (either separator: an uploaded
+    file's name is the client's) without the extension, made safe as A1111 makes file-name parts; "" when
+    nothing is left."""
+    last = re.split(r"[\\/]", name)[-1]
+    stem = last.rsplit(".", 1)[0] if "." in last.lstrip(".") else last
+    return filenames.sanitize(stem, replace_spaces=False)

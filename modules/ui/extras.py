@@ -91,7 +91,8 @@ def build(engine: Engine) -> ExtrasTab:
                 files, outdir = _folder(engine, in_dir, out_dir)
                 job = engine.submit_extras_folder(files, params, outdir, show=bool(show))
             else:
-                job = engine.submit_extras(_uploaded(engine, int(current_mode), single, uploads), params, save=True)
+                images, names = _uploaded(engine, int(current_mode), single, uploads)
+                job = engine.submit_extras(images, params, save=True, names=names)
         except (ValidationError, BadRequest) as e:
             yield gr.skip(), progress.error_html(runner.describe_error(e))
             return
@@ -133,15 +134,16 @@ def _notes(result: ExtrasResult, shown: bool, lim: Limits) -> str:
     return "".join(notes)
 
 
-def _uploaded(engine: Engine, mode: int, single, uploads) -> list[Image.Image]:
-    """The images of the Single Image or Batch Process sub-tab."""
+def _uploaded(engine: Engine, mode: int, single, uploads) -> tuple[list[Image.Image], list[str] | None]:
+    """The images of the Single Image or Batch Process sub-tab, and (a batch's) their file names."""
     if mode == 0:
         if single is None:
             raise BadRequest("Extras: upload an image first.")
-        return [single]
+        return [single], None
     if not uploads:
         raise BadRequest("Extras: upload one or more images first.")
-    return [open_image(getattr(f, "name", f), engine=engine) for f in uploads]
+    paths = [getattr(f, "name", f) for f in uploads]  # Gradio keeps an upload's own name, in a folder of its own
+    return [open_image(p, engine=engine) for p in paths], [Path(p).name for p in paths]
 
 
 def _folder(engine: Engine, in_dir: str, out_dir: str) -> tuple[list[Path], str | None]:

@@ -10,8 +10,8 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    browser, fetch_image, fill_text, gallery_image_urls, page, select_option, set_checkbox, set_number, ui_server,
-    upload_file, wait_for_gallery)
+    block, browser, fetch_image, fill_text, gallery_image_urls, page, select_option, set_checkbox, set_number,
+    ui_server, upload_file, wait_for_gallery)
 from tests.support.tabs import open_tab
 from tools import shapes_world as world
 
@@ -77,7 +77,7 @@ def test_extras_batch_from_directory_saves_every_file_and_names_what_it_skipped(
     info = page.locator("#html_info_extras")
     expect(info).to_contain_text(f"Saved 2 images to {shown_out}")
     expect(info).to_contain_text("Skipped 1 file that could not be done: broken.png: not an image that can be read")
-    assert sorted(p.name for p in shown_out.iterdir()) == ["00000.png", "00001.png"]
+    assert sorted(p.name for p in shown_out.iterdir()) == ["0-0000.png", "1-0000.png"]  # named after the inputs
 
     # "Show result images" off: saved, not shown (nothing held for the page)
     set_checkbox(page, "extras_show_extras_results", False)
@@ -86,3 +86,13 @@ def test_extras_batch_from_directory_saves_every_file_and_names_what_it_skipped(
     expect(info).to_contain_text(f"Saved 2 images to {unshown_out}", timeout=60_000)
     assert gallery_image_urls(page, "extras_gallery") == []
     assert len(list(unshown_out.iterdir())) == 2
+
+    # Batch Process: uploaded files, saved under their own names too (the page's upload keeps each file's name)
+    open_tab(page, "extras_batch_process_tab")
+    uploads = block(page, "extras_image_batch")
+    uploads.locator("input[type=file]").set_input_files([str(inputs / "0.png"), str(inputs / "1.png")])
+    expect(uploads.locator("tbody tr")).to_have_count(2)  # both are uploaded
+    page.locator("#extras_generate").click()
+    expect(info).to_contain_text(f"Saved 2 images to {data / 'outputs' / 'extras-images'}", timeout=60_000)
+    saved = sorted(p.name for p in (data / "outputs" / "extras-images").iterdir() if "-" in p.name)
+    assert saved == ["0-0000.png", "1-0000.png"], saved

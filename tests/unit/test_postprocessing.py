@@ -283,14 +283,18 @@ def test_a_folder_batch_reads_and_saves_one_image_at_a_time_and_skips_what_it_ca
                                                                             "picture 4"]
         assert [Image.open(p).size for p in shown.paths] == [(128, 64), (64, 64), (80, 48), (32, 96)]
         assert all(Path(p).parent == tmp_path / "out" for p in shown.paths)
+        # named after their inputs, as A1111's setting use_original_name_batch (on) names them
+        assert [Path(p).name for p in shown.paths] == ["0-0000.png", "1-0000.png", "2-0000.png", "4-0000.png"]
         assert [im.size for im in shown.images] == [(128, 64), (64, 64)]  # the first 2 (--max-extras-images)
         assert shown.infotexts == ["Postprocess upscale by: 2, Postprocess upscaler: Lanczos"] * 4
         assert len(shown.skipped) == 2 and not shown.interrupted
         assert shown.skipped[0].startswith("broken.png: not an image that can be read")
         assert shown.skipped[1].startswith("big.png: the image has 0.02 megapixels (200x100)")
 
+        engine.options.update({"use_original_name_batch": False})
         unshown = engine.submit_extras_folder(files, params, None, show=False).wait(60)
         assert unshown.images == [] and len(unshown.paths) == 4 and len(unshown.skipped) == 2
+        assert [Path(p).name for p in unshown.paths] == ["00000.png", "00001.png", "00002.png", "00003.png"]
         assert all(Path(p).parent == tmp_path / "outputs" / "extras-images" for p in unshown.paths)
         with pytest.raises(BadRequest, match="upscaler 'SwinIR 4x' is not available"):  # refused before it is queued
             engine.submit_extras_folder(files, ExtrasParams(upscaler_1="SwinIR 4x"))
@@ -342,3 +346,12 @@ def test_engine_extras_waits_behind_a_running_generation(engine):
     engine.queue.interrupt()
     assert extras.wait(120).images[0].size == (128, 64)
     assert finished == ["txt2img", "extras"]
+
+
+@pytest.mark.parametrize("name, stem", [("photo.png", "photo"), ("a.b.JPG", "a.b"), ("../../etc/passwd.png", "passwd"),
+                                        ("C:\\Users\\me\\my cat.webp", "my cat"), ("C:cat.png", "C_cat"),
+                                        ("..", ""), ("noext", "noext"), ("a<b>|c.png", "a_b__c")])
+def test_a_batch_inputs_name_becomes_a_safe_start_of_its_results(name, stem):
+    """An uploaded file's name is the client's: only its last part, made safe, names the result."""
+    from modules.services.output import original_stem
+    assert original_stem(name) == stem
