@@ -8,6 +8,12 @@
     python bench/limits.py pnginfo [--side 13000]
         A live API server's peak memory (VmHWM) around POST /sdapi/v1/png-info with a SIDExSIDE black PNG
         (0.5 MB for 13000), once and six times at once.
+
+    python bench/limits.py extras-folder [--files 30] [--side 1024]
+        An Extras batch of a folder of FILES noise PNGs of SIDExSIDE, upscaled 2x with Lanczos and saved: the
+        peak RSS above the start, in one process, for the way the tab ran it before (every file decoded
+        first, every result held: the reference) and as it runs now (one file at a time), with and without
+        "Show result images".
 """
 
 from __future__ import annotations
@@ -130,6 +136,58 @@ def pnginfo(side: int) -> dict:
         shutil.rmtree(data, ignore_errors=True)
 
 
+EXTRAS_VARIANTS = ("reference_all_decoded_first", "one_at_a_time_shown", "one_at_a_time_not_shown")
+
+
+def extras_folder(files: int, side: int) -> dict:
+    """Each variant in a process of its own (a freed heap would hide the next one's peak), on one folder."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    data = Path(tempfile.mkdtemp())
+    folder = data / "in"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for n in range(files):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{n:03d}.png",
+                                                                                      compress_level=1)
+    out: dict = {"files": files, "side": side, "result_side": 2 * side}
+    try:
+        for variant in EXTRAS_VARIANTS:
+            run = subprocess.run([sys.executable, __file__, "extras-folder", "--variant", variant, "--data",
+                                  str(data)], capture_output=True, text=True, check=True, cwd=ROOT)
+            out[variant] = json.loads(run.stdout.strip().splitlines()[-1])
+        return out
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def extras_variant(variant: str, data: Path) -> dict:
+    from bench.txt2img import RssSampler
+    from modules import limits, postprocessing
+    from modules.ui.common import images_in, open_image
+    from tests.support.engine import make_engine
+
+    engine = make_engine(data, checkpoint=None, limits=limits.Limits(max_extras_images=100_000,
+                                                                     max_extras_megapixels=1_000_000))
+    params = postprocessing.ExtrasParams(upscaler_1="Lanczos", upscaling_resize=2)
+    files = images_in(data / "in", "in")
+    sampler = RssSampler()
+    try:
+        start, t = sampler.reset(), time.perf_counter()
+        if variant == "reference_all_decoded_first":  # the tab before: every file decoded, every result held
+            result = engine.submit_extras([open_image(f, engine=engine) for f in files], params).wait()
+        else:
+            result = engine.submit_extras_folder(files, params, show=variant == "one_at_a_time_shown").wait()
+        return {"peak_mb_above_start": round((sampler.read_peak() - start) / 2**20),
+                "seconds": round(time.perf_counter() - t, 1), "saved": len(result.paths), "shown": len(result.images)}
+    finally:
+        sampler.stop()
+        engine.queue.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -138,8 +196,20 @@ def main() -> None:
     i.add_argument("--size", type=int, default=1024)
     g = sub.add_parser("pnginfo")
     g.add_argument("--side", type=int, default=13000)
+    e = sub.add_parser("extras-folder")
+    e.add_argument("--files", type=int, default=30)
+    e.add_argument("--side", type=int, default=1024)
+    e.add_argument("--variant", choices=EXTRAS_VARIANTS, help=argparse.SUPPRESS)  # one run, in a process of its own
+    e.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
-    print(json.dumps(interrupt(a.model, a.size) if a.what == "interrupt" else pnginfo(a.side)))
+    if a.what == "interrupt":
+        print(json.dumps(interrupt(a.model, a.size)))
+    elif a.what == "pnginfo":
+        print(json.dumps(pnginfo(a.side)))
+    elif a.variant:
+        print(json.dumps(extras_variant(a.variant, a.data)))
+    else:
+        print(json.dumps(extras_folder(a.files, a.side)))
 
 
 if __name__ == "__main__":
