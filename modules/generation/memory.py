@@ -24,6 +24,7 @@ from modules.generation.context import JobContext
 from modules.generation.params import GenerationParams
 from modules.generation.vae_tiling import VaeTiling
 from modules.models import low_memory
+from modules.models.prompt_encoder import CHUNK
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -38,7 +39,8 @@ LOW_MEMORY_TILE = 256  # the tiled VAE's tile in low-memory mode: a 512x512 deco
 SIZE_STEP = 8  # sizes suggested in a refusal are multiples of this (A1111's sliders' step)
 TEXT_BYTES = 4  # a context position's element: float32 (the text encoders' on a CPU; on a GPU an upper bound)
 CROSS_ATTENTION_WIDTH = 1280  # the widest query of SD's and SDXL's cross-attention (their deepest level)
-LONG_PROMPT_POSITIONS = 77 * 20  # 1500 tokens: a longer prompt's rows are counted in a U-Net call (else MARGIN's)
+POSITIONS_PER_CHUNK = CHUNK + 2  # 75 tokens between the start and end tokens
+LONG_PROMPT_POSITIONS = POSITIONS_PER_CHUNK * 20  # 1500 tokens: longer prompts' rows count in a U-Net call
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,18 @@ class TextMemory:
     def held_bytes(self) -> int:
         return self.positions * self.width * TEXT_BYTES
 
+    @property
+    def chunks(self) -> int:
+        return self.positions // POSITIONS_PER_CHUNK
+
+    @property
+    def longest_tokens(self) -> int:
+        return self.longest // POSITIONS_PER_CHUNK * CHUNK
+
     def per_row_bytes(self, element: int) -> int:
         """What one U-Net row's context adds to a call: the row itself, and the keys and values a cross-attention
         layer projects from it (at most CROSS_ATTENTION_WIDTH wide)."""
         return self.longest * (self.width + 2 * CROSS_ATTENTION_WIDTH) * element
-
 
 
 @dataclass(frozen=True)
@@ -141,9 +150,8 @@ def sampling(width: int, height: int, batch: int, model: ModelMemory, text: Text
         need += rows * text.per_row_bytes(model.unet_bytes)
     batching = " (prompt and negative prompt in one batch)" if model.batch_cond_uncond else ""
     prompt = f", {text.parts} sub-prompts" if text.parts > 1 else ""
-    prompt += f", prompts of {text.longest // 77 * 75} tokens" if long_prompt else ""
+    prompt += f", prompts of {text.longest_tokens} tokens" if long_prompt else ""
     return Phase(f"sampling {width}x{height}, batch size {batch}{batching}{prompt}", need)
-
 
 
 def vae_pass(width: int, height: int, batch: int, model: ModelMemory, tiling: VaeTiling, verb: str) -> Phase:
@@ -220,8 +228,8 @@ def _refusal(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: int, 
     smallest = dataclasses.replace(_with(ctx, p, batch_size=1, width=SIZE_STEP, height=SIZE_STEP), hr_choice=None)
     if peak(smallest, model, tiling, text).bytes > free and peak(smallest, model, tiling).bytes <= free:
         return (f"{said} The prompts are too long for it: their conditioning alone is about "
-                f"{gib(text.held_bytes)} ({text.positions // 77} chunks of 75 tokens; the longest prompt has "
-                f"{text.longest // 77 * 75} tokens). Shorten the prompt, or give it fewer prompt-editing steps.")
+                f"{gib(text.held_bytes)} ({text.chunks} chunks of {CHUNK} tokens; the longest prompt has "
+                f"{text.longest_tokens} tokens). Shorten the prompt, or give it fewer prompt-editing steps.")
     options = []
     batch = _largest(lambda b: _with(ctx, p, batch_size=b), model, tiling, free, range(p.batch_size - 1, 0, -1),
                      text)

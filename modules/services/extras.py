@@ -83,10 +83,7 @@ class ExtrasService:
         --max-extras-images and --max-extras-megapixels; the others are only saved."""
         if not files:
             raise BadRequest("Extras: no images to do")
-        try:
-            postprocessing.check(params)
-        except postprocessing.ExtrasError as e:
-            raise BadRequest(str(e)) from None
+        _check(params)
         settings = self._options.values
         lim = self._requests.limits
 
@@ -134,10 +131,7 @@ class ExtrasService:
         the batch ends) have more pixels than --max-extras-megapixels."""
         lim = self._requests.limits
         self.check_count(len(inputs))
-        try:
-            postprocessing.check(params)
-        except postprocessing.ExtrasError as e:
-            raise BadRequest(str(e)) from None
+        _check(params)
         total, largest = 0, (0, 0)
         for index, image in enumerate(inputs):
             self._requests.check_input_image(image)
@@ -152,3 +146,11 @@ class ExtrasService:
                             f"image{'s' if len(inputs) != 1 else ''}, the largest {largest[0]}x{largest[1]}), over "
                             f"this server's limit of {limits.megapixels(lim.max_extras_pixels)} megapixels a batch "
                             "(--max-extras-megapixels)")
+
+
+def _check(params: postprocessing.ExtrasParams) -> None:
+    """BadRequest when the operations asked for cannot be done here (postprocessing.check)."""
+    try:
+        postprocessing.check(params)
+    except postprocessing.ExtrasError as e:
+        raise BadRequest(str(e)) from None
