@@ -3,8 +3,8 @@ venv they made; it can also be run directly with any Python that should hold the
 
 1. torch, installed with TORCH_COMMAND (default chosen for this platform, see default_torch_command)
    when it is missing or --reinstall-torch is given;
-2. requirements.txt, installed only when an installed version differs from a pin, so a second start
-   runs no pip at all;
+2. requirements.txt, then requirements-nodeps.txt without dependencies (see that file), each installed only
+   when an installed version differs from a pin, so a second start runs no pip at all;
 3. webui.main() in this same process, with the command line and COMMANDLINE_ARGS.
 """
 
@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+NODEPS_REQUIREMENTS = ROOT / "requirements-nodeps.txt"  # installed with --no-deps (spandrel: see the file)
 TORCH_VERSION = "2.13.0"
 # PyTorch's own wheel index for CUDA builds on Windows (PyPI's Windows wheels are CPU-only).
 WINDOWS_CUDA_INDEX = "https://download.pytorch.org/whl/cu130"
@@ -118,6 +119,10 @@ def prepare_environment(args: list[str]) -> None:
     if unmet:
         run([sys.executable, "-m", "pip", "install", "-r", str(requirements)],
             f"requirements ({len(unmet)} not met, e.g. {unmet[0]})")
+    unmet = unmet_requirements(NODEPS_REQUIREMENTS)
+    if unmet:
+        run([sys.executable, "-m", "pip", "install", "--no-deps", "-r", str(NODEPS_REQUIREMENTS)],
+            f"packages without their dependencies ({', '.join(unmet)})")
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2
     $torch_command
 fi
 pip install -q -r requirements.txt -r requirements-test.txt -r requirements-ray.txt
+pip install -q --no-deps -r requirements-nodeps.txt
 pip install -q --no-deps k-diffusion==0.1.1.post1
 
 set +e

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not list the small demo model that ships in models/builtin")
     models.add_argument("--vae-dir", default=None, help="extra folder searched for VAE files")
     models.add_argument("--lora-dir", default=None, help="folder with LoRA networks (default: MODELS_DIR/Lora)")
+    models.add_argument("--esrgan-models-path", default=None,
+                        help="folder with ESRGAN-style upscaler models (default: MODELS_DIR/ESRGAN)")
+    models.add_argument("--realesrgan-models-path", default=None,
+                        help="folder with Real-ESRGAN upscaler models (default: MODELS_DIR/RealESRGAN)")
+    models.add_argument("--dat-models-path", default=None,
+                        help="folder with DAT upscaler models (default: MODELS_DIR/DAT)")
     models.add_argument("--hypernetwork-dir", default=None,
                         help="folder with hypernetworks (default: MODELS_DIR/hypernetworks)")
     models.add_argument("--embeddings-dir", default=None,

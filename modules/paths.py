@@ -16,6 +16,7 @@ TOKENIZER_DIR = CONFIGS / "tokenizer"
 # The project's own small demo model (a program file, so not moved by --data-dir): listed after the
 # user's checkpoints and selected only when there are none.
 BUILTIN_MODELS = (ROOT / "models" / "builtin" / "shapes-tiny.safetensors",)
+UPSCALER_KINDS = ("ESRGAN", "RealESRGAN", "DAT", "HAT")  # A1111's model-upscaler folders, in its order
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Paths:
     embeddings_dirs: tuple[Path, ...] = ()  # DATA/embeddings or --embeddings-dir
     hypernetwork_dirs: tuple[Path, ...] = ()  # models/hypernetworks or --hypernetwork-dir
     styles_files: tuple[Path, ...] = field(default=())  # DATA/styles.csv or --styles-file
+    # model upscalers: (kind, folder) for models/ESRGAN, RealESRGAN, DAT, HAT or their flags (models/upscalers.py)
+    upscaler_dirs: tuple[tuple[str, Path], ...] = ()
 
     @property
     def outputs(self) -> Path:
@@ -75,12 +78,16 @@ class Paths:
 def from_args(data_dir: str | None = None, models_dir: str | None = None, ckpt_dir: str | None = None,
               vae_dir: str | None = None, config: str | None = None, lora_dir: str | None = None,
               embeddings_dir: str | None = None, styles_files: list[str] | None = None,
-              hypernetwork_dir: str | None = None) -> Paths:
+              hypernetwork_dir: str | None = None, upscaler_dirs: dict[str, str | None] | None = None) -> Paths:
+    """`upscaler_dirs`: a model-upscaler kind ("ESRGAN", "RealESRGAN", "DAT") -> the folder its flag names."""
     data = Path(data_dir).expanduser().resolve() if data_dir else ROOT
     models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
     sd_dir = models / "Stable-diffusion"
     ckpt_dirs = [Path(ckpt_dir).expanduser().resolve()] if ckpt_dir else []
     ckpt_dirs.append(sd_dir)
+    named = upscaler_dirs or {}
+    upscalers = tuple((kind, Path(named[kind]).expanduser().resolve() if named.get(kind) else models / kind)
+                      for kind in UPSCALER_KINDS)
     vae_dirs = [models / "VAE"]
     if vae_dir:
         vae_dirs.append(Path(vae_dir).expanduser().resolve())
@@ -96,10 +103,12 @@ def from_args(data_dir: str | None = None, models_dir: str | None = None, ckpt_d
                            else models / "hypernetworks",),
         styles_files=tuple(Path(f).expanduser().resolve() for f in styles_files) if styles_files
         else (data / "styles.csv",),
+        upscaler_dirs=upscalers,
     )
 
 
 def ensure_dirs(paths: Paths) -> None:
     for d in (paths.data, paths.models, paths.checkpoint_dirs[-1], paths.vae_dirs[0], paths.taesd_dir,
-              *paths.lora_dirs[:1], *paths.embeddings_dirs, *paths.hypernetwork_dirs):
+              *paths.lora_dirs[:1], *paths.embeddings_dirs, *paths.hypernetwork_dirs,
+              *(folder for _kind, folder in paths.upscaler_dirs[:1])):  # models/ESRGAN: where users look first
         d.mkdir(parents=True, exist_ok=True)

@@ -1,26 +1,24 @@
 """Extras: A1111's post-processing of finished images (its "Upscale" operation; face restoration is
 not available here).
 
-The upscalers are the plain ones A1111 always lists: "Lanczos" and "Nearest" resample the image.
-As in A1111's Extras, upscaler 1 "None" leaves the image as it is (no resize at all), and the size
-an upscaler produces is rounded down to a multiple of 8 with a final Lanczos resize. Model upscalers
-(ESRGAN and the like) and GFPGAN/CodeFormer are refused with a message saying so, never ignored.
+The upscalers: the plain ones A1111 always lists ("Lanczos" and "Nearest" resample the image), and the model
+upscalers found in the model folders (modules/models/upscalers), which the caller passes in as `PassFor`. As in
+A1111's Extras, upscaler 1 "None" leaves the image as it is (no resize at all), and the size an upscaler
+produces is rounded down to a multiple of 8 with a final Lanczos resize (modules/upscaling). An upscaler that
+is not there, and GFPGAN/CodeFormer, are refused with a message saying so, never ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from modules import images, infotext
+from modules import images, infotext, upscaling
 
-PLAIN_UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
-UPSCALERS = ("None", *PLAIN_UPSCALERS)
-# A1111's model upscalers, named in the refusal so a user knows why theirs is missing.
-MODEL_UPSCALER_KINDS = "ESRGAN, R-ESRGAN, SwinIR, ScuNET, LDSR, DAT"
-MAX_SIDE = 16384  # the largest side an extras image may get (a guard against requests that exhaust memory)
+PassFor = Callable[[str, float], upscaling.Pass]  # (upscaler name, scale) -> one pass of that upscaler
+MAX_SIDE = upscaling.MAX_SIDE  # the largest side an extras image may get (a guard against requests that exhaust memory)
 
 
 class ExtrasError(ValueError):
@@ -38,8 +36,8 @@ class ExtrasParams(BaseModel):
     upscaling_resize_w: int = Field(512, ge=1, le=MAX_SIDE, description="Target width (resize_mode 1)")
     upscaling_resize_h: int = Field(512, ge=1, le=MAX_SIDE, description="Target height (resize_mode 1)")
     upscaling_crop: bool = Field(True, description="resize_mode 1: crop the scaled image to the target size")
-    upscaler_1: str = Field("None", description=f"Main upscaler: one of {', '.join(UPSCALERS)} "
-                                                "('None' leaves the image as it is)")
+    upscaler_1: str = Field("None", description="Main upscaler: None (leaves the image as it is), Lanczos, Nearest "
+                                                "or a model upscaler's name (GET /sdapi/v1/upscalers lists them)")
     upscaler_2: str = Field("None", description="Second upscaler, blended over the first by its visibility")
     extras_upscaler_2_visibility: float = Field(0, ge=0, le=1, allow_inf_nan=False,
                                                 description="How much of upscaler 2 shows")
@@ -51,16 +49,19 @@ class ExtrasParams(BaseModel):
     codeformer_weight: float = Field(0, ge=0, le=1, description="CodeFormer weight (unused: not available)")
 
 
-def _check_upscaler(field: str, name: str) -> None:
-    if name not in UPSCALERS:
-        raise ExtrasError(f"{field}: upscaler {name!r} is not available. Model upscalers ({MODEL_UPSCALER_KINDS}) "
-                          f"are not supported here; available: {', '.join(UPSCALERS)}")
+def check_upscaler(field: str, name: str, available: Sequence[str]) -> None:
+    """ExtrasError naming the field when `name` is not one of the upscalers `available`."""
+    if name not in available:
+        raise ExtrasError(f"{field}: there is no upscaler {name!r}; available: {', '.join(available)}. Model "
+                          "upscalers are the files in models/ESRGAN, models/RealESRGAN, models/DAT and models/HAT "
+                          "(.pth or .safetensors); nothing is downloaded")
 
 
-def check(params: ExtrasParams) -> None:
-    """Refuse what cannot be done, before any work is queued (ExtrasError naming the field)."""
-    _check_upscaler("upscaler_1", params.upscaler_1)
-    _check_upscaler("upscaler_2", params.upscaler_2)
+def check(params: ExtrasParams, available: Sequence[str] = upscaling.BUILTIN) -> None:
+    """Refuse what cannot be done, before any work is queued (ExtrasError naming the field); `available`: the
+    upscalers' names."""
+    check_upscaler("upscaler_1", params.upscaler_1, available)
+    check_upscaler("upscaler_2", params.upscaler_2, available)
     for name in ("gfpgan_visibility", "codeformer_visibility"):
         if getattr(params, name) > 0:
             raise ExtrasError(f"{name}: face restoration (GFPGAN, CodeFormer) is not available here; "
@@ -79,23 +80,16 @@ def _limit_longest_side(w: float, h: float, limit: int) -> tuple[int, int]:
 def _dest(width: int, height: int, scale: float) -> tuple[int, int]:
     """The size an upscaler makes at `scale`: rounded down to a multiple of 8 (ExtrasError when a side would be
     smaller than 8 or larger than MAX_SIDE)."""
-    dest = int(width * scale // 8 * 8), int(height * scale // 8 * 8)
+    dest = upscaling.dest_size(width, height, scale)
     if min(dest) < 8 or max(dest) > MAX_SIDE:
         raise ExtrasError(f"The upscaled image would be {dest[0]}x{dest[1]} pixels; each side must be between "
                           f"8 and {MAX_SIDE}")
     return dest
 
 
-def _resample(image: Image.Image, scale: float, upscaler: str) -> Image.Image:
-    """A1111's Upscaler.upscale for the plain upscalers: resample by `scale` (not when that would
-    shrink an image already big enough), then Lanczos to the size rounded down to a multiple of 8."""
-    dest = _dest(image.width, image.height, scale)
-    if not (image.width >= dest[0] and image.height >= dest[1] and scale != 1):
-        image = image.resize((int(image.width * scale), int(image.height * scale)),
-                             resample=PLAIN_UPSCALERS[upscaler])
-    if image.size != dest:
-        image = image.resize(dest, resample=Image.Resampling.LANCZOS)
-    return image
+def plain_pass_for(name: str, scale: float) -> upscaling.Pass:
+    """The plain upscalers' passes (what `run` uses when no model upscaler is given)."""
+    return upscaling.plain_pass(name, scale)
 
 
 def _plan(width: int, height: int, p: ExtrasParams, info: dict[str, Any]) -> tuple[float, tuple[int, int] | None]:
@@ -117,10 +111,12 @@ def _plan(width: int, height: int, p: ExtrasParams, info: dict[str, Any]) -> tup
     return scale, ((to_w, to_h) if mode == 1 and crop else None)
 
 
-def _upscale(image: Image.Image, upscaler: str, p: ExtrasParams, info: dict[str, Any]) -> Image.Image:
+def _upscale(image: Image.Image, upscaler: str, p: ExtrasParams, info: dict[str, Any], pass_for: PassFor
+             ) -> Image.Image:
     """One upscaler's result, as A1111's Upscale operation computes it; its infotext keys go into `info`."""
     scale, crop_to = _plan(image.width, image.height, p, info)
-    image = _resample(image, scale, upscaler)
+    _dest(image.width, image.height, scale)  # refused before the upscaler runs
+    image = upscaling.upscale(image, scale, pass_for(upscaler, scale))
     if crop_to is not None:  # centred on a black canvas of the target size (A1111's "crop to fit")
         canvas = Image.new("RGB", crop_to)
         canvas.paste(image, box=(crop_to[0] // 2 - image.width // 2, crop_to[1] // 2 - image.height // 2))
@@ -139,12 +135,13 @@ def output_size(width: int, height: int, params: ExtrasParams) -> tuple[int, int
     return crop_to or dest
 
 
-def run(image: Image.Image, params: ExtrasParams) -> tuple[Image.Image, str]:
-    """Post-process one image. Returns the result and A1111's extras infotext
-    (`Postprocess upscale by: 2, Postprocess upscaler: Lanczos`; '' when nothing was done). The result's
-    `info` keeps the original's text fields (its `parameters` too) and adds the infotext as `extras` and
-    `postprocessing`, the chunks A1111 writes."""
-    check(params)
+def run(image: Image.Image, params: ExtrasParams, pass_for: PassFor = plain_pass_for,
+        available: Sequence[str] = upscaling.BUILTIN) -> tuple[Image.Image, str]:
+    """Post-process one image with the upscalers `available`, `pass_for` giving their passes. Returns the result
+    and A1111's extras infotext (`Postprocess upscale by: 2, Postprocess upscaler: Lanczos`; '' when nothing was
+    done). The result's `info` keeps the original's text fields (its `parameters` too) and adds the infotext as
+    `extras` and `postprocessing`, the chunks A1111 writes."""
+    check(params, available)
     original_text, items = images.read_info(image)
     kept = {k: v for k, v in items.items() if isinstance(v, str)}
     if original_text:
@@ -152,10 +149,10 @@ def run(image: Image.Image, params: ExtrasParams) -> tuple[Image.Image, str]:
     out = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
     info: dict[str, Any] = {}
     if params.upscaler_1 != "None":
-        first = _upscale(out, params.upscaler_1, params, info)
+        first = _upscale(out, params.upscaler_1, params, info, pass_for)
         info["Postprocess upscaler"] = params.upscaler_1
         if params.upscaler_2 != "None" and params.extras_upscaler_2_visibility > 0:
-            second = _upscale(out, params.upscaler_2, params, info)
+            second = _upscale(out, params.upscaler_2, params, info, pass_for)
             if second.mode != first.mode:
                 second = second.convert(first.mode)
             first = Image.blend(first, second, params.extras_upscaler_2_visibility)

@@ -94,6 +94,12 @@ def test_webui_sh_installs_then_restarts_without_installing(tmp_path):
     probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
                            capture_output=True, text=True, check=True)
     assert probe.stdout.startswith(launch.TORCH_VERSION)
+    # spandrel came without its dependencies: no torchvision (see requirements-nodeps.txt), and it imports
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import importlib.util as u; print(u.find_spec('torchvision') is None); "
+                            "from modules.models import upscalers; print(upscalers._spandrel().__version__)"],
+                           capture_output=True, text=True, check=True, cwd=copy)
+    assert probe.stdout.split() == ["True", "0.4.2"], probe.stdout + probe.stderr
 
     second_log = tmp_path / "second.log"
     second = run_until_serving(copy, user_env(venv), second_log, timeout=300)

@@ -47,6 +47,7 @@ def test_repo_requirements_are_exact_pins_and_met_here():
     """Every line is an exact pin (so a second start can skip pip without asking it), and the test
     environment holds exactly those versions (the tests run against what users get)."""
     assert launch.unmet_requirements(ROOT / "requirements.txt") == []
+    assert launch.unmet_requirements(launch.NODEPS_REQUIREMENTS) == []
 
 
 def test_launch_flags_are_accepted_by_the_server_parser():

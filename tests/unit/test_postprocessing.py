@@ -121,7 +121,7 @@ def test_modes_and_text_chunks():
 
 
 @pytest.mark.parametrize("kw,needle", [
-    ({"upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1: upscaler 'R-ESRGAN 4x+' is not available"),
+    ({"upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1: there is no upscaler 'R-ESRGAN 4x+'; available"),
     ({"upscaler_2": "ESRGAN_4x"}, "available: None, Lanczos, Nearest"),
     ({"gfpgan_visibility": 0.5}, "gfpgan_visibility: face restoration (GFPGAN, CodeFormer) is not available"),
     ({"codeformer_visibility": 1}, "codeformer_visibility: face restoration"),
@@ -296,7 +296,7 @@ def test_a_folder_batch_reads_and_saves_one_image_at_a_time_and_skips_what_it_ca
         assert unshown.images == [] and len(unshown.paths) == 4 and len(unshown.skipped) == 2
         assert [Path(p).name for p in unshown.paths] == ["00000.png", "00001.png", "00002.png", "00003.png"]
         assert all(Path(p).parent == tmp_path / "outputs" / "extras-images" for p in unshown.paths)
-        with pytest.raises(BadRequest, match="upscaler 'SwinIR 4x' is not available"):  # refused before it is queued
+        with pytest.raises(BadRequest, match="there is no upscaler 'SwinIR 4x'"):  # refused before it is queued
             engine.submit_extras_folder(files, ExtrasParams(upscaler_1="SwinIR 4x"))
         assert engine.queue.queued == 0 and engine.queue.current is None
     finally:

@@ -1,0 +1,154 @@
+"""Upscaling an image as A1111 does it, whatever does the upscaling: Extras, Hires. fix and img2img share this.
+
+An upscaler is one "pass" (`Pass`: image -> larger image). The plain ones ("Lanczos", "Nearest") resample by the
+scale asked for; a model upscaler (ESRGAN and the like, modules/models/upscalers) multiplies the size by its
+own factor, run over the image in overlapping tiles. `upscale` repeats the pass (at most three times, as
+A1111's `Upscaler.upscale`) until the image covers the size asked for, rounded down to a multiple of 8, then
+resizes to exactly that with Lanczos. `resize` is A1111's `resize_image` step that Hires. fix and img2img use.
+
+The tiles are laid out and blended as A1111's `split_grid` / `combine_grid` lay them out and blend them (the
+same positions, the same 8-bit ramps over the overlaps), so a model upscaler gives A1111's pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+PLAIN = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+BUILTIN = ("None", *PLAIN)  # the upscalers every server has, in A1111's order
+MAX_PASSES = 3  # A1111 applies an upscaler at most this many times to reach the size asked for
+MAX_SIDE = 16384  # the longest side an upscaled image may get, in between passes too (a guard on memory)
+
+Pass = Callable[[Image.Image], Image.Image]
+Check = Callable[[], None]  # raises to stop the work (a job's interrupt)
+
+
+def dest_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The size an upscaler makes of a width x height image at `scale`: rounded down to a multiple of 8."""
+    return int(width * scale // 8 * 8), int(height * scale // 8 * 8)
+
+
+def plain_pass(name: str, scale: float) -> Pass:
+    """One pass of a plain upscaler: the image resampled by `scale`."""
+    resample = PLAIN[name]
+    return lambda image: image.resize((int(image.width * scale), int(image.height * scale)), resample=resample)
+
+
+def upscale(image: Image.Image, scale: float, one_pass: Pass, check: Check | None = None) -> Image.Image:
+    """A1111's `Upscaler.upscale`: `one_pass` applied until the image covers `dest_size` (not at all when it
+    already does and the scale is not 1; stopping early when a pass leaves the size as it was), then a Lanczos
+    resize to exactly that size. `check` is called before each pass."""
+    dest = dest_size(image.width, image.height, scale)
+    for i in range(MAX_PASSES):
+        if image.width >= dest[0] and image.height >= dest[1] and (i > 0 or scale != 1):
+            break
+        if check is not None:
+            check()
+        before = image.size
+        image = one_pass(image)
+        if image.size == before:
+            break
+    if image.size != dest:
+        image = image.resize(dest, resample=Image.Resampling.LANCZOS)
+    return image
+
+
+def resize(image: Image.Image, width: int, height: int, pass_for: Callable[[float], Pass] | None,
+           check: Check | None = None) -> Image.Image:
+    """A1111's `resize_image` resize: an image made larger goes through the upscaler (`pass_for(scale)` gives its
+    pass; None, or a mask, is a plain Lanczos resize), then is resized to exactly width x height with Lanczos."""
+    if pass_for is None or image.mode == "L":
+        return image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    scale = max(width / image.width, height / image.height)
+    if scale > 1.0:
+        image = upscale(image, scale, pass_for(scale), check)
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    return image
+
+
+def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
+    """Where the tiles of one axis start, as A1111's `split_grid` places them: as few tiles as cover `length` with
+    `overlap` pixels shared, spread evenly, the last one flush with the end. An image shorter than a tile gets
+    one tile starting before it (negative), padded with black; one no longer than the overlap gets that one
+    tile too (A1111 counts no tile there, and its result is black)."""
+    count = max(1, math.ceil((length - overlap) / (tile - overlap)))
+    step = (length - tile) / (count - 1) if count > 1 else 0
+    starts = []
+    for i in range(count):
+        start = int(i * step)
+        starts.append(length - tile if start + tile >= length else start)
+    return starts
+
+
+def tile_count(width: int, height: int, tile: int, overlap: int) -> int:
+    """How many tiles `tiled` runs for a width x height image (1 without tiling)."""
+    if tile <= 0:
+        return 1
+    overlap = min(overlap, tile // 2)
+    return len(tile_origins(width, tile, overlap)) * len(tile_origins(height, tile, overlap))
+
+
+def _ramp(overlap: int, across: int, horizontal: bool) -> Image.Image:
+    """A1111's blend mask over an overlap: 0 to 255 * (overlap - 1) / overlap, truncated to 8 bits."""
+    values = (np.arange(overlap, dtype=np.float32) * 255 / overlap).astype(np.uint8)
+    grid = np.repeat(values[None, :], across, axis=0) if horizontal else np.repeat(values[:, None], across, axis=1)
+    return Image.fromarray(grid, "L")
+
+
+def _paste_after(canvas: Image.Image, part: Image.Image, at: int, overlap: int, horizontal: bool,
+                 mask: Image.Image | None) -> None:
+    """`part` pasted at `at` along one axis, its first `overlap` pixels blended over what is there."""
+    if at == 0 or overlap <= 0 or mask is None:
+        canvas.paste(part, (at, 0) if horizontal else (0, at))
+        return
+    if horizontal:
+        canvas.paste(part.crop((0, 0, overlap, part.height)), (at, 0), mask=mask)
+        canvas.paste(part.crop((overlap, 0, part.width, part.height)), (at + overlap, 0))
+    else:
+        canvas.paste(part.crop((0, 0, part.width, overlap)), (0, at), mask=mask)
+        canvas.paste(part.crop((0, overlap, part.width, part.height)), (0, at + overlap))
+
+
+def tiled(image: Image.Image, run: Pass, tile: int, overlap: int, check: Check | None = None,
+          on_tile: Callable[[int, int], None] | None = None) -> Image.Image:
+    """`run` (a model: a tile in, the tile upscaled by its factor out) over the image in tile x tile pieces that
+    share `overlap` pixels, put together as A1111's `upscale_with_model` does; `tile` 0 runs the whole image at
+    once. `check` is called before each tile, `on_tile(done, total)` after it. A row of tiles is blended into the
+    result as soon as it is done, so only one row's outputs are held. An overlap is at most half a tile."""
+    if tile <= 0:
+        if check is not None:
+            check()
+        out = run(image)
+        if on_tile is not None:
+            on_tile(1, 1)
+        return out
+    overlap = min(overlap, tile // 2)
+    xs, ys = tile_origins(image.width, tile, overlap), tile_origins(image.height, tile, overlap)
+    total, done = len(xs) * len(ys), 0
+    canvas: Image.Image | None = None
+    for y in ys:
+        row: Image.Image | None = None
+        for x in xs:
+            if check is not None:
+                check()
+            out = run(image.crop((x, y, x + tile, y + tile)))
+            scale = out.width // tile
+            if canvas is None:
+                canvas = Image.new("RGB", (image.width * scale, image.height * scale))
+                mask_w = _ramp(overlap * scale, tile * scale, True) if overlap > 0 else None
+                mask_h = _ramp(overlap * scale, image.width * scale, False) if overlap > 0 else None
+            if row is None:
+                row = Image.new("RGB", (image.width * scale, tile * scale))
+            _paste_after(row, out, x * scale, overlap * scale, True, mask_w)
+            done += 1
+            if on_tile is not None:
+                on_tile(done, total)
+        assert row is not None and canvas is not None
+        _paste_after(canvas, row, y * scale, overlap * scale, False, mask_h)
+    assert canvas is not None
+    return canvas
