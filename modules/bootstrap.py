@@ -20,12 +20,14 @@ from modules.models.manager import ModelManager
 from modules.models.openvino_unet import OpenVinoModels
 from modules.models.registry import CheckpointRegistry, VaeRegistry
 from modules.models.taesd import TaesdModels
+from modules.models.upscalers import UpscalerModels
 from modules.services.checkpoints import CheckpointService
 from modules.services.cluster import LocalCluster
 from modules.services.extras import ExtrasService
 from modules.services.generation import GenerationService
 from modules.services.history import HistoryService
 from modules.services.scripts.service import ScriptService
+from modules.services.upscalers import UpscalerService
 from modules.services.merger import MergeService
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
@@ -57,18 +59,19 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     checkpoints = CheckpointService(store, models, queue, str(p.checkpoint_dirs[-1]), low_memory)
     options = OptionsService(store, checkpoints, folders)
     style_store = styles.StyleStore(p.styles_files)
-    requests = RequestResolver(limits, style_store, options, checkpoints)
+    upscalers = UpscalerService(UpscalerModels(p.upscaler_dirs, plan))
+    requests = RequestResolver(limits, style_store, options, checkpoints, upscalers)
     history = HistoryService(HistoryIndex(p.history_db), p, options, limits.max_input_pixels)
     queue.on_stop(history.stop)  # nor any history rescan
     output = OutputWriter(p, history)
     networks = NetworksService(loras, embeddings, hypernetworks)
-    generation = GenerationService(requests, checkpoints, models, queue, output, decode_budget)
+    generation = GenerationService(requests, checkpoints, models, queue, output, decode_budget, upscalers)
     return Engine(
         paths=p, limits=limits, folders=folders, device=plan, tokenizer=models.tokenizer, queue=queue,
         checkpoints=checkpoints, options=options, styles=style_store, networks=networks,
         paste=InfotextReader(networks, checkpoints, options),
         requests=requests, generation=generation,
-        postprocess=ExtrasService(requests, options, queue, output, decode_budget),
+        postprocess=ExtrasService(requests, options, queue, output, decode_budget, upscalers), upscalers=upscalers,
         merger=MergeService(checkpoints, queue, p.checkpoint_dirs[0]), previews=PreviewService(checkpoints, options),
         decode_budget=decode_budget, history=history,
         scripts=ScriptService(generation, requests, checkpoints, options, style_store, queue, output),
@@ -101,10 +104,11 @@ def build_replica(p: paths.Paths, plan: devices.DevicePlan, limits: Limits, *,
     queue.on_stop(models.checkpoints.hasher.stop)
     checkpoints = CheckpointService(store, models, queue, str(p.checkpoint_dirs[-1]), low_memory)
     options = OptionsService(store, checkpoints, FolderPolicy(p.data))
-    requests = RequestResolver(limits, styles.StyleStore(p.styles_files), options, checkpoints)
+    upscalers = UpscalerService(UpscalerModels(p.upscaler_dirs, plan))
+    requests = RequestResolver(limits, styles.StyleStore(p.styles_files), options, checkpoints, upscalers)
     writer = RecordingWriter(p)
     generation = GenerationService(requests, checkpoints, models, queue, writer,
-                                   images.DecodeBudget(limits.decode_budget_pixels))
+                                   images.DecodeBudget(limits.decode_budget_pixels), upscalers)
     return generation, models, writer
 
 
@@ -130,7 +134,9 @@ def build(args, server_folders: bool = True) -> Engine:
     from modules.limits import from_args as limits_from_args
 
     p = paths.from_args(args.data_dir, args.models_dir, args.ckpt_dir, args.vae_dir, args.config, args.lora_dir,
-                        args.embeddings_dir, args.styles_file, args.hypernetwork_dir)
+                        args.embeddings_dir, args.styles_file, args.hypernetwork_dir,
+                        {"ESRGAN": args.esrgan_models_path, "RealESRGAN": args.realesrgan_models_path,
+                         "DAT": args.dat_models_path})
     paths.ensure_dirs(p)
     plan = devices.plan(args.use_cpu, args.device_id, args.no_half, args.no_half_vae, args.precision,
                         args.skip_torch_cuda_test)

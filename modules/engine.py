@@ -36,6 +36,7 @@ from modules.services.previews import PreviewService
 from modules.services.paste import InfotextReader
 from modules.services.requests import RequestResolver
 from modules.services.scripts.service import ScriptService
+from modules.services.upscalers import UpscalerService
 
 Txt2ImgResult = GenerationResult  # the name it had before img2img shared it
 
@@ -56,6 +57,7 @@ class Engine:
     requests: RequestResolver
     generation: GenerationService
     postprocess: ExtrasService
+    upscalers: UpscalerService  # the plain and model upscalers, by name (Extras, Hires. fix, img2img)
     merger: MergeService  # the Checkpoint Merger's jobs
     previews: PreviewService  # live previews of a running job, for the page and the API's progress
     decode_budget: images.DecodeBudget  # input images are decoded within this many pixels at once

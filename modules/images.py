@@ -20,6 +20,7 @@ import struct
 import threading
 import warnings
 import zlib
+from typing import Callable
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError, features
@@ -454,19 +455,23 @@ def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Image.Image:
-    """A1111's `resize_image` with the Lanczos upscaler: 0 stretches to width x height; 1 scales to
-    cover and crops the centre; 2 scales to fit, centres, and fills the empty bands by stretching the
-    outermost rows or columns. (Mode 3, latent upscale, resizes the latent instead; for the images that
-    go with it, such as a mask, it stretches as mode 0 does.)"""
+def resize_image(mode: int, image: Image.Image, width: int, height: int,
+                 resize: Callable[[Image.Image, int, int], Image.Image] | None = None) -> Image.Image:
+    """A1111's `resize_image`: 0 stretches to width x height; 1 scales to cover and crops the centre; 2 scales to
+    fit, centres, and fills the empty bands by stretching the outermost rows or columns. (Mode 3, latent upscale,
+    resizes the latent instead; for the images that go with it, such as a mask, it stretches as mode 0 does.)
+    `resize` does the scaling (A1111's upscaler_for_img2img: see modules/upscaling.resize); None: Lanczos."""
+    if resize is None:
+        def resize(im: Image.Image, w: int, h: int) -> Image.Image:
+            return im.resize((w, h), resample=Image.Resampling.LANCZOS)
     if mode not in (1, 2):
-        return image.resize((width, height), resample=Image.Resampling.LANCZOS)
+        return resize(image, width, height)
     ratio, src_ratio = width / height, image.width / image.height
     if ratio > src_ratio if mode == 1 else ratio < src_ratio:  # the width decides the scale
         src_w, src_h = width, image.height * width // image.width
     else:
         src_w, src_h = image.width * height // image.height, height
-    resized = image.resize((src_w, src_h), resample=Image.Resampling.LANCZOS)
+    resized = resize(image, src_w, src_h)
     out = Image.new(image.mode if image.mode in ("L", "RGB") else "RGB", (width, height))
     out.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
     if mode == 2:

@@ -106,6 +106,15 @@ class Settings(BaseModel):
         32, ge=-1, le=1000, description="Show the first N batch img2img results in UI (0: none, -1: all; each is "
                                         "held until the batch ends, and all are saved)")
 
+    # Upscaling
+    ESRGAN_tile: int = Field(192, ge=0, le=512, description="Tile size for ESRGAN upscalers (0 = no tiling)")
+    ESRGAN_tile_overlap: int = Field(8, ge=0, le=48, description="Tile overlap for ESRGAN upscalers, in pixels (low "
+                                                                 "values: visible seams)")
+    DAT_tile: int = Field(192, ge=0, le=512, description="Tile size for DAT upscalers (0 = no tiling)")
+    DAT_tile_overlap: int = Field(8, ge=0, le=48, description="Tile overlap for DAT upscalers, in pixels")
+    upscaler_for_img2img: str | None = Field(
+        None, description="Upscaler for img2img: an init image made larger goes through it first (None: Lanczos)")
+
     # Saving images
     samples_save: bool = Field(True, description="Save every generated image")
     samples_format: ImageFormat = Field(
@@ -224,6 +233,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                          "outdir_save", "outdir_init_images"),
     "Saving to a directory": ("save_to_dirs", "grid_save_to_dirs", "directories_filename_pattern",
                               "directories_max_prompt_words"),
+    "Upscaling": ("ESRGAN_tile", "ESRGAN_tile_overlap", "DAT_tile", "DAT_tile_overlap", "upscaler_for_img2img"),
     "Stable Diffusion": ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sdxl_clip_l_skip", "emphasis",
                          "randn_source", "sd_hypernetwork"),
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",

@@ -27,7 +27,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 from pydantic import ValidationError
 
-from modules import devices, images, infotext, postprocessing
+from modules import devices, images, infotext, postprocessing, upscaling
 from modules.api import schemas
 from modules.auth import Credentials
 from modules.engine import BadRequest, Engine, OverLimit, UnknownOption, describe_validation_error
@@ -39,9 +39,8 @@ from modules.models.checkpoint_file import CheckpointError
 from modules.generation.pipeline import NansError
 from modules.version import VERSION
 
-# A1111's lists, for clients that offer them as choices. The plain-resize upscalers and the latent
-# modes are what A1111 always lists; the hires pass uses both, Extras the plain ones.
-PLAIN_UPSCALERS = postprocessing.UPSCALERS
+# A1111's list of latent modes, for clients that offer them as choices (the hires pass uses them and the image
+# upscalers, Extras the image upscalers).
 LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                         "Latent (nearest)", "Latent (nearest-exact)")
 
@@ -500,9 +499,12 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/upscalers", response_model=list[schemas.UpscalerItem])
     def upscalers():
-        """The plain-resize upscalers, for Extras and the hires pass (model-based ones such as ESRGAN are not
-        supported yet)."""
-        return [schemas.UpscalerItem(name=name, scale=4) for name in PLAIN_UPSCALERS]
+        """The image upscalers, for Extras and the hires pass: None, Lanczos and Nearest, then the model upscalers
+        in models/ESRGAN, RealESRGAN, DAT and HAT by name (`scale`: the factor the file's name gives, else 4, as
+        A1111 reports it)."""
+        plain = [schemas.UpscalerItem(name=name, scale=4) for name in upscaling.BUILTIN]
+        return plain + [schemas.UpscalerItem(name=f.name, model_name=f.kind, model_path=str(f.path), scale=f.scale)
+                        for f in engine.upscalers.files()]
 
     @r.get("/latent-upscale-modes", response_model=list[schemas.LatentUpscalerModeItem])
     def latent_upscale_modes():
@@ -559,8 +561,9 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/realesrgan-models", response_model=list[schemas.RealesrganItem])
     def realesrgan_models():
-        """Empty: Real-ESRGAN upscalers are not supported yet."""
-        return []
+        """The upscalers in models/RealESRGAN."""
+        return [schemas.RealesrganItem(name=f.name, path=str(f.path), scale=f.scale)
+                for f in engine.upscalers.files() if f.kind == "RealESRGAN"]
 
     @r.get("/scripts", response_model=schemas.ScriptsList)
     def scripts():

@@ -8,9 +8,11 @@ what the job does is fixed the moment it is accepted, and the infotext describes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
+from modules import upscaling
 from modules.generation import hires, rng, samplers
 from modules.generation.vae_tiling import VaeTiling
 from modules.generation.params import GenerationParams, Img2ImgParams
@@ -74,6 +76,7 @@ class JobContext:
     # img2img
     background: str = "#ffffff"  # what transparent init images are flattened onto
     fix_steps: bool = False  # img2img_fix_steps
+    img2img_upscaler: str | None = None  # upscaler_for_img2img: what enlarges init images (None: Lanczos)
     mask_weight: float = 1.0  # inpainting_mask_weight (9-channel inpainting models)
     refiner: RefinerPlan | None = None  # switch to another checkpoint near the end (set by the services)
     vae_decode_method: str = "Full"  # sd_vae_decode_method: "Full" (the model's VAE) or "TAESD"
@@ -160,15 +163,18 @@ def hires_choice(params: GenerationParams) -> samplers.SamplerChoice:
                             params.scheduler if params.hr_scheduler in SAME else params.hr_scheduler)
 
 
-def resolve(params: GenerationParams, settings: Settings | None = None) -> JobContext:
-    """The request as the pipeline runs it. Raises samplers.UnknownSampler or hires.UnknownUpscaler for a name
-    that exists nowhere; seeds of -1 are drawn here, once."""
+def resolve(params: GenerationParams, settings: Settings | None = None,
+            image_upscalers: Sequence[str] = upscaling.BUILTIN) -> JobContext:
+    """The request as the pipeline runs it, with the image upscalers `image_upscalers` there are (None, Lanczos,
+    Nearest and the model upscalers). Raises samplers.UnknownSampler or hires.UnknownUpscaler for a name that
+    exists nowhere; seeds of -1 are drawn here, once. An upscaler_for_img2img that is not there is Lanczos, as in
+    A1111 (the services warn about it)."""
     settings = settings or Settings()
     choice = samplers.resolve(params.sampler_name, params.scheduler)
     hr_choice = upscaler = None
     if params.enable_hr and not isinstance(params, Img2ImgParams):
         hr_choice = hires_choice(params)
-        upscaler = hires.check_upscaler(params.hr_upscaler)
+        upscaler = hires.check_upscaler(params.hr_upscaler, image_upscalers)
     if isinstance(params, Img2ImgParams) and params.initial_noise_multiplier is None:
         params = params.model_copy(update={"initial_noise_multiplier": settings.initial_noise_multiplier})
     seeds, subseeds = rng.batch_seeds(rng.fix_seed(params.seed), rng.fix_seed(params.subseed),
@@ -178,6 +184,7 @@ def resolve(params: GenerationParams, settings: Settings | None = None) -> JobCo
         subseeds=tuple(subseeds), clip_skip=settings.CLIP_stop_at_last_layers, emphasis=settings.emphasis,
         randn_source=settings.randn_source, noise_seed_delta=settings.eta_noise_seed_delta, hr_choice=hr_choice,
         hr_upscaler=upscaler, background=settings.img2img_background_color, fix_steps=settings.img2img_fix_steps,
+        img2img_upscaler=settings.upscaler_for_img2img if settings.upscaler_for_img2img in image_upscalers else None,
         mask_weight=settings.inpainting_mask_weight, vae_decode_method=settings.sd_vae_decode_method,
         vae_encode_method=settings.sd_vae_encode_method,
         vae_tiling=VaeTiling(settings.vae_tiling, settings.vae_tile_size))

@@ -3,15 +3,18 @@ target size over the last `hr_second_pass_steps` steps (0: the first pass's step
 
 A1111 passes the hires steps to its img2img step setup explicitly, which then builds a schedule of
 int(hr_steps / denoising_strength) steps and runs its last hr_steps; we do the same so a pasted infotext
-gives A1111's image. Upscalers: the latent ones interpolate the latent; the image ones decode, resize
-with PIL and encode (model upscalers come with Extras).
+gives A1111's image. Upscalers: the latent ones interpolate the latent; the others (None, Lanczos, Nearest and
+the model upscalers) decode, resize as A1111's resize_image does (modules/upscaling) and encode.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 from PIL import Image
 
+from modules import upscaling
 from modules.generation import samplers
 from modules.generation.params import GenerationParams
 
@@ -26,19 +29,23 @@ LATENT_UPSCALERS = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-IMAGE_UPSCALERS = {"None": Image.Resampling.LANCZOS, "Lanczos": Image.Resampling.LANCZOS,
-                   "Nearest": Image.Resampling.NEAREST}
-UPSCALERS = list(LATENT_UPSCALERS) + list(IMAGE_UPSCALERS)
+UPSCALERS = list(LATENT_UPSCALERS) + list(upscaling.BUILTIN)  # those every server has
+
+
+def names(image_upscalers: Sequence[str] = upscaling.BUILTIN) -> list[str]:
+    """The Hires. fix upscalers in A1111's order: the latent modes, then the image upscalers (None, Lanczos,
+    Nearest and the model upscalers there are)."""
+    return [*LATENT_UPSCALERS, *image_upscalers]
 
 
 class UnknownUpscaler(ValueError):
     pass
 
 
-def check_upscaler(name: str | None) -> str:
+def check_upscaler(name: str | None, image_upscalers: Sequence[str] = upscaling.BUILTIN) -> str:
     name = name or "Latent"
-    if name not in UPSCALERS:
-        raise UnknownUpscaler(f"Unknown hires upscaler {name!r}. Available: {', '.join(UPSCALERS)}")
+    if name not in LATENT_UPSCALERS and name not in image_upscalers:
+        raise UnknownUpscaler(f"Unknown hires upscaler {name!r}. Available: {', '.join(names(image_upscalers))}")
     return name
 
 
@@ -79,14 +86,16 @@ def schedule(params: GenerationParams) -> tuple[int, int]:
     return samplers.img2img_schedule(params.hr_second_pass_steps or params.steps, strength, fixed=True)
 
 
-def upscale_latents(latents: torch.Tensor, upscaler: str, width: int, height: int, decode, encode) -> torch.Tensor:
-    """Latents at width x height: interpolated (latent upscalers), or decoded, resized and re-encoded."""
+def upscale_latents(latents: torch.Tensor, upscaler: str, width: int, height: int, decode, encode,
+                    resize: Callable[[Image.Image, int, int], Image.Image] | None) -> torch.Tensor:
+    """Latents at width x height: interpolated (latent upscalers), or decoded, resized by `resize` (the image
+    upscaler's, see upscaling.resize) and re-encoded."""
     if upscaler in LATENT_UPSCALERS:
         mode, antialias = LATENT_UPSCALERS[upscaler]
         return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode,
                                                antialias=antialias)
-    resample = IMAGE_UPSCALERS[upscaler]
-    return torch.cat([encode(image.resize((width, height), resample=resample)) for image in decode(latents)])
+    assert resize is not None, f"the image upscaler {upscaler!r} needs its resize"
+    return torch.cat([encode(resize(image, width, height)) for image in decode(latents)])
 
 
 def infotext_fields(params: GenerationParams, sampler_label: str, schedule_label: str | None) -> dict:

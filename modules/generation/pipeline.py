@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import devices, images
+from modules import devices, images, upscaling
 from modules.generation import extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules, vae_tiling
 from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
 from modules.generation.context import JobContext, RefinerPlan
@@ -62,6 +62,22 @@ class Hooks:
     # an SD 2 depth model's img2img: its depth estimator, model -> module (raises depth.DepthModelMissing when the
     # file has none and models/midas has none either)
     depth_estimator: Callable[[Any], torch.nn.Module] | None = None
+    # an image made larger with a model upscaler (Hires. fix, upscaler_for_img2img): (image, width, height,
+    # upscaler name) -> the image at that size, as A1111's resize_image makes it (see upscaling.resize)
+    upscale: Callable[[Image.Image, int, int, str], Image.Image] | None = None
+
+
+def pixel_resize(hooks: Hooks | None, upscaler: str | None) -> Callable[[Image.Image, int, int], Image.Image]:
+    """How an image upscaler resizes: A1111's resize_image with it (None and "None": Lanczos; the plain ones
+    here; a model upscaler through the hooks)."""
+    if upscaler in (None, "None"):
+        return lambda image, w, h: upscaling.resize(image, w, h, None)
+    if upscaler in upscaling.PLAIN:
+        return lambda image, w, h: upscaling.resize(image, w, h, lambda scale: upscaling.plain_pass(upscaler, scale))
+    if hooks is None or hooks.upscale is None:
+        raise RuntimeError(f"the model upscaler {upscaler!r} needs Hooks.upscale")
+    upscale = hooks.upscale
+    return lambda image, w, h: upscale(image, w, h, upscaler)
 
 
 def taesd_part(hooks: Hooks | None, model, part: str, method: str) -> torch.nn.Module | None:
@@ -824,7 +840,9 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: 
     params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
-    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, models.decode_now, models.encode_on_base)
+    resize = None if ctx.hr_upscaler in hires.LATENT_UPSCALERS else pixel_resize(models.hooks, ctx.hr_upscaler)
+    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, models.decode_now, models.encode_on_base,
+                                    resize)
     model = models.base_again()
     latents = hires.crop(latents, cut_x, cut_y)
     shape = (LATENT_CHANNELS, *latents.shape[2:])
@@ -912,15 +930,16 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
 
     crop = prepared_mask.crop if prepared_mask else None
     originals, inputs = [], []  # what the result is pasted onto; what is encoded
+    resize = pixel_resize(hooks, ctx.img2img_upscaler)
     for image in params.init_images:
         image = images.flatten(image, ctx.background)
         if crop is not None:
             originals.append(image)
-            image = images.resize_image(2, image.crop(crop), width, height)
+            image = images.resize_image(2, image.crop(crop), width, height, resize)
         elif params.resize_mode == 3:  # encoded at its own size; the latent is resized
-            originals.append(images.resize_image(0, image, width, height))
+            originals.append(images.resize_image(0, image, width, height, resize))
         else:
-            image = images.resize_image(params.resize_mode, image, width, height)
+            image = images.resize_image(params.resize_mode, image, width, height, resize)
             originals.append(image)
         if prepared_mask is not None and params.inpainting_fill != 1:
             image = masking.fill(image, prepared_mask.mask)

@@ -9,11 +9,12 @@ from pathlib import Path
 from PIL import Image
 
 from modules import images, limits, postprocessing
-from modules.jobs import Job, JobQueue
+from modules.jobs import Job, JobInterrupted, JobQueue, JobSkipped
 from modules.services.errors import BadRequest, OverLimit
 from modules.services.options import OptionsService
 from modules.services.output import OutputWriter
 from modules.services.requests import RequestResolver
+from modules.services.upscalers import UpscalerService
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ class ExtrasResult:
 
 class ExtrasService:
     def __init__(self, requests: RequestResolver, options: OptionsService, queue: JobQueue, output: OutputWriter,
-                 decode_budget: images.DecodeBudget):
+                 decode_budget: images.DecodeBudget, upscalers: UpscalerService):
         self._requests = requests
+        self._upscalers = upscalers
         self._options = options
         self._queue = queue
         self._output = output
@@ -53,15 +55,20 @@ class ExtrasService:
         def run(job: Job) -> ExtrasResult:
             result = ExtrasResult([], [], [])
             job.state.job_count = len(inputs)
+            pass_for, available = self._upscalers.pass_for(job, settings), self._upscalers.names()
             for index, image in enumerate(inputs):
                 job.state.job_no = index
                 if job.state.interrupted:
                     result.interrupted = True
                     break
                 try:
-                    out, text = postprocessing.run(images.load(image, self._decode_budget), params)
+                    out, text = postprocessing.run(images.load(image, self._decode_budget), params, pass_for,
+                                                   available)
                 except (postprocessing.ExtrasError, images.InvalidImage) as e:
                     raise BadRequest(str(e)) from None
+                except (JobInterrupted, JobSkipped):  # within a model upscaler's tiles: the image is not done
+                    result.interrupted = True
+                    break
                 if not settings.enable_pnginfo:
                     out.info = {}
                 path = str(self._output.extras_image(out, text, settings, None, names[index] if names else None)
@@ -83,7 +90,7 @@ class ExtrasService:
         --max-extras-images and --max-extras-megapixels; the others are only saved."""
         if not files:
             raise BadRequest("Extras: no images to do")
-        _check(params)
+        self._check(params)
         settings = self._options.values
         lim = self._requests.limits
 
@@ -91,6 +98,7 @@ class ExtrasService:
             result = ExtrasResult([], [], [])
             job.state.job_count = len(files)
             held, keeping = 0, show
+            pass_for, available = self._upscalers.pass_for(job, settings), self._upscalers.names()
             for index, path in enumerate(files):
                 job.state.job_no, job.state.textinfo = index, path.name
                 if job.state.interrupted:
@@ -98,7 +106,10 @@ class ExtrasService:
                     break
                 try:
                     out, text = postprocessing.run(images.read_image(path, lim.max_input_pixels, self._decode_budget),
-                                                   params)
+                                                   params, pass_for, available)
+                except (JobInterrupted, JobSkipped):
+                    result.interrupted = True
+                    break
                 except (postprocessing.ExtrasError, images.InvalidImage) as e:
                     log.warning("Extras: skipped %s: %s", path, e)
                     result.skipped.append(f"{path.name}: {e}")
@@ -131,7 +142,7 @@ class ExtrasService:
         the batch ends) have more pixels than --max-extras-megapixels."""
         lim = self._requests.limits
         self.check_count(len(inputs))
-        _check(params)
+        self._check(params)
         total, largest = 0, (0, 0)
         for index, image in enumerate(inputs):
             self._requests.check_input_image(image)
@@ -147,10 +158,9 @@ class ExtrasService:
                             f"this server's limit of {limits.megapixels(lim.max_extras_pixels)} megapixels a batch "
                             "(--max-extras-megapixels)")
 
-
-def _check(params: postprocessing.ExtrasParams) -> None:
-    """BadRequest when the operations asked for cannot be done here (postprocessing.check)."""
-    try:
-        postprocessing.check(params)
-    except postprocessing.ExtrasError as e:
-        raise BadRequest(str(e)) from None
+    def _check(self, params: postprocessing.ExtrasParams) -> None:
+        """BadRequest when the operations asked for cannot be done here (postprocessing.check)."""
+        try:
+            postprocessing.check(params, self._upscalers.names())
+        except postprocessing.ExtrasError as e:
+            raise BadRequest(str(e)) from None

@@ -24,6 +24,7 @@ from modules.services.checkpoints import CheckpointService
 from modules.services.errors import BadRequest
 from modules.services.output import OutputWriter, Write
 from modules.services.requests import Accepted, RequestResolver, sampler_numbers
+from modules.services.upscalers import UpscalerService
 
 
 @dataclass
@@ -74,8 +75,10 @@ class _Run:
 
 class GenerationService:
     def __init__(self, requests: RequestResolver, checkpoints: CheckpointService, models: ModelManager,
-                 queue: JobQueue, output: OutputWriter, decode_budget: images.DecodeBudget):
+                 queue: JobQueue, output: OutputWriter, decode_budget: images.DecodeBudget,
+                 upscalers: UpscalerService):
         self._requests = requests
+        self._upscalers = upscalers
         self._checkpoints = checkpoints
         self._models = models
         self._queue = queue
@@ -131,7 +134,8 @@ class GenerationService:
         try:
             self._fit_memory(run)
             hooks = pipeline.Hooks(check=job.check, taesd=self._checkpoints.taesd,
-                                   depth_estimator=self._checkpoints.depth_estimator)
+                                   depth_estimator=self._checkpoints.depth_estimator,
+                                   upscale=self._upscalers.resize(job, accepted.settings))
             self._model_hooks(run, hooks)
             batches, steps_run = self._batches(run, hooks)
             bar = self._show_progress(run, hooks, steps_run, part)

@@ -16,6 +16,7 @@ from modules.models.registry import CheckpointInfo
 from modules.services.checkpoints import CheckpointService
 from modules.services.errors import BadRequest, OverLimit
 from modules.services.options import OptionsService
+from modules.services.upscalers import UpscalerService
 from modules.settings import Settings
 
 
@@ -39,11 +40,12 @@ class Accepted:
 
 class RequestResolver:
     def __init__(self, limits: Limits, style_store: styles.StyleStore, options: OptionsService,
-                 checkpoints: CheckpointService):
+                 checkpoints: CheckpointService, upscalers: UpscalerService):
         self.limits = limits
         self._styles = style_store
         self._options = options
         self._checkpoints = checkpoints
+        self.upscalers = upscalers  # the image upscalers' names, for the checks
 
     def accept(self, kind: str, params: GenerationParams) -> Accepted:
         """Check `params` (BadRequest / OverLimit naming what is wrong) and resolve them."""
@@ -54,10 +56,14 @@ class RequestResolver:
         if not params.disable_extra_networks:  # A1111 appends the setting's network to the prompt, infotext too
             params = params.model_copy(update={
                 "prompt": extra_networks.with_hypernetwork(params.prompt, settings.sd_hypernetwork)})
+        image_upscalers = self.upscalers.names()
         try:
-            ctx = context.resolve(params, settings)
+            ctx = context.resolve(params, settings, image_upscalers)
         except (samplers.UnknownSampler, hires.UnknownUpscaler) as e:
             raise BadRequest(str(e)) from None
+        if kind == "img2img" and settings.upscaler_for_img2img not in (None, *image_upscalers):
+            warnings.append(f"upscaler_for_img2img: there is no upscaler {settings.upscaler_for_img2img!r}; "
+                            "init images were resized with Lanczos")
         self.check_numbers(params, settings)
         requested = params.override_settings.get("sd_model_checkpoint")
         checkpoint = self._checkpoints.resolve(requested)

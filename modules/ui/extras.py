@@ -67,14 +67,15 @@ def build(engine: Engine) -> ExtrasTab:
                     crop = gr.Checkbox(label="Crop to fit", value=True, elem_id="extras_upscaling_crop")
             common.follow_tabs([by, to], scale_tab)
             with gr.Row():
-                upscaler_1 = gr.Dropdown(list(postprocessing.UPSCALERS), value="None", label="Upscaler 1",
+                upscaler_1 = gr.Dropdown(engine.upscalers.names(), value="None", label="Upscaler 1",
                                          elem_id="extras_upscaler_1")
-                upscaler_2 = gr.Dropdown(list(postprocessing.UPSCALERS), value="None", label="Upscaler 2",
+                upscaler_2 = gr.Dropdown(engine.upscalers.names(), value="None", label="Upscaler 2",
                                          elem_id="extras_upscaler_2")
                 visibility = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Upscaler 2 visibility",
                                        elem_id="extras_upscaler_2_visibility")
-            gr.HTML("<p class='sd-hint'>Lanczos and Nearest resample the image; model upscalers (ESRGAN, ...) and "
-                    "face restoration (GFPGAN, CodeFormer) are not available yet.</p>")
+            gr.HTML("<p class='sd-hint'>Lanczos and Nearest resample the image; model upscalers are the files in "
+                    "models/ESRGAN, RealESRGAN, DAT and HAT (restart to list new ones). Face restoration (GFPGAN, "
+                    "CodeFormer) is not available yet.</p>")
         with gr.Column(variant="panel"):
             gallery = gr.Gallery(label="Result", show_label=False, format="png", columns=3, height=480,
                                  object_fit="contain", elem_id="extras_gallery", interactive=False)

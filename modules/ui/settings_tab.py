@@ -87,7 +87,8 @@ def section_elem_id(title: str) -> str:
 
 def build(engine: Engine) -> SettingsTab:
     values = engine.options.values
-    choices = {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())]}
+    choices = {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())],
+               "upscaler_for_img2img": engine.upscalers.names()}
     controls: dict[str, gr.components.Component] = {}
     with gr.Row():
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=200)

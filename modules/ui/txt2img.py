@@ -43,8 +43,8 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
                 fields["enable_hr"] = gr.Checkbox(label="Enable Hires. fix", value=False,
                                                   elem_id="txt2img_enable_hr")
                 with gr.Row():
-                    fields["hr_upscaler"] = gr.Dropdown(label="Upscaler", choices=hires.UPSCALERS, value="Latent",
-                                                        elem_id="txt2img_hr_upscaler")
+                    fields["hr_upscaler"] = gr.Dropdown(label="Upscaler", choices=hires.names(engine.upscalers.names()),
+                                                        value="Latent", elem_id="txt2img_hr_upscaler")
                     fields["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
                                                                elem_id="txt2img_hires_steps")
                     fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01,

@@ -18,6 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 from modules import postprocessing
 from modules.postprocessing import ExtrasParams
 from tests.support.server import decode, setup_data, start_server, stop_server
+from tests.support.upscalers import compact_state_dict, esrgan_state_dict, write
 
 pytestmark = pytest.mark.server
 
@@ -45,6 +46,8 @@ def post(url, path, auth=None, **body):
 def server(tmp_path_factory, tiny_dir):
     """UI + API with --api-server-stop, and CORS for two origins and a pattern."""
     data = setup_data(tmp_path_factory.mktemp("extras"), tiny_dir)
+    write(data / "models" / "ESRGAN" / "tiny-esrgan.pth", esrgan_state_dict())
+    write(data / "models" / "RealESRGAN" / "realesr-general-x4v3.pth", compact_state_dict(scale=4), wrap="params")
     proc, url = start_server(data, "--api", "--api-server-stop", "--cors-allow-origins",
                              f"{ALLOWED}, http://b.example", "--cors-allow-origins-regex",
                              r"https://[a-z]+\.regex\.example")
@@ -54,6 +57,26 @@ def server(tmp_path_factory, tiny_dir):
 
 
 # --- Extras --------------------------------------------------------------------------------------
+
+def test_model_upscalers_are_listed_and_used_by_their_a1111_names(server):
+    """Files in models/ESRGAN and models/RealESRGAN: listed by /upscalers after the plain ones (a known Real-ESRGAN
+    file under A1111's name), Real-ESRGAN's also by /realesrgan-models, and used by Extras: the 4x Compact model
+    once for "upscale by 4"."""
+    url, data, _ = server
+    listed = requests.get(url + "/sdapi/v1/upscalers", timeout=30).json()
+    assert [(u["name"], u["model_name"], u["scale"]) for u in listed] == [
+        ("None", None, 4), ("Lanczos", None, 4), ("Nearest", None, 4),
+        ("R-ESRGAN General 4xV3", "RealESRGAN", 4), ("tiny-esrgan", "ESRGAN", 4)]
+    assert listed[4]["model_path"] == str(data / "models" / "ESRGAN" / "tiny-esrgan.pth")
+    assert requests.get(url + "/sdapi/v1/realesrgan-models", timeout=30).json() == [
+        {"name": "R-ESRGAN General 4xV3", "scale": 4,
+         "path": str(data / "models" / "RealESRGAN" / "realesr-general-x4v3.pth")}]
+    for name in ("R-ESRGAN General 4xV3", "tiny-esrgan"):
+        r = post(url, "/sdapi/v1/extra-single-image", image=b64(picture()), upscaler_1=name, upscaling_resize=4)
+        assert r.status_code == 200, r.text
+        assert decode(r.json()["image"]).size == (192, 128)
+        assert r.json()["html_info"] == f"<p>Postprocess upscale by: 4, Postprocess upscaler: {name}</p>"
+
 
 def test_extra_single_image_upscales_and_keeps_the_parameters(server):
     url, data, _ = server
@@ -104,9 +127,11 @@ def test_extra_batch_images_in_order(server):
      400, "imageList[1].data: Invalid encoded image"),
     ("/sdapi/v1/extra-batch-images", {"imageList": []}, 400, "imageList: send at least one image"),
     ("/sdapi/v1/extra-single-image", {"upscaler_1": "R-ESRGAN 4x+"}, 400,
-     "upscaler 'R-ESRGAN 4x+' is not available. Model upscalers"),
+     "there is no upscaler 'R-ESRGAN 4x+'; available: None, Lanczos, Nearest, R-ESRGAN General 4xV3, tiny-esrgan. "
+     "Model upscalers"),
     ("/sdapi/v1/extra-single-image", {"upscaler_1": "Lanczos", "upscaler_2": "SwinIR 4x",
-                                      "extras_upscaler_2_visibility": 0.5}, 400, "upscaler_2: upscaler 'SwinIR 4x'"),
+                                      "extras_upscaler_2_visibility": 0.5}, 400,
+     "upscaler_2: there is no upscaler 'SwinIR 4x'"),
     ("/sdapi/v1/extra-single-image", {"gfpgan_visibility": 0.5}, 400, "face restoration (GFPGAN, CodeFormer) is not"),
     ("/sdapi/v1/extra-batch-images", {"codeformer_visibility": 1, "imageList": [{"data": "PLACEHOLDER", "name": "a"}]},
      400, "codeformer_visibility"),

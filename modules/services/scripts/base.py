@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from modules import infotext
+from modules import infotext, upscaling
 from modules.generation.params import GenerationParams
 from modules.services.errors import BadRequest
 
@@ -22,6 +22,7 @@ class Env:
     vaes: Callable[[], list[str]]
     styles: Callable[[], list[str]]
     img_max_size_mp: int = 200  # the setting: the largest grid, in megapixels
+    upscalers: Callable[[], list[str]] = lambda: list(upscaling.BUILTIN)  # the image upscalers' names
 
 
 @dataclass

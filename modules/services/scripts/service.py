@@ -51,7 +51,7 @@ class ScriptService:
 
         return Env(find_checkpoint, lambda: [i.title for i in self._checkpoints.list()],
                    lambda: [v.name for v in self._checkpoints.vaes()], lambda: list(self._styles.all()),
-                   settings_mp or self._options.values.img_max_size_mp)
+                   settings_mp or self._options.values.img_max_size_mp, self._requests.upscalers.names)
 
     def xyz_axes(self, kind: str) -> list[xyz.Axis]:
         """The X/Y/Z plot's axis types for a tab (the page's dropdowns, the API's script-info)."""

@@ -196,7 +196,7 @@ def axes(env: Env) -> list[Axis]:
         Axis("Denoising", "float", _field("denoising_strength")),
         Axis("Initial noise multiplier", "float", _initial_noise),
         Axis("Extra noise", "float", refused="Extra noise (img2img_extra_noise) is not implemented in this app"),
-        Axis("Hires upscaler", "str", _field("hr_upscaler"), choices=lambda e: list(hires.UPSCALERS),
+        Axis("Hires upscaler", "str", _field("hr_upscaler"), choices=lambda e: hires.names(e.upscalers()),
              only="txt2img"),
         Axis("Cond. Image Mask Weight", "float", _override("inpainting_mask_weight"), only="img2img"),
         Axis("VAE", "str", _vae(env), cost=0.7, choices=lambda e: ["Automatic", "None", *e.vaes()]),
