@@ -9,13 +9,27 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    block, browser, fetch_image, fill_text, gallery_image_urls, page, select_option, set_checkbox, set_number,
-    ui_server, upload_file, wait_for_gallery)
+from tests.support.browser import (  # noqa: F401 (browser and page are fixtures)
+    block, browser, fetch_image, fill_text, gallery_image_urls, open_accordion, page, select_option, set_checkbox,
+    set_number, upload_file, wait_for_gallery)
+from tests.support.server import start_server, stop_server
 from tests.support.tabs import open_tab
+from tests.support.upscalers import compact_state_dict, write
 from tools import shapes_world as world
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory):
+    """As tests/support/browser's, with a tiny 2x model upscaler in models/ESRGAN before the server starts (the
+    page lists upscalers when it is built)."""
+    data = tmp_path_factory.mktemp("ui_server")
+    (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    write(data / "models" / "ESRGAN" / "tiny-2x.pth", compact_state_dict(scale=2))
+    proc, url = start_server(data, "--api")
+    yield url, data, proc
+    stop_server(proc)
 
 
 def test_extras_upscales_saves_and_receives_images(page, ui_server, tmp_path):
@@ -96,3 +110,22 @@ def test_extras_batch_from_directory_saves_every_file_and_names_what_it_skipped(
     expect(info).to_contain_text(f"Saved 2 images to {data / 'outputs' / 'extras-images'}", timeout=60_000)
     saved = sorted(p.name for p in (data / "outputs" / "extras-images").iterdir() if "-" in p.name)
     assert saved == ["0-0000.png", "1-0000.png"], saved
+
+
+def test_a_model_upscaler_from_models_esrgan_is_offered_and_used(page, ui_server, tmp_path):
+    _, data, _ = ui_server
+    source = tmp_path / "square.png"
+    Image.fromarray(world.render(world.Scene("green", "square", "white", 64, 64, 60))).save(source)
+    open_tab(page, "tab_extras")
+    upload_file(page, "extras_image", source)
+    set_number(page, "extras_upscaling_resize", 2)
+    select_option(page, "extras_upscaler_1", "tiny-2x")
+    page.locator("#extras_generate").click()
+    expect(page.locator("#html_info_extras")).to_contain_text("Postprocess upscaler: tiny-2x", timeout=60_000)
+    result = fetch_image(page, wait_for_gallery(page, "extras_gallery", 1)[0])
+    assert result.size == (256, 256)
+    saved = max((data / "outputs" / "extras-images").glob("*.png"), key=lambda p: p.stat().st_mtime)
+    assert Image.open(saved).info["extras"] == "Postprocess upscale by: 2, Postprocess upscaler: tiny-2x"
+    open_tab(page, "tab_txt2img")  # offered to Hires. fix too
+    open_accordion(page, "txt2img_hr", "Hires. fix")
+    select_option(page, "txt2img_hr_upscaler", "tiny-2x")
