@@ -52,9 +52,8 @@ class ExtrasParams(BaseModel):
 def check_upscaler(field: str, name: str, available: Sequence[str]) -> None:
     """ExtrasError naming the field when `name` is not one of the upscalers `available`."""
     if name not in available:
-        raise ExtrasError(f"{field}: there is no upscaler {name!r}; available: {', '.join(available)}. Model "
-                          "upscalers are the files in models/ESRGAN, models/RealESRGAN, models/DAT and models/HAT "
-                          "(.pth or .safetensors); nothing is downloaded")
+        raise ExtrasError(f"{field}: there is no upscaler {name!r}; available: {', '.join(available)}. "
+                          f"{upscaling.WHERE_MODELS}")
 
 
 def check(params: ExtrasParams, available: Sequence[str] = upscaling.BUILTIN) -> None:

@@ -22,6 +22,9 @@ PLAIN = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEARES
 BUILTIN = ("None", *PLAIN)  # the upscalers every server has, in A1111's order
 MAX_PASSES = 3  # A1111 applies an upscaler at most this many times to reach the size asked for
 MAX_SIDE = 16384  # the longest side an upscaled image may get, in between passes too (a guard on memory)
+# Said wherever an upscaler's name is not known.
+WHERE_MODELS = ("Model upscalers are the files in models/ESRGAN, models/RealESRGAN, models/DAT and models/HAT (.pth or "
+                ".safetensors); nothing is downloaded")
 
 Pass = Callable[[Image.Image], Image.Image]
 Check = Callable[[], None]  # raises to stop the work (a job's interrupt)

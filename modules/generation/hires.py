@@ -45,7 +45,8 @@ class UnknownUpscaler(ValueError):
 def check_upscaler(name: str | None, image_upscalers: Sequence[str] = upscaling.BUILTIN) -> str:
     name = name or "Latent"
     if name not in LATENT_UPSCALERS and name not in image_upscalers:
-        raise UnknownUpscaler(f"Unknown hires upscaler {name!r}. Available: {', '.join(names(image_upscalers))}")
+        raise UnknownUpscaler(f"Unknown hires upscaler {name!r}. Available: {', '.join(names(image_upscalers))}. "
+                              f"{upscaling.WHERE_MODELS}")
     return name
 
 

@@ -26,15 +26,6 @@ class UpscalerService:
         """Every upscaler's name, as A1111 lists them: None, Lanczos, Nearest, then the models by name."""
         return [*upscaling.BUILTIN, *(f.name for f in self.files())]
 
-    def check(self, name: str, what: str) -> None:
-        """BadRequest naming `what` (a field) when there is no upscaler `name`."""
-        if name in upscaling.BUILTIN:
-            return
-        if self.models.find(name) is None:
-            raise BadRequest(f"{what}: there is no upscaler {name!r}; available: {', '.join(self.names())}. Model "
-                             "upscalers are the files in models/ESRGAN, models/RealESRGAN, models/DAT and models/HAT "
-                             "(.pth or .safetensors); nothing is downloaded")
-
     def pass_for(self, job: Job | None, settings: Settings):
         """(name, scale) -> one pass of that upscaler for `job`: a plain resample, or the model over the image in
         tiles (its load errors as BadRequest), checking the job's interrupt before each tile and showing the tiles
