@@ -25,7 +25,7 @@ from modules.paths import Paths
 from modules.services.checkpoints import CheckpointService
 from modules.services.cluster import ClusterView
 from modules.services.errors import (  # noqa: F401  (the names front ends catch)
-    BadRequest, OverLimit, UnknownOption, UnusableCheckpoint, describe_validation_error)
+    BadRequest, Interrupted, OverLimit, UnknownOption, UnusableCheckpoint, describe_validation_error)
 from modules.services.extras import ExtrasResult, ExtrasService
 from modules.services.generation import GenerationResult, GenerationService
 from modules.services.history import HistoryService

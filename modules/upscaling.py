@@ -22,6 +22,9 @@ PLAIN = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEARES
 BUILTIN = ("None", *PLAIN)  # the upscalers every server has, in A1111's order
 MAX_PASSES = 3  # A1111 applies an upscaler at most this many times to reach the size asked for
 MAX_SIDE = 16384  # the longest side an upscaled image may get, in between passes too (a guard on memory)
+# Tile size 0 runs the model on the whole image; on larger images than this it runs in tiles of it (a model's
+# memory grows with what it is given: ESRGAN x4 took 0.8 GB over its weights on 256x256, four times that on 512x512).
+MAX_WHOLE = 512
 # Said wherever an upscaler's name is not known.
 WHERE_MODELS = ("Model upscalers are the files in models/ESRGAN, models/RealESRGAN, models/DAT and models/HAT (.pth or "
                 ".safetensors); nothing is downloaded")
@@ -63,10 +66,14 @@ def upscale(image: Image.Image, scale: float, one_pass: Pass, check: Check | Non
 def resize(image: Image.Image, width: int, height: int, pass_for: Callable[[float], Pass] | None,
            check: Check | None = None) -> Image.Image:
     """A1111's `resize_image` resize: an image made larger goes through the upscaler (`pass_for(scale)` gives its
-    pass; None, or a mask, is a plain Lanczos resize), then is resized to exactly width x height with Lanczos."""
+    pass; None, or a mask, is a plain Lanczos resize), then is resized to exactly width x height with Lanczos.
+    Where A1111 would make an image over MAX_SIDE a side on the way (an image far narrower than the size it is to
+    cover), it is resized directly."""
     if pass_for is None or image.mode == "L":
         return image.resize((width, height), resample=Image.Resampling.LANCZOS)
     scale = max(width / image.width, height / image.height)
+    if max(dest_size(image.width, image.height, scale)) > MAX_SIDE:  # a sliver of an image scaled to cover a
+        return image.resize((width, height), resample=Image.Resampling.LANCZOS)  # size: gigabytes in between
     if scale > 1.0:
         image = upscale(image, scale, pass_for(scale), check)
     if image.size != (width, height):
@@ -90,6 +97,8 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
 
 def tile_count(width: int, height: int, tile: int, overlap: int) -> int:
     """How many tiles `tiled` runs for a width x height image (1 without tiling)."""
+    if tile <= 0 and max(width, height) > MAX_WHOLE:
+        tile = MAX_WHOLE
     if tile <= 0:
         return 1
     overlap = min(overlap, tile // 2)
@@ -121,8 +130,11 @@ def tiled(image: Image.Image, run: Pass, tile: int, overlap: int, check: Check |
           on_tile: Callable[[int, int], None] | None = None) -> Image.Image:
     """`run` (a model: a tile in, the tile upscaled by its factor out) over the image in tile x tile pieces that
     share `overlap` pixels, put together as A1111's `upscale_with_model` does; `tile` 0 runs the whole image at
-    once. `check` is called before each tile, `on_tile(done, total)` after it. A row of tiles is blended into the
-    result as soon as it is done, so only one row's outputs are held. An overlap is at most half a tile."""
+    once (an image larger than MAX_WHOLE on a side in tiles of MAX_WHOLE). `check` is called before each tile,
+    `on_tile(done, total)` after it. A row of tiles is blended into the result as soon as it is done, so only one
+    row's outputs are held. An overlap is at most half a tile."""
+    if tile <= 0 and max(image.size) > MAX_WHOLE:
+        tile = MAX_WHOLE
     if tile <= 0:
         if check is not None:
             check()

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from modules import devices, images, infotext, postprocessing, upscaling
 from modules.api import schemas
 from modules.auth import Credentials
-from modules.engine import BadRequest, Engine, OverLimit, UnknownOption, describe_validation_error
+from modules.engine import BadRequest, Engine, Interrupted, OverLimit, UnknownOption, describe_validation_error
 from modules.generation import samplers
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import JobCancelled, JobState
@@ -349,11 +349,14 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.post("/extra-single-image", response_model=schemas.ExtrasSingleImageResponse)
     async def extra_single_image(req: schemas.ExtrasSingleImageRequest):
-        """Extras on one image: upscale by a factor (resize_mode 0) or to a size (1) with a plain upscaler
-        (None = unchanged, Lanczos, Nearest), optionally blended with a second one. It waits in the job
-        queue like a generation; nothing is saved. Model upscalers and face restoration: 400."""
+        """Extras on one image: upscale by a factor (resize_mode 0) or to a size (1) with an upscaler (None =
+        unchanged, Lanczos, Nearest, or a model upscaler from GET upscalers), optionally blended with a second one.
+        It waits in the job queue like a generation; nothing is saved. Face restoration: 400. Interrupted before
+        the image was done: 409."""
         image = await run_in_threadpool(decode_image, req.image, "image", engine, True)
         encoded, html_info = await extras([image], req)
+        if not encoded:  # interrupted (POST /interrupt) within a model upscaler's tiles
+            raise Interrupted("Extras: interrupted before the image was done; nothing was made")
         return schemas.ExtrasSingleImageResponse(image=encoded[0], html_info=html_info)
 
     @r.post("/extra-batch-images", response_model=schemas.ExtrasBatchImagesResponse)
@@ -500,8 +503,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     @r.get("/upscalers", response_model=list[schemas.UpscalerItem])
     def upscalers():
         """The image upscalers, for Extras and the hires pass: None, Lanczos and Nearest, then the model upscalers
-        in models/ESRGAN, RealESRGAN, DAT and HAT by name (`scale`: the factor the file's name gives, else 4, as
-        A1111 reports it)."""
+        in models/ESRGAN, RealESRGAN, DAT and HAT by name (`model_name`: the folder; `scale`: the factor the
+        file's name gives (4x-..., ..._x2), else 4, the figure A1111 gives every ESRGAN file)."""
         plain = [schemas.UpscalerItem(name=name, scale=4) for name in upscaling.BUILTIN]
         return plain + [schemas.UpscalerItem(name=f.name, model_name=f.kind, model_path=str(f.path), scale=f.scale)
                         for f in engine.upscalers.files()]

@@ -39,7 +39,8 @@ class GenerationParams(BaseModel):
     enable_hr: bool = Field(False, description="Hires. fix (txt2img)")
     denoising_strength: float | None = Field(None, ge=0.0, le=1.0, description="txt2img: the hires pass's (None: 0.7)")
     hr_scale: float = Field(2.0, gt=0.0, le=8.0)
-    hr_upscaler: str | None = Field(None, description="Latent (default), its variants, None, Lanczos or Nearest")
+    hr_upscaler: str | None = Field(None, description="Latent (default), its variants, None, Lanczos, Nearest or "
+                                                      "a model upscaler's name (GET /sdapi/v1/upscalers)")
     hr_second_pass_steps: int = Field(0, ge=0, le=1000, description="0: the same as steps")
     hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
     hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)

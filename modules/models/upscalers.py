@@ -21,6 +21,7 @@ and, where torchvision is absent, imported with those two names standing in (the
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import logging
 import re
@@ -104,6 +105,8 @@ def _spandrel():
 
         stand_ins = {name: types.ModuleType(name) for name in
                      ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")}
+        for name, module in stand_ins.items():  # a spec, so that find_spec elsewhere meanwhile answers, not raises
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
         functional = stand_ins["torchvision.transforms.functional"]
         functional.InterpolationMode = types.SimpleNamespace(  # type: ignore[attr-defined]
             NEAREST=None, BILINEAR=None, BICUBIC=None)
@@ -138,8 +141,11 @@ def load_descriptor(path: Path, device: torch.device, half: bool):
         raise UpscalerError(f"{path.name} is not an upscaler model this program knows (it reads the "
                             "architectures spandrel 0.4 supports: ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, SPAN, "
                             "OmniSR, ...)") from None
-    except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as e:
-        raise UpscalerError(f"{path.name} could not be loaded as an upscaler: {str(e).splitlines()[0]}") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # a file spandrel half-recognises fails in its own ways (shapes, keys, asserts)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UpscalerError(f"{path.name} could not be loaded as an upscaler: {first}") from None
     finally:
         del state
     if not isinstance(model, spandrel.ImageModelDescriptor) or model.purpose not in ("SR", "Restoration"):
@@ -166,6 +172,11 @@ def _run_tile(model, tile: Image.Image) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
 
 
+def reserved(name: str) -> bool:
+    """A name a model upscaler cannot have: a plain upscaler's, or a Hires. fix latent mode's (all "Latent...")."""
+    return name in upscaling.BUILTIN or name.startswith("Latent")
+
+
 class UpscalerModels:
     """The model upscalers in the folders, listed afresh each time they are asked for (a file dropped in shows
     without a restart), and the last one used kept loaded. Thread-safe."""
@@ -175,10 +186,17 @@ class UpscalerModels:
         self.plan = plan
         self._lock = threading.Lock()
         self._loaded: tuple[tuple[Path, float, int], Any] | None = None
+        self._noted: set[Path] = set()  # files left out, already named in the log
+
+    def _leave_out(self, path: Path, why: str) -> None:
+        if path not in self._noted:
+            self._noted.add(path)
+            log.warning("Upscaler file %s is not listed: %s", path, why)
 
     def files(self) -> list[UpscalerFile]:
         """Every upscaler file, sorted by name as A1111 sorts its list; of two files with one name, the first
-        folder's (in paths.UPSCALER_KINDS order) is listed, and the other named in the log."""
+        folder's (in paths.UPSCALER_KINDS order) is listed. A file left out (that, or a name of a plain upscaler or
+        latent mode) is named in the log once."""
         found: dict[str, UpscalerFile] = {}
         for kind, folder in self.folders:
             if not folder.is_dir():
@@ -187,11 +205,12 @@ class UpscalerModels:
                 if path.suffix.lower() not in EXTENSIONS or not path.is_file():
                     continue
                 item = describe_file(path, kind)
-                if item.name in found:
-                    log.warning("Upscaler %s: %s is not listed; %s has that name", item.name, path,
-                                found[item.name].path)
-                    continue
-                found[item.name] = item
+                if reserved(item.name):
+                    self._leave_out(path, f"{item.name!r} names a built-in upscaler; rename the file")
+                elif item.name in found:
+                    self._leave_out(path, f"{found[item.name].path} has the name {item.name!r}")
+                else:
+                    found[item.name] = item
         return sorted(found.values(), key=lambda f: f.name.lower())
 
     def find(self, name: str) -> UpscalerFile | None:
@@ -202,7 +221,10 @@ class UpscalerModels:
 
     def load(self, item: UpscalerFile):
         """The file's model, read on first use and kept until another one is used (or the file changes)."""
-        stat = item.path.stat()
+        try:
+            stat = item.path.stat()
+        except OSError as e:
+            raise UpscalerError(f"{item.path.name} cannot be read ({e.strerror or e})") from None
         key = (item.path, stat.st_mtime, stat.st_size)
         with self._lock:
             if self._loaded is not None and self._loaded[0] == key:

@@ -22,6 +22,11 @@ class UnknownScript(BadRequest):
     status_code = 422
 
 
+class Interrupted(BadRequest):
+    """The job was interrupted before it made what the request waits for (nothing to answer with)."""
+    status_code = 409
+
+
 class OverLimit(BadRequest):
     """The request asks for more than the server's limits allow (modules/limits.py); the message says which
     limit and the flag that raises it."""

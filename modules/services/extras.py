@@ -57,7 +57,7 @@ class ExtrasService:
             job.state.job_count = len(inputs)
             pass_for, available = self._upscalers.pass_for(job, settings), self._upscalers.names()
             for index, image in enumerate(inputs):
-                job.state.job_no = index
+                job.state.job_no, job.state.sampling_step, job.state.sampling_steps = index, 0, 0
                 if job.state.interrupted:
                     result.interrupted = True
                     break
@@ -66,7 +66,9 @@ class ExtrasService:
                                                    available)
                 except (postprocessing.ExtrasError, images.InvalidImage) as e:
                     raise BadRequest(str(e)) from None
-                except (JobInterrupted, JobSkipped):  # within a model upscaler's tiles: the image is not done
+                except JobSkipped:  # within a model upscaler's tiles: this image is left out
+                    continue
+                except JobInterrupted:  # the image is not done, nor the ones after it
                     result.interrupted = True
                     break
                 if not settings.enable_pnginfo:
@@ -101,13 +103,16 @@ class ExtrasService:
             pass_for, available = self._upscalers.pass_for(job, settings), self._upscalers.names()
             for index, path in enumerate(files):
                 job.state.job_no, job.state.textinfo = index, path.name
+                job.state.sampling_step = job.state.sampling_steps = 0
                 if job.state.interrupted:
                     result.interrupted = True
                     break
                 try:
                     out, text = postprocessing.run(images.read_image(path, lim.max_input_pixels, self._decode_budget),
                                                    params, pass_for, available)
-                except (JobInterrupted, JobSkipped):
+                except JobSkipped:
+                    continue
+                except JobInterrupted:
                     result.interrupted = True
                     break
                 except (postprocessing.ExtrasError, images.InvalidImage) as e:

@@ -15,7 +15,7 @@ from modules import devices, filenames, images, prompt_syntax
 from modules.generation import extra_networks, memory, pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.generation.vae_tiling import VaeTiling
-from modules.jobs import Job, JobInterrupted, JobQueue, JobState
+from modules.jobs import Job, JobInterrupted, JobQueue, JobSkipped, JobState
 from modules.models import depth, optimizations, taesd
 from modules.models.manager import ExtraNetworksUse, LoadedModel, ModelManager
 from modules.models.registry import CheckpointInfo
@@ -137,7 +137,11 @@ class GenerationService:
                                    depth_estimator=self._checkpoints.depth_estimator,
                                    upscale=self._upscalers.resize(job, accepted.settings))
             self._model_hooks(run, hooks)
-            batches, steps_run = self._batches(run, hooks)
+            try:  # img2img's inputs are prepared here: a model upscaler (upscaler_for_img2img) stops between tiles
+                batches, steps_run = self._batches(run, hooks)
+            except (JobInterrupted, JobSkipped):
+                run.result.interrupted = True
+                return self._finish(run)
             bar = self._show_progress(run, hooks, steps_run, part)
             try:
                 self._collect(run, batches)

@@ -26,13 +26,14 @@ class UpscalerService:
         """Every upscaler's name, as A1111 lists them: None, Lanczos, Nearest, then the models by name."""
         return [*upscaling.BUILTIN, *(f.name for f in self.files())]
 
-    def pass_for(self, job: Job | None, settings: Settings):
+    def pass_for(self, job: Job | None, settings: Settings, show_tiles: bool = True):
         """(name, scale) -> one pass of that upscaler for `job`: a plain resample, or the model over the image in
-        tiles (its load errors as BadRequest), checking the job's interrupt before each tile and showing the tiles
-        done as the job's steps."""
+        tiles (its load errors as BadRequest), checking the job's interrupt before each tile and, with
+        `show_tiles` (Extras: a generation job counts its sampler steps there), showing the tiles done as the
+        job's steps."""
 
         def on_tile(done: int, total: int) -> None:
-            if job is not None:
+            if job is not None and show_tiles:
                 job.state.sampling_step, job.state.sampling_steps = done, total
 
         def pass_for(name: str, scale: float) -> upscaling.Pass:
@@ -47,6 +48,8 @@ class UpscalerService:
                 one_pass = self.models.model_pass(item, getattr(settings, tile_name), getattr(settings, overlap_name),
                                                   job.check if job is not None else None, on_tile)
             except CheckpointError as e:  # unreadable, not an upscaler, or code in a pickle
+                if getattr(e, "status_code", None):  # not enough memory to load it: a 507 stays one
+                    raise
                 raise BadRequest(f"Upscaler {name!r}: {e}") from None
 
             def bounded(image: Image.Image) -> Image.Image:
@@ -65,7 +68,7 @@ class UpscalerService:
     def resize(self, job: Job | None, settings: Settings):
         """(image, width, height, upscaler name) -> the image at that size as A1111's resize_image makes it with
         that upscaler (Hires. fix and img2img)."""
-        pass_for = self.pass_for(job, settings)
+        pass_for = self.pass_for(job, settings, show_tiles=False)
 
         def resize(image: Image.Image, width: int, height: int, name: str) -> Image.Image:
             if name in ("", "None"):

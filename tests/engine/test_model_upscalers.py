@@ -3,6 +3,8 @@ ESRGAN dropped into models/ESRGAN of a running engine (listed without a restart)
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -66,8 +68,8 @@ def test_extras_shows_tiles_as_steps_and_stops_between_them(engine, upscaler):  
         done = engine.extras([small], ExtrasParams(upscaler_1=NAME, upscaling_resize=4), save=False)
         assert done.images[0].size == (128, 128) and done.infotexts[0].endswith(f"Postprocess upscaler: {NAME}")
 
-        # 121 tiles of about 25 ms: the job is interrupted after its second, seconds before it could end
-        image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8), "RGB")
+        # 441 tiles (21 a side) of about 25 ms: the job is interrupted after its second, seconds before it could end
+        image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB")
         job = engine.submit_extras([image], ExtrasParams(upscaler_1=NAME, upscaling_resize=4), save=False)
         seen = None
         while seen is None and not job.done.wait(0.005):
@@ -75,7 +77,7 @@ def test_extras_shows_tiles_as_steps_and_stops_between_them(engine, upscaler):  
                 seen = (job.state.sampling_step, job.state.sampling_steps)
                 engine.queue.interrupt()
         result = job.wait(60)
-        assert seen is not None and seen[1] == 121
+        assert seen is not None and seen[1] == 441
         assert result.interrupted and result.images == [] and result.paths == []
     finally:
         engine.options.update({"ESRGAN_tile": 192, "ESRGAN_tile_overlap": 8})
@@ -100,3 +102,46 @@ def test_a_pass_that_would_go_over_the_side_limit_is_refused(engine, upscaler): 
     image = Image.new("RGB", (2100, 8), (50, 60, 70))
     with pytest.raises(BadRequest, match=r"'tiny-4x' \(4x\) would make a 33600x128 image on the way to x7.5"):
         engine.extras([image], ExtrasParams(upscaler_1=NAME, upscaling_resize=7.5), save=False)
+
+
+def held_queue(engine):  # noqa: F811
+    """A job that holds the queue until the returned event is set: what is submitted after it waits."""
+    gate = threading.Event()
+    engine.queue.submit("test", lambda _job: gate.wait(30))
+    return gate
+
+
+def test_an_interrupt_while_upscaler_for_img2img_runs_ends_the_job_cleanly(engine, upscaler):  # noqa: F811
+    """Interrupted before its first tile (asked while the job waited): the img2img job ends as interrupted, with no
+    image, instead of failing; the next job runs."""
+    init = Image.new("RGB", (24, 24), (10, 200, 30))
+    request = Img2ImgParams(**{**params(steps=3).model_dump(), "init_images": [init], "denoising_strength": 0.5,
+                               "override_settings": {"upscaler_for_img2img": NAME}})
+    gate = held_queue(engine)
+    job = engine.submit_img2img(request)
+    job.request("interrupt")
+    gate.set()
+    result = job.wait(60)
+    assert result.interrupted and result.images == []
+    assert engine.img2img(request).images[0].size == (64, 64)
+
+
+def test_skip_in_extras_leaves_the_image_out_and_goes_on(engine, upscaler):  # noqa: F811
+    images = [Image.new("RGB", (16, 16), (c, c, c)) for c in (10, 90)]
+    gate = held_queue(engine)
+    job = engine.submit_extras(images, ExtrasParams(upscaler_1=NAME, upscaling_resize=2), save=False)
+    job.request("skip")  # taken by the first image's first tile
+    gate.set()
+    result = job.wait(60)
+    assert not result.interrupted and len(result.images) == 1 and result.images[0].getpixel((0, 0)) != (0, 0, 0)
+    assert len(result.infotexts) == 1
+
+
+def test_names_of_built_in_upscalers_are_not_taken_by_files(engine, caplog):  # noqa: F811
+    folder = dict(engine.paths.upscaler_dirs)["ESRGAN"]
+    for name in ("Lanczos", "Latent (bicubic)", "ok-2x"):
+        write(folder / f"{name}.pth", esrgan_state_dict())
+    names = engine.upscalers.names()
+    assert names == ["None", "Lanczos", "Nearest", "ok-2x"]
+    engine.upscalers.names()
+    assert caplog.text.count("Lanczos.pth is not listed") == 1  # said once

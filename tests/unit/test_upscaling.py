@@ -238,3 +238,29 @@ def test_extras_runs_a_model_upscaler_as_a1111(tmp_path):
     assert text == "Postprocess upscale by: 2, Postprocess upscaler: tiny"
     four_x = models.model_pass(item, 16, 4)(image)
     assert out.tobytes() == four_x.resize((80, 48), Image.Resampling.LANCZOS).tobytes()
+
+
+def test_a_sliver_scaled_to_cover_a_size_is_resized_directly():
+    """A1111 would take a 4000x1 image through the upscaler to 8000000x2000 on its way to 2000x2000 (gigabytes); it
+    is resized directly instead. An ordinary enlargement still goes through the upscaler."""
+    log: list = []
+    out = upscaling.resize(Image.new("RGB", (4000, 1)), 2000, 2000, lambda s: counting(2, log))
+    assert out.size == (2000, 2000) and log == []
+    assert upscaling.resize(picture((40, 24)), 160, 96, lambda s: counting(2, log)).size == (160, 96) and log
+
+
+def test_tile_size_0_runs_the_whole_image_only_up_to_512():
+    assert upscaling.tile_count(512, 300, 0, 8) == 1
+    assert upscaling.tile_count(600, 300, 0, 8) == 2 * 1  # 512-pixel tiles
+    big = upscaling.tiled(picture((600, 40)), double_nearest, 0, 8)
+    assert big.tobytes() == double_nearest(picture((600, 40))).tobytes()
+
+
+def test_spandrel_imports_without_torchvision_and_leaves_no_stand_in():
+    import importlib.util
+    import sys
+
+    spandrel = upscalers._spandrel()
+    assert spandrel.__version__ == "0.4.2"
+    assert importlib.util.find_spec("torchvision") is None
+    assert not any(name == "torchvision" or name.startswith("torchvision.") for name in sys.modules)
