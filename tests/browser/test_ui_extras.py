@@ -32,17 +32,23 @@ def ui_server(tmp_path_factory):
     stop_server(proc)
 
 
+def upscale_upload(page, source, upscaler: str) -> Image.Image:
+    """Single Image: `source` uploaded and upscaled 2x with `upscaler`; the result once the page names it."""
+    open_tab(page, "tab_extras")
+    upload_file(page, "extras_image", source)
+    set_number(page, "extras_upscaling_resize", 2)
+    select_option(page, "extras_upscaler_1", upscaler)
+    page.locator("#extras_generate").click()
+    expect(page.locator("#html_info_extras")).to_contain_text(f"Postprocess upscaler: {upscaler}", timeout=60_000)
+    return fetch_image(page, wait_for_gallery(page, "extras_gallery", 1)[0])
+
+
 def test_extras_upscales_saves_and_receives_images(page, ui_server, tmp_path):
     _, data, _ = ui_server
     source = tmp_path / "circle.png"
     Image.fromarray(world.render(world.Scene("red", "circle", "blue", 64, 64, 60))).save(source)
 
-    open_tab(page, "tab_extras")
-    upload_file(page, "extras_image", source)
-    set_number(page, "extras_upscaling_resize", 2)
-    select_option(page, "extras_upscaler_1", "Lanczos")
-    page.locator("#extras_generate").click()
-    result = fetch_image(page, wait_for_gallery(page, "extras_gallery", 1)[0])
+    result = upscale_upload(page, source, "Lanczos")
     assert result.size == (256, 256)
     page.locator("#html_info_extras").get_by_text("Postprocess upscale by: 2").wait_for()
     saved = sorted((data / "outputs" / "extras-images").glob("*.png"))
@@ -116,14 +122,7 @@ def test_a_model_upscaler_from_models_esrgan_is_offered_and_used(page, ui_server
     _, data, _ = ui_server
     source = tmp_path / "square.png"
     Image.fromarray(world.render(world.Scene("green", "square", "white", 64, 64, 60))).save(source)
-    open_tab(page, "tab_extras")
-    upload_file(page, "extras_image", source)
-    set_number(page, "extras_upscaling_resize", 2)
-    select_option(page, "extras_upscaler_1", "tiny-2x")
-    page.locator("#extras_generate").click()
-    expect(page.locator("#html_info_extras")).to_contain_text("Postprocess upscaler: tiny-2x", timeout=60_000)
-    result = fetch_image(page, wait_for_gallery(page, "extras_gallery", 1)[0])
-    assert result.size == (256, 256)
+    assert upscale_upload(page, source, "tiny-2x").size == (256, 256)
     saved = max((data / "outputs" / "extras-images").glob("*.png"), key=lambda p: p.stat().st_mtime)
     assert Image.open(saved).info["extras"] == "Postprocess upscale by: 2, Postprocess upscaler: tiny-2x"
     open_tab(page, "tab_txt2img")  # offered to Hires. fix too
