@@ -8,7 +8,8 @@
 # at requirements.txt's pins: diffusers, torchsde (+ trampoline), pydantic (+ pydantic-core, annotated-types,
 # typing-inspection, and typing-extensions >= 4.16, which pydantic-core needs), and transformers 5.23.0 (the image
 # has 5.17; 5.23 checks at import that regex >= 2025.10.22, so regex travels too). gradio, fastapi and uvicorn do
-# not: neither the CUDA tests nor the benchmark import them. pip downloads each with --no-deps, so every one is
+# not: neither the CUDA tests nor the benchmark import them. spandrel and einops: the model upscalers' CUDA test
+# (spandrel is installed without dependencies everywhere; see requirements-nodeps.txt). pip downloads each with --no-deps, so every one is
 # named here; one version of each, or the install there stops.
 #   GPU_WHEELS_NO_TRANSFORMERS=1   leave transformers and regex out (13.6 MB less) and use the image's 5.17
 #   PYTHON=python3.11              the pip to run (default: python3)
@@ -22,6 +23,7 @@ wheels=(
     torchsde==0.2.6 trampoline==0.1.2
     pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
     typing-extensions==4.16.0
+    spandrel==0.4.2 einops==0.8.2
 )
 if [ "${GPU_WHEELS_NO_TRANSFORMERS:-0}" != 1 ]; then
     wheels+=(transformers==5.23.0 regex==2026.12.2)
