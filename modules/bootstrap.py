@@ -74,7 +74,7 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
         postprocess=ExtrasService(requests, options, queue, output, decode_budget, upscalers), upscalers=upscalers,
         merger=MergeService(checkpoints, queue, p.checkpoint_dirs[0]), previews=PreviewService(checkpoints, options),
         decode_budget=decode_budget, history=history,
-        scripts=ScriptService(generation, requests, checkpoints, options, style_store, queue, output),
+        scripts=ScriptService(generation, requests, checkpoints, options, style_store, queue, output, decode_budget),
         cluster=LocalCluster(queue, checkpoints, plan.describe))
 
 

@@ -13,6 +13,7 @@ same positions, the same 8-bit ramps over the overlaps), so a model upscaler giv
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -126,6 +127,53 @@ def _paste_after(canvas: Image.Image, part: Image.Image, at: int, overlap: int, 
         canvas.paste(part.crop((0, overlap, part.width, part.height)), (0, at + overlap))
 
 
+@dataclass(frozen=True)
+class Grid:
+    """A1111's `split_grid` of a width x height image into tile_w x tile_h tiles sharing `overlap` pixels (which
+    must be smaller than both sides of a tile)."""
+    width: int
+    height: int
+    tile_w: int
+    tile_h: int
+    overlap: int
+
+    @property
+    def xs(self) -> list[int]:
+        return tile_origins(self.width, self.tile_w, self.overlap)
+
+    @property
+    def ys(self) -> list[int]:
+        return tile_origins(self.height, self.tile_h, self.overlap)
+
+    def crop(self, image: Image.Image, x: int, y: int) -> Image.Image:
+        return image.crop((x, y, x + self.tile_w, y + self.tile_h))
+
+    def tiles(self, image: Image.Image) -> list[Image.Image]:
+        """The image's tiles, row by row."""
+        return [self.crop(image, x, y) for y in self.ys for x in self.xs]
+
+
+
+class Blend:
+    """A1111's `combine_grid`: a Grid's tiles, each made `factor` times larger (an upscaler's output; 1 for
+    SD upscale), put together a row at a time, top to bottom, at the grid's positions times the factor."""
+
+    def __init__(self, grid: Grid, factor: int = 1):
+        self.grid, self.factor = grid, factor
+        self.image = Image.new("RGB", (grid.width * factor, grid.height * factor))
+        overlap = grid.overlap * factor
+        self._mask_w = _ramp(overlap, grid.tile_h * factor, True) if overlap > 0 else None
+        self._mask_h = _ramp(overlap, grid.width * factor, False) if overlap > 0 else None
+
+    def add_row(self, y: int, tiles: list[Image.Image]) -> None:
+        """The row of tiles the grid starts at `y` (one per `grid.xs`), blended in under the rows above."""
+        f, overlap = self.factor, self.grid.overlap * self.factor
+        row = Image.new("RGB", (self.grid.width * f, self.grid.tile_h * f))
+        for x, tile in zip(self.grid.xs, tiles):
+            _paste_after(row, tile, x * f, overlap, True, self._mask_w)
+        _paste_after(self.image, row, y * f, overlap, False, self._mask_h)
+
+
 def tiled(image: Image.Image, run: Pass, tile: int, overlap: int, check: Check | None = None,
           on_tile: Callable[[int, int], None] | None = None) -> Image.Image:
     """`run` (a model: a tile in, the tile upscaled by its factor out) over the image in tile x tile pieces that
@@ -142,28 +190,20 @@ def tiled(image: Image.Image, run: Pass, tile: int, overlap: int, check: Check |
         if on_tile is not None:
             on_tile(1, 1)
         return out
-    overlap = min(overlap, tile // 2)
-    xs, ys = tile_origins(image.width, tile, overlap), tile_origins(image.height, tile, overlap)
+    grid = Grid(image.width, image.height, tile, tile, min(overlap, tile // 2))
+    xs, ys = grid.xs, grid.ys
     total, done = len(xs) * len(ys), 0
-    canvas: Image.Image | None = None
+    blend: Blend | None = None
     for y in ys:
-        row: Image.Image | None = None
+        outs = []
         for x in xs:
             if check is not None:
                 check()
-            out = run(image.crop((x, y, x + tile, y + tile)))
-            scale = out.width // tile
-            if canvas is None:
-                canvas = Image.new("RGB", (image.width * scale, image.height * scale))
-                mask_w = _ramp(overlap * scale, tile * scale, True) if overlap > 0 else None
-                mask_h = _ramp(overlap * scale, image.width * scale, False) if overlap > 0 else None
-            if row is None:
-                row = Image.new("RGB", (image.width * scale, tile * scale))
-            _paste_after(row, out, x * scale, overlap * scale, True, mask_w)
+            outs.append(run(grid.crop(image, x, y)))
             done += 1
             if on_tile is not None:
                 on_tile(done, total)
-        assert row is not None and canvas is not None
-        _paste_after(canvas, row, y * scale, overlap * scale, False, mask_h)
-    assert canvas is not None
-    return canvas
+        blend = blend or Blend(grid, outs[-1].width // tile)
+        blend.add_row(y, outs)
+    assert blend is not None
+    return blend.image

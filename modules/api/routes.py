@@ -571,8 +571,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     @r.get("/scripts", response_model=schemas.ScriptsList)
     def scripts():
         """The selectable scripts (script_name), lower case as A1111 lists them; there are no always-on ones."""
-        names = engine.scripts.names()
-        return schemas.ScriptsList(txt2img=names, img2img=names)
+        return schemas.ScriptsList(txt2img=engine.scripts.names("txt2img"), img2img=engine.scripts.names("img2img"))
 
     @r.get("/script-info", response_model=list[schemas.ScriptInfo])
     def script_info():

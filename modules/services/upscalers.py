@@ -65,6 +65,12 @@ class UpscalerService:
 
         return pass_for
 
+    def upscale(self, image: Image.Image, scale: float, name: str, job: Job | None, settings: Settings
+                ) -> Image.Image:
+        """`image` upscaled by `scale` with the upscaler `name` (A1111's Upscaler.upscale), for `job`."""
+        return upscaling.upscale(image, scale, self.pass_for(job, settings, show_tiles=False)(name, scale),
+                                 job.check if job is not None else None)
+
     def resize(self, job: Job | None, settings: Settings):
         """(image, width, height, upscaler name) -> the image at that size as A1111's resize_image makes it with
         that upscaler (Hires. fix and img2img)."""

@@ -1,5 +1,5 @@
 """The Script dropdown of txt2img and img2img (A1111's: None, Prompt matrix, Prompts from file or textbox,
-X/Y/Z plot) and each script's controls, shown when it is chosen, laid out as A1111's.
+SD upscale (img2img), X/Y/Z plot) and each script's controls, shown when it is chosen, laid out as A1111's.
 
 The controls are keyed like the tabs' fields (`script_name`, `script_xyz_x_type`, ...) so that a paste fills
 them by name (see ui/paste.py); `request` turns them into the script's name and A1111's script_args."""
@@ -13,14 +13,14 @@ import gradio as gr
 from modules.engine import Engine
 
 NONE = "None"
-XYZ, MATRIX, FROM_FILE = "X/Y/Z plot", "Prompt matrix", "Prompts from file or textbox"
+XYZ, MATRIX, FROM_FILE, SD_UPSCALE = "X/Y/Z plot", "Prompt matrix", "Prompts from file or textbox", "SD upscale"
 XYZ_FLAGS = ("draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "vary_seeds_x",
              "vary_seeds_y", "vary_seeds_z", "margin_size", "csv_mode")
 
 
 def build(engine: Engine, tab: str) -> dict[str, gr.components.Component]:
     """The dropdown and the scripts' groups (hidden until chosen); their controls by name."""
-    titles = engine.scripts.titles()
+    titles = engine.scripts.titles(tab)
     c: dict[str, gr.components.Component] = {}
     c["script_name"] = gr.Dropdown(label="Script", choices=[NONE, *titles], value=NONE,
                                    elem_id=f"{tab}_script_list")
@@ -38,6 +38,16 @@ def build(engine: Engine, tab: str) -> dict[str, gr.components.Component]:
         c["script_pf_position"] = gr.Radio(["start", "end"], label="Insert prompts at the", value="start")
         c["script_pf_text"] = gr.Textbox(label="List of prompt inputs", lines=2, elem_id=f"{tab}_prompt_txt")
         upload = gr.File(label="Upload prompt inputs", type="binary", elem_id=f"{tab}_prompt_file")
+    if SD_UPSCALE in titles:
+        with gr.Group(visible=False, elem_id=f"{tab}_script_sd_upscale") as groups[SD_UPSCALE]:
+            gr.HTML("<p class='sd-hint'>Will upscale the image by the selected scale factor; use width and height "
+                    "sliders to set tile size</p>")
+            c["script_sdu_overlap"] = gr.Slider(0, 256, value=64, step=16, label="Tile overlap",
+                                                elem_id=f"{tab}_sd_upscale_overlap")
+            c["script_sdu_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale Factor",
+                                              elem_id=f"{tab}_sd_upscale_scale_factor")
+            c["script_sdu_upscaler"] = gr.Radio(engine.upscalers.names(), value="None", label="Upscaler",
+                                                elem_id=f"{tab}_sd_upscale_upscaler_index")
     with gr.Group(visible=False, elem_id=f"{tab}_script_xyz_plot") as groups[XYZ]:
         fills = _xyz_controls(engine, tab, c)
     c["script_name"].change(lambda name: [gr.Group(visible=name == t) for t in groups], inputs=c["script_name"],
@@ -139,6 +149,9 @@ def request(values: dict[str, Any]) -> tuple[tuple[str, list[Any]] | None, dict[
                                                                "delimiter", "margin_size")]), rest
     if name == FROM_FILE:
         return (name, [script.get(f"script_pf_{k}") for k in ("iterate", "iterate_batch", "position", "text")]), rest
+    if name == SD_UPSCALE:
+        return (name, ["", script.get("script_sdu_overlap"), script.get("script_sdu_upscaler") or "None",
+                       script.get("script_sdu_scale")]), rest
     args: list[Any] = []
     for axis in "xyz":
         args += [script.get(f"script_xyz_{axis}_type") or 0, script.get(f"script_xyz_{axis}_values") or "",

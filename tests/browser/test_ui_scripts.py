@@ -1,14 +1,20 @@
 """The Script dropdown in a real browser: X/Y/Z plot chosen, an axis with choices shows them in a dropdown,
-Generate makes the plot's grid with its infotext, and pasting that infotext chooses the plot again."""
+Generate makes the plot's grid with its infotext, and pasting that infotext chooses the plot again; SD upscale in
+the img2img tab."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from playwright.sync_api import expect
 
+from PIL import Image
+
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    browser, fill_text, page, read_value, select_option, set_number, ui_server, wait_for_gallery)
-from tests.support.tabs import PROMPT, wait_idle
+    block, browser, fetch_image, fill_text, page, read_value, select_option, set_number, ui_server, upload_file,
+    wait_for_gallery)
+from tests.support.tabs import PROMPT, open_tab, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -49,3 +55,23 @@ def test_xyz_plot_from_the_page_and_pasted_back(page):
     expect(page.locator("#txt2img_xyz_x_values_dropdown")).to_be_hidden()
     expect(page.locator("#txt2img_xyz_x_values")).to_be_visible()
     assert read_value(page, "txt2img_xyz_x_values") == "3, 7"
+
+
+def test_sd_upscale_from_the_img2img_tab(page, tmp_path):
+    source = tmp_path / "init.png"
+    Image.new("RGB", (96, 96), (200, 40, 30)).save(source)
+    open_tab(page, "tab_img2img")
+    upload_file(page, "img2img_image", source)
+    fill_text(page, "img2img_prompt", PROMPT)
+    set_number(page, "img2img_steps", 2)
+    set_number(page, "img2img_width", 64)
+    set_number(page, "img2img_height", 64)
+    select_option(page, "img2img_script_list", "SD upscale")
+    set_number(page, "img2img_sd_upscale_overlap", 16)
+    block(page, "img2img_sd_upscale_upscaler_index").get_by_label("Lanczos", exact=True).check()
+    page.locator("#img2img_generate").click()
+    result = fetch_image(page, wait_for_gallery(page, "img2img_gallery", 1)[0])
+    wait_idle(page, "img2img")
+    assert result.size == (192, 192)  # 96 x the scale factor's default 2, in 64-pixel tiles
+    expect(page.locator("#img2img_infotext textarea")).to_have_value(
+        re.compile(r"Size: 64x64, .*SD upscale overlap: 16, SD upscale upscaler: Lanczos$", re.S))

@@ -52,11 +52,29 @@ def test_scripts_are_listed(server):  # noqa: F811
     url, _, _ = server
     names = requests.get(url + "/sdapi/v1/scripts", timeout=30).json()
     assert names == {"txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
-                     "img2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"]}
+                     "img2img": ["prompt matrix", "prompts from file or textbox", "sd upscale", "x/y/z plot"]}
     info = requests.get(url + "/sdapi/v1/script-info", timeout=30).json()
     plot = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
     assert len(plot["args"]) == 18 and plot["args"][0]["choices"][STEPS] == "Steps"
     assert plot["args"][9]["label"] == "Draw legend" and plot["args"][16]["label"] == "Grid margins (px)"
+    upscale = next(s for s in info if s["name"] == "sd upscale")
+    assert upscale["is_img2img"] and [a["label"] for a in upscale["args"]] == ["info", "Tile overlap", "Upscaler",
+                                                                               "Scale Factor"]
+    assert upscale["args"][2]["choices"][:3] == ["None", "Lanczos", "Nearest"]
+
+
+def test_sd_upscale_over_the_api(server):  # noqa: F811
+    """A1111's script_args: info, overlap, upscaler (index or name), scale factor; one image, the tiles' size in
+    its infotext."""
+    url, _, _ = server
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 80), (120, 30, 200)).save(buf, format="PNG")
+    body = post(url, "/sdapi/v1/img2img", prompt="a cat", width=64, height=64, steps=1, batch_size=4,
+                denoising_strength=0.3, init_images=[base64.b64encode(buf.getvalue()).decode()],
+                script_name="SD upscale", script_args=["", 16, 1, 2]).json()  # 1: Lanczos
+    assert [decode(im).size for im in body["images"]] == [(160, 160)]
+    text = json.loads(body["info"])["infotexts"][0]
+    assert "Size: 64x64" in text and text.endswith("SD upscale overlap: 16, SD upscale upscaler: Lanczos")
 
 
 def test_bad_scripts_and_values_are_4xx(server):  # noqa: F811

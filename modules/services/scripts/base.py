@@ -23,6 +23,10 @@ class Env:
     styles: Callable[[], list[str]]
     img_max_size_mp: int = 200  # the setting: the largest grid, in megapixels
     upscalers: Callable[[], list[str]] = lambda: list(upscaling.BUILTIN)  # the image upscalers' names
+    # for a script that works on the images in its job (SD upscale): an input image decoded within the server's
+    # budget, and an image upscaled by a named upscaler (image, scale, name, job, settings) for a job
+    decode: Callable[[Any], Image.Image] = lambda image: image
+    upscale: Callable[..., Image.Image] | None = None
 
 
 @dataclass
@@ -45,6 +49,9 @@ class Plan:
     cells: list[GenerationParams]
     compose: Callable[[list[CellResult | None]], "Composed"]
     labels: list[str] = field(default_factory=list)  # what each cell is, for messages ("X axis Steps=3")
+    # run in the job before the cells: (job, the accepted cells) -> the cells to run (SD upscale gives each its
+    # tiles of the upscaled image there, which the plan could only size)
+    prepare: Callable[[Any, list[Any]], list[Any]] | None = None
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Composed:
     seeds: list[int]
     grid_infotext: str | None = None
     grid_basename: str = ""  # the grid's file name prefix (A1111: xyz_grid, prompt_matrix)
+    save: bool = False  # save the images as a job's images (SD upscale's, whose cells save nothing)
 
 
 def with_fields(text: str, fields: dict[str, Any]) -> str:

@@ -10,23 +10,26 @@ from typing import Any
 
 from modules import images, infotext
 from modules.generation.params import GenerationParams
-from modules.jobs import Job, JobQueue
+from modules.jobs import Job, JobInterrupted, JobQueue, JobSkipped
 from modules.services.checkpoints import CheckpointService
 from modules.services.errors import BadRequest, UnknownScript
 from modules.services.generation import GenerationResult, GenerationService
 from modules.services.options import OptionsService
 from modules.services.output import OutputWriter
 from modules.services.requests import Accepted, RequestResolver
-from modules.services.scripts import prompt_matrix, prompts_from_file, xyz
+from modules.services.scripts import prompt_matrix, prompts_from_file, sd_upscale, xyz
 from modules.services.scripts.base import CellResult, Env, Plan
 from modules.styles import StyleStore
 
-TITLES = (prompt_matrix.TITLE, prompts_from_file.TITLE, xyz.TITLE)  # the page's order, after None
+TITLES = (prompt_matrix.TITLE, prompts_from_file.TITLE, sd_upscale.TITLE, xyz.TITLE)  # the page's order, after None
+ONLY = {sd_upscale.TITLE: "img2img"}  # scripts one tab has
 
 
 class ScriptService:
     def __init__(self, generation: GenerationService, requests: RequestResolver, checkpoints: CheckpointService,
-                 options: OptionsService, styles: StyleStore, queue: JobQueue, output: OutputWriter):
+                 options: OptionsService, styles: StyleStore, queue: JobQueue, output: OutputWriter,
+                 decode_budget: images.DecodeBudget | None = None):
+        self._decode_budget = decode_budget
         self._generation = generation
         self._requests = requests
         self._checkpoints = checkpoints
@@ -35,9 +38,9 @@ class ScriptService:
         self._queue = queue
         self._output = output
 
-    def names(self) -> list[str]:
-        """The selectable scripts, as /sdapi/v1/scripts lists them (A1111: lower case titles)."""
-        return [t.lower() for t in TITLES]
+    def names(self, kind: str = "txt2img") -> list[str]:
+        """The selectable scripts of a tab, as /sdapi/v1/scripts lists them (A1111: lower case titles)."""
+        return [t.lower() for t in self.titles(kind)]
 
     def find(self, name: str) -> str | None:
         """The script's title for a name (case-insensitive), or None."""
@@ -49,9 +52,11 @@ class ScriptService:
             info = self._checkpoints.find(name)
             return info.title if info is not None else None
 
+        upscalers = self._requests.upscalers
         return Env(find_checkpoint, lambda: [i.title for i in self._checkpoints.list()],
                    lambda: [v.name for v in self._checkpoints.vaes()], lambda: list(self._styles.all()),
-                   settings_mp or self._options.values.img_max_size_mp, self._requests.upscalers.names)
+                   settings_mp or self._options.values.img_max_size_mp, upscalers.names,
+                   lambda image: images.load(image, self._decode_budget), upscalers.upscale)
 
     def xyz_axes(self, kind: str) -> list[xyz.Axis]:
         """The X/Y/Z plot's axis types for a tab (the page's dropdowns, the API's script-info)."""
@@ -67,6 +72,8 @@ class ScriptService:
             return xyz.plan(params, list(args or []), self.env(mp), kind, rng)
         if title == prompt_matrix.TITLE:
             return prompt_matrix.plan(params, list(args or []), rng)
+        if title == sd_upscale.TITLE:
+            return sd_upscale.plan(params, list(args or []), self.env(), kind, rng)
         return prompts_from_file.plan(params, list(args or []), rng)
 
     def submit(self, kind: str, name: str, params: GenerationParams, args: list[Any],
@@ -86,6 +93,11 @@ class ScriptService:
         results: list[CellResult | None] = [None] * len(accepted)
         warnings: list[str] = []
         first: GenerationResult | None = None
+        if plan.prepare is not None:
+            try:
+                accepted = plan.prepare(job, accepted)
+            except (JobInterrupted, JobSkipped):  # within an upscaler's tiles: no cell runs
+                return self._finish(plan, accepted[0], results, first, warnings, True)
         for k, cell in enumerate(accepted):
             if job.state.interrupted:
                 break
@@ -113,8 +125,13 @@ class ScriptService:
                                   if composed.seeds else accepted.ctx.seed, accepted.ctx.is_img2img,
                                   basename=composed.grid_basename)
             self._output.last_parameters(grid.info["parameters"])
-        for image, text in zip(composed.images, composed.infotexts):
+        paths: list[str | None] = [None] * len(composed.images)
+        for k, (image, text) in enumerate(zip(composed.images, composed.infotexts)):
             image.info["parameters"] = text
+            if composed.save and settings.samples_save and first is not None and first.namer:
+                paths[k] = str(self._output.image(image, text, settings, replace(first.namer,
+                                                                                 prompt=accepted.ctx.params.prompt),
+                                                  composed.seeds[k], k, accepted.ctx.is_img2img))
         info = dict(first.info) if first is not None else {}
         # the images' infotexts; the front ends put the grid's first (and the API's index_of_first_image 1)
         parsed = [infotext.parse(t) for t in composed.infotexts]
@@ -123,7 +140,7 @@ class ScriptService:
                      "infotexts": list(composed.infotexts), "all_seeds": list(composed.seeds),
                      "index_of_first_image": 0, "interrupted": interrupted, "warnings": warnings})
         return GenerationResult(list(composed.images), list(composed.seeds), list(composed.infotexts),
-                                [None] * len(composed.images), info, interrupted, warnings, grid)
+                                paths, info, interrupted, warnings, grid)
 
     def info(self) -> list[dict[str, Any]]:
         """A1111's /script-info: each script's arguments (label, default, range or choices) for each tab."""
@@ -150,15 +167,21 @@ class ScriptService:
                          dict(label="Use same random seed for all lines", value=False),
                          dict(label="Insert prompts at the", value="start", choices=["start", "end"]),
                          dict(label="List of prompt inputs", value="")]
-            for title, args in ((prompt_matrix.TITLE, matrix_args), (prompts_from_file.TITLE, file_args),
-                                (xyz.TITLE, xyz_args)):
-                out.append(dict(name=title.lower(), is_alwayson=False, is_img2img=kind == "img2img", args=args))
+            upscale_args = [dict(label="Tile overlap", value=64, minimum=0, maximum=sd_upscale.MAX_OVERLAP, step=16),
+                            dict(label="Upscaler", value="None", choices=self._requests.upscalers.names()),
+                            dict(label="Scale Factor", value=2.0, minimum=1.0, maximum=sd_upscale.MAX_SCALE,
+                                 step=0.05)]
+            scripts = {prompt_matrix.TITLE: matrix_args, prompts_from_file.TITLE: file_args,
+                       sd_upscale.TITLE: [dict(label="info", value=None)] + upscale_args, xyz.TITLE: xyz_args}
+            for title in self.titles(kind):
+                out.append(dict(name=title.lower(), is_alwayson=False, is_img2img=kind == "img2img",
+                                args=scripts[title]))
         return out
 
     @staticmethod
-    def titles() -> list[str]:
-        """The scripts' titles, as the page's Script dropdown shows them (after None)."""
-        return list(TITLES)
+    def titles(kind: str = "txt2img") -> list[str]:
+        """A tab's scripts' titles, as its Script dropdown shows them (after None)."""
+        return [t for t in TITLES if ONLY.get(t, kind) == kind]
 
     def axis_choices(self, kind: str) -> list[list[str] | None]:
         """For each X/Y/Z axis type of a tab, the values the page offers in a dropdown (None: typed values)."""
