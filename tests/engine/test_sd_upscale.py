@@ -76,3 +76,10 @@ def test_sd_upscale_refuses_what_it_cannot_do(engine, kind, args, needle):  # no
 def test_the_img2img_tab_lists_sd_upscale_and_the_txt2img_tab_does_not(engine):  # noqa: F811
     assert "SD upscale" in engine.scripts.titles("img2img")
     assert "SD upscale" not in engine.scripts.titles("txt2img")
+
+
+def test_sd_upscale_counts_its_tiles_before_making_any(engine):  # noqa: F811
+    req = request(init_images=[Image.new("RGB", (4000, 4000))], n_iter=3)  # 63 x 63 tiles of 64, three times
+    with pytest.raises(BadRequest, match="3969 tiles of 64x64 for a 4000x4000 image, 3 times, is 11907 img2img "
+                                         "images; at most 10000"):
+        engine.submit_script("img2img", "SD upscale", req, ["", 0, "None", 1])

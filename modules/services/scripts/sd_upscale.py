@@ -29,6 +29,7 @@ from modules.services.scripts.base import CellResult, Composed, Env, Plan, fixed
 TITLE = "SD upscale"
 ARG_NAMES = ["info", "overlap", "upscaler_index", "scale_factor"]
 MAX_OVERLAP, MAX_SCALE = 256, 4.0  # A1111's sliders
+MAX_TILES = 10_000  # tiles of all the upscales together, counted before anything is made (as the X/Y/Z plot's cap)
 
 
 def _upscaler(value: Any, names: list[str]) -> str:
@@ -80,6 +81,10 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
     grid = upscaling.Grid(size[0], size[1], params.width, params.height, overlap)
     tiles = len(grid.xs) * len(grid.ys)
     batch, upscales = params.batch_size, params.n_iter
+    if tiles * upscales > MAX_TILES:
+        raise BadRequest(f"SD upscale: {tiles} tiles of {params.width}x{params.height} for a {size[0]}x{size[1]} "
+                         f"image, {upscales} times, is {tiles * upscales} img2img images; at most {MAX_TILES}. Use "
+                         "larger tiles (width and height) or a smaller scale factor")
     batches = math.ceil(tiles / batch)
     rng = rng or random.Random()
     seed, subseed = fixed_seed(params.seed, rng), fixed_seed(params.subseed, rng)
