@@ -67,8 +67,9 @@ class UpscalerService:
 
     def upscale(self, image: Image.Image, scale: float, name: str, job: Job | None, settings: Settings
                 ) -> Image.Image:
-        """`image` upscaled by `scale` with the upscaler `name` (A1111's Upscaler.upscale), for `job`."""
-        return upscaling.upscale(image, scale, self.pass_for(job, settings, show_tiles=False)(name, scale),
+        """`image` upscaled by `scale` with the upscaler `name` (A1111's Upscaler.upscale), for `job` (a script's:
+        its tiles shown as the job's steps until its cells run)."""
+        return upscaling.upscale(image, scale, self.pass_for(job, settings)(name, scale),
                                  job.check if job is not None else None)
 
     def resize(self, job: Job | None, settings: Settings):

@@ -27,6 +27,7 @@ class Env:
     # budget, and an image upscaled by a named upscaler (image, scale, name, job, settings) for a job
     decode: Callable[[Any], Image.Image] = lambda image: image
     upscale: Callable[..., Image.Image] | None = None
+    max_result_pixels: int = 1100 * 10**6  # --max-extras-megapixels: upscaled results held until the job ends
 
 
 @dataclass
@@ -52,6 +53,9 @@ class Plan:
     # run in the job before the cells: (job, the accepted cells) -> the cells to run (SD upscale gives each its
     # tiles of the upscaled image there, which the plan could only size)
     prepare: Callable[[Any, list[Any]], list[Any]] | None = None
+    # given each cell's result as soon as it is made (k, result or None), which is then not kept for `compose`:
+    # a plan that puts its images together as they come (SD upscale) holds one row of tiles, not all of them
+    fold: Callable[[int, "CellResult | None"], None] | None = None
 
 
 @dataclass

@@ -58,11 +58,29 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
     return number
 
 
+@dataclasses.dataclass
+class _Upscale:
+    """One upscale's image as its tiles come, row by row."""
+    blend: upscaling.Blend
+    pending: list[Image.Image] = dataclasses.field(default_factory=list)  # tiles of a row not complete yet
+    rows: int = 0  # rows blended in
+
+    def place(self, tiles: list[Image.Image]) -> None:
+        self.pending.extend(tiles)
+        per_row = len(self.blend.grid.xs)
+        while len(self.pending) >= per_row:
+            self.blend.add_row(self.blend.grid.ys[self.rows], self.pending[:per_row])
+            del self.pending[:per_row]
+            self.rows += 1
+
+
 def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: random.Random | None = None) -> Plan:
     if kind != "img2img" or not isinstance(params, Img2ImgParams):
         raise BadRequest("SD upscale is an img2img script: it repaints an init image")
     if not params.init_images:
         raise BadRequest("SD upscale: send an init image (init_images)")
+    if params.mask is not None:  # A1111 squeezes the whole image's mask onto every tile
+        raise BadRequest("SD upscale does not take a mask: it repaints the whole image, tile by tile")
     if len(args) > len(ARG_NAMES):
         raise BadRequest(f"script_args: SD upscale takes at most {len(ARG_NAMES)} arguments "
                          f"({', '.join(ARG_NAMES)}); got {len(args)}")
@@ -85,6 +103,11 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
         raise BadRequest(f"SD upscale: {tiles} tiles of {params.width}x{params.height} for a {size[0]}x{size[1]} "
                          f"image, {upscales} times, is {tiles * upscales} img2img images; at most {MAX_TILES}. Use "
                          "larger tiles (width and height) or a smaller scale factor")
+    if size[0] * size[1] * upscales > env.max_result_pixels:
+        raise BadRequest(f"SD upscale: {upscales} image(s) of {size[0]}x{size[1]} are "
+                         f"{size[0] * size[1] * upscales / 1e6:.0f} megapixels, over this server's limit of "
+                         f"{env.max_result_pixels / 1e6:.0f} megapixels of results held at once "
+                         "(--max-extras-megapixels); ask for fewer (batch count) or smaller")
     batches = math.ceil(tiles / batch)
     rng = rng or random.Random()
     seed, subseed = fixed_seed(params.seed, rng), fixed_seed(params.subseed, rng)
@@ -99,41 +122,52 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
             cells.append(rebuild(params, values, f"SD upscale: {label}"))
             labels.append(label)
     fields = {"SD upscale overlap": overlap, "SD upscale upscaler": name}
+    counts = [min(batch, tiles - i * batch) for i in range(batches)]  # the tiles of each batch
 
     def prepare(job: Job, accepted: list[Accepted]) -> list[Accepted]:
         """The init image upscaled (in the job, with its interrupt) and cut; each cell given its tiles."""
-        image = images.flatten(env.decode(params.init_images[0]), accepted[0].settings.img2img_background_color)
+        try:
+            image = env.decode(params.init_images[0])
+        except images.InvalidImage as e:
+            raise BadRequest(f"init_images[0]: {e}") from None
+        image = images.flatten(image, accepted[0].settings.img2img_background_color)
         if name != "None":
+            job.state.textinfo = f"SD upscale: upscaling with {name}"
             image = env.upscale(image, scale, name, job, accepted[0].settings)
         pieces = grid.tiles(image)
+        del image
         out = []
         for k, cell in enumerate(accepted):
             i = k % batches
-            given = pieces[i * batch:(i + 1) * batch]
+            given = pieces[i * batch:i * batch + counts[i]]
             ctx = dataclasses.replace(cell.ctx, params=cell.ctx.params.model_copy(update={"init_images": given}))
             out.append(dataclasses.replace(cell, ctx=ctx))
         return out
 
-    def compose(results: list[CellResult | None]) -> Composed:
-        made_any = [r for r in results if r is not None]
-        if not made_any:
-            return Composed(None, [], [], [])
-        text = with_fields(made_any[0].infotext, fields)  # A1111: every image carries the first batch's infotext
+    # Each upscale's image is put together as its cells finish, a row of tiles at a time, so only one row's tiles
+    # are held; a tile not made (the job was interrupted) is black, as in A1111.
+    made: dict[int, _Upscale] = {}  # upscale n -> its image so far
+    first_text: list[str] = []
+
+    def place(n: int, tiles_in: list[Image.Image]) -> None:
+        made.setdefault(n, _Upscale(upscaling.Blend(grid))).place(tiles_in)
+
+    def fold(k: int, result: CellResult | None) -> None:
+        n, i = divmod(k, batches)
+        done = result.images[:counts[i]] if result is not None else []  # only the batch's own tiles (a depth
+        if result is not None and not first_text:  # model's map, or copies of a lone tile, come after them)
+            first_text.append(with_fields(result.infotext, fields))  # A1111: the first batch's, for every image
+        black = Image.new("RGB", (params.width, params.height))
+        place(n, done + [black] * (counts[i] - len(done)))
+
+    def compose(_results: list[CellResult | None]) -> Composed:
         combined, seeds = [], []
-        for n in range(upscales):
-            made = results[n * batches:(n + 1) * batches]
-            if not any(made):
-                continue
-            work = [im for r in made if r is not None for im in r.images]
-            blend, k = upscaling.Blend(grid), 0
-            for y in grid.ys:
-                row = []
-                for _x in grid.xs:  # a tile not made (interrupted) is black, as in A1111
-                    row.append(work[k] if k < len(work) else Image.new("RGB", (params.width, params.height)))
-                    k += 1
-                blend.add_row(y, row)
-            combined.append(blend.image)
+        for n in sorted(made):
+            while made[n].rows < len(grid.ys):  # the rest of an upscale the job stopped in
+                place(n, [Image.new("RGB", (params.width, params.height))] * len(grid.xs))
+            combined.append(made[n].blend.image)
             seeds.append(seed + n)
+        text = first_text[0] if first_text else ""
         return Composed(None, combined, [text] * len(combined), seeds, save=params.save_images)
 
-    return Plan(TITLE, cells, compose, labels, prepare)
+    return Plan(TITLE, cells, compose, labels, prepare, fold)

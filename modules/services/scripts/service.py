@@ -56,7 +56,8 @@ class ScriptService:
         return Env(find_checkpoint, lambda: [i.title for i in self._checkpoints.list()],
                    lambda: [v.name for v in self._checkpoints.vaes()], lambda: list(self._styles.all()),
                    settings_mp or self._options.values.img_max_size_mp, upscalers.names,
-                   lambda image: images.load(image, self._decode_budget), upscalers.upscale)
+                   lambda image: images.load(image, self._decode_budget), upscalers.upscale,
+                   self._requests.limits.max_extras_pixels)
 
     def xyz_axes(self, kind: str) -> list[xyz.Axis]:
         """The X/Y/Z plot's axis types for a tab (the page's dropdowns, the API's script-info)."""
@@ -73,6 +74,7 @@ class ScriptService:
         if title == prompt_matrix.TITLE:
             return prompt_matrix.plan(params, list(args or []), rng)
         if title == sd_upscale.TITLE:
+            self._requests.check_limits(params)  # its cells are one image each: the batch count is checked here
             return sd_upscale.plan(params, list(args or []), self.env(), kind, rng)
         return prompts_from_file.plan(params, list(args or []), rng)
 
@@ -105,7 +107,10 @@ class ScriptService:
             result = self._generation.run_part(job, cell, k, len(accepted))
             first = first or result
             warnings.extend(w for w in result.warnings if w not in warnings)
-            if result.images:
+            if plan.fold is not None:
+                plan.fold(k, CellResult(result.images[0], result.infotexts[0], result.seeds[0], list(result.images),
+                                        list(result.infotexts), list(result.seeds)) if result.images else None)
+            elif result.images:
                 image = result.images[0] if len(result.images) == 1 else \
                     images.image_grid(result.images, cell.ctx.params.batch_size, cell.settings.n_rows)
                 results[k] = CellResult(image, result.infotexts[0], result.seeds[0], list(result.images),
