@@ -111,18 +111,17 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
     batches = math.ceil(tiles / batch)
     rng = rng or random.Random()
     seed, subseed = fixed_seed(params.seed, rng), fixed_seed(params.subseed, rng)
+    counts = [min(batch, tiles - i * batch) for i in range(batches)]  # the tiles of each batch
     blank = Image.new("RGB", (params.width, params.height))  # stands for a tile until the job cuts them
     cells, labels = [], []
     for n in range(upscales):
-        for i in range(batches):
-            count = min(batch, tiles - i * batch)
+        for i, count in enumerate(counts):
             values = {**dict(params), "init_images": [blank] * count, "n_iter": 1, "seed": seed + n + i,
                       "subseed": subseed, "save_images": False}
             label = f"upscale {n + 1}, tiles {i * batch + 1}-{i * batch + count} of {tiles}"
             cells.append(rebuild(params, values, f"SD upscale: {label}"))
             labels.append(label)
     fields = {"SD upscale overlap": overlap, "SD upscale upscaler": name}
-    counts = [min(batch, tiles - i * batch) for i in range(batches)]  # the tiles of each batch
 
     def prepare(job: Job, accepted: list[Accepted]) -> list[Accepted]:
         """The init image upscaled (in the job, with its interrupt) and cut; each cell given its tiles."""
@@ -154,9 +153,10 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
 
     def fold(k: int, result: CellResult | None) -> None:
         n, i = divmod(k, batches)
-        done = result.images[:counts[i]] if result is not None else []  # only the batch's own tiles (a depth
-        if result is not None and not first_text:  # model's map, or copies of a lone tile, come after them)
-            first_text.append(with_fields(result.infotext, fields))  # A1111: the first batch's, for every image
+        # only the batch's own tiles: a depth model's map, or the copies of a lone tile, come after them
+        done = result.images[:counts[i]] if result is not None else []
+        if result is not None and not first_text:  # A1111: the first batch's infotext, for every image
+            first_text.append(with_fields(result.infotext, fields))
         black = Image.new("RGB", (params.width, params.height))
         place(n, done + [black] * (counts[i] - len(done)))
 
