@@ -1,4 +1,5 @@
-"""Upscaling an image as A1111 does it, whatever does the upscaling: Extras, Hires. fix and img2img share this.
+"""Upscaling an image as A1111 does it, whatever does the upscaling: Extras, Hires. fix, img2img and the SD upscale
+script share this.
 
 An upscaler is one "pass" (`Pass`: image -> larger image). The plain ones ("Lanczos", "Nearest") resample by the
 scale asked for; a model upscaler (ESRGAN and the like, modules/models/upscalers) multiplies the size by its
@@ -6,8 +7,9 @@ own factor, run over the image in overlapping tiles. `upscale` repeats the pass 
 A1111's `Upscaler.upscale`) until the image covers the size asked for, rounded down to a multiple of 8, then
 resizes to exactly that with Lanczos. `resize` is A1111's `resize_image` step that Hires. fix and img2img use.
 
-The tiles are laid out and blended as A1111's `split_grid` / `combine_grid` lay them out and blend them (the
-same positions, the same 8-bit ramps over the overlaps), so a model upscaler gives A1111's pixels.
+The tiles are laid out (`Grid`) and blended (`Blend`) as A1111's `split_grid` / `combine_grid` lay them out and
+blend them (the same positions, the same 8-bit ramps over the overlaps), so a model upscaler gives A1111's pixels;
+SD upscale cuts and joins its img2img tiles with the same two.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ def resize(image: Image.Image, width: int, height: int, pass_for: Callable[[floa
     if pass_for is None or image.mode == "L":
         return image.resize((width, height), resample=Image.Resampling.LANCZOS)
     scale = max(width / image.width, height / image.height)
-    if max(dest_size(image.width, image.height, scale)) > MAX_SIDE:  # a sliver of an image scaled to cover a
-        return image.resize((width, height), resample=Image.Resampling.LANCZOS)  # size: gigabytes in between
+    if max(dest_size(image.width, image.height, scale)) > MAX_SIDE:  # a sliver scaled to cover: gigabytes
+        return image.resize((width, height), resample=Image.Resampling.LANCZOS)
     if scale > 1.0:
         image = upscale(image, scale, pass_for(scale), check)
     if image.size != (width, height):
