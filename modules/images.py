@@ -20,8 +20,8 @@ import struct
 import threading
 import warnings
 import zlib
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError, features
 from PIL.PngImagePlugin import PngInfo

@@ -936,8 +936,8 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
         if crop is not None:
             originals.append(image)
             image = images.resize_image(2, image.crop(crop), width, height, resize)
-        elif params.resize_mode == 3:  # encoded at its own size; the latent is resized (what a mask pastes onto:
-            originals.append(images.resize_image(0, image, width, height))  # Lanczos, no upscaler's work to waste)
+        elif params.resize_mode == 3:  # encoded at its own size; the latent is resized. What a mask pastes onto is
+            originals.append(images.resize_image(0, image, width, height))  # resized plainly: no upscaler work
         else:
             image = images.resize_image(params.resize_mode, image, width, height, resize)
             originals.append(image)
