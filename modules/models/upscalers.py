@@ -132,8 +132,15 @@ def _state_dict(path: Path) -> dict[str, Any]:
 def load_descriptor(path: Path, device: torch.device, half: bool):
     """The spandrel model in `path`, on `device`, in fp16 when `half` and the architecture allows it.
     UpscalerError says why a file cannot be used: unreadable, an architecture spandrel does not know, or a model
-    that is not an upscaler (face restoration, inpainting, not 3 channels)."""
-    spandrel = _spandrel()
+    that is not an upscaler (face restoration, inpainting, not 3 channels), or spandrel itself not importable (a
+    torchvision built for another torch breaks it: see the module's note)."""
+    try:
+        spandrel = _spandrel()
+    except Exception as e:  # ImportError, or a broken torchvision's RuntimeError
+        raise UpscalerError(f"model upscalers need the spandrel package, which could not be imported "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); reinstall it with "
+                            "pip install --no-deps -r requirements-nodeps.txt, and remove a torchvision that does "
+                            "not match torch") from None
     state = _state_dict(path)
     try:
         model = spandrel.ModelLoader().load_from_state_dict(state)

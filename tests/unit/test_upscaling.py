@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from modules import devices, paths, postprocessing, upscaling
 from modules.models import upscalers
 from modules.models.checkpoint_file import CheckpointError
-from modules.models.upscalers import UpscalerModels
+from modules.models.upscalers import UpscalerError, UpscalerModels
 from modules.postprocessing import ExtrasParams
 from tests.support.upscalers import compact_state_dict, esrgan_state_dict, write
 
@@ -264,3 +264,13 @@ def test_spandrel_imports_without_torchvision_and_leaves_no_stand_in():
     assert spandrel.__version__ == "0.4.2"
     assert importlib.util.find_spec("torchvision") is None
     assert not any(name == "torchvision" or name.startswith("torchvision.") for name in sys.modules)
+
+
+def test_spandrel_that_cannot_be_imported_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    path = write(tmp_path / "m.pth", compact_state_dict())
+    monkeypatch.setitem(sys.modules, "spandrel", None)  # what Python does with a package that failed to import
+    with pytest.raises(UpscalerError, match="model upscalers need the spandrel package, which could not be "
+                                            "imported \\(ModuleNotFoundError"):
+        upscalers.load_descriptor(path, torch.device("cpu"), half=False)
