@@ -86,11 +86,6 @@ def _dest(width: int, height: int, scale: float) -> tuple[int, int]:
     return dest
 
 
-def plain_pass_for(name: str, scale: float) -> upscaling.Pass:
-    """The plain upscalers' passes (what `run` uses when no model upscaler is given)."""
-    return upscaling.plain_pass(name, scale)
-
-
 def _plan(width: int, height: int, p: ExtrasParams, info: dict[str, Any]) -> tuple[float, tuple[int, int] | None]:
     """How an upscaler treats a width x height image: (the scale, the size it is cropped to or None); its
     infotext keys go into `info`."""
@@ -134,7 +129,7 @@ def output_size(width: int, height: int, params: ExtrasParams) -> tuple[int, int
     return crop_to or dest
 
 
-def run(image: Image.Image, params: ExtrasParams, pass_for: PassFor = plain_pass_for,
+def run(image: Image.Image, params: ExtrasParams, pass_for: PassFor = upscaling.plain_pass,
         available: Sequence[str] = upscaling.BUILTIN) -> tuple[Image.Image, str]:
     """Post-process one image with the upscalers `available`, `pass_for` giving their passes. Returns the result
     and A1111's extras infotext (`Postprocess upscale by: 2, Postprocess upscaler: Lanczos`; '' when nothing was

@@ -98,16 +98,6 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def tile_count(width: int, height: int, tile: int, overlap: int) -> int:
-    """How many tiles `tiled` runs for a width x height image (1 without tiling)."""
-    if tile <= 0 and max(width, height) > MAX_WHOLE:
-        tile = MAX_WHOLE
-    if tile <= 0:
-        return 1
-    overlap = min(overlap, tile // 2)
-    return len(tile_origins(width, tile, overlap)) * len(tile_origins(height, tile, overlap))
-
-
 def _ramp(overlap: int, across: int, horizontal: bool) -> Image.Image:
     """A1111's blend mask over an overlap: 0 to 255 * (overlap - 1) / overlap, truncated to 8 bits."""
     values = (np.arange(overlap, dtype=np.float32) * 255 / overlap).astype(np.uint8)
@@ -156,6 +146,23 @@ class Grid:
 
 
 
+def model_grid(width: int, height: int, tile: int, overlap: int) -> Grid | None:
+    """How `tiled` cuts a width x height image: None for the whole image at once (tile 0, on an image of at most
+    MAX_WHOLE a side), else tile x tile pieces (MAX_WHOLE for tile 0 on a larger image) sharing `overlap` pixels,
+    at most half a tile."""
+    if tile <= 0 and max(width, height) > MAX_WHOLE:
+        tile = MAX_WHOLE
+    if tile <= 0:
+        return None
+    return Grid(width, height, tile, tile, min(overlap, tile // 2))
+
+
+def tile_count(width: int, height: int, tile: int, overlap: int) -> int:
+    """How many tiles `tiled` runs for a width x height image (1 without tiling)."""
+    grid = model_grid(width, height, tile, overlap)
+    return 1 if grid is None else len(grid.xs) * len(grid.ys)
+
+
 class Blend:
     """A1111's `combine_grid`: a Grid's tiles, each made `factor` times larger (an upscaler's output; 1 for
     SD upscale), put together a row at a time, top to bottom, at the grid's positions times the factor."""
@@ -183,16 +190,14 @@ def tiled(image: Image.Image, run: Pass, tile: int, overlap: int, check: Check |
     once (an image larger than MAX_WHOLE on a side in tiles of MAX_WHOLE). `check` is called before each tile,
     `on_tile(done, total)` after it. A row of tiles is blended into the result as soon as it is done, so only one
     row's outputs are held. An overlap is at most half a tile."""
-    if tile <= 0 and max(image.size) > MAX_WHOLE:
-        tile = MAX_WHOLE
-    if tile <= 0:
+    grid = model_grid(image.width, image.height, tile, overlap)
+    if grid is None:
         if check is not None:
             check()
         out = run(image)
         if on_tile is not None:
             on_tile(1, 1)
         return out
-    grid = Grid(image.width, image.height, tile, tile, min(overlap, tile // 2))
     xs, ys = grid.xs, grid.ys
     total, done = len(xs) * len(ys), 0
     blend: Blend | None = None
@@ -205,7 +210,7 @@ def tiled(image: Image.Image, run: Pass, tile: int, overlap: int, check: Check |
             done += 1
             if on_tile is not None:
                 on_tile(done, total)
-        blend = blend or Blend(grid, outs[-1].width // tile)
+        blend = blend or Blend(grid, outs[-1].width // grid.tile_w)
         blend.add_row(y, outs)
     assert blend is not None
     return blend.image

@@ -29,9 +29,6 @@ LATENT_UPSCALERS = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-UPSCALERS = list(LATENT_UPSCALERS) + list(upscaling.BUILTIN)  # those every server has
-
-
 def names(image_upscalers: Sequence[str] = upscaling.BUILTIN) -> list[str]:
     """The Hires. fix upscalers in A1111's order: the latent modes, then the image upscalers (None, Lanczos,
     Nearest and the model upscalers there are)."""

@@ -32,6 +32,8 @@ class UpscalerService:
         `show_tiles` (Extras: a generation job counts its sampler steps there), showing the tiles done as the
         job's steps."""
 
+        found: dict[str, UpscalerFile] = {}  # the folders, read at the job's first model upscaler, not every image
+
         def on_tile(done: int, total: int) -> None:
             if job is not None and show_tiles:
                 job.state.sampling_step, job.state.sampling_steps = done, total
@@ -39,9 +41,11 @@ class UpscalerService:
         def pass_for(name: str, scale: float) -> upscaling.Pass:
             if name in upscaling.PLAIN:
                 return upscaling.plain_pass(name, scale)
-            item = self.models.find(name)
+            if not found:
+                found.update({f.name: f for f in self.files()})
+            item = found.get(name)
             if item is None:
-                raise BadRequest(f"Upscaler {name!r} is gone from its folder")
+                raise BadRequest(f"Upscaler {name!r} was not in its folder when the job started")
             tile_name, overlap_name = item.tile_settings
             try:
                 factor = self.models.load(item).scale
