@@ -188,6 +188,7 @@ REQUEST_FIELDS: list[tuple[str, str, type]] = [
     ("hr_prompt", "Hires prompt", str), ("hr_negative_prompt", "Hires negative prompt", str),
     ("s_churn", "Sigma churn", float), ("s_tmin", "Sigma tmin", float), ("s_tmax", "Sigma tmax", float),
     ("s_noise", "Sigma noise", float), ("refiner_switch_at", "Refiner switch at", float),
+    ("tiling", "Tiling", bool),  # A1111 reads it as its setting `tiling`; here the request's own field
 ]
 
 # Infotext keys that stand for settings (applied as override_settings): (setting, key, type).

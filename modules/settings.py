@@ -63,6 +63,8 @@ class Settings(BaseModel):
     randn_source: Literal["CPU", "GPU", "NV"] = Field(
         "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
                            "generator; NV the numbers NVIDIA GPUs give, on any device")
+    tiling: bool = Field(False, description="Tiling: pictures that repeat seamlessly side by side (the U-Net's and "
+                                            "the VAE's convolutions wrap around the edges)")
     eta_noise_seed_delta: int = Field(0, ge=0, le=2**64 - 1,  # seed + ENSD seeds a 64-bit generator
                                       description="ENSD: added to the seeds of the sampler's per-step noise")
     eta_ancestral: float = Field(1.0, ge=0.0, le=1.0, description="Eta for ancestral and SDE samplers")
@@ -235,7 +237,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                               "directories_max_prompt_words"),
     "Upscaling": ("ESRGAN_tile", "ESRGAN_tile_overlap", "DAT_tile", "DAT_tile_overlap", "upscaler_for_img2img"),
     "Stable Diffusion": ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sdxl_clip_l_skip", "emphasis",
-                         "randn_source", "sd_hypernetwork"),
+                         "randn_source", "tiling", "sd_hypernetwork"),
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),

@@ -246,7 +246,7 @@ def _common_fields(req: schemas.Txt2ImgRequest) -> dict[str, Any]:
         s_tmax=req.s_tmax, s_noise=req.s_noise, styles=req.styles or [],
         disable_extra_networks=req.disable_extra_networks,
         save_images=req.save_images and not req.do_not_save_samples,
-        refiner_checkpoint=req.refiner_checkpoint, refiner_switch_at=req.refiner_switch_at,
+        refiner_checkpoint=req.refiner_checkpoint, refiner_switch_at=req.refiner_switch_at, tiling=req.tiling,
     )
 
 

@@ -78,7 +78,7 @@ class Txt2ImgRequest(BaseModel):
         """Names of fields set to something the engine cannot do yet."""
         defaults = Txt2ImgRequest()
         ignored_when_default = (
-            "restore_faces", "tiling", "s_min_uncond",
+            "restore_faces", "s_min_uncond",
             "firstpass_image", "alwayson_scripts",
         )
         out = []

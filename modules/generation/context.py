@@ -82,6 +82,7 @@ class JobContext:
     vae_decode_method: str = "Full"  # sd_vae_decode_method: "Full" (the model's VAE) or "TAESD"
     vae_encode_method: str = "Full"  # sd_vae_encode_method, for img2img inputs and Hires. fix's pixel upscales
     vae_tiling: VaeTiling = VaeTiling()  # when the VAE decodes and encodes in tiles (vae_tiling, vae_tile_size)
+    tiling: bool = False  # A1111's Tiling: every convolution of the U-Net and the VAE pads circularly
 
     @property
     def is_img2img(self) -> bool:
@@ -177,6 +178,7 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         upscaler = hires.check_upscaler(params.hr_upscaler, image_upscalers)
     if isinstance(params, Img2ImgParams) and params.initial_noise_multiplier is None:
         params = params.model_copy(update={"initial_noise_multiplier": settings.initial_noise_multiplier})
+    tiling = params.tiling if params.tiling is not None else settings.tiling
     seeds, subseeds = rng.batch_seeds(rng.fix_seed(params.seed), rng.fix_seed(params.subseed),
                                       params.subseed_strength, params.total_images)
     return JobContext(
@@ -187,4 +189,5 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         img2img_upscaler=settings.upscaler_for_img2img if settings.upscaler_for_img2img in image_upscalers else None,
         mask_weight=settings.inpainting_mask_weight, vae_decode_method=settings.sd_vae_decode_method,
         vae_encode_method=settings.sd_vae_encode_method,
-        vae_tiling=VaeTiling(settings.vae_tiling, settings.vae_tile_size))
+        # a band of rows would wrap around onto itself, not onto the image's far edge: Tiling decodes whole
+        vae_tiling=VaeTiling("Never" if tiling else settings.vae_tiling, settings.vae_tile_size), tiling=tiling)

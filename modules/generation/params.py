@@ -58,6 +58,8 @@ class GenerationParams(BaseModel):
     height: int = 512
     batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=1000, description="Batch count")
+    tiling: bool | None = Field(None, description="Tiling: a picture that repeats seamlessly side by side; "
+                                                  "None: the setting `tiling`")
     override_settings: dict[str, Any] = Field(default_factory=dict)
     save_images: bool = True
     styles: list[str] = Field(default_factory=list, description="Names from styles.csv merged into the prompts")

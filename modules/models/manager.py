@@ -69,6 +69,7 @@ class LoadedModel:
     unet_autocast: torch.dtype | None = None  # this job's U-Net computes in this type (torch.autocast on the CPU)
     depth_model: torch.nn.Module | None = field(default=None, repr=False)  # the SD 2 depth model's MiDaS (float32)
     parked_text: low_memory.ParkedWeights | None = field(default=None, repr=False)  # low-memory mode: see park_text
+    tiling: bool = False  # this job's convolutions pad circularly (see use_tiling)
 
     def __post_init__(self) -> None:
         if self.networks is None:
@@ -106,6 +107,20 @@ class LoadedModel:
             return
         self.networks.drop_backups(text_only=True)
         self.parked_text.park()
+
+    def use_tiling(self, on: bool) -> None:
+        """A1111's Tiling for this job: every 2-D convolution of the U-Net and of the VAE in use pads its input by
+        wrapping around the opposite edge (`padding_mode` "circular") instead of with zeros, so the picture's
+        right edge continues its left and its bottom its top. Set at every job, so a VAE swapped in since
+        follows it, and a job without Tiling gets zeros back. As in A1111, only layers that are exactly
+        torch.nn.Conv2d change (a convolution that pads by hand, as the VAE's downsampler does, stays as it is).
+        The text encoders have no convolutions; TAESD and the depth model's MiDaS are not changed."""
+        mode = "circular" if on else "zeros"
+        for module in (self.unet, self.vae):
+            for layer in module.modules():
+                if type(layer) is torch.nn.Conv2d:
+                    layer.padding_mode = mode
+        self.tiling = on
 
     def upcast_vae(self) -> None:
         """Switch the VAE in use to fp32 (after fp16 produced NaNs)."""
@@ -450,6 +465,8 @@ class ModelManager:
             return "a LoRA changes this job's U-Net (the converted one holds the checkpoint's weights)"
         if model.hypernets.active:
             return "a hypernetwork is applied to this job's U-Net"
+        if model.tiling:
+            return "Tiling is on (the converted U-Net pads with zeros)"
         return None
 
     def use_extra_networks(self, model: LoadedModel, tags: list, hypernet_tags: list = ()) -> ExtraNetworksUse:

@@ -74,6 +74,7 @@ def image_infotext(record: JobRecord, seed: int, subseed: int, extra: dict[str, 
         "Clip skip": clip_skip if clip_skip > 1 else None,
         "ENSD": settings.eta_noise_seed_delta if ctx.writes_ensd else None,
         "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
+        "Tiling": "True" if ctx.tiling else None,
         **extra,
         "Emphasis": settings.emphasis if settings.emphasis != "Original" and prompt_syntax.emphasis_syntax_in(
             extra_networks.parse(params.prompt).text, params.negative_prompt, params.steps) else None,

@@ -215,6 +215,7 @@ class GenerationService:
                 result.warnings.append(warning)
         optimizations.apply(model, settings.cross_attention_optimization, settings.batch_cond_uncond)
         model.text.use_settings(settings)
+        model.use_tiling(accepted.ctx.tiling)  # before the backend: OpenVINO's converted U-Net cannot wrap around
         def progress(text: str | None) -> None:
             if state is not None:
                 state.textinfo = text

@@ -30,6 +30,8 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
     # the Refiner accordion is on exactly when the infotext names a refiner (A1111: `'Refiner' in d`); its
     # dropdown shows the checkpoint here, or the name as given when there is none
     values["enable_refiner"] = "refiner_checkpoint" in values
+    # the Tiling box is ticked exactly when the infotext says `Tiling: True` (A1111 writes nothing otherwise)
+    values.setdefault("tiling", False)
     values.update(scripts.pasted_values(engine, text, "txt2img" if txt2img else "img2img"))  # a plot's grid
     return values, settings
 

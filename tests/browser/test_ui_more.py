@@ -454,6 +454,24 @@ def test_paste_button_fills_the_fields_from_a_pasted_infotext(page):
                   seed="77", width="136", height="128")
 
 
+def test_the_tiling_box_tiles_and_follows_pasted_infotexts(page):
+    fill_text(page, "txt2img_prompt", PROMPT)
+    set_number(page, "txt2img_steps", 2)
+    set_checkbox(page, "txt2img_tiling", True)
+    page.locator("#txt2img_generate").click()
+    wait_for_gallery(page, "txt2img_gallery", 1)
+    wait_idle(page, "txt2img")
+    infotext = read_value(page, "txt2img_infotext")
+    assert "Tiling: True" in infotext, infotext
+    box = block(page, "txt2img_tiling").locator("input[type=checkbox]")
+    fill_text(page, "txt2img_prompt", infotext.replace("Tiling: True, ", ""))  # A1111 writes nothing when off
+    page.locator("#txt2img_paste").click()
+    expect(box).not_to_be_checked()
+    fill_text(page, "txt2img_prompt", infotext)
+    page.locator("#txt2img_paste").click()
+    expect(box).to_be_checked()
+
+
 def test_save_reuse_seed_and_random_seed(page, ui_server):
     _, data, _ = ui_server
     folder = data / "log" / "images"

@@ -1,6 +1,6 @@
 """The OpenVINO U-Net backend: converted once per checkpoint and kept on disk, images equal to PyTorch's within
 rounding at several sizes, batches and prompt lengths, and what it does not cover (a LoRA, sides that are not a
-multiple of 64) runs on PyTorch with the same image as without the setting."""
+multiple of 64, Tiling) runs on PyTorch with the same image as without the setting."""
 
 from __future__ import annotations
 
@@ -80,7 +80,12 @@ def test_what_it_does_not_cover_runs_on_pytorch_unchanged(engine):
     assert calls(engine) == before
     assert with_lora.images[0].tobytes() == gen(engine, "PyTorch", prompt="a red circle <lora:ov-lora:0.8>"
                                                 ).images[0].tobytes()
-    # the next job without it is back on OpenVINO, which never saw the LoRA: the same image as before it
+    # Tiling: the converted U-Net pads with zeros, so PyTorch runs the job with its wrap-around convolutions
+    tiled = gen(engine, "OpenVINO", tiling=True)
+    assert any("Tiling is on" in w for w in tiled.warnings)
+    assert calls(engine) == before
+    assert tiled.images[0].tobytes() == gen(engine, "PyTorch", tiling=True).images[0].tobytes()
+    # the next job without them is back on OpenVINO, which never saw the LoRA: the same image as before it
     assert gen(engine, "OpenVINO").images[0].tobytes() == base
     assert calls(engine) > before
 

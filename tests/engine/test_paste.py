@@ -52,11 +52,25 @@ def test_the_api_and_the_page_fill_the_same_fields(engine):  # noqa: F811
         if name == "enable_refiner":  # the page's own checkbox (off: the infotext names no refiner)
             assert value is False
             continue
+        if name == "tiling":  # no `Tiling` key: the page's box is unticked, the API leaves it to the setting
+            assert value is False and request.tiling is None
+            continue
         assert getattr(request, name) == value, name
     assert (page_values["sampler_name"], page_values["scheduler"]) == ("DPM++ 2M", "Karras")
     assert request.sampler_name == "DPM++ 2M Karras"  # resolved to the same choice when the job is accepted
     assert request.override_settings["CLIP_stop_at_last_layers"] == page_settings["CLIP_stop_at_last_layers"] == 2
     assert page_settings["sd_model_checkpoint"] == engine.checkpoints.find("sd1.safetensors").title
+
+
+def test_tiling_true_ticks_the_box_and_sets_the_request_field(engine):  # noqa: F811
+    text = text_for(engine).replace("RNG: CPU,", "RNG: CPU, Tiling: True,")
+    assert engine.paste.read(text, txt2img=True).values["tiling"] is True
+    assert paste.field_values(engine, text, txt2img=False)[0]["tiling"] is True
+    request = schemas.Txt2ImgRequest(infotext=text)
+    routes.apply_infotext(request, engine)
+    assert request.tiling is True and "tiling" not in (request.override_settings or {})
+    with pytest.raises(BadRequest, match="Tiling"):
+        engine.paste.read(text.replace("Tiling: True", "Tiling: maybe"), txt2img=True)
 
 
 # ---------------------------------------------------------------- the refiner's keys

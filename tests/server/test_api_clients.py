@@ -196,6 +196,24 @@ def test_infotext_fills_only_the_fields_the_request_leaves_unset(server):
     assert bad.status_code == 400 and "Steps" in bad.json()["detail"]
 
 
+def test_tiling_is_a_request_field_an_option_and_an_infotext_key(server):
+    """A1111's `tiling` (None: the setting), its infotext key `Tiling: True`, and that key pasted back."""
+    url, _, _ = server
+    base = dict(prompt="bricks", steps=2, seed=8, width=64, height=64, sampler_name="Euler")
+    plain = post(url, "/sdapi/v1/txt2img", **base).json()
+    tiled = post(url, "/sdapi/v1/txt2img", tiling=True, **base).json()
+    info = json.loads(tiled["info"])
+    assert "Tiling: True" in info["infotexts"][0] and not info["warnings"]
+    assert "Tiling" not in json.loads(plain["info"])["infotexts"][0] and tiled["images"] != plain["images"]
+    assert requests.get(url + "/sdapi/v1/options").json()["tiling"] is False
+    by_option = post(url, "/sdapi/v1/txt2img", override_settings={"tiling": True}, **base).json()
+    assert by_option["images"] == tiled["images"]
+    pasted = post(url, "/sdapi/v1/txt2img", infotext=info["infotexts"][0]).json()
+    assert pasted["images"] == tiled["images"] and pasted["parameters"]["tiling"] is True
+    kept = post(url, "/sdapi/v1/txt2img", infotext=info["infotexts"][0], tiling=False).json()  # the request's own
+    assert kept["images"] == plain["images"]
+
+
 def jpeg_with_comment(text: str) -> bytes:
     exif = Image.Exif()
     exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + text.encode("utf-16-be")

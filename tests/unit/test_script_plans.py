@@ -266,6 +266,8 @@ def test_prompts_from_file_lines():
     assert p.cells[0].seed == p.cells[1].seed != -1 and p.cells[0].prompt == "one a cat, red, big"
     with pytest.raises(BadRequest, match="line 1: steps"):
         prompts_from_file.plan(base(), [False, False, "start", "--steps 0"])
+    p = prompts_from_file.plan(base(), [False, False, "start", "--prompt a --tiling\n--prompt b --tiling false\nc"])
+    assert [c.tiling for c in p.cells] == [True, False, None]  # None: the setting `tiling`
 
 
 def test_grid_legend_geometry():

@@ -39,13 +39,12 @@ TAGS: dict[str, tuple[str | None, Callable[[str], Any]]] = {
     "seed_resize_from_w": ("seed_resize_from_w", int), "sampler_index": ("sampler_name", _str),
     "sampler_name": ("sampler_name", _str), "batch_size": ("batch_size", int), "n_iter": ("n_iter", int),
     "steps": ("steps", int), "cfg_scale": ("cfg_scale", float), "width": ("width", int), "height": ("height", int),
-    "restore_faces": (None, _bool), "tiling": (None, _bool), "do_not_save_samples": ("save_images", _bool),
+    "restore_faces": (None, _bool), "tiling": ("tiling", _bool), "do_not_save_samples": ("save_images", _bool),
     "do_not_save_grid": ("do_not_save_grid", _bool), "denoising_strength": ("denoising_strength", float),
 }
 REFUSED = {"outpath_samples": "output folders are the settings' here",
            "outpath_grids": "output folders are the settings' here",
-           "prompt_for_display": "not supported", "restore_faces": "face restoration is not available",
-           "tiling": "tiling is not supported"}
+           "prompt_for_display": "not supported", "restore_faces": "face restoration is not available"}
 
 
 def parse_line(line: str, number: int) -> dict[str, Any]:
