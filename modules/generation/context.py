@@ -8,7 +8,7 @@ what the job does is fixed the moment it is accepted, and the infotext describes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -83,6 +83,8 @@ class JobContext:
     vae_encode_method: str = "Full"  # sd_vae_encode_method, for img2img inputs and Hires. fix's pixel upscales
     vae_tiling: VaeTiling = VaeTiling()  # when the VAE decodes and encodes in tiles (vae_tiling, vae_tile_size)
     tiling: bool = False  # A1111's Tiling: every convolution of the U-Net and the VAE pads circularly
+    # infotext keys a script gives every image of this job, before the job's own (Loopback's curve); (key, value)
+    script_fields: tuple[tuple[str, Any], ...] = ()
 
     @property
     def is_img2img(self) -> bool:

@@ -38,6 +38,7 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
     grid: Image.Image | None = None  # A1111's grid of the job's images (more than one, saving on)
     namer: filenames.FileNamer | None = None  # what the job's file names say (a script names its grid with it)
+    skipped: bool = False  # a batch of it was skipped: its images are shown as far as they got, not saved
 
 
 @dataclass
@@ -258,7 +259,8 @@ class GenerationService:
                 run.depth_map = inputs.depth_map
         else:
             batches, steps_run, extra = pipeline.txt2img(run.model, ctx, hooks), ctx.steps_run, {}
-        run.extra = {**extra, **describe.sampler_fields(run.record, run.model.alphas_cumprod), **ctx.vae_fields()}
+        run.extra = {**dict(ctx.script_fields), **extra,
+                     **describe.sampler_fields(run.record, run.model.alphas_cumprod), **ctx.vae_fields()}
         return batches, steps_run
 
     def _show_progress(self, run: _Run, hooks: pipeline.Hooks, steps_run: int, part: tuple[int, int]) -> tqdm:
@@ -298,6 +300,7 @@ class GenerationService:
                 run.extra[pipeline.VAE_TILING_KEY] = True
             # A1111 shows an interrupted or skipped batch, and saves it only if asked to
             result.interrupted = result.interrupted or batch.interrupted
+            result.skipped = result.skipped or batch.skipped
             complete = not (batch.interrupted or batch.skipped)
             for image, image_seed in zip(batch.images, batch.seeds):
                 index = len(result.images)

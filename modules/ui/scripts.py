@@ -1,5 +1,6 @@
-"""The Script dropdown of txt2img and img2img (A1111's: None, Prompt matrix, Prompts from file or textbox,
-SD upscale (img2img), X/Y/Z plot) and each script's controls, shown when it is chosen, laid out as A1111's.
+"""The Script dropdown of txt2img and img2img (A1111's: None, Loopback (img2img), Prompt matrix, Prompts from file
+or textbox, SD upscale (img2img), X/Y/Z plot) and each script's controls, shown when it is chosen, laid out as
+A1111's.
 
 The controls are keyed like the tabs' fields (`script_name`, `script_xyz_x_type`, ...) so that a paste fills
 them by name (see ui/paste.py); `request` turns them into the script's name and A1111's script_args."""
@@ -14,6 +15,7 @@ from modules.engine import Engine
 
 NONE = "None"
 XYZ, MATRIX, FROM_FILE, SD_UPSCALE = "X/Y/Z plot", "Prompt matrix", "Prompts from file or textbox", "SD upscale"
+LOOPBACK = "Loopback"
 XYZ_FLAGS = ("draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "vary_seeds_x",
              "vary_seeds_y", "vary_seeds_z", "margin_size", "csv_mode")
 
@@ -25,6 +27,13 @@ def build(engine: Engine, tab: str) -> dict[str, gr.components.Component]:
     c["script_name"] = gr.Dropdown(label="Script", choices=[NONE, *titles], value=NONE,
                                    elem_id=f"{tab}_script_list")
     groups = {}
+    if LOOPBACK in titles:
+        with gr.Group(visible=False, elem_id=f"{tab}_script_loopback") as groups[LOOPBACK]:
+            c["script_lb_loops"] = gr.Slider(1, 32, value=4, step=1, label="Loops", elem_id=f"{tab}_loopback_loops")
+            c["script_lb_final"] = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Final denoising strength",
+                                             elem_id=f"{tab}_loopback_final_denoising_strength")
+            c["script_lb_curve"] = gr.Dropdown(["Aggressive", "Linear", "Lazy"], value="Linear",
+                                               label="Denoising strength curve", elem_id=f"{tab}_loopback_curve")
     with gr.Group(visible=False, elem_id=f"{tab}_script_prompt_matrix") as groups[MATRIX]:
         c["script_pm_put_at_start"] = gr.Checkbox(label="Put variable parts at start of prompt", value=False)
         c["script_pm_different_seeds"] = gr.Checkbox(label="Use different seed for each picture", value=False)
@@ -149,6 +158,9 @@ def request(values: dict[str, Any]) -> tuple[tuple[str, list[Any]] | None, dict[
                                                                "delimiter", "margin_size")]), rest
     if name == FROM_FILE:
         return (name, [script.get(f"script_pf_{k}") for k in ("iterate", "iterate_batch", "position", "text")]), rest
+    if name == LOOPBACK:  # A1111's fourth argument, the interrogation, is "None": no interrogator here
+        return (name, [script.get("script_lb_loops"), script.get("script_lb_final"), script.get("script_lb_curve"),
+                       "None"]), rest
     if name == SD_UPSCALE:
         return (name, ["", script.get("script_sdu_overlap"), script.get("script_sdu_upscaler") or "None",
                        script.get("script_sdu_scale")]), rest

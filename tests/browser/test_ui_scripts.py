@@ -1,6 +1,6 @@
 """The Script dropdown in a real browser: X/Y/Z plot chosen, an axis with choices shows them in a dropdown,
 Generate makes the plot's grid with its infotext, and pasting that infotext chooses the plot again; SD upscale in
-the img2img tab."""
+the img2img tab, and Loopback."""
 
 from __future__ import annotations
 
@@ -75,3 +75,24 @@ def test_sd_upscale_from_the_img2img_tab(page, tmp_path):
     assert result.size == (192, 192)  # 96 x the scale factor's default 2, in 64-pixel tiles
     expect(page.locator("#img2img_infotext textarea")).to_have_value(
         re.compile(r"Size: 64x64, .*SD upscale overlap: 16, SD upscale upscaler: Lanczos$", re.S))
+
+
+def test_loopback_from_the_img2img_tab(page, tmp_path):
+    source = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (30, 90, 200)).save(source)
+    open_tab(page, "tab_img2img")
+    upload_file(page, "img2img_image", source)
+    fill_text(page, "img2img_prompt", PROMPT)
+    set_number(page, "img2img_steps", 2)
+    set_number(page, "img2img_width", 64)
+    set_number(page, "img2img_height", 64)
+    set_number(page, "img2img_seed", 9)
+    select_option(page, "img2img_script_list", "Loopback")
+    set_number(page, "img2img_loopback_loops", 2)
+    select_option(page, "img2img_loopback_curve", "Lazy")
+    page.locator("#img2img_generate").click()
+    urls = wait_for_gallery(page, "img2img_gallery", 3)
+    wait_idle(page, "img2img")
+    assert [fetch_image(page, u).size for u in urls] == [(128, 64), (64, 64), (64, 64)]  # the row grid, the loops
+    text = read_value(page, "img2img_infotext")
+    assert "Final denoising strength: 0.5, Denoising curve: Lazy" in text and "Seed: 9," in text, text

@@ -82,7 +82,7 @@ def test_bad_axis_values_are_refused_before_anything_is_queued(engine):  # noqa:
     with pytest.raises(BadRequest, match="Y axis \\(Face restore\\).*not available"):
         engine.submit_script("txt2img", "X/Y/Z plot", params(), [1, "1", [], axis(engine, "Face restore"), "true"])
     with pytest.raises(UnknownScript, match="x/y/z plot"):
-        engine.submit_script("txt2img", "Loopback", params(), [])
+        engine.submit_script("txt2img", "Outpainting mk2", params(), [])
     assert engine.queue.queued == 0
 
 

@@ -52,7 +52,8 @@ def test_scripts_are_listed(server):  # noqa: F811
     url, _, _ = server
     names = requests.get(url + "/sdapi/v1/scripts", timeout=30).json()
     assert names == {"txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
-                     "img2img": ["prompt matrix", "prompts from file or textbox", "sd upscale", "x/y/z plot"]}
+                     "img2img": ["loopback", "prompt matrix", "prompts from file or textbox", "sd upscale",
+                                 "x/y/z plot"]}
     info = requests.get(url + "/sdapi/v1/script-info", timeout=30).json()
     plot = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
     assert len(plot["args"]) == 18 and plot["args"][0]["choices"][STEPS] == "Steps"
@@ -61,6 +62,9 @@ def test_scripts_are_listed(server):  # noqa: F811
     assert upscale["is_img2img"] and [a["label"] for a in upscale["args"]] == ["info", "Tile overlap", "Upscaler",
                                                                                "Scale Factor"]
     assert upscale["args"][2]["choices"][:3] == ["None", "Lanczos", "Nearest"]
+    loop = next(s for s in info if s["name"] == "loopback")
+    assert loop["is_img2img"] and [a["label"] for a in loop["args"]] == [
+        "Loops", "Final denoising strength", "Denoising strength curve", "Append interrogated prompt at each iteration"]
 
 
 def test_sd_upscale_over_the_api(server):  # noqa: F811
@@ -75,6 +79,25 @@ def test_sd_upscale_over_the_api(server):  # noqa: F811
     assert [decode(im).size for im in body["images"]] == [(160, 160)]
     text = json.loads(body["info"])["infotexts"][0]
     assert "Size: 64x64" in text and text.endswith("SD upscale overlap: 16, SD upscale upscaler: Lanczos")
+
+
+def test_loopback_over_the_api(server):  # noqa: F811
+    """A1111's script_args: loops, final denoising strength, curve, interrogation ("None"): the row grid first,
+    then each loop's image; the grid is the API's first image, as A1111's index_of_first_image says."""
+    url, _, _ = server
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 160, 90)).save(buf, format="PNG")
+    body = post(url, "/sdapi/v1/img2img", prompt="a cat", width=64, height=64, steps=1, seed=3,
+                denoising_strength=0.4, init_images=[base64.b64encode(buf.getvalue()).decode()],
+                script_name="loopback", script_args=[2, 0.6, "Lazy", "None"]).json()
+    assert [decode(im).size for im in body["images"]] == [(128, 64), (64, 64), (64, 64)]
+    info = json.loads(body["info"])
+    assert info["index_of_first_image"] == 1 and info["all_seeds"] == [3, 4]
+    assert "Final denoising strength: 0.6, Denoising curve: Lazy" in info["infotexts"][2]
+    refused = post(url, "/sdapi/v1/img2img", prompt="a cat", width=64, height=64, steps=1,
+                   init_images=[base64.b64encode(buf.getvalue()).decode()], script_name="loopback",
+                   script_args=[2, 0.6, "Lazy", "DeepBooru"])
+    assert refused.status_code == 400 and "interrogating" in refused.json()["detail"]
 
 
 def test_bad_scripts_and_values_are_4xx(server):  # noqa: F811

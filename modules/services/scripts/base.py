@@ -40,6 +40,7 @@ class CellResult:
     images: list[Image.Image] = field(default_factory=list)
     infotexts: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    complete: bool = True  # False: interrupted or skipped, its images shown as far as they got
 
 
 @dataclass
@@ -56,6 +57,10 @@ class Plan:
     # given each cell's result as soon as it is made (k, result or None), which is then not kept for `compose`:
     # a plan that puts its images together as they come (SD upscale) holds one row of tiles, not all of them
     fold: Callable[[int, "CellResult | None"], None] | None = None
+    # cell k (an accepted request) just before it runs, given the result of the cell before it (None for the first
+    # cell, or when that one made nothing or was left out): the cell to run, or None to leave it out. Loopback
+    # starts each loop from the image the loop before made.
+    chain: Callable[[int, Any, "CellResult | None"], Any] | None = None
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Composed:
     grid_infotext: str | None = None
     grid_basename: str = ""  # the grid's file name prefix (A1111: xyz_grid, prompt_matrix)
     save: bool = False  # save the images as a job's images (SD upscale's, whose cells save nothing)
+    show_grid: bool = True  # False: the grid is saved (grid_save) but not shown or answered (return_grid off)
 
 
 def with_fields(text: str, fields: dict[str, Any]) -> str:

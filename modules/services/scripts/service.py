@@ -17,12 +17,13 @@ from modules.services.generation import GenerationResult, GenerationService
 from modules.services.options import OptionsService
 from modules.services.output import OutputWriter
 from modules.services.requests import Accepted, RequestResolver
-from modules.services.scripts import prompt_matrix, prompts_from_file, sd_upscale, xyz
+from modules.services.scripts import loopback, prompt_matrix, prompts_from_file, sd_upscale, xyz
 from modules.services.scripts.base import CellResult, Env, Plan
 from modules.styles import StyleStore
 
-TITLES = (prompt_matrix.TITLE, prompts_from_file.TITLE, sd_upscale.TITLE, xyz.TITLE)  # the page's order, after None
-ONLY = {sd_upscale.TITLE: "img2img"}  # scripts one tab has
+# the page's order, after None (A1111's: its scripts' file names, loopback.py ... xyz_grid.py)
+TITLES = (loopback.TITLE, prompt_matrix.TITLE, prompts_from_file.TITLE, sd_upscale.TITLE, xyz.TITLE)
+ONLY = {loopback.TITLE: "img2img", sd_upscale.TITLE: "img2img"}  # scripts one tab has
 
 
 class ScriptService:
@@ -76,6 +77,9 @@ class ScriptService:
         if title == sd_upscale.TITLE:
             self._requests.check_limits(params)  # its cells are one image each: the batch count is checked here
             return sd_upscale.plan(params, list(args or []), self.env(), kind, rng)
+        if title == loopback.TITLE:
+            self._requests.check_limits(params)  # its cells are one image each: the batch count is checked here
+            return loopback.plan(params, list(args or []), kind, rng)
         return prompts_from_file.plan(params, list(args or []), rng)
 
     def submit(self, kind: str, name: str, params: GenerationParams, args: list[Any],
@@ -100,21 +104,25 @@ class ScriptService:
                 accepted = plan.prepare(job, accepted)
             except (JobInterrupted, JobSkipped):  # within an upscaler's tiles: no cell runs
                 return self._finish(plan, accepted[0], results, first, warnings, True)
+        previous: CellResult | None = None
         for k, cell in enumerate(accepted):
             if job.state.interrupted:
                 break
+            if plan.chain is not None:
+                cell = plan.chain(k, cell, previous)
+                if cell is None:  # left out
+                    previous = None
+                    continue
             job.state.job = f"{k + 1} out of {len(accepted)}"  # A1111's `state.job` of a script, in /progress
             result = self._generation.run_part(job, cell, k, len(accepted))
             first = first or result
             warnings.extend(w for w in result.warnings if w not in warnings)
+            # a plan that folds takes the images themselves; one that composes a grid of cells, a batch's grid
+            previous = _cell_result(result, cell, grid=plan.fold is None) if result.images else None
             if plan.fold is not None:
-                plan.fold(k, CellResult(result.images[0], result.infotexts[0], result.seeds[0], list(result.images),
-                                        list(result.infotexts), list(result.seeds)) if result.images else None)
-            elif result.images:
-                image = result.images[0] if len(result.images) == 1 else \
-                    images.image_grid(result.images, cell.ctx.params.batch_size, cell.settings.n_rows)
-                results[k] = CellResult(image, result.infotexts[0], result.seeds[0], list(result.images),
-                                        list(result.infotexts), list(result.seeds))
+                plan.fold(k, previous)
+            else:
+                results[k] = previous
         return self._finish(plan, accepted[0], results, first, warnings, job.state.interrupted)
 
     def _finish(self, plan: Plan, accepted: Accepted, results: list[CellResult | None],
@@ -130,6 +138,7 @@ class ScriptService:
                                   if composed.seeds else accepted.ctx.seed, accepted.ctx.is_img2img,
                                   basename=composed.grid_basename)
             self._output.last_parameters(grid.info["parameters"])
+            grid = grid if composed.show_grid else None
         paths: list[str | None] = [None] * len(composed.images)
         for k, (image, text) in enumerate(zip(composed.images, composed.infotexts)):
             image.info["parameters"] = text
@@ -176,7 +185,11 @@ class ScriptService:
                             dict(label="Upscaler", value="None", choices=self._requests.upscalers.names()),
                             dict(label="Scale Factor", value=2.0, minimum=1.0, maximum=sd_upscale.MAX_SCALE,
                                  step=0.05)]
-            scripts = {prompt_matrix.TITLE: matrix_args, prompts_from_file.TITLE: file_args,
+            loop_args = [dict(label="Loops", value=4, minimum=1, maximum=loopback.MAX_LOOPS, step=1),
+                         dict(label="Final denoising strength", value=0.5, minimum=0, maximum=1, step=0.01),
+                         dict(label="Denoising strength curve", value="Linear", choices=list(loopback.CURVES)),
+                         dict(label="Append interrogated prompt at each iteration", value="None", choices=["None"])]
+            scripts = {loopback.TITLE: loop_args, prompt_matrix.TITLE: matrix_args, prompts_from_file.TITLE: file_args,
                        sd_upscale.TITLE: [dict(label="info", value=None)] + upscale_args, xyz.TITLE: xyz_args}
             for title in self.titles(kind):
                 out.append(dict(name=title.lower(), is_alwayson=False, is_img2img=kind == "img2img",
@@ -196,3 +209,11 @@ class ScriptService:
     def args_from_infotext(self, text: str, kind: str) -> list[Any] | None:
         """The X/Y/Z plot script_args a grid's infotext stands for (see InfotextReader), or None."""
         return xyz.args_from_infotext(infotext.parse(text or ""), kind)
+
+
+def _cell_result(result: GenerationResult, cell: Accepted, grid: bool) -> CellResult:
+    """What a cell made, for its plan: its first image, or with `grid` a grid of its batch (of more than one)."""
+    image = images.image_grid(result.images, cell.ctx.params.batch_size, cell.settings.n_rows) \
+        if grid and len(result.images) > 1 else result.images[0]
+    return CellResult(image, result.infotexts[0], result.seeds[0], list(result.images), list(result.infotexts),
+                      list(result.seeds), complete=not (result.interrupted or result.skipped))

@@ -1,0 +1,144 @@
+"""Loopback (A1111's scripts/loopback.py, img2img only): img2img run `loops` times in a row, each loop starting from
+the image the loop before made, with the denoising strength moving from the request's to
+`final_denoising_strength` along a curve.
+
+Arguments, in A1111's order: loops (4; 1-32), final_denoising_strength (0.5), denoising_curve ("Aggressive",
+"Linear" or "Lazy"; Linear), append_interrogation ("None"; A1111's "CLIP" and "DeepBooru" interrogate each loop's
+image, which needs models this app does not have: refused).
+
+As in A1111: batch size is 1; batch count runs the loops that many times, each from the original init image and
+strength; the seed goes up by one with every loop run, across batches; from the second loop on, an inpainting
+request's masked content is "original" (the previous loop's image). Every loop's image is saved as an img2img
+image is, its infotext with `Final denoising strength` and `Denoising curve`. With batch count 1 the result is
+every loop's image, else the last image of each batch; a row grid of them leads when there are two or more
+(saved with grid_save, shown with return_grid). A loop skipped ends its batch's loops (A1111's `break`): its
+image is not used and that batch gives no last image."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Any
+
+from modules import images
+from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.services.errors import BadRequest
+from modules.services.requests import Accepted
+from modules.services.scripts.base import CellResult, Composed, Plan, fixed_seed, rebuild
+
+TITLE = "Loopback"
+ARG_NAMES = ["loops", "final_denoising_strength", "denoising_curve", "append_interrogation"]
+CURVES = ("Aggressive", "Linear", "Lazy")
+MAX_LOOPS = 32  # A1111's slider
+ORIGINAL = 1  # inpainting_fill "original": later loops repaint the image the loop before made
+
+
+def strength(loop: int, loops: int, initial: float, final: float, curve: str) -> float:
+    """A1111's calculate_denoising_strength: the strength of loop `loop` (0 is the first, at `initial`)."""
+    if loops == 1:
+        return initial
+    progress = loop / (loops - 1)
+    if curve == "Aggressive":
+        shape = math.sin(progress * math.pi * 0.5)
+    elif curve == "Lazy":
+        shape = 1 - math.cos(progress * math.pi * 0.5)
+    else:
+        shape = progress
+    return initial + (final - initial) * shape
+
+
+def _args(args: list[Any]) -> tuple[int, float, str]:
+    if len(args) > len(ARG_NAMES):
+        raise BadRequest(f"script_args: Loopback takes at most {len(ARG_NAMES)} arguments ({', '.join(ARG_NAMES)}); "
+                         f"got {len(args)}")
+    v = dict(zip(ARG_NAMES, args))
+    loops_value = v.get("loops", 4)
+    try:
+        loops = float(loops_value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"script_args: loops {loops_value!r} is not a number") from None
+    if isinstance(loops_value, bool) or not loops.is_integer() or not 1 <= loops <= MAX_LOOPS:
+        raise BadRequest(f"script_args: loops {loops_value!r} must be a whole number from 1 to {MAX_LOOPS}")
+    final_value = v.get("final_denoising_strength", 0.5)
+    try:
+        final = float(final_value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"script_args: final_denoising_strength {final_value!r} is not a number") from None
+    if not 0.0 <= final <= 1.0:  # NaN too
+        raise BadRequest(f"script_args: final_denoising_strength {final:g} must be between 0 and 1")
+    curve = next((c for c in CURVES if c.lower() == str(v.get("denoising_curve", "Linear")).strip().lower()), None)
+    if curve is None:
+        raise BadRequest(f"script_args: denoising_curve {v.get('denoising_curve')!r} is not one of "
+                         f"{', '.join(CURVES)}")
+    interrogation = str(v.get("append_interrogation", "None") or "None").strip()
+    if interrogation.lower() != "none":
+        raise BadRequest(f"script_args: append_interrogation {interrogation!r}: interrogating images (CLIP, "
+                         "DeepBooru) is not available here; use None")
+    return int(loops), final, curve
+
+
+def plan(params: GenerationParams, args: list[Any], kind: str, rng: random.Random | None = None) -> Plan:
+    if kind != "img2img" or not isinstance(params, Img2ImgParams):
+        raise BadRequest("Loopback is an img2img script: it repaints an init image again and again")
+    if not params.init_images:
+        raise BadRequest("Loopback: send an init image (init_images)")
+    loops, final, curve = _args(args)
+    rng = rng or random.Random()
+    seed, subseed = fixed_seed(params.seed, rng), fixed_seed(params.subseed, rng)
+    batches, initial = params.n_iter, params.denoising_strength
+    cells, labels = [], []
+    for n in range(batches):
+        for i in range(loops):
+            values = {**dict(params), "init_images": params.init_images[:1], "batch_size": 1, "n_iter": 1,
+                      "seed": seed + n * loops + i, "subseed": subseed,
+                      "denoising_strength": strength(i, loops, initial, final, curve),
+                      "inpainting_fill": params.inpainting_fill if i == 0 else ORIGINAL}
+            label = f"batch {n + 1}, loop {i + 1} of {loops}"
+            cells.append(rebuild(params, values, f"Loopback: {label}"))
+            labels.append(label)
+    fields = (("Final denoising strength", final), ("Denoising curve", curve))
+    run = _Run(loops, batches, seed, fields)
+    return Plan(TITLE, cells, run.compose, labels, fold=run.fold, chain=run.chain)
+
+
+@dataclasses.dataclass
+class _Run:
+    """One Loopback job as it goes: the seeds handed out, each batch's last image, the images to answer."""
+    loops: int
+    batches: int
+    next_seed: int
+    fields: tuple[tuple[str, Any], ...]
+    shown: list[CellResult] = dataclasses.field(default_factory=list)  # A1111's `history`
+    last: dict[int, CellResult] = dataclasses.field(default_factory=dict)  # batch -> its last loop's result
+    return_grid: bool = True
+
+    def chain(self, k: int, cell: Accepted, previous: CellResult | None) -> Accepted | None:
+        """Loop k's request: the previous loop's image as its init image, the next seed. A batch whose loop
+        was skipped (or made nothing) runs no more loops."""
+        loop = k % self.loops
+        if loop > 0 and (previous is None or not previous.complete):
+            return None
+        self.return_grid = cell.settings.return_grid
+        update: dict[str, Any] = {"seed": self.next_seed}
+        if loop > 0:
+            update["init_images"] = [previous.image]
+        ctx = dataclasses.replace(cell.ctx, params=cell.ctx.params.model_copy(update=update),
+                                  seeds=(self.next_seed,), script_fields=self.fields)
+        self.next_seed += 1
+        return dataclasses.replace(cell, ctx=ctx)
+
+    def fold(self, k: int, result: CellResult | None) -> None:
+        batch, loop = divmod(k, self.loops)
+        if result is None or not result.complete:
+            return
+        if self.batches == 1:
+            self.shown.append(result)
+        elif loop == self.loops - 1:
+            self.last[batch] = result
+
+    def compose(self, _results: list[CellResult | None]) -> Composed:
+        shown = self.shown if self.batches == 1 else [self.last[n] for n in sorted(self.last)]
+        grid = images.image_grid([r.image for r in shown], 1, n_rows=1) if len(shown) > 1 else None
+        return Composed(grid, [r.image for r in shown], [r.infotext for r in shown], [r.seed for r in shown],
+                        grid_infotext=shown[0].infotext if shown else None, show_grid=self.return_grid)
