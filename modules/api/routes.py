@@ -276,7 +276,8 @@ def to_img2img_params(req: schemas.Img2ImgRequest, limits: Limits | None = None)
             **_common_fields(req), init_images=req.init_images, resize_mode=req.resize_mode,
             denoising_strength=req.denoising_strength, image_cfg_scale=req.image_cfg_scale, mask=req.mask or None,
             mask_blur_x=req.mask_blur_x, mask_blur_y=req.mask_blur_y, mask_blur=req.mask_blur,
-            mask_round=req.mask_round, inpainting_fill=req.inpainting_fill, inpaint_full_res=req.inpaint_full_res,
+            mask_round=req.mask_round, latent_mask=req.latent_mask or None, inpainting_fill=req.inpainting_fill,
+            inpaint_full_res=req.inpaint_full_res,
             inpaint_full_res_padding=req.inpaint_full_res_padding, inpainting_mask_invert=req.inpainting_mask_invert,
             initial_noise_multiplier=req.initial_noise_multiplier),
             context={"max_input_pixels": limits.max_input_pixels})

@@ -116,9 +116,6 @@ class Img2ImgRequest(Txt2ImgRequest):
         "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
         "hr_negative_prompt", "firstpass_image"})
 
-    def unsupported_fields(self) -> list[str]:
-        return super().unsupported_fields() + (["latent_mask"] if self.latent_mask else [])
-
 
 class Txt2ImgResponse(BaseModel):
     images: list[str]

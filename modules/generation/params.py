@@ -121,6 +121,9 @@ class Img2ImgParams(GenerationParams):
     mask_blur_y: int = Field(4, ge=0, le=256)
     mask_blur: int | None = Field(None, ge=0, le=256, description="Sets mask_blur_x and mask_blur_y")
     mask_round: bool = True
+    latent_mask: InputImage | None = Field(
+        None, description="With a mask: what the latents are kept by at every step (white = repaint), used as it "
+                          "is (A1111's latent_mask: not blurred, inverted or cropped); None: the mask as prepared")
     inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
     inpaint_full_res: bool = Field(False, description="Inpaint area: False whole picture, True only masked")
     inpaint_full_res_padding: int = Field(32, ge=0, le=1024)

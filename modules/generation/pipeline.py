@@ -956,7 +956,11 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
     if prepared_mask is not None:
         m = np.asarray(prepared_mask.mask, dtype=np.float32) / 255.0
         pixel_mask = torch.from_numpy(np.around(m) if params.mask_round else m)[None, None]
-        small = prepared_mask.mask.resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)
+        if params.latent_mask is not None:  # A1111: its first channel, straight to the latent's size
+            small = params.latent_mask.convert("RGB").resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)
+            small = small.getchannel("R")
+        else:
+            small = prepared_mask.mask.resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)
         lm = np.asarray(small, dtype=np.float32) / 255.0
         latent_mask = torch.from_numpy(np.around(lm) if params.mask_round else lm)[None, None].to(model.device)
     image_cond = depth_map = None

@@ -372,10 +372,12 @@ class GenerationService:
             run.extra.update(run.accepted.ctx.refiner.fields(run.refiner.short_title, run.accepted.ctx.hires))
 
     def _decode_inputs(self, params: Img2ImgParams) -> None:
-        """Decode the init images and the mask, which a request sends compressed and which wait in the queue so,
+        """Decode the init images and the masks, which a request sends compressed and which wait in the queue so,
         within the decode budget; BadRequest naming the one whose data turns out to be broken."""
         named = [(f"init_images.{i}", image) for i, image in enumerate(params.init_images)]
-        for name, image in named + ([("mask", params.mask)] if params.mask is not None else []):
+        named += [(name, getattr(params, name)) for name in ("mask", "latent_mask")
+                  if getattr(params, name) is not None]
+        for name, image in named:
             try:
                 images.load(image, self._decode_budget)
             except images.InvalidImage as e:

@@ -1,6 +1,6 @@
 """The Script dropdown in a real browser: X/Y/Z plot chosen, an axis with choices shows them in a dropdown,
 Generate makes the plot's grid with its infotext, and pasting that infotext chooses the plot again; SD upscale in
-the img2img tab, and Loopback."""
+the img2img tab, Loopback and Poor man's outpainting."""
 
 from __future__ import annotations
 
@@ -96,3 +96,23 @@ def test_loopback_from_the_img2img_tab(page, tmp_path):
     assert [fetch_image(page, u).size for u in urls] == [(128, 64), (64, 64), (64, 64)]  # the row grid, the loops
     text = read_value(page, "img2img_infotext")
     assert "Final denoising strength: 0.5, Denoising curve: Lazy" in text and "Seed: 9," in text, text
+
+
+def test_poor_mans_outpainting_from_the_img2img_tab(page, tmp_path):
+    source = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (230, 200, 40)).save(source)
+    open_tab(page, "tab_img2img")
+    upload_file(page, "img2img_image", source)
+    fill_text(page, "img2img_prompt", PROMPT)
+    set_number(page, "img2img_steps", 2)
+    set_number(page, "img2img_width", 64)
+    set_number(page, "img2img_height", 64)
+    select_option(page, "img2img_script_list", "Poor man's outpainting")
+    set_number(page, "img2img_poor_mans_outpainting_pixels", 32)
+    for side in ("left", "up", "down"):  # grow to the right only
+        block(page, "img2img_poor_mans_outpainting_direction").get_by_label(side, exact=True).uncheck()
+    page.locator("#img2img_generate").click()
+    result = fetch_image(page, wait_for_gallery(page, "img2img_gallery", 1)[0])
+    wait_idle(page, "img2img")
+    assert result.size == (128, 64)
+    assert "Mask blur: 8" in read_value(page, "img2img_infotext")

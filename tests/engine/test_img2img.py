@@ -252,6 +252,21 @@ def test_masked_content_modes(engine, fill, label):
     assert (f"Masked content: {label}" in result.infotexts[0]) if label else "Masked content" not in result.infotexts[0]
 
 
+def test_latent_mask_decides_which_latents_are_kept_and_the_mask_what_is_pasted_back(engine):
+    """A1111's latent_mask: the latents are blended by it (used as it is), the original pixels are pasted back by
+    the (blurred) mask. The same mask, unblurred, as both gives the image the mask alone gives."""
+    sharp = dict(mask=left_half_mask(), mask_blur=0, inpainting_fill=1, steps=4)
+    alone = engine.img2img(params(**sharp)).images[0]
+    same = engine.img2img(params(**sharp, latent_mask=left_half_mask().convert("RGB"))).images[0]
+    assert same.tobytes() == alone.tobytes()
+    everything = engine.img2img(params(**sharp, latent_mask=Image.new("L", (64, 64), 255))).images[0]
+    out, before = pixels(everything), pixels(init_image())
+    assert np.array_equal(out[:, 32:], before[:, 32:])  # pasted back by the mask
+    assert not np.array_equal(out[:, :32], pixels(alone)[:, :32])  # the kept half's latents were repainted too
+    nothing = engine.img2img(params(**sharp, latent_mask=Image.new("L", (64, 64), 0))).images[0]
+    assert not np.array_equal(pixels(nothing)[:, :32], pixels(alone)[:, :32])
+
+
 def test_nine_channel_inpainting_model_gets_mask_and_masked_image(engine, manager):
     sd1_inpaint = {"sd_model_checkpoint": "sd1-inpainting"}
     result = engine.img2img(params(mask=left_half_mask(), override_settings=sd1_inpaint))
@@ -347,6 +362,10 @@ def test_api_img2img_and_inpaint_round_trip(server):
     info = json.loads(r.json()["info"])
     assert "Inpaint area: Only masked, Masked area padding: 0" in info["infotexts"][0]
     assert r.json()["parameters"]["init_images"] == [b64png(src)]
+    # A1111's latent_mask is taken (it was "not supported yet and was ignored")
+    r = post(url, init_images=[b64png(src)], mask=b64png(left_half_mask()), latent_mask=b64png(left_half_mask()),
+             inpaint_full_res=False, width=64, height=64, steps=2, seed=3)
+    assert r.status_code == 200 and json.loads(r.json()["info"])["warnings"] == [], r.text
 
 
 @pytest.mark.server
@@ -355,6 +374,7 @@ def test_api_img2img_and_inpaint_round_trip(server):
     (dict(denoising_strength=1.5), 400, "denoising_strength must be between 0 and 1"),
     (dict(init_images=None), 400, "init_images"),
     (dict(mask="bm9wZQ=="), 400, "mask: Invalid encoded image"),
+    (dict(mask=b64png(left_half_mask()), latent_mask="bm9wZQ=="), 400, "latent_mask: Invalid encoded image"),
     (dict(denoising_strength="lots"), 422, "denoising_strength"),
 ])
 def test_api_bad_input_is_refused_with_the_field_named(server, body, status, needle):

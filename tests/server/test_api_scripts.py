@@ -52,8 +52,8 @@ def test_scripts_are_listed(server):  # noqa: F811
     url, _, _ = server
     names = requests.get(url + "/sdapi/v1/scripts", timeout=30).json()
     assert names == {"txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
-                     "img2img": ["loopback", "prompt matrix", "prompts from file or textbox", "sd upscale",
-                                 "x/y/z plot"]}
+                     "img2img": ["loopback", "poor man's outpainting", "prompt matrix", "prompts from file or textbox",
+                                 "sd upscale", "x/y/z plot"]}
     info = requests.get(url + "/sdapi/v1/script-info", timeout=30).json()
     plot = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
     assert len(plot["args"]) == 18 and plot["args"][0]["choices"][STEPS] == "Steps"
@@ -98,6 +98,23 @@ def test_loopback_over_the_api(server):  # noqa: F811
                    init_images=[base64.b64encode(buf.getvalue()).decode()], script_name="loopback",
                    script_args=[2, 0.6, "Lazy", "DeepBooru"])
     assert refused.status_code == 400 and "interrogating" in refused.json()["detail"]
+
+
+def test_poor_mans_outpainting_over_the_api(server):  # noqa: F811
+    """A1111's script_args: pixels, mask blur, masked content (index), directions: one grown image."""
+    url, _, _ = server
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(buf, format="PNG")
+    body = post(url, "/sdapi/v1/img2img", prompt="a field", width=64, height=64, steps=1, seed=5,
+                init_images=[base64.b64encode(buf.getvalue()).decode()], script_name="Poor man's outpainting",
+                script_args=[32, 4, 1, ["right"]]).json()
+    assert [decode(im).size for im in body["images"]] == [(128, 64)]  # 64 + 32, up to a multiple of 64
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [5] and "Mask blur: 8" in info["infotexts"][0]
+    info_list = requests.get(url + "/sdapi/v1/script-info", timeout=30).json()
+    outpaint = next(s for s in info_list if s["name"] == "poor man's outpainting")
+    assert [a["label"] for a in outpaint["args"]] == ["Pixels to expand", "Mask blur", "Masked content",
+                                                      "Outpainting direction"]
 
 
 def test_bad_scripts_and_values_are_4xx(server):  # noqa: F811

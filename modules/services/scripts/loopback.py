@@ -32,6 +32,11 @@ ARG_NAMES = ["loops", "final_denoising_strength", "denoising_curve", "append_int
 CURVES = ("Aggressive", "Linear", "Lazy")
 MAX_LOOPS = 32  # A1111's slider
 ORIGINAL = 1  # inpainting_fill "original": later loops repaint the image the loop before made
+INFO_ARGS = [  # A1111's /script-info for it
+    dict(label="Loops", value=4, minimum=1, maximum=MAX_LOOPS, step=1),
+    dict(label="Final denoising strength", value=0.5, minimum=0, maximum=1, step=0.01),
+    dict(label="Denoising strength curve", value="Linear", choices=list(CURVES)),
+    dict(label="Append interrogated prompt at each iteration", value="None", choices=["None"])]
 
 
 def strength(loop: int, loops: int, initial: float, final: float, curve: str) -> float:

@@ -17,13 +17,14 @@ from modules.services.generation import GenerationResult, GenerationService
 from modules.services.options import OptionsService
 from modules.services.output import OutputWriter
 from modules.services.requests import Accepted, RequestResolver
-from modules.services.scripts import loopback, prompt_matrix, prompts_from_file, sd_upscale, xyz
+from modules.services.scripts import loopback, outpainting, prompt_matrix, prompts_from_file, sd_upscale, xyz
 from modules.services.scripts.base import CellResult, Env, Plan
 from modules.styles import StyleStore
 
 # the page's order, after None (A1111's: its scripts' file names, loopback.py ... xyz_grid.py)
-TITLES = (loopback.TITLE, prompt_matrix.TITLE, prompts_from_file.TITLE, sd_upscale.TITLE, xyz.TITLE)
-ONLY = {loopback.TITLE: "img2img", sd_upscale.TITLE: "img2img"}  # scripts one tab has
+TITLES = (loopback.TITLE, outpainting.TITLE, prompt_matrix.TITLE, prompts_from_file.TITLE, sd_upscale.TITLE,
+          xyz.TITLE)
+ONLY = {loopback.TITLE: "img2img", outpainting.TITLE: "img2img", sd_upscale.TITLE: "img2img"}  # one tab's scripts
 
 
 class ScriptService:
@@ -77,6 +78,8 @@ class ScriptService:
         if title == sd_upscale.TITLE:
             self._requests.check_limits(params)  # its cells are one image each: the batch count is checked here
             return sd_upscale.plan(params, list(args or []), self.env(), kind, rng)
+        if title == outpainting.TITLE:
+            return outpainting.plan(params, list(args or []), self.env(), kind, rng)
         if title == loopback.TITLE:
             self._requests.check_limits(params)  # its cells are one image each: the batch count is checked here
             return loopback.plan(params, list(args or []), kind, rng)
@@ -185,11 +188,8 @@ class ScriptService:
                             dict(label="Upscaler", value="None", choices=self._requests.upscalers.names()),
                             dict(label="Scale Factor", value=2.0, minimum=1.0, maximum=sd_upscale.MAX_SCALE,
                                  step=0.05)]
-            loop_args = [dict(label="Loops", value=4, minimum=1, maximum=loopback.MAX_LOOPS, step=1),
-                         dict(label="Final denoising strength", value=0.5, minimum=0, maximum=1, step=0.01),
-                         dict(label="Denoising strength curve", value="Linear", choices=list(loopback.CURVES)),
-                         dict(label="Append interrogated prompt at each iteration", value="None", choices=["None"])]
-            scripts = {loopback.TITLE: loop_args, prompt_matrix.TITLE: matrix_args, prompts_from_file.TITLE: file_args,
+            scripts = {loopback.TITLE: loopback.INFO_ARGS, outpainting.TITLE: outpainting.INFO_ARGS,
+                       prompt_matrix.TITLE: matrix_args, prompts_from_file.TITLE: file_args,
                        sd_upscale.TITLE: [dict(label="info", value=None)] + upscale_args, xyz.TITLE: xyz_args}
             for title in self.titles(kind):
                 out.append(dict(name=title.lower(), is_alwayson=False, is_img2img=kind == "img2img",
