@@ -74,7 +74,7 @@ def test_sd_upscale_from_the_img2img_tab(page, tmp_path):
     wait_idle(page, "img2img")
     assert result.size == (192, 192)  # 96 x the scale factor's default 2, in 64-pixel tiles
     expect(page.locator("#img2img_infotext textarea")).to_have_value(
-        re.compile(r"Size: 64x64, .*SD upscale overlap: 16, SD upscale upscaler: Lanczos$", re.S))
+        re.compile(r"Size: 64x64, .*SD upscale overlap: 16, SD upscale upscaler: Lanczos, Version: ", re.S))
 
 
 def test_loopback_from_the_img2img_tab(page, tmp_path):

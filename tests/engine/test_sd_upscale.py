@@ -45,7 +45,8 @@ def test_sd_upscale_repaints_the_tiles_with_a1111s_seeds_and_puts_them_together(
     assert len(result.images) == 1 and result.images[0].size == (160, 160) and result.seeds == [50]
     text = result.infotexts[0]
     assert "Size: 64x64" in text and "Seed: 50," in text
-    assert text.endswith("SD upscale overlap: 16, SD upscale upscaler: Lanczos")
+    # A1111's extra_generation_params: before the job's own keys and Version
+    assert "RNG: CPU, SD upscale overlap: 16, SD upscale upscaler: Lanczos, Version: " in text
     # Lanczos 2x (160x160), tiles at 0, 48, 96 on each side (A1111's split_grid: 9 tiles), batches of 2 tiles
     # with seeds 50, 51, ...: the last batch is one tile, which img2img repeats (A1111 does too)
     up = upscaling.upscale(req.init_images[0], 2, upscaling.plain_pass("Lanczos", 2))

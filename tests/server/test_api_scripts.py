@@ -78,7 +78,7 @@ def test_sd_upscale_over_the_api(server):  # noqa: F811
                 script_name="SD upscale", script_args=["", 16, 1, 2]).json()  # 1: Lanczos
     assert [decode(im).size for im in body["images"]] == [(160, 160)]
     text = json.loads(body["info"])["infotexts"][0]
-    assert "Size: 64x64" in text and text.endswith("SD upscale overlap: 16, SD upscale upscaler: Lanczos")
+    assert "Size: 64x64" in text and "RNG: CPU, SD upscale overlap: 16, SD upscale upscaler: Lanczos, Version: " in text
 
 
 def test_loopback_over_the_api(server):  # noqa: F811

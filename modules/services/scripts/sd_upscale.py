@@ -24,7 +24,7 @@ from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job
 from modules.services.errors import BadRequest
 from modules.services.requests import Accepted
-from modules.services.scripts.base import CellResult, Composed, Env, Plan, fixed_seed, rebuild, with_fields
+from modules.services.scripts.base import CellResult, Composed, Env, Plan, fixed_seed, rebuild
 
 TITLE = "SD upscale"
 ARG_NAMES = ["info", "overlap", "upscaler_index", "scale_factor"]
@@ -121,7 +121,8 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
             label = f"upscale {n + 1}, tiles {i * batch + 1}-{i * batch + count} of {tiles}"
             cells.append(rebuild(params, values, f"SD upscale: {label}"))
             labels.append(label)
-    fields = {"SD upscale overlap": overlap, "SD upscale upscaler": name}
+    # A1111's extra_generation_params: in each tile's infotext, before the job's own keys
+    fields = (("SD upscale overlap", overlap), ("SD upscale upscaler", name))
 
     def prepare(job: Job, accepted: list[Accepted]) -> list[Accepted]:
         """The init image upscaled (in the job, with its interrupt) and cut; each cell given its tiles."""
@@ -139,7 +140,8 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
         for k, cell in enumerate(accepted):
             i = k % batches
             given = pieces[i * batch:i * batch + counts[i]]
-            ctx = dataclasses.replace(cell.ctx, params=cell.ctx.params.model_copy(update={"init_images": given}))
+            ctx = dataclasses.replace(cell.ctx, params=cell.ctx.params.model_copy(update={"init_images": given}),
+                                      script_fields=fields)
             out.append(dataclasses.replace(cell, ctx=ctx))
         return out
 
@@ -156,7 +158,7 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
         # only the batch's own tiles: a depth model's map, or the copies of a lone tile, come after them
         done = result.images[:counts[i]] if result is not None else []
         if result is not None and not first_text:  # A1111: the first batch's infotext, for every image
-            first_text.append(with_fields(result.infotext, fields))
+            first_text.append(result.infotext)
         black = Image.new("RGB", (params.width, params.height))
         place(n, done + [black] * (counts[i] - len(done)))
 
