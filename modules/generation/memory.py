@@ -225,6 +225,8 @@ def _refusal(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, free: int, 
     p = ctx.params
     said = (f"Not enough memory for this job: its peak is about {gib(need.bytes)} ({need.what}) and "
             f"{gib(free)} is free{limit_note}.")
+    if ctx.tiling and model.vae_tiles:
+        said += " With Tiling the VAE decodes the whole image at once (its tiles could not wrap around)."
     smallest = dataclasses.replace(_with(ctx, p, batch_size=1, width=SIZE_STEP, height=SIZE_STEP), hr_choice=None)
     if peak(smallest, model, tiling, text).bytes > free and peak(smallest, model, tiling).bytes <= free:
         return (f"{said} The prompts are too long for it: their conditioning alone is about "

@@ -891,6 +891,15 @@ class Img2ImgInputs:
 MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 
 
+def fill_mask(params: Img2ImgParams, prepared: masking.PreparedMask, size: tuple[int, int]) -> Image.Image:
+    """What "fill" (and the latent noise modes' pre-fill) paints under: A1111's latent mask, the request's
+    `latent_mask` (scaled to the input's size when it differs, where A1111 fails) or else the prepared mask."""
+    if params.latent_mask is None:
+        return prepared.mask
+    latent = params.latent_mask
+    return latent if latent.size == size else latent.resize(size)
+
+
 @torch.no_grad()
 def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2ImgInputs:
     """Resize the init images to width x height by `resize_mode`, prepare the mask, pre-fill the area to
@@ -941,8 +950,8 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
         else:
             image = images.resize_image(params.resize_mode, image, width, height, resize)
             originals.append(image)
-        if prepared_mask is not None and params.inpainting_fill != 1:
-            image = masking.fill(image, prepared_mask.mask)
+        if prepared_mask is not None and params.inpainting_fill != 1:  # A1111 fills under its latent mask
+            image = masking.fill(image, fill_mask(params, prepared_mask, image.size))
         inputs.append(image)
 
     encoder = taesd_part(hooks, model, "encoder", ctx.vae_encode_method)

@@ -114,7 +114,8 @@ class LoadedModel:
         right edge continues its left and its bottom its top. Set at every job, so a VAE swapped in since
         follows it, and a job without Tiling gets zeros back. As in A1111, only layers that are exactly
         torch.nn.Conv2d change (a convolution that pads by hand, as the VAE's downsampler does, stays as it is).
-        The text encoders have no convolutions; TAESD and the depth model's MiDaS are not changed."""
+        The text encoders have no convolutions; TAESD is not changed (nor in A1111), nor is the depth model's
+        MiDaS (A1111 changes its plain Conv2d layers too)."""
         mode = "circular" if on else "zeros"
         for module in (self.unet, self.vae):
             for layer in module.modules():

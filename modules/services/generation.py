@@ -160,6 +160,9 @@ class GenerationService:
         params = accepted.ctx.params
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         result.warnings.extend(extra_networks.unsupported_warnings(tags))
+        if accepted.ctx.tiling and accepted.ctx.vae_decode_method == "TAESD":
+            result.warnings.append("Tiling: TAESD decodes with zero padding (as in A1111), so the picture's edges "
+                                   "may not meet; set the VAE decoder (sd_vae_decode_method) to Full")
         model, networks = self._ready(accepted, accepted.checkpoint, result, not accepted.checkpoint_requested,
                                       accepted.checkpoint_field, state=job.state)
         record = describe.JobRecord(accepted.ctx, accepted.settings, describe.ModelFacts.of(model),

@@ -139,7 +139,7 @@ class RequestResolver:
                 raise OverLimit(f"the hires fix would make {w}x{h} images, more pixels than this server's limit of "
                                 f"{lim.max_side}x{lim.max_side} (--max-image-side)")
         if isinstance(params, Img2ImgParams):
-            for image in [*params.init_images, *([params.mask] if params.mask is not None else [])]:
+            for image in [*params.init_images, *(m for m in (params.mask, params.latent_mask) if m is not None)]:
                 self.check_input_image(image)
 
     def check_input_image(self, image: Image.Image) -> None:

@@ -91,16 +91,12 @@ def cfg_control(tab: str) -> gr.Slider:
     return gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
 
 
-def tiling_control(tab: str) -> gr.Checkbox:
+def tiling_control(tab: str, on: bool) -> gr.Checkbox:
     """A1111's Tiling (a checkbox on its page before 1.6, a setting since): ticked, the job's pictures repeat
-    seamlessly side by side; unticked, the setting `tiling` decides (see tiling_value)."""
-    return gr.Checkbox(label="Tiling", value=False, elem_id=f"{tab}_tiling",
+    seamlessly side by side. It starts as the setting `tiling` is when the page is built, and a job does what the
+    box shows."""
+    return gr.Checkbox(label="Tiling", value=on, elem_id=f"{tab}_tiling",
                        info="a picture that repeats seamlessly side by side (textures, patterns)")
-
-
-def tiling_value(ticked) -> bool | None:
-    """The request's `tiling` from the checkbox: on, or None (the setting, off unless Settings turns it on)."""
-    return True if ticked else None
 
 
 @dataclass

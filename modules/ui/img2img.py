@@ -100,7 +100,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Img2ImgTab:
                                                      elem_id="img2img_denoising_strength")
             seed = common.seed_controls("img2img")
             fields.update(seed.fields)
-            fields["tiling"] = common.tiling_control("img2img")
+            fields["tiling"] = common.tiling_control("img2img", engine.options.values.tiling)
             with gr.Group(visible=False, elem_id="inpaint_controls") as inpaint_controls:
                 fields["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
                 fields["inpainting_mask_invert"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], type="index",
@@ -193,7 +193,7 @@ def init_and_mask(mode: int, values: dict) -> tuple[Image.Image, Image.Image | N
 def make_params(values: dict, image: Image.Image, mask: Image.Image | None, scale_tab: int,
                 scale_by: float) -> Img2ImgParams:
     v = refiner.request_values(values)
-    v["tiling"] = common.tiling_value(v.get("tiling"))
+    v["tiling"] = bool(v.get("tiling"))  # what the box shows (it starts as the setting)
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                  "seed_resize_from_h", "mask_blur", "inpaint_full_res_padding"):
         if v.get(name) is not None:

@@ -1,6 +1,6 @@
-"""The Script dropdown of txt2img and img2img (A1111's: None, Loopback (img2img), Poor man's outpainting (img2img),
-Prompt matrix, Prompts from file or textbox, SD upscale (img2img), X/Y/Z plot) and each script's controls, shown when
-it is chosen, laid out as A1111's.
+"""The Script dropdown of txt2img and img2img (A1111's: None, Loopback, Outpainting mk2, Poor man's outpainting (these
+three img2img only), Prompt matrix, Prompts from file or textbox, SD upscale (img2img), X/Y/Z plot) and each
+script's controls, shown when it is chosen, laid out as A1111's.
 
 The controls are keyed like the tabs' fields (`script_name`, `script_xyz_x_type`, ...) so that a paste fills
 them by name (see ui/paste.py); `request` turns them into the script's name and A1111's script_args."""
@@ -15,8 +15,8 @@ from modules.engine import Engine
 
 NONE = "None"
 XYZ, MATRIX, FROM_FILE, SD_UPSCALE = "X/Y/Z plot", "Prompt matrix", "Prompts from file or textbox", "SD upscale"
-LOOPBACK, OUTPAINTING = "Loopback", "Poor man's outpainting"
-DIRECTIONS = ["left", "right", "up", "down"]
+LOOPBACK, OUTPAINTING, MK2 = "Loopback", "Poor man's outpainting", "Outpainting mk2"
+DIRECTIONS = ("left", "right", "up", "down")
 XYZ_FLAGS = ("draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "vary_seeds_x",
              "vary_seeds_y", "vary_seeds_z", "margin_size", "csv_mode")
 
@@ -35,6 +35,22 @@ def build(engine: Engine, tab: str) -> dict[str, gr.components.Component]:
                                              elem_id=f"{tab}_loopback_final_denoising_strength")
             c["script_lb_curve"] = gr.Dropdown(["Aggressive", "Linear", "Lazy"], value="Linear",
                                                label="Denoising strength curve", elem_id=f"{tab}_loopback_curve")
+    if MK2 in titles:
+        with gr.Group(visible=False, elem_id=f"{tab}_script_outpainting_mk2") as groups[MK2]:
+            gr.HTML("<p class='sd-hint'>Recommended settings: Sampling Steps: 80-100, Sampler: Euler a, Denoising "
+                    "strength: 0.8</p>")
+            c["script_mk2_pixels"] = gr.Slider(8, 256, value=128, step=8, label="Pixels to expand",
+                                               elem_id=f"{tab}_outpainting_mk2_pixels")
+            c["script_mk2_mask_blur"] = gr.Slider(0, 64, value=8, step=1, label="Mask blur",
+                                                  elem_id=f"{tab}_outpainting_mk2_mask_blur")
+            c["script_mk2_direction"] = gr.CheckboxGroup(list(DIRECTIONS), value=list(DIRECTIONS),
+                                                         label="Outpainting direction",
+                                                         elem_id=f"{tab}_outpainting_mk2_direction")
+            c["script_mk2_noise_q"] = gr.Slider(0.0, 4.0, value=1.0, step=0.01,
+                                                label="Fall-off exponent (lower=higher detail)",
+                                                elem_id=f"{tab}_outpainting_mk2_noise_q")
+            c["script_mk2_color_variation"] = gr.Slider(0.0, 1.0, value=0.05, step=0.01, label="Color variation",
+                                                        elem_id=f"{tab}_outpainting_mk2_color_variation")
     if OUTPAINTING in titles:
         with gr.Group(visible=False, elem_id=f"{tab}_script_poor_mans_outpainting") as groups[OUTPAINTING]:
             c["script_po_pixels"] = gr.Slider(8, 256, value=128, step=8, label="Pixels to expand",
@@ -44,7 +60,8 @@ def build(engine: Engine, tab: str) -> dict[str, gr.components.Component]:
             c["script_po_fill"] = gr.Radio(["fill", "original", "latent noise", "latent nothing"], value="fill",
                                            type="index", label="Masked content",
                                            elem_id=f"{tab}_poor_mans_outpainting_inpainting_fill")
-            c["script_po_direction"] = gr.CheckboxGroup(DIRECTIONS, value=DIRECTIONS, label="Outpainting direction",
+            c["script_po_direction"] = gr.CheckboxGroup(list(DIRECTIONS), value=list(DIRECTIONS),
+                                                        label="Outpainting direction",
                                                         elem_id=f"{tab}_poor_mans_outpainting_direction")
     with gr.Group(visible=False, elem_id=f"{tab}_script_prompt_matrix") as groups[MATRIX]:
         c["script_pm_put_at_start"] = gr.Checkbox(label="Put variable parts at start of prompt", value=False)
@@ -173,6 +190,10 @@ def request(values: dict[str, Any]) -> tuple[tuple[str, list[Any]] | None, dict[
     if name == LOOPBACK:  # A1111's fourth argument, the interrogation, is "None": no interrogator here
         return (name, [script.get("script_lb_loops"), script.get("script_lb_final"), script.get("script_lb_curve"),
                        "None"]), rest
+    if name == MK2:
+        return (name, ["", script.get("script_mk2_pixels"), script.get("script_mk2_mask_blur"),
+                       list(script.get("script_mk2_direction") or []), script.get("script_mk2_noise_q"),
+                       script.get("script_mk2_color_variation")]), rest
     if name == OUTPAINTING:
         return (name, [script.get("script_po_pixels"), script.get("script_po_mask_blur"), script.get("script_po_fill"),
                        list(script.get("script_po_direction") or [])]), rest

@@ -39,7 +39,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
             fields["cfg_scale"] = common.cfg_control("txt2img")
             seed = common.seed_controls("txt2img")
             fields.update(seed.fields)
-            fields["tiling"] = common.tiling_control("txt2img")
+            fields["tiling"] = common.tiling_control("txt2img", engine.options.values.tiling)
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
                 fields["enable_hr"] = gr.Checkbox(label="Enable Hires. fix", value=False,
                                                   elem_id="txt2img_enable_hr")
@@ -70,7 +70,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
 def make_params(values: dict) -> GenerationParams:
     """A txt2img request from the tab's control values ({field name: value})."""
     v = refiner.request_values(values)
-    v["tiling"] = common.tiling_value(v.get("tiling"))
+    v["tiling"] = bool(v.get("tiling"))  # what the box shows (it starts as the setting)
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                  "seed_resize_from_h", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"):
         if v.get(name) is not None:

@@ -1,6 +1,6 @@
 """The Script dropdown in a real browser: X/Y/Z plot chosen, an axis with choices shows them in a dropdown,
 Generate makes the plot's grid with its infotext, and pasting that infotext chooses the plot again; SD upscale in
-the img2img tab, Loopback and Poor man's outpainting."""
+the img2img tab, Loopback, Poor man's outpainting and Outpainting mk2."""
 
 from __future__ import annotations
 
@@ -115,4 +115,25 @@ def test_poor_mans_outpainting_from_the_img2img_tab(page, tmp_path):
     result = fetch_image(page, wait_for_gallery(page, "img2img_gallery", 1)[0])
     wait_idle(page, "img2img")
     assert result.size == (128, 64)
+    assert "Mask blur: 8" in read_value(page, "img2img_infotext")
+
+
+def test_outpainting_mk2_from_the_img2img_tab(page, tmp_path):
+    source = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (60, 160, 220)).save(source)
+    open_tab(page, "tab_img2img")
+    upload_file(page, "img2img_image", source)
+    fill_text(page, "img2img_prompt", PROMPT)
+    set_number(page, "img2img_steps", 2)
+    set_number(page, "img2img_width", 64)
+    set_number(page, "img2img_height", 64)
+    select_option(page, "img2img_script_list", "Outpainting mk2")
+    set_number(page, "img2img_outpainting_mk2_pixels", 32)
+    set_number(page, "img2img_outpainting_mk2_mask_blur", 2)
+    for side in ("left", "right", "up"):  # grow downwards only
+        block(page, "img2img_outpainting_mk2_direction").get_by_label(side, exact=True).uncheck()
+    page.locator("#img2img_generate").click()
+    result = fetch_image(page, wait_for_gallery(page, "img2img_gallery", 1)[0])
+    wait_idle(page, "img2img")
+    assert result.size == (64, 128)
     assert "Mask blur: 8" in read_value(page, "img2img_infotext")

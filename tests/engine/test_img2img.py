@@ -267,6 +267,21 @@ def test_latent_mask_decides_which_latents_are_kept_and_the_mask_what_is_pasted_
     assert not np.array_equal(pixels(nothing)[:, :32], pixels(alone)[:, :32])
 
 
+def test_fill_paints_under_the_latent_mask(engine):
+    """A1111 pre-fills (masked content "fill") under its latent mask: the request's latent_mask when given. The
+    same as filling the init image by hand under it and asking for "original"."""
+    quarter = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(quarter).rectangle((0, 0, 15, 63), fill=255)
+    job = dict(mask=left_half_mask(), mask_blur=4, latent_mask=quarter, steps=4)
+    filled = engine.img2img(params(**job, inpainting_fill=0)).images[0]
+    by_hand = engine.img2img(params(**job, inpainting_fill=1,
+                                    init_images=[masking.fill(init_image(), quarter)])).images[0]
+    assert filled.tobytes() == by_hand.tobytes()
+    wider = masking.blur(left_half_mask(), 4, 4)  # what was filled before: the blurred mask
+    assert filled.tobytes() != engine.img2img(params(**job, inpainting_fill=1, init_images=[
+        masking.fill(init_image(), wider)])).images[0].tobytes()
+
+
 def test_nine_channel_inpainting_model_gets_mask_and_masked_image(engine, manager):
     sd1_inpaint = {"sd_model_checkpoint": "sd1-inpainting"}
     result = engine.img2img(params(mask=left_half_mask(), override_settings=sd1_inpaint))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from modules.generation.params import Img2ImgParams
-from modules.services.errors import BadRequest
+from modules.services.errors import BadRequest, UnknownScript
 from modules.services.scripts import loopback
 from tests.support.generation import engine, params  # noqa: F401  (fixture)
 from tests.support.img2img import left_half_mask
@@ -113,5 +113,5 @@ def test_bad_arguments_are_refused_before_anything_runs(engine, args, needle):  
 
 def test_loopback_is_an_img2img_script(engine):  # noqa: F811
     assert "loopback" in engine.scripts.names("img2img") and "loopback" not in engine.scripts.names("txt2img")
-    with pytest.raises(BadRequest, match="img2img script"):
+    with pytest.raises(UnknownScript, match="unknown script 'Loopback' for txt2img; scripts: prompt matrix"):
         engine.submit_script("txt2img", "Loopback", params(), [2])

@@ -93,7 +93,7 @@ def test_sd_upscale_saves_the_whole_image_only_and_takes_model_upscalers(engine)
 
 
 @pytest.mark.parametrize("kind,args,needle", [
-    ("txt2img", ["", 64, "None", 2], "SD upscale is an img2img script"),
+    ("txt2img", ["", 64, "None", 2], "unknown script 'SD upscale' for txt2img"),  # as A1111: not a txt2img one
     ("img2img", ["", 64, "None", 2], "the tile overlap (64) must be smaller than a tile"),
     ("img2img", ["", 8, "R-ESRGAN 4x+", 2], "upscaler 'R-ESRGAN 4x+' is not there"),
     ("img2img", ["", 8, 99, 2], "upscaler_index 99 is out of range"),

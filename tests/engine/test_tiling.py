@@ -71,14 +71,32 @@ def test_a_tiled_job_says_so_and_the_next_job_pads_with_zeros_again(engine):
     assert refused.images[0].tobytes() == plain.images[0].tobytes()
 
 
-def test_hires_fix_and_img2img_run_tiled(engine):
-    """Both passes of Hires. fix and img2img's encode wrap around too (every VAE and U-Net call of the job)."""
-    hires = dict(seed=4, enable_hr=True, hr_scale=2.0, hr_upscaler="Latent", denoising_strength=0.5)
-    plain, tiled = engine.txt2img(params(**hires)), engine.txt2img(params(**hires, tiling=True))
-    assert tiled.images[0].size == (128, 128) and "Tiling: True" in tiled.infotexts[0]
-    assert tiled.images[0].tobytes() != plain.images[0].tobytes()
-    a, b = engine.img2img(img2img_params(seed=4)), engine.img2img(img2img_params(seed=4, tiling=True))
-    assert "Tiling: True" in b.infotexts[0] and a.images[0].tobytes() != b.images[0].tobytes()
+def paddings_during(engine, run) -> list[str]:
+    """The padding mode of every convolution of the U-Net and the VAE each time one runs during `run()`."""
+    engine.txt2img(params(steps=1))  # the model loaded, so its layers can be watched
+    seen: list[str] = []
+    hooks = [c.register_forward_pre_hook(lambda layer, _args: seen.append(layer.padding_mode))
+             for c in convolutions(engine.checkpoints.current)]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def test_hires_fix_and_img2img_wrap_around_in_every_convolution_they_run(engine):
+    """Both passes of Hires. fix (with a pixel upscaler: decode, encode, sample, decode) and img2img's encode,
+    sampling and decode: every U-Net and VAE convolution call of the job pads circularly."""
+    hires = dict(seed=4, enable_hr=True, hr_scale=2.0, hr_upscaler="Lanczos", denoising_strength=0.5)
+    done = {}
+    seen = paddings_during(engine, lambda: done.update(hires=engine.txt2img(params(**hires, tiling=True))))
+    assert len(seen) > 100 and set(seen) == {"circular"}
+    assert done["hires"].images[0].size == (128, 128) and "Tiling: True" in done["hires"].infotexts[0]
+    assert done["hires"].images[0].tobytes() != engine.txt2img(params(**hires)).images[0].tobytes()
+    seen = paddings_during(engine, lambda: done.update(i2i=engine.img2img(img2img_params(seed=4, tiling=True))))
+    assert len(seen) > 100 and set(seen) == {"circular"} and "Tiling: True" in done["i2i"].infotexts[0]
+    assert set(paddings_during(engine, lambda: engine.img2img(img2img_params(seed=4)))) == {"zeros"}
 
 
 @pytest.mark.parametrize("mode", ["Auto", "Always"])

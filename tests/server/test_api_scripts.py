@@ -52,8 +52,8 @@ def test_scripts_are_listed(server):  # noqa: F811
     url, _, _ = server
     names = requests.get(url + "/sdapi/v1/scripts", timeout=30).json()
     assert names == {"txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
-                     "img2img": ["loopback", "poor man's outpainting", "prompt matrix", "prompts from file or textbox",
-                                 "sd upscale", "x/y/z plot"]}
+                     "img2img": ["loopback", "outpainting mk2", "poor man's outpainting", "prompt matrix",
+                                 "prompts from file or textbox", "sd upscale", "x/y/z plot"]}
     info = requests.get(url + "/sdapi/v1/script-info", timeout=30).json()
     plot = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
     assert len(plot["args"]) == 18 and plot["args"][0]["choices"][STEPS] == "Steps"
@@ -115,6 +115,19 @@ def test_poor_mans_outpainting_over_the_api(server):  # noqa: F811
     outpaint = next(s for s in info_list if s["name"] == "poor man's outpainting")
     assert [a["label"] for a in outpaint["args"]] == ["Pixels to expand", "Mask blur", "Masked content",
                                                       "Outpainting direction"]
+
+
+def test_outpainting_mk2_over_the_api(server):  # noqa: F811
+    """A1111's script_args: info, pixels, mask blur, directions, fall-off, colour variation: the grown images."""
+    url, _, _ = server
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (40, 120, 200)).save(buf, format="PNG")
+    body = post(url, "/sdapi/v1/img2img", prompt="a sky", width=64, height=64, steps=1, seed=6,
+                init_images=[base64.b64encode(buf.getvalue()).decode()], script_name="outpainting mk2",
+                script_args=["", 32, 8, ["up"], 1.0, 0.05]).json()
+    assert [decode(im).size for im in body["images"]] == [(64, 128)]
+    text = json.loads(body["info"])["infotexts"][0]  # blurred 4 x 8 up and down only: A1111 writes no Mask blur
+    assert "Seed: 6," in text and "Mask blur" not in text
 
 
 def test_bad_scripts_and_values_are_4xx(server):  # noqa: F811

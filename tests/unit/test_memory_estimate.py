@@ -72,6 +72,18 @@ def test_the_tiled_vae_is_switched_on_when_it_makes_the_job_fit():
             memory.fit(job_, model, (tiled + untiled) // 2)
 
 
+def test_tiling_decodes_whole_and_a_refusal_says_why():
+    # A1111's Tiling (the request's `tiling`; ctx's own `tiling` is the VAE's mode): the tiled VAE would not wrap
+    job = context.resolve(GenerationParams(prompt="a cat", width=960, height=960, steps=4, tiling=True), Settings())
+    untiled = memory.peak(job, SD1, job.vae_tiling).bytes
+    tiled = memory.peak(job, SD1, vae_tiling.VaeTiling("Always")).bytes
+    with pytest.raises(memory.NotEnoughMemory, match="With Tiling the VAE decodes the whole image at once"):
+        memory.fit(job, SD1, (tiled + untiled) // 2)
+    with pytest.raises(memory.NotEnoughMemory) as refused:
+        memory.fit(ctx(width=960, height=960), SD1, tiled // 2)
+    assert "Tiling" not in str(refused.value)
+
+
 def test_swap_lets_a_cpu_job_run_with_a_warning():
     job = ctx(width=960, height=960)
     tiled = memory.peak(job, SD1, vae_tiling.VaeTiling("Always")).bytes

@@ -1,5 +1,5 @@
 """A1111's selectable scripts for txt2img and img2img: X/Y/Z plot, Prompt matrix, Prompts from file or textbox,
-and for img2img SD upscale, Loopback and Poor man's outpainting.
+and for img2img SD upscale, Loopback, Outpainting mk2 and Poor man's outpainting.
 
 A script turns one request and its `script_args` (A1111's argument order) into a `Plan`: the requests of its
 cells, each checked when the script is submitted, and how to put their images together (a grid with a legend,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from modules import infotext, upscaling
 from modules.generation.params import GenerationParams
@@ -92,6 +92,14 @@ def rebuild(params: GenerationParams, values: dict[str, Any], what: str) -> Gene
         detail = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors()) \
             if callable(errors) else str(e)
         raise BadRequest(f"{what}: {detail}") from None
+
+
+def fill_black(image: Image.Image, box: tuple[int, int, int, int]) -> None:
+    """Fill `box` (both corners included) with black, as the Pillow A1111 pins (9.5) draws a rectangle: corners
+    given the wrong way round are swapped (Pillow 10 refuses them; the outpainting scripts make such boxes when
+    the image is smaller than the mask's reach into it), and what lies outside the image is left out."""
+    x0, y0, x1, y1 = box
+    ImageDraw.Draw(image).rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill="black")
 
 
 def fixed_seed(seed: int, rng) -> int:

@@ -83,12 +83,19 @@ def _args(args: list[Any]) -> tuple[int, float, str]:
     return int(loops), final, curve
 
 
-def plan(params: GenerationParams, args: list[Any], kind: str, rng: random.Random | None = None) -> Plan:
+def plan(params: GenerationParams, args: list[Any], kind: str, rng: random.Random | None = None,
+         max_grid_mp: int = 200) -> Plan:
+    """`max_grid_mp`: the setting img_max_size_mp, which the row grid of the images shown may not reach."""
     if kind != "img2img" or not isinstance(params, Img2ImgParams):
         raise BadRequest("Loopback is an img2img script: it repaints an init image again and again")
     if not params.init_images:
         raise BadRequest("Loopback: send an init image (init_images)")
     loops, final, curve = _args(args)
+    shown = loops if params.n_iter == 1 else params.n_iter
+    if shown > 1 and shown * params.width * params.height >= max_grid_mp * 10**6:
+        raise BadRequest(f"Loopback: its grid of {shown} images of {params.width}x{params.height} would be "
+                         f"{shown * params.width * params.height / 1e6:.0f} megapixels (the setting img_max_size_mp "
+                         f"allows less than {max_grid_mp}); ask for fewer loops or a smaller batch count")
     rng = rng or random.Random()
     seed, subseed = fixed_seed(params.seed, rng), fixed_seed(params.subseed, rng)
     batches, initial = params.n_iter, params.denoising_strength
@@ -117,6 +124,7 @@ class _Run:
     shown: list[CellResult] = dataclasses.field(default_factory=list)  # A1111's `history`
     last: dict[int, CellResult] = dataclasses.field(default_factory=dict)  # batch -> its last loop's result
     return_grid: bool = True
+    grid_saved: bool = False  # grid_save, for a request that saves images
 
     def chain(self, k: int, cell: Accepted, previous: CellResult | None) -> Accepted | None:
         """Loop k's request: the previous loop's image as its init image, the next seed. A batch whose loop
@@ -125,6 +133,7 @@ class _Run:
         if loop > 0 and (previous is None or not previous.complete):
             return None
         self.return_grid = cell.settings.return_grid
+        self.grid_saved = cell.settings.grid_save and cell.ctx.params.save_images
         update: dict[str, Any] = {"seed": self.next_seed}
         if loop > 0:
             update["init_images"] = [previous.image]
@@ -144,6 +153,7 @@ class _Run:
 
     def compose(self, _results: list[CellResult | None]) -> Composed:
         shown = self.shown if self.batches == 1 else [self.last[n] for n in sorted(self.last)]
-        grid = images.image_grid([r.image for r in shown], 1, n_rows=1) if len(shown) > 1 else None
+        wanted = len(shown) > 1 and (self.return_grid or self.grid_saved)  # else not made at all
+        grid = images.image_grid([r.image for r in shown], 1, n_rows=1) if wanted else None
         return Composed(grid, [r.image for r in shown], [r.infotext for r in shown], [r.seed for r in shown],
                         grid_infotext=shown[0].infotext if shown else None, show_grid=self.return_grid)

@@ -14,8 +14,9 @@ pixels in (A1111's latent_mask); the canvas is cut into tiles of the request's w
 tiles are not saved, the canvas put back together is (combine_grid), with the first tile's infotext. Batch count
 and batch size are 1; a tile the job did not make (it was interrupted) is black. Unlike A1111: nothing runs
 when no direction is chosen (A1111 pads to a multiple of 64 and returns that), an axis grown on
-neither side is repainted where the rounding to 64 adds pixels (A1111 leaves them black), and the tile count is
-capped."""
+neither side is repainted where the rounding to 64 adds pixels, on the right or bottom (A1111 leaves them black),
+the mask then reaching into the image there as on a chosen side, and the tile count is capped. Where the image is
+smaller than the mask's reach, the mask is drawn as the Pillow A1111 pins draws it (base.fill_black)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,14 @@ import math
 import random
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from modules import images, upscaling
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job
 from modules.services.errors import BadRequest
 from modules.services.requests import Accepted
-from modules.services.scripts.base import CellResult, Composed, Env, Plan, fixed_seed, rebuild
+from modules.services.scripts.base import CellResult, Composed, Env, Plan, fill_black, fixed_seed, rebuild
 
 TITLE = "Poor man's outpainting"
 ARG_NAMES = ["pixels", "mask_blur", "inpainting_fill", "direction"]
@@ -89,10 +90,9 @@ class Canvas:
         """White where the canvas is repainted: all but the image, which the mask enters by `reach` pixels on each
         side that grew (A1111 draws the kept rectangle with PIL, both corners included)."""
         mask = Image.new("L", (self.width, self.height), "white")
-        ImageDraw.Draw(mask).rectangle((
-            self.left + (reach if self.left > 0 else 0), self.up + (reach if self.up > 0 else 0),
-            self.width - self.right - (reach if self.right > 0 else 0),
-            self.height - self.down - (reach if self.down > 0 else 0)), fill="black")
+        fill_black(mask, (self.left + (reach if self.left > 0 else 0), self.up + (reach if self.up > 0 else 0),
+                          self.width - self.right - (reach if self.right > 0 else 0),
+                          self.height - self.down - (reach if self.down > 0 else 0)))
         return mask
 
 
@@ -112,13 +112,13 @@ def _args(args: list[Any]) -> tuple[int, int, int, set[str]]:
             raise BadRequest(f"script_args: {name} {value!r} must be a whole number from {low} to {high}")
         numbers.append(int(number))
     fill = v.get("inpainting_fill", 0)
-    if isinstance(fill, str) and not fill.strip().isdigit():
-        names = [f.lower() for f in FILLS]
-        if fill.strip().lower() not in names:
-            raise BadRequest(f"script_args: inpainting_fill {fill!r} is not one of {', '.join(FILLS)} (or 0-3)")
+    names = [f.lower() for f in FILLS]
+    if isinstance(fill, str) and fill.strip().lower() in names:
         fill = names.index(fill.strip().lower())
-    if isinstance(fill, bool) or not isinstance(fill, (int, str)) or not 0 <= int(fill) <= 3:
-        raise BadRequest(f"script_args: inpainting_fill {fill!r} must be 0-3 ({', '.join(FILLS)})")
+    elif isinstance(fill, str) and fill.strip() in ("0", "1", "2", "3"):
+        fill = int(fill.strip())
+    if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 3:
+        raise BadRequest(f"script_args: inpainting_fill {fill!r} must be 0-3 or one of {', '.join(FILLS)}")
     chosen = v.get("direction", list(DIRECTIONS))
     chosen = [chosen] if isinstance(chosen, str) else chosen
     if not isinstance(chosen, list) or any(str(d).strip().lower() not in DIRECTIONS for d in chosen):

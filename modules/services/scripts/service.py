@@ -17,14 +17,16 @@ from modules.services.generation import GenerationResult, GenerationService
 from modules.services.options import OptionsService
 from modules.services.output import OutputWriter
 from modules.services.requests import Accepted, RequestResolver
-from modules.services.scripts import loopback, outpainting, prompt_matrix, prompts_from_file, sd_upscale, xyz
+from modules.services.scripts import (loopback, outpainting, outpainting_mk2, prompt_matrix, prompts_from_file,
+                                      sd_upscale, xyz)
 from modules.services.scripts.base import CellResult, Env, Plan
 from modules.styles import StyleStore
 
 # the page's order, after None (A1111's: its scripts' file names, loopback.py ... xyz_grid.py)
-TITLES = (loopback.TITLE, outpainting.TITLE, prompt_matrix.TITLE, prompts_from_file.TITLE, sd_upscale.TITLE,
-          xyz.TITLE)
-ONLY = {loopback.TITLE: "img2img", outpainting.TITLE: "img2img", sd_upscale.TITLE: "img2img"}  # one tab's scripts
+TITLES = (loopback.TITLE, outpainting_mk2.TITLE, outpainting.TITLE, prompt_matrix.TITLE, prompts_from_file.TITLE,
+          sd_upscale.TITLE, xyz.TITLE)
+# the scripts only one tab has
+ONLY = {title: "img2img" for title in (loopback.TITLE, outpainting_mk2.TITLE, outpainting.TITLE, sd_upscale.TITLE)}
 
 
 class ScriptService:
@@ -68,8 +70,9 @@ class ScriptService:
     def plan(self, kind: str, name: str, params: GenerationParams, args: list[Any],
              rng: random.Random | None = None) -> Plan:
         title = self.find(name)
-        if title is None:
-            raise UnknownScript(f"script_name: unknown script {name!r}; scripts: {', '.join(self.names())}")
+        if title is None or ONLY.get(title, kind) != kind:  # A1111: a script of the other tab is not found either
+            raise UnknownScript(f"script_name: unknown script {name!r} for {kind}; scripts: "
+                                f"{', '.join(self.names(kind))}")
         if title == xyz.TITLE:
             mp = self._options.effective(params.override_settings)[0].img_max_size_mp
             return xyz.plan(params, list(args or []), self.env(mp), kind, rng)
@@ -78,11 +81,16 @@ class ScriptService:
         if title == sd_upscale.TITLE:
             self._requests.check_limits(params)  # its cells are one image each: the batch count is checked here
             return sd_upscale.plan(params, list(args or []), self.env(), kind, rng)
-        if title == outpainting.TITLE:
+        if title == outpainting.TITLE:  # one image of batch size 1, whatever the request says
+            self._requests.check_limits(params.model_copy(update={"batch_size": 1, "n_iter": 1}))
             return outpainting.plan(params, list(args or []), self.env(), kind, rng)
-        if title == loopback.TITLE:
-            self._requests.check_limits(params)  # its cells are one image each: the batch count is checked here
-            return loopback.plan(params, list(args or []), kind, rng)
+        if title == outpainting_mk2.TITLE:
+            self._requests.check_limits(params)  # its batch count is cells: checked here
+            return outpainting_mk2.plan(params, list(args or []), self.env(), kind, rng)
+        if title == loopback.TITLE:  # its cells are one image each (batch size 1): the batch count is checked here
+            self._requests.check_limits(params.model_copy(update={"batch_size": 1}))
+            mp = self._options.effective(params.override_settings)[0].img_max_size_mp
+            return loopback.plan(params, list(args or []), kind, rng, mp)
         return prompts_from_file.plan(params, list(args or []), rng)
 
     def submit(self, kind: str, name: str, params: GenerationParams, args: list[Any],
@@ -189,11 +197,12 @@ class ScriptService:
                             dict(label="Scale Factor", value=2.0, minimum=1.0, maximum=sd_upscale.MAX_SCALE,
                                  step=0.05)]
             scripts = {loopback.TITLE: loopback.INFO_ARGS, outpainting.TITLE: outpainting.INFO_ARGS,
+                       outpainting_mk2.TITLE: outpainting_mk2.INFO_ARGS,
                        prompt_matrix.TITLE: matrix_args, prompts_from_file.TITLE: file_args,
                        sd_upscale.TITLE: [dict(label="info", value=None)] + upscale_args, xyz.TITLE: xyz_args}
             for title in self.titles(kind):
                 out.append(dict(name=title.lower(), is_alwayson=False, is_img2img=kind == "img2img",
-                                args=scripts[title]))
+                                args=[dict(arg) for arg in scripts[title]]))  # copies: the tables stay as they are
         return out
 
     @staticmethod
