@@ -57,16 +57,21 @@ def test_xyz_plot_from_the_page_and_pasted_back(page):
     assert read_value(page, "txt2img_xyz_x_values") == "3, 7"
 
 
-def test_sd_upscale_from_the_img2img_tab(page, tmp_path):
+def img2img_with_script(page, tmp_path, colour: tuple[int, int, int], script: str, size: int = 64) -> None:
+    """The img2img tab with a plain init image of `colour`, the test prompt, 2 steps at 64x64 and `script` chosen."""
     source = tmp_path / "init.png"
-    Image.new("RGB", (96, 96), (200, 40, 30)).save(source)
+    Image.new("RGB", (size, size), colour).save(source)
     open_tab(page, "tab_img2img")
     upload_file(page, "img2img_image", source)
     fill_text(page, "img2img_prompt", PROMPT)
     set_number(page, "img2img_steps", 2)
     set_number(page, "img2img_width", 64)
     set_number(page, "img2img_height", 64)
-    select_option(page, "img2img_script_list", "SD upscale")
+    select_option(page, "img2img_script_list", script)
+
+
+def test_sd_upscale_from_the_img2img_tab(page, tmp_path):
+    img2img_with_script(page, tmp_path, (200, 40, 30), "SD upscale", size=96)
     set_number(page, "img2img_sd_upscale_overlap", 16)
     block(page, "img2img_sd_upscale_upscaler_index").get_by_label("Lanczos", exact=True).check()
     page.locator("#img2img_generate").click()
@@ -78,16 +83,8 @@ def test_sd_upscale_from_the_img2img_tab(page, tmp_path):
 
 
 def test_loopback_from_the_img2img_tab(page, tmp_path):
-    source = tmp_path / "init.png"
-    Image.new("RGB", (64, 64), (30, 90, 200)).save(source)
-    open_tab(page, "tab_img2img")
-    upload_file(page, "img2img_image", source)
-    fill_text(page, "img2img_prompt", PROMPT)
-    set_number(page, "img2img_steps", 2)
-    set_number(page, "img2img_width", 64)
-    set_number(page, "img2img_height", 64)
+    img2img_with_script(page, tmp_path, (30, 90, 200), "Loopback")
     set_number(page, "img2img_seed", 9)
-    select_option(page, "img2img_script_list", "Loopback")
     set_number(page, "img2img_loopback_loops", 2)
     select_option(page, "img2img_loopback_curve", "Lazy")
     page.locator("#img2img_generate").click()
@@ -99,15 +96,7 @@ def test_loopback_from_the_img2img_tab(page, tmp_path):
 
 
 def test_poor_mans_outpainting_from_the_img2img_tab(page, tmp_path):
-    source = tmp_path / "init.png"
-    Image.new("RGB", (64, 64), (230, 200, 40)).save(source)
-    open_tab(page, "tab_img2img")
-    upload_file(page, "img2img_image", source)
-    fill_text(page, "img2img_prompt", PROMPT)
-    set_number(page, "img2img_steps", 2)
-    set_number(page, "img2img_width", 64)
-    set_number(page, "img2img_height", 64)
-    select_option(page, "img2img_script_list", "Poor man's outpainting")
+    img2img_with_script(page, tmp_path, (230, 200, 40), "Poor man's outpainting")
     set_number(page, "img2img_poor_mans_outpainting_pixels", 32)
     for side in ("left", "up", "down"):  # grow to the right only
         block(page, "img2img_poor_mans_outpainting_direction").get_by_label(side, exact=True).uncheck()
@@ -119,15 +108,7 @@ def test_poor_mans_outpainting_from_the_img2img_tab(page, tmp_path):
 
 
 def test_outpainting_mk2_from_the_img2img_tab(page, tmp_path):
-    source = tmp_path / "init.png"
-    Image.new("RGB", (64, 64), (60, 160, 220)).save(source)
-    open_tab(page, "tab_img2img")
-    upload_file(page, "img2img_image", source)
-    fill_text(page, "img2img_prompt", PROMPT)
-    set_number(page, "img2img_steps", 2)
-    set_number(page, "img2img_width", 64)
-    set_number(page, "img2img_height", 64)
-    select_option(page, "img2img_script_list", "Outpainting mk2")
+    img2img_with_script(page, tmp_path, (60, 160, 220), "Outpainting mk2")
     set_number(page, "img2img_outpainting_mk2_pixels", 32)
     set_number(page, "img2img_outpainting_mk2_mask_blur", 2)
     for side in ("left", "right", "up"):  # grow downwards only

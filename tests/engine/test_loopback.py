@@ -101,7 +101,7 @@ def test_a_skipped_loop_ends_its_batch_and_the_seeds_go_on(engine):  # noqa: F81
     ([33], "from 1 to 32"),
     ([2.5], "whole number"),
     (["many"], "loops 'many' is not a number"),
-    ([2, 1.5], "final_denoising_strength 1.5 must be between 0 and 1"),
+    ([2, 1.5], "final_denoising_strength 1.5 must be a number from 0 to 1"),
     ([2, 0.5, "Steep"], "denoising_curve 'Steep' is not one of Aggressive, Linear, Lazy"),
     ([2, 0.5, "Linear", "CLIP"], "interrogating images"),
     ([2, 0.5, "Linear", "None", 9], "at most 4 arguments"),

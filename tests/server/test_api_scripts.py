@@ -67,14 +67,20 @@ def test_scripts_are_listed(server):  # noqa: F811
         "Loops", "Final denoising strength", "Denoising strength curve", "Append interrogated prompt at each iteration"]
 
 
+def png_b64(colour: tuple[int, int, int], size: tuple[int, int] = (64, 64)) -> str:
+    """A plain PNG as an API's init image."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def test_sd_upscale_over_the_api(server):  # noqa: F811
     """A1111's script_args: info, overlap, upscaler (index or name), scale factor; one image, the tiles' size in
     its infotext."""
     url, _, _ = server
-    buf = io.BytesIO()
-    Image.new("RGB", (80, 80), (120, 30, 200)).save(buf, format="PNG")
+    init = png_b64((120, 30, 200), (80, 80))
     body = post(url, "/sdapi/v1/img2img", prompt="a cat", width=64, height=64, steps=1, batch_size=4,
-                denoising_strength=0.3, init_images=[base64.b64encode(buf.getvalue()).decode()],
+                denoising_strength=0.3, init_images=[init],
                 script_name="SD upscale", script_args=["", 16, 1, 2]).json()  # 1: Lanczos
     assert [decode(im).size for im in body["images"]] == [(160, 160)]
     text = json.loads(body["info"])["infotexts"][0]
@@ -85,17 +91,16 @@ def test_loopback_over_the_api(server):  # noqa: F811
     """A1111's script_args: loops, final denoising strength, curve, interrogation ("None"): the row grid first,
     then each loop's image; the grid is the API's first image, as A1111's index_of_first_image says."""
     url, _, _ = server
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (20, 160, 90)).save(buf, format="PNG")
+    init = png_b64((20, 160, 90))
     body = post(url, "/sdapi/v1/img2img", prompt="a cat", width=64, height=64, steps=1, seed=3,
-                denoising_strength=0.4, init_images=[base64.b64encode(buf.getvalue()).decode()],
+                denoising_strength=0.4, init_images=[init],
                 script_name="loopback", script_args=[2, 0.6, "Lazy", "None"]).json()
     assert [decode(im).size for im in body["images"]] == [(128, 64), (64, 64), (64, 64)]
     info = json.loads(body["info"])
     assert info["index_of_first_image"] == 1 and info["all_seeds"] == [3, 4]
     assert "Final denoising strength: 0.6, Denoising curve: Lazy" in info["infotexts"][2]
     refused = post(url, "/sdapi/v1/img2img", prompt="a cat", width=64, height=64, steps=1,
-                   init_images=[base64.b64encode(buf.getvalue()).decode()], script_name="loopback",
+                   init_images=[init], script_name="loopback",
                    script_args=[2, 0.6, "Lazy", "DeepBooru"])
     assert refused.status_code == 400 and "interrogating" in refused.json()["detail"]
 
@@ -103,10 +108,9 @@ def test_loopback_over_the_api(server):  # noqa: F811
 def test_poor_mans_outpainting_over_the_api(server):  # noqa: F811
     """A1111's script_args: pixels, mask blur, masked content (index), directions: one grown image."""
     url, _, _ = server
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 120, 40)).save(buf, format="PNG")
+    init = png_b64((200, 120, 40))
     body = post(url, "/sdapi/v1/img2img", prompt="a field", width=64, height=64, steps=1, seed=5,
-                init_images=[base64.b64encode(buf.getvalue()).decode()], script_name="Poor man's outpainting",
+                init_images=[init], script_name="Poor man's outpainting",
                 script_args=[32, 4, 1, ["right"]]).json()
     assert [decode(im).size for im in body["images"]] == [(128, 64)]  # 64 + 32, up to a multiple of 64
     info = json.loads(body["info"])
@@ -120,10 +124,9 @@ def test_poor_mans_outpainting_over_the_api(server):  # noqa: F811
 def test_outpainting_mk2_over_the_api(server):  # noqa: F811
     """A1111's script_args: info, pixels, mask blur, directions, fall-off, colour variation: the grown images."""
     url, _, _ = server
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (40, 120, 200)).save(buf, format="PNG")
+    init = png_b64((40, 120, 200))
     body = post(url, "/sdapi/v1/img2img", prompt="a sky", width=64, height=64, steps=1, seed=6,
-                init_images=[base64.b64encode(buf.getvalue()).decode()], script_name="outpainting mk2",
+                init_images=[init], script_name="outpainting mk2",
                 script_args=["", 32, 8, ["up"], 1.0, 0.05]).json()
     assert [decode(im).size for im in body["images"]] == [(64, 128)]
     text = json.loads(body["info"])["infotexts"][0]  # blurred 4 x 8 up and down only: A1111 writes no Mask blur
@@ -169,9 +172,7 @@ def test_prompt_matrix_and_prompts_from_file(server):  # noqa: F811
 
 def test_img2img_plot(server):  # noqa: F811
     url, _, _ = server
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, format="PNG")
-    init = base64.b64encode(buffer.getvalue()).decode("ascii")
+    init = png_b64((200, 40, 40))
     labels = next(s for s in requests.get(url + "/sdapi/v1/script-info", timeout=30).json()
                   if s["name"] == "x/y/z plot" and s["is_img2img"])["args"][0]["choices"]
     body = post(url, "/sdapi/v1/img2img", init_images=[init], prompt="a cat", width=64, height=64, steps=2,

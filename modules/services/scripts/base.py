@@ -94,6 +94,31 @@ def rebuild(params: GenerationParams, values: dict[str, Any], what: str) -> Gene
         raise BadRequest(f"{what}: {detail}") from None
 
 
+DIRECTIONS = ("left", "right", "up", "down")  # the outpainting scripts' sides, in the order mk2 grows them
+
+
+def number_arg(value: Any, name: str, low: float, high: float, whole: bool = False) -> float:
+    """A numeric script argument (a number, or text of one) between `low` and `high`; BadRequest naming it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"script_args: {name} {value!r} is not a number") from None
+    if isinstance(value, bool) or not low <= number <= high or (whole and not number.is_integer()):  # NaN too
+        raise BadRequest(f"script_args: {name} {value!r} must be a{' whole' if whole else ''} number from {low:g} "
+                         f"to {high:g}")
+    return number
+
+
+def directions_arg(value: Any, title: str) -> set[str]:
+    """The outpainting scripts' `direction`: a list of DIRECTIONS (or one of them), at least one."""
+    chosen = [value] if isinstance(value, str) else value
+    if not isinstance(chosen, list) or any(str(d).strip().lower() not in DIRECTIONS for d in chosen):
+        raise BadRequest(f"script_args: direction {chosen!r} must be a list of {', '.join(DIRECTIONS)}")
+    if not chosen:
+        raise BadRequest(f"{title}: choose at least one direction to grow the image in")
+    return {str(d).strip().lower() for d in chosen}
+
+
 def fill_black(image: Image.Image, box: tuple[int, int, int, int]) -> None:
     """Fill `box` (both corners included) with black, as the Pillow A1111 pins (9.5) draws a rectangle: corners
     given the wrong way round are swapped (Pillow 10 refuses them; the outpainting scripts make such boxes when

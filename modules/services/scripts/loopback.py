@@ -25,7 +25,7 @@ from modules import images
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.services.errors import BadRequest
 from modules.services.requests import Accepted
-from modules.services.scripts.base import CellResult, Composed, Plan, fixed_seed, rebuild
+from modules.services.scripts.base import CellResult, Composed, Plan, fixed_seed, number_arg, rebuild
 
 TITLE = "Loopback"
 ARG_NAMES = ["loops", "final_denoising_strength", "denoising_curve", "append_interrogation"]
@@ -58,20 +58,8 @@ def _args(args: list[Any]) -> tuple[int, float, str]:
         raise BadRequest(f"script_args: Loopback takes at most {len(ARG_NAMES)} arguments ({', '.join(ARG_NAMES)}); "
                          f"got {len(args)}")
     v = dict(zip(ARG_NAMES, args))
-    loops_value = v.get("loops", 4)
-    try:
-        loops = float(loops_value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"script_args: loops {loops_value!r} is not a number") from None
-    if isinstance(loops_value, bool) or not loops.is_integer() or not 1 <= loops <= MAX_LOOPS:
-        raise BadRequest(f"script_args: loops {loops_value!r} must be a whole number from 1 to {MAX_LOOPS}")
-    final_value = v.get("final_denoising_strength", 0.5)
-    try:
-        final = float(final_value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"script_args: final_denoising_strength {final_value!r} is not a number") from None
-    if not 0.0 <= final <= 1.0:  # NaN too
-        raise BadRequest(f"script_args: final_denoising_strength {final:g} must be between 0 and 1")
+    loops = int(number_arg(v.get("loops", 4), "loops", 1, MAX_LOOPS, whole=True))
+    final = number_arg(v.get("final_denoising_strength", 0.5), "final_denoising_strength", 0.0, 1.0)
     curve = next((c for c in CURVES if c.lower() == str(v.get("denoising_curve", "Linear")).strip().lower()), None)
     if curve is None:
         raise BadRequest(f"script_args: denoising_curve {v.get('denoising_curve')!r} is not one of "
@@ -80,7 +68,7 @@ def _args(args: list[Any]) -> tuple[int, float, str]:
     if interrogation.lower() != "none":
         raise BadRequest(f"script_args: append_interrogation {interrogation!r}: interrogating images (CLIP, "
                          "DeepBooru) is not available here; use None")
-    return int(loops), final, curve
+    return loops, final, curve
 
 
 def plan(params: GenerationParams, args: list[Any], kind: str, rng: random.Random | None = None,

@@ -32,11 +32,11 @@ from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job
 from modules.services.errors import BadRequest
 from modules.services.requests import Accepted
-from modules.services.scripts.base import CellResult, Composed, Env, Plan, fill_black, fixed_seed, rebuild
+from modules.services.scripts.base import (DIRECTIONS, CellResult, Composed, Env, Plan, directions_arg, fill_black,
+                                          fixed_seed, number_arg, rebuild)
 
 TITLE = "Poor man's outpainting"
 ARG_NAMES = ["pixels", "mask_blur", "inpainting_fill", "direction"]
-DIRECTIONS = ("left", "right", "up", "down")
 FILLS = ("fill", "original", "latent noise", "latent nothing")
 MAX_PIXELS, MAX_BLUR = 256, 64  # A1111's sliders
 MAX_TILES = 10_000  # as SD upscale's cap
@@ -101,16 +101,8 @@ def _args(args: list[Any]) -> tuple[int, int, int, set[str]]:
         raise BadRequest(f"script_args: {TITLE} takes at most {len(ARG_NAMES)} arguments ({', '.join(ARG_NAMES)}); "
                          f"got {len(args)}")
     v = dict(zip(ARG_NAMES, args))
-    numbers = []
-    for name, default, low, high in (("pixels", 128, 8, MAX_PIXELS), ("mask_blur", 4, 0, MAX_BLUR)):
-        value = v.get(name, default)
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise BadRequest(f"script_args: {name} {value!r} is not a number") from None
-        if isinstance(value, bool) or not number.is_integer() or not low <= number <= high:
-            raise BadRequest(f"script_args: {name} {value!r} must be a whole number from {low} to {high}")
-        numbers.append(int(number))
+    pixels = int(number_arg(v.get("pixels", 128), "pixels", 8, MAX_PIXELS, whole=True))
+    blur = int(number_arg(v.get("mask_blur", 4), "mask_blur", 0, MAX_BLUR, whole=True))
     fill = v.get("inpainting_fill", 0)
     names = [f.lower() for f in FILLS]
     if isinstance(fill, str) and fill.strip().lower() in names:
@@ -119,14 +111,8 @@ def _args(args: list[Any]) -> tuple[int, int, int, set[str]]:
         fill = int(fill.strip())
     if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 3:
         raise BadRequest(f"script_args: inpainting_fill {fill!r} must be 0-3 or one of {', '.join(FILLS)}")
-    chosen = v.get("direction", list(DIRECTIONS))
-    chosen = [chosen] if isinstance(chosen, str) else chosen
-    if not isinstance(chosen, list) or any(str(d).strip().lower() not in DIRECTIONS for d in chosen):
-        raise BadRequest(f"script_args: direction {chosen!r} must be a list of {', '.join(DIRECTIONS)}")
-    directions = {str(d).strip().lower() for d in chosen}
-    if not directions:
-        raise BadRequest(f"{TITLE}: choose at least one direction to grow the image in")
-    return numbers[0], numbers[1], int(fill), directions
+    directions = directions_arg(v.get("direction", list(DIRECTIONS)), TITLE)
+    return pixels, blur, fill, directions
 
 
 def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: random.Random | None = None) -> Plan:

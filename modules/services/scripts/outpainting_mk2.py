@@ -33,11 +33,11 @@ from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job
 from modules.services.errors import BadRequest
 from modules.services.requests import Accepted
-from modules.services.scripts.base import CellResult, Composed, Env, Plan, fill_black, rebuild
+from modules.services.scripts.base import (DIRECTIONS, CellResult, Composed, Env, Plan, directions_arg, fill_black,
+                                          number_arg, rebuild)
 
 TITLE = "Outpainting mk2"
 ARG_NAMES = ["info", "pixels", "mask_blur", "direction", "noise_q", "color_variation"]
-DIRECTIONS = ("left", "right", "up", "down")  # the order the passes run in
 MULTIPLE = 64
 INFO_ARGS = [  # A1111's /script-info for it
     dict(label="info", value=None),
@@ -92,33 +92,16 @@ def passes(width: int, height: int, pixels: int, directions: set[str], tile: tup
     return out
 
 
-def _number(value: Any, name: str, low: float, high: float, whole: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"script_args: {name} {value!r} is not a number") from None
-    if isinstance(value, bool) or not low <= number <= high or (whole and not number.is_integer()):
-        raise BadRequest(f"script_args: {name} {value!r} must be a{' whole' if whole else ''} number from {low:g} "
-                         f"to {high:g}")
-    return number
-
-
 def _args(args: list[Any]) -> tuple[int, int, set[str], float, float]:
     if len(args) > len(ARG_NAMES):
         raise BadRequest(f"script_args: {TITLE} takes at most {len(ARG_NAMES)} arguments ({', '.join(ARG_NAMES)}); "
                          f"got {len(args)}")
     v = dict(zip(ARG_NAMES, args))
-    pixels = int(_number(v.get("pixels", 128), "pixels", 8, 256, whole=True))
-    blur = int(_number(v.get("mask_blur", 8), "mask_blur", 0, 64, whole=True))
-    chosen = v.get("direction", list(DIRECTIONS))
-    chosen = [chosen] if isinstance(chosen, str) else chosen
-    if not isinstance(chosen, list) or any(str(d).strip().lower() not in DIRECTIONS for d in chosen):
-        raise BadRequest(f"script_args: direction {chosen!r} must be a list of {', '.join(DIRECTIONS)}")
-    directions = {str(d).strip().lower() for d in chosen}
-    if not directions:
-        raise BadRequest(f"{TITLE}: choose at least one direction to grow the image in")
-    falloff = _number(v.get("noise_q", 1.0), "noise_q", 0.0, 4.0)
-    variation = _number(v.get("color_variation", 0.05), "color_variation", 0.0, 1.0)
+    pixels = int(number_arg(v.get("pixels", 128), "pixels", 8, 256, whole=True))
+    blur = int(number_arg(v.get("mask_blur", 8), "mask_blur", 0, 64, whole=True))
+    directions = directions_arg(v.get("direction", list(DIRECTIONS)), TITLE)
+    falloff = number_arg(v.get("noise_q", 1.0), "noise_q", 0.0, 4.0)
+    variation = number_arg(v.get("color_variation", 0.05), "color_variation", 0.0, 1.0)
     return pixels, blur, directions, falloff, variation
 
 
