@@ -933,6 +933,8 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
             fields["Masked area padding"] = params.inpaint_full_res_padding
         if prepared_mask is not None and params.inpainting_fill != 1:
             fields["Masked content"] = MASKED_CONTENT[params.inpainting_fill]
+    if params.latent_mask is not None and prepared_mask is None:
+        notes.append("latent_mask is used only with a mask (as in A1111): it was ignored")
     multiplier = 1.0 if params.initial_noise_multiplier is None else params.initial_noise_multiplier
     if multiplier != 1.0:
         fields["Noise multiplier"] = multiplier
@@ -965,9 +967,10 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
     if prepared_mask is not None:
         m = np.asarray(prepared_mask.mask, dtype=np.float32) / 255.0
         pixel_mask = torch.from_numpy(np.around(m) if params.mask_round else m)[None, None]
-        if params.latent_mask is not None:  # A1111: its first channel, straight to the latent's size
-            small = params.latent_mask.convert("RGB").resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)
-            small = small.getchannel("R")
+        if params.latent_mask is not None:  # A1111: its first channel (of its RGB), straight to the latent's size
+            latent = params.latent_mask
+            first = latent.getchannel(0) if latent.mode in ("L", "RGB") else latent.convert("RGB").getchannel(0)
+            small = first.resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)  # per channel: the same
         else:
             small = prepared_mask.mask.resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)
         lm = np.asarray(small, dtype=np.float32) / 255.0

@@ -265,6 +265,9 @@ def test_latent_mask_decides_which_latents_are_kept_and_the_mask_what_is_pasted_
     assert not np.array_equal(out[:, :32], pixels(alone)[:, :32])  # the kept half's latents were repainted too
     nothing = engine.img2img(params(**sharp, latent_mask=Image.new("L", (64, 64), 0))).images[0]
     assert not np.array_equal(pixels(nothing)[:, :32], pixels(alone)[:, :32])
+    unmasked = engine.img2img(params(steps=2, latent_mask=left_half_mask()))  # A1111 ignores it without a mask
+    assert any("latent_mask is used only with a mask" in w for w in unmasked.warnings)
+    assert unmasked.images[0].tobytes() == engine.img2img(params(steps=2)).images[0].tobytes()
 
 
 def test_fill_paints_under_the_latent_mask(engine):
