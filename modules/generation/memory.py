@@ -35,6 +35,10 @@ UNET_BYTES_PER_LATENT_PIXEL = {"sd1": 50_000, "sd2": 50_000, "sdxl": 50_000, "sd
 UNET_CHANNELS, VAE_CHANNELS = 320, 128  # the widths the figures were measured at (SD's and SDXL's)
 FIXED_BYTES = 256 * MIB  # the sampler's tensors, a preview, what the allocator keeps between phases
 MARGIN = 1.15  # room for what the estimate misses: the figures vary by ~15 % between runs of the same call
+# Tiling: each convolution pads a copy of its input (circular padding is not done in place). An SD VAE decode's peak
+# grew by 26 % at 512x512 and 27 % at 1024x1024 (bench/vae_memory.py --circular, one run each; the encode is taken
+# to grow alike, not measured)
+CIRCULAR_VAE_FACTOR = 1.27
 LOW_MEMORY_TILE = 256  # the tiled VAE's tile in low-memory mode: a 512x512 decode adds 0.55 GB, not 0.98 (bench/README)
 SIZE_STEP = 8  # sizes suggested in a refusal are multiples of this (A1111's sliders' step)
 TEXT_BYTES = 4  # a context position's element: float32 (the text encoders' on a CPU; on a GPU an upper bound)
@@ -154,11 +158,13 @@ def sampling(width: int, height: int, batch: int, model: ModelMemory, text: Text
     return Phase(f"sampling {width}x{height}, batch size {batch}{batching}{prompt}", need)
 
 
-def vae_pass(width: int, height: int, batch: int, model: ModelMemory, tiling: VaeTiling, verb: str) -> Phase:
+def vae_pass(width: int, height: int, batch: int, model: ModelMemory, tiling: VaeTiling, verb: str,
+             circular: bool = False) -> Phase:
     """The VAE decodes (or encodes: the same figures, an upper bound) a batch one image at a time; the batch's
-    finished images (float, then 8-bit) are held meanwhile."""
+    finished images (float, then 8-bit) are held meanwhile. `circular`: a Tiling job (CIRCULAR_VAE_FACTOR)."""
     tiled = model.vae_tiles and tiling.tiles(height, width)
-    need = int(vae_tiling.decode_peak_bytes(height, width, tiled, model.vae_bytes) * model.vae_width)
+    need = vae_tiling.decode_peak_bytes(height, width, tiled, model.vae_bytes) * model.vae_width
+    need = int(need * (CIRCULAR_VAE_FACTOR if circular else 1))
     need += batch * width * height * 16
     return Phase(f"VAE {verb} at {width}x{height}{', tiled' if tiled else ''}", need)
 
@@ -171,19 +177,19 @@ def phases(ctx: JobContext, model: ModelMemory, tiling: VaeTiling, text: TextMem
     full_decode, full_encode = ctx.vae_decode_method == "Full", ctx.vae_encode_method == "Full"
     out = []
     if ctx.is_img2img and full_encode:
-        out.append(vae_pass(w, h, batch, model, tiling, "encode"))
+        out.append(vae_pass(w, h, batch, model, tiling, "encode", ctx.tiling))
     out.append(sampling(w, h, batch, model, text))
     if ctx.hires:
         tw, th = hires.target_size(p)
         if ctx.hr_upscaler not in hires.LATENT_UPSCALERS:
             if full_decode:
-                out.append(vae_pass(w, h, batch, model, tiling, "decode"))
+                out.append(vae_pass(w, h, batch, model, tiling, "decode", ctx.tiling))
             if full_encode:
-                out.append(vae_pass(tw, th, batch, model, tiling, "encode"))
+                out.append(vae_pass(tw, th, batch, model, tiling, "encode", ctx.tiling))
         out.append(sampling(tw, th, batch, model, text))
         w, h = tw, th
     if full_decode:
-        out.append(vae_pass(w, h, batch, model, tiling, "decode"))
+        out.append(vae_pass(w, h, batch, model, tiling, "decode", ctx.tiling))
     return out
 
 
