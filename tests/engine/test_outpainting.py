@@ -239,6 +239,15 @@ def test_outpainting_mk2_refuses_strips_that_are_not_multiples_of_8(engine):  # 
                              ["", 32, 4, ["left", "right"]])
 
 
+def test_outpainting_mk2_a_mask_that_swallows_the_image_is_a_bad_request(engine):  # noqa: F811
+    """16 pixels grown 48 to the left with mask blur 64: the kept box lies wholly outside the canvas, nothing of
+    the image is left to match the noise to (A1111 fails inside scikit-image)."""
+    small = request(init_images=[Image.new("RGB", (16, 16), (10, 200, 90))])
+    job = engine.submit_script("img2img", "Outpainting mk2", small, ["", 8, 64, ["left"]])
+    with pytest.raises(BadRequest, match="left pass: the mask must leave some of the image.*smaller mask blur"):
+        job.wait(60)
+
+
 def test_outpainting_mk2_a_black_image_gives_grey_noise_not_nan():
     """A1111 divides by the image's largest value and by its spectrum: NaN for a black canvas."""
     out = matched_noise.matched_noise(np.zeros((64, 128, 3)), np.concatenate([np.zeros((64, 64, 3)),

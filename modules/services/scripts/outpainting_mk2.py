@@ -206,7 +206,11 @@ class _Run:
         canvas.paste(image, (p.amount if p.side == "left" else 0, p.amount if p.side == "up" else 0))
         np_image = (np.asarray(canvas) / 255.0).astype(np.float64)
         np_mask = (np.asarray(mask) / 255.0).astype(np.float64)
-        noised = matched_noise.matched_noise(np_image, np_mask, self.falloff, self.variation)
+        try:
+            noised = matched_noise.matched_noise(np_image, np_mask, self.falloff, self.variation)
+        except ValueError as e:  # the mask reaches over all of a small image: A1111 fails there too
+            raise BadRequest(f"{TITLE}: the {p.side} pass: {e}; use a smaller mask blur or a larger init "
+                             "image") from None
         return Image.fromarray(np.clip(noised * 255., 0., 255.).astype(np.uint8), mode="RGB")
 
     def fold(self, k: int, result: CellResult | None) -> None:
