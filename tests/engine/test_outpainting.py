@@ -239,6 +239,12 @@ def test_outpainting_mk2_refuses_strips_that_are_not_multiples_of_8(engine):  # 
                              ["", 32, 4, ["left", "right"]])
 
 
+def test_outpainting_mk2_counts_the_grown_images_it_would_hold(engine):  # noqa: F811
+    big = request(init_images=[Image.new("RGB", (1984, 1984))], n_iter=100, batch_size=4)
+    with pytest.raises(BadRequest, match="400 image.s. of 2048x2048 are 1678 megapixels, over .* 1100 megapixels"):
+        engine.submit_script("img2img", "Outpainting mk2", big, ["", 64, 8, ["left", "up"]])
+
+
 def test_outpainting_mk2_a_mask_that_swallows_the_image_is_a_bad_request(engine):  # noqa: F811
     """16 pixels grown 48 to the left with mask blur 64: the kept box lies wholly outside the canvas, nothing of
     the image is left to match the noise to (A1111 fails inside scikit-image)."""

@@ -120,6 +120,13 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
         if p.strip[0] % 8 or p.strip[1] % 8:
             raise BadRequest(f"{TITLE}: the {p.side} pass would run at {p.strip[0]}x{p.strip[1]}, whose sides are not "
                              f"multiples of 8; use an init image whose sides are (it is {init.width}x{init.height})")
+    grown = steps[-1].grown
+    count = params.n_iter * params.batch_size  # the grown images, all held until the job ends (and their grid)
+    if count * grown[0] * grown[1] > env.max_result_pixels:
+        raise BadRequest(f"{TITLE}: {count} image(s) of {grown[0]}x{grown[1]} are "
+                         f"{count * grown[0] * grown[1] / 1e6:.0f} megapixels, over this server's limit of "
+                         f"{env.max_result_pixels / 1e6:.0f} megapixels of results held at once "
+                         "(--max-extras-megapixels); ask for fewer (batch count, batch size) or smaller")
     rng = rng or random.Random()
     cells, labels = [], []
     for n in range(params.n_iter):
@@ -155,6 +162,7 @@ class _Run:
     done: list[Image.Image] = dataclasses.field(default_factory=list)
     first: tuple[str, int] | None = None  # the first pass's infotext and seed
     return_grid: bool = True
+    grid_saved: bool = False
     n_rows: int = -1
 
     def prepare(self, job: Job, accepted: list[Accepted]) -> list[Accepted]:
@@ -163,7 +171,9 @@ class _Run:
         except images.InvalidImage as e:
             raise BadRequest(f"init_images[0]: {e}") from None
         self.init = images.flatten(init, accepted[0].settings.img2img_background_color)
-        self.return_grid, self.n_rows = accepted[0].settings.return_grid, accepted[0].settings.n_rows
+        settings = accepted[0].settings
+        self.return_grid, self.n_rows = settings.return_grid, settings.n_rows
+        self.grid_saved = settings.grid_save and self.params.save_images
         return accepted
 
     def _blur(self) -> tuple[int, int]:
@@ -232,6 +242,7 @@ class _Run:
 
     def compose(self, _results: list[CellResult | None]) -> Composed:
         text, seed = self.first if self.first is not None else ("", self.params.seed)
-        grid = images.image_grid(self.done, 1, self.n_rows) if len(self.done) > 1 else None
+        wanted = len(self.done) > 1 and (self.return_grid or self.grid_saved)  # else not made at all
+        grid = images.image_grid(self.done, 1, self.n_rows) if wanted else None
         return Composed(grid, list(self.done), [text] * len(self.done), [seed] * len(self.done),
                         grid_infotext=text, save=self.params.save_images, show_grid=self.return_grid)
