@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
-from modules import infotext, upscaling
-from modules.generation.params import GenerationParams
+from modules import images, infotext, upscaling
+from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.services.errors import BadRequest
 
 
@@ -95,6 +95,35 @@ def rebuild(params: GenerationParams, values: dict[str, Any], what: str) -> Gene
 
 
 DIRECTIONS = ("left", "right", "up", "down")  # the outpainting scripts' sides, in the order mk2 grows them
+
+
+def named_args(args: list[Any], names: list[str], title: str) -> dict[str, Any]:
+    """A script's script_args by A1111's argument names (fewer than all: the rest take their defaults); BadRequest
+    when there are more than it takes."""
+    if len(args) > len(names):
+        raise BadRequest(f"script_args: {title} takes at most {len(names)} arguments ({', '.join(names)}); "
+                         f"got {len(args)}")
+    return dict(zip(names, args))
+
+
+def img2img_init(params: GenerationParams, kind: str, title: str, purpose: str) -> Image.Image:
+    """The init image of an img2img script's request (`purpose` says what the script does with it, for the
+    refusal of a txt2img request); BadRequest without one."""
+    if kind != "img2img" or not isinstance(params, Img2ImgParams):
+        raise BadRequest(f"{title} is an img2img script: it {purpose}")
+    if not params.init_images:
+        raise BadRequest(f"{title}: send an init image (init_images)")
+    return params.init_images[0]
+
+
+def decoded_init(env: "Env", params: Img2ImgParams, settings) -> Image.Image:
+    """The request's init image decoded (within the server's budget) and flattened onto the img2img background,
+    in the job; BadRequest when its data turns out to be broken."""
+    try:
+        image = env.decode(params.init_images[0])
+    except images.InvalidImage as e:
+        raise BadRequest(f"init_images[0]: {e}") from None
+    return images.flatten(image, settings.img2img_background_color)
 
 
 def number_arg(value: Any, name: str, low: float, high: float, whole: bool = False) -> float:

@@ -22,10 +22,11 @@ import random
 from typing import Any
 
 from modules import images
-from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.generation.params import GenerationParams
 from modules.services.errors import BadRequest
 from modules.services.requests import Accepted
-from modules.services.scripts.base import CellResult, Composed, Plan, fixed_seed, number_arg, rebuild
+from modules.services.scripts.base import (CellResult, Composed, Plan, fixed_seed, img2img_init, named_args,
+                                          number_arg, rebuild)
 
 TITLE = "Loopback"
 ARG_NAMES = ["loops", "final_denoising_strength", "denoising_curve", "append_interrogation"]
@@ -54,10 +55,7 @@ def strength(loop: int, loops: int, initial: float, final: float, curve: str) ->
 
 
 def _args(args: list[Any]) -> tuple[int, float, str]:
-    if len(args) > len(ARG_NAMES):
-        raise BadRequest(f"script_args: Loopback takes at most {len(ARG_NAMES)} arguments ({', '.join(ARG_NAMES)}); "
-                         f"got {len(args)}")
-    v = dict(zip(ARG_NAMES, args))
+    v = named_args(args, ARG_NAMES, TITLE)
     loops = int(number_arg(v.get("loops", 4), "loops", 1, MAX_LOOPS, whole=True))
     final = number_arg(v.get("final_denoising_strength", 0.5), "final_denoising_strength", 0.0, 1.0)
     curve = next((c for c in CURVES if c.lower() == str(v.get("denoising_curve", "Linear")).strip().lower()), None)
@@ -74,10 +72,7 @@ def _args(args: list[Any]) -> tuple[int, float, str]:
 def plan(params: GenerationParams, args: list[Any], kind: str, rng: random.Random | None = None,
          max_grid_mp: int = 200) -> Plan:
     """`max_grid_mp`: the setting img_max_size_mp, which the row grid of the images shown may not reach."""
-    if kind != "img2img" or not isinstance(params, Img2ImgParams):
-        raise BadRequest("Loopback is an img2img script: it repaints an init image again and again")
-    if not params.init_images:
-        raise BadRequest("Loopback: send an init image (init_images)")
+    img2img_init(params, kind, TITLE, "repaints an init image again and again")
     loops, final, curve = _args(args)
     shown = loops if params.n_iter == 1 else params.n_iter
     if shown > 1 and shown * params.width * params.height >= max_grid_mp * 10**6:

@@ -27,13 +27,14 @@ from typing import Any
 
 from PIL import Image
 
-from modules import images, upscaling
+from modules import upscaling
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job
 from modules.services.errors import BadRequest
 from modules.services.requests import Accepted
-from modules.services.scripts.base import (DIRECTIONS, CellResult, Composed, Env, Plan, directions_arg, fill_black,
-                                          fixed_seed, number_arg, rebuild)
+from modules.services.scripts.base import (DIRECTIONS, CellResult, Composed, Env, Plan, decoded_init, directions_arg,
+                                          fill_black, fixed_seed, img2img_init, named_args, number_arg,
+                                          rebuild)
 
 TITLE = "Poor man's outpainting"
 ARG_NAMES = ["pixels", "mask_blur", "inpainting_fill", "direction"]
@@ -46,6 +47,24 @@ INFO_ARGS = [  # A1111's /script-info for it
     dict(label="Mask blur", value=4, minimum=0, maximum=MAX_BLUR, step=1),
     dict(label="Masked content", value="fill", choices=list(FILLS)),
     dict(label="Outpainting direction", value=list(DIRECTIONS), choices=list(DIRECTIONS))]
+
+
+def margins(width: int, height: int, pixels: int, directions: set[str]) -> tuple[tuple[int, int, int, int], int, int]:
+    """A1111's split (both outpainting scripts): ((left, right, up, down), width, height) of the canvas a width x
+    height image grows to, each chosen side by `pixels`, each axis rounded up to a multiple of 64 with the left/up
+    side's share taken first and the right/down side given the rest; an axis with no side chosen gets 0s."""
+    left, right, up, down = (pixels if d in directions else 0 for d in DIRECTIONS)
+    target_w = math.ceil((width + left + right) / MULTIPLE) * MULTIPLE
+    target_h = math.ceil((height + up + down) / MULTIPLE) * MULTIPLE
+    if left > 0:
+        left = left * (target_w - width) // (left + right)
+    if right > 0:
+        right = target_w - width - left
+    if up > 0:
+        up = up * (target_h - height) // (up + down)
+    if down > 0:
+        down = target_h - height - up
+    return (left, right, up, down), target_w, target_h
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,17 +83,7 @@ class Canvas:
         extra goes to the chosen sides (the left/up share first, the right/down one taking the rest). Unlike
         A1111, an axis with neither side chosen puts its rounding on the right or bottom side, which is repainted
         (A1111 leaves it a black band: 100x80 grown left becomes 256x128 with 48 black rows)."""
-        left, right, up, down = (pixels if d in directions else 0 for d in DIRECTIONS)
-        target_w = math.ceil((width + left + right) / MULTIPLE) * MULTIPLE
-        target_h = math.ceil((height + up + down) / MULTIPLE) * MULTIPLE
-        if left > 0:
-            left = left * (target_w - width) // (left + right)
-        if right > 0:
-            right = target_w - width - left
-        if up > 0:
-            up = up * (target_h - height) // (up + down)
-        if down > 0:
-            down = target_h - height - up
+        (left, right, up, down), target_w, target_h = margins(width, height, pixels, directions)
         if left == right == 0:
             right = target_w - width
         if up == down == 0:
@@ -97,10 +106,7 @@ class Canvas:
 
 
 def _args(args: list[Any]) -> tuple[int, int, int, set[str]]:
-    if len(args) > len(ARG_NAMES):
-        raise BadRequest(f"script_args: {TITLE} takes at most {len(ARG_NAMES)} arguments ({', '.join(ARG_NAMES)}); "
-                         f"got {len(args)}")
-    v = dict(zip(ARG_NAMES, args))
+    v = named_args(args, ARG_NAMES, TITLE)
     pixels = int(number_arg(v.get("pixels", 128), "pixels", 8, MAX_PIXELS, whole=True))
     blur = int(number_arg(v.get("mask_blur", 4), "mask_blur", 0, MAX_BLUR, whole=True))
     fill = v.get("inpainting_fill", 0)
@@ -116,16 +122,12 @@ def _args(args: list[Any]) -> tuple[int, int, int, set[str]]:
 
 
 def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: random.Random | None = None) -> Plan:
-    if kind != "img2img" or not isinstance(params, Img2ImgParams):
-        raise BadRequest(f"{TITLE} is an img2img script: it grows an init image")
-    if not params.init_images:
-        raise BadRequest(f"{TITLE}: send an init image (init_images)")
+    init = img2img_init(params, kind, TITLE, "grows an init image")
     pixels, blur, fill, directions = _args(args)
     tile_w, tile_h = params.width, params.height
     if pixels >= min(tile_w, tile_h):
         raise BadRequest(f"{TITLE}: the pixels to expand ({pixels}) are also the tiles' overlap, and must be smaller "
                          f"than a tile ({tile_w}x{tile_h}: the width and height)")
-    init = params.init_images[0]
     canvas = Canvas.around(init.width, init.height, pixels, directions)
     if max(canvas.width, canvas.height) > upscaling.MAX_SIDE or canvas.width * canvas.height > env.max_result_pixels:
         raise BadRequest(f"{TITLE}: the grown image would be {canvas.width}x{canvas.height}; at most "
@@ -171,11 +173,7 @@ class _Run:
 
     def prepare(self, job: Job, accepted: list[Accepted]) -> list[Accepted]:
         """The canvas, its two masks and each running tile's three pieces, in the job."""
-        try:
-            init = self.env.decode(self.params.init_images[0])
-        except images.InvalidImage as e:
-            raise BadRequest(f"init_images[0]: {e}") from None
-        init = images.flatten(init, accepted[0].settings.img2img_background_color)
+        init = decoded_init(self.env, self.params, accepted[0].settings)
         c = self.canvas
         self.image = Image.new("RGB", (c.width, c.height))
         self.image.paste(init, (c.left, c.up))

@@ -32,13 +32,13 @@ from modules import images, matched_noise
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.jobs import Job
 from modules.services.errors import BadRequest
+from modules.services.scripts import outpainting
 from modules.services.requests import Accepted
-from modules.services.scripts.base import (DIRECTIONS, CellResult, Composed, Env, Plan, directions_arg, fill_black,
-                                          number_arg, rebuild)
+from modules.services.scripts.base import (DIRECTIONS, CellResult, Composed, Env, Plan, decoded_init, directions_arg,
+                                          fill_black, img2img_init, named_args, number_arg, rebuild)
 
 TITLE = "Outpainting mk2"
 ARG_NAMES = ["info", "pixels", "mask_blur", "direction", "noise_q", "color_variation"]
-MULTIPLE = 64
 INFO_ARGS = [  # A1111's /script-info for it
     dict(label="info", value=None),
     dict(label="Pixels to expand", value=128, minimum=8, maximum=256, step=8),
@@ -67,17 +67,7 @@ class Pass:
 def passes(width: int, height: int, pixels: int, directions: set[str], tile: tuple[int, int]) -> list[Pass]:
     """A1111's passes for an init image of width x height: the amounts from its split of the rounding to 64 between
     the two sides of an axis, each pass growing the image the one before made; `tile` is the request's size."""
-    amounts = dict(zip(DIRECTIONS, (pixels if d in directions else 0 for d in DIRECTIONS)))
-    target_w = math.ceil((width + amounts["left"] + amounts["right"]) / MULTIPLE) * MULTIPLE
-    target_h = math.ceil((height + amounts["up"] + amounts["down"]) / MULTIPLE) * MULTIPLE
-    if amounts["left"]:
-        amounts["left"] = amounts["left"] * (target_w - width) // (amounts["left"] + amounts["right"])
-    if amounts["right"]:
-        amounts["right"] = target_w - width - amounts["left"]
-    if amounts["up"]:
-        amounts["up"] = amounts["up"] * (target_h - height) // (amounts["up"] + amounts["down"])
-    if amounts["down"]:
-        amounts["down"] = target_h - height - amounts["up"]
+    amounts = dict(zip(DIRECTIONS, outpainting.margins(width, height, pixels, directions)[0]))
     out, size = [], (width, height)
     for side in DIRECTIONS:
         amount = amounts[side]
@@ -85,7 +75,8 @@ def passes(width: int, height: int, pixels: int, directions: set[str], tile: tup
             continue
         horizontal = side in ("left", "right")
         grown = (size[0] + amount, size[1]) if horizontal else (size[0], size[1] + amount)
-        canvas = (math.ceil(grown[0] / MULTIPLE) * MULTIPLE, math.ceil(grown[1] / MULTIPLE) * MULTIPLE)
+        step = outpainting.MULTIPLE
+        canvas = (math.ceil(grown[0] / step) * step, math.ceil(grown[1] / step) * step)
         strip = (min(tile[0], grown[0]), canvas[1]) if horizontal else (canvas[0], min(tile[1], grown[1]))
         out.append(Pass(side, amount, size, grown, canvas, strip))
         size = grown
@@ -93,10 +84,7 @@ def passes(width: int, height: int, pixels: int, directions: set[str], tile: tup
 
 
 def _args(args: list[Any]) -> tuple[int, int, set[str], float, float]:
-    if len(args) > len(ARG_NAMES):
-        raise BadRequest(f"script_args: {TITLE} takes at most {len(ARG_NAMES)} arguments ({', '.join(ARG_NAMES)}); "
-                         f"got {len(args)}")
-    v = dict(zip(ARG_NAMES, args))
+    v = named_args(args, ARG_NAMES, TITLE)
     pixels = int(number_arg(v.get("pixels", 128), "pixels", 8, 256, whole=True))
     blur = int(number_arg(v.get("mask_blur", 8), "mask_blur", 0, 64, whole=True))
     directions = directions_arg(v.get("direction", list(DIRECTIONS)), TITLE)
@@ -106,13 +94,11 @@ def _args(args: list[Any]) -> tuple[int, int, set[str], float, float]:
 
 
 def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: random.Random | None = None) -> Plan:
-    if kind != "img2img" or not isinstance(params, Img2ImgParams):
-        raise BadRequest(f"{TITLE} is an img2img script: it grows an init image")
-    if not params.init_images:
-        raise BadRequest(f"{TITLE}: send an init image (init_images)")
+    init = img2img_init(params, kind, TITLE, "grows an init image")
     pixels, blur, directions, falloff, variation = _args(args)
-    init = params.init_images[0]
     steps = passes(init.width, init.height, pixels, directions, (params.width, params.height))
+    # A1111 blurs across an axis only when one of its sides grows
+    blur_xy = (blur if {"left", "right"} & directions else 0, blur if {"up", "down"} & directions else 0)
     for p in steps:
         if p.canvas[0] * p.canvas[1] > matched_noise.MAX_PIXELS:
             raise BadRequest(f"{TITLE}: the {p.side} pass's canvas would be {p.canvas[0]}x{p.canvas[1]}; at most "
@@ -137,13 +123,12 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
             values = {**dict(params), "init_images": [blank] * params.batch_size, "mask": Image.new("L", p.strip),
                       "latent_mask": Image.new("L", p.strip), "n_iter": 1, "seed": seed, "width": p.strip[0],
                       "height": p.strip[1], "inpainting_fill": 1, "inpaint_full_res": False,
-                      "mask_blur_x": 4 * blur if {"left", "right"} & directions else 0,
-                      "mask_blur_y": 4 * blur if {"up", "down"} & directions else 0, "mask_blur": None,
+                      "mask_blur_x": 4 * blur_xy[0], "mask_blur_y": 4 * blur_xy[1], "mask_blur": None,
                       "save_images": False}
             label = f"batch {n + 1}, {p.side} pass"
             cells.append(rebuild(params, values, f"{TITLE}: {label}"))
             labels.append(label)
-    run = _Run(env, params, steps, blur, directions, falloff, variation)
+    run = _Run(env, params, steps, blur_xy, falloff, variation)
     return Plan(TITLE, cells, run.compose, labels, run.prepare, run.fold, run.chain)
 
 
@@ -152,8 +137,7 @@ class _Run:
     env: Env
     params: Img2ImgParams
     steps: list[Pass]
-    blur: int
-    directions: set[str]
+    blur: tuple[int, int]  # mask_blur across x and y (0 on an axis that does not grow)
     falloff: float
     variation: float
     init: Image.Image | None = None
@@ -166,19 +150,11 @@ class _Run:
     n_rows: int = -1
 
     def prepare(self, job: Job, accepted: list[Accepted]) -> list[Accepted]:
-        try:
-            init = self.env.decode(self.params.init_images[0])
-        except images.InvalidImage as e:
-            raise BadRequest(f"init_images[0]: {e}") from None
-        self.init = images.flatten(init, accepted[0].settings.img2img_background_color)
+        self.init = decoded_init(self.env, self.params, accepted[0].settings)
         settings = accepted[0].settings
         self.return_grid, self.n_rows = settings.return_grid, settings.n_rows
         self.grid_saved = settings.grid_save and self.params.save_images
         return accepted
-
-    def _blur(self) -> tuple[int, int]:
-        return (self.blur if {"left", "right"} & self.directions else 0,
-                self.blur if {"up", "down"} & self.directions else 0)
 
     def chain(self, k: int, cell: Accepted, previous: CellResult | None) -> Accepted | None:
         """Pass k's batch: the images so far on noised canvases, and the strip of them it repaints."""
@@ -188,7 +164,7 @@ class _Run:
         elif previous is None or not previous.complete or self.current is None:
             self.current = None  # a skipped pass: its batch runs no further
             return None
-        blur_x, blur_y = self._blur()
+        blur_x, blur_y = self.blur
         left, top = p.side == "left", p.side == "up"
         box = (p.amount + blur_x if left else 0, p.amount + blur_y if top else 0,
                p.canvas[0] - p.amount - blur_x if p.side == "right" else p.grown[0],

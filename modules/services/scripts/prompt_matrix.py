@@ -17,7 +17,7 @@ from PIL import Image
 from modules import images
 from modules.generation.params import GenerationParams
 from modules.services.errors import BadRequest
-from modules.services.scripts.base import CellResult, Composed, Plan, fixed_seed, rebuild
+from modules.services.scripts.base import CellResult, Composed, Plan, fixed_seed, named_args, rebuild
 
 TITLE = "Prompt matrix"
 ARG_NAMES = ["put_at_start", "different_seeds", "prompt_type", "variations_delimiter", "margin_size"]
@@ -40,10 +40,7 @@ def combinations(prompt: str, put_at_start: bool, delimiter: str) -> tuple[list[
 
 
 def _read(args: list[Any]) -> tuple[bool, bool, str, str, int]:
-    if len(args) > len(ARG_NAMES):
-        raise BadRequest(f"script_args: Prompt matrix takes at most {len(ARG_NAMES)} arguments "
-                         f"({', '.join(ARG_NAMES)}); got {len(args)}")
-    v = dict(zip(ARG_NAMES, args))
+    v = named_args(args, ARG_NAMES, TITLE)
     prompt_type = str(v.get("prompt_type", "positive") or "positive").lower()
     delimiter = str(v.get("variations_delimiter", "comma") or "comma").lower()
     if prompt_type not in ("positive", "negative"):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from modules.generation.params import GenerationParams
 from modules.services.errors import BadRequest
-from modules.services.scripts.base import CellResult, Composed, Plan, fixed_seed, rebuild
+from modules.services.scripts.base import CellResult, Composed, Plan, fixed_seed, named_args, rebuild
 
 TITLE = "Prompts from file or textbox"
 ARG_NAMES = ["checkbox_iterate", "checkbox_iterate_batch", "prompt_position", "prompt_txt"]
@@ -105,10 +105,7 @@ def _apply(params: GenerationParams, options: dict[str, Any], position: str) -> 
 
 
 def plan(params: GenerationParams, args: list[Any], rng: random.Random | None = None) -> Plan:
-    if len(args) > len(ARG_NAMES):
-        raise BadRequest(f"script_args: Prompts from file or textbox takes at most {len(ARG_NAMES)} arguments "
-                         f"({', '.join(ARG_NAMES)}); got {len(args)}")
-    v = dict(zip(ARG_NAMES, args))
+    v = named_args(args, ARG_NAMES, TITLE)
     truthy = (True, 1, "true", "True", "1")
     iterate, same_seed = v.get("checkbox_iterate") in truthy, v.get("checkbox_iterate_batch") in truthy
     position = str(v.get("prompt_position", "start") or "start").lower()

@@ -19,12 +19,13 @@ from typing import Any
 
 from PIL import Image
 
-from modules import images, upscaling
-from modules.generation.params import GenerationParams, Img2ImgParams
+from modules import upscaling
+from modules.generation.params import GenerationParams
 from modules.jobs import Job
 from modules.services.errors import BadRequest
 from modules.services.requests import Accepted
-from modules.services.scripts.base import CellResult, Composed, Env, Plan, fixed_seed, rebuild
+from modules.services.scripts.base import (CellResult, Composed, Env, Plan, decoded_init, fixed_seed, img2img_init,
+                                          named_args, rebuild)
 
 TITLE = "SD upscale"
 ARG_NAMES = ["info", "overlap", "upscaler_index", "scale_factor"]
@@ -75,23 +76,16 @@ class _Upscale:
 
 
 def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: random.Random | None = None) -> Plan:
-    if kind != "img2img" or not isinstance(params, Img2ImgParams):
-        raise BadRequest("SD upscale is an img2img script: it repaints an init image")
-    if not params.init_images:
-        raise BadRequest("SD upscale: send an init image (init_images)")
+    init = img2img_init(params, kind, TITLE, "repaints an init image")
     if params.mask is not None:  # A1111 squeezes the whole image's mask onto every tile
         raise BadRequest("SD upscale does not take a mask: it repaints the whole image, tile by tile")
-    if len(args) > len(ARG_NAMES):
-        raise BadRequest(f"script_args: SD upscale takes at most {len(ARG_NAMES)} arguments "
-                         f"({', '.join(ARG_NAMES)}); got {len(args)}")
-    v = dict(zip(ARG_NAMES, args))
+    v = named_args(args, ARG_NAMES, TITLE)
     overlap = int(_number(v.get("overlap", 64), "overlap", 0, MAX_OVERLAP))
     name = _upscaler(v.get("upscaler_index", 0), env.upscalers())
     scale = _number(v.get("scale_factor", 2.0), "scale_factor", 1.0, MAX_SCALE)
     if overlap >= min(params.width, params.height):
         raise BadRequest(f"SD upscale: the tile overlap ({overlap}) must be smaller than a tile "
                          f"({params.width}x{params.height}: the width and height)")
-    init = params.init_images[0]
     size = (init.width, init.height) if name == "None" else upscaling.dest_size(init.width, init.height, scale)
     if min(size) < 8 or max(size) > upscaling.MAX_SIDE:
         raise BadRequest(f"SD upscale: the upscaled image would be {size[0]}x{size[1]}; each side must be between 8 "
@@ -126,11 +120,7 @@ def plan(params: GenerationParams, args: list[Any], env: Env, kind: str, rng: ra
 
     def prepare(job: Job, accepted: list[Accepted]) -> list[Accepted]:
         """The init image upscaled (in the job, with its interrupt) and cut; each cell given its tiles."""
-        try:
-            image = env.decode(params.init_images[0])
-        except images.InvalidImage as e:
-            raise BadRequest(f"init_images[0]: {e}") from None
-        image = images.flatten(image, accepted[0].settings.img2img_background_color)
+        image = decoded_init(env, params, accepted[0].settings)
         if name != "None":
             job.state.textinfo = f"SD upscale: upscaling with {name}"
             image = env.upscale(image, scale, name, job, accepted[0].settings)

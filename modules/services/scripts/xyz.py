@@ -24,7 +24,7 @@ from modules import images, prompt_syntax
 from modules.generation import hires, samplers
 from modules.generation.params import GenerationParams
 from modules.services.errors import BadRequest
-from modules.services.scripts.base import CellResult, Composed, Env, Plan, fixed_seed, rebuild, with_fields
+from modules.services.scripts.base import CellResult, Composed, Env, Plan, fixed_seed, named_args, rebuild, with_fields
 
 TITLE = "X/Y/Z plot"
 Apply = Callable[[dict[str, Any], Any, list[Any]], None]
@@ -391,10 +391,7 @@ ARG_NAMES = list(XyzArgs.__dataclass_fields__)
 def read_args(args: list[Any], options: list[Axis]) -> XyzArgs:
     """script_args in A1111's order (fewer are filled with the defaults); an axis type may be its index or its
     label. BadRequest naming the argument that is wrong."""
-    if len(args) > len(ARG_NAMES):
-        raise BadRequest(f"script_args: X/Y/Z plot takes at most {len(ARG_NAMES)} arguments "
-                         f"({', '.join(ARG_NAMES)}); got {len(args)}")
-    values = dict(zip(ARG_NAMES, args))
+    values = named_args(args, ARG_NAMES, TITLE)
     for name in ("x_type", "y_type", "z_type"):
         if name in values:
             values[name] = _axis_index(values[name], options, name)
