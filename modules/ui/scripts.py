@@ -39,13 +39,8 @@ def build(engine: Engine, tab: str) -> dict[str, gr.components.Component]:
         with gr.Group(visible=False, elem_id=f"{tab}_script_outpainting_mk2") as groups[MK2]:
             gr.HTML("<p class='sd-hint'>Recommended settings: Sampling Steps: 80-100, Sampler: Euler a, Denoising "
                     "strength: 0.8</p>")
-            c["script_mk2_pixels"] = gr.Slider(8, 256, value=128, step=8, label="Pixels to expand",
-                                               elem_id=f"{tab}_outpainting_mk2_pixels")
-            c["script_mk2_mask_blur"] = gr.Slider(0, 64, value=8, step=1, label="Mask blur",
-                                                  elem_id=f"{tab}_outpainting_mk2_mask_blur")
-            c["script_mk2_direction"] = gr.CheckboxGroup(list(DIRECTIONS), value=list(DIRECTIONS),
-                                                         label="Outpainting direction",
-                                                         elem_id=f"{tab}_outpainting_mk2_direction")
+            _growth_controls(c, "script_mk2", f"{tab}_outpainting_mk2", blur=8)
+            _direction_control(c, "script_mk2", f"{tab}_outpainting_mk2")
             c["script_mk2_noise_q"] = gr.Slider(0.0, 4.0, value=1.0, step=0.01,
                                                 label="Fall-off exponent (lower=higher detail)",
                                                 elem_id=f"{tab}_outpainting_mk2_noise_q")
@@ -53,16 +48,11 @@ def build(engine: Engine, tab: str) -> dict[str, gr.components.Component]:
                                                         elem_id=f"{tab}_outpainting_mk2_color_variation")
     if OUTPAINTING in titles:
         with gr.Group(visible=False, elem_id=f"{tab}_script_poor_mans_outpainting") as groups[OUTPAINTING]:
-            c["script_po_pixels"] = gr.Slider(8, 256, value=128, step=8, label="Pixels to expand",
-                                              elem_id=f"{tab}_poor_mans_outpainting_pixels")
-            c["script_po_mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur",
-                                                 elem_id=f"{tab}_poor_mans_outpainting_mask_blur")
+            _growth_controls(c, "script_po", f"{tab}_poor_mans_outpainting", blur=4)
             c["script_po_fill"] = gr.Radio(["fill", "original", "latent noise", "latent nothing"], value="fill",
                                            type="index", label="Masked content",
                                            elem_id=f"{tab}_poor_mans_outpainting_inpainting_fill")
-            c["script_po_direction"] = gr.CheckboxGroup(list(DIRECTIONS), value=list(DIRECTIONS),
-                                                        label="Outpainting direction",
-                                                        elem_id=f"{tab}_poor_mans_outpainting_direction")
+            _direction_control(c, "script_po", f"{tab}_poor_mans_outpainting")
     with gr.Group(visible=False, elem_id=f"{tab}_script_prompt_matrix") as groups[MATRIX]:
         c["script_pm_put_at_start"] = gr.Checkbox(label="Put variable parts at start of prompt", value=False)
         c["script_pm_different_seeds"] = gr.Checkbox(label="Use different seed for each picture", value=False)
@@ -94,6 +84,18 @@ def build(engine: Engine, tab: str) -> dict[str, gr.components.Component]:
                   outputs=c["script_pf_text"], queue=False)
     _wire_xyz(engine, tab, c, fills)
     return c
+
+
+def _growth_controls(c: dict, key: str, elem: str, blur: int) -> None:
+    """The outpainting scripts' "Pixels to expand" and "Mask blur" (A1111's sliders; the blur's default differs)."""
+    c[f"{key}_pixels"] = gr.Slider(8, 256, value=128, step=8, label="Pixels to expand", elem_id=f"{elem}_pixels")
+    c[f"{key}_mask_blur"] = gr.Slider(0, 64, value=blur, step=1, label="Mask blur", elem_id=f"{elem}_mask_blur")
+
+
+def _direction_control(c: dict, key: str, elem: str) -> None:
+    """The outpainting scripts' "Outpainting direction": every side ticked."""
+    c[f"{key}_direction"] = gr.CheckboxGroup(list(DIRECTIONS), value=list(DIRECTIONS), label="Outpainting direction",
+                                             elem_id=f"{elem}_direction")
 
 
 def _xyz_controls(engine: Engine, tab: str, c: dict) -> dict[str, gr.Button]:
