@@ -6,7 +6,7 @@ White (255) means "repaint here". Pure functions of PIL images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -15,13 +15,13 @@ from modules import images
 
 
 def binary_mask(mask: Image.Image, round_mask: bool = True) -> Image.Image:
-    """An 'L' mask from what a client sends: the alpha channel of an RGBA image that has any
-    transparency, else its grey level; rounded to 0/255 (threshold 128) unless `round_mask` is off."""
+    """An 'L' mask from what a client sends, by A1111's `create_binary_mask`: the alpha channel of an RGBA image
+    that has any transparency, rounded to 0/255 (threshold 128) unless `round_mask` is off; else its grey level
+    as it is (a grey mask keeps its soft edges)."""
     if mask.mode == "RGBA" and mask.getextrema()[-1] != (255, 255):
-        grey = mask.getchannel("A")
-    else:
-        grey = mask.convert("L")
-    return grey.point(lambda v: 255 if v > 128 else 0) if round_mask else grey
+        alpha = mask.getchannel("A")
+        return alpha.point(lambda v: 255 if v > 128 else 0) if round_mask else alpha
+    return mask.convert("L")
 
 
 def _gaussian_kernel(sigma: float) -> np.ndarray:
@@ -154,3 +154,14 @@ def paste_back(generated: Image.Image, original: Image.Image, prepared: Prepared
     out = generated.convert("RGBA")
     out.alpha_composite(top)
     return out.convert("RGB")
+
+
+def with_overlay(prepared: PreparedMask, overlay: Image.Image, size: tuple[int, int]) -> PreparedMask:
+    """`prepared` with another overlay mask made at the processing size (soft inpainting's), placed as the
+    original is: for "Only masked" scaled into the crop box of an image of `size`, 0 (the original) around it."""
+    if prepared.crop is None:
+        return replace(prepared, overlay=overlay.convert("L"))
+    x1, y1, x2, y2 = prepared.crop
+    full = Image.new("L", size, 0)
+    full.paste(images.resize_image(1, overlay.convert("L"), x2 - x1, y2 - y1), (x1, y1))
+    return replace(prepared, overlay=full)

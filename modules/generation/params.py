@@ -6,7 +6,7 @@ the same clear message for the same bad value.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from PIL import Image
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -105,6 +105,81 @@ def _image(value: Any, info: ValidationInfo) -> Image.Image:
 InputImage = Annotated[Image.Image, BeforeValidator(_image)]
 
 
+SOFT_INPAINTING_ENABLED = "Soft inpainting enabled"
+
+
+class SoftInpainting(BaseModel):
+    """A1111's Soft inpainting (its built-in extension): at every step the init latent and the model's latent are
+    blended by the unrounded mask raised to a power that follows the noise level, and at the end the original
+    pixels are laid back wherever the picture changed little. Field names are A1111's controls' ids, the
+    bounds its sliders' (`title`: the page's label)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    mask_blend_power: float = Field(1.0, ge=0, le=8, title="Schedule bias",
+                                    description="Below 1 keeps more of the original late in sampling, above 1 early")
+    mask_blend_scale: float = Field(0.5, ge=0, le=8, title="Preservation strength",
+                                    description="How strongly partly masked content keeps the original")
+    inpaint_detail_preservation: float = Field(4.0, ge=1, le=32, title="Transition contrast boost",
+                                               description="Keeps the contrast that blending partly masked areas "
+                                                           "loses")
+    composite_mask_influence: float = Field(0.0, ge=0, le=1, title="Mask influence",
+                                            description="How much the mask biases the difference threshold")
+    composite_difference_threshold: float = Field(0.5, ge=0, le=8, title="Difference threshold",
+                                                  description="How much an area can change before the original is "
+                                                              "no longer laid back over it")
+    composite_difference_contrast: float = Field(2.0, ge=0, le=8, title="Difference contrast",
+                                                 description="How sharp that transition is")
+
+    # the infotext keys A1111 writes after "Soft inpainting enabled: True", in its order
+    KEYS: ClassVar[dict[str, str]] = {
+        "mask_blend_power": "Soft inpainting schedule bias",
+        "mask_blend_scale": "Soft inpainting preservation strength",
+        "inpaint_detail_preservation": "Soft inpainting transition contrast boost",
+        "composite_mask_influence": "Soft inpainting mask influence",
+        "composite_difference_threshold": "Soft inpainting difference threshold",
+        "composite_difference_contrast": "Soft inpainting difference contrast",
+    }
+
+    def infotext_fields(self) -> dict[str, Any]:
+        """The keys A1111 adds to an image's infotext, numbers written as its page sends them (1, not 1.0)."""
+        out: dict[str, Any] = {SOFT_INPAINTING_ENABLED: True}
+        for name, key in self.KEYS.items():
+            value = getattr(self, name)
+            out[key] = int(value) if float(value).is_integer() else value
+        return out
+
+    @classmethod
+    def from_script_args(cls, args: list[Any]) -> "SoftInpainting | None":
+        """A1111's script arguments (`alwayson_scripts: {"soft inpainting": {"args": [...]}}`): enabled, then the
+        six numbers in KEYS' order; those left out keep their defaults. None when it is off."""
+        if not isinstance(args, list):
+            raise ValueError("soft inpainting: args must be a list [enabled, schedule bias, preservation strength, "
+                             "transition contrast boost, mask influence, difference threshold, difference contrast]")
+        if len(args) > 1 + len(cls.KEYS):
+            raise ValueError(f"soft inpainting: at most {1 + len(cls.KEYS)} args (got {len(args)})")
+        if not args or not args[0]:
+            return None
+        return cls(**dict(zip(cls.KEYS, args[1:])))
+
+    def script_args(self) -> list[Any]:
+        return [True, *(getattr(self, name) for name in self.KEYS)]
+
+    @classmethod
+    def from_infotext(cls, parsed: dict[str, Any]) -> "SoftInpainting | None":
+        """The settings an infotext (parsed) gives; None when it does not say `Soft inpainting enabled: True`.
+        ValueError naming a key whose value is not a number."""
+        if str(parsed.get(SOFT_INPAINTING_ENABLED, "")).strip().lower() != "true":
+            return None
+        values = {}
+        for name, key in cls.KEYS.items():
+            if key in parsed:
+                try:
+                    values[name] = float(parsed[key])
+                except (TypeError, ValueError):
+                    raise ValueError(f"infotext: {key} {parsed[key]!r} is not a number") from None
+        return cls(**values)
+
+
 class Img2ImgParams(GenerationParams):
     """img2img and inpainting: A1111's field names and (UI) defaults. `width` x `height` is the size the
     image is processed at. With several init images, one batch holds one of each (A1111's rule)."""
@@ -129,6 +204,8 @@ class Img2ImgParams(GenerationParams):
     inpaint_full_res_padding: int = Field(32, ge=0, le=1024)
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="0 inpaint masked, 1 inpaint not masked")
     initial_noise_multiplier: float | None = Field(None, ge=0, description="None: 1.0")
+    soft_inpainting: SoftInpainting | None = Field(
+        None, description="With a mask: A1111's Soft inpainting (the mask is then not rounded); None: off")
 
     @field_validator("denoising_strength")
     @classmethod

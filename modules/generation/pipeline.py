@@ -20,10 +20,11 @@ import torch
 from PIL import Image
 
 from modules import devices, images, upscaling
-from modules.generation import extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules, vae_tiling
+from modules.generation import (extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules,
+                                soft_inpainting, vae_tiling)
 from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
 from modules.generation.context import JobContext, RefinerPlan
-from modules.generation.params import Img2ImgParams
+from modules.generation.params import Img2ImgParams, SoftInpainting
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import JobInterrupted, JobSkipped
 from modules.models import depth, low_memory, taesd
@@ -264,25 +265,31 @@ LATENT_OVERFLOW = 1e6
 @dataclass
 class Start:
     """Where img2img sampling starts: the init latent (scaled), noised to step `steps - t_enc - 1` of the
-    schedule, so that t_enc + 1 steps run. With `mask` (1 = repaint, 0 = keep; latent size) every step's
-    prediction is blended with the init latent outside the mask, as A1111 blends its denoised x0."""
+    schedule, so that t_enc + 1 steps run. With `mask` (1 = repaint, 0 = keep; latent size) the init latent is
+    blended in at every step, as A1111 does: into the x0 prediction after each U-Net call for the k-diffusion
+    samplers, into the U-Net's input before it for DDIM, PLMS and UniPC (its `mask_before_denoising`), and into
+    the result at the end. `soft`: A1111's Soft inpainting blend instead of the plain one (and no blend at the
+    end)."""
     latent: torch.Tensor
     t_enc: int
     mask: torch.Tensor | None = None
+    soft: SoftInpainting | None = None
 
+    def blend(self, current: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """`current` with the init latent outside the mask (A1111's current * nmask + init_latent * mask), or soft
+        inpainting's blend at noise level `sigma`."""
+        if self.mask is None:
+            return current
+        if self.soft is not None:
+            return soft_inpainting.blend(self.soft, self.latent, current, self.mask, sigma)
+        return current * self.mask + self.latent * (1 - self.mask)
 
-def _keep_unmasked(out: torch.Tensor, x_in: torch.Tensor, levels: tuple[float, float], start: Start,
-                   prediction_type: str) -> torch.Tensor:
-    """The model output whose x0 prediction is the model's inside the mask and the init latent outside.
-    x_in = alpha*x0 + sigma*eps for every sampler's U-Net input, and the output is affine in x0, so
-    blending the outputs with the mask is blending the x0 predictions (A1111's denoised*nmask +
-    init_latent*mask)."""
-    alpha, sigma = levels
-    if prediction_type == "v_prediction":
-        keep = (alpha * x_in - start.latent) / sigma  # v = (alpha*x_in - x0) / sigma
-    else:
-        keep = (x_in - alpha * start.latent) / sigma  # eps = (x_in - alpha*x0) / sigma
-    return out * start.mask + keep * (1 - start.mask)
+    def final(self, samples: torch.Tensor) -> torch.Tensor:
+        """The sampled latents blended with the init latent once more (A1111's img2img `sample`); soft
+        inpainting keeps them as they are."""
+        if self.mask is None or self.soft is not None:
+            return samples
+        return samples * self.mask + self.latent * (1 - self.mask)
 
 
 def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.SamplerChoice, steps: int,
@@ -296,9 +303,11 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
         denoiser.switch.total_calls = (steps if start is None else start.t_enc + 1) * (2 if choice.spec.second_order
                                                                                       else 1)
     if prepared.state == "timestep":
-        return _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
-    first = 0 if start is None else steps - start.t_enc - 1
-    return _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
+        out = _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
+    else:
+        first = 0 if start is None else steps - start.t_enc - 1
+        out = _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
+    return out if start is None else start.final(out)
 
 
 def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
@@ -327,10 +336,10 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
             hooks.check()
         if denoiser.switch is not None:  # these samplers' model input is the timestep itself
             denoiser.maybe_switch(int(t))
+        if start is not None:  # A1111 blends these samplers' U-Net input (its sampler goes on from x unblended)
+            x = start.blend(x, t.float())
         out = denoiser(x, t.float())
         a_t = alphas[int(t)]
-        if start is not None and start.mask is not None:
-            out = _keep_unmasked(out, x, (a_t.sqrt().item(), (1 - a_t).sqrt().item()), start, model.prediction_type)
         if denoiser.keep_uncond:
             u = denoiser.last_uncond
             last_uncond.append(a_t.sqrt() * u + (1 - a_t).sqrt() * x if v_model else u)
@@ -374,9 +383,7 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
             x0 = x * (1 / (sigma ** 2 + 1)) + out * (-sigma / (sigma ** 2 + 1) ** 0.5)
         else:
             x0 = x + denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas)) * -sigma
-        if start is not None and start.mask is not None:  # keep the init latent outside the mask
-            x0 = x0 * start.mask + start.latent * (1 - start.mask)
-        return x0
+        return x0 if start is None else start.blend(x0, sigma)  # the init latent outside the mask
 
     if choice.spec.brownian_noise and seeds is not None:
         step_noise = rng.BrownianNoise(x, sigmas, seeds)
@@ -596,7 +603,8 @@ class _Plan:
     image_cond: torch.Tensor | None = None
     start: Callable[[list[int]], Start] | None = None  # img2img: the start for a batch's seeds
     noise_multiplier: float = 1.0
-    finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None  # e.g. paste the original back
+    # e.g. paste the original back: (decoded images, the latents they were decoded from, the batch's start)
+    finish: Callable[[list[Image.Image], torch.Tensor, Start | None], list[Image.Image]] | None = None
     hires: bool = False  # txt2img with Hires. fix: a second pass after the first
     schedule_steps: int | None = None  # img2img: the schedule's length when it is not params.steps
 
@@ -797,7 +805,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             partial = last_x0[-1] if last_x0 else None
             if partial is not None:
                 images = models.decode(partial, lambda: True, unet_time.seconds) or sketch(partial)
-                yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
+                yield BatchOutput(plan.finish(images, partial, start) if plan.finish else images, batch_seeds, b,
                                   interrupted=not skipped, skipped=skipped, vae_tiled=models.vae_tiled)
             if skipped:
                 continue
@@ -822,13 +830,14 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         images = models.decode(latents, stopping, unet_time.seconds)
         if images is None:  # a long decode that was stopped: shown as an interrupted / skipped batch
             images = sketch(latents)
-            yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b,
+            yield BatchOutput(plan.finish(images, latents, start) if plan.finish else images, batch_seeds, b,
                               interrupted=stop == ["interrupted"], skipped=stop == ["skipped"],
                               vae_tiled=models.vae_tiled)
             if stop == ["skipped"]:
                 continue
             return
-        yield BatchOutput(plan.finish(images) if plan.finish else images, batch_seeds, b, vae_tiled=models.vae_tiled)
+        yield BatchOutput(plan.finish(images, latents, start) if plan.finish else images, batch_seeds, b,
+                          vae_tiled=models.vae_tiled)
 
 
 def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: list[int], subseeds: list[int] | None,
@@ -914,6 +923,14 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
     fields: dict[str, Any] = {}
     notes: list[str] = []
     prepared_mask = None
+    soft = params.soft_inpainting if params.mask is not None else None
+    if soft is not None:  # A1111's extension adds its keys before img2img adds its own, and unrounds the mask
+        fields.update(soft.infotext_fields())
+    round_mask = params.mask_round and soft is None
+    if soft is not None and ctx.choice.spec.state == "timestep":
+        notes.append(f"Soft inpainting with {ctx.choice.spec.name}: as in A1111, this sampler blends the original "
+                     "into the U-Net's input only, so the area outside the mask may change too; a k-diffusion "
+                     "sampler (Euler, DPM++ ...) keeps it")
     if params.mask is not None:
         mask = params.mask
         if mask.size != params.init_images[0].size:  # the mask is drawn over the init image
@@ -925,7 +942,7 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
         prepared_mask, note = masking.prepare(
             mask, width, height, params.resize_mode, bool(params.inpainting_mask_invert),
             params.mask_blur_x, params.mask_blur_y, params.inpaint_full_res, params.inpaint_full_res_padding,
-            params.mask_round)
+            round_mask)
         if note:
             notes.append(note)
         if prepared_mask is not None and prepared_mask.crop is not None:
@@ -966,7 +983,7 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
     pixel_mask = latent_mask = None
     if prepared_mask is not None:
         m = np.asarray(prepared_mask.mask, dtype=np.float32) / 255.0
-        pixel_mask = torch.from_numpy(np.around(m) if params.mask_round else m)[None, None]
+        pixel_mask = torch.from_numpy(np.around(m) if round_mask else m)[None, None]
         if params.latent_mask is not None:  # A1111: its first channel (of its RGB), straight to the latent's size
             latent = params.latent_mask
             first = latent.getchannel(0) if latent.mode in ("L", "RGB") else latent.convert("RGB").getchannel(0)
@@ -974,7 +991,7 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
         else:
             small = prepared_mask.mask.resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)
         lm = np.asarray(small, dtype=np.float32) / 255.0
-        latent_mask = torch.from_numpy(np.around(lm) if params.mask_round else lm)[None, None].to(model.device)
+        latent_mask = torch.from_numpy(np.around(lm) if round_mask else lm)[None, None].to(model.device)
     image_cond = depth_map = None
     if model.config.is_depth:  # the depth of the first (filled) input at the processing size, as A1111
         first = inputs[0] if inputs[0].size == (width, height) else images.resize_image(0, inputs[0], width, height)
@@ -996,12 +1013,17 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
                 init = keep + fresh * latent_mask
             else:  # latent nothing
                 init = keep
-        return Start(init, t_enc, latent_mask)
+        return Start(init, t_enc, latent_mask, soft if latent_mask is not None else None)
 
-    def finish(decoded: list[Image.Image]) -> list[Image.Image]:
+    def finish(decoded: list[Image.Image], latents: torch.Tensor, start: Start | None) -> list[Image.Image]:
         if prepared_mask is None:
             return decoded
-        return [masking.paste_back(im, originals[i % len(originals)], prepared_mask) for i, im in enumerate(decoded)]
+        overlays = [prepared_mask] * len(decoded)
+        if start is not None and start.soft is not None:  # laid back where the picture changed little
+            masks = soft_inpainting.overlay_masks(start.soft, start.mask, start.latent, latents, width, height)
+            overlays = [masking.with_overlay(prepared_mask, m, originals[i % len(originals)].size)
+                        for i, m in enumerate(masks)]
+        return [masking.paste_back(im, originals[i % len(originals)], overlays[i]) for i, im in enumerate(decoded)]
 
     plan = _Plan(shape, image_cond, start, multiplier, finish, schedule_steps=schedule_steps)
     return Img2ImgInputs(plan, t_enc + 1, fields, notes, depth_map)

@@ -153,10 +153,10 @@ def _editor_parts(value) -> tuple[Image.Image | None, Image.Image | None, Image.
 
 
 def _mask_from_upload(mask: Image.Image) -> Image.Image:
-    """An uploaded mask: white = repaint. A mask with transparency counts its opaque parts (A1111 uses the
-    alpha channel when there is one, else the brightness)."""
-    if mask.mode in ("RGBA", "LA") and np.asarray(mask.getchannel("A")).min() < 255:
-        return mask.getchannel("A").point(lambda a: 255 if a > 0 else 0)
+    """An uploaded mask as the engine reads it (A1111's rule, see masking.binary_mask): its alpha channel when it
+    has transparency (opaque = repaint), else its brightness (white = repaint)."""
+    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+        return mask.convert("RGBA")
     return mask.convert("L")
 
 

@@ -17,7 +17,9 @@ from PIL import Image, ImageDraw
 
 from modules import images, infotext
 from modules.generation import context, masking, pipeline, rng, samplers, schedules
+from modules.generation.params import SoftInpainting
 from tests.support import kdiffusion_ref as K
+from tests.support import soft_inpainting_ref as soft_ref
 from tests.support.img2img import data, engine, init_image, left_half_mask, manager, params  # noqa: F401 (fixtures)
 from tests.support.server import start_server, stop_server
 
@@ -149,6 +151,55 @@ def test_ddim_starts_at_the_noise_level_of_a1111s_t_enc(model):
     assert [t for _, t in denoiser.calls] == [1 + k * (1000 // steps) for k in range(t_enc - 1, 0, -1)]
     a = model.alphas_cumprod[1 + t_enc * (1000 // steps)]
     assert torch.allclose(denoiser.calls[0][0], a.sqrt() * init + (1 - a).sqrt() * noise, atol=1e-5)
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["plain", "soft"])
+def test_ddim_inpainting_blends_the_unet_input_as_a1111(model, soft):
+    """A1111 (1.8 on) blends the init latent into DDIM's U-Net input before each call
+    (CFGDenoiserTimesteps.mask_before_denoising), while its DDIM loop (sd_samplers_timesteps_impl.ddim) goes on
+    from x unblended; after sampling, img2img's `sample` blends the result once more (not with soft inpainting,
+    whose step blend takes the U-Net timestep as its sigma). Written out here from those sources."""
+    steps, t_enc = 10, samplers.img2img_t_enc(10, 0.6)
+    init = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(5)) * 0.8
+    mask = torch.zeros(1, 1, *SHAPE[1:])
+    mask[..., :4] = 1
+    mask[..., 4] = 0.4  # a partly masked column (an unrounded mask)
+    cond, uncond = model.text.encode("a red circle")[None], model.text.encode("")[None]
+    settings = SoftInpainting() if soft else None
+    gens = rng.create_generators([11, 12], "CPU", torch.device("cpu"))
+    noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
+    denoiser = Recording(model, cond, uncond, 5.0)
+    with torch.no_grad():
+        got = pipeline.sample(model, denoiser, noise, samplers.resolve("DDIM"), steps, gens, pipeline.Hooks(),
+                              pipeline.Start(init, t_enc, mask, settings))
+        plain = pipeline.Denoiser(model, cond, uncond, 5.0)
+        ac = model.alphas_cumprod
+        ts = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
+        a0 = ac[ts[t_enc]]
+        x = init * a0.sqrt() + noise * (1 - a0).sqrt()
+        ts = ts[:t_enc]
+        a, a_prev = ac[ts], ac[torch.nn.functional.pad(ts[:-1], (1, 0))]
+        inputs = []
+        for i in range(len(ts) - 1):
+            index = len(ts) - 1 - i
+            t = ts[index].float()
+            x_in = soft_ref.step_blend(init, x, mask, t) if soft else x * mask + init * (1 - mask)
+            inputs.append(x_in)
+            out = plain(x_in, t)
+            a_t, a_p = a[index].item(), a_prev[index].item()
+            e_t = a_t ** 0.5 * out + (1 - a_t) ** 0.5 * x_in if model.prediction_type == "v_prediction" else out
+            x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t ** 0.5
+            x = a_p ** 0.5 * x0 + (1 - a_p) ** 0.5 * e_t
+        expected = x if soft else x * mask + init * (1 - mask)
+    assert len(denoiser.calls) == len(inputs)
+    for (seen, _), want in zip(denoiser.calls, inputs):
+        assert torch.allclose(seen, want, atol=1e-5)
+    if not soft:  # the U-Net sees the clean init latent where nothing is repainted
+        assert torch.equal(denoiser.calls[0][0][..., 5:], init[..., 5:])
+    scale = expected.abs().max().item()
+    assert (got - expected).abs().max().item() <= 1e-5 * scale
+    if not soft:
+        assert torch.equal(got[..., 5:], init[..., 5:])
 
 
 def test_denoising_strength_controls_how_far_the_latent_moves(manager):
