@@ -32,7 +32,7 @@ from modules.api import schemas
 from modules.auth import Credentials
 from modules.engine import BadRequest, Engine, Interrupted, OverLimit, UnknownOption, describe_validation_error
 from modules.generation import samplers
-from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.generation.params import GenerationParams, Img2ImgParams, SoftInpainting
 from modules.jobs import JobCancelled, JobState
 from modules.limits import Limits
 from modules.models.checkpoint_file import CheckpointError
@@ -171,6 +171,10 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     for name, value in values.items():
         if name in allowed and name not in req.model_fields_set:
             setattr(req, name, value)
+    soft = values.pop("soft_inpainting", None)  # A1111 fills an always-on script's args from the infotext too
+    if soft is not None and "soft inpainting" in getattr(req, "ALWAYSON", ()) \
+            and not any(k.strip().lower() == "soft inpainting" for k in req.alwayson_scripts):
+        req.alwayson_scripts = {**req.alwayson_scripts, "soft inpainting": {"args": soft.script_args()}}
     if pasted.script is not None and "script_name" not in req.model_fields_set:  # a plot's grid: the plot again
         req.script_name, req.script_args = pasted.script[0], pasted.script[1]
     overrides, warnings = engine.paste.overrides(pasted.settings, req.override_settings or {})
@@ -279,17 +283,29 @@ def to_img2img_params(req: schemas.Img2ImgRequest, limits: Limits | None = None)
             mask_round=req.mask_round, latent_mask=req.latent_mask or None, inpainting_fill=req.inpainting_fill,
             inpaint_full_res=req.inpaint_full_res,
             inpaint_full_res_padding=req.inpaint_full_res_padding, inpainting_mask_invert=req.inpainting_mask_invert,
-            initial_noise_multiplier=req.initial_noise_multiplier),
+            initial_noise_multiplier=req.initial_noise_multiplier, soft_inpainting=soft_inpainting(req)),
             context={"max_input_pixels": limits.max_input_pixels})
     except ValidationError as e:
         raise BadRequest(describe_validation_error(e)) from None
+
+
+def soft_inpainting(req: schemas.Img2ImgRequest) -> SoftInpainting | None:
+    """The Soft inpainting settings of `alwayson_scripts` ("soft inpainting": {"args": [enabled, ...]}, A1111's
+    order); BadRequest naming what is wrong with them."""
+    try:
+        args = req.alwayson_args("soft inpainting")
+        return None if args is None else SoftInpainting.from_script_args(args)
+    except ValidationError as e:
+        raise BadRequest("alwayson_scripts: soft inpainting: " + describe_validation_error(e)) from None
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
 
 
 def build_response(engine: Engine, req: schemas.Txt2ImgRequest, result, warnings: list[str],
                    parameters: dict[str, Any]) -> schemas.Txt2ImgResponse:
     """A1111's txt2img/img2img response for a finished job (blocking: encodes the images)."""
     result.warnings.extend(warnings)
-    result.warnings.extend(f"{name} is not supported yet and was ignored" for name in req.unsupported_fields())
+    result.warnings.extend(req.unsupported_warnings())
     if req.override_settings and not req.override_settings_restore_afterwards:
         engine.set_options(req.override_settings)
     shown = ([result.grid] if result.grid is not None else []) + result.images
@@ -571,13 +587,16 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
 
     @r.get("/scripts", response_model=schemas.ScriptsList)
     def scripts():
-        """The selectable scripts (script_name), lower case as A1111 lists them; there are no always-on ones."""
-        return schemas.ScriptsList(txt2img=engine.scripts.names("txt2img"), img2img=engine.scripts.names("img2img"))
+        """The scripts, lower case as A1111 lists them: the selectable ones (script_name), then img2img's always-on
+        Soft inpainting (alwayson_scripts)."""
+        return schemas.ScriptsList(txt2img=engine.scripts.names("txt2img"),
+                                   img2img=engine.scripts.names("img2img") + ["soft inpainting"])
 
     @r.get("/script-info", response_model=list[schemas.ScriptInfo])
     def script_info():
-        """Each script's arguments (script_args), in order, for each tab."""
-        return [schemas.ScriptInfo(**info) for info in engine.scripts.info()]
+        """Each script's arguments (script_args, or an always-on script's args), in order, for each tab."""
+        soft = dict(name="soft inpainting", is_alwayson=True, is_img2img=True, args=SoftInpainting.info_args())
+        return [schemas.ScriptInfo(**info) for info in [*engine.scripts.info(), soft]]
 
     @r.get("/extensions", response_model=list[schemas.ExtensionItem])
     def extensions():

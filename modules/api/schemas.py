@@ -74,18 +74,45 @@ class Txt2ImgRequest(BaseModel):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
 
-    def unsupported_fields(self) -> list[str]:
-        """Names of fields set to something the engine cannot do yet."""
+    # the always-on scripts (alwayson_scripts keys, case-insensitive, as A1111 matches titles) this tab runs
+    ALWAYSON: ClassVar[frozenset[str]] = frozenset()
+    IMG2IMG_ALWAYSON: ClassVar[frozenset[str]] = frozenset({"soft inpainting"})
+
+    def alwayson_args(self, name: str) -> list[Any] | None:
+        """The `args` the request gives always-on script `name`; None when it does not name it or gives no args
+        (A1111 then runs the script with its page's defaults, which for Soft inpainting is off). ValueError for
+        an entry A1111 could not read."""
+        for key, entry in self.alwayson_scripts.items():
+            if key.strip().lower() != name:
+                continue
+            if not isinstance(entry, dict):
+                raise ValueError(f'alwayson_scripts: {key!r} must be an object such as {{"args": [...]}}')
+            args = entry.get("args")
+            if args is None:
+                return None
+            if not isinstance(args, list):
+                raise ValueError(f"alwayson_scripts: {key!r} args must be a list")
+            return args
+        return None
+
+    def unsupported_warnings(self) -> list[str]:
+        """A warning for each field set to something the engine cannot do yet, and each always-on script it
+        does not have (A1111 answers 422 for a script it lacks; here the job runs without it)."""
         defaults = Txt2ImgRequest()
-        ignored_when_default = (
-            "restore_faces", "s_min_uncond",
-            "firstpass_image", "alwayson_scripts",
-        )
         out = []
-        for name in ignored_when_default:
+        for name in ("restore_faces", "s_min_uncond", "firstpass_image"):
             value = getattr(self, name)
             if value != getattr(defaults, name) and value not in (None, [], {}, False, 0, -1):
-                out.append(name)
+                out.append(f"{name} is not supported yet and was ignored")
+        for key in self.alwayson_scripts:
+            name = key.strip().lower()
+            if name in self.ALWAYSON:
+                continue
+            if name in self.IMG2IMG_ALWAYSON:
+                out.append(f"alwayson_scripts: {key!r} works in img2img only and was ignored")
+            else:
+                out.append(f"alwayson_scripts: {key!r} is not a script here (extensions are not supported); "
+                           "it was ignored")
         return out
 
 
@@ -109,6 +136,8 @@ class Img2ImgRequest(Txt2ImgRequest):
     initial_noise_multiplier: float | None = None
     latent_mask: str | None = None
     include_init_images: bool = False
+
+    ALWAYSON: ClassVar[frozenset[str]] = Txt2ImgRequest.IMG2IMG_ALWAYSON
 
     # txt2img's hires-fix fields, which A1111's img2img request does not have
     HIRES_FIELDS: ClassVar[frozenset[str]] = frozenset({

@@ -140,6 +140,27 @@ class SoftInpainting(BaseModel):
         "composite_difference_contrast": "Soft inpainting difference contrast",
     }
 
+    # A1111's sliders' steps (their bounds are the fields')
+    STEPS: ClassVar[dict[str, float]] = {
+        "mask_blend_power": 0.1, "mask_blend_scale": 0.05, "inpaint_detail_preservation": 0.5,
+        "composite_mask_influence": 0.05, "composite_difference_threshold": 0.25,
+        "composite_difference_contrast": 0.25,
+    }
+
+    @classmethod
+    def bounds(cls, name: str) -> tuple[float, float]:
+        metadata = cls.model_fields[name].metadata
+        return (next(m.ge for m in metadata if hasattr(m, "ge")), next(m.le for m in metadata if hasattr(m, "le")))
+
+    @classmethod
+    def info_args(cls) -> list[dict[str, Any]]:
+        """The arguments as A1111's /script-info lists them: the enable box, then the sliders."""
+        out: list[dict[str, Any]] = [dict(label="Soft inpainting", value=False)]
+        for name, info in cls.model_fields.items():
+            low, high = cls.bounds(name)
+            out.append(dict(label=info.title, value=info.default, minimum=low, maximum=high, step=cls.STEPS[name]))
+        return out
+
     def infotext_fields(self) -> dict[str, Any]:
         """The keys A1111 adds to an image's infotext, numbers written as its page sends them (1, not 1.0)."""
         out: dict[str, Any] = {SOFT_INPAINTING_ENABLED: True}

@@ -9,8 +9,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from modules import infotext
+from modules.generation.params import SoftInpainting
 from modules.services.checkpoints import CheckpointService
-from modules.services.errors import BadRequest
+from modules.services.errors import BadRequest, describe_validation_error
 from modules.services.networks import NetworksService
 from modules.services.options import OptionsService
 from modules.services.scripts import xyz
@@ -48,6 +49,14 @@ class InfotextReader:
             raise BadRequest(str(e)) from None
         if txt2img:
             values["enable_hr"] = "Denoising strength" in parsed
+        else:
+            try:
+                soft = SoftInpainting.from_infotext(parsed)
+            except ValueError as e:  # a bad number, or one out of the sliders' range
+                raise BadRequest(describe_validation_error(e) if isinstance(e, ValidationError) else str(e)) \
+                    from None
+            if soft is not None:
+                values["soft_inpainting"] = soft
         checkpoint = None
         for key in ("Model hash", "Model"):
             found = self._checkpoints.find(str(parsed[key])) if parsed.get(key) else None

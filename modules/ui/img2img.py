@@ -14,7 +14,8 @@ from PIL import Image
 from modules import images
 from modules.engine import BadRequest, Engine
 from modules.generation.params import Img2ImgParams
-from modules.ui import common, extra_networks as extra_networks_ui, progress, refiner, runner, scripts, toprow
+from modules.ui import (common, extra_networks as extra_networks_ui, progress, refiner, runner, scripts,
+                        soft_inpainting, toprow)
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -113,6 +114,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Img2ImgTab:
                     fields["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
                                                                    label="Only masked padding, pixels",
                                                                    elem_id="img2img_inpaint_full_res_padding")
+                fields.update(soft_inpainting.build())
             fields.update(refiner.build(engine, "img2img"))
             fields.update(scripts.build(engine, "img2img"))
             # The sub-tab's select sets the mode in the page and the inpaint options' visibility from the server
@@ -192,7 +194,7 @@ def init_and_mask(mode: int, values: dict) -> tuple[Image.Image, Image.Image | N
 
 def make_params(values: dict, image: Image.Image, mask: Image.Image | None, scale_tab: int,
                 scale_by: float) -> Img2ImgParams:
-    v = refiner.request_values(values)
+    v = soft_inpainting.request_values(refiner.request_values(values))
     v["tiling"] = bool(v.get("tiling"))  # what the box shows (it starts as the setting)
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                  "seed_resize_from_h", "mask_blur", "inpaint_full_res_padding"):

@@ -10,7 +10,7 @@ import gradio as gr
 
 from modules.engine import Engine
 from modules.generation import samplers
-from modules.ui import scripts
+from modules.ui import scripts, soft_inpainting
 
 
 def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -32,6 +32,10 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
     values["enable_refiner"] = "refiner_checkpoint" in values
     # the Tiling box is ticked exactly when the infotext says `Tiling: True` (A1111 writes nothing otherwise)
     values.setdefault("tiling", False)
+    # Soft inpainting's accordion: filled when the infotext has its keys, left as it is when not (as A1111)
+    soft = values.pop("soft_inpainting", None)
+    if soft is not None:
+        values.update(soft_inpainting.pasted(soft))
     values.update(scripts.pasted_values(engine, text, "txt2img" if txt2img else "img2img"))  # a plot's grid
     return values, settings
 

@@ -20,8 +20,9 @@ from playwright.sync_api import expect
 from scipy import ndimage
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    SCREENSHOTS, JobView, SentRequests, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view,
-    page, read_value, select_option, set_number, ui_server, upload_file, wait_for_gallery)
+    SCREENSHOTS, JobView, SentRequests, block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls,
+    job_view, open_accordion, page, read_value, select_option, set_checkbox, set_number, ui_server, upload_file,
+    wait_for_gallery)
 from tests.support.shapes_judge import judge
 from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, rgb, wait_for_step,
                                 wait_idle)
@@ -230,6 +231,42 @@ def test_inpaint_upload_repaints_only_the_masked_square(page, tmp_path):
     core = ndimage.binary_erosion(inside, iterations=10)
     change = np.abs(result.astype(int) - original.astype(int))[core].mean()
     assert change > 30, f"the masked area barely changed (mean difference {change:.1f})"
+
+
+def test_soft_inpainting_from_the_page_and_its_paste(page, tmp_path):
+    source, original = input_image(tmp_path)
+    mask = np.zeros((128, 128), dtype=np.uint8)
+    mask[40:88, 40:88] = 255
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask, "L").save(mask_path)
+
+    open_tab(page, "tab_img2img")
+    open_tab(page, "img2img_inpaint_upload_tab")
+    upload_file(page, "img_inpaint_base", source)
+    upload_file(page, "img_inpaint_mask", mask_path)
+    open_accordion(page, "soft_inpainting", "Soft inpainting")
+    set_checkbox(page, "soft_inpainting_enabled", True)
+    set_number(page, "mask_blend_power", 1.5)
+    fill_text(page, "img2img_prompt", "a yellow circle on a blue background")
+    set_number(page, "img2img_steps", 6)
+    set_number(page, "img2img_denoising_strength", 0.9)
+    set_number(page, "img2img_seed", 4)
+    page.locator("#img2img_generate").click()
+    urls = wait_for_gallery(page, "img2img_gallery", 1)
+    wait_idle(page, "img2img")
+    infotext = read_value(page, "img2img_infotext")
+    assert "Soft inpainting enabled: True, Soft inpainting schedule bias: 1.5, " in infotext, infotext
+    result = rgb(fetch_image(page, urls[0])).astype(int)
+    # the changed area's reach: the blurred mask, two latent pixels of the soft maximum, the resize and its blur
+    far = ~ndimage.binary_dilation(mask > 0, iterations=40)
+    assert np.abs(result - original.astype(int))[far].max() <= 2
+    core = ndimage.binary_erosion(mask > 0, iterations=10)
+    assert np.abs(result - original.astype(int))[core].mean() > 20
+
+    fill_text(page, "img2img_prompt", infotext.replace("schedule bias: 1.5", "schedule bias: 2.5"))
+    page.locator("#img2img_paste").click()
+    expect(block(page, "mask_blend_power").locator("input[type=number]").first).to_have_value("2.5")
+    expect(block(page, "soft_inpainting_enabled").locator("input[type=checkbox]")).to_be_checked()
 
 
 def test_img2img_without_an_image_says_so_and_the_page_keeps_working(page):

@@ -445,6 +445,8 @@ def test_api_img2img_and_inpaint_round_trip(server):
     (dict(mask="bm9wZQ=="), 400, "mask: Invalid encoded image"),
     (dict(mask=b64png(left_half_mask()), latent_mask="bm9wZQ=="), 400, "latent_mask: Invalid encoded image"),
     (dict(denoising_strength="lots"), 422, "denoising_strength"),
+    (dict(alwayson_scripts={"soft inpainting": {"args": [True, 1, 0.5, 0]}}), 400, "inpaint_detail_preservation"),
+    (dict(alwayson_scripts={"Soft Inpainting": {"args": "yes"}}), 400, "args must be a list"),
 ])
 def test_api_bad_input_is_refused_with_the_field_named(server, body, status, needle):
     url, proc = server
@@ -452,6 +454,44 @@ def test_api_bad_input_is_refused_with_the_field_named(server, body, status, nee
     r = post(url, **request)
     assert r.status_code == status and needle in r.text, r.text
     assert proc.poll() is None
+
+
+@pytest.mark.server
+def test_api_soft_inpainting_through_alwayson_scripts_and_infotext(server):
+    """A1111's API: always-on scripts by title (any case), args in the script's order; its infotext fills the
+    script's args when the request does not give them. A script that is not here is a warning, not silence."""
+    url, _ = server
+    base = dict(init_images=[b64png(init_image())], mask=b64png(left_half_mask()), inpaint_full_res=False,
+                width=64, height=64, steps=4, seed=3)
+    r = post(url, **base, alwayson_scripts={"Soft Inpainting": {"args": [True, 1.5, 0.5, 4, 0, 0.5, 2]}})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    text = info["infotexts"][0]
+    assert "Soft inpainting enabled: True, Soft inpainting schedule bias: 1.5" in text and info["warnings"] == []
+    again = post(url, **base, infotext=text)
+    assert again.json()["images"][0] == r.json()["images"][0]
+    plain = post(url, **base)
+    assert plain.json()["images"][0] != r.json()["images"][0]
+    assert "Soft inpainting" not in json.loads(plain.json()["info"])["infotexts"][0]
+    off = post(url, **base, alwayson_scripts={"soft inpainting": {"args": [False]}, "ControlNet": {"args": []}})
+    assert off.json()["images"][0] == plain.json()["images"][0]
+    assert json.loads(off.json()["info"])["warnings"] == [
+        "alwayson_scripts: 'ControlNet' is not a script here (extensions are not supported); it was ignored"]
+    t2i = requests.post(url + "/sdapi/v1/txt2img", json=dict(
+        prompt="a cat", width=64, height=64, steps=1, alwayson_scripts={"soft inpainting": {"args": [True]}}),
+        timeout=300)
+    assert json.loads(t2i.json()["info"])["warnings"] == [
+        "alwayson_scripts: 'soft inpainting' works in img2img only and was ignored"]
+    names = requests.get(url + "/sdapi/v1/scripts", timeout=30).json()
+    assert names["img2img"][-1] == "soft inpainting" and "soft inpainting" not in names["txt2img"]
+    soft = next(s for s in requests.get(url + "/sdapi/v1/script-info", timeout=30).json()
+                if s["name"] == "soft inpainting")
+    assert soft["is_alwayson"] and soft["is_img2img"]
+    assert [a["label"] for a in soft["args"]] == [
+        "Soft inpainting", "Schedule bias", "Preservation strength", "Transition contrast boost", "Mask influence",
+        "Difference threshold", "Difference contrast"]
+    assert soft["args"][3] == dict(label="Transition contrast boost", value=4.0, minimum=1.0, maximum=32.0,
+                                   step=0.5, choices=None)
 
 
 @pytest.mark.server

@@ -139,3 +139,53 @@ def test_the_api_fills_the_refiner_fields_the_request_leaves_unset(engine):  # n
     request = schemas.Txt2ImgRequest(infotext=refiner_text(engine, "elsewhere [0123456789]"), refiner_checkpoint="")
     assert not any("elsewhere" in w for w in routes.apply_infotext(request, engine))  # "" (no refiner) was asked
     assert request.refiner_checkpoint == ""
+
+
+# ---------------------------------------------------------------- Soft inpainting's keys
+
+SOFT_TEXT = ("a cat\nSteps: 4, Sampler: Euler a, Seed: 3, Size: 64x64, Denoising strength: 0.7, "
+             "Soft inpainting enabled: True, Soft inpainting schedule bias: 1.5, Soft inpainting preservation "
+             "strength: 0.5, Soft inpainting transition contrast boost: 4, Soft inpainting mask influence: 0, "
+             "Soft inpainting difference threshold: 0.75, Soft inpainting difference contrast: 2, Mask blur: 4")
+
+
+def test_soft_inpainting_keys_fill_the_accordion_and_the_apis_script_args(engine):  # noqa: F811
+    page, _ = paste.field_values(engine, SOFT_TEXT, txt2img=False)
+    assert page["soft_inpainting_enabled"] is True
+    assert (page["mask_blend_power"], page["composite_difference_threshold"], page["inpaint_detail_preservation"]) \
+        == (1.5, 0.75, 4.0)
+    request = schemas.Img2ImgRequest(infotext=SOFT_TEXT)
+    routes.apply_infotext(request, engine)
+    assert request.alwayson_scripts == {"soft inpainting": {"args": [True, 1.5, 0.5, 4.0, 0.0, 0.75, 2.0]}}
+    own = schemas.Img2ImgRequest(infotext=SOFT_TEXT, alwayson_scripts={"Soft Inpainting": {"args": [False]}})
+    routes.apply_infotext(own, engine)
+    assert own.alwayson_scripts == {"Soft Inpainting": {"args": [False]}}  # the request's own args win
+    # without its keys the accordion is left as it is (A1111's paste); txt2img has no accordion
+    assert "soft_inpainting_enabled" not in paste.field_values(engine, "a cat\nSteps: 4", txt2img=False)[0]
+    assert "soft_inpainting_enabled" not in paste.field_values(engine, SOFT_TEXT, txt2img=True)[0]
+    with pytest.raises(BadRequest, match="Soft inpainting difference threshold"):
+        engine.paste.read(SOFT_TEXT.replace("threshold: 0.75", "threshold: wide"), txt2img=False)
+
+
+def test_the_pages_soft_inpainting_runs_and_pastes_back(engine):  # noqa: F811
+    from PIL import Image, ImageDraw
+
+    from modules.ui import img2img
+
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    controls = dict(prompt="a cat", steps=3, width=64, height=64, seed=5, sampler_name="Euler a",
+                    scheduler="Automatic", denoising_strength=0.7, mask_blur=4, soft_inpainting_enabled=True,
+                    mask_blend_power=2.0, mask_blend_scale=0.5, inpaint_detail_preservation=4,
+                    composite_mask_influence=0.25, composite_difference_threshold=0.5,
+                    composite_difference_contrast=2)
+    params = img2img.make_params(controls, Image.new("RGB", (64, 64), (200, 0, 0)), mask, 0, 1.0)
+    assert params.soft_inpainting.composite_mask_influence == 0.25
+    text = engine.submit_img2img(params).wait().infotexts[0]
+    assert "Soft inpainting schedule bias: 2, " in text and "Soft inpainting mask influence: 0.25" in text
+    page, _ = paste.field_values(engine, text, txt2img=False)
+    assert {k: page[k] for k in controls if k.startswith(("soft", "mask_blend", "inpaint_", "composite"))} == {
+        k: v for k, v in controls.items() if k.startswith(("soft", "mask_blend", "inpaint_", "composite"))}
+    off = img2img.make_params({**controls, "soft_inpainting_enabled": False}, Image.new("RGB", (64, 64)), mask, 0,
+                              1.0)
+    assert off.soft_inpainting is None

@@ -53,7 +53,7 @@ def test_scripts_are_listed(server):  # noqa: F811
     names = requests.get(url + "/sdapi/v1/scripts", timeout=30).json()
     assert names == {"txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
                      "img2img": ["loopback", "outpainting mk2", "poor man's outpainting", "prompt matrix",
-                                 "prompts from file or textbox", "sd upscale", "x/y/z plot"]}
+                                 "prompts from file or textbox", "sd upscale", "x/y/z plot", "soft inpainting"]}
     info = requests.get(url + "/sdapi/v1/script-info", timeout=30).json()
     plot = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
     assert len(plot["args"]) == 18 and plot["args"][0]["choices"][STEPS] == "Steps"
