@@ -254,14 +254,18 @@ def _common_fields(req: schemas.Txt2ImgRequest) -> dict[str, Any]:
     )
 
 
-def to_params(req: schemas.Txt2ImgRequest) -> GenerationParams:
+def to_params(req: schemas.Txt2ImgRequest, limits: Limits | None = None) -> GenerationParams:
+    """The engine's parameters; a `firstpass_image` is opened here (BadRequest when it cannot be read, or has more
+    pixels than `limits` allow) and decoded by the job."""
     hires_fields = dict(
         enable_hr=req.enable_hr, denoising_strength=req.denoising_strength, hr_scale=req.hr_scale,
         hr_upscaler=req.hr_upscaler, hr_second_pass_steps=req.hr_second_pass_steps, hr_resize_x=req.hr_resize_x,
         hr_resize_y=req.hr_resize_y, hr_sampler_name=req.hr_sampler_name, hr_scheduler=req.hr_scheduler,
-        hr_prompt=req.hr_prompt, hr_negative_prompt=req.hr_negative_prompt)
+        hr_prompt=req.hr_prompt, hr_negative_prompt=req.hr_negative_prompt, firstpass_image=req.firstpass_image or None)
     try:
-        return GenerationParams(**_common_fields(req), **(hires_fields if req.enable_hr else {}))
+        return GenerationParams.model_validate(
+            dict(**_common_fields(req), **(hires_fields if req.enable_hr else {})),
+            context={"max_input_pixels": (limits or Limits()).max_input_pixels})
     except ValidationError as e:
         raise BadRequest(describe_validation_error(e)) from None
 
@@ -329,7 +333,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
     @r.post("/txt2img", response_model=schemas.Txt2ImgResponse)
     async def txt2img(req: schemas.Txt2ImgRequest, request: Request):
         warnings = prepare(req, engine)
-        params = to_params(req)
+        params = await run_in_threadpool(to_params, req, engine.limits)
         client = client_of(request)
         if req.script_name:
             job = await run_in_threadpool(engine.submit_script, "txt2img", req.script_name, params, req.script_args,

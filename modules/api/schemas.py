@@ -100,10 +100,12 @@ class Txt2ImgRequest(BaseModel):
         does not have (A1111 answers 422 for a script it lacks; here the job runs without it)."""
         defaults = Txt2ImgRequest()
         out = []
-        for name in ("restore_faces", "s_min_uncond", "firstpass_image"):
+        for name in ("restore_faces", "s_min_uncond"):
             value = getattr(self, name)
             if value != getattr(defaults, name) and value not in (None, [], {}, False, 0, -1):
                 out.append(f"{name} is not supported yet and was ignored")
+        if self.firstpass_image and not self.enable_hr and "firstpass_image" not in getattr(self, "HIRES_FIELDS", ()):
+            out.append("firstpass_image is used only with enable_hr (Hires. fix, as in A1111); it was ignored")
         for key in self.alwayson_scripts:
             name = key.strip().lower()
             if name in self.ALWAYSON:

@@ -118,16 +118,23 @@ class JobContext:
         return None
 
     @property
+    def firstpass(self) -> bool:
+        """Hires. fix from a given picture (A1111's firstpass_image) instead of a first pass of its own."""
+        return self.hires and getattr(self.params, "firstpass_image", None) is not None
+
+    @property
     def steps_run(self) -> int:
-        """txt2img's sampler steps per batch (both passes with Hires. fix); img2img's come from its inputs."""
+        """txt2img's sampler steps per batch (both passes with Hires. fix, the second alone from a given first
+        pass); img2img's come from its inputs."""
         if self.hires:
-            return self.params.steps + (self.params.hr_second_pass_steps or self.params.steps)
+            hr_steps = self.params.hr_second_pass_steps or self.params.steps
+            return hr_steps if self.firstpass else self.params.steps + hr_steps
         return self.params.steps
 
     @property
     def encodes_images(self) -> bool:
         """Whether the job VAE-encodes pixels: img2img's inputs, or Hires. fix with a pixel upscaler."""
-        return self.is_img2img or (self.hires and self.hr_upscaler not in hires.LATENT_UPSCALERS)
+        return self.is_img2img or self.firstpass or (self.hires and self.hr_upscaler not in hires.LATENT_UPSCALERS)
 
     def vae_fields(self) -> dict[str, str]:
         """A1111's `VAE Encoder` / `VAE Decoder` infotext keys, written only when not Full."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -94,6 +95,28 @@ def upscale_latents(latents: torch.Tensor, upscaler: str, width: int, height: in
                                                antialias=antialias)
     assert resize is not None, f"the image upscaler {upscaler!r} needs its resize"
     return torch.cat([encode(resize(image, width, height)) for image in decode(latents)])
+
+
+def as_first_pass(image: Image.Image) -> Image.Image:
+    """A given first pass (A1111's firstpass_image) as A1111's pixel path sees it: stored as a -1..1 tensor and
+    turned back into 8-bit pixels by truncation, which takes one off the values 1-63 (so the same image gives
+    the same result)."""
+    a = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0 * 2.0 - 1.0
+    back = torch.clamp((torch.from_numpy(a) + 1.0) / 2.0, min=0.0, max=1.0).numpy()
+    return Image.fromarray((255. * back).astype(np.uint8))
+
+
+def upscale_images(firsts: list[Image.Image], upscaler: str, width: int, height: int, encode,
+                   resize: Callable[[Image.Image, int, int], Image.Image] | None) -> torch.Tensor:
+    """Latents at width x height from given first-pass pictures: encoded at their own size and interpolated
+    (latent upscalers), or resized by `resize` and encoded, as `upscale_latents` does with decoded ones."""
+    if upscaler in LATENT_UPSCALERS:
+        mode, antialias = LATENT_UPSCALERS[upscaler]
+        latents = torch.cat([encode(image.convert("RGB")) for image in firsts])
+        return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode,
+                                               antialias=antialias)
+    assert resize is not None, f"the image upscaler {upscaler!r} needs its resize"
+    return torch.cat([encode(resize(as_first_pass(image), width, height)) for image in firsts])
 
 
 def infotext_fields(params: GenerationParams, sampler_label: str, schedule_label: str | None) -> dict:

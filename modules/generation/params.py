@@ -17,9 +17,24 @@ from modules.limits import Limits
 MAX_SIDE = 4096
 
 
+def _image(value: Any, info: ValidationInfo) -> Image.Image:
+    """An init image or mask: a PIL image as it is, or base64 / a data URL opened: its size checked from its
+    header against the validation context's `max_input_pixels` (the server's limit), its pixels decoded by
+    the job that uses it (in the queue), not now."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, str):
+        limit = (info.context or {}).get("max_input_pixels", Limits().max_input_pixels)
+        return images.decode_base64_image(value, limit, lazy=True)
+    raise ValueError("expected an image as base64 text")
+
+
+InputImage = Annotated[Image.Image, BeforeValidator(_image)]
+
+
 class GenerationParams(BaseModel):
     # NaN and infinity are refused for every number (JSON bodies may carry them as NaN / Infinity)
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -48,6 +63,9 @@ class GenerationParams(BaseModel):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    firstpass_image: InputImage | None = Field(
+        None, description="Hires. fix from this picture instead of a first pass (A1111's; each image of a batch "
+                          "starts from it). Used only with enable_hr")
     refiner_checkpoint: str | None = Field(None, description="The checkpoint sampling switches to near the end; "
                                                              "None, '' or 'None': no refiner")
     refiner_switch_at: float | None = Field(None, ge=0.0, le=1.0, description="Switch at this fraction of the "
@@ -90,19 +108,6 @@ class GenerationParams(BaseModel):
         return self.batch_size * self.n_iter
 
 
-def _image(value: Any, info: ValidationInfo) -> Image.Image:
-    """An init image or mask: a PIL image as it is, or base64 / a data URL opened: its size checked from its
-    header against the validation context's `max_input_pixels` (the server's limit), its pixels decoded by
-    the job that uses it (in the queue), not now."""
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, str):
-        limit = (info.context or {}).get("max_input_pixels", Limits().max_input_pixels)
-        return images.decode_base64_image(value, limit, lazy=True)
-    raise ValueError("expected an image as base64 text")
-
-
-InputImage = Annotated[Image.Image, BeforeValidator(_image)]
 
 
 SOFT_INPAINTING_ENABLED = "Soft inpainting enabled"

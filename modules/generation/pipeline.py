@@ -606,6 +606,7 @@ class _Plan:
     # e.g. paste the original back: (decoded images, the latents they were decoded from, the batch's start)
     finish: Callable[[list[Image.Image], torch.Tensor, Start | None], list[Image.Image]] | None = None
     hires: bool = False  # txt2img with Hires. fix: a second pass after the first
+    firstpass: Image.Image | None = None  # Hires. fix from this picture (each image of a batch), no first pass
     schedule_steps: int | None = None  # img2img: the schedule's length when it is not params.steps
 
 
@@ -789,15 +790,19 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         denoiser.switch = models.switch(ctx, False, (prompt, params.negative_prompt, params.steps),
                                         (params.width, params.height))
         first_hooks, second_hooks = hooks, None
-        if plan.hires and hooks.on_step:  # progress over both passes, as A1111 counts it
+        if plan.hires and plan.firstpass is None and hooks.on_step:  # progress over both passes, as A1111 counts it
             total = params.steps + (params.hr_second_pass_steps or params.steps)
             first_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(i, total, x))
             second_hooks = dataclasses.replace(hooks, on_step=lambda i, n, x: hooks.on_step(total - n + i, total, x))
         try:
             with models.sampling() as unet_time:
-                latents = sample(model, denoiser, noise, ctx.choice, plan.schedule_steps or params.steps, generators,
-                                 first_hooks, start, ctx.options, batch_seeds)
-                if plan.hires:
+                if plan.firstpass is not None:  # A1111's firstpass_image: straight to the hires pass
+                    latents = _hires_pass(models, ctx, None, batch_seeds, batch_subseeds, hooks,
+                                          [plan.firstpass] * len(batch_seeds))
+                else:
+                    latents = sample(model, denoiser, noise, ctx.choice, plan.schedule_steps or params.steps,
+                                     generators, first_hooks, start, ctx.options, batch_seeds)
+                if plan.hires and plan.firstpass is None:
                     latents = _hires_pass(models, ctx, latents, batch_seeds, batch_subseeds, second_hooks or hooks)
         except (JobSkipped, JobInterrupted) as stopped:
             # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
@@ -840,18 +845,22 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
                           vae_tiled=models.vae_tiled)
 
 
-def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor, seeds: list[int], subseeds: list[int] | None,
-                hooks: Hooks) -> torch.Tensor:
+def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, seeds: list[int],
+                subseeds: list[int] | None, hooks: Hooks, firsts: list[Image.Image] | None = None) -> torch.Tensor:
     """Hires. fix's second pass (see `hires`): upscale, fresh noise for the images' seeds at the new size
     (A1111 makes a new RNG there), then img2img over the end of the hires schedule, with the hires
     sampler and prompts when given (A1111 encodes them for the hires steps). A first pass that switched to
-    the refiner decodes with it (for a pixel upscaler); the second pass starts on the job's model again."""
+    the refiner decodes with it (for a pixel upscaler); the second pass starts on the job's model again.
+    `firsts`: given first-pass pictures (A1111's firstpass_image) in place of `latents`."""
     params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
     resize = None if ctx.hr_upscaler in hires.LATENT_UPSCALERS else pixel_resize(models.hooks, ctx.hr_upscaler)
-    latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, models.decode_now, models.encode_on_base,
-                                    resize)
+    if firsts is not None:
+        latents = hires.upscale_images(firsts, ctx.hr_upscaler, up_x, up_y, models.encode_on_base, resize)
+    else:
+        latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, models.decode_now,
+                                        models.encode_on_base, resize)
     model = models.base_again()
     latents = hires.crop(latents, cut_x, cut_y)
     shape = (LATENT_CHANNELS, *latents.shape[2:])
@@ -881,7 +890,8 @@ def txt2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Iterator[Batc
     refuse_depth_txt2img(model)
     shape = (LATENT_CHANNELS, params.height // VAE_SCALE, params.width // VAE_SCALE)
     plan = _Plan(shape, inpainting_conditioning(model, params.batch_size, params.height, params.width,
-                                                ctx.vae_tiling), hires=ctx.hires)
+                                                ctx.vae_tiling), hires=ctx.hires,
+                 firstpass=params.firstpass_image if ctx.firstpass else None)
     yield from _generate(model, ctx, hooks or Hooks(), plan)
 
 

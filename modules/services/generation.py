@@ -261,6 +261,8 @@ class GenerationService:
             if inputs.depth_map is not None and run.accepted.settings.depth_map_show:
                 run.depth_map = inputs.depth_map
         else:
+            if ctx.firstpass:
+                self._decode_inputs(ctx.params)
             batches, steps_run, extra = pipeline.txt2img(run.model, ctx, hooks), ctx.steps_run, {}
         run.extra = {**dict(ctx.script_fields), **extra,
                      **describe.sampler_fields(run.record, run.model.alphas_cumprod), **ctx.vae_fields()}
@@ -374,12 +376,13 @@ class GenerationService:
         if run.refiner is not None and run.accepted.ctx.refiner is not None:
             run.extra.update(run.accepted.ctx.refiner.fields(run.refiner.short_title, run.accepted.ctx.hires))
 
-    def _decode_inputs(self, params: Img2ImgParams) -> None:
-        """Decode the init images and the masks, which a request sends compressed and which wait in the queue so,
-        within the decode budget; BadRequest naming the one whose data turns out to be broken."""
-        named = [(f"init_images.{i}", image) for i, image in enumerate(params.init_images)]
-        named += [(name, getattr(params, name)) for name in ("mask", "latent_mask")
-                  if getattr(params, name) is not None]
+    def _decode_inputs(self, params: GenerationParams) -> None:
+        """Decode the init images, the masks and a given first pass, which a request sends compressed and which
+        wait in the queue so, within the decode budget; BadRequest naming the one whose data turns out to be
+        broken."""
+        named = [(f"init_images.{i}", image) for i, image in enumerate(getattr(params, "init_images", []))]
+        named += [(name, getattr(params, name)) for name in ("mask", "latent_mask", "firstpass_image")
+                  if getattr(params, name, None) is not None]
         for name, image in named:
             try:
                 images.load(image, self._decode_budget)

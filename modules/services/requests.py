@@ -138,6 +138,12 @@ class RequestResolver:
             if w * h > lim.max_pixels:
                 raise OverLimit(f"the hires fix would make {w}x{h} images, more pixels than this server's limit of "
                                 f"{lim.max_side}x{lim.max_side} (--max-image-side)")
+            first = params.firstpass_image
+            if first is not None:
+                self.check_input_image(first)
+                if first.width * first.height > w * h:  # it is encoded whole: no bigger than what the pass makes
+                    raise BadRequest(f"firstpass_image is {first.width}x{first.height}, larger than the {w}x{h} "
+                                     "the hires fix makes from it; send the first pass at width x height")
         if isinstance(params, Img2ImgParams):
             for image in [*params.init_images, *(m for m in (params.mask, params.latent_mask) if m is not None)]:
                 self.check_input_image(image)

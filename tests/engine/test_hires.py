@@ -72,3 +72,74 @@ def test_progress_counts_both_passes(engine):  # noqa: F811
     p = make(enable_hr=True, steps=3, hr_second_pass_steps=2, denoising_strength=0.5, seed=1)
     list(pipeline.txt2img(model, context.resolve(p), hooks=hooks))
     assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+# ---------------------------------------------------------------- A1111's firstpass_image
+
+def test_a_given_first_pass_goes_through_a1111s_float_round_trip():
+    """A1111 keeps a firstpass_image as a -1..1 float tensor and truncates it back to 8 bits for a pixel
+    upscaler: ((v / 255 * 2 - 1) + 1) / 2 * 255 falls just short of v for 1..63."""
+    from PIL import Image
+    import numpy as np
+
+    ramp = np.arange(256, dtype=np.uint8).reshape(1, 256, 1).repeat(3, axis=2)
+    back = np.asarray(hires.as_first_pass(Image.fromarray(ramp)))[0, :, 0].astype(int)
+    assert (back[1:64] == np.arange(1, 64) - 1).all()
+    assert back[0] == 0 and (back[64:] == np.arange(64, 256)).all()
+
+
+def _img2img_like_the_hires_pass(engine, init, **kw):  # noqa: F811
+    """The hires pass is A1111's img2img at the target size: its sample_img2img given the hires steps, which
+    runs them all on a longer schedule (as img2img_fix_steps does)."""
+    from modules.generation.params import Img2ImgParams
+
+    base = dict(prompt="a red circle on a blue background", negative_prompt="green", sampler_name="Euler a",
+                seed=100, width=128, height=128, steps=3, denoising_strength=0.6, save_images=False,
+                override_settings={"img2img_fix_steps": True})
+    return engine.img2img(Img2ImgParams(init_images=[init], **{**base, **kw})).images[0]
+
+
+@pytest.mark.parametrize("upscaler", ["Lanczos", "Latent"])
+def test_firstpass_image_runs_only_the_hires_pass(engine, upscaler):  # noqa: F811
+    """From a given picture: no first pass, the second pass as from a first pass of its own. A pixel upscaler
+    resizes the picture (after A1111's round trip), a latent one interpolates its encoding, as img2img's
+    "Just resize" and "latent upscale" do, so the results are those of img2img."""
+    from modules import upscaling
+
+    first = engine.txt2img(params(steps=4, seed=5)).images[0]
+    kw = dict(enable_hr=True, hr_upscaler=upscaler, denoising_strength=0.6, hr_second_pass_steps=3, steps=4)
+    result = engine.txt2img(params(**kw, firstpass_image=first))
+    assert result.images[0].size == (128, 128)
+    assert f"Hires upscaler: {upscaler}" in result.infotexts[0] and "Seed: 100" in result.infotexts[0]
+    if upscaler == "Lanczos":
+        init = upscaling.resize(hires.as_first_pass(first), 128, 128, lambda scale: upscaling.plain_pass("Lanczos",
+                                                                                                         scale))
+        expected = _img2img_like_the_hires_pass(engine, init)
+    else:
+        expected = _img2img_like_the_hires_pass(engine, first, resize_mode=3)
+    assert result.images[0].tobytes() == expected.tobytes()
+    own = engine.txt2img(params(**kw))  # with its own first pass it is another picture
+    assert own.images[0].tobytes() != result.images[0].tobytes()
+
+
+def test_firstpass_image_progress_counts_the_hires_steps_only(engine):  # noqa: F811
+    from PIL import Image
+
+    from modules.generation import pipeline
+
+    seen = []
+    model = engine.load_checkpoint()
+    hooks = pipeline.Hooks(on_step=lambda i, n, x: seen.append((i, n)))
+    p = params(enable_hr=True, steps=3, hr_second_pass_steps=2, denoising_strength=0.5, seed=1, batch_size=2,
+               firstpass_image=Image.new("RGB", (64, 64), (30, 60, 200)))
+    ctx = context.resolve(p)
+    assert ctx.steps_run == 2
+    batches = list(pipeline.txt2img(model, ctx, hooks=hooks))
+    assert seen == [(1, 2), (2, 2)] and len(batches[0].images) == 2
+
+
+def test_firstpass_image_larger_than_the_target_is_refused(engine):  # noqa: F811
+    from PIL import Image
+
+    with pytest.raises(BadRequest, match="firstpass_image is 256x256, larger than the 128x128"):
+        engine.txt2img(params(enable_hr=True, steps=2, firstpass_image=Image.new("RGB", (256, 256))))

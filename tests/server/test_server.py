@@ -41,6 +41,29 @@ def test_txt2img_api_defaults_and_response_shape(server):
     assert "Sampler: DPM++ 2M, Schedule type: Karras" in Image.open(saved[0]).info["parameters"]
 
 
+def test_txt2img_firstpass_image_runs_the_hires_pass_from_it(server):
+    """A1111's `firstpass_image`: with enable_hr the hires pass starts from it (its size: the first pass's), no first
+    pass is sampled; without enable_hr it is ignored, with a warning here."""
+    url, _, _ = server
+    base = dict(prompt="a red circle", width=64, height=64, seed=5, steps=3, sampler_name="Euler")
+    first = post(url, "/sdapi/v1/txt2img", **base).json()["images"][0]
+    hires = dict(enable_hr=True, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5)
+    r = post(url, "/sdapi/v1/txt2img", **base, **hires, firstpass_image=first)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert decode(r.json()["images"][0]).size == (128, 128) and info["warnings"] == []
+    assert "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent" in info["infotexts"][0]
+    own = post(url, "/sdapi/v1/txt2img", **base, **hires).json()["images"][0]
+    assert own != r.json()["images"][0]  # its own first pass gives another picture
+    again = post(url, "/sdapi/v1/txt2img", **base, **hires, firstpass_image="data:image/png;base64," + first)
+    assert again.json()["images"][0] == r.json()["images"][0]
+    ignored = post(url, "/sdapi/v1/txt2img", **base, firstpass_image=first)
+    assert json.loads(ignored.json()["info"])["warnings"] == [
+        "firstpass_image is used only with enable_hr (Hires. fix, as in A1111); it was ignored"]
+    bad = post(url, "/sdapi/v1/txt2img", **base, **hires, firstpass_image="bm9wZQ==")
+    assert bad.status_code == 400 and "firstpass_image" in bad.text
+
+
 def test_models_list_and_switch_by_title_name_and_hash(server):
     url, _, _ = server
     models = requests.get(url + "/sdapi/v1/sd-models").json()
