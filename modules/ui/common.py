@@ -150,6 +150,7 @@ class OutputPanel:
     seeds: gr.State  # the seed of each gallery item
     selected: gr.State  # index of the selected gallery item
     send_buttons: list[gr.Button] = field(default_factory=list)
+    upscale: gr.Button | None = None  # txt2img's ✨: the selected image through Hires. fix
 
 
 def output_panel(tab: str) -> OutputPanel:
@@ -162,6 +163,9 @@ def output_panel(tab: str) -> OutputPanel:
         with gr.Row(elem_id=f"image_buttons_{tab}", elem_classes="sd-image-buttons"):
             open_folder = gr.Button("📂", elem_id=f"{tab}_open_folder", min_width=40, size="sm",
                                     elem_classes="sd-tool")
+            # A1111's ✨: the selected image again through Hires. fix (its settings), from that image
+            upscale = gr.Button("✨ Upscale", elem_id=f"{tab}_upscale", min_width=40, size="sm") \
+                if tab == "txt2img" else None
             save = gr.Button("💾 Save", elem_id=f"{tab}_save", min_width=40, size="sm")
             send_img2img = gr.Button("🖼️ Send to img2img", elem_id=f"{tab}_send_to_img2img", min_width=40,
                                      size="sm")
@@ -173,7 +177,7 @@ def output_panel(tab: str) -> OutputPanel:
                               buttons=["copy"], elem_id=f"{tab}_infotext")
         log = gr.HTML("", elem_id=f"html_log_{tab}")
     return OutputPanel(progress, preview, gallery, infotext, log, open_folder, save, send_img2img, send_inpaint,
-                       send_extras, download, gr.State([]), gr.State([]), gr.State(0))
+                       send_extras, download, gr.State([]), gr.State([]), gr.State(0), upscale=upscale)
 
 
 def open_folder(path: Path) -> str:

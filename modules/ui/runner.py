@@ -53,9 +53,10 @@ def describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def watch(engine: Engine, job, label: str = "") -> Generator[list, None, GenerationResult | BaseException]:
-    """Yield the event's values while `job` runs (progress, preview, images as they finish); return the
-    job's result, or the exception it failed with."""
+def watch(engine: Engine, job, label: str = "", show_images: bool = True
+          ) -> Generator[list, None, GenerationResult | BaseException]:
+    """Yield the event's values while `job` runs (progress, preview, and unless `show_images` is off the images as
+    they finish); return the job's result, or the exception it failed with."""
     settings = engine.options.values
     previews, every = settings.live_previews_enable, settings.show_progress_every_n_steps
     refresh = settings.live_preview_refresh_period / 1000.0
@@ -64,7 +65,8 @@ def watch(engine: Engine, job, label: str = "") -> Generator[list, None, Generat
     yield _unchanged(5) + [prefix + progress.describe(job.state, engine.queue.ahead_of(job)),
                            gr.Image(visible=previews and every >= 0, value=None), "", *buttons(True)]
     for snap in progress.follow(job, lambda: engine.queue.ahead_of(job), previews, every, refresh, render):
-        gallery = progress.gallery_value(snap.images, snap.infotexts) if snap.images is not None else gr.skip()
+        shown = snap.images is not None and show_images
+        gallery = progress.gallery_value(snap.images, snap.infotexts) if shown else gr.skip()
         yield [gallery] + _unchanged(4) + [prefix + snap.progress_html, snap.preview if snap.preview else gr.skip(),
                                            gr.skip(), *buttons(True)]
     try:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import gradio as gr
 
-from modules.engine import Engine
+from modules import infotext
+from modules.engine import BadRequest, Engine
 from modules.generation import hires
 from modules.generation.params import GenerationParams
-from modules.ui import common, extra_networks as extra_networks_ui, refiner, runner, scripts, toprow
+from modules.ui import common, extra_networks as extra_networks_ui, progress, refiner, runner, scripts, toprow
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -86,6 +88,51 @@ def make_params(values: dict) -> GenerationParams:
     return GenerationParams(**v)
 
 
+def upscale_params(values: dict, text: str, image) -> GenerationParams:
+    """✨ (A1111's txt2img_upscale): the tab's request with Hires. fix on, for one image, from `image` as the first
+    pass at the seed and variation seed its infotext `text` gives (-1 where it gives none)."""
+    parsed = infotext.parse(text or "")
+    v = {**values, "enable_hr": True, "batch_size": 1, "n_iter": 1}
+    for name, key in (("seed", "Seed"), ("subseed", "Variation seed")):
+        try:
+            v[name] = int(parsed.get(key, -1))
+        except ValueError:
+            raise BadRequest(f"✨: the image's {key} {parsed[key]!r} is not a number") from None
+    return make_params(v).model_copy(update={"firstpass_image": image})
+
+
+def upscale(engine: Engine, values: dict, gallery, texts, seeds, index) -> Iterator[list]:
+    """The ✨ button's job: the selected image through Hires. fix with the tab's settings (the chosen script is not
+    run). The result takes its place in the gallery; the other images stay."""
+    if not gallery:
+        yield runner.error("✨ upscales the selected image of the gallery: generate one first.")
+        return
+    index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
+    texts, seeds = list(texts or []), list(seeds or [])
+    text = texts[index] if index < len(texts) else ""
+    path = common.gallery_path(gallery[index])
+    job = runner.submit(engine, "txt2img",
+                        lambda: upscale_params(values, text, common.open_image(path, "RGB", engine)))
+    if isinstance(job, BaseException):
+        yield runner.error(runner.describe_error(job))
+        return
+    outcome = yield from runner.watch(engine, job, "✨ Hires. fix of the selected image", show_images=False)
+    if isinstance(outcome, BaseException):
+        yield runner.error(runner.describe_error(outcome))
+        return
+    log = runner.result_log(outcome)
+    if not outcome.images:
+        yield [gr.skip()] * 5 + ["", gr.Image(visible=False, value=None), log, *runner.buttons(False)]
+        return
+    items = [common.gallery_path(item) for item in gallery]
+    items[index] = outcome.images[0]
+    texts += [""] * (len(items) - len(texts))
+    seeds += [-1] * (len(items) - len(seeds))
+    texts[index], seeds[index] = outcome.infotexts[0], outcome.seeds[0]
+    yield [progress.gallery_value(items, texts), texts, seeds, index, texts[index], "",
+           gr.Image(visible=False, value=None), log, *runner.buttons(False)]
+
+
 def hires_size(width, height, enabled, scale, resize_x, resize_y) -> str:
     if not enabled:
         return ""
@@ -111,6 +158,16 @@ def wire(engine: Engine, tab: Txt2ImgTab) -> None:
     inputs = set(tab.fields.values())
     tab.toprow.generate.click(generate, inputs=inputs, outputs=event_outputs, api_name="txt2img",
                               concurrency_limit=None, show_progress="hidden")
+    panel = tab.panel
+
+    def upscale_selected(data: dict):
+        _script, values = scripts.request({components[c]: value for c, value in data.items() if c in components})
+        yield from upscale(engine, values, data[panel.gallery], data[panel.infotexts], data[panel.seeds],
+                           data[panel.selected])
+
+    panel.upscale.click(upscale_selected, inputs=inputs | {panel.gallery, panel.infotexts, panel.seeds,
+                                                           panel.selected},
+                        outputs=event_outputs, concurrency_limit=None, show_progress="hidden")
     size_inputs = [tab.fields[n] for n in ("width", "height", "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y")]
     for c in size_inputs:
         c.change(hires_size, inputs=size_inputs, outputs=tab.hires_info, queue=False, show_progress="hidden")

@@ -417,6 +417,30 @@ def test_hires_fix_from_the_page(page):
         assert needle in infotext, (needle, infotext)
 
 
+def test_sparkles_button_upscales_the_selected_image_with_hires_fix(page):
+    """✨ (A1111's txt2img_upscale): the shown image through Hires. fix with the accordion's settings, at its seed,
+    without a first pass of its own; it takes the image's place in the gallery."""
+    fill_text(page, "txt2img_prompt", PROMPT)
+    set_number(page, "txt2img_steps", 4)
+    set_number(page, "txt2img_seed", 31)
+    page.locator("#txt2img_generate").click()
+    urls = wait_for_gallery(page, "txt2img_gallery", 1)
+    wait_idle(page, "txt2img")
+    assert fetch_image(page, urls[0]).size == (128, 128)
+    set_number(page, "txt2img_seed", -1)  # the image's own seed is used, not the box's
+    open_accordion(page, "txt2img_hr", "Hires. fix")  # its settings; the box itself may stay off
+    set_number(page, "txt2img_hr_scale", 1.5)
+    set_number(page, "txt2img_hires_steps", 2)
+    page.locator("#txt2img_upscale").click()
+    expect(page.locator("#txt2img_infotext textarea")).to_have_value(re.compile("Hires upscale: 1.5"), timeout=180_000)
+    wait_idle(page, "txt2img")
+    urls = gallery_image_urls(page, "txt2img_gallery")
+    assert len(urls) == 1 and fetch_image(page, urls[0]).size == (192, 192)
+    infotext = read_value(page, "txt2img_infotext")
+    assert "Seed: 31," in infotext and "Size: 128x128" in infotext and "Hires steps: 2" in infotext, infotext
+    assert error_toasts(page) == []
+
+
 def test_send_to_inpaint_carries_image_prompt_and_seed(page):
     prompt = "a yellow square on a purple background"
     fill_text(page, "txt2img_prompt", prompt)
