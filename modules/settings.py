@@ -205,6 +205,17 @@ class Settings(BaseModel):
     batch_cond_uncond: bool = Field(
         True, description="Run the prompt and the negative prompt through the U-Net as one batch (faster; off "
                           "uses less memory)")
+    skip_early_cond: float = Field(
+        0.0, ge=0.0, le=1.0, description="Ignore negative prompt during early sampling: the first fraction of each "
+                                         "pass's steps runs without it (0 skips none, 1 all); faster, and can "
+                                         "improve diversity (infotext: Skip Early CFG)")
+    s_min_uncond: float = Field(
+        0.0, ge=0.0, le=15.0, description="Negative Guidance minimum sigma: skip the negative prompt on every other "
+                                          "step once the noise level (sigma) is below this; 0 disables, higher is "
+                                          "faster (infotext: NGMS; the API's s_min_uncond overrides it)")
+    s_min_uncond_all: bool = Field(
+        False, description="Negative Guidance minimum sigma all steps: skip it on every such step, not every "
+                           "other one (infotext: NGMS all steps)")
     unet_backend: Literal["PyTorch", "PyTorch bf16", "OpenVINO", "OpenVINO bf16"] = Field(
         "PyTorch", description="What runs the U-Net on a CPU. 'PyTorch bf16' computes it in bfloat16 "
                                "(torch.autocast) on CPUs that do bfloat16 in hardware (AVX-512 BF16 or AMX; on "
@@ -251,7 +262,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "User interface": ("return_grid",),
     "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period",
                       "show_progress_type"),
-    "Optimizations": ("cross_attention_optimization", "batch_cond_uncond", "low_memory", "unet_backend"),
+    "Optimizations": ("cross_attention_optimization", "skip_early_cond", "s_min_uncond", "s_min_uncond_all",
+                      "batch_cond_uncond", "low_memory", "unet_backend"),
 }
 
 

@@ -247,7 +247,7 @@ def _common_fields(req: schemas.Txt2ImgRequest) -> dict[str, Any]:
         n_iter=req.n_iter, override_settings=req.override_settings or {},
         subseed=req.subseed, subseed_strength=req.subseed_strength, seed_resize_from_w=req.seed_resize_from_w,
         seed_resize_from_h=req.seed_resize_from_h, eta=req.eta, s_churn=req.s_churn, s_tmin=req.s_tmin,
-        s_tmax=req.s_tmax, s_noise=req.s_noise, styles=req.styles or [],
+        s_tmax=req.s_tmax, s_noise=req.s_noise, s_min_uncond=req.s_min_uncond, styles=req.styles or [],
         disable_extra_networks=req.disable_extra_networks,
         save_images=req.save_images and not req.do_not_save_samples,
         refiner_checkpoint=req.refiner_checkpoint, refiner_switch_at=req.refiner_switch_at, tiling=req.tiling,

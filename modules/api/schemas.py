@@ -100,7 +100,7 @@ class Txt2ImgRequest(BaseModel):
         does not have (A1111 answers 422 for a script it lacks; here the job runs without it)."""
         defaults = Txt2ImgRequest()
         out = []
-        for name in ("restore_faces", "s_min_uncond"):
+        for name in ("restore_faces",):
             value = getattr(self, name)
             if value != getattr(defaults, name) and value not in (None, [], {}, False, 0, -1):
                 out.append(f"{name} is not supported yet and was ignored")

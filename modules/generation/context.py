@@ -61,6 +61,27 @@ class RefinerPlan:
 
 
 @dataclass(frozen=True)
+class UncondSkips:
+    """A1111's two ways to leave the negative prompt's U-Net pass out of a denoiser call, guiding with the prompt
+    alone (CFG 1) there (Settings > Optimizations): `early` (skip_early_cond) for the calls in the first fraction
+    of the pass, `ngms` (Negative Guidance minimum sigma, s_min_uncond) for calls whose noise level is below it,
+    every other call unless `ngms_all`. The noise level is the sampler's sigma, or for DDIM, PLMS and UniPC the
+    U-Net timestep, as A1111 compares it."""
+    early: float = 0.0
+    ngms: float = 0.0
+    ngms_all: bool = False
+
+    def fields(self, call: int, total: int, level: float) -> dict[str, Any] | None:
+        """The infotext keys A1111 writes when it skips call `call` of `total` at noise level `level`, or None when
+        it does not skip it."""
+        if self.early != 0 and total and call / total <= self.early:
+            return {"Skip Early CFG": self.early}
+        if (call % 2 or self.ngms_all) and self.ngms > 0 and level < self.ngms:
+            return {"NGMS": self.ngms, **({"NGMS all steps": True} if self.ngms_all else {})}
+        return None
+
+
+@dataclass(frozen=True)
 class JobContext:
     params: GenerationParams  # the request, styles merged into its prompts
     choice: samplers.SamplerChoice
@@ -83,6 +104,7 @@ class JobContext:
     vae_encode_method: str = "Full"  # sd_vae_encode_method, for img2img inputs and Hires. fix's pixel upscales
     vae_tiling: VaeTiling = VaeTiling()  # when the VAE decodes and encodes in tiles (vae_tiling, vae_tile_size)
     tiling: bool = False  # A1111's Tiling: every convolution of the U-Net and the VAE pads circularly
+    uncond_skips: UncondSkips = UncondSkips()  # when a call leaves the negative prompt out (A1111's optimizations)
     # infotext keys a script gives every image of this job, before the job's own (Loopback's curve); (key, value)
     script_fields: tuple[tuple[str, Any], ...] = ()
 
@@ -199,4 +221,7 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         mask_weight=settings.inpainting_mask_weight, vae_decode_method=settings.sd_vae_decode_method,
         vae_encode_method=settings.sd_vae_encode_method,
         # a band of rows would wrap around onto itself, not onto the image's far edge: Tiling decodes whole
-        vae_tiling=VaeTiling("Never" if tiling else settings.vae_tiling, settings.vae_tile_size), tiling=tiling)
+        vae_tiling=VaeTiling("Never" if tiling else settings.vae_tiling, settings.vae_tile_size), tiling=tiling,
+        uncond_skips=UncondSkips(settings.skip_early_cond,
+                                 params.s_min_uncond if params.s_min_uncond is not None else settings.s_min_uncond,
+                                 settings.s_min_uncond_all))

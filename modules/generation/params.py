@@ -51,6 +51,8 @@ class GenerationParams(BaseModel):
     s_tmin: float | None = None
     s_tmax: float | None = None
     s_noise: float | None = None
+    s_min_uncond: float | None = Field(None, ge=0.0, description="Negative Guidance minimum sigma (NGMS); None: the "
+                                                                  "setting s_min_uncond")
     enable_hr: bool = Field(False, description="Hires. fix (txt2img)")
     denoising_strength: float | None = Field(None, ge=0.0, le=1.0, description="txt2img: the hires pass's (None: 0.7)")
     hr_scale: float = Field(2.0, gt=0.0, le=8.0)

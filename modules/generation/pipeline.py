@@ -23,7 +23,7 @@ from modules import devices, images, upscaling
 from modules.generation import (extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules,
                                 soft_inpainting, vae_tiling)
 from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
-from modules.generation.context import JobContext, RefinerPlan
+from modules.generation.context import JobContext, RefinerPlan, UncondSkips
 from modules.generation.params import Img2ImgParams, SoftInpainting
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import JobInterrupted, JobSkipped
@@ -108,6 +108,7 @@ class BatchOutput:
     interrupted: bool = False  # decoded from the last prediction of a batch the user interrupted
     skipped: bool = False  # the same for a batch the user skipped (the job goes on)
     vae_tiled: bool = False  # the VAE decoded or encoded in tiles for this batch (or one before it)
+    fields: dict[str, Any] = field(default_factory=dict)  # infotext keys its sampling called for (UncondSkips')
 
 
 def _to_pil(decoded: torch.Tensor) -> Image.Image:
@@ -138,6 +139,9 @@ class Denoiser:
         self.rebind(model, cond, uncond, image_cond, unet_inputs, uncond_inputs)
         self.switch: RefinerSwitch | None = None  # a refiner to switch to, armed by the batch loop
         self.step = 0  # calls so far
+        self.total_calls = 0  # the calls the pass makes as A1111 counts them (set by `sample`)
+        self.skips = UncondSkips()  # when the negative prompt's pass is left out (set by the batch loop)
+        self.fields: dict[str, Any] = {}  # infotext keys the calls so far call for (the skips')
         self.cfg_multiplier = 1.0  # DDIM CFG++ uses cfg_scale / 12.5
         self.keep_uncond = False  # DDIM CFG++ also needs the unconditional prediction: kept in last_uncond
         self.last_uncond: torch.Tensor | None = None
@@ -163,7 +167,7 @@ class Denoiser:
 
     def maybe_switch(self, timestep: int) -> None:
         """Switch to the refiner if it is due at this call (`timestep`: the model timestep of its noise level)."""
-        if self.switch is not None and self.switch.plan.due(self.step, self.switch.total_calls, timestep):
+        if self.switch is not None and self.switch.plan.due(self.step, self.total_calls, timestep):
             switch, self.switch = self.switch, None
             switch.fire(self)
 
@@ -194,8 +198,10 @@ class Denoiser:
         """The (cond, weight) of each sub-prompt and the uncond used at denoiser call `step`."""
         return [(scheduled.at(step), weight) for scheduled, weight in self.parts], self.uncond.at(step)
 
-    def __call__(self, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x_in: torch.Tensor, t: torch.Tensor, level: float | None = None) -> torch.Tensor:
+        """The guided prediction; `level`: the call's noise level, for the UncondSkips (None: never skipped)."""
         conds, uncond = self.conds_at(self.step)
+        skip = None if level is None else self.skips.fields(self.step, self.total_calls, level)
         self.step += 1
         k, n = len(conds), x_in.shape[0]
         length = max(c.context.shape[0] for c, _ in conds)
@@ -212,6 +218,16 @@ class Denoiser:
         ic_uncond = ic_cond = self.image_cond  # one for all images (batch 1), or one per image
         if ic_uncond is not None and ic_uncond.shape[0] > 1 and k > 1:
             ic_cond = ic_uncond.repeat_interleave(k, dim=0)
+        if skip is not None:  # A1111: each image's first sub-prompt stands in for the negative, guided at scale 1
+            self.fields.update(skip)
+            cond_out = self._unet(x_cond, t, cond_context, ic_cond, cond_pooled)
+            stand_in = cond_out[0::k]
+            if self.keep_uncond:
+                self.last_uncond = stand_in
+            out = stand_in.clone()
+            for j, (_, weight) in enumerate(conds):
+                out += (cond_out[j::k] - stand_in) * weight
+            return self._checked(out, x_in, t, conds, uncond)
         scale = self.cfg_scale * self.cfg_multiplier
         if scale == 1 and k == 1 and conds[0][1] == 1 and not self.keep_uncond:  # guidance gives the cond prediction
             return self._checked(self._unet(x_in, t, cond_context, ic_cond, cond_pooled), x_in, t, conds, uncond)
@@ -299,9 +315,8 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     last t_enc + 1 steps (img2img). Hooks see the steps actually run. Per-step noise comes from the
     images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`)."""
     prepared = samplers.prepare(choice, steps, model.alphas_cumprod, options, sdxl=model.family.sampling.sdxl_schedules)
-    if denoiser.switch is not None:  # A1111 counts the calls a pass makes as its steps, twice for 2nd-order samplers
-        denoiser.switch.total_calls = (steps if start is None else start.t_enc + 1) * (2 if choice.spec.second_order
-                                                                                      else 1)
+    # A1111 counts the calls a pass makes as its steps, twice for 2nd-order samplers
+    denoiser.total_calls = (steps if start is None else start.t_enc + 1) * (2 if choice.spec.second_order else 1)
     if prepared.state == "timestep":
         out = _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
     else:
@@ -338,7 +353,7 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
             denoiser.maybe_switch(int(t))
         if start is not None:  # A1111 blends these samplers' U-Net input (its sampler goes on from x unblended)
             x = start.blend(x, t.float())
-        out = denoiser(x, t.float())
+        out = denoiser(x, t.float(), level=float(t))
         a_t = alphas[int(t)]
         if denoiser.keep_uncond:
             u = denoiser.last_uncond
@@ -375,14 +390,15 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
         if denoiser.switch is not None:  # the model timestep whose sigma is nearest (A1111's refiner test)
             denoiser.maybe_switch(int(torch.argmin((table - sigma.max()).abs())))
         c_in = 1 / (sigma ** 2 + 1) ** 0.5
+        level = float(sigma.reshape(-1)[0])
         if lcm_log is not None:  # LCM: A1111 reads the output as eps at the grid timestep, then LCM-scales it
             t = ksampling.lcm_timestep(sigma, lcm_log, len(log_sigmas))
-            x0 = ksampling.lcm_x0(x, sigma, denoiser(x * c_in, t), t)
+            x0 = ksampling.lcm_x0(x, sigma, denoiser(x * c_in, t, level), t)
         elif v_model:  # k-diffusion's CompVisVDenoiser scalings
-            out = denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas))
+            out = denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas), level)
             x0 = x * (1 / (sigma ** 2 + 1)) + out * (-sigma / (sigma ** 2 + 1) ** 0.5)
         else:
-            x0 = x + denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas)) * -sigma
+            x0 = x + denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas), level) * -sigma
         return x0 if start is None else start.blend(x0, sigma)  # the init latent outside the mask
 
     if choice.spec.brownian_noise and seeds is not None:
@@ -653,7 +669,6 @@ class RefinerSwitch:
     size: tuple[int, int]  # the pass's width and height
     encoding: tuple[int, str]  # clip skip, emphasis
     on_switch: Callable[[Any], None]  # told the refiner model once it runs
-    total_calls: int = 0  # the pass's denoiser calls, for switching by sampling steps (set by `sample`)
 
     def fire(self, denoiser: Denoiser) -> None:
         model = self.load()
@@ -789,6 +804,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond, *inputs)
         denoiser.switch = models.switch(ctx, False, (prompt, params.negative_prompt, params.steps),
                                         (params.width, params.height))
+        denoiser.skips, fields = ctx.uncond_skips, denoiser.fields  # the hires pass's keys join the first's
         first_hooks, second_hooks = hooks, None
         if plan.hires and plan.firstpass is None and hooks.on_step:  # progress over both passes, as A1111 counts it
             total = params.steps + (params.hr_second_pass_steps or params.steps)
@@ -797,13 +813,14 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         try:
             with models.sampling() as unet_time:
                 if plan.firstpass is not None:  # A1111's firstpass_image: straight to the hires pass
-                    latents = _hires_pass(models, ctx, None, batch_seeds, batch_subseeds, hooks,
+                    latents = _hires_pass(models, ctx, None, batch_seeds, batch_subseeds, hooks, fields,
                                           [plan.firstpass] * len(batch_seeds))
                 else:
                     latents = sample(model, denoiser, noise, ctx.choice, plan.schedule_steps or params.steps,
                                      generators, first_hooks, start, ctx.options, batch_seeds)
                 if plan.hires and plan.firstpass is None:
-                    latents = _hires_pass(models, ctx, latents, batch_seeds, batch_subseeds, second_hooks or hooks)
+                    latents = _hires_pass(models, ctx, latents, batch_seeds, batch_subseeds, second_hooks or hooks,
+                                          fields)
         except (JobSkipped, JobInterrupted) as stopped:
             # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
             skipped = isinstance(stopped, JobSkipped)
@@ -811,7 +828,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             if partial is not None:
                 images = models.decode(partial, lambda: True, unet_time.seconds) or sketch(partial)
                 yield BatchOutput(plan.finish(images, partial, start) if plan.finish else images, batch_seeds, b,
-                                  interrupted=not skipped, skipped=skipped, vae_tiled=models.vae_tiled)
+                                  interrupted=not skipped, skipped=skipped, vae_tiled=models.vae_tiled,
+                                  fields=dict(fields))
             if skipped:
                 continue
             if partial is None:
@@ -837,21 +855,23 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             images = sketch(latents)
             yield BatchOutput(plan.finish(images, latents, start) if plan.finish else images, batch_seeds, b,
                               interrupted=stop == ["interrupted"], skipped=stop == ["skipped"],
-                              vae_tiled=models.vae_tiled)
+                              vae_tiled=models.vae_tiled, fields=dict(fields))
             if stop == ["skipped"]:
                 continue
             return
         yield BatchOutput(plan.finish(images, latents, start) if plan.finish else images, batch_seeds, b,
-                          vae_tiled=models.vae_tiled)
+                          vae_tiled=models.vae_tiled, fields=dict(fields))
 
 
 def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, seeds: list[int],
-                subseeds: list[int] | None, hooks: Hooks, firsts: list[Image.Image] | None = None) -> torch.Tensor:
+                subseeds: list[int] | None, hooks: Hooks, fields: dict[str, Any],
+                firsts: list[Image.Image] | None = None) -> torch.Tensor:
     """Hires. fix's second pass (see `hires`): upscale, fresh noise for the images' seeds at the new size
     (A1111 makes a new RNG there), then img2img over the end of the hires schedule, with the hires
     sampler and prompts when given (A1111 encodes them for the hires steps). A first pass that switched to
     the refiner decodes with it (for a pixel upscaler); the second pass starts on the job's model again.
-    `firsts`: given first-pass pictures (A1111's firstpass_image) in place of `latents`."""
+    `firsts`: given first-pass pictures (A1111's firstpass_image) in place of `latents`. The infotext keys its
+    sampling calls for are added to `fields`."""
     params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
@@ -879,6 +899,7 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
     denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond, model.text.unet_inputs(width, height),
                         model.text.unet_inputs(width, height, negative=True))
     denoiser.switch = models.switch(ctx, True, (prompt, negative, hr_steps), (width, height))
+    denoiser.skips, denoiser.fields = ctx.uncond_skips, fields
     return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks, Start(latents, t_enc), ctx.options,
                   seeds)
 

@@ -303,6 +303,10 @@ class GenerationService:
             run.extra = {**run.extra, **self._network_fields(run.model, run.networks)}  # TI hashes known once encoded
             if batch.vae_tiled:
                 run.extra[pipeline.VAE_TILING_KEY] = True
+            if batch.fields:  # keys sampling called for (A1111 adds them then: after the sampler's, before the VAE's)
+                vae = ctx.vae_fields()
+                run.extra = {**{k: v for k, v in run.extra.items() if k not in vae}, **batch.fields,
+                             **{k: v for k, v in run.extra.items() if k in vae}}
             # A1111 shows an interrupted or skipped batch, and saves it only if asked to
             result.interrupted = result.interrupted or batch.interrupted
             result.skipped = result.skipped or batch.skipped
