@@ -205,7 +205,7 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("hires_fix_refiner_pass", "Hires refiner", str),
     ("refiner_switch_by_sample_steps", "Refiner switch by sampling steps", bool),
     ("skip_early_cond", "Skip Early CFG", float), ("s_min_uncond", "NGMS", float),
-    ("s_min_uncond_all", "NGMS all steps", bool),
+    ("s_min_uncond_all", "NGMS all steps", bool), ("img2img_extra_noise", "Extra noise", float),
 ]
 
 

@@ -91,6 +91,9 @@ class Settings(BaseModel):
     # img2img
     initial_noise_multiplier: float = Field(
         1.0, ge=0.0, le=1.5, description="img2img: the starting noise is multiplied by this (requests may override it)")
+    img2img_extra_noise: float = Field(
+        0.0, ge=0.0, le=1.0, description="Extra noise multiplier for img2img and hires fix: the starting noise is "
+                                         "added once more, this much of it (infotext: Extra noise)")
     img2img_fix_steps: bool = Field(
         False, description="img2img: run exactly the requested steps (off: A1111's default, denoising strength x "
                            "steps + 1 of them; on: a longer schedule of which the last `steps` run)")
@@ -253,7 +256,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
     "VAE": ("sd_vae", "sd_vae_encode_method", "sd_vae_decode_method", "vae_tiling", "vae_tile_size"),
-    "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_fix_steps",
+    "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_extra_noise", "img2img_fix_steps",
                 "img2img_background_color", "depth_map_show", "img2img_batch_show_results_limit"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",

@@ -105,6 +105,7 @@ class JobContext:
     vae_tiling: VaeTiling = VaeTiling()  # when the VAE decodes and encodes in tiles (vae_tiling, vae_tile_size)
     tiling: bool = False  # A1111's Tiling: every convolution of the U-Net and the VAE pads circularly
     uncond_skips: UncondSkips = UncondSkips()  # when a call leaves the negative prompt out (A1111's optimizations)
+    extra_noise: float = 0.0  # img2img_extra_noise: img2img's and the hires pass's start noise added again, scaled
     # infotext keys a script gives every image of this job, before the job's own (Loopback's curve); (key, value)
     script_fields: tuple[tuple[str, Any], ...] = ()
 
@@ -224,4 +225,5 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         vae_tiling=VaeTiling("Never" if tiling else settings.vae_tiling, settings.vae_tile_size), tiling=tiling,
         uncond_skips=UncondSkips(settings.skip_early_cond,
                                  params.s_min_uncond if params.s_min_uncond is not None else settings.s_min_uncond,
-                                 settings.s_min_uncond_all))
+                                 settings.s_min_uncond_all),
+        extra_noise=settings.img2img_extra_noise)

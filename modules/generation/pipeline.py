@@ -290,6 +290,7 @@ class Start:
     t_enc: int
     mask: torch.Tensor | None = None
     soft: SoftInpainting | None = None
+    extra_noise: float = 0.0  # img2img_extra_noise: the start noise is added once more, this much of it
 
     def blend(self, current: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """`current` with the init latent outside the mask (A1111's current * nmask + init_latent * mask), or soft
@@ -317,6 +318,8 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     prepared = samplers.prepare(choice, steps, model.alphas_cumprod, options, sdxl=model.family.sampling.sdxl_schedules)
     # A1111 counts the calls a pass makes as its steps, twice for 2nd-order samplers
     denoiser.total_calls = (steps if start is None else start.t_enc + 1) * (2 if choice.spec.second_order else 1)
+    if start is not None and start.extra_noise > 0:
+        denoiser.fields["Extra noise"] = start.extra_noise
     if prepared.state == "timestep":
         out = _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
     else:
@@ -336,6 +339,8 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
     else:
         a = alphas[timesteps[min(start.t_enc, len(timesteps) - 1)]]
         x = start.latent * a.sqrt() + noise * (1 - a).sqrt()
+        if start.extra_noise > 0:  # A1111: the same noise again, scaled to the start's signal level
+            x = x + noise * start.extra_noise * a.sqrt()
         timesteps = timesteps[:start.t_enc]
     v_model = model.prediction_type == "v_prediction"
     kwargs = dict(prepared.kwargs)
@@ -381,6 +386,8 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     log_sigmas = schedules.model_sigmas(model.alphas_cumprod).log().to(noise.device)
     v_model = model.prediction_type == "v_prediction"
     x = noise * sigmas[0] if start is None else start.latent + noise * sigmas[0]
+    if start is not None and start.extra_noise > 0:  # A1111: the same noise again, this much of it
+        x = x + noise * start.extra_noise
     lcm_log = None if prepared.lcm_log_sigmas is None else prepared.lcm_log_sigmas.to(noise.device)
     table = schedules.model_sigmas(model.alphas_cumprod).to(noise.device)
 
@@ -900,8 +907,8 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
                         model.text.unet_inputs(width, height, negative=True))
     denoiser.switch = models.switch(ctx, True, (prompt, negative, hr_steps), (width, height))
     denoiser.skips, denoiser.fields = ctx.uncond_skips, fields
-    return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks, Start(latents, t_enc), ctx.options,
-                  seeds)
+    return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks,
+                  Start(latents, t_enc, extra_noise=ctx.extra_noise), ctx.options, seeds)
 
 
 @torch.no_grad()
@@ -1044,7 +1051,7 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
                 init = keep + fresh * latent_mask
             else:  # latent nothing
                 init = keep
-        return Start(init, t_enc, latent_mask, soft if latent_mask is not None else None)
+        return Start(init, t_enc, latent_mask, soft if latent_mask is not None else None, ctx.extra_noise)
 
     def finish(decoded: list[Image.Image], latents: torch.Tensor, start: Start | None) -> list[Image.Image]:
         if prepared_mask is None:

@@ -143,3 +143,13 @@ def test_firstpass_image_larger_than_the_target_is_refused(engine):  # noqa: F81
 
     with pytest.raises(BadRequest, match="firstpass_image is 256x256, larger than the 128x128"):
         engine.txt2img(params(enable_hr=True, steps=2, firstpass_image=Image.new("RGB", (256, 256))))
+
+
+def test_extra_noise_applies_to_the_hires_pass_and_is_written(engine):  # noqa: F811
+    kw = dict(enable_hr=True, denoising_strength=0.6, hr_second_pass_steps=2, steps=3)
+    plain = engine.txt2img(params(**kw))
+    noisy = engine.txt2img(params(**kw, override_settings={"img2img_extra_noise": 0.2}))
+    assert noisy.images[0].tobytes() != plain.images[0].tobytes()
+    assert "Extra noise: 0.2" in noisy.infotexts[0] and "Extra noise" not in plain.infotexts[0]
+    first_pass_only = engine.txt2img(params(steps=3, override_settings={"img2img_extra_noise": 0.2}))
+    assert "Extra noise" not in first_pass_only.infotexts[0]  # txt2img's own pass starts from noise alone

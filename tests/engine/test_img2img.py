@@ -58,9 +58,9 @@ class Recording(pipeline.Denoiser):
         super().__init__(*args, **kw)
         self.calls = []
 
-    def __call__(self, x_in, t):
+    def __call__(self, x_in, t, level=None):
         self.calls.append((x_in.clone(), float(t)))
-        return super().__call__(x_in, t)
+        return super().__call__(x_in, t, level)
 
 
 def k_reference(model, name, steps, t_enc, init, noise, gens, cond, uncond, cfg, mask=None, our_model=False):
@@ -200,6 +200,29 @@ def test_ddim_inpainting_blends_the_unet_input_as_a1111(model, soft):
     assert (got - expected).abs().max().item() <= 1e-5 * scale
     if not soft:
         assert torch.equal(got[..., 5:], init[..., 5:])
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_extra_noise_adds_the_start_noise_again(model, sampler):
+    """A1111's img2img_extra_noise (sample_img2img): xi = x + noise * sigma_0, then xi += noise * extra; for
+    DDIM, PLMS and UniPC the extra part is scaled by sqrt(alpha) of the start timestep."""
+    steps, t_enc = 10, samplers.img2img_t_enc(10, 0.5)
+    init = torch.randn((1, *SHAPE), generator=torch.Generator().manual_seed(3))
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    gens = rng.create_generators([4], "CPU", torch.device("cpu"))
+    noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
+    denoiser = Recording(model, cond, uncond, 5.0)
+    with torch.no_grad():
+        pipeline.sample(model, denoiser, noise, samplers.resolve(sampler), steps, gens, pipeline.Hooks(),
+                        pipeline.Start(init, t_enc, extra_noise=0.3))
+    if sampler == "DDIM":
+        a = model.alphas_cumprod[1 + t_enc * (1000 // steps)]
+        expected = init * a.sqrt() + noise * (1 - a).sqrt() + noise * 0.3 * a.sqrt()
+    else:
+        sigma = samplers.prepare(samplers.resolve(sampler), steps, model.alphas_cumprod).sigmas[steps - t_enc - 1]
+        expected = (init + noise * sigma + noise * 0.3) / (sigma ** 2 + 1) ** 0.5
+    assert torch.allclose(denoiser.calls[0][0], expected, atol=1e-5)
+    assert denoiser.fields == {"Extra noise": 0.3}
 
 
 def test_denoising_strength_controls_how_far_the_latent_moves(manager):

@@ -568,9 +568,9 @@ class RecordingDenoiser(pipeline.Denoiser):
         super().__init__(*args)
         self.timesteps: list[float] = []
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, level=None):
         self.timesteps.append(float(t))
-        return super().__call__(x, t)
+        return super().__call__(x, t, level)
 
 
 def test_unipc_follows_a1111s_continuous_time_grid(model):

@@ -42,8 +42,8 @@ def test_axis_types_are_a1111s_in_its_order():
     i2i = [a.label for a in xyz.axes_for(ENV, "img2img")]
     assert i2i[6] == "Image CFG Scale" and "Hires steps" not in i2i and "Cond. Image Mask Weight" in i2i
     refused = {a.label for a in xyz.axes(ENV) if a.refused}
-    assert refused == {"Image CFG Scale", "Negative Guidance minimum sigma", "Extra noise", "Face restore",
-                       "Token merging ratio", "Token merging ratio high-res", "SGM noise multiplier", "FP8 mode"}
+    assert refused == {"Image CFG Scale", "Face restore", "Token merging ratio", "Token merging ratio high-res",
+                       "SGM noise multiplier", "FP8 mode"}
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -64,7 +64,7 @@ def test_float_ranges(text, expected):
 @pytest.mark.parametrize("label, text, message", [
     ("Steps", "three", "'three' is not a whole number"), ("CFG Scale", "x-y", "is not a number"),
     ("Steps", "1-5 (+0)", "step must not be 0"), ("Steps", "", "no values"), ("CFG Scale", "inf", "not a finite"),
-    ("Face restore", "true", "Face restoration"), ("Extra noise", "0.1", "img2img_extra_noise")])
+    ("Face restore", "true", "Face restoration")])
 def test_bad_values_name_the_axis(label, text, message):
     args = [index(label), text, []]
     with pytest.raises(BadRequest, match=f"X/Y/Z plot: X axis \\({label}\\)") as e:
