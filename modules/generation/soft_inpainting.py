@@ -71,14 +71,27 @@ def gaussian_kernel(stddev: float = 1.5, radius: int = 2) -> np.ndarray:
     return kernel
 
 
+BAND = 32  # rows the filter works on at once (with the kernel's reach above and below): bounded memory
+
+
 def percentile_filter(image: np.ndarray, kernel: np.ndarray, low: float, high: float, min_width: float = 1.0
                       ) -> np.ndarray:
     """Each pixel becomes the weighted mean of the part of its neighbourhood's weighted histogram that lies between
     the `low` and `high` fractions of the total weight (at least `min_width` of weight wide): with 0.9-1 a soft
     maximum, with 0.25-0.75 a soft median. The neighbourhood is the kernel's square, cut at the image's edges.
 
-    Computed for all pixels at once, in the order and precision of A1111's per-pixel loop, so the result is the
-    same to the bit."""
+    Computed for a band of rows at a time, all its pixels at once, in the order and precision of A1111's
+    per-pixel loop, so the result is the same to the bit."""
+    r = kernel.shape[0] // 2
+    out = np.empty_like(image)
+    for top in range(0, image.shape[0], BAND):
+        lo, hi = max(0, top - r), min(image.shape[0], top + BAND + r)  # the band and the rows its windows reach
+        out[top:top + BAND] = _filter_rows(image[lo:hi], kernel, low, high, min_width)[top - lo:top - lo + BAND]
+    return out
+
+
+def _filter_rows(image: np.ndarray, kernel: np.ndarray, low: float, high: float, min_width: float) -> np.ndarray:
+    """percentile_filter of `image` as if it were the whole picture (its first and last rows' windows cut)."""
     h, w = image.shape
     r = kernel.shape[0] // 2
     n = kernel.size

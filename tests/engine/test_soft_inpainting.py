@@ -31,7 +31,7 @@ def test_kernel_is_a1111s():
     assert np.array_equal(k, k.T) and np.array_equal(k, k[::-1])
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (7, 9), (16, 16)])
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (7, 9), (16, 16), (70, 9)])  # 70 rows: three bands
 @pytest.mark.parametrize("window", [(0.9, 1.0), (0.25, 0.75), (0.0, 1.0), (0.0, 0.05)])
 def test_percentile_filter_equals_a1111s_loop_to_the_bit(shape, window):
     gen = np.random.default_rng(shape[0] * 31 + shape[1])
