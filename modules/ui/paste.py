@@ -8,9 +8,10 @@ from typing import Any
 
 import gradio as gr
 
+from modules import infotext
 from modules.engine import Engine
 from modules.generation import samplers
-from modules.ui import scripts, soft_inpainting
+from modules.ui import img2img, scripts, soft_inpainting
 
 
 def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -37,7 +38,28 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
     if soft is not None:
         values.update(soft_inpainting.pasted(soft))
     values.update(scripts.pasted_values(engine, text, "txt2img" if txt2img else "img2img"))  # a plot's grid
+    if not txt2img:
+        values.update(inpaint_values(text))
     return values, settings
+
+
+def inpaint_values(text: str) -> dict[str, Any]:
+    """img2img's inpainting options an infotext gives (A1111's paste fields): Mask blur when it is written, and
+    Mask mode, Masked content, Inpaint area and Masked area padding, whose absence means A1111's defaults. A
+    value the page has no choice for leaves its control as it is."""
+    parsed = infotext.parse_with_defaults(text or "")
+    out: dict[str, Any] = {}
+    for name, key in (("mask_blur", "Mask blur"), ("inpaint_full_res_padding", "Masked area padding")):
+        try:
+            out[name] = int(parsed[key])
+        except (KeyError, TypeError, ValueError):
+            pass
+    for name, key, choices in (("inpainting_mask_invert", "Mask mode", img2img.MASK_MODES),
+                               ("inpainting_fill", "Masked content", img2img.MASKED_CONTENT),
+                               ("inpaint_full_res", "Inpaint area", img2img.INPAINT_AREAS)):
+        if parsed.get(key) in choices:
+            out[name] = parsed[key]
+    return out
 
 
 def updates(fields: dict[str, gr.components.Component], values: dict[str, Any]) -> list:

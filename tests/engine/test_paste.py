@@ -189,3 +189,20 @@ def test_the_pages_soft_inpainting_runs_and_pastes_back(engine):  # noqa: F811
     off = img2img.make_params({**controls, "soft_inpainting_enabled": False}, Image.new("RGB", (64, 64)), mask, 0,
                               1.0)
     assert off.soft_inpainting is None
+
+
+def test_inpainting_keys_fill_img2imgs_inpaint_options(engine):  # noqa: F811
+    text = ("a cat\nSteps: 4, Seed: 3, Size: 64x64, Denoising strength: 0.7, Mask mode: Inpaint not masked, "
+            "Mask blur: 8, Inpaint area: Only masked, Masked area padding: 16, Masked content: latent noise")
+    page, _ = paste.field_values(engine, text, txt2img=False)
+    assert {k: page[k] for k in ("mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
+                                 "inpaint_full_res_padding")} == {
+        "mask_blur": 8, "inpainting_mask_invert": "Inpaint not masked", "inpainting_fill": "latent noise",
+        "inpaint_full_res": "Only masked", "inpaint_full_res_padding": 16}
+    # left out: A1111's defaults, except Mask blur, which stays as it is
+    plain, _ = paste.field_values(engine, "a cat\nSteps: 4, Seed: 3", txt2img=False)
+    assert (plain["inpainting_mask_invert"], plain["inpainting_fill"], plain["inpaint_full_res"],
+            plain["inpaint_full_res_padding"]) == ("Inpaint masked", "original", "Whole picture", 32)
+    assert "mask_blur" not in plain
+    odd, _ = paste.field_values(engine, "a cat\nSteps: 4, Seed: 3, Masked content: sparkles", txt2img=False)
+    assert "inpainting_fill" not in odd
