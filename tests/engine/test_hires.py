@@ -42,8 +42,9 @@ def test_hires_sampler_prompt_and_bad_upscaler(engine):  # noqa: F811
     r = engine.txt2img(params(enable_hr=True, hr_sampler_name="DPM++ 2M", hr_prompt="a green square", steps=3,
                               hr_resize_x=96, hr_resize_y=80, denoising_strength=0.5))
     assert r.images[0].size == (96, 80)
-    assert "Hires resize: 96x80" in r.infotexts[0] and "Hires sampler: DPM++ 2M" in r.infotexts[0]
-    assert "Hires prompt: a green square" in r.infotexts[0]
+    # A1111's order (its txt2img init): sampler and prompts before the size and the upscaler
+    assert "Hires sampler: DPM++ 2M, Hires prompt: a green square, Hires resize: 96x80, Hires upscaler: Latent" \
+           in r.infotexts[0], r.infotexts[0]
     with pytest.raises(BadRequest, match="Unknown hires upscaler 'ESRGAN_4x'"):
         engine.submit_txt2img(params(enable_hr=True, hr_upscaler="ESRGAN_4x"))
 
