@@ -445,9 +445,14 @@ def decode_base64_image(data: str, max_pixels: int = Limits().max_input_pixels, 
         raise InvalidImage(f"Invalid encoded image: {e}") from None
 
 
+def may_be_transparent(image: Image.Image) -> bool:
+    """Whether the image's mode carries transparency (an alpha channel, or a palette's transparent entry)."""
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
 def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
     """RGB, with any transparency composited over `background` (A1111's `img2img_background_color`)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if may_be_transparent(image):
         rgba = image.convert("RGBA")
         base = Image.new("RGBA", rgba.size, background)
         base.alpha_composite(rgba)

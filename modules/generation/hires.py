@@ -98,7 +98,7 @@ def upscale_latents(latents: torch.Tensor, upscaler: str, width: int, height: in
 
 
 def as_first_pass(image: Image.Image) -> Image.Image:
-    """A given first pass (A1111's firstpass_image) as A1111's pixel path sees it: stored as a -1..1 tensor and
+    """A given first pass (A1111's firstpass_image, RGB) as A1111's pixel path sees it: stored as a -1..1 tensor and
     turned back into 8-bit pixels by truncation, which takes one off the values 1-63 (so the same image gives
     the same result)."""
     a = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0 * 2.0 - 1.0
@@ -106,17 +106,17 @@ def as_first_pass(image: Image.Image) -> Image.Image:
     return Image.fromarray((255. * back).astype(np.uint8))
 
 
-def upscale_images(firsts: list[Image.Image], upscaler: str, width: int, height: int, encode,
-                   resize: Callable[[Image.Image, int, int], Image.Image] | None) -> torch.Tensor:
-    """Latents at width x height from given first-pass pictures: encoded at their own size and interpolated
-    (latent upscalers), or resized by `resize` and encoded, as `upscale_latents` does with decoded ones."""
+def upscale_image(first: Image.Image, count: int, upscaler: str, width: int, height: int, encode,
+                  resize: Callable[[Image.Image, int, int], Image.Image] | None) -> torch.Tensor:
+    """`count` latents at width x height from one given first-pass picture (RGB): encoded at its own size and
+    interpolated (latent upscalers), or resized by `resize` (after A1111's round trip) and encoded, as
+    `upscale_latents` does with decoded ones. Encoded once, for every image of the batch."""
     if upscaler in LATENT_UPSCALERS:
-        mode, antialias = LATENT_UPSCALERS[upscaler]
-        latents = torch.cat([encode(image.convert("RGB")) for image in firsts])
-        return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode,
-                                               antialias=antialias)
-    assert resize is not None, f"the image upscaler {upscaler!r} needs its resize"
-    return torch.cat([encode(resize(as_first_pass(image), width, height)) for image in firsts])
+        latent = upscale_latents(encode(first), upscaler, width, height, None, None, None)
+    else:
+        assert resize is not None, f"the image upscaler {upscaler!r} needs its resize"
+        latent = encode(resize(as_first_pass(first), width, height))
+    return latent.repeat(count, 1, 1, 1)
 
 
 def infotext_fields(params: GenerationParams, sampler_label: str, schedule_label: str | None) -> dict:

@@ -145,10 +145,7 @@ def paste_back(generated: Image.Image, original: Image.Image, prepared: Prepared
     pixels outside the (blurred) mask are the original's exactly. For "Only masked" the generated crop is
     first scaled into its box of the full-size original."""
     if prepared.crop is not None:
-        x1, y1, x2, y2 = prepared.crop
-        base = Image.new("RGBA", original.size)
-        base.paste(images.resize_image(1, generated, x2 - x1, y2 - y1), (x1, y1))
-        generated = base
+        generated = _uncrop(generated, original.size, prepared.crop, "RGBA")
     top = original.convert("RGB").copy()
     top.putalpha(ImageOps.invert(prepared.overlay.convert("L")))
     out = generated.convert("RGBA")
@@ -161,7 +158,13 @@ def with_overlay(prepared: PreparedMask, overlay: Image.Image, size: tuple[int, 
     original is: for "Only masked" scaled into the crop box of an image of `size`, 0 (the original) around it."""
     if prepared.crop is None:
         return replace(prepared, overlay=overlay.convert("L"))
-    x1, y1, x2, y2 = prepared.crop
-    full = Image.new("L", size, 0)
-    full.paste(images.resize_image(1, overlay.convert("L"), x2 - x1, y2 - y1), (x1, y1))
-    return replace(prepared, overlay=full)
+    return replace(prepared, overlay=_uncrop(overlay.convert("L"), size, prepared.crop, "L"))
+
+
+def _uncrop(image: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int], mode: str) -> Image.Image:
+    """A1111's `uncrop`: `image` scaled to cover the box (crop and resize) and placed there on an empty canvas of
+    `size` (transparent for RGBA, black for L)."""
+    x1, y1, x2, y2 = box
+    canvas = Image.new(mode, size)
+    canvas.paste(images.resize_image(1, image, x2 - x1, y2 - y1), (x1, y1))
+    return canvas

@@ -299,14 +299,17 @@ class Start:
             return current
         if self.soft is not None:
             return soft_inpainting.blend(self.soft, self.latent, current, self.mask, sigma)
-        return current * self.mask + self.latent * (1 - self.mask)
+        return self._plain(current)
 
     def final(self, samples: torch.Tensor) -> torch.Tensor:
         """The sampled latents blended with the init latent once more (A1111's img2img `sample`); soft
         inpainting keeps them as they are."""
         if self.mask is None or self.soft is not None:
             return samples
-        return samples * self.mask + self.latent * (1 - self.mask)
+        return self._plain(samples)
+
+    def _plain(self, current: torch.Tensor) -> torch.Tensor:
+        return current * self.mask + self.latent * (1 - self.mask)
 
 
 def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.SamplerChoice, steps: int,
@@ -351,6 +354,9 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
     if prepared.function is ksampling.unipc:  # A1111 starts UniPC's img2img just above its last timestep
         kwargs["img2img"] = start is not None
 
+    masked = start is not None and start.mask is not None
+    blended_x0: list[torch.Tensor] = []  # masked: the x0 of the latest call, from the input the U-Net was given
+
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if hooks.check:
             hooks.check()
@@ -363,7 +369,10 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
         if denoiser.keep_uncond:
             u = denoiser.last_uncond
             last_uncond.append(a_t.sqrt() * u + (1 - a_t).sqrt() * x if v_model else u)
-        return a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
+        e = a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
+        if masked:  # A1111's preview and interrupted result: the prediction from the blended input
+            blended_x0[:] = [(x - (1 - a_t).sqrt() * e) / a_t.sqrt()]
+        return e
 
     shape = tuple(noise.shape[1:])
     # DDIM and PLMS step between the timesteps; UniPC runs one step per timestep (on its own time grid)
@@ -371,7 +380,7 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
 
     def on_step(i: int, latent: torch.Tensor, x0: torch.Tensor) -> None:
         if hooks.on_step:
-            hooks.on_step(i + 1, total, x0)
+            hooks.on_step(i + 1, total, blended_x0[0] if blended_x0 else x0)
 
     return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
                              on_step, **kwargs)
@@ -821,7 +830,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             with models.sampling() as unet_time:
                 if plan.firstpass is not None:  # A1111's firstpass_image: straight to the hires pass
                     latents = _hires_pass(models, ctx, None, batch_seeds, batch_subseeds, hooks, fields,
-                                          [plan.firstpass] * len(batch_seeds))
+                                          plan.firstpass)
                 else:
                     latents = sample(model, denoiser, noise, ctx.choice, plan.schedule_steps or params.steps,
                                      generators, first_hooks, start, ctx.options, batch_seeds)
@@ -832,6 +841,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
             skipped = isinstance(stopped, JobSkipped)
             partial = last_x0[-1] if last_x0 else None
+            if partial is not None and start is not None:  # blended once more, as A1111 does what sampling returned
+                partial = start.final(partial)
             if partial is not None:
                 images = models.decode(partial, lambda: True, unet_time.seconds) or sketch(partial)
                 yield BatchOutput(plan.finish(images, partial, start) if plan.finish else images, batch_seeds, b,
@@ -872,19 +883,20 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
 
 def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, seeds: list[int],
                 subseeds: list[int] | None, hooks: Hooks, fields: dict[str, Any],
-                firsts: list[Image.Image] | None = None) -> torch.Tensor:
+                first: Image.Image | None = None) -> torch.Tensor:
     """Hires. fix's second pass (see `hires`): upscale, fresh noise for the images' seeds at the new size
     (A1111 makes a new RNG there), then img2img over the end of the hires schedule, with the hires
     sampler and prompts when given (A1111 encodes them for the hires steps). A first pass that switched to
     the refiner decodes with it (for a pixel upscaler); the second pass starts on the job's model again.
-    `firsts`: given first-pass pictures (A1111's firstpass_image) in place of `latents`. The infotext keys its
-    sampling calls for are added to `fields`."""
+    `first`: a given first-pass picture (A1111's firstpass_image) for every image, in place of `latents`. The
+    infotext keys its sampling calls for are added to `fields`."""
     params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
     resize = None if ctx.hr_upscaler in hires.LATENT_UPSCALERS else pixel_resize(models.hooks, ctx.hr_upscaler)
-    if firsts is not None:
-        latents = hires.upscale_images(firsts, ctx.hr_upscaler, up_x, up_y, models.encode_on_base, resize)
+    if first is not None:  # transparency flattened as init images are (A1111 fails on it)
+        latents = hires.upscale_image(images.flatten(first, ctx.background), len(seeds), ctx.hr_upscaler, up_x, up_y,
+                                      models.encode_on_base, resize)
     else:
         latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, models.decode_now,
                                         models.encode_on_base, resize)
@@ -965,10 +977,6 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
     if soft is not None:  # A1111's extension adds its keys before img2img adds its own, and unrounds the mask
         fields.update(soft.infotext_fields())
     round_mask = params.mask_round and soft is None
-    if soft is not None and ctx.choice.spec.state == "timestep":
-        notes.append(f"Soft inpainting with {ctx.choice.spec.name}: as in A1111, this sampler blends the original "
-                     "into the U-Net's input only, so the area outside the mask may change too; a k-diffusion "
-                     "sampler (Euler, DPM++ ...) keeps it")
     if params.mask is not None:
         mask = params.mask
         if mask.size != params.init_images[0].size:  # the mask is drawn over the init image
@@ -1030,6 +1038,10 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
             small = prepared_mask.mask.resize((shape[2], shape[1]), resample=Image.Resampling.BICUBIC)
         lm = np.asarray(small, dtype=np.float32) / 255.0
         latent_mask = torch.from_numpy(np.around(lm) if round_mask else lm)[None, None].to(model.device)
+    if soft is not None and latent_mask is not None and ctx.choice.spec.state == "timestep":
+        notes.append(f"Soft inpainting with {ctx.choice.spec.name}: as in A1111, this sampler blends the original "
+                     "into the U-Net's input only, so the area outside the mask may change too; a k-diffusion "
+                     "sampler (Euler, DPM++ ...) keeps it")
     image_cond = depth_map = None
     if model.config.is_depth:  # the depth of the first (filled) input at the processing size, as A1111
         first = inputs[0] if inputs[0].size == (width, height) else images.resize_image(0, inputs[0], width, height)

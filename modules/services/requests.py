@@ -141,6 +141,9 @@ class RequestResolver:
             first = params.firstpass_image
             if first is not None:
                 self.check_input_image(first)
+                if min(first.size) < 8:  # the VAE encodes it: at least one latent pixel a side
+                    raise BadRequest(f"firstpass_image is {first.width}x{first.height}; it needs at least 8 pixels "
+                                     "a side")
                 if first.width * first.height > w * h:  # it is encoded whole: no bigger than what the pass makes
                     raise BadRequest(f"firstpass_image is {first.width}x{first.height}, larger than the {w}x{h} "
                                      "the hires fix makes from it; send the first pass at width x height")

@@ -133,12 +133,12 @@ def build(engine: Engine, size: tuple[int, int]) -> Img2ImgTab:
 
 # --- turning the controls into a request ---------------------------------------------------------
 
-def _alpha_mask(layer: Image.Image | None, size: tuple[int, int]) -> Image.Image | None:
-    """White where the user painted on `layer` (any visible stroke), black elsewhere."""
+def _alpha_mask(layer: Image.Image | None, size: tuple[int, int], above: int = 0) -> Image.Image | None:
+    """White where the user painted on `layer` (alpha over `above`: 0, any visible stroke), black elsewhere."""
     if layer is None:
         return None
     alpha = np.asarray(layer.convert("RGBA"))[..., 3]
-    mask = Image.fromarray(np.where(alpha > 0, 255, 0).astype(np.uint8), "L")
+    mask = Image.fromarray(np.where(alpha > above, 255, 0).astype(np.uint8), "L")
     return mask if mask.size == size else mask.resize(size)
 
 
@@ -157,7 +157,7 @@ def _editor_parts(value) -> tuple[Image.Image | None, Image.Image | None, Image.
 def _mask_from_upload(mask: Image.Image) -> Image.Image:
     """An uploaded mask as the engine reads it (A1111's rule, see masking.binary_mask): its alpha channel when it
     has transparency (opaque = repaint), else its brightness (white = repaint)."""
-    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+    if images.may_be_transparent(mask):
         return mask.convert("RGBA")
     return mask.convert("L")
 
@@ -172,7 +172,8 @@ def init_and_mask(mode: int, values: dict) -> tuple[Image.Image, Image.Image | N
         mask = None
     elif mode == 2:
         image, strokes, _c = _editor_parts(values.get("init_img_with_mask"))
-        mask = _alpha_mask(strokes, image.size) if image is not None and strokes is not None else None
+        # A1111 rounds the painted mask at once (create_binary_mask: alpha over 128), whatever mask_round says
+        mask = _alpha_mask(strokes, image.size, 128) if image is not None and strokes is not None else None
         if image is not None and mask is None:
             raise BadRequest("Inpaint: paint over the area to repaint first (the mask is empty).")
     elif mode == 3:

@@ -154,3 +154,15 @@ def test_extra_noise_applies_to_the_hires_pass_and_is_written(engine):  # noqa: 
     assert "Extra noise: 0.2" in noisy.infotexts[0] and "Extra noise" not in plain.infotexts[0]
     first_pass_only = engine.txt2img(params(steps=3, override_settings={"img2img_extra_noise": 0.2}))
     assert "Extra noise" not in first_pass_only.infotexts[0]  # txt2img's own pass starts from noise alone
+
+
+def test_firstpass_image_too_small_or_transparent(engine):  # noqa: F811
+    from PIL import Image
+
+    with pytest.raises(BadRequest, match="firstpass_image is 4x64; it needs at least 8 pixels a side"):
+        engine.txt2img(params(enable_hr=True, steps=2, firstpass_image=Image.new("RGB", (4, 64))))
+    kw = dict(enable_hr=True, steps=2, hr_second_pass_steps=2, denoising_strength=0.5)
+    clear = Image.new("RGBA", (64, 64), (255, 0, 0, 0))  # transparent: flattened on img2img_background_color
+    flat = engine.txt2img(params(**kw, firstpass_image=clear)).images[0]
+    white = engine.txt2img(params(**kw, firstpass_image=Image.new("RGB", (64, 64), (255, 255, 255)))).images[0]
+    assert flat.tobytes() == white.tobytes()

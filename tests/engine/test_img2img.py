@@ -169,8 +169,10 @@ def test_ddim_inpainting_blends_the_unet_input_as_a1111(model, soft):
     gens = rng.create_generators([11, 12], "CPU", torch.device("cpu"))
     noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
     denoiser = Recording(model, cond, uncond, 5.0)
+    reported = []  # the x0 each step shows (preview; an interrupted batch's result)
     with torch.no_grad():
-        got = pipeline.sample(model, denoiser, noise, samplers.resolve("DDIM"), steps, gens, pipeline.Hooks(),
+        got = pipeline.sample(model, denoiser, noise, samplers.resolve("DDIM"), steps, gens,
+                              pipeline.Hooks(on_step=lambda i, n, x0: reported.append(x0)),
                               pipeline.Start(init, t_enc, mask, settings))
         plain = pipeline.Denoiser(model, cond, uncond, 5.0)
         ac = model.alphas_cumprod
@@ -179,7 +181,7 @@ def test_ddim_inpainting_blends_the_unet_input_as_a1111(model, soft):
         x = init * a0.sqrt() + noise * (1 - a0).sqrt()
         ts = ts[:t_enc]
         a, a_prev = ac[ts], ac[torch.nn.functional.pad(ts[:-1], (1, 0))]
-        inputs = []
+        inputs, previews = [], []
         for i in range(len(ts) - 1):
             index = len(ts) - 1 - i
             t = ts[index].float()
@@ -189,6 +191,7 @@ def test_ddim_inpainting_blends_the_unet_input_as_a1111(model, soft):
             a_t, a_p = a[index].item(), a_prev[index].item()
             e_t = a_t ** 0.5 * out + (1 - a_t) ** 0.5 * x_in if model.prediction_type == "v_prediction" else out
             x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t ** 0.5
+            previews.append((x_in - (1 - a_t) ** 0.5 * e_t) / a_t ** 0.5)  # CFGDenoiserTimesteps.get_pred_x0(x_in)
             x = a_p ** 0.5 * x0 + (1 - a_p) ** 0.5 * e_t
         expected = x if soft else x * mask + init * (1 - mask)
     assert len(denoiser.calls) == len(inputs)
@@ -200,6 +203,9 @@ def test_ddim_inpainting_blends_the_unet_input_as_a1111(model, soft):
     assert (got - expected).abs().max().item() <= 1e-5 * scale
     if not soft:
         assert torch.equal(got[..., 5:], init[..., 5:])
+    assert len(reported) == len(previews)
+    for shown, want in zip(reported, previews):
+        assert torch.allclose(shown, want, atol=1e-4 * want.abs().max().item())
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
@@ -316,6 +322,33 @@ def test_mask_from_alpha_and_blur_kernel():
     blurred = np.asarray(masking.blur(left_half_mask(), 4, 4), dtype=int)
     assert blurred[:, 32 + BLUR_REACH - 1:].max() == 0 and blurred[:, 32 - BLUR_REACH:32 + BLUR_REACH - 1].min() > 0
     assert masking.expand_crop_region((10, 10, 42, 18), 64, 64, 64, 64) == (10, 0, 42, 32)
+
+
+def test_masks_are_read_as_a1111s_create_binary_mask_reads_them():
+    """An RGBA mask with transparency: its alpha, rounded at 128 (or as it is without mask_round); anything else:
+    its grey level as it is, soft edges kept."""
+    rgba = Image.new("RGBA", (3, 1), (255, 255, 255, 0))
+    rgba.putpixel((1, 0), (255, 255, 255, 128))
+    rgba.putpixel((2, 0), (255, 255, 255, 129))
+    assert list(masking.binary_mask(rgba).getdata()) == [0, 0, 255]
+    assert list(masking.binary_mask(rgba, round_mask=False).getdata()) == [0, 128, 129]
+    grey = Image.new("L", (1, 1), 100)
+    assert masking.binary_mask(grey).getpixel((0, 0)) == 100
+    opaque = Image.new("RGBA", (1, 1), (100, 100, 100, 255))  # no transparency: its brightness
+    assert masking.binary_mask(opaque).getpixel((0, 0)) == 100
+
+
+def test_the_pages_masks_keep_a1111s_rules():
+    from modules.ui import img2img as page
+
+    la = Image.new("LA", (2, 1), (0, 0))
+    la.putpixel((1, 0), (0, 200))
+    assert page._mask_from_upload(la).mode == "RGBA"  # its alpha decides (rounded with the job's mask_round)
+    assert page._mask_from_upload(Image.new("RGB", (2, 1), (90, 90, 90))).mode == "L"
+    strokes = Image.new("RGBA", (3, 1), (255, 255, 255, 0))
+    strokes.putpixel((1, 0), (255, 255, 255, 128))
+    strokes.putpixel((2, 0), (255, 255, 255, 129))
+    assert list(page._alpha_mask(strokes, (3, 1), 128).getdata()) == [0, 0, 255]  # A1111 rounds a painted mask
 
 
 @pytest.mark.parametrize("fill,label", [(1, None), (2, "latent noise"), (3, "latent nothing")])

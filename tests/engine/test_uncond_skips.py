@@ -75,6 +75,16 @@ def test_ddim_compares_ngms_with_the_timestep_as_a1111_does(engine):  # noqa: F8
     plain = engine.txt2img(params(**kw))
     ngms = engine.txt2img(params(**kw, s_min_uncond=15))
     assert ngms.images[0].tobytes() == plain.images[0].tobytes() and "NGMS" not in ngms.infotexts[0]
+    model = engine.load_checkpoint()  # 500 does skip: the odd calls at timesteps below it (401, 201)
+    cond, uncond = model.text.encode("a red circle")[None], model.text.encode("green")[None]
+    with torch.no_grad():
+        gens = rng.create_generators([3], "CPU", torch.device("cpu"))
+        denoiser = Counting(model, cond, uncond, 7.0)
+        denoiser.skips = UncondSkips(ngms=500.0)
+        pipeline.sample(model, denoiser, rng.initial_noise(gens, (4, 8, 8), torch.device("cpu")),
+                        samplers.resolve("DDIM"), 10, gens, pipeline.Hooks())
+    # the calls go from timestep 901 down to 101: 901, 801, ..., 101; the odd ones below 500 are 401 and 201
+    assert denoiser.rows == [2, 2, 2, 2, 2, 1, 2, 1, 2] and denoiser.fields == {"NGMS": 500.0}
 
 
 def test_the_infotext_keys_paste_as_the_settings(engine):  # noqa: F811
