@@ -168,6 +168,9 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
         values.pop("refiner_switch_at", None)
         refiner_warnings.append(f"infotext: Refiner {pasted.unknown_refiner!r} is not available here; "
                                 "no refiner was used")
+    if pasted.unknown_hires_checkpoint and "hr_checkpoint_name" not in req.model_fields_set:
+        refiner_warnings.append(f"infotext: Hires checkpoint {pasted.unknown_hires_checkpoint!r} is not available "
+                                "here; the hires pass used the job's checkpoint")
     for name, value in values.items():
         if name in allowed and name not in req.model_fields_set:
             setattr(req, name, value)
@@ -261,7 +264,8 @@ def to_params(req: schemas.Txt2ImgRequest, limits: Limits | None = None) -> Gene
         enable_hr=req.enable_hr, denoising_strength=req.denoising_strength, hr_scale=req.hr_scale,
         hr_upscaler=req.hr_upscaler, hr_second_pass_steps=req.hr_second_pass_steps, hr_resize_x=req.hr_resize_x,
         hr_resize_y=req.hr_resize_y, hr_sampler_name=req.hr_sampler_name, hr_scheduler=req.hr_scheduler,
-        hr_prompt=req.hr_prompt, hr_negative_prompt=req.hr_negative_prompt, firstpass_image=req.firstpass_image or None)
+        hr_prompt=req.hr_prompt, hr_negative_prompt=req.hr_negative_prompt, firstpass_image=req.firstpass_image or None,
+        hr_checkpoint_name=req.hr_checkpoint_name)
     try:
         return GenerationParams.model_validate(
             dict(**_common_fields(req), **(hires_fields if req.enable_hr else {})),

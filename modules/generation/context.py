@@ -106,6 +106,7 @@ class JobContext:
     tiling: bool = False  # A1111's Tiling: every convolution of the U-Net and the VAE pads circularly
     uncond_skips: UncondSkips = UncondSkips()  # when a call leaves the negative prompt out (A1111's optimizations)
     extra_noise: float = 0.0  # img2img_extra_noise: img2img's and the hires pass's start noise added again, scaled
+    hires_checkpoint: str | None = None  # Hires checkpoint: the title the hires pass runs on (set by the services)
     # infotext keys a script gives every image of this job, before the job's own (Loopback's curve); (key, value)
     script_fields: tuple[tuple[str, Any], ...] = ()
 

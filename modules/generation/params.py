@@ -61,6 +61,8 @@ class GenerationParams(BaseModel):
     hr_second_pass_steps: int = Field(0, ge=0, le=1000, description="0: the same as steps")
     hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
     hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_checkpoint_name: str | None = Field(None, description="Hires checkpoint: the checkpoint the hires pass runs "
+                                                              "on; None, '' or 'Use same checkpoint': the job's")
     hr_sampler_name: str | None = Field(None, description="None or 'Use same sampler': the first pass's")
     hr_scheduler: str | None = None
     hr_prompt: str = ""

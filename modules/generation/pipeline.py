@@ -57,6 +57,7 @@ class Hooks:
     # made ready for the job (its networks and settings), returning the loaded model
     load_refiner: Callable[[], Any] | None = None
     load_base: Callable[[], Any] | None = None
+    load_hires: Callable[[], Any] | None = None  # a job with a Hires checkpoint: load it in the model's place
     # a job whose context asks for TAESD (vae_decode_method / vae_encode_method): the TAESD "decoder" or
     # "encoder" that fits a model, (model, part) -> module (raises taesd.TaesdMissing when its file is absent)
     taesd: Callable[[Any, str], torch.nn.Module] | None = None
@@ -707,6 +708,7 @@ class _Models:
 
     def __init__(self, base, hooks: Hooks, ctx: JobContext):
         self.base = self.now = base
+        self.hires = None  # the Hires checkpoint's model, while it is the one loaded
         self.hooks = hooks
         self._stack: contextlib.ExitStack | None = None  # the sampling block the refiner is made stoppable in
         self._tiling = ctx.vae_tiling
@@ -737,7 +739,13 @@ class _Models:
 
     def encode_on_base(self, image: Image.Image) -> torch.Tensor:
         """An image encoded by the job's own model (loaded again after a refiner switch), as the job says."""
-        model = self.base_again()
+        return self._encode(self.base_again(), image)
+
+    def encode_for_hires(self, image: Image.Image) -> torch.Tensor:
+        """An image encoded by the model the hires pass runs on (A1111 encodes after loading the Hires checkpoint)."""
+        return self._encode(self.for_hires(), image)
+
+    def _encode(self, model, image: Image.Image) -> torch.Tensor:
         encoder = taesd_part(self.hooks, model, "encoder", self._methods[1])
         if encoder is not None:
             return encode(model, image_to_tensor(image)[None], encoder)
@@ -748,6 +756,16 @@ class _Models:
             self.base = self.hooks.load_base()
             self._use(self.base)
         return self.base
+
+    def for_hires(self):
+        """The model the hires pass runs on: the Hires checkpoint when the job names one (loaded in the model's
+        place, as A1111 reloads its weights; the next batch loads the job's own again), else the job's own."""
+        if self.hooks.load_hires is None:
+            return self.base_again()
+        if self.hires is None or self.now is not self.hires:
+            self.hires = self.hooks.load_hires()
+            self._use(self.hires)
+        return self.hires
 
     def switch(self, ctx: JobContext, second_pass: bool, texts: tuple[str, str, int], size: tuple[int, int]
                ) -> RefinerSwitch | None:
@@ -894,13 +912,15 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
     resize = None if ctx.hr_upscaler in hires.LATENT_UPSCALERS else pixel_resize(models.hooks, ctx.hr_upscaler)
-    if first is not None:  # transparency flattened as init images are (A1111 fails on it)
+    if first is not None:  # transparency flattened as init images are (A1111 fails on it); A1111 encodes it for a
+        # latent upscaler before it loads a Hires checkpoint, for an image upscaler after
+        encoder = models.encode_on_base if ctx.hr_upscaler in hires.LATENT_UPSCALERS else models.encode_for_hires
         latents = hires.upscale_image(images.flatten(first, ctx.background), len(seeds), ctx.hr_upscaler, up_x, up_y,
-                                      models.encode_on_base, resize)
-    else:
+                                      encoder, resize)
+    else:  # decoded by the model the first pass ended on, encoded by the one the hires pass runs on
         latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, models.decode_now,
-                                        models.encode_on_base, resize)
-    model = models.base_again()
+                                        models.encode_for_hires, resize)
+    model = models.for_hires()
     latents = hires.crop(latents, cut_x, cut_y)
     shape = (LATENT_CHANNELS, *latents.shape[2:])
     height, width = shape[1] * VAE_SCALE, shape[2] * VAE_SCALE

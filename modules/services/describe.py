@@ -47,6 +47,8 @@ def sampler_fields(record: JobRecord, alphas_cumprod) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if ctx.hires:
         fields = hires.infotext_fields(ctx.params, ctx.hr_choice.spec.name, ctx.hr_choice.schedule_label)
+        if ctx.hires_checkpoint is not None:  # first of them, as A1111 adds it; "NAME [hash]" once it is known
+            fields = {"Hires checkpoint": None, **fields}
     return {**fields, **samplers.infotext_fields(ctx.choice, ctx.options, alphas_cumprod)}
 
 

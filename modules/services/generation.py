@@ -67,6 +67,7 @@ class _Run:
     extra: dict[str, Any]  # the job's own infotext keys (img2img's mask keys, hires, sampler options, networks)
     namer: filenames.FileNamer | None = None
     refiner: CheckpointInfo | None = None  # the refiner the job switched to, if it did
+    hires: CheckpointInfo | None = None  # the Hires checkpoint the job loaded, if it did
     depth_map: Any = None  # the SD 2 depth model's map (a PIL image), when the setting shows it
 
     @property
@@ -231,10 +232,12 @@ class GenerationService:
         return model, networks
 
     def _model_hooks(self, run: _Run, hooks: pipeline.Hooks) -> None:
-        """A job with a refiner: how the pipeline loads it, and the job's own model again (see RefinerSwitch).
-        The refiner's infotext keys are added once it has been switched to, as A1111 adds them."""
+        """A job with a refiner or a Hires checkpoint: how the pipeline loads it, and the job's own model again
+        (see RefinerSwitch, _Models.for_hires). The refiner's infotext keys are added once it has been switched to,
+        as A1111 adds them."""
         accepted = run.accepted
-        if accepted.refiner is None or accepted.ctx.refiner is None:
+        refiner = accepted.refiner is not None and accepted.ctx.refiner is not None
+        if not refiner and accepted.hires_checkpoint is None:
             return
 
         def load_refiner() -> LoadedModel:
@@ -243,11 +246,21 @@ class GenerationService:
             run.refiner = model.info  # its infotext keys: see _with_model_hashes, before each batch is described
             return model
 
+        def load_hires() -> LoadedModel:
+            model, _ = self._ready(accepted, accepted.hires_checkpoint, run.result, requested="hr_checkpoint_name",
+                                   switch=True, state=run.job.state)
+            run.hires = model.info
+            return model
+
         def load_base() -> LoadedModel:
             return self._ready(accepted, accepted.checkpoint, run.result, requested=accepted.checkpoint_field,
                                switch=True, state=run.job.state)[0]
 
-        hooks.load_refiner, hooks.load_base = load_refiner, load_base
+        hooks.load_base = load_base
+        if refiner:
+            hooks.load_refiner = load_refiner
+        if accepted.hires_checkpoint is not None:
+            hooks.load_hires = load_hires
 
     def _batches(self, run: _Run, hooks: pipeline.Hooks) -> tuple[Iterator[pipeline.BatchOutput], int]:
         """The pipeline's batches for the job and the sampler steps each runs."""
@@ -366,7 +379,7 @@ class GenerationService:
         samples; if it is not done by the time the first batch is (a large file, few steps), wait for it here
         (the console shows the hash's progress bar, the page the job's line)."""
         state = run.job.state
-        for info in (i for i in (run.model.info, run.refiner) if wait and i is not None and not i.sha256):
+        for info in (i for i in (run.model.info, run.refiner, run.hires) if wait and i is not None and not i.sha256):
             task = self._checkpoints.hash_later(info)
             if not task.done:
                 state.textinfo = f"Calculating the hash of {info.name}"
@@ -379,6 +392,9 @@ class GenerationService:
             run.namer = run.result.namer = describe.file_namer(run.record, state.job_timestamp)
         if run.refiner is not None and run.accepted.ctx.refiner is not None:
             run.extra.update(run.accepted.ctx.refiner.fields(run.refiner.short_title, run.accepted.ctx.hires))
+        if "Hires checkpoint" in run.extra:  # "NAME [hash]" of the model the hires pass ran on (or the job's own)
+            hires_info = run.hires if run.accepted.hires_checkpoint is not None else run.model.info
+            run.extra["Hires checkpoint"] = hires_info.short_title if hires_info is not None else None
 
     def _decode_inputs(self, params: GenerationParams) -> None:
         """Decode the init images, the masks and a given first pass, which a request sends compressed and which

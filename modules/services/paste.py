@@ -26,6 +26,7 @@ class Pasted:
     warning: str | None  # set when the text was too long and only part of it was read
     unknown_refiner: str | None = None  # its `Refiner` when no checkpoint here is that one (values keep the name)
     script: tuple[str, list[Any]] | None = None  # (script title, script_args) of a script's grid (X/Y/Z plot)
+    unknown_hires_checkpoint: str | None = None  # its `Hires checkpoint` when no checkpoint here is that one
 
 
 class InfotextReader:
@@ -69,9 +70,18 @@ class InfotextReader:
             refiner = self._checkpoints.find(name)
             values["refiner_checkpoint"] = refiner.title if refiner is not None else name
             unknown_refiner = name if refiner is None else None
+        unknown_hires = None
+        hires_name = str(parsed.get("Hires checkpoint") or "").strip()
+        if txt2img and hires_name and hires_name != "Use same checkpoint":  # "NAME [hash10]", as the Refiner's
+            found = self._checkpoints.find(hires_name)
+            if found is not None:
+                values["hr_checkpoint_name"] = found.title
+            else:
+                unknown_hires = hires_name
         script_args = xyz.args_from_infotext(parsed, "txt2img" if txt2img else "img2img")
         script = (xyz.TITLE, script_args) if script_args is not None else None
-        return Pasted(values, settings, checkpoint, infotext.cut((text or "").strip())[1], unknown_refiner, script)
+        return Pasted(values, settings, checkpoint, infotext.cut((text or "").strip())[1], unknown_refiner, script,
+                      unknown_hires)
 
     def overrides(self, settings: dict[str, Any], given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The request's override_settings (`given`) plus the settings an infotext implies that it does not set,

@@ -31,6 +31,7 @@ class Accepted:
     unstyled_prompt: str
     warnings: tuple[str, ...] = ()
     refiner: CheckpointInfo | None = None  # the checkpoint ctx.refiner switches to
+    hires_checkpoint: CheckpointInfo | None = None  # the checkpoint the hires pass loads (None: the job's own)
 
     @property
     def checkpoint_field(self) -> str | None:
@@ -68,13 +69,30 @@ class RequestResolver:
         requested = params.override_settings.get("sd_model_checkpoint")
         checkpoint = self._checkpoints.resolve(requested)
         refiner = self.refiner(params, checkpoint)
+        hires_checkpoint = self.hires_checkpoint(params) if ctx.hires else None
+        if hires_checkpoint is not None:  # its infotext key is written even when it is the job's own (A1111)
+            ctx = dataclasses.replace(ctx, hires_checkpoint=hires_checkpoint.title)
+            if hires_checkpoint.filename == checkpoint.filename:
+                hires_checkpoint = None
         self.check_taesd(ctx, checkpoint)
         if refiner is not None:
             ctx = dataclasses.replace(ctx, refiner=context.RefinerPlan(
                 refiner.name, params.refiner_switch_at, settings.refiner_switch_by_sample_steps,
                 settings.hires_fix_refiner_pass))
         return Accepted(kind, ctx, settings, checkpoint, "sd_model_checkpoint" in params.override_settings,
-                        unstyled_prompt, tuple(style_warnings + warnings), refiner)
+                        unstyled_prompt, tuple(style_warnings + warnings), refiner, hires_checkpoint)
+
+    def hires_checkpoint(self, params: GenerationParams) -> CheckpointInfo | None:
+        """The Hires checkpoint a request names (BadRequest when there is none of that name, as A1111 fails), or
+        None for the job's own."""
+        name = (params.hr_checkpoint_name or "").strip()
+        if name in ("", "Use same checkpoint"):
+            return None
+        found = self._checkpoints.find(name)
+        if found is None:
+            raise BadRequest(f"hr_checkpoint_name: checkpoint {name!r} not found. Available: "
+                             + (", ".join(i.title for i in self._checkpoints.list()) or "none"))
+        return found
 
     def refiner(self, params: GenerationParams, checkpoint: CheckpointInfo) -> CheckpointInfo | None:
         """The refiner checkpoint a request names (BadRequest when it names none there is), or None: no refiner,

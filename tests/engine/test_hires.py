@@ -166,3 +166,49 @@ def test_firstpass_image_too_small_or_transparent(engine):  # noqa: F811
     flat = engine.txt2img(params(**kw, firstpass_image=clear)).images[0]
     white = engine.txt2img(params(**kw, firstpass_image=Image.new("RGB", (64, 64), (255, 255, 255)))).images[0]
     assert flat.tobytes() == white.tobytes()
+
+
+# ---------------------------------------------------------------- A1111's Hires checkpoint (hr_checkpoint_name)
+
+def test_hires_checkpoint_runs_the_second_pass_on_another_model(engine):  # noqa: F811
+    """With an image upscaler A1111 loads the Hires checkpoint, then encodes the upscaled first pass with it and
+    samples: the same as img2img on that checkpoint (from a given first pass, so that the first is known)."""
+    from modules import upscaling
+
+    first = engine.txt2img(params(steps=4, seed=5)).images[0]
+    kw = dict(enable_hr=True, hr_upscaler="Lanczos", denoising_strength=0.6, hr_second_pass_steps=3, steps=4)
+    result = engine.txt2img(params(**kw, firstpass_image=first, hr_checkpoint_name="sd2-v"))
+    init = upscaling.resize(hires.as_first_pass(first), 128, 128,
+                            lambda scale: upscaling.plain_pass("Lanczos", scale))
+    expected = _img2img_like_the_hires_pass(engine, init, override_settings={"img2img_fix_steps": True,
+                                                                             "sd_model_checkpoint": "sd2-v"})
+    assert result.images[0].tobytes() == expected.tobytes()
+    text = result.infotexts[0]
+    sd2 = engine.checkpoints.find("sd2-v.safetensors")
+    assert "Model: sd1," in text and f"Hires checkpoint: sd2-v [{sd2.shorthash}], Hires upscale: 2" in text, text
+
+
+def test_hires_checkpoint_each_batch_starts_on_the_jobs_model(engine):  # noqa: F811
+    kw = dict(enable_hr=True, denoising_strength=0.6, hr_second_pass_steps=2, steps=3, n_iter=2)
+    plain = engine.txt2img(params(**kw))
+    other = engine.txt2img(params(**kw, hr_checkpoint_name="sd2-v"))
+    assert [im.size for im in other.images] == [(128, 128)] * 2
+    assert all(a.tobytes() != b.tobytes() for a, b in zip(plain.images, other.images))
+    again = engine.txt2img(params(**kw))  # the next job runs on the job's model, as before
+    assert [im.tobytes() for im in again.images] == [im.tobytes() for im in plain.images]
+    same = engine.txt2img(params(**kw, hr_checkpoint_name="sd1"))  # its own: written, nothing reloaded
+    assert [im.tobytes() for im in same.images] == [im.tobytes() for im in plain.images]
+    assert "Hires checkpoint: sd1 [" in same.infotexts[0]
+    with pytest.raises(BadRequest, match="hr_checkpoint_name: checkpoint 'nowhere' not found"):
+        engine.txt2img(params(**kw, hr_checkpoint_name="nowhere"))
+    assert "Hires checkpoint" not in engine.txt2img(params(steps=2, hr_checkpoint_name="sd2-v")).infotexts[0]
+
+
+def test_hires_checkpoint_pastes_as_the_request_field(engine):  # noqa: F811
+    sd2 = engine.checkpoints.find("sd2-v.safetensors")
+    engine.checkpoints.ensure_hash(sd2)
+    text = (f"a cat\nSteps: 4, Seed: 3, Size: 64x64, Denoising strength: 0.5, Hires checkpoint: sd2-v "
+            f"[{sd2.shorthash}], Hires upscale: 2, Hires upscaler: Latent")
+    assert engine.paste.read(text, txt2img=True).values["hr_checkpoint_name"] == sd2.title
+    unknown = engine.paste.read(text.replace("sd2-v [", "gone ["), txt2img=True)
+    assert "hr_checkpoint_name" not in unknown.values and unknown.unknown_hires_checkpoint.startswith("gone [")

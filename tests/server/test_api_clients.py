@@ -97,7 +97,7 @@ def test_webuiapi_lists_models_samplers_and_the_a1111_catalogues(api):
     scripts = ["prompt matrix", "prompts from file or textbox", "x/y/z plot"]  # A1111's selectable ones
     assert api.get_scripts() == {"txt2img": scripts,
                                  "img2img": ["loopback", "outpainting mk2", "poor man's outpainting"] + scripts[:2]
-                                 + ["sd upscale"] + scripts[2:]}
+                                 + ["sd upscale"] + scripts[2:] + ["soft inpainting"]}  # then the always-on one
     memory = api.get_memory()
     assert set(memory["ram"]) == {"free", "used", "total"} and 0 < memory["ram"]["used"] < memory["ram"]["total"]
     assert memory["cuda"] == {"error": "unavailable"}  # as A1111 answers without CUDA

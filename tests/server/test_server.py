@@ -62,6 +62,9 @@ def test_txt2img_firstpass_image_runs_the_hires_pass_from_it(server):
         "firstpass_image is used only with enable_hr (Hires. fix, as in A1111); it was ignored"]
     bad = post(url, "/sdapi/v1/txt2img", **base, **hires, firstpass_image="bm9wZQ==")
     assert bad.status_code == 400 and "firstpass_image" in bad.text
+    # A1111's hr_checkpoint_name is used (it was accepted and ignored): one that is not there is a 400
+    gone = post(url, "/sdapi/v1/txt2img", **base, **hires, hr_checkpoint_name="nowhere")
+    assert gone.status_code == 400 and "hr_checkpoint_name: checkpoint 'nowhere' not found" in gone.text
 
 
 def test_models_list_and_switch_by_title_name_and_hash(server):
