@@ -133,6 +133,7 @@ IMPLIED_DEFAULTS: dict[str, Any] = {
     "Hires resize-2": 0,
     "Hires sampler": "Use same sampler",
     "Hires checkpoint": "Use same checkpoint",
+    "Hires schedule type": "Use same scheduler",
     "Hires prompt": "",
     "Hires negative prompt": "",
     "Mask mode": "Inpaint masked",
@@ -186,6 +187,7 @@ REQUEST_FIELDS: list[tuple[str, str, type]] = [
     ("hr_upscaler", "Hires upscaler", str), ("hr_second_pass_steps", "Hires steps", int),
     ("hr_resize_x", "Hires resize-1", int), ("hr_resize_y", "Hires resize-2", int),
     ("hr_prompt", "Hires prompt", str), ("hr_negative_prompt", "Hires negative prompt", str),
+    ("hr_sampler_name", "Hires sampler", str), ("hr_scheduler", "Hires schedule type", str),
     ("s_churn", "Sigma churn", float), ("s_tmin", "Sigma tmin", float), ("s_tmax", "Sigma tmax", float),
     ("s_noise", "Sigma noise", float), ("refiner_switch_at", "Refiner switch at", float),
     ("tiling", "Tiling", bool),  # A1111 reads it as its setting `tiling`; here the request's own field

@@ -18,7 +18,6 @@ from modules.generation.vae_tiling import VaeTiling
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.settings import Settings
 
-SAME = (None, "", "Use same sampler", "Use same scheduler")  # hr_sampler_name / hr_scheduler: the first pass's
 HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # A1111's hires_fix_refiner_pass choices
 
 
@@ -193,8 +192,8 @@ def sampler_options(params: GenerationParams, settings: Settings) -> samplers.Sa
 
 def hires_choice(params: GenerationParams) -> samplers.SamplerChoice:
     """The hires pass's sampler: the first pass's unless hr_sampler_name / hr_scheduler say otherwise."""
-    return samplers.resolve(params.sampler_name if params.hr_sampler_name in SAME else params.hr_sampler_name,
-                            params.scheduler if params.hr_scheduler in SAME else params.hr_scheduler)
+    return samplers.resolve(params.sampler_name if params.hr_sampler_name in hires.SAME else params.hr_sampler_name,
+                            params.scheduler if params.hr_scheduler in hires.SAME else params.hr_scheduler)
 
 
 def resolve(params: GenerationParams, settings: Settings | None = None,

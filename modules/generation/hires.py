@@ -119,17 +119,20 @@ def upscale_image(first: Image.Image, count: int, upscaler: str, width: int, hei
     return latent.repeat(count, 1, 1, 1)
 
 
+SAME = (None, "", "Use same sampler", "Use same scheduler")  # hr_sampler_name / hr_scheduler: the first pass's
+
+
 def infotext_fields(params: GenerationParams, sampler_label: str, schedule_label: str | None) -> dict:
     """A1111's hires keys, present only when they say something, in the order its txt2img `init` adds them:
     sampler, prompts and schedule type first, then the size, steps and upscaler."""
     fields: dict = {}
-    if params.hr_sampler_name and params.hr_sampler_name != params.sampler_name:
+    if params.hr_sampler_name not in SAME and params.hr_sampler_name != params.sampler_name:
         fields["Hires sampler"] = sampler_label
     if params.hr_prompt and params.hr_prompt != params.prompt:
         fields["Hires prompt"] = params.hr_prompt
     if params.hr_negative_prompt and params.hr_negative_prompt != params.negative_prompt:
         fields["Hires negative prompt"] = params.hr_negative_prompt
-    if params.hr_scheduler and schedule_label:
+    if params.hr_scheduler not in SAME and schedule_label:
         fields["Hires schedule type"] = schedule_label
     if params.hr_resize_x == 0 and params.hr_resize_y == 0:
         fields["Hires upscale"] = params.hr_scale

@@ -78,6 +78,8 @@ class InfotextReader:
                 values["hr_checkpoint_name"] = found.title
             else:
                 unknown_hires = hires_name
+        elif txt2img:
+            values["hr_checkpoint_name"] = "Use same checkpoint"  # A1111's implied default
         script_args = xyz.args_from_infotext(parsed, "txt2img" if txt2img else "img2img")
         script = (xyz.TITLE, script_args) if script_args is not None else None
         return Pasted(values, settings, checkpoint, infotext.cut((text or "").strip())[1], unknown_refiner, script,

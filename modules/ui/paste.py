@@ -10,7 +10,7 @@ import gradio as gr
 
 from modules import infotext
 from modules.engine import Engine
-from modules.generation import samplers
+from modules.generation import hires, samplers
 from modules.ui import img2img, scripts, soft_inpainting
 
 
@@ -26,6 +26,15 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
             values["scheduler"] = choice.schedule_label or "Automatic"
         except samplers.UnknownSampler:
             values.pop("sampler_name")  # keep the current choice rather than an unknown name
+    if values.get("hr_sampler_name") not in hires.SAME:  # a legacy "DPM++ 2M Karras" as sampler + schedule here too
+        schedule = values.get("hr_scheduler")
+        try:
+            choice = samplers.resolve(values["hr_sampler_name"], None if schedule in hires.SAME else schedule)
+            values["hr_sampler_name"] = choice.spec.name
+            if schedule in hires.SAME and choice.schedule_label:
+                values["hr_scheduler"] = choice.schedule_label
+        except samplers.UnknownSampler:
+            values.pop("hr_sampler_name")
     if pasted.checkpoint:
         settings["sd_model_checkpoint"] = pasted.checkpoint
     # the Refiner accordion is on exactly when the infotext names a refiner (A1111: `'Refiner' in d`); its

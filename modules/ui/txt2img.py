@@ -9,14 +9,16 @@ import gradio as gr
 
 from modules import infotext
 from modules.engine import BadRequest, Engine
-from modules.generation import hires
+from modules.generation import hires, samplers
 from modules.generation.params import GenerationParams
 from modules.ui import common, extra_networks as extra_networks_ui, progress, refiner, runner, scripts, toprow
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
 HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale",
-                "hr_resize_x", "hr_resize_y")
+                "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+                "hr_negative_prompt")
+SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
 
 
 @dataclass
@@ -60,6 +62,24 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
                                                       elem_id="txt2img_hr_resize_x")
                     fields["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                                       elem_id="txt2img_hr_resize_y")
+                # A1111 shows these two rows when its settings hires_fix_show_sampler / _prompts are on
+                with gr.Row():
+                    fields["hr_checkpoint_name"] = gr.Dropdown(
+                        label="Hires checkpoint", choices=[SAME_CHECKPOINT, *refiner.checkpoint_titles(engine)],
+                        value=SAME_CHECKPOINT, elem_id="hr_checkpoint", allow_custom_value=True)
+                    fields["hr_sampler_name"] = gr.Dropdown(
+                        label="Hires sampling method", choices=[SAME_SAMPLER, *(s.name for s in samplers.SAMPLERS)],
+                        value=SAME_SAMPLER, elem_id="hr_sampler")
+                    fields["hr_scheduler"] = gr.Dropdown(
+                        label="Hires schedule type",
+                        choices=[SAME_SCHEDULER, *(label for _, label in samplers.SCHEDULE_TYPES)],
+                        value=SAME_SCHEDULER, elem_id="hr_scheduler")
+                with gr.Row():
+                    fields["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                                     placeholder="Prompt for the hires pass; empty: the same prompt")
+                    fields["hr_negative_prompt"] = gr.Textbox(
+                        label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
+                        placeholder="Negative prompt for the hires pass; empty: the same negative prompt")
                 hires_info = gr.HTML("", elem_id="txt2img_hires_size")
             fields.update(refiner.build(engine, "txt2img"))
             fields.update(scripts.build(engine, "txt2img"))

@@ -206,3 +206,31 @@ def test_inpainting_keys_fill_img2imgs_inpaint_options(engine):  # noqa: F811
     assert "mask_blur" not in plain
     odd, _ = paste.field_values(engine, "a cat\nSteps: 4, Seed: 3, Masked content: sparkles", txt2img=False)
     assert "inpainting_fill" not in odd
+
+
+def test_hires_sampler_schedule_and_checkpoint_fill_the_hires_controls(engine):  # noqa: F811
+    text = ("a cat\nSteps: 4, Sampler: Euler a, Seed: 3, Size: 64x64, Denoising strength: 0.5, "
+            "Hires sampler: DPM++ 2M Karras, Hires prompt: a dog, Hires upscale: 2, Hires upscaler: Latent")
+    page, _ = paste.field_values(engine, text, txt2img=True)
+    assert (page["hr_sampler_name"], page["hr_scheduler"], page["hr_prompt"], page["hr_checkpoint_name"]) == (
+        "DPM++ 2M", "Karras", "a dog", "Use same checkpoint")
+    request = schemas.Txt2ImgRequest(infotext=text)
+    routes.apply_infotext(request, engine)
+    assert request.hr_sampler_name == "DPM++ 2M Karras" and request.hr_prompt == "a dog"  # resolved when accepted
+    plain, _ = paste.field_values(engine, "a cat\nSteps: 4, Seed: 3, Size: 64x64", txt2img=True)
+    assert (plain["hr_sampler_name"], plain["hr_scheduler"]) == ("Use same sampler", "Use same scheduler")
+
+
+def test_the_pages_hires_controls_run_and_say_only_what_differs(engine):  # noqa: F811
+    from modules.ui import txt2img
+
+    controls = dict(prompt="a cat", steps=3, width=64, height=64, seed=5, sampler_name="Euler a",
+                    scheduler="Automatic", n_iter=1, batch_size=1, cfg_scale=7, enable_hr=True, hr_scale=1.5,
+                    hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5, hr_resize_x=0,
+                    hr_resize_y=0, hr_checkpoint_name="Use same checkpoint", hr_sampler_name="Use same sampler",
+                    hr_scheduler="Use same scheduler", hr_prompt="", hr_negative_prompt="")
+    same = engine.submit_txt2img(txt2img.make_params(controls)).wait().infotexts[0]
+    assert "Hires sampler" not in same and "Hires schedule type" not in same and "Hires checkpoint" not in same
+    other = engine.submit_txt2img(txt2img.make_params({**controls, "hr_sampler_name": "DDIM",
+                                                       "hr_prompt": "a dog"})).wait().infotexts[0]
+    assert "Hires sampler: DDIM, Hires prompt: a dog, Hires upscale: 1.5" in other, other
