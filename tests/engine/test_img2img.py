@@ -136,18 +136,24 @@ def test_sampling_starts_at_a1111s_sigma_and_runs_t_enc_plus_one_steps(model, na
         assert torch.allclose(got[..., 4:], init[..., 4:], atol=1e-4 * scale)
 
 
-def test_ddim_starts_at_the_noise_level_of_a1111s_t_enc(model):
-    """A1111's DDIM noises the init latent to timestep 1 + t_enc * (1000 // steps), then (as its loop over
-    timesteps[:t_enc] does) calls the model from the timestep below that down to 1 + 1000 // steps."""
-    steps, t_enc = 10, samplers.img2img_t_enc(10, 0.5)
+def recorded_run(model, sampler: str, steps: int, t_enc: int, **start):
+    """One image's img2img sampling from a random init latent, its U-Net calls recorded: (denoiser, init, noise)."""
     init = torch.randn((1, *SHAPE), generator=torch.Generator().manual_seed(3))
     cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
     gens = rng.create_generators([4], "CPU", torch.device("cpu"))
     noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
     denoiser = Recording(model, cond, uncond, 5.0)
     with torch.no_grad():
-        pipeline.sample(model, denoiser, noise, samplers.resolve("DDIM"), steps, gens, pipeline.Hooks(),
-                        pipeline.Start(init, t_enc))
+        pipeline.sample(model, denoiser, noise, samplers.resolve(sampler), steps, gens, pipeline.Hooks(),
+                        pipeline.Start(init, t_enc, **start))
+    return denoiser, init, noise
+
+
+def test_ddim_starts_at_the_noise_level_of_a1111s_t_enc(model):
+    """A1111's DDIM noises the init latent to timestep 1 + t_enc * (1000 // steps), then (as its loop over
+    timesteps[:t_enc] does) calls the model from the timestep below that down to 1 + 1000 // steps."""
+    steps, t_enc = 10, samplers.img2img_t_enc(10, 0.5)
+    denoiser, init, noise = recorded_run(model, "DDIM", steps, t_enc)
     assert [t for _, t in denoiser.calls] == [1 + k * (1000 // steps) for k in range(t_enc - 1, 0, -1)]
     a = model.alphas_cumprod[1 + t_enc * (1000 // steps)]
     assert torch.allclose(denoiser.calls[0][0], a.sqrt() * init + (1 - a).sqrt() * noise, atol=1e-5)
@@ -213,14 +219,7 @@ def test_extra_noise_adds_the_start_noise_again(model, sampler):
     """A1111's img2img_extra_noise (sample_img2img): xi = x + noise * sigma_0, then xi += noise * extra; for
     DDIM, PLMS and UniPC the extra part is scaled by sqrt(alpha) of the start timestep."""
     steps, t_enc = 10, samplers.img2img_t_enc(10, 0.5)
-    init = torch.randn((1, *SHAPE), generator=torch.Generator().manual_seed(3))
-    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
-    gens = rng.create_generators([4], "CPU", torch.device("cpu"))
-    noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
-    denoiser = Recording(model, cond, uncond, 5.0)
-    with torch.no_grad():
-        pipeline.sample(model, denoiser, noise, samplers.resolve(sampler), steps, gens, pipeline.Hooks(),
-                        pipeline.Start(init, t_enc, extra_noise=0.3))
+    denoiser, init, noise = recorded_run(model, sampler, steps, t_enc, extra_noise=0.3)
     if sampler == "DDIM":
         a = model.alphas_cumprod[1 + t_enc * (1000 // steps)]
         expected = init * a.sqrt() + noise * (1 - a).sqrt() + noise * 0.3 * a.sqrt()
