@@ -199,26 +199,36 @@ def test_img2img_resize_by_chosen_just_before_generate_sets_the_size(page, tmp_p
     assert fetch_image(page, urls[0]).size == (192, 192)  # 128 x 1.5
 
 
-def test_inpaint_upload_repaints_only_the_masked_square(page, tmp_path):
-    source, original = input_image(tmp_path)
-    mask = np.zeros((128, 128), dtype=np.uint8)
-    mask[40:88, 40:88] = 255  # a white square over the centre of the red circle
+def upload_for_inpainting(page, source, mask: np.ndarray, tmp_path: Path) -> None:
+    """img2img's Inpaint upload sub-tab with the image and the mask (white = repaint) put in."""
     mask_path = tmp_path / "mask.png"
     Image.fromarray(mask, "L").convert("RGB").save(mask_path)
-
     open_tab(page, "tab_img2img")
     open_tab(page, "img2img_inpaint_upload_tab")
     upload_file(page, "img_inpaint_base", source)
     upload_file(page, "img_inpaint_mask", mask_path)
-    expect(page.locator("#img2img_mask_blur")).to_be_visible()  # inpaint options show for inpaint modes
-    assert read_value(page, "img2img_mask_blur") == "4"  # A1111's default
+
+
+def inpaint_yellow(page, steps: int) -> list[str]:
+    """Generate with a yellow-circle prompt, denoising 0.9, seed 4; the gallery's URLs once the job has ended."""
     fill_text(page, "img2img_prompt", "a yellow circle on a blue background")
-    set_number(page, "img2img_steps", 20)
+    set_number(page, "img2img_steps", steps)
     set_number(page, "img2img_denoising_strength", 0.9)
     set_number(page, "img2img_seed", 4)
     page.locator("#img2img_generate").click()
     urls = wait_for_gallery(page, "img2img_gallery", 1)
     wait_idle(page, "img2img")
+    return urls
+
+
+def test_inpaint_upload_repaints_only_the_masked_square(page, tmp_path):
+    source, original = input_image(tmp_path)
+    mask = np.zeros((128, 128), dtype=np.uint8)
+    mask[40:88, 40:88] = 255  # a white square over the centre of the red circle
+    upload_for_inpainting(page, source, mask, tmp_path)
+    expect(page.locator("#img2img_mask_blur")).to_be_visible()  # inpaint options show for inpaint modes
+    assert read_value(page, "img2img_mask_blur") == "4"  # A1111's default
+    urls = inpaint_yellow(page, steps=20)
     expect(page.locator("#html_log_img2img .sd-error")).to_have_count(0)
 
     result = rgb(fetch_image(page, urls[0]))
@@ -237,23 +247,11 @@ def test_soft_inpainting_from_the_page_and_its_paste(page, tmp_path):
     source, original = input_image(tmp_path)
     mask = np.zeros((128, 128), dtype=np.uint8)
     mask[40:88, 40:88] = 255
-    mask_path = tmp_path / "mask.png"
-    Image.fromarray(mask, "L").save(mask_path)
-
-    open_tab(page, "tab_img2img")
-    open_tab(page, "img2img_inpaint_upload_tab")
-    upload_file(page, "img_inpaint_base", source)
-    upload_file(page, "img_inpaint_mask", mask_path)
+    upload_for_inpainting(page, source, mask, tmp_path)
     open_accordion(page, "soft_inpainting", "Soft inpainting")
     set_checkbox(page, "soft_inpainting_enabled", True)
     set_number(page, "mask_blend_power", 1.5)
-    fill_text(page, "img2img_prompt", "a yellow circle on a blue background")
-    set_number(page, "img2img_steps", 6)
-    set_number(page, "img2img_denoising_strength", 0.9)
-    set_number(page, "img2img_seed", 4)
-    page.locator("#img2img_generate").click()
-    urls = wait_for_gallery(page, "img2img_gallery", 1)
-    wait_idle(page, "img2img")
+    urls = inpaint_yellow(page, steps=6)
     infotext = read_value(page, "img2img_infotext")
     assert "Soft inpainting enabled: True, Soft inpainting schedule bias: 1.5, " in infotext, infotext
     result = rgb(fetch_image(page, urls[0])).astype(int)
