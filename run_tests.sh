@@ -68,7 +68,8 @@ pip install -q --no-deps -r requirements-nodeps.txt
 pip install -q --no-deps k-diffusion==0.1.1.post1
 
 set +e
-python -m pytest "$@"
+# the 25 slowest tests at the end of every run: where to look when the suite nears its 40 minutes
+python -m pytest --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
