@@ -27,8 +27,8 @@ from tests.support.browser import (  # noqa: F401 (browser, page and ui_server a
     block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view, open_accordion, page,
     read_value, set_checkbox, set_number, ui_server, wait_for_gallery)
 from tests.support.shapes_judge import judge
-from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, rgb, wait_for_step,
-                                wait_idle)
+from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, generate_txt2img, input_image, open_tab, pngs, rgb,
+                                wait_for_step, wait_idle)
 from tools.shapes_world import Scene, render
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -420,12 +420,7 @@ def test_hires_fix_from_the_page(page):
 def test_sparkles_button_upscales_the_selected_image_with_hires_fix(page):
     """✨ (A1111's txt2img_upscale): the shown image through Hires. fix with the accordion's settings, at its seed,
     without a first pass of its own; it takes the image's place in the gallery."""
-    fill_text(page, "txt2img_prompt", PROMPT)
-    set_number(page, "txt2img_steps", 4)
-    set_number(page, "txt2img_seed", 31)
-    page.locator("#txt2img_generate").click()
-    urls = wait_for_gallery(page, "txt2img_gallery", 1)
-    wait_idle(page, "txt2img")
+    urls = generate_txt2img(page, PROMPT, 4, 31)
     assert fetch_image(page, urls[0]).size == (128, 128)
     set_number(page, "txt2img_seed", -1)  # the image's own seed is used, not the box's
     open_accordion(page, "txt2img_hr", "Hires. fix")  # its settings; the box itself may stay off
@@ -443,12 +438,7 @@ def test_sparkles_button_upscales_the_selected_image_with_hires_fix(page):
 
 def test_send_to_inpaint_carries_image_prompt_and_seed(page):
     prompt = "a yellow square on a purple background"
-    fill_text(page, "txt2img_prompt", prompt)
-    set_number(page, "txt2img_steps", 8)
-    set_number(page, "txt2img_seed", 21)
-    page.locator("#txt2img_generate").click()
-    urls = wait_for_gallery(page, "txt2img_gallery", 1)
-    wait_idle(page, "txt2img")
+    urls = generate_txt2img(page, prompt, 8, 21)
     generated = rgb(fetch_image(page, urls[0])).astype(int)
 
     page.locator("#txt2img_send_to_inpaint").click()

@@ -24,8 +24,8 @@ from tests.support.browser import (  # noqa: F401 (browser, page and ui_server a
     job_view, open_accordion, page, read_value, select_option, set_checkbox, set_number, ui_server, upload_file,
     wait_for_gallery)
 from tests.support.shapes_judge import judge
-from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, input_image, open_tab, pngs, rgb, wait_for_step,
-                                wait_idle)
+from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, generate_txt2img, input_image, open_tab, pngs, rgb,
+                                wait_for_step, wait_idle)
 from tools.shapes_world import render
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -279,12 +279,7 @@ def test_img2img_without_an_image_says_so_and_the_page_keeps_working(page):
     assert gallery_image_urls(page, "img2img_gallery") == []
 
     open_tab(page, "tab_txt2img")
-    fill_text(page, "txt2img_prompt", PROMPT)
-    set_number(page, "txt2img_steps", 8)
-    set_number(page, "txt2img_seed", 2)
-    page.locator("#txt2img_generate").click()
-    urls = wait_for_gallery(page, "txt2img_gallery", 1)
-    wait_idle(page, "txt2img")
+    urls = generate_txt2img(page, PROMPT, 8, 2)
     assert fetch_image(page, urls[0]).size == (128, 128)
     assert "Seed: 2," in read_value(page, "txt2img_infotext")
     expect(page.locator("#html_log_txt2img .sd-error")).to_have_count(0)

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.support.browser import JobView, error_toasts, job_view, open_accordion, read_value, wait_rendered
+from tests.support.browser import (JobView, error_toasts, fill_text, job_view, open_accordion, read_value, set_number,
+                                   wait_for_gallery, wait_rendered)
 from tools.shapes_world import Scene, render
 
 PROMPT = "a red circle on a blue background"
@@ -35,6 +36,18 @@ def wait_idle(page, tab: str, timeout_ms: float = 180_000) -> None:
     expect(page.locator(f"#{tab}_generate")).to_be_visible(timeout=timeout_ms)
     expect(page.locator(f"#{tab}_interrupt")).to_be_hidden()
     expect(page.locator(f"#{tab}_skip")).to_be_hidden()
+
+
+def generate_txt2img(page, prompt: str, steps: int, seed: int) -> list[str]:
+    """txt2img from the page: the prompt, steps and seed typed in, Generate; the gallery's URLs once the job has
+    ended (call it on a gallery that shows no earlier run's images, see wait_for_gallery)."""
+    fill_text(page, "txt2img_prompt", prompt)
+    set_number(page, "txt2img_steps", steps)
+    set_number(page, "txt2img_seed", seed)
+    page.locator("#txt2img_generate").click()
+    urls = wait_for_gallery(page, "txt2img_gallery", 1)
+    wait_idle(page, "txt2img")
+    return urls
 
 
 def wait_for_step(page, tab: str, at_least: int, timeout: float = 60) -> tuple[JobView, float]:
