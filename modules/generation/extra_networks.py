@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from modules.models import user_metadata
+from modules.models.user_metadata import UserMetadata
+
 TAG = re.compile(r"<(\w+):([^>]+)>")
 
 
@@ -75,25 +78,87 @@ def unsupported_warnings(tags: list[ExtraNetworkTag]) -> list[str]:
             for tag in tags if tag.kind not in SUPPORTED_KINDS]
 
 
+def js_number(value: float) -> str:
+    """A number as A1111's page writes it into a card's tag (JavaScript's shortest form: 1, 0.5)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 @dataclass(frozen=True)
 class Card:
-    """One entry of the UI's Lora / Textual Inversion / Hypernetworks card lists."""
+    """One entry of the UI's Lora / Textual Inversion / Hypernetworks card lists, with what its user metadata
+    (`NAME.json`, see models.user_metadata) says about it."""
     tab: str  # "Lora", "Textual Inversion" or "Hypernetworks", as A1111 names its tabs
     name: str
-    insert: str  # what a click adds to the prompt
     path: str
     preview: str | None  # NAME.png / NAME.preview.png beside the file
+    meta: UserMetadata = UserMetadata()
+
+    def tag(self, default_multiplier: float = 1.0) -> str:
+        """The network's own text: `<lora:NAME:W>` with W the preferred weight when one is set (written as
+        A1111 writes it, `0.8`, `1.0`) else the default multiplier (`1`), `<hypernet:NAME:M>`, or an
+        embedding's name."""
+        if self.tab == "Lora":
+            weight = str(self.meta.preferred_weight) if self.meta.preferred_weight else js_number(default_multiplier)
+            return f"<lora:{self.name}:{weight}>"
+        if self.tab == "Hypernetworks":
+            return f"<hypernet:{self.name}:{js_number(default_multiplier)}>"
+        return self.name
+
+    def insert(self, default_multiplier: float = 1.0) -> str:
+        """What a click adds to the prompt: the tag, then a LoRA's activation text after a space (A1111)."""
+        activation = self.meta.activation_text if self.tab == "Lora" else ""
+        return f"{self.tag(default_multiplier)} {activation}" if activation else self.tag(default_multiplier)
+
+    @property
+    def negative(self) -> str:
+        """What a click adds to the negative prompt: a LoRA's "negative text"."""
+        return self.meta.negative_text if self.tab == "Lora" else ""
+
+    def _pattern(self) -> re.Pattern:
+        """This card's text in a prompt, whatever weight it was given (a LoRA's activation text, when right
+        after it, goes with it)."""
+        if self.tab in ("Lora", "Hypernetworks"):
+            kind = "(?:lora|lyco)" if self.tab == "Lora" else "hypernet"
+            tag = rf"<{kind}:{re.escape(self.name)}(?::[^>]*)?>"
+            activation = self.meta.activation_text if self.tab == "Lora" else ""
+            return re.compile(tag + (rf"(?:\s*{re.escape(activation)})?" if activation else ""))
+        return re.compile(re.escape(self.name))
+
+    def toggled(self, prompt: str, negative: str, default_multiplier: float = 1.0) -> tuple[str, str]:
+        """The prompts after a click on the card, as A1111's cards work: when the prompt already has the
+        card's tag (at any weight) it is taken out with its activation text and the negative text; otherwise
+        they are added, a space after what is there."""
+        pattern = self._pattern()
+        if pattern.search(prompt):
+            prompt = _tidy(pattern.sub("", prompt))
+            if self.negative and self.negative in negative:
+                negative = _tidy(negative.replace(self.negative, "", 1))
+            return prompt, negative
+        prompt = _append(prompt, self.insert(default_multiplier))
+        if self.negative and self.negative not in negative:
+            negative = _append(negative, self.negative)
+        return prompt, negative
+
+
+def _append(text: str, addition: str) -> str:
+    return f"{text.rstrip()} {addition}" if text.strip() else addition
+
+
+def _tidy(text: str) -> str:
+    """Text with what was cut out leaving no double spaces or dangling space."""
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def _card(tab: str, info, preview) -> Card:
+    return Card(tab, info.name, str(info.filename), str(preview) if preview else None,
+                UserMetadata.of(user_metadata.read(info.filename), user_metadata.description_file(info.filename)))
 
 
 def cards(loras, embeddings, hypernetworks=None) -> list[Card]:
-    """Cards for the installed LoRA (`<lora:NAME:1>`, A1111's default multiplier), embeddings (the
-    name itself) and hypernetworks (`<hypernet:NAME:1>`), in list order; the arguments are the model manager's
-    registries."""
-    out = [Card("Lora", info.name, f"<lora:{info.name}:1>", str(info.filename),
-                str(info.preview) if info.preview else None) for info in loras.list()]
-    out += [Card("Textual Inversion", emb.name, emb.name, str(emb.filename),
-                 str(emb.preview) if emb.preview else None) for emb in embeddings.all().values()]
-    out += [Card("Hypernetworks", info.name, f"<hypernet:{info.name}:1>", str(info.filename),
-                 str(info.preview) if info.preview else None) for info in (hypernetworks.list() if hypernetworks
-                                                                           else [])]
+    """Cards for the installed LoRA, embeddings and hypernetworks, in list order, each with its user
+    metadata as the files now say; the arguments are the model manager's registries."""
+    out = [_card("Lora", info, info.preview) for info in loras.list()]
+    out += [_card("Textual Inversion", emb, emb.preview) for emb in embeddings.all().values()]
+    out += [_card("Hypernetworks", info, info.preview) for info in (hypernetworks.list() if hypernetworks else [])]
     return out

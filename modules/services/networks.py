@@ -4,11 +4,17 @@ re-read."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+from PIL import Image
+
+from modules import fileio, images
 from modules.generation import extra_networks
 from modules.models.embeddings import Embedding, EmbeddingRegistry
 from modules.models.hypernetwork import HypernetworkInfo, HypernetworkRegistry
+from modules.models import user_metadata
 from modules.models.lora import LoraInfo, LoraRegistry
+from modules.models.user_metadata import UserMetadata
 
 
 class NetworksService:
@@ -61,6 +67,36 @@ class NetworksService:
         self._embeddings.refresh()
         self._hypernetworks.refresh()
         return self.cards()
+
+    def find_card(self, tab: str, name: str) -> extra_networks.Card | None:
+        """The listed card of that tab and name, with its user metadata as the files now say."""
+        return next((c for c in self.cards() if c.tab == tab and c.name == name), None)
+
+    def _listed(self, tab: str, name: str) -> extra_networks.Card:
+        card = self.find_card(tab, name)
+        if card is None:
+            raise ValueError(f"There is no {tab} card named {name!r} (was its file removed? Press Refresh)")
+        return card
+
+    def save_user_metadata(self, tab: str, name: str, meta: UserMetadata) -> extra_networks.Card:
+        """Write a card's user metadata into `NAME.json` beside its file. The file is the listed network's,
+        found by tab and name: a client never names a path. ValueError for an unlisted card or a bad value."""
+        card = self._listed(tab, name)
+        user_metadata.write(card.path, meta, lora=card.tab == "Lora")
+        return self._listed(tab, name)
+
+    def replace_preview(self, tab: str, name: str, image: Image.Image, infotext: str | None
+                        ) -> extra_networks.Card:
+        """Save `image` (with its infotext) as the card's picture, `NAME.png` beside the network file, which
+        is the first picture a card looks for (A1111's "Replace preview")."""
+        card = self._listed(tab, name)
+        fileio.atomic_write_bytes(Path(card.path).with_suffix(".png"), images.png_bytes(image, infotext))
+        return self._listed(tab, name)
+
+    def lora_metadata(self, name: str) -> dict:
+        """The training metadata in a LoRA file's header (kohya's `ss_*` keys), {} for none."""
+        info = self._loras.find(name)
+        return dict(info.metadata) if info is not None else {}
 
     def rename_by_hash(self, prompt: str, lora_hashes: str | None) -> str:
         """A pasted infotext's `<lora:NAME:` tags renamed to the files here with the hashes it gives."""

@@ -1,20 +1,53 @@
 """A1111's extra-network cards under the prompt: Textual Inversion, Hypernetworks and Lora tabs, one card per file
-(its preview image NAME.png when there is one, else a plain card with the name). Clicking a card adds
-its tag to the prompt, or takes it out again when it is already there (as A1111's cards do)."""
+(its preview image NAME.png when there is one, else a plain card with the name). Clicking a card adds its tag to
+the prompt, or takes it out again when it is already there (as A1111's cards do); a LoRA's user metadata adds its
+activation text and negative text, and sets its weight.
+
+"Edit card" is A1111's user-metadata editor: description, notes and, for a LoRA, Stable Diffusion version,
+activation text, preferred weight and negative text, saved as `NAME.json` beside the file; "Replace preview" makes
+the image selected in the results the card's picture."""
 
 from __future__ import annotations
 
-import re
+import html
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 import gradio as gr
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from modules.engine import Engine
 from modules.generation import extra_networks
+from modules.models import user_metadata
+from modules.models.user_metadata import UserMetadata
+from modules.ui.common import OutputPanel, gallery_path
+from modules.ui.progress import note_html
 
 CARD_SIZE = 192
 TABS = ("Textual Inversion", "Hypernetworks", "Lora")
+
+
+@dataclass
+class CardEditor:
+    """The "Edit card" accordion: which card, its fields, and what the LoRA fields need."""
+    card: gr.Dropdown  # value "TAB:NAME"
+    description: gr.Textbox
+    sd_version: gr.Dropdown
+    tags: gr.Dataset  # the LoRA's training tags; a click adds one to the activation text
+    tag_list: gr.State  # the tags the Dataset shows, in its order
+    activation: gr.Textbox
+    weight: gr.Slider
+    negative: gr.Textbox
+    notes: gr.Textbox
+    facts: gr.HTML
+    save: gr.Button
+    replace_preview: gr.Button
+    status: gr.HTML
+
+    @property
+    def lora_only(self) -> list:
+        return [self.sd_version, self.activation, self.weight, self.negative]
 
 
 @dataclass
@@ -22,6 +55,7 @@ class CardsView:
     galleries: dict[str, gr.Gallery]
     cards: gr.State  # {tab: [Card, ...]} as last listed
     refresh: gr.Button
+    editor: CardEditor
 
 
 def _placeholder(name: str) -> Image.Image:
@@ -51,7 +85,47 @@ def listing(engine: Engine) -> dict[str, list[extra_networks.Card]]:
 
 
 def _gallery_value(cards: list[extra_networks.Card]) -> list:
-    return [(_card_image(c), c.name) for c in cards]
+    """(picture, caption) per card; the caption is the name, and the description's first line when it has one
+    (A1111 shows the description on the card)."""
+    out = []
+    for c in cards:
+        first_line = c.meta.description.strip().splitlines()[0][:80] if c.meta.description.strip() else ""
+        out.append((_card_image(c), f"{c.name} — {first_line}" if first_line else c.name))
+    return out
+
+
+def _choices(cards: dict[str, list[extra_networks.Card]]) -> list[tuple[str, str]]:
+    return [(f"{tab}: {c.name}", f"{tab}:{c.name}") for tab in TABS for c in cards.get(tab, [])]
+
+
+def _build_editor(tab: str, cards: dict[str, list[extra_networks.Card]]) -> CardEditor:
+    with gr.Accordion("Edit card", open=False, elem_id=f"{tab}_extra_edit"):
+        card = gr.Dropdown(_choices(cards), value=None, label="Card", elem_id=f"{tab}_extra_edit_card")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                description = gr.Textbox(label="Description", lines=3, elem_id=f"{tab}_extra_edit_description")
+                sd_version = gr.Dropdown(list(user_metadata.SD_VERSIONS), value="Unknown",
+                                         label="Stable Diffusion version", visible=False,
+                                         elem_id=f"{tab}_extra_edit_sd_version")
+                tags = gr.Dataset(components=["textbox"], samples=[], type="index", samples_per_page=24,
+                                  label="Training dataset tags (click one to add it to the activation text)",
+                                  visible=False, elem_id=f"{tab}_extra_edit_tags")
+                activation = gr.Textbox(label="Activation text", info="Will be added to prompt along with Lora",
+                                        visible=False, elem_id=f"{tab}_extra_edit_activation")
+                weight = gr.Slider(0.0, user_metadata.MAX_PREFERRED_WEIGHT, value=0.0, step=0.01,
+                                   label="Preferred weight", info="Set to 0 to disable", visible=False,
+                                   elem_id=f"{tab}_extra_edit_weight")
+                negative = gr.Textbox(label="Negative prompt", info="Will be added to negative prompts",
+                                      visible=False, elem_id=f"{tab}_extra_edit_negative")
+                notes = gr.Textbox(label="Notes", lines=3, elem_id=f"{tab}_extra_edit_notes")
+            with gr.Column(scale=1, min_width=200):
+                facts = gr.HTML("", elem_id=f"{tab}_extra_edit_facts")
+        with gr.Row():
+            save = gr.Button("Save", variant="primary", elem_id=f"{tab}_extra_edit_save")
+            replace_preview = gr.Button("Replace preview", elem_id=f"{tab}_extra_edit_replace_preview")
+        status = gr.HTML("", elem_id=f"{tab}_extra_edit_status")
+    return CardEditor(card, description, sd_version, tags, gr.State([]), activation, weight, negative, notes, facts,
+                      save, replace_preview, status)
 
 
 def build(engine: Engine, tab: str) -> CardsView:
@@ -62,7 +136,8 @@ def build(engine: Engine, tab: str) -> CardsView:
             refresh = gr.Button("🔄 Refresh", elem_id=f"{tab}_extra_refresh", size="sm", scale=0, min_width=120)
             gr.HTML("<span class='sd-hint'>Click a card to add its tag to the prompt (click again to take it out). "
                     "Files go into models/Lora, models/hypernetworks and embeddings/; a NAME.png beside a file is "
-                    "its card image.</span>")
+                    "its card image, and Edit card keeps notes, activation text and a preferred weight in a "
+                    "NAME.json beside it.</span>")
         with gr.Tabs():
             for name in TABS:
                 key = name.lower().replace(" ", "_")
@@ -70,28 +145,127 @@ def build(engine: Engine, tab: str) -> CardsView:
                     galleries[name] = gr.Gallery(_gallery_value(cards[name]), label=name, show_label=False,
                                                  columns=6, height=300, allow_preview=False, format="png",
                                                  elem_id=f"{tab}_{key}_cards", interactive=False)
-    return CardsView(galleries, gr.State(cards), refresh)
+        editor = _build_editor(tab, cards)
+    return CardsView(galleries, gr.State(cards), refresh, editor)
 
 
-def toggle(prompt: str, tag: str) -> str:
-    """`prompt` with `tag` appended (space-separated), or removed when it is already in it."""
-    if tag in prompt:
-        return re.sub(r"\s{2,}", " ", prompt.replace(tag, "")).strip()
-    return f"{prompt.rstrip()} {tag}".strip() if prompt.strip() else tag
+def _pretty_bytes(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
+        size /= 1024
+    return f"{size} B"
 
 
-def wire(engine: Engine, view: CardsView, prompt: gr.Textbox) -> None:
+def _facts_html(engine: Engine, card: extra_networks.Card) -> str:
+    """The file's name, size and date, and for a LoRA what its training metadata says."""
+    facts: list[tuple[str, str]] = [("Filename", Path(card.path).name)]
+    try:
+        stat = Path(card.path).stat()
+        facts += [("File size", _pretty_bytes(stat.st_size)),
+                  ("Modified", datetime.fromtimestamp(stat.st_mtime).strftime("%Y-%m-%d %H:%M"))]
+    except OSError:
+        pass
+    if card.tab == "Lora":
+        facts += user_metadata.lora_facts(engine.networks.lora_metadata(card.name))
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    return f'<table class="sd-file-facts">{rows}</table>'
+
+
+def _split_choice(choice: str | None) -> tuple[str, str]:
+    tab, _, name = (choice or "").partition(":")
+    return tab, name
+
+
+def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textbox, panel: OutputPanel) -> None:
     for name, gallery in view.galleries.items():
-        def clicked(current_prompt, cards, evt: gr.SelectData, name=name):
+        def clicked(current_prompt, current_negative, cards, evt: gr.SelectData, name=name):
             listed = cards.get(name, [])
             if not isinstance(evt.index, int) or not 0 <= evt.index < len(listed):
-                return gr.skip()
-            return toggle(current_prompt or "", listed[evt.index].insert)
+                return gr.skip(), gr.skip()
+            return listed[evt.index].toggled(current_prompt or "", current_negative or "",
+                                             engine.options.values.extra_networks_default_multiplier)
 
-        gallery.select(clicked, inputs=[prompt, view.cards], outputs=prompt, queue=False)
+        gallery.select(clicked, inputs=[prompt, negative, view.cards], outputs=[prompt, negative], queue=False)
 
-    def refresh():
+    editor = view.editor
+
+    def relisted():
         cards = listing(engine)
         return [cards] + [_gallery_value(cards[name]) for name in view.galleries]
 
-    view.refresh.click(refresh, outputs=[view.cards] + list(view.galleries.values()))
+    def refresh(choice):
+        cards = listing(engine)
+        choices = _choices(cards)
+        kept = choice if choice in [value for _, value in choices] else None
+        return [cards] + [_gallery_value(cards[name]) for name in view.galleries] + [gr.Dropdown(choices=choices,
+                                                                                                 value=kept)]
+
+    view.refresh.click(refresh, inputs=editor.card,
+                       outputs=[view.cards] + list(view.galleries.values()) + [editor.card])
+
+    shown = [editor.description, editor.sd_version, editor.activation, editor.weight, editor.negative, editor.notes,
+             editor.facts, editor.tags, editor.tag_list, editor.status]
+
+    def show(choice):
+        card = engine.networks.find_card(*_split_choice(choice))
+        if card is None:
+            hidden = gr.update(visible=False)
+            return ["", hidden, hidden, hidden, hidden, "", "", gr.Dataset(samples=[], visible=False), [],
+                    note_html("That card is gone: press Refresh.") if choice else ""]
+        lora = card.tab == "Lora"
+        meta = card.meta
+        tags = user_metadata.dataset_tags(engine.networks.lora_metadata(card.name)) if lora else []
+        return [meta.description, gr.update(value=meta.sd_version, visible=lora),
+                gr.update(value=meta.activation_text, visible=lora),
+                gr.update(value=meta.preferred_weight, visible=lora),
+                gr.update(value=meta.negative_text, visible=lora), meta.notes, _facts_html(engine, card),
+                gr.Dataset(samples=[[f"{tag} ({count})"] for tag, count in tags], visible=bool(tags)),
+                [tag for tag, _ in tags], ""]
+
+    editor.card.change(show, inputs=editor.card, outputs=shown, queue=False)
+
+    def add_tag(activation, tag_list, index):
+        if not isinstance(index, int) or not 0 <= index < len(tag_list):
+            return gr.skip()
+        return user_metadata.toggle_tag(activation or "", tag_list[index])
+
+    editor.tags.click(add_tag, inputs=[editor.activation, editor.tag_list, editor.tags], outputs=editor.activation,
+                      queue=False)
+
+    def save(choice, description, sd_version, activation, weight, negative_text, notes):
+        tab, name = _split_choice(choice)
+        if not name:
+            return [gr.skip()] * (1 + len(view.galleries)) + [note_html("Choose a card first.")]
+        try:
+            engine.networks.save_user_metadata(tab, name, UserMetadata(
+                description=description or "", notes=notes or "", sd_version=sd_version or "Unknown",
+                activation_text=activation or "", preferred_weight=float(weight or 0.0),
+                negative_text=negative_text or ""))
+        except (ValueError, OSError) as e:
+            return [gr.skip()] * (1 + len(view.galleries)) + [note_html(f"Not saved: {e}")]
+        return relisted() + [note_html(f"Saved {name}.json")]
+
+    editor.save.click(save, inputs=[editor.card, editor.description, editor.sd_version, editor.activation,
+                                     editor.weight, editor.negative, editor.notes],
+                      outputs=[view.cards] + list(view.galleries.values()) + [editor.status])
+
+    def replace_preview(choice, gallery, infotexts, index):
+        tab, name = _split_choice(choice)
+        if not name:
+            return [gr.skip()] * (1 + len(view.galleries)) + [note_html("Choose a card first.")]
+        if not gallery:
+            return [gr.skip()] * (1 + len(view.galleries)) + [
+                note_html("There is no image in the results to make the card's picture: generate one first.")]
+        index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
+        try:
+            with Image.open(gallery_path(gallery[index])) as im:
+                image = im.copy()
+            text = infotexts[index] if index < len(infotexts) else None
+            card = engine.networks.replace_preview(tab, name, image, text)
+        except (ValueError, OSError) as e:
+            return [gr.skip()] * (1 + len(view.galleries)) + [note_html(f"Preview not replaced: {e}")]
+        return relisted() + [note_html(f"{Path(card.preview or '').name} is now the card's picture")]
+
+    editor.replace_preview.click(replace_preview, inputs=[editor.card, panel.gallery, panel.infotexts, panel.selected],
+                                 outputs=[view.cards] + list(view.galleries.values()) + [editor.status])

@@ -288,7 +288,7 @@ def run_batch(engine: Engine, values: dict, inputs: dict) -> Iterator[list]:
 
 def wire(engine: Engine, tab: Img2ImgTab) -> None:
     toprow.wire(engine, tab.toprow, tab.fields["steps"])
-    extra_networks_ui.wire(engine, tab.cards, tab.toprow.prompt)
+    extra_networks_ui.wire(engine, tab.cards, tab.toprow.prompt, tab.toprow.negative_prompt, tab.panel)
     by_component = {c: name for name, c in tab.fields.items()}
     input_components = {c: name for name, c in tab.inputs.items()}
 

@@ -167,7 +167,7 @@ def hires_size(width, height, enabled, scale, resize_x, resize_y) -> str:
 
 def wire(engine: Engine, tab: Txt2ImgTab) -> None:
     toprow.wire(engine, tab.toprow, tab.fields["steps"])
-    extra_networks_ui.wire(engine, tab.cards, tab.toprow.prompt)
+    extra_networks_ui.wire(engine, tab.cards, tab.toprow.prompt, tab.toprow.negative_prompt, tab.panel)
     components = {c: name for name, c in tab.fields.items()}
 
     def generate(data: dict):

@@ -1,17 +1,24 @@
 """The extra-network cards under the prompt, in a real browser: files dropped into models/Lora and
-embeddings/ appear after Refresh (with their NAME.png card image), and a click toggles the tag in the prompt."""
+embeddings/ appear after Refresh (with their NAME.png card image), and a click toggles the tag in the prompt;
+a LoRA's user metadata (NAME.json, A1111's format) is used by the click, edited in "Edit card", and
+"Replace preview" makes a generated image the card's picture."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from playwright.sync_api import expect
 from safetensors.torch import save_file
 
+from modules import images
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    browser, fetch_image, fill_text, open_accordion, page, read_value, ui_server, wait_for_gallery)
-from tests.support.tabs import open_tab
+    block, browser, fetch_image, fill_text, open_accordion, page, read_value, select_option, set_number, ui_server,
+    wait_for_gallery)
+from tests.support.tabs import generate_txt2img, open_tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -55,3 +62,59 @@ def test_cards_list_files_show_previews_and_toggle_tags(page, ui_server):
     page.locator(f"{ti_cards} .thumbnail-item").first.click()
     page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('shiny')")
     assert read_value(page, "txt2img_prompt") == "a red circle shiny"
+
+
+def test_user_metadata_fills_the_click_is_edited_and_the_preview_replaced(page, ui_server):
+    _, data, _ = ui_server
+    lora_dir = data / "models" / "Lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4)},
+              str(lora_dir / "ink.safetensors"),
+              {"ss_output_name": "ink", "ss_tag_frequency": json.dumps({"5_ink": {"ink": 5, "sketch": 2}})})
+    # as A1111 writes it, with a key of some other tool that must survive our Save
+    (lora_dir / "ink.json").write_text(json.dumps({
+        "description": "Pen drawings", "activation text": "ink lines", "preferred weight": 0.7,
+        "negative text": "color", "modelId": 77}), encoding="utf-8")
+
+    open_accordion(page, "txt2img_extra_networks", "Extra networks")
+    open_tab(page, "txt2img_lora_cards_tab")
+    page.locator("#txt2img_extra_refresh").click()
+    card = page.locator("#txt2img_lora_cards .thumbnail-item", has_text="ink — Pen drawings")  # the caption
+    expect(card).to_have_count(1, timeout=90_000)
+
+    fill_text(page, "txt2img_prompt", "a castle")
+    fill_text(page, "txt2img_neg_prompt", "")
+    card.click()
+    expect(block(page, "txt2img_prompt").locator("textarea")).to_have_value("a castle <lora:ink:0.7> ink lines")
+    assert read_value(page, "txt2img_neg_prompt") == "color"
+    card.click()  # again: the tag, its activation text and the negative text go
+    expect(block(page, "txt2img_prompt").locator("textarea")).to_have_value("a castle")
+    assert read_value(page, "txt2img_neg_prompt") == ""
+
+    open_accordion(page, "txt2img_extra_edit", "Edit card")
+    select_option(page, "txt2img_extra_edit_card", "Lora: ink")
+    activation = block(page, "txt2img_extra_edit_activation").locator("textarea, input").first
+    expect(activation).to_have_value("ink lines")
+    assert read_value(page, "txt2img_extra_edit_description") == "Pen drawings"
+    assert "Output name" in block(page, "txt2img_extra_edit_facts").inner_text()
+    block(page, "txt2img_extra_edit_tags").get_by_text("sketch (2)").click()  # a training tag joins the text
+    expect(activation).to_have_value("ink lines, sketch")
+    set_number(page, "txt2img_extra_edit_weight", 1.2)
+    page.locator("#txt2img_extra_edit_save").click()
+    expect(block(page, "txt2img_extra_edit_status")).to_contain_text("Saved ink.json")
+    saved = json.loads((lora_dir / "ink.json").read_text(encoding="utf-8"))
+    assert saved["activation text"] == "ink lines, sketch" and saved["preferred weight"] == 1.2
+    assert saved["modelId"] == 77 and saved["negative text"] == "color"
+    card.click()  # the click now writes what was saved
+    expect(block(page, "txt2img_prompt").locator("textarea")).to_have_value(
+        "a castle <lora:ink:1.2> ink lines, sketch")
+
+    # Replace preview: the generated image (with its infotext) becomes ink.png, the card's picture
+    urls = generate_txt2img(page, "a blue square", steps=2, seed=5)
+    generated = fetch_image(page, urls[0]).convert("RGB")
+    page.locator("#txt2img_extra_edit_replace_preview").click()
+    expect(block(page, "txt2img_extra_edit_status")).to_contain_text("ink.png is now the card's picture")
+    with Image.open(lora_dir / "ink.png") as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(generated))
+        assert "Seed: 5" in images.read_infotext(im)

@@ -448,9 +448,9 @@ def test_embedding_in_a_job_and_ti_hashes(engine, sd1):
     (folder / "redword.png").write_bytes(b"png")
     write_lora(engine, "cardy", kohya_lora(sd1, which=("te",)))
     by_name = {c.name: c for c in engine.networks.refresh()}
-    assert by_name["redword"].tab == "Textual Inversion" and by_name["redword"].insert == "redword"
+    assert by_name["redword"].tab == "Textual Inversion" and by_name["redword"].insert() == "redword"
     assert by_name["redword"].preview == str(folder / "redword.png")
-    assert by_name["cardy"].insert == "<lora:cardy:1>" and by_name["cardy"].tab == "Lora"
+    assert by_name["cardy"].insert() == "<lora:cardy:1>" and by_name["cardy"].tab == "Lora"
 
 
 # --- styles -------------------------------------------------------------------------------------

@@ -277,6 +277,6 @@ def test_the_extra_networks_refresh_lists_new_files_as_cards(engine):
     tiny_hn.write(folder(engine), "fresh", widths=(32,), seed=6)
     assert "fresh" not in [c.name for c in engine.networks.cards()]  # as the folder was last read
     cards = panel.listing(engine)["Hypernetworks"]  # the panel's Refresh button
-    assert ("fresh", "<hypernet:fresh:1>") in [(c.name, c.insert) for c in cards]
+    assert ("fresh", "<hypernet:fresh:1>") in [(c.name, c.insert()) for c in cards]
     assert {"anime", "ink", "old"} <= {c.name for c in cards}
     assert engine.networks.find_hypernetwork("fresh").filename == (folder(engine) / "fresh.pt").resolve()

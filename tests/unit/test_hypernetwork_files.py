@@ -160,7 +160,7 @@ def test_cards_name_the_tag():
     reg = hn.HypernetworkRegistry(())
     reg._items = [hn.HypernetworkInfo(Path("/m/hypernetworks/anime.pt"), "anime")]
     cards = extra_networks.cards(LoraRegistry(()), EmbeddingRegistry(()), reg)
-    assert [(c.tab, c.name, c.insert, c.path) for c in cards] == [
+    assert [(c.tab, c.name, c.insert(), c.path) for c in cards] == [
         ("Hypernetworks", "anime", "<hypernet:anime:1>", "/m/hypernetworks/anime.pt")]
 
 
