@@ -523,6 +523,35 @@ def test_save_reuse_seed_and_random_seed(page, ui_server):
     assert link.get_attribute("href").endswith("/" + quote(new[0].name)), link.get_attribute("href")
 
 
+def test_generate_forever_repeats_until_cancelled(page, ui_server):
+    """A1111's right-click menu on Generate: "Generate forever" runs the tab's job again each time it ends (a new
+    random seed each time, with seed -1) until "Cancel generate forever", which Interrupt's menu offers too."""
+    _, data, _ = ui_server
+    samples = data / "outputs" / "txt2img-images"
+    before = pngs(samples)
+    fill_text(page, "txt2img_prompt", PROMPT)
+    set_number(page, "txt2img_steps", 2)
+    set_number(page, "txt2img_seed", -1)
+    page.locator("#txt2img_generate").click(button="right")
+    page.get_by_role("menuitem", name="Generate forever", exact=True).click()
+    expect(page.locator("body")).to_have_class(re.compile(r"\bsd-forever-txt2img\b"))
+    deadline = time.monotonic() + 180
+    while len(pngs(samples) - before) < 3:
+        assert time.monotonic() < deadline, "Generate forever did not get to a third job"
+        page.wait_for_timeout(200)
+    # cancelled from whichever button shows now: Generate between two jobs, Interrupt during one
+    page.locator("#txt2img_generate, #txt2img_interrupt").locator("visible=true").first.click(button="right")
+    page.get_by_role("menuitem", name="Cancel generate forever", exact=True).click()
+    expect(page.locator("body")).not_to_have_class(re.compile(r"\bsd-forever-txt2img\b"))
+    wait_idle(page, "txt2img")
+    done = pngs(samples)
+    page.wait_for_timeout(1500)  # three ticks of the repeat: once cancelled, no job starts again
+    expect(page.locator("#txt2img_interrupt")).to_be_hidden()
+    assert pngs(samples) == done
+    new = done - before
+    assert len({seed_of(saved_infotext(p)) for p in new}) == len(new) >= 3
+
+
 def test_live_preview_shows_while_the_job_runs(page):
     fill_text(page, "txt2img_prompt", PROMPT)
     set_number(page, "txt2img_steps", 150)

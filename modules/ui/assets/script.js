@@ -21,3 +21,56 @@ document.addEventListener("keydown", (event) => {
     click("interrupt");
   }
 });
+
+// Generate forever, as in A1111: right-click Generate and pick "Generate forever"; Generate is then clicked
+// whenever it shows again (each time the tab's job has ended) until "Cancel generate forever", which the
+// menus of Generate, Interrupt and Skip offer. Each tab repeats on its own. While on, the body carries the
+// class sd-forever-TAB, which outlines the tab's buttons.
+const sdForever = {};
+
+function sdForeverStart(tab) {
+  sdForeverStop(tab);
+  const tick = () => {
+    const button = document.getElementById(`${tab}_generate`);
+    if (button && button.offsetParent !== null) button.click();
+  };
+  tick();
+  sdForever[tab] = setInterval(tick, 500);
+  document.body.classList.add(`sd-forever-${tab}`);
+}
+
+function sdForeverStop(tab) {
+  clearInterval(sdForever[tab]);
+  delete sdForever[tab];
+  document.body.classList.remove(`sd-forever-${tab}`);
+}
+
+function sdCloseMenu() {
+  document.getElementById("sd-context-menu")?.remove();
+}
+
+document.addEventListener("contextmenu", (event) => {
+  const button = event.target.closest && event.target.closest(
+    "#txt2img_generate, #img2img_generate, #txt2img_interrupt, #img2img_interrupt, #txt2img_skip, #img2img_skip");
+  if (!button) return;
+  event.preventDefault();
+  sdCloseMenu();
+  const tab = button.id.startsWith("txt2img") ? "txt2img" : "img2img";
+  const items = [["Cancel generate forever", () => sdForeverStop(tab)]];
+  if (button.id === `${tab}_generate`) items.unshift(["Generate forever", () => sdForeverStart(tab)]);
+  const menu = document.createElement("ul");
+  menu.id = "sd-context-menu";
+  menu.setAttribute("role", "menu");
+  menu.style.left = `${event.pageX}px`;
+  menu.style.top = `${event.pageY}px`;
+  for (const [label, action] of items) {
+    const item = document.createElement("li");
+    item.setAttribute("role", "menuitem");
+    item.textContent = label;
+    item.addEventListener("click", (e) => { e.stopPropagation(); sdCloseMenu(); action(); });
+    menu.appendChild(item);
+  }
+  document.body.appendChild(menu);
+});
+document.addEventListener("click", sdCloseMenu);
+document.addEventListener("keydown", (event) => { if (event.key === "Escape") sdCloseMenu(); });
