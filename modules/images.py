@@ -129,13 +129,14 @@ def _clip(stem: str, folder: Path, suffix: str) -> str:
 
 def save_image(image: Image.Image, folder: Path, infotext: str | None, settings: Settings, namer: FileNamer,
                seed: int | None = None, index: int = 0, grid: bool = False, *, to_dirs: bool = True,
-               texts: dict[str, str] | None = None, section: str = "parameters", basename: str = "") -> Path:
+               texts: dict[str, str] | None = None, section: str = "parameters", basename: str = "",
+               suffix: str = "") -> Path:
     """Save an image of a job (or, with `grid`, its grid) in `folder` or the subfolder the directory pattern
     names, as A1111 names it: `00042-SEED.png`, `grid-0007.png`, or what `samples_filename_pattern` says.
     The infotext goes into the file (`enable_pnginfo`) and a .txt beside it (`save_txt`). Returns the path.
     Extras use A1111's short form: no `seed` (just the number), `to_dirs` False (no subfolder), the
     infotext in the PNG chunk `section` beside the original's `texts`. `basename` names a script's grid
-    (xyz_grid-0001.png)."""
+    (xyz_grid-0001.png); `suffix` ends the name as A1111's does (an inpainting mask: 00043-SEED-mask.png)."""
     fmt, ext = file_format(image, settings.grid_format if grid else settings.samples_format)
     basename = basename or ("grid" if grid else "")
     if to_dirs and (settings.grid_save_to_dirs if grid else settings.save_to_dirs):
@@ -152,7 +153,9 @@ def save_image(image: Image.Image, folder: Path, infotext: str | None, settings:
                   settings.webp_lossless, texts if settings.enable_pnginfo else None, section)
     with _save_lock:
         folder.mkdir(parents=True, exist_ok=True)
-        path = _free_path(folder, basename, decoration, f".{ext}", numbered, settings.save_images_replace_action)
+        # the suffix stays whole when a long name is cut to fit (it goes with the extension)
+        path = _free_path(folder, basename, decoration, f"{suffix}.{ext}", numbered,
+                          settings.save_images_replace_action)
         fileio.atomic_write_bytes(path, data)
         if settings.save_txt and infotext is not None:
             fileio.atomic_write_bytes(path.with_suffix(".txt"), f"{infotext}\n".encode("utf-8"))

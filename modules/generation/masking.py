@@ -140,17 +140,38 @@ def prepare(mask: Image.Image, width: int, height: int, resize_mode: int, invert
     return PreparedMask(m, overlay), None
 
 
-def paste_back(generated: Image.Image, original: Image.Image, prepared: PreparedMask) -> Image.Image:
+@dataclass
+class Overlaid:
+    """An inpainted image before the original went back over it: what A1111's `mask_for_overlay` and
+    `original_denoised_image` are, from which its settings save_mask / return_mask and save_mask_composite /
+    return_mask_composite make their pictures."""
+    mask: Image.Image  # "L": the overlay mask (soft inpainting's own for each image), at the result's size
+    denoised: Image.Image  # the generated picture placed as the result is ("Only masked": RGBA, clear around the box)
+
+    def mask_image(self) -> Image.Image:
+        """The "-mask" picture: the overlay mask as RGB."""
+        return self.mask.convert("RGB")
+
+    def composite(self) -> Image.Image:
+        """The "-mask-composite" picture: the generated pixels where the mask is, transparent elsewhere (A1111 lays
+        them through the mask in premultiplied RGBa, then back to RGBA)."""
+        size = self.denoised.size
+        alpha = images.resize_image(2, self.mask, size[0], size[1]).convert("L")
+        return Image.composite(self.denoised.convert("RGBA").convert("RGBa"), Image.new("RGBa", size),
+                               alpha).convert("RGBA")
+
+
+def paste_back(generated: Image.Image, original: Image.Image, prepared: PreparedMask) -> tuple[Image.Image, Overlaid]:
     """The generated image with the original composited over it where the overlay mask is below 255:
     pixels outside the (blurred) mask are the original's exactly. For "Only masked" the generated crop is
-    first scaled into its box of the full-size original."""
+    first scaled into its box of the full-size original. Also the parts the mask pictures are made from."""
     if prepared.crop is not None:
         generated = _uncrop(generated, original.size, prepared.crop, "RGBA")
     top = original.convert("RGB").copy()
     top.putalpha(ImageOps.invert(prepared.overlay.convert("L")))
     out = generated.convert("RGBA")
     out.alpha_composite(top)
-    return out.convert("RGB")
+    return out.convert("RGB"), Overlaid(prepared.overlay.convert("L"), generated)
 
 
 def with_overlay(prepared: PreparedMask, overlay: Image.Image, size: tuple[int, int]) -> PreparedMask:

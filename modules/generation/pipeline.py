@@ -110,6 +110,7 @@ class BatchOutput:
     skipped: bool = False  # the same for a batch the user skipped (the job goes on)
     vae_tiled: bool = False  # the VAE decoded or encoded in tiles for this batch (or one before it)
     fields: dict[str, Any] = field(default_factory=dict)  # infotext keys its sampling called for (UncondSkips')
+    overlaid: list[masking.Overlaid] | None = None  # inpainting: each image before the original went back over it
 
 
 def _to_pil(decoded: torch.Tensor) -> Image.Image:
@@ -636,8 +637,14 @@ class _Plan:
     image_cond: torch.Tensor | None = None
     start: Callable[[list[int]], Start] | None = None  # img2img: the start for a batch's seeds
     noise_multiplier: float = 1.0
-    # e.g. paste the original back: (decoded images, the latents they were decoded from, the batch's start)
-    finish: Callable[[list[Image.Image], torch.Tensor, Start | None], list[Image.Image]] | None = None
+    # inpainting: paste the original back (decoded images, the latents they were decoded from, the batch's start
+    # -> the results, and each one before the paste)
+    finish: Callable[[list[Image.Image], torch.Tensor, Start | None],
+                     tuple[list[Image.Image], list[masking.Overlaid]]] | None = None
+
+    def finished(self, decoded: list[Image.Image], latents: torch.Tensor, start: Start | None
+                 ) -> tuple[list[Image.Image], list[masking.Overlaid] | None]:
+        return self.finish(decoded, latents, start) if self.finish else (decoded, None)
     hires: bool = False  # txt2img with Hires. fix: a second pass after the first
     firstpass: Image.Image | None = None  # Hires. fix from this picture (each image of a batch), no first pass
     schedule_steps: int | None = None  # img2img: the schedule's length when it is not params.steps
@@ -862,10 +869,10 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             if partial is not None and start is not None:  # blended once more, as A1111 does what sampling returned
                 partial = start.final(partial)
             if partial is not None:
-                images = models.decode(partial, lambda: True, unet_time.seconds) or sketch(partial)
-                yield BatchOutput(plan.finish(images, partial, start) if plan.finish else images, batch_seeds, b,
-                                  interrupted=not skipped, skipped=skipped, vae_tiled=models.vae_tiled,
-                                  fields=dict(fields))
+                images, overlaid = plan.finished(models.decode(partial, lambda: True, unet_time.seconds)
+                                                 or sketch(partial), partial, start)
+                yield BatchOutput(images, batch_seeds, b, interrupted=not skipped, skipped=skipped,
+                                  vae_tiled=models.vae_tiled, fields=dict(fields), overlaid=overlaid)
             if skipped:
                 continue
             if partial is None:
@@ -888,15 +895,14 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         devices.empty_cache(latents.device)
         images = models.decode(latents, stopping, unet_time.seconds)
         if images is None:  # a long decode that was stopped: shown as an interrupted / skipped batch
-            images = sketch(latents)
-            yield BatchOutput(plan.finish(images, latents, start) if plan.finish else images, batch_seeds, b,
-                              interrupted=stop == ["interrupted"], skipped=stop == ["skipped"],
-                              vae_tiled=models.vae_tiled, fields=dict(fields))
+            images, overlaid = plan.finished(sketch(latents), latents, start)
+            yield BatchOutput(images, batch_seeds, b, interrupted=stop == ["interrupted"], skipped=stop == ["skipped"],
+                              vae_tiled=models.vae_tiled, fields=dict(fields), overlaid=overlaid)
             if stop == ["skipped"]:
                 continue
             return
-        yield BatchOutput(plan.finish(images, latents, start) if plan.finish else images, batch_seeds, b,
-                          vae_tiled=models.vae_tiled, fields=dict(fields))
+        images, overlaid = plan.finished(images, latents, start)
+        yield BatchOutput(images, batch_seeds, b, vae_tiled=models.vae_tiled, fields=dict(fields), overlaid=overlaid)
 
 
 def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, seeds: list[int],
@@ -1085,17 +1091,18 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
                 init = keep
         return Start(init, t_enc, latent_mask, soft if latent_mask is not None else None, ctx.extra_noise)
 
-    def finish(decoded: list[Image.Image], latents: torch.Tensor, start: Start | None) -> list[Image.Image]:
-        if prepared_mask is None:
-            return decoded
+    def finish(decoded: list[Image.Image], latents: torch.Tensor, start: Start | None
+               ) -> tuple[list[Image.Image], list[masking.Overlaid]]:
         overlays = [prepared_mask] * len(decoded)
         if start is not None and start.soft is not None:  # laid back where the picture changed little
             masks = soft_inpainting.overlay_masks(start.soft, start.mask, start.latent, latents, width, height)
             overlays = [masking.with_overlay(prepared_mask, m, originals[i % len(originals)].size)
                         for i, m in enumerate(masks)]
-        return [masking.paste_back(im, originals[i % len(originals)], overlays[i]) for i, im in enumerate(decoded)]
+        pasted = [masking.paste_back(im, originals[i % len(originals)], overlays[i]) for i, im in enumerate(decoded)]
+        return [image for image, _ in pasted], [parts for _, parts in pasted]
 
-    plan = _Plan(shape, image_cond, start, multiplier, finish, schedule_steps=schedule_steps)
+    plan = _Plan(shape, image_cond, start, multiplier, finish if prepared_mask is not None else None,
+                 schedule_steps=schedule_steps)
     return Img2ImgInputs(plan, t_enc + 1, fields, notes, depth_map)
 
 

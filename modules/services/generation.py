@@ -12,7 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from modules import devices, filenames, images, prompt_syntax
-from modules.generation import extra_networks, memory, pipeline
+from modules.generation import extra_networks, masking, memory, pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import Job, JobInterrupted, JobQueue, JobSkipped, JobState
@@ -69,6 +69,9 @@ class _Run:
     refiner: CheckpointInfo | None = None  # the refiner the job switched to, if it did
     hires: CheckpointInfo | None = None  # the Hires checkpoint the job loaded, if it did
     depth_map: Any = None  # the SD 2 depth model's map (a PIL image), when the setting shows it
+    script: bool = False  # a part of a script's job: its results are the script's cells (no mask pictures in them)
+    # inpainting's mask pictures to show after the image of each index (settings return_mask, _composite)
+    after: dict[int, list[tuple[Any, str]]] = dataclasses.field(default_factory=dict)
 
     @property
     def params(self) -> GenerationParams:
@@ -126,13 +129,15 @@ class GenerationService:
         """Run an accepted request inside `job`, a script's job (modules/services/scripts), as its part `part`
         of `parts`: the job's one progress bar goes over all of them. An interrupt ends the part with what it
         has made (`interrupted`); the script stops there."""
-        result = self._run(job, accepted, (part, parts))
+        result = self._run(job, accepted, (part, parts), script=True)
         result.warnings[:0] = accepted.warnings
         return result
 
     # --- the job -----------------------------------------------------------------------------------
-    def _run(self, job: Job, accepted: Accepted, part: tuple[int, int] = (0, 1)) -> GenerationResult:
+    def _run(self, job: Job, accepted: Accepted, part: tuple[int, int] = (0, 1), script: bool = False
+             ) -> GenerationResult:
         run = self._start(job, accepted)
+        run.script = script
         try:
             self._fit_memory(run)
             hooks = pipeline.Hooks(check=job.check, taesd=self._checkpoints.taesd,
@@ -324,7 +329,7 @@ class GenerationService:
             result.interrupted = result.interrupted or batch.interrupted
             result.skipped = result.skipped or batch.skipped
             complete = not (batch.interrupted or batch.skipped)
-            for image, image_seed in zip(batch.images, batch.seeds):
+            for k, (image, image_seed) in enumerate(zip(batch.images, batch.seeds)):
                 index = len(result.images)
                 text = describe.image_infotext(run.record, image_seed, ctx.subseeds[index], run.extra)
                 path = None
@@ -336,6 +341,27 @@ class GenerationService:
                 result.seeds.append(image_seed)
                 result.infotexts.append(text)
                 result.paths.append(path)
+                if batch.overlaid is not None:
+                    self._mask_pictures(run, batch.overlaid[k], index, text, image_seed, path is not None)
+
+    def _mask_pictures(self, run: _Run, parts: masking.Overlaid, index: int, text: str, seed: int, save: bool
+                       ) -> None:
+        """A1111's mask pictures of an inpainted image: the greyscale mask and the masked composite, saved after it
+        (NNNNN-SEED-mask.png, -mask-composite.png: settings save_mask, save_mask_composite) and shown after it
+        (return_mask, return_mask_composite; not in a script's cells, which are its images)."""
+        settings = run.accepted.settings
+        for picture, wanted_saved, wanted_shown, suffix in (
+                (parts.mask_image, settings.save_mask, settings.return_mask, "-mask"),
+                (parts.composite, settings.save_mask_composite, settings.return_mask_composite, "-mask-composite")):
+            shown = wanted_shown and not run.script
+            if not (save and wanted_saved) and not shown:
+                continue
+            image = picture()
+            path = str(self._output.image(image, text, settings, run.namer, seed, index, True, suffix=suffix)) \
+                if save and wanted_saved else None
+            if shown:
+                image.info["parameters"] = text
+                run.after.setdefault(index, []).append((image, path))
 
     def _finish(self, run: _Run) -> GenerationResult:
         """The grid, params.txt and the API's info."""
@@ -350,6 +376,8 @@ class GenerationService:
                 self._output.grid(grid, result.infotexts[0], settings, run.namer, result.seeds[0], ctx.is_img2img)
             if settings.return_grid:
                 result.grid = grid
+        if run.after:  # the mask pictures, each after its image (not in the grid)
+            self._interleave(run)
         if run.depth_map is not None and result.images:  # the depth model's map, after the images (a setting)
             self._add_depth_map(run)
         if result.infotexts:
@@ -357,6 +385,18 @@ class GenerationService:
         result.info = describe.api_info(run.record, result.infotexts, run.job.state.job_timestamp, run.extra,
                                         result.interrupted, result.warnings)
         return result
+
+    @staticmethod
+    def _interleave(run: _Run) -> None:
+        result = run.result
+        lists = (result.images, result.seeds, result.infotexts, result.paths)
+        rows = list(zip(*lists))
+        for values in lists:
+            values.clear()
+        for index, row in enumerate(rows):
+            for extra in [row] + [(image, row[1], row[2], path) for image, path in run.after.get(index, [])]:
+                for values, value in zip(lists, extra):
+                    values.append(value)
 
     def _add_depth_map(self, run: _Run) -> None:
         """The SD 2 depth model's depth map as one more result (with the first image's seed and infotext), saved

@@ -31,12 +31,13 @@ class OutputWriter:
         return self._paths.resolve_output_dir(setting)
 
     def image(self, image: Image.Image, text: str, settings: Settings, namer: filenames.FileNamer, seed: int,
-              index: int, img2img: bool, basename: str = "") -> Path:
+              index: int, img2img: bool, basename: str = "", suffix: str = "") -> Path:
         """One generated image, named and placed as A1111 does (outdir_samples wins over the kind's folder);
-        `basename` starts the name of an image that is not a sample (the depth model's map: depth-00042-SEED)."""
+        `basename` starts the name of an image that is not a sample (the depth model's map: depth-00042-SEED),
+        `suffix` ends it (an inpainting mask: 00043-SEED-mask)."""
         kind_dir = settings.outdir_img2img_samples if img2img else settings.outdir_txt2img_samples
         path = images.save_image(image, self.folder(settings.outdir_samples or kind_dir), text, settings, namer,
-                                 seed, index=index, basename=basename)
+                                 seed, index=index, basename=basename, suffix=suffix)
         return self._indexed(path, "img2img" if img2img else "txt2img", text, image)
 
     def grid(self, grid: Image.Image, text: str, settings: Settings, namer: filenames.FileNamer, seed: int,

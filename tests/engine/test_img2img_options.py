@@ -1,15 +1,23 @@
-"""The img2img settings img2img_fix_steps (steps actually run, the schedule they come from) and
-inpainting_mask_weight (the masked-image conditioning of 9-channel inpainting models)."""
+"""The img2img settings img2img_fix_steps (steps actually run, the schedule they come from),
+inpainting_mask_weight (the masked-image conditioning of 9-channel inpainting models), and inpainting's mask
+pictures (save_mask, save_mask_composite, return_mask, return_mask_composite)."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
+from modules import images
 from modules.generation import context, pipeline, samplers
+from modules.generation.params import SoftInpainting
 from tests.support.img2img import data, engine, init_image, left_half_mask, manager, params  # noqa: F401 (fixtures)
+
+MASK_PICTURES = {"save_mask": True, "save_mask_composite": True, "return_mask": True, "return_mask_composite": True}
 
 
 def test_img2img_schedule_rule():
@@ -92,3 +100,72 @@ def test_inpainting_mask_weight_blends_the_masked_image_conditioning(engine):
     assert weighted.images[0].tobytes() != default.images[0].tobytes()
     plain = engine.img2img(params(override_settings={"inpainting_mask_weight": 0.5, "sd_model_checkpoint": "sd1"}))
     assert "Conditional mask weight" not in plain.infotexts[0]
+
+
+# --- the mask pictures: A1111's processing.py (v1.10) after each image: `mask_for_overlay.convert('RGB')` and
+# Image.composite(original_denoised_image as RGBa, a clear RGBa, the mask resized by mode 2), saved with the suffixes
+# "-mask" / "-mask-composite" and appended after the image
+
+def assert_composite_of(composite: Image.Image, mask: Image.Image, generated: Image.Image) -> np.ndarray:
+    """The composite is the generated picture through the mask: alpha = the mask, the pixels where it is opaque."""
+    c, m = np.asarray(composite), np.asarray(mask.convert("L"))
+    assert composite.mode == "RGBA" and composite.size == mask.size == generated.size
+    assert np.array_equal(c[..., 3], m)
+    opaque = m == 255
+    assert np.array_equal(c[opaque][:, :3], np.asarray(generated.convert("RGB"))[opaque])
+    assert not c[m == 0][:, :3].any()  # premultiplied: a clear pixel has no colour
+    return m
+
+
+def test_mask_pictures_are_saved_and_shown_after_each_image(engine, data):
+    p = params(mask=left_half_mask(), mask_blur=4, inpaint_full_res=False, inpainting_fill=1, batch_size=2,
+               save_images=True, override_settings=MASK_PICTURES)
+    result = engine.submit_img2img(p).wait()
+    assert len(result.images) == 6 and result.seeds == [7, 7, 7, 8, 8, 8]
+    assert result.infotexts[1] == result.infotexts[2] == result.infotexts[0] != result.infotexts[3]
+    assert result.grid is not None and result.grid.size == (128, 64)  # the grid has the two images only
+    init = np.asarray(init_image())
+    for first in (0, 3):
+        image, mask, composite = result.images[first:first + 3]
+        assert mask.mode == "RGB" and mask.size == image.size
+        m = assert_composite_of(composite, mask, image)
+        assert 0.4 < (m == 255).mean() <= 0.5 and ((m > 0) & (m < 255)).any()  # the blurred mask, doubled
+        kept = m == 0
+        assert kept.mean() > 0.3 and np.array_equal(np.asarray(image)[kept], init[kept])  # original where it is 0
+        names = [Path(p).name for p in result.paths[first:first + 3]]
+        assert names[1].endswith(f"-{result.seeds[first]}-mask.png"), names
+        assert names[2].endswith(f"-{result.seeds[first]}-mask-composite.png"), names
+        for path, shown in zip(result.paths[first:first + 3], (image, mask, composite)):
+            with Image.open(path) as saved:
+                assert images.read_infotext(saved) == result.infotexts[first]
+                assert np.array_equal(np.asarray(saved), np.asarray(shown))
+
+
+def test_only_masked_and_soft_inpainting_mask_pictures(engine):
+    mask = Image.new("L", (128, 128), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    only = params(init_images=[init_image((128, 128))], mask=mask, mask_blur=2, inpaint_full_res=True,
+                  inpaint_full_res_padding=0, override_settings={"return_mask": True, "return_mask_composite": True})
+    result = engine.submit_img2img(only).wait()
+    image, mask_picture, composite = result.images
+    assert mask_picture.size == composite.size == image.size == (128, 128)  # the whole picture, as the result
+    m = assert_composite_of(composite, mask_picture, image)
+    assert m[80:, 80:].max() == 0 and m[30, 30] == 255  # the full-size blurred mask ("Only masked": not doubled)
+    assert 0 < m[16, 30] < 255
+
+    soft = params(mask=left_half_mask(), mask_blur=4, inpaint_full_res=False, batch_size=2,
+                  soft_inpainting=SoftInpainting(), override_settings={"return_mask": True})
+    result = engine.submit_img2img(soft).wait()
+    assert len(result.images) == 4  # each image and its own overlay mask
+    first, second = np.asarray(result.images[1]), np.asarray(result.images[3])
+    assert len(np.unique(first)) > 8  # soft inpainting's overlay: shades, not a blurred edge's few
+    assert not np.array_equal(first, second)  # made from how far each image moved
+
+
+def test_no_mask_pictures_without_a_mask_or_in_a_scripts_cells(engine):
+    result = engine.submit_img2img(params(override_settings=MASK_PICTURES)).wait()
+    assert len(result.images) == 1  # plain img2img has no mask
+    result = engine.submit_script("img2img", "Prompts from file or textbox",
+                                  params(mask=left_half_mask(), override_settings=MASK_PICTURES),
+                                  [False, False, "start", "a cat\na dog"]).wait()
+    assert len(result.images) == 2  # the script's images are its cells' images
