@@ -3,19 +3,25 @@
 A style's text is merged into a prompt: where it contains `{prompt}` the prompt is put in its place,
 otherwise it is appended after a comma. Styles apply in the order they are listed, the prompt with the
 style prompts and the negative prompt with the style negative prompts. The file is read again when it
-changes on disk.
+changes on disk. The style editor writes a style back into the file it came from (a new one into the first
+file), keeping the file's other rows and columns, as A1111's editor does.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from modules import fileio
+
 log = logging.getLogger(__name__)
+
+COLUMNS = ("name", "prompt", "negative_prompt")  # A1111's styles.csv header
 
 
 @dataclass(frozen=True)
@@ -104,3 +110,70 @@ class StyleStore:
         """(the styles found, in the given order; the names not found)."""
         known = self.all()
         return [known[n] for n in names if n in known], [n for n in names if n not in known]
+
+    def _file_of(self, name: str) -> Path | None:
+        """The first file that has a style of that name (the one whose style is in use)."""
+        for f in self.files:
+            try:
+                if f.is_file() and name in read_csv(f):
+                    return f
+            except (OSError, csv.Error, UnicodeDecodeError):
+                continue
+        return None
+
+    def save(self, style: PromptStyle) -> Path:
+        """Add or change a style: written into the file it came from, a new one into the first file (created when
+        missing). ValueError for a name A1111 would not keep. Returns the file written."""
+        name = style.name.strip()
+        if not name or name.lower().strip("# ") in ("", "none"):
+            raise ValueError(f"A style needs a name (not {style.name!r}, which A1111 does not keep)")
+        with self._lock:
+            target = self._file_of(name) or self.files[0]
+            header, rows = _rows(target)
+            row = {"name": name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+            at = next((i for i, r in enumerate(rows) if (r.get("name") or "").strip() == name), None)
+            if at is None:
+                rows.append(row)
+            else:
+                rows[at] = {**rows[at], **row}
+            _write(target, header, rows)
+            self._stamp = ()  # read again: a write within the file system's mtime granularity changes no stamp
+        return target
+
+    def delete(self, name: str) -> Path | None:
+        """Remove the style in use of that name from its file (every row of that name there). The file, or None
+        when no file has it."""
+        with self._lock:
+            target = self._file_of(name)
+            if target is None:
+                return None
+            header, rows = _rows(target)
+            _write(target, header, [r for r in rows if (r.get("name") or "").strip() != name])
+            self._stamp = ()
+        return target
+
+
+def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A styles file's columns (A1111's three first, any others after; the old `text` read as `prompt`) and its
+    rows as written (nameless ones too); ([A1111's], []) for a missing file."""
+    if not path.is_file():
+        return list(COLUMNS), []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        rows = []
+        for row in reader:
+            if "prompt" not in row and "text" in row:
+                row["prompt"] = row.pop("text")
+            rows.append({k: v for k, v in row.items() if k is not None})
+        extra = [c for c in (reader.fieldnames or []) if c not in COLUMNS and c != "text" and c]
+    return list(COLUMNS) + extra, rows
+
+
+def _write(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+    """The file written at once (a reader never sees half of it), with a BOM as A1111 writes it."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) or "" for k in header})
+    fileio.atomic_write_bytes(path, buf.getvalue().encode("utf-8-sig"))

@@ -10,6 +10,7 @@ import gradio as gr
 from modules import prompt_syntax, styles
 from modules.engine import Engine
 from modules.generation.conditioning import token_count
+from modules.ui.progress import note_html
 
 PROMPT_HINT = ("Prompt\n(Ctrl+Enter to generate, Alt+Enter to skip, Esc to interrupt; ↙ reads the parameters "
                "of a pasted infotext or of the last image)")
@@ -28,6 +29,22 @@ class Toprow:
     clear: gr.Button
     apply_styles: gr.Button
     styles: gr.Dropdown
+    editor: StyleEditor
+
+
+@dataclass
+class StyleEditor:
+    """A1111's style editor (🖌️): pick a style or type a new name, edit its two texts, Save or Delete."""
+    open: gr.Button
+    dialog: gr.Column
+    selection: gr.Dropdown
+    copy: gr.Button  # the main prompts into the style's
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    save: gr.Button
+    delete: gr.Button
+    close: gr.Button
+    status: gr.HTML
 
 
 def counter_html(engine: Engine, text: str, steps: float | None) -> str:
@@ -68,10 +85,32 @@ def build(engine: Engine, tab: str) -> Toprow:
                                   elem_classes="sd-tool")
                 apply_styles = gr.Button("📋", elem_id=f"{tab}_style_apply", min_width=36, size="sm",
                                          elem_classes="sd-tool")
+                edit_styles = gr.Button("🖌️", elem_id=f"{tab}_styles_edit_button", min_width=36, size="sm",
+                                        elem_classes="sd-tool")
             styles = gr.Dropdown(label="Styles", choices=list(engine.styles.all()), value=[], multiselect=True,
                                  elem_id=f"{tab}_styles", allow_custom_value=False)
+    editor = _style_editor(engine, tab, edit_styles)
     return Toprow(prompt, negative, token_counter, negative_counter, generate, interrupt, skip, paste, clear,
-                  apply_styles, styles)
+                  apply_styles, styles, editor)
+
+
+def _style_editor(engine: Engine, tab: str, open_button: gr.Button) -> StyleEditor:
+    with gr.Column(visible=False, variant="panel", elem_id=f"{tab}_styles_dialog") as dialog:
+        with gr.Row(equal_height=True):
+            selection = gr.Dropdown(label="Styles", choices=list(engine.styles.all()), value=None,
+                                    allow_custom_value=True, elem_id=f"{tab}_styles_edit_select", scale=10,
+                                    info="Pick a style to edit, or type a new name. Use {prompt} in a style's text "
+                                         "and the prompt takes its place; otherwise the style's text is added at "
+                                         "the end of the prompt.")
+            copy = gr.Button("📝 Copy prompt", elem_id=f"{tab}_style_copy", size="sm", scale=0, min_width=140)
+        prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tab}_edit_style_prompt")
+        negative = gr.Textbox(label="Negative prompt", lines=3, elem_id=f"{tab}_edit_style_neg_prompt")
+        with gr.Row():
+            save = gr.Button("Save", variant="primary", elem_id=f"{tab}_edit_style_save", visible=False)
+            delete = gr.Button("Delete", variant="stop", elem_id=f"{tab}_edit_style_delete", visible=False)
+            close = gr.Button("Close", elem_id=f"{tab}_edit_style_close")
+        status = gr.HTML("", elem_id=f"{tab}_edit_style_status")
+    return StyleEditor(open_button, dialog, selection, copy, prompt, negative, save, delete, close, status)
 
 
 def wire(engine: Engine, row: Toprow, steps: gr.Slider) -> None:
@@ -103,3 +142,53 @@ def wire(engine: Engine, row: Toprow, steps: gr.Slider) -> None:
                            outputs=[row.prompt, row.negative_prompt, row.styles], queue=False)
     row.interrupt.click(engine.queue.interrupt, queue=False)
     row.skip.click(engine.queue.skip, queue=False)
+    _wire_style_editor(engine, row)
+
+
+def _wire_style_editor(engine: Engine, row: Toprow) -> None:
+    ed = row.editor
+
+    def choices(value=None) -> list:
+        names = list(engine.styles.all())
+        return [gr.Dropdown(choices=names), gr.Dropdown(choices=names, value=value)]
+
+    ed.open.click(lambda: [gr.Column(visible=True), *choices()[1:]], outputs=[ed.dialog, ed.selection], queue=False)
+    ed.close.click(lambda: gr.Column(visible=False), outputs=ed.dialog, queue=False)
+
+    def select(name):
+        name = (name or "").strip()
+        style = engine.styles.all().get(name)
+        return (style.prompt if style else gr.skip(), style.negative_prompt if style else gr.skip(),
+                gr.Button(visible=bool(name)), gr.Button(visible=style is not None), "")
+
+    ed.selection.change(select, inputs=ed.selection, outputs=[ed.prompt, ed.negative_prompt, ed.save, ed.delete,
+                                                              ed.status], queue=False, show_progress="hidden")
+    ed.copy.click(lambda p, n: (p, n), inputs=[row.prompt, row.negative_prompt],
+                  outputs=[ed.prompt, ed.negative_prompt], queue=False)
+
+    def save(name, prompt, negative):
+        name = (name or "").strip()
+        try:
+            path = engine.styles.save(styles.PromptStyle(name, prompt or "", negative or ""))
+        except (ValueError, OSError) as e:
+            return [gr.skip(), gr.skip(), gr.skip(), note_html(f"Not saved: {e}")]
+        return [*choices(name), gr.Button(visible=True), note_html(f"Saved style {name!r} in {path.name}")]
+
+    ed.save.click(save, inputs=[ed.selection, ed.prompt, ed.negative_prompt],
+                  outputs=[row.styles, ed.selection, ed.delete, ed.status], queue=False)
+
+    def delete(name):
+        name = (name or "").strip()
+        if not name:  # the confirmation was declined
+            return [gr.skip()] * 6
+        try:
+            path = engine.styles.delete(name)
+        except OSError as e:
+            return [gr.skip()] * 5 + [note_html(f"Not deleted: {e}")]
+        said = f"Deleted style {name!r} from {path.name}" if path else f"There is no style {name!r}"
+        # the main list drops it from its choices (and from what is selected there)
+        return [*choices(None), "", "", gr.Button(visible=False), note_html(said)]
+
+    ed.delete.click(delete, inputs=ed.selection, js="(name) => [confirm(`Delete style ${name}?`) ? name : '']",
+                    outputs=[row.styles, ed.selection, ed.prompt, ed.negative_prompt, ed.delete, ed.status],
+                    queue=False)
