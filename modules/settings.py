@@ -107,6 +107,9 @@ class Settings(BaseModel):
     img2img_background_color: str = Field(
         "#ffffff", pattern=r"^#[0-9a-fA-F]{6}$",
         description="img2img: transparent parts of an init image become this colour")
+    img2img_color_correction: bool = Field(
+        False, description="Apply color correction to img2img results to match original colors (needs "
+                           "opencv-python-headless, scikit-image and blendmodes, which the launcher installs)")
     return_mask: bool = Field(False, description="For inpainting, include the greyscale mask in results for web "
                                                  "(after each image)")
     return_mask_composite: bool = Field(False, description="For inpainting, include masked composite in results for "
@@ -162,6 +165,9 @@ class Settings(BaseModel):
     save_txt: bool = Field(False, description="Write the generation parameters to a .txt file beside each image")
     save_incomplete_images: bool = Field(
         False, description="Save the images of an interrupted job or a skipped batch (they are shown either way)")
+    save_images_before_color_correction: bool = Field(
+        False, description="Save a copy of image before applying color correction to img2img results "
+                           "(NNNNN-SEED-before-color-correction.png)")
     save_mask: bool = Field(False, description="For inpainting, save a copy of the greyscale mask "
                                                "(NNNNN-SEED-mask.png, the mask the original was laid back through)")
     save_mask_composite: bool = Field(False, description="For inpainting, save a masked composite: the generated "
@@ -255,8 +261,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Saving images": ("samples_save", "samples_format", "samples_filename_pattern", "save_images_add_number",
                       "use_original_name_batch", "save_images_replace_action", "grid_save", "grid_format",
                       "grid_extended_filename", "n_rows", "img_max_size_mp", "jpeg_quality", "webp_lossless",
-                      "enable_pnginfo", "save_txt", "save_incomplete_images", "save_mask",
-                      "save_mask_composite"),
+                      "enable_pnginfo", "save_txt", "save_incomplete_images", "save_images_before_color_correction",
+                      "save_mask", "save_mask_composite"),
     "Paths for saving": ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples",
                          "outdir_extras_samples", "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids",
                          "outdir_save", "outdir_init_images"),
@@ -271,8 +277,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Extra Networks": ("extra_networks_default_multiplier",),
     "VAE": ("sd_vae", "sd_vae_encode_method", "sd_vae_decode_method", "vae_tiling", "vae_tile_size"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_extra_noise", "img2img_fix_steps",
-                "img2img_background_color", "return_mask", "return_mask_composite", "depth_map_show",
-                "img2img_batch_show_results_limit"),
+                "img2img_background_color", "img2img_color_correction", "return_mask", "return_mask_composite",
+                "depth_map_show", "img2img_batch_show_results_limit"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",

@@ -98,6 +98,7 @@ class JobContext:
     fix_steps: bool = False  # img2img_fix_steps
     img2img_upscaler: str | None = None  # upscaler_for_img2img: what enlarges init images (None: Lanczos)
     mask_weight: float = 1.0  # inpainting_mask_weight (9-channel inpainting models)
+    color_correction: bool = False  # img2img_color_correction: results' colours brought back to the init image's
     refiner: RefinerPlan | None = None  # switch to another checkpoint near the end (set by the services)
     vae_decode_method: str = "Full"  # sd_vae_decode_method: "Full" (the model's VAE) or "TAESD"
     vae_encode_method: str = "Full"  # sd_vae_encode_method, for img2img inputs and Hires. fix's pixel upscales
@@ -226,4 +227,4 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         uncond_skips=UncondSkips(settings.skip_early_cond,
                                  params.s_min_uncond if params.s_min_uncond is not None else settings.s_min_uncond,
                                  settings.s_min_uncond_all),
-        extra_noise=settings.img2img_extra_noise)
+        extra_noise=settings.img2img_extra_noise, color_correction=settings.img2img_color_correction)

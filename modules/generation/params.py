@@ -236,6 +236,9 @@ class Img2ImgParams(GenerationParams):
     initial_noise_multiplier: float | None = Field(None, ge=0, description="None: 1.0")
     soft_inpainting: SoftInpainting | None = Field(
         None, description="With a mask: A1111's Soft inpainting (the mask is then not rounded); None: off")
+    color_correction_image: InputImage | None = Field(
+        None, description="With the setting img2img_color_correction: the picture results are corrected towards "
+                          "(Loopback's original init image); None: each init image as it is encoded")
 
     @field_validator("denoising_strength")
     @classmethod

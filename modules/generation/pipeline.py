@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from modules import devices, images, upscaling
-from modules.generation import (extra_networks, hires, ksampling, masking, preview, rng, samplers, schedules,
-                                soft_inpainting, vae_tiling)
+from modules.generation import (color_correction, extra_networks, hires, ksampling, masking, preview, rng, samplers,
+                                schedules, soft_inpainting, vae_tiling)
 from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
 from modules.generation.context import JobContext, RefinerPlan, UncondSkips
 from modules.generation.params import Img2ImgParams, SoftInpainting
@@ -111,6 +111,7 @@ class BatchOutput:
     vae_tiled: bool = False  # the VAE decoded or encoded in tiles for this batch (or one before it)
     fields: dict[str, Any] = field(default_factory=dict)  # infotext keys its sampling called for (UncondSkips')
     overlaid: list[masking.Overlaid] | None = None  # inpainting: each image before the original went back over it
+    before_correction: list[Image.Image] | None = None  # img2img color correction: each image without it
 
 
 def _to_pil(decoded: torch.Tensor) -> Image.Image:
@@ -631,23 +632,29 @@ def inpainting_conditioning(model, batch: int, height: int, width: int, tiling: 
 
 
 @dataclass
+class Finished:
+    """A batch's decoded images made into its results."""
+    images: list[Image.Image]
+    overlaid: list[masking.Overlaid] | None = None  # inpainting: each image before the original went back over it
+    before_correction: list[Image.Image] | None = None  # color correction: each result as it would be without it
+
+
+@dataclass
 class _Plan:
     """What one kind of job adds to the shared batch loop."""
     shape: tuple[int, int, int]  # latent (C, H, W)
     image_cond: torch.Tensor | None = None
     start: Callable[[list[int]], Start] | None = None  # img2img: the start for a batch's seeds
     noise_multiplier: float = 1.0
-    # inpainting: paste the original back (decoded images, the latents they were decoded from, the batch's start
-    # -> the results, and each one before the paste)
-    finish: Callable[[list[Image.Image], torch.Tensor, Start | None],
-                     tuple[list[Image.Image], list[masking.Overlaid]]] | None = None
-
-    def finished(self, decoded: list[Image.Image], latents: torch.Tensor, start: Start | None
-                 ) -> tuple[list[Image.Image], list[masking.Overlaid] | None]:
-        return self.finish(decoded, latents, start) if self.finish else (decoded, None)
+    # img2img: color correction, and for inpainting the original pasted back (decoded images, the latents they were
+    # decoded from, the batch's start -> the results and what was made on the way)
+    finish: Callable[[list[Image.Image], torch.Tensor, Start | None], Finished] | None = None
     hires: bool = False  # txt2img with Hires. fix: a second pass after the first
     firstpass: Image.Image | None = None  # Hires. fix from this picture (each image of a batch), no first pass
     schedule_steps: int | None = None  # img2img: the schedule's length when it is not params.steps
+
+    def finished(self, decoded: list[Image.Image], latents: torch.Tensor, start: Start | None) -> Finished:
+        return self.finish(decoded, latents, start) if self.finish else Finished(decoded)
 
 
 class RefinerMismatch(RuntimeError):
@@ -869,10 +876,11 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             if partial is not None and start is not None:  # blended once more, as A1111 does what sampling returned
                 partial = start.final(partial)
             if partial is not None:
-                images, overlaid = plan.finished(models.decode(partial, lambda: True, unet_time.seconds)
-                                                 or sketch(partial), partial, start)
-                yield BatchOutput(images, batch_seeds, b, interrupted=not skipped, skipped=skipped,
-                                  vae_tiled=models.vae_tiled, fields=dict(fields), overlaid=overlaid)
+                done = plan.finished(models.decode(partial, lambda: True, unet_time.seconds) or sketch(partial),
+                                     partial, start)
+                yield BatchOutput(done.images, batch_seeds, b, interrupted=not skipped, skipped=skipped,
+                                  vae_tiled=models.vae_tiled, fields=dict(fields), overlaid=done.overlaid,
+                                  before_correction=done.before_correction)
             if skipped:
                 continue
             if partial is None:
@@ -895,14 +903,16 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         devices.empty_cache(latents.device)
         images = models.decode(latents, stopping, unet_time.seconds)
         if images is None:  # a long decode that was stopped: shown as an interrupted / skipped batch
-            images, overlaid = plan.finished(sketch(latents), latents, start)
-            yield BatchOutput(images, batch_seeds, b, interrupted=stop == ["interrupted"], skipped=stop == ["skipped"],
-                              vae_tiled=models.vae_tiled, fields=dict(fields), overlaid=overlaid)
+            done = plan.finished(sketch(latents), latents, start)
+            yield BatchOutput(done.images, batch_seeds, b, interrupted=stop == ["interrupted"],
+                              skipped=stop == ["skipped"], vae_tiled=models.vae_tiled, fields=dict(fields),
+                              overlaid=done.overlaid, before_correction=done.before_correction)
             if stop == ["skipped"]:
                 continue
             return
-        images, overlaid = plan.finished(images, latents, start)
-        yield BatchOutput(images, batch_seeds, b, vae_tiled=models.vae_tiled, fields=dict(fields), overlaid=overlaid)
+        done = plan.finished(images, latents, start)
+        yield BatchOutput(done.images, batch_seeds, b, vae_tiled=models.vae_tiled, fields=dict(fields),
+                          overlaid=done.overlaid, before_correction=done.before_correction)
 
 
 def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, seeds: list[int],
@@ -1091,18 +1101,33 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
                 init = keep
         return Start(init, t_enc, latent_mask, soft if latent_mask is not None else None, ctx.extra_noise)
 
-    def finish(decoded: list[Image.Image], latents: torch.Tensor, start: Start | None
-               ) -> tuple[list[Image.Image], list[masking.Overlaid]]:
-        overlays = [prepared_mask] * len(decoded)
-        if start is not None and start.soft is not None:  # laid back where the picture changed little
+    # A1111 corrects towards each (filled) input as it is encoded, or Loopback's original init image
+    corrections = [color_correction.target(images.flatten(im, ctx.background)) for im in
+                   ([params.color_correction_image] if params.color_correction_image is not None else inputs)] \
+        if ctx.color_correction else None
+
+    def finish(decoded: list[Image.Image], latents: torch.Tensor, start: Start | None) -> Finished:
+        overlays: list[masking.PreparedMask | None] = [prepared_mask] * len(decoded)
+        if prepared_mask is not None and start is not None and start.soft is not None:
+            # soft inpainting lays the original back where the picture changed little
             masks = soft_inpainting.overlay_masks(start.soft, start.mask, start.latent, latents, width, height)
             overlays = [masking.with_overlay(prepared_mask, m, originals[i % len(originals)].size)
                         for i, m in enumerate(masks)]
-        pasted = [masking.paste_back(im, originals[i % len(originals)], overlays[i]) for i, im in enumerate(decoded)]
-        return [image for image, _ in pasted], [parts for _, parts in pasted]
 
-    plan = _Plan(shape, image_cond, start, multiplier, finish if prepared_mask is not None else None,
-                 schedule_steps=schedule_steps)
+        def placed(i: int, image: Image.Image) -> tuple[Image.Image, masking.Overlaid | None]:
+            overlay = overlays[i]
+            return masking.paste_back(image, originals[i % len(originals)], overlay) if overlay else (image, None)
+
+        before = None
+        if corrections:
+            before = [placed(i, im)[0] for i, im in enumerate(decoded)]
+            decoded = [color_correction.apply(corrections[i % len(corrections)], im) for i, im in enumerate(decoded)]
+        done = [placed(i, im) for i, im in enumerate(decoded)]
+        overlaid = [parts for _, parts in done] if prepared_mask is not None else None
+        return Finished([image for image, _ in done], overlaid, before)
+
+    plan = _Plan(shape, image_cond, start, multiplier,
+                 finish if prepared_mask is not None or corrections else None, schedule_steps=schedule_steps)
     return Img2ImgInputs(plan, t_enc + 1, fields, notes, depth_map)
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from modules import devices, filenames, images, prompt_syntax
-from modules.generation import extra_networks, masking, memory, pipeline
+from modules.generation import color_correction, extra_networks, masking, memory, pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import Job, JobInterrupted, JobQueue, JobSkipped, JobState
@@ -120,7 +120,8 @@ class GenerationService:
             raise BadRequest(f"{e} (here: {sampler_numbers(accepted.ctx.params, accepted.settings)})") from None
         except pipeline.RefinerMismatch as e:
             raise BadRequest(f"refiner_checkpoint: {e}") from None
-        except (taesd.TaesdMissing, depth.DepthModelMissing, pipeline.NeedsInitImage) as e:
+        except (taesd.TaesdMissing, depth.DepthModelMissing, pipeline.NeedsInitImage,
+                color_correction.ColorCorrectionUnavailable) as e:
             raise BadRequest(str(e)) from None  # a file that went away, or the wrong job for the model
         result.warnings[:0] = accepted.warnings
         return result
@@ -334,6 +335,9 @@ class GenerationService:
                 text = describe.image_infotext(run.record, image_seed, ctx.subseeds[index], run.extra)
                 path = None
                 if save and (complete or settings.save_incomplete_images):
+                    if batch.before_correction is not None and settings.save_images_before_color_correction:
+                        self._output.image(batch.before_correction[k], text, settings, run.namer, image_seed, index,
+                                           True, suffix="-before-color-correction")  # first, as A1111 saves it
                     path = str(self._output.image(image, text, settings, run.namer, image_seed, index,
                                                   ctx.is_img2img))
                 image.info["parameters"] = text

@@ -1,14 +1,20 @@
 """The img2img settings img2img_fix_steps (steps actually run, the schedule they come from),
-inpainting_mask_weight (the masked-image conditioning of 9-channel inpainting models), and inpainting's mask
-pictures (save_mask, save_mask_composite, return_mask, return_mask_composite)."""
+inpainting_mask_weight (the masked-image conditioning of 9-channel inpainting models), inpainting's mask
+pictures (save_mask, save_mask_composite, return_mask, return_mask_composite) and color correction
+(img2img_color_correction, save_images_before_color_correction)."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import sys
+
+import cv2
 import numpy as np
 import pytest
+from blendmodes.blend import BlendType, blendLayers
+from skimage import exposure
 import torch
 from PIL import Image, ImageDraw
 
@@ -169,3 +175,83 @@ def test_no_mask_pictures_without_a_mask_or_in_a_scripts_cells(engine):
                                   params(mask=left_half_mask(), override_settings=MASK_PICTURES),
                                   [False, False, "start", "a cat\na dog"]).wait()
     assert len(result.images) == 2  # the script's images are its cells' images
+
+
+# --- color correction: A1111's processing.py, restated with the same libraries --------------------------------
+
+def a1111_color_correction(target: Image.Image, image: Image.Image) -> Image.Image:
+    """setup_color_correction(target) then apply_color_correction(that, image), as A1111 v1.10 writes them."""
+    correction = cv2.cvtColor(np.asarray(target.copy()), cv2.COLOR_RGB2LAB)
+    matched = exposure.match_histograms(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2LAB), correction,
+                                        channel_axis=2)
+    recoloured = Image.fromarray(cv2.cvtColor(matched, cv2.COLOR_LAB2RGB).astype("uint8"))
+    return blendLayers(recoloured, image, BlendType.LUMINOSITY).convert("RGB")
+
+
+def saved_before_and_after(result) -> tuple[Image.Image, Image.Image]:
+    path = Path(result.paths[0])
+    before = sorted(path.parent.glob("*-before-color-correction.png"))[-1]
+    assert int(before.name[:5]) == int(path.name[:5]) - 1  # saved first, as A1111 saves it
+    with Image.open(before) as b, Image.open(path) as a:
+        return b.convert("RGB"), a.convert("RGB")
+
+
+CORRECTED = {"img2img_color_correction": True, "save_images_before_color_correction": True}
+
+
+def test_color_correction_matches_a1111_towards_the_encoded_input(engine):
+    warm = init_image((96, 80))  # resized to 64x64 for encoding: that resized picture is the target
+    p = params(init_images=[warm], denoising_strength=0.6, save_images=True)
+    plain = engine.submit_img2img(p).wait()
+    corrected = engine.submit_img2img(p.model_copy(update={"override_settings": CORRECTED})).wait()
+    before, after = saved_before_and_after(corrected)
+    assert np.array_equal(np.asarray(before), np.asarray(plain.images[0]))  # the same job, uncorrected
+    target = images.resize_image(0, warm, 64, 64)
+    expected = a1111_color_correction(target, plain.images[0])
+    assert np.array_equal(np.asarray(corrected.images[0]), np.asarray(expected))
+    assert np.array_equal(np.asarray(after), np.asarray(expected))
+    assert not np.array_equal(np.asarray(expected), np.asarray(plain.images[0]))
+
+    # inpainting: corrected before the original goes back (outside the mask the original stays exact), and
+    # towards the filled input ("fill" paints the masked area before encoding, as A1111's target is taken)
+    q = params(mask=left_half_mask(), mask_blur=0, inpainting_fill=0, save_images=True,
+               override_settings={**CORRECTED, "return_mask_composite": True})
+    result = engine.submit_img2img(q).wait()
+    image, composite = result.images
+    before, _ = saved_before_and_after(result)
+    init = np.asarray(init_image())
+    assert np.array_equal(np.asarray(image)[:, 32:], init[:, 32:])
+    assert np.array_equal(np.asarray(before)[:, 32:], init[:, 32:])
+    generated = Image.fromarray(np.asarray(composite)[..., :3])  # the corrected picture inside the mask
+    assert not np.array_equal(np.asarray(before)[:, :32], np.asarray(image)[:, :32])
+    assert np.array_equal(np.asarray(image)[:, :32], np.asarray(generated)[:, :32])
+
+
+def test_loopback_corrects_every_loop_towards_the_original(engine, data):
+    folder = data / "outputs" / "img2img-images"
+    earlier = set(folder.rglob("*.png"))
+    warm = init_image((96, 80))
+    result = engine.submit_script("img2img", "Loopback", params(init_images=[warm], save_images=True,
+                                                                override_settings=CORRECTED),
+                                  [2, 0.5, "Linear", "None"]).wait()
+    assert len(result.images) == 2
+    made = sorted(set(folder.rglob("*.png")) - earlier)
+    befores = [f for f in made if f.name.endswith("-before-color-correction.png")]
+    assert len(made) == 4 and len(befores) == 2
+    for before, shown in zip(befores, result.images):
+        after = made[made.index(before) + 1]  # each loop's image right after its uncorrected copy
+        with Image.open(before) as b, Image.open(after) as a:
+            expected = a1111_color_correction(warm.convert("RGB"), b.convert("RGB"))  # the raw init image
+            assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(expected))
+        assert np.array_equal(np.asarray(shown), np.asarray(expected))
+    # plain img2img of that picture corrects towards it as encoded (resized), which is not the same
+    with Image.open(befores[0]) as b:
+        resized = a1111_color_correction(images.resize_image(0, warm, 64, 64), b.convert("RGB"))
+    assert not np.array_equal(np.asarray(resized), np.asarray(result.images[0]))
+
+
+def test_color_correction_without_its_libraries_says_what_is_missing(engine, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv were not installed
+    with pytest.raises(Exception, match="img2img_color_correction.* needs opencv-python-headless.*cv2"):
+        engine.submit_img2img(params(override_settings={"img2img_color_correction": True})).wait()
+    assert len(engine.submit_img2img(params()).wait().images) == 1  # the engine goes on

@@ -100,6 +100,12 @@ def test_webui_sh_installs_then_restarts_without_installing(tmp_path):
                             "from modules.models import upscalers; print(upscalers._spandrel().__version__)"],
                            capture_output=True, text=True, check=True, cwd=copy)
     assert probe.stdout.split() == ["True", "0.4.2"], probe.stdout + probe.stderr
+    # img2img color correction's libraries, blendmodes at A1111's version (without its numpy<2 pin)
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "from modules.generation import color_correction; color_correction._libraries(); "
+                            "import importlib.metadata as m; print(m.version('blendmodes'))"],
+                           capture_output=True, text=True, check=True, cwd=copy)
+    assert probe.stdout.split() == ["2022"], probe.stdout + probe.stderr
 
     second_log = tmp_path / "second.log"
     second = run_until_serving(copy, user_env(venv), second_log, timeout=300)

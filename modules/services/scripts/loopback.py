@@ -88,7 +88,9 @@ def plan(params: GenerationParams, args: list[Any], kind: str, rng: random.Rando
             values = {**dict(params), "init_images": params.init_images[:1], "batch_size": 1, "n_iter": 1,
                       "seed": seed + n * loops + i, "subseed": subseed,
                       "denoising_strength": strength(i, loops, initial, final, curve),
-                      "inpainting_fill": params.inpainting_fill if i == 0 else ORIGINAL}
+                      "inpainting_fill": params.inpainting_fill if i == 0 else ORIGINAL,
+                      # with img2img_color_correction every loop is corrected towards the original (A1111)
+                      "color_correction_image": params.init_images[0]}
             label = f"batch {n + 1}, loop {i + 1} of {loops}"
             cells.append(rebuild(params, values, f"Loopback: {label}"))
             labels.append(label)
