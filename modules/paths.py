@@ -57,6 +57,11 @@ class Paths:
         return self.data / "config.json"
 
     @property
+    def ui_config_file(self) -> Path:
+        """A1111's ui-config.json: the page's own defaults (modules/ui/defaults.py)."""
+        return self.data / "ui-config.json"
+
+    @property
     def hash_cache(self) -> Path:
         return self.data / "cache.json"
 

@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules.engine import BadRequest, Engine
 from modules.models.checkpoint_file import CheckpointError
-from modules.ui import common, extras, history, img2img, merger, paste, pnginfo, settings_tab, txt2img
+from modules.ui import common, defaults, extras, history, img2img, merger, paste, pnginfo, settings_tab, txt2img
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
@@ -202,20 +202,26 @@ def build(engine: Engine) -> Page:
     with gr.Blocks(title="Stable Diffusion WebUI", analytics_enabled=False) as blocks:
         bar = top_bar(engine)
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img") as t2i_tab:
                 t2i = txt2img.build(engine, size)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img") as i2i_tab:
                 i2i = img2img.build(engine, size)
-            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras") as extras_tab:
                 post = extras.build(engine)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build(engine)
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 hist = history.build(engine)
-            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger") as merger_tab:
                 merge_tab = merger.build(engine)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                settings_tab.build(engine)
+                settings_view = settings_tab.build(engine)
+        # ui-config.json (A1111's keys): the controls' own defaults, set before the page is first served
+        ui_defaults = defaults.UiDefaults(engine.paths.ui_config_file)
+        for tab, path in ((t2i_tab, "txt2img"), (i2i_tab, "img2img"), (extras_tab, "extras"),
+                          (merger_tab, "modelmerger")):
+            ui_defaults.add_block(tab, path, defaults.skipped(path))
+        ui_defaults.wire(settings_view.defaults_view, settings_view.defaults_apply, settings_view.defaults_review)
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)
         follow_model_size(engine, bar, size, [t2i.fields, i2i.fields])

@@ -31,6 +31,9 @@ class SettingsTab:
     controls: dict[str, gr.components.Component]
     apply: gr.Button
     result: gr.HTML
+    defaults_view: gr.Button  # Defaults: the page's values that differ from ui-config.json
+    defaults_apply: gr.Button  # Defaults: write them into it
+    defaults_review: gr.HTML
 
 
 def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
@@ -93,6 +96,17 @@ def build(engine: Engine) -> SettingsTab:
     with gr.Row():
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=200)
         result = gr.HTML(elem_id="settings_result")
+    with gr.Accordion("Defaults (ui-config.json)", open=False, elem_id="settings_defaults"):
+        gr.HTML(f"<p>The default values of the controls on the other tabs (txt2img, img2img, Extras, Checkpoint "
+                f"Merger): change them there, press <b>View changes</b> to see what differs from the values the "
+                f"page started with, then <b>Apply</b> to write them to "
+                f"{html.escape(str(engine.paths.ui_config_file))}. New defaults apply after the server "
+                f"restarts. The file uses A1111's keys (TAB/LABEL/value, a slider's minimum, maximum and "
+                f"step), so one copied from A1111 works too.</p>")
+        with gr.Row():
+            defaults_view = gr.Button("View changes", elem_id="ui_defaults_view")
+            defaults_apply = gr.Button("Apply", variant="primary", elem_id="ui_defaults_apply")
+        defaults_review = gr.HTML("", elem_id="ui_defaults_review")
     with gr.Tabs(elem_id="settings"):
         for title, names in sections():
             with gr.Tab(title, elem_id=section_elem_id(title)):
@@ -122,4 +136,4 @@ def build(engine: Engine) -> SettingsTab:
                f'{html.escape(listed)}. Saved to {html.escape(str(engine.options.path))}.</div>'
 
     apply.click(apply_settings, inputs=[controls[n] for n in names], outputs=result)
-    return SettingsTab(controls, apply, result)
+    return SettingsTab(controls, apply, result, defaults_view, defaults_apply, defaults_review)
