@@ -131,11 +131,11 @@ class StyleStore:
             target = self._file_of(name) or self.files[0]
             header, rows = _rows(target)
             row = {"name": name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
-            at = next((i for i, r in enumerate(rows) if (r.get("name") or "").strip() == name), None)
-            if at is None:
+            same = [i for i, r in enumerate(rows) if (r.get("name") or "").strip() == name]
+            if not same:
                 rows.append(row)
-            else:
-                rows[at] = {**rows[at], **row}
+            for i in same:  # a name written twice in one file: every row (the last is the one read)
+                rows[i] = {**rows[i], **row}
             _write(target, header, rows)
             self._stamp = ()  # read again: a write within the file system's mtime granularity changes no stamp
         return target

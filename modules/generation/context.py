@@ -99,6 +99,7 @@ class JobContext:
     img2img_upscaler: str | None = None  # upscaler_for_img2img: what enlarges init images (None: Lanczos)
     mask_weight: float = 1.0  # inpainting_mask_weight (9-channel inpainting models)
     color_correction: bool = False  # img2img_color_correction: results' colours brought back to the init image's
+    keep_uncorrected: bool = False  # save_images_before_color_correction: each result also as it was before
     refiner: RefinerPlan | None = None  # switch to another checkpoint near the end (set by the services)
     vae_decode_method: str = "Full"  # sd_vae_decode_method: "Full" (the model's VAE) or "TAESD"
     vae_encode_method: str = "Full"  # sd_vae_encode_method, for img2img inputs and Hires. fix's pixel upscales
@@ -227,4 +228,5 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         uncond_skips=UncondSkips(settings.skip_early_cond,
                                  params.s_min_uncond if params.s_min_uncond is not None else settings.s_min_uncond,
                                  settings.s_min_uncond_all),
-        extra_noise=settings.img2img_extra_noise, color_correction=settings.img2img_color_correction)
+        extra_noise=settings.img2img_extra_noise, color_correction=settings.img2img_color_correction,
+        keep_uncorrected=settings.save_images_before_color_correction)

@@ -95,12 +95,11 @@ class Card:
     meta: UserMetadata = UserMetadata()
 
     def tag(self, default_multiplier: float = 1.0) -> str:
-        """The network's own text: `<lora:NAME:W>` with W the preferred weight when one is set (written as
-        A1111 writes it, `0.8`, `1.0`) else the default multiplier (`1`), `<hypernet:NAME:M>`, or an
-        embedding's name."""
+        """The network's own text: `<lora:NAME:W>` with W the preferred weight when one is set, else the default
+        multiplier, `<hypernet:NAME:M>`, or an embedding's name. Numbers as A1111's page writes them (its tag is a
+        JavaScript expression: `1`, `0.8`)."""
         if self.tab == "Lora":
-            weight = str(self.meta.preferred_weight) if self.meta.preferred_weight else js_number(default_multiplier)
-            return f"<lora:{self.name}:{weight}>"
+            return f"<lora:{self.name}:{js_number(self.meta.preferred_weight or default_multiplier)}>"
         if self.tab == "Hypernetworks":
             return f"<hypernet:{self.name}:{js_number(default_multiplier)}>"
         return self.name
@@ -123,12 +122,18 @@ class Card:
             tag = rf"<{kind}:{re.escape(self.name)}(?::[^>]*)?>"
             activation = self.meta.activation_text if self.tab == "Lora" else ""
             return re.compile(tag + (rf"(?:\s*{re.escape(activation)})?" if activation else ""))
-        return re.compile(re.escape(self.name))
+        return re.compile(rf"(?<![\w-]){re.escape(self.name)}(?![\w-])")  # a word of its own, not part of one
 
-    def toggled(self, prompt: str, negative: str, default_multiplier: float = 1.0) -> tuple[str, str]:
+    def toggled(self, prompt: str, negative: str, default_multiplier: float = 1.0,
+                negative_focused: bool = False) -> tuple[str, str]:
         """The prompts after a click on the card, as A1111's cards work: when the prompt already has the
         card's tag (at any weight) it is taken out with its activation text and the negative text; otherwise
-        they are added, a space after what is there."""
+        they are added, a space after what is there. An embedding goes into the negative prompt instead when that
+        box was the last one focused (`negative_focused`: how negative embeddings are added in A1111)."""
+        if negative_focused and self.tab == "Textual Inversion":
+            flipped = Card(self.tab, self.name, self.path, self.preview, self.meta)
+            negative, prompt = flipped.toggled(negative, prompt, default_multiplier)
+            return prompt, negative
         pattern = self._pattern()
         if pattern.search(prompt):
             prompt = _tidy(pattern.sub("", prompt))
@@ -150,7 +155,9 @@ def _tidy(text: str) -> str:
     return re.sub(r"[ \t]{2,}", " ", text).strip()
 
 
-def _card(tab: str, info, preview) -> Card:
+def card_of(tab: str, info) -> Card:
+    """The card of one registry entry (a LoraInfo, Embedding or HypernetworkInfo), its user metadata read now."""
+    preview = info.preview
     return Card(tab, info.name, str(info.filename), str(preview) if preview else None,
                 UserMetadata.of(user_metadata.read(info.filename), user_metadata.description_file(info.filename)))
 
@@ -158,7 +165,7 @@ def _card(tab: str, info, preview) -> Card:
 def cards(loras, embeddings, hypernetworks=None) -> list[Card]:
     """Cards for the installed LoRA, embeddings and hypernetworks, in list order, each with its user
     metadata as the files now say; the arguments are the model manager's registries."""
-    out = [_card("Lora", info, info.preview) for info in loras.list()]
-    out += [_card("Textual Inversion", emb, emb.preview) for emb in embeddings.all().values()]
-    out += [_card("Hypernetworks", info, info.preview) for info in (hypernetworks.list() if hypernetworks else [])]
+    out = [card_of("Lora", info) for info in loras.list()]
+    out += [card_of("Textual Inversion", emb) for emb in embeddings.all().values()]
+    out += [card_of("Hypernetworks", info) for info in (hypernetworks.list() if hypernetworks else [])]
     return out

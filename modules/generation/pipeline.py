@@ -1120,7 +1120,8 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
 
         before = None
         if corrections:
-            before = [placed(i, im)[0] for i, im in enumerate(decoded)]
+            if ctx.keep_uncorrected:
+                before = [placed(i, im)[0] for i, im in enumerate(decoded)]
             decoded = [color_correction.apply(corrections[i % len(corrections)], im) for i, im in enumerate(decoded)]
         done = [placed(i, im) for i, im in enumerate(decoded)]
         overlaid = [parts for _, parts in done] if prepared_mask is not None else None

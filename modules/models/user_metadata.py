@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 MAX_BYTES = 1 << 20  # a user-metadata file is a few lines; anything larger is not one
 SD_VERSIONS = ("SD1", "SD2", "SDXL", "SD3", "Unknown")  # A1111's choices for "Stable Diffusion version"
 MAX_PREFERRED_WEIGHT = 2.0  # A1111's slider range (0 means "use the default multiplier")
+MAX_WEIGHT = 100.0  # what a file may hold (A1111 takes any number there; only its slider stops at 2)
 
 
 def path_for(model_file: str | Path) -> Path:
@@ -28,24 +29,33 @@ def path_for(model_file: str | Path) -> Path:
     return Path(model_file).with_suffix(".json")
 
 
-def read(model_file: str | Path) -> dict[str, Any]:
-    """The user metadata of a network file: {} when there is none, or when the file is not a JSON object
-    (said in the log; the card still shows)."""
-    path = path_for(model_file)
+class BrokenFile(ValueError):
+    """A NAME.json that is there but is not a JSON object (saving over it would lose what it holds)."""
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """The file's object; {} when there is none; BrokenFile saying why otherwise."""
     try:
         if path.stat().st_size > MAX_BYTES:
-            log.warning("Ignoring %s: %d bytes is too large for a user-metadata file", path, path.stat().st_size)
-            return {}
+            raise BrokenFile(f"{path.name}: {path.stat().st_size} bytes is too large for a user-metadata file")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        log.warning("Ignoring %s: not readable as JSON (%s)", path, e)
-        return {}
+        raise BrokenFile(f"{path.name} is not readable as JSON ({e})") from None
     if not isinstance(data, dict):
-        log.warning("Ignoring %s: it holds a %s, not a JSON object", path, type(data).__name__)
-        return {}
+        raise BrokenFile(f"{path.name} holds a {type(data).__name__}, not a JSON object")
     return data
+
+
+def read(model_file: str | Path) -> dict[str, Any]:
+    """The user metadata of a network file: {} when there is none, or when the file is broken (said in the log;
+    the card still shows)."""
+    try:
+        return _load(path_for(model_file))
+    except BrokenFile as e:
+        log.warning("Ignoring %s: %s", path_for(model_file), e)
+        return {}
 
 
 def description_file(model_file: str | Path) -> str:
@@ -83,7 +93,7 @@ class UserMetadata:
             weight = float(weight)
         except (TypeError, ValueError):
             weight = 0.0
-        if not 0.0 <= weight <= 1e6:  # NaN and negatives are no weight
+        if not 0.0 <= weight <= MAX_WEIGHT:  # NaN, negatives and absurd values are no weight
             weight = 0.0
         version = text("sd version", "Unknown")
         return cls(description=text("description") or description, notes=text("notes"),
@@ -97,8 +107,8 @@ class UserMetadata:
             raise ValueError(f"Stable Diffusion version must be one of {', '.join(SD_VERSIONS)}, "
                              f"not {self.sd_version!r}")
         weight = self.preferred_weight
-        if not isinstance(weight, (int, float)) or not 0.0 <= weight <= MAX_PREFERRED_WEIGHT:
-            raise ValueError(f"Preferred weight must be between 0 and {MAX_PREFERRED_WEIGHT:g}, not {weight!r}")
+        if not isinstance(weight, (int, float)) or not 0.0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"Preferred weight must be between 0 and {MAX_WEIGHT:g}, not {weight!r}")
         return self
 
 
@@ -108,7 +118,7 @@ def write(model_file: str | Path, meta: UserMetadata, lora: bool) -> Path:
     Returns the JSON file's path."""
     meta.checked()
     path = path_for(model_file)
-    data = read(model_file)
+    data = _load(path)  # BrokenFile: left for the user to fix rather than replaced
     data["description"] = meta.description
     data["notes"] = meta.notes
     if lora:

@@ -114,23 +114,27 @@ class GenerationService:
 
     def run_accepted(self, job: Job, accepted: Accepted) -> GenerationResult:
         """Run an accepted request as `job` in this process (a cluster replica calls this for the front)."""
+        return self._run_told(job, accepted)
+
+    def run_part(self, job: Job, accepted: Accepted, part: int, parts: int) -> GenerationResult:
+        """Run an accepted request inside `job`, a script's job (modules/services/scripts), as its part `part`
+        of `parts`: the job's one progress bar goes over all of them. An interrupt ends the part with what it
+        has made (`interrupted`); the script stops there."""
+        return self._run_told(job, accepted, (part, parts), script=True)
+
+    def _run_told(self, job: Job, accepted: Accepted, part: tuple[int, int] = (0, 1), script: bool = False
+                  ) -> GenerationResult:
+        """_run, with what the request itself got wrong turned into BadRequest (a 4xx naming it) and the warnings
+        of its acceptance put first."""
         try:
-            result = self._run(job, accepted)
+            result = self._run(job, accepted, part, script)
         except pipeline.NonFiniteInput as e:  # what was asked overflowed: a 4xx naming the values
             raise BadRequest(f"{e} (here: {sampler_numbers(accepted.ctx.params, accepted.settings)})") from None
         except pipeline.RefinerMismatch as e:
             raise BadRequest(f"refiner_checkpoint: {e}") from None
         except (taesd.TaesdMissing, depth.DepthModelMissing, pipeline.NeedsInitImage,
                 color_correction.ColorCorrectionUnavailable) as e:
-            raise BadRequest(str(e)) from None  # a file that went away, or the wrong job for the model
-        result.warnings[:0] = accepted.warnings
-        return result
-
-    def run_part(self, job: Job, accepted: Accepted, part: int, parts: int) -> GenerationResult:
-        """Run an accepted request inside `job`, a script's job (modules/services/scripts), as its part `part`
-        of `parts`: the job's one progress bar goes over all of them. An interrupt ends the part with what it
-        has made (`interrupted`); the script stops there."""
-        result = self._run(job, accepted, (part, parts), script=True)
+            raise BadRequest(str(e)) from None  # a file that went away, a library missing, the wrong job
         result.warnings[:0] = accepted.warnings
         return result
 

@@ -68,34 +68,46 @@ class NetworksService:
         self._hypernetworks.refresh()
         return self.cards()
 
-    def find_card(self, tab: str, name: str) -> extra_networks.Card | None:
-        """The listed card of that tab and name, with its user metadata as the files now say."""
-        return next((c for c in self.cards() if c.tab == tab and c.name == name), None)
+    def _entries(self, tab: str) -> list:
+        if tab == "Lora":
+            return self._loras.list()
+        if tab == "Textual Inversion":
+            return list(self._embeddings.all().values())
+        if tab == "Hypernetworks":
+            return self._hypernetworks.list()
+        return []
 
-    def _listed(self, tab: str, name: str) -> extra_networks.Card:
-        card = self.find_card(tab, name)
+    def find_card(self, tab: str, path: str) -> extra_networks.Card | None:
+        """The listed card of that tab whose file is `path` (files of the same name in two folders are two cards),
+        its user metadata read now. `path` is only compared with the listed files: it is never opened itself."""
+        info = next((i for i in self._entries(tab) if str(i.filename) == path), None)
+        return extra_networks.card_of(tab, info) if info is not None else None
+
+    def _listed(self, tab: str, path: str) -> extra_networks.Card:
+        card = self.find_card(tab, path)
         if card is None:
-            raise ValueError(f"There is no {tab} card named {name!r} (was its file removed? Press Refresh)")
+            raise ValueError(f"There is no {tab} card for {Path(path).name!r} (was its file removed? Press Refresh)")
         return card
 
-    def save_user_metadata(self, tab: str, name: str, meta: UserMetadata) -> extra_networks.Card:
-        """Write a card's user metadata into `NAME.json` beside its file. The file is the listed network's,
-        found by tab and name: a client never names a path. ValueError for an unlisted card or a bad value."""
-        card = self._listed(tab, name)
+    def save_user_metadata(self, tab: str, path: str, meta: UserMetadata) -> extra_networks.Card:
+        """Write a card's user metadata into `NAME.json` beside its file. The file is the listed network's (see
+        find_card): a client never names a path to write. ValueError for an unlisted card, a bad value, or a
+        NAME.json that is there but broken (it is the user's to fix, not ours to replace)."""
+        card = self._listed(tab, path)
         user_metadata.write(card.path, meta, lora=card.tab == "Lora")
-        return self._listed(tab, name)
+        return self._listed(tab, path)
 
-    def replace_preview(self, tab: str, name: str, image: Image.Image, infotext: str | None
+    def replace_preview(self, tab: str, path: str, image: Image.Image, infotext: str | None
                         ) -> extra_networks.Card:
         """Save `image` (with its infotext) as the card's picture, `NAME.png` beside the network file, which
         is the first picture a card looks for (A1111's "Replace preview")."""
-        card = self._listed(tab, name)
+        card = self._listed(tab, path)
         fileio.atomic_write_bytes(Path(card.path).with_suffix(".png"), images.png_bytes(image, infotext))
-        return self._listed(tab, name)
+        return self._listed(tab, path)
 
-    def lora_metadata(self, name: str) -> dict:
-        """The training metadata in a LoRA file's header (kohya's `ss_*` keys), {} for none."""
-        info = self._loras.find(name)
+    def lora_metadata(self, path: str) -> dict:
+        """The training metadata in a listed LoRA file's header (kohya's `ss_*` keys), {} for none."""
+        info = next((i for i in self._loras.list() if str(i.filename) == path), None)
         return dict(info.metadata) if info is not None else {}
 
     def rename_by_hash(self, prompt: str, lora_hashes: str | None) -> str:

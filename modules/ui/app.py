@@ -221,6 +221,11 @@ def build(engine: Engine) -> Page:
         for tab, path in ((t2i_tab, "txt2img"), (i2i_tab, "img2img"), (extras_tab, "extras"),
                           (merger_tab, "modelmerger")):
             ui_defaults.add_block(tab, path, defaults.skipped(path))
+        for path in ("txt2img", "img2img"):  # the page's size follows the model (SDXL 1024) where the file says nothing
+            for i, label in enumerate(("Width", "Height")):
+                if f"{path}/{label}/value" not in ui_defaults.on_disk:
+                    ui_defaults.follows[f"{path}/{label}/value"] = \
+                        lambda i=i: page_size(engine, _selected(engine))[i]
         ui_defaults.wire(settings_view.defaults_view, settings_view.defaults_apply, settings_view.defaults_review)
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)

@@ -52,6 +52,9 @@ class UiDefaults:
         self.values: dict[str, Any] = {}  # every known key: its default (the file's where it had a usable one)
         self.mapping: dict[str, Any] = {}  # "TAB/LABEL/value" -> its control, in page order
         self.refused: list[str] = []
+        # keys whose default follows something else (Width and Height: the model's size): a page value equal to
+        # what it follows now is that, not a choice of the user's
+        self.follows: dict[str, Callable[[], Any]] = {}
 
     # --- building ----------------------------------------------------------------------------------
     def add_block(self, block, path: str, skip: frozenset[str] = frozenset()) -> None:
@@ -120,7 +123,8 @@ class UiDefaults:
     def changes(self, values: tuple) -> list[tuple[str, Any, Any]]:
         """(key, the default the page started with, the value on the page) for each control the user changed."""
         return [(key, self.values.get(key), new) for key, new in self._current(values).items()
-                if new != self.values.get(key) and not (self.values.get(key) is None and new in ("", []))]
+                if new != self.values.get(key) and not (self.values.get(key) is None and new in ("", []))
+                and not (key in self.follows and new == self.follows[key]())]
 
     def view(self, *values) -> str:
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(repr(old))}</td>"
@@ -137,7 +141,10 @@ class UiDefaults:
         if not found:
             return '<div class="sd-note">No changes.</div>'
         try:
-            on_file = fileio.read_json(self.path) or {}  # keys of controls not on this page stay
+            on_file = fileio.read_json(self.path)  # keys of controls not on this page stay
+            on_file = {} if on_file is None else on_file
+            if not isinstance(on_file, dict):
+                raise ValueError(f"{self.path.name} no longer holds a JSON object")
             on_file.update({key: new for key, _old, new in found})
             fileio.atomic_write_json(self.path, on_file)
         except (OSError, ValueError) as e:

@@ -31,7 +31,7 @@ TABS = ("Textual Inversion", "Hypernetworks", "Lora")
 @dataclass
 class CardEditor:
     """The "Edit card" accordion: which card, its fields, and what the LoRA fields need."""
-    card: gr.Dropdown  # value "TAB:NAME"
+    card: gr.Dropdown  # value "TAB:PATH" (two files of one name in two folders are two cards)
     description: gr.Textbox
     sd_version: gr.Dropdown
     tags: gr.Dataset  # the LoRA's training tags; a click adds one to the activation text
@@ -44,10 +44,6 @@ class CardEditor:
     save: gr.Button
     replace_preview: gr.Button
     status: gr.HTML
-
-    @property
-    def lora_only(self) -> list:
-        return [self.sd_version, self.activation, self.weight, self.negative]
 
 
 @dataclass
@@ -95,7 +91,14 @@ def _gallery_value(cards: list[extra_networks.Card]) -> list:
 
 
 def _choices(cards: dict[str, list[extra_networks.Card]]) -> list[tuple[str, str]]:
-    return [(f"{tab}: {c.name}", f"{tab}:{c.name}") for tab in TABS for c in cards.get(tab, [])]
+    """(label, value) per card; a name two files share is told apart by the file's folder."""
+    names = [c.name for tab in TABS for c in cards.get(tab, [])]
+    out = []
+    for tab in TABS:
+        for c in cards.get(tab, []):
+            where = f" ({Path(c.path).parent.name})" if names.count(c.name) > 1 else ""
+            out.append((f"{tab}: {c.name}{where}", f"{tab}:{c.path}"))
+    return out
 
 
 def _build_editor(tab: str, cards: dict[str, list[extra_networks.Card]]) -> CardEditor:
@@ -132,8 +135,12 @@ def build(engine: Engine, tab: str) -> CardsView:
     cards = listing(engine)
     galleries = {}
     with gr.Accordion("Extra networks", open=False, elem_id=f"{tab}_extra_networks"):
-        with gr.Row():
+        with gr.Row(equal_height=True):
             refresh = gr.Button("🔄 Refresh", elem_id=f"{tab}_extra_refresh", size="sm", scale=0, min_width=120)
+            # filtered in the page itself (script.js): hidden cards keep their places, so a click still names its card
+            gr.Textbox(placeholder="Search", show_label=False, container=False, elem_id=f"{tab}_extra_search",
+                       elem_classes="sd-extra-search", scale=1, min_width=160)
+        with gr.Row():
             gr.HTML("<span class='sd-hint'>Click a card to add its tag to the prompt (click again to take it out). "
                     "Files go into models/Lora, models/hypernetworks and embeddings/; a NAME.png beside a file is "
                     "its card image, and Edit card keeps notes, activation text and a preferred weight in a "
@@ -167,26 +174,33 @@ def _facts_html(engine: Engine, card: extra_networks.Card) -> str:
     except OSError:
         pass
     if card.tab == "Lora":
-        facts += user_metadata.lora_facts(engine.networks.lora_metadata(card.name))
+        facts += user_metadata.lora_facts(engine.networks.lora_metadata(card.path))
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
     return f'<table class="sd-file-facts">{rows}</table>'
 
 
 def _split_choice(choice: str | None) -> tuple[str, str]:
-    tab, _, name = (choice or "").partition(":")
-    return tab, name
+    tab, _, path = (choice or "").partition(":")
+    return tab, path
 
 
 def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textbox, panel: OutputPanel) -> None:
+    # which prompt box was focused last (script.js keeps it per tab): an embedding's card adds to that one
+    tab = prompt.elem_id.split("_")[0]
+    focused = gr.Textbox("prompt", visible=False, elem_id=f"{tab}_extra_focus")
+    read_focus = f"(...args) => {{ args[3] = (window.sdPromptFocus || {{}})['{tab}'] || 'prompt'; return args; }}"
     for name, gallery in view.galleries.items():
-        def clicked(current_prompt, current_negative, cards, evt: gr.SelectData, name=name):
+        def clicked(current_prompt, current_negative, cards, box, evt: gr.SelectData, name=name):
             listed = cards.get(name, [])
             if not isinstance(evt.index, int) or not 0 <= evt.index < len(listed):
                 return gr.skip(), gr.skip()
-            return listed[evt.index].toggled(current_prompt or "", current_negative or "",
-                                             engine.options.values.extra_networks_default_multiplier)
+            shown = listed[evt.index]
+            card = engine.networks.find_card(shown.tab, shown.path) or shown  # its metadata as the file says now
+            return card.toggled(current_prompt or "", current_negative or "",
+                                engine.options.values.extra_networks_default_multiplier, box == "negative")
 
-        gallery.select(clicked, inputs=[prompt, negative, view.cards], outputs=[prompt, negative], queue=False)
+        gallery.select(clicked, inputs=[prompt, negative, view.cards, focused], outputs=[prompt, negative],
+                       js=read_focus, queue=False)
 
     editor = view.editor
 
@@ -215,7 +229,7 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
                     note_html("That card is gone: press Refresh.") if choice else ""]
         lora = card.tab == "Lora"
         meta = card.meta
-        tags = user_metadata.dataset_tags(engine.networks.lora_metadata(card.name)) if lora else []
+        tags = user_metadata.dataset_tags(engine.networks.lora_metadata(card.path)) if lora else []
         return [meta.description, gr.update(value=meta.sd_version, visible=lora),
                 gr.update(value=meta.activation_text, visible=lora),
                 gr.update(value=meta.preferred_weight, visible=lora),
@@ -234,25 +248,25 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
                       queue=False)
 
     def save(choice, description, sd_version, activation, weight, negative_text, notes):
-        tab, name = _split_choice(choice)
-        if not name:
+        tab, path = _split_choice(choice)
+        if not path:
             return [gr.skip()] * (1 + len(view.galleries)) + [note_html("Choose a card first.")]
         try:
-            engine.networks.save_user_metadata(tab, name, UserMetadata(
+            engine.networks.save_user_metadata(tab, path, UserMetadata(
                 description=description or "", notes=notes or "", sd_version=sd_version or "Unknown",
                 activation_text=activation or "", preferred_weight=float(weight or 0.0),
                 negative_text=negative_text or ""))
         except (ValueError, OSError) as e:
             return [gr.skip()] * (1 + len(view.galleries)) + [note_html(f"Not saved: {e}")]
-        return relisted() + [note_html(f"Saved {name}.json")]
+        return relisted() + [note_html(f"Saved {Path(path).with_suffix('.json').name}")]
 
     editor.save.click(save, inputs=[editor.card, editor.description, editor.sd_version, editor.activation,
                                      editor.weight, editor.negative, editor.notes],
                       outputs=[view.cards] + list(view.galleries.values()) + [editor.status])
 
     def replace_preview(choice, gallery, infotexts, index):
-        tab, name = _split_choice(choice)
-        if not name:
+        tab, path = _split_choice(choice)
+        if not path:
             return [gr.skip()] * (1 + len(view.galleries)) + [note_html("Choose a card first.")]
         if not gallery:
             return [gr.skip()] * (1 + len(view.galleries)) + [
@@ -262,7 +276,7 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
             with Image.open(gallery_path(gallery[index])) as im:
                 image = im.copy()
             text = infotexts[index] if index < len(infotexts) else None
-            card = engine.networks.replace_preview(tab, name, image, text)
+            card = engine.networks.replace_preview(tab, path, image, text)
         except (ValueError, OSError) as e:
             return [gr.skip()] * (1 + len(view.galleries)) + [note_html(f"Preview not replaced: {e}")]
         return relisted() + [note_html(f"{Path(card.preview or '').name} is now the card's picture")]

@@ -3,6 +3,7 @@ and the tool buttons (paste parameters, clear prompt, styles), laid out as in A1
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 
 import gradio as gr
@@ -87,8 +88,10 @@ def build(engine: Engine, tab: str) -> Toprow:
                                          elem_classes="sd-tool")
                 edit_styles = gr.Button("🖌️", elem_id=f"{tab}_styles_edit_button", min_width=36, size="sm",
                                         elem_classes="sd-tool")
+            # a name that is no longer in styles.csv (deleted in the editor or the file) stays selectable: the job
+            # then says it was not found, where a strict list would refuse Generate
             styles = gr.Dropdown(label="Styles", choices=list(engine.styles.all()), value=[], multiselect=True,
-                                 elem_id=f"{tab}_styles", allow_custom_value=False)
+                                 elem_id=f"{tab}_styles", allow_custom_value=True)
     editor = _style_editor(engine, tab, edit_styles)
     return Toprow(prompt, negative, token_counter, negative_counter, generate, interrupt, skip, paste, clear,
                   apply_styles, styles, editor)
@@ -170,25 +173,27 @@ def _wire_style_editor(engine: Engine, row: Toprow) -> None:
         name = (name or "").strip()
         try:
             path = engine.styles.save(styles.PromptStyle(name, prompt or "", negative or ""))
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, csv.Error, UnicodeDecodeError) as e:
             return [gr.skip(), gr.skip(), gr.skip(), note_html(f"Not saved: {e}")]
         return [*choices(name), gr.Button(visible=True), note_html(f"Saved style {name!r} in {path.name}")]
 
     ed.save.click(save, inputs=[ed.selection, ed.prompt, ed.negative_prompt],
                   outputs=[row.styles, ed.selection, ed.delete, ed.status], queue=False)
 
-    def delete(name):
+    def delete(name, selected):
         name = (name or "").strip()
         if not name:  # the confirmation was declined
             return [gr.skip()] * 6
         try:
             path = engine.styles.delete(name)
-        except OSError as e:
+        except (OSError, csv.Error, UnicodeDecodeError) as e:
             return [gr.skip()] * 5 + [note_html(f"Not deleted: {e}")]
         said = f"Deleted style {name!r} from {path.name}" if path else f"There is no style {name!r}"
-        # the main list drops it from its choices (and from what is selected there)
-        return [*choices(None), "", "", gr.Button(visible=False), note_html(said)]
+        names = list(engine.styles.all())  # the main list drops it from its choices and from what is selected
+        return [gr.Dropdown(choices=names, value=[s for s in (selected or []) if s != name]),
+                gr.Dropdown(choices=names, value=None), "", "", gr.Button(visible=False), note_html(said)]
 
-    ed.delete.click(delete, inputs=ed.selection, js="(name) => [confirm(`Delete style ${name}?`) ? name : '']",
+    ed.delete.click(delete, inputs=[ed.selection, row.styles],
+                    js="(name, selected) => [confirm(`Delete style ${name}?`) ? name : '', selected]",
                     outputs=[row.styles, ed.selection, ed.prompt, ed.negative_prompt, ed.delete, ed.status],
                     queue=False)

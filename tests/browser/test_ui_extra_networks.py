@@ -62,6 +62,11 @@ def test_cards_list_files_show_previews_and_toggle_tags(page, ui_server):
     page.locator(f"{ti_cards} .thumbnail-item").first.click()
     page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('shiny')")
     assert read_value(page, "txt2img_prompt") == "a red circle shiny"
+    # with the negative prompt focused last, an embedding goes there (A1111's way to add negative embeddings)
+    fill_text(page, "txt2img_neg_prompt", "blurry")
+    page.locator(f"{ti_cards} .thumbnail-item").first.click()
+    expect(block(page, "txt2img_neg_prompt").locator("textarea")).to_have_value("blurry shiny")
+    assert read_value(page, "txt2img_prompt") == "a red circle shiny"
 
 
 def test_user_metadata_fills_the_click_is_edited_and_the_preview_replaced(page, ui_server):
@@ -118,3 +123,30 @@ def test_user_metadata_fills_the_click_is_edited_and_the_preview_replaced(page, 
     with Image.open(lora_dir / "ink.png") as im:
         assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(generated))
         assert "Seed: 5" in images.read_infotext(im)
+
+
+def test_search_hides_cards_and_a_click_still_names_the_card_shown(page, ui_server):
+    _, data, _ = ui_server
+    lora_dir = data / "models" / "Lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("alpha-glow", "beta-glow", "gamma-ink"):
+        save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
+                   "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4)},
+                  str(lora_dir / f"{name}.safetensors"))
+    open_accordion(page, "txt2img_extra_networks", "Extra networks")
+    open_tab(page, "txt2img_lora_cards_tab")
+    page.locator("#txt2img_extra_refresh").click()
+    cards = page.locator("#txt2img_lora_cards .thumbnail-item")
+    expect(cards.filter(has_text="gamma-ink")).to_have_count(1, timeout=90_000)
+    total = cards.count()
+
+    fill_text(page, "txt2img_extra_search", "GLOW beta")  # every word, any case
+    expect(page.locator("#txt2img_lora_cards .thumbnail-item:visible")).to_have_count(1)
+    fill_text(page, "txt2img_prompt", "")
+    page.locator("#txt2img_lora_cards .thumbnail-item:visible").click()  # beta-glow is not the first card
+    expect(block(page, "txt2img_prompt").locator("textarea")).to_have_value("<lora:beta-glow:1>")
+    page.locator("#txt2img_extra_refresh").click()  # drawn again: still filtered
+    expect(cards.filter(has_text="gamma-ink")).to_have_count(1)
+    expect(page.locator("#txt2img_lora_cards .thumbnail-item:visible")).to_have_count(1)
+    fill_text(page, "txt2img_extra_search", "")
+    expect(page.locator("#txt2img_lora_cards .thumbnail-item:visible")).to_have_count(total)

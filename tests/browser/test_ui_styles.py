@@ -74,8 +74,16 @@ def test_the_style_editor_creates_changes_and_deletes_styles_in_styles_csv(page,
     rows = list(csv.DictReader(io.StringIO(csv_file.read_text(encoding="utf-8-sig"))))
     assert [(r["name"], r["negative_prompt"], r["notes"]) for r in rows] == [("Kept", "dark", "mine"),
                                                                               ("Sharp", "blurry", "")]
+    main = page.locator("#txt2img_styles input[role=combobox]")  # chosen in the main list: the delete drops it
+    main.click()
+    main.press_sequentially("Kept")
+    page.locator("#txt2img_styles").get_by_role("option", name="Kept", exact=True).click()
+    main.press("Escape")
+    chosen = page.locator("#txt2img_styles .token")
+    expect(chosen).to_have_count(1)
     page.locator("#txt2img_edit_style_delete").click()
     expect(page.locator("#txt2img_edit_style_status")).to_contain_text("Deleted style 'Kept'")
+    expect(chosen).to_have_count(0)
     rows = list(csv.DictReader(io.StringIO(csv_file.read_text(encoding="utf-8-sig"))))
     assert [r["name"] for r in rows] == ["Sharp"]
     page.locator("#txt2img_edit_style_close").click()

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from modules import images
 from modules.generation import context, pipeline, samplers
 from modules.generation.params import SoftInpainting
+from modules.services.errors import BadRequest
 from tests.support.img2img import data, engine, init_image, left_half_mask, manager, params  # noqa: F401 (fixtures)
 
 MASK_PICTURES = {"save_mask": True, "save_mask_composite": True, "return_mask": True, "return_mask_composite": True}
@@ -252,6 +253,6 @@ def test_loopback_corrects_every_loop_towards_the_original(engine, data):
 
 def test_color_correction_without_its_libraries_says_what_is_missing(engine, monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv were not installed
-    with pytest.raises(Exception, match="img2img_color_correction.* needs opencv-python-headless.*cv2"):
+    with pytest.raises(BadRequest, match="img2img_color_correction.* needs opencv-python-headless.*cv2"):
         engine.submit_img2img(params(override_settings={"img2img_color_correction": True})).wait()
     assert len(engine.submit_img2img(params()).wait().images) == 1  # the engine goes on

@@ -47,3 +47,13 @@ def test_a_missing_first_file_is_created_and_bad_names_are_refused(tmp_path):
         with pytest.raises(ValueError, match="needs a name"):
             store.save(PromptStyle(bad, "x", ""))
     assert len(rows(tmp_path / "styles.csv")) == 1
+
+
+def test_a_name_written_twice_in_one_file_is_changed_in_every_row(tmp_path):
+    path = tmp_path / "styles.csv"
+    path.write_text("name,prompt,negative_prompt\nTwice,first,\nTwice,second,\n", encoding="utf-8")
+    store = StyleStore((path,))
+    assert store.all()["Twice"].prompt == "second"  # the last row is the one read
+    store.save(PromptStyle("Twice", "third", ""))
+    assert store.all()["Twice"].prompt == "third"
+    assert [r["prompt"] for r in rows(path)] == ["third", "third"]

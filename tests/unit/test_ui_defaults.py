@@ -78,3 +78,13 @@ def test_apply_writes_only_what_the_user_changed(tmp_path):
         "txt2img/Sampling steps/value": 25, "extras/Resize/value": 2, "txt2img/Sampling method/value": "Euler a",
         "txt2img/Resize mode/value": "Crop and resize"}
     assert defaults.changes(page) == [] and "No changes" in defaults.apply(*page)
+
+
+def test_a_default_that_follows_the_model_is_not_a_change(tmp_path):
+    _, defaults, _ = build(tmp_path / "ui-config.json")
+    page = [30, "DPM++ 2M", False, "", -1, 0]
+    assert [k for k, _, _ in defaults.changes(page)] == ["txt2img/Sampling steps/value"]
+    defaults.follows["txt2img/Sampling steps/value"] = lambda: 30  # as Width follows the model's size
+    assert defaults.changes(page) == []
+    (tmp_path / "ui-config.json").write_text("[]", encoding="utf-8")  # replaced meanwhile by something else
+    assert "no longer holds a JSON object" in defaults.apply(31, "DPM++ 2M", False, "", -1, 0)

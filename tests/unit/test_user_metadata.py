@@ -29,10 +29,11 @@ def lora_card(**meta) -> Card:
 # --- the tag a click writes -----------------------------------------------------------------------------
 
 def test_lora_tag_uses_the_preferred_weight_else_the_default_multiplier_as_a1111_writes_them():
-    assert lora_card().tag() == "<lora:detail:1>"  # opts.extra_networks_default_multiplier, a JS number
+    # A1111's card holds a JavaScript expression, "<lora:NAME:" + WEIGHT + ">": numbers print as JavaScript's
+    assert lora_card().tag() == "<lora:detail:1>"  # opts.extra_networks_default_multiplier
     assert lora_card().tag(0.5) == "<lora:detail:0.5>"
-    assert lora_card(preferred_weight=0.8).tag(0.5) == "<lora:detail:0.8>"  # Python's str(float)
-    assert lora_card(preferred_weight=1.0).tag() == "<lora:detail:1.0>"
+    assert lora_card(preferred_weight=0.8).tag(0.5) == "<lora:detail:0.8>"
+    assert lora_card(preferred_weight=1.0).tag() == "<lora:detail:1>"  # str(1.0) in Python, 1 in JavaScript
     hyper = Card("Hypernetworks", "anime", "/m/h/anime.pt", None, UserMetadata(preferred_weight=0.3))
     assert hyper.tag(0.7) == "<hypernet:anime:0.7>"  # only a LoRA has a preferred weight
     assert extra_networks.js_number(2.0) == "2" and extra_networks.js_number(0.25) == "0.25"
@@ -58,6 +59,11 @@ def test_click_without_metadata_and_for_other_kinds():
     emb = Card("Textual Inversion", "shiny", "/e/shiny.pt", None, UserMetadata(negative_text="x"))
     assert emb.toggled("a red circle", "") == ("a red circle shiny", "")  # only a LoRA has negative text
     assert emb.toggled("a red circle shiny", "") == ("a red circle", "")
+    assert emb.toggled("a cat", "blurry", negative_focused=True) == ("a cat", "blurry shiny")
+    assert emb.toggled("a cat", "blurry shiny", negative_focused=True) == ("a cat", "blurry")
+    assert lora_card().toggled("a cat", "x", negative_focused=True) == ("a cat <lora:detail:1>", "x")  # LoRA: prompt
+    # the name as a word of its own: other words that hold it are not this embedding
+    assert emb.toggled("shinyboots, <lora:shiny-style:1>", "")[0] == "shinyboots, <lora:shiny-style:1> shiny"
 
 
 # --- the file -------------------------------------------------------------------------------------------
@@ -84,11 +90,14 @@ def test_read_and_write_keep_a1111s_keys_and_any_other(tmp_path):
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\xff\xfe"])
-def test_a_broken_file_is_no_metadata(tmp_path, content, caplog):
+def test_a_broken_file_is_no_metadata_and_is_not_saved_over(tmp_path, content, caplog):
     model = tmp_path / "x.safetensors"
     (tmp_path / "x.json").write_bytes(content.encode("latin-1"))
     assert user_metadata.read(model) == {}
     assert "x.json" in caplog.text
+    with pytest.raises(user_metadata.BrokenFile, match="x.json"):
+        user_metadata.write(model, UserMetadata(notes="n"), lora=True)
+    assert (tmp_path / "x.json").read_bytes() == content.encode("latin-1")
 
 
 def test_wrong_types_are_read_as_absent_and_bad_values_are_refused_on_save(tmp_path):
@@ -98,7 +107,7 @@ def test_wrong_types_are_read_as_absent_and_bad_values_are_refused_on_save(tmp_p
     assert UserMetadata.of({"preferred weight": "0.7"}).preferred_weight == 0.7
     assert UserMetadata.of({}, description="from NAME.txt").description == "from NAME.txt"
     with pytest.raises(ValueError, match="Preferred weight"):
-        user_metadata.write(tmp_path / "x.safetensors", UserMetadata(preferred_weight=2.5), lora=True)
+        user_metadata.write(tmp_path / "x.safetensors", UserMetadata(preferred_weight=150.0), lora=True)
     with pytest.raises(ValueError, match="Stable Diffusion version"):
         user_metadata.write(tmp_path / "x.safetensors", UserMetadata(sd_version="SD9"), lora=True)
     assert not (tmp_path / "x.json").exists()
@@ -153,23 +162,28 @@ def test_service_saves_metadata_and_previews_beside_the_listed_file(tmp_path):
     from modules import images
 
     folder = tmp_path / "Lora"
-    folder.mkdir()
-    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(folder / "ink.safetensors"),
-              {"ss_output_name": "ink"})
+    (folder / "old").mkdir(parents=True)
+    for where in (folder, folder / "old"):  # one name in two folders: two cards, each its own files
+        save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(where / "ink.safetensors"),
+                  {"ss_output_name": "ink"})
     service = NetworksService(LoraRegistry((folder,)), EmbeddingRegistry(()), HypernetworkRegistry(()))
-    card = service.save_user_metadata("Lora", "ink", UserMetadata(activation_text="ink style", preferred_weight=0.9))
+    path, other = str((folder / "ink.safetensors").resolve()), str((folder / "old" / "ink.safetensors").resolve())
+    assert {c.path for c in service.cards()} == {path, other}
+    card = service.save_user_metadata("Lora", path, UserMetadata(activation_text="ink style", preferred_weight=0.9))
     assert card.insert() == "<lora:ink:0.9> ink style"
     assert json.loads((folder / "ink.json").read_text())["activation text"] == "ink style"
-    assert service.find_card("Lora", "ink").meta.activation_text == "ink style"  # read again from the file
-    for tab, name in (("Lora", "../ink"), ("Lora", "nothing"), ("Textual Inversion", "ink")):
-        with pytest.raises(ValueError, match="no .* card named"):
-            service.save_user_metadata(tab, name, UserMetadata())
-    assert sorted(p.name for p in folder.iterdir()) == ["ink.json", "ink.safetensors"]
+    assert not (folder / "old" / "ink.json").exists()
+    assert service.find_card("Lora", path).meta.activation_text == "ink style"  # read again from the file
+    for tab, key in (("Lora", str(folder / ".." / "Lora" / "ink.safetensors")), ("Lora", str(tmp_path / "x")),
+                     ("Textual Inversion", path)):
+        with pytest.raises(ValueError, match="no .* card for"):  # only a listed file, by its exact listing
+            service.save_user_metadata(tab, key, UserMetadata())
+    assert sorted(p.name for p in folder.iterdir()) == ["ink.json", "ink.safetensors", "old"]
 
     picture = Image.new("RGB", (32, 32), (10, 200, 30))
-    card = service.replace_preview("Lora", "ink", picture, "a prompt\nSteps: 4, Seed: 1")
-    assert Path(card.preview) == folder / "ink.png"
-    with Image.open(folder / "ink.png") as im:
+    card = service.replace_preview("Lora", other, picture, "a prompt\nSteps: 4, Seed: 1")
+    assert Path(card.preview) == folder / "old" / "ink.png" and not (folder / "ink.png").exists()
+    with Image.open(folder / "old" / "ink.png") as im:
         assert im.getpixel((3, 3)) == (10, 200, 30)
         assert images.read_infotext(im) == "a prompt\nSteps: 4, Seed: 1"
-    assert service.lora_metadata("ink")["ss_output_name"] == "ink" and service.lora_metadata("none") == {}
+    assert service.lora_metadata(path)["ss_output_name"] == "ink" and service.lora_metadata("ink") == {}

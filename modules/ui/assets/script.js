@@ -24,15 +24,23 @@ document.addEventListener("keydown", (event) => {
 
 // Generate forever, as in A1111: right-click Generate and pick "Generate forever"; Generate is then clicked
 // whenever it shows again (each time the tab's job has ended) until "Cancel generate forever", which the
-// menus of Generate, Interrupt and Skip offer. Each tab repeats on its own. While on, the body carries the
-// class sd-forever-TAB, which outlines the tab's buttons.
+// menus of Generate, Interrupt and Skip offer. Each tab repeats on its own, also while another tab is open.
+// While on, the body carries the class sd-forever-TAB, which outlines the tab's buttons.
 const sdForever = {};
+
+// Whether the button is shown within its tab (the tab itself may be hidden: another one is open).
+function sdShownInTab(button, tab) {
+  for (let el = button; el && el.id !== `tab_${tab}`; el = el.parentElement) {
+    if (getComputedStyle(el).display === "none") return false;
+  }
+  return true;
+}
 
 function sdForeverStart(tab) {
   sdForeverStop(tab);
   const tick = () => {
     const button = document.getElementById(`${tab}_generate`);
-    if (button && button.offsetParent !== null) button.click();
+    if (button && sdShownInTab(button, tab)) button.click();
   };
   tick();
   sdForever[tab] = setInterval(tick, 500);
@@ -74,3 +82,38 @@ document.addEventListener("contextmenu", (event) => {
 });
 document.addEventListener("click", sdCloseMenu);
 document.addEventListener("keydown", (event) => { if (event.key === "Escape") sdCloseMenu(); });
+
+// The extra-network cards' Search box: cards whose caption (name, description) does not hold every word typed
+// are hidden. Only hidden: the galleries keep their items and order, so a click on a shown card still names it.
+// A gallery drawn again (Refresh, Save in Edit card) is filtered again.
+function sdFilterCards(tab) {
+  const box = document.querySelector(`#${tab}_extra_search textarea, #${tab}_extra_search input`);
+  const panel = document.getElementById(`${tab}_extra_networks`);
+  if (!box || !panel) return;
+  const words = box.value.toLowerCase().split(/\s+/).filter(Boolean);
+  if (!words.length && !panel.querySelector(".thumbnail-item[style*='none']")) return;  // nothing to do: the usual case
+  for (const card of panel.querySelectorAll(".thumbnail-item")) {
+    const text = (card.textContent + " " + (card.getAttribute("aria-label") || "")).toLowerCase();
+    const shown = words.every((w) => text.includes(w));
+    if (card.style.display !== (shown ? "" : "none")) card.style.display = shown ? "" : "none";
+  }
+}
+
+document.addEventListener("input", (event) => {
+  const box = event.target.closest && event.target.closest("#txt2img_extra_search, #img2img_extra_search");
+  if (box) sdFilterCards(box.id.startsWith("txt2img") ? "txt2img" : "img2img");
+});
+
+new MutationObserver(() => { sdFilterCards("txt2img"); sdFilterCards("img2img"); })
+  .observe(document.documentElement, { childList: true, subtree: true });
+
+// The prompt box focused last in each tab ("prompt" or "negative"): a Textual Inversion card adds its embedding
+// there, as in A1111 (how negative embeddings are added).
+window.sdPromptFocus = {};
+document.addEventListener("focusin", (event) => {
+  const box = event.target.closest && event.target.closest(
+    "#txt2img_prompt, #txt2img_neg_prompt, #img2img_prompt, #img2img_neg_prompt");
+  if (!box) return;
+  const [tab, which] = box.id.split("_");
+  window.sdPromptFocus[tab] = which === "neg" ? "negative" : "prompt";
+});
