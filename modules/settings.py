@@ -31,6 +31,10 @@ class Settings(BaseModel):
     sd_hypernetwork: str = Field("None", description="Add hypernetwork to prompt: 'None' or a name from "
                                                      "models/hypernetworks, appended as <hypernet:NAME:1.0> to "
                                                      "every prompt that does not name it")
+    lora_show_all: bool = Field(False, description="Always show all networks on the Lora page (else only those for "
+                                                   "the loaded model's version, as their metadata says)")
+    lora_hide_unknown_for_versions: list[Literal["SD1", "SD2", "SDXL"]] = Field(
+        default_factory=list, description="Hide networks of unknown versions for model versions")
     extra_networks_default_multiplier: float = Field(
         1.0, ge=0.0, le=2.0, description="Default multiplier for extra networks: the weight a click on a Lora card "
                                          "(without a preferred weight) or a Hypernetworks card writes")
@@ -274,7 +278,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
-    "Extra Networks": ("extra_networks_default_multiplier",),
+    "Extra Networks": ("extra_networks_default_multiplier", "lora_show_all", "lora_hide_unknown_for_versions"),
     "VAE": ("sd_vae", "sd_vae_encode_method", "sd_vae_decode_method", "vae_tiling", "vae_tile_size"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_extra_noise", "img2img_fix_steps",
                 "img2img_background_color", "img2img_color_correction", "return_mask", "return_mask_composite",

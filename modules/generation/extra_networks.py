@@ -93,6 +93,21 @@ class Card:
     path: str
     preview: str | None  # NAME.png / NAME.preview.png beside the file
     meta: UserMetadata = UserMetadata()
+    detected_version: str = "Unknown"  # a LoRA's model version as its own metadata says (LoraInfo.sd_version)
+
+    @property
+    def sd_version(self) -> str:
+        """The model version it is for: what the user set in its metadata, else what the file says."""
+        return self.meta.sd_version if self.meta.sd_version != "Unknown" else self.detected_version
+
+    def shown_for(self, model_version: str, show_all: bool = False, hide_unknown_for: tuple[str, ...] = ()) -> bool:
+        """Whether A1111's Lora page lists it while a model of `model_version` ("SD1", "SD2", "SDXL") is loaded:
+        only networks for that version (settings lora_show_all, lora_hide_unknown_for_versions)."""
+        if self.tab != "Lora" or show_all:
+            return True
+        if self.sd_version == "Unknown":
+            return model_version not in hide_unknown_for
+        return self.sd_version == model_version
 
     def tag(self, default_multiplier: float = 1.0) -> str:
         """The network's own text: `<lora:NAME:W>` with W the preferred weight when one is set, else the default
@@ -159,7 +174,8 @@ def card_of(tab: str, info) -> Card:
     """The card of one registry entry (a LoraInfo, Embedding or HypernetworkInfo), its user metadata read now."""
     preview = info.preview
     return Card(tab, info.name, str(info.filename), str(preview) if preview else None,
-                UserMetadata.of(user_metadata.read(info.filename), user_metadata.description_file(info.filename)))
+                UserMetadata.of(user_metadata.read(info.filename), user_metadata.description_file(info.filename)),
+                getattr(info, "sd_version", "Unknown"))
 
 
 def cards(loras, embeddings, hypernetworks=None) -> list[Card]:

@@ -108,6 +108,16 @@ class LoraInfo:
         """A1111's alias: the training output name kohya writes into the metadata, else the name."""
         return str(self.metadata.get("ss_output_name") or self.name)
 
+    @property
+    def sd_version(self) -> str:
+        """The model version the file says it was trained for, as A1111 reads it from kohya's metadata: "SDXL"
+        (ss_base_model_version sdxl_...), "SD2" (ss_v2), "SD1" (any other metadata) or "Unknown" (none)."""
+        if str(self.metadata.get("ss_base_model_version", "")).startswith("sdxl_"):
+            return "SDXL"
+        if str(self.metadata.get("ss_v2", "")) == "True":
+            return "SD2"
+        return "SD1" if self.metadata else "Unknown"
+
     def sha256(self, cache=None) -> str:
         """The hash A1111 shows: `sshs_model_hash` from the metadata if present, else the addnet hash
         (kept in the hash cache when one is given)."""

@@ -57,6 +57,12 @@ class CheckpointService:
         """(width, height) the checkpoint's family was trained at (SDXL 1024x1024), known without loading it."""
         return self._models.default_size(info)
 
+    def family_name(self, info: CheckpointInfo) -> str | None:
+        """The checkpoint's family ("sd1", "sd2", "sdxl", ...), known without loading it; None when the file does
+        not say (a .ckpt)."""
+        config = self._models.config_of(info)
+        return config.family.name if config else None
+
     def taesd_missing(self, info: CheckpointInfo, part: str) -> str | None:
         """Why a job on `info` could not use TAESD's `part` ("decoder" / "encoder"): the file it needs and the
         folder, or None when it is there or the model's kind is not known before loading (a .ckpt)."""

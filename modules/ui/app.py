@@ -11,7 +11,8 @@ import gradio as gr
 
 from modules.engine import BadRequest, Engine
 from modules.models.checkpoint_file import CheckpointError
-from modules.ui import common, defaults, extras, history, img2img, merger, paste, pnginfo, settings_tab, txt2img
+from modules.ui import (common, defaults, extra_networks as extra_networks_ui, extras, history, img2img, merger, paste,
+                        pnginfo, settings_tab, txt2img)
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
@@ -230,6 +231,8 @@ def build(engine: Engine) -> Page:
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)
         follow_model_size(engine, bar, size, [t2i.fields, i2i.fields])
+        for view in (t2i.cards, i2i.cards):  # the Lora cards follow the model's version
+            extra_networks_ui.follow_model(engine, view, bar.chosen)
         common_wiring(engine, bar, tabs, t2i, i2i, png, post, hist)
         history_tab.select(hist.refresh[0], inputs=hist.refresh[1], outputs=hist.refresh[2], queue=False)
         # a new merged checkpoint joins the top bar's list at once (the selection stays)

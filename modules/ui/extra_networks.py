@@ -17,9 +17,10 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from modules.engine import Engine
+from modules.engine import BadRequest, Engine
 from modules.generation import extra_networks
 from modules.models import user_metadata
+from modules.models.checkpoint_file import CheckpointError
 from modules.models.user_metadata import UserMetadata
 from modules.ui.common import OutputPanel, gallery_path
 from modules.ui.progress import note_html
@@ -75,9 +76,30 @@ def _card_image(card: extra_networks.Card) -> Image.Image:
     return _placeholder(card.name)
 
 
+MODEL_VERSIONS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sdxl_refiner": "SDXL"}  # family -> A1111's name
+
+
+def model_version(engine: Engine) -> str:
+    """The model's version as A1111's Lora page names it: the loaded one's, else the selected checkpoint's (read from
+    its file's header), else "SD1"."""
+    model = engine.checkpoints.current
+    if model is not None:
+        return MODEL_VERSIONS.get(model.family.name, "SD1")
+    try:
+        name = engine.checkpoints.family_name(engine.checkpoints.resolve())
+    except (BadRequest, CheckpointError, OSError):  # none there (an empty folder), or an unreadable file
+        name = None
+    return MODEL_VERSIONS.get(name or "sd1", "SD1")
+
+
 def listing(engine: Engine) -> dict[str, list[extra_networks.Card]]:
+    """The cards by tab, the folders read again; the Lora tab lists the networks for the loaded model's version (as
+    A1111's does, unless lora_show_all)."""
     found = engine.networks.refresh()
-    return {tab: [c for c in found if c.tab == tab] for tab in TABS}
+    values, version = engine.options.values, model_version(engine)
+    hide_unknown = tuple(values.lora_hide_unknown_for_versions)
+    return {tab: [c for c in found if c.tab == tab and c.shown_for(version, values.lora_show_all, hide_unknown)]
+            for tab in TABS}
 
 
 def _gallery_value(cards: list[extra_networks.Card]) -> list:
@@ -144,7 +166,8 @@ def build(engine: Engine, tab: str) -> CardsView:
             gr.HTML("<span class='sd-hint'>Click a card to add its tag to the prompt (click again to take it out). "
                     "Files go into models/Lora, models/hypernetworks and embeddings/; a NAME.png beside a file is "
                     "its card image, and Edit card keeps notes, activation text and a preferred weight in a "
-                    "NAME.json beside it.</span>")
+                    "NAME.json beside it. The Lora tab lists the networks made for the loaded model's version "
+                    "(Settings > Extra Networks).</span>")
         with gr.Tabs():
             for name in TABS:
                 key = name.lower().replace(" ", "_")
@@ -179,6 +202,23 @@ def _facts_html(engine: Engine, card: extra_networks.Card) -> str:
     return f'<table class="sd-file-facts">{rows}</table>'
 
 
+def _relisted(engine: Engine, view: CardsView, choice: str | None) -> list:
+    """The view's cards, galleries and editor choices listed again (the editor keeps its card if still listed)."""
+    cards = listing(engine)
+    choices = _choices(cards)
+    kept = choice if choice in [value for _, value in choices] else None
+    return [cards] + [_gallery_value(cards[name]) for name in view.galleries] + [gr.Dropdown(choices=choices,
+                                                                                             value=kept)]
+
+
+def follow_model(engine: Engine, view: CardsView, model_chosen) -> None:
+    """After another checkpoint is chosen (`model_chosen`, the top bar's event), list the cards again: the Lora tab
+    shows the networks for that model's version."""
+    model_chosen.then(lambda choice: _relisted(engine, view, choice), inputs=view.editor.card,
+                      outputs=[view.cards] + list(view.galleries.values()) + [view.editor.card], queue=False,
+                      show_progress="hidden")
+
+
 def _split_choice(choice: str | None) -> tuple[str, str]:
     tab, _, path = (choice or "").partition(":")
     return tab, path
@@ -208,14 +248,7 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
         cards = listing(engine)
         return [cards] + [_gallery_value(cards[name]) for name in view.galleries]
 
-    def refresh(choice):
-        cards = listing(engine)
-        choices = _choices(cards)
-        kept = choice if choice in [value for _, value in choices] else None
-        return [cards] + [_gallery_value(cards[name]) for name in view.galleries] + [gr.Dropdown(choices=choices,
-                                                                                                 value=kept)]
-
-    view.refresh.click(refresh, inputs=editor.card,
+    view.refresh.click(lambda choice: _relisted(engine, view, choice), inputs=editor.card,
                        outputs=[view.cards] + list(view.galleries.values()) + [editor.card])
 
     shown = [editor.description, editor.sd_version, editor.activation, editor.weight, editor.negative, editor.notes,
@@ -230,7 +263,7 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
         lora = card.tab == "Lora"
         meta = card.meta
         tags = user_metadata.dataset_tags(engine.networks.lora_metadata(card.path)) if lora else []
-        return [meta.description, gr.update(value=meta.sd_version, visible=lora),
+        return [meta.description, gr.update(value=card.sd_version, visible=lora),
                 gr.update(value=meta.activation_text, visible=lora),
                 gr.update(value=meta.preferred_weight, visible=lora),
                 gr.update(value=meta.negative_text, visible=lora), meta.notes, _facts_html(engine, card),

@@ -54,6 +54,9 @@ def control(name: str, info: FieldInfo, value, choices: list[str] | None = None)
     kind = info.annotation
     if choices is not None:
         return gr.Dropdown(choices=choices, value=value, label=label, elem_id=elem_id, allow_custom_value=True)
+    if typing.get_origin(kind) is list and typing.get_origin(typing.get_args(kind)[0]) is typing.Literal:
+        return gr.Dropdown(choices=list(typing.get_args(typing.get_args(kind)[0])), value=list(value or []),
+                           multiselect=True, label=label, elem_id=elem_id)
     if typing.get_origin(kind) is typing.Literal:
         if name in RADIOS:
             return gr.Radio(choices=list(typing.get_args(kind)), value=value, label=label, elem_id=elem_id)

@@ -129,15 +129,17 @@ def test_search_hides_cards_and_a_click_still_names_the_card_shown(page, ui_serv
     _, data, _ = ui_server
     lora_dir = data / "models" / "Lora"
     lora_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("alpha-glow", "beta-glow", "gamma-ink"):
+    for name, metadata in (("alpha-glow", None), ("beta-glow", None), ("gamma-ink", None),
+                           ("delta-glow-xl", {"ss_base_model_version": "sdxl_base_v1-0"})):
         save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
                    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4)},
-                  str(lora_dir / f"{name}.safetensors"))
+                  str(lora_dir / f"{name}.safetensors"), metadata)
     open_accordion(page, "txt2img_extra_networks", "Extra networks")
     open_tab(page, "txt2img_lora_cards_tab")
     page.locator("#txt2img_extra_refresh").click()
     cards = page.locator("#txt2img_lora_cards .thumbnail-item")
     expect(cards.filter(has_text="gamma-ink")).to_have_count(1, timeout=90_000)
+    expect(cards.filter(has_text="delta-glow-xl")).to_have_count(0)  # made for SDXL: not listed for this SD 1 model
     total = cards.count()
 
     fill_text(page, "txt2img_extra_search", "GLOW beta")  # every word, any case

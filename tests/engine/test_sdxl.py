@@ -328,6 +328,26 @@ def test_inpainting_model_and_hires_fix_run(engine):
     assert set(seen[:3]) == {(80, 64, 0, 0, 80, 64)} and set(seen[3:]) == {(120, 96, 0, 0, 120, 96)}
 
 
+def test_the_lora_cards_list_the_networks_for_sdxl(engine, data):
+    """A1111's Lora page with an SDXL model loaded: networks whose metadata says SDXL, and those that say nothing;
+    not SD 1's (unless lora_show_all)."""
+    from modules.ui import extra_networks as extra_networks_ui
+
+    folder = data / "models" / "Lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}
+    save_file(weights, str(folder / "xl-style.safetensors"), {"ss_base_model_version": "sdxl_base_v1-0"})
+    save_file(weights, str(folder / "sd15-style.safetensors"), {"ss_base_model_version": "sd_v1"})
+    save_file(weights, str(folder / "plain.safetensors"))
+    assert extra_networks_ui.model_version(engine) == "SDXL"
+    assert [c.name for c in extra_networks_ui.listing(engine)["Lora"]] == ["plain", "xl-style"]
+    engine.set_options({"lora_show_all": True})
+    try:
+        assert [c.name for c in extra_networks_ui.listing(engine)["Lora"]] == ["plain", "sd15-style", "xl-style"]
+    finally:
+        engine.set_options({"lora_show_all": False})
+
+
 def test_sdxl_settings_reach_the_encoder_per_job(engine):
     """sdxl_clip_l_skip and sdxl_crop_top/left (A1111's settings) apply to the job that has them, through
     override_settings too, and the next job without them is as before."""

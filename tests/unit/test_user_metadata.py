@@ -187,3 +187,26 @@ def test_service_saves_metadata_and_previews_beside_the_listed_file(tmp_path):
         assert im.getpixel((3, 3)) == (10, 200, 30)
         assert images.read_infotext(im) == "a prompt\nSteps: 4, Seed: 1"
     assert service.lora_metadata(path)["ss_output_name"] == "ink" and service.lora_metadata("ink") == {}
+
+
+# --- the Lora page lists the networks for the loaded model's version (A1111's network.py detect_version and
+# ui_extra_networks_lora.py create_item) ------------------------------------------------------------------
+
+def test_version_from_kohya_metadata_and_which_cards_a_model_lists():
+    from modules.models.lora import LoraInfo
+
+    def info(**metadata):
+        return LoraInfo(Path("/m/x.safetensors"), "x", metadata)
+
+    assert info(ss_base_model_version="sdxl_base_v1-0").sd_version == "SDXL"
+    assert info(ss_v2="True").sd_version == "SD2"
+    assert info(ss_output_name="x").sd_version == "SD1" and info().sd_version == "Unknown"
+
+    def card(detected, chosen="Unknown"):
+        return Card("Lora", "x", "/m/x.safetensors", None, UserMetadata(sd_version=chosen), detected)
+
+    assert card("SD1").shown_for("SD1") and not card("SDXL").shown_for("SD1")
+    assert card("SD1", chosen="SDXL").shown_for("SDXL")  # the user's "sd version" wins over the file's
+    assert card("Unknown").shown_for("SDXL") and not card("Unknown").shown_for("SDXL", hide_unknown_for=("SDXL",))
+    assert card("SDXL").shown_for("SD1", show_all=True)
+    assert Card("Textual Inversion", "e", "/e.pt", None).shown_for("SDXL")  # only the Lora page is filtered
