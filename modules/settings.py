@@ -230,6 +230,13 @@ class Settings(BaseModel):
     batch_cond_uncond: bool = Field(
         True, description="Run the prompt and the negative prompt through the U-Net as one batch (faster; off "
                           "uses less memory)")
+    pad_cond_uncond: bool = Field(
+        False, description="Pad prompt/negative prompt (improves performance when prompt and negative prompt have "
+                           "different lengths; changes seeds): the shorter gets empty-prompt chunks, so both go "
+                           "through the U-Net in one batch")
+    pad_cond_uncond_v0: bool = Field(
+        False, description="Pad prompt/negative prompt (v0): the shorter gets its last vector repeated instead "
+                           "(wins over the other when both are on, as in A1111)")
     skip_early_cond: float = Field(
         0.0, ge=0.0, le=1.0, description="Ignore negative prompt during early sampling: the first fraction of each "
                                          "pass's steps runs without it (0 skips none, 1 all); faster, and can "
@@ -290,7 +297,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "User interface": ("return_grid",),
     "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period",
                       "show_progress_type"),
-    "Optimizations": ("cross_attention_optimization", "skip_early_cond", "s_min_uncond", "s_min_uncond_all",
+    "Optimizations": ("cross_attention_optimization", "pad_cond_uncond", "pad_cond_uncond_v0", "skip_early_cond",
+                      "s_min_uncond", "s_min_uncond_all",
                       "batch_cond_uncond", "low_memory", "unet_backend"),
 }
 

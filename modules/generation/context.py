@@ -106,6 +106,8 @@ class JobContext:
     vae_tiling: VaeTiling = VaeTiling()  # when the VAE decodes and encodes in tiles (vae_tiling, vae_tile_size)
     tiling: bool = False  # A1111's Tiling: every convolution of the U-Net and the VAE pads circularly
     uncond_skips: UncondSkips = UncondSkips()  # when a call leaves the negative prompt out (A1111's optimizations)
+    pad_conds: str = ""  # prompt and negative prompt of different lengths: "" two U-Net batches, "pad" padded with
+    # the empty prompt's chunks, "v0" with the shorter's last vector (settings pad_cond_uncond, pad_cond_uncond_v0)
     extra_noise: float = 0.0  # img2img_extra_noise: img2img's and the hires pass's start noise added again, scaled
     hires_checkpoint: str | None = None  # Hires checkpoint: the title the hires pass runs on (set by the services)
     # infotext keys a script gives every image of this job, before the job's own (Loopback's curve); (key, value)
@@ -229,4 +231,5 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
                                  params.s_min_uncond if params.s_min_uncond is not None else settings.s_min_uncond,
                                  settings.s_min_uncond_all),
         extra_noise=settings.img2img_extra_noise, color_correction=settings.img2img_color_correction,
-        keep_uncorrected=settings.save_images_before_color_correction)
+        keep_uncorrected=settings.save_images_before_color_correction,
+        pad_conds="v0" if settings.pad_cond_uncond_v0 else "pad" if settings.pad_cond_uncond else "")

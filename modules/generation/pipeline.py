@@ -137,9 +137,10 @@ class Denoiser:
     def __init__(self, model, cond: ComposableCond | Cond | torch.Tensor, uncond: ScheduledCond | Cond | torch.Tensor,
                  cfg_scale: float, image_cond: torch.Tensor | None = None,
                  unet_inputs: dict[str, torch.Tensor] | None = None,
-                 uncond_inputs: dict[str, torch.Tensor] | None = None):
+                 uncond_inputs: dict[str, torch.Tensor] | None = None, empty: torch.Tensor | None = None):
         self.cfg_scale = cfg_scale
-        self.rebind(model, cond, uncond, image_cond, unet_inputs, uncond_inputs)
+        self.empty: torch.Tensor | None = None  # "pad": the empty prompt's conditioning (one chunk)
+        self.rebind(model, cond, uncond, image_cond, unet_inputs, uncond_inputs, empty)
         self.switch: RefinerSwitch | None = None  # a refiner to switch to, armed by the batch loop
         self.step = 0  # calls so far
         self.total_calls = 0  # the calls the pass makes as A1111 counts them (set by `sample`)
@@ -148,10 +149,11 @@ class Denoiser:
         self.cfg_multiplier = 1.0  # DDIM CFG++ uses cfg_scale / 12.5
         self.keep_uncond = False  # DDIM CFG++ also needs the unconditional prediction: kept in last_uncond
         self.last_uncond: torch.Tensor | None = None
+        self.pad = ""  # prompt and negative prompt of different lengths: "pad" / "v0" (JobContext.pad_conds)
 
     def rebind(self, model, cond: ComposableCond | Cond | torch.Tensor, uncond: ScheduledCond | Cond | torch.Tensor,
                image_cond: torch.Tensor | None = None, unet_inputs: dict[str, torch.Tensor] | None = None,
-               uncond_inputs: dict[str, torch.Tensor] | None = None) -> None:
+               uncond_inputs: dict[str, torch.Tensor] | None = None, empty: torch.Tensor | None = None) -> None:
         """Run `model` with these conditionings from the next call on (the refiner switch); the call count,
         and so the prompt schedules' position, carries on."""
         self.unet = model.denoising_unet  # the PyTorch U-Net or the job's other backend for it
@@ -167,6 +169,8 @@ class Denoiser:
         self.image_cond = image_cond
         self.unet_inputs = dict(unet_inputs or {})
         self.uncond_inputs = dict(uncond_inputs if uncond_inputs is not None else self.unet_inputs)
+        if empty is not None:
+            self.empty = empty.to(self.dtype)
 
     def maybe_switch(self, timestep: int) -> None:
         """Switch to the refiner if it is due at this call (`timestep`: the model timestep of its noise level)."""
@@ -234,7 +238,10 @@ class Denoiser:
         scale = self.cfg_scale * self.cfg_multiplier
         if scale == 1 and k == 1 and conds[0][1] == 1 and not self.keep_uncond:  # guidance gives the cond prediction
             return self._checked(self._unet(x_in, t, cond_context, ic_cond, cond_pooled), x_in, t, conds, uncond)
-        if length == uncond.context.shape[0] and self.batch_cond_uncond:
+        if self.pad and length != uncond_context.shape[1]:
+            cond_context, uncond_context = self._padded(cond_context, uncond_context)
+            length = cond_context.shape[1]
+        if length == uncond_context.shape[1] and self.batch_cond_uncond:
             ic_both = ic_cond if ic_cond is None or ic_cond.shape[0] == 1 else torch.cat([ic_cond, ic_uncond])
             pooled_both = None if cond_pooled is None else torch.cat([cond_pooled, uncond_pooled])
             both = self._unet(torch.cat([x_cond, x_in]), t, torch.cat([cond_context, uncond_context]), ic_both,
@@ -249,6 +256,28 @@ class Denoiser:
         for j, (_, weight) in enumerate(conds):
             out += (cond_out[j::k] - uncond_out) * (weight * scale)
         return self._checked(out, x_in, t, conds, uncond)
+
+    def _padded(self, cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt's and the negative prompt's contexts made one length so that they go through the U-Net in one
+        batch (A1111's pad_cond_uncond: the shorter gets the empty prompt's chunk repeated; v0: its own last
+        vector repeated), and the infotext key that says so."""
+        def extended(context: torch.Tensor, by: int, filler: torch.Tensor) -> torch.Tensor:
+            """`filler` (one row, or one per row of `context`) appended `by` times to each row."""
+            return torch.cat([context, filler.expand(context.shape[0], -1, -1).repeat(1, by, 1)], dim=1)
+
+        if self.pad == "v0":
+            self.fields["Pad conds v0"] = True
+            if uncond.shape[1] < cond.shape[1]:
+                return cond, extended(uncond, cond.shape[1] - uncond.shape[1], uncond[:, -1:])
+            return extended(cond, uncond.shape[1] - cond.shape[1], cond[:, -1:]), uncond
+        chunk = self.empty[None]
+        repeats = (cond.shape[1] - uncond.shape[1]) // chunk.shape[1]
+        if repeats == 0:  # not whole chunks apart (cannot happen with 75-token chunks)
+            return cond, uncond
+        self.fields["Pad conds"] = True
+        if repeats > 0:
+            return cond, extended(uncond, repeats, chunk)
+        return extended(cond, -repeats, chunk), uncond
 
     def _checked(self, out: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor, conds, uncond) -> torch.Tensor:
         """`out`, unless it has NaNs: then NansError naming their cause, found in what the U-Net was given."""
@@ -709,10 +738,10 @@ class RefinerSwitch:
         if model.config.in_channels == 9 and image_cond is None:
             raise RefinerMismatch(f"The refiner {self.plan.name} is an inpainting model; the job's model is not, "
                                   "so it has no masked image to give it")
-        cond, uncond = encode_texts(model, prompt, negative, steps, clip_skip, emphasis)
+        cond, uncond, empty = encode_texts(model, prompt, negative, steps, clip_skip, emphasis, denoiser.pad == "pad")
         width, height = self.size
         denoiser.rebind(model, cond, uncond, image_cond, model.text.unet_inputs(width, height),
-                        model.text.unet_inputs(width, height, negative=True))
+                        model.text.unet_inputs(width, height, negative=True), empty)
         self.on_switch(model)
 
 
@@ -807,18 +836,20 @@ class _Models:
                 self._stack = None
 
 
-def encode_texts(model, prompt: str, negative: str, steps: int, clip_skip: int, emphasis: str
-                 ) -> tuple[ComposableCond, ScheduledCond]:
-    """A pass's conditioning: the prompt's and the negative prompt's. In low-memory mode the text encoders are
+def encode_texts(model, prompt: str, negative: str, steps: int, clip_skip: int, emphasis: str, empty: bool = False
+                 ) -> tuple[ComposableCond, ScheduledCond, torch.Tensor | None]:
+    """A pass's conditioning: the prompt's and the negative prompt's, and with `empty` the empty prompt's (one chunk:
+    what pad_cond_uncond pads with, A1111's cond_stage_model_empty_prompt). In low-memory mode the text encoders are
     parked again until the next prompt (LoadedModel.park_text). What they freed is handed back before sampling (on
     a CPU their layers' 32-bit copies, see low_memory, leave the heap in holes the U-Net's large blocks cannot
     use)."""
     model.text_ready()
     cond = model.text.encode_prompt(prompt, steps, clip_skip, emphasis)
     uncond = model.text.encode_negative(negative, steps, clip_skip, emphasis)
+    empty_cond = model.text.encode("", clip_skip, emphasis) if empty else None
     model.park_text()
     devices.empty_cache(model.device)
-    return cond, uncond
+    return cond, uncond, empty_cond
 
 
 def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[BatchOutput]:
@@ -828,7 +859,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
     params, seeds, subseeds = ctx.params, list(ctx.seeds), ctx.variation_subseeds
     clip_skip, emphasis, randn_source, ensd = ctx.clip_skip, ctx.emphasis, ctx.randn_source, ctx.noise_seed_delta
     prompt = extra_networks.parse(params.prompt).text
-    cond, uncond = encode_texts(model, prompt, params.negative_prompt, params.steps, clip_skip, emphasis)
+    cond, uncond, empty = encode_texts(model, prompt, params.negative_prompt, params.steps, clip_skip, emphasis,
+                                       ctx.pad_conds == "pad")
     inputs = (model.text.unet_inputs(params.width, params.height),
               model.text.unet_inputs(params.width, params.height, negative=True))
     last_x0: list[torch.Tensor] = []  # the x0 the batch's latest step reported: what a stopped batch shows
@@ -849,7 +881,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         if plan.noise_multiplier != 1.0:
             noise = noise * plan.noise_multiplier
         start = plan.start(batch_seeds) if plan.start else None
-        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond, *inputs)
+        denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond, *inputs, empty=empty)
+        denoiser.pad = ctx.pad_conds
         denoiser.switch = models.switch(ctx, False, (prompt, params.negative_prompt, params.steps),
                                         (params.width, params.height))
         denoiser.skips, fields = ctx.uncond_skips, denoiser.fields  # the hires pass's keys join the first's
@@ -949,10 +982,11 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
     hr_steps = params.hr_second_pass_steps or params.steps
     prompt = extra_networks.parse(params.hr_prompt or params.prompt).text
     negative = params.hr_negative_prompt or params.negative_prompt
-    cond, uncond = encode_texts(model, prompt, negative, hr_steps, clip_skip, emphasis)
+    cond, uncond, empty = encode_texts(model, prompt, negative, hr_steps, clip_skip, emphasis, ctx.pad_conds == "pad")
     image_cond = inpainting_conditioning(model, len(seeds), height, width, models.tiling(height, width))
     denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond, model.text.unet_inputs(width, height),
-                        model.text.unet_inputs(width, height, negative=True))
+                        model.text.unet_inputs(width, height, negative=True), empty=empty)
+    denoiser.pad = ctx.pad_conds
     denoiser.switch = models.switch(ctx, True, (prompt, negative, hr_steps), (width, height))
     denoiser.skips, denoiser.fields = ctx.uncond_skips, fields
     return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks,

@@ -1,6 +1,7 @@
-"""A1111's optimizations that leave the negative prompt out of some U-Net calls: skip_early_cond ("Skip Early
-CFG") and Negative Guidance minimum sigma (NGMS, s_min_uncond, s_min_uncond_all), as its CFG denoiser decides
-per call (sd_samplers_cfg_denoiser.py, v1.10)."""
+"""A1111's optimizations of the CFG denoiser (sd_samplers_cfg_denoiser.py, v1.10): those that leave the negative
+prompt out of some U-Net calls, skip_early_cond ("Skip Early CFG") and Negative Guidance minimum sigma (NGMS,
+s_min_uncond, s_min_uncond_all), as it decides per call; and pad_cond_uncond / pad_cond_uncond_v0, which make a
+prompt and a negative prompt of different lengths one U-Net batch."""
 
 from __future__ import annotations
 
@@ -92,3 +93,48 @@ def test_the_infotext_keys_paste_as_the_settings(engine):  # noqa: F811
                                txt2img=True)
     assert pasted.settings["s_min_uncond"] == 2.5 and pasted.settings["s_min_uncond_all"] is True
     assert pasted.settings["skip_early_cond"] == 0.2
+
+
+# --- pad_cond_uncond: A1111's pad_cond (the empty prompt's chunk repeated onto the shorter) and pad_cond_uncond_v0
+# (the shorter's last vector repeated), then one batch
+
+def one_call(model, cond, uncond, pad="", empty=None):
+    denoiser = Counting(model, cond, uncond, 7.0, empty=empty)
+    denoiser.pad = pad
+    x = rng.initial_noise(rng.create_generators([5], "CPU", torch.device("cpu")), (4, 8, 8), torch.device("cpu"))
+    with torch.no_grad():
+        return denoiser(x, torch.tensor([500.0])), denoiser
+
+
+def test_padding_makes_one_batch_of_what_would_be_two(engine):  # noqa: F811
+    model = engine.load_checkpoint()
+    long, short = model.text.encode("a red circle, " * 20)[None], model.text.encode("green")[None]
+    empty = model.text.encode("")
+    assert long.shape[1] == 2 * short.shape[1] == 2 * empty.shape[0]
+    out, plain = one_call(model, long, short)
+    assert plain.rows == [1, 1] and plain.fields == {}  # A1111's default: two batches
+    out, padded = one_call(model, long, short, "pad", empty)
+    assert padded.rows == [2] and padded.fields == {"Pad conds": True}
+    by_hand, _ = one_call(model, long, torch.cat([short, empty[None]], dim=1))  # the negative, padded here
+    assert torch.equal(out, by_hand)
+    out, v0 = one_call(model, long, short, "v0")
+    assert v0.rows == [2] and v0.fields == {"Pad conds v0": True}
+    by_hand, _ = one_call(model, long, torch.cat([short, short[:, -1:].repeat(1, 77, 1)], dim=1))
+    assert torch.equal(out, by_hand)
+    # the prompt shorter than the negative: the prompt is padded
+    out, _ = one_call(model, short, long, "pad", empty)
+    by_hand, _ = one_call(model, torch.cat([short, empty[None]], dim=1), long)
+    assert torch.equal(out, by_hand)
+
+
+def test_the_settings_pad_a_job_and_say_so(engine):  # noqa: F811
+    kw = dict(prompt="a red circle, " * 40, negative_prompt="green", steps=3, save_images=False)
+    plain = engine.txt2img(params(**kw))
+    padded = engine.txt2img(params(**kw, override_settings={"pad_cond_uncond": True}))
+    v0 = engine.txt2img(params(**kw, override_settings={"pad_cond_uncond_v0": True, "pad_cond_uncond": True}))
+    assert "Pad conds" not in plain.infotexts[0]
+    assert "Pad conds: True" in padded.infotexts[0] and "Pad conds v0: True" in v0.infotexts[0]
+    assert "Pad conds: True" not in v0.infotexts[0]  # v0 wins, as A1111 checks it first
+    assert plain.images[0].tobytes() != padded.images[0].tobytes()
+    same = engine.txt2img(params(**{**kw, "prompt": "a red circle"}, override_settings={"pad_cond_uncond": True}))
+    assert "Pad conds" not in same.infotexts[0]  # of one length: nothing to pad
