@@ -76,6 +76,9 @@ def test_infotext_setting_keys_become_typed_override_settings():
     assert infotext.request_values(p, infotext.SETTING_FIELDS) == {
         "CLIP_stop_at_last_layers": 2, "eta_ddim": 0.5, "uni_pc_variant": "bh2", "uni_pc_skip_type": "logSNR",
         "uni_pc_order": 2, "uni_pc_lower_order_final": False}
+    padded = infotext.parse("a cat\nSteps: 20, Seed: 1, Pad conds: True, Pad conds v0: True")  # A1111's paste
+    assert infotext.request_values(padded, infotext.SETTING_FIELDS) == {"pad_cond_uncond": True,
+                                                                         "pad_cond_uncond_v0": True}
     with pytest.raises(ValueError, match="UniPC lower order final"):
         infotext.request_values(infotext.parse("x\nSteps: 2, Seed: 1, UniPC lower order final: maybe"),
                                 infotext.SETTING_FIELDS)
