@@ -230,6 +230,21 @@ class Settings(BaseModel):
     batch_cond_uncond: bool = Field(
         True, description="Run the prompt and the negative prompt through the U-Net as one batch (faster; off "
                           "uses less memory)")
+    hypertile_enable_unet: bool = Field(
+        False, description="Enable Hypertile U-Net: its largest self-attention layers attend within tiles (much "
+                           "faster for large images; noticeable change in details of the generated picture; if "
+                           "enabled, overrides the setting below)")
+    hypertile_enable_unet_secondpass: bool = Field(False, description="Enable Hypertile U-Net for hires fix second "
+                                                                      "pass")
+    hypertile_max_depth_unet: int = Field(3, ge=0, le=3, description="Hypertile U-Net max depth")
+    hypertile_max_tile_unet: int = Field(256, ge=0, le=512, description="Hypertile U-Net max tile size")
+    hypertile_swap_size_unet: int = Field(3, ge=0, le=64, description="Hypertile U-Net swap size (how many of the "
+                                                                      "largest tile sizes it picks from at random)")
+    hypertile_enable_vae: bool = Field(False, description="Enable Hypertile VAE (minimal change in the generated "
+                                                          "picture)")
+    hypertile_max_depth_vae: int = Field(3, ge=0, le=3, description="Hypertile VAE max depth")
+    hypertile_max_tile_vae: int = Field(128, ge=0, le=512, description="Hypertile VAE max tile size")
+    hypertile_swap_size_vae: int = Field(3, ge=0, le=64, description="Hypertile VAE swap size")
     pad_cond_uncond: bool = Field(
         False, description="Pad prompt/negative prompt (improves performance when prompt and negative prompt have "
                            "different lengths; changes seeds): the shorter gets empty-prompt chunks, so both go "
@@ -295,6 +310,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
                            "uni_pc_lower_order_final"),
     "User interface": ("return_grid",),
+    "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",
+                  "hypertile_max_tile_unet", "hypertile_swap_size_unet", "hypertile_enable_vae",
+                  "hypertile_max_depth_vae", "hypertile_max_tile_vae", "hypertile_swap_size_vae"),
     "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period",
                       "show_progress_type"),
     "Optimizations": ("cross_attention_optimization", "pad_cond_uncond", "pad_cond_uncond_v0", "skip_early_cond",

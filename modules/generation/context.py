@@ -7,7 +7,7 @@ what the job does is fixed the moment it is accepted, and the infotext describes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -16,6 +16,7 @@ from modules import upscaling
 from modules.generation import hires, rng, samplers
 from modules.generation.vae_tiling import VaeTiling
 from modules.generation.params import GenerationParams, Img2ImgParams
+from modules.models.hypertile import Options as HypertileOptions
 from modules.settings import Settings
 
 HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # A1111's hires_fix_refiner_pass choices
@@ -57,6 +58,21 @@ class RefinerPlan:
         if hires and self.hires_pass != "second pass":
             out["Hires refiner"] = self.hires_pass
         return out
+
+
+@dataclass(frozen=True)
+class Hypertile:
+    """A1111's Hypertile settings for a job: the U-Net's (first pass), the U-Net's for the hires pass, the VAE's."""
+    unet: HypertileOptions = HypertileOptions()
+    unet_secondpass: bool = False
+    vae: HypertileOptions = HypertileOptions(max_tile=128)
+
+    @classmethod
+    def of(cls, s: Settings) -> Hypertile:
+        return cls(HypertileOptions(s.hypertile_enable_unet, s.hypertile_max_depth_unet, s.hypertile_max_tile_unet,
+                                    s.hypertile_swap_size_unet), s.hypertile_enable_unet_secondpass,
+                   HypertileOptions(s.hypertile_enable_vae, s.hypertile_max_depth_vae, s.hypertile_max_tile_vae,
+                                    s.hypertile_swap_size_vae))
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,7 @@ class JobContext:
     vae_tiling: VaeTiling = VaeTiling()  # when the VAE decodes and encodes in tiles (vae_tiling, vae_tile_size)
     tiling: bool = False  # A1111's Tiling: every convolution of the U-Net and the VAE pads circularly
     uncond_skips: UncondSkips = UncondSkips()  # when a call leaves the negative prompt out (A1111's optimizations)
+    hypertile: Hypertile = field(default_factory=Hypertile)  # A1111's Hypertile settings
     pad_conds: str = ""  # prompt and negative prompt of different lengths: "" two U-Net batches, "pad" padded with
     # the empty prompt's chunks, "v0" with the shorter's last vector (settings pad_cond_uncond, pad_cond_uncond_v0)
     extra_noise: float = 0.0  # img2img_extra_noise: img2img's and the hires pass's start noise added again, scaled
@@ -232,4 +249,5 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
                                  settings.s_min_uncond_all),
         extra_noise=settings.img2img_extra_noise, color_correction=settings.img2img_color_correction,
         keep_uncorrected=settings.save_images_before_color_correction,
-        pad_conds="v0" if settings.pad_cond_uncond_v0 else "pad" if settings.pad_cond_uncond else "")
+        pad_conds="v0" if settings.pad_cond_uncond_v0 else "pad" if settings.pad_cond_uncond else "",
+        hypertile=Hypertile.of(settings))

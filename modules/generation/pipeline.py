@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from modules.generation.context import JobContext, RefinerPlan, UncondSkips
 from modules.generation.params import Img2ImgParams, SoftInpainting
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import JobInterrupted, JobSkipped
-from modules.models import depth, low_memory, taesd
+from modules.models import depth, hypertile, low_memory, taesd
 
 log = logging.getLogger(__name__)
 
@@ -750,6 +751,8 @@ class _Models:
     (`now`). Each batch and each Hires. fix pass starts on the base again, as in A1111."""
 
     def __init__(self, base, hooks: Hooks, ctx: JobContext):
+        # A1111's Hypertile draws its tile splits from one generator per job, seeded with the job's first seed
+        self.tiles = random.Random(ctx.seeds[0])
         self.base = self.now = base
         self.hires = None  # the Hires checkpoint's model, while it is the one loaded
         self.hooks = hooks
@@ -866,6 +869,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
     last_x0: list[torch.Tensor] = []  # the x0 the batch's latest step reported: what a stopped batch shows
     hooks = _keeping_x0(hooks, last_x0)
     models = _Models(model, hooks, ctx)
+    # Hypertile, as A1111's script sets it once per job (its hires pass sets it again, see _hires_pass)
+    use_hypertile(model, ctx, params.width, params.height, models.tiles, ctx.hypertile.unet.enable)
     for b in range(params.n_iter):
         if hooks.on_batch:
             hooks.on_batch(b)
@@ -948,6 +953,14 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
                           overlaid=done.overlaid, before_correction=done.before_correction)
 
 
+def use_hypertile(model, ctx: JobContext, width: int, height: int, tiles: random.Random, unet: bool) -> None:
+    """Set A1111's Hypertile on the model's U-Net (on when `unet`) and VAE for a pass at width x height, splits drawn
+    from `tiles`. A U-Net of another backend (OpenVINO's conversion) is not tiled."""
+    table = hypertile.LAYERS_SDXL if model.family.name.startswith("sdxl") else hypertile.LAYERS_SD
+    hypertile.configure(model.unet, table, width, height, dataclasses.replace(ctx.hypertile.unet, enable=unet), tiles)
+    hypertile.configure(model.vae, hypertile.LAYERS_VAE, width, height, ctx.hypertile.vae, tiles)
+
+
 def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, seeds: list[int],
                 subseeds: list[int] | None, hooks: Hooks, fields: dict[str, Any],
                 first: Image.Image | None = None) -> torch.Tensor:
@@ -970,6 +983,9 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
         latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, models.decode_now,
                                         models.encode_for_hires, resize)
     model = models.for_hires()
+    if not ctx.hypertile.unet.enable:  # A1111's before_hr: a seed of its own for the second pass
+        models.tiles.seed(ctx.seeds[0])
+    use_hypertile(model, ctx, up_x, up_y, models.tiles, ctx.hypertile.unet_secondpass)
     latents = hires.crop(latents, cut_x, cut_y)
     shape = (LATENT_CHANNELS, *latents.shape[2:])
     height, width = shape[1] * VAE_SCALE, shape[2] * VAE_SCALE
