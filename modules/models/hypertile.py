@@ -15,13 +15,17 @@ As A1111 does it:
   the picture's aspect ratio, as A1111 reads it (width / height, for its first factor).
 
 The layers are wrapped once per model (their `forward`); each job configures them (`configure`), and a job with
-Hypertile off leaves them passing through untouched."""
+Hypertile off leaves them passing through untouched. Only the thread that configured them (the job's) tiles: a live
+preview decoded meanwhile by the same VAE in a progress poll's thread runs untiled and draws nothing from the job's
+generator, whose draws (and so the picture) stay the same however often the page asks for previews. (In A1111 they
+share it.)"""
 
 from __future__ import annotations
 
 import functools
 import math
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -109,9 +113,10 @@ class _Layer:
     swap_size: int = 1
     aspect_ratio: float = 1.0
     rng: random.Random = field(default_factory=random.Random)
+    thread: int = 0  # the job's thread, which configured it: the only one that tiles
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not self.enabled:
+        if not self.enabled or threading.get_ident() != self.thread:
             return self.forward(*args, **kwargs)
         x, latent_tile = args[0], max(128, self.tile_size) // 8
         if x.ndim == 4:  # the VAE: (batch, channels, rows, columns)
@@ -160,5 +165,6 @@ def configure(root: torch.nn.Module, table: dict[int, list[str]], width: int, he
         layer.enabled = options.enable and layer.depth <= options.max_depth
         layer.tile_size, layer.swap_size, layer.aspect_ratio, layer.rng = \
             tile_size, options.swap_size, width / height, rng
+        layer.thread = threading.get_ident()
         tiling += layer.enabled
     return tiling

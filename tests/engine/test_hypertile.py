@@ -73,6 +73,16 @@ def test_a_unet_layer_attends_within_tiles_and_a_vae_layer_too():
     by_hand = rearrange(x, "b (nh h nw w) c -> b nh nw (h w) c", nh=2, nw=2, h=32, w=32)
     by_hand = by_hand * by_hand.mean(dim=(3, 4), keepdim=True)
     assert torch.allclose(out, rearrange(by_hand, "b nh nw (h w) c -> b (nh h nw w) c", h=32, w=32), atol=1e-6)
+    # another thread (a live preview's decode during the job) runs it whole and draws nothing
+    import threading
+
+    state = spy.forward.rng.getstate() if hasattr(spy.forward, "rng") else None
+    other = []
+    worker = threading.Thread(target=lambda: other.append(spy(x)))
+    worker.start()
+    worker.join()
+    assert torch.equal(other[0], x * x.mean(dim=(1, 2), keepdim=True)) and spy.seen[-1] == (2, 64 * 64, 4)
+    assert state is not None and spy.forward.rng.getstate() == state
     # off: the layer's own forward, whole
     hypertile.configure(root, hypertile.LAYERS_SD, 512, 512, Options(False), random.Random(1))
     assert torch.equal(spy(x), x * x.mean(dim=(1, 2), keepdim=True)) and spy.seen[-1] == (2, 64 * 64, 4)
