@@ -12,8 +12,8 @@ from einops import rearrange
 
 from modules.models import hypertile
 from modules.models.hypertile import Options
-from tests.support.engine import make_engine
 from tests.support.generation import params
+from tests.support.img2img import data, engine  # noqa: F401 (fixtures: one engine over the tiny checkpoints)
 
 
 # --- the arithmetic, as A1111's hypertile.py does it ---------------------------------------------------------
@@ -129,17 +129,6 @@ def test_every_layer_of_a1111s_tables_is_in_the_full_size_models(yaml_name, tabl
 
 
 # --- through a job --------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory, tiny_dir):
-    import shutil
-
-    data = tmp_path_factory.mktemp("hypertile")
-    shutil.copytree(tiny_dir, data / "models" / "Stable-diffusion")
-    e = make_engine(data)
-    yield e
-    e.queue.stop()
-
 
 def pixels(result) -> np.ndarray:
     return np.asarray(result.images[0], dtype=np.int16)
