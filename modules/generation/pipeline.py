@@ -219,6 +219,9 @@ class Denoiser:
         cond_context = stacked.repeat(n, 1, 1)  # image 0's sub-prompts, image 1's, ...
         x_cond = x_in.repeat_interleave(k, dim=0) if k > 1 else x_in
         uncond_context = uncond.context.expand(n, -1, -1)
+        if self.pad and length != uncond_context.shape[1]:  # A1111 pads first: a skipped call's prompt too
+            cond_context, uncond_context = self._padded(cond_context, uncond_context)
+            length = cond_context.shape[1]
         cond_pooled = uncond_pooled = None
         if uncond.pooled is not None:
             cond_pooled = torch.stack([c.pooled for c, _ in conds]).repeat(n, 1)
@@ -239,9 +242,6 @@ class Denoiser:
         scale = self.cfg_scale * self.cfg_multiplier
         if scale == 1 and k == 1 and conds[0][1] == 1 and not self.keep_uncond:  # guidance gives the cond prediction
             return self._checked(self._unet(x_in, t, cond_context, ic_cond, cond_pooled), x_in, t, conds, uncond)
-        if self.pad and length != uncond_context.shape[1]:
-            cond_context, uncond_context = self._padded(cond_context, uncond_context)
-            length = cond_context.shape[1]
         if length == uncond_context.shape[1] and self.batch_cond_uncond:
             ic_both = ic_cond if ic_cond is None or ic_cond.shape[0] == 1 else torch.cat([ic_cond, ic_uncond])
             pooled_both = None if cond_pooled is None else torch.cat([cond_pooled, uncond_pooled])

@@ -125,6 +125,16 @@ def test_padding_makes_one_batch_of_what_would_be_two(engine):  # noqa: F811
     out, _ = one_call(model, short, long, "pad", empty)
     by_hand, _ = one_call(model, torch.cat([short, empty[None]], dim=1), long)
     assert torch.equal(out, by_hand)
+    # padding comes first, as in A1111: a call that leaves the negative prompt out runs the padded prompt
+    skipping = Counting(model, short, long, 7.0, empty=empty)
+    skipping.pad, skipping.skips = "pad", UncondSkips(ngms=1000.0, ngms_all=True)
+    lengths = []
+    real = skipping._unet
+    skipping._unet = lambda x, t, context, *a, **kw: lengths.append(context.shape[1]) or real(x, t, context, *a, **kw)
+    x = rng.initial_noise(rng.create_generators([5], "CPU", torch.device("cpu")), (4, 8, 8), torch.device("cpu"))
+    with torch.no_grad():
+        skipping(x, torch.tensor([500.0]), level=1.0)
+    assert skipping.rows == [1] and lengths == [154] and skipping.fields["Pad conds"] is True
 
 
 def test_the_settings_pad_a_job_and_say_so(engine):  # noqa: F811
