@@ -71,7 +71,7 @@ class _Run:
     depth_map: Any = None  # the SD 2 depth model's map (a PIL image), when the setting shows it
     script: bool = False  # a part of a script's job: its results are the script's cells (no mask pictures in them)
     # inpainting's mask pictures to show after the image of each index (settings return_mask, _composite)
-    after: dict[int, list[tuple[Any, str]]] = dataclasses.field(default_factory=dict)
+    after: dict[int, list[tuple[Any, str | None]]] = dataclasses.field(default_factory=dict)
 
     @property
     def params(self) -> GenerationParams:
