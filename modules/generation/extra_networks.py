@@ -145,9 +145,8 @@ class Card:
         card's tag (at any weight) it is taken out with its activation text and the negative text; otherwise
         they are added, a space after what is there. An embedding goes into the negative prompt instead when that
         box was the last one focused (`negative_focused`: how negative embeddings are added in A1111)."""
-        if negative_focused and self.tab == "Textual Inversion":
-            flipped = Card(self.tab, self.name, self.path, self.preview, self.meta)
-            negative, prompt = flipped.toggled(negative, prompt, default_multiplier)
+        if negative_focused and self.tab == "Textual Inversion":  # the same toggle, in the other box
+            negative, prompt = self.toggled(negative, prompt, default_multiplier)
             return prompt, negative
         pattern = self._pattern()
         if pattern.search(prompt):
