@@ -119,10 +119,15 @@ class Card:
             return f"<hypernet:{self.name}:{js_number(default_multiplier)}>"
         return self.name
 
+    @property
+    def activation(self) -> str:
+        """What follows the tag in the prompt: a LoRA's "activation text"."""
+        return self.meta.activation_text if self.tab == "Lora" else ""
+
     def insert(self, default_multiplier: float = 1.0) -> str:
         """What a click adds to the prompt: the tag, then a LoRA's activation text after a space (A1111)."""
-        activation = self.meta.activation_text if self.tab == "Lora" else ""
-        return f"{self.tag(default_multiplier)} {activation}" if activation else self.tag(default_multiplier)
+        tag = self.tag(default_multiplier)
+        return f"{tag} {self.activation}" if self.activation else tag
 
     @property
     def negative(self) -> str:
@@ -135,8 +140,7 @@ class Card:
         if self.tab in ("Lora", "Hypernetworks"):
             kind = "(?:lora|lyco)" if self.tab == "Lora" else "hypernet"
             tag = rf"<{kind}:{re.escape(self.name)}(?::[^>]*)?>"
-            activation = self.meta.activation_text if self.tab == "Lora" else ""
-            return re.compile(tag + (rf"(?:\s*{re.escape(activation)})?" if activation else ""))
+            return re.compile(tag + (rf"(?:\s*{re.escape(self.activation)})?" if self.activation else ""))
         return re.compile(rf"(?<![\w-]){re.escape(self.name)}(?![\w-])")  # a word of its own, not part of one
 
     def toggled(self, prompt: str, negative: str, default_multiplier: float = 1.0,

@@ -77,10 +77,15 @@ class NetworksService:
             return self._hypernetworks.list()
         return []
 
+    def _entry(self, tab: str, path: str):
+        """The listed network of that tab whose file is `path`, or None. `path` is only compared with the listed
+        files: it is never opened itself."""
+        return next((i for i in self._entries(tab) if str(i.filename) == path), None)
+
     def find_card(self, tab: str, path: str) -> extra_networks.Card | None:
         """The listed card of that tab whose file is `path` (files of the same name in two folders are two cards),
-        its user metadata read now. `path` is only compared with the listed files: it is never opened itself."""
-        info = next((i for i in self._entries(tab) if str(i.filename) == path), None)
+        its user metadata read now."""
+        info = self._entry(tab, path)
         return extra_networks.card_of(tab, info) if info is not None else None
 
     def _listed(self, tab: str, path: str) -> extra_networks.Card:
@@ -107,7 +112,7 @@ class NetworksService:
 
     def lora_metadata(self, path: str) -> dict:
         """The training metadata in a listed LoRA file's header (kohya's `ss_*` keys), {} for none."""
-        info = next((i for i in self._loras.list() if str(i.filename) == path), None)
+        info = self._entry("Lora", path)
         return dict(info.metadata) if info is not None else {}
 
     def rename_by_hash(self, prompt: str, lora_hashes: str | None) -> str:

@@ -41,10 +41,7 @@ class UiDefaults:
         self.on_disk: dict[str, Any] = {}
         self.readable = True
         try:
-            data = fileio.read_json(self.path)
-            if data is not None and not isinstance(data, dict):
-                raise ValueError("it does not hold a JSON object")
-            self.on_disk = data or {}
+            self.on_disk = self._read()
         except (OSError, ValueError) as e:
             self.readable = False  # never overwritten: the user's file may be fixable
             log.warning("%s was not read (%s); the page starts with its own defaults and the file is left as it "
@@ -55,6 +52,13 @@ class UiDefaults:
         # keys whose default follows something else (Width and Height: the model's size): a page value equal to
         # what it follows now is that, not a choice of the user's
         self.follows: dict[str, Callable[[], Any]] = {}
+
+    def _read(self, holds: str = "does not hold") -> dict[str, Any]:
+        """The file's object ({} when there is no file); ValueError when it is not JSON, or `holds` no object."""
+        data = fileio.read_json(self.path)
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"{self.path.name} {holds} a JSON object")
+        return data or {}
 
     # --- building ----------------------------------------------------------------------------------
     def add_block(self, block, path: str, skip: frozenset[str] = frozenset()) -> None:
@@ -141,10 +145,7 @@ class UiDefaults:
         if not found:
             return '<div class="sd-note">No changes.</div>'
         try:
-            on_file = fileio.read_json(self.path)  # keys of controls not on this page stay
-            on_file = {} if on_file is None else on_file
-            if not isinstance(on_file, dict):
-                raise ValueError(f"{self.path.name} no longer holds a JSON object")
+            on_file = self._read("no longer holds")  # keys of controls not on this page stay
             on_file.update({key: new for key, _old, new in found})
             fileio.atomic_write_json(self.path, on_file)
         except (OSError, ValueError) as e:

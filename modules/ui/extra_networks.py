@@ -187,8 +187,8 @@ def _pretty_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def _facts_html(engine: Engine, card: extra_networks.Card) -> str:
-    """The file's name, size and date, and for a LoRA what its training metadata says."""
+def _facts_html(card: extra_networks.Card, lora_metadata: dict) -> str:
+    """The file's name, size and date, and for a LoRA what its training metadata (`lora_metadata`) says."""
     facts: list[tuple[str, str]] = [("Filename", Path(card.path).name)]
     try:
         stat = Path(card.path).stat()
@@ -197,18 +197,23 @@ def _facts_html(engine: Engine, card: extra_networks.Card) -> str:
     except OSError:
         pass
     if card.tab == "Lora":
-        facts += user_metadata.lora_facts(engine.networks.lora_metadata(card.path))
+        facts += user_metadata.lora_facts(lora_metadata)
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
     return f'<table class="sd-file-facts">{rows}</table>'
 
 
+def _cards_and_galleries(engine: Engine, view: CardsView) -> list:
+    """The view's cards listed again, and its galleries' values."""
+    cards = listing(engine)
+    return [cards] + [_gallery_value(cards[name]) for name in view.galleries]
+
+
 def _relisted(engine: Engine, view: CardsView, choice: str | None) -> list:
     """The view's cards, galleries and editor choices listed again (the editor keeps its card if still listed)."""
-    cards = listing(engine)
-    choices = _choices(cards)
+    listed = _cards_and_galleries(engine, view)
+    choices = _choices(listed[0])
     kept = choice if choice in [value for _, value in choices] else None
-    return [cards] + [_gallery_value(cards[name]) for name in view.galleries] + [gr.Dropdown(choices=choices,
-                                                                                             value=kept)]
+    return listed + [gr.Dropdown(choices=choices, value=kept)]
 
 
 def follow_model(engine: Engine, view: CardsView, model_chosen) -> None:
@@ -244,10 +249,6 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
 
     editor = view.editor
 
-    def relisted():
-        cards = listing(engine)
-        return [cards] + [_gallery_value(cards[name]) for name in view.galleries]
-
     view.refresh.click(lambda choice: _relisted(engine, view, choice), inputs=editor.card,
                        outputs=[view.cards] + list(view.galleries.values()) + [editor.card])
 
@@ -262,11 +263,12 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
                     note_html("That card is gone: press Refresh.") if choice else ""]
         lora = card.tab == "Lora"
         meta = card.meta
-        tags = user_metadata.dataset_tags(engine.networks.lora_metadata(card.path)) if lora else []
+        training = engine.networks.lora_metadata(card.path) if lora else {}  # read once for the tags and facts
+        tags = user_metadata.dataset_tags(training)
         return [meta.description, gr.update(value=card.sd_version, visible=lora),
                 gr.update(value=meta.activation_text, visible=lora),
                 gr.update(value=meta.preferred_weight, visible=lora),
-                gr.update(value=meta.negative_text, visible=lora), meta.notes, _facts_html(engine, card),
+                gr.update(value=meta.negative_text, visible=lora), meta.notes, _facts_html(card, training),
                 gr.Dataset(samples=[[f"{tag} ({count})"] for tag, count in tags], visible=bool(tags)),
                 [tag for tag, _ in tags], ""]
 
@@ -291,7 +293,7 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
                 negative_text=negative_text or ""))
         except (ValueError, OSError) as e:
             return [gr.skip()] * (1 + len(view.galleries)) + [note_html(f"Not saved: {e}")]
-        return relisted() + [note_html(f"Saved {Path(path).with_suffix('.json').name}")]
+        return _cards_and_galleries(engine, view) + [note_html(f"Saved {Path(path).with_suffix('.json').name}")]
 
     editor.save.click(save, inputs=[editor.card, editor.description, editor.sd_version, editor.activation,
                                      editor.weight, editor.negative, editor.notes],
@@ -312,7 +314,8 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
             card = engine.networks.replace_preview(tab, path, image, text)
         except (ValueError, OSError) as e:
             return [gr.skip()] * (1 + len(view.galleries)) + [note_html(f"Preview not replaced: {e}")]
-        return relisted() + [note_html(f"{Path(card.preview or '').name} is now the card's picture")]
+        picture = Path(card.preview or "").name
+        return _cards_and_galleries(engine, view) + [note_html(f"{picture} is now the card's picture")]
 
     editor.replace_preview.click(replace_preview, inputs=[editor.card, panel.gallery, panel.infotexts, panel.selected],
                                  outputs=[view.cards] + list(view.galleries.values()) + [editor.status])
