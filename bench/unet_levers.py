@@ -8,6 +8,7 @@ share the first self-attention: `optimizations.SharedRows`), `onednn_linear` (th
 multiply: `optimizations.OneDnnLinear`), `onednn` (that, and the GEGLUs as two oneDNN multiplies with GELU and the
 product inside: `optimizations.OneDnnGEGLU`), `app` (`shared_rows` and `onednn`: what the engine runs on a CPU),
 `channels_last` (the U-Net and its input in NHWC memory order), `bf16` (torch.autocast to bfloat16: not exact),
+`tome` (`app` with token merging at --tome-ratio: `token_merging.merging`, A1111's token_merging_ratio; not exact),
 `compile` (torch.compile, inductor; its compile time is reported), `compile_frozen` (the same with inductor's
 `freezing`: the weights become constants, so convolutions and linear layers get prepacked weights), `openvino` (OpenVINO
 f32: convert time and compile time reported), `openvino_bf16` (OpenVINO with bf16 inference precision: not exact).
@@ -19,6 +20,7 @@ the engine's prompt and negative prompt rows do."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -38,8 +40,10 @@ from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.models.activations import GEGLU  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
-LEVERS = ("plain", "shared_rows", "onednn_linear", "onednn", "app", "channels_last", "bf16", "compile",
+LEVERS = ("plain", "shared_rows", "onednn_linear", "onednn", "app", "tome", "channels_last", "bf16", "compile",
           "compile_frozen", "openvino", "openvino_bf16")
+TOME_RATIO = [0.5]  # --tome-ratio
+_merging = contextlib.ExitStack()  # the `tome` lever's ratio, while it is the lever set
 
 
 class Traceable(torch.nn.Module):
@@ -69,17 +73,21 @@ def difference(out: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 # set up in milliseconds: --interleave takes turns
-SWITCHABLE = ("plain", "shared_rows", "onednn_linear", "onednn", "app")
+SWITCHABLE = ("plain", "shared_rows", "onednn_linear", "onednn", "app", "tome")
 
 
 def configure(name: str, unet) -> None:
     """Put the U-Net in lever `name`'s state (one of SWITCHABLE), from any other of them."""
-    from modules.models import optimizations
+    from modules.models import optimizations, token_merging
+    _merging.close()
+    if name == "tome":
+        token_merging.prepare(unet)
+        _merging.enter_context(token_merging.merging(TOME_RATIO[0]))
     plain = {key: AttnProcessor2_0() for key in unet.attn_processors}
-    shared = name in ("shared_rows", "app")
+    shared = name in ("shared_rows", "app", "tome")
     unet.set_attn_processor(optimizations.sharing_first_self_attention(plain) if shared else plain)
     optimizations.use_pytorch_layers(unet)
-    if name in ("onednn_linear", "onednn", "app"):
+    if name in ("onednn_linear", "onednn", "app", "tome"):
         optimizations.use_onednn_linear(unet)
     if name == "onednn_linear":  # the linear layers alone: the GEGLUs as diffusers has them
         for layer in unet.modules():
@@ -150,6 +158,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2, help="U-Net batch rows (2: one image with CFG batched)")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--levers", default="plain,channels_last,bf16,openvino,openvino_bf16")
+    ap.add_argument("--tome-ratio", type=float, default=0.5, help="the `tome` lever's token merging ratio")
     ap.add_argument("--keep-freed-memory", action="store_true",
                     help="glibc keeps freed memory for reuse, as the app does on a CPU (devices.keep_freed_memory)")
     ap.add_argument("--interleave", action="store_true",
@@ -159,6 +168,7 @@ def main() -> None:
     if args.keep_freed_memory:
         from modules import devices
         devices.keep_freed_memory()
+    TOME_RATIO[0] = args.tome_ratio
     names = [n for n in args.levers.split(",") if n]
     unknown = set(names) - set(LEVERS)
     if unknown:
@@ -175,7 +185,7 @@ def main() -> None:
               torch.randn(args.batch, 77, 768))
     result = {"size": args.size, "batch": args.batch, "calls": args.calls, "threads": torch.get_num_threads(),
               "cpus": os.cpu_count(), "keep_freed_memory": args.keep_freed_memory, "loadavg_start": os.getloadavg(),
-              "torch": torch.__version__, "interleave": args.interleave, "levers": {}}
+              "torch": torch.__version__, "interleave": args.interleave, "tome_ratio": args.tome_ratio, "levers": {}}
     with torch.inference_mode():
         if args.interleave:
             names = ["plain"] + [n for n in names if n != "plain"]

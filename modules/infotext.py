@@ -209,6 +209,7 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("skip_early_cond", "Skip Early CFG", float), ("s_min_uncond", "NGMS", float),
     ("s_min_uncond_all", "NGMS all steps", bool), ("img2img_extra_noise", "Extra noise", float),
     ("pad_cond_uncond", "Pad conds", bool), ("pad_cond_uncond_v0", "Pad conds v0", bool),
+    ("token_merging_ratio", "Token merging ratio", float), ("token_merging_ratio_hr", "Token merging ratio hr", float),
 ]
 
 

@@ -263,6 +263,16 @@ class Settings(BaseModel):
     s_min_uncond_all: bool = Field(
         False, description="Negative Guidance minimum sigma all steps: skip it on every such step, not every "
                            "other one (infotext: NGMS all steps)")
+    token_merging_ratio: float = Field(
+        0.0, ge=0.0, le=0.9, description="Token merging ratio: the share of tokens the self-attention of the U-Net's "
+                                         "full-size layers merges into similar ones (0 disables, higher is faster at "
+                                         "large sizes and changes the picture more; infotext: Token merging ratio)")
+    token_merging_ratio_img2img: float = Field(
+        0.0, ge=0.0, le=0.9, description="Token merging ratio for img2img (only applies if non-zero, and overrides "
+                                         "the one above)")
+    token_merging_ratio_hr: float = Field(
+        0.0, ge=0.0, le=0.9, description="Token merging ratio for the hires fix's second pass (only applies if "
+                                         "non-zero, and overrides the ones above; infotext: Token merging ratio hr)")
     unet_backend: Literal["PyTorch", "PyTorch bf16", "OpenVINO", "OpenVINO bf16"] = Field(
         "PyTorch", description="What runs the U-Net on a CPU. 'PyTorch bf16' computes it in bfloat16 "
                                "(torch.autocast) on CPUs that do bfloat16 in hardware (AVX-512 BF16 or AMX; on "
@@ -316,8 +326,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period",
                       "show_progress_type"),
     "Optimizations": ("cross_attention_optimization", "pad_cond_uncond", "pad_cond_uncond_v0", "skip_early_cond",
-                      "s_min_uncond", "s_min_uncond_all",
-                      "batch_cond_uncond", "low_memory", "unet_backend"),
+                      "s_min_uncond", "s_min_uncond_all", "token_merging_ratio", "token_merging_ratio_img2img",
+                      "token_merging_ratio_hr", "batch_cond_uncond", "low_memory", "unet_backend"),
 }
 
 

@@ -125,6 +125,9 @@ class JobContext:
     hypertile: Hypertile = field(default_factory=Hypertile)  # A1111's Hypertile settings
     pad_conds: str = ""  # prompt and negative prompt of different lengths: "" two U-Net batches, "pad" padded with
     # the empty prompt's chunks, "v0" with the shorter's last vector (settings pad_cond_uncond, pad_cond_uncond_v0)
+    # A1111's token merging ratios (see models/token_merging): the first pass's (img2img's), the hires pass's
+    token_merging: float = 0.0
+    token_merging_hr: float = 0.0
     extra_noise: float = 0.0  # img2img_extra_noise: img2img's and the hires pass's start noise added again, scaled
     hires_checkpoint: str | None = None  # Hires checkpoint: the title the hires pass runs on (set by the services)
     # infotext keys a script gives every image of this job, before the job's own (Loopback's curve); (key, value)
@@ -217,6 +220,18 @@ def hires_choice(params: GenerationParams) -> samplers.SamplerChoice:
                             params.scheduler if params.hr_scheduler in hires.SAME else params.hr_scheduler)
 
 
+def token_merging_ratios(params: GenerationParams, settings: Settings) -> tuple[float, float]:
+    """A1111's get_token_merging_ratio: the ratio of txt2img's first pass, or img2img's (token_merging_ratio_img2img
+    unless token_merging_ratio is among the request's override_settings), and of the hires pass
+    (token_merging_ratio_hr, else the first pass's; 0 without Hires. fix)."""
+    if isinstance(params, Img2ImgParams):
+        first = ("token_merging_ratio" in params.override_settings and settings.token_merging_ratio) \
+            or settings.token_merging_ratio_img2img or settings.token_merging_ratio
+        return first, 0.0
+    first = settings.token_merging_ratio
+    return first, (settings.token_merging_ratio_hr or first) if params.enable_hr else 0.0
+
+
 def resolve(params: GenerationParams, settings: Settings | None = None,
             image_upscalers: Sequence[str] = upscaling.BUILTIN) -> JobContext:
     """The request as the pipeline runs it, with the image upscalers `image_upscalers` there are (None, Lanczos,
@@ -232,6 +247,7 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
     if isinstance(params, Img2ImgParams) and params.initial_noise_multiplier is None:
         params = params.model_copy(update={"initial_noise_multiplier": settings.initial_noise_multiplier})
     tiling = params.tiling if params.tiling is not None else settings.tiling
+    merging = token_merging_ratios(params, settings)
     seeds, subseeds = rng.batch_seeds(rng.fix_seed(params.seed), rng.fix_seed(params.subseed),
                                       params.subseed_strength, params.total_images)
     return JobContext(
@@ -250,4 +266,4 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         extra_noise=settings.img2img_extra_noise, color_correction=settings.img2img_color_correction,
         keep_uncorrected=settings.save_images_before_color_correction,
         pad_conds="v0" if settings.pad_cond_uncond_v0 else "pad" if settings.pad_cond_uncond else "",
-        hypertile=Hypertile.of(settings))
+        hypertile=Hypertile.of(settings), token_merging=merging[0], token_merging_hr=merging[1])

@@ -28,7 +28,7 @@ from modules.generation.context import JobContext, RefinerPlan, UncondSkips
 from modules.generation.params import Img2ImgParams, SoftInpainting
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import JobInterrupted, JobSkipped
-from modules.models import depth, hypertile, low_memory, taesd
+from modules.models import depth, hypertile, low_memory, taesd, token_merging
 
 log = logging.getLogger(__name__)
 
@@ -759,6 +759,8 @@ class _Models:
         self._stack: contextlib.ExitStack | None = None  # the sampling block the refiner is made stoppable in
         self._tiling = ctx.vae_tiling
         self._methods = (ctx.vae_decode_method, ctx.vae_encode_method)  # "Full" or "TAESD"
+        self._merging = ctx.token_merging  # the first pass's token merging ratio (the hires pass sets its own)
+        self._hooked = bool(ctx.token_merging or ctx.token_merging_hr)  # whether each model's U-Net needs the hooks
         self.vae_tiled = False  # whether the VAE has run in tiles for the job so far
 
     def tiling(self, height: int, width: int) -> VaeTiling:
@@ -824,13 +826,19 @@ class _Models:
 
     def _use(self, model) -> None:
         self.now = model
+        if self._hooked:
+            token_merging.prepare(model.unet)
         if self._stack is not None:
             self._stack.enter_context(stoppable(model.denoising_unet, self.hooks.check))
 
     @contextlib.contextmanager
     def sampling(self) -> Iterator[CallTime]:
-        """Interrupts land within a layer of whichever model runs (see `stoppable`)."""
+        """Interrupts land within a layer of whichever model runs (see `stoppable`); the U-Net calls of this thread
+        merge the first pass's share of tokens (see token_merging)."""
+        if self._hooked:
+            token_merging.prepare(self.now.unet)
         with contextlib.ExitStack() as stack:
+            stack.enter_context(token_merging.merging(self._merging))
             timing = stack.enter_context(stoppable(self.now.denoising_unet, self.hooks.check))
             self._stack = stack
             try:
@@ -1005,8 +1013,9 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
     denoiser.pad = ctx.pad_conds
     denoiser.switch = models.switch(ctx, True, (prompt, negative, hr_steps), (width, height))
     denoiser.skips, denoiser.fields = ctx.uncond_skips, fields
-    return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks,
-                  Start(latents, t_enc, extra_noise=ctx.extra_noise), ctx.options, seeds)
+    with token_merging.merging(ctx.token_merging_hr):  # A1111 sets the hires ratio for this pass only
+        return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks,
+                      Start(latents, t_enc, extra_noise=ctx.extra_noise), ctx.options, seeds)
 
 
 @torch.no_grad()

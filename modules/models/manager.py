@@ -419,12 +419,12 @@ class ModelManager:
 
     # --- extra networks ------------------------------------------------------------------------
     def use_unet_backend(self, model: LoadedModel, backend: str,
-                         progress: Callable[[str], None] = lambda _text: None) -> str | None:
+                         progress: Callable[[str], None] = lambda _text: None, merging: bool = False) -> str | None:
         """Route this job's U-Net calls to `backend` ("PyTorch", "PyTorch bf16", "OpenVINO" or "OpenVINO bf16";
         call after the job's networks are applied). OpenVINO's U-Net is converted (the first time for a checkpoint)
         and compiled here (the first time for a loaded model, or for another precision). Returns why the backend is
         not used when it was asked for (the job then runs on PyTorch in float32, as it would without the setting),
-        else None."""
+        else None. `merging`: the job merges tokens (see token_merging), which only the PyTorch U-Net does."""
         model.use_openvino = False
         model.unet_autocast = None
         if backend == "PyTorch bf16":
@@ -438,7 +438,8 @@ class ModelManager:
         precision = openvino_unet.PRECISIONS.get(backend)
         if precision is None:
             return None
-        why = openvino_unet.available() or self._openvino_does_not_cover(model)
+        why = openvino_unet.available() or self._openvino_does_not_cover(model) \
+            or ("token merging is on (the converted U-Net does not merge)" if merging else None)
         if why:
             return f"U-Net backend {backend}: {why}; this job ran on PyTorch"
         if model.openvino is not None and model.openvino.precision != precision:

@@ -235,7 +235,9 @@ class GenerationService:
             if state is not None:
                 state.textinfo = text
 
-        note = self._models.use_unet_backend(model, settings.unet_backend, progress)
+        ctx = accepted.ctx
+        note = self._models.use_unet_backend(model, settings.unet_backend, progress,
+                                             merging=bool(ctx.token_merging or ctx.token_merging_hr))
         progress(None)
         if note and note not in result.warnings:
             result.warnings.append(note)

@@ -85,6 +85,13 @@ def test_what_it_does_not_cover_runs_on_pytorch_unchanged(engine):
     assert any("Tiling is on" in w for w in tiled.warnings)
     assert calls(engine) == before
     assert tiled.images[0].tobytes() == gen(engine, "PyTorch", tiling=True).images[0].tobytes()
+    # token merging: only PyTorch's U-Net merges, so it runs the job (and its infotext says what was done)
+    merge = {"unet_backend": "OpenVINO", "token_merging_ratio": 0.5}
+    merged = gen(engine, "OpenVINO", override_settings=merge)
+    assert any("token merging is on" in w for w in merged.warnings)
+    assert calls(engine) == before and "Token merging ratio: 0.5" in merged.infotexts[0]
+    assert merged.images[0].tobytes() == gen(engine, "PyTorch", override_settings={
+        "unet_backend": "PyTorch", "token_merging_ratio": 0.5}).images[0].tobytes() != base
     # the next job without them is back on OpenVINO, which never saw the LoRA: the same image as before it
     assert gen(engine, "OpenVINO").images[0].tobytes() == base
     assert calls(engine) > before

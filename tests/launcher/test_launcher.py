@@ -100,9 +100,10 @@ def test_webui_sh_installs_then_restarts_without_installing(tmp_path):
                             "from modules.models import upscalers; print(upscalers._spandrel().__version__)"],
                            capture_output=True, text=True, check=True, cwd=copy)
     assert probe.stdout.split() == ["True", "0.4.2"], probe.stdout + probe.stderr
-    # img2img color correction's libraries, blendmodes at A1111's version (without its numpy<2 pin)
+    # img2img color correction's libraries, blendmodes at A1111's version (without its numpy<2 pin); token merging's
     probe = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "from modules.generation import color_correction; color_correction._libraries(); "
+                            "from modules.models import token_merging; "
                             "import importlib.metadata as m; print(m.version('blendmodes'))"],
                            capture_output=True, text=True, check=True, cwd=copy)
     assert probe.stdout.split() == ["2022"], probe.stdout + probe.stderr
