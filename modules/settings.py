@@ -199,6 +199,13 @@ class Settings(BaseModel):
 
     # User interface
     return_grid: bool = Field(True, description="Show the grid first among a job's images")
+    keyedit_precision_attention: float = Field(
+        0.1, ge=0.01, le=0.2, description="Ctrl+up/down precision when editing (attention:1.1) in a prompt box")
+    keyedit_precision_extra: float = Field(
+        0.05, ge=0.01, le=0.2, description="Ctrl+up/down precision when editing <extra networks:0.9>")
+    keyedit_delimiters: str = Field(".,\\/!?%^*;:{}=`~()", max_length=200,
+                                    description="Ctrl+up/down word delimiters (spaces and line breaks always are)")
+    keyedit_move: bool = Field(True, description="Alt+left/right moves prompt elements (the text between commas)")
 
     # Live previews
     live_previews_enable: bool = Field(
@@ -319,7 +326,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
                            "uni_pc_lower_order_final"),
-    "User interface": ("return_grid",),
+    "User interface": ("return_grid", "keyedit_precision_attention", "keyedit_precision_extra", "keyedit_delimiters",
+                       "keyedit_move"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",
                   "hypertile_max_tile_unet", "hypertile_swap_size_unet", "hypertile_enable_vae",
                   "hypertile_max_depth_vae", "hypertile_max_tile_vae", "hypertile_swap_size_vae"),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,15 @@ from modules.ui import (common, defaults, extra_networks as extra_networks_ui, e
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
+# Settings the page's own scripts read (script.js, `sdOption`): handed over at each page load and after Apply settings
+PAGE_OPTIONS = ("keyedit_precision_attention", "keyedit_precision_extra", "keyedit_delimiters", "keyedit_move")
+
+
+def page_options(engine: Engine) -> str:
+    """PAGE_OPTIONS' current values, as the JSON text of a hidden element of the page."""
+    values = engine.options.values
+    data = json.dumps({name: getattr(values, name) for name in PAGE_OPTIONS})
+    return f'<div id="sd-page-options" hidden>{html.escape(data, quote=False)}</div>'
 
 
 @dataclass
@@ -217,6 +227,7 @@ def build(engine: Engine) -> Page:
                 merge_tab = merger.build(engine)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_view = settings_tab.build(engine)
+        options = gr.HTML(page_options(engine), elem_id="sd_page_options", padding=False)
         # ui-config.json (A1111's keys): the controls' own defaults, set before the page is first served
         ui_defaults = defaults.UiDefaults(engine.paths.ui_config_file)
         for tab, path in ((t2i_tab, "txt2img"), (i2i_tab, "img2img"), (extras_tab, "extras"),
@@ -228,6 +239,8 @@ def build(engine: Engine) -> Page:
                     ui_defaults.follows[f"{path}/{label}/value"] = \
                         lambda i=i: page_size(engine, _selected(engine))[i]
         ui_defaults.wire(settings_view.defaults_view, settings_view.defaults_apply, settings_view.defaults_review)
+        for event in (blocks.load, settings_view.applied.then):  # a page open since the server started sees new values
+            event(lambda: page_options(engine), outputs=options, queue=False, show_progress="hidden")
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)
         follow_model_size(engine, bar, size, [t2i.fields, i2i.fields])

@@ -34,6 +34,7 @@ class SettingsTab:
     defaults_view: gr.Button  # Defaults: the page's values that differ from ui-config.json
     defaults_apply: gr.Button  # Defaults: write them into it
     defaults_review: gr.HTML
+    applied: object  # the event of Apply settings (later steps chain on it with .then)
 
 
 def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
@@ -110,7 +111,7 @@ def build(engine: Engine) -> SettingsTab:
             defaults_view = gr.Button("View changes", elem_id="ui_defaults_view")
             defaults_apply = gr.Button("Apply", variant="primary", elem_id="ui_defaults_apply")
         defaults_review = gr.HTML("", elem_id="ui_defaults_review")
-    with gr.Tabs(elem_id="settings"):
+    with gr.Tabs(elem_id="settings", overflow_behavior="wrap"):  # every section in sight, as A1111 lists them
         for title, names in sections():
             with gr.Tab(title, elem_id=section_elem_id(title)):
                 for name in names:
@@ -138,5 +139,5 @@ def build(engine: Engine) -> SettingsTab:
         return f'<div class="sd-note">{len(changes)} setting{"s" if len(changes) != 1 else ""} changed: ' \
                f'{html.escape(listed)}. Saved to {html.escape(str(engine.options.path))}.</div>'
 
-    apply.click(apply_settings, inputs=[controls[n] for n in names], outputs=result)
-    return SettingsTab(controls, apply, result, defaults_view, defaults_apply, defaults_review)
+    applied = apply.click(apply_settings, inputs=[controls[n] for n in names], outputs=result)
+    return SettingsTab(controls, apply, result, defaults_view, defaults_apply, defaults_review, applied)

@@ -109,6 +109,53 @@ def test_settings_apply_saves_takes_effect_and_survive_a_restart(browser, page, 
     assert json.loads(config.read_text())["n_rows"] == 2
 
 
+def prompt_key(page, elem_id: str, text: str, caret: tuple[int, int], key: str) -> str:
+    """`key` pressed in the prompt box holding `text` with the selection `caret`; the box's text after it."""
+    fill_text(page, elem_id, text)
+    area = page.locator(f"#{elem_id} textarea")
+    area.evaluate("(el, [a, b]) => { el.focus(); el.setSelectionRange(a, b); }", list(caret))
+    area.press(key)
+    return area.input_value()
+
+
+def test_prompt_editing_keys_follow_their_settings(page, ui_server):
+    """A1111's Ctrl+Up/Down (edit-attention.js) and Alt+Left/Right (edit-order.js) in a prompt box, with the step
+    and the switch from Settings > User interface taking effect on Apply, without a reload; the edited text is
+    what Generate sends."""
+    box = "txt2img_prompt"
+    expect(page.locator(f"#{box} textarea")).to_be_visible()
+    assert prompt_key(page, box, "a cat, a dog", (3, 3), "Control+ArrowUp") == "a (cat:1.1), a dog"  # the word
+    area = page.locator(f"#{box} textarea")
+    area.press("Control+ArrowUp")  # the word stays selected: the group's weight goes on up
+    assert area.input_value() == "a (cat:1.2), a dog"
+    area.press("Control+ArrowDown")
+    area.press("Control+ArrowDown")  # back at 1: the brackets go
+    assert area.input_value() == "a cat, a dog"
+    assert prompt_key(page, box, "a (cat:0.9), a dog", (5, 5), "Control+ArrowUp") == "a cat, a dog"  # inside a group
+    assert prompt_key(page, box, "x <lora:name:0.8> y", (9, 9), "Control+ArrowUp") == "x <lora:name:0.85> y"
+    assert prompt_key(page, box, "red cat, dog", (0, 7), "Control+ArrowDown") == "(red cat:0.9), dog"  # a selection
+    assert prompt_key(page, box, "a, b, c", (3, 3), "Alt+ArrowRight") == "a, c, b"
+    assert (area.evaluate("el => [el.selectionStart, el.selectionEnd]")) == [5, 7]  # " b" moved, still selected
+    assert prompt_key(page, box, "a, b, c", (0, 4), "Alt+ArrowRight") == " c,a, b"  # two elements at once
+    assert prompt_key(page, "txt2img_neg_prompt", "ugly, blurry", (8, 8), "Alt+ArrowLeft") == " blurry,ugly"
+
+    open_settings(page)
+    show_setting(page, "keyedit_precision_attention")
+    set_number(page, "setting_keyedit_precision_attention", 0.05)
+    set_checkbox(page, "setting_keyedit_move", False)
+    page.locator("#settings_submit").click()
+    expect(page.locator("#settings_result")).to_contain_text("2 settings changed")
+    open_tab(page, "tab_txt2img")
+    expect(page.locator("#sd-page-options")).to_contain_text('"keyedit_move": false')
+    assert prompt_key(page, box, "a, b", (0, 0), "Alt+ArrowRight") == "a, b"  # moving is off
+    edited = prompt_key(page, box, "a red circle on a blue background", (4, 4), "Control+ArrowUp")
+    assert edited == "a (red:1.05) circle on a blue background"
+    set_number(page, "txt2img_steps", 2)
+    page.locator("#txt2img_generate").click()
+    wait_for_gallery(page, "txt2img_gallery", 1)
+    assert read_value(page, "txt2img_infotext").startswith(edited + "\n")
+
+
 def test_server_stops_promptly_while_a_page_is_open(page, ui_server):
     """SIGTERM (what Ctrl+C's SIGINT also does to uvicorn) ends the server within seconds even while a
     browser tab holds the page open, as A1111's does; it must not wait for the tab to be closed."""

@@ -117,3 +117,130 @@ document.addEventListener("focusin", (event) => {
   const [tab, which] = box.id.split("_");
   window.sdPromptFocus[tab] = which === "neg" ? "negative" : "prompt";
 });
+
+// The settings this script reads (PAGE_OPTIONS in ui/app.py), from the hidden element the server fills at each
+// page load and after Apply settings; A1111's defaults until it is there.
+const sdOptionDefaults = {
+  keyedit_precision_attention: 0.1, keyedit_precision_extra: 0.05,
+  keyedit_delimiters: ".,\\/!?%^*;:{}=`~()", keyedit_move: true,
+};
+
+function sdOption(name) {
+  try {
+    const data = JSON.parse(document.getElementById("sd-page-options")?.textContent || "{}");
+    if (name in data) return data[name];
+  } catch (e) { /* not there yet: the default */ }
+  return sdOptionDefaults[name];
+}
+
+// The prompt boxes where the editing keys below work, as A1111's (the tabs' prompts, the hires pass's, the style
+// editor's).
+const SD_PROMPT_BOXES = ["txt2img_prompt", "txt2img_neg_prompt", "img2img_prompt", "img2img_neg_prompt",
+  "hires_prompt", "hires_neg_prompt", "txt2img_edit_style_prompt", "txt2img_edit_style_neg_prompt",
+  "img2img_edit_style_prompt", "img2img_edit_style_neg_prompt"];
+
+function sdPromptTextarea(target) {
+  if (!(target instanceof HTMLTextAreaElement)) return null;
+  const box = target.closest(SD_PROMPT_BOXES.map((id) => `#${id}`).join(", "));
+  return box ? target : null;
+}
+
+// The text a box's edit put there, selected as given, handed to the page as typing would.
+function sdSetPrompt(area, text, start, end) {
+  area.value = text;
+  area.setSelectionRange(start, end);
+  area.dispatchEvent(new Event("input", { bubbles: true }));
+}
+
+// Where the innermost open...close pair around `pos` starts and ends (the indexes of the two characters), or null.
+function sdEnclosingPair(text, pos, open, close) {
+  let start = -1;
+  for (let i = pos - 1, depth = 0; i >= 0; i--) {
+    if (text[i] === close) depth++;
+    else if (text[i] === open && depth-- === 0) { start = i; break; }
+  }
+  if (start < 0) return null;
+  for (let i = pos, depth = 0; i < text.length; i++) {
+    if (text[i] === open) depth++;
+    else if (text[i] === close && depth-- === 0) return [start, i];
+  }
+  return null;
+}
+
+// A weight as A1111's page writes it: at most 12 significant digits, and "1.0" rather than "1" for one digit.
+function sdWeightText(weight) {
+  const text = String(parseFloat(weight.toPrecision(12)));
+  return text.length === 1 ? `${text}.0` : text;
+}
+
+// Ctrl+Up / Ctrl+Down (Cmd on a Mac), as in A1111: the selection's weight goes up or down by the setting's step.
+// Without a selection it is the <extra network> or (group:weight) the cursor is in, else the word. A word or
+// selection not yet weighted becomes (text:1.0) first; a group whose weight comes back to 1 loses its brackets.
+function sdEditAttention(area, up) {
+  let text = area.value;
+  let start = area.selectionStart;
+  let end = area.selectionEnd;
+  if (start === end) {
+    const pair = sdEnclosingPair(text, start, "<", ">") || sdEnclosingPair(text, start, "(", ")");
+    if (pair) {
+      const colon = text.slice(pair[0] + 1, pair[1]).lastIndexOf(":");
+      if (colon < 0) return;  // a group without a weight: nothing to change (as A1111)
+      start = pair[0] + 1;
+      end = start + colon;
+    } else {
+      const stops = sdOption("keyedit_delimiters") + " \r\n\t";
+      while (start > 0 && !stops.includes(text[start - 1])) start--;
+      while (end < text.length && !stops.includes(text[end])) end++;
+    }
+  }
+  let close = ")";
+  let step = sdOption("keyedit_precision_attention");
+  if (text[start - 1] === "<") {
+    close = ">";
+    step = sdOption("keyedit_precision_extra");
+  } else if (text[start - 1] !== "(") {
+    while (end > start && text[end - 1] === " ") end--;
+    if (start === end) return;
+    text = `${text.slice(0, start)}(${text.slice(start, end)}:1.0)${text.slice(end)}`;
+    start++;
+    end++;
+  }
+  const stop = text.indexOf(close, end + 1);
+  if (stop < 0) return;
+  const weight = parseFloat(text.slice(end + 1, stop));
+  if (Number.isNaN(weight)) return;
+  const changed = sdWeightText(weight + (up ? step : -step));
+  if (close === ")" && parseFloat(changed) === 1) {
+    text = text.slice(0, start - 1) + text.slice(start, end) + text.slice(stop + 1);
+    sdSetPrompt(area, text, start - 1, end - 1);
+  } else {
+    sdSetPrompt(area, text.slice(0, end + 1) + changed + text.slice(stop), start, end);
+  }
+}
+
+// Alt+Left / Alt+Right, as in A1111 (setting keyedit_move): the comma-separated elements the selection touches
+// change places with their neighbour on that side, and stay selected.
+function sdMoveElements(area, left) {
+  const items = area.value.split(",");
+  const commasBefore = (pos) => (area.value.slice(0, pos).match(/,/g) || []).length;
+  const first = commasBefore(area.selectionStart);
+  const last = commasBefore(area.selectionEnd);
+  const to = left ? first - 1 : first + 1;
+  if (to < 0 || to + (last - first) >= items.length) return;
+  items.splice(to, 0, ...items.splice(first, last - first + 1));
+  const offset = (index) => items.slice(0, index).reduce((n, item) => n + item.length + 1, 0);
+  const lastMoved = to + (last - first);
+  sdSetPrompt(area, items.join(","), offset(to), offset(lastMoved) + items[lastMoved].length);
+}
+
+document.addEventListener("keydown", (event) => {
+  const area = sdPromptTextarea(event.target);
+  if (!area) return;
+  if ((event.ctrlKey || event.metaKey) && (event.key === "ArrowUp" || event.key === "ArrowDown")) {
+    event.preventDefault();
+    sdEditAttention(area, event.key === "ArrowUp");
+  } else if (event.altKey && (event.key === "ArrowLeft" || event.key === "ArrowRight") && sdOption("keyedit_move")) {
+    event.preventDefault();
+    sdMoveElements(area, event.key === "ArrowLeft");
+  }
+});
