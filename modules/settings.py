@@ -199,6 +199,11 @@ class Settings(BaseModel):
 
     # User interface
     return_grid: bool = Field(True, description="Show the grid first among a job's images")
+    quicksettings_list: list[str] = Field(
+        default_factory=lambda: ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"],
+        description="Quicksettings list: settings shown in the top bar rather than in Settings (names such as "
+                    "token_merging_ratio; the checkpoint, SD VAE and Clip skip are always there; takes effect when "
+                    "the server restarts)")
     keyedit_precision_attention: float = Field(
         0.1, ge=0.01, le=0.2, description="Ctrl+up/down precision when editing (attention:1.1) in a prompt box")
     keyedit_precision_extra: float = Field(
@@ -326,8 +331,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
                            "uni_pc_lower_order_final"),
-    "User interface": ("return_grid", "keyedit_precision_attention", "keyedit_precision_extra", "keyedit_delimiters",
-                       "keyedit_move"),
+    "User interface": ("quicksettings_list", "return_grid", "keyedit_precision_attention", "keyedit_precision_extra",
+                       "keyedit_delimiters", "keyedit_move"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",
                   "hypertile_max_tile_unet", "hypertile_swap_size_unet", "hypertile_enable_vae",
                   "hypertile_max_depth_vae", "hypertile_max_tile_vae", "hypertile_swap_size_vae"),

@@ -55,6 +55,7 @@ class TopBar:
     status: gr.HTML
     notice: gr.HTML
     chosen: object  # the event of a checkpoint chosen in the dropdown (later steps chain on it with .then)
+    quick_changed: list  # the events of the other quicksettings applied (see settings_tab.wire_quick)
 
 
 def _checkpoint_titles(engine: Engine) -> list[str]:
@@ -118,6 +119,7 @@ def top_bar(engine: Engine) -> TopBar:
                                 elem_classes="sd-tool")
         clip_skip = gr.Slider(1, 12, value=engine.options.values.CLIP_stop_at_last_layers, step=1,
                               label="Clip skip", elem_id="setting_CLIP_stop_at_last_layers", scale=2, min_width=200)
+        quick = settings_tab.quick_controls(engine)  # the quicksettings_list's others
     status = gr.HTML(_status_html(engine.checkpoints.startup_error), elem_id="sd_status")
     notice = gr.HTML(demo_notice(engine, initial), elem_id="demo_model_notice")
 
@@ -151,7 +153,8 @@ def top_bar(engine: Engine) -> TopBar:
     vae.input(set_option("sd_vae"), inputs=vae, outputs=status, show_progress="hidden")
     clip_skip.change(set_option("CLIP_stop_at_last_layers"), inputs=clip_skip, outputs=status, queue=False,
                      show_progress="hidden")
-    return TopBar(checkpoint, vae, clip_skip, status, notice, chosen)
+    quick_changed = settings_tab.wire_quick(engine, quick, status, _status_html)
+    return TopBar(checkpoint, vae, clip_skip, status, notice, chosen, quick_changed)
 
 
 def _status_html(error: str | None) -> str:
@@ -239,7 +242,8 @@ def build(engine: Engine) -> Page:
                     ui_defaults.follows[f"{path}/{label}/value"] = \
                         lambda i=i: page_size(engine, _selected(engine))[i]
         ui_defaults.wire(settings_view.defaults_view, settings_view.defaults_apply, settings_view.defaults_review)
-        for event in (blocks.load, settings_view.applied.then):  # a page open since the server started sees new values
+        # a page open since the server started sees new values
+        for event in (blocks.load, settings_view.applied.then, *(e.then for e in bar.quick_changed)):
             event(lambda: page_options(engine), outputs=options, queue=False, show_progress="hidden")
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)

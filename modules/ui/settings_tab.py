@@ -9,6 +9,7 @@ are read per job).
 from __future__ import annotations
 
 import html
+import re
 import typing
 from dataclasses import dataclass
 
@@ -55,6 +56,9 @@ def control(name: str, info: FieldInfo, value, choices: list[str] | None = None)
     kind = info.annotation
     if choices is not None:
         return gr.Dropdown(choices=choices, value=value, label=label, elem_id=elem_id, allow_custom_value=True)
+    if kind == list[str]:  # names of settings (quicksettings_list): any, also one only A1111 has
+        return gr.Dropdown(choices=sorted(Settings.model_fields, key=str.casefold), value=list(value or []),
+                           multiselect=True, allow_custom_value=True, label=label, elem_id=elem_id)
     if typing.get_origin(kind) is list and typing.get_origin(typing.get_args(kind)[0]) is typing.Literal:
         return gr.Dropdown(choices=list(typing.get_args(typing.get_args(kind)[0])), value=list(value or []),
                            multiselect=True, label=label, elem_id=elem_id)
@@ -75,13 +79,25 @@ def control(name: str, info: FieldInfo, value, choices: list[str] | None = None)
     return gr.Textbox(value="" if value is None else str(value), label=label, elem_id=elem_id, lines=1)
 
 
-def sections() -> list[tuple[str, list[str]]]:
-    """(section title, option names) in display order; options no section names go under "Other"."""
+def quick_names(values: Settings) -> list[str]:
+    """The settings quicksettings_list puts into the top bar besides TOP_BAR's, in its order (names this app does
+    not have, such as A1111's others, are left out)."""
+    out: list[str] = []
+    for name in values.quicksettings_list:
+        if name in Settings.model_fields and name not in TOP_BAR and name not in out:
+            out.append(name)
+    return out
+
+
+def sections(top: typing.Iterable[str] = ()) -> list[tuple[str, list[str]]]:
+    """(section title, option names) in display order, without those shown in the top bar (TOP_BAR and `top`);
+    options no section names go under "Other"."""
     named = getattr(settings_module, "SECTIONS", {})
     listed = {n for names in named.values() for n in names}
-    out = [(title, [n for n in names if n in Settings.model_fields and n not in TOP_BAR])
+    hidden = {*TOP_BAR, *top}
+    out = [(title, [n for n in names if n in Settings.model_fields and n not in hidden])
            for title, names in named.items()]
-    rest = [n for n in Settings.model_fields if n not in listed and n not in TOP_BAR]
+    rest = [n for n in Settings.model_fields if n not in listed and n not in hidden]
     if rest:
         out.append(("Other", rest))
     return [(title, names) for title, names in out if names]
@@ -92,10 +108,60 @@ def section_elem_id(title: str) -> str:
     return "settings_" + "".join(ch if ch.isalnum() else "_" for ch in title.lower())
 
 
+def choices_for(engine: Engine) -> dict[str, list[str]]:
+    """The listed choices of the text settings picked from what is installed."""
+    return {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())],
+            "upscaler_for_img2img": engine.upscalers.names()}
+
+
+def typed(name: str, value):
+    """A control's value as the setting takes it (a slider gives an int setting a float)."""
+    return int(value) if Settings.model_fields[name].annotation is int and value is not None else value
+
+
+def quick_controls(engine: Engine) -> dict[str, gr.components.Component]:
+    """The controls of `quick_names`, made where the caller is (the top bar's row)."""
+    values, choices = engine.options.values, choices_for(engine)
+    controls = {}
+    for name in quick_names(values):
+        controls[name] = control(name, Settings.model_fields[name], getattr(values, name), choices.get(name))
+        controls[name].scale, controls[name].min_width = 2, 200
+        controls[name].label = short_label(name, Settings.model_fields[name])
+    return controls
+
+
+def short_label(name: str, info: FieldInfo) -> str:
+    """A setting's name as a top-bar label: its description up to the first colon or bracket ("Token merging
+    ratio", "ENSD"), or the name when that is still long."""
+    text = re.split(r":|\s\(", info.description or name, maxsplit=1)[0].strip()
+    return text if 0 < len(text) <= 40 else name
+
+
+def wire_quick(engine: Engine, controls: dict[str, gr.components.Component], status: gr.HTML, error_html) -> list:
+    """A quick setting is applied when the user changes it (a text box or number once left or submitted): saved
+    as Apply settings saves it; what is wrong goes to `status` through `error_html`. Returns the
+    events, for steps to chain on."""
+    events = []
+    for name, component in controls.items():
+        def apply(value, name=name):
+            try:
+                engine.set_options({name: typed(name, value)})
+                return ""
+            except BadRequest as e:
+                return error_html(f"{name}: {e}")
+
+        if isinstance(component, (gr.Textbox, gr.Number)):
+            triggers = [component.submit, component.blur]
+        else:  # nothing else sets these controls: a change is the user's (a slider's number box included)
+            triggers = [component.change]
+        events += [trigger(apply, inputs=component, outputs=status, queue=False, show_progress="hidden")
+                   for trigger in triggers]
+    return events
+
+
 def build(engine: Engine) -> SettingsTab:
     values = engine.options.values
-    choices = {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())],
-               "upscaler_for_img2img": engine.upscalers.names()}
+    choices = choices_for(engine)
     controls: dict[str, gr.components.Component] = {}
     with gr.Row():
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=200)
@@ -112,7 +178,7 @@ def build(engine: Engine) -> SettingsTab:
             defaults_apply = gr.Button("Apply", variant="primary", elem_id="ui_defaults_apply")
         defaults_review = gr.HTML("", elem_id="ui_defaults_review")
     with gr.Tabs(elem_id="settings", overflow_behavior="wrap"):  # every section in sight, as A1111 lists them
-        for title, names in sections():
+        for title, names in sections(quick_names(values)):
             with gr.Tab(title, elem_id=section_elem_id(title)):
                 for name in names:
                     controls[name] = control(name, Settings.model_fields[name], getattr(values, name),
@@ -124,9 +190,7 @@ def build(engine: Engine) -> SettingsTab:
         current = engine.options.values
         changes = {}
         for name, value in zip(names, new_values):
-            kind = Settings.model_fields[name].annotation
-            if kind is int and value is not None:
-                value = int(value)
+            value = typed(name, value)
             if value != getattr(current, name):
                 changes[name] = value
         if not changes:

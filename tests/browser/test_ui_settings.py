@@ -30,6 +30,9 @@ def ui_server(tmp_path_factory):
     process in it; teardown stops whichever process runs then. (Overrides the `page` fixture's server.)"""
     data = tmp_path_factory.mktemp("ui_settings")
     (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    # two more settings in the top bar (A1111's quicksettings_list; a name only A1111 has is left out)
+    (data / "config.json").write_text(json.dumps({"quicksettings_list": [
+        "sd_model_checkpoint", "eta_noise_seed_delta", "sd_unet", "token_merging_ratio"]}))
     proc, url = start_server(data, "--api")
     server = [url, data, proc]
     yield server
@@ -107,6 +110,30 @@ def test_settings_apply_saves_takes_effect_and_survive_a_restart(browser, page, 
     finally:
         fresh.context.close()
     assert json.loads(config.read_text())["n_rows"] == 2
+
+
+def test_quicksettings_sit_in_the_top_bar_and_apply_at_once(page, ui_server):
+    _, data, _ = ui_server
+    bar = page.locator("#quicksettings")
+    expect(bar.locator("#setting_eta_noise_seed_delta")).to_be_visible()
+    expect(bar.locator("#setting_token_merging_ratio")).to_be_visible()
+    expect(bar.locator("#setting_sd_vae")).to_be_visible()  # the three of the top bar stay
+    set_number(page, "setting_eta_noise_seed_delta", 31337)
+    set_number(page, "setting_token_merging_ratio", 0.3)
+    config = data / "config.json"
+    deadline = time.monotonic() + 30
+    while True:
+        saved = json.loads(config.read_text())
+        if saved.get("eta_noise_seed_delta") == 31337 and saved.get("token_merging_ratio") == 0.3:
+            break
+        assert time.monotonic() < deadline, saved
+        time.sleep(0.2)
+    assert saved["quicksettings_list"][2] == "sd_unet"  # kept as written, for A1111
+    open_settings(page)
+    show_setting(page, "eta_ancestral")  # the section ENSD would be in: it is in the top bar instead
+    assert page.locator("#setting_eta_noise_seed_delta").count() == 1
+    set_number(page, "setting_token_merging_ratio", 0)
+    open_tab(page, "tab_txt2img")
 
 
 def prompt_key(page, elem_id: str, text: str, caret: tuple[int, int], key: str) -> str:
