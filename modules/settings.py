@@ -169,6 +169,9 @@ class Settings(BaseModel):
     save_txt: bool = Field(False, description="Write the generation parameters to a .txt file beside each image")
     save_incomplete_images: bool = Field(
         False, description="Save the images of an interrupted job or a skipped batch (they are shown either way)")
+    save_images_before_highres_fix: bool = Field(
+        False, description="Save a copy of each image before the hires fix's second pass (its first pass, "
+                           "NNNNN-SEED-before-highres-fix.png)")
     save_images_before_color_correction: bool = Field(
         False, description="Save a copy of image before applying color correction to img2img results "
                            "(NNNNN-SEED-before-color-correction.png)")
@@ -309,7 +312,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Saving images": ("samples_save", "samples_format", "samples_filename_pattern", "save_images_add_number",
                       "use_original_name_batch", "save_images_replace_action", "grid_save", "grid_format",
                       "grid_extended_filename", "n_rows", "img_max_size_mp", "jpeg_quality", "webp_lossless",
-                      "enable_pnginfo", "save_txt", "save_incomplete_images", "save_images_before_color_correction",
+                      "enable_pnginfo", "save_txt", "save_incomplete_images", "save_images_before_highres_fix",
+                      "save_images_before_color_correction",
                       "save_mask", "save_mask_composite"),
     "Paths for saving": ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples",
                          "outdir_extras_samples", "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids",

@@ -115,6 +115,7 @@ class JobContext:
     img2img_upscaler: str | None = None  # upscaler_for_img2img: what enlarges init images (None: Lanczos)
     mask_weight: float = 1.0  # inpainting_mask_weight (9-channel inpainting models)
     color_correction: bool = False  # img2img_color_correction: results' colours brought back to the init image's
+    keep_before_hires: bool = False  # save_images_before_highres_fix, when the job saves: its first pass's pictures
     keep_uncorrected: bool = False  # save_images_before_color_correction: each result also as it was before
     refiner: RefinerPlan | None = None  # switch to another checkpoint near the end (set by the services)
     vae_decode_method: str = "Full"  # sd_vae_decode_method: "Full" (the model's VAE) or "TAESD"
@@ -265,5 +266,7 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
                                  settings.s_min_uncond_all),
         extra_noise=settings.img2img_extra_noise, color_correction=settings.img2img_color_correction,
         keep_uncorrected=settings.save_images_before_color_correction,
+        keep_before_hires=bool(hr_choice) and settings.save_images_before_highres_fix and params.save_images
+        and settings.samples_save,
         pad_conds="v0" if settings.pad_cond_uncond_v0 else "pad" if settings.pad_cond_uncond else "",
         hypertile=Hypertile.of(settings), token_merging=merging[0], token_merging_hr=merging[1])

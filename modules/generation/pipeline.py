@@ -113,6 +113,7 @@ class BatchOutput:
     fields: dict[str, Any] = field(default_factory=dict)  # infotext keys its sampling called for (UncondSkips')
     overlaid: list[masking.Overlaid] | None = None  # inpainting: each image before the original went back over it
     before_correction: list[Image.Image] | None = None  # img2img color correction: each image without it
+    before_hires: list[Image.Image] | None = None  # Hires. fix: each image's first pass (JobContext.keep_before_hires)
 
 
 def _to_pil(decoded: torch.Tensor) -> Image.Image:
@@ -894,6 +895,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         if plan.noise_multiplier != 1.0:
             noise = noise * plan.noise_multiplier
         start = plan.start(batch_seeds) if plan.start else None
+        # save_images_before_highres_fix: the first pass's pictures, filled by the hires pass
+        kept: list[Image.Image] | None = [] if plan.hires and ctx.keep_before_hires else None
         denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond, *inputs, empty=empty)
         denoiser.pad = ctx.pad_conds
         denoiser.switch = models.switch(ctx, False, (prompt, params.negative_prompt, params.steps),
@@ -908,13 +911,13 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             with models.sampling() as unet_time:
                 if plan.firstpass is not None:  # A1111's firstpass_image: straight to the hires pass
                     latents = _hires_pass(models, ctx, None, batch_seeds, batch_subseeds, hooks, fields,
-                                          plan.firstpass)
+                                          plan.firstpass, keep=kept)
                 else:
                     latents = sample(model, denoiser, noise, ctx.choice, plan.schedule_steps or params.steps,
                                      generators, first_hooks, start, ctx.options, batch_seeds)
                 if plan.hires and plan.firstpass is None:
                     latents = _hires_pass(models, ctx, latents, batch_seeds, batch_subseeds, second_hooks or hooks,
-                                          fields)
+                                          fields, keep=kept)
         except (JobSkipped, JobInterrupted) as stopped:
             # A1111 shows what a skipped or interrupted batch had become: its last prediction, decoded.
             skipped = isinstance(stopped, JobSkipped)
@@ -926,7 +929,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
                                      partial, start)
                 yield BatchOutput(done.images, batch_seeds, b, interrupted=not skipped, skipped=skipped,
                                   vae_tiled=models.vae_tiled, fields=dict(fields), overlaid=done.overlaid,
-                                  before_correction=done.before_correction)
+                                  before_correction=done.before_correction, before_hires=kept or None)
             if skipped:
                 continue
             if partial is None:
@@ -952,13 +955,14 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
             done = plan.finished(sketch(latents), latents, start)
             yield BatchOutput(done.images, batch_seeds, b, interrupted=stop == ["interrupted"],
                               skipped=stop == ["skipped"], vae_tiled=models.vae_tiled, fields=dict(fields),
-                              overlaid=done.overlaid, before_correction=done.before_correction)
+                              overlaid=done.overlaid, before_correction=done.before_correction,
+                              before_hires=kept or None)
             if stop == ["skipped"]:
                 continue
             return
         done = plan.finished(images, latents, start)
         yield BatchOutput(done.images, batch_seeds, b, vae_tiled=models.vae_tiled, fields=dict(fields),
-                          overlaid=done.overlaid, before_correction=done.before_correction)
+                          overlaid=done.overlaid, before_correction=done.before_correction, before_hires=kept or None)
 
 
 def use_hypertile(model, ctx: JobContext, width: int, height: int, tiles: random.Random, unet: bool) -> None:
@@ -971,25 +975,39 @@ def use_hypertile(model, ctx: JobContext, width: int, height: int, tiles: random
 
 def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, seeds: list[int],
                 subseeds: list[int] | None, hooks: Hooks, fields: dict[str, Any],
-                first: Image.Image | None = None) -> torch.Tensor:
+                first: Image.Image | None = None, keep: list[Image.Image] | None = None) -> torch.Tensor:
     """Hires. fix's second pass (see `hires`): upscale, fresh noise for the images' seeds at the new size
     (A1111 makes a new RNG there), then img2img over the end of the hires schedule, with the hires
     sampler and prompts when given (A1111 encodes them for the hires steps). A first pass that switched to
     the refiner decodes with it (for a pixel upscaler); the second pass starts on the job's model again.
     `first`: a given first-pass picture (A1111's firstpass_image) for every image, in place of `latents`. The
-    infotext keys its sampling calls for are added to `fields`."""
+    infotext keys its sampling calls for are added to `fields`. `keep`: gets each image's first pass as a picture
+    (A1111's save_images_before_highres_fix): as the image upscaler is given it, decoded for a latent upscaler
+    (an extra decode, as in A1111), or the given first-pass picture."""
     params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
-    resize = None if ctx.hr_upscaler in hires.LATENT_UPSCALERS else pixel_resize(models.hooks, ctx.hr_upscaler)
+    latent_upscaler = ctx.hr_upscaler in hires.LATENT_UPSCALERS
+    resize = None if latent_upscaler else pixel_resize(models.hooks, ctx.hr_upscaler)
+    decode = models.decode_now
+    if keep is not None:
+        def decode(latents: torch.Tensor) -> list[Image.Image]:
+            pictures = models.decode_now(latents)
+            keep.extend(pictures)
+            return pictures
+
+        if first is not None:
+            keep.extend([hires.as_first_pass(images.flatten(first, ctx.background))] * len(seeds))
+        elif latent_upscaler:
+            decode(latents)
     if first is not None:  # transparency flattened as init images are (A1111 fails on it); A1111 encodes it for a
         # latent upscaler before it loads a Hires checkpoint, for an image upscaler after
-        encoder = models.encode_on_base if ctx.hr_upscaler in hires.LATENT_UPSCALERS else models.encode_for_hires
+        encoder = models.encode_on_base if latent_upscaler else models.encode_for_hires
         latents = hires.upscale_image(images.flatten(first, ctx.background), len(seeds), ctx.hr_upscaler, up_x, up_y,
                                       encoder, resize)
     else:  # decoded by the model the first pass ended on, encoded by the one the hires pass runs on
-        latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, models.decode_now,
-                                        models.encode_for_hires, resize)
+        latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, decode, models.encode_for_hires,
+                                        resize)
     model = models.for_hires()
     if not ctx.hypertile.unet.enable:  # A1111's before_hr: a seed of its own for the second pass
         models.tiles.seed(ctx.seeds[0])

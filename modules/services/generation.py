@@ -336,9 +336,15 @@ class GenerationService:
             result.interrupted = result.interrupted or batch.interrupted
             result.skipped = result.skipped or batch.skipped
             complete = not (batch.interrupted or batch.skipped)
+            first = len(result.images)
+            texts = [describe.image_infotext(run.record, image_seed, ctx.subseeds[first + k], run.extra)
+                     for k, image_seed in enumerate(batch.seeds[:len(batch.images)])]
+            if save and batch.before_hires is not None:  # the first passes, saved before the images as in A1111
+                for k, picture in enumerate(batch.before_hires[:len(texts)]):
+                    self._output.image(picture, texts[k], settings, run.namer, batch.seeds[k], first + k, False,
+                                       suffix="-before-highres-fix")
             for k, (image, image_seed) in enumerate(zip(batch.images, batch.seeds)):
-                index = len(result.images)
-                text = describe.image_infotext(run.record, image_seed, ctx.subseeds[index], run.extra)
+                index, text = first + k, texts[k]
                 path = None
                 if save and (complete or settings.save_incomplete_images):
                     if batch.before_correction is not None and settings.save_images_before_color_correction:

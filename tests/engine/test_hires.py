@@ -212,3 +212,33 @@ def test_hires_checkpoint_pastes_as_the_request_field(engine):  # noqa: F811
     assert engine.paste.read(text, txt2img=True).values["hr_checkpoint_name"] == sd2.title
     unknown = engine.paste.read(text.replace("sd2-v [", "gone ["), txt2img=True)
     assert "hr_checkpoint_name" not in unknown.values and unknown.unknown_hires_checkpoint.startswith("gone [")
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_the_first_pass_is_saved_before_the_hires_pass(engine, upscaler):  # noqa: F811
+    """A1111's save_images_before_highres_fix: each image's first pass saved as NNNNN-SEED-before-highres-fix.png
+    before the batch's images (decoded for a latent upscaler, as given to an image upscaler), with its infotext;
+    the same picture as the job without Hires. fix."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    kw = dict(steps=3, batch_size=2, save_images=True, seed=11)
+    on = {"save_images_before_highres_fix": True}
+    result = engine.txt2img(params(**kw, enable_hr=True, hr_upscaler=upscaler, hr_second_pass_steps=2,
+                                   override_settings=on))
+    plain = engine.txt2img(params(**kw))
+    folder = Path(result.paths[0]).parent
+    befores = sorted(folder.glob("*-before-highres-fix.png"))[-2:]
+    assert [int(p.name[:5]) for p in befores] == [int(Path(p).name[:5]) - 2 for p in result.paths]  # saved first
+    for k, before in enumerate(befores):
+        assert before.name.endswith(f"-{result.seeds[k]}-before-highres-fix.png")
+        with Image.open(before) as im:
+            assert im.size == (64, 64) and im.info["parameters"] == result.infotexts[k]
+            assert im.convert("RGB").tobytes() == plain.images[k].convert("RGB").tobytes()
+    # off (the default), or not saving: nothing more
+    count = len(list(folder.glob("*-before-highres-fix.png")))
+    engine.txt2img(params(**kw, enable_hr=True, hr_upscaler=upscaler))
+    engine.txt2img(params(**{**kw, "save_images": False}, enable_hr=True, hr_upscaler=upscaler,
+                          override_settings=on))
+    assert len(list(folder.glob("*-before-highres-fix.png"))) == count
