@@ -167,6 +167,12 @@ class Settings(BaseModel):
         True, description="Write the generation parameters into saved files (PNG text chunk; EXIF UserComment "
                           "in JPEG, WebP and AVIF)")
     save_txt: bool = Field(False, description="Write the generation parameters to a .txt file beside each image")
+    # what the infotext names (A1111's Infotext section)
+    add_model_name_to_info: bool = Field(True, description="Add model name to infotext (Model)")
+    add_model_hash_to_info: bool = Field(True, description="Add model hash to infotext (Model hash)")
+    add_vae_name_to_info: bool = Field(True, description="Add VAE name to infotext (VAE)")
+    add_vae_hash_to_info: bool = Field(True, description="Add VAE hash to infotext (VAE hash)")
+    add_version_to_infotext: bool = Field(True, description="Add program version to infotext (Version)")
     save_incomplete_images: bool = Field(
         False, description="Save the images of an interrupted job or a skipped batch (they are shown either way)")
     save_images_before_highres_fix: bool = Field(
@@ -337,6 +343,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                            "uni_pc_lower_order_final"),
     "User interface": ("quicksettings_list", "return_grid", "keyedit_precision_attention", "keyedit_precision_extra",
                        "keyedit_delimiters", "keyedit_move"),
+    "Infotext": ("add_model_name_to_info", "add_model_hash_to_info", "add_vae_name_to_info", "add_vae_hash_to_info",
+                 "add_version_to_infotext"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",
                   "hypertile_max_tile_unet", "hypertile_swap_size_unet", "hypertile_enable_vae",
                   "hypertile_max_depth_vae", "hypertile_max_tile_vae", "hypertile_swap_size_vae"),

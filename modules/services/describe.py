@@ -63,10 +63,10 @@ def image_infotext(record: JobRecord, seed: int, subseed: int, extra: dict[str, 
         "CFG scale": params.cfg_scale,
         "Seed": seed,
         "Size": f"{params.width}x{params.height}",
-        "Model hash": model.shorthash,
-        "Model": model.name,
-        "VAE hash": model.vae_hash,
-        "VAE": model.vae_name,
+        "Model hash": model.shorthash if settings.add_model_hash_to_info else None,
+        "Model": model.name if settings.add_model_name_to_info else None,
+        "VAE hash": model.vae_hash if settings.add_vae_hash_to_info else None,
+        "VAE": model.vae_name if settings.add_vae_name_to_info else None,
         "Variation seed": subseed if params.subseed_strength > 0 else None,
         "Variation seed strength": params.subseed_strength if params.subseed_strength > 0 else None,
         "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
@@ -82,7 +82,7 @@ def image_infotext(record: JobRecord, seed: int, subseed: int, extra: dict[str, 
         **extra,
         "Emphasis": settings.emphasis if settings.emphasis != "Original" and prompt_syntax.emphasis_syntax_in(
             extra_networks.parse(params.prompt).text, params.negative_prompt, params.steps) else None,
-        "Version": INFOTEXT_VERSION,
+        "Version": INFOTEXT_VERSION if settings.add_version_to_infotext else None,
     }
     return infotext.create(params.prompt, params.negative_prompt, fields)
 

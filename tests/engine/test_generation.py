@@ -86,6 +86,30 @@ def test_infotext_in_png_is_a1111_layout(engine):
     assert "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5" in dpm
 
 
+def test_infotext_settings_leave_out_the_model_vae_and_version(engine, data_dir):
+    """A1111's add_model_name_to_info, add_model_hash_to_info, add_vae_name_to_info, add_vae_hash_to_info and
+    add_version_to_infotext: off, the key is left out (of the PNG too); the picture is the same."""
+    (data_dir / "models" / "VAE").mkdir(parents=True, exist_ok=True)
+    vae = ldm_export.vae_to_ldm(tiny_models.build("sd1", seed=5).vae.state_dict(), 4, prefix="")
+    ldm_export.save(data_dir / "models" / "VAE" / "tiny_vae.safetensors", vae)
+    engine.checkpoints.refresh_vaes()
+    kw = dict(steps=3, seed=9, override_settings={"sd_vae": "tiny_vae.safetensors"})
+    named = engine.txt2img(params(**kw))
+    assert all(f"{key}: " in named.infotexts[0] for key in ("Model hash", "Model", "VAE hash", "VAE", "Version"))
+    off = {"add_model_name_to_info": False, "add_model_hash_to_info": False, "add_vae_name_to_info": False,
+           "add_vae_hash_to_info": False, "add_version_to_infotext": False}
+    quiet = engine.txt2img(params(**{**kw, "override_settings": {**kw["override_settings"], **off}}))
+    assert quiet.images[0].tobytes() == named.images[0].tobytes()
+    last = quiet.infotexts[0].splitlines()[-1]
+    assert last == "Steps: 3, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 9, Size: 64x64, RNG: CPU"
+    assert Image.open(quiet.paths[0]).info["parameters"] == quiet.infotexts[0]
+    for key, name in (("Model hash", "add_model_hash_to_info"), ("Model", "add_model_name_to_info"),
+                      ("VAE hash", "add_vae_hash_to_info"), ("VAE", "add_vae_name_to_info")):
+        one = engine.txt2img(params(**{**kw, "save_images": False,
+                                       "override_settings": {**kw["override_settings"], name: False}}))
+        assert f", {key}: " not in one.infotexts[0] and "Version: " in one.infotexts[0]
+
+
 def test_prompt_and_cfg_change_the_image(engine):
     base = engine.txt2img(params()).images[0]
     assert engine.txt2img(params(prompt="a black square")).images[0].tobytes() != base.tobytes()
