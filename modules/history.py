@@ -31,6 +31,13 @@ KINDS = ("txt2img", "img2img", "extras", "grid")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 THUMB_SIDE = 128
 
+
+def is_jpeg_copy(name: str, names: set[str]) -> bool:
+    """Whether the file `name` among a folder's `names` is the JPG copy of a large image saved beside it
+    (export_for_4chan: NAME.jpg beside NAME.png or .webp, .avif), which is not another picture."""
+    stem, dot, ext = name.rpartition(".")
+    return bool(dot) and ext.lower() == "jpg" and any(f"{stem}.{other}" in names for other in ("png", "webp", "avif"))
+
 # The row's fields from the infotext, in the table's column order (after id, path, time, kind).
 INFO_COLUMNS = ("prompt", "negative_prompt", "seed", "width", "height", "steps", "sampler", "schedule",
                 "cfg_scale", "model", "model_hash", "loras", "vae", "denoising_strength", "hires", "infotext")

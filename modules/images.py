@@ -133,7 +133,8 @@ def save_image(image: Image.Image, folder: Path, infotext: str | None, settings:
                suffix: str = "") -> Path:
     """Save an image of a job (or, with `grid`, its grid) in `folder` or the subfolder the directory pattern
     names, as A1111 names it: `00042-SEED.png`, `grid-0007.png`, or what `samples_filename_pattern` says.
-    The infotext goes into the file (`enable_pnginfo`) and a .txt beside it (`save_txt`). Returns the path.
+    The infotext goes into the file (`enable_pnginfo`) and a .txt beside it (`save_txt`); a large image also
+    gets a JPG copy beside it (see `jpeg_of_large`). Returns the path.
     Extras use A1111's short form: no `seed` (just the number), `to_dirs` False (no subfolder), the
     infotext in the PNG chunk `section` beside the original's `texts`. `basename` names a script's grid
     (xyz_grid-0001.png); `suffix` ends the name as A1111's does (an inpainting mask: 00043-SEED-mask.png)."""
@@ -157,9 +158,30 @@ def save_image(image: Image.Image, folder: Path, infotext: str | None, settings:
         path = _free_path(folder, basename, decoration, f"{suffix}.{ext}", numbered,
                           settings.save_images_replace_action)
         fileio.atomic_write_bytes(path, data)
+        copy = path.with_suffix(".jpg")
+        large = None if fmt == "JPEG" else jpeg_of_large(image, len(data), settings, infotext)
+        if large is not None and (settings.save_images_replace_action == "Replace" or not copy.exists()):
+            fileio.atomic_write_bytes(copy, large)
+        elif large is not None:
+            log.warning("Not saving the JPG copy of %s: %s exists", path.name, copy.name)
         if settings.save_txt and infotext is not None:
             fileio.atomic_write_bytes(path.with_suffix(".txt"), f"{infotext}\n".encode("utf-8"))
     return path
+
+
+def jpeg_of_large(image: Image.Image, saved_bytes: int, settings: Settings, infotext: str | None) -> bytes | None:
+    """A1111's export_for_4chan: a JPG copy of an image whose file took more than img_downscale_threshold MB or
+    whose side is longer than target_side_length pixels, downscaled (Lanczos) so that its longer side is that
+    long; with the infotext in EXIF. None when the image is not large or the setting is off."""
+    side = settings.target_side_length
+    oversize = image.width > side or image.height > side
+    if not settings.export_for_4chan or not (oversize or saved_bytes > settings.img_downscale_threshold * 1024 ** 2):
+        return None
+    if oversize:
+        size = (side, max(1, round(image.height * side / image.width))) if image.width > image.height else \
+            (max(1, round(image.width * side / image.height)), side)
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return encode(image, "JPEG", infotext if settings.enable_pnginfo else None, settings.jpeg_quality)
 
 
 def _free_path(folder: Path, basename: str, decoration: str, suffix: str, numbered: bool, replace_action: str

@@ -163,6 +163,14 @@ class Settings(BaseModel):
                                                                   "in megapixels")
     jpeg_quality: int = Field(80, ge=1, le=100, description="Quality of saved JPEG, WebP and AVIF images")
     webp_lossless: bool = Field(False, description="Save WebP images losslessly")
+    export_for_4chan: bool = Field(True, description="Save a copy of large images as JPG (NAME.jpg beside the "
+                                                     "file, downscaled to the side limit below): when the file is "
+                                                     "larger than the size limit, or a side longer than the side "
+                                                     "limit")
+    img_downscale_threshold: float = Field(4.0, ge=0.0, le=1e6,
+                                           description="File size limit for the above option, in MB")
+    target_side_length: int = Field(4000, ge=1, le=65535,
+                                    description="Width/height limit for the above option, in pixels")
     enable_pnginfo: bool = Field(
         True, description="Write the generation parameters into saved files (PNG text chunk; EXIF UserComment "
                           "in JPEG, WebP and AVIF)")
@@ -318,6 +326,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Saving images": ("samples_save", "samples_format", "samples_filename_pattern", "save_images_add_number",
                       "use_original_name_batch", "save_images_replace_action", "grid_save", "grid_format",
                       "grid_extended_filename", "n_rows", "img_max_size_mp", "jpeg_quality", "webp_lossless",
+                      "export_for_4chan", "img_downscale_threshold", "target_side_length",
                       "enable_pnginfo", "save_txt", "save_incomplete_images", "save_images_before_highres_fix",
                       "save_images_before_color_correction",
                       "save_mask", "save_mask_composite"),

@@ -231,8 +231,10 @@ class HistoryService:
                 if self._stop.is_set():
                     return found
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
+                present = set(names)
                 for name in names:
-                    if name.startswith(".") or not name.lower().endswith(history.IMAGE_SUFFIXES):
+                    if name.startswith(".") or not name.lower().endswith(history.IMAGE_SUFFIXES) \
+                            or history.is_jpeg_copy(name, present):
                         continue
                     path = os.path.join(folder, name)
                     try:

@@ -80,6 +80,31 @@ def test_jpeg_drops_alpha_webp_lossless_keeps_pixels_quality_matters(tmp_path):
         Settings(jpeg_quality=0)
 
 
+def test_large_images_get_a_jpg_copy_as_in_a1111(tmp_path):
+    """export_for_4chan (A1111's default on): a file over img_downscale_threshold MB, or a side over
+    target_side_length, gets NAME.jpg beside it, downscaled to that side, with the infotext; not for a JPG, nor
+    when off. The History index does not take the copy for another picture."""
+    from modules import history
+
+    big = noisy((300, 200))  # random pixels: about 180 kB as PNG
+    path = save(tmp_path, big, img_downscale_threshold=0.1)
+    copy = path.with_suffix(".jpg")
+    with Image.open(copy) as im:
+        assert im.format == "JPEG" and im.size == (300, 200) and images.read_info(im)[0] == TEXT
+    assert history.is_jpeg_copy(copy.name, {path.name, copy.name})
+    assert not history.is_jpeg_copy(copy.name, {copy.name})
+    wide = save(tmp_path, big, target_side_length=150)  # small file, sides over the limit: downscaled
+    with Image.open(wide.with_suffix(".jpg")) as im:
+        assert im.size == (150, 100)
+    tall = save(tmp_path, noisy((60, 90)), target_side_length=45)
+    with Image.open(tall.with_suffix(".jpg")) as im:
+        assert im.size == (30, 45)
+    for kw in ({"export_for_4chan": False}, {"samples_format": "jpg"}, {}):  # off; a JPG already; not large
+        saved = save(tmp_path, big if kw else noisy((40, 40)), target_side_length=150 if kw else 4000, **kw)
+        assert not saved.with_suffix(".jpg").exists() or saved.suffix == ".jpg"
+    assert sorted(p.suffix for p in tmp_path.iterdir()).count(".jpg") == 4  # three copies and the JPG job
+
+
 def test_too_large_for_the_format_is_saved_as_png(tmp_path):
     assert save(tmp_path, Image.new("RGB", (65536, 1)), samples_format="jpg").suffix == ".png"
     assert save(tmp_path, Image.new("RGB", (1, 16384)), samples_format="webp").suffix == ".png"
