@@ -69,7 +69,7 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     return Engine(
         paths=p, limits=limits, folders=folders, device=plan, tokenizer=models.tokenizer, queue=queue,
         checkpoints=checkpoints, options=options, styles=style_store, networks=networks,
-        paste=InfotextReader(networks, checkpoints, options),
+        paste=InfotextReader(networks, checkpoints, options, style_store),
         requests=requests, generation=generation,
         postprocess=ExtrasService(requests, options, queue, output, decode_budget, upscalers), upscalers=upscalers,
         merger=MergeService(checkpoints, queue, p.checkpoint_dirs[0]), previews=PreviewService(checkpoints, options),

@@ -181,6 +181,12 @@ class Settings(BaseModel):
     add_vae_name_to_info: bool = Field(True, description="Add VAE name to infotext (VAE)")
     add_vae_hash_to_info: bool = Field(True, description="Add VAE hash to infotext (VAE hash)")
     add_version_to_infotext: bool = Field(True, description="Add program version to infotext (Version)")
+    infotext_styles: Literal["Ignore", "Apply", "Discard", "Apply if any"] = Field(
+        "Apply if any", description="Infer styles from prompts of pasted infotext: Ignore keeps the prompt and the "
+                                    "Styles list as they are; Apply takes the styles' text out of the prompt and "
+                                    "sets the Styles list to the styles found (even none); Discard takes the text "
+                                    "out and leaves the list; Apply if any takes it out and sets the list when a "
+                                    "style was found")
     save_incomplete_images: bool = Field(
         False, description="Save the images of an interrupted job or a skipped batch (they are shown either way)")
     save_images_before_highres_fix: bool = Field(
@@ -353,7 +359,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "User interface": ("quicksettings_list", "return_grid", "keyedit_precision_attention", "keyedit_precision_extra",
                        "keyedit_delimiters", "keyedit_move"),
     "Infotext": ("add_model_name_to_info", "add_model_hash_to_info", "add_vae_name_to_info", "add_vae_hash_to_info",
-                 "add_version_to_infotext"),
+                 "add_version_to_infotext", "infotext_styles"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",
                   "hypertile_max_tile_unet", "hypertile_swap_size_unet", "hypertile_enable_vae",
                   "hypertile_max_depth_vae", "hypertile_max_tile_vae", "hypertile_swap_size_vae"),

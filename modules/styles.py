@@ -67,6 +67,40 @@ def apply(styles: list[PromptStyle], prompt: str, negative_prompt: str,
     return prompt, negative_prompt
 
 
+def _without(style_text: str, prompt: str) -> str | None:
+    """The prompt without a style's text, as A1111's paste takes it out (extract_style_text_from_prompt): for a
+    style with `{prompt}`, what lies between its two sides; else the text before the style's at the end (and
+    before the ", " that joined them). Both are compared stripped. None when the prompt does not hold it."""
+    text, style = prompt.strip(), style_text.strip()
+    if "{prompt}" in style:
+        left, _, right = style.partition("{prompt}")
+        return text[len(left):len(text) - len(right)] if text.startswith(left) and text.endswith(right) else None
+    if not text.endswith(style):
+        return None
+    text = text[:len(text) - len(style)]
+    return text[:-2] if text.endswith(", ") else text
+
+
+def extract(styles: list[PromptStyle], prompt: str, negative_prompt: str) -> tuple[list[str], str, str]:
+    """A1111's extract_styles_from_prompt, for a pasted infotext: the styles whose texts the prompts end with (or
+    are wrapped in), taken out again one at a time, the last applied first; returns their names in the order they
+    were applied and the prompts without them. A style with neither text is never found."""
+    left, found = list(styles), []
+    while True:
+        for style in left:
+            if not style.prompt and not style.negative_prompt:
+                continue
+            bare = _without(style.prompt, prompt)
+            bare_negative = _without(style.negative_prompt, negative_prompt) if bare is not None else None
+            if bare_negative is not None:
+                prompt, negative_prompt = bare, bare_negative
+                found.append(style.name)
+                left.remove(style)
+                break
+        else:
+            return found[::-1], prompt, negative_prompt
+
+
 def read_csv(path: Path) -> dict[str, PromptStyle]:
     """Styles by name. Rows without a name are skipped; A1111's old column name `text` is read as
     `prompt`."""

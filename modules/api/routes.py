@@ -171,6 +171,8 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     if pasted.unknown_hires_checkpoint and "hr_checkpoint_name" not in req.model_fields_set:
         refiner_warnings.append(f"infotext: Hires checkpoint {pasted.unknown_hires_checkpoint!r} is not available "
                                 "here; the hires pass used the job's checkpoint")
+    if req.model_fields_set & {"prompt", "negative_prompt"}:  # the styles are the infotext prompts', not the request's
+        values.pop("styles", None)
     for name, value in values.items():
         if name in allowed and name not in req.model_fields_set:
             setattr(req, name, value)

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modules import infotext
+from modules import infotext, styles
 from modules.generation.params import SoftInpainting
 from modules.services.checkpoints import CheckpointService
 from modules.services.errors import BadRequest, describe_validation_error
@@ -30,24 +30,32 @@ class Pasted:
 
 
 class InfotextReader:
-    def __init__(self, networks: NetworksService, checkpoints: CheckpointService, options: OptionsService):
+    """Reads infotexts for the API's `infotext` field and the page's paste (see `read`)."""
+
+    def __init__(self, networks: NetworksService, checkpoints: CheckpointService, options: OptionsService,
+                 style_store: styles.StyleStore | None = None):
         self._networks = networks
         self._checkpoints = checkpoints
         self._options = options
+        self._styles = style_store
 
     def read(self, text: str, txt2img: bool) -> Pasted:
         """The fields and settings infotext `text` gives; BadRequest naming a value that is not a number where
         one is needed. A1111's rules: `<lora:NAME:` and `<hypernet:NAME:` tags renamed to the files here with the
         hashes the text gives (`Lora hashes`, `Hypernetwork hashes`);
-        for txt2img, a denoising strength means the hires fix was on."""
+        for txt2img, a denoising strength means the hires fix was on; styles found in the prompts as the setting
+        infotext_styles says (`styles_in`)."""
         parsed = infotext.parse_with_defaults(text or "")
         parsed["Prompt"] = self._networks.rename_by_hash(parsed.get("Prompt", ""), parsed.get("Lora hashes"))
         parsed["Prompt"] = self._networks.rename_hypernets_by_hash(parsed["Prompt"], parsed.get("Hypernetwork hashes"))
+        found = self.styles_in(parsed)
         try:
             values = infotext.request_values(parsed, infotext.REQUEST_FIELDS)
             settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)
         except ValueError as e:
             raise BadRequest(str(e)) from None
+        if found is not None:
+            values["styles"] = found
         if txt2img:
             values["enable_hr"] = "Denoising strength" in parsed
         else:
@@ -84,6 +92,22 @@ class InfotextReader:
         script = (xyz.TITLE, script_args) if script_args is not None else None
         return Pasted(values, settings, checkpoint, infotext.cut((text or "").strip())[1], unknown_refiner, script,
                       unknown_hires)
+
+    def styles_in(self, parsed: dict[str, Any]) -> list[str] | None:
+        """A1111's infotext_styles on a parsed infotext: unless Ignore, the styles.csv styles whose texts end its
+        prompts (or wrap them) are taken out of "Prompt" and "Negative prompt" (and of the hires prompts where they
+        were the same). Returns the styles' names for the Styles list (Apply: even none; Apply if any: when some
+        were found), else None (leave the list as it is)."""
+        mode = self._options.values.infotext_styles
+        if mode == "Ignore" or self._styles is None:
+            return None
+        prompt, negative = str(parsed.get("Prompt", "")), str(parsed.get("Negative prompt", ""))
+        found, bare, bare_negative = styles.extract(list(self._styles.all().values()), prompt, negative)
+        for key, before, after in (("Prompt", prompt, bare), ("Negative prompt", negative, bare_negative)):
+            if str(parsed.get(f"Hires {key.lower()}", "")) == before and f"Hires {key.lower()}" in parsed:
+                parsed[f"Hires {key.lower()}"] = after
+            parsed[key] = after
+        return found if mode == "Apply" or (mode == "Apply if any" and found) else None
 
     def overrides(self, settings: dict[str, Any], given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The request's override_settings (`given`) plus the settings an infotext implies that it does not set,

@@ -271,7 +271,6 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
 
     def filled(text: str, target, is_txt2img: bool) -> list:
         values, settings = paste.field_values(engine, text, is_txt2img)
-        values.pop("styles", None)
         out = paste.updates(target.fields, values)
         out.append(settings.get("CLIP_stop_at_last_layers", gr.skip()))
         checkpoint = settings.get("sd_model_checkpoint")

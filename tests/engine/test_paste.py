@@ -6,6 +6,7 @@ import pytest
 
 from modules.api import routes, schemas
 from modules.engine import BadRequest
+from modules.generation.params import GenerationParams
 from modules.ui import paste
 from tests.support.generation import engine  # noqa: F401  (fixture)
 
@@ -234,3 +235,40 @@ def test_the_pages_hires_controls_run_and_say_only_what_differs(engine):  # noqa
     other = engine.submit_txt2img(txt2img.make_params({**controls, "hr_sampler_name": "DDIM",
                                                        "hr_prompt": "a dog"})).wait().infotexts[0]
     assert "Hires sampler: DDIM, Hires prompt: a dog, Hires upscale: 1.5" in other, other
+
+
+# ---------------------------------------------------------------- styles found in the prompts (infotext_styles)
+
+STYLED = "a castle in ink, photo, sharp\nNegative prompt: fog, blurry\nSteps: 4, Seed: 3, Size: 64x64"
+
+
+def test_styles_in_pasted_prompts_follow_infotext_styles(engine):  # noqa: F811
+    (engine.paths.data / "styles.csv").write_text(
+        "name,prompt,negative_prompt\nInk,{prompt} in ink,\nPhoto,\"photo, sharp\",blurry\n", encoding="utf-8")
+
+    def read(mode, text=STYLED):
+        engine.set_options({"infotext_styles": mode})
+        return engine.paste.read(text, txt2img=True).values
+
+    v = read("Apply if any")  # A1111's default
+    assert (v["prompt"], v["negative_prompt"], v["styles"]) == ("a castle", "fog", ["Ink", "Photo"])
+    assert "styles" not in read("Apply if any", "a dog\nSteps: 4, Seed: 3")  # none found: the list stays
+    assert read("Apply", "a dog\nSteps: 4, Seed: 3")["styles"] == []  # Apply: the list is what was found
+    v = read("Discard")
+    assert (v["prompt"], "styles" in v) == ("a castle", False)
+    v = read("Ignore")
+    assert (v["prompt"], "styles" in v) == ("a castle in ink, photo, sharp", False)
+    # the page gets the same; the API takes the styles only with the infotext's own prompts
+    engine.set_options({"infotext_styles": "Apply if any"})
+    assert paste.field_values(engine, STYLED, True)[0]["styles"] == ["Ink", "Photo"]
+    request = schemas.Txt2ImgRequest(infotext=STYLED)
+    routes.apply_infotext(request, engine)
+    assert (request.prompt, request.styles) == ("a castle", ["Ink", "Photo"])
+    request = schemas.Txt2ImgRequest(infotext=STYLED, prompt="my own")
+    routes.apply_infotext(request, engine)
+    assert request.prompt == "my own" and not request.styles
+    # a job from the pasted fields has the infotext's prompts again
+    v = read("Apply if any")
+    job = engine.txt2img(GenerationParams(prompt=v["prompt"], negative_prompt=v["negative_prompt"],
+                                          styles=v["styles"], steps=2, width=64, height=64, save_images=False))
+    assert job.infotexts[0].startswith("a castle in ink, photo, sharp\nNegative prompt: fog, blurry\n")

@@ -57,3 +57,21 @@ def test_a_name_written_twice_in_one_file_is_changed_in_every_row(tmp_path):
     store.save(PromptStyle("Twice", "third", ""))
     assert store.all()["Twice"].prompt == "third"
     assert [r["prompt"] for r in rows(path)] == ["third", "third"]
+
+
+# --- styles found again in a pasted infotext (A1111's extract_styles_from_prompt, modules/styles.py v1.10) ------
+
+def test_styles_are_taken_out_of_pasted_prompts_last_applied_first():
+    from modules.styles import PromptStyle, apply, extract
+
+    ink = PromptStyle("Ink", "{prompt} in ink", "color")
+    photo = PromptStyle("Photo", "photo, sharp", "blurry")
+    sharp = PromptStyle("Sharp", "sharp", "")  # no negative text: any negative prompt holds it
+    empty = PromptStyle("Empty", "", "")  # never found
+    prompt, negative = apply([ink, photo], "a cat", "")
+    assert (prompt, negative) == ("a cat in ink, photo, sharp", "color, blurry")
+    assert extract([empty, ink, photo], prompt, negative) == (["Ink", "Photo"], "a cat", "")
+    assert extract([photo], "a cat, photo, sharp", "ugly, blurry") == (["Photo"], "a cat", "ugly")
+    assert extract([sharp], "a dog, sharp ", " ugly ") == (["Sharp"], "a dog", "ugly")  # compared stripped
+    assert extract([photo, ink], "a cat", "ugly") == ([], "a cat", "ugly")  # nothing: as given
+    assert extract([photo], "a cat, photo, sharp", "ugly") == ([], "a cat, photo, sharp", "ugly")  # both must hold
