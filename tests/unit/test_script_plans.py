@@ -38,7 +38,10 @@ def test_axis_types_are_a1111s_in_its_order():
     t2i = [a.label for a in xyz.axes_for(ENV, "txt2img")]
     assert t2i[:12] == ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale",
                         "Prompt S/R", "Prompt order", "Sampler", "Hires sampler", "Checkpoint name"]
-    assert t2i[-5:] == ["Refiner checkpoint", "Refiner switch at", "RNG source", "FP8 mode", "Size"]
+    assert t2i[-14:-9] == ["Refiner checkpoint", "Refiner switch at", "RNG source", "FP8 mode", "Size"]
+    assert t2i[-9:] == [f"[Hypertile] {label}" for label in (  # A1111's Hypertile extension's, after the others
+        "Unet First pass Enabled", "Unet Second pass Enabled", "Unet Max Depth", "Unet Max Tile Size",
+        "Unet Swap Size", "VAE Enabled", "VAE Max Depth", "VAE Max Tile Size", "VAE Swap Size")]
     i2i = [a.label for a in xyz.axes_for(ENV, "img2img")]
     assert i2i[6] == "Image CFG Scale" and "Hires steps" not in i2i and "Cond. Image Mask Weight" in i2i
     refused = {a.label for a in xyz.axes(ENV) if a.refused}
@@ -110,6 +113,10 @@ def test_cells_apply_each_axis():
     p = xyz.plan(base(), [index("Always discard next-to-last sigma"), "", ["False", "True"]], ENV, "txt2img")
     assert [c.override_settings for c in p.cells] == [{"always_discard_next_to_last_sigma": False},
                                                        {"always_discard_next_to_last_sigma": True}]
+    p = xyz.plan(base(), [index("Token merging ratio"), "0, 0.5", [], index("[Hypertile] Unet First pass Enabled"),
+                          "", ["True"], index("[Hypertile] Unet Max Tile Size"), "128", []], ENV, "txt2img")
+    assert [c.override_settings for c in p.cells] == [
+        {"token_merging_ratio": v, "hypertile_enable_unet": True, "hypertile_max_tile_unet": 128} for v in (0, 0.5)]
     p = xyz.plan(base(), [index("UniPC Order"), "2, 9", []], ENV, "txt2img")
     assert [c.override_settings["uni_pc_order"] for c in p.cells] == [2, 3]  # at most steps - 1, as A1111
     init = Image.new("RGB", (64, 64))

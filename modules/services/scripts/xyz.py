@@ -152,6 +152,10 @@ def _size(cur: dict[str, Any], x: str, _xs: list[Any]) -> None:
     cur["width"], cur["height"] = int(parts[0]), int(parts[1])
 
 
+def _depths(_env: Env) -> list[str]:
+    return ["0", "1", "2", "3"]
+
+
 def _bools(_env: Env) -> list[str]:
     return ["False", "True"]
 
@@ -216,6 +220,17 @@ def axes(env: Env) -> list[Axis]:
         Axis("FP8 mode", "str", cost=0.9, choices=lambda e: ["Disable", "Enable for SDXL", "Enable"],
              refused="FP8 weight storage is not implemented in this app"),
         Axis("Size", "str", _size),
+        # A1111's built-in Hypertile extension adds these after the others
+        *(Axis(f"[Hypertile] {label}", "str", _override(name, True), choices=_bools) for label, name in (
+            ("Unet First pass Enabled", "hypertile_enable_unet"),
+            ("Unet Second pass Enabled", "hypertile_enable_unet_secondpass"))),
+        Axis("[Hypertile] Unet Max Depth", "int", _override("hypertile_max_depth_unet"), choices=_depths),
+        Axis("[Hypertile] Unet Max Tile Size", "int", _override("hypertile_max_tile_unet")),
+        Axis("[Hypertile] Unet Swap Size", "int", _override("hypertile_swap_size_unet")),
+        Axis("[Hypertile] VAE Enabled", "str", _override("hypertile_enable_vae", True), choices=_bools),
+        Axis("[Hypertile] VAE Max Depth", "int", _override("hypertile_max_depth_vae"), choices=_depths),
+        Axis("[Hypertile] VAE Max Tile Size", "int", _override("hypertile_max_tile_vae")),
+        Axis("[Hypertile] VAE Swap Size", "int", _override("hypertile_swap_size_vae")),
     ]
 
 
