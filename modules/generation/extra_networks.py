@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from modules.models import user_metadata
+from modules.models import previews, user_metadata
 from modules.models.user_metadata import UserMetadata
 
 TAG = re.compile(r"<(\w+):([^>]+)>")
@@ -88,7 +88,7 @@ def js_number(value: float) -> str:
 class Card:
     """One entry of the UI's Lora / Textual Inversion / Hypernetworks card lists, with what its user metadata
     (`NAME.json`, see models.user_metadata) says about it."""
-    tab: str  # "Lora", "Textual Inversion" or "Hypernetworks", as A1111 names its tabs
+    tab: str  # "Lora", "Textual Inversion", "Hypernetworks" or "Checkpoints", as A1111 names its tabs
     name: str
     path: str
     preview: str | None  # NAME.png / NAME.preview.png beside the file
@@ -179,6 +179,14 @@ def card_of(tab: str, info) -> Card:
     return Card(tab, info.name, str(info.filename), str(preview) if preview else None,
                 UserMetadata.of(user_metadata.read(info.filename), user_metadata.description_file(info.filename)),
                 getattr(info, "sd_version", "Unknown"))
+
+
+def checkpoint_card(info) -> Card:
+    """The card of a checkpoint (a CheckpointInfo): its name without the extension (the folder kept), its picture
+    beside the file as a network's, its user metadata's description."""
+    preview = previews.preview_beside(info.filename)
+    return Card("Checkpoints", info.name.rsplit(".", 1)[0], str(info.filename), str(preview) if preview else None,
+                UserMetadata.of(user_metadata.read(info.filename), user_metadata.description_file(info.filename)))
 
 
 def cards(loras, embeddings, hypernetworks=None) -> list[Card]:

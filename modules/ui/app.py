@@ -291,6 +291,9 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
                    show_progress="hidden").then(hash_progress_stream(engine), outputs=[bar.status, bar.checkpoint],
                                                 show_progress="hidden", concurrency_limit=None)
 
+    for view in (t2i.cards, i2i.cards):  # a checkpoint's card loads it, as a pasted infotext's checkpoint
+        after(extra_networks_ui.wire_checkpoints(engine, view, bar.checkpoint))
+
     # PNG Info -> txt2img / img2img / inpaint
     t2i_fields = list(t2i.fields.values())
     i2i_fields = list(i2i.fields.values())

@@ -26,7 +26,9 @@ from modules.ui.common import OutputPanel, gallery_path
 from modules.ui.progress import note_html
 
 CARD_SIZE = 192
-TABS = ("Textual Inversion", "Hypernetworks", "Lora")
+TABS = ("Textual Inversion", "Hypernetworks", "Lora")  # the networks' tabs (their cards add tags, Edit card edits)
+CHECKPOINTS = "Checkpoints"  # a card loads its checkpoint (wire_checkpoints)
+SHOWN = ("Textual Inversion", "Hypernetworks", CHECKPOINTS, "Lora")  # the tabs in A1111's order
 
 
 @dataclass
@@ -93,13 +95,15 @@ def model_version(engine: Engine) -> str:
 
 
 def listing(engine: Engine) -> dict[str, list[extra_networks.Card]]:
-    """The cards by tab, the folders read again; the Lora tab lists the networks for the loaded model's version (as
-    A1111's does, unless lora_show_all)."""
+    """The cards by tab, the networks' folders read again (the checkpoints as last listed); the Lora tab lists the
+    networks for the loaded model's version (as A1111's does, unless lora_show_all)."""
     found = engine.networks.refresh()
     values, version = engine.options.values, model_version(engine)
     hide_unknown = tuple(values.lora_hide_unknown_for_versions)
-    return {tab: [c for c in found if c.tab == tab and c.shown_for(version, values.lora_show_all, hide_unknown)]
-            for tab in TABS}
+    cards = {tab: [c for c in found if c.tab == tab and c.shown_for(version, values.lora_show_all, hide_unknown)]
+             for tab in TABS}
+    cards[CHECKPOINTS] = [extra_networks.checkpoint_card(info) for info in engine.checkpoints.list()]
+    return cards
 
 
 def _gallery_value(cards: list[extra_networks.Card]) -> list:
@@ -166,10 +170,10 @@ def build(engine: Engine, tab: str) -> CardsView:
             gr.HTML("<span class='sd-hint'>Click a card to add its tag to the prompt (click again to take it out). "
                     "Files go into models/Lora, models/hypernetworks and embeddings/; a NAME.png beside a file is "
                     "its card image, and Edit card keeps notes, activation text and a preferred weight in a "
-                    "NAME.json beside it. The Lora tab lists the networks made for the loaded model's version "
-                    "(Settings > Extra Networks).</span>")
+                    "NAME.json beside it. A checkpoint's card loads it. The Lora tab lists the networks made for "
+                    "the loaded model's version (Settings > Extra Networks).</span>")
         with gr.Tabs():
-            for name in TABS:
+            for name in SHOWN:
                 key = name.lower().replace(" ", "_")
                 with gr.Tab(name, elem_id=f"{tab}_{key}_cards_tab"):
                     galleries[name] = gr.Gallery(_gallery_value(cards[name]), label=name, show_label=False,
@@ -224,6 +228,19 @@ def follow_model(engine: Engine, view: CardsView, model_chosen) -> None:
                       show_progress="hidden")
 
 
+def wire_checkpoints(engine: Engine, view: CardsView, checkpoint: gr.Dropdown):
+    """A checkpoint's card puts its title into the top bar's `checkpoint` dropdown (A1111's selectCheckpoint); the
+    caller chains the load on the returned event, as a pasted infotext's checkpoint is loaded."""
+    def chosen(cards, evt: gr.SelectData):
+        listed = cards.get(CHECKPOINTS, [])
+        if not isinstance(evt.index, int) or not 0 <= evt.index < len(listed):
+            return gr.skip()
+        info = next((i for i in engine.checkpoints.list() if str(i.filename) == listed[evt.index].path), None)
+        return info.title if info is not None else gr.skip()
+
+    return view.galleries[CHECKPOINTS].select(chosen, inputs=view.cards, outputs=checkpoint, queue=False)
+
+
 def _split_choice(choice: str | None) -> tuple[str, str]:
     tab, _, path = (choice or "").partition(":")
     return tab, path
@@ -235,6 +252,9 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
     focused = gr.Textbox("prompt", visible=False, elem_id=f"{tab}_extra_focus")
     read_focus = f"(...args) => {{ args[3] = (window.sdPromptFocus || {{}})['{tab}'] || 'prompt'; return args; }}"
     for name, gallery in view.galleries.items():
+        if name not in TABS:  # the checkpoints' cards: see wire_checkpoints
+            continue
+
         def clicked(current_prompt, current_negative, cards, box, evt: gr.SelectData, name=name):
             listed = cards.get(name, [])
             if not isinstance(evt.index, int) or not 0 <= evt.index < len(listed):
@@ -249,7 +269,11 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
 
     editor = view.editor
 
-    view.refresh.click(lambda choice: _relisted(engine, view, choice), inputs=editor.card,
+    def refreshed(choice):
+        engine.checkpoints.refresh()  # as A1111's Refresh, the checkpoints' folders too
+        return _relisted(engine, view, choice)
+
+    view.refresh.click(refreshed, inputs=editor.card,
                        outputs=[view.cards] + list(view.galleries.values()) + [editor.card])
 
     shown = [editor.description, editor.sd_version, editor.activation, editor.weight, editor.negative, editor.notes,

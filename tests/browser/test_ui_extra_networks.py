@@ -152,3 +152,31 @@ def test_search_hides_cards_and_a_click_still_names_the_card_shown(page, ui_serv
     expect(page.locator("#txt2img_lora_cards .thumbnail-item:visible")).to_have_count(1)
     fill_text(page, "txt2img_extra_search", "")
     expect(page.locator("#txt2img_lora_cards .thumbnail-item:visible")).to_have_count(total)
+
+
+def test_a_checkpoint_card_loads_its_checkpoint(page, ui_server):
+    """A1111's Checkpoints tab among the cards: each checkpoint with its picture beside the file; a click selects it
+    in the top bar and loads it."""
+    import shutil
+
+    from tests.support.server import ROOT
+
+    _, data, _ = ui_server
+    folder = data / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True, exist_ok=True)
+    for ext in ("safetensors", "yaml"):  # the demo model again, with its config beside it
+        shutil.copyfile(ROOT / "models" / "builtin" / f"shapes-tiny.{ext}", folder / f"painter.{ext}")
+    Image.new("RGB", (64, 64), (20, 200, 90)).save(folder / "painter.preview.png")
+
+    open_accordion(page, "txt2img_extra_networks", "Extra networks")
+    page.locator("#txt2img_extra_refresh").click()  # the checkpoints' folder is read again too
+    open_tab(page, "txt2img_checkpoints_cards_tab")
+    urls = wait_for_gallery(page, "txt2img_checkpoints_cards", 2, timeout=90)
+    assert np.asarray(fetch_image(page, urls[0]).convert("RGB"))[8, 8].tolist() == [20, 200, 90]  # the user's first
+    cards = page.locator("#txt2img_checkpoints_cards .thumbnail-item")
+    expect(cards.first).to_contain_text("painter")
+    cards.first.click()
+    page.locator("#sd_status").get_by_text("Loaded painter.safetensors").wait_for(timeout=60_000)
+    page.wait_for_function("document.querySelector('#sd_checkpoint input').value.startsWith('painter.safetensors')")
+    cards.nth(1).click()  # the built-in demo model again
+    page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny.safetensors").wait_for(timeout=60_000)
