@@ -231,8 +231,11 @@ class Settings(BaseModel):
         0.1, ge=0.01, le=0.2, description="Ctrl+up/down precision when editing (attention:1.1) in a prompt box")
     keyedit_precision_extra: float = Field(
         0.05, ge=0.01, le=0.2, description="Ctrl+up/down precision when editing <extra networks:0.9>")
-    keyedit_delimiters: str = Field(".,\\/!?%^*;:{}=`~()", max_length=200,
-                                    description="Ctrl+up/down word delimiters (spaces and line breaks always are)")
+    keyedit_delimiters: str = Field(".,\\/!?%^*;:{}=`~() ", max_length=200,
+                                    description="Word delimiters when editing the prompt with Ctrl+up/down")
+    keyedit_delimiters_whitespace: list[Literal["Tab", "Carriage Return", "Line Feed"]] = Field(
+        default_factory=lambda: ["Tab", "Carriage Return", "Line Feed"],
+        description="Ctrl+up/down whitespace delimiters")
     keyedit_move: bool = Field(True, description="Alt+left/right moves prompt elements (the text between commas)")
 
     # Live previews
@@ -357,7 +360,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
                            "uni_pc_lower_order_final"),
     "User interface": ("quicksettings_list", "return_grid", "keyedit_precision_attention", "keyedit_precision_extra",
-                       "keyedit_delimiters", "keyedit_move"),
+                       "keyedit_delimiters", "keyedit_delimiters_whitespace", "keyedit_move"),
     "Infotext": ("add_model_name_to_info", "add_model_hash_to_info", "add_vae_name_to_info", "add_vae_hash_to_info",
                  "add_version_to_infotext", "infotext_styles"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",

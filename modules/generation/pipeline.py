@@ -983,7 +983,8 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
     `first`: a given first-pass picture (A1111's firstpass_image) for every image, in place of `latents`. The
     infotext keys its sampling calls for are added to `fields`. `keep`: gets each image's first pass as a picture
     (A1111's save_images_before_highres_fix): as the image upscaler is given it, decoded for a latent upscaler
-    (an extra decode, as in A1111), or the given first-pass picture."""
+    (an extra decode, as in A1111, by the job's VAE decoder), or once the given first-pass picture (A1111 saves
+    its VAE round trip for a latent upscaler)."""
     params, randn_source, ensd = ctx.params, ctx.randn_source, ctx.noise_seed_delta
     clip_skip, emphasis = ctx.clip_skip, ctx.emphasis
     up_x, up_y, cut_x, cut_y = hires.upscale_plan(params)
@@ -996,8 +997,8 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
             keep.extend(pictures)
             return pictures
 
-        if first is not None:
-            keep.extend([hires.as_first_pass(images.flatten(first, ctx.background))] * len(seeds))
+        if first is not None:  # one picture for the batch, as A1111 saves it
+            keep.append(hires.as_first_pass(images.flatten(first, ctx.background)))
         elif latent_upscaler:
             decode(latents)
     if first is not None:  # transparency flattened as init images are (A1111 fails on it); A1111 encodes it for a

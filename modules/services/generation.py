@@ -236,8 +236,9 @@ class GenerationService:
                 state.textinfo = text
 
         ctx = accepted.ctx
-        note = self._models.use_unet_backend(model, settings.unet_backend, progress,
-                                             merging=bool(ctx.token_merging or ctx.token_merging_hr))
+        # SDXL has no transformer at the latent's size, so nothing merges there: OpenVINO may still run it
+        merging = bool(ctx.token_merging or ctx.token_merging_hr) and not model.family.name.startswith("sdxl")
+        note = self._models.use_unet_backend(model, settings.unet_backend, progress, merging=merging)
         progress(None)
         if note and note not in result.warnings:
             result.warnings.append(note)
@@ -434,8 +435,12 @@ class GenerationService:
         model loads without waiting for its file's SHA-256, which is computed in the background while the job
         samples; if it is not done by the time the first batch is (a large file, few steps), wait for it here
         (the console shows the hash's progress bar, the page the job's line)."""
-        state = run.job.state
-        for info in (i for i in (run.model.info, run.refiner, run.hires) if wait and i is not None and not i.sha256):
+        state, settings = run.job.state, run.accepted.settings
+        # the job's own hash is waited for only where it is written (not with add_model_hash_to_info off)
+        own = settings.add_model_hash_to_info or "Hires checkpoint" in run.extra or "[model_hash]" in \
+            settings.samples_filename_pattern + settings.directories_filename_pattern
+        for info in (i for i in (run.model.info if own else None, run.refiner, run.hires)
+                     if wait and i is not None and not i.sha256):
             task = self._checkpoints.hash_later(info)
             if not task.done:
                 state.textinfo = f"Calculating the hash of {info.name}"

@@ -18,7 +18,8 @@ from modules.ui import (common, defaults, extra_networks as extra_networks_ui, e
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
 # Settings the page's own scripts read (script.js, `sdOption`): handed over at each page load and after Apply settings
-PAGE_OPTIONS = ("keyedit_precision_attention", "keyedit_precision_extra", "keyedit_delimiters", "keyedit_move")
+PAGE_OPTIONS = ("keyedit_precision_attention", "keyedit_precision_extra", "keyedit_delimiters",
+                "keyedit_delimiters_whitespace", "keyedit_move")
 
 
 def page_options(engine: Engine) -> str:
@@ -55,6 +56,7 @@ class TopBar:
     status: gr.HTML
     notice: gr.HTML
     chosen: object  # the event of a checkpoint chosen in the dropdown (later steps chain on it with .then)
+    quick: dict  # the other quicksettings' controls, by setting name
     quick_changed: list  # the events of the other quicksettings applied (see settings_tab.wire_quick)
 
 
@@ -154,7 +156,7 @@ def top_bar(engine: Engine) -> TopBar:
     clip_skip.change(set_option("CLIP_stop_at_last_layers"), inputs=clip_skip, outputs=status, queue=False,
                      show_progress="hidden")
     quick_changed = settings_tab.wire_quick(engine, quick, status, _status_html)
-    return TopBar(checkpoint, vae, clip_skip, status, notice, chosen, quick_changed)
+    return TopBar(checkpoint, vae, clip_skip, status, notice, chosen, quick, quick_changed)
 
 
 def _status_html(error: str | None) -> str:
@@ -242,6 +244,10 @@ def build(engine: Engine) -> Page:
                     ui_defaults.follows[f"{path}/{label}/value"] = \
                         lambda i=i: page_size(engine, _selected(engine))[i]
         ui_defaults.wire(settings_view.defaults_view, settings_view.defaults_apply, settings_view.defaults_review)
+        if bar.quick:  # each page shows the quicksettings' current values; the body says when they are there
+            blocks.load(lambda: settings_tab.quick_values(engine, bar.quick), outputs=list(bar.quick.values()),
+                        queue=False, show_progress="hidden").then(
+                None, js="() => { document.body.dataset.sdQuickSettings = 'current'; }")
         # a page open since the server started sees new values
         for event in (blocks.load, settings_view.applied.then, *(e.then for e in bar.quick_changed)):
             event(lambda: page_options(engine), outputs=options, queue=False, show_progress="hidden")

@@ -130,6 +130,12 @@ def quick_controls(engine: Engine) -> dict[str, gr.components.Component]:
     return controls
 
 
+def quick_values(engine: Engine, controls: dict[str, gr.components.Component]) -> list:
+    """The quick settings' current values, for a page load (the page was built with those of the server's start)."""
+    values = engine.options.values
+    return [getattr(values, name) for name in controls]
+
+
 def short_label(name: str, info: FieldInfo) -> str:
     """A setting's name as a top-bar label: its description up to the first colon or bracket ("Token merging
     ratio", "ENSD"), or the name when that is still long."""
@@ -152,8 +158,8 @@ def wire_quick(engine: Engine, controls: dict[str, gr.components.Component], sta
 
         if isinstance(component, (gr.Textbox, gr.Number)):
             triggers = [component.submit, component.blur]
-        else:  # nothing else sets these controls: a change is the user's (a slider's number box included)
-            triggers = [component.change]
+        else:  # the user's changes only: the page load's refresh (quick_values) writes nothing
+            triggers = [component.input]
         events += [trigger(apply, inputs=component, outputs=status, queue=False, show_progress="hidden")
                    for trigger in triggers]
     return events

@@ -118,6 +118,8 @@ def test_quicksettings_sit_in_the_top_bar_and_apply_at_once(page, ui_server):
     expect(bar.locator("#setting_eta_noise_seed_delta")).to_be_visible()
     expect(bar.locator("#setting_token_merging_ratio")).to_be_visible()
     expect(bar.locator("#setting_sd_vae")).to_be_visible()  # the three of the top bar stay
+    # the page load's refresh of their values comes first: a value typed before it would be replaced
+    page.wait_for_selector("body[data-sd-quick-settings=current]", state="attached")
     set_number(page, "setting_eta_noise_seed_delta", 31337)
     set_number(page, "setting_token_merging_ratio", 0.3)
     config = data / "config.json"
@@ -129,10 +131,19 @@ def test_quicksettings_sit_in_the_top_bar_and_apply_at_once(page, ui_server):
         assert time.monotonic() < deadline, saved
         time.sleep(0.2)
     assert saved["quicksettings_list"][2] == "sd_unet"  # kept as written, for A1111
+    page.reload()  # a page loaded later shows the values now, not those of the server's start
+    page.wait_for_selector("body[data-sd-quick-settings=current]", state="attached")
+    expect(page.locator("#setting_eta_noise_seed_delta input")).to_have_value("31337")
+    expect(page.locator("#setting_token_merging_ratio input[type=number]")).to_have_value("0.3")
     open_settings(page)
     show_setting(page, "eta_ancestral")  # the section ENSD would be in: it is in the top bar instead
     assert page.locator("#setting_eta_noise_seed_delta").count() == 1
+    set_number(page, "setting_eta_noise_seed_delta", 0)  # back as they were, for the next test
     set_number(page, "setting_token_merging_ratio", 0)
+    while json.loads(config.read_text()).get("token_merging_ratio") != 0 \
+            or json.loads(config.read_text()).get("eta_noise_seed_delta") != 0:
+        assert time.monotonic() < deadline + 30
+        time.sleep(0.2)
     open_tab(page, "tab_txt2img")
 
 
@@ -160,6 +171,10 @@ def test_prompt_editing_keys_follow_their_settings(page, ui_server):
     assert area.input_value() == "a cat, a dog"
     assert prompt_key(page, box, "a (cat:0.9), a dog", (5, 5), "Control+ArrowUp") == "a cat, a dog"  # inside a group
     assert prompt_key(page, box, "x <lora:name:0.8> y", (9, 9), "Control+ArrowUp") == "x <lora:name:0.85> y"
+    # a group inside another: the word, as A1111 1.10 (not the inner group's weight)
+    assert prompt_key(page, box, "(masterpiece, (red hair:1.2), blue eyes)", (32, 32), "Control+ArrowUp") == \
+        "(masterpiece, (red hair:1.2), (blue:1.1) eyes)"
+    assert prompt_key(page, box, "((cat))", (3, 3), "Control+ArrowUp") == "(cat:1.3)"  # old-style: 1.21, rounded
     assert prompt_key(page, box, "red cat, dog", (0, 7), "Control+ArrowDown") == "(red cat:0.9), dog"  # a selection
     assert prompt_key(page, box, "a, b, c", (3, 3), "Alt+ArrowRight") == "a, c, b"
     assert (area.evaluate("el => [el.selectionStart, el.selectionEnd]")) == [5, 7]  # " b" moved, still selected

@@ -74,6 +74,16 @@ def test_only_the_thread_that_set_the_ratio_merges():
     assert torch.equal(other[0], plain) and not torch.equal(merged, plain)
 
 
+def test_the_ratio_comes_back_after_an_error_in_the_block():
+    assert token_merging.ratio() == 0
+    with pytest.raises(RuntimeError):
+        with token_merging.merging(0.5):
+            with token_merging.merging(0.3):
+                assert token_merging.ratio() == 0.3
+                raise RuntimeError("interrupted")
+    assert token_merging.ratio() == 0 and getattr(token_merging._local, "pending", None) is None
+
+
 def test_sdxl_has_no_transformer_at_full_size_so_nothing_merges():
     unet = build("sdxl").unet  # its first level has no attention, as SDXL's: tomesd merges nowhere either
     token_merging.prepare(unet)
@@ -134,13 +144,31 @@ def test_a_job_merges_writes_the_infotext_and_pastes_back(engine):  # noqa: F811
     assert hr.settings["token_merging_ratio"] == 0.3 and hr.settings["token_merging_ratio_hr"] == 0.7
 
 
+def first_pass(result) -> np.ndarray:
+    """The job's first pass as saved before the hires pass (save_images_before_highres_fix)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    saved = sorted(Path(result.paths[0]).parent.glob("*-before-highres-fix.png"))[-1]
+    with Image.open(saved) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
 def test_the_hires_pass_merges_with_its_own_ratio(engine):  # noqa: F811
-    kw = dict(width=64, height=64, steps=2, enable_hr=True, hr_scale=2, hr_upscaler="Latent", save_images=False)
-    plain = engine.txt2img(params(**kw))
-    second = engine.txt2img(params(**kw, override_settings={"token_merging_ratio_hr": 0.5}))
-    assert not np.array_equal(pixels(second), pixels(plain))  # the 128x128 pass merges, the first does not
+    kw = dict(width=64, height=64, steps=2, enable_hr=True, hr_scale=2, hr_upscaler="Latent", save_images=True)
+    keep = {"save_images_before_highres_fix": True}
+    plain = engine.txt2img(params(**kw, override_settings=keep))
+    plain_first = first_pass(plain)
+    second = engine.txt2img(params(**kw, override_settings={**keep, "token_merging_ratio_hr": 0.5}))
+    assert not np.array_equal(pixels(second), pixels(plain))  # the 128x128 pass merges...
+    assert np.array_equal(first_pass(second), plain_first)  # ... and the first does not
     assert "Token merging ratio hr: 0.5" in second.infotexts[0]
     assert "Token merging ratio:" not in second.infotexts[0]
+    first = engine.txt2img(params(**kw, override_settings={**keep, "token_merging_ratio": 0.5,
+                                                           "token_merging_ratio_hr": 0.3}))
+    assert not np.array_equal(first_pass(first), plain_first)  # the first pass's own ratio
+    assert "Token merging ratio: 0.5, Token merging ratio hr: 0.3" in first.infotexts[0]
     both = engine.txt2img(params(**kw, override_settings={"token_merging_ratio": 0.5}))
     assert "Token merging ratio: 0.5, Token merging ratio hr: 0.5" in both.infotexts[0]  # A1111's fallback
 
@@ -152,3 +180,23 @@ def test_img2img_uses_its_own_ratio(engine):  # noqa: F811
     merged = engine.img2img(i2i_params(steps=3, override_settings={"token_merging_ratio_img2img": 0.4}))
     assert not np.array_equal(pixels(merged), pixels(plain))
     assert "Token merging ratio: 0.4" in merged.infotexts[0]
+
+
+def test_a_hires_checkpoint_and_the_refiner_merge_too(engine, data_dir):  # noqa: F811
+    kw = dict(width=64, height=64, steps=2, enable_hr=True, hr_scale=2, hr_upscaler="Latent", save_images=False,
+              hr_checkpoint_name="sd1-fp16.safetensors")
+    plain = engine.txt2img(params(**kw))
+    merged = engine.txt2img(params(**kw, override_settings={"token_merging_ratio_hr": 0.5}))
+    assert not np.array_equal(pixels(merged), pixels(plain))
+    # a refiner with the job's own weights (another file) gives the job's own picture only if it merges as well
+    import shutil
+
+    folder = data_dir / "models" / "Stable-diffusion"
+    for ext in ("safetensors", "yaml"):  # the tiny model's config beside it too
+        shutil.copyfile(folder / f"sd1.{ext}", folder / f"sd1-twin.{ext}")
+    engine.checkpoints.refresh()
+    kw = dict(width=64, height=64, steps=4, save_images=False, override_settings={"token_merging_ratio": 0.5})
+    alone = engine.txt2img(params(**kw))
+    refined = engine.txt2img(params(**kw, refiner_checkpoint="sd1-twin.safetensors", refiner_switch_at=0.5))
+    assert "Refiner: sd1-twin" in refined.infotexts[0]
+    assert np.array_equal(pixels(refined), pixels(alone))

@@ -122,7 +122,8 @@ document.addEventListener("focusin", (event) => {
 // page load and after Apply settings; A1111's defaults until it is there.
 const sdOptionDefaults = {
   keyedit_precision_attention: 0.1, keyedit_precision_extra: 0.05,
-  keyedit_delimiters: ".,\\/!?%^*;:{}=`~()", keyedit_move: true,
+  keyedit_delimiters: ".,\\/!?%^*;:{}=`~() ", keyedit_delimiters_whitespace: ["Tab", "Carriage Return", "Line Feed"],
+  keyedit_move: true,
 };
 
 function sdOption(name) {
@@ -152,59 +153,74 @@ function sdSetPrompt(area, text, start, end) {
   area.dispatchEvent(new Event("input", { bubbles: true }));
 }
 
-// Where the innermost open...close pair around `pos` starts and ends (the indexes of the two characters), or null.
-function sdEnclosingPair(text, pos, open, close) {
-  let start = -1;
-  for (let i = pos - 1, depth = 0; i >= 0; i--) {
-    if (text[i] === close) depth++;
-    else if (text[i] === open && depth-- === 0) { start = i; break; }
-  }
-  if (start < 0) return null;
-  for (let i = pos, depth = 0; i < text.length; i++) {
-    if (text[i] === open) depth++;
-    else if (text[i] === close && depth-- === 0) return [start, i];
-  }
-  return null;
+// The text inside the bracket pair around `pos` (open...close, with no other bracket of the pair between it and
+// `pos`, as A1111 1.10 looks for it): from after `open` to its weight's colon when it has a weight, else to `close`.
+// [start, end) of that text, or null.
+function sdInsidePair(text, pos, open, close) {
+  const before = text.lastIndexOf(open, pos - 1);
+  if (pos === 0 || before < 0 || text.lastIndexOf(close, pos - 1) > before) return null;
+  const after = text.indexOf(close, pos);
+  if (after < 0) return null;
+  const nextOpen = text.indexOf(open, pos);
+  if (nextOpen >= 0 && nextOpen < after) return null;
+  const inside = text.slice(before + 1, after);
+  const weighted = /:-?[\d.]+/.test(inside);
+  return [before + 1, before + 1 + (weighted ? inside.lastIndexOf(":") : inside.length)];
 }
 
-// A weight as A1111's page writes it: at most 12 significant digits, and "1.0" rather than "1" for one digit.
+// A weight as A1111's page writes it: at most 12 significant digits, and a whole number with ".0" (1.0, -1.0).
 function sdWeightText(weight) {
-  const text = String(parseFloat(weight.toPrecision(12)));
-  return text.length === 1 ? `${text}.0` : text;
+  const rounded = parseFloat(weight.toPrecision(12));
+  return Number.isInteger(rounded) ? `${rounded}.0` : String(rounded);
 }
 
-// Ctrl+Up / Ctrl+Down (Cmd on a Mac), as in A1111: the selection's weight goes up or down by the setting's step.
-// Without a selection it is the <extra network> or (group:weight) the cursor is in, else the word. A word or
-// selection not yet weighted becomes (text:1.0) first; a group whose weight comes back to 1 loses its brackets.
+// Ctrl+Up / Ctrl+Down (Cmd on a Mac), as A1111 1.10's page does it: the selection's weight goes up or down by the
+// setting's step. Without a selection it is the <extra network>, (group) or [group] the cursor is in, else the word
+// (keyedit_delimiters and the chosen keyedit_delimiters_whitespace end it). Text not yet weighted becomes
+// (text:1.0) first, and old-style ((text)) / [text] become (text:1.21) / (text:0.91) (rounded to the step); a group
+// whose weight comes back to 1 loses its brackets.
 function sdEditAttention(area, up) {
   let text = area.value;
   let start = area.selectionStart;
   let end = area.selectionEnd;
   if (start === end) {
-    const pair = sdEnclosingPair(text, start, "<", ">") || sdEnclosingPair(text, start, "(", ")");
+    const pair = sdInsidePair(text, start, "<", ">") || sdInsidePair(text, start, "(", ")")
+      || sdInsidePair(text, start, "[", "]");
     if (pair) {
-      const colon = text.slice(pair[0] + 1, pair[1]).lastIndexOf(":");
-      if (colon < 0) return;  // a group without a weight: nothing to change (as A1111)
-      start = pair[0] + 1;
-      end = start + colon;
+      [start, end] = pair;
     } else {
-      const stops = sdOption("keyedit_delimiters") + " \r\n\t";
+      const chars = { Tab: "\t", "Carriage Return": "\r", "Line Feed": "\n" };
+      const stops = sdOption("keyedit_delimiters")
+        + (sdOption("keyedit_delimiters_whitespace") || []).map((name) => chars[name] || "").join("");
       while (start > 0 && !stops.includes(text[start - 1])) start--;
       while (end < text.length && !stops.includes(text[end])) end++;
+      while (start < end && text[start] === " ") start++;
+      while (end > start && text[end - 1] === " ") end--;
     }
   }
   let close = ")";
-  let step = sdOption("keyedit_precision_attention");
-  if (text[start - 1] === "<") {
+  const precision = sdOption("keyedit_precision_attention");
+  let step = precision;
+  const before = start > 0 ? text[start - 1] : "";
+  const after = text[end];
+  if (before === "<") {
     close = ">";
     step = sdOption("keyedit_precision_extra");
-  } else if (text[start - 1] !== "(") {
+  } else if ((before === "(" && after === ")") || (before === "[" && after === "]")) {
+    let depth = 0;  // old-style emphasis: each ( ) multiplies by 1.1, each [ ] divides
+    while (text[start - depth - 1] === before && text[end + depth] === after) depth++;
+    const old = Math.round((before === "[" ? (1 / 1.1) ** depth : 1.1 ** depth) / precision) * precision;
+    text = `${text.slice(0, start - depth)}(${text.slice(start, end)}:${old})${text.slice(end + depth)}`;
+    start -= depth - 1;
+    end -= depth - 1;
+  } else if (before !== "(") {
     while (end > start && text[end - 1] === " ") end--;
     if (start === end) return;
     text = `${text.slice(0, start)}(${text.slice(start, end)}:1.0)${text.slice(end)}`;
     start++;
     end++;
   }
+  if (text[end] !== ":") return;
   const stop = text.indexOf(close, end + 1);
   if (stop < 0) return;
   const weight = parseFloat(text.slice(end + 1, stop));
