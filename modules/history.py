@@ -28,7 +28,8 @@ from modules import infotext
 log = logging.getLogger(__name__)
 
 KINDS = ("txt2img", "img2img", "extras", "grid")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif")
+COPIED_SUFFIXES = (".png", ".webp", ".avif")  # the formats a large image's JPG copy is made beside
 THUMB_SIDE = 128
 
 
@@ -36,7 +37,13 @@ def is_jpeg_copy(name: str, names: set[str]) -> bool:
     """Whether the file `name` among a folder's `names` is the JPG copy of a large image saved beside it
     (export_for_4chan: NAME.jpg beside NAME.png or .webp, .avif), which is not another picture."""
     stem, dot, ext = name.rpartition(".")
-    return bool(dot) and ext.lower() == "jpg" and any(f"{stem}.{other}" in names for other in ("png", "webp", "avif"))
+    return bool(dot) and ext.lower() == "jpg" and any(f"{stem}{other}" in names for other in COPIED_SUFFIXES)
+
+
+def has_original(path: str) -> bool:
+    """`is_jpeg_copy` for one file on disk."""
+    base, ext = os.path.splitext(path)
+    return ext.lower() == ".jpg" and any(os.path.isfile(base + other) for other in COPIED_SUFFIXES)
 
 # The row's fields from the infotext, in the table's column order (after id, path, time, kind).
 INFO_COLUMNS = ("prompt", "negative_prompt", "seed", "width", "height", "steps", "sampler", "schedule",

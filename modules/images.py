@@ -152,6 +152,12 @@ def save_image(image: Image.Image, folder: Path, infotext: str | None, settings:
     numbered = settings.save_images_add_number or decoration == ""
     data = encode(image, fmt, infotext if settings.enable_pnginfo else None, settings.jpeg_quality,
                   settings.webp_lossless, texts if settings.enable_pnginfo else None, section)
+    large = None
+    if fmt != "JPEG":  # made before the lock: a large picture's resize and encode take a while
+        try:
+            large = jpeg_of_large(image, len(data), settings, infotext)
+        except Exception as e:  # noqa: BLE001  (the copy is extra: the image itself is still saved)
+            log.warning("Could not make the JPG copy of a large image: %s", e)
     with _save_lock:
         folder.mkdir(parents=True, exist_ok=True)
         # the suffix stays whole when a long name is cut to fit (it goes with the extension)
@@ -159,9 +165,11 @@ def save_image(image: Image.Image, folder: Path, infotext: str | None, settings:
                           settings.save_images_replace_action)
         fileio.atomic_write_bytes(path, data)
         copy = path.with_suffix(".jpg")
-        large = None if fmt == "JPEG" else jpeg_of_large(image, len(data), settings, infotext)
         if large is not None and (settings.save_images_replace_action == "Replace" or not copy.exists()):
-            fileio.atomic_write_bytes(copy, large)
+            try:
+                fileio.atomic_write_bytes(copy, large)
+            except OSError as e:
+                log.warning("Could not save the JPG copy %s: %s", copy.name, e)
         elif large is not None:
             log.warning("Not saving the JPG copy of %s: %s exists", path.name, copy.name)
         if settings.save_txt and infotext is not None:
@@ -172,7 +180,10 @@ def save_image(image: Image.Image, folder: Path, infotext: str | None, settings:
 def jpeg_of_large(image: Image.Image, saved_bytes: int, settings: Settings, infotext: str | None) -> bytes | None:
     """A1111's export_for_4chan: a JPG copy of an image whose file took more than img_downscale_threshold MB or
     whose side is longer than target_side_length pixels, downscaled (Lanczos) so that its longer side is that
-    long; with the infotext in EXIF. None when the image is not large or the setting is off."""
+    long; with the infotext in EXIF. None when the image is not large, the setting is off, or its pixels are not
+    8-bit (a 16-bit picture would be clipped; A1111 fails on it and writes no copy)."""
+    if image.mode not in ("RGB", "RGBA", "L", "LA", "P", "PA"):
+        return None
     side = settings.target_side_length
     oversize = image.width > side or image.height > side
     if not settings.export_for_4chan or not (oversize or saved_bytes > settings.img_downscale_threshold * 1024 ** 2):

@@ -324,6 +324,13 @@ class Settings(BaseModel):
                                "PyTorch with a note. 'OpenVINO bf16' computes in bfloat16: about twice as fast on "
                                "CPUs with AVX-512 BF16 or AMX, and the images differ slightly")
 
+    @field_validator("keyedit_delimiters", mode="before")
+    @classmethod
+    def _delimiters_with_space(cls, v: Any) -> Any:
+        # the default before keyedit_delimiters_whitespace (A1111 1.7, and ours before it), saved by every Apply:
+        # the space was a delimiter then without being listed, so it is added
+        return v + " " if v == ".,\\/!?%^*;:{}=`~()" else v
+
     @field_validator("samples_format", "grid_format", mode="before")
     @classmethod
     def _lower_format(cls, v: Any) -> Any:

@@ -160,7 +160,10 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     overrides them already or they equal the current value. A `Refiner` that names no checkpoint here gives
     no refiner (as A1111's lookup) and a warning. Returns warnings."""
     allowed = set(type(req).model_fields) - set(getattr(req, "HIRES_FIELDS", ()))
-    pasted = engine.paste.read(req.infotext or "", txt2img="enable_hr" in allowed)
+    # styles are found in the infotext's prompts only when the request leaves the prompts and styles to it: else the
+    # prompt it keeps from the infotext would lose their text (A1111 takes both apart)
+    own = req.model_fields_set & {"prompt", "negative_prompt", "styles"}
+    pasted = engine.paste.read(req.infotext or "", txt2img="enable_hr" in allowed, find_styles=not own)
     values, refiner_warnings = dict(pasted.values), []
     if pasted.unknown_refiner and "refiner_checkpoint" not in req.model_fields_set:
         # A1111's lookup gives no checkpoint then, so the job runs without a refiner; said here
@@ -171,8 +174,6 @@ def apply_infotext(req: schemas.Txt2ImgRequest, engine: Engine) -> list[str]:
     if pasted.unknown_hires_checkpoint and "hr_checkpoint_name" not in req.model_fields_set:
         refiner_warnings.append(f"infotext: Hires checkpoint {pasted.unknown_hires_checkpoint!r} is not available "
                                 "here; the hires pass used the job's checkpoint")
-    if req.model_fields_set & {"prompt", "negative_prompt"}:  # the styles are the infotext prompts', not the request's
-        values.pop("styles", None)
     for name, value in values.items():
         if name in allowed and name not in req.model_fields_set:
             setattr(req, name, value)

@@ -438,7 +438,7 @@ class GenerationService:
         state, settings = run.job.state, run.accepted.settings
         # the job's own hash is waited for only where it is written (not with add_model_hash_to_info off)
         own = settings.add_model_hash_to_info or "Hires checkpoint" in run.extra or "[model_hash]" in \
-            settings.samples_filename_pattern + settings.directories_filename_pattern
+            (settings.samples_filename_pattern + settings.directories_filename_pattern).lower()
         for info in (i for i in (run.model.info if own else None, run.refiner, run.hires)
                      if wait and i is not None and not i.sha256):
             task = self._checkpoints.hash_later(info)

@@ -159,15 +159,18 @@ class HistoryService:
         return real if real is not None and real.is_file() else None
 
     def delete(self, row_id: int) -> bool:
-        """Delete an image: its file and the .txt beside it (to the OS trash when send2trash is installed), then
-        its row. False when there is no such row. A file outside the output folders is left alone (the row goes)."""
+        """Delete an image: its file, the .txt beside it and its JPG copy (export_for_4chan) (to the OS trash when
+        send2trash is installed), then its row. False when there is no such row. A file outside the output folders
+        is left alone (the row goes)."""
         row = self.index.get(row_id)
         if row is None:
             return False
         real = self._inside(row["path"])
         if real is not None and real.is_file():
-            beside = real.with_suffix(".txt")  # its infotext, when save_txt wrote one
-            for target in (real, beside) if beside.is_file() else (real,):
+            beside = [real.with_suffix(".txt")]  # its infotext, when save_txt wrote one
+            if real.suffix.lower() in history.COPIED_SUFFIXES:  # a large image's JPG copy would be listed next
+                beside.append(real.with_suffix(".jpg"))
+            for target in [real] + [b for b in beside if b.is_file()]:
                 _remove(target)
         self.index.remove([row_id])
         return True
@@ -246,7 +249,9 @@ class HistoryService:
     def _heal(self) -> None:
         known = self.index.known()
         files = self._files()
-        gone = [i for p, (i, _, _) in known.items() if p not in files and not os.path.isfile(p)]
+        # gone: files no longer there, and JPG copies an earlier scan listed (see history.is_jpeg_copy)
+        gone = [i for p, (i, _, _) in known.items()
+                if p not in files and (not os.path.isfile(p) or history.has_original(p))]
         if gone and not self._stop.is_set():
             self.index.remove(gone)
         todo = [p for p, st in files.items()

@@ -39,16 +39,16 @@ class InfotextReader:
         self._options = options
         self._styles = style_store
 
-    def read(self, text: str, txt2img: bool) -> Pasted:
+    def read(self, text: str, txt2img: bool, find_styles: bool = True) -> Pasted:
         """The fields and settings infotext `text` gives; BadRequest naming a value that is not a number where
         one is needed. A1111's rules: `<lora:NAME:` and `<hypernet:NAME:` tags renamed to the files here with the
         hashes the text gives (`Lora hashes`, `Hypernetwork hashes`);
-        for txt2img, a denoising strength means the hires fix was on; styles found in the prompts as the setting
-        infotext_styles says (`styles_in`)."""
+        for txt2img, a denoising strength means the hires fix was on; with `find_styles`, styles found in the
+        prompts as the setting infotext_styles says (`styles_in`)."""
         parsed = infotext.parse_with_defaults(text or "")
         parsed["Prompt"] = self._networks.rename_by_hash(parsed.get("Prompt", ""), parsed.get("Lora hashes"))
         parsed["Prompt"] = self._networks.rename_hypernets_by_hash(parsed["Prompt"], parsed.get("Hypernetwork hashes"))
-        found = self.styles_in(parsed)
+        found = self.styles_in(parsed) if find_styles else None
         try:
             values = infotext.request_values(parsed, infotext.REQUEST_FIELDS)
             settings = infotext.request_values(parsed, infotext.SETTING_FIELDS)

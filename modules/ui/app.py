@@ -192,9 +192,10 @@ def page_size(engine: Engine, title: str | None) -> tuple[int, int]:
     return (DEMO_SIZE, DEMO_SIZE) if info.builtin else engine.checkpoints.default_size(info)
 
 
-def follow_model_size(engine: Engine, bar: TopBar, size: tuple[int, int], tabs: list[dict]) -> None:
-    """After a checkpoint is chosen in the dropdown, each tab whose Width and Height are still the previous
-    model's size takes the new model's; sizes the user set stay. (A pasted infotext sets its own size.)"""
+def follow_model_size(engine: Engine, size: tuple[int, int], tabs: list[dict], chosen: list) -> None:
+    """After a checkpoint is chosen (`chosen`: the dropdown's event and the checkpoint cards' loads), each tab whose
+    Width and Height are still the previous model's size takes the new model's; sizes the user set stay. (A pasted
+    infotext sets its own size.)"""
     shown = gr.State(list(size))
     pairs = [(t["width"], t["height"]) for t in tabs]
 
@@ -208,8 +209,27 @@ def follow_model_size(engine: Engine, bar: TopBar, size: tuple[int, int], tabs: 
         return out
 
     components = [c for pair in pairs for c in pair]
-    bar.chosen.then(follow, inputs=[shown, *components], outputs=[shown, *components], queue=False,
-                    show_progress="hidden")
+    for event in chosen:
+        event.then(follow, inputs=[shown, *components], outputs=[shown, *components], queue=False,
+                   show_progress="hidden")
+
+
+def load_selected(engine: Engine, bar: TopBar, event):
+    """After `event` has put a title into the top bar's dropdown (a paste, a checkpoint's card): load it unless it is
+    the one loaded, then the hash's progress. Returns the load's event."""
+    load = change_checkpoint_stream(engine)
+
+    def load_if_changed(title: str):
+        if title and not _same_checkpoint(engine, title, _selected(engine)):
+            yield from load(title)
+        else:
+            yield gr.skip(), gr.skip(), gr.skip()
+
+    loaded = event.then(load_if_changed, inputs=bar.checkpoint, outputs=[bar.status, bar.checkpoint, bar.notice],
+                        show_progress="hidden")
+    loaded.then(hash_progress_stream(engine), outputs=[bar.status, bar.checkpoint], show_progress="hidden",
+                concurrency_limit=None)
+    return loaded
 
 
 def build(engine: Engine) -> Page:
@@ -253,9 +273,15 @@ def build(engine: Engine) -> Page:
             event(lambda: page_options(engine), outputs=options, queue=False, show_progress="hidden")
         txt2img.wire(engine, t2i)
         img2img.wire(engine, i2i)
-        follow_model_size(engine, bar, size, [t2i.fields, i2i.fields])
+        # a checkpoint's card loads it, as a pasted infotext's checkpoint; the size and the Lora cards follow a
+        # checkpoint chosen either way
+        chosen = [bar.chosen] + [
+            load_selected(engine, bar, extra_networks_ui.wire_checkpoints(engine, v, bar.checkpoint))
+            for v in (t2i.cards, i2i.cards)]
+        follow_model_size(engine, size, [t2i.fields, i2i.fields], chosen)
         for view in (t2i.cards, i2i.cards):  # the Lora cards follow the model's version
-            extra_networks_ui.follow_model(engine, view, bar.chosen)
+            for event in chosen:
+                extra_networks_ui.follow_model(engine, view, event)
         common_wiring(engine, bar, tabs, t2i, i2i, png, post, hist)
         history_tab.select(hist.refresh[0], inputs=hist.refresh[1], outputs=hist.refresh[2], queue=False)
         # a new merged checkpoint joins the top bar's list at once (the selection stays)
@@ -284,21 +310,8 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
                    else gr.skip())
         return out
 
-    load = change_checkpoint_stream(engine)
-
-    def load_if_changed(title: str):
-        if title and not _same_checkpoint(engine, title, _selected(engine)):
-            yield from load(title)
-        else:
-            yield gr.skip(), gr.skip(), gr.skip()
-
     def after(event):
-        event.then(load_if_changed, inputs=bar.checkpoint, outputs=[bar.status, bar.checkpoint, bar.notice],
-                   show_progress="hidden").then(hash_progress_stream(engine), outputs=[bar.status, bar.checkpoint],
-                                                show_progress="hidden", concurrency_limit=None)
-
-    for view in (t2i.cards, i2i.cards):  # a checkpoint's card loads it, as a pasted infotext's checkpoint
-        after(extra_networks_ui.wire_checkpoints(engine, view, bar.checkpoint))
+        load_selected(engine, bar, event)
 
     # PNG Info -> txt2img / img2img / inpaint
     t2i_fields = list(t2i.fields.values())

@@ -9,7 +9,9 @@ the image selected in the results the card's picture."""
 
 from __future__ import annotations
 
+import functools
 import html
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -66,15 +68,27 @@ def _placeholder(name: str) -> Image.Image:
     return image
 
 
+@functools.lru_cache(maxsize=512)
+def _thumbnail(path: str, _mtime_ns: int, _size: int) -> Image.Image | None:
+    """A preview file's picture at card size, read once per version of the file (its time and size are the key)."""
+    try:
+        with Image.open(path) as im:
+            im.thumbnail((CARD_SIZE * 2, CARD_SIZE * 2))
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+
+
 def _card_image(card: extra_networks.Card) -> Image.Image:
     """The preview read into memory (so no model folder is ever served as files), or a placeholder."""
     if card.preview:
         try:
-            with Image.open(card.preview) as im:
-                im.thumbnail((CARD_SIZE * 2, CARD_SIZE * 2))
-                return im.convert("RGB")
-        except (OSError, UnidentifiedImageError):
-            pass
+            stat = os.stat(card.preview)
+        except OSError:
+            stat = None
+        picture = _thumbnail(card.preview, stat.st_mtime_ns, stat.st_size) if stat is not None else None
+        if picture is not None:
+            return picture
     return _placeholder(card.name)
 
 

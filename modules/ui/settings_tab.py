@@ -125,15 +125,17 @@ def quick_controls(engine: Engine) -> dict[str, gr.components.Component]:
     controls = {}
     for name in quick_names(values):
         controls[name] = control(name, Settings.model_fields[name], getattr(values, name), choices.get(name))
-        controls[name].scale, controls[name].min_width = 2, 200
+        # usable once the page load has shown the current value (quick_values), so no typing is replaced by it
+        controls[name].scale, controls[name].min_width, controls[name].interactive = 2, 200, False
         controls[name].label = short_label(name, Settings.model_fields[name])
     return controls
 
 
 def quick_values(engine: Engine, controls: dict[str, gr.components.Component]) -> list:
-    """The quick settings' current values, for a page load (the page was built with those of the server's start)."""
+    """The quick settings' current values, for a page load (the page was built with those of the server's start),
+    and the controls made usable."""
     values = engine.options.values
-    return [getattr(values, name) for name in controls]
+    return [gr.update(value=getattr(values, name), interactive=True) for name in controls]
 
 
 def short_label(name: str, info: FieldInfo) -> str:

@@ -164,19 +164,27 @@ def test_a_checkpoint_card_loads_its_checkpoint(page, ui_server):
     _, data, _ = ui_server
     folder = data / "models" / "Stable-diffusion"
     folder.mkdir(parents=True, exist_ok=True)
-    for ext in ("safetensors", "yaml"):  # the demo model again, with its config beside it
-        shutil.copyfile(ROOT / "models" / "builtin" / f"shapes-tiny.{ext}", folder / f"painter.{ext}")
-    Image.new("RGB", (64, 64), (20, 200, 90)).save(folder / "painter.preview.png")
+    added = [folder / "painter.safetensors", folder / "painter.yaml", folder / "painter.preview.png"]
+    try:
+        for ext in ("safetensors", "yaml"):  # the demo model again, with its config beside it
+            shutil.copyfile(ROOT / "models" / "builtin" / f"shapes-tiny.{ext}", folder / f"painter.{ext}")
+        Image.new("RGB", (64, 64), (20, 200, 90)).save(folder / "painter.preview.png")
 
-    open_accordion(page, "txt2img_extra_networks", "Extra networks")
-    page.locator("#txt2img_extra_refresh").click()  # the checkpoints' folder is read again too
-    open_tab(page, "txt2img_checkpoints_cards_tab")
-    urls = wait_for_gallery(page, "txt2img_checkpoints_cards", 2, timeout=90)
-    assert np.asarray(fetch_image(page, urls[0]).convert("RGB"))[8, 8].tolist() == [20, 200, 90]  # the user's first
-    cards = page.locator("#txt2img_checkpoints_cards .thumbnail-item")
-    expect(cards.first).to_contain_text("painter")
-    cards.first.click()
-    page.locator("#sd_status").get_by_text("Loaded painter.safetensors").wait_for(timeout=60_000)
-    page.wait_for_function("document.querySelector('#sd_checkpoint input').value.startsWith('painter.safetensors')")
-    cards.nth(1).click()  # the built-in demo model again
-    page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny.safetensors").wait_for(timeout=60_000)
+        open_accordion(page, "txt2img_extra_networks", "Extra networks")
+        page.locator("#txt2img_extra_refresh").click()  # the checkpoints' folder is read again too
+        open_tab(page, "txt2img_checkpoints_cards_tab")
+        wait_for_gallery(page, "txt2img_checkpoints_cards", 2, timeout=90)
+        cards = page.locator("#txt2img_checkpoints_cards .thumbnail-item")
+        painter, demo = cards.filter(has_text="painter"), cards.filter(has_text="shapes-tiny")
+        expect(painter).to_have_count(1)
+        picture = fetch_image(page, painter.locator("img").get_attribute("src"))
+        assert np.asarray(picture.convert("RGB"))[8, 8].tolist() == [20, 200, 90]  # the picture beside the file
+        painter.click()
+        page.locator("#sd_status").get_by_text("Loaded painter.safetensors").wait_for(timeout=60_000)
+        page.wait_for_function(
+            "document.querySelector('#sd_checkpoint input').value.startsWith('painter.safetensors')")
+        demo.click()  # the built-in demo model again
+        page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny.safetensors").wait_for(timeout=60_000)
+    finally:  # the module's other tests share the folder
+        for path in added:
+            path.unlink(missing_ok=True)

@@ -124,6 +124,26 @@ def test_heal_indexes_hand_added_files_drops_deleted_ones_and_skips_corrupt(engi
     assert rows_by_path(engine) == {} and not engine.history.delete(j["id"])
 
 
+def test_a_large_images_jpg_copy_is_not_another_picture(engine):
+    """export_for_4chan's NAME.jpg beside NAME.png: the scan skips it, drops it when an earlier scan listed it (an
+    A1111 folder), and deleting the picture deletes the copy too (or the next scan would list it)."""
+    outputs = engine.paths.outputs
+    png = outputs / "txt2img-images" / "2024-03-02" / "00011-4242.png"
+    _a1111_png(png, A1111_TEXT)
+    copy = png.with_suffix(".jpg")
+    Image.new("RGB", (40, 60), "white").save(copy, exif=images.exif_bytes(A1111_TEXT))
+    heal(engine)
+    assert set(rows_by_path(engine)) == {png.resolve().as_posix()}
+    engine.history.index.add_many([engine.history._read(str(copy), copy.stat())])  # as a scan before this change did
+    assert copy.resolve().as_posix() in rows_by_path(engine)
+    heal(engine)
+    assert set(rows_by_path(engine)) == {png.resolve().as_posix()}
+    row = rows_by_path(engine)[png.resolve().as_posix()]
+    assert engine.history.delete(row["id"]) and not png.exists() and not copy.exists()
+    heal(engine)
+    assert rows_by_path(engine) == {}
+
+
 def test_rescan_is_stopped_and_joined_by_the_queue(engine):
     folder = engine.paths.outputs / "txt2img-images"
     for i in range(40):

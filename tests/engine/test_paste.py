@@ -267,6 +267,10 @@ def test_styles_in_pasted_prompts_follow_infotext_styles(engine):  # noqa: F811
     request = schemas.Txt2ImgRequest(infotext=STYLED, prompt="my own")
     routes.apply_infotext(request, engine)
     assert request.prompt == "my own" and not request.styles
+    assert request.negative_prompt == "fog, blurry"  # the infotext's, whole
+    request = schemas.Txt2ImgRequest(infotext=STYLED, styles=["Ink"])
+    routes.apply_infotext(request, engine)
+    assert (request.prompt, request.styles) == ("a castle in ink, photo, sharp", ["Ink"])
     # a job from the pasted fields has the infotext's prompts again
     v = read("Apply if any")
     job = engine.txt2img(GenerationParams(prompt=v["prompt"], negative_prompt=v["negative_prompt"],

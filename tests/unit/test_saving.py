@@ -99,10 +99,17 @@ def test_large_images_get_a_jpg_copy_as_in_a1111(tmp_path):
     tall = save(tmp_path, noisy((60, 90)), target_side_length=45)
     with Image.open(tall.with_suffix(".jpg")) as im:
         assert im.size == (30, 45)
-    for kw in ({"export_for_4chan": False}, {"samples_format": "jpg"}, {}):  # off; a JPG already; not large
+    for kw in ({"export_for_4chan": False}, {}):  # off; not large
         saved = save(tmp_path, big if kw else noisy((40, 40)), target_side_length=150 if kw else 4000, **kw)
-        assert not saved.with_suffix(".jpg").exists() or saved.suffix == ".jpg"
+        assert not saved.with_suffix(".jpg").exists()
+    # a JPG job's own file is never rewritten as the downscaled copy (A1111 would, with Replace)
+    jpg = save(tmp_path, big, samples_format="jpg", target_side_length=150, save_images_add_number=False,
+               samples_filename_pattern="[seed]", save_images_replace_action="Replace")
+    with Image.open(jpg) as im:
+        assert jpg.suffix == ".jpg" and im.size == (300, 200)
     assert sorted(p.suffix for p in tmp_path.iterdir()).count(".jpg") == 4  # three copies and the JPG job
+    # a 16-bit picture gets no copy (it would be clipped); an error in the copy never costs the image
+    assert images.jpeg_of_large(Image.new("I;16", (300, 200)), 10 ** 9, Settings(), TEXT) is None
 
 
 def test_too_large_for_the_format_is_saved_as_png(tmp_path):

@@ -70,8 +70,12 @@ def _field(name: str) -> Apply:
     return apply
 
 
-def _override(name: str, boolean: bool = False) -> Apply:
+def _override(name: str, boolean: bool = False, strict: bool = False) -> Apply:
+    """An axis that sets setting `name` per cell; `boolean`: "true" (any case) is True, anything else False, or with
+    `strict` a 400 (A1111's Hypertile axes assert it)."""
     def apply(cur: dict[str, Any], x: Any, _xs: list[Any]) -> None:
+        if strict and str(x).strip().lower() not in ("true", "false"):
+            raise BadRequest(f"{name}: {x!r} is not true or false")
         value = str(x).strip().lower() == "true" if boolean else x
         cur["override_settings"] = {**cur["override_settings"], name: value}
     return apply
@@ -221,13 +225,13 @@ def axes(env: Env) -> list[Axis]:
              refused="FP8 weight storage is not implemented in this app"),
         Axis("Size", "str", _size),
         # A1111's built-in Hypertile extension adds these after the others
-        *(Axis(f"[Hypertile] {label}", "str", _override(name, True), choices=_bools) for label, name in (
+        *(Axis(f"[Hypertile] {label}", "str", _override(name, True, True), choices=_bools) for label, name in (
             ("Unet First pass Enabled", "hypertile_enable_unet"),
             ("Unet Second pass Enabled", "hypertile_enable_unet_secondpass"))),
         Axis("[Hypertile] Unet Max Depth", "int", _override("hypertile_max_depth_unet"), choices=_depths),
         Axis("[Hypertile] Unet Max Tile Size", "int", _override("hypertile_max_tile_unet")),
         Axis("[Hypertile] Unet Swap Size", "int", _override("hypertile_swap_size_unet")),
-        Axis("[Hypertile] VAE Enabled", "str", _override("hypertile_enable_vae", True), choices=_bools),
+        Axis("[Hypertile] VAE Enabled", "str", _override("hypertile_enable_vae", True, True), choices=_bools),
         Axis("[Hypertile] VAE Max Depth", "int", _override("hypertile_max_depth_vae"), choices=_depths),
         Axis("[Hypertile] VAE Max Tile Size", "int", _override("hypertile_max_tile_vae")),
         Axis("[Hypertile] VAE Swap Size", "int", _override("hypertile_swap_size_vae")),
