@@ -146,7 +146,7 @@ def top_bar(engine: Engine) -> TopBar:
     def set_option(name):
         def apply(value):
             try:
-                engine.set_options({name: int(value) if name == "CLIP_stop_at_last_layers" else value})
+                engine.set_options({name: settings_tab.typed(name, value)})  # a slider gives Clip skip a float
                 return ""
             except (BadRequest, CheckpointError) as e:
                 return _status_html(str(e))
