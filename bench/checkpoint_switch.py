@@ -1,7 +1,7 @@
 """Checkpoint switches with the files in the page cache ("warm"), our engine against diffusers' from_single_file.
 
     python bench/checkpoint_switch.py A.safetensors B.safetensors [C ...] [--rounds 3] [--vs-diffusers]
-                                      [--memory-limit GB]
+                                      [--memory-limit GB] [--checkpoints-limit N]
 
 Prints one JSON object to stdout (logs go to stderr). Every file is read once beforehand, so each load reads from
 the page cache. Our engine is built as webui.py builds it (`bootstrap.build_engine`) with the app's allocator
@@ -13,6 +13,10 @@ background hash does not share the CPU with them.
 Each switch reports its wall time, the process's CPU seconds and page faults, the peak RSS while it ran (sampled
 every 10 ms), the RSS after it, and whether the model in use was released before the read because the two would
 not fit together (`released_first`: ModelManager._crowded; `--memory-limit` makes that happen at any size).
+
+`--checkpoints-limit N`: then, in the same process, our engine again with the setting `sd_checkpoints_limit` at N
+(the first run has A1111's default, 1): switches back to a file still loaded read nothing (`kept`: the model
+switched to was one of those kept loaded).
 
 `--vs-diffusers`: then, in the same process, `StableDiffusionPipeline.from_single_file` (SDXL: its XL pipeline)
 loads the same files in the same order, with the same warm page cache; a script switching models drops the old
@@ -82,12 +86,13 @@ def switch_plan(files: list[Path], rounds: int) -> list[Path]:
 
 
 def run_ours(files: list[Path], rounds: int, plan: devices.DevicePlan, rss: RssSampler, memory_limit: float | None,
-             data_dir: Path) -> dict:
+             data_dir: Path, checkpoints_limit: int = 1) -> dict:
     p = paths.from_args(str(data_dir))
     paths.ensure_dirs(p)
     hashes = HashCache(p.hash_cache)
     engine = bootstrap.build_engine(p, plan, extra_files=tuple(files), hashes=hashes,
                                     limits=Limits(memory_limit_gb=memory_limit))
+    engine.options.update({"sd_checkpoints_limit": checkpoints_limit})
     try:
         LOG_FLAG.take()
         for f in files:  # each file's SHA-256 once, as after its first load (cached in cache.json)
@@ -96,9 +101,12 @@ def run_ours(files: list[Path], rounds: int, plan: devices.DevicePlan, rss: RssS
             engine.load_checkpoint(str(files[0]))
         switches = []
         for f in switch_plan(files, rounds):
+            before = engine.checkpoints.current
+            kept = [m for m in engine.checkpoints.kept_models() if m.info.filename == f]
             with Measured(rss) as m:
-                engine.load_checkpoint(str(f))
-            switches.append({"to": f.name, **m.figures(), "released_first": LOG_FLAG.take()})
+                model = engine.load_checkpoint(str(f))
+            switches.append({"to": f.name, **m.figures(), "released_first": LOG_FLAG.take(),
+                             "kept": bool(kept) and model is kept[0], "previous_released": before.released})
             log.info("ours: %s", json.dumps(switches[-1]))
     finally:
         engine.queue.stop()
@@ -194,6 +202,8 @@ def parse_args(argv=None):
     ap.add_argument("--vs-diffusers", action="store_true", help="then load the same files with diffusers")
     ap.add_argument("--memory-limit", type=float, default=None, metavar="GB",
                     help="our engine's --memory-limit (makes a switch release the model in use first)")
+    ap.add_argument("--checkpoints-limit", type=int, default=None, metavar="N",
+                    help="then our engine again with sd_checkpoints_limit N (several checkpoints kept loaded)")
     ap.add_argument("--use-cpu", nargs="*", default=["all"], help="as webui.py's flag (default: all)")
     args = ap.parse_args(argv)
     if len(args.checkpoints) < 2:
@@ -223,6 +233,12 @@ def main(argv=None) -> None:
         result["ours"] = run_ours(files, args.rounds, plan, rss, args.memory_limit, data_dir)
         gc.collect()
         malloc_trim()
+        if args.checkpoints_limit:
+            shutil.rmtree(data_dir, ignore_errors=True)
+            result[f"ours_checkpoints_limit_{args.checkpoints_limit}"] = run_ours(
+                files, args.rounds, plan, rss, args.memory_limit, data_dir, args.checkpoints_limit)
+            gc.collect()
+            malloc_trim()
         if args.vs_diffusers:
             result["diffusers"] = run_diffusers(files, args.rounds, plan, rss)
     finally:
@@ -237,7 +253,8 @@ def main(argv=None) -> None:
                          "torch_threads": torch.get_num_threads(), "device": plan.describe,
                          "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
                          "started": started.isoformat(timespec="seconds")}
-    result["settings"] = {"rounds": args.rounds, "memory_limit_gb": args.memory_limit}
+    result["settings"] = {"rounds": args.rounds, "memory_limit_gb": args.memory_limit,
+                          "checkpoints_limit": args.checkpoints_limit}
     real_stdout.write(json.dumps(result, indent=2) + "\n")
 
 

@@ -28,6 +28,15 @@ class Settings(BaseModel):
     # Stable Diffusion
     sd_model_checkpoint: str = Field("", description="Checkpoint title, name or hash")
     sd_vae: str = Field("Automatic", description="'Automatic', 'None' or a file name from models/VAE")
+    sd_checkpoints_limit: int = Field(
+        1, ge=1, le=10, description="Maximum number of checkpoints loaded at the same time: those used last stay "
+                                    "loaded, so switching back to one (a refiner, an X/Y/Z plot over checkpoints) "
+                                    "reads nothing. Each holds its whole size in memory (SD 1.5: 4 GB on a CPU, "
+                                    "SDXL: 10 GB); when a load or a job needs the room, they are released first. A "
+                                    "model in low-memory mode is never kept")
+    sd_checkpoints_keep_in_cpu: bool = Field(
+        True, description="Only keep one model on device: on a GPU, the others kept loaded wait in RAM (moved "
+                          "back when used; off: they stay in the GPU's memory)")
     sd_hypernetwork: str = Field("None", description="Add hypernetwork to prompt: 'None' or a name from "
                                                      "models/hypernetworks, appended as <hypernet:NAME:1.0> to "
                                                      "every prompt that does not name it")
@@ -352,7 +361,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Saving to a directory": ("save_to_dirs", "grid_save_to_dirs", "directories_filename_pattern",
                               "directories_max_prompt_words"),
     "Upscaling": ("ESRGAN_tile", "ESRGAN_tile_overlap", "DAT_tile", "DAT_tile_overlap", "upscaler_for_img2img"),
-    "Stable Diffusion": ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sdxl_clip_l_skip", "emphasis",
+    "Stable Diffusion": ("sd_model_checkpoint", "sd_checkpoints_limit", "sd_checkpoints_keep_in_cpu",
+                         "CLIP_stop_at_last_layers", "sdxl_clip_l_skip", "emphasis",
                          "randn_source", "tiling", "sd_hypernetwork"),
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),

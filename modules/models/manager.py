@@ -147,6 +147,22 @@ class LoadedModel:
     def released(self) -> bool:
         return next(self.unet.parameters()).is_meta
 
+    @property
+    def in_ram(self) -> bool:
+        """Whether the weights are in the CPU's memory (a CPU model, or one kept aside from a GPU)."""
+        return next(self.unet.parameters()).device.type == "cpu"
+
+    def move(self, device: torch.device) -> None:
+        """Move the weights to `device`: to the CPU while the model is kept loaded but not in use
+        (sd_checkpoints_keep_in_cpu on a GPU), back to the plan's device when it is used again. The LoRA backups are
+        on the CPU already, and `Module.to` keeps each Parameter object, so what the patcher holds stays valid; the
+        hypernetworks' modules are on the old device, so they are dropped (read again by the next job naming them).
+        The checkpoint's own VAE, parked while an external one is used, stays on the CPU."""
+        for module in (self.unet, self.vae, self.text.text_model, self.depth_model):
+            if module is not None:
+                module.to(device)
+        self.hypernets.forget()
+
     def weight_bytes(self) -> int:
         """Bytes this model's weights hold in memory (0 once released)."""
         return sum(low_memory.weight_bytes(module) for module in (self.unet, self.vae, self.own_vae,
@@ -198,15 +214,18 @@ class ModelManager:
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
         self._lock = threading.RLock()
         self.current: LoadedModel | None = None
+        # other checkpoints still loaded (the setting sd_checkpoints_limit), least recently used first: a switch
+        # back to one is instant; loads and jobs short of memory release them first (see load, release_kept)
+        self.kept: list[LoadedModel] = []
         self._header_configs: dict[tuple[str, float], ModelConfig | None] = {}
 
     # --- checkpoints -------------------------------------------------------------------------
     def config_of(self, info: CheckpointInfo) -> ModelConfig | None:
         """The checkpoint's config (family, default size): the loaded model's, else read from the file's header
         (cached per file and modification time); None when the file does not say (a .ckpt)."""
-        current = self.current
-        if current is not None and current.info.filename == info.filename:
-            return current.config
+        for model in (self.current, *self.kept):
+            if model is not None and model.info.filename == info.filename:
+                return model.config
         try:
             key = (str(info.filename), Path(info.filename).stat().st_mtime)
         except OSError:
@@ -247,45 +266,52 @@ class ModelManager:
         dtype = low_memory.STORAGE if low else plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None
         return dtype, TEXT_ENCODER_PREFIXES if self._text_in_file_type(low) else ()
 
-    def _crowded(self, info: CheckpointInfo, low: bool) -> str | None:
-        """Why `info` cannot be read while the current model stays in memory, or None when it can; NotEnoughMemory
-        when it does not fit even with the current model released (nothing is released then).
+    def _crowded(self, info: CheckpointInfo, low: bool) -> tuple[str, LoadedModel] | None:
+        """Why `info` cannot be read while the models loaded stay in memory, with the one to release first (the
+        least recently used of those kept, the current one last), or None when it can be read beside them;
+        NotEnoughMemory when it does not fit even with all of them released (nothing is released then).
         A load keeps the current model until the new one is built (a file that fails leaves it usable), which
-        holds both at once. Where the current one lives in RAM (a CPU; MPS shares it), the new one's weights are
+        holds both at once. Where the models live in RAM (a CPU; MPS shares it), the new one's weights are
         set against the RAM the system has available, or what --memory-limit leaves: with less than READ_MARGIN
-        to spare, holding both would push the machine into swap or the out-of-memory killer (two SDXL models take
-        24 GB on a CPU), so the current one is released first; with less than the weights and FIT_MARGIN even
-        counting the current model's memory and free swap, the read would end the same way, so it is refused.
+        to spare, holding them all would push the machine into swap or the out-of-memory killer (two SDXL models
+        take 24 GB on a CPU), so they are released first, one at a time; with less than the weights and FIT_MARGIN
+        even counting their memory and free swap, the read would end the same way, so it is refused.
         (macOS is only told to release: its compressed memory is not in what the system calls available.) A
-        GPU reads into RAM and frees the card's model before placing the new one: not checked here."""
-        if self.plan.device.type == "cuda":
-            return None
-        current = self.current if self.current is not None and not self.current.released else None
+        GPU reads into RAM and frees the card's model before placing the new one: only the models kept in RAM
+        beside it (sd_checkpoints_keep_in_cpu) are weighed, and released when the read needs their room."""
         cpu = torch.device("cpu")
+        held = [m for m in self.kept if not m.released]
+        if self.plan.device.type == "cuda":
+            held = [m for m in held if m.in_ram]
+            if not held:
+                return None
+        elif self.current is not None and not self.current.released:
+            held.append(self.current)
         free = devices.free_memory(cpu)
         if self.memory_limit is not None:
             free = min(free, max(0, self.memory_limit - devices.process_memory(cpu)))
         cast, keep = self._read_types(low)
         least, need = checkpoint_file.read_size(info.filename, cast, keep)  # differ only for a pickle
-        if current is not None and free >= need + READ_MARGIN:
+        if held and free >= need + READ_MARGIN:
             return None
-        held = current.weight_bytes() if current is not None else 0
+        held_bytes = sum(m.weight_bytes() for m in held)
         swap = devices.free_swap(cpu) if self.memory_limit is None else 0
-        if least + FIT_MARGIN > free + held + swap and sys.platform != "darwin":
+        names = " and ".join(m.info.name for m in held)
+        if least + FIT_MARGIN > free + held_bytes + swap and sys.platform != "darwin":
             where = "under --memory-limit" if self.memory_limit is not None else "in RAM" + (
                 " and swap" if swap else "")
-            with_current = f" with {current.info.name} released" if current is not None else ""
             advice = ""
             if not low and self.plan.unet_dtype == torch.float32 and cast is not None and cast.itemsize > 2:
                 advice = (f" Low-memory mode (Settings > Optimizations > low_memory, or --medvram) keeps its weights "
                           f"in 16 bits: {_size(checkpoint_file.read_size(info.filename, low_memory.STORAGE)[1])}.")
             raise NotEnoughMemory(f"{info.name} does not fit in memory: its weights take {_size(least)} once read, "
-                                  f"and {_size(free + held + swap)} is free {where}{with_current}.{advice}")
-        if current is None:
+                                  f"and {_size(free + held_bytes + swap)} is free {where}"
+                                  f"{f' with {names} released' if held else ''}.{advice}")
+        if not held:
             return None
-        return (f"{info.name} needs {_size(need)} and {_size(free)} is free beside {current.info.name}"
-                f"{' (--memory-limit)' if self.memory_limit is not None else ''}: releasing {current.info.name} "
-                "before reading it")
+        return (f"{info.name} needs {_size(need)} and {_size(free)} is free beside {names}"
+                f"{' (--memory-limit)' if self.memory_limit is not None else ''}: releasing {held[0].info.name} "
+                "before reading it"), held[0]
 
     def low_memory_applies(self, info: CheckpointInfo, mode: str) -> bool:
         """Whether `info` loads in low-memory mode under the setting `mode` (see low_memory.wanted): only where the
@@ -315,25 +341,40 @@ class ModelManager:
         return module.to(self.plan.device, dtype)
 
     def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
-             low: bool = False) -> LoadedModel:
+             low: bool = False, limit: int = 1, keep_in_cpu: bool = True) -> LoadedModel:
         """Load `info` in place of the current model. The current one is released once the new one is read and
         built, so a file that cannot be loaded leaves it usable; with `release_first` (a job switching to its
         refiner and back, where holding both would double the memory), or when the two would not fit in memory
         together (`_crowded`), it is released before reading; a file that would not fit even then is refused
         (NotEnoughMemory) with nothing released.
+        `limit` (the setting sd_checkpoints_limit) is how many checkpoints may stay loaded: over 1, the current
+        model is kept beside the new one (see `kept`; on a GPU moved to the CPU with `keep_in_cpu`) instead of
+        released, `release_first` included (holding both is what the setting asks for), unless it is in
+        low-memory mode, whose point is the memory. The least recently used kept models are released when there
+        would be more than `limit`, and before the current one when memory is short.
         The file's SHA-256 is not waited for: it is computed in the background (CheckpointRegistry.hash_later),
         and the title gains its `[hash]` when it is known. A load that takes over a second shows a console bar."""
         with self._lock, tqdm(total=LOAD_STEPS, desc=f"Loading {info.name}", unit="step", disable=None,
                               leave=False, delay=PROGRESS_AFTER_S) as bar:
             log.info("Loading weights from %s", info.filename)
-            crowded = self._crowded(info, low)  # NotEnoughMemory here leaves the current model as it is
-            if crowded and not release_first:
-                log.warning(crowded)
-            released = self.current.info.name if crowded and not release_first else None
-            if release_first or crowded:
-                # With unload's trim: reusing the freed heap instead made an SDXL switch 3.5 s faster but its peak
+            current = self.current
+            keep_current = (limit > 1 and current is not None and not current.released and not current.low_memory
+                            and current.info.filename != info.filename)
+            self.release_kept(limit - 1 - keep_current)
+            if release_first and not keep_current:
+                # With the trim: reusing the freed heap instead made an SDXL switch 3.5 s faster but its peak
                 # up to 2 GB higher (bench/README.md), and this is the path for when memory is short.
-                self.unload()
+                self._release_current()
+            released = None
+            # NotEnoughMemory here leaves every model as it is
+            while (crowded := self._crowded(info, low)) is not None:
+                why, model = crowded
+                if model is current:
+                    log.warning("%s", why)
+                    released, keep_current = current.info.name, False
+                    self._release_current()
+                    break
+                self._release_kept(model, why)  # a kept model: the cache the setting asked for, given up for the load
             if low and self.plan.device.type == "cpu":
                 devices.map_large_blocks()
             try:
@@ -344,7 +385,10 @@ class ModelManager:
                                           "uses it loads it again)") from None
                 raise
             start = time.perf_counter()
-            self._drop_current()  # only now: the new model is complete (the trim at the end frees its memory)
+            if keep_current and self.current is current:
+                self._set_aside(current, keep_in_cpu)
+            else:
+                self._drop_current()  # only now: the new model is complete (the trim at the end frees its memory)
             plan = self.plan
             unet = self._place(built.unet, plan.unet_dtype, low)
             text_model = self._place_text(built.text_encoder, low)
@@ -377,12 +421,68 @@ class ModelManager:
             return model
 
     def unload(self) -> None:
+        """Release every loaded model: the current one and those kept."""
         with self._lock:
-            if self.current is None:
-                return
-            self._drop_current()
-            gc.collect()
+            self.release_kept(0)
+            self._release_current()
+
+    def _release_current(self) -> None:
+        if self.current is None:
+            return
+        self._drop_current()
+        gc.collect()
+        devices.empty_cache(self.plan.device)
+
+    def release_kept(self, keep: int = 0, on: torch.device | None = None) -> int:
+        """Release the least recently used of the models kept loaded beside the current one until at most `keep`
+        remain; `on`: only those whose weights are on that device (a job short of its memory releases those).
+        Returns how many were released."""
+        with self._lock:
+            candidates = [m for m in self.kept if on is None or m.in_ram == (on.type == "cpu")]
+            extra = max(0, len(candidates) - max(0, keep))
+            for model in candidates[:extra]:
+                self._release_kept(model)
+            return extra
+
+    def _release_kept(self, model: LoadedModel, why: str | None = None) -> None:
+        log.info("%s", why or f"Releasing {model.info.name} (kept loaded beside the model in use)")
+        self.kept.remove(model)
+        where = torch.device("cpu") if model.in_ram else self.plan.device
+        model.release()
+        gc.collect()
+        devices.empty_cache(where)
+
+    def _set_aside(self, model: LoadedModel, keep_in_cpu: bool) -> None:
+        """Keep `model`, no longer the current one, loaded (on a GPU, in RAM with `keep_in_cpu`)."""
+        if keep_in_cpu and self.plan.device.type != "cpu":
+            model.move(torch.device("cpu"))
             devices.empty_cache(self.plan.device)
+        self.kept.append(model)
+        self.current = None
+
+    def _take_kept(self, info: CheckpointInfo, low: bool, limit: int, keep_in_cpu: bool) -> LoadedModel | None:
+        """The kept model of `info` made the current one, the current one kept in its place (set aside first, so a
+        GPU never holds both when they wait in RAM) or released when `limit` leaves it no room; None when none is
+        kept in this mode (a kept one in the other mode is released: the load that follows replaces it)."""
+        model = next((m for m in self.kept if m.info.filename == info.filename), None)
+        if model is None:
+            return None
+        if model.low_memory != low:
+            self._release_kept(model)
+            return None
+        self.kept.remove(model)
+        current = self.current
+        if current is not None:
+            if limit > 1 and not current.released and not current.low_memory:
+                self.release_kept(limit - 2)
+                self._set_aside(current, keep_in_cpu)
+            else:
+                self._release_current()
+        if model.in_ram and self.plan.device.type != "cpu":
+            model.move(self.plan.device)
+        self.current = model
+        log.info("Using %s again (it was kept loaded)", info.title)
+        return model
 
     def _drop_current(self) -> None:
         """Free the current model's weights (LoadedModel.release: whoever still holds it holds no memory)."""
@@ -391,19 +491,27 @@ class ModelManager:
             self.current = None
 
     def get(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
-            low_memory_mode: str = "Off") -> LoadedModel:
+            low_memory_mode: str = "Off", limit: int = 1, keep_in_cpu: bool = True) -> LoadedModel:
         """The model for `info` with the VAE `vae_choice`, in low-memory mode if the setting `low_memory_mode`
         says so for it, loading or switching only what changed (the mode changed: loaded again, the model in
-        use released first, since what it saves is memory)."""
+        use released first, since what it saves is memory). With `limit` over 1 (sd_checkpoints_limit), a model
+        kept loaded is used again without reading anything; see `load` for the rest."""
         with self._lock:
             low = self.low_memory_applies(info, low_memory_mode)
             current = self.current
             if current is not None and current.info.filename == info.filename:
                 if current.low_memory == low:
+                    self.release_kept(limit - 1)
                     self._apply_vae(current, vae_choice)
                     return current
                 release_first = True
-            return self.load(info, vae_choice, release_first, low)
+            else:
+                self.release_kept(limit - 1)  # a lowered limit: the extra ones go now
+                kept = self._take_kept(info, low, limit, keep_in_cpu)
+                if kept is not None:
+                    self._apply_vae(kept, vae_choice)
+                    return kept
+            return self.load(info, vae_choice, release_first, low, limit, keep_in_cpu)
 
     def depth_estimator(self, model: LoadedModel) -> torch.nn.Module:
         """The SD 2 depth model's MiDaS: the one its file carries, else models/midas/dpt_hybrid-midas-501f0c75.pt

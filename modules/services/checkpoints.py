@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from modules.hashing import HashTask
 from modules.jobs import Job, JobQueue
 from modules.models.checkpoint_file import CheckpointError, NotEnoughMemory
 from modules.models.manager import LoadedModel, ModelManager
 from modules.models.registry import CheckpointInfo, VaeInfo
 from modules.services.errors import BadRequest, UnusableCheckpoint
-from modules.settings import SettingsStore
+from modules.settings import Settings, SettingsStore
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,15 @@ class CheckpointService:
         """The loaded model, if any."""
         return self._models.current
 
+    def kept_models(self) -> list[LoadedModel]:
+        """The models kept loaded beside the current one (sd_checkpoints_limit), least recently used first."""
+        return list(self._models.kept)
+
+    def release_kept(self, on: torch.device) -> int:
+        """Release the models kept loaded beside the current one (sd_checkpoints_limit) whose weights are on
+        `on` (see ModelManager.release_kept); how many there were."""
+        return self._models.release_kept(0, on)
+
     def resolve(self, query: str | None = None) -> CheckpointInfo:
         """The checkpoint `query` names; without one the selected checkpoint, else the loaded one, else the
         first listed. BadRequest when there is none."""
@@ -132,14 +143,17 @@ class CheckpointService:
         return next((m for m in ("On", "SDXL only") if m in modes), "Off")
 
     def load_now(self, info: CheckpointInfo, vae: str, remember: bool = True, requested: str | None = None,
-                 release_first: bool = False, low_memory: str | None = None) -> LoadedModel:
+                 release_first: bool = False, settings: Settings | None = None) -> LoadedModel:
         """Make `info` the loaded model; `remember` records it as the selected checkpoint setting
         (not done for a per-request override, which A1111 restores afterwards). A file that cannot be
         loaded is a CheckpointError, or an UnusableCheckpoint (a 4xx) naming the field when the request
-        named it (`requested`: the field). `release_first`: see ModelManager.load; `low_memory`: the job's
-        setting (see low_memory_mode)."""
+        named it (`requested`: the field). `release_first`: see ModelManager.load; `settings`: the job's (else
+        the saved ones), for low_memory (see low_memory_mode) and how many checkpoints stay loaded
+        (sd_checkpoints_limit, sd_checkpoints_keep_in_cpu)."""
+        settings = settings if settings is not None else self._settings.values
         try:
-            model = self._models.get(info, vae, release_first, self.low_memory_mode(low_memory))
+            model = self._models.get(info, vae, release_first, self.low_memory_mode(settings.low_memory),
+                                     settings.sd_checkpoints_limit, settings.sd_checkpoints_keep_in_cpu)
         except NotEnoughMemory:
             raise  # names the checkpoint already, and is not the request's fault (507, not a 4xx)
         except CheckpointError as e:
@@ -182,7 +196,7 @@ class CheckpointService:
         return self.load(query, vae).info
 
     def unload(self) -> None:
-        """Free the loaded model (through the queue, so a running job finishes first). The next job, or
+        """Free the loaded models (through the queue, so a running job finishes first). The next job, or
         `reload`, loads the selected checkpoint again."""
         self._queue.run("unload", lambda job: self._models.unload())
 

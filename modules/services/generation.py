@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
@@ -25,6 +26,8 @@ from modules.services.errors import BadRequest
 from modules.services.output import OutputWriter, Write
 from modules.services.requests import Accepted, RequestResolver, sampler_numbers
 from modules.services.upscalers import UpscalerService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -190,21 +193,26 @@ class GenerationService:
         if run.model.low_memory and ctx.vae_tiling.mode == "Auto":  # its decode at 512x512 doubles its peak
             tiling = VaeTiling("Always", min(ctx.vae_tiling.tile, memory.LOW_MEMORY_TILE))
             run.accepted = dataclasses.replace(run.accepted, ctx=dataclasses.replace(ctx, vae_tiling=tiling))
-        device = run.model.device
-        free = devices.free_memory(device)
-        limit, limit_note = self._requests.limits.memory_limit_bytes, ""
-        if limit is not None:
-            left = max(0, limit - devices.process_memory(device))
-            if free is None or left < free:
-                free, limit_note = left, f" of the {memory.gib(limit)} --memory-limit allows"
-        if free is None:  # MPS: not known
-            return
-        try:
-            fitted = memory.fit(run.accepted.ctx, memory.ModelMemory.of(run.model), free,
-                                0 if limit_note else devices.free_swap(device), limit_note,
-                                text_memory(run.accepted.ctx, run.model.text))
-        except memory.NotEnoughMemory as e:
-            raise BadRequest(str(e)) from None
+        while True:
+            device = run.model.device
+            free = devices.free_memory(device)
+            limit, limit_note = self._requests.limits.memory_limit_bytes, ""
+            if limit is not None:
+                left = max(0, limit - devices.process_memory(device))
+                if free is None or left < free:
+                    free, limit_note = left, f" of the {memory.gib(limit)} --memory-limit allows"
+            if free is None:  # MPS: not known
+                return
+            try:
+                fitted = memory.fit(run.accepted.ctx, memory.ModelMemory.of(run.model), free,
+                                    0 if limit_note else devices.free_swap(device), limit_note,
+                                    text_memory(run.accepted.ctx, run.model.text))
+                break
+            except memory.NotEnoughMemory as e:
+                # the checkpoints kept loaded beside this one (sd_checkpoints_limit) are a cache: given up first
+                if not self._checkpoints.release_kept(device):
+                    raise BadRequest(str(e)) from None
+                log.info("Released the checkpoints kept loaded: this job needs their memory")
         if fitted.tiled_to_fit:
             ctx = dataclasses.replace(run.accepted.ctx, vae_tiling=fitted.tiling)
             run.accepted = dataclasses.replace(run.accepted, ctx=ctx)
@@ -216,12 +224,12 @@ class GenerationService:
                requested: str | None = None, switch: bool = False, state: JobState | None = None
                ) -> tuple[LoadedModel, ExtraNetworksUse]:
         """Load `info` (the job's checkpoint, or its refiner: `switch`, which releases the model in use first so
-        the two never share the memory) and make it ready for the job: the prompt's networks, the attention
-        settings, the family's settings, the U-Net backend. New warnings go to `result`; what a one-time step
-        (the OpenVINO conversion) is doing goes to `state.textinfo`."""
+        the two never share the memory, unless sd_checkpoints_limit keeps both) and make it ready for the job: the
+        prompt's networks, the attention settings, the family's settings, the U-Net backend. New warnings go to
+        `result`; what a one-time step (the OpenVINO conversion) is doing goes to `state.textinfo`."""
         settings, params = accepted.settings, accepted.ctx.params
         model = self._checkpoints.load_now(info, settings.sd_vae, remember=remember, requested=requested,
-                                           release_first=switch, low_memory=settings.low_memory)
+                                           release_first=switch, settings=settings)
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS],
                                                    [t for t in tags if t.kind in extra_networks.HYPERNET_KINDS])

@@ -184,6 +184,27 @@ def test_each_batch_starts_on_the_base_and_the_replaced_model_is_freed(engine):
     assert "Refiner" not in plain.infotexts[0] and engine.checkpoints.current.info.name == "base.safetensors"
 
 
+def test_with_two_checkpoints_kept_the_switches_read_nothing_and_give_the_same_pictures(engine):
+    """sd_checkpoints_limit 2: the base waits loaded while the refiner runs and the reverse, so a job with a refiner
+    reads each file once; the pictures equal those of the default (1), which releases and reads at every switch."""
+    single = engine.txt2img(job(n_iter=2, refiner_checkpoint="ref", refiner_switch_at=0.5))
+    engine.options.update({"sd_checkpoints_limit": 2})
+    try:
+        base = engine.load_checkpoint("base.safetensors")
+        both = engine.txt2img(job(n_iter=2, refiner_checkpoint="ref", refiner_switch_at=0.5))
+        refiner = engine.checkpoints.current
+        assert refiner.info.name == "ref.safetensors" and not base.released
+        again = engine.txt2img(job(n_iter=2, refiner_checkpoint="ref", refiner_switch_at=0.5))
+        assert engine.checkpoints.current is refiner and not base.released  # the same two objects throughout
+        assert engine.load_checkpoint("base.safetensors") is base
+        for result in (both, again):
+            assert [im.tobytes() for im in result.images] == [im.tobytes() for im in single.images]
+            assert result.infotexts == single.infotexts
+    finally:
+        engine.options.update({"sd_checkpoints_limit": 1})
+        engine.load_checkpoint("base.safetensors")
+
+
 @pytest.mark.parametrize("mode,refined_heights,key", [("second pass", {16}, None),
                                                       ("first pass", {8}, "Hires refiner: first pass"),
                                                       ("both passes", {8, 16}, "Hires refiner: both passes")])
