@@ -253,6 +253,10 @@ class Settings(BaseModel):
     show_progress_every_n_steps: int = Field(
         10, ge=-1, le=32, description="Show a new live preview every N sampling steps (0: every step; "
                                       "-1: only when a batch is done)")
+    live_preview_content: Literal["Combined", "Prompt", "Negative prompt"] = Field(
+        "Prompt", description="Live preview subject: 'Prompt' shows what the prompt alone predicts (each image's "
+                              "first AND part), 'Negative prompt' what the negative prompt alone predicts, "
+                              "'Combined' the guided prediction the sampler goes on from")
     live_preview_refresh_period: int = Field(
         1000, ge=10, le=60000, description="How often the page asks for progress and a new preview, in milliseconds")
     show_progress_type: Literal["Approx cheap", "TAESD", "Full"] = Field(
@@ -383,8 +387,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",
                   "hypertile_max_tile_unet", "hypertile_swap_size_unet", "hypertile_enable_vae",
                   "hypertile_max_depth_vae", "hypertile_max_tile_vae", "hypertile_swap_size_vae"),
-    "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "live_preview_refresh_period",
-                      "show_progress_type"),
+    "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "show_progress_type",
+                      "live_preview_content", "live_preview_refresh_period"),
     "Optimizations": ("cross_attention_optimization", "pad_cond_uncond", "pad_cond_uncond_v0", "skip_early_cond",
                       "s_min_uncond", "s_min_uncond_all", "token_merging_ratio", "token_merging_ratio_img2img",
                       "token_merging_ratio_hr", "batch_cond_uncond", "low_memory", "unet_backend"),

@@ -53,6 +53,11 @@ class Hooks:
     # (step, steps, x0) after each step, x0 its latest prediction of the clean latent: what a live preview
     # shows, and what a stopped batch is decoded from (A1111 returns the last denoised latent when interrupted)
     on_step: Callable[[int, int, torch.Tensor], None] | None = None
+    # A1111's live_preview_content for what a live preview shows: "Combined" (the x0 on_step gives), or the
+    # prediction of each image's "Prompt" (its first sub-prompt) or of the "Negative prompt" alone, given as x0 to
+    # `on_preview` after each step's on_step (not called for "Combined")
+    preview: str = "Combined"
+    on_preview: Callable[[torch.Tensor], None] | None = None
     check: Callable[[], None] | None = None  # raises JobInterrupted (stop) or JobSkipped (next batch)
     # a job with a refiner (ctx.refiner): load the refiner checkpoint / the job's own checkpoint again, each
     # made ready for the job (its networks and settings), returning the loaded model
@@ -151,6 +156,10 @@ class Denoiser:
         self.cfg_multiplier = 1.0  # DDIM CFG++ uses cfg_scale / 12.5
         self.keep_uncond = False  # DDIM CFG++ also needs the unconditional prediction: kept in last_uncond
         self.last_uncond: torch.Tensor | None = None
+        # what a live preview shows (Hooks.preview): "Prompt" / "Negative prompt" keep that prediction of the
+        # latest call in preview_out (the model's output, as the guided one); "Combined" keeps nothing
+        self.preview = "Combined"
+        self.preview_out: torch.Tensor | None = None
         self.pad = ""  # prompt and negative prompt of different lengths: "pad" / "v0" (JobContext.pad_conds)
 
     def rebind(self, model, cond: ComposableCond | Cond | torch.Tensor, uncond: ScheduledCond | Cond | torch.Tensor,
@@ -236,13 +245,16 @@ class Denoiser:
             stand_in = cond_out[0::k]
             if self.keep_uncond:
                 self.last_uncond = stand_in
+            self._keep_preview(stand_in, stand_in)  # A1111 puts the prompt's where the negative's would be
             out = stand_in.clone()
             for j, (_, weight) in enumerate(conds):
                 out += (cond_out[j::k] - stand_in) * weight
             return self._checked(out, x_in, t, conds, uncond)
         scale = self.cfg_scale * self.cfg_multiplier
         if scale == 1 and k == 1 and conds[0][1] == 1 and not self.keep_uncond:  # guidance gives the cond prediction
-            return self._checked(self._unet(x_in, t, cond_context, ic_cond, cond_pooled), x_in, t, conds, uncond)
+            out = self._unet(x_in, t, cond_context, ic_cond, cond_pooled)
+            self._keep_preview(out, out)  # (the negative prompt is not run: its preview shows the prompt's)
+            return self._checked(out, x_in, t, conds, uncond)
         if length == uncond_context.shape[1] and self.batch_cond_uncond:
             ic_both = ic_cond if ic_cond is None or ic_cond.shape[0] == 1 else torch.cat([ic_cond, ic_uncond])
             pooled_both = None if cond_pooled is None else torch.cat([cond_pooled, uncond_pooled])
@@ -254,10 +266,17 @@ class Denoiser:
             uncond_out = self._unet(x_in, t, uncond_context, ic_uncond, uncond_pooled, [(n, self.uncond_inputs)])
         if self.keep_uncond:
             self.last_uncond = uncond_out
+        self._keep_preview(cond_out[0::k], uncond_out)
         out = uncond_out.clone()
         for j, (_, weight) in enumerate(conds):
             out += (cond_out[j::k] - uncond_out) * (weight * scale)
         return self._checked(out, x_in, t, conds, uncond)
+
+    def _keep_preview(self, prompt: torch.Tensor, negative: torch.Tensor) -> None:
+        """Keep the prediction the live preview shows (see `preview`): each image's first sub-prompt's, as
+        A1111's `denoised_image_indexes`, or the negative prompt's."""
+        if self.preview != "Combined":
+            self.preview_out = prompt if self.preview == "Prompt" else negative
 
     def _padded(self, cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompt's and the negative prompt's contexts made one length so that they go through the U-Net in one
@@ -365,6 +384,14 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     return out if start is None else start.final(out)
 
 
+def _previewing(denoiser: Denoiser, hooks: Hooks) -> list[torch.Tensor] | None:
+    """Set the denoiser to keep the prediction a live preview shows (Hooks.preview); the list a sampler then puts
+    its x0 in, or None when the preview shows the guided x0 (or nobody looks)."""
+    showing = hooks.preview if hooks.on_preview is not None else "Combined"
+    denoiser.preview, denoiser.preview_out = showing, None
+    return [] if showing != "Combined" else None
+
+
 def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
                       choice: samplers.SamplerChoice, generators: list, hooks: Hooks, start: Start | None
                       ) -> torch.Tensor:
@@ -390,6 +417,7 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
 
     masked = start is not None and start.mask is not None
     blended_x0: list[torch.Tensor] = []  # masked: the x0 of the latest call, from the input the U-Net was given
+    preview = _previewing(denoiser, hooks)  # the x0 of the prediction a live preview shows, when not the guided one
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if hooks.check:
@@ -403,9 +431,14 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
         if denoiser.keep_uncond:
             u = denoiser.last_uncond
             last_uncond.append(a_t.sqrt() * u + (1 - a_t).sqrt() * x if v_model else u)
-        e = a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
+        def eps_of(out: torch.Tensor) -> torch.Tensor:
+            return a_t.sqrt() * out + (1 - a_t).sqrt() * x if v_model else out
+
+        e = eps_of(out)
         if masked:  # A1111's preview and interrupted result: the prediction from the blended input
             blended_x0[:] = [(x - (1 - a_t).sqrt() * e) / a_t.sqrt()]
+        if preview is not None and denoiser.preview_out is not None:  # A1111's get_pred_x0, from the same input
+            preview[:] = [(x - (1 - a_t).sqrt() * eps_of(denoiser.preview_out)) / a_t.sqrt()]
         return e
 
     shape = tuple(noise.shape[1:])
@@ -415,6 +448,8 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
     def on_step(i: int, latent: torch.Tensor, x0: torch.Tensor) -> None:
         if hooks.on_step:
             hooks.on_step(i + 1, total, blended_x0[0] if blended_x0 else x0)
+        if preview:
+            hooks.on_preview(preview[0])
 
     return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
                              on_step, **kwargs)
@@ -433,6 +468,7 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
         x = x + noise * start.extra_noise
     lcm_log = None if prepared.lcm_log_sigmas is None else prepared.lcm_log_sigmas.to(noise.device)
     table = schedules.model_sigmas(model.alphas_cumprod).to(noise.device)
+    preview = _previewing(denoiser, hooks)  # the x0 of the prediction a live preview shows, when not the guided one
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if hooks.check:
@@ -443,12 +479,22 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
         level = float(sigma.reshape(-1)[0])
         if lcm_log is not None:  # LCM: A1111 reads the output as eps at the grid timestep, then LCM-scales it
             t = ksampling.lcm_timestep(sigma, lcm_log, len(log_sigmas))
-            x0 = ksampling.lcm_x0(x, sigma, denoiser(x * c_in, t, level), t)
+
+            def x0_of(out: torch.Tensor) -> torch.Tensor:
+                return ksampling.lcm_x0(x, sigma, out, t)
         elif v_model:  # k-diffusion's CompVisVDenoiser scalings
-            out = denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas), level)
-            x0 = x * (1 / (sigma ** 2 + 1)) + out * (-sigma / (sigma ** 2 + 1) ** 0.5)
+            t = schedules.sigma_to_t(sigma, log_sigmas)
+
+            def x0_of(out: torch.Tensor) -> torch.Tensor:
+                return x * (1 / (sigma ** 2 + 1)) + out * (-sigma / (sigma ** 2 + 1) ** 0.5)
         else:
-            x0 = x + denoiser(x * c_in, schedules.sigma_to_t(sigma, log_sigmas), level) * -sigma
+            t = schedules.sigma_to_t(sigma, log_sigmas)
+
+            def x0_of(out: torch.Tensor) -> torch.Tensor:
+                return x + out * -sigma
+        x0 = x0_of(denoiser(x * c_in, t, level))
+        if preview is not None and denoiser.preview_out is not None:  # A1111: not blended with the init latent
+            preview[:] = [x0_of(denoiser.preview_out)]
         return x0 if start is None else start.blend(x0, sigma)  # the init latent outside the mask
 
     if choice.spec.brownian_noise and seeds is not None:
@@ -464,6 +510,8 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     def on_step(i: int, latent: torch.Tensor, x0: torch.Tensor) -> None:
         if hooks.on_step:
             hooks.on_step(min(i + 1, total), total, x0)
+        if preview:
+            hooks.on_preview(preview[0])
 
     return prepared.function(denoise, x, sigmas, step_noise, on_step, **prepared.kwargs)
 

@@ -324,7 +324,13 @@ class GenerationService:
             state.sampling_step, state.current_latent = step, latent
             bar.update((state.job_no - first) * steps + step - bar.n)
 
+        def on_preview(latent) -> None:  # after on_step: the prediction live_preview_content names instead
+            state.current_latent = latent
+
         hooks.on_batch, hooks.on_step = on_batch, on_step
+        settings = run.accepted.settings
+        if settings.live_previews_enable and settings.live_preview_content != "Combined":
+            hooks.preview, hooks.on_preview = settings.live_preview_content, on_preview
         state.partial = run.result  # the UI shows the images as they are finished
         return bar
 

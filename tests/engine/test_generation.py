@@ -299,3 +299,25 @@ def test_batch_cond_uncond_off_runs_two_smaller_unet_batches_for_the_same_image(
     assert set(together) == {2} and set(batches) == {1} and len(batches) == 2 * len(together)
     diff = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
     assert diff.max() <= 2
+
+
+def test_a_jobs_live_preview_shows_what_live_preview_content_names(engine):
+    """The job's state (what /progress and the page's preview draw) holds the prediction the setting names after
+    each step: A1111's default "Prompt", the prompt's own; "Combined" and live previews off, the guided x0 the
+    sampler goes on from (with Euler, the last one is the result's latent). Run in this thread, so the state is
+    read as the last step left it."""
+    from modules.jobs import Job
+
+    def last_preview(**settings) -> torch.Tensor:
+        accepted = engine.requests.accept("txt2img", params(sampler_name="Euler", steps=3, save_images=False,
+                                                            override_settings=settings))
+        job = Job(id="preview", kind="txt2img", fn=lambda _job: None)
+        engine.generation.run_accepted(job, accepted)
+        return job.state.current_latent
+
+    combined = last_preview(live_preview_content="Combined")
+    assert torch.equal(last_preview(live_preview_content="Prompt", live_previews_enable=False), combined)
+    prompt, default = last_preview(live_preview_content="Prompt"), last_preview()
+    negative = last_preview(live_preview_content="Negative prompt")
+    assert torch.equal(prompt, default)
+    assert (prompt - combined).abs().max() > 1e-3 and (negative - prompt).abs().max() > 1e-3

@@ -222,6 +222,37 @@ def test_each_step_reports_its_x0_prediction(model, name):
     assert (reported[0][2] - out).abs().max() > 1e-3  # the first step's prediction is not yet the result
 
 
+@pytest.mark.parametrize("name", ["Euler", "DPM++ 2M", "DDIM", "LCM"])
+def test_the_live_preview_shows_the_prompts_or_the_negative_prompts_own_prediction(model, name):
+    """A1111's live_preview_content (sd_samplers_cfg_denoiser.py): at the first call, from the same noise, the
+    "Prompt" preview is the x0 a CFG 1 job on the prompt predicts, and the "Negative prompt" preview the x0 a CFG 1
+    job on the negative prompt predicts; "Combined" calls no on_preview. What on_step is given (what a stopped
+    batch is decoded from) stays the guided prediction whatever the setting. (These samplers report their first
+    step after one call; UniPC and PLMS call twice first, and share DDIM's path.)"""
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("blurry, dark")[None]
+
+    def run(c, u, scale, preview="Combined"):
+        gens = rng.create_generators([3], "CPU", torch.device("cpu"))
+        noise = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
+        steps_x0, previews = [], []
+        hooks = pipeline.Hooks(on_step=lambda i, n, x0: steps_x0.append(x0), preview=preview,
+                               on_preview=previews.append)
+        with torch.no_grad():
+            pipeline.sample(model, pipeline.Denoiser(model, c, u, scale), noise, samplers.resolve(name), 4, gens,
+                            hooks)
+        return steps_x0, previews
+
+    guided, none = run(cond, uncond, 5.0)
+    assert none == []
+    same, prompt = run(cond, uncond, 5.0, "Prompt")
+    assert all(torch.equal(a, b) for a, b in zip(guided, same)) and len(prompt) == len(guided)
+    assert_close(prompt[0], run(cond, cond, 1.0)[0][0], 1e-5)
+    assert (prompt[0] - guided[0]).abs().max() > 1e-3
+    _, negative = run(cond, uncond, 5.0, "Negative prompt")
+    assert_close(negative[0], run(uncond, uncond, 1.0)[0][0], 1e-5)
+    assert (negative[0] - prompt[0]).abs().max() > 1e-3
+
+
 def test_restart_is_heun_below_20_steps_and_deterministic(model):
     cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
     inner = K.CompVisModel(model.unet, model.alphas_cumprod)
