@@ -236,6 +236,11 @@ class Settings(BaseModel):
         description="Quicksettings list: settings shown in the top bar rather than in Settings (names such as "
                     "token_merging_ratio; the checkpoint, SD VAE and Clip skip are always there; takes effect when "
                     "the server restarts)")
+    send_seed: bool = Field(True, description="Send seed when sending prompt or image to other interface (the "
+                                              "results' Send to img2img / inpaint)")
+    send_size: bool = Field(True, description="Send size when sending prompt or image to another interface: img2img "
+                                              "gets the picture's own size (a Hires. fix result's, not its first "
+                                              "pass's)")
     keyedit_precision_attention: float = Field(
         0.1, ge=0.01, le=0.2, description="Ctrl+up/down precision when editing (attention:1.1) in a prompt box")
     keyedit_precision_extra: float = Field(
@@ -380,8 +385,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
                            "uni_pc_lower_order_final"),
-    "User interface": ("quicksettings_list", "return_grid", "keyedit_precision_attention", "keyedit_precision_extra",
-                       "keyedit_delimiters", "keyedit_delimiters_whitespace", "keyedit_move"),
+    "User interface": ("quicksettings_list", "return_grid", "send_seed", "send_size", "keyedit_precision_attention",
+                       "keyedit_precision_extra", "keyedit_delimiters", "keyedit_delimiters_whitespace",
+                       "keyedit_move"),
     "Infotext": ("add_model_name_to_info", "add_model_hash_to_info", "add_vae_name_to_info", "add_vae_hash_to_info",
                  "add_version_to_infotext", "infotext_styles"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",

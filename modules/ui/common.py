@@ -69,11 +69,21 @@ def sampler_controls(tab: str, default_sampler: str = "DPM++ 2M") -> dict[str, g
     return {"sampler_name": sampler, "scheduler": scheduler, "steps": steps}
 
 
+MAX_SIDE = 2048  # the Width and Height sliders' maximum
+
+
+def slider_size(width: int, height: int) -> tuple[int, int]:
+    """A picture's size as the Width and Height sliders can hold it: each side to the nearest multiple of 8 (what
+    a job needs), at least 64, and a picture over MAX_SIDE scaled down to it with its shape kept."""
+    scale = min(1.0, MAX_SIDE / max(width, height, 1))
+    return tuple(min(MAX_SIDE, max(64, int(side * scale / 8 + 0.5) * 8)) for side in (width, height))
+
+
 def size_controls(tab: str, size: tuple[int, int]) -> tuple[dict[str, gr.components.Component], gr.Button]:
     with gr.Row(elem_id=f"{tab}_dimensions_row"):
         with gr.Column(scale=6):
-            width = gr.Slider(64, 2048, value=size[0], step=8, label="Width", elem_id=f"{tab}_width")
-            height = gr.Slider(64, 2048, value=size[1], step=8, label="Height", elem_id=f"{tab}_height")
+            width = gr.Slider(64, MAX_SIDE, value=size[0], step=8, label="Width", elem_id=f"{tab}_width")
+            height = gr.Slider(64, MAX_SIDE, value=size[1], step=8, label="Height", elem_id=f"{tab}_height")
         swap = gr.Button(SWAP, elem_id=f"{tab}_res_switch_btn", min_width=40, scale=0, size="sm",
                          elem_classes="sd-tool")
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False)

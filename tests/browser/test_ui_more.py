@@ -395,7 +395,10 @@ def set_options(url: str, **values) -> None:
 # ---------------------------------------------------------------- txt2img extras
 
 
-def test_hires_fix_from_the_page(page):
+def test_hires_fix_from_the_page(page, ui_server):
+    """Hires. fix from the page; its result sent to img2img gives img2img the picture's own size (A1111's
+    send_size: 192x192, not the infotext's first-pass 128x128) and seed; with send_size and send_seed off, the
+    results' Send to leaves img2img's size and seed as they are."""
     fill_text(page, "txt2img_prompt", PROMPT)
     set_number(page, "txt2img_steps", 4)
     set_number(page, "txt2img_seed", 12)
@@ -415,6 +418,24 @@ def test_hires_fix_from_the_page(page):
     for needle in ("Steps: 4,", "Size: 128x128", "Seed: 12,", "Denoising strength: 0.7", "Hires upscale: 1.5",
                    "Hires steps: 3", "Hires upscaler: Latent"):
         assert needle in infotext, (needle, infotext)
+
+    page.locator("#txt2img_send_to_img2img").click()
+    expect(page.locator("#tab_img2img-button")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#img2img_width input[type=number]")).to_have_value("192")
+    assert read_value(page, "img2img_height") == "192" and read_value(page, "img2img_seed") == "12"
+    url = ui_server[0]
+    set_options(url, send_size=False, send_seed=False)
+    try:
+        set_number(page, "img2img_width", 256)
+        set_number(page, "img2img_seed", 5)
+        fill_text(page, "img2img_prompt", "something else")
+        open_tab(page, "tab_txt2img")
+        page.locator("#txt2img_send_to_img2img").click()
+        expect(page.locator("#img2img_prompt textarea")).to_have_value(PROMPT)  # the send is done
+        assert read_value(page, "img2img_width") == "256" and read_value(page, "img2img_height") == "192"
+        assert read_value(page, "img2img_seed") == "5"
+    finally:
+        set_options(url, send_size=True, send_seed=True)
 
 
 def test_sparkles_button_upscales_the_selected_image_with_hires_fix(page):

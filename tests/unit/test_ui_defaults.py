@@ -88,3 +88,15 @@ def test_a_default_that_follows_the_model_is_not_a_change(tmp_path):
     assert defaults.changes(page) == []
     (tmp_path / "ui-config.json").write_text("[]", encoding="utf-8")  # replaced meanwhile by something else
     assert "no longer holds a JSON object" in defaults.apply(31, "DPM++ 2M", False, "", -1, 0)
+
+
+def test_a_sent_pictures_size_fits_the_sliders():
+    """Send to img2img gives the picture's own size (send_size) as the Width and Height sliders hold it: multiples
+    of 8 (what a job accepts), at least 64, a picture over 2048 scaled down with its shape kept."""
+    from modules.ui.common import slider_size
+
+    assert slider_size(192, 192) == (192, 192)
+    assert slider_size(1000, 750) == (1000, 752)
+    assert slider_size(4096, 2048) == (2048, 1024)
+    assert slider_size(3000, 1000) == (2048, 680)
+    assert slider_size(30, 500) == (64, 504)
