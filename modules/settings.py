@@ -258,6 +258,8 @@ class Settings(BaseModel):
     show_progress_every_n_steps: int = Field(
         10, ge=-1, le=32, description="Show a new live preview every N sampling steps (0: every step; "
                                       "-1: only when a batch is done)")
+    show_progress_grid: bool = Field(True, description="Show previews of all images generated in a batch (side by "
+                                                       "side; off: the first image's)")
     live_preview_content: Literal["Combined", "Prompt", "Negative prompt"] = Field(
         "Prompt", description="Live preview subject: 'Prompt' shows what the prompt alone predicts (each image's "
                               "first AND part), 'Negative prompt' what the negative prompt alone predicts, "
@@ -393,7 +395,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",
                   "hypertile_max_tile_unet", "hypertile_swap_size_unet", "hypertile_enable_vae",
                   "hypertile_max_depth_vae", "hypertile_max_tile_vae", "hypertile_swap_size_vae"),
-    "Live previews": ("live_previews_enable", "show_progress_every_n_steps", "show_progress_type",
+    "Live previews": ("live_previews_enable", "show_progress_grid", "show_progress_every_n_steps", "show_progress_type",
                       "live_preview_content", "live_preview_refresh_period"),
     "Optimizations": ("cross_attention_optimization", "pad_cond_uncond", "pad_cond_uncond_v0", "skip_early_cond",
                       "s_min_uncond", "s_min_uncond_all", "token_merging_ratio", "token_merging_ratio_img2img",

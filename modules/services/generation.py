@@ -320,15 +320,17 @@ class GenerationService:
         def on_batch(index: int) -> None:
             state.job_no, state.sampling_step = first + index, 0
 
+        settings = run.accepted.settings
+        every = slice(None) if settings.show_progress_grid else slice(0, 1)  # the batch's previews, or the first's
+
         def on_step(step: int, steps: int, latent) -> None:
-            state.sampling_step, state.current_latent = step, latent
+            state.sampling_step, state.current_latent = step, latent[every]
             bar.update((state.job_no - first) * steps + step - bar.n)
 
         def on_preview(latent) -> None:  # after on_step: the prediction live_preview_content names instead
-            state.current_latent = latent
+            state.current_latent = latent[every]
 
         hooks.on_batch, hooks.on_step = on_batch, on_step
-        settings = run.accepted.settings
         if settings.live_previews_enable and settings.live_preview_content != "Combined":
             hooks.preview, hooks.on_preview = settings.live_preview_content, on_preview
         state.partial = run.result  # the UI shows the images as they are finished

@@ -321,3 +321,19 @@ def test_a_jobs_live_preview_shows_what_live_preview_content_names(engine):
     negative = last_preview(live_preview_content="Negative prompt")
     assert torch.equal(prompt, default)
     assert (prompt - combined).abs().max() > 1e-3 and (negative - prompt).abs().max() > 1e-3
+
+
+def test_show_progress_grid_off_previews_the_batchs_first_image(engine):
+    """A1111's show_progress_grid: on (the default), the preview holds every image of the batch; off, the first
+    one's, the same prediction."""
+    from modules.jobs import Job
+
+    def last_preview(**settings) -> torch.Tensor:
+        accepted = engine.requests.accept("txt2img", params(sampler_name="Euler", steps=2, batch_size=2,
+                                                            save_images=False, override_settings=settings))
+        job = Job(id="preview", kind="txt2img", fn=lambda _job: None)
+        engine.generation.run_accepted(job, accepted)
+        return job.state.current_latent
+
+    both, first = last_preview(), last_preview(show_progress_grid=False)
+    assert both.shape[0] == 2 and first.shape[0] == 1 and torch.equal(first, both[:1])
