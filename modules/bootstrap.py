@@ -64,7 +64,7 @@ def build_engine(p: paths.Paths, plan: devices.DevicePlan, *, limits: Limits | N
     history = HistoryService(HistoryIndex(p.history_db), p, options, limits.max_input_pixels)
     queue.on_stop(history.stop)  # nor any history rescan
     output = OutputWriter(p, history)
-    networks = NetworksService(loras, embeddings, hypernetworks)
+    networks = NetworksService(loras, embeddings, hypernetworks, checkpoint_files)
     generation = GenerationService(requests, checkpoints, models, queue, output, decode_budget, upscalers)
     return Engine(
         paths=p, limits=limits, folders=folders, device=plan, tokenizer=models.tokenizer, queue=queue,

@@ -47,6 +47,10 @@ class Settings(BaseModel):
     extra_networks_default_multiplier: float = Field(
         1.0, ge=0.0, le=2.0, description="Default multiplier for extra networks: the weight a click on a Lora card "
                                          "(without a preferred weight) or a Hypernetworks card writes")
+    sd_vae_overrides_per_model_preferences: bool = Field(
+        True, description="Selected VAE overrides per-model preferences: an SD VAE other than Automatic wins over "
+                          "a checkpoint's preferred VAE (its card's Edit card) and the VAE beside it; off, those "
+                          "two come first")
     sd_vae_encode_method: Literal["Full", "TAESD"] = Field(
         "Full", description="VAE type for encoding img2img inputs and Hires. fix's pixel upscales: 'Full' the "
                             "model's VAE, 'TAESD' the tiny autoencoder (much faster, less faithful; needs "
@@ -379,7 +383,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
     "Extra Networks": ("extra_networks_default_multiplier", "lora_show_all", "lora_hide_unknown_for_versions"),
-    "VAE": ("sd_vae", "sd_vae_encode_method", "sd_vae_decode_method", "vae_tiling", "vae_tile_size"),
+    "VAE": ("sd_vae", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method", "sd_vae_decode_method",
+            "vae_tiling", "vae_tile_size"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_extra_noise", "img2img_fix_steps",
                 "img2img_background_color", "img2img_color_correction", "return_mask", "return_mask_composite",
                 "depth_map_show", "img2img_batch_show_results_limit"),

@@ -25,7 +25,7 @@ from transformers import CLIPTokenizer
 from modules import devices
 from modules.hashing import PROGRESS_AFTER_S
 from modules.models import (checkpoint_file, depth, families, hypernetwork, loader, lora, low_memory, openvino_unet,
-                            taesd, vae_family)
+                            taesd, user_metadata, vae_family)
 from modules.models.checkpoint_file import CheckpointError, NotEnoughMemory
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.family import TEXT_ENCODER_PREFIXES, BuiltModel, ModelConfig, ModelFamily
@@ -218,6 +218,7 @@ class ModelManager:
         # back to one is instant; loads and jobs short of memory release them first (see load, release_kept)
         self.kept: list[LoadedModel] = []
         self._header_configs: dict[tuple[str, float], ModelConfig | None] = {}
+        self._missing_preferred: set[tuple[Path, str]] = set()  # (checkpoint, preferred VAE) said to be missing
 
     # --- checkpoints -------------------------------------------------------------------------
     def config_of(self, info: CheckpointInfo) -> ModelConfig | None:
@@ -341,7 +342,8 @@ class ModelManager:
         return module.to(self.plan.device, dtype)
 
     def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
-             low: bool = False, limit: int = 1, keep_in_cpu: bool = True) -> LoadedModel:
+             low: bool = False, limit: int = 1, keep_in_cpu: bool = True, vae_overrides: bool = True
+             ) -> LoadedModel:
         """Load `info` in place of the current model. The current one is released once the new one is read and
         built, so a file that cannot be loaded leaves it usable; with `release_first` (a job switching to its
         refiner and back, where holding both would double the memory), or when the two would not fit in memory
@@ -409,7 +411,7 @@ class ModelManager:
             self.checkpoints.hash_later(info)  # in the background: the first job's sampling overlaps it
             self.current = model
             bar.update(1)
-            self._apply_vae(model, vae_choice)
+            self._apply_vae(model, vae_choice, vae_overrides)
             bar.update(1)
             devices.empty_cache(plan.device)  # the file's 16-bit tensors, read and cast one at a time, are freed
             model.load_seconds = seconds + time.perf_counter() - start
@@ -491,7 +493,8 @@ class ModelManager:
             self.current = None
 
     def get(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
-            low_memory_mode: str = "Off", limit: int = 1, keep_in_cpu: bool = True) -> LoadedModel:
+            low_memory_mode: str = "Off", limit: int = 1, keep_in_cpu: bool = True,
+            vae_overrides: bool = True) -> LoadedModel:
         """The model for `info` with the VAE `vae_choice`, in low-memory mode if the setting `low_memory_mode`
         says so for it, loading or switching only what changed (the mode changed: loaded again, the model in
         use released first, since what it saves is memory). With `limit` over 1 (sd_checkpoints_limit), a model
@@ -502,16 +505,16 @@ class ModelManager:
             if current is not None and current.info.filename == info.filename:
                 if current.low_memory == low:
                     self.release_kept(limit - 1)
-                    self._apply_vae(current, vae_choice)
+                    self._apply_vae(current, vae_choice, vae_overrides)
                     return current
                 release_first = True
             else:
                 self.release_kept(limit - 1)  # a lowered limit: the extra ones go now
                 kept = self._take_kept(info, low, limit, keep_in_cpu)
                 if kept is not None:
-                    self._apply_vae(kept, vae_choice)
+                    self._apply_vae(kept, vae_choice, vae_overrides)
                     return kept
-            return self.load(info, vae_choice, release_first, low, limit, keep_in_cpu)
+            return self.load(info, vae_choice, release_first, low, limit, keep_in_cpu, vae_overrides)
 
     def depth_estimator(self, model: LoadedModel) -> torch.nn.Module:
         """The SD 2 depth model's MiDaS: the one its file carries, else models/midas/dpt_hybrid-midas-501f0c75.pt
@@ -643,22 +646,37 @@ class ModelManager:
         model.hypernets.apply(chain)
 
     # --- VAE ---------------------------------------------------------------------------------
-    def resolve_vae(self, checkpoint: CheckpointInfo, choice: str) -> VaeInfo | None:
-        """The external VAE file to use, or None for the checkpoint's own."""
+    def resolve_vae(self, checkpoint: CheckpointInfo, choice: str, overrides: bool = True) -> VaeInfo | None:
+        """The external VAE file to use, or None for the checkpoint's own, in A1111's order (sd_vae.resolve_vae):
+        with `overrides` (the setting sd_vae_overrides_per_model_preferences) a choice other than Automatic wins;
+        else the checkpoint's preferred VAE (its card's user metadata "vae": a name, or "None" for its own), then a
+        VAE beside the checkpoint (NAME.vae.safetensors), then the choice."""
         choice = (choice or "Automatic").strip()
-        if choice == "None":
-            return None
-        if choice == "Automatic":
+        if choice == "Automatic" or not overrides:
+            preferred = user_metadata.preferred_vae(checkpoint.filename)
+            if preferred == "None":
+                return None
+            if preferred != "Automatic":
+                found = self.vaes.find(preferred)
+                if found is not None:
+                    return found
+                if (checkpoint.filename, preferred) not in self._missing_preferred:  # said once, as A1111 goes on
+                    self._missing_preferred.add((checkpoint.filename, preferred))
+                    log.warning("The preferred VAE %r of %s (its card's user metadata) is not in the VAE folders; "
+                                "using %s", preferred, checkpoint.name, "the VAE beside it or the setting's")
             beside = VaeRegistry.beside(checkpoint.filename)
-            return VaeInfo(beside.resolve(), beside.name) if beside else None
+            if beside:
+                return VaeInfo(beside.resolve(), beside.name)
+        if choice in ("None", "Automatic"):
+            return None
         found = self.vaes.find(choice)
         if found is None:
             raise CheckpointError(f"VAE {choice!r} not found. Available: Automatic, None"
                                   + "".join(f", {v.name}" for v in self.vaes.list()))
         return found
 
-    def _apply_vae(self, model: LoadedModel, choice: str) -> None:
-        wanted = self.resolve_vae(model.info, choice)
+    def _apply_vae(self, model: LoadedModel, choice: str, overrides: bool = True) -> None:
+        wanted = self.resolve_vae(model.info, choice, overrides)
         current = model.vae_info.filename if model.vae_info else None
         if (wanted.filename if wanted else None) == current:
             return

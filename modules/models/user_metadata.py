@@ -58,6 +58,12 @@ def read(model_file: str | Path) -> dict[str, Any]:
         return {}
 
 
+def preferred_vae(checkpoint_file: str | Path) -> str:
+    """A checkpoint's preferred VAE, A1111's user metadata "vae": a VAE's name, "None" (the checkpoint's own), or
+    "Automatic" when it names none (or the file is missing or broken)."""
+    return UserMetadata.of(read(checkpoint_file)).vae or "Automatic"
+
+
 def description_file(model_file: str | Path) -> str:
     """The text of `NAME.txt` or `NAME.description.txt` beside the file (A1111's `find_description`), or ""."""
     base = Path(model_file).with_suffix("")
@@ -79,6 +85,7 @@ class UserMetadata:
     activation_text: str = ""
     preferred_weight: float = 0.0
     negative_text: str = ""
+    vae: str = ""  # a checkpoint's preferred VAE: a VAE's name, "None" (its own) or "Automatic"; "": none chosen
 
     @classmethod
     def of(cls, data: dict[str, Any], description: str = "") -> UserMetadata:
@@ -99,7 +106,7 @@ class UserMetadata:
         return cls(description=text("description") or description, notes=text("notes"),
                    sd_version=version if version in SD_VERSIONS else "Unknown",
                    activation_text=text("activation text"), preferred_weight=weight,
-                   negative_text=text("negative text"))
+                   negative_text=text("negative text"), vae=text("vae").strip())
 
     def checked(self) -> UserMetadata:
         """Self, or ValueError naming the field that A1111's editor could not have produced."""
@@ -112,10 +119,10 @@ class UserMetadata:
         return self
 
 
-def write(model_file: str | Path, meta: UserMetadata, lora: bool) -> Path:
+def write(model_file: str | Path, meta: UserMetadata, lora: bool, checkpoint: bool = False) -> Path:
     """Save `meta` into the file's `NAME.json` atomically, keeping every other key already there; the LoRA
-    keys are written only for a LoRA (A1111's editors for the other kinds have description and notes).
-    Returns the JSON file's path."""
+    keys are written only for a LoRA, the preferred VAE ("vae") only for a checkpoint (A1111's editors for the
+    other kinds have description and notes). Returns the JSON file's path."""
     meta.checked()
     path = path_for(model_file)
     data = _load(path)  # BrokenFile: left for the user to fix rather than replaced
@@ -126,6 +133,8 @@ def write(model_file: str | Path, meta: UserMetadata, lora: bool) -> Path:
         data["activation text"] = meta.activation_text
         data["preferred weight"] = float(meta.preferred_weight)
         data["negative text"] = meta.negative_text
+    if checkpoint:
+        data["vae"] = meta.vae
     fileio.atomic_write_json(path, data)
     return path
 

@@ -133,7 +133,8 @@ class CheckpointService:
     def check_vae_for_current(self, name: str) -> None:
         """Refuse a VAE choice the loaded model could not use (a bad name), before the setting changes."""
         if self.current is not None:
-            self._models.resolve_vae(self.current.info, name)
+            self._models.resolve_vae(self.current.info, name,
+                                     self._settings.values.sd_vae_overrides_per_model_preferences)
 
     # --- loading (inside a job: the queue's worker) --------------------------------------------
     def low_memory_mode(self, setting: str | None = None) -> str:
@@ -153,7 +154,8 @@ class CheckpointService:
         settings = settings if settings is not None else self._settings.values
         try:
             model = self._models.get(info, vae, release_first, self.low_memory_mode(settings.low_memory),
-                                     settings.sd_checkpoints_limit, settings.sd_checkpoints_keep_in_cpu)
+                                     settings.sd_checkpoints_limit, settings.sd_checkpoints_keep_in_cpu,
+                                     settings.sd_vae_overrides_per_model_preferences)
         except NotEnoughMemory:
             raise  # names the checkpoint already, and is not the request's fault (507, not a 4xx)
         except CheckpointError as e:

@@ -13,16 +13,18 @@ from modules.generation import extra_networks
 from modules.models.embeddings import Embedding, EmbeddingRegistry
 from modules.models.hypernetwork import HypernetworkInfo, HypernetworkRegistry
 from modules.models import user_metadata
+from modules.models.registry import CheckpointRegistry
 from modules.models.lora import LoraInfo, LoraRegistry
 from modules.models.user_metadata import UserMetadata
 
 
 class NetworksService:
     def __init__(self, loras: LoraRegistry, embeddings: EmbeddingRegistry,
-                 hypernetworks: HypernetworkRegistry | None = None):
+                 hypernetworks: HypernetworkRegistry | None = None, checkpoints: CheckpointRegistry | None = None):
         self._loras = loras
         self._embeddings = embeddings
         self._hypernetworks = hypernetworks if hypernetworks is not None else HypernetworkRegistry((), loras.hashes)
+        self._checkpoints = checkpoints  # for the Checkpoints tab's Edit card
 
     def loras(self) -> list[LoraInfo]:
         return self._loras.list()
@@ -75,6 +77,8 @@ class NetworksService:
             return list(self._embeddings.all().values())
         if tab == "Hypernetworks":
             return self._hypernetworks.list()
+        if tab == "Checkpoints" and self._checkpoints is not None:
+            return self._checkpoints.list()
         return []
 
     def _entry(self, tab: str, path: str):
@@ -86,7 +90,9 @@ class NetworksService:
         """The listed card of that tab whose file is `path` (files of the same name in two folders are two cards),
         its user metadata read now."""
         info = self._entry(tab, path)
-        return extra_networks.card_of(tab, info) if info is not None else None
+        if info is None:
+            return None
+        return extra_networks.checkpoint_card(info) if tab == "Checkpoints" else extra_networks.card_of(tab, info)
 
     def _listed(self, tab: str, path: str) -> extra_networks.Card:
         card = self.find_card(tab, path)
@@ -99,7 +105,7 @@ class NetworksService:
         find_card): a client never names a path to write. ValueError for an unlisted card, a bad value, or a
         NAME.json that is there but broken (it is the user's to fix, not ours to replace)."""
         card = self._listed(tab, path)
-        user_metadata.write(card.path, meta, lora=card.tab == "Lora")
+        user_metadata.write(card.path, meta, lora=card.tab == "Lora", checkpoint=card.tab == "Checkpoints")
         return self._listed(tab, path)
 
     def replace_preview(self, tab: str, path: str, image: Image.Image, infotext: str | None

@@ -4,8 +4,8 @@ the prompt, or takes it out again when it is already there (as A1111's cards do)
 activation text and negative text, and sets its weight.
 
 "Edit card" is A1111's user-metadata editor: description, notes and, for a LoRA, Stable Diffusion version,
-activation text, preferred weight and negative text, saved as `NAME.json` beside the file; "Replace preview" makes
-the image selected in the results the card's picture."""
+activation text, preferred weight and negative text, for a checkpoint its preferred VAE, saved as `NAME.json` beside
+the file; "Replace preview" makes the image selected in the results the card's picture."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from modules.ui.progress import note_html
 CARD_SIZE = 192
 TABS = ("Textual Inversion", "Hypernetworks", "Lora")  # the networks' tabs (their cards add tags, Edit card edits)
 CHECKPOINTS = "Checkpoints"  # a card loads its checkpoint (wire_checkpoints)
+EDITABLE = (*TABS, CHECKPOINTS)  # the cards Edit card edits (a checkpoint's: description, notes, preferred VAE)
 SHOWN = ("Textual Inversion", "Hypernetworks", CHECKPOINTS, "Lora")  # the tabs in A1111's order
 
 
@@ -44,6 +45,7 @@ class CardEditor:
     activation: gr.Textbox
     weight: gr.Slider
     negative: gr.Textbox
+    vae: gr.Dropdown  # a checkpoint's preferred VAE
     notes: gr.Textbox
     facts: gr.HTML
     save: gr.Button
@@ -132,9 +134,9 @@ def _gallery_value(cards: list[extra_networks.Card]) -> list:
 
 def _choices(cards: dict[str, list[extra_networks.Card]]) -> list[tuple[str, str]]:
     """(label, value) per card; a name two files share is told apart by the file's folder."""
-    names = [c.name for tab in TABS for c in cards.get(tab, [])]
+    names = [c.name for tab in EDITABLE for c in cards.get(tab, [])]
     out = []
-    for tab in TABS:
+    for tab in EDITABLE:
         for c in cards.get(tab, []):
             where = f" ({Path(c.path).parent.name})" if names.count(c.name) > 1 else ""
             out.append((f"{tab}: {c.name}{where}", f"{tab}:{c.path}"))
@@ -160,6 +162,10 @@ def _build_editor(tab: str, cards: dict[str, list[extra_networks.Card]]) -> Card
                                    elem_id=f"{tab}_extra_edit_weight")
                 negative = gr.Textbox(label="Negative prompt", info="Will be added to negative prompts",
                                       visible=False, elem_id=f"{tab}_extra_edit_negative")
+                # a name the file holds but the VAE folders lack (a folder shared with A1111) is shown as it is
+                vae = gr.Dropdown(["Automatic", "None"], value="Automatic", label="Preferred VAE",
+                                  info="Used with this checkpoint while SD VAE is Automatic (Settings > VAE)",
+                                  allow_custom_value=True, visible=False, elem_id=f"{tab}_extra_edit_vae")
                 notes = gr.Textbox(label="Notes", lines=3, elem_id=f"{tab}_extra_edit_notes")
             with gr.Column(scale=1, min_width=200):
                 facts = gr.HTML("", elem_id=f"{tab}_extra_edit_facts")
@@ -167,8 +173,8 @@ def _build_editor(tab: str, cards: dict[str, list[extra_networks.Card]]) -> Card
             save = gr.Button("Save", variant="primary", elem_id=f"{tab}_extra_edit_save")
             replace_preview = gr.Button("Replace preview", elem_id=f"{tab}_extra_edit_replace_preview")
         status = gr.HTML("", elem_id=f"{tab}_extra_edit_status")
-    return CardEditor(card, description, sd_version, tags, gr.State([]), activation, weight, negative, notes, facts,
-                      save, replace_preview, status)
+    return CardEditor(card, description, sd_version, tags, gr.State([]), activation, weight, negative, vae, notes,
+                      facts, save, replace_preview, status)
 
 
 def build(engine: Engine, tab: str) -> CardsView:
@@ -184,8 +190,9 @@ def build(engine: Engine, tab: str) -> CardsView:
             gr.HTML("<span class='sd-hint'>Click a card to add its tag to the prompt (click again to take it out). "
                     "Files go into models/Lora, models/hypernetworks and embeddings/; a NAME.png beside a file is "
                     "its card image, and Edit card keeps notes, activation text and a preferred weight in a "
-                    "NAME.json beside it. A checkpoint's card loads it. The Lora tab lists the networks made for "
-                    "the loaded model's version (Settings > Extra Networks).</span>")
+                    "NAME.json beside it. A checkpoint's card loads it; its Edit card keeps a preferred VAE. The "
+                    "Lora tab lists the networks made for the loaded model's version (Settings > Extra "
+                    "Networks).</span>")
         with gr.Tabs():
             for name in SHOWN:
                 key = name.lower().replace(" ", "_")
@@ -255,6 +262,13 @@ def wire_checkpoints(engine: Engine, view: CardsView, checkpoint: gr.Dropdown):
     return view.galleries[CHECKPOINTS].select(chosen, inputs=view.cards, outputs=checkpoint, queue=False)
 
 
+def _vae_choices(engine: Engine, kept: str = "") -> list[str]:
+    """The Preferred VAE's choices: Automatic, None, the VAE files, and `kept` (what the card's file names) even
+    when it is not among them, so that saving other fields keeps it."""
+    names = ["Automatic", "None", *(v.name for v in engine.checkpoints.vaes())]
+    return names + [kept] if kept and kept not in names else names
+
+
 def _split_choice(choice: str | None) -> tuple[str, str]:
     tab, _, path = (choice or "").partition(":")
     return tab, path
@@ -284,29 +298,32 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
     editor = view.editor
 
     def refreshed(choice):
-        engine.checkpoints.refresh()  # as A1111's Refresh, the checkpoints' folders too
+        engine.checkpoints.refresh()  # as A1111's Refresh, the checkpoints' folders too (and the VAEs, for the editor)
+        engine.checkpoints.refresh_vaes()
         return _relisted(engine, view, choice)
 
     view.refresh.click(refreshed, inputs=editor.card,
                        outputs=[view.cards] + list(view.galleries.values()) + [editor.card])
 
-    shown = [editor.description, editor.sd_version, editor.activation, editor.weight, editor.negative, editor.notes,
-             editor.facts, editor.tags, editor.tag_list, editor.status]
+    shown = [editor.description, editor.sd_version, editor.activation, editor.weight, editor.negative, editor.vae,
+             editor.notes, editor.facts, editor.tags, editor.tag_list, editor.status]
 
     def show(choice):
         card = engine.networks.find_card(*_split_choice(choice))
         if card is None:
             hidden = gr.update(visible=False)
-            return ["", hidden, hidden, hidden, hidden, "", "", gr.Dataset(samples=[], visible=False), [],
+            return ["", hidden, hidden, hidden, hidden, hidden, "", "", gr.Dataset(samples=[], visible=False), [],
                     note_html("That card is gone: press Refresh.") if choice else ""]
-        lora = card.tab == "Lora"
+        lora, checkpoint = card.tab == "Lora", card.tab == CHECKPOINTS
         meta = card.meta
         training = engine.networks.lora_metadata(card.path) if lora else {}  # read once for the tags and facts
         tags = user_metadata.dataset_tags(training)
         return [meta.description, gr.update(value=card.sd_version, visible=lora),
                 gr.update(value=meta.activation_text, visible=lora),
                 gr.update(value=meta.preferred_weight, visible=lora),
-                gr.update(value=meta.negative_text, visible=lora), meta.notes, _facts_html(card, training),
+                gr.update(value=meta.negative_text, visible=lora),
+                gr.update(choices=_vae_choices(engine, meta.vae), value=meta.vae or "Automatic", visible=checkpoint),
+                meta.notes, _facts_html(card, training),
                 gr.Dataset(samples=[[f"{tag} ({count})"] for tag, count in tags], visible=bool(tags)),
                 [tag for tag, _ in tags], ""]
 
@@ -320,21 +337,26 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
     editor.tags.click(add_tag, inputs=[editor.activation, editor.tag_list, editor.tags], outputs=editor.activation,
                       queue=False)
 
-    def save(choice, description, sd_version, activation, weight, negative_text, notes):
+    def save(choice, description, sd_version, activation, weight, negative_text, vae, notes):
         tab, path = _split_choice(choice)
         if not path:
             return [gr.skip()] * (1 + len(view.galleries)) + [note_html("Choose a card first.")]
         try:
+            card = engine.networks.find_card(tab, path)
+            vae = (vae or "Automatic").strip()
+            if tab == CHECKPOINTS and card is not None and vae not in _vae_choices(engine, card.meta.vae):
+                raise ValueError(f"VAE {vae!r} not found (Preferred VAE: Automatic, None or a file in the VAE "
+                                 "folders; press Refresh if you just added it)")
             engine.networks.save_user_metadata(tab, path, UserMetadata(
                 description=description or "", notes=notes or "", sd_version=sd_version or "Unknown",
                 activation_text=activation or "", preferred_weight=float(weight or 0.0),
-                negative_text=negative_text or ""))
+                negative_text=negative_text or "", vae=vae))
         except (ValueError, OSError) as e:
             return [gr.skip()] * (1 + len(view.galleries)) + [note_html(f"Not saved: {e}")]
         return _cards_and_galleries(engine, view) + [note_html(f"Saved {Path(path).with_suffix('.json').name}")]
 
     editor.save.click(save, inputs=[editor.card, editor.description, editor.sd_version, editor.activation,
-                                     editor.weight, editor.negative, editor.notes],
+                                     editor.weight, editor.negative, editor.vae, editor.notes],
                       outputs=[view.cards] + list(view.galleries.values()) + [editor.status])
 
     def replace_preview(choice, gallery, infotexts, index):

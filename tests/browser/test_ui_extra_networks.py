@@ -156,7 +156,7 @@ def test_search_hides_cards_and_a_click_still_names_the_card_shown(page, ui_serv
 
 def test_a_checkpoint_card_loads_its_checkpoint(page, ui_server):
     """A1111's Checkpoints tab among the cards: each checkpoint with its picture beside the file; a click selects it
-    in the top bar and loads it."""
+    in the top bar and loads it. Its Edit card keeps a preferred VAE in NAME.json ("vae", as A1111's)."""
     import shutil
 
     from tests.support.server import ROOT
@@ -164,7 +164,8 @@ def test_a_checkpoint_card_loads_its_checkpoint(page, ui_server):
     _, data, _ = ui_server
     folder = data / "models" / "Stable-diffusion"
     folder.mkdir(parents=True, exist_ok=True)
-    added = [folder / "painter.safetensors", folder / "painter.yaml", folder / "painter.preview.png"]
+    added = [folder / "painter.safetensors", folder / "painter.yaml", folder / "painter.preview.png",
+             folder / "painter.json"]
     try:
         for ext in ("safetensors", "yaml"):  # the demo model again, with its config beside it
             shutil.copyfile(ROOT / "models" / "builtin" / f"shapes-tiny.{ext}", folder / f"painter.{ext}")
@@ -185,6 +186,18 @@ def test_a_checkpoint_card_loads_its_checkpoint(page, ui_server):
             "document.querySelector('#sd_checkpoint input').value.startsWith('painter.safetensors')")
         demo.click()  # the built-in demo model again
         page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny.safetensors").wait_for(timeout=60_000)
+
+        open_accordion(page, "txt2img_extra_edit", "Edit card")
+        select_option(page, "txt2img_extra_edit_card", "Checkpoints: painter")
+        expect(block(page, "txt2img_extra_edit_vae")).to_be_visible()
+        expect(block(page, "txt2img_extra_edit_activation")).to_be_hidden()  # the LoRA fields are not a checkpoint's
+        assert read_value(page, "txt2img_extra_edit_vae") == "Automatic"
+        select_option(page, "txt2img_extra_edit_vae", "None")
+        fill_text(page, "txt2img_extra_edit_notes", "its own VAE")
+        page.locator("#txt2img_extra_edit_save").click()
+        expect(block(page, "txt2img_extra_edit_status")).to_contain_text("Saved painter.json")
+        saved = json.loads((folder / "painter.json").read_text())
+        assert saved["vae"] == "None" and saved["notes"] == "its own VAE" and "activation text" not in saved
     finally:  # the module's other tests share the folder
         for path in added:
             path.unlink(missing_ok=True)

@@ -184,6 +184,49 @@ def test_vae_automatic_beside_and_from_models_vae(engine, data_dir):
         engine.txt2img(params(save_images=False, override_settings={"sd_vae": "missing.pt"}))
 
 
+def test_a_checkpoints_preferred_vae_comes_in_a1111s_order(engine, data_dir, caplog):
+    """The card's user metadata "vae" (A1111's Preferred VAE, sd_vae.resolve_vae): with SD VAE Automatic it wins over
+    the VAE beside the checkpoint, "None" keeps the checkpoint's own; a VAE chosen in SD VAE wins over it unless
+    sd_vae_overrides_per_model_preferences is off; a preferred VAE that is not there is said once and the VAE
+    beside the checkpoint is used."""
+    import json
+
+    folder = data_dir / "models" / "Stable-diffusion"
+    own = engine.txt2img(params(save_images=False)).images[0].tobytes()
+    (data_dir / "models" / "VAE").mkdir(parents=True, exist_ok=True)
+    for name, seed in (("preferred.safetensors", 97), ("chosen.safetensors", 96)):
+        vae_sd = ldm_export.vae_to_ldm(tiny_models.build("sd1", seed=seed).vae.state_dict(), 4, prefix="")
+        ldm_export.save(data_dir / "models" / "VAE" / name, vae_sd)
+    beside_sd = ldm_export.vae_to_ldm(tiny_models.build("sd1", seed=95).vae.state_dict(), 4, prefix="")
+    ldm_export.save(folder / "sd1.vae.safetensors", beside_sd)
+    engine.checkpoints.refresh_vaes()
+
+    def job(**settings):
+        result = engine.txt2img(params(save_images=False, override_settings=settings))
+        vae = infotext.parse(result.infotexts[0]).get("VAE")
+        return vae, result.images[0].tobytes()
+
+    def prefer(value):
+        (folder / "sd1.json").write_text(json.dumps({"description": "kept", "vae": value}))
+
+    assert job()[0] == "sd1.vae.safetensors"
+    prefer("preferred.safetensors")
+    assert job()[0] == "preferred.safetensors"
+    assert job(sd_vae="chosen.safetensors")[0] == "chosen.safetensors"
+    assert job(sd_vae="chosen.safetensors", sd_vae_overrides_per_model_preferences=False)[0] == \
+        "preferred.safetensors"
+    prefer("None")
+    assert job() == (None, own)  # the checkpoint's own, over the one beside it
+    assert job(sd_vae="chosen.safetensors")[0] == "chosen.safetensors"
+    prefer("gone.safetensors")
+    with caplog.at_level("WARNING", logger="modules.models.manager"):
+        assert job()[0] == "sd1.vae.safetensors" and job()[0] == "sd1.vae.safetensors"
+    assert len([r for r in caplog.records if "gone.safetensors" in r.getMessage()]) == 1
+    (folder / "sd1.json").unlink()
+    (folder / "sd1.vae.safetensors").unlink()
+    assert job() == (None, own)
+
+
 def test_a_vae_that_says_it_is_for_sdxl_is_warned_about_on_an_sd1_model(engine, data_dir):
     vae_sd = ldm_export.vae_to_ldm(tiny_models.build("sd1", seed=98).vae.state_dict(), 4, prefix="")
     folder = data_dir / "models" / "VAE"

@@ -85,8 +85,17 @@ def test_read_and_write_keep_a1111s_keys_and_any_other(tmp_path):
                     "preferred weight": 1.25, "negative text": "", "notes": "notes", "modelId": 1234}
     # an embedding's or hypernetwork's editor has description and notes only
     emb = tmp_path / "shiny.pt"
-    user_metadata.write(emb, UserMetadata("d", "n", activation_text="ignored"), lora=False)
+    user_metadata.write(emb, UserMetadata("d", "n", activation_text="ignored", vae="ignored"), lora=False)
     assert json.loads((tmp_path / "shiny.json").read_text()) == {"description": "d", "notes": "n"}
+    # a checkpoint's: description, notes and its preferred VAE (A1111's "vae"), other keys kept
+    ckpt = tmp_path / "painter.safetensors"
+    assert user_metadata.preferred_vae(ckpt) == "Automatic"  # no file
+    (tmp_path / "painter.json").write_text(json.dumps({"vae": 3, "rating": 5}), encoding="utf-8")
+    assert user_metadata.preferred_vae(ckpt) == "Automatic"  # not a name
+    user_metadata.write(ckpt, UserMetadata("d", "n", vae="vae-ft-mse.safetensors"), lora=False, checkpoint=True)
+    assert json.loads((tmp_path / "painter.json").read_text()) == {
+        "description": "d", "notes": "n", "vae": "vae-ft-mse.safetensors", "rating": 5}
+    assert user_metadata.preferred_vae(ckpt) == "vae-ft-mse.safetensors"
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\xff\xfe"])
