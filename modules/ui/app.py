@@ -282,7 +282,11 @@ def build(engine: Engine) -> Page:
         for view in (t2i.cards, i2i.cards):  # the Lora cards follow the model's version
             for event in chosen:
                 extra_networks_ui.follow_model(engine, view, event)
-        common_wiring(engine, bar, tabs, t2i, i2i, png, post, hist)
+        def cards_follow(loaded) -> None:  # a pasted infotext's checkpoint, once loaded: the Lora cards follow too
+            for view in (t2i.cards, i2i.cards):
+                extra_networks_ui.follow_model(engine, view, loaded)
+
+        common_wiring(engine, bar, tabs, t2i, i2i, png, post, hist, cards_follow)
         history_tab.select(hist.refresh[0], inputs=hist.refresh[1], outputs=hist.refresh[2], queue=False)
         # a new merged checkpoint joins the top bar's list at once (the selection stays)
         merge_tab.merged.then(lambda: gr.Dropdown(choices=_checkpoint_titles(engine)), outputs=bar.checkpoint,
@@ -295,8 +299,10 @@ def build(engine: Engine) -> Page:
 
 
 def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2ImgTab, i2i: img2img.Img2ImgTab,
-                  png: pnginfo.PngInfoTab, post: extras.ExtrasTab, hist: history.HistoryTab | None = None) -> None:
-    """Paste and "Send to" (from PNG Info, History, the galleries): infotexts fill a tab's fields and the top bar."""
+                  png: pnginfo.PngInfoTab, post: extras.ExtrasTab, hist: history.HistoryTab | None = None,
+                  on_load=None) -> None:
+    """Paste and "Send to" (from PNG Info, History, the galleries): infotexts fill a tab's fields and the top bar.
+    `on_load(event)`: called with each load of a checkpoint an infotext names (what follows the model chains on it)."""
     common.wire_output_panel(engine, t2i.panel, t2i.seed, "outdir_txt2img_samples")
     common.wire_output_panel(engine, i2i.panel, i2i.seed, "outdir_img2img_samples")
     top = [bar.clip_skip, bar.checkpoint]
@@ -326,7 +332,9 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
             values.pop("seed", None)
 
     def after(event):
-        load_selected(engine, bar, event)
+        loaded = load_selected(engine, bar, event)
+        if on_load is not None:
+            on_load(loaded)
 
     # PNG Info -> txt2img / img2img / inpaint
     t2i_fields = list(t2i.fields.values())

@@ -201,3 +201,42 @@ def test_a_checkpoint_card_loads_its_checkpoint(page, ui_server):
     finally:  # the module's other tests share the folder
         for path in added:
             path.unlink(missing_ok=True)
+
+
+def test_the_lora_cards_follow_a_checkpoint_a_pasted_infotext_loads(page, ui_server):
+    """A pasted infotext that names an SDXL checkpoint here loads it, and the Lora tab then lists the networks made
+    for SDXL, as after a choice in the top bar; the demo model again lists those for SD 1."""
+    from tests.support import tiny_models
+
+    _, data, _ = ui_server
+    lora_dir, folder = data / "models" / "Lora", data / "models" / "Stable-diffusion"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    xl = folder / "tiny-xl.safetensors"
+    added = [xl, xl.with_suffix(".yaml"), lora_dir / "only-xl.safetensors", lora_dir / "only-sd1.safetensors"]
+    try:
+        tiny_models.build("sdxl", seed=3).write(xl)
+        for name, version in (("only-xl", "sdxl_base_v1-0"), ("only-sd1", "sd_v1")):
+            save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
+                       "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4)},
+                      str(lora_dir / f"{name}.safetensors"), {"ss_base_model_version": version})
+        open_accordion(page, "txt2img_extra_networks", "Extra networks")
+        open_tab(page, "txt2img_lora_cards_tab")
+        page.locator("#txt2img_extra_refresh").click()  # the new LoRA and checkpoint are listed
+        cards = page.locator("#txt2img_lora_cards .thumbnail-item")
+        expect(cards.filter(has_text="only-sd1")).to_have_count(1, timeout=90_000)
+        expect(cards.filter(has_text="only-xl")).to_have_count(0)
+
+        fill_text(page, "txt2img_prompt", "a cat\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Model: tiny-xl")
+        page.locator("#txt2img_paste").click()
+        page.locator("#sd_status").get_by_text("Loaded tiny-xl.safetensors").wait_for(timeout=90_000)
+        expect(cards.filter(has_text="only-xl")).to_have_count(1, timeout=30_000)
+        expect(cards.filter(has_text="only-sd1")).to_have_count(0)
+
+        fill_text(page, "txt2img_prompt", "a cat\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Model: shapes-tiny")
+        page.locator("#txt2img_paste").click()
+        page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny.safetensors").wait_for(timeout=90_000)
+        expect(cards.filter(has_text="only-sd1")).to_have_count(1, timeout=30_000)
+    finally:  # the module's other tests share the folders
+        for path in added:
+            path.unlink(missing_ok=True)
