@@ -59,10 +59,18 @@ def tabs_read_on_click(inputs: list, indexes: dict[gr.Number, list]) -> str:
         " return args; }")
 
 
-def sampler_controls(tab: str, default_sampler: str = "DPM++ 2M") -> dict[str, gr.components.Component]:
+def visible_samplers(hidden: list[str]) -> list[str]:
+    """The sampler names the page lists: all but those the setting hide_samplers names (A1111's)."""
+    return [s.name for s in samplers.SAMPLERS if s.name not in hidden]
+
+
+def sampler_controls(tab: str, default_sampler: str = "DPM++ 2M", hidden: list[str] = ()
+                     ) -> dict[str, gr.components.Component]:
+    """`hidden`: hide_samplers; a hidden sampler a pasted infotext names is still shown and used (the server checks
+    every name), so the dropdown takes names it does not list then."""
     with gr.Row(elem_id=f"{tab}_sampler_row"):
-        sampler = gr.Dropdown(label="Sampling method", choices=[s.name for s in samplers.SAMPLERS],
-                              value=default_sampler, elem_id=f"{tab}_sampling")
+        sampler = gr.Dropdown(label="Sampling method", choices=visible_samplers(list(hidden)),
+                              value=default_sampler, elem_id=f"{tab}_sampling", allow_custom_value=bool(hidden))
         scheduler = gr.Dropdown(label="Schedule type", choices=[label for _, label in samplers.SCHEDULE_TYPES],
                                 value="Automatic", elem_id=f"{tab}_scheduler")
         steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")

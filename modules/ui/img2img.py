@@ -84,7 +84,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Img2ImgTab:
             fields: dict = {}
             fields["resize_mode"] = gr.Radio(list(images.RESIZE_MODES), value=images.RESIZE_MODES[0], type="index",
                                              label="Resize mode", elem_id="resize_mode")
-            fields.update(common.sampler_controls("img2img"))
+            fields.update(common.sampler_controls("img2img", hidden=engine.options.values.hide_samplers))
             with gr.Tabs(elem_id="img2img_dimensions_row"):
                 with gr.Tab("Resize to", elem_id="img2img_tab_resize_to") as resize_to:
                     dims, _swap = common.size_controls("img2img", size)

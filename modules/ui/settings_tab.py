@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 from modules import settings as settings_module
 from modules.engine import BadRequest, Engine
 from modules.settings import Settings
+from modules.ui import common
 
 # Shown in the top bar instead (as A1111's quicksettings).
 TOP_BAR = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
@@ -54,6 +55,8 @@ def control(name: str, info: FieldInfo, value, choices: list[str] | None = None)
     label = info.description or name
     elem_id = f"setting_{name}"
     kind = info.annotation
+    if choices is not None and typing.get_origin(kind) is list:  # several of the listed names (hide_samplers)
+        return gr.Dropdown(choices=choices, value=list(value or []), multiselect=True, label=label, elem_id=elem_id)
     if choices is not None:
         return gr.Dropdown(choices=choices, value=value, label=label, elem_id=elem_id, allow_custom_value=True)
     if kind == list[str]:  # names of settings (quicksettings_list): any, also one only A1111 has
@@ -111,7 +114,7 @@ def section_elem_id(title: str) -> str:
 def choices_for(engine: Engine) -> dict[str, list[str]]:
     """The listed choices of the text settings picked from what is installed."""
     return {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())],
-            "upscaler_for_img2img": engine.upscalers.names()}
+            "upscaler_for_img2img": engine.upscalers.names(), "hide_samplers": common.visible_samplers([])}
 
 
 def typed(name: str, value):

@@ -36,7 +36,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
     cards = extra_networks_ui.build(engine, "txt2img")
     with gr.Row(elem_id="txt2img_settings_and_results", equal_height=False):
         with gr.Column(scale=1, variant="compact", elem_id="txt2img_settings"):
-            fields = common.sampler_controls("txt2img")
+            fields = common.sampler_controls("txt2img", hidden=engine.options.values.hide_samplers)
             dims, _swap = common.size_controls("txt2img", size)
             fields.update(dims)
             fields.update(common.batch_controls("txt2img"))
@@ -67,9 +67,10 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
                     fields["hr_checkpoint_name"] = gr.Dropdown(
                         label="Hires checkpoint", choices=[SAME_CHECKPOINT, *refiner.checkpoint_titles(engine)],
                         value=SAME_CHECKPOINT, elem_id="hr_checkpoint", allow_custom_value=True)
+                    hidden = engine.options.values.hide_samplers
                     fields["hr_sampler_name"] = gr.Dropdown(
-                        label="Hires sampling method", choices=[SAME_SAMPLER, *(s.name for s in samplers.SAMPLERS)],
-                        value=SAME_SAMPLER, elem_id="hr_sampler")
+                        label="Hires sampling method", choices=[SAME_SAMPLER, *common.visible_samplers(hidden)],
+                        value=SAME_SAMPLER, elem_id="hr_sampler", allow_custom_value=bool(hidden))
                     fields["hr_scheduler"] = gr.Dropdown(
                         label="Hires schedule type",
                         choices=[SAME_SCHEDULER, *(label for _, label in samplers.SCHEDULE_TYPES)],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,7 +18,8 @@ from playwright.sync_api import expect
 from modules.settings import section_of
 from modules.ui.settings_tab import section_elem_id
 from tests.support.browser import (  # noqa: F401 (browser and page are fixtures)
-    SCREENSHOTS, browser, fill_text, open_app, page, read_value, set_checkbox, set_number, wait_for_gallery)
+    SCREENSHOTS, browser, error_toasts, fill_text, open_app, option_labels, page, read_value, set_checkbox, set_number,
+    wait_for_gallery)
 from tests.support.server import start_server, stop_server
 from tests.support.tabs import open_tab
 
@@ -32,7 +34,8 @@ def ui_server(tmp_path_factory):
     (data / "models" / "Stable-diffusion").mkdir(parents=True)
     # two more settings in the top bar (A1111's quicksettings_list; a name only A1111 has is left out)
     (data / "config.json").write_text(json.dumps({"quicksettings_list": [
-        "sd_model_checkpoint", "eta_noise_seed_delta", "sd_unet", "token_merging_ratio"]}))
+        "sd_model_checkpoint", "eta_noise_seed_delta", "sd_unet", "token_merging_ratio"],
+        "hide_samplers": ["DDIM", "Euler a"]}))  # see test_hidden_samplers_...
     proc, url = start_server(data, "--api")
     server = [url, data, proc]
     yield server
@@ -145,6 +148,25 @@ def test_quicksettings_sit_in_the_top_bar_and_apply_at_once(page, ui_server):
         assert time.monotonic() < deadline + 30
         time.sleep(0.2)
     open_tab(page, "tab_txt2img")
+
+
+def test_hidden_samplers_are_not_listed_and_a_pasted_one_still_runs(page, ui_server):
+    """A1111's hide_samplers (read at start-up, as A1111's needs a reload): the sampler lists leave them out, and an
+    infotext that names one still fills the box and its job runs with it."""
+    for elem_id in ("txt2img_sampling", "img2img_sampling"):
+        if elem_id.startswith("img2img"):
+            open_tab(page, "tab_img2img")
+        labels = option_labels(page, elem_id)
+        assert "Euler" in labels and "DPM++ 2M" in labels, labels
+        assert "DDIM" not in labels and "Euler a" not in labels, labels
+    open_tab(page, "tab_txt2img")
+    fill_text(page, "txt2img_prompt", "a red circle\nSteps: 2, Sampler: DDIM, Seed: 3, Size: 64x64")
+    page.locator("#txt2img_paste").click()
+    expect(page.locator("#txt2img_sampling input")).to_have_value("DDIM")
+    page.locator("#txt2img_generate").click()
+    wait_for_gallery(page, "txt2img_gallery", 1)
+    expect(page.locator("#txt2img_infotext textarea")).to_have_value(re.compile("Sampler: DDIM"))
+    assert error_toasts(page) == []
 
 
 def prompt_key(page, elem_id: str, text: str, caret: tuple[int, int], key: str) -> str:

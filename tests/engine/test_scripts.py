@@ -183,3 +183,18 @@ def test_each_axis_varies_its_parameter(engine, label, values, request_fields, s
         assert result.images[0].tobytes() != result.images[1].tobytes()
     else:
         assert said in second and said not in first, (first, second)
+
+
+def test_hidden_samplers_leave_the_plots_choices_and_still_plot(engine):  # noqa: F811
+    """hide_samplers (A1111's) leaves them out of the X/Y/Z sampler axes' dropdown values, as A1111's axis choices;
+    a typed one is still plotted."""
+    engine.options.update({"hide_samplers": ["DDIM", "Euler a"]})
+    names = [a.label for a in engine.scripts.xyz_axes("txt2img")]
+    choices = engine.scripts.axis_choices("txt2img")
+    for name in ("Sampler", "Hires sampler"):
+        listed = choices[names.index(name)]
+        assert "Euler" in listed and "DDIM" not in listed and "Euler a" not in listed
+    result = engine.submit_script("txt2img", "X/Y/Z plot", params(steps=2, save_images=False),
+                                  [axis(engine, "Sampler"), "DDIM, Euler", [], 0, "", [], 0, "", [], True,
+                                   True]).wait()
+    assert ["Sampler: DDIM" in t for t in result.infotexts] == [True, False]

@@ -166,7 +166,6 @@ def _bools(_env: Env) -> list[str]:
 
 def axes(env: Env) -> list[Axis]:
     """Every axis type, in A1111's order (both tabs' ones; see `axes_for`)."""
-    sampler_names = [s.name for s in samplers.SAMPLERS]
     return [
         Axis("Nothing", "nothing", label_style="none"),
         Axis("Seed", "int", _field("seed")),
@@ -179,10 +178,10 @@ def axes(env: Env) -> list[Axis]:
              refused="Image CFG Scale is for InstructPix2Pix models, which this app does not support"),
         Axis("Prompt S/R", "str", _prompt_sr, label_style="value"),
         Axis("Prompt order", "perm", _prompt_order, label_style="join"),
-        Axis("Sampler", "str", _field("sampler_name"), label_style="value", choices=lambda e: sampler_names,
+        Axis("Sampler", "str", _field("sampler_name"), label_style="value", choices=lambda e: e.samplers(),
              only="txt2img"),
-        Axis("Hires sampler", "str", _field("hr_sampler_name"), choices=lambda e: sampler_names, only="txt2img"),
-        Axis("Sampler", "str", _field("sampler_name"), label_style="value", choices=lambda e: sampler_names,
+        Axis("Hires sampler", "str", _field("hr_sampler_name"), choices=lambda e: e.samplers(), only="txt2img"),
+        Axis("Sampler", "str", _field("sampler_name"), label_style="value", choices=lambda e: e.samplers(),
              only="img2img"),
         Axis("Checkpoint name", "str", _checkpoint(env), label_style="path", cost=1.0,
              choices=lambda e: sorted(e.checkpoints(), key=str.casefold)),
