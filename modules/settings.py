@@ -240,6 +240,11 @@ class Settings(BaseModel):
         description="Quicksettings list: settings shown in the top bar rather than in Settings (names such as "
                     "token_merging_ratio; the checkpoint, SD VAE and Clip skip are always there; takes effect when "
                     "the server restarts)")
+    hidden_tabs: list[str] = Field(
+        default_factory=list, description="Hidden UI tabs (takes effect when the server restarts; Settings stays)")
+    ui_tab_order: list[str] = Field(
+        default_factory=list, description="UI tab order: these tabs first, in this order, then the others (takes "
+                                          "effect when the server restarts)")
     hide_samplers: list[str] = Field(
         default_factory=list, description="Hide samplers in user interface: left out of the sampling method lists "
                                           "and the X/Y/Z plot's choices (a pasted infotext and the API still use "
@@ -396,9 +401,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
                            "uni_pc_lower_order_final"),
-    "User interface": ("quicksettings_list", "hide_samplers", "return_grid", "send_seed", "send_size",
-                       "keyedit_precision_attention", "keyedit_precision_extra", "keyedit_delimiters",
-                       "keyedit_delimiters_whitespace", "keyedit_move"),
+    "User interface": ("quicksettings_list", "hidden_tabs", "ui_tab_order", "hide_samplers", "return_grid",
+                       "send_seed", "send_size", "keyedit_precision_attention", "keyedit_precision_extra",
+                       "keyedit_delimiters", "keyedit_delimiters_whitespace", "keyedit_move"),
     "Infotext": ("add_model_name_to_info", "add_model_hash_to_info", "add_vae_name_to_info", "add_vae_hash_to_info",
                  "add_version_to_infotext", "infotext_styles"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",

@@ -232,26 +232,35 @@ def load_selected(engine: Engine, bar: TopBar, event):
     return loaded
 
 
+def tab_layout(order: list[str], hidden: list[str]) -> tuple[list[str], set[str]]:
+    """A1111's ui_tab_order and hidden_tabs: the tabs named in `order` first, in that order, then the others in the
+    default order; the names in `hidden` not shown. Names this page has no tab for (A1111's Train, Extensions)
+    are ignored, and Settings is never hidden (it is where the setting is undone)."""
+    rank = {name: i for i, name in enumerate(dict.fromkeys(n for n in order if n in common.TAB_IDS))}
+    ordered = sorted(common.TAB_IDS, key=lambda name: rank.get(name, len(rank)))  # stable: the others keep theirs
+    return ordered, {name for name in hidden if name in common.TAB_IDS and name != "Settings"}
+
+
 def build(engine: Engine) -> Page:
     initial = _selected(engine)
     size = page_size(engine, initial)
     with gr.Blocks(title="Stable Diffusion WebUI", analytics_enabled=False) as blocks:
         bar = top_bar(engine)
-        with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img") as t2i_tab:
-                t2i = txt2img.build(engine, size)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img") as i2i_tab:
-                i2i = img2img.build(engine, size)
-            with gr.Tab("Extras", id="extras", elem_id="tab_extras") as extras_tab:
-                post = extras.build(engine)
-            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                png = pnginfo.build(engine)
-            with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
-                hist = history.build(engine)
-            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger") as merger_tab:
-                merge_tab = merger.build(engine)
-            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                settings_view = settings_tab.build(engine)
+        builders = {"txt2img": lambda: txt2img.build(engine, size), "img2img": lambda: img2img.build(engine, size),
+                    "Extras": lambda: extras.build(engine), "PNG Info": lambda: pnginfo.build(engine),
+                    "History": lambda: history.build(engine), "Checkpoint Merger": lambda: merger.build(engine),
+                    "Settings": lambda: settings_tab.build(engine)}
+        order, hidden = tab_layout(engine.options.values.ui_tab_order, engine.options.values.hidden_tabs)
+        built, tab_of = {}, {}
+        ids = common.TAB_IDS
+        with gr.Tabs(elem_id="tabs", selected=ids[next(n for n in order if n not in hidden)]) as tabs:
+            for name in order:  # every tab is built (Send to and paste need their fields); hidden ones are not shown
+                with gr.Tab(name, id=ids[name], elem_id=f"tab_{ids[name]}", visible=name not in hidden) as tab_of[name]:
+                    built[name] = builders[name]()
+        t2i, i2i, post, png = built["txt2img"], built["img2img"], built["Extras"], built["PNG Info"]
+        hist, merge_tab, settings_view = built["History"], built["Checkpoint Merger"], built["Settings"]
+        t2i_tab, i2i_tab, extras_tab = tab_of["txt2img"], tab_of["img2img"], tab_of["Extras"]
+        history_tab, merger_tab = tab_of["History"], tab_of["Checkpoint Merger"]
         options = gr.HTML(page_options(engine), elem_id="sd_page_options", padding=False)
         # ui-config.json (A1111's keys): the controls' own defaults, set before the page is first served
         ui_defaults = defaults.UiDefaults(engine.paths.ui_config_file)

@@ -77,6 +77,10 @@ def sampler_controls(tab: str, default_sampler: str = "DPM++ 2M", hidden: list[s
     return {"sampler_name": sampler, "scheduler": scheduler, "steps": steps}
 
 
+# the page's tabs in their default order, with the ids Gradio and the page's script know them by
+TAB_IDS = {"txt2img": "txt2img", "img2img": "img2img", "Extras": "extras", "PNG Info": "pnginfo",
+           "History": "history", "Checkpoint Merger": "modelmerger", "Settings": "settings"}
+
 MAX_SIDE = 2048  # the Width and Height sliders' maximum
 
 

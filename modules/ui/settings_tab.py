@@ -56,7 +56,9 @@ def control(name: str, info: FieldInfo, value, choices: list[str] | None = None)
     elem_id = f"setting_{name}"
     kind = info.annotation
     if choices is not None and typing.get_origin(kind) is list:  # several of the listed names (hide_samplers)
-        return gr.Dropdown(choices=choices, value=list(value or []), multiselect=True, label=label, elem_id=elem_id)
+        # (a name only A1111 has, such as its Train tab, is kept as config.json holds it)
+        return gr.Dropdown(choices=choices, value=list(value or []), multiselect=True, allow_custom_value=True,
+                           label=label, elem_id=elem_id)
     if choices is not None:
         return gr.Dropdown(choices=choices, value=value, label=label, elem_id=elem_id, allow_custom_value=True)
     if kind == list[str]:  # names of settings (quicksettings_list): any, also one only A1111 has
@@ -114,7 +116,9 @@ def section_elem_id(title: str) -> str:
 def choices_for(engine: Engine) -> dict[str, list[str]]:
     """The listed choices of the text settings picked from what is installed."""
     return {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())],
-            "upscaler_for_img2img": engine.upscalers.names(), "hide_samplers": common.visible_samplers([])}
+            "upscaler_for_img2img": engine.upscalers.names(), "hide_samplers": common.visible_samplers([]),
+            "hidden_tabs": [name for name in common.TAB_IDS if name != "Settings"],
+            "ui_tab_order": list(common.TAB_IDS)}
 
 
 def typed(name: str, value):

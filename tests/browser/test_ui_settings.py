@@ -35,7 +35,8 @@ def ui_server(tmp_path_factory):
     # two more settings in the top bar (A1111's quicksettings_list; a name only A1111 has is left out)
     (data / "config.json").write_text(json.dumps({"quicksettings_list": [
         "sd_model_checkpoint", "eta_noise_seed_delta", "sd_unet", "token_merging_ratio"],
-        "hide_samplers": ["DDIM", "Euler a"]}))  # see test_hidden_samplers_...
+        "hide_samplers": ["DDIM", "Euler a"],  # see test_hidden_samplers_...
+        "hidden_tabs": ["Checkpoint Merger", "Train"], "ui_tab_order": ["txt2img", "img2img", "PNG Info"]}))
     proc, url = start_server(data, "--api")
     server = [url, data, proc]
     yield server
@@ -167,6 +168,18 @@ def test_hidden_samplers_are_not_listed_and_a_pasted_one_still_runs(page, ui_ser
     wait_for_gallery(page, "txt2img_gallery", 1)
     expect(page.locator("#txt2img_infotext textarea")).to_have_value(re.compile("Sampler: DDIM"))
     assert error_toasts(page) == []
+
+
+def test_tabs_come_in_ui_tab_order_without_the_hidden_ones(page, ui_server):
+    """A1111's ui_tab_order and hidden_tabs (read at start-up): PNG Info moved before Extras, Checkpoint Merger not
+    shown (A1111's Train, which this page lacks, is ignored)."""
+    shown = ["txt2img", "img2img", "pnginfo", "extras", "history", "settings"]
+    for tab in shown:
+        expect(page.locator(f"#tab_{tab}-button")).to_be_visible()
+    xs = [page.locator(f"#tab_{tab}-button").bounding_box()["x"] for tab in shown]
+    assert xs == sorted(xs), dict(zip(shown, xs))
+    expect(page.locator("#tab_modelmerger-button")).to_have_count(0)
+    expect(page.locator("#tab_txt2img-button")).to_have_attribute("aria-selected", "true")
 
 
 def prompt_key(page, elem_id: str, text: str, caret: tuple[int, int], key: str) -> str:

@@ -100,3 +100,15 @@ def test_a_sent_pictures_size_fits_the_sliders():
     assert slider_size(4096, 2048) == (2048, 1024)
     assert slider_size(3000, 1000) == (2048, 680)
     assert slider_size(30, 500) == (64, 504)
+
+
+def test_tab_order_and_hidden_tabs_as_a1111_reads_them():
+    """ui_tab_order: the named tabs first, the others after in the default order; hidden_tabs: not shown, except
+    Settings; names this page has no tab for (A1111's Train, Extensions) are ignored."""
+    from modules.ui.app import tab_layout
+
+    default = ["txt2img", "img2img", "Extras", "PNG Info", "History", "Checkpoint Merger", "Settings"]
+    assert tab_layout([], []) == (default, set())
+    order, hidden = tab_layout(["Settings", "Train", "img2img", "Settings"], ["Extras", "Settings", "Extensions"])
+    assert order == ["Settings", "img2img", "txt2img", "Extras", "PNG Info", "History", "Checkpoint Merger"]
+    assert hidden == {"Extras"}
