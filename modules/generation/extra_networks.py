@@ -94,6 +94,7 @@ class Card:
     preview: str | None  # NAME.png / NAME.preview.png beside the file
     meta: UserMetadata = UserMetadata()
     detected_version: str = "Unknown"  # a LoRA's model version as its own metadata says (LoraInfo.sd_version)
+    editable: bool = True  # Edit card may write beside its file (not the built-in demo checkpoint's, in the install)
 
     @property
     def sd_version(self) -> str:
@@ -186,7 +187,8 @@ def checkpoint_card(info) -> Card:
     beside the file as a network's, its user metadata's description."""
     preview = previews.preview_beside(info.filename)
     return Card("Checkpoints", info.name.rsplit(".", 1)[0], str(info.filename), str(preview) if preview else None,
-                UserMetadata.of(user_metadata.read(info.filename), user_metadata.description_file(info.filename)))
+                UserMetadata.of(user_metadata.read(info.filename), user_metadata.description_file(info.filename)),
+                editable=not info.builtin)
 
 
 def cards(loras, embeddings, hypernetworks=None) -> list[Card]:

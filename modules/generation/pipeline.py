@@ -55,7 +55,7 @@ class Hooks:
     on_step: Callable[[int, int, torch.Tensor], None] | None = None
     # A1111's live_preview_content for what a live preview shows: "Combined" (the x0 on_step gives), or the
     # prediction of each image's "Prompt" (its first sub-prompt) or of the "Negative prompt" alone, given as x0 to
-    # `on_preview` after each step's on_step (not called for "Combined")
+    # `on_preview` just before each step's on_step (not called for "Combined")
     preview: str = "Combined"
     on_preview: Callable[[torch.Tensor], None] | None = None
     check: Callable[[], None] | None = None  # raises JobInterrupted (stop) or JobSkipped (next batch)
@@ -446,10 +446,10 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
     total = len(timesteps) if prepared.function is ksampling.unipc else max(len(timesteps) - 1, 0)
 
     def on_step(i: int, latent: torch.Tensor, x0: torch.Tensor) -> None:
-        if hooks.on_step:
-            hooks.on_step(i + 1, total, blended_x0[0] if blended_x0 else x0)
         if preview:
             hooks.on_preview(preview[0])
+        if hooks.on_step:
+            hooks.on_step(i + 1, total, blended_x0[0] if blended_x0 else x0)
 
     return prepared.function(eps, x, timesteps, alphas, lambda *_: rng.draw(generators, shape, noise.device),
                              on_step, **kwargs)
@@ -508,10 +508,10 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     total = len(sigmas) - 1
 
     def on_step(i: int, latent: torch.Tensor, x0: torch.Tensor) -> None:
-        if hooks.on_step:
-            hooks.on_step(min(i + 1, total), total, x0)
         if preview:
             hooks.on_preview(preview[0])
+        if hooks.on_step:
+            hooks.on_step(min(i + 1, total), total, x0)
 
     return prepared.function(denoise, x, sigmas, step_noise, on_step, **prepared.kwargs)
 

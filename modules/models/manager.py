@@ -267,7 +267,8 @@ class ModelManager:
         dtype = low_memory.STORAGE if low else plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None
         return dtype, TEXT_ENCODER_PREFIXES if self._text_in_file_type(low) else ()
 
-    def _crowded(self, info: CheckpointInfo, low: bool) -> tuple[str, LoadedModel] | None:
+    def _crowded(self, info: CheckpointInfo, low: bool, reserve: int = 0, aside: int = 0
+                 ) -> tuple[str, LoadedModel] | None:
         """Why `info` cannot be read while the models loaded stay in memory, with the one to release first (the
         least recently used of those kept, the current one last), or None when it can be read beside them;
         NotEnoughMemory when it does not fit even with all of them released (nothing is released then).
@@ -279,26 +280,32 @@ class ModelManager:
         even counting their memory and free swap, the read would end the same way, so it is refused.
         (macOS is only told to release: its compressed memory is not in what the system calls available.) A
         GPU reads into RAM and frees the card's model before placing the new one: only the models kept in RAM
-        beside it (sd_checkpoints_keep_in_cpu) are weighed, and released when the read needs their room."""
+        beside it (sd_checkpoints_keep_in_cpu) are weighed, with `aside` (the model in use, when it is to be kept in
+        RAM too), and released when the read needs their room. `reserve`: what a running job will need beside
+        the models once this one is read (its sampling and decode, see ModelManager.load), when more than
+        READ_MARGIN."""
         cpu = torch.device("cpu")
+        gpu = self.plan.device.type == "cuda"
         held = [m for m in self.kept if not m.released]
-        if self.plan.device.type == "cuda":
+        if gpu:
             held = [m for m in held if m.in_ram]
-            if not held:
+            if not held and not aside:
                 return None
         elif self.current is not None and not self.current.released:
             held.append(self.current)
-        free = devices.free_memory(cpu)
-        if self.memory_limit is not None:
-            free = min(free, max(0, self.memory_limit - devices.process_memory(cpu)))
+        free = self._ram_free()
         cast, keep = self._read_types(low)
         least, need = checkpoint_file.read_size(info.filename, cast, keep)  # differ only for a pickle
-        if held and free >= need + READ_MARGIN:
+        if (held or aside) and free >= need + aside + max(READ_MARGIN, reserve):
             return None
         held_bytes = sum(m.weight_bytes() for m in held)
         swap = devices.free_swap(cpu) if self.memory_limit is None else 0
         names = " and ".join(m.info.name for m in held)
-        if least + FIT_MARGIN > free + held_bytes + swap and sys.platform != "darwin":
+        if gpu and not held:  # only the model in use, which would be kept in RAM: it is not kept
+            current = self.current.info.name if self.current is not None else "the model in use"
+            return (f"{info.name} needs {_size(need)} of RAM to be read and {_size(free)} is free: {current} is "
+                    "released as it is replaced instead of kept in RAM"), None
+        if not gpu and least + FIT_MARGIN > free + held_bytes + swap and sys.platform != "darwin":
             where = "under --memory-limit" if self.memory_limit is not None else "in RAM" + (
                 " and swap" if swap else "")
             advice = ""
@@ -313,6 +320,14 @@ class ModelManager:
         return (f"{info.name} needs {_size(need)} and {_size(free)} is free beside {names}"
                 f"{' (--memory-limit)' if self.memory_limit is not None else ''}: releasing {held[0].info.name} "
                 "before reading it"), held[0]
+
+    def _ram_free(self) -> int:
+        """The RAM the system has available, or what --memory-limit leaves, if less."""
+        cpu = torch.device("cpu")
+        free = devices.free_memory(cpu)
+        if self.memory_limit is not None:
+            free = min(free, max(0, self.memory_limit - devices.process_memory(cpu)))
+        return free
 
     def low_memory_applies(self, info: CheckpointInfo, mode: str) -> bool:
         """Whether `info` loads in low-memory mode under the setting `mode` (see low_memory.wanted): only where the
@@ -342,8 +357,8 @@ class ModelManager:
         return module.to(self.plan.device, dtype)
 
     def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
-             low: bool = False, limit: int = 1, keep_in_cpu: bool = True, vae_overrides: bool = True
-             ) -> LoadedModel:
+             low: bool = False, limit: int = 1, keep_in_cpu: bool = True, vae_overrides: bool = True,
+             reserve: int = 0) -> LoadedModel:
         """Load `info` in place of the current model. The current one is released once the new one is read and
         built, so a file that cannot be loaded leaves it usable; with `release_first` (a job switching to its
         refiner and back, where holding both would double the memory), or when the two would not fit in memory
@@ -352,8 +367,10 @@ class ModelManager:
         `limit` (the setting sd_checkpoints_limit) is how many checkpoints may stay loaded: over 1, the current
         model is kept beside the new one (see `kept`; on a GPU moved to the CPU with `keep_in_cpu`) instead of
         released, `release_first` included (holding both is what the setting asks for), unless it is in
-        low-memory mode, whose point is the memory. The least recently used kept models are released when there
-        would be more than `limit`, and before the current one when memory is short.
+        low-memory mode or the new one is, whose point is the memory. Once the new one is read, the least recently
+        used kept models are released when there would be more than `limit` (a file that fails costs none); when
+        memory is short, before the read, they are released before the current one. `reserve`: what a running job
+        needs beside the models after this load (a refiner's switch keeping the base: its sampling and decode).
         The file's SHA-256 is not waited for: it is computed in the background (CheckpointRegistry.hash_later),
         and the title gains its `[hash]` when it is known. A load that takes over a second shows a console bar."""
         with self._lock, tqdm(total=LOAD_STEPS, desc=f"Loading {info.name}", unit="step", disable=None,
@@ -361,16 +378,21 @@ class ModelManager:
             log.info("Loading weights from %s", info.filename)
             current = self.current
             keep_current = (limit > 1 and current is not None and not current.released and not current.low_memory
-                            and current.info.filename != info.filename)
-            self.release_kept(limit - 1 - keep_current)
+                            and not low and current.info.filename != info.filename)
             if release_first and not keep_current:
                 # With the trim: reusing the freed heap instead made an SDXL switch 3.5 s faster but its peak
                 # up to 2 GB higher (bench/README.md), and this is the path for when memory is short.
                 self._release_current()
             released = None
+            # a GPU keeping the model in use in RAM (keep_in_cpu): its weights join what is in RAM
+            aside = current.weight_bytes() if keep_current and keep_in_cpu and self.plan.device.type == "cuda" else 0
             # NotEnoughMemory here leaves every model as it is
-            while (crowded := self._crowded(info, low)) is not None:
+            while (crowded := self._crowded(info, low, reserve, aside)) is not None:
                 why, model = crowded
+                if model is None:
+                    log.info("%s", why)
+                    keep_current, aside = False, 0
+                    continue
                 if model is current:
                     log.warning("%s", why)
                     released, keep_current = current.info.name, False
@@ -387,6 +409,7 @@ class ModelManager:
                                           "uses it loads it again)") from None
                 raise
             start = time.perf_counter()
+            self.release_kept(limit - 1 - keep_current)  # over the limit: the least recently used go
             if keep_current and self.current is current:
                 self._set_aside(current, keep_in_cpu)
             else:
@@ -455,12 +478,21 @@ class ModelManager:
         devices.empty_cache(where)
 
     def _set_aside(self, model: LoadedModel, keep_in_cpu: bool) -> None:
-        """Keep `model`, no longer the current one, loaded (on a GPU, in RAM with `keep_in_cpu`)."""
+        """Keep `model`, no longer the current one, loaded (on a GPU, in RAM with `keep_in_cpu`); released instead
+        when it cannot be moved there."""
+        self.current = None
         if keep_in_cpu and self.plan.device.type != "cpu":
-            model.move(torch.device("cpu"))
+            try:
+                model.move(torch.device("cpu"))
+            except Exception:  # noqa: BLE001 - out of RAM halfway: nothing of it is kept
+                log.warning("Could not move %s to RAM to keep it loaded; releasing it", model.info.name,
+                            exc_info=True)
+                model.release()
+                gc.collect()
+                devices.empty_cache(self.plan.device)
+                return
             devices.empty_cache(self.plan.device)
         self.kept.append(model)
-        self.current = None
 
     def _take_kept(self, info: CheckpointInfo, low: bool, limit: int, keep_in_cpu: bool) -> LoadedModel | None:
         """The kept model of `info` made the current one, the current one kept in its place (set aside first, so a
@@ -475,13 +507,23 @@ class ModelManager:
         self.kept.remove(model)
         current = self.current
         if current is not None:
-            if limit > 1 and not current.released and not current.low_memory:
+            gpu_aside = keep_in_cpu and self.plan.device.type == "cuda"  # it would join the RAM the kept ones hold
+            if limit > 1 and not current.released and not current.low_memory and (
+                    not gpu_aside or self._ram_free() >= current.weight_bytes() + READ_MARGIN):
                 self.release_kept(limit - 2)
                 self._set_aside(current, keep_in_cpu)
             else:
                 self._release_current()
         if model.in_ram and self.plan.device.type != "cpu":
-            model.move(self.plan.device)
+            try:
+                model.move(self.plan.device)
+            except Exception:  # noqa: BLE001 - the device is full: read it again, as without the setting
+                log.warning("Could not move %s back to %s; it is read again", info.name, self.plan.device,
+                            exc_info=True)
+                model.release()
+                gc.collect()
+                devices.empty_cache(self.plan.device)
+                return None
         self.current = model
         log.info("Using %s again (it was kept loaded)", info.title)
         return model
@@ -494,7 +536,7 @@ class ModelManager:
 
     def get(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
             low_memory_mode: str = "Off", limit: int = 1, keep_in_cpu: bool = True,
-            vae_overrides: bool = True) -> LoadedModel:
+            vae_overrides: bool = True, reserve: int = 0) -> LoadedModel:
         """The model for `info` with the VAE `vae_choice`, in low-memory mode if the setting `low_memory_mode`
         says so for it, loading or switching only what changed (the mode changed: loaded again, the model in
         use released first, since what it saves is memory). With `limit` over 1 (sd_checkpoints_limit), a model
@@ -514,7 +556,7 @@ class ModelManager:
                 if kept is not None:
                     self._apply_vae(kept, vae_choice, vae_overrides)
                     return kept
-            return self.load(info, vae_choice, release_first, low, limit, keep_in_cpu, vae_overrides)
+            return self.load(info, vae_choice, release_first, low, limit, keep_in_cpu, vae_overrides, reserve)
 
     def depth_estimator(self, model: LoadedModel) -> torch.nn.Module:
         """The SD 2 depth model's MiDaS: the one its file carries, else models/midas/dpt_hybrid-midas-501f0c75.pt
@@ -656,8 +698,8 @@ class ModelManager:
             preferred = user_metadata.preferred_vae(checkpoint.filename)
             if preferred == "None":
                 return None
-            if preferred != "Automatic":
-                found = self.vaes.find(preferred)
+            if preferred != "Automatic":  # by its file name only, as A1111's vae_dict is keyed
+                found = next((v for v in self.vaes.list() if v.name == preferred), None)
                 if found is not None:
                     return found
                 if (checkpoint.filename, preferred) not in self._missing_preferred:  # said once, as A1111 goes on

@@ -116,6 +116,8 @@ class UserMetadata:
         weight = self.preferred_weight
         if not isinstance(weight, (int, float)) or not 0.0 <= weight <= MAX_WEIGHT:
             raise ValueError(f"Preferred weight must be between 0 and {MAX_WEIGHT:g}, not {weight!r}")
+        if len(self.vae) > 255 or any(c in self.vae for c in "\r\n\0"):
+            raise ValueError("Preferred VAE must be a VAE's file name")
         return self
 
 

@@ -144,18 +144,18 @@ class CheckpointService:
         return next((m for m in ("On", "SDXL only") if m in modes), "Off")
 
     def load_now(self, info: CheckpointInfo, vae: str, remember: bool = True, requested: str | None = None,
-                 release_first: bool = False, settings: Settings | None = None) -> LoadedModel:
+                 release_first: bool = False, settings: Settings | None = None, reserve: int = 0) -> LoadedModel:
         """Make `info` the loaded model; `remember` records it as the selected checkpoint setting
         (not done for a per-request override, which A1111 restores afterwards). A file that cannot be
         loaded is a CheckpointError, or an UnusableCheckpoint (a 4xx) naming the field when the request
         named it (`requested`: the field). `release_first`: see ModelManager.load; `settings`: the job's (else
         the saved ones), for low_memory (see low_memory_mode) and how many checkpoints stay loaded
-        (sd_checkpoints_limit, sd_checkpoints_keep_in_cpu)."""
+        (sd_checkpoints_limit, sd_checkpoints_keep_in_cpu); `reserve`: see ModelManager.load."""
         settings = settings if settings is not None else self._settings.values
         try:
             model = self._models.get(info, vae, release_first, self.low_memory_mode(settings.low_memory),
                                      settings.sd_checkpoints_limit, settings.sd_checkpoints_keep_in_cpu,
-                                     settings.sd_vae_overrides_per_model_preferences)
+                                     settings.sd_vae_overrides_per_model_preferences, reserve)
         except NotEnoughMemory:
             raise  # names the checkpoint already, and is not the request's fault (507, not a 4xx)
         except CheckpointError as e:

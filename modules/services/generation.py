@@ -73,6 +73,7 @@ class _Run:
     hires: CheckpointInfo | None = None  # the Hires checkpoint the job loaded, if it did
     depth_map: Any = None  # the SD 2 depth model's map (a PIL image), when the setting shows it
     script: bool = False  # a part of a script's job: its results are the script's cells (no mask pictures in them)
+    peak_bytes: int = 0  # the job's estimated peak beside its model (see _fit_memory): a refiner's load keeps room
     # inpainting's mask pictures to show after the image of each index (settings return_mask, _composite)
     after: dict[int, list[tuple[Any, str | None]]] = dataclasses.field(default_factory=dict)
 
@@ -203,16 +204,21 @@ class GenerationService:
                     free, limit_note = left, f" of the {memory.gib(limit)} --memory-limit allows"
             if free is None:  # MPS: not known
                 return
+            # the checkpoints kept loaded beside this one (sd_checkpoints_limit) are a cache: given up before the
+            # job is refused, or made to fit with tiles or swap space
             try:
                 fitted = memory.fit(run.accepted.ctx, memory.ModelMemory.of(run.model), free,
                                     0 if limit_note else devices.free_swap(device), limit_note,
                                     text_memory(run.accepted.ctx, run.model.text))
-                break
             except memory.NotEnoughMemory as e:
-                # the checkpoints kept loaded beside this one (sd_checkpoints_limit) are a cache: given up first
                 if not self._checkpoints.release_kept(device):
                     raise BadRequest(str(e)) from None
                 log.info("Released the checkpoints kept loaded: this job needs their memory")
+                continue
+            if not (fitted.tiled_to_fit or fitted.swaps) or not self._checkpoints.release_kept(device):
+                break
+            log.info("Released the checkpoints kept loaded: this job needs their memory to run as asked")
+        run.peak_bytes = fitted.peak.bytes
         if fitted.tiled_to_fit:
             ctx = dataclasses.replace(run.accepted.ctx, vae_tiling=fitted.tiling)
             run.accepted = dataclasses.replace(run.accepted, ctx=ctx)
@@ -221,15 +227,16 @@ class GenerationService:
             run.result.warnings.append(note)
 
     def _ready(self, accepted: Accepted, info, result: GenerationResult, remember: bool = False,
-               requested: str | None = None, switch: bool = False, state: JobState | None = None
-               ) -> tuple[LoadedModel, ExtraNetworksUse]:
+               requested: str | None = None, switch: bool = False, state: JobState | None = None,
+               reserve: int = 0) -> tuple[LoadedModel, ExtraNetworksUse]:
         """Load `info` (the job's checkpoint, or its refiner: `switch`, which releases the model in use first so
         the two never share the memory, unless sd_checkpoints_limit keeps both) and make it ready for the job: the
         prompt's networks, the attention settings, the family's settings, the U-Net backend. New warnings go to
-        `result`; what a one-time step (the OpenVINO conversion) is doing goes to `state.textinfo`."""
+        `result`; what a one-time step (the OpenVINO conversion) is doing goes to `state.textinfo`. `reserve`: the
+        job's estimated peak, which a switch keeping the other model must leave room for."""
         settings, params = accepted.settings, accepted.ctx.params
         model = self._checkpoints.load_now(info, settings.sd_vae, remember=remember, requested=requested,
-                                           release_first=switch, settings=settings)
+                                           release_first=switch, settings=settings, reserve=reserve)
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
         networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS],
                                                    [t for t in tags if t.kind in extra_networks.HYPERNET_KINDS])
@@ -263,19 +270,19 @@ class GenerationService:
 
         def load_refiner() -> LoadedModel:
             model, _ = self._ready(accepted, accepted.refiner, run.result, requested="refiner_checkpoint",
-                                   switch=True, state=run.job.state)
+                                   switch=True, state=run.job.state, reserve=run.peak_bytes)
             run.refiner = model.info  # its infotext keys: see _with_model_hashes, before each batch is described
             return model
 
         def load_hires() -> LoadedModel:
             model, _ = self._ready(accepted, accepted.hires_checkpoint, run.result, requested="hr_checkpoint_name",
-                                   switch=True, state=run.job.state)
+                                   switch=True, state=run.job.state, reserve=run.peak_bytes)
             run.hires = model.info
             return model
 
         def load_base() -> LoadedModel:
             return self._ready(accepted, accepted.checkpoint, run.result, requested=accepted.checkpoint_field,
-                               switch=True, state=run.job.state)[0]
+                               switch=True, state=run.job.state, reserve=run.peak_bytes)[0]
 
         hooks.load_base = load_base
         if refiner:
@@ -323,12 +330,15 @@ class GenerationService:
         settings = run.accepted.settings
         every = slice(None) if settings.show_progress_grid else slice(0, 1)  # the batch's previews, or the first's
 
+        shown = []  # the step's prediction live_preview_content names (on_preview comes just before on_step)
+
         def on_step(step: int, steps: int, latent) -> None:
-            state.sampling_step, state.current_latent = step, latent[every]
+            # the step and its preview together: a poll in between would draw the wrong one for the whole step
+            state.sampling_step, state.current_latent = step, (shown.pop() if shown else latent)[every]
             bar.update((state.job_no - first) * steps + step - bar.n)
 
-        def on_preview(latent) -> None:  # after on_step: the prediction live_preview_content names instead
-            state.current_latent = latent[every]
+        def on_preview(latent) -> None:
+            shown[:] = [latent]
 
         hooks.on_batch, hooks.on_step = on_batch, on_step
         if settings.live_previews_enable and settings.live_preview_content != "Combined":

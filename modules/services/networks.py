@@ -77,8 +77,8 @@ class NetworksService:
             return list(self._embeddings.all().values())
         if tab == "Hypernetworks":
             return self._hypernetworks.list()
-        if tab == "Checkpoints" and self._checkpoints is not None:
-            return self._checkpoints.list()
+        if tab == "Checkpoints" and self._checkpoints is not None:  # not the built-in demo's (the install's files)
+            return [info for info in self._checkpoints.list() if not info.builtin]
         return []
 
     def _entry(self, tab: str, path: str):

@@ -316,29 +316,20 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
     common.wire_output_panel(engine, i2i.panel, i2i.seed, "outdir_img2img_samples")
     top = [bar.clip_skip, bar.checkpoint]
 
-    def filled(text: str, target, is_txt2img: bool, image=None, from_gallery: bool = False) -> list:
+    def filled(text: str, target, is_txt2img: bool, image=None, to_inpaint: bool = False,
+               from_gallery: bool = False) -> list:
         """`image`: the picture sent along to img2img / inpaint; `from_gallery`: sent from a tab's results."""
         values, settings = paste.field_values(engine, text, is_txt2img)
-        sent_with(values, image, from_gallery)
+        if image is not None:
+            options = engine.options.values
+            paste.sent_with(values, image.size, to_inpaint, from_gallery, options.send_size, options.send_seed,
+                            engine.limits.max_side)
         out = paste.updates(target.fields, values)
         out.append(settings.get("CLIP_stop_at_last_layers", gr.skip()))
         checkpoint = settings.get("sd_model_checkpoint")
         out.append(checkpoint if checkpoint and not _same_checkpoint(engine, checkpoint, _selected(engine))
                    else gr.skip())
         return out
-
-    def sent_with(values: dict, image, from_gallery: bool) -> None:
-        """A1111's send_size and send_seed: a picture sent to img2img sets the size to its own (in the sliders'
-        steps), which for a Hires. fix or upscaled picture is not the infotext's first-pass `Size`; with send_size
-        off, a picture from a tab's results leaves the size as it is (from PNG Info or History, the infotext's
-        is pasted, as A1111 pastes it). With send_seed off, a picture from a tab's results leaves the seed."""
-        options = engine.options.values
-        if image is not None and options.send_size:
-            values["width"], values["height"] = common.slider_size(*image.size)
-        elif from_gallery:
-            values.pop("width", None), values.pop("height", None)
-        if from_gallery and not options.send_seed:
-            values.pop("seed", None)
 
     def after(event):
         loaded = load_selected(engine, bar, event)
@@ -356,8 +347,8 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
         target = i2i.inputs["init_img"] if sub_tab == "img2img_img2img_tab" else i2i.inputs["init_img_with_mask"]
         value = image if sub_tab == "img2img_img2img_tab" else _editor_value(image)
         mode = 0 if sub_tab == "img2img_img2img_tab" else 2
-        return filled(text, i2i, False, image, from_gallery) + [gr.Tabs(selected="img2img"),
-                                                                gr.Tabs(selected=sub_tab), mode] + \
+        return filled(text, i2i, False, image, mode == 2, from_gallery) + [gr.Tabs(selected="img2img"),
+                                                                           gr.Tabs(selected=sub_tab), mode] + \
             [value if c is target else gr.skip() for c in (i2i.inputs["init_img"], i2i.inputs["init_img_with_mask"])]
 
     send_outputs = i2i_fields + top + [tabs, i2i.tabs, i2i.inputs["mode"], i2i.inputs["init_img"],

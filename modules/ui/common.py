@@ -84,11 +84,13 @@ TAB_IDS = {"txt2img": "txt2img", "img2img": "img2img", "Extras": "extras", "PNG 
 MAX_SIDE = 2048  # the Width and Height sliders' maximum
 
 
-def slider_size(width: int, height: int) -> tuple[int, int]:
-    """A picture's size as the Width and Height sliders can hold it: each side to the nearest multiple of 8 (what
-    a job needs), at least 64, and a picture over MAX_SIDE scaled down to it with its shape kept."""
-    scale = min(1.0, MAX_SIDE / max(width, height, 1))
-    return tuple(min(MAX_SIDE, max(64, int(side * scale / 8 + 0.5) * 8)) for side in (width, height))
+def slider_size(width: int, height: int, largest: int = MAX_SIDE) -> tuple[int, int]:
+    """A picture's size as the Width and Height sliders can hold it and a job takes it: each side to the nearest
+    multiple of 8, at least 64 (a very thin picture's shape is not kept then), and a picture over `largest` (the
+    sliders' or the server's --max-image-side, whichever is less) scaled down to it with its shape kept."""
+    largest = min(MAX_SIDE, largest) // 8 * 8
+    scale = min(1.0, largest / max(width, height, 1))
+    return tuple(min(largest, max(64, int(side * scale / 8 + 0.5) * 8)) for side in (width, height))
 
 
 def size_controls(tab: str, size: tuple[int, int]) -> tuple[dict[str, gr.components.Component], gr.Button]:

@@ -59,6 +59,7 @@ class CardsView:
     cards: gr.State  # {tab: [Card, ...]} as last listed
     refresh: gr.Button
     editor: CardEditor
+    version: gr.State  # the model version the Lora cards were listed for (see follow_model)
 
 
 def _placeholder(name: str) -> Image.Image:
@@ -137,7 +138,7 @@ def _choices(cards: dict[str, list[extra_networks.Card]]) -> list[tuple[str, str
     names = [c.name for tab in EDITABLE for c in cards.get(tab, [])]
     out = []
     for tab in EDITABLE:
-        for c in cards.get(tab, []):
+        for c in (c for c in cards.get(tab, []) if c.editable):
             where = f" ({Path(c.path).parent.name})" if names.count(c.name) > 1 else ""
             out.append((f"{tab}: {c.name}{where}", f"{tab}:{c.path}"))
     return out
@@ -201,7 +202,7 @@ def build(engine: Engine, tab: str) -> CardsView:
                                                  columns=6, height=300, allow_preview=False, format="png",
                                                  elem_id=f"{tab}_{key}_cards", interactive=False)
         editor = _build_editor(tab, cards)
-    return CardsView(galleries, gr.State(cards), refresh, editor)
+    return CardsView(galleries, gr.State(cards), refresh, editor, gr.State(model_version(engine)))
 
 
 def _pretty_bytes(size: int) -> str:
@@ -242,10 +243,17 @@ def _relisted(engine: Engine, view: CardsView, choice: str | None) -> list:
 
 
 def follow_model(engine: Engine, view: CardsView, model_chosen) -> None:
-    """After another checkpoint is chosen (`model_chosen`, the top bar's event), list the cards again: the Lora tab
-    shows the networks for that model's version."""
-    model_chosen.then(lambda choice: _relisted(engine, view, choice), inputs=view.editor.card,
-                      outputs=[view.cards] + list(view.galleries.values()) + [view.editor.card], queue=False,
+    """After another checkpoint is chosen (`model_chosen`: the top bar's event, a card's or a paste's load), list
+    the cards again when the model's version changed: the Lora tab shows the networks for that version."""
+    outputs = [view.cards] + list(view.galleries.values()) + [view.editor.card, view.version]
+
+    def relist(choice, listed_for):
+        version = model_version(engine)
+        if version == listed_for:  # (a paste that loaded nothing, or a model of the same version)
+            return [gr.skip()] * len(outputs)
+        return _relisted(engine, view, choice) + [version]
+
+    model_chosen.then(relist, inputs=[view.editor.card, view.version], outputs=outputs, queue=False,
                       show_progress="hidden")
 
 
@@ -297,13 +305,13 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
 
     editor = view.editor
 
-    def refreshed(choice):
+    def refreshed(choice, vae):
         engine.checkpoints.refresh()  # as A1111's Refresh, the checkpoints' folders too (and the VAEs, for the editor)
         engine.checkpoints.refresh_vaes()
-        return _relisted(engine, view, choice)
+        return _relisted(engine, view, choice) + [gr.update(choices=_vae_choices(engine, vae or ""))]
 
-    view.refresh.click(refreshed, inputs=editor.card,
-                       outputs=[view.cards] + list(view.galleries.values()) + [editor.card])
+    view.refresh.click(refreshed, inputs=[editor.card, editor.vae],
+                       outputs=[view.cards] + list(view.galleries.values()) + [editor.card, editor.vae])
 
     shown = [editor.description, editor.sd_version, editor.activation, editor.weight, editor.negative, editor.vae,
              editor.notes, editor.facts, editor.tags, editor.tag_list, editor.status]

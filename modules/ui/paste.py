@@ -11,7 +11,27 @@ import gradio as gr
 from modules import infotext
 from modules.engine import Engine
 from modules.generation import hires, samplers
-from modules.ui import img2img, scripts, soft_inpainting
+from modules.ui import common, img2img, scripts, soft_inpainting
+
+
+SEED_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
+
+
+def sent_with(values: dict[str, Any], picture_size: tuple[int, int] | None, to_inpaint: bool, from_gallery: bool,
+              send_size: bool, send_seed: bool, max_side: int) -> None:
+    """A picture sent to img2img with an infotext's `values` (changed in place), as A1111's send_size and
+    send_seed: with send_size, img2img takes the picture's own size (in the sliders' steps, within the server's
+    --max-image-side), which for a Hires. fix or upscaled picture is not the infotext's first-pass `Size`. A picture
+    from a tab's results (`from_gallery`) leaves the size as it is without send_size, and for inpaint (A1111 sends
+    no size there), and leaves the seed fields without send_seed. From PNG Info or History the infotext's own
+    fields are pasted, as A1111 pastes them, unless send_size gives the picture's size."""
+    if picture_size is not None and send_size and not to_inpaint:
+        values["width"], values["height"] = common.slider_size(*picture_size, largest=max_side)
+    elif from_gallery:
+        values.pop("width", None), values.pop("height", None)
+    if from_gallery and not send_seed:
+        for name in SEED_FIELDS:
+            values.pop(name, None)
 
 
 def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import requests
 import torch
 from PIL import Image
 from playwright.sync_api import expect
@@ -16,8 +17,8 @@ from safetensors.torch import save_file
 
 from modules import images
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
-    block, browser, fetch_image, fill_text, open_accordion, page, read_value, select_option, set_number, ui_server,
-    wait_for_gallery)
+    block, browser, fetch_image, fill_text, open_accordion, option_labels, page, read_value, select_option, set_number,
+    ui_server, wait_for_gallery)
 from tests.support.tabs import generate_txt2img, open_tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -164,12 +165,15 @@ def test_a_checkpoint_card_loads_its_checkpoint(page, ui_server):
     _, data, _ = ui_server
     folder = data / "models" / "Stable-diffusion"
     folder.mkdir(parents=True, exist_ok=True)
+    vae_dir = data / "models" / "VAE"
+    vae_dir.mkdir(parents=True, exist_ok=True)
     added = [folder / "painter.safetensors", folder / "painter.yaml", folder / "painter.preview.png",
-             folder / "painter.json"]
+             folder / "painter.json", vae_dir / "soft-colours.safetensors"]
     try:
         for ext in ("safetensors", "yaml"):  # the demo model again, with its config beside it
             shutil.copyfile(ROOT / "models" / "builtin" / f"shapes-tiny.{ext}", folder / f"painter.{ext}")
         Image.new("RGB", (64, 64), (20, 200, 90)).save(folder / "painter.preview.png")
+        save_file({"decoder.conv_in.weight": torch.zeros(1)}, str(vae_dir / "soft-colours.safetensors"))  # listed
 
         open_accordion(page, "txt2img_extra_networks", "Extra networks")
         page.locator("#txt2img_extra_refresh").click()  # the checkpoints' folder is read again too
@@ -188,16 +192,25 @@ def test_a_checkpoint_card_loads_its_checkpoint(page, ui_server):
         page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny.safetensors").wait_for(timeout=60_000)
 
         open_accordion(page, "txt2img_extra_edit", "Edit card")
+        assert not any("shapes-tiny" in label for label in option_labels(page, "txt2img_extra_edit_card"))  # install
         select_option(page, "txt2img_extra_edit_card", "Checkpoints: painter")
         expect(block(page, "txt2img_extra_edit_vae")).to_be_visible()
         expect(block(page, "txt2img_extra_edit_activation")).to_be_hidden()  # the LoRA fields are not a checkpoint's
         assert read_value(page, "txt2img_extra_edit_vae") == "Automatic"
-        select_option(page, "txt2img_extra_edit_vae", "None")
-        fill_text(page, "txt2img_extra_edit_notes", "its own VAE")
+        assert option_labels(page, "txt2img_extra_edit_vae") == ["Automatic", "None", "soft-colours.safetensors"]
+        select_option(page, "txt2img_extra_edit_vae", "soft-colours.safetensors")
+        fill_text(page, "txt2img_extra_edit_notes", "soft colours")
         page.locator("#txt2img_extra_edit_save").click()
         expect(block(page, "txt2img_extra_edit_status")).to_contain_text("Saved painter.json")
         saved = json.loads((folder / "painter.json").read_text())
-        assert saved["vae"] == "None" and saved["notes"] == "its own VAE" and "activation text" not in saved
+        assert saved["vae"] == "soft-colours.safetensors" and saved["notes"] == "soft colours"
+        assert "activation text" not in saved
+        box = block(page, "txt2img_extra_edit_vae").locator("input")
+        box.fill("made-up.safetensors")  # a name no file has is refused, and the file keeps its value
+        box.press("Enter")
+        page.locator("#txt2img_extra_edit_save").click()
+        expect(block(page, "txt2img_extra_edit_status")).to_contain_text("Not saved: VAE 'made-up.safetensors'")
+        assert json.loads((folder / "painter.json").read_text())["vae"] == "soft-colours.safetensors"
     finally:  # the module's other tests share the folder
         for path in added:
             path.unlink(missing_ok=True)
@@ -237,6 +250,7 @@ def test_the_lora_cards_follow_a_checkpoint_a_pasted_infotext_loads(page, ui_ser
         page.locator("#txt2img_paste").click()
         page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny.safetensors").wait_for(timeout=90_000)
         expect(cards.filter(has_text="only-sd1")).to_have_count(1, timeout=30_000)
-    finally:  # the module's other tests share the folders
+    finally:  # the module's other tests share the folders and the demo model
+        requests.post(ui_server[0] + "/sdapi/v1/options", json={"sd_model_checkpoint": "shapes-tiny"}, timeout=120)
         for path in added:
             path.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ exactly as in the model in use."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 
@@ -15,8 +16,8 @@ from modules import devices
 from modules.generation import context, memory, pipeline, vae_tiling
 from modules.generation.params import GenerationParams
 from modules.models import checkpoint_file
+from modules.models.checkpoint_file import CheckpointError
 from modules.models.family import TEXT_ENCODER_PREFIXES
-from modules.limits import Limits
 from modules.services.errors import BadRequest
 from modules.settings import Settings
 from tests.engine.test_extra_networks import kohya_lora, same_weights, snapshot, write_lora
@@ -54,15 +55,33 @@ def test_models_used_last_stay_loaded_up_to_the_limit(manager):
     assert manager.current is None and manager.kept == [] and fourth.released
 
 
-def test_low_memory_models_are_never_kept(manager):
+def test_low_memory_models_are_never_kept_nor_kept_beside(manager):
+    """Low-memory mode is for saving memory: a model in it is not kept, and loading one keeps nothing beside it."""
     sd1, sd2 = manager.checkpoints.find("sd1.safetensors"), manager.checkpoints.find("sd2-v.safetensors")
     plain = manager.get(sd1, limit=2)
-    manager.get(sd2, limit=2)
+    other = manager.get(sd2, limit=2)
     low = manager.get(sd1, low_memory_mode="On", limit=2)  # the kept one is in the other mode: loaded again
     assert low is not plain and plain.released and low.low_memory
-    assert [m.info.name for m in manager.kept] == ["sd2-v.safetensors"]
+    assert other.released and manager.kept == []
     manager.get(sd2, limit=2)
-    assert low.released and manager.kept == []  # its point is the memory
+    assert low.released and manager.kept == []
+
+
+def test_a_file_that_fails_costs_no_kept_model_and_a_jobs_reserve_is_kept_free(data_dir, manager):
+    """The limit trims the kept models once the new one is read, so a broken file leaves them. A load that must
+    leave room for a running job (`reserve`: a refiner's switch) keeps the model in use only if it fits beside."""
+    folder = data_dir / "models" / "Stable-diffusion"
+    (folder / "broken.safetensors").write_bytes((folder / "sd1.safetensors").read_bytes()[:1000])
+    shutil.copy(folder / "sd1.yaml", folder / "broken.yaml")
+    manager.checkpoints.refresh()
+    find = manager.checkpoints.find
+    a = manager.get(find("sd1.safetensors"), limit=2)
+    b = manager.get(find("sd2-v.safetensors"), limit=2)
+    with pytest.raises(CheckpointError):
+        manager.get(find("broken.safetensors"), limit=2)
+    assert manager.kept == [a] and manager.current is b and not a.released
+    c = manager.get(find("sd1-ckpt.ckpt"), limit=3, reserve=1 << 50)  # no machine has a PiB free
+    assert manager.current is c and b.released and a.released and manager.kept == []
 
 
 def test_a_short_memory_releases_the_kept_models_first(data_dir, manager, caplog):
@@ -124,26 +143,58 @@ def test_switching_back_to_a_kept_checkpoint_with_a_lora_restores_it_exactly(eng
     assert engine.txt2img(job()).images[0].tobytes() == plain and same_weights(sd1, before)
 
 
+def with_memory_limit(engine, room: int) -> None:
+    """--memory-limit `room` bytes over what the process holds now, for the check before a job (set after the
+    models are loaded, so what loading allocated does not count against it)."""
+    limit = devices.process_memory(torch.device("cpu")) + room
+    engine.requests.limits = dataclasses.replace(engine.requests.limits, memory_limit_gb=limit / memory.GIB)
+
+
+def kept_sd2(engine):
+    """sd1 in use and sd2-v kept beside it (sd_checkpoints_limit 3)."""
+    engine.options.update({"sd_checkpoints_limit": 3})
+    engine.txt2img(job(override_settings={"sd_model_checkpoint": "sd2-v.safetensors"}))
+    engine.txt2img(job())
+    kept = engine.checkpoints.kept_models()
+    assert [m.info.name for m in kept] == ["sd2-v.safetensors"] and not kept[0].released
+    return kept[0]
+
+
 def test_a_job_that_does_not_fit_releases_the_kept_models_before_it_is_refused(data_dir):
-    """The checkpoints kept are a cache: a job short of memory gives them up first, then fits or, as here (a
-    --memory-limit 1.5 GiB over what the process holds at the start, room enough to keep a model (READ_MARGIN beside
-    the next), and a job whose estimate is larger), is refused as before."""
-    headroom = 3 * memory.GIB // 2
-    engine = make_engine(data_dir, "sd1.safetensors", limits=Limits(
-        memory_limit_gb=(devices.process_memory(torch.device("cpu")) + headroom) / memory.GIB))
+    """The checkpoints kept are a cache: a job short of memory gives them up first, then fits or, as here (256 MiB
+    left, a job whose estimate is larger), is refused as before."""
+    engine = make_engine(data_dir, "sd1.safetensors")
     big = dict(width=2048, height=2048, batch_size=8)
     try:
-        engine.options.update({"sd_checkpoints_limit": 3})
-        engine.txt2img(job(override_settings={"sd_model_checkpoint": "sd2-v.safetensors"}))
-        engine.txt2img(job())
-        kept = engine.checkpoints._models.kept[0]
-        assert kept.info.name == "sd2-v.safetensors" and not kept.released
+        kept = kept_sd2(engine)
         model = memory.ModelMemory.of(engine.checkpoints.current)
         ctx = context.resolve(job(**big), Settings())
-        assert memory.peak(ctx, model, vae_tiling.VaeTiling("Always")).bytes > headroom
+        assert memory.peak(ctx, model, vae_tiling.VaeTiling("Always")).bytes > 256 * memory.MIB
+        with_memory_limit(engine, 256 * memory.MIB)
         with pytest.raises(BadRequest, match="Not enough memory for this job"):
             engine.txt2img(job(**big))
-        assert kept.released and engine.checkpoints._models.kept == []
+        assert kept.released and engine.checkpoints.kept_models() == []
         assert engine.checkpoints.current.info.name == "sd1.safetensors"
+    finally:
+        engine.queue.stop()
+
+
+def test_a_job_that_fits_only_with_tiles_releases_the_kept_models_first(data_dir):
+    """Tiles (or swap space) would make the job fit beside the kept models: they are released first, and the job
+    is fitted again (here the tiny models' memory does not change the outcome, so it still runs tiled). The room
+    is between the job's tiled and untiled estimates, which are over 400 MB apart."""
+    engine = make_engine(data_dir, "sd1.safetensors")
+    size = dict(width=1016, height=1016, steps=1)
+    try:
+        kept = kept_sd2(engine)
+        model = memory.ModelMemory.of(engine.checkpoints.current)
+        ctx = context.resolve(job(**size), Settings())
+        untiled = memory.peak(ctx, model, ctx.vae_tiling).bytes
+        tiled = memory.peak(ctx, model, vae_tiling.VaeTiling("Always")).bytes
+        assert untiled - tiled > 400 * memory.MIB
+        with_memory_limit(engine, (untiled + tiled) // 2)
+        result = engine.txt2img(job(**size))
+        assert kept.released and engine.checkpoints.kept_models() == []
+        assert "VAE tiling: True" in result.infotexts[0]
     finally:
         engine.queue.stop()

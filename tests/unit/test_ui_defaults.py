@@ -100,6 +100,27 @@ def test_a_sent_pictures_size_fits_the_sliders():
     assert slider_size(4096, 2048) == (2048, 1024)
     assert slider_size(3000, 1000) == (2048, 680)
     assert slider_size(30, 500) == (64, 504)
+    assert slider_size(1536, 1536, largest=1024) == (1024, 1024)  # --max-image-side 1024
+
+
+def test_a_picture_sent_to_img2img_gives_its_size_and_seed_as_a1111s_settings_say():
+    """A1111's send_size / send_seed (infotext_utils.connect_paste_params_buttons, send_image_and_dimensions): the
+    picture's own size for img2img (never for inpaint); from a tab's results, without send_size the size and
+    without send_seed the seed fields stay as they are; from PNG Info or History the infotext's are pasted."""
+    from modules.ui.paste import sent_with
+
+    def sent(to_inpaint=False, from_gallery=True, send_size=True, send_seed=True, size=(192, 192)):
+        values = {"prompt": "p", "width": 128, "height": 128, "seed": 5, "subseed": 6, "subseed_strength": 0.5}
+        sent_with(values, size, to_inpaint, from_gallery, send_size, send_seed, 2048)
+        return values
+
+    assert sent() == {"prompt": "p", "width": 192, "height": 192, "seed": 5, "subseed": 6, "subseed_strength": 0.5}
+    assert sent(send_size=False, send_seed=False) == {"prompt": "p"}
+    assert sent(to_inpaint=True) == {"prompt": "p", "seed": 5, "subseed": 6, "subseed_strength": 0.5}
+    assert sent(from_gallery=False, send_size=False, send_seed=False)["width"] == 128  # the infotext's
+    assert sent(from_gallery=False, to_inpaint=True)["width"] == 128
+    assert sent(from_gallery=False)["width"] == 192
+    assert sent(size=(1001, 3000))["width"] == 680 and sent(size=(1001, 3000))["height"] == 2048
 
 
 def test_tab_order_and_hidden_tabs_as_a1111_reads_them():
