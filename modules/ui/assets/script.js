@@ -80,7 +80,9 @@ document.addEventListener("contextmenu", (event) => {
   }
   document.body.appendChild(menu);
 });
-document.addEventListener("click", sdCloseMenu);
+// Only the user's clicks close it: Generate forever's own clicks on Generate (untrusted events) happen whenever a
+// job ends, and closed the menu under the pointer of a user about to pick "Cancel generate forever".
+document.addEventListener("click", (event) => { if (event.isTrusted) sdCloseMenu(); });
 document.addEventListener("keydown", (event) => { if (event.key === "Escape") sdCloseMenu(); });
 
 // The extra-network cards' Search box: cards whose caption (name, description) does not hold every word typed
