@@ -217,6 +217,9 @@ def option_labels(page, elem_id: str) -> list[str]:
     # filters on key events) so every choice is listed.
     box.press("Control+a")
     box.press("Backspace")
+    # Gradio filters the list when the input event is handled and redraws it after: two animation frames later the
+    # list shown is the unfiltered one (read at once, it could still be the one filtered by the shown value)
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
     listbox = block(page, elem_id).locator("[role=listbox]")
     listbox.wait_for(state="visible")
     # one read of the whole list: a refresh may replace its items between reading one and the next
