@@ -87,6 +87,12 @@ SAMPLERS: list[SamplerSpec] = [
 ]
 
 SAMPLERS_BY_NAME = {s.name: s for s in SAMPLERS}
+
+
+def visible_names(hidden=()) -> list[str]:
+    """The sampler names the page and the X/Y/Z plot list: all but those the setting hide_samplers names (A1111's);
+    a hidden one is still accepted wherever a name is given."""
+    return [s.name for s in SAMPLERS if s.name not in hidden]
 SCHEDULE_TYPES = [("automatic", "Automatic")] + list(schedules.SCHEDULES.items())
 SCHEDULE_ALIASES = {"sgm_uniform": ("SGMUniform",)}
 

@@ -64,10 +64,6 @@ def _checkpoint_titles(engine: Engine) -> list[str]:
     return merger.checkpoint_titles(engine)
 
 
-def _vae_choices(engine: Engine) -> list[str]:
-    return ["Automatic", "None"] + [v.name for v in engine.checkpoints.vaes()]
-
-
 def _selected(engine: Engine) -> str | None:
     try:
         return engine.checkpoints.resolve().title
@@ -115,7 +111,7 @@ def top_bar(engine: Engine) -> TopBar:
                                  allow_custom_value=True)  # a title gains its hash once computed
         refresh_checkpoints = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40,
                                         size="sm", elem_classes="sd-tool")
-        vae = gr.Dropdown(label="SD VAE", choices=_vae_choices(engine), value=engine.options.values.sd_vae,
+        vae = gr.Dropdown(label="SD VAE", choices=common.vae_choices(engine), value=engine.options.values.sd_vae,
                           elem_id="setting_sd_vae", scale=2, min_width=200)
         refresh_vae = gr.Button("🔄", elem_id="refresh_sd_vae", scale=0, min_width=40, size="sm",
                                 elem_classes="sd-tool")
@@ -134,7 +130,7 @@ def top_bar(engine: Engine) -> TopBar:
 
     def refresh_vaes():
         engine.checkpoints.refresh_vaes()
-        return gr.Dropdown(choices=_vae_choices(engine), value=engine.options.values.sd_vae)
+        return gr.Dropdown(choices=common.vae_choices(engine), value=engine.options.values.sd_vae)
 
     refresh_vae.click(refresh_vaes, outputs=vae, queue=False)
     chosen = checkpoint.input(change_checkpoint_stream(engine), inputs=checkpoint,

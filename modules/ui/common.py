@@ -59,17 +59,12 @@ def tabs_read_on_click(inputs: list, indexes: dict[gr.Number, list]) -> str:
         " return args; }")
 
 
-def visible_samplers(hidden: list[str]) -> list[str]:
-    """The sampler names the page lists: all but those the setting hide_samplers names (A1111's)."""
-    return [s.name for s in samplers.SAMPLERS if s.name not in hidden]
-
-
 def sampler_controls(tab: str, default_sampler: str = "DPM++ 2M", hidden: list[str] = ()
                      ) -> dict[str, gr.components.Component]:
     """`hidden`: hide_samplers; a hidden sampler a pasted infotext names is still shown and used (the server checks
     every name), so the dropdown takes names it does not list then."""
     with gr.Row(elem_id=f"{tab}_sampler_row"):
-        sampler = gr.Dropdown(label="Sampling method", choices=visible_samplers(list(hidden)),
+        sampler = gr.Dropdown(label="Sampling method", choices=samplers.visible_names(hidden),
                               value=default_sampler, elem_id=f"{tab}_sampling", allow_custom_value=bool(hidden))
         scheduler = gr.Dropdown(label="Schedule type", choices=[label for _, label in samplers.SCHEDULE_TYPES],
                                 value="Automatic", elem_id=f"{tab}_scheduler")
@@ -82,6 +77,11 @@ TAB_IDS = {"txt2img": "txt2img", "img2img": "img2img", "Extras": "extras", "PNG 
            "History": "history", "Checkpoint Merger": "modelmerger", "Settings": "settings"}
 
 MAX_SIDE = 2048  # the Width and Height sliders' maximum
+
+
+def vae_choices(engine: Engine) -> list[str]:
+    """The SD VAE choices: Automatic, None and the VAE files' names."""
+    return ["Automatic", "None", *(v.name for v in engine.checkpoints.vaes())]
 
 
 def slider_size(width: int, height: int, largest: int = MAX_SIDE) -> tuple[int, int]:

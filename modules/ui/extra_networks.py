@@ -24,7 +24,7 @@ from modules.generation import extra_networks
 from modules.models import user_metadata
 from modules.models.checkpoint_file import CheckpointError
 from modules.models.user_metadata import UserMetadata
-from modules.ui.common import OutputPanel, gallery_path
+from modules.ui.common import OutputPanel, gallery_path, vae_choices
 from modules.ui.progress import note_html
 
 CARD_SIZE = 192
@@ -273,7 +273,7 @@ def wire_checkpoints(engine: Engine, view: CardsView, checkpoint: gr.Dropdown):
 def _vae_choices(engine: Engine, kept: str = "") -> list[str]:
     """The Preferred VAE's choices: Automatic, None, the VAE files, and `kept` (what the card's file names) even
     when it is not among them, so that saving other fields keeps it."""
-    names = ["Automatic", "None", *(v.name for v in engine.checkpoints.vaes())]
+    names = vae_choices(engine)
     return names + [kept] if kept and kept not in names else names
 
 

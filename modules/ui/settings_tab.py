@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 
 from modules import settings as settings_module
 from modules.engine import BadRequest, Engine
+from modules.generation import samplers
 from modules.settings import Settings
 from modules.ui import common
 
@@ -116,7 +117,7 @@ def section_elem_id(title: str) -> str:
 def choices_for(engine: Engine) -> dict[str, list[str]]:
     """The listed choices of the text settings picked from what is installed."""
     return {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())],
-            "upscaler_for_img2img": engine.upscalers.names(), "hide_samplers": common.visible_samplers([]),
+            "upscaler_for_img2img": engine.upscalers.names(), "hide_samplers": samplers.visible_names(),
             "hidden_tabs": [name for name in common.TAB_IDS if name != "Settings"],
             "ui_tab_order": list(common.TAB_IDS)}
 

@@ -69,7 +69,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
                         value=SAME_CHECKPOINT, elem_id="hr_checkpoint", allow_custom_value=True)
                     hidden = engine.options.values.hide_samplers
                     fields["hr_sampler_name"] = gr.Dropdown(
-                        label="Hires sampling method", choices=[SAME_SAMPLER, *common.visible_samplers(hidden)],
+                        label="Hires sampling method", choices=[SAME_SAMPLER, *samplers.visible_names(hidden)],
                         value=SAME_SAMPLER, elem_id="hr_sampler", allow_custom_value=bool(hidden))
                     fields["hr_scheduler"] = gr.Dropdown(
                         label="Hires schedule type",

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from modules import images, infotext, upscaling
 from modules.generation.params import GenerationParams, Img2ImgParams
-from modules.generation.samplers import SAMPLERS
+from modules.generation.samplers import visible_names
 from modules.services.errors import BadRequest
 
 
@@ -30,7 +30,7 @@ class Env:
     upscale: Callable[..., Image.Image] | None = None
     max_result_pixels: int = 1100 * 10**6  # --max-extras-megapixels: upscaled results held until the job ends
     # the sampler names the page offers (hide_samplers leaves some out; every name is still accepted)
-    samplers: Callable[[], list[str]] = lambda: [s.name for s in SAMPLERS]
+    samplers: Callable[[], list[str]] = visible_names
 
 
 @dataclass

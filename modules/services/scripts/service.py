@@ -10,7 +10,7 @@ from typing import Any
 
 from modules import images, infotext
 from modules.generation.params import GenerationParams
-from modules.generation.samplers import SAMPLERS
+from modules.generation import samplers
 from modules.jobs import Job, JobInterrupted, JobQueue, JobSkipped
 from modules.services.checkpoints import CheckpointService
 from modules.services.errors import BadRequest, UnknownScript
@@ -63,7 +63,7 @@ class ScriptService:
                    settings_mp or self._options.values.img_max_size_mp, upscalers.names,
                    lambda image: images.load(image, self._decode_budget), upscalers.upscale,
                    self._requests.limits.max_extras_pixels,
-                   lambda: [s.name for s in SAMPLERS if s.name not in self._options.values.hide_samplers])
+                   lambda: samplers.visible_names(self._options.values.hide_samplers))
 
     def xyz_axes(self, kind: str) -> list[xyz.Axis]:
         """The X/Y/Z plot's axis types for a tab (the page's dropdowns, the API's script-info)."""
