@@ -155,14 +155,16 @@ def _wire_style_editor(engine: Engine, row: Toprow) -> None:
         names = list(engine.styles.all())
         return [gr.Dropdown(choices=names), gr.Dropdown(choices=names, value=value)]
 
-    ed.open.click(lambda: [gr.Column(visible=True), *choices()[1:]], outputs=[ed.dialog, ed.selection], queue=False)
+    ed.open.click(lambda: [gr.Column(visible=True), *choices()[1:], ""], outputs=[ed.dialog, ed.selection, ed.status],
+                  queue=False)
     ed.close.click(lambda: gr.Column(visible=False), outputs=ed.dialog, queue=False)
 
     def select(name):
+        # this runs after Delete empties the name too: only a name picked or typed clears what Delete said
         name = (name or "").strip()
         style = engine.styles.all().get(name)
         return (style.prompt if style else gr.skip(), style.negative_prompt if style else gr.skip(),
-                gr.Button(visible=bool(name)), gr.Button(visible=style is not None), "")
+                gr.Button(visible=bool(name)), gr.Button(visible=style is not None), "" if name else gr.skip())
 
     ed.selection.change(select, inputs=ed.selection, outputs=[ed.prompt, ed.negative_prompt, ed.save, ed.delete,
                                                               ed.status], queue=False, show_progress="hidden")

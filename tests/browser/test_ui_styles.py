@@ -84,6 +84,10 @@ def test_the_style_editor_creates_changes_and_deletes_styles_in_styles_csv(page,
     page.locator("#txt2img_edit_style_delete").click()
     expect(page.locator("#txt2img_edit_style_status")).to_contain_text("Deleted style 'Kept'")
     expect(chosen).to_have_count(0)
+    # the delete empties the editor's name, and the event that follows (it hides Save) keeps the message: it used
+    # to clear it a moment after it appeared, for the user as for a slow test run
+    expect(page.locator("#txt2img_edit_style_save")).to_be_hidden()
+    expect(page.locator("#txt2img_edit_style_status")).to_contain_text("Deleted style 'Kept'", timeout=1)
     rows = list(csv.DictReader(io.StringIO(csv_file.read_text(encoding="utf-8-sig"))))
     assert [r["name"] for r in rows] == ["Sharp"]
     page.locator("#txt2img_edit_style_close").click()
