@@ -92,11 +92,21 @@ def hash_progress_stream(engine: Engine):
             return
         info = current.info
         task = engine.checkpoints.hash_later(info)
+
+        def superseded() -> bool:  # another checkpoint loaded since: the status line and the box are its load's
+            now = engine.checkpoints.current
+            return now is None or now.info.filename != info.filename
+
         while not task.done:
+            if superseded():
+                break
             percent = int(task.fraction * 100)
             yield (f'<div class="sd-note">Loaded {html.escape(info.name)}; calculating its hash: {percent}% '
                    f'<progress value="{percent}" max="100"></progress></div>', gr.skip())
             task.wait(0.5)
+        if superseded():
+            yield gr.skip(), gr.skip()
+            return
         selected = _selected(engine)
         yield (f'<div class="sd-note">Loaded {html.escape(info.title)}</div>',
                gr.Dropdown(choices=_checkpoint_titles(engine), value=selected) if selected else gr.skip())

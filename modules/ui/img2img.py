@@ -324,6 +324,6 @@ def wire(engine: Engine, tab: Img2ImgTab) -> None:
         w, h = int(image.width * scale) // 8 * 8, int(image.height * scale) // 8 * 8
         return f'<span class="sd-hint">{image.width}x{image.height} → {w}x{h}</span>'
 
-    for c in (tab.inputs["init_img"], tab.inputs["scale_by"]):
-        c.change(scaled_size, inputs=[tab.inputs["init_img"], tab.inputs["scale_by"]], outputs=tab.size_info,
-                 queue=False, show_progress="hidden")
+    sized = (tab.inputs["init_img"], tab.inputs["scale_by"])  # one event: its answers keep the changes' order
+    gr.on([c.change for c in sized], scaled_size, inputs=list(sized), outputs=tab.size_info, queue=False,
+          show_progress="hidden", trigger_mode="always_last")

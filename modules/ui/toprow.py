@@ -122,10 +122,9 @@ def wire(engine: Engine, row: Toprow, steps: gr.Slider) -> None:
         return counter_html(engine, text, n)
 
     for box, counter in ((row.prompt, row.token_counter), (row.negative_prompt, row.negative_token_counter)):
-        box.change(count, inputs=[box, steps], outputs=counter, trigger_mode="always_last", queue=False,
-                   show_progress="hidden")
-        steps.change(count, inputs=[box, steps], outputs=counter, trigger_mode="always_last", queue=False,
-                     show_progress="hidden")
+        # one event per counter for both triggers: always_last orders its answers; two events' could cross
+        gr.on([box.change, steps.change], count, inputs=[box, steps], outputs=counter, trigger_mode="always_last",
+              queue=False, show_progress="hidden")
 
     row.clear.click(lambda: ("", ""), outputs=[row.prompt, row.negative_prompt], queue=False)
 

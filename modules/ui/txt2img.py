@@ -190,5 +190,7 @@ def wire(engine: Engine, tab: Txt2ImgTab) -> None:
                                                            panel.selected},
                         outputs=event_outputs, concurrency_limit=None, show_progress="hidden")
     size_inputs = [tab.fields[n] for n in ("width", "height", "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y")]
-    for c in size_inputs:
-        c.change(hires_size, inputs=size_inputs, outputs=tab.hires_info, queue=False, show_progress="hidden")
+    # one event for all six, so that its answers come in the order of the changes (always_last), not in the order
+    # six separate events happen to be answered
+    gr.on([c.change for c in size_inputs], hires_size, inputs=size_inputs, outputs=tab.hires_info, queue=False,
+          show_progress="hidden", trigger_mode="always_last")

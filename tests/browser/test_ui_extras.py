@@ -71,8 +71,11 @@ def test_extras_upscales_saves_and_receives_images(page, ui_server, tmp_path):
     set_number(page, "txt2img_steps", 4)
     page.locator("#txt2img_generate").click()
     wait_for_gallery(page, "txt2img_gallery", 1)
+    shown = page.locator("#extras_image img").first
+    uploaded = shown.get_attribute("src") if shown.count() else None  # the picture uploaded above
     page.locator("#txt2img_send_to_extras").click()
-    page.locator("#extras_image img").first.wait_for(timeout=30_000)
+    shown.wait_for(timeout=30_000)
+    expect(shown).not_to_have_attribute("src", uploaded or "", timeout=30_000)  # replaced by the one sent
     assert page.get_by_role("tab", name="Extras").get_attribute("aria-selected") == "true"
 
 

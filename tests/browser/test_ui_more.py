@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from tests.support.browser import (  # noqa: F401 (browser, page and ui_server are fixtures)
     block, browser, error_toasts, fetch_image, fill_text, gallery_image_urls, job_view, open_accordion, page,
-    read_value, set_checkbox, set_number, ui_server, wait_for_gallery)
+    read_value, SentRequests, set_checkbox, set_number, ui_server, wait_for_gallery)
 from tests.support.shapes_judge import judge
 from tests.support.tabs import (INPUT_SCENE, PROMPT, assert_pasted, generate_txt2img, input_image, open_tab, pngs, rgb,
                                 wait_for_step, wait_idle)
@@ -554,6 +554,7 @@ def test_generate_forever_repeats_until_cancelled(page, ui_server):
     fill_text(page, "txt2img_prompt", PROMPT)
     set_number(page, "txt2img_steps", 2)
     set_number(page, "txt2img_seed", -1)
+    sent = SentRequests(page)  # the jobs the page asks for: each saves one picture
     page.locator("#txt2img_generate").click(button="right")
     page.get_by_role("menuitem", name="Generate forever", exact=True).click()
     expect(page.locator("body")).to_have_class(re.compile(r"\bsd-forever-txt2img\b"))
@@ -576,16 +577,19 @@ def test_generate_forever_repeats_until_cancelled(page, ui_server):
     expect(cancel).to_be_visible()  # those clicks do not close the user's menu (they did, under the pointer)
     cancel.click()
     expect(page.locator("body")).not_to_have_class(re.compile(r"\bsd-forever-txt2img\b"))
-    # A job the loop asked for just before the cancel still runs (its request was already sent, as in A1111): give
-    # it the time to show, and to end, before counting the files. Once cancelled, nothing asks for another.
-    wait_idle(page, "txt2img")
-    page.wait_for_timeout(1500)
+    # A job the loop asked for just before the cancel still runs (its request was already sent, as in A1111): wait
+    # until every job asked for has saved its picture. Once cancelled, nothing asks for another.
+    asked = sent.count("txt2img")
+    while len(pngs(samples) - before) < asked:
+        assert time.monotonic() < deadline + 120, (len(pngs(samples) - before), asked)
+        page.wait_for_timeout(200)
     wait_idle(page, "txt2img")
     done = pngs(samples)
     page.wait_for_timeout(1500)  # three ticks of the repeat: once cancelled, no job starts again
     expect(page.locator("#txt2img_interrupt")).to_be_hidden()
-    assert pngs(samples) == done
+    assert sent.count("txt2img") == asked and pngs(samples) == done
     new = done - before
+    assert len(new) == asked
     assert len({seed_of(saved_infotext(p)) for p in new}) == len(new) >= 4
 
 

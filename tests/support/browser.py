@@ -213,6 +213,7 @@ def option_labels(page, elem_id: str) -> list[str]:
     """The choices a Dropdown offers (opens its list, then closes it)."""
     box = block(page, elem_id).locator("input[role=combobox]")
     box.click()
+    shown = box.input_value()
     # A Dropdown that allows custom values filters its list by the text shown: clear it with keys (Gradio
     # filters on key events) so every choice is listed.
     box.press("Control+a")
@@ -224,6 +225,9 @@ def option_labels(page, elem_id: str) -> list[str]:
     listbox.wait_for(state="visible")
     # one read of the whole list: a refresh may replace its items between reading one and the next
     labels = listbox.locator("[role=option]").evaluate_all("els => els.map(e => e.getAttribute('aria-label') || '')")
+    # the text back as it was: a box that allows custom values takes the text it shows as its value when it loses
+    # focus, so the next click elsewhere would otherwise choose "" (and fire the box's input event with it)
+    box.fill(shown)
     box.press("Escape")
     return labels
 
@@ -395,6 +399,14 @@ class SentRequests:
     def _record(self, request) -> None:
         if request.method == "POST" and "/queue/join" in request.url and request.post_data:
             self.bodies.append(request.post_data_json)
+
+    def count(self, api_name: str) -> int:
+        """How many requests for the event `api_name` the page has sent so far."""
+        fn = self.page.evaluate("(api) => window.gradio_config.dependencies.find(d => d.api_name === api)?.id ?? null",
+                                api_name)
+        if fn is None:
+            raise AssertionError(f"the page has no event named {api_name!r}")
+        return sum(1 for body in list(self.bodies) if body.get("fn_index") == fn)
 
     def last(self, api_name: str) -> dict:
         """The inputs of the last request for the event `api_name`, by elem_id (controls without one left out)."""
