@@ -194,6 +194,10 @@ class Settings(BaseModel):
     add_vae_name_to_info: bool = Field(True, description="Add VAE name to infotext (VAE)")
     add_vae_hash_to_info: bool = Field(True, description="Add VAE hash to infotext (VAE hash)")
     add_version_to_infotext: bool = Field(True, description="Add program version to infotext (Version)")
+    disable_weights_auto_swap: bool = Field(
+        True, description="Disregard checkpoint information from pasted infotext (paste and Send to leave the top "
+                          "bar's checkpoint as it is; off, the checkpoint a pasted Model hash or Model names is "
+                          "selected and loaded)")
     infotext_styles: Literal["Ignore", "Apply", "Discard", "Apply if any"] = Field(
         "Apply if any", description="Infer styles from prompts of pasted infotext: Ignore keeps the prompt and the "
                                     "Styles list as they are; Apply takes the styles' text out of the prompt and "
@@ -405,7 +409,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                        "send_seed", "send_size", "keyedit_precision_attention", "keyedit_precision_extra",
                        "keyedit_delimiters", "keyedit_delimiters_whitespace", "keyedit_move"),
     "Infotext": ("add_model_name_to_info", "add_model_hash_to_info", "add_vae_name_to_info", "add_vae_hash_to_info",
-                 "add_version_to_infotext", "infotext_styles"),
+                 "add_version_to_infotext", "disable_weights_auto_swap", "infotext_styles"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",
                   "hypertile_max_tile_unet", "hypertile_swap_size_unet", "hypertile_enable_vae",
                   "hypertile_max_depth_vae", "hypertile_max_tile_vae", "hypertile_swap_size_vae"),

@@ -55,7 +55,7 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
                 values["hr_scheduler"] = choice.schedule_label
         except samplers.UnknownSampler:
             values.pop("hr_sampler_name")
-    if pasted.checkpoint:
+    if pasted.checkpoint and not engine.options.values.disable_weights_auto_swap:  # A1111's default: not swapped
         settings["sd_model_checkpoint"] = pasted.checkpoint
     # the Refiner accordion is on exactly when the infotext names a refiner (A1111: `'Refiner' in d`); its
     # dropdown shows the checkpoint here, or the name as given when there is none

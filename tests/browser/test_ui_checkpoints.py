@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import requests
 from PIL import Image
 from playwright.sync_api import expect
 
@@ -84,8 +85,9 @@ def test_refresh_switch_and_broken_checkpoint(page, ui_server, tiny_dir):
 
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
 def test_png_info_reads_jpeg_and_webp_and_send_to_selects_the_named_model(page, ui_server, tiny_dir, tmp_path, fmt):
-    """An infotext in a JPEG/WebP's EXIF is read; Send to txt2img fills the fields and, since the infotext
-    names a checkpoint that is here but not loaded, selects and loads it."""
+    """An infotext in a JPEG/WebP's EXIF is read; Send to txt2img fills the fields. The infotext names a checkpoint
+    that is here but not loaded: it is left alone, as A1111's disable_weights_auto_swap (on by default) says, and
+    with that setting off it is selected and loaded."""
     from modules import images
 
     _, data, _ = ui_server
@@ -112,8 +114,18 @@ def test_png_info_reads_jpeg_and_webp_and_send_to_selects_the_named_model(page, 
     page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value == 'a blue square'")
     assert read_value(page, "txt2img_steps") == "9" and read_value(page, "txt2img_seed") == "77"
     assert read_value(page, "txt2img_width") == "136" and read_value(page, "txt2img_sampling") == "Euler a"
-    page.locator("#sd_status").get_by_text("Loaded sd1.safetensors").wait_for(timeout=60_000)
-    assert read_value(page, "sd_checkpoint").startswith("sd1.safetensors")
+    # the box's value comes with the fields (one event's outputs): it still names the demo model
+    assert "shapes-tiny" in read_value(page, "sd_checkpoint")
+
+    url = ui_server[0]
+    requests.post(url + "/sdapi/v1/options", json={"disable_weights_auto_swap": False}, timeout=60).raise_for_status()
+    try:
+        open_tab(page, "tab_pnginfo")
+        page.locator("#pnginfo_send_to_txt2img").click()
+        page.locator("#sd_status").get_by_text("Loaded sd1.safetensors").wait_for(timeout=60_000)
+        assert read_value(page, "sd_checkpoint").startswith("sd1.safetensors")
+    finally:  # the module's other tests share the server
+        requests.post(url + "/sdapi/v1/options", json={"disable_weights_auto_swap": True}, timeout=60)
 
 
 def test_checkpoint_merger_tab_saves_lists_and_refuses_to_overwrite(page, ui_server, tiny_dir):

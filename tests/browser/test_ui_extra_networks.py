@@ -240,6 +240,8 @@ def test_the_lora_cards_follow_a_checkpoint_a_pasted_infotext_loads(page, ui_ser
         expect(cards.filter(has_text="only-sd1")).to_have_count(1, timeout=90_000)
         expect(cards.filter(has_text="only-xl")).to_have_count(0)
 
+        requests.post(ui_server[0] + "/sdapi/v1/options", json={"disable_weights_auto_swap": False},
+                      timeout=60).raise_for_status()  # a pasted Model loads that checkpoint (not A1111's default)
         fill_text(page, "txt2img_prompt", "a cat\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, Model: tiny-xl")
         page.locator("#txt2img_paste").click()
         page.locator("#sd_status").get_by_text("Loaded tiny-xl.safetensors").wait_for(timeout=90_000)
@@ -251,6 +253,7 @@ def test_the_lora_cards_follow_a_checkpoint_a_pasted_infotext_loads(page, ui_ser
         page.locator("#sd_status").get_by_text("Loaded builtin/shapes-tiny.safetensors").wait_for(timeout=90_000)
         expect(cards.filter(has_text="only-sd1")).to_have_count(1, timeout=30_000)
     finally:  # the module's other tests share the folders and the demo model
-        requests.post(ui_server[0] + "/sdapi/v1/options", json={"sd_model_checkpoint": "shapes-tiny"}, timeout=120)
+        requests.post(ui_server[0] + "/sdapi/v1/options", json={"sd_model_checkpoint": "shapes-tiny",
+                                                                "disable_weights_auto_swap": True}, timeout=120)
         for path in added:
             path.unlink(missing_ok=True)

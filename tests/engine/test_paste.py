@@ -60,7 +60,21 @@ def test_the_api_and_the_page_fill_the_same_fields(engine):  # noqa: F811
     assert (page_values["sampler_name"], page_values["scheduler"]) == ("DPM++ 2M", "Karras")
     assert request.sampler_name == "DPM++ 2M Karras"  # resolved to the same choice when the job is accepted
     assert request.override_settings["CLIP_stop_at_last_layers"] == page_settings["CLIP_stop_at_last_layers"] == 2
-    assert page_settings["sd_model_checkpoint"] == engine.checkpoints.find("sd1.safetensors").title
+    assert "sd_model_checkpoint" not in request.override_settings
+
+
+def test_the_page_swaps_the_checkpoint_only_when_disable_weights_auto_swap_is_off(engine):  # noqa: F811
+    """A1111's disable_weights_auto_swap (on by default): a pasted Model hash does not change the checkpoint."""
+    text = text_for(engine)
+    assert engine.paste.read(text, txt2img=True).checkpoint == engine.checkpoints.find("sd1.safetensors").title
+    assert engine.options.values.disable_weights_auto_swap is True
+    assert "sd_model_checkpoint" not in paste.field_values(engine, text, txt2img=True)[1]
+    engine.set_options({"disable_weights_auto_swap": False})
+    try:
+        settings = paste.field_values(engine, text, txt2img=False)[1]
+        assert settings["sd_model_checkpoint"] == engine.checkpoints.find("sd1.safetensors").title
+    finally:
+        engine.set_options({"disable_weights_auto_swap": True})
 
 
 def test_tiling_true_ticks_the_box_and_sets_the_request_field(engine):  # noqa: F811
