@@ -170,6 +170,9 @@ def parse_with_defaults(text: str) -> dict[str, Any]:
     # A1111's back-compat (auto_backcompat): before 1.8.0 the refiner switched by sampling steps
     if version is not None and version < (1, 8, 0, 0) and result.get("Refiner"):
         result["Refiner switch by sampling steps"] = True
+    # and before 1.6.0, prompt editing counted in the old timelines
+    if version is not None and version < (1, 6, 0, 0) and "[" in str(result.get("Prompt", "")):
+        result["Old prompt editing timelines"] = True
     hypernet = result.get("Hypernet")  # A1111's old keys for its one hypernetwork: back into the prompt's tag
     if hypernet is not None:
         result["Prompt"] = f'{result.get("Prompt", "")}<hypernet:{hypernet}:{result.get("Hypernet strength", "1.0")}>'
@@ -206,6 +209,7 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("uni_pc_lower_order_final", "UniPC lower order final", bool),
     ("hires_fix_refiner_pass", "Hires refiner", str),
     ("refiner_switch_by_sample_steps", "Refiner switch by sampling steps", bool),
+    ("use_old_scheduling", "Old prompt editing timelines", bool),
     ("skip_early_cond", "Skip Early CFG", float), ("s_min_uncond", "NGMS", float),
     ("s_min_uncond_all", "NGMS all steps", bool), ("img2img_extra_noise", "Extra noise", float),
     ("pad_cond_uncond", "Pad conds", bool), ("pad_cond_uncond_v0", "Pad conds v0", bool),

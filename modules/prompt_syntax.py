@@ -7,7 +7,8 @@ Three layers, applied in this order, each on the output of the one before:
 2. `prompt_schedule`: prompt editing and alternation. `[from:to:when]`, `[to:when]`, `[from::when]`
    (nestable) and `[a|b|c]` turn one prompt into a list of (last step, plain text) pairs, one per
    change. `when` with a decimal point is a fraction of the steps, otherwise a step number (A1111's
-   "new" timelines, v1.6+). A prompt that does not fit the grammar is used as it is, unscheduled.
+   "new" timelines, v1.6+; a `Timeline` says which steps: a hires pass's count on from the first pass's, and
+   the old timelines are there too). A prompt that does not fit the grammar is used as it is, unscheduled.
 3. `parse_attention`: emphasis. `(x)` x1.1, `((x))` x1.21, `[x]` /1.1, `(x:1.5)`, escapes `\\( \\) \\[ \\] \\\\`,
    and `BREAK`, giving (text, weight) segments for the tokenizer.
 
@@ -199,57 +200,87 @@ class _ScheduleParser:
         raise _NoMatch
 
 
-def _when_step(when: str, steps: int) -> int:
-    """The last step that shows `before`: a number with a decimal point is a fraction of the steps
-    (int(v * steps)), anything else a step number; capped at `steps`."""
-    v = float(when)
-    if "." in when:
-        v *= steps
+@dataclass(frozen=True)
+class Timeline:
+    """The steps prompt editing counts in (A1111's get_learned_conditioning_prompt_schedules). `steps`: the pass's
+    steps as A1111 counts them (twice the sampling steps for second-order samplers, see `total_steps`). `first`:
+    for a hires pass, the first pass's: a step number then counts on from the first pass's steps and a fraction
+    from 1 (after 20 first-pass steps, `[a:b:25]` and `[a:b:1.5]` switch at the 5th of 10 hires steps; `[a:b:0.5]`
+    is `b` throughout). `old`: A1111's use_old_scheduling ("Old prompt editing timelines"): a number under 1 is a
+    fraction, any other a step number, both of the first pass's steps."""
+    steps: int
+    first: int | None = None
+    old: bool = False
+
+    @classmethod
+    def hires(cls, first: int, steps: int, old: bool = False) -> Timeline:
+        """The hires pass's, after a first pass of `first` steps (A1111 counts the old timelines in those)."""
+        return cls(first, None, True) if old else cls(steps, first)
+
+
+def total_steps(steps: int, second_order: bool) -> int:
+    """The steps a pass counts in its timeline: A1111's `total_steps`, twice the steps for a second-order sampler
+    (its denoiser's step counter counts calls, two a step)."""
+    return steps * 2 if second_order else steps
+
+
+def _when_step(when: str, timeline: Timeline) -> int:
+    """The last step that shows `before` (A1111's formula, see `Timeline`); capped at the timeline's steps."""
+    v, steps = float(when), timeline.steps
+    if timeline.old:
+        v = v * steps if v < 1 else v
+    elif "." in when:
+        v = (v - (0.0 if timeline.first is None else 1.0)) * steps
+    else:
+        v -= timeline.first or 0
     return int(max(-1.0, min(float(steps), v)))  # the clamp only matters for inf (A1111 would crash)
 
 
-def _visit(nodes, steps: int, found: set[int], cycles: set[int]) -> None:
+def _visit(nodes, timeline: Timeline, found: set[int], cycles: set[int]) -> None:
     """Collect the switch steps of edits into `found` and the option counts of alternations into `cycles`."""
     for node in nodes:
         if isinstance(node, _Edit):
-            w = _when_step(node.when, steps)
+            w = _when_step(node.when, timeline)
             if w >= 1:
                 found.add(w)
-            _visit(node.before, steps, found, cycles)
-            _visit(node.after, steps, found, cycles)
+            _visit(node.before, timeline, found, cycles)
+            _visit(node.after, timeline, found, cycles)
         elif isinstance(node, _Alternate):
             cycles.add(len(node.options))
             for option in node.options:
-                _visit(option, steps, found, cycles)
+                _visit(option, timeline, found, cycles)
 
 
-def _text_at(nodes, step: int, steps: int) -> str:
+def _text_at(nodes, step: int, timeline: Timeline) -> str:
     parts = []
     for node in nodes:
         if isinstance(node, str):
             parts.append(node)
         elif isinstance(node, _Edit):
-            chosen = node.before if step <= _when_step(node.when, steps) else node.after
-            parts.append(_text_at(chosen, step, steps))
+            chosen = node.before if step <= _when_step(node.when, timeline) else node.after
+            parts.append(_text_at(chosen, step, timeline))
         else:
-            parts.append(_text_at(node.options[(step - 1) % len(node.options)], step, steps))
+            parts.append(_text_at(node.options[(step - 1) % len(node.options)], step, timeline))
     return "".join(parts)
 
 
-def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
-    """[(end_at_step, text), ...], ascending, the last ending at `steps`. Text i is in use while the
-    sampling step counter is <= its end_at_step (see `ScheduledCond` for the counter's convention).
+def prompt_schedule(prompt: str, steps: int | Timeline) -> list[tuple[int, str]]:
+    """[(end_at_step, text), ...], ascending, the last ending at the timeline's steps (`steps`: an int is a
+    first pass's). Text i is in use while the sampling step counter is <= its end_at_step (see `ScheduledCond`
+    for the counter's convention).
 
     >>> prompt_schedule("a [b:c:2] d", 10)
     [(2, 'a b d'), (10, 'a c d')]
     """
-    steps = max(int(steps), 1)
+    timeline = steps if isinstance(steps, Timeline) else Timeline(int(steps))
+    steps = max(int(timeline.steps), 1)
+    timeline = Timeline(steps, timeline.first, timeline.old)
     try:
         tree = _ScheduleParser(prompt).parse()
     except _NoMatch:
         return [(steps, prompt)]
     edits, cycles = set(), set()
-    _visit(tree, steps, edits, cycles)
+    _visit(tree, timeline, edits, cycles)
     ends = {steps} | edits
     if cycles:  # an alternation anywhere: a text per step
         ends.update(range(1, steps + 1))
@@ -264,7 +295,7 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
         key = (bisect_left(switches, end), *((end - 1) % n for n in lengths))
         text = made.get(key)
         if text is None:
-            text = _text_at(tree, end, steps)
+            text = _text_at(tree, end, timeline)
             text = made[key] = texts.setdefault(text, text)
         schedule.append((end, text))
     return schedule

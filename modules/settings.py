@@ -80,6 +80,11 @@ class Settings(BaseModel):
         "second pass", description="Hires fix: which pass uses the refiner")
     refiner_switch_by_sample_steps: bool = Field(
         False, description="Switch to the refiner by sampling steps, as A1111 before 1.8, not by noise level")
+    use_old_scheduling: bool = Field(
+        False, description="Use old prompt editing timelines, as A1111 before 1.6: in [red:green:N], an N under 1 "
+                           "is a fraction of the steps and any other a step number, and the hires pass counts in "
+                           "the first pass's steps. New: an N with a decimal point is a fraction, any other a step "
+                           "number, and the hires pass counts on from the first pass (fractions from 1 to 2)")
     randn_source: Literal["CPU", "GPU", "NV"] = Field(
         "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
                            "generator; NV the numbers NVIDIA GPUs give, on any device")
@@ -395,6 +400,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
+    "Compatibility": ("use_old_scheduling",),
     "Extra Networks": ("extra_networks_default_multiplier", "lora_show_all", "lora_hide_unknown_for_versions"),
     "VAE": ("sd_vae", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method", "sd_vae_decode_method",
             "vae_tiling", "vae_tile_size"),

@@ -129,6 +129,7 @@ class JobContext:
     # A1111's token merging ratios (see models/token_merging): the first pass's (img2img's), the hires pass's
     token_merging: float = 0.0
     token_merging_hr: float = 0.0
+    old_timelines: bool = False  # use_old_scheduling: A1111's old prompt editing timelines (prompt_syntax.Timeline)
     extra_noise: float = 0.0  # img2img_extra_noise: img2img's and the hires pass's start noise added again, scaled
     hires_checkpoint: str | None = None  # Hires checkpoint: the title the hires pass runs on (set by the services)
     # infotext keys a script gives every image of this job, before the job's own (Loopback's curve); (key, value)
@@ -269,4 +270,5 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         keep_before_hires=bool(hr_choice) and settings.save_images_before_highres_fix and params.save_images
         and settings.samples_save,
         pad_conds="v0" if settings.pad_cond_uncond_v0 else "pad" if settings.pad_cond_uncond else "",
-        hypertile=Hypertile.of(settings), token_merging=merging[0], token_merging_hr=merging[1])
+        hypertile=Hypertile.of(settings), token_merging=merging[0], token_merging_hr=merging[1],
+        old_timelines=settings.use_old_scheduling)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import devices, images, upscaling
+from modules import devices, images, prompt_syntax, upscaling
 from modules.generation import (color_correction, extra_networks, hires, ksampling, masking, preview, rng, samplers,
                                 schedules, soft_inpainting, vae_tiling)
 from modules.generation.conditioning import ComposableCond, Cond, ScheduledCond
@@ -28,6 +28,7 @@ from modules.generation.context import JobContext, RefinerPlan, UncondSkips
 from modules.generation.params import Img2ImgParams, SoftInpainting
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import JobInterrupted, JobSkipped
+from modules.prompt_syntax import Timeline, total_steps
 from modules.models import depth, hypertile, low_memory, taesd, token_merging
 
 log = logging.getLogger(__name__)
@@ -775,7 +776,7 @@ class RefinerSwitch:
     with the same latent, sampler state and call count."""
     plan: RefinerPlan
     load: Callable[[], Any]
-    texts: tuple[str, str, int]  # the prompt (networks taken out), the negative prompt, the steps they span
+    texts: tuple[str, str, Timeline]  # the prompt (networks taken out), the negative prompt, the steps they span
     size: tuple[int, int]  # the pass's width and height
     encoding: tuple[int, str]  # clip skip, emphasis
     on_switch: Callable[[Any], None]  # told the refiner model once it runs
@@ -864,7 +865,7 @@ class _Models:
             self._use(self.hires)
         return self.hires
 
-    def switch(self, ctx: JobContext, second_pass: bool, texts: tuple[str, str, int], size: tuple[int, int]
+    def switch(self, ctx: JobContext, second_pass: bool, texts: tuple[str, str, Timeline], size: tuple[int, int]
                ) -> RefinerSwitch | None:
         """The switch for a pass, or None when this pass does not switch."""
         plan = ctx.refiner
@@ -896,9 +897,27 @@ class _Models:
                 self._stack = None
 
 
-def encode_texts(model, prompt: str, negative: str, steps: int, clip_skip: int, emphasis: str, empty: bool = False
-                 ) -> tuple[ComposableCond, ScheduledCond, torch.Tensor | None]:
-    """A pass's conditioning: the prompt's and the negative prompt's, and with `empty` the empty prompt's (one chunk:
+def first_timeline(ctx: JobContext) -> Timeline:
+    """The first pass's prompt editing timeline (img2img's too): A1111 counts it in the sampler's total steps."""
+    return Timeline(total_steps(ctx.params.steps, ctx.choice.spec.second_order), old=ctx.old_timelines)
+
+
+def old_timelines_field(texts: tuple[str, str], used: Timeline, new: Timeline) -> dict[str, bool]:
+    """A1111's infotext key `Old prompt editing timelines: True`: given when the pass counts in the old timelines
+    (`used`, use_old_scheduling) and that changes the schedule of its prompt or negative prompt from the `new`
+    ones'."""
+    if not used.old:
+        return {}
+    prompt, negative = texts
+    subs = [*dict.fromkeys(text for text, _ in prompt_syntax.split_and(prompt)), negative]
+    changed = any(prompt_syntax.prompt_schedule(t, used) != prompt_syntax.prompt_schedule(t, new) for t in subs)
+    return {"Old prompt editing timelines": True} if changed else {}
+
+
+def encode_texts(model, prompt: str, negative: str, steps: int | Timeline, clip_skip: int, emphasis: str,
+                 empty: bool = False) -> tuple[ComposableCond, ScheduledCond, torch.Tensor | None]:
+    """A pass's conditioning over `steps` (its prompt editing timeline): the prompt's and the negative prompt's, and
+    with `empty` the empty prompt's (one chunk:
     what pad_cond_uncond pads with, A1111's cond_stage_model_empty_prompt). In low-memory mode the text encoders are
     parked again until the next prompt (LoadedModel.park_text). What they freed is handed back before sampling (on
     a CPU their layers' 32-bit copies, see low_memory, leave the heap in holes the U-Net's large blocks cannot
@@ -919,7 +938,8 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
     params, seeds, subseeds = ctx.params, list(ctx.seeds), ctx.variation_subseeds
     clip_skip, emphasis, randn_source, ensd = ctx.clip_skip, ctx.emphasis, ctx.randn_source, ctx.noise_seed_delta
     prompt = extra_networks.parse(params.prompt).text
-    cond, uncond, empty = encode_texts(model, prompt, params.negative_prompt, params.steps, clip_skip, emphasis,
+    timeline = first_timeline(ctx)
+    cond, uncond, empty = encode_texts(model, prompt, params.negative_prompt, timeline, clip_skip, emphasis,
                                        ctx.pad_conds == "pad")
     inputs = (model.text.unet_inputs(params.width, params.height),
               model.text.unet_inputs(params.width, params.height, negative=True))
@@ -947,9 +967,11 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
         kept: list[Image.Image] | None = [] if plan.hires and ctx.keep_before_hires else None
         denoiser = Denoiser(model, cond, uncond, params.cfg_scale, plan.image_cond, *inputs, empty=empty)
         denoiser.pad = ctx.pad_conds
-        denoiser.switch = models.switch(ctx, False, (prompt, params.negative_prompt, params.steps),
+        denoiser.switch = models.switch(ctx, False, (prompt, params.negative_prompt, timeline),
                                         (params.width, params.height))
         denoiser.skips, fields = ctx.uncond_skips, denoiser.fields  # the hires pass's keys join the first's
+        fields.update(old_timelines_field((prompt, params.negative_prompt), timeline,
+                                          dataclasses.replace(timeline, old=False)))
         first_hooks, second_hooks = hooks, None
         if plan.hires and plan.firstpass is None and hooks.on_step:  # progress over both passes, as A1111 counts it
             total = params.steps + (params.hr_second_pass_steps or params.steps)
@@ -1073,12 +1095,16 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
     hr_steps = params.hr_second_pass_steps or params.steps
     prompt = extra_networks.parse(params.hr_prompt or params.prompt).text
     negative = params.hr_negative_prompt or params.negative_prompt
-    cond, uncond, empty = encode_texts(model, prompt, negative, hr_steps, clip_skip, emphasis, ctx.pad_conds == "pad")
+    # A1111's hires timeline: prompt editing counts on from the first pass's steps (Timeline.hires)
+    first_steps, hr_total = first_timeline(ctx).steps, total_steps(hr_steps, ctx.hr_choice.spec.second_order)
+    timeline = Timeline.hires(first_steps, hr_total, ctx.old_timelines)
+    fields.update(old_timelines_field((prompt, negative), timeline, Timeline.hires(first_steps, hr_total)))
+    cond, uncond, empty = encode_texts(model, prompt, negative, timeline, clip_skip, emphasis, ctx.pad_conds == "pad")
     image_cond = inpainting_conditioning(model, len(seeds), height, width, models.tiling(height, width))
     denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond, model.text.unet_inputs(width, height),
                         model.text.unet_inputs(width, height, negative=True), empty=empty)
     denoiser.pad = ctx.pad_conds
-    denoiser.switch = models.switch(ctx, True, (prompt, negative, hr_steps), (width, height))
+    denoiser.switch = models.switch(ctx, True, (prompt, negative, timeline), (width, height))
     denoiser.skips, denoiser.fields = ctx.uncond_skips, fields
     with token_merging.merging(ctx.token_merging_hr):  # A1111 sets the hires ratio for this pass only
         return sample(model, denoiser, noise, ctx.hr_choice, steps, generators, hooks,

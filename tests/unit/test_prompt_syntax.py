@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 from pydantic import ValidationError
 
 from modules import prompt_syntax, styles
+from modules.prompt_syntax import Timeline, total_steps
 from modules.generation import extra_networks, pipeline, rng, samplers
 from modules.generation.conditioning import CHUNK, build_chunks
 from modules.generation.params import GenerationParams
@@ -190,7 +191,7 @@ def test_schedule_is_the_text_at_each_step(prompt, steps):
     except prompt_syntax._NoMatch:
         assert schedule == [(steps, prompt)]
         return
-    assert schedule == [(end, prompt_syntax._text_at(tree, end, steps)) for end, _ in schedule]
+    assert schedule == [(end, prompt_syntax._text_at(tree, end, Timeline(steps))) for end, _ in schedule]
     by_text = {}
     for _, text in schedule:
         assert by_text.setdefault(text, text) is text  # equal texts are one string
@@ -518,3 +519,30 @@ def test_emphasis_setting_changes_the_image_and_the_infotext(engine):
     # A1111 notes the mode only when a text the encoder sees has a bracket
     assert "Emphasis" not in gen(engine, "a red circle", override_settings={"emphasis": "Ignore"}).infotexts[0]
     assert engine.options.values.emphasis == "Original"
+
+
+# A1111 v1.10's get_learned_conditioning_prompt_schedules (modules/prompt_parser.py), worked by hand: new timelines,
+# first pass: N with "." -> int(N * steps), else N; hires pass (hires_steps given): int((N - 1) * hr_steps) or
+# int(N - first_steps), each capped at the pass's steps and dropped under 1; old (use_old_scheduling): N < 1 ->
+# int(N * steps), else int(N), in the first pass's steps for both passes. A second-order sampler's steps count twice
+# (sd_samplers_common.SamplerData.total_steps).
+@pytest.mark.parametrize("prompt,timeline,expected", [
+    ("a [b:c:0.5] d", Timeline(20), [(10, "a b d"), (20, "a c d")]),
+    ("[b:c:0.5]", Timeline(total_steps(20, second_order=True)), [(20, "b"), (40, "c")]),
+    ("[b:c:5]", Timeline(total_steps(20, second_order=True)), [(5, "b"), (40, "c")]),
+    ("[b:c:1.5]", Timeline(20), [(20, "b")]),  # 30 capped at 20: b throughout
+    ("[b:c:1.5]", Timeline(20, old=True), [(1, "b"), (20, "c")]),  # old: 1.5 >= 1 is a step number
+    ("[b:c:0.5]", Timeline.hires(20, 10), [(10, "c")]),  # the edit was in the first pass: c throughout
+    ("[b:c:15]", Timeline.hires(20, 10), [(10, "c")]),
+    ("[b:c:25]", Timeline.hires(20, 10), [(5, "b"), (10, "c")]),  # counts on from the first pass's 20
+    ("[b:c:1.5]", Timeline.hires(20, 10), [(5, "b"), (10, "c")]),  # fractions from 1 to 2 span the hires pass
+    ("[b:c:2.0]", Timeline.hires(20, 10), [(10, "b")]),
+    ("[b:c:0.5]", Timeline.hires(20, 10, old=True), [(10, "b"), (20, "c")]),  # old: the first pass's steps
+    ("[x|y] [b:c:22]", Timeline.hires(20, 4), [(1, "x b"), (2, "y b"), (3, "x c"), (4, "y c")]),
+])
+def test_timelines_follow_a1111(prompt, timeline, expected):
+    assert prompt_syntax.prompt_schedule(prompt, timeline) == expected
+
+
+def test_an_int_is_the_first_pass_timeline():
+    assert prompt_syntax.prompt_schedule("[b:c:0.5]", 8) == prompt_syntax.prompt_schedule("[b:c:0.5]", Timeline(8))
