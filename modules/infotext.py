@@ -217,7 +217,8 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
 ]
 
 
-def _convert(key: str, value: Any, kind: type) -> Any:
+def convert(key: str, value: Any, kind: type) -> Any:
+    """An infotext value as `kind` (str, bool, int, float); ValueError naming `key` when it is not one."""
     if kind is str:
         return str(value)
     if kind is bool:
@@ -237,7 +238,7 @@ def _convert(key: str, value: Any, kind: type) -> Any:
 def request_values(params: dict[str, Any], mapping: list[tuple[str, str, type]]) -> dict[str, Any]:
     """{field or setting: typed value} for each mapped key present in parsed infotext `params`.
     A `Denoising strength` next to hires keys turns on the hires pass (`enable_hr`), as in A1111."""
-    out = {name: _convert(key, params[key], kind) for name, key, kind in mapping if params.get(key) is not None}
+    out = {name: convert(key, params[key], kind) for name, key, kind in mapping if params.get(key) is not None}
     if mapping is REQUEST_FIELDS and "Denoising strength" in params and (
             "Hires upscale" in params or "Hires upscaler" in params or "Hires resize-1" in params):
         out["enable_hr"] = True

@@ -12,8 +12,8 @@ import gradio as gr
 
 from modules.engine import BadRequest, Engine
 from modules.models.checkpoint_file import CheckpointError
-from modules.ui import (common, defaults, extra_networks as extra_networks_ui, extras, history, img2img, merger, paste,
-                        pnginfo, settings_tab, txt2img)
+from modules.ui import (common, defaults, extra_networks as extra_networks_ui, extras, history, img2img, merger,
+                        override_settings, paste, pnginfo, settings_tab, txt2img)
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
@@ -330,6 +330,8 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
             options = engine.options.values
             paste.sent_with(values, image.size, to_inpaint, from_gallery, options.send_size, options.send_seed,
                             engine.limits.max_side)
+        if "override_settings" in target.fields:  # A1111's box: the pasted settings that differ from the current
+            values["override_settings"] = override_settings.update(override_settings.pasted(engine, settings))
         out = paste.updates(target.fields, values)
         out.append(settings.get("CLIP_stop_at_last_layers", gr.skip()))
         checkpoint = settings.get("sd_model_checkpoint")

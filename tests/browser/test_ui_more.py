@@ -489,6 +489,33 @@ def test_paste_button_fills_the_fields_from_a_pasted_infotext(page):
                   seed="77", width="136", height="128")
 
 
+def test_pasted_settings_fill_override_settings_for_the_tab_s_jobs(page, ui_server):
+    """A1111's Override settings box: a paste lists the settings its infotext gives that differ from the current
+    ones; the tab's jobs use those still listed (one taken out with its x is not), for the job only; a paste that
+    gives none empties and hides it."""
+    box = page.locator("#txt2img_override_settings")
+    expect(box).to_be_hidden()
+    fill_text(page, "txt2img_prompt", f"{PROMPT}\nSteps: 2, Sampler: Euler a, Seed: 5, Size: 64x64, RNG: NV, "
+                                      "ENSD: 31337")
+    page.locator("#txt2img_paste").click()
+    tokens = box.locator(".token")
+    expect(tokens).to_have_count(2)
+    expect(tokens.filter(has_text="RNG: NV")).to_have_count(1)
+    tokens.filter(has_text="RNG: NV").locator(".token-remove").click()
+    expect(tokens).to_have_count(1)
+    expect(tokens.first).to_have_text("ENSD: 31337")
+    page.locator("#txt2img_generate").click()
+    wait_for_gallery(page, "txt2img_gallery", 1)
+    expect(page.locator("#txt2img_infotext textarea")).to_have_value(re.compile("ENSD: 31337"), timeout=60_000)
+    assert "RNG: NV" not in read_value(page, "txt2img_infotext")
+    options = requests.get(ui_server[0] + "/sdapi/v1/options", timeout=60).json()
+    assert (options["eta_noise_seed_delta"], options["randn_source"]) == (0, "CPU")  # the settings are as they were
+    # (an infotext without RNG means A1111's GPU: it would list "RNG: GPU", as A1111's box does)
+    fill_text(page, "txt2img_prompt", f"{PROMPT}\nSteps: 2, Sampler: Euler a, Seed: 5, Size: 64x64, RNG: CPU")
+    page.locator("#txt2img_paste").click()
+    expect(box).to_be_hidden()
+
+
 def test_the_tiling_box_tiles_and_follows_pasted_infotexts(page):
     fill_text(page, "txt2img_prompt", PROMPT)
     set_number(page, "txt2img_steps", 2)
