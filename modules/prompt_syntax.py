@@ -203,11 +203,11 @@ class _ScheduleParser:
 @dataclass(frozen=True)
 class Timeline:
     """The steps prompt editing counts in (A1111's get_learned_conditioning_prompt_schedules). `steps`: the pass's
-    steps as A1111 counts them (twice the sampling steps for second-order samplers, see `total_steps`). `first`:
-    for a hires pass, the first pass's: a step number then counts on from the first pass's steps and a fraction
-    from 1 (after 20 first-pass steps, `[a:b:25]` and `[a:b:1.5]` switch at the 5th of 10 hires steps; `[a:b:0.5]`
-    is `b` throughout). `old`: A1111's use_old_scheduling ("Old prompt editing timelines"): a number under 1 is a
-    fraction, any other a step number, both of the first pass's steps."""
+    steps as A1111 counts them (twice the sampling steps for second-order samplers: `SamplerSpec.total_steps`).
+    `first`: for a hires pass, the first pass's: a step number then counts on from the first pass's steps and a
+    fraction from 1 (after 20 first-pass steps, `[a:b:25]` and `[a:b:1.5]` switch at the 5th of 10 hires steps;
+    `[a:b:0.5]` is `b` throughout). `old`: A1111's use_old_scheduling ("Old prompt editing timelines"): a number
+    under 1 is a fraction, any other a step number, both of the first pass's steps."""
     steps: int
     first: int | None = None
     old: bool = False
@@ -216,12 +216,6 @@ class Timeline:
     def hires(cls, first: int, steps: int, old: bool = False) -> Timeline:
         """The hires pass's, after a first pass of `first` steps (A1111 counts the old timelines in those)."""
         return cls(first, None, True) if old else cls(steps, first)
-
-
-def total_steps(steps: int, second_order: bool) -> int:
-    """The steps a pass counts in its timeline: A1111's `total_steps`, twice the steps for a second-order sampler
-    (its denoiser's step counter counts calls, two a step)."""
-    return steps * 2 if second_order else steps
 
 
 def _when_step(when: str, timeline: Timeline) -> int:

@@ -28,7 +28,7 @@ from modules.generation.context import JobContext, RefinerPlan, UncondSkips
 from modules.generation.params import Img2ImgParams, SoftInpainting
 from modules.generation.vae_tiling import VaeTiling
 from modules.jobs import JobInterrupted, JobSkipped
-from modules.prompt_syntax import Timeline, total_steps
+from modules.prompt_syntax import Timeline
 from modules.models import depth, hypertile, low_memory, taesd, token_merging
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`)."""
     prepared = samplers.prepare(choice, steps, model.alphas_cumprod, options, sdxl=model.family.sampling.sdxl_schedules)
     # A1111 counts the calls a pass makes as its steps, twice for 2nd-order samplers
-    denoiser.total_calls = (steps if start is None else start.t_enc + 1) * (2 if choice.spec.second_order else 1)
+    denoiser.total_calls = choice.spec.total_steps(steps if start is None else start.t_enc + 1)
     if start is not None and start.extra_noise > 0:
         denoiser.fields["Extra noise"] = start.extra_noise
     if prepared.state == "timestep":
@@ -899,7 +899,7 @@ class _Models:
 
 def first_timeline(ctx: JobContext) -> Timeline:
     """The first pass's prompt editing timeline (img2img's too): A1111 counts it in the sampler's total steps."""
-    return Timeline(total_steps(ctx.params.steps, ctx.choice.spec.second_order), old=ctx.old_timelines)
+    return Timeline(ctx.choice.spec.total_steps(ctx.params.steps), old=ctx.old_timelines)
 
 
 def old_timelines_field(texts: tuple[str, str], used: Timeline, new: Timeline) -> dict[str, bool]:
@@ -1096,7 +1096,7 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
     prompt = extra_networks.parse(params.hr_prompt or params.prompt).text
     negative = params.hr_negative_prompt or params.negative_prompt
     # A1111's hires timeline: prompt editing counts on from the first pass's steps (Timeline.hires)
-    first_steps, hr_total = first_timeline(ctx).steps, total_steps(hr_steps, ctx.hr_choice.spec.second_order)
+    first_steps, hr_total = first_timeline(ctx).steps, ctx.hr_choice.spec.total_steps(hr_steps)
     timeline = Timeline.hires(first_steps, hr_total, ctx.old_timelines)
     fields.update(old_timelines_field((prompt, negative), timeline, Timeline.hires(first_steps, hr_total)))
     cond, uncond, empty = encode_texts(model, prompt, negative, timeline, clip_skip, emphasis, ctx.pad_conds == "pad")

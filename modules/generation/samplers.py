@@ -40,6 +40,11 @@ class SamplerSpec:
     uses_ensd: bool = False  # A1111 writes ENSD to the infotext for these
     cfg_pp: bool = False  # DDIM CFG++: guidance at cfg_scale / 12.5, the step back to noise with the uncond eps
 
+    def total_steps(self, steps: int) -> int:
+        """A1111's SamplerData.total_steps: the steps a pass counts (its prompt editing timeline, its calls), twice
+        the sampling steps for a second-order sampler, whose denoiser is called twice a step."""
+        return steps * 2 if self.second_order else steps
+
     @property
     def options(self) -> dict[str, str | bool]:
         """What A1111's /sdapi/v1/samplers lists as the sampler's options."""

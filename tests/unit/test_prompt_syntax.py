@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from pydantic import ValidationError
 
 from modules import prompt_syntax, styles
-from modules.prompt_syntax import Timeline, total_steps
+from modules.prompt_syntax import Timeline
 from modules.generation import extra_networks, pipeline, rng, samplers
 from modules.generation.conditioning import CHUNK, build_chunks
 from modules.generation.params import GenerationParams
@@ -528,8 +528,8 @@ def test_emphasis_setting_changes_the_image_and_the_infotext(engine):
 # (sd_samplers_common.SamplerData.total_steps).
 @pytest.mark.parametrize("prompt,timeline,expected", [
     ("a [b:c:0.5] d", Timeline(20), [(10, "a b d"), (20, "a c d")]),
-    ("[b:c:0.5]", Timeline(total_steps(20, second_order=True)), [(20, "b"), (40, "c")]),
-    ("[b:c:5]", Timeline(total_steps(20, second_order=True)), [(5, "b"), (40, "c")]),
+    ("[b:c:0.5]", Timeline(samplers.resolve("Heun", None).spec.total_steps(20)), [(20, "b"), (40, "c")]),
+    ("[b:c:5]", Timeline(samplers.resolve("Heun", None).spec.total_steps(20)), [(5, "b"), (40, "c")]),
     ("[b:c:1.5]", Timeline(20), [(20, "b")]),  # 30 capped at 20: b throughout
     ("[b:c:1.5]", Timeline(20, old=True), [(1, "b"), (20, "c")]),  # old: 1.5 >= 1 is a step number
     ("[b:c:0.5]", Timeline.hires(20, 10), [(10, "c")]),  # the edit was in the first pass: c throughout
