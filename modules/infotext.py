@@ -151,32 +151,47 @@ IMPLIED_DEFAULTS: dict[str, Any] = {
     "Refiner switch by sampling steps": False,
 }
 
-VERSION_RE = re.compile(r"v(\d+)\.(\d+)\.(\d+)(?:-RC)?(?:-(\d+))?")
+VERSION_RE = re.compile(r"v(\d+)\.(\d+)\.(\d+)(-RC)?(?:-(\d+))?")
 
 
 def a1111_version(text: Any) -> tuple[int, int, int, int] | None:
     """(major, minor, patch, commits since the tag) of an A1111 `Version` value such as `v1.7.0-225-g...`;
-    None for another program's version (no back-compat rules apply to it)."""
+    a release candidate (`v1.8.0-RC-12-g...`) comes before its release, whatever its commits (-1, as A1111's
+    `parse_version` reads it: 1.8.0rc0). None for another program's version (no back-compat rules apply)."""
     m = VERSION_RE.match(str(text or ""))
-    return None if m is None else (int(m[1]), int(m[2]), int(m[3]), int(m[4] or 0))
+    if m is None:
+        return None
+    return int(m[1]), int(m[2]), int(m[3]), -1 if m[4] else int(m[5] or 0)
 
 
-def parse_with_defaults(text: str) -> dict[str, Any]:
-    """`parse`, plus the keys an infotext implies by leaving them out (A1111's `parameters` of png-info)."""
+def parse_with_defaults(text: str, backcompat: bool = True) -> dict[str, Any]:
+    """`parse`, plus the keys an infotext implies by leaving them out (A1111's `parameters` of png-info), and,
+    with `backcompat` (the setting auto_backcompat), the settings an older A1111 version implies."""
     result = parse(text)
     for key, value in IMPLIED_DEFAULTS.items():
         result.setdefault(key, value)
     version = a1111_version(result.get("Version"))
-    # A1111's back-compat (auto_backcompat): before 1.8.0 the refiner switched by sampling steps
-    if version is not None and version < (1, 8, 0, 0) and result.get("Refiner"):
-        result["Refiner switch by sampling steps"] = True
-    # and before 1.6.0, prompt editing counted in the old timelines
-    if version is not None and version < (1, 6, 0, 0) and "[" in str(result.get("Prompt", "")):
-        result["Old prompt editing timelines"] = True
+    if backcompat and version is not None:
+        result.update(version_settings(version, result))
     hypernet = result.get("Hypernet")  # A1111's old keys for its one hypernetwork: back into the prompt's tag
     if hypernet is not None:
         result["Prompt"] = f'{result.get("Prompt", "")}<hypernet:{hypernet}:{result.get("Hypernet strength", "1.0")}>'
     return result
+
+
+def version_settings(version: tuple[int, int, int, int], parsed: dict[str, Any]) -> dict[str, Any]:
+    """A1111's back-compat (infotext_versions.backcompat): the compatibility settings a picture made by an
+    older A1111 version was made with, as infotext keys."""
+    out: dict[str, Any] = {}
+    if version < (1, 6, 0, 0) and "[" in str(parsed.get("Prompt", "")):
+        out["Old prompt editing timelines"] = True  # prompt editing counted in the old timelines
+    if version < (1, 6, 0, 0) and parsed.get("Sampler") in ("DDIM", "PLMS"):
+        out["Pad conds v0"] = True  # these samplers padded the shorter prompt with its last vector
+    if version < (1, 7, 0, 225):
+        out["Downcast alphas_cumprod"] = True  # the noise schedule was held in 16 bits
+    if version < (1, 8, 0, 0) and parsed.get("Refiner"):
+        out["Refiner switch by sampling steps"] = True
+    return out
 
 
 # Infotext keys that fill fields of a txt2img request (A1111's "paste fields"): (field, key, type).
@@ -213,6 +228,7 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("skip_early_cond", "Skip Early CFG", float), ("s_min_uncond", "NGMS", float),
     ("s_min_uncond_all", "NGMS all steps", bool), ("img2img_extra_noise", "Extra noise", float),
     ("pad_cond_uncond", "Pad conds", bool), ("pad_cond_uncond_v0", "Pad conds v0", bool),
+    ("use_downcasted_alpha_bar", "Downcast alphas_cumprod", bool), ("sd_noise_schedule", "Noise Schedule", str),
     ("token_merging_ratio", "Token merging ratio", float), ("token_merging_ratio_hr", "Token merging ratio hr", float),
 ]
 

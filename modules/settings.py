@@ -85,6 +85,15 @@ class Settings(BaseModel):
                            "is a fraction of the steps and any other a step number, and the hires pass counts in "
                            "the first pass's steps. New: an N with a decimal point is a fraction, any other a step "
                            "number, and the hires pass counts on from the first pass (fractions from 1 to 2)")
+    auto_backcompat: bool = Field(
+        True, description="Automatic backward compatibility: pasting an infotext from an older A1111 version "
+                          "turns on the compatibility settings that version worked with (its `Version` says which)")
+    use_downcasted_alpha_bar: bool = Field(
+        False, description="Downcast the noise schedule (alphas_cumprod) to 16 bits before sampling, as A1111 "
+                           "before 1.7 did: reproduces that version's pictures (infotext: Downcast alphas_cumprod)")
+    use_old_karras_scheduler_sigmas: bool = Field(
+        False, description="Use old Karras scheduler sigmas: schedules with a sigma range run from 10 to 0.1 "
+                           "instead of the model's own range, as early A1111 versions did")
     randn_source: Literal["CPU", "GPU", "NV"] = Field(
         "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
                            "generator; NV the numbers NVIDIA GPUs give, on any device")
@@ -102,6 +111,10 @@ class Settings(BaseModel):
     sigma_max: float = Field(0.0, ge=0.0, description="Schedule max sigma (0: the model's, ~14.6)")
     rho: float = Field(0.0, ge=0.0, description="Schedule rho (0: Karras 7, Polyexponential 1)")
     always_discard_next_to_last_sigma: bool = Field(False, description="Drop the penultimate sigma for every sampler")
+    sd_noise_schedule: Literal["Default", "Zero Terminal SNR"] = Field(
+        "Default", description="Noise schedule for sampling: Zero Terminal SNR rescales the model's schedule so its "
+                               "last step is pure noise, for models trained that way (mostly v-prediction ones; "
+                               "infotext: Noise Schedule)")
     beta_dist_alpha: float = Field(0.6, gt=0.0, le=1.0, description="Beta schedule alpha")
     beta_dist_beta: float = Field(0.6, gt=0.0, le=1.0, description="Beta schedule beta")
     uni_pc_variant: Literal["bh1", "bh2"] = Field("bh1", description="UniPC variant (B(h) = h or e^h - 1)")
@@ -400,7 +413,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
-    "Compatibility": ("use_old_scheduling",),
+    "Compatibility": ("auto_backcompat", "use_old_karras_scheduler_sigmas", "use_old_scheduling",
+                      "use_downcasted_alpha_bar"),
     "Extra Networks": ("extra_networks_default_multiplier", "lora_show_all", "lora_hide_unknown_for_versions"),
     "VAE": ("sd_vae", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method", "sd_vae_decode_method",
             "vae_tiling", "vae_tile_size"),
@@ -409,6 +423,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                 "depth_map_show", "img2img_batch_show_results_limit"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
+                           "sd_noise_schedule",
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
                            "uni_pc_lower_order_final"),
     "User interface": ("quicksettings_list", "hidden_tabs", "ui_tab_order", "hide_samplers", "return_grid",

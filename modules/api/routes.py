@@ -489,7 +489,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
             return schemas.PNGInfoResponse(info="")
         text, items = images.read_info(decode_image(req.image, None, engine))
         return schemas.PNGInfoResponse(info=text or "", items=items,
-                                       parameters=infotext.parse_with_defaults(text or ""))
+                                       parameters=infotext.parse_with_defaults(
+                                           text or "", engine.options.values.auto_backcompat))
 
     @r.post("/interrogate")
     def interrogate(req: schemas.InterrogateRequest):

@@ -213,7 +213,10 @@ def sampler_options(params: GenerationParams, settings: Settings) -> samplers.Sa
         always_discard_next_to_last_sigma=settings.always_discard_next_to_last_sigma,
         beta_alpha=settings.beta_dist_alpha, beta_beta=settings.beta_dist_beta,
         uni_pc_variant=settings.uni_pc_variant, uni_pc_skip_type=settings.uni_pc_skip_type,
-        uni_pc_order=settings.uni_pc_order, uni_pc_lower_order_final=settings.uni_pc_lower_order_final)
+        uni_pc_order=settings.uni_pc_order, uni_pc_lower_order_final=settings.uni_pc_lower_order_final,
+        downcast_alphas_cumprod=settings.use_downcasted_alpha_bar,
+        zero_terminal_snr=settings.sd_noise_schedule == "Zero Terminal SNR",
+        old_karras_sigmas=settings.use_old_karras_scheduler_sigmas)
 
 
 def hires_choice(params: GenerationParams) -> samplers.SamplerChoice:

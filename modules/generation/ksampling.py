@@ -468,7 +468,7 @@ def ddim(eps, x, timesteps, alphas_cumprod, noise: Noise, step: Step, eta: float
     (DDIM CFG++, Chung et al. 2024) the step back towards noise uses the unconditional prediction of
     the call just made instead of the guided one."""
     a, a_prev, sqrt_one_minus_a = _ddim_levels(alphas_cumprod, timesteps)
-    sigmas = eta * torch.sqrt((1 - a_prev) / (1 - a.double()) * (1 - a.double() / a_prev))
+    sigmas = eta * torch.sqrt((1 - a_prev) / (1 - a).double() * (1 - a.double() / a_prev))  # A1111's precisions
     for i in range(len(timesteps) - 1):
         index = len(timesteps) - 1 - i
         e_t = eps(x, timesteps[index])
@@ -524,7 +524,12 @@ class VPTime:
     def __init__(self, alphas_cumprod: torch.Tensor):
         self.n = len(alphas_cumprod)
         self.grid = np.arange(1, self.n + 1, dtype=np.float64) / self.n
-        self.log_alphas = 0.5 * np.log(alphas_cumprod.double().cpu().numpy())
+        # A1111 takes the log in the schedule's precision: a 16-bit schedule (use_downcasted_alpha_bar) has 16-bit
+        # logs; in 32 bits the double's log is within rounding of it
+        if alphas_cumprod.dtype == torch.float16:
+            self.log_alphas = 0.5 * torch.log(alphas_cumprod).double().cpu().numpy()
+        else:
+            self.log_alphas = 0.5 * np.log(alphas_cumprod.double().cpu().numpy())
 
     def log_alpha(self, t: float) -> float:
         i = min(max(int(np.searchsorted(self.grid, t)), 1), self.n - 1)  # grid[i-1] < t <= grid[i]

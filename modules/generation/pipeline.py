@@ -462,14 +462,19 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     """The samplers written as k-diffusion functions: the U-Net wrapped as k-diffusion's CompVis
     denoiser (x in sigma units in, x0 prediction out), A1111's start x = noise * sigma_0."""
     sigmas = prepared.sigmas[first:].to(noise.device)
-    log_sigmas = schedules.model_sigmas(model.alphas_cumprod).log().to(noise.device)
+    log_sigmas = schedules.model_sigmas(prepared.alphas_cumprod).log().to(noise.device)
     v_model = model.prediction_type == "v_prediction"
     x = noise * sigmas[0] if start is None else start.latent + noise * sigmas[0]
     if start is not None and start.extra_noise > 0:  # A1111: the same noise again, this much of it
         x = x + noise * start.extra_noise
     lcm_log = None if prepared.lcm_log_sigmas is None else prepared.lcm_log_sigmas.to(noise.device)
-    table = schedules.model_sigmas(model.alphas_cumprod).to(noise.device)
+    table = schedules.model_sigmas(prepared.alphas_cumprod).to(noise.device)
     preview = _previewing(denoiser, hooks)  # the x0 of the prediction a live preview shows, when not the guided one
+
+    def model_time(sigma: torch.Tensor) -> torch.Tensor:
+        # as a batch of levels, as k-diffusion's denoiser gets it: a 0-dim sigma would leave the arithmetic with
+        # a 16-bit schedule (use_downcasted_alpha_bar) in 16 bits, where A1111's is in 32
+        return schedules.sigma_to_t(sigma.reshape(-1), log_sigmas).reshape(sigma.shape)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if hooks.check:
@@ -484,12 +489,12 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
             def x0_of(out: torch.Tensor) -> torch.Tensor:
                 return ksampling.lcm_x0(x, sigma, out, t)
         elif v_model:  # k-diffusion's CompVisVDenoiser scalings
-            t = schedules.sigma_to_t(sigma, log_sigmas)
+            t = model_time(sigma)
 
             def x0_of(out: torch.Tensor) -> torch.Tensor:
                 return x * (1 / (sigma ** 2 + 1)) + out * (-sigma / (sigma ** 2 + 1) ** 0.5)
         else:
-            t = schedules.sigma_to_t(sigma, log_sigmas)
+            t = model_time(sigma)
 
             def x0_of(out: torch.Tensor) -> torch.Tensor:
                 return x + out * -sigma

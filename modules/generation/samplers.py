@@ -189,6 +189,20 @@ class SamplerOptions:
     uni_pc_skip_type: str = "time_uniform"
     uni_pc_order: int = 3
     uni_pc_lower_order_final: bool = True
+    # A1111's overrides of the model's noise schedule (apply_alpha_schedule_override), and its old Karras range
+    downcast_alphas_cumprod: bool = False
+    zero_terminal_snr: bool = False
+    old_karras_sigmas: bool = False
+
+    def schedule(self, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+        """The model's alphas_cumprod as the job samples on them: held in 16 bits (setting use_downcasted_alpha_bar,
+        A1111 before 1.7), then rescaled to zero terminal SNR (sd_noise_schedule). Everything computed from them
+        (sigmas, their logs, the timestep samplers' levels) then works in that precision, as in A1111."""
+        if self.downcast_alphas_cumprod:
+            alphas_cumprod = alphas_cumprod.half()
+        if self.zero_terminal_snr:
+            alphas_cumprod = schedules.zero_terminal_snr(alphas_cumprod)
+        return alphas_cumprod
 
     def eta_for(self, spec: SamplerSpec) -> float | None:
         if spec.state == "timestep":
@@ -218,7 +232,7 @@ class PreparedSampler:
     state: str = "ve"
     sigmas: torch.Tensor | None = None  # k-diffusion noise levels, one per step plus a final level ("ve")
     timesteps: torch.Tensor | None = None  # what the U-Net is given, one per step (timestep samplers, LCM)
-    alphas_cumprod: torch.Tensor | None = None  # the model's (timestep samplers)
+    alphas_cumprod: torch.Tensor | None = None  # the model's, as the job samples on them (SamplerOptions.schedule)
     lcm_log_sigmas: torch.Tensor | None = None  # LCM: log sigma of its 50-timestep grid
 
 
@@ -252,6 +266,13 @@ def _schedule_overrides(choice: SamplerChoice, options: SamplerOptions, model_si
     return out
 
 
+def _schedule_range(choice: SamplerChoice, options: SamplerOptions, model_sigmas: torch.Tensor) -> dict:
+    """The range and rho a schedule function is given: the settings' overrides, over A1111's old Karras range
+    (sigma 0.1 to 10, for every schedule that takes a range) when that setting is on."""
+    old = {"sigma_min": 0.1, "sigma_max": 10.0} if options.old_karras_sigmas else {}
+    return {**old, **_schedule_overrides(choice, options, model_sigmas)}
+
+
 def discards_next_to_last(choice: SamplerChoice, options: SamplerOptions) -> bool:
     return choice.spec.discard_next_to_last_sigma or options.always_discard_next_to_last_sigma
 
@@ -266,7 +287,7 @@ def schedule_sigmas(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Ten
     discard = discards_next_to_last(choice, options)
     sigmas = schedules.sigmas_for(choice.effective_schedule, steps + 1 if discard else steps, model_sigmas, sdxl,
                                   beta_params=(options.beta_alpha, options.beta_beta),
-                                  **_schedule_overrides(choice, options, model_sigmas))
+                                  **_schedule_range(choice, options, model_sigmas))
     return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
 
 
@@ -283,7 +304,9 @@ def _prepare_lcm(choice: SamplerChoice, steps: int, model_sigmas: torch.Tensor, 
         t = torch.clamp(((t - (skip - 1)) / skip).float(), min=0, max=len(grid) - 1)
         sigmas = torch.cat([schedules.t_to_sigma(t, grid.log()), torch.zeros(1)])
     else:
-        sigmas = schedules.sigmas_for(choice.effective_schedule, steps, grid, sdxl)
+        sigmas = schedules.sigmas_for(choice.effective_schedule, steps, grid, sdxl,
+                                      beta_params=(options.beta_alpha, options.beta_beta),
+                                      **_schedule_range(choice, options, grid))
     timesteps = ksampling.lcm_timestep(sigmas[:-1], grid.log(), len(model_sigmas))
     return PreparedSampler(ksampling.lcm, _bound_kwargs(choice.spec, ksampling.lcm, options), sigmas=sigmas,
                            timesteps=timesteps, lcm_log_sigmas=grid.log())
@@ -304,29 +327,38 @@ def _bound_kwargs(spec: SamplerSpec, function, options: SamplerOptions) -> dict:
 
 def prepare(choice: SamplerChoice, steps: int, alphas_cumprod: torch.Tensor, options: SamplerOptions | None = None,
             sdxl: bool = False) -> PreparedSampler:
-    """The sampler's function and its arguments for a `steps`-step schedule of the model's `alphas_cumprod`."""
+    """The sampler's function and its arguments for a `steps`-step schedule of the model's `alphas_cumprod` (as
+    the options have them sampled on: `SamplerOptions.schedule`)."""
     from modules.generation import ksampling
     spec = choice.spec
     options = options or SamplerOptions()
+    alphas = options.schedule(alphas_cumprod)
     if spec.state == "timestep":
         function = ksampling.TIMESTEP_FUNCTIONS[spec.function]
         return PreparedSampler(function, _bound_kwargs(spec, function, options), spec.state,
-                               timesteps=ksampling.a1111_timesteps(steps, len(alphas_cumprod)),
-                               alphas_cumprod=alphas_cumprod)
-    if spec.function == "lcm":
-        return _prepare_lcm(choice, steps, schedules.model_sigmas(alphas_cumprod), options, sdxl)
-    function = ksampling.SAMPLE_FUNCTIONS[spec.function]
-    return PreparedSampler(function, _bound_kwargs(spec, function, options),
-                           sigmas=schedule_sigmas(choice, steps, alphas_cumprod, sdxl, options))
+                               timesteps=ksampling.a1111_timesteps(steps, len(alphas)), alphas_cumprod=alphas)
+    if spec.function == "lcm":  # A1111's LCM copies its 50 alphas into 32 bits before taking their sigmas
+        prepared = _prepare_lcm(choice, steps, schedules.model_sigmas(alphas.float()), options, sdxl)
+    else:
+        function = ksampling.SAMPLE_FUNCTIONS[spec.function]
+        prepared = PreparedSampler(function, _bound_kwargs(spec, function, options),
+                                   sigmas=schedule_sigmas(choice, steps, alphas, sdxl, options))
+    prepared.alphas_cumprod = alphas
+    return prepared
 
 
 def infotext_fields(choice: SamplerChoice, options: SamplerOptions, alphas_cumprod: torch.Tensor | None = None) -> dict:
     """The sampler keys A1111 adds to the infotext when they differ from its defaults: `Eta` (ancestral
     and SDE samplers, default 1), `Eta DDIM` (DDIM, default 0), `Sigma churn/tmin/tmax/noise`, the
     schedule settings (`Schedule min/max sigma`, `Schedule rho`, `Beta schedule alpha/beta`) and
-    `Discard penultimate sigma` when the setting forces it."""
+    `Discard penultimate sigma` when the setting forces it; and, for every sampler, the noise schedule's
+    overrides (`Downcast alphas_cumprod`, `Noise Schedule`)."""
     spec = choice.spec
     fields: dict = {}
+    if options.downcast_alphas_cumprod:
+        fields["Downcast alphas_cumprod"] = True
+    if options.zero_terminal_snr:
+        fields["Noise Schedule"] = "Zero Terminal SNR"
     eta = options.eta_for(spec)
     if spec.function == "ddim" and eta:
         fields["Eta DDIM"] = eta
@@ -345,7 +377,7 @@ def infotext_fields(choice: SamplerChoice, options: SamplerOptions, alphas_cumpr
         if options.always_discard_next_to_last_sigma and not spec.discard_next_to_last_sigma:
             fields["Discard penultimate sigma"] = True
         if alphas_cumprod is not None and choice.effective_schedule != "uniform":
-            overrides = _schedule_overrides(choice, options, schedules.model_sigmas(alphas_cumprod))
+            overrides = _schedule_overrides(choice, options, schedules.model_sigmas(options.schedule(alphas_cumprod)))
             names = {"sigma_min": "Schedule min sigma", "sigma_max": "Schedule max sigma", "rho": "Schedule rho"}
             fields.update({names[k]: v for k, v in overrides.items()})
         if choice.effective_schedule == "beta":

@@ -18,6 +18,19 @@ def model_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
+def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The schedule rescaled to zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample
+    Steps are Flawed"), as A1111 does it: sqrt(alphas_cumprod) shifted so its last value is 0 and scaled so its
+    first is unchanged, squared; the last is then set to 4.8973451890853435e-08 (A1111's number), so the last
+    sigma is about 4500 rather than infinite. Computed in the schedule's own precision."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    rescaled = root ** 2
+    rescaled[-1] = 4.8973451890853435e-08
+    return rescaled
+
+
 def t_to_sigma(t: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
     t = t.float()
     low, high, w = t.floor().long(), t.ceil().long(), t.frac()

@@ -125,7 +125,8 @@ def test_an_infotext_without_refiner_turns_the_accordion_off_and_steps_switching
 
 
 @pytest.mark.parametrize("version, by_steps", [("v1.7.0", True), ("v1.7.0-225-g1234abc", True), ("v1.8.0", False),
-                                               ("v1.10.1", False), ("webui-0.1.0", False)])
+                                               ("v1.8.0-RC-4-g1234abc", True), ("v1.10.1", False),
+                                               ("webui-0.1.0", False)])
 def test_refiners_before_a1111_1_8_switched_by_sampling_steps(engine, version, by_steps):  # noqa: F811
     text = refiner_text(engine, version=version).replace("Refiner switch by sampling steps: True, ", "")
     assert engine.paste.read(text, txt2img=True).settings["refiner_switch_by_sample_steps"] is by_steps
@@ -290,3 +291,46 @@ def test_styles_in_pasted_prompts_follow_infotext_styles(engine):  # noqa: F811
     job = engine.txt2img(GenerationParams(prompt=v["prompt"], negative_prompt=v["negative_prompt"],
                                           styles=v["styles"], steps=2, width=64, height=64, save_images=False))
     assert job.infotexts[0].startswith("a castle in ink, photo, sharp\nNegative prompt: fog, blurry\n")
+
+
+# ---------------------------------------------------------------- A1111's back-compat by Version
+
+# infotext_versions.backcompat in A1111 1.10: a `Version` before v1.7.0-225 (the commit that stopped holding the
+# schedule in 16 bits) gets `Downcast alphas_cumprod`; before 1.6.0, DDIM and PLMS get `Pad conds v0`. A1111
+# reads the version with packaging after cutting it to "v1.7.0-225": a commit count is a post-release, an RC a
+# pre-release (v1.8.0-RC-4 is 1.8.0rc0, before 1.8.0, whatever its commits).
+@pytest.mark.parametrize("version, downcast", [("v1.5.2", True), ("v1.6.0", True), ("v1.7.0", True),
+                                               ("v1.7.0-224-g1234abc", True), ("v1.7.0-225-g1234abc", False),
+                                               ("v1.7.0-RC-300-g1234abc", True), ("v1.8.0-RC", False),
+                                               ("v1.10.1", False), ("webui-0.1.0", False)])
+def test_infotexts_before_a1111_1_7_0_225_paste_the_downcast_schedule(engine, version, downcast):  # noqa: F811
+    text = f"a cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64, Version: {version}"
+    assert engine.paste.read(text, txt2img=True).settings.get("use_downcasted_alpha_bar", False) is downcast
+    request = schemas.Txt2ImgRequest(infotext=text)  # the API's infotext field: the job's override
+    routes.apply_infotext(request, engine)
+    assert (request.override_settings or {}).get("use_downcasted_alpha_bar", False) is downcast
+
+
+@pytest.mark.parametrize("sampler, padded", [("DDIM", True), ("PLMS", True), ("Euler a", False)])
+def test_ddim_and_plms_infotexts_before_a1111_1_6_paste_pad_conds_v0(engine, sampler, padded):  # noqa: F811
+    text = f"a cat\nSteps: 4, Sampler: {sampler}, Seed: 1, Size: 64x64, Version: v1.5.2"
+    assert engine.paste.read(text, txt2img=True).settings.get("pad_cond_uncond_v0", False) is padded
+    newer = text.replace("v1.5.2", "v1.6.0")
+    assert "pad_cond_uncond_v0" not in engine.paste.read(newer, txt2img=True).settings
+
+
+def test_auto_backcompat_off_pastes_no_version_settings(engine):  # noqa: F811
+    text = ("a [red:blue:0.5] cat\nSteps: 4, Sampler: DDIM, Seed: 1, Size: 64x64, Refiner: sd1 [0123456789], "
+            "Version: v1.5.2")
+    keys = ("use_old_scheduling", "pad_cond_uncond_v0", "use_downcasted_alpha_bar", "refiner_switch_by_sample_steps")
+    on = engine.paste.read(text, txt2img=True).settings
+    assert all(on[key] is True for key in keys), on
+    engine.options.update({"auto_backcompat": False})
+    try:
+        off = engine.paste.read(text, txt2img=True).settings
+        assert not any(off.get(key) for key in keys), off
+        # a key the infotext writes itself is still read
+        written = engine.paste.read(text.replace("Version:", "Downcast alphas_cumprod: True, Version:"), True)
+        assert written.settings["use_downcasted_alpha_bar"] is True
+    finally:
+        engine.options.update({"auto_backcompat": True})

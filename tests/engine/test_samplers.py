@@ -77,10 +77,11 @@ def our_denoiser(model, cond, uncond, cfg):
 
 
 def reference(model, name: str, steps: int, seeds: list[int], cond, uncond, cfg: float, our_model=False,
-              **overrides) -> torch.Tensor:
-    """What A1111 computes: CompVis(V)Denoiser over the model's alphas, x = noise * sigma_0, its CFG
-    denoiser, per-image generators for ancestral noise, Brownian trees seeded per image for SDE noise."""
-    inner = K.CompVisModel(model.unet, model.alphas_cumprod)
+              alphas: torch.Tensor | None = None, **overrides) -> torch.Tensor:
+    """What A1111 computes: CompVis(V)Denoiser over the model's alphas (or `alphas`, as A1111's
+    apply_alpha_schedule_override leaves them), x = noise * sigma_0, its CFG denoiser, per-image generators
+    for ancestral noise, Brownian trees seeded per image for SDE noise."""
+    inner = K.CompVisModel(model.unet, model.alphas_cumprod if alphas is None else alphas)
     wrap = (ke.CompVisVDenoiser if model.prediction_type == "v_prediction" else ke.CompVisDenoiser)(inner)
     choice = samplers.resolve(name)
     sigmas = a1111_sigmas(wrap, choice, steps)
@@ -270,25 +271,30 @@ def test_restart_is_heun_below_20_steps_and_deterministic(model):
     assert len(plan) == (20 - 9) + 9 and any(b > a for (a, _), (b, _) in zip(plan, plan[1:]))
 
 
-def a1111_ddim(model, steps, seeds, cond, uncond, cfg, cfg_pp=False):
-    """A1111's DDIM (eta 0) written out from its formulas: timesteps 1, 1+s, ..., x starts as unit noise."""
-    alphas = model.alphas_cumprod.double()
+def a1111_ddim(model, steps, seeds, cond, uncond, cfg, cfg_pp=False, schedule: torch.Tensor | None = None):
+    """A1111's DDIM (eta 0) written out from its formulas: timesteps 1, 1+s, ..., x starts as unit noise. With
+    a `schedule` (the model's alphas as A1111 overrides them) its levels are read in that schedule's precision,
+    as A1111 reads them: sqrt(1 - alpha) computed there, alpha and sqrt(1 - alpha) then taken as numbers."""
+    schedule = model.alphas_cumprod if schedule is None else schedule
+    alphas = schedule.double()
+    root_one_minus = torch.sqrt(1 - schedule).double()
     timesteps = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
     gens = rng.create_generators(seeds, "CPU", torch.device("cpu"))
     x = rng.initial_noise(gens, SHAPE, torch.device("cpu"))
     den = pipeline.Denoiser(model, cond, uncond, cfg / 12.5 if cfg_pp else cfg)
     unguided = pipeline.Denoiser(model, uncond, uncond, 1.0)  # the unconditional prediction alone
 
-    def to_eps(out, x, a_t):
-        return a_t.sqrt() * out + (1 - a_t).sqrt() * x if model.prediction_type == "v_prediction" else out
+    def to_eps(out, x, t):  # A1111's CompVisTimestepsVDenoiser, in the schedule's precision
+        a = schedule[t]
+        return a.sqrt() * out + (1 - a).sqrt() * x if model.prediction_type == "v_prediction" else out
 
     for index in range(len(timesteps) - 1, 0, -1):  # A1111 stops at the second timestep (t = 1 + s)
         t = timesteps[index]
         a_t = alphas[t].float()
         a_prev = (alphas[timesteps[index - 1]] if index > 0 else alphas[0]).float()
-        e_t = to_eps(den(x, t.float()), x, a_t)
-        pred_x0 = (x - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
-        direction = to_eps(unguided(x, t.float()), x, a_t) if cfg_pp else e_t
+        e_t = to_eps(den(x, t.float()), x, t)
+        pred_x0 = (x - root_one_minus[t].float() * e_t) / a_t.sqrt()
+        direction = to_eps(unguided(x, t.float()), x, t) if cfg_pp else e_t
         x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * direction
     return x
 
@@ -541,6 +547,98 @@ def test_schedule_settings_override_range_rho_and_discard():
     assert samplers.infotext_fields(samplers.resolve("Euler"), discard, alphas) == {"Discard penultimate sigma": True}
     beta = samplers.infotext_fields(samplers.resolve("Euler", "Beta"), samplers.SamplerOptions(), alphas)
     assert beta == {"Beta schedule alpha": 0.6, "Beta schedule beta": 0.6}
+
+
+# --- A1111's overrides of the noise schedule (apply_alpha_schedule_override) ------------------------------
+def a1111_zero_terminal_snr(alphas: torch.Tensor) -> torch.Tensor:
+    """A1111's rescale_zero_terminal_snr_abar (modules/sd_models.py, 1.10), step by step."""
+    root = alphas.sqrt()
+    root_0, root_T = root[0].clone(), root[-1].clone()
+    root -= root_T
+    root *= root_0 / (root_0 - root_T)
+    out = root ** 2
+    out[-1] = 4.8973451890853435e-08
+    return out
+
+
+DOWNCAST = samplers.SamplerOptions(downcast_alphas_cumprod=True)
+
+
+@pytest.mark.parametrize("name", ["Euler", "Euler a", "DPM++ 2M", "DPM2"])
+def test_a_downcast_schedule_is_a1111s_16_bit_alphas_cumprod(model, name):
+    """use_downcasted_alpha_bar: A1111 casts the model's alphas_cumprod to float16 and k-diffusion's denoiser then
+    builds its sigmas and log sigmas from them in float16 (uniform, Karras and the DPM2 schedules tested here)."""
+    cond, uncond = model.text.encode("a red circle")[None], model.text.encode("")[None]
+    got = ours(model, name, 9, [21, 22], cond, uncond, 6.0, DOWNCAST)
+    expected = reference(model, name, 9, [21, 22], cond, uncond, 6.0, alphas=model.alphas_cumprod.half())
+    assert_close(got, expected, 2e-5)  # measured: up to 4e-6 of the scale
+    full = ours(model, name, 9, [21, 22], cond, uncond, 6.0)
+    assert (full - got).abs().max().item() > 2e-4 * expected.abs().max().item()  # and it changes the picture
+
+
+@pytest.mark.parametrize("name", ["DDIM", "PLMS"])
+def test_a_downcast_schedule_gives_the_timestep_samplers_16_bit_levels(model, name):
+    cond, uncond = model.text.encode("a cat")[None], model.text.encode("")[None]
+    with torch.no_grad():
+        got = ours(model, name, 7, [3], cond, uncond, 5.0, DOWNCAST)
+        full = ours(model, name, 7, [3], cond, uncond, 5.0)
+        if name == "DDIM":
+            expected = a1111_ddim(model, 7, [3], cond, uncond, 5.0, schedule=model.alphas_cumprod.half())
+            assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert not torch.allclose(got, full, rtol=0, atol=1e-4)
+
+
+def test_the_noise_schedule_overrides_are_written_and_leave_the_model_alone(model):
+    alphas = model.alphas_cumprod.clone()
+    both = samplers.SamplerOptions(downcast_alphas_cumprod=True, zero_terminal_snr=True)
+    for name in ("Euler", "DDIM", "LCM"):
+        fields = samplers.infotext_fields(samplers.resolve(name), both, model.alphas_cumprod)
+        assert (fields["Downcast alphas_cumprod"], fields["Noise Schedule"]) == (True, "Zero Terminal SNR")
+        assert samplers.prepare(samplers.resolve(name), 6, model.alphas_cumprod, both).alphas_cumprod.dtype == \
+            torch.float16
+    assert not samplers.infotext_fields(samplers.resolve("Euler"), samplers.SamplerOptions(), model.alphas_cumprod)
+    assert torch.equal(model.alphas_cumprod, alphas) and model.alphas_cumprod.dtype == torch.float32
+    # A1111's LCM copies its 50 levels into float32 before taking their sigmas
+    lcm = samplers.prepare(samplers.resolve("LCM"), 6, model.alphas_cumprod, DOWNCAST)
+    assert lcm.sigmas.dtype == torch.float32
+    grid = model.alphas_cumprod.half()[19::20].float()
+    assert torch.allclose(lcm.sigmas[0], (((1 - grid) / grid) ** 0.5)[-1], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("model", ["sd2-v.safetensors"], indirect=True)
+@pytest.mark.parametrize("name", ["Euler", "DPM++ 2M", "Euler a"])
+def test_zero_terminal_snr_samples_on_a1111s_rescaled_schedule(model, name):
+    """sd_noise_schedule "Zero Terminal SNR", for models trained on it (v-prediction): the rescaled schedule's
+    last sigma is about 4500, and the job is k-diffusion's on that schedule."""
+    ztsnr = samplers.SamplerOptions(zero_terminal_snr=True)
+    rescaled = a1111_zero_terminal_snr(model.alphas_cumprod.clone())
+    assert torch.equal(ztsnr.schedule(model.alphas_cumprod), rescaled)
+    sigmas = schedules.model_sigmas(rescaled)
+    first = schedules.model_sigmas(model.alphas_cumprod)[0].item()  # the first level is kept
+    assert 4400 < sigmas[-1].item() < 4600 and abs(sigmas[0].item() - first) < 1e-4 * first
+    cond, uncond = model.text.encode("a red circle")[None], model.text.encode("")[None]
+    got = ours(model, name, 8, [5], cond, uncond, 5.0, ztsnr)
+    assert_close(got, reference(model, name, 8, [5], cond, uncond, 5.0, alphas=rescaled), 1e-4)
+    assert not torch.allclose(got, ours(model, name, 8, [5], cond, uncond, 5.0), rtol=0, atol=1e-3)
+
+
+def test_old_karras_sigmas_give_every_ranged_schedule_10_to_0_1():
+    """use_old_karras_scheduler_sigmas: A1111's get_sigmas starts every schedule function from (0.1, 10) rather
+    than the model's range; the sigma min/max settings still win, and schedules without a range ignore it."""
+    alphas, sig = sd1_sigmas()
+    old = samplers.SamplerOptions(old_karras_sigmas=True)
+    assert torch.equal(samplers.schedule_sigmas(samplers.resolve("DPM++ 2M", "Karras"), 9, alphas, options=old),
+                       ks.get_sigmas_karras(9, 0.1, 10.0))
+    assert torch.equal(samplers.schedule_sigmas(samplers.resolve("Euler", "Exponential"), 9, alphas, options=old),
+                       ks.get_sigmas_exponential(9, 0.1, 10.0))
+    assert torch.equal(samplers.schedule_sigmas(samplers.resolve("Euler", "SGM Uniform"), 9, alphas, options=old),
+                       schedules.sgm_uniform(9, sig, 0.1, 10.0))
+    assert torch.equal(samplers.schedule_sigmas(samplers.resolve("Euler"), 9, alphas, options=old),
+                       schedules.uniform(9, sig))
+    wider = dataclasses.replace(old, sigma_max=20.0)
+    assert torch.equal(samplers.schedule_sigmas(samplers.resolve("DPM++ 2M", "Karras"), 9, alphas, options=wider),
+                       ks.get_sigmas_karras(9, 0.1, 20.0))
+    assert samplers.infotext_fields(samplers.resolve("DPM++ 2M", "Karras"), old, alphas) == {}
 
 
 # --- UniPC: A1111 runs its own port of the UniPC authors' code, on continuous time ---------------------
