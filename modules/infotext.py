@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -164,12 +165,41 @@ def a1111_version(text: Any) -> tuple[int, int, int, int] | None:
     return int(m[1]), int(m[2]), int(m[3]), -1 if m[4] else int(m[5] or 0)
 
 
-def parse_with_defaults(text: str, backcompat: bool = True) -> dict[str, Any]:
-    """`parse`, plus the keys an infotext implies by leaving them out (A1111's `parameters` of png-info), and,
-    with `backcompat` (the setting auto_backcompat), the settings an older A1111 version implies."""
+def old_first_pass_size(width: int, height: int) -> tuple[int, int]:
+    """The first pass of A1111's first hires fix, whose Width and Height were the final size: about 512x512
+    pixels in the final picture's proportions, each side rounded up to a multiple of 64."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+
+
+def restore_first_pass_size(parsed: dict[str, Any], old_hires_size: bool = False) -> None:
+    """A1111's restore_old_hires_fix_params, in place: an infotext of the first hires fix gives `First pass size`
+    (0x0: worked out from the final size) and the final size as `Size`; today's keys are the first pass as `Size`
+    and the final size as `Hires resize`. With `old_hires_size` (the setting use_old_hires_fix_width_height,
+    where Width and Height are the final size again) a `Hires resize` becomes the `Size` instead."""
+    if old_hires_size:
+        final = int(parsed.get("Hires resize-1", 0)), int(parsed.get("Hires resize-2", 0))
+        if all(final):
+            parsed["Size-1"], parsed["Size-2"] = final
+            return
+    if parsed.get("First pass size-1") is None or parsed.get("First pass size-2") is None:
+        return
+    first = int(parsed["First pass size-1"]), int(parsed["First pass size-2"])
+    width, height = int(parsed.get("Size-1", 512)), int(parsed.get("Size-2", 512))
+    if not all(first):
+        first = old_first_pass_size(width, height)
+    parsed["Size-1"], parsed["Size-2"] = first
+    parsed["Hires resize-1"], parsed["Hires resize-2"] = width, height
+
+
+def parse_with_defaults(text: str, backcompat: bool = True, old_hires_size: bool = False) -> dict[str, Any]:
+    """`parse`, plus the keys an infotext implies by leaving them out (A1111's `parameters` of png-info), an old
+    hires fix's sizes in today's keys (`restore_first_pass_size`), and, with `backcompat` (the setting
+    auto_backcompat), the settings an older A1111 version implies."""
     result = parse(text)
     for key, value in IMPLIED_DEFAULTS.items():
         result.setdefault(key, value)
+    restore_first_pass_size(result, old_hires_size)
     version = a1111_version(result.get("Version"))
     if backcompat and version is not None:
         result.update(version_settings(version, result))

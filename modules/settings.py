@@ -94,6 +94,10 @@ class Settings(BaseModel):
     use_old_karras_scheduler_sigmas: bool = Field(
         False, description="Use old Karras scheduler sigmas: schedules with a sigma range run from 10 to 0.1 "
                            "instead of the model's own range, as early A1111 versions did")
+    use_old_hires_fix_width_height: bool = Field(
+        False, description="Hires fix: Width and Height set the final size, as in A1111's first hires fix (the "
+                           "first pass is about 512x512 pixels in the same proportions; Upscale by and Resize "
+                           "width/height to are not used)")
     randn_source: Literal["CPU", "GPU", "NV"] = Field(
         "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
                            "generator; NV the numbers NVIDIA GPUs give, on any device")
@@ -413,8 +417,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
-    "Compatibility": ("auto_backcompat", "use_old_karras_scheduler_sigmas", "use_old_scheduling",
-                      "use_downcasted_alpha_bar"),
+    "Compatibility": ("auto_backcompat", "use_old_karras_scheduler_sigmas", "use_old_hires_fix_width_height",
+                      "use_old_scheduling", "use_downcasted_alpha_bar"),
     "Extra Networks": ("extra_networks_default_multiplier", "lora_show_all", "lora_hide_unknown_for_versions"),
     "VAE": ("sd_vae", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method", "sd_vae_decode_method",
             "vae_tiling", "vae_tile_size"),

@@ -269,9 +269,17 @@ def to_params(req: schemas.Txt2ImgRequest, limits: Limits | None = None) -> Gene
         hr_resize_y=req.hr_resize_y, hr_sampler_name=req.hr_sampler_name, hr_scheduler=req.hr_scheduler,
         hr_prompt=req.hr_prompt, hr_negative_prompt=req.hr_negative_prompt, firstpass_image=req.firstpass_image or None,
         hr_checkpoint_name=req.hr_checkpoint_name)
+    common = _common_fields(req)
+    if req.firstphase_width or req.firstphase_height:
+        # A1111's first hires fix fields: the size the job renders at (its __post_init__; since 1.6 the final size
+        # then follows hr_scale or hr_resize_x/y as for any job)
+        if not (req.firstphase_width and req.firstphase_height):
+            raise BadRequest(f"firstphase_width and firstphase_height: both are needed, or neither (got "
+                             f"{req.firstphase_width}x{req.firstphase_height})")
+        common.update(width=req.firstphase_width, height=req.firstphase_height)
     try:
         return GenerationParams.model_validate(
-            dict(**_common_fields(req), **(hires_fields if req.enable_hr else {})),
+            dict(**common, **(hires_fields if req.enable_hr else {})),
             context={"max_input_pixels": (limits or Limits()).max_input_pixels})
     except ValidationError as e:
         raise BadRequest(describe_validation_error(e)) from None
@@ -490,7 +498,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         text, items = images.read_info(decode_image(req.image, None, engine))
         return schemas.PNGInfoResponse(info=text or "", items=items,
                                        parameters=infotext.parse_with_defaults(
-                                           text or "", engine.options.values.auto_backcompat))
+                                           text or "", engine.options.values.auto_backcompat,
+                                           engine.options.values.use_old_hires_fix_width_height))
 
     @r.post("/interrogate")
     def interrogate(req: schemas.InterrogateRequest):

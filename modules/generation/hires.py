@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import upscaling
+from modules import infotext, upscaling
 from modules.generation import samplers
 from modules.generation.params import GenerationParams
 
@@ -66,6 +66,14 @@ def upscale_plan(params: GenerationParams) -> tuple[int, int, int, int]:
     else:
         up_x, up_y = ry * w // h, ry
     return up_x, up_y, (up_x - rx) // 8, (up_y - ry) // 8
+
+
+def old_size_rule(params: GenerationParams) -> GenerationParams:
+    """The setting use_old_hires_fix_width_height (A1111's calculate_target_resolution): Width and Height are the
+    final size, which becomes the Hires resize; the first pass is about 512x512 pixels in its proportions."""
+    width, height = infotext.old_first_pass_size(params.width, params.height)
+    return params.model_copy(update={"width": width, "height": height, "hr_resize_x": params.width,
+                                     "hr_resize_y": params.height})
 
 
 def target_size(params: GenerationParams) -> tuple[int, int]:

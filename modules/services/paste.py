@@ -45,7 +45,9 @@ class InfotextReader:
         hashes the text gives (`Lora hashes`, `Hypernetwork hashes`);
         for txt2img, a denoising strength means the hires fix was on; with `find_styles`, styles found in the
         prompts as the setting infotext_styles says (`styles_in`)."""
-        parsed = infotext.parse_with_defaults(text or "", self._options.values.auto_backcompat)
+        current = self._options.values
+        parsed = infotext.parse_with_defaults(text or "", current.auto_backcompat,
+                                              current.use_old_hires_fix_width_height)
         parsed["Prompt"] = self._networks.rename_by_hash(parsed.get("Prompt", ""), parsed.get("Lora hashes"))
         parsed["Prompt"] = self._networks.rename_hypernets_by_hash(parsed["Prompt"], parsed.get("Hypernetwork hashes"))
         found = self.styles_in(parsed) if find_styles else None

@@ -50,10 +50,12 @@ class RequestResolver:
 
     def accept(self, kind: str, params: GenerationParams) -> Accepted:
         """Check `params` (BadRequest / OverLimit naming what is wrong) and resolve them."""
+        settings, warnings = self._options.effective(params.override_settings)
+        if settings.use_old_hires_fix_width_height and params.enable_hr and not isinstance(params, Img2ImgParams):
+            params = hires.old_size_rule(params)
         self.check_limits(params)
         unstyled_prompt = params.prompt  # for the [prompt_no_styles] file name tag
         params, style_warnings = self.apply_styles(params)
-        settings, warnings = self._options.effective(params.override_settings)
         if not params.disable_extra_networks:  # A1111 appends the setting's network to the prompt, infotext too
             params = params.model_copy(update={
                 "prompt": extra_networks.with_hypernetwork(params.prompt, settings.sd_hypernetwork)})

@@ -157,16 +157,20 @@ def upscale(engine: Engine, values: dict, gallery, texts, seeds, index) -> Itera
            gr.Image(visible=False, value=None), log, *runner.buttons(False)]
 
 
-def hires_size(width, height, enabled, scale, resize_x, resize_y) -> str:
+def hires_size(width, height, enabled, scale, resize_x, resize_y, old_rule: bool = False) -> str:
+    """The line under the hires fix's sliders: from the first pass's size to the final one (with the setting
+    use_old_hires_fix_width_height, `old_rule`, Width and Height are the final size)."""
     if not enabled:
         return ""
     try:
         params = GenerationParams(width=int(width), height=int(height), enable_hr=True, hr_scale=float(scale),
                                   hr_resize_x=int(resize_x), hr_resize_y=int(resize_y))
+        if old_rule:
+            params = hires.old_size_rule(params)
         w, h = hires.target_size(params)
     except Exception:  # a half-typed value: say nothing rather than something wrong
         return ""
-    return f'<span class="sd-hint">from {int(width)}x{int(height)} to {w}x{h}</span>'
+    return f'<span class="sd-hint">from {params.width}x{params.height} to {w}x{h}</span>'
 
 
 def wire(engine: Engine, tab: Txt2ImgTab) -> None:
@@ -195,5 +199,8 @@ def wire(engine: Engine, tab: Txt2ImgTab) -> None:
     size_inputs = [tab.fields[n] for n in ("width", "height", "enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y")]
     # one event for all six, so that its answers come in the order of the changes (always_last), not in the order
     # six separate events happen to be answered
-    gr.on([c.change for c in size_inputs], hires_size, inputs=size_inputs, outputs=tab.hires_info, queue=False,
+    def size_line(*values) -> str:
+        return hires_size(*values, old_rule=engine.options.values.use_old_hires_fix_width_height)
+
+    gr.on([c.change for c in size_inputs], size_line, inputs=size_inputs, outputs=tab.hires_info, queue=False,
           show_progress="hidden", trigger_mode="always_last")

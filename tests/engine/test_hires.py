@@ -242,3 +242,56 @@ def test_the_first_pass_is_saved_before_the_hires_pass(engine, upscaler):  # noq
     engine.txt2img(params(**{**kw, "save_images": False}, enable_hr=True, hr_upscaler=upscaler,
                           override_settings=on))
     assert len(list(folder.glob("*-before-highres-fix.png"))) == count
+
+
+# ------------------------------------------ A1111's first hires fix: Width and Height were the final size
+
+def test_the_old_first_pass_is_about_512x512_in_the_final_proportions():
+    # processing.old_hires_fix_first_pass_dimensions: scale = sqrt(512*512 / (w*h)), each side ceil(scale*side/64)*64
+    assert infotext.old_first_pass_size(1024, 1024) == (512, 512)
+    assert infotext.old_first_pass_size(768, 512) == (640, 448)  # scale 0.8165: 9.80 -> 10, 6.53 -> 7 (x64)
+    assert infotext.old_first_pass_size(512, 768) == (448, 640)
+    assert infotext.old_first_pass_size(640, 640) == (512, 512)  # scale 0.8 exactly
+
+
+def test_an_old_first_pass_size_infotext_reads_as_size_and_hires_resize():
+    # A1111's restore_old_hires_fix_params: Size was the final size, First pass size the first pass (0x0: worked out)
+    text = "a cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: {}, First pass size: {}, Denoising strength: 0.6"
+    given = infotext.parse_with_defaults(text.format("1024x768", "512x384"))
+    assert [int(given[k]) for k in ("Size-1", "Size-2", "Hires resize-1", "Hires resize-2")] == [512, 384, 1024, 768]
+    worked_out = infotext.parse_with_defaults(text.format("768x512", "0x0"))
+    assert [int(worked_out[k]) for k in ("Size-1", "Size-2", "Hires resize-1", "Hires resize-2")] == [640, 448, 768,
+                                                                                                       512]
+    # today's infotexts are left as they are; with use_old_hires_fix_width_height, a Hires resize is the Size
+    today = "a cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: 512x384, Hires resize: 1024x768, Denoising strength: 0.6"
+    assert (infotext.parse_with_defaults(today)["Size-1"], infotext.parse_with_defaults(today)["Size-2"]) == (
+        "512", "384")
+    old = infotext.parse_with_defaults(today, old_hires_size=True)
+    assert (old["Size-1"], old["Size-2"]) == (1024, 768)
+
+
+def test_use_old_hires_fix_width_height_makes_width_and_height_the_final_size(engine):  # noqa: F811
+    from modules.ui import txt2img
+
+    job = dict(enable_hr=True, hr_scale=2.0, denoising_strength=0.6, steps=2, hr_second_pass_steps=1, seed=4,
+               save_images=False)
+    old = engine.txt2img(params(width=640, height=640, override_settings={"use_old_hires_fix_width_height": True},
+                                **job))
+    assert old.images[0].size == (640, 640)  # Upscale by 2 is not used
+    assert "Size: 512x512" in old.infotexts[0] and "Hires resize: 640x640" in old.infotexts[0]
+    same = engine.txt2img(params(width=512, height=512, hr_resize_x=640, hr_resize_y=640, **job))
+    assert same.images[0].tobytes() == old.images[0].tobytes()
+    # the page's line under the sliders says so too
+    assert "from 512x512 to 640x640" in txt2img.hires_size(640, 640, True, 2.0, 0, 0, old_rule=True)
+    assert "from 640x640 to 1280x1280" in txt2img.hires_size(640, 640, True, 2.0, 0, 0)
+
+
+def test_the_apis_firstphase_size_is_the_size_the_job_renders_at():
+    from modules.api import routes, schemas
+
+    # A1111's __post_init__: firstphase_width/height replace width/height; the final size then follows hr_scale
+    p = routes.to_params(schemas.Txt2ImgRequest(width=1024, height=1024, firstphase_width=64, firstphase_height=96,
+                                                enable_hr=True, hr_scale=2))
+    assert (p.width, p.height) == (64, 96) and hires.target_size(p) == (128, 192)
+    with pytest.raises(BadRequest, match="firstphase_width and firstphase_height: both are needed"):
+        routes.to_params(schemas.Txt2ImgRequest(firstphase_width=64))

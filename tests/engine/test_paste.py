@@ -334,3 +334,17 @@ def test_auto_backcompat_off_pastes_no_version_settings(engine):  # noqa: F811
         assert written.settings["use_downcasted_alpha_bar"] is True
     finally:
         engine.options.update({"auto_backcompat": True})
+
+
+def test_first_pass_size_infotexts_paste_as_today_s_fields_and_the_old_rule_reads_them_back(engine):  # noqa: F811
+    old = "a cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: 1024x768, First pass size: 0x0, Denoising strength: 0.6"
+    v = engine.paste.read(old, txt2img=True).values
+    assert (v["width"], v["height"], v["hr_resize_x"], v["hr_resize_y"], v["enable_hr"]) == (640, 448, 1024, 768,
+                                                                                              True)
+    today = "a cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: 640x448, Hires resize: 1024x768, Denoising strength: 0.6"
+    engine.options.update({"use_old_hires_fix_width_height": True})
+    try:  # Width and Height are the final size under that setting
+        v = engine.paste.read(today, txt2img=True).values
+        assert (v["width"], v["height"]) == (1024, 768)
+    finally:
+        engine.options.update({"use_old_hires_fix_width_height": False})
