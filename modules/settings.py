@@ -98,6 +98,9 @@ class Settings(BaseModel):
         False, description="Hires fix: Width and Height set the final size, as in A1111's first hires fix (the "
                            "first pass is about 512x512 pixels in the same proportions; Upscale by and Resize "
                            "width/height to are not used)")
+    hires_fix_use_firstpass_conds: bool = Field(
+        False, description="Hires fix: encode the hires prompts with the first pass's LoRA and hypernetworks (the "
+                           "hires prompt's own then apply to the U-Net only; not with a Hires checkpoint)")
     randn_source: Literal["CPU", "GPU", "NV"] = Field(
         "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
                            "generator; NV the numbers NVIDIA GPUs give, on any device")
@@ -418,7 +421,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
     "Compatibility": ("auto_backcompat", "use_old_karras_scheduler_sigmas", "use_old_hires_fix_width_height",
-                      "use_old_scheduling", "use_downcasted_alpha_bar"),
+                      "hires_fix_use_firstpass_conds", "use_old_scheduling", "use_downcasted_alpha_bar"),
     "Extra Networks": ("extra_networks_default_multiplier", "lora_show_all", "lora_hide_unknown_for_versions"),
     "VAE": ("sd_vae", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method", "sd_vae_decode_method",
             "vae_tiling", "vae_tile_size"),

@@ -130,6 +130,8 @@ class JobContext:
     token_merging: float = 0.0
     token_merging_hr: float = 0.0
     old_timelines: bool = False  # use_old_scheduling: A1111's old prompt editing timelines (prompt_syntax.Timeline)
+    # hires_fix_use_firstpass_conds: the hires prompts encoded with the first pass's networks (see _hires_pass)
+    hires_firstpass_conds: bool = False
     extra_noise: float = 0.0  # img2img_extra_noise: img2img's and the hires pass's start noise added again, scaled
     hires_checkpoint: str | None = None  # Hires checkpoint: the title the hires pass runs on (set by the services)
     # infotext keys a script gives every image of this job, before the job's own (Loopback's curve); (key, value)
@@ -274,4 +276,4 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         and settings.samples_save,
         pad_conds="v0" if settings.pad_cond_uncond_v0 else "pad" if settings.pad_cond_uncond else "",
         hypertile=Hypertile.of(settings), token_merging=merging[0], token_merging_hr=merging[1],
-        old_timelines=settings.use_old_scheduling)
+        old_timelines=settings.use_old_scheduling, hires_firstpass_conds=settings.hires_fix_use_firstpass_conds)

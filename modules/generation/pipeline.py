@@ -65,6 +65,9 @@ class Hooks:
     load_refiner: Callable[[], Any] | None = None
     load_base: Callable[[], Any] | None = None
     load_hires: Callable[[], Any] | None = None  # a job with a Hires checkpoint: load it in the model's place
+    # a Hires. fix job whose hires prompt names other LoRA or hypernetworks than its prompt: (model, hires) applies
+    # the hires prompt's networks (True) or the prompt's again (False) to the model, in place of those it has
+    hires_networks: Callable[[Any, bool], None] | None = None
     # a job whose context asks for TAESD (vae_decode_method / vae_encode_method): the TAESD "decoder" or
     # "encoder" that fits a model, (model, part) -> module (raises taesd.TaesdMissing when its file is absent)
     taesd: Callable[[Any, str], torch.nn.Module] | None = None
@@ -817,6 +820,7 @@ class _Models:
         self._merging = ctx.token_merging  # the first pass's token merging ratio (the hires pass sets its own)
         self._hooked = bool(ctx.token_merging or ctx.token_merging_hr)  # whether each model's U-Net needs the hooks
         self.vae_tiled = False  # whether the VAE has run in tiles for the job so far
+        self._hires_networks_on = None  # the model that has the hires prompt's networks now (Hooks.hires_networks)
 
     def tiling(self, height: int, width: int) -> VaeTiling:
         """The job's VAE tiling, for a decode or encode of an image of this size, which is noted if it tiles."""
@@ -856,9 +860,20 @@ class _Models:
 
     def base_again(self):
         if self.now is not self.base:
-            self.base = self.hooks.load_base()
+            self.base = self.hooks.load_base()  # made ready with the prompt's networks
+            self._hires_networks_on = None
             self._use(self.base)
+        elif self._hires_networks_on is self.base:
+            self.hooks.hires_networks(self.base, False)
+            self._hires_networks_on = None
         return self.base
+
+    def use_hires_networks(self, model) -> None:
+        """The hires prompt's networks on `model`, the one the hires pass runs on (when they differ from the
+        prompt's); the next batch's `base_again` puts the prompt's back."""
+        if self.hooks.hires_networks is not None and self._hires_networks_on is not model:
+            self.hooks.hires_networks(model, True)
+            self._hires_networks_on = model
 
     def for_hires(self):
         """The model the hires pass runs on: the Hires checkpoint when the job names one (loaded in the model's
@@ -866,7 +881,8 @@ class _Models:
         if self.hooks.load_hires is None:
             return self.base_again()
         if self.hires is None or self.now is not self.hires:
-            self.hires = self.hooks.load_hires()
+            self.hires = self.hooks.load_hires()  # made ready with the prompt's networks
+            self._hires_networks_on = None
             self._use(self.hires)
         return self.hires
 
@@ -1085,6 +1101,11 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
         latents = hires.upscale_latents(latents, ctx.hr_upscaler, up_x, up_y, decode, models.encode_for_hires,
                                         resize)
     model = models.for_hires()
+    # hires_fix_use_firstpass_conds (A1111: without a Hires checkpoint): its prompts are encoded with the first
+    # pass's networks still on, and the hires prompt's are on for the U-Net only
+    firstpass_conds = ctx.hires_firstpass_conds and models.hooks.load_hires is None
+    if not firstpass_conds:
+        models.use_hires_networks(model)
     if not ctx.hypertile.unet.enable:  # A1111's before_hr: a seed of its own for the second pass
         models.tiles.seed(ctx.seeds[0])
     use_hypertile(model, ctx, up_x, up_y, models.tiles, ctx.hypertile.unet_secondpass)
@@ -1105,6 +1126,7 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
     timeline = Timeline.hires(first_steps, hr_total, ctx.old_timelines)
     fields.update(old_timelines_field((prompt, negative), timeline, Timeline.hires(first_steps, hr_total)))
     cond, uncond, empty = encode_texts(model, prompt, negative, timeline, clip_skip, emphasis, ctx.pad_conds == "pad")
+    models.use_hires_networks(model)
     image_cond = inpainting_conditioning(model, len(seeds), height, width, models.tiling(height, width))
     denoiser = Denoiser(model, cond, uncond, params.cfg_scale, image_cond, model.text.unet_inputs(width, height),
                         model.text.unet_inputs(width, height, negative=True), empty=empty)

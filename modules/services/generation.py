@@ -153,6 +153,7 @@ class GenerationService:
                                    depth_estimator=self._checkpoints.depth_estimator,
                                    upscale=self._upscalers.resize(job, accepted.settings))
             self._model_hooks(run, hooks)
+            self._hires_networks_hook(run, hooks)
             try:  # img2img's inputs are prepared here: a model upscaler (upscaler_for_img2img) stops between tiles
                 batches, steps_run = self._batches(run, hooks)
             except (JobInterrupted, JobSkipped):
@@ -238,11 +239,9 @@ class GenerationService:
         model = self._checkpoints.load_now(info, settings.sd_vae, remember=remember, requested=requested,
                                            release_first=switch, settings=settings, reserve=reserve)
         tags = [] if params.disable_extra_networks else extra_networks.parse(params.prompt).tags
-        networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS],
-                                                   [t for t in tags if t.kind in extra_networks.HYPERNET_KINDS])
-        for warning in ([model.vae_warning] if model.vae_warning else []) + networks.warnings:
-            if warning not in result.warnings:  # a model loaded again for each batch says it once
-                result.warnings.append(warning)
+        networks = self._use_networks(model, tags, result)
+        if model.vae_warning and model.vae_warning not in result.warnings:
+            result.warnings.append(model.vae_warning)
         optimizations.apply(model, settings.cross_attention_optimization, settings.batch_cond_uncond)
         model.text.use_settings(settings)
         model.use_tiling(accepted.ctx.tiling)  # before the backend: OpenVINO's converted U-Net cannot wrap around
@@ -258,6 +257,38 @@ class GenerationService:
         if note and note not in result.warnings:
             result.warnings.append(note)
         return model, networks
+
+    def _use_networks(self, model: LoadedModel, tags: list, result: GenerationResult) -> ExtraNetworksUse:
+        """The LoRA and hypernetworks `tags` name, applied to `model` (in place of those it had); their warnings go
+        to `result`, each once (a model loaded again for each batch says it once)."""
+        networks = self._models.use_extra_networks(model, [t for t in tags if t.kind in extra_networks.LORA_KINDS],
+                                                   [t for t in tags if t.kind in extra_networks.HYPERNET_KINDS])
+        for warning in networks.warnings:
+            if warning not in result.warnings:
+                result.warnings.append(warning)
+        return networks
+
+    def _hires_networks_hook(self, run: _Run, hooks: pipeline.Hooks) -> None:
+        """A Hires. fix job whose hires prompt names other networks than its prompt: A1111 activates the hires
+        prompt's for the second pass (sample_hr_pass) and the prompt's again for the next batch. Their hashes join
+        the infotext's (A1111 writes the last pass's there; both, so that a paste finds every file)."""
+        ctx = run.accepted.ctx
+        params = ctx.params
+        if not ctx.hires or params.disable_extra_networks:
+            return
+        kinds = (*extra_networks.LORA_KINDS, *extra_networks.HYPERNET_KINDS)
+        first, second = ([t for t in extra_networks.parse(text).tags if t.kind in kinds]
+                         for text in (params.prompt, params.hr_prompt or params.prompt))
+        if [(t.kind, t.args) for t in first] == [(t.kind, t.args) for t in second]:
+            return
+
+        def use(model: LoadedModel, hires: bool) -> None:
+            networks = self._use_networks(model, second if hires else first, run.result)
+            for name in ("lora_hashes", "hypernet_hashes"):
+                known = getattr(run.networks, name)
+                known.extend(h for h in getattr(networks, name) if h not in known)
+
+        hooks.hires_networks = use
 
     def _model_hooks(self, run: _Run, hooks: pipeline.Hooks) -> None:
         """A job with a refiner or a Hires checkpoint: how the pipeline loads it, and the job's own model again

@@ -566,3 +566,44 @@ def test_loras_embeddings_and_styles_through_the_api(tmp_path, tiny_dir):
         assert info["styles"] == ["Ink"] and not any("styles" in w for w in info["warnings"])
     finally:
         stop_server(proc)
+
+
+# --- the hires prompt's own networks (A1111's hr_extra_network_data) -----------------------------------------
+
+def hires_gen(engine, hr_prompt, prompt="a red circle", **kw):
+    return gen(engine, prompt, enable_hr=True, hr_prompt=hr_prompt, hr_scale=1.5, denoising_strength=0.6,
+               hr_second_pass_steps=2, steps=3, **kw)
+
+
+def test_the_hires_prompts_networks_run_the_hires_pass_only(engine, sd1):
+    before = snapshot(sd1)
+    path = write_lora(engine, "hires-only", kohya_lora(sd1, seed=11))
+    plain = hires_gen(engine, "a red circle")
+    late = hires_gen(engine, "a red circle <lora:hires-only:1>")
+    both = hires_gen(engine, "a red circle <lora:hires-only:1>", prompt="a red circle <lora:hires-only:1>")
+    assert len({r.images[0].tobytes() for r in (plain, late, both)}) == 3 and late.warnings == []
+    assert f'Lora hashes: "hires-only: {lora.addnet_hash(path)[:12]}"' in late.infotexts[0]
+    # each batch's first pass runs without it again: the second of two batches is seed 8's picture made alone
+    two = hires_gen(engine, "a red circle <lora:hires-only:1>", n_iter=2)
+    assert two.images[1].tobytes() == hires_gen(engine, "a red circle <lora:hires-only:1>", seed=8).images[0].tobytes()
+    assert two.images[0].tobytes() == late.images[0].tobytes()
+    gen(engine, "x")
+    assert same_weights(sd1, before)
+
+
+def test_hires_fix_use_firstpass_conds_encodes_the_hires_prompt_with_the_first_pass_networks(engine, sd1):
+    # a LoRA on the text encoder only: it changes the picture through the prompts' encoding alone
+    write_lora(engine, "words", kohya_lora(sd1, seed=12, which=("te",)))
+    plain = hires_gen(engine, "a red circle")
+    late = hires_gen(engine, "a red circle <lora:words:1>")
+    early = hires_gen(engine, "a red circle", prompt="a red circle <lora:words:1>")
+    both = hires_gen(engine, "a red circle <lora:words:1>", prompt="a red circle <lora:words:1>")
+    assert late.images[0].tobytes() != plain.images[0].tobytes()
+    assert early.images[0].tobytes() not in (both.images[0].tobytes(), plain.images[0].tobytes())
+    on = {"hires_fix_use_firstpass_conds": True}
+    # with the setting the hires prompts are encoded as the first pass's were: the hires prompt's TE-only LoRA
+    # changes nothing, and the prompt's reaches the hires pass as if both named it
+    assert hires_gen(engine, "a red circle <lora:words:1>", override_settings=on).images[0].tobytes() == \
+        plain.images[0].tobytes()
+    assert hires_gen(engine, "a red circle", prompt="a red circle <lora:words:1>",
+                     override_settings=on).images[0].tobytes() == both.images[0].tobytes()
