@@ -426,7 +426,7 @@ def _to_float(number: str) -> float | None:
         return None
 
 
-def prompt_problem(prompt: str, steps: int, emphasis: str = "Original", split: bool = True) -> str | None:
+def prompt_problem(prompt: str, steps: int | Timeline, emphasis: str = "Original", split: bool = True) -> str | None:
     """Why a prompt cannot be encoded (None when it can): an AND weight (`split`: the positive prompt) or an
     emphasis weight that is infinite in the text encoder's float32 numbers, or emphasis brackets nested more
     than MAX_NESTING deep (emphasis "None" reads brackets as text). A1111 runs such prompts into NaNs."""
@@ -449,7 +449,7 @@ def prompt_problem(prompt: str, steps: int, emphasis: str = "Original", split: b
     return None
 
 
-def emphasis_syntax_in(prompt: str, negative_prompt: str, steps: int) -> bool:
+def emphasis_syntax_in(prompt: str, negative_prompt: str, steps: int | Timeline) -> bool:
     """Whether a text the encoder will see (after AND splitting and scheduling) contains `(` or `[`: when
     A1111 writes a non-default emphasis mode into the infotext."""
     texts = {text for sub, _ in split_and(prompt) for _, text in prompt_schedule(sub, steps)}

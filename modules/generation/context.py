@@ -17,6 +17,7 @@ from modules.generation import hires, rng, samplers
 from modules.generation.vae_tiling import VaeTiling
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.models.hypertile import Options as HypertileOptions
+from modules.prompt_syntax import Timeline
 from modules.settings import Settings
 
 HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # A1111's hires_fix_refiner_pass choices
@@ -167,6 +168,17 @@ class JobContext:
             given = self.params.denoising_strength
             return given if given is not None else hires.DEFAULT_DENOISING
         return None
+
+    def timeline(self) -> Timeline:
+        """The first pass's prompt editing timeline (img2img's too): A1111 counts it in the sampler's total steps."""
+        return Timeline(self.choice.spec.total_steps(self.params.steps), old=self.old_timelines)
+
+    def hires_timeline(self, old: bool | None = None) -> Timeline:
+        """The Hires. fix pass's: A1111 counts on from the first pass's steps (Timeline.hires); in the old
+        timelines (`old`, by default the job's use_old_scheduling) in the first pass's."""
+        hr_steps = self.params.hr_second_pass_steps or self.params.steps
+        return Timeline.hires(self.timeline().steps, self.hr_choice.spec.total_steps(hr_steps),
+                              self.old_timelines if old is None else old)
 
     @property
     def firstpass(self) -> bool:

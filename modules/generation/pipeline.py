@@ -918,11 +918,6 @@ class _Models:
                 self._stack = None
 
 
-def first_timeline(ctx: JobContext) -> Timeline:
-    """The first pass's prompt editing timeline (img2img's too): A1111 counts it in the sampler's total steps."""
-    return Timeline(ctx.choice.spec.total_steps(ctx.params.steps), old=ctx.old_timelines)
-
-
 def old_timelines_field(texts: tuple[str, str], used: Timeline, new: Timeline) -> dict[str, bool]:
     """A1111's infotext key `Old prompt editing timelines: True`: given when the pass counts in the old timelines
     (`used`, use_old_scheduling) and that changes the schedule of its prompt or negative prompt from the `new`
@@ -959,7 +954,7 @@ def _generate(model, ctx: JobContext, hooks: Hooks, plan: _Plan) -> Iterator[Bat
     params, seeds, subseeds = ctx.params, list(ctx.seeds), ctx.variation_subseeds
     clip_skip, emphasis, randn_source, ensd = ctx.clip_skip, ctx.emphasis, ctx.randn_source, ctx.noise_seed_delta
     prompt = extra_networks.parse(params.prompt).text
-    timeline = first_timeline(ctx)
+    timeline = ctx.timeline()
     cond, uncond, empty = encode_texts(model, prompt, params.negative_prompt, timeline, clip_skip, emphasis,
                                        ctx.pad_conds == "pad")
     inputs = (model.text.unet_inputs(params.width, params.height),
@@ -1118,13 +1113,10 @@ def _hires_pass(models: _Models, ctx: JobContext, latents: torch.Tensor | None, 
     if ensd:
         generators = rng.create_generators([s + ensd for s in seeds], randn_source, model.device)
     steps, t_enc = hires.schedule(params)
-    hr_steps = params.hr_second_pass_steps or params.steps
     prompt = extra_networks.parse(params.hr_prompt or params.prompt).text
     negative = params.hr_negative_prompt or params.negative_prompt
-    # A1111's hires timeline: prompt editing counts on from the first pass's steps (Timeline.hires)
-    first_steps, hr_total = first_timeline(ctx).steps, ctx.hr_choice.spec.total_steps(hr_steps)
-    timeline = Timeline.hires(first_steps, hr_total, ctx.old_timelines)
-    fields.update(old_timelines_field((prompt, negative), timeline, Timeline.hires(first_steps, hr_total)))
+    timeline = ctx.hires_timeline()
+    fields.update(old_timelines_field((prompt, negative), timeline, ctx.hires_timeline(old=False)))
     cond, uncond, empty = encode_texts(model, prompt, negative, timeline, clip_skip, emphasis, ctx.pad_conds == "pad")
     models.use_hires_networks(model)
     image_cond = inpainting_conditioning(model, len(seeds), height, width, models.tiling(height, width))

@@ -352,10 +352,11 @@ class PromptEncoder:
         options, such as SDXL's `sdxl_clip_l_skip` and crop; `modules.settings.Settings`). Clip skip and
         emphasis, which every encoder reads, come with each call instead. SD 1.x/2.x have none."""
 
-    def context_positions(self, prompt: str, negative: str, steps: int, emphasis: str = "Original"
-                          ) -> tuple[int, int]:
+    def context_positions(self, prompt: str, negative: str, steps: int | prompt_syntax.Timeline,
+                          emphasis: str = "Original") -> tuple[int, int]:
         """(all, longest): the positions (77 a chunk) of the contexts `encode_prompt` and `encode_negative` make
-        for these prompts, counted from their tokens before anything is encoded. Each AND sub-prompt's schedule
+        for these prompts over `steps` (the pass's prompt editing timeline), counted from their tokens before
+        anything is encoded. Each AND sub-prompt's schedule
         and the negative prompt's are one batch, whose distinct texts are padded to its longest."""
         batches = [prompt_syntax.prompt_schedule(text, steps)
                    for text in dict.fromkeys(text for text, _ in prompt_syntax.split_and(prompt))]

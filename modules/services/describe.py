@@ -81,7 +81,7 @@ def image_infotext(record: JobRecord, seed: int, subseed: int, extra: dict[str, 
         "Tiling": "True" if ctx.tiling else None,
         **extra,
         "Emphasis": settings.emphasis if settings.emphasis != "Original" and prompt_syntax.emphasis_syntax_in(
-            extra_networks.parse(params.prompt).text, params.negative_prompt, params.steps) else None,
+            extra_networks.parse(params.prompt).text, params.negative_prompt, ctx.timeline()) else None,
         "Version": INFOTEXT_VERSION if settings.add_version_to_infotext else None,
     }
     return infotext.create(params.prompt, params.negative_prompt, fields)

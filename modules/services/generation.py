@@ -541,11 +541,10 @@ def text_memory(ctx, text) -> memory.TextMemory:
     tokens: the first pass's, and the Hires. fix pass's, encoded while the first pass's is still held. (A
     refiner's, encoded by its own model after the base is released, is not counted.)"""
     params = ctx.params
-    passes = [(extra_networks.parse(params.prompt).text, params.negative_prompt, params.steps)]
+    passes = [(extra_networks.parse(params.prompt).text, params.negative_prompt, ctx.timeline())]
     if ctx.hires:
         passes.append((extra_networks.parse(params.hr_prompt or params.prompt).text,
-                       params.hr_negative_prompt or params.negative_prompt,
-                       params.hr_second_pass_steps or params.steps))
+                       params.hr_negative_prompt or params.negative_prompt, ctx.hires_timeline()))
     counted = [text.context_positions(prompt, negative, steps, ctx.emphasis) for prompt, negative, steps in passes]
     parts = max(len(prompt_syntax.split_and(prompt)) for prompt, _, _ in passes)
     return memory.TextMemory(sum(n for n, _ in counted), max(longest for _, longest in counted), text.width, parts)

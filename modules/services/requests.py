@@ -67,7 +67,7 @@ class RequestResolver:
         if kind == "img2img" and settings.upscaler_for_img2img not in (None, *image_upscalers):
             warnings.append(f"upscaler_for_img2img: there is no upscaler {settings.upscaler_for_img2img!r}; "
                             "init images were resized with Lanczos")
-        self.check_numbers(params, settings)
+        self.check_numbers(ctx, settings)
         requested = params.override_settings.get("sd_model_checkpoint")
         checkpoint = self._checkpoints.resolve(requested)
         refiner = self.refiner(params, checkpoint)
@@ -178,19 +178,22 @@ class RequestResolver:
             raise OverLimit(str(images.too_large(image.width, image.height, self.limits.max_input_pixels)))
 
     @staticmethod
-    def check_numbers(params: GenerationParams, settings: Settings) -> None:
+    def check_numbers(ctx: context.JobContext, settings: Settings) -> None:
         """Refuse (BadRequest naming the field) seeds that no generator takes and prompts whose weights
-        cannot be encoded, before anything is queued (A1111 fails on them mid-job, or makes NaNs)."""
+        cannot be encoded, before anything is queued (A1111 fails on them mid-job, or makes NaNs). Each prompt is
+        read over its pass's prompt editing timeline, as the job encodes it."""
+        params = ctx.params
         problem = rng.seed_problem(params.seed, params.subseed, params.subseed_strength, params.total_images,
                                    settings.eta_noise_seed_delta)
         if problem:
             raise BadRequest(problem)
-        texts = [("prompt", extra_networks.parse(params.prompt).text, True, params.steps),
-                 ("negative_prompt", params.negative_prompt, False, params.steps)]
-        if params.enable_hr and not isinstance(params, Img2ImgParams):
-            hr_steps = params.hr_second_pass_steps or params.steps
-            texts += [("hr_prompt", extra_networks.parse(params.hr_prompt).text, True, hr_steps),
-                      ("hr_negative_prompt", params.hr_negative_prompt, False, hr_steps)]
+        first = ctx.timeline()
+        texts = [("prompt", extra_networks.parse(params.prompt).text, True, first),
+                 ("negative_prompt", params.negative_prompt, False, first)]
+        if ctx.hires:
+            hr = ctx.hires_timeline()
+            texts += [("hr_prompt", extra_networks.parse(params.hr_prompt).text, True, hr),
+                      ("hr_negative_prompt", params.hr_negative_prompt, False, hr)]
         for name, text, split, steps in texts:
             problem = prompt_syntax.prompt_problem(text, steps, settings.emphasis, split) if text else None
             if problem:

@@ -64,3 +64,13 @@ def test_infotexts_before_a1111_1_6_with_prompt_editing_paste_the_old_timelines(
     assert (request.override_settings or {}).get("use_old_scheduling", False) is old
     plain = text.replace("[red:blue:0.5]", "red")  # without editing A1111 sets nothing
     assert "use_old_scheduling" not in engine.paste.read(plain, txt2img=True).settings
+
+
+def test_a_prompt_is_checked_over_its_timeline_before_the_job_is_queued(engine):  # noqa: F811
+    # Heun at 2 steps counts 4: the text after step 3 is used, so its weight that no float32 holds is refused
+    from modules.engine import BadRequest
+
+    prompt = f"a [red circle:(blue square:{'9' * 40}):3]"
+    with pytest.raises(BadRequest, match="prompt"):
+        engine.submit_txt2img(params(prompt=prompt, sampler_name="Heun", steps=2))
+    engine.txt2img(params(prompt=prompt, sampler_name="Euler", steps=2, save_images=False))  # 2 steps: never used

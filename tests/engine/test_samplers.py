@@ -770,8 +770,13 @@ def test_the_positions_counted_before_encoding_are_those_encoded(model):
     from modules.generation.params import GenerationParams
     from modules.services.generation import text_memory
     from modules.settings import Settings
+    from modules.prompt_syntax import Timeline
     job = context.resolve(GenerationParams(prompt="a cat AND a dog", steps=6, enable_hr=True, hr_scale=2,
                                            hr_prompt=LONG_PROMPT[0], hr_second_pass_steps=4), Settings())
     first, second = model.text.context_positions("a cat AND a dog", "", 6), model.text.context_positions(
-        LONG_PROMPT[0], "", 4)
+        LONG_PROMPT[0], "", Timeline.hires(6, 4))
     assert text_memory(job, model.text) == memory_of(first[0] + second[0], second[1], model.text.width, 4)
+    # each pass over its prompt editing timeline: Heun's 2 steps count as 4, so "[a:b:3]" holds both texts
+    heun = context.resolve(GenerationParams(prompt="[a cat:a dog:3]", steps=2, sampler_name="Heun"), Settings())
+    both = model.text.context_positions("[a cat:a dog:3]", "", 4)
+    assert both[0] == 3 * 77 and text_memory(heun, model.text) == memory_of(both[0], both[1], model.text.width, 1)
