@@ -8,7 +8,7 @@ from modules.api import routes, schemas
 from modules.engine import BadRequest
 from modules.generation.params import GenerationParams
 from modules.ui import paste
-from tests.support.generation import engine  # noqa: F401  (fixture)
+from tests.support.generation import engine, pasted_setting  # noqa: F401  (fixture)
 
 A1111_TEXT = ("a castle <lora:old_name:0.7>\nNegative prompt: fog\n"
               "Steps: 12, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 77, Size: 64x96, Model hash: {hash}, "
@@ -305,10 +305,7 @@ def test_styles_in_pasted_prompts_follow_infotext_styles(engine):  # noqa: F811
                                                ("v1.10.1", False), ("webui-0.1.0", False)])
 def test_infotexts_before_a1111_1_7_0_225_paste_the_downcast_schedule(engine, version, downcast):  # noqa: F811
     text = f"a cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64, Version: {version}"
-    assert engine.paste.read(text, txt2img=True).settings.get("use_downcasted_alpha_bar", False) is downcast
-    request = schemas.Txt2ImgRequest(infotext=text)  # the API's infotext field: the job's override
-    routes.apply_infotext(request, engine)
-    assert (request.override_settings or {}).get("use_downcasted_alpha_bar", False) is downcast
+    assert pasted_setting(engine, text, "use_downcasted_alpha_bar") == (downcast, downcast)
 
 
 @pytest.mark.parametrize("sampler, padded", [("DDIM", True), ("PLMS", True), ("Euler a", False)])

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from modules.api import routes, schemas
-from tests.support.generation import engine, params  # noqa: F401  (fixture)
+from tests.support.generation import engine, params, pasted_setting  # noqa: F401  (fixture)
 
 
 def pixels(result) -> list[bytes]:
@@ -58,10 +57,7 @@ def test_old_timelines_count_in_the_first_pass_and_say_so(engine):  # noqa: F811
 @pytest.mark.parametrize("version, old", [("v1.5.2", True), ("v1.6.0", False), ("webui-0.1.0", False)])
 def test_infotexts_before_a1111_1_6_with_prompt_editing_paste_the_old_timelines(engine, version, old):  # noqa: F811
     text = f"a [red:blue:0.5] cat\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64, Version: {version}"
-    assert engine.paste.read(text, txt2img=True).settings.get("use_old_scheduling", False) is old
-    request = schemas.Txt2ImgRequest(infotext=text)  # the API's infotext field: the job's override
-    routes.apply_infotext(request, engine)
-    assert (request.override_settings or {}).get("use_old_scheduling", False) is old
+    assert pasted_setting(engine, text, "use_old_scheduling") == (old, old)  # the page's, the API's override
     plain = text.replace("[red:blue:0.5]", "red")  # without editing A1111 sets nothing
     assert "use_old_scheduling" not in engine.paste.read(plain, txt2img=True).settings
 

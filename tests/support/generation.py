@@ -22,6 +22,17 @@ def params(**kw) -> GenerationParams:
     return GenerationParams(**{**base, **kw})
 
 
+def pasted_setting(engine, text: str, name: str, default=False) -> tuple:
+    """What infotext `text` sets setting `name` to (`default` when it sets nothing): through the page's reader and
+    through the API's `infotext` field, where it becomes the job's override."""
+    from modules.api import routes, schemas
+
+    page = engine.paste.read(text, txt2img=True).settings.get(name, default)
+    request = schemas.Txt2ImgRequest(infotext=text)
+    routes.apply_infotext(request, engine)
+    return page, (request.override_settings or {}).get(name, default)
+
+
 def psnr(a, b) -> float:
     """Two images' PSNR in dB (inf when equal)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
