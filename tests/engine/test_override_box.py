@@ -34,3 +34,14 @@ def test_settings_equal_to_the_current_ones_give_no_entries(engine):  # noqa: F8
     # A1111 writes RNG only when it is not GPU: an infotext without it asks for GPU (here the default is CPU)
     without = "a cat\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64"
     assert override_settings.pasted(engine, engine.paste.read(without, txt2img=True).settings) == ["RNG: GPU"]
+
+
+def test_an_a1111_1_6_picture_lists_its_16_bit_schedule(engine):  # noqa: F811
+    # its Version implies Downcast alphas_cumprod (A1111's back-compat); the entry gives the job that setting
+    text = "a cat\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, RNG: CPU, Version: v1.6.0"
+    entries = override_settings.pasted(engine, engine.paste.read(text, txt2img=True).settings)
+    assert entries == ["Downcast alphas_cumprod: True"]
+    assert override_settings.request_settings(entries) == {"use_downcasted_alpha_bar": True}
+    zero = "a cat\nSteps: 3, Sampler: Euler, Seed: 1, Size: 64x64, RNG: CPU, Noise Schedule: Zero Terminal SNR"
+    entries = override_settings.pasted(engine, engine.paste.read(zero, txt2img=True).settings)
+    assert override_settings.request_settings(entries) == {"sd_noise_schedule": "Zero Terminal SNR"}
