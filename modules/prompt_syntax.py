@@ -449,6 +449,26 @@ def prompt_problem(prompt: str, steps: int | Timeline, emphasis: str = "Original
     return None
 
 
+_BRACKET_PAIRS = (("(", ")", "round"), ("[", "]", "square"), ("{", "}", "curly"))
+
+
+def bracket_problems(prompt: str) -> list[str]:
+    """Brackets that do not pair up (A1111's prompt bracket checker, which the token counter shows): for each kind,
+    round, square and curly, the counts of opening and closing ones when they differ. A backslash-escaped bracket
+    is text and is not counted."""
+    counts: dict[str, int] = {}
+    escaped = False
+    for char in prompt:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            counts[char] = counts.get(char, 0) + 1
+    return [f"{name} brackets {opening} {closing}: {counts.get(opening, 0)} opening, {counts.get(closing, 0)} closing"
+            for opening, closing, name in _BRACKET_PAIRS if counts.get(opening, 0) != counts.get(closing, 0)]
+
+
 def emphasis_syntax_in(prompt: str, negative_prompt: str, steps: int | Timeline) -> bool:
     """Whether a text the encoder will see (after AND splitting and scheduling) contains `(` or `[`: when
     A1111 writes a non-default emphasis mode into the infotext."""

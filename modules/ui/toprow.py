@@ -4,6 +4,7 @@ and the tool buttons (paste parameters, clear prompt, styles), laid out as in A1
 from __future__ import annotations
 
 import csv
+import html
 from dataclasses import dataclass
 
 import gradio as gr
@@ -56,6 +57,10 @@ def counter_html(engine: Engine, text: str, steps: float | None) -> str:
     steps = max(1, min(int(steps or 20), engine.limits.max_steps))  # the schedule has a text per step
     tokens, target = token_count(engine.tokenizer, text, steps)
     over = " sd-token-over" if tokens > target else ""
+    problems = prompt_syntax.bracket_problems(text)
+    if problems:  # as A1111's prompt bracket checker: the counter turns red and says why when pointed at
+        title = html.escape("Imbalanced brackets: " + "; ".join(problems), quote=True)
+        return f'<span class="sd-token-counter sd-token-brackets{over}" title="{title}">{tokens}/{target}</span>'
     return f'<span class="sd-token-counter{over}">{tokens}/{target}</span>'
 
 

@@ -56,6 +56,12 @@ def test_token_counter_counts_and_grows_to_the_next_chunk(page):
     expect(page.locator("#txt2img_negative_token_counter")).to_have_text("1/75")
     fill_text(page, "txt2img_prompt", "")
     expect(counter).to_have_text("0/75")
+    # A1111's bracket checker: brackets that do not pair up turn the counter red and say why when pointed at
+    fill_text(page, "txt2img_prompt", "a ((red circle:1.2)")
+    flagged = counter.locator(".sd-token-brackets")
+    expect(flagged).to_have_attribute("title", "Imbalanced brackets: round brackets ( ): 2 opening, 1 closing")
+    fill_text(page, "txt2img_prompt", "a (red circle:1.2)")
+    expect(flagged).to_have_count(0)  # (the flagged counter is there until this change is answered)
 
 
 def test_ctrl_enter_generates_a_batch_with_progress_grid_and_saved_files(page, ui_server):

@@ -546,3 +546,17 @@ def test_timelines_follow_a1111(prompt, timeline, expected):
 
 def test_an_int_is_the_first_pass_timeline():
     assert prompt_syntax.prompt_schedule("[b:c:0.5]", 8) == prompt_syntax.prompt_schedule("[b:c:0.5]", Timeline(8))
+
+
+@pytest.mark.parametrize("prompt, problems", [
+    ("a (red:1.2) [cat] {dog}", []),
+    ("a ((red) cat", ["round brackets ( ): 2 opening, 1 closing"]),
+    ("a [red:blue:0.5 cat", ["square brackets [ ]: 1 opening, 0 closing"]),
+    ("a {red|blue}} cat (", ["round brackets ( ): 1 opening, 0 closing", "curly brackets { }: 1 opening, 2 closing"]),
+    (r"a \(literal\) \[x] cat", ["square brackets [ ]: 0 opening, 1 closing"]),  # escaped ones are text
+    (r"a \\(red) cat", []),  # an escaped backslash escapes nothing after it
+])
+def test_bracket_problems_count_unescaped_brackets_of_each_kind(prompt, problems):
+    """A1111's prompt bracket checker counts each kind's opening and closing brackets; ours leaves escaped ones out,
+    since the prompt parser reads them as text."""
+    assert prompt_syntax.bracket_problems(prompt) == problems
