@@ -269,6 +269,16 @@ class Settings(BaseModel):
         description="Quicksettings list: settings shown in the top bar rather than in Settings (names such as "
                     "token_merging_ratio; the checkpoint, SD VAE and Clip skip are always there; takes effect when "
                     "the server restarts)")
+    extra_options_txt2img: list[str] = Field(
+        default_factory=list, description="Settings for txt2img: settings shown on the txt2img tab too, whose values "
+                                          "there apply to that tab's jobs (takes effect when the server restarts)")
+    extra_options_img2img: list[str] = Field(
+        default_factory=list, description="Settings for img2img: settings shown on the img2img tab too, whose values "
+                                          "there apply to that tab's jobs (takes effect when the server restarts)")
+    extra_options_cols: int = Field(1, ge=1, le=20, description="Number of columns for added settings (takes effect "
+                                                                "when the server restarts)")
+    extra_options_accordion: bool = Field(False, description="Place added settings into an accordion (takes effect "
+                                                             "when the server restarts)")
     hidden_tabs: list[str] = Field(
         default_factory=list, description="Hidden UI tabs (takes effect when the server restarts; Settings stays)")
     ui_tab_order: list[str] = Field(
@@ -436,6 +446,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "User interface": ("quicksettings_list", "hidden_tabs", "ui_tab_order", "hide_samplers", "return_grid",
                        "send_seed", "send_size", "keyedit_precision_attention", "keyedit_precision_extra",
                        "keyedit_delimiters", "keyedit_delimiters_whitespace", "keyedit_move"),
+    "Settings in UI": ("extra_options_txt2img", "extra_options_img2img", "extra_options_cols",
+                       "extra_options_accordion"),
     "Infotext": ("add_model_name_to_info", "add_model_hash_to_info", "add_vae_name_to_info", "add_vae_hash_to_info",
                  "add_version_to_infotext", "disable_weights_auto_swap", "infotext_styles"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",

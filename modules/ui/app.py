@@ -12,8 +12,8 @@ import gradio as gr
 
 from modules.engine import BadRequest, Engine
 from modules.models.checkpoint_file import CheckpointError
-from modules.ui import (common, defaults, extra_networks as extra_networks_ui, extras, history, img2img, merger,
-                        override_settings, paste, pnginfo, settings_tab, txt2img)
+from modules.ui import (common, defaults, extra_networks as extra_networks_ui, extra_options, extras, history, img2img,
+                        merger, override_settings, paste, pnginfo, settings_tab, txt2img)
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_SIZE = 128  # what the built-in demo model was trained at
@@ -283,6 +283,12 @@ def build(engine: Engine) -> Page:
             blocks.load(lambda: settings_tab.quick_values(engine, bar.quick), outputs=list(bar.quick.values()),
                         queue=False, show_progress="hidden").then(
                 None, js="() => { document.body.dataset.sdQuickSettings = 'current'; }")
+        # the tabs' shown settings (Settings in UI) start as the settings are now; the body says when they do
+        shown = [(k, c) for tab in (t2i, i2i) for k, c in tab.fields.items() if k.startswith(extra_options.PREFIX)]
+        if shown:
+            blocks.load(lambda: extra_options.current(engine, [k for k, _ in shown]), outputs=[c for _, c in shown],
+                        queue=False, show_progress="hidden").then(
+                None, js="() => { document.body.dataset.sdExtraOptions = 'current'; }")
         # a page open since the server started sees new values
         for event in (blocks.load, settings_view.applied.then, *(e.then for e in bar.quick_changed)):
             event(lambda: page_options(engine), outputs=options, queue=False, show_progress="hidden")
@@ -332,6 +338,7 @@ def common_wiring(engine: Engine, bar: TopBar, tabs: gr.Tabs, t2i: txt2img.Txt2I
                             engine.limits.max_side)
         if "override_settings" in target.fields:  # A1111's box: the pasted settings that differ from the current
             values["override_settings"] = override_settings.update(override_settings.pasted(engine, settings))
+        values.update(extra_options.pasted(settings, target.fields))  # the tab's shown settings the infotext gives
         out = paste.updates(target.fields, values)
         out.append(settings.get("CLIP_stop_at_last_layers", gr.skip()))
         checkpoint = settings.get("sd_model_checkpoint")

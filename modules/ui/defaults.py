@@ -161,5 +161,6 @@ class UiDefaults:
 
 
 def skipped(path: str) -> frozenset[str]:
-    """What holds no defaults in a tab: the extra-network cards and their editor, the style editor, the results."""
-    return frozenset({f"{path}_extra_networks", f"{path}_styles_dialog", f"{path}_results"})
+    """What holds no defaults in a tab: the extra-network cards and their editor, the style editor, the results, and
+    the settings shown there (Settings in UI: they start as the settings are)."""
+    return frozenset({f"{path}_extra_networks", f"{path}_styles_dialog", f"{path}_results", f"extra_options_{path}"})

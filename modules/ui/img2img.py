@@ -14,8 +14,8 @@ from PIL import Image
 from modules import images
 from modules.engine import BadRequest, Engine
 from modules.generation.params import Img2ImgParams
-from modules.ui import (common, extra_networks as extra_networks_ui, override_settings, progress, refiner, runner,
-                        scripts, soft_inpainting, toprow)
+from modules.ui import (common, extra_networks as extra_networks_ui, extra_options, override_settings, progress,
+                        refiner, runner, scripts, soft_inpainting, toprow)
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -103,6 +103,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Img2ImgTab:
             fields.update(seed.fields)
             fields["tiling"] = common.tiling_control("img2img", engine.options.values.tiling)
             fields["override_settings"] = override_settings.control("img2img")
+            fields.update(extra_options.build(engine, "img2img"))  # Settings > Settings in UI
             with gr.Group(visible=False, elem_id="inpaint_controls") as inpaint_controls:
                 fields["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
                 fields["inpainting_mask_invert"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], type="index",
@@ -198,7 +199,8 @@ def make_params(values: dict, image: Image.Image, mask: Image.Image | None, scal
                 scale_by: float) -> Img2ImgParams:
     v = soft_inpainting.request_values(refiner.request_values(values))
     v["tiling"] = bool(v.get("tiling"))  # what the box shows (it starts as the setting)
-    v["override_settings"] = override_settings.request_settings(v.get("override_settings"))
+    # the box's entries win over the tab's shown settings (A1111's extra options apply where the job sets none)
+    v["override_settings"] = {**extra_options.take(v), **override_settings.request_settings(v.get("override_settings"))}
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                  "seed_resize_from_h", "mask_blur", "inpaint_full_res_padding"):
         if v.get(name) is not None:

@@ -11,8 +11,8 @@ from modules import infotext
 from modules.engine import BadRequest, Engine
 from modules.generation import hires, samplers
 from modules.generation.params import GenerationParams
-from modules.ui import (common, extra_networks as extra_networks_ui, override_settings, progress, refiner, runner,
-                        scripts, toprow)
+from modules.ui import (common, extra_networks as extra_networks_ui, extra_options, override_settings, progress,
+                        refiner, runner, scripts, toprow)
 from modules.ui.common import OutputPanel, SeedControls
 from modules.ui.toprow import Toprow
 
@@ -46,6 +46,7 @@ def build(engine: Engine, size: tuple[int, int]) -> Txt2ImgTab:
             fields.update(seed.fields)
             fields["tiling"] = common.tiling_control("txt2img", engine.options.values.tiling)
             fields["override_settings"] = override_settings.control("txt2img")
+            fields.update(extra_options.build(engine, "txt2img"))  # Settings > Settings in UI
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
                 fields["enable_hr"] = gr.Checkbox(label="Enable Hires. fix", value=False,
                                                   elem_id="txt2img_enable_hr")
@@ -96,7 +97,8 @@ def make_params(values: dict) -> GenerationParams:
     """A txt2img request from the tab's control values ({field name: value})."""
     v = refiner.request_values(values)
     v["tiling"] = bool(v.get("tiling"))  # what the box shows (it starts as the setting)
-    v["override_settings"] = override_settings.request_settings(v.get("override_settings"))
+    # the box's entries win over the tab's shown settings (A1111's extra options apply where the job sets none)
+    v["override_settings"] = {**extra_options.take(v), **override_settings.request_settings(v.get("override_settings"))}
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                  "seed_resize_from_h", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"):
         if v.get(name) is not None:

@@ -13,6 +13,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 from playwright.sync_api import expect
 
 from modules.settings import section_of
@@ -36,7 +37,10 @@ def ui_server(tmp_path_factory):
     (data / "config.json").write_text(json.dumps({"quicksettings_list": [
         "sd_model_checkpoint", "eta_noise_seed_delta", "sd_unet", "token_merging_ratio"],
         "hide_samplers": ["DDIM", "Euler a"],  # see test_hidden_samplers_...
-        "hidden_tabs": ["Checkpoint Merger", "Train"], "ui_tab_order": ["txt2img", "img2img", "PNG Info"]}))
+        "hidden_tabs": ["Checkpoint Merger", "Train"], "ui_tab_order": ["txt2img", "img2img", "PNG Info"],
+        # Settings in UI (see test_settings_in_ui_...): the top bar's checkpoint and a name only A1111 has are left out
+        "extra_options_txt2img": ["eta_ancestral", "sd_model_checkpoint", "sd_unet"],
+        "extra_options_img2img": ["randn_source"]}))
     proc, url = start_server(data, "--api")
     server = [url, data, proc]
     yield server
@@ -232,6 +236,32 @@ def test_prompt_editing_keys_follow_their_settings(page, ui_server):
     page.locator("#txt2img_generate").click()
     wait_for_gallery(page, "txt2img_gallery", 1)
     assert read_value(page, "txt2img_infotext").startswith(edited + "\n")
+
+
+def test_settings_in_ui_show_on_their_tab_and_apply_to_its_jobs_only(page, ui_server):
+    """A1111's Settings in UI: the chosen settings on the txt2img / img2img tab, starting as the settings are; the
+    value there goes with the tab's jobs (not saved), and a paste sets it from the infotext."""
+    url = ui_server[0]
+    page.wait_for_selector("body[data-sd-extra-options=current]", state="attached")
+    eta = page.locator("#txt2img_setting_eta_ancestral")
+    expect(eta).to_be_visible()
+    expect(page.locator("#txt2img_setting_sd_model_checkpoint")).to_have_count(0)
+    expect(page.locator("#txt2img_setting_randn_source")).to_have_count(0)  # chosen for img2img
+    job = "a red circle\nSteps: 2, Sampler: DPM++ 2M SDE, Seed: 3, Size: 64x64"
+    fill_text(page, "txt2img_prompt", job)
+    page.locator("#txt2img_paste").click()
+    expect(page.locator("#txt2img_sampling input")).to_have_value("DPM++ 2M SDE")
+    set_number(page, "txt2img_setting_eta_ancestral", 0.5)
+    page.locator("#txt2img_generate").click()
+    wait_for_gallery(page, "txt2img_gallery", 1)
+    expect(page.locator("#txt2img_infotext textarea")).to_have_value(re.compile("Eta: 0.5"))
+    assert requests.get(url + "/sdapi/v1/options", timeout=60).json()["eta_ancestral"] == 1.0  # for the job only
+    fill_text(page, "txt2img_prompt", job + ", Eta: 0.7")
+    page.locator("#txt2img_paste").click()
+    expect(eta.locator("input[type=number]")).to_have_value("0.7")
+    open_tab(page, "tab_img2img")
+    expect(page.locator("#img2img_setting_randn_source")).to_be_visible()
+    assert error_toasts(page) == []
 
 
 def test_server_stops_promptly_while_a_page_is_open(page, ui_server):
