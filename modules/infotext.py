@@ -259,6 +259,7 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("s_min_uncond_all", "NGMS all steps", bool), ("img2img_extra_noise", "Extra noise", float),
     ("pad_cond_uncond", "Pad conds", bool), ("pad_cond_uncond_v0", "Pad conds v0", bool),
     ("use_downcasted_alpha_bar", "Downcast alphas_cumprod", bool), ("sd_noise_schedule", "Noise Schedule", str),
+    ("sgm_noise_multiplier", "SGM noise multiplier", bool),
     ("token_merging_ratio", "Token merging ratio", float), ("token_merging_ratio_hr", "Token merging ratio hr", float),
 ]
 

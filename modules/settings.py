@@ -118,6 +118,10 @@ class Settings(BaseModel):
     sigma_max: float = Field(0.0, ge=0.0, description="Schedule max sigma (0: the model's, ~14.6)")
     rho: float = Field(0.0, ge=0.0, description="Schedule rho (0: Karras 7, Polyexponential 1)")
     always_discard_next_to_last_sigma: bool = Field(False, description="Drop the penultimate sigma for every sampler")
+    sgm_noise_multiplier: bool = Field(
+        False, description="SGM noise multiplier: a txt2img job's first noise is scaled to sqrt(1 + sigma_max^2) "
+                           "rather than sigma_max, as the official SDXL code does; only useful to reproduce its "
+                           "pictures (infotext: SGM noise multiplier)")
     sd_noise_schedule: Literal["Default", "Zero Terminal SNR"] = Field(
         "Default", description="Noise schedule for sampling: Zero Terminal SNR rescales the model's schedule so its "
                                "last step is pure noise, for models trained that way (mostly v-prediction ones; "
@@ -440,7 +444,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                 "depth_map_show", "img2img_batch_show_results_limit"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",
                            "sigma_max", "rho", "eta_noise_seed_delta", "always_discard_next_to_last_sigma",
-                           "sd_noise_schedule",
+                           "sgm_noise_multiplier", "sd_noise_schedule",
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
                            "uni_pc_lower_order_final"),
     "User interface": ("quicksettings_list", "hidden_tabs", "ui_tab_order", "hide_samplers", "return_grid",

@@ -380,11 +380,14 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     denoiser.total_calls = choice.spec.total_steps(steps if start is None else start.t_enc + 1)
     if start is not None and start.extra_noise > 0:
         denoiser.fields["Extra noise"] = start.extra_noise
+    sgm = start is None and prepared.state != "timestep" and options is not None and options.sgm_noise_multiplier
+    if sgm:  # A1111 scales a txt2img start so in its k-diffusion samplers only, and says so
+        denoiser.fields["SGM noise multiplier"] = True
     if prepared.state == "timestep":
         out = _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
     else:
         first = 0 if start is None else steps - start.t_enc - 1
-        out = _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds)
+        out = _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds, sgm)
     return out if start is None else start.final(out)
 
 
@@ -461,13 +464,17 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
 
 def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
               choice: samplers.SamplerChoice, first: int, generators: list, hooks: Hooks, start: Start | None,
-              seeds: list[int] | None) -> torch.Tensor:
+              seeds: list[int] | None, sgm: bool = False) -> torch.Tensor:
     """The samplers written as k-diffusion functions: the U-Net wrapped as k-diffusion's CompVis
-    denoiser (x in sigma units in, x0 prediction out), A1111's start x = noise * sigma_0."""
+    denoiser (x in sigma units in, x0 prediction out), A1111's start x = noise * sigma_0 (with `sgm`, the SGM
+    noise multiplier: noise * sqrt(1 + sigma_0^2))."""
     sigmas = prepared.sigmas[first:].to(noise.device)
     log_sigmas = schedules.model_sigmas(prepared.alphas_cumprod).log().to(noise.device)
     v_model = model.prediction_type == "v_prediction"
-    x = noise * sigmas[0] if start is None else start.latent + noise * sigmas[0]
+    if start is None:
+        x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0) if sgm else noise * sigmas[0]
+    else:
+        x = start.latent + noise * sigmas[0]
     if start is not None and start.extra_noise > 0:  # A1111: the same noise again, this much of it
         x = x + noise * start.extra_noise
     lcm_log = None if prepared.lcm_log_sigmas is None else prepared.lcm_log_sigmas.to(noise.device)

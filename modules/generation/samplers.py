@@ -193,6 +193,7 @@ class SamplerOptions:
     downcast_alphas_cumprod: bool = False
     zero_terminal_snr: bool = False
     old_karras_sigmas: bool = False
+    sgm_noise_multiplier: bool = False  # txt2img's start noise times sqrt(1 + sigma_0^2) (k-diffusion samplers)
 
     def schedule(self, alphas_cumprod: torch.Tensor) -> torch.Tensor:
         """The model's alphas_cumprod as the job samples on them: held in 16 bits (setting use_downcasted_alpha_bar,

@@ -51,3 +51,16 @@ def test_zero_terminal_snr_says_so_and_its_infotext_makes_it_again(engine):  # n
     request, same = again(engine, ztsnr.infotexts[0], override_settings={"sd_model_checkpoint": "sd2-v"})
     assert request.override_settings["sd_noise_schedule"] == "Zero Terminal SNR"
     assert pixels(same) == pixels(ztsnr)
+
+
+def test_the_sgm_noise_multiplier_is_written_where_a1111_applies_it(engine):  # noqa: F811
+    # A1111 scales the start of a txt2img pass of its k-diffusion samplers only (KDiffusionSampler.sample)
+    on = {"sgm_noise_multiplier": True}
+    euler = engine.txt2img(params(sampler_name="Euler", steps=3, save_images=False, override_settings=on))
+    plain = engine.txt2img(params(sampler_name="Euler", steps=3, save_images=False))
+    assert "SGM noise multiplier: True" in euler.infotexts[0] and pixels(euler) != pixels(plain)
+    ddim = engine.txt2img(params(sampler_name="DDIM", steps=3, save_images=False, override_settings=on))
+    assert "SGM noise multiplier" not in ddim.infotexts[0]
+    assert pixels(ddim) == pixels(engine.txt2img(params(sampler_name="DDIM", steps=3, save_images=False)))
+    request, same = again(engine, euler.infotexts[0])
+    assert request.override_settings["sgm_noise_multiplier"] is True and pixels(same) == pixels(euler)

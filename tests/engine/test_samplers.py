@@ -77,16 +77,17 @@ def our_denoiser(model, cond, uncond, cfg):
 
 
 def reference(model, name: str, steps: int, seeds: list[int], cond, uncond, cfg: float, our_model=False,
-              alphas: torch.Tensor | None = None, **overrides) -> torch.Tensor:
+              alphas: torch.Tensor | None = None, sgm: bool = False, **overrides) -> torch.Tensor:
     """What A1111 computes: CompVis(V)Denoiser over the model's alphas (or `alphas`, as A1111's
     apply_alpha_schedule_override leaves them), x = noise * sigma_0, its CFG denoiser, per-image generators
-    for ancestral noise, Brownian trees seeded per image for SDE noise."""
+    for ancestral noise, Brownian trees seeded per image for SDE noise. `sgm`: A1111's SGM noise multiplier, its
+    start x = noise * sqrt(1 + sigma_0^2)."""
     inner = K.CompVisModel(model.unet, model.alphas_cumprod if alphas is None else alphas)
     wrap = (ke.CompVisVDenoiser if model.prediction_type == "v_prediction" else ke.CompVisDenoiser)(inner)
     choice = samplers.resolve(name)
     sigmas = a1111_sigmas(wrap, choice, steps)
     gens = rng.create_generators(seeds, "CPU", torch.device("cpu"))
-    x = rng.initial_noise(gens, SHAPE, torch.device("cpu")) * sigmas[0]
+    x = rng.initial_noise(gens, SHAPE, torch.device("cpu")) * (torch.sqrt(1.0 + sigmas[0] ** 2.0) if sgm else sigmas[0])
     denoiser = K.CFGDenoiser(wrap, cond, uncond, cfg)
     if our_model:
         denoiser = our_denoiser(model, cond, uncond, cfg)
@@ -620,6 +621,16 @@ def test_zero_terminal_snr_samples_on_a1111s_rescaled_schedule(model, name):
     got = ours(model, name, 8, [5], cond, uncond, 5.0, ztsnr)
     assert_close(got, reference(model, name, 8, [5], cond, uncond, 5.0, alphas=rescaled), 1e-4)
     assert not torch.allclose(got, ours(model, name, 8, [5], cond, uncond, 5.0), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["Euler", "DPM++ 2M"])
+def test_the_sgm_noise_multiplier_starts_txt2img_at_sqrt_1_plus_sigma_max_squared(model, name):
+    """sgm_noise_multiplier: A1111's KDiffusionSampler.sample starts from noise * sqrt(1 + sigma_0^2)."""
+    cond, uncond = model.text.encode("a red circle")[None], model.text.encode("")[None]
+    sgm = samplers.SamplerOptions(sgm_noise_multiplier=True)
+    got = ours(model, name, 6, [2], cond, uncond, 5.0, sgm)
+    assert_close(got, reference(model, name, 6, [2], cond, uncond, 5.0, sgm=True), 2e-5)
+    assert not torch.allclose(got, ours(model, name, 6, [2], cond, uncond, 5.0), rtol=0, atol=1e-4)
 
 
 def test_old_karras_sigmas_give_every_ranged_schedule_10_to_0_1():
