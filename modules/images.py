@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -90,6 +91,11 @@ def file_format(image: Image.Image, extension: str) -> tuple[str, str]:
         log.warning("Image of %dx%d is too large for %s; saving as PNG", *image.size, fmt)
         return "PNG", "png"
     return fmt, extension.lower()
+
+
+def pixels_md5(image: Image.Image) -> str:
+    """A1111's init image hash: the MD5 of the image's pixel bytes (as PIL holds them), in hex."""
+    return hashlib.md5(image.tobytes()).hexdigest()
 
 
 def encode(image: Image.Image, fmt: str, infotext: str | None, quality: int = 80, lossless: bool = False,

@@ -246,6 +246,9 @@ class Settings(BaseModel):
     save_mask_composite: bool = Field(False, description="For inpainting, save a masked composite: the generated "
                                                          "pixels inside the mask, transparent outside "
                                                          "(NNNNN-SEED-mask-composite.png)")
+    save_init_img: bool = Field(False, description="Save init images when using img2img: each as it was given, "
+                                                   "named by its MD5 (in outdir_init_images; infotext: Init image "
+                                                   "hash)")
 
     # Paths for saving
     outdir_samples: str = Field("", description="Output folder for all images (overrides the ones below)")
@@ -421,7 +424,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                       "export_for_4chan", "img_downscale_threshold", "target_side_length",
                       "enable_pnginfo", "save_txt", "save_incomplete_images", "save_images_before_highres_fix",
                       "save_images_before_color_correction",
-                      "save_mask", "save_mask_composite"),
+                      "save_mask", "save_mask_composite", "save_init_img"),
     "Paths for saving": ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples",
                          "outdir_extras_samples", "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids",
                          "outdir_save", "outdir_init_images"),

@@ -77,6 +77,7 @@ def image_infotext(record: JobRecord, seed: int, subseed: int, extra: dict[str, 
         "ENSD": settings.eta_noise_seed_delta if ctx.writes_ensd else None,
         "Token merging ratio": ctx.token_merging or None,
         "Token merging ratio hr": ctx.token_merging_hr or None,
+        "Init image hash": None,  # here, as A1111 places it, when the job's keys give it (save_init_img)
         "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
         "Tiling": "True" if ctx.tiling else None,
         **extra,

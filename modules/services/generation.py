@@ -326,9 +326,10 @@ class GenerationService:
         ctx = run.accepted.ctx
         if ctx.is_img2img:
             self._decode_inputs(ctx.params)
+            init_hash = self._save_init_images(ctx.params, run.accepted.settings)
             inputs = pipeline.prepare_img2img(run.model, ctx, hooks)
             batches, steps_run, extra = pipeline.img2img(run.model, ctx, hooks, inputs=inputs), inputs.steps_run, \
-                inputs.fields
+                {**inputs.fields, "Init image hash": init_hash}
             run.result.warnings.extend(inputs.notes)
             if inputs.depth_map is not None and run.accepted.settings.depth_map_show:
                 run.depth_map = inputs.depth_map
@@ -513,6 +514,17 @@ class GenerationService:
         if "Hires checkpoint" in run.extra:  # "NAME [hash]" of the model the hires pass ran on (or the job's own)
             hires_info = run.hires if run.accepted.hires_checkpoint is not None else run.model.info
             run.extra["Hires checkpoint"] = hires_info.short_title if hires_info is not None else None
+
+    def _save_init_images(self, params, settings) -> str | None:
+        """save_init_img: each init image saved as it was given (A1111 names it by the MD5 of its pixels); the last
+        one's hash, which A1111's infotext gives as `Init image hash` (None when the setting is off)."""
+        if not settings.save_init_img:
+            return None
+        digest = None
+        for image in params.init_images:
+            self._output.init_image(image, settings)
+            digest = images.pixels_md5(image)
+        return digest
 
     def _decode_inputs(self, params: GenerationParams) -> None:
         """Decode the init images, the masks and a given first pass, which a request sends compressed and which

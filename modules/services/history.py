@@ -227,13 +227,16 @@ class HistoryService:
                 self._thread = None
 
     def _files(self) -> dict[str, os.stat_result]:
-        """Every image file in the output folders (hidden and temporary files left out), by real path."""
+        """Every image file in the output folders (hidden and temporary files left out), by real path. The saved
+        init images (save_init_img) are inputs, not results: their folder is left out."""
         found: dict[str, os.stat_result] = {}
+        inputs = os.path.realpath(self._paths.resolve_output_dir(self._options.values.outdir_init_images))
         for root in self.roots():
             for folder, dirs, names in os.walk(root):
                 if self._stop.is_set():
                     return found
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                dirs[:] = [d for d in dirs if not d.startswith(".")
+                           and os.path.realpath(os.path.join(folder, d)) != inputs]
                 present = set(names)
                 for name in names:
                     if name.startswith(".") or not name.lower().endswith(history.IMAGE_SUFFIXES) \

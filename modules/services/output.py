@@ -60,6 +60,19 @@ class OutputWriter:
         original = image.info.get("parameters") if isinstance(image.info.get("parameters"), str) else None
         return self._indexed(path, "extras", original or text, image)
 
+    def init_image(self, image: Image.Image, settings: Settings) -> Path:
+        """An img2img init image as it was given (save_init_img): `<MD5 of its pixels>.<samples_format>` in
+        outdir_init_images, with the text chunks it came with, replaced when the same picture comes again (as
+        A1111's forced file name does). Not indexed in the history: it is an input, not a result."""
+        fmt, ext = images.file_format(image, settings.samples_format)
+        folder = self.folder(settings.outdir_init_images)
+        folder.mkdir(parents=True, exist_ok=True)
+        texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+        data = images.encode(image, fmt, None, settings.jpeg_quality, settings.webp_lossless, texts)
+        path = folder / f"{images.pixels_md5(image)}.{ext}"
+        fileio.atomic_write_bytes(path, data)
+        return path
+
     def last_parameters(self, text: str) -> None:
         """params.txt: the last job's first infotext (what the page's paste button reads)."""
         fileio.atomic_write_bytes(self._paths.params_file, text.encode("utf-8"))
@@ -69,7 +82,7 @@ class OutputWriter:
 class Write:
     """One file a job running elsewhere (a cluster replica) asked for: the method of OutputWriter and its
     arguments, replayed by the process that owns the output folders and the history index."""
-    method: str  # "image", "grid" or "last_parameters"
+    method: str  # "image", "grid", "init_image" or "last_parameters"
     args: tuple
     kwargs: dict
 
@@ -95,6 +108,9 @@ class RecordingWriter(OutputWriter):
 
     def grid(self, *args, **kwargs) -> Path:
         return self._record("grid", *args, **kwargs)
+
+    def init_image(self, *args, **kwargs) -> Path:
+        return self._record("init_image", *args, **kwargs)
 
     def last_parameters(self, text: str) -> None:
         self._record("last_parameters", text)

@@ -92,6 +92,8 @@ def test_heal_indexes_hand_added_files_drops_deleted_ones_and_skips_corrupt(engi
     plain = outputs / "extras-images" / "screenshot.png"  # an image, but no program of ours or A1111's made it
     Image.new("RGB", (20, 20), "green").save(plain)
     (outputs / "txt2img-images" / ".00009.png.abc.tmp").write_bytes(b"half a file")  # a killed write's temp
+    # a saved init image (save_init_img) is an input, even with parameters in it: not looked at
+    _a1111_png(outputs / "init-images" / "0123456789abcdef0123456789abcdef.png", A1111_TEXT)
     with caplog.at_level(logging.WARNING, logger="modules.services.history"):
         heal(engine)
     rows = rows_by_path(engine)

@@ -5,6 +5,7 @@ and POST /sdapi/v1/img2img on a live server."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import shutil
@@ -559,3 +560,21 @@ def test_webuiapi_client_img2img(server):
                          seed=5, denoising_strength=0.7)
     assert result.image.size == (64, 64) and result.info["all_seeds"] == [5]
     assert np.array_equal(pixels(result.image)[:, 32 + BLUR_REACH:], pixels(init_image())[:, 32 + BLUR_REACH:])
+
+
+def test_save_init_img_keeps_each_init_image_under_its_md5_and_says_so(engine, data):  # noqa: F811
+    """A1111's save_init_img: the init image as given, saved as <md5 of its pixels>.png in outputs/init-images
+    (its text chunks kept), and `Init image hash` in the infotext, before RNG as A1111 orders it."""
+    folder = data / "outputs" / "init-images"
+    first = init_image()
+    first.info["parameters"] = "where it came from"
+    plain = engine.img2img(params(steps=2, init_images=[first]))
+    assert "Init image hash" not in plain.infotexts[0] and not folder.exists()
+    second = init_image((64, 64)).rotate(90)
+    result = engine.img2img(params(steps=2, init_images=[first, second], batch_size=2,
+                                   override_settings={"save_init_img": True}))
+    digests = [hashlib.md5(im.tobytes()).hexdigest() for im in (first, second)]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{d}.png" for d in digests)
+    with Image.open(folder / f"{digests[0]}.png") as saved:
+        assert saved.info.get("parameters") == "where it came from" and saved.tobytes() == first.tobytes()
+    assert f"Init image hash: {digests[1]}, RNG: CPU" in result.infotexts[0], result.infotexts[0]  # the last one's
