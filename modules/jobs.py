@@ -42,6 +42,10 @@ class JobSkipped(Exception):
     pass
 
 
+class JobStopped(JobInterrupted):
+    """The job stopped between two images, as asked (JobState.stopping): what it made is complete."""
+
+
 class JobCancelled(Exception):
     """The job was taken out of the queue before it ran."""
 
@@ -56,6 +60,9 @@ class JobState:
     sampling_steps: int = 0
     interrupted: bool = False
     skipped: bool = False
+    # A1111's stopping_generation ("Don't Interrupt in the middle"): the job finishes the image it is making and
+    # makes no more (a generation job stops at its next batch, a script at its next cell)
+    stopping: bool = False
     job_timestamp: str = ""
     started: float = 0.0
     textinfo: str | None = None
@@ -95,11 +102,14 @@ class Job:
     _relay: Callable[[str], None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    REQUESTS = {"interrupt": "interrupted", "skip": "skipped", "stop": "stopping"}
+
     def request(self, what: str) -> None:
-        """Ask the job to stop ("interrupt") or to abandon its current batch ("skip"): the flag its work checks
-        between steps is set, and the request goes at once to the relay, if one is set (see `relay_requests`)."""
+        """Ask the job to stop at once ("interrupt"), to abandon its current batch ("skip") or to stop once the
+        image it is making is done ("stop"): the flag its work checks is set, and the request goes at once to the
+        relay, if one is set (see `relay_requests`)."""
         with self._lock:
-            setattr(self.state, "interrupted" if what == "interrupt" else "skipped", True)
+            setattr(self.state, self.REQUESTS[what], True)
             relay = self._relay
         if relay is not None:
             self._send(relay, what)
@@ -110,7 +120,7 @@ class Job:
         report. Every request reaches the relay once, whichever of the two calls comes first."""
         with self._lock:
             self._relay = relay
-            made = [what for what, on in (("interrupt", self.state.interrupted), ("skip", self.state.skipped)) if on]
+            made = [what for what, flag in self.REQUESTS.items() if getattr(self.state, flag)]
         if relay is not None:
             for what in made:
                 self._send(relay, what)
@@ -279,6 +289,17 @@ class JobQueue:
         """Interrupt the running job (every running job, when several run)."""
         for job in list(self.running):
             job.request("interrupt")
+
+    def stop_after_current(self) -> bool:
+        """A1111's "Don't Interrupt in the middle" (its UI's first click on Interrupt): each running job that makes
+        more than one image, and is not stopping already, finishes the one it is making and stops. Returns whether
+        any was asked to; the caller interrupts otherwise (A1111's second click, or a job of one image)."""
+        asked = False
+        for job in list(self.running):
+            if not job.state.stopping and job.state.job_count > 1:
+                job.request("stop")
+                asked = True
+        return asked
 
     def skip(self) -> None:
         for job in list(self.running):

@@ -286,6 +286,9 @@ class Settings(BaseModel):
                                                                 "when the server restarts)")
     extra_options_accordion: bool = Field(False, description="Place added settings into an accordion (takes effect "
                                                              "when the server restarts)")
+    interrupt_after_current: bool = Field(
+        True, description="Don't Interrupt in the middle: when a job makes more than one image, Interrupt lets the "
+                          "image being made finish and stops after it; a second click interrupts at once")
     hidden_tabs: list[str] = Field(
         default_factory=list, description="Hidden UI tabs (takes effect when the server restarts; Settings stays)")
     ui_tab_order: list[str] = Field(
@@ -450,9 +453,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                            "sgm_noise_multiplier", "sd_noise_schedule",
                            "beta_dist_alpha", "beta_dist_beta", "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order",
                            "uni_pc_lower_order_final"),
-    "User interface": ("quicksettings_list", "hidden_tabs", "ui_tab_order", "hide_samplers", "return_grid",
-                       "send_seed", "send_size", "keyedit_precision_attention", "keyedit_precision_extra",
-                       "keyedit_delimiters", "keyedit_delimiters_whitespace", "keyedit_move"),
+    "User interface": ("quicksettings_list", "interrupt_after_current", "hidden_tabs", "ui_tab_order",
+                       "hide_samplers", "return_grid", "send_seed", "send_size", "keyedit_precision_attention",
+                       "keyedit_precision_extra", "keyedit_delimiters", "keyedit_delimiters_whitespace",
+                       "keyedit_move"),
     "Settings in UI": ("extra_options_txt2img", "extra_options_img2img", "extra_options_cols",
                        "extra_options_accordion"),
     "Infotext": ("add_model_name_to_info", "add_model_hash_to_info", "add_vae_name_to_info", "add_vae_hash_to_info",

@@ -16,7 +16,7 @@ from modules import devices, filenames, images, prompt_syntax
 from modules.generation import color_correction, extra_networks, masking, memory, pipeline
 from modules.generation.params import GenerationParams, Img2ImgParams
 from modules.generation.vae_tiling import VaeTiling
-from modules.jobs import Job, JobInterrupted, JobQueue, JobSkipped, JobState
+from modules.jobs import Job, JobInterrupted, JobQueue, JobSkipped, JobState, JobStopped
 from modules.models import depth, optimizations, taesd
 from modules.models.manager import ExtraNetworksUse, LoadedModel, ModelManager
 from modules.models.registry import CheckpointInfo
@@ -42,6 +42,8 @@ class GenerationResult:
     grid: Image.Image | None = None  # A1111's grid of the job's images (more than one, saving on)
     namer: filenames.FileNamer | None = None  # what the job's file names say (a script names its grid with it)
     skipped: bool = False  # a batch of it was skipped: its images are shown as far as they got, not saved
+    # it stopped between images, as asked (Interrupt with interrupt_after_current): fewer images, none partial
+    stopped: bool = False
 
 
 @dataclass
@@ -162,6 +164,8 @@ class GenerationService:
             bar = self._show_progress(run, hooks, steps_run, part)
             try:
                 self._collect(run, batches)
+            except JobStopped:
+                run.result.stopped = True
             except JobInterrupted:
                 run.result.interrupted = True
             finally:
@@ -357,6 +361,8 @@ class GenerationService:
                    leave=False)
 
         def on_batch(index: int) -> None:
+            if index > 0 and state.stopping:  # asked to stop once the image it was making was done
+                raise JobStopped()
             state.job_no, state.sampling_step = first + index, 0
 
         settings = run.accepted.settings

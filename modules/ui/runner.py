@@ -121,6 +121,8 @@ def result_log(result: GenerationResult) -> str:
     if result.interrupted:
         notes.append("Interrupted: the images finished before that are kept; the interrupted one is shown "
                      "but not saved.")
+    elif result.stopped:
+        notes.append("Stopped after the image it was making, as asked: the images made are complete and kept.")
     saved = [p for p in result.paths if p]
     if saved:
         folder = saved[0].rsplit("/", 1)[0] if "/" in saved[0] else saved[0]

@@ -121,6 +121,16 @@ def _style_editor(engine: Engine, tab: str, open_button: gr.Button) -> StyleEdit
     return StyleEditor(open_button, dialog, selection, copy, prompt, negative, save, delete, close, status)
 
 
+def interrupt(engine: Engine) -> None:
+    """Interrupt, as A1111's button: with "Don't Interrupt in the middle" (interrupt_after_current) a job making
+    more than one image first finishes the one it is on and stops; a second click, or a job of one image, is
+    interrupted at once."""
+    if engine.options.values.interrupt_after_current and engine.queue.stop_after_current():
+        gr.Info("Generation will stop after finishing this image; click Interrupt again to stop at once.")
+    else:
+        engine.queue.interrupt()
+
+
 def wire(engine: Engine, row: Toprow, steps: gr.Slider) -> None:
     """The row's own events: token counters, clear, apply styles, Interrupt and Skip."""
     def count(text, n):
@@ -147,7 +157,8 @@ def wire(engine: Engine, row: Toprow, steps: gr.Slider) -> None:
                      show_progress="hidden")
     row.apply_styles.click(apply_styles, inputs=[row.prompt, row.negative_prompt, row.styles],
                            outputs=[row.prompt, row.negative_prompt, row.styles], queue=False)
-    row.interrupt.click(engine.queue.interrupt, queue=False)
+    # through the queue (its toast needs it), never waiting: no concurrency limit
+    row.interrupt.click(lambda: interrupt(engine), concurrency_limit=None, show_progress="hidden")
     row.skip.click(engine.queue.skip, queue=False)
     _wire_style_editor(engine, row)
 

@@ -131,6 +131,10 @@ def test_interrupt_returns_to_idle_shows_the_image_and_saves_nothing(page, ui_se
     assert "batch 1/3" in later.progress, later.progress
     per_step = (t2 - t1) / (k2 - k1)
     remaining = (3 * steps - k2) * per_step
+    # "Don't Interrupt in the middle" (on by default, as in A1111): the first click asks the job to stop after the
+    # image it is making, the second interrupts it at once
+    page.locator("#txt2img_interrupt").click()
+    expect(page.locator(".toast-body", has_text="will stop after finishing this image")).to_be_visible()
     page.locator("#txt2img_interrupt").click()
     clicked = time.monotonic()
     wait_idle(page, "txt2img", timeout_ms=remaining * 1000 + 60_000)
@@ -145,6 +149,28 @@ def test_interrupt_returns_to_idle_shows_the_image_and_saves_nothing(page, ui_se
     assert shown.size == (128, 128)
     assert "Seed: 11," in read_value(page, "txt2img_infotext")
     assert pngs(outputs) == before, sorted(pngs(outputs) - before)  # shown, not saved (A1111)
+
+
+def test_one_interrupt_click_finishes_the_image_being_made_and_stops(page, ui_server):
+    """A1111's interrupt_after_current: with batch count 3, one click during the first image lets it finish; it is
+    saved, and no other image is made."""
+    _, data, _ = ui_server
+    folder = data / "outputs" / "txt2img-images"
+    before = pngs(folder)
+    fill_text(page, "txt2img_prompt", PROMPT)
+    set_number(page, "txt2img_steps", 150)  # seconds an image: the click lands in the first
+    set_number(page, "txt2img_batch_count", 3)
+    set_number(page, "txt2img_seed", 12)
+    page.locator("#txt2img_generate").click()
+    view, _ = wait_for_step(page, "txt2img", 1)
+    assert "batch 1/3" in view.progress, view.progress
+    page.locator("#txt2img_interrupt").click()
+    wait_idle(page, "txt2img")
+    expect(page.locator("#html_log_txt2img")).to_contain_text("Stopped after the image it was making")
+    expect(page.locator("#html_log_txt2img")).not_to_contain_text("Interrupted")
+    assert len(wait_for_gallery(page, "txt2img_gallery", 1)) == 1  # one image, so no grid either
+    assert "Seed: 12," in read_value(page, "txt2img_infotext")
+    assert len(pngs(folder) - before) == 1, sorted(pngs(folder) - before)
 
 
 # ---------------------------------------------------------------- img2img

@@ -292,6 +292,21 @@ def test_interrupt_keeps_finished_images_and_skip_moves_on(engine):
         assert partial.tobytes() != finished.tobytes()  # stopped early: not the finished image
 
 
+def test_a_job_asked_to_stop_finishes_the_image_it_is_making_and_makes_no_more(engine, data_dir):
+    """A1111's stop_generating (Interrupt with "Don't Interrupt in the middle"): the job stops at its next batch;
+    what it made is complete and saved. The stop is asked for while the job waits behind another, so it is there
+    before the first batch ends, whatever the machine's speed."""
+    engine.load_checkpoint("sd1.safetensors")
+    ahead = engine.submit_txt2img(params(steps=20, save_images=False))
+    job = engine.submit_txt2img(params(n_iter=3, steps=4))
+    job.request("stop")
+    ahead.wait(120)
+    result = job.wait(120)
+    assert (result.stopped, result.interrupted, result.seeds) == (True, False, [100])
+    assert result.paths[0] and Path(result.paths[0]).is_file()  # complete, so saved
+    assert result.images[0].tobytes() == engine.txt2img(params(steps=4, save_images=False)).images[0].tobytes()
+
+
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun", "DDIM"])  # 1st / multistep / 2nd order, timestep
 def test_an_interrupted_batch_is_shown_but_not_saved(engine, data_dir, sampler):
     engine.load_checkpoint("sd1.safetensors")

@@ -193,3 +193,27 @@ def test_the_queues_interrupt_skip_and_cancel_go_through_the_relay(queue):
     assert relayed == ["skip", "interrupt", "interrupt"]
     release.set()
     job.done.wait(30)
+
+
+def test_stop_after_current_asks_running_jobs_of_several_images_once_and_then_interrupts(queue):
+    """A1111's "Don't Interrupt in the middle": its first Interrupt stops a job of more than one image after the one
+    it is making (stop_generating); a job already stopping, or of one image, is left to an interrupt."""
+    started, release, relayed = threading.Event(), threading.Event(), []
+
+    def work(job):
+        job.state.job_count = 3
+        job.relay_requests(relayed.append)
+        started.set()
+        release.wait(30)
+
+    job = queue.submit("txt2img", work)
+    assert started.wait(30)
+    assert queue.stop_after_current() is True
+    assert job.state.stopping and not job.state.interrupted and relayed == ["stop"]
+    assert queue.stop_after_current() is False  # the second click: the caller interrupts
+    job.state.job_count = 1
+    job.state.stopping = False
+    assert queue.stop_after_current() is False  # one image: nothing to finish first
+    release.set()
+    job.done.wait(30)
+    assert queue.stop_after_current() is False  # nothing running

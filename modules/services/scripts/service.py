@@ -118,8 +118,10 @@ class ScriptService:
             except (JobInterrupted, JobSkipped):  # within an upscaler's tiles: no cell runs
                 return self._finish(plan, accepted[0], results, first, warnings, True)
         previous: CellResult | None = None
+        stopped = False
         for k, cell in enumerate(accepted):
-            if job.state.interrupted:
+            stopped = job.state.interrupted or job.state.stopping  # (stopping: the cell it was making is done)
+            if stopped:
                 break
             if plan.chain is not None:
                 cell = plan.chain(k, cell, previous)
@@ -136,7 +138,7 @@ class ScriptService:
                 plan.fold(k, previous)
             else:
                 results[k] = previous
-        return self._finish(plan, accepted[0], results, first, warnings, job.state.interrupted)
+        return self._finish(plan, accepted[0], results, first, warnings, job.state.interrupted or stopped)
 
     def _finish(self, plan: Plan, accepted: Accepted, results: list[CellResult | None],
                 first: GenerationResult | None, warnings: list[str], interrupted: bool) -> GenerationResult:
