@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import re
-from typing import Any
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +192,12 @@ def restore_first_pass_size(parsed: dict[str, Any], old_hires_size: bool = False
     parsed["Hires resize-1"], parsed["Hires resize-2"] = width, height
 
 
-def parse_with_defaults(text: str, backcompat: bool = True, old_hires_size: bool = False) -> dict[str, Any]:
+def parse_with_defaults(text: str, backcompat: bool = True, old_hires_size: bool = False,
+                        skip: Sequence[str] = ()) -> dict[str, Any]:
     """`parse`, plus the keys an infotext implies by leaving them out (A1111's `parameters` of png-info), an old
     hires fix's sizes in today's keys (`restore_first_pass_size`), and, with `backcompat` (the setting
-    auto_backcompat), the settings an older A1111 version implies."""
+    auto_backcompat), the settings an older A1111 version implies; then without the keys in `skip` (the setting
+    infotext_skip_pasting: "Seed", "Size-1", "Clip skip", ...), as A1111 leaves them out last."""
     result = parse(text)
     for key, value in IMPLIED_DEFAULTS.items():
         result.setdefault(key, value)
@@ -206,7 +208,15 @@ def parse_with_defaults(text: str, backcompat: bool = True, old_hires_size: bool
     hypernet = result.get("Hypernet")  # A1111's old keys for its one hypernetwork: back into the prompt's tag
     if hypernet is not None:
         result["Prompt"] = f'{result.get("Prompt", "")}<hypernet:{hypernet}:{result.get("Hypernet strength", "1.0")}>'
+    for key in skip:
+        result.pop(key, None)
     return result
+
+
+def pasted_keys() -> list[str]:
+    """The infotext keys a paste reads, for the setting infotext_skip_pasting to pick from."""
+    keys = [key for _, key, _ in (*REQUEST_FIELDS, *SETTING_FIELDS)]
+    return sorted(dict.fromkeys(["Model hash", "Model", "Styles array", *keys]), key=str.casefold)
 
 
 def version_settings(version: tuple[int, int, int, int], parsed: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,9 @@ class Settings(BaseModel):
                                                    "the loaded model's version, as their metadata says)")
     lora_hide_unknown_for_versions: list[Literal["SD1", "SD2", "SDXL"]] = Field(
         default_factory=list, description="Hide networks of unknown versions for model versions")
+    lora_add_hashes_to_infotext: bool = Field(True, description="Add Lora hashes to infotext")
+    textual_inversion_add_hashes_to_infotext: bool = Field(True, description="Add Textual Inversion hashes to "
+                                                                             "infotext")
     extra_networks_default_multiplier: float = Field(
         1.0, ge=0.0, le=2.0, description="Default multiplier for extra networks: the weight a click on a Lora card "
                                          "(without a preferred weight) or a Hypernetworks card writes")
@@ -101,6 +104,10 @@ class Settings(BaseModel):
     hires_fix_use_firstpass_conds: bool = Field(
         False, description="Hires fix: encode the hires prompts with the first pass's LoRA and hypernetworks (the "
                            "hires prompt's own then apply to the U-Net only; not with a Hires checkpoint)")
+    enable_quantization: bool = Field(
+        False, description="Enable quantization in K samplers: the U-Net gets the training timestep nearest each "
+                           "noise level rather than one between two (sharper, cleaner results; changes existing "
+                           "seeds)")
     randn_source: Literal["CPU", "GPU", "NV"] = Field(
         "CPU", description="Where noise is drawn: CPU gives the same image on every device; GPU the device's own "
                            "generator; NV the numbers NVIDIA GPUs give, on any device")
@@ -197,6 +204,8 @@ class Settings(BaseModel):
     save_images_replace_action: Literal["Replace", "Add number suffix"] = Field(
         "Replace", description="Without numbers, when the file exists: replace it, or add -1, -2, ... to the name")
     grid_save: bool = Field(True, description="Save a grid of the images of a job with more than one")
+    grid_only_if_multiple: bool = Field(True, description="Do not save grids consisting of one picture (off: a job "
+                                                          "of one image gets its grid too, saved and shown)")
     grid_format: ImageFormat = Field("png", description="File format of grids: png, jpg/jpeg, webp or avif")
     grid_extended_filename: bool = Field(
         False, description="Name grids with the file name pattern too (grid-0001-SEED), not just grid-0001")
@@ -223,6 +232,10 @@ class Settings(BaseModel):
     add_vae_name_to_info: bool = Field(True, description="Add VAE name to infotext (VAE)")
     add_vae_hash_to_info: bool = Field(True, description="Add VAE hash to infotext (VAE hash)")
     add_version_to_infotext: bool = Field(True, description="Add program version to infotext (Version)")
+    infotext_skip_pasting: list[str] = Field(
+        default_factory=list, description="Disregard fields from pasted infotext: these keys (Seed, Size-1, Clip "
+                                          "skip, ...) are left out wherever an infotext is read (paste, Send to, "
+                                          "the API's infotext field, PNG Info's parameters)")
     disable_weights_auto_swap: bool = Field(
         True, description="Disregard checkpoint information from pasted infotext (paste and Send to leave the top "
                           "bar's checkpoint as it is; off, the checkpoint a pasted Model hash or Model names is "
@@ -422,9 +435,9 @@ class Settings(BaseModel):
 # The Settings tab's sections, in A1111's order, with each field in exactly one of them.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Saving images": ("samples_save", "samples_format", "samples_filename_pattern", "save_images_add_number",
-                      "use_original_name_batch", "save_images_replace_action", "grid_save", "grid_format",
-                      "grid_extended_filename", "n_rows", "img_max_size_mp", "jpeg_quality", "webp_lossless",
-                      "export_for_4chan", "img_downscale_threshold", "target_side_length",
+                      "use_original_name_batch", "save_images_replace_action", "grid_save", "grid_only_if_multiple",
+                      "grid_format", "grid_extended_filename", "n_rows", "img_max_size_mp", "jpeg_quality",
+                      "webp_lossless", "export_for_4chan", "img_downscale_threshold", "target_side_length",
                       "enable_pnginfo", "save_txt", "save_incomplete_images", "save_images_before_highres_fix",
                       "save_images_before_color_correction",
                       "save_mask", "save_mask_composite", "save_init_img"),
@@ -436,13 +449,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Upscaling": ("ESRGAN_tile", "ESRGAN_tile_overlap", "DAT_tile", "DAT_tile_overlap", "upscaler_for_img2img"),
     "Stable Diffusion": ("sd_model_checkpoint", "sd_checkpoints_limit", "sd_checkpoints_keep_in_cpu",
                          "CLIP_stop_at_last_layers", "sdxl_clip_l_skip", "emphasis",
-                         "randn_source", "tiling", "sd_hypernetwork"),
+                         "enable_quantization", "randn_source", "tiling", "sd_hypernetwork"),
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),
     "Refiner": ("hires_fix_refiner_pass", "refiner_switch_by_sample_steps"),
     "Compatibility": ("auto_backcompat", "use_old_karras_scheduler_sigmas", "use_old_hires_fix_width_height",
                       "hires_fix_use_firstpass_conds", "use_old_scheduling", "use_downcasted_alpha_bar"),
-    "Extra Networks": ("extra_networks_default_multiplier", "lora_show_all", "lora_hide_unknown_for_versions"),
+    "Extra Networks": ("extra_networks_default_multiplier", "lora_show_all", "lora_hide_unknown_for_versions",
+                       "lora_add_hashes_to_infotext", "textual_inversion_add_hashes_to_infotext"),
     "VAE": ("sd_vae", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method", "sd_vae_decode_method",
             "vae_tiling", "vae_tile_size"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_extra_noise", "img2img_fix_steps",
@@ -460,7 +474,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Settings in UI": ("extra_options_txt2img", "extra_options_img2img", "extra_options_cols",
                        "extra_options_accordion"),
     "Infotext": ("add_model_name_to_info", "add_model_hash_to_info", "add_vae_name_to_info", "add_vae_hash_to_info",
-                 "add_version_to_infotext", "disable_weights_auto_swap", "infotext_styles"),
+                 "add_version_to_infotext", "disable_weights_auto_swap", "infotext_skip_pasting",
+                 "infotext_styles"),
     "Hypertile": ("hypertile_enable_unet", "hypertile_enable_unet_secondpass", "hypertile_max_depth_unet",
                   "hypertile_max_tile_unet", "hypertile_swap_size_unet", "hypertile_enable_vae",
                   "hypertile_max_depth_vae", "hypertile_max_tile_vae", "hypertile_swap_size_vae"),

@@ -499,7 +499,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], credentials: Credent
         return schemas.PNGInfoResponse(info=text or "", items=items,
                                        parameters=infotext.parse_with_defaults(
                                            text or "", engine.options.values.auto_backcompat,
-                                           engine.options.values.use_old_hires_fix_width_height))
+                                           engine.options.values.use_old_hires_fix_width_height,
+                                           engine.options.values.infotext_skip_pasting))
 
     @r.post("/interrogate")
     def interrogate(req: schemas.InterrogateRequest):

@@ -230,7 +230,8 @@ def sampler_options(params: GenerationParams, settings: Settings) -> samplers.Sa
         uni_pc_order=settings.uni_pc_order, uni_pc_lower_order_final=settings.uni_pc_lower_order_final,
         downcast_alphas_cumprod=settings.use_downcasted_alpha_bar,
         zero_terminal_snr=settings.sd_noise_schedule == "Zero Terminal SNR",
-        old_karras_sigmas=settings.use_old_karras_scheduler_sigmas, sgm_noise_multiplier=settings.sgm_noise_multiplier)
+        old_karras_sigmas=settings.use_old_karras_scheduler_sigmas, sgm_noise_multiplier=settings.sgm_noise_multiplier,
+        quantize=settings.enable_quantization)
 
 
 def hires_choice(params: GenerationParams) -> samplers.SamplerChoice:

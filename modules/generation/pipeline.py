@@ -387,7 +387,8 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
         out = _sample_timesteps(model, denoiser, noise, prepared, choice, generators, hooks, start)
     else:
         first = 0 if start is None else steps - start.t_enc - 1
-        out = _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds, sgm)
+        out = _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds, sgm,
+                        quantize=options is not None and options.quantize)
     return out if start is None else start.final(out)
 
 
@@ -464,10 +465,11 @@ def _sample_timesteps(model, denoiser: Denoiser, noise: torch.Tensor, prepared: 
 
 def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers.PreparedSampler,
               choice: samplers.SamplerChoice, first: int, generators: list, hooks: Hooks, start: Start | None,
-              seeds: list[int] | None, sgm: bool = False) -> torch.Tensor:
+              seeds: list[int] | None, sgm: bool = False, quantize: bool = False) -> torch.Tensor:
     """The samplers written as k-diffusion functions: the U-Net wrapped as k-diffusion's CompVis
     denoiser (x in sigma units in, x0 prediction out), A1111's start x = noise * sigma_0 (with `sgm`, the SGM
-    noise multiplier: noise * sqrt(1 + sigma_0^2))."""
+    noise multiplier: noise * sqrt(1 + sigma_0^2)). `quantize` (enable_quantization): the U-Net's time is the
+    nearest training timestep, as k-diffusion's quantized denoiser gives it."""
     sigmas = prepared.sigmas[first:].to(noise.device)
     log_sigmas = schedules.model_sigmas(prepared.alphas_cumprod).log().to(noise.device)
     v_model = model.prediction_type == "v_prediction"
@@ -484,7 +486,8 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     def model_time(sigma: torch.Tensor) -> torch.Tensor:
         # as a batch of levels, as k-diffusion's denoiser gets it: a 0-dim sigma would leave the arithmetic with
         # a 16-bit schedule (use_downcasted_alpha_bar) in 16 bits, where A1111's is in 32
-        return schedules.sigma_to_t(sigma.reshape(-1), log_sigmas).reshape(sigma.shape)
+        to_t = schedules.nearest_t if quantize else schedules.sigma_to_t
+        return to_t(sigma.reshape(-1), log_sigmas).reshape(sigma.shape)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if hooks.check:

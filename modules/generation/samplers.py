@@ -194,6 +194,7 @@ class SamplerOptions:
     zero_terminal_snr: bool = False
     old_karras_sigmas: bool = False
     sgm_noise_multiplier: bool = False  # txt2img's start noise times sqrt(1 + sigma_0^2) (k-diffusion samplers)
+    quantize: bool = False  # enable_quantization: the U-Net's time is the nearest training timestep (k-diffusion)
 
     def schedule(self, alphas_cumprod: torch.Tensor) -> torch.Tensor:
         """The model's alphas_cumprod as the job samples on them: held in 16 bits (setting use_downcasted_alpha_bar,

@@ -48,6 +48,12 @@ def sigma_to_t(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
     return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
 
 
+def nearest_t(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """The training timestep whose sigma is nearest `sigma` in log sigma (k-diffusion's quantized sigma_to_t,
+    A1111's enable_quantization)."""
+    return (sigma.log() - log_sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape)
+
+
 def _append_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.new_zeros([1])])
 

@@ -390,7 +390,7 @@ class GenerationService:
         save = ctx.params.save_images and settings.samples_save
         for batch in batches:
             self._with_model_hashes(run)
-            run.extra = {**run.extra, **self._network_fields(run.model, run.networks)}  # TI hashes known once encoded
+            run.extra = {**run.extra, **self._network_fields(run.model, run.networks, settings)}  # TI: once encoded
             if batch.vae_tiled:
                 run.extra[pipeline.VAE_TILING_KEY] = True
             if batch.fields:  # keys sampling called for (A1111 adds them then: after the sampler's, before the VAE's)
@@ -448,9 +448,11 @@ class GenerationService:
         """The grid, params.txt and the API's info."""
         ctx, settings, result = run.accepted.ctx, run.accepted.settings, run.result
         self._with_model_hashes(run, wait=False)  # a job stopped before its first image does not wait
-        run.extra = {**run.extra, **self._network_fields(run.model, run.networks)}
-        # A1111's grid: jobs of more than one image that are saved (the API's save_images)
-        if ctx.params.save_images and len(result.images) > 1 and (settings.return_grid or settings.grid_save):
+        run.extra = {**run.extra, **self._network_fields(run.model, run.networks, settings)}
+        # A1111's grid: jobs of more than one image (grid_only_if_multiple; off, of one too) that are saved (the
+        # API's save_images)
+        wanted = len(result.images) > 1 or (len(result.images) == 1 and not settings.grid_only_if_multiple)
+        if ctx.params.save_images and wanted and (settings.return_grid or settings.grid_save):
             grid = images.image_grid(result.images, ctx.params.batch_size, settings.n_rows)
             grid.info["parameters"] = result.infotexts[0]
             if settings.grid_save:
@@ -545,10 +547,13 @@ class GenerationService:
             except images.InvalidImage as e:
                 raise BadRequest(f"{name}: {e}") from None
 
-    def _network_fields(self, model: LoadedModel, networks: ExtraNetworksUse) -> dict[str, str | None]:
-        """A1111's `Lora hashes`, `Hypernetwork hashes` and `TI hashes` infotext values (None when there are none)."""
-        ti = [f"{name}: {self._models.embeddings.short_hash(emb)}" for name, emb in model.text.embeddings_used.items()]
-        lora_hashes = [f"{name}: {short}" for name, short in networks.lora_hashes]
+    def _network_fields(self, model: LoadedModel, networks: ExtraNetworksUse, settings) -> dict[str, str | None]:
+        """A1111's `Lora hashes`, `Hypernetwork hashes` and `TI hashes` infotext values (None when there are none, or
+        when the settings lora_add_hashes_to_infotext / textual_inversion_add_hashes_to_infotext leave them out)."""
+        ti = [f"{name}: {self._models.embeddings.short_hash(emb)}" for name, emb in model.text.embeddings_used.items()
+              if settings.textual_inversion_add_hashes_to_infotext]
+        lora_hashes = [f"{name}: {short}" for name, short in networks.lora_hashes
+                       if settings.lora_add_hashes_to_infotext]
         hypernet_hashes = [f"{name}: {short}" for name, short in networks.hypernet_hashes]
         return {"Lora hashes": ", ".join(lora_hashes) or None,
                 "Hypernetwork hashes": ", ".join(hypernet_hashes) or None, "TI hashes": ", ".join(ti) or None}

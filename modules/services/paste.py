@@ -47,7 +47,7 @@ class InfotextReader:
         prompts as the setting infotext_styles says (`styles_in`)."""
         current = self._options.values
         parsed = infotext.parse_with_defaults(text or "", current.auto_backcompat,
-                                              current.use_old_hires_fix_width_height)
+                                              current.use_old_hires_fix_width_height, current.infotext_skip_pasting)
         parsed["Prompt"] = self._networks.rename_by_hash(parsed.get("Prompt", ""), parsed.get("Lora hashes"))
         parsed["Prompt"] = self._networks.rename_hypernets_by_hash(parsed["Prompt"], parsed.get("Hypernetwork hashes"))
         found = self.styles_in(parsed) if find_styles else None

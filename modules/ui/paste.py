@@ -4,7 +4,7 @@ uses, so both fill the same fields with the same values."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import gradio as gr
 
@@ -68,15 +68,15 @@ def field_values(engine: Engine, text: str, txt2img: bool) -> tuple[dict[str, An
         values.update(soft_inpainting.pasted(soft))
     values.update(scripts.pasted_values(engine, text, "txt2img" if txt2img else "img2img"))  # a plot's grid
     if not txt2img:
-        values.update(inpaint_values(text))
+        values.update(inpaint_values(text, engine.options.values.infotext_skip_pasting))
     return values, settings
 
 
-def inpaint_values(text: str) -> dict[str, Any]:
+def inpaint_values(text: str, skip: Sequence[str] = ()) -> dict[str, Any]:
     """img2img's inpainting options an infotext gives (A1111's paste fields): Mask blur when it is written, and
     Mask mode, Masked content, Inpaint area and Masked area padding, whose absence means A1111's defaults. A
     value the page has no choice for leaves its control as it is."""
-    parsed = infotext.parse_with_defaults(text or "")
+    parsed = infotext.parse_with_defaults(text or "", skip=skip)  # (infotext_skip_pasting: keys left out)
     out: dict[str, Any] = {}
     for name, key in (("mask_blur", "Mask blur"), ("inpaint_full_res_padding", "Masked area padding")):
         try:

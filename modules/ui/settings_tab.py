@@ -17,7 +17,7 @@ import gradio as gr
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic.fields import FieldInfo
 
-from modules import settings as settings_module
+from modules import infotext, settings as settings_module
 from modules.engine import BadRequest, Engine
 from modules.generation import samplers
 from modules.settings import Settings
@@ -119,6 +119,7 @@ def choices_for(engine: Engine) -> dict[str, list[str]]:
     return {"sd_hypernetwork": ["None", *(i.name for i in engine.networks.hypernetworks())],
             "upscaler_for_img2img": engine.upscalers.names(), "hide_samplers": samplers.visible_names(),
             "hidden_tabs": [name for name in common.TAB_IDS if name != "Settings"],
+            "infotext_skip_pasting": infotext.pasted_keys(),
             "ui_tab_order": list(common.TAB_IDS)}
 
 

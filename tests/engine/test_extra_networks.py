@@ -291,6 +291,8 @@ def test_several_loras_add_up_and_unknown_names_warn(engine, sd1):
     assert result.info["warnings"] == result.warnings
     text = result.infotexts[0]
     assert f'Lora hashes: "a: {lora.addnet_hash(engine.paths.lora_dirs[0] / "a.safetensors")[:12]}, b: ' in text
+    off = gen(engine, "x <lora:a:0.5>", override_settings={"lora_add_hashes_to_infotext": False})
+    assert "Lora hashes" not in off.infotexts[0]  # A1111's setting of that name
     gen(engine, "x")
     assert same_weights(sd1, before)
 
@@ -443,6 +445,9 @@ def test_embedding_in_a_job_and_ti_hashes(engine, sd1):
     assert "TI hashes" not in plain.infotexts[0]
     neg = gen(engine, "a circle", negative_prompt="redword")  # negative prompts count too, as in A1111
     assert f"redword: {digest}" in neg.infotexts[0]
+    quiet = gen(engine, "a redword circle", negative_prompt="blue",
+                override_settings={"textual_inversion_add_hashes_to_infotext": False})
+    assert "TI hashes" not in quiet.infotexts[0]  # A1111's setting of that name
     assert "broken" in engine.networks.embedding_errors and "broken" not in engine.networks.embeddings()
     (folder / "broken.pt").unlink()
     (folder / "redword.png").write_bytes(b"png")

@@ -38,3 +38,9 @@ def test_api_returns_the_grid_first_when_saving(server):  # noqa: F811
     assert info["index_of_first_image"] == 1 and len(info["infotexts"]) == 3 and info["all_seeds"] == [4, 5]
     plain = post(url, "/sdapi/v1/txt2img", prompt="a cat", width=64, height=64, steps=2, batch_size=2).json()
     assert len(plain["images"]) == 2  # the API's default save_images=False: no grid (A1111 the same)
+
+
+def test_grid_only_if_multiple_off_gives_a_job_of_one_image_its_grid(engine, data_dir):  # noqa: F811
+    one = engine.txt2img(params(steps=2, override_settings={"grid_only_if_multiple": False}))
+    assert one.grid is not None and one.grid.size == one.images[0].size
+    assert [p.name for p in (data_dir / "outputs" / "txt2img-grids").rglob("grid-*.png")] == ["grid-0000.png"]

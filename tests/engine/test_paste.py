@@ -345,3 +345,17 @@ def test_first_pass_size_infotexts_paste_as_today_s_fields_and_the_old_rule_read
         assert (v["width"], v["height"]) == (1024, 768)
     finally:
         engine.options.update({"use_old_hires_fix_width_height": False})
+
+
+def test_infotext_skip_pasting_leaves_those_keys_out_everywhere_an_infotext_is_read(engine):  # noqa: F811
+    text = text_for(engine)
+    engine.options.update({"infotext_skip_pasting": ["Seed", "Size-1", "Clip skip"]})
+    try:
+        pasted = engine.paste.read(text, txt2img=True)
+        assert "seed" not in pasted.values and "width" not in pasted.values and pasted.values["height"] == 96
+        assert "CLIP_stop_at_last_layers" not in pasted.settings and pasted.settings["randn_source"] == "CPU"
+        request = schemas.Txt2ImgRequest(infotext=text)  # the API's field: the request keeps its own seed
+        routes.apply_infotext(request, engine)
+        assert request.seed == -1 and request.steps == 12
+    finally:
+        engine.options.update({"infotext_skip_pasting": []})

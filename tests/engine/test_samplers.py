@@ -77,13 +77,16 @@ def our_denoiser(model, cond, uncond, cfg):
 
 
 def reference(model, name: str, steps: int, seeds: list[int], cond, uncond, cfg: float, our_model=False,
-              alphas: torch.Tensor | None = None, sgm: bool = False, **overrides) -> torch.Tensor:
+              alphas: torch.Tensor | None = None, sgm: bool = False, quantize: bool = False,
+              **overrides) -> torch.Tensor:
     """What A1111 computes: CompVis(V)Denoiser over the model's alphas (or `alphas`, as A1111's
     apply_alpha_schedule_override leaves them), x = noise * sigma_0, its CFG denoiser, per-image generators
     for ancestral noise, Brownian trees seeded per image for SDE noise. `sgm`: A1111's SGM noise multiplier, its
-    start x = noise * sqrt(1 + sigma_0^2)."""
+    start x = noise * sqrt(1 + sigma_0^2); `quantize`: A1111's enable_quantization, k-diffusion's quantized
+    denoiser."""
     inner = K.CompVisModel(model.unet, model.alphas_cumprod if alphas is None else alphas)
-    wrap = (ke.CompVisVDenoiser if model.prediction_type == "v_prediction" else ke.CompVisDenoiser)(inner)
+    wrap = (ke.CompVisVDenoiser if model.prediction_type == "v_prediction" else ke.CompVisDenoiser)(
+        inner, quantize=quantize)
     choice = samplers.resolve(name)
     sigmas = a1111_sigmas(wrap, choice, steps)
     gens = rng.create_generators(seeds, "CPU", torch.device("cpu"))
@@ -631,6 +634,17 @@ def test_the_sgm_noise_multiplier_starts_txt2img_at_sqrt_1_plus_sigma_max_square
     got = ours(model, name, 6, [2], cond, uncond, 5.0, sgm)
     assert_close(got, reference(model, name, 6, [2], cond, uncond, 5.0, sgm=True), 2e-5)
     assert not torch.allclose(got, ours(model, name, 6, [2], cond, uncond, 5.0), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["Euler", "DPM++ 2M"])
+def test_quantization_gives_the_unet_the_nearest_training_timestep(model, name):
+    """enable_quantization: A1111 builds k-diffusion's denoiser with quantize=True, whose model time is the
+    nearest training timestep rather than one interpolated between two."""
+    cond, uncond = model.text.encode("a red circle")[None], model.text.encode("")[None]
+    quantized = samplers.SamplerOptions(quantize=True)
+    got = ours(model, name, 7, [4], cond, uncond, 5.0, quantized)
+    assert_close(got, reference(model, name, 7, [4], cond, uncond, 5.0, quantize=True), 2e-5)
+    assert not torch.allclose(got, ours(model, name, 7, [4], cond, uncond, 5.0), rtol=0, atol=1e-4)
 
 
 def test_old_karras_sigmas_give_every_ranged_schedule_10_to_0_1():
