@@ -160,6 +160,10 @@ class Settings(BaseModel):
     img2img_background_color: str = Field(
         "#ffffff", pattern=r"^#[0-9a-fA-F]{6}$",
         description="img2img: transparent parts of an init image become this colour")
+    overlay_inpaint: bool = Field(
+        True, description="Overlay original for inpaint: the original's pixels are laid back over the areas that "
+                          "were not inpainted (off: the picture as generated; with Inpaint area 'Only masked', the "
+                          "generated crop itself, as A1111 gives it)")
     img2img_color_correction: bool = Field(
         False, description="Apply color correction to img2img results to match original colors (needs "
                            "opencv-python-headless, scikit-image and blendmodes, which the launcher installs)")
@@ -460,6 +464,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "VAE": ("sd_vae", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method", "sd_vae_decode_method",
             "vae_tiling", "vae_tile_size"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_extra_noise", "img2img_fix_steps",
+                "overlay_inpaint",
                 "img2img_background_color", "img2img_color_correction", "return_mask", "return_mask_composite",
                 "depth_map_show", "img2img_batch_show_results_limit"),
     "Sampler parameters": ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min",

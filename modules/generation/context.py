@@ -112,6 +112,7 @@ class JobContext:
     hr_upscaler: str | None = None
     # img2img
     background: str = "#ffffff"  # what transparent init images are flattened onto
+    overlay: bool = True  # overlay_inpaint: the original laid back over an inpainted picture outside its mask
     fix_steps: bool = False  # img2img_fix_steps
     img2img_upscaler: str | None = None  # upscaler_for_img2img: what enlarges init images (None: Lanczos)
     mask_weight: float = 1.0  # inpainting_mask_weight (9-channel inpainting models)
@@ -275,6 +276,7 @@ def resolve(params: GenerationParams, settings: Settings | None = None,
         subseeds=tuple(subseeds), clip_skip=settings.CLIP_stop_at_last_layers, emphasis=settings.emphasis,
         randn_source=settings.randn_source, noise_seed_delta=settings.eta_noise_seed_delta, hr_choice=hr_choice,
         hr_upscaler=upscaler, background=settings.img2img_background_color, fix_steps=settings.img2img_fix_steps,
+        overlay=settings.overlay_inpaint,
         img2img_upscaler=settings.upscaler_for_img2img if settings.upscaler_for_img2img in image_upscalers else None,
         mask_weight=settings.inpainting_mask_weight, vae_decode_method=settings.sd_vae_decode_method,
         vae_encode_method=settings.sd_vae_encode_method,

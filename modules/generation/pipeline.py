@@ -1297,7 +1297,11 @@ def prepare_img2img(model, ctx: JobContext, hooks: Hooks | None = None) -> Img2I
 
         def placed(i: int, image: Image.Image) -> tuple[Image.Image, masking.Overlaid | None]:
             overlay = overlays[i]
-            return masking.paste_back(image, originals[i % len(originals)], overlay) if overlay else (image, None)
+            if overlay is None:
+                return image, None
+            if not ctx.overlay:  # A1111's apply_overlay without an overlay: the picture as generated, not uncropped
+                return image, masking.Overlaid(overlay.overlay.convert("L"), image)
+            return masking.paste_back(image, originals[i % len(originals)], overlay)
 
         before = None
         if corrections:

@@ -306,6 +306,25 @@ def test_inpainting_keeps_the_unmasked_pixels(engine, sampler, only_masked):
     assert ("Inpaint area: Only masked, Masked area padding: 8" in result.infotexts[0]) == only_masked
 
 
+def test_overlay_inpaint_off_gives_the_picture_as_generated(engine):
+    """A1111's overlay_inpaint off: no original laid back (the unmasked half went through the VAE, so it differs a
+    little), and with Only masked its apply_overlay does not uncrop either: the result is the generated crop."""
+    off = {"overlay_inpaint": False}
+    whole = engine.img2img(params(mask=left_half_mask(), steps=4, override_settings=off))
+    laid = engine.img2img(params(mask=left_half_mask(), steps=4))
+    out, on, before = pixels(whole.images[0]), pixels(laid.images[0]), pixels(init_image())
+    assert not np.array_equal(out[:, 32 + BLUR_REACH:], before[:, 32 + BLUR_REACH:])
+    assert np.array_equal(on[:, 32 + BLUR_REACH:], before[:, 32 + BLUR_REACH:])
+    assert np.array_equal(out[:, :32 - BLUR_REACH], on[:, :32 - BLUR_REACH])  # the same picture where it was made
+    big, mask = init_image((128, 128)), left_half_mask((128, 128))
+    crop = engine.img2img(params(init_images=[big], mask=mask, inpaint_full_res=True, inpaint_full_res_padding=8,
+                                 steps=4, override_settings=off))
+    assert crop.images[0].size == (64, 64)  # the W x H the masked box was processed at
+    pasted = engine.img2img(params(init_images=[big], mask=mask, inpaint_full_res=True, inpaint_full_res_padding=8,
+                                   steps=4))
+    assert pasted.images[0].size == (128, 128)
+
+
 def test_mask_invert_repaints_the_black_part(engine):
     result = engine.img2img(params(mask=left_half_mask(), inpainting_mask_invert=1, steps=6))
     out, before = pixels(result.images[0]), pixels(init_image())
