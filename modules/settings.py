@@ -71,6 +71,10 @@ class Settings(BaseModel):
                                description="Tiled VAE tile size in pixels: a band holds as much as a square of this "
                                            "side at full resolution (smaller: less memory, a little slower)")
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="Clip skip")
+    comma_padding_backtrack: int = Field(
+        20, ge=0, le=74, description="Prompt word wrap length limit: a 75-token chunk whose last comma is within "
+                                     "this many tokens of its end ends after that comma, the rest starting the next "
+                                     "(0: chunks are cut at 75 wherever)")
     sdxl_clip_l_skip: bool = Field(False, description="Clip skip applies to SDXL's CLIP-L too (its OpenCLIP "
                                                       "encoder always uses its penultimate layer)")
     sdxl_crop_top: int = Field(0, ge=0, le=8192, description="SDXL crop top coordinate (a size condition)")
@@ -452,7 +456,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                               "directories_max_prompt_words"),
     "Upscaling": ("ESRGAN_tile", "ESRGAN_tile_overlap", "DAT_tile", "DAT_tile_overlap", "upscaler_for_img2img"),
     "Stable Diffusion": ("sd_model_checkpoint", "sd_checkpoints_limit", "sd_checkpoints_keep_in_cpu",
-                         "CLIP_stop_at_last_layers", "sdxl_clip_l_skip", "emphasis",
+                         "CLIP_stop_at_last_layers", "comma_padding_backtrack", "sdxl_clip_l_skip", "emphasis",
                          "enable_quantization", "randn_source", "tiling", "sd_hypernetwork"),
     "Stable Diffusion XL": ("sdxl_crop_top", "sdxl_crop_left", "sdxl_refiner_low_aesthetic_score",
                             "sdxl_refiner_high_aesthetic_score"),

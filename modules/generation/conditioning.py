@@ -11,14 +11,15 @@ from transformers import CLIPTokenizer
 
 from modules import prompt_syntax
 from modules.generation import extra_networks
-from modules.models.prompt_encoder import (CHUNK, EMPHASIS_MODES, Chunk, ComposableCond, Cond, PromptEncoder,
-                                           ScheduledCond, build_chunks, chunk_tokens)
+from modules.models.prompt_encoder import (CHUNK, COMMA_BACKTRACK, EMPHASIS_MODES, Chunk, ComposableCond, Cond,
+                                           PromptEncoder, ScheduledCond, build_chunks, chunk_tokens)
 
 __all__ = ["CHUNK", "EMPHASIS_MODES", "Chunk", "ComposableCond", "Cond", "PromptEncoder", "ScheduledCond",
            "build_chunks", "chunk_tokens", "token_count"]
 
 
-def token_count(tokenizer: CLIPTokenizer, prompt: str, steps: int = 20) -> tuple[int, int]:
+def token_count(tokenizer: CLIPTokenizer, prompt: str, steps: int = 20, backtrack: int = COMMA_BACKTRACK
+                ) -> tuple[int, int]:
     """A1111's token counter for a prompt box: (tokens, target), e.g. (12, 75) shown as `12/75`.
 
     Extra-network tags are not counted; every AND sub-prompt and every text of the prompt-editing
@@ -32,6 +33,6 @@ def token_count(tokenizer: CLIPTokenizer, prompt: str, steps: int = 20) -> tuple
             segments = prompt_syntax.parse_attention(text)
             texts = [s[0] for s in segments if s is not None]
             ids = iter(tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else [])
-            chunks = build_chunks([None if s is None else (next(ids), s[1]) for s in segments], comma_id)
+            chunks = build_chunks([None if s is None else (next(ids), s[1]) for s in segments], comma_id, backtrack)
             best = max(best, CHUNK * (len(chunks) - 1) + len(chunks[-1].ids))
     return best, max(1, -(-best // CHUNK)) * CHUNK

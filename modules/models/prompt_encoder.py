@@ -59,11 +59,12 @@ class Chunk:
     embeddings: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
-def build_chunks(segments: list[tuple[list[int | Embedding], float] | None], comma_id: int) -> list[Chunk]:
+def build_chunks(segments: list[tuple[list[int | Embedding], float] | None], comma_id: int,
+                 backtrack: int = COMMA_BACKTRACK) -> list[Chunk]:
     """Chunks of at most 75 tokens from (token ids, weight) segments; None (BREAK) closes the current
-    chunk, even an empty one. A full chunk whose last comma is within 20 tokens of its end is cut after
-    that comma and the tail moves on (A1111's `comma_padding_backtrack` = 20). An Embedding among the
-    ids takes as many slots as it has vectors, all in one chunk (a new one if they do not fit)."""
+    chunk, even an empty one. A full chunk whose last comma is within `backtrack` tokens of its end is cut
+    after that comma and the tail moves on (A1111's `comma_padding_backtrack`, 20; 0: never). An Embedding
+    among the ids takes as many slots as it has vectors, all in one chunk (a new one if they do not fit)."""
     chunks: list[Chunk] = []
     current = Chunk([], [])
     last_comma = -1
@@ -82,7 +83,7 @@ def build_chunks(segments: list[tuple[list[int | Embedding], float] | None], com
         for tok in ids:
             if tok == comma_id:
                 last_comma = len(current.ids)
-            elif len(current.ids) == CHUNK and last_comma != -1 and len(current.ids) - last_comma <= COMMA_BACKTRACK:
+            elif len(current.ids) == CHUNK and last_comma != -1 and len(current.ids) - last_comma <= backtrack:
                 cut = last_comma + 1
                 tail = Chunk(current.ids[cut:], current.weights[cut:],
                              [(at - cut, v) for at, v in current.embeddings if at >= cut])
@@ -174,6 +175,7 @@ class PromptEncoder:
         self.text_model = text_model
         self.spec = spec
         self.comma_id = tokenizer.convert_tokens_to_ids(",</w>")
+        self.comma_backtrack = COMMA_BACKTRACK  # comma_padding_backtrack (use_settings)
         # Textual-inversion embeddings for this encoder's width (set per job by the model manager).
         self.embeddings: EmbeddingVocabulary | None = None
         self.embeddings_used: dict[str, Embedding] = {}  # those found in prompts since the last reset
@@ -229,7 +231,7 @@ class PromptEncoder:
         texts = [s[0] for s in segments if s is not None]
         ids = iter(self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else [])
         return build_chunks([None if s is None else (self._with_embeddings(next(ids)), s[1]) for s in segments],
-                            self.comma_id)
+                            self.comma_id, self.comma_backtrack)
 
     def _row(self, chunk: Chunk) -> list[int]:
         row = [BOS] + chunk.ids + [EOS]
@@ -348,9 +350,10 @@ class PromptEncoder:
         return {}
 
     def use_settings(self, settings) -> None:
-        """Take the settings of the job about to run that only this kind of encoder reads (a family's own
-        options, such as SDXL's `sdxl_clip_l_skip` and crop; `modules.settings.Settings`). Clip skip and
-        emphasis, which every encoder reads, come with each call instead. SD 1.x/2.x have none."""
+        """Take the settings of the job about to run that the encoder reads besides clip skip and emphasis (which
+        come with each call): comma_padding_backtrack, and a family's own options (SDXL's `sdxl_clip_l_skip` and
+        crop; `modules.settings.Settings`), which a family's encoder adds, calling this too."""
+        self.comma_backtrack = int(settings.comma_padding_backtrack)
 
     def context_positions(self, prompt: str, negative: str, steps: int | prompt_syntax.Timeline,
                           emphasis: str = "Original") -> tuple[int, int]:

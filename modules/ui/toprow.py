@@ -55,7 +55,7 @@ def counter_html(engine: Engine, text: str, steps: float | None) -> str:
         return (f'<span class="sd-token-counter sd-token-over" title="{len(text)} characters; at most '
                 f'{prompt_syntax.MAX_PROMPT_CHARS}">too long</span>')
     steps = max(1, min(int(steps or 20), engine.limits.max_steps))  # the schedule has a text per step
-    tokens, target = token_count(engine.tokenizer, text, steps)
+    tokens, target = token_count(engine.tokenizer, text, steps, engine.options.values.comma_padding_backtrack)
     over = " sd-token-over" if tokens > target else ""
     problems = prompt_syntax.bracket_problems(text)
     if problems:  # as A1111's prompt bracket checker: the counter turns red and says why when pointed at

@@ -135,6 +135,22 @@ def test_long_prompts_are_chunked(engine):
     assert engine.txt2img(params(prompt=long_prompt, save_images=False)).images
 
 
+def test_comma_padding_backtrack_moves_the_words_after_the_last_comma_to_the_next_chunk(engine):
+    """A1111's comma_padding_backtrack (20): a chunk that fills up within that many tokens of its last comma ends
+    after the comma; 0 cuts at 75 wherever. It changes the conditioning, so the picture, and the counter."""
+    from modules.generation.conditioning import token_count
+
+    model = engine.load_checkpoint("sd1.safetensors")
+    prompt = ", ".join(["a red circle on a blue background"] * 9) + ", green squares and yellow stars " * 2
+    assert len(model.text.chunks(prompt)[0].ids) < 75  # the default cut after a comma
+    cut = engine.txt2img(params(prompt=prompt, steps=2, save_images=False))
+    flat = engine.txt2img(params(prompt=prompt, steps=2, save_images=False,
+                                 override_settings={"comma_padding_backtrack": 0}))
+    assert cut.images[0].tobytes() != flat.images[0].tobytes()
+    assert [len(c.ids) for c in model.text.chunks(prompt)][0] == 75  # the job left its setting on the encoder
+    assert token_count(engine.tokenizer, prompt, 20, 0)[0] < token_count(engine.tokenizer, prompt, 20)[0]
+
+
 def test_override_checkpoint_by_title_name_and_hash_then_restore(engine):
     first = engine.txt2img(params(save_images=False))
     registry = engine.checkpoints

@@ -265,6 +265,10 @@ def test_chunks_carry_weights_across_the_comma_backtrack():
     assert [len(c.ids) for c in chunks] == [71, 10]
     assert chunks[0].weights == [1.0] * 71 and chunks[1].ids == second and chunks[1].weights == [1.5] * 10
     assert [len(c.ids) for c in build_chunks([([5] * 160, 0.9)], COMMA)] == [75, 75, 10]
+    # A1111's comma_padding_backtrack: the comma 5 tokens before the end is too far for 4, and 0 turns it off
+    assert [len(c.ids) for c in build_chunks([(first, 1.0), (second, 1.5)], COMMA, 4)] == [75, 6]
+    assert [len(c.ids) for c in build_chunks([(first, 1.0), (second, 1.5)], COMMA, 0)] == [75, 6]
+    assert [len(c.ids) for c in build_chunks([(first, 1.0), (second, 1.5)], COMMA, 5)] == [71, 10]
 
 
 def test_break_chunking():

@@ -190,6 +190,9 @@ class SDXLPromptEncoder(PromptEncoder):
         return {"time_ids": torch.tensor([height, width, top, left, height, width], dtype=torch.float32)}
 
     def use_settings(self, settings) -> None:
+        super().use_settings(settings)
+        for encoder in (self.clip_l, self.clip_g):  # each chunks its own tokens
+            encoder.use_settings(settings)
         self.clip_l.clip_l_skip = bool(settings.sdxl_clip_l_skip)
         self.crop = (int(settings.sdxl_crop_top), int(settings.sdxl_crop_left))
 

@@ -86,6 +86,7 @@ class SDXLRefinerPromptEncoder(ClipGEncoder):
         return {"time_ids": torch.tensor([height, width, top, left, score], dtype=torch.float32)}
 
     def use_settings(self, settings) -> None:
+        super().use_settings(settings)
         self.crop = (int(settings.sdxl_crop_top), int(settings.sdxl_crop_left))
         self.aesthetic = (float(settings.sdxl_refiner_high_aesthetic_score),
                           float(settings.sdxl_refiner_low_aesthetic_score))
