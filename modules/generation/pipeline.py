@@ -375,12 +375,13 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     """Run the sampler over the `steps`-step schedule from pure noise (txt2img), or from `start` over its
     last t_enc + 1 steps (img2img). Hooks see the steps actually run. Per-step noise comes from the
     images' `generators` (the SDE samplers' from Brownian trees seeded with `seeds`)."""
+    options = options or samplers.SamplerOptions()
     prepared = samplers.prepare(choice, steps, model.alphas_cumprod, options, sdxl=model.family.sampling.sdxl_schedules)
     # A1111 counts the calls a pass makes as its steps, twice for 2nd-order samplers
     denoiser.total_calls = choice.spec.total_steps(steps if start is None else start.t_enc + 1)
     if start is not None and start.extra_noise > 0:
         denoiser.fields["Extra noise"] = start.extra_noise
-    sgm = start is None and prepared.state != "timestep" and options is not None and options.sgm_noise_multiplier
+    sgm = start is None and prepared.state != "timestep" and options.sgm_noise_multiplier
     if sgm:  # A1111 scales a txt2img start so in its k-diffusion samplers only, and says so
         denoiser.fields["SGM noise multiplier"] = True
     if prepared.state == "timestep":
@@ -388,7 +389,7 @@ def sample(model, denoiser: Denoiser, noise: torch.Tensor, choice: samplers.Samp
     else:
         first = 0 if start is None else steps - start.t_enc - 1
         out = _sample_k(model, denoiser, noise, prepared, choice, first, generators, hooks, start, seeds, sgm,
-                        quantize=options is not None and options.quantize)
+                        quantize=options.quantize)
     return out if start is None else start.final(out)
 
 
@@ -471,7 +472,8 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     noise multiplier: noise * sqrt(1 + sigma_0^2)). `quantize` (enable_quantization): the U-Net's time is the
     nearest training timestep, as k-diffusion's quantized denoiser gives it."""
     sigmas = prepared.sigmas[first:].to(noise.device)
-    log_sigmas = schedules.model_sigmas(prepared.alphas_cumprod).log().to(noise.device)
+    trained = schedules.model_sigmas(prepared.alphas_cumprod)  # the training sigmas, computed once
+    log_sigmas, table = trained.log().to(noise.device), trained.to(noise.device)
     v_model = model.prediction_type == "v_prediction"
     if start is None:
         x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0) if sgm else noise * sigmas[0]
@@ -480,7 +482,6 @@ def _sample_k(model, denoiser: Denoiser, noise: torch.Tensor, prepared: samplers
     if start is not None and start.extra_noise > 0:  # A1111: the same noise again, this much of it
         x = x + noise * start.extra_noise
     lcm_log = None if prepared.lcm_log_sigmas is None else prepared.lcm_log_sigmas.to(noise.device)
-    table = schedules.model_sigmas(prepared.alphas_cumprod).to(noise.device)
     preview = _previewing(denoiser, hooks)  # the x0 of the prediction a live preview shows, when not the guided one
 
     def model_time(sigma: torch.Tensor) -> torch.Tensor:

@@ -530,8 +530,8 @@ class GenerationService:
             return None
         digest = None
         for image in params.init_images:
-            self._output.init_image(image, settings)
             digest = images.pixels_md5(image)
+            self._output.init_image(image, digest, settings)
         return digest
 
     def _decode_inputs(self, params: GenerationParams) -> None:

@@ -60,16 +60,16 @@ class OutputWriter:
         original = image.info.get("parameters") if isinstance(image.info.get("parameters"), str) else None
         return self._indexed(path, "extras", original or text, image)
 
-    def init_image(self, image: Image.Image, settings: Settings) -> Path:
-        """An img2img init image as it was given (save_init_img): `<MD5 of its pixels>.<samples_format>` in
-        outdir_init_images, with the text chunks it came with, replaced when the same picture comes again (as
-        A1111's forced file name does). Not indexed in the history: it is an input, not a result."""
+    def init_image(self, image: Image.Image, digest: str, settings: Settings) -> Path:
+        """An img2img init image as it was given (save_init_img): `<digest>.<samples_format>` (the MD5 of its
+        pixels, images.pixels_md5) in outdir_init_images, with the text chunks it came with, replaced when the same
+        picture comes again (as A1111's forced file name does). Not indexed in the history: it is an input."""
         fmt, ext = images.file_format(image, settings.samples_format)
         folder = self.folder(settings.outdir_init_images)
         folder.mkdir(parents=True, exist_ok=True)
         texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
         data = images.encode(image, fmt, None, settings.jpeg_quality, settings.webp_lossless, texts)
-        path = folder / f"{images.pixels_md5(image)}.{ext}"
+        path = folder / f"{digest}.{ext}"
         fileio.atomic_write_bytes(path, data)
         return path
 

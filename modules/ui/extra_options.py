@@ -31,7 +31,7 @@ def build(engine: Engine, tab: str) -> dict[str, gr.components.Component]:
     if not shown:
         return {}
     values, choices = engine.options.values, settings_tab.choices_for(engine)
-    columns = engine.options.values.extra_options_cols
+    columns = values.extra_options_cols
     out: dict[str, gr.components.Component] = {}
     holder = gr.Accordion("Options", open=False, elem_id=f"extra_options_{tab}") if values.extra_options_accordion \
         else gr.Group(elem_id=f"extra_options_{tab}")

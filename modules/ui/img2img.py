@@ -199,8 +199,7 @@ def make_params(values: dict, image: Image.Image, mask: Image.Image | None, scal
                 scale_by: float) -> Img2ImgParams:
     v = soft_inpainting.request_values(refiner.request_values(values))
     v["tiling"] = bool(v.get("tiling"))  # what the box shows (it starts as the setting)
-    # the box's entries win over the tab's shown settings (A1111's extra options apply where the job sets none)
-    v["override_settings"] = {**extra_options.take(v), **override_settings.request_settings(v.get("override_settings"))}
+    v["override_settings"] = override_settings.for_job(v)
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                  "seed_resize_from_h", "mask_blur", "inpaint_full_res_padding"):
         if v.get(name) is not None:

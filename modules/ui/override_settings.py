@@ -10,6 +10,7 @@ import gradio as gr
 
 from modules import infotext
 from modules.engine import Engine
+from modules.ui import extra_options
 
 # infotext key of each setting the box can hold. Clip skip is left to the top bar's slider, which a paste sets.
 KEYS: dict[str, str] = {setting: key for setting, key, _ in infotext.SETTING_FIELDS
@@ -50,3 +51,9 @@ def request_settings(entries: list[str] | None) -> dict[str, Any]:
             except ValueError:
                 continue
     return out
+
+
+def for_job(values: dict[str, Any]) -> dict[str, Any]:
+    """A tab's jobs' override_settings from its control values (the shown settings taken out of `values`): the
+    box's entries over the tab's shown settings (Settings in UI), which A1111 applies where the job sets none."""
+    return {**extra_options.take(values), **request_settings(values.get("override_settings"))}

@@ -97,8 +97,7 @@ def make_params(values: dict) -> GenerationParams:
     """A txt2img request from the tab's control values ({field name: value})."""
     v = refiner.request_values(values)
     v["tiling"] = bool(v.get("tiling"))  # what the box shows (it starts as the setting)
-    # the box's entries win over the tab's shown settings (A1111's extra options apply where the job sets none)
-    v["override_settings"] = {**extra_options.take(v), **override_settings.request_settings(v.get("override_settings"))}
+    v["override_settings"] = override_settings.for_job(v)
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "seed_resize_from_w",
                  "seed_resize_from_h", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"):
         if v.get(name) is not None:
