@@ -44,6 +44,9 @@ class Settings(BaseModel):
                                                    "the loaded model's version, as their metadata says)")
     lora_hide_unknown_for_versions: list[Literal["SD1", "SD2", "SDXL"]] = Field(
         default_factory=list, description="Hide networks of unknown versions for model versions")
+    lora_preferred_name: Literal["Alias from file", "Filename"] = Field(
+        "Alias from file", description="When adding to prompt, refer to Lora by: its alias (the training's output "
+                                       "name in the file) or its file name")
     lora_add_hashes_to_infotext: bool = Field(True, description="Add Lora hashes to infotext")
     textual_inversion_add_hashes_to_infotext: bool = Field(True, description="Add Textual Inversion hashes to "
                                                                              "infotext")
@@ -464,7 +467,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Compatibility": ("auto_backcompat", "use_old_karras_scheduler_sigmas", "use_old_hires_fix_width_height",
                       "hires_fix_use_firstpass_conds", "use_old_scheduling", "use_downcasted_alpha_bar"),
     "Extra Networks": ("extra_networks_default_multiplier", "lora_show_all", "lora_hide_unknown_for_versions",
-                       "lora_add_hashes_to_infotext", "textual_inversion_add_hashes_to_infotext"),
+                       "lora_preferred_name", "lora_add_hashes_to_infotext",
+                       "textual_inversion_add_hashes_to_infotext"),
     "VAE": ("sd_vae", "sd_vae_overrides_per_model_preferences", "sd_vae_encode_method", "sd_vae_decode_method",
             "vae_tiling", "vae_tile_size"),
     "img2img": ("inpainting_mask_weight", "initial_noise_multiplier", "img2img_extra_noise", "img2img_fix_steps",

@@ -95,6 +95,7 @@ class Card:
     meta: UserMetadata = UserMetadata()
     detected_version: str = "Unknown"  # a LoRA's model version as its own metadata says (LoraInfo.sd_version)
     editable: bool = True  # Edit card may write beside its file (not the built-in demo checkpoint's, in the install)
+    alias: str = ""  # a LoRA's name for its tag by lora_preferred_name "Alias from file" (LoraRegistry.prompt_aliases)
 
     @property
     def sd_version(self) -> str:
@@ -110,12 +111,14 @@ class Card:
             return model_version not in hide_unknown_for
         return self.sd_version == model_version
 
-    def tag(self, default_multiplier: float = 1.0) -> str:
+    def tag(self, default_multiplier: float = 1.0, by_alias: bool = True) -> str:
         """The network's own text: `<lora:NAME:W>` with W the preferred weight when one is set, else the default
         multiplier, `<hypernet:NAME:M>`, or an embedding's name. Numbers as A1111's page writes them (its tag is a
-        JavaScript expression: `1`, `0.8`)."""
+        JavaScript expression: `1`, `0.8`). A LoRA's NAME is its alias when `by_alias` (setting lora_preferred_name
+        "Alias from file", A1111's default), else its file name."""
         if self.tab == "Lora":
-            return f"<lora:{self.name}:{js_number(self.meta.preferred_weight or default_multiplier)}>"
+            name = self.alias or self.name if by_alias else self.name
+            return f"<lora:{name}:{js_number(self.meta.preferred_weight or default_multiplier)}>"
         if self.tab == "Hypernetworks":
             return f"<hypernet:{self.name}:{js_number(default_multiplier)}>"
         return self.name
@@ -125,9 +128,9 @@ class Card:
         """What follows the tag in the prompt: a LoRA's "activation text"."""
         return self.meta.activation_text if self.tab == "Lora" else ""
 
-    def insert(self, default_multiplier: float = 1.0) -> str:
+    def insert(self, default_multiplier: float = 1.0, by_alias: bool = True) -> str:
         """What a click adds to the prompt: the tag, then a LoRA's activation text after a space (A1111)."""
-        tag = self.tag(default_multiplier)
+        tag = self.tag(default_multiplier, by_alias)
         return f"{tag} {self.activation}" if self.activation else tag
 
     @property
@@ -140,12 +143,13 @@ class Card:
         after it, goes with it)."""
         if self.tab in ("Lora", "Hypernetworks"):
             kind = "(?:lora|lyco)" if self.tab == "Lora" else "hypernet"
-            tag = rf"<{kind}:{re.escape(self.name)}(?::[^>]*)?>"
+            names = "|".join(re.escape(n) for n in dict.fromkeys(filter(None, (self.name, self.alias))))
+            tag = rf"<{kind}:(?:{names})(?::[^>]*)?>"  # by file name or alias, whichever the setting put there
             return re.compile(tag + (rf"(?:\s*{re.escape(self.activation)})?" if self.activation else ""))
         return re.compile(rf"(?<![\w-]){re.escape(self.name)}(?![\w-])")  # a word of its own, not part of one
 
     def toggled(self, prompt: str, negative: str, default_multiplier: float = 1.0,
-                negative_focused: bool = False) -> tuple[str, str]:
+                negative_focused: bool = False, by_alias: bool = True) -> tuple[str, str]:
         """The prompts after a click on the card, as A1111's cards work: when the prompt already has the
         card's tag (at any weight) it is taken out with its activation text and the negative text; otherwise
         they are added, a space after what is there. An embedding goes into the negative prompt instead when that
@@ -159,7 +163,7 @@ class Card:
             if self.negative and self.negative in negative:
                 negative = _tidy(negative.replace(self.negative, "", 1))
             return prompt, negative
-        prompt = _append(prompt, self.insert(default_multiplier))
+        prompt = _append(prompt, self.insert(default_multiplier, by_alias))
         if self.negative and self.negative not in negative:
             negative = _append(negative, self.negative)
         return prompt, negative
@@ -174,12 +178,13 @@ def _tidy(text: str) -> str:
     return re.sub(r"[ \t]{2,}", " ", text).strip()
 
 
-def card_of(tab: str, info) -> Card:
-    """The card of one registry entry (a LoraInfo, Embedding or HypernetworkInfo), its user metadata read now."""
+def card_of(tab: str, info, alias: str = "") -> Card:
+    """The card of one registry entry (a LoraInfo, Embedding or HypernetworkInfo), its user metadata read now;
+    `alias`: a LoRA's name for its tag by alias (LoraRegistry.prompt_aliases)."""
     preview = info.preview
     return Card(tab, info.name, str(info.filename), str(preview) if preview else None,
                 UserMetadata.of(user_metadata.read(info.filename), user_metadata.description_file(info.filename)),
-                getattr(info, "sd_version", "Unknown"))
+                getattr(info, "sd_version", "Unknown"), alias=alias)
 
 
 def checkpoint_card(info) -> Card:
@@ -194,7 +199,8 @@ def checkpoint_card(info) -> Card:
 def cards(loras, embeddings, hypernetworks=None) -> list[Card]:
     """Cards for the installed LoRA, embeddings and hypernetworks, in list order, each with its user
     metadata as the files now say; the arguments are the model manager's registries."""
-    out = [card_of("Lora", info) for info in loras.list()]
+    aliases = loras.prompt_aliases()
+    out = [card_of("Lora", info, aliases.get(info.filename, "")) for info in loras.list()]
     out += [card_of("Textual Inversion", emb) for emb in embeddings.all().values()]
     out += [card_of("Hypernetworks", info) for info in (hypernetworks.list() if hypernetworks else [])]
     return out

@@ -149,6 +149,10 @@ class LoraInfo:
         return preview_beside(self.filename)
 
 
+# A1111's networks.list_available_networks starts its forbidden aliases with these two
+FORBIDDEN_ALIASES = ("none", "Addams")
+
+
 class LoraRegistry:
     """Network files in models/Lora (and models/LyCORIS, and --lora-dir), by name."""
 
@@ -190,6 +194,19 @@ class LoraRegistry:
     def list(self) -> list[LoraInfo]:
         with self._lock:
             return list(self._items)
+
+    def prompt_aliases(self) -> dict[Path, str]:
+        """{file: the name A1111's card puts in its tag when `lora_preferred_name` is "Alias from file"}: the alias,
+        unless A1111 forbids it: "none" (and "Addams", compared with the alias lowered as A1111 does, so never), or
+        an alias that an earlier file in the list already had as its name or alias (then for every file that has
+        it). A forbidden alias gives the file name."""
+        items = self.list()
+        forbidden, seen = set(FORBIDDEN_ALIASES), set()
+        for info in items:
+            if info.alias in seen:
+                forbidden.add(info.alias.lower())
+            seen.update((info.name, info.alias))
+        return {info.filename: info.name if info.alias.lower() in forbidden else info.alias for info in items}
 
     def rename_by_hash(self, prompt: str, lora_hashes: str | None) -> str:
         """A pasted infotext's `<lora:NAME:` tags renamed to the files here that have the hashes its

@@ -92,7 +92,10 @@ class NetworksService:
         info = self._entry(tab, path)
         if info is None:
             return None
-        return extra_networks.checkpoint_card(info) if tab == "Checkpoints" else extra_networks.card_of(tab, info)
+        if tab == "Checkpoints":
+            return extra_networks.checkpoint_card(info)
+        alias = self._loras.prompt_aliases().get(info.filename, "") if tab == "Lora" else ""
+        return extra_networks.card_of(tab, info, alias)
 
     def _listed(self, tab: str, path: str) -> extra_networks.Card:
         card = self.find_card(tab, path)

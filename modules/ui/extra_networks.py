@@ -297,8 +297,9 @@ def wire(engine: Engine, view: CardsView, prompt: gr.Textbox, negative: gr.Textb
                 return gr.skip(), gr.skip()
             shown = listed[evt.index]
             card = engine.networks.find_card(shown.tab, shown.path) or shown  # its metadata as the file says now
-            return card.toggled(current_prompt or "", current_negative or "",
-                                engine.options.values.extra_networks_default_multiplier, box == "negative")
+            values = engine.options.values
+            return card.toggled(current_prompt or "", current_negative or "", values.extra_networks_default_multiplier,
+                                box == "negative", values.lora_preferred_name != "Filename")
 
         gallery.select(clicked, inputs=[prompt, negative, view.cards, focused], outputs=[prompt, negative],
                        js=read_focus, queue=False)

@@ -219,3 +219,32 @@ def test_version_from_kohya_metadata_and_which_cards_a_model_lists():
     assert card("Unknown").shown_for("SDXL") and not card("Unknown").shown_for("SDXL", hide_unknown_for=("SDXL",))
     assert card("SDXL").shown_for("SD1", show_all=True)
     assert Card("Textual Inversion", "e", "/e.pt", None).shown_for("SDXL")  # only the Lora page is filtered
+
+
+# --- lora_preferred_name: a card's tag names the LoRA by its alias (A1111's default) or its file name ----------
+
+def test_cards_tag_a_lora_by_its_alias_unless_the_setting_or_a_clash_says_file_name(tmp_path):
+    """A1111 (networks.list_available_networks, NetworkOnDisk.get_alias): the alias is the metadata's
+    ss_output_name; "none" is forbidden, and so is an alias that an earlier file in the list already had as its
+    name or alias; a forbidden alias gives the file name."""
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    aliases = {"detail_v2": "detail", "nothing": "None", "p1": "shared", "p2": "shared", "q": "r", "r": None}
+    for name, alias in aliases.items():
+        save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(folder / f"{name}.safetensors"),
+                  {"ss_output_name": alias} if alias else None)
+    service = NetworksService(LoraRegistry((folder,)), EmbeddingRegistry(()), HypernetworkRegistry(()))
+    by_name = {c.name: c for c in service.cards()}
+    assert {n: c.tag() for n, c in by_name.items()} == {
+        "detail_v2": "<lora:detail:1>", "nothing": "<lora:nothing:1>", "p1": "<lora:p1:1>", "p2": "<lora:p2:1>",
+        "q": "<lora:q:1>", "r": "<lora:r:1>"}
+    assert by_name["detail_v2"].tag(0.8, by_alias=False) == "<lora:detail_v2:0.8>"  # setting "Filename"
+    found = service.find_card("Lora", by_name["detail_v2"].path)
+    assert found.insert() == "<lora:detail:1>"  # the card a click reads again has its alias too
+    card = by_name["detail_v2"]
+    prompt, _ = card.toggled("a castle", "", 1.0)
+    assert prompt == "a castle <lora:detail:1>"
+    assert card.toggled(prompt, "")[0] == "a castle"  # a second click takes it out
+    assert card.toggled("a castle <lora:detail_v2:0.5>", "", by_alias=True)[0] == "a castle"  # by file name too
+    assert card.toggled("a castle", "", by_alias=False)[0] == "a castle <lora:detail_v2:1>"
+    assert service.find_lora("detail") is service.find_lora("detail_v2")  # both mean the one file
