@@ -424,6 +424,8 @@ def run_ours(args, rss: RssSampler, gpu: GpuMemory, data_dir: Path, plan: device
     hashes = HashCache(p.hash_cache)
     engine = bootstrap.build_engine(p, plan, extra_files=(checkpoint,), hashes=hashes,
                                     low_memory="On" if args.low_memory else "Off")
+    if args.fp8:
+        engine.set_options({"fp8_storage": "Enable"})  # before the load: the model is read with FP8 weights
 
     # The file's SHA-256 is computed in the background after the load (while the first job samples); it is
     # timed by wrapping this HashCache instance's method. --sync-hash waits for it inside the load, as loads did
@@ -452,7 +454,8 @@ def run_ours(args, rss: RssSampler, gpu: GpuMemory, data_dir: Path, plan: device
     load_peak_anon = rss.peak_anon
     rss_loaded, gpu_loaded = rss.reset(), gpu.reset()  # from here on the peaks are the generation's
     log.info("ours: loaded in %.2fs (%s, config %s)", load_s, model.config.label, model.config.yaml_path.name)
-    hash_figures = {"sync_hash": args.sync_hash, "low_memory": args.low_memory, "unet_backend": args.unet_backend}
+    hash_figures = {"sync_hash": args.sync_hash, "low_memory": args.low_memory, "fp8": args.fp8,
+                    "unet_backend": args.unet_backend}
 
     params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, seed=args.seed,
                               sampler_name=args.sampler, steps=args.steps, cfg_scale=args.cfg,
@@ -711,6 +714,9 @@ def parse_args(argv=None):
                          "background")
     ap.add_argument("--low-memory", action="store_true",
                     help="our engine in low-memory mode (as --medvram / --lowram: weights stored in 16 bits)")
+    ap.add_argument("--fp8", action="store_true",
+                    help="our engine with FP8 weights (setting fp8_storage Enable: the U-Net's and the text encoders' "
+                         "convolutions and linear layers in float8_e4m3fn)")
     ap.add_argument("--unet-backend", choices=["PyTorch", "PyTorch bf16", "OpenVINO", "OpenVINO bf16"],
                     default="PyTorch",
                     help="our engine's U-Net backend setting (OpenVINO: converted on the first run with a --data-dir, "

@@ -201,6 +201,8 @@ def parse_with_defaults(text: str, backcompat: bool = True, old_hires_size: bool
     result = parse(text)
     for key, value in IMPLIED_DEFAULTS.items():
         result.setdefault(key, value)
+    if result["FP8 weight"] != "Disable":  # A1111: FP8 weights without the key had no float16 copies
+        result.setdefault("Cache FP16 weight for LoRA", False)
     restore_first_pass_size(result, old_hires_size)
     version = a1111_version(result.get("Version"))
     if backcompat and version is not None:
@@ -269,7 +271,8 @@ SETTING_FIELDS: list[tuple[str, str, type]] = [
     ("s_min_uncond_all", "NGMS all steps", bool), ("img2img_extra_noise", "Extra noise", float),
     ("pad_cond_uncond", "Pad conds", bool), ("pad_cond_uncond_v0", "Pad conds v0", bool),
     ("use_downcasted_alpha_bar", "Downcast alphas_cumprod", bool), ("sd_noise_schedule", "Noise Schedule", str),
-    ("sgm_noise_multiplier", "SGM noise multiplier", bool),
+    ("sgm_noise_multiplier", "SGM noise multiplier", bool), ("fp8_storage", "FP8 weight", str),
+    ("cache_fp16_weight", "Cache FP16 weight for LoRA", bool),
     ("token_merging_ratio", "Token merging ratio", float), ("token_merging_ratio_hr", "Token merging ratio hr", float),
 ]
 

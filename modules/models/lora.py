@@ -532,10 +532,14 @@ class WeightPatcher:
         key = (part, f"{module_name}.{attr}")
         if key not in self._originals:
             self._originals[key] = (param, param.detach().to("cpu", copy=True))
+        # the first network to change an FP8 layer with float16 copies (cache_fp16_weight) starts from the copy
+        start = low_memory.fp16_copy(layer, attr) if key not in self._changed else None
         self._changed.add(key)
         if param.dtype != (wanted := low_memory.patch_dtype(layer, param)):
             param.data = param.data.to(wanted)
-        if param.dtype == torch.float32:
+        if start is not None:
+            param.copy_((start.to(param.device).float() + delta * multiplier).to(param.dtype))
+        elif param.dtype == torch.float32:
             param.add_(delta, alpha=multiplier)
         else:  # sum in fp32, round once
             param.copy_((param.float() + delta * multiplier).to(param.dtype))

@@ -19,6 +19,13 @@ compute with are the file's, as when cast at load. SDXL's two encoders hold 1.6 
 LoRA change to such a layer is made and kept in the compute type (`patch_dtype`), as it would be on weights loaded
 in it, so a job's image is the same bit for bit as with the encoders held in float32.
 
+A1111's FP8 weight (setting fp8_storage, `Fp8`) uses the same storage with a narrower type: the convolutions and
+linear layers of the U-Net and the text encoders (weights and biases, as A1111's `module.to(torch.float8_e4m3fn)`)
+rest in float8_e4m3fn, rounded once from the values the model computes with, and are widened by the same hooks.
+The image is then exactly that of the model with those values rounded to FP8. With or without low-memory mode:
+with it, the other large layers rest in 16 bits. A LoRA change to an FP8 layer is rounded into it (as in A1111),
+starting from a float16 copy of the layer's values when cache_fp16_weight kept one.
+
 In this mode the text encoders are also parked while the U-Net runs (`ParkedWeights`): their 16-bit weights are
 written once to an unnamed file in the data folder's cache and read back for the next prompt, so they do not add
 to the sampling's peak (SDXL's are 1.6 GB).
@@ -29,6 +36,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +53,29 @@ CAST_UNITS = (GEGLU,)
 _COMPUTE = "_webui_compute_dtype"  # set on each part of a module stored this way: the type it computes in
 _RESTING = "_webui_resting"  # while a layer runs: its float16 tensors
 _EXACT = "_webui_exact"  # set on each part stored with exact=True: a LoRA change widens the weight (patch_dtype)
+_FP16_COPY = "_webui_fp16_copy"  # on an fp8 layer with fp16 copies: {parameter name: its float16 copy, on the CPU}
 SIXTEEN_BITS = (torch.float16, torch.bfloat16)
+# A1111's FP8 weight (setting fp8_storage): the weights and biases of every convolution and linear layer of the U-Net
+# and the text encoders rest in float8_e4m3fn and are widened as each layer runs (the VAE stays as it is).
+FP8 = torch.float8_e4m3fn
+FP8_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
+NARROW = (*SIXTEEN_BITS, FP8)  # the types a stored layer's weights rest in
+
+
+@dataclass(frozen=True)
+class Fp8:
+    """How a model keeps A1111's FP8 weights (see store): not at all, or with or without float16 copies."""
+    on: bool = False
+    fp16_copies: bool = False  # A1111's cache_fp16_weight
+
+    def describe(self) -> str:
+        return ("FP8 weights" + (" with float16 copies for LoRA" if self.fp16_copies else "")) if self.on else ""
+
+
+def fp8_wanted(mode: str, family: str | None) -> bool:
+    """Whether a model of `family` keeps FP8 weights under A1111's setting fp8_storage `mode`: Enable, or Enable for
+    SDXL for the SDXL families (A1111's is_sdxl: the refiner too)."""
+    return mode == "Enable" or (mode == "Enable for SDXL" and bool(family) and family.startswith("sdxl"))
 
 
 def wanted(mode: str, family: str | None) -> bool:
@@ -55,27 +85,36 @@ def wanted(mode: str, family: str | None) -> bool:
 
 
 def store(module: torch.nn.Module, compute: torch.dtype, storage: torch.dtype = STORAGE,
-          exact: bool = False) -> torch.nn.Module:
+          exact: bool = False, fp8: bool = False, fp16_copies: bool = False) -> torch.nn.Module:
     """Keep `module`'s large layers' weights in `storage` (16 bits), cast to `compute` while each runs; the rest in
     `compute`. `exact`: the weights are in `storage` already (the file's type), and LoRA changes are made in
-    `compute` (see patch_dtype). Done once per module (a module already stored this way is returned as it is)."""
+    `compute` (see patch_dtype). `fp8` (A1111's fp8_storage): the convolutions and linear layers rest in FP8
+    instead, weights and biases, rounded from the values they have now (the compute type's, as A1111 rounds
+    the model's own); `storage` may then be `compute`, to narrow only those. `fp16_copies` (A1111's
+    cache_fp16_weight): each FP8 layer also keeps float16 copies of its values from before, on the CPU, for LoRA to
+    start from (`fp16_copy`). Done once per module (a module already stored this way is returned as it is)."""
     if is_stored(module):
         return module
     in_units = {id(m) for unit in module.modules() if isinstance(unit, CAST_UNITS) for m in unit.modules()}
     for sub in module.modules():
         cast = isinstance(sub, CAST_LAYERS)
-        for param in sub.parameters(recurse=False):
-            if param.is_floating_point():
-                param.data = param.data.to(storage if cast else compute)
+        eight = fp8 and isinstance(sub, FP8_LAYERS)
+        params = [(name, p) for name, p in sub.named_parameters(recurse=False) if p.is_floating_point()]
+        if eight and fp16_copies:
+            setattr(sub, _FP16_COPY, {name: p.data.to("cpu", torch.float16, copy=True) for name, p in params})
+        for _, param in params:
+            param.data = param.data.to(FP8 if eight else storage if cast else compute)
         for name, buffer in sub.named_buffers(recurse=False):
             if buffer.is_floating_point() and buffer.dtype != compute:
                 sub.register_buffer(name, buffer.to(compute), persistent=name not in sub._non_persistent_buffers_set)
-        unit = isinstance(sub, CAST_UNITS)
-        if unit or (cast and id(sub) not in in_units):
-            sub.register_forward_pre_hook(_widen(compute, storage, recurse=unit))
-            sub.register_forward_hook(_narrow, always_call=True)
         setattr(sub, _COMPUTE, compute)  # on every part, so that any part tells its compute type
         setattr(sub, _EXACT, exact)
+    for sub in module.modules():  # once all are narrowed: a unit's layers come after it
+        unit = isinstance(sub, CAST_UNITS)
+        narrowed = any(p.dtype != compute for p in sub.parameters(recurse=unit) if p.is_floating_point())
+        if narrowed and (unit or (isinstance(sub, CAST_LAYERS) and id(sub) not in in_units)):
+            sub.register_forward_pre_hook(_widen(compute, recurse=unit))
+            sub.register_forward_hook(_narrow, always_call=True)
     return module
 
 
@@ -94,9 +133,25 @@ def patch_dtype(layer: torch.nn.Module, param: torch.nn.Parameter) -> torch.dtyp
     return getattr(layer, _COMPUTE) if getattr(layer, _EXACT, False) else param.dtype
 
 
-def _widen(compute: torch.dtype, storage: torch.dtype, recurse: bool = False):
+def fp16_copy(layer: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The float16 copy `store(..., fp16_copies=True)` kept of an FP8 layer's parameter `name`, or None."""
+    return getattr(layer, _FP16_COPY, {}).get(name)
+
+
+def drop_fp16_copies(module: torch.nn.Module) -> None:
+    for sub in module.modules():
+        if hasattr(sub, _FP16_COPY):
+            delattr(sub, _FP16_COPY)
+
+
+def holds_fp8(module: torch.nn.Module) -> bool:
+    """Whether any of `module`'s weights rest in FP8 (see store)."""
+    return any(p.dtype == FP8 for p in module.parameters())
+
+
+def _widen(compute: torch.dtype, recurse: bool = False):
     def hook(layer: torch.nn.Module, _args) -> None:
-        params = [p for p in layer.parameters(recurse=recurse) if p.dtype == storage]
+        params = [p for p in layer.parameters(recurse=recurse) if p.is_floating_point() and p.dtype != compute]
         setattr(layer, _RESTING, [(p, p.data) for p in params])
         for p in params:
             p.data = p.data.to(compute)
@@ -119,9 +174,13 @@ def compute_dtype(module: torch.nn.Module) -> torch.dtype:
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
-    """What the module's weights hold in memory now (none on the meta device: a released model's); the tests
-    compare the two modes by it, the model manager the memory a model in use holds."""
-    return sum(p.numel() * p.element_size() for p in module.parameters() if not p.is_meta)
+    """What the module's weights hold in memory now (none on the meta device: a released model's), with the
+    float16 copies of FP8 layers; the tests compare the modes by it, the model manager the memory a model in use
+    holds."""
+    params = sum(p.numel() * p.element_size() for p in module.parameters() if not p.is_meta)
+    copies = sum(t.numel() * t.element_size() for sub in module.modules()
+                 for t in getattr(sub, _FP16_COPY, {}).values())
+    return params + copies
 
 
 class ParkedWeights:
@@ -141,7 +200,7 @@ class ParkedWeights:
 
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for sub in self.module.modules() if isinstance(sub, CAST_LAYERS)
-                for p in sub.parameters(recurse=False) if p.dtype in SIXTEEN_BITS]
+                for p in sub.parameters(recurse=False) if p.dtype in NARROW]
 
     def _write(self) -> None:
         start = time.perf_counter()

@@ -30,6 +30,7 @@ from modules.models.checkpoint_file import CheckpointError, NotEnoughMemory
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
 from modules.models.family import TEXT_ENCODER_PREFIXES, BuiltModel, ModelConfig, ModelFamily
 from modules.models.prompt_encoder import PromptEncoder
+from modules.models.low_memory import Fp8
 from modules.models.registry import CheckpointInfo, CheckpointRegistry, VaeInfo, VaeRegistry
 from modules.paths import TOKENIZER_DIR
 
@@ -64,6 +65,7 @@ class LoadedModel:
     attention: str = ""  # the U-Net's attention implementation (see optimizations.apply); "": diffusers' own (SDP)
     batch_cond_uncond: bool = True  # prompt and negative prompt in one U-Net batch
     low_memory: bool = False  # weights stored in 16 bits, cast layer by layer as they run (models/low_memory.py)
+    fp8: Fp8 = Fp8()  # A1111's FP8 weight: convolutions and linear layers rest in FP8
     openvino: openvino_unet.OpenVinoUNet | None = field(default=None, repr=False)  # compiled when first asked for
     use_openvino: bool = False  # this job's U-Net calls go to `openvino` (see ModelManager.use_unet_backend)
     unet_autocast: torch.dtype | None = None  # this job's U-Net computes in this type (torch.autocast on the CPU)
@@ -135,6 +137,7 @@ class LoadedModel:
         for module in (self.unet, self.vae, self.own_vae, self.text.text_model, self.depth_model):
             if module is not None:
                 module.to("meta")
+                low_memory.drop_fp16_copies(module)
         if self.networks is not None:
             self.networks.forget()
         if self.hypernets is not None:
@@ -337,28 +340,44 @@ class ModelManager:
         config = self.config_of(info) if mode == "SDXL only" else None
         return low_memory.wanted(mode, config.family.name if config else None)
 
+    def fp8_applies(self, info: CheckpointInfo, mode: str, fp16_copies: bool = False) -> Fp8:
+        """How `info` keeps FP8 weights under A1111's settings fp8_storage (`mode`) and cache_fp16_weight
+        (`fp16_copies`); never on Apple's MPS, as in A1111 (it has no FP8)."""
+        if mode == "Disable" or self.plan.device.type == "mps":
+            return Fp8()
+        config = self.config_of(info) if mode == "Enable for SDXL" else None
+        if not low_memory.fp8_wanted(mode, config.family.name if config else None):
+            return Fp8()
+        return Fp8(True, fp16_copies)
+
     def _text_in_file_type(self, low: bool) -> bool:
         """Whether the text encoders stay in their file's 16-bit type while computing in float32 (see
         low_memory): outside low-memory mode (which stores every part in 16 bits), where they compute in
         float32."""
         return not low and self.plan.unet_dtype == torch.float32
 
-    def _place_text(self, module: torch.nn.Module, low: bool) -> torch.nn.Module:
+    def _place_text(self, module: torch.nn.Module, low: bool, fp8: Fp8) -> torch.nn.Module:
         """The text encoders on the device: as `_place`, or, from a 16-bit file, in its type (see low_memory)."""
-        storage = low_memory.file_storage(module) if self._text_in_file_type(low) else None
+        storage = low_memory.file_storage(module) if self._text_in_file_type(low) and not fp8.on else None
         if storage is None:
-            return self._place(module, self.plan.unet_dtype, low)
+            return self._place(module, self.plan.unet_dtype, low, fp8)
         return low_memory.store(module.to(self.plan.device), self.plan.unet_dtype, storage, exact=True)
 
-    def _place(self, module: torch.nn.Module, dtype: torch.dtype, low: bool) -> torch.nn.Module:
-        """`module` on the device in `dtype`, or (low-memory mode) with its weights stored in 16 bits."""
+    def _place(self, module: torch.nn.Module, dtype: torch.dtype, low: bool,
+               fp8: Fp8 = Fp8()) -> torch.nn.Module:
+        """`module` on the device in `dtype`, or (low-memory mode) with its weights stored in 16 bits; with `fp8`
+        on, its convolutions and linear layers rest in FP8, rounded from `dtype` (A1111 rounds the model it has
+        made half, or float32 with --no-half)."""
         if low:
-            return low_memory.store(module.to(self.plan.device), dtype)
-        return module.to(self.plan.device, dtype)
+            return low_memory.store(module.to(self.plan.device), dtype, fp8=fp8.on, fp16_copies=fp8.fp16_copies)
+        module = module.to(self.plan.device, dtype)
+        if fp8.on:
+            return low_memory.store(module, dtype, dtype, fp8=True, fp16_copies=fp8.fp16_copies)
+        return module
 
     def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
              low: bool = False, limit: int = 1, keep_in_cpu: bool = True, vae_overrides: bool = True,
-             reserve: int = 0) -> LoadedModel:
+             reserve: int = 0, fp8: Fp8 = Fp8()) -> LoadedModel:
         """Load `info` in place of the current model. The current one is released once the new one is read and
         built, so a file that cannot be loaded leaves it usable; with `release_first` (a job switching to its
         refiner and back, where holding both would double the memory), or when the two would not fit in memory
@@ -371,6 +390,7 @@ class ModelManager:
         used kept models are released when there would be more than `limit` (a file that fails costs none); when
         memory is short, before the read, they are released before the current one. `reserve`: what a running job
         needs beside the models after this load (a refiner's switch keeping the base: its sampling and decode).
+        `fp8`: see fp8_applies (the read is as without it; each layer is rounded to FP8 once placed).
         The file's SHA-256 is not waited for: it is computed in the background (CheckpointRegistry.hash_later),
         and the title gains its `[hash]` when it is known. A load that takes over a second shows a console bar."""
         with self._lock, tqdm(total=LOAD_STEPS, desc=f"Loading {info.name}", unit="step", disable=None,
@@ -415,8 +435,8 @@ class ModelManager:
             else:
                 self._drop_current()  # only now: the new model is complete (the trim at the end frees its memory)
             plan = self.plan
-            unet = self._place(built.unet, plan.unet_dtype, low)
-            text_model = self._place_text(built.text_encoder, low)
+            unet = self._place(built.unet, plan.unet_dtype, low, fp8)
+            text_model = self._place_text(built.text_encoder, low, fp8)
             vae = self._place(built.vae, plan.vae_dtype, low)
             config = built.config
             if config.prediction_type is None:
@@ -427,7 +447,7 @@ class ModelManager:
             model = LoadedModel(
                 info=info, config=config, unet=unet, vae=vae,
                 text=config.family.prompt_encoder(self.tokenizer, text_model),
-                alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config, low_memory=low,
+                alphas_cumprod=built.alphas_cumprod, plan=plan, vae_config=built.vae_config, low_memory=low, fp8=fp8,
                 depth_model=built.depth_model.to(plan.device) if built.depth_model is not None else None,
                 parked_text=low_memory.ParkedWeights(text_model, self.park_dir) if low else None,
             )
@@ -438,11 +458,11 @@ class ModelManager:
             bar.update(1)
             devices.empty_cache(plan.device)  # the file's 16-bit tensors, read and cast one at a time, are freed
             model.load_seconds = seconds + time.perf_counter() - start
-            kept = None if low else low_memory.file_storage(text_model)
+            kept = None if low or fp8.on else low_memory.file_storage(text_model)
             text_storage = f", text encoders kept in the file's {str(kept).removeprefix('torch.')}" if kept else ""
-            log.info("Model %s loaded in %.1fs (%s, %s%s%s, config %s)", info.title, model.load_seconds,
+            log.info("Model %s loaded in %.1fs (%s, %s%s%s%s, config %s)", info.title, model.load_seconds,
                      config.label, plan.describe, ", low-memory mode: weights stored in fp16" if low else "",
-                     text_storage, config.yaml_path.name)
+                     f", {fp8.describe()}" if fp8.on else "", text_storage, config.yaml_path.name)
             return model
 
     def unload(self) -> None:
@@ -494,14 +514,16 @@ class ModelManager:
             devices.empty_cache(self.plan.device)
         self.kept.append(model)
 
-    def _take_kept(self, info: CheckpointInfo, low: bool, limit: int, keep_in_cpu: bool) -> LoadedModel | None:
+    def _take_kept(self, info: CheckpointInfo, low: bool, limit: int, keep_in_cpu: bool,
+                   fp8: Fp8 = Fp8()) -> LoadedModel | None:
         """The kept model of `info` made the current one, the current one kept in its place (set aside first, so a
         GPU never holds both when they wait in RAM) or released when `limit` leaves it no room; None when none is
-        kept in this mode (a kept one in the other mode is released: the load that follows replaces it)."""
+        kept in this mode (a kept one in another mode, or with other FP8 weights, is released: the load that follows
+        replaces it)."""
         model = next((m for m in self.kept if m.info.filename == info.filename), None)
         if model is None:
             return None
-        if model.low_memory != low:
+        if model.low_memory != low or model.fp8 != fp8:
             self._release_kept(model)
             return None
         self.kept.remove(model)
@@ -536,27 +558,30 @@ class ModelManager:
 
     def get(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
             low_memory_mode: str = "Off", limit: int = 1, keep_in_cpu: bool = True,
-            vae_overrides: bool = True, reserve: int = 0) -> LoadedModel:
+            vae_overrides: bool = True, reserve: int = 0, fp8_mode: str = "Disable",
+            fp16_copies: bool = False) -> LoadedModel:
         """The model for `info` with the VAE `vae_choice`, in low-memory mode if the setting `low_memory_mode`
-        says so for it, loading or switching only what changed (the mode changed: loaded again, the model in
-        use released first, since what it saves is memory). With `limit` over 1 (sd_checkpoints_limit), a model
-        kept loaded is used again without reading anything; see `load` for the rest."""
+        says so for it, with FP8 weights if fp8_storage (`fp8_mode`) does (see fp8_applies), loading or switching
+        only what changed (the mode or the FP8 weights changed: loaded again, from the file as A1111 does, the
+        model in use released first, since what both save is memory). With `limit` over 1 (sd_checkpoints_limit),
+        a model kept loaded is used again without reading anything; see `load` for the rest."""
         with self._lock:
             low = self.low_memory_applies(info, low_memory_mode)
+            fp8 = self.fp8_applies(info, fp8_mode, fp16_copies)
             current = self.current
             if current is not None and current.info.filename == info.filename:
-                if current.low_memory == low:
+                if current.low_memory == low and current.fp8 == fp8:
                     self.release_kept(limit - 1)
                     self._apply_vae(current, vae_choice, vae_overrides)
                     return current
                 release_first = True
             else:
                 self.release_kept(limit - 1)  # a lowered limit: the extra ones go now
-                kept = self._take_kept(info, low, limit, keep_in_cpu)
+                kept = self._take_kept(info, low, limit, keep_in_cpu, fp8)
                 if kept is not None:
                     self._apply_vae(kept, vae_choice, vae_overrides)
                     return kept
-            return self.load(info, vae_choice, release_first, low, limit, keep_in_cpu, vae_overrides, reserve)
+            return self.load(info, vae_choice, release_first, low, limit, keep_in_cpu, vae_overrides, reserve, fp8)
 
     def depth_estimator(self, model: LoadedModel) -> torch.nn.Module:
         """The SD 2 depth model's MiDaS: the one its file carries, else models/midas/dpt_hybrid-midas-501f0c75.pt
@@ -614,6 +639,8 @@ class ModelManager:
             return "it runs on the CPU only"
         if model.low_memory:
             return "not in low-memory mode"
+        if model.fp8.on:
+            return "not with FP8 weights"
         if model.unet.config.addition_embed_type not in (None, "text_time"):
             return f"{model.family.label} U-Nets are not covered"
         if model.networks.unet_changed:

@@ -149,13 +149,14 @@ class CheckpointService:
         (not done for a per-request override, which A1111 restores afterwards). A file that cannot be
         loaded is a CheckpointError, or an UnusableCheckpoint (a 4xx) naming the field when the request
         named it (`requested`: the field). `release_first`: see ModelManager.load; `settings`: the job's (else
-        the saved ones), for low_memory (see low_memory_mode) and how many checkpoints stay loaded
+        the saved ones), for low_memory (see low_memory_mode), FP8 weights and how many checkpoints stay loaded
         (sd_checkpoints_limit, sd_checkpoints_keep_in_cpu); `reserve`: see ModelManager.load."""
         settings = settings if settings is not None else self._settings.values
         try:
             model = self._models.get(info, vae, release_first, self.low_memory_mode(settings.low_memory),
                                      settings.sd_checkpoints_limit, settings.sd_checkpoints_keep_in_cpu,
-                                     settings.sd_vae_overrides_per_model_preferences, reserve)
+                                     settings.sd_vae_overrides_per_model_preferences, reserve,
+                                     settings.fp8_storage, settings.cache_fp16_weight)
         except NotEnoughMemory:
             raise  # names the checkpoint already, and is not the request's fault (507, not a 4xx)
         except CheckpointError as e:

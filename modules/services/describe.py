@@ -25,11 +25,12 @@ class ModelFacts:
     vae_name: str | None
     vae_hash: str | None  # 10 hex digits
     is_inpainting: bool
+    fp8: bool = False  # its weights rest in FP8 (A1111's devices.fp8)
 
     @classmethod
     def of(cls, model: LoadedModel) -> "ModelFacts":
         return cls(model.info.stem, model.info.shorthash, model.vae_info.name if model.vae_info else None,
-                   model.vae_sha256[:10] if model.vae_sha256 else None, model.config.is_inpainting)
+                   model.vae_sha256[:10] if model.vae_sha256 else None, model.config.is_inpainting, model.fp8.on)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ def image_infotext(record: JobRecord, seed: int, subseed: int, extra: dict[str, 
         "Size": f"{params.width}x{params.height}",
         "Model hash": model.shorthash if settings.add_model_hash_to_info else None,
         "Model": model.name if settings.add_model_name_to_info else None,
+        "FP8 weight": settings.fp8_storage if model.fp8 else None,
+        "Cache FP16 weight for LoRA": settings.cache_fp16_weight if model.fp8 else None,
         "VAE hash": model.vae_hash if settings.add_vae_hash_to_info else None,
         "VAE": model.vae_name if settings.add_vae_name_to_info else None,
         "Variation seed": subseed if params.subseed_strength > 0 else None,

@@ -1,6 +1,6 @@
 """The engine on an NVIDIA GPU (CUDA, fp16 weights, as webui.py runs there) with the tiny models: finite images,
-the fp16 VAE's NaN fallback, the GPU random number source, PyTorch's SDP attention, and CUDA fp16 images against
-CPU fp32 images of the same request.
+the fp16 VAE's NaN fallback, the GPU random number source, PyTorch's SDP attention, FP8 weights computing in fp16,
+and CUDA fp16 images against CPU fp32 images of the same request.
 
 Every test here gets the `cuda` marker from its folder (tests/conftest.py), and every ./run_tests.sh run
 deselects them (`-m "not cuda"`): CI has no GPU. bench/gpu_check.sh runs them on the device machine
@@ -21,7 +21,7 @@ import torch
 
 from modules import bootstrap, devices, paths
 from modules.generation import pipeline, rng
-from modules.models import optimizations
+from modules.models import low_memory, optimizations
 from tests.support import tiny_models
 from tests.support.generation import params, psnr
 
@@ -219,3 +219,30 @@ def test_gpu_fp16_images_match_cpu_fp32_images(make, gpu_plan, family, record_pr
         figures = {"max": float(diff.max()), "mean": round(float(diff.mean()), 4), "psnr_db": round(distance, 2)}
         record_property(f"image{i}_vs_cpu_fp32", figures)
         assert figures["mean"] <= MEAN_DIFF_MAX and figures["max"] <= MAX_DIFF_MAX and distance >= PSNR_MIN_DB, figures
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_fp8_weights_compute_in_fp16_and_give_the_image_of_the_model_rounded_to_fp8(make, gpu_plan, family):
+    """A1111's FP8 weight (fp8_storage) where it is used, on a GPU: the U-Net's and the text encoders' convolutions and
+    linear layers rest in float8_e4m3fn, half their fp16 memory, and compute in fp16 (as under A1111's autocast).
+    The image is that of the fp16 model with those values rounded to FP8 (tests/engine/test_fp8.py: bit for bit on
+    the CPU; GPU kernels may pick other algorithms between two loads, so a small bound here)."""
+    engine = make(gpu_plan, CHECKPOINTS[family])
+    request = dict(width=128, height=128, steps=8, save_images=False)
+    plain = engine.load_checkpoint(CHECKPOINTS[family])
+    fp16_bytes = low_memory.weight_bytes(plain.unet)
+    with torch.no_grad():
+        for module in (plain.unet, plain.text.text_model):
+            for layer in module.modules():
+                if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                    for p in layer.parameters(recurse=False):
+                        p.data = p.data.to(torch.float8_e4m3fn).to(p.dtype)
+    rounded = engine.txt2img(params(**request))
+    eight = engine.txt2img(params(**request, override_settings={"fp8_storage": "Enable"}))
+    model = engine.checkpoints.current
+    assert model.fp8.on and model.unet.conv_in.weight.dtype == torch.float8_e4m3fn
+    assert low_memory.compute_dtype(model.unet) == torch.float16
+    assert low_memory.weight_bytes(model.unet) < 0.55 * fp16_bytes
+    assert "FP8 weight: Enable" in eight.infotexts[0]
+    a, b = pixels(rounded)[0], pixels(eight)[0]
+    assert np.abs(a - b).mean() <= MEAN_DIFF_MAX and np.abs(a - b).max() <= MAX_DIFF_MAX
