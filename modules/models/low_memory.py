@@ -102,8 +102,8 @@ def store(module: torch.nn.Module, compute: torch.dtype, storage: torch.dtype = 
         params = [(name, p) for name, p in sub.named_parameters(recurse=False) if p.is_floating_point()]
         if eight and fp16_copies:
             setattr(sub, _FP16_COPY, {name: p.data.to("cpu", torch.float16, copy=True) for name, p in params})
-        for _, param in params:
-            param.data = param.data.to(FP8 if eight else storage if cast else compute)
+        for _, param in params:  # an FP8 layer through the compute type: A1111 rounds what a half() model holds
+            param.data = param.data.to(compute).to(FP8) if eight else param.data.to(storage if cast else compute)
         for name, buffer in sub.named_buffers(recurse=False):
             if buffer.is_floating_point() and buffer.dtype != compute:
                 sub.register_buffer(name, buffer.to(compute), persistent=name not in sub._non_persistent_buffers_set)

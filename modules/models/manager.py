@@ -28,7 +28,7 @@ from modules.models import (checkpoint_file, depth, families, hypernetwork, load
                             taesd, user_metadata, vae_family)
 from modules.models.checkpoint_file import CheckpointError, NotEnoughMemory
 from modules.models.embeddings import EmbeddingRegistry, EmbeddingVocabulary
-from modules.models.family import TEXT_ENCODER_PREFIXES, BuiltModel, ModelConfig, ModelFamily
+from modules.models.family import TEXT_ENCODER_PREFIXES, UNET_PREFIX, BuiltModel, ModelConfig, ModelFamily
 from modules.models.prompt_encoder import PromptEncoder
 from modules.models.low_memory import Fp8
 from modules.models.registry import CheckpointInfo, CheckpointRegistry, VaeInfo, VaeRegistry
@@ -248,12 +248,14 @@ class ModelManager:
         config = self.config_of(info)
         return config.default_size if config else (512, 512)
 
-    def read(self, info: CheckpointInfo, bar: tqdm | None = None, low: bool = False) -> tuple[BuiltModel, float]:
+    def read(self, info: CheckpointInfo, bar: tqdm | None = None, low: bool = False,
+             fp8: Fp8 = Fp8()) -> tuple[BuiltModel, float]:
         """Read and build a checkpoint on the CPU without touching the loaded model (`bar`: a load's progress,
-        one step for the read and one for the build; `low`: in low-memory mode, see `low_memory`)."""
+        one step for the read and one for the build; `low`: in low-memory mode, see `low_memory`; `fp8`: see
+        fp8_applies)."""
         start = time.perf_counter()
         path = info.filename
-        sd = checkpoint_file.read_state_dict(path, *self._read_types(low))
+        sd = checkpoint_file.read_state_dict(path, *self._read_types(low, fp8))
         if bar is not None:
             bar.update(1)
         config = families.detect(path, sd, checkpoint_file.read_metadata(path), self.default_sd1_config)
@@ -263,14 +265,19 @@ class ModelManager:
             bar.update(1)
         return built, time.perf_counter() - start
 
-    def _read_types(self, low: bool) -> tuple[torch.dtype | None, tuple[str, ...]]:
+    def _read_types(self, low: bool, fp8: Fp8 = Fp8()) -> tuple[torch.dtype | None, tuple[str, ...]]:
         """(cast, keep) for checkpoint_file.read_state_dict: every part in one dtype (the CPU's fp32) is converted
-        as it is read, not after (peak memory); see there for `keep`."""
+        as it is read, not after (peak memory); see there for `keep`. With FP8 weights computing in float32, a
+        16-bit file's U-Net is kept in its type too: each layer is rounded to FP8 from it, the same values
+        without a float32 copy of the whole U-Net on the way."""
         plan = self.plan
         dtype = low_memory.STORAGE if low else plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None
-        return dtype, TEXT_ENCODER_PREFIXES if self._text_in_file_type(low) else ()
+        keep = TEXT_ENCODER_PREFIXES if self._text_in_file_type(low) else ()
+        if fp8.on and self._text_in_file_type(low):
+            keep += (UNET_PREFIX,)
+        return dtype, keep
 
-    def _crowded(self, info: CheckpointInfo, low: bool, reserve: int = 0, aside: int = 0
+    def _crowded(self, info: CheckpointInfo, low: bool, reserve: int = 0, aside: int = 0, fp8: Fp8 = Fp8()
                  ) -> tuple[str, LoadedModel] | None:
         """Why `info` cannot be read while the models loaded stay in memory, with the one to release first (the
         least recently used of those kept, the current one last), or None when it can be read beside them;
@@ -297,7 +304,7 @@ class ModelManager:
         elif self.current is not None and not self.current.released:
             held.append(self.current)
         free = self._ram_free()
-        cast, keep = self._read_types(low)
+        cast, keep = self._read_types(low, fp8)
         least, need = checkpoint_file.read_size(info.filename, cast, keep)  # differ only for a pickle
         if (held or aside) and free >= need + aside + max(READ_MARGIN, reserve):
             return None
@@ -368,12 +375,10 @@ class ModelManager:
         """`module` on the device in `dtype`, or (low-memory mode) with its weights stored in 16 bits; with `fp8`
         on, its convolutions and linear layers rest in FP8, rounded from `dtype` (A1111 rounds the model it has
         made half, or float32 with --no-half)."""
-        if low:
-            return low_memory.store(module.to(self.plan.device), dtype, fp8=fp8.on, fp16_copies=fp8.fp16_copies)
-        module = module.to(self.plan.device, dtype)
-        if fp8.on:
-            return low_memory.store(module, dtype, dtype, fp8=True, fp16_copies=fp8.fp16_copies)
-        return module
+        if low or fp8.on:  # each tensor converted on its own (see _read_types)
+            return low_memory.store(module.to(self.plan.device), dtype, low_memory.STORAGE if low else dtype,
+                                    fp8=fp8.on, fp16_copies=fp8.fp16_copies)
+        return module.to(self.plan.device, dtype)
 
     def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
              low: bool = False, limit: int = 1, keep_in_cpu: bool = True, vae_overrides: bool = True,
@@ -407,7 +412,7 @@ class ModelManager:
             # a GPU keeping the model in use in RAM (keep_in_cpu): its weights join what is in RAM
             aside = current.weight_bytes() if keep_current and keep_in_cpu and self.plan.device.type == "cuda" else 0
             # NotEnoughMemory here leaves every model as it is
-            while (crowded := self._crowded(info, low, reserve, aside)) is not None:
+            while (crowded := self._crowded(info, low, reserve, aside, fp8)) is not None:
                 why, model = crowded
                 if model is None:
                     log.info("%s", why)
@@ -422,7 +427,7 @@ class ModelManager:
             if low and self.plan.device.type == "cpu":
                 devices.map_large_blocks()
             try:
-                built, seconds = self.read(info, bar, low)
+                built, seconds = self.read(info, bar, low, fp8)
             except CheckpointError as e:
                 if released:
                     raise CheckpointError(f"{e} ({released} was released first to make room for it; a job that "

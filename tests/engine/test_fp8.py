@@ -155,3 +155,16 @@ def test_enable_for_sdxl_leaves_other_models_as_they_are(tmp_path, tiny_dir):
         assert not np.array_equal(pixels(sdxl), pixels(gen(engine, **xl)))
     finally:
         engine.queue.stop()
+
+
+def test_the_xyz_plots_fp8_mode_axis_gives_each_cells_weights(engine):
+    """A1111's X/Y/Z axis "FP8 mode" (its apply_override("fp8_storage")): each cell a job with that setting."""
+    axes = [a.label for a in engine.scripts.xyz_axes("txt2img")]
+    request = GenerationParams(prompt="a red circle", negative_prompt="green", width=64, height=64, steps=4,
+                               sampler_name="Euler a", seed=5)
+    result = engine.submit_script("txt2img", "X/Y/Z plot", request,
+                                  [axes.index("FP8 mode"), "", ["Disable", "Enable"], 0, "", [], 0, "", [],
+                                   True, True]).wait()
+    assert ["FP8 weight: Enable" in t for t in result.infotexts] == [False, True]
+    assert np.array_equal(pixels(gen(engine)), np.asarray(result.images[0], dtype=np.int16))
+    assert np.array_equal(pixels(gen(engine, "Enable")), np.asarray(result.images[1], dtype=np.int16))

@@ -45,7 +45,7 @@ def test_axis_types_are_a1111s_in_its_order():
     i2i = [a.label for a in xyz.axes_for(ENV, "img2img")]
     assert i2i[6] == "Image CFG Scale" and "Hires steps" not in i2i and "Cond. Image Mask Weight" in i2i
     refused = {a.label for a in xyz.axes(ENV) if a.refused}
-    assert refused == {"Image CFG Scale", "Face restore", "FP8 mode"}
+    assert refused == {"Image CFG Scale", "Face restore"}
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -219,8 +219,8 @@ def axes(env: Env) -> list[Axis]:
              choices=lambda e: ["None", *sorted(e.checkpoints(), key=str.casefold)]),
         Axis("Refiner switch at", "float", _field("refiner_switch_at")),
         Axis("RNG source", "str", _override("randn_source"), choices=lambda e: ["GPU", "CPU", "NV"]),
-        Axis("FP8 mode", "str", cost=0.9, choices=lambda e: ["Disable", "Enable for SDXL", "Enable"],
-             refused="FP8 weight storage is not implemented in this app"),
+        Axis("FP8 mode", "str", _override("fp8_storage"), cost=0.9,
+             choices=lambda e: ["Disable", "Enable for SDXL", "Enable"]),
         Axis("Size", "str", _size),
         # A1111's built-in Hypertile extension adds these after the others
         *(Axis(f"[Hypertile] {label}", "str", _override(name, True, True), choices=_bools) for label, name in (
