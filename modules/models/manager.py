@@ -375,9 +375,10 @@ class ModelManager:
         """`module` on the device in `dtype`, or (low-memory mode) with its weights stored in 16 bits; with `fp8`
         on, its convolutions and linear layers rest in FP8, rounded from `dtype` (A1111 rounds the model it has
         made half, or float32 with --no-half)."""
-        if low or fp8.on:  # each tensor converted on its own (see _read_types)
-            return low_memory.store(module.to(self.plan.device), dtype, low_memory.STORAGE if low else dtype,
-                                    fp8=fp8.on, fp16_copies=fp8.fp16_copies)
+        if low:
+            return low_memory.store(module.to(self.plan.device), dtype, fp8=fp8.on, fp16_copies=fp8.fp16_copies)
+        if fp8.on:  # each tensor converted on its own, on the CPU where it was read (see _read_types); then moved
+            return low_memory.store(module, dtype, dtype, fp8=True, fp16_copies=fp8.fp16_copies).to(self.plan.device)
         return module.to(self.plan.device, dtype)
 
     def load(self, info: CheckpointInfo, vae_choice: str = "Automatic", release_first: bool = False,
@@ -395,7 +396,8 @@ class ModelManager:
         used kept models are released when there would be more than `limit` (a file that fails costs none); when
         memory is short, before the read, they are released before the current one. `reserve`: what a running job
         needs beside the models after this load (a refiner's switch keeping the base: its sampling and decode).
-        `fp8`: see fp8_applies (the read is as without it; each layer is rounded to FP8 once placed).
+        `fp8`: see fp8_applies (a 16-bit file's U-Net is read in its type, see _read_types; each layer is rounded to
+        FP8 as it is placed).
         The file's SHA-256 is not waited for: it is computed in the background (CheckpointRegistry.hash_later),
         and the title gains its `[hash]` when it is known. A load that takes over a second shows a console bar."""
         with self._lock, tqdm(total=LOAD_STEPS, desc=f"Loading {info.name}", unit="step", disable=None,
