@@ -29,6 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from modules import openmp
+
 log = logging.getLogger(__name__)
 
 RECENT_TASKS = 256  # finished jobs /internal/progress can still tell about
@@ -170,6 +172,7 @@ class Job:
             raise JobSkipped()
 
     def wait(self, timeout: float | None = None) -> Any:
+        openmp.release()  # this thread's OpenMP helpers would slow the job's down (see modules/openmp.py)
         if not self.done.wait(timeout):
             raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
         if self.error is not None:
