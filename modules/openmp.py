@@ -5,8 +5,8 @@ its own team of helper threads for as long as it lives. When a process holds mor
 machine has cores, libgomp stops letting them spin between parallel regions: each region then wakes its helpers
 from sleep. A job's thread runs thousands of small regions per step, so a second team anywhere in the process
 (a thread that built or ran a model before handing work to the queue) made every job after it about twice as slow
-(measured: 0.58 s against 1.2-1.4 s an image for the built-in model at 128x128, 20 steps, on 2 cores; 0.62 s again
-once the other thread's team was handed back).
+(bench/openmp_teams.py, the built-in model at 128x128, 20 steps, 2 cores: 0.744 s an image before another thread
+computed, 1.389 s with that thread's team kept, 0.752 s once it was handed back).
 
 `release` hands back the calling thread's team (OpenMP 5's omp_pause_resource for the host device, which libgomp
 implements as exactly that); the next parallel region on that thread makes a new one. Where libgomp is not loaded
@@ -16,9 +16,6 @@ implements as exactly that); the next parallel region on that thread makes a new
 from __future__ import annotations
 
 import ctypes
-import logging
-
-log = logging.getLogger(__name__)
 
 _PAUSE_SOFT = 1  # omp_pause_soft
 _pause = None

@@ -272,10 +272,9 @@ class ModelManager:
         without a float32 copy of the whole U-Net on the way."""
         plan = self.plan
         dtype = low_memory.STORAGE if low else plan.unet_dtype if plan.unet_dtype == plan.vae_dtype else None
-        keep = TEXT_ENCODER_PREFIXES if self._text_in_file_type(low) else ()
-        if fp8.on and self._text_in_file_type(low):
-            keep += (UNET_PREFIX,)
-        return dtype, keep
+        if not self._text_in_file_type(low):
+            return dtype, ()
+        return dtype, TEXT_ENCODER_PREFIXES + ((UNET_PREFIX,) if fp8.on else ())
 
     def _crowded(self, info: CheckpointInfo, low: bool, reserve: int = 0, aside: int = 0, fp8: Fp8 = Fp8()
                  ) -> tuple[str, LoadedModel] | None:
